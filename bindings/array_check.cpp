@@ -1,0 +1,102 @@
+#include "array_check.h"
+
+#include <sstream>
+#include <stdexcept>
+
+namespace kvserve::bind {
+
+std::string dtype_name(nb::dlpack::dtype dtype) {
+  const char* kind = "?";
+  switch (static_cast<nb::dlpack::dtype_code>(dtype.code)) {
+    case nb::dlpack::dtype_code::Int: kind = "int"; break;
+    case nb::dlpack::dtype_code::UInt: kind = "uint"; break;
+    case nb::dlpack::dtype_code::Float: kind = "float"; break;
+    case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
+    case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
+    case nb::dlpack::dtype_code::Bool: return "bool";
+  }
+  return std::string(kind) + std::to_string(dtype.bits);
+}
+
+static std::string device_name(const Array& array) {
+  switch (array.device_type()) {
+    case nb::device::cpu::value: return "cpu";
+    case nb::device::cuda::value: return "cuda:" + std::to_string(array.device_id());
+    case nb::device::rocm::value: return "rocm:" + std::to_string(array.device_id());
+    default: return "device type " + std::to_string(array.device_type());
+  }
+}
+
+static std::string shape_string(const Array& array) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < array.ndim(); ++i) s << (i ? ", " : "") << array.shape(i);
+  s << "]";
+  return s.str();
+}
+
+void check_dtype(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> allowed) {
+  for (const auto& dtype : allowed) {
+    if (array.dtype() == dtype) return;
+  }
+  std::string expected;
+  for (const auto& dtype : allowed) expected += (expected.empty() ? "" : " or ") + dtype_name(dtype);
+  throw nb::value_error((std::string(name) + ": expected dtype " + expected + ", got " +
+                         dtype_name(array.dtype())).c_str());
+}
+
+void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout) {
+  if (array.ndim() != ndim) {
+    throw nb::value_error((std::string(name) + ": expected " + std::to_string(ndim) + " dimensions " +
+                           layout + ", got shape " + shape_string(array)).c_str());
+  }
+}
+
+void check_dim(const Array& array, const char* name, size_t dim, int64_t expected, const char* what) {
+  if (static_cast<int64_t>(array.shape(dim)) != expected) {
+    throw nb::value_error((std::string(name) + ": dimension " + std::to_string(dim) + " must be " +
+                           what + " = " + std::to_string(expected) + ", got shape " +
+                           shape_string(array)).c_str());
+  }
+}
+
+void check_contiguous(const Array& array, const char* name) {
+  int64_t expected = 1;
+  for (size_t i = array.ndim(); i-- > 0;) {
+    if (array.shape(i) != 1 && array.stride(i) != expected) {
+      throw nb::value_error((std::string(name) + ": expected a contiguous array, got strides that are "
+                             "not row-major for shape " + shape_string(array) +
+                             " (call .contiguous() first)").c_str());
+    }
+    expected *= static_cast<int64_t>(array.shape(i));
+  }
+}
+
+void check_cpu(const Array& array, const char* name) {
+  if (array.device_type() != nb::device::cpu::value) {
+    throw nb::value_error((std::string(name) + ": expected a CPU array, got one on " +
+                           device_name(array)).c_str());
+  }
+}
+
+void check_same_device(const Array& array, const char* name, const Array& reference, const char* ref_name) {
+  if (array.device_type() != reference.device_type() || array.device_id() != reference.device_id()) {
+    throw nb::value_error((std::string(name) + " is on " + device_name(array) + " but " + ref_name +
+                           " is on " + device_name(reference) + ": both must be on one device").c_str());
+  }
+}
+
+bool is_cuda(const Array& array) { return array.device_type() == nb::device::cuda::value; }
+
+void raise_on_error(Status status, const char* op) {
+  switch (status) {
+    case Status::kOk: return;
+    case Status::kInvalidArgument:
+    case Status::kUnsupported:
+      throw nb::value_error((std::string(op) + ": " + status_string(status)).c_str());
+    case Status::kDeviceError:
+      throw std::runtime_error(std::string(op) + ": " + status_string(status));
+  }
+}
+
+}  // namespace kvserve::bind

@@ -1,0 +1,47 @@
+// Checks that turn a wrong array into a clear Python error before any kernel sees it.
+//
+// Every check raises ValueError naming the argument, what was expected and what was given
+// (nanobind itself raises TypeError when an argument is not an array at all).
+#pragma once
+
+#include <nanobind/ndarray.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "kvserve/status.h"
+
+namespace kvserve::bind {
+
+namespace nb = nanobind;
+using Array = nb::ndarray<>;
+
+// The dtypes kvserve's kernels speak, as DLPack describes them.
+inline constexpr nb::dlpack::dtype kFloat32{(uint8_t)nb::dlpack::dtype_code::Float, 32, 1};
+inline constexpr nb::dlpack::dtype kFloat16{(uint8_t)nb::dlpack::dtype_code::Float, 16, 1};
+inline constexpr nb::dlpack::dtype kBFloat16{(uint8_t)nb::dlpack::dtype_code::Bfloat, 16, 1};
+inline constexpr nb::dlpack::dtype kInt32{(uint8_t)nb::dlpack::dtype_code::Int, 32, 1};
+inline constexpr nb::dlpack::dtype kInt64{(uint8_t)nb::dlpack::dtype_code::Int, 64, 1};
+
+std::string dtype_name(nb::dlpack::dtype dtype);
+
+// The dtype is one of `allowed`.
+void check_dtype(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> allowed);
+// The array has `ndim` dimensions; `layout` names them for the message, e.g. "[num_pairs, 2]".
+void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout);
+// Dimension `dim` has size `expected`.
+void check_dim(const Array& array, const char* name, size_t dim, int64_t expected, const char* what);
+// Row-major contiguous (kernels read raw pointers).
+void check_contiguous(const Array& array, const char* name);
+// Host memory (numpy, or a torch tensor on the CPU).
+void check_cpu(const Array& array, const char* name);
+// `array` lives on the same device as `reference`.
+void check_same_device(const Array& array, const char* name, const Array& reference, const char* ref_name);
+
+bool is_cuda(const Array& array);
+
+// Raises the Python error that matches a kernel's status (nothing for kOk).
+void raise_on_error(Status status, const char* op);
+
+}  // namespace kvserve::bind

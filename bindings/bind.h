@@ -1,0 +1,10 @@
+// One function per bound concept; module.cpp calls them all.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+namespace kvserve::bind {
+
+void bind_ops(nanobind::module_& m);
+
+}  // namespace kvserve::bind
