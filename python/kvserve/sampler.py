@@ -8,9 +8,11 @@ The order is vLLM's:
        steps left, renormalized) -> one draw by inverse CDF with one uniform per row
 
 One uniform per row, drawn from the row's own generator when seeded, makes a seeded row's tokens
-independent of the rest of the batch. Rows with a truncation (top-k, top-p, min-p) work on the
-row's most likely CANDIDATES tokens (a partial sort) and fall back to the whole sorted vocabulary
-only when those cannot contain the kept set; rows without one sample the whole vocabulary.
+independent of the rest of the batch. Rows with a truncation (top-k, top-p, min-p) work on their
+most likely tokens (a partial sort: FIRST_CANDIDATES or the batch's largest top_k, then 16 times
+more, then the whole vocabulary) until those contain the kept set; rows without a truncation
+sample the whole vocabulary unsorted. Every step is a prefix computation over the sorted
+candidates, so the number of candidates a batch needs never changes a row's result.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 from kvserve.logprobs import LogprobsTensors
 from kvserve.sampling_metadata import Penalties, SamplingMetadata
 
-CANDIDATES = 1024
+FIRST_CANDIDATES = 64
+CANDIDATES_GROWTH = 16
 
 
 @dataclass
@@ -89,8 +92,10 @@ def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int)
     choice = token_ids.gather(1, _inverse_cdf((weights * kept).cumsum_(dim=1), uniform).unsqueeze(1)).squeeze(1)
     if not bool(sufficient.all()):
         redo = (~sufficient).nonzero().squeeze(1)
+        more = num_candidates * CANDIDATES_GROWTH
         choice[redo] = _sample_truncated(
-            logits[redo], uniform[redo], *(None if t is None else t[redo] for t in (top_k, top_p, min_p)), vocab
+            logits[redo], uniform[redo], *(None if t is None else t[redo] for t in (top_k, top_p, min_p)),
+            more if more < vocab // 4 else vocab,  # a partial sort of a quarter costs about a full sort
         )
     return choice
 
@@ -118,7 +123,7 @@ def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: torch.Tenso
         if t is not None:
             truncating |= off(t)
     max_k = int(top_k.max()) if top_k is not None else 0
-    num_candidates = min(vocab, max(CANDIDATES, max_k if max_k < vocab else 0))
+    num_candidates = min(vocab, max(FIRST_CANDIDATES, max_k if max_k < vocab else 0))
     if bool(truncating.all()):
         return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates)
     choice = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -39,7 +40,7 @@ def _flat_index(rows: Sequence[int], token_lists: Sequence[Sequence[int]], devic
     """(row ids, token ids) int64 for every token of token_lists[j] in row rows[j]."""
     lengths = torch.tensor([len(tokens) for tokens in token_lists], dtype=torch.int64)
     row_ids = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), lengths)
-    token_ids = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.int64)
+    token_ids = torch.tensor(list(chain.from_iterable(token_lists)), dtype=torch.int64)
     return row_ids.to(device), token_ids.to(device)
 
 
@@ -64,7 +65,7 @@ class Penalties:
         if not rows:
             return None
         outputs = [output_token_ids[i] for i in rows]
-        seen = [list(prompt_token_ids[i]) + list(output_token_ids[i]) for i in rows]
+        seen = [[*prompt_token_ids[i], *output_token_ids[i]] for i in rows]
         return cls(
             output_tokens=_flat_index(rows, outputs, device),
             seen_tokens=_flat_index(rows, seen, device),
