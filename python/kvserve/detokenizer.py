@@ -36,6 +36,7 @@ class Detokenizer:
         self._stream = TextStream(tokenizer.backend, tokenizer.decode_tables, skip_special_tokens, prompt_token_ids)
         self._stop = tuple(stop)
         self._max_stop_len = max((len(s) for s in self._stop), default=0)
+        self._stop_chars = frozenset("".join(self._stop))
         self._include_stop = include_stop_str_in_output
         self._min_tokens = min_tokens
         self._num_tokens = 0
@@ -121,6 +122,8 @@ class Detokenizer:
     def _stop_prefix_len(self) -> int:
         """Length of the longest tail of the text that is a proper prefix of a stop string."""
         text, longest = self._text, 0
+        if text[-1] not in self._stop_chars:  # the common case: no stop string can continue here
+            return 0
         for stop in self._stop:
             for k in range(min(len(stop) - 1, len(text)), longest, -1):
                 if text.endswith(stop[:k]):

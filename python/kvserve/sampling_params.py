@@ -106,7 +106,8 @@ class SamplingParams:
         self.stop_token_ids = list(self.stop_token_ids)
         for token_id in self.stop_token_ids:
             _check_int("stop_token_ids", token_id, 0, "a list of token ids (integers >= 0)")
-        for name in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output"):
+        flags = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output")
+        for name in flags:
             _check_bool(name, getattr(self, name))
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, 1, "an integer >= 1, or None for up to the context length")

@@ -104,7 +104,7 @@ class TextStream:
         self._strip_left = tables.strip_left
         self._owed = 0  # characters still held here that the context's own decode shows
         # generic decoders: all ids so far, the context's text, the text emitted so far
-        self._ids = list(context_ids)
+        self._ids = list(context_ids) if tables.kind == "generic" else []
         self._context_text = self._decode_all() if tables.kind == "generic" else ""
         self._emitted = ""
         if tables.kind != "generic" and context_ids:
@@ -113,7 +113,7 @@ class TextStream:
                 # A run of byte tokens ends the context. Its whole characters belong to the context;
                 # unfinished ones (U+FFFD in the context's decode) are finished by the output.
                 context_text = backend.decode(list(context_ids), skip_special_tokens=skip_special_tokens)
-                self._owed = len(context_text.rstrip("\ufffd")) - len(shown)
+                self._owed = max(0, len(context_text.rstrip("\ufffd")) - len(shown))
 
     def _kept(self, token_ids):
         skip, n = self._skip, self._num_pieces

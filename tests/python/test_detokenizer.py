@@ -77,8 +77,9 @@ def test_text_after_a_prompt_equals_the_decode_of_prompt_and_output(tokenizer):
             # Cut where the prompt's text is final (whole characters, not rewritten by what follows),
             # else "the text after the prompt" is undefined.
             full = tokenizer.decode(ids, skip_special_tokens=skip)
-            cuts = [c for c in range(1, len(ids) + 1) if full.startswith(tokenizer.decode(ids[:c], skip_special_tokens=skip))
-                    and not tokenizer.decode(ids[:c], skip_special_tokens=skip).endswith("\ufffd")]
+            prompts = [tokenizer.decode(ids[:c], skip_special_tokens=skip) for c in range(len(ids) + 1)]
+            cuts = [c for c in range(1, len(ids) + 1)
+                    if full.startswith(prompts[c]) and not prompts[c].endswith("\ufffd")]
             cut = rng.choice(cuts)
             prompt, output = ids[:cut], ids[cut:]
             base = tokenizer.decode(prompt, skip_special_tokens=skip)

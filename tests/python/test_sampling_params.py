@@ -30,7 +30,7 @@ def test_stop_token_ids_and_vocab_checks():
     assert p.all_stop_token_ids([2]) == {2, 7}
     assert SamplingParams(stop_token_ids=[7], ignore_eos=True).all_stop_token_ids([2]) == {7}
     p.check_token_ids(8)
-    with pytest.raises(ValueError, match=r"stop_token_ids has token ids \[7\]: expected ids below the vocabulary size 7"):
+    with pytest.raises(ValueError, match=r"stop_token_ids has token ids \[7\]: expected ids below the vocabulary size"):
         p.check_token_ids(7)
     with pytest.raises(ValueError, match=r"logit_bias has token ids \[3\]"):
         p.check_token_ids(3)
