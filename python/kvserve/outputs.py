@@ -1,0 +1,52 @@
+"""What `Engine.generate` returns, with vLLM's classes and field names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvserve.logprobs import PromptLogprobs, SampleLogprobs
+
+
+@dataclass
+class RequestMetrics:
+    """Wall-clock times (time.time(), seconds) of one request's milestones; None until reached."""
+
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass
+class CompletionOutput:
+    """One generated sequence of a request.
+
+    finish_reason: None while running, then "stop" (end-of-sequence, a stop token or a stop
+    string) or "length" (max_tokens or the context length). stop_reason: the stop string or stop
+    token id that ended it; None for end-of-sequence and "length".
+    """
+
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None = None
+    logprobs: SampleLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestOutput:
+    """A request's prompt and its n outputs (`outputs[i].index == i`)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: PromptLogprobs | None
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: RequestMetrics | None = None

@@ -1,0 +1,166 @@
+"""Sampler: logits float32 [N, vocab] + SamplingMetadata -> SamplerOutput (one token per row).
+
+The order is vLLM's:
+    raw log-probabilities (for `logprobs`: from the logits as the model gave them)
+    -> logit_bias, min_tokens mask -> penalties (repetition, frequency, presence)
+    -> greedy rows: argmax
+    -> other rows: / temperature -> min_p -> top_k -> top_p (each on the distribution the previous
+       steps left, renormalized) -> one draw by inverse CDF with one uniform per row
+
+One uniform per row, drawn from the row's own generator when seeded, makes a seeded row's tokens
+independent of the rest of the batch. Rows with a truncation (top-k, top-p, min-p) work on their
+most likely tokens (a partial sort: FIRST_CANDIDATES or the batch's largest top_k, then 16 times
+more, then the whole vocabulary) until those contain the kept set; rows without a truncation
+sample the whole vocabulary unsorted. Every step is a prefix computation over the sorted
+candidates, so the number of candidates a batch needs never changes a row's result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kvserve.logprobs import LogprobsTensors
+from kvserve.sampling_metadata import Penalties, SamplingMetadata
+
+FIRST_CANDIDATES = 64
+CANDIDATES_GROWTH = 16
+
+
+@dataclass
+class SamplerOutput:
+    sampled_token_ids: torch.Tensor  # int32 [N]
+    logprobs: LogprobsTensors | None  # when some row asked for logprobs: K = the batch's largest
+
+
+def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> None:
+    """vLLM's penalties, in place: repetition (prompt + output tokens: positive logits divided by
+    it, negative ones multiplied), then frequency (times the count in the output), then presence
+    (once if in the output)."""
+    rows, tokens = penalties.seen_tokens
+    values = logits[rows, tokens]
+    repetition = penalties.repetition[rows]
+    # Duplicate (row, token) pairs write the same value, so the order of the writes does not matter.
+    logits[rows, tokens] = torch.where(values > 0, values / repetition, values * repetition)
+    rows, tokens = penalties.output_tokens
+    logits.index_put_((rows, tokens), -penalties.frequency[rows], accumulate=True)
+    logits[rows, tokens] = logits[rows, tokens] - penalties.presence[rows]
+
+
+def _inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Column j of each row with cdf[j-1] <= u * total < cdf[j]: never a zero-weight column."""
+    total = cdf[:, -1:]
+    target = torch.minimum(uniform.unsqueeze(1) * total, total.nextafter(torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(1)
+
+
+def _sample_whole_vocab(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    weights = (logits - logits.max(dim=1, keepdim=True).values).exp_()
+    return _inverse_cdf(weights.cumsum_(dim=1), uniform)
+
+
+def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int) -> torch.Tensor:
+    """Rows with at least one of top_k (vocab = off), top_p (1 = off), min_p (0 = off); each of
+    those is a tensor [R] or None."""
+    num_rows, vocab = logits.shape
+    values, token_ids = logits.topk(num_candidates, dim=1)  # sorted, most likely first
+    weights = (values - values[:, :1]).exp()
+    everything = num_candidates == vocab
+    # `complete`: the candidates hold every token top_k / min_p keeps, so renormalizing over them is exact.
+    kept = torch.ones_like(values, dtype=torch.bool)
+    complete = torch.full((num_rows,), everything, dtype=torch.bool, device=logits.device)
+    truncated = torch.zeros_like(complete)
+    if top_k is not None:
+        kept &= torch.arange(num_candidates, device=logits.device) < top_k.unsqueeze(1)
+        complete |= top_k <= num_candidates
+        truncated |= top_k < vocab
+    if min_p is not None:
+        threshold = values[:, :1] + min_p.log().unsqueeze(1)
+        kept &= values >= threshold
+        complete |= (min_p > 0) & (values[:, -1] < threshold.squeeze(1))
+        truncated |= min_p > 0
+    sufficient = complete | ~truncated
+    if top_p is not None:
+        cdf = (weights * kept).cumsum(dim=1)
+        # Mass to reach: of the kept set where it is complete; of the whole vocabulary in rows
+        # without top_k / min_p (their candidates need only hold top_p of it).
+        whole_mass = (logits.logsumexp(dim=1) - values[:, 0]).exp()
+        mass = torch.where(truncated, cdf[:, -1], whole_mass) * top_p
+        kept &= (cdf - weights) < mass.unsqueeze(1)
+        sufficient = torch.where(truncated, complete, everything | (cdf[:, -1] >= mass))
+    choice = token_ids.gather(1, _inverse_cdf((weights * kept).cumsum_(dim=1), uniform).unsqueeze(1)).squeeze(1)
+    if not bool(sufficient.all()):
+        redo = (~sufficient).nonzero().squeeze(1)
+        more = num_candidates * CANDIDATES_GROWTH
+        choice[redo] = _sample_truncated(
+            logits[redo], uniform[redo], *(None if t is None else t[redo] for t in (top_k, top_p, min_p)),
+            more if more < vocab // 4 else vocab,  # a partial sort of a quarter costs about a full sort
+        )
+    return choice
+
+
+def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: torch.Tensor | None) -> torch.Tensor:
+    """Sample the rows `rows` (all when None) of logits."""
+    def pick(t):
+        return t if t is None or rows is None else t[rows]
+
+    if rows is not None:
+        logits = logits[rows]
+    logits = logits.div_(pick(md.temperature).unsqueeze(1))
+    uniform = torch.rand(logits.shape[0], device=logits.device)
+    if md.generators:
+        position = {int(r): j for j, r in enumerate(rows.tolist())} if rows is not None else None
+        for row, generator in md.generators.items():
+            j = row if position is None else position[row]
+            uniform[j] = torch.rand(1, generator=generator, device=logits.device)[0]
+    top_k, top_p, min_p = pick(md.top_k), pick(md.top_p), pick(md.min_p)
+    if top_k is None and top_p is None and min_p is None:
+        return _sample_whole_vocab(logits, uniform)
+    vocab = logits.shape[1]
+    truncating = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    for t, off in ((top_k, lambda k: k < vocab), (top_p, lambda p: p < 1), (min_p, lambda p: p > 0)):
+        if t is not None:
+            truncating |= off(t)
+    max_k = int(top_k.max()) if top_k is not None else 0
+    num_candidates = min(vocab, max(FIRST_CANDIDATES, max_k if max_k < vocab else 0))
+    if bool(truncating.all()):
+        return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates)
+    choice = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    plain = (~truncating).nonzero().squeeze(1)
+    choice[plain] = _sample_whole_vocab(logits[plain], uniform[plain])
+    cut = truncating.nonzero().squeeze(1)
+    choice[cut] = _sample_truncated(
+        logits[cut], uniform[cut], *(None if t is None else t[cut] for t in (top_k, top_p, min_p)), num_candidates
+    )
+    return choice
+
+
+class Sampler:
+    """`Sampler()(logits, metadata)`. logits: float32 [N, vocab], on the metadata's device; the
+    sampler may overwrite it (penalties and biases are applied in place)."""
+
+    def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        if logits.dim() != 2 or logits.dtype != torch.float32:
+            raise ValueError(f"logits must be float32 [num_rows, vocab], got {logits.dtype} {list(logits.shape)}")
+        md = metadata
+        raw_logprobs = logits.log_softmax(dim=1) if md.max_num_logprobs is not None else None
+        if md.logit_bias is not None:
+            rows, tokens, bias = md.logit_bias
+            logits.index_put_((rows, tokens), bias, accumulate=True)
+        if md.stop_mask is not None:
+            logits[md.stop_mask] = float("-inf")
+        if md.penalties is not None:
+            apply_penalties(logits, md.penalties)
+        if md.all_greedy:
+            sampled = logits.argmax(dim=1)
+        elif md.greedy is None:
+            sampled = _sample_random(logits, md, None)
+        else:
+            sampled = logits.argmax(dim=1)
+            rows = (~md.greedy).nonzero().squeeze(1)
+            sampled[rows] = _sample_random(logits, md, rows)
+        logprobs = None
+        if raw_logprobs is not None:
+            logprobs = LogprobsTensors.from_logprobs(raw_logprobs, sampled, md.max_num_logprobs)
+        return SamplerOutput(sampled.to(torch.int32), logprobs)

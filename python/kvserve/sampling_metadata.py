@@ -1,0 +1,157 @@
+"""SamplingMetadata: one step's per-row sampling parameters as tensors, built from the batch.
+
+Row i is logits row i: one sequence whose next token is sampled this step. Per row the caller
+passes the request's SamplingParams, its output token ids so far, its prompt token ids, and its
+torch.Generator (None unless the request is seeded; see `request_generator`). Everything a row does
+not use stays None, so an all-greedy batch without extras costs one argmax.
+
+    temperature  float32 [N]            1.0 in greedy rows; None when all rows are greedy
+    greedy       bool [N]               None when all rows are greedy or none is
+    top_k        int64 [N]              vocab_size where off; None when no row uses it
+    top_p        float32 [N]            1.0 where off; None when no row uses it
+    min_p        float32 [N]            0.0 where off; None when no row uses it
+    generators   {row: torch.Generator} seeded rows
+    logit_bias   (rows int64 [B], token ids int64 [B], bias float32 [B]) or None
+    stop_mask    (rows int64 [S], token ids int64 [S]) or None: stop tokens masked for min_tokens
+    penalties    Penalties or None
+    max_num_logprobs  the largest `logprobs` of the batch, None when no row asks for them
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+
+from kvserve.sampling_params import SamplingParams
+
+
+def request_generator(params: SamplingParams, index: int = 0, device="cpu") -> torch.Generator | None:
+    """The generator of sample `index` (0..n-1) of a request: seeded with seed + index, as vLLM
+    does, so that the n samples differ; None for unseeded requests (the global RNG is used)."""
+    if params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed + index)
+
+
+def _flat_index(rows: Sequence[int], token_lists: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, ...]:
+    """(row ids, token ids) int64 for every token of token_lists[j] in row rows[j]."""
+    lengths = torch.tensor([len(tokens) for tokens in token_lists], dtype=torch.int64)
+    row_ids = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), lengths)
+    token_ids = torch.tensor(list(chain.from_iterable(token_lists)), dtype=torch.int64)
+    return row_ids.to(device), token_ids.to(device)
+
+
+@dataclass
+class Penalties:
+    """vLLM's penalties, for the rows that use any. Output occurrences are listed once per
+    occurrence (frequency) and once per distinct token (presence); repetition covers prompt and
+    output tokens. Each tuple is (row ids, token ids), int64."""
+
+    output_tokens: tuple[torch.Tensor, torch.Tensor]
+    seen_tokens: tuple[torch.Tensor, torch.Tensor]
+    frequency: torch.Tensor  # float32 [N]
+    presence: torch.Tensor  # float32 [N]
+    repetition: torch.Tensor  # float32 [N]
+
+    @classmethod
+    def build(cls, params, output_token_ids, prompt_token_ids, device) -> Penalties | None:
+        rows = [
+            i for i, p in enumerate(params)
+            if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
+        ]
+        if not rows:
+            return None
+        outputs = [output_token_ids[i] for i in rows]
+        seen = [[*prompt_token_ids[i], *output_token_ids[i]] for i in rows]
+        return cls(
+            output_tokens=_flat_index(rows, outputs, device),
+            seen_tokens=_flat_index(rows, seen, device),
+            frequency=torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32, device=device),
+            presence=torch.tensor([p.presence_penalty for p in params], dtype=torch.float32, device=device),
+            repetition=torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device),
+        )
+
+
+@dataclass
+class SamplingMetadata:
+    temperature: torch.Tensor | None
+    greedy: torch.Tensor | None
+    top_k: torch.Tensor | None
+    top_p: torch.Tensor | None
+    min_p: torch.Tensor | None
+    generators: dict[int, torch.Generator]
+    logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    stop_mask: tuple[torch.Tensor, torch.Tensor] | None
+    penalties: Penalties | None
+    max_num_logprobs: int | None
+
+    @property
+    def all_greedy(self) -> bool:
+        return self.temperature is None
+
+    @classmethod
+    def from_requests(
+        cls,
+        params: Sequence[SamplingParams],
+        output_token_ids: Sequence[Sequence[int]],
+        prompt_token_ids: Sequence[Sequence[int]],
+        generators: Sequence[torch.Generator | None],
+        *,
+        vocab_size: int,
+        eos_token_ids: Collection[int] = (),
+        device="cpu",
+    ) -> SamplingMetadata:
+        """Build one step's metadata; the four sequences are per row and of equal length."""
+        num_rows = len(params)
+        if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == num_rows):
+            raise ValueError(
+                f"one entry per row expected: {num_rows} params, {len(output_token_ids)} output_token_ids, "
+                f"{len(prompt_token_ids)} prompt_token_ids, {len(generators)} generators"
+            )
+
+        def column(values, dtype):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        greedy = [p.greedy for p in params]
+        temperature = greedy_mask = top_k = top_p = min_p = None
+        if not all(greedy):
+            temperature = column([1.0 if g else p.temperature for p, g in zip(params, greedy)], torch.float32)
+            if any(greedy):
+                greedy_mask = column(greedy, torch.bool)
+            if any(0 < p.top_k < vocab_size for p in params):
+                top_k = column([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params], torch.int64)
+            if any(p.top_p < 1.0 for p in params):
+                top_p = column([p.top_p for p in params], torch.float32)
+            if any(p.min_p > 0.0 for p in params):
+                min_p = column([p.min_p for p in params], torch.float32)
+
+        logit_bias = None
+        bias_rows = [i for i, p in enumerate(params) if p.logit_bias]
+        if bias_rows:
+            items = [(i, t, b) for i in bias_rows for t, b in params[i].logit_bias.items()]
+            rows, ids, biases = zip(*items)
+            logit_bias = (column(rows, torch.int64), column(ids, torch.int64), column(biases, torch.float32))
+
+        stop_mask = None
+        short_rows = [i for i, p in enumerate(params) if len(output_token_ids[i]) < p.min_tokens]
+        if short_rows:
+            stop_ids = [sorted(params[i].all_stop_token_ids(eos_token_ids)) for i in short_rows]
+            if any(stop_ids):
+                stop_mask = _flat_index(short_rows, stop_ids, device)
+
+        logprobs = [p.logprobs for p in params if p.logprobs is not None]
+        return cls(
+            temperature=temperature,
+            greedy=greedy_mask,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            generators={i: g for i, g in enumerate(generators) if g is not None and not greedy[i]},
+            logit_bias=logit_bias,
+            stop_mask=stop_mask,
+            penalties=Penalties.build(params, output_token_ids, prompt_token_ids, device),
+            max_num_logprobs=max(logprobs) if logprobs else None,
+        )

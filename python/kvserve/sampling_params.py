@@ -1,0 +1,171 @@
+"""SamplingParams: how one request is decoded, with vLLM's field names, defaults and meanings.
+
+Every field is validated when the object is built; a bad value raises ValueError naming the field and
+the accepted range. Checks that need the model (token ids below the vocabulary size) are in
+`check_token_ids`, which the engine calls when a request arrives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Temperatures below this are greedy, as in vLLM (dividing logits by ~0 would overflow anyway).
+GREEDY_TEMPERATURE = 1e-5
+MAX_ABS_LOGIT_BIAS = 100.0
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int, expected: str) -> None:
+    if not _is_int(value) or value < low:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_float(name: str, value, ok, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+@dataclass
+class SamplingParams:
+    """Sampling parameters of one request (vLLM's `SamplingParams`).
+
+    n: number of output sequences for the prompt; sample i draws from seed + i when seeded.
+    temperature: 0 is greedy (argmax); otherwise logits are divided by it.
+    top_p: keep the most likely tokens whose probability mass reaches top_p (1 = off).
+    top_k: keep the k most likely tokens (0 or -1 = off).
+    min_p: drop tokens less likely than min_p times the most likely one (0 = off).
+    seed: per-request random seed; the same seed gives the same tokens whatever else is batched.
+    presence_penalty, frequency_penalty: subtracted once / per occurrence, for tokens already
+        generated (output only), in [-2, 2].
+    repetition_penalty: > 1 discourages tokens seen in the prompt or the output (positive logits
+        divided by it, negative ones multiplied), 1 = off.
+    stop: a string or strings that end generation (stored as a list); the text never contains
+        them unless include_stop_str_in_output.
+    stop_token_ids: token ids that end generation (kept in token_ids); None is stored as [].
+    ignore_eos: keep generating after the end-of-sequence token.
+    max_tokens: the most tokens to generate; None = up to the model's context length.
+    min_tokens: end-of-sequence and stop_token_ids are masked until this many tokens exist.
+    logprobs: also return the log-probabilities of the top-N tokens at each step, and always of
+        the chosen token (0 = only the chosen one).
+    prompt_logprobs: the same for each prompt position.
+    logit_bias: token id -> value added to its logit before sampling, in [-100, 100].
+    skip_special_tokens: leave special tokens out of the text.
+    spaces_between_special_tokens: kept for vLLM compatibility; fast tokenizers (the only kind
+        kvserve loads) decode special tokens without added spaces, as vLLM does with them.
+    include_stop_str_in_output: keep the matched stop string at the end of the text.
+    """
+
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("n", self.n, 1, "an integer >= 1")
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check_float(name, getattr(self, name), lambda v: -2.0 <= v <= 2.0, "a number in [-2, 2]")
+        _check_float("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "a number > 0")
+        _check_float("temperature", self.temperature, lambda v: v >= 0, "a number >= 0 (0 = greedy)")
+        _check_float("top_p", self.top_p, lambda v: 0 < v <= 1, "a number in (0, 1]")
+        if not _is_int(self.top_k) or self.top_k < -1:
+            raise ValueError(f"top_k must be an integer >= 1, or 0 or -1 to disable it, got {self.top_k!r}")
+        _check_float("min_p", self.min_p, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        self.stop = self._normalize_stop(self.stop)
+        if self.stop_token_ids is None:
+            self.stop_token_ids = []
+        if isinstance(self.stop_token_ids, (str, bytes)) or not isinstance(self.stop_token_ids, Iterable):
+            raise ValueError(f"stop_token_ids must be a list of token ids (integers >= 0), got {self.stop_token_ids!r}")
+        self.stop_token_ids = list(self.stop_token_ids)
+        for token_id in self.stop_token_ids:
+            _check_int("stop_token_ids", token_id, 0, "a list of token ids (integers >= 0)")
+        flags = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output")
+        for name in flags:
+            _check_bool(name, getattr(self, name))
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, 1, "an integer >= 1, or None for up to the context length")
+        _check_int("min_tokens", self.min_tokens, 0, "an integer >= 0")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError(
+                f"min_tokens must be at most max_tokens ({self.max_tokens}), got {self.min_tokens}"
+            )
+        for name in ("logprobs", "prompt_logprobs"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 0, "an integer >= 0, or None")
+        self._check_logit_bias()
+        if self.top_k == -1:
+            self.top_k = 0
+        if self.temperature < GREEDY_TEMPERATURE:
+            # Greedy ignores the truncation knobs; clearing them keeps the sampler's greedy fast path.
+            self.top_p, self.top_k, self.min_p = 1.0, 0, 0.0
+
+    @staticmethod
+    def _normalize_stop(stop) -> list[str]:
+        if stop is None:
+            return []
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"stop must be a non-empty string or a list of non-empty strings, got {stop!r}")
+        return list(stops)
+
+    def _check_logit_bias(self) -> None:
+        if self.logit_bias is None:
+            return
+        if not isinstance(self.logit_bias, dict):
+            raise ValueError(f"logit_bias must be a dict of token id -> bias, got {self.logit_bias!r}")
+        for token_id, bias in self.logit_bias.items():
+            _check_int("logit_bias", token_id, 0, "keyed by token ids (integers >= 0)")
+            _check_float(
+                f"logit_bias[{token_id}]", bias, lambda v: abs(v) <= MAX_ABS_LOGIT_BIAS, "a number in [-100, 100]"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_TEMPERATURE
+
+    def all_stop_token_ids(self, eos_token_ids: Iterable[int]) -> set[int]:
+        """The token ids that end this request: stop_token_ids, plus the model's end-of-sequence
+        ids unless ignore_eos. min_tokens masks exactly these."""
+        ids = set(self.stop_token_ids)
+        if not self.ignore_eos:
+            ids.update(eos_token_ids)
+        return ids
+
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Raise ValueError when a token id in logit_bias or stop_token_ids, or a logprobs count, is
+        outside a vocabulary of `vocab_size` tokens."""
+        for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids)):
+            bad = [i for i in ids if i >= vocab_size]
+            if bad:
+                raise ValueError(f"{name} has token ids {bad}: expected ids below the vocabulary size {vocab_size}")
+        for name in ("logprobs", "prompt_logprobs"):
+            count = getattr(self, name)
+            if count is not None and count > vocab_size:
+                raise ValueError(f"{name} must be at most the vocabulary size {vocab_size}, got {count}")
