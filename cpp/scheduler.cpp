@@ -64,7 +64,7 @@ Scheduler::Scheduler(const SchedulerConfig& config)
   updates_.reserve(seqs);
 }
 
-void Scheduler::add_request(std::string request_id, std::vector<int32_t> prompt_token_ids, RequestParams params) {
+int32_t Scheduler::add_request(std::string request_id, std::vector<int32_t> prompt_token_ids, RequestParams params) {
   if (slot_of_.count(request_id) != 0) {
     throw std::invalid_argument("request_id '" + request_id + "' is already in use by an unfinished request");
   }
@@ -115,6 +115,7 @@ void Scheduler::add_request(std::string request_id, std::vector<int32_t> prompt_
   req.params = std::move(params);
   slot_of_.emplace(req.request_id, handle);
   waiting_.insert(WaitingKey{&req, handle});
+  return handle;
 }
 
 int32_t Scheduler::handle_of(std::string_view request_id) const {

@@ -39,10 +39,11 @@ class KVSERVE_EXPORT Scheduler {
 
   const SchedulerConfig& config() const { return config_; }
 
-  // Queues a request. Throws std::invalid_argument for a request id in use, an empty prompt, a
-  // negative token id, prompt + 1 > max_model_len, max_tokens < 1, min_tokens outside
-  // [0, max_tokens], n outside [1, max_num_seqs], or a request too large for the whole cache.
-  void add_request(std::string request_id, std::vector<int32_t> prompt_token_ids, RequestParams params);
+  // Queues a request and returns its handle (SampleUpdate::req_handle). Throws
+  // std::invalid_argument for a request id in use, an empty prompt, a negative token id,
+  // prompt + 1 > max_model_len, max_tokens < 1, min_tokens outside [0, max_tokens], n outside
+  // [1, max_num_seqs], or a request too large for the whole cache.
+  int32_t add_request(std::string request_id, std::vector<int32_t> prompt_token_ids, RequestParams params);
 
   // Builds the next batch. Throws std::logic_error if the previous step sampled tokens that
   // update_from_output has not received yet.
