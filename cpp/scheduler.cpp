@@ -43,14 +43,18 @@ void check_params(const RequestParams& params, const SchedulerConfig& config) {
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_((validate(config), config)),
       manager_(config.num_blocks, config.block_size, config.enable_prefix_caching) {
-  // Every per-step array has a hard bound; reserving it keeps a step free of reallocations.
+  // Every per-step array has a hard bound. Reserving it keeps steps free of reallocations and the
+  // buffers in place for the scheduler's lifetime, so a view kept past its step reads newer data,
+  // never freed memory. Untouched capacity costs address space, not resident memory.
   const auto tokens = static_cast<size_t>(config.max_num_batched_tokens);
   const auto seqs = static_cast<size_t>(config.max_num_seqs);
+  const auto blocks_per_seq = static_cast<size_t>((config.max_model_len + config.block_size - 1) / config.block_size);
   output_.input_ids.reserve(tokens);
   output_.positions.reserve(tokens);
   output_.slot_mapping.reserve(tokens);
   output_.query_start_loc.reserve(seqs + 1);
   output_.seq_lens.reserve(seqs);
+  output_.block_table.reserve(seqs * blocks_per_seq);
   output_.req_ids.reserve(seqs);
   output_.req_handles.reserve(seqs);
   output_.sample_indices.reserve(seqs);
