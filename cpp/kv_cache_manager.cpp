@@ -80,6 +80,7 @@ bool KVCacheManager::allocate_slots(std::vector<SlotPlan>& plans, std::vector<in
   for (SlotPlan& plan : plans) {
     if (plan.hit_blocks.empty()) continue;
     Sequence& seq = *plan.seq;
+    seq.block_ids_epoch = ++num_epochs_;
     for (int32_t block_id : plan.hit_blocks) {
       pool_.acquire(block_id);
       seq.block_ids.push_back(block_id);
@@ -93,6 +94,7 @@ bool KVCacheManager::allocate_slots(std::vector<SlotPlan>& plans, std::vector<in
     Sequence& seq = *plan.seq;
     const int32_t start = seq.num_computed_tokens;
     const int32_t end = start + plan.num_new_tokens;
+    if (seq.block_ids.empty()) seq.block_ids_epoch = ++num_epochs_;
     if (start % block_size_ != 0 && pool_.ref_count(seq.block_ids.back()) > 1) {
       const int32_t shared = seq.block_ids.back();
       const int32_t copy = pool_.allocate_one();
@@ -100,6 +102,7 @@ bool KVCacheManager::allocate_slots(std::vector<SlotPlan>& plans, std::vector<in
       copy_pairs.push_back(copy);
       pool_.release(shared);
       seq.block_ids.back() = copy;
+      seq.block_ids_epoch = ++num_epochs_;
     }
     const size_t num_blocks = static_cast<size_t>(ceil_div(end, block_size_));
     while (seq.block_ids.size() < num_blocks) seq.block_ids.push_back(pool_.allocate_one());
@@ -124,6 +127,7 @@ void KVCacheManager::free(Sequence& seq) {
 
 void KVCacheManager::fork(const Sequence& parent, Sequence& child) {
   child = parent;
+  child.block_ids_epoch = ++num_epochs_;
   for (int32_t block_id : child.block_ids) pool_.acquire(block_id);
 }
 

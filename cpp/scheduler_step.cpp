@@ -9,13 +9,12 @@ namespace kvserve {
 namespace {
 
 void clear_step(SchedulerOutput& out) {
-  out.num_reqs = out.num_tokens = out.max_blocks_per_req = 0;
+  out.num_reqs = out.num_tokens = 0;
   out.input_ids.clear();
   out.positions.clear();
   out.slot_mapping.clear();
   out.query_start_loc.resize(1);
   out.seq_lens.clear();
-  out.block_table.clear();
   out.req_ids.clear();
   out.req_handles.clear();
   out.sample_indices.clear();
@@ -178,12 +177,22 @@ void Scheduler::finish_block_table() {
   SchedulerOutput& out = output_;
   size_t width = 1;
   for (const Sequence* seq : row_seqs_) width = std::max(width, seq->block_ids.size());
+  if (static_cast<int32_t>(width) != out.max_blocks_per_req) table_rows_.clear();
   out.max_blocks_per_req = static_cast<int32_t>(width);
-  out.block_table.assign(row_seqs_.size() * width, 0);
-  int32_t* row = out.block_table.data();
-  for (const Sequence* seq : row_seqs_) {
-    std::copy(seq->block_ids.begin(), seq->block_ids.end(), row);
-    row += width;
+  out.block_table.resize(row_seqs_.size() * width);
+  for (size_t r = 0; r < row_seqs_.size(); ++r) {
+    const Sequence& seq = *row_seqs_[r];
+    int32_t* row = out.block_table.data() + r * width;
+    if (r < table_rows_.size() && table_rows_[r].seq == &seq && table_rows_[r].epoch == seq.block_ids_epoch) {
+      std::copy(seq.block_ids.begin() + static_cast<std::ptrdiff_t>(table_rows_[r].num_blocks), seq.block_ids.end(),
+                row + table_rows_[r].num_blocks);
+    } else {
+      std::fill(std::copy(seq.block_ids.begin(), seq.block_ids.end(), row), row + width, 0);
+    }
+  }
+  table_rows_.resize(row_seqs_.size());
+  for (size_t r = 0; r < row_seqs_.size(); ++r) {
+    table_rows_[r] = TableRow{row_seqs_[r], row_seqs_[r]->block_ids_epoch, row_seqs_[r]->block_ids.size()};
   }
 }
 

@@ -60,6 +60,7 @@ class KVSERVE_EXPORT KVCacheManager {
 
   BlockPool pool_;
   int32_t block_size_;
+  uint64_t num_epochs_ = 0;       // Sequence::block_ids_epoch values handed out
   std::vector<int32_t> scratch_;  // reused by num_blocks_needed
 };
 

@@ -114,6 +114,14 @@ class KVSERVE_EXPORT Scheduler {
   std::vector<std::string> finished_since_step_;
   std::vector<SlotPlan> plans_;
   std::vector<const Sequence*> row_seqs_;
+  // What each block_table row held after the last step: a row whose sequence and epoch are
+  // unchanged only needs the blocks appended since (the table is rewritten when its width changes).
+  struct TableRow {
+    const Sequence* seq;
+    uint64_t epoch;
+    size_t num_blocks;
+  };
+  std::vector<TableRow> table_rows_;
   std::vector<SampledEntry> sampled_;
   std::vector<SampleUpdate> updates_;
 

@@ -24,6 +24,7 @@ struct Sequence {
   int32_t num_computed_tokens = 0;
 
   std::vector<int32_t> block_ids;       // logical block i -> physical block id
+  uint64_t block_ids_epoch = 0;         // renewed whenever block_ids changes other than by appending
   std::vector<BlockHash> block_hashes;  // hashes of full blocks 0.., computed once, kept across preemption
   std::vector<BlockRef> cached_refs;    // cached content of full blocks 0.. registered so far
   BlockHash root_hash;                  // hash of the request's extra keys: the parent of block 0
