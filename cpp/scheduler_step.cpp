@@ -48,8 +48,8 @@ const SchedulerOutput& Scheduler::schedule() {
   return output_;
 }
 
-int32_t Scheduler::tokens_to_schedule(const Sequence& seq, int32_t budget) const {
-  const int32_t remaining = seq.num_tokens() - seq.num_computed_tokens;
+// All `remaining` tokens if they fit the budget; else a chunk, or nothing without chunked prefill.
+int32_t Scheduler::tokens_to_schedule(int32_t remaining, int32_t budget) const {
   if (remaining <= budget) return remaining;
   return config_.enable_chunked_prefill ? budget : 0;
 }
@@ -60,7 +60,7 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
     plans_.clear();
     for (Sequence& seq : requests_[static_cast<size_t>(handle)].samples) {
       if (seq.finished()) continue;
-      const int32_t num_new = tokens_to_schedule(seq, budget);
+      const int32_t num_new = tokens_to_schedule(seq.num_tokens() - seq.num_computed_tokens, budget);
       if (num_new == 0) continue;
       plans_.push_back(SlotPlan{&seq, num_new, {}});
       budget -= num_new;
@@ -99,8 +99,7 @@ void Scheduler::schedule_waiting(int32_t& budget) {
         queried += seq.num_tokens();
         hits += num_cached;
       }
-      const int32_t remaining = seq.num_tokens() - num_cached;
-      plan.num_new_tokens = remaining <= left ? remaining : (config_.enable_chunked_prefill ? left : 0);
+      plan.num_new_tokens = tokens_to_schedule(seq.num_tokens() - num_cached, left);
       left -= plan.num_new_tokens;
       progress |= plan.num_new_tokens > 0;
       if (plan.num_new_tokens > 0 || !plan.hit_blocks.empty()) plans_.push_back(std::move(plan));

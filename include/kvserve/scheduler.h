@@ -84,7 +84,7 @@ class KVSERVE_EXPORT Scheduler {
   };
 
   int32_t handle_of(std::string_view request_id) const;
-  int32_t tokens_to_schedule(const Sequence& seq, int32_t budget) const;
+  int32_t tokens_to_schedule(int32_t remaining, int32_t budget) const;
   void schedule_running(int32_t& budget, bool& preempted);
   void schedule_waiting(int32_t& budget);
   void preempt_last_running();
