@@ -63,9 +63,10 @@ void add_request(PyScheduler& s, nb::str request_id, nb::handle prompt_token_ids
   RequestParams params;
   params.max_tokens = max_tokens;
   params.min_tokens = min_tokens;
-  params.eos_token_ids = token_ids_from_python(eos_token_ids, "eos_token_ids");
+  // None means no tokens here (SamplingParams-style defaults); a prompt must be given.
+  if (!eos_token_ids.is_none()) params.eos_token_ids = token_ids_from_python(eos_token_ids, "eos_token_ids");
   params.ignore_eos = ignore_eos;
-  params.stop_token_ids = token_ids_from_python(stop_token_ids, "stop_token_ids");
+  if (!stop_token_ids.is_none()) params.stop_token_ids = token_ids_from_python(stop_token_ids, "stop_token_ids");
   params.priority = priority;
   params.arrival_time = arrival_time;
   params.n = n;
@@ -90,8 +91,8 @@ void bind_scheduler(nb::module_& m) {
                           "update_from_output() applies the tokens sampled for it.")
       .def(nb::init<const SchedulerConfig&>(), nb::arg("config"))
       .def("add_request", &add_request, nb::arg("request_id"), nb::arg("prompt_token_ids"), nb::kw_only(),
-           nb::arg("max_tokens"), nb::arg("min_tokens") = 0, nb::arg("eos_token_ids") = nb::tuple(),
-           nb::arg("ignore_eos") = false, nb::arg("stop_token_ids") = nb::tuple(), nb::arg("priority") = 0,
+           nb::arg("max_tokens"), nb::arg("min_tokens") = 0, nb::arg("eos_token_ids").none() = nb::tuple(),
+           nb::arg("ignore_eos") = false, nb::arg("stop_token_ids").none() = nb::tuple(), nb::arg("priority") = 0,
            nb::arg("arrival_time") = 0.0, nb::arg("n") = 1, nb::arg("cache_salt") = "",
            nb::arg("skip_prefix_cache") = false,
            "Queue a request. prompt_token_ids: list[int] or a 1-D integer array. ValueError for an id in use,\n"

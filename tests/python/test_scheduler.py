@@ -86,6 +86,14 @@ def test_prompt_token_ids_accept_lists_and_integer_arrays(prompt):
     assert s.schedule().input_ids.tolist() == [5, 6, 7]
 
 
+def test_stop_token_lists_may_be_none_or_arrays():
+    s = make()
+    s.add_request("a", [1, 2], max_tokens=4, eos_token_ids=None, stop_token_ids=np.array([9], dtype=np.int64))
+    s.schedule()
+    [update] = s.update_from_output(np.array([9], dtype=np.int32))
+    assert (update.finish_reason, update.stop_token_id) == ("stop", 9)
+
+
 def test_parallel_sampling_forks_at_the_prompt_and_copies_the_partial_block():
     s = make()
     s.add_request("p", list(range(10, 16)), max_tokens=4, n=3, eos_token_ids=[0])
