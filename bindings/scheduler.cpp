@@ -1,0 +1,140 @@
+// The scheduler in Python: SchedulerConfig, Scheduler, SchedulerStats. Errors from the core
+// (std::invalid_argument) arrive as ValueError; calls out of order (std::logic_error) as RuntimeError.
+// The GIL stays held: a step takes microseconds, and the scheduler is not thread-safe.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/string_view.h>
+#include <nanobind/stl/vector.h>
+
+#include "bind.h"
+#include "py_scheduler.h"
+#include "token_ids.h"
+
+namespace kvserve::bind {
+
+namespace {
+
+using SampledIds = nb::ndarray<const int32_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+void bind_config(nb::module_& m) {
+  nb::class_<SchedulerConfig>(m, "SchedulerConfig", "The scheduler's limits (names as in vLLM's engine arguments).")
+      .def(
+          "__init__",
+          [](SchedulerConfig* c, int32_t num_blocks, int32_t block_size, int32_t max_num_seqs,
+             int32_t max_num_batched_tokens, int32_t max_model_len, bool enable_prefix_caching,
+             bool enable_chunked_prefill) {
+            new (c) SchedulerConfig{num_blocks, block_size, max_num_seqs, max_num_batched_tokens,
+                                    max_model_len, enable_prefix_caching, enable_chunked_prefill};
+            validate(*c);
+          },
+          nb::kw_only(), nb::arg("num_blocks"), nb::arg("block_size") = 16, nb::arg("max_num_seqs") = 256,
+          nb::arg("max_num_batched_tokens") = 8192, nb::arg("max_model_len"), nb::arg("enable_prefix_caching") = true,
+          nb::arg("enable_chunked_prefill") = true)
+      .def_ro("num_blocks", &SchedulerConfig::num_blocks, "KV-cache blocks, block 0 (the null block) included")
+      .def_ro("block_size", &SchedulerConfig::block_size)
+      .def_ro("max_num_seqs", &SchedulerConfig::max_num_seqs)
+      .def_ro("max_num_batched_tokens", &SchedulerConfig::max_num_batched_tokens)
+      .def_ro("max_model_len", &SchedulerConfig::max_model_len)
+      .def_ro("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
+      .def_ro("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill);
+}
+
+void bind_stats(nb::module_& m) {
+  nb::class_<SchedulerStats>(m, "SchedulerStats")
+      .def_ro("num_blocks", &SchedulerStats::num_blocks)
+      .def_ro("num_free_blocks", &SchedulerStats::num_free_blocks, "num_blocks - 1 when idle (block 0 is the null block)")
+      .def_ro("kv_cache_usage", &SchedulerStats::kv_cache_usage, "fraction of usable blocks in use, 0..1")
+      .def_ro("prefix_cache_queries", &SchedulerStats::prefix_cache_queries, "prompt tokens looked up at admission")
+      .def_ro("prefix_cache_hits", &SchedulerStats::prefix_cache_hits, "of those, tokens found in the cache")
+      .def_ro("num_preemptions", &SchedulerStats::num_preemptions)
+      .def_ro("num_evictions", &SchedulerStats::num_evictions, "cached blocks reused for other content")
+      .def("__repr__", [](const SchedulerStats& s) {
+        return "SchedulerStats(num_blocks=" + std::to_string(s.num_blocks) + ", num_free_blocks=" +
+               std::to_string(s.num_free_blocks) + ", kv_cache_usage=" + std::to_string(s.kv_cache_usage) +
+               ", prefix_cache_queries=" + std::to_string(s.prefix_cache_queries) + ", prefix_cache_hits=" +
+               std::to_string(s.prefix_cache_hits) + ", num_preemptions=" + std::to_string(s.num_preemptions) +
+               ", num_evictions=" + std::to_string(s.num_evictions) + ")";
+      });
+}
+
+void add_request(PyScheduler& s, nb::str request_id, nb::handle prompt_token_ids, int32_t max_tokens,
+                 int32_t min_tokens, nb::handle eos_token_ids, bool ignore_eos, nb::handle stop_token_ids,
+                 int32_t priority, double arrival_time, int32_t n, std::string cache_salt, bool skip_prefix_cache) {
+  RequestParams params;
+  params.max_tokens = max_tokens;
+  params.min_tokens = min_tokens;
+  // None means no tokens here (SamplingParams-style defaults); a prompt must be given.
+  if (!eos_token_ids.is_none()) params.eos_token_ids = token_ids_from_python(eos_token_ids, "eos_token_ids");
+  params.ignore_eos = ignore_eos;
+  if (!stop_token_ids.is_none()) params.stop_token_ids = token_ids_from_python(stop_token_ids, "stop_token_ids");
+  params.priority = priority;
+  params.arrival_time = arrival_time;
+  params.n = n;
+  params.cache_salt = std::move(cache_salt);
+  params.skip_prefix_cache = skip_prefix_cache;
+  const int32_t handle = s.core.add_request(nb::cast<std::string>(request_id),
+                                            token_ids_from_python(prompt_token_ids, "prompt_token_ids"),
+                                            std::move(params));
+  if (static_cast<size_t>(handle) >= s.ids.size()) s.ids.resize(static_cast<size_t>(handle) + 1);
+  s.ids[static_cast<size_t>(handle)] = std::move(request_id);
+}
+
+}  // namespace
+
+void bind_scheduler(nb::module_& m) {
+  bind_config(m);
+  bind_stats(m);
+  bind_scheduler_output(m);
+
+  nb::class_<PyScheduler>(m, "Scheduler",
+                          "The continuous-batching scheduler: schedule() builds a step's batch,\n"
+                          "update_from_output() applies the tokens sampled for it.")
+      .def(nb::init<const SchedulerConfig&>(), nb::arg("config"))
+      .def("add_request", &add_request, nb::arg("request_id"), nb::arg("prompt_token_ids"), nb::kw_only(),
+           nb::arg("max_tokens"), nb::arg("min_tokens") = 0, nb::arg("eos_token_ids").none() = nb::tuple(),
+           nb::arg("ignore_eos") = false, nb::arg("stop_token_ids").none() = nb::tuple(), nb::arg("priority") = 0,
+           nb::arg("arrival_time") = 0.0, nb::arg("n") = 1, nb::arg("cache_salt") = "",
+           nb::arg("skip_prefix_cache") = false,
+           "Queue a request. prompt_token_ids: list[int] or a 1-D integer array. ValueError for an id in use,\n"
+           "an empty prompt, prompt + 1 > max_model_len, bad limits, or a request larger than the cache.")
+      .def(
+          "schedule",
+          [](PyScheduler& s) -> PyStep& {
+            s.step.out = &s.core.schedule();
+            return s.step;
+          },
+          nb::rv_policy::reference_internal,
+          "Build the next step's batch. RuntimeError if the previous step's sampled tokens were not applied.")
+      .def(
+          "update_from_output",
+          [](PyScheduler& s, SampledIds sampled_token_ids) {
+            const auto& updates = s.core.update_from_output(sampled_token_ids.data(),
+                                                            static_cast<int64_t>(sampled_token_ids.shape(0)));
+            return sample_updates_to_list(s, updates);
+          },
+          nb::arg("sampled_token_ids"),
+          "Apply the tokens sampled for the last schedule()'s logits_indices (int32[num_sampled]).\n"
+          "Returns list[SampleUpdate]: (request_id, sample_index, new_token_ids, finish_reason), with\n"
+          "stop_token_id by name; finish_reason is None while the sequence runs.")
+      .def(
+          "finish_requests",
+          [](PyScheduler& s, const std::vector<std::string>& request_ids, std::string_view reason) {
+            s.core.finish_requests(request_ids, parse_finish_reason(reason));
+          },
+          nb::arg("request_ids"), nb::arg("reason"),
+          "End requests (all samples), e.g. on a stop string. reason: \"stop\", \"length\" or \"abort\".")
+      .def(
+          "finish_sample",
+          [](PyScheduler& s, std::string_view request_id, int32_t sample_index, std::string_view reason) {
+            s.core.finish_sample(request_id, sample_index, parse_finish_reason(reason));
+          },
+          nb::arg("request_id"), nb::arg("sample_index"), nb::arg("reason"), "End one sample of a request.")
+      .def("abort", [](PyScheduler& s, std::string_view request_id) { s.core.abort(request_id); }, nb::arg("request_id"),
+           "End a request at any time, freeing everything it holds. ValueError for an unknown id.")
+      .def("has_unfinished_requests", [](const PyScheduler& s) { return s.core.has_unfinished_requests(); })
+      .def_prop_ro("num_running", [](const PyScheduler& s) { return s.core.num_running(); })
+      .def_prop_ro("num_waiting", [](const PyScheduler& s) { return s.core.num_waiting(); })
+      .def("stats", [](const PyScheduler& s) { return s.core.stats(); });
+}
+
+}  // namespace kvserve::bind

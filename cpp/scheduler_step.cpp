@@ -1,0 +1,198 @@
+// Scheduler::schedule(): which tokens of which sequences run in this step, as flat arrays.
+#include <algorithm>
+#include <stdexcept>
+
+#include "kvserve/scheduler.h"
+
+namespace kvserve {
+
+namespace {
+
+void clear_step(SchedulerOutput& out) {
+  out.num_reqs = out.num_tokens = 0;
+  out.input_ids.clear();
+  out.positions.clear();
+  out.slot_mapping.clear();
+  out.query_start_loc.resize(1);
+  out.seq_lens.clear();
+  out.req_ids.clear();
+  out.req_handles.clear();
+  out.sample_indices.clear();
+  out.logits_indices.clear();
+  out.sampled_rows.clear();
+  out.sampled_sample_indices.clear();
+  out.blocks_to_copy.clear();
+  out.preempted_req_ids.clear();
+  out.finished_req_ids.clear();
+}
+
+}  // namespace
+
+const SchedulerOutput& Scheduler::schedule() {
+  if (!sampled_.empty()) {
+    throw std::logic_error("schedule() called before update_from_output() of the previous step, which sampled " +
+                           std::to_string(sampled_.size()) + " tokens");
+  }
+  free_handles_.insert(free_handles_.end(), retired_handles_.begin(), retired_handles_.end());
+  retired_handles_.clear();
+  clear_step(output_);
+  output_.finished_req_ids.swap(finished_since_step_);
+  row_seqs_.clear();
+
+  int32_t budget = config_.max_num_batched_tokens;
+  bool preempted = false;
+  schedule_running(budget, preempted);
+  // After a preemption the blocks are short: admitting more would only preempt again.
+  if (!preempted) schedule_waiting(budget);
+  finish_block_table();
+  return output_;
+}
+
+// All `remaining` tokens if they fit the budget; else a chunk, or nothing without chunked prefill.
+int32_t Scheduler::tokens_to_schedule(int32_t remaining, int32_t budget) const {
+  if (remaining <= budget) return remaining;
+  return config_.enable_chunked_prefill ? budget : 0;
+}
+
+void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    const int32_t handle = running_[i];
+    plans_.clear();
+    for (Sequence& seq : requests_[static_cast<size_t>(handle)].samples) {
+      if (seq.finished()) continue;
+      const int32_t num_new = tokens_to_schedule(seq.num_tokens() - seq.num_computed_tokens, budget);
+      if (num_new == 0) continue;
+      plans_.push_back(SlotPlan{&seq, num_new, {}});
+      budget -= num_new;
+    }
+    if (plans_.empty()) continue;
+    // Victims come from the back, which is never scheduled yet in this step: rows already emitted
+    // stay valid. When the victim is this request, everything after it is gone too.
+    while (!manager_.allocate_slots(plans_, output_.blocks_to_copy)) {
+      const bool self = running_.back() == handle;
+      preempt_last_running();
+      preempted = true;
+      if (self) return;
+    }
+    emit_rows(handle);
+  }
+}
+
+void Scheduler::schedule_waiting(int32_t& budget) {
+  const bool use_cache = manager_.pool().prefix_caching();
+  while (!waiting_.empty() && budget > 0) {
+    const int32_t handle = waiting_.begin()->handle;
+    Request& req = requests_[static_cast<size_t>(handle)];
+    if (num_running_seqs_ + req.num_seqs() > config_.max_num_seqs) return;
+
+    plans_.clear();
+    int32_t left = budget;
+    int64_t queried = 0;
+    int64_t hits = 0;
+    bool progress = false;
+    for (Sequence& seq : req.samples) {
+      if (seq.finished()) continue;
+      SlotPlan plan{&seq, 0, {}};
+      int32_t num_cached = 0;
+      if (use_cache && !req.params.skip_prefix_cache) {
+        num_cached = manager_.get_computed_blocks(seq, plan.hit_blocks);
+        queried += seq.num_tokens();
+        hits += num_cached;
+      }
+      plan.num_new_tokens = tokens_to_schedule(seq.num_tokens() - num_cached, left);
+      left -= plan.num_new_tokens;
+      progress |= plan.num_new_tokens > 0;
+      if (plan.num_new_tokens > 0 || !plan.hit_blocks.empty()) plans_.push_back(std::move(plan));
+    }
+    if (!progress || !manager_.allocate_slots(plans_, output_.blocks_to_copy)) return;
+
+    budget = left;
+    prefix_cache_queries_ += queried;
+    prefix_cache_hits_ += hits;
+    waiting_.erase(waiting_.begin());
+    req.status = RequestStatus::kRunning;
+    num_running_seqs_ += req.num_seqs();
+    const auto pos = std::upper_bound(running_.begin(), running_.end(), handle, [this](int32_t a, int32_t b) {
+      return runs_before(requests_[static_cast<size_t>(a)], requests_[static_cast<size_t>(b)]);
+    });
+    running_.insert(pos, handle);
+    emit_rows(handle);
+  }
+}
+
+void Scheduler::preempt_last_running() {
+  const int32_t handle = running_.back();
+  running_.pop_back();
+  Request& req = requests_[static_cast<size_t>(handle)];
+  for (Sequence& seq : req.samples) {
+    if (!seq.finished()) manager_.free(seq);
+  }
+  num_running_seqs_ -= req.num_seqs();
+  req.status = RequestStatus::kWaiting;
+  waiting_.insert(WaitingKey{&req, handle});
+  output_.preempted_req_ids.push_back(req.request_id);
+  ++num_preemptions_;
+}
+
+// One row per plan that computes tokens; advances the sequences past them.
+void Scheduler::emit_rows(int32_t handle) {
+  const Request& req = requests_[static_cast<size_t>(handle)];
+  const int32_t bs = config_.block_size;
+  SchedulerOutput& out = output_;
+  for (const SlotPlan& plan : plans_) {
+    if (plan.num_new_tokens == 0) continue;
+    Sequence& seq = *plan.seq;
+    const int32_t row = out.num_reqs++;
+    const int32_t start = seq.num_computed_tokens;
+    const int32_t end = start + plan.num_new_tokens;
+    for (int32_t pos = start; pos < end; ++pos) {
+      out.input_ids.push_back(seq.token_ids[static_cast<size_t>(pos)]);
+      out.positions.push_back(pos);
+      out.slot_mapping.push_back(static_cast<int64_t>(seq.block_ids[static_cast<size_t>(pos / bs)]) * bs + pos % bs);
+    }
+    out.num_tokens += plan.num_new_tokens;
+    out.query_start_loc.push_back(out.num_tokens);
+    out.seq_lens.push_back(end);
+    out.req_ids.push_back(req.request_id);
+    out.req_handles.push_back(handle);
+    out.sample_indices.push_back(seq.sample_index);
+    row_seqs_.push_back(&seq);
+    seq.num_computed_tokens = end;
+    if (end < seq.num_tokens()) continue;  // a prefill chunk: nothing to sample yet
+
+    const bool forks = !req.forked();
+    const int32_t num_samples = forks ? req.params.n : 1;
+    for (int32_t k = 0; k < num_samples; ++k) {
+      const int32_t sample_index = forks ? k : seq.sample_index;
+      out.logits_indices.push_back(out.num_tokens - 1);
+      out.sampled_rows.push_back(row);
+      out.sampled_sample_indices.push_back(sample_index);
+      sampled_.push_back(SampledEntry{handle, sample_index, forks});
+    }
+  }
+}
+
+void Scheduler::finish_block_table() {
+  SchedulerOutput& out = output_;
+  size_t width = 1;
+  for (const Sequence* seq : row_seqs_) width = std::max(width, seq->block_ids.size());
+  if (static_cast<int32_t>(width) != out.max_blocks_per_req) table_rows_.clear();
+  out.max_blocks_per_req = static_cast<int32_t>(width);
+  out.block_table.resize(row_seqs_.size() * width);
+  for (size_t r = 0; r < row_seqs_.size(); ++r) {
+    const Sequence& seq = *row_seqs_[r];
+    int32_t* row = out.block_table.data() + r * width;
+    if (r < table_rows_.size() && table_rows_[r].seq == &seq && table_rows_[r].epoch == seq.block_ids_epoch) {
+      std::copy(seq.block_ids.begin() + static_cast<std::ptrdiff_t>(table_rows_[r].num_blocks), seq.block_ids.end(),
+                row + table_rows_[r].num_blocks);
+    } else {
+      std::fill(std::copy(seq.block_ids.begin(), seq.block_ids.end(), row), row + width, 0);
+    }
+  }
+  table_rows_.resize(row_seqs_.size());
+  for (size_t r = 0; r < row_seqs_.size(); ++r) {
+    table_rows_[r] = TableRow{row_seqs_[r], row_seqs_[r]->block_ids_epoch, row_seqs_[r]->block_ids.size()};
+  }
+}
+
+}  // namespace kvserve

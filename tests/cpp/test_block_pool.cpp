@@ -1,0 +1,169 @@
+// Exact state of the block pool: ids handed out, reference counts, free-queue order, cache entries.
+#include <gtest/gtest.h>
+
+#include <stdexcept>
+#include <vector>
+
+#include "kvserve/block_pool.h"
+
+namespace kvserve {
+namespace {
+
+using Ids = std::vector<int32_t>;
+
+std::vector<int32_t> block_tokens(int32_t first, int32_t block_size) {
+  std::vector<int32_t> tokens(static_cast<size_t>(block_size));
+  for (int32_t i = 0; i < block_size; ++i) tokens[static_cast<size_t>(i)] = first + i;
+  return tokens;
+}
+
+// The ids allocate() hands out (none when it refuses).
+Ids take(BlockPool& pool, int32_t count) {
+  Ids got;
+  pool.allocate(count, got);
+  return got;
+}
+
+TEST(BlockPool, RejectsBadShapes) {
+  EXPECT_THROW(BlockPool(1, 16, true), std::invalid_argument);
+  for (int32_t block_size : {0, 3, 24, 512, -16}) {
+    try {
+      BlockPool pool(8, block_size, true);
+      FAIL() << "block_size " << block_size << " accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("power of two in [1, 256], got " + std::to_string(block_size)),
+                std::string::npos);
+    }
+  }
+}
+
+TEST(BlockPool, HandsOutBlocksInFreeQueueOrderAndNeverTheNullBlock) {
+  BlockPool pool(6, 4, true);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{1, 2, 3, 4, 5}));
+  EXPECT_EQ(take(pool, 3), (Ids{1, 2, 3}));
+  EXPECT_EQ(pool.ref_count(2), 1);
+  EXPECT_EQ(pool.num_free_blocks(), 2);
+  Ids got = {9};
+  EXPECT_FALSE(pool.allocate(3, got));  // all or nothing
+  EXPECT_EQ(got, (Ids{9}));
+  EXPECT_EQ(pool.free_block_ids(), (Ids{4, 5}));
+}
+
+TEST(BlockPool, ReleasedBlocksJoinTheTailInReleaseOrder) {
+  BlockPool pool(6, 4, false);
+  ASSERT_EQ(take(pool, 5).size(), 5u);
+  pool.release(3);
+  pool.release(1);
+  pool.acquire(5);  // two references: one release keeps it out of the queue
+  pool.release(5);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 1}));
+  pool.release(5);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{3, 1, 5}));
+  EXPECT_EQ(pool.ref_count(5), 0);
+  EXPECT_EQ(take(pool, 1), (Ids{3}));
+}
+
+TEST(BlockPool, CachedBlockIsFoundOnlyWithItsHashTokensAndParent) {
+  BlockPool pool(6, 4, true);
+  ASSERT_EQ(take(pool, 2).size(), 2u);
+  const auto tokens = block_tokens(100, 4);
+  const BlockHash h{1, 2};
+  const BlockRef ref = pool.cache_full_block(1, h, tokens.data(), kRootRef);
+  EXPECT_EQ(ref, pool.ref_of(1));
+  EXPECT_TRUE(pool.is_cached(1));
+  EXPECT_EQ(pool.find_cached(h, tokens.data(), kRootRef), 1);
+  EXPECT_EQ(pool.find_cached(BlockHash{1, 3}, tokens.data(), kRootRef), -1);
+  EXPECT_EQ(pool.find_cached(h, block_tokens(101, 4).data(), kRootRef), -1);
+  EXPECT_EQ(pool.find_cached(h, tokens.data(), pool.ref_of(2)), -1);
+  // A child names block 1 as its parent.
+  const auto child_tokens = block_tokens(200, 4);
+  EXPECT_EQ(pool.cache_full_block(2, BlockHash{5, 6}, child_tokens.data(), ref), pool.ref_of(2));
+  EXPECT_EQ(pool.find_cached(BlockHash{5, 6}, child_tokens.data(), ref), 2);
+}
+
+TEST(BlockPool, EqualContentElsewhereIsNamedByTheFirstCopy) {
+  BlockPool pool(6, 4, true);
+  ASSERT_EQ(take(pool, 2).size(), 2u);
+  const auto tokens = block_tokens(100, 4);
+  pool.cache_full_block(1, BlockHash{1, 2}, tokens.data(), kRootRef);
+  EXPECT_EQ(pool.cache_full_block(2, BlockHash{1, 2}, tokens.data(), kRootRef), pool.ref_of(1));
+  EXPECT_FALSE(pool.is_cached(2));
+}
+
+TEST(BlockPool, HashCollisionNeverServesTheOtherContent) {
+  BlockPool pool(6, 4, true);
+  ASSERT_EQ(take(pool, 3).size(), 3u);
+  const BlockHash same{9, 9};
+  const auto a = block_tokens(100, 4);
+  const auto b = block_tokens(300, 4);
+  pool.cache_full_block(1, same, a.data(), kRootRef);
+  EXPECT_EQ(pool.cache_full_block(2, same, b.data(), kRootRef), kNoRef);
+  EXPECT_FALSE(pool.is_cached(2));
+  EXPECT_EQ(pool.find_cached(same, b.data(), kRootRef), -1);
+  // Same tokens and hash under another parent: a collision of the prefix, also refused.
+  const BlockRef other_parent = pool.ref_of(1);
+  EXPECT_EQ(pool.find_cached(same, a.data(), other_parent), -1);
+  EXPECT_EQ(pool.cache_full_block(3, same, a.data(), other_parent), kNoRef);
+}
+
+// Blocks 1, 2 and 3 in use; 1 and 2 cached as a two-block prefix (block 2's parent is block 1).
+struct CachedChain {
+  explicit CachedChain(int32_t num_blocks) : pool(num_blocks, 4, true) {
+    take(pool, 3);
+    parent = pool.cache_full_block(1, BlockHash{1, 1}, t1.data(), kRootRef);
+    child = pool.cache_full_block(2, BlockHash{2, 2}, t2.data(), parent);
+  }
+  BlockPool pool;
+  std::vector<int32_t> t1 = block_tokens(10, 4);
+  std::vector<int32_t> t2 = block_tokens(20, 4);
+  BlockRef parent;
+  BlockRef child;
+};
+
+TEST(BlockPool, AllocationEvictsFromTheHeadAndStaleLinksNeverMatch) {
+  CachedChain chain(4);
+  auto& [pool, t1, t2, parent, child] = chain;
+  ASSERT_EQ(child, pool.ref_of(2));
+  pool.release(2);
+  pool.release(1);
+  pool.release(3);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{2, 1, 3}));
+  // Freed blocks keep their content: a hit takes block 1 out of the middle of the queue.
+  EXPECT_EQ(pool.find_cached(BlockHash{1, 1}, t1.data(), kRootRef), 1);
+  pool.acquire(1);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{2, 3}));
+  pool.release(1);
+
+  EXPECT_EQ(take(pool, 2), (Ids{2, 3}));  // evicts 2, then 3 (uncached)
+  EXPECT_EQ(pool.num_evictions(), 1);
+  EXPECT_FALSE(pool.is_cached(2));
+  EXPECT_EQ(pool.find_cached(BlockHash{2, 2}, t2.data(), parent), -1);
+  EXPECT_EQ(take(pool, 1), (Ids{1}));  // evicts the parent: its old reference goes stale
+  EXPECT_EQ(pool.num_evictions(), 2);
+  EXPECT_NE(pool.ref_of(1), parent);
+  EXPECT_EQ(pool.cache_full_block(2, BlockHash{2, 2}, t2.data(), parent), kNoRef);
+}
+
+TEST(BlockPool, EntryWithAnEvictedParentGivesWayToLiveContent) {
+  CachedChain chain(5);
+  auto& [pool, t1, t2, parent, child] = chain;
+  pool.release(1);
+  EXPECT_EQ(take(pool, 2), (Ids{4, 1}));  // 4 (never cached), then 1: evicted
+  // Block 3 now holds the same prefix, cached afresh: block 2's entry is stale and is replaced.
+  const BlockRef new_parent = pool.cache_full_block(3, BlockHash{1, 1}, t1.data(), kRootRef);
+  EXPECT_EQ(pool.cache_full_block(4, BlockHash{2, 2}, t2.data(), new_parent), pool.ref_of(4));
+  EXPECT_FALSE(pool.is_cached(2));
+  EXPECT_EQ(pool.find_cached(BlockHash{2, 2}, t2.data(), new_parent), 4);
+}
+
+TEST(BlockPool, WithoutPrefixCachingNothingIsCached) {
+  BlockPool pool(4, 4, false);
+  ASSERT_EQ(take(pool, 1).size(), 1u);
+  const auto tokens = block_tokens(1, 4);
+  EXPECT_EQ(pool.cache_full_block(1, BlockHash{1, 1}, tokens.data(), kRootRef), kNoRef);
+  EXPECT_EQ(pool.find_cached(BlockHash{1, 1}, tokens.data(), kRootRef), -1);
+  EXPECT_FALSE(pool.is_cached(1));
+}
+
+}  // namespace
+}  // namespace kvserve
