@@ -7,7 +7,7 @@ place. The lead removes this shim when the branches merge.
 
 from __future__ import annotations
 
-import torch
+import pytest
 
 from kvserve import ops
 from reference_attention import reference_paged_attention, reference_reshape_and_cache
@@ -21,3 +21,20 @@ if not hasattr(ops, "reshape_and_cache"):
 
     ops.reshape_and_cache = reference_reshape_and_cache
     ops.paged_attention = _paged_attention
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """tiny_model_dir(architecture, **overrides): a saved tiny model directory (see tiny_models.py),
+    built once per session for each distinct argument set."""
+    from tiny_models import save_tiny_model  # imports transformers: only for the tests that need it
+
+    built = {}
+
+    def get(architecture: str, **overrides):
+        key = (architecture, repr(sorted(overrides.items())))
+        if key not in built:
+            built[key] = save_tiny_model(tmp_path_factory.mktemp(architecture), architecture, **overrides)
+        return built[key]
+
+    return get
