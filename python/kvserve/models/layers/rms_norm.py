@@ -21,7 +21,8 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(norm(x + residual), x + residual); the first block passes residual=None."""
+        """(norm(x + residual), x + residual), the sum written into x (a block's fresh output, free to
+        reuse); the first block passes residual=None."""
         if residual is not None:
-            x = x + residual
+            x = x.add_(residual)
         return self(x), x
