@@ -50,7 +50,8 @@ def dtype_from_name(name: str | torch.dtype, what: str = "dtype") -> torch.dtype
 @dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding parameters. `scaling` holds the extra keys of the scaled types
-    (factor, low_freq_factor, original_max_position_embeddings, beta_fast, ...)."""
+    (factor, low_freq_factor, original_max_position_embeddings, beta_fast, ...); GGUF files give
+    Llama 3's scaling as precomputed `frequency_factors` instead (inv_freq[i] / factors[i])."""
 
     theta: float = 10000.0
     rope_type: str = "default"

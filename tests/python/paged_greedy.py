@@ -62,7 +62,8 @@ def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_
                                      seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
                                      query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32))
         with torch.inference_mode():
-            hidden = model(torch.tensor(input_ids), torch.tensor(positions, dtype=torch.int64), kv_caches, metadata)
+            hidden = model(torch.tensor(input_ids, dtype=torch.int32), torch.tensor(positions, dtype=torch.int64),
+                           kv_caches, metadata)
             sampled = [i for i, r in enumerate(active) if seq_lens[i] == len(r.tokens)]
             logits = model.compute_logits(hidden[[query_start_loc[i + 1] - 1 for i in sampled]])
         for i, r in enumerate(active):

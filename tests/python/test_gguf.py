@@ -18,21 +18,22 @@ from tiny_gguf import llama_cpp_permute, write_tiny_gguf
 TEXTS = ["The capital of France is Paris.", "Numbers 12345 and 3.14!", "Café 東京 🙂",
          "<|im_start|>user\nHi<|im_end|>\n", "  two  spaces\n\nnewlines"]
 
-# Llama without rope scaling: llama.cpp stores Llama 3 scaling as a tensor kvserve does not read.
-ARCHITECTURES = {"LlamaForCausalLM": dict(rope_scaling=None), "Qwen2ForCausalLM": {}, "Qwen3ForCausalLM": {}}
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
 @pytest.fixture(scope="module")
 def gguf_pair(tiny_model_dir, tmp_path_factory):
-    """gguf_pair(architecture, quantization) -> (Hugging Face directory, GGUF file written from it)."""
+    """gguf_pair(architecture, quantization, **overrides) -> (the tiny model's Hugging Face directory,
+    a GGUF file written from it)."""
     written = {}
 
-    def get(architecture, quantization=gguf.GGMLQuantizationType.F32):
-        if (architecture, quantization) not in written:
-            directory = tiny_model_dir(architecture, **ARCHITECTURES[architecture])
+    def get(architecture, quantization=gguf.GGMLQuantizationType.F32, **overrides):
+        key = (architecture, quantization, repr(sorted(overrides.items())))
+        if key not in written:
+            directory = tiny_model_dir(architecture, **overrides)
             path = tmp_path_factory.mktemp("gguf") / f"{architecture}-{quantization.name}.gguf"
-            written[architecture, quantization] = directory, write_tiny_gguf(directory, path, quantization)
-        return written[architecture, quantization]
+            written[key] = directory, write_tiny_gguf(directory, path, quantization)
+        return written[key]
 
     return get
 
@@ -51,9 +52,11 @@ def test_float32_round_trip_gives_identical_logits(gguf_pair, architecture):
     ours, theirs = from_gguf.model_config, from_directory.model_config
     assert ours.architecture == architecture and from_gguf.dtype == torch.float32
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rope", "tie_word_embeddings",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings", "tie_word_embeddings",
                   "eos_token_ids"):
         assert getattr(ours, field) == getattr(theirs, field), field
+    # Llama 3's scaling arrives precomputed (frequency_factors), YaRN's as parameters.
+    assert ours.rope.rope_type == theirs.rope.rope_type and ours.rope.theta == theirs.rope.theta
     ids, logits = paged_greedy(from_gguf.model, PROMPTS, 3)
     expected_ids, expected_logits = paged_greedy(from_directory.model, PROMPTS, 3)
     assert ids == expected_ids
@@ -61,7 +64,8 @@ def test_float32_round_trip_gives_identical_logits(gguf_pair, architecture):
 
 
 def test_quantized_file_matches_transformers_gguf_loader(gguf_pair):
-    directory, path = gguf_pair("LlamaForCausalLM", gguf.GGMLQuantizationType.Q8_0)
+    # transformers reads no rope scaling from GGUF files, so this model has none.
+    _, path = gguf_pair("LlamaForCausalLM", gguf.GGMLQuantizationType.Q8_0, rope_scaling=None)
     loaded = load_model(path)
     assert loaded.dtype == torch.float32  # "auto" on a quantized file: dequantized values are exact in float32
     hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
@@ -85,6 +89,19 @@ def test_tokenizer_round_trip(gguf_pair):
     assert parts.backend.decode(original.encode(TEXTS[3]).ids, skip_special_tokens=True) == "user\nHi\n"
     assert (parts.chat_template, parts.eos_token, parts.bos_token, parts.add_bos_token) == \
         (config["chat_template"], "<|im_end|>", None, False)
+
+
+@pytest.mark.parametrize("pre_tokenizer, pieces", [
+    ("default", ["Hello", "Ġ12345", "Ġworld", "!!", "ĊĊ"]),
+    ("smollm", ["Hello", "Ġ", "1", "2", "3", "4", "5", "Ġworld", "!!", "ĊĊ"]),
+    ("llama-bpe", ["Hello", "Ġ", "123", "45", "Ġworld", "!!ĊĊ"]),
+    ("qwen2", ["Hello", "Ġ", "1", "2", "3", "4", "5", "Ġworld", "!!ĊĊ"]),
+])
+def test_pre_tokenizer_rules(gguf_pair, tmp_path, pre_tokenizer, pieces):
+    directory, _ = gguf_pair("Qwen3ForCausalLM")
+    path = write_tiny_gguf(directory, tmp_path / "tiny.gguf", pre_tokenizer=pre_tokenizer)
+    backend = load_model(path, load_format="dummy").tokenizer.backend
+    assert [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str("Hello 12345 world!!\n\n")] == pieces
 
 
 def test_unsupported_pre_tokenizer_is_named(gguf_pair, tmp_path):

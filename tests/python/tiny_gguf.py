@@ -1,6 +1,6 @@
 """Write a saved tiny model (tiny_models.py) as a GGUF file, the way llama.cpp's converter does:
-GGUF tensor names, Llama's q/k rows permuted into interleaved rotary pairs, the tokenizer as token
-strings + merges + token types, and the chat template."""
+GGUF tensor names, Llama's q/k rows permuted into interleaved rotary pairs, Llama 3 rope scaling as
+a rope_freqs tensor, the tokenizer as token strings + merges + token types, and the chat template."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import torch
+import transformers
 from safetensors.numpy import load_file
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 GGUF_ARCH = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
@@ -51,6 +54,8 @@ def write_tiny_gguf(directory, path, quantization=gguf.GGMLQuantizationType.F32,
     writer.add_key_length(config["head_dim"] if config.get("head_dim") else config["hidden_size"] // config["num_attention_heads"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_rope_freq_base(rope.get("rope_theta", 10000.0))
+    if rope.get("rope_type") == "llama3":
+        writer.add_tensor("rope_freqs.weight", _llama3_rope_factors(directory))
     if rope.get("rope_type") == "yarn":
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(rope["factor"])
@@ -74,6 +79,16 @@ def write_tiny_gguf(directory, path, quantization=gguf.GGMLQuantizationType.F32,
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _llama3_rope_factors(directory) -> np.ndarray:
+    """What llama.cpp stores for Llama 3 rope scaling: one divisor per frequency, here derived from
+    transformers' own scaled frequencies."""
+    config = transformers.AutoConfig.from_pretrained(directory)
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    head_dim = config.head_dim
+    plain = 1.0 / (config.rope_parameters["rope_theta"] ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    return (plain / scaled).numpy().astype(np.float32)
 
 
 def _add_tokenizer(writer, directory, pre_tokenizer):

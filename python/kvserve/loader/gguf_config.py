@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from gguf import GGUFReader, LlamaFileType
 
@@ -13,6 +14,9 @@ GGUF_ARCHITECTURES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
+
+# Not a weight: Llama 3's rope scaling, read into the config.
+ROPE_FACTORS_TENSOR = "rope_freqs.weight"
 
 _MISSING = object()
 
@@ -44,10 +48,8 @@ def gguf_architecture(reader: GGUFReader) -> str:
 
 def model_config_from_gguf(reader: GGUFReader) -> ModelConfig:
     arch = gguf_architecture(reader)
-    names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in names:
-        raise ValueError(f"{reader.data.filename}: per-dimension rope frequency factors (rope_freqs.weight, "
-                         f"Llama 3.1 style) are not supported in GGUF files; load the Hugging Face checkpoint")
+    tensors = {t.name: t for t in reader.tensors}
+    names = set(tensors)
 
     def value(key, default=_MISSING):
         return gguf_value(reader, f"{arch}.{key}", default)
@@ -69,7 +71,7 @@ def model_config_from_gguf(reader: GGUFReader) -> ModelConfig:
         head_dim=value("attention.key_length", hidden_size // num_heads),
         rms_norm_eps=value("attention.layer_norm_rms_epsilon"),
         max_position_embeddings=value("context_length"),
-        rope=_rope(value),
+        rope=_rope(value, tensors.get(ROPE_FACTORS_TENSOR)),
         tie_word_embeddings="output.weight" not in names,
         attention_bias=arch == "llama" and "blk.0.attn_q.bias" in names,
         sliding_windows=(window,) * num_layers,
@@ -79,8 +81,12 @@ def model_config_from_gguf(reader: GGUFReader) -> ModelConfig:
     )
 
 
-def _rope(value) -> RopeConfig:
+def _rope(value, factors_tensor) -> RopeConfig:
     theta = value("rope.freq_base", 10000.0)
+    if factors_tensor is not None:
+        # Llama 3 scaling, precomputed by llama.cpp's converter as one divisor per frequency.
+        factors = tuple(float(f) for f in np.asarray(factors_tensor.data, dtype=np.float32))
+        return RopeConfig(theta=theta, rope_type="llama3", scaling={"frequency_factors": factors})
     rope_type = value("rope.scaling.type", "none")
     if rope_type == "none":
         return RopeConfig(theta=theta)

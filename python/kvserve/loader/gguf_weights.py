@@ -21,6 +21,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
+from kvserve.loader.gguf_config import ROPE_FACTORS_TENSOR
 from kvserve.model_config import ModelConfig
 
 _GLOBAL_NAMES = {
@@ -65,6 +66,8 @@ def undo_rope_permutation(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
 def iter_gguf_weights(reader: GGUFReader, config: ModelConfig, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, tensor) for every tensor; float32 unless stored as F16."""
     for tensor in reader.tensors:
+        if tensor.name == ROPE_FACTORS_TENSOR:
+            continue
         name = hf_name(tensor.name)
         if name is None:
             raise ValueError(f"{reader.data.filename}: GGUF tensor {tensor.name!r} has no place in "

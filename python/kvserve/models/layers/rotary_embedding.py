@@ -27,6 +27,8 @@ def inverse_frequencies(rope: RopeConfig, head_dim: int) -> tuple[torch.Tensor, 
 
 
 def _llama3(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    if "frequency_factors" in s:  # the same scaling, precomputed per frequency (GGUF files)
+        return inv_freq / torch.tensor(s["frequency_factors"], dtype=torch.float32)
     # Long wavelengths (beyond low_freq_wavelen) are slowed by `factor`, short ones (below
     # high_freq_wavelen) kept, and the band between blends the two linearly in context/wavelength.
     context = s["original_max_position_embeddings"]
