@@ -13,7 +13,9 @@ from kvserve.models.layers.rms_norm import RMSNorm
 
 
 def fill_dummy_weights(model: nn.Module, seed: int = 0) -> None:
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    # Drawn where the parameters live: a CPU generator cannot fill CUDA tensors, and drawing on the
+    # device avoids staging every weight through host memory.
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
             for param in module.parameters(recurse=False):
