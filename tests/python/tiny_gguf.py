@@ -12,7 +12,10 @@ import numpy as np
 import torch
 import transformers
 from safetensors.numpy import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from tiny_tokenizer import training_text
 
 GGUF_ARCH = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
@@ -105,3 +108,33 @@ def _add_tokenizer(writer, directory, pre_tokenizer):
     writer.add_eos_token_id(vocab[tokenizer_config["eos_token"]])
     writer.add_add_bos_token(False)
     writer.add_chat_template(tokenizer_config["chat_template"])
+
+
+def write_sentencepiece_gguf(path) -> Path:
+    """A GGUF file holding only a Llama-2-style SentencePiece tokenizer (tokenizer.ggml.model "llama"):
+    <unk> <s> </s>, the 256 <0xNN> byte tokens, then pieces trained here, each scored by its merge
+    rank so that earlier merges score higher."""
+    trainer_tokenizer = Tokenizer(models.BPE())
+    trainer_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    trainer_tokenizer.train_from_iterator(
+        training_text(), trainers.BpeTrainer(vocab_size=700, show_progress=False, limit_alphabet=120))
+    trained = trainer_tokenizer.get_vocab()
+    pieces = sorted(trained, key=trained.get)
+    specials = ["<unk>", "<s>", "</s>"]
+    tokens = specials + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + \
+        [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(pieces)
+    scores = [0.0] * (len(specials) + 256) + [-float(rank) for rank in range(len(pieces))]
+    writer = gguf.GGUFWriter(Path(path), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

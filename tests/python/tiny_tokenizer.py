@@ -22,7 +22,7 @@ CHATML_TEMPLATE = (
 )
 
 
-def _training_text(seed: int = 0) -> list[str]:
+def training_text(seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "str", "ing", "ion", " ", ".", "7", "42"]
     sentences = ["The capital of France is Paris.", "Café crème, 東京, 🙂 and 1234 digits."]
@@ -41,7 +41,7 @@ def save_tiny_tokenizer(directory, vocab_size: int = 1000) -> Path:
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(_training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(training_text(), trainer=trainer)
     if tokenizer.get_vocab_size() != vocab_size:
         raise ValueError(f"vocab_size {vocab_size}: the training text yields {tokenizer.get_vocab_size()} tokens")
     tokenizer.save(str(directory / "tokenizer.json"))
