@@ -49,7 +49,6 @@ def gguf_architecture(reader: GGUFReader) -> str:
 def model_config_from_gguf(reader: GGUFReader) -> ModelConfig:
     arch = gguf_architecture(reader)
     tensors = {t.name: t for t in reader.tensors}
-    names = set(tensors)
 
     def value(key, default=_MISSING):
         return gguf_value(reader, f"{arch}.{key}", default)
@@ -72,8 +71,8 @@ def model_config_from_gguf(reader: GGUFReader) -> ModelConfig:
         rms_norm_eps=value("attention.layer_norm_rms_epsilon"),
         max_position_embeddings=value("context_length"),
         rope=_rope(value, tensors.get(ROPE_FACTORS_TENSOR)),
-        tie_word_embeddings="output.weight" not in names,
-        attention_bias=arch == "llama" and "blk.0.attn_q.bias" in names,
+        tie_word_embeddings="output.weight" not in tensors,
+        attention_bias=arch == "llama" and "blk.0.attn_q.bias" in tensors,
         sliding_windows=(window,) * num_layers,
         checkpoint_dtype=_FILE_TYPE_DTYPES.get(gguf_value(reader, "general.file_type", None), torch.float32),
         bos_token_id=gguf_value(reader, "tokenizer.ggml.bos_token_id", None),
