@@ -106,11 +106,14 @@ def main() -> None:
     print(f"logs: {log_dir}")
     settings = Settings(args.threads, args.vllm_threads_bind or f"0-{args.threads - 1}",
                         args.vllm_memory_utilization, log_dir)
+    load_before = os.getloadavg()[0]
     runs = run_rounds(case, engines, args.model, model_dir, args.dtype, settings, args.repeat)
 
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{case.name} on {args.model}, {args.dtype}"
-    header = [f"{date}; {cpu_name()}, {os.cpu_count()} cores; `python bench/compare.py {shlex.join(sys.argv[1:])}`."]
+    header = [f"{date}; {cpu_name()}, {os.cpu_count()} cores; load average {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after (other work on the machine skews figures);",
+              f"`python bench/compare.py {shlex.join(sys.argv[1:])}`."]
     (args.out / f"{stem}.md").write_text(report.markdown(title, header, runs, serve))
     (args.out / f"{stem}.json").write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")
     if any(r.result for r in runs):

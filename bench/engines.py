@@ -106,7 +106,12 @@ class Measured:
         self._log.close()
 
 
-def vllm_env(s: Settings) -> dict[str, str]:
+def torch_env(s: Settings) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(s.threads))
+
+
+def vllm_env(s: Settings) -> tuple[dict[str, str], str]:
+    """The environment vLLM runs in, and how to say it."""
     if not VLLM_PYTHON.exists():
         raise Skip(f"vLLM is not installed ({VLLM_PYTHON} missing: run bench/anchors/setup_vllm.sh)")
     env = dict(os.environ)
@@ -116,7 +121,8 @@ def vllm_env(s: Settings) -> dict[str, str]:
         gomp = sorted(VLLM_PYTHON.parent.parent.glob("lib/python3*/site-packages/torch/lib/libgomp*.so*"))
         if gomp:
             env["LD_PRELOAD"] = str(gomp[0])
-    return env
+    preloaded = ", libgomp preloaded" if "LD_PRELOAD" in env else ""
+    return env, f"VLLM_CPU_OMP_THREADS_BIND={s.vllm_bind}{preloaded}"
 
 
 def llama_binary(name: str) -> Path:
@@ -145,12 +151,12 @@ def engine_version(engine: str) -> str:
 
 
 def _offline_python(engine: str, case, model_dir: Path, dtype: str, prompts: Path, s: Settings) -> Run:
-    python, env, engine_args, note = sys.executable, dict(os.environ), {}, f"torch threads: default ({s.threads} cores)"
+    python, env, engine_args = sys.executable, torch_env(s), {}
+    note = f"OMP_NUM_THREADS={s.threads}"
     if engine == "vllm":
-        python, env = str(VLLM_PYTHON), vllm_env(s)
+        python, (env, note) = str(VLLM_PYTHON), vllm_env(s)
         engine_args = {"skip_tokenizer_init": True, "max_num_seqs": case.num_prompts,
                        "gpu_memory_utilization": s.vllm_memory_utilization}
-        note = f"VLLM_CPU_OMP_THREADS_BIND={s.vllm_bind}" + (", libgomp preloaded" if "LD_PRELOAD" in env else "")
     result_path = s.log_dir / f"{engine}.json"
     cmd = [python, str(HERE / "runners" / "offline.py"), "--engine", engine, "--model", str(model_dir),
            "--prompts", str(prompts), "--output-len", str(case.output_len), "--dtype", dtype,
@@ -204,16 +210,16 @@ def _server_command(engine: str, case, preset: str, model_dir: Path, dtype: str,
             raise Skip("kvserve has no `serve` command yet")
         cmd = [sys.executable, "-m", "kvserve.cli", "serve", str(model_dir), *common, "--dtype", dtype,
                "--served-model-name", preset, "--max-num-seqs", str(case.num_prompts)]
-        return cmd, dict(os.environ), f"torch threads: default ({s.threads} cores)"
+        return cmd, torch_env(s), f"OMP_NUM_THREADS={s.threads}"
     if engine == "vllm":
-        env = vllm_env(s)
+        env, note = vllm_env(s)
         # The api_server module, not the `vllm` script: that looks up the metadata of a package named
         # vllm, and the CPU build is installed as vllm-cpu.
         cmd = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), *common,
                "--dtype", dtype,
                "--served-model-name", preset, "--max-num-seqs", str(case.num_prompts),
                "--gpu-memory-utilization", str(s.vllm_memory_utilization)]
-        return cmd, env, f"VLLM_CPU_OMP_THREADS_BIND={s.vllm_bind}"
+        return cmd, env, note
     slots = case.num_prompts
     cmd = [str(llama_binary("llama-server")), "-m", str(gguf_path(preset, dtype)), *common, "-a", preset,
            "-np", str(slots), "-c", str(slots * (case.input_len + case.output_len)), "-t", str(s.threads),
