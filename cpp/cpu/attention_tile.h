@@ -210,17 +210,15 @@ struct AttentionTile {
       for (int64_t d = 0; d < head_dim; ++d) sc.out[r * head_dim + d] = 0.f;
     }
 
+    // Cache rows of the chunk that starts at key position `chunk` (null past the item's keys).
     const T* key_cache = static_cast<const T*>(p.key_cache);
     const T* value_cache = static_cast<const T*>(p.value_cache);
     const int32_t* blocks = p.block_table + w.req * p.block_table_stride;
     const int64_t head_offset = w.kv_head * head_dim, slot_stride = p.num_kv_heads * head_dim;
-    for (int64_t chunk = w.key_begin; chunk < w.key_end; chunk += kChunk) {
-      const int n = static_cast<int>(w.key_end - chunk < kChunk ? w.key_end - chunk : kChunk);
-      const T* keys[kChunk];
-      const T* values[kChunk];
+    auto gather = [&](int64_t chunk, const T* keys[kChunk], const T* values[kChunk]) {
       int64_t block = chunk / p.block_size, offset = chunk % p.block_size;
       for (int c = 0; c < kChunk; ++c) {
-        if (c >= n) {
+        if (chunk + c >= w.key_end) {
           keys[c] = values[c] = nullptr;
           continue;
         }
@@ -230,6 +228,28 @@ struct AttentionTile {
         if (++offset == p.block_size) {
           offset = 0;
           ++block;
+        }
+      }
+    };
+    const T* keys[kChunk];
+    const T* values[kChunk];
+    const T* next_keys[kChunk];
+    const T* next_values[kChunk];
+    gather(w.key_begin, next_keys, next_values);
+    constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+    for (int64_t chunk = w.key_begin; chunk < w.key_end; chunk += kChunk) {
+      const int n = static_cast<int>(w.key_end - chunk < kChunk ? w.key_end - chunk : kChunk);
+      for (int c = 0; c < kChunk; ++c) {
+        keys[c] = next_keys[c];
+        values[c] = next_values[c];
+      }
+      // Decode is bound by memory latency: blocks sit anywhere in the cache, out of reach of the
+      // hardware prefetcher, so the next chunk's rows are requested while this one computes.
+      gather(chunk + kChunk, next_keys, next_values);
+      for (int c = 0; c < kChunk && next_keys[c] != nullptr; ++c) {
+        for (int64_t d = 0; d < head_dim; d += kLine) {
+          __builtin_prefetch(next_keys[c] + d);
+          __builtin_prefetch(next_values[c] + d);
         }
       }
       Scores::pack_keys(k, keys, head_dim);

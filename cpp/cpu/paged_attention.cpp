@@ -182,13 +182,20 @@ Status paged_attention_cpu(const PagedAttentionParams& p) {
   const Merge* merge_list = plan.merges.data();
   const int64_t max_rows = plan.max_rows;
 
+  // Each barrier is a chance to wait for a thread the OS has preempted: one per call, two only when
+  // split items must all finish before their merge.
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const AttentionScratch scratch = thread_scratch(max_rows, p.head_dim);
+    if (merges == 0) {
+#pragma omp for schedule(dynamic, 1) nowait
+      for (int64_t i = 0; i < items; ++i) attend(p, work[i], scratch, partials);
+    } else {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t i = 0; i < items; ++i) attend(p, work[i], scratch, partials);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < merges; ++i) merge_any(p, merge_list[i], partials);
+      for (int64_t i = 0; i < items; ++i) attend(p, work[i], scratch, partials);
+#pragma omp for schedule(static) nowait
+      for (int64_t i = 0; i < merges; ++i) merge_any(p, merge_list[i], partials);
+    }
   }
   return Status::kOk;
 }
