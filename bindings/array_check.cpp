@@ -27,13 +27,24 @@ static std::string device_name(const Array& array) {
   }
 }
 
-static std::string shape_string(const Array& array) {
+// "[2, 3]" (shape) or "(3, 1)" (strides).
+static std::string dims_string(const Array& array, bool strides) {
   std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < array.ndim(); ++i) s << (i ? ", " : "") << array.shape(i);
-  s << "]";
+  s << (strides ? "(" : "[");
+  for (size_t i = 0; i < array.ndim(); ++i) {
+    s << (i ? ", " : "");
+    if (strides) {
+      s << array.stride(i);
+    } else {
+      s << array.shape(i);
+    }
+  }
+  s << (strides ? ")" : "]");
   return s.str();
 }
+
+static std::string shape_string(const Array& array) { return dims_string(array, false); }
+static std::string strides_string(const Array& array) { return dims_string(array, true); }
 
 void check_dtype(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> allowed) {
   for (const auto& dtype : allowed) {
@@ -58,14 +69,6 @@ void check_dim(const Array& array, const char* name, size_t dim, int64_t expecte
                            what + " = " + std::to_string(expected) + ", got shape " +
                            shape_string(array)).c_str());
   }
-}
-
-static std::string strides_string(const Array& array) {
-  std::ostringstream s;
-  s << "(";
-  for (size_t i = 0; i < array.ndim(); ++i) s << (i ? ", " : "") << array.stride(i);
-  s << ")";
-  return s.str();
 }
 
 void check_contiguous(const Array& array, const char* name, size_t first_dim) {

@@ -85,6 +85,26 @@ void check_caches(const Array& key_cache, const Array& value_cache, const Array&
   check_cpu(value_cache, "value_cache");
 }
 
+// Data pointer and token/head strides of a [num_tokens, heads, head_dim] array, into params fields.
+template <class Pointer>
+void set_rows(const Array& array, Pointer& data, int64_t& stride_token, int64_t& stride_head) {
+  data = static_cast<Pointer>(array.data());
+  stride_token = array.stride(0);
+  stride_head = array.stride(1);
+}
+
+// The cache fields both kernels' params share, from checked caches.
+template <class Params>
+void set_caches(const Array& key_cache, const Array& value_cache, Params& p) {
+  p.key_cache = static_cast<decltype(p.key_cache)>(key_cache.data());
+  p.value_cache = static_cast<decltype(p.value_cache)>(value_cache.data());
+  p.cache_stride_block = key_cache.stride(0);
+  p.num_blocks = static_cast<int64_t>(key_cache.shape(0));
+  p.block_size = static_cast<int64_t>(key_cache.shape(1));
+  p.num_kv_heads = static_cast<int64_t>(key_cache.shape(2));
+  p.head_dim = static_cast<int64_t>(key_cache.shape(3));
+}
+
 void check_vector(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> dtypes,
                   int64_t length, const char* what) {
   check_dtype(array, name, dtypes);
@@ -114,23 +134,13 @@ void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cach
   check_vector(slot_mapping, "slot_mapping", {kInt64, kInt32}, static_cast<int64_t>(key.shape(0)), "[num_tokens]");
 
   ReshapeAndCacheParams p;
-  p.key = key.data();
-  p.key_stride_token = key.stride(0);
-  p.key_stride_head = key.stride(1);
-  p.value = value.data();
-  p.value_stride_token = value.stride(0);
-  p.value_stride_head = value.stride(1);
-  p.key_cache = key_cache.data();
-  p.value_cache = value_cache.data();
-  p.cache_stride_block = key_cache.stride(0);
+  set_rows(key, p.key, p.key_stride_token, p.key_stride_head);
+  set_rows(value, p.value, p.value_stride_token, p.value_stride_head);
+  set_caches(key_cache, value_cache, p);
   p.slot_mapping = slot_mapping.data();
   p.slot_mapping_dtype = kernel_dtype(slot_mapping, "slot_mapping");
   p.dtype = kernel_dtype(key, "key");
   p.num_tokens = static_cast<int64_t>(key.shape(0));
-  p.num_kv_heads = static_cast<int64_t>(key.shape(1));
-  p.head_dim = static_cast<int64_t>(key.shape(2));
-  p.num_blocks = static_cast<int64_t>(key_cache.shape(0));
-  p.block_size = static_cast<int64_t>(key_cache.shape(1));
   Status status;
   {
     nb::gil_scoped_release release;
@@ -164,15 +174,9 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   }
 
   PagedAttentionParams p;
-  p.out = out.data();
-  p.out_stride_token = out.stride(0);
-  p.out_stride_head = out.stride(1);
-  p.query = query.data();
-  p.query_stride_token = query.stride(0);
-  p.query_stride_head = query.stride(1);
-  p.key_cache = key_cache.data();
-  p.value_cache = value_cache.data();
-  p.cache_stride_block = key_cache.stride(0);
+  set_rows(out, p.out, p.out_stride_token, p.out_stride_head);
+  set_rows(query, p.query, p.query_stride_token, p.query_stride_head);
+  set_caches(key_cache, value_cache, p);
   p.block_table = static_cast<const int32_t*>(block_table.data());
   p.block_table_stride = block_table.stride(0);
   p.seq_lens = static_cast<const int32_t*>(seq_lens.data());
@@ -180,12 +184,8 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   p.dtype = kernel_dtype(query, "query");
   p.num_tokens = static_cast<int64_t>(query.shape(0));
   p.num_heads = static_cast<int64_t>(query.shape(1));
-  p.head_dim = static_cast<int64_t>(query.shape(2));
-  p.num_kv_heads = static_cast<int64_t>(key_cache.shape(2));
   p.num_reqs = num_reqs;
   p.max_blocks_per_req = static_cast<int64_t>(block_table.shape(1));
-  p.num_blocks = static_cast<int64_t>(key_cache.shape(0));
-  p.block_size = static_cast<int64_t>(key_cache.shape(1));
   p.scale = static_cast<float>(scale);
   p.causal = causal;
   p.sliding_window = sliding_window.value_or(0);

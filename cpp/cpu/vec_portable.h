@@ -35,7 +35,10 @@ struct Portable {
   static Reg keep_lanes(Reg a, int lane0, int begin, int end) {
     return lane0 >= begin && lane0 < end ? a : -INFINITY;
   }
-  static Reg exp(Reg x) { return std::exp(x); }
+  static Reg min(Reg a, Reg b) { return a < b ? a : b; }
+  static Reg round(Reg x) { return std::nearbyint(x); }
+  static Reg scale2(Reg y, Reg n) { return std::ldexp(y, static_cast<int>(n)); }
+  static Reg zero_below(Reg y, Reg x, float limit) { return x >= limit ? y : 0.f; }
 
   template <class T>
   static void pack_transposed(float* dst, const T* const keys[16], int64_t dim) {
