@@ -52,7 +52,7 @@ def test_matches_reference(dtype, block_size, heads, kv_heads, batch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("head_dim", [80, 96, 128, 256, 40])
+@pytest.mark.parametrize("head_dim", [80, 96, 128, 256, 40, 36])
 def test_head_dims(dtype, head_dim):
     run_case(dtype, 16, 8, 2, "mixed", head_dim=head_dim)
 
