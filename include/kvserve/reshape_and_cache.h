@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <string>
 
-#include "kvserve/config.h"
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
 #include "kvserve/status.h"
