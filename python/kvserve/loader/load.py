@@ -1,0 +1,60 @@
+"""One call from a model name to a model with its weights in place.
+
+    loaded = load_model("path/or/Org-Name/or/file.gguf", dtype="auto", load_format="auto")
+    loaded.model(input_ids, positions, kv_caches, attn_metadata)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kvserve.loader.dummy_weights import fill_dummy_weights
+from kvserve.loader.gguf_model import read_gguf
+from kvserve.loader.gguf_tokenizer import TokenizerParts
+from kvserve.loader.model_source import resolve_model_path
+from kvserve.loader.safetensors_weights import iter_safetensors_weights
+from kvserve.model_config import ModelConfig
+from kvserve.models.registry import build_model
+
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+
+
+@dataclass
+class LoadedModel:
+    model_config: ModelConfig
+    model: nn.Module
+    dtype: torch.dtype
+    # The Hugging Face directory (its tokenizer files are read from there) or the GGUF file.
+    path: Path
+    # From GGUF metadata; None for a Hugging Face directory.
+    tokenizer: TokenizerParts | None
+
+
+def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
+               device: str | torch.device = "cpu", seed: int = 0, hub_cache_dir: str | Path | None = None,
+               revision: str | None = None) -> LoadedModel:
+    """Resolve `model` (None: the default model), read its config, build it and fill its weights.
+    load_format "dummy" keeps the real shapes but fills random weights (seeded by `seed`)."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
+    path = resolve_model_path(model, hub_cache_dir=hub_cache_dir, revision=revision)
+    is_gguf = path.is_file()
+    wanted = "gguf" if is_gguf else "safetensors"
+    if load_format not in ("auto", "dummy", wanted):
+        raise ValueError(f"load_format {load_format!r} does not fit {path}: expected 'auto', 'dummy' or {wanted!r}")
+    if is_gguf:
+        model_config, tokenizer, weights = read_gguf(path)
+    else:
+        model_config, tokenizer = ModelConfig.from_pretrained(path), None
+        weights = iter_safetensors_weights(path)
+    resolved = model_config.resolve_dtype(dtype)
+    module = build_model(model_config, resolved, device)
+    if load_format == "dummy":
+        fill_dummy_weights(module, seed)
+    else:
+        module.load_weights(weights)
+    return LoadedModel(model_config, module, resolved, path, tokenizer)

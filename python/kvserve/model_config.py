@@ -1,0 +1,192 @@
+"""What the engine needs to know about a checkpoint, read from a Hugging Face directory.
+
+`ModelConfig.from_pretrained(directory)` reads config.json and generation_config.json. Both the
+configs written by transformers < 5 (`rope_theta` + `rope_scaling`, `torch_dtype`) and by
+transformers >= 5 (`rope_parameters`, `dtype`) are understood. GGUF files build the same object from
+their metadata (kvserve.loader.gguf_config).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kvserve.models.registry import check_architecture
+
+# Names accepted for `dtype`, as vLLM accepts them.
+_DTYPES_BY_NAME = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+# generation_config.json keys that become default sampling parameters, under vLLM's names.
+_SAMPLING_DEFAULTS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_tokens",
+}
+
+
+def dtype_from_name(name: str | torch.dtype, what: str = "dtype") -> torch.dtype:
+    """A torch dtype from a name such as "bfloat16" (or a torch.dtype passed through)."""
+    if isinstance(name, torch.dtype) and name in _DTYPES_BY_NAME.values():
+        return name
+    if isinstance(name, str) and name in _DTYPES_BY_NAME:
+        return _DTYPES_BY_NAME[name]
+    raise ValueError(f"{what}: expected 'auto' or one of {sorted(_DTYPES_BY_NAME)}, got {name!r}")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding parameters. `scaling` holds the extra keys of the scaled types
+    (factor, low_freq_factor, original_max_position_embeddings, beta_fast, ...); GGUF files give
+    Llama 3's scaling as precomputed `frequency_factors` instead (inv_freq[i] / factors[i])."""
+
+    theta: float = 10000.0
+    rope_type: str = "default"
+    scaling: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(f"rope type: expected one of {list(SUPPORTED_ROPE_TYPES)}, got {self.rope_type!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    # Per layer: the attention window W (a token sees the W positions up to its own), or None.
+    sliding_windows: tuple[int | None, ...] = ()
+    checkpoint_dtype: torch.dtype | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    # Sampling defaults from generation_config.json, keyed by SamplingParams field names.
+    default_sampling: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_architecture(self.architecture)
+        if not self.sliding_windows:
+            object.__setattr__(self, "sliding_windows", (None,) * self.num_hidden_layers)
+        if len(self.sliding_windows) != self.num_hidden_layers:
+            raise ValueError(f"sliding_windows: expected {self.num_hidden_layers} entries (one per layer), "
+                             f"got {len(self.sliding_windows)}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+
+    @property
+    def max_model_len(self) -> int:
+        return self.max_position_embeddings
+
+    def resolve_dtype(self, dtype: str | torch.dtype = "auto") -> torch.dtype:
+        """The engine dtype: "auto" takes the checkpoint's own (float32 when it names none)."""
+        if isinstance(dtype, str) and dtype == "auto":
+            return self.checkpoint_dtype or torch.float32
+        return dtype_from_name(dtype)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ModelConfig:
+        directory = Path(directory)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise ValueError(f"{directory}: expected a Hugging Face model directory with config.json, found none")
+        hf = json.loads(config_path.read_text())
+        generation_path = directory / "generation_config.json"
+        generation = json.loads(generation_path.read_text()) if generation_path.is_file() else {}
+        return cls.from_hf_dicts(hf, generation, source=str(config_path))
+
+    @classmethod
+    def from_hf_dicts(cls, hf: dict, generation: dict | None = None, source: str = "config") -> ModelConfig:
+        generation = generation or {}
+        architectures = hf.get("architectures") or []
+        if len(architectures) != 1:
+            raise ValueError(f"{source}: expected one entry in 'architectures', got {architectures!r}")
+        activation = hf.get("hidden_act", "silu")
+        if activation != "silu":
+            raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")
+        num_layers = _required(hf, "num_hidden_layers", source)
+        num_heads = _required(hf, "num_attention_heads", source)
+        hidden_size = _required(hf, "hidden_size", source)
+        checkpoint_dtype = hf.get("dtype") or hf.get("torch_dtype")
+        return cls(
+            architecture=architectures[0],
+            vocab_size=_required(hf, "vocab_size", source),
+            hidden_size=hidden_size,
+            intermediate_size=_required(hf, "intermediate_size", source),
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or num_heads,
+            head_dim=hf.get("head_dim") or hidden_size // num_heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            max_position_embeddings=_required(hf, "max_position_embeddings", source),
+            rope=_rope_from_hf(hf),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            attention_bias=bool(hf.get("attention_bias", False)),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            sliding_windows=_sliding_windows_from_hf(hf, num_layers),
+            checkpoint_dtype=dtype_from_name(checkpoint_dtype, f"{source}: dtype") if checkpoint_dtype else None,
+            bos_token_id=generation.get("bos_token_id", hf.get("bos_token_id")),
+            eos_token_ids=_eos_ids(hf.get("eos_token_id"), generation.get("eos_token_id")),
+            default_sampling={ours: generation[theirs] for theirs, ours in _SAMPLING_DEFAULTS.items()
+                              if generation.get(theirs) is not None},
+        )
+
+
+def _required(hf: dict, key: str, source: str):
+    if hf.get(key) is None:
+        raise ValueError(f"{source}: missing required key {key!r}")
+    return hf[key]
+
+
+def _rope_from_hf(hf: dict) -> RopeConfig:
+    # transformers >= 5 writes one `rope_parameters` dict holding rope_theta; older configs have
+    # `rope_theta` beside `rope_scaling` (whose type key was once called "type").
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = params.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    if rope_type in ("llama3", "yarn"):
+        params.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
+    return RopeConfig(theta=float(theta), rope_type=rope_type, scaling=params)
+
+
+def _sliding_windows_from_hf(hf: dict, num_layers: int) -> tuple[int | None, ...]:
+    window = hf.get("sliding_window")
+    if "layer_types" in hf:  # transformers >= 5 spells out each layer's kind
+        return tuple(window if kind == "sliding_attention" else None for kind in hf["layer_types"])
+    if "use_sliding_window" in hf:  # Qwen2/Qwen3: the window applies from layer max_window_layers on
+        first = hf.get("max_window_layers", 0) if hf["use_sliding_window"] else num_layers
+        return tuple(window if i >= first else None for i in range(num_layers))
+    return (window,) * num_layers  # Mistral: every layer, when set
+
+
+def _eos_ids(*values) -> tuple[int, ...]:
+    ids: list[int] = []
+    for value in values:
+        for token in [value] if isinstance(value, int) else value or []:
+            if token not in ids:
+                ids.append(token)
+    return tuple(ids)

@@ -1,0 +1,47 @@
+"""Paged attention for one layer: write this step's K/V into the cache, attend over the cache.
+
+Per layer, the KV cache is a pair of tensors in the model dtype:
+    key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+Token t of this step goes to slot slot_mapping[t] = block_id * block_size + offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kvserve import ops
+
+
+@dataclass
+class AttentionMetadata:
+    """One step's batch layout, shared by every layer (views of the scheduler's arrays).
+
+    slot_mapping:    int64 [T]                   cache slot of each new token (-1: don't write)
+    block_table:     int32 [num_reqs, max_blocks] the cache blocks of each request, in order
+    seq_lens:        int32 [num_reqs]            context length of each request, this step's tokens included
+    query_start_loc: int32 [num_reqs + 1]        request i owns rows [query_start_loc[i], query_start_loc[i+1])
+    """
+
+    slot_mapping: torch.Tensor
+    block_table: torch.Tensor
+    seq_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+
+
+class Attention:
+    def __init__(self, head_dim: int, sliding_window: int | None):
+        self.scale = head_dim ** -0.5
+        self.sliding_window = sliding_window
+
+    def __call__(self, out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                 kv_cache: tuple[torch.Tensor, torch.Tensor], metadata: AttentionMetadata) -> torch.Tensor:
+        """Writes attention of query [T, num_heads, head_dim] into `out` (same shape) and returns it.
+        key/value: [T, num_kv_heads, head_dim]; all three may be row-strided views of one projection."""
+        key_cache, value_cache = kv_cache
+        ops.reshape_and_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
+        ops.paged_attention(out, query, key_cache, value_cache, metadata.block_table, metadata.seq_lens,
+                            metadata.query_start_loc, self.scale, causal=True,
+                            sliding_window=self.sliding_window, softcap=None)
+        return out

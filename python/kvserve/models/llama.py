@@ -1,0 +1,137 @@
+"""The Llama decoder (also Mistral's, and the base that Qwen2 and Qwen3 adjust).
+
+Module and parameter names follow the Hugging Face checkpoints, except the fused projections:
+    self_attn.qkv_proj    = [q_proj; k_proj; v_proj]
+    mlp.gate_up_proj      = [gate_proj; up_proj]
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from kvserve.model_config import ModelConfig
+from kvserve.models.layers.activation import silu_and_mul
+from kvserve.models.layers.attention import Attention, AttentionMetadata
+from kvserve.models.layers.embedding import Embedding
+from kvserve.models.layers.linear import Linear
+from kvserve.models.layers.rms_norm import RMSNorm
+from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_
+from kvserve.models.weight_loading import load_named_weights
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int, dtype: torch.dtype,
+                 qkv_bias: bool, o_bias: bool, qk_norm: bool):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = d = config.head_dim
+        q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
+        self.qkv_proj = Linear(config.hidden_size, (q_size, kv_size, kv_size), qkv_bias, dtype)
+        self.o_proj = Linear(q_size, config.hidden_size, o_bias, dtype)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps, dtype) if qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps, dtype) if qk_norm else None
+        self.attn = Attention(d, config.sliding_windows[layer_index])
+
+    def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: KVCache,
+                metadata: AttentionMetadata, attn_out: torch.Tensor) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        # q, k, v stay views of the one projection output (rows strided by the fused width).
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        apply_rotary_(q, *cos_sin)
+        apply_rotary_(k, *cos_sin)
+        out = self.attn(attn_out, q, k, v, kv_cache, metadata)
+        return self.o_proj(out.view(num_tokens, -1))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        size = config.intermediate_size
+        self.gate_up_proj = Linear(config.hidden_size, (size, size), config.mlp_bias, dtype)
+        self.down_proj = Linear(size, config.hidden_size, config.mlp_bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int, dtype: torch.dtype, attention_options: dict):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = LlamaAttention(config, layer_index, dtype, **attention_options)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos_sin, kv_cache: KVCache,
+                metadata: AttentionMetadata, attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, residual = self.input_layernorm.add_and_norm(hidden, residual)
+        x = self.self_attn(x, cos_sin, kv_cache, metadata, attn_out)
+        x, residual = self.post_attention_layernorm.add_and_norm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, attention_options: dict):
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, dtype, attention_options)
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint projection -> (our fused module, its index in the stack)
+    packed_modules = {
+        "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.model = LlamaModel(config, dtype, self.attention_options(config))
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, False, dtype)
+        self.rotary = RotaryEmbedding(config.rope, config.head_dim)
+
+    @classmethod
+    def attention_options(cls, config: ModelConfig) -> dict:
+        """Which optional pieces the attention block has; subclasses for other architectures override."""
+        return dict(qkv_bias=config.attention_bias, o_bias=config.attention_bias, qk_norm=False)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
+                attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions: [T] (every request's new tokens, concatenated) -> final hidden [T, hidden]."""
+        if len(kv_caches) != len(self.model.layers):
+            raise ValueError(f"kv_caches: expected {len(self.model.layers)} (one per layer), got {len(kv_caches)}")
+        num_tokens = input_ids.shape[0]
+        cos_sin = self.rotary.cos_sin(positions, self.dtype)
+        # One attention output buffer serves every layer: each layer's o_proj consumes it before the next.
+        attn_out = torch.empty(num_tokens, self.config.num_attention_heads, self.config.head_dim,
+                               dtype=self.dtype, device=input_ids.device)
+        hidden, residual = self.model.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.model.layers, kv_caches):
+            hidden, residual = layer(hidden, residual, cos_sin, kv_cache, attn_metadata, attn_out)
+        hidden, _ = self.model.norm.add_and_norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] (only the rows to sample) -> float32 logits [N, vocab]."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting."""
+        skip = {"lm_head.weight"} if self.lm_head is None else set()
+        load_named_weights(self, weights, self.packed_modules, skip)

@@ -1,0 +1,42 @@
+"""Which model class serves which Hugging Face architecture name.
+
+Adding an architecture: write models/<name>.py with its class, add one line here.
+Classes are imported on first use, so reading a config does not import every model.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+# architecture name (config.json "architectures") -> (module in kvserve.models, class name)
+_MODELS = {
+    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),  # Llama with an optional sliding window
+    "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
+    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
+}
+
+SUPPORTED_ARCHITECTURES = tuple(_MODELS)
+
+
+def check_architecture(architecture: str) -> None:
+    if architecture not in _MODELS:
+        raise ValueError(f"architecture {architecture!r} is not supported; "
+                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+
+def model_class(architecture: str) -> type:
+    check_architecture(architecture)
+    module_name, class_name = _MODELS[architecture]
+    return getattr(importlib.import_module(f"kvserve.models.{module_name}"), class_name)
+
+
+def build_model(model_config, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model for `model_config`, with uninitialized parameters in `dtype` on `device`: fill them
+    with model.load_weights(...) or kvserve.loader.fill_dummy_weights(model)."""
+    cls = model_class(model_config.architecture)
+    with torch.device(device):
+        model = cls(model_config, dtype)
+    return model.eval()

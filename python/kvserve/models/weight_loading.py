@@ -1,0 +1,68 @@
+"""Copy named checkpoint tensors into a model's parameters, fusing stacked projections.
+
+A checkpoint name either is a parameter's name, or names one part of a fused projection:
+    model.layers.3.self_attn.k_proj.weight  ->  rows 1 of 3 of model.layers.3.self_attn.qkv_proj.weight
+Every parameter (every part of a fused one) must be written exactly once; anything else is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from kvserve.models.layers.linear import Linear
+
+# Tensors some checkpoints carry that the model recomputes.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
+                       packed_modules: dict[str, tuple[str, int]], skip: set[str]) -> None:
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    expected = _expected_parts(modules)
+    loaded: set[tuple[str, int]] = set()
+    with torch.no_grad():
+        for name, tensor in weights:
+            if name in skip or name.endswith(_IGNORED_SUFFIXES):
+                continue
+            part = _locate(name, params, modules, packed_modules)
+            if part is None:
+                raise ValueError(f"checkpoint tensor {name!r} matches no parameter of {type(model).__name__}")
+            param_name, index, target = part
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise ValueError(f"checkpoint tensor {name!r}: expected shape {list(target.shape)}, "
+                                 f"got {list(tensor.shape)}")
+            target.copy_(tensor)
+            loaded.add((param_name, index))
+    missing = sorted(f"{p}" if len(expected[p]) == 1 else f"{p}[part {i}]"
+                     for p, parts in expected.items() for i in parts if (p, i) not in loaded)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s) of {type(model).__name__}: {shown}")
+
+
+def _locate(name, params, modules, packed_modules) -> tuple[str, int, torch.Tensor] | None:
+    if name in params:
+        return name, 0, params[name]
+    prefix, _, rest = name.rpartition(".")  # rest: "weight" or "bias"
+    module_path, _, leaf = prefix.rpartition(".")
+    if leaf not in packed_modules:
+        return None
+    fused_name, index = packed_modules[leaf]
+    module = modules.get(f"{module_path}.{fused_name}")
+    param = getattr(module, rest, None) if isinstance(module, Linear) else None
+    if param is None:
+        return None
+    return f"{module_path}.{fused_name}.{rest}", index, module.shard(param, index)
+
+
+def _expected_parts(modules: dict[str, nn.Module]) -> dict[str, range]:
+    parts = {}
+    for module_name, module in modules.items():
+        count = len(module.output_sizes) if isinstance(module, Linear) else 1
+        for param_name, _ in module.named_parameters(recurse=False):
+            parts[f"{module_name}.{param_name}" if module_name else param_name] = range(count)
+    return parts

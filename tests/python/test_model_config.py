@@ -1,0 +1,103 @@
+"""ModelConfig: what is read from config.json / generation_config.json, and the errors on bad input."""
+
+import json
+
+import pytest
+import torch
+
+from kvserve.model_config import ModelConfig, RopeConfig
+from kvserve.models import SUPPORTED_ARCHITECTURES
+
+
+def _hf(**overrides):
+    base = dict(architectures=["LlamaForCausalLM"], vocab_size=128, hidden_size=64, intermediate_size=96,
+                num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=512)
+    return {**base, **overrides}
+
+
+def test_tiny_models_read_back(tiny_model_dir):
+    config = ModelConfig.from_pretrained(tiny_model_dir("Qwen3ForCausalLM"))
+    assert (config.architecture, config.vocab_size, config.hidden_size, config.intermediate_size) == \
+        ("Qwen3ForCausalLM", 1000, 64, 96)
+    assert (config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads) == (2, 4, 2)
+    assert config.head_dim == 32  # explicit, not hidden_size // num_attention_heads
+    assert config.checkpoint_dtype == torch.float32 and config.eos_token_ids == (2,)
+    assert config.default_sampling == {"temperature": 0.7, "top_p": 0.9}
+    assert ModelConfig.from_pretrained(tiny_model_dir("MistralForCausalLM")).sliding_windows == (5, 5)
+
+
+def test_transformers_5_rope_parameters(tiny_model_dir):
+    rope = ModelConfig.from_pretrained(tiny_model_dir("LlamaForCausalLM")).rope
+    assert rope == RopeConfig(theta=10000.0, rope_type="llama3", scaling={
+        "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+
+
+def test_older_config_keys():
+    config = ModelConfig.from_hf_dicts(
+        _hf(rope_theta=500000.0, rope_scaling={"type": "linear", "factor": 2.0}, torch_dtype="bfloat16",
+            num_key_value_heads=2, eos_token_id=[7, 8], bos_token_id=1),
+        {"eos_token_id": 9, "max_new_tokens": 32, "top_k": 20})
+    assert config.rope == RopeConfig(theta=500000.0, rope_type="linear", scaling={"factor": 2.0})
+    assert config.checkpoint_dtype == torch.bfloat16
+    assert config.head_dim == 16 and config.num_key_value_heads == 2
+    assert config.eos_token_ids == (7, 8, 9) and config.bos_token_id == 1
+    assert config.default_sampling == {"top_k": 20, "max_tokens": 32}
+    assert config.max_model_len == 512
+
+
+def test_yarn_defaults_original_context_to_max_positions():
+    config = ModelConfig.from_hf_dicts(_hf(rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+    assert config.rope.scaling["original_max_position_embeddings"] == 512
+
+
+@pytest.mark.parametrize("fields, expected", [
+    (dict(sliding_window=4096), (4096, 4096, 4096)),                      # Mistral: all layers
+    (dict(sliding_window=None), (None, None, None)),
+    (dict(sliding_window=64, use_sliding_window=False, max_window_layers=1), (None, None, None)),
+    (dict(sliding_window=64, use_sliding_window=True, max_window_layers=1), (None, 64, 64)),  # Qwen
+    (dict(sliding_window=64, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+     (64, None, 64)),
+])
+def test_sliding_window_per_layer(fields, expected):
+    assert ModelConfig.from_hf_dicts(_hf(**fields)).sliding_windows == expected
+
+
+def test_dtype_resolution():
+    config = ModelConfig.from_hf_dicts(_hf(dtype="float16"))
+    assert config.resolve_dtype("auto") == torch.float16
+    assert config.resolve_dtype("bfloat16") == torch.bfloat16
+    assert config.resolve_dtype("float") == torch.float32
+    assert config.resolve_dtype(torch.float32) == torch.float32
+    assert ModelConfig.from_hf_dicts(_hf()).resolve_dtype("auto") == torch.float32
+    with pytest.raises(ValueError, match=r"dtype: expected 'auto' or one of .*'bfloat16'.*, got 'int8'"):
+        config.resolve_dtype("int8")
+    with pytest.raises(ValueError, match=r"got torch.float64"):
+        config.resolve_dtype(torch.float64)
+
+
+def test_unknown_architecture_lists_the_supported_ones():
+    with pytest.raises(ValueError, match=r"architecture 'GPT2LMHeadModel' is not supported; supported: "
+                                         r"LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
+        ModelConfig.from_hf_dicts(_hf(architectures=["GPT2LMHeadModel"]))
+    assert set(SUPPORTED_ARCHITECTURES) == {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                                            "Qwen3ForCausalLM"}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), r"rope type: expected one of .*, got 'dynamic'"),
+    (dict(hidden_act="gelu"), r"hidden_act: expected 'silu', got 'gelu'"),
+    (dict(num_hidden_layers=None), r"missing required key 'num_hidden_layers'"),
+    (dict(architectures=[]), r"expected one entry in 'architectures', got \[\]"),
+    (dict(num_key_value_heads=3), r"num_attention_heads \(4\) must be a multiple of num_key_value_heads \(3\)"),
+    (dict(torch_dtype="float64"), r"dtype: expected .*, got 'float64'"),
+])
+def test_bad_configs(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_hf_dicts(_hf(**fields))
+
+
+def test_missing_or_unreadable_directory(tmp_path):
+    with pytest.raises(ValueError, match=r"expected a Hugging Face model directory with config.json"):
+        ModelConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(_hf()))
+    assert ModelConfig.from_pretrained(tmp_path).eos_token_ids == ()

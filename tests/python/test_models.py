@@ -1,0 +1,84 @@
+"""Each architecture against Hugging Face transformers on the same random weights, in float32:
+a batch of prompts of different lengths, prefilled together, then decoded step by step over a paged
+KV cache. Logits within 1e-4 relative of HF's at every step; greedy ids equal HF's greedy generate."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kvserve.loader import load_model
+from kvserve.models import SUPPORTED_ARCHITECTURES
+from paged_greedy import paged_greedy
+
+# Lengths cross block boundaries (block_size 4) and Mistral's window of 5.
+PROMPTS = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [900 - 37 * i for i in range(17)]]
+NUM_NEW_TOKENS = 5
+
+
+def hf_greedy(directory, prompts, num_new_tokens):
+    """transformers' greedy ids and per-step logits, one prompt at a time (no padding)."""
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    ids, logits = [], []
+    for prompt in prompts:
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=num_new_tokens, do_sample=False,
+                             eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+        ids.append(out.sequences[0, len(prompt):].tolist())
+        logits.append([step[0] for step in out.logits])
+    return ids, logits
+
+
+def assert_logits_close(ours, theirs, rtol=1e-4):
+    for our_steps, their_steps in zip(ours, theirs, strict=True):
+        for step, (a, b) in enumerate(zip(our_steps, their_steps, strict=True)):
+            error = ((a - b).abs().max() / b.abs().max()).item()
+            assert error <= rtol, f"step {step}: max relative error {error:.2e} > {rtol:.0e}"
+
+
+@pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
+def test_matches_transformers(tiny_model_dir, architecture):
+    directory = tiny_model_dir(architecture)
+    model = load_model(directory, dtype="float32").model
+    ids, logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS)
+    hf_ids, hf_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen3ForCausalLM"])
+def test_chunked_prefill_and_block_size_do_not_change_results(tiny_model_dir, architecture):
+    model = load_model(tiny_model_dir(architecture)).model
+    ids, logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS)
+    for block_size, chunk in [(1, 3), (16, 5)]:
+        other_ids, other_logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS, block_size=block_size,
+                                               prefill_chunk=chunk, seed=1)
+        assert other_ids == ids
+        assert_logits_close(other_logits, logits, rtol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM"])
+def test_tied_embeddings(tiny_model_dir, architecture):
+    directory = tiny_model_dir(architecture, tie_word_embeddings=True)
+    model = load_model(directory).model
+    assert model.lm_head is None
+    assert not any("lm_head" in name for name, _ in model.named_parameters())
+    ids, logits = paged_greedy(model, PROMPTS[:2], NUM_NEW_TOKENS)
+    hf_ids, hf_logits = hf_greedy(directory, PROMPTS[:2], NUM_NEW_TOKENS)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_stays_close_to_float32(tiny_model_dir, dtype):
+    directory = tiny_model_dir("Qwen2ForCausalLM")
+    _, reference = paged_greedy(load_model(directory).model, PROMPTS, 1)
+    model = load_model(directory, dtype=dtype).model
+    assert model.model.embed_tokens.weight.dtype == dtype
+    _, logits = paged_greedy(model, PROMPTS, 1)
+    assert logits[0][0].dtype == torch.float32
+    assert_logits_close(logits, reference, rtol=5e-2)
+
+
+def test_wrong_number_of_kv_caches_is_rejected(tiny_model_dir):
+    model = load_model(tiny_model_dir("LlamaForCausalLM")).model
+    with pytest.raises(ValueError, match=r"kv_caches: expected 2 \(one per layer\), got 1"):
+        model(torch.tensor([1]), torch.tensor([0]), [None], None)

@@ -1,0 +1,54 @@
+"""Rotary inverse frequencies for each scaling type against transformers' own, and the in-place
+rotation against the rotate-half formula."""
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from kvserve.model_config import ModelConfig
+from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_, inverse_frequencies
+
+SCALINGS = [
+    None,
+    {"rope_type": "linear", "factor": 3.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096, "beta_fast": 16,
+     "beta_slow": 2, "mscale": 0.8, "mscale_all_dim": 0.5, "truncate": False},
+    {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096, "attention_factor": 1.3},
+]
+
+
+@pytest.mark.parametrize("scaling", SCALINGS, ids=lambda s: "default" if s is None else s["rope_type"])
+def test_inverse_frequencies_match_transformers(scaling):
+    hf = dict(architectures=["LlamaForCausalLM"], vocab_size=64, hidden_size=512, intermediate_size=64,
+              num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=16384, rope_theta=500000.0,
+              rope_scaling=scaling)
+    rope = ModelConfig.from_hf_dicts(hf).rope
+    hf_config = LlamaConfig(**{k: v for k, v in hf.items() if k != "architectures"})
+    hf_inv_freq, hf_factor = ROPE_INIT_FUNCTIONS[rope.rope_type](hf_config, "cpu") \
+        if rope.rope_type != "default" else (None, 1.0)
+    inv_freq, factor = inverse_frequencies(rope, 128)
+    if hf_inv_freq is not None:
+        torch.testing.assert_close(inv_freq, hf_inv_freq.float(), rtol=1e-6, atol=0)
+    assert factor == pytest.approx(hf_factor)
+
+
+def test_apply_rotary_in_place_on_a_strided_view():
+    torch.manual_seed(0)
+    rope = ModelConfig.from_hf_dicts(dict(architectures=["LlamaForCausalLM"], vocab_size=8, hidden_size=64,
+                                          intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
+                                          max_position_embeddings=64)).rope
+    fused = torch.randn(5, 3 * 4 * 16)
+    view = fused[:, 16:16 + 4 * 16].view(5, 4, 16)  # row stride 192, like q inside a fused qkv
+    before, fused_before = view.clone(), fused.clone()
+    positions = torch.tensor([0, 3, 7, 8, 31])
+    cos, sin = RotaryEmbedding(rope, 16).cos_sin(positions, torch.float32)
+    apply_rotary_(view, cos, sin)
+    full_cos, full_sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+    rotate_half = torch.cat([-before[..., 8:], before[..., :8]], -1)
+    torch.testing.assert_close(view, before * full_cos + rotate_half * full_sin)
+    assert torch.equal(fused[:, :16], fused_before[:, :16])  # the columns around the view are untouched
+    assert torch.equal(fused[:, 80:], fused_before[:, 80:])
