@@ -27,13 +27,24 @@ static std::string device_name(const Array& array) {
   }
 }
 
-static std::string shape_string(const Array& array) {
+// "[2, 3]" (shape) or "(3, 1)" (strides).
+static std::string dims_string(const Array& array, bool strides) {
   std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < array.ndim(); ++i) s << (i ? ", " : "") << array.shape(i);
-  s << "]";
+  s << (strides ? "(" : "[");
+  for (size_t i = 0; i < array.ndim(); ++i) {
+    s << (i ? ", " : "");
+    if (strides) {
+      s << array.stride(i);
+    } else {
+      s << array.shape(i);
+    }
+  }
+  s << (strides ? ")" : "]");
   return s.str();
 }
+
+static std::string shape_string(const Array& array) { return dims_string(array, false); }
+static std::string strides_string(const Array& array) { return dims_string(array, true); }
 
 void check_dtype(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> allowed) {
   for (const auto& dtype : allowed) {
@@ -60,13 +71,14 @@ void check_dim(const Array& array, const char* name, size_t dim, int64_t expecte
   }
 }
 
-void check_contiguous(const Array& array, const char* name) {
+void check_contiguous(const Array& array, const char* name, size_t first_dim) {
   int64_t expected = 1;
-  for (size_t i = array.ndim(); i-- > 0;) {
+  for (size_t i = array.ndim(); i-- > first_dim;) {
     if (array.shape(i) != 1 && array.stride(i) != expected) {
-      throw nb::value_error((std::string(name) + ": expected a contiguous array, got strides that are "
-                             "not row-major for shape " + shape_string(array) +
-                             " (call .contiguous() first)").c_str());
+      const std::string what = first_dim == 0 ? "a contiguous array"
+                                              : "dimensions " + std::to_string(first_dim) + ".. contiguous";
+      throw nb::value_error((std::string(name) + ": expected " + what + ", got strides " + strides_string(array) +
+                             " for shape " + shape_string(array) + " (call .contiguous() first)").c_str());
     }
     expected *= static_cast<int64_t>(array.shape(i));
   }
@@ -84,6 +96,40 @@ void check_same_device(const Array& array, const char* name, const Array& refere
     throw nb::value_error((std::string(name) + " is on " + device_name(array) + " but " + ref_name +
                            " is on " + device_name(reference) + ": both must be on one device").c_str());
   }
+}
+
+void check_same_shape(const Array& array, const char* name, const Array& reference, const char* ref_name) {
+  bool same = array.ndim() == reference.ndim();
+  for (size_t i = 0; same && i < array.ndim(); ++i) same = array.shape(i) == reference.shape(i);
+  if (!same) {
+    throw nb::value_error((std::string(name) + ": expected the shape of " + ref_name + " " + shape_string(reference) +
+                           ", got " + shape_string(array)).c_str());
+  }
+}
+
+void check_same_dtype(const Array& array, const char* name, const Array& reference, const char* ref_name) {
+  if (array.dtype() != reference.dtype()) {
+    throw nb::value_error((std::string(name) + ": expected the dtype of " + ref_name + " (" +
+                           dtype_name(reference.dtype()) + "), got " + dtype_name(array.dtype())).c_str());
+  }
+}
+
+void check_same_stride(const Array& array, const char* name, const Array& reference, const char* ref_name,
+                       size_t dim) {
+  if (array.shape(dim) != 1 && array.stride(dim) != reference.stride(dim)) {
+    throw nb::value_error((std::string(name) + ": expected the strides of " + ref_name + " " +
+                           strides_string(reference) + ", got " + strides_string(array)).c_str());
+  }
+}
+
+DType kernel_dtype(const Array& array, const char* name) {
+  const nb::dlpack::dtype dtype = array.dtype();
+  if (dtype == kFloat32) return DType::kFloat32;
+  if (dtype == kFloat16) return DType::kFloat16;
+  if (dtype == kBFloat16) return DType::kBFloat16;
+  if (dtype == kInt32) return DType::kInt32;
+  if (dtype == kInt64) return DType::kInt64;
+  throw nb::value_error((std::string(name) + ": no kernel dtype for " + dtype_name(dtype)).c_str());
 }
 
 bool is_cuda(const Array& array) { return array.device_type() == nb::device::cuda::value; }

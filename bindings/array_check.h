@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <string>
 
+#include "kvserve/dtype.h"
 #include "kvserve/status.h"
 
 namespace kvserve::bind {
@@ -32,14 +33,24 @@ void check_dtype(const Array& array, const char* name, std::initializer_list<nb:
 void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout);
 // Dimension `dim` has size `expected`.
 void check_dim(const Array& array, const char* name, size_t dim, int64_t expected, const char* what);
-// Row-major contiguous (kernels read raw pointers).
-void check_contiguous(const Array& array, const char* name);
+// Row-major contiguous (kernels read raw pointers) in dimensions first_dim.. (0: the whole array).
+void check_contiguous(const Array& array, const char* name, size_t first_dim = 0);
+// Same shape as `reference` (both names appear in the message).
+void check_same_shape(const Array& array, const char* name, const Array& reference, const char* ref_name);
+// Same dtype as `reference`.
+void check_same_dtype(const Array& array, const char* name, const Array& reference, const char* ref_name);
+// Same stride in dimension `dim` as `reference` (ignored where that dimension has size 1).
+void check_same_stride(const Array& array, const char* name, const Array& reference, const char* ref_name,
+                       size_t dim);
 // Host memory (numpy, or a torch tensor on the CPU).
 void check_cpu(const Array& array, const char* name);
 // `array` lives on the same device as `reference`.
 void check_same_device(const Array& array, const char* name, const Array& reference, const char* ref_name);
 
 bool is_cuda(const Array& array);
+
+// The kernels' name for the array's dtype (float32/16, bfloat16, int32/64; ValueError otherwise).
+DType kernel_dtype(const Array& array, const char* name);
 
 // Raises the Python error that matches a kernel's status (nothing for kOk).
 void raise_on_error(Status status, const char* op);

@@ -1,0 +1,80 @@
+// Storage types for 16-bit floats and their exact conversions to and from float, in plain C++.
+//
+// The functions are `static` so that every translation unit keeps its own copy: the vector kernels
+// are compiled with different -m flags, and a shared inline copy built for AVX-512 must never be
+// what the portable path calls.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace kvserve::cpu {
+
+struct BFloat16 {
+  uint16_t bits;
+};
+struct Float16 {
+  uint16_t bits;
+};
+
+static inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+
+static inline float bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+static inline float to_float(float x) { return x; }
+static inline float to_float(BFloat16 x) { return bits_float(static_cast<uint32_t>(x.bits) << 16); }
+
+static inline float to_float(Float16 x) {
+  const uint32_t sign = static_cast<uint32_t>(x.bits & 0x8000) << 16;
+  const uint32_t exponent = (x.bits >> 10) & 0x1f, mantissa = x.bits & 0x3ff;
+  if (exponent == 0x1f) return bits_float(sign | 0x7f800000 | (mantissa << 13));  // inf, nan
+  if (exponent != 0) return bits_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
+  // Zero or subnormal: mantissa * 2^-24, exact in float.
+  const float magnitude = static_cast<float>(mantissa) * bits_float(0x33800000);
+  return sign ? -magnitude : magnitude;
+}
+
+static inline void from_float(float x, float* out) { *out = x; }
+
+// Round to nearest even; a NaN stays a (quiet) NaN.
+static inline void from_float(float x, BFloat16* out) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7fffffff) > 0x7f800000) {
+    out->bits = static_cast<uint16_t>((u >> 16) | 0x40);
+    return;
+  }
+  out->bits = static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+// Round to nearest even, overflow to inf, gradual underflow to subnormals.
+static inline void from_float(float x, Float16* out) {
+  const uint32_t u = float_bits(x);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000);
+  const uint32_t magnitude = u & 0x7fffffff;
+  if (magnitude > 0x7f800000) {  // nan
+    out->bits = static_cast<uint16_t>(sign | 0x7e00);
+    return;
+  }
+  if (magnitude >= 0x477ff000) {  // rounds to >= 65520: inf
+    out->bits = static_cast<uint16_t>(sign | 0x7c00);
+    return;
+  }
+  if (magnitude < 0x38800000) {  // below the smallest normal half: a multiple of 2^-24
+    // Adding 0.5 shifts the value so that the float adder rounds it to the 2^-24 grid (nearest even).
+    const float shifted = bits_float(magnitude) + 0.5f;
+    out->bits = static_cast<uint16_t>(sign | (float_bits(shifted) - float_bits(0.5f)));
+    return;
+  }
+  const uint32_t rounded = magnitude + 0xfff + ((magnitude >> 13) & 1) - (112u << 23);
+  out->bits = static_cast<uint16_t>(sign | (rounded >> 13));
+}
+
+}  // namespace kvserve::cpu

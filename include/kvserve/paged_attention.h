@@ -1,0 +1,65 @@
+// paged_attention: attention of new query tokens over a paged KV cache, for prefill, chunked prefill,
+// decode and any mix of them in one call.
+//
+//   query, out:             [num_tokens, num_heads, head_dim]   tokens of all requests, concatenated
+//   key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+//   block_table:            [num_reqs, max_blocks_per_req] int32   cache blocks of each request, in order
+//   seq_lens:               [num_reqs] int32   context length including this step's tokens
+//   query_start_loc:        [num_reqs + 1] int32   request i owns query rows [qsl[i], qsl[i+1])
+//
+// Query row j of request i sits at position seq_lens[i] - (qsl[i+1] - qsl[i]) + j: its K/V must already
+// be in the cache (reshape_and_cache first). With `causal` it attends to positions <= its own; a
+// `sliding_window` W keeps positions > own - W; a `softcap` c maps each scaled score s to c*tanh(s/c).
+// Head h reads kv head h / (num_heads / num_kv_heads) (GQA). Scores and sums are float32 whatever the
+// storage dtype.
+//
+// Strides are in elements. The last dimension of every array is contiguous; query/out rows and heads
+// may be strided (a view into a fused qkv projection); a cache block is contiguous, blocks may be
+// strided (K and V views of one [num_blocks, 2, block_size, ...] tensor).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kvserve/config.h"
+#include "kvserve/dtype.h"
+#include "kvserve/export.h"
+#include "kvserve/status.h"
+
+namespace kvserve {
+
+struct PagedAttentionParams {
+  void* out = nullptr;
+  int64_t out_stride_token = 0, out_stride_head = 0;
+  const void* query = nullptr;
+  int64_t query_stride_token = 0, query_stride_head = 0;
+  const void* key_cache = nullptr;
+  const void* value_cache = nullptr;
+  int64_t cache_stride_block = 0;  // both caches; within a block, [block_size, num_kv_heads, head_dim]
+  const int32_t* block_table = nullptr;
+  int64_t block_table_stride = 0;  // elements from one request's row to the next
+  const int32_t* seq_lens = nullptr;
+  const int32_t* query_start_loc = nullptr;
+
+  DType dtype = DType::kFloat32;  // of query, out and both caches: kFloat32, kFloat16 or kBFloat16
+  int64_t num_tokens = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t num_reqs = 0, max_blocks_per_req = 0, num_blocks = 0, block_size = 0;
+
+  float scale = 1.f;
+  bool causal = true;
+  int64_t sliding_window = 0;  // 0: none
+  float softcap = 0.f;         // 0: none
+};
+
+// Every size, stride and metadata value the kernel will use, including each block id a request
+// reaches, so that the kernel never reads or writes outside the arrays. Returns kOk, or
+// kInvalidArgument and, when `why` is not null, a message naming the bad value and what was expected.
+// Metadata must be in host memory.
+KVSERVE_EXPORT Status check_paged_attention(const PagedAttentionParams& params, std::string* why);
+
+// Runs check_paged_attention, then the kernel on the calling thread's OpenMP team (the team torch
+// uses too, so the two never oversubscribe the cores). Vectorized for the best ISA the CPU has (see
+// cpu_isa.h). A CUDA version takes the same params and a stream.
+KVSERVE_EXPORT Status paged_attention_cpu(const PagedAttentionParams& params);
+
+}  // namespace kvserve
