@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import kvserve
+from kvserve.bench.cli import add_bench_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="kvserve: an LLM inference and serving engine (paged KV cache, continuous batching).",
     )
     parser.add_argument("--version", action="version", version=f"kvserve {kvserve.__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_bench_parser(commands)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""The `kvserve bench` command group: every subcommand's flags (vLLM's names and meanings). The
+runs import their heavy dependencies only when they start, so `kvserve --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root, without /v1")
+    parser.add_argument("--endpoint", default="/v1/completions")
+    parser.add_argument("--model", required=True, help="the model name the server serves")
+    parser.add_argument(
+        "--tokenizer",
+        help="HF model dir whose vocab the random prompts draw from, and that turns them into text for "
+        "servers that do not take token ids (default: --model, when that is a directory)",
+    )
+    parser.add_argument("--num-prompts", type=int, default=1000)
+    parser.add_argument("--random-input-len", type=int, default=1024)
+    parser.add_argument("--random-output-len", type=int, default=128)
+    parser.add_argument(
+        "--random-range-ratio", type=float, default=0.0,
+        help="lengths uniform in [L*(1-r), L*(1+r)], 0 <= r < 1",
+    )
+    parser.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s, or inf")
+    parser.add_argument(
+        "--burstiness", type=float, default=1.0,
+        help="gamma shape of the gaps between requests: 1 is Poisson, lower is burstier",
+    )
+    parser.add_argument("--max-concurrency", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs: ttft:MS tpot:MS e2el:MS")
+    parser.add_argument("--metric-percentiles", default="90,99", help="comma-separated, e.g. 50,90,99")
+    parser.add_argument(
+        "--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+        help="generate exactly the requested output length (default: on)",
+    )
+    parser.add_argument(
+        "--prompt-format", choices=("auto", "ids", "text"), default="auto",
+        help="send prompts as token-id lists or text; auto: ids when the server accepts them",
+    )
+    parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    parser.add_argument("--result-json", type=Path, help="write the result (metrics and per-request timelines) here")
+    parser.add_argument("--disable-tqdm", action="store_true")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from kvserve.bench.serve_command import run_serve
+
+    return run_serve(args)
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmark an engine or server, measured the way `vllm bench` does")
+    subcommands = bench.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND", required=True)
+    serve = subcommands.add_parser(
+        "serve", help="load-test any OpenAI-compatible server: TTFT, TPOT, ITL, E2EL, throughput"
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_run_serve)

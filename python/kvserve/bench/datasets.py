@@ -1,0 +1,63 @@
+"""The prompts of a benchmark, as token ids (every engine we compare accepts ids, so no tokenizer
+round trip changes a prompt's length).
+
+- Offline cases: exactly WORKLOAD.md's draw, `default_rng(0).integers(10, 31999, (N, IN))`.
+- Serving: vLLM's random dataset. Lengths are uniform integers in [L(1-r), L(1+r)] for the input
+  and output lengths L and --random-range-ratio r; token ids are uniform in [10, vocab_size - 1),
+  like the offline draw keeping clear of the special tokens at the bottom of the vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOWEST_TOKEN_ID = 10
+OFFLINE_SEED = 0
+OFFLINE_ID_END = 31999  # exclusive, as WORKLOAD.md writes it, for every preset's vocab
+
+
+def offline_prompts(num_prompts: int, input_len: int) -> np.ndarray:
+    """int64 [num_prompts, input_len]: the prompts of case offline-N-IN-OUT."""
+    if num_prompts < 1 or input_len < 1:
+        raise ValueError(f"num_prompts={num_prompts}, input_len={input_len}: expected both >= 1")
+    rng = np.random.default_rng(OFFLINE_SEED)
+    return rng.integers(LOWEST_TOKEN_ID, OFFLINE_ID_END, (num_prompts, input_len))
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    prompt_token_ids: list[int]
+    expected_output_len: int
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+def _length_range(name: str, length: int, range_ratio: float) -> tuple[int, int]:
+    low, high = int(length * (1 - range_ratio)), int(length * (1 + range_ratio))
+    if length < 1 or low < 1:
+        raise ValueError(f"{name}={length} with range ratio {range_ratio}: expected lengths >= 1")
+    return low, high
+
+
+def random_requests(
+    num_prompts: int, input_len: int, output_len: int, range_ratio: float, vocab_size: int, seed: int
+) -> list[SampleRequest]:
+    if num_prompts < 1:
+        raise ValueError(f"num_prompts={num_prompts}: expected >= 1")
+    if not 0.0 <= range_ratio < 1.0:
+        raise ValueError(f"random range ratio {range_ratio}: expected 0 <= ratio < 1")
+    if vocab_size <= LOWEST_TOKEN_ID + 1:
+        raise ValueError(f"vocab_size={vocab_size}: expected more than {LOWEST_TOKEN_ID + 1}")
+    in_low, in_high = _length_range("random input len", input_len, range_ratio)
+    out_low, out_high = _length_range("random output len", output_len, range_ratio)
+    rng = np.random.default_rng(seed)
+    input_lens = rng.integers(in_low, in_high + 1, num_prompts)
+    output_lens = rng.integers(out_low, out_high + 1, num_prompts)
+    return [
+        SampleRequest(rng.integers(LOWEST_TOKEN_ID, vocab_size - 1, int(n)).tolist(), int(m))
+        for n, m in zip(input_lens, output_lens)
+    ]

@@ -1,0 +1,93 @@
+"""How a serving benchmark is reported: the printed table (vLLM's layout, so that results read the
+same side by side) and the JSON result (vLLM's key names, plus the per-request timelines that
+compare.py plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kvserve.bench.metrics import BenchmarkMetrics, LatencyStats, RequestRecord
+
+WIDTH = 50
+_LATENCY_SECTIONS = (
+    ("ttft", "TTFT", "Time to First Token"),
+    ("tpot", "TPOT", "Time per Output Token (excl. 1st token)"),
+    ("itl", "ITL", "Inter-token Latency"),
+    ("e2el", "E2EL", "End-to-end Latency"),
+)
+
+
+def _p_word(p: float) -> str:
+    return str(int(p)) if int(p) == p else str(p)
+
+
+def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None) -> str:
+    def row(label: str, value: float | int) -> str:
+        cell = f"{value:<10.2f}" if isinstance(value, float) else f"{value:<10}"
+        return f"{label:<40} {cell}".rstrip()
+
+    lines = [f"{' Serving Benchmark Result ':=^{WIDTH}}", row("Successful requests:", metrics.completed)]
+    if metrics.failed:
+        lines.append(row("Failed requests:", metrics.failed))
+    if max_concurrency is not None:
+        lines.append(row("Maximum request concurrency:", max_concurrency))
+    lines += [
+        row("Benchmark duration (s):", metrics.duration_s),
+        row("Total input tokens:", metrics.total_input),
+        row("Total generated tokens:", metrics.total_output),
+        row("Request throughput (req/s):", metrics.request_throughput),
+    ]
+    if metrics.request_goodput is not None:
+        lines.append(row("Request goodput (req/s):", metrics.request_goodput))
+    lines += [
+        row("Output token throughput (tok/s):", metrics.output_throughput),
+        row("Total Token throughput (tok/s):", metrics.total_token_throughput),
+    ]
+    for key, short, title in _LATENCY_SECTIONS:
+        stats: LatencyStats = getattr(metrics, key)
+        lines += [
+            f"{title:-^{WIDTH}}",
+            row(f"Mean {short} (ms):", stats.mean),
+            row(f"Median {short} (ms):", stats.median),
+        ]
+        lines += [row(f"P{_p_word(p)} {short} (ms):", v) for p, v in stats.percentiles.items()]
+    lines.append("=" * WIDTH)
+    return "\n".join(lines)
+
+
+def result_dict(metrics: BenchmarkMetrics, records: list[RequestRecord], settings: dict) -> dict:
+    """`settings` (model, rates, lengths, date...) first, then the metrics, then per-request lists
+    in request order (failed requests: 0 tokens and latencies, and their error)."""
+    result = dict(settings)
+    result |= {
+        "duration": metrics.duration_s,
+        "completed": metrics.completed,
+        "failed": metrics.failed,
+        "total_input_tokens": metrics.total_input,
+        "total_output_tokens": metrics.total_output,
+        "request_throughput": metrics.request_throughput,
+        "request_goodput": metrics.request_goodput,
+        "output_throughput": metrics.output_throughput,
+        "total_token_throughput": metrics.total_token_throughput,
+    }
+    for key, _, _ in _LATENCY_SECTIONS:
+        stats: LatencyStats = getattr(metrics, key)
+        result[f"mean_{key}_ms"] = stats.mean
+        result[f"median_{key}_ms"] = stats.median
+        result[f"std_{key}_ms"] = stats.std
+        result |= {f"p{_p_word(p)}_{key}_ms": v for p, v in stats.percentiles.items()}
+    result |= {
+        "input_lens": [r.prompt_len for r in records],
+        "output_lens": [r.output_tokens for r in records],
+        "ttfts": [r.ttft for r in records],
+        "e2els": [r.latency for r in records],
+        "itls": [r.itl for r in records],
+        "errors": [r.error for r in records],
+    }
+    return result
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
