@@ -1,6 +1,12 @@
 """kvserve: an LLM inference and serving engine (paged KV cache, continuous batching)."""
 
 from kvserve._C import __version__
-from kvserve.sampling_params import SamplingParams
+from kvserve.engine import Engine
+from kvserve.outputs import CompletionOutput, RequestOutput
+from kvserve.sampling_params import RequestOutputKind, SamplingParams
 
-__all__ = ["SamplingParams", "__version__"]
+# vLLM users write `from vllm import LLM`; the same name works here.
+LLM = Engine
+
+__all__ = ["LLM", "CompletionOutput", "Engine", "RequestOutput", "RequestOutputKind", "SamplingParams",
+           "__version__"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 # Temperatures below this are greedy, as in vLLM (dividing logits by ~0 would overflow anyway).
 GREEDY_TEMPERATURE = 1e-5
@@ -33,6 +34,15 @@ def _check_float(name: str, value, ok, expected: str) -> None:
 def _check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+class RequestOutputKind(Enum):
+    """What each RequestOutput of a running request carries (vLLM's names): everything so far,
+    only what is new since the last one (streaming), or nothing until the request finishes."""
+
+    CUMULATIVE = 0
+    DELTA = 1
+    FINAL_ONLY = 2
 
 
 @dataclass
@@ -63,6 +73,7 @@ class SamplingParams:
     spaces_between_special_tokens: kept for vLLM compatibility; fast tokenizers (the only kind
         kvserve loads) decode special tokens without added spaces, as vLLM does with them.
     include_stop_str_in_output: keep the matched stop string at the end of the text.
+    output_kind: what the engine's per-step outputs carry (see RequestOutputKind).
     """
 
     n: int = 1
@@ -85,6 +96,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         _check_int("n", self.n, 1, "an integer >= 1")
@@ -120,6 +132,8 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, "an integer >= 0, or None")
         self._check_logit_bias()
+        if not isinstance(self.output_kind, RequestOutputKind):
+            raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
         if self.top_k == -1:
             self.top_k = 0
         if self.temperature < GREEDY_TEMPERATURE:

@@ -49,3 +49,16 @@ def test_tokenizer_matches_transformers_reading_of_the_same_file(default_model):
     for text in TEXTS + ["don't DON'T 2024-06-01", "x = [1, 22, 333]\n\tprint(x)"]:
         assert backend.encode(text).ids == reference.encode(text, add_special_tokens=False), text
     assert default_model.tokenizer.bos_token == reference.bos_token
+
+
+def test_engine_generates_the_golden_ids_and_answers_in_chat(default_model):
+    from kvserve import Engine, SamplingParams
+
+    engine = Engine(dtype="float32", max_model_len=512, kv_cache_memory_gb=0.05)
+    greedy = SamplingParams(temperature=0, max_tokens=len(GREEDY_IDS), ignore_eos=True)
+    [output] = engine.generate([{"prompt_token_ids": PROMPT_IDS}], greedy, use_tqdm=False)
+    assert output.outputs[0].token_ids == GREEDY_IDS
+    assert output.outputs[0].text == " Paris.\n\nThe answer is"
+    [reply] = engine.chat([{"role": "user", "content": "What is the capital of France?"}],
+                          SamplingParams(temperature=0, max_tokens=24), use_tqdm=False)
+    assert "Paris" in reply.outputs[0].text

@@ -1,0 +1,216 @@
+"""Engine: the offline entry point, with vLLM's `LLM` interface.
+
+    engine = Engine(model="path/or/Org-Name/or/file.gguf")       # None: the default model
+    outs = engine.generate(["Hello, my name is"], SamplingParams(max_tokens=32))
+    outs[0].outputs[0].text
+
+One step is three calls (ARCHITECTURE.md): the C++ scheduler builds the batch, the model runner
+turns it into sampled tokens, the scheduler applies them; then the text side (detokenizer, stop
+strings, logprobs) catches up in Python. `add_request / step / abort / has_unfinished_requests` are
+public so the engine can run inside another loop (the server's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+
+import torch
+
+from kvserve import _C
+from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
+from kvserve.loader import LoadedModel, load_model
+from kvserve.model_runner import ModelRunner
+from kvserve.output_processor import process_step
+from kvserve.outputs import RequestOutput
+from kvserve.prompts import PromptInput, normalize_prompts
+from kvserve.request_state import RequestState
+from kvserve.sampling_params import RequestOutputKind, SamplingParams
+from kvserve.tokenizer import Tokenizer
+
+logger = logging.getLogger("kvserve")
+
+
+def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
+    """The model's tokenizer: a given directory, the GGUF file's own, or the checkpoint directory's."""
+    if tokenizer is not None:
+        return Tokenizer.from_pretrained(tokenizer)
+    if loaded.tokenizer is not None:
+        parts = loaded.tokenizer
+        return Tokenizer(parts.backend, chat_template=parts.chat_template, bos_token=parts.bos_token,
+                         eos_token=parts.eos_token, add_bos_token=parts.add_bos_token)
+    return Tokenizer.from_pretrained(loaded.path)
+
+
+class Engine:
+    def __init__(self, model: str | None = None, *, tokenizer: str | None = None, dtype: str = "auto",
+                 max_model_len: int | None = None, block_size: int = 16, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 8192, enable_prefix_caching: bool = True,
+                 enable_chunked_prefill: bool = True, kv_cache_memory_gb: float | None = None, seed: int = 0,
+                 load_format: str = "auto", skip_tokenizer_init: bool = False):
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        self.device = torch.device("cpu")
+        loaded = load_model(model, dtype=dtype, load_format=load_format, seed=seed, device=self.device)
+        self.model_config = config = loaded.model_config
+        self.dtype = loaded.dtype
+        self.tokenizer = None if skip_tokenizer_init else load_tokenizer(loaded, tokenizer)
+
+        if max_model_len is None:
+            max_model_len = config.max_model_len
+        elif not 0 < max_model_len <= config.max_model_len:
+            raise ValueError(f"max_model_len must be in [1, {config.max_model_len}] (the model's "
+                             f"max_position_embeddings), got {max_model_len}")
+        self.max_model_len = max_model_len
+        budget_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_memory_gb is None else kv_cache_memory_gb
+        if not budget_gb > 0:
+            raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
+        num_blocks = num_blocks_for_budget(config, self.dtype, block_size, budget_gb * 2**30)
+        if (num_blocks - 1) * block_size < max_model_len:
+            raise ValueError(
+                f"a KV cache of {budget_gb} GiB holds {max(num_blocks - 1, 0) * block_size} tokens, fewer than one "
+                f"request of max_model_len {max_model_len}: raise kv_cache_memory_gb or lower max_model_len")
+        self.scheduler = _C.Scheduler(_C.SchedulerConfig(
+            num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill))
+        kv_caches = allocate_kv_caches(config, self.dtype, num_blocks, block_size, self.device)
+
+        self.eos_token_ids = set(config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+        self.runner = ModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
+                                  self.device)
+        self.requests: dict[str, RequestState] = {}
+        self._request_counter = itertools.count()
+        logger.info("loaded %s (%s, %s) in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
+                    loaded.path, config.architecture, str(self.dtype).removeprefix("torch."),
+                    time.perf_counter() - start, num_blocks - 1, block_size, (num_blocks - 1) * block_size)
+
+    # ---- the low-level loop -------------------------------------------------------------------
+
+    def default_sampling_params(self) -> SamplingParams:
+        """The checkpoint's generation_config.json defaults (temperature, top_p, ...), as vLLM uses them."""
+        return SamplingParams(**self.model_config.default_sampling)
+
+    def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None, *,
+                    arrival_time: float | None = None, priority: int = 0) -> None:
+        """Queue one request. ValueError for a duplicate id, a bad prompt, or one that can't fit."""
+        params = params if params is not None else self.default_sampling_params()
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        [(text, token_ids)] = normalize_prompts(prompt, self.tokenizer)
+        params.check_token_ids(self.model_config.vocab_size)
+        bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.model_config.vocab_size})")
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = max(self.max_model_len - len(token_ids), 1)
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        self.scheduler.add_request(
+            request_id, token_ids, max_tokens=max_tokens, min_tokens=params.min_tokens,
+            eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
+            stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=params.n,
+            skip_prefix_cache=params.prompt_logprobs is not None)
+        self.requests[request_id] = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time,
+                                                 self.device)
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; returns the outputs of requests that advanced (per output_kind)."""
+        out = self.scheduler.schedule()
+        now = time.time()
+        for request_id in out.req_ids:
+            metrics = self.requests[request_id].metrics
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = now
+        result = self.runner.execute(out, self.requests)
+        updates = self.scheduler.update_from_output(result.sampled_token_ids)
+        decode = self._decode_token if self.tokenizer is not None else None
+        return process_step(out, result, updates, self.requests, self.scheduler, decode)
+
+    def abort(self, request_ids: str | Sequence[str]) -> None:
+        """End requests now and free their KV blocks; ids that already finished are ignored."""
+        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+            if self.requests.pop(request_id, None) is not None:
+                self.scheduler.abort(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def stats(self):
+        return self.scheduler.stats()
+
+    def _decode_token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    # ---- offline API ----------------------------------------------------------------------------
+
+    def generate(self, prompts: PromptInput | Sequence[PromptInput],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Generate for every prompt (a string, {"prompt": str} or {"prompt_token_ids": [...]}, or a
+        list of them); returns one finished RequestOutput per prompt, in order."""
+        normalized = normalize_prompts(prompts, self.tokenizer)
+        if sampling_params is None:
+            sampling_params = self.default_sampling_params()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(normalized)
+        elif len(sampling_params) != len(normalized):
+            raise ValueError(f"sampling_params: expected one per prompt ({len(normalized)}), got {len(sampling_params)}")
+        ids = []
+        try:
+            for (text, token_ids), params in zip(normalized, sampling_params):
+                request_id = f"generate-{next(self._request_counter)}"
+                final_only = dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
+                self.add_request(request_id, {"prompt_token_ids": token_ids, "prompt": text}, final_only)
+                ids.append(request_id)
+            return self._run_to_completion(ids, use_tqdm)
+        except BaseException:
+            self.abort(ids)
+            raise
+
+    def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+             use_tqdm: bool = True, add_generation_prompt: bool = True, continue_final_message: bool = False,
+             chat_template: str | None = None) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of {"role", "content"} messages) or to a
+        list of conversations, with the model's chat template."""
+        if self.tokenizer is None:
+            raise ValueError("chat() needs a tokenizer, but the engine was built with skip_tokenizer_init=True")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = []
+        for conversation in conversations:
+            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
+                                                      continue_final_message=continue_final_message,
+                                                      chat_template=chat_template)
+            prompts.append({"prompt": text,
+                            "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run_to_completion(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        pending = set(request_ids)
+        finished: dict[str, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(request_ids), desc="Processed prompts", unit="prompt", dynamic_ncols=True)
+        start, output_tokens = time.perf_counter(), 0
+        try:
+            while pending:
+                for output in self.step():
+                    if output.finished and output.request_id in pending:
+                        pending.discard(output.request_id)
+                        finished[output.request_id] = output
+                        output_tokens += sum(len(o.token_ids) for o in output.outputs)
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix_str(f"output: {output_tokens / (time.perf_counter() - start):.1f} tok/s",
+                                                refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [finished[i] for i in request_ids]

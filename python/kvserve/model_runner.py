@@ -1,0 +1,91 @@
+"""ModelRunner: one scheduled step in, sampled token ids out.
+
+It is the only place where the scheduler's arrays become tensors (zero-copy views), and it runs
+the forward pass, computes logits only for the rows it samples (and for prompt rows whose
+logprobs were asked for), and samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from kvserve import ops
+from kvserve.logprobs import LogprobsTensors, prompt_logprobs
+from kvserve.models import AttentionMetadata
+from kvserve.request_state import RequestState
+from kvserve.sampler import Sampler
+from kvserve.sampling_metadata import SamplingMetadata
+
+
+@dataclass
+class StepResult:
+    sampled_token_ids: np.ndarray  # int32 [num_sampled], aligned with the step's logits_indices
+    logprobs: LogprobsTensors | None  # rows aligned with sampled_token_ids
+    # request id -> (first prompt position covered, logprobs of the prompt tokens that follow)
+    prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
+
+
+class ModelRunner:
+    def __init__(self, model: nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], vocab_size: int,
+                 eos_token_ids: Sequence[int], device: torch.device):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.vocab_size = vocab_size
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.device = device
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def execute(self, out, requests: Mapping[str, RequestState]) -> StepResult:
+        """Run one SchedulerOutput `out`; `requests` maps request ids to their state."""
+        if out.blocks_to_copy.shape[0]:
+            for key_cache, value_cache in self.kv_caches:
+                ops.copy_blocks(key_cache, out.blocks_to_copy)
+                ops.copy_blocks(value_cache, out.blocks_to_copy)
+        metadata = AttentionMetadata(
+            slot_mapping=torch.from_numpy(out.slot_mapping),
+            block_table=torch.from_numpy(out.block_table),
+            seq_lens=torch.from_numpy(out.seq_lens),
+            query_start_loc=torch.from_numpy(out.query_start_loc),
+        )
+        hidden = self.model(torch.from_numpy(out.input_ids), torch.from_numpy(out.positions), self.kv_caches,
+                            metadata)
+
+        prompt_lp = self._prompt_logprobs(out, requests, hidden)
+        if out.num_sampled == 0:
+            return StepResult(np.empty(0, dtype=np.int32), None, prompt_lp)
+        logits = self.model.compute_logits(hidden[torch.from_numpy(out.logits_indices)])
+        states = [requests[r] for r in out.sampled_req_ids]
+        sequences = [state.sequences[i] for state, i in zip(states, out.sampled_sample_indices.tolist())]
+        metadata = SamplingMetadata.from_requests(
+            [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_ids for s in states],
+            [q.generator for q in sequences], vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
+            device=self.device)
+        sampled = self.sampler(logits, metadata)
+        return StepResult(sampled.sampled_token_ids.cpu().numpy(), sampled.logprobs, prompt_lp)
+
+    def _prompt_logprobs(self, out, requests, hidden) -> dict[str, tuple[int, LogprobsTensors]]:
+        """Logprobs of the prompt tokens that this step's rows predict, for requests that ask."""
+        result = {}
+        qsl = None
+        for row, request_id in enumerate(out.req_ids):
+            state = requests[request_id]
+            if state.prompt_logprobs is None:
+                continue
+            qsl = out.query_start_loc if qsl is None else qsl
+            start, end = int(qsl[row]), int(qsl[row + 1])
+            first = int(out.positions[start])
+            # Position p predicts prompt token p + 1; the last prompt position predicts an output token.
+            last = min(first + (end - start), len(state.prompt_token_ids) - 1)
+            if last <= first:
+                continue
+            rows = torch.arange(start, start + last - first)
+            next_ids = torch.tensor(state.prompt_token_ids[first + 1:last + 1], dtype=torch.int64)
+            logits = self.model.compute_logits(hidden[rows])
+            result[request_id] = (first, prompt_logprobs(logits, next_ids, state.params.prompt_logprobs))
+        return result

@@ -1,0 +1,46 @@
+"""Prompt inputs, as vLLM accepts them: a string, {"prompt": str}, {"prompt_token_ids": [...]}
+(optionally with the "prompt" text it came from), or a list of these."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+from kvserve.tokenizer import Tokenizer
+
+PromptInput = Union[str, dict]
+
+
+def _one(prompt, tokenizer: Tokenizer | None) -> tuple[str | None, list[int]]:
+    if isinstance(prompt, str):
+        prompt = {"prompt": prompt}
+    if not isinstance(prompt, dict):
+        raise ValueError(f"a prompt must be a string or a dict with 'prompt' or 'prompt_token_ids', got {prompt!r:.80}")
+    unknown = set(prompt) - {"prompt", "prompt_token_ids"}
+    if unknown:
+        raise ValueError(f"prompt dict has unknown keys {sorted(unknown)}: expected 'prompt' and/or 'prompt_token_ids'")
+    text = prompt.get("prompt")
+    token_ids = prompt.get("prompt_token_ids")
+    if token_ids is None:
+        if not isinstance(text, str):
+            raise ValueError(f"prompt must be a string, got {text!r:.80}")
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer: pass prompt_token_ids with skip_tokenizer_init=True")
+        token_ids = tokenizer.encode(text)
+    else:
+        token_ids = list(token_ids)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+            raise ValueError("prompt_token_ids must be a list of integers")
+    if not token_ids:
+        raise ValueError("the prompt is empty: expected at least one token")
+    return text, token_ids
+
+
+def normalize_prompts(prompts: PromptInput | Sequence[PromptInput], tokenizer: Tokenizer | None
+                      ) -> list[tuple[str | None, list[int]]]:
+    """(text or None, token ids) per prompt."""
+    if isinstance(prompts, (str, dict)):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError("prompts: expected a prompt or a non-empty list of prompts")
+    return [_one(p, tokenizer) for p in prompts]

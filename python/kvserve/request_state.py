@@ -1,0 +1,101 @@
+"""The engine's Python-side state of one request: its n output sequences as they grow.
+
+The C++ scheduler owns token bookkeeping for scheduling (progress, blocks, stop tokens); this side
+keeps what only Python needs: the text (detokenizer), random generators, logprobs, metrics, and
+what has already been reported to the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kvserve.detokenizer import Detokenizer
+from kvserve.logprobs import PromptLogprobs, SampleLogprobs
+from kvserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from kvserve.sampling_metadata import request_generator
+from kvserve.sampling_params import RequestOutputKind, SamplingParams
+from kvserve.tokenizer import Tokenizer
+
+
+class SequenceState:
+    """Output sequence `index` of a request (0..n-1)."""
+
+    __slots__ = ("index", "token_ids", "detokenizer", "generator", "logprobs", "cumulative_logprob",
+                 "finish_reason", "stop_reason", "num_tokens_reported", "num_chars_reported")
+
+    def __init__(self, index: int, params: SamplingParams, tokenizer: Tokenizer | None,
+                 prompt_token_ids: Sequence[int], device: torch.device):
+        self.index = index
+        self.token_ids: list[int] = []
+        self.detokenizer = (Detokenizer.from_params(tokenizer, params, prompt_token_ids)
+                            if tokenizer is not None else None)
+        self.generator = request_generator(params, index, device)
+        self.logprobs: SampleLogprobs | None = [] if params.logprobs is not None else None
+        self.cumulative_logprob: float | None = 0.0 if params.logprobs is not None else None
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self.num_tokens_reported = 0
+        self.num_chars_reported = 0
+
+    @property
+    def text(self) -> str:
+        return self.detokenizer.output_text if self.detokenizer is not None else ""
+
+    def finish(self, reason: str, stop_token_id: int | None, params: SamplingParams) -> None:
+        """End the sequence with the scheduler's reason; a stop string found in the last held-back
+        text takes precedence (as it would have, had the text arrived earlier)."""
+        self.finish_reason = reason
+        if reason == "stop" and stop_token_id is not None and stop_token_id in params.stop_token_ids:
+            self.stop_reason = stop_token_id
+        if self.detokenizer is not None:
+            stop = self.detokenizer.finish()
+            if stop is not None:
+                self.finish_reason, self.stop_reason = "stop", stop
+
+    def to_output(self, kind: RequestOutputKind) -> CompletionOutput:
+        text, token_ids = self.text, self.token_ids
+        logprobs = self.logprobs
+        if kind is RequestOutputKind.DELTA:
+            first_token, first_char = self.num_tokens_reported, self.num_chars_reported
+            self.num_tokens_reported, self.num_chars_reported = len(token_ids), len(text)
+            text, token_ids = text[first_char:], token_ids[first_token:]
+            logprobs = logprobs[first_token:] if logprobs is not None else None
+        return CompletionOutput(self.index, text, list(token_ids), self.cumulative_logprob, logprobs,
+                                self.finish_reason, self.stop_reason)
+
+
+class RequestState:
+    __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "sequences", "prompt_logprobs",
+                 "metrics", "prompt_logprobs_reported")
+
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
+                 tokenizer: Tokenizer | None, arrival_time: float, device: torch.device):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.sequences = [SequenceState(i, params, tokenizer, prompt_token_ids, device) for i in range(params.n)]
+        # Position 0 has no logprob (nothing predicts the first prompt token).
+        self.prompt_logprobs: PromptLogprobs | None = [None] if params.prompt_logprobs is not None else None
+        self.prompt_logprobs_reported = False
+        self.metrics = RequestMetrics(arrival_time)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.sequences)
+
+    def to_output(self) -> RequestOutput | None:
+        """The RequestOutput to report now, as params.output_kind asks (None: nothing to report)."""
+        kind = self.params.output_kind
+        finished = self.finished
+        if kind is RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        prompt_logprobs = self.prompt_logprobs
+        if kind is RequestOutputKind.DELTA:
+            # Prompt logprobs go out once, with the first delta.
+            prompt_logprobs = None if self.prompt_logprobs_reported else prompt_logprobs
+            self.prompt_logprobs_reported = True
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, prompt_logprobs,
+                             [s.to_output(kind) for s in self.sequences], finished, self.metrics)

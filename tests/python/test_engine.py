@@ -1,0 +1,207 @@
+"""Engine end to end on tiny random models: greedy ids equal transformers' exactly (float32), through
+batching, chunked prefill, prefix-cache hits and preemption; seeds, n > 1, stop strings, aborts, and
+no KV block leaks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvserve import LLM, Engine, RequestOutputKind, SamplingParams
+from kvserve.kv_cache import kv_bytes_per_token
+from kvserve.model_config import ModelConfig
+from tiny_models import TINY_CONFIGS, tiny_hf_model
+
+ARCHITECTURES = sorted(TINY_CONFIGS)
+PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more",
+           "Café crème, 東京"]
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+def hf_greedy(hf_model, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    out = hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                            eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def assert_no_blocks_held(engine: Engine) -> None:
+    stats = engine.stats()
+    assert not engine.has_unfinished_requests() and not engine.requests
+    assert stats.num_free_blocks == stats.num_blocks - 1, stats
+
+
+@pytest.fixture(scope="module")
+def hf_models():
+    return {a: tiny_hf_model(a) for a in ARCHITECTURES}
+
+
+def make_engine(directory, **kwargs) -> Engine:
+    return Engine(str(directory), dtype="float32", kv_cache_memory_gb=kwargs.pop("kv_cache_memory_gb", 0.01),
+                  **kwargs)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("mode", ["batched", "chunked-prefill", "preemption"])
+def test_greedy_ids_equal_transformers(tiny_model_dir, hf_models, architecture, mode):
+    kwargs = {}
+    if mode == "chunked-prefill":
+        kwargs = dict(max_num_batched_tokens=5)
+    elif mode == "preemption":
+        # 11 usable blocks of 4 tokens: the longest request fits (max_model_len 40), all four do not.
+        config = ModelConfig.from_pretrained(tiny_model_dir(architecture))
+        bytes_per_block = 4 * kv_bytes_per_token(config, torch.float32)
+        kwargs = dict(block_size=4, max_model_len=40, kv_cache_memory_gb=12 * bytes_per_block / 2**30)
+    engine = make_engine(tiny_model_dir(architecture), **kwargs)
+    outputs = engine.generate(PROMPTS, GREEDY, use_tqdm=False)
+    for output in outputs:
+        expected = hf_greedy(hf_models[architecture], output.prompt_token_ids, GREEDY.max_tokens)
+        assert output.outputs[0].token_ids == expected, (architecture, mode, output.prompt)
+        assert output.outputs[0].finish_reason == "length"
+    if mode == "preemption":
+        assert engine.stats().num_preemptions > 0
+    assert_no_blocks_held(engine)
+
+
+def test_prefix_cache_hits_give_the_same_ids(tiny_model_dir, hf_models):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), block_size=4)
+    shared = "ka lo mi ne ru sa ti vo ze str ing ion 7 42 "
+    prompts = [shared + "alpha", shared + "beta gamma"]
+    first = engine.generate(prompts[:1], GREEDY, use_tqdm=False)
+    second = engine.generate(prompts, GREEDY, use_tqdm=False)
+    assert engine.stats().prefix_cache_hits > 0
+    assert second[0].outputs[0].token_ids == first[0].outputs[0].token_ids
+    for output in second:
+        expected = hf_greedy(hf_models["LlamaForCausalLM"], output.prompt_token_ids, GREEDY.max_tokens)
+        assert output.outputs[0].token_ids == expected
+    assert_no_blocks_held(engine)
+
+
+def test_first_step_logprobs_match_transformers(tiny_model_dir, hf_models):
+    engine = make_engine(tiny_model_dir("Qwen3ForCausalLM"))
+    params = SamplingParams(temperature=0, max_tokens=1, logprobs=5, prompt_logprobs=3)
+    [output] = engine.generate(["The capital of France is"], params, use_tqdm=False)
+    ids = output.prompt_token_ids
+    with torch.no_grad():
+        logits = hf_models["Qwen3ForCausalLM"](torch.tensor([ids])).logits[0].double().log_softmax(-1)
+    [chosen] = output.outputs[0].logprobs
+    for token_id, logprob in chosen.items():
+        assert logprob.logprob == pytest.approx(logits[-1, token_id].item(), rel=1e-4, abs=1e-5)
+    assert output.prompt_logprobs[0] is None and len(output.prompt_logprobs) == len(ids)
+    for position in range(1, len(ids)):
+        actual = output.prompt_logprobs[position][ids[position]]
+        assert actual.logprob == pytest.approx(logits[position - 1, ids[position]].item(), rel=1e-4, abs=1e-5)
+        assert actual.rank == int((logits[position - 1] > logits[position - 1, ids[position]]).sum()) + 1
+
+
+def test_seed_gives_the_same_text_whatever_the_batch(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=12, seed=1234, ignore_eos=True)
+    alone = engine.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0]
+    others = SamplingParams(temperature=1.0, max_tokens=7, ignore_eos=True)
+    batch = engine.generate(PROMPTS + ["Hi"], [others] * len(PROMPTS) + [seeded], use_tqdm=False)
+    assert batch[-1].outputs[0].token_ids == alone.token_ids
+    assert batch[-1].outputs[0].text == alone.text
+
+
+def test_n_samples_differ_and_share_the_prompt(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    [output] = engine.generate(["Hi there"], SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=7,
+                                                             ignore_eos=True), use_tqdm=False)
+    samples = [tuple(o.token_ids) for o in output.outputs]
+    assert [o.index for o in output.outputs] == [0, 1, 2, 3]
+    assert len(set(samples)) == 4 and all(len(s) == 8 for s in samples)
+    assert_no_blocks_held(engine)
+
+
+def test_stop_string_ends_the_text_before_it(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    [free] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    text = free.outputs[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    cut = text.index(stop)
+    [stopped] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop),
+                                use_tqdm=False)
+    out = stopped.outputs[0]
+    assert out.text == text[:cut] and out.finish_reason == "stop" and out.stop_reason == stop
+    assert len(out.token_ids) < 20
+    [kept] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop,
+                                                    include_stop_str_in_output=True), use_tqdm=False)
+    assert kept.outputs[0].text == text[:cut + len(stop)]
+    assert_no_blocks_held(engine)
+
+
+def test_stop_token_and_eos(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    [free] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), use_tqdm=False)
+    ids = free.outputs[0].token_ids
+    [stopped] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[ids[3]],
+                                                       ignore_eos=True), use_tqdm=False)
+    out = stopped.outputs[0]
+    first = ids.index(ids[3])
+    assert out.token_ids == ids[:first + 1] and out.finish_reason == "stop" and out.stop_reason == ids[3]
+    # min_tokens masks the stop token until reached.
+    [late] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=10, stop_token_ids=[ids[3]],
+                                                    min_tokens=first + 1, ignore_eos=True), use_tqdm=False)
+    assert len(late.outputs[0].token_ids) > first + 1
+
+
+def test_streaming_deltas_add_up_and_abort_frees_blocks(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    engine.add_request("a", "Hi", SamplingParams(temperature=0, max_tokens=9, ignore_eos=True,
+                                                 output_kind=RequestOutputKind.DELTA))
+    engine.add_request("b", "Hello", SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    text, token_ids, steps = "", [], 0
+    while "a" in engine.requests:
+        for output in engine.step():
+            if output.request_id == "a":
+                text += output.outputs[0].text
+                token_ids += output.outputs[0].token_ids
+        steps += 1
+    [whole] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True), use_tqdm=False)
+    assert token_ids == whole.outputs[0].token_ids and text == whole.outputs[0].text
+    assert engine.stats().num_free_blocks < engine.stats().num_blocks - 1  # "b" still holds blocks
+    engine.abort("b")
+    engine.abort(["b", "never-seen"])  # finished or unknown ids are ignored
+    assert_no_blocks_held(engine)
+
+
+def test_bad_input_is_a_clear_error_and_leaks_nothing(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32)
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate(["Hi", "word " * 40], GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([{"prompt_token_ids": []}], GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.generate([{"prompt_token_ids": [1, 5000]}], GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match="one per prompt"):
+        engine.generate(["a", "b"], [GREEDY], use_tqdm=False)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    engine.add_request("x", "Hi", GREEDY)
+    with pytest.raises(ValueError, match="already in use"):
+        engine.add_request("x", "Hi", GREEDY)
+    engine.abort("x")
+    assert_no_blocks_held(engine)
+    with pytest.raises(ValueError, match="max_model_len"):
+        make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=10**6)
+
+
+def test_chat_applies_the_template_and_llm_is_engine(tiny_model_dir):
+    assert LLM is Engine
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    conversation = [{"role": "user", "content": "Hi"}]
+    [reply] = engine.chat(conversation, GREEDY, use_tqdm=False)
+    prompt = engine.tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
+    assert reply.prompt == prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert reply.prompt_token_ids == engine.tokenizer.encode(prompt, add_special_tokens=False)
+    replies = engine.chat([conversation, conversation + [{"role": "assistant", "content": "Yo"},
+                                                          {"role": "user", "content": "More"}]], GREEDY,
+                          use_tqdm=False)
+    assert replies[0].outputs[0].token_ids == reply.outputs[0].token_ids and len(replies) == 2
+
+
+def test_generate_shows_a_progress_bar(tiny_model_dir, capsys):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    engine.generate(["Hi", "Hello"], GREEDY)
+    err = capsys.readouterr().err
+    assert "Processed prompts" in err and "2/2" in err and "tok/s" in err
