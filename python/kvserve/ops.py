@@ -65,3 +65,26 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
     """
     _C.ops.paged_attention(_dl(out), _dl(query), _dl(key_cache), _dl(value_cache), _dl(block_table),
                            _dl(seq_lens), _dl(query_start_loc), scale, causal, sliding_window, softcap)
+
+
+def rms_norm(out, input, weight, eps: float, residual=None) -> None:
+    """RMSNorm of each row of `input` [num_tokens, hidden] into `out` (may be `input` itself).
+
+    With `residual` (same shape), first residual <- input + residual in place, then normalize the
+    sum: the residual add of the next block fused in. Rounded as Hugging Face's Llama rounds in the
+    model dtype: out = dtype(dtype(x * rsqrt(mean(x^2) + eps)) * weight), float32 math.
+    Rows may be strided; the last dimension must be contiguous.
+    """
+    _C.ops.rms_norm(_dl(out), _dl(input), _dl(weight), eps, None if residual is None else _dl(residual))
+
+
+def silu_and_mul(out, input) -> None:
+    """out [num_tokens, dim] = silu(gate) * up, for input [num_tokens, 2 * dim] holding [gate; up]."""
+    _C.ops.silu_and_mul(_dl(out), _dl(input))
+
+
+def argmax(out, input) -> None:
+    """out [num_rows] int32 = the first index of each row's largest value in `input`
+    [num_rows, num_cols] (float32, bfloat16 or float16; rows may be strided). NaN entries are
+    ignored: greedy sampling straight from logits in the model dtype, without a float32 copy."""
+    _C.ops.argmax(_dl(out), _dl(input))

@@ -127,9 +127,10 @@ class LlamaForCausalLM(nn.Module):
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] (only the rows to sample) -> float32 logits [N, vocab]."""
+        """hidden [N, hidden] (only the rows to sample) -> logits [N, vocab] in the model dtype (the
+        sampler upcasts when it needs to; greedy rows take the argmax as they are)."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return torch.nn.functional.linear(hidden, weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting."""

@@ -1,0 +1,89 @@
+// rms_norm_cpu, silu_and_mul_cpu and argmax_cpu: validate, pick the ISA's kernel, split the rows over the OpenMP
+// team of the calling thread (torch's, see cpp/CMakeLists.txt) when the call is large enough.
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "kvserve/cpu_isa.h"
+#include "rowwise.h"
+
+namespace kvserve {
+
+namespace {
+
+using namespace cpu;
+
+// Elements below which waking the thread team costs more than it saves (a decode step of a small
+// model normalizes a few thousand elements per call).
+constexpr int64_t kSerialElements = 1 << 15;
+
+RowwiseKernels kernels_for(DType dtype) {
+  switch (cpu_isa()) {
+#if defined(KVSERVE_CPU_X86_KERNELS)
+    case CpuIsa::kAvx512:
+    case CpuIsa::kAvx512Bf16: return rowwise_avx512(dtype);
+    case CpuIsa::kAvx2: return rowwise_avx2(dtype);
+#endif
+    default: return rowwise_portable(dtype);
+  }
+}
+
+bool float_dtype(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+}
+
+int64_t num_rows(const RmsNormParams& p) { return p.num_tokens; }
+int64_t num_rows(const SiluAndMulParams& p) { return p.num_tokens; }
+int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
+
+template <class Params, class Fn>
+void run_rows(const Params& p, Fn fn, int64_t elements_per_row) {
+  const int64_t rows = num_rows(p);
+  const int64_t threads = std::min<int64_t>(omp_get_max_threads(), rows);
+  if (threads <= 1 || rows * elements_per_row < kSerialElements) {
+    fn(p, 0, rows);
+    return;
+  }
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    fn(p, rows * me / team, rows * (me + 1) / team);
+  }
+}
+
+}  // namespace
+
+Status rms_norm_cpu(const RmsNormParams& p) {
+  if (p.out == nullptr || p.input == nullptr || p.weight == nullptr || p.num_tokens < 0 || p.hidden <= 0 ||
+      p.input_stride < p.hidden || p.out_stride < p.hidden || !(p.eps >= 0.f) ||
+      (p.residual != nullptr && p.residual_stride < p.hidden)) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  run_rows(p, kernels_for(p.dtype).rms_norm, 3 * p.hidden);
+  return Status::kOk;
+}
+
+Status argmax_cpu(const ArgmaxParams& p) {
+  if (p.out == nullptr || p.input == nullptr || p.num_rows < 0 || p.num_cols <= 0 || p.input_stride < p.num_cols ||
+      p.num_cols > INT32_MAX) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  run_rows(p, kernels_for(p.dtype).argmax, p.num_cols);
+  return Status::kOk;
+}
+
+Status silu_and_mul_cpu(const SiluAndMulParams& p) {
+  if (p.out == nullptr || p.input == nullptr || p.num_tokens < 0 || p.dim <= 0 || p.input_stride < 2 * p.dim ||
+      p.out_stride < p.dim) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  run_rows(p, kernels_for(p.dtype).silu_and_mul, 3 * p.dim);
+  return Status::kOk;
+}
+
+}  // namespace kvserve

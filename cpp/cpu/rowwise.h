@@ -1,0 +1,136 @@
+// Row-wise layer kernels (RMSNorm, SiLU-and-mul) written once over a vector type V, and the table of
+// functions each ISA's translation unit fills in. One call handles rows [row_begin, row_end).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "half.h"
+#include "kvserve/argmax.h"
+#include "kvserve/rms_norm.h"
+#include "kvserve/silu_and_mul.h"
+#include "vec_math.h"
+
+namespace kvserve::cpu {
+
+using RmsNormRowsFn = void (*)(const RmsNormParams&, int64_t row_begin, int64_t row_end);
+using SiluAndMulRowsFn = void (*)(const SiluAndMulParams&, int64_t row_begin, int64_t row_end);
+using ArgmaxRowsFn = void (*)(const ArgmaxParams&, int64_t row_begin, int64_t row_end);
+
+struct RowwiseKernels {
+  RmsNormRowsFn rms_norm;
+  SiluAndMulRowsFn silu_and_mul;
+  ArgmaxRowsFn argmax;
+};
+
+RowwiseKernels rowwise_portable(DType dtype);
+RowwiseKernels rowwise_avx2(DType dtype);
+RowwiseKernels rowwise_avx512(DType dtype);
+
+namespace {
+
+// Columns [0, n) in steps of V::kWidth, then the tail one column at a time with the portable
+// conversions: rows need not be a multiple of the vector width.
+template <class V, class T>
+struct Rowwise {
+  using Reg = typename V::Reg;
+
+  static void rms_norm(const RmsNormParams& p, int64_t row_begin, int64_t row_end) {
+    const int64_t n = p.hidden, body = n - n % V::kWidth;
+    const auto* weight = static_cast<const T*>(p.weight);
+    for (int64_t t = row_begin; t < row_end; ++t) {
+      const T* in = static_cast<const T*>(p.input) + t * p.input_stride;
+      T* out = static_cast<T*>(p.out) + t * p.out_stride;
+      // x: the row being normalized; with a residual, the rounded sum written back into it.
+      const T* x = in;
+      if (p.residual != nullptr) {
+        T* res = static_cast<T*>(p.residual) + t * p.residual_stride;
+        for (int64_t i = 0; i < body; i += V::kWidth) V::store(res + i, V::add(V::load(in + i), V::load(res + i)));
+        for (int64_t i = body; i < n; ++i) from_float(to_float(in[i]) + to_float(res[i]), res + i);
+        x = res;
+      }
+      Reg squares = V::zero();
+      for (int64_t i = 0; i < body; i += V::kWidth) {
+        const Reg v = V::load(x + i);
+        squares = V::fma(v, v, squares);
+      }
+      float sum = V::reduce_add(squares);
+      for (int64_t i = body; i < n; ++i) sum += to_float(x[i]) * to_float(x[i]);
+      const float inv_rms = 1.f / std::sqrt(sum / static_cast<float>(n) + p.eps);
+      const Reg scale = V::set1(inv_rms);
+      for (int64_t i = 0; i < body; i += V::kWidth) {
+        const Reg normed = round_to<V, T>(V::mul(V::load(x + i), scale));
+        V::store(out + i, V::mul(normed, V::load(weight + i)));
+      }
+      for (int64_t i = body; i < n; ++i) {
+        T normed;
+        from_float(to_float(x[i]) * inv_rms, &normed);
+        from_float(to_float(normed) * to_float(weight[i]), out + i);
+      }
+    }
+  }
+
+  static void silu_and_mul(const SiluAndMulParams& p, int64_t row_begin, int64_t row_end) {
+    const int64_t n = p.dim, body = n - n % V::kWidth;
+    for (int64_t t = row_begin; t < row_end; ++t) {
+      const T* gate = static_cast<const T*>(p.input) + t * p.input_stride;
+      const T* up = gate + n;
+      T* out = static_cast<T*>(p.out) + t * p.out_stride;
+      for (int64_t i = 0; i < body; i += V::kWidth) {
+        const Reg g = V::load(gate + i);
+        const Reg silu = V::div(g, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), g))));
+        V::store(out + i, V::mul(round_to<V, T>(silu), V::load(up + i)));
+      }
+      for (int64_t i = body; i < n; ++i) {
+        const float g = to_float(gate[i]);
+        T silu;
+        from_float(g / (1.f + std::exp(-g)), &silu);
+        from_float(to_float(silu) * to_float(up[i]), out + i);
+      }
+    }
+  }
+
+  // Two passes over the row (it stays in cache): the maximum, then the first chunk holding it.
+  static void argmax(const ArgmaxParams& p, int64_t row_begin, int64_t row_end) {
+    const int64_t n = p.num_cols, body = n - n % V::kWidth;
+    const float lowest = -__builtin_inff();
+    for (int64_t t = row_begin; t < row_end; ++t) {
+      const T* row = static_cast<const T*>(p.input) + t * p.input_stride;
+      Reg best = V::set1(lowest);
+      // max(x, best) keeps `best` where x is NaN: NaN entries never win.
+      for (int64_t i = 0; i < body; i += V::kWidth) best = V::max(V::load(row + i), best);
+      float max = V::reduce_max(best);
+      for (int64_t i = body; i < n; ++i) max = to_float(row[i]) > max ? to_float(row[i]) : max;
+      int64_t found = 0;
+      int64_t i = 0;
+      for (; i < body; i += V::kWidth) {
+        if (V::any_equal(V::load(row + i), max)) break;
+      }
+      for (; i < n; ++i) {
+        if (to_float(row[i]) == max) {
+          found = i;
+          break;
+        }
+      }
+      p.out[t] = static_cast<int32_t>(found);
+    }
+  }
+};
+
+template <class V, class T>
+constexpr RowwiseKernels rowwise_kernels() {
+  return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax};
+}
+
+template <class V>
+RowwiseKernels rowwise_for(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return rowwise_kernels<V, float>();
+    case DType::kBFloat16: return rowwise_kernels<V, BFloat16>();
+    case DType::kFloat16: return rowwise_kernels<V, Float16>();
+    default: return {nullptr, nullptr, nullptr};
+  }
+}
+
+}  // namespace
+}  // namespace kvserve::cpu

@@ -1,0 +1,146 @@
+"""The row-wise CPU kernels (RMSNorm with fused residual add, SiLU-and-mul, argmax) against the
+framework ops they replace, on random data. They round at the same points as those ops, so 16-bit
+results agree but for rare one-ulp flips (a float32 sum or exp rounded in another order); float32
+within float32 rounding. Every ISA path; bad input is a ValueError."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kvserve import ops
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# Widths that are and are not multiples of the vector width (tails), as models have them.
+WIDTHS = [64, 100, 896]
+ISA_SUBSET = "float32-100 or bfloat16-896 or argmax"
+
+
+def reference_rms_norm(x, weight, eps):
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def assert_matches(ours, reference):
+    if ours.dtype == torch.float32:
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    else:
+        torch.testing.assert_close(ours, reference, rtol=1e-2, atol=1e-3)
+        assert (ours != reference).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_rms_norm(dtype, width):
+    torch.manual_seed(width)
+    x = (3 * torch.randn(33, width)).to(dtype)
+    weight = (1 + 0.3 * torch.randn(width)).to(dtype)
+    out = torch.full_like(x, float("nan"))
+    ops.rms_norm(out, x, weight, 1e-5)
+    assert_matches(out, reference_rms_norm(x, weight, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_rms_norm_with_residual_in_place(dtype, width):
+    """The decoder's use: x is a block's output, residual the running sum; out aliases x."""
+    torch.manual_seed(width + 1)
+    x = torch.randn(17, width).to(dtype)
+    residual = (2 * torch.randn(17, width)).to(dtype)
+    weight = (1 + 0.3 * torch.randn(width)).to(dtype)
+    expected_sum = x + residual
+    expected = reference_rms_norm(expected_sum, weight, 1e-6)
+    ops.rms_norm(x, x, weight, 1e-6, residual)
+    assert torch.equal(residual, expected_sum)  # one rounding of one add: exact
+    assert_matches(x, expected)
+
+
+def test_rms_norm_strided_rows():
+    """Rows that are views of a wider buffer (a fused projection's slice)."""
+    torch.manual_seed(3)
+    wide = torch.randn(9, 300, dtype=torch.bfloat16)
+    x = wide[:, 40:168]
+    weight = torch.randn(128, dtype=torch.bfloat16)
+    out_wide = torch.full((9, 200), float("nan"), dtype=torch.bfloat16)
+    out = out_wide[:, 10:138]
+    ops.rms_norm(out, x, weight, 1e-5)
+    assert_matches(out, reference_rms_norm(x.contiguous(), weight, 1e-5))
+    assert out_wide[:, :10].isnan().all() and out_wide[:, 138:].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_silu_and_mul(dtype, width):
+    torch.manual_seed(width + 2)
+    gate_up = (4 * torch.randn(21, 2 * width)).to(dtype)
+    out = torch.full((21, width), float("nan"), dtype=dtype)
+    ops.silu_and_mul(out, gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    reference = F.silu(gate) * up
+    assert_matches(out, reference)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", [7, 100, 32000])
+def test_argmax(dtype, width):
+    torch.manual_seed(width + 3)
+    logits = torch.randn(40, width).to(dtype)
+    out = torch.full((40,), -1, dtype=torch.int32)
+    ops.argmax(out, logits)
+    assert torch.equal(out.long(), logits.float().argmax(1))
+
+
+def test_argmax_ties_nan_and_strided_rows():
+    logits = torch.randn(4, 50)
+    logits[0, [5, 30]] = 9.0           # tie: the first index wins
+    logits[1, 3] = float("nan")        # NaN is ignored
+    logits[1, 40] = 7.0
+    logits[2] = float("nan")           # no number at all: 0
+    logits[3, 49] = 8.0                # the maximum in the tail past the vector width
+    out = torch.empty(4, dtype=torch.int32)
+    ops.argmax(out, logits)
+    assert out.tolist() == [5, 40, 0, 49]
+    wide = torch.randn(6, 80)
+    ops.argmax(out := torch.empty(6, dtype=torch.int32), wide[:, 10:60])
+    assert torch.equal(out.long(), wide[:, 10:60].argmax(1) )
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_every_isa_path(isa):
+    env = dict(os.environ, KVSERVE_CPU_ISA=isa)
+    probe = subprocess.run([sys.executable, "-c", "from kvserve import _C; print(_C.ops.cpu_isa())"],
+                           env=env, capture_output=True, text=True, check=True)
+    if probe.stdout.strip() != isa:
+        pytest.skip(f"this CPU or build cannot run {isa} (got {probe.stdout.strip()})")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                             "-k", ISA_SUBSET], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_bad_input_is_a_value_error_and_writes_nothing():
+    x = torch.randn(4, 8)
+    weight = torch.randn(8)
+    out = torch.full_like(x, float("nan"))
+    with pytest.raises(ValueError, match="weight: dimension 0 must be hidden of input = 8"):
+        ops.rms_norm(out, x, torch.randn(9), 1e-5)
+    with pytest.raises(ValueError, match=r"out: expected the dtype of input \(float32\), got float64"):
+        ops.rms_norm(out.double(), x, weight, 1e-5)
+    with pytest.raises(ValueError, match="residual"):
+        ops.rms_norm(out, x, weight, 1e-5, torch.randn(3, 8))
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        ops.rms_norm(out, x, weight, -1.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.rms_norm(out, x.t(), weight, 1e-5)
+    assert out.isnan().all()
+    with pytest.raises(ValueError, match="must be even"):
+        ops.silu_and_mul(torch.empty(4, 3), torch.randn(4, 7))
+    with pytest.raises(ValueError, match="half the last dimension"):
+        ops.silu_and_mul(torch.empty(4, 3), torch.randn(4, 8))
+    with pytest.raises(ValueError, match="out: expected dtype int32"):
+        ops.argmax(torch.empty(4, dtype=torch.int64), x)
+    with pytest.raises(ValueError, match="num_rows of input"):
+        ops.argmax(torch.empty(5, dtype=torch.int32), x)
+    with pytest.raises(ValueError, match="input: expected dtype"):
+        ops.argmax(torch.empty(4, dtype=torch.int32), x.to(torch.int64))
