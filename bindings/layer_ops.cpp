@@ -1,4 +1,4 @@
-// Bindings of the row-wise kernels (RMSNorm, SiLU-and-mul, argmax): 2-D arrays whose rows may be
+// Bindings of the row-wise kernels (RMSNorm, SiLU-and-mul, argmax, rotary embedding): 2-D arrays whose rows may be
 // strided (views of a wider projection), last dimension contiguous, on the CPU.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
@@ -10,6 +10,7 @@
 #include "bind.h"
 #include "kvserve/argmax.h"
 #include "kvserve/rms_norm.h"
+#include "kvserve/rotary_embedding.h"
 #include "kvserve/silu_and_mul.h"
 
 namespace kvserve::bind {
@@ -112,6 +113,53 @@ void argmax(Array out, Array input) {
   raise_on_error(status, "argmax");
 }
 
+void rotary_embedding(Array query, Array key, Array cos, Array sin) {
+  const char* q_layout = "[num_tokens, num_heads, head_dim]";
+  const char* k_layout = "[num_tokens, num_kv_heads, head_dim]";
+  check_dtype(query, "query", kFloatDtypes);
+  check_ndim(query, "query", 3, q_layout);
+  check_contiguous(query, "query", 2);
+  check_cpu(query, "query");
+  check_same_dtype(key, "key", query, "query");
+  check_ndim(key, "key", 3, k_layout);
+  check_dim(key, "key", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
+  check_dim(key, "key", 2, static_cast<int64_t>(query.shape(2)), "head_dim of query");
+  check_contiguous(key, "key", 2);
+  check_cpu(key, "key");
+  const int64_t half = static_cast<int64_t>(query.shape(2)) / 2;
+  if (query.shape(2) % 2 != 0) {
+    throw nb::value_error(("query: head_dim must be even, got " + std::to_string(query.shape(2))).c_str());
+  }
+  for (const auto& [array, name] : {std::pair{&cos, "cos"}, std::pair{&sin, "sin"}}) {
+    check_same_dtype(*array, name, query, "query");
+    check_ndim(*array, name, 2, "[num_tokens, head_dim / 2]");
+    check_dim(*array, name, 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
+    check_dim(*array, name, 1, half, "head_dim / 2");
+    check_contiguous(*array, name);
+    check_cpu(*array, name);
+  }
+  RotaryEmbeddingParams p;
+  p.query = query.data();
+  p.query_stride_token = query.stride(0);
+  p.query_stride_head = query.stride(1);
+  p.num_heads = static_cast<int64_t>(query.shape(1));
+  p.key = key.data();
+  p.key_stride_token = key.stride(0);
+  p.key_stride_head = key.stride(1);
+  p.num_kv_heads = static_cast<int64_t>(key.shape(1));
+  p.cos = cos.data();
+  p.sin = sin.data();
+  p.num_tokens = static_cast<int64_t>(query.shape(0));
+  p.head_dim = static_cast<int64_t>(query.shape(2));
+  p.dtype = kernel_dtype(query, "query");
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = rotary_embedding_cpu(p);
+  }
+  raise_on_error(status, "rotary_embedding");
+}
+
 }  // namespace
 
 void bind_layer_ops(nb::module_& m) {
@@ -124,6 +172,9 @@ void bind_layer_ops(nb::module_& m) {
   m.def("argmax", &argmax, nb::arg("out").noconvert(), nb::arg("input"),
         "out [num_rows] (int32) = the first index of each row's maximum of input [num_rows, num_cols];\n"
         "NaN entries are ignored.");
+  m.def("rotary_embedding", &rotary_embedding, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
+        nb::arg("cos"), nb::arg("sin"),
+        "Rotate query [T, H, D] and key [T, Hkv, D] in place by cos/sin [T, D/2] (neox half-split).");
 }
 
 }  // namespace kvserve::bind

@@ -1,4 +1,4 @@
-// rms_norm_cpu, silu_and_mul_cpu and argmax_cpu: validate, pick the ISA's kernel, split the rows over the OpenMP
+// rms_norm_cpu, silu_and_mul_cpu, argmax_cpu and rotary_embedding_cpu: validate, pick the ISA's kernel, split the rows over the OpenMP
 // team of the calling thread (torch's, see cpp/CMakeLists.txt) when the call is large enough.
 #include <omp.h>
 
@@ -37,6 +37,7 @@ bool float_dtype(DType dtype) {
 int64_t num_rows(const RmsNormParams& p) { return p.num_tokens; }
 int64_t num_rows(const SiluAndMulParams& p) { return p.num_tokens; }
 int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
+int64_t num_rows(const RotaryEmbeddingParams& p) { return p.num_tokens; }
 
 template <class Params, class Fn>
 void run_rows(const Params& p, Fn fn, int64_t elements_per_row) {
@@ -73,6 +74,19 @@ Status argmax_cpu(const ArgmaxParams& p) {
   }
   if (!float_dtype(p.dtype)) return Status::kUnsupported;
   run_rows(p, kernels_for(p.dtype).argmax, p.num_cols);
+  return Status::kOk;
+}
+
+Status rotary_embedding_cpu(const RotaryEmbeddingParams& p) {
+  const int64_t d = p.head_dim;
+  if (p.query == nullptr || p.key == nullptr || p.cos == nullptr || p.sin == nullptr || p.num_tokens < 0 ||
+      d <= 0 || d % 2 != 0 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.query_stride_head < d ||
+      p.key_stride_head < d || p.query_stride_token < (p.num_heads - 1) * p.query_stride_head + d ||
+      p.key_stride_token < (p.num_kv_heads - 1) * p.key_stride_head + d) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  run_rows(p, kernels_for(p.dtype).rotary_embedding, 2 * (p.num_heads + p.num_kv_heads) * d);
   return Status::kOk;
 }
 

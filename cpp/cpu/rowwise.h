@@ -1,4 +1,4 @@
-// Row-wise layer kernels (RMSNorm, SiLU-and-mul) written once over a vector type V, and the table of
+// Row-wise layer kernels (RMSNorm, SiLU-and-mul, argmax, rotary embedding) written once over a vector type V, and the table of
 // functions each ISA's translation unit fills in. One call handles rows [row_begin, row_end).
 #pragma once
 
@@ -8,6 +8,7 @@
 #include "half.h"
 #include "kvserve/argmax.h"
 #include "kvserve/rms_norm.h"
+#include "kvserve/rotary_embedding.h"
 #include "kvserve/silu_and_mul.h"
 #include "vec_math.h"
 
@@ -16,11 +17,13 @@ namespace kvserve::cpu {
 using RmsNormRowsFn = void (*)(const RmsNormParams&, int64_t row_begin, int64_t row_end);
 using SiluAndMulRowsFn = void (*)(const SiluAndMulParams&, int64_t row_begin, int64_t row_end);
 using ArgmaxRowsFn = void (*)(const ArgmaxParams&, int64_t row_begin, int64_t row_end);
+using RotaryRowsFn = void (*)(const RotaryEmbeddingParams&, int64_t row_begin, int64_t row_end);
 
 struct RowwiseKernels {
   RmsNormRowsFn rms_norm;
   SiluAndMulRowsFn silu_and_mul;
   ArgmaxRowsFn argmax;
+  RotaryRowsFn rotary_embedding;
 };
 
 RowwiseKernels rowwise_portable(DType dtype);
@@ -90,6 +93,40 @@ struct Rowwise {
     }
   }
 
+  // Rows are tokens: every query and key head of the token turns by the token's cos/sin.
+  static void rotary_embedding(const RotaryEmbeddingParams& p, int64_t row_begin, int64_t row_end) {
+    const int64_t half = p.head_dim / 2, body = half - half % V::kWidth;
+    for (int64_t t = row_begin; t < row_end; ++t) {
+      const T* cos = static_cast<const T*>(p.cos) + t * half;
+      const T* sin = static_cast<const T*>(p.sin) + t * half;
+      for (int which = 0; which < 2; ++which) {
+        T* base = static_cast<T*>(which == 0 ? p.query : p.key);
+        const int64_t heads = which == 0 ? p.num_heads : p.num_kv_heads;
+        const int64_t stride_token = which == 0 ? p.query_stride_token : p.key_stride_token;
+        const int64_t stride_head = which == 0 ? p.query_stride_head : p.key_stride_head;
+        for (int64_t h = 0; h < heads; ++h) {
+          T* x1 = base + t * stride_token + h * stride_head;
+          T* x2 = x1 + half;
+          for (int64_t i = 0; i < body; i += V::kWidth) {
+            const Reg a = V::load(x1 + i), b = V::load(x2 + i), c = V::load(cos + i), s = V::load(sin + i);
+            V::store(x1 + i, V::sub(round_to<V, T>(V::mul(a, c)), round_to<V, T>(V::mul(b, s))));
+            V::store(x2 + i, V::add(round_to<V, T>(V::mul(b, c)), round_to<V, T>(V::mul(a, s))));
+          }
+          for (int64_t i = body; i < half; ++i) {
+            const float a = to_float(x1[i]), b = to_float(x2[i]), c = to_float(cos[i]), s = to_float(sin[i]);
+            T ac, bs, bc, as;
+            from_float(a * c, &ac);
+            from_float(b * s, &bs);
+            from_float(b * c, &bc);
+            from_float(a * s, &as);
+            from_float(to_float(ac) - to_float(bs), x1 + i);
+            from_float(to_float(bc) + to_float(as), x2 + i);
+          }
+        }
+      }
+    }
+  }
+
   // Two passes over the row (it stays in cache): the maximum, then the first chunk holding it.
   static void argmax(const ArgmaxParams& p, int64_t row_begin, int64_t row_end) {
     const int64_t n = p.num_cols, body = n - n % V::kWidth;
@@ -119,7 +156,8 @@ struct Rowwise {
 
 template <class V, class T>
 constexpr RowwiseKernels rowwise_kernels() {
-  return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax};
+  return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
+          Rowwise<V, T>::rotary_embedding};
 }
 
 template <class V>
@@ -128,7 +166,7 @@ RowwiseKernels rowwise_for(DType dtype) {
     case DType::kFloat32: return rowwise_kernels<V, float>();
     case DType::kBFloat16: return rowwise_kernels<V, BFloat16>();
     case DType::kFloat16: return rowwise_kernels<V, Float16>();
-    default: return {nullptr, nullptr, nullptr};
+    default: return {nullptr, nullptr, nullptr, nullptr};
   }
 }
 

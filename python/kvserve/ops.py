@@ -88,3 +88,10 @@ def argmax(out, input) -> None:
     [num_rows, num_cols] (float32, bfloat16 or float16; rows may be strided). NaN entries are
     ignored: greedy sampling straight from logits in the model dtype, without a float32 copy."""
     _C.ops.argmax(_dl(out), _dl(input))
+
+
+def rotary_embedding(query, key, cos, sin) -> None:
+    """Rotate query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place (rows and
+    heads may be strided views of a fused qkv projection) by cos, sin [T, head_dim / 2] (same dtype,
+    contiguous): pair (x[i], x[i + D/2]) turns by the angle of frequency i, as Hugging Face's Llama."""
+    _C.ops.rotary_embedding(_dl(query), _dl(key), _dl(cos), _dl(sin))

@@ -1,4 +1,5 @@
-"""The row-wise CPU kernels (RMSNorm with fused residual add, SiLU-and-mul, argmax) against the
+"""The row-wise CPU kernels (RMSNorm with fused residual add, SiLU-and-mul, argmax, rotary
+embedding) against the
 framework ops they replace, on random data. They round at the same points as those ops, so 16-bit
 results agree but for rare one-ulp flips (a float32 sum or exp rounded in another order); float32
 within float32 rounding. Every ISA path; bad input is a ValueError."""
@@ -16,7 +17,7 @@ from kvserve import ops
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Widths that are and are not multiples of the vector width (tails), as models have them.
 WIDTHS = [64, 100, 896]
-ISA_SUBSET = "float32-100 or bfloat16-896 or argmax"
+ISA_SUBSET = "float32-100 or bfloat16-896 or argmax or rotary"
 
 
 def reference_rms_norm(x, weight, eps):
@@ -107,6 +108,28 @@ def test_argmax_ties_nan_and_strided_rows():
     assert torch.equal(out.long(), wide[:, 10:60].argmax(1) )
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", [64, 80, 6])
+def test_rotary_embedding(dtype, head_dim):
+    """q and k as strided views of one fused projection, against Hugging Face's formula."""
+    torch.manual_seed(head_dim)
+    tokens, heads, kv_heads = 11, 4, 2
+    fused = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(dtype)
+    before = fused.clone()
+    q = fused[:, :heads * head_dim].view(tokens, heads, head_dim)
+    k = fused[:, heads * head_dim:(heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    angles = torch.rand(tokens, head_dim // 2) * 100
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    ops.rotary_embedding(q, k, cos, sin)
+    full_cos, full_sin = torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)
+    for ours, start, count in ((q, 0, heads), (k, heads, kv_heads)):
+        x = before[:, start * head_dim:(start + count) * head_dim].view(tokens, count, head_dim)
+        rotate_half = torch.cat([-x[..., head_dim // 2:], x[..., :head_dim // 2]], -1)
+        assert_matches(ours, x * full_cos + rotate_half * full_sin)
+    v = slice((heads + kv_heads) * head_dim, None)
+    assert torch.equal(fused[:, v], before[:, v])
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
 def test_every_isa_path(isa):
     env = dict(os.environ, KVSERVE_CPU_ISA=isa)
@@ -144,3 +167,10 @@ def test_bad_input_is_a_value_error_and_writes_nothing():
         ops.argmax(torch.empty(5, dtype=torch.int32), x)
     with pytest.raises(ValueError, match="input: expected dtype"):
         ops.argmax(torch.empty(4, dtype=torch.int32), x.to(torch.int64))
+    q, k = torch.randn(3, 2, 8), torch.randn(3, 1, 8)
+    with pytest.raises(ValueError, match=r"cos: dimension 1 must be head_dim / 2 = 4"):
+        ops.rotary_embedding(q, k, torch.randn(3, 8), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="key: dimension 0 must be num_tokens of query = 3"):
+        ops.rotary_embedding(q, torch.randn(2, 1, 8), torch.randn(3, 4), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        ops.rotary_embedding(torch.randn(3, 2, 7), torch.randn(3, 1, 7), torch.randn(3, 3), torch.randn(3, 3))

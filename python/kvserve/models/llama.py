@@ -48,8 +48,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        apply_rotary_(q, *cos_sin)
-        apply_rotary_(k, *cos_sin)
+        apply_rotary_(q, k, *cos_sin)
         out = self.attn(attn_out, q, k, v, kv_cache, metadata)
         return self.o_proj(out.view(num_tokens, -1))
 

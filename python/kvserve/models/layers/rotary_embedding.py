@@ -1,7 +1,8 @@
 """Rotary position embedding (the "neox" half-split layout of Hugging Face Llama) and its scalings.
 
 Each pair (x[i], x[i + D/2]) of a head is rotated by angle position * inv_freq[i]. cos/sin are
-computed once per step for the step's positions and shared by every layer.
+computed once per step for the step's positions and shared by every layer; on the CPU one kernel
+(kvserve.ops.rotary_embedding) turns a layer's query and key heads in place.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 
 import torch
 
+from kvserve import ops
 from kvserve.model_config import RopeConfig
 
 
@@ -78,16 +80,23 @@ class RotaryEmbedding:
         self.inv_freq, self.attention_factor = inverse_frequencies(rope, head_dim)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [T, 1, head_dim // 2] in `dtype`, broadcasting over heads."""
+        """cos, sin: [T, head_dim // 2] in `dtype`."""
         angles = positions.float().unsqueeze(1) * self.inv_freq.to(positions.device).unsqueeze(0)
-        cos = (angles.cos() * self.attention_factor).to(dtype).unsqueeze(1)
-        sin = (angles.sin() * self.attention_factor).to(dtype).unsqueeze(1)
+        cos = (angles.cos() * self.attention_factor).to(dtype)
+        sin = (angles.sin() * self.attention_factor).to(dtype)
         return cos, sin
 
 
-def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Rotate x [T, heads, head_dim] in place (x may be a strided view, e.g. of a fused qkv)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated_x1 = x1 * cos - x2 * sin
-    x2.mul_(cos).addcmul_(x1, sin)
-    x1.copy_(rotated_x1)
+def apply_rotary_(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate query [T, heads, head_dim] and key [T, kv_heads, head_dim] in place (either may be a
+    strided view, e.g. of a fused qkv), rounding as Hugging Face's `q * cos + rotate_half(q) * sin`."""
+    if query.is_cpu:
+        ops.rotary_embedding(query, key, cos, sin)
+        return
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    for x in (query, key):
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated_x1 = x1 * cos - x2 * sin
+        rotated_x2 = x2 * cos + x1 * sin
+        x1.copy_(rotated_x1)
+        x2.copy_(rotated_x2)
