@@ -1,4 +1,4 @@
-// Bindings of the row-wise kernels (RMSNorm, SiLU-and-mul, argmax, rotary embedding): 2-D arrays whose rows may be
+// Bindings of the row-wise kernels (RMSNorm, SiLU-and-mul, argmax, rotary embedding) and the few-rows linear: 2-D arrays whose rows may be
 // strided (views of a wider projection), last dimension contiguous, on the CPU.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
@@ -9,6 +9,7 @@
 #include "array_check.h"
 #include "bind.h"
 #include "kvserve/argmax.h"
+#include "kvserve/linear.h"
 #include "kvserve/rms_norm.h"
 #include "kvserve/rotary_embedding.h"
 #include "kvserve/silu_and_mul.h"
@@ -160,6 +161,43 @@ void rotary_embedding(Array query, Array key, Array cos, Array sin) {
   raise_on_error(status, "rotary_embedding");
 }
 
+void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_matrix(input, "input", "[num_rows, in_features]");
+  check_same_dtype(weight, "weight", input, "input");
+  check_matrix(weight, "weight", "[out_features, in_features]");
+  check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)), "in_features of input");
+  check_same_dtype(out, "out", input, "input");
+  check_matrix(out, "out", "[num_rows, out_features]");
+  check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
+  check_dim(out, "out", 1, static_cast<int64_t>(weight.shape(0)), "out_features of weight");
+  LinearParams p;
+  if (bias) {
+    check_same_dtype(*bias, "bias", input, "input");
+    check_ndim(*bias, "bias", 1, "[out_features]");
+    check_dim(*bias, "bias", 0, static_cast<int64_t>(weight.shape(0)), "out_features of weight");
+    check_contiguous(*bias, "bias");
+    check_cpu(*bias, "bias");
+    p.bias = bias->data();
+  }
+  p.out = out.data();
+  p.out_stride = out.stride(0);
+  p.input = input.data();
+  p.input_stride = input.stride(0);
+  p.weight = weight.data();
+  p.weight_stride = weight.stride(0);
+  p.num_rows = static_cast<int64_t>(input.shape(0));
+  p.in_features = static_cast<int64_t>(input.shape(1));
+  p.out_features = static_cast<int64_t>(weight.shape(0));
+  p.dtype = kernel_dtype(input, "input");
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = linear_cpu(p);
+  }
+  raise_on_error(status, "linear");
+}
+
 }  // namespace
 
 void bind_layer_ops(nb::module_& m) {
@@ -175,6 +213,9 @@ void bind_layer_ops(nb::module_& m) {
   m.def("rotary_embedding", &rotary_embedding, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("cos"), nb::arg("sin"),
         "Rotate query [T, H, D] and key [T, Hkv, D] in place by cos/sin [T, D/2] (neox half-split).");
+  m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
+        nb::arg("bias") = nb::none(),
+        "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode).");
 }
 
 }  // namespace kvserve::bind

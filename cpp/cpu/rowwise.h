@@ -1,5 +1,5 @@
-// Row-wise layer kernels (RMSNorm, SiLU-and-mul, argmax, rotary embedding) written once over a vector type V, and the table of
-// functions each ISA's translation unit fills in. One call handles rows [row_begin, row_end).
+// Row-wise layer kernels (RMSNorm, SiLU-and-mul, argmax, rotary embedding) written once over a
+// vector type V. One call handles rows [row_begin, row_end).
 #pragma once
 
 #include <cmath>
@@ -13,22 +13,6 @@
 #include "vec_math.h"
 
 namespace kvserve::cpu {
-
-using RmsNormRowsFn = void (*)(const RmsNormParams&, int64_t row_begin, int64_t row_end);
-using SiluAndMulRowsFn = void (*)(const SiluAndMulParams&, int64_t row_begin, int64_t row_end);
-using ArgmaxRowsFn = void (*)(const ArgmaxParams&, int64_t row_begin, int64_t row_end);
-using RotaryRowsFn = void (*)(const RotaryEmbeddingParams&, int64_t row_begin, int64_t row_end);
-
-struct RowwiseKernels {
-  RmsNormRowsFn rms_norm;
-  SiluAndMulRowsFn silu_and_mul;
-  ArgmaxRowsFn argmax;
-  RotaryRowsFn rotary_embedding;
-};
-
-RowwiseKernels rowwise_portable(DType dtype);
-RowwiseKernels rowwise_avx2(DType dtype);
-RowwiseKernels rowwise_avx512(DType dtype);
 
 namespace {
 
@@ -153,22 +137,6 @@ struct Rowwise {
     }
   }
 };
-
-template <class V, class T>
-constexpr RowwiseKernels rowwise_kernels() {
-  return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
-          Rowwise<V, T>::rotary_embedding};
-}
-
-template <class V>
-RowwiseKernels rowwise_for(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32: return rowwise_kernels<V, float>();
-    case DType::kBFloat16: return rowwise_kernels<V, BFloat16>();
-    case DType::kFloat16: return rowwise_kernels<V, Float16>();
-    default: return {nullptr, nullptr, nullptr, nullptr};
-  }
-}
 
 }  // namespace
 }  // namespace kvserve::cpu

@@ -95,3 +95,12 @@ def rotary_embedding(query, key, cos, sin) -> None:
     heads may be strided views of a fused qkv projection) by cos, sin [T, head_dim / 2] (same dtype,
     contiguous): pair (x[i], x[i + D/2]) turns by the angle of frequency i, as Hugging Face's Llama."""
     _C.ops.rotary_embedding(_dl(query), _dl(key), _dl(cos), _dl(sin))
+
+
+def linear(out, input, weight, bias=None) -> None:
+    """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
+
+    For few rows (decode): each weight row is read once and used for every input row, so the call
+    runs at the weights' memory bandwidth where a general GEMM would pack and dispatch.
+    """
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias))

@@ -16,7 +16,7 @@ from kvserve.model_config import ModelConfig
 from kvserve.models.layers.activation import silu_and_mul
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import Linear
+from kvserve.models.layers.linear import Linear, linear
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_
 from kvserve.models.weight_loading import load_named_weights
@@ -129,7 +129,7 @@ class LlamaForCausalLM(nn.Module):
         """hidden [N, hidden] (only the rows to sample) -> logits [N, vocab] in the model dtype (the
         sampler upcasts when it needs to; greedy rows take the argmax as they are)."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight)
+        return linear(hidden, weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting."""

@@ -1,5 +1,5 @@
-"""The row-wise CPU kernels (RMSNorm with fused residual add, SiLU-and-mul, argmax, rotary
-embedding) against the
+"""The CPU layer kernels (RMSNorm with fused residual add, SiLU-and-mul, argmax, rotary embedding,
+the few-rows linear) against the
 framework ops they replace, on random data. They round at the same points as those ops, so 16-bit
 results agree but for rare one-ulp flips (a float32 sum or exp rounded in another order); float32
 within float32 rounding. Every ISA path; bad input is a ValueError."""
@@ -17,7 +17,7 @@ from kvserve import ops
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Widths that are and are not multiples of the vector width (tails), as models have them.
 WIDTHS = [64, 100, 896]
-ISA_SUBSET = "float32-100 or bfloat16-896 or argmax or rotary"
+ISA_SUBSET = "float32-100 or bfloat16-896 or argmax or rotary or linear"
 
 
 def reference_rms_norm(x, weight, eps):
@@ -130,6 +130,37 @@ def test_rotary_embedding(dtype, head_dim):
     assert torch.equal(fused[:, v], before[:, v])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 4, 7])
+@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100)])
+def test_linear(dtype, rows, shape):
+    """Against float64 on random data; output features and input features that are and are not
+    multiples of the kernel's blocks; with and without bias."""
+    torch.manual_seed(rows * 1000 + shape[0])
+    out_features, in_features = shape
+    x = torch.randn(rows, in_features).to(dtype)
+    weight = (0.2 * torch.randn(out_features, in_features)).to(dtype)
+    bias = torch.randn(out_features).to(dtype)
+    for b in (None, bias):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype)
+        ops.linear(out, x, weight, b)
+        expected = x.double() @ weight.double().t() + (0 if b is None else b.double())
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_linear_strided_rows():
+    """Input rows and weight rows that are views of wider buffers, as a fused projection's slices."""
+    torch.manual_seed(5)
+    x_wide, w_wide = torch.randn(3, 90), torch.randn(20, 70)
+    x, weight = x_wide[:, 10:74], w_wide[:, 3:67]
+    out_wide = torch.full((3, 30), float("nan"))
+    out = out_wide[:, 5:25]
+    ops.linear(out, x, weight)
+    torch.testing.assert_close(out, x @ weight.t(), rtol=1e-5, atol=1e-5)
+    assert out_wide[:, :5].isnan().all() and out_wide[:, 25:].isnan().all()
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
 def test_every_isa_path(isa):
     env = dict(os.environ, KVSERVE_CPU_ISA=isa)
@@ -167,6 +198,12 @@ def test_bad_input_is_a_value_error_and_writes_nothing():
         ops.argmax(torch.empty(5, dtype=torch.int32), x)
     with pytest.raises(ValueError, match="input: expected dtype"):
         ops.argmax(torch.empty(4, dtype=torch.int32), x.to(torch.int64))
+    with pytest.raises(ValueError, match="weight: dimension 1 must be in_features of input = 8"):
+        ops.linear(torch.empty(4, 5), x, torch.randn(5, 9))
+    with pytest.raises(ValueError, match="out: dimension 1 must be out_features of weight = 5"):
+        ops.linear(torch.empty(4, 6), x, torch.randn(5, 8))
+    with pytest.raises(ValueError, match="bias: dimension 0 must be out_features of weight = 5"):
+        ops.linear(torch.empty(4, 5), x, torch.randn(5, 8), torch.randn(4))
     q, k = torch.randn(3, 2, 8), torch.randn(3, 1, 8)
     with pytest.raises(ValueError, match=r"cos: dimension 1 must be head_dim / 2 = 4"):
         ops.rotary_embedding(q, k, torch.randn(3, 8), torch.randn(3, 4))

@@ -1,5 +1,7 @@
-// rms_norm_cpu, silu_and_mul_cpu, argmax_cpu and rotary_embedding_cpu: validate, pick the ISA's kernel, split the rows over the OpenMP
-// team of the calling thread (torch's, see cpp/CMakeLists.txt) when the call is large enough.
+// The entry points of the CPU layer kernels (rms_norm, silu_and_mul, argmax, rotary_embedding,
+// linear): validate, pick the ISA's kernel, and split the rows (for linear: the output features)
+// over the OpenMP team of the calling thread (torch's, see cpp/CMakeLists.txt) when the call is
+// large enough to pay for waking it.
 #include <omp.h>
 
 #include <algorithm>
@@ -7,7 +9,7 @@
 #include <cstdint>
 
 #include "kvserve/cpu_isa.h"
-#include "rowwise.h"
+#include "layer_kernels.h"
 
 namespace kvserve {
 
@@ -19,14 +21,14 @@ using namespace cpu;
 // model normalizes a few thousand elements per call).
 constexpr int64_t kSerialElements = 1 << 15;
 
-RowwiseKernels kernels_for(DType dtype) {
+LayerKernels kernels_for(DType dtype) {
   switch (cpu_isa()) {
 #if defined(KVSERVE_CPU_X86_KERNELS)
     case CpuIsa::kAvx512:
-    case CpuIsa::kAvx512Bf16: return rowwise_avx512(dtype);
-    case CpuIsa::kAvx2: return rowwise_avx2(dtype);
+    case CpuIsa::kAvx512Bf16: return layer_kernels_avx512(dtype);
+    case CpuIsa::kAvx2: return layer_kernels_avx2(dtype);
 #endif
-    default: return rowwise_portable(dtype);
+    default: return layer_kernels_portable(dtype);
   }
 }
 
@@ -38,6 +40,7 @@ int64_t num_rows(const RmsNormParams& p) { return p.num_tokens; }
 int64_t num_rows(const SiluAndMulParams& p) { return p.num_tokens; }
 int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
 int64_t num_rows(const RotaryEmbeddingParams& p) { return p.num_tokens; }
+int64_t num_rows(const LinearParams& p) { return p.out_features; }
 
 template <class Params, class Fn>
 void run_rows(const Params& p, Fn fn, int64_t elements_per_row) {
@@ -87,6 +90,18 @@ Status rotary_embedding_cpu(const RotaryEmbeddingParams& p) {
   }
   if (!float_dtype(p.dtype)) return Status::kUnsupported;
   run_rows(p, kernels_for(p.dtype).rotary_embedding, 2 * (p.num_heads + p.num_kv_heads) * d);
+  return Status::kOk;
+}
+
+Status linear_cpu(const LinearParams& p) {
+  if (p.out == nullptr || p.input == nullptr || p.weight == nullptr || p.num_rows < 0 || p.in_features <= 0 ||
+      p.out_features <= 0 || p.input_stride < p.in_features || p.weight_stride < p.in_features ||
+      p.out_stride < p.out_features) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  if (p.num_rows == 0) return Status::kOk;
+  run_rows(p, kernels_for(p.dtype).linear, p.in_features);
   return Status::kOk;
 }
 
