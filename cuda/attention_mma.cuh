@@ -40,13 +40,13 @@ struct MmaTile {
 template <class T, int kHeadDim>
 __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
     attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
+#if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
   using Tile = MmaTile<T, kHeadDim>;
   constexpr int kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
   constexpr int kChunks = Tile::kChunksPerRow;
   constexpr float kLog2e = 1.4426950408889634f;
-  extern __shared__ __align__(16) unsigned char shared[];
-  T* s_q = reinterpret_cast<T*>(shared);
+  T* s_q = reinterpret_cast<T*>(dynamic_shared_memory());
   T* s_k = s_q + kRows * kStride;
   T* s_v = s_k + 2 * kKeys * kStride;
   __shared__ int s_bad_block;
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
       }
     }
   }
-#endif  // __CUDA_ARCH__ >= 800
+#endif  // sm_80+
 }
 
 }  // namespace kvserve::gpu

@@ -18,9 +18,15 @@ using kvGpuError_t = hipError_t;
 #define kvGpuMemcpyDeviceToDevice hipMemcpyDeviceToDevice
 #define kvGpuGetLastError hipGetLastError
 #else
+#if defined(KVSERVE_GPU_EMULATOR)
+// tests/cpp/gpu_emulator: the CUDA runtime and warp instructions these kernels use, on the CPU, so
+// that the kernels compiled as host C++ run in CI, which has no GPU.
+#include "gpu_emulator.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 #define KVSERVE_GPU_MMA 1
 using kvGpuStream_t = cudaStream_t;
 using kvGpuError_t = cudaError_t;
@@ -46,6 +52,28 @@ __device__ inline float shfl_xor(float value, int lane_mask) {
 
 __host__ __device__ inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...), spelled as a function so that the
+// emulator can run kernels too.
+template <class... Params, class... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, kvGpuStream_t stream,
+                   const Args&... args) {
+#if defined(KVSERVE_GPU_EMULATOR)
+  emulator::launch(kernel, grid, block, shared_bytes, args...);
+#else
+  kernel<<<grid, block, shared_bytes, stream>>>(args...);
+#endif
+}
+
+// The thread block's dynamic shared memory (its size given at launch), 16-byte aligned.
+__device__ inline unsigned char* dynamic_shared_memory() {
+#if defined(KVSERVE_GPU_EMULATOR)
+  return emulator::dynamic_shared_memory();
+#else
+  extern __shared__ __align__(16) unsigned char kvserve_dynamic_shared[];
+  return kvserve_dynamic_shared;
+#endif
+}
 
 // Sum over the 32 lanes, the result in every lane.
 __device__ inline float warp_sum(float value) {

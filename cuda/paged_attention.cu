@@ -20,7 +20,7 @@ template <class T>
 Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
   if (p.head_dim > kPortableMaxHeadDim) return Status::kUnsupported;
   const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(p.num_heads));
-  attention_portable_kernel<T><<<grid, kPortableThreads, 0, stream>>>(p);
+  launch_kernel(attention_portable_kernel<T>, grid, kPortableThreads, 0, stream, p);
   return launch_status();
 }
 
@@ -75,12 +75,12 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
   }
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(partials.num_splits));
-  attention_mma_kernel<T, kHeadDim><<<grid, Tile::kThreads, Tile::kSharedBytes, stream>>>(p, partials);
+  launch_kernel(attention_mma_kernel<T, kHeadDim>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
   Status status = launch_status();
   if (status == Status::kOk && partials.num_splits > 1) {
     const int64_t items = p.num_tokens * p.num_heads;
     const auto blocks = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
-    merge_splits_kernel<T><<<blocks, kMergeWarps * kWarpSize, 0, stream>>>(p, partials);
+    launch_kernel(merge_splits_kernel<T>, blocks, kMergeWarps * kWarpSize, 0, stream, p, partials);
     status = launch_status();
   }
   return status;

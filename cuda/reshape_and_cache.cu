@@ -55,7 +55,7 @@ int64_t unit_bytes(const ReshapeAndCacheParams& p) {
 
 template <class Unit>
 Status launch(const ReshapeAndCacheParams& p, kvGpuStream_t stream) {
-  reshape_and_cache_kernel<Unit><<<static_cast<unsigned>(p.num_tokens), kThreads, 0, stream>>>(p);
+  launch_kernel(reshape_and_cache_kernel<Unit>, static_cast<unsigned>(p.num_tokens), kThreads, 0, stream, p);
   return launch_status();
 }
 

@@ -82,9 +82,9 @@ Status rms_norm_cuda(const RmsNormParams& p, void* stream) {
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     if (packed) {
-      rms_norm_kernel<T, 16 / sizeof(T)><<<blocks, kWarps * kWarpSize, 0, s>>>(p);
+      launch_kernel(rms_norm_kernel<T, 16 / sizeof(T)>, blocks, kWarps * kWarpSize, 0, s, p);
     } else {
-      rms_norm_kernel<T, 1><<<blocks, kWarps * kWarpSize, 0, s>>>(p);
+      launch_kernel(rms_norm_kernel<T, 1>, blocks, kWarps * kWarpSize, 0, s, p);
     }
     return launch_status();
   });

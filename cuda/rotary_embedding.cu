@@ -42,7 +42,7 @@ Status rotary_embedding_cuda(const RotaryEmbeddingParams& p, void* stream) {
   const auto s = static_cast<kvGpuStream_t>(stream);
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    rotary_embedding_kernel<T><<<static_cast<unsigned>(p.num_tokens), kThreads, 0, s>>>(p);
+    launch_kernel(rotary_embedding_kernel<T>, static_cast<unsigned>(p.num_tokens), kThreads, 0, s, p);
     return launch_status();
   });
 }

@@ -57,9 +57,9 @@ Status silu_and_mul_cuda(const SiluAndMulParams& p, void* stream) {
     const int64_t chunks = min_i64(kMaxChunks, (p.size + kThreads * pack - 1) / (kThreads * pack));
     const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(chunks));
     if (packed) {
-      silu_and_mul_kernel<T, 16 / sizeof(T)><<<grid, kThreads, 0, s>>>(p);
+      launch_kernel(silu_and_mul_kernel<T, 16 / sizeof(T)>, grid, kThreads, 0, s, p);
     } else {
-      silu_and_mul_kernel<T, 1><<<grid, kThreads, 0, s>>>(p);
+      launch_kernel(silu_and_mul_kernel<T, 1>, grid, kThreads, 0, s, p);
     }
     return launch_status();
   });

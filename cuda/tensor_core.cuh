@@ -11,7 +11,9 @@
 
 #include "numeric.cuh"
 
-#if KVSERVE_GPU_MMA
+#if KVSERVE_GPU_MMA && defined(KVSERVE_GPU_EMULATOR)
+#include "tensor_core_emulated.h"
+#elif KVSERVE_GPU_MMA
 
 namespace kvserve::gpu {
 
