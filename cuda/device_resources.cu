@@ -8,8 +8,6 @@ namespace kvserve::gpu {
 
 namespace {
 
-constexpr int kMaxDevices = 64;
-
 std::mutex mutex;
 DeviceInfo infos[kMaxDevices];
 void* workspaces[kMaxDevices] = {};
@@ -32,7 +30,7 @@ bool current_device_info(DeviceInfo* info) {
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
       return false;
     }
-    cached = {sms, major * 10 + minor};
+    cached = {device, sms, major * 10 + minor};
   }
   *info = cached;
   return true;

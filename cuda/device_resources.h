@@ -11,7 +11,10 @@
 
 namespace kvserve::gpu {
 
+constexpr int kMaxDevices = 64;
+
 struct DeviceInfo {
+  int index = 0;
   int multiprocessors = 0;
   int compute_capability = 0;  // major * 10 + minor: 80 for the A100, 90 for the H100
 };

@@ -2,6 +2,7 @@
 // device allow; the portable kernel otherwise), sizes the grid from host-known sizes only, and
 // decides how many ways to split the keys. Nothing here reads device memory, so a call can be
 // captured in a CUDA graph and replayed with new metadata.
+#include <atomic>
 #include <climits>
 #include <type_traits>
 
@@ -69,9 +70,15 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
       partials.stats = workspace + partials.num_splits * p.num_tokens * p.num_heads * p.head_dim;
     }
   }
-  if (cudaFuncSetAttribute(attention_mma_kernel<T, kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
-    return Status::kDeviceError;
+  // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
+  // (eager, before any graph capture) does it.
+  static std::atomic<bool> raised[kMaxDevices];
+  if (!raised[device.index].load(std::memory_order_acquire)) {
+    if (cudaFuncSetAttribute(attention_mma_kernel<T, kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
+      return Status::kDeviceError;
+    }
+    raised[device.index].store(true, std::memory_order_release);
   }
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(partials.num_splits));
