@@ -6,7 +6,7 @@
 
 #include "array_check.h"
 #include "bind.h"
-#include "cuda_device.h"
+#include "kernel_call.h"
 #include "kvserve/layer_ops.h"
 
 namespace kvserve::bind {
@@ -14,19 +14,6 @@ namespace kvserve::bind {
 #if KVSERVE_HAS_CUDA
 
 namespace {
-
-// Runs `kernel` on the arrays' device and stream without the GIL; raises on a failed status.
-template <class Params, class Check>
-void launch(Status (*kernel)(const Params&, void*), Check check, const Params& p, const Array& on,
-            uintptr_t stream, const char* op) {
-  const CudaDeviceGuard guard(on.device_id());
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = kernel(p, reinterpret_cast<void*>(stream));
-  }
-  raise_invalid(p, check, status, op);
-}
 
 // [num_tokens, hidden] or [num_tokens, num_heads, hidden], the last dimension contiguous.
 void check_norm_rows(const Array& array, const char* name) {
@@ -43,15 +30,8 @@ void check_weight(const Array& weight, const Array& input) {
   check_contiguous(weight, "weight");
 }
 
-void rms_norm(Array out, Array input, Array weight, double eps, uintptr_t stream) {
-  check_dtype(input, "input", kFloatDtypes);
-  check_norm_rows(input, "input");
-  check_same_shape(out, "out", input, "input");
-  check_same_dtype(out, "out", input, "input");
-  check_norm_rows(out, "out");
-  check_weight(weight, input);
-  check_all_on_cuda({{input, "input"}, {out, "out"}, {weight, "weight"}});
-
+// The params of out = norm(input) * weight over checked arrays of 2 or 3 dimensions.
+RmsNormParams norm_params(Array& out, const Array& input, const Array& weight, double eps) {
   const bool heads = input.ndim() == 3;
   RmsNormParams p;
   p.out = out.data();
@@ -66,7 +46,19 @@ void rms_norm(Array out, Array input, Array weight, double eps, uintptr_t stream
   p.num_heads = heads ? static_cast<int64_t>(input.shape(1)) : 1;
   p.hidden = static_cast<int64_t>(input.shape(input.ndim() - 1));
   p.eps = static_cast<float>(eps);
-  launch(rms_norm_cuda, check_rms_norm, p, input, stream, "rms_norm");
+  return p;
+}
+
+void rms_norm(Array out, Array input, Array weight, double eps, uintptr_t stream) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_norm_rows(input, "input");
+  check_same_shape(out, "out", input, "input");
+  check_same_dtype(out, "out", input, "input");
+  check_norm_rows(out, "out");
+  check_weight(weight, input);
+  check_all_on_cuda({{input, "input"}, {out, "out"}, {weight, "weight"}});
+  call_cuda_kernel(rms_norm_cuda, check_rms_norm, norm_params(out, input, weight, eps), input.device_id(), stream,
+                   "rms_norm");
 }
 
 void fused_add_rms_norm(Array input, Array residual, Array weight, double eps, uintptr_t stream) {
@@ -78,20 +70,10 @@ void fused_add_rms_norm(Array input, Array residual, Array weight, double eps, u
   check_contiguous(residual, "residual", 1);
   check_weight(weight, input);
   check_all_on_cuda({{input, "input"}, {residual, "residual"}, {weight, "weight"}});
-
-  RmsNormParams p;
-  p.out = input.data();
-  p.out_stride_token = input.stride(0);
-  p.input = input.data();
-  p.input_stride_token = input.stride(0);
+  RmsNormParams p = norm_params(input, input, weight, eps);
   p.residual = residual.data();
   p.residual_stride_token = residual.stride(0);
-  p.weight = weight.data();
-  p.dtype = kernel_dtype(input, "input");
-  p.num_tokens = static_cast<int64_t>(input.shape(0));
-  p.hidden = static_cast<int64_t>(input.shape(1));
-  p.eps = static_cast<float>(eps);
-  launch(rms_norm_cuda, check_rms_norm, p, input, stream, "fused_add_rms_norm");
+  call_cuda_kernel(rms_norm_cuda, check_rms_norm, p, input.device_id(), stream, "fused_add_rms_norm");
 }
 
 void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t stream) {
@@ -129,7 +111,7 @@ void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t st
   p.num_heads = static_cast<int64_t>(query.shape(1));
   p.num_kv_heads = static_cast<int64_t>(key.shape(1));
   p.head_dim = static_cast<int64_t>(query.shape(2));
-  launch(rotary_embedding_cuda, check_rotary_embedding, p, query, stream, "rotary_embedding");
+  call_cuda_kernel(rotary_embedding_cuda, check_rotary_embedding, p, query.device_id(), stream, "rotary_embedding");
 }
 
 void silu_and_mul(Array out, Array input, uintptr_t stream) {
@@ -155,7 +137,7 @@ void silu_and_mul(Array out, Array input, uintptr_t stream) {
   p.dtype = kernel_dtype(input, "input");
   p.num_tokens = static_cast<int64_t>(input.shape(0));
   p.size = static_cast<int64_t>(input.shape(1)) / 2;
-  launch(silu_and_mul_cuda, check_silu_and_mul, p, input, stream, "silu_and_mul");
+  call_cuda_kernel(silu_and_mul_cuda, check_silu_and_mul, p, input.device_id(), stream, "silu_and_mul");
 }
 
 }  // namespace

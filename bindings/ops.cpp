@@ -15,7 +15,7 @@
 
 #include "array_check.h"
 #include "bind.h"
-#include "cuda_device.h"
+#include "kernel_call.h"
 #include "kvserve/config.h"
 #include "kvserve/copy_blocks.h"
 #include "kvserve/cpu_isa.h"
@@ -137,21 +137,11 @@ void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cach
   p.num_tokens = static_cast<int64_t>(key.shape(0));
 #if KVSERVE_HAS_CUDA
   if (cuda) {
-    const CudaDeviceGuard guard(key.device_id());
-    Status status;
-    {
-      nb::gil_scoped_release release;
-      status = reshape_and_cache_cuda(p, reinterpret_cast<void*>(stream));
-    }
-    return raise_invalid(p, check_reshape_and_cache_layout, status, "reshape_and_cache");
+    return call_cuda_kernel(reshape_and_cache_cuda, check_reshape_and_cache_layout, p, key.device_id(), stream,
+                            "reshape_and_cache");
   }
 #endif
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = reshape_and_cache_cpu(p);
-  }
-  raise_invalid(p, check_reshape_and_cache, status, "reshape_and_cache");
+  call_cpu_kernel(reshape_and_cache_cpu, check_reshape_and_cache, p, "reshape_and_cache");
 }
 
 void paged_attention(Array out, Array query, Array key_cache, Array value_cache, Array block_table,
@@ -200,21 +190,11 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   p.softcap = static_cast<float>(softcap.value_or(0.0));
 #if KVSERVE_HAS_CUDA
   if (cuda) {
-    const CudaDeviceGuard guard(query.device_id());
-    Status status;
-    {
-      nb::gil_scoped_release release;
-      status = paged_attention_cuda(p, reinterpret_cast<void*>(stream));
-    }
-    return raise_invalid(p, check_paged_attention_layout, status, "paged_attention");
+    return call_cuda_kernel(paged_attention_cuda, check_paged_attention_layout, p, query.device_id(), stream,
+                            "paged_attention");
   }
 #endif
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = paged_attention_cpu(p);
-  }
-  raise_invalid(p, check_paged_attention, status, "paged_attention");
+  call_cpu_kernel(paged_attention_cpu, check_paged_attention, p, "paged_attention");
 }
 
 }  // namespace
