@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -40,3 +43,13 @@ def test_cuda_index_out_of_range():
 def test_engine_refuses_a_bad_gpu_memory_utilization(tiny_model_dir, utilization):
     with pytest.raises(ValueError, match=rf"gpu_memory_utilization must be in \(0, 1\], got {utilization}"):
         Engine(str(tiny_model_dir("LlamaForCausalLM")), device="cpu", gpu_memory_utilization=utilization)
+
+
+def test_a_cpu_engine_imports_nothing_gpu_or_gguf(tiny_model_dir):
+    """The GPU modules load only for a GPU engine, and gguf only for a GGUF file (the GPU test machine
+    has no gguf)."""
+    code = ("import sys; from kvserve import Engine; Engine(sys.argv[1], device='cpu', kv_cache_memory_gb=0.01); "
+            "print(sorted(m for m in sys.modules if m == 'gguf' or m.startswith('kvserve.gpu')))")
+    result = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir("LlamaForCausalLM"))], capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "[]"
