@@ -1,12 +1,16 @@
 """Kernels over torch tensors or numpy arrays (zero-copy through DLPack).
 
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
-passes the current CUDA stream along for CUDA tensors.
+passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels run on the CPU or
+on CUDA, wherever their arrays are; the fused layer helpers (rms_norm, fused_add_rms_norm,
+rotary_embedding, silu_and_mul) exist for CUDA only, in builds with CUDA kernels (`_C.has_cuda`):
+on the CPU the model runs those steps in torch.
 
-CPU torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`: the
-same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than letting
-the extension call `tensor.__dlpack__()`, which matters for kernels called once per layer per step.
-Other tensors take the extension's own path, which reports their device clearly.
+CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
+the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
+letting the extension call `tensor.__dlpack__()`, which matters for kernels called once per layer
+per step; and it synchronizes no stream, so a call can be captured in a CUDA graph. Other tensors
+take the extension's own path, which reports their device clearly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ def _stream_of(array) -> int:
 
 
 def _dl(array):
-    return to_dlpack(array) if isinstance(array, torch.Tensor) and array.is_cpu else array
+    return to_dlpack(array) if isinstance(array, torch.Tensor) and (array.is_cpu or array.is_cuda) else array
+
+
+def _cuda_op(name: str):
+    op = getattr(_C.ops, name, None)
+    if op is None:
+        raise ValueError(f"kvserve.ops.{name} runs on CUDA only, and this kvserve build has no CUDA kernels")
+    return op
 
 
 def copy_blocks(cache, block_pairs) -> None:
@@ -42,9 +53,11 @@ def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping) -> None:
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]  same dtype as key
     slot_mapping:           [num_tokens] int64 or int32; slot = block_id * block_size + offset;
                             -1 skips the token
-    A slot out of range raises ValueError before anything is written.
+    On the CPU a slot out of range raises ValueError before anything is written; on CUDA (where the
+    slots stay in device memory) such a token is skipped.
     """
-    _C.ops.reshape_and_cache(_dl(key), _dl(value), _dl(key_cache), _dl(value_cache), _dl(slot_mapping))
+    _C.ops.reshape_and_cache(_dl(key), _dl(value), _dl(key_cache), _dl(value_cache), _dl(slot_mapping),
+                             _stream_of(key))
 
 
 def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, query_start_loc,
@@ -62,6 +75,40 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
     the cached positions up to its own (all of them if not `causal`; only the last
     `sliding_window` if set). `softcap` c maps each scaled score s to c * tanh(s / c). GQA: head h
     reads kv head h // (num_heads // num_kv_heads). float32, bfloat16 or float16; float32 math.
+
+    On the CPU, bad metadata raises ValueError before anything is written. On CUDA the metadata
+    stays in device memory and is checked by the kernel as it reads it: the rows of a request with
+    a seq_len or block id out of range come out NaN (see paged_attention.h).
     """
     _C.ops.paged_attention(_dl(out), _dl(query), _dl(key_cache), _dl(value_cache), _dl(block_table),
-                           _dl(seq_lens), _dl(query_start_loc), scale, causal, sliding_window, softcap)
+                           _dl(seq_lens), _dl(query_start_loc), scale, causal, sliding_window, softcap,
+                           _stream_of(query))
+
+
+def rms_norm(out, x, weight, eps: float) -> None:
+    """out = weight * round(x / sqrt(mean(x^2) + eps)) over the last dimension (CUDA).
+
+    x, out: [num_tokens, hidden] or [num_tokens, num_heads, hidden] (tokens and heads may be strided)
+    weight: [hidden]; every array of one dtype. Rounds to the dtype where Hugging Face's RMSNorm does.
+    """
+    _cuda_op("rms_norm")(_dl(out), _dl(x), _dl(weight), eps, _stream_of(x))
+
+
+def fused_add_rms_norm(x, residual, weight, eps: float) -> None:
+    """In place (CUDA): residual = round(x + residual), then x = rms_norm(residual).
+
+    x, residual: [num_tokens, hidden] (rows may be strided); weight: [hidden].
+    """
+    _cuda_op("fused_add_rms_norm")(_dl(x), _dl(residual), _dl(weight), eps, _stream_of(x))
+
+
+def rotary_embedding(query, key, cos, sin) -> None:
+    """Rotate query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place (CUDA):
+    each pair (x[i], x[i + head_dim/2]) by the angle of cos[t, i], sin[t, i] ([T, head_dim / 2]).
+    query and key may be strided views of a fused qkv projection."""
+    _cuda_op("rotary_embedding")(_dl(query), _dl(key), _dl(cos), _dl(sin), _stream_of(query))
+
+
+def silu_and_mul(out, x) -> None:
+    """out [T, size] = silu(x[:, :size]) * x[:, size:] for x [T, 2 * size] (CUDA)."""
+    _cuda_op("silu_and_mul")(_dl(out), _dl(x), _stream_of(x))

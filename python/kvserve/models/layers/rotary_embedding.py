@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from kvserve import ops
 from kvserve.model_config import RopeConfig
 
 
@@ -91,3 +92,12 @@ def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None
     rotated_x1 = x1 * cos - x2 * sin
     x2.mul_(cos).addcmul_(x1, sin)
     x1.copy_(rotated_x1)
+
+
+def apply_rotary_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate q [T, heads, head_dim] and k [T, kv_heads, head_dim] in place; one kernel on CUDA."""
+    if q.is_cuda:
+        ops.rotary_embedding(q, k, cos.flatten(1), sin.flatten(1))
+        return
+    apply_rotary_(q, cos, sin)
+    apply_rotary_(k, cos, sin)

@@ -1,0 +1,163 @@
+// Bindings of the fused layer kernels (layer_ops.h): RMSNorm, fused residual add + RMSNorm, rotary
+// embedding and SiLU-and-mul. They exist in CUDA builds only: on the CPU the model runs these steps
+// in torch. Shapes, dtypes and strides are checked first, then that every array is on one CUDA
+// device.
+#include <nanobind/nanobind.h>
+
+#include "array_check.h"
+#include "bind.h"
+#include "kernel_call.h"
+#include "kvserve/layer_ops.h"
+
+namespace kvserve::bind {
+
+#if KVSERVE_HAS_CUDA
+
+namespace {
+
+// [num_tokens, hidden] or [num_tokens, num_heads, hidden], the last dimension contiguous.
+void check_norm_rows(const Array& array, const char* name) {
+  if (array.ndim() != 2 && array.ndim() != 3) {
+    check_ndim(array, name, 3, "[num_tokens, hidden] or [num_tokens, num_heads, hidden]");
+  }
+  check_contiguous(array, name, array.ndim() - 1);
+}
+
+void check_weight(const Array& weight, const Array& input) {
+  check_same_dtype(weight, "weight", input, "input");
+  check_ndim(weight, "weight", 1, "[hidden]");
+  check_dim(weight, "weight", 0, static_cast<int64_t>(input.shape(input.ndim() - 1)), "hidden of input");
+  check_contiguous(weight, "weight");
+}
+
+// The params of out = norm(input) * weight over checked arrays of 2 or 3 dimensions.
+RmsNormParams norm_params(Array& out, const Array& input, const Array& weight, double eps) {
+  const bool heads = input.ndim() == 3;
+  RmsNormParams p;
+  p.out = out.data();
+  p.out_stride_token = out.stride(0);
+  p.out_stride_head = heads ? out.stride(1) : 0;
+  p.input = input.data();
+  p.input_stride_token = input.stride(0);
+  p.input_stride_head = heads ? input.stride(1) : 0;
+  p.weight = weight.data();
+  p.dtype = kernel_dtype(input, "input");
+  p.num_tokens = static_cast<int64_t>(input.shape(0));
+  p.num_heads = heads ? static_cast<int64_t>(input.shape(1)) : 1;
+  p.hidden = static_cast<int64_t>(input.shape(input.ndim() - 1));
+  p.eps = static_cast<float>(eps);
+  return p;
+}
+
+void rms_norm(Array out, Array input, Array weight, double eps, uintptr_t stream) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_norm_rows(input, "input");
+  check_same_shape(out, "out", input, "input");
+  check_same_dtype(out, "out", input, "input");
+  check_norm_rows(out, "out");
+  check_weight(weight, input);
+  check_all_on_cuda({{input, "input"}, {out, "out"}, {weight, "weight"}});
+  call_cuda_kernel(rms_norm_cuda, check_rms_norm, norm_params(out, input, weight, eps), input.device_id(), stream,
+                   "rms_norm");
+}
+
+void fused_add_rms_norm(Array input, Array residual, Array weight, double eps, uintptr_t stream) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_ndim(input, "input", 2, "[num_tokens, hidden]");
+  check_contiguous(input, "input", 1);
+  check_same_shape(residual, "residual", input, "input");
+  check_same_dtype(residual, "residual", input, "input");
+  check_contiguous(residual, "residual", 1);
+  check_weight(weight, input);
+  check_all_on_cuda({{input, "input"}, {residual, "residual"}, {weight, "weight"}});
+  RmsNormParams p = norm_params(input, input, weight, eps);
+  p.residual = residual.data();
+  p.residual_stride_token = residual.stride(0);
+  call_cuda_kernel(rms_norm_cuda, check_rms_norm, p, input.device_id(), stream, "fused_add_rms_norm");
+}
+
+void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t stream) {
+  check_dtype(query, "query", kFloatDtypes);
+  check_ndim(query, "query", 3, "[num_tokens, num_heads, head_dim]");
+  check_contiguous(query, "query", 2);
+  check_same_dtype(key, "key", query, "query");
+  check_ndim(key, "key", 3, "[num_tokens, num_kv_heads, head_dim]");
+  check_dim(key, "key", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
+  check_dim(key, "key", 2, static_cast<int64_t>(query.shape(2)), "head_dim of query");
+  check_contiguous(key, "key", 2);
+  check_same_dtype(cos, "cos", query, "query");
+  check_ndim(cos, "cos", 2, "[num_tokens, head_dim / 2]");
+  check_dim(cos, "cos", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
+  check_dim(cos, "cos", 1, static_cast<int64_t>(query.shape(2)) / 2, "head_dim / 2 of query");
+  check_contiguous(cos, "cos", 1);
+  check_same_shape(sin, "sin", cos, "cos");
+  check_same_dtype(sin, "sin", cos, "cos");
+  check_same_stride(sin, "sin", cos, "cos", 0);
+  check_contiguous(sin, "sin", 1);
+  check_all_on_cuda({{query, "query"}, {key, "key"}, {cos, "cos"}, {sin, "sin"}});
+
+  RotaryEmbeddingParams p;
+  p.query = query.data();
+  p.query_stride_token = query.stride(0);
+  p.query_stride_head = query.stride(1);
+  p.key = key.data();
+  p.key_stride_token = key.stride(0);
+  p.key_stride_head = key.stride(1);
+  p.cos = cos.data();
+  p.sin = sin.data();
+  p.cos_sin_stride_token = cos.stride(0);
+  p.dtype = kernel_dtype(query, "query");
+  p.num_tokens = static_cast<int64_t>(query.shape(0));
+  p.num_heads = static_cast<int64_t>(query.shape(1));
+  p.num_kv_heads = static_cast<int64_t>(key.shape(1));
+  p.head_dim = static_cast<int64_t>(query.shape(2));
+  call_cuda_kernel(rotary_embedding_cuda, check_rotary_embedding, p, query.device_id(), stream, "rotary_embedding");
+}
+
+void silu_and_mul(Array out, Array input, uintptr_t stream) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_ndim(input, "input", 2, "[num_tokens, 2 * size]");
+  check_contiguous(input, "input", 1);
+  if (input.shape(1) % 2 != 0) {
+    throw nb::value_error(("input: expected an even last dimension (gate, then up), got shape [" +
+                           std::to_string(input.shape(0)) + ", " + std::to_string(input.shape(1)) + "]").c_str());
+  }
+  check_same_dtype(out, "out", input, "input");
+  check_ndim(out, "out", 2, "[num_tokens, size]");
+  check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_tokens of input");
+  check_dim(out, "out", 1, static_cast<int64_t>(input.shape(1)) / 2, "half the width of input");
+  check_contiguous(out, "out", 1);
+  check_all_on_cuda({{input, "input"}, {out, "out"}});
+
+  SiluAndMulParams p;
+  p.out = out.data();
+  p.out_stride_token = out.stride(0);
+  p.input = input.data();
+  p.input_stride_token = input.stride(0);
+  p.dtype = kernel_dtype(input, "input");
+  p.num_tokens = static_cast<int64_t>(input.shape(0));
+  p.size = static_cast<int64_t>(input.shape(1)) / 2;
+  call_cuda_kernel(silu_and_mul_cuda, check_silu_and_mul, p, input.device_id(), stream, "silu_and_mul");
+}
+
+}  // namespace
+
+void bind_layer_ops(nb::module_& m) {
+  m.def("rms_norm", &rms_norm, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"), nb::arg("eps"),
+        nb::arg("stream") = 0, "out = RMSNorm(input) * weight over the last dim (CUDA). See kvserve.ops.rms_norm.");
+  m.def("fused_add_rms_norm", &fused_add_rms_norm, nb::arg("input").noconvert(), nb::arg("residual").noconvert(),
+        nb::arg("weight"), nb::arg("eps"), nb::arg("stream") = 0,
+        "residual += input; input = RMSNorm(residual) * weight, in place (CUDA).");
+  m.def("rotary_embedding", &rotary_embedding, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
+        nb::arg("cos"), nb::arg("sin"), nb::arg("stream") = 0, "Rotate query and key in place (CUDA).");
+  m.def("silu_and_mul", &silu_and_mul, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,
+        "out = silu(input[:, :size]) * input[:, size:] (CUDA).");
+}
+
+#else
+
+void bind_layer_ops(nb::module_&) {}
+
+#endif  // KVSERVE_HAS_CUDA
+
+}  // namespace kvserve::bind
