@@ -3,6 +3,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "kvserve/config.h"
+
 namespace kvserve::bind {
 
 std::string dtype_name(nb::dlpack::dtype dtype) {
@@ -133,6 +135,17 @@ DType kernel_dtype(const Array& array, const char* name) {
 }
 
 bool is_cuda(const Array& array) { return array.device_type() == nb::device::cuda::value; }
+
+bool on_one_device(std::initializer_list<Named> arrays) {
+  const Named& first = *arrays.begin();
+  if (!is_cuda(first.array)) check_cpu(first.array, first.name);
+  for (const Named& other : arrays) check_same_device(other.array, other.name, first.array, first.name);
+  if (is_cuda(first.array) && !KVSERVE_HAS_CUDA) {
+    throw nb::value_error((std::string(first.name) + ": is on " + device_name(first.array) +
+                           ", but this kvserve build has no CUDA kernels").c_str());
+  }
+  return is_cuda(first.array);
+}
 
 void raise_on_error(Status status, const char* op) {
   switch (status) {

@@ -24,6 +24,7 @@ inline constexpr nb::dlpack::dtype kFloat16{(uint8_t)nb::dlpack::dtype_code::Flo
 inline constexpr nb::dlpack::dtype kBFloat16{(uint8_t)nb::dlpack::dtype_code::Bfloat, 16, 1};
 inline constexpr nb::dlpack::dtype kInt32{(uint8_t)nb::dlpack::dtype_code::Int, 32, 1};
 inline constexpr nb::dlpack::dtype kInt64{(uint8_t)nb::dlpack::dtype_code::Int, 64, 1};
+inline constexpr std::initializer_list<nb::dlpack::dtype> kFloatDtypes = {kFloat32, kFloat16, kBFloat16};
 
 std::string dtype_name(nb::dlpack::dtype dtype);
 
@@ -49,10 +50,30 @@ void check_same_device(const Array& array, const char* name, const Array& refere
 
 bool is_cuda(const Array& array);
 
+// An array and its argument name, for the checks over several arrays at once.
+struct Named {
+  const Array& array;
+  const char* name;
+};
+
+// Every array lives where the first one does: host memory, or one CUDA device. Returns true for a
+// CUDA device, which this build must have kernels for (ValueError otherwise, as for any other device).
+bool on_one_device(std::initializer_list<Named> arrays);
+
 // The kernels' name for the array's dtype (float32/16, bfloat16, int32/64; ValueError otherwise).
 DType kernel_dtype(const Array& array, const char* name);
 
 // Raises the Python error that matches a kernel's status (nothing for kOk).
 void raise_on_error(Status status, const char* op);
+
+// raise_on_error, except that after kInvalidArgument the kernel's params check says why.
+template <class Params, class Check>
+void raise_invalid(const Params& params, Check check, Status status, const char* op) {
+  std::string why;
+  if (status == Status::kInvalidArgument && check(params, &why) != Status::kOk) {
+    throw nb::value_error((std::string(op) + ": " + why).c_str());
+  }
+  raise_on_error(status, op);
+}
 
 }  // namespace kvserve::bind

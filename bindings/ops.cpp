@@ -1,5 +1,11 @@
 // Kernel bindings: validate every argument once (dtype, device, shape, contiguity), then call the
-// framework-free kernel with raw pointers. The GIL is released while a kernel runs.
+// framework-free kernel with raw pointers, the CPU or the CUDA one by where the arrays live. The GIL
+// is released while a kernel runs.
+//
+// For CUDA arrays only what the host knows is checked here (dtypes, shapes, strides, one device);
+// the metadata values (slots, block ids, seq_lens, query_start_loc) live in device memory and are
+// checked by the kernels as they read them (see paged_attention.h), so that a call costs no
+// device-to-host copy and can be captured in a CUDA graph.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 
@@ -9,6 +15,7 @@
 
 #include "array_check.h"
 #include "bind.h"
+#include "kernel_call.h"
 #include "kvserve/config.h"
 #include "kvserve/copy_blocks.h"
 #include "kvserve/cpu_isa.h"
@@ -58,16 +65,13 @@ void copy_blocks(Array cache, Array block_pairs, uintptr_t stream) {
   raise_on_error(status, "copy_blocks");
 }
 
-constexpr std::initializer_list<nb::dlpack::dtype> kFloatDtypes = {kFloat32, kFloat16, kBFloat16};
-
-// [num_tokens, heads, head_dim] on the CPU, head_dim contiguous (tokens and heads may be strided).
+// [num_tokens, heads, head_dim], head_dim contiguous (tokens and heads may be strided).
 void check_rows(const Array& array, const char* name, const char* layout) {
   check_ndim(array, name, 3, layout);
   check_contiguous(array, name, 2);
-  check_cpu(array, name);
 }
 
-// [num_blocks, block_size, num_kv_heads, head_dim] on the CPU, each block contiguous; both caches
+// [num_blocks, block_size, num_kv_heads, head_dim], each block contiguous; both caches
 // alike (shape, dtype, strides) and of the dtype of `data`, whose last two dims they must match.
 void check_caches(const Array& key_cache, const Array& value_cache, const Array& data, const char* data_name,
                   size_t heads_dim_of_data) {
@@ -77,12 +81,10 @@ void check_caches(const Array& key_cache, const Array& value_cache, const Array&
   if (heads_dim_of_data != 0) check_dim(key_cache, "key_cache", 2, data.shape(1), "num_kv_heads of key");
   check_dim(key_cache, "key_cache", 3, data.shape(2), (std::string("head_dim of ") + data_name).c_str());
   check_contiguous(key_cache, "key_cache", 1);
-  check_cpu(key_cache, "key_cache");
   check_same_shape(value_cache, "value_cache", key_cache, "key_cache");
   check_same_dtype(value_cache, "value_cache", key_cache, "key_cache");
   check_contiguous(value_cache, "value_cache", 1);
   check_same_stride(value_cache, "value_cache", key_cache, "key_cache", 0);
-  check_cpu(value_cache, "value_cache");
 }
 
 // Data pointer and token/head strides of a [num_tokens, heads, head_dim] array, into params fields.
@@ -111,20 +113,10 @@ void check_vector(const Array& array, const char* name, std::initializer_list<nb
   check_ndim(array, name, 1, what);
   check_dim(array, name, 0, length, what);
   check_contiguous(array, name);
-  check_cpu(array, name);
 }
 
-// After a kernel returned kInvalidArgument, the check that failed says why.
-template <class Params, class Check>
-void raise_invalid(const Params& params, Check check, Status status, const char* op) {
-  std::string why;
-  if (status == Status::kInvalidArgument && check(params, &why) != Status::kOk) {
-    throw nb::value_error((std::string(op) + ": " + why).c_str());
-  }
-  raise_on_error(status, op);
-}
-
-void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cache, Array slot_mapping) {
+void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cache, Array slot_mapping,
+                       [[maybe_unused]] uintptr_t stream) {
   check_dtype(key, "key", kFloatDtypes);
   check_rows(key, "key", "[num_tokens, num_kv_heads, head_dim]");
   check_same_shape(value, "value", key, "key");
@@ -132,6 +124,8 @@ void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cach
   check_rows(value, "value", "[num_tokens, num_kv_heads, head_dim]");
   check_caches(key_cache, value_cache, key, "key", 1);
   check_vector(slot_mapping, "slot_mapping", {kInt64, kInt32}, static_cast<int64_t>(key.shape(0)), "[num_tokens]");
+  [[maybe_unused]] const bool cuda = on_one_device({{key, "key"}, {value, "value"}, {key_cache, "key_cache"},
+                                   {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
 
   ReshapeAndCacheParams p;
   set_rows(key, p.key, p.key_stride_token, p.key_stride_head);
@@ -141,17 +135,19 @@ void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cach
   p.slot_mapping_dtype = kernel_dtype(slot_mapping, "slot_mapping");
   p.dtype = kernel_dtype(key, "key");
   p.num_tokens = static_cast<int64_t>(key.shape(0));
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = reshape_and_cache_cpu(p);
+#if KVSERVE_HAS_CUDA
+  if (cuda) {
+    return call_cuda_kernel(reshape_and_cache_cuda, check_reshape_and_cache_layout, p, key.device_id(), stream,
+                            "reshape_and_cache");
   }
-  raise_invalid(p, check_reshape_and_cache, status, "reshape_and_cache");
+#endif
+  call_cpu_kernel(reshape_and_cache_cpu, check_reshape_and_cache, p, "reshape_and_cache");
 }
 
 void paged_attention(Array out, Array query, Array key_cache, Array value_cache, Array block_table,
                      Array seq_lens, Array query_start_loc, double scale, bool causal,
-                     std::optional<int64_t> sliding_window, std::optional<double> softcap) {
+                     std::optional<int64_t> sliding_window, std::optional<double> softcap,
+                     [[maybe_unused]] uintptr_t stream) {
   const char* layout = "[num_tokens, num_heads, head_dim]";
   check_dtype(query, "query", kFloatDtypes);
   check_rows(query, "query", layout);
@@ -162,7 +158,6 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   check_dtype(block_table, "block_table", {kInt32});
   check_ndim(block_table, "block_table", 2, "[num_reqs, max_blocks_per_req]");
   check_contiguous(block_table, "block_table", 1);
-  check_cpu(block_table, "block_table");
   const int64_t num_reqs = static_cast<int64_t>(block_table.shape(0));
   check_vector(seq_lens, "seq_lens", {kInt32}, num_reqs, "[num_reqs] (rows of block_table)");
   check_vector(query_start_loc, "query_start_loc", {kInt32}, num_reqs + 1, "[num_reqs + 1]");
@@ -172,6 +167,9 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   if (softcap && !(*softcap > 0 && std::isfinite(*softcap))) {
     throw nb::value_error(("softcap: expected a finite number > 0 or None, got " + std::to_string(*softcap)).c_str());
   }
+  [[maybe_unused]] const bool cuda = on_one_device({{query, "query"}, {out, "out"}, {key_cache, "key_cache"},
+                                   {value_cache, "value_cache"}, {block_table, "block_table"},
+                                   {seq_lens, "seq_lens"}, {query_start_loc, "query_start_loc"}});
 
   PagedAttentionParams p;
   set_rows(out, p.out, p.out_stride_token, p.out_stride_head);
@@ -190,12 +188,13 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   p.causal = causal;
   p.sliding_window = sliding_window.value_or(0);
   p.softcap = static_cast<float>(softcap.value_or(0.0));
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = paged_attention_cpu(p);
+#if KVSERVE_HAS_CUDA
+  if (cuda) {
+    return call_cuda_kernel(paged_attention_cuda, check_paged_attention_layout, p, query.device_id(), stream,
+                            "paged_attention");
   }
-  raise_invalid(p, check_paged_attention, status, "paged_attention");
+#endif
+  call_cpu_kernel(paged_attention_cpu, check_paged_attention, p, "paged_attention");
 }
 
 }  // namespace
@@ -208,12 +207,14 @@ void bind_ops(nb::module_& m) {
         "`stream` is the CUDA stream (an integer handle) for a CUDA cache.");
   m.def("reshape_and_cache", &reshape_and_cache, nb::arg("key"), nb::arg("value"),
         nb::arg("key_cache").noconvert(), nb::arg("value_cache").noconvert(), nb::arg("slot_mapping"),
+        nb::arg("stream") = 0,
         "Write key/value [num_tokens, num_kv_heads, head_dim] into the caches [num_blocks, block_size,\n"
-        "num_kv_heads, head_dim] at slot_mapping [num_tokens] (int32/int64; -1 skips a token).");
+        "num_kv_heads, head_dim] at slot_mapping [num_tokens] (int32/int64; -1 skips a token).\n"
+        "`stream` is the CUDA stream (an integer handle) for CUDA arrays.");
   m.def("paged_attention", &paged_attention, nb::arg("out").noconvert(), nb::arg("query"),
         nb::arg("key_cache"), nb::arg("value_cache"), nb::arg("block_table"), nb::arg("seq_lens"),
         nb::arg("query_start_loc"), nb::arg("scale"), nb::arg("causal") = true,
-        nb::arg("sliding_window") = nb::none(), nb::arg("softcap") = nb::none(),
+        nb::arg("sliding_window") = nb::none(), nb::arg("softcap") = nb::none(), nb::arg("stream") = 0,
         "Attention of query [num_tokens, num_heads, head_dim] over the paged KV cache, into out.\n"
         "See kvserve.ops.paged_attention for the contract.");
   m.def("cpu_isa", [] { return cpu_isa_name(cpu_isa()); },

@@ -6,36 +6,13 @@
 
 #include "kvserve/paged_attention.h"
 #include "kvserve/reshape_and_cache.h"
+#include "param_checks.h"
 
 namespace kvserve {
 
 namespace {
 
-std::string str(int64_t value) { return std::to_string(value); }
-
-Status fail(std::string* why, std::string message) {
-  if (why != nullptr) *why = std::move(message);
-  return Status::kInvalidArgument;
-}
-
-bool is_float_dtype(DType dtype) {
-  return dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16;
-}
-
-// [rows, heads, head_dim] with a contiguous last dimension: no two heads or rows may overlap.
-Status check_rows(const char* name, int64_t rows, int64_t heads, int64_t head_dim, int64_t stride_row,
-                  int64_t stride_head, std::string* why) {
-  if (heads > 1 && stride_head < head_dim) {
-    return fail(why, std::string(name) + ": head stride " + str(stride_head) + " is less than head_dim " +
-                         str(head_dim) + " (heads would overlap)");
-  }
-  const int64_t row_extent = (heads - 1) * (heads > 1 ? stride_head : 0) + head_dim;
-  if (rows > 1 && stride_row < row_extent) {
-    return fail(why, std::string(name) + ": row stride " + str(stride_row) + " is less than the " +
-                         str(row_extent) + " elements a row spans (rows would overlap)");
-  }
-  return Status::kOk;
-}
+using namespace checks;
 
 Status check_cache(int64_t num_blocks, int64_t block_size, int64_t num_kv_heads, int64_t head_dim,
                    int64_t stride_block, std::string* why) {
@@ -53,7 +30,7 @@ Status check_cache(int64_t num_blocks, int64_t block_size, int64_t num_kv_heads,
 
 }  // namespace
 
-Status check_paged_attention(const PagedAttentionParams& p, std::string* why) {
+Status check_paged_attention_layout(const PagedAttentionParams& p, std::string* why) {
   if (!is_float_dtype(p.dtype)) return fail(why, "dtype: expected float32, float16 or bfloat16");
   if (p.num_tokens < 0 || p.num_reqs < 0 || p.max_blocks_per_req < 0 || p.head_dim < 1 ||
       p.num_heads < 1 || p.num_kv_heads < 1) {
@@ -63,6 +40,10 @@ Status check_paged_attention(const PagedAttentionParams& p, std::string* why) {
   if (p.num_heads % p.num_kv_heads != 0) {
     return fail(why, "num_heads " + str(p.num_heads) + " is not a multiple of num_kv_heads " +
                          str(p.num_kv_heads));
+  }
+  if (p.num_reqs == 0 && p.num_tokens > 0) {
+    return fail(why, "num_reqs = 0 with num_tokens = " + str(p.num_tokens) +
+                         ": expected every query row to belong to a request");
   }
   Status s = check_rows("query", p.num_tokens, p.num_heads, p.head_dim, p.query_stride_token,
                         p.query_stride_head, why);
@@ -87,7 +68,12 @@ Status check_paged_attention(const PagedAttentionParams& p, std::string* why) {
                             p.value_cache == nullptr))) {
     return fail(why, "a required array is null");
   }
+  return Status::kOk;
+}
 
+Status check_paged_attention(const PagedAttentionParams& p, std::string* why) {
+  const Status layout = check_paged_attention_layout(p, why);
+  if (layout != Status::kOk) return layout;
   const int32_t* qsl = p.query_start_loc;
   if (qsl[0] != 0) return fail(why, "query_start_loc[0] = " + str(qsl[0]) + ": expected 0");
   const int64_t max_len = p.max_blocks_per_req * p.block_size;
@@ -122,7 +108,7 @@ Status check_paged_attention(const PagedAttentionParams& p, std::string* why) {
   return Status::kOk;
 }
 
-Status check_reshape_and_cache(const ReshapeAndCacheParams& p, std::string* why) {
+Status check_reshape_and_cache_layout(const ReshapeAndCacheParams& p, std::string* why) {
   if (!is_float_dtype(p.dtype)) return fail(why, "dtype: expected float32, float16 or bfloat16");
   if (p.slot_mapping_dtype != DType::kInt32 && p.slot_mapping_dtype != DType::kInt64) {
     return fail(why, "slot_mapping: expected dtype int32 or int64");
@@ -140,6 +126,12 @@ Status check_reshape_and_cache(const ReshapeAndCacheParams& p, std::string* why)
                            p.value_cache == nullptr || p.slot_mapping == nullptr)) {
     return fail(why, "a required array is null");
   }
+  return Status::kOk;
+}
+
+Status check_reshape_and_cache(const ReshapeAndCacheParams& p, std::string* why) {
+  const Status layout = check_reshape_and_cache_layout(p, why);
+  if (layout != Status::kOk) return layout;
   const int64_t num_slots = p.num_blocks * p.block_size;
   for (int64_t t = 0; t < p.num_tokens; ++t) {
     const int64_t slot = p.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(p.slot_mapping)[t]

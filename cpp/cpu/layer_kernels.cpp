@@ -36,7 +36,7 @@ bool float_dtype(DType dtype) {
   return dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16;
 }
 
-int64_t num_rows(const RmsNormParams& p) { return p.num_tokens; }
+int64_t num_rows(const RmsNormParams& p) { return p.num_tokens * p.num_heads; }
 int64_t num_rows(const SiluAndMulParams& p) { return p.num_tokens; }
 int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
 int64_t num_rows(const RotaryEmbeddingParams& p) { return p.num_tokens; }
@@ -60,12 +60,7 @@ void run_rows(const Params& p, Fn fn, int64_t elements_per_row) {
 }  // namespace
 
 Status rms_norm_cpu(const RmsNormParams& p) {
-  if (p.out == nullptr || p.input == nullptr || p.weight == nullptr || p.num_tokens < 0 || p.hidden <= 0 ||
-      p.input_stride < p.hidden || p.out_stride < p.hidden || !(p.eps >= 0.f) ||
-      (p.residual != nullptr && p.residual_stride < p.hidden)) {
-    return Status::kInvalidArgument;
-  }
-  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  if (check_rms_norm(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   run_rows(p, kernels_for(p.dtype).rms_norm, 3 * p.hidden);
   return Status::kOk;
 }
@@ -81,15 +76,8 @@ Status argmax_cpu(const ArgmaxParams& p) {
 }
 
 Status rotary_embedding_cpu(const RotaryEmbeddingParams& p) {
-  const int64_t d = p.head_dim;
-  if (p.query == nullptr || p.key == nullptr || p.cos == nullptr || p.sin == nullptr || p.num_tokens < 0 ||
-      d <= 0 || d % 2 != 0 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.query_stride_head < d ||
-      p.key_stride_head < d || p.query_stride_token < (p.num_heads - 1) * p.query_stride_head + d ||
-      p.key_stride_token < (p.num_kv_heads - 1) * p.key_stride_head + d) {
-    return Status::kInvalidArgument;
-  }
-  if (!float_dtype(p.dtype)) return Status::kUnsupported;
-  run_rows(p, kernels_for(p.dtype).rotary_embedding, 2 * (p.num_heads + p.num_kv_heads) * d);
+  if (check_rotary_embedding(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  run_rows(p, kernels_for(p.dtype).rotary_embedding, 2 * (p.num_heads + p.num_kv_heads) * p.head_dim);
   return Status::kOk;
 }
 
@@ -106,12 +94,8 @@ Status linear_cpu(const LinearParams& p) {
 }
 
 Status silu_and_mul_cpu(const SiluAndMulParams& p) {
-  if (p.out == nullptr || p.input == nullptr || p.num_tokens < 0 || p.dim <= 0 || p.input_stride < 2 * p.dim ||
-      p.out_stride < p.dim) {
-    return Status::kInvalidArgument;
-  }
-  if (!float_dtype(p.dtype)) return Status::kUnsupported;
-  run_rows(p, kernels_for(p.dtype).silu_and_mul, 3 * p.dim);
+  if (check_silu_and_mul(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  run_rows(p, kernels_for(p.dtype).silu_and_mul, 3 * p.size);
   return Status::kOk;
 }
 

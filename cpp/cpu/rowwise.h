@@ -7,9 +7,7 @@
 
 #include "half.h"
 #include "kvserve/argmax.h"
-#include "kvserve/rms_norm.h"
-#include "kvserve/rotary_embedding.h"
-#include "kvserve/silu_and_mul.h"
+#include "kvserve/layer_ops.h"
 #include "vec_math.h"
 
 namespace kvserve::cpu {
@@ -22,16 +20,18 @@ template <class V, class T>
 struct Rowwise {
   using Reg = typename V::Reg;
 
+  // Rows are (token, head) pairs: row r is token r / num_heads, head r % num_heads.
   static void rms_norm(const RmsNormParams& p, int64_t row_begin, int64_t row_end) {
     const int64_t n = p.hidden, body = n - n % V::kWidth;
     const auto* weight = static_cast<const T*>(p.weight);
-    for (int64_t t = row_begin; t < row_end; ++t) {
-      const T* in = static_cast<const T*>(p.input) + t * p.input_stride;
-      T* out = static_cast<T*>(p.out) + t * p.out_stride;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+      const int64_t t = r / p.num_heads, h = r % p.num_heads;
+      const T* in = static_cast<const T*>(p.input) + t * p.input_stride_token + h * p.input_stride_head;
+      T* out = static_cast<T*>(p.out) + t * p.out_stride_token + h * p.out_stride_head;
       // x: the row being normalized; with a residual, the rounded sum written back into it.
       const T* x = in;
       if (p.residual != nullptr) {
-        T* res = static_cast<T*>(p.residual) + t * p.residual_stride;
+        T* res = static_cast<T*>(p.residual) + t * p.residual_stride_token;
         for (int64_t i = 0; i < body; i += V::kWidth) V::store(res + i, V::add(V::load(in + i), V::load(res + i)));
         for (int64_t i = body; i < n; ++i) from_float(to_float(in[i]) + to_float(res[i]), res + i);
         x = res;
@@ -58,11 +58,11 @@ struct Rowwise {
   }
 
   static void silu_and_mul(const SiluAndMulParams& p, int64_t row_begin, int64_t row_end) {
-    const int64_t n = p.dim, body = n - n % V::kWidth;
+    const int64_t n = p.size, body = n - n % V::kWidth;
     for (int64_t t = row_begin; t < row_end; ++t) {
-      const T* gate = static_cast<const T*>(p.input) + t * p.input_stride;
+      const T* gate = static_cast<const T*>(p.input) + t * p.input_stride_token;
       const T* up = gate + n;
-      T* out = static_cast<T*>(p.out) + t * p.out_stride;
+      T* out = static_cast<T*>(p.out) + t * p.out_stride_token;
       for (int64_t i = 0; i < body; i += V::kWidth) {
         const Reg g = V::load(gate + i);
         const Reg silu = V::div(g, V::add(V::set1(1.f), vexp<V>(V::sub(V::zero(), g))));
@@ -81,8 +81,8 @@ struct Rowwise {
   static void rotary_embedding(const RotaryEmbeddingParams& p, int64_t row_begin, int64_t row_end) {
     const int64_t half = p.head_dim / 2, body = half - half % V::kWidth;
     for (int64_t t = row_begin; t < row_end; ++t) {
-      const T* cos = static_cast<const T*>(p.cos) + t * half;
-      const T* sin = static_cast<const T*>(p.sin) + t * half;
+      const T* cos = static_cast<const T*>(p.cos) + t * p.cos_sin_stride_token;
+      const T* sin = static_cast<const T*>(p.sin) + t * p.cos_sin_stride_token;
       for (int which = 0; which < 2; ++which) {
         T* base = static_cast<T*>(which == 0 ? p.query : p.key);
         const int64_t heads = which == 0 ? p.num_heads : p.num_kv_heads;

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kvserve/config.h"
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
 #include "kvserve/status.h"
@@ -56,9 +57,30 @@ struct PagedAttentionParams {
 // Metadata must be in host memory.
 KVSERVE_EXPORT Status check_paged_attention(const PagedAttentionParams& params, std::string* why);
 
+// The part of check_paged_attention that reads no array: dtype, sizes, strides, scalars and null
+// pointers. The whole check where the metadata lives in device memory, which the host never reads.
+KVSERVE_EXPORT Status check_paged_attention_layout(const PagedAttentionParams& params, std::string* why);
+
 // Runs check_paged_attention, then the kernel on the calling thread's OpenMP team (the team torch
 // uses too, so the two never oversubscribe the cores). Vectorized for the best ISA the CPU has (see
-// cpu_isa.h). A CUDA version takes the same params and a stream.
+// cpu_isa.h).
 KVSERVE_EXPORT Status paged_attention_cpu(const PagedAttentionParams& params);
+
+#if KVSERVE_HAS_CUDA
+// The same contract with every array in the current CUDA (or HIP) device's memory, enqueued on
+// `stream` (a cudaStream_t; nullptr = the default stream); capturable in a CUDA graph.
+//
+// The host runs check_paged_attention_layout only. The kernels check each metadata value they read
+// and never touch memory outside the arrays: the rows of a request whose seq_len or block ids are
+// out of range are written as NaN; a request whose query_start_loc entries are out of range or
+// decreasing is skipped (its rows are left as they were).
+//
+// float16/bfloat16 with head_dim 64, 128 or 256 (16-byte aligned rows) run on tensor cores (sm_80+),
+// with the keys of short batches split across thread blocks and merged (flash-decoding); the split
+// partials live in one workspace per device, allocated on the first call that splits (16 MiB), so
+// calls on two streams of one device must not overlap. Other dtypes and head_dims up to 512 take a
+// portable kernel (the only one under HIP); larger head_dims return kUnsupported.
+KVSERVE_EXPORT Status paged_attention_cuda(const PagedAttentionParams& params, void* stream);
+#endif
 
 }  // namespace kvserve

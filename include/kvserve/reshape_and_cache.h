@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kvserve/config.h"
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
 #include "kvserve/status.h"
@@ -36,7 +37,17 @@ struct ReshapeAndCacheParams {
 // Sizes, strides and every slot; kOk, or kInvalidArgument with a message in `why` (when not null).
 KVSERVE_EXPORT Status check_reshape_and_cache(const ReshapeAndCacheParams& params, std::string* why);
 
+// Everything check_reshape_and_cache checks but the slots themselves (it reads no array).
+KVSERVE_EXPORT Status check_reshape_and_cache_layout(const ReshapeAndCacheParams& params, std::string* why);
+
 // Runs check_reshape_and_cache, then copies each row into its slot.
 KVSERVE_EXPORT Status reshape_and_cache_cpu(const ReshapeAndCacheParams& params);
+
+#if KVSERVE_HAS_CUDA
+// The same copy with every array in the current CUDA (or HIP) device's memory, enqueued on `stream`.
+// The host runs check_reshape_and_cache_layout; the kernel skips a slot out of range as it skips -1
+// (slots live in device memory, which the host never reads), so it never writes outside the caches.
+KVSERVE_EXPORT Status reshape_and_cache_cuda(const ReshapeAndCacheParams& params, void* stream);
+#endif
 
 }  // namespace kvserve

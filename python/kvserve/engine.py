@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from kvserve import _C
+from kvserve.device import resolve_device
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model
 from kvserve.model_runner import ModelRunner
@@ -50,10 +51,19 @@ class Engine:
                  max_model_len: int | None = None, block_size: int = 16, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, enable_prefix_caching: bool = True,
                  enable_chunked_prefill: bool = True, kv_cache_memory_gb: float | None = None, seed: int = 0,
-                 load_format: str = "auto", skip_tokenizer_init: bool = False):
+                 load_format: str = "auto", skip_tokenizer_init: bool = False, device: str = "auto",
+                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False):
+        """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
+        On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
+        weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
+        CUDA graphs unless `enforce_eager`."""
         start = time.perf_counter()
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         torch.manual_seed(seed)
-        self.device = torch.device("cpu")
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         loaded = load_model(model, dtype=dtype, load_format=load_format, seed=seed, device=self.device)
         self.model_config = config = loaded.model_config
         self.dtype = loaded.dtype
@@ -65,14 +75,24 @@ class Engine:
             raise ValueError(f"max_model_len must be in [1, {config.max_model_len}] (the model's "
                              f"max_position_embeddings), got {max_model_len}")
         self.max_model_len = max_model_len
-        budget_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_memory_gb is None else kv_cache_memory_gb
-        if not budget_gb > 0:
-            raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
-        num_blocks = num_blocks_for_budget(config, self.dtype, block_size, budget_gb * 2**30)
+        if self.device.type == "cuda" and kv_cache_memory_gb is None:
+            from kvserve.gpu.memory import plan_kv_cache
+
+            num_blocks = plan_kv_cache(loaded.model, config, self.dtype, self.device, block_size=block_size,
+                                       max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                                       max_model_len=max_model_len,
+                                       gpu_memory_utilization=gpu_memory_utilization).num_blocks
+            budget = f"gpu_memory_utilization {gpu_memory_utilization}"
+        else:
+            budget_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_memory_gb is None else kv_cache_memory_gb
+            if not budget_gb > 0:
+                raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
+            num_blocks = num_blocks_for_budget(config, self.dtype, block_size, budget_gb * 2**30)
+            budget = f"kv_cache_memory_gb {budget_gb}"
         if (num_blocks - 1) * block_size < max_model_len:
             raise ValueError(
-                f"a KV cache of {budget_gb} GiB holds {max(num_blocks - 1, 0) * block_size} tokens, fewer than one "
-                f"request of max_model_len {max_model_len}: raise kv_cache_memory_gb or lower max_model_len")
+                f"a KV cache of {budget} holds {max(num_blocks - 1, 0) * block_size} tokens, fewer than one "
+                f"request of max_model_len {max_model_len}: raise {budget.split()[0]} or lower max_model_len")
         self.scheduler = _C.Scheduler(_C.SchedulerConfig(
             num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
@@ -82,8 +102,16 @@ class Engine:
         self.eos_token_ids = set(config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
-        self.runner = ModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
-                                  self.device)
+        if self.device.type == "cuda":
+            from kvserve.gpu.runner import CudaModelRunner
+
+            self.runner = CudaModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
+                                          self.device, max_decode_batch=min(max_num_seqs, max_num_batched_tokens),
+                                          max_model_len=max_model_len, block_size=block_size,
+                                          enforce_eager=enforce_eager)
+        else:
+            self.runner = ModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
+                                      self.device)
         self.requests: dict[str, RequestState] = {}
         self._request_counter = itertools.count()
         logger.info("loaded %s (%s, %s) in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",

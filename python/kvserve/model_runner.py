@@ -47,14 +47,7 @@ class ModelRunner:
             for key_cache, value_cache in self.kv_caches:
                 ops.copy_blocks(key_cache, out.blocks_to_copy)
                 ops.copy_blocks(value_cache, out.blocks_to_copy)
-        metadata = AttentionMetadata(
-            slot_mapping=torch.from_numpy(out.slot_mapping),
-            block_table=torch.from_numpy(out.block_table),
-            seq_lens=torch.from_numpy(out.seq_lens),
-            query_start_loc=torch.from_numpy(out.query_start_loc),
-        )
-        hidden = self.model(torch.from_numpy(out.input_ids), torch.from_numpy(out.positions), self.kv_caches,
-                            metadata)
+        hidden = self.forward(out)
 
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
@@ -68,6 +61,17 @@ class ModelRunner:
             device=self.device)
         sampled = self.sampler(logits, metadata)
         return StepResult(sampled.sampled_token_ids.cpu().numpy(), sampled.logprobs, prompt_lp)
+
+    def forward(self, out) -> torch.Tensor:
+        """The model's final hidden states [num_tokens, hidden] for the step's tokens."""
+        metadata = AttentionMetadata(
+            slot_mapping=torch.from_numpy(out.slot_mapping),
+            block_table=torch.from_numpy(out.block_table),
+            seq_lens=torch.from_numpy(out.seq_lens),
+            query_start_loc=torch.from_numpy(out.query_start_loc),
+        )
+        return self.model(torch.from_numpy(out.input_ids), torch.from_numpy(out.positions), self.kv_caches,
+                          metadata)
 
     def _prompt_logprobs(self, out, requests, hidden) -> dict[str, tuple[int, LogprobsTensors]]:
         """Logprobs of the prompt tokens that this step's rows predict, for requests that ask."""
@@ -85,7 +89,7 @@ class ModelRunner:
             if last <= first:
                 continue
             rows = torch.arange(start, start + last - first)
-            next_ids = torch.tensor(state.prompt_token_ids[first + 1:last + 1], dtype=torch.int64)
+            next_ids = torch.tensor(state.prompt_token_ids[first + 1:last + 1], dtype=torch.int64, device=self.device)
             logits = self.model.compute_logits(hidden[rows])
             result[request_id] = (first, prompt_logprobs(logits, next_ids, state.params.prompt_logprobs))
         return result

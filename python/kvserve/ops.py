@@ -1,12 +1,16 @@
 """Kernels over torch tensors or numpy arrays (zero-copy through DLPack).
 
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
-passes the current CUDA stream along for CUDA tensors.
+passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
+layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, silu_and_mul) run on the CPU or on
+CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays are; argmax and linear are
+CPU kernels (on a GPU, torch's argmax and cuBLAS serve those steps).
 
-CPU torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`: the
-same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than letting
-the extension call `tensor.__dlpack__()`, which matters for kernels called once per layer per step.
-Other tensors take the extension's own path, which reports their device clearly.
+CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
+the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
+letting the extension call `tensor.__dlpack__()`, which matters for kernels called once per layer
+per step; and it synchronizes no stream, so a call can be captured in a CUDA graph. Other tensors
+take the extension's own path, which reports their device clearly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def _stream_of(array) -> int:
 
 
 def _dl(array):
-    return to_dlpack(array) if isinstance(array, torch.Tensor) and array.is_cpu else array
+    return to_dlpack(array) if isinstance(array, torch.Tensor) and (array.is_cpu or array.is_cuda) else array
 
 
 def copy_blocks(cache, block_pairs) -> None:
@@ -42,9 +46,11 @@ def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping) -> None:
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]  same dtype as key
     slot_mapping:           [num_tokens] int64 or int32; slot = block_id * block_size + offset;
                             -1 skips the token
-    A slot out of range raises ValueError before anything is written.
+    On the CPU a slot out of range raises ValueError before anything is written; on CUDA (where the
+    slots stay in device memory) such a token is skipped.
     """
-    _C.ops.reshape_and_cache(_dl(key), _dl(value), _dl(key_cache), _dl(value_cache), _dl(slot_mapping))
+    _C.ops.reshape_and_cache(_dl(key), _dl(value), _dl(key_cache), _dl(value_cache), _dl(slot_mapping),
+                             _stream_of(key))
 
 
 def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, query_start_loc,
@@ -62,43 +68,56 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
     the cached positions up to its own (all of them if not `causal`; only the last
     `sliding_window` if set). `softcap` c maps each scaled score s to c * tanh(s / c). GQA: head h
     reads kv head h // (num_heads // num_kv_heads). float32, bfloat16 or float16; float32 math.
+
+    On the CPU, bad metadata raises ValueError before anything is written. On CUDA the metadata
+    stays in device memory and is checked by the kernel as it reads it: the rows of a request with
+    a seq_len or block id out of range come out NaN (see paged_attention.h).
     """
     _C.ops.paged_attention(_dl(out), _dl(query), _dl(key_cache), _dl(value_cache), _dl(block_table),
-                           _dl(seq_lens), _dl(query_start_loc), scale, causal, sliding_window, softcap)
+                           _dl(seq_lens), _dl(query_start_loc), scale, causal, sliding_window, softcap,
+                           _stream_of(query))
 
 
-def rms_norm(out, input, weight, eps: float, residual=None) -> None:
-    """RMSNorm of each row of `input` [num_tokens, hidden] into `out` (may be `input` itself).
+def rms_norm(out, x, weight, eps: float) -> None:
+    """out = weight * round(x / sqrt(mean(x^2) + eps)) over the last dimension.
 
-    With `residual` (same shape), first residual <- input + residual in place, then normalize the
-    sum: the residual add of the next block fused in. Rounded as Hugging Face's Llama rounds in the
-    model dtype: out = dtype(dtype(x * rsqrt(mean(x^2) + eps)) * weight), float32 math.
-    Rows may be strided; the last dimension must be contiguous.
+    x, out: [num_tokens, hidden] or [num_tokens, num_heads, hidden] (tokens and heads may be strided)
+    weight: [hidden]; every array of one dtype. Rounds to the dtype where Hugging Face's RMSNorm does.
     """
-    _C.ops.rms_norm(_dl(out), _dl(input), _dl(weight), eps, None if residual is None else _dl(residual))
+    _C.ops.rms_norm(_dl(out), _dl(x), _dl(weight), eps, _stream_of(x))
 
 
-def silu_and_mul(out, input) -> None:
-    """out [num_tokens, dim] = silu(gate) * up, for input [num_tokens, 2 * dim] holding [gate; up]."""
-    _C.ops.silu_and_mul(_dl(out), _dl(input))
+def fused_add_rms_norm(x, residual, weight, eps: float) -> None:
+    """In place: residual = round(x + residual), then x = rms_norm(residual) — a block's output added
+    to the running sum and normalized for the next block, in one pass.
+
+    x, residual: [num_tokens, hidden] (rows may be strided); weight: [hidden].
+    """
+    _C.ops.fused_add_rms_norm(_dl(x), _dl(residual), _dl(weight), eps, _stream_of(x))
+
+
+def rotary_embedding(query, key, cos, sin) -> None:
+    """Rotate query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place: each pair
+    (x[i], x[i + head_dim/2]) by the angle of cos[t, i], sin[t, i] ([T, head_dim / 2]), rounding as
+    Hugging Face's `q * cos + rotate_half(q) * sin`. query and key may be strided views of a fused
+    qkv projection."""
+    _C.ops.rotary_embedding(_dl(query), _dl(key), _dl(cos), _dl(sin), _stream_of(query))
+
+
+def silu_and_mul(out, x) -> None:
+    """out [T, size] = silu(x[:, :size]) * x[:, size:] for x [T, 2 * size]."""
+    _C.ops.silu_and_mul(_dl(out), _dl(x), _stream_of(x))
 
 
 def argmax(out, input) -> None:
     """out [num_rows] int32 = the first index of each row's largest value in `input`
-    [num_rows, num_cols] (float32, bfloat16 or float16; rows may be strided). NaN entries are
+    [num_rows, num_cols] (CPU; float32, bfloat16 or float16; rows may be strided). NaN entries are
     ignored: greedy sampling straight from logits in the model dtype, without a float32 copy."""
     _C.ops.argmax(_dl(out), _dl(input))
 
 
-def rotary_embedding(query, key, cos, sin) -> None:
-    """Rotate query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place (rows and
-    heads may be strided views of a fused qkv projection) by cos, sin [T, head_dim / 2] (same dtype,
-    contiguous): pair (x[i], x[i + D/2]) turns by the angle of frequency i, as Hugging Face's Llama."""
-    _C.ops.rotary_embedding(_dl(query), _dl(key), _dl(cos), _dl(sin))
-
-
 def linear(out, input, weight, bias=None) -> None:
-    """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
+    """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once (CPU).
 
     For few rows (decode): each weight row is read once and used for every input row, so the call
     runs at the weights' memory bandwidth where a general GEMM would pack and dispatch.

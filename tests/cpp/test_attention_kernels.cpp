@@ -93,6 +93,23 @@ TEST(PagedAttention, RejectsBadMetadataBeforeWriting) {
   for (float x : r.out) EXPECT_TRUE(std::isnan(x));
 }
 
+TEST(PagedAttention, LayoutCheckReadsNoMetadata) {
+  OneRequest r;
+  r.block_table[1] = kNumBlocks;  // bad, but only the full check reads the block table
+  kvserve::PagedAttentionParams p = r.params(6);
+  p.block_table = reinterpret_cast<const int32_t*>(uintptr_t{8});  // device memory, as the host sees it
+  p.seq_lens = p.query_start_loc = reinterpret_cast<const int32_t*>(uintptr_t{8});
+  std::string why;
+  EXPECT_EQ(kvserve::check_paged_attention_layout(p, &why), kvserve::Status::kOk) << why;
+  p.num_reqs = 0;
+  EXPECT_EQ(kvserve::check_paged_attention_layout(p, &why), kvserve::Status::kInvalidArgument);
+  EXPECT_EQ(why, "num_reqs = 0 with num_tokens = 1: expected every query row to belong to a request");
+  p = r.params(6);
+  p.out_stride_head = kHeadDim - 1;
+  EXPECT_EQ(kvserve::check_paged_attention_layout(p, &why), kvserve::Status::kInvalidArgument);
+  EXPECT_EQ(why, "out: head stride 15 is less than the 16 elements of a head (heads would overlap)");
+}
+
 kvserve::ReshapeAndCacheParams reshape_params(const std::vector<float>& key, std::vector<float>& cache,
                                               const int64_t* slots, int64_t num_tokens) {
   kvserve::ReshapeAndCacheParams p;
@@ -132,6 +149,16 @@ TEST(ReshapeAndCache, RejectsAnOutOfRangeSlotWithoutWriting) {
             kvserve::Status::kInvalidArgument);
   EXPECT_EQ(why, "slot_mapping[1] = 12 is out of range: expected -1 or [0, num_blocks * block_size = 12)");
   for (float x : cache) EXPECT_EQ(x, -7.f);
+}
+
+TEST(ReshapeAndCache, LayoutCheckReadsNoSlot) {
+  std::vector<float> key(2 * kHeadDim, 1.f), cache(kNumBlocks * kBlockSize * kHeadDim, -7.f);
+  kvserve::ReshapeAndCacheParams p = reshape_params(key, cache, reinterpret_cast<const int64_t*>(uintptr_t{8}), 2);
+  std::string why;
+  EXPECT_EQ(kvserve::check_reshape_and_cache_layout(p, &why), kvserve::Status::kOk) << why;
+  p.key_stride_token = kHeadDim - 2;
+  EXPECT_EQ(kvserve::check_reshape_and_cache_layout(p, &why), kvserve::Status::kInvalidArgument);
+  EXPECT_EQ(why, "key: row stride 14 is less than the 16 elements a row spans (rows would overlap)");
 }
 
 }  // namespace

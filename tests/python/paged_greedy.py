@@ -25,24 +25,26 @@ class _Request:
     logits: list[torch.Tensor] = field(default_factory=list)
 
 
-def allocate_kv_caches(model, num_blocks: int, block_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def allocate_kv_caches(model, num_blocks: int, block_size: int, device="cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: key and value caches [num_blocks, block_size, num_kv_heads, head_dim], filled with
     NaN so that reading a slot nobody wrote poisons the output."""
     config = model.config
     shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-    return [(torch.full(shape, float("nan"), dtype=model.dtype), torch.full(shape, float("nan"), dtype=model.dtype))
+    return [tuple(torch.full(shape, float("nan"), dtype=model.dtype, device=device) for _ in range(2))
             for _ in range(config.num_hidden_layers)]
 
 
 def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_size: int = 4,
-                 prefill_chunk: int | None = None, seed: int = 0) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+                 prefill_chunk: int | None = None, seed: int = 0,
+                 device="cpu") -> tuple[list[list[int]], list[list[torch.Tensor]]]:
     """Greedy ids [num_prompts][max_new_tokens] and, for each, the float32 logits [vocab] of every
-    sampled step. `prefill_chunk` caps the prompt tokens a request computes per step."""
+    sampled step. `prefill_chunk` caps the prompt tokens a request computes per step. The model's
+    parameters must be on `device`."""
     requests = [_Request(tokens=list(p), prompt_len=len(p)) for p in prompts]
     total_blocks = sum(math.ceil((len(p) + max_new_tokens) / block_size) for p in prompts)
     free_blocks = list(range(total_blocks))
     random.Random(seed).shuffle(free_blocks)
-    kv_caches = allocate_kv_caches(model, total_blocks, block_size)
+    kv_caches = allocate_kv_caches(model, total_blocks, block_size, device)
     while any(len(r.tokens) - r.prompt_len < max_new_tokens for r in requests):
         active = [r for r in requests if len(r.tokens) - r.prompt_len < max_new_tokens]
         input_ids, positions, slots, query_start_loc, seq_lens = [], [], [], [0], []
@@ -58,17 +60,18 @@ def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_
             seq_lens.append(end)
         max_blocks = max(len(r.blocks) for r in active)
         block_table = torch.tensor([r.blocks + [0] * (max_blocks - len(r.blocks)) for r in active], dtype=torch.int32)
-        metadata = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.int64), block_table=block_table,
-                                     seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-                                     query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32))
+        metadata = AttentionMetadata(slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+                                     block_table=block_table.to(device),
+                                     seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+                                     query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device))
         with torch.inference_mode():
-            hidden = model(torch.tensor(input_ids, dtype=torch.int32), torch.tensor(positions, dtype=torch.int64),
-                           kv_caches, metadata)
+            hidden = model(torch.tensor(input_ids, dtype=torch.int32, device=device),
+                           torch.tensor(positions, dtype=torch.int64, device=device), kv_caches, metadata)
             sampled = [i for i, r in enumerate(active) if seq_lens[i] == len(r.tokens)]
             logits = model.compute_logits(hidden[[query_start_loc[i + 1] - 1 for i in sampled]])
         for i, r in enumerate(active):
             r.num_computed = seq_lens[i]
         for row, i in enumerate(sampled):
-            active[i].logits.append(logits[row])
+            active[i].logits.append(logits[row].cpu())
             active[i].tokens.append(int(logits[row].argmax()))
     return [r.tokens[r.prompt_len:] for r in requests], [r.logits for r in requests]

@@ -36,8 +36,9 @@ def hf_models():
 
 
 def make_engine(directory, **kwargs) -> Engine:
+    """The CPU engine (test_cuda_engine.py covers the GPU's)."""
     return Engine(str(directory), dtype="float32", kv_cache_memory_gb=kwargs.pop("kv_cache_memory_gb", 0.01),
-                  **kwargs)
+                  device=kwargs.pop("device", "cpu"), **kwargs)
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)

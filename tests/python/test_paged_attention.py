@@ -27,20 +27,21 @@ BATCHES = {
 
 
 def run_case(dtype, block_size, heads, kv_heads, batch, head_dim=64, causal=True, sliding_window=None,
-             softcap=None, seed=0):
+             softcap=None, seed=0, device="cpu"):
     new_tokens, seq_lens = BATCHES[batch] if isinstance(batch, str) else batch
     num_blocks = blocks_needed(seq_lens, block_size) + 3
     key_cache, value_cache = random_caches(num_blocks, block_size, kv_heads, head_dim, dtype, seed=seed)
     step = random_step(new_tokens, seq_lens, block_size, num_blocks, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     query = torch.randn(step.num_tokens, heads, head_dim, generator=gen).to(dtype)
-    out = torch.full_like(query, float("nan"))  # poisoned: a row the kernel skips stays NaN
-    args = (key_cache, value_cache, step.block_table, step.seq_lens, step.query_start_loc,
-            head_dim ** -0.5, causal, sliding_window, softcap)
-    ops.paged_attention(out, query, *args)
-    expected = reference_paged_attention(query, *args)
+    arrays = (query, key_cache, value_cache, step.block_table, step.seq_lens, step.query_start_loc)
+    scalars = (head_dim ** -0.5, causal, sliding_window, softcap)
+    on_device = [a.to(device) for a in arrays]
+    out = torch.full_like(on_device[0], float("nan"))  # poisoned: a row the kernel skips stays NaN
+    ops.paged_attention(out, *on_device, *scalars)
+    expected = reference_paged_attention(*arrays, *scalars)
     tol = TOLERANCE[dtype]
-    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(out.cpu().double(), expected, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -202,10 +203,13 @@ def test_not_an_array_or_wrong_device_raises():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_tensors_are_rejected_on_cpu_kernel():
+def test_arrays_on_two_devices_are_rejected():
     args = valid_args()
-    with pytest.raises(ValueError, match="expected a CPU array"):
+    with pytest.raises(ValueError, match=r"out is on cpu but query is on cuda:0: both must be on one device"):
         ops.paged_attention(**{**args, "query": args["query"].cuda()})
+    cuda_args = {name: value.cuda() if isinstance(value, torch.Tensor) else value for name, value in args.items()}
+    with pytest.raises(ValueError, match=r"seq_lens is on cpu but query is on cuda:0"):
+        ops.paged_attention(**{**cuda_args, "seq_lens": args["seq_lens"]})
 
 
 def test_cpu_isa_is_reported():

@@ -2,7 +2,7 @@
 
 from kvserve.loader.default_model import default_model_path, kvserve_cache_dir
 from kvserve.loader.dummy_weights import fill_dummy_weights
-from kvserve.loader.gguf_tokenizer import TokenizerParts
+from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.loader.load import LOAD_FORMATS, LoadedModel, load_model
 from kvserve.loader.model_source import resolve_model_path
 

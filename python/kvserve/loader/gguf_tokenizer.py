@@ -10,13 +10,12 @@ tokenizer.ggml.model names the kind:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from gguf import GGUFReader, TokenType
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from kvserve.loader.gguf_config import gguf_value
+from kvserve.loader.tokenizer_parts import TokenizerParts
 
 # The GPT-4-style split used by Llama 3 and (with single digits) Qwen2.
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -47,17 +46,6 @@ PRE_TOKENIZERS = {
     **{name: lambda: _split_then_bytes(_LLAMA3_SPLIT) for name in _LLAMA3_SPLIT_ALIASES},
     **{name: lambda: _split_then_bytes(_QWEN2_SPLIT) for name in _QWEN2_SPLIT_ALIASES},
 }
-
-
-@dataclass
-class TokenizerParts:
-    """What kvserve.tokenizer.Tokenizer is built from: Tokenizer(backend, chat_template=..., ...)."""
-
-    backend: Tokenizer
-    chat_template: str | None
-    bos_token: str | None
-    eos_token: str | None
-    add_bos_token: bool
 
 
 def tokenizer_from_gguf(reader: GGUFReader) -> TokenizerParts:

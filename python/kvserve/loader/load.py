@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from kvserve.loader.dummy_weights import fill_dummy_weights
-from kvserve.loader.gguf_model import read_gguf
-from kvserve.loader.gguf_tokenizer import TokenizerParts
 from kvserve.loader.model_source import resolve_model_path
 from kvserve.loader.safetensors_weights import iter_safetensors_weights
+from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.model_config import ModelConfig
 from kvserve.models.registry import build_model
 
@@ -47,6 +46,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     if load_format not in ("auto", "dummy", wanted):
         raise ValueError(f"load_format {load_format!r} does not fit {path}: expected 'auto', 'dummy' or {wanted!r}")
     if is_gguf:
+        from kvserve.loader.gguf_model import read_gguf  # `gguf` is needed for GGUF files only
+
         model_config, tokenizer, weights = read_gguf(path)
     else:
         model_config, tokenizer = ModelConfig.from_pretrained(path), None

@@ -1,7 +1,7 @@
 """Rotary position embedding (the "neox" half-split layout of Hugging Face Llama) and its scalings.
 
 Each pair (x[i], x[i + D/2]) of a head is rotated by angle position * inv_freq[i]. cos/sin are
-computed once per step for the step's positions and shared by every layer; on the CPU one kernel
+computed once per step for the step's positions and shared by every layer; one kernel
 (kvserve.ops.rotary_embedding) turns a layer's query and key heads in place.
 """
 
@@ -89,14 +89,6 @@ class RotaryEmbedding:
 
 def apply_rotary_(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """Rotate query [T, heads, head_dim] and key [T, kv_heads, head_dim] in place (either may be a
-    strided view, e.g. of a fused qkv), rounding as Hugging Face's `q * cos + rotate_half(q) * sin`."""
-    if query.is_cpu:
-        ops.rotary_embedding(query, key, cos, sin)
-        return
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    for x in (query, key):
-        x1, x2 = x.chunk(2, dim=-1)
-        rotated_x1 = x1 * cos - x2 * sin
-        rotated_x2 = x2 * cos + x1 * sin
-        x1.copy_(rotated_x1)
-        x2.copy_(rotated_x2)
+    strided view, e.g. of a fused qkv) by cos, sin [T, head_dim // 2], rounding as Hugging Face's
+    `q * cos + rotate_half(q) * sin`."""
+    ops.rotary_embedding(query, key, cos, sin)

@@ -1,0 +1,79 @@
+// Validation of the fused layer kernels' params (layer_ops.h): everything a kernel relies on to stay
+// inside its arrays. Like the attention checks, the kernels run them, and callers that want the
+// message run them again after a kInvalidArgument.
+#include <cmath>
+#include <string>
+
+#include "kvserve/layer_ops.h"
+#include "param_checks.h"
+
+namespace kvserve {
+
+using namespace checks;
+
+namespace {
+
+const char* kDtypeMessage = "dtype: expected float32, float16 or bfloat16";
+
+}  // namespace
+
+Status check_rms_norm(const RmsNormParams& p, std::string* why) {
+  if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
+  if (p.num_tokens < 0 || p.num_heads < 1 || p.hidden < 1) {
+    return fail(why, "sizes: expected num_tokens >= 0 and num_heads, hidden >= 1, got " + str(p.num_tokens) + ", " +
+                         str(p.num_heads) + ", " + str(p.hidden));
+  }
+  if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) {
+    return fail(why, "eps: expected a finite number >= 0, got " + std::to_string(p.eps));
+  }
+  if (p.residual != nullptr && p.num_heads != 1) {
+    return fail(why, "residual: expected num_heads = 1 with a residual, got " + str(p.num_heads));
+  }
+  Status s = check_rows("input", p.num_tokens, p.num_heads, p.hidden, p.input_stride_token, p.input_stride_head, why);
+  if (s == Status::kOk) {
+    s = check_rows("out", p.num_tokens, p.num_heads, p.hidden, p.out_stride_token, p.out_stride_head, why);
+  }
+  if (s == Status::kOk && p.residual != nullptr) {
+    s = check_rows("residual", p.num_tokens, 1, p.hidden, p.residual_stride_token, 0, why);
+  }
+  if (s != Status::kOk) return s;
+  if (p.num_tokens > 0 && (p.input == nullptr || p.out == nullptr || p.weight == nullptr)) {
+    return fail(why, "a required array is null");
+  }
+  return Status::kOk;
+}
+
+Status check_rotary_embedding(const RotaryEmbeddingParams& p, std::string* why) {
+  if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
+  if (p.num_tokens < 0 || p.num_heads < 1 || p.num_kv_heads < 1) {
+    return fail(why, "sizes: expected num_tokens >= 0 and num_heads, num_kv_heads >= 1");
+  }
+  if (p.head_dim < 2 || p.head_dim % 2 != 0) {
+    return fail(why, "head_dim: expected an even number >= 2 (pairs of halves rotate), got " + str(p.head_dim));
+  }
+  Status s = check_rows("query", p.num_tokens, p.num_heads, p.head_dim, p.query_stride_token, p.query_stride_head,
+                        why);
+  if (s == Status::kOk) {
+    s = check_rows("key", p.num_tokens, p.num_kv_heads, p.head_dim, p.key_stride_token, p.key_stride_head, why);
+  }
+  if (s == Status::kOk) s = check_rows("cos", p.num_tokens, 1, p.head_dim / 2, p.cos_sin_stride_token, 0, why);
+  if (s != Status::kOk) return s;
+  if (p.num_tokens > 0 && (p.query == nullptr || p.key == nullptr || p.cos == nullptr || p.sin == nullptr)) {
+    return fail(why, "a required array is null");
+  }
+  return Status::kOk;
+}
+
+Status check_silu_and_mul(const SiluAndMulParams& p, std::string* why) {
+  if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
+  if (p.num_tokens < 0 || p.size < 1) {
+    return fail(why, "sizes: expected num_tokens >= 0 and size >= 1, got " + str(p.num_tokens) + " and " + str(p.size));
+  }
+  Status s = check_rows("input", p.num_tokens, 1, 2 * p.size, p.input_stride_token, 0, why);
+  if (s == Status::kOk) s = check_rows("out", p.num_tokens, 1, p.size, p.out_stride_token, 0, why);
+  if (s != Status::kOk) return s;
+  if (p.num_tokens > 0 && (p.input == nullptr || p.out == nullptr)) return fail(why, "a required array is null");
+  return Status::kOk;
+}
+
+}  // namespace kvserve

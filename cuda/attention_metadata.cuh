@@ -1,0 +1,111 @@
+// What the attention kernels read of a step's metadata, checked value by value on the device.
+//
+// The host never reads device memory, so every metadata value is checked where a kernel reads it:
+// a kernel that finds one out of range keeps its reads and writes inside the arrays and poisons
+// the rows it owns with NaN (or, when it cannot tell which rows are its own, writes nothing).
+//
+// Rows: each request's query rows, flattened as (token, head of the kv head's group):
+//
+//   request row rr = (token - first token of the request) * group + (head % group)
+//
+// so that one kv head's whole group of query heads shares every key and value it loads (GQA).
+#pragma once
+
+#include "compat.cuh"
+#include "kvserve/paged_attention.h"
+
+namespace kvserve::gpu {
+
+struct RequestRows {
+  int64_t token_begin = 0;  // the request's first query token (row of query and out)
+  int64_t num_queries = 0;
+  int64_t seq_len = 0;
+  bool rows_ok = false;     // query_start_loc entries in [0, num_tokens] and ordered: rows are known
+  bool context_ok = false;  // rows_ok, and num_queries <= seq_len <= max_blocks_per_req * block_size
+};
+
+__device__ inline RequestRows read_request(const PagedAttentionParams& p, int64_t req) {
+  RequestRows r;
+  const int64_t begin = p.query_start_loc[req], end = p.query_start_loc[req + 1];
+  r.rows_ok = 0 <= begin && begin <= end && end <= p.num_tokens;
+  if (!r.rows_ok) return r;
+  r.token_begin = begin;
+  r.num_queries = end - begin;
+  r.seq_len = p.seq_lens[req];
+  r.context_ok = r.num_queries <= r.seq_len && r.seq_len <= p.max_blocks_per_req * p.block_size;
+  return r;
+}
+
+// The request that owns query token `token`: the last i with query_start_loc[i] <= token (requests
+// with no query rows share their start with the next one and are passed over). The caller checks
+// with read_request that the token really lies in the request's rows.
+__device__ inline int64_t request_of_token(const PagedAttentionParams& p, int64_t token) {
+  int64_t lo = 0, hi = p.num_reqs - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (p.query_start_loc[mid] <= token) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
+// Tiles of `rows_per_tile` request rows, numbered over all requests without a plan from the host:
+// request i's tiles start at index i + floor(query_start_loc[i] * group / rows_per_tile), which
+// leaves each request at least as many indices as it has tiles. So a grid of
+// num_reqs + num_tokens * group / rows_per_tile blocks covers every tile; a block whose index falls
+// past its request's last tile has nothing to do. Returns false for such a block.
+__device__ inline bool locate_tile(const PagedAttentionParams& p, int64_t group, int64_t rows_per_tile,
+                                   int64_t index, int64_t* req, int64_t* tile) {
+  auto first_index = [&](int64_t i) {
+    // Clamped so that a corrupt entry cannot overflow the search; read_request rejects it later.
+    const int64_t start = min_i64(max_i64(p.query_start_loc[i], 0), p.num_tokens);
+    return i + start * group / rows_per_tile;
+  };
+  int64_t lo = 0, hi = p.num_reqs - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (first_index(mid) <= index) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  *req = lo;
+  *tile = index - first_index(lo);
+  return *tile >= 0;
+}
+
+// The keys a query at `position` may attend to: [first_visible_key, visible_key_end).
+__device__ inline int64_t first_visible_key(const PagedAttentionParams& p, int64_t position) {
+  return p.sliding_window > 0 ? max_i64(0, position - p.sliding_window + 1) : 0;
+}
+
+__device__ inline int64_t visible_key_end(const PagedAttentionParams& p, int64_t position, int64_t seq_len) {
+  return p.causal ? position + 1 : seq_len;
+}
+
+// One scaled (and soft-capped) score.
+__device__ inline float attention_score(const PagedAttentionParams& p, float dot) {
+  const float x = dot * p.scale;
+  return p.softcap > 0.f ? p.softcap * tanhf(x / p.softcap) : x;
+}
+
+// Keys are below seq_len, an int32, and the launchers check that block_size fits an int32: the
+// divisions stay 32-bit (a 64-bit one costs several times more, once per key and thread).
+//
+// The cache block holding `key` of a request, or -1 when the block table entry is out of range.
+__device__ inline int64_t block_of_key(const PagedAttentionParams& p, const int32_t* block_row, int32_t key) {
+  const int32_t block = block_row[key / static_cast<int32_t>(p.block_size)];
+  return block >= 0 && block < p.num_blocks ? block : -1;
+}
+
+// Element offset of (key, kv_head) in either cache, given its block.
+__device__ inline int64_t cache_offset(const PagedAttentionParams& p, int64_t block, int32_t key, int64_t kv_head) {
+  const int64_t offset = key % static_cast<int32_t>(p.block_size);
+  return block * p.cache_stride_block + (offset * p.num_kv_heads + kv_head) * p.head_dim;
+}
+
+}  // namespace kvserve::gpu

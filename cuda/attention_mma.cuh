@@ -1,0 +1,248 @@
+// The tensor-core paged-attention kernel (CUDA, sm_80+; float16/bfloat16; head_dim 64, 128, 256).
+//
+// A thread block owns one tile of kRows = 64 request rows (attention_metadata.cuh: rows are
+// (token, group head) pairs, so one kv head's query heads share every K/V load) of one kv head, and
+// one split of its keys. Four warps hold 16 rows each; keys stream through shared memory kKeys at a
+// time, double-buffered with cp.async:
+//
+//   shared: Q [kRows][D + 8] | K [2][kKeys][D + 8] | V [2][kKeys][D + 8]   (+8: rows land on
+//           different banks for ldmatrix)
+//
+//   per stage, per warp:  S = Q K^T (16 x kKeys, mma)  ->  mask, scale, online softmax (base 2)
+//                         O += P V (16 x D, mma; P from S's registers, as the A fragment)
+//
+// Decode tiles hold one token's group (say 4 rows): the other warps idle, and the step is bound by
+// loading K/V, which all 128 threads do. Rows past the tile's end and keys past the split's end are
+// zero-filled, and masked to -inf, so they weigh nothing and never read memory outside the arrays.
+#pragma once
+
+#include "attention_metadata.cuh"
+#include "attention_split.cuh"
+#include "tensor_core.cuh"
+
+#if KVSERVE_GPU_MMA
+
+namespace kvserve::gpu {
+
+template <class T, int kHeadDim>
+struct MmaTile {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * kWarpSize;
+  static constexpr int kRows = 16 * kWarps;
+  static constexpr int kKeys = kHeadDim <= 128 ? 64 : 32;
+  static constexpr int kStride = kHeadDim + 8;
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
+  static constexpr int kKeyTiles = kKeys / 8;         // n8 tiles of S
+  static constexpr int kDimTiles = kHeadDim / 8;      // n8 tiles of O
+  static constexpr size_t kSharedBytes = static_cast<size_t>(kRows + 4 * kKeys) * kStride * sizeof(T);
+};
+
+template <class T, int kHeadDim>
+__global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
+    attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
+// Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
+#if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+  using Tile = MmaTile<T, kHeadDim>;
+  constexpr int kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
+  constexpr int kChunks = Tile::kChunksPerRow;
+  constexpr float kLog2e = 1.4426950408889634f;
+  T* s_q = reinterpret_cast<T*>(dynamic_shared_memory());
+  T* s_k = s_q + kRows * kStride;
+  T* s_v = s_k + 2 * kKeys * kStride;
+  __shared__ int s_bad_block;
+
+  const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
+  int64_t req, tile;
+  if (!locate_tile(p, group, kRows, blockIdx.x, &req, &tile)) return;
+  const RequestRows r = read_request(p, req);
+  if (!r.rows_ok) return;
+  const int64_t row_begin = tile * kRows, row_end = min_i64(row_begin + kRows, r.num_queries * group);
+  if (row_begin >= row_end) return;
+
+  // Keys of this tile (the union of its rows' windows), then this split's share in whole stages.
+  int64_t split_begin = 0, split_end = 0;
+  const int64_t first_position = r.seq_len - r.num_queries;
+  if (r.context_ok) {
+    const int64_t key_lo = first_visible_key(p, first_position + row_begin / group);
+    const int64_t key_hi = visible_key_end(p, first_position + (row_end - 1) / group, r.seq_len);
+    const int64_t stages_per_split = ((key_hi - key_lo + kKeys - 1) / kKeys + partials.num_splits - 1) /
+                                     partials.num_splits;
+    split_begin = key_lo + split * stages_per_split * kKeys;
+    split_end = min_i64(key_hi, split_begin + stages_per_split * kKeys);
+  }
+  const int num_stages = split_begin < split_end ? static_cast<int>((split_end - split_begin + kKeys - 1) / kKeys) : 0;
+
+  const T* key_cache = static_cast<const T*>(p.key_cache);
+  const T* value_cache = static_cast<const T*>(p.value_cache);
+  const int32_t* block_row = p.block_table + req * p.block_table_stride;
+  auto load_stage = [&](int buffer, int64_t first_key) {
+    for (int c = tid; c < kKeys * kChunks; c += Tile::kThreads) {
+      const int j = c / kChunks, col = (c % kChunks) * 8;
+      const int64_t key = first_key + j;
+      const T* k_src = key_cache;
+      const T* v_src = value_cache;
+      bool fill = false;
+      if (key < split_end) {
+        const int64_t block = block_of_key(p, block_row, static_cast<int32_t>(key));
+        if (block >= 0) {
+          const int64_t at = cache_offset(p, block, static_cast<int32_t>(key), kv_head) + col;
+          k_src += at;
+          v_src += at;
+          fill = true;
+        } else {
+          s_bad_block = 1;
+        }
+      }
+      copy_async_16(s_k + (buffer * kKeys + j) * kStride + col, k_src, fill);
+      copy_async_16(s_v + (buffer * kKeys + j) * kStride + col, v_src, fill);
+    }
+  };
+
+  if (tid == 0) s_bad_block = 0;
+  __syncthreads();
+  if (num_stages > 0) {
+    const T* query = static_cast<const T*>(p.query);
+    for (int c = tid; c < kRows * kChunks; c += Tile::kThreads) {
+      const int row = c / kChunks, col = (c % kChunks) * 8;
+      const int64_t rr = row_begin + row;
+      const bool fill = rr < row_end;
+      const T* src = fill ? query + (r.token_begin + rr / group) * p.query_stride_token +
+                                (kv_head * group + rr % group) * p.query_stride_head + col
+                          : query;
+      copy_async_16(s_q + row * kStride + col, src, fill);
+    }
+    load_stage(0, split_begin);
+    copy_async_commit();
+  }
+
+  // This lane's two rows (g and g + 8 of its warp's 16) and their positions; rows past the tile's
+  // end borrow its last row's position so that no row is fully masked (their output is dropped).
+  const int g = lane / 4, t = lane % 4;
+  const bool warp_active = row_begin + warp * 16 < row_end;
+  int64_t position[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t rr = min_i64(row_begin + warp * 16 + g + 8 * i, row_end - 1);
+    position[i] = first_position + rr / group;
+  }
+  float o[Tile::kDimTiles][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+
+  for (int stage = 0; stage < num_stages; ++stage) {
+    if (stage + 1 < num_stages) {
+      load_stage((stage + 1) & 1, split_begin + static_cast<int64_t>(stage + 1) * kKeys);
+      copy_async_commit();
+      copy_async_wait<1>();
+    } else {
+      copy_async_wait<0>();
+    }
+    __syncthreads();
+    if (warp_active) {
+      const T* k_tile = s_k + (stage & 1) * kKeys * kStride;
+      const T* v_tile = s_v + (stage & 1) * kKeys * kStride;
+      float s[Tile::kKeyTiles][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        uint32_t a[4];
+        load_matrix_x4(a, s_q + (warp * 16 + lane % 16) * kStride + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int n = 0; n < Tile::kKeyTiles / 2; ++n) {
+          uint32_t b[4];
+          load_matrix_x4(b, k_tile + (n * 16 + (lane / 16) * 8 + lane % 8) * kStride + kk * 16 + ((lane / 8) % 2) * 8);
+          mma_16x8x16<T>(s[2 * n], a, b[0], b[1]);
+          mma_16x8x16<T>(s[2 * n + 1], a, b[2], b[3]);
+        }
+      }
+
+      const int64_t first_key = split_begin + static_cast<int64_t>(stage) * kKeys;
+#pragma unroll
+      for (int n = 0; n < Tile::kKeyTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
+          const bool visible = key < split_end && (!p.causal || key <= pos) &&
+                               (p.sliding_window == 0 || key > pos - p.sliding_window);
+          s[n][e] = visible ? attention_score(p, s[n][e]) * kLog2e : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float top = row_max[i];
+#pragma unroll
+        for (int n = 0; n < Tile::kKeyTiles; ++n) top = fmaxf(top, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+        top = fmaxf(top, shfl_xor(top, 1));
+        top = fmaxf(top, shfl_xor(top, 2));
+        const float base = top == -INFINITY ? 0.f : top;
+        const float rescale = exp2f(row_max[i] - base);
+        row_max[i] = top;
+        float sum = 0.f;
+#pragma unroll
+        for (int n = 0; n < Tile::kKeyTiles; ++n) {
+          s[n][2 * i] = exp2f(s[n][2 * i] - base);
+          s[n][2 * i + 1] = exp2f(s[n][2 * i + 1] - base);
+          sum += s[n][2 * i] + s[n][2 * i + 1];
+        }
+        row_sum[i] = row_sum[i] * rescale + sum;
+#pragma unroll
+        for (int d = 0; d < Tile::kDimTiles; ++d) {
+          o[d][2 * i] *= rescale;
+          o[d][2 * i + 1] *= rescale;
+        }
+      }
+
+#pragma unroll
+      for (int kc = 0; kc < kKeys / 16; ++kc) {
+        const uint32_t a[4] = {pack_pair<T>(s[2 * kc][0], s[2 * kc][1]), pack_pair<T>(s[2 * kc][2], s[2 * kc][3]),
+                               pack_pair<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                               pack_pair<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+#pragma unroll
+        for (int d = 0; d < Tile::kDimTiles / 2; ++d) {
+          uint32_t b[4];
+          load_matrix_x4_transposed(b, v_tile + (kc * 16 + lane % 16) * kStride + d * 16 + (lane / 16) * 8);
+          mma_16x8x16<T>(o[2 * d], a, b[0], b[1]);
+          mma_16x8x16<T>(o[2 * d + 1], a, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  if (!warp_active) return;
+
+  const bool bad = !r.context_ok || s_bad_block != 0;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    row_sum[i] += shfl_xor(row_sum[i], 1);
+    row_sum[i] += shfl_xor(row_sum[i], 2);
+    const int64_t rr = row_begin + warp * 16 + g + 8 * i;
+    if (rr >= row_end) continue;
+    const int64_t token = r.token_begin + rr / group, head = kv_head * group + rr % group;
+    if (partials.num_splits == 1) {
+      const float inverse = bad ? NAN : 1.f / row_sum[i];
+      T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + 2 * t;
+#pragma unroll
+      for (int d = 0; d < Tile::kDimTiles; ++d) {
+        Pack<T, 2> pair;
+        pair.values[0] = from_float<T>(o[d][2 * i] * inverse);
+        pair.values[1] = from_float<T>(o[d][2 * i + 1] * inverse);
+        *reinterpret_cast<Pack<T, 2>*>(out + d * 8) = pair;
+      }
+    } else {
+      const int64_t row = partial_row(p, split, token, head);
+      float* out = partials.out + row * kHeadDim + 2 * t;
+#pragma unroll
+      for (int d = 0; d < Tile::kDimTiles; ++d) {
+        *reinterpret_cast<float2*>(out + d * 8) = bad ? make_float2(NAN, NAN) : make_float2(o[d][2 * i], o[d][2 * i + 1]);
+      }
+      if (t == 0) {
+        partials.stats[2 * row] = bad ? NAN : row_max[i];
+        partials.stats[2 * row + 1] = bad ? NAN : row_sum[i];
+      }
+    }
+  }
+#endif  // sm_80+
+}
+
+}  // namespace kvserve::gpu
+
+#endif  // KVSERVE_GPU_MMA

@@ -1,0 +1,34 @@
+// What the CUDA launchers keep per device: its properties, read once, and one scratch buffer for
+// the split-key partials of paged attention (CUDA only: the HIP build has no split path).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "compat.cuh"
+
+#if KVSERVE_GPU_MMA
+
+namespace kvserve::gpu {
+
+constexpr int kMaxDevices = 64;
+
+struct DeviceInfo {
+  int index = 0;
+  int multiprocessors = 0;
+  int compute_capability = 0;  // major * 10 + minor: 80 for the A100, 90 for the H100
+};
+
+// The current device's properties; false when the CUDA runtime cannot tell (no device, no driver).
+bool current_device_info(DeviceInfo* info);
+
+constexpr size_t kSplitWorkspaceBytes = size_t{16} << 20;
+
+// The current device's split workspace (kSplitWorkspaceBytes), allocated on first use; nullptr when
+// it cannot be allocated now: out of memory, or `stream` is being captured into a graph, where an
+// allocation is not allowed (run the same call once before capturing).
+void* split_workspace(kvGpuStream_t stream);
+
+}  // namespace kvserve::gpu
+
+#endif  // KVSERVE_GPU_MMA

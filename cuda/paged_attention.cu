@@ -1,0 +1,124 @@
+// paged_attention_cuda: picks the kernel (tensor cores where the dtype, head_dim, alignment and
+// device allow; the portable kernel otherwise), sizes the grid from host-known sizes only, and
+// decides how many ways to split the keys. Nothing here reads device memory, so a call can be
+// captured in a CUDA graph and replayed with new metadata.
+#include <atomic>
+#include <climits>
+#include <type_traits>
+
+#include "attention_mma.cuh"
+#include "attention_portable.cuh"
+#include "device_resources.h"
+#include "kvserve/paged_attention.h"
+
+namespace kvserve {
+
+namespace {
+
+using namespace gpu;
+
+template <class T>
+Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
+  if (p.head_dim > kPortableMaxHeadDim) return Status::kUnsupported;
+  const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(p.num_heads));
+  launch_kernel(attention_portable_kernel<T>, grid, kPortableThreads, 0, stream, p);
+  return launch_status();
+}
+
+#if KVSERVE_GPU_MMA
+
+constexpr int64_t kMaxSplits = 64;
+
+bool aligned_16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+// 16-byte rows for cp.async and ldmatrix: aligned pointers, strides in whole 8-element chunks.
+bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) {
+  const int64_t strides[] = {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head,
+                             p.cache_stride_block};
+  for (int64_t stride : strides) {
+    if (stride % 8 != 0) return false;
+  }
+  return device.compute_capability >= 80 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) &&
+         aligned_16(p.query) && aligned_16(p.out) && aligned_16(p.key_cache) && aligned_16(p.value_cache);
+}
+
+// Enough thread blocks for two per multiprocessor (the occupancy the kernel's shared memory allows),
+// while each split keeps at least two stages of keys of the longest context the block table can
+// hold, and the partials fit the workspace.
+int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t keys_per_stage, const DeviceInfo& device) {
+  const int64_t blocks = tiles * p.num_kv_heads;
+  const int64_t wanted = (2 * device.multiprocessors + blocks - 1) / blocks;
+  const int64_t by_length = p.max_blocks_per_req * p.block_size / (2 * keys_per_stage);
+  const int64_t split_bytes = p.num_tokens * p.num_heads * (p.head_dim + 2) * static_cast<int64_t>(sizeof(float));
+  const int64_t by_memory = static_cast<int64_t>(kSplitWorkspaceBytes) / split_bytes;
+  return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
+}
+
+template <class T, int kHeadDim>
+Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
+  using Tile = MmaTile<T, kHeadDim>;
+  const int64_t tiles = p.num_reqs + p.num_tokens * (p.num_heads / p.num_kv_heads) / Tile::kRows;
+  if (tiles > INT_MAX) return Status::kUnsupported;
+  SplitPartials partials;
+  partials.num_splits = choose_splits(p, tiles, Tile::kKeys, device);
+  if (partials.num_splits > 1) {
+    auto* workspace = static_cast<float*>(split_workspace(stream));
+    if (workspace == nullptr) {
+      partials.num_splits = 1;
+    } else {
+      partials.out = workspace;
+      partials.stats = workspace + partials.num_splits * p.num_tokens * p.num_heads * p.head_dim;
+    }
+  }
+  // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
+  // (eager, before any graph capture) does it.
+  static std::atomic<bool> raised[kMaxDevices];
+  if (!raised[device.index].load(std::memory_order_acquire)) {
+    if (cudaFuncSetAttribute(attention_mma_kernel<T, kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
+      return Status::kDeviceError;
+    }
+    raised[device.index].store(true, std::memory_order_release);
+  }
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
+                  static_cast<unsigned>(partials.num_splits));
+  launch_kernel(attention_mma_kernel<T, kHeadDim>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
+  Status status = launch_status();
+  if (status == Status::kOk && partials.num_splits > 1) {
+    const int64_t items = p.num_tokens * p.num_heads;
+    const auto blocks = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
+    launch_kernel(merge_splits_kernel<T>, blocks, kMergeWarps * kWarpSize, 0, stream, p, partials);
+    status = launch_status();
+  }
+  return status;
+}
+
+#endif  // KVSERVE_GPU_MMA
+
+}  // namespace
+
+Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
+  if (check_paged_attention_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  if (p.num_tokens == 0) return Status::kOk;
+  // Grid limits (x: tokens or tiles, y: heads) and 32-bit key arithmetic in the kernels.
+  if (p.num_tokens > INT_MAX || p.num_heads > 65535 || p.block_size > INT_MAX) return Status::kUnsupported;
+  const auto s = static_cast<kvGpuStream_t>(stream);
+  return with_float_type(p.dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+#if KVSERVE_GPU_MMA
+    if constexpr (!std::is_same_v<T, float>) {
+      DeviceInfo device;
+      if (current_device_info(&device) && fits_tensor_cores(p, device)) {
+        switch (p.head_dim) {
+          case 64: return launch_tensor_cores<T, 64>(p, device, s);
+          case 128: return launch_tensor_cores<T, 128>(p, device, s);
+          default: return launch_tensor_cores<T, 256>(p, device, s);
+        }
+      }
+    }
+#endif
+    return launch_portable<T>(p, s);
+  });
+}
+
+}  // namespace kvserve

@@ -1,0 +1,68 @@
+// silu_and_mul_cuda: grid (token, chunk of the row); 16-byte packs where every row start is
+// 16-byte aligned and the width divides into packs. silu and the product round as torch does
+// (F.silu(gate) * up: two roundings to the storage dtype).
+#include <climits>
+
+#include "numeric.cuh"
+#include "kvserve/layer_ops.h"
+
+namespace kvserve {
+
+namespace {
+
+using namespace gpu;
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxChunks = 65535;  // gridDim.y
+
+template <class T, int kPack>
+__global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(const SiluAndMulParams p) {
+  using Packed = Pack<T, kPack>;
+  const int64_t token = blockIdx.x;
+  const T* gate = static_cast<const T*>(p.input) + token * p.input_stride_token;
+  const T* up = gate + p.size;
+  T* out = static_cast<T*>(p.out) + token * p.out_stride_token;
+  for (int64_t i = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kPack; i < p.size;
+       i += static_cast<int64_t>(gridDim.y) * kThreads * kPack) {
+    const Packed g = *reinterpret_cast<const Packed*>(gate + i);
+    const Packed u = *reinterpret_cast<const Packed*>(up + i);
+    Packed y;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      const float x = to_float(g.values[k]);
+      const float silu = to_float(from_float<T>(x / (1.f + expf(-x))));
+      y.values[k] = from_float<T>(silu * to_float(u.values[k]));
+    }
+    *reinterpret_cast<Packed*>(out + i) = y;
+  }
+}
+
+bool packs_of_16_bytes(const SiluAndMulParams& p) {
+  const int64_t elem = dtype_bytes(p.dtype);
+  return reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
+         p.size * elem % 16 == 0 && p.input_stride_token * elem % 16 == 0 && p.out_stride_token * elem % 16 == 0;
+}
+
+}  // namespace
+
+Status silu_and_mul_cuda(const SiluAndMulParams& p, void* stream) {
+  if (check_silu_and_mul(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  if (p.num_tokens == 0) return Status::kOk;
+  if (p.num_tokens > INT_MAX) return Status::kUnsupported;
+  const auto s = static_cast<kvGpuStream_t>(stream);
+  const bool packed = packs_of_16_bytes(p);
+  return with_float_type(p.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t pack = packed ? static_cast<int64_t>(16 / sizeof(T)) : 1;
+    const int64_t chunks = min_i64(kMaxChunks, (p.size + kThreads * pack - 1) / (kThreads * pack));
+    const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(chunks));
+    if (packed) {
+      launch_kernel(silu_and_mul_kernel<T, 16 / sizeof(T)>, grid, kThreads, 0, s, p);
+    } else {
+      launch_kernel(silu_and_mul_kernel<T, 1>, grid, kThreads, 0, s, p);
+    }
+    return launch_status();
+  });
+}
+
+}  // namespace kvserve

@@ -1,0 +1,85 @@
+"""The persistent inputs of the captured decode graphs, and the host staging they are filled from.
+
+A graph replays the kernels it captured with the same pointers, so every decode step writes its
+batch into the same device buffer: one int32 tensor, viewed as
+
+    input_ids [B] | positions [B] | slot_mapping [B] | seq_lens [B] | query_start_loc [B + 1] | block_table [B, W]
+
+with B the largest graph batch and W = ceil(max_model_len / block_size). A step of n requests run
+by the graph of batch b >= n fills rows [0, n) and pads rows [n, b): slot -1 (no K/V written),
+context 1 (one key read from column 0 of the row's block table, which always holds a valid block id:
+zeros at first, then ids of earlier steps). query_start_loc is 0, 1, ..., B for every decode step and
+never changes. The block table's columns past a row's blocks keep stale ids the kernels never read.
+
+Each step copies two pinned host ranges to the device: the four vectors, and the first b rows of
+the block table. The host range is rewritten only after the last step's copies are done.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kvserve.models import AttentionMetadata
+
+
+class DecodeInputs:
+    def __init__(self, max_batch: int, max_blocks: int, device: torch.device):
+        self.max_batch, self.max_blocks = max_batch, max_blocks
+        vectors = 4 * max_batch
+        total = vectors + max_batch + 1 + max_batch * max_blocks
+        host = torch.zeros(total, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self._host, self._host_np = host, host.numpy()
+        self.buffer = torch.zeros(total, dtype=torch.int32, device=device)
+        self._copied = torch.cuda.Event() if device.type == "cuda" else None
+        self._vectors = vectors
+        self._views = {}
+        for name, side in (("host", self._host_np), ("device", self.buffer)):
+            self._views[name] = {
+                "input_ids": side[0:max_batch],
+                "positions": side[max_batch:2 * max_batch],
+                "slot_mapping": side[2 * max_batch:3 * max_batch],
+                "seq_lens": side[3 * max_batch:vectors],
+                "query_start_loc": side[vectors:vectors + max_batch + 1],
+                "block_table": side[vectors + max_batch + 1:].reshape(max_batch, max_blocks),
+            }
+        host_views = self._views["host"]
+        host_views["slot_mapping"][:] = -1
+        host_views["seq_lens"][:] = 1
+        host_views["query_start_loc"][:] = np.arange(max_batch + 1, dtype=np.int32)
+        self.buffer.copy_(host)
+
+    def view(self, name: str, batch: int) -> torch.Tensor:
+        """The device buffer's `name` for a graph of `batch` rows."""
+        tensor = self._views["device"][name]
+        return tensor[:batch + 1] if name == "query_start_loc" else tensor[:batch]
+
+    def metadata(self, batch: int) -> AttentionMetadata:
+        return AttentionMetadata(slot_mapping=self.view("slot_mapping", batch),
+                                 block_table=self.view("block_table", batch),
+                                 seq_lens=self.view("seq_lens", batch),
+                                 query_start_loc=self.view("query_start_loc", batch))
+
+    def stage(self, out, batch: int) -> None:
+        """Write decode step `out` (num_reqs <= batch, one token each) into the device buffer, padded
+        to `batch` rows; enqueued on the current stream."""
+        n = out.num_reqs
+        if self._copied is not None:
+            self._copied.synchronize()
+        host = self._views["host"]
+        host["input_ids"][:n] = out.input_ids
+        host["positions"][:n] = out.positions
+        host["slot_mapping"][:n] = out.slot_mapping
+        host["slot_mapping"][n:batch] = -1
+        host["seq_lens"][:n] = out.seq_lens
+        host["seq_lens"][n:batch] = 1
+        width = out.block_table.shape[1]
+        if width > self.max_blocks:
+            raise ValueError(f"block_table: {width} blocks per request, more than the graphs' {self.max_blocks}")
+        host["block_table"][:n, :width] = out.block_table
+        rows = self._vectors + self.max_batch + 1
+        self.buffer[:self._vectors].copy_(self._host[:self._vectors], non_blocking=True)
+        end = rows + batch * self.max_blocks
+        self.buffer[rows:end].copy_(self._host[rows:end], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()

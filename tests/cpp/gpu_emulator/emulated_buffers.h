@@ -1,0 +1,66 @@
+// Arrays of the kernels' storage dtypes for the emulated GPU kernel tests: float32, float16 or
+// bfloat16 elements, read and written as floats with the kernels' own conversions.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kvserve/dtype.h"
+#include "numeric.cuh"
+
+namespace emulated_test {
+
+using kvserve::DType;
+using kvserve::gpu::BFloat16;
+using kvserve::gpu::from_float;
+using kvserve::gpu::to_float;
+
+struct Buffer {
+  DType dtype;
+  std::vector<uint32_t> words;  // 4-byte words: room for float32, 16-byte aligned by the allocator
+
+  Buffer(DType d, size_t n) : dtype(d), words((n * (d == DType::kFloat32 ? 4 : 2) + 3) / 4 + 4) {}
+  void* data() { return words.data(); }
+  float get(size_t i) const {
+    const void* p = words.data();
+    switch (dtype) {
+      case DType::kFloat32: return static_cast<const float*>(p)[i];
+      case DType::kFloat16: return to_float(static_cast<const __half*>(p)[i]);
+      default: return to_float(static_cast<const BFloat16*>(p)[i]);
+    }
+  }
+  void set(size_t i, float x) {
+    void* p = words.data();
+    switch (dtype) {
+      case DType::kFloat32: static_cast<float*>(p)[i] = x; break;
+      case DType::kFloat16: static_cast<__half*>(p)[i] = from_float<__half>(x); break;
+      default: static_cast<BFloat16*>(p)[i] = from_float<BFloat16>(x); break;
+    }
+  }
+  // The value as stored: what the kernels read back.
+  float rounded(float x) {
+    set(0, x);
+    return get(0);
+  }
+};
+
+inline Buffer random_buffer(DType dtype, size_t n, std::mt19937& rng) {
+  Buffer b(dtype, n);
+  std::normal_distribution<float> normal;
+  for (size_t i = 0; i < n; ++i) b.set(i, normal(rng));
+  return b;
+}
+
+inline Buffer nan_buffer(DType dtype, size_t n) {
+  Buffer b(dtype, n);
+  for (size_t i = 0; i < n; ++i) b.set(i, NAN);
+  return b;
+}
+
+inline double tolerance(DType dtype) { return dtype == DType::kFloat32 ? 2e-5 : dtype == DType::kFloat16 ? 6e-3 : 2.5e-2; }
+
+inline const char* name(DType dtype) { return dtype == DType::kFloat32 ? "float32" : dtype == DType::kFloat16 ? "float16" : "bfloat16"; }
+
+}  // namespace emulated_test

@@ -1,0 +1,306 @@
+// The CUDA paged-attention and reshape_and_cache kernels, run by the GPU emulator (gpu_emulator/),
+// against the CPU kernels on the same random data: both attention kernels (tensor cores for
+// float16/bfloat16 with head_dim 64/128/256, the portable one otherwise), with and without split
+// keys, and bad metadata.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "emulated_buffers.h"
+#include "kvserve/paged_attention.h"
+#include "kvserve/reshape_and_cache.h"
+
+namespace {
+
+using kvserve::Status;
+using namespace emulated_test;
+
+// ---- paged attention ---------------------------------------------------------------------------
+
+struct AttentionCase {
+  DType dtype;
+  int64_t head_dim, num_heads, num_kv_heads, block_size;
+  std::vector<int32_t> new_tokens, seq_lens;
+  int64_t sliding_window = 0;
+  float softcap = 0.f;
+  bool causal = true;
+  bool strided = false;  // query/out as views of wider rows, K and V as views of one tensor
+};
+
+std::string describe(const AttentionCase& c) {
+  std::string s = std::string(name(c.dtype)) + " D" + std::to_string(c.head_dim) + " H" + std::to_string(c.num_heads) +
+                  "/" + std::to_string(c.num_kv_heads) + " bs" + std::to_string(c.block_size) + " q,ctx:";
+  for (size_t i = 0; i < c.new_tokens.size(); ++i) s += " " + std::to_string(c.new_tokens[i]) + "," + std::to_string(c.seq_lens[i]);
+  return s;
+}
+
+// Both kernels' inputs, and an output array for each, poisoned with NaN.
+struct AttentionRun {
+  int64_t num_tokens = 0, num_blocks = 0, width = 0, row_stride = 0, block_stride = 0;
+  std::vector<int32_t> block_table, query_start_loc;
+  Buffer query, caches, cpu_out, gpu_out;
+  kvserve::PagedAttentionParams params;
+
+  explicit AttentionRun(const AttentionCase& c, uint32_t seed = 0)
+      : query(c.dtype, 0), caches(c.dtype, 0), cpu_out(c.dtype, 0), gpu_out(c.dtype, 0) {
+    std::mt19937 rng(seed);
+    const int64_t num_reqs = static_cast<int64_t>(c.seq_lens.size());
+    query_start_loc.assign(1, 0);
+    for (int32_t n : c.new_tokens) query_start_loc.push_back(query_start_loc.back() + n);
+    num_tokens = query_start_loc.back();
+    for (int32_t len : c.seq_lens) {
+      const int64_t blocks = (len + c.block_size - 1) / c.block_size;
+      width = std::max(width, blocks + 1);  // a spare column, out of range: a kernel that reads it fails
+      num_blocks += blocks;
+    }
+    num_blocks += 3;
+    std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    block_table.assign(static_cast<size_t>(num_reqs * width), static_cast<int32_t>(num_blocks + 1000));
+    size_t used = 0;
+    for (int64_t i = 0; i < num_reqs; ++i) {
+      for (int64_t j = 0; j < (c.seq_lens[i] + c.block_size - 1) / c.block_size; ++j) block_table[i * width + j] = ids[used++];
+    }
+    const int64_t head_stride = c.head_dim + (c.strided ? 8 : 0);
+    row_stride = (c.num_heads + (c.strided ? 3 : 0)) * head_stride;
+    const int64_t block_elems = c.block_size * c.num_kv_heads * c.head_dim;
+    block_stride = c.strided ? 2 * block_elems : block_elems;
+    query = random_buffer(c.dtype, static_cast<size_t>(num_tokens * row_stride), rng);
+    caches = random_buffer(c.dtype, static_cast<size_t>(num_blocks * 2 * block_elems), rng);
+    cpu_out = nan_buffer(c.dtype, static_cast<size_t>(num_tokens * row_stride));
+    gpu_out = nan_buffer(c.dtype, static_cast<size_t>(num_tokens * row_stride));
+
+    auto& p = params;
+    p.query = query.data();
+    p.query_stride_token = p.out_stride_token = row_stride;
+    p.query_stride_head = p.out_stride_head = head_stride;
+    const int64_t element = c.dtype == DType::kFloat32 ? 4 : 2;
+    p.key_cache = caches.data();
+    p.value_cache = static_cast<char*>(caches.data()) + (c.strided ? block_elems : num_blocks * block_elems) * element;
+    p.cache_stride_block = block_stride;
+    p.block_table = block_table.data();
+    p.block_table_stride = width;
+    p.seq_lens = c.seq_lens.data();
+    p.query_start_loc = query_start_loc.data();
+    p.dtype = c.dtype;
+    p.num_tokens = num_tokens;
+    p.num_heads = c.num_heads;
+    p.num_kv_heads = c.num_kv_heads;
+    p.head_dim = c.head_dim;
+    p.num_reqs = num_reqs;
+    p.max_blocks_per_req = width;
+    p.num_blocks = num_blocks;
+    p.block_size = c.block_size;
+    p.scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+    p.causal = c.causal;
+    p.sliding_window = c.sliding_window;
+    p.softcap = c.softcap;
+  }
+
+  Status run_cpu() {
+    kvserve::PagedAttentionParams p = params;
+    p.out = cpu_out.data();
+    return kvserve::paged_attention_cpu(p);
+  }
+  Status run_gpu() {
+    kvserve::PagedAttentionParams p = params;
+    p.out = gpu_out.data();
+    return kvserve::paged_attention_cuda(p, nullptr);
+  }
+  size_t at(int64_t token, int64_t head, int64_t d) const {
+    return static_cast<size_t>(token * params.out_stride_token + head * params.out_stride_head + d);
+  }
+};
+
+void expect_attention_matches(const AttentionCase& c) {
+  AttentionRun run(c);
+  ASSERT_EQ(run.run_cpu(), Status::kOk) << describe(c);
+  ASSERT_EQ(run.run_gpu(), Status::kOk) << describe(c);
+  const double tol = tolerance(c.dtype);
+  int mismatches = 0;
+  for (int64_t t = 0; t < run.num_tokens; ++t) {
+    for (int64_t h = 0; h < c.num_heads; ++h) {
+      for (int64_t d = 0; d < c.head_dim; ++d) {
+        const float expected = run.cpu_out.get(run.at(t, h, d)), got = run.gpu_out.get(run.at(t, h, d));
+        if (!(std::abs(got - expected) <= tol * (1 + std::abs(expected))) && ++mismatches <= 5) {
+          ADD_FAILURE() << describe(c) << ": token " << t << " head " << h << " dim " << d << ": " << got
+                        << " vs the CPU kernel's " << expected;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << describe(c);
+  if (c.strided) {  // nothing outside the rows' heads was written
+    for (int64_t t = 0; t < run.num_tokens; ++t) {
+      for (int64_t i = c.num_heads * run.params.out_stride_head; i < run.row_stride; ++i) {
+        EXPECT_TRUE(std::isnan(run.gpu_out.get(static_cast<size_t>(t * run.row_stride + i))));
+      }
+    }
+  }
+}
+
+// (new tokens, context) per request: decode, prefill, chunked prefill and mixes, lengths that start,
+// end and cross blocks.
+const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> kBatches = {
+    {{1, 1, 1, 1}, {1, 16, 33, 70}},
+    {{17, 40}, {17, 40}},
+    {{9, 12}, {41, 75}},
+    {{1, 23, 1, 5}, {50, 23, 9, 37}},
+};
+
+TEST(EmulatedPagedAttention, TensorCoreKernelMatchesCpu) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    for (int64_t head_dim : {64, 128, 256}) {
+      for (auto [heads, kv_heads] : {std::pair<int64_t, int64_t>{4, 4}, {8, 2}, {16, 2}}) {
+        for (const auto& [new_tokens, seq_lens] : kBatches) {
+          if (head_dim == 256 && heads == 16) continue;  // the largest tiles add time, not coverage
+          expect_attention_matches({dtype, head_dim, heads, kv_heads, 16, new_tokens, seq_lens});
+        }
+      }
+    }
+  }
+}
+
+TEST(EmulatedPagedAttention, PortableKernelMatchesCpu) {
+  for (const auto& [new_tokens, seq_lens] : kBatches) {
+    expect_attention_matches({DType::kFloat32, 64, 8, 2, 16, new_tokens, seq_lens});
+    expect_attention_matches({DType::kBFloat16, 80, 4, 4, 16, new_tokens, seq_lens});  // no tensor-core instance
+  }
+  expect_attention_matches({DType::kFloat16, 36, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}});
+}
+
+TEST(EmulatedPagedAttention, BlockSizesWindowsSoftcapAndNonCausal) {
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    for (int64_t block_size : {1, 32}) expect_attention_matches({dtype, 64, 8, 2, block_size, {1, 23, 1, 5}, {50, 23, 9, 37}});
+    for (int64_t window : {1, 7, 20}) {
+      AttentionCase c{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+      c.sliding_window = window;
+      expect_attention_matches(c);
+    }
+    // 32-key stages (head_dim 256): the tile's last rows see nothing of its first stage.
+    AttentionCase narrow{dtype, 256, 2, 2, 16, {70}, {70}};
+    narrow.sliding_window = 7;
+    expect_attention_matches(narrow);
+    AttentionCase capped{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+    capped.softcap = 2.f;
+    expect_attention_matches(capped);
+    AttentionCase both_ways{dtype, 64, 8, 2, 16, {9, 12}, {41, 75}};
+    both_ways.causal = false;
+    expect_attention_matches(both_ways);
+  }
+}
+
+TEST(EmulatedPagedAttention, StridedRowsAndInterleavedCaches) {
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    AttentionCase c{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+    c.strided = true;
+    expect_attention_matches(c);
+  }
+}
+
+TEST(EmulatedPagedAttention, LongContextsSplitTheKeys) {
+  // One or two requests fill few thread blocks: their keys are split (flash-decoding) and merged.
+  expect_attention_matches({DType::kBFloat16, 128, 8, 1, 16, {1}, {3001}});
+  expect_attention_matches({DType::kFloat16, 64, 4, 2, 32, {3, 1}, {1500, 700}});
+  AttentionCase windowed{DType::kBFloat16, 128, 8, 2, 16, {2, 1}, {1200, 2000}};
+  windowed.sliding_window = 900;
+  expect_attention_matches(windowed);
+}
+
+TEST(EmulatedPagedAttention, ManyRequestsFillTheGpuUnsplit) {
+  std::vector<int32_t> ones(300, 1), contexts(300);
+  for (size_t i = 0; i < contexts.size(); ++i) contexts[i] = 1 + static_cast<int32_t>((i * 37) % 90);
+  expect_attention_matches({DType::kBFloat16, 64, 4, 1, 16, ones, contexts});
+}
+
+TEST(EmulatedPagedAttention, BadMetadataPoisonsOnlyItsRequest) {
+  for (DType dtype : {DType::kBFloat16, DType::kFloat32}) {
+    AttentionCase c{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+    AttentionRun run(c);
+    ASSERT_EQ(run.run_cpu(), Status::kOk);
+    run.block_table[1 * run.width + 0] = static_cast<int32_t>(run.num_blocks);  // request 1: a block out of range
+    c.seq_lens[3] = static_cast<int32_t>(run.width * 16 + 1);                   // request 3: longer than its table
+    run.params.seq_lens = c.seq_lens.data();
+    kvserve::PagedAttentionParams layout = run.params;
+    layout.out = run.gpu_out.data();
+    std::string why;
+    EXPECT_EQ(kvserve::check_paged_attention_layout(layout, &why), Status::kOk) << why;
+    ASSERT_EQ(run.run_gpu(), Status::kOk);
+    for (int64_t t = 0; t < run.num_tokens; ++t) {
+      const bool poisoned = (t >= 1 && t < 24) || t >= 25;  // requests 1 and 3
+      for (int64_t h = 0; h < c.num_heads; ++h) {
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const float got = run.gpu_out.get(run.at(t, h, d)), expected = run.cpu_out.get(run.at(t, h, d));
+          if (poisoned) {
+            ASSERT_TRUE(std::isnan(got)) << name(dtype) << " token " << t;
+          } else {
+            ASSERT_NEAR(got, expected, tolerance(dtype) * (1 + std::abs(expected))) << name(dtype) << " token " << t;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(EmulatedPagedAttention, DisorderedQueryStartsAreSkippedSafely) {
+  AttentionCase c{DType::kBFloat16, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+  AttentionRun run(c);
+  run.query_start_loc = {0, 30, 2, -5, 30};
+  ASSERT_EQ(run.run_gpu(), Status::kOk);  // reads and writes stay inside the arrays; no crash
+}
+
+// ---- reshape_and_cache --------------------------------------------------------------------------
+
+TEST(EmulatedReshapeAndCache, MatchesCpuAndSkipsSlotsOutOfRange) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    for (int64_t head_dim : {64, 36, 3}) {
+      std::mt19937 rng(7);
+      const int64_t tokens = 5, kv_heads = 2, block_size = 4, num_blocks = 6, row = 3 * kv_heads * head_dim;
+      Buffer qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
+      const size_t cache_elems = static_cast<size_t>(num_blocks * block_size * kv_heads * head_dim);
+      Buffer cpu_cache = nan_buffer(dtype, 2 * cache_elems), gpu_cache = nan_buffer(dtype, 2 * cache_elems);
+      const int64_t element = dtype == DType::kFloat32 ? 4 : 2;
+      std::vector<int64_t> slots = {5, -1, 23, 0, 17};
+      kvserve::ReshapeAndCacheParams p;
+      p.key = qkv.data();
+      p.value = static_cast<char*>(qkv.data()) + kv_heads * head_dim * element;  // fused [k | v | ...] rows
+      p.key_stride_token = p.value_stride_token = row;
+      p.key_stride_head = p.value_stride_head = head_dim;
+      p.cache_stride_block = block_size * kv_heads * head_dim;
+      p.slot_mapping = slots.data();
+      p.dtype = dtype;
+      p.num_tokens = tokens;
+      p.num_kv_heads = kv_heads;
+      p.head_dim = head_dim;
+      p.num_blocks = num_blocks;
+      p.block_size = block_size;
+      kvserve::ReshapeAndCacheParams cpu = p, gpu = p;
+      cpu.key_cache = cpu_cache.data();
+      cpu.value_cache = static_cast<char*>(cpu_cache.data()) + cache_elems * element;
+      gpu.key_cache = gpu_cache.data();
+      gpu.value_cache = static_cast<char*>(gpu_cache.data()) + cache_elems * element;
+      ASSERT_EQ(kvserve::reshape_and_cache_cpu(cpu), Status::kOk);
+      slots.push_back(num_blocks * block_size);  // a sixth token, out of range: skipped on the GPU
+      gpu.slot_mapping = slots.data();
+      gpu.num_tokens = tokens + 1;
+      Buffer longer = random_buffer(dtype, static_cast<size_t>((tokens + 1) * row), rng);
+      for (size_t i = 0; i < static_cast<size_t>(tokens * row); ++i) longer.set(i, qkv.get(i));
+      gpu.key = longer.data();
+      gpu.value = static_cast<char*>(longer.data()) + kv_heads * head_dim * element;
+      ASSERT_EQ(kvserve::reshape_and_cache_cuda(gpu, nullptr), Status::kOk);
+      for (size_t i = 0; i < 2 * cache_elems; ++i) {
+        const float a = cpu_cache.get(i), b = gpu_cache.get(i);
+        ASSERT_TRUE((std::isnan(a) && std::isnan(b)) || a == b) << name(dtype) << " D" << head_dim << " element " << i;
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -1,0 +1,101 @@
+// The params checks of the fused layer kernels (layer_ops.h). The kernels themselves run on a GPU
+// and are tested from Python (tests/python/test_cuda_layer_ops.py); the checks are host code that
+// every build has.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "kvserve/layer_ops.h"
+
+namespace {
+
+using kvserve::Status;
+
+struct Arrays {
+  std::vector<float> a = std::vector<float>(64), b = std::vector<float>(64), c = std::vector<float>(64);
+};
+
+kvserve::RmsNormParams norm_params(Arrays& arrays) {
+  kvserve::RmsNormParams p;
+  p.out = arrays.a.data();
+  p.input = arrays.b.data();
+  p.weight = arrays.c.data();
+  p.num_tokens = 4;
+  p.num_heads = 2;
+  p.hidden = 8;
+  p.input_stride_token = p.out_stride_token = 16;
+  p.input_stride_head = p.out_stride_head = 8;
+  return p;
+}
+
+TEST(LayerChecks, RmsNorm) {
+  Arrays arrays;
+  std::string why;
+  kvserve::RmsNormParams p = norm_params(arrays);
+  EXPECT_EQ(kvserve::check_rms_norm(p, &why), Status::kOk) << why;
+  p.residual = arrays.c.data();
+  EXPECT_EQ(kvserve::check_rms_norm(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "residual: expected num_heads = 1 with a residual, got 2");
+  p = norm_params(arrays);
+  p.input_stride_token = 15;
+  EXPECT_EQ(kvserve::check_rms_norm(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "input: row stride 15 is less than the 16 elements a row spans (rows would overlap)");
+  p = norm_params(arrays);
+  p.eps = NAN;
+  EXPECT_EQ(kvserve::check_rms_norm(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why.rfind("eps: expected a finite number >= 0", 0), 0u) << why;
+  p = norm_params(arrays);
+  p.dtype = kvserve::DType::kInt32;
+  EXPECT_EQ(kvserve::check_rms_norm(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "dtype: expected float32, float16 or bfloat16");
+}
+
+TEST(LayerChecks, RotaryEmbedding) {
+  Arrays arrays;
+  kvserve::RotaryEmbeddingParams p;
+  p.query = arrays.a.data();
+  p.key = arrays.b.data();
+  p.cos = p.sin = arrays.c.data();
+  p.num_tokens = 2;
+  p.num_heads = 2;
+  p.num_kv_heads = 1;
+  p.head_dim = 8;
+  p.query_stride_token = 24;  // a fused [q; k; v] row: 2 + 1 + 1 heads of 8
+  p.query_stride_head = 8;
+  p.key_stride_token = 24;
+  p.key_stride_head = 8;
+  p.cos_sin_stride_token = 4;
+  std::string why;
+  EXPECT_EQ(kvserve::check_rotary_embedding(p, &why), Status::kOk) << why;
+  p.cos_sin_stride_token = 3;
+  EXPECT_EQ(kvserve::check_rotary_embedding(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "cos: row stride 3 is less than the 4 elements a row spans (rows would overlap)");
+  p.cos_sin_stride_token = 4;
+  p.head_dim = 7;
+  EXPECT_EQ(kvserve::check_rotary_embedding(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "head_dim: expected an even number >= 2 (pairs of halves rotate), got 7");
+}
+
+TEST(LayerChecks, SiluAndMul) {
+  Arrays arrays;
+  kvserve::SiluAndMulParams p;
+  p.input = arrays.a.data();
+  p.out = arrays.b.data();
+  p.num_tokens = 4;
+  p.size = 8;
+  p.input_stride_token = 16;
+  p.out_stride_token = 8;
+  std::string why;
+  EXPECT_EQ(kvserve::check_silu_and_mul(p, &why), Status::kOk) << why;
+  p.input_stride_token = 8;
+  EXPECT_EQ(kvserve::check_silu_and_mul(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "input: row stride 8 is less than the 16 elements a row spans (rows would overlap)");
+  p.input_stride_token = 16;
+  p.input = nullptr;
+  EXPECT_EQ(kvserve::check_silu_and_mul(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "a required array is null");
+}
+
+}  // namespace

@@ -1,0 +1,141 @@
+"""The engine on a GPU, end to end on the tiny models: greedy ids equal transformers' on the GPU
+(float32), with the decode graphs and without, through batching, chunked prefill and preemption;
+the KV cache sized by profiling; bfloat16 logits close to transformers' with the tensor-core
+attention; graph replays equal to eager forwards of the same inputs; no KV block leaks."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+
+from kvserve import Engine, SamplingParams
+from kvserve.kv_cache import kv_bytes_per_token
+from kvserve.loader import load_model
+from kvserve.model_config import ModelConfig
+from paged_greedy import paged_greedy
+from requires_cuda import requires_cuda
+from test_engine import GREEDY, PROMPTS, assert_no_blocks_held
+from tiny_models import TINY_CONFIGS, tiny_hf_model
+
+pytestmark = requires_cuda
+
+ARCHITECTURES = sorted(TINY_CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def hf_cuda_models():
+    return {a: tiny_hf_model(a).cuda() for a in ARCHITECTURES}
+
+
+def hf_greedy(hf_model, prompt_ids, max_new_tokens):
+    out = hf_model.generate(torch.tensor([prompt_ids], device="cuda"), max_new_tokens=max_new_tokens,
+                            do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def gpu_engine(directory, **kwargs) -> Engine:
+    return Engine(str(directory), dtype=kwargs.pop("dtype", "float32"), device="cuda",
+                  kv_cache_memory_gb=kwargs.pop("kv_cache_memory_gb", 0.05), **kwargs)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_greedy_ids_equal_transformers(tiny_model_dir, hf_cuda_models, architecture, enforce_eager):
+    engine = gpu_engine(tiny_model_dir(architecture), enforce_eager=enforce_eager)
+    assert (engine.runner.graphs is None) == enforce_eager
+    for output in engine.generate(PROMPTS, GREEDY, use_tqdm=False):
+        expected = hf_greedy(hf_cuda_models[architecture], output.prompt_token_ids, GREEDY.max_tokens)
+        assert output.outputs[0].token_ids == expected, (architecture, output.prompt)
+    assert_no_blocks_held(engine)
+
+
+@pytest.mark.parametrize("mode", ["chunked-prefill", "preemption"])
+def test_chunked_prefill_and_preemption_with_graphs(tiny_model_dir, hf_cuda_models, mode):
+    directory = tiny_model_dir("LlamaForCausalLM")
+    if mode == "chunked-prefill":
+        kwargs = dict(max_num_batched_tokens=5)
+    else:  # 11 usable blocks of 4 tokens: the longest request fits, all four do not
+        per_block = 4 * kv_bytes_per_token(ModelConfig.from_pretrained(directory), torch.float32)
+        kwargs = dict(block_size=4, max_model_len=40, kv_cache_memory_gb=12 * per_block / 2**30)
+    engine = gpu_engine(directory, **kwargs)
+    for output in engine.generate(PROMPTS, GREEDY, use_tqdm=False):
+        assert output.outputs[0].token_ids == hf_greedy(hf_cuda_models["LlamaForCausalLM"], output.prompt_token_ids,
+                                                        GREEDY.max_tokens)
+    if mode == "preemption":
+        assert engine.stats().num_preemptions > 0
+    assert_no_blocks_held(engine)
+
+
+def test_kv_cache_is_sized_by_profiling(tiny_model_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="kvserve"):
+        engine = Engine(str(tiny_model_dir("Qwen3ForCausalLM")), dtype="float32", device="cuda",
+                        gpu_memory_utilization=0.2, max_num_seqs=16)
+    [message] = [r.getMessage() for r in caplog.records if "KV cache of" in r.getMessage()]
+    blocks, tokens = map(int, re.search(r"KV cache of (\d+) blocks, (\d+) tokens", message).groups())
+    assert blocks > 0 and tokens == blocks * 16
+    assert engine.stats().num_blocks == blocks + 1  # and the null block
+    total = torch.cuda.mem_get_info()[1]
+    assert blocks * 16 * kv_bytes_per_token(engine.model_config, torch.float32) < 0.2 * total
+    assert len(engine.generate(PROMPTS, GREEDY, use_tqdm=False)) == len(PROMPTS)
+    assert_no_blocks_held(engine)
+
+
+def test_bfloat16_logits_close_to_transformers(tiny_model_dir):
+    """head_dim 64 and bfloat16: the tensor-core attention kernel, against transformers on the GPU."""
+    directory = tiny_model_dir("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64)
+    model = load_model(directory, dtype="bfloat16", device="cuda").model
+    prompts = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [900 - 37 * i for i in range(17)]]
+    _, logits = paged_greedy(model, prompts, 3, device="cuda")
+    hf = tiny_hf_model("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64)
+    hf = hf.to(device="cuda", dtype=torch.bfloat16)
+    for prompt, ours in zip(prompts, logits):
+        with torch.no_grad():
+            theirs = hf(torch.tensor([prompt], device="cuda")).logits[0, -1].float().cpu()
+        error = ((ours[0] - theirs).abs().max() / theirs.abs().max()).item()
+        assert error < 3e-2, f"first-step logits differ by {error:.3f} of their largest magnitude"
+
+
+def test_graph_replays_equal_eager_forwards_of_their_inputs(tiny_model_dir):
+    """bfloat16, head_dim 64 (tensor cores): every decode step the engine replays is checked against
+    an eager forward of the same padded inputs, while batches shrink from 8 requests to 1."""
+    engine = gpu_engine(tiny_model_dir("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64),
+                        dtype="bfloat16")
+    graphs, runner = engine.runner.graphs, engine.runner
+    replay, checked = graphs.run, []
+
+    def run_and_check(out):
+        hidden = replay(out).clone()
+        batch = next(size for size in graphs.sizes if size >= out.num_reqs)
+        inputs = graphs.inputs
+        eager = runner.model(inputs.view("input_ids", batch), inputs.view("positions", batch), runner.kv_caches,
+                             inputs.metadata(batch))
+        torch.testing.assert_close(hidden, eager[:out.num_reqs], rtol=1e-2, atol=1e-2)
+        checked.append(out.num_reqs)
+        return hidden
+
+    graphs.run = run_and_check
+    prompts = PROMPTS + [p + " and more" for p in PROMPTS]
+    params = [SamplingParams(temperature=0, max_tokens=3 + 2 * i, ignore_eos=True) for i in range(len(prompts))]
+    engine.generate(prompts, params, use_tqdm=False)
+    assert 8 in checked and 3 in checked and 1 in checked  # graphs of 8, of 4 padded from 3, of 1
+    assert_no_blocks_held(engine)
+
+
+def test_prompt_logprobs_and_seeded_sampling_on_the_gpu(tiny_model_dir):
+    directory = tiny_model_dir("Qwen3ForCausalLM")
+    params = SamplingParams(temperature=0, max_tokens=2, logprobs=3, prompt_logprobs=2)
+    [cpu] = Engine(str(directory), dtype="float32", device="cpu", kv_cache_memory_gb=0.01).generate(
+        ["The capital of France is"], params, use_tqdm=False)
+    engine = gpu_engine(directory)
+    [gpu] = engine.generate(["The capital of France is"], params, use_tqdm=False)
+    assert gpu.outputs[0].token_ids == cpu.outputs[0].token_ids
+    for ours, theirs in zip(gpu.prompt_logprobs[1:], cpu.prompt_logprobs[1:]):
+        for token_id, logprob in theirs.items():
+            assert ours[token_id].logprob == pytest.approx(logprob.logprob, rel=1e-4, abs=1e-5)
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=12, seed=7, ignore_eos=True)
+    first, second = (engine.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids for _ in range(2))
+    assert first == second and len(first) == 12
+    assert_no_blocks_held(engine)
