@@ -147,14 +147,6 @@ bool on_one_device(std::initializer_list<Named> arrays) {
   return is_cuda(first.array);
 }
 
-void check_all_on_cuda(std::initializer_list<Named> arrays) {
-  if (!on_one_device(arrays)) {
-    const Named& first = *arrays.begin();
-    throw nb::value_error((std::string(first.name) + ": expected a CUDA array (this op has GPU kernels only; on the "
-                           "CPU the model runs the step in torch), got one on " + device_name(first.array)).c_str());
-  }
-}
-
 void raise_on_error(Status status, const char* op) {
   switch (status) {
     case Status::kOk: return;

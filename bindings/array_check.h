@@ -60,9 +60,6 @@ struct Named {
 // CUDA device, which this build must have kernels for (ValueError otherwise, as for any other device).
 bool on_one_device(std::initializer_list<Named> arrays);
 
-// on_one_device, for an op that has CUDA kernels only (the CPU runs its step in torch).
-void check_all_on_cuda(std::initializer_list<Named> arrays);
-
 // The kernels' name for the array's dtype (float32/16, bfloat16, int32/64; ValueError otherwise).
 DType kernel_dtype(const Array& array, const char* name);
 

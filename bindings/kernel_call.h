@@ -36,4 +36,22 @@ void call_cuda_kernel(Status (*kernel)(const Params&, void*), Check check, const
 }
 #endif
 
+// The CPU kernel and, in a CUDA build, the CUDA kernel of one op: KVSERVE_KERNELS(rms_norm).
+#if KVSERVE_HAS_CUDA
+#define KVSERVE_KERNELS(op) op##_cpu, op##_cuda
+#else
+#define KVSERVE_KERNELS(op) op##_cpu, nullptr
+#endif
+
+// Runs an op on the device its arrays are on (`cuda` as on_one_device said).
+template <class Params, class Check, class CudaKernel>
+void call_kernel(bool cuda, Status (*cpu_kernel)(const Params&), [[maybe_unused]] CudaKernel cuda_kernel, Check check,
+                 const Params& params, [[maybe_unused]] int device, [[maybe_unused]] uintptr_t stream, const char* op) {
+#if KVSERVE_HAS_CUDA
+  if (cuda) return call_cuda_kernel(cuda_kernel, check, params, device, stream, op);
+#endif
+  (void)cuda;
+  call_cpu_kernel(cpu_kernel, check, params, op);
+}
+
 }  // namespace kvserve::bind

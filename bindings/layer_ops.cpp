@@ -1,7 +1,6 @@
 // Bindings of the fused layer kernels (layer_ops.h): RMSNorm, fused residual add + RMSNorm, rotary
-// embedding and SiLU-and-mul. They exist in CUDA builds only: on the CPU the model runs these steps
-// in torch. Shapes, dtypes and strides are checked first, then that every array is on one CUDA
-// device.
+// embedding and SiLU-and-mul, on the CPU or a CUDA device. Shapes, dtypes and strides are checked
+// first, then that every array is on one device, whose kernel then runs.
 #include <nanobind/nanobind.h>
 
 #include "array_check.h"
@@ -10,8 +9,6 @@
 #include "kvserve/layer_ops.h"
 
 namespace kvserve::bind {
-
-#if KVSERVE_HAS_CUDA
 
 namespace {
 
@@ -56,9 +53,9 @@ void rms_norm(Array out, Array input, Array weight, double eps, uintptr_t stream
   check_same_dtype(out, "out", input, "input");
   check_norm_rows(out, "out");
   check_weight(weight, input);
-  check_all_on_cuda({{input, "input"}, {out, "out"}, {weight, "weight"}});
-  call_cuda_kernel(rms_norm_cuda, check_rms_norm, norm_params(out, input, weight, eps), input.device_id(), stream,
-                   "rms_norm");
+  const bool cuda = on_one_device({{input, "input"}, {out, "out"}, {weight, "weight"}});
+  call_kernel(cuda, KVSERVE_KERNELS(rms_norm), check_rms_norm, norm_params(out, input, weight, eps), input.device_id(),
+              stream, "rms_norm");
 }
 
 void fused_add_rms_norm(Array input, Array residual, Array weight, double eps, uintptr_t stream) {
@@ -69,11 +66,11 @@ void fused_add_rms_norm(Array input, Array residual, Array weight, double eps, u
   check_same_dtype(residual, "residual", input, "input");
   check_contiguous(residual, "residual", 1);
   check_weight(weight, input);
-  check_all_on_cuda({{input, "input"}, {residual, "residual"}, {weight, "weight"}});
+  const bool cuda = on_one_device({{input, "input"}, {residual, "residual"}, {weight, "weight"}});
   RmsNormParams p = norm_params(input, input, weight, eps);
   p.residual = residual.data();
   p.residual_stride_token = residual.stride(0);
-  call_cuda_kernel(rms_norm_cuda, check_rms_norm, p, input.device_id(), stream, "fused_add_rms_norm");
+  call_kernel(cuda, KVSERVE_KERNELS(rms_norm), check_rms_norm, p, input.device_id(), stream, "fused_add_rms_norm");
 }
 
 void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t stream) {
@@ -94,7 +91,7 @@ void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t st
   check_same_dtype(sin, "sin", cos, "cos");
   check_same_stride(sin, "sin", cos, "cos", 0);
   check_contiguous(sin, "sin", 1);
-  check_all_on_cuda({{query, "query"}, {key, "key"}, {cos, "cos"}, {sin, "sin"}});
+  const bool cuda = on_one_device({{query, "query"}, {key, "key"}, {cos, "cos"}, {sin, "sin"}});
 
   RotaryEmbeddingParams p;
   p.query = query.data();
@@ -111,7 +108,8 @@ void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t st
   p.num_heads = static_cast<int64_t>(query.shape(1));
   p.num_kv_heads = static_cast<int64_t>(key.shape(1));
   p.head_dim = static_cast<int64_t>(query.shape(2));
-  call_cuda_kernel(rotary_embedding_cuda, check_rotary_embedding, p, query.device_id(), stream, "rotary_embedding");
+  call_kernel(cuda, KVSERVE_KERNELS(rotary_embedding), check_rotary_embedding, p, query.device_id(), stream,
+              "rotary_embedding");
 }
 
 void silu_and_mul(Array out, Array input, uintptr_t stream) {
@@ -127,7 +125,7 @@ void silu_and_mul(Array out, Array input, uintptr_t stream) {
   check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_tokens of input");
   check_dim(out, "out", 1, static_cast<int64_t>(input.shape(1)) / 2, "half the width of input");
   check_contiguous(out, "out", 1);
-  check_all_on_cuda({{input, "input"}, {out, "out"}});
+  const bool cuda = on_one_device({{input, "input"}, {out, "out"}});
 
   SiluAndMulParams p;
   p.out = out.data();
@@ -137,27 +135,21 @@ void silu_and_mul(Array out, Array input, uintptr_t stream) {
   p.dtype = kernel_dtype(input, "input");
   p.num_tokens = static_cast<int64_t>(input.shape(0));
   p.size = static_cast<int64_t>(input.shape(1)) / 2;
-  call_cuda_kernel(silu_and_mul_cuda, check_silu_and_mul, p, input.device_id(), stream, "silu_and_mul");
+  call_kernel(cuda, KVSERVE_KERNELS(silu_and_mul), check_silu_and_mul, p, input.device_id(), stream, "silu_and_mul");
 }
 
 }  // namespace
 
 void bind_layer_ops(nb::module_& m) {
   m.def("rms_norm", &rms_norm, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"), nb::arg("eps"),
-        nb::arg("stream") = 0, "out = RMSNorm(input) * weight over the last dim (CUDA). See kvserve.ops.rms_norm.");
+        nb::arg("stream") = 0, "out = RMSNorm(input) * weight over the last dim. See kvserve.ops.rms_norm.");
   m.def("fused_add_rms_norm", &fused_add_rms_norm, nb::arg("input").noconvert(), nb::arg("residual").noconvert(),
         nb::arg("weight"), nb::arg("eps"), nb::arg("stream") = 0,
-        "residual += input; input = RMSNorm(residual) * weight, in place (CUDA).");
+        "residual += input; input = RMSNorm(residual) * weight, in place.");
   m.def("rotary_embedding", &rotary_embedding, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
-        nb::arg("cos"), nb::arg("sin"), nb::arg("stream") = 0, "Rotate query and key in place (CUDA).");
+        nb::arg("cos"), nb::arg("sin"), nb::arg("stream") = 0, "Rotate query and key in place.");
   m.def("silu_and_mul", &silu_and_mul, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,
-        "out = silu(input[:, :size]) * input[:, size:] (CUDA).");
+        "out = silu(input[:, :size]) * input[:, size:].");
 }
-
-#else
-
-void bind_layer_ops(nb::module_&) {}
-
-#endif  // KVSERVE_HAS_CUDA
 
 }  // namespace kvserve::bind

@@ -13,5 +13,6 @@ NB_MODULE(_C, m) {
   auto ops = m.def_submodule("ops", "kernels over arrays (torch tensors or numpy arrays, zero-copy)");
   kvserve::bind::bind_ops(ops);
   kvserve::bind::bind_layer_ops(ops);
+  kvserve::bind::bind_cpu_ops(ops);
   kvserve::bind::bind_scheduler(m);
 }

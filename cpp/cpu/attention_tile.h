@@ -20,6 +20,7 @@
 
 #include "attention_work.h"
 #include "half.h"
+#include "vec_math.h"
 
 namespace kvserve::cpu {
 namespace {
@@ -92,19 +93,7 @@ struct AttentionTile {
     for (; r < rows; ++r) score_rows<1>(s, q, k, units, r);
   }
 
-  // e^x to ~2 ulp (Cephes' polynomial); below -87.3 (and -inf) exactly 0, so masked scores weigh 0.
-  static Reg exp(Reg x) {
-    const Reg clamped = V::min(V::max(x, V::set1(-87.3f)), V::set1(88.3f));
-    const Reg n = V::round(V::mul(clamped, V::set1(1.44269504088896341f)));
-    Reg r = V::fma(n, V::set1(-0.693359375f), clamped);  // x - n ln 2, in two steps for precision
-    r = V::fma(n, V::set1(2.12194440e-4f), r);
-    Reg y = V::set1(1.9875691500e-4f);
-    for (float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f}) {
-      y = V::fma(y, r, V::set1(c));
-    }
-    y = V::fma(y, V::mul(r, r), V::add(r, V::set1(1.f)));
-    return V::zero_below(V::scale2(y, n), x, -87.3f);
-  }
+  static Reg exp(Reg x) { return vexp<V>(x); }
 
   static Reg softcapped(Reg x, float softcap) {
     // c * tanh(x / c), with tanh(y) = 1 - 2 / (e^2y + 1): exact limits +-1 when e^2y over/underflows.

@@ -35,6 +35,9 @@ struct Avx2 {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
   }
+  static bool any_equal(Reg a, float x) {
+    return _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_set1_ps(x), _CMP_EQ_OQ)) != 0;
+  }
 
   static Reg load(const float* p) { return _mm256_loadu_ps(p); }
   static Reg load(const BFloat16* p) {

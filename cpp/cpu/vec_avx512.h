@@ -27,6 +27,7 @@ struct Avx512 {
   static Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static float reduce_add(Reg a) { return _mm512_reduce_add_ps(a); }
   static float reduce_max(Reg a) { return _mm512_reduce_max_ps(a); }
+  static bool any_equal(Reg a, float x) { return _mm512_cmp_ps_mask(a, _mm512_set1_ps(x), _CMP_EQ_OQ) != 0; }
 
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(const BFloat16* p) {

@@ -26,6 +26,7 @@ struct Portable {
   static Reg fma(Reg a, Reg b, Reg c) { return a * b + c; }
   static float reduce_add(Reg a) { return a; }
   static float reduce_max(Reg a) { return a; }
+  static bool any_equal(Reg a, float x) { return a == x; }
 
   template <class T>
   static Reg load(const T* p) { return to_float(*p); }

@@ -1,6 +1,6 @@
-// The fused element-wise steps between a decoder layer's matrix products, as GPU kernels: RMSNorm
-// (with the residual add of the next block fused in), rotary embedding in place on strided q and k,
-// and SiLU-and-mul. On the CPU the model runs these steps in torch (kvserve.models.layers).
+// The fused element-wise steps between a decoder layer's matrix products: RMSNorm (with the residual
+// add of the next block fused in), rotary embedding in place on strided q and k, and SiLU-and-mul,
+// for the CPU and for CUDA with one params struct each.
 //
 // Each computes in float32 and rounds to the storage dtype where Hugging Face's PyTorch code rounds,
 // so float32 results match it to float32 precision and 16-bit ones within a rounding or two.
@@ -74,6 +74,13 @@ struct SiluAndMulParams {
 KVSERVE_EXPORT Status check_rms_norm(const RmsNormParams& params, std::string* why);
 KVSERVE_EXPORT Status check_rotary_embedding(const RotaryEmbeddingParams& params, std::string* why);
 KVSERVE_EXPORT Status check_silu_and_mul(const SiluAndMulParams& params, std::string* why);
+
+// Each runs its check (kInvalidArgument if it fails), then the kernel on the calling thread's OpenMP
+// team. 16-bit results round where the framework ops they replace round (bit-equal but for rare
+// one-ulp flips where a float32 sum or exp is taken in another order).
+KVSERVE_EXPORT Status rms_norm_cpu(const RmsNormParams& params);
+KVSERVE_EXPORT Status rotary_embedding_cpu(const RotaryEmbeddingParams& params);
+KVSERVE_EXPORT Status silu_and_mul_cpu(const SiluAndMulParams& params);
 
 #if KVSERVE_HAS_CUDA
 // Each runs its check, then enqueues the kernel on `stream` (a cudaStream_t; nullptr = the default

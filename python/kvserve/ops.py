@@ -1,10 +1,10 @@
 """Kernels over torch tensors or numpy arrays (zero-copy through DLPack).
 
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
-passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels run on the CPU or
-on CUDA, wherever their arrays are; the fused layer helpers (rms_norm, fused_add_rms_norm,
-rotary_embedding, silu_and_mul) exist for CUDA only, in builds with CUDA kernels (`_C.has_cuda`):
-on the CPU the model runs those steps in torch.
+passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
+layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, silu_and_mul) run on the CPU or on
+CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays are; argmax and linear are
+CPU kernels (on a GPU, torch's argmax and cuBLAS serve those steps).
 
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
@@ -31,13 +31,6 @@ def _stream_of(array) -> int:
 
 def _dl(array):
     return to_dlpack(array) if isinstance(array, torch.Tensor) and (array.is_cpu or array.is_cuda) else array
-
-
-def _cuda_op(name: str):
-    op = getattr(_C.ops, name, None)
-    if op is None:
-        raise ValueError(f"kvserve.ops.{name} runs on CUDA only, and this kvserve build has no CUDA kernels")
-    return op
 
 
 def copy_blocks(cache, block_pairs) -> None:
@@ -86,29 +79,47 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
 
 
 def rms_norm(out, x, weight, eps: float) -> None:
-    """out = weight * round(x / sqrt(mean(x^2) + eps)) over the last dimension (CUDA).
+    """out = weight * round(x / sqrt(mean(x^2) + eps)) over the last dimension.
 
     x, out: [num_tokens, hidden] or [num_tokens, num_heads, hidden] (tokens and heads may be strided)
     weight: [hidden]; every array of one dtype. Rounds to the dtype where Hugging Face's RMSNorm does.
     """
-    _cuda_op("rms_norm")(_dl(out), _dl(x), _dl(weight), eps, _stream_of(x))
+    _C.ops.rms_norm(_dl(out), _dl(x), _dl(weight), eps, _stream_of(x))
 
 
 def fused_add_rms_norm(x, residual, weight, eps: float) -> None:
-    """In place (CUDA): residual = round(x + residual), then x = rms_norm(residual).
+    """In place: residual = round(x + residual), then x = rms_norm(residual) — a block's output added
+    to the running sum and normalized for the next block, in one pass.
 
     x, residual: [num_tokens, hidden] (rows may be strided); weight: [hidden].
     """
-    _cuda_op("fused_add_rms_norm")(_dl(x), _dl(residual), _dl(weight), eps, _stream_of(x))
+    _C.ops.fused_add_rms_norm(_dl(x), _dl(residual), _dl(weight), eps, _stream_of(x))
 
 
 def rotary_embedding(query, key, cos, sin) -> None:
-    """Rotate query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place (CUDA):
-    each pair (x[i], x[i + head_dim/2]) by the angle of cos[t, i], sin[t, i] ([T, head_dim / 2]).
-    query and key may be strided views of a fused qkv projection."""
-    _cuda_op("rotary_embedding")(_dl(query), _dl(key), _dl(cos), _dl(sin), _stream_of(query))
+    """Rotate query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place: each pair
+    (x[i], x[i + head_dim/2]) by the angle of cos[t, i], sin[t, i] ([T, head_dim / 2]), rounding as
+    Hugging Face's `q * cos + rotate_half(q) * sin`. query and key may be strided views of a fused
+    qkv projection."""
+    _C.ops.rotary_embedding(_dl(query), _dl(key), _dl(cos), _dl(sin), _stream_of(query))
 
 
 def silu_and_mul(out, x) -> None:
-    """out [T, size] = silu(x[:, :size]) * x[:, size:] for x [T, 2 * size] (CUDA)."""
-    _cuda_op("silu_and_mul")(_dl(out), _dl(x), _stream_of(x))
+    """out [T, size] = silu(x[:, :size]) * x[:, size:] for x [T, 2 * size]."""
+    _C.ops.silu_and_mul(_dl(out), _dl(x), _stream_of(x))
+
+
+def argmax(out, input) -> None:
+    """out [num_rows] int32 = the first index of each row's largest value in `input`
+    [num_rows, num_cols] (CPU; float32, bfloat16 or float16; rows may be strided). NaN entries are
+    ignored: greedy sampling straight from logits in the model dtype, without a float32 copy."""
+    _C.ops.argmax(_dl(out), _dl(input))
+
+
+def linear(out, input, weight, bias=None) -> None:
+    """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once (CPU).
+
+    For few rows (decode): each weight row is read once and used for every input row, so the call
+    runs at the weights' memory bandwidth where a general GEMM would pack and dispatch.
+    """
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias))

@@ -1,4 +1,7 @@
-"""Sampler: logits float32 [N, vocab] + SamplingMetadata -> SamplerOutput (one token per row).
+"""Sampler: logits [N, vocab] + SamplingMetadata -> SamplerOutput (one token per row).
+
+A batch that is only argmaxes (greedy, no bias, mask, penalty or logprobs) reads the logits in the
+model dtype as they are (on the CPU with kvserve.ops.argmax); everything else works on a float32 copy.
 
 The order is vLLM's:
     raw log-probabilities (for `logprobs`: from the logits as the model gave them)
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvserve import ops
 from kvserve.logprobs import LogprobsTensors
 from kvserve.sampling_metadata import Penalties, SamplingMetadata
 
@@ -137,13 +141,21 @@ def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: torch.Tenso
 
 
 class Sampler:
-    """`Sampler()(logits, metadata)`. logits: float32 [N, vocab], on the metadata's device; the
-    sampler may overwrite it (penalties and biases are applied in place)."""
+    """`Sampler()(logits, metadata)`. logits: [N, vocab] (float32, bfloat16 or float16), on the
+    metadata's device; the sampler may overwrite float32 logits (penalties and biases are applied in
+    place)."""
 
     def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
-        if logits.dim() != 2 or logits.dtype != torch.float32:
-            raise ValueError(f"logits must be float32 [num_rows, vocab], got {logits.dtype} {list(logits.shape)}")
+        if logits.dim() != 2 or not logits.is_floating_point():
+            raise ValueError(f"logits must be floating point [num_rows, vocab], got {logits.dtype} {list(logits.shape)}")
         md = metadata
+        if md.argmax_only:
+            if logits.is_cpu:
+                sampled = torch.empty(logits.shape[0], dtype=torch.int32)
+                ops.argmax(sampled, logits)
+                return SamplerOutput(sampled, None)
+            return SamplerOutput(logits.argmax(dim=1).to(torch.int32), None)
+        logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=1) if md.max_num_logprobs is not None else None
         if md.logit_bias is not None:
             rows, tokens, bias = md.logit_bias

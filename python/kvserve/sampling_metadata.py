@@ -92,6 +92,13 @@ class SamplingMetadata:
     def all_greedy(self) -> bool:
         return self.temperature is None
 
+    @property
+    def argmax_only(self) -> bool:
+        """Every row is a plain argmax of the logits as the model gave them: greedy, no bias, no
+        min_tokens mask, no penalties, no logprobs."""
+        return (self.temperature is None and self.logit_bias is None and self.stop_mask is None
+                and self.penalties is None and self.max_num_logprobs is None)
+
     @classmethod
     def from_requests(
         cls,

@@ -1,33 +1,215 @@
-"""The fused layer ops' argument checks, which run before any device work: on a machine without a
-GPU every call ends in the device check, after the shape, dtype and stride checks have had their say."""
+"""The fused layer kernels (RMSNorm with the residual add, rotary embedding, SiLU-and-mul) on the CPU
+and on CUDA, and the CPU-only argmax and few-rows linear, against the framework ops they replace on
+random data. They round at the same points as those ops, so 16-bit results agree but for rare
+one-ulp flips (a float32 sum or exp taken in another order); float32 within float32 rounding.
+Every CPU ISA path; bad input is a ValueError that writes nothing."""
 
-from __future__ import annotations
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kvserve import _C, ops
+from kvserve import ops
+from requires_cuda import requires_cuda
 
-pytestmark = pytest.mark.skipif(not _C.has_cuda, reason="the fused layer ops exist in CUDA builds only")
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+# Widths that are and are not multiples of the vector width (tails), as models have them.
+WIDTHS = [64, 100, 896, 4096]
+ISA_SUBSET = "cpu and (float32-100 or bfloat16-896 or argmax or rotary or linear)"
 
 
-def test_cpu_tensors_are_refused_with_the_reason():
-    x = torch.randn(3, 8)
-    with pytest.raises(ValueError, match=r"input: expected a CUDA array .* got one on cpu"):
-        ops.rms_norm(torch.empty_like(x), x, torch.ones(8), 1e-5)
-    with pytest.raises(ValueError, match=r"query: expected a CUDA array"):
-        ops.rotary_embedding(torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(3, 4), torch.randn(3, 4))
+def reference_rms_norm(x, weight, eps):
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
+
+
+def reference_rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotate_half = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return x * torch.cat([cos, cos], -1).unsqueeze(1) + rotate_half * torch.cat([sin, sin], -1).unsqueeze(1)
+
+
+def assert_matches(ours, reference):
+    if ours.dtype == torch.float32:
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    else:
+        torch.testing.assert_close(ours, reference, rtol=1e-2, atol=1e-3)
+        assert (ours != reference).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_rms_norm(device, dtype, width):
+    torch.manual_seed(width)
+    x = (3 * torch.randn(33, width)).to(dtype).to(device)
+    weight = (1 + 0.3 * torch.randn(width)).to(dtype).to(device)
+    out = torch.full_like(x, float("nan"))
+    ops.rms_norm(out, x, weight, 1e-5)
+    assert_matches(out, reference_rms_norm(x, weight, 1e-5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rms_norm_over_strided_heads(device, dtype):
+    """Per-head norms (Qwen3's q/k norms) read heads of a fused projection in place."""
+    torch.manual_seed(1)
+    qkv = torch.randn(5, (4 + 2 * 2) * 128).to(dtype).to(device)
+    q = qkv[:, :4 * 128].view(5, 4, 128)
+    weight = torch.randn(128).to(dtype).to(device)
+    out = torch.full_like(q, float("nan"))
+    ops.rms_norm(out, q, weight, 1e-6)
+    assert_matches(out, reference_rms_norm(q, weight, 1e-6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_fused_add_rms_norm(device, dtype, width):
+    """The decoder's use: x is a block's output, residual the running sum; both are overwritten."""
+    torch.manual_seed(width + 1)
+    x = torch.randn(17, width).to(dtype).to(device)
+    residual = (2 * torch.randn(17, width)).to(dtype).to(device)
+    weight = (1 + 0.3 * torch.randn(width)).to(dtype).to(device)
+    expected_sum = x + residual
+    expected = reference_rms_norm(expected_sum, weight, 1e-6)
+    ops.fused_add_rms_norm(x, residual, weight, 1e-6)
+    assert torch.equal(residual, expected_sum)  # one rounding of one add: exact
+    assert_matches(x, expected)
+
+
+def test_rms_norm_strided_rows():
+    """Rows that are views of a wider buffer (a fused projection's slice)."""
+    torch.manual_seed(3)
+    wide = torch.randn(9, 300, dtype=torch.bfloat16)
+    x = wide[:, 40:168]
+    weight = torch.randn(128, dtype=torch.bfloat16)
+    out_wide = torch.full((9, 200), float("nan"), dtype=torch.bfloat16)
+    out = out_wide[:, 10:138]
+    ops.rms_norm(out, x, weight, 1e-5)
+    assert_matches(out, reference_rms_norm(x.contiguous(), weight, 1e-5))
+    assert out_wide[:, :10].isnan().all() and out_wide[:, 138:].isnan().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_silu_and_mul(device, dtype, width):
+    torch.manual_seed(width + 2)
+    gate_up = (4 * torch.randn(21, 2 * width)).to(dtype).to(device)
+    out = torch.full((21, width), float("nan"), dtype=dtype, device=device)
+    ops.silu_and_mul(out, gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    assert_matches(out, F.silu(gate) * up)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", [128, 64, 80, 6])
+def test_rotary_embedding(device, dtype, head_dim):
+    """q and k as strided views of one fused projection, against Hugging Face's formula."""
+    torch.manual_seed(head_dim)
+    tokens, heads, kv_heads = 11, 4, 2
+    fused = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(dtype).to(device)
+    before = fused.clone()
+    q = fused[:, :heads * head_dim].view(tokens, heads, head_dim)
+    k = fused[:, heads * head_dim:(heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    angles = torch.rand(tokens, head_dim // 2) * 100
+    cos, sin = angles.cos().to(dtype).to(device), angles.sin().to(dtype).to(device)
+    ops.rotary_embedding(q, k, cos, sin)
+    for ours, start, count in ((q, 0, heads), (k, heads, kv_heads)):
+        x = before[:, start * head_dim:(start + count) * head_dim].view(tokens, count, head_dim)
+        assert_matches(ours, reference_rotary(x, cos, sin))
+    v = slice((heads + kv_heads) * head_dim, None)
+    assert torch.equal(fused[:, v], before[:, v])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", [7, 100, 32000])
+def test_argmax(dtype, width):
+    torch.manual_seed(width + 3)
+    logits = torch.randn(40, width).to(dtype)
+    out = torch.full((40,), -1, dtype=torch.int32)
+    ops.argmax(out, logits)
+    assert torch.equal(out.long(), logits.float().argmax(1))
+
+
+def test_argmax_ties_nan_and_strided_rows():
+    logits = torch.randn(4, 50)
+    logits[0, [5, 30]] = 9.0           # tie: the first index wins
+    logits[1, 3] = float("nan")        # NaN is ignored
+    logits[1, 40] = 7.0
+    logits[2] = float("nan")           # no number at all: 0
+    logits[3, 49] = 8.0                # the maximum in the tail past the vector width
+    out = torch.empty(4, dtype=torch.int32)
+    ops.argmax(out, logits)
+    assert out.tolist() == [5, 40, 0, 49]
+    wide = torch.randn(6, 80)
+    out = torch.empty(6, dtype=torch.int32)
+    ops.argmax(out, wide[:, 10:60])
+    assert torch.equal(out.long(), wide[:, 10:60].argmax(1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 4, 7])
+@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100)])
+def test_linear(dtype, rows, shape):
+    """Against float64 on random data; output features and input features that are and are not
+    multiples of the kernel's blocks; with and without bias."""
+    torch.manual_seed(rows * 1000 + shape[0])
+    out_features, in_features = shape
+    x = torch.randn(rows, in_features).to(dtype)
+    weight = (0.2 * torch.randn(out_features, in_features)).to(dtype)
+    bias = torch.randn(out_features).to(dtype)
+    for b in (None, bias):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype)
+        ops.linear(out, x, weight, b)
+        expected = x.double() @ weight.double().t() + (0 if b is None else b.double())
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_linear_strided_rows():
+    """Input rows and weight rows that are views of wider buffers, as a fused projection's slices."""
+    torch.manual_seed(5)
+    x_wide, w_wide = torch.randn(3, 90), torch.randn(20, 70)
+    x, weight = x_wide[:, 10:74], w_wide[:, 3:67]
+    out_wide = torch.full((3, 30), float("nan"))
+    out = out_wide[:, 5:25]
+    ops.linear(out, x, weight)
+    torch.testing.assert_close(out, x @ weight.t(), rtol=1e-5, atol=1e-5)
+    assert out_wide[:, :5].isnan().all() and out_wide[:, 25:].isnan().all()
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+def test_every_isa_path(isa):
+    """The paths a CPU without AVX-512 (or without x86) would take, forced by KVSERVE_CPU_ISA."""
+    env = dict(os.environ, KVSERVE_CPU_ISA=isa)
+    probe = subprocess.run([sys.executable, "-c", "from kvserve import _C; print(_C.ops.cpu_isa())"],
+                           env=env, capture_output=True, text=True, check=True)
+    if probe.stdout.strip() != isa:
+        pytest.skip(f"this CPU or build cannot run {isa} (got {probe.stdout.strip()})")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                             "-k", ISA_SUBSET], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 BAD_CALLS = {
     "rms_norm dtype": (lambda: ops.rms_norm(torch.empty(3, 8), torch.ones(3, 8, dtype=torch.float64),
                                             torch.ones(8), 1e-5), r"input: expected dtype float32"),
+    "rms_norm out dtype": (lambda: ops.rms_norm(torch.empty(3, 8, dtype=torch.float64), torch.ones(3, 8),
+                                                torch.ones(8), 1e-5), r"out: expected the dtype of input"),
     "rms_norm weight size": (lambda: ops.rms_norm(torch.empty(3, 8), torch.ones(3, 8), torch.ones(9), 1e-5),
                              r"weight: dimension 0 must be hidden of input = 8"),
     "rms_norm 4-D": (lambda: ops.rms_norm(torch.empty(1, 3, 2, 8), torch.ones(1, 3, 2, 8), torch.ones(8), 1e-5),
                      r"input: expected 3 dimensions \[num_tokens, hidden\] or \[num_tokens, num_heads, hidden\]"),
     "rms_norm strided hidden": (lambda: ops.rms_norm(torch.empty(3, 8), torch.ones(3, 16)[:, ::2], torch.ones(8),
                                                      1e-5), r"input: expected dimensions 1.. contiguous"),
+    "rms_norm eps": (lambda: ops.rms_norm(torch.empty(3, 8), torch.ones(3, 8), torch.ones(8), -1.0),
+                     r"eps: expected a finite number >= 0"),
     "fused residual shape": (lambda: ops.fused_add_rms_norm(torch.ones(3, 8), torch.ones(2, 8), torch.ones(8), 1e-5),
                              r"residual: expected the shape of input \[3, 8\], got \[2, 8\]"),
     "rotary cos width": (lambda: ops.rotary_embedding(torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(3, 3),
@@ -38,6 +220,16 @@ BAD_CALLS = {
                        r"input: expected an even last dimension"),
     "silu out width": (lambda: ops.silu_and_mul(torch.empty(3, 5), torch.ones(3, 8)),
                        r"out: dimension 1 must be half the width of input = 4"),
+    "argmax out dtype": (lambda: ops.argmax(torch.empty(4, dtype=torch.int64), torch.randn(4, 8)),
+                         r"out: expected dtype int32"),
+    "argmax rows": (lambda: ops.argmax(torch.empty(5, dtype=torch.int32), torch.randn(4, 8)),
+                    r"num_rows of input"),
+    "linear in_features": (lambda: ops.linear(torch.empty(4, 5), torch.randn(4, 8), torch.randn(5, 9)),
+                           r"weight: dimension 1 must be in_features of input = 8"),
+    "linear out_features": (lambda: ops.linear(torch.empty(4, 6), torch.randn(4, 8), torch.randn(5, 8)),
+                            r"out: dimension 1 must be out_features of weight = 5"),
+    "linear bias": (lambda: ops.linear(torch.empty(4, 5), torch.randn(4, 8), torch.randn(5, 8), torch.randn(4)),
+                    r"bias: dimension 0 must be out_features of weight = 5"),
 }
 
 
@@ -46,3 +238,17 @@ def test_bad_arguments_raise_value_error(case):
     call, message = BAD_CALLS[case]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_failed_call_writes_nothing():
+    out = torch.full((4, 8), float("nan"))
+    with pytest.raises(ValueError):
+        ops.rms_norm(out, torch.randn(4, 8), torch.randn(9), 1e-5)
+    assert out.isnan().all()
+
+
+@requires_cuda
+def test_arrays_on_two_devices_are_rejected():
+    x = torch.randn(2, 8, device="cuda")
+    with pytest.raises(ValueError, match=r"weight is on cpu but input is on cuda:0"):
+        ops.rms_norm(torch.empty_like(x), x, torch.ones(8), 1e-5)

@@ -36,19 +36,26 @@ def test_inverse_frequencies_match_transformers(scaling):
     assert factor == pytest.approx(hf_factor)
 
 
-def test_apply_rotary_in_place_on_a_strided_view():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_apply_rotary_in_place_on_strided_views(dtype):
+    """q and k as views of one fused qkv row, rotated as Hugging Face's formula rounds in `dtype`."""
     torch.manual_seed(0)
     rope = ModelConfig.from_hf_dicts(dict(architectures=["LlamaForCausalLM"], vocab_size=8, hidden_size=64,
                                           intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
                                           max_position_embeddings=64)).rope
-    fused = torch.randn(5, 3 * 4 * 16)
-    view = fused[:, 16:16 + 4 * 16].view(5, 4, 16)  # row stride 192, like q inside a fused qkv
-    before, fused_before = view.clone(), fused.clone()
+    fused = torch.randn(5, (4 + 2 + 2) * 16).to(dtype)
+    q = fused[:, :64].view(5, 4, 16)  # row stride 128, like q and k inside a fused qkv
+    k = fused[:, 64:96].view(5, 2, 16)
+    fused_before = fused.clone()
     positions = torch.tensor([0, 3, 7, 8, 31])
-    cos, sin = RotaryEmbedding(rope, 16).cos_sin(positions, torch.float32)
-    apply_rotary_(view, cos, sin)
-    full_cos, full_sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
-    rotate_half = torch.cat([-before[..., 8:], before[..., :8]], -1)
-    torch.testing.assert_close(view, before * full_cos + rotate_half * full_sin)
-    assert torch.equal(fused[:, :16], fused_before[:, :16])  # the columns around the view are untouched
-    assert torch.equal(fused[:, 80:], fused_before[:, 80:])
+    cos, sin = RotaryEmbedding(rope, 16).cos_sin(positions, dtype)
+    apply_rotary_(q, k, cos, sin)
+    full_cos, full_sin = torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)
+    for ours, before in ((q, fused_before[:, :64].view(5, 4, 16)), (k, fused_before[:, 64:96].view(5, 2, 16))):
+        rotate_half = torch.cat([-before[..., 8:], before[..., :8]], -1)
+        expected = before * full_cos + rotate_half * full_sin
+        if dtype == torch.float32:
+            torch.testing.assert_close(ours, expected)
+        else:
+            assert torch.equal(ours, expected)
+    assert torch.equal(fused[:, 96:], fused_before[:, 96:])  # v, beside the views, is untouched

@@ -248,7 +248,9 @@ def test_prompt_logprobs_helper():
 def test_bad_input_is_a_value_error():
     params = [SamplingParams()]
     md = SamplingMetadata.from_requests(params, [[]], [[]], [None], vocab_size=10)
-    with pytest.raises(ValueError, match="float32"):
-        Sampler()(torch.zeros(1, 10, dtype=torch.float16), md)
+    with pytest.raises(ValueError, match="floating point"):
+        Sampler()(torch.zeros(1, 10, dtype=torch.int64), md)
+    with pytest.raises(ValueError, match=r"\[num_rows, vocab\]"):
+        Sampler()(torch.zeros(10), md)
     with pytest.raises(ValueError, match="one entry per row"):
         SamplingMetadata.from_requests(params, [[], []], [[]], [None], vocab_size=10)

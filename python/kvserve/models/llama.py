@@ -16,9 +16,9 @@ from kvserve.model_config import ModelConfig
 from kvserve.models.layers.activation import silu_and_mul
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import Linear
+from kvserve.models.layers.linear import Linear, linear
 from kvserve.models.layers.rms_norm import RMSNorm
-from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_qk_
+from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_
 from kvserve.models.weight_loading import load_named_weights
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -48,7 +48,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        apply_rotary_qk_(q, k, *cos_sin)
+        apply_rotary_(q, k, *cos_sin)
         out = self.attn(attn_out, q, k, v, kv_cache, metadata)
         return self.o_proj(out.view(num_tokens, -1))
 
@@ -126,9 +126,10 @@ class LlamaForCausalLM(nn.Module):
         return hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] (only the rows to sample) -> float32 logits [N, vocab]."""
+        """hidden [N, hidden] (only the rows to sample) -> logits [N, vocab] in the model dtype (the
+        sampler upcasts when it needs to; greedy rows take the argmax as they are)."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return linear(hidden, weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting."""

@@ -4,6 +4,10 @@
 
 One matmul then serves all of them; the parts are views of its output. Parameters are created
 uninitialized: the loader (or load_format="dummy") fills them.
+
+On the CPU, a few rows (decode of a small batch) go through kvserve.ops.linear, which streams each
+weight row once at memory bandwidth; a general GEMM spends more time packing and dispatching than
+multiplying there. More rows take torch's GEMM (oneDNN).
 """
 
 from __future__ import annotations
@@ -11,6 +15,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kvserve import ops
+
+# Rows up to which kvserve.ops.linear beats torch's GEMM on the CPU (bench/README.md, "Small linear").
+SMALL_LINEAR_MAX_ROWS = 4
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ weight[N, K]^T (+ bias), by the faster path for M."""
+    if x.is_cpu and x.dim() == 2 and x.shape[0] <= SMALL_LINEAR_MAX_ROWS:
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        ops.linear(out, x, weight, bias)
+        return out
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Module):
@@ -22,7 +40,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(total, dtype=dtype), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
         """The rows of `param` (weight or bias) that hold stacked projection number `index`."""

@@ -1,7 +1,8 @@
 """Rotary position embedding (the "neox" half-split layout of Hugging Face Llama) and its scalings.
 
 Each pair (x[i], x[i + D/2]) of a head is rotated by angle position * inv_freq[i]. cos/sin are
-computed once per step for the step's positions and shared by every layer.
+computed once per step for the step's positions and shared by every layer; one kernel
+(kvserve.ops.rotary_embedding) turns a layer's query and key heads in place.
 """
 
 from __future__ import annotations
@@ -79,25 +80,15 @@ class RotaryEmbedding:
         self.inv_freq, self.attention_factor = inverse_frequencies(rope, head_dim)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [T, 1, head_dim // 2] in `dtype`, broadcasting over heads."""
+        """cos, sin: [T, head_dim // 2] in `dtype`."""
         angles = positions.float().unsqueeze(1) * self.inv_freq.to(positions.device).unsqueeze(0)
-        cos = (angles.cos() * self.attention_factor).to(dtype).unsqueeze(1)
-        sin = (angles.sin() * self.attention_factor).to(dtype).unsqueeze(1)
+        cos = (angles.cos() * self.attention_factor).to(dtype)
+        sin = (angles.sin() * self.attention_factor).to(dtype)
         return cos, sin
 
 
-def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Rotate x [T, heads, head_dim] in place (x may be a strided view, e.g. of a fused qkv)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated_x1 = x1 * cos - x2 * sin
-    x2.mul_(cos).addcmul_(x1, sin)
-    x1.copy_(rotated_x1)
-
-
-def apply_rotary_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Rotate q [T, heads, head_dim] and k [T, kv_heads, head_dim] in place; one kernel on CUDA."""
-    if q.is_cuda:
-        ops.rotary_embedding(q, k, cos.flatten(1), sin.flatten(1))
-        return
-    apply_rotary_(q, cos, sin)
-    apply_rotary_(k, cos, sin)
+def apply_rotary_(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate query [T, heads, head_dim] and key [T, kv_heads, head_dim] in place (either may be a
+    strided view, e.g. of a fused qkv) by cos, sin [T, head_dim // 2], rounding as Hugging Face's
+    `q * cos + rotate_half(q) * sin`."""
+    ops.rotary_embedding(query, key, cos, sin)

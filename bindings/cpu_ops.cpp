@@ -1,0 +1,95 @@
+// Bindings of the CPU-only kernels: the few-rows linear and argmax (on a GPU, cuBLAS and torch's
+// argmax serve those steps). 2-D arrays whose rows may be strided, last dimension contiguous.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+
+#include <optional>
+#include <string>
+
+#include "array_check.h"
+#include "bind.h"
+#include "kvserve/argmax.h"
+#include "kvserve/linear.h"
+
+namespace kvserve::bind {
+
+namespace {
+
+void check_matrix(const Array& array, const char* name, const char* layout) {
+  check_ndim(array, name, 2, layout);
+  check_contiguous(array, name, 1);
+  check_cpu(array, name);
+}
+
+void argmax(Array out, Array input) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_matrix(input, "input", "[num_rows, num_cols]");
+  check_dtype(out, "out", {kInt32});
+  check_ndim(out, "out", 1, "[num_rows]");
+  check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
+  check_contiguous(out, "out");
+  check_cpu(out, "out");
+  ArgmaxParams p;
+  p.out = static_cast<int32_t*>(out.data());
+  p.input = input.data();
+  p.input_stride = input.stride(0);
+  p.num_rows = static_cast<int64_t>(input.shape(0));
+  p.num_cols = static_cast<int64_t>(input.shape(1));
+  p.dtype = kernel_dtype(input, "input");
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = argmax_cpu(p);
+  }
+  raise_on_error(status, "argmax");
+}
+
+void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_matrix(input, "input", "[num_rows, in_features]");
+  check_same_dtype(weight, "weight", input, "input");
+  check_matrix(weight, "weight", "[out_features, in_features]");
+  check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)), "in_features of input");
+  check_same_dtype(out, "out", input, "input");
+  check_matrix(out, "out", "[num_rows, out_features]");
+  check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
+  check_dim(out, "out", 1, static_cast<int64_t>(weight.shape(0)), "out_features of weight");
+  LinearParams p;
+  if (bias) {
+    check_same_dtype(*bias, "bias", input, "input");
+    check_ndim(*bias, "bias", 1, "[out_features]");
+    check_dim(*bias, "bias", 0, static_cast<int64_t>(weight.shape(0)), "out_features of weight");
+    check_contiguous(*bias, "bias");
+    check_cpu(*bias, "bias");
+    p.bias = bias->data();
+  }
+  p.out = out.data();
+  p.out_stride = out.stride(0);
+  p.input = input.data();
+  p.input_stride = input.stride(0);
+  p.weight = weight.data();
+  p.weight_stride = weight.stride(0);
+  p.num_rows = static_cast<int64_t>(input.shape(0));
+  p.in_features = static_cast<int64_t>(input.shape(1));
+  p.out_features = static_cast<int64_t>(weight.shape(0));
+  p.dtype = kernel_dtype(input, "input");
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = linear_cpu(p);
+  }
+  raise_on_error(status, "linear");
+}
+
+}  // namespace
+
+void bind_cpu_ops(nb::module_& m) {
+  m.def("argmax", &argmax, nb::arg("out").noconvert(), nb::arg("input"),
+        "out [num_rows] (int32) = the first index of each row's maximum of input [num_rows, num_cols];\n"
+        "NaN entries are ignored.");
+  m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
+        nb::arg("bias") = nb::none(),
+        "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode).");
+}
+
+}  // namespace kvserve::bind

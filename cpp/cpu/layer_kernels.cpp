@@ -1,0 +1,102 @@
+// The entry points of the CPU layer kernels (rms_norm, silu_and_mul, argmax, rotary_embedding,
+// linear): validate, pick the ISA's kernel, and split the rows (for linear: the output features)
+// over the OpenMP team of the calling thread (torch's, see cpp/CMakeLists.txt) when the call is
+// large enough to pay for waking it.
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+#include "kvserve/cpu_isa.h"
+#include "layer_kernels.h"
+
+namespace kvserve {
+
+namespace {
+
+using namespace cpu;
+
+// Elements below which waking the thread team costs more than it saves (a decode step of a small
+// model normalizes a few thousand elements per call).
+constexpr int64_t kSerialElements = 1 << 15;
+
+LayerKernels kernels_for(DType dtype) {
+  switch (cpu_isa()) {
+#if defined(KVSERVE_CPU_X86_KERNELS)
+    case CpuIsa::kAvx512:
+    case CpuIsa::kAvx512Bf16: return layer_kernels_avx512(dtype);
+    case CpuIsa::kAvx2: return layer_kernels_avx2(dtype);
+#endif
+    default: return layer_kernels_portable(dtype);
+  }
+}
+
+bool float_dtype(DType dtype) {
+  return dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+}
+
+int64_t num_rows(const RmsNormParams& p) { return p.num_tokens * p.num_heads; }
+int64_t num_rows(const SiluAndMulParams& p) { return p.num_tokens; }
+int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
+int64_t num_rows(const RotaryEmbeddingParams& p) { return p.num_tokens; }
+int64_t num_rows(const LinearParams& p) { return p.out_features; }
+
+template <class Params, class Fn>
+void run_rows(const Params& p, Fn fn, int64_t elements_per_row) {
+  const int64_t rows = num_rows(p);
+  const int64_t threads = std::min<int64_t>(omp_get_max_threads(), rows);
+  if (threads <= 1 || rows * elements_per_row < kSerialElements) {
+    fn(p, 0, rows);
+    return;
+  }
+#pragma omp parallel num_threads(static_cast<int>(threads))
+  {
+    const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+    fn(p, rows * me / team, rows * (me + 1) / team);
+  }
+}
+
+}  // namespace
+
+Status rms_norm_cpu(const RmsNormParams& p) {
+  if (check_rms_norm(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  run_rows(p, kernels_for(p.dtype).rms_norm, 3 * p.hidden);
+  return Status::kOk;
+}
+
+Status argmax_cpu(const ArgmaxParams& p) {
+  if (p.out == nullptr || p.input == nullptr || p.num_rows < 0 || p.num_cols <= 0 || p.input_stride < p.num_cols ||
+      p.num_cols > INT32_MAX) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  run_rows(p, kernels_for(p.dtype).argmax, p.num_cols);
+  return Status::kOk;
+}
+
+Status rotary_embedding_cpu(const RotaryEmbeddingParams& p) {
+  if (check_rotary_embedding(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  run_rows(p, kernels_for(p.dtype).rotary_embedding, 2 * (p.num_heads + p.num_kv_heads) * p.head_dim);
+  return Status::kOk;
+}
+
+Status linear_cpu(const LinearParams& p) {
+  if (p.out == nullptr || p.input == nullptr || p.weight == nullptr || p.num_rows < 0 || p.in_features <= 0 ||
+      p.out_features <= 0 || p.input_stride < p.in_features || p.weight_stride < p.in_features ||
+      p.out_stride < p.out_features) {
+    return Status::kInvalidArgument;
+  }
+  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  if (p.num_rows == 0) return Status::kOk;
+  run_rows(p, kernels_for(p.dtype).linear, p.in_features);
+  return Status::kOk;
+}
+
+Status silu_and_mul_cpu(const SiluAndMulParams& p) {
+  if (check_silu_and_mul(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  run_rows(p, kernels_for(p.dtype).silu_and_mul, 3 * p.size);
+  return Status::kOk;
+}
+
+}  // namespace kvserve

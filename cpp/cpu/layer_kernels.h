@@ -1,0 +1,42 @@
+// The CPU layer kernels other than attention (row-wise ops in rowwise.h, the few-rows linear in
+// small_linear.h), as a table of functions that each ISA's translation unit fills in and
+// layer_kernels.cpp picks from at run time (cpu_isa.h).
+#pragma once
+
+#include "rowwise.h"
+#include "small_linear.h"
+
+namespace kvserve::cpu {
+
+struct LayerKernels {
+  void (*rms_norm)(const RmsNormParams&, int64_t row_begin, int64_t row_end);
+  void (*silu_and_mul)(const SiluAndMulParams&, int64_t row_begin, int64_t row_end);
+  void (*argmax)(const ArgmaxParams&, int64_t row_begin, int64_t row_end);
+  void (*rotary_embedding)(const RotaryEmbeddingParams&, int64_t row_begin, int64_t row_end);
+  void (*linear)(const LinearParams&, int64_t n_begin, int64_t n_end);  // output features
+};
+
+LayerKernels layer_kernels_portable(DType dtype);
+LayerKernels layer_kernels_avx2(DType dtype);
+LayerKernels layer_kernels_avx512(DType dtype);
+
+namespace {
+
+template <class V, class T>
+constexpr LayerKernels layer_kernels_of() {
+  return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
+          Rowwise<V, T>::rotary_embedding, SmallLinear<V, T>::cols};
+}
+
+template <class V>
+LayerKernels layer_kernels_for(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return layer_kernels_of<V, float>();
+    case DType::kBFloat16: return layer_kernels_of<V, BFloat16>();
+    case DType::kFloat16: return layer_kernels_of<V, Float16>();
+    default: return {};
+  }
+}
+
+}  // namespace
+}  // namespace kvserve::cpu

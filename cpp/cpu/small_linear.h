@@ -1,0 +1,72 @@
+// The few-rows linear kernel written once over a vector type V (see include/kvserve/linear.h).
+//
+//   for each block of kBlockN weight rows (output features n..n+3), for each chunk of up to
+//   kChunkM input rows: kChunkM x kBlockN accumulators of V::kWidth lanes walk along in_features,
+//   then each is summed across its lanes. The weight block stays in L1 across the input chunks.
+#pragma once
+
+#include <cstdint>
+
+#include "half.h"
+#include "kvserve/linear.h"
+
+namespace kvserve::cpu {
+
+namespace {
+
+template <class V, class T>
+struct SmallLinear {
+  using Reg = typename V::Reg;
+  static constexpr int kBlockN = 4;
+  static constexpr int kChunkM = 4;
+
+  template <int M, int N>
+  static void tile(const LinearParams& p, int64_t m0, int64_t n0) {
+    const int64_t k_total = p.in_features, body = k_total - k_total % V::kWidth;
+    const T* x[M];
+    const T* w[N];
+    for (int m = 0; m < M; ++m) x[m] = static_cast<const T*>(p.input) + (m0 + m) * p.input_stride;
+    for (int n = 0; n < N; ++n) w[n] = static_cast<const T*>(p.weight) + (n0 + n) * p.weight_stride;
+    Reg acc[M][N];
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) acc[m][n] = V::zero();
+    for (int64_t k = 0; k < body; k += V::kWidth) {
+      Reg wk[N];
+      for (int n = 0; n < N; ++n) wk[n] = V::load(w[n] + k);
+      for (int m = 0; m < M; ++m) {
+        const Reg xk = V::load(x[m] + k);
+        for (int n = 0; n < N; ++n) acc[m][n] = V::fma(xk, wk[n], acc[m][n]);
+      }
+    }
+    for (int m = 0; m < M; ++m) {
+      T* out = static_cast<T*>(p.out) + (m0 + m) * p.out_stride + n0;
+      for (int n = 0; n < N; ++n) {
+        float sum = V::reduce_add(acc[m][n]);
+        for (int64_t k = body; k < k_total; ++k) sum += to_float(x[m][k]) * to_float(w[n][k]);
+        if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[n0 + n]);
+        from_float(sum, out + n);
+      }
+    }
+  }
+
+  template <int N>
+  static void rows(const LinearParams& p, int64_t n0) {
+    int64_t m0 = 0;
+    for (; m0 + kChunkM <= p.num_rows; m0 += kChunkM) tile<kChunkM, N>(p, m0, n0);
+    switch (p.num_rows - m0) {
+      case 3: tile<3, N>(p, m0, n0); break;
+      case 2: tile<2, N>(p, m0, n0); break;
+      case 1: tile<1, N>(p, m0, n0); break;
+      default: break;
+    }
+  }
+
+  static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+    int64_t n = n_begin;
+    for (; n + kBlockN <= n_end; n += kBlockN) rows<kBlockN>(p, n);
+    for (; n < n_end; ++n) rows<1>(p, n);
+  }
+};
+
+}  // namespace
+}  // namespace kvserve::cpu

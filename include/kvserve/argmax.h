@@ -1,0 +1,28 @@
+// argmax: the index of each row's largest value (greedy sampling straight from the logits).
+//
+//   input: [num_rows, num_cols]   rows may be strided, last dimension contiguous
+//   out:   [num_rows] int32
+//
+// The first index wins a tie (as torch.argmax). NaN entries are ignored; a row without a number
+// gives 0. Strides are in elements.
+#pragma once
+
+#include <cstdint>
+
+#include "kvserve/dtype.h"
+#include "kvserve/export.h"
+#include "kvserve/status.h"
+
+namespace kvserve {
+
+struct ArgmaxParams {
+  int32_t* out = nullptr;
+  const void* input = nullptr;
+  int64_t input_stride = 0;
+  int64_t num_rows = 0, num_cols = 0;
+  DType dtype = DType::kFloat32;
+};
+
+KVSERVE_EXPORT Status argmax_cpu(const ArgmaxParams& params);
+
+}  // namespace kvserve
