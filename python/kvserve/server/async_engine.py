@@ -121,6 +121,7 @@ class AsyncEngine:
         self._num_added = 0  # prompts taken by the engine thread, counted there
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._shutdown: asyncio.Future | None = None
 
     # ---- the event loop's side ----------------------------------------------------------------
 
@@ -132,7 +133,8 @@ class AsyncEngine:
 
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """Started, not stopping, and the thread alive (it only ends on shutdown)."""
+        return self._shutdown is None and self._thread is not None and self._thread.is_alive()
 
     @property
     def num_waiting(self) -> int:
@@ -173,8 +175,14 @@ class AsyncEngine:
             if entry is not None:
                 entry[0]._put(error)
 
-    async def shutdown(self) -> None:
-        """Abort every request still in the engine, fail their streams, and join the thread."""
+    def shutdown(self) -> asyncio.Future:
+        """Abort every request still in the engine, fail their streams, and join the thread. It
+        starts on the first call; every call returns the same future to await."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._stop())
+        return self._shutdown
+
+    async def _stop(self) -> None:
         if self._thread is None:
             return
         self._commands.put(_STOP)

@@ -1,8 +1,8 @@
 """`kvserve serve`: bind the port, load the model, serve until SIGINT/SIGTERM, exit 0.
 
 The port is bound before the model loads, so a port in use fails at once. On a signal uvicorn
-stops accepting connections, gives in-flight requests --shutdown-timeout seconds to finish, cancels
-the rest (which aborts them in the engine), and the app's lifespan stops the engine thread.
+stops accepting connections and in-flight requests get --shutdown-timeout seconds to finish; then
+the engine stops, which aborts the rest, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import uvicorn
 from kvserve.engine_args import engine_from_args
 from kvserve.loader.default_model import DEFAULT_MODEL_NAME
 from kvserve.server.app import build_app
+from kvserve.server.async_engine import AsyncEngine
 
 logger = logging.getLogger("kvserve")
 
@@ -41,6 +42,28 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
+# uvicorn cancels what still runs this long after the engine stopped (all should have ended by then).
+_CANCEL_AFTER_S = 5.0
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's shutdown, with the engine stopped when the grace period ends: requests still
+    running then end with an error the client can read (an SSE error event and [DONE], or a 503)
+    rather than with a cut connection."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncEngine, grace_s: float):
+        super().__init__(config)
+        self._engine = engine
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stop = asyncio.get_running_loop().call_later(self._grace_s, self._engine.shutdown)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            stop.cancel()
+
+
 def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     sock = _listen(args.host, args.port)
@@ -54,8 +77,9 @@ def run_server(args: argparse.Namespace) -> int:
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
     logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names), engine.max_model_len, _url(sock),
                 "API key required" if args.api_key else "no API key")
-    config = uvicorn.Config(app, log_level=args.uvicorn_log_level, timeout_graceful_shutdown=args.shutdown_timeout)
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout + _CANCEL_AFTER_S)
+    server = _GracefulServer(config, app.state.engine, args.shutdown_timeout)
     # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal it caught into the
     # handlers that were there before; no-op ones make a graceful shutdown end with exit code 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
