@@ -64,24 +64,26 @@ def test_bad_flags_are_a_clear_error(model_dir):
     assert result.returncode != 0 and "kvserve generate: max_model_len" in result.stderr
 
 
-def test_an_interrupted_reply_is_aborted_and_forgotten(engine):
+def test_a_reply_interrupted_mid_step_is_forgotten_and_the_chat_goes_on(engine, monkeypatch):
     session = ChatSession(engine, SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
-    session.reply("Hi", lambda text: None)
+    first = session.reply("Hi", lambda text: None)
     kept = list(session.messages)
-    written = []
+    execute, calls = engine.runner.execute, []
 
-    def interrupt_after_three(text: str) -> None:
-        written.append(text)
-        if len(written) == 3:
-            raise KeyboardInterrupt
+    def interrupted_on_the_third_step(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C lands in the model's forward pass
+        return execute(*args)
 
+    monkeypatch.setattr(engine.runner, "execute", interrupted_on_the_third_step)
     with pytest.raises(KeyboardInterrupt):
-        session.reply("Tell me more", interrupt_after_three)
+        session.reply("Tell me more", lambda text: None)
     assert session.messages == kept and len(kept) == 2
     stats = engine.stats()
     assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1
     session.clear()
-    assert session.messages == []
+    assert session.messages == [] and session.reply("Hi", lambda text: None) == first
 
 
 def test_the_server_packages_load_only_when_serve_runs():

@@ -10,7 +10,6 @@ import httpx
 import openai
 import pytest
 
-from server_process import ServerProcess
 
 MODEL = "tiny"
 CHAT = "/v1/chat/completions"
@@ -60,12 +59,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", MODEL) as server:
-        yield server
-
-
 def assert_openai_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -75,26 +68,26 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_gets_its_status_and_an_openai_error(server, case):
+def test_bad_input_gets_its_status_and_an_openai_error(tiny_server, case):
     path, body, status, param = CASES[case]
     if isinstance(body, bytes):
-        response = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"})
+        response = httpx.post(tiny_server.url + path, content=body, headers={"content-type": "application/json"})
     else:
-        response = httpx.post(server.url + path, json=body)
+        response = httpx.post(tiny_server.url + path, json=body)
     error = assert_openai_error(response, status)
     assert error["param"] == param, error
     if status == 404:
         assert error["code"] == "model_not_found"
 
 
-def test_the_prompt_length_error_names_both_lengths(server):
-    error = httpx.post(server.url + COMPLETIONS, json={"prompt": [5] * 300}).json()["error"]
+def test_the_prompt_length_error_names_both_lengths(tiny_server):
+    error = httpx.post(tiny_server.url + COMPLETIONS, json={"prompt": [5] * 300}).json()["error"]
     assert "300" in error["message"] and "256" in error["message"]
 
 
-def test_unknown_routes_and_methods(server):
-    assert_openai_error(httpx.get(server.url + "/v1/nothing"), 404)
-    assert_openai_error(httpx.get(server.url + COMPLETIONS), 405)
+def test_unknown_routes_and_methods(tiny_server):
+    assert_openai_error(httpx.get(tiny_server.url + "/v1/nothing"), 404)
+    assert_openai_error(httpx.get(tiny_server.url + COMPLETIONS), 405)
 
 
 def _raw_post(server, head: bytes, body: bytes = b"") -> bytes:
@@ -105,30 +98,30 @@ def _raw_post(server, head: bytes, body: bytes = b"") -> bytes:
         return b"".join(iter(lambda: sock.recv(65536), b""))
 
 
-def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
+def test_a_body_over_the_limit_is_refused_before_it_is_read(tiny_server):
     # Content-Length alone says it is too large: the answer comes without a byte of the body sent.
     head = (f"POST {COMPLETIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n").encode()
-    reply = _raw_post(server, head)
+    reply = _raw_post(tiny_server, head)
     assert reply.startswith(b"HTTP/1.1 413 ")
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "invalid_request_error"
 
 
-def test_a_chunked_body_over_the_limit_is_refused(server):
+def test_a_chunked_body_over_the_limit_is_refused(tiny_server):
     chunk = b"x" * 2**20
     body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_BODY_BYTES // len(chunk) + 1))
     head = (f"POST {COMPLETIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Transfer-Encoding: chunked\r\n\r\n").encode()
-    assert _raw_post(server, head, body + b"0\r\n\r\n").startswith(b"HTTP/1.1 413 ")
+    assert _raw_post(tiny_server, head, body + b"0\r\n\r\n").startswith(b"HTTP/1.1 413 ")
 
 
-def test_the_server_keeps_serving_and_holds_no_blocks(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+def test_the_server_keeps_serving_and_holds_no_blocks(tiny_server):
+    client = openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused")
     for _ in range(2):
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model=MODEL, prompt="Hi", max_tokens=0)
         response = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, temperature=0,
                                              extra_body={"ignore_eos": True})
         assert response.usage.completion_tokens == 3
-    assert server.metric("kvserve:kv_cache_usage_perc") == 0.0
-    assert server.metric("kvserve:num_requests_running") == 0.0
+    assert tiny_server.metric("kvserve:kv_cache_usage_perc") == 0.0
+    assert tiny_server.metric("kvserve:num_requests_running") == 0.0

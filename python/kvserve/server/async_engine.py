@@ -187,11 +187,21 @@ class AsyncEngine:
             return
         self._commands.put(_STOP)
         await asyncio.to_thread(self._thread.join)
-        self._fail(list(self._streams), EngineStoppedError("the server is shutting down"))
+        self._fail_all(EngineStoppedError("the server is shutting down"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        self._fail(list(self._streams), error)
 
     # ---- the engine thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as error:  # a bug: say so to every waiting client rather than leave them hanging
+            logger.exception("the engine thread stopped")
+            self._to_loop(self._fail_all, RuntimeError(f"the engine stopped: {error}"))
+
+    def _serve(self) -> None:
         engine = self.engine
         while True:
             commands = self._take_commands(block=not engine.has_unfinished_requests())
@@ -229,13 +239,15 @@ class AsyncEngine:
                 self._observer.on_abort(live)
 
     def _step(self) -> None:
+        request_ids = list(self.engine.requests)
         try:
             outputs = self.engine.step()
         except Exception as error:
-            # The step's state is unknown: end every request with the error rather than serve garbage.
-            logger.exception("engine step failed; aborting %d requests", len(self.engine.requests))
-            request_ids = list(self.engine.requests)
-            self._abort_all()
+            # Which requests the failure touched is not known: end them all (the engine already
+            # ended the failed batch's) rather than serve garbage, and go on with new ones.
+            logger.exception("engine step failed; ending its %d requests", len(request_ids))
+            self.engine.abort(request_ids)
+            self._observer.on_abort(request_ids)
             self._to_loop(self._fail, request_ids, RuntimeError(f"engine step failed: {error}"))
             return
         self._observer.on_step(outputs, time.time())

@@ -8,17 +8,16 @@ take OpenAI's chat format:
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from kvserve.logprobs import Logprob, SampleLogprobs
 from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.errors import bad_request
-from kvserve.server.generation import Generation, respond, start_generation
+from kvserve.server.generation import Generation, start_generation
 from kvserve.server.protocol import ChatCompletionRequest
+from kvserve.server.responses import AnswerFormat, respond
 from kvserve.server.served_model import ServedModel
 
 router = APIRouter()
@@ -47,33 +46,27 @@ def _check_unsupported(body: ChatCompletionRequest) -> None:
         raise bad_request("top_logprobs needs logprobs to be true", "top_logprobs")
 
 
-async def _response(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> JSONResponse:
-    created = int(time.time())
+async def _choices(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> list[dict]:
     choices = []
     for index, choice in enumerate(await generation.collect()):
         logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
         choices.append({"index": index, "message": {"role": "assistant", "content": choice.text},
                         "logprobs": logprobs, "finish_reason": choice.finish_reason,
                         "stop_reason": choice.stop_reason})
-    return JSONResponse({"id": generation.request_id, "object": "chat.completion", "created": created,
-                         "model": served.name, "choices": choices, "usage": generation.usage()})
+    return choices
 
 
-async def _chunks(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> AsyncIterator[dict]:
-    head = {"id": generation.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": served.name}
-    if body.include_usage:
-        head["usage"] = None
+async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
+                         served: ServedModel) -> AsyncIterator[dict]:
     for index in range(generation.num_choices):
-        role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        yield {**head, "choices": [role]}
+        yield {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
     async for delta in generation.deltas():
         logprobs = _logprobs(delta.token_ids, delta.logprobs, body.top_logprobs or 0) if body.logprobs else None
-        choice = {"index": delta.index, "delta": {"content": delta.text} if delta.text else {}, "logprobs": logprobs,
-                  "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
-        yield {**head, "choices": [choice]}
-    if body.include_usage:
-        yield {**head, "choices": [], "usage": generation.usage()}
+        yield {"index": delta.index, "delta": {"content": delta.text} if delta.text else {}, "logprobs": logprobs,
+               "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
+
+
+ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chunk_choices)
 
 
 @router.post("/v1/chat/completions")
@@ -88,4 +81,4 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         raw_request, body, [prompt], prefix="chatcmpl", param="messages",
         max_tokens=requested if requested is not None else served.default_sampling.get("max_tokens"),
         explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-    return await respond(raw_request, generation, body, _chunks, _response)
+    return await respond(raw_request, generation, body, ANSWER)

@@ -7,17 +7,16 @@ and logprobs in OpenAI's completions format:
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from kvserve.logprobs import Logprob
 from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.errors import bad_request
-from kvserve.server.generation import Generation, respond, start_generation
+from kvserve.server.generation import Generation, start_generation
 from kvserve.server.protocol import CompletionRequest
+from kvserve.server.responses import AnswerFormat, respond
 from kvserve.server.served_model import ServedModel
 
 router = APIRouter()
@@ -79,8 +78,7 @@ def _choice(index: int, text: str, logprobs: dict | None, finish_reason, stop_re
             "stop_reason": stop_reason}
 
 
-async def _response(generation: Generation, body: CompletionRequest, served: ServedModel) -> JSONResponse:
-    created = int(time.time())
+async def _choices(generation: Generation, body: CompletionRequest, served: ServedModel) -> list[dict]:
     echo = _Echo(generation, served)
     choices = []
     for index, choice in enumerate(await generation.collect()):
@@ -95,15 +93,12 @@ async def _response(generation: Generation, body: CompletionRequest, served: Ser
             writer.add(choice.token_ids, choice.logprobs)
             logprobs = writer.take()
         choices.append(_choice(index, text, logprobs, choice.finish_reason, choice.stop_reason))
-    return JSONResponse({"id": generation.request_id, "object": "text_completion", "created": created,
-                         "model": served.name, "choices": choices, "usage": generation.usage()})
+    return choices
 
 
-async def _chunks(generation: Generation, body: CompletionRequest, served: ServedModel) -> AsyncIterator[dict]:
-    created = int(time.time())
-    head = {"id": generation.request_id, "object": "text_completion", "created": created, "model": served.name}
+async def _chunk_choices(generation: Generation, body: CompletionRequest, served: ServedModel) -> AsyncIterator[dict]:
     echo = _Echo(generation, served)
-    writers: dict[int, _LogprobsWriter] = {}
+    writers: dict[int, _LogprobsWriter] = {}  # also marks the choices that have begun
     async for delta in generation.deltas():
         text, logprobs = delta.text, None
         first = delta.index not in writers
@@ -115,12 +110,10 @@ async def _chunks(generation: Generation, body: CompletionRequest, served: Serve
         if body.logprobs is not None:
             writer.add(delta.token_ids, delta.logprobs)
             logprobs = writer.take()
-        chunk = {**head, "choices": [_choice(delta.index, text, logprobs, delta.finish_reason, delta.stop_reason)]}
-        if body.include_usage:
-            chunk["usage"] = None
-        yield chunk
-    if body.include_usage:
-        yield {**head, "choices": [], "usage": generation.usage()}
+        yield _choice(delta.index, text, logprobs, delta.finish_reason, delta.stop_reason)
+
+
+ANSWER = AnswerFormat("text_completion", "text_completion", _choices, _chunk_choices)
 
 
 @router.post("/v1/completions")
@@ -136,4 +129,4 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         else served.default_sampling.get("max_tokens", body.max_tokens),
         explicit_max_tokens="max_tokens" in body.model_fields_set, logprobs=body.logprobs,
         prompt_logprobs=echo_logprobs)
-    return await respond(raw_request, generation, body, _chunks, _response)
+    return await respond(raw_request, generation, body, ANSWER)

@@ -1,31 +1,22 @@
 """What completions and chat completions share once their prompts are token ids: submitting to the
-engine, turning its DELTA outputs into per-choice deltas, usage counts, server-sent events, and
-aborting the request when the client goes away.
+engine, turning its DELTA outputs into per-choice deltas, and usage counts.
 
 Choices are numbered as OpenAI numbers them for several prompts: choice = prompt_index * n + sample.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
 
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import GenerationRequest
 from kvserve.server.served_model import ServedModel
-
-logger = logging.getLogger("kvserve.server")
-
-SSE_DONE = "data: [DONE]\n\n"
 
 
 @dataclass
@@ -132,71 +123,3 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
     return Generation(request_id, stream, prompts, body.n)
-
-
-def as_openai_error(error: Exception) -> OpenAIError:
-    """An engine-side failure as an HTTP error: a rejected request (400), shutdown (503), else 500."""
-    if isinstance(error, OpenAIError):
-        return error
-    if isinstance(error, ValueError):
-        return bad_request(str(error))
-    if isinstance(error, EngineStoppedError):
-        return OpenAIError(503, str(error), code="server_shutting_down")
-    logger.error("request failed", exc_info=error)
-    return OpenAIError(500, f"internal server error: {type(error).__name__}: {error}")
-
-
-def sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-async def event_stream(generation: Generation, chunks: AsyncIterator[dict]) -> AsyncIterator[str]:
-    """Server-sent events as OpenAI sends them: `data: {json}` per chunk, then `data: [DONE]`; a
-    failure mid-stream becomes a `data: {"error": ...}` event. Starlette cancels this generator when
-    the client disconnects, and the `finally` aborts the request then."""
-    try:
-        async for chunk in chunks:
-            yield sse(chunk)
-        yield SSE_DONE
-    except Exception as error:
-        yield sse(as_openai_error(error).body())
-        yield SSE_DONE
-    finally:
-        generation.close()
-
-
-async def _wait_for_disconnect(raw_request: Request) -> None:
-    while (await raw_request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _respond_unless_disconnected(raw_request: Request, generation: Generation,
-                                       response: Awaitable[Response]) -> Response:
-    """Await a non-streaming response while watching the connection: a client that leaves aborts
-    the request at once, instead of when its last token would have been generated."""
-    work = asyncio.ensure_future(response)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(raw_request))
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not work.done():
-            work.cancel()
-        generation.close()
-    if not work.done() or work.cancelled():
-        return Response(status_code=499)  # nobody will read it: the client is gone
-    error = work.exception()
-    if error is not None:
-        raise as_openai_error(error) from error
-    return work.result()
-
-
-async def respond(raw_request: Request, generation: Generation, body: GenerationRequest,
-                  chunks: Callable[[Generation, GenerationRequest, ServedModel], AsyncIterator[dict]],
-                  response: Callable[[Generation, GenerationRequest, ServedModel], Awaitable[Response]]) -> Response:
-    """The endpoint's answer: a stream of `chunks`, or the whole `response` once the run is done."""
-    served = raw_request.app.state.model
-    if body.stream:
-        return StreamingResponse(event_stream(generation, chunks(generation, body, served)),
-                                 media_type="text/event-stream")
-    return await _respond_unless_disconnected(raw_request, generation, response(generation, body, served))
