@@ -6,6 +6,7 @@ Choices are numbered as OpenAI numbers them for several prompts: choice = prompt
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import GenerationRequest
 from kvserve.server.served_model import ServedModel
 
+logger = logging.getLogger("kvserve.server")
 
 @dataclass
 class ChoiceDelta:
@@ -104,6 +106,8 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
     server is full or stopping."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
+    if body.model_extra:
+        logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     for prompt in prompts:
