@@ -95,7 +95,7 @@ def _load(args: argparse.Namespace, command: str) -> tuple[Engine, SamplingParam
     try:
         engine = engine_from_args(args)
         return engine, sampling_params_from_args(engine, args)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve {command}: {e}") from None
 
 

@@ -91,3 +91,25 @@ def test_the_server_packages_load_only_when_serve_runs():
             "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_engine_flags_reach_the_engine(model_dir):
+    import torch
+
+    from kvserve.cli import build_parser
+    from kvserve.engine_args import engine_from_args
+    from kvserve.kv_cache import kv_bytes_per_token
+
+    args = build_parser().parse_args([
+        "serve", str(model_dir), "--dtype", "bfloat16", "--max-model-len", "64", "--block-size", "8",
+        "--kv-cache-memory", "0.001", "--max-num-seqs", "3", "--max-num-batched-tokens", "100",
+        "--no-enable-prefix-caching", "--load-format", "dummy", "--seed", "5"])
+    engine = engine_from_args(args)
+    assert engine.max_model_len == 64 and engine.dtype == torch.bfloat16
+    assert engine.stats().num_blocks == int(0.001 * 2**30 // (8 * kv_bytes_per_token(engine.model_config,
+                                                                                         torch.bfloat16)))
+    for i in range(5):
+        engine.add_request(str(i), {"prompt_token_ids": list(range(10, 30))}, SamplingParams(max_tokens=2))
+    engine.step()
+    assert engine.scheduler.num_running == 3  # --max-num-seqs
+    assert engine.stats().prefix_cache_hits == 0  # five equal prompts, no prefix caching

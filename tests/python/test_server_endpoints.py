@@ -3,6 +3,8 @@ server serving a tiny model under two names, without an API key."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -25,7 +27,7 @@ def model_dir(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with ServerProcess(model_dir, "--served-model-name", *NAMES) as server:
+    with ServerProcess(model_dir, "--served-model-name", *NAMES, "--gpu-memory-utilization", "0.5") as server:
         yield server
 
 
@@ -43,6 +45,19 @@ def test_models_lists_every_name_and_any_of_them_serves(server):
     response = client.completions.create(model=NAMES[1], prompt="Hi", max_tokens=2)
     assert response.model == NAMES[0]
     assert httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_startup_log_says_what_was_loaded_and_where_it_serves(server, model_dir):
+    log = "".join(server.log)
+    assert f"loaded {model_dir} (LlamaForCausalLM, float32)" in log
+    assert re.search(r"KV cache: \d+ blocks of 16 tokens = \d+ tokens", log)
+    assert f"serving tiny, tiny-alias (max_model_len 256) at {server.url}/v1 (no API key)" in log
+    assert "--gpu-memory-utilization 0.5 has no effect on the CPU runner" in log
+
+
+def test_unknown_fields_are_ignored(server):
+    response = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "made_up": 1})
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 2
 
 
 def test_health_and_version(server):

@@ -1,5 +1,6 @@
-"""A server with an API key (from KVSERVE_API_KEY) and a batch of one with room for two waiting
-requests: what needs the key and what does not, and 503 once the waiting room is full."""
+"""A server with an API key (from KVSERVE_API_KEY), a batch of one with room for two waiting
+requests, and no prefix caching: what needs the key and what does not, 503 once the waiting room
+is full, and no prefix-cache hits."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def server(tiny_model_dir):
     try:
         # A long context, so that a request can run for as long as the test needs.
         with ServerProcess(tiny_model_dir("LlamaForCausalLM", max_position_embeddings=32768), "--served-model-name",
-                           MODEL, "--max-num-seqs", "1", "--max-waiting", "2") as server:
+                           MODEL, "--max-num-seqs", "1", "--max-waiting", "2", "--no-enable-prefix-caching") as server:
             yield server
     finally:
         del os.environ["KVSERVE_API_KEY"]
@@ -76,3 +77,11 @@ def test_a_full_waiting_room_answers_503_then_serves_again(server):
         for response in waiting:
             assert [line for line in response.iter_lines() if line][-1] == "data: [DONE]"
         assert http.post("/v1/completions", json={**payload(4), "stream": False}).status_code == 200
+
+
+def test_no_prefix_cache_hits_when_prefix_caching_is_off(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    prompt = list(range(10, 60))  # three full blocks of 16 tokens
+    for _ in range(2):
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=1)
+    assert server.metric("kvserve:prefix_cache_hits_total") == 0.0

@@ -3,7 +3,8 @@
     kvserve:num_requests_running / num_requests_waiting / kv_cache_usage_perc     gauges
     kvserve:prefix_cache_queries / prefix_cache_hits (tokens)                    counters
     kvserve:prompt_tokens / generation_tokens                                     counters
-    kvserve:request_success{finished_reason=stop|length|abort} (per sequence)     counter
+    kvserve:request_success{finished_reason=stop|length|abort}                   counter
+        (one per finished sequence; an aborted request counts once)
     kvserve:time_to_first_token_seconds, inter_token_latency_seconds,
     kvserve:e2e_request_latency_seconds, request_queue_time_seconds               histograms
 

@@ -39,7 +39,7 @@ class ApiKeyMiddleware:
         self._expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] != "OPTIONS" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
             given = _header(scope, b"authorization") or b""
             if not hmac.compare_digest(given, self._expected):
                 what = "No API key provided" if not given else "Incorrect API key provided"

@@ -72,7 +72,7 @@ def run_server(args: argparse.Namespace) -> int:
         engine = engine_from_args(args)
         app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_waiting=args.max_waiting)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
     logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names), engine.max_model_len, _url(sock),

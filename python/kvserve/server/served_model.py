@@ -58,15 +58,14 @@ class ServedModel:
         """The max_tokens to run with: a prompt must leave room for one token; an explicit max_tokens
         must fit the context, a default one is cut to fit. None: up to the context length."""
         room = self.max_model_len - longest_prompt
+        prompt = f"the {'conversation' if param == 'messages' else param} is {longest_prompt} tokens long"
         if room < 1:
-            raise bad_request(
-                f"This model's maximum context length is {self.max_model_len} tokens, but the {param} has "
-                f"{longest_prompt} tokens, which leaves no room to generate", param)
+            raise bad_request(f"This model's maximum context length is {self.max_model_len} tokens, but {prompt}, "
+                              "which leaves no room to generate", param)
         if requested is None or requested <= room:
             return requested
         if explicit:
             raise bad_request(
                 f"max_tokens is {requested}, but this model's maximum context length is {self.max_model_len} tokens "
-                f"and the {param} has {longest_prompt} tokens ({requested} > {self.max_model_len} - {longest_prompt})",
-                "max_tokens")
+                f"and {prompt} ({requested} > {self.max_model_len} - {longest_prompt})", "max_tokens")
         return room
