@@ -5,7 +5,6 @@ gives the same tokens whatever else is batched)."""
 from __future__ import annotations
 
 import asyncio
-import math
 
 import openai
 import pytest
@@ -138,11 +137,13 @@ def test_echo_and_logprobs(tiny_client, tiny_engine):
     assert echoed.text == PROMPT + reference.text
     assert len(echoed.logprobs.tokens) == len(prompt_ids) + 4
     assert echoed.logprobs.token_logprobs[0] is None and echoed.logprobs.top_logprobs[0] is None
-    assert all(isinstance(lp, float) and lp <= 0 and math.isfinite(lp) for lp in echoed.logprobs.token_logprobs[1:])
+    prompt_reference = offline(tiny_engine, PROMPT, temperature=0, max_tokens=1, prompt_logprobs=1).prompt_logprobs
+    expected_prompt = [entry[t].logprob for entry, t in zip(prompt_reference[1:], prompt_ids[1:])]
+    assert echoed.logprobs.token_logprobs[1:len(prompt_ids)] == pytest.approx(expected_prompt, rel=1e-4, abs=1e-5)
     assert echoed.logprobs.token_logprobs[len(prompt_ids):] == pytest.approx(expected, rel=1e-4, abs=1e-5)
-    [streamed] = [c for c in complete(tiny_client, temperature=0, max_tokens=4, ignore_eos=True, echo=True,
-                                      stream=True)][:1]
-    assert streamed.choices[0].text.startswith(PROMPT)
+    chunks = list(complete(tiny_client, temperature=0, max_tokens=4, ignore_eos=True, echo=True, stream=True))
+    assert chunks[0].choices[0].text.startswith(PROMPT)
+    assert "".join(c.choices[0].text for c in chunks) == PROMPT + reference.text
 
 
 def test_streaming_sync_gives_the_same_text_with_usage_last(tiny_client, tiny_engine):
