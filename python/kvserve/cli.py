@@ -7,6 +7,8 @@ import sys
 
 import kvserve
 from kvserve.bench.cli import add_bench_parser
+from kvserve.server.args import add_serve_parser
+from kvserve.terminal import add_terminal_parsers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kvserve {kvserve.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_serve_parser(commands)
+    add_terminal_parsers(commands)
     add_bench_parser(commands)
     return parser
 

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from kvserve import _C
@@ -155,10 +156,22 @@ class Engine:
             metrics = self.requests[request_id].metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
-        result = self.runner.execute(out, self.requests)
+        try:
+            result = self.runner.execute(out, self.requests)
+        except BaseException:
+            self._drop_step(out)
+            raise
         updates = self.scheduler.update_from_output(result.sampled_token_ids)
         decode = self._decode_token if self.tokenizer is not None else None
         return process_step(out, result, updates, self.requests, self.scheduler, decode)
+
+    def _drop_step(self, out) -> None:
+        """A step whose model run failed (an error, Ctrl-C): its requests end, freeing their blocks,
+        and the scheduler closes the step without tokens (it skips ended sequences), so the engine
+        stays usable."""
+        num_sampled, request_ids = out.num_sampled, list(out.req_ids)
+        self.abort(request_ids)
+        self.scheduler.update_from_output(np.zeros(num_sampled, dtype=np.int32))
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
         """End requests now and free their KV blocks; ids that already finished are ignored."""

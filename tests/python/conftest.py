@@ -20,3 +20,29 @@ def tiny_model_dir(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_dir):
+    """A `kvserve serve` process (server_process.py) serving the tiny Llama under the name "tiny";
+    one per test module that asks for it."""
+    from server_process import ServerProcess
+
+    with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", "tiny") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_dir):
+    """The offline Engine on the tiny Llama (float32), whose answers the server's must equal."""
+    from kvserve import Engine
+
+    return Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01)
+
+
+@pytest.fixture(scope="module")
+def tiny_client(tiny_server):
+    """An `openai.OpenAI` client of tiny_server."""
+    import openai
+
+    return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused")

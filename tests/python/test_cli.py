@@ -1,8 +1,15 @@
-"""The `kvserve` console script, as a user runs it."""
+"""The `kvserve` console script, as a user runs it: `kvserve generate` and `kvserve chat` checked
+against the offline Engine on the same tiny model; a chat reply interrupted mid-stream frees its
+blocks and leaves the history as it was; the server's packages load only when `serve` runs."""
 
 import subprocess
+import sys
+
+import pytest
 
 import kvserve
+from kvserve import Engine, SamplingParams
+from kvserve.terminal import ChatSession
 
 
 def test_version():
@@ -13,3 +20,96 @@ def test_version():
 def test_help():
     out = subprocess.run(["kvserve", "--help"], capture_output=True, text=True, check=True)
     assert "usage: kvserve" in out.stdout
+
+
+FLAGS = ["--dtype", "float32", "--kv-cache-memory", "0.01", "--temperature", "0", "--max-tokens", "8"]
+GREEDY = SamplingParams(temperature=0, max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("LlamaForCausalLM")
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return Engine(str(model_dir), dtype="float32", kv_cache_memory_gb=0.01)
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvserve.cli", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_generate_writes_the_completion_to_stdout(model_dir, engine):
+    [expected] = engine.generate(["Once upon a time"], GREEDY, use_tqdm=False)
+    result = run_cli("generate", str(model_dir), "--prompt", "Once upon a time", *FLAGS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected.outputs[0].text + "\n"
+    assert "loaded" in result.stderr  # what was loaded goes to stderr, out of the text's way
+
+
+def test_chat_keeps_the_history(model_dir, engine):
+    result = run_cli("chat", str(model_dir), *FLAGS, "--system", "Be brief.", stdin="Hi\nWhat now?\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    first = engine.chat(history, GREEDY, use_tqdm=False)[0].outputs[0].text
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "What now?"}]
+    second = engine.chat(history, GREEDY, use_tqdm=False)[0].outputs[0].text
+    assert result.stdout == f"> {first}\n> {second}\n> "
+
+
+def test_bad_flags_are_a_clear_error(model_dir):
+    result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--max-model-len", "100000")
+    assert result.returncode != 0 and "kvserve generate: max_model_len" in result.stderr
+
+
+def test_a_reply_interrupted_mid_step_is_forgotten_and_the_chat_goes_on(engine, monkeypatch):
+    session = ChatSession(engine, SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    first = session.reply("Hi", lambda text: None)
+    kept = list(session.messages)
+    execute, calls = engine.runner.execute, []
+
+    def interrupted_on_the_third_step(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C lands in the model's forward pass
+        return execute(*args)
+
+    monkeypatch.setattr(engine.runner, "execute", interrupted_on_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        session.reply("Tell me more", lambda text: None)
+    assert session.messages == kept and len(kept) == 2
+    stats = engine.stats()
+    assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1
+    session.clear()
+    assert session.messages == [] and session.reply("Hi", lambda text: None) == first
+
+
+def test_the_server_packages_load_only_when_serve_runs():
+    code = ("import sys, kvserve.cli; kvserve.cli.build_parser(); "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+def test_engine_flags_reach_the_engine(model_dir):
+    import torch
+
+    from kvserve.cli import build_parser
+    from kvserve.engine_args import engine_from_args
+    from kvserve.kv_cache import kv_bytes_per_token
+
+    args = build_parser().parse_args([
+        "serve", str(model_dir), "--dtype", "bfloat16", "--max-model-len", "64", "--block-size", "8",
+        "--kv-cache-memory", "0.001", "--max-num-seqs", "3", "--max-num-batched-tokens", "100",
+        "--no-enable-prefix-caching", "--load-format", "dummy", "--seed", "5"])
+    engine = engine_from_args(args)
+    assert engine.max_model_len == 64 and engine.dtype == torch.bfloat16
+    assert engine.stats().num_blocks == int(0.001 * 2**30 // (8 * kv_bytes_per_token(engine.model_config,
+                                                                                         torch.bfloat16)))
+    for i in range(5):
+        engine.add_request(str(i), {"prompt_token_ids": list(range(10, 30))}, SamplingParams(max_tokens=2))
+    engine.step()
+    assert engine.scheduler.num_running == 3  # --max-num-seqs
+    assert engine.stats().prefix_cache_hits == 0  # five equal prompts, no prefix caching

@@ -166,6 +166,22 @@ def test_streaming_deltas_add_up_and_abort_frees_blocks(tiny_model_dir):
     assert_no_blocks_held(engine)
 
 
+def test_a_failed_step_ends_its_batch_and_the_engine_goes_on(tiny_model_dir, monkeypatch):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    [expected] = engine.generate(["Hi"], GREEDY, use_tqdm=False)
+    execute = engine.runner.execute
+
+    def interrupted(*args):  # Ctrl-C in the model's forward pass
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.runner, "execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate(["Hi", "Hello"], GREEDY, use_tqdm=False)
+    assert_no_blocks_held(engine)
+    monkeypatch.setattr(engine.runner, "execute", execute)
+    assert engine.generate(["Hi"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
+
+
 def test_bad_input_is_a_clear_error_and_leaks_nothing(tiny_model_dir):
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32)
     with pytest.raises(ValueError, match="max_model_len"):

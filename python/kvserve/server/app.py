@@ -1,0 +1,56 @@
+"""build_app: the FastAPI app that serves one Engine over the OpenAI API.
+
+    app = build_app(engine, served_model_names=["my-model"], api_key=None)
+    uvicorn.run(app)         # the engine thread starts and stops with the app's lifespan
+
+Routes: POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize; GET /v1/models,
+/health, /version, /metrics.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+import kvserve
+from kvserve.engine import Engine
+from kvserve.server import chat, completions, endpoints, metrics
+from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
+from kvserve.server.errors import install_error_handlers
+from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware
+from kvserve.server.served_model import ServedModel
+
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+
+
+def build_app(engine: Engine, *, served_model_names: list[str], root: str | None = None, api_key: str | None = None,
+              max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """served_model_names: the names requests may use (the first is the one responses carry).
+    root: what /v1/models reports the model was loaded from (default: the first name).
+    api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
+    max_waiting: requests accepted but not yet running, beyond which the server answers 503.
+    max_body_bytes: larger request bodies get 413."""
+    served = ServedModel(engine, served_model_names, root or served_model_names[0])
+    server_metrics = metrics.ServerMetrics(served.name)
+    async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async_engine.start()
+        try:
+            yield
+        finally:
+            await async_engine.shutdown()
+
+    app = FastAPI(title="kvserve", version=kvserve.__version__, lifespan=lifespan)
+    app.state.engine = async_engine
+    app.state.model = served
+    app.state.metrics = server_metrics
+    for module in (completions, chat, endpoints, metrics):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(BodySizeMiddleware, max_body_bytes=max_body_bytes)
+    return app

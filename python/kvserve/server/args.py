@@ -1,0 +1,41 @@
+"""`kvserve serve`'s flags (vLLM's names). Only argparse here: the server's packages are imported
+when the command runs, so `kvserve --help` works without them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from kvserve.engine_args import add_engine_arguments
+from kvserve.server.async_engine import DEFAULT_MAX_WAITING
+
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from kvserve.server.serve import run_server
+
+    return run_server(args)
+
+
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve a model over the OpenAI API (FastAPI + uvicorn)",
+                                description="Serve a model over an OpenAI-compatible HTTP API.")
+    add_engine_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1; 0.0.0.0 opens the server to the network)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--api-key", default=os.environ.get("KVSERVE_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on every /v1 route (default: $KVSERVE_API_KEY)")
+    serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                       help="the names requests may use; the first one is returned in responses "
+                       "(default: the model argument)")
+    serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
+                       help="requests that may wait for a place in the batch; more get 503 "
+                       f"(default: {DEFAULT_MAX_WAITING})")
+    serve.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, metavar="SECONDS",
+                       help="on SIGINT/SIGTERM, how long in-flight requests may finish before they are aborted "
+                       f"(default: {DEFAULT_SHUTDOWN_TIMEOUT_S:g})")
+    serve.add_argument("--uvicorn-log-level", default="info",
+                       choices=("critical", "error", "warning", "info", "debug", "trace"))
+    serve.set_defaults(func=_run_serve)

@@ -1,0 +1,84 @@
+"""POST /v1/chat/completions: a conversation through the model's chat template, streamed or not.
+A stream opens each choice with a chunk carrying the assistant role, as OpenAI's does. Logprobs
+take OpenAI's chat format:
+
+    "logprobs": {"content": [{"token": str, "logprob": float, "bytes": [int],
+                              "top_logprobs": [{"token", "logprob", "bytes"}, ...]}]}   # top_logprobs entries
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+
+from kvserve.logprobs import Logprob, SampleLogprobs
+from kvserve.server.async_engine import EnginePrompt
+from kvserve.server.errors import bad_request
+from kvserve.server.generation import Generation, start_generation
+from kvserve.server.protocol import ChatCompletionRequest
+from kvserve.server.responses import AnswerFormat, respond
+from kvserve.server.served_model import ServedModel
+
+router = APIRouter()
+
+
+def _token_entry(logprob: Logprob) -> dict:
+    token = logprob.decoded_token or ""
+    return {"token": token, "logprob": logprob.logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int) -> dict:
+    content = []
+    for token_id, entry in zip(token_ids, entries):
+        top = sorted(entry.values(), key=lambda e: -e.logprob)[:num_top]
+        content.append({**_token_entry(entry[token_id]), "top_logprobs": [_token_entry(e) for e in top]})
+    return {"content": content}
+
+
+def _check_unsupported(body: ChatCompletionRequest) -> None:
+    if body.tools:
+        raise bad_request("tools are not supported: kvserve generates plain text", "tools")
+    if body.response_format is not None and body.response_format.get("type") != "text":
+        raise bad_request(f"response_format {body.response_format.get('type')!r} is not supported: only 'text'",
+                          "response_format")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs needs logprobs to be true", "top_logprobs")
+
+
+async def _choices(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> list[dict]:
+    choices = []
+    for index, choice in enumerate(await generation.collect()):
+        logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
+        choices.append({"index": index, "message": {"role": "assistant", "content": choice.text},
+                        "logprobs": logprobs, "finish_reason": choice.finish_reason,
+                        "stop_reason": choice.stop_reason})
+    return choices
+
+
+async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
+                         served: ServedModel) -> AsyncIterator[dict]:
+    for index in range(generation.num_choices):
+        yield {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+    async for delta in generation.deltas():
+        logprobs = _logprobs(delta.token_ids, delta.logprobs, body.top_logprobs or 0) if body.logprobs else None
+        yield {"index": delta.index, "delta": {"content": delta.text} if delta.text else {}, "logprobs": logprobs,
+               "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
+
+
+ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chunk_choices)
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
+    served: ServedModel = raw_request.app.state.model
+    served.check_name(body.model)
+    _check_unsupported(body)
+    text = served.render_chat(body)
+    prompt = EnginePrompt(served.encode(text, body.add_special_tokens, "messages"), text)
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    generation = start_generation(
+        raw_request, body, [prompt], prefix="chatcmpl", param="messages",
+        max_tokens=requested if requested is not None else served.default_sampling.get("max_tokens"),
+        explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+    return await respond(raw_request, generation, body, ANSWER)

@@ -1,0 +1,132 @@
+"""POST /v1/completions: prompts as text or token ids (one or a list), streamed or not, with echo
+and logprobs in OpenAI's completions format:
+
+    "logprobs": {"tokens": [str], "token_logprobs": [float | None], "top_logprobs": [{str: float} | None],
+                 "text_offset": [int]}     # None for the first prompt token under echo: nothing predicts it
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+
+from kvserve.logprobs import Logprob
+from kvserve.server.async_engine import EnginePrompt
+from kvserve.server.errors import bad_request
+from kvserve.server.generation import Generation, start_generation
+from kvserve.server.protocol import CompletionRequest
+from kvserve.server.responses import AnswerFormat, respond
+from kvserve.server.served_model import ServedModel
+
+router = APIRouter()
+
+
+class _LogprobsWriter:
+    """One choice's logprobs, added token by token and taken chunk by chunk; text_offset counts from
+    the start of the choice's text, across chunks."""
+
+    def __init__(self, served: ServedModel):
+        self._decode = lambda token_id: served.tokenizer.decode([token_id])
+        self._offset = 0
+        self._lists: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+    def add(self, token_ids: list[int], entries: list[dict[int, Logprob] | None]) -> None:
+        for token_id, entry in zip(token_ids, entries):
+            if entry is None:
+                token, logprob, top = self._decode(token_id), None, None
+            else:
+                token, logprob = entry[token_id].decoded_token, entry[token_id].logprob
+                top = {}
+                for e in entry.values():  # the chosen token, then by rank: tokens that decode alike keep the first
+                    top.setdefault(e.decoded_token, e.logprob)
+            for name, value in zip(self._lists, (token, logprob, top, self._offset)):
+                self._lists[name].append(value)
+            self._offset += len(token)
+
+    def take(self) -> dict:
+        taken = self._lists
+        self._lists = {name: [] for name in taken}
+        return taken
+
+
+def _prompts(body: CompletionRequest, served: ServedModel) -> list[EnginePrompt]:
+    prompt = body.prompt
+    if isinstance(prompt, str) or isinstance(prompt[0], int):
+        prompt = [prompt]
+    return [EnginePrompt(served.encode(p, body.add_special_tokens, "prompt"), p) if isinstance(p, str)
+            else EnginePrompt(p) for p in prompt]
+
+
+class _Echo:
+    """What `echo` puts before each choice's first text: the prompt, and its logprobs."""
+
+    def __init__(self, generation: Generation, served: ServedModel):
+        self._generation = generation
+        self._served = served
+
+    def text(self, prompt_index: int) -> str:
+        prompt = self._generation.prompts[prompt_index]
+        return prompt.text if prompt.text is not None else self._served.tokenizer.decode(prompt.token_ids)
+
+    def add_logprobs(self, writer: _LogprobsWriter, prompt_index: int) -> None:
+        writer.add(self._generation.prompts[prompt_index].token_ids, self._generation.prompt_logprobs[prompt_index])
+
+
+def _choice(index: int, text: str, logprobs: dict | None, finish_reason, stop_reason) -> dict:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
+            "stop_reason": stop_reason}
+
+
+async def _choices(generation: Generation, body: CompletionRequest, served: ServedModel) -> list[dict]:
+    echo = _Echo(generation, served)
+    choices = []
+    for index, choice in enumerate(await generation.collect()):
+        prompt_index = index // body.n
+        text, logprobs = choice.text, None
+        if body.echo:
+            text = echo.text(prompt_index) + text
+        if body.logprobs is not None:
+            writer = _LogprobsWriter(served)
+            if body.echo:
+                echo.add_logprobs(writer, prompt_index)
+            writer.add(choice.token_ids, choice.logprobs)
+            logprobs = writer.take()
+        choices.append(_choice(index, text, logprobs, choice.finish_reason, choice.stop_reason))
+    return choices
+
+
+async def _chunk_choices(generation: Generation, body: CompletionRequest, served: ServedModel) -> AsyncIterator[dict]:
+    echo = _Echo(generation, served)
+    writers: dict[int, _LogprobsWriter] = {}  # also marks the choices that have begun
+    async for delta in generation.deltas():
+        text, logprobs = delta.text, None
+        first = delta.index not in writers
+        writer = writers.setdefault(delta.index, _LogprobsWriter(served))
+        if body.echo and first:
+            text = echo.text(delta.prompt_index) + text
+            if body.logprobs is not None:
+                echo.add_logprobs(writer, delta.prompt_index)
+        if body.logprobs is not None:
+            writer.add(delta.token_ids, delta.logprobs)
+            logprobs = writer.take()
+        yield _choice(delta.index, text, logprobs, delta.finish_reason, delta.stop_reason)
+
+
+ANSWER = AnswerFormat("text_completion", "text_completion", _choices, _chunk_choices)
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, raw_request: Request):
+    served: ServedModel = raw_request.app.state.model
+    served.check_name(body.model)
+    if body.suffix is not None:
+        raise bad_request("suffix is not supported: kvserve serves no fill-in-the-middle models", "suffix")
+    echo_logprobs = body.logprobs if body.echo else None
+    generation = start_generation(
+        raw_request, body, _prompts(body, served), prefix="cmpl", param="prompt",
+        max_tokens=body.max_tokens if "max_tokens" in body.model_fields_set
+        else served.default_sampling.get("max_tokens", body.max_tokens),
+        explicit_max_tokens="max_tokens" in body.model_fields_set, logprobs=body.logprobs,
+        prompt_logprobs=echo_logprobs)
+    return await respond(raw_request, generation, body, ANSWER)

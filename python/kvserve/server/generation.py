@@ -1,0 +1,129 @@
+"""What completions and chat completions share once their prompts are token ids: submitting to the
+engine, turning its DELTA outputs into per-choice deltas, and usage counts.
+
+Choices are numbered as OpenAI numbers them for several prompts: choice = prompt_index * n + sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from kvserve.logprobs import PromptLogprobs, SampleLogprobs
+from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
+from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.protocol import GenerationRequest
+from kvserve.server.served_model import ServedModel
+
+logger = logging.getLogger("kvserve.server")
+
+@dataclass
+class ChoiceDelta:
+    """What one choice gained in one engine step (the last one carries its finish_reason)."""
+
+    index: int
+    prompt_index: int
+    text: str
+    token_ids: list[int]
+    logprobs: SampleLogprobs | None
+    finish_reason: str | None
+    stop_reason: int | str | None
+
+
+@dataclass
+class Choice:
+    """One choice accumulated over the whole request (non-streaming responses)."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: SampleLogprobs = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.text += delta.text
+        self.token_ids += delta.token_ids
+        self.logprobs += delta.logprobs or []
+        self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+
+
+class Generation:
+    """One HTTP request's run through the engine."""
+
+    def __init__(self, request_id: str, stream: RequestStream, prompts: list[EnginePrompt], n: int):
+        self.request_id = request_id
+        self.prompts = prompts
+        self.n = n
+        self.prompt_logprobs: dict[int, PromptLogprobs] = {}
+        self.num_completion_tokens = 0
+        self._stream = stream
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.prompts) * self.n
+
+    async def deltas(self) -> AsyncIterator[ChoiceDelta]:
+        """Each choice's deltas as the engine makes them; steps where a choice gained neither text,
+        tokens nor an ending are left out."""
+        finished: set[int] = set()
+        async for prompt_index, output in self._stream:
+            if output.prompt_logprobs is not None:
+                self.prompt_logprobs[prompt_index] = output.prompt_logprobs
+            for sample in output.outputs:
+                index = prompt_index * self.n + sample.index
+                if index in finished or not (sample.token_ids or sample.text or sample.finish_reason):
+                    continue
+                if sample.finish_reason is not None:
+                    finished.add(index)
+                self.num_completion_tokens += len(sample.token_ids)
+                yield ChoiceDelta(index, prompt_index, sample.text, sample.token_ids, sample.logprobs,
+                                  sample.finish_reason, sample.stop_reason)
+
+    async def collect(self) -> list[Choice]:
+        choices = [Choice() for _ in range(self.num_choices)]
+        async for delta in self.deltas():
+            choices[delta.index].add(delta)
+        return choices
+
+    def usage(self) -> dict:
+        prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": self.num_completion_tokens,
+                "total_tokens": prompt_tokens + self.num_completion_tokens}
+
+    def close(self) -> None:
+        """Abort whatever has not finished (the client left, or the response is done)."""
+        self._stream.close()
+
+
+def start_generation(raw_request: Request, body: GenerationRequest, prompts: list[EnginePrompt], *, prefix: str,
+                     param: str, max_tokens: int | None, explicit_max_tokens: bool, logprobs: int | None,
+                     prompt_logprobs: int | None = None) -> Generation:
+    """Check the prompts against the model and submit them: 400 for what does not fit, 503 when the
+    server is full or stopping."""
+    served: ServedModel = raw_request.app.state.model
+    engine: AsyncEngine = raw_request.app.state.engine
+    if body.model_extra:
+        logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    for prompt in prompts:
+        served.check_token_ids(prompt.token_ids, param)
+    max_tokens = served.fit_max_tokens(max(len(p.token_ids) for p in prompts), max_tokens, explicit_max_tokens, param)
+    try:
+        params = body.sampling_params(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                                      defaults=served.default_sampling)
+        params.check_token_ids(served.vocab_size)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    try:
+        stream = engine.submit(request_id, prompts, params)
+    except QueueFullError as e:
+        raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
+    except EngineStoppedError as e:
+        raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
+    return Generation(request_id, stream, prompts, body.n)

@@ -1,0 +1,115 @@
+"""Prometheus metrics at GET /metrics, named after vLLM's `vllm:*` (so its dashboards carry over):
+
+    kvserve:num_requests_running / num_requests_waiting / kv_cache_usage_perc     gauges
+    kvserve:prefix_cache_queries / prefix_cache_hits (tokens)                    counters
+    kvserve:prompt_tokens / generation_tokens                                     counters
+    kvserve:request_success{finished_reason=stop|length|abort}                   counter
+        (one per finished sequence; an aborted request counts once)
+    kvserve:time_to_first_token_seconds, inter_token_latency_seconds,
+    kvserve:e2e_request_latency_seconds, request_queue_time_seconds               histograms
+
+Token and latency metrics are recorded on the engine thread as each step ends (StepObserver);
+the engine's state is read when /metrics is scraped. Each app has its own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from kvserve.outputs import RequestOutput
+from kvserve.server.async_engine import AsyncEngine, StepObserver
+
+# Seconds; CPU inter-token latencies of small models reach down to a millisecond.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0,
+                    10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
+_REQUEST_BUCKETS = (0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+                    1920.0, 7680.0)
+
+router = APIRouter()
+
+
+class ServerMetrics(StepObserver):
+    def __init__(self, model_name: str):
+        self.registry = CollectorRegistry()
+        labels = {"labelnames": ["model_name"], "registry": self.registry}
+
+        def gauge(name: str, doc: str):
+            return Gauge(f"kvserve:{name}", doc, **labels).labels(model_name)
+
+        def counter(name: str, doc: str):
+            return Counter(f"kvserve:{name}", doc, **labels).labels(model_name)
+
+        def histogram(name: str, doc: str, buckets):
+            return Histogram(f"kvserve:{name}", doc, buckets=buckets, **labels).labels(model_name)
+
+        self.num_running = gauge("num_requests_running", "Requests in the running batch.")
+        self.num_waiting = gauge("num_requests_waiting", "Requests accepted and waiting to run.")
+        self.kv_cache_usage = gauge("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).")
+        self.prefix_cache_queries = counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
+        self.prefix_cache_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.")
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of requests that produced a first token.")
+        self.generation_tokens = counter("generation_tokens", "Generated tokens.")
+        self.ttft = histogram("time_to_first_token_seconds", "Arrival to first token.", _LATENCY_BUCKETS)
+        self.itl = histogram("inter_token_latency_seconds", "Time between a request's consecutive tokens.",
+                             _LATENCY_BUCKETS)
+        self.e2e = histogram("e2e_request_latency_seconds", "Arrival to last token.", _REQUEST_BUCKETS)
+        self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.", _REQUEST_BUCKETS)
+        self._request_success = Counter("kvserve:request_success", "Finished sequences by finish reason.",
+                                        labelnames=["model_name", "finished_reason"], registry=self.registry)
+        self._model_name = model_name
+        self._last_token_time: dict[str, float] = {}  # engine thread only
+        self._prefix_seen = (0, 0)  # (queries, hits) already counted; scrapes only
+
+    def request_success(self, finished_reason: str):
+        return self._request_success.labels(self._model_name, finished_reason)
+
+    # ---- engine thread -------------------------------------------------------------------------
+
+    def on_step(self, outputs: list[RequestOutput], now: float) -> None:
+        for output in outputs:
+            new_tokens = sum(len(sample.token_ids) for sample in output.outputs)
+            if new_tokens:
+                self.generation_tokens.inc(new_tokens)
+                last = self._last_token_time.get(output.request_id)
+                if last is None:
+                    self.prompt_tokens.inc(len(output.prompt_token_ids))
+                    self.ttft.observe(now - output.metrics.arrival_time)
+                else:
+                    self.itl.observe(now - last)
+                self._last_token_time[output.request_id] = now
+            if output.finished:
+                self._last_token_time.pop(output.request_id, None)
+                metrics = output.metrics
+                self.e2e.observe(now - metrics.arrival_time)
+                if metrics.first_scheduled_time is not None:
+                    self.queue_time.observe(metrics.first_scheduled_time - metrics.arrival_time)
+                for sample in output.outputs:
+                    self.request_success(sample.finish_reason).inc()
+
+    def on_abort(self, request_ids: Sequence[str]) -> None:
+        for request_id in request_ids:
+            self._last_token_time.pop(request_id, None)
+            self.request_success("abort").inc()
+
+    # ---- scrapes (event loop) -------------------------------------------------------------------
+
+    def render(self, engine: AsyncEngine) -> bytes:
+        snapshot = engine.snapshot
+        self.num_running.set(snapshot.num_running)
+        self.num_waiting.set(engine.num_waiting)
+        self.kv_cache_usage.set(snapshot.kv_cache_usage)
+        queries, hits = self._prefix_seen
+        self.prefix_cache_queries.inc(snapshot.prefix_cache_queries - queries)
+        self.prefix_cache_hits.inc(snapshot.prefix_cache_hits - hits)
+        self._prefix_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits)
+        return generate_latest(self.registry)
+
+
+@router.get("/metrics")
+async def metrics(raw_request: Request) -> Response:
+    state = raw_request.app.state
+    return Response(state.metrics.render(state.engine), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,180 @@
+"""The request bodies of the OpenAI API (and vLLM's extras), as pydantic models.
+
+Validation is strict (a string is not a number, 1 is not true) and ranges are OpenAI's, so a bad
+field fails with a 400 naming it before anything reaches the engine. Unknown fields are accepted
+and ignored, as vLLM does, because clients send fields for features they do not use.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from kvserve.sampling_params import RequestOutputKind, SamplingParams
+
+MAX_N = 128  # choices per request
+MAX_LOGPROBS = 20  # top logprobs per position
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _utf8(text: str) -> str:
+    # JSON can spell lone surrogates ("\ud800"), which are not text and which no tokenizer takes.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"invalid UTF-8: {e.reason} at character {e.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prompt(value):
+    """A completion prompt: a string, a list of strings, a list of token ids or a list of token-id lists."""
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return [_utf8(v) for v in value]
+        if all(_is_int(v) for v in value):
+            return value
+        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
+            return value
+    raise ValueError("prompt must be a string, a non-empty list of strings, a list of token ids (integers) "
+                     "or a list of non-empty token-id lists")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class StreamOptions(_Model):
+    include_usage: bool = False
+
+
+class GenerationRequest(_Model):
+    """What completions and chat completions share: the model and how to sample."""
+
+    model: str | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    # vLLM's extras
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def sampling_params(self, *, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None,
+                        defaults: dict) -> SamplingParams:
+        """SamplingParams (DELTA outputs); fields the request leaves unset come from `defaults`
+        (the model's generation_config), then from SamplingParams' own defaults.
+        Raises ValueError for values that only SamplingParams checks (e.g. min_tokens > max_tokens)."""
+        picked = {name: getattr(self, name) if getattr(self, name) is not None else defaults.get(name)
+                  for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
+        return SamplingParams(
+            n=self.n, presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+            max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output, output_kind=RequestOutputKind.DELTA,
+            **{name: value for name, value in picked.items() if value is not None})
+
+    def _logit_bias(self) -> dict[int, float] | None:
+        if self.logit_bias is None:
+            return None
+        bias = {}
+        for key, value in self.logit_bias.items():
+            try:
+                bias[int(key)] = value
+            except ValueError:
+                raise ValueError(f"logit_bias is keyed by token ids, got the key {key!r}") from None
+        return bias
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: Annotated[object, AfterValidator(_prompt)]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False
+    suffix: str | None = None
+    add_special_tokens: bool = True
+
+
+class TextPart(_Model):
+    type: Literal["text"]
+    text: Text
+
+
+class ChatMessage(_Model):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = None
+    name: str | None = None
+
+    def template_message(self) -> dict:
+        """The message as chat templates see it; "developer" is OpenAI's newer name for "system"."""
+        message = self.model_dump(exclude_none=True)
+        if message["role"] == "developer":
+            message["role"] = "system"
+        return message
+
+
+class ChatTemplateFields(_Model):
+    """How a conversation becomes a prompt (shared by chat completions and /tokenize)."""
+
+    messages: list[ChatMessage]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False  # the template writes the special tokens
+    chat_template_kwargs: dict | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages is not None and not messages:
+            raise ValueError("messages must hold at least one message")
+        return messages
+
+
+class ChatCompletionRequest(GenerationRequest, ChatTemplateFields):
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list | None = None
+    response_format: dict | None = None
+
+
+class TokenizeRequest(ChatTemplateFields):
+    """vLLM's /tokenize: a prompt, or messages rendered with the chat template."""
+
+    model: str | None = None
+    prompt: Text | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None  # None: True for a prompt, False for messages
+
+
+class DetokenizeRequest(_Model):
+    model: str | None = None
+    tokens: list[int]

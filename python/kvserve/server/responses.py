@@ -1,0 +1,117 @@
+"""How completions and chat completions answer: one JSON body when the run is done, or server-sent
+events as it goes, exactly as OpenAI sends them:
+
+    data: {"id", "object": <chunk object>, "created", "model", "choices": [one choice]}   per chunk
+    data: {..., "choices": [], "usage": {...}}        last, when stream_options.include_usage
+    data: [DONE]
+
+Either way the request is aborted as soon as the client goes away, and its KV blocks are freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from kvserve.server.async_engine import EngineStoppedError
+from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.generation import Generation
+from kvserve.server.protocol import GenerationRequest
+from kvserve.server.served_model import ServedModel
+
+logger = logging.getLogger("kvserve.server")
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    """How an endpoint spells its answer: the object names, and its choices, whole or chunk by chunk."""
+
+    object: str  # "text_completion", "chat.completion"
+    chunk_object: str  # "text_completion", "chat.completion.chunk"
+    choices: Callable[[Generation, Any, ServedModel], Awaitable[list[dict]]]
+    chunk_choices: Callable[[Generation, Any, ServedModel], AsyncIterator[dict]]
+
+
+def as_openai_error(error: Exception) -> OpenAIError:
+    """An engine-side failure as an HTTP error: a rejected request (400), shutdown (503), else 500."""
+    if isinstance(error, OpenAIError):
+        return error
+    if isinstance(error, ValueError):
+        return bad_request(str(error))
+    if isinstance(error, EngineStoppedError):
+        return OpenAIError(503, str(error), code="server_shutting_down")
+    logger.error("request failed", exc_info=error)
+    return OpenAIError(500, f"internal server error: {type(error).__name__}: {error}")
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+async def _events(generation: Generation, body: GenerationRequest, head: dict,
+                  choices: AsyncIterator[dict]) -> AsyncIterator[str]:
+    # A failure mid-stream becomes a `data: {"error": ...}` event. Starlette cancels this generator
+    # when the client disconnects, and the `finally` aborts the request then.
+    usage = {"usage": None} if body.include_usage else {}
+    try:
+        async for choice in choices:
+            yield _sse({**head, "choices": [choice], **usage})
+        if body.include_usage:
+            yield _sse({**head, "choices": [], "usage": generation.usage()})
+        yield SSE_DONE
+    except Exception as error:
+        yield _sse(as_openai_error(error).body())
+        yield SSE_DONE
+    finally:
+        generation.close()
+
+
+async def _wait_for_disconnect(raw_request: Request) -> None:
+    while (await raw_request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(raw_request: Request, generation: Generation, work: Awaitable):
+    """`work`'s result, awaited while watching the connection: a client that leaves aborts the
+    request at once (and None is returned), instead of when its last token would have come."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(raw_request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        generation.close()
+    if not task.done() or task.cancelled():
+        return None
+    if task.exception() is not None:
+        raise as_openai_error(task.exception()) from task.exception()
+    return task.result()
+
+
+async def respond(raw_request: Request, generation: Generation, body: GenerationRequest,
+                  answer: AnswerFormat) -> Response:
+    served: ServedModel = raw_request.app.state.model
+    created = int(time.time())
+
+    def head(object_name: str) -> dict:
+        return {"id": generation.request_id, "object": object_name, "created": created, "model": served.name}
+
+    if body.stream:
+        events = _events(generation, body, head(answer.chunk_object), answer.chunk_choices(generation, body, served))
+        return StreamingResponse(events, media_type="text/event-stream")
+    choices = await _unless_disconnected(raw_request, generation, answer.choices(generation, body, served))
+    if choices is None:
+        return Response(status_code=499)  # nobody will read it: the client is gone
+    return JSONResponse({**head(answer.object), "choices": choices, "usage": generation.usage()})

@@ -1,0 +1,88 @@
+"""`kvserve serve`: bind the port, load the model, serve until SIGINT/SIGTERM, exit 0.
+
+The port is bound before the model loads, so a port in use fails at once. On a signal uvicorn
+stops accepting connections and in-flight requests get --shutdown-timeout seconds to finish; then
+the engine stops, which aborts the rest, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+
+import uvicorn
+
+from kvserve.engine_args import engine_from_args
+from kvserve.loader.default_model import DEFAULT_MODEL_NAME
+from kvserve.server.app import build_app
+from kvserve.server.async_engine import AsyncEngine
+
+logger = logging.getLogger("kvserve")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(f"kvserve serve: cannot listen on {host}:{port}: {e.strerror}") from None
+    # Connections made while the model loads wait in the backlog instead of being refused.
+    sock.listen(2048)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+# uvicorn cancels what still runs this long after the engine stopped (all should have ended by then).
+_CANCEL_AFTER_S = 5.0
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's shutdown, with the engine stopped when the grace period ends: requests still
+    running then end with an error the client can read (an SSE error event and [DONE], or a 503)
+    rather than with a cut connection."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncEngine, grace_s: float):
+        super().__init__(config)
+        self._engine = engine
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stop = asyncio.get_running_loop().call_later(self._grace_s, self._engine.shutdown)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            stop.cancel()
+
+
+def run_server(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    sock = _listen(args.host, args.port)
+    names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
+    try:
+        engine = engine_from_args(args)
+        app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
+                        api_key=args.api_key, max_waiting=args.max_waiting)
+    except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
+        raise SystemExit(f"kvserve serve: {e}") from None
+    # The Engine has logged what it loaded and its KV cache in blocks and tokens.
+    logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names), engine.max_model_len, _url(sock),
+                "API key required" if args.api_key else "no API key")
+    config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
+                            timeout_graceful_shutdown=args.shutdown_timeout + _CANCEL_AFTER_S)
+    server = _GracefulServer(config, app.state.engine, args.shutdown_timeout)
+    # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal it caught into the
+    # handlers that were there before; no-op ones make a graceful shutdown end with exit code 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    asyncio.run(server.serve(sockets=[sock]))
+    return 0 if server.started else 1

@@ -1,0 +1,71 @@
+"""ServedModel: what the HTTP side knows about the model it serves, and the checks that need it
+(its names, tokenizer, context length and vocabulary). Tokenization and chat templates run here,
+on the HTTP side; the engine only ever sees token ids."""
+
+from __future__ import annotations
+
+import time
+
+from kvserve.engine import Engine
+from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.protocol import ChatTemplateFields
+
+
+class ServedModel:
+    def __init__(self, engine: Engine, names: list[str], root: str):
+        if not names:
+            raise ValueError("a served model needs at least one name")
+        if engine.tokenizer is None:
+            raise ValueError("the server needs the model's tokenizer (the engine was built without one)")
+        self.names = list(names)
+        self.name = self.names[0]  # the name responses carry
+        self.root = root
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
+        self.vocab_size = engine.model_config.vocab_size
+        self.default_sampling = dict(engine.model_config.default_sampling)
+        self.created = int(time.time())
+
+    def check_name(self, model: str | None) -> None:
+        """Requests may leave the model out; a name that is not ours is a 404, as OpenAI answers."""
+        if model is not None and model not in self.names:
+            raise OpenAIError(404, f"The model `{model}` does not exist: this server serves {', '.join(self.names)}",
+                              param="model", code="model_not_found")
+
+    def encode(self, text: str, add_special_tokens: bool, param: str) -> list[int]:
+        token_ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        if not token_ids:
+            raise bad_request(f"{param} is empty: expected at least one token", param)
+        return token_ids
+
+    def check_token_ids(self, token_ids: list[int], param: str) -> None:
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise bad_request(f"{param} has token ids {bad[:8]} outside the vocabulary [0, {self.vocab_size})", param)
+
+    def render_chat(self, fields: ChatTemplateFields) -> str:
+        """The prompt text of a conversation, through the model's chat template."""
+        try:
+            return self.tokenizer.apply_chat_template(
+                [m.template_message() for m in fields.messages],
+                add_generation_prompt=fields.add_generation_prompt,
+                continue_final_message=fields.continue_final_message,
+                **(fields.chat_template_kwargs or {}))
+        except ValueError as e:
+            raise bad_request(str(e), "messages") from None
+
+    def fit_max_tokens(self, longest_prompt: int, requested: int | None, explicit: bool, param: str) -> int | None:
+        """The max_tokens to run with: a prompt must leave room for one token; an explicit max_tokens
+        must fit the context, a default one is cut to fit. None: up to the context length."""
+        room = self.max_model_len - longest_prompt
+        prompt = f"the {'conversation' if param == 'messages' else param} is {longest_prompt} tokens long"
+        if room < 1:
+            raise bad_request(f"This model's maximum context length is {self.max_model_len} tokens, but {prompt}, "
+                              "which leaves no room to generate", param)
+        if requested is None or requested <= room:
+            return requested
+        if explicit:
+            raise bad_request(
+                f"max_tokens is {requested}, but this model's maximum context length is {self.max_model_len} tokens "
+                f"and {prompt} ({requested} > {self.max_model_len} - {longest_prompt})", "max_tokens")
+        return room

@@ -1,0 +1,127 @@
+"""AsyncEngine in-process (no HTTP): its streams carry what the offline Engine generates; closing
+one aborts it; a failing step or a rejected request reaches only its streams and the engine goes
+on; a full waiting room and a shutdown are clear errors. No KV block is ever left held."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kvserve import Engine, SamplingParams
+from kvserve.sampling_params import RequestOutputKind
+from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError
+
+DELTA = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
+
+
+@pytest.fixture
+def engine(tiny_model_dir):
+    return Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01)
+
+
+def assert_no_blocks_held(engine: Engine) -> None:
+    stats = engine.stats()
+    assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1
+
+
+def run(engine: Engine, scenario, max_waiting: int = 16):
+    """Run `scenario(async_engine)` on a fresh event loop, with the engine thread started and joined."""
+    async def main():
+        async_engine = AsyncEngine(engine, max_waiting=max_waiting)
+        async_engine.start()
+        try:
+            return await asyncio.wait_for(scenario(async_engine), 120)  # a hang fails instead
+        finally:
+            await async_engine.shutdown()
+
+    return asyncio.run(main())
+
+
+async def collect(stream) -> dict[int, list[int]]:
+    token_ids: dict[int, list[int]] = {}
+    try:
+        async for prompt_index, output in stream:
+            token_ids.setdefault(prompt_index, []).extend(output.outputs[0].token_ids)
+    finally:
+        stream.close()
+    return token_ids
+
+
+def prompts(engine: Engine, *texts: str) -> list[EnginePrompt]:
+    return [EnginePrompt(engine.tokenizer.encode(text), text) for text in texts]
+
+
+def test_streams_carry_the_offline_engines_tokens(engine):
+    expected = [o.outputs[0].token_ids for o in engine.generate(["Hi", "Hello there"], DELTA, use_tqdm=False)]
+
+    async def scenario(async_engine):
+        return await asyncio.gather(collect(async_engine.submit("a", prompts(engine, "Hi", "Hello there"), DELTA)),
+                                    collect(async_engine.submit("b", prompts(engine, "Hello there"), DELTA)))
+
+    both, alone = run(engine, scenario)
+    assert [both[0], both[1], alone[0]] == [expected[0], expected[1], expected[1]]
+    assert_no_blocks_held(engine)
+
+
+def test_closing_a_stream_aborts_its_request(engine):
+    long = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
+
+    async def scenario(async_engine):
+        stream = async_engine.submit("a", prompts(engine, "Hi"), long)
+        async for _ in stream:
+            break
+        stream.close()
+        while async_engine.snapshot.num_running:
+            await asyncio.sleep(0.01)
+        return async_engine.snapshot
+
+    snapshot = run(engine, scenario)
+    assert snapshot.kv_cache_usage == 0.0
+    assert_no_blocks_held(engine)
+
+
+def test_a_failed_step_fails_its_streams_and_the_engine_goes_on(engine, monkeypatch):
+    execute = engine.runner.execute
+    calls = []
+
+    def fail_once(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return execute(*args)
+
+    monkeypatch.setattr(engine.runner, "execute", fail_once)
+
+    async def scenario(async_engine):
+        with pytest.raises(RuntimeError, match="engine step failed: boom"):
+            await collect(async_engine.submit("a", prompts(engine, "Hi"), DELTA))
+        return await collect(async_engine.submit("b", prompts(engine, "Hi"), DELTA))
+
+    assert len(run(engine, scenario)[0]) == DELTA.max_tokens
+    assert_no_blocks_held(engine)
+
+
+def test_a_request_the_engine_rejects_fails_only_its_stream(engine):
+    async def scenario(async_engine):
+        with pytest.raises(ValueError, match="vocabulary"):
+            await collect(async_engine.submit("bad", [EnginePrompt([1, 10**6])], DELTA))
+        return await collect(async_engine.submit("good", prompts(engine, "Hi"), DELTA))
+
+    assert len(run(engine, scenario)[0]) == DELTA.max_tokens
+
+
+def test_a_full_waiting_room_and_a_shutdown_are_clear_errors(engine):
+    async def scenario(async_engine):
+        with pytest.raises(QueueFullError, match="limit is 2"):
+            async_engine.submit("a", prompts(engine, "a", "b", "c"), DELTA)
+        stream = async_engine.submit("b", prompts(engine, "a", "b"), DELTA)
+        await async_engine.shutdown()
+        with pytest.raises(EngineStoppedError):
+            await collect(stream)
+        with pytest.raises(EngineStoppedError):
+            async_engine.submit("c", prompts(engine, "a"), DELTA)
+        return async_engine.is_running
+
+    assert run(engine, scenario, max_waiting=2) is False
+    assert_no_blocks_held(engine)

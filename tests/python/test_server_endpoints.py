@@ -1,0 +1,116 @@
+"""The small endpoints (/v1/models, /health, /version, /tokenize, /detokenize) and /metrics on a real
+server serving a tiny model under two names, without an API key."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import openai
+import pytest
+
+import kvserve
+from kvserve.tokenizer import Tokenizer
+from server_process import ServerProcess
+
+NAMES = ["tiny", "tiny-alias"]
+METRICS = ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_queries_total",
+           "prefix_cache_hits_total", "prompt_tokens_total", "generation_tokens_total",
+           "time_to_first_token_seconds_count", "inter_token_latency_seconds_count",
+           "e2e_request_latency_seconds_count", "request_queue_time_seconds_count"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("LlamaForCausalLM")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with ServerProcess(model_dir, "--served-model-name", *NAMES, "--gpu-memory-utilization", "0.5") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tokenizer(model_dir):
+    return Tokenizer.from_pretrained(model_dir)
+
+
+def test_models_lists_every_name_and_any_of_them_serves(server):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")  # no key needed: auth is off
+    models = client.models.list().data
+    assert [m.id for m in models] == NAMES
+    assert all(m.object == "model" and m.owned_by == "kvserve" and m.model_extra["max_model_len"] == 256
+               for m in models)
+    response = client.completions.create(model=NAMES[1], prompt="Hi", max_tokens=2)
+    assert response.model == NAMES[0]
+    assert httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
+
+
+def test_startup_log_says_what_was_loaded_and_where_it_serves(server, model_dir):
+    log = "".join(server.log)
+    assert f"loaded {model_dir} (LlamaForCausalLM, float32)" in log
+    assert re.search(r"KV cache: \d+ blocks of 16 tokens = \d+ tokens", log)
+    assert f"serving tiny, tiny-alias (max_model_len 256) at {server.url}/v1 (no API key)" in log
+    assert "--gpu-memory-utilization 0.5 has no effect on the CPU runner" in log
+
+
+def test_unknown_fields_are_ignored(server):
+    response = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "made_up": 1})
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_health_and_version(server):
+    health = httpx.get(server.url + "/health")
+    assert health.status_code == 200 and health.content == b""
+    assert httpx.get(server.url + "/version").json() == {"version": kvserve.__version__}
+
+
+def test_tokenize_and_detokenize(server, tokenizer):
+    text = "Café crème, 東京 and more"
+    body = httpx.post(server.url + "/tokenize", json={"prompt": text}).json()
+    assert body == {"count": len(tokenizer.encode(text)), "max_model_len": 256, "tokens": tokenizer.encode(text)}
+    messages = [{"role": "user", "content": text}]
+    chat = httpx.post(server.url + "/tokenize", json={"model": NAMES[0], "messages": messages}).json()
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert chat["tokens"] == tokenizer.encode(rendered, add_special_tokens=False)
+    back = httpx.post(server.url + "/detokenize", json={"tokens": body["tokens"]}).json()
+    assert back == {"prompt": text}
+    for path, payload, param in [("/detokenize", {"tokens": [1, 10**6]}, "tokens"),
+                                 ("/tokenize", {"prompt": "x", "messages": messages}, "prompt"),
+                                 ("/tokenize", {"prompt": "x", "model": "other"}, "model")]:
+        response = httpx.post(server.url + path, json=payload)
+        assert response.status_code in (400, 404) and response.json()["error"]["param"] == param
+
+
+def test_metrics_count_tokens_requests_and_latencies(server, tokenizer):
+    before = server.metrics()
+    for name in METRICS:
+        assert f'kvserve:{name}{{model_name="{NAMES[0]}"}}' in before, name
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    shared = "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more words to fill two blocks " * 2
+    usages = []
+    for prompt, max_tokens in [(shared + "alpha", 5), (shared + "beta", 7), ("Hi", 3)]:
+        usages.append(client.completions.create(model=NAMES[0], prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                                extra_body={"ignore_eos": True}).usage)
+    stopped = client.completions.create(model=NAMES[0], prompt="Hi", max_tokens=8, temperature=0,
+                                        extra_body={"logit_bias": {"2": 100}})  # end-of-sequence first
+    assert stopped.choices[0].finish_reason == "stop"
+    after = server.metrics()
+
+    def grew(name: str, **labels) -> float:
+        key = f'kvserve:{name}{{' + ",".join(f'{k}="{v}"' for k, v in {**labels, "model_name": NAMES[0]}.items()) + "}"
+        return after[key] - before.get(key, 0.0)
+
+    assert grew("prompt_tokens_total") == sum(u.prompt_tokens for u in usages) + stopped.usage.prompt_tokens
+    assert grew("generation_tokens_total") == 5 + 7 + 3 + 1
+    assert grew("request_success_total", finished_reason="length") == 3
+    assert grew("request_success_total", finished_reason="stop") == 1
+    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
+        assert grew(f"{name}_count") == 4, name
+    assert grew("inter_token_latency_seconds_count") == 4 + 6 + 2 + 0
+    # The second prompt finds the first one's full blocks in the prefix cache.
+    assert grew("prefix_cache_hits_total") >= 16 and grew("prefix_cache_queries_total") >= grew("prefix_cache_hits_total")
+    idle = {k: v for k, v in after.items() if k.split("{")[0] in (
+        "kvserve:num_requests_running", "kvserve:num_requests_waiting", "kvserve:kv_cache_usage_perc")}
+    assert list(idle.values()) == [0.0, 0.0, 0.0]
