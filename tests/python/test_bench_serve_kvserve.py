@@ -1,0 +1,54 @@
+"""`kvserve bench serve` against a real `kvserve serve` process of a tiny model: every request
+completes with exactly the asked number of tokens, the figures are filled in, and the counts agree
+with the server's own Prometheus counters."""
+
+import json
+
+import pytest
+from server_process import ServerProcess
+
+from kvserve.cli import main
+
+NUM_PROMPTS, INPUT_LEN, OUTPUT_LEN = 12, 16, 8
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", "tiny") as process:
+        yield process
+
+
+def bench_serve(server, model_dir, result_json, *flags):
+    argv = ["bench", "serve", "--base-url", server.url, "--model", "tiny", "--tokenizer", str(model_dir),
+            "--num-prompts", str(NUM_PROMPTS), "--random-input-len", str(INPUT_LEN),
+            "--random-output-len", str(OUTPUT_LEN), "--result-json", str(result_json), "--disable-tqdm", *flags]
+    status = main(argv)
+    return status, json.loads(result_json.read_text()) if result_json.exists() else None
+
+
+def test_every_request_completes_with_exact_counts(server, tiny_model_dir, tmp_path):
+    generated_before = server.metric("kvserve:generation_tokens_total")
+    status, result = bench_serve(server, tiny_model_dir("LlamaForCausalLM"), tmp_path / "r.json",
+                                 "--max-concurrency", "4", "--request-rate", "50", "--seed", "3")
+    assert status == 0
+    assert (result["completed"], result["failed"]) == (NUM_PROMPTS, 0)
+    assert result["total_input_tokens"] == NUM_PROMPTS * INPUT_LEN
+    assert result["output_lens"] == [OUTPUT_LEN] * NUM_PROMPTS
+    assert result["prompt_format"] == "ids"
+    for metric in ("mean_ttft_ms", "median_tpot_ms", "mean_itl_ms", "mean_e2el_ms", "output_throughput"):
+        assert result[metric] > 0, metric
+    assert result["mean_e2el_ms"] >= result["mean_ttft_ms"]
+    # The server generated what the client counted, plus the one untimed probe request bench serve
+    # sends first (the first prompt, to check the prompt format and warm the server up).
+    generated = server.metric("kvserve:generation_tokens_total") - generated_before
+    assert generated == (NUM_PROMPTS + 1) * OUTPUT_LEN
+
+
+def test_a_wrong_model_name_stops_with_the_servers_error(server, tiny_model_dir, tmp_path):
+    argv = ["bench", "serve", "--base-url", server.url, "--model", "not-served",
+            "--tokenizer", str(tiny_model_dir("LlamaForCausalLM")), "--num-prompts", "3",
+            "--random-input-len", "4", "--random-output-len", "2", "--disable-tqdm",
+            "--result-json", str(tmp_path / "r.json")]
+    with pytest.raises(SystemExit, match=r"HTTP 404 .*The model `not-served` does not exist"):
+        main(argv)
+    assert not (tmp_path / "r.json").exists()
