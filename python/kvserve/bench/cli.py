@@ -73,6 +73,19 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-tqdm", action="store_true")
 
 
+def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
+    workload = parser.add_argument_group("workload")
+    workload.add_argument("--batch-size", type=int, default=8, help="requests in the batch")
+    workload.add_argument("--input-len", type=int, default=32, help="prompt tokens per request")
+    workload.add_argument("--output-len", type=int, default=128, help="output tokens per request, EOS ignored")
+    workload.add_argument("--num-iters-warmup", type=int, default=1, help="untimed batches first")
+    workload.add_argument("--num-iters", type=int, default=5, help="timed batches")
+    add_model_arguments(parser)
+    parser.add_argument("--metric-percentiles", default="90,99", help="comma-separated, e.g. 50,90,99")
+    parser.add_argument("--result-json", type=Path, help="write the result (with every step's time) here")
+    parser.add_argument("--disable-tqdm", action="store_true")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from kvserve.bench.serve_command import run_serve
 
@@ -83,6 +96,12 @@ def _run_throughput(args: argparse.Namespace) -> int:
     from kvserve.bench.throughput_command import run_throughput
 
     return run_throughput(args)
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from kvserve.bench.latency_command import run_latency
+
+    return run_latency(args)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -98,3 +117,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_throughput_arguments(throughput)
     throughput.set_defaults(func=_run_throughput)
+    latency = subcommands.add_parser(
+        "latency", help="one fixed batch step by step: prefill time, decode ms/step, decode tok/s"
+    )
+    add_latency_arguments(latency)
+    latency.set_defaults(func=_run_latency)
