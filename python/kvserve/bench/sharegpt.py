@@ -39,15 +39,16 @@ def _turn_text(turn) -> str | None:
     return turn.get("value") if isinstance(turn, dict) and isinstance(turn.get("value"), str) else None
 
 
-def sharegpt_requests(path: Path, num_prompts: int, tokenizer: Tokenizer, output_len: int | None,
+def sharegpt_requests(conversations: list[dict], num_prompts: int, tokenizer: Tokenizer, output_len: int | None,
                       max_model_len: int) -> list[SampleRequest]:
-    """The first `num_prompts` usable conversations of `path` (see the module docstring)."""
+    """The first `num_prompts` usable ones of `conversations` (read_conversations' entries; see the
+    module docstring)."""
     if num_prompts < 1:
         raise ValueError(f"--num-prompts {num_prompts}: expected >= 1")
     if output_len is not None and output_len < 1:
         raise ValueError(f"--output-len {output_len}: expected >= 1")
     requests = []
-    for entry in read_conversations(path):
+    for entry in conversations:
         turns = entry.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2:
             continue
@@ -61,5 +62,5 @@ def sharegpt_requests(path: Path, num_prompts: int, tokenizer: Tokenizer, output
         requests.append(SampleRequest(prompt_ids, wanted))
         if len(requests) == num_prompts:
             return requests
-    raise ValueError(f"--dataset {path}: {len(requests)} usable conversations (two turns that fit "
-                     f"max_model_len {max_model_len}), fewer than --num-prompts {num_prompts}")
+    raise ValueError(f"{len(requests)} usable conversations in the dataset (two turns that fit max_model_len "
+                     f"{max_model_len}), fewer than --num-prompts {num_prompts}")

@@ -21,7 +21,7 @@ from kvserve.bench.flops import workload_flops
 from kvserve.bench.machine import measure_gemm_rate, peak_gpu_memory_bytes, peak_rss_bytes
 from kvserve.bench.presets import parse_case
 from kvserve.bench.results import WIDTH, centered, row, write_json
-from kvserve.bench.sharegpt import sharegpt_requests
+from kvserve.bench.sharegpt import read_conversations, sharegpt_requests
 
 GB = 1e9
 
@@ -51,18 +51,17 @@ def check_workload_flags(args: argparse.Namespace) -> None:
         if args.skip_tokenizer_init:
             raise ValueError(f"--dataset {args.dataset} holds text, which needs the tokenizer: "
                              "drop --skip-tokenizer-init")
-        if not Path(args.dataset).is_file():
-            raise ValueError(f"--dataset {args.dataset}: no such file (expected 'random' or a ShareGPT-like .jsonl)")
     for flag, value in lengths.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} {value}: expected >= 1")
 
 
-def benchmark_requests(args: argparse.Namespace, engine) -> list[SampleRequest]:
-    if args.dataset == "random":
+def benchmark_requests(args: argparse.Namespace, engine, conversations: list[dict] | None) -> list[SampleRequest]:
+    """The random draw, or the dataset file's `conversations`."""
+    if conversations is None:
         prompts = offline_prompts(args.num_prompts, args.input_len, engine.model_config.vocab_size)
         return [SampleRequest(p.tolist(), args.output_len) for p in prompts]
-    return sharegpt_requests(Path(args.dataset), args.num_prompts, engine.tokenizer, args.output_len,
+    return sharegpt_requests(conversations, args.num_prompts, engine.tokenizer, args.output_len,
                              engine.max_model_len)
 
 
@@ -106,9 +105,11 @@ def format_table(result: dict) -> str:
 def run_throughput(args: argparse.Namespace) -> int:
     try:
         check_workload_flags(args)
+        # A dataset file is read before the model loads, so that a bad one fails fast.
+        conversations = None if args.dataset == "random" else read_conversations(Path(args.dataset))
         engine, load_s = build_engine(args)
         ready = time.time()
-        requests = benchmark_requests(args, engine)
+        requests = benchmark_requests(args, engine, conversations)
         first = requests[0]
         warmup = warmup_prompt(first.prompt_len, engine.model_config.vocab_size)[0].tolist()
         _generate(engine, [SampleRequest(warmup, first.expected_output_len)], use_tqdm=False)
