@@ -30,7 +30,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import kvserve
@@ -58,6 +59,7 @@ SCHEDULER = "scheduler (C++: schedule, update_from_output)"
 GC = "Python garbage collection"
 OTHER = "other"
 PHASES = ("prefill", "decode")
+ROUND_SEED = 1000
 
 
 def prefill_step(engine) -> None:
@@ -83,19 +85,22 @@ def run_case(args: argparse.Namespace) -> None:
     vocab_size = engine.model_config.vocab_size
     engine.generate([{"prompt_token_ids": warmup_prompt(case.input_len, vocab_size)[0].tolist()}], params,
                     use_tqdm=False)
-    for i, prompt in enumerate(offline_prompts(case.num_prompts, case.input_len, vocab_size)):
-        engine.add_request(f"profile-{i}", {"prompt_token_ids": prompt.tolist()}, params)
-    steps = []
-    start = time.perf_counter()
-    while engine.has_unfinished_requests():
-        waiting = any(state.metrics.first_token_time is None for state in engine.requests.values())
-        step_start = time.perf_counter()
-        (prefill_step if waiting else decode_step)(engine)
-        steps.append(("prefill" if waiting else "decode", time.perf_counter() - step_start))
-    wall = time.perf_counter() - start
-    num_output = case.num_prompts * case.output_len
+    steps, wall = [], 0.0
+    for round_index in range(args.rounds):
+        # Round 0 is WORKLOAD.md's draw; later rounds draw other prompts, which the prefix cache lacks.
+        prompts = offline_prompts(case.num_prompts, case.input_len, vocab_size, seed=ROUND_SEED * round_index)
+        for i, prompt in enumerate(prompts):
+            engine.add_request(f"profile-{round_index}-{i}", {"prompt_token_ids": prompt.tolist()}, params)
+        start = time.perf_counter()
+        while engine.has_unfinished_requests():
+            waiting = any(state.metrics.first_token_time is None for state in engine.requests.values())
+            step_start = time.perf_counter()
+            (prefill_step if waiting else decode_step)(engine)
+            steps.append(("prefill" if waiting else "decode", time.perf_counter() - step_start))
+        wall += time.perf_counter() - start
+    num_output = args.rounds * case.num_prompts * case.output_len
     timeline = {"case": args.case, "preset": args.preset, "dtype": str(engine.dtype).removeprefix("torch."),
-                "wall_s": wall, "output_tok_s": num_output / wall, "steps": steps}
+                "rounds": args.rounds, "wall_s": wall, "output_tok_s": num_output / wall, "steps": steps}
     args.timeline.write_text(json.dumps(timeline) + "\n")
 
 
@@ -120,9 +125,31 @@ def part_of(frames: list[str]) -> str:
     return OTHER
 
 
-def read_samples(profile: Path) -> dict[str, Counter]:
-    """phase -> part -> samples (and part + " [OpenMP]": those inside libgomp: fork/join, barriers)."""
-    samples = {phase: Counter() for phase in PHASES}
+@dataclass
+class Samples:
+    parts: dict[str, Counter]  # phase -> part -> samples
+    openmp: dict[str, Counter]  # phase -> part -> of those, samples inside libgomp (fork/join, barriers)
+    leaves: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))  # part -> innermost frame
+
+    def share(self, phase: str, part: str, counts: dict[str, Counter] | None = None) -> float:
+        total = sum(self.parts[phase].values())
+        return (counts or self.parts)[phase][part] / total if total else 0.0
+
+
+def _leaf_name(frame: str) -> str:
+    """A readable name for an innermost frame: a Python function, a C++ function without its
+    template arguments, or the library of an address py-spy found no symbol for."""
+    name, _, where = frame.partition(" (")
+    where = where.removesuffix(")")
+    if name.startswith("0x"):
+        return "no symbol (oneDNN's JIT kernels, or a stripped library)" if where == "?" else f"{where}, no symbol"
+    if ".py:" in where:
+        return f"{name} ({where.rpartition(':')[0]})"
+    return name.split("<")[0]
+
+
+def read_samples(profile: Path) -> Samples:
+    samples = Samples({p: Counter() for p in PHASES}, {p: Counter() for p in PHASES})
     for line in profile.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
@@ -130,39 +157,45 @@ def read_samples(profile: Path) -> dict[str, Counter]:
         if phase is None:
             continue  # loading, warm-up, setup: not a timed step
         part = part_of(frames)
-        samples[phase][part] += int(count)
+        samples.parts[phase][part] += int(count)
+        samples.leaves[part][_leaf_name(frames[-1])] += int(count)
         if "libgomp" in frames[-1]:
-            samples[phase][part + " [OpenMP]"] += int(count)
+            samples.openmp[phase][part] += int(count)
     return samples
 
 
-def breakdown(samples: dict[str, Counter], timeline: dict, profiled: dict) -> str:
+def breakdown(samples: Samples, timeline: dict, profiled: dict) -> str:
     steps = {p: [s for kind, s in timeline["steps"] if kind == p] for p in PHASES}
     step_s = {p: sum(steps[p]) for p in PHASES}
     per_step_ms = {p: 1e3 * step_s[p] / len(steps[p]) if steps[p] else 0.0 for p in PHASES}
-    totals = {p: sum(v for k, v in samples[p].items() if not k.endswith("[OpenMP]")) for p in PHASES}
-
-    def share(phase: str, key: str) -> float:
-        return samples[phase][key] / totals[phase] if totals[phase] else 0.0
-
     lines = [
-        f"{timeline['case']} on {timeline['preset']} ({timeline['dtype']}): {len(timeline['steps'])} steps in "
-        f"{timeline['wall_s']:.2f} s ({timeline['output_tok_s']:.0f} output tok/s; {profiled['wall_s']:.2f} s "
-        "under py-spy); " + "; ".join(f"{len(steps[p])} {p} steps of {per_step_ms[p]:.1f} ms ({totals[p]} samples)"
-                                      for p in PHASES) + ".",
+        f"{timeline['case']} on {timeline['preset']} ({timeline['dtype']}), {timeline['rounds']} rounds: "
+        f"{len(timeline['steps'])} steps in {timeline['wall_s']:.2f} s ({timeline['output_tok_s']:.0f} output "
+        f"tok/s; {profiled['wall_s']:.2f} s under py-spy); "
+        + "; ".join(f"{len(steps[p])} {p} steps of {per_step_ms[p]:.1f} ms ({sum(samples.parts[p].values())} "
+                    "samples)" for p in PHASES) + ".",
         "",
         "| part | prefill ms/step | prefill % | decode ms/step | decode % | share of all step time | "
         "of it in OpenMP (libgomp) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for part in [part for part, _ in PARTS] + [SCHEDULER, GC, OTHER]:
-        seconds = sum(share(p, part) * step_s[p] for p in PHASES)
+    parts = [part for part, _ in PARTS] + [SCHEDULER, GC, OTHER]
+    for part in parts:
+        seconds = sum(samples.share(p, part) * step_s[p] for p in PHASES)
         if not seconds:
             continue
-        in_openmp = sum(share(p, part + " [OpenMP]") * step_s[p] for p in PHASES)
-        cells = " | ".join(f"{share(p, part) * per_step_ms[p]:.2f} | {100 * share(p, part):.1f}%" for p in PHASES)
+        in_openmp = sum(samples.share(p, part, samples.openmp) * step_s[p] for p in PHASES)
+        cells = " | ".join(f"{samples.share(p, part) * per_step_ms[p]:.2f} | {100 * samples.share(p, part):.1f}%"
+                           for p in PHASES)
         lines.append(f"| {part} | {cells} | {100 * seconds / sum(step_s.values()):.1f}% "
                      f"| {100 * in_openmp / seconds:.0f}% |")
+    lines += ["", "Innermost frames of each part (share of the part's samples, all steps):", ""]
+    for part in parts:
+        leaves = samples.leaves.get(part)
+        if leaves:
+            total = sum(leaves.values())
+            top = ", ".join(f"{name} {100 * n / total:.0f}%" for name, n in leaves.most_common(3))
+            lines.append(f"- {part}: {top}")
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +205,7 @@ def main() -> None:
     parser.add_argument("--case", required=True, help="offline-N-IN-OUT")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--skip-tokenizer-init", action="store_true", help="no detokenization (as compare.py runs)")
+    parser.add_argument("--rounds", type=int, default=1, help="run the case this many times, for more samples")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--out", type=Path, default=Path("profile"), help="directory for the results")
     parser.add_argument("--run", action="store_true", help=argparse.SUPPRESS)  # the profiled child
@@ -187,7 +221,7 @@ def main() -> None:
     profile, timeline, profiled = (args.out / name for name in ("profile.txt", "timeline.json",
                                                                 "timeline-profiled.json"))
     child = [sys.executable, __file__, "--run", "--preset", args.preset, "--case", args.case, "--dtype", args.dtype,
-             *(["--skip-tokenizer-init"] if args.skip_tokenizer_init else [])]
+             "--rounds", str(args.rounds), *(["--skip-tokenizer-init"] if args.skip_tokenizer_init else [])]
     subprocess.run([*child, "--timeline", str(timeline)], check=True)
     subprocess.run([py_spy, "record", "--native", "-r", str(args.rate), "--format", "raw", "-o", str(profile),
                     "--", *child, "--timeline", str(profiled)], check=True)
