@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 from dataclasses import asdict
@@ -25,20 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import report
+import torch
 from engines import OFFLINE_ENGINES, SERVE_ENGINES, Run, Settings, engine_version, run_offline, run_serve
 
 from kvserve.bench.checkpoint import cache_dir, ensure_model
-from kvserve.bench.datasets import offline_prompts
+from kvserve.bench.datasets import offline_prompts, warmup_prompt
+from kvserve.bench.flops import workload_flops
+from kvserve.bench.machine import cpu_name, measure_gemm_rate
 from kvserve.bench.presets import MODEL_PRESETS, parse_case
+from kvserve.model_config import ModelConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def best_of(engine: str, rounds: list):
@@ -54,9 +50,10 @@ def run_rounds(case, engines: list[str], preset: str, model_dir: Path, dtype: st
                repeat: int) -> list[Run]:
     """Each engine's best of `repeat` rounds. Engines take turns within each round, so that drift in
     the machine's speed hits all alike."""
-    prompts = settings.log_dir / "prompts.npy"
+    prompts = settings.log_dir / "prompts.npz"
     if case.kind == "offline":
-        np.save(prompts, offline_prompts(case.num_prompts, case.input_len))
+        np.savez(prompts, prompts=offline_prompts(case.num_prompts, case.input_len),
+                 warmup=warmup_prompt(case.input_len))
     rounds: dict[str, list[Run]] = {engine: [] for engine in engines}
     for round_index in range(repeat):
         for engine in engines:
@@ -107,13 +104,28 @@ def main() -> None:
     settings = Settings(args.threads, args.vllm_threads_bind or f"0-{args.threads - 1}",
                         args.vllm_memory_utilization, log_dir)
     load_before = os.getloadavg()[0]
+    efficiency_line = []
+    if not serve:
+        # One GEMM rate and one FLOP count for every engine: efficiencies differ only by wall time.
+        torch.set_num_threads(args.threads)
+        gemm = measure_gemm_rate(getattr(torch, args.dtype))
+        flops = workload_flops(ModelConfig.from_pretrained(model_dir),
+                               [(case.input_len, case.output_len)] * case.num_prompts)
+        efficiency_line = [f"Compute efficiency = {flops / 1e9:.0f} GFLOP of model FLOPs (kvserve.bench.flops) ÷ wall "
+                           f"time ÷ {gemm.flops_per_s / 1e9:.0f} GFLOP/s, torch's {gemm.dtype} GEMM rate here "
+                           f"(best of {gemm.repeats} `torch.mm` {gemm.size}³, {gemm.threads} threads, "
+                           "measured before the engines ran)."]
     runs = run_rounds(case, engines, args.model, model_dir, args.dtype, settings, args.repeat)
+    if not serve:
+        for run in runs:
+            if run.result:
+                run.compute_efficiency = flops / run.result["wall_s"] / gemm.flops_per_s
 
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = f"{case.name} on {args.model}, {args.dtype}"
     header = [f"{date}; {cpu_name()}, {os.cpu_count()} cores; load average {load_before:.1f} before, "
               f"{os.getloadavg()[0]:.1f} after (other work on the machine skews figures);",
-              f"`python bench/compare.py {shlex.join(sys.argv[1:])}`."]
+              f"`python bench/compare.py {shlex.join(sys.argv[1:])}`.", *efficiency_line]
     (args.out / f"{stem}.md").write_text(report.markdown(title, header, runs, serve))
     (args.out / f"{stem}.json").write_text(json.dumps([asdict(r) for r in runs], indent=1) + "\n")
     if any(r.result for r in runs):

@@ -49,6 +49,7 @@ class Run:
     version: str = ""
     peak_rss_bytes: int = 0
     startup_s: float | None = None
+    compute_efficiency: float | None = None  # offline: model FLOPs ÷ wall time ÷ the GEMM rate
 
     @property
     def output_tok_s(self) -> float:
@@ -151,16 +152,25 @@ def engine_version(engine: str) -> str:
 
 
 def _offline_python(engine: str, case, model_dir: Path, dtype: str, prompts: Path, s: Settings) -> Run:
-    python, env, engine_args = sys.executable, torch_env(s), {}
-    note = f"OMP_NUM_THREADS={s.threads}"
-    if engine == "vllm":
-        python, (env, note) = str(VLLM_PYTHON), vllm_env(s)
-        engine_args = {"skip_tokenizer_init": True, "max_num_seqs": case.num_prompts,
-                       "gpu_memory_utilization": s.vllm_memory_utilization}
+    """kvserve through `kvserve bench throughput` (the one code path that measures it offline; it
+    draws the same prompts as `prompts` holds); the other engines through runners/offline.py."""
+    python, env, note = sys.executable, torch_env(s), f"OMP_NUM_THREADS={s.threads}"
     result_path = s.log_dir / f"{engine}.json"
-    cmd = [python, str(HERE / "runners" / "offline.py"), "--engine", engine, "--model", str(model_dir),
-           "--prompts", str(prompts), "--output-len", str(case.output_len), "--dtype", dtype,
-           "--result", str(result_path), "--engine-args", json.dumps(engine_args)]
+    if engine == "kvserve":
+        # No tokenizer, so no detokenization: vLLM runs with skip_tokenizer_init and detokenize off.
+        cmd = [python, "-m", "kvserve.cli", "bench", "throughput", "--model", str(model_dir), "--dtype", dtype,
+               "--case", case.name, "--max-num-seqs", str(case.num_prompts), "--skip-tokenizer-init",
+               "--result-json", str(result_path), "--disable-tqdm"]
+        note += ", no detokenization"
+    else:
+        engine_args = {}
+        if engine == "vllm":
+            python, (env, note) = str(VLLM_PYTHON), vllm_env(s)
+            engine_args = {"skip_tokenizer_init": True, "max_num_seqs": case.num_prompts,
+                           "gpu_memory_utilization": s.vllm_memory_utilization}
+        cmd = [python, str(HERE / "runners" / "offline.py"), "--engine", engine, "--model", str(model_dir),
+               "--prompts", str(prompts), "--output-len", str(case.output_len), "--dtype", dtype,
+               "--result", str(result_path), "--engine-args", json.dumps(engine_args)]
     proc = Measured(cmd, env, s.log_dir / f"{engine}.log")
     if proc.wait(timeout_s=3600) != 0:
         raise RuntimeError(f"{engine} failed (log: {proc.log})")

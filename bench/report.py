@@ -42,14 +42,16 @@ def markdown(title: str, header_lines: list[str], runs, serve: bool) -> str:
             )
     else:
         lines += [
-            "| engine | version | output tok/s | vs kvserve | total tok/s | wall s | peak RSS GB | startup s | settings |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| engine | version | output tok/s | vs kvserve | total tok/s | compute eff. | wall s | peak RSS GB "
+            "| startup s | settings |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in ran:
             x = r.result
+            efficiency = "–" if r.compute_efficiency is None else f"{100 * r.compute_efficiency:.0f}%"
             lines.append(
                 f"| {r.engine} | {r.version} | {x['output_tok_s']:.0f} | {_ratio(x['output_tok_s'], base)} "
-                f"| {x['total_tok_s']:.0f} | {x['wall_s']:.2f} | {r.peak_rss_bytes / GB:.2f} "
+                f"| {x['total_tok_s']:.0f} | {efficiency} | {x['wall_s']:.2f} | {r.peak_rss_bytes / GB:.2f} "
                 f"| {_cell(r.startup_s)} | {r.note} |"
             )
     lines += [f"- {r.engine}: {r.note}" for r in runs if not r.result]

@@ -1,9 +1,11 @@
 """One engine, one offline case, in its own process (and, for vLLM, its own venv): load the model,
-run one warm-up request, then time every prompt submitted at once.
+run one warm-up request, then time every prompt submitted at once. kvserve is measured by
+`kvserve bench throughput` instead, the same way.
 
-    python offline.py --engine vllm --model DIR --prompts P.npy --output-len OUT --dtype bfloat16 --result R.json \
+    python offline.py --engine vllm --model DIR --prompts P.npz --output-len OUT --dtype bfloat16 --result R.json \
         [--engine-args '{"gpu_memory_utilization": 0.25}']
 
+P.npz holds `prompts` [N, IN] and the `warmup` prompt [1, IN] (kvserve.bench.datasets draws both).
 It needs only numpy and the engine. The result JSON holds the timing, or `skipped` with the reason
 when the engine cannot run here; the parent (compare.py) measures peak RSS and startup from outside.
 Every request must come back with exactly OUT tokens, or the run fails: a figure is never faked.
@@ -19,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINES = ("kvserve", "vllm", "hf-sequential", "hf-batch")
+ENGINES = ("vllm", "hf-sequential", "hf-batch")
 
 
-def _vllm_like(module: str, engine_cls: str, model: str, dtype: str, output_len: int, engine_args: dict):
-    """kvserve's offline API is vLLM's (Engine ≙ LLM), so one runner serves both."""
-    mod = __import__(module, fromlist=[engine_cls, "SamplingParams"])
-    engine = getattr(mod, engine_cls)(model=model, dtype=dtype, **engine_args)
-    extra = {"detokenize": False} if module == "vllm" else {}
-    params = mod.SamplingParams(max_tokens=output_len, min_tokens=output_len, ignore_eos=True, temperature=0.0, **extra)
+def _vllm(model: str, dtype: str, output_len: int, engine_args: dict):
+    from vllm import LLM, SamplingParams
+
+    engine = LLM(model=model, dtype=dtype, **engine_args)
+    params = SamplingParams(max_tokens=output_len, min_tokens=output_len, ignore_eos=True, temperature=0.0,
+                            detokenize=False)
 
     def generate(batch: np.ndarray) -> list[list[int]]:
         outputs = engine.generate([{"prompt_token_ids": p.tolist()} for p in batch], params, use_tqdm=False)
@@ -56,14 +58,8 @@ def _hf(model: str, dtype: str, output_len: int, batched: bool):
 
 
 def load(engine: str, model: str, dtype: str, output_len: int, engine_args: dict):
-    if engine == "kvserve":
-        import kvserve
-
-        if not hasattr(kvserve, "Engine"):
-            raise ModuleNotFoundError(f"kvserve {kvserve.__version__} has no offline Engine yet")
-        return _vllm_like("kvserve", "Engine", model, dtype, output_len, engine_args)
     if engine == "vllm":
-        return _vllm_like("vllm", "LLM", model, dtype, output_len, engine_args)
+        return _vllm(model, dtype, output_len, engine_args)
     return _hf(model, dtype, output_len, batched=engine == "hf-batch")
 
 
@@ -71,20 +67,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=ENGINES, required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--prompts", type=Path, required=True, help=".npy int64 [N, IN]")
+    parser.add_argument("--prompts", type=Path, required=True, help=".npz: prompts int64 [N, IN], warmup [1, IN]")
     parser.add_argument("--output-len", type=int, required=True)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--engine-args", type=json.loads, default={}, help="JSON: extra Engine/LLM keyword arguments")
     args = parser.parse_args()
-    prompts = np.load(args.prompts)
+    with np.load(args.prompts) as arrays:
+        prompts, warmup = arrays["prompts"], arrays["warmup"]
     try:
         generate = load(args.engine, args.model, args.dtype, args.output_len, args.engine_args)
     except ModuleNotFoundError as e:
         args.result.write_text(json.dumps({"engine": args.engine, "skipped": str(e)}) + "\n")
         return
     ready = time.time()
-    generate(prompts[:1])  # warm-up
+    generate(warmup)
     start = time.perf_counter()
     outputs = generate(prompts)
     wall = time.perf_counter() - start

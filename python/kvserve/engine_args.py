@@ -1,44 +1,72 @@
-"""The Engine's command-line flags, with vLLM's names, shared by `kvserve serve`, `generate` and `chat`."""
+"""The Engine's constructor arguments as command-line flags, under vLLM's names, for every command
+that builds an Engine (`kvserve serve`, `generate`, `chat`, `bench throughput`, `bench latency`).
+
+    add_engine_arguments(parser)          # --dtype, --max-num-seqs, --enable-prefix-caching, ...
+    Engine(model, **engine_kwargs(args))
+
+The model itself is not among them: serve, generate and chat take it as their positional argument
+(add_model_argument, engine_from_args); the bench commands also take presets.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
+from typing import TYPE_CHECKING
 
-from kvserve.engine import Engine
-from kvserve.loader import LOAD_FORMATS
+from kvserve.loader.load import LOAD_FORMATS
 
-logger = logging.getLogger("kvserve")
+if TYPE_CHECKING:  # the Engine (and torch) load when one is built, not for `kvserve --help`
+    from kvserve.engine import Engine
+
+DTYPES = ("auto", "bfloat16", "float32", "float16")
+
+# The Engine keywords the flags set; each flag's dest is the keyword's name.
+ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_size", "max_num_seqs",
+                "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
+                "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
+                "enforce_eager")
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=None,
                         help="a Hugging Face model directory, a GGUF file or a hub id (default: SmolLM2-135M-Instruct, "
                         "fetched once into ~/.cache/kvserve)")
-    parser.add_argument("--tokenizer", help="the tokenizer's directory (default: the model's)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
-    parser.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    parser.add_argument("--max-num-seqs", type=int, default=256, help="sequences per batch (default: 256)")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=8192, help="tokens per step (default: 8192)")
-    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default: 16)")
-    parser.add_argument("--kv-cache-memory", type=float, metavar="GIB",
-                        help="memory for the KV cache on the CPU, in GiB (default: 4)")
-    parser.add_argument("--gpu-memory-utilization", type=float, metavar="FRACTION",
-                        help="accepted for vLLM compatibility; only a GPU runner would use it (the CPU runner sizes "
-                        "its KV cache with --kv-cache-memory)")
-    parser.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
-                        help="reuse the KV cache of shared prompt prefixes (default: on)")
-    parser.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
-                        help="'dummy' keeps the model's shapes with random weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the engine's random state and dummy weights")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument("--tokenizer", help="a Hugging Face directory to take the tokenizer from (default: the model's)")
+    group.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's dtype")
+    group.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
+                       help="dummy: the model's shapes with random weights (nothing read from disk)")
+    group.add_argument("--max-model-len", type=int, help="context length (default: the model's max_position_embeddings)")
+    group.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default: 16)")
+    group.add_argument("--max-num-seqs", type=int, default=256, help="the most sequences in one step (default: 256)")
+    group.add_argument("--max-num-batched-tokens", type=int, default=8192,
+                       help="the most tokens in one step (default: 8192)")
+    group.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                       help="reuse the KV cache of shared prompt prefixes (default: on)")
+    group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True,
+                       help="split long prompts across steps (default: on)")
+    group.add_argument("--kv-cache-memory", dest="kv_cache_memory_gb", type=float, metavar="GIB",
+                       help="KV-cache size in GiB (default: 4 on the CPU; on a GPU, what "
+                       "--gpu-memory-utilization leaves)")
+    group.add_argument("--device", default="auto", help="auto (a CUDA GPU when one is visible), cpu, cuda or cuda:N")
+    group.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION",
+                       help="the share of the GPU's memory the engine may take (default: 0.9; GPU only)")
+    group.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps (GPU only)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the engine's random state and dummy weights")
+    group.add_argument("--skip-tokenizer-init", action="store_true",
+                       help="load no tokenizer: prompts are token ids and outputs are not detokenized")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The Engine keyword arguments the flags of add_engine_arguments hold."""
+    return {name: getattr(args, name) for name in ENGINE_FLAGS}
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    """The Engine the flags describe; ValueError for a bad combination (raised by the Engine)."""
-    if args.gpu_memory_utilization is not None:
-        logger.info("--gpu-memory-utilization %s has no effect on the CPU runner: the KV cache takes "
-                    "--kv-cache-memory GiB", args.gpu_memory_utilization)
-    return Engine(args.model, tokenizer=args.tokenizer, dtype=args.dtype, max_model_len=args.max_model_len,
-                  block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                  max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.enable_prefix_caching,
-                  kv_cache_memory_gb=args.kv_cache_memory, seed=args.seed, load_format=args.load_format)
+    """The Engine that the model argument and the engine flags describe (ValueError for a bad combination)."""
+    from kvserve.engine import Engine
+
+    return Engine(args.model, **engine_kwargs(args))

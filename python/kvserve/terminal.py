@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from kvserve.engine import Engine
-from kvserve.engine_args import add_engine_arguments, engine_from_args
+from kvserve.engine_args import add_engine_arguments, add_model_argument, engine_from_args
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 
 Write = Callable[[str], None]
@@ -141,12 +141,14 @@ def run_chat(args: argparse.Namespace, read: Callable[[str], str] = input, write
 
 def add_terminal_parsers(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="complete one prompt, streaming the text to the terminal")
+    add_model_argument(generate)
     add_engine_arguments(generate)
     generate.add_argument("--prompt", required=True, help="the text to continue")
     add_sampling_arguments(generate, max_tokens=128)
     generate.set_defaults(func=run_generate)
 
     chat = commands.add_parser("chat", help="chat with a model in the terminal (with history, streaming)")
+    add_model_argument(chat)
     add_engine_arguments(chat)
     chat.add_argument("--system", help="a system message that opens the conversation")
     add_sampling_arguments(chat, max_tokens=512)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kvserve.bench.datasets import offline_prompts, random_requests
+from kvserve.bench.datasets import offline_prompts, random_requests, warmup_prompt
 from kvserve.bench.presets import Case, parse_case
 
 
@@ -12,6 +12,21 @@ def test_offline_prompts_are_workload_md_draw():
     assert prompts.shape == (8, 16) and prompts.dtype == np.int64
     np.testing.assert_array_equal(prompts, np.random.default_rng(0).integers(10, 31999, (8, 16)))
     assert prompts.min() >= 10 and prompts.max() <= 31998
+
+
+def test_offline_prompts_stay_below_a_smaller_vocab():
+    np.testing.assert_array_equal(offline_prompts(8, 16, vocab_size=32000), offline_prompts(8, 16))
+    small = offline_prompts(64, 16, vocab_size=100)
+    np.testing.assert_array_equal(small, np.random.default_rng(0).integers(10, 99, (64, 16)))
+    with pytest.raises(ValueError, match="vocab_size=11"):
+        offline_prompts(1, 4, vocab_size=11)
+
+
+def test_warmup_prompt_is_none_of_the_benchmark_prompts():
+    warmup = warmup_prompt(16)
+    np.testing.assert_array_equal(warmup, offline_prompts(1, 16, seed=1))
+    # Not even the first token is shared with WORKLOAD.md's largest CPU case, so no block is.
+    assert (offline_prompts(256, 16)[:, 0] != warmup[0, 0]).all()
 
 
 def test_offline_prompts_reject_empty():

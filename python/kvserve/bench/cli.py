@@ -1,11 +1,14 @@
-"""The `kvserve bench` command group: every subcommand's flags (vLLM's names and meanings). The
-runs import their heavy dependencies only when they start, so `kvserve --help` stays fast."""
+"""The `kvserve bench` command group: every subcommand's flags (vLLM's names and meanings). Each run
+imports its own module only when it starts."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+
+from kvserve.bench.presets import MODEL_PRESETS
+from kvserve.engine_args import add_engine_arguments
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,10 +49,59 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disable-tqdm", action="store_true")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model or --preset, and the engine's flags."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="a Hugging Face directory, a .gguf file or Org/Name "
+                                       "(default: kvserve's default model)")
+    which.add_argument("--preset", choices=list(MODEL_PRESETS),
+                       help="a WORKLOAD.md model preset (random weights, written to the cache on first use)")
+    add_engine_arguments(parser)
+
+
+def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
+    workload = parser.add_argument_group("workload")
+    workload.add_argument("--case", help="a WORKLOAD.md case, offline-N-IN-OUT: sets the three lengths below")
+    workload.add_argument("--dataset", default="random",
+                          help="'random' (WORKLOAD.md's prompt draw) or a ShareGPT-like .jsonl file")
+    workload.add_argument("--num-prompts", type=int, help="requests, all submitted at once")
+    workload.add_argument("--input-len", type=int, help="prompt tokens per request (random dataset)")
+    workload.add_argument("--output-len", type=int,
+                          help="output tokens per request, EOS ignored (a dataset file: default its replies' lengths)")
+    add_model_arguments(parser)
+    parser.add_argument("--result-json", type=Path, help="write the result here")
+    parser.add_argument("--disable-tqdm", action="store_true")
+
+
+def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
+    workload = parser.add_argument_group("workload")
+    workload.add_argument("--batch-size", type=int, default=8, help="requests in the batch")
+    workload.add_argument("--input-len", type=int, default=32, help="prompt tokens per request")
+    workload.add_argument("--output-len", type=int, default=128, help="output tokens per request, EOS ignored")
+    workload.add_argument("--num-iters-warmup", type=int, default=1, help="untimed batches first")
+    workload.add_argument("--num-iters", type=int, default=5, help="timed batches")
+    add_model_arguments(parser)
+    parser.add_argument("--metric-percentiles", default="90,99", help="comma-separated, e.g. 50,90,99")
+    parser.add_argument("--result-json", type=Path, help="write the result (with every step's time) here")
+    parser.add_argument("--disable-tqdm", action="store_true")
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from kvserve.bench.serve_command import run_serve
 
     return run_serve(args)
+
+
+def _run_throughput(args: argparse.Namespace) -> int:
+    from kvserve.bench.throughput_command import run_throughput
+
+    return run_throughput(args)
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from kvserve.bench.latency_command import run_latency
+
+    return run_latency(args)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -60,3 +112,13 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_serve_arguments(serve)
     serve.set_defaults(func=_run_serve)
+    throughput = subcommands.add_parser(
+        "throughput", help="offline throughput: every request at once, fixed lengths (WORKLOAD.md's offline cases)"
+    )
+    add_throughput_arguments(throughput)
+    throughput.set_defaults(func=_run_throughput)
+    latency = subcommands.add_parser(
+        "latency", help="one fixed batch step by step: prefill time, decode ms/step, decode tok/s"
+    )
+    add_latency_arguments(latency)
+    latency.set_defaults(func=_run_latency)

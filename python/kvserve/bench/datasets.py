@@ -1,7 +1,8 @@
 """The prompts of a benchmark, as token ids (every engine we compare accepts ids, so no tokenizer
 round trip changes a prompt's length).
 
-- Offline cases: exactly WORKLOAD.md's draw, `default_rng(0).integers(10, 31999, (N, IN))`.
+- Offline cases: exactly WORKLOAD.md's draw, `default_rng(0).integers(10, 31999, (N, IN))`; for a
+  model whose vocab is smaller than 32000 the ids stop below its size instead.
 - Serving: vLLM's random dataset. Lengths are uniform integers in [L(1-r), L(1+r)] for the input
   and output lengths L and --random-range-ratio r; token ids are uniform in [10, vocab_size - 1),
   like the offline draw keeping clear of the special tokens at the bottom of the vocab.
@@ -15,15 +16,27 @@ import numpy as np
 
 LOWEST_TOKEN_ID = 10
 OFFLINE_SEED = 0
+WARMUP_SEED = 1
 OFFLINE_ID_END = 31999  # exclusive, as WORKLOAD.md writes it, for every preset's vocab
 
 
-def offline_prompts(num_prompts: int, input_len: int) -> np.ndarray:
-    """int64 [num_prompts, input_len]: the prompts of case offline-N-IN-OUT."""
+def offline_prompts(num_prompts: int, input_len: int, vocab_size: int | None = None,
+                    seed: int = OFFLINE_SEED) -> np.ndarray:
+    """int64 [num_prompts, input_len]: the prompts of case offline-N-IN-OUT (another `seed`: other
+    prompts of the same kind)."""
     if num_prompts < 1 or input_len < 1:
         raise ValueError(f"num_prompts={num_prompts}, input_len={input_len}: expected both >= 1")
-    rng = np.random.default_rng(OFFLINE_SEED)
-    return rng.integers(LOWEST_TOKEN_ID, OFFLINE_ID_END, (num_prompts, input_len))
+    end = OFFLINE_ID_END if vocab_size is None else min(OFFLINE_ID_END, vocab_size - 1)
+    if end <= LOWEST_TOKEN_ID:
+        raise ValueError(f"vocab_size={vocab_size}: expected more than {LOWEST_TOKEN_ID + 1}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(LOWEST_TOKEN_ID, end, (num_prompts, input_len))
+
+
+def warmup_prompt(input_len: int, vocab_size: int | None = None) -> np.ndarray:
+    """int64 [1, input_len]: the warm-up request's prompt, drawn apart from the benchmark's so that
+    the warm-up leaves nothing in the prefix cache that a timed request could hit."""
+    return offline_prompts(1, input_len, vocab_size, seed=WARMUP_SEED)
 
 
 @dataclass(frozen=True)

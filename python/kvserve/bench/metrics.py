@@ -88,6 +88,17 @@ def parse_goodput(items: list[str]) -> dict[str, float]:
     return slos
 
 
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    """--metric-percentiles "90,99" → (90.0, 99.0)."""
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= p <= 100 for p in values):
+        raise ValueError(f"--metric-percentiles {text!r}: expected comma-separated numbers in [0, 100]")
+    return values
+
+
 def calculate_metrics(
     records: list[RequestRecord],
     duration_s: float,

@@ -1,6 +1,6 @@
-"""How a serving benchmark is reported: the printed table (vLLM's layout, so that results read the
-same side by side) and the JSON result (vLLM's key names, plus the per-request timelines that
-compare.py plots)."""
+"""How benchmarks are reported: printed tables in vLLM's layout (so that results read the same side
+by side), and JSON results. The serving result keeps vLLM's key names, plus the per-request
+timelines that compare.py plots."""
 
 from __future__ import annotations
 
@@ -22,12 +22,34 @@ def _p_word(p: float) -> str:
     return str(int(p)) if int(p) == p else str(p)
 
 
-def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None) -> str:
-    def row(label: str, value: float | int) -> str:
-        cell = f"{value:<10.2f}" if isinstance(value, float) else f"{value:<10}"
-        return f"{label:<40} {cell}".rstrip()
+def row(label: str, value: float | int | str) -> str:
+    """One line of a result table: the label, then the value from column 41 (floats with 2 decimals)."""
+    cell = f"{value:<10.2f}" if isinstance(value, float) else f"{value:<10}"
+    return f"{label:<40} {cell}".rstrip()
 
-    lines = [f"{' Serving Benchmark Result ':=^{WIDTH}}", row("Successful requests:", metrics.completed)]
+
+def centered(text: str, fill: str) -> str:
+    return f"{text:{fill}^{WIDTH}}"
+
+
+def latency_rows(heading: str, short: str, stats: LatencyStats) -> list[str]:
+    """A table section: mean, median and each percentile of one latency, in ms."""
+    return [
+        centered(heading, "-"),
+        row(f"Mean {short} (ms):", stats.mean),
+        row(f"Median {short} (ms):", stats.median),
+        *(row(f"P{_p_word(p)} {short} (ms):", v) for p, v in stats.percentiles.items()),
+    ]
+
+
+def latency_fields(key: str, stats: LatencyStats) -> dict[str, float]:
+    """JSON fields of one latency, vLLM's names: mean_KEY_ms, median_KEY_ms, std_KEY_ms, pP_KEY_ms."""
+    fields = {f"mean_{key}_ms": stats.mean, f"median_{key}_ms": stats.median, f"std_{key}_ms": stats.std}
+    return fields | {f"p{_p_word(p)}_{key}_ms": v for p, v in stats.percentiles.items()}
+
+
+def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None) -> str:
+    lines = [centered(" Serving Benchmark Result ", "="), row("Successful requests:", metrics.completed)]
     if metrics.failed:
         lines.append(row("Failed requests:", metrics.failed))
     if max_concurrency is not None:
@@ -44,14 +66,8 @@ def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None) 
         row("Output token throughput (tok/s):", metrics.output_throughput),
         row("Total Token throughput (tok/s):", metrics.total_token_throughput),
     ]
-    for key, short, title in _LATENCY_SECTIONS:
-        stats: LatencyStats = getattr(metrics, key)
-        lines += [
-            f"{title:-^{WIDTH}}",
-            row(f"Mean {short} (ms):", stats.mean),
-            row(f"Median {short} (ms):", stats.median),
-        ]
-        lines += [row(f"P{_p_word(p)} {short} (ms):", v) for p, v in stats.percentiles.items()]
+    for key, short, heading in _LATENCY_SECTIONS:
+        lines += latency_rows(heading, short, getattr(metrics, key))
     lines.append("=" * WIDTH)
     return "\n".join(lines)
 
@@ -72,11 +88,7 @@ def result_dict(metrics: BenchmarkMetrics, records: list[RequestRecord], setting
         "total_token_throughput": metrics.total_token_throughput,
     }
     for key, _, _ in _LATENCY_SECTIONS:
-        stats: LatencyStats = getattr(metrics, key)
-        result[f"mean_{key}_ms"] = stats.mean
-        result[f"median_{key}_ms"] = stats.median
-        result[f"std_{key}_ms"] = stats.std
-        result |= {f"p{_p_word(p)}_{key}_ms": v for p, v in stats.percentiles.items()}
+        result |= latency_fields(key, getattr(metrics, key))
     result |= {
         "input_lens": [r.prompt_len for r in records],
         "output_lens": [r.output_tokens for r in records],

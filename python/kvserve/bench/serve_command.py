@@ -11,18 +11,8 @@ from pathlib import Path
 
 from kvserve.bench.datasets import SampleRequest, random_requests
 from kvserve.bench.load_generator import Target, probe, run_load
-from kvserve.bench.metrics import calculate_metrics, parse_goodput
+from kvserve.bench.metrics import calculate_metrics, parse_goodput, parse_percentiles
 from kvserve.bench.results import format_table, result_dict, write_json
-
-
-def _percentiles(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(p) for p in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or not all(0 <= p <= 100 for p in values):
-        raise ValueError(f"--metric-percentiles {text!r}: expected comma-separated numbers in [0, 100]")
-    return values
 
 
 def _tokenizer_dir(args: argparse.Namespace) -> Path | None:
@@ -71,7 +61,7 @@ def _choose_target(args: argparse.Namespace, tokenizer_dir: Path | None, first: 
 
 def run_serve(args: argparse.Namespace) -> int:
     try:
-        percentiles = _percentiles(args.metric_percentiles)
+        percentiles = parse_percentiles(args.metric_percentiles)
         goodput = parse_goodput(args.goodput)
         tokenizer_dir = _tokenizer_dir(args)
         requests = random_requests(

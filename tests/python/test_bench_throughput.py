@@ -1,0 +1,110 @@
+"""`kvserve bench throughput` on a tiny random model: exact token counts, the JSON result, the
+datasets, and clear errors for bad flags. Speed is not checked here (bench/ measures it)."""
+
+import json
+
+import pytest
+
+from kvserve.bench.flops import workload_flops
+from kvserve.cli import main
+from kvserve.model_config import ModelConfig
+from kvserve.tokenizer import Tokenizer
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir("LlamaForCausalLM")  # vocab 1000, max_position_embeddings 256, float32
+
+
+def throughput(model_dir, tmp_path, *flags) -> dict:
+    result_json = tmp_path / "result.json"
+    assert main(["bench", "throughput", "--model", str(model_dir), "--disable-tqdm",
+                 "--result-json", str(result_json), *flags]) == 0
+    return json.loads(result_json.read_text())
+
+
+def test_random_dataset_counts_exact_tokens_and_reports_efficiency(model_dir, tmp_path, capsys):
+    r = throughput(model_dir, tmp_path, "--num-prompts", "3", "--input-len", "5", "--output-len", "4")
+    assert (r["num_requests"], r["total_input_tokens"], r["total_output_tokens"]) == (3, 15, 12)
+    wall = r["wall_s"]
+    assert r["requests_per_s"] * wall == pytest.approx(3)
+    assert r["output_tok_s"] * wall == pytest.approx(12)
+    assert r["total_tok_s"] * wall == pytest.approx(27)
+    assert r["flops"] == workload_flops(ModelConfig.from_pretrained(model_dir), [(5, 4)] * 3)
+    gemm = r["gemm"]
+    assert (gemm["dtype"], gemm["size"], gemm["device"]) == ("float32", 2048, "cpu") and gemm["repeats"] >= 3
+    assert r["compute_efficiency"] == pytest.approx(r["flops"] / wall / gemm["flops_per_s"])
+    assert r["dtype"] == "float32" and r["engine_args"]["max_num_seqs"] == 256 and r["num_preemptions"] == 0
+    assert r["peak_rss_bytes"] > 100e6 and r["peak_gpu_memory_bytes"] is None
+    table = capsys.readouterr().out
+    assert "Successful requests:                     3" in table
+    assert "Total generated tokens:                  12" in table
+    assert "Compute efficiency (%):" in table
+
+
+def test_case_sets_the_lengths_and_engine_flags_reach_the_engine(model_dir, tmp_path):
+    r = throughput(model_dir, tmp_path, "--case", "offline-4-6-3", "--skip-tokenizer-init",
+                   "--max-num-seqs", "2", "--kv-cache-memory", "0.01")
+    assert (r["case"], r["num_requests"], r["total_input_tokens"], r["total_output_tokens"]) == (
+        "offline-4-6-3", 4, 24, 12)
+    assert r["engine_args"]["max_num_seqs"] == 2 and r["engine_args"]["skip_tokenizer_init"]
+
+
+def write_sharegpt(path, conversations):
+    path.write_text("\n".join(json.dumps({"id": str(i), "conversations": c}) for i, c in enumerate(conversations)))
+    return path
+
+
+def turn(who, text):
+    return {"from": who, "value": text}
+
+
+SHAREGPT = [
+    [turn("human", "tell me a story"), turn("gpt", "once upon a time there was a model")],
+    [turn("human", "only one turn")],
+    [turn("human", "what is two plus two"), turn("gpt", "four"), turn("human", "sure?"), turn("gpt", "yes")],
+    [turn("human", "and the weather"), turn("gpt", "sunny with a chance of tokens")],
+]
+
+
+def test_sharegpt_dataset_takes_prompts_and_reply_lengths_in_file_order(model_dir, tmp_path):
+    path = write_sharegpt(tmp_path / "chats.jsonl", SHAREGPT)
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    used = [SHAREGPT[0], SHAREGPT[2]]  # the one-turn conversation is passed over
+    r = throughput(model_dir, tmp_path, "--dataset", str(path), "--num-prompts", "2")
+    assert r["total_input_tokens"] == sum(len(tokenizer.encode(c[0]["value"])) for c in used)
+    assert r["total_output_tokens"] == sum(len(tokenizer.encode(c[1]["value"], add_special_tokens=False))
+                                           for c in used)
+    fixed = throughput(model_dir, tmp_path, "--dataset", str(path), "--num-prompts", "3", "--output-len", "2")
+    assert fixed["total_output_tokens"] == 6 and fixed["num_requests"] == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--case", "serve-4-8-8@inf"], "--case serve-4-8-8@inf: expected an offline-N-IN-OUT case"),
+    (["--case", "offline-4-8"], "bad case 'offline-4-8'"),
+    (["--case", "offline-2-4-4", "--num-prompts", "3"], "drop --dataset, --num-prompts"),
+    (["--num-prompts", "2", "--input-len", "4"], "missing --output-len"),
+    (["--num-prompts", "0", "--input-len", "4", "--output-len", "2"], "--num-prompts 0: expected >= 1"),
+    (["--dataset", "no-such.jsonl", "--num-prompts", "2"], "--dataset no-such.jsonl: no such file"),
+    (["--dataset", "{chats}", "--num-prompts", "2", "--input-len", "4"], "--input-len 4: a dataset file sets"),
+    (["--dataset", "{chats}", "--num-prompts", "2", "--skip-tokenizer-init"], "needs the tokenizer"),
+    (["--dataset", "{chats}", "--num-prompts", "4"], "3 usable conversations .* fewer than --num-prompts 4"),
+    (["--dataset", "{bad}", "--num-prompts", "1"], "not JSON Lines nor a JSON list"),
+    (["--num-prompts", "2", "--input-len", "300", "--output-len", "2"], "max_model_len"),
+    (["--num-prompts", "2", "--input-len", "4", "--output-len", "2", "--block-size", "3"], "block_size"),
+])
+def test_bad_flags_exit_with_the_reason(model_dir, tmp_path, flags, message):
+    chats = write_sharegpt(tmp_path / "chats.jsonl", SHAREGPT)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    flags = [f.format(chats=chats, bad=bad) for f in flags]
+    with pytest.raises(SystemExit, match=f"^kvserve bench throughput: .*{message}"):
+        main(["bench", "throughput", "--model", str(model_dir), "--disable-tqdm", *flags])
+
+
+def test_preset_and_model_are_exclusive(model_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "throughput", "--model", str(model_dir), "--preset", "tiny", "--case", "offline-1-1-1"])
+    assert "not allowed with argument --model" in capsys.readouterr().err
