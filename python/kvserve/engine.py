@@ -115,8 +115,8 @@ class Engine:
                                       self.device)
         self.requests: dict[str, RequestState] = {}
         self._request_counter = itertools.count()
-        logger.info("loaded %s (%s, %s) in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
-                    loaded.path, config.architecture, str(self.dtype).removeprefix("torch."),
+        logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
+                    loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
                     time.perf_counter() - start, num_blocks - 1, block_size, (num_blocks - 1) * block_size)
 
     # ---- the low-level loop -------------------------------------------------------------------

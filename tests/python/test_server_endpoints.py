@@ -27,7 +27,7 @@ def model_dir(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with ServerProcess(model_dir, "--served-model-name", *NAMES, "--gpu-memory-utilization", "0.5") as server:
+    with ServerProcess(model_dir, "--served-model-name", *NAMES) as server:
         yield server
 
 
@@ -49,10 +49,9 @@ def test_models_lists_every_name_and_any_of_them_serves(server):
 
 def test_startup_log_says_what_was_loaded_and_where_it_serves(server, model_dir):
     log = "".join(server.log)
-    assert f"loaded {model_dir} (LlamaForCausalLM, float32)" in log
+    assert f"loaded {model_dir} (LlamaForCausalLM, float32) on cpu" in log
     assert re.search(r"KV cache: \d+ blocks of 16 tokens = \d+ tokens", log)
     assert f"serving tiny, tiny-alias (max_model_len 256) at {server.url}/v1 (no API key)" in log
-    assert "--gpu-memory-utilization 0.5 has no effect on the CPU runner" in log
 
 
 def test_unknown_fields_are_ignored(server):
