@@ -1,4 +1,4 @@
-// The few-rows linear kernel written once over a vector type V (see include/kvserve/linear.h).
+// The linear kernel written once over a vector type V (see include/kvserve/linear.h).
 //
 //   for each block of kBlockN weight rows (output features n..n+3), for each chunk of up to
 //   kChunkM input rows: kChunkM x kBlockN accumulators of V::kWidth lanes walk along in_features,
@@ -19,6 +19,8 @@ struct SmallLinear {
   using Reg = typename V::Reg;
   static constexpr int kBlockN = 4;
   static constexpr int kChunkM = 4;
+  static constexpr int64_t kTileBytes = 256 << 10;
+  static constexpr int64_t kMaxTileM = 64;
 
   template <int M, int N>
   static void tile(const LinearParams& p, int64_t m0, int64_t n0) {
@@ -30,9 +32,15 @@ struct SmallLinear {
     Reg acc[M][N];
     for (int m = 0; m < M; ++m)
       for (int n = 0; n < N; ++n) acc[m][n] = V::zero();
+    // The next block's rows, at the same column: rows shorter than the hardware prefetcher's ramp
+    // (a 512-wide bf16 row is 1 KB) would otherwise start cold from DRAM block after block.
+    const int64_t ahead = N * p.weight_stride;
     for (int64_t k = 0; k < body; k += V::kWidth) {
       Reg wk[N];
-      for (int n = 0; n < N; ++n) wk[n] = V::load(w[n] + k);
+      for (int n = 0; n < N; ++n) {
+        __builtin_prefetch(w[n] + k + ahead);
+        wk[n] = V::load(w[n] + k);
+      }
       for (int m = 0; m < M; ++m) {
         const Reg xk = V::load(x[m] + k);
         for (int n = 0; n < N; ++n) acc[m][n] = V::fma(xk, wk[n], acc[m][n]);
@@ -50,10 +58,10 @@ struct SmallLinear {
   }
 
   template <int N>
-  static void rows(const LinearParams& p, int64_t n0) {
-    int64_t m0 = 0;
-    for (; m0 + kChunkM <= p.num_rows; m0 += kChunkM) tile<kChunkM, N>(p, m0, n0);
-    switch (p.num_rows - m0) {
+  static void rows(const LinearParams& p, int64_t n0, int64_t m_begin, int64_t m_end) {
+    int64_t m0 = m_begin;
+    for (; m0 + kChunkM <= m_end; m0 += kChunkM) tile<kChunkM, N>(p, m0, n0);
+    switch (m_end - m0) {
       case 3: tile<3, N>(p, m0, n0); break;
       case 2: tile<2, N>(p, m0, n0); break;
       case 1: tile<1, N>(p, m0, n0); break;
@@ -61,10 +69,17 @@ struct SmallLinear {
     }
   }
 
+  // Input rows go a tile at a time, so that the tile (~kTileBytes) stays in L2 while every weight
+  // block of the thread's columns passes it; the weights are read once per tile.
   static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
-    int64_t n = n_begin;
-    for (; n + kBlockN <= n_end; n += kBlockN) rows<kBlockN>(p, n);
-    for (; n < n_end; ++n) rows<1>(p, n);
+    int64_t tile_m = kTileBytes / (p.in_features * static_cast<int64_t>(sizeof(T))) / kChunkM * kChunkM;
+    tile_m = tile_m < kChunkM ? kChunkM : tile_m > kMaxTileM ? kMaxTileM : tile_m;
+    for (int64_t m_begin = 0; m_begin < p.num_rows; m_begin += tile_m) {
+      const int64_t m_end = m_begin + tile_m < p.num_rows ? m_begin + tile_m : p.num_rows;
+      int64_t n = n_begin;
+      for (; n + kBlockN <= n_end; n += kBlockN) rows<kBlockN>(p, n, m_begin, m_end);
+      for (; n < n_end; ++n) rows<1>(p, n, m_begin, m_end);
+    }
   }
 };
 

@@ -1,14 +1,14 @@
-// linear: out = input @ weight^T (+ bias) for a few input rows — the decode-time projections.
+// linear: out = input @ weight^T (+ bias) — the projections of a decoder layer.
 //
 //   input:  [num_rows, in_features]              rows may be strided, last dimension contiguous
 //   weight: [out_features, in_features]          rows may be strided (PyTorch's nn.Linear layout)
 //   bias:   [out_features] or nullptr
 //   out:    [num_rows, out_features]             rows may be strided
 //
-// Float32 accumulation, rounded once to the dtype (with the bias added before rounding). Made for
-// few rows, where a general GEMM spends its time packing and dispatching: each weight row is read
-// once from memory and used for every input row while it is in cache, so the call runs at the
-// memory bandwidth of the weights. Strides are in elements.
+// Float32 accumulation, rounded once to the dtype (with the bias added before rounding). Register
+// tiles of 4 input rows x 4 weight rows walk along in_features; input rows go in L2-sized tiles past
+// every weight block, and the next weight block is prefetched, so few rows (decode) run at the
+// weights' memory bandwidth and many rows at the FMA rate. Strides are in elements.
 #pragma once
 
 #include <cstdint>

@@ -154,11 +154,12 @@ def test_argmax_ties_nan_and_strided_rows():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows", [1, 3, 4, 7])
-@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 70])
+@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100), (9, 4864)])
 def test_linear(dtype, rows, shape):
     """Against float64 on random data; output features and input features that are and are not
-    multiples of the kernel's blocks; with and without bias."""
+    multiples of the kernel's blocks, input rows that cross the kernel's row tiles (64 rows, fewer
+    for long rows); with and without bias."""
     torch.manual_seed(rows * 1000 + shape[0])
     out_features, in_features = shape
     x = torch.randn(rows, in_features).to(dtype)

@@ -5,9 +5,11 @@
 One matmul then serves all of them; the parts are views of its output. Parameters are created
 uninitialized: the loader (or load_format="dummy") fills them.
 
-On the CPU, a few rows (decode of a small batch) go through kvserve.ops.linear, which streams each
-weight row once at memory bandwidth; a general GEMM spends more time packing and dispatching than
-multiplying there. More rows take torch's GEMM (oneDNN).
+On the CPU, kvserve.ops.linear takes what torch's GEMM does worst (bench/README.md, "Linear"):
+every float32 and float16 product (torch's float32 GEMM on this class of CPU runs at about half
+the rate of ours, its float16 one far below) and the few-row bfloat16 products of decode, where
+oneDNN spends more time packing and dispatching than multiplying. Larger bfloat16 products keep
+oneDNN, whose bfloat16 dot products the kernel does not match.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from torch import nn
 
 from kvserve import ops
 
-# Rows up to which kvserve.ops.linear beats torch's GEMM on the CPU (bench/README.md, "Small linear").
-SMALL_LINEAR_MAX_ROWS = 4
+# bfloat16 rows up to which kvserve.ops.linear beats oneDNN on the CPU (bench/README.md, "Linear").
+BFLOAT16_OPS_MAX_ROWS = 4
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ weight[N, K]^T (+ bias), by the faster path for M."""
-    if x.is_cpu and x.dim() == 2 and x.shape[0] <= SMALL_LINEAR_MAX_ROWS:
+    """x [M, K] @ weight[N, K]^T (+ bias), by the faster path for the dtype and M."""
+    if x.is_cpu and x.dim() == 2 and (x.dtype != torch.bfloat16 or x.shape[0] <= BFLOAT16_OPS_MAX_ROWS):
         out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
         ops.linear(out, x, weight, bias)
         return out
