@@ -89,7 +89,11 @@ Status linear_cpu(const LinearParams& p) {
   }
   if (!float_dtype(p.dtype)) return Status::kUnsupported;
   if (p.num_rows == 0) return Status::kOk;
-  run_rows(p, kernels_for(p.dtype).linear, p.in_features);
+  auto kernel = kernels_for(p.dtype).linear;
+#if defined(KVSERVE_CPU_X86_KERNELS)
+  if (p.dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16) kernel = linear_avx512_bf16;
+#endif
+  run_rows(p, kernel, p.in_features);
   return Status::kOk;
 }
 

@@ -19,13 +19,15 @@ struct LayerKernels {
 LayerKernels layer_kernels_portable(DType dtype);
 LayerKernels layer_kernels_avx2(DType dtype);
 LayerKernels layer_kernels_avx512(DType dtype);
+// The bfloat16 linear with vdpbf16ps (CPUs with AVX512-BF16).
+void linear_avx512_bf16(const LinearParams&, int64_t n_begin, int64_t n_end);
 
 namespace {
 
 template <class V, class T>
 constexpr LayerKernels layer_kernels_of() {
   return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
-          Rowwise<V, T>::rotary_embedding, SmallLinear<V, T>::cols};
+          Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols};
 }
 
 template <class V>

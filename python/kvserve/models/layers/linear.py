@@ -9,7 +9,7 @@ On the CPU, kvserve.ops.linear takes what torch's GEMM does worst (bench/README.
 every float32 and float16 product (torch's float32 GEMM on this class of CPU runs at about half
 the rate of ours, its float16 one far below) and the few-row bfloat16 products of decode, where
 oneDNN spends more time packing and dispatching than multiplying. Larger bfloat16 products keep
-oneDNN, whose bfloat16 dot products the kernel does not match.
+oneDNN, whose larger register tiles run faster than ours (bench/README.md).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 from kvserve import ops
 
 # bfloat16 rows up to which kvserve.ops.linear beats oneDNN on the CPU (bench/README.md, "Linear").
-BFLOAT16_OPS_MAX_ROWS = 4
+BFLOAT16_OPS_MAX_ROWS = 8
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
