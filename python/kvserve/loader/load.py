@@ -58,4 +58,5 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         fill_dummy_weights(module, seed)
     else:
         module.load_weights(weights)
+    module.finalize_weights()
     return LoadedModel(model_config, module, resolved, path, tokenizer)

@@ -35,7 +35,8 @@ def model_class(architecture: str) -> type:
 
 def build_model(model_config, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model for `model_config`, with uninitialized parameters in `dtype` on `device`: fill them
-    with model.load_weights(...) or kvserve.loader.fill_dummy_weights(model)."""
+    with model.load_weights(...) or kvserve.loader.fill_dummy_weights(model), then call
+    model.finalize_weights() (kvserve.loader.load_model does all three)."""
     cls = model_class(model_config.architecture)
     with torch.device(device):
         model = cls(model_config, dtype)

@@ -5,11 +5,14 @@
 One matmul then serves all of them; the parts are views of its output. Parameters are created
 uninitialized: the loader (or load_format="dummy") fills them.
 
-On the CPU, kvserve.ops.linear takes what torch's GEMM does worst (bench/README.md, "Linear"):
-every float32 and float16 product (torch's float32 GEMM on this class of CPU runs at about half
-the rate of ours, its float16 one far below) and the few-row bfloat16 products of decode, where
-oneDNN spends more time packing and dispatching than multiplying. Larger bfloat16 products keep
-oneDNN, whose larger register tiles run faster than ours (bench/README.md).
+On the CPU each product takes the fastest of three paths (bench/README.md, "Linear"):
+    up to 4 rows (decode of a few sequences)     kvserve.ops.linear: each weight row streamed once,
+                                                 without a GEMM's packing and dispatch
+    more rows, bfloat16 or float32               oneDNN on a copy of the weight in its own blocked
+                                                 layout, made once at load (finalize_weights)
+    more rows, float16                           kvserve.ops.linear (torch's float16 GEMM is slow here)
+The blocked copy doubles the memory of the projections' weights; it is what makes oneDNN fast at
+decode batch sizes (1.2-1.8x over torch's F.linear, which reorders the weight on every call).
 """
 
 from __future__ import annotations
@@ -20,17 +23,33 @@ from torch import nn
 
 from kvserve import ops
 
-# bfloat16 rows up to which kvserve.ops.linear beats oneDNN on the CPU (bench/README.md, "Linear").
-BFLOAT16_OPS_MAX_ROWS = 8
+# Rows up to which kvserve.ops.linear beats oneDNN with a blocked weight on the CPU.
+OPS_MAX_ROWS = 4
+# The batch size oneDNN lays the blocked weight out for (any batch size may use it).
+PACK_BATCH_HINT = 64
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ weight[N, K]^T (+ bias), by the faster path for the dtype and M."""
-    if x.is_cpu and x.dim() == 2 and (x.dtype != torch.bfloat16 or x.shape[0] <= BFLOAT16_OPS_MAX_ROWS):
-        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
-        ops.linear(out, x, weight, bias)
-        return out
-    return F.linear(x, weight, bias)
+def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor | None:
+    """oneDNN's blocked copy of a CPU bfloat16/float32 weight [N, K]; None where it has no fast path."""
+    if weight.is_cpu and weight.dtype in (torch.bfloat16, torch.float32) and torch.backends.mkldnn.is_available():
+        return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
+    return None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias), by the fastest path for the device, dtype and M;
+    `packed` is pack_for_onednn(weight) where the caller keeps one."""
+    if not x.is_cpu or x.dim() != 2:
+        return F.linear(x, weight, bias)
+    if x.shape[0] > OPS_MAX_ROWS:
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        if x.dtype == torch.bfloat16:
+            return F.linear(x, weight, bias)
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+    ops.linear(out, x, weight, bias)
+    return out
 
 
 class Linear(nn.Module):
@@ -40,9 +59,14 @@ class Linear(nn.Module):
         total = sum(self.output_sizes)
         self.weight = nn.Parameter(torch.empty(total, input_size, dtype=dtype), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(total, dtype=dtype), requires_grad=False) if bias else None
+        self.packed: torch.Tensor | None = None
+
+    def finalize_weights(self) -> None:
+        """Once the weights are in place: keep oneDNN's blocked copy (on the CPU)."""
+        self.packed = pack_for_onednn(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.packed)
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
         """The rows of `param` (weight or bias) that hold stacked projection number `index`."""
