@@ -14,5 +14,6 @@ NB_MODULE(_C, m) {
   kvserve::bind::bind_ops(ops);
   kvserve::bind::bind_layer_ops(ops);
   kvserve::bind::bind_cpu_ops(ops);
+  kvserve::bind::bind_decoder_stack(ops);
   kvserve::bind::bind_scheduler(m);
 }

@@ -12,11 +12,12 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from kvserve import _C
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.activation import silu_and_mul
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import Linear, linear, pack_for_onednn
+from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, linear, pack_for_onednn
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_
 from kvserve.models.weight_loading import load_named_weights
@@ -101,6 +102,12 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
 
+# CPU steps of up to this many tokens (decode of a few sequences) run every layer in one C++ call,
+# ops.DecoderStack: the kernels the layers above call, in the same order (bit-identical results),
+# without a Python round trip per kernel, which costs as much as a small model's kernels do.
+DECODER_STACK_MAX_TOKENS = OPS_MAX_ROWS
+
+
 class LlamaForCausalLM(nn.Module):
     # checkpoint projection -> (our fused module, its index in the stack)
     packed_modules = {
@@ -116,6 +123,8 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, False, dtype)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim)
         self.tied_lm_head_packed: torch.Tensor | None = None
+        # The C++ stack over the weights and the caches list it was built for (rebuilt for another).
+        self._decoder_stack: tuple[list[KVCache], _C.ops.DecoderStack] | None = None
 
     @classmethod
     def attention_options(cls, config: ModelConfig) -> dict:
@@ -129,6 +138,12 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError(f"kv_caches: expected {len(self.model.layers)} (one per layer), got {len(kv_caches)}")
         num_tokens = input_ids.shape[0]
         cos_sin = self.rotary.cos_sin(positions, self.dtype)
+        if input_ids.is_cpu and num_tokens <= DECODER_STACK_MAX_TOKENS:
+            hidden = self.model.embed_tokens(input_ids)
+            self.decoder_stack(kv_caches)(hidden, *cos_sin, attn_metadata.slot_mapping.long(),
+                                          attn_metadata.block_table, attn_metadata.seq_lens,
+                                          attn_metadata.query_start_loc)
+            return hidden
         # One attention output buffer serves every layer: each layer's o_proj consumes it before the next.
         attn_out = torch.empty(num_tokens, self.config.num_attention_heads, self.config.head_dim,
                                dtype=self.dtype, device=input_ids.device)
@@ -137,6 +152,26 @@ class LlamaForCausalLM(nn.Module):
             hidden, residual = layer(hidden, residual, cos_sin, kv_cache, attn_metadata, attn_out)
         hidden, _ = self.model.norm.add_and_norm(hidden, residual)
         return hidden
+
+    def decoder_stack(self, kv_caches: list[KVCache]) -> _C.ops.DecoderStack:
+        """The C++ decoder stack over this model's weights and `kv_caches` (built on first use)."""
+        if self._decoder_stack is None or self._decoder_stack[0] is not kv_caches:
+            layers = []
+            for layer, (key_cache, value_cache) in zip(self.model.layers, kv_caches):
+                attn, mlp = layer.self_attn, layer.mlp
+                layers.append(dict(
+                    input_norm=layer.input_layernorm.weight, qkv=attn.qkv_proj.weight, qkv_bias=attn.qkv_proj.bias,
+                    q_norm=attn.q_norm.weight if attn.q_norm is not None else None,
+                    k_norm=attn.k_norm.weight if attn.k_norm is not None else None,
+                    o=attn.o_proj.weight, o_bias=attn.o_proj.bias, post_norm=layer.post_attention_layernorm.weight,
+                    gate_up=mlp.gate_up_proj.weight, gate_up_bias=mlp.gate_up_proj.bias,
+                    down=mlp.down_proj.weight, down_bias=mlp.down_proj.bias,
+                    key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window))
+            first = self.model.layers[0].self_attn
+            stack = _C.ops.DecoderStack(layers, self.model.norm.weight, first.num_heads, first.num_kv_heads,
+                                        first.head_dim, self.config.rms_norm_eps, first.attn.scale)
+            self._decoder_stack = (kv_caches, stack)
+        return self._decoder_stack[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] (only the rows to sample) -> logits [N, vocab] in the model dtype (the
@@ -147,6 +182,7 @@ class LlamaForCausalLM(nn.Module):
 
     def finalize_weights(self) -> None:
         """Once the weights are in place (loaded or dummy): per-device copies the products want."""
+        self._decoder_stack = None
         for module in self.modules():
             if isinstance(module, Linear):
                 module.finalize_weights()

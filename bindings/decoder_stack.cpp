@@ -1,0 +1,220 @@
+// Binding of decoder_stack.h: ops.DecoderStack(layers, final_norm, ...) checks and keeps every
+// weight and cache once; calling it runs a step over the embeddings in place. The object holds
+// references to its arrays, so they outlive it whatever the caller drops.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "array_check.h"
+#include "bind.h"
+#include "kvserve/decoder_stack.h"
+
+namespace kvserve::bind {
+
+namespace {
+
+class PyDecoderStack {
+ public:
+  PyDecoderStack(std::vector<nb::dict> layers, Array final_norm, int64_t num_heads, int64_t num_kv_heads,
+                 int64_t head_dim, double eps, double scale) {
+    check_dtype(final_norm, "final_norm", kFloatDtypes);
+    check_vector(final_norm, "final_norm", -1);
+    if (layers.empty()) throw nb::value_error("layers: expected at least one layer");
+    reference_ = final_norm;
+    s_.dtype = kernel_dtype(final_norm, "final_norm");
+    s_.hidden_size = static_cast<int64_t>(final_norm.shape(0));
+    s_.num_heads = num_heads;
+    s_.num_kv_heads = num_kv_heads;
+    s_.head_dim = head_dim;
+    s_.eps = static_cast<float>(eps);
+    s_.scale = static_cast<float>(scale);
+    s_.final_norm = keep(final_norm);
+    if (num_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) {
+      throw nb::value_error("num_heads, num_kv_heads and head_dim must be positive");
+    }
+    for (size_t i = 0; i < layers.size(); ++i) s_.layers.push_back(parse_layer(layers[i], i));
+    std::string why;
+    if (check_decoder_stack(s_, &why) != Status::kOk) throw nb::value_error(why.c_str());
+  }
+
+  void run(Array hidden, Array cos, Array sin, Array slot_mapping, Array block_table, Array seq_lens,
+           Array query_start_loc) {
+    const int64_t h = s_.hidden_size;
+    check_same_dtype(hidden, "hidden", reference_, "the weights");
+    check_ndim(hidden, "hidden", 2, "[num_tokens, hidden]");
+    check_dim(hidden, "hidden", 1, h, "hidden size of the weights");
+    check_contiguous(hidden, "hidden");
+    check_cpu(hidden, "hidden");
+    const int64_t num_tokens = static_cast<int64_t>(hidden.shape(0));
+    for (auto [array, name] : {Named{cos, "cos"}, Named{sin, "sin"}}) {
+      check_same_dtype(array, name, reference_, "the weights");
+      check_ndim(array, name, 2, "[num_tokens, head_dim / 2]");
+      check_dim(array, name, 0, num_tokens, "num_tokens of hidden");
+      check_dim(array, name, 1, s_.head_dim / 2, "head_dim / 2");
+      check_contiguous(array, name);
+      check_cpu(array, name);
+    }
+    check_index(slot_mapping, "slot_mapping", kInt64, 1, "[num_tokens]");
+    check_dim(slot_mapping, "slot_mapping", 0, num_tokens, "num_tokens of hidden");
+    check_dtype(block_table, "block_table", {kInt32});
+    check_ndim(block_table, "block_table", 2, "[num_reqs, max_blocks_per_req]");
+    check_contiguous(block_table, "block_table", 1);
+    check_cpu(block_table, "block_table");
+    const int64_t num_reqs = static_cast<int64_t>(block_table.shape(0));
+    check_index(seq_lens, "seq_lens", kInt32, 1, "[num_reqs]");
+    check_dim(seq_lens, "seq_lens", 0, num_reqs, "num_reqs of block_table");
+    check_index(query_start_loc, "query_start_loc", kInt32, 1, "[num_reqs + 1]");
+    check_dim(query_start_loc, "query_start_loc", 0, num_reqs + 1, "num_reqs + 1");
+    DecoderStepParams step;
+    step.hidden = hidden.data();
+    step.cos = cos.data();
+    step.sin = sin.data();
+    step.slot_mapping = static_cast<const int64_t*>(slot_mapping.data());
+    step.block_table = static_cast<const int32_t*>(block_table.data());
+    step.seq_lens = static_cast<const int32_t*>(seq_lens.data());
+    step.query_start_loc = static_cast<const int32_t*>(query_start_loc.data());
+    step.num_tokens = num_tokens;
+    step.num_reqs = num_reqs;
+    step.max_blocks_per_req = static_cast<int64_t>(block_table.shape(1));
+    step.block_table_stride = block_table.stride(0);
+    std::string why;
+    Status status;
+    {
+      nb::gil_scoped_release release;
+      status = decoder_stack_cpu(s_, step, &why);
+    }
+    if (status == Status::kInvalidArgument && !why.empty()) throw nb::value_error(("decoder stack: " + why).c_str());
+    raise_on_error(status, "decoder stack");
+  }
+
+  size_t num_layers() const { return s_.layers.size(); }
+
+ private:
+  const void* keep(const Array& array) {
+    owners_.push_back(array);
+    return array.data();
+  }
+
+  // A 1-D weight of `size` elements (-1: any), in the weights' dtype, on the CPU.
+  void check_vector(const Array& array, const char* name, int64_t size) {
+    if (reference_.is_valid()) check_same_dtype(array, name, reference_, "final_norm");
+    check_ndim(array, name, 1, "[size]");
+    if (size >= 0) check_dim(array, name, 0, size, "the model's size");
+    check_contiguous(array, name);
+    check_cpu(array, name);
+  }
+
+  void check_matrix(const Array& array, const char* name, int64_t rows, int64_t cols) {
+    check_same_dtype(array, name, reference_, "final_norm");
+    check_ndim(array, name, 2, "[out_features, in_features]");
+    if (rows >= 0) check_dim(array, name, 0, rows, "out_features");
+    check_dim(array, name, 1, cols, "in_features");
+    check_contiguous(array, name);
+    check_cpu(array, name);
+  }
+
+  static void check_index(const Array& array, const char* name, nb::dlpack::dtype dtype, size_t ndim,
+                          const char* layout) {
+    check_dtype(array, name, {dtype});
+    check_ndim(array, name, ndim, layout);
+    check_contiguous(array, name);
+    check_cpu(array, name);
+  }
+
+  static std::optional<Array> get(const nb::dict& layer, const char* key, bool required, size_t index) {
+    if (!layer.contains(key) || layer[key].is_none()) {
+      if (required) {
+        throw nb::value_error(("layers[" + std::to_string(index) + "]: missing '" + key + "'").c_str());
+      }
+      return std::nullopt;
+    }
+    Array array;
+    if (!nb::try_cast(layer[key], array)) {
+      throw nb::type_error(("layers[" + std::to_string(index) + "]['" + key + "']: expected an array").c_str());
+    }
+    return array;
+  }
+
+  DecoderLayerWeights parse_layer(const nb::dict& layer, size_t index) {
+    const int64_t h = s_.hidden_size, q = s_.num_heads * s_.head_dim, kv = s_.num_kv_heads * s_.head_dim;
+    DecoderLayerWeights w;
+    auto vector = [&](const char* key, int64_t size, bool required) -> const void* {
+      auto array = get(layer, key, required, index);
+      if (!array) return nullptr;
+      check_vector(*array, key, size);
+      return keep(*array);
+    };
+    Array down = *get(layer, "down", true, index);
+    check_same_dtype(down, "down", reference_, "final_norm");
+    check_ndim(down, "down", 2, "[hidden, intermediate]");
+    const int64_t inter = static_cast<int64_t>(down.shape(1));
+    if (index == 0) s_.intermediate_size = inter;
+    check_matrix(down, "down", h, s_.intermediate_size);
+    w.down = keep(down);
+    w.input_norm = vector("input_norm", h, true);
+    w.post_norm = vector("post_norm", h, true);
+    w.q_norm = vector("q_norm", s_.head_dim, false);
+    w.k_norm = vector("k_norm", s_.head_dim, false);
+    w.qkv_bias = vector("qkv_bias", q + 2 * kv, false);
+    w.o_bias = vector("o_bias", h, false);
+    w.gate_up_bias = vector("gate_up_bias", 2 * inter, false);
+    w.down_bias = vector("down_bias", h, false);
+    for (auto [key, rows, cols, slot] :
+         {std::tuple{"qkv", q + 2 * kv, h, &w.qkv}, std::tuple{"o", h, q, &w.o},
+          std::tuple{"gate_up", 2 * inter, h, &w.gate_up}}) {
+      Array array = *get(layer, key, true, index);
+      check_matrix(array, key, rows, cols);
+      *slot = keep(array);
+    }
+    for (auto [key, slot] : {std::pair{"key_cache", &w.key_cache}, std::pair{"value_cache", &w.value_cache}}) {
+      Array cache = *get(layer, key, true, index);
+      check_same_dtype(cache, key, reference_, "final_norm");
+      check_ndim(cache, key, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
+      if (s_.num_blocks == 0) {
+        s_.num_blocks = static_cast<int64_t>(cache.shape(0));
+        s_.block_size = static_cast<int64_t>(cache.shape(1));
+      }
+      check_dim(cache, key, 0, s_.num_blocks, "num_blocks of the first cache");
+      check_dim(cache, key, 1, s_.block_size, "block_size of the first cache");
+      check_dim(cache, key, 2, s_.num_kv_heads, "num_kv_heads");
+      check_dim(cache, key, 3, s_.head_dim, "head_dim");
+      check_contiguous(cache, key);
+      check_cpu(cache, key);
+      *slot = const_cast<void*>(keep(cache));
+    }
+    if (layer.contains("sliding_window") && !layer["sliding_window"].is_none()) {
+      w.sliding_window = nb::cast<int64_t>(layer["sliding_window"]);
+    }
+    return w;
+  }
+
+  DecoderStack s_;
+  Array reference_;
+  std::vector<Array> owners_;
+};
+
+}  // namespace
+
+void bind_decoder_stack(nb::module_& m) {
+  nb::class_<PyDecoderStack>(m, "DecoderStack",
+                             "Every decoder layer of a Llama-family model and the final norm, run in one call\n"
+                             "on the CPU (see kvserve/decoder_stack.h). Built once from each layer's arrays\n"
+                             "(a dict per layer: input_norm, qkv, qkv_bias, q_norm, k_norm, o, o_bias, post_norm,\n"
+                             "gate_up, gate_up_bias, down, down_bias, key_cache, value_cache, sliding_window).")
+      .def(nb::init<std::vector<nb::dict>, Array, int64_t, int64_t, int64_t, double, double>(), nb::arg("layers"),
+           nb::arg("final_norm"), nb::arg("num_heads"), nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("eps"),
+           nb::arg("scale"))
+      .def("__call__", &PyDecoderStack::run, nb::arg("hidden").noconvert(), nb::arg("cos"), nb::arg("sin"),
+           nb::arg("slot_mapping"), nb::arg("block_table"), nb::arg("seq_lens"), nb::arg("query_start_loc"),
+           "Run the step in place: hidden [num_tokens, hidden] holds the embeddings, then the final norm's\n"
+           "output; the layers' caches receive the step's keys and values.")
+      .def_prop_ro("num_layers", &PyDecoderStack::num_layers);
+}
+
+}  // namespace kvserve::bind

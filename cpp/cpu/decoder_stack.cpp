@@ -1,0 +1,271 @@
+// decoder_stack_cpu: the layers of decoder_stack.h, each step of each layer one of the library's CPU
+// kernels (linear_cpu, rms_norm_cpu, ...) over views of one scratch buffer.
+#include "kvserve/decoder_stack.h"
+
+#include <cstring>
+#include <vector>
+
+#include "kvserve/layer_ops.h"
+#include "kvserve/linear.h"
+#include "kvserve/paged_attention.h"
+#include "kvserve/reshape_and_cache.h"
+#include "param_checks.h"
+
+namespace kvserve {
+
+namespace {
+
+using checks::fail;
+using checks::str;
+
+int64_t dtype_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+
+// The step's activations, each [num_tokens, width], in one allocation.
+struct Scratch {
+  std::vector<unsigned char> bytes;
+  void* residual;
+  void* x;
+  void* qkv;
+  void* attn;
+  void* gate_up;
+  void* act;
+
+  Scratch(const DecoderStack& s, int64_t num_tokens) {
+    const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+    const int64_t widths[] = {s.hidden_size, s.hidden_size, q + 2 * kv, q, 2 * s.intermediate_size,
+                              s.intermediate_size};
+    int64_t offsets[6], total = 0;
+    for (int i = 0; i < 6; ++i) {
+      offsets[i] = total;
+      total += (num_tokens * widths[i] * dtype_size(s.dtype) + 63) / 64 * 64;
+    }
+    bytes.resize(static_cast<size_t>(total));
+    void** views[] = {&residual, &x, &qkv, &attn, &gate_up, &act};
+    for (int i = 0; i < 6; ++i) *views[i] = bytes.data() + offsets[i];
+  }
+};
+
+LinearParams linear_params(const DecoderStack& s, void* out, const void* input, const void* weight,
+                           const void* bias, int64_t num_rows, int64_t in_features, int64_t out_features) {
+  LinearParams p;
+  p.out = out;
+  p.out_stride = out_features;
+  p.input = input;
+  p.input_stride = in_features;
+  p.weight = weight;
+  p.weight_stride = in_features;
+  p.bias = bias;
+  p.num_rows = num_rows;
+  p.in_features = in_features;
+  p.out_features = out_features;
+  p.dtype = s.dtype;
+  return p;
+}
+
+// out = norm(input) * weight over [num_tokens, num_heads, width] rows; with `residual`, first
+// residual += input (and out is input).
+RmsNormParams norm_params(const DecoderStack& s, void* out, const void* input, int64_t stride_token,
+                          int64_t num_tokens, int64_t num_heads, int64_t width, const void* weight,
+                          void* residual) {
+  RmsNormParams p;
+  p.out = out;
+  p.out_stride_token = stride_token;
+  p.out_stride_head = num_heads > 1 ? width : 0;
+  p.input = input;
+  p.input_stride_token = stride_token;
+  p.input_stride_head = p.out_stride_head;
+  p.residual = residual;
+  p.residual_stride_token = residual != nullptr ? width : 0;
+  p.weight = weight;
+  p.dtype = s.dtype;
+  p.num_tokens = num_tokens;
+  p.num_heads = num_heads;
+  p.hidden = width;
+  p.eps = s.eps;
+  return p;
+}
+
+ReshapeAndCacheParams cache_params(const DecoderStack& s, const DecoderLayerWeights& layer, const void* qkv,
+                                   const DecoderStepParams& step) {
+  const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim, row = q + 2 * kv;
+  const int64_t elem = dtype_size(s.dtype);
+  ReshapeAndCacheParams p;
+  p.key = static_cast<const unsigned char*>(qkv) + q * elem;
+  p.key_stride_token = row;
+  p.key_stride_head = s.head_dim;
+  p.value = static_cast<const unsigned char*>(qkv) + (q + kv) * elem;
+  p.value_stride_token = row;
+  p.value_stride_head = s.head_dim;
+  p.key_cache = layer.key_cache;
+  p.value_cache = layer.value_cache;
+  p.cache_stride_block = s.block_size * kv;
+  p.slot_mapping = step.slot_mapping;
+  p.slot_mapping_dtype = DType::kInt64;
+  p.dtype = s.dtype;
+  p.num_tokens = step.num_tokens;
+  p.num_kv_heads = s.num_kv_heads;
+  p.head_dim = s.head_dim;
+  p.num_blocks = s.num_blocks;
+  p.block_size = s.block_size;
+  return p;
+}
+
+PagedAttentionParams attention_params(const DecoderStack& s, const DecoderLayerWeights& layer, void* out,
+                                      const void* qkv, const DecoderStepParams& step) {
+  const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+  PagedAttentionParams p;
+  p.out = out;
+  p.out_stride_token = q;
+  p.out_stride_head = s.head_dim;
+  p.query = qkv;
+  p.query_stride_token = q + 2 * kv;
+  p.query_stride_head = s.head_dim;
+  p.key_cache = layer.key_cache;
+  p.value_cache = layer.value_cache;
+  p.cache_stride_block = s.block_size * kv;
+  p.block_table = step.block_table;
+  p.block_table_stride = step.block_table_stride;
+  p.seq_lens = step.seq_lens;
+  p.query_start_loc = step.query_start_loc;
+  p.dtype = s.dtype;
+  p.num_tokens = step.num_tokens;
+  p.num_heads = s.num_heads;
+  p.num_kv_heads = s.num_kv_heads;
+  p.head_dim = s.head_dim;
+  p.num_reqs = step.num_reqs;
+  p.max_blocks_per_req = step.max_blocks_per_req;
+  p.num_blocks = s.num_blocks;
+  p.block_size = s.block_size;
+  p.scale = s.scale;
+  p.causal = true;
+  p.sliding_window = layer.sliding_window;
+  return p;
+}
+
+// Runs one kernel; returns from the enclosing function if it fails.
+#define KVSERVE_RUN(call, what)                                                    \
+  do {                                                                             \
+    if (Status status = (call); status != Status::kOk) {                           \
+      if (why != nullptr) *why = std::string(what) + " failed: " + status_string(status); \
+      return status;                                                               \
+    }                                                                              \
+  } while (0)
+
+Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool first, const DecoderStepParams& step,
+                 Scratch& t, std::string* why) {
+  const int64_t n = step.num_tokens, h = s.hidden_size, d = s.head_dim;
+  const int64_t q = s.num_heads * d, kv = s.num_kv_heads * d, elem = dtype_size(s.dtype);
+  // x: the first layer normalizes the embeddings into scratch (they become the residual); later
+  // layers add the block output to the residual and normalize it where it is.
+  void* x = step.hidden;
+  if (first) {
+    std::memcpy(t.residual, step.hidden, static_cast<size_t>(n * h * elem));
+    x = t.x;
+    KVSERVE_RUN(rms_norm_cpu(norm_params(s, x, t.residual, h, n, 1, h, layer.input_norm, nullptr)), "input norm");
+  } else {
+    KVSERVE_RUN(rms_norm_cpu(norm_params(s, x, x, h, n, 1, h, layer.input_norm, t.residual)), "input norm");
+  }
+  KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
+  auto* key = static_cast<unsigned char*>(t.qkv) + q * elem;
+  if (layer.q_norm != nullptr) {
+    KVSERVE_RUN(rms_norm_cpu(norm_params(s, t.qkv, t.qkv, q + 2 * kv, n, s.num_heads, d, layer.q_norm, nullptr)),
+                "q_norm");
+    KVSERVE_RUN(rms_norm_cpu(norm_params(s, key, key, q + 2 * kv, n, s.num_kv_heads, d, layer.k_norm, nullptr)),
+                "k_norm");
+  }
+  RotaryEmbeddingParams rope;
+  rope.query = t.qkv;
+  rope.query_stride_token = q + 2 * kv;
+  rope.query_stride_head = d;
+  rope.key = key;
+  rope.key_stride_token = q + 2 * kv;
+  rope.key_stride_head = d;
+  rope.cos = step.cos;
+  rope.sin = step.sin;
+  rope.cos_sin_stride_token = d / 2;
+  rope.dtype = s.dtype;
+  rope.num_tokens = n;
+  rope.num_heads = s.num_heads;
+  rope.num_kv_heads = s.num_kv_heads;
+  rope.head_dim = d;
+  KVSERVE_RUN(rotary_embedding_cpu(rope), "rotary embedding");
+  KVSERVE_RUN(reshape_and_cache_cpu(cache_params(s, layer, t.qkv, step)), "reshape_and_cache");
+  KVSERVE_RUN(paged_attention_cpu(attention_params(s, layer, t.attn, t.qkv, step)), "paged_attention");
+  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_bias, n, q, h)), "o_proj");
+  KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, h, n, 1, h, layer.post_norm, t.residual)),
+              "post-attention norm");
+  const int64_t inter = s.intermediate_size;
+  KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_bias, n, h, 2 * inter)),
+              "gate_up_proj");
+  SiluAndMulParams act;
+  act.out = t.act;
+  act.out_stride_token = inter;
+  act.input = t.gate_up;
+  act.input_stride_token = 2 * inter;
+  act.dtype = s.dtype;
+  act.num_tokens = n;
+  act.size = inter;
+  KVSERVE_RUN(silu_and_mul_cpu(act), "silu_and_mul");
+  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_bias, n, inter, h)), "down_proj");
+  return Status::kOk;
+}
+
+}  // namespace
+
+Status check_decoder_stack(const DecoderStack& s, std::string* why) {
+  if (!checks::is_float_dtype(s.dtype)) return fail(why, "decoder stack: dtype must be float32, float16 or bfloat16");
+  if (s.hidden_size <= 0 || s.intermediate_size <= 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 ||
+      s.head_dim <= 0 || s.head_dim % 2 != 0 || s.num_blocks <= 0 || s.block_size <= 0) {
+    return fail(why, "decoder stack: sizes must be positive and head_dim even (hidden " + str(s.hidden_size) +
+                         ", intermediate " + str(s.intermediate_size) + ", heads " + str(s.num_heads) + "/" +
+                         str(s.num_kv_heads) + ", head_dim " + str(s.head_dim) + ")");
+  }
+  if (s.num_heads % s.num_kv_heads != 0) {
+    return fail(why, "decoder stack: num_heads " + str(s.num_heads) + " is not a multiple of num_kv_heads " +
+                         str(s.num_kv_heads));
+  }
+  if (s.layers.empty() || s.final_norm == nullptr) return fail(why, "decoder stack: no layers or no final norm");
+  for (size_t i = 0; i < s.layers.size(); ++i) {
+    const DecoderLayerWeights& l = s.layers[i];
+    const void* required[] = {l.input_norm, l.qkv, l.o, l.post_norm, l.gate_up, l.down, l.key_cache, l.value_cache};
+    for (const void* pointer : required) {
+      if (pointer == nullptr) return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
+    }
+    if ((l.q_norm == nullptr) != (l.k_norm == nullptr) || l.sliding_window < 0) {
+      return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
+                           " has one of q_norm and k_norm, or a negative sliding window");
+    }
+  }
+  return Status::kOk;
+}
+
+Status decoder_stack_cpu(const DecoderStack& s, const DecoderStepParams& step, std::string* why) {
+  if (Status status = check_decoder_stack(s, why); status != Status::kOk) return status;
+  if (step.hidden == nullptr || step.cos == nullptr || step.sin == nullptr || step.slot_mapping == nullptr ||
+      step.num_tokens < 0) {
+    return fail(why, "decoder stack step: missing arrays or a negative num_tokens");
+  }
+  if (step.num_tokens == 0) return Status::kOk;
+  // The batch layout is the same for every layer: checked once, before the first layer writes.
+  Scratch t(s, step.num_tokens);
+  if (Status status = check_paged_attention(attention_params(s, s.layers[0], t.attn, t.qkv, step), why);
+      status != Status::kOk) {
+    return status;
+  }
+  const int64_t num_slots = s.num_blocks * s.block_size;
+  for (int64_t i = 0; i < step.num_tokens; ++i) {
+    if (step.slot_mapping[i] < -1 || step.slot_mapping[i] >= num_slots) {
+      return fail(why, "slot_mapping[" + str(i) + "] = " + str(step.slot_mapping[i]) + " is outside the cache's " +
+                           str(num_slots) + " slots");
+    }
+  }
+  for (size_t i = 0; i < s.layers.size(); ++i) {
+    if (Status status = run_layer(s, s.layers[i], i == 0, step, t, why); status != Status::kOk) return status;
+  }
+  KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, s.hidden_size, step.num_tokens, 1, s.hidden_size,
+                                       s.final_norm, t.residual)),
+              "final norm");
+  return Status::kOk;
+}
+
+}  // namespace kvserve

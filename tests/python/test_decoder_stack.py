@@ -1,0 +1,137 @@
+"""ops.DecoderStack, the CPU decode steps' one-call decoder, against the model's Python layers: the
+same kernels in the same order, so the same bits, for every architecture's extras (Qwen2's biases,
+Qwen3's q/k norms, Mistral's sliding window) and dtype; and bad steps rejected before anything is
+written."""
+
+import pytest
+import torch
+
+import kvserve.models.llama as llama
+from kvserve import _C
+from kvserve.loader import load_model
+from kvserve.models import SUPPORTED_ARCHITECTURES, AttentionMetadata
+from paged_greedy import allocate_kv_caches, paged_greedy
+
+# Four requests (decode steps of 4 tokens: the stack's largest) whose lengths cross blocks of 4
+# and Mistral's window of 5.
+PROMPTS = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [900 - 37 * i for i in range(17)]]
+
+
+def greedy(model, monkeypatch, max_tokens: int, **kwargs):
+    monkeypatch.setattr(llama, "DECODER_STACK_MAX_TOKENS", max_tokens)
+    return paged_greedy(model, PROMPTS, 6, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
+def test_same_bits_as_the_python_layers(tiny_model_dir, architecture, dtype, monkeypatch):
+    model = load_model(tiny_model_dir(architecture), dtype=dtype).model
+    # Prefill chunks of 3 tokens put several tokens of one request in a stack step (causal within it).
+    for kwargs in ({}, {"prefill_chunk": 3}):
+        ids, logits = greedy(model, monkeypatch, 4, **kwargs)
+        reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
+        assert ids == reference_ids
+        for ours, theirs in zip(logits, reference_logits, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def llama_model(tiny_model_dir):
+    return load_model(tiny_model_dir("LlamaForCausalLM"), dtype="float32").model
+
+
+def decode_step(model, num_blocks=8, block_size=4):
+    """A one-token step of one request at position 2 (blocks 3, 5) and its freshly allocated caches."""
+    caches = allocate_kv_caches(model, num_blocks, block_size)
+    for key_cache, value_cache in caches:
+        key_cache.normal_()
+        value_cache.normal_()
+    metadata = AttentionMetadata(slot_mapping=torch.tensor([3 * block_size + 2]),
+                                 block_table=torch.tensor([[3, 5]], dtype=torch.int32),
+                                 seq_lens=torch.tensor([3], dtype=torch.int32),
+                                 query_start_loc=torch.tensor([0, 1], dtype=torch.int32))
+    return caches, metadata
+
+
+def run_stack(model, caches, metadata, hidden=None, cos_sin=None):
+    hidden = model.model.embed_tokens(torch.tensor([7])) if hidden is None else hidden
+    cos, sin = model.rotary.cos_sin(torch.tensor([2]), model.dtype) if cos_sin is None else cos_sin
+    model.decoder_stack(caches)(hidden, cos, sin, metadata.slot_mapping, metadata.block_table, metadata.seq_lens,
+                                metadata.query_start_loc)
+    return hidden
+
+
+def test_writes_the_step_into_every_layers_cache(llama_model):
+    caches, metadata = decode_step(llama_model)
+    before = [(k.clone(), v.clone()) for k, v in caches]
+    run_stack(llama_model, caches, metadata)
+    for (key, value), (key0, value0) in zip(caches, before):
+        for cache, cache0 in ((key, key0), (value, value0)):
+            changed = (cache != cache0).flatten(2).any(-1)
+            assert changed.nonzero().tolist() == [[3, 2]]
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(slot_mapping=torch.tensor([8 * 4])), "slot_mapping[0] = 32 is outside the cache's 32 slots"),
+    (dict(seq_lens=torch.tensor([9], dtype=torch.int32)), "seq_lens[0] = 9 exceeds"),
+    (dict(block_table=torch.tensor([[8, 5]], dtype=torch.int32)), "block_table[0][0] = 8 is out of range"),
+    (dict(block_table=torch.tensor([[3, 5]])), "block_table: expected dtype int32"),
+    (dict(query_start_loc=torch.tensor([0, 1, 1], dtype=torch.int32)), "query_start_loc: dimension 0 must be num_reqs \\+ 1 = 2"),
+])
+def test_bad_batch_layouts_raise_before_anything_is_written(llama_model, change, message):
+    caches, metadata = decode_step(llama_model)
+    before = [(k.clone(), v.clone()) for k, v in caches]
+    hidden = llama_model.model.embed_tokens(torch.tensor([7]))
+    hidden0 = hidden.clone()
+    bad = AttentionMetadata(**{**metadata.__dict__, **change})
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_stack(llama_model, caches, bad, hidden=hidden)
+    assert torch.equal(hidden, hidden0)
+    assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(caches, before))
+
+
+@pytest.mark.parametrize("hidden, message", [
+    (torch.zeros(1, 64, dtype=torch.bfloat16), "hidden: expected the dtype of the weights \\(float32\\), got bfloat16"),
+    (torch.zeros(1, 32), "hidden: dimension 1 must be hidden size of the weights = 64"),
+    (torch.zeros(64, 2).t(), "hidden: expected a contiguous"),
+    (torch.zeros(64), "hidden: expected 2 dimensions"),
+])
+def test_bad_hidden_states_raise(llama_model, hidden, message):
+    caches, metadata = decode_step(llama_model)
+    cos_sin = llama_model.rotary.cos_sin(torch.tensor([2] * hidden.shape[0] if hidden.dim() == 2 else [2]),
+                                         llama_model.dtype)
+    with pytest.raises(ValueError, match=message):
+        run_stack(llama_model, caches, metadata, hidden=hidden, cos_sin=cos_sin)
+
+
+def layer_arrays(model, caches):
+    layer, (key_cache, value_cache) = model.model.layers[0], caches[0]
+    return dict(input_norm=layer.input_layernorm.weight, qkv=layer.self_attn.qkv_proj.weight,
+                o=layer.self_attn.o_proj.weight, post_norm=layer.post_attention_layernorm.weight,
+                gate_up=layer.mlp.gate_up_proj.weight, down=layer.mlp.down_proj.weight,
+                key_cache=key_cache, value_cache=value_cache)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(qkv=None), ValueError, r"layers\[0\]: missing 'qkv'"),
+    (dict(qkv="weights"), TypeError, r"layers\[0\]\['qkv'\]: expected an array"),
+    (dict(o=torch.zeros(64, 32)), ValueError, "o: dimension 1 must be in_features = 64"),
+    (dict(down=torch.zeros(64, 96, dtype=torch.float16)), ValueError, "down: expected the dtype of final_norm \\(float32\\), got float16"),
+    (dict(key_cache=torch.zeros(8, 4, 3, 16)), ValueError, "key_cache: dimension 2 must be num_kv_heads = 2"),
+    (dict(q_norm=torch.ones(16)), ValueError, "one of q_norm and k_norm"),
+])
+def test_bad_weights_are_rejected_when_the_stack_is_built(llama_model, change, error, message):
+    caches, _ = decode_step(llama_model)
+    arrays = {**layer_arrays(llama_model, caches), **change}
+    with pytest.raises(error, match=message):
+        _C.ops.DecoderStack([arrays], llama_model.model.norm.weight, 4, 2, 16, 1e-5, 0.25)
+
+
+def test_the_stack_follows_the_caches_it_is_given(llama_model):
+    first, metadata = decode_step(llama_model)
+    stack = llama_model.decoder_stack(first)
+    assert llama_model.decoder_stack(first) is stack
+    second, _ = decode_step(llama_model)
+    assert llama_model.decoder_stack(second) is not stack
+    assert llama_model.decoder_stack(second).num_layers == len(llama_model.model.layers)
