@@ -23,6 +23,7 @@ import torch
 
 from kvserve import _C
 from kvserve.device import resolve_device
+from kvserve.engine_args import OFFLINE_MAX_NUM_BATCHED_TOKENS
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model
 from kvserve.model_runner import ModelRunner
@@ -50,7 +51,7 @@ def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
 class Engine:
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None, dtype: str = "auto",
                  max_model_len: int | None = None, block_size: int = 16, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 8192, enable_prefix_caching: bool = True,
+                 max_num_batched_tokens: int = OFFLINE_MAX_NUM_BATCHED_TOKENS, enable_prefix_caching: bool = True,
                  enable_chunked_prefill: bool = True, kv_cache_memory_gb: float | None = None, seed: int = 0,
                  load_format: str = "auto", skip_tokenizer_init: bool = False, device: str = "auto",
                  gpu_memory_utilization: float = 0.9, enforce_eager: bool = False):

@@ -33,7 +33,14 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                         "fetched once into ~/.cache/kvserve)")
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+# Tokens per step: an offline run wants the largest products; a server, first tokens soon, so a
+# burst of prompts is prefilled in chunks (vLLM's CPU server defaults to 2048 as well).
+OFFLINE_MAX_NUM_BATCHED_TOKENS = 8192
+SERVING_MAX_NUM_BATCHED_TOKENS = 2048
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser,
+                         max_num_batched_tokens: int = OFFLINE_MAX_NUM_BATCHED_TOKENS) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument("--tokenizer", help="a Hugging Face directory to take the tokenizer from (default: the model's)")
     group.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's dtype")
@@ -42,8 +49,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, help="context length (default: the model's max_position_embeddings)")
     group.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default: 16)")
     group.add_argument("--max-num-seqs", type=int, default=256, help="the most sequences in one step (default: 256)")
-    group.add_argument("--max-num-batched-tokens", type=int, default=8192,
-                       help="the most tokens in one step (default: 8192)")
+    group.add_argument("--max-num-batched-tokens", type=int, default=max_num_batched_tokens,
+                       help=f"the most tokens in one step (default: {max_num_batched_tokens})")
     group.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                        help="reuse the KV cache of shared prompt prefixes (default: on)")
     group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True,

@@ -2,6 +2,7 @@
 against the offline Engine on the same tiny model; a chat reply interrupted mid-stream frees its
 blocks and leaves the history as it was; the server's packages load only when `serve` runs."""
 
+import inspect
 import subprocess
 import sys
 
@@ -113,3 +114,15 @@ def test_engine_flags_reach_the_engine(model_dir):
     engine.step()
     assert engine.scheduler.num_running == 3  # --max-num-seqs
     assert engine.stats().prefix_cache_hits == 0  # five equal prompts, no prefix caching
+
+
+def test_the_server_prefills_in_smaller_steps_than_offline_commands():
+    from kvserve.cli import build_parser
+    from kvserve.engine_args import OFFLINE_MAX_NUM_BATCHED_TOKENS, SERVING_MAX_NUM_BATCHED_TOKENS
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).max_num_batched_tokens == SERVING_MAX_NUM_BATCHED_TOKENS
+    assert parser.parse_args(["generate", "--prompt", "x"]).max_num_batched_tokens == OFFLINE_MAX_NUM_BATCHED_TOKENS
+    assert parser.parse_args(["bench", "throughput"]).max_num_batched_tokens == OFFLINE_MAX_NUM_BATCHED_TOKENS
+    assert inspect.signature(Engine).parameters["max_num_batched_tokens"].default == OFFLINE_MAX_NUM_BATCHED_TOKENS
+    assert SERVING_MAX_NUM_BATCHED_TOKENS < OFFLINE_MAX_NUM_BATCHED_TOKENS

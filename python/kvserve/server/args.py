@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from kvserve.engine_args import add_engine_arguments, add_model_argument
+from kvserve.engine_args import SERVING_MAX_NUM_BATCHED_TOKENS, add_engine_arguments, add_model_argument
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
@@ -22,7 +22,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve a model over the OpenAI API (FastAPI + uvicorn)",
                                 description="Serve a model over an OpenAI-compatible HTTP API.")
     add_model_argument(serve)
-    add_engine_arguments(serve)
+    add_engine_arguments(serve, max_num_batched_tokens=SERVING_MAX_NUM_BATCHED_TOKENS)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 opens the server to the network)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
