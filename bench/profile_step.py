@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import linecache
+import re
 import shutil
 import subprocess
 import sys
@@ -37,23 +38,29 @@ from pathlib import Path
 import kvserve
 
 # (part, how a stack frame is recognized), tried from the innermost frame outwards: the first
-# frame that matches names the part. Frames are py-spy's "function (path:line)" or native symbols.
+# frame that matches names the part. Frames are py-spy's "function (path:line)" or native symbols;
+# marks are regular expressions searched in a frame. The kernels of kvserve/ops.py are told apart by
+# their function's name. OUTER_PARTS win wherever they stand in the stack (the LM head's product runs
+# through the same linear() as the projections).
+OUTER_PARTS = (
+    ("GEMM: lm_head (logits)", (r"(^|\.)compute_logits \(",)),
+)
 PARTS = (
-    ("attention kernels (reshape_and_cache, paged_attention)", ("kvserve/ops.py",)),
-    ("GEMM: projections (qkv, o, gate_up, down)", ("kvserve/models/layers/linear.py",)),
-    ("GEMM: lm_head (logits)", ("compute_logits (",)),
-    ("RMSNorm (+ residual add)", ("kvserve/models/layers/rms_norm.py",)),
-    ("rotary embedding", ("kvserve/models/layers/rotary_embedding.py",)),
-    ("SiLU and mul", ("kvserve/models/layers/activation.py",)),
-    ("embedding lookup", ("kvserve/models/layers/embedding.py",)),
-    ("model: other (views, buffers, module calls)", ("kvserve/models/",)),
-    ("sampler", ("kvserve/sampler.py",)),
-    ("SamplingMetadata building", ("kvserve/sampling_metadata.py",)),
-    ("model runner: other (arrays to tensors, row gather)", ("kvserve/model_runner.py",)),
-    ("output processing + detokenization", ("kvserve/output_processor.py", "kvserve/detokenizer.py",
-                                            "kvserve/text_stream.py", "kvserve/request_state.py",
-                                            "kvserve/outputs.py")),
-    ("engine step: other Python", ("kvserve/engine.py",)),
+    ("attention kernels (reshape_and_cache, paged_attention)",
+     (r"^(reshape_and_cache|paged_attention|copy_blocks) \(.*kvserve/ops\.py",)),
+    ("GEMM: projections (qkv, o, gate_up, down)", (r"kvserve/models/layers/linear\.py", r"^linear \(.*kvserve/ops\.py")),
+    ("RMSNorm (+ residual add)", (r"kvserve/models/layers/rms_norm\.py", r"^(fused_add_)?rms_norm \(.*kvserve/ops\.py")),
+    ("rotary embedding", (r"kvserve/models/layers/rotary_embedding\.py", r"^rotary_embedding \(.*kvserve/ops\.py")),
+    ("SiLU and mul", (r"kvserve/models/layers/activation\.py", r"^silu_and_mul \(.*kvserve/ops\.py")),
+    ("embedding lookup", (r"kvserve/models/layers/embedding\.py",)),
+    ("model: other (views, buffers, module calls)", (r"kvserve/models/",)),
+    ("sampler", (r"kvserve/sampler\.py", r"^argmax \(.*kvserve/ops\.py")),
+    ("SamplingMetadata building", (r"kvserve/sampling_metadata\.py",)),
+    ("model runner: other (arrays to tensors, row gather)", (r"kvserve/model_runner\.py",)),
+    ("output processing + detokenization", (r"kvserve/output_processor\.py", r"kvserve/detokenizer\.py",
+                                            r"kvserve/text_stream\.py", r"kvserve/request_state\.py",
+                                            r"kvserve/outputs\.py")),
+    ("engine step: other Python", (r"kvserve/engine\.py",)),
 )
 SCHEDULER = "scheduler (C++: schedule, update_from_output)"
 GC = "Python garbage collection"
@@ -116,11 +123,14 @@ def _source_line(frame: str) -> str:
 def part_of(frames: list[str]) -> str:
     if any(frame.startswith("gc_collect") for frame in frames):
         return GC
+    for part, marks in OUTER_PARTS:
+        if any(re.search(mark, frame) for frame in frames for mark in marks):
+            return part
     for frame in reversed(frames):
         if frame.startswith("Engine.step (") and "self.scheduler." in _source_line(frame):
             return SCHEDULER
         for part, marks in PARTS:
-            if any(mark in frame for mark in marks):
+            if any(re.search(mark, frame) for mark in marks):
                 return part
     return OTHER
 
@@ -179,7 +189,7 @@ def breakdown(samples: Samples, timeline: dict, profiled: dict) -> str:
         "of it in OpenMP (libgomp) |",
         "|---|---|---|---|---|---|---|",
     ]
-    parts = [part for part, _ in PARTS] + [SCHEDULER, GC, OTHER]
+    parts = [part for part, _ in OUTER_PARTS + PARTS] + [SCHEDULER, GC, OTHER]
     for part in parts:
         seconds = sum(samples.share(p, part) * step_s[p] for p in PHASES)
         if not seconds:

@@ -2,12 +2,15 @@
 sample shares and the unprofiled step times (py-spy itself is not run here)."""
 
 import importlib.util
+import inspect
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 import kvserve
+from kvserve import ops
 
 _spec = importlib.util.spec_from_file_location(
     "profile_step", Path(__file__).resolve().parents[2] / "bench" / "profile_step.py")
@@ -28,12 +31,22 @@ def stack(*inner: str, step_line: int | None = None) -> list[str]:
     return frames + list(inner)
 
 
-def test_every_part_names_files_that_exist():
+def test_every_part_names_files_and_functions_that_exist():
     package_root = Path(kvserve.__file__).parent.parent
-    for part, marks in profile_step.PARTS:
+    for part, marks in profile_step.OUTER_PARTS + profile_step.PARTS:
         for mark in marks:
-            if mark.endswith(".py") or mark.endswith("/"):
-                assert (package_root / mark).exists(), f"{part}: {mark} is gone; the profile would call it 'other'"
+            for path in re.findall(r"kvserve/[a-z_/]*(?:\\\.py|/)", mark):
+                path = path.replace("\\.", ".")
+                assert (package_root / path).exists(), f"{part}: {path} is gone; the profile would call it 'other'"
+
+
+def test_every_kernel_of_kvserve_ops_lands_in_a_named_part():
+    kernels = [name for name, value in vars(ops).items()
+               if inspect.isfunction(value) and value.__module__ == ops.__name__ and not name.startswith("_")]
+    assert "paged_attention" in kernels and "fused_add_rms_norm" in kernels
+    for name in kernels:
+        part = profile_step.part_of(stack(f"{name} (kvserve/ops.py:1)"))
+        assert part not in ("engine step: other Python", "other"), f"kvserve.ops.{name} would count as {part!r}"
 
 
 @pytest.mark.parametrize("inner, part", [
@@ -46,6 +59,15 @@ def test_every_part_names_files_that_exist():
     (["Attention.__call__ (kvserve/models/layers/attention.py:44)", "paged_attention (kvserve/ops.py:66)",
       "0x7f02 (_C.cpython-311-x86_64-linux-gnu.so)"], "attention kernels (reshape_and_cache, paged_attention)"),
     (["Sampler.__call__ (kvserve/sampler.py:156)"], "sampler"),
+    (["Sampler.__call__ (kvserve/sampler.py:156)", "argmax (kvserve/ops.py:116)"], "sampler"),
+    (["RMSNorm.add_and_norm (kvserve/models/layers/rms_norm.py:31)", "fused_add_rms_norm (kvserve/ops.py:96)",
+      "0x7f04 (_C.cpython-311-x86_64-linux-gnu.so)"], "RMSNorm (+ residual add)"),
+    (["LlamaMLP.forward (kvserve/models/llama.py:68)", "silu_and_mul (kvserve/models/layers/activation.py:13)",
+      "silu_and_mul (kvserve/ops.py:110)"], "SiLU and mul"),
+    (["LlamaForCausalLM.compute_logits (kvserve/models/llama.py:132)", "linear (kvserve/models/layers/linear.py:50)",
+      "linear (kvserve/ops.py:124)"], "GEMM: lm_head (logits)"),
+    (["LlamaAttention.forward (kvserve/models/llama.py:52)", "reshape_and_cache (kvserve/ops.py:52)"],
+     "attention kernels (reshape_and_cache, paged_attention)"),
     (["process_step (kvserve/output_processor.py:49)", "TextStream.push (kvserve/text_stream.py:126)"],
      "output processing + detokenization"),
     (["LlamaModel.forward (kvserve/models/llama.py:80)", "gc_collect_main (libpython3.11.so.1.0)"],

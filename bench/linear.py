@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""The CPU projections' three paths side by side, at the presets' weight shapes and decode/prefill
+row counts: kvserve.ops.linear, torch's F.linear (oneDNN or MKL on the plain weight), and oneDNN on
+the blocked weight that Linear.finalize_weights keeps (kvserve/models/layers/linear.py picks among them).
+
+    python bench/linear.py                      # small's gate_up and the 0.5b LM head, bf16 and fp32
+    python bench/linear.py --shapes 2816x512 --rows 1 4 8 64 --dtypes bfloat16
+
+Each call rotates over enough copies of the weight to overflow the 32 MiB L3, so that few-row
+products read their weights from memory as a model's layers do. Prints GFLOP/s (best of --repeat) per
+path and which path linear() takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kvserve import ops
+from kvserve.models.layers.linear import OPS_MAX_ROWS, pack_for_onednn
+
+CACHE_BYTES = 96 << 20
+
+
+def best_seconds(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[str, float]:
+    copies = max(1, CACHE_BYTES // (n * k * torch.finfo(dtype).bits // 8))
+    weights = [torch.randn(n, k).to(dtype) for _ in range(copies)]
+    packed = [pack_for_onednn(w) for w in weights]
+    x = torch.randn(rows, k).to(dtype)
+    out = torch.empty(rows, n, dtype=dtype)
+    paths = {
+        "ops.linear": lambda: [ops.linear(out, x, w) for w in weights],
+        "F.linear": lambda: [F.linear(x, w) for w in weights],
+    }
+    if packed[0] is not None:
+        paths["oneDNN blocked"] = lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
+                                           for p in packed]
+    flops = 2 * rows * n * k * copies
+    return {name: flops / best_seconds(fn, repeat) / 1e9 for name, fn in paths.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["2816x512", "32000x896"], help="NxK (out x in features)")
+    parser.add_argument("--rows", nargs="+", type=int, default=[1, 4, 8, 16, 64, 256])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GFLOP/s, best of {args.repeat}\n")
+    print("| weight N x K | dtype | rows | ops.linear | F.linear | oneDNN blocked | linear() takes |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in args.shapes:
+        n, k = (int(v) for v in shape.split("x"))
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for rows in args.rows:
+                rates = measure(n, k, rows, dtype, args.repeat)
+                taken = "ops.linear" if rows <= OPS_MAX_ROWS or "oneDNN blocked" not in rates else "oneDNN blocked"
+                cells = " | ".join(f"{rates[p]:.0f}" if p in rates else "–"
+                                   for p in ("ops.linear", "F.linear", "oneDNN blocked"))
+                print(f"| {n} x {k} | {dtype_name} | {rows} | {cells} | {taken} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
