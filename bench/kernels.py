@@ -15,7 +15,6 @@ minimum is the run nobody preempted, the median is mostly noise. Run nothing els
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.dlpack import to_dlpack
 
 from kvserve import _C, ops
+from kvserve.bench.machine import call_seconds
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 14, 2, 64, 16  # the 0.5b preset's attention shape
 LAYERS = 8
@@ -30,14 +30,7 @@ LAYERS = 8
 
 def timed(fn, repeat=50, warmup=3) -> float:
     """Seconds of the fastest of `repeat` calls."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(call_seconds(fn, repeat, warmup))
 
 
 def copy_bandwidth() -> float:

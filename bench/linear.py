@@ -14,25 +14,15 @@ path and which path linear() takes.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
 
 from kvserve import ops
+from kvserve.bench.machine import call_seconds
 from kvserve.models.layers.linear import OPS_MAX_ROWS, pack_for_onednn
 
 CACHE_BYTES = 96 << 20
-
-
-def best_seconds(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[str, float]:
@@ -49,7 +39,7 @@ def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[
         paths["oneDNN blocked"] = lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
                                            for p in packed]
     flops = 2 * rows * n * k * copies
-    return {name: flops / best_seconds(fn, repeat) / 1e9 for name, fn in paths.items()}
+    return {name: flops / min(call_seconds(fn, repeat)) / 1e9 for name, fn in paths.items()}
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from kvserve import ops
+from kvserve.bench.machine import call_seconds
 from kvserve.loader import load_model
 from kvserve.models import AttentionMetadata
 
@@ -29,13 +29,7 @@ BLOCK_SIZE = 16
 
 
 def best_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(min(times) * 1e3, 2)
+    return round(min(call_seconds(fn, repeat)) * 1e3, 2)
 
 
 def step_metadata(block_table, start: int, num_new: int) -> tuple[torch.Tensor, AttentionMetadata]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from kvserve.bench.machine import call_seconds
 from kvserve.sampler import Sampler
 from kvserve.sampling_metadata import SamplingMetadata, request_generator
 from kvserve.sampling_params import SamplingParams
@@ -41,13 +41,7 @@ def _params(kw, batch):
 
 
 def _median_ms(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(call_seconds(fn, repeat)) * 1e3
 
 
 def main():

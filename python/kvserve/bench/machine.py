@@ -22,6 +22,18 @@ GEMM_MIN_REPEATS = 3
 GEMM_MIN_SECONDS = 0.3
 
 
+def call_seconds(fn, repeat: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of each of `repeat` calls of `fn`, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
