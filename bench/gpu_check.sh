@@ -71,9 +71,9 @@ kernel_report() {
 export -f kernel_report
 run kernels 30 "$OUT/kernels.txt" bash -c kernel_report
 
-GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_cuda_layer_ops.py
-           tests/python/test_cuda_engine.py tests/python/test_paged_attention.py::test_arrays_on_two_devices_are_rejected
-           tests/python/test_device.py tests/python/test_extension.py::test_copy_blocks_on_cuda)
+GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_cuda_engine.py
+           tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
+           tests/python/test_decode_graphs.py)
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
