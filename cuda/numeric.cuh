@@ -41,6 +41,13 @@ __device__ inline BFloat16 from_float<BFloat16>(float x) {
   return {static_cast<uint16_t>(u >> 16)};
 }
 
+// a * b rounded to T and back to float: a product that the framework op being matched stores in T
+// before using it (never fused into a following add: __fmul_rn is not contracted).
+template <class T>
+__device__ inline float product_in(float a, float b) {
+  return to_float(from_float<T>(__fmul_rn(a, b)));
+}
+
 // N consecutive elements moved as one load or store of N * sizeof(T) bytes (aligned to that size).
 template <class T, int N>
 struct alignas(sizeof(T) * N) Pack {

@@ -28,8 +28,9 @@ __global__ void __launch_bounds__(kThreads) rotary_embedding_kernel(const Rotary
                : static_cast<T*>(p.key) + token * p.key_stride_token + (head - p.num_heads) * p.key_stride_head;
     const float x1 = to_float(x[d]), x2 = to_float(x[d + half]);
     const float c = to_float(cos[d]), s = to_float(sin[d]);
-    x[d] = from_float<T>(x1 * c - x2 * s);
-    x[d + half] = from_float<T>(x2 * c + x1 * s);
+    // Hugging Face's `q * cos + rotate_half(q) * sin` stores each product in T, then their sum.
+    x[d] = from_float<T>(product_in<T>(x1, c) - product_in<T>(x2, s));
+    x[d + half] = from_float<T>(product_in<T>(x2, c) + product_in<T>(x1, s));
   }
 }
 

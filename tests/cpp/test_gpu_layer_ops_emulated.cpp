@@ -137,9 +137,11 @@ TEST(EmulatedLayerOps, RotaryEmbeddingInPlaceOnFusedQk) {
             ASSERT_EQ(qkv.get(a), before.get(a));
             continue;
           }
+          // Hugging Face's `q * cos + rotate_half(q) * sin`: each product stored in the dtype, then the sum.
           const float c = cos.get(t * half + i), s = sin.get(t * half + i);
-          ASSERT_EQ(qkv.get(a), scratch.rounded(before.get(a) * c - before.get(b) * s)) << name(dtype);
-          ASSERT_EQ(qkv.get(b), scratch.rounded(before.get(b) * c + before.get(a) * s)) << name(dtype);
+          const float x1 = before.get(a), x2 = before.get(b);
+          ASSERT_EQ(qkv.get(a), scratch.rounded(scratch.rounded(x1 * c) - scratch.rounded(x2 * s))) << name(dtype);
+          ASSERT_EQ(qkv.get(b), scratch.rounded(scratch.rounded(x2 * c) + scratch.rounded(x1 * s))) << name(dtype);
         }
       }
     }

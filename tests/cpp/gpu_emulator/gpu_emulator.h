@@ -58,6 +58,7 @@ inline uint32_t __float_as_uint(float f) {
   return u;
 }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline float __fmul_rn(float a, float b) { return a * b; }
 
 // ---- the runtime API subset --------------------------------------------------------------------
 
