@@ -1,6 +1,5 @@
 #include "array_check.h"
 
-#include <sstream>
 #include <stdexcept>
 
 #include "kvserve/config.h"
@@ -29,20 +28,16 @@ static std::string device_name(const Array& array) {
   }
 }
 
-// "[2, 3]" (shape) or "(3, 1)" (strides).
+// "[2, 3]" (shape) or "(3, 1)" (strides). Built with std::to_string, not an ostringstream: on a GPU
+// image whose g++ is not the libstdc++ that the process loaded first, the stream's number formatting
+// crashed (seen on an H200 machine).
 static std::string dims_string(const Array& array, bool strides) {
-  std::ostringstream s;
-  s << (strides ? "(" : "[");
+  std::string s = strides ? "(" : "[";
   for (size_t i = 0; i < array.ndim(); ++i) {
-    s << (i ? ", " : "");
-    if (strides) {
-      s << array.stride(i);
-    } else {
-      s << array.shape(i);
-    }
+    if (i) s += ", ";
+    s += strides ? std::to_string(array.stride(i)) : std::to_string(array.shape(i));
   }
-  s << (strides ? ")" : "]");
-  return s.str();
+  return s + (strides ? ")" : "]");
 }
 
 static std::string shape_string(const Array& array) { return dims_string(array, false); }
