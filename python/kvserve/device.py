@@ -12,6 +12,8 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch.device for `device`; ValueError when it names no usable device."""
+    if not isinstance(device, (str, torch.device)):  # torch reads a bare int as a CUDA index
+        raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
     if device == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if _cuda_usable() else torch.device("cpu")
     try:
