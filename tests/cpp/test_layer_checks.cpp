@@ -1,5 +1,5 @@
 // The params checks of the fused layer kernels (layer_ops.h). The kernels themselves run on a GPU
-// and are tested from Python (tests/python/test_cuda_layer_ops.py); the checks are host code that
+// and are tested from Python (tests/python/test_layer_ops.py); the checks are host code that
 // every build has.
 #include <gtest/gtest.h>
 
