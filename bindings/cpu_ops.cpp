@@ -44,21 +44,37 @@ void argmax(Array out, Array input) {
   raise_on_error(status, "argmax");
 }
 
+// A weight [out_features, in_features], or interleaved [out_features / 4, in_features / 32, 4, 32].
+bool is_interleaved(const Array& weight) { return weight.ndim() == 4; }
+int64_t out_features_of(const Array& weight) {
+  return static_cast<int64_t>(weight.shape(0)) * (is_interleaved(weight) ? 4 : 1);
+}
+
 void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
   check_same_dtype(weight, "weight", input, "input");
-  check_matrix(weight, "weight", "[out_features, in_features]");
-  check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)), "in_features of input");
+  if (is_interleaved(weight)) {
+    check_dim(weight, "weight", 2, 4, "the 4 rows of an interleaved block");
+    check_dim(weight, "weight", 3, 32, "the 32 elements of an interleaved chunk");
+    check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)) / 32, "in_features of input / 32");
+    if (input.shape(1) % 32 != 0) throw nb::value_error("weight: interleaved, so in_features must be a multiple of 32");
+    check_contiguous(weight, "weight");
+    check_cpu(weight, "weight");
+  } else {
+    check_matrix(weight, "weight", "[out_features, in_features]");
+    check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)), "in_features of input");
+  }
+  const int64_t out_features = out_features_of(weight);
   check_same_dtype(out, "out", input, "input");
   check_matrix(out, "out", "[num_rows, out_features]");
   check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
-  check_dim(out, "out", 1, static_cast<int64_t>(weight.shape(0)), "out_features of weight");
+  check_dim(out, "out", 1, out_features, "out_features of weight");
   LinearParams p;
   if (bias) {
     check_same_dtype(*bias, "bias", input, "input");
     check_ndim(*bias, "bias", 1, "[out_features]");
-    check_dim(*bias, "bias", 0, static_cast<int64_t>(weight.shape(0)), "out_features of weight");
+    check_dim(*bias, "bias", 0, out_features, "out_features of weight");
     check_contiguous(*bias, "bias");
     check_cpu(*bias, "bias");
     p.bias = bias->data();
@@ -68,10 +84,11 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
   p.input = input.data();
   p.input_stride = input.stride(0);
   p.weight = weight.data();
-  p.weight_stride = weight.stride(0);
+  p.weight_stride = is_interleaved(weight) ? 0 : weight.stride(0);
+  p.weight_interleaved = is_interleaved(weight);
   p.num_rows = static_cast<int64_t>(input.shape(0));
   p.in_features = static_cast<int64_t>(input.shape(1));
-  p.out_features = static_cast<int64_t>(weight.shape(0));
+  p.out_features = out_features;
   p.dtype = kernel_dtype(input, "input");
   Status status;
   {
@@ -79,6 +96,13 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
     status = linear_cpu(p);
   }
   raise_on_error(status, "linear");
+}
+
+bool interleave_supported(Array weight) {
+  check_ndim(weight, "weight", 2, "[out_features, in_features]");
+  return weight.device_type() == nb::device::cpu::value && weight.dtype() == kBFloat16 &&
+         linear_interleave_supported(DType::kBFloat16, static_cast<int64_t>(weight.shape(0)),
+                                     static_cast<int64_t>(weight.shape(1)));
 }
 
 }  // namespace
@@ -89,7 +113,11 @@ void bind_cpu_ops(nb::module_& m) {
         "NaN entries are ignored.");
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(),
-        "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode).");
+        "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); weight may be\n"
+        "interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported).");
+  m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
+        "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
+        "K % 32 == 0).");
 }
 
 }  // namespace kvserve::bind

@@ -110,13 +110,28 @@ class PyDecoderStack {
     check_cpu(array, name);
   }
 
-  void check_matrix(const Array& array, const char* name, int64_t rows, int64_t cols) {
+  // A weight [rows, cols], or interleaved [rows / 4, cols / 32, 4, 32] (ops.linear's layouts);
+  // returns whether it is interleaved.
+  bool check_matrix(const Array& array, const char* name, int64_t rows, int64_t cols) {
     check_same_dtype(array, name, reference_, "final_norm");
-    check_ndim(array, name, 2, "[out_features, in_features]");
-    if (rows >= 0) check_dim(array, name, 0, rows, "out_features");
-    check_dim(array, name, 1, cols, "in_features");
+    const bool interleaved = array.ndim() == 4;
+    if (interleaved) {
+      check_dim(array, name, 0, rows / 4, "out_features / 4");
+      check_dim(array, name, 1, cols / 32, "in_features / 32");
+      check_dim(array, name, 2, 4, "the 4 rows of an interleaved block");
+      check_dim(array, name, 3, 32, "the 32 elements of an interleaved chunk");
+      if (rows % 4 != 0 || cols % 32 != 0) {
+        throw nb::value_error((std::string(name) + ": interleaved needs out_features % 4 == 0 and in_features % 32 == 0")
+                                  .c_str());
+      }
+    } else {
+      check_ndim(array, name, 2, "[out_features, in_features]");
+      check_dim(array, name, 0, rows, "out_features");
+      check_dim(array, name, 1, cols, "in_features");
+    }
     check_contiguous(array, name);
     check_cpu(array, name);
+    return interleaved;
   }
 
   static void check_index(const Array& array, const char* name, nb::dlpack::dtype dtype, size_t ndim,
@@ -152,10 +167,10 @@ class PyDecoderStack {
     };
     Array down = *get(layer, "down", true, index);
     check_same_dtype(down, "down", reference_, "final_norm");
-    check_ndim(down, "down", 2, "[hidden, intermediate]");
-    const int64_t inter = static_cast<int64_t>(down.shape(1));
+    if (down.ndim() != 4) check_ndim(down, "down", 2, "[hidden, intermediate]");
+    const int64_t inter = static_cast<int64_t>(down.shape(1)) * (down.ndim() == 4 ? 32 : 1);
     if (index == 0) s_.intermediate_size = inter;
-    check_matrix(down, "down", h, s_.intermediate_size);
+    w.down_interleaved = check_matrix(down, "down", h, s_.intermediate_size);
     w.down = keep(down);
     w.input_norm = vector("input_norm", h, true);
     w.post_norm = vector("post_norm", h, true);
@@ -165,11 +180,12 @@ class PyDecoderStack {
     w.o_bias = vector("o_bias", h, false);
     w.gate_up_bias = vector("gate_up_bias", 2 * inter, false);
     w.down_bias = vector("down_bias", h, false);
-    for (auto [key, rows, cols, slot] :
-         {std::tuple{"qkv", q + 2 * kv, h, &w.qkv}, std::tuple{"o", h, q, &w.o},
-          std::tuple{"gate_up", 2 * inter, h, &w.gate_up}}) {
+    for (auto [key, rows, cols, slot, interleaved] :
+         {std::tuple{"qkv", q + 2 * kv, h, &w.qkv, &w.qkv_interleaved},
+          std::tuple{"o", h, q, &w.o, &w.o_interleaved},
+          std::tuple{"gate_up", 2 * inter, h, &w.gate_up, &w.gate_up_interleaved}}) {
       Array array = *get(layer, key, true, index);
-      check_matrix(array, key, rows, cols);
+      *interleaved = check_matrix(array, key, rows, cols);
       *slot = keep(array);
     }
     for (auto [key, slot] : {std::pair{"key_cache", &w.key_cache}, std::pair{"value_cache", &w.value_cache}}) {

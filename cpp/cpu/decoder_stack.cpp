@@ -45,7 +45,7 @@ struct Scratch {
   }
 };
 
-LinearParams linear_params(const DecoderStack& s, void* out, const void* input, const void* weight,
+LinearParams linear_params(const DecoderStack& s, void* out, const void* input, const void* weight, bool interleaved,
                            const void* bias, int64_t num_rows, int64_t in_features, int64_t out_features) {
   LinearParams p;
   p.out = out;
@@ -59,6 +59,7 @@ LinearParams linear_params(const DecoderStack& s, void* out, const void* input, 
   p.in_features = in_features;
   p.out_features = out_features;
   p.dtype = s.dtype;
+  p.weight_interleaved = interleaved;
   return p;
 }
 
@@ -165,7 +166,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool f
   } else {
     KVSERVE_RUN(rms_norm_cpu(norm_params(s, x, x, h, n, 1, h, layer.input_norm, t.residual)), "input norm");
   }
-  KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
+  KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_interleaved, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
   auto* key = static_cast<unsigned char*>(t.qkv) + q * elem;
   if (layer.q_norm != nullptr) {
     KVSERVE_RUN(rms_norm_cpu(norm_params(s, t.qkv, t.qkv, q + 2 * kv, n, s.num_heads, d, layer.q_norm, nullptr)),
@@ -191,11 +192,12 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool f
   KVSERVE_RUN(rotary_embedding_cpu(rope), "rotary embedding");
   KVSERVE_RUN(reshape_and_cache_cpu(cache_params(s, layer, t.qkv, step)), "reshape_and_cache");
   KVSERVE_RUN(paged_attention_cpu(attention_params(s, layer, t.attn, t.qkv, step)), "paged_attention");
-  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_bias, n, q, h)), "o_proj");
+  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_interleaved, layer.o_bias, n, q, h)), "o_proj");
   KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, h, n, 1, h, layer.post_norm, t.residual)),
               "post-attention norm");
   const int64_t inter = s.intermediate_size;
-  KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_bias, n, h, 2 * inter)),
+  KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_interleaved,
+                                       layer.gate_up_bias, n, h, 2 * inter)),
               "gate_up_proj");
   SiluAndMulParams act;
   act.out = t.act;
@@ -206,7 +208,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool f
   act.num_tokens = n;
   act.size = inter;
   KVSERVE_RUN(silu_and_mul_cpu(act), "silu_and_mul");
-  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_bias, n, inter, h)), "down_proj");
+  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_interleaved, layer.down_bias, n, inter, h)), "down_proj");
   return Status::kOk;
 }
 

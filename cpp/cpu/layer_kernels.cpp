@@ -81,14 +81,41 @@ Status rotary_embedding_cpu(const RotaryEmbeddingParams& p) {
   return Status::kOk;
 }
 
+bool linear_interleave_supported(DType dtype, int64_t out_features, int64_t in_features) {
+#if defined(KVSERVE_CPU_X86_KERNELS)
+  return dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16 && out_features > 0 && in_features > 0 &&
+         out_features % 4 == 0 && in_features % 32 == 0;
+#else
+  (void)dtype, (void)out_features, (void)in_features;
+  return false;
+#endif
+}
+
 Status linear_cpu(const LinearParams& p) {
   if (p.out == nullptr || p.input == nullptr || p.weight == nullptr || p.num_rows < 0 || p.in_features <= 0 ||
-      p.out_features <= 0 || p.input_stride < p.in_features || p.weight_stride < p.in_features ||
+      p.out_features <= 0 || p.input_stride < p.in_features || (!p.weight_interleaved && p.weight_stride < p.in_features) ||
       p.out_stride < p.out_features) {
     return Status::kInvalidArgument;
   }
   if (!float_dtype(p.dtype)) return Status::kUnsupported;
   if (p.num_rows == 0) return Status::kOk;
+  if (p.weight_interleaved) {
+    if (!linear_interleave_supported(p.dtype, p.out_features, p.in_features)) return Status::kUnsupported;
+#if defined(KVSERVE_CPU_X86_KERNELS)
+    const int64_t blocks = p.out_features / 4;
+    const int64_t threads = std::min<int64_t>(omp_get_max_threads(), blocks);
+    if (threads <= 1 || p.out_features * p.in_features < kSerialElements) {
+      linear_avx512_bf16_interleaved(p, 0, blocks);
+      return Status::kOk;
+    }
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    {
+      const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
+      linear_avx512_bf16_interleaved(p, blocks * me / team, blocks * (me + 1) / team);
+    }
+#endif
+    return Status::kOk;
+  }
   auto kernel = kernels_for(p.dtype).linear;
 #if defined(KVSERVE_CPU_X86_KERNELS)
   if (p.dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16) kernel = linear_avx512_bf16;

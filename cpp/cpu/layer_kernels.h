@@ -21,6 +21,8 @@ LayerKernels layer_kernels_avx2(DType dtype);
 LayerKernels layer_kernels_avx512(DType dtype);
 // The bfloat16 linear with vdpbf16ps (CPUs with AVX512-BF16).
 void linear_avx512_bf16(const LinearParams&, int64_t n_begin, int64_t n_end);
+// The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.
+void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, int64_t block_end);
 
 namespace {
 

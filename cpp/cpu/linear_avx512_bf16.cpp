@@ -19,7 +19,50 @@ struct Bf16Dot {
   static float reduce(Reg acc) { return _mm512_reduce_add_ps(acc); }
 };
 
+// M input rows against one interleaved block of 4 weight rows: each 32-element step reads the
+// block's 4 x 64 contiguous bytes, and the step 1 KB ahead is prefetched.
+template <int M>
+void interleaved_tile(const LinearParams& p, int64_t m0, int64_t block) {
+  const int64_t k_total = p.in_features;
+  const auto* w = static_cast<const BFloat16*>(p.weight) + block * 4 * k_total;
+  const BFloat16* x[M];
+  for (int m = 0; m < M; ++m) x[m] = static_cast<const BFloat16*>(p.input) + (m0 + m) * p.input_stride;
+  __m512 acc[M][4];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < 4; ++n) acc[m][n] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < k_total; k += 32, w += 128) {
+    for (int i = 0; i < 4; ++i) __builtin_prefetch(w + 512 + 32 * i);
+    __m512bh wk[4];
+    for (int n = 0; n < 4; ++n) wk[n] = (__m512bh)_mm512_loadu_si512(w + 32 * n);
+    for (int m = 0; m < M; ++m) {
+      const __m512bh xk = (__m512bh)_mm512_loadu_si512(x[m] + k);
+      for (int n = 0; n < 4; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], xk, wk[n]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    BFloat16* out = static_cast<BFloat16*>(p.out) + (m0 + m) * p.out_stride + block * 4;
+    for (int n = 0; n < 4; ++n) {
+      float sum = _mm512_reduce_add_ps(acc[m][n]);
+      if (p.bias != nullptr) sum += to_float(static_cast<const BFloat16*>(p.bias)[block * 4 + n]);
+      from_float(sum, out + n);
+    }
+  }
+}
+
 }  // namespace
+
+void linear_avx512_bf16_interleaved(const LinearParams& p, int64_t block_begin, int64_t block_end) {
+  for (int64_t block = block_begin; block < block_end; ++block) {
+    int64_t m0 = 0;
+    for (; m0 + 4 <= p.num_rows; m0 += 4) interleaved_tile<4>(p, m0, block);
+    switch (p.num_rows - m0) {
+      case 3: interleaved_tile<3>(p, m0, block); break;
+      case 2: interleaved_tile<2>(p, m0, block); break;
+      case 1: interleaved_tile<1>(p, m0, block); break;
+      default: break;
+    }
+  }
+}
 
 void linear_avx512_bf16(const LinearParams& p, int64_t n_begin, int64_t n_end) {
   SmallLinear<Bf16Dot, BFloat16>::cols(p, n_begin, n_end);

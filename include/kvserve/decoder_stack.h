@@ -43,6 +43,8 @@ struct DecoderLayerWeights {
   void* key_cache = nullptr;           // [num_blocks, block_size, num_kv_heads, head_dim]
   void* value_cache = nullptr;
   int64_t sliding_window = 0;          // 0: none
+  // Which of the four products' weights are interleaved (LinearParams::weight_interleaved).
+  bool qkv_interleaved = false, o_interleaved = false, gate_up_interleaved = false, down_interleaved = false;
 };
 
 struct DecoderStack {

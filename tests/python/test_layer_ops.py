@@ -185,6 +185,37 @@ def test_linear_strided_rows():
     assert out_wide[:, :5].isnan().all() and out_wide[:, 25:].isnan().all()
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("shape", [(8, 32), (64, 256), (1408, 512), (36, 4864)])
+def test_linear_interleaved_weight_gives_the_same_bits(rows, shape):
+    """The interleaved copy ([N/4, K/32, 4, 32]) is read in the plain kernel's order: same bits, bias or not."""
+    from kvserve.models.layers.linear import interleave_for_ops
+
+    torch.manual_seed(rows + shape[0])
+    weight = (0.2 * torch.randn(*shape)).bfloat16()
+    interleaved = interleave_for_ops(weight)
+    if interleaved is None:
+        pytest.skip("this CPU has no interleaved bfloat16 path (AVX512-BF16)")
+    assert interleaved.shape == (shape[0] // 4, shape[1] // 32, 4, 32)
+    x = torch.randn(rows, shape[1]).bfloat16()
+    for bias in (None, torch.randn(shape[0]).bfloat16()):
+        plain, ours = (torch.full((rows, shape[0]), float("nan"), dtype=torch.bfloat16) for _ in range(2))
+        ops.linear(plain, x, weight, bias)
+        ops.linear(ours, x, interleaved, bias)
+        assert torch.equal(ours, plain)
+
+
+def test_interleaving_needs_whole_blocks():
+    from kvserve.models.layers.linear import interleave_for_ops
+
+    assert interleave_for_ops(torch.randn(10, 64).bfloat16()) is None  # 10 rows: not blocks of 4
+    assert interleave_for_ops(torch.randn(8, 688).bfloat16()) is None  # 688: not chunks of 32
+    assert interleave_for_ops(torch.randn(8, 64)) is None  # float32 keeps the plain kernel
+    with pytest.raises(ValueError, match=r"weight: dimension 3 must be the 32 elements of an interleaved chunk"):
+        ops.linear(torch.empty(1, 8, dtype=torch.bfloat16), torch.randn(1, 64).bfloat16(),
+                   torch.randn(2, 2, 4, 16).bfloat16())
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
 def test_every_isa_path(isa):
     """The paths a CPU without AVX-512 (or without x86) would take, forced by KVSERVE_CPU_ISA."""

@@ -160,12 +160,14 @@ class LlamaForCausalLM(nn.Module):
             for layer, (key_cache, value_cache) in zip(self.model.layers, kv_caches):
                 attn, mlp = layer.self_attn, layer.mlp
                 layers.append(dict(
-                    input_norm=layer.input_layernorm.weight, qkv=attn.qkv_proj.weight, qkv_bias=attn.qkv_proj.bias,
+                    input_norm=layer.input_layernorm.weight, qkv=attn.qkv_proj.few_rows_weight,
+                    qkv_bias=attn.qkv_proj.bias,
                     q_norm=attn.q_norm.weight if attn.q_norm is not None else None,
                     k_norm=attn.k_norm.weight if attn.k_norm is not None else None,
-                    o=attn.o_proj.weight, o_bias=attn.o_proj.bias, post_norm=layer.post_attention_layernorm.weight,
-                    gate_up=mlp.gate_up_proj.weight, gate_up_bias=mlp.gate_up_proj.bias,
-                    down=mlp.down_proj.weight, down_bias=mlp.down_proj.bias,
+                    o=attn.o_proj.few_rows_weight, o_bias=attn.o_proj.bias,
+                    post_norm=layer.post_attention_layernorm.weight,
+                    gate_up=mlp.gate_up_proj.few_rows_weight, gate_up_bias=mlp.gate_up_proj.bias,
+                    down=mlp.down_proj.few_rows_weight, down_bias=mlp.down_proj.bias,
                     key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window))
             first = self.model.layers[0].self_attn
             stack = _C.ops.DecoderStack(layers, self.model.norm.weight, first.num_heads, first.num_kv_heads,
