@@ -42,19 +42,25 @@ int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
 int64_t num_rows(const RotaryEmbeddingParams& p) { return p.num_tokens; }
 int64_t num_rows(const LinearParams& p) { return p.out_features; }
 
-template <class Params, class Fn>
-void run_rows(const Params& p, Fn fn, int64_t elements_per_row) {
-  const int64_t rows = num_rows(p);
+// fn(begin, end) over [0, rows), split evenly over the team, or on this thread alone for a call
+// too small to pay for waking the team.
+template <class Fn>
+void split_rows(int64_t rows, int64_t elements_per_row, Fn fn) {
   const int64_t threads = std::min<int64_t>(omp_get_max_threads(), rows);
   if (threads <= 1 || rows * elements_per_row < kSerialElements) {
-    fn(p, 0, rows);
+    fn(0, rows);
     return;
   }
 #pragma omp parallel num_threads(static_cast<int>(threads))
   {
     const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
-    fn(p, rows * me / team, rows * (me + 1) / team);
+    fn(rows * me / team, rows * (me + 1) / team);
   }
+}
+
+template <class Params, class Kernel>
+void run_rows(const Params& p, Kernel kernel, int64_t elements_per_row) {
+  split_rows(num_rows(p), elements_per_row, [&](int64_t begin, int64_t end) { kernel(p, begin, end); });
 }
 
 }  // namespace
@@ -102,17 +108,9 @@ Status linear_cpu(const LinearParams& p) {
   if (p.weight_interleaved) {
     if (!linear_interleave_supported(p.dtype, p.out_features, p.in_features)) return Status::kUnsupported;
 #if defined(KVSERVE_CPU_X86_KERNELS)
-    const int64_t blocks = p.out_features / 4;
-    const int64_t threads = std::min<int64_t>(omp_get_max_threads(), blocks);
-    if (threads <= 1 || p.out_features * p.in_features < kSerialElements) {
-      linear_avx512_bf16_interleaved(p, 0, blocks);
-      return Status::kOk;
-    }
-#pragma omp parallel num_threads(static_cast<int>(threads))
-    {
-      const int64_t team = omp_get_num_threads(), me = omp_get_thread_num();
-      linear_avx512_bf16_interleaved(p, blocks * me / team, blocks * (me + 1) / team);
-    }
+    // Threads take whole blocks of 4 output features.
+    split_rows(p.out_features / 4, 4 * p.in_features,
+               [&](int64_t begin, int64_t end) { linear_avx512_bf16_interleaved(p, begin, end); });
 #endif
     return Status::kOk;
   }
