@@ -10,6 +10,7 @@
 #include "bind.h"
 #include "kvserve/argmax.h"
 #include "kvserve/linear.h"
+#include "linear_weight.h"
 
 namespace kvserve::bind {
 
@@ -44,28 +45,13 @@ void argmax(Array out, Array input) {
   raise_on_error(status, "argmax");
 }
 
-// A weight [out_features, in_features], or interleaved [out_features / 4, in_features / 32, 4, 32].
-bool is_interleaved(const Array& weight) { return weight.ndim() == 4; }
-int64_t out_features_of(const Array& weight) {
-  return static_cast<int64_t>(weight.shape(0)) * (is_interleaved(weight) ? 4 : 1);
-}
-
 void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
   check_same_dtype(weight, "weight", input, "input");
-  if (is_interleaved(weight)) {
-    check_dim(weight, "weight", 2, 4, "the 4 rows of an interleaved block");
-    check_dim(weight, "weight", 3, 32, "the 32 elements of an interleaved chunk");
-    check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)) / 32, "in_features of input / 32");
-    if (input.shape(1) % 32 != 0) throw nb::value_error("weight: interleaved, so in_features must be a multiple of 32");
-    check_contiguous(weight, "weight");
-    check_cpu(weight, "weight");
-  } else {
-    check_matrix(weight, "weight", "[out_features, in_features]");
-    check_dim(weight, "weight", 1, static_cast<int64_t>(input.shape(1)), "in_features of input");
-  }
-  const int64_t out_features = out_features_of(weight);
+  const bool interleaved =
+      check_linear_weight(weight, "weight", static_cast<int64_t>(input.shape(1)), "in_features of input");
+  const int64_t out_features = linear_out_features(weight);
   check_same_dtype(out, "out", input, "input");
   check_matrix(out, "out", "[num_rows, out_features]");
   check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
@@ -84,8 +70,8 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
   p.input = input.data();
   p.input_stride = input.stride(0);
   p.weight = weight.data();
-  p.weight_stride = is_interleaved(weight) ? 0 : weight.stride(0);
-  p.weight_interleaved = is_interleaved(weight);
+  p.weight_stride = interleaved ? 0 : weight.stride(0);
+  p.weight_interleaved = interleaved;
   p.num_rows = static_cast<int64_t>(input.shape(0));
   p.in_features = static_cast<int64_t>(input.shape(1));
   p.out_features = out_features;

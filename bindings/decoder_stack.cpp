@@ -14,6 +14,7 @@
 #include "array_check.h"
 #include "bind.h"
 #include "kvserve/decoder_stack.h"
+#include "linear_weight.h"
 
 namespace kvserve::bind {
 
@@ -110,27 +111,13 @@ class PyDecoderStack {
     check_cpu(array, name);
   }
 
-  // A weight [rows, cols], or interleaved [rows / 4, cols / 32, 4, 32] (ops.linear's layouts);
-  // returns whether it is interleaved.
+  // A weight [rows, cols] in one of ops.linear's layouts (linear_weight.h), contiguous throughout:
+  // the stack reads rows in_features apart. Returns whether it is interleaved.
   bool check_matrix(const Array& array, const char* name, int64_t rows, int64_t cols) {
     check_same_dtype(array, name, reference_, "final_norm");
-    const bool interleaved = array.ndim() == 4;
-    if (interleaved) {
-      check_dim(array, name, 0, rows / 4, "out_features / 4");
-      check_dim(array, name, 1, cols / 32, "in_features / 32");
-      check_dim(array, name, 2, 4, "the 4 rows of an interleaved block");
-      check_dim(array, name, 3, 32, "the 32 elements of an interleaved chunk");
-      if (rows % 4 != 0 || cols % 32 != 0) {
-        throw nb::value_error((std::string(name) + ": interleaved needs out_features % 4 == 0 and in_features % 32 == 0")
-                                  .c_str());
-      }
-    } else {
-      check_ndim(array, name, 2, "[out_features, in_features]");
-      check_dim(array, name, 0, rows, "out_features");
-      check_dim(array, name, 1, cols, "in_features");
-    }
+    const bool interleaved = check_linear_weight(array, name, cols, "in_features");
+    check_linear_out_features(array, name, rows);
     check_contiguous(array, name);
-    check_cpu(array, name);
     return interleaved;
   }
 
@@ -166,9 +153,8 @@ class PyDecoderStack {
       return keep(*array);
     };
     Array down = *get(layer, "down", true, index);
-    check_same_dtype(down, "down", reference_, "final_norm");
-    if (down.ndim() != 4) check_ndim(down, "down", 2, "[hidden, intermediate]");
-    const int64_t inter = static_cast<int64_t>(down.shape(1)) * (down.ndim() == 4 ? 32 : 1);
+    if (!is_interleaved(down)) check_ndim(down, "down", 2, "[hidden, intermediate]");
+    const int64_t inter = linear_in_features(down);
     if (index == 0) s_.intermediate_size = inter;
     w.down_interleaved = check_matrix(down, "down", h, s_.intermediate_size);
     w.down = keep(down);

@@ -1,0 +1,52 @@
+// The two layouts kvserve's linear reads a weight in, checked the same way wherever one is bound
+// (ops.linear, ops.DecoderStack): [out_features, in_features], or interleaved
+// [out_features / 4, in_features / 32, 4, 32] (LinearParams::weight_interleaved).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "array_check.h"
+
+namespace kvserve::bind {
+
+inline bool is_interleaved(const Array& weight) { return weight.ndim() == 4; }
+
+inline int64_t linear_out_features(const Array& weight) {
+  return static_cast<int64_t>(weight.shape(0)) * (is_interleaved(weight) ? 4 : 1);
+}
+
+inline int64_t linear_in_features(const Array& weight) {
+  return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : 1);
+}
+
+// A CPU weight in either layout with `in_features` columns (`what` names them in messages), its
+// last dimension contiguous (an interleaved one contiguous throughout); true if interleaved.
+inline bool check_linear_weight(const Array& weight, const char* name, int64_t in_features, const char* what) {
+  if (is_interleaved(weight)) {
+    check_dim(weight, name, 2, 4, "the 4 rows of an interleaved block");
+    check_dim(weight, name, 3, 32, "the 32 elements of an interleaved chunk");
+    check_dim(weight, name, 1, in_features / 32, (std::string(what) + " / 32").c_str());
+    if (in_features % 32 != 0) {
+      throw nb::value_error((std::string(name) + ": interleaved, so " + what + " must be a multiple of 32").c_str());
+    }
+    check_contiguous(weight, name);
+  } else {
+    check_ndim(weight, name, 2, "[out_features, in_features]");
+    check_dim(weight, name, 1, in_features, what);
+    check_contiguous(weight, name, 1);
+  }
+  check_cpu(weight, name);
+  return is_interleaved(weight);
+}
+
+// Its out_features are `out_features` (whole blocks of 4 where interleaved).
+inline void check_linear_out_features(const Array& weight, const char* name, int64_t out_features) {
+  if (!is_interleaved(weight)) return check_dim(weight, name, 0, out_features, "out_features");
+  if (out_features % 4 != 0) {
+    throw nb::value_error((std::string(name) + ": interleaved, so out_features must be a multiple of 4").c_str());
+  }
+  check_dim(weight, name, 0, out_features / 4, "out_features / 4");
+}
+
+}  // namespace kvserve::bind
