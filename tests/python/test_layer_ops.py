@@ -4,14 +4,11 @@ random data. They round at the same points as those ops, so 16-bit results agree
 one-ulp flips (a float32 sum or exp taken in another order); float32 within float32 rounding.
 Every CPU ISA path; bad input is a ValueError that writes nothing."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from isa_paths import ISAS, run_tests_under_isa
 from kvserve import ops
 from requires_cuda import requires_cuda
 
@@ -216,17 +213,10 @@ def test_interleaving_needs_whole_blocks():
                    torch.randn(2, 2, 4, 16).bfloat16())
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_path(isa):
     """The paths a CPU without AVX-512 (or without x86) would take, forced by KVSERVE_CPU_ISA."""
-    env = dict(os.environ, KVSERVE_CPU_ISA=isa)
-    probe = subprocess.run([sys.executable, "-c", "from kvserve import _C; print(_C.ops.cpu_isa())"],
-                           env=env, capture_output=True, text=True, check=True)
-    if probe.stdout.strip() != isa:
-        pytest.skip(f"this CPU or build cannot run {isa} (got {probe.stdout.strip()})")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                             "-k", ISA_SUBSET], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_tests_under_isa(isa, __file__, ISA_SUBSET)
 
 
 BAD_CALLS = {

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
+from isa_paths import ISAS, run_tests_under_isa
 from kvserve import _C, ops
 from paged_cases import blocks_needed, random_caches, random_step
 from reference_attention import reference_paged_attention
@@ -124,17 +121,10 @@ def test_numpy_arrays():
 ISA_SUBSET = "test_matches_reference and mixed or test_head_dims or test_sliding_window and decode"
 
 
-@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_path(isa):
     """The paths a CPU without AVX-512 (or without x86) would take, forced by KVSERVE_CPU_ISA."""
-    env = dict(os.environ, KVSERVE_CPU_ISA=isa)
-    probe = subprocess.run([sys.executable, "-c", "from kvserve import _C; print(_C.ops.cpu_isa())"],
-                           env=env, capture_output=True, text=True, check=True)
-    if probe.stdout.strip() != isa:
-        pytest.skip(f"this CPU or build cannot run {isa} (got {probe.stdout.strip()})")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                             "-k", ISA_SUBSET], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_tests_under_isa(isa, __file__, ISA_SUBSET)
 
 
 # ---- bad input: a clear ValueError/TypeError, never a crash ----
