@@ -17,7 +17,7 @@ from kvserve.model_config import ModelConfig
 from kvserve.models.layers.activation import silu_and_mul
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, linear, pack_for_onednn
+from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, fast_copies, linear
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_
 from kvserve.models.weight_loading import load_named_weights
@@ -122,7 +122,8 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config, dtype, self.attention_options(config))
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, False, dtype)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim)
-        self.tied_lm_head_packed: torch.Tensor | None = None
+        # A tied LM head's fast_copies of the embedding (an untied one is a Linear, which keeps its own).
+        self.tied_lm_head_copies: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         # The C++ stack over the weights and the caches list it was built for (rebuilt for another).
         self._decoder_stack: tuple[list[KVCache], _C.ops.DecoderStack] | None = None
 
@@ -180,7 +181,7 @@ class LlamaForCausalLM(nn.Module):
         sampler upcasts when it needs to; greedy rows take the argmax as they are)."""
         if self.lm_head is not None:
             return self.lm_head(hidden)
-        return linear(hidden, self.model.embed_tokens.weight, None, self.tied_lm_head_packed)
+        return linear(hidden, self.model.embed_tokens.weight, None, *self.tied_lm_head_copies)
 
     def finalize_weights(self) -> None:
         """Once the weights are in place (loaded or dummy): per-device copies the products want."""
@@ -188,7 +189,8 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.finalize_weights()
-        self.tied_lm_head_packed = pack_for_onednn(self.model.embed_tokens.weight) if self.lm_head is None else None
+        if self.lm_head is None:
+            self.tied_lm_head_copies = fast_copies(self.model.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting."""

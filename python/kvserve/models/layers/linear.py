@@ -48,6 +48,11 @@ def interleave_for_ops(weight: torch.Tensor) -> torch.Tensor | None:
     return weight.view(n // 4, 4, k // 32, 32).permute(0, 2, 1, 3).contiguous()
 
 
+def fast_copies(weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(packed, interleaved): the copies of `weight` that linear() takes where they have a fast path."""
+    return pack_for_onednn(weight), interleave_for_ops(weight)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None, interleaved: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T (+ bias), by the fastest path for the device, dtype and M;
@@ -78,8 +83,7 @@ class Linear(nn.Module):
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
         interleaved one (on the CPU, where they have a fast path)."""
-        self.packed = pack_for_onednn(self.weight)
-        self.interleaved = interleave_for_ops(self.weight)
+        self.packed, self.interleaved = fast_copies(self.weight)
 
     @property
     def few_rows_weight(self) -> torch.Tensor:
