@@ -13,17 +13,17 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """The torch.device for `device`; ValueError when it names no usable device."""
     if not isinstance(device, (str, torch.device)):  # torch reads a bare int as a CUDA index
-        raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        raise _unknown(device)
     if device == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if _cuda_usable() else torch.device("cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}") from None
+        raise _unknown(device) from None
     if resolved.type == "cpu":
         return resolved
     if resolved.type != "cuda":
-        raise ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
+        raise _unknown(device)
     if not _C.has_cuda:
         raise ValueError(f"device={device!r}: this kvserve build has no CUDA kernels (it was built without nvcc)")
     if not torch.cuda.is_available():
@@ -32,6 +32,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if index >= torch.cuda.device_count():
         raise ValueError(f"device={device!r}: there are {torch.cuda.device_count()} CUDA devices")
     return torch.device("cuda", index)
+
+
+def _unknown(device) -> ValueError:
+    return ValueError(f"device: expected one of {', '.join(DEVICES)}, got {device!r}")
 
 
 def _cuda_usable() -> bool:
