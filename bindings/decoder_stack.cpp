@@ -25,9 +25,9 @@ class PyDecoderStack {
   PyDecoderStack(std::vector<nb::dict> layers, Array final_norm, int64_t num_heads, int64_t num_kv_heads,
                  int64_t head_dim, double eps, double scale) {
     check_dtype(final_norm, "final_norm", kFloatDtypes);
+    reference_ = final_norm;  // every other array takes its dtype
     check_vector(final_norm, "final_norm", -1);
     if (layers.empty()) throw nb::value_error("layers: expected at least one layer");
-    reference_ = final_norm;
     s_.dtype = kernel_dtype(final_norm, "final_norm");
     s_.hidden_size = static_cast<int64_t>(final_norm.shape(0));
     s_.num_heads = num_heads;
@@ -104,7 +104,7 @@ class PyDecoderStack {
 
   // A 1-D weight of `size` elements (-1: any), in the weights' dtype, on the CPU.
   void check_vector(const Array& array, const char* name, int64_t size) {
-    if (reference_.is_valid()) check_same_dtype(array, name, reference_, "final_norm");
+    check_same_dtype(array, name, reference_, "final_norm");
     check_ndim(array, name, 1, "[size]");
     if (size >= 0) check_dim(array, name, 0, size, "the model's size");
     check_contiguous(array, name);
