@@ -66,8 +66,6 @@ Status with_float_type(DType dtype, F&& f) {
   }
 }
 
-__host__ __device__ inline int64_t dtype_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
 // kOk, or kDeviceError when the launch just made (or an earlier asynchronous call) failed.
 inline Status launch_status() {
   return kvGpuGetLastError() == kvGpuSuccess ? Status::kOk : Status::kDeviceError;

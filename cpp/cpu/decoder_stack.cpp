@@ -18,8 +18,6 @@ namespace {
 using checks::fail;
 using checks::str;
 
-int64_t dtype_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
 // The step's activations, each [num_tokens, width], in one allocation.
 struct Scratch {
   std::vector<unsigned char> bytes;
@@ -37,7 +35,7 @@ struct Scratch {
     int64_t offsets[6], total = 0;
     for (int i = 0; i < 6; ++i) {
       offsets[i] = total;
-      total += (num_tokens * widths[i] * dtype_size(s.dtype) + 63) / 64 * 64;
+      total += (num_tokens * widths[i] * dtype_bytes(s.dtype) + 63) / 64 * 64;
     }
     bytes.resize(static_cast<size_t>(total));
     void** views[] = {&residual, &x, &qkv, &attn, &gate_up, &act};
@@ -89,7 +87,7 @@ RmsNormParams norm_params(const DecoderStack& s, void* out, const void* input, i
 ReshapeAndCacheParams cache_params(const DecoderStack& s, const DecoderLayerWeights& layer, const void* qkv,
                                    const DecoderStepParams& step) {
   const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim, row = q + 2 * kv;
-  const int64_t elem = dtype_size(s.dtype);
+  const int64_t elem = dtype_bytes(s.dtype);
   ReshapeAndCacheParams p;
   p.key = static_cast<const unsigned char*>(qkv) + q * elem;
   p.key_stride_token = row;
@@ -155,7 +153,7 @@ PagedAttentionParams attention_params(const DecoderStack& s, const DecoderLayerW
 Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool first, const DecoderStepParams& step,
                  Scratch& t, std::string* why) {
   const int64_t n = step.num_tokens, h = s.hidden_size, d = s.head_dim;
-  const int64_t q = s.num_heads * d, kv = s.num_kv_heads * d, elem = dtype_size(s.dtype);
+  const int64_t q = s.num_heads * d, kv = s.num_kv_heads * d, elem = dtype_bytes(s.dtype);
   // x: the first layer normalizes the embeddings into scratch (they become the residual); later
   // layers add the block output to the residual and normalize it where it is.
   void* x = step.hidden;

@@ -6,8 +6,6 @@ namespace kvserve {
 
 namespace {
 
-int64_t dtype_bytes(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
-
 // One token's heads into one cache slot: one copy when the heads are adjacent, else one per head.
 void copy_heads(char* dst, const char* src, int64_t stride_head_bytes, int64_t num_heads, int64_t head_bytes) {
   if (stride_head_bytes == head_bytes || num_heads == 1) {

@@ -13,4 +13,9 @@ enum class DType : int32_t {
   kInt64 = 4,
 };
 
+// Bytes of one element.
+constexpr int64_t dtype_bytes(DType dtype) {
+  return dtype == DType::kInt64 ? 8 : dtype == DType::kFloat32 || dtype == DType::kInt32 ? 4 : 2;
+}
+
 }  // namespace kvserve
