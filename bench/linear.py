@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""The CPU projections' three paths side by side, at the presets' weight shapes and decode/prefill
-row counts: kvserve.ops.linear, torch's F.linear (oneDNN or MKL on the plain weight), and oneDNN on
-the blocked weight that Linear.finalize_weights keeps (kvserve/models/layers/linear.py picks among them).
+"""The CPU projections' paths side by side, at the presets' weight shapes and decode/prefill row
+counts: kvserve.ops.linear on the plain weight and on its interleaved copy, torch's F.linear (oneDNN
+or MKL on the plain weight), and oneDNN on the blocked weight (the copies Linear.finalize_weights
+keeps; kvserve/models/layers/linear.py picks among them).
 
     python bench/linear.py                      # small's gate_up and the 0.5b LM head, bf16 and fp32
     python bench/linear.py --shapes 2816x512 --rows 1 4 8 64 --dtypes bfloat16
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from kvserve import ops
 from kvserve.bench.machine import call_seconds
-from kvserve.models.layers.linear import OPS_MAX_ROWS, pack_for_onednn
+from kvserve.models.layers.linear import OPS_MAX_ROWS, fast_copies
 
 CACHE_BYTES = 96 << 20
 
@@ -28,13 +29,15 @@ CACHE_BYTES = 96 << 20
 def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[str, float]:
     copies = max(1, CACHE_BYTES // (n * k * torch.finfo(dtype).bits // 8))
     weights = [torch.randn(n, k).to(dtype) for _ in range(copies)]
-    packed = [pack_for_onednn(w) for w in weights]
+    packed, interleaved = zip(*(fast_copies(w) for w in weights))
     x = torch.randn(rows, k).to(dtype)
     out = torch.empty(rows, n, dtype=dtype)
     paths = {
         "ops.linear": lambda: [ops.linear(out, x, w) for w in weights],
         "F.linear": lambda: [F.linear(x, w) for w in weights],
     }
+    if interleaved[0] is not None:
+        paths["ops.linear interleaved"] = lambda: [ops.linear(out, x, w) for w in interleaved]
     if packed[0] is not None:
         paths["oneDNN blocked"] = lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")
                                            for p in packed]
@@ -50,17 +53,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GFLOP/s, best of {args.repeat}\n")
-    print("| weight N x K | dtype | rows | ops.linear | F.linear | oneDNN blocked | linear() takes |")
-    print("|---|---|---|---|---|---|---|")
+    columns = ("ops.linear", "ops.linear interleaved", "F.linear", "oneDNN blocked")
+    print(f"| weight N x K | dtype | rows | {' | '.join(columns)} | linear() takes |")
+    print("|---" * (len(columns) + 4) + "|")
     for shape in args.shapes:
         n, k = (int(v) for v in shape.split("x"))
         for dtype_name in args.dtypes:
             dtype = getattr(torch, dtype_name)
             for rows in args.rows:
                 rates = measure(n, k, rows, dtype, args.repeat)
-                taken = "ops.linear" if rows <= OPS_MAX_ROWS or "oneDNN blocked" not in rates else "oneDNN blocked"
-                cells = " | ".join(f"{rates[p]:.0f}" if p in rates else "–"
-                                   for p in ("ops.linear", "F.linear", "oneDNN blocked"))
+                few_rows = "ops.linear interleaved" if "ops.linear interleaved" in rates else "ops.linear"
+                taken = few_rows if rows <= OPS_MAX_ROWS or "oneDNN blocked" not in rates else "oneDNN blocked"
+                cells = " | ".join(f"{rates[p]:.0f}" if p in rates else "–" for p in columns)
                 print(f"| {n} x {k} | {dtype_name} | {rows} | {cells} | {taken} |", flush=True)
 
 
