@@ -1,19 +1,25 @@
 // The tensor-core paged-attention kernel (CUDA, sm_80+; float16/bfloat16; head_dim 64, 128, 256).
 //
-// A thread block owns one tile of kRows = 64 request rows (attention_metadata.cuh: rows are
-// (token, group head) pairs, so one kv head's query heads share every K/V load) of one kv head, and
-// one split of its keys. Four warps hold 16 rows each; keys stream through shared memory kKeys at a
-// time, double-buffered with cp.async:
+// A thread block owns one tile of request rows (attention_metadata.cuh: rows are (token, group head)
+// pairs, so one kv head's query heads share every K/V load) of one kv head, and one split of its
+// keys. Keys stream through shared memory kKeys at a time, double-buffered with cp.async. Its four
+// warps are laid out one of two ways (MmaTile's kRowWarps):
+//
+//   prefill (4 x 1): a tile of 64 rows, each warp 16 of them against every key of a stage;
+//   decode  (1 x 4): a tile of 16 rows (a decode token's group fits one), each warp a quarter of
+//                    every stage's keys; the four warps' softmax states are merged at the end
+//                    through shared memory (the same arithmetic as the split merge below).
 //
 //   shared: Q [kRows][D + 8] | K [2][kKeys][D + 8] | V [2][kKeys][D + 8]   (+8: rows land on
 //           different banks for ldmatrix)
 //
-//   per stage, per warp:  S = Q K^T (16 x kKeys, mma)  ->  mask, scale, online softmax (base 2)
+//   per stage, per warp:  S = Q K^T (16 x its keys, mma)  ->  mask, scale, online softmax (base 2)
 //                         O += P V (16 x D, mma; P from S's registers, as the A fragment)
 //
-// Decode tiles hold one token's group (say 4 rows): the other warps idle, and the step is bound by
-// loading K/V, which all 128 threads do. Rows past the tile's end and keys past the split's end are
-// zero-filled, and masked to -inf, so they weigh nothing and never read memory outside the arrays.
+// Each thread reads the block-table entries of all its chunks of a stage before it issues their
+// copies, so a stage costs one dependent trip to memory, not one per chunk. Rows past the tile's
+// end and keys past the split's end are zero-filled, and masked to -inf, so they weigh nothing and
+// never read memory outside the arrays.
 #pragma once
 
 #include "attention_metadata.cuh"
@@ -24,27 +30,97 @@
 
 namespace kvserve::gpu {
 
-template <class T, int kHeadDim>
+template <class T, int kHeadDim, int kRowWarpsArg>
 struct MmaTile {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * kWarpSize;
-  static constexpr int kRows = 16 * kWarps;
-  static constexpr int kKeys = kHeadDim <= 128 ? 64 : 32;
+  static constexpr int kDim = kHeadDim;
+  static constexpr int kRowWarps = kRowWarpsArg;      // warps over rows, 16 rows each
+  static constexpr int kKeyWarps = kWarps / kRowWarps;  // warps over each stage's keys
+  static_assert(kRowWarps == 1 || kRowWarps == kWarps, "all warps split the rows, or all split the keys");
+  static constexpr int kRows = 16 * kRowWarps;
+  static constexpr int kKeys = kKeyWarps > 1 ? 16 * kKeyWarps : (kHeadDim <= 128 ? 64 : 32);
+  static constexpr int kWarpKeys = kKeys / kKeyWarps;
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
-  static constexpr int kKeyTiles = kKeys / 8;         // n8 tiles of S
+  static constexpr int kLoads = kKeys * kChunksPerRow / kThreads;  // chunks of K (and of V) per thread and stage
+  static constexpr int kGather = kLoads < 8 ? kLoads : 8;          // block-table reads in flight at once
+  static_assert(kLoads % kGather == 0, "whole gathers");
+  static constexpr int kKeyTiles = kWarpKeys / 8;     // n8 tiles of a warp's S
   static constexpr int kDimTiles = kHeadDim / 8;      // n8 tiles of O
   static constexpr size_t kSharedBytes = static_cast<size_t>(kRows + 4 * kKeys) * kStride * sizeof(T);
+  // The key warps' merge reuses the K/V buffers: per warp, 16 rows of O (padded) and their {max, sum}.
+  static constexpr int kMergeStride = kHeadDim + 8;
+  static_assert(kKeyWarps == 1 || kWarps * 16 * (kMergeStride + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(T),
+                "the merge fits the K/V buffers");
 };
 
 template <class T, int kHeadDim>
-__global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
+using PrefillTile = MmaTile<T, kHeadDim, 4>;
+template <class T, int kHeadDim>
+using DecodeTile = MmaTile<T, kHeadDim, 1>;
+
+// The merge of the key warps' states (decode tiles): every warp leaves its 16 rows' output, max and
+// sum in shared memory; warp 0 takes them back into its fragments as their merged values.
+template <class Tile>
+__device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float (&o)[Tile::kDimTiles][4],
+                                       float (&row_max)[2], float (&row_sum)[2]) {
+  constexpr int kStride = Tile::kMergeStride;
+  float* s_stats = s_merge + Tile::kWarps * 16 * kStride;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = warp * 16 + g + 8 * i;
+#pragma unroll
+    for (int d = 0; d < Tile::kDimTiles; ++d) {
+      *reinterpret_cast<float2*>(s_merge + row * kStride + d * 8 + 2 * t) = make_float2(o[d][2 * i], o[d][2 * i + 1]);
+    }
+    if (t == 0) {
+      s_stats[2 * row] = row_max[i];
+      s_stats[2 * row + 1] = row_sum[i];
+    }
+  }
+  __syncthreads();
+  if (warp != 0) return;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int row = g + 8 * i;
+    float top = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < Tile::kWarps; ++w) {
+      if (s_stats[2 * (w * 16 + row) + 1] != 0.f) top = fmaxf(top, s_stats[2 * (w * 16 + row)]);
+    }
+    float weight[Tile::kWarps], total = 0.f;
+#pragma unroll
+    for (int w = 0; w < Tile::kWarps; ++w) {
+      const float sum = s_stats[2 * (w * 16 + row) + 1];
+      weight[w] = sum != 0.f ? exp2f(s_stats[2 * (w * 16 + row)] - top) : 0.f;
+      total += weight[w] * sum;
+    }
+#pragma unroll
+    for (int d = 0; d < Tile::kDimTiles; ++d) {
+      float2 merged = make_float2(0.f, 0.f);
+#pragma unroll
+      for (int w = 0; w < Tile::kWarps; ++w) {
+        const float2 part = *reinterpret_cast<const float2*>(s_merge + (w * 16 + row) * kStride + d * 8 + 2 * t);
+        merged.x += weight[w] * part.x;
+        merged.y += weight[w] * part.y;
+      }
+      o[d][2 * i] = merged.x;
+      o[d][2 * i + 1] = merged.y;
+    }
+    row_max[i] = top;
+    row_sum[i] = total;
+  }
+}
+
+template <class T, class Tile>
+__global__ void __launch_bounds__(Tile::kThreads)
     attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
 // Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
 #if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
-  using Tile = MmaTile<T, kHeadDim>;
-  constexpr int kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
-  constexpr int kChunks = Tile::kChunksPerRow;
+  constexpr int kHeadDim = Tile::kDim, kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
+  constexpr int kChunks = Tile::kChunksPerRow, kWarpKeys = Tile::kWarpKeys;
   constexpr float kLog2e = 1.4426950408889634f;
   T* s_q = reinterpret_cast<T*>(dynamic_shared_memory());
   T* s_k = s_q + kRows * kStride;
@@ -52,6 +128,7 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
   __shared__ int s_bad_block;
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
+  const int row_warp = warp / Tile::kKeyWarps, key_warp = warp % Tile::kKeyWarps;
   const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
   int64_t req, tile;
   if (!locate_tile(p, group, kRows, blockIdx.x, &req, &tile)) return;
@@ -76,26 +153,35 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
   const T* key_cache = static_cast<const T*>(p.key_cache);
   const T* value_cache = static_cast<const T*>(p.value_cache);
   const int32_t* block_row = p.block_table + req * p.block_table_stride;
+  // Chunk c = tid + i * kThreads of a stage: key c / kChunks, 16 bytes at column (c % kChunks) * 8.
   auto load_stage = [&](int buffer, int64_t first_key) {
-    for (int c = tid; c < kKeys * kChunks; c += Tile::kThreads) {
-      const int j = c / kChunks, col = (c % kChunks) * 8;
-      const int64_t key = first_key + j;
-      const T* k_src = key_cache;
-      const T* v_src = value_cache;
-      bool fill = false;
-      if (key < split_end) {
-        const int64_t block = block_of_key(p, block_row, static_cast<int32_t>(key));
-        if (block >= 0) {
-          const int64_t at = cache_offset(p, block, static_cast<int32_t>(key), kv_head) + col;
-          k_src += at;
-          v_src += at;
-          fill = true;
-        } else {
-          s_bad_block = 1;
+#pragma unroll
+    for (int first = 0; first < Tile::kLoads; first += Tile::kGather) {
+      int64_t at[Tile::kGather];
+      bool fill[Tile::kGather];
+#pragma unroll
+      for (int i = 0; i < Tile::kGather; ++i) {
+        const int c = tid + (first + i) * Tile::kThreads;
+        const int64_t key = first_key + c / kChunks;
+        at[i] = 0;
+        fill[i] = false;
+        if (key < split_end) {
+          const int64_t block = block_of_key(p, block_row, static_cast<int32_t>(key));
+          if (block >= 0) {
+            at[i] = cache_offset(p, block, static_cast<int32_t>(key), kv_head) + (c % kChunks) * 8;
+            fill[i] = true;
+          } else {
+            s_bad_block = 1;
+          }
         }
       }
-      copy_async_16(s_k + (buffer * kKeys + j) * kStride + col, k_src, fill);
-      copy_async_16(s_v + (buffer * kKeys + j) * kStride + col, v_src, fill);
+#pragma unroll
+      for (int i = 0; i < Tile::kGather; ++i) {
+        const int c = tid + (first + i) * Tile::kThreads;
+        const int at_shared = (buffer * kKeys + c / kChunks) * kStride + (c % kChunks) * 8;
+        copy_async_16(s_k + at_shared, key_cache + at[i], fill[i]);
+        copy_async_16(s_v + at_shared, value_cache + at[i], fill[i]);
+      }
     }
   };
 
@@ -119,11 +205,12 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
   // This lane's two rows (g and g + 8 of its warp's 16) and their positions; rows past the tile's
   // end borrow its last row's position so that no row is fully masked (their output is dropped).
   const int g = lane / 4, t = lane % 4;
-  const bool warp_active = row_begin + warp * 16 < row_end;
+  const int64_t warp_rows = row_begin + row_warp * 16;
+  const bool warp_active = warp_rows < row_end;
   int64_t position[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int64_t rr = min_i64(row_begin + warp * 16 + g + 8 * i, row_end - 1);
+    const int64_t rr = min_i64(warp_rows + g + 8 * i, row_end - 1);
     position[i] = first_position + rr / group;
   }
   float o[Tile::kDimTiles][4] = {};
@@ -139,13 +226,14 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
     }
     __syncthreads();
     if (warp_active) {
-      const T* k_tile = s_k + (stage & 1) * kKeys * kStride;
-      const T* v_tile = s_v + (stage & 1) * kKeys * kStride;
+      // This warp's keys of the stage: rows key_warp * kWarpKeys... of the K and V buffers.
+      const T* k_tile = s_k + ((stage & 1) * kKeys + key_warp * kWarpKeys) * kStride;
+      const T* v_tile = s_v + ((stage & 1) * kKeys + key_warp * kWarpKeys) * kStride;
       float s[Tile::kKeyTiles][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         uint32_t a[4];
-        load_matrix_x4(a, s_q + (warp * 16 + lane % 16) * kStride + kk * 16 + (lane / 16) * 8);
+        load_matrix_x4(a, s_q + (row_warp * 16 + lane % 16) * kStride + kk * 16 + (lane / 16) * 8);
 #pragma unroll
         for (int n = 0; n < Tile::kKeyTiles / 2; ++n) {
           uint32_t b[4];
@@ -155,7 +243,7 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
         }
       }
 
-      const int64_t first_key = split_begin + static_cast<int64_t>(stage) * kKeys;
+      const int64_t first_key = split_begin + static_cast<int64_t>(stage) * kKeys + key_warp * kWarpKeys;
 #pragma unroll
       for (int n = 0; n < Tile::kKeyTiles; ++n) {
 #pragma unroll
@@ -192,7 +280,7 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
       }
 
 #pragma unroll
-      for (int kc = 0; kc < kKeys / 16; ++kc) {
+      for (int kc = 0; kc < kWarpKeys / 16; ++kc) {
         const uint32_t a[4] = {pack_pair<T>(s[2 * kc][0], s[2 * kc][1]), pack_pair<T>(s[2 * kc][2], s[2 * kc][3]),
                                pack_pair<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
                                pack_pair<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
@@ -209,12 +297,21 @@ __global__ void __launch_bounds__(MmaTile<T, kHeadDim>::kThreads)
   }
   if (!warp_active) return;
 
-  const bool bad = !r.context_ok || s_bad_block != 0;
+  // Each row's sum over the four lanes of its quad, then (decode tiles) over the key warps.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     row_sum[i] += shfl_xor(row_sum[i], 1);
     row_sum[i] += shfl_xor(row_sum[i], 2);
-    const int64_t rr = row_begin + warp * 16 + g + 8 * i;
+  }
+  if constexpr (Tile::kKeyWarps > 1) {
+    merge_key_warps<Tile>(reinterpret_cast<float*>(s_k), warp, lane, o, row_max, row_sum);
+    if (warp != 0) return;
+  }
+
+  const bool bad = !r.context_ok || s_bad_block != 0;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t rr = warp_rows + g + 8 * i;
     if (rr >= row_end) continue;
     const int64_t token = r.token_begin + rr / group, head = kv_head * group + rr % group;
     if (partials.num_splits == 1) {

@@ -54,9 +54,8 @@ int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t keys
   return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
 }
 
-template <class T, int kHeadDim>
-Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
-  using Tile = MmaTile<T, kHeadDim>;
+template <class T, class Tile>
+Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
   const int64_t tiles = p.num_reqs + p.num_tokens * (p.num_heads / p.num_kv_heads) / Tile::kRows;
   if (tiles > INT_MAX) return Status::kUnsupported;
   SplitPartials partials;
@@ -74,7 +73,7 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
   // (eager, before any graph capture) does it.
   static std::atomic<bool> raised[kMaxDevices];
   if (!raised[device.index].load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(attention_mma_kernel<T, kHeadDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    if (cudaFuncSetAttribute(attention_mma_kernel<T, Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
       return Status::kDeviceError;
     }
@@ -82,7 +81,7 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
   }
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(partials.num_splits));
-  launch_kernel(attention_mma_kernel<T, kHeadDim>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
+  launch_kernel(attention_mma_kernel<T, Tile>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
   Status status = launch_status();
   if (status == Status::kOk && partials.num_splits > 1) {
     const int64_t items = p.num_tokens * p.num_heads;
@@ -91,6 +90,18 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
     status = launch_status();
   }
   return status;
+}
+
+// Steps of one 16-row tile per request on average (decode: a token's group of query heads) take the
+// decode layout, whose four warps share each stage's keys; longer queries take the prefill layout,
+// whose 64-row tiles load each key once for four times the rows.
+template <class T, int kHeadDim>
+Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
+  const int64_t group = p.num_heads / p.num_kv_heads;
+  if (p.num_tokens * group <= DecodeTile<T, kHeadDim>::kRows * p.num_reqs) {
+    return launch_tile<T, DecodeTile<T, kHeadDim>>(p, device, stream);
+  }
+  return launch_tile<T, PrefillTile<T, kHeadDim>>(p, device, stream);
 }
 
 #endif  // KVSERVE_GPU_MMA

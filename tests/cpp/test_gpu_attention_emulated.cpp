@@ -176,24 +176,41 @@ TEST(EmulatedPagedAttention, PortableKernelMatchesCpu) {
   expect_attention_matches({DType::kFloat16, 36, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}});
 }
 
+// Mixed batches (30 rows a request on average) take the tensor-core kernel's prefill layout, decode
+// batches its decode layout (paged_attention.cu); the masks are checked in both.
+const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> kLayoutBatches = {
+    {{1, 23, 1, 5}, {50, 23, 9, 37}},
+    {{1, 1, 1, 1}, {50, 23, 9, 70}},
+};
+
 TEST(EmulatedPagedAttention, BlockSizesWindowsSoftcapAndNonCausal) {
   for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
-    for (int64_t block_size : {1, 32}) expect_attention_matches({dtype, 64, 8, 2, block_size, {1, 23, 1, 5}, {50, 23, 9, 37}});
-    for (int64_t window : {1, 7, 20}) {
-      AttentionCase c{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
-      c.sliding_window = window;
-      expect_attention_matches(c);
+    for (const auto& [new_tokens, seq_lens] : kLayoutBatches) {
+      for (int64_t block_size : {1, 32}) expect_attention_matches({dtype, 64, 8, 2, block_size, new_tokens, seq_lens});
+      for (int64_t window : {1, 7, 20}) {
+        AttentionCase c{dtype, 64, 8, 2, 16, new_tokens, seq_lens};
+        c.sliding_window = window;
+        expect_attention_matches(c);
+      }
+      AttentionCase capped{dtype, 64, 8, 2, 16, new_tokens, seq_lens};
+      capped.softcap = 2.f;
+      expect_attention_matches(capped);
     }
     // 32-key stages (head_dim 256): the tile's last rows see nothing of its first stage.
     AttentionCase narrow{dtype, 256, 2, 2, 16, {70}, {70}};
     narrow.sliding_window = 7;
     expect_attention_matches(narrow);
-    AttentionCase capped{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
-    capped.softcap = 2.f;
-    expect_attention_matches(capped);
     AttentionCase both_ways{dtype, 64, 8, 2, 16, {9, 12}, {41, 75}};
     both_ways.causal = false;
     expect_attention_matches(both_ways);
+  }
+}
+
+TEST(EmulatedPagedAttention, GroupsOfSixteenAndMoreQueryHeads) {
+  // Decode layout: a group of 16 fills one 16-row tile; a group of 32 spans two.
+  for (int64_t heads : {16, 32}) {
+    expect_attention_matches({DType::kBFloat16, 64, heads, 1, 16, {1, 1, 1}, {5, 40, 77}});
+    expect_attention_matches({DType::kFloat16, 128, heads, 1, 16, {1, 2}, {600, 33}});
   }
 }
 
@@ -212,6 +229,8 @@ TEST(EmulatedPagedAttention, LongContextsSplitTheKeys) {
   AttentionCase windowed{DType::kBFloat16, 128, 8, 2, 16, {2, 1}, {1200, 2000}};
   windowed.sliding_window = 900;
   expect_attention_matches(windowed);
+  // A prefill chunk over a long context (prefill layout), split too.
+  expect_attention_matches({DType::kBFloat16, 128, 8, 2, 16, {40}, {1500}});
 }
 
 TEST(EmulatedPagedAttention, ManyRequestsFillTheGpuUnsplit) {
@@ -222,26 +241,29 @@ TEST(EmulatedPagedAttention, ManyRequestsFillTheGpuUnsplit) {
 
 TEST(EmulatedPagedAttention, BadMetadataPoisonsOnlyItsRequest) {
   for (DType dtype : {DType::kBFloat16, DType::kFloat32}) {
-    AttentionCase c{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
-    AttentionRun run(c);
-    ASSERT_EQ(run.run_cpu(), Status::kOk);
-    run.block_table[1 * run.width + 0] = static_cast<int32_t>(run.num_blocks);  // request 1: a block out of range
-    c.seq_lens[3] = static_cast<int32_t>(run.width * 16 + 1);                   // request 3: longer than its table
-    run.params.seq_lens = c.seq_lens.data();
-    kvserve::PagedAttentionParams layout = run.params;
-    layout.out = run.gpu_out.data();
-    std::string why;
-    EXPECT_EQ(kvserve::check_paged_attention_layout(layout, &why), Status::kOk) << why;
-    ASSERT_EQ(run.run_gpu(), Status::kOk);
-    for (int64_t t = 0; t < run.num_tokens; ++t) {
-      const bool poisoned = (t >= 1 && t < 24) || t >= 25;  // requests 1 and 3
-      for (int64_t h = 0; h < c.num_heads; ++h) {
-        for (int64_t d = 0; d < c.head_dim; ++d) {
-          const float got = run.gpu_out.get(run.at(t, h, d)), expected = run.cpu_out.get(run.at(t, h, d));
-          if (poisoned) {
-            ASSERT_TRUE(std::isnan(got)) << name(dtype) << " token " << t;
-          } else {
-            ASSERT_NEAR(got, expected, tolerance(dtype) * (1 + std::abs(expected))) << name(dtype) << " token " << t;
+    for (const auto& [new_tokens, seq_lens] : kLayoutBatches) {
+      AttentionCase c{dtype, 64, 8, 2, 16, new_tokens, seq_lens};
+      AttentionRun run(c);
+      ASSERT_EQ(run.run_cpu(), Status::kOk);
+      run.block_table[1 * run.width + 0] = static_cast<int32_t>(run.num_blocks);  // request 1: a block out of range
+      c.seq_lens[3] = static_cast<int32_t>(run.width * 16 + 1);                   // request 3: longer than its table
+      run.params.seq_lens = c.seq_lens.data();
+      kvserve::PagedAttentionParams layout = run.params;
+      layout.out = run.gpu_out.data();
+      std::string why;
+      EXPECT_EQ(kvserve::check_paged_attention_layout(layout, &why), Status::kOk) << why;
+      ASSERT_EQ(run.run_gpu(), Status::kOk);
+      const auto& qsl = run.query_start_loc;
+      for (int64_t t = 0; t < run.num_tokens; ++t) {
+        const bool poisoned = (t >= qsl[1] && t < qsl[2]) || t >= qsl[3];  // requests 1 and 3
+        for (int64_t h = 0; h < c.num_heads; ++h) {
+          for (int64_t d = 0; d < c.head_dim; ++d) {
+            const float got = run.gpu_out.get(run.at(t, h, d)), expected = run.cpu_out.get(run.at(t, h, d));
+            if (poisoned) {
+              ASSERT_TRUE(std::isnan(got)) << describe(c) << " token " << t;
+            } else {
+              ASSERT_NEAR(got, expected, tolerance(dtype) * (1 + std::abs(expected))) << describe(c) << " token " << t;
+            }
           }
         }
       }
