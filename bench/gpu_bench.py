@@ -5,9 +5,13 @@ load_format="dummy"), each appending JSON lines to --out:
                                                         # prefill attention against torch's SDPA
     python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
+    python bench/gpu_bench.py profile --out R.jsonl --report P.txt
+                                                        # where a decode step's GPU time goes, by kernel
 
 Floors use the device-to-device copy bandwidth measured in the same process (bytes read + written).
-Times are medians of CUDA-event timings (kernels) or of host-synchronized engine steps. bench/gpu_check.sh
+Times are medians of CUDA-event timings (kernels; decode attention also replayed from a CUDA graph,
+as the decode step runs it, which leaves out the host's cost per call) or of host-synchronized engine
+steps. bench/gpu_check.sh
 runs all three on a lent GPU; bench/README.md says what has been measured.
 """
 
@@ -65,11 +69,13 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / (ms / 1e3)
 
 
-def bench_attention(out: Path) -> None:
+def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
+    """Decode attention for each case "BATCHxCONTEXT", then (with `prefill`) prefill attention."""
     bandwidth = copy_bandwidth()
     record(out, name="copy_bandwidth", GB_per_s=bandwidth / 1e9)
     generator = torch.Generator(device="cuda").manual_seed(0)
-    for batch, context in [(1, 4096), (64, 512), (128, 2048)]:
+    for case in cases:
+        batch, context = (int(n) for n in case.split("x"))
         blocks_per_req = math.ceil(context / BLOCK)
         kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
         sets = max(1, math.ceil(200e6 / kv_bytes))  # rotate over 200 MB of cache: no reads served by L2
@@ -82,13 +88,25 @@ def bench_attention(out: Path) -> None:
         qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
         query = torch.randn(batch, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, generator=generator)
         result = torch.empty_like(query)
-        ms = cuda_ms(lambda i: ops.paged_attention(result, query, key_cache, value_cache, tables[i % sets], seq_lens,
-                                                   qsl, HEAD_DIM ** -0.5))
+
+        def call(i: int) -> None:
+            ops.paged_attention(result, query, key_cache, value_cache, tables[i % sets], seq_lens, qsl,
+                                HEAD_DIM ** -0.5)
+
+        ms = cuda_ms(call)
+        # The same calls replayed from a CUDA graph, as a decode step runs them: kernel time alone.
+        calls = max(sets, 8)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(calls):
+                call(i)
+        graph_ms = cuda_ms(lambda i: graph.replay()) / calls
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
-        record(out, name=f"decode_attention_b{batch}_ctx{context}", ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms,
-               goal_ratio=1.5)
+        record(out, name=f"decode_attention_b{batch}_ctx{context}", ms=ms, graph_ms=graph_ms, floor_ms=floor_ms,
+               ratio=ms / floor_ms, graph_ratio=graph_ms / floor_ms, goal_ratio=1.5)
         del key_cache, value_cache
-    bench_prefill_attention(out, generator)
+    if prefill:
+        bench_prefill_attention(out, generator)
 
 
 def bench_prefill_attention(out: Path, generator: torch.Generator) -> None:
@@ -126,6 +144,21 @@ def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
                   **kwargs)
 
 
+PROMPT_RNG = np.random.default_rng(0)  # each run's prompts differ: no prefix-cache hits between runs
+
+
+def start_decode(engine: Engine, batch: int, context: int, steps: int, tag: str) -> list[str]:
+    """Adds `batch` greedy requests of `context` random prompt tokens that decode `steps` tokens, and
+    runs their prefill; returns their ids (abort them when done)."""
+    params = SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True)
+    ids = [f"{tag}-{batch}-{i}" for i in range(batch)]
+    for request_id, prompt in zip(ids, PROMPT_RNG.integers(10, 31999, (batch, context))):
+        engine.add_request(request_id, {"prompt_token_ids": prompt.tolist()}, params)
+    while any(not r.sequences[0].token_ids for r in engine.requests.values()):  # prefill
+        engine.step()
+    return ids
+
+
 def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
@@ -134,17 +167,11 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= model.model.embed_tokens.weight.numel() * DTYPE.itemsize  # a lookup reads a few rows only
     per_token = kv_bytes_per_token(engine.model_config, DTYPE)
-    rng = np.random.default_rng(0)
     graphs = engine.runner.graphs
     for batch in batches:
         for mode in ("graphs", "eager"):
             engine.runner.graphs = graphs if mode == "graphs" else None
-            params = SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True)
-            ids = [f"{mode}-{batch}-{i}" for i in range(batch)]
-            for request_id, prompt in zip(ids, rng.integers(10, 31999, (batch, context))):
-                engine.add_request(request_id, {"prompt_token_ids": prompt.tolist()}, params)
-            while any(not r.sequences[0].token_ids for r in engine.requests.values()):  # prefill
-                engine.step()
+            ids = start_decode(engine, batch, context, steps, mode)
             times = []
             for _ in range(steps - 1):
                 torch.cuda.synchronize()
@@ -157,6 +184,81 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
             record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}", ms=ms, floor_ms=floor_ms,
                    ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
     engine.runner.graphs = graphs
+
+
+# Kernel name fragments -> the part of a decode step they do (the first match wins).
+KERNEL_PARTS = [
+    ("attention", ("attention_mma_kernel", "attention_portable_kernel", "merge_splits_kernel")),
+    ("cache write", ("reshape_and_cache",)),
+    ("rms norm", ("rms_norm",)),
+    ("rotary", ("rotary_embedding",)),
+    ("silu and mul", ("silu_and_mul",)),
+    ("linear (cuBLAS)", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")),
+    ("copies", ("memcpy", "memset")),
+]
+
+
+def kernel_part(name: str) -> str:
+    lowered = name.lower()
+    for part, fragments in KERNEL_PARTS:
+        if any(f in lowered for f in fragments):
+            return part
+    return "other (torch)"
+
+
+def gpu_activity(prof) -> list[tuple[str, float]]:
+    """(name, microseconds) of every kernel, copy and memset in a finished torch.profiler run, read
+    from its Chrome trace (a stable format across torch versions)."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    return [(e["name"], float(e["dur"])) for e in events
+            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+
+
+def bench_profile(out: Path, report: Path, batches: list[int], context: int, steps: int) -> None:
+    """Decode steps under torch.profiler (CUDA activity only): GPU busy time against wall time, split
+    by part, and the kernels that take the most time; graphs on and off."""
+    with tempfile.TemporaryDirectory() as directory:
+        engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
+    graphs = engine.runner.graphs
+    lines = []
+    for batch in batches:
+        for mode in ("graphs", "eager"):
+            engine.runner.graphs = graphs if mode == "graphs" else None
+            ids = start_decode(engine, batch, context, steps + 2, f"profile-{mode}")
+            engine.step()  # warm-up outside the profile
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    engine.step()
+                torch.cuda.synchronize()
+                wall_ms = (time.perf_counter() - start) * 1e3 / steps
+            engine.abort(ids)
+            activity = gpu_activity(prof)
+            busy_ms = sum(us for _, us in activity) / 1e3 / steps
+            parts: dict[str, float] = {}
+            kernels: dict[str, list[float]] = {}
+            for kernel, us in activity:
+                part = kernel_part(kernel)
+                parts[part] = parts.get(part, 0.0) + us / 1e3 / steps
+                kernels.setdefault(kernel, []).append(us)
+            name = f"profile_b{batch}_ctx{context}_{mode}"
+            record(out, name=name, wall_ms=wall_ms, gpu_busy_ms=busy_ms,
+                   kernels_per_step=len(activity) / steps, parts_ms={k: round(v, 4) for k, v in parts.items()})
+            lines += [f"== {name}: {wall_ms:.2f} ms a step (profiled), GPU busy {busy_ms:.2f} ms, "
+                      f"{len(activity) / steps:.0f} kernels a step", "ms/step  part"]
+            lines += [f"{ms:7.3f}  {part}" for part, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
+            lines.append("ms/step  calls/step  mean us  kernel")
+            top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:20]
+            lines += [f"{sum(v) / 1e3 / steps:7.3f}  {len(v) / steps:10.1f}  {statistics.mean(v):7.1f}  {k[:150]}"
+                      for k, v in top]
+            lines.append("")
+    engine.runner.graphs = graphs
+    report.write_text("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) -> None:
@@ -178,8 +280,12 @@ def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["attention", "decode", "offline"])
+    parser.add_argument("what", choices=["attention", "decode", "offline", "profile"])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines are appended here")
+    parser.add_argument("--report", type=Path, help="profile: the kernel table is written here")
+    parser.add_argument("--cases", nargs="+", default=["1x512", "1x4096", "64x512", "128x2048"],
+                        help="attention: decode cases, BATCHxCONTEXT")
+    parser.add_argument("--no-prefill", action="store_true", help="attention: decode cases only")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=64)
@@ -189,9 +295,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.what == "attention":
-        bench_attention(args.out)
+        bench_attention(args.out, args.cases, not args.no_prefill)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps)
+    elif args.what == "profile":
+        bench_profile(args.out, args.report or args.out.with_suffix(".profile.txt"), args.batches, args.context,
+                      min(args.steps, 16))
     else:
         bench_offline(args.out, args.num_prompts, args.input_len, args.output_len)
 

@@ -7,8 +7,9 @@
 #   OUT=/some/dir bench/gpu_check.sh
 #
 #   env.txt      the GPU, driver, nvcc, torch          build.log   pip's build, with ptxas' resource use
-#   kernels.txt  registers/spills and SASS counts      tests.log   pytest over the GPU tests
-#   bench.log    the benchmarks' output                bench.jsonl one JSON line per measurement
+#   kernels.txt  registers/spills, SASS counts and     tests.log   pytest over the GPU tests
+#                ncu's view of one decode attention    bench.log   the benchmarks' output
+#   bench.jsonl  one JSON line per measurement         profile.txt where a decode step's GPU time goes
 #   summary.md   the table printed last
 #
 # Each stage has its own time limit, cut to what is left of GPU_CHECK_SECONDS (default 560), and a
@@ -70,6 +71,11 @@ kernel_report() {
 }
 export -f kernel_report
 run kernels 30 "$OUT/kernels.txt" bash -c kernel_report
+# Nsight Compute on one decode attention call at batch 64 (throughput against the memory ceiling,
+# occupancy); the clocks are left alone.
+run ncu 60 "$OUT/kernels.txt" ncu --clock-control none -k regex:attention_mma_kernel --launch-skip 5 --launch-count 1 \
+  --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
+  "$PY" bench/gpu_bench.py attention --cases 64x512 --no-prefill --out /tmp/ncu-bench.jsonl
 
 GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_cuda_engine.py
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
@@ -78,6 +84,7 @@ run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
 run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/bench.jsonl"
+run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
 
 {
@@ -103,7 +110,8 @@ for r in rows:
     if name == "copy_bandwidth":
         print(f"| copy bandwidth | {r['GB_per_s']:.0f} GB/s | 3016 GB/s (issue) | |")
     elif name.startswith("decode_attention"):
-        print(f"| {name} | {r['ms']:.3f} ms | {r['floor_ms']:.3f} ms ({r['ratio']:.2f}x) | <= 1.5x |")
+        print(f"| {name} | {r['ms']:.3f} ms a call, {r['graph_ms']:.3f} ms in a graph | {r['floor_ms']:.3f} ms "
+              f"({r['ratio']:.2f}x, {r['graph_ratio']:.2f}x) | <= 1.5x |")
     elif name.startswith("prefill_attention"):
         print(f"| {name} | {r['ms']:.2f} ms, {r['tflops']:.0f} TFLOP/s | SDPA {r['sdpa_ms']:.2f} ms, "
               f"{r['sdpa_tflops']:.0f} TFLOP/s; error {r['relative_error_vs_sdpa']:.1e} | |")
@@ -111,6 +119,9 @@ for r in rows:
         goal = goals.get(name)
         print(f"| {name} | {r['ms']:.2f} ms | {r['floor_ms']:.2f} ms ({r['ratio']:.2f}x) | "
               f"{f'<= {goal} ms' if goal else ''} |")
+    elif name.startswith("profile"):
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["parts_ms"].items(), key=lambda kv: -kv[1])[:4])
+        print(f"| {name} | {r['wall_ms']:.2f} ms a step, GPU busy {r['gpu_busy_ms']:.2f} ms | {parts} | |")
     elif name.startswith("offline"):
         print(f"| {name} | {r['total_tokens_per_s']:.0f} total tok/s ({r['output_tokens_per_s']:.0f} out), "
               f"{r['seconds']:.1f} s | vLLM ~12500 (issue) | >= 14000 |")

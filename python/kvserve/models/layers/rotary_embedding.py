@@ -78,10 +78,16 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 class RotaryEmbedding:
     def __init__(self, rope: RopeConfig, head_dim: int):
         self.inv_freq, self.attention_factor = inverse_frequencies(rope, head_dim)
+        # inv_freq on each device that asked (a host-to-GPU copy per step would also be replayed by
+        # every CUDA graph that captured it).
+        self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin: [T, head_dim // 2] in `dtype`."""
-        angles = positions.float().unsqueeze(1) * self.inv_freq.to(positions.device).unsqueeze(0)
+        inv_freq = self._inv_freq_on.get(positions.device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq_on[positions.device] = self.inv_freq.to(positions.device)
+        angles = positions.float().unsqueeze(1) * inv_freq.unsqueeze(0)
         cos = (angles.cos() * self.attention_factor).to(dtype)
         sin = (angles.sin() * self.attention_factor).to(dtype)
         return cos, sin
