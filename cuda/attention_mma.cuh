@@ -17,7 +17,8 @@
 //                         O += P V (16 x D, mma; P from S's registers, as the A fragment)
 //
 // Each thread reads the block-table entries of all its chunks of a stage before it issues their
-// copies, so a stage costs one dependent trip to memory, not one per chunk. Rows past the tile's
+// copies, so a stage costs one dependent trip to memory, not one per chunk; a stage whose keys every
+// row of a warp sees (most of a long context) skips the per-score mask. Rows past the tile's
 // end and keys past the split's end are zero-filled, and masked to -inf, so they weigh nothing and
 // never read memory outside the arrays.
 #pragma once
@@ -44,7 +45,8 @@ struct MmaTile {
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
   static constexpr int kLoads = kKeys * kChunksPerRow / kThreads;  // chunks of K (and of V) per thread and stage
-  static constexpr int kGather = kLoads < 8 ? kLoads : 8;          // block-table reads in flight at once
+  // Block-table reads in flight at once (fewer for head_dim 256, whose output fragments fill the registers).
+  static constexpr int kGather = kLoads < 8 ? kLoads : (kHeadDim > 128 ? 4 : 8);
   static_assert(kLoads % kGather == 0, "whole gathers");
   static constexpr int kKeyTiles = kWarpKeys / 8;     // n8 tiles of a warp's S
   static constexpr int kDimTiles = kHeadDim / 8;      // n8 tiles of O
@@ -213,6 +215,14 @@ __global__ void __launch_bounds__(Tile::kThreads)
     const int64_t rr = min_i64(warp_rows + g + 8 * i, row_end - 1);
     position[i] = first_position + rr / group;
   }
+  // The positions of the warp's first and last rows: a stage whose keys all lie in both rows'
+  // windows (and before the split's end) is visible to every row and skips the per-score mask.
+  const int64_t warp_first_position = first_position + min_i64(warp_rows, row_end - 1) / group;
+  const int64_t warp_last_position = first_position + min_i64(warp_rows + 15, row_end - 1) / group;
+  // Scores in base 2: one multiply without a softcap.
+  const bool plain_scores = p.softcap == 0.f;
+  const float scale_log2 = p.scale * kLog2e;
+  auto score = [&](float dot) { return plain_scores ? dot * scale_log2 : attention_score(p, dot) * kLog2e; };
   float o[Tile::kDimTiles][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
@@ -244,14 +254,25 @@ __global__ void __launch_bounds__(Tile::kThreads)
       }
 
       const int64_t first_key = split_begin + static_cast<int64_t>(stage) * kKeys + key_warp * kWarpKeys;
+      const int64_t last_key = first_key + kWarpKeys - 1;
+      const bool all_visible = last_key < split_end && (!p.causal || last_key <= warp_first_position) &&
+                               (p.sliding_window == 0 || first_key > warp_last_position - p.sliding_window);
+      if (all_visible) {
 #pragma unroll
-      for (int n = 0; n < Tile::kKeyTiles; ++n) {
+        for (int n = 0; n < Tile::kKeyTiles; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
-          const bool visible = key < split_end && (!p.causal || key <= pos) &&
-                               (p.sliding_window == 0 || key > pos - p.sliding_window);
-          s[n][e] = visible ? attention_score(p, s[n][e]) * kLog2e : -INFINITY;
+          for (int e = 0; e < 4; ++e) s[n][e] = score(s[n][e]);
+        }
+      } else {
+#pragma unroll
+        for (int n = 0; n < Tile::kKeyTiles; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int64_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
+            const bool visible = key < split_end && (!p.causal || key <= pos) &&
+                                 (p.sliding_window == 0 || key > pos - p.sliding_window);
+            s[n][e] = visible ? score(s[n][e]) : -INFINITY;
+          }
         }
       }
 #pragma unroll
