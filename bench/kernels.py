@@ -1,7 +1,7 @@
 """CPU attention kernels against the torch path and the memory-bandwidth floor.
 
     python bench/kernels.py                 # every table of bench/README.md's "kernels" section
-    python bench/kernels.py --only decode   # one of: decode, prefill, overhead, threads
+    python bench/kernels.py --only decode   # one of: decode, prefill, short, overhead, threads
 
 The torch path is what a model would run without kvserve's kernels: gather each request's K/V from
 the paged cache through its block table, then torch's scaled_dot_product_attention (GQA, causal).
@@ -115,6 +115,23 @@ def bench_decode_prefill(kind, bandwidth):
           ["dtype", "kvserve ms", "torch ms", "speed-up", "floor ms", "kvserve / floor", "GFLOP/s"], rows)
 
 
+# The decode steps that bench/profile_step.py profiles: (requests, context, heads, kv heads).
+SHORT_DECODES = [(256, 96, 4, 2), (64, 190, 8, 4)]
+
+
+def bench_short(bandwidth):
+    """Decode at the short contexts of the offline cases (tiny's and small's attention shapes)."""
+    rows = []
+    for num_reqs, context, heads, kv_heads in SHORT_DECODES:
+        batch = Batch(num_reqs, 1, context, torch.bfloat16, heads=heads, kv_heads=kv_heads, layers=LAYERS)
+        t_ours = timed(batch.kvserve)
+        floor = batch.kv_bytes / bandwidth
+        rows.append([f"{num_reqs} x {context}, {heads} / {kv_heads} heads", f"{t_ours * 1e3:.3f}",
+                     f"{floor * 1e3:.3f}", f"{t_ours / floor:.2f}x"])
+    table("short decode: 1 new token per request, bfloat16, head_dim 64, block_size 16",
+          ["requests x context", "kvserve ms", "floor ms", "kvserve / floor"], rows)
+
+
 def bench_overhead():
     """Per-call cost on the tiny preset's decode shapes (4 heads / 2 kv heads, head_dim 64)."""
     one = Batch(1, 1, 1, torch.float32, heads=4, kv_heads=2)
@@ -159,17 +176,19 @@ def bench_threads():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["decode", "prefill", "overhead", "threads"])
+    parser.add_argument("--only", choices=["decode", "prefill", "short", "overhead", "threads"])
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"kvserve kernels on {_C.ops.cpu_isa()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    if args.only in (None, "decode", "prefill"):
+    if args.only in (None, "decode", "prefill", "short"):
         bandwidth = copy_bandwidth()
         print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s read")
         for kind in ("decode", "prefill"):
             if args.only in (None, kind):
                 bench_decode_prefill(kind, bandwidth)
+        if args.only in (None, "short"):
+            bench_short(bandwidth)
     if args.only in (None, "overhead"):
         bench_overhead()
     if args.only in (None, "threads"):

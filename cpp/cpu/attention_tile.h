@@ -186,8 +186,41 @@ struct AttentionTile {
     if (r < rows) accumulate_rows<1>(out, prob, values, n, head_dim, r);
   }
 
-  static void run(const PagedAttentionParams& p, const AttentionWork& w, const AttentionScratch& sc,
-                  const AttentionPartials& partials) {
+  // Cache rows of the chunk of item w that starts at key position `chunk` (null past the item's keys).
+  static void gather(const PagedAttentionParams& p, const AttentionWork& w, int64_t chunk, const T* keys[kChunk],
+                     const T* values[kChunk]) {
+    const T* key_cache = static_cast<const T*>(p.key_cache);
+    const T* value_cache = static_cast<const T*>(p.value_cache);
+    const int32_t* blocks = p.block_table + w.req * p.block_table_stride;
+    const int64_t head_offset = w.kv_head * p.head_dim, slot_stride = p.num_kv_heads * p.head_dim;
+    int64_t block = chunk / p.block_size, offset = chunk % p.block_size;
+    for (int c = 0; c < kChunk; ++c) {
+      if (chunk + c >= w.key_end) {
+        keys[c] = values[c] = nullptr;
+        continue;
+      }
+      const int64_t at = blocks[block] * p.cache_stride_block + offset * slot_stride + head_offset;
+      keys[c] = key_cache + at;
+      values[c] = value_cache + at;
+      if (++offset == p.block_size) {
+        offset = 0;
+        ++block;
+      }
+    }
+  }
+
+  static void prefetch(const T* const keys[kChunk], const T* const values[kChunk], int64_t head_dim) {
+    constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+    for (int c = 0; c < kChunk && keys[c] != nullptr; ++c) {
+      for (int64_t d = 0; d < head_dim; d += kLine) {
+        __builtin_prefetch(keys[c] + d);
+        __builtin_prefetch(values[c] + d);
+      }
+    }
+  }
+
+  static void run(const PagedAttentionParams& p, const AttentionWork& w, const AttentionWork* next,
+                  const AttentionScratch& sc, const AttentionPartials& partials) {
     const int64_t head_dim = p.head_dim, group = p.num_heads / p.num_kv_heads;
     const int64_t rows = (w.token_end - w.token_begin) * group;
     const int64_t units = head_dim / Scores::kDimsPerUnit;
@@ -214,33 +247,11 @@ struct AttentionTile {
       for (int64_t d = 0; d < head_dim; ++d) sc.out[r * head_dim + d] = 0.f;
     }
 
-    // Cache rows of the chunk that starts at key position `chunk` (null past the item's keys).
-    const T* key_cache = static_cast<const T*>(p.key_cache);
-    const T* value_cache = static_cast<const T*>(p.value_cache);
-    const int32_t* blocks = p.block_table + w.req * p.block_table_stride;
-    const int64_t head_offset = w.kv_head * head_dim, slot_stride = p.num_kv_heads * head_dim;
-    auto gather = [&](int64_t chunk, const T* keys[kChunk], const T* values[kChunk]) {
-      int64_t block = chunk / p.block_size, offset = chunk % p.block_size;
-      for (int c = 0; c < kChunk; ++c) {
-        if (chunk + c >= w.key_end) {
-          keys[c] = values[c] = nullptr;
-          continue;
-        }
-        const int64_t at = blocks[block] * p.cache_stride_block + offset * slot_stride + head_offset;
-        keys[c] = key_cache + at;
-        values[c] = value_cache + at;
-        if (++offset == p.block_size) {
-          offset = 0;
-          ++block;
-        }
-      }
-    };
     const T* keys[kChunk];
     const T* values[kChunk];
     const T* next_keys[kChunk];
     const T* next_values[kChunk];
-    gather(w.key_begin, next_keys, next_values);
-    constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+    gather(p, w, w.key_begin, next_keys, next_values);
     for (int64_t chunk = w.key_begin; chunk < w.key_end; chunk += kChunk) {
       const int n = static_cast<int>(w.key_end - chunk < kChunk ? w.key_end - chunk : kChunk);
       for (int c = 0; c < kChunk; ++c) {
@@ -248,13 +259,16 @@ struct AttentionTile {
         values[c] = next_values[c];
       }
       // Decode is bound by memory latency: blocks sit anywhere in the cache, out of reach of the
-      // hardware prefetcher, so the next chunk's rows are requested while this one computes.
-      gather(chunk + kChunk, next_keys, next_values);
-      for (int c = 0; c < kChunk && next_keys[c] != nullptr; ++c) {
-        for (int64_t d = 0; d < head_dim; d += kLine) {
-          __builtin_prefetch(next_keys[c] + d);
-          __builtin_prefetch(next_values[c] + d);
-        }
+      // hardware prefetcher, so the next chunk's rows are requested while this one computes; during
+      // the last chunk, the next item's first rows.
+      if (chunk + kChunk < w.key_end) {
+        gather(p, w, chunk + kChunk, next_keys, next_values);
+        prefetch(next_keys, next_values, head_dim);
+      } else if (next != nullptr) {
+        const T* ahead_keys[kChunk];
+        const T* ahead_values[kChunk];
+        gather(p, *next, next->key_begin, ahead_keys, ahead_values);
+        prefetch(ahead_keys, ahead_values, head_dim);
       }
       Scores::pack_keys(k, keys, head_dim);
       scores(sc.s, q, k, units, rows);

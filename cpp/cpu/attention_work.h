@@ -42,8 +42,10 @@ struct AttentionScratch {
   int32_t* key_end;
 };
 
-using AttendFn = void (*)(const PagedAttentionParams&, const AttentionWork&, const AttentionScratch&,
-                          const AttentionPartials&);
+// Runs one work item; `next` (or null) is the item the thread will most likely run after it, whose
+// first keys are prefetched while this one finishes.
+using AttendFn = void (*)(const PagedAttentionParams&, const AttentionWork&, const AttentionWork* next,
+                          const AttentionScratch&, const AttentionPartials&);
 
 // The kernel of one ISA for a dtype and head_dim, or null where that ISA has none.
 AttendFn attend_portable(DType dtype, int64_t head_dim);

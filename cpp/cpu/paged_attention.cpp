@@ -28,6 +28,8 @@ constexpr int64_t kMinSplitKeys = 256;    // keys each part of a split item keep
 constexpr int64_t kItemsPerThread = 4;    // fewer items than this per thread: split them
 constexpr int64_t kSerialWork = 1 << 18;  // multiply-adds below which a fork costs more than it saves
 constexpr int64_t kMaxParts = 64;
+constexpr int64_t kMaxRun = 8;            // consecutive items a thread takes at once
+constexpr int64_t kRunsPerThread = 8;     // shorter runs when a thread would get fewer than this
 
 // Items whose keys were split: rows [first_row, first_row + parts * rows) of the partials.
 struct Merge {
@@ -184,15 +186,23 @@ Status paged_attention_cpu(const PagedAttentionParams& p) {
 
   // Each barrier is a chance to wait for a thread the OS has preempted: one per call, two only when
   // split items must all finish before their merge.
+  // Threads take runs of consecutive items, so that each item can prefetch the first keys of the one
+  // its thread runs next; runs stay short enough to leave every thread several to balance the load.
+  const int64_t run = std::clamp<int64_t>(items / (kRunsPerThread * threads), 1, kMaxRun);
+  const int64_t runs = (items + run - 1) / run;
+  auto attend_run = [&](int64_t r, const AttentionScratch& scratch) {
+    const int64_t end = std::min(items, (r + 1) * run);
+    for (int64_t i = r * run; i < end; ++i) attend(p, work[i], i + 1 < end ? &work[i + 1] : nullptr, scratch, partials);
+  };
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const AttentionScratch scratch = thread_scratch(max_rows, p.head_dim);
     if (merges == 0) {
 #pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t i = 0; i < items; ++i) attend(p, work[i], scratch, partials);
+      for (int64_t r = 0; r < runs; ++r) attend_run(r, scratch);
     } else {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < items; ++i) attend(p, work[i], scratch, partials);
+      for (int64_t r = 0; r < runs; ++r) attend_run(r, scratch);
 #pragma omp for schedule(static) nowait
       for (int64_t i = 0; i < merges; ++i) merge_any(p, merge_list[i], partials);
     }
