@@ -48,7 +48,7 @@ def test_apply_rotary_in_place_on_strided_views(dtype):
     k = fused[:, 64:96].view(5, 2, 16)
     fused_before = fused.clone()
     positions = torch.tensor([0, 3, 7, 8, 31])
-    cos, sin = RotaryEmbedding(rope, 16).cos_sin(positions, dtype)
+    cos, sin = RotaryEmbedding(rope, 16, 64).cos_sin(positions, dtype)
     apply_rotary_(q, k, cos, sin)
     full_cos, full_sin = torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)
     for ours, before in ((q, fused_before[:, :64].view(5, 4, 16)), (k, fused_before[:, 64:96].view(5, 2, 16))):
@@ -59,3 +59,19 @@ def test_apply_rotary_in_place_on_strided_views(dtype):
         else:
             assert torch.equal(ours, expected)
     assert torch.equal(fused[:, 96:], fused_before[:, 96:])  # v, beside the views, is untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cos_sin_table_rows_equal_the_formula(dtype):
+    """A step's cos/sin are rows of the per-device table, bit for bit what the formula gives for the
+    step's positions alone, whatever their number and order."""
+    rope = ModelConfig.from_hf_dicts(dict(architectures=["LlamaForCausalLM"], vocab_size=8, hidden_size=512,
+                                          intermediate_size=8, num_hidden_layers=1, num_attention_heads=4,
+                                          max_position_embeddings=40000, rope_theta=500000.0)).rope
+    rotary = RotaryEmbedding(rope, 128, 40000)
+    generator = torch.Generator().manual_seed(0)
+    for count in (1, 3, 17, 1000):
+        positions = torch.randint(0, 40000, (count,), generator=generator, dtype=torch.int32)
+        positions[0] = 39999
+        for got, expected in zip(rotary.cos_sin(positions, dtype), rotary.compute_cos_sin(positions, dtype)):
+            assert torch.equal(got, expected)

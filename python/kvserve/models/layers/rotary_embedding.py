@@ -1,8 +1,9 @@
 """Rotary position embedding (the "neox" half-split layout of Hugging Face Llama) and its scalings.
 
-Each pair (x[i], x[i + D/2]) of a head is rotated by angle position * inv_freq[i]. cos/sin are
-computed once per step for the step's positions and shared by every layer; one kernel
-(kvserve.ops.rotary_embedding) turns a layer's query and key heads in place.
+Each pair (x[i], x[i + D/2]) of a head is rotated by angle position * inv_freq[i]. cos/sin of every
+position the model allows are computed once per device and dtype (as vLLM's cos_sin_cache); a step
+looks up its positions' rows, which every layer shares, and one kernel (kvserve.ops.rotary_embedding)
+turns a layer's query and key heads in place.
 """
 
 from __future__ import annotations
@@ -76,21 +77,29 @@ def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
 
 
 class RotaryEmbedding:
-    def __init__(self, rope: RopeConfig, head_dim: int):
+    def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int):
         self.inv_freq, self.attention_factor = inverse_frequencies(rope, head_dim)
-        # inv_freq on each device that asked (a host-to-GPU copy per step would also be replayed by
-        # every CUDA graph that captured it).
-        self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
+        self.max_positions = max_positions
+        # (device, dtype) -> (cos, sin) [max_positions, head_dim // 2]: two row lookups a step instead
+        # of the half-dozen elementwise ops that compute them (the same ops, so the same values).
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [T, head_dim // 2] in `dtype`."""
-        inv_freq = self._inv_freq_on.get(positions.device)
-        if inv_freq is None:
-            inv_freq = self._inv_freq_on[positions.device] = self.inv_freq.to(positions.device)
-        angles = positions.float().unsqueeze(1) * inv_freq.unsqueeze(0)
+    def compute_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [T, head_dim // 2] in `dtype`, computed as Hugging Face computes them."""
+        angles = positions.float().unsqueeze(1) * self.inv_freq.to(positions.device).unsqueeze(0)
         cos = (angles.cos() * self.attention_factor).to(dtype)
         sin = (angles.sin() * self.attention_factor).to(dtype)
         return cos, sin
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin: [T, head_dim // 2] in `dtype` for positions in [0, max_positions)."""
+        key = (positions.device, dtype)
+        tables = self._tables.get(key)
+        if tables is None:
+            all_positions = torch.arange(self.max_positions, device=positions.device)
+            tables = self._tables[key] = self.compute_cos_sin(all_positions, dtype)
+        cos, sin = tables
+        return cos.index_select(0, positions), sin.index_select(0, positions)
 
 
 def apply_rotary_(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
