@@ -2,13 +2,17 @@
 //
 // A thread block owns one tile of request rows (attention_metadata.cuh: rows are (token, group head)
 // pairs, so one kv head's query heads share every K/V load) of one kv head, and one split of its
-// keys. Keys stream through shared memory kKeys at a time, double-buffered with cp.async. Its four
-// warps are laid out one of two ways (MmaTile's kRowWarps):
+// keys. Keys stream through shared memory kKeys at a time, double-buffered with cp.async. Tiles hold
+// 64 rows (prefill) or 16 (decode: a token's group fits one; paged_attention.cu picks by the step's
+// shape), and the block's four warps split the work one of two ways (WarpSplit):
 //
-//   prefill (4 x 1): a tile of 64 rows, each warp 16 of them against every key of a stage;
-//   decode  (1 x 4): a tile of 16 rows (a decode token's group fits one), each warp a quarter of
-//                    every stage's keys; the four warps' softmax states are merged at the end
-//                    through shared memory (the same arithmetic as the split merge below).
+//   by rows (1 key warp):  each warp 16 of the tile's rows against every key of a stage;
+//   by keys (4 key warps): every warp the tile's (at most) 16 rows against a quarter of each
+//                          stage's keys; the four softmax states are merged at the end through
+//                          shared memory (the same arithmetic as the split merge below).
+//
+// Decode tiles always split by keys; a 64-row tile whose request has at most 16 rows in it (a
+// decode token in a step that also prefills) does too, so that no warp idles.
 //
 //   shared: Q [kRows][D + 8] | K [2][kKeys][D + 8] | V [2][kKeys][D + 8]   (+8: rows land on
 //           different banks for ldmatrix)
@@ -31,38 +35,47 @@
 
 namespace kvserve::gpu {
 
-template <class T, int kHeadDim, int kRowWarpsArg>
+// The shared-memory side of a tile: kRows rows of Q, two stages of kKeys keys of K and V.
+template <class T, int kHeadDim, int kRowsArg>
 struct MmaTile {
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * kWarpSize;
   static constexpr int kDim = kHeadDim;
-  static constexpr int kRowWarps = kRowWarpsArg;      // warps over rows, 16 rows each
-  static constexpr int kKeyWarps = kWarps / kRowWarps;  // warps over each stage's keys
-  static_assert(kRowWarps == 1 || kRowWarps == kWarps, "all warps split the rows, or all split the keys");
-  static constexpr int kRows = 16 * kRowWarps;
-  static constexpr int kKeys = kKeyWarps > 1 ? 16 * kKeyWarps : (kHeadDim <= 128 ? 64 : 32);
-  static constexpr int kWarpKeys = kKeys / kKeyWarps;
+  static constexpr int kRows = kRowsArg;
+  static_assert(kRows == 16 || kRows == 16 * kWarps, "a decode tile or a prefill tile");
+  // 64 keys a stage (32 for a prefill tile of head_dim 256, whose 64 rows of output fill the registers).
+  static constexpr int kKeys = kHeadDim <= 128 || kRows == 16 ? 64 : 32;
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
   static constexpr int kLoads = kKeys * kChunksPerRow / kThreads;  // chunks of K (and of V) per thread and stage
   // Block-table reads in flight at once (fewer for head_dim 256, whose output fragments fill the registers).
   static constexpr int kGather = kLoads < 8 ? kLoads : (kHeadDim > 128 ? 4 : 8);
   static_assert(kLoads % kGather == 0, "whole gathers");
-  static constexpr int kKeyTiles = kWarpKeys / 8;     // n8 tiles of a warp's S
-  static constexpr int kDimTiles = kHeadDim / 8;      // n8 tiles of O
+  static constexpr int kDimTiles = kHeadDim / 8;  // n8 tiles of O
   static constexpr size_t kSharedBytes = static_cast<size_t>(kRows + 4 * kKeys) * kStride * sizeof(T);
-  // The key warps' merge reuses the K/V buffers: per warp, 16 rows of O (padded) and their {max, sum}.
+  // The merge of a split by keys reuses the K/V buffers: per warp, 16 rows of O (padded) and their {max, sum}.
   static constexpr int kMergeStride = kHeadDim + 8;
-  static_assert(kKeyWarps == 1 || kWarps * 16 * (kMergeStride + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(T),
-                "the merge fits the K/V buffers");
+  static constexpr bool kCanSplitKeys =
+      kKeys % (16 * kWarps) == 0 &&
+      kWarps * 16 * (kMergeStride + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(T);
 };
 
 template <class T, int kHeadDim>
-using PrefillTile = MmaTile<T, kHeadDim, 4>;
+using PrefillTile = MmaTile<T, kHeadDim, 64>;
 template <class T, int kHeadDim>
-using DecodeTile = MmaTile<T, kHeadDim, 1>;
+using DecodeTile = MmaTile<T, kHeadDim, 16>;
+static_assert(DecodeTile<BFloat16, 256>::kCanSplitKeys, "decode tiles split by keys at every head_dim");
 
-// The merge of the key warps' states (decode tiles): every warp leaves its 16 rows' output, max and
+// How a block's warps share a tile (see the top of this file): kKeyWarps = 1, by rows; = kWarps, by keys.
+template <class Tile, int kKeyWarpsArg>
+struct WarpSplit {
+  static constexpr int kKeyWarps = kKeyWarpsArg;
+  static_assert(kKeyWarps == 1 || (kKeyWarps == Tile::kWarps && Tile::kCanSplitKeys), "a split the tile allows");
+  static constexpr int kWarpKeys = Tile::kKeys / kKeyWarps;  // keys of a stage per warp
+  static constexpr int kKeyTiles = kWarpKeys / 8;            // n8 tiles of a warp's S
+};
+
+// The merge of the key warps' states (a split by keys): every warp leaves its 16 rows' output, max and
 // sum in shared memory; warp 0 takes them back into its fragments as their merged values.
 template <class Tile>
 __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float (&o)[Tile::kDimTiles][4],
@@ -116,29 +129,20 @@ __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float
   }
 }
 
-template <class T, class Tile>
-__global__ void __launch_bounds__(Tile::kThreads)
-    attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
-// Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
-#if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+// One block's tile, its warps split as Split says. Called by every thread of the block.
+template <class T, class Tile, class Split>
+__device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPartials& partials, const RequestRows& r,
+                                   int64_t req, int64_t row_begin, int64_t row_end, int& s_bad_block) {
   constexpr int kHeadDim = Tile::kDim, kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
-  constexpr int kChunks = Tile::kChunksPerRow, kWarpKeys = Tile::kWarpKeys;
+  constexpr int kChunks = Tile::kChunksPerRow, kWarpKeys = Split::kWarpKeys;
   constexpr float kLog2e = 1.4426950408889634f;
   T* s_q = reinterpret_cast<T*>(dynamic_shared_memory());
   T* s_k = s_q + kRows * kStride;
   T* s_v = s_k + 2 * kKeys * kStride;
-  __shared__ int s_bad_block;
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
-  const int row_warp = warp / Tile::kKeyWarps, key_warp = warp % Tile::kKeyWarps;
+  const int row_warp = warp / Split::kKeyWarps, key_warp = warp % Split::kKeyWarps;
   const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
-  int64_t req, tile;
-  if (!locate_tile(p, group, kRows, blockIdx.x, &req, &tile)) return;
-  const RequestRows r = read_request(p, req);
-  if (!r.rows_ok) return;
-  const int64_t row_begin = tile * kRows, row_end = min_i64(row_begin + kRows, r.num_queries * group);
-  if (row_begin >= row_end) return;
-
   // Keys of this tile (the union of its rows' windows), then this split's share in whole stages.
   int64_t split_begin = 0, split_end = 0;
   const int64_t first_position = r.seq_len - r.num_queries;
@@ -239,13 +243,13 @@ __global__ void __launch_bounds__(Tile::kThreads)
       // This warp's keys of the stage: rows key_warp * kWarpKeys... of the K and V buffers.
       const T* k_tile = s_k + ((stage & 1) * kKeys + key_warp * kWarpKeys) * kStride;
       const T* v_tile = s_v + ((stage & 1) * kKeys + key_warp * kWarpKeys) * kStride;
-      float s[Tile::kKeyTiles][4] = {};
+      float s[Split::kKeyTiles][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
         uint32_t a[4];
         load_matrix_x4(a, s_q + (row_warp * 16 + lane % 16) * kStride + kk * 16 + (lane / 16) * 8);
 #pragma unroll
-        for (int n = 0; n < Tile::kKeyTiles / 2; ++n) {
+        for (int n = 0; n < Split::kKeyTiles / 2; ++n) {
           uint32_t b[4];
           load_matrix_x4(b, k_tile + (n * 16 + (lane / 16) * 8 + lane % 8) * kStride + kk * 16 + ((lane / 8) % 2) * 8);
           mma_16x8x16<T>(s[2 * n], a, b[0], b[1]);
@@ -259,13 +263,13 @@ __global__ void __launch_bounds__(Tile::kThreads)
                                (p.sliding_window == 0 || first_key > warp_last_position - p.sliding_window);
       if (all_visible) {
 #pragma unroll
-        for (int n = 0; n < Tile::kKeyTiles; ++n) {
+        for (int n = 0; n < Split::kKeyTiles; ++n) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[n][e] = score(s[n][e]);
         }
       } else {
 #pragma unroll
-        for (int n = 0; n < Tile::kKeyTiles; ++n) {
+        for (int n = 0; n < Split::kKeyTiles; ++n) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int64_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
@@ -279,7 +283,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
       for (int i = 0; i < 2; ++i) {
         float top = row_max[i];
 #pragma unroll
-        for (int n = 0; n < Tile::kKeyTiles; ++n) top = fmaxf(top, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+        for (int n = 0; n < Split::kKeyTiles; ++n) top = fmaxf(top, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
         top = fmaxf(top, shfl_xor(top, 1));
         top = fmaxf(top, shfl_xor(top, 2));
         const float base = top == -INFINITY ? 0.f : top;
@@ -287,7 +291,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
         row_max[i] = top;
         float sum = 0.f;
 #pragma unroll
-        for (int n = 0; n < Tile::kKeyTiles; ++n) {
+        for (int n = 0; n < Split::kKeyTiles; ++n) {
           s[n][2 * i] = exp2f(s[n][2 * i] - base);
           s[n][2 * i + 1] = exp2f(s[n][2 * i + 1] - base);
           sum += s[n][2 * i] + s[n][2 * i + 1];
@@ -324,7 +328,7 @@ __global__ void __launch_bounds__(Tile::kThreads)
     row_sum[i] += shfl_xor(row_sum[i], 1);
     row_sum[i] += shfl_xor(row_sum[i], 2);
   }
-  if constexpr (Tile::kKeyWarps > 1) {
+  if constexpr (Split::kKeyWarps > 1) {
     merge_key_warps<Tile>(reinterpret_cast<float*>(s_k), warp, lane, o, row_max, row_sum);
     if (warp != 0) return;
   }
@@ -357,6 +361,31 @@ __global__ void __launch_bounds__(Tile::kThreads)
         partials.stats[2 * row + 1] = bad ? NAN : row_sum[i];
       }
     }
+  }
+}
+
+
+template <class T, class Tile>
+__global__ void __launch_bounds__(Tile::kThreads)
+    attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
+// Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
+#if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+  __shared__ int s_bad_block;
+  const int64_t group = p.num_heads / p.num_kv_heads;
+  int64_t req, tile;
+  if (!locate_tile(p, group, Tile::kRows, blockIdx.x, &req, &tile)) return;
+  const RequestRows r = read_request(p, req);
+  if (!r.rows_ok) return;
+  const int64_t row_begin = tile * Tile::kRows, row_end = min_i64(row_begin + Tile::kRows, r.num_queries * group);
+  if (row_begin >= row_end) return;
+  if constexpr (Tile::kCanSplitKeys) {
+    if (row_end - row_begin <= 16) {
+      attend_tile<T, Tile, WarpSplit<Tile, Tile::kWarps>>(p, partials, r, req, row_begin, row_end, s_bad_block);
+      return;
+    }
+  }
+  if constexpr (Tile::kRows > 16) {
+    attend_tile<T, Tile, WarpSplit<Tile, 1>>(p, partials, r, req, row_begin, row_end, s_bad_block);
   }
 #endif  // sm_80+
 }

@@ -92,9 +92,10 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
   return status;
 }
 
-// Steps of one 16-row tile per request on average (decode: a token's group of query heads) take the
-// decode layout, whose four warps share each stage's keys; longer queries take the prefill layout,
-// whose 64-row tiles load each key once for four times the rows.
+// Steps of one 16-row tile per request on average (decode: a token's group of query heads) take
+// 16-row decode tiles (less shared memory: more blocks per SM); longer queries take 64-row prefill
+// tiles, which load each key once for four times the rows (their blocks that hold a decode token
+// still split its keys across the warps, attention_mma.cuh).
 template <class T, int kHeadDim>
 Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
   const int64_t group = p.num_heads / p.num_kv_heads;

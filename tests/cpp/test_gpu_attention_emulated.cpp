@@ -176,11 +176,14 @@ TEST(EmulatedPagedAttention, PortableKernelMatchesCpu) {
   expect_attention_matches({DType::kFloat16, 36, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}});
 }
 
-// Mixed batches (30 rows a request on average) take the tensor-core kernel's prefill layout, decode
-// batches its decode layout (paged_attention.cu); the masks are checked in both.
+// With 8 heads over 2 kv heads, mixed batches take the tensor-core kernel's 64-row prefill tiles,
+// decode batches its 16-row decode tiles (paged_attention.cu); the third batch's short requests
+// (12 and 8 rows of several tokens) sit in prefill tiles whose warps split the keys, as decode tiles'
+// do. The masks are checked in every case.
 const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> kLayoutBatches = {
     {{1, 23, 1, 5}, {50, 23, 9, 37}},
     {{1, 1, 1, 1}, {50, 23, 9, 70}},
+    {{3, 40, 1, 2}, {50, 40, 9, 30}},
 };
 
 TEST(EmulatedPagedAttention, BlockSizesWindowsSoftcapAndNonCausal) {
