@@ -22,6 +22,15 @@ from kvserve.sampler import Sampler
 from kvserve.sampling_metadata import SamplingMetadata
 
 
+def sampled_rows(hidden: torch.Tensor, logits_indices: np.ndarray) -> torch.Tensor:
+    """The rows of hidden [num_tokens, hidden] to sample. A decode step samples every row in order:
+    then a view, which on a GPU also spares the indices' copy from pageable host memory, a copy that
+    would make the host wait for the forward pass before it queues the logits and the sampler."""
+    if len(logits_indices) == hidden.shape[0] and np.array_equal(logits_indices, np.arange(len(logits_indices))):
+        return hidden
+    return hidden[torch.from_numpy(logits_indices).to(hidden.device)]
+
+
 @dataclass
 class StepResult:
     sampled_token_ids: np.ndarray  # int32 [num_sampled], aligned with the step's logits_indices
@@ -52,7 +61,7 @@ class ModelRunner:
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
             return StepResult(np.empty(0, dtype=np.int32), None, prompt_lp)
-        logits = self.model.compute_logits(hidden[torch.from_numpy(out.logits_indices)])
+        logits = self.model.compute_logits(sampled_rows(hidden, out.logits_indices))
         states = [requests[r] for r in out.sampled_req_ids]
         sequences = [state.sequences[i] for state, i in zip(states, out.sampled_sample_indices.tolist())]
         metadata = SamplingMetadata.from_requests(
