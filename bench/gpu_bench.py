@@ -7,6 +7,8 @@ load_format="dummy"), each appending JSON lines to --out:
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
                                                         # where a decode step's GPU time goes, by kernel
+    python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64,
+                                                        # against the weight-reading floor
 
 Floors use the device-to-device copy bandwidth measured in the same process (bytes read + written).
 Times are medians of CUDA-event timings (kernels; decode attention also replayed from a CUDA graph,
@@ -136,6 +138,31 @@ def bench_prefill_attention(out: Path, generator: torch.Generator) -> None:
     error = ((ours.float() - expected).norm() / expected.norm()).item()
     record(out, name="prefill_attention_8x2048", ms=ours_ms, tflops=flops / ours_ms / 1e9, sdpa_ms=sdpa_ms,
            sdpa_tflops=flops / sdpa_ms / 1e9, relative_error_vs_sdpa=error)
+
+
+def bench_linear(out: Path, batches: list[int]) -> None:
+    """F.linear (cuBLAS) on each projection of a decoder layer and on the LM head, replayed from a
+    CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once."""
+    bandwidth = copy_bandwidth()
+    hidden, inter, heads, kv_heads = PRESET.hidden_size, PRESET.intermediate_size, HEADS, KV_HEADS
+    shapes = {"qkv": ((heads + 2 * kv_heads) * HEAD_DIM, hidden), "o": (hidden, heads * HEAD_DIM),
+              "gate_up": (2 * inter, hidden), "down": (hidden, inter), "lm_head": (PRESET.vocab_size, hidden)}
+    for name, (n, k) in shapes.items():
+        copies = 1 if name == "lm_head" else 8
+        weights = [torch.randn(n, k, device="cuda", dtype=DTYPE) for _ in range(copies)]
+        for batch in batches:
+            x = torch.randn(batch, k, device="cuda", dtype=DTYPE)
+            for w in weights:  # cuBLAS picks and allocates outside the capture
+                F.linear(x, w)
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for w in weights:
+                    F.linear(x, w)
+            ms = cuda_ms(lambda i: graph.replay()) / copies
+            floor_ms = n * k * DTYPE.itemsize / bandwidth * 1e3
+            record(out, name=f"linear_{name}_b{batch}", n=n, k=k, ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms)
+        del weights
 
 
 def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
@@ -280,7 +307,7 @@ def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["attention", "decode", "offline", "profile"])
+    parser.add_argument("what", choices=["attention", "decode", "offline", "profile", "linear"])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines are appended here")
     parser.add_argument("--report", type=Path, help="profile: the kernel table is written here")
     parser.add_argument("--cases", nargs="+", default=["1x512", "1x4096", "64x512", "128x2048"],
@@ -298,6 +325,8 @@ def main() -> None:
         bench_attention(args.out, args.cases, not args.no_prefill)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps)
+    elif args.what == "linear":
+        bench_linear(args.out, args.batches)
     elif args.what == "profile":
         bench_profile(args.out, args.report or args.out.with_suffix(".profile.txt"), args.batches, args.context,
                       min(args.steps, 16))

@@ -83,6 +83,7 @@ GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
+run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --out "$OUT/bench.jsonl"
 run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/bench.jsonl"
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
@@ -119,6 +120,8 @@ for r in rows:
         goal = goals.get(name)
         print(f"| {name} | {r['ms']:.2f} ms | {r['floor_ms']:.2f} ms ({r['ratio']:.2f}x) | "
               f"{f'<= {goal} ms' if goal else ''} |")
+    elif name.startswith("linear"):
+        print(f"| {name} ({r['n']}x{r['k']}) | {r['ms']:.3f} ms | {r['floor_ms']:.3f} ms ({r['ratio']:.2f}x) | |")
     elif name.startswith("profile"):
         parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["parts_ms"].items(), key=lambda kv: -kv[1])[:4])
         print(f"| {name} | {r['wall_ms']:.2f} ms a step, GPU busy {r['gpu_busy_ms']:.2f} ms | {parts} | |")
