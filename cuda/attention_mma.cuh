@@ -322,7 +322,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   }
   if (!warp_active) return;
 
-  // Each row's sum over the four lanes of its quad, then (decode tiles) over the key warps.
+  // Each row's sum over the four lanes of its quad, then (a split by keys) over the warps.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     row_sum[i] += shfl_xor(row_sum[i], 1);
@@ -363,7 +363,6 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
     }
   }
 }
-
 
 template <class T, class Tile>
 __global__ void __launch_bounds__(Tile::kThreads)
