@@ -29,6 +29,17 @@ struct Avx512 {
   static float reduce_max(Reg a) { return _mm512_reduce_max_ps(a); }
   static bool any_equal(Reg a, float x) { return _mm512_cmp_ps_mask(a, _mm512_set1_ps(x), _CMP_EQ_OQ) != 0; }
 
+  // a rounded to bfloat16 (to nearest even; a NaN stays a quiet NaN), or to float16, kept as float32.
+  static Reg round_to_bf16(Reg a) {
+    const __m512i u = _mm512_castps_si512(a);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+  static Reg round_to_fp16(Reg a) { return _mm512_cvtph_ps(_mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT)); }
+
   static Reg load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg load(const BFloat16* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -39,13 +50,8 @@ struct Avx512 {
   }
   static void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
-    // Round to nearest even; NaN lanes keep a quiet NaN.
-    const __m512i u = _mm512_castps_si512(a);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+    const __m512i high = _mm512_srli_epi32(_mm512_castps_si512(round_to_bf16(a)), 16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(high));
   }
   static void store(Float16* p, Reg a) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT));

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <initializer_list>
+#include <type_traits>
+
+#include "half.h"
 
 namespace kvserve::cpu {
 namespace {  // each translation unit keeps its own copy, built with its own -m flags
@@ -25,12 +28,12 @@ typename V::Reg vexp(typename V::Reg x) {
 // x rounded to storage type T and back: the value a framework op would hand to the next op.
 template <class V, class T>
 typename V::Reg round_to(typename V::Reg x) {
-  if constexpr (sizeof(T) == sizeof(float)) {
-    return x;
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    return V::round_to_bf16(x);
+  } else if constexpr (std::is_same_v<T, Float16>) {
+    return V::round_to_fp16(x);
   } else {
-    T buffer[V::kWidth];
-    V::store(buffer, x);
-    return V::load(static_cast<const T*>(buffer));
+    return x;
   }
 }
 

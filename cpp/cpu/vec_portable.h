@@ -32,6 +32,16 @@ struct Portable {
   static Reg load(const T* p) { return to_float(*p); }
   template <class T>
   static void store(T* p, Reg a) { from_float(a, p); }
+  static Reg round_to_bf16(Reg a) {
+    BFloat16 b;
+    from_float(a, &b);
+    return to_float(b);
+  }
+  static Reg round_to_fp16(Reg a) {
+    Float16 h;
+    from_float(a, &h);
+    return to_float(h);
+  }
 
   static Reg keep_lanes(Reg a, int lane0, int begin, int end) {
     return lane0 >= begin && lane0 < end ? a : -INFINITY;
