@@ -79,13 +79,19 @@ struct Avx2 {
 
   static Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
   static Reg round(Reg x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  // y * 2^n for integral n in [-126, 127].
+  // y * 2^n for integral n in [-126, 128], as two powers of two that are normal floats.
   static Reg scale2(Reg y, Reg n) {
-    const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+    const __m256i total = _mm256_cvtps_epi32(n);
+    const __m256i half = _mm256_srai_epi32(total, 1);
+    auto pow2 = [](__m256i e) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23)); };
+    return _mm256_mul_ps(_mm256_mul_ps(y, pow2(half)), pow2(_mm256_sub_epi32(total, half)));
   }
   // y where x >= limit, else 0.
   static Reg zero_below(Reg y, Reg x, float limit) { return _mm256_and_ps(_mm256_cmp_ps(x, _mm256_set1_ps(limit), _CMP_GE_OQ), y); }
+  // y where x <= limit (or NaN), else +inf.
+  static Reg inf_above(Reg y, Reg x, float limit) {
+    return _mm256_blendv_ps(y, _mm256_set1_ps(__builtin_inff()), _mm256_cmp_ps(x, _mm256_set1_ps(limit), _CMP_GT_OQ));
+  }
 
   // In-place transpose of an 8x8 tile: rows[i] lane j  <->  rows[j] lane i.
   static void transpose(Reg rows[8]) {

@@ -67,10 +67,14 @@ struct Avx512 {
 
   static Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
   static Reg round(Reg x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  // y * 2^n for integral n in [-126, 127].
+  // y * 2^n for integral n in [-126, 128].
   static Reg scale2(Reg y, Reg n) { return _mm512_scalef_ps(y, n); }
   // y where x >= limit, else 0.
   static Reg zero_below(Reg y, Reg x, float limit) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(limit), _CMP_GE_OQ), y); }
+  // y where x <= limit (or NaN), else +inf.
+  static Reg inf_above(Reg y, Reg x, float limit) {
+    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(limit), _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
+  }
 
   // In-place transpose of a 16x16 tile: rows[i] lane j  <->  rows[j] lane i.
   static void transpose(Reg rows[16]) {

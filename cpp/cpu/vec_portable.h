@@ -50,6 +50,7 @@ struct Portable {
   static Reg round(Reg x) { return std::nearbyint(x); }
   static Reg scale2(Reg y, Reg n) { return std::ldexp(y, static_cast<int>(n)); }
   static Reg zero_below(Reg y, Reg x, float limit) { return x >= limit ? y : 0.f; }
+  static Reg inf_above(Reg y, Reg x, float limit) { return x > limit ? INFINITY : y; }
 
   template <class T>
   static void pack_transposed(float* dst, const T* const keys[16], int64_t dim) {

@@ -16,7 +16,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 # Widths that are and are not multiples of the vector width (tails), as models have them.
 WIDTHS = [64, 100, 896, 4096]
-ISA_SUBSET = "cpu and (float32-100 or bfloat16-896 or argmax or rotary or linear)"
+ISA_SUBSET = "cpu and (float32-100 or bfloat16-896 or argmax or rotary or linear or special_values)"
 
 
 def reference_rms_norm(x, weight, eps):
@@ -211,6 +211,20 @@ def test_interleaving_needs_whole_blocks():
     with pytest.raises(ValueError, match=r"weight: dimension 3 must be the 32 elements of an interleaved chunk"):
         ops.linear(torch.empty(1, 8, dtype=torch.bfloat16), torch.randn(1, 64).bfloat16(),
                    torch.randn(2, 2, 4, 16).bfloat16())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_silu_and_mul_special_values_cpu(dtype):
+    """Infinities, NaN, subnormals, the largest finite values and gates past exp's range: what
+    torch's ops give (NaN where they give NaN), within the one-ulp flips of random data."""
+    info = torch.finfo(dtype)
+    gates = [float("inf"), float("-inf"), float("nan"), info.tiny / 4, -info.tiny / 3, info.max, -info.max,
+             0.0, -0.0, -1e30, -100.0, -88.5, -87.5, 88.5, 1.0, -1.0]
+    gate = torch.tensor(gates * 3, dtype=torch.float32).to(dtype).view(3, -1)
+    up = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 2.0, 1.0, -1.0] * 6, dtype=torch.float32).to(dtype).view(3, -1)
+    out = torch.empty_like(gate)
+    ops.silu_and_mul(out, torch.cat([gate, up], dim=1))
+    torch.testing.assert_close(out, F.silu(gate) * up, rtol=1e-2, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("isa", ISAS)
