@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 import jinja2.ext
@@ -98,6 +99,20 @@ def normalize_messages(messages) -> list[dict]:
             copy["content"] = _text_content(copy["content"], i)
         normalized.append(copy)
     return normalized
+
+
+def load_chat_template(value: str) -> str:
+    """The chat template that `--chat-template VALUE` names, as vLLM reads it: the file at path VALUE,
+    or VALUE itself when it is Jinja source (holds "{{" or "{%"). Checked by compiling it."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        template = path.read_text()
+    elif "{{" in value or "{%" in value:
+        template = value
+    else:
+        raise ValueError(f"chat template: no file {value!r}, and the text is not a Jinja template")
+    _compile(template)
+    return template
 
 
 def render_chat_template(

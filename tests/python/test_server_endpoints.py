@@ -113,3 +113,16 @@ def test_metrics_count_tokens_requests_and_latencies(server, tokenizer):
     idle = {k: v for k, v in after.items() if k.split("{")[0] in (
         "kvserve:num_requests_running", "kvserve:num_requests_waiting", "kvserve:kv_cache_usage_perc")}
     assert list(idle.values()) == [0.0, 0.0, 0.0]
+
+
+def test_chat_template_flag_replaces_the_models(model_dir, tokenizer, tmp_path):
+    """--chat-template: a file's template renders the chat; a broken one stops the server at once."""
+    template = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}"
+    path = tmp_path / "template.jinja"
+    path.write_text(template)
+    messages = [{"role": "user", "content": "Hi there"}]
+    with ServerProcess(model_dir, "--chat-template", str(path)) as server:
+        chat = httpx.post(server.url + "/tokenize", json={"messages": messages}).json()
+    assert chat["tokens"] == tokenizer.encode("<user> Hi there\n<bot>", add_special_tokens=False)
+    with pytest.raises(RuntimeError, match="kvserve serve: chat template: no file 'nowhere.jinja'"):
+        ServerProcess(model_dir, "--chat-template", "nowhere.jinja")

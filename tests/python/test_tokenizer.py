@@ -5,6 +5,7 @@ import json
 import pytest
 from tiny_tokenizer import CHATML_TEMPLATE, save_tiny_tokenizer
 
+from kvserve.chat_template import load_chat_template
 from kvserve.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -109,6 +110,19 @@ def test_template_errors_become_value_errors(pair):
     sandbox_escape = "{{ messages.__class__.__mro__ }}"
     with pytest.raises(ValueError, match="unsafe|access"):
         ours.apply_chat_template(CONVERSATIONS[0], chat_template=sandbox_escape)
+
+
+def test_load_chat_template_from_a_file_or_inline_and_checked(tmp_path):
+    """--chat-template's value, as vLLM reads it: a file's path, or the template itself."""
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    path = tmp_path / "template.jinja"
+    path.write_text(template)
+    assert load_chat_template(str(path)) == template
+    assert load_chat_template(template) == template
+    with pytest.raises(ValueError, match=r"chat template: no file 'missing\.jinja'"):
+        load_chat_template("missing.jinja")
+    with pytest.raises(ValueError, match="not a valid Jinja template"):
+        load_chat_template("{% for %}")
 
 
 def test_template_features_tojson_strftime_generation_loopcontrols(pair):
