@@ -102,6 +102,7 @@ def test_wrong_url_is_a_clear_error(tokenizer_dir, tmp_path):
         (["--goodput", "ttft"], "bad goodput 'ttft'"),
         (["--metric-percentiles", "99,x"], "--metric-percentiles '99,x'"),
         (["--random-range-ratio", "1.5"], "range ratio 1.5"),
+        (["--dataset", "no-such.jsonl"], "--dataset no-such.jsonl: no such file"),
     ],
 )
 def test_bad_flags_are_clear_errors(tokenizer_dir, flags, match):

@@ -8,6 +8,7 @@ import pytest
 from server_process import ServerProcess
 
 from kvserve.cli import main
+from kvserve.tokenizer import Tokenizer
 
 NUM_PROMPTS, INPUT_LEN, OUTPUT_LEN = 12, 16, 8
 
@@ -52,3 +53,28 @@ def test_a_wrong_model_name_stops_with_the_servers_error(server, tiny_model_dir,
     with pytest.raises(SystemExit, match=r"HTTP 404 .*The model `not-served` does not exist"):
         main(argv)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_sharegpt_dataset_sends_its_prompts_and_reply_lengths(server, tiny_model_dir, tmp_path):
+    """--dataset FILE: each usable conversation's first turn is a prompt (encoded as the server
+    would), its reply's token count the output length; conversations too long for the served
+    model's max_model_len (from /v1/models) are passed over."""
+    model_dir = tiny_model_dir("LlamaForCausalLM")
+    chats = [
+        [{"from": "human", "value": "tell me a story"}, {"from": "gpt", "value": "once upon a time"}],
+        [{"from": "human", "value": "word " * 300}, {"from": "gpt", "value": "too long for 256 tokens"}],
+        [{"from": "human", "value": "two plus two"}, {"from": "gpt", "value": "four, surely"}],
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(json.dumps({"conversations": c}) for c in chats))
+    argv = ["bench", "serve", "--base-url", server.url, "--model", "tiny", "--tokenizer", str(model_dir),
+            "--dataset", str(path), "--num-prompts", "2", "--result-json", str(tmp_path / "r.json"),
+            "--disable-tqdm"]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    tokenizer = Tokenizer.from_pretrained(model_dir)
+    used = [chats[0], chats[2]]
+    assert (result["completed"], result["failed"], result["dataset"]) == (2, 0, str(path))
+    assert result["total_input_tokens"] == sum(len(tokenizer.encode(c[0]["value"])) for c in used)
+    assert sorted(result["output_lens"]) == sorted(len(tokenizer.encode(c[1]["value"], add_special_tokens=False))
+                                                   for c in used)

@@ -20,6 +20,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="HF model dir whose vocab the random prompts draw from, and that turns them into text for "
         "servers that do not take token ids (default: --model, when that is a directory)",
     )
+    parser.add_argument("--dataset", default="random",
+                        help="'random' (the --random-* lengths) or a ShareGPT-like .json/.jsonl file: its "
+                        "prompts, and its replies' lengths as output lengths (needs --tokenizer)")
     parser.add_argument("--num-prompts", type=int, default=1000)
     parser.add_argument("--random-input-len", type=int, default=1024)
     parser.add_argument("--random-output-len", type=int, default=128)

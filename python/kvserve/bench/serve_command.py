@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from kvserve.bench.datasets import SampleRequest, random_requests
 from kvserve.bench.load_generator import Target, probe, run_load
 from kvserve.bench.metrics import calculate_metrics, parse_goodput, parse_percentiles
 from kvserve.bench.results import format_table, result_dict, write_json
+from kvserve.bench.sharegpt import read_conversations, sharegpt_requests
+from kvserve.tokenizer import Tokenizer
+
+# A dataset's conversations that fit this many tokens, prompt and reply, when the server does not
+# say its max_model_len (vLLM's ShareGPT filter).
+DEFAULT_DATASET_MAX_LEN = 2048
 
 
 def _tokenizer_dir(args: argparse.Namespace) -> Path | None:
@@ -44,6 +51,33 @@ def _text_decoder(tokenizer_dir: Path | None):
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
 
 
+def _server_max_model_len(args: argparse.Namespace) -> int:
+    """The served model's max_model_len as /v1/models gives it (kvserve and vLLM do), else vLLM's
+    ShareGPT limit."""
+    request = urllib.request.Request(args.base_url.rstrip("/") + "/v1/models")
+    if args.api_key:
+        request.add_header("Authorization", f"Bearer {args.api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            models = json.loads(response.read())["data"]
+    except (OSError, ValueError, KeyError, TypeError):  # urllib's errors are OSErrors
+        return DEFAULT_DATASET_MAX_LEN
+    lengths = [m.get("max_model_len") for m in models if isinstance(m, dict) and m.get("id") == args.model]
+    return lengths[0] if lengths and isinstance(lengths[0], int) else DEFAULT_DATASET_MAX_LEN
+
+
+def _requests(args: argparse.Namespace, tokenizer_dir: Path | None) -> list[SampleRequest]:
+    """The random draw, or the dataset file's first usable conversations."""
+    if args.dataset == "random":
+        return random_requests(args.num_prompts, args.random_input_len, args.random_output_len,
+                               args.random_range_ratio, _vocab_size(tokenizer_dir), args.seed)
+    conversations = read_conversations(Path(args.dataset))
+    if tokenizer_dir is None or not (tokenizer_dir / "tokenizer.json").is_file():
+        raise ValueError(f"--dataset {args.dataset} holds text: pass --tokenizer DIR, the served model's directory")
+    return sharegpt_requests(conversations, args.num_prompts, Tokenizer.from_pretrained(tokenizer_dir), None,
+                             _server_max_model_len(args))
+
+
 def _choose_target(args: argparse.Namespace, tokenizer_dir: Path | None, first: SampleRequest) -> Target:
     """Probes the server with the first request: token ids first (exact prompt lengths), then text."""
     url = args.base_url.rstrip("/") + args.endpoint
@@ -64,10 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
         percentiles = parse_percentiles(args.metric_percentiles)
         goodput = parse_goodput(args.goodput)
         tokenizer_dir = _tokenizer_dir(args)
-        requests = random_requests(
-            args.num_prompts, args.random_input_len, args.random_output_len,
-            args.random_range_ratio, _vocab_size(tokenizer_dir), args.seed,
-        )
+        requests = _requests(args, tokenizer_dir)
         target = _choose_target(args, tokenizer_dir, requests[0])
         records, duration = asyncio.run(run_load(
             target, requests, args.request_rate, args.burstiness, args.max_concurrency, args.seed,
@@ -83,6 +114,7 @@ def run_serve(args: argparse.Namespace) -> int:
             "base_url": args.base_url,
             "model_id": args.model,
             "num_prompts": args.num_prompts,
+            "dataset": args.dataset,
             "random_input_len": args.random_input_len,
             "random_output_len": args.random_output_len,
             "random_range_ratio": args.random_range_ratio,
