@@ -60,6 +60,18 @@ def test_chat_keeps_the_history(model_dir, engine):
     assert result.stdout == f"> {first}\n> {second}\n> "
 
 
+def test_chat_template_flag_renders_the_conversation(model_dir, engine, tmp_path):
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    path = tmp_path / "template.jinja"
+    path.write_text(template)
+    result = run_cli("chat", str(model_dir), *FLAGS, "--chat-template", str(path), stdin="Hi\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    expected = engine.chat([{"role": "user", "content": "Hi"}], GREEDY, use_tqdm=False, chat_template=template)
+    assert result.stdout == f"> {expected[0].outputs[0].text}\n> "
+    broken = run_cli("chat", str(model_dir), "--chat-template", "{% for %}")
+    assert broken.returncode != 0 and "kvserve chat: chat_template is not a valid Jinja template" in broken.stderr
+
+
 def test_bad_flags_are_a_clear_error(model_dir):
     result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--max-model-len", "100000")
     assert result.returncode != 0 and "kvserve generate: max_model_len" in result.stderr
