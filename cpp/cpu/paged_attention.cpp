@@ -184,8 +184,6 @@ Status paged_attention_cpu(const PagedAttentionParams& p) {
   const Merge* merge_list = plan.merges.data();
   const int64_t max_rows = plan.max_rows;
 
-  // Each barrier is a chance to wait for a thread the OS has preempted: one per call, two only when
-  // split items must all finish before their merge.
   // Threads take runs of consecutive items, so that each item can prefetch the first keys of the one
   // its thread runs next; runs stay short enough to leave every thread several to balance the load.
   const int64_t run = std::clamp<int64_t>(items / (kRunsPerThread * threads), 1, kMaxRun);
@@ -194,6 +192,8 @@ Status paged_attention_cpu(const PagedAttentionParams& p) {
     const int64_t end = std::min(items, (r + 1) * run);
     for (int64_t i = r * run; i < end; ++i) attend(p, work[i], i + 1 < end ? &work[i + 1] : nullptr, scratch, partials);
   };
+  // Each barrier is a chance to wait for a thread the OS has preempted: one per call, two only when
+  // split items must all finish before their merge.
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const AttentionScratch scratch = thread_scratch(max_rows, p.head_dim);
