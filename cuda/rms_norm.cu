@@ -1,7 +1,10 @@
-// rms_norm_cuda: one warp per row (token, head). A first pass adds the residual (when fused), writes
-// it back and sums the squares; a second pass, over the same elements of the same lane (so no
-// other thread's write is read), normalizes and scales. Rows move 16 bytes per access when every
-// row start is 16-byte aligned and the width divides into 16-byte packs.
+// rms_norm_cuda: a row (token, head) per warp when rows are narrow (per-head norms, small models),
+// a row per 256-thread block when they are wide (a hidden state of thousands): a decode step has few
+// rows, and one warp walking 4096 elements was a chain of dependent loads. A first pass adds the
+// residual (when fused), writes it back and sums the squares; after the row's sum, a second pass
+// over the same elements of the same thread (so no other thread's write is read) normalizes and
+// scales. Rows move 16 bytes per access when every row start is 16-byte aligned and the width divides
+// into 16-byte packs.
 #include <climits>
 
 #include "numeric.cuh"
@@ -13,14 +16,33 @@ namespace {
 
 using namespace gpu;
 
-constexpr int kWarps = 4;
+constexpr int kThreads = 256;
+// Rows of more packs than this take a block each (a warp would walk them in over 4 steps).
+constexpr int64_t kWarpRowMaxPacks = 4 * kWarpSize;
 
-template <class T, int kPack>
-__global__ void __launch_bounds__(kWarps * kWarpSize) rms_norm_kernel(const RmsNormParams p) {
+// The sum of `value` over the block's threads, in every thread; every thread of the block calls it.
+__device__ inline float block_sum(float value) {
+  __shared__ float partial[kThreads / kWarpSize];
+  value = warp_sum(value);
+  if (threadIdx.x % kWarpSize == 0) partial[threadIdx.x / kWarpSize] = value;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kThreads / kWarpSize; ++w) total += partial[w];
+  return total;
+}
+
+// kRowThreads: the threads of one row, a warp or the whole block.
+template <class T, int kPack, int kRowThreads>
+__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
   using Packed = Pack<T, kPack>;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
-  if (row >= p.num_tokens * p.num_heads) return;
-  const int lane = threadIdx.x % kWarpSize;
+  constexpr int kRowsPerBlock = kThreads / kRowThreads;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kRowThreads;
+  // A block-wide row is the block's (the grid has one block per row); a warp's may lie past the end.
+  if constexpr (kRowThreads == kWarpSize) {
+    if (row >= p.num_tokens * p.num_heads) return;
+  }
+  const int t = threadIdx.x % kRowThreads;
   const int64_t token = row / p.num_heads, head = row % p.num_heads;
   const T* input = static_cast<const T*>(p.input) + token * p.input_stride_token + head * p.input_stride_head;
   T* residual = p.residual == nullptr ? nullptr : static_cast<T*>(p.residual) + token * p.residual_stride_token;
@@ -28,7 +50,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) rms_norm_kernel(const RmsN
   const T* weight = static_cast<const T*>(p.weight);
 
   float squares = 0.f;
-  for (int64_t i = lane * kPack; i < p.hidden; i += kWarpSize * kPack) {
+  for (int64_t i = t * kPack; i < p.hidden; i += kRowThreads * kPack) {
     Packed x = *reinterpret_cast<const Packed*>(input + i);
     if (residual != nullptr) {
       const Packed r = *reinterpret_cast<const Packed*>(residual + i);
@@ -39,9 +61,15 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) rms_norm_kernel(const RmsN
 #pragma unroll
     for (int k = 0; k < kPack; ++k) squares += to_float(x.values[k]) * to_float(x.values[k]);
   }
-  const float inverse_rms = rsqrtf(warp_sum(squares) / static_cast<float>(p.hidden) + p.eps);
+  float total;
+  if constexpr (kRowThreads == kWarpSize) {
+    total = warp_sum(squares);
+  } else {
+    total = block_sum(squares);
+  }
+  const float inverse_rms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
   const T* normed = residual != nullptr ? residual : input;
-  for (int64_t i = lane * kPack; i < p.hidden; i += kWarpSize * kPack) {
+  for (int64_t i = t * kPack; i < p.hidden; i += kRowThreads * kPack) {
     const Packed x = *reinterpret_cast<const Packed*>(normed + i);
     const Packed w = *reinterpret_cast<const Packed*>(weight + i);
     Packed y;
@@ -69,24 +97,31 @@ bool packs_of_16_bytes(const RmsNormParams& p) {
   return true;
 }
 
+template <class T, int kPack>
+Status launch_rows(const RmsNormParams& p, int64_t rows, kvGpuStream_t stream) {
+  if (p.hidden / kPack > kWarpRowMaxPacks) {
+    if (rows > INT_MAX) return Status::kUnsupported;
+    launch_kernel(rms_norm_kernel<T, kPack, kThreads>, static_cast<unsigned>(rows), kThreads, 0, stream, p);
+  } else {
+    constexpr int kRowsPerBlock = kThreads / kWarpSize;
+    if ((rows + kRowsPerBlock - 1) / kRowsPerBlock > INT_MAX) return Status::kUnsupported;
+    launch_kernel(rms_norm_kernel<T, kPack, kWarpSize>, static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock),
+                  kThreads, 0, stream, p);
+  }
+  return launch_status();
+}
+
 }  // namespace
 
 Status rms_norm_cuda(const RmsNormParams& p, void* stream) {
   if (check_rms_norm(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   const int64_t rows = p.num_tokens * p.num_heads;
   if (rows == 0) return Status::kOk;
-  if ((rows + kWarps - 1) / kWarps > INT_MAX) return Status::kUnsupported;
-  const auto blocks = static_cast<unsigned>((rows + kWarps - 1) / kWarps);
   const auto s = static_cast<kvGpuStream_t>(stream);
   const bool packed = packs_of_16_bytes(p);
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (packed) {
-      launch_kernel(rms_norm_kernel<T, 16 / sizeof(T)>, blocks, kWarps * kWarpSize, 0, s, p);
-    } else {
-      launch_kernel(rms_norm_kernel<T, 1>, blocks, kWarps * kWarpSize, 0, s, p);
-    }
-    return launch_status();
+    return packed ? launch_rows<T, 16 / sizeof(T)>(p, rows, s) : launch_rows<T, 1>(p, rows, s);
   });
 }
 

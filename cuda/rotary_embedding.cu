@@ -1,6 +1,8 @@
-// rotary_embedding_cuda: one thread block per token rotates every (head, pair) of its query and key
-// heads in place; consecutive threads take consecutive pairs, so each head's halves are read and
-// written in coalesced runs. Computed in float32, rounded once per element.
+// rotary_embedding_cuda: grid (token, chunk); each thread turns kPack consecutive pairs (d, d + half)
+// of one query or key head in place, with 16-byte loads of both halves, cos and sin where every row
+// and head start is 16-byte aligned and the half width divides into packs (one element otherwise).
+// A decode step's few tokens still spread over many threads, each with one independent load. Computed
+// in float32, rounded once per element as Hugging Face's formula rounds.
 #include <climits>
 
 #include "numeric.cuh"
@@ -12,26 +14,60 @@ namespace {
 
 using namespace gpu;
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
+constexpr int64_t kMaxChunks = 65535;  // gridDim.y
 
-template <class T>
+template <class T, int kPack>
 __global__ void __launch_bounds__(kThreads) rotary_embedding_kernel(const RotaryEmbeddingParams p) {
+  using Packed = Pack<T, kPack>;
   const int64_t token = blockIdx.x;
-  const int32_t half = static_cast<int32_t>(p.head_dim / 2);
+  const int32_t half = static_cast<int32_t>(p.head_dim / 2), packs_per_head = half / kPack;
   const T* cos = static_cast<const T*>(p.cos) + token * p.cos_sin_stride_token;
   const T* sin = static_cast<const T*>(p.sin) + token * p.cos_sin_stride_token;
-  const int32_t pairs = static_cast<int32_t>((p.num_heads + p.num_kv_heads) * half);
-  for (int32_t i = threadIdx.x; i < pairs; i += kThreads) {
-    const int32_t head = i / half, d = i % half;
+  const int32_t items = static_cast<int32_t>((p.num_heads + p.num_kv_heads) * packs_per_head);
+  for (int32_t i = blockIdx.y * kThreads + threadIdx.x; i < items; i += gridDim.y * kThreads) {
+    const int32_t head = i / packs_per_head, d = (i % packs_per_head) * kPack;
     T* x = head < p.num_heads
                ? static_cast<T*>(p.query) + token * p.query_stride_token + head * p.query_stride_head
                : static_cast<T*>(p.key) + token * p.key_stride_token + (head - p.num_heads) * p.key_stride_head;
-    const float x1 = to_float(x[d]), x2 = to_float(x[d + half]);
-    const float c = to_float(cos[d]), s = to_float(sin[d]);
-    // Hugging Face's `q * cos + rotate_half(q) * sin` stores each product in T, then their sum.
-    x[d] = from_float<T>(product_in<T>(x1, c) - product_in<T>(x2, s));
-    x[d + half] = from_float<T>(product_in<T>(x2, c) + product_in<T>(x1, s));
+    const Packed x1 = *reinterpret_cast<const Packed*>(x + d), x2 = *reinterpret_cast<const Packed*>(x + d + half);
+    const Packed c = *reinterpret_cast<const Packed*>(cos + d), s = *reinterpret_cast<const Packed*>(sin + d);
+    Packed y1, y2;
+#pragma unroll
+    for (int k = 0; k < kPack; ++k) {
+      const float a = to_float(x1.values[k]), b = to_float(x2.values[k]);
+      const float ck = to_float(c.values[k]), sk = to_float(s.values[k]);
+      // Hugging Face's `q * cos + rotate_half(q) * sin` stores each product in T, then their sum.
+      y1.values[k] = from_float<T>(product_in<T>(a, ck) - product_in<T>(b, sk));
+      y2.values[k] = from_float<T>(product_in<T>(b, ck) + product_in<T>(a, sk));
+    }
+    *reinterpret_cast<Packed*>(x + d) = y1;
+    *reinterpret_cast<Packed*>(x + d + half) = y2;
   }
+}
+
+bool packs_of_16_bytes(const RotaryEmbeddingParams& p, int64_t pack) {
+  const int64_t elem = dtype_bytes(p.dtype);
+  const uintptr_t pointers[] = {reinterpret_cast<uintptr_t>(p.query), reinterpret_cast<uintptr_t>(p.key),
+                                reinterpret_cast<uintptr_t>(p.cos), reinterpret_cast<uintptr_t>(p.sin)};
+  const int64_t lengths[] = {p.head_dim / 2, p.query_stride_token, p.query_stride_head, p.key_stride_token,
+                             p.key_stride_head, p.cos_sin_stride_token};
+  for (uintptr_t pointer : pointers) {
+    if (pointer % 16 != 0) return false;
+  }
+  for (int64_t length : lengths) {
+    if (length * elem % 16 != 0) return false;
+  }
+  return (p.head_dim / 2) % pack == 0;
+}
+
+template <class T, int kPack>
+Status launch(const RotaryEmbeddingParams& p, kvGpuStream_t stream) {
+  const int64_t items = (p.num_heads + p.num_kv_heads) * (p.head_dim / 2 / kPack);
+  const int64_t chunks = min_i64(kMaxChunks, (items + kThreads - 1) / kThreads);
+  const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(chunks));
+  launch_kernel(rotary_embedding_kernel<T, kPack>, grid, kThreads, 0, stream, p);
+  return launch_status();
 }
 
 }  // namespace
@@ -43,8 +79,8 @@ Status rotary_embedding_cuda(const RotaryEmbeddingParams& p, void* stream) {
   const auto s = static_cast<kvGpuStream_t>(stream);
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch_kernel(rotary_embedding_kernel<T>, static_cast<unsigned>(p.num_tokens), kThreads, 0, s, p);
-    return launch_status();
+    constexpr int kPack = 16 / sizeof(T);
+    return packs_of_16_bytes(p, kPack) ? launch<T, kPack>(p, s) : launch<T, 1>(p, s);
   });
 }
 

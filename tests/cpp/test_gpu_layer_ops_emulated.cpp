@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <vector>
 
@@ -21,7 +22,8 @@ using namespace emulated_test;
 
 TEST(EmulatedLayerOps, RmsNormAndFusedResidualAdd) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
-    for (int64_t hidden : {256, 100, 33}) {
+    // Narrow rows take a warp each; wide ones (over 128 packs: 4096, 2600 and unaligned 4099) a block.
+    for (int64_t hidden : {256, 100, 33, 4096, 2600, 4099}) {
       std::mt19937 rng(3);
       const int64_t tokens = 3, stride = hidden + 16;
       Buffer x = random_buffer(dtype, static_cast<size_t>(tokens * stride), rng);
@@ -98,10 +100,23 @@ TEST(EmulatedLayerOps, RmsNormOverStridedHeads) {
   }
 }
 
-TEST(EmulatedLayerOps, RotaryEmbeddingInPlaceOnFusedQk) {
+// Shapes: 16-byte packs of pairs (head_dim 16), a grid of several chunks per token (40 heads of
+// 128), and one element at a time (head_dim 12: half a head is not a whole pack).
+struct RotaryShape {
+  int64_t heads, kv_heads, head_dim;
+};
+
+std::ostream& operator<<(std::ostream& os, const RotaryShape& s) {
+  return os << s.heads << " heads / " << s.kv_heads << " kv heads of " << s.head_dim;
+}
+
+class EmulatedRotary : public ::testing::TestWithParam<RotaryShape> {};
+
+TEST_P(EmulatedRotary, InPlaceOnFusedQk) {
   for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
     std::mt19937 rng(5);
-    const int64_t tokens = 3, heads = 4, kv_heads = 2, head_dim = 16, half = head_dim / 2;
+    const auto [heads, kv_heads, head_dim] = GetParam();
+    const int64_t tokens = 3, half = head_dim / 2;
     const int64_t row = (heads + 2 * kv_heads) * head_dim;
     Buffer qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
     Buffer before = qkv;
@@ -147,6 +162,9 @@ TEST(EmulatedLayerOps, RotaryEmbeddingInPlaceOnFusedQk) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotary,
+                         ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
 
 TEST(EmulatedLayerOps, SiluAndMul) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
