@@ -50,6 +50,15 @@ __device__ inline float shfl_xor(float value, int lane_mask) {
 #endif
 }
 
+// Lane `src`'s value, in every lane.
+__device__ inline float shfl(float value, int src) {
+#if defined(__HIPCC__) || defined(KVSERVE_USE_HIP)
+  return __shfl(value, src, kWarpSize);
+#else
+  return __shfl_sync(0xffffffffu, value, src);
+#endif
+}
+
 __host__ __device__ inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 

@@ -27,8 +27,6 @@ Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
 
 #if KVSERVE_GPU_MMA
 
-constexpr int64_t kMaxSplits = 64;
-
 bool aligned_16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
 
 // 16-byte rows for cp.async and ldmatrix: aligned pointers, strides in whole 8-element chunks.
@@ -86,7 +84,7 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
   if (status == Status::kOk && partials.num_splits > 1) {
     const int64_t items = p.num_tokens * p.num_heads;
     const auto blocks = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
-    launch_kernel(merge_splits_kernel<T>, blocks, kMergeWarps * kWarpSize, 0, stream, p, partials);
+    launch_kernel(merge_splits_kernel<T, Tile::kDim>, blocks, kMergeWarps * kWarpSize, 0, stream, p, partials);
     status = launch_status();
   }
   return status;

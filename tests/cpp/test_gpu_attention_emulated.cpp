@@ -234,6 +234,25 @@ TEST(EmulatedPagedAttention, LongContextsSplitTheKeys) {
   expect_attention_matches(windowed);
   // A prefill chunk over a long context (prefill layout), split too.
   expect_attention_matches({DType::kBFloat16, 128, 8, 2, 16, {40}, {1500}});
+  // The most splits (64): the merge's lanes hold two splits' statistics each.
+  expect_attention_matches({DType::kBFloat16, 64, 4, 1, 16, {1}, {9000}});
+}
+
+TEST(EmulatedPagedAttention, BadMetadataPoisonsSplitRowsToo) {
+  // A long context split across blocks, with one of its block ids out of range: the split that meets
+  // it writes NaN statistics, which the merge carries into every row of the request, and only its.
+  AttentionCase c{DType::kBFloat16, 128, 8, 2, 16, {1, 1}, {3001, 900}};
+  AttentionRun run(c);
+  ASSERT_EQ(run.run_cpu(), Status::kOk);
+  run.block_table[0 * run.width + 100] = static_cast<int32_t>(run.num_blocks + 5);
+  ASSERT_EQ(run.run_gpu(), Status::kOk);
+  for (int64_t h = 0; h < c.num_heads; ++h) {
+    for (int64_t d = 0; d < c.head_dim; ++d) {
+      ASSERT_TRUE(std::isnan(run.gpu_out.get(run.at(0, h, d)))) << "head " << h;
+      const float expected = run.cpu_out.get(run.at(1, h, d));
+      ASSERT_NEAR(run.gpu_out.get(run.at(1, h, d)), expected, tolerance(c.dtype) * (1 + std::abs(expected)));
+    }
+  }
 }
 
 TEST(EmulatedPagedAttention, ManyRequestsFillTheGpuUnsplit) {

@@ -144,3 +144,12 @@ inline float __shfl_xor_sync(unsigned, float value, int lane_mask) {
   emu::sync_warp();
   return other;
 }
+
+inline float __shfl_sync(unsigned, float value, int src_lane) {
+  namespace emu = kvserve::gpu::emulator;
+  emu::warp_exchange(emu::lane())[0] = __float_as_uint(value);
+  emu::sync_warp();
+  const float other = __uint_as_float(emu::warp_exchange(static_cast<unsigned>(src_lane) % 32u)[0]);
+  emu::sync_warp();
+  return other;
+}
