@@ -13,8 +13,7 @@ load_format="dummy"), each appending JSON lines to --out:
 Floors use the device-to-device copy bandwidth measured in the same process (bytes read + written).
 Times are medians of CUDA-event timings (kernels; decode attention also replayed from a CUDA graph,
 as the decode step runs it, which leaves out the host's cost per call) or of host-synchronized engine
-steps. bench/gpu_check.sh
-runs all three on a lent GPU; bench/README.md says what has been measured.
+steps. bench/gpu_check.sh runs them all on a lent GPU; bench/README.md says what has been measured.
 """
 
 from __future__ import annotations
@@ -174,16 +173,25 @@ def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
 PROMPT_RNG = np.random.default_rng(0)  # each run's prompts differ: no prefix-cache hits between runs
 
 
-def start_decode(engine: Engine, batch: int, context: int, steps: int, tag: str) -> list[str]:
-    """Adds `batch` greedy requests of `context` random prompt tokens that decode `steps` tokens, and
-    runs their prefill; returns their ids (abort them when done)."""
+def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, tag: str):
+    """For each batch size, with the CUDA graphs and eagerly: `batch` greedy requests of `context`
+    random prompt tokens, prefilled, with `steps` tokens left to decode; yields (batch, mode) while
+    they run, then aborts them. The engine's graphs are restored at the end."""
+    graphs = engine.runner.graphs
     params = SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True)
-    ids = [f"{tag}-{batch}-{i}" for i in range(batch)]
-    for request_id, prompt in zip(ids, PROMPT_RNG.integers(10, 31999, (batch, context))):
-        engine.add_request(request_id, {"prompt_token_ids": prompt.tolist()}, params)
-    while any(not r.sequences[0].token_ids for r in engine.requests.values()):  # prefill
-        engine.step()
-    return ids
+    try:
+        for batch in batches:
+            for mode in ("graphs", "eager"):
+                engine.runner.graphs = graphs if mode == "graphs" else None
+                ids = [f"{tag}-{mode}-{batch}-{i}" for i in range(batch)]
+                for request_id, prompt in zip(ids, PROMPT_RNG.integers(10, 31999, (batch, context))):
+                    engine.add_request(request_id, {"prompt_token_ids": prompt.tolist()}, params)
+                while any(not r.sequences[0].token_ids for r in engine.requests.values()):  # prefill
+                    engine.step()
+                yield batch, mode
+                engine.abort(ids)
+    finally:
+        engine.runner.graphs = graphs
 
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> None:
@@ -194,23 +202,17 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= model.model.embed_tokens.weight.numel() * DTYPE.itemsize  # a lookup reads a few rows only
     per_token = kv_bytes_per_token(engine.model_config, DTYPE)
-    graphs = engine.runner.graphs
-    for batch in batches:
-        for mode in ("graphs", "eager"):
-            engine.runner.graphs = graphs if mode == "graphs" else None
-            ids = start_decode(engine, batch, context, steps, mode)
-            times = []
-            for _ in range(steps - 1):
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                engine.step()
-                times.append((time.perf_counter() - start) * 1e3)
-            engine.abort(ids)
-            ms = statistics.median(times)
-            floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
-            record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}", ms=ms, floor_ms=floor_ms,
-                   ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
-    engine.runner.graphs = graphs
+    for batch, mode in decode_runs(engine, batches, context, steps, "decode"):
+        times = []
+        for _ in range(steps - 1):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            engine.step()
+            times.append((time.perf_counter() - start) * 1e3)
+        ms = statistics.median(times)
+        floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
+        record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}", ms=ms, floor_ms=floor_ms,
+               ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
 
 
 # Kernel name fragments -> the part of a decode step they do (the first match wins).
@@ -249,41 +251,35 @@ def bench_profile(out: Path, report: Path, batches: list[int], context: int, ste
     by part, and the kernels that take the most time; graphs on and off."""
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
-    graphs = engine.runner.graphs
     lines = []
-    for batch in batches:
-        for mode in ("graphs", "eager"):
-            engine.runner.graphs = graphs if mode == "graphs" else None
-            ids = start_decode(engine, batch, context, steps + 2, f"profile-{mode}")
-            engine.step()  # warm-up outside the profile
+    for batch, mode in decode_runs(engine, batches, context, steps + 1, "profile"):
+        engine.step()  # warm-up outside the profile
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
             torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                start = time.perf_counter()
-                for _ in range(steps):
-                    engine.step()
-                torch.cuda.synchronize()
-                wall_ms = (time.perf_counter() - start) * 1e3 / steps
-            engine.abort(ids)
-            activity = gpu_activity(prof)
-            busy_ms = sum(us for _, us in activity) / 1e3 / steps
-            parts: dict[str, float] = {}
-            kernels: dict[str, list[float]] = {}
-            for kernel, us in activity:
-                part = kernel_part(kernel)
-                parts[part] = parts.get(part, 0.0) + us / 1e3 / steps
-                kernels.setdefault(kernel, []).append(us)
-            name = f"profile_b{batch}_ctx{context}_{mode}"
-            record(out, name=name, wall_ms=wall_ms, gpu_busy_ms=busy_ms,
-                   kernels_per_step=len(activity) / steps, parts_ms={k: round(v, 4) for k, v in parts.items()})
-            lines += [f"== {name}: {wall_ms:.2f} ms a step (profiled), GPU busy {busy_ms:.2f} ms, "
-                      f"{len(activity) / steps:.0f} kernels a step", "ms/step  part"]
-            lines += [f"{ms:7.3f}  {part}" for part, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
-            lines.append("ms/step  calls/step  mean us  kernel")
-            top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:20]
-            lines += [f"{sum(v) / 1e3 / steps:7.3f}  {len(v) / steps:10.1f}  {statistics.mean(v):7.1f}  {k[:150]}"
-                      for k, v in top]
-            lines.append("")
-    engine.runner.graphs = graphs
+            wall_ms = (time.perf_counter() - start) * 1e3 / steps
+        activity = gpu_activity(prof)
+        busy_ms = sum(us for _, us in activity) / 1e3 / steps
+        parts: dict[str, float] = {}
+        kernels: dict[str, list[float]] = {}
+        for kernel, us in activity:
+            part = kernel_part(kernel)
+            parts[part] = parts.get(part, 0.0) + us / 1e3 / steps
+            kernels.setdefault(kernel, []).append(us)
+        name = f"profile_b{batch}_ctx{context}_{mode}"
+        record(out, name=name, wall_ms=wall_ms, gpu_busy_ms=busy_ms,
+               kernels_per_step=len(activity) / steps, parts_ms={k: round(v, 4) for k, v in parts.items()})
+        lines += [f"== {name}: {wall_ms:.2f} ms a step (profiled), GPU busy {busy_ms:.2f} ms, "
+                  f"{len(activity) / steps:.0f} kernels a step", "ms/step  part"]
+        lines += [f"{ms:7.3f}  {part}" for part, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
+        lines.append("ms/step  calls/step  mean us  kernel")
+        top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:20]
+        lines += [f"{sum(v) / 1e3 / steps:7.3f}  {len(v) / steps:10.1f}  {statistics.mean(v):7.1f}  {k[:150]}"
+                  for k, v in top]
+        lines.append("")
     report.write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
 
