@@ -6,6 +6,8 @@
 // where torch rounds once gives torch's bits. float16 is the platform's __half.
 #pragma once
 
+#include <initializer_list>
+
 #include "compat.cuh"
 #include "kvserve/dtype.h"
 #include "kvserve/status.h"
@@ -64,6 +66,20 @@ Status with_float_type(DType dtype, F&& f) {
     case DType::kBFloat16: return f(BFloat16{});
     default: return Status::kUnsupported;
   }
+}
+
+// Whether every pointer and every length (in elements of `elem_bytes`) is a whole number of 16 bytes:
+// then rows that start at those pointers and strides move in 16-byte packs (and suit cp.async and
+// ldmatrix). A null pointer counts as aligned.
+inline bool all_16_byte_aligned(std::initializer_list<const void*> pointers, std::initializer_list<int64_t> lengths,
+                                int64_t elem_bytes) {
+  for (const void* pointer : pointers) {
+    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return false;
+  }
+  for (int64_t length : lengths) {
+    if (length * elem_bytes % 16 != 0) return false;
+  }
+  return true;
 }
 
 // kOk, or kDeviceError when the launch just made (or an earlier asynchronous call) failed.

@@ -27,17 +27,13 @@ Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
 
 #if KVSERVE_GPU_MMA
 
-bool aligned_16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
-
-// 16-byte rows for cp.async and ldmatrix: aligned pointers, strides in whole 8-element chunks.
+// 16-byte rows for cp.async and ldmatrix (16-bit dtypes): aligned pointers, strides in whole 8-element chunks.
 bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) {
-  const int64_t strides[] = {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head,
-                             p.cache_stride_block};
-  for (int64_t stride : strides) {
-    if (stride % 8 != 0) return false;
-  }
   return device.compute_capability >= 80 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) &&
-         aligned_16(p.query) && aligned_16(p.out) && aligned_16(p.key_cache) && aligned_16(p.value_cache);
+         all_16_byte_aligned({p.query, p.out, p.key_cache, p.value_cache},
+                             {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head,
+                              p.cache_stride_block},
+                             2);
 }
 
 // Enough thread blocks for two per multiprocessor (the occupancy the kernel's shared memory allows),

@@ -83,18 +83,10 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
 }
 
 bool packs_of_16_bytes(const RmsNormParams& p) {
-  const int64_t elem = dtype_bytes(p.dtype);
-  const uintptr_t pointers[] = {reinterpret_cast<uintptr_t>(p.input), reinterpret_cast<uintptr_t>(p.out),
-                                reinterpret_cast<uintptr_t>(p.residual), reinterpret_cast<uintptr_t>(p.weight)};
-  const int64_t lengths[] = {p.hidden, p.input_stride_token, p.input_stride_head, p.out_stride_token,
-                             p.out_stride_head, p.residual_stride_token};
-  for (uintptr_t pointer : pointers) {
-    if (pointer % 16 != 0) return false;
-  }
-  for (int64_t length : lengths) {
-    if (length * elem % 16 != 0) return false;
-  }
-  return true;
+  return all_16_byte_aligned({p.input, p.out, p.residual, p.weight},
+                             {p.hidden, p.input_stride_token, p.input_stride_head, p.out_stride_token,
+                              p.out_stride_head, p.residual_stride_token},
+                             dtype_bytes(p.dtype));
 }
 
 template <class T, int kPack>

@@ -46,19 +46,12 @@ __global__ void __launch_bounds__(kThreads) rotary_embedding_kernel(const Rotary
   }
 }
 
-bool packs_of_16_bytes(const RotaryEmbeddingParams& p, int64_t pack) {
-  const int64_t elem = dtype_bytes(p.dtype);
-  const uintptr_t pointers[] = {reinterpret_cast<uintptr_t>(p.query), reinterpret_cast<uintptr_t>(p.key),
-                                reinterpret_cast<uintptr_t>(p.cos), reinterpret_cast<uintptr_t>(p.sin)};
-  const int64_t lengths[] = {p.head_dim / 2, p.query_stride_token, p.query_stride_head, p.key_stride_token,
-                             p.key_stride_head, p.cos_sin_stride_token};
-  for (uintptr_t pointer : pointers) {
-    if (pointer % 16 != 0) return false;
-  }
-  for (int64_t length : lengths) {
-    if (length * elem % 16 != 0) return false;
-  }
-  return (p.head_dim / 2) % pack == 0;
+// Half a head in whole packs too: its byte length is among the lengths.
+bool packs_of_16_bytes(const RotaryEmbeddingParams& p) {
+  return all_16_byte_aligned({p.query, p.key, p.cos, p.sin},
+                             {p.head_dim / 2, p.query_stride_token, p.query_stride_head, p.key_stride_token,
+                              p.key_stride_head, p.cos_sin_stride_token},
+                             dtype_bytes(p.dtype));
 }
 
 template <class T, int kPack>
@@ -79,8 +72,7 @@ Status rotary_embedding_cuda(const RotaryEmbeddingParams& p, void* stream) {
   const auto s = static_cast<kvGpuStream_t>(stream);
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    constexpr int kPack = 16 / sizeof(T);
-    return packs_of_16_bytes(p, kPack) ? launch<T, kPack>(p, s) : launch<T, 1>(p, s);
+    return packs_of_16_bytes(p) ? launch<T, 16 / sizeof(T)>(p, s) : launch<T, 1>(p, s);
   });
 }
 

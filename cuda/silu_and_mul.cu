@@ -38,9 +38,8 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(const SiluAndMul
 }
 
 bool packs_of_16_bytes(const SiluAndMulParams& p) {
-  const int64_t elem = dtype_bytes(p.dtype);
-  return reinterpret_cast<uintptr_t>(p.input) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0 &&
-         p.size * elem % 16 == 0 && p.input_stride_token * elem % 16 == 0 && p.out_stride_token * elem % 16 == 0;
+  return all_16_byte_aligned({p.input, p.out}, {p.size, p.input_stride_token, p.out_stride_token},
+                             dtype_bytes(p.dtype));
 }
 
 }  // namespace
