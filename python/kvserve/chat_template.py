@@ -101,10 +101,6 @@ def normalize_messages(messages) -> list[dict]:
     return normalized
 
 
-CHAT_TEMPLATE_FLAG_HELP = ("the chat template to use instead of the model's (for models without one): "
-                           "a Jinja file's path, or the template itself")
-
-
 def load_chat_template(value: str) -> str:
     """The chat template that `--chat-template VALUE` names, as vLLM reads it: the file at path VALUE,
     or VALUE itself when it is Jinja source (holds "{{" or "{%"). Checked by compiling it."""

@@ -33,6 +33,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
                         "fetched once into ~/.cache/kvserve)")
 
 
+def add_chat_template_argument(parser: argparse.ArgumentParser) -> None:
+    """--chat-template, for the commands that render chats (engine_from_args applies it)."""
+    parser.add_argument("--chat-template", metavar="TEMPLATE",
+                        help="the chat template to use instead of the model's (for models without one): "
+                        "a Jinja file's path, or the template itself")
+
+
 # Tokens per step: an offline run wants the largest products; a server, first tokens soon, so a
 # burst of prompts is prefilled in chunks (vLLM's CPU server defaults to 2048 as well).
 OFFLINE_MAX_NUM_BATCHED_TOKENS = 8192
@@ -73,7 +80,15 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    """The Engine that the model argument and the engine flags describe (ValueError for a bad combination)."""
+    """The Engine that the model argument and the engine flags describe, with the --chat-template of
+    the commands that have one (ValueError for a bad combination, or a bad template: read before the
+    model loads, so that it fails at once)."""
+    from kvserve.chat_template import load_chat_template
     from kvserve.engine import Engine
 
-    return Engine(args.model, **engine_kwargs(args))
+    flag = getattr(args, "chat_template", None)
+    template = load_chat_template(flag) if flag is not None else None
+    engine = Engine(args.model, **engine_kwargs(args))
+    if template is not None and engine.tokenizer is not None:
+        engine.tokenizer.chat_template = template
+    return engine

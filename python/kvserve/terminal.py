@@ -16,9 +16,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from kvserve.chat_template import CHAT_TEMPLATE_FLAG_HELP, load_chat_template
 from kvserve.engine import Engine
-from kvserve.engine_args import add_engine_arguments, add_model_argument, engine_from_args
+from kvserve.engine_args import add_chat_template_argument, add_engine_arguments, add_model_argument, engine_from_args
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 
 Write = Callable[[str], None]
@@ -114,13 +113,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace, read: Callable[[str], str] = input, write: Write = _write_stdout) -> int:
-    try:
-        template = load_chat_template(args.chat_template) if args.chat_template is not None else None
-    except ValueError as e:  # before the model loads: a bad template fails at once
-        raise SystemExit(f"kvserve chat: {e}") from None
     engine, params = _load(args, "chat")
-    if template is not None and engine.tokenizer is not None:
-        engine.tokenizer.chat_template = template
     try:
         session = ChatSession(engine, params, args.system)
     except ValueError as e:
@@ -158,6 +151,6 @@ def add_terminal_parsers(commands: argparse._SubParsersAction) -> None:
     add_model_argument(chat)
     add_engine_arguments(chat)
     chat.add_argument("--system", help="a system message that opens the conversation")
-    chat.add_argument("--chat-template", metavar="TEMPLATE", help=CHAT_TEMPLATE_FLAG_HELP)
+    add_chat_template_argument(chat)
     add_sampling_arguments(chat, max_tokens=512)
     chat.set_defaults(func=run_chat)

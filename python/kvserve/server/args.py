@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from kvserve.chat_template import CHAT_TEMPLATE_FLAG_HELP
-from kvserve.engine_args import SERVING_MAX_NUM_BATCHED_TOKENS, add_engine_arguments, add_model_argument
+from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_template_argument, add_engine_arguments,
+                                 add_model_argument)
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
@@ -32,7 +32,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
                        help="the names requests may use; the first one is returned in responses "
                        "(default: the model argument)")
-    serve.add_argument("--chat-template", metavar="TEMPLATE", help=CHAT_TEMPLATE_FLAG_HELP)
+    add_chat_template_argument(serve)
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                        help="requests that may wait for a place in the batch; more get 503 "
                        f"(default: {DEFAULT_MAX_WAITING})")

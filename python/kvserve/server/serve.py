@@ -15,7 +15,6 @@ import socket
 
 import uvicorn
 
-from kvserve.chat_template import load_chat_template
 from kvserve.engine_args import engine_from_args
 from kvserve.loader.default_model import DEFAULT_MODEL_NAME
 from kvserve.server.app import build_app
@@ -70,10 +69,7 @@ def run_server(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
-        template = load_chat_template(args.chat_template) if args.chat_template is not None else None
         engine = engine_from_args(args)
-        if template is not None and engine.tokenizer is not None:
-            engine.tokenizer.chat_template = template
         app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_waiting=args.max_waiting)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
