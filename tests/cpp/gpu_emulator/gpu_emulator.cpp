@@ -2,10 +2,12 @@
 
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <random>
 #include <vector>
 
 namespace {
@@ -200,6 +202,16 @@ cudaError_t cudaMalloc(void** pointer, size_t bytes) {
   return *pointer != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
+cudaError_t cudaFree(void* pointer) {
+  std::free(pointer);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* pointer, int value, size_t bytes) {
+  std::memset(pointer, value, bytes);
+  return cudaSuccess;
+}
+
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t) {
   std::memmove(dst, src, bytes);
   return cudaSuccess;
@@ -256,13 +268,18 @@ void run_grid(const void* kernel, dim3 grid, dim3 block_shape, size_t shared_byt
   block_dim_now = block_shape;
   std::vector<std::unique_ptr<char[]>> stacks(threads);  // reused by every block
   for (auto& stack : stacks) stack.reset(new char[kStackBytes]);
+  std::vector<Index> order;
+  order.reserve(static_cast<size_t>(grid.x) * grid.y * grid.z);
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        block_index_now = {x, y, z};
-        run_block(block_shape, shared_bytes, body, context, stacks);
-      }
+      for (unsigned x = 0; x < grid.x; ++x) order.push_back({x, y, z});
     }
+  }
+  static uint32_t launches = 0;
+  std::shuffle(order.begin(), order.end(), std::mt19937(++launches));
+  for (const Index& index : order) {
+    block_index_now = index;
+    run_block(block_shape, shared_bytes, body, context, stacks);
   }
 }
 

@@ -2,7 +2,8 @@
 // kvserve's kernels use. With KVSERVE_GPU_EMULATOR defined, cuda/compat.cuh includes this header
 // instead of CUDA's, cuda/*.cu compile as host C++, and the C++ tests run the kernels without a GPU.
 //
-// A launch runs its thread blocks one after another. The threads of a block are fibers (ucontext),
+// A launch runs its thread blocks one after another, in a shuffled order (a GPU promises no order
+// either; seeded by the launch's number, so that a test run repeats exactly). The threads of a block are fibers (ucontext),
 // switched only where a thread waits: __syncthreads and the warp collectives (shuffles, ldmatrix,
 // mma; tensor_core_emulated.h), each of which waits for every live thread of the block or warp.
 // cp.async copies are queued and land when the thread waits for their group, as on the GPU. Device
@@ -58,6 +59,13 @@ inline uint32_t __float_as_uint(float f) {
   return u;
 }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// Blocks run one at a time: a plain add is atomic, and every write is visible to the next block.
+inline int atomicAdd(int* address, int value) {
+  const int old = *address;
+  *address = old + value;
+  return old;
+}
+inline void __threadfence() {}
 inline float __fmul_rn(float a, float b) { return a * b; }
 
 // ---- the runtime API subset --------------------------------------------------------------------
@@ -80,6 +88,8 @@ cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device);
 cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status);
 cudaError_t cudaMalloc(void** pointer, size_t bytes);
+cudaError_t cudaFree(void* pointer);
+cudaError_t cudaMemset(void* pointer, int value, size_t bytes);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream);
 
 namespace kvserve::gpu::emulator {
