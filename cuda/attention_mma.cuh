@@ -9,7 +9,7 @@
 //   by rows (1 key warp):  each warp 16 of the tile's rows against every key of a stage;
 //   by keys (4 key warps): every warp the tile's (at most) 16 rows against a quarter of each
 //                          stage's keys; the four softmax states are merged at the end through
-//                          shared memory (the same arithmetic as the split merge below).
+//                          shared memory (the same arithmetic as the split merge, attention_split.cuh).
 //
 // Decode tiles always split by keys; a 64-row tile whose request has at most 16 rows in it (a
 // decode token in a step that also prefills) does too, so that no warp idles.
@@ -24,7 +24,8 @@
 // copies, so a stage costs one dependent trip to memory, not one per chunk; a stage whose keys every
 // row of a warp sees (most of a long context) skips the per-score mask. Rows past the tile's
 // end and keys past the split's end are zero-filled, and masked to -inf, so they weigh nothing and
-// never read memory outside the arrays.
+// never read memory outside the arrays. A split block's last act is to count itself in; the tile's
+// last block merges the splits (attention_split.cuh).
 #pragma once
 
 #include "attention_metadata.cuh"
@@ -53,6 +54,10 @@ struct MmaTile {
   static_assert(kLoads % kGather == 0, "whole gathers");
   static constexpr int kDimTiles = kHeadDim / 8;  // n8 tiles of O
   static constexpr size_t kSharedBytes = static_cast<size_t>(kRows + 4 * kKeys) * kStride * sizeof(T);
+  // Blocks per multiprocessor that the registers must allow: the three whose shared memory fits
+  // (228 KB) for decode tiles of head_dim 128 (decode reads K/V at memory speed only with enough
+  // blocks in flight); the compiler's own choice otherwise.
+  static constexpr int kMinBlocks = kRows == 16 && kHeadDim == 128 ? 3 : 1;
   // The merge of a split by keys reuses the K/V buffers: per warp, 16 rows of O (padded) and their {max, sum}.
   static constexpr int kMergeStride = kHeadDim + 8;
   static constexpr bool kCanSplitKeys =
@@ -144,15 +149,17 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const int row_warp = warp / Split::kKeyWarps, key_warp = warp % Split::kKeyWarps;
   const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
   // Keys of this tile (the union of its rows' windows), then this split's share in whole stages.
-  int64_t split_begin = 0, split_end = 0;
+  // Keys and positions lie below seq_len, an int32: 32-bit in the loop, where registers are short.
+  int32_t split_begin = 0, split_end = 0;
   const int64_t first_position = r.seq_len - r.num_queries;
   if (r.context_ok) {
     const int64_t key_lo = first_visible_key(p, first_position + row_begin / group);
     const int64_t key_hi = visible_key_end(p, first_position + (row_end - 1) / group, r.seq_len);
     const int64_t stages_per_split = ((key_hi - key_lo + kKeys - 1) / kKeys + partials.num_splits - 1) /
                                      partials.num_splits;
-    split_begin = key_lo + split * stages_per_split * kKeys;
-    split_end = min_i64(key_hi, split_begin + stages_per_split * kKeys);
+    const int64_t begin = min_i64(key_hi, key_lo + split * stages_per_split * kKeys);
+    split_begin = static_cast<int32_t>(begin);
+    split_end = static_cast<int32_t>(min_i64(key_hi, begin + stages_per_split * kKeys));
   }
   const int num_stages = split_begin < split_end ? static_cast<int>((split_end - split_begin + kKeys - 1) / kKeys) : 0;
 
@@ -160,7 +167,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const T* value_cache = static_cast<const T*>(p.value_cache);
   const int32_t* block_row = p.block_table + req * p.block_table_stride;
   // Chunk c = tid + i * kThreads of a stage: key c / kChunks, 16 bytes at column (c % kChunks) * 8.
-  auto load_stage = [&](int buffer, int64_t first_key) {
+  auto load_stage = [&](int buffer, int32_t first_key) {
 #pragma unroll
     for (int first = 0; first < Tile::kLoads; first += Tile::kGather) {
       int64_t at[Tile::kGather];
@@ -168,13 +175,13 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
 #pragma unroll
       for (int i = 0; i < Tile::kGather; ++i) {
         const int c = tid + (first + i) * Tile::kThreads;
-        const int64_t key = first_key + c / kChunks;
+        const int32_t key = first_key + c / kChunks;
         at[i] = 0;
         fill[i] = false;
         if (key < split_end) {
-          const int64_t block = block_of_key(p, block_row, static_cast<int32_t>(key));
+          const int64_t block = block_of_key(p, block_row, key);
           if (block >= 0) {
-            at[i] = cache_offset(p, block, static_cast<int32_t>(key), kv_head) + (c % kChunks) * 8;
+            at[i] = cache_offset(p, block, key, kv_head) + (c % kChunks) * 8;
             fill[i] = true;
           } else {
             s_bad_block = 1;
@@ -213,16 +220,16 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const int g = lane / 4, t = lane % 4;
   const int64_t warp_rows = row_begin + row_warp * 16;
   const bool warp_active = warp_rows < row_end;
-  int64_t position[2];
+  int32_t position[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int64_t rr = min_i64(warp_rows + g + 8 * i, row_end - 1);
-    position[i] = first_position + rr / group;
+    position[i] = static_cast<int32_t>(first_position + rr / group);
   }
   // The positions of the warp's first and last rows: a stage whose keys all lie in both rows'
   // windows (and before the split's end) is visible to every row and skips the per-score mask.
-  const int64_t warp_first_position = first_position + min_i64(warp_rows, row_end - 1) / group;
-  const int64_t warp_last_position = first_position + min_i64(warp_rows + 15, row_end - 1) / group;
+  const auto warp_first_position = static_cast<int32_t>(first_position + min_i64(warp_rows, row_end - 1) / group);
+  const auto warp_last_position = static_cast<int32_t>(first_position + min_i64(warp_rows + 15, row_end - 1) / group);
   // Scores in base 2: one multiply without a softcap.
   const bool plain_scores = p.softcap == 0.f;
   const float scale_log2 = p.scale * kLog2e;
@@ -232,7 +239,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
 
   for (int stage = 0; stage < num_stages; ++stage) {
     if (stage + 1 < num_stages) {
-      load_stage((stage + 1) & 1, split_begin + static_cast<int64_t>(stage + 1) * kKeys);
+      load_stage((stage + 1) & 1, split_begin + (stage + 1) * kKeys);
       copy_async_commit();
       copy_async_wait<1>();
     } else {
@@ -257,8 +264,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
         }
       }
 
-      const int64_t first_key = split_begin + static_cast<int64_t>(stage) * kKeys + key_warp * kWarpKeys;
-      const int64_t last_key = first_key + kWarpKeys - 1;
+      const int32_t first_key = split_begin + stage * kKeys + key_warp * kWarpKeys;
+      const int32_t last_key = first_key + kWarpKeys - 1;
       const bool all_visible = last_key < split_end && (!p.causal || last_key <= warp_first_position) &&
                                (p.sliding_window == 0 || first_key > warp_last_position - p.sliding_window);
       if (all_visible) {
@@ -272,7 +279,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
         for (int n = 0; n < Split::kKeyTiles; ++n) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int64_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
+            const int32_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
             const bool visible = key < split_end && (!p.causal || key <= pos) &&
                                  (p.sliding_window == 0 || key > pos - p.sliding_window);
             s[n][e] = visible ? score(s[n][e]) : -INFINITY;
@@ -320,9 +327,9 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
     }
     __syncthreads();
   }
-  if (!warp_active) return;
 
-  // Each row's sum over the four lanes of its quad, then (a split by keys) over the warps.
+  // Each row's sum over the four lanes of its quad, then (a split by keys) over the warps. No thread
+  // leaves before the end: a split block's last step is a barrier over all of them.
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     row_sum[i] += shfl_xor(row_sum[i], 1);
@@ -330,14 +337,14 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   }
   if constexpr (Split::kKeyWarps > 1) {
     merge_key_warps<Tile>(reinterpret_cast<float*>(s_k), warp, lane, o, row_max, row_sum);
-    if (warp != 0) return;
   }
 
   const bool bad = !r.context_ok || s_bad_block != 0;
+  const bool writes = warp_active && (Split::kKeyWarps == 1 || warp == 0);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int64_t rr = warp_rows + g + 8 * i;
-    if (rr >= row_end) continue;
+    if (!writes || rr >= row_end) continue;
     const int64_t token = r.token_begin + rr / group, head = kv_head * group + rr % group;
     if (partials.num_splits == 1) {
       const float inverse = bad ? NAN : 1.f / row_sum[i];
@@ -362,10 +369,18 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       }
     }
   }
+  if (partials.num_splits > 1) {
+    merge_if_last_split<T, kHeadDim, Tile::kWarps>(
+        p, partials, static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y, row_end - row_begin,
+        [=](int64_t i, int64_t* token, int64_t* head) {
+          *token = r.token_begin + (row_begin + i) / group;
+          *head = kv_head * group + (row_begin + i) % group;
+        });
+  }
 }
 
 template <class T, class Tile>
-__global__ void __launch_bounds__(Tile::kThreads)
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
     attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
 // Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
 #if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)

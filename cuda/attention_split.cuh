@@ -1,11 +1,15 @@
 // Split keys (flash-decoding): when a step has too few (request, kv head, tile) blocks to fill the
 // GPU, each one's keys are cut into `num_splits` ranges handled by separate thread blocks. Each
-// writes its rows' unnormalized output with their running max and sum; a second kernel merges them:
+// writes its rows' unnormalized output with their running max and sum, then counts itself in; the
+// block that arrives last for its tile merges every split's rows into the output (no second kernel):
 //
 //   out = sum_s o_s * 2^(m_s - M) / sum_s l_s * 2^(m_s - M),   M = max_s m_s
 //
-//   out:   float32 [num_splits, num_tokens, num_heads, head_dim]
-//   stats: float32 [num_splits, num_tokens, num_heads, 2]   {m (base-2 exponent), l}
+//   out:      float32 [num_splits, num_tokens, num_heads, head_dim]
+//   stats:    float32 [num_splits, num_tokens, num_heads, 2]   {m (base-2 exponent), l}
+//   arrivals: int32 [kMaxSplitTiles]  blocks of a tile (blockIdx.x, blockIdx.y) that have written
+//             their partials; zero between launches (the last block resets its tile's), so a
+//             captured launch replays without a reset of its own
 //
 // A split that saw no key writes m = -inf, l = 0 and weighs nothing; one that met bad metadata
 // writes NaN, which the merge carries into the output.
@@ -16,9 +20,15 @@
 
 namespace kvserve::gpu {
 
+// Tiles (x * gridDim.y + y) that may split: the launcher splits only grids of fewer blocks.
+constexpr int kMaxSplitTiles = 4096;
+constexpr int kMaxSplits = 64;
+constexpr int kSplitsPerLane = kMaxSplits / kWarpSize;
+
 struct SplitPartials {
   float* out = nullptr;
   float* stats = nullptr;
+  int32_t* arrivals = nullptr;
   int32_t num_splits = 1;
 };
 
@@ -27,25 +37,26 @@ __host__ __device__ inline int64_t partial_row(const PagedAttentionParams& p, in
   return (split * p.num_tokens + token) * p.num_heads + head;
 }
 
-constexpr int kMergeWarps = 4;
-constexpr int kMaxSplits = 64;
-constexpr int kSplitsPerLane = kMaxSplits / kWarpSize;
+// Another block's partials, read from L2 (the merging block's L1 never held them, and must not).
+template <class V>
+__device__ inline V load_partial(const V* at) {
+#if defined(KVSERVE_GPU_EMULATOR)
+  return *at;
+#else
+  return __ldcg(at);
+#endif
+}
 
-// One warp per (token, head). The lanes read the splits' statistics side by side (split lane and
-// lane + 32), so that the maximum and the weights are two warp reductions, not a walk over the
-// splits; then each lane sums its kHeadDim / 32 consecutive dims over the splits that carry weight
-// (a decode graph sizes its splits for the longest context the block table can hold, so most of a
-// short context's are empty), one vector load per split.
+// One warp merges the splits of (token, head). The lanes read the splits' statistics side by side
+// (split lane and lane + 32), so that the maximum and the weights are two warp reductions, not a
+// walk over the splits; then each lane sums its kHeadDim / 32 consecutive dims over the splits that
+// carry weight (a decode graph sizes its splits for the longest context the block table can hold,
+// so most of a short context's are empty).
 template <class T, int kHeadDim>
-__global__ void __launch_bounds__(kMergeWarps * kWarpSize)
-    merge_splits_kernel(const PagedAttentionParams p, const SplitPartials partials) {
+__device__ inline void merge_split_row(const PagedAttentionParams& p, const SplitPartials& partials, int64_t token,
+                                       int64_t head, int lane) {
   constexpr int kDims = kHeadDim / kWarpSize;  // consecutive dims per lane: 2, 4 or 8
   static_assert(kHeadDim % kWarpSize == 0 && kDims % 2 == 0, "whole float2 per lane");
-  using Dims = Pack<float, kDims>;
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * kMergeWarps + threadIdx.x / kWarpSize;
-  const int lane = threadIdx.x % kWarpSize;
-  if (item >= p.num_tokens * p.num_heads) return;
-  const int64_t token = item / p.num_heads, head = item % p.num_heads;
   const int splits = partials.num_splits;
 
   float m[kSplitsPerLane], l[kSplitsPerLane];
@@ -57,8 +68,8 @@ __global__ void __launch_bounds__(kMergeWarps * kWarpSize)
     l[k] = 0.f;
     if (s < splits) {
       const float* stats = partials.stats + 2 * partial_row(p, s, token, head);
-      m[k] = stats[0];
-      l[k] = stats[1];
+      m[k] = load_partial(stats);
+      l[k] = load_partial(stats + 1);
     }
     if (l[k] != 0.f) top = fmaxf(top, m[k]);
   }
@@ -71,9 +82,7 @@ __global__ void __launch_bounds__(kMergeWarps * kWarpSize)
   }
   total = warp_sum(total);
 
-  Dims value;
-#pragma unroll
-  for (int j = 0; j < kDims; ++j) value.values[j] = 0.f;
+  float value[kDims] = {};
   for (int s = 0; s < splits; ++s) {
     float mine = weight[0];
 #pragma unroll
@@ -82,16 +91,42 @@ __global__ void __launch_bounds__(kMergeWarps * kWarpSize)
     }
     const float w = shfl(mine, s % kWarpSize);
     if (w == 0.f) continue;  // an empty split (or one whose weight underflows): adds nothing
-    const Dims part = *reinterpret_cast<const Dims*>(partials.out + partial_row(p, s, token, head) * kHeadDim +
-                                                     lane * kDims);
+    const auto* part = reinterpret_cast<const float2*>(partials.out + partial_row(p, s, token, head) * kHeadDim +
+                                                      lane * kDims);
 #pragma unroll
-    for (int j = 0; j < kDims; ++j) value.values[j] += w * part.values[j];
+    for (int j = 0; j < kDims / 2; ++j) {
+      const float2 pair = load_partial(part + j);
+      value[2 * j] += w * pair.x;
+      value[2 * j + 1] += w * pair.y;
+    }
   }
   T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + lane * kDims;
   Pack<T, kDims> result;
 #pragma unroll
-  for (int j = 0; j < kDims; ++j) result.values[j] = from_float<T>(value.values[j] / total);
+  for (int j = 0; j < kDims; ++j) result.values[j] = from_float<T>(value[j] / total);
   *reinterpret_cast<Pack<T, kDims>*>(out) = result;
+}
+
+// Called by every thread of a split block once its partials are written (each thread's own writes
+// made visible first). The block that arrives last for `tile` merges the tile's `rows` rows, row i
+// being (token, head) = row_item(i), one warp per row, and resets the tile's count.
+template <class T, int kHeadDim, int kWarps, class RowItem>
+__device__ inline void merge_if_last_split(const PagedAttentionParams& p, const SplitPartials& partials, int64_t tile,
+                                           int64_t rows, RowItem row_item) {
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(partials.arrivals + tile, 1) == partials.num_splits - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  for (int64_t i = warp; i < rows; i += kWarps) {
+    int64_t token = 0, head = 0;
+    row_item(i, &token, &head);
+    merge_split_row<T, kHeadDim>(p, partials, token, head, lane);
+  }
+  if (threadIdx.x == 0) partials.arrivals[tile] = 0;
 }
 
 }  // namespace kvserve::gpu

@@ -10,7 +10,7 @@ namespace {
 
 std::mutex mutex;
 DeviceInfo infos[kMaxDevices];
-void* workspaces[kMaxDevices] = {};
+SplitWorkspace workspaces[kMaxDevices];
 
 bool current_device(int* device) {
   return cudaGetDevice(device) == cudaSuccess && *device >= 0 && *device < kMaxDevices;
@@ -36,20 +36,32 @@ bool current_device_info(DeviceInfo* info) {
   return true;
 }
 
-void* split_workspace(kvGpuStream_t stream) {
+bool split_workspace(kvGpuStream_t stream, SplitWorkspace* workspace) {
   int device = 0;
-  if (!current_device(&device)) return nullptr;
+  if (!current_device(&device)) return false;
   std::lock_guard<std::mutex> lock(mutex);
-  if (workspaces[device] != nullptr) return workspaces[device];
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
-    return nullptr;
+  SplitWorkspace& cached = workspaces[device];
+  if (cached.partials == nullptr) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess || capture != cudaStreamCaptureStatusNone) {
+      return false;
+    }
+    constexpr size_t kArrivalBytes = kMaxSplitTiles * sizeof(int32_t);
+    void* memory = nullptr;
+    if (cudaMalloc(&memory, kSplitPartialBytes + kArrivalBytes) != cudaSuccess) {
+      cudaGetLastError();  // an out-of-memory here only means: do not split
+      return false;
+    }
+    auto* arrivals = reinterpret_cast<int32_t*>(static_cast<char*>(memory) + kSplitPartialBytes);
+    if (cudaMemset(arrivals, 0, kArrivalBytes) != cudaSuccess) {
+      cudaFree(memory);
+      cudaGetLastError();
+      return false;
+    }
+    cached = {static_cast<float*>(memory), arrivals};
   }
-  if (cudaMalloc(&workspaces[device], kSplitWorkspaceBytes) != cudaSuccess) {
-    workspaces[device] = nullptr;
-    cudaGetLastError();  // an out-of-memory here only means: do not split
-  }
-  return workspaces[device];
+  *workspace = cached;
+  return true;
 }
 
 }  // namespace kvserve::gpu

@@ -1,10 +1,12 @@
 // What the CUDA launchers keep per device: its properties, read once, and one scratch buffer for
-// the split-key partials of paged attention (CUDA only: the HIP build has no split path).
+// the split-key partials of paged attention and their arrival counters (CUDA only: the HIP build
+// has no split path).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "attention_split.cuh"
 #include "compat.cuh"
 
 #if KVSERVE_GPU_MMA
@@ -22,12 +24,18 @@ struct DeviceInfo {
 // The current device's properties; false when the CUDA runtime cannot tell (no device, no driver).
 bool current_device_info(DeviceInfo* info);
 
-constexpr size_t kSplitWorkspaceBytes = size_t{16} << 20;
+// Room for the partials (SplitPartials::out and stats) of one paged-attention call.
+constexpr size_t kSplitPartialBytes = size_t{16} << 20;
 
-// The current device's split workspace (kSplitWorkspaceBytes), allocated on first use; nullptr when
+struct SplitWorkspace {
+  float* partials = nullptr;    // kSplitPartialBytes
+  int32_t* arrivals = nullptr;  // kMaxSplitTiles counters, zero between launches
+};
+
+// The current device's split workspace, allocated (and its counters zeroed) on first use; false when
 // it cannot be allocated now: out of memory, or `stream` is being captured into a graph, where an
 // allocation is not allowed (run the same call once before capturing).
-void* split_workspace(kvGpuStream_t stream);
+bool split_workspace(kvGpuStream_t stream, SplitWorkspace* workspace);
 
 }  // namespace kvserve::gpu
 

@@ -38,13 +38,14 @@ bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) 
 
 // Enough thread blocks for two per multiprocessor (the occupancy the kernel's shared memory allows),
 // while each split keeps at least two stages of keys of the longest context the block table can
-// hold, and the partials fit the workspace.
+// hold, and the partials and the tiles' arrival counters fit the workspace.
 int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t keys_per_stage, const DeviceInfo& device) {
   const int64_t blocks = tiles * p.num_kv_heads;
+  if (blocks > kMaxSplitTiles) return 1;
   const int64_t wanted = (2 * device.multiprocessors + blocks - 1) / blocks;
   const int64_t by_length = p.max_blocks_per_req * p.block_size / (2 * keys_per_stage);
   const int64_t split_bytes = p.num_tokens * p.num_heads * (p.head_dim + 2) * static_cast<int64_t>(sizeof(float));
-  const int64_t by_memory = static_cast<int64_t>(kSplitWorkspaceBytes) / split_bytes;
+  const int64_t by_memory = static_cast<int64_t>(kSplitPartialBytes) / split_bytes;
   return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
 }
 
@@ -54,13 +55,14 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
   if (tiles > INT_MAX) return Status::kUnsupported;
   SplitPartials partials;
   partials.num_splits = choose_splits(p, tiles, Tile::kKeys, device);
+  SplitWorkspace workspace;
   if (partials.num_splits > 1) {
-    auto* workspace = static_cast<float*>(split_workspace(stream));
-    if (workspace == nullptr) {
-      partials.num_splits = 1;
+    if (split_workspace(stream, &workspace)) {
+      partials.out = workspace.partials;
+      partials.stats = workspace.partials + partials.num_splits * p.num_tokens * p.num_heads * p.head_dim;
+      partials.arrivals = workspace.arrivals;
     } else {
-      partials.out = workspace;
-      partials.stats = workspace + partials.num_splits * p.num_tokens * p.num_heads * p.head_dim;
+      partials.num_splits = 1;
     }
   }
   // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
@@ -76,14 +78,7 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(partials.num_splits));
   launch_kernel(attention_mma_kernel<T, Tile>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
-  Status status = launch_status();
-  if (status == Status::kOk && partials.num_splits > 1) {
-    const int64_t items = p.num_tokens * p.num_heads;
-    const auto blocks = static_cast<unsigned>((items + kMergeWarps - 1) / kMergeWarps);
-    launch_kernel(merge_splits_kernel<T, Tile::kDim>, blocks, kMergeWarps * kWarpSize, 0, stream, p, partials);
-    status = launch_status();
-  }
-  return status;
+  return launch_status();
 }
 
 // Steps of one 16-row tile per request on average (decode: a token's group of query heads) take

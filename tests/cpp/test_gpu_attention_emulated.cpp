@@ -238,6 +238,21 @@ TEST(EmulatedPagedAttention, LongContextsSplitTheKeys) {
   expect_attention_matches({DType::kBFloat16, 64, 4, 1, 16, {1}, {9000}});
 }
 
+TEST(EmulatedPagedAttention, SplitCallsRepeatExactly) {
+  // The block that finishes a tile last merges its splits and sets the tile's arrival count back to
+  // zero: the same call again (as a CUDA graph replays it) gives the same bits, whichever block
+  // finishes last this time (the emulator shuffles the blocks' order per launch).
+  AttentionCase c{DType::kBFloat16, 128, 8, 2, 16, {1, 1}, {3001, 900}};
+  AttentionRun run(c);
+  ASSERT_EQ(run.run_gpu(), Status::kOk);
+  const std::vector<uint32_t> first = run.gpu_out.words;
+  for (int call = 0; call < 3; ++call) {
+    run.gpu_out = nan_buffer(c.dtype, static_cast<size_t>(run.num_tokens * run.row_stride));
+    ASSERT_EQ(run.run_gpu(), Status::kOk);
+    ASSERT_EQ(run.gpu_out.words, first) << "call " << call + 2;
+  }
+}
+
 TEST(EmulatedPagedAttention, BadMetadataPoisonsSplitRowsToo) {
   // A long context split across blocks, with one of its block ids out of range: the split that meets
   // it writes NaN statistics, which the merge carries into every row of the request, and only its.
