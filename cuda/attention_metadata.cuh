@@ -96,10 +96,15 @@ __device__ inline float attention_score(const PagedAttentionParams& p, float dot
 // Keys are below seq_len, an int32, and the launchers check that block_size fits an int32: the
 // divisions stay 32-bit (a 64-bit one costs several times more, once per key and thread).
 //
-// The cache block holding `key` of a request, or -1 when the block table entry is out of range.
-__device__ inline int64_t block_of_key(const PagedAttentionParams& p, const int32_t* block_row, int32_t key) {
-  const int32_t block = block_row[key / static_cast<int32_t>(p.block_size)];
+// The cache block in entry `entry` of a request's block table row, or -1 when it is out of range.
+__device__ inline int32_t block_at(const PagedAttentionParams& p, const int32_t* block_row, int32_t entry) {
+  const int32_t block = block_row[entry];
   return block >= 0 && block < p.num_blocks ? block : -1;
+}
+
+// The cache block holding `key` of a request, or -1 when the block table entry is out of range.
+__device__ inline int32_t block_of_key(const PagedAttentionParams& p, const int32_t* block_row, int32_t key) {
+  return block_at(p, block_row, key / static_cast<int32_t>(p.block_size));
 }
 
 // Element offset of (key, kv_head) in either cache, given its block.
@@ -107,5 +112,23 @@ __device__ inline int64_t cache_offset(const PagedAttentionParams& p, int64_t bl
   const int64_t offset = key % static_cast<int32_t>(p.block_size);
   return block * p.cache_stride_block + (offset * p.num_kv_heads + kv_head) * p.head_dim;
 }
+
+// A key's place in the paged cache, (block table entry, slot in its block), stepped forward without
+// dividing: a kernel that walks keys at a fixed stride pays for one division, not one per key.
+struct KeyPlace {
+  int32_t entry, offset;
+
+  __device__ KeyPlace(int32_t key, int32_t block_size) : entry(key / block_size), offset(key % block_size) {}
+
+  // Forward by the keys whose own place is `step` (both offsets are below block_size: one carry at most).
+  __device__ void advance(const KeyPlace& step, int32_t block_size) {
+    entry += step.entry;
+    offset += step.offset;
+    if (offset >= block_size) {
+      offset -= block_size;
+      ++entry;
+    }
+  }
+};
 
 }  // namespace kvserve::gpu

@@ -135,7 +135,7 @@ __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float
 }
 
 // One block's tile, its warps split as Split says. Called by every thread of the block.
-template <class T, class Tile, class Split>
+template <class T, class Tile, class Split, bool kRawScores>
 __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPartials& partials, const RequestRows& r,
                                    int64_t req, int64_t row_begin, int64_t row_end, int& s_bad_block) {
   constexpr int kHeadDim = Tile::kDim, kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
@@ -167,33 +167,42 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const T* value_cache = static_cast<const T*>(p.value_cache);
   const int32_t* block_row = p.block_table + req * p.block_table_stride;
   // Chunk c = tid + i * kThreads of a stage: key c / kChunks, 16 bytes at column (c % kChunks) * 8.
+  // A thread's chunks are kKeyStep keys apart; their places in the cache are stepped, not divided.
+  constexpr int kKeyStep = Tile::kThreads / kChunks;
+  const auto block_size = static_cast<int32_t>(p.block_size);
+  const KeyPlace step(kKeyStep, block_size);
+  const int32_t last_entry = split_begin < split_end ? (split_end - 1) / block_size : 0;
+  // Element offset of chunk (slot, this thread's column) in a block: slot * slot_stride + in_slot.
+  const auto slot_stride = static_cast<int32_t>(p.num_kv_heads * kHeadDim);
+  const auto in_slot = static_cast<int32_t>(kv_head * kHeadDim + (tid % kChunks) * 8);
   auto load_stage = [&](int buffer, int32_t first_key) {
+    const int32_t thread_key = first_key + tid / kChunks;
+    KeyPlace place(thread_key, block_size);
 #pragma unroll
     for (int first = 0; first < Tile::kLoads; first += Tile::kGather) {
-      int64_t at[Tile::kGather];
-      bool fill[Tile::kGather];
+      // The chunks' cache blocks first (-1: nothing to copy), one 32-bit register each.
+      // Every read is made (clamped to the split's last entry), so none waits behind a branch.
+      int32_t block[Tile::kGather];
+      KeyPlace at = place;
+      bool bad = false;
 #pragma unroll
       for (int i = 0; i < Tile::kGather; ++i) {
-        const int c = tid + (first + i) * Tile::kThreads;
-        const int32_t key = first_key + c / kChunks;
-        at[i] = 0;
-        fill[i] = false;
-        if (key < split_end) {
-          const int64_t block = block_of_key(p, block_row, key);
-          if (block >= 0) {
-            at[i] = cache_offset(p, block, key, kv_head) + (c % kChunks) * 8;
-            fill[i] = true;
-          } else {
-            s_bad_block = 1;
-          }
-        }
+        const bool needed = thread_key + (first + i) * kKeyStep < split_end;
+        const int32_t id = block_at(p, block_row, at.entry < last_entry ? at.entry : last_entry);
+        block[i] = needed ? id : -1;
+        bad |= needed && id < 0;
+        at.advance(step, block_size);
       }
+      if (bad) s_bad_block = 1;
 #pragma unroll
       for (int i = 0; i < Tile::kGather; ++i) {
-        const int c = tid + (first + i) * Tile::kThreads;
-        const int at_shared = (buffer * kKeys + c / kChunks) * kStride + (c % kChunks) * 8;
-        copy_async_16(s_k + at_shared, key_cache + at[i], fill[i]);
-        copy_async_16(s_v + at_shared, value_cache + at[i], fill[i]);
+        const bool fill = block[i] >= 0;
+        const int64_t from =
+            fill ? static_cast<int64_t>(block[i]) * p.cache_stride_block + place.offset * slot_stride + in_slot : 0;
+        const int to = (buffer * kKeys + (tid + (first + i) * Tile::kThreads) / kChunks) * kStride + (tid % kChunks) * 8;
+        copy_async_16(s_k + to, key_cache + from, fill);
+        copy_async_16(s_v + to, value_cache + from, fill);
+        place.advance(step, block_size);
       }
     }
   };
@@ -230,10 +239,10 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   // windows (and before the split's end) is visible to every row and skips the per-score mask.
   const auto warp_first_position = static_cast<int32_t>(first_position + min_i64(warp_rows, row_end - 1) / group);
   const auto warp_last_position = static_cast<int32_t>(first_position + min_i64(warp_rows + 15, row_end - 1) / group);
-  // Scores in base 2: one multiply without a softcap.
-  const bool plain_scores = p.softcap == 0.f;
-  const float scale_log2 = p.scale * kLog2e;
-  auto score = [&](float dot) { return plain_scores ? dot * scale_log2 : attention_score(p, dot) * kLog2e; };
+  // Scores in base 2. kRawScores (no softcap, and a positive scale, which keeps the order of the
+  // dot products): they stay raw dot products until the exponent, whose argument is then one fused
+  // multiply-add, score * score_scale - max. Otherwise they are transformed first (score_scale 1).
+  const float score_scale = kRawScores ? p.scale * kLog2e : 1.f;
   float o[Tile::kDimTiles][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
@@ -268,39 +277,48 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       const int32_t last_key = first_key + kWarpKeys - 1;
       const bool all_visible = last_key < split_end && (!p.causal || last_key <= warp_first_position) &&
                                (p.sliding_window == 0 || first_key > warp_last_position - p.sliding_window);
-      if (all_visible) {
+      // Masked scores to -inf (and transformed ones scaled and capped). Every branch here is uniform
+      // across the warp and taken once per stage, around whole loops (a branch per score would cost
+      // as much as the math).
+      auto prepare_scores = [&](auto visible) {
+        if constexpr (kRawScores) {
 #pragma unroll
-        for (int n = 0; n < Split::kKeyTiles; ++n) {
+          for (int n = 0; n < Split::kKeyTiles; ++n) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[n][e] = score(s[n][e]);
-        }
-      } else {
+            for (int e = 0; e < 4; ++e) s[n][e] = visible(n, e) ? s[n][e] : -INFINITY;
+          }
+        } else {
 #pragma unroll
-        for (int n = 0; n < Split::kKeyTiles; ++n) {
+          for (int n = 0; n < Split::kKeyTiles; ++n) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int32_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
-            const bool visible = key < split_end && (!p.causal || key <= pos) &&
-                                 (p.sliding_window == 0 || key > pos - p.sliding_window);
-            s[n][e] = visible ? score(s[n][e]) : -INFINITY;
+            for (int e = 0; e < 4; ++e) s[n][e] = visible(n, e) ? attention_score(p, s[n][e]) * kLog2e : -INFINITY;
           }
         }
+      };
+      if (!all_visible) {
+        prepare_scores([&](int n, int e) {
+          const int32_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
+          return key < split_end && (!p.causal || key <= pos) && (p.sliding_window == 0 || key > pos - p.sliding_window);
+        });
+      } else if constexpr (!kRawScores) {
+        prepare_scores([](int, int) { return true; });
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        float top = row_max[i];
+        float top = -INFINITY;
 #pragma unroll
         for (int n = 0; n < Split::kKeyTiles; ++n) top = fmaxf(top, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
         top = fmaxf(top, shfl_xor(top, 1));
         top = fmaxf(top, shfl_xor(top, 2));
+        top = fmaxf(row_max[i], top * score_scale);  // base-2 exponents, as row_max
         const float base = top == -INFINITY ? 0.f : top;
-        const float rescale = exp2f(row_max[i] - base);
+        const float rescale = fast_exp2(row_max[i] - base);
         row_max[i] = top;
         float sum = 0.f;
 #pragma unroll
         for (int n = 0; n < Split::kKeyTiles; ++n) {
-          s[n][2 * i] = exp2f(s[n][2 * i] - base);
-          s[n][2 * i + 1] = exp2f(s[n][2 * i + 1] - base);
+          s[n][2 * i] = fast_exp2(fmaf(s[n][2 * i], score_scale, -base));
+          s[n][2 * i + 1] = fast_exp2(fmaf(s[n][2 * i + 1], score_scale, -base));
           sum += s[n][2 * i] + s[n][2 * i + 1];
         }
         row_sum[i] = row_sum[i] * rescale + sum;
@@ -392,15 +410,22 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
   if (!r.rows_ok) return;
   const int64_t row_begin = tile * Tile::kRows, row_end = min_i64(row_begin + Tile::kRows, r.num_queries * group);
   if (row_begin >= row_end) return;
+  // Each way of sharing the tile, with raw or transformed scores (see attend_tile).
+  auto attend = [&](auto split) {
+    using Split = decltype(split);
+    if (p.softcap == 0.f && p.scale > 0.f) {
+      attend_tile<T, Tile, Split, true>(p, partials, r, req, row_begin, row_end, s_bad_block);
+    } else {
+      attend_tile<T, Tile, Split, false>(p, partials, r, req, row_begin, row_end, s_bad_block);
+    }
+  };
   if constexpr (Tile::kCanSplitKeys) {
     if (row_end - row_begin <= 16) {
-      attend_tile<T, Tile, WarpSplit<Tile, Tile::kWarps>>(p, partials, r, req, row_begin, row_end, s_bad_block);
+      attend(WarpSplit<Tile, Tile::kWarps>{});
       return;
     }
   }
-  if constexpr (Tile::kRows > 16) {
-    attend_tile<T, Tile, WarpSplit<Tile, 1>>(p, partials, r, req, row_begin, row_end, s_bad_block);
-  }
+  if constexpr (Tile::kRows > 16) attend(WarpSplit<Tile, 1>{});
 #endif  // sm_80+
 }
 

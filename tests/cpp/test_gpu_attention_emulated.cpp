@@ -209,6 +209,25 @@ TEST(EmulatedPagedAttention, BlockSizesWindowsSoftcapAndNonCausal) {
   }
 }
 
+TEST(EmulatedPagedAttention, NegativeScaleKeepsTheOrderOfScores) {
+  // Without a softcap the tensor-core kernel keeps raw dot products and takes their maximum, which
+  // only a positive scale preserves: a negative one goes the way softcapped scores go.
+  const AttentionCase c{DType::kBFloat16, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+  AttentionRun run(c);
+  run.params.scale = -0.3f;
+  ASSERT_EQ(run.run_cpu(), Status::kOk);
+  ASSERT_EQ(run.run_gpu(), Status::kOk);
+  for (int64_t t = 0; t < run.num_tokens; ++t) {
+    for (int64_t h = 0; h < 8; ++h) {
+      for (int64_t d = 0; d < 64; ++d) {
+        const float expected = run.cpu_out.get(run.at(t, h, d));
+        ASSERT_NEAR(run.gpu_out.get(run.at(t, h, d)), expected, tolerance(DType::kBFloat16) * (1 + std::abs(expected)))
+            << "token " << t << " head " << h << " dim " << d;
+      }
+    }
+  }
+}
+
 TEST(EmulatedPagedAttention, GroupsOfSixteenAndMoreQueryHeads) {
   // Decode layout: a group of 16 fills one 16-row tile; a group of 32 spans two.
   for (int64_t heads : {16, 32}) {

@@ -7,6 +7,7 @@
 //                  b0 = B[2t..][g], b1 = B[2t+8..][g]; c0, c1 = C[g][2t..], c2, c3 = C[g+8][2t..]
 #pragma once
 
+#include <cmath>
 #include <cstring>
 
 namespace kvserve::gpu {
@@ -16,6 +17,12 @@ inline void copy_async_commit() { emulator::async_commit(); }
 template <int kPending>
 inline void copy_async_wait() {
   emulator::async_wait(kPending);
+}
+
+// ex2.approx.ftz: results below 2^-126 (normal floats' least) flush to zero.
+inline float fast_exp2(float x) {
+  const float y = std::exp2(x);
+  return y < 1.17549435e-38f ? 0.f : y;
 }
 
 namespace emulated {
