@@ -56,18 +56,11 @@ run build 300 "$OUT/build.log" "$PY" -m pip install --no-build-isolation --no-de
   -Cbuild-dir=/tmp/kvserve-build -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
   "-Ccmake.define.CMAKE_CUDA_FLAGS=--resource-usage"
 
-# Registers, stack and spills per kernel from ptxas; the tensor-core kernel's SASS must show HMMA,
-# LDSM and LDGSTS, and no local memory (LDL/STL).
+# Registers, stack and spills per kernel from ptxas, then the tensor-core kernel's per-stage loops
+# from its SASS (bench/sass_loops.py: instructions by kind; LDL/STL must be 0).
 kernel_report() {
   grep -E "Function properties|bytes stack frame|Used [0-9]+ registers" "$OUT/build.log" | sed 's/^ *//'
-  local so
-  so=$("$PY" -c "import kvserve._C as c; print(c.__file__)")
-  echo "== SASS instruction counts per kernel ($so)"
-  cuobjdump -sass "$so" | awk '
-    /Function :/ { name = $3 }
-    /HMMA|LDSM|LDGSTS|LDL|STL|BAR.SYNC|MUFU.EX2/ {
-      match($0, /(HMMA|LDSM|LDGSTS|LDL|STL|BAR\.SYNC|MUFU\.EX2)/); count[name " " substr($0, RSTART, RLENGTH)]++ }
-    END { for (k in count) print k, count[k] }' | sort
+  "$PY" bench/sass_loops.py --kernel attention_mma
 }
 export -f kernel_report
 run kernels 30 "$OUT/kernels.txt" bash -c kernel_report

@@ -1,0 +1,140 @@
+"""What the GPU will run, read without a GPU: the machine code (SASS) of kvserve's CUDA kernels.
+
+For every kernel in a CUDA binary (kvserve._C of a CUDA build by default, or any .so / .o given),
+per architecture: its registers and local memory (from cuobjdump -res-usage), and for each of its
+innermost loops that holds tensor-core instructions (the attention kernel's per-stage loop), how
+many instructions one trip through the loop holds, split by kind. Loops whose code calls a
+subroutine (the softcap's full-precision division) are marked "transformed", the others "raw".
+
+    python bench/sass_loops.py                      # kvserve._C, every kernel with such a loop
+    python bench/sass_loops.py build/cuda/cpp/CMakeFiles/kvserve_engine.dir/__/cuda/paged_attention.cu.o
+    python bench/sass_loops.py --kernel attention_mma --arch sm_90a
+
+Needs cuobjdump and nvdisasm: from the CUDA toolkit, or pip's nvidia-cuda-cuobjdump and
+nvidia-cuda-nvdisasm wheels (looked for in the Python environment too). Static counts: an
+instruction inside a branch not taken counts as much as one on the hot path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = ("HMMA", "LDSM", "LDGSTS", "LDG", "MUFU", "FFMA", "FMUL", "IMAD", "ISETP", "BRA", "BAR", "LDL", "STL")
+
+
+def tool(name: str) -> str:
+    """A CUDA binary tool: on PATH, under CUDA_HOME, or from a pip nvidia-* wheel."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name]
+    site = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
+    candidates += sorted(site.glob(f"*/bin/{name}"))
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    sys.exit(f"{name} not found: install the CUDA toolkit, or pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+
+
+def default_binary() -> str:
+    import kvserve._C as c
+    if not c.has_cuda:
+        sys.exit("this kvserve was built without CUDA kernels: give the path of a CUDA build's .so or .o")
+    return c.__file__
+
+
+@dataclass
+class Loop:
+    kind: str  # "raw" or "transformed"
+    counts: collections.Counter
+    size: int
+
+
+def functions(sass: str) -> dict[tuple[str, str], list[tuple[int, str]]]:
+    """(arch, mangled name) -> [(address, instruction)]."""
+    result, arch, current = {}, "", None
+    for line in sass.splitlines():
+        if m := re.search(r"code for (sm_\w+)", line):
+            arch = m.group(1)
+        elif m := re.search(r"Function : (\S+)", line):
+            current = result.setdefault((arch, m.group(1)), [])
+        elif current is not None and (m := re.search(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", line)):
+            current.append((int(m.group(1), 16), m.group(2).strip()))
+    return result
+
+
+def opcode(instruction: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+
+
+def tensor_loops(code: list[tuple[int, str]]) -> list[Loop]:
+    """The innermost loops (backward branches) whose body holds HMMA instructions."""
+    spans = []
+    for address, instruction in code:
+        if (m := re.search(r"BRA\S*\s+0x([0-9a-f]+)", instruction)) and int(m.group(1), 16) < address:
+            body = [t for a, t in code if int(m.group(1), 16) <= a <= address]
+            if any(opcode(t) == "HMMA" for t in body):
+                spans.append((int(m.group(1), 16), address, body))
+    inner = [s for s in spans if not any(o is not s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
+    return [Loop("transformed" if any(opcode(t) == "CALL" for t in body) else "raw",
+                 collections.Counter(opcode(t) for t in body), len(body))
+            for _, _, body in sorted(inner)]
+
+
+def resources(binary: str) -> dict[tuple[str, str], str]:
+    """(arch, mangled name) -> 'REG:.. STACK:.. SHARED:.. LOCAL:..' from cuobjdump -res-usage."""
+    out = subprocess.run([tool("cuobjdump"), "-res-usage", binary], capture_output=True, text=True, check=True).stdout
+    result, arch, name = {}, "", None
+    for line in out.splitlines():
+        if m := re.search(r"arch = (sm_\w+)", line):
+            arch = m.group(1)
+        elif m := re.search(r"Function (\S+):", line):
+            name = m.group(1)
+        elif name and "REG:" in line:
+            result[(arch, name)] = " ".join(f for f in line.split() if f.split(":")[0] in ("REG", "STACK", "LOCAL"))
+            name = None
+    return result
+
+
+def short_name(mangled: str) -> str:
+    """attention_mma_kernel<bf16, D128, 16 rows> from the mangled instance name."""
+    name = re.sub(r"^_ZN7kvserve3gpu\d+", "", mangled)
+    base = re.match(r"[a-z_0-9]+", name).group(0)
+    dtype = "bf16" if "BFloat16" in name else "f16" if "__half" in name else "f32" if "IfE" in name else ""
+    tile = re.search(r"MmaTileI\w+?_Li(\d+)ELi(\d+)E", name)
+    shape = f", D{tile.group(1)}, {tile.group(2)} rows" if tile else ""
+    return f"{base}<{dtype}{shape}>"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("binary", nargs="?", help="a CUDA .so or .o (default: kvserve._C)")
+    parser.add_argument("--kernel", default="", help="only kernels whose name contains this")
+    parser.add_argument("--arch", default="", help="only this architecture, e.g. sm_90a")
+    args = parser.parse_args()
+    binary = args.binary or default_binary()
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(tool("nvdisasm")).parent), os.environ.get("PATH", "")]))
+    sass = subprocess.run([tool("cuobjdump"), "-sass", binary], capture_output=True, text=True, check=True,
+                          env=env).stdout
+    usage = resources(binary)
+    print(f"| arch | kernel | resources | loop | instructions | {' | '.join(KINDS)} |")
+    print(f"|---|---|---|---|---|{'---|' * len(KINDS)}")
+    for (arch, name), code in sorted(functions(sass).items(), key=lambda item: (item[0][0], short_name(item[0][1]))):
+        if args.kernel not in name or args.arch not in arch:
+            continue
+        for loop in tensor_loops(code):
+            kinds = " | ".join(str(loop.counts.get(k, 0)) for k in KINDS)
+            print(f"| {arch} | {short_name(name)} | {usage.get((arch, name), '')} | {loop.kind} | {loop.size} | {kinds} |")
+
+
+if __name__ == "__main__":
+    main()
