@@ -218,6 +218,7 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
 # Kernel name fragments -> the part of a decode step they do (the first match wins).
 KERNEL_PARTS = [
     ("attention", ("attention_mma_kernel", "attention_portable_kernel")),
+    ("rotary + cache write", ("rotary_and_cache",)),
     ("cache write", ("reshape_and_cache",)),
     ("rms norm", ("rms_norm",)),
     ("rotary", ("rotary_embedding",)),

@@ -1,5 +1,6 @@
 // Bindings of the fused layer kernels (layer_ops.h): RMSNorm, fused residual add + RMSNorm, rotary
-// embedding and SiLU-and-mul, on the CPU or a CUDA device. Shapes, dtypes and strides are checked
+// embedding (alone, or with the KV-cache write: rotary_and_cache.h) and SiLU-and-mul, on the CPU or
+// a CUDA device. Shapes, dtypes and strides are checked
 // first, then that every array is on one device, whose kernel then runs.
 #include <nanobind/nanobind.h>
 
@@ -7,8 +8,48 @@
 #include "bind.h"
 #include "kernel_call.h"
 #include "kvserve/layer_ops.h"
+#include "kvserve/rotary_and_cache.h"
+#include "op_params.h"
 
 namespace kvserve::bind {
+
+RotaryEmbeddingParams rotary_embedding_params(const Array& query, const Array& key, const Array& cos,
+                                              const Array& sin) {
+  check_dtype(query, "query", kFloatDtypes);
+  check_ndim(query, "query", 3, "[num_tokens, num_heads, head_dim]");
+  check_contiguous(query, "query", 2);
+  check_same_dtype(key, "key", query, "query");
+  check_ndim(key, "key", 3, "[num_tokens, num_kv_heads, head_dim]");
+  check_dim(key, "key", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
+  check_dim(key, "key", 2, static_cast<int64_t>(query.shape(2)), "head_dim of query");
+  check_contiguous(key, "key", 2);
+  check_same_dtype(cos, "cos", query, "query");
+  check_ndim(cos, "cos", 2, "[num_tokens, head_dim / 2]");
+  check_dim(cos, "cos", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
+  check_dim(cos, "cos", 1, static_cast<int64_t>(query.shape(2)) / 2, "head_dim / 2 of query");
+  check_contiguous(cos, "cos", 1);
+  check_same_shape(sin, "sin", cos, "cos");
+  check_same_dtype(sin, "sin", cos, "cos");
+  check_same_stride(sin, "sin", cos, "cos", 0);
+  check_contiguous(sin, "sin", 1);
+
+  RotaryEmbeddingParams p;
+  p.query = query.data();
+  p.query_stride_token = query.stride(0);
+  p.query_stride_head = query.stride(1);
+  p.key = key.data();
+  p.key_stride_token = key.stride(0);
+  p.key_stride_head = key.stride(1);
+  p.cos = cos.data();
+  p.sin = sin.data();
+  p.cos_sin_stride_token = cos.stride(0);
+  p.dtype = kernel_dtype(query, "query");
+  p.num_tokens = static_cast<int64_t>(query.shape(0));
+  p.num_heads = static_cast<int64_t>(query.shape(1));
+  p.num_kv_heads = static_cast<int64_t>(key.shape(1));
+  p.head_dim = static_cast<int64_t>(query.shape(2));
+  return p;
+}
 
 namespace {
 
@@ -74,42 +115,28 @@ void fused_add_rms_norm(Array input, Array residual, Array weight, double eps, u
 }
 
 void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t stream) {
-  check_dtype(query, "query", kFloatDtypes);
-  check_ndim(query, "query", 3, "[num_tokens, num_heads, head_dim]");
-  check_contiguous(query, "query", 2);
-  check_same_dtype(key, "key", query, "query");
-  check_ndim(key, "key", 3, "[num_tokens, num_kv_heads, head_dim]");
-  check_dim(key, "key", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
-  check_dim(key, "key", 2, static_cast<int64_t>(query.shape(2)), "head_dim of query");
-  check_contiguous(key, "key", 2);
-  check_same_dtype(cos, "cos", query, "query");
-  check_ndim(cos, "cos", 2, "[num_tokens, head_dim / 2]");
-  check_dim(cos, "cos", 0, static_cast<int64_t>(query.shape(0)), "num_tokens of query");
-  check_dim(cos, "cos", 1, static_cast<int64_t>(query.shape(2)) / 2, "head_dim / 2 of query");
-  check_contiguous(cos, "cos", 1);
-  check_same_shape(sin, "sin", cos, "cos");
-  check_same_dtype(sin, "sin", cos, "cos");
-  check_same_stride(sin, "sin", cos, "cos", 0);
-  check_contiguous(sin, "sin", 1);
+  const RotaryEmbeddingParams p = rotary_embedding_params(query, key, cos, sin);
   const bool cuda = on_one_device({{query, "query"}, {key, "key"}, {cos, "cos"}, {sin, "sin"}});
-
-  RotaryEmbeddingParams p;
-  p.query = query.data();
-  p.query_stride_token = query.stride(0);
-  p.query_stride_head = query.stride(1);
-  p.key = key.data();
-  p.key_stride_token = key.stride(0);
-  p.key_stride_head = key.stride(1);
-  p.cos = cos.data();
-  p.sin = sin.data();
-  p.cos_sin_stride_token = cos.stride(0);
-  p.dtype = kernel_dtype(query, "query");
-  p.num_tokens = static_cast<int64_t>(query.shape(0));
-  p.num_heads = static_cast<int64_t>(query.shape(1));
-  p.num_kv_heads = static_cast<int64_t>(key.shape(1));
-  p.head_dim = static_cast<int64_t>(query.shape(2));
   call_kernel(cuda, KVSERVE_KERNELS(rotary_embedding), check_rotary_embedding, p, query.device_id(), stream,
               "rotary_embedding");
+}
+
+void rotary_and_cache(Array query, Array key, Array value, Array cos, Array sin, Array key_cache, Array value_cache,
+                      Array slot_mapping, [[maybe_unused]] uintptr_t stream) {
+  RotaryAndCacheParams p;
+  p.rotary = rotary_embedding_params(query, key, cos, sin);
+  p.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
+  [[maybe_unused]] const bool cuda =
+      on_one_device({{query, "query"}, {key, "key"}, {value, "value"}, {cos, "cos"}, {sin, "sin"},
+                     {key_cache, "key_cache"}, {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
+#if KVSERVE_HAS_CUDA
+  // On CUDA the slots stay in device memory: the host checks the layout only (as reshape_and_cache).
+  if (cuda) {
+    return call_cuda_kernel(rotary_and_cache_cuda, check_rotary_and_cache_layout, p, query.device_id(), stream,
+                            "rotary_and_cache");
+  }
+#endif
+  call_cpu_kernel(rotary_and_cache_cpu, check_rotary_and_cache, p, "rotary_and_cache");
 }
 
 void silu_and_mul(Array out, Array input, uintptr_t stream) {
@@ -148,6 +175,10 @@ void bind_layer_ops(nb::module_& m) {
         "residual += input; input = RMSNorm(residual) * weight, in place.");
   m.def("rotary_embedding", &rotary_embedding, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("cos"), nb::arg("sin"), nb::arg("stream") = 0, "Rotate query and key in place.");
+  m.def("rotary_and_cache", &rotary_and_cache, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
+        nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),
+        nb::arg("value_cache").noconvert(), nb::arg("slot_mapping"), nb::arg("stream") = 0,
+        "Rotate query and key in place, then write key and value into their cache slots.");
   m.def("silu_and_mul", &silu_and_mul, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,
         "out = silu(input[:, :size]) * input[:, size:].");
 }

@@ -21,6 +21,7 @@
 #include "kvserve/cpu_isa.h"
 #include "kvserve/paged_attention.h"
 #include "kvserve/reshape_and_cache.h"
+#include "op_params.h"
 
 namespace kvserve::bind {
 
@@ -117,24 +118,9 @@ void check_vector(const Array& array, const char* name, std::initializer_list<nb
 
 void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cache, Array slot_mapping,
                        [[maybe_unused]] uintptr_t stream) {
-  check_dtype(key, "key", kFloatDtypes);
-  check_rows(key, "key", "[num_tokens, num_kv_heads, head_dim]");
-  check_same_shape(value, "value", key, "key");
-  check_same_dtype(value, "value", key, "key");
-  check_rows(value, "value", "[num_tokens, num_kv_heads, head_dim]");
-  check_caches(key_cache, value_cache, key, "key", 1);
-  check_vector(slot_mapping, "slot_mapping", {kInt64, kInt32}, static_cast<int64_t>(key.shape(0)), "[num_tokens]");
+  const ReshapeAndCacheParams p = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
   [[maybe_unused]] const bool cuda = on_one_device({{key, "key"}, {value, "value"}, {key_cache, "key_cache"},
                                    {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
-
-  ReshapeAndCacheParams p;
-  set_rows(key, p.key, p.key_stride_token, p.key_stride_head);
-  set_rows(value, p.value, p.value_stride_token, p.value_stride_head);
-  set_caches(key_cache, value_cache, p);
-  p.slot_mapping = slot_mapping.data();
-  p.slot_mapping_dtype = kernel_dtype(slot_mapping, "slot_mapping");
-  p.dtype = kernel_dtype(key, "key");
-  p.num_tokens = static_cast<int64_t>(key.shape(0));
 #if KVSERVE_HAS_CUDA
   if (cuda) {
     return call_cuda_kernel(reshape_and_cache_cuda, check_reshape_and_cache_layout, p, key.device_id(), stream,
@@ -198,6 +184,27 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
 }
 
 }  // namespace
+
+ReshapeAndCacheParams reshape_and_cache_params(const Array& key, const Array& value, const Array& key_cache,
+                                               const Array& value_cache, const Array& slot_mapping) {
+  check_dtype(key, "key", kFloatDtypes);
+  check_rows(key, "key", "[num_tokens, num_kv_heads, head_dim]");
+  check_same_shape(value, "value", key, "key");
+  check_same_dtype(value, "value", key, "key");
+  check_rows(value, "value", "[num_tokens, num_kv_heads, head_dim]");
+  check_caches(key_cache, value_cache, key, "key", 1);
+  check_vector(slot_mapping, "slot_mapping", {kInt64, kInt32}, static_cast<int64_t>(key.shape(0)), "[num_tokens]");
+
+  ReshapeAndCacheParams p;
+  set_rows(key, p.key, p.key_stride_token, p.key_stride_head);
+  set_rows(value, p.value, p.value_stride_token, p.value_stride_head);
+  set_caches(key_cache, value_cache, p);
+  p.slot_mapping = slot_mapping.data();
+  p.slot_mapping_dtype = kernel_dtype(slot_mapping, "slot_mapping");
+  p.dtype = kernel_dtype(key, "key");
+  p.num_tokens = static_cast<int64_t>(key.shape(0));
+  return p;
+}
 
 void bind_ops(nb::module_& m) {
   m.def("copy_blocks", &copy_blocks, nb::arg("cache").noconvert(), nb::arg("block_pairs"),

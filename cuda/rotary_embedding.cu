@@ -1,11 +1,11 @@
 // rotary_embedding_cuda: grid (token, chunk); each thread turns kPack consecutive pairs (d, d + half)
 // of one query or key head in place, with 16-byte loads of both halves, cos and sin where every row
 // and head start is 16-byte aligned and the half width divides into packs (one element otherwise).
-// A decode step's few tokens still spread over many threads, each with one independent load. Computed
-// in float32, rounded once per element as Hugging Face's formula rounds.
+// A decode step's few tokens still spread over many threads, each with one independent load. The
+// rotation itself is rotary.cuh's.
 #include <climits>
 
-#include "numeric.cuh"
+#include "rotary.cuh"
 #include "kvserve/layer_ops.h"
 
 namespace kvserve {
@@ -33,14 +33,7 @@ __global__ void __launch_bounds__(kThreads) rotary_embedding_kernel(const Rotary
     const Packed x1 = *reinterpret_cast<const Packed*>(x + d), x2 = *reinterpret_cast<const Packed*>(x + d + half);
     const Packed c = *reinterpret_cast<const Packed*>(cos + d), s = *reinterpret_cast<const Packed*>(sin + d);
     Packed y1, y2;
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      const float a = to_float(x1.values[k]), b = to_float(x2.values[k]);
-      const float ck = to_float(c.values[k]), sk = to_float(s.values[k]);
-      // Hugging Face's `q * cos + rotate_half(q) * sin` stores each product in T, then their sum.
-      y1.values[k] = from_float<T>(product_in<T>(a, ck) - product_in<T>(b, sk));
-      y2.values[k] = from_float<T>(product_in<T>(b, ck) + product_in<T>(a, sk));
-    }
+    rotate_pairs<T, kPack>(x1, x2, c, s, &y1, &y2);
     *reinterpret_cast<Packed*>(x + d) = y1;
     *reinterpret_cast<Packed*>(x + d + half) = y2;
   }

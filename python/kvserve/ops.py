@@ -2,9 +2,9 @@
 
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
 passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
-layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, silu_and_mul) run on the CPU or on
-CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays are; argmax and linear are
-CPU kernels (on a GPU, torch's argmax and cuBLAS serve those steps).
+layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul) run
+on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays are;
+argmax and linear are CPU kernels (on a GPU, torch's argmax and cuBLAS serve those steps).
 
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
@@ -102,6 +102,13 @@ def rotary_embedding(query, key, cos, sin) -> None:
     Hugging Face's `q * cos + rotate_half(q) * sin`. query and key may be strided views of a fused
     qkv projection."""
     _C.ops.rotary_embedding(_dl(query), _dl(key), _dl(cos), _dl(sin), _stream_of(query))
+
+
+def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_mapping) -> None:
+    """rotary_embedding(query, key, cos, sin), then reshape_and_cache(key, value, key_cache,
+    value_cache, slot_mapping), in one call (one kernel on CUDA): a layer's step before attention."""
+    _C.ops.rotary_and_cache(_dl(query), _dl(key), _dl(value), _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache),
+                            _dl(slot_mapping), _stream_of(query))
 
 
 def silu_and_mul(out, x) -> None:

@@ -7,11 +7,16 @@
 #include <numeric>
 #include <ostream>
 #include <random>
+#include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "emulated_buffers.h"
 #include "kvserve/copy_blocks.h"
 #include "kvserve/layer_ops.h"
+#include "kvserve/reshape_and_cache.h"
+#include "kvserve/rotary_and_cache.h"
 
 namespace {
 
@@ -110,6 +115,19 @@ std::ostream& operator<<(std::ostream& os, const RotaryShape& s) {
   return os << s.heads << " heads / " << s.kv_heads << " kv heads of " << s.head_dim;
 }
 
+// cos and sin [tokens, half] of position t + 1's angles.
+std::pair<Buffer, Buffer> cos_sin_table(DType dtype, int64_t tokens, int64_t half) {
+  Buffer cos(dtype, static_cast<size_t>(tokens * half)), sin(dtype, static_cast<size_t>(tokens * half));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(t + 1) * std::pow(100.f, -static_cast<float>(i) / half);
+      cos.set(t * half + i, std::cos(angle));
+      sin.set(t * half + i, std::sin(angle));
+    }
+  }
+  return {cos, sin};
+}
+
 class EmulatedRotary : public ::testing::TestWithParam<RotaryShape> {};
 
 TEST_P(EmulatedRotary, InPlaceOnFusedQk) {
@@ -120,14 +138,7 @@ TEST_P(EmulatedRotary, InPlaceOnFusedQk) {
     const int64_t row = (heads + 2 * kv_heads) * head_dim;
     Buffer qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
     Buffer before = qkv;
-    Buffer cos(dtype, static_cast<size_t>(tokens * half)), sin(dtype, static_cast<size_t>(tokens * half));
-    for (int64_t t = 0; t < tokens; ++t) {
-      for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(t + 1) * std::pow(100.f, -static_cast<float>(i) / half);
-        cos.set(t * half + i, std::cos(angle));
-        sin.set(t * half + i, std::sin(angle));
-      }
-    }
+    auto [cos, sin] = cos_sin_table(dtype, tokens, half);
     const int64_t element = dtype == DType::kFloat32 ? 4 : 2;
     kvserve::RotaryEmbeddingParams p;
     p.query = qkv.data();
@@ -164,6 +175,99 @@ TEST_P(EmulatedRotary, InPlaceOnFusedQk) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotary,
+                         ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
+
+// rotary_and_cache against rotary_embedding then reshape_and_cache (the kernels it fuses, checked
+// above and in test_gpu_attention_emulated.cpp) on the same data: the same bits in q, k, v and both
+// caches.
+struct RotaryAndCacheRun {
+  static constexpr int64_t kTokens = 3, kBlocks = 3, kBlockSize = 4;
+  Buffer qkv, cos, sin, key_cache, value_cache;
+  std::vector<int64_t> slots;
+  kvserve::RotaryAndCacheParams params;
+
+  RotaryAndCacheRun(DType dtype, const RotaryShape& shape, std::vector<int64_t> slot_mapping)
+      : qkv(dtype, 0), cos(dtype, 0), sin(dtype, 0), key_cache(dtype, 0), value_cache(dtype, 0),
+        slots(std::move(slot_mapping)) {
+    std::mt19937 rng(7);
+    const auto [heads, kv_heads, head_dim] = shape;
+    const int64_t row = (heads + 2 * kv_heads) * head_dim, cache_size = kBlocks * kBlockSize * kv_heads * head_dim;
+    qkv = random_buffer(dtype, static_cast<size_t>(kTokens * row), rng);
+    std::tie(cos, sin) = cos_sin_table(dtype, kTokens, head_dim / 2);
+    key_cache = nan_buffer(dtype, static_cast<size_t>(cache_size));
+    value_cache = nan_buffer(dtype, static_cast<size_t>(cache_size));
+    const int64_t element = dtype == DType::kFloat32 ? 4 : 2;
+    kvserve::RotaryEmbeddingParams& r = params.rotary;
+    r.query = qkv.data();
+    r.key = static_cast<char*>(qkv.data()) + heads * head_dim * element;
+    r.query_stride_token = r.key_stride_token = row;
+    r.query_stride_head = r.key_stride_head = head_dim;
+    r.cos = cos.data();
+    r.sin = sin.data();
+    r.cos_sin_stride_token = head_dim / 2;
+    r.dtype = dtype;
+    r.num_tokens = kTokens;
+    r.num_heads = heads;
+    r.num_kv_heads = kv_heads;
+    r.head_dim = head_dim;
+    kvserve::ReshapeAndCacheParams& c = params.cache;
+    c.key = r.key;
+    c.key_stride_token = row;
+    c.key_stride_head = head_dim;
+    c.value = static_cast<char*>(qkv.data()) + (heads + kv_heads) * head_dim * element;
+    c.value_stride_token = row;
+    c.value_stride_head = head_dim;
+    c.key_cache = key_cache.data();
+    c.value_cache = value_cache.data();
+    c.cache_stride_block = kBlockSize * kv_heads * head_dim;
+    c.slot_mapping = slots.data();
+    c.slot_mapping_dtype = DType::kInt64;
+    c.dtype = dtype;
+    c.num_tokens = kTokens;
+    c.num_kv_heads = kv_heads;
+    c.head_dim = head_dim;
+    c.num_blocks = kBlocks;
+    c.block_size = kBlockSize;
+  }
+};
+
+class EmulatedRotaryAndCache : public ::testing::TestWithParam<RotaryShape> {};
+
+TEST_P(EmulatedRotaryAndCache, EqualsTheTwoKernelsItFuses) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    RotaryAndCacheRun apart(dtype, GetParam(), {5, -1, 10}), fused(dtype, GetParam(), {5, -1, 10});
+    ASSERT_EQ(kvserve::rotary_embedding_cuda(apart.params.rotary, nullptr), Status::kOk);
+    ASSERT_EQ(kvserve::reshape_and_cache_cuda(apart.params.cache, nullptr), Status::kOk);
+    ASSERT_EQ(kvserve::rotary_and_cache_cuda(fused.params, nullptr), Status::kOk);
+    EXPECT_EQ(fused.qkv.words, apart.qkv.words) << name(dtype);
+    EXPECT_EQ(fused.key_cache.words, apart.key_cache.words) << name(dtype);
+    EXPECT_EQ(fused.value_cache.words, apart.value_cache.words) << name(dtype);
+    EXPECT_FALSE(std::isnan(fused.key_cache.get(5 * GetParam().kv_heads * GetParam().head_dim))) << "slot 5 written";
+  }
+}
+
+TEST_P(EmulatedRotaryAndCache, SkipsSlotsOutOfRange) {
+  // Slots live in device memory: the host cannot check them, the kernel skips the token's write
+  // (as reshape_and_cache_cuda does) and still rotates its query and key.
+  RotaryAndCacheRun expected(DType::kBFloat16, GetParam(), {5, -1, 10});
+  RotaryAndCacheRun run(DType::kBFloat16, GetParam(), {5, 12 * 1000, 10});
+  ASSERT_EQ(kvserve::rotary_and_cache_cuda(expected.params, nullptr), Status::kOk);
+  ASSERT_EQ(kvserve::rotary_and_cache_cuda(run.params, nullptr), Status::kOk);
+  EXPECT_EQ(run.qkv.words, expected.qkv.words);
+  EXPECT_EQ(run.key_cache.words, expected.key_cache.words);
+  EXPECT_EQ(run.value_cache.words, expected.value_cache.words);
+}
+
+TEST(EmulatedRotaryAndCache, RejectsACacheKeyThatIsNotTheRotatedOne) {
+  RotaryAndCacheRun run(DType::kBFloat16, RotaryShape{4, 2, 16}, {5, -1, 10});
+  run.params.cache.key = run.params.cache.value;
+  std::string why;
+  EXPECT_EQ(kvserve::check_rotary_and_cache_layout(run.params, &why), Status::kInvalidArgument);
+  EXPECT_NE(why.find("cache.key"), std::string::npos) << why;
+  EXPECT_EQ(kvserve::rotary_and_cache_cuda(run.params, nullptr), Status::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotaryAndCache,
                          ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
 
 TEST(EmulatedLayerOps, SiluAndMul) {

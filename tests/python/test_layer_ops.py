@@ -1,4 +1,5 @@
-"""The fused layer kernels (RMSNorm with the residual add, rotary embedding, SiLU-and-mul) on the CPU
+"""The fused layer kernels (RMSNorm with the residual add, rotary embedding alone and with the KV-cache
+write, SiLU-and-mul) on the CPU
 and on CUDA, and the CPU-only argmax and few-rows linear, against the framework ops they replace on
 random data. They round at the same points as those ops, so 16-bit results agree but for rare
 one-ulp flips (a float32 sum or exp taken in another order); float32 within float32 rounding.
@@ -122,6 +123,37 @@ def test_rotary_embedding(device, dtype, head_dim):
         assert_matches(ours, reference_rotary(x, cos, sin))
     v = slice((heads + kv_heads) * head_dim, None)
     assert torch.equal(fused[:, v], before[:, v])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", [128, 6])
+def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head_dim):
+    """The fused op against the two it fuses, on the same device: the same bits in q, k and v (views
+    of one projection) and in both caches; a -1 slot writes nothing."""
+    torch.manual_seed(head_dim + 1)
+    tokens, heads, kv_heads, blocks, block_size = 11, 4, 2, 4, 4
+    fused = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(dtype).to(device)
+    angles = torch.rand(tokens, head_dim // 2) * 100
+    cos, sin = angles.cos().to(dtype).to(device), angles.sin().to(dtype).to(device)
+    slots = torch.tensor([3, -1, 0, 12, 9, 1, 2, 15, 4, 5, -1], device=device)
+    results = []
+    for fuse in (False, True):
+        qkv = fused.clone()
+        q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        q, k, v = (x.view(tokens, -1, head_dim) for x in (q, k, v))
+        caches = [torch.full((blocks, block_size, kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+                  for _ in range(2)]
+        if fuse:
+            ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
+        else:
+            ops.rotary_embedding(q, k, cos, sin)
+            ops.reshape_and_cache(k, v, *caches, slots)
+        results.append((qkv, *caches))
+    for apart, fused_op in zip(*results):
+        assert torch.equal(apart.isnan(), fused_op.isnan()) and torch.equal(apart.nan_to_num(), fused_op.nan_to_num())
+    key_cache = results[1][1].view(-1, kv_heads, head_dim)
+    assert key_cache[[3, 0, 12]].isfinite().all() and key_cache[[6, 7]].isnan().all()  # written, and not
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -252,6 +284,13 @@ BAD_CALLS = {
                                                       torch.randn(3, 3)), r"cos: dimension 1 must be head_dim / 2"),
     "rotary key tokens": (lambda: ops.rotary_embedding(torch.randn(3, 2, 8), torch.randn(2, 1, 8), torch.randn(3, 4),
                                                        torch.randn(3, 4)), r"key: dimension 0 must be num_tokens"),
+    "rotary_and_cache value tokens": (lambda: ops.rotary_and_cache(
+        torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(2, 1, 8), torch.randn(3, 4), torch.randn(3, 4),
+        torch.empty(2, 4, 1, 8), torch.empty(2, 4, 1, 8), torch.zeros(3, dtype=torch.int64)),
+        r"value: expected the shape of key \[3, 1, 8\], got \[2, 1, 8\]"),
+    "rotary_and_cache slot": (lambda: ops.rotary_and_cache(
+        torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(3, 1, 8), torch.randn(3, 4), torch.randn(3, 4),
+        torch.empty(2, 4, 1, 8), torch.empty(2, 4, 1, 8), torch.tensor([0, 8, 1])), r"slot"),
     "silu odd width": (lambda: ops.silu_and_mul(torch.empty(3, 4), torch.ones(3, 9)),
                        r"input: expected an even last dimension"),
     "silu out width": (lambda: ops.silu_and_mul(torch.empty(3, 5), torch.ones(3, 8)),
@@ -281,6 +320,16 @@ def test_a_failed_call_writes_nothing():
     with pytest.raises(ValueError):
         ops.rms_norm(out, torch.randn(4, 8), torch.randn(9), 1e-5)
     assert out.isnan().all()
+
+
+def test_a_failed_rotary_and_cache_rotates_nothing():
+    """A slot out of range fails the call before the rotation: q and k stay as they were."""
+    q, k, v = torch.randn(3, 2, 8), torch.randn(3, 1, 8), torch.randn(3, 1, 8)
+    q_before, k_before = q.clone(), k.clone()
+    caches = [torch.full((2, 4, 1, 8), float("nan")) for _ in range(2)]
+    with pytest.raises(ValueError, match="slot"):
+        ops.rotary_and_cache(q, k, v, torch.randn(3, 4), torch.randn(3, 4), *caches, torch.tensor([0, 8, 1]))
+    assert torch.equal(q, q_before) and torch.equal(k, k_before) and all(c.isnan().all() for c in caches)
 
 
 @requires_cuda

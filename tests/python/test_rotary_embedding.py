@@ -6,8 +6,9 @@ import torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from kvserve import ops
 from kvserve.model_config import ModelConfig
-from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_, inverse_frequencies
+from kvserve.models.layers.rotary_embedding import RotaryEmbedding, inverse_frequencies
 
 SCALINGS = [
     None,
@@ -37,7 +38,7 @@ def test_inverse_frequencies_match_transformers(scaling):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_apply_rotary_in_place_on_strided_views(dtype):
+def test_rotation_in_place_on_strided_views(dtype):
     """q and k as views of one fused qkv row, rotated as Hugging Face's formula rounds in `dtype`."""
     torch.manual_seed(0)
     rope = ModelConfig.from_hf_dicts(dict(architectures=["LlamaForCausalLM"], vocab_size=8, hidden_size=64,
@@ -49,7 +50,7 @@ def test_apply_rotary_in_place_on_strided_views(dtype):
     fused_before = fused.clone()
     positions = torch.tensor([0, 3, 7, 8, 31])
     cos, sin = RotaryEmbedding(rope, 16, 64).cos_sin(positions, dtype)
-    apply_rotary_(q, k, cos, sin)
+    ops.rotary_embedding(q, k, cos, sin)
     full_cos, full_sin = torch.cat([cos, cos], -1).unsqueeze(1), torch.cat([sin, sin], -1).unsqueeze(1)
     for ours, before in ((q, fused_before[:, :64].view(5, 4, 16)), (k, fused_before[:, 64:96].view(5, 2, 16))):
         rotate_half = torch.cat([-before[..., 8:], before[..., :8]], -1)

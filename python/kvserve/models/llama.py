@@ -19,7 +19,7 @@ from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
 from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, fast_copies, linear
 from kvserve.models.layers.rms_norm import RMSNorm
-from kvserve.models.layers.rotary_embedding import RotaryEmbedding, apply_rotary_
+from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.weight_loading import load_named_weights
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -49,8 +49,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        apply_rotary_(q, k, *cos_sin)
-        out = self.attn(attn_out, q, k, v, kv_cache, metadata)
+        out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata)
         return self.o_proj(out.view(num_tokens, -1))
 
 

@@ -1,4 +1,5 @@
-"""Paged attention for one layer: write this step's K/V into the cache, attend over the cache.
+"""Paged attention for one layer: rotate this step's Q/K, write its K/V into the cache (one call),
+attend over the cache.
 
 Per layer, the KV cache is a pair of tensors in the model dtype:
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]
@@ -36,11 +37,14 @@ class Attention:
         self.sliding_window = sliding_window
 
     def __call__(self, out: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 kv_cache: tuple[torch.Tensor, torch.Tensor], metadata: AttentionMetadata) -> torch.Tensor:
-        """Writes attention of query [T, num_heads, head_dim] into `out` (same shape) and returns it.
-        key/value: [T, num_kv_heads, head_dim]; all three may be row-strided views of one projection."""
+                 cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: tuple[torch.Tensor, torch.Tensor],
+                 metadata: AttentionMetadata) -> torch.Tensor:
+        """Rotates query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place by
+        cos_sin (rotary_embedding.py), writes key and value [T, num_kv_heads, head_dim] into the cache,
+        then the attention of query into `out` (the shape of query), which it returns. All three may
+        be row-strided views of one projection."""
         key_cache, value_cache = kv_cache
-        ops.reshape_and_cache(key, value, key_cache, value_cache, metadata.slot_mapping)
+        ops.rotary_and_cache(query, key, value, *cos_sin, key_cache, value_cache, metadata.slot_mapping)
         ops.paged_attention(out, query, key_cache, value_cache, metadata.block_table, metadata.seq_lens,
                             metadata.query_start_loc, self.scale, causal=True,
                             sliding_window=self.sliding_window, softcap=None)

@@ -2,8 +2,8 @@
 
 Each pair (x[i], x[i + D/2]) of a head is rotated by angle position * inv_freq[i]. cos/sin of every
 position the model allows are computed once per device and dtype (as vLLM's cos_sin_cache); a step
-looks up its positions' rows, which every layer shares, and one kernel (kvserve.ops.rotary_embedding)
-turns a layer's query and key heads in place.
+looks up its positions' rows, which every layer shares, and one kernel (kvserve.ops.rotary_and_cache,
+in the attention layer) turns a layer's query and key heads in place as it writes the KV cache.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import math
 
 import torch
 
-from kvserve import ops
 from kvserve.model_config import RopeConfig
 
 
@@ -100,10 +99,3 @@ class RotaryEmbedding:
             tables = self._tables[key] = self.compute_cos_sin(all_positions, dtype)
         cos, sin = tables
         return cos.index_select(0, positions), sin.index_select(0, positions)
-
-
-def apply_rotary_(query: torch.Tensor, key: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Rotate query [T, heads, head_dim] and key [T, kv_heads, head_dim] in place (either may be a
-    strided view, e.g. of a fused qkv) by cos, sin [T, head_dim // 2], rounding as Hugging Face's
-    `q * cos + rotate_half(q) * sin`."""
-    ops.rotary_embedding(query, key, cos, sin)
