@@ -46,8 +46,8 @@ OUTER_PARTS = (
     ("GEMM: lm_head (logits)", (r"(^|\.)compute_logits \(",)),
 )
 PARTS = (
-    ("attention kernels (reshape_and_cache, paged_attention)",
-     (r"^(reshape_and_cache|paged_attention|copy_blocks) \(.*kvserve/ops\.py",)),
+    ("attention kernels (rotary + cache write, paged_attention)",
+     (r"^(rotary_and_cache|reshape_and_cache|paged_attention|copy_blocks) \(.*kvserve/ops\.py",)),
     ("GEMM: projections (qkv, o, gate_up, down)", (r"kvserve/models/layers/linear\.py", r"^linear \(.*kvserve/ops\.py")),
     ("RMSNorm (+ residual add)", (r"kvserve/models/layers/rms_norm\.py", r"^(fused_add_)?rms_norm \(.*kvserve/ops\.py")),
     ("rotary embedding", (r"kvserve/models/layers/rotary_embedding\.py", r"^rotary_embedding \(.*kvserve/ops\.py")),
