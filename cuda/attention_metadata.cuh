@@ -96,15 +96,10 @@ __device__ inline float attention_score(const PagedAttentionParams& p, float dot
 // Keys are below seq_len, an int32, and the launchers check that block_size fits an int32: the
 // divisions stay 32-bit (a 64-bit one costs several times more, once per key and thread).
 //
-// The cache block in entry `entry` of a request's block table row, or -1 when it is out of range.
-__device__ inline int32_t block_at(const PagedAttentionParams& p, const int32_t* block_row, int32_t entry) {
-  const int32_t block = block_row[entry];
-  return block >= 0 && block < p.num_blocks ? block : -1;
-}
-
 // The cache block holding `key` of a request, or -1 when the block table entry is out of range.
-__device__ inline int32_t block_of_key(const PagedAttentionParams& p, const int32_t* block_row, int32_t key) {
-  return block_at(p, block_row, key / static_cast<int32_t>(p.block_size));
+__device__ inline int64_t block_of_key(const PagedAttentionParams& p, const int32_t* block_row, int32_t key) {
+  const int32_t block = block_row[key / static_cast<int32_t>(p.block_size)];
+  return block >= 0 && block < p.num_blocks ? block : -1;
 }
 
 // Element offset of (key, kv_head) in either cache, given its block.

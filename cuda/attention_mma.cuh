@@ -172,9 +172,16 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const auto block_size = static_cast<int32_t>(p.block_size);
   const KeyPlace step(kKeyStep, block_size);
   const int32_t last_entry = split_begin < split_end ? (split_end - 1) / block_size : 0;
-  // Element offset of chunk (slot, this thread's column) in a block: slot * slot_stride + in_slot.
-  const auto slot_stride = static_cast<int32_t>(p.num_kv_heads * kHeadDim);
-  const auto in_slot = static_cast<int32_t>(kv_head * kHeadDim + (tid % kChunks) * 8);
+  // Byte offset of chunk (block, slot, this thread's column) in either cache: block * block_bytes +
+  // slot * slot_bytes + column_bytes, unsigned 32-bit factors (fits_tensor_cores checks that a
+  // block's bytes fit) and one widening multiply-add. Block ids below num_blocks are valid (one
+  // unsigned compare: negative ids wrap above it).
+  const auto block_bytes = static_cast<uint32_t>(p.cache_stride_block * sizeof(T));
+  const auto slot_bytes = static_cast<uint32_t>(p.num_kv_heads * kHeadDim * sizeof(T));
+  const auto column_bytes = static_cast<uint32_t>((kv_head * kHeadDim + (tid % kChunks) * 8) * sizeof(T));
+  const auto num_blocks = static_cast<uint32_t>(min_i64(p.num_blocks, INT32_MAX));
+  const auto* key_bytes = reinterpret_cast<const char*>(key_cache);
+  const auto* value_bytes = reinterpret_cast<const char*>(value_cache);
   auto load_stage = [&](int buffer, int32_t first_key) {
     const int32_t thread_key = first_key + tid / kChunks;
     KeyPlace place(thread_key, block_size);
@@ -188,20 +195,22 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
 #pragma unroll
       for (int i = 0; i < Tile::kGather; ++i) {
         const bool needed = thread_key + (first + i) * kKeyStep < split_end;
-        const int32_t id = block_at(p, block_row, at.entry < last_entry ? at.entry : last_entry);
-        block[i] = needed ? id : -1;
-        bad |= needed && id < 0;
+        const int32_t id = block_row[static_cast<uint32_t>(at.entry < last_entry ? at.entry : last_entry)];
+        const bool valid = static_cast<uint32_t>(id) < num_blocks;
+        block[i] = needed && valid ? id : -1;
+        bad |= needed && !valid;
         at.advance(step, block_size);
       }
       if (bad) s_bad_block = 1;
 #pragma unroll
       for (int i = 0; i < Tile::kGather; ++i) {
         const bool fill = block[i] >= 0;
-        const int64_t from =
-            fill ? static_cast<int64_t>(block[i]) * p.cache_stride_block + place.offset * slot_stride + in_slot : 0;
+        const uint64_t from = fill ? static_cast<uint64_t>(static_cast<uint32_t>(block[i])) * block_bytes +
+                                         (static_cast<uint32_t>(place.offset) * slot_bytes + column_bytes)
+                                   : 0;
         const int to = (buffer * kKeys + (tid + (first + i) * Tile::kThreads) / kChunks) * kStride + (tid % kChunks) * 8;
-        copy_async_16(s_k + to, key_cache + from, fill);
-        copy_async_16(s_v + to, value_cache + from, fill);
+        copy_async_16(s_k + to, key_bytes + from, fill);
+        copy_async_16(s_v + to, value_bytes + from, fill);
         place.advance(step, block_size);
       }
     }

@@ -27,9 +27,11 @@ Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
 
 #if KVSERVE_GPU_MMA
 
-// 16-byte rows for cp.async and ldmatrix (16-bit dtypes): aligned pointers, strides in whole 8-element chunks.
+// 16-byte rows for cp.async and ldmatrix (16-bit dtypes): aligned pointers, strides in whole 8-element chunks;
+// a cache block's bytes counted in 32 bits (the kernel's address arithmetic).
 bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) {
   return device.compute_capability >= 80 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) &&
+         p.cache_stride_block <= UINT32_MAX / 2 &&
          all_16_byte_aligned({p.query, p.out, p.key_cache, p.value_cache},
                              {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head,
                               p.cache_stride_block},
