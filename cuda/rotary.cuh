@@ -5,6 +5,17 @@
 
 namespace kvserve::gpu {
 
+// Both rotary kernels run on a (token, chunk) grid: a token's items (pairs to turn, and with the
+// cache write, value packs to copy) spread over blocks of kRotaryThreads, so that a decode step's
+// few tokens still keep many threads busy, each with independent loads.
+constexpr int kRotaryThreads = 256;
+
+inline dim3 rotary_grid(int64_t num_tokens, int64_t items) {
+  constexpr int64_t kMaxChunks = 65535;  // gridDim.y
+  const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
+  return dim3(static_cast<unsigned>(num_tokens), static_cast<unsigned>(chunks));
+}
+
 // kPack consecutive pairs (x1[k], x2[k]) of one head, x2 half a head after x1, turned by the angles
 // whose cos and sin are c[k], s[k]. In float32, rounded as Hugging Face's `q * cos + rotate_half(q)
 // * sin` rounds: each product stored in T, then their sum.

@@ -1,4 +1,4 @@
-// rotary_and_cache_cuda: rotary_embedding_cuda's grid (token, chunk) with the cache write folded in.
+// rotary_and_cache_cuda: rotary_embedding_cuda's kernel (rotary.cuh's grid) with the cache write folded in.
 // A thread turns kPack pairs of a query or key head in place, as rotary_embedding.cu does; a key
 // head's rotated pairs also go to the token's cache slot, and the items after the heads' pairs copy
 // the value heads' packs into it. One kernel per layer instead of two: at batch 1 each of a decode
@@ -14,11 +14,8 @@ namespace {
 
 using namespace gpu;
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxChunks = 65535;  // gridDim.y
-
 template <class T, int kPack>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kRotaryThreads)
     rotary_and_cache_kernel(const RotaryEmbeddingParams r, const ReshapeAndCacheParams c) {
   using Packed = Pack<T, kPack>;
   const int64_t token = blockIdx.x;
@@ -38,7 +35,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   const auto rotated = static_cast<int32_t>((r.num_heads + r.num_kv_heads) * pairs_per_head);
   const auto items = rotated + static_cast<int32_t>(r.num_kv_heads * packs_per_head);
-  for (int32_t i = blockIdx.y * kThreads + threadIdx.x; i < items; i += gridDim.y * kThreads) {
+  for (int32_t i = blockIdx.y * kRotaryThreads + threadIdx.x; i < items; i += gridDim.y * kRotaryThreads) {
     if (i < rotated) {
       const int32_t head = i / pairs_per_head, d = (i % pairs_per_head) * kPack;
       const bool is_key = head >= r.num_heads;
@@ -78,9 +75,7 @@ template <class T, int kPack>
 Status launch(const RotaryAndCacheParams& p, kvGpuStream_t stream) {
   const RotaryEmbeddingParams& r = p.rotary;
   const int64_t items = (r.num_heads + 2 * r.num_kv_heads) * (r.head_dim / 2 / kPack);
-  const int64_t chunks = min_i64(kMaxChunks, (items + kThreads - 1) / kThreads);
-  const dim3 grid(static_cast<unsigned>(r.num_tokens), static_cast<unsigned>(chunks));
-  launch_kernel(rotary_and_cache_kernel<T, kPack>, grid, kThreads, 0, stream, r, p.cache);
+  launch_kernel(rotary_and_cache_kernel<T, kPack>, rotary_grid(r.num_tokens, items), kRotaryThreads, 0, stream, r, p.cache);
   return launch_status();
 }
 

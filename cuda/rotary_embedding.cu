@@ -1,8 +1,7 @@
-// rotary_embedding_cuda: grid (token, chunk); each thread turns kPack consecutive pairs (d, d + half)
-// of one query or key head in place, with 16-byte loads of both halves, cos and sin where every row
-// and head start is 16-byte aligned and the half width divides into packs (one element otherwise).
-// A decode step's few tokens still spread over many threads, each with one independent load. The
-// rotation itself is rotary.cuh's.
+// rotary_embedding_cuda: on rotary.cuh's (token, chunk) grid, each thread turns kPack consecutive
+// pairs (d, d + half) of one query or key head in place, with 16-byte loads of both halves, cos and
+// sin where every row and head start is 16-byte aligned and the half width divides into packs (one
+// element otherwise).
 #include <climits>
 
 #include "rotary.cuh"
@@ -14,18 +13,15 @@ namespace {
 
 using namespace gpu;
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxChunks = 65535;  // gridDim.y
-
 template <class T, int kPack>
-__global__ void __launch_bounds__(kThreads) rotary_embedding_kernel(const RotaryEmbeddingParams p) {
+__global__ void __launch_bounds__(kRotaryThreads) rotary_embedding_kernel(const RotaryEmbeddingParams p) {
   using Packed = Pack<T, kPack>;
   const int64_t token = blockIdx.x;
   const int32_t half = static_cast<int32_t>(p.head_dim / 2), packs_per_head = half / kPack;
   const T* cos = static_cast<const T*>(p.cos) + token * p.cos_sin_stride_token;
   const T* sin = static_cast<const T*>(p.sin) + token * p.cos_sin_stride_token;
   const int32_t items = static_cast<int32_t>((p.num_heads + p.num_kv_heads) * packs_per_head);
-  for (int32_t i = blockIdx.y * kThreads + threadIdx.x; i < items; i += gridDim.y * kThreads) {
+  for (int32_t i = blockIdx.y * kRotaryThreads + threadIdx.x; i < items; i += gridDim.y * kRotaryThreads) {
     const int32_t head = i / packs_per_head, d = (i % packs_per_head) * kPack;
     T* x = head < p.num_heads
                ? static_cast<T*>(p.query) + token * p.query_stride_token + head * p.query_stride_head
@@ -50,9 +46,7 @@ bool packs_of_16_bytes(const RotaryEmbeddingParams& p) {
 template <class T, int kPack>
 Status launch(const RotaryEmbeddingParams& p, kvGpuStream_t stream) {
   const int64_t items = (p.num_heads + p.num_kv_heads) * (p.head_dim / 2 / kPack);
-  const int64_t chunks = min_i64(kMaxChunks, (items + kThreads - 1) / kThreads);
-  const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(chunks));
-  launch_kernel(rotary_embedding_kernel<T, kPack>, grid, kThreads, 0, stream, p);
+  launch_kernel(rotary_embedding_kernel<T, kPack>, rotary_grid(p.num_tokens, items), kRotaryThreads, 0, stream, p);
   return launch_status();
 }
 

@@ -128,70 +128,22 @@ std::pair<Buffer, Buffer> cos_sin_table(DType dtype, int64_t tokens, int64_t hal
   return {cos, sin};
 }
 
-class EmulatedRotary : public ::testing::TestWithParam<RotaryShape> {};
-
-TEST_P(EmulatedRotary, InPlaceOnFusedQk) {
-  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
-    std::mt19937 rng(5);
-    const auto [heads, kv_heads, head_dim] = GetParam();
-    const int64_t tokens = 3, half = head_dim / 2;
-    const int64_t row = (heads + 2 * kv_heads) * head_dim;
-    Buffer qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
-    Buffer before = qkv;
-    auto [cos, sin] = cos_sin_table(dtype, tokens, half);
-    const int64_t element = dtype == DType::kFloat32 ? 4 : 2;
-    kvserve::RotaryEmbeddingParams p;
-    p.query = qkv.data();
-    p.key = static_cast<char*>(qkv.data()) + heads * head_dim * element;
-    p.query_stride_token = p.key_stride_token = row;
-    p.query_stride_head = p.key_stride_head = head_dim;
-    p.cos = cos.data();
-    p.sin = sin.data();
-    p.cos_sin_stride_token = half;
-    p.dtype = dtype;
-    p.num_tokens = tokens;
-    p.num_heads = heads;
-    p.num_kv_heads = kv_heads;
-    p.head_dim = head_dim;
-    ASSERT_EQ(kvserve::rotary_embedding_cuda(p, nullptr), Status::kOk);
-    Buffer scratch(dtype, 1);
-    for (int64_t t = 0; t < tokens; ++t) {
-      for (int64_t h = 0; h < heads + 2 * kv_heads; ++h) {
-        for (int64_t i = 0; i < half; ++i) {
-          const size_t a = static_cast<size_t>(t * row + h * head_dim + i), b = a + static_cast<size_t>(half);
-          if (h >= heads + kv_heads) {  // v: untouched
-            ASSERT_EQ(qkv.get(a), before.get(a));
-            continue;
-          }
-          // Hugging Face's `q * cos + rotate_half(q) * sin`: each product stored in the dtype, then the sum.
-          const float c = cos.get(t * half + i), s = sin.get(t * half + i);
-          const float x1 = before.get(a), x2 = before.get(b);
-          ASSERT_EQ(qkv.get(a), scratch.rounded(scratch.rounded(x1 * c) - scratch.rounded(x2 * s))) << name(dtype);
-          ASSERT_EQ(qkv.get(b), scratch.rounded(scratch.rounded(x2 * c) + scratch.rounded(x1 * s))) << name(dtype);
-        }
-      }
-    }
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotary,
-                         ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
-
-// rotary_and_cache against rotary_embedding then reshape_and_cache (the kernels it fuses, checked
-// above and in test_gpu_attention_emulated.cpp) on the same data: the same bits in q, k, v and both
-// caches.
-struct RotaryAndCacheRun {
+// A step of three tokens as a layer has it before attention: random q | k | v rows of one fused
+// projection, cos/sin, caches poisoned with NaN, and the params of rotary_embedding (params.rotary),
+// reshape_and_cache (params.cache) and their fusion (params) over them.
+struct FusedQkvStep {
   static constexpr int64_t kTokens = 3, kBlocks = 3, kBlockSize = 4;
+  int64_t row;
   Buffer qkv, cos, sin, key_cache, value_cache;
   std::vector<int64_t> slots;
   kvserve::RotaryAndCacheParams params;
 
-  RotaryAndCacheRun(DType dtype, const RotaryShape& shape, std::vector<int64_t> slot_mapping)
-      : qkv(dtype, 0), cos(dtype, 0), sin(dtype, 0), key_cache(dtype, 0), value_cache(dtype, 0),
-        slots(std::move(slot_mapping)) {
+  FusedQkvStep(DType dtype, const RotaryShape& shape, std::vector<int64_t> slot_mapping)
+      : row((shape.heads + 2 * shape.kv_heads) * shape.head_dim), qkv(dtype, 0), cos(dtype, 0), sin(dtype, 0),
+        key_cache(dtype, 0), value_cache(dtype, 0), slots(std::move(slot_mapping)) {
     std::mt19937 rng(7);
     const auto [heads, kv_heads, head_dim] = shape;
-    const int64_t row = (heads + 2 * kv_heads) * head_dim, cache_size = kBlocks * kBlockSize * kv_heads * head_dim;
+    const int64_t cache_size = kBlocks * kBlockSize * kv_heads * head_dim;
     qkv = random_buffer(dtype, static_cast<size_t>(kTokens * row), rng);
     std::tie(cos, sin) = cos_sin_table(dtype, kTokens, head_dim / 2);
     key_cache = nan_buffer(dtype, static_cast<size_t>(cache_size));
@@ -231,11 +183,46 @@ struct RotaryAndCacheRun {
   }
 };
 
+class EmulatedRotary : public ::testing::TestWithParam<RotaryShape> {};
+
+TEST_P(EmulatedRotary, InPlaceOnFusedQk) {
+  for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    const auto [heads, kv_heads, head_dim] = GetParam();
+    FusedQkvStep step(dtype, GetParam(), {0, 1, 2});
+    const Buffer before = step.qkv;
+    ASSERT_EQ(kvserve::rotary_embedding_cuda(step.params.rotary, nullptr), Status::kOk);
+    const int64_t half = head_dim / 2, row = step.row;
+    Buffer scratch(dtype, 1);
+    for (int64_t t = 0; t < FusedQkvStep::kTokens; ++t) {
+      for (int64_t h = 0; h < heads + 2 * kv_heads; ++h) {
+        for (int64_t i = 0; i < half; ++i) {
+          const size_t a = static_cast<size_t>(t * row + h * head_dim + i), b = a + static_cast<size_t>(half);
+          if (h >= heads + kv_heads) {  // v: untouched
+            ASSERT_EQ(step.qkv.get(a), before.get(a));
+            continue;
+          }
+          // Hugging Face's `q * cos + rotate_half(q) * sin`: each product stored in the dtype, then the sum.
+          const float c = step.cos.get(t * half + i), s = step.sin.get(t * half + i);
+          const float x1 = before.get(a), x2 = before.get(b);
+          ASSERT_EQ(step.qkv.get(a), scratch.rounded(scratch.rounded(x1 * c) - scratch.rounded(x2 * s))) << name(dtype);
+          ASSERT_EQ(step.qkv.get(b), scratch.rounded(scratch.rounded(x2 * c) + scratch.rounded(x1 * s))) << name(dtype);
+        }
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotary,
+                         ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
+
+// rotary_and_cache against rotary_embedding then reshape_and_cache (the kernels it fuses, checked
+// above and in test_gpu_attention_emulated.cpp) on the same data: the same bits in q, k, v and both
+// caches.
 class EmulatedRotaryAndCache : public ::testing::TestWithParam<RotaryShape> {};
 
 TEST_P(EmulatedRotaryAndCache, EqualsTheTwoKernelsItFuses) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
-    RotaryAndCacheRun apart(dtype, GetParam(), {5, -1, 10}), fused(dtype, GetParam(), {5, -1, 10});
+    FusedQkvStep apart(dtype, GetParam(), {5, -1, 10}), fused(dtype, GetParam(), {5, -1, 10});
     ASSERT_EQ(kvserve::rotary_embedding_cuda(apart.params.rotary, nullptr), Status::kOk);
     ASSERT_EQ(kvserve::reshape_and_cache_cuda(apart.params.cache, nullptr), Status::kOk);
     ASSERT_EQ(kvserve::rotary_and_cache_cuda(fused.params, nullptr), Status::kOk);
@@ -249,8 +236,8 @@ TEST_P(EmulatedRotaryAndCache, EqualsTheTwoKernelsItFuses) {
 TEST_P(EmulatedRotaryAndCache, SkipsSlotsOutOfRange) {
   // Slots live in device memory: the host cannot check them, the kernel skips the token's write
   // (as reshape_and_cache_cuda does) and still rotates its query and key.
-  RotaryAndCacheRun expected(DType::kBFloat16, GetParam(), {5, -1, 10});
-  RotaryAndCacheRun run(DType::kBFloat16, GetParam(), {5, 12 * 1000, 10});
+  FusedQkvStep expected(DType::kBFloat16, GetParam(), {5, -1, 10});
+  FusedQkvStep run(DType::kBFloat16, GetParam(), {5, 12 * 1000, 10});
   ASSERT_EQ(kvserve::rotary_and_cache_cuda(expected.params, nullptr), Status::kOk);
   ASSERT_EQ(kvserve::rotary_and_cache_cuda(run.params, nullptr), Status::kOk);
   EXPECT_EQ(run.qkv.words, expected.qkv.words);
@@ -259,7 +246,7 @@ TEST_P(EmulatedRotaryAndCache, SkipsSlotsOutOfRange) {
 }
 
 TEST(EmulatedRotaryAndCache, RejectsACacheKeyThatIsNotTheRotatedOne) {
-  RotaryAndCacheRun run(DType::kBFloat16, RotaryShape{4, 2, 16}, {5, -1, 10});
+  FusedQkvStep run(DType::kBFloat16, RotaryShape{4, 2, 16}, {5, -1, 10});
   run.params.cache.key = run.params.cache.value;
   std::string why;
   EXPECT_EQ(kvserve::check_rotary_and_cache_layout(run.params, &why), Status::kInvalidArgument);
