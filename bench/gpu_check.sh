@@ -72,7 +72,7 @@ run ncu 60 "$OUT/kernels.txt" ncu --clock-control none -k regex:attention_mma_ke
 
 GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_cuda_engine.py
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
-           tests/python/test_decode_graphs.py)
+           tests/python/test_decode_graphs.py tests/python/test_sampler.py)
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"

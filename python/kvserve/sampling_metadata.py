@@ -36,12 +36,26 @@ def request_generator(params: SamplingParams, index: int = 0, device="cpu") -> t
     return torch.Generator(device=device).manual_seed(params.seed + index)
 
 
+def _to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device`. To a GPU through pinned memory, without waiting: the metadata is
+    built while the step's forward pass runs, and a synchronous copy would wait for all of it (and
+    hold back the rest of the build and the sampler's launches until then)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _column(values, dtype, device) -> torch.Tensor:
+    return _to_device(torch.tensor(values, dtype=dtype), device)
+
+
 def _flat_index(rows: Sequence[int], token_lists: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, ...]:
     """(row ids, token ids) int64 for every token of token_lists[j] in row rows[j]."""
     lengths = torch.tensor([len(tokens) for tokens in token_lists], dtype=torch.int64)
     row_ids = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), lengths)
     token_ids = torch.tensor(list(chain.from_iterable(token_lists)), dtype=torch.int64)
-    return row_ids.to(device), token_ids.to(device)
+    return _to_device(row_ids, device), _to_device(token_ids, device)
 
 
 @dataclass
@@ -69,9 +83,9 @@ class Penalties:
         return cls(
             output_tokens=_flat_index(rows, outputs, device),
             seen_tokens=_flat_index(rows, seen, device),
-            frequency=torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32, device=device),
-            presence=torch.tensor([p.presence_penalty for p in params], dtype=torch.float32, device=device),
-            repetition=torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=device),
+            frequency=_column([p.frequency_penalty for p in params], torch.float32, device),
+            presence=_column([p.presence_penalty for p in params], torch.float32, device),
+            repetition=_column([p.repetition_penalty for p in params], torch.float32, device),
         )
 
 
@@ -120,7 +134,7 @@ class SamplingMetadata:
             )
 
         def column(values, dtype):
-            return torch.tensor(values, dtype=dtype, device=device)
+            return _column(values, dtype, device)
 
         greedy = [p.greedy for p in params]
         temperature = greedy_mask = top_k = top_p = min_p = None

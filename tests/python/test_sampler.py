@@ -12,6 +12,7 @@ from kvserve.logprobs import Logprob, prompt_logprobs
 from kvserve.sampler import Sampler, apply_penalties
 from kvserve.sampling_metadata import SamplingMetadata, request_generator
 from kvserve.sampling_params import SamplingParams
+from requires_cuda import requires_cuda
 
 
 def sample(logits, params, outputs=None, prompts=None, generators=None, eos=(0,)):
@@ -23,6 +24,7 @@ def sample(logits, params, outputs=None, prompts=None, generators=None, eos=(0,)
         generators or [None] * n,
         vocab_size=logits.shape[1],
         eos_token_ids=eos,
+        device=logits.device,
     )
     return Sampler()(logits.clone(), md)
 
@@ -254,3 +256,20 @@ def test_bad_input_is_a_value_error():
         Sampler()(torch.zeros(10), md)
     with pytest.raises(ValueError, match="one entry per row"):
         SamplingMetadata.from_requests(params, [[], []], [[]], [None], vocab_size=10)
+
+
+@requires_cuda
+def test_metadata_reaches_a_cuda_sampler_intact():
+    """The metadata goes to the GPU by non-blocking copies from pinned memory: greedy rows under
+    penalties, logit_bias and the min_tokens mask pick there what they pick on the CPU, and a
+    logprobs row reports the same values."""
+    torch.manual_seed(11)
+    logits = torch.randn(6, 300)
+    params = [SamplingParams(temperature=0.0, repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=0.2,
+                             logit_bias={5: 3.0, 9: -2.0}, min_tokens=4, stop_token_ids=[7], logprobs=2)] * 6
+    outputs = [[1, 2, 2, 3][:i % 5] for i in range(6)]
+    prompts = [[4, 5, 9] for _ in range(6)]
+    cpu = sample(logits, params, outputs, prompts)
+    gpu = sample(logits.cuda(), params, outputs, prompts)
+    assert torch.equal(gpu.sampled_token_ids.cpu(), cpu.sampled_token_ids)
+    torch.testing.assert_close(gpu.logprobs.logprobs.cpu(), cpu.logprobs.logprobs, rtol=1e-5, atol=1e-5)
