@@ -9,6 +9,8 @@ load_format="dummy"), each appending JSON lines to --out:
                                                         # where a decode step's GPU time goes, by kernel
     python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64,
                                                         # against the weight-reading floor
+    python bench/gpu_bench.py layer --out R.jsonl       # the short kernels between the products, at
+                                                        # batch 1 and 64, replayed from a CUDA graph
 
 Floors use the device-to-device copy bandwidth measured in the same process (bytes read + written).
 Times are medians of CUDA-event timings (kernels; decode attention also replayed from a CUDA graph,
@@ -70,6 +72,20 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / (ms / 1e3)
 
 
+def graph_ms(call, calls: int) -> float:
+    """Milliseconds per call of call(i), i = 0..calls-1, captured in one CUDA graph and replayed: the
+    kernels' time as a graphed decode step runs them, without the host's cost per launch. One eager
+    round first: cuBLAS and the attention's split workspace allocate outside the capture."""
+    for i in range(calls):
+        call(i)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            call(i)
+    return cuda_ms(lambda i: graph.replay()) / calls
+
+
 def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
     """Decode attention for each case "BATCHxCONTEXT", then (with `prefill`) prefill attention."""
     bandwidth = copy_bandwidth()
@@ -95,16 +111,10 @@ def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
                                 HEAD_DIM ** -0.5)
 
         ms = cuda_ms(call)
-        # The same calls replayed from a CUDA graph, as a decode step runs them: kernel time alone.
-        calls = max(sets, 8)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for i in range(calls):
-                call(i)
-        graph_ms = cuda_ms(lambda i: graph.replay()) / calls
+        replayed_ms = graph_ms(call, max(sets, 8))
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
-        record(out, name=f"decode_attention_b{batch}_ctx{context}", ms=ms, graph_ms=graph_ms, floor_ms=floor_ms,
-               ratio=ms / floor_ms, graph_ratio=graph_ms / floor_ms, goal_ratio=1.5)
+        record(out, name=f"decode_attention_b{batch}_ctx{context}", ms=ms, graph_ms=replayed_ms, floor_ms=floor_ms,
+               ratio=ms / floor_ms, graph_ratio=replayed_ms / floor_ms, goal_ratio=1.5)
         del key_cache, value_cache
     if prefill:
         bench_prefill_attention(out, generator)
@@ -151,17 +161,42 @@ def bench_linear(out: Path, batches: list[int]) -> None:
         weights = [torch.randn(n, k, device="cuda", dtype=DTYPE) for _ in range(copies)]
         for batch in batches:
             x = torch.randn(batch, k, device="cuda", dtype=DTYPE)
-            for w in weights:  # cuBLAS picks and allocates outside the capture
-                F.linear(x, w)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for w in weights:
-                    F.linear(x, w)
-            ms = cuda_ms(lambda i: graph.replay()) / copies
+            ms = graph_ms(lambda i: F.linear(x, weights[i]), copies)
             floor_ms = n * k * DTYPE.itemsize / bandwidth * 1e3
             record(out, name=f"linear_{name}_b{batch}", n=n, k=k, ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms)
         del weights
+
+
+def bench_layer(out: Path, batches: list[int]) -> None:
+    """The short kernels between a decoder layer's products, each replayed 32 times from a CUDA graph
+    at each batch size: what one costs inside a graphed decode step (at batch 1 mostly launch and
+    ramp), and the rotary + cache-write fusion against the two kernels it replaces."""
+    hidden, inter, eps = PRESET.hidden_size, PRESET.intermediate_size, 1e-5
+    q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+    for batch in batches:
+        x = torch.randn(batch, hidden, device="cuda", dtype=DTYPE)
+        residual, weight = torch.randn_like(x), torch.randn(hidden, device="cuda", dtype=DTYPE)
+        qkv = torch.randn(batch, q_width + 2 * kv_width, device="cuda", dtype=DTYPE)
+        q, k, v = (t.view(batch, -1, HEAD_DIM) for t in qkv.split([q_width, kv_width, kv_width], dim=-1))
+        angles = torch.rand(batch, HEAD_DIM // 2, device="cuda") * 100
+        cos, sin = angles.cos().to(DTYPE), angles.sin().to(DTYPE)
+        caches = [torch.zeros(batch + 1, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE) for _ in range(2)]
+        slots = torch.arange(batch, device="cuda") * BLOCK + 3
+        gate_up = torch.randn(batch, 2 * inter, device="cuda", dtype=DTYPE)
+        activated = torch.empty(batch, inter, device="cuda", dtype=DTYPE)
+
+        def rotary_then_cache(i: int) -> None:
+            ops.rotary_embedding(q, k, cos, sin)
+            ops.reshape_and_cache(k, v, *caches, slots)
+
+        kernels = {
+            "fused_add_rms_norm": lambda i: ops.fused_add_rms_norm(x, residual, weight, eps),
+            "rotary_embedding+reshape_and_cache": rotary_then_cache,
+            "rotary_and_cache": lambda i: ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots),
+            "silu_and_mul": lambda i: ops.silu_and_mul(activated, gate_up),
+        }
+        for name, call in kernels.items():
+            record(out, name=f"layer_{name}_b{batch}", graph_ms=graph_ms(call, 32))
 
 
 def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
@@ -304,7 +339,7 @@ def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["attention", "decode", "offline", "profile", "linear"])
+    parser.add_argument("what", choices=["attention", "decode", "offline", "profile", "linear", "layer"])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines are appended here")
     parser.add_argument("--report", type=Path, help="profile: the kernel table is written here")
     parser.add_argument("--cases", nargs="+", default=["1x512", "1x4096", "64x512", "128x2048"],
@@ -324,6 +359,8 @@ def main() -> None:
         bench_decode(args.out, args.batches, args.context, args.steps)
     elif args.what == "linear":
         bench_linear(args.out, args.batches)
+    elif args.what == "layer":
+        bench_layer(args.out, args.batches)
     elif args.what == "profile":
         bench_profile(args.out, args.report or args.out.with_suffix(".profile.txt"), args.batches, args.context,
                       min(args.steps, 16))

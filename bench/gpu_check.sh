@@ -77,6 +77,7 @@ run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --out "$OUT/bench.jsonl"
+run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/bench.jsonl"
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
@@ -115,6 +116,8 @@ for r in rows:
               f"{f'<= {goal} ms' if goal else ''} |")
     elif name.startswith("linear"):
         print(f"| {name} ({r['n']}x{r['k']}) | {r['ms']:.3f} ms | {r['floor_ms']:.3f} ms ({r['ratio']:.2f}x) | |")
+    elif name.startswith("layer"):
+        print(f"| {name} | {r['graph_ms'] * 1e3:.1f} us a call in a graph | | |")
     elif name.startswith("profile"):
         parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["parts_ms"].items(), key=lambda kv: -kv[1])[:4])
         print(f"| {name} | {r['wall_ms']:.2f} ms a step, GPU busy {r['gpu_busy_ms']:.2f} ms | {parts} | |")
