@@ -252,6 +252,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   // dot products): they stay raw dot products until the exponent, whose argument is then one fused
   // multiply-add, score * score_scale - max. Otherwise they are transformed first (score_scale 1).
   const float score_scale = kRawScores ? p.scale * kLog2e : 1.f;
+  // The window in 32 bits, as keys and positions (a window past every position is no window).
+  const auto window = static_cast<int32_t>(min_i64(p.sliding_window, INT32_MAX));
   float o[Tile::kDimTiles][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
 
@@ -285,7 +287,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       const int32_t first_key = split_begin + stage * kKeys + key_warp * kWarpKeys;
       const int32_t last_key = first_key + kWarpKeys - 1;
       const bool all_visible = last_key < split_end && (!p.causal || last_key <= warp_first_position) &&
-                               (p.sliding_window == 0 || first_key > warp_last_position - p.sliding_window);
+                               (window == 0 || first_key > warp_last_position - window);
       // Masked scores to -inf (and transformed ones scaled and capped). Every branch here is uniform
       // across the warp and taken once per stage, around whole loops (a branch per score would cost
       // as much as the math).
@@ -307,7 +309,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       if (!all_visible) {
         prepare_scores([&](int n, int e) {
           const int32_t key = first_key + n * 8 + 2 * t + (e & 1), pos = position[e / 2];
-          return key < split_end && (!p.causal || key <= pos) && (p.sliding_window == 0 || key > pos - p.sliding_window);
+          return key < split_end && (!p.causal || key <= pos) && (window == 0 || key > pos - window);
         });
       } else if constexpr (!kRawScores) {
         prepare_scores([](int, int) { return true; });
