@@ -31,18 +31,20 @@ from pathlib import Path
 KINDS = ("HMMA", "LDSM", "LDGSTS", "LDG", "MUFU", "FFMA", "FMUL", "IMAD", "ISETP", "BRA", "BAR", "LDL", "STL")
 
 
-def tool(name: str) -> str:
-    """A CUDA binary tool: on PATH, under CUDA_HOME, or from a pip nvidia-* wheel."""
+def find_tool(name: str) -> str | None:
+    """A CUDA binary tool: on PATH, under CUDA_HOME, or from a pip nvidia-* wheel; None if absent."""
     found = shutil.which(name)
     if found:
         return found
     candidates = [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / name]
     site = Path(sysconfig.get_paths()["purelib"]) / "nvidia"
     candidates += sorted(site.glob(f"*/bin/{name}"))
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    sys.exit(f"{name} not found: install the CUDA toolkit, or pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
+    return next((str(path) for path in candidates if path.is_file() and os.access(path, os.X_OK)), None)
+
+
+def tool(name: str) -> str:
+    return find_tool(name) or sys.exit(
+        f"{name} not found: install the CUDA toolkit, or pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm")
 
 
 def default_binary() -> str:
@@ -115,25 +117,40 @@ def short_name(mangled: str) -> str:
     return f"{base}<{dtype}{shape}>"
 
 
+@dataclass
+class LoopRow:
+    arch: str
+    kernel: str  # short_name
+    resources: str
+    loop: Loop
+
+
+def kernel_loops(binary: str, kernel: str = "", arch: str = "") -> list[LoopRow]:
+    """Every tensor-core loop of the kernels whose mangled name contains `kernel`, for `arch` (all
+    when empty), sorted by architecture and kernel."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(tool("nvdisasm")).parent), os.environ.get("PATH", "")]))
+    sass = subprocess.run([tool("cuobjdump"), "-sass", binary], capture_output=True, text=True, check=True,
+                          env=env).stdout
+    usage = resources(binary)
+    rows = []
+    for (function_arch, name), code in functions(sass).items():
+        if kernel in name and arch in function_arch:
+            rows += [LoopRow(function_arch, short_name(name), usage.get((function_arch, name), ""), loop)
+                     for loop in tensor_loops(code)]
+    return sorted(rows, key=lambda row: (row.arch, row.kernel))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("binary", nargs="?", help="a CUDA .so or .o (default: kvserve._C)")
     parser.add_argument("--kernel", default="", help="only kernels whose name contains this")
     parser.add_argument("--arch", default="", help="only this architecture, e.g. sm_90a")
     args = parser.parse_args()
-    binary = args.binary or default_binary()
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(tool("nvdisasm")).parent), os.environ.get("PATH", "")]))
-    sass = subprocess.run([tool("cuobjdump"), "-sass", binary], capture_output=True, text=True, check=True,
-                          env=env).stdout
-    usage = resources(binary)
     print(f"| arch | kernel | resources | loop | instructions | {' | '.join(KINDS)} |")
     print(f"|---|---|---|---|---|{'---|' * len(KINDS)}")
-    for (arch, name), code in sorted(functions(sass).items(), key=lambda item: (item[0][0], short_name(item[0][1]))):
-        if args.kernel not in name or args.arch not in arch:
-            continue
-        for loop in tensor_loops(code):
-            kinds = " | ".join(str(loop.counts.get(k, 0)) for k in KINDS)
-            print(f"| {arch} | {short_name(name)} | {usage.get((arch, name), '')} | {loop.kind} | {loop.size} | {kinds} |")
+    for row in kernel_loops(args.binary or default_binary(), args.kernel, args.arch):
+        kinds = " | ".join(str(row.loop.counts.get(k, 0)) for k in KINDS)
+        print(f"| {row.arch} | {row.kernel} | {row.resources} | {row.loop.kind} | {row.loop.size} | {kinds} |")
 
 
 if __name__ == "__main__":

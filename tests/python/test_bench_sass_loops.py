@@ -1,10 +1,15 @@
-"""bench/sass_loops.py's reading of cuobjdump's SASS: which loops are the tensor-core loops, whether
-they are the raw or the transformed-scores variant, and the kernel names it prints (on a made-up
-listing: the tools themselves need a CUDA build)."""
+"""bench/sass_loops.py's reading of cuobjdump's SASS (which loops are the tensor-core loops, whether
+they are the raw or the transformed-scores variant, the kernel names it prints) on a made-up
+listing; then, in a build with CUDA kernels, the attention kernel's own loops held to their
+instruction budget."""
 
 import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
+
+import kvserve._C
 
 _spec = importlib.util.spec_from_file_location(
     "sass_loops", Path(__file__).resolve().parents[2] / "bench" / "sass_loops.py")
@@ -54,3 +59,25 @@ def test_kernel_instances_get_readable_names():
     assert sass_loops.short_name(MANGLED) == "attention_mma_kernel<bf16, D128, 16 rows>"
     assert sass_loops.short_name("_ZN7kvserve3gpu14silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE") == \
         "silu_and_mul_kernel<f32>"
+
+
+@pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")
+@pytest.mark.skipif(not (sass_loops.find_tool("cuobjdump") and sass_loops.find_tool("nvdisasm")),
+                    reason="needs cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+def test_the_attention_loops_keep_their_instruction_budget():
+    """The tensor-core attention's per-stage loops in kvserve._C's own SASS (sm_90a, bfloat16,
+    head_dim 128): no local memory, a few branches on the raw-score path, and no more instructions
+    than bench/README.md records plus a margin for other compilers. A branch per score or a division
+    per K/V chunk coming back shows here, without a GPU."""
+    rows = sass_loops.kernel_loops(kvserve._C.__file__, "BFloat16ENS0_7MmaTileIS2_Li128E", "sm_90a")
+    if not rows:
+        pytest.skip("this build has no sm_90a code")
+    raw = {(row.kernel, row.loop.counts["HMMA"]): row.loop for row in rows if row.loop.kind == "raw"}
+    decode_key = ("attention_mma_kernel<bf16, D128, 16 rows>", 32)  # (kernel, mma in the loop)
+    prefill_key = ("attention_mma_kernel<bf16, D128, 64 rows>", 128)
+    assert decode_key in raw and prefill_key in raw, f"raw-score loops (no subroutine call): {sorted(raw)}"
+    decode, prefill = raw[decode_key], raw[prefill_key]
+    assert decode.size <= 1.25 * 671, f"decode stage: {decode.size} instructions"
+    assert prefill.size <= 1.25 * 1152, f"prefill stage: {prefill.size} instructions"
+    assert all(loop.counts["BRA"] <= 8 for loop in raw.values())
+    assert all(row.loop.counts["LDL"] == row.loop.counts["STL"] == 0 for row in rows)
