@@ -43,15 +43,26 @@ void call_cuda_kernel(Status (*kernel)(const Params&, void*), Check check, const
 #define KVSERVE_KERNELS(op) op##_cpu, nullptr
 #endif
 
-// Runs an op on the device its arrays are on (`cuda` as on_one_device said).
-template <class Params, class Check, class CudaKernel>
-void call_kernel(bool cuda, Status (*cpu_kernel)(const Params&), [[maybe_unused]] CudaKernel cuda_kernel, Check check,
-                 const Params& params, [[maybe_unused]] int device, [[maybe_unused]] uintptr_t stream, const char* op) {
+// Runs an op on the device its arrays are on (`cuda` as on_one_device said). For ops whose metadata
+// (slots, block ids, lengths) stays in device memory on CUDA, `cuda_check` checks what the host
+// knows there (the layout; the kernel checks the values as it reads them) and `cpu_check` checks
+// everything on the CPU.
+template <class Params, class CpuCheck, class CudaCheck, class CudaKernel>
+void call_kernel(bool cuda, Status (*cpu_kernel)(const Params&), [[maybe_unused]] CudaKernel cuda_kernel,
+                 CpuCheck cpu_check, [[maybe_unused]] CudaCheck cuda_check, const Params& params,
+                 [[maybe_unused]] int device, [[maybe_unused]] uintptr_t stream, const char* op) {
 #if KVSERVE_HAS_CUDA
-  if (cuda) return call_cuda_kernel(cuda_kernel, check, params, device, stream, op);
+  if (cuda) return call_cuda_kernel(cuda_kernel, cuda_check, params, device, stream, op);
 #endif
   (void)cuda;
-  call_cpu_kernel(cpu_kernel, check, params, op);
+  call_cpu_kernel(cpu_kernel, cpu_check, params, op);
+}
+
+// The same for ops with one check on both devices.
+template <class Params, class Check, class CudaKernel>
+void call_kernel(bool cuda, Status (*cpu_kernel)(const Params&), CudaKernel cuda_kernel, Check check,
+                 const Params& params, int device, uintptr_t stream, const char* op) {
+  call_kernel(cuda, cpu_kernel, cuda_kernel, check, check, params, device, stream, op);
 }
 
 }  // namespace kvserve::bind

@@ -122,21 +122,15 @@ void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t st
 }
 
 void rotary_and_cache(Array query, Array key, Array value, Array cos, Array sin, Array key_cache, Array value_cache,
-                      Array slot_mapping, [[maybe_unused]] uintptr_t stream) {
+                      Array slot_mapping, uintptr_t stream) {
   RotaryAndCacheParams p;
   p.rotary = rotary_embedding_params(query, key, cos, sin);
   p.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
-  [[maybe_unused]] const bool cuda =
+  const bool cuda =
       on_one_device({{query, "query"}, {key, "key"}, {value, "value"}, {cos, "cos"}, {sin, "sin"},
                      {key_cache, "key_cache"}, {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
-#if KVSERVE_HAS_CUDA
-  // On CUDA the slots stay in device memory: the host checks the layout only (as reshape_and_cache).
-  if (cuda) {
-    return call_cuda_kernel(rotary_and_cache_cuda, check_rotary_and_cache_layout, p, query.device_id(), stream,
-                            "rotary_and_cache");
-  }
-#endif
-  call_cpu_kernel(rotary_and_cache_cpu, check_rotary_and_cache, p, "rotary_and_cache");
+  call_kernel(cuda, KVSERVE_KERNELS(rotary_and_cache), check_rotary_and_cache, check_rotary_and_cache_layout, p,
+              query.device_id(), stream, "rotary_and_cache");
 }
 
 void silu_and_mul(Array out, Array input, uintptr_t stream) {

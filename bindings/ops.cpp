@@ -117,23 +117,18 @@ void check_vector(const Array& array, const char* name, std::initializer_list<nb
 }
 
 void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cache, Array slot_mapping,
-                       [[maybe_unused]] uintptr_t stream) {
+                       uintptr_t stream) {
   const ReshapeAndCacheParams p = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
-  [[maybe_unused]] const bool cuda = on_one_device({{key, "key"}, {value, "value"}, {key_cache, "key_cache"},
+  const bool cuda = on_one_device({{key, "key"}, {value, "value"}, {key_cache, "key_cache"},
                                    {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
-#if KVSERVE_HAS_CUDA
-  if (cuda) {
-    return call_cuda_kernel(reshape_and_cache_cuda, check_reshape_and_cache_layout, p, key.device_id(), stream,
-                            "reshape_and_cache");
-  }
-#endif
-  call_cpu_kernel(reshape_and_cache_cpu, check_reshape_and_cache, p, "reshape_and_cache");
+  call_kernel(cuda, KVSERVE_KERNELS(reshape_and_cache), check_reshape_and_cache, check_reshape_and_cache_layout, p,
+              key.device_id(), stream, "reshape_and_cache");
 }
 
 void paged_attention(Array out, Array query, Array key_cache, Array value_cache, Array block_table,
                      Array seq_lens, Array query_start_loc, double scale, bool causal,
                      std::optional<int64_t> sliding_window, std::optional<double> softcap,
-                     [[maybe_unused]] uintptr_t stream) {
+                     uintptr_t stream) {
   const char* layout = "[num_tokens, num_heads, head_dim]";
   check_dtype(query, "query", kFloatDtypes);
   check_rows(query, "query", layout);
@@ -153,7 +148,7 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   if (softcap && !(*softcap > 0 && std::isfinite(*softcap))) {
     throw nb::value_error(("softcap: expected a finite number > 0 or None, got " + std::to_string(*softcap)).c_str());
   }
-  [[maybe_unused]] const bool cuda = on_one_device({{query, "query"}, {out, "out"}, {key_cache, "key_cache"},
+  const bool cuda = on_one_device({{query, "query"}, {out, "out"}, {key_cache, "key_cache"},
                                    {value_cache, "value_cache"}, {block_table, "block_table"},
                                    {seq_lens, "seq_lens"}, {query_start_loc, "query_start_loc"}});
 
@@ -174,13 +169,8 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   p.causal = causal;
   p.sliding_window = sliding_window.value_or(0);
   p.softcap = static_cast<float>(softcap.value_or(0.0));
-#if KVSERVE_HAS_CUDA
-  if (cuda) {
-    return call_cuda_kernel(paged_attention_cuda, check_paged_attention_layout, p, query.device_id(), stream,
-                            "paged_attention");
-  }
-#endif
-  call_cpu_kernel(paged_attention_cpu, check_paged_attention, p, "paged_attention");
+  call_kernel(cuda, KVSERVE_KERNELS(paged_attention), check_paged_attention, check_paged_attention_layout, p,
+              query.device_id(), stream, "paged_attention");
 }
 
 }  // namespace
