@@ -1,34 +1,104 @@
-// The rotation of rotary embedding, shared by rotary_embedding.cu and rotary_and_cache.cu.
+// The rotary kernel behind rotary_embedding_cuda (query and key rotated in place) and
+// rotary_and_cache_cuda (the same, with the rotated key and the value written into their cache
+// slot): one kernel, the cache write a compile-time option.
+//
+// Grid (token, chunk): a token's items spread over blocks of kRotaryThreads, so that a decode step's
+// few tokens still keep many threads busy, each with independent loads. Item i < rotated turns kPack
+// consecutive pairs (d, d + half) of one query or key head, with 16-byte loads of both halves, cos
+// and sin where every row and head starts on 16 bytes (one element otherwise); with the cache write,
+// a key head's rotated pairs also go to the slot, and the items after the pairs copy the value
+// heads' packs into it.
 #pragma once
 
 #include "numeric.cuh"
+#include "kvserve/layer_ops.h"
+#include "kvserve/reshape_and_cache.h"
 
 namespace kvserve::gpu {
 
-// Both rotary kernels run on a (token, chunk) grid: a token's items (pairs to turn, and with the
-// cache write, value packs to copy) spread over blocks of kRotaryThreads, so that a decode step's
-// few tokens still keep many threads busy, each with independent loads.
 constexpr int kRotaryThreads = 256;
 
-inline dim3 rotary_grid(int64_t num_tokens, int64_t items) {
-  constexpr int64_t kMaxChunks = 65535;  // gridDim.y
-  const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
-  return dim3(static_cast<unsigned>(num_tokens), static_cast<unsigned>(chunks));
+// c: read only with kCache. A slot of -1 (a padding row) or out of range is not written.
+template <class T, int kPack, bool kCache>
+__global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbeddingParams r,
+                                                                const ReshapeAndCacheParams c) {
+  using Packed = Pack<T, kPack>;
+  const int64_t token = blockIdx.x;
+  const auto head_dim = static_cast<int32_t>(r.head_dim), half = head_dim / 2;
+  const int32_t pairs_per_head = half / kPack;
+  const T* cos = static_cast<const T*>(r.cos) + token * r.cos_sin_stride_token;
+  const T* sin = static_cast<const T*>(r.sin) + token * r.cos_sin_stride_token;
+  T* key_slot = nullptr;
+  T* value_slot = nullptr;
+  if constexpr (kCache) {
+    const int64_t slot = c.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(c.slot_mapping)[token]
+                                                               : static_cast<const int32_t*>(c.slot_mapping)[token];
+    if (slot >= 0 && slot < c.num_blocks * c.block_size) {
+      const int64_t at =
+          (slot / c.block_size) * c.cache_stride_block + (slot % c.block_size) * c.num_kv_heads * head_dim;
+      key_slot = static_cast<T*>(c.key_cache) + at;
+      value_slot = static_cast<T*>(c.value_cache) + at;
+    }
+  }
+  const auto rotated = static_cast<int32_t>((r.num_heads + r.num_kv_heads) * pairs_per_head);
+  const int32_t items = kCache ? rotated + static_cast<int32_t>(r.num_kv_heads * (head_dim / kPack)) : rotated;
+  for (int32_t i = blockIdx.y * kRotaryThreads + threadIdx.x; i < items; i += gridDim.y * kRotaryThreads) {
+    if (i < rotated) {
+      const int32_t head = i / pairs_per_head, d = (i % pairs_per_head) * kPack;
+      const bool is_key = head >= r.num_heads;
+      T* x = is_key ? static_cast<T*>(r.key) + token * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
+                    : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
+      const Packed x1 = *reinterpret_cast<const Packed*>(x + d), x2 = *reinterpret_cast<const Packed*>(x + d + half);
+      const Packed cs = *reinterpret_cast<const Packed*>(cos + d), sn = *reinterpret_cast<const Packed*>(sin + d);
+      // Hugging Face's `q * cos + rotate_half(q) * sin`: each product stored in T, then their sum.
+      Packed y1, y2;
+#pragma unroll
+      for (int k = 0; k < kPack; ++k) {
+        const float a = to_float(x1.values[k]), b = to_float(x2.values[k]);
+        const float ck = to_float(cs.values[k]), sk = to_float(sn.values[k]);
+        y1.values[k] = from_float<T>(product_in<T>(a, ck) - product_in<T>(b, sk));
+        y2.values[k] = from_float<T>(product_in<T>(b, ck) + product_in<T>(a, sk));
+      }
+      *reinterpret_cast<Packed*>(x + d) = y1;
+      *reinterpret_cast<Packed*>(x + d + half) = y2;
+      if (is_key && key_slot != nullptr) {
+        T* cached = key_slot + (head - r.num_heads) * head_dim;
+        *reinterpret_cast<Packed*>(cached + d) = y1;
+        *reinterpret_cast<Packed*>(cached + d + half) = y2;
+      }
+    } else if (value_slot != nullptr) {
+      const int32_t j = i - rotated, head = j / (head_dim / kPack), d = (j % (head_dim / kPack)) * kPack;
+      const T* value = static_cast<const T*>(c.value) + token * c.value_stride_token + head * c.value_stride_head;
+      *reinterpret_cast<Packed*>(value_slot + head * head_dim + d) = *reinterpret_cast<const Packed*>(value + d);
+    }
+  }
 }
 
-// kPack consecutive pairs (x1[k], x2[k]) of one head, x2 half a head after x1, turned by the angles
-// whose cos and sin are c[k], s[k]. In float32, rounded as Hugging Face's `q * cos + rotate_half(q)
-// * sin` rounds: each product stored in T, then their sum.
-template <class T, int kPack>
-__device__ inline void rotate_pairs(const Pack<T, kPack>& x1, const Pack<T, kPack>& x2, const Pack<T, kPack>& c,
-                                    const Pack<T, kPack>& s, Pack<T, kPack>* y1, Pack<T, kPack>* y2) {
-#pragma unroll
-  for (int k = 0; k < kPack; ++k) {
-    const float a = to_float(x1.values[k]), b = to_float(x2.values[k]);
-    const float ck = to_float(c.values[k]), sk = to_float(s.values[k]);
-    y1->values[k] = from_float<T>(product_in<T>(a, ck) - product_in<T>(b, sk));
-    y2->values[k] = from_float<T>(product_in<T>(b, ck) + product_in<T>(a, sk));
-  }
+// Whether query, key, cos and sin rows and heads (and half a head) move in 16-byte packs.
+inline bool rotary_packs_of_16_bytes(const RotaryEmbeddingParams& r) {
+  return all_16_byte_aligned({r.query, r.key, r.cos, r.sin},
+                             {r.head_dim / 2, r.query_stride_token, r.query_stride_head, r.key_stride_token,
+                              r.key_stride_head, r.cos_sin_stride_token},
+                             dtype_bytes(r.dtype));
+}
+
+// Launches rotary_kernel for r's dtype, in 16-byte packs when `packed`; r.num_tokens > 0.
+template <bool kCache>
+Status launch_rotary(const RotaryEmbeddingParams& r, const ReshapeAndCacheParams& c, bool packed,
+                     kvGpuStream_t stream) {
+  return with_float_type(r.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    auto launch = [&](auto kernel, int64_t pack) {
+      const int64_t items = (r.num_heads + (kCache ? 2 : 1) * r.num_kv_heads) * (r.head_dim / 2 / pack);
+      constexpr int64_t kMaxChunks = 65535;  // gridDim.y
+      const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
+      const dim3 grid(static_cast<unsigned>(r.num_tokens), static_cast<unsigned>(chunks));
+      launch_kernel(kernel, grid, kRotaryThreads, 0, stream, r, c);
+      return launch_status();
+    };
+    constexpr int kPack = 16 / sizeof(T);
+    return packed ? launch(rotary_kernel<T, kPack, kCache>, kPack) : launch(rotary_kernel<T, 1, kCache>, 1);
+  });
 }
 
 }  // namespace kvserve::gpu
