@@ -1,7 +1,7 @@
 // Bindings of the fused layer kernels (layer_ops.h): RMSNorm, fused residual add + RMSNorm, rotary
 // embedding (alone, or with the KV-cache write: rotary_and_cache.h) and SiLU-and-mul, on the CPU or
-// a CUDA device. Shapes, dtypes and strides are checked
-// first, then that every array is on one device, whose kernel then runs.
+// a CUDA device. Shapes, dtypes and strides are checked first, then that every array is on one
+// device, whose kernel then runs.
 #include <nanobind/nanobind.h>
 
 #include "array_check.h"

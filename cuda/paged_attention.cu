@@ -57,8 +57,8 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
   if (tiles > INT_MAX) return Status::kUnsupported;
   SplitPartials partials;
   partials.num_splits = choose_splits(p, tiles, Tile::kKeys, device);
-  SplitWorkspace workspace;
   if (partials.num_splits > 1) {
+    SplitWorkspace workspace;
     if (split_workspace(stream, &workspace)) {
       partials.out = workspace.partials;
       partials.stats = workspace.partials + partials.num_splits * p.num_tokens * p.num_heads * p.head_dim;
