@@ -24,8 +24,8 @@
 // copies, so a stage costs one dependent trip to memory, not one per chunk; a stage whose keys every
 // row of a warp sees (most of a long context) skips the per-score mask. Rows past the tile's
 // end and keys past the split's end are zero-filled, and masked to -inf, so they weigh nothing and
-// never read memory outside the arrays. A split block's last act is to count itself in; the tile's
-// last block merges the splits (attention_split.cuh).
+// never read memory outside the arrays. A tile uses at most one split per stage of its keys; a split
+// block's last act is to count itself in, and the tile's last block merges (attention_split.cuh).
 #pragma once
 
 #include "attention_metadata.cuh"
@@ -149,18 +149,25 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const int row_warp = warp / Split::kKeyWarps, key_warp = warp % Split::kKeyWarps;
   const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
   // Keys of this tile (the union of its rows' windows), then this split's share in whole stages.
+  // The launch fixes the number of splits without knowing the contexts (a graph replays it for
+  // any): a tile uses as many as have a stage each, and the blocks of the others leave at once,
+  // uncounted. Every block of the tile computes the same `splits` from the same metadata; a tile of
+  // one split (or bad metadata) writes its output directly.
   // Keys and positions lie below seq_len, an int32: 32-bit in the loop, where registers are short.
   int32_t split_begin = 0, split_end = 0;
+  int splits = 1;
   const int64_t first_position = r.seq_len - r.num_queries;
   if (r.context_ok) {
     const int64_t key_lo = first_visible_key(p, first_position + row_begin / group);
     const int64_t key_hi = visible_key_end(p, first_position + (row_end - 1) / group, r.seq_len);
-    const int64_t stages_per_split = ((key_hi - key_lo + kKeys - 1) / kKeys + partials.num_splits - 1) /
-                                     partials.num_splits;
+    const int64_t stages = (key_hi - key_lo + kKeys - 1) / kKeys;
+    const int64_t stages_per_split = max_i64(1, (stages + partials.num_splits - 1) / partials.num_splits);
+    splits = static_cast<int>(max_i64(1, (stages + stages_per_split - 1) / stages_per_split));
     const int64_t begin = min_i64(key_hi, key_lo + split * stages_per_split * kKeys);
     split_begin = static_cast<int32_t>(begin);
     split_end = static_cast<int32_t>(min_i64(key_hi, begin + stages_per_split * kKeys));
   }
+  if (split >= splits) return;
   const int num_stages = split_begin < split_end ? static_cast<int>((split_end - split_begin + kKeys - 1) / kKeys) : 0;
 
   const T* key_cache = static_cast<const T*>(p.key_cache);
@@ -375,7 +382,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
     const int64_t rr = warp_rows + g + 8 * i;
     if (!writes || rr >= row_end) continue;
     const int64_t token = r.token_begin + rr / group, head = kv_head * group + rr % group;
-    if (partials.num_splits == 1) {
+    if (splits == 1) {
       const float inverse = bad ? NAN : 1.f / row_sum[i];
       T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + 2 * t;
 #pragma unroll
@@ -398,9 +405,9 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       }
     }
   }
-  if (partials.num_splits > 1) {
+  if (splits > 1) {
     merge_if_last_split<T, kHeadDim, Tile::kWarps>(
-        p, partials, static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y, row_end - row_begin,
+        p, partials, splits, static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y, row_end - row_begin,
         [=](int64_t i, int64_t* token, int64_t* head) {
           *token = r.token_begin + (row_begin + i) / group;
           *head = kv_head * group + (row_begin + i) % group;

@@ -1,7 +1,8 @@
 // Split keys (flash-decoding): when a step has too few (request, kv head, tile) blocks to fill the
-// GPU, each one's keys are cut into `num_splits` ranges handled by separate thread blocks. Each
-// writes its rows' unnormalized output with their running max and sum, then counts itself in; the
-// block that arrives last for its tile merges every split's rows into the output (no second kernel):
+// GPU, each one's keys are cut into ranges handled by separate thread blocks: the launch allows up to
+// `num_splits`, a tile uses as many of them as it has stages of keys (`splits` below). Each writes its
+// rows' unnormalized output with their running max and sum, then counts itself in; the block that
+// arrives last for its tile merges every split's rows into the output (no second kernel):
 //
 //   out = sum_s o_s * 2^(m_s - M) / sum_s l_s * 2^(m_s - M),   M = max_s m_s
 //
@@ -47,17 +48,17 @@ __device__ inline V load_partial(const V* at) {
 #endif
 }
 
-// One warp merges the splits of (token, head). The lanes read the splits' statistics side by side
-// (split lane and lane + 32), so that the maximum and the weights are two warp reductions, not a
-// walk over the splits; then each lane sums its kHeadDim / 32 consecutive dims over the splits that
-// carry weight (a decode graph sizes its splits for the longest context the block table can hold,
-// so most of a short context's are empty).
+// One warp merges the `splits` splits of (token, head). The lanes read the splits' statistics side by
+// side (split lane and lane + 32), so that the maximum and the weights are two warp reductions, not a
+// walk over the splits; then each lane sums its kHeadDim / 32 consecutive dims over the splits, a
+// batch of kBatch splits' loads in flight at once (one trip to L2 per batch, not per split).
 template <class T, int kHeadDim>
-__device__ inline void merge_split_row(const PagedAttentionParams& p, const SplitPartials& partials, int64_t token,
-                                       int64_t head, int lane) {
+__device__ inline void merge_split_row(const PagedAttentionParams& p, const SplitPartials& partials, int splits,
+                                       int64_t token, int64_t head, int lane) {
   constexpr int kDims = kHeadDim / kWarpSize;  // consecutive dims per lane: 2, 4 or 8
   static_assert(kHeadDim % kWarpSize == 0 && kDims % 2 == 0, "whole float2 per lane");
-  const int splits = partials.num_splits;
+  constexpr int kPairs = kDims / 2;
+  constexpr int kBatch = 16 / kPairs;  // 16 float2 loads in flight per lane
 
   float m[kSplitsPerLane], l[kSplitsPerLane];
   float top = -INFINITY;
@@ -83,21 +84,33 @@ __device__ inline void merge_split_row(const PagedAttentionParams& p, const Spli
   total = warp_sum(total);
 
   float value[kDims] = {};
-  for (int s = 0; s < splits; ++s) {
-    float mine = weight[0];
+  for (int first = 0; first < splits; first += kBatch) {
+    float w[kBatch];
+    float2 pairs[kBatch][kPairs];
 #pragma unroll
-    for (int k = 1; k < kSplitsPerLane; ++k) {
-      if (s >= k * kWarpSize) mine = weight[k];
+    for (int b = 0; b < kBatch; ++b) {
+      const int s = first + b;
+      float mine = weight[0];
+#pragma unroll
+      for (int k = 1; k < kSplitsPerLane; ++k) {
+        if (s >= k * kWarpSize) mine = weight[k];
+      }
+      w[b] = shfl(mine, s % kWarpSize);
+      // A split past the tile's count, or whose weight underflows, adds nothing and is not read.
+      const bool read = s < splits && w[b] != 0.f;
+      const auto* part = reinterpret_cast<const float2*>(
+          partials.out + partial_row(p, read ? s : 0, token, head) * kHeadDim + lane * kDims);
+#pragma unroll
+      for (int j = 0; j < kPairs; ++j) pairs[b][j] = read ? load_partial(part + j) : make_float2(0.f, 0.f);
+      if (!read) w[b] = 0.f;
     }
-    const float w = shfl(mine, s % kWarpSize);
-    if (w == 0.f) continue;  // an empty split (or one whose weight underflows): adds nothing
-    const auto* part = reinterpret_cast<const float2*>(partials.out + partial_row(p, s, token, head) * kHeadDim +
-                                                      lane * kDims);
 #pragma unroll
-    for (int j = 0; j < kDims / 2; ++j) {
-      const float2 pair = load_partial(part + j);
-      value[2 * j] += w * pair.x;
-      value[2 * j + 1] += w * pair.y;
+    for (int b = 0; b < kBatch; ++b) {
+#pragma unroll
+      for (int j = 0; j < kPairs; ++j) {
+        value[2 * j] += w[b] * pairs[b][j].x;
+        value[2 * j + 1] += w[b] * pairs[b][j].y;
+      }
     }
   }
   T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + lane * kDims;
@@ -108,15 +121,15 @@ __device__ inline void merge_split_row(const PagedAttentionParams& p, const Spli
 }
 
 // Called by every thread of a split block once its partials are written (each thread's own writes
-// made visible first). The block that arrives last for `tile` merges the tile's `rows` rows, row i
-// being (token, head) = row_item(i), one warp per row, and resets the tile's count.
+// made visible first). The block that arrives last of the tile's `splits` merges the tile's `rows`
+// rows, row i being (token, head) = row_item(i), one warp per row, and resets the tile's count.
 template <class T, int kHeadDim, int kWarps, class RowItem>
-__device__ inline void merge_if_last_split(const PagedAttentionParams& p, const SplitPartials& partials, int64_t tile,
-                                           int64_t rows, RowItem row_item) {
+__device__ inline void merge_if_last_split(const PagedAttentionParams& p, const SplitPartials& partials, int splits,
+                                           int64_t tile, int64_t rows, RowItem row_item) {
   __shared__ int s_last;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(partials.arrivals + tile, 1) == partials.num_splits - 1;
+  if (threadIdx.x == 0) s_last = atomicAdd(partials.arrivals + tile, 1) == splits - 1;
   __syncthreads();
   if (!s_last) return;
   __threadfence();
@@ -124,7 +137,7 @@ __device__ inline void merge_if_last_split(const PagedAttentionParams& p, const 
   for (int64_t i = warp; i < rows; i += kWarps) {
     int64_t token = 0, head = 0;
     row_item(i, &token, &head);
-    merge_split_row<T, kHeadDim>(p, partials, token, head, lane);
+    merge_split_row<T, kHeadDim>(p, partials, splits, token, head, lane);
   }
   if (threadIdx.x == 0) partials.arrivals[tile] = 0;
 }

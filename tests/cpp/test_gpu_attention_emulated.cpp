@@ -272,6 +272,30 @@ TEST(EmulatedPagedAttention, SplitCallsRepeatExactly) {
   }
 }
 
+TEST(EmulatedPagedAttention, ShortContextsUseFewerSplitsThanTheLaunchAllows) {
+  // A decode graph sizes its launch for the longest context the block table holds and replays it for
+  // any: here a call over long contexts leaves every split's partials in the workspace, then the
+  // same launch over short ones (as many stages as splits, fewer, one) must read none of them.
+  AttentionCase c{DType::kBFloat16, 128, 8, 2, 16, {1, 1, 1}, {3001, 2900, 2800}};
+  AttentionRun run(c);
+  ASSERT_EQ(run.run_gpu(), Status::kOk);
+  for (const std::vector<int32_t>& short_lens : {std::vector<int32_t>{700, 130, 64}, std::vector<int32_t>{65, 2, 1}}) {
+    std::copy(short_lens.begin(), short_lens.end(), c.seq_lens.begin());  // the run's seq_lens
+    run.gpu_out = nan_buffer(c.dtype, static_cast<size_t>(run.num_tokens * run.row_stride));
+    ASSERT_EQ(run.run_cpu(), Status::kOk);
+    ASSERT_EQ(run.run_gpu(), Status::kOk);
+    for (int64_t t = 0; t < run.num_tokens; ++t) {
+      for (int64_t h = 0; h < c.num_heads; ++h) {
+        for (int64_t d = 0; d < c.head_dim; ++d) {
+          const float expected = run.cpu_out.get(run.at(t, h, d));
+          ASSERT_NEAR(run.gpu_out.get(run.at(t, h, d)), expected, tolerance(c.dtype) * (1 + std::abs(expected)))
+              << describe(c) << ": token " << t << " head " << h << " dim " << d;
+        }
+      }
+    }
+  }
+}
+
 TEST(EmulatedPagedAttention, BadMetadataPoisonsSplitRowsToo) {
   // A long context split across blocks, with one of its block ids out of range: the split that meets
   // it writes NaN statistics, which the merge carries into every row of the request, and only its.
