@@ -9,8 +9,9 @@ load_format="dummy"), each appending JSON lines to --out:
                                                         # where a decode step's GPU time goes, by kernel
     python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64,
                                                         # against the weight-reading floor
-    python bench/gpu_bench.py layer --out R.jsonl       # the short kernels between the products, at
-                                                        # batch 1 and 64, replayed from a CUDA graph
+    python bench/gpu_bench.py layer --out R.jsonl       # the short kernels between the products (and
+                                                        # the sampler's argmax), at batch 1 and 64,
+                                                        # replayed from a CUDA graph
 
 Floors use the device-to-device copy bandwidth measured in the same process (bytes read + written).
 Times are medians of CUDA-event timings (kernels; decode attention also replayed from a CUDA graph,
@@ -170,7 +171,8 @@ def bench_linear(out: Path, batches: list[int]) -> None:
 def bench_layer(out: Path, batches: list[int]) -> None:
     """The short kernels between a decoder layer's products, each replayed 32 times from a CUDA graph
     at each batch size: what one costs inside a graphed decode step (at batch 1 mostly launch and
-    ramp), and the rotary + cache-write fusion against the two kernels it replaces."""
+    ramp), the rotary + cache-write fusion against the two kernels it replaces, and the greedy
+    sampler's argmax over the vocabulary against torch's."""
     hidden, inter, eps = PRESET.hidden_size, PRESET.intermediate_size, 1e-5
     q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
     for batch in batches:
@@ -184,6 +186,8 @@ def bench_layer(out: Path, batches: list[int]) -> None:
         slots = torch.arange(batch, device="cuda") * BLOCK + 3
         gate_up = torch.randn(batch, 2 * inter, device="cuda", dtype=DTYPE)
         activated = torch.empty(batch, inter, device="cuda", dtype=DTYPE)
+        logits = torch.randn(batch, PRESET.vocab_size, device="cuda", dtype=DTYPE)
+        sampled = torch.empty(batch, dtype=torch.int32, device="cuda")
 
         def rotary_then_cache(i: int) -> None:
             ops.rotary_embedding(q, k, cos, sin)
@@ -194,6 +198,8 @@ def bench_layer(out: Path, batches: list[int]) -> None:
             "rotary_embedding+reshape_and_cache": rotary_then_cache,
             "rotary_and_cache": lambda i: ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots),
             "silu_and_mul": lambda i: ops.silu_and_mul(activated, gate_up),
+            "argmax": lambda i: ops.argmax(sampled, logits),
+            "torch.argmax": lambda i: torch.argmax(logits, dim=1),
         }
         for name, call in kernels.items():
             record(out, name=f"layer_{name}_b{batch}", graph_ms=graph_ms(call, 32))
@@ -253,11 +259,11 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
 # Kernel name fragments -> the part of a decode step they do (the first match wins).
 KERNEL_PARTS = [
     ("attention", ("attention_mma_kernel", "attention_portable_kernel")),
-    ("rotary + cache write", ("rotary_and_cache",)),
+    ("rotary (+ cache write)", ("rotary_kernel",)),
     ("cache write", ("reshape_and_cache",)),
     ("rms norm", ("rms_norm",)),
-    ("rotary", ("rotary_embedding",)),
     ("silu and mul", ("silu_and_mul",)),
+    ("sampler (argmax)", ("argmax",)),
     ("linear (cuBLAS)", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")),
     ("copies", ("memcpy", "memset")),
 ]

@@ -1,5 +1,5 @@
-// Bindings of the CPU-only kernels: the few-rows linear and argmax (on a GPU, cuBLAS and torch's
-// argmax serve those steps). 2-D arrays whose rows may be strided, last dimension contiguous.
+// Bindings of the CPU-only kernel: the few-rows linear (on a GPU, cuBLAS serves those products).
+// 2-D arrays whose rows may be strided, last dimension contiguous.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 
@@ -8,7 +8,6 @@
 
 #include "array_check.h"
 #include "bind.h"
-#include "kvserve/argmax.h"
 #include "kvserve/linear.h"
 #include "linear_weight.h"
 
@@ -20,29 +19,6 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
   check_ndim(array, name, 2, layout);
   check_contiguous(array, name, 1);
   check_cpu(array, name);
-}
-
-void argmax(Array out, Array input) {
-  check_dtype(input, "input", kFloatDtypes);
-  check_matrix(input, "input", "[num_rows, num_cols]");
-  check_dtype(out, "out", {kInt32});
-  check_ndim(out, "out", 1, "[num_rows]");
-  check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
-  check_contiguous(out, "out");
-  check_cpu(out, "out");
-  ArgmaxParams p;
-  p.out = static_cast<int32_t*>(out.data());
-  p.input = input.data();
-  p.input_stride = input.stride(0);
-  p.num_rows = static_cast<int64_t>(input.shape(0));
-  p.num_cols = static_cast<int64_t>(input.shape(1));
-  p.dtype = kernel_dtype(input, "input");
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = argmax_cpu(p);
-  }
-  raise_on_error(status, "argmax");
 }
 
 void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
@@ -94,9 +70,6 @@ bool interleave_supported(Array weight) {
 }  // namespace
 
 void bind_cpu_ops(nb::module_& m) {
-  m.def("argmax", &argmax, nb::arg("out").noconvert(), nb::arg("input"),
-        "out [num_rows] (int32) = the first index of each row's maximum of input [num_rows, num_cols];\n"
-        "NaN entries are ignored.");
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(),
         "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); weight may be\n"

@@ -1,12 +1,13 @@
 // Bindings of the fused layer kernels (layer_ops.h): RMSNorm, fused residual add + RMSNorm, rotary
-// embedding (alone, or with the KV-cache write: rotary_and_cache.h) and SiLU-and-mul, on the CPU or
-// a CUDA device. Shapes, dtypes and strides are checked first, then that every array is on one
+// embedding (alone, or with the KV-cache write: rotary_and_cache.h), SiLU-and-mul, and the greedy
+// sampler's argmax (argmax.h), on the CPU or a CUDA device. Shapes, dtypes and strides are checked first, then that every array is on one
 // device, whose kernel then runs.
 #include <nanobind/nanobind.h>
 
 #include "array_check.h"
 #include "bind.h"
 #include "kernel_call.h"
+#include "kvserve/argmax.h"
 #include "kvserve/layer_ops.h"
 #include "kvserve/rotary_and_cache.h"
 #include "op_params.h"
@@ -159,6 +160,25 @@ void silu_and_mul(Array out, Array input, uintptr_t stream) {
   call_kernel(cuda, KVSERVE_KERNELS(silu_and_mul), check_silu_and_mul, p, input.device_id(), stream, "silu_and_mul");
 }
 
+void argmax(Array out, Array input, uintptr_t stream) {
+  check_dtype(input, "input", kFloatDtypes);
+  check_ndim(input, "input", 2, "[num_rows, num_cols]");
+  check_contiguous(input, "input", 1);
+  check_dtype(out, "out", {kInt32});
+  check_ndim(out, "out", 1, "[num_rows]");
+  check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
+  check_contiguous(out, "out");
+  const bool cuda = on_one_device({{input, "input"}, {out, "out"}});
+  ArgmaxParams p;
+  p.out = static_cast<int32_t*>(out.data());
+  p.input = input.data();
+  p.input_stride = input.stride(0);
+  p.num_rows = static_cast<int64_t>(input.shape(0));
+  p.num_cols = static_cast<int64_t>(input.shape(1));
+  p.dtype = kernel_dtype(input, "input");
+  call_kernel(cuda, KVSERVE_KERNELS(argmax), check_argmax, p, input.device_id(), stream, "argmax");
+}
+
 }  // namespace
 
 void bind_layer_ops(nb::module_& m) {
@@ -175,6 +195,9 @@ void bind_layer_ops(nb::module_& m) {
         "Rotate query and key in place, then write key and value into their cache slots.");
   m.def("silu_and_mul", &silu_and_mul, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,
         "out = silu(input[:, :size]) * input[:, size:].");
+  m.def("argmax", &argmax, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,
+        "out [num_rows] (int32) = the first index of each row's maximum of input [num_rows, num_cols];\n"
+        "NaN entries are ignored.");
 }
 
 }  // namespace kvserve::bind

@@ -2,8 +2,10 @@
 // inside its arrays. Like the attention checks, the kernels run them, and callers that want the
 // message run them again after a kInvalidArgument.
 #include <cmath>
+#include <cstdint>
 #include <string>
 
+#include "kvserve/argmax.h"
 #include "kvserve/layer_ops.h"
 #include "param_checks.h"
 
@@ -73,6 +75,18 @@ Status check_silu_and_mul(const SiluAndMulParams& p, std::string* why) {
   if (s == Status::kOk) s = check_rows("out", p.num_tokens, 1, p.size, p.out_stride_token, 0, why);
   if (s != Status::kOk) return s;
   if (p.num_tokens > 0 && (p.input == nullptr || p.out == nullptr)) return fail(why, "a required array is null");
+  return Status::kOk;
+}
+
+Status check_argmax(const ArgmaxParams& p, std::string* why) {
+  if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
+  if (p.num_rows < 0 || p.num_cols < 1 || p.num_cols > INT32_MAX) {
+    return fail(why, "sizes: expected num_rows >= 0 and 1 <= num_cols <= 2^31 - 1, got " + str(p.num_rows) + " and " +
+                         str(p.num_cols));
+  }
+  Status s = check_rows("input", p.num_rows, 1, p.num_cols, p.input_stride, 0, why);
+  if (s != Status::kOk) return s;
+  if (p.num_rows > 0 && (p.input == nullptr || p.out == nullptr)) return fail(why, "a required array is null");
   return Status::kOk;
 }
 

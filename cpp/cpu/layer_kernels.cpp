@@ -72,11 +72,7 @@ Status rms_norm_cpu(const RmsNormParams& p) {
 }
 
 Status argmax_cpu(const ArgmaxParams& p) {
-  if (p.out == nullptr || p.input == nullptr || p.num_rows < 0 || p.num_cols <= 0 || p.input_stride < p.num_cols ||
-      p.num_cols > INT32_MAX) {
-    return Status::kInvalidArgument;
-  }
-  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  if (check_argmax(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   run_rows(p, kernels_for(p.dtype).argmax, p.num_cols);
   return Status::kOk;
 }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
@@ -23,6 +24,12 @@ struct ArgmaxParams {
   DType dtype = DType::kFloat32;
 };
 
+// kOk, or kInvalidArgument with the reason in `why` (when not null).
+KVSERVE_EXPORT Status check_argmax(const ArgmaxParams& params, std::string* why);
+
 KVSERVE_EXPORT Status argmax_cpu(const ArgmaxParams& params);
+
+// One block per row; `stream` is a cudaStream_t (null: the default stream).
+KVSERVE_EXPORT Status argmax_cuda(const ArgmaxParams& params, void* stream);
 
 }  // namespace kvserve

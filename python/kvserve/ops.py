@@ -2,9 +2,9 @@
 
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
 passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
-layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul) run
-on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays are;
-argmax and linear are CPU kernels (on a GPU, torch's argmax and cuBLAS serve those steps).
+layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul) and
+argmax run on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays
+are; linear is a CPU kernel (on a GPU, cuBLAS serves those products).
 
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
@@ -118,9 +118,9 @@ def silu_and_mul(out, x) -> None:
 
 def argmax(out, input) -> None:
     """out [num_rows] int32 = the first index of each row's largest value in `input`
-    [num_rows, num_cols] (CPU; float32, bfloat16 or float16; rows may be strided). NaN entries are
+    [num_rows, num_cols] (float32, bfloat16 or float16; rows may be strided). NaN entries are
     ignored: greedy sampling straight from logits in the model dtype, without a float32 copy."""
-    _C.ops.argmax(_dl(out), _dl(input))
+    _C.ops.argmax(_dl(out), _dl(input), _stream_of(input))
 
 
 def linear(out, input, weight, bias=None) -> None:

@@ -1,7 +1,7 @@
 """Sampler: logits [N, vocab] + SamplingMetadata -> SamplerOutput (one token per row).
 
 A batch that is only argmaxes (greedy, no bias, mask, penalty or logprobs) reads the logits in the
-model dtype as they are (on the CPU with kvserve.ops.argmax); everything else works on a float32 copy.
+model dtype as they are (kvserve.ops.argmax); everything else works on a float32 copy.
 
 The order is vLLM's:
     raw log-probabilities (for `logprobs`: from the logits as the model gave them)
@@ -150,11 +150,9 @@ class Sampler:
             raise ValueError(f"logits must be floating point [num_rows, vocab], got {logits.dtype} {list(logits.shape)}")
         md = metadata
         if md.argmax_only:
-            if logits.is_cpu:
-                sampled = torch.empty(logits.shape[0], dtype=torch.int32)
-                ops.argmax(sampled, logits)
-                return SamplerOutput(sampled, None)
-            return SamplerOutput(logits.argmax(dim=1).to(torch.int32), None)
+            sampled = torch.empty(logits.shape[0], dtype=torch.int32, device=logits.device)
+            ops.argmax(sampled, logits)
+            return SamplerOutput(sampled, None)
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=1) if md.max_num_logprobs is not None else None
         if md.logit_bias is not None:

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "emulated_buffers.h"
+#include "kvserve/argmax.h"
 #include "kvserve/copy_blocks.h"
 #include "kvserve/layer_ops.h"
 #include "kvserve/reshape_and_cache.h"
@@ -280,6 +281,41 @@ TEST(EmulatedLayerOps, SiluAndMul) {
           ASSERT_NEAR(out.get(t * size + i), expected, 1e-6 * (1 + std::abs(expected))) << name(dtype);
         }
       }
+    }
+  }
+}
+
+TEST(EmulatedLayerOps, ArgmaxMatchesCpu) {
+  // Widths in 16-byte packs (a vocabulary) and not; rows with ties, NaN, -inf and no number at all.
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    for (int64_t width : {8200, 1001}) {
+      std::mt19937 rng(7);
+      const int64_t rows = 6, stride = width + 8;
+      Buffer x = random_buffer(dtype, static_cast<size_t>(rows * stride), rng);
+      x.set(static_cast<size_t>(1 * stride + 10), 9.f);  // a tie: the first column wins
+      x.set(static_cast<size_t>(1 * stride + width - 3), 9.f);
+      x.set(static_cast<size_t>(2 * stride + 5), NAN);   // NaN never wins
+      x.set(static_cast<size_t>(2 * stride + width - 1), 20.f);
+      for (int64_t i = 0; i < width; ++i) {
+        x.set(static_cast<size_t>(3 * stride + i), NAN);  // no number: 0
+        x.set(static_cast<size_t>(4 * stride + i), i % 2 ? -INFINITY : NAN);  // -inf is a number
+      }
+      kvserve::ArgmaxParams p;
+      p.input = x.data();
+      p.input_stride = stride;
+      p.num_rows = rows;
+      p.num_cols = width;
+      p.dtype = dtype;
+      std::vector<int32_t> cpu(rows, -1), gpu(rows, -1);
+      p.out = cpu.data();
+      ASSERT_EQ(kvserve::argmax_cpu(p), Status::kOk);
+      p.out = gpu.data();
+      ASSERT_EQ(kvserve::argmax_cuda(p, nullptr), Status::kOk);
+      EXPECT_EQ(gpu, cpu) << name(dtype) << " width " << width;
+      EXPECT_EQ(cpu[1], 10);
+      EXPECT_EQ(cpu[2], width - 1);
+      EXPECT_EQ(cpu[3], 0);
+      EXPECT_EQ(cpu[4], 1);
     }
   }
 }

@@ -1,7 +1,6 @@
 """The fused layer kernels (RMSNorm with the residual add, rotary embedding alone and with the KV-cache
-write, SiLU-and-mul) on the CPU
-and on CUDA, and the CPU-only argmax and few-rows linear, against the framework ops they replace on
-random data. They round at the same points as those ops, so 16-bit results agree but for rare
+write, SiLU-and-mul) and argmax on the CPU and on CUDA, and the CPU-only few-rows linear, against the
+framework ops they replace on random data. They round at the same points as those ops, so 16-bit results agree but for rare
 one-ulp flips (a float32 sum or exp taken in another order); float32 within float32 rounding.
 Every CPU ISA path; bad input is a ValueError that writes nothing."""
 
@@ -156,28 +155,30 @@ def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head
     assert key_cache[[3, 0, 12]].isfinite().all() and key_cache[[6, 7]].isnan().all()  # written, and not
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("width", [7, 100, 32000])
-def test_argmax(dtype, width):
+@pytest.mark.parametrize("width", [7, 100, 32000, 128256])
+def test_argmax(device, dtype, width):
     torch.manual_seed(width + 3)
-    logits = torch.randn(40, width).to(dtype)
-    out = torch.full((40,), -1, dtype=torch.int32)
+    logits = torch.randn(40, width).to(dtype).to(device)
+    out = torch.full((40,), -1, dtype=torch.int32, device=device)
     ops.argmax(out, logits)
     assert torch.equal(out.long(), logits.float().argmax(1))
 
 
-def test_argmax_ties_nan_and_strided_rows():
+@pytest.mark.parametrize("device", DEVICES)
+def test_argmax_ties_nan_and_strided_rows(device):
     logits = torch.randn(4, 50)
     logits[0, [5, 30]] = 9.0           # tie: the first index wins
     logits[1, 3] = float("nan")        # NaN is ignored
     logits[1, 40] = 7.0
     logits[2] = float("nan")           # no number at all: 0
     logits[3, 49] = 8.0                # the maximum in the tail past the vector width
-    out = torch.empty(4, dtype=torch.int32)
-    ops.argmax(out, logits)
+    out = torch.empty(4, dtype=torch.int32, device=device)
+    ops.argmax(out, logits.to(device))
     assert out.tolist() == [5, 40, 0, 49]
-    wide = torch.randn(6, 80)
-    out = torch.empty(6, dtype=torch.int32)
+    wide = torch.randn(6, 80, device=device)
+    out = torch.empty(6, dtype=torch.int32, device=device)
     ops.argmax(out, wide[:, 10:60])
     assert torch.equal(out.long(), wide[:, 10:60].argmax(1))
 
