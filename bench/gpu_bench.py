@@ -7,7 +7,8 @@ load_format="dummy"), each appending JSON lines to --out:
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
                                                         # where a decode step's GPU time goes, by kernel
-    python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64,
+    python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64
+                                                        # (and kvserve's few-rows kernel up to 8 rows),
                                                         # against the weight-reading floor
     python bench/gpu_bench.py layer --out R.jsonl       # the short kernels between the products (and
                                                         # the sampler's argmax), at batch 1 and 64,
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvserve import Engine, SamplingParams, ops
+from kvserve import Engine, SamplingParams, _C, ops
 from kvserve.bench.checkpoint import hf_config
 from kvserve.bench.presets import model_preset
 from kvserve.kv_cache import kv_bytes_per_token
@@ -152,7 +153,8 @@ def bench_prefill_attention(out: Path, generator: torch.Generator) -> None:
 
 def bench_linear(out: Path, batches: list[int]) -> None:
     """F.linear (cuBLAS) on each projection of a decoder layer and on the LM head, replayed from a
-    CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once."""
+    CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once; at
+    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side."""
     bandwidth = copy_bandwidth()
     hidden, inter, heads, kv_heads = PRESET.hidden_size, PRESET.intermediate_size, HEADS, KV_HEADS
     shapes = {"qkv": ((heads + 2 * kv_heads) * HEAD_DIM, hidden), "o": (hidden, heads * HEAD_DIM),
@@ -164,7 +166,13 @@ def bench_linear(out: Path, batches: list[int]) -> None:
             x = torch.randn(batch, k, device="cuda", dtype=DTYPE)
             ms = graph_ms(lambda i: F.linear(x, weights[i]), copies)
             floor_ms = n * k * DTYPE.itemsize / bandwidth * 1e3
-            record(out, name=f"linear_{name}_b{batch}", n=n, k=k, ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms)
+            ours = {}
+            if batch <= _C.ops.linear_cuda_max_rows:
+                y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
+                ours_ms = graph_ms(lambda i: ops.linear(y, x, weights[i]), copies)
+                ours = {"ours_ms": ours_ms, "ours_ratio": ours_ms / floor_ms}
+            record(out, name=f"linear_{name}_b{batch}", n=n, k=k, ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms,
+                   **ours)
         del weights
 
 
@@ -264,6 +272,7 @@ KERNEL_PARTS = [
     ("rms norm", ("rms_norm",)),
     ("silu and mul", ("silu_and_mul",)),
     ("sampler (argmax)", ("argmax",)),
+    ("linear (kvserve)", ("linear_kernel",)),
     ("linear (cuBLAS)", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")),
     ("copies", ("memcpy", "memset")),
 ]

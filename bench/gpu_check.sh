@@ -56,11 +56,12 @@ run build 300 "$OUT/build.log" "$PY" -m pip install --no-build-isolation --no-de
   -Cbuild-dir=/tmp/kvserve-build -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
   "-Ccmake.define.CMAKE_CUDA_FLAGS=--resource-usage"
 
-# Registers, stack and spills per kernel from ptxas, then the tensor-core kernel's per-stage loops
-# from its SASS (bench/sass_loops.py: instructions by kind; LDL/STL must be 0).
+# Registers, stack and spills per kernel from ptxas, then the tensor-core kernels' loops (attention's
+# per-stage loop, the few-rows linear's) from their SASS (bench/sass_loops.py: instructions by kind; LDL/STL must be 0).
 kernel_report() {
   grep -E "Function properties|bytes stack frame|Used [0-9]+ registers" "$OUT/build.log" | sed 's/^ *//'
   "$PY" bench/sass_loops.py --kernel attention_mma
+  "$PY" bench/sass_loops.py --kernel linear_kernel
 }
 export -f kernel_report
 run kernels 30 "$OUT/kernels.txt" bash -c kernel_report
@@ -76,7 +77,7 @@ GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
-run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --out "$OUT/bench.jsonl"
+run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/bench.jsonl"
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
@@ -115,7 +116,9 @@ for r in rows:
         print(f"| {name} | {r['ms']:.2f} ms | {r['floor_ms']:.2f} ms ({r['ratio']:.2f}x) | "
               f"{f'<= {goal} ms' if goal else ''} |")
     elif name.startswith("linear"):
-        print(f"| {name} ({r['n']}x{r['k']}) | {r['ms']:.3f} ms | {r['floor_ms']:.3f} ms ({r['ratio']:.2f}x) | |")
+        ours = f", kvserve {r['ours_ms']:.3f} ms ({r['ours_ratio']:.2f}x)" if "ours_ms" in r else ""
+        print(f"| {name} ({r['n']}x{r['k']}) | cuBLAS {r['ms']:.3f} ms{ours} | {r['floor_ms']:.3f} ms "
+              f"({r['ratio']:.2f}x) | |")
     elif name.startswith("layer"):
         print(f"| {name} | {r['graph_ms'] * 1e3:.1f} us a call in a graph | | |")
     elif name.startswith("profile"):

@@ -109,8 +109,13 @@ def resources(binary: str) -> dict[tuple[str, str], str]:
 
 def short_name(mangled: str) -> str:
     """attention_mma_kernel<bf16, D128, 16 rows> from the mangled instance name."""
-    name = re.sub(r"^_ZN7kvserve3gpu\d+", "", mangled)
-    base = re.match(r"[a-z_0-9]+", name).group(0)
+    # Length-prefixed names after _ZN: kvserve, then gpu or an anonymous namespace, then the kernel.
+    name, base = mangled.removeprefix("_ZN"), ""
+    while (match := re.match(r"\d+", name)) and not base:
+        length = int(match.group(0))
+        part, name = name[match.end():match.end() + length], name[match.end() + length:]
+        if part not in ("kvserve", "gpu") and not part.startswith("_GLOBAL__N"):
+            base = part
     dtype = "bf16" if "BFloat16" in name else "f16" if "__half" in name else "f32" if "IfE" in name else ""
     tile = re.search(r"MmaTileI\w+?_Li(\d+)ELi(\d+)E", name)
     shape = f", D{tile.group(1)}, {tile.group(2)} rows" if tile else ""

@@ -7,7 +7,7 @@ namespace kvserve::bind {
 
 void bind_ops(nanobind::module_& m);
 void bind_layer_ops(nanobind::module_& m);
-void bind_cpu_ops(nanobind::module_& m);
+void bind_linear(nanobind::module_& m);
 void bind_decoder_stack(nanobind::module_& m);
 void bind_scheduler(nanobind::module_& m);
 

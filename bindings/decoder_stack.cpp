@@ -118,6 +118,7 @@ class PyDecoderStack {
     const bool interleaved = check_linear_weight(array, name, cols, "in_features");
     check_linear_out_features(array, name, rows);
     check_contiguous(array, name);
+    check_cpu(array, name);
     return interleaved;
   }
 

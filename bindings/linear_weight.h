@@ -20,8 +20,9 @@ inline int64_t linear_in_features(const Array& weight) {
   return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : 1);
 }
 
-// A CPU weight in either layout with `in_features` columns (`what` names them in messages), its
-// last dimension contiguous (an interleaved one contiguous throughout); true if interleaved.
+// A weight in either layout with `in_features` columns (`what` names them in messages), its last
+// dimension contiguous (an interleaved one contiguous throughout); true if interleaved. The caller
+// checks where it lives.
 inline bool check_linear_weight(const Array& weight, const char* name, int64_t in_features, const char* what) {
   if (is_interleaved(weight)) {
     check_dim(weight, name, 2, 4, "the 4 rows of an interleaved block");
@@ -36,7 +37,6 @@ inline bool check_linear_weight(const Array& weight, const char* name, int64_t i
     check_dim(weight, name, 1, in_features, what);
     check_contiguous(weight, name, 1);
   }
-  check_cpu(weight, name);
   return is_interleaved(weight);
 }
 

@@ -13,7 +13,7 @@ NB_MODULE(_C, m) {
   auto ops = m.def_submodule("ops", "kernels over arrays (torch tensors or numpy arrays, zero-copy)");
   kvserve::bind::bind_ops(ops);
   kvserve::bind::bind_layer_ops(ops);
-  kvserve::bind::bind_cpu_ops(ops);
+  kvserve::bind::bind_linear(ops);
   kvserve::bind::bind_decoder_stack(ops);
   kvserve::bind::bind_scheduler(m);
 }

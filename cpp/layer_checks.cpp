@@ -7,6 +7,7 @@
 
 #include "kvserve/argmax.h"
 #include "kvserve/layer_ops.h"
+#include "kvserve/linear.h"
 #include "param_checks.h"
 
 namespace kvserve {
@@ -87,6 +88,24 @@ Status check_argmax(const ArgmaxParams& p, std::string* why) {
   Status s = check_rows("input", p.num_rows, 1, p.num_cols, p.input_stride, 0, why);
   if (s != Status::kOk) return s;
   if (p.num_rows > 0 && (p.input == nullptr || p.out == nullptr)) return fail(why, "a required array is null");
+  return Status::kOk;
+}
+
+Status check_linear(const LinearParams& p, std::string* why) {
+  if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
+  if (p.num_rows < 0 || p.in_features < 1 || p.out_features < 1) {
+    return fail(why, "sizes: expected num_rows >= 0, in_features >= 1 and out_features >= 1, got " + str(p.num_rows) +
+                         ", " + str(p.in_features) + " and " + str(p.out_features));
+  }
+  Status s = check_rows("input", p.num_rows, 1, p.in_features, p.input_stride, 0, why);
+  if (s == Status::kOk) s = check_rows("out", p.num_rows, 1, p.out_features, p.out_stride, 0, why);
+  if (s == Status::kOk && !p.weight_interleaved) {
+    s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
+  }
+  if (s != Status::kOk) return s;
+  if (p.num_rows > 0 && (p.input == nullptr || p.weight == nullptr || p.out == nullptr)) {
+    return fail(why, "a required array is null");
+  }
   return Status::kOk;
 }
 

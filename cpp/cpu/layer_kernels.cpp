@@ -32,10 +32,6 @@ LayerKernels kernels_for(DType dtype) {
   }
 }
 
-bool float_dtype(DType dtype) {
-  return dtype == DType::kFloat32 || dtype == DType::kBFloat16 || dtype == DType::kFloat16;
-}
-
 int64_t num_rows(const RmsNormParams& p) { return p.num_tokens * p.num_heads; }
 int64_t num_rows(const SiluAndMulParams& p) { return p.num_tokens; }
 int64_t num_rows(const ArgmaxParams& p) { return p.num_rows; }
@@ -94,12 +90,7 @@ bool linear_interleave_supported(DType dtype, int64_t out_features, int64_t in_f
 }
 
 Status linear_cpu(const LinearParams& p) {
-  if (p.out == nullptr || p.input == nullptr || p.weight == nullptr || p.num_rows < 0 || p.in_features <= 0 ||
-      p.out_features <= 0 || p.input_stride < p.in_features || (!p.weight_interleaved && p.weight_stride < p.in_features) ||
-      p.out_stride < p.out_features) {
-    return Status::kInvalidArgument;
-  }
-  if (!float_dtype(p.dtype)) return Status::kUnsupported;
+  if (check_linear(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
   if (p.weight_interleaved) {
     if (!linear_interleave_supported(p.dtype, p.out_features, p.in_features)) return Status::kUnsupported;

@@ -9,9 +9,15 @@
 // tiles of 4 input rows x 4 weight rows walk along in_features; input rows go in L2-sized tiles past
 // every weight block, and the next weight block is prefetched, so few rows (decode) run at the
 // weights' memory bandwidth and many rows at the FMA rate. Strides are in elements.
+//
+// On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 on tensor cores (sm_80+), each block
+// streaming 16 weight rows once for every input row: a decode step's projections at the weights'
+// bandwidth, where a general GEMM tiles for many rows. Needs in_features in 16-byte packs and
+// 16-byte aligned input and weight rows; kUnsupported otherwise (cuBLAS serves those).
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
@@ -38,6 +44,15 @@ struct LinearParams {
 // Whether linear_cpu takes an interleaved weight of this dtype and shape on this CPU.
 KVSERVE_EXPORT bool linear_interleave_supported(DType dtype, int64_t out_features, int64_t in_features);
 
+// kOk, or kInvalidArgument with the reason in `why` (when not null).
+KVSERVE_EXPORT Status check_linear(const LinearParams& params, std::string* why);
+
 KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
+
+// Rows of input that linear_cuda takes at most.
+constexpr int64_t kLinearCudaMaxRows = 8;
+
+// `stream` is a cudaStream_t (null: the default stream).
+KVSERVE_EXPORT Status linear_cuda(const LinearParams& params, void* stream);
 
 }  // namespace kvserve

@@ -2,9 +2,9 @@
 
 Each function validates its arguments in C++ (dtype, device, shape, strides → ValueError) and
 passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
-layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul) and
-argmax run on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`), wherever their arrays
-are; linear is a CPU kernel (on a GPU, cuBLAS serves those products).
+layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul),
+argmax and the few-rows linear run on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`),
+wherever their arrays are.
 
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
@@ -124,9 +124,11 @@ def argmax(out, input) -> None:
 
 
 def linear(out, input, weight, bias=None) -> None:
-    """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once (CPU).
+    """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
 
     For few rows (decode): each weight row is read once and used for every input row, so the call
-    runs at the weights' memory bandwidth where a general GEMM would pack and dispatch.
+    runs at the weights' memory bandwidth where a general GEMM would pack and dispatch. On CUDA: up
+    to `_C.ops.linear_cuda_max_rows` rows of float16/bfloat16 on tensor cores (sm_80+), in_features
+    and row starts in 16-byte packs (ValueError otherwise).
     """
-    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias))
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _stream_of(input))

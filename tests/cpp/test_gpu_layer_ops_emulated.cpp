@@ -16,6 +16,7 @@
 #include "kvserve/argmax.h"
 #include "kvserve/copy_blocks.h"
 #include "kvserve/layer_ops.h"
+#include "kvserve/linear.h"
 #include "kvserve/reshape_and_cache.h"
 #include "kvserve/rotary_and_cache.h"
 
@@ -318,6 +319,71 @@ TEST(EmulatedLayerOps, ArgmaxMatchesCpu) {
       EXPECT_EQ(cpu[4], 1);
     }
   }
+}
+
+TEST(EmulatedLayerOps, LinearMatchesAFloat64Reference) {
+  // 1 to 8 rows; out_features not a multiple of the block's 16, in_features not of the warps' 32;
+  // strided input and output rows; with and without a bias.
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    for (const auto& [rows, in, out_features] : {std::tuple<int64_t, int64_t, int64_t>{1, 512, 48},
+                                                 {3, 200, 40}, {8, 1032, 17}}) {
+      for (bool with_bias : {false, true}) {
+        std::mt19937 rng(static_cast<uint32_t>(rows * 1000 + in));
+        const int64_t input_stride = in + 16, out_stride = out_features + 5;
+        Buffer x = random_buffer(dtype, static_cast<size_t>(rows * input_stride), rng);
+        Buffer w = random_buffer(dtype, static_cast<size_t>(out_features * in), rng);
+        Buffer b = random_buffer(dtype, static_cast<size_t>(out_features), rng);
+        Buffer y = nan_buffer(dtype, static_cast<size_t>(rows * out_stride)), scratch(dtype, 1);
+        kvserve::LinearParams p;
+        p.out = y.data();
+        p.out_stride = out_stride;
+        p.input = x.data();
+        p.input_stride = input_stride;
+        p.weight = w.data();
+        p.weight_stride = in;
+        p.bias = with_bias ? b.data() : nullptr;
+        p.num_rows = rows;
+        p.in_features = in;
+        p.out_features = out_features;
+        p.dtype = dtype;
+        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << name(dtype);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t n = 0; n < out_features; ++n) {
+            double sum = with_bias ? b.get(static_cast<size_t>(n)) : 0.0;
+            for (int64_t k = 0; k < in; ++k) {
+              sum += static_cast<double>(x.get(static_cast<size_t>(r * input_stride + k))) *
+                     w.get(static_cast<size_t>(n * in + k));
+            }
+            const float expected = scratch.rounded(static_cast<float>(sum));
+            ASSERT_NEAR(y.get(static_cast<size_t>(r * out_stride + n)), expected, 1e-2 * (1 + std::abs(expected)))
+                << name(dtype) << " rows " << rows << " in " << in << " row " << r << " feature " << n;
+          }
+          for (int64_t n = out_features; n < out_stride; ++n) {  // nothing written between the rows
+            ASSERT_TRUE(std::isnan(y.get(static_cast<size_t>(r * out_stride + n))));
+          }
+        }
+      }
+    }
+  }
+  // More rows than a block takes, float32, and unpacked in_features: cuBLAS's work.
+  std::mt19937 rng(1);
+  Buffer x = random_buffer(DType::kBFloat16, 9 * 64, rng);
+  Buffer y = nan_buffer(DType::kBFloat16, 9 * 16);
+  kvserve::LinearParams p;
+  p.out = y.data();
+  p.input = x.data();
+  p.weight = x.data();
+  p.num_rows = 9;
+  p.in_features = p.input_stride = p.weight_stride = 64;
+  p.out_features = p.out_stride = 16;
+  p.dtype = DType::kBFloat16;
+  EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
+  p.num_rows = 8;
+  p.in_features = 60;
+  EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
+  p.in_features = 64;
+  p.dtype = DType::kFloat32;
+  EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
 }
 
 TEST(EmulatedCopyBlocks, CopiesWholeBlocks) {

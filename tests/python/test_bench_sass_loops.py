@@ -33,7 +33,7 @@ LISTING = f"""
         /*0080*/              @!P1 BRA 0x60 ;
         /*0090*/                   BRA 0x0 ;
         /*00a0*/                   EXIT ;
-		Function : _ZN7kvserve3gpu14silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE
+		Function : _ZN7kvserve3gpu19silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE
         /*0000*/                   FMUL R1, R2, R3 ;
         /*0010*/               @P0 BRA 0x0 ;
 """
@@ -46,7 +46,7 @@ def test_finds_the_innermost_tensor_core_loops_and_their_kind():
     # 0x20..0x50 and 0x60..0x80 hold HMMA; the outer 0x00..0x90 holds both and is not innermost.
     assert [(loop.kind, loop.size) for loop in loops] == [("raw", 4), ("transformed", 3)]
     assert loops[0].counts["HMMA"] == 1 and loops[0].counts["MUFU"] == 1 and loops[0].counts["BRA"] == 1
-    silu = functions[("sm_90a", "_ZN7kvserve3gpu14silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE")]
+    silu = functions[("sm_90a", "_ZN7kvserve3gpu19silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE")]
     assert sass_loops.tensor_loops(silu) == []  # a loop without tensor-core instructions
 
 
@@ -57,8 +57,10 @@ def test_predicated_instructions_count_by_their_opcode():
 
 def test_kernel_instances_get_readable_names():
     assert sass_loops.short_name(MANGLED) == "attention_mma_kernel<bf16, D128, 16 rows>"
-    assert sass_loops.short_name("_ZN7kvserve3gpu14silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE") == \
+    assert sass_loops.short_name("_ZN7kvserve3gpu19silu_and_mul_kernelIfEEvNS_16SiluAndMulParamsE") == \
         "silu_and_mul_kernel<f32>"
+    anonymous = "_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelINS_3gpu8BFloat16EEEvNS_12LinearParamsE"
+    assert sass_loops.short_name(anonymous) == "linear_kernel<bf16>"
 
 
 @pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")

@@ -203,6 +203,40 @@ def test_linear(dtype, rows, shape):
         torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("shape", [(48, 512), (40, 200), (17, 1032), (6144, 4096)])
+def test_linear_cuda(dtype, rows, shape):
+    """The tensor-core kernel for up to 8 rows against float64: output features past its 16-row
+    blocks, input features past its 32-column steps, a decode projection's shape; bias or not."""
+    torch.manual_seed(rows * 1000 + shape[0])
+    out_features, in_features = shape
+    x = torch.randn(rows, in_features).to(dtype).cuda()
+    weight = (0.2 * torch.randn(out_features, in_features)).to(dtype).cuda()
+    bias = torch.randn(out_features).to(dtype).cuda()
+    for b in (None, bias):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype, device="cuda")
+        ops.linear(out, x, weight, b)
+        expected = x.double() @ weight.double().t() + (0 if b is None else b.double())
+        torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
+
+
+@requires_cuda
+def test_linear_cuda_takes_few_rows_and_leaves_the_rest_to_cublas():
+    from kvserve.models.layers.linear import cuda_ops_linear_takes, linear
+
+    weight = torch.randn(64, 256, dtype=torch.bfloat16, device="cuda")
+    few, many = (torch.randn(n, 256, dtype=torch.bfloat16, device="cuda") for n in (8, 9))
+    assert cuda_ops_linear_takes(few, weight) and not cuda_ops_linear_takes(many, weight)
+    assert not cuda_ops_linear_takes(few.float(), weight.float())
+    assert not cuda_ops_linear_takes(torch.randn(2, 260, device="cuda").bfloat16()[:, 2:258], weight)
+    for x in (few, many):
+        torch.testing.assert_close(linear(x, weight), torch.nn.functional.linear(x, weight), rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="linear: "):
+        ops.linear(torch.empty(9, 64, dtype=torch.bfloat16, device="cuda"), many, weight)
+
+
 def test_linear_strided_rows():
     """Input rows and weight rows that are views of wider buffers, as a fused projection's slices."""
     torch.manual_seed(5)

@@ -16,9 +16,15 @@ On the CPU each product takes the fastest of three paths (bench/README.md, "Line
 The blocked copy doubles the memory of the projections' weights (the interleaved one adds a third
 copy); it is what makes oneDNN fast at decode batch sizes (1.2-1.8x over torch's F.linear, which
 reorders the weight on every call).
+
+On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
+on tensor cores, which streams each weight once at close to the memory bandwidth; more rows, or
+inputs it cannot take, take cuBLAS (F.linear).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -53,12 +59,33 @@ def fast_copies(weight: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor
     return pack_for_onednn(weight), interleave_for_ops(weight)
 
 
+@functools.cache
+def has_tensor_core_linear(device: torch.device) -> bool:
+    """Whether kvserve.ops.linear runs on this CUDA device: a build with CUDA kernels, sm_80 or later."""
+    return _C.has_cuda and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows of a 16-bit dtype, in_features and the rows'
+    starts in 16-byte packs."""
+    return (0 < x.shape[0] <= _C.ops.linear_cuda_max_rows and x.dtype in (torch.bfloat16, torch.float16)
+            and x.shape[1] % 8 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
+            and weight.stride(1) == 1 and weight.stride(0) % 8 == 0 and weight.data_ptr() % 16 == 0
+            and has_tensor_core_linear(x.device))
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None, interleaved: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] @ weight [N, K]^T (+ bias), by the fastest path for the device, dtype and M;
     `packed` is pack_for_onednn(weight) and `interleaved` interleave_for_ops(weight), where the caller
     keeps them."""
-    if not x.is_cpu or x.dim() != 2:
+    if x.dim() != 2:
+        return F.linear(x, weight, bias)
+    if not x.is_cpu:
+        if x.is_cuda and cuda_ops_linear_takes(x, weight):
+            out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+            ops.linear(out, x, weight, bias)
+            return out
         return F.linear(x, weight, bias)
     if x.shape[0] > OPS_MAX_ROWS:
         if packed is not None:

@@ -1,5 +1,6 @@
-// Bindings of the CPU-only kernel: the few-rows linear (on a GPU, cuBLAS serves those products).
-// 2-D arrays whose rows may be strided, last dimension contiguous.
+// Bindings of linear (linear.h): the few-rows product on the CPU (any rows, either weight layout)
+// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes; cuBLAS serves the rest). 2-D
+// arrays whose rows may be strided, last dimension contiguous.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 
@@ -8,6 +9,7 @@
 
 #include "array_check.h"
 #include "bind.h"
+#include "kernel_call.h"
 #include "kvserve/linear.h"
 #include "linear_weight.h"
 
@@ -18,10 +20,9 @@ namespace {
 void check_matrix(const Array& array, const char* name, const char* layout) {
   check_ndim(array, name, 2, layout);
   check_contiguous(array, name, 1);
-  check_cpu(array, name);
 }
 
-void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
+void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
   check_same_dtype(weight, "weight", input, "input");
@@ -33,13 +34,16 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
   check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
   check_dim(out, "out", 1, out_features, "out_features of weight");
   LinearParams p;
+  bool cuda = false;
   if (bias) {
     check_same_dtype(*bias, "bias", input, "input");
     check_ndim(*bias, "bias", 1, "[out_features]");
     check_dim(*bias, "bias", 0, out_features, "out_features of weight");
     check_contiguous(*bias, "bias");
-    check_cpu(*bias, "bias");
+    cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}, {*bias, "bias"}});
     p.bias = bias->data();
+  } else {
+    cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}});
   }
   p.out = out.data();
   p.out_stride = out.stride(0);
@@ -52,12 +56,7 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias) {
   p.in_features = static_cast<int64_t>(input.shape(1));
   p.out_features = out_features;
   p.dtype = kernel_dtype(input, "input");
-  Status status;
-  {
-    nb::gil_scoped_release release;
-    status = linear_cpu(p);
-  }
-  raise_on_error(status, "linear");
+  call_kernel(cuda, KVSERVE_KERNELS(linear), check_linear, p, input.device_id(), stream, "linear");
 }
 
 bool interleave_supported(Array weight) {
@@ -69,11 +68,12 @@ bool interleave_supported(Array weight) {
 
 }  // namespace
 
-void bind_cpu_ops(nb::module_& m) {
+void bind_linear(nb::module_& m) {
+  m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
-        nb::arg("bias") = nb::none(),
-        "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); weight may be\n"
-        "interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported).");
+        nb::arg("bias") = nb::none(), nb::arg("stream") = 0,
+        "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); on the CPU the\n"
+        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported).");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

@@ -1,0 +1,125 @@
+// linear_cuda: out = input @ weight^T (+ bias) for up to 8 input rows (decode), on tensor cores.
+//
+// A block of 8 warps owns 16 output features (weight rows) and every input row; its warps take
+// turns along in_features, 32 columns at a time (warp w: chunks w, w + 8, ...), kUnroll chunks'
+// loads in flight per warp, so a layer's weight streams from memory once at close to its
+// bandwidth. In a chunk, lane (g, t) = (lane / 4, lane % 4) loads 16 bytes of weight rows g and
+// g + 8 and of input row g, columns 8t..8t+7: two m16n8k16 mma (A = the weight rows, B = the
+// input rows, k in the order the lanes hold it; a product's sum over k does not care which k is
+// which, as long as A and B agree). Input rows past num_rows and weight rows past out_features are
+// zero-filled. The warps' float32 sums meet in shared memory; the bias is added before the one
+// rounding, as on the CPU. Needs 16-bit dtypes, in_features in 16-byte packs and 16-byte aligned
+// rows (kUnsupported otherwise, and on devices before sm_80).
+#include <climits>
+#include <type_traits>
+
+#include "device_resources.h"
+#include "numeric.cuh"
+#include "tensor_core.cuh"
+#include "kvserve/linear.h"
+
+namespace kvserve {
+
+#if KVSERVE_GPU_MMA
+
+namespace {
+
+using namespace gpu;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kFeatures = 16;  // output features per block (the mma's M)
+constexpr int kMaxRows = 8;    // input rows (the mma's N)
+constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
+constexpr int kUnroll = 4;     // chunks in flight per warp
+
+__device__ inline uint4 load_16_or_zero(const void* at, bool fill) {
+  return fill ? *reinterpret_cast<const uint4*>(at) : uint4{};
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) {
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t first_feature = static_cast<int64_t>(blockIdx.x) * kFeatures;
+  const bool low_row = first_feature + g < p.out_features, high_row = first_feature + g + 8 < p.out_features;
+  const bool input_row = g < p.num_rows;
+  const T* weight = static_cast<const T*>(p.weight);
+  const T* low = weight + (low_row ? first_feature + g : 0) * p.weight_stride + 8 * t;
+  const T* high = weight + (high_row ? first_feature + g + 8 : 0) * p.weight_stride + 8 * t;
+  const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
+  const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
+
+  float c[4] = {};
+  for (int64_t first = warp; first < chunks; first += kWarps * kUnroll) {
+    uint4 w_low[kUnroll], w_high[kUnroll], x[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t chunk = first + u * kWarps;
+      // Lane t's 8 columns lie wholly inside or outside in_features (a multiple of 8).
+      const bool inside = chunk < chunks && chunk * kChunk + 8 * t < p.in_features;
+      const int64_t column = inside ? chunk * kChunk : 0;
+      w_low[u] = load_16_or_zero(low + column, inside && low_row);
+      w_high[u] = load_16_or_zero(high + column, inside && high_row);
+      x[u] = load_16_or_zero(input + column, inside && input_row);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t a0[4] = {w_low[u].x, w_high[u].x, w_low[u].y, w_high[u].y};
+      mma_16x8x16<T>(c, a0, x[u].x, x[u].y);
+      const uint32_t a1[4] = {w_low[u].z, w_high[u].z, w_low[u].w, w_high[u].w};
+      mma_16x8x16<T>(c, a1, x[u].z, x[u].w);
+    }
+  }
+
+  // c0, c1 = out[rows 2t, 2t + 1][feature g], c2, c3 = the same for feature g + 8: summed over warps.
+  __shared__ float s_sums[kWarps][kWarpSize][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) s_sums[warp][lane][i] = c[i];
+  __syncthreads();
+  if (threadIdx.x >= kWarpSize * 4) return;
+  const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
+  const int from = item / 4, i = item % 4;
+  float sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) sum += s_sums[w][from][i];
+  const int64_t row = 2 * (from % 4) + i % 2, feature = first_feature + from / 4 + (i >= 2 ? 8 : 0);
+  if (row >= p.num_rows || feature >= p.out_features) return;
+  if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[feature]);
+  static_cast<T*>(p.out)[row * p.out_stride + feature] = from_float<T>(sum);
+}
+
+}  // namespace
+
+Status linear_cuda(const LinearParams& p, void* stream) {
+  if (check_linear(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  if (p.num_rows == 0) return Status::kOk;
+  DeviceInfo device;
+  if (p.weight_interleaved || p.num_rows > kMaxRows || p.dtype == DType::kFloat32 ||
+      !all_16_byte_aligned({p.input, p.weight}, {p.in_features, p.input_stride, p.weight_stride}, 2) ||
+      (p.out_features + kFeatures - 1) / kFeatures > INT_MAX || !current_device_info(&device) ||
+      device.compute_capability < 80) {
+    return Status::kUnsupported;
+  }
+  const auto s = static_cast<kvGpuStream_t>(stream);
+  return with_float_type(p.dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      return Status::kUnsupported;
+    } else {
+      const dim3 grid(static_cast<unsigned>((p.out_features + kFeatures - 1) / kFeatures));
+      launch_kernel(linear_kernel<T>, grid, kThreads, 0, s, p);
+      return launch_status();
+    }
+  });
+}
+
+#else  // no tensor-core instructions (the HIP build)
+
+Status linear_cuda(const LinearParams& p, void*) {
+  return check_linear(p, nullptr) != Status::kOk ? Status::kInvalidArgument : Status::kUnsupported;
+}
+
+#endif  // KVSERVE_GPU_MMA
+
+}  // namespace kvserve
