@@ -3,7 +3,7 @@
 // rows, and one warp walking 4096 elements was a chain of dependent loads. A first pass adds the
 // residual (when fused), writes it back and sums the squares; after the row's sum, a second pass
 // over the same elements of the same thread (so no other thread's write is read) normalizes and
-// scales. Rows move 16 bytes per access when every row start is 16-byte aligned and the width divides
+// scales, from registers for a thread's first packs. Rows move 16 bytes per access when every row start is 16-byte aligned and the width divides
 // into 16-byte packs.
 #include <climits>
 
@@ -17,6 +17,7 @@ namespace {
 using namespace gpu;
 
 constexpr int kThreads = 256;
+constexpr int kCached = 4;  // packs per thread kept in registers between the passes
 // Rows of more packs than this take a block each (a warp would walk them in over 4 steps).
 constexpr int64_t kWarpRowMaxPacks = 4 * kWarpSize;
 
@@ -49,8 +50,13 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
   T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
   const T* weight = static_cast<const T*>(p.weight);
 
+  // The row's first kCached packs of this thread (all of them for rows up to kCached * kRowThreads
+  // packs: a hidden state of 4096 in bfloat16 holds 2 per thread) are loaded together with their
+  // weight and kept in registers across the reduction: one trip to memory before it, none after.
+  // Packs past them take the second pass from memory.
+  constexpr int64_t kStride = static_cast<int64_t>(kRowThreads) * kPack;
   float squares = 0.f;
-  for (int64_t i = t * kPack; i < p.hidden; i += kRowThreads * kPack) {
+  auto add_and_square = [&](int64_t i) {
     Packed x = *reinterpret_cast<const Packed*>(input + i);
     if (residual != nullptr) {
       const Packed r = *reinterpret_cast<const Packed*>(residual + i);
@@ -60,7 +66,18 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
     }
 #pragma unroll
     for (int k = 0; k < kPack; ++k) squares += to_float(x.values[k]) * to_float(x.values[k]);
+    return x;
+  };
+  Packed cached[kCached], cached_weight[kCached];
+#pragma unroll
+  for (int j = 0; j < kCached; ++j) {
+    const int64_t i = t * kPack + j * kStride;
+    if (i < p.hidden) {
+      cached_weight[j] = *reinterpret_cast<const Packed*>(weight + i);
+      cached[j] = add_and_square(i);
+    }
   }
+  for (int64_t i = t * kPack + kCached * kStride; i < p.hidden; i += kStride) add_and_square(i);
   float total;
   if constexpr (kRowThreads == kWarpSize) {
     total = warp_sum(squares);
@@ -68,10 +85,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
     total = block_sum(squares);
   }
   const float inverse_rms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
-  const T* normed = residual != nullptr ? residual : input;
-  for (int64_t i = t * kPack; i < p.hidden; i += kRowThreads * kPack) {
-    const Packed x = *reinterpret_cast<const Packed*>(normed + i);
-    const Packed w = *reinterpret_cast<const Packed*>(weight + i);
+  auto normalize = [&](int64_t i, const Packed& x, const Packed& w) {
     Packed y;
 #pragma unroll
     for (int k = 0; k < kPack; ++k) {
@@ -79,6 +93,15 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
       y.values[k] = from_float<T>(to_float(w.values[k]) * scaled);
     }
     *reinterpret_cast<Packed*>(out + i) = y;
+  };
+#pragma unroll
+  for (int j = 0; j < kCached; ++j) {
+    const int64_t i = t * kPack + j * kStride;
+    if (i < p.hidden) normalize(i, cached[j], cached_weight[j]);
+  }
+  const T* normed = residual != nullptr ? residual : input;
+  for (int64_t i = t * kPack + kCached * kStride; i < p.hidden; i += kStride) {
+    normalize(i, *reinterpret_cast<const Packed*>(normed + i), *reinterpret_cast<const Packed*>(weight + i));
   }
 }
 

@@ -29,8 +29,9 @@ using namespace emulated_test;
 
 TEST(EmulatedLayerOps, RmsNormAndFusedResidualAdd) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
-    // Narrow rows take a warp each; wide ones (over 128 packs: 4096, 2600 and unaligned 4099) a block.
-    for (int64_t hidden : {256, 100, 33, 4096, 2600, 4099}) {
+    // Narrow rows take a warp each; wide ones (over 128 packs: 4096, 2600 and unaligned 4099) a block,
+    // whose threads keep 4 packs in registers (8200 and 4099: more, from memory in the second pass).
+    for (int64_t hidden : {256, 100, 33, 4096, 2600, 4099, 8200}) {
       std::mt19937 rng(3);
       const int64_t tokens = 3, stride = hidden + 16;
       Buffer x = random_buffer(dtype, static_cast<size_t>(tokens * stride), rng);
