@@ -23,8 +23,10 @@ steps. bench/gpu_check.sh runs them all on a lent GPU; bench/README.md says what
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
+import pstats
 import statistics
 import tempfile
 import time
@@ -297,13 +299,30 @@ def gpu_activity(prof) -> list[tuple[str, float]]:
             if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
 
 
+def host_profile(engine: Engine, steps: int) -> list[str]:
+    """Where the host's time goes in `steps` engine steps, by function (cProfile, own time, which
+    inflates short calls): the Python and C++ calls around the GPU's work, and the wait for it."""
+    profiler = cProfile.Profile()
+    torch.cuda.synchronize()
+    profiler.enable()
+    for _ in range(steps):
+        engine.step()
+    torch.cuda.synchronize()
+    profiler.disable()
+    functions = sorted(pstats.Stats(profiler).stats.items(), key=lambda kv: -kv[1][2])[:15]
+    return ["ms/step  calls/step  host function (cProfile, own time)"] + [
+        f"{own * 1e3 / steps:7.3f}  {calls / steps:10.1f}  {Path(file).name}:{line}({function})"
+        for (file, line, function), (_, calls, own, _, _) in functions]
+
+
 def bench_profile(out: Path, report: Path, batches: list[int], context: int, steps: int) -> None:
     """Decode steps under torch.profiler (CUDA activity only): GPU busy time against wall time, split
-    by part, and the kernels that take the most time; graphs on and off."""
+    by part, and the kernels that take the most time; graphs on and off; then, with graphs, the
+    host's time by function (what the GPU waits for between steps)."""
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
     lines = []
-    for batch, mode in decode_runs(engine, batches, context, steps + 1, "profile"):
+    for batch, mode in decode_runs(engine, batches, context, 2 * steps + 1, "profile"):
         engine.step()  # warm-up outside the profile
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -330,6 +349,8 @@ def bench_profile(out: Path, report: Path, batches: list[int], context: int, ste
         top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:20]
         lines += [f"{sum(v) / 1e3 / steps:7.3f}  {len(v) / steps:10.1f}  {statistics.mean(v):7.1f}  {k[:150]}"
                   for k, v in top]
+        if mode == "graphs":
+            lines += host_profile(engine, steps)
         lines.append("")
     report.write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
