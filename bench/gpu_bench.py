@@ -91,13 +91,17 @@ def graph_ms(call, calls: int) -> float:
 
 
 def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
-    """Decode attention for each case "BATCHxCONTEXT", then (with `prefill`) prefill attention."""
+    """Decode attention for each case "BATCHxCONTEXT" or "BATCHxCONTEXT/TABLE" (a block table that
+    holds TABLE tokens, as a decode graph's holds the longest context: the launch splits the keys for
+    it), then (with `prefill`) prefill attention."""
     bandwidth = copy_bandwidth()
     record(out, name="copy_bandwidth", GB_per_s=bandwidth / 1e9)
     generator = torch.Generator(device="cuda").manual_seed(0)
     for case in cases:
-        batch, context = (int(n) for n in case.split("x"))
+        shape, _, table = case.partition("/")
+        batch, context = (int(n) for n in shape.split("x"))
         blocks_per_req = math.ceil(context / BLOCK)
+        table_width = max(blocks_per_req, math.ceil(int(table) / BLOCK)) if table else blocks_per_req
         kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
         sets = max(1, math.ceil(200e6 / kv_bytes))  # rotate over 200 MB of cache: no reads served by L2
         num_blocks = sets * batch * blocks_per_req + 1
@@ -105,6 +109,8 @@ def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
         value_cache = torch.randn_like(key_cache)
         tables = torch.randperm(num_blocks - 1, device="cuda", generator=generator)[:sets * batch * blocks_per_req] + 1
         tables = tables.int().view(sets, batch, blocks_per_req)
+        # Columns past the context hold block 0, a valid id the kernel never reads.
+        tables = F.pad(tables, (0, table_width - blocks_per_req))
         seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
         qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
         query = torch.randn(batch, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, generator=generator)
@@ -117,7 +123,7 @@ def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
         ms = cuda_ms(call)
         replayed_ms = graph_ms(call, max(sets, 8))
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
-        record(out, name=f"decode_attention_b{batch}_ctx{context}", ms=ms, graph_ms=replayed_ms, floor_ms=floor_ms,
+        record(out, name=f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table else ""), ms=ms, graph_ms=replayed_ms, floor_ms=floor_ms,
                ratio=ms / floor_ms, graph_ratio=replayed_ms / floor_ms, goal_ratio=1.5)
         del key_cache, value_cache
     if prefill:
@@ -378,8 +384,9 @@ def main() -> None:
     parser.add_argument("what", choices=["attention", "decode", "offline", "profile", "linear", "layer"])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines are appended here")
     parser.add_argument("--report", type=Path, help="profile: the kernel table is written here")
-    parser.add_argument("--cases", nargs="+", default=["1x512", "1x4096", "64x512", "128x2048"],
-                        help="attention: decode cases, BATCHxCONTEXT")
+    parser.add_argument("--cases", nargs="+",
+                        default=["1x512", "1x512/8192", "1x4096", "64x512", "64x512/8192", "128x2048"],
+                        help="attention: decode cases, BATCHxCONTEXT or BATCHxCONTEXT/TABLE_TOKENS")
     parser.add_argument("--no-prefill", action="store_true", help="attention: decode cases only")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=512)

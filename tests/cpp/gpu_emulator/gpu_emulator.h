@@ -15,7 +15,6 @@
 // finds only the races that the fixed switch points expose.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -138,17 +137,6 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 template <class Kernel>
 cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute, int value) {
   kvserve::gpu::emulator::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
-  return cudaSuccess;
-}
-
-// Blocks of `threads` threads and `shared_bytes` of dynamic shared memory that fit one H100
-// multiprocessor by its shared memory (228 KiB, 1 KiB reserved per block), threads and block slots;
-// registers, which the emulator does not know, are left out.
-template <class Kernel>
-cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel*, int threads, size_t shared_bytes) {
-  constexpr size_t kSharedPerMultiprocessor = 228 * 1024, kReservedPerBlock = 1024;
-  const auto by_shared = static_cast<int>(kSharedPerMultiprocessor / (shared_bytes + kReservedPerBlock));
-  *blocks = std::min({32, 2048 / threads, by_shared});
   return cudaSuccess;
 }
 
