@@ -90,13 +90,15 @@ def graph_ms(call, calls: int) -> float:
     return cuda_ms(lambda i: graph.replay()) / calls
 
 
-def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
+def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float = 0.0) -> None:
     """Decode attention for each case "BATCHxCONTEXT" or "BATCHxCONTEXT/TABLE" (a block table that
     holds TABLE tokens, as a decode graph's holds the longest context: the launch splits the keys for
-    it), then (with `prefill`) prefill attention."""
+    it), then (with `prefill`) prefill attention. With `cache_gib`, the K and V caches take that much
+    memory together, and the cases' blocks lie scattered across it, as an engine's do."""
     bandwidth = copy_bandwidth()
     record(out, name="copy_bandwidth", GB_per_s=bandwidth / 1e9)
     generator = torch.Generator(device="cuda").manual_seed(0)
+    block_bytes = BLOCK * KV_HEADS * HEAD_DIM * DTYPE.itemsize
     for case in cases:
         shape, _, table = case.partition("/")
         batch, context = (int(n) for n in shape.split("x"))
@@ -104,10 +106,13 @@ def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
         table_width = max(blocks_per_req, math.ceil(int(table) / BLOCK)) if table else blocks_per_req
         kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
         sets = max(1, math.ceil(200e6 / kv_bytes))  # rotate over 200 MB of cache: no reads served by L2
-        num_blocks = sets * batch * blocks_per_req + 1
-        key_cache = torch.randn(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, generator=generator)
-        value_cache = torch.randn_like(key_cache)
-        tables = torch.randperm(num_blocks - 1, device="cuda", generator=generator)[:sets * batch * blocks_per_req] + 1
+        used = sets * batch * blocks_per_req
+        num_blocks = max(used + 1, int(cache_gib * 2**30 / (2 * block_bytes)))
+        key_cache = torch.empty(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+        value_cache = torch.empty_like(key_cache)
+        key_cache.normal_(generator=generator)
+        value_cache.normal_(generator=generator)
+        tables = torch.randperm(num_blocks - 1, device="cuda", generator=generator)[:used] + 1
         tables = tables.int().view(sets, batch, blocks_per_req)
         # Columns past the context hold block 0, a valid id the kernel never reads.
         tables = F.pad(tables, (0, table_width - blocks_per_req))
@@ -123,8 +128,10 @@ def bench_attention(out: Path, cases: list[str], prefill: bool) -> None:
         ms = cuda_ms(call)
         replayed_ms = graph_ms(call, max(sets, 8))
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
-        record(out, name=f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table else ""), ms=ms, graph_ms=replayed_ms, floor_ms=floor_ms,
-               ratio=ms / floor_ms, graph_ratio=replayed_ms / floor_ms, goal_ratio=1.5)
+        name = f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table else "")
+        name += f"_cache{cache_gib:g}GiB" if cache_gib else ""
+        record(out, name=name, ms=ms, graph_ms=replayed_ms, floor_ms=floor_ms, ratio=ms / floor_ms,
+               graph_ratio=replayed_ms / floor_ms, goal_ratio=1.5)
         del key_cache, value_cache
     if prefill:
         bench_prefill_attention(out, generator)
@@ -388,6 +395,9 @@ def main() -> None:
                         default=["1x512", "1x512/8192", "1x4096", "64x512", "64x512/8192", "128x2048"],
                         help="attention: decode cases, BATCHxCONTEXT or BATCHxCONTEXT/TABLE_TOKENS")
     parser.add_argument("--no-prefill", action="store_true", help="attention: decode cases only")
+    parser.add_argument("--cache-gib", type=float, default=0.0,
+                        help="attention: K and V caches of this many GiB together, the cases' blocks scattered "
+                             "across them (an engine's cache fills the GPU)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=64)
@@ -397,7 +407,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.what == "attention":
-        bench_attention(args.out, args.cases, not args.no_prefill)
+        bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps)
     elif args.what == "linear":
