@@ -70,6 +70,12 @@ run kernels 30 "$OUT/kernels.txt" bash -c kernel_report
 run ncu 60 "$OUT/kernels.txt" ncu --clock-control none -k regex:attention_mma_kernel --launch-skip 5 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
   "$PY" bench/gpu_bench.py attention --cases 64x512 --no-prefill --out /tmp/ncu-bench.jsonl
+# The same for a decode-tile attention call inside the engine's batch-1 decode graph, past the
+# capture's and the prefill's calls (its time was 2.2x the benchmark's call: bench/README.md).
+run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base demangled \
+  -k "regex:MmaTile<.*128, 16>" --launch-skip 160 --launch-count 1 \
+  --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
+  "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 
 GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_cuda_engine.py
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
