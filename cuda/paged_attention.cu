@@ -64,16 +64,6 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
   const int64_t work_tiles = max_i64(p.num_reqs, (p.num_tokens * group + Tile::kRows - 1) / Tile::kRows);
   const int64_t tiles = p.num_reqs + p.num_tokens * group / Tile::kRows;
   if (tiles > INT_MAX) return Status::kUnsupported;
-  // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
-  // (eager, before any graph capture) does it.
-  static std::atomic<bool> raised[kMaxDevices];
-  if (!raised[device.index].load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(attention_mma_kernel<T, Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
-      return Status::kDeviceError;
-    }
-    raised[device.index].store(true, std::memory_order_release);
-  }
   SplitPartials partials;
   partials.num_splits = choose_splits(p, tiles, work_tiles, Tile::kKeys, device);
   if (partials.num_splits > 1) {
@@ -85,6 +75,16 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
     } else {
       partials.num_splits = 1;
     }
+  }
+  // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
+  // (eager, before any graph capture) does it.
+  static std::atomic<bool> raised[kMaxDevices];
+  if (!raised[device.index].load(std::memory_order_acquire)) {
+    if (cudaFuncSetAttribute(attention_mma_kernel<T, Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
+      return Status::kDeviceError;
+    }
+    raised[device.index].store(true, std::memory_order_release);
   }
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(partials.num_splits));
