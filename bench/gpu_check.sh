@@ -5,6 +5,7 @@
 # with a short table on stdout:
 #
 #   OUT=/some/dir bench/gpu_check.sh
+#   OUT=/some/dir BASELINE=.baseline bench/gpu_check.sh   # and another source tree, side by side
 #
 #   env.txt      the GPU, driver, nvcc, torch          build.log   pip's build, with ptxas' resource use
 #   kernels.txt  registers/spills, SASS counts and     tests.log   pytest over the GPU tests
@@ -94,6 +95,20 @@ run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/benc
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
 
+# With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
+# beside this one), that tree is built too and its attention calls and decode steps are timed in the
+# same run; the summary lists them after this tree's, so their ratios come from one machine.
+BASELINE_JSONL=/tmp/kvserve-baseline.jsonl
+if [ -n "${BASELINE:-}" ]; then
+  BASELINE_SITE=/tmp/kvserve-baseline
+  run baseline-build 200 "$OUT/build.log" "$PY" -m pip install --no-build-isolation --no-deps --target "$BASELINE_SITE" \
+    -Cbuild-dir=/tmp/kvserve-baseline-build -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real "$BASELINE"
+  run baseline-attention 60 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
+    "$PY" bench/gpu_bench.py attention --no-prefill --out "$BASELINE_JSONL"
+  run baseline-decode 100 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
+    "$PY" bench/gpu_bench.py decode --out "$BASELINE_JSONL"
+fi
+
 {
   echo "## bench/gpu_check.sh on $("$PY" -c "import torch; print(torch.cuda.get_device_name())" 2>/dev/null)"
   echo
@@ -103,19 +118,21 @@ run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/be
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$BASELINE_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
-path = Path(sys.argv[1])
-rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+rows = []
+for path, build in ((Path(sys.argv[1]), ""), (Path(sys.argv[2]), " (BASELINE)")):
+    if path.exists():
+        rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}
 print("| measurement | result | floor or reference | goal |")
 print("|---|---|---|---|")
 for r in rows:
-    name = r["name"]
-    if name == "copy_bandwidth":
-        print(f"| copy bandwidth | {r['GB_per_s']:.0f} GB/s | 3016 GB/s (issue) | |")
+    name = r["name"] + r["build"]
+    if name.startswith("copy_bandwidth"):
+        print(f"| copy bandwidth{r['build']} | {r['GB_per_s']:.0f} GB/s | 3016 GB/s (issue) | |")
     elif name.startswith("decode_attention"):
         print(f"| {name} | {r['ms']:.3f} ms a call, {r['graph_ms']:.3f} ms in a graph | {r['floor_ms']:.3f} ms "
               f"({r['ratio']:.2f}x, {r['graph_ratio']:.2f}x) | <= 1.5x |")
