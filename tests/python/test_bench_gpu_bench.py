@@ -1,0 +1,61 @@
+"""bench/gpu_bench.py's bookkeeping that runs without a GPU: which part of a decode step each kernel
+of a profile belongs to (names as CUPTI reports them, from the H100 runs), and the host-time table
+of a profiled run."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "gpu_bench", Path(__file__).resolve().parents[2] / "bench" / "gpu_bench.py")
+gpu_bench = sys.modules["gpu_bench"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_bench)
+
+KERNELS = {
+    "void kvserve::gpu::attention_mma_kernel<kvserve::gpu::BFloat16, kvserve::gpu::MmaTile<kvserve::gpu::BFloat16, "
+    "128, 16> >(kvserve::PagedAttentionParams, kvserve::gpu::SplitPartials)": "attention",
+    "void kvserve::gpu::rotary_kernel<kvserve::gpu::BFloat16, 8, true>(kvserve::RotaryEmbeddingParams, "
+    "kvserve::ReshapeAndCacheParams)": "rotary (+ cache write)",
+    "void kvserve::(anonymous namespace)::reshape_and_cache_kernel<uint4>(kvserve::ReshapeAndCacheParams)":
+        "cache write",
+    "void kvserve::(anonymous namespace)::rms_norm_kernel<kvserve::gpu::BFloat16, 8, 256>(kvserve::RmsNormParams)":
+        "rms norm",
+    "void kvserve::(anonymous namespace)::silu_and_mul_kernel<kvserve::gpu::BFloat16, 8>(kvserve::SiluAndMulParams)":
+        "silu and mul",
+    "void kvserve::(anonymous namespace)::argmax_kernel<kvserve::gpu::BFloat16, 8>(kvserve::ArgmaxParams)":
+        "sampler (argmax)",
+    "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<c10::BFloat16, at::native::ArgMaxOps<float>, "
+    "unsigned int, long, 4, 4> >(at::native::ReduceOp<c10::BFloat16, at::native::ArgMaxOps<float>, unsigned int, "
+    "long, 4, 4>)": "sampler (argmax)",
+    "void kvserve::(anonymous namespace)::linear_kernel<kvserve::gpu::BFloat16>(kvserve::LinearParams)":
+        "linear (kvserve)",
+    "nvjet_sm90_tst_224x64_64x5_2x1_v_bz_TNN": "linear (cuBLAS)",
+    "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, false>()":
+        "linear (cuBLAS)",
+    "Memcpy HtoD (Pinned -> Device)": "copies",
+    "void at::native::vectorized_gather_kernel<16, int>(char*, char*, int*, int, long, long, long, long, bool)":
+        "other (torch)",
+}
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_each_kernel_of_a_decode_step_has_its_part(kernel):
+    assert gpu_bench.kernel_part(kernel) == KERNELS[kernel]
+
+
+def test_host_profile_lists_the_functions_by_own_time_per_step(monkeypatch):
+    monkeypatch.setattr(gpu_bench.torch.cuda, "synchronize", lambda: None)
+
+    def busy(n):
+        return sum(i * i for i in range(n))
+
+    class Engine:
+        def step(self):
+            busy(20000)
+
+    lines = gpu_bench.host_profile(Engine(), steps=4)
+    assert lines[0].split() == ["ms/step", "calls/step", "host", "function", "(cProfile,", "own", "time)"]
+    first = lines[1].split()
+    assert float(first[0]) > 0 and float(first[1]) >= 20000 and "genexpr" in first[2]
