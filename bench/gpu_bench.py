@@ -90,6 +90,16 @@ def graph_ms(call, calls: int) -> float:
     return cuda_ms(lambda i: graph.replay()) / calls
 
 
+def attention_case(case: str) -> tuple[int, int, int]:
+    """"BATCHxCONTEXT" or "BATCHxCONTEXT/TABLE" -> (batch, context, tokens the block table holds)."""
+    shape, _, table = case.partition("/")
+    try:
+        batch, context = (int(n) for n in shape.split("x"))
+        return batch, context, max(context, int(table)) if table else context
+    except ValueError:
+        raise ValueError(f"attention case {case!r}: expected BATCHxCONTEXT or BATCHxCONTEXT/TABLE") from None
+
+
 def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float = 0.0) -> None:
     """Decode attention for each case "BATCHxCONTEXT" or "BATCHxCONTEXT/TABLE" (a block table that
     holds TABLE tokens, as a decode graph's holds the longest context: the launch splits the keys for
@@ -100,10 +110,9 @@ def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float
     generator = torch.Generator(device="cuda").manual_seed(0)
     block_bytes = BLOCK * KV_HEADS * HEAD_DIM * DTYPE.itemsize
     for case in cases:
-        shape, _, table = case.partition("/")
-        batch, context = (int(n) for n in shape.split("x"))
+        batch, context, table = attention_case(case)
         blocks_per_req = math.ceil(context / BLOCK)
-        table_width = max(blocks_per_req, math.ceil(int(table) / BLOCK)) if table else blocks_per_req
+        table_width = max(blocks_per_req, math.ceil(table / BLOCK))
         kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
         sets = max(1, math.ceil(200e6 / kv_bytes))  # rotate over 200 MB of cache: no reads served by L2
         used = sets * batch * blocks_per_req
@@ -128,7 +137,7 @@ def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float
         ms = cuda_ms(call)
         replayed_ms = graph_ms(call, max(sets, 8))
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
-        name = f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table else "")
+        name = f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table > context else "")
         name += f"_cache{cache_gib:g}GiB" if cache_gib else ""
         record(out, name=name, ms=ms, graph_ms=replayed_ms, floor_ms=floor_ms, ratio=ms / floor_ms,
                graph_ratio=replayed_ms / floor_ms, goal_ratio=1.5)

@@ -1,6 +1,6 @@
 """bench/gpu_bench.py's bookkeeping that runs without a GPU: which part of a decode step each kernel
-of a profile belongs to (names as CUPTI reports them, from the H100 runs), and the host-time table
-of a profiled run."""
+of a profile belongs to (names as CUPTI reports them, from the H100 runs), the host-time table of a
+profiled run, and the attention cases' syntax."""
 
 import importlib.util
 import sys
@@ -59,3 +59,11 @@ def test_host_profile_lists_the_functions_by_own_time_per_step(monkeypatch):
     assert lines[0].split() == ["ms/step", "calls/step", "host", "function", "(cProfile,", "own", "time)"]
     first = lines[1].split()
     assert float(first[0]) > 0 and float(first[1]) >= 20000 and "genexpr" in first[2]
+
+
+def test_attention_cases_name_batch_context_and_table():
+    assert gpu_bench.attention_case("64x512") == (64, 512, 512)
+    assert gpu_bench.attention_case("1x512/8192") == (1, 512, 8192)
+    assert gpu_bench.attention_case("1x4096/1000") == (1, 4096, 4096)  # a table holds the context at least
+    with pytest.raises(ValueError, match="expected BATCHxCONTEXT"):
+        gpu_bench.attention_case("64:512")
