@@ -66,11 +66,16 @@ kernel_report() {
 }
 export -f kernel_report
 run kernels 30 "$OUT/kernels.txt" bash -c kernel_report
-# Nsight Compute on one decode attention call at batch 64 (throughput against the memory ceiling,
-# occupancy); the clocks are left alone.
-run ncu 60 "$OUT/kernels.txt" ncu --clock-control none -k regex:attention_mma_kernel --launch-skip 5 --launch-count 1 \
-  --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis \
-  "$PY" bench/gpu_bench.py attention --cases 64x512 --no-prefill --out /tmp/ncu-bench.jsonl
+# Nsight Compute on one decode attention call at batch 1 (a decode graph's table) and one at batch 64
+# (throughput against the memory ceiling, occupancy, warp stalls); the clocks are left alone. Twice:
+# with the caches flushed before the call (ncu's default), as the engine's calls find them after a
+# layer's weights streamed through the L2, and without, as back-to-back calls find them.
+for cache in all none; do
+  run "ncu-cache-$cache" 60 "$OUT/kernels.txt" ncu --clock-control none --cache-control "$cache" \
+    -k regex:attention_mma_kernel --launch-skip 5 --launch-count 1 --filter-mode per-launch-config \
+    --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
+    "$PY" bench/gpu_bench.py attention --cases 1x512/8192 64x512 --no-prefill --out /tmp/ncu-bench.jsonl
+done
 # The same for a decode-tile attention call inside the engine's batch-1 decode graph, past the
 # capture's and the prefill's calls (its time was 2.2x the benchmark's call: bench/README.md).
 run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base demangled \
