@@ -22,14 +22,6 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
   check_contiguous(array, name, 1);
 }
 
-// What linear_cuda takes, as far as the host can tell (the device must also be sm_80 or later).
-bool cuda_takes(const LinearParams& p) {
-  const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
-  return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
-         p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
-         aligned(p.weight);
-}
-
 void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
@@ -64,7 +56,7 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias, uin
   p.in_features = static_cast<int64_t>(input.shape(1));
   p.out_features = out_features;
   p.dtype = kernel_dtype(input, "input");
-  if (cuda && !cuda_takes(p)) {
+  if (cuda && !linear_cuda_takes(p)) {
     throw nb::value_error(("linear: on CUDA, 1 to " + std::to_string(kLinearCudaMaxRows) +
                            " rows of float16 or bfloat16 with a plain [out_features, in_features] weight, "
                            "in_features and the row strides multiples of 8 and 16-byte aligned rows; got " +

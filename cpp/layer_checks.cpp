@@ -109,4 +109,11 @@ Status check_linear(const LinearParams& p, std::string* why) {
   return Status::kOk;
 }
 
+bool linear_cuda_takes(const LinearParams& p) {
+  const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
+  return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
+         p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
+         aligned(p.weight);
+}
+
 }  // namespace kvserve

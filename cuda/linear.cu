@@ -29,7 +29,7 @@ using namespace gpu;
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kFeatures = 16;  // output features per block (the mma's M)
-constexpr int kMaxRows = 8;    // input rows (the mma's N)
+static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
 constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
 constexpr int kUnroll = 4;     // chunks in flight per warp
 
@@ -95,10 +95,8 @@ Status linear_cuda(const LinearParams& p, void* stream) {
   if (check_linear(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
   DeviceInfo device;
-  if (p.weight_interleaved || p.num_rows > kMaxRows || p.dtype == DType::kFloat32 ||
-      !all_16_byte_aligned({p.input, p.weight}, {p.in_features, p.input_stride, p.weight_stride}, 2) ||
-      (p.out_features + kFeatures - 1) / kFeatures > INT_MAX || !current_device_info(&device) ||
-      device.compute_capability < 80) {
+  if (!linear_cuda_takes(p) || (p.out_features + kFeatures - 1) / kFeatures > INT_MAX ||
+      !current_device_info(&device) || device.compute_capability < 80) {
     return Status::kUnsupported;
   }
   const auto s = static_cast<kvGpuStream_t>(stream);

@@ -3,8 +3,8 @@
 // rows, and one warp walking 4096 elements was a chain of dependent loads. A first pass adds the
 // residual (when fused), writes it back and sums the squares; after the row's sum, a second pass
 // over the same elements of the same thread (so no other thread's write is read) normalizes and
-// scales, from registers for a thread's first packs. Rows move 16 bytes per access when every row start is 16-byte aligned and the width divides
-// into 16-byte packs.
+// scales, from registers for a thread's first packs. Rows move 16 bytes per access when every row
+// start is 16-byte aligned and the width divides into 16-byte packs.
 #include <climits>
 
 #include "numeric.cuh"

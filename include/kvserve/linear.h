@@ -52,6 +52,11 @@ KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 // Rows of input that linear_cuda takes at most.
 constexpr int64_t kLinearCudaMaxRows = 8;
 
+// Whether linear_cuda takes these params, as far as the host can tell without the device (which must
+// also be sm_80 or later): 1 to kLinearCudaMaxRows rows of float16/bfloat16, a plain weight,
+// in_features and row strides in 16-byte packs, 16-byte aligned input and weight.
+KVSERVE_EXPORT bool linear_cuda_takes(const LinearParams& params);
+
 // `stream` is a cudaStream_t (null: the default stream).
 KVSERVE_EXPORT Status linear_cuda(const LinearParams& params, void* stream);
 
