@@ -116,6 +116,9 @@ void bind_scheduler(nb::module_& m) {
           "Apply the tokens sampled for the last schedule()'s logits_indices (int32[num_sampled]).\n"
           "Returns list[SampleUpdate]: (request_id, sample_index, new_token_ids, finish_reason), with\n"
           "stop_token_id by name; finish_reason is None while the sequence runs.")
+      .def("fail_step", [](PyScheduler& s) { s.core.fail_step(); },
+           "The model run of the last schedule() failed: end its requests (abort), make the prefix cache\n"
+           "forget the blocks it was to write, and close the step without tokens.")
       .def(
           "finish_requests",
           [](PyScheduler& s, const std::vector<std::string>& request_ids, std::string_view reason) {

@@ -1,4 +1,5 @@
-// Scheduler::update_from_output(): append the sampled tokens, fork parallel samples, apply stops.
+// Scheduler::update_from_output(): append the sampled tokens, fork parallel samples, apply stops;
+// Scheduler::fail_step(): close a step whose model run failed.
 #include <algorithm>
 #include <stdexcept>
 
@@ -47,6 +48,19 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
   sampled_.clear();
   drop_finished_running();
   return updates_;
+}
+
+void Scheduler::fail_step() {
+  // A block written by this step was allocated or copied for it, so a cache entry it has now was
+  // registered by this step (a full block is never written again): its KV cannot be trusted.
+  for (const int64_t slot : output_.slot_mapping) manager_.forget_cached(static_cast<int32_t>(slot / config_.block_size));
+  for (const int32_t handle : output_.req_handles) {
+    if (requests_[static_cast<size_t>(handle)].status != RequestStatus::kFinished) {
+      end_request(handle, FinishReason::kAbort);
+    }
+  }
+  sampled_.clear();
+  drop_finished_running();
 }
 
 void Scheduler::fork(Request& req) {

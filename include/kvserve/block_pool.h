@@ -77,6 +77,10 @@ class KVSERVE_EXPORT BlockPool {
   // before (this one then stays unregistered), or kNoRef when the content cannot be named.
   BlockRef cache_full_block(int32_t block_id, const BlockHash& hash, const int32_t* token_ids, BlockRef parent);
   bool is_cached(int32_t block_id) const { return cached_[block_id] != 0; }
+  // Drops block_id's prefix-cache entry, if it has one: its content is not what was registered.
+  void forget(int32_t block_id) {
+    if (is_cached(block_id)) uncache(block_id);
+  }
   BlockRef ref_of(int32_t block_id) const { return BlockRef{block_id, generations_[block_id]}; }
 
  private:

@@ -51,6 +51,9 @@ class KVSERVE_EXPORT KVCacheManager {
   // cached blocks keep their content. The sequence then holds nothing: num_computed_tokens = 0.
   void free(Sequence& seq);
 
+  // The prefix cache forgets block_id's content (a step that was to write it failed).
+  void forget_cached(int32_t block_id) { pool_.forget(block_id); }
+
   // `child` becomes a copy of `parent` sharing all its blocks.
   void fork(const Sequence& parent, Sequence& child);
 

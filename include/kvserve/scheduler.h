@@ -54,6 +54,11 @@ class KVSERVE_EXPORT Scheduler {
   // next schedule(). Sequences ended since schedule() (abort, finish_requests) are skipped.
   const std::vector<SampleUpdate>& update_from_output(const int32_t* sampled_token_ids, int64_t num_sampled);
 
+  // The model run of the last schedule() failed: its requests end (kAbort), the prefix cache forgets
+  // every block the step was to write (registered when it was scheduled, its KV perhaps never
+  // written, even if its request ended since), and the step closes without tokens.
+  void fail_step();
+
   // End requests (all their samples), e.g. on a stop string; unknown ids throw before anything ends.
   void finish_requests(const std::vector<std::string>& request_ids, FinishReason reason);
   // End one sample of a request; before the prompt is computed, the request has one sequence and

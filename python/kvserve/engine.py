@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from kvserve import _C
@@ -168,11 +167,11 @@ class Engine:
 
     def _drop_step(self, out) -> None:
         """A step whose model run failed (an error, Ctrl-C): its requests end, freeing their blocks,
-        and the scheduler closes the step without tokens (it skips ended sequences), so the engine
-        stays usable."""
-        num_sampled, request_ids = out.num_sampled, list(out.req_ids)
-        self.abort(request_ids)
-        self.scheduler.update_from_output(np.zeros(num_sampled, dtype=np.int32))
+        the prefix cache forgets the blocks it was to write, and the scheduler closes the step, so
+        the engine stays usable."""
+        for request_id in out.req_ids:
+            self.requests.pop(request_id, None)
+        self.scheduler.fail_step()
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
         """End requests now and free their KV blocks; ids that already finished are ignored."""

@@ -237,6 +237,29 @@ TEST(Scheduler, AbortFreesEverythingAndIsReportedAtTheNextStep) {
   s.add_request("a", range(0, 6), limits(8));  // the id is free again
 }
 
+TEST(Scheduler, AFailedStepEndsItsRequestsAndForgetsTheBlocksItWasToWrite) {
+  Scheduler s(small_config(16, 4, 64));
+  s.add_request("first", range(0, 9), limits(1));
+  step(s);  // tokens 0..7 are cached, and were computed
+  s.add_request("extends", range(0, 13), limits(4));
+  s.add_request("new", range(100, 9), limits(4));
+  s.add_request("ended", range(200, 9), limits(4));
+  EXPECT_EQ(s.schedule().positions.front(), 8);  // "extends" hits 8 tokens, then registers 8..11
+  s.abort("ended");  // ended between schedule() and the failure: its blocks are forgotten too
+  s.fail_step();
+  EXPECT_FALSE(s.has_unfinished_requests());
+  EXPECT_EQ(s.stats().num_free_blocks, 15);
+
+  s.add_request("extends", range(0, 13), limits(1));
+  s.add_request("new", range(100, 9), limits(1));
+  s.add_request("ended", range(200, 9), limits(1));
+  const SchedulerOutput& out = s.schedule();
+  EXPECT_EQ(out.finished_req_ids, (std::vector<std::string>{"ended", "extends", "new"}));
+  EXPECT_EQ(out.positions.front(), 8);  // what earlier steps computed is still a hit
+  EXPECT_EQ(out.query_start_loc, (I32{0, 5, 14, 23}));
+  EXPECT_EQ(s.stats().prefix_cache_hits, 8 + 8);
+}
+
 TEST(Scheduler, StopConditions) {
   Scheduler s(small_config(32, 4, 12));
   RequestParams eos = limits(8);

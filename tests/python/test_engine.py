@@ -182,6 +182,27 @@ def test_a_failed_step_ends_its_batch_and_the_engine_goes_on(tiny_model_dir, mon
     assert engine.generate(["Hi"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
 
 
+def test_a_failed_step_leaves_no_prefix_cache_hits_on_blocks_it_never_wrote(tiny_model_dir, monkeypatch):
+    # The scheduler registers a prompt's full blocks when it schedules them; a step that fails
+    # before writing them must not leave them as hits for the next request with that prefix.
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    prompt = {"prompt_token_ids": list(range(3, 3 + 40))}
+    [expected] = make_engine(tiny_model_dir("LlamaForCausalLM")).generate([prompt], GREEDY, use_tqdm=False)
+
+    def interrupted(*args):
+        raise RuntimeError("the device failed")
+
+    execute = engine.runner.execute
+    monkeypatch.setattr(engine.runner, "execute", interrupted)
+    with pytest.raises(RuntimeError, match="device failed"):
+        engine.generate([prompt], GREEDY, use_tqdm=False)
+    monkeypatch.setattr(engine.runner, "execute", execute)
+    [again] = engine.generate([prompt], GREEDY, use_tqdm=False)
+    assert again.outputs[0].token_ids == expected.outputs[0].token_ids
+    assert engine.stats().prefix_cache_hits == 0
+    assert_no_blocks_held(engine)
+
+
 def test_bad_input_is_a_clear_error_and_leaks_nothing(tiny_model_dir):
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32)
     with pytest.raises(ValueError, match="max_model_len"):
