@@ -276,12 +276,16 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
     weight_bytes -= model.model.embed_tokens.weight.numel() * DTYPE.itemsize  # a lookup reads a few rows only
     per_token = kv_bytes_per_token(engine.model_config, DTYPE)
     for batch, mode in decode_runs(engine, batches, context, steps, "decode"):
+        # Back to back, as a serving loop runs them: a step's time is from the end of the previous
+        # step() call (on a GPU, step() returns while the step it launched still runs).
         times = []
+        torch.cuda.synchronize()
+        start = time.perf_counter()
         for _ in range(steps - 1):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
             engine.step()
-            times.append((time.perf_counter() - start) * 1e3)
+            end = time.perf_counter()
+            times.append((end - start) * 1e3)
+            start = end
         ms = statistics.median(times)
         floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
         record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}", ms=ms, floor_ms=floor_ms,

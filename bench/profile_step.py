@@ -127,7 +127,7 @@ def part_of(frames: list[str]) -> str:
         if any(re.search(mark, frame) for frame in frames for mark in marks):
             return part
     for frame in reversed(frames):
-        if frame.startswith("Engine.step (") and "self.scheduler." in _source_line(frame):
+        if frame.startswith("Engine.") and "self.scheduler." in _source_line(frame):
             return SCHEDULER
         for part, marks in PARTS:
             if any(re.search(mark, frame) for mark in marks):

@@ -6,8 +6,12 @@
 
 One step is three calls (ARCHITECTURE.md): the C++ scheduler builds the batch, the model runner
 turns it into sampled tokens, the scheduler applies them; then the text side (detokenizer, stop
-strings, logprobs) catches up in Python. `add_request / step / abort / has_unfinished_requests` are
-public so the engine can run inside another loop (the server's).
+strings, logprobs) catches up in Python. On a GPU, whose runner launches a step and returns before
+it is computed, steps overlap: step() applies the tokens of the step launched last time, schedules
+and launches the next one, and runs the finished step's text side (and returns its outputs) while
+the GPU computes; whatever the caller does between two step() calls overlaps it too.
+`add_request / step / abort / has_unfinished_requests` are public so the engine can run inside
+another loop (the server's).
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from kvserve.device import resolve_device
 from kvserve.engine_args import OFFLINE_MAX_NUM_BATCHED_TOKENS
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model
-from kvserve.model_runner import ModelRunner
-from kvserve.output_processor import process_step
+from kvserve.model_runner import LaunchedStep, ModelRunner
+from kvserve.output_processor import AppliedStep, apply_tokens, process_step
 from kvserve.outputs import RequestOutput
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.request_state import RequestState
@@ -114,6 +118,7 @@ class Engine:
             self.runner = ModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
                                       self.device)
         self.requests: dict[str, RequestState] = {}
+        self._launched: tuple[object, LaunchedStep] | None = None  # (SchedulerOutput, its launch)
         self._request_counter = itertools.count()
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
@@ -149,7 +154,22 @@ class Engine:
                                                  self.device)
 
     def step(self) -> list[RequestOutput]:
-        """Run one engine step; returns the outputs of requests that advanced (per output_kind)."""
+        """Run one engine step; returns the outputs of requests that advanced (per output_kind).
+        On a GPU these are the outputs of the step launched by the previous call (module docstring)."""
+        launched, self._launched = self._launched, None
+        applied = self._apply(*launched) if launched is not None else None
+        try:
+            if self.scheduler.has_unfinished_requests():
+                launched = self._launch()
+                if self.runner.asynchronous:
+                    self._launched = launched
+                else:
+                    applied = self._apply(*launched)
+        finally:  # even when the launch failed: the applied step's finished requests must leave
+            outputs = self._process(applied) if applied is not None else []
+        return outputs
+
+    def _launch(self) -> tuple[object, LaunchedStep]:
         out = self.scheduler.schedule()
         now = time.time()
         for request_id in out.req_ids:
@@ -157,13 +177,24 @@ class Engine:
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
         try:
-            result = self.runner.execute(out, self.requests)
+            return out, self.runner.launch(out, self.requests)
+        except BaseException:
+            self._drop_step(out)
+            raise
+
+    def _apply(self, out, launched: LaunchedStep) -> AppliedStep:
+        """Wait for a launched step and hand its tokens to the scheduler and the sequences."""
+        try:
+            result = launched.result()
         except BaseException:
             self._drop_step(out)
             raise
         updates = self.scheduler.update_from_output(result.sampled_token_ids)
+        return apply_tokens(out, result, updates, self.requests)
+
+    def _process(self, applied: AppliedStep) -> list[RequestOutput]:
         decode = self._decode_token if self.tokenizer is not None else None
-        return process_step(out, result, updates, self.requests, self.scheduler, decode)
+        return process_step(applied, self.requests, self.scheduler, decode)
 
     def _drop_step(self, out) -> None:
         """A step whose model run failed (an error, Ctrl-C): its requests end, freeing their blocks,
@@ -180,7 +211,8 @@ class Engine:
                 self.scheduler.abort(request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        """Whether step() has more to do: requests to run, or a launched step to finish."""
+        return self._launched is not None or self.scheduler.has_unfinished_requests()
 
     def stats(self):
         return self.scheduler.stats()

@@ -55,6 +55,9 @@ class LogprobsTensors:
             token_ids, values = chosen, chosen_logprobs
         return cls(token_ids.to(torch.int32), values, ranks)
 
+    def cpu(self) -> LogprobsTensors:
+        return LogprobsTensors(self.token_ids.cpu(), self.logprobs.cpu(), self.ranks.cpu())
+
     def to_dicts(
         self, num_logprobs: Sequence[int], decode: Callable[[int], str] | None = None
     ) -> list[dict[int, Logprob]]:

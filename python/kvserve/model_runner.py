@@ -2,7 +2,8 @@
 
 It is the only place where the scheduler's arrays become tensors (zero-copy views), and it runs
 the forward pass, computes logits only for the rows it samples (and for prompt rows whose
-logprobs were asked for), and samples.
+logprobs were asked for), and samples. `launch` queues that work and returns at once where the
+device runs it asynchronously (a GPU); `LaunchedStep.result()` waits for it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,26 @@ class StepResult:
     prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
 
 
+@dataclass
+class LaunchedStep:
+    """A step's work, queued: its results may still be computing on the device."""
+
+    sampled_token_ids: torch.Tensor  # int32 [num_sampled]
+    logprobs: LogprobsTensors | None
+    prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
+
+    def result(self) -> StepResult:
+        """The results on the host; waits for the device."""
+        sampled = self.sampled_token_ids.cpu().numpy()
+        return StepResult(sampled, self.logprobs.cpu() if self.logprobs is not None else None,
+                          {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()})
+
+
 class ModelRunner:
+    # Whether launch() returns before the device has finished the step (the engine then overlaps
+    # the host's work with it). The CPU computes a step inside launch().
+    asynchronous = False
+
     def __init__(self, model: nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], vocab_size: int,
                  eos_token_ids: Sequence[int], device: torch.device):
         self.model = model
@@ -50,8 +70,9 @@ class ModelRunner:
         self.sampler = Sampler()
 
     @torch.inference_mode()
-    def execute(self, out, requests: Mapping[str, RequestState]) -> StepResult:
-        """Run one SchedulerOutput `out`; `requests` maps request ids to their state."""
+    def launch(self, out, requests: Mapping[str, RequestState]) -> LaunchedStep:
+        """Queue one SchedulerOutput `out`; `requests` maps request ids to their state. The step's
+        arrays are read before this returns (they are valid until the next schedule())."""
         if out.blocks_to_copy.shape[0]:
             for key_cache, value_cache in self.kv_caches:
                 ops.copy_blocks(key_cache, out.blocks_to_copy)
@@ -60,7 +81,7 @@ class ModelRunner:
 
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
-            return StepResult(np.empty(0, dtype=np.int32), None, prompt_lp)
+            return LaunchedStep(torch.empty(0, dtype=torch.int32), None, prompt_lp)
         logits = self.model.compute_logits(sampled_rows(hidden, out.logits_indices))
         states = [requests[r] for r in out.sampled_req_ids]
         sequences = [state.sequences[i] for state, i in zip(states, out.sampled_sample_indices.tolist())]
@@ -69,7 +90,7 @@ class ModelRunner:
             [q.generator for q in sequences], vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
             device=self.device)
         sampled = self.sampler(logits, metadata)
-        return StepResult(sampled.sampled_token_ids.cpu().numpy(), sampled.logprobs, prompt_lp)
+        return LaunchedStep(sampled.sampled_token_ids, sampled.logprobs, prompt_lp)
 
     def forward(self, out) -> torch.Tensor:
         """The model's final hidden states [num_tokens, hidden] for the step's tokens."""

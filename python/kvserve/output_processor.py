@@ -1,18 +1,48 @@
-"""Applies one step's results to the requests' Python-side state and says what to report.
+"""Applies one step's results to the requests' Python-side state and says what to report, in two
+parts:
 
-The scheduler has already appended the sampled tokens and applied stop tokens and lengths; here the
-text grows (stop strings end a sequence early, through the scheduler), logprobs are recorded, and
-each request touched this step yields a RequestOutput as its output_kind asks.
+- `apply_tokens`, right after the scheduler has appended the sampled tokens and applied stop tokens
+  and lengths: the sequences' token ids grow (the next step's sampler reads them for penalties).
+- `process_step`, which may run while the GPU computes the next step: the text grows (stop strings
+  end a sequence early, through the scheduler), logprobs are recorded, and each request touched
+  yields a RequestOutput as its output_kind asks.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 
 from kvserve.model_runner import StepResult
 from kvserve.outputs import RequestOutput
 from kvserve.request_state import RequestState
+
+
+@dataclass
+class AppliedStep:
+    """What process_step needs of a step once the scheduler has taken its tokens (the step's
+    SchedulerOutput is not valid by then)."""
+
+    updates: list  # scheduler.update_from_output's SampleUpdates
+    result: StepResult
+    sampled_keys: list[tuple[str, int]] | None  # (request id, sample index) per logprobs row
+    time: float
+
+
+def apply_tokens(out, result: StepResult, updates, requests: Mapping[str, RequestState]) -> AppliedStep:
+    """`out`: the step's SchedulerOutput; `updates`: what scheduler.update_from_output returned."""
+    now = time.time()
+    for request_id, index, new_token_ids, _ in updates:
+        state = requests[request_id]
+        state.sequences[index].token_ids.extend(new_token_ids)
+        if state.metrics.first_token_time is None:
+            state.metrics.first_token_time = now
+        state.metrics.last_token_time = now
+    sampled_keys = None
+    if result.logprobs is not None:
+        sampled_keys = list(zip(out.sampled_req_ids, out.sampled_sample_indices.tolist()))
+    return AppliedStep(updates, result, sampled_keys, now)
 
 
 def _record_prompt_logprobs(state: RequestState, first: int, tensors, decode) -> None:
@@ -27,33 +57,29 @@ def _record_prompt_logprobs(state: RequestState, first: int, tensors, decode) ->
     state.prompt_logprobs.extend(sliced.to_dicts([state.params.prompt_logprobs] * rows, decode))
 
 
-def process_step(out, result: StepResult, updates, requests: MutableMapping[str, RequestState], scheduler,
+def process_step(step: AppliedStep, requests: MutableMapping[str, RequestState], scheduler,
                  decode: Callable[[int], str] | None) -> list[RequestOutput]:
-    """`out`: the step's SchedulerOutput; `updates`: what scheduler.update_from_output returned.
-    Finished requests are removed from `requests`. Returns the outputs to report, in update order."""
-    now = time.time()
+    """Finished requests are removed from `requests`; requests no longer in it (the step after
+    this one failed and ended them) are skipped. Returns the outputs to report, in update order."""
+    result = step.result
     for request_id, (first, tensors) in result.prompt_logprobs.items():
-        _record_prompt_logprobs(requests[request_id], first, tensors, decode)
+        if request_id in requests:
+            _record_prompt_logprobs(requests[request_id], first, tensors, decode)
 
-    logprob_rows = None
-    if result.logprobs is not None:
-        logprob_rows = {key: row for row, key in
-                        enumerate(zip(out.sampled_req_ids, out.sampled_sample_indices.tolist()))}
-        logprob_dicts = None
+    logprob_dicts = logprob_rows = None
+    if step.sampled_keys is not None:
+        logprob_rows = {key: row for row, key in enumerate(step.sampled_keys)}
 
     touched: dict[str, RequestState] = {}
-    for update in updates:
+    for update in step.updates:
         request_id, index, new_token_ids, reason = update
-        state = requests[request_id]
+        state = requests.get(request_id)
+        if state is None:
+            continue
         sequence = state.sequences[index]
-        sequence.token_ids.extend(new_token_ids)
-        if state.metrics.first_token_time is None:
-            state.metrics.first_token_time = now
-        state.metrics.last_token_time = now
-
         if sequence.logprobs is not None and logprob_rows is not None:
             if logprob_dicts is None:
-                num = [requests[r].params.logprobs or 0 for r in out.sampled_req_ids]
+                num = [(requests[r].params.logprobs or 0) if r in requests else 0 for r, _ in step.sampled_keys]
                 logprob_dicts = result.logprobs.to_dicts(num, decode)
             entry = logprob_dicts[logprob_rows[(request_id, index)]]
             sequence.logprobs.append(entry)
@@ -71,7 +97,7 @@ def process_step(out, result: StepResult, updates, requests: MutableMapping[str,
     outputs = []
     for request_id, state in touched.items():
         if state.finished:
-            state.metrics.finished_time = now
+            state.metrics.finished_time = step.time
             del requests[request_id]
         output = state.to_output()
         if output is not None:

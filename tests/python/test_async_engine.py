@@ -82,16 +82,16 @@ def test_closing_a_stream_aborts_its_request(engine):
 
 
 def test_a_failed_step_fails_its_streams_and_the_engine_goes_on(engine, monkeypatch):
-    execute = engine.runner.execute
+    launch = engine.runner.launch
     calls = []
 
     def fail_once(*args):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("boom")
-        return execute(*args)
+        return launch(*args)
 
-    monkeypatch.setattr(engine.runner, "execute", fail_once)
+    monkeypatch.setattr(engine.runner, "launch", fail_once)
 
     async def scenario(async_engine):
         with pytest.raises(RuntimeError, match="engine step failed: boom"):

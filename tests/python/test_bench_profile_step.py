@@ -18,7 +18,7 @@ profile_step = sys.modules["profile_step"] = importlib.util.module_from_spec(_sp
 _spec.loader.exec_module(profile_step)
 
 STEP = ["<module> (kvserve/cli.py:1)", "run_case (profile_step.py:90)", "decode_step (profile_step.py:67)",
-        "Engine.step (kvserve/engine.py:{line})"]
+        "Engine.step (kvserve/engine.py:{step})", "Engine._launch (kvserve/engine.py:{line})"]
 
 
 def engine_line(text: str) -> int:
@@ -26,9 +26,12 @@ def engine_line(text: str) -> int:
     return next(i for i, line in enumerate(source, 1) if text in line)
 
 
-def stack(*inner: str, step_line: int | None = None) -> list[str]:
-    frames = [f.format(line=step_line or engine_line("self.runner.execute(")) for f in STEP]
-    return frames + list(inner)
+def stack(*inner: str, launch_line: int | None = None) -> list[str]:
+    """A decode step's frames down to Engine._launch at `launch_line` (default: the model runner's
+    call), then `inner`."""
+    lines = {"step": engine_line("launched = self._launch()"),
+             "line": launch_line or engine_line("self.runner.launch(")}
+    return [f.format(**lines) for f in STEP] + list(inner)
 
 
 def test_every_part_names_files_and_functions_that_exist():
@@ -78,9 +81,9 @@ def test_a_stack_goes_to_its_innermost_known_part(inner, part):
 
 
 def test_scheduler_calls_are_told_apart_by_the_source_line():
-    schedule = stack("0x7f03 (_C.cpython-311-x86_64-linux-gnu.so)", step_line=engine_line("self.scheduler.schedule()"))
+    schedule = stack("0x7f03 (_C.cpython-311-x86_64-linux-gnu.so)", launch_line=engine_line("self.scheduler.schedule()"))
     assert profile_step.part_of(schedule) == "scheduler (C++: schedule, update_from_output)"
-    other = stack("0x7f03 (libc.so.6)", step_line=engine_line("now = time.time()"))
+    other = stack("0x7f03 (libc.so.6)", launch_line=engine_line("now = time.time()"))
     assert profile_step.part_of(other) == "engine step: other Python"
 
 

@@ -81,15 +81,15 @@ def test_a_reply_interrupted_mid_step_is_forgotten_and_the_chat_goes_on(engine, 
     session = ChatSession(engine, SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
     first = session.reply("Hi", lambda text: None)
     kept = list(session.messages)
-    execute, calls = engine.runner.execute, []
+    launch, calls = engine.runner.launch, []
 
     def interrupted_on_the_third_step(*args):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # Ctrl-C lands in the model's forward pass
-        return execute(*args)
+        return launch(*args)
 
-    monkeypatch.setattr(engine.runner, "execute", interrupted_on_the_third_step)
+    monkeypatch.setattr(engine.runner, "launch", interrupted_on_the_third_step)
     with pytest.raises(KeyboardInterrupt):
         session.reply("Tell me more", lambda text: None)
     assert session.messages == kept and len(kept) == 2

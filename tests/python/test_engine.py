@@ -169,16 +169,16 @@ def test_streaming_deltas_add_up_and_abort_frees_blocks(tiny_model_dir):
 def test_a_failed_step_ends_its_batch_and_the_engine_goes_on(tiny_model_dir, monkeypatch):
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
     [expected] = engine.generate(["Hi"], GREEDY, use_tqdm=False)
-    execute = engine.runner.execute
+    launch = engine.runner.launch
 
     def interrupted(*args):  # Ctrl-C in the model's forward pass
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine.runner, "execute", interrupted)
+    monkeypatch.setattr(engine.runner, "launch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         engine.generate(["Hi", "Hello"], GREEDY, use_tqdm=False)
     assert_no_blocks_held(engine)
-    monkeypatch.setattr(engine.runner, "execute", execute)
+    monkeypatch.setattr(engine.runner, "launch", launch)
     assert engine.generate(["Hi"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
 
 
@@ -192,11 +192,11 @@ def test_a_failed_step_leaves_no_prefix_cache_hits_on_blocks_it_never_wrote(tiny
     def interrupted(*args):
         raise RuntimeError("the device failed")
 
-    execute = engine.runner.execute
-    monkeypatch.setattr(engine.runner, "execute", interrupted)
+    launch = engine.runner.launch
+    monkeypatch.setattr(engine.runner, "launch", interrupted)
     with pytest.raises(RuntimeError, match="device failed"):
         engine.generate([prompt], GREEDY, use_tqdm=False)
-    monkeypatch.setattr(engine.runner, "execute", execute)
+    monkeypatch.setattr(engine.runner, "launch", launch)
     [again] = engine.generate([prompt], GREEDY, use_tqdm=False)
     assert again.outputs[0].token_ids == expected.outputs[0].token_ids
     assert engine.stats().prefix_cache_hits == 0

@@ -16,6 +16,8 @@ from kvserve.models import AttentionMetadata
 
 
 class CudaModelRunner(ModelRunner):
+    asynchronous = True
+
     def __init__(self, model: nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], vocab_size: int,
                  eos_token_ids: Sequence[int], device: torch.device, *, max_decode_batch: int, max_model_len: int,
                  block_size: int, enforce_eager: bool):

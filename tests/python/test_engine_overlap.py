@@ -1,0 +1,123 @@
+"""The engine with an asynchronous runner (a GPU's): step() applies the tokens of the step launched
+last time, launches the next one, then runs the finished step's text side. Here the CPU runner is
+marked asynchronous, so the engine takes that path on a CPU: the outputs must be those of the plain
+engine, whatever ends a request while the next step is in flight (stop string, abort, a failure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvserve import Engine, RequestOutputKind, SamplingParams
+
+PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more"]
+
+
+def make_engine(directory, *, overlapped: bool, **kwargs) -> Engine:
+    engine = Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs)
+    engine.runner.asynchronous = overlapped
+    return engine
+
+
+def assert_no_blocks_held(engine: Engine) -> None:
+    stats = engine.stats()
+    assert not engine.has_unfinished_requests() and not engine.requests
+    assert stats.num_free_blocks == stats.num_blocks - 1, stats
+
+
+def summary(outputs):
+    return [[(o.token_ids, o.text, o.finish_reason, o.stop_reason, o.logprobs, o.cumulative_logprob)
+             for o in output.outputs] + [output.prompt_logprobs] for output in outputs]
+
+
+def test_the_text_side_of_a_step_runs_after_the_next_step_is_launched(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    launched = []
+    launch = engine.runner.launch
+    engine.runner.launch = lambda *args: launched.append(args[0].num_tokens) or launch(*args)
+    engine.add_request("a", "Hi", SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    assert engine.step() == [] and engine.requests["a"].sequences[0].token_ids == []
+    [first] = engine.step()
+    assert len(first.outputs[0].token_ids) == 1 and launched[1:] == [1]  # the second step already launched
+    assert len(engine.step()[0].outputs[0].token_ids) == 2
+    [last] = engine.step()
+    assert last.finished and len(last.outputs[0].token_ids) == 3 and len(launched) == 3
+    assert_no_blocks_held(engine)
+
+
+def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir):
+    plain, overlapped = (make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=o, max_num_batched_tokens=16)
+                         for o in (False, True))
+    [free] = plain.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
+    stop = free.outputs[0].text[8:10]
+    params = [
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.5,
+                       frequency_penalty=0.5),  # penalties read every token sampled so far
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop),  # "Hi" ends on a stop string
+        SamplingParams(temperature=0.8, seed=7, n=2, max_tokens=9, ignore_eos=True, logprobs=3, prompt_logprobs=2),
+    ]
+    for prompt_params in (params, params[::-1]):
+        expected = plain.generate(PROMPTS, prompt_params, use_tqdm=False)
+        assert summary(expected)[1][0][2] == "stop"
+        assert summary(overlapped.generate(PROMPTS, prompt_params, use_tqdm=False)) == summary(expected)
+    # A token the bias makes first and the penalty forbids after: the step launched right after the
+    # one that sampled it must already count it.
+    biased = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logit_bias={100: 50.0},
+                            repetition_penalty=1000.0)
+    [expected] = plain.generate([{"prompt_token_ids": [5, 6, 7]}], biased, use_tqdm=False)
+    assert expected.outputs[0].token_ids[0] == 100 and 100 not in expected.outputs[0].token_ids[1:]
+    assert summary(overlapped.generate([{"prompt_token_ids": [5, 6, 7]}], biased, use_tqdm=False)) == summary([expected])
+    assert_no_blocks_held(overlapped)
+
+
+def test_streamed_deltas_add_up_to_the_whole_output(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    [whole] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True), use_tqdm=False)
+    engine.add_request("d", "Hi", SamplingParams(temperature=0, max_tokens=9, ignore_eos=True,
+                                                 output_kind=RequestOutputKind.DELTA))
+    token_ids, text = [], ""
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            token_ids += output.outputs[0].token_ids
+            text += output.outputs[0].text
+    assert token_ids == whole.outputs[0].token_ids and text == whole.outputs[0].text
+    assert_no_blocks_held(engine)
+
+
+def test_an_abort_while_a_step_is_in_flight_leaks_nothing(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    engine.add_request("gone", "Hi", params)
+    engine.add_request("kept", "Hi there", params)
+    engine.step()
+    engine.step()
+    engine.abort("gone")  # its next token is being computed
+    finished = [o for _ in range(20) if engine.has_unfinished_requests() for o in engine.step() if o.finished]
+    assert [o.request_id for o in finished] == ["kept"] and len(finished[0].outputs[0].token_ids) == 8
+    assert_no_blocks_held(engine)
+
+
+@pytest.mark.parametrize("where", ["launch", "result"])
+def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_dir, where):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    [expected] = engine.generate(["Hi"], params, use_tqdm=False)
+    engine.add_request("short", "Hello", SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    engine.add_request("long", "Hi", params)
+    engine.step()  # both prefills launched; "short" finishes when they are applied
+
+    launch = engine.runner.launch
+
+    def failing(*args):
+        launched = launch(*args)
+        if where == "launch":
+            raise RuntimeError("the device failed")
+        launched.result = lambda: (_ for _ in ()).throw(RuntimeError("the device failed"))
+        return launched
+
+    engine.runner.launch = failing
+    with pytest.raises(RuntimeError, match="device failed"):
+        while engine.has_unfinished_requests():
+            engine.step()
+    engine.runner.launch = launch
+    assert_no_blocks_held(engine)
+    assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
