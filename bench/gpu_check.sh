@@ -85,7 +85,8 @@ run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base
 
 GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_cuda_engine.py
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
-           tests/python/test_decode_graphs.py tests/python/test_sampler.py)
+           tests/python/test_decode_graphs.py tests/python/test_sampler.py
+           tests/python/test_bench_sass_loops.py)
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
@@ -97,6 +98,10 @@ run attention-engine 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/bench.jsonl"
+# The same steps with kvserve's kernels launched the plain way, beside the programmatic launches.
+NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
+rm -f "$NO_PDL_JSONL"
+run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --out "$NO_PDL_JSONL"
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
 
@@ -123,12 +128,12 @@ fi
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" "$BASELINE_JSONL" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 rows = []
-for path, build in ((Path(sys.argv[1]), ""), (Path(sys.argv[2]), " (BASELINE)")):
+for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)")):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}

@@ -92,6 +92,34 @@ def tensor_loops(code: list[tuple[int, str]]) -> list[Loop]:
             for _, _, body in sorted(inner)]
 
 
+# Instructions that touch global (or generic, which may be global) memory; CCTL (a prefetch hint) is not one.
+GLOBAL_ACCESS = ("LDG", "STG", "LDGSTS", "LD", "ST", "ATOM", "ATOMG", "RED", "UBLKCP", "UTMALDG")
+
+
+def before_prior_grid(code: list[tuple[int, str]]) -> list[str] | None:
+    """What a programmatically launched kernel may do before its wait for the kernel before it
+    (griddepcontrol.wait, SASS ACQBULK) that it must not: touch global memory, or branch past the
+    wait. None when the kernel does not wait at all."""
+    wait = next((address for address, t in code if opcode(t) == "ACQBULK"), None)
+    if wait is None:
+        return None
+    bad = []
+    for address, instruction in code:
+        if address >= wait:
+            break
+        target = re.search(r"BRA\S*\s+0x([0-9a-f]+)", instruction)
+        if opcode(instruction) in GLOBAL_ACCESS or (target and int(target.group(1), 16) > wait):
+            bad.append(instruction)
+    return bad
+
+
+def disassemble(binary: str) -> str:
+    """cuobjdump -sass of `binary` (which runs nvdisasm)."""
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(tool("nvdisasm")).parent), os.environ.get("PATH", "")]))
+    return subprocess.run([tool("cuobjdump"), "-sass", binary], capture_output=True, text=True, check=True,
+                          env=env).stdout
+
+
 def resources(binary: str) -> dict[tuple[str, str], str]:
     """(arch, mangled name) -> 'REG:.. STACK:.. SHARED:.. LOCAL:..' from cuobjdump -res-usage."""
     out = subprocess.run([tool("cuobjdump"), "-res-usage", binary], capture_output=True, text=True, check=True).stdout
@@ -133,9 +161,7 @@ class LoopRow:
 def kernel_loops(binary: str, kernel: str = "", arch: str = "") -> list[LoopRow]:
     """Every tensor-core loop of the kernels whose mangled name contains `kernel`, for `arch` (all
     when empty), sorted by architecture and kernel."""
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(tool("nvdisasm")).parent), os.environ.get("PATH", "")]))
-    sass = subprocess.run([tool("cuobjdump"), "-sass", binary], capture_output=True, text=True, check=True,
-                          env=env).stdout
+    sass = disassemble(binary)
     usage = resources(binary)
     rows = []
     for (function_arch, name), code in functions(sass).items():
@@ -143,6 +169,13 @@ def kernel_loops(binary: str, kernel: str = "", arch: str = "") -> list[LoopRow]
             rows += [LoopRow(function_arch, short_name(name), usage.get((function_arch, name), ""), loop)
                      for loop in tensor_loops(code)]
     return sorted(rows, key=lambda row: (row.arch, row.kernel))
+
+
+def prologues(binary: str, arch: str) -> dict[str, list[str] | None]:
+    """kvserve's kernels (mangled names) for `arch` -> before_prior_grid of each."""
+    sass = disassemble(binary)
+    return {name: before_prior_grid(code) for (function_arch, name), code in functions(sass).items()
+            if function_arch == arch and name.startswith("_ZN7kvserve")}
 
 
 def main() -> None:

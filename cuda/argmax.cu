@@ -44,6 +44,7 @@ __device__ inline Best warp_best(Best b) {
 
 template <class T, int kPack>
 __global__ void __launch_bounds__(kThreads) argmax_kernel(const ArgmaxParams p) {
+  wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
   const T* row = static_cast<const T*>(p.input) + static_cast<int64_t>(blockIdx.x) * p.input_stride;
   const auto n = static_cast<uint32_t>(p.num_cols);

@@ -420,6 +420,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
     attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
 // Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
 #if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
+  wait_for_prior_grid();
   __shared__ int s_bad_block;
   const int64_t group = p.num_heads / p.num_kv_heads;
   int64_t req, tile;

@@ -18,6 +18,7 @@ constexpr int kPortableMaxHeadDim = 512;
 
 template <class T>
 __global__ void __launch_bounds__(kPortableThreads) attention_portable_kernel(const PagedAttentionParams p) {
+  wait_for_prior_grid();
   constexpr int kWarps = kPortableThreads / kWarpSize;
   constexpr int kDimsPerLane = kPortableMaxHeadDim / kWarpSize;
   __shared__ float s_max[kWarps], s_sum[kWarps];

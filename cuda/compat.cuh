@@ -62,15 +62,61 @@ __device__ inline float shfl(float value, int src) {
 __host__ __device__ inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// Programmatic dependent launch (sm_90+). A kernel launched with it may be scheduled while the
+// kernel before it in the stream still runs, so that its launch (and prefetch hints) overlaps that
+// kernel's tail instead of following it. Every kvserve kernel calls wait_for_prior_grid() before it
+// touches global memory (bench/sass_loops.py checks the machine code): the call returns once the
+// kernel before has finished and its writes are visible (at once without the launch attribute, or
+// before sm_90). It then lets the kernel after it launch: since its own predecessor is done by
+// then, at most two kernels overlap, and only in what precedes this call.
+__device__ inline void wait_for_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// A hint to bring the 128-byte line at `address` (global memory) into L2; no-op elsewhere.
+__device__ inline void prefetch_l2(const void* address) {
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
+#else
+  (void)address;
+#endif
+}
+
+#if !defined(KVSERVE_GPU_EMULATOR) && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+// Whether to launch `kernel` with programmatic dependent launch on the current device: its code is
+// built for sm_90 or later (so it waits in wait_for_prior_grid; code built for sm_80 would not,
+// even on an H100), the device is sm_90 or later, and KVSERVE_PDL is not "0". device_resources.cu.
+bool launch_programmatically(const void* kernel);
+#endif
+
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), spelled as a function so that the
-// emulator can run kernels too.
+// emulator can run kernels too; with programmatic dependent launch where it applies.
 template <class... Params, class... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, kvGpuStream_t stream,
                    const Args&... args) {
 #if defined(KVSERVE_GPU_EMULATOR)
   emulator::launch(kernel, grid, block, shared_bytes, args...);
-#else
+#elif defined(__HIPCC__) || defined(KVSERVE_USE_HIP)
   kernel<<<grid, block, shared_bytes, stream>>>(args...);
+#else
+  if (launch_programmatically(reinterpret_cast<const void*>(kernel))) {
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shared_bytes;
+    config.stream = stream;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    cudaLaunchKernelEx(&config, kernel, args...);
+  } else {
+    kernel<<<grid, block, shared_bytes, stream>>>(args...);
+  }
 #endif
 }
 

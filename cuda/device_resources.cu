@@ -2,7 +2,11 @@
 
 #if KVSERVE_GPU_MMA
 
+#include <cstdlib>
+#include <map>
 #include <mutex>
+#include <string_view>
+#include <utility>
 
 namespace kvserve::gpu {
 
@@ -63,6 +67,29 @@ bool split_workspace(kvGpuStream_t stream, SplitWorkspace* workspace) {
   *workspace = cached;
   return true;
 }
+
+#if !defined(KVSERVE_GPU_EMULATOR)
+bool launch_programmatically(const void* kernel) {
+  static const bool enabled = [] {
+    const char* setting = std::getenv("KVSERVE_PDL");
+    return setting == nullptr || std::string_view(setting) != "0";
+  }();
+  DeviceInfo device;
+  if (!enabled || !current_device_info(&device) || device.compute_capability < 90) return false;
+  static std::map<std::pair<int, const void*>, int> ptx_versions;  // of the code each device runs
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto [it, added] = ptx_versions.try_emplace({device.index, kernel}, 0);
+  if (added) {
+    cudaFuncAttributes attributes{};
+    if (cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess) {
+      it->second = attributes.ptxVersion;
+    } else {
+      cudaGetLastError();  // unknown: launch it the plain way
+    }
+  }
+  return it->second >= 90;
+}
+#endif
 
 }  // namespace kvserve::gpu
 

@@ -9,7 +9,8 @@
 // which, as long as A and B agree). Input rows past num_rows and weight rows past out_features are
 // zero-filled. The warps' float32 sums meet in shared memory; the bias is added before the one
 // rounding, as on the CPU. Needs 16-bit dtypes, in_features in 16-byte packs and 16-byte aligned
-// rows (kUnsupported otherwise, and on devices before sm_80).
+// rows (kUnsupported otherwise, and on devices before sm_80). Launched programmatically (sm_90),
+// a block asks for its first weight chunks before it waits for the kernel before (compat.cuh).
 #include <climits>
 #include <type_traits>
 
@@ -49,6 +50,19 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
   const T* high = weight + (high_row ? first_feature + g + 8 : 0) * p.weight_stride + 8 * t;
   const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
   const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
+
+  // Before the wait, which a programmatic launch reaches while the kernel before still runs: the
+  // warp's first chunks of weight rows on their way into L2. A hint only, safe whoever writes the
+  // weight: the L2 is where every SM's view of global memory meets, and the loads follow the wait.
+  if (t == 0) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t chunk = warp + u * kWarps;
+      if (chunk < chunks && low_row) prefetch_l2(low + chunk * kChunk);
+      if (chunk < chunks && high_row) prefetch_l2(high + chunk * kChunk);
+    }
+  }
+  wait_for_prior_grid();
 
   float c[4] = {};
   for (int64_t first = warp; first < chunks; first += kWarps * kUnroll) {

@@ -16,6 +16,7 @@ constexpr int kThreads = 128;
 
 template <class Unit>
 __global__ void __launch_bounds__(kThreads) reshape_and_cache_kernel(const ReshapeAndCacheParams p) {
+  wait_for_prior_grid();
   const int64_t token = blockIdx.x;
   const int64_t slot = p.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(p.slot_mapping)[token]
                                                              : static_cast<const int32_t*>(p.slot_mapping)[token];

@@ -36,6 +36,7 @@ __device__ inline float block_sum(float value) {
 // kRowThreads: the threads of one row, a warp or the whole block.
 template <class T, int kPack, int kRowThreads>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
+  wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
   constexpr int kRowsPerBlock = kThreads / kRowThreads;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kRowThreads;

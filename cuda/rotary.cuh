@@ -22,6 +22,7 @@ constexpr int kRotaryThreads = 256;
 template <class T, int kPack, bool kCache>
 __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbeddingParams r,
                                                                 const ReshapeAndCacheParams c) {
+  wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
   const int64_t token = blockIdx.x;
   const auto head_dim = static_cast<int32_t>(r.head_dim), half = head_dim / 2;

@@ -17,6 +17,7 @@ constexpr int64_t kMaxChunks = 65535;  // gridDim.y
 
 template <class T, int kPack>
 __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(const SiluAndMulParams p) {
+  wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
   const int64_t token = blockIdx.x;
   const T* gate = static_cast<const T*>(p.input) + token * p.input_stride_token;

@@ -1,7 +1,7 @@
 """bench/sass_loops.py's reading of cuobjdump's SASS (which loops are the tensor-core loops, whether
-they are the raw or the transformed-scores variant, the kernel names it prints) on a made-up
-listing; then, in a build with CUDA kernels, the attention kernel's own loops held to their
-instruction budget."""
+they are the raw or the transformed-scores variant, the kernel names it prints, what a kernel does
+before it waits for the kernel before it) on made-up listings; then, in a build with CUDA kernels,
+the attention kernel's own loops held to their instruction budget, and every kernel's wait first."""
 
 import importlib.util
 import sys
@@ -83,3 +83,50 @@ def test_the_attention_loops_keep_their_instruction_budget():
     assert prefill.size <= 1.25 * 1152, f"prefill stage: {prefill.size} instructions"
     assert all(loop.counts["BRA"] <= 8 for loop in raw.values())
     assert all(row.loop.counts["LDL"] == row.loop.counts["STL"] == 0 for row in rows)
+
+
+PROLOGUE = """
+	code for sm_90a
+		Function : good
+        /*0000*/                   S2R R7, SR_TID.X ;
+        /*0010*/               @P2 BRA 0x40 ;
+        /*0020*/                   CCTL.E.PF2 [R12] ;
+        /*0030*/                   LDC R1, c[0x0][0x28] ;
+        /*0040*/                   ACQBULK ;
+        /*0050*/                   PREEXIT ;
+        /*0060*/                   LDG.E.128 R24, desc[UR6][R10.64] ;
+		Function : reads_first
+        /*0000*/                   LDG.E.128 R24, desc[UR6][R10.64] ;
+        /*0010*/                   ACQBULK ;
+		Function : skips_the_wait
+        /*0000*/               @P0 BRA 0x30 ;
+        /*0010*/                   ACQBULK ;
+        /*0020*/                   EXIT ;
+        /*0030*/                   STG.E desc[UR6][R4.64], R7 ;
+		Function : never_waits
+        /*0000*/                   STG.E desc[UR6][R4.64], R7 ;
+"""
+
+
+def test_what_a_kernel_does_before_it_waits_for_the_kernel_before():
+    functions = {name: code for (_, name), code in sass_loops.functions(PROLOGUE).items()}
+    assert sass_loops.before_prior_grid(functions["good"]) == []  # a prefetch hint and a forward branch
+    assert sass_loops.before_prior_grid(functions["reads_first"]) == ["LDG.E.128 R24, desc[UR6][R10.64]"]
+    assert sass_loops.before_prior_grid(functions["skips_the_wait"]) == ["@P0 BRA 0x30"]
+    assert sass_loops.before_prior_grid(functions["never_waits"]) is None
+
+
+@pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")
+@pytest.mark.skipif(not (sass_loops.find_tool("cuobjdump") and sass_loops.find_tool("nvdisasm")),
+                    reason="needs cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+def test_every_kernel_waits_for_the_kernel_before_before_it_touches_memory():
+    """On sm_90 kvserve launches its kernels programmatically (compat.cuh): a kernel may start while
+    the one before it runs, so anything it reads or writes in global memory before its wait is a
+    race with that kernel. Checked on the machine code, as only a GPU could show it otherwise."""
+    prologues = sass_loops.prologues(kvserve._C.__file__, "sm_90a")
+    if not prologues:
+        pytest.skip("this build has no sm_90a code")
+    kernels = {sass_loops.short_name(name).split("<")[0] for name in prologues}
+    assert {"linear_kernel", "attention_mma_kernel", "rms_norm_kernel", "rotary_kernel", "silu_and_mul_kernel",
+            "argmax_kernel", "reshape_and_cache_kernel"} <= kernels
+    assert {sass_loops.short_name(name): bad for name, bad in prologues.items() if bad != []} == {}
