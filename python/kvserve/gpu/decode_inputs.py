@@ -11,8 +11,8 @@ context 1 (one key read from column 0 of the row's block table, which always hol
 zeros at first, then ids of earlier steps). query_start_loc is 0, 1, ..., B for every decode step and
 never changes. The block table's columns past a row's blocks keep stale ids the kernels never read.
 
-Each step copies two pinned host ranges to the device: the four vectors, and the first b rows of
-the block table. The host range is rewritten only after the last step's copies are done.
+Each step copies one pinned host range to the device: everything up to the end of the block
+table's first b rows. The host range is rewritten only after the last step's copy is done.
 """
 
 from __future__ import annotations
@@ -77,9 +77,7 @@ class DecodeInputs:
         if width > self.max_blocks:
             raise ValueError(f"block_table: {width} blocks per request, more than the graphs' {self.max_blocks}")
         host["block_table"][:n, :width] = out.block_table
-        rows = self._vectors + self.max_batch + 1
-        self.buffer[:self._vectors].copy_(self._host[:self._vectors], non_blocking=True)
-        end = rows + batch * self.max_blocks
-        self.buffer[rows:end].copy_(self._host[rows:end], non_blocking=True)
+        end = self._vectors + self.max_batch + 1 + batch * self.max_blocks
+        self.buffer[:end].copy_(self._host[:end], non_blocking=True)
         if self._copied is not None:
             self._copied.record()
