@@ -119,6 +119,7 @@ class Engine:
                                       self.device)
         self.requests: dict[str, RequestState] = {}
         self._launched: tuple[object, LaunchedStep] | None = None  # (SchedulerOutput, its launch)
+        self._unreported: list[RequestOutput] = []  # outputs step() could not return (it raised)
         self._request_counter = itertools.count()
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
@@ -165,8 +166,15 @@ class Engine:
                     self._launched = launched
                 else:
                     applied = self._apply(*launched)
-        finally:  # even when the launch failed: the applied step's finished requests must leave
-            outputs = self._process(applied) if applied is not None else []
+        except BaseException:
+            # The next step failed to launch (its requests ended): the applied one's outputs come
+            # with the next call, but for requests aborted in between.
+            if applied is not None:
+                self._unreported += self._process(applied)
+            raise
+        outputs, self._unreported = self._unreported, []
+        if applied is not None:
+            outputs += self._process(applied)
         return outputs
 
     def _launch(self) -> tuple[object, LaunchedStep]:
@@ -205,14 +213,19 @@ class Engine:
         self.scheduler.fail_step()
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
-        """End requests now and free their KV blocks; ids that already finished are ignored."""
-        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+        """End requests now and free their KV blocks; ids that already finished are ignored. An
+        aborted request gets no more outputs."""
+        request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        for request_id in request_ids:
             if self.requests.pop(request_id, None) is not None:
                 self.scheduler.abort(request_id)
+        if self._unreported:
+            ended = set(request_ids)
+            self._unreported = [output for output in self._unreported if output.request_id not in ended]
 
     def has_unfinished_requests(self) -> bool:
-        """Whether step() has more to do: requests to run, or a launched step to finish."""
-        return self._launched is not None or self.scheduler.has_unfinished_requests()
+        """Whether step() has more to do: requests to run, a launched step to finish, outputs to return."""
+        return bool(self._unreported) or self._launched is not None or self.scheduler.has_unfinished_requests()
 
     def stats(self):
         return self.scheduler.stats()

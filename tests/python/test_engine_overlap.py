@@ -96,8 +96,10 @@ def test_an_abort_while_a_step_is_in_flight_leaks_nothing(tiny_model_dir):
     assert_no_blocks_held(engine)
 
 
-@pytest.mark.parametrize("where", ["launch", "result"])
+@pytest.mark.parametrize("where", ["launch", "result", "launch, then an abort"])
 def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_dir, where):
+    """The step that fails ends its requests; the outputs of the step applied before it are not lost
+    (unless their request is aborted before they are returned)."""
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
     params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     [expected] = engine.generate(["Hi"], params, use_tqdm=False)
@@ -109,7 +111,7 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
 
     def failing(*args):
         launched = launch(*args)
-        if where == "launch":
+        if where.startswith("launch"):
             raise RuntimeError("the device failed")
         launched.result = lambda: (_ for _ in ()).throw(RuntimeError("the device failed"))
         return launched
@@ -119,5 +121,10 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
         while engine.has_unfinished_requests():
             engine.step()
     engine.runner.launch = launch
+    if where == "launch":  # the step applied before the failed launch still reports "short"'s end
+        [short] = engine.step()
+        assert short.request_id == "short" and short.finished and len(short.outputs[0].token_ids) == 1
+    elif where == "launch, then an abort":
+        engine.abort("short")
     assert_no_blocks_held(engine)
     assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
