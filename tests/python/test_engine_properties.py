@@ -6,11 +6,13 @@ on the plain step and the overlapped one (test_engine_overlap.py).
 
 Whatever happens, every request ends exactly once: finished (with consistent outputs: lengths,
 one logprob entry per token, deltas adding up to the whole), aborted, or ended by a failed step;
-greedy requests produce what a lone run of their prompt produces; no KV block is held at the end.
+its tokens are what a lone run of its prompt and sampling parameters produces (greedy or seeded,
+up to where a stop string ended it); no KV block is held at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
@@ -104,19 +106,20 @@ def model_dir(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def lone_greedy(model_dir):
-    """lone_greedy(prompt, params): the greedy tokens of the prompt run alone, without the prefix cache."""
+def lone_run(model_dir):
+    """lone_run(prompt, params): each sample's tokens of the prompt run alone (no stop strings, no
+    prefix cache); seeded sampling draws from the request's own generators, so it repeats too."""
     engine = Engine(str(model_dir), dtype="float32", kv_cache_memory_gb=0.01, device="cpu",
                     max_model_len=MAX_MODEL_LEN, enable_prefix_caching=False)
     known = {}
 
-    def run(prompt: list[int], params: SamplingParams) -> list[int]:
-        key = (tuple(prompt), params.max_tokens, params.repetition_penalty)
+    def run(prompt: list[int], params: SamplingParams) -> list[list[int]]:
+        alone = dataclasses.replace(params, stop=None, logprobs=None, prompt_logprobs=None,
+                                    output_kind=RequestOutputKind.FINAL_ONLY)
+        key = (tuple(prompt), repr(alone))
         if key not in known:
-            alone = SamplingParams(temperature=0, max_tokens=params.max_tokens, ignore_eos=True,
-                                   repetition_penalty=params.repetition_penalty)
             [output] = engine.generate([{"prompt_token_ids": prompt}], alone, use_tqdm=False)
-            known[key] = output.outputs[0].token_ids
+            known[key] = [completion.token_ids for completion in output.outputs]
         return known[key]
 
     return run
@@ -160,7 +163,7 @@ def run_script(model_dir, script: Script, overlapped: bool) -> tuple[Engine, Run
 
 @pytest.mark.parametrize("overlapped", [False, True], ids=["plain", "overlapped"])
 @pytest.mark.parametrize("seed", range(24))
-def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_greedy, seed, overlapped):
+def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_run, seed, overlapped):
     engine, run = run_script(model_dir, make_script(seed), overlapped)
     stats = engine.stats()
     assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1, stats
@@ -179,8 +182,8 @@ def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_gr
                 assert completion.finish_reason == "stop" and params.stop, (request_id, completion.finish_reason)
             if params.logprobs is not None and not delta:
                 assert len(completion.logprobs) == len(tokens)
-            if params.temperature == 0 and not params.stop:
-                assert tokens == lone_greedy(run.prompts[request_id], params), request_id
+            alone = lone_run(run.prompts[request_id], params)[completion.index]
+            assert tokens == alone[:len(tokens)], request_id
         if params.prompt_logprobs is not None and params.output_kind is not RequestOutputKind.DELTA:
             assert len(output.prompt_logprobs) == len(output.prompt_token_ids)
 
