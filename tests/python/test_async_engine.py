@@ -1,6 +1,7 @@
 """AsyncEngine in-process (no HTTP): its streams carry what the offline Engine generates; closing
 one aborts it; a failing step or a rejected request reaches only its streams and the engine goes
-on; a full waiting room and a shutdown are clear errors. No KV block is ever left held."""
+on; a full waiting room and a shutdown are clear errors. No KV block is ever left held. Each test
+runs on the plain and on the overlapped engine step."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStopped
 DELTA = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
 
 
-@pytest.fixture
-def engine(tiny_model_dir):
-    return Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01)
+@pytest.fixture(params=[False, True], ids=["plain", "overlapped"])
+def engine(tiny_model_dir, request):
+    """The CPU engine, stepping plainly or as on a GPU, where a step's outputs come while the next
+    one runs (test_engine_overlap.py)."""
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01)
+    engine.runner.asynchronous = request.param
+    return engine
 
 
 def assert_no_blocks_held(engine: Engine) -> None:
