@@ -393,10 +393,11 @@ def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) 
     seconds = time.perf_counter() - start
     if any(len(o.outputs[0].token_ids) != output_len for o in outputs):
         raise RuntimeError(f"a request did not generate exactly {output_len} tokens")
+    goal = {"goal_total_tokens_per_s": 14000} if (num_prompts, input_len, output_len) == (1000, 256, 256) else {}
     record(out, name=f"offline_{num_prompts}x{input_len}in{output_len}out", seconds=seconds,
            total_tokens_per_s=num_prompts * (input_len + output_len) / seconds,
-           output_tokens_per_s=num_prompts * output_len / seconds, goal_total_tokens_per_s=14000,
-           peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30)
+           output_tokens_per_s=num_prompts * output_len / seconds,
+           peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30, **goal)
 
 
 def main() -> None:
