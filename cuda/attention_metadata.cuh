@@ -57,6 +57,11 @@ __device__ inline int64_t request_of_token(const PagedAttentionParams& p, int64_
 // leaves each request at least as many indices as it has tiles. So a grid of
 // num_reqs + num_tokens * group / rows_per_tile blocks covers every tile; a block whose index falls
 // past its request's last tile has nothing to do. Returns false for such a block.
+//
+// The owner of an index is found by binary search over query_start_loc, a chain of log2(num_reqs)
+// dependent reads. When every request may have the same number q of queries (a decode step: q = 1),
+// request i would start at i * q: the owner is then worked out without reads and confirmed by the
+// two entries of its own that read_request reads next; only a step of mixed lengths searches.
 __device__ inline bool locate_tile(const PagedAttentionParams& p, int64_t group, int64_t rows_per_tile,
                                    int64_t index, int64_t* req, int64_t* tile) {
   auto first_index = [&](int64_t i) {
@@ -65,6 +70,15 @@ __device__ inline bool locate_tile(const PagedAttentionParams& p, int64_t group,
     return i + start * group / rows_per_tile;
   };
   int64_t lo = 0, hi = p.num_reqs - 1;
+  if (p.num_tokens % p.num_reqs == 0) {
+    const int64_t q = p.num_tokens / p.num_reqs;
+    auto uniform_first = [&](int64_t i) { return i + i * q * group / rows_per_tile; };
+    int64_t guess = min_i64(index * rows_per_tile / (rows_per_tile + q * group), hi);
+    while (guess < hi && uniform_first(guess + 1) <= index) ++guess;
+    while (guess > 0 && uniform_first(guess) > index) --guess;
+    // Its own start and the next request's as guessed: the search would stop here too.
+    if (p.query_start_loc[guess] == guess * q && p.query_start_loc[guess + 1] == (guess + 1) * q) lo = hi = guess;
+  }
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
     if (first_index(mid) <= index) {

@@ -168,6 +168,24 @@ TEST(EmulatedPagedAttention, TensorCoreKernelMatchesCpu) {
   }
 }
 
+// locate_tile works out a block's request when all may have q queries (checked against the
+// request's own query_start_loc entries), and searches otherwise: equal lengths (q = 1, q = 3),
+// lengths whose total divides by the count without being equal, a request without queries.
+TEST(EmulatedPagedAttention, TilesFindTheirRequestWhateverTheQueryLengths) {
+  const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> batches = {
+      {{1, 1, 1, 1, 1, 1, 1, 1, 1}, {5, 16, 33, 70, 2, 9, 17, 64, 1}},
+      {{3, 3, 3}, {3, 20, 45}},
+      {{2, 6}, {30, 6}},
+      {{1, 5, 1, 1}, {40, 5, 12, 3}},
+      {{0, 4}, {9, 4}},
+  };
+  for (auto [heads, kv_heads] : {std::pair<int64_t, int64_t>{8, 2}, {4, 4}, {16, 1}}) {
+    for (const auto& [new_tokens, seq_lens] : batches) {
+      expect_attention_matches({DType::kBFloat16, 64, heads, kv_heads, 16, new_tokens, seq_lens});
+    }
+  }
+}
+
 TEST(EmulatedPagedAttention, PortableKernelMatchesCpu) {
   for (const auto& [new_tokens, seq_lens] : kBatches) {
     expect_attention_matches({DType::kFloat32, 64, 8, 2, 16, new_tokens, seq_lens});
