@@ -8,8 +8,9 @@ One step is three calls (ARCHITECTURE.md): the C++ scheduler builds the batch, t
 turns it into sampled tokens, the scheduler applies them; then the text side (detokenizer, stop
 strings, logprobs) catches up in Python. On a GPU, whose runner launches a step and returns before
 it is computed, steps overlap: step() applies the tokens of the step launched last time, schedules
-and launches the next one, and runs the finished step's text side (and returns its outputs) while
-the GPU computes; whatever the caller does between two step() calls overlaps it too.
+and launches the next one, runs the finished step's text side while the GPU computes, then queues
+the new step's sampler (which may wait for the GPU) and returns the finished step's outputs;
+whatever the caller does between two step() calls overlaps the GPU too.
 `add_request / step / abort / has_unfinished_requests` are public so the engine can run inside
 another loop (the server's).
 """
@@ -175,6 +176,8 @@ class Engine:
         outputs, self._unreported = self._unreported, []
         if applied is not None:
             outputs += self._process(applied)
+        if self._launched is not None:
+            self._launched[1].sample()  # last: it may wait for the GPU (its errors come with the result)
         return outputs
 
     def _launch(self) -> tuple[object, LaunchedStep]:

@@ -2,8 +2,11 @@
 
 It is the only place where the scheduler's arrays become tensors (zero-copy views), and it runs
 the forward pass, computes logits only for the rows it samples (and for prompt rows whose
-logprobs were asked for), and samples. `launch` queues that work and returns at once where the
-device runs it asynchronously (a GPU); `LaunchedStep.result()` waits for it.
+logprobs were asked for), and samples. `launch` queues the forward pass and the logits, and
+returns at once where the device runs them asynchronously (a GPU); `LaunchedStep.sample()` queues
+the sampler, which may wait for the device (a batch's data-dependent choices: how many top-p
+candidates, which rows are random), so the engine calls it once its own host work is done;
+`LaunchedStep.result()` waits for everything.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from kvserve import ops
 from kvserve.logprobs import LogprobsTensors, prompt_logprobs
 from kvserve.models import AttentionMetadata
 from kvserve.request_state import RequestState
-from kvserve.sampler import Sampler
+from kvserve.sampler import Sampler, SamplerOutput
 from kvserve.sampling_metadata import SamplingMetadata
 
 
@@ -44,14 +47,33 @@ class StepResult:
 class LaunchedStep:
     """A step's work, queued: its results may still be computing on the device."""
 
-    sampled_token_ids: torch.Tensor  # int32 [num_sampled]
-    logprobs: LogprobsTensors | None
     prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
+    sample_inputs: tuple[Sampler, torch.Tensor, SamplingMetadata] | None  # None: no row to sample
+    sampled: SamplerOutput | None = None
+    error: Exception | None = None  # of the sampler, raised by result()
+
+    @torch.inference_mode()
+    def sample(self) -> None:
+        """Queue the sampler (once)."""
+        if self.sampled is not None or self.error is not None:
+            return
+        if self.sample_inputs is None:
+            self.sampled = SamplerOutput(torch.empty(0, dtype=torch.int32), None)
+            return
+        sampler, logits, metadata = self.sample_inputs
+        self.sample_inputs = None
+        try:
+            self.sampled = sampler(logits, metadata)
+        except Exception as error:
+            self.error = error
 
     def result(self) -> StepResult:
         """The results on the host; waits for the device."""
-        sampled = self.sampled_token_ids.cpu().numpy()
-        return StepResult(sampled, self.logprobs.cpu() if self.logprobs is not None else None,
+        self.sample()
+        if self.error is not None:
+            raise self.error
+        sampled, logprobs = self.sampled.sampled_token_ids.cpu().numpy(), self.sampled.logprobs
+        return StepResult(sampled, logprobs.cpu() if logprobs is not None else None,
                           {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()})
 
 
@@ -81,7 +103,7 @@ class ModelRunner:
 
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
-            return LaunchedStep(torch.empty(0, dtype=torch.int32), None, prompt_lp)
+            return LaunchedStep(prompt_lp, None)
         logits = self.model.compute_logits(sampled_rows(hidden, out.logits_indices))
         states = [requests[r] for r in out.sampled_req_ids]
         sequences = [state.sequences[i] for state, i in zip(states, out.sampled_sample_indices.tolist())]
@@ -89,8 +111,7 @@ class ModelRunner:
             [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_ids for s in states],
             [q.generator for q in sequences], vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
             device=self.device)
-        sampled = self.sampler(logits, metadata)
-        return LaunchedStep(sampled.sampled_token_ids, sampled.logprobs, prompt_lp)
+        return LaunchedStep(prompt_lp, (self.sampler, logits, metadata))
 
     def forward(self, out) -> torch.Tensor:
         """The model's final hidden states [num_tokens, hidden] for the step's tokens."""

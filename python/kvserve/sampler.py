@@ -26,7 +26,7 @@ import torch
 
 from kvserve import ops
 from kvserve.logprobs import LogprobsTensors
-from kvserve.sampling_metadata import Penalties, SamplingMetadata
+from kvserve.sampling_metadata import Penalties, Rows, SamplingMetadata, device_column
 
 FIRST_CANDIDATES = 64
 CANDIDATES_GROWTH = 16
@@ -104,36 +104,33 @@ def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int)
     return choice
 
 
-def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: torch.Tensor | None) -> torch.Tensor:
-    """Sample the rows `rows` (all when None) of logits."""
+def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: Rows | None) -> torch.Tensor:
+    """Sample the rows `rows` (all when None) of logits. Which rows go which way is decided on
+    the host (md.truncating): no wait for the device."""
     def pick(t):
-        return t if t is None or rows is None else t[rows]
+        return t if t is None or rows is None else t[rows.index]
 
+    row_numbers = rows.host if rows is not None else range(logits.shape[0])
     if rows is not None:
-        logits = logits[rows]
+        logits = logits[rows.index]
     logits = logits.div_(pick(md.temperature).unsqueeze(1))
     uniform = torch.rand(logits.shape[0], device=logits.device)
     if md.generators:
-        position = {int(r): j for j, r in enumerate(rows.tolist())} if rows is not None else None
+        position = {row: j for j, row in enumerate(row_numbers)}
         for row, generator in md.generators.items():
-            j = row if position is None else position[row]
-            uniform[j] = torch.rand(1, generator=generator, device=logits.device)[0]
+            uniform[position[row]] = torch.rand(1, generator=generator, device=logits.device)[0]
     top_k, top_p, min_p = pick(md.top_k), pick(md.top_p), pick(md.min_p)
-    if top_k is None and top_p is None and min_p is None:
+    truncating = [md.truncating[row] for row in row_numbers] if md.truncating is not None else []
+    if not any(truncating):
         return _sample_whole_vocab(logits, uniform)
     vocab = logits.shape[1]
-    truncating = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-    for t, off in ((top_k, lambda k: k < vocab), (top_p, lambda p: p < 1), (min_p, lambda p: p > 0)):
-        if t is not None:
-            truncating |= off(t)
-    max_k = int(top_k.max()) if top_k is not None else 0
-    num_candidates = min(vocab, max(FIRST_CANDIDATES, max_k if max_k < vocab else 0))
-    if bool(truncating.all()):
+    num_candidates = min(vocab, max(FIRST_CANDIDATES, md.max_top_k if md.max_top_k < vocab else 0))
+    if all(truncating):
         return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates)
     choice = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
-    plain = (~truncating).nonzero().squeeze(1)
+    plain = device_column([j for j, t in enumerate(truncating) if not t], torch.int64, logits.device)
     choice[plain] = _sample_whole_vocab(logits[plain], uniform[plain])
-    cut = truncating.nonzero().squeeze(1)
+    cut = device_column([j for j, t in enumerate(truncating) if t], torch.int64, logits.device)
     choice[cut] = _sample_truncated(
         logits[cut], uniform[cut], *(None if t is None else t[cut] for t in (top_k, top_p, min_p)), num_candidates
     )
@@ -164,12 +161,11 @@ class Sampler:
             apply_penalties(logits, md.penalties)
         if md.all_greedy:
             sampled = logits.argmax(dim=1)
-        elif md.greedy is None:
+        elif md.random_rows is None:
             sampled = _sample_random(logits, md, None)
         else:
             sampled = logits.argmax(dim=1)
-            rows = (~md.greedy).nonzero().squeeze(1)
-            sampled[rows] = _sample_random(logits, md, rows)
+            sampled[md.random_rows.index] = _sample_random(logits, md, md.random_rows)
         logprobs = None
         if raw_logprobs is not None:
             logprobs = LogprobsTensors.from_logprobs(raw_logprobs, sampled, md.max_num_logprobs)

@@ -6,15 +6,21 @@ torch.Generator (None unless the request is seeded; see `request_generator`). Ev
 not use stays None, so an all-greedy batch without extras costs one argmax.
 
     temperature  float32 [N]            1.0 in greedy rows; None when all rows are greedy
-    greedy       bool [N]               None when all rows are greedy or none is
+    random_rows  Rows                   the rows sampled at random; None when all rows are greedy or none is
     top_k        int64 [N]              vocab_size where off; None when no row uses it
     top_p        float32 [N]            1.0 where off; None when no row uses it
     min_p        float32 [N]            0.0 where off; None when no row uses it
+    truncating   [N] bools, on the host: which rows top_k, top_p or min_p cut; None when no row does
+    max_top_k    the random rows' largest top_k (vocab_size if one has none), 0 when no row uses it
     generators   {row: torch.Generator} seeded rows
     logit_bias   (rows int64 [B], token ids int64 [B], bias float32 [B]) or None
     stop_mask    (rows int64 [S], token ids int64 [S]) or None: stop tokens masked for min_tokens
     penalties    Penalties or None
     max_num_logprobs  the largest `logprobs` of the batch, None when no row asks for them
+
+What decides the sampler's path (which rows are random, which are cut) is known from the
+parameters, so it is kept on the host too: on a GPU the sampler then never waits for the device to
+tell it, except where the logits themselves decide (how many candidates hold top_p's mass).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def _to_device(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def _column(values, dtype, device) -> torch.Tensor:
+def device_column(values, dtype, device) -> torch.Tensor:
+    """A 1-D tensor of `values` on `device`, copied without waiting for it (_to_device)."""
     return _to_device(torch.tensor(values, dtype=dtype), device)
 
 
@@ -83,19 +90,33 @@ class Penalties:
         return cls(
             output_tokens=_flat_index(rows, outputs, device),
             seen_tokens=_flat_index(rows, seen, device),
-            frequency=_column([p.frequency_penalty for p in params], torch.float32, device),
-            presence=_column([p.presence_penalty for p in params], torch.float32, device),
-            repetition=_column([p.repetition_penalty for p in params], torch.float32, device),
+            frequency=device_column([p.frequency_penalty for p in params], torch.float32, device),
+            presence=device_column([p.presence_penalty for p in params], torch.float32, device),
+            repetition=device_column([p.repetition_penalty for p in params], torch.float32, device),
         )
+
+
+@dataclass
+class Rows:
+    """Some of the batch's rows: their numbers on the host, in order, and as an index on the device."""
+
+    host: list[int]
+    index: torch.Tensor  # int64 [len(host)]
+
+    @classmethod
+    def of(cls, rows: list[int], device) -> Rows:
+        return cls(rows, device_column(rows, torch.int64, device))
 
 
 @dataclass
 class SamplingMetadata:
     temperature: torch.Tensor | None
-    greedy: torch.Tensor | None
+    random_rows: Rows | None
     top_k: torch.Tensor | None
     top_p: torch.Tensor | None
     min_p: torch.Tensor | None
+    truncating: list[bool] | None
+    max_top_k: int
     generators: dict[int, torch.Generator]
     logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     stop_mask: tuple[torch.Tensor, torch.Tensor] | None
@@ -134,20 +155,24 @@ class SamplingMetadata:
             )
 
         def column(values, dtype):
-            return _column(values, dtype, device)
+            return device_column(values, dtype, device)
 
         greedy = [p.greedy for p in params]
-        temperature = greedy_mask = top_k = top_p = min_p = None
+        temperature = random_rows = top_k = top_p = min_p = truncating = None
+        max_top_k = 0
         if not all(greedy):
             temperature = column([1.0 if g else p.temperature for p, g in zip(params, greedy)], torch.float32)
             if any(greedy):
-                greedy_mask = column(greedy, torch.bool)
+                random_rows = Rows.of([i for i, g in enumerate(greedy) if not g], device)
             if any(0 < p.top_k < vocab_size for p in params):
                 top_k = column([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params], torch.int64)
+                max_top_k = max(p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params if not p.greedy)
             if any(p.top_p < 1.0 for p in params):
                 top_p = column([p.top_p for p in params], torch.float32)
             if any(p.min_p > 0.0 for p in params):
                 min_p = column([p.min_p for p in params], torch.float32)
+            if top_k is not None or top_p is not None or min_p is not None:
+                truncating = [0 < p.top_k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0 for p in params]
 
         logit_bias = None
         bias_rows = [i for i, p in enumerate(params) if p.logit_bias]
@@ -166,10 +191,12 @@ class SamplingMetadata:
         logprobs = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
             temperature=temperature,
-            greedy=greedy_mask,
+            random_rows=random_rows,
             top_k=top_k,
             top_p=top_p,
             min_p=min_p,
+            truncating=truncating,
+            max_top_k=max_top_k,
             generators={i: g for i, g in enumerate(generators) if g is not None and not greedy[i]},
             logit_bias=logit_bias,
             stop_mask=stop_mask,

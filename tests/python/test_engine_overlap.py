@@ -44,6 +44,19 @@ def test_the_text_side_of_a_step_runs_after_the_next_step_is_launched(tiny_model
     assert_no_blocks_held(engine)
 
 
+def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir):
+    """The sampler may wait for the GPU (data-dependent choices read back to the host): queued
+    after the finished step's text side, it cannot hold that side up behind the forward pass."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    events = []
+    launch, process, sampler = engine.runner.launch, engine._process, engine.runner.sampler
+    engine.runner.launch = lambda *args: events.append("launch") or launch(*args)
+    engine._process = lambda *args: events.append("process") or process(*args)
+    engine.runner.sampler = lambda *args: events.append("sample") or sampler(*args)
+    engine.generate(["Hi"], SamplingParams(temperature=0.8, top_p=0.9, max_tokens=3, ignore_eos=True), use_tqdm=False)
+    assert events == ["launch", "sample"] + ["launch", "process", "sample"] * 2 + ["process"]
+
+
 def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir):
     plain, overlapped = (make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=o, max_num_batched_tokens=16)
                          for o in (False, True))

@@ -273,3 +273,25 @@ def test_metadata_reaches_a_cuda_sampler_intact():
     gpu = sample(logits.cuda(), params, outputs, prompts)
     assert torch.equal(gpu.sampled_token_ids.cpu(), cpu.sampled_token_ids)
     torch.testing.assert_close(gpu.logprobs.logprobs.cpu(), cpu.logprobs.logprobs, rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_the_sampler_does_not_wait_for_the_gpu_unless_the_logits_decide():
+    """Which rows are random and which are cut is known from the parameters: a batch mixing greedy
+    and random rows, seeded ones, penalties, a bias and logprobs runs without a device-to-host read,
+    so the engine's host work is never held behind the forward pass (set_sync_debug_mode raises on
+    one). Only how many candidates hold a top-p row's mass is the logits' to say."""
+    torch.manual_seed(12)
+    logits = torch.randn(8, 500, device="cuda")
+    params = [SamplingParams(temperature=0.0, repetition_penalty=1.2, logprobs=2), SamplingParams(temperature=0.9),
+              SamplingParams(temperature=0.7, seed=3, logit_bias={4: 1.0}), SamplingParams(temperature=0.0)] * 2
+    generators = [request_generator(p, 0, "cuda") for p in params]
+    metadata = SamplingMetadata.from_requests(params, [[1, 2]] * 8, [[3]] * 8, generators, vocab_size=500,
+                                              device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = Sampler()(logits.clone(), metadata)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.sampled_token_ids.shape == (8,) and out.logprobs is not None
