@@ -28,11 +28,12 @@ from kvserve.sampling_metadata import SamplingMetadata
 
 def sampled_rows(hidden: torch.Tensor, logits_indices: np.ndarray) -> torch.Tensor:
     """The rows of hidden [num_tokens, hidden] to sample. A decode step samples every row in order:
-    then a view, which on a GPU also spares the indices' copy from pageable host memory, a copy that
-    would make the host wait for the forward pass before it queues the logits and the sampler."""
+    then a view. Otherwise the indices go to a GPU without waiting: a blocking copy would make the
+    host wait for the forward pass before it queues the logits (a non-blocking one from pageable
+    memory is staged before it returns, so the scheduler may reuse the array)."""
     if len(logits_indices) == hidden.shape[0] and np.array_equal(logits_indices, np.arange(len(logits_indices))):
         return hidden
-    return hidden[torch.from_numpy(logits_indices).to(hidden.device)]
+    return hidden[torch.from_numpy(logits_indices).to(hidden.device, non_blocking=True)]
 
 
 @dataclass
@@ -139,8 +140,9 @@ class ModelRunner:
             last = min(first + (end - start), len(state.prompt_token_ids) - 1)
             if last <= first:
                 continue
-            rows = torch.arange(start, start + last - first)
-            next_ids = torch.tensor(state.prompt_token_ids[first + 1:last + 1], dtype=torch.int64, device=self.device)
-            logits = self.model.compute_logits(hidden[rows])
+            # To the device without waiting for the forward pass (a pageable copy is staged at once).
+            next_ids = torch.tensor(state.prompt_token_ids[first + 1:last + 1], dtype=torch.int64)
+            next_ids = next_ids.to(self.device, non_blocking=True)
+            logits = self.model.compute_logits(hidden[start:start + last - first])
             result[request_id] = (first, prompt_logprobs(logits, next_ids, state.params.prompt_logprobs))
         return result
