@@ -139,3 +139,34 @@ def test_prompt_logprobs_and_seeded_sampling_on_the_gpu(tiny_model_dir):
     first, second = (engine.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids for _ in range(2))
     assert first == second and len(first) == 12
     assert_no_blocks_held(engine)
+
+
+PDL_RUN = """
+import hashlib, sys
+from kvserve import Engine, SamplingParams
+engine = Engine(sys.argv[1], dtype="bfloat16", device="cuda", kv_cache_memory_gb=0.05, max_num_seqs=8)
+prompts = [{"prompt_token_ids": [3 + (i * 7 + j) % 200 for j in range(5 + 9 * i)]} for i in range(6)]
+params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=3)
+outputs = engine.generate(prompts, params, use_tqdm=False)
+digest = hashlib.sha256(repr([(o.outputs[0].token_ids, o.outputs[0].logprobs) for o in outputs]).encode())
+print(digest.hexdigest())
+"""
+
+
+def test_programmatic_launches_change_no_bits(tiny_model_dir):
+    """On sm_90 kvserve's kernels start while the one before ends (compat.cuh): a kernel that read
+    what the one before still writes would change some bits. The same bfloat16 run (tensor-core
+    kernels, graphs, batches that shrink) in two processes, launched programmatically and not:
+    the same tokens and logprobs to the last bit."""
+    import os
+    import subprocess
+    import sys
+
+    directory = str(tiny_model_dir("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64))
+    digests = []
+    for setting in ("1", "0"):
+        run = subprocess.run([sys.executable, "-c", PDL_RUN, directory], capture_output=True, text=True,
+                             env=dict(os.environ, KVSERVE_PDL=setting), timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        digests.append(run.stdout.split()[-1])
+    assert digests[0] == digests[1]
