@@ -183,15 +183,16 @@ class Engine:
     def _launch(self) -> tuple[object, LaunchedStep]:
         out = self.scheduler.schedule()
         now = time.time()
-        for request_id in out.req_ids:
-            metrics = self.requests[request_id].metrics
-            if metrics.first_scheduled_time is None:
-                metrics.first_scheduled_time = now
         try:
-            return out, self.runner.launch(out, self.requests)
+            launched = self.runner.launch(out, self.requests)
         except BaseException:
             self._drop_step(out)
             raise
+        for request_id in out.req_ids:  # after the launch: on a GPU the step is running by now
+            metrics = self.requests[request_id].metrics
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = now
+        return out, launched
 
     def _apply(self, out, launched: LaunchedStep) -> AppliedStep:
         """Wait for a launched step and hand its tokens to the scheduler and the sequences."""
