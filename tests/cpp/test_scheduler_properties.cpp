@@ -1,5 +1,5 @@
-// Randomized: thousands of add / abort / finish / step operations on random configurations, checked
-// after every step against a mirror of every sequence and a shadow KV cache.
+// Randomized: thousands of add / abort / finish / step / failed-step operations on random
+// configurations, checked after every step against a mirror of every sequence and a shadow KV cache.
 //
 // The shadow KV cache records, per slot, a fingerprint of the token prefix whose last token the
 // model would have written there. Before every forward pass each row's whole context, read through
@@ -109,6 +109,17 @@ class Harness {
     check_reference_counts();
   }
 
+  // A step whose model run fails before it writes any KV: its requests end, and no later step may
+  // read what it never wrote (its slots keep their old fingerprints in the shadow).
+  void failed_step() {
+    const SchedulerOutput& out = scheduler_.schedule();
+    check_batch(out);
+    for (const std::string_view id : out.req_ids) mirror_.erase(std::string(id));
+    scheduler_.fail_step();
+    check_reference_counts();
+    ++num_failed_steps_;
+  }
+
   bool drain(int32_t max_steps) {
     for (int32_t i = 0; i < max_steps && scheduler_.has_unfinished_requests(); ++i) step();
     return !scheduler_.has_unfinished_requests();
@@ -122,6 +133,7 @@ class Harness {
   }
 
   int64_t num_copies() const { return num_copies_; }
+  int64_t num_failed_steps() const { return num_failed_steps_; }
   SchedulerStats stats() const { return scheduler_.stats(); }
 
   int32_t pick(int32_t n) { return std::uniform_int_distribution<int32_t>(0, n - 1)(rng_); }
@@ -268,6 +280,7 @@ class Harness {
   std::map<std::string, MirrorRequest> mirror_;
   int64_t next_id_ = 0;
   int64_t num_copies_ = 0;
+  int64_t num_failed_steps_ = 0;
 };
 
 SchedulerConfig random_config(std::mt19937& rng) {
@@ -285,7 +298,7 @@ SchedulerConfig random_config(std::mt19937& rng) {
 }
 
 TEST(SchedulerProperties, RandomWorkloadsKeepEveryInvariantAndFinish) {
-  int64_t preemptions = 0, hits = 0, copies = 0;
+  int64_t preemptions = 0, hits = 0, copies = 0, failed_steps = 0;
   for (uint32_t seed = 0; seed < 40; ++seed) {
     std::mt19937 config_rng(seed);
     const SchedulerConfig config = random_config(config_rng);
@@ -301,6 +314,8 @@ TEST(SchedulerProperties, RandomWorkloadsKeepEveryInvariantAndFinish) {
         harness.end_random_request(/*abort=*/true);
       } else if (dice < 35) {
         harness.end_random_request(/*abort=*/false);
+      } else if (dice < 37) {
+        harness.failed_step();
       } else {
         harness.step();
       }
@@ -311,11 +326,13 @@ TEST(SchedulerProperties, RandomWorkloadsKeepEveryInvariantAndFinish) {
     preemptions += harness.stats().num_preemptions;
     hits += harness.stats().prefix_cache_hits;
     copies += harness.num_copies();
+    failed_steps += harness.num_failed_steps();
   }
   // The workloads reach the paths they are meant to check.
   EXPECT_GT(preemptions, 100);
   EXPECT_GT(hits, 1000);
   EXPECT_GT(copies, 50);
+  EXPECT_GT(failed_steps, 100);
 }
 
 }  // namespace
