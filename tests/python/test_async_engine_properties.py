@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from failing_launches import failing_launches
 from kvserve import Engine, SamplingParams
 from kvserve.sampling_params import RequestOutputKind
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt
@@ -18,22 +19,6 @@ from kvserve.server.async_engine import AsyncEngine, EnginePrompt
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir):
     return tiny_model_dir("LlamaForCausalLM")
-
-
-def failing_sometimes(launch, rng: random.Random):
-    """The runner's launch, failing 2% of the time before the work and 1% when the results are read."""
-    def launch_or_fail(*args):
-        draw = rng.random()
-        if draw < 0.02:
-            raise RuntimeError("the launch failed")
-        launched = launch(*args)
-        if draw < 0.03:
-            def fail():
-                raise RuntimeError("reading the results failed")
-            launched.result = fail
-        return launched
-
-    return launch_or_fail
 
 
 async def consume(stream, num_prompts: int, close_after: int | None):
@@ -63,7 +48,7 @@ def test_every_stream_ends_with_its_outputs_or_an_error_and_nothing_leaks(model_
                     max_num_batched_tokens=rng.choice([16, 64]))
     engine.runner.asynchronous = overlapped
     launch = engine.runner.launch
-    engine.runner.launch = failing_sometimes(launch, random.Random(seed + 100))
+    engine.runner.launch = failing_launches(launch, seed + 100, before=0.02, after=0.01)
     submitted = []
 
     async def scenario(async_engine):

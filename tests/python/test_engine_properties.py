@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from failing_launches import failing_launches
 from kvserve import Engine, RequestOutputKind, SamplingParams
 
 MAX_MODEL_LEN = 64
@@ -82,24 +83,6 @@ class Run:
                 self.finals[request_id] = output
 
 
-def flaky(launch, failure_seed: int):
-    """The runner's launch, failing 3% of the time before the work and 2% when its results are read."""
-    rng = random.Random(failure_seed)
-
-    def launch_or_fail(*args):
-        draw = rng.random()
-        if draw < 0.03:
-            raise RuntimeError("the launch failed")
-        launched = launch(*args)
-        if draw < 0.05:
-            def fail():
-                raise RuntimeError("reading the results failed")
-            launched.result = fail
-        return launched
-
-    return launch_or_fail
-
-
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir):
     return tiny_model_dir("LlamaForCausalLM")
@@ -131,7 +114,7 @@ def run_script(model_dir, script: Script, overlapped: bool) -> tuple[Engine, Run
     engine = Engine(str(model_dir), dtype="float32", device="cpu", block_size=BLOCK_SIZE, max_model_len=MAX_MODEL_LEN,
                     kv_cache_memory_gb=kwargs.pop("kv_blocks") * bytes_per_block / 2**30, **kwargs)
     engine.runner.asynchronous = overlapped
-    engine.runner.launch = flaky(engine.runner.launch, script.failure_seed)
+    engine.runner.launch = failing_launches(engine.runner.launch, script.failure_seed, before=0.03, after=0.02)
     run = Run()
 
     def step() -> None:
