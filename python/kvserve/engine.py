@@ -7,10 +7,11 @@
 One step is three calls (ARCHITECTURE.md): the C++ scheduler builds the batch, the model runner
 turns it into sampled tokens, the scheduler applies them; then the text side (detokenizer, stop
 strings, logprobs) catches up in Python. On a GPU, whose runner launches a step and returns before
-it is computed, steps overlap: step() applies the tokens of the step launched last time, schedules
-and launches the next one, runs the finished step's text side while the GPU computes, then queues
-the new step's sampler (which may wait for the GPU) and returns the finished step's outputs;
-whatever the caller does between two step() calls overlaps the GPU too.
+it is computed, steps overlap: step() hands the scheduler the tokens of the step launched last
+time, schedules and launches the next one, then, while the GPU computes, runs the finished step's
+Python side (token ids, text, outputs) and queues the new step's sampler (which reads those token
+ids, and may wait for the GPU), and returns the finished step's outputs; whatever the caller does
+between two step() calls overlaps the GPU too.
 `add_request / step / abort / has_unfinished_requests` are public so the engine can run inside
 another loop (the server's).
 """
@@ -31,7 +32,7 @@ from kvserve.engine_args import OFFLINE_MAX_NUM_BATCHED_TOKENS
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model
 from kvserve.model_runner import LaunchedStep, ModelRunner
-from kvserve.output_processor import AppliedStep, apply_tokens, process_step
+from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.request_state import RequestState
@@ -195,14 +196,15 @@ class Engine:
         return out, launched
 
     def _apply(self, out, launched: LaunchedStep) -> AppliedStep:
-        """Wait for a launched step and hand its tokens to the scheduler and the sequences."""
+        """Wait for a launched step and hand its tokens to the scheduler (the sequences take them
+        in _process)."""
         try:
             result = launched.result()
         except BaseException:
             self._drop_step(out)
             raise
         updates = self.scheduler.update_from_output(result.sampled_token_ids)
-        return apply_tokens(out, result, updates, self.requests)
+        return AppliedStep.capture(out, result, updates)
 
     def _process(self, applied: AppliedStep) -> list[RequestOutput]:
         decode = self._decode_token if self.tokenizer is not None else None

@@ -3,10 +3,11 @@
 It is the only place where the scheduler's arrays become tensors (zero-copy views), and it runs
 the forward pass, computes logits only for the rows it samples (and for prompt rows whose
 logprobs were asked for), and samples. `launch` queues the forward pass and the logits, and
-returns at once where the device runs them asynchronously (a GPU); `LaunchedStep.sample()` queues
-the sampler, which may wait for the device (a batch's data-dependent choices: how many top-p
-candidates, which rows are random), so the engine calls it once its own host work is done;
-`LaunchedStep.result()` waits for everything.
+returns at once where the device runs them asynchronously (a GPU); `LaunchedStep.sample()` builds
+the sampling metadata from the requests as they are then (the tokens of the step before included)
+and queues the sampler, which may wait for the device (how many candidates hold a top-p row's
+mass), so the engine calls it once its own host work is done; `LaunchedStep.result()` waits for
+everything.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from kvserve import ops
 from kvserve.logprobs import LogprobsTensors, prompt_logprobs
 from kvserve.models import AttentionMetadata
-from kvserve.request_state import RequestState
+from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampler import Sampler, SamplerOutput
 from kvserve.sampling_metadata import SamplingMetadata
 
@@ -45,26 +46,45 @@ class StepResult:
 
 
 @dataclass
+class SampleInputs:
+    """What the sampler of a launched step takes: its logits, and the sampled rows' requests and
+    sequences (kept by reference: their token ids are read when the step samples)."""
+
+    sampler: Sampler
+    logits: torch.Tensor
+    states: list[RequestState]
+    sequences: list[SequenceState]
+    vocab_size: int
+    eos_token_ids: tuple[int, ...]
+
+    def metadata(self) -> SamplingMetadata:
+        states, sequences = self.states, self.sequences
+        return SamplingMetadata.from_requests(
+            [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_ids for s in states],
+            [q.generator for q in sequences], vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
+            device=self.logits.device)
+
+
+@dataclass
 class LaunchedStep:
     """A step's work, queued: its results may still be computing on the device."""
 
     prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
-    sample_inputs: tuple[Sampler, torch.Tensor, SamplingMetadata] | None  # None: no row to sample
+    sample_inputs: SampleInputs | None  # None: no row to sample
     sampled: SamplerOutput | None = None
     error: Exception | None = None  # of the sampler, raised by result()
 
     @torch.inference_mode()
     def sample(self) -> None:
-        """Queue the sampler (once)."""
+        """Build the sampling metadata and queue the sampler (once)."""
         if self.sampled is not None or self.error is not None:
             return
         if self.sample_inputs is None:
             self.sampled = SamplerOutput(torch.empty(0, dtype=torch.int32), None)
             return
-        sampler, logits, metadata = self.sample_inputs
-        self.sample_inputs = None
+        inputs, self.sample_inputs = self.sample_inputs, None
         try:
-            self.sampled = sampler(logits, metadata)
+            self.sampled = inputs.sampler(inputs.logits, inputs.metadata())
         except Exception as error:
             self.error = error
 
@@ -108,11 +128,8 @@ class ModelRunner:
         logits = self.model.compute_logits(sampled_rows(hidden, out.logits_indices))
         states = [requests[r] for r in out.sampled_req_ids]
         sequences = [state.sequences[i] for state, i in zip(states, out.sampled_sample_indices.tolist())]
-        metadata = SamplingMetadata.from_requests(
-            [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_ids for s in states],
-            [q.generator for q in sequences], vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
-            device=self.device)
-        return LaunchedStep(prompt_lp, (self.sampler, logits, metadata))
+        return LaunchedStep(prompt_lp, SampleInputs(self.sampler, logits, states, sequences, self.vocab_size,
+                                                    self.eos_token_ids))
 
     def forward(self, out) -> torch.Tensor:
         """The model's final hidden states [num_tokens, hidden] for the step's tokens."""

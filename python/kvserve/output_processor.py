@@ -1,17 +1,16 @@
-"""Applies one step's results to the requests' Python-side state and says what to report, in two
-parts:
+"""Applies one step's results to the requests' Python-side state and says what to report.
 
-- `apply_tokens`, right after the scheduler has appended the sampled tokens and applied stop tokens
-  and lengths: the sequences' token ids grow (the next step's sampler reads them for penalties).
-- `process_step`, which may run while the GPU computes the next step: the text grows (stop strings
-  end a sequence early, through the scheduler), logprobs are recorded, and each request touched
-  yields a RequestOutput as its output_kind asks.
+The scheduler has already appended the sampled tokens and applied stop tokens and lengths; here the
+sequences' token ids and text grow (stop strings end a sequence early, through the scheduler),
+logprobs are recorded, and each request touched yields a RequestOutput as its output_kind asks. On
+a GPU this runs while the next step computes, before that step samples (its sampler reads the
+token ids for penalties), with what `AppliedStep.capture` kept of the step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from kvserve.model_runner import StepResult
@@ -21,28 +20,21 @@ from kvserve.request_state import RequestState
 
 @dataclass
 class AppliedStep:
-    """What process_step needs of a step once the scheduler has taken its tokens (the step's
-    SchedulerOutput is not valid by then)."""
+    """What process_step needs of a step whose tokens the scheduler has taken (its SchedulerOutput
+    is not valid after the next schedule())."""
 
     updates: list  # scheduler.update_from_output's SampleUpdates
     result: StepResult
     sampled_keys: list[tuple[str, int]] | None  # (request id, sample index) per logprobs row
-    time: float
+    time: float  # when its tokens were known
 
-
-def apply_tokens(out, result: StepResult, updates, requests: Mapping[str, RequestState]) -> AppliedStep:
-    """`out`: the step's SchedulerOutput; `updates`: what scheduler.update_from_output returned."""
-    now = time.time()
-    for request_id, index, new_token_ids, _ in updates:
-        state = requests[request_id]
-        state.sequences[index].token_ids.extend(new_token_ids)
-        if state.metrics.first_token_time is None:
-            state.metrics.first_token_time = now
-        state.metrics.last_token_time = now
-    sampled_keys = None
-    if result.logprobs is not None:
-        sampled_keys = list(zip(out.sampled_req_ids, out.sampled_sample_indices.tolist()))
-    return AppliedStep(updates, result, sampled_keys, now)
+    @classmethod
+    def capture(cls, out, result: StepResult, updates) -> AppliedStep:
+        """`out`: the step's SchedulerOutput; `updates`: what scheduler.update_from_output returned."""
+        sampled_keys = None
+        if result.logprobs is not None:
+            sampled_keys = list(zip(out.sampled_req_ids, out.sampled_sample_indices.tolist()))
+        return cls(updates, result, sampled_keys, time.time())
 
 
 def _record_prompt_logprobs(state: RequestState, first: int, tensors, decode) -> None:
@@ -77,6 +69,10 @@ def process_step(step: AppliedStep, requests: MutableMapping[str, RequestState],
         if state is None:
             continue
         sequence = state.sequences[index]
+        sequence.token_ids.extend(new_token_ids)
+        if state.metrics.first_token_time is None:
+            state.metrics.first_token_time = step.time
+        state.metrics.last_token_time = step.time
         if sequence.logprobs is not None and logprob_rows is not None:
             if logprob_dicts is None:
                 num = [(requests[r].params.logprobs or 0) if r in requests else 0 for r, _ in step.sampled_keys]
