@@ -10,8 +10,8 @@ strings, logprobs) catches up in Python. On a GPU, whose runner launches a step 
 it is computed, steps overlap: step() hands the scheduler the tokens of the step launched last
 time, schedules and launches the next one, then, while the GPU computes, runs the finished step's
 Python side (token ids, text, outputs) and queues the new step's sampler (which reads those token
-ids, and may wait for the GPU), and returns the finished step's outputs; whatever the caller does
-between two step() calls overlaps the GPU too.
+ids), and returns the finished step's outputs; whatever the caller does between two step() calls
+overlaps the GPU too.
 `add_request / step / abort / has_unfinished_requests` are public so the engine can run inside
 another loop (the server's).
 """
@@ -178,7 +178,7 @@ class Engine:
         if applied is not None:
             outputs += self._process(applied)
         if self._launched is not None:
-            self._launched[1].sample()  # last: it may wait for the GPU (its errors come with the result)
+            self._launched[1].sample()  # after the token ids it reads (its errors come with the result)
         return outputs
 
     def _launch(self) -> tuple[object, LaunchedStep]:

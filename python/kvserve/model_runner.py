@@ -5,9 +5,9 @@ the forward pass, computes logits only for the rows it samples (and for prompt r
 logprobs were asked for), and samples. `launch` queues the forward pass and the logits, and
 returns at once where the device runs them asynchronously (a GPU); `LaunchedStep.sample()` builds
 the sampling metadata from the requests as they are then (the tokens of the step before included)
-and queues the sampler, which may wait for the device (how many candidates hold a top-p row's
-mass), so the engine calls it once its own host work is done; `LaunchedStep.result()` waits for
-everything.
+and queues the sampler without waiting for the device, so the engine calls it once its own host
+work is done; `LaunchedStep.result()` waits for everything (and settles what the sampler left to
+the tokens' reading: top-p rows whose first candidates fell short).
 """
 
 from __future__ import annotations
@@ -84,15 +84,17 @@ class LaunchedStep:
             return
         inputs, self.sample_inputs = self.sample_inputs, None
         try:
-            self.sampled = inputs.sampler(inputs.logits, inputs.metadata())
+            self.sampled = inputs.sampler(inputs.logits, inputs.metadata(), settle=False)
         except Exception as error:
             self.error = error
 
+    @torch.inference_mode()
     def result(self) -> StepResult:
         """The results on the host; waits for the device."""
         self.sample()
         if self.error is not None:
             raise self.error
+        self.sampled.settle()
         sampled, logprobs = self.sampled.sampled_token_ids.cpu().numpy(), self.sampled.logprobs
         return StepResult(sampled, logprobs.cpu() if logprobs is not None else None,
                           {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()})

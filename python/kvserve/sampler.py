@@ -15,12 +15,15 @@ independent of the rest of the batch. Rows with a truncation (top-k, top-p, min-
 most likely tokens (a partial sort: FIRST_CANDIDATES or the batch's largest top_k, then 16 times
 more, then the whole vocabulary) until those contain the kept set; rows without a truncation
 sample the whole vocabulary unsorted. Every step is a prefix computation over the sorted
-candidates, so the number of candidates a batch needs never changes a row's result.
+candidates, so the number of candidates a batch needs never changes a row's result. Whether the
+first candidates held a row's kept set is the one thing the host must read from the device:
+`Sampler()(..., settle=False)` leaves that check, and the rows to redo, to SamplerOutput.settle(),
+which a GPU's caller runs when it reads the tokens anyway.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,9 +36,42 @@ CANDIDATES_GROWTH = 16
 
 
 @dataclass
+class Recheck:
+    """Rows sampled from their first candidates, to sample again from more where those did not
+    hold the row's kept set (`sufficient` false: computed on the device, read by settle())."""
+
+    sufficient: torch.Tensor  # bool [R]
+    batch_rows: torch.Tensor  # int64 [R], the rows' places in the batch
+    logits: torch.Tensor  # [R, vocab], as the sample saw them
+    uniform: torch.Tensor  # [R]
+    cuts: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]  # top_k, top_p, min_p
+    num_candidates: int
+
+
+@dataclass
 class SamplerOutput:
     sampled_token_ids: torch.Tensor  # int32 [N]
     logprobs: LogprobsTensors | None  # when some row asked for logprobs: K = the batch's largest
+    rechecks: list[Recheck] = field(default_factory=list)  # left by Sampler(..., settle=False)
+    raw_logprobs: torch.Tensor | None = None  # to redo the logprobs of rows a recheck changes
+
+    def settle(self) -> None:
+        """Sample again the rows whose first candidates did not hold their kept set (reads the
+        device: on a GPU it waits for the sampler)."""
+        changed = False
+        for check in self.rechecks:
+            if bool(check.sufficient.all()):
+                continue
+            redo = (~check.sufficient).nonzero().squeeze(1)
+            choice = _sample_truncated(check.logits[redo], check.uniform[redo],
+                                       *(None if t is None else t[redo] for t in check.cuts),
+                                       _more_candidates(check.num_candidates, check.logits.shape[1]))
+            self.sampled_token_ids[check.batch_rows[redo]] = choice.to(torch.int32)
+            changed = True
+        self.rechecks = []
+        if changed and self.logprobs is not None:
+            num_top = self.logprobs.token_ids.shape[1] - 1
+            self.logprobs = LogprobsTensors.from_logprobs(self.raw_logprobs, self.sampled_token_ids, num_top)
 
 
 def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> None:
@@ -64,9 +100,16 @@ def _sample_whole_vocab(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Te
     return _inverse_cdf(weights.cumsum_(dim=1), uniform)
 
 
-def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int) -> torch.Tensor:
+def _more_candidates(num_candidates: int, vocab: int) -> int:
+    more = num_candidates * CANDIDATES_GROWTH
+    return more if more < vocab // 4 else vocab  # a partial sort of a quarter costs about a full sort
+
+
+def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int,
+                      later: tuple[list[Recheck], torch.Tensor] | None = None) -> torch.Tensor:
     """Rows with at least one of top_k (vocab = off), top_p (1 = off), min_p (0 = off); each of
-    those is a tensor [R] or None."""
+    those is a tensor [R] or None. With `later` = (rechecks, the rows' places in the batch), rows
+    whose candidates may fall short are left to a Recheck instead of being redone now."""
     num_rows, vocab = logits.shape
     values, token_ids = logits.topk(num_candidates, dim=1)  # sorted, most likely first
     weights = (values - values[:, :1]).exp()
@@ -94,19 +137,23 @@ def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int)
         kept &= (cdf - weights) < mass.unsqueeze(1)
         sufficient = torch.where(truncated, complete, everything | (cdf[:, -1] >= mass))
     choice = token_ids.gather(1, _inverse_cdf((weights * kept).cumsum_(dim=1), uniform).unsqueeze(1)).squeeze(1)
-    if not bool(sufficient.all()):
+    if everything:
+        return choice
+    if later is not None:
+        rechecks, batch_rows = later
+        rechecks.append(Recheck(sufficient, batch_rows, logits, uniform, (top_k, top_p, min_p), num_candidates))
+    elif not bool(sufficient.all()):
         redo = (~sufficient).nonzero().squeeze(1)
-        more = num_candidates * CANDIDATES_GROWTH
         choice[redo] = _sample_truncated(
             logits[redo], uniform[redo], *(None if t is None else t[redo] for t in (top_k, top_p, min_p)),
-            more if more < vocab // 4 else vocab,  # a partial sort of a quarter costs about a full sort
-        )
+            _more_candidates(num_candidates, vocab))
     return choice
 
 
-def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: Rows | None) -> torch.Tensor:
+def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: Rows | None,
+                   rechecks: list[Recheck]) -> torch.Tensor:
     """Sample the rows `rows` (all when None) of logits. Which rows go which way is decided on
-    the host (md.truncating): no wait for the device."""
+    the host (md.truncating); truncated rows that may need more candidates go to `rechecks`."""
     def pick(t):
         return t if t is None or rows is None else t[rows.index]
 
@@ -125,24 +172,25 @@ def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: Rows | None
         return _sample_whole_vocab(logits, uniform)
     vocab = logits.shape[1]
     num_candidates = min(vocab, max(FIRST_CANDIDATES, md.max_top_k if md.max_top_k < vocab else 0))
+    batch_rows = rows.index if rows is not None else torch.arange(logits.shape[0], device=logits.device)
     if all(truncating):
-        return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates)
+        return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates, (rechecks, batch_rows))
     choice = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     plain = device_column([j for j, t in enumerate(truncating) if not t], torch.int64, logits.device)
     choice[plain] = _sample_whole_vocab(logits[plain], uniform[plain])
     cut = device_column([j for j, t in enumerate(truncating) if t], torch.int64, logits.device)
     choice[cut] = _sample_truncated(
-        logits[cut], uniform[cut], *(None if t is None else t[cut] for t in (top_k, top_p, min_p)), num_candidates
-    )
+        logits[cut], uniform[cut], *(None if t is None else t[cut] for t in (top_k, top_p, min_p)), num_candidates,
+        (rechecks, batch_rows[cut]))
     return choice
 
 
 class Sampler:
     """`Sampler()(logits, metadata)`. logits: [N, vocab] (float32, bfloat16 or float16), on the
     metadata's device; the sampler may overwrite float32 logits (penalties and biases are applied in
-    place)."""
+    place). With settle=False the output may hold rechecks: call its settle() before reading it."""
 
-    def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, metadata: SamplingMetadata, *, settle: bool = True) -> SamplerOutput:
         if logits.dim() != 2 or not logits.is_floating_point():
             raise ValueError(f"logits must be floating point [num_rows, vocab], got {logits.dtype} {list(logits.shape)}")
         md = metadata
@@ -159,14 +207,18 @@ class Sampler:
             logits[md.stop_mask] = float("-inf")
         if md.penalties is not None:
             apply_penalties(logits, md.penalties)
+        rechecks: list[Recheck] = []
         if md.all_greedy:
             sampled = logits.argmax(dim=1)
         elif md.random_rows is None:
-            sampled = _sample_random(logits, md, None)
+            sampled = _sample_random(logits, md, None, rechecks)
         else:
             sampled = logits.argmax(dim=1)
-            sampled[md.random_rows.index] = _sample_random(logits, md, md.random_rows)
+            sampled[md.random_rows.index] = _sample_random(logits, md, md.random_rows, rechecks)
         logprobs = None
         if raw_logprobs is not None:
             logprobs = LogprobsTensors.from_logprobs(raw_logprobs, sampled, md.max_num_logprobs)
-        return SamplerOutput(sampled.to(torch.int32), logprobs)
+        output = SamplerOutput(sampled.to(torch.int32), logprobs, rechecks, raw_logprobs if rechecks else None)
+        if settle:
+            output.settle()
+        return output

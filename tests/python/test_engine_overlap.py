@@ -45,14 +45,15 @@ def test_the_text_side_of_a_step_runs_after_the_next_step_is_launched(tiny_model
 
 
 def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir):
-    """The sampler may wait for the GPU (data-dependent choices read back to the host): queued
-    after the finished step's text side, it cannot hold that side up behind the forward pass."""
+    """The finished step's Python side runs right after the next step's launch (the GPU's gap
+    between steps holds no more than the scheduler's work), and the next step's sampler after it,
+    as it reads the token ids that side extends."""
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
     events = []
     launch, process, sampler = engine.runner.launch, engine._process, engine.runner.sampler
     engine.runner.launch = lambda *args: events.append("launch") or launch(*args)
     engine._process = lambda *args: events.append("process") or process(*args)
-    engine.runner.sampler = lambda *args: events.append("sample") or sampler(*args)
+    engine.runner.sampler = lambda *args, **kwargs: events.append("sample") or sampler(*args, **kwargs)
     engine.generate(["Hi"], SamplingParams(temperature=0.8, top_p=0.9, max_tokens=3, ignore_eos=True), use_tqdm=False)
     assert events == ["launch", "sample"] + ["launch", "process", "sample"] * 2 + ["process"]
 

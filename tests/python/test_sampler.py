@@ -275,23 +275,47 @@ def test_metadata_reaches_a_cuda_sampler_intact():
     torch.testing.assert_close(gpu.logprobs.logprobs.cpu(), cpu.logprobs.logprobs, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_left_to_settle_get_what_settling_at_once_gives():
+    """Sampler(..., settle=False) leaves the rows whose first candidates may fall short (flat logits:
+    top-p needs most of the vocabulary) to settle(): the same tokens and logprobs, from the same
+    draws, as a sampler that settles at once."""
+    logits = torch.randn(6, 4096) * 0.3
+    params = [SamplingParams(temperature=0.9, top_p=0.9, seed=i, logprobs=2) for i in range(3)]
+    params += [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, min_p=0.01, seed=5),
+               SamplingParams(temperature=0.8, seed=6)]
+    outputs = []
+    for settle in (True, False):
+        generators = [request_generator(p, 0) for p in params]
+        md = SamplingMetadata.from_requests(params, [[]] * 6, [[]] * 6, generators, vocab_size=4096)
+        out = Sampler()(logits.clone(), md, settle=settle)
+        assert bool(out.rechecks) == (not settle)
+        out.settle()
+        outputs.append(out)
+    assert torch.equal(outputs[0].sampled_token_ids, outputs[1].sampled_token_ids)
+    assert torch.equal(outputs[1].logprobs.token_ids[:, 0], outputs[1].sampled_token_ids)  # redone rows' logprobs too
+    assert torch.equal(outputs[0].logprobs.token_ids, outputs[1].logprobs.token_ids)
+    assert torch.equal(outputs[0].logprobs.ranks, outputs[1].logprobs.ranks)
+
+
 @requires_cuda
-def test_the_sampler_does_not_wait_for_the_gpu_unless_the_logits_decide():
-    """Which rows are random and which are cut is known from the parameters: a batch mixing greedy
-    and random rows, seeded ones, penalties, a bias and logprobs runs without a device-to-host read,
-    so the engine's host work is never held behind the forward pass (set_sync_debug_mode raises on
-    one). Only how many candidates hold a top-p row's mass is the logits' to say."""
+def test_the_sampler_does_not_wait_for_the_gpu():
+    """Which rows are random and which are cut is known from the parameters, and whether a top-p
+    row's first candidates held its mass is left to settle(): a batch mixing greedy and random rows,
+    top-p, seeded rows, penalties, a bias and logprobs samples without a device-to-host read, so the
+    engine's host work is never held behind the forward pass (set_sync_debug_mode raises on one)."""
     torch.manual_seed(12)
     logits = torch.randn(8, 500, device="cuda")
     params = [SamplingParams(temperature=0.0, repetition_penalty=1.2, logprobs=2), SamplingParams(temperature=0.9),
-              SamplingParams(temperature=0.7, seed=3, logit_bias={4: 1.0}), SamplingParams(temperature=0.0)] * 2
+              SamplingParams(temperature=0.7, seed=3, logit_bias={4: 1.0}), SamplingParams(temperature=0.8, top_p=0.9)]
+    params *= 2
     generators = [request_generator(p, 0, "cuda") for p in params]
     metadata = SamplingMetadata.from_requests(params, [[1, 2]] * 8, [[3]] * 8, generators, vocab_size=500,
                                               device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = Sampler()(logits.clone(), metadata)
+        out = Sampler()(logits.clone(), metadata, settle=False)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    out.settle()
     assert out.sampled_token_ids.shape == (8,) and out.logprobs is not None
