@@ -56,19 +56,21 @@ class SamplerOutput:
     raw_logprobs: torch.Tensor | None = None  # to redo the logprobs of rows a recheck changes
 
     def settle(self) -> None:
-        """Sample again the rows whose first candidates did not hold their kept set (reads the
-        device: on a GPU it waits for the sampler)."""
+        """Sample again the rows whose first candidates did not hold their kept set, from more
+        candidates, until every row's did (reads the device: on a GPU it waits for the sampler)."""
         changed = False
-        for check in self.rechecks:
+        while self.rechecks:
+            # Last in, first out: a redo's own rechecks settle right after it wrote its rows.
+            check = self.rechecks.pop()
             if bool(check.sufficient.all()):
                 continue
             redo = (~check.sufficient).nonzero().squeeze(1)
             choice = _sample_truncated(check.logits[redo], check.uniform[redo],
                                        *(None if t is None else t[redo] for t in check.cuts),
-                                       _more_candidates(check.num_candidates, check.logits.shape[1]))
+                                       _more_candidates(check.num_candidates, check.logits.shape[1]),
+                                       self.rechecks, check.batch_rows[redo])
             self.sampled_token_ids[check.batch_rows[redo]] = choice.to(torch.int32)
             changed = True
-        self.rechecks = []
         if changed and self.logprobs is not None:
             num_top = self.logprobs.token_ids.shape[1] - 1
             self.logprobs = LogprobsTensors.from_logprobs(self.raw_logprobs, self.sampled_token_ids, num_top)
@@ -105,11 +107,11 @@ def _more_candidates(num_candidates: int, vocab: int) -> int:
     return more if more < vocab // 4 else vocab  # a partial sort of a quarter costs about a full sort
 
 
-def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int,
-                      later: tuple[list[Recheck], torch.Tensor] | None = None) -> torch.Tensor:
+def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int, rechecks: list[Recheck],
+                      batch_rows: torch.Tensor) -> torch.Tensor:
     """Rows with at least one of top_k (vocab = off), top_p (1 = off), min_p (0 = off); each of
-    those is a tensor [R] or None. With `later` = (rechecks, the rows' places in the batch), rows
-    whose candidates may fall short are left to a Recheck instead of being redone now."""
+    those is a tensor [R] or None. Rows whose candidates may fall short go to `rechecks` with their
+    places in the batch, `batch_rows`, for SamplerOutput.settle()."""
     num_rows, vocab = logits.shape
     values, token_ids = logits.topk(num_candidates, dim=1)  # sorted, most likely first
     weights = (values - values[:, :1]).exp()
@@ -137,16 +139,8 @@ def _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates: int,
         kept &= (cdf - weights) < mass.unsqueeze(1)
         sufficient = torch.where(truncated, complete, everything | (cdf[:, -1] >= mass))
     choice = token_ids.gather(1, _inverse_cdf((weights * kept).cumsum_(dim=1), uniform).unsqueeze(1)).squeeze(1)
-    if everything:
-        return choice
-    if later is not None:
-        rechecks, batch_rows = later
+    if not everything:
         rechecks.append(Recheck(sufficient, batch_rows, logits, uniform, (top_k, top_p, min_p), num_candidates))
-    elif not bool(sufficient.all()):
-        redo = (~sufficient).nonzero().squeeze(1)
-        choice[redo] = _sample_truncated(
-            logits[redo], uniform[redo], *(None if t is None else t[redo] for t in (top_k, top_p, min_p)),
-            _more_candidates(num_candidates, vocab))
     return choice
 
 
@@ -174,14 +168,14 @@ def _sample_random(logits: torch.Tensor, md: SamplingMetadata, rows: Rows | None
     num_candidates = min(vocab, max(FIRST_CANDIDATES, md.max_top_k if md.max_top_k < vocab else 0))
     batch_rows = rows.index if rows is not None else torch.arange(logits.shape[0], device=logits.device)
     if all(truncating):
-        return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates, (rechecks, batch_rows))
+        return _sample_truncated(logits, uniform, top_k, top_p, min_p, num_candidates, rechecks, batch_rows)
     choice = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
     plain = device_column([j for j, t in enumerate(truncating) if not t], torch.int64, logits.device)
     choice[plain] = _sample_whole_vocab(logits[plain], uniform[plain])
     cut = device_column([j for j, t in enumerate(truncating) if t], torch.int64, logits.device)
     choice[cut] = _sample_truncated(
         logits[cut], uniform[cut], *(None if t is None else t[cut] for t in (top_k, top_p, min_p)), num_candidates,
-        (rechecks, batch_rows[cut]))
+        rechecks, batch_rows[cut])
     return choice
 
 

@@ -20,7 +20,7 @@ not use stays None, so an all-greedy batch without extras costs one argmax.
 
 What decides the sampler's path (which rows are random, which are cut) is known from the
 parameters, so it is kept on the host too: on a GPU the sampler then never waits for the device to
-tell it, except where the logits themselves decide (how many candidates hold top_p's mass).
+tell it (what the logits decide, how many candidates hold top_p's mass, SamplerOutput.settle reads).
 """
 
 from __future__ import annotations
