@@ -74,8 +74,13 @@ def functions(sass: str) -> dict[tuple[str, str], list[tuple[int, str]]]:
     return result
 
 
+def mnemonic(instruction: str) -> str:
+    """The opcode with its modifiers, without the predicate: LDG.E.128.STRONG.GPU."""
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0]
+
+
 def opcode(instruction: str) -> str:
-    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+    return mnemonic(instruction).split(".")[0]
 
 
 def tensor_loops(code: list[tuple[int, str]]) -> list[Loop]:
@@ -92,14 +97,16 @@ def tensor_loops(code: list[tuple[int, str]]) -> list[Loop]:
             for _, _, body in sorted(inner)]
 
 
-# Instructions that touch global (or generic, which may be global) memory; CCTL (a prefetch hint) is not one.
+# Instructions that touch global (or generic, which may be global) memory; CCTL and UBLKPF (prefetch
+# hints) are not.
 GLOBAL_ACCESS = ("LDG", "STG", "LDGSTS", "LD", "ST", "ATOM", "ATOMG", "RED", "UBLKCP", "UTMALDG")
 
 
 def before_prior_grid(code: list[tuple[int, str]]) -> list[str] | None:
-    """What a programmatically launched kernel may do before its wait for the kernel before it
-    (griddepcontrol.wait, SASS ACQBULK) that it must not: touch global memory, or branch past the
-    wait. None when the kernel does not wait at all."""
+    """What a programmatically launched kernel does before its wait for the kernel before it
+    (griddepcontrol.wait, SASS ACQBULK) that it must not (cuda/compat.cuh): touch global memory other
+    than by a load through L2 (LDG ... STRONG.GPU: of memory no kernel writes) or a prefetch hint,
+    or branch past the wait. None when the kernel does not wait at all."""
     wait = next((address for address, t in code if opcode(t) == "ACQBULK"), None)
     if wait is None:
         return None
@@ -108,7 +115,8 @@ def before_prior_grid(code: list[tuple[int, str]]) -> list[str] | None:
         if address >= wait:
             break
         target = re.search(r"BRA\S*\s+0x([0-9a-f]+)", instruction)
-        if opcode(instruction) in GLOBAL_ACCESS or (target and int(target.group(1), 16) > wait):
+        through_l2 = opcode(instruction) == "LDG" and ".STRONG.GPU" in mnemonic(instruction)
+        if (opcode(instruction) in GLOBAL_ACCESS and not through_l2) or (target and int(target.group(1), 16) > wait):
             bad.append(instruction)
     return bad
 

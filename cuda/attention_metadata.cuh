@@ -3,6 +3,8 @@
 // The host never reads device memory, so every metadata value is checked where a kernel reads it:
 // a kernel that finds one out of range keeps its reads and writes inside the arrays and poisons
 // the rows it owns with NaN (or, when it cannot tell which rows are its own, writes nothing).
+// Metadata is what the host copies in before a step and no kernel writes: the tensor-core kernel
+// reads it before it waits for the kernel before (compat.cuh), so the reads below go through L2.
 //
 // Rows: each request's query rows, flattened as (token, head of the kv head's group):
 //
@@ -26,12 +28,12 @@ struct RequestRows {
 
 __device__ inline RequestRows read_request(const PagedAttentionParams& p, int64_t req) {
   RequestRows r;
-  const int64_t begin = p.query_start_loc[req], end = p.query_start_loc[req + 1];
+  const int64_t begin = load_through_l2(p.query_start_loc + req), end = load_through_l2(p.query_start_loc + req + 1);
   r.rows_ok = 0 <= begin && begin <= end && end <= p.num_tokens;
   if (!r.rows_ok) return r;
   r.token_begin = begin;
   r.num_queries = end - begin;
-  r.seq_len = p.seq_lens[req];
+  r.seq_len = load_through_l2(p.seq_lens + req);
   r.context_ok = r.num_queries <= r.seq_len && r.seq_len <= p.max_blocks_per_req * p.block_size;
   return r;
 }
@@ -43,7 +45,7 @@ __device__ inline int64_t request_of_token(const PagedAttentionParams& p, int64_
   int64_t lo = 0, hi = p.num_reqs - 1;
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;
-    if (p.query_start_loc[mid] <= token) {
+    if (load_through_l2(p.query_start_loc + mid) <= token) {
       lo = mid;
     } else {
       hi = mid - 1;
@@ -66,7 +68,7 @@ __device__ inline bool locate_tile(const PagedAttentionParams& p, int64_t group,
                                    int64_t index, int64_t* req, int64_t* tile) {
   auto first_index = [&](int64_t i) {
     // Clamped so that a corrupt entry cannot overflow the search; read_request rejects it later.
-    const int64_t start = min_i64(max_i64(p.query_start_loc[i], 0), p.num_tokens);
+    const int64_t start = min_i64(max_i64(load_through_l2(p.query_start_loc + i), 0), p.num_tokens);
     return i + start * group / rows_per_tile;
   };
   int64_t lo = 0, hi = p.num_reqs - 1;
@@ -77,7 +79,8 @@ __device__ inline bool locate_tile(const PagedAttentionParams& p, int64_t group,
     while (guess < hi && uniform_first(guess + 1) <= index) ++guess;
     while (guess > 0 && uniform_first(guess) > index) --guess;
     // Its own start and the next request's as guessed: the search would stop here too.
-    if (p.query_start_loc[guess] == guess * q && p.query_start_loc[guess + 1] == (guess + 1) * q) lo = hi = guess;
+    const int32_t* starts = p.query_start_loc + guess;
+    if (load_through_l2(starts) == guess * q && load_through_l2(starts + 1) == (guess + 1) * q) lo = hi = guess;
   }
   while (lo < hi) {
     const int64_t mid = (lo + hi + 1) / 2;

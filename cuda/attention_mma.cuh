@@ -26,6 +26,8 @@
 // end and keys past the split's end are zero-filled, and masked to -inf, so they weigh nothing and
 // never read memory outside the arrays. A tile uses at most one split per stage of its keys; a split
 // block's last act is to count itself in, and the tile's last block merges (attention_split.cuh).
+// A block plans its tile from the step's metadata and asks its first stage's K/V into L2 before it
+// waits for the kernel before (compat.cuh), which in a decode step writes this step's K/V and q.
 #pragma once
 
 #include "attention_metadata.cuh"
@@ -134,10 +136,69 @@ __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float
   }
 }
 
-// One block's tile, its warps split as Split says. Called by every thread of the block.
+// What a block will attend to, worked out from the step's metadata alone, so that a block knows it
+// before it waits for the kernel before (compat.cuh): its request and rows, and its keys: this
+// split's share, in whole stages, of the union of its rows' windows. The launch fixes the number of
+// splits without knowing the contexts (a graph replays it for any): a tile uses as many as have a
+// stage each, and the blocks of the others have no work and are not counted. Every block of the
+// tile computes the same `splits` from the same metadata; a tile of one split (or bad metadata)
+// writes its output directly. Keys and positions lie below seq_len, an int32.
+struct TilePlan {
+  bool work = false;
+  int64_t req = 0, row_begin = 0, row_end = 0;
+  RequestRows r;
+  int32_t split_begin = 0, split_end = 0;
+  int splits = 1;
+};
+
+template <class Tile>
+__device__ inline TilePlan plan_tile(const PagedAttentionParams& p, const SplitPartials& partials, int64_t group) {
+  TilePlan plan;
+  int64_t tile = 0;
+  if (!locate_tile(p, group, Tile::kRows, blockIdx.x, &plan.req, &tile)) return plan;
+  const RequestRows r = read_request(p, plan.req);
+  plan.r = r;
+  plan.row_begin = tile * Tile::kRows;
+  plan.row_end = min_i64(plan.row_begin + Tile::kRows, r.num_queries * group);
+  if (!r.rows_ok || plan.row_begin >= plan.row_end) return plan;
+  if (r.context_ok) {
+    const int64_t first_position = r.seq_len - r.num_queries;
+    const int64_t key_lo = first_visible_key(p, first_position + plan.row_begin / group);
+    const int64_t key_hi = visible_key_end(p, first_position + (plan.row_end - 1) / group, r.seq_len);
+    const int64_t stages = (key_hi - key_lo + Tile::kKeys - 1) / Tile::kKeys;
+    const int64_t stages_per_split = max_i64(1, (stages + partials.num_splits - 1) / partials.num_splits);
+    plan.splits = static_cast<int>(max_i64(1, (stages + stages_per_split - 1) / stages_per_split));
+    const int64_t begin = min_i64(key_hi, key_lo + blockIdx.z * stages_per_split * Tile::kKeys);
+    plan.split_begin = static_cast<int32_t>(begin);
+    plan.split_end = static_cast<int32_t>(min_i64(key_hi, begin + stages_per_split * Tile::kKeys));
+  }
+  plan.work = blockIdx.z < plan.splits;
+  return plan;
+}
+
+// The plan's first stage of keys and values (its kv head's part of each), asked into L2 before the
+// wait: a thread per key and cache, its block-table entry read through L2 (an id out of range: no
+// hint; attend_tile reports it).
+template <class T, class Tile>
+__device__ inline void prefetch_first_stage(const PagedAttentionParams& p, const TilePlan& plan) {
+  constexpr int kLineElements = 128 / sizeof(T);
+  const auto block_size = static_cast<int32_t>(p.block_size);
+  for (int i = threadIdx.x; i < 2 * Tile::kKeys; i += Tile::kThreads) {
+    const int32_t key = plan.split_begin + i / 2;
+    if (key >= plan.split_end) continue;
+    const int32_t id = load_through_l2(p.block_table + plan.req * p.block_table_stride + key / block_size);
+    if (id < 0 || id >= p.num_blocks) continue;
+    const T* cache = static_cast<const T*>(i % 2 == 0 ? p.key_cache : p.value_cache);
+    const T* part = cache + cache_offset(p, id, key, blockIdx.y);
+#pragma unroll
+    for (int e = 0; e < Tile::kDim; e += kLineElements) prefetch_l2(part + e);
+  }
+}
+
+// One block's tile, its warps split as Split says, as planned. Called by every thread of the block.
 template <class T, class Tile, class Split, bool kRawScores>
-__device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPartials& partials, const RequestRows& r,
-                                   int64_t req, int64_t row_begin, int64_t row_end, int& s_bad_block) {
+__device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPartials& partials, const TilePlan& plan,
+                                   int& s_bad_block) {
   constexpr int kHeadDim = Tile::kDim, kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
   constexpr int kChunks = Tile::kChunksPerRow, kWarpKeys = Split::kWarpKeys;
   constexpr float kLog2e = 1.4426950408889634f;
@@ -148,26 +209,12 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int row_warp = warp / Split::kKeyWarps, key_warp = warp % Split::kKeyWarps;
   const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
-  // Keys of this tile (the union of its rows' windows), then this split's share in whole stages.
-  // The launch fixes the number of splits without knowing the contexts (a graph replays it for
-  // any): a tile uses as many as have a stage each, and the blocks of the others leave at once,
-  // uncounted. Every block of the tile computes the same `splits` from the same metadata; a tile of
-  // one split (or bad metadata) writes its output directly.
-  // Keys and positions lie below seq_len, an int32: 32-bit in the loop, where registers are short.
-  int32_t split_begin = 0, split_end = 0;
-  int splits = 1;
+  const RequestRows& r = plan.r;
+  const int64_t req = plan.req, row_begin = plan.row_begin, row_end = plan.row_end;
+  // 32-bit in the loop, where registers are short.
+  const int32_t split_begin = plan.split_begin, split_end = plan.split_end;
+  const int splits = plan.splits;
   const int64_t first_position = r.seq_len - r.num_queries;
-  if (r.context_ok) {
-    const int64_t key_lo = first_visible_key(p, first_position + row_begin / group);
-    const int64_t key_hi = visible_key_end(p, first_position + (row_end - 1) / group, r.seq_len);
-    const int64_t stages = (key_hi - key_lo + kKeys - 1) / kKeys;
-    const int64_t stages_per_split = max_i64(1, (stages + partials.num_splits - 1) / partials.num_splits);
-    splits = static_cast<int>(max_i64(1, (stages + stages_per_split - 1) / stages_per_split));
-    const int64_t begin = min_i64(key_hi, key_lo + split * stages_per_split * kKeys);
-    split_begin = static_cast<int32_t>(begin);
-    split_end = static_cast<int32_t>(min_i64(key_hi, begin + stages_per_split * kKeys));
-  }
-  if (split >= splits) return;
   const int num_stages = split_begin < split_end ? static_cast<int>((split_end - split_begin + kKeys - 1) / kKeys) : 0;
 
   const T* key_cache = static_cast<const T*>(p.key_cache);
@@ -420,26 +467,23 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
     attention_mma_kernel(const PagedAttentionParams p, const SplitPartials partials) {
 // Device code for sm_80+ only (the instructions do not exist before); the emulator runs it on the host.
 #if defined(KVSERVE_GPU_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800)
-  wait_for_prior_grid();
   __shared__ int s_bad_block;
-  const int64_t group = p.num_heads / p.num_kv_heads;
-  int64_t req, tile;
-  if (!locate_tile(p, group, Tile::kRows, blockIdx.x, &req, &tile)) return;
-  const RequestRows r = read_request(p, req);
-  if (!r.rows_ok) return;
-  const int64_t row_begin = tile * Tile::kRows, row_end = min_i64(row_begin + Tile::kRows, r.num_queries * group);
-  if (row_begin >= row_end) return;
+  // Before the wait for the kernel before (compat.cuh): the plan, and its first stage into L2.
+  const TilePlan plan = plan_tile<Tile>(p, partials, p.num_heads / p.num_kv_heads);
+  if (plan.work) prefetch_first_stage<T, Tile>(p, plan);
+  wait_for_prior_grid();
+  if (!plan.work) return;
   // Each way of sharing the tile, with raw or transformed scores (see attend_tile).
   auto attend = [&](auto split) {
     using Split = decltype(split);
     if (p.softcap == 0.f && p.scale > 0.f) {
-      attend_tile<T, Tile, Split, true>(p, partials, r, req, row_begin, row_end, s_bad_block);
+      attend_tile<T, Tile, Split, true>(p, partials, plan, s_bad_block);
     } else {
-      attend_tile<T, Tile, Split, false>(p, partials, r, req, row_begin, row_end, s_bad_block);
+      attend_tile<T, Tile, Split, false>(p, partials, plan, s_bad_block);
     }
   };
   if constexpr (Tile::kCanSplitKeys) {
-    if (row_end - row_begin <= 16) {
+    if (plan.row_end - plan.row_begin <= 16) {
       attend(WarpSplit<Tile, Tile::kWarps>{});
       return;
     }

@@ -38,16 +38,6 @@ __host__ __device__ inline int64_t partial_row(const PagedAttentionParams& p, in
   return (split * p.num_tokens + token) * p.num_heads + head;
 }
 
-// Another block's partials, read from L2 (the merging block's L1 never held them, and must not).
-template <class V>
-__device__ inline V load_partial(const V* at) {
-#if defined(KVSERVE_GPU_EMULATOR)
-  return *at;
-#else
-  return __ldcg(at);
-#endif
-}
-
 // One warp merges the `splits` splits of (token, head). The lanes read the splits' statistics side by
 // side (split lane and lane + 32), so that the maximum and the weights are two warp reductions, not a
 // walk over the splits; then each lane sums its kHeadDim / 32 consecutive dims over the splits, a
@@ -69,8 +59,8 @@ __device__ inline void merge_split_row(const PagedAttentionParams& p, const Spli
     l[k] = 0.f;
     if (s < splits) {
       const float* stats = partials.stats + 2 * partial_row(p, s, token, head);
-      m[k] = load_partial(stats);
-      l[k] = load_partial(stats + 1);
+      m[k] = load_through_l2(stats);
+      l[k] = load_through_l2(stats + 1);
     }
     if (l[k] != 0.f) top = fmaxf(top, m[k]);
   }
@@ -101,7 +91,7 @@ __device__ inline void merge_split_row(const PagedAttentionParams& p, const Spli
       const auto* part = reinterpret_cast<const float2*>(
           partials.out + partial_row(p, read ? s : 0, token, head) * kHeadDim + lane * kDims);
 #pragma unroll
-      for (int j = 0; j < kPairs; ++j) pairs[b][j] = read ? load_partial(part + j) : make_float2(0.f, 0.f);
+      for (int j = 0; j < kPairs; ++j) pairs[b][j] = read ? load_through_l2(part + j) : make_float2(0.f, 0.f);
       if (!read) w[b] = 0.f;
     }
 #pragma unroll

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #if defined(__HIPCC__) || defined(KVSERVE_USE_HIP)
 #include <hip/hip_fp16.h>
@@ -63,16 +65,41 @@ __host__ __device__ inline int64_t min_i64(int64_t a, int64_t b) { return a < b 
 __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Programmatic dependent launch (sm_90+). A kernel launched with it may be scheduled while the
-// kernel before it in the stream still runs, so that its launch (and prefetch hints) overlaps that
-// kernel's tail instead of following it. Every kvserve kernel calls wait_for_prior_grid() before it
-// touches global memory (bench/sass_loops.py checks the machine code): the call returns once the
+// kernel before it in the stream still runs, so that its launch, and what it does before its call
+// to wait_for_prior_grid(), overlap that kernel instead of following it. The call returns once the
 // kernel before has finished and its writes are visible (at once without the launch attribute, or
-// before sm_90). It then lets the kernel after it launch: since its own predecessor is done by
-// then, at most two kernels overlap, and only in what precedes this call.
+// before sm_90), then lets the kernel after it launch: since its own predecessor is done by then,
+// at most two kernels overlap, and everything before the kernel before has finished.
+//
+// So before the wait a kernel may only ask for memory into L2 (prefetch_l2, prefetch_l2_bulk:
+// hints, which cannot bring stale data, L2 being where every SM's view of memory meets) and read,
+// through L2 (load_through_l2), memory that no kernel writes: the model's weights, and a step's
+// metadata, which the host copies in before the step (a caller of the ops must not produce the
+// metadata in a kernel launched programmatically right before). Every other read, every write and
+// atomic, and every exit come after it: a block that left before waiting could let the kernel after
+// this one start before the kernel before has finished. bench/sass_loops.py checks the machine code.
 __device__ inline void wait_for_prior_grid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// A load from L2, past the SM's L1 (which is not coherent): of memory that no kernel writes, before
+// the wait above, or of another block's writes (split partials). A type of 2, 4, 8 or 16 bytes.
+template <class V>
+__device__ inline V load_through_l2(const V* at) {
+#if defined(__CUDA_ARCH__) && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+  static_assert(sizeof(V) == 2 || sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16, "a 2- to 16-byte load");
+  using Bits = std::conditional_t<
+      sizeof(V) == 2, unsigned short,
+      std::conditional_t<sizeof(V) == 4, unsigned, std::conditional_t<sizeof(V) == 8, uint2, uint4>>>;
+  const Bits bits = __ldcg(reinterpret_cast<const Bits*>(at));
+  V value;
+  memcpy(&value, &bits, sizeof(V));
+  return value;
+#else
+  return *at;
 #endif
 }
 
@@ -82,6 +109,17 @@ __device__ inline void prefetch_l2(const void* address) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
 #else
   (void)address;
+#endif
+}
+
+// The same for `bytes` from `address` (both multiples of 16) in one instruction, which the bulk-copy
+// unit walks (sm_90+); no-op elsewhere, where no programmatic launch gives it time to act.
+__device__ inline void prefetch_l2_bulk(const void* address, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(address), "r"(bytes));
+#else
+  (void)address;
+  (void)bytes;
 #endif
 }
 

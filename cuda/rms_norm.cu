@@ -36,26 +36,34 @@ __device__ inline float block_sum(float value) {
 // kRowThreads: the threads of one row, a warp or the whole block.
 template <class T, int kPack, int kRowThreads>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams p) {
-  wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
   constexpr int kRowsPerBlock = kThreads / kRowThreads;
+  constexpr int64_t kStride = static_cast<int64_t>(kRowThreads) * kPack;
+  const int t = threadIdx.x % kRowThreads;
+  const T* weight = static_cast<const T*>(p.weight);
+  // The weight of the thread's first kCached packs (see below), read before the wait for the kernel
+  // before (compat.cuh): no kernel writes it.
+  Packed cached_weight[kCached];
+#pragma unroll
+  for (int j = 0; j < kCached; ++j) {
+    const int64_t i = t * kPack + j * kStride;
+    if (i < p.hidden) cached_weight[j] = load_through_l2(reinterpret_cast<const Packed*>(weight + i));
+  }
+  wait_for_prior_grid();
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kRowThreads;
   // A block-wide row is the block's (the grid has one block per row); a warp's may lie past the end.
   if constexpr (kRowThreads == kWarpSize) {
     if (row >= p.num_tokens * p.num_heads) return;
   }
-  const int t = threadIdx.x % kRowThreads;
   const int64_t token = row / p.num_heads, head = row % p.num_heads;
   const T* input = static_cast<const T*>(p.input) + token * p.input_stride_token + head * p.input_stride_head;
   T* residual = p.residual == nullptr ? nullptr : static_cast<T*>(p.residual) + token * p.residual_stride_token;
   T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
-  const T* weight = static_cast<const T*>(p.weight);
 
   // The row's first kCached packs of this thread (all of them for rows up to kCached * kRowThreads
-  // packs: a hidden state of 4096 in bfloat16 holds 2 per thread) are loaded together with their
-  // weight and kept in registers across the reduction: one trip to memory before it, none after.
+  // packs: a hidden state of 4096 in bfloat16 holds 2 per thread) are loaded together and kept in
+  // registers, with their weight, across the reduction: one trip to memory before it, none after.
   // Packs past them take the second pass from memory.
-  constexpr int64_t kStride = static_cast<int64_t>(kRowThreads) * kPack;
   float squares = 0.f;
   auto add_and_square = [&](int64_t i) {
     Packed x = *reinterpret_cast<const Packed*>(input + i);
@@ -69,14 +77,11 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
     for (int k = 0; k < kPack; ++k) squares += to_float(x.values[k]) * to_float(x.values[k]);
     return x;
   };
-  Packed cached[kCached], cached_weight[kCached];
+  Packed cached[kCached];
 #pragma unroll
   for (int j = 0; j < kCached; ++j) {
     const int64_t i = t * kPack + j * kStride;
-    if (i < p.hidden) {
-      cached_weight[j] = *reinterpret_cast<const Packed*>(weight + i);
-      cached[j] = add_and_square(i);
-    }
+    if (i < p.hidden) cached[j] = add_and_square(i);
   }
   for (int64_t i = t * kPack + kCached * kStride; i < p.hidden; i += kStride) add_and_square(i);
   float total;

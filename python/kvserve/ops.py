@@ -6,6 +6,11 @@ layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache,
 argmax and the few-rows linear run on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`),
 wherever their arrays are.
 
+On sm_90 GPUs a CUDA kernel may start while the kvserve kernel before it in the stream still runs,
+and read the norms' weight and paged_attention's metadata (seq_lens, query_start_loc, block_table)
+meanwhile: those must not be outputs of the kvserve call just before (torch's kernels finish
+before the next one starts). `KVSERVE_PDL=0` turns the overlap off.
+
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
 letting the extension call `tensor.__dlpack__()`, which matters for kernels called once per layer

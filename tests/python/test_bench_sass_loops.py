@@ -91,13 +91,15 @@ PROLOGUE = """
         /*0000*/                   S2R R7, SR_TID.X ;
         /*0010*/               @P2 BRA 0x40 ;
         /*0020*/                   CCTL.E.PF2 [R12] ;
-        /*0030*/                   LDC R1, c[0x0][0x28] ;
+        /*0030*/               @P1 LDG.E.128.STRONG.GPU R8, desc[UR6][R12.64] ;
         /*0040*/                   ACQBULK ;
         /*0050*/                   PREEXIT ;
         /*0060*/                   LDG.E.128 R24, desc[UR6][R10.64] ;
 		Function : reads_first
         /*0000*/                   LDG.E.128 R24, desc[UR6][R10.64] ;
-        /*0010*/                   ACQBULK ;
+        /*0010*/                   LDG.E.STRONG.SYS R2, desc[UR6][R10.64] ;
+        /*0020*/                   STG.E.STRONG.GPU desc[UR6][R4.64], R7 ;
+        /*0030*/                   ACQBULK ;
 		Function : skips_the_wait
         /*0000*/               @P0 BRA 0x30 ;
         /*0010*/                   ACQBULK ;
@@ -110,8 +112,11 @@ PROLOGUE = """
 
 def test_what_a_kernel_does_before_it_waits_for_the_kernel_before():
     functions = {name: code for (_, name), code in sass_loops.functions(PROLOGUE).items()}
-    assert sass_loops.before_prior_grid(functions["good"]) == []  # a prefetch hint and a forward branch
-    assert sass_loops.before_prior_grid(functions["reads_first"]) == ["LDG.E.128 R24, desc[UR6][R10.64]"]
+    # A forward branch, a prefetch hint, a load through L2 (of memory no kernel writes: compat.cuh).
+    assert sass_loops.before_prior_grid(functions["good"]) == []
+    assert sass_loops.before_prior_grid(functions["reads_first"]) == [
+        "LDG.E.128 R24, desc[UR6][R10.64]", "LDG.E.STRONG.SYS R2, desc[UR6][R10.64]",
+        "STG.E.STRONG.GPU desc[UR6][R4.64], R7"]
     assert sass_loops.before_prior_grid(functions["skips_the_wait"]) == ["@P0 BRA 0x30"]
     assert sass_loops.before_prior_grid(functions["never_waits"]) is None
 
@@ -119,10 +124,11 @@ def test_what_a_kernel_does_before_it_waits_for_the_kernel_before():
 @pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")
 @pytest.mark.skipif(not (sass_loops.find_tool("cuobjdump") and sass_loops.find_tool("nvdisasm")),
                     reason="needs cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-def test_every_kernel_waits_for_the_kernel_before_before_it_touches_memory():
+def test_no_kernel_touches_what_the_kernel_before_writes_before_it_waits():
     """On sm_90 kvserve launches its kernels programmatically (compat.cuh): a kernel may start while
-    the one before it runs, so anything it reads or writes in global memory before its wait is a
-    race with that kernel. Checked on the machine code, as only a GPU could show it otherwise."""
+    the one before it runs, so before its wait it may only read through L2 (memory no kernel
+    writes) and prefetch; any other read or write of global memory, or an exit, would race with
+    that kernel. Checked on the machine code, as only a GPU could show it otherwise."""
     prologues = sass_loops.prologues(kvserve._C.__file__, "sm_90a")
     if not prologues:
         pytest.skip("this build has no sm_90a code")
