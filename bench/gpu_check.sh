@@ -102,11 +102,20 @@ run attention-engine 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
   --cases 1x512/8192 1x520/8192 64x512/8192 64x520/8192 --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
-run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --out "$OUT/bench.jsonl"
+run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
 # The same steps with kvserve's kernels launched the plain way, beside the programmatic launches.
 NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"
-run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --out "$NO_PDL_JSONL"
+run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --batches 1 8 64 \
+  --out "$NO_PDL_JSONL"
+# The few-rows linear's weight prefetch before its wait (cuda/linear.cu; 24 MB a call by default),
+# none and twice as much, at the batches it serves.
+PREFETCH_JSONL=/tmp/kvserve-prefetch
+rm -f "$PREFETCH_JSONL".*
+for mb in 0 48; do
+  run "decode-prefetch-$mb" 60 "$OUT/bench.log" env KVSERVE_LINEAR_PREFETCH_MB=$mb \
+    "$PY" bench/gpu_bench.py decode --batches 1 8 --out "$PREFETCH_JSONL.$mb"
+done
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
 
@@ -136,12 +145,13 @@ run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --inp
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$PREFETCH_JSONL.0" "$PREFETCH_JSONL.48" "$BASELINE_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 rows = []
-for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)")):
+builds = ("", " (KVSERVE_PDL=0)", " (KVSERVE_LINEAR_PREFETCH_MB=0)", " (KVSERVE_LINEAR_PREFETCH_MB=48)", " (BASELINE)")
+for path, build in zip(map(Path, sys.argv[1:]), builds):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}
