@@ -1,6 +1,6 @@
 """bench/gpu_bench.py's bookkeeping that runs without a GPU: which part of a decode step each kernel
-of a profile belongs to (names as CUPTI reports them, from the H100 runs), the host-time table of a
-profiled run, and the attention cases' syntax."""
+of a profile belongs to (names as CUPTI reports them, from the H100 runs), each kernel's own share of
+overlapping activity, the host-time table of a profiled run, and the attention cases' syntax."""
 
 import importlib.util
 import sys
@@ -43,6 +43,12 @@ KERNELS = {
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_each_kernel_of_a_decode_step_has_its_part(kernel):
     assert gpu_bench.kernel_part(kernel) == KERNELS[kernel]
+
+
+def test_overlapping_kernels_count_only_their_own_share_of_the_step():
+    # b waits for a (launched programmatically, it started early); c runs alone; d lies inside c.
+    activity = [("c", 30.0, 10.0), ("a", 0.0, 10.0), ("b", 4.0, 16.0), ("d", 32.0, 2.0)]
+    assert gpu_bench.exclusive_times(activity) == [("a", 10.0), ("b", 10.0), ("c", 10.0), ("d", 0.0)]
 
 
 def test_host_profile_lists_the_functions_by_own_time_per_step(monkeypatch):
