@@ -88,10 +88,12 @@ GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops
            tests/python/test_decode_graphs.py tests/python/test_sampler.py
            tests/python/test_bench_sass_loops.py)
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
-# A failure there, run again with the kernels launched the plain way: whether programmatic
-# dependent launch (new, and untried on a GPU when written) is what broke.
+# A failure there, run again with the kernels launched the plain way and no weight prefetch: whether
+# programmatic dependent launch and the work before the wait (new, and untried on a GPU when
+# written) are what broke.
 if [ "$(echo "${STAGES[-1]}" | cut -d' ' -f2)" != 0 ]; then
-  run tests-no-pdl 200 "$OUT/tests.log" env KVSERVE_PDL=0 "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
+  run tests-no-pdl 200 "$OUT/tests.log" env KVSERVE_PDL=0 KVSERVE_LINEAR_PREFETCH_MB=0 \
+    "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 fi
 
 run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT/bench.jsonl"
