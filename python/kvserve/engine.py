@@ -174,11 +174,19 @@ class Engine:
             if applied is not None:
                 self._unreported += self._process(applied)
             raise
-        outputs, self._unreported = self._unreported, []
-        if applied is not None:
-            outputs += self._process(applied)
+        processed = self._process(applied) if applied is not None else []
+        outputs, self._unreported = self._unreported + processed, []
         if self._launched is not None:
-            self._launched[1].sample()  # after the token ids it reads (its errors come with the result)
+            try:
+                self._launched[1].sample()  # after the token ids it reads (its errors come with the result)
+            except BaseException:
+                # Interrupted (Ctrl-C): the launched step ends here, as one that failed to launch,
+                # with its requests; the other outputs come with the next call.
+                out, self._launched = self._launched[0], None
+                self._drop_step(out)
+                ended = set(out.req_ids)
+                self._unreported = [output for output in outputs if output.request_id not in ended]
+                raise
         return outputs
 
     def _launch(self) -> tuple[object, LaunchedStep]:
@@ -200,10 +208,10 @@ class Engine:
         in _process)."""
         try:
             result = launched.result()
+            updates = self.scheduler.update_from_output(result.sampled_token_ids)
         except BaseException:
             self._drop_step(out)
             raise
-        updates = self.scheduler.update_from_output(result.sampled_token_ids)
         return AppliedStep.capture(out, result, updates)
 
     def _process(self, applied: AppliedStep) -> list[RequestOutput]:

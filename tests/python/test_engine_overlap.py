@@ -142,3 +142,31 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
         engine.abort("short")
     assert_no_blocks_held(engine)
     assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
+
+
+def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_model_dir):
+    """An interrupt in the sampling that closes a step: the step launched before it ends with its
+    requests (as a failed launch does), the outputs of the step just applied come with the next
+    call, and the engine goes on."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    [expected] = engine.generate(["Hi"], params, use_tqdm=False)
+    engine.add_request("short", "Hello", SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    engine.add_request("long", "Hi", params)
+    engine.step()  # both prefills launched; "short" finishes when they are applied
+
+    sampler = engine.runner.sampler
+
+    def interrupted(*args, **kwargs):
+        engine.runner.sampler = sampler
+        raise KeyboardInterrupt
+
+    engine.runner.sampler = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        engine.step()  # applies the prefills, launches "long"'s next step, then samples it
+    assert list(engine.requests) == []
+    [short] = engine.step()
+    assert short.request_id == "short" and short.finished and len(short.outputs[0].token_ids) == 1
+    assert engine.step() == [] and not engine.has_unfinished_requests()
+    assert_no_blocks_held(engine)
+    assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids

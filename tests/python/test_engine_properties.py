@@ -1,6 +1,7 @@
 """The engine under random interleavings of add_request, abort and step: prompts sharing prefixes
 (prefix-cache hits), a KV cache small enough to preempt, model runs that fail at random (before the
-device's work, as a launch error, or after it, as an error when the results are read), every output
+device's work, as a launch error, or after it, as an error when the results are read) or are
+interrupted (Ctrl-C) while their sampler is queued, every output
 kind, n = 2, logprobs, stop strings, a repetition penalty (which reads every token sampled so far);
 on the plain step and the overlapped one (test_engine_overlap.py).
 
@@ -114,14 +115,15 @@ def run_script(model_dir, script: Script, overlapped: bool) -> tuple[Engine, Run
     engine = Engine(str(model_dir), dtype="float32", device="cpu", block_size=BLOCK_SIZE, max_model_len=MAX_MODEL_LEN,
                     kv_cache_memory_gb=kwargs.pop("kv_blocks") * bytes_per_block / 2**30, **kwargs)
     engine.runner.asynchronous = overlapped
-    engine.runner.launch = failing_launches(engine.runner.launch, script.failure_seed, before=0.03, after=0.02)
+    engine.runner.launch = failing_launches(engine.runner.launch, script.failure_seed, before=0.03, after=0.02,
+                                            interrupted=0.02)
     run = Run()
 
     def step() -> None:
         live = set(engine.requests)
         try:
             run.take(engine.step())
-        except RuntimeError:
+        except (RuntimeError, KeyboardInterrupt):
             run.failed |= live - set(engine.requests) - set(run.finals)
 
     for op in script.ops:
