@@ -106,7 +106,7 @@ def before_prior_grid(code: list[tuple[int, str]]) -> list[str] | None:
     """What a programmatically launched kernel does before its wait for the kernel before it
     (griddepcontrol.wait, SASS ACQBULK) that it must not (cuda/compat.cuh): touch global memory other
     than by a load through L2 (LDG ... STRONG.GPU: of memory no kernel writes) or a prefetch hint,
-    or branch past the wait. None when the kernel does not wait at all."""
+    exit, or branch past the wait. None when the kernel does not wait at all."""
     wait = next((address for address, t in code if opcode(t) == "ACQBULK"), None)
     if wait is None:
         return None
@@ -116,7 +116,8 @@ def before_prior_grid(code: list[tuple[int, str]]) -> list[str] | None:
             break
         target = re.search(r"BRA\S*\s+0x([0-9a-f]+)", instruction)
         through_l2 = opcode(instruction) == "LDG" and ".STRONG.GPU" in mnemonic(instruction)
-        if (opcode(instruction) in GLOBAL_ACCESS and not through_l2) or (target and int(target.group(1), 16) > wait):
+        past_the_wait = opcode(instruction) == "EXIT" or (target and int(target.group(1), 16) > wait)
+        if (opcode(instruction) in GLOBAL_ACCESS and not through_l2) or past_the_wait:
             bad.append(instruction)
     return bad
 

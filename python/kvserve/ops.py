@@ -8,8 +8,8 @@ wherever their arrays are.
 
 On sm_90 GPUs a CUDA kernel may start while the kvserve kernel before it in the stream still runs,
 and read the norms' weight and paged_attention's metadata (seq_lens, query_start_loc, block_table)
-meanwhile: those must not be outputs of the kvserve call just before (torch's kernels finish
-before the next one starts). `KVSERVE_PDL=0` turns the overlap off.
+meanwhile: those must not be written by the kernel just before it, whoever launched that one (a copy
+from the host, or any kernel before that, is fine). `KVSERVE_PDL=0` turns the overlap off.
 
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than

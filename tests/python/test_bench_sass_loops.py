@@ -101,10 +101,11 @@ PROLOGUE = """
         /*0020*/                   STG.E.STRONG.GPU desc[UR6][R4.64], R7 ;
         /*0030*/                   ACQBULK ;
 		Function : skips_the_wait
-        /*0000*/               @P0 BRA 0x30 ;
-        /*0010*/                   ACQBULK ;
-        /*0020*/                   EXIT ;
-        /*0030*/                   STG.E desc[UR6][R4.64], R7 ;
+        /*0000*/               @P0 BRA 0x40 ;
+        /*0010*/               @P1 EXIT ;
+        /*0020*/                   ACQBULK ;
+        /*0030*/                   EXIT ;
+        /*0040*/                   STG.E desc[UR6][R4.64], R7 ;
 		Function : never_waits
         /*0000*/                   STG.E desc[UR6][R4.64], R7 ;
 """
@@ -117,7 +118,7 @@ def test_what_a_kernel_does_before_it_waits_for_the_kernel_before():
     assert sass_loops.before_prior_grid(functions["reads_first"]) == [
         "LDG.E.128 R24, desc[UR6][R10.64]", "LDG.E.STRONG.SYS R2, desc[UR6][R10.64]",
         "STG.E.STRONG.GPU desc[UR6][R4.64], R7"]
-    assert sass_loops.before_prior_grid(functions["skips_the_wait"]) == ["@P0 BRA 0x30"]
+    assert sass_loops.before_prior_grid(functions["skips_the_wait"]) == ["@P0 BRA 0x40", "@P1 EXIT"]
     assert sass_loops.before_prior_grid(functions["never_waits"]) is None
 
 
