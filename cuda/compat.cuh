@@ -74,10 +74,11 @@ __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b 
 // So before the wait a kernel may only ask for memory into L2 (prefetch_l2, prefetch_l2_bulk:
 // hints, which cannot bring stale data, L2 being where every SM's view of memory meets) and read,
 // through L2 (load_through_l2), memory that no kernel writes: the model's weights, and a step's
-// metadata, which the host copies in before the step (a caller of the ops must not produce the
-// metadata in a kernel launched programmatically right before). Every other read, every write and
-// atomic, and every exit come after it: a block that left before waiting could let the kernel after
-// this one start before the kernel before has finished. bench/sass_loops.py checks the machine code.
+// metadata, which the host copies in before the step (a caller of the ops must not produce them in
+// the kernel right before, however launched: its writes are only sure to be seen after the wait).
+// Every other read, every write and atomic, and every exit come after it: a block that left before
+// waiting could let the kernel after this one start before the kernel before has finished.
+// bench/sass_loops.py checks the machine code.
 __device__ inline void wait_for_prior_grid() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
   asm volatile("griddepcontrol.wait;" ::: "memory");
