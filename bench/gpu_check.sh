@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything issue 8 asks of a lent GPU, in one device call of at most ~10 minutes: build kvserve
 # there, look at the kernels' machine code, run the GPU tests, then the benchmarks. Run from the
-# repository root with OUT set to an empty directory; it writes at most 8 files there and ends
+# repository root with OUT set to an empty directory; it writes at most 9 files there and ends
 # with a short table on stdout:
 #
 #   OUT=/some/dir bench/gpu_check.sh
@@ -11,7 +11,7 @@
 #   kernels.txt  registers/spills, SASS counts and     tests.log   pytest over the GPU tests
 #                ncu's view of one decode attention    bench.log   the benchmarks' output
 #   bench.jsonl  one JSON line per measurement         profile.txt where a decode step's GPU time goes
-#   summary.md   the table printed last
+#   summary.md   the table printed last                profile-no-pdl.txt  the same at batch 1, KVSERVE_PDL=0
 #
 # Each stage has its own time limit, cut to what is left of GPU_CHECK_SECONDS (default 560), and a
 # failing stage does not stop the ones after it. Needs nvcc, cmake, ninja, nanobind, scikit-build-core,
@@ -119,6 +119,9 @@ for mb in 0 48; do
     "$PY" bench/gpu_bench.py decode --batches 1 8 --out "$PREFETCH_JSONL.$mb"
 done
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
+# Batch 1's profile again with the kernels launched the plain way: which kernels the overlap shortened.
+run profile-no-pdl 60 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py profile --batches 1 \
+  --out "$NO_PDL_JSONL" --report "$OUT/profile-no-pdl.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
 
 # With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
