@@ -236,6 +236,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const auto num_blocks = static_cast<uint32_t>(min_i64(p.num_blocks, INT32_MAX));
   const auto* key_bytes = reinterpret_cast<const char*>(key_cache);
   const auto* value_bytes = reinterpret_cast<const char*>(value_cache);
+  // A block reads its keys and values once: they leave L2 first (see evict_first_policy).
+  const uint64_t read_once = evict_first_policy();
   auto load_stage = [&](int buffer, int32_t first_key) {
     const int32_t thread_key = first_key + tid / kChunks;
     KeyPlace place(thread_key, block_size);
@@ -263,8 +265,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
                                          (static_cast<uint32_t>(place.offset) * slot_bytes + column_bytes)
                                    : 0;
         const int to = (buffer * kKeys + (tid + (first + i) * Tile::kThreads) / kChunks) * kStride + (tid % kChunks) * 8;
-        copy_async_16(s_k + to, key_bytes + from, fill);
-        copy_async_16(s_v + to, value_bytes + from, fill);
+        copy_async_16(s_k + to, key_bytes + from, fill, read_once);
+        copy_async_16(s_v + to, value_bytes + from, fill, read_once);
         place.advance(step, block_size);
       }
     }

@@ -29,6 +29,22 @@ __device__ inline void copy_async_16(void* shared, const void* global, bool fill
                : "memory");
 }
 
+// An L2 eviction policy for data read once (a step's K/V): its lines are the first to go, so that
+// streaming it does not push out lines that other kernels asked for ahead of their start (the
+// weights linear.cu prefetches while attention runs).
+__device__ inline uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// copy_async_16, its line kept in L2 as `policy` says (evict_first_policy).
+__device__ inline void copy_async_16(void* shared, const void* global, bool fill, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(shared_address(shared)),
+               "l"(global), "r"(fill ? 16 : 0), "l"(policy)
+               : "memory");
+}
+
 __device__ inline void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Waits until at most `kPending` committed groups are still in flight.
