@@ -80,7 +80,9 @@ __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b 
 // waiting could let the kernel after this one start before the kernel before has finished.
 // bench/sass_loops.py checks the machine code.
 __device__ inline void wait_for_prior_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+#if defined(KVSERVE_GPU_EMULATOR)
+  emulator::wait_for_prior_grid();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
@@ -100,6 +102,9 @@ __device__ inline V load_through_l2(const V* at) {
   memcpy(&value, &bits, sizeof(V));
   return value;
 #else
+#if defined(KVSERVE_GPU_EMULATOR)
+  emulator::note_load_through_l2(at, sizeof(V));
+#endif
   return *at;
 #endif
 }

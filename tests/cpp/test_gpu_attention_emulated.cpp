@@ -46,6 +46,7 @@ struct AttentionRun {
   std::vector<int32_t> block_table, query_start_loc;
   Buffer query, caches, cpu_out, gpu_out;
   kvserve::PagedAttentionParams params;
+  EarlyLoads early_loads;  // of the last run_gpu()
 
   explicit AttentionRun(const AttentionCase& c, uint32_t seed = 0)
       : query(c.dtype, 0), caches(c.dtype, 0), cpu_out(c.dtype, 0), gpu_out(c.dtype, 0) {
@@ -112,7 +113,14 @@ struct AttentionRun {
   Status run_gpu() {
     kvserve::PagedAttentionParams p = params;
     p.out = gpu_out.data();
-    return kvserve::paged_attention_cuda(p, nullptr);
+    const Status status = kvserve::paged_attention_cuda(p, nullptr);
+    // Before its wait for the kernel before, a block reads only the step's metadata, which no kernel
+    // writes (compat.cuh), and inside its arrays, whatever the metadata says.
+    early_loads = loads_before_wait({{query_start_loc.data(), query_start_loc.size() * sizeof(int32_t)},
+                                     {p.seq_lens, static_cast<size_t>(p.num_reqs) * sizeof(int32_t)},
+                                     {block_table.data(), block_table.size() * sizeof(int32_t)}});
+    EXPECT_EQ(early_loads.outside, 0u) << "of " << early_loads.all << " loads before the wait";
+    return status;
   }
   size_t at(int64_t token, int64_t head, int64_t d) const {
     return static_cast<size_t>(token * params.out_stride_token + head * params.out_stride_head + d);
@@ -171,6 +179,16 @@ TEST(EmulatedPagedAttention, TensorCoreKernelMatchesCpu) {
 // locate_tile works out a block's request when all may have q queries (checked against the
 // request's own query_start_loc entries), and searches otherwise: equal lengths (q = 1, q = 3),
 // lengths whose total divides by the count without being equal, a request without queries.
+TEST(EmulatedPagedAttention, TheTensorCoreKernelPlansFromMetadataBeforeItWaits) {
+  // A decode batch and a prefill one: the blocks locate their tile, read their request and the
+  // block-table entries of their first stage before the wait (run_gpu checks where those loads go).
+  for (const auto& [new_tokens, seq_lens] : kBatches) {
+    AttentionRun run({DType::kBFloat16, 128, 8, 2, 16, new_tokens, seq_lens});
+    ASSERT_EQ(run.run_gpu(), Status::kOk);
+    EXPECT_GT(run.early_loads.all, 0u);
+  }
+}
+
 TEST(EmulatedPagedAttention, TilesFindTheirRequestWhateverTheQueryLengths) {
   const std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> batches = {
       {{1, 1, 1, 1, 1, 1, 1, 1, 1}, {5, 16, 33, 70, 2, 9, 17, 64, 1}},

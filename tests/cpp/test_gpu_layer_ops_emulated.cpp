@@ -64,6 +64,11 @@ TEST(EmulatedLayerOps, RmsNormAndFusedResidualAdd) {
       p.hidden = hidden;
       p.eps = 1e-5f;
       ASSERT_EQ(kvserve::rms_norm_cuda(p, nullptr), Status::kOk);
+      // Before the wait for the kernel before (compat.cuh), only the weight, which no kernel writes.
+      const size_t weight_bytes = static_cast<size_t>(hidden) * (dtype == DType::kFloat32 ? 4 : 2);
+      const EarlyLoads early = loads_before_wait({{weight.data(), weight_bytes}});
+      EXPECT_GT(early.all, 0u);
+      EXPECT_EQ(early.outside, 0u) << name(dtype) << " hidden " << hidden;
       const double tol = dtype == DType::kFloat32 ? 1e-5 : 1e-2;
       for (int64_t t = 0; t < tokens; ++t) {
         for (int64_t i = 0; i < hidden; ++i) {

@@ -2,8 +2,10 @@
 // bfloat16 elements, read and written as floats with the kernels' own conversions.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <random>
 #include <vector>
 
@@ -62,5 +64,29 @@ inline Buffer nan_buffer(DType dtype, size_t n) {
 inline double tolerance(DType dtype) { return dtype == DType::kFloat32 ? 2e-5 : dtype == DType::kFloat16 ? 6e-3 : 2.5e-2; }
 
 inline const char* name(DType dtype) { return dtype == DType::kFloat32 ? "float32" : dtype == DType::kFloat16 ? "float16" : "bfloat16"; }
+
+struct Region {
+  const void* data;
+  size_t bytes;
+};
+
+struct EarlyLoads {
+  size_t all = 0, outside = 0;
+};
+
+// The last launch's loads before its threads' wait for the kernel before (cuda/compat.cuh): how
+// many, and how many fell outside `allowed`, the memory no kernel writes.
+inline EarlyLoads loads_before_wait(std::initializer_list<Region> allowed) {
+  EarlyLoads counts;
+  for (const auto& load : kvserve::gpu::emulator::loads_before_wait()) {
+    ++counts.all;
+    const bool inside = std::any_of(allowed.begin(), allowed.end(), [&](const Region& region) {
+      const auto* begin = static_cast<const unsigned char*>(region.data);
+      return load.begin >= begin && load.end <= begin + region.bytes;
+    });
+    counts.outside += inside ? 0 : 1;
+  }
+  return counts;
+}
 
 }  // namespace emulated_test

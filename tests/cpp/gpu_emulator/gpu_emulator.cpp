@@ -34,6 +34,7 @@ struct Fiber {
   kvserve::gpu::emulator::Index thread{};
   unsigned warp = 0, lane = 0;
   bool done = false;
+  bool waited = false;  // past wait_for_prior_grid()
   std::vector<PendingCopy> open_group;
   std::vector<std::vector<PendingCopy>> committed;
 };
@@ -64,6 +65,7 @@ kvserve::gpu::emulator::Index block_index_now{};
 dim3 block_dim_now, grid_dim_now;
 cudaError_t last_error = cudaSuccess;
 std::map<const void*, int> shared_limits;
+std::vector<kvserve::gpu::emulator::ByteRange> early_loads;  // of the launch running, or the last one
 
 Fiber& current() { return block->fibers[block->current]; }
 
@@ -99,6 +101,7 @@ void fiber_main() {
   Fiber& fiber = current();
   block->body(block->context);
   if (!fiber.open_group.empty() || !fiber.committed.empty()) fail("a thread exited with cp.async copies never waited for");
+  if (!fiber.waited) fail("a thread exited before wait_for_prior_grid(): the kernel after could start too soon");
   fiber.done = true;
   ++block->progress;
   --block->live;
@@ -254,6 +257,16 @@ void async_wait(int pending) {
 
 void set_max_dynamic_shared(const void* kernel, int bytes) { shared_limits[kernel] = bytes; }
 
+void wait_for_prior_grid() { current().waited = true; }
+
+void note_load_through_l2(const void* at, size_t bytes) {
+  if (current().waited) return;
+  const auto* begin = static_cast<const unsigned char*>(at);
+  early_loads.push_back({begin, begin + bytes});
+}
+
+const std::vector<ByteRange>& loads_before_wait() { return early_loads; }
+
 void run_grid(const void* kernel, dim3 grid, dim3 block_shape, size_t shared_bytes, void (*body)(void*),
               void* context) {
   const unsigned threads = block_shape.x * block_shape.y * block_shape.z;
@@ -266,6 +279,7 @@ void run_grid(const void* kernel, dim3 grid, dim3 block_shape, size_t shared_byt
   }
   grid_dim_now = grid;
   block_dim_now = block_shape;
+  early_loads.clear();
   std::vector<std::unique_ptr<char[]>> stacks(threads);  // reused by every block
   for (auto& stack : stacks) stack.reset(new char[kStackBytes]);
   std::vector<Index> order;

@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #define __global__
 #define __device__
@@ -120,6 +121,19 @@ void async_commit();
 void async_wait(int pending);
 
 void set_max_dynamic_shared(const void* kernel, int bytes);
+
+// Programmatic dependent launch (cuda/compat.cuh). wait_for_prior_grid() marks the calling thread as
+// past its wait, and a thread that exits before it fails the run. Loads through L2 (the only reads a
+// kernel makes before its wait) are noted while the thread has not waited: a test checks that they
+// lie in memory the kernel before cannot write (weights, the step's metadata).
+struct ByteRange {
+  const unsigned char* begin;
+  const unsigned char* end;
+};
+void wait_for_prior_grid();
+void note_load_through_l2(const void* at, size_t bytes);
+// The bytes the last launch's threads loaded before their wait.
+const std::vector<ByteRange>& loads_before_wait();
 
 // Runs body(context) as every thread of every block of the grid; sets the last error and runs
 // nothing when the launch breaks a CUDA limit.
