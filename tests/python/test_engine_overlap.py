@@ -24,6 +24,22 @@ def assert_no_blocks_held(engine: Engine) -> None:
     assert stats.num_free_blocks == stats.num_blocks - 1, stats
 
 
+def start_short_and_long(engine: Engine):
+    """Requests "short" (1 token) and "long" (4), their prefills launched; returns a check that the
+    engine holds no block and still generates what it did before."""
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    [expected] = engine.generate(["Hi"], params, use_tqdm=False)
+    engine.add_request("short", "Hello", SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    engine.add_request("long", "Hi", params)
+    engine.step()  # both prefills launched; "short" finishes when they are applied
+
+    def goes_on():
+        assert_no_blocks_held(engine)
+        assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
+
+    return goes_on
+
+
 def summary(outputs):
     return [[(o.token_ids, o.text, o.finish_reason, o.stop_reason, o.logprobs, o.cumulative_logprob)
              for o in output.outputs] + [output.prompt_logprobs] for output in outputs]
@@ -115,11 +131,7 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
     """The step that fails ends its requests; the outputs of the step applied before it are not lost
     (unless their request is aborted before they are returned)."""
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
-    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-    [expected] = engine.generate(["Hi"], params, use_tqdm=False)
-    engine.add_request("short", "Hello", SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
-    engine.add_request("long", "Hi", params)
-    engine.step()  # both prefills launched; "short" finishes when they are applied
+    goes_on = start_short_and_long(engine)
 
     launch = engine.runner.launch
 
@@ -140,8 +152,7 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
         assert short.request_id == "short" and short.finished and len(short.outputs[0].token_ids) == 1
     elif where == "launch, then an abort":
         engine.abort("short")
-    assert_no_blocks_held(engine)
-    assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
+    goes_on()
 
 
 def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_model_dir):
@@ -149,11 +160,7 @@ def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_mode
     requests (as a failed launch does), the outputs of the step just applied come with the next
     call, and the engine goes on."""
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
-    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-    [expected] = engine.generate(["Hi"], params, use_tqdm=False)
-    engine.add_request("short", "Hello", SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
-    engine.add_request("long", "Hi", params)
-    engine.step()  # both prefills launched; "short" finishes when they are applied
+    goes_on = start_short_and_long(engine)
 
     sampler = engine.runner.sampler
 
@@ -168,5 +175,4 @@ def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_mode
     [short] = engine.step()
     assert short.request_id == "short" and short.finished and len(short.outputs[0].token_ids) == 1
     assert engine.step() == [] and not engine.has_unfinished_requests()
-    assert_no_blocks_held(engine)
-    assert engine.generate(["Hi"], params, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
+    goes_on()
