@@ -164,15 +164,20 @@ class SamplingMetadata:
             temperature = column([1.0 if g else p.temperature for p, g in zip(params, greedy)], torch.float32)
             if any(greedy):
                 random_rows = Rows.of([i for i, g in enumerate(greedy) if not g], device)
-            if any(0 < p.top_k < vocab_size for p in params):
-                top_k = column([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params], torch.int64)
-                max_top_k = max(p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params if not p.greedy)
-            if any(p.top_p < 1.0 for p in params):
+            # Each row's cuts (top_k vocab_size, top_p 1, min_p 0: off), stated once for the device
+            # columns and the host's `truncating`.
+            ks = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
+            cuts = [(k < vocab_size, p.top_p < 1.0, p.min_p > 0.0) for k, p in zip(ks, params)]
+            cut_k, cut_p, cut_min_p = (any(column_cuts) for column_cuts in zip(*cuts))
+            if cut_k:
+                top_k = column(ks, torch.int64)
+                max_top_k = max(k for k, g in zip(ks, greedy) if not g)
+            if cut_p:
                 top_p = column([p.top_p for p in params], torch.float32)
-            if any(p.min_p > 0.0 for p in params):
+            if cut_min_p:
                 min_p = column([p.min_p for p in params], torch.float32)
-            if top_k is not None or top_p is not None or min_p is not None:
-                truncating = [0 < p.top_k < vocab_size or p.top_p < 1.0 or p.min_p > 0.0 for p in params]
+            if cut_k or cut_p or cut_min_p:
+                truncating = [any(row_cuts) for row_cuts in cuts]
 
         logit_bias = None
         bias_rows = [i for i, p in enumerate(params) if p.logit_bias]
