@@ -184,8 +184,8 @@ class Engine:
                 # with its requests; the other outputs come with the next call.
                 out, self._launched = self._launched[0], None
                 self._drop_step(out)
-                ended = set(out.req_ids)
-                self._unreported = [output for output in outputs if output.request_id not in ended]
+                self._unreported = outputs
+                self._forget_outputs(out.req_ids)
                 raise
         return outputs
 
@@ -233,6 +233,10 @@ class Engine:
         for request_id in request_ids:
             if self.requests.pop(request_id, None) is not None:
                 self.scheduler.abort(request_id)
+        self._forget_outputs(request_ids)
+
+    def _forget_outputs(self, request_ids) -> None:
+        """Drop the unreported outputs of requests that ended otherwise (aborted, or their step failed)."""
         if self._unreported:
             ended = set(request_ids)
             self._unreported = [output for output in self._unreported if output.request_id not in ended]
