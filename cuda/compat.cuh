@@ -71,9 +71,9 @@ __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b 
 // before sm_90), then lets the kernel after it launch: since its own predecessor is done by then,
 // at most two kernels overlap, and everything before the kernel before has finished.
 //
-// So before the wait a kernel may only ask for memory into L2 (prefetch_l2, prefetch_l2_bulk:
-// hints, which cannot bring stale data, L2 being where every SM's view of memory meets) and read,
-// through L2 (load_through_l2), memory that no kernel writes: the model's weights, and a step's
+// So before the wait a kernel may only ask for memory into L2 (prefetch_l2: a hint, which cannot
+// bring stale data, L2 being where every SM's view of memory meets) and read, through L2
+// (load_through_l2), memory that no kernel writes: the model's weights, and a step's
 // metadata, which the host copies in before the step (a caller of the ops must not produce them in
 // the kernel right before, however launched: its writes are only sure to be seen after the wait).
 // Every other read, every write and atomic, and every exit come after it: a block that left before
@@ -115,17 +115,6 @@ __device__ inline void prefetch_l2(const void* address) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(address));
 #else
   (void)address;
-#endif
-}
-
-// The same for `bytes` from `address` (both multiples of 16) in one instruction, which the bulk-copy
-// unit walks (sm_90+); no-op elsewhere, where no programmatic launch gives it time to act.
-__device__ inline void prefetch_l2_bulk(const void* address, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(address), "r"(bytes));
-#else
-  (void)address;
-  (void)bytes;
 #endif
 }
 

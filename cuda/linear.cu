@@ -11,14 +11,11 @@
 // rounding, as on the CPU. Needs 16-bit dtypes, in_features in 16-byte packs and 16-byte aligned
 // rows (kUnsupported otherwise, and on devices before sm_80).
 //
-// Launched programmatically (sm_90), a block asks for the first columns of its weight rows into L2
-// before it waits for the kernel before (compat.cuh). That kernel is attention, a norm or
-// SiLU-and-mul, which leave the memory bus mostly idle at decode sizes (attention at batch 1 reads
-// 2 MB in 20 us): the projection's first columns stream in meanwhile. The grid asks for at most
-// KVSERVE_LINEAR_PREFETCH_MB (24 by default, half an H100's L2, so that the lines stay until they
-// are read; 0: none) in whole 128-byte lines of every row.
+// A layer's weights pass through L2 once a step, far more of them than it holds: they are read with
+// an evict-first policy, so that they do not push out what the step's other kernels find there
+// (attention's and the norms' code, the activations, the block table), which they would otherwise
+// fetch again from memory after every projection.
 #include <climits>
-#include <cstdlib>
 #include <type_traits>
 
 #include "device_resources.h"
@@ -45,8 +42,12 @@ __device__ inline uint4 load_16_or_zero(const void* at, bool fill) {
   return fill ? *reinterpret_cast<const uint4*>(at) : uint4{};
 }
 
+__device__ inline uint4 load_16_once_or_zero(const void* at, bool fill, uint64_t policy) {
+  return fill ? load_16_once(at, policy) : uint4{};
+}
+
 template <class T>
-__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const uint32_t prefetch_bytes) {
+__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const int64_t first_feature = static_cast<int64_t>(blockIdx.x) * kFeatures;
@@ -58,12 +59,9 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
   const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
   const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
 
-  // Before the wait (see the top of this file): the first `prefetch_bytes` of each weight row.
-  if (threadIdx.x < kFeatures && first_feature + threadIdx.x < p.out_features && prefetch_bytes > 0) {
-    prefetch_l2_bulk(weight + (first_feature + threadIdx.x) * p.weight_stride, prefetch_bytes);
-  }
   wait_for_prior_grid();
 
+  const uint64_t once = evict_first_policy();
   float c[4] = {};
   for (int64_t first = warp; first < chunks; first += kWarps * kUnroll) {
     uint4 w_low[kUnroll], w_high[kUnroll], x[kUnroll];
@@ -73,8 +71,8 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
       // Lane t's 8 columns lie wholly inside or outside in_features (a multiple of 8).
       const bool inside = chunk < chunks && chunk * kChunk + 8 * t < p.in_features;
       const int64_t column = inside ? chunk * kChunk : 0;
-      w_low[u] = load_16_or_zero(low + column, inside && low_row);
-      w_high[u] = load_16_or_zero(high + column, inside && high_row);
+      w_low[u] = load_16_once_or_zero(low + column, inside && low_row, once);
+      w_high[u] = load_16_once_or_zero(high + column, inside && high_row, once);
       x[u] = load_16_or_zero(input + column, inside && input_row);
     }
 #pragma unroll
@@ -103,26 +101,6 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
   static_cast<T*>(p.out)[row * p.out_stride + feature] = from_float<T>(sum);
 }
 
-// KVSERVE_LINEAR_PREFETCH_MB in bytes (the default for anything but a whole number).
-int64_t prefetch_budget() {
-  static const int64_t budget = [] {
-    constexpr int64_t kDefaultMb = 24;
-    const char* setting = std::getenv("KVSERVE_LINEAR_PREFETCH_MB");
-    char* end = nullptr;
-    const long long mb = setting != nullptr ? std::strtoll(setting, &end, 10) : -1;
-    const bool whole = setting != nullptr && end != setting && *end == '\0' && mb >= 0 && mb < (1 << 20);
-    return (whole ? static_cast<int64_t>(mb) : kDefaultMb) << 20;
-  }();
-  return budget;
-}
-
-// Bytes of each weight row to prefetch: the budget's share of a row in whole lines, at most the row
-// (whose bytes are a multiple of 16, as the bulk prefetch needs).
-uint32_t prefetch_row_bytes(const LinearParams& p) {
-  const int64_t row_bytes = p.in_features * static_cast<int64_t>(dtype_bytes(p.dtype));
-  return static_cast<uint32_t>(min_i64(row_bytes, prefetch_budget() / p.out_features / 128 * 128));
-}
-
 }  // namespace
 
 Status linear_cuda(const LinearParams& p, void* stream) {
@@ -140,7 +118,7 @@ Status linear_cuda(const LinearParams& p, void* stream) {
       return Status::kUnsupported;
     } else {
       const dim3 grid(static_cast<unsigned>((p.out_features + kFeatures - 1) / kFeatures));
-      launch_kernel(linear_kernel<T>, grid, kThreads, 0, s, p, prefetch_row_bytes(p));
+      launch_kernel(linear_kernel<T>, grid, kThreads, 0, s, p);
       return launch_status();
     }
   });

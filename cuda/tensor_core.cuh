@@ -29,9 +29,9 @@ __device__ inline void copy_async_16(void* shared, const void* global, bool fill
                : "memory");
 }
 
-// An L2 eviction policy for data read once (a step's K/V): its lines are the first to go, so that
-// streaming it does not push out lines that other kernels asked for ahead of their start (the
-// weights linear.cu prefetches while attention runs).
+// An L2 eviction policy for data read once (a step's K/V, a projection's weights at decode): its
+// lines are the first to go, so that streaming it does not push out what the step's other kernels
+// read again and again from L2 (their code, the activations, the block table).
 __device__ inline uint64_t evict_first_policy() {
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
@@ -43,6 +43,16 @@ __device__ inline void copy_async_16(void* shared, const void* global, bool fill
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(shared_address(shared)),
                "l"(global), "r"(fill ? 16 : 0), "l"(policy)
                : "memory");
+}
+
+// 16 bytes of global memory read once, into registers: past L1, its line kept in L2 as `policy`
+// says. Volatile, so that it stays after wait_for_prior_grid() (compat.cuh).
+__device__ inline uint4 load_16_once(const void* global, uint64_t policy) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(global), "l"(policy));
+  return v;
 }
 
 __device__ inline void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }

@@ -156,19 +156,18 @@ print(digest.hexdigest())
 def test_programmatic_launches_change_no_bits(tiny_model_dir):
     """On sm_90 kvserve's kernels start while the one before ends and work before they wait for it
     (compat.cuh): a kernel that read what the one before still writes would change some bits. The
-    same bfloat16 run (tensor-core kernels, graphs, batches that shrink) in three processes,
-    launched programmatically with and without the weight prefetch, and plain: the same tokens and
-    logprobs to the last bit."""
+    same bfloat16 run (tensor-core kernels, graphs, batches that shrink) in two processes, launched
+    programmatically and plain: the same tokens and logprobs to the last bit."""
     import os
     import subprocess
     import sys
 
     directory = str(tiny_model_dir("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64))
     digests = []
-    for pdl, prefetch_mb in (("1", "24"), ("1", "0"), ("0", "24")):
-        env = dict(os.environ, KVSERVE_PDL=pdl, KVSERVE_LINEAR_PREFETCH_MB=prefetch_mb)
+    for pdl in ("1", "0"):
+        env = dict(os.environ, KVSERVE_PDL=pdl)
         run = subprocess.run([sys.executable, "-c", PDL_RUN, directory], capture_output=True, text=True, env=env,
                              timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
         digests.append(run.stdout.split()[-1])
-    assert digests[0] == digests[1] == digests[2]
+    assert digests[0] == digests[1]

@@ -16,6 +16,11 @@ inline void copy_async_16(void* shared, const void* global, bool fill) { emulato
 // L2 eviction policies only steer a cache the emulator does not have.
 inline uint64_t evict_first_policy() { return 0; }
 inline void copy_async_16(void* shared, const void* global, bool fill, uint64_t) { copy_async_16(shared, global, fill); }
+inline uint4 load_16_once(const void* global, uint64_t) {
+  uint4 v;
+  std::memcpy(&v, global, sizeof v);
+  return v;
+}
 inline void copy_async_commit() { emulator::async_commit(); }
 template <int kPending>
 inline void copy_async_wait() {
