@@ -14,7 +14,9 @@
 #   summary.md   the table printed last                profile-no-pdl.txt  the same at batch 1, KVSERVE_PDL=0
 #
 # Each stage has its own time limit, cut to what is left of GPU_CHECK_SECONDS (default 560), and a
-# failing stage does not stop the ones after it. Needs nvcc, cmake, ninja, nanobind, scikit-build-core,
+# failing stage does not stop the ones after it. GPU_CHECK_STAGES="build tests decode ..." runs only
+# the stages named (a short call that checks one change), GPU_CHECK_TESTS="FILE ..." only those
+# test files. Needs nvcc, cmake, ninja, nanobind, scikit-build-core,
 # torch, transformers, safetensors, tokenizers, numpy and pytest; no network.
 set -u
 : "${OUT:?set OUT to the directory for the results}"
@@ -30,6 +32,7 @@ STAGES=()
 run() {
   local name=$1 limit=$2 log=$3
   shift 3
+  [ -n "${GPU_CHECK_STAGES:-}" ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]] && return
   local left=$((BUDGET - ($(date +%s) - START)))
   if [ "$left" -lt 20 ]; then
     STAGES+=("$name skipped 0")
@@ -79,7 +82,7 @@ done
 # The same for a decode-tile attention call inside the engine's batch-1 decode graph, past the
 # capture's and the prefill's calls (its time was 2.2x the benchmark's call: bench/README.md).
 run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base demangled \
-  -k "regex:MmaTile<.*128, 16>" --launch-skip 160 --launch-count 1 \
+  -k "regex:MmaTile<.*128, \(int\)16>" --launch-skip 160 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
   "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 
@@ -87,12 +90,12 @@ GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
            tests/python/test_decode_graphs.py tests/python/test_sampler.py
            tests/python/test_bench_sass_loops.py)
+[ -n "${GPU_CHECK_TESTS:-}" ] && read -r -a GPU_TESTS <<<"$GPU_CHECK_TESTS"
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
-# A failure there, run again with the kernels launched the plain way and no weight prefetch: whether
-# programmatic dependent launch and the work before the wait (new, and untried on a GPU when
-# written) are what broke.
-if [ "$(echo "${STAGES[-1]}" | cut -d' ' -f2)" != 0 ]; then
-  run tests-no-pdl 200 "$OUT/tests.log" env KVSERVE_PDL=0 KVSERVE_LINEAR_PREFETCH_MB=0 \
+# A failure there, run again with the kernels launched the plain way: whether programmatic dependent
+# launch and the work before the wait are what broke.
+if printf '%s\n' "${STAGES[@]}" | grep -qE '^tests [1-9]'; then
+  run tests-no-pdl 200 "$OUT/tests.log" env KVSERVE_PDL=0 \
     "$PY" -m pytest -q -rs -p no:cacheprovider "${GPU_TESTS[@]}"
 fi
 
@@ -110,14 +113,6 @@ NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"
 run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --batches 1 8 64 \
   --out "$NO_PDL_JSONL"
-# The few-rows linear's weight prefetch before its wait (cuda/linear.cu; 24 MB a call by default),
-# none and twice as much, at the batches it serves.
-PREFETCH_JSONL=/tmp/kvserve-prefetch
-rm -f "$PREFETCH_JSONL".*
-for mb in 0 48; do
-  run "decode-prefetch-$mb" 60 "$OUT/bench.log" env KVSERVE_LINEAR_PREFETCH_MB=$mb \
-    "$PY" bench/gpu_bench.py decode --batches 1 8 --out "$PREFETCH_JSONL.$mb"
-done
 run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 # Batch 1's profile again with the kernels launched the plain way: which kernels the overlap shortened.
 run profile-no-pdl 60 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py profile --batches 1 \
@@ -150,12 +145,12 @@ run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --inp
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$PREFETCH_JSONL.0" "$PREFETCH_JSONL.48" "$BASELINE_JSONL" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 rows = []
-builds = ("", " (KVSERVE_PDL=0)", " (KVSERVE_LINEAR_PREFETCH_MB=0)", " (KVSERVE_LINEAR_PREFETCH_MB=48)", " (BASELINE)")
+builds = ("", " (KVSERVE_PDL=0)", " (BASELINE)")
 for path, build in zip(map(Path, sys.argv[1:]), builds):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
