@@ -13,7 +13,7 @@ import torch
 
 from kvserve import Engine, SamplingParams
 from kvserve.gpu.decode_inputs import DecodeInputs
-from kvserve.gpu.graphs import graph_batch_sizes
+from kvserve.gpu.graphs import graph_batch_sizes, piece_bounds
 
 
 def test_batch_size_ladder():
@@ -23,6 +23,15 @@ def test_batch_size_ladder():
     assert graph_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
     with pytest.raises(ValueError, match="max_batch: expected >= 1, got 0"):
         graph_batch_sizes(0)
+
+
+def test_a_step_is_two_graphs_when_the_model_has_more_layers_than_the_first():
+    assert piece_bounds(32, 2) == [(0, 2), (2, 32)]
+    assert piece_bounds(3, 2) == [(0, 2), (2, 3)]
+    assert piece_bounds(2, 2) == [(0, 2)]
+    assert piece_bounds(1, 2) == [(0, 1)]
+    with pytest.raises(ValueError, match="layers and first_piece: expected >= 1, got 0 and 2"):
+        piece_bounds(0, 2)
 
 
 def decode_step(num_reqs, width, seed=0):
@@ -77,3 +86,33 @@ def test_a_padded_step_computes_what_the_step_computes(tiny_model_dir):
     torch.testing.assert_close(padded[:3], expected, rtol=1e-5, atol=1e-5)  # a 4-row matmul may block its sums differently
     for cache, expected_cache in zip(runner.kv_caches, expected_caches):
         torch.testing.assert_close(cache, expected_cache, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_a_step_run_in_pieces_computes_what_forward_computes(tiny_model_dir):
+    """The graphs capture a step as begin(), run_layers() over consecutive ranges and end(): the same
+    kernels in the same order as forward(), so the same bits, and the same K/V written."""
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM", num_hidden_layers=3)), dtype="float32", device="cpu",
+                    block_size=4, kv_cache_memory_gb=0.01)
+    for i, prompt in enumerate(["The capital of France is", "Hi", "ka lo mi ne ru sa ti"]):
+        engine.add_request(str(i), prompt, SamplingParams(temperature=0, max_tokens=5))
+    engine.step()
+    out = engine.scheduler.schedule()
+    runner, model = engine.runner, engine.runner.model
+    inputs = DecodeInputs(8, math.ceil(engine.max_model_len / 4), torch.device("cpu"))
+    inputs.stage(out, 8)  # 8 rows: past the CPU's one-call decoder stack, the layers run as on a GPU
+    args = inputs.view("input_ids", 8), inputs.view("positions", 8)
+    before = [(k.clone(), v.clone()) for k, v in runner.kv_caches]
+    with torch.inference_mode():
+        expected = model(*args, runner.kv_caches, inputs.metadata(8)).clone()
+        expected_caches = [(k.clone(), v.clone()) for k, v in runner.kv_caches]
+        for (k, v), (k0, v0) in zip(runner.kv_caches, before):
+            k.copy_(k0)
+            v.copy_(v0)
+        state = model.begin(*args, inputs.metadata(8))
+        for first, stop in piece_bounds(3, 1):
+            model.run_layers(state, runner.kv_caches, first, stop)
+        hidden = model.end(state)
+    assert torch.equal(hidden[:3], expected[:3])  # the padding rows read an unwritten block
+    for pair, expected_pair in zip(runner.kv_caches, expected_caches):
+        for cache, expected_cache in zip(pair, expected_pair):
+            torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0, equal_nan=True)

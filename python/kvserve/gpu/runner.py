@@ -1,5 +1,5 @@
-"""The model runner on a CUDA GPU: the step's arrays are copied to the device, decode steps replay a
-captured CUDA graph (unless enforce_eager), every other step runs the model eagerly. Logits and
+"""The model runner on a CUDA GPU: the step's arrays are copied to the device, decode steps replay
+captured CUDA graphs (unless enforce_eager), every other step runs the model eagerly. Logits and
 sampling are the CPU runner's, on GPU tensors."""
 
 from __future__ import annotations
