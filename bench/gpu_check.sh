@@ -113,7 +113,7 @@ NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"
 run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --batches 1 8 64 \
   --out "$NO_PDL_JSONL"
-run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
+run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --batches 1 8 64 --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 # Batch 1's profile again with the kernels launched the plain way: which kernels the overlap shortened.
 run profile-no-pdl 60 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py profile --batches 1 \
   --out "$NO_PDL_JSONL" --report "$OUT/profile-no-pdl.txt"
