@@ -130,7 +130,7 @@ if [ -n "${BASELINE:-}" ]; then
   run baseline-attention 60 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
     "$PY" bench/gpu_bench.py attention --no-prefill --out "$BASELINE_JSONL"
   run baseline-decode 100 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
-    "$PY" bench/gpu_bench.py decode --out "$BASELINE_JSONL"
+    "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$BASELINE_JSONL"
 fi
 # WORKLOAD.md's GPU case (the goal is the 256-in, 256-out run above), last: it matters least.
 run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --input-len 512 --output-len 128 \
