@@ -7,10 +7,10 @@ launch overhead that would otherwise leave the GPU idle between them. Graphs cap
 forward pass only: the logits and the sampler run after it, on the rows that are real.
 
 Each batch size is two graphs: the embedding and the first FIRST_PIECE_LAYERS layers, then the rest.
-Launching a graph costs the host time in proportion to its kernels (about 0.1 ms for an 8B model's
-~300, H100 profile in bench/README.md), and the step's launch is on the path from one step's tokens
-to the next step's start, while the GPU waits: the short first graph starts the GPU sooner, and the
-host launches the long one while the GPU runs it.
+Replaying an 8B model's ~300-kernel graph took the host 0.13 ms (H100 profile in bench/README.md),
+on the path from one step's tokens to the next step's start, while the GPU waits: a short first
+graph should start the GPU sooner, the host launching the long one while the GPU runs it (not yet
+timed on a GPU).
 """
 
 from __future__ import annotations
