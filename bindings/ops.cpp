@@ -128,7 +128,7 @@ void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cach
 void paged_attention(Array out, Array query, Array key_cache, Array value_cache, Array block_table,
                      Array seq_lens, Array query_start_loc, double scale, bool causal,
                      std::optional<int64_t> sliding_window, std::optional<double> softcap,
-                     uintptr_t stream) {
+                     std::optional<int64_t> num_splits, uintptr_t stream) {
   const char* layout = "[num_tokens, num_heads, head_dim]";
   check_dtype(query, "query", kFloatDtypes);
   check_rows(query, "query", layout);
@@ -147,6 +147,9 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   }
   if (softcap && !(*softcap > 0 && std::isfinite(*softcap))) {
     throw nb::value_error(("softcap: expected a finite number > 0 or None, got " + std::to_string(*softcap)).c_str());
+  }
+  if (num_splits && *num_splits < 1) {
+    throw nb::value_error(("num_splits: expected >= 1 or None, got " + std::to_string(*num_splits)).c_str());
   }
   const bool cuda = on_one_device({{query, "query"}, {out, "out"}, {key_cache, "key_cache"},
                                    {value_cache, "value_cache"}, {block_table, "block_table"},
@@ -169,6 +172,7 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   p.causal = causal;
   p.sliding_window = sliding_window.value_or(0);
   p.softcap = static_cast<float>(softcap.value_or(0.0));
+  p.num_splits = num_splits.value_or(0);
   call_kernel(cuda, KVSERVE_KERNELS(paged_attention), check_paged_attention, check_paged_attention_layout, p,
               query.device_id(), stream, "paged_attention");
 }
@@ -211,7 +215,8 @@ void bind_ops(nb::module_& m) {
   m.def("paged_attention", &paged_attention, nb::arg("out").noconvert(), nb::arg("query"),
         nb::arg("key_cache"), nb::arg("value_cache"), nb::arg("block_table"), nb::arg("seq_lens"),
         nb::arg("query_start_loc"), nb::arg("scale"), nb::arg("causal") = true,
-        nb::arg("sliding_window") = nb::none(), nb::arg("softcap") = nb::none(), nb::arg("stream") = 0,
+        nb::arg("sliding_window") = nb::none(), nb::arg("softcap") = nb::none(), nb::arg("num_splits") = nb::none(),
+        nb::arg("stream") = 0,
         "Attention of query [num_tokens, num_heads, head_dim] over the paged KV cache, into out.\n"
         "See kvserve.ops.paged_attention for the contract.");
   m.def("cpu_isa", [] { return cpu_isa_name(cpu_isa()); },

@@ -63,6 +63,7 @@ Status check_paged_attention_layout(const PagedAttentionParams& p, std::string* 
     return fail(why, "softcap: expected a finite number > 0 (or none), got " + std::to_string(p.softcap));
   }
   if (p.sliding_window < 0) return fail(why, "sliding_window: expected >= 1 (or none), got " + str(p.sliding_window));
+  if (p.num_splits < 0) return fail(why, "num_splits: expected >= 1 (or 0: chosen), got " + str(p.num_splits));
   if (p.query_start_loc == nullptr || (p.num_reqs > 0 && (p.seq_lens == nullptr || p.block_table == nullptr)) ||
       (p.num_tokens > 0 && (p.query == nullptr || p.out == nullptr || p.key_cache == nullptr ||
                             p.value_cache == nullptr))) {

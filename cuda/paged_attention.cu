@@ -40,11 +40,13 @@ bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) 
 
 // Splits of each tile's keys the launch allows (a tile uses at most one per stage of its keys, so
 // the count may exceed what a short context needs: a decode graph replays one launch for any
-// context): enough blocks for two per multiprocessor, counting the tiles that hold rows
-// (`work_tiles`; the grid may have more), while each split keeps at least two stages of keys of the
-// longest context the block table can hold, and the partials and the tiles' arrival counters fit
-// the workspace. (Filling the block slots in whole waves instead split batch 64 in two on an H100
-// and made its attention 13% slower: bench/README.md.)
+// context): p.num_splits when the caller sets it; else enough blocks for two per multiprocessor,
+// counting the tiles that hold rows (`work_tiles`; the grid may have more), while each split keeps
+// at least two stages of keys of the longest context the block table can hold. Either way the
+// partials and the tiles' arrival counters must fit the workspace. (Filling the block slots in
+// whole waves instead split batch 64 in two on an H100 and made its attention 13% slower in a
+// graph, where back-to-back calls find their code and metadata in L2; the engine's calls find them
+// evicted: bench/README.md. gpu_bench.py attention --splits times the counts both ways.)
 int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t work_tiles, int64_t keys_per_stage,
                       const DeviceInfo& device) {
   if (tiles * p.num_kv_heads > kMaxSplitTiles) return 1;
@@ -53,6 +55,7 @@ int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t work
   const int64_t by_length = p.max_blocks_per_req * p.block_size / (2 * keys_per_stage);
   const int64_t split_bytes = p.num_tokens * p.num_heads * (p.head_dim + 2) * static_cast<int64_t>(sizeof(float));
   const int64_t by_memory = static_cast<int64_t>(kSplitPartialBytes) / split_bytes;
+  if (p.num_splits > 0) return static_cast<int32_t>(max_i64(1, min_i64(min_i64(p.num_splits, kMaxSplits), by_memory)));
   return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
 }
 

@@ -49,6 +49,10 @@ struct PagedAttentionParams {
   bool causal = true;
   int64_t sliding_window = 0;  // 0: none
   float softcap = 0.f;         // 0: none
+  // CUDA: split each tile's keys across at most this many thread blocks (flash-decoding; fewer when
+  // the split workspace is too small), 0: as many as fill the device. A speed setting, for tuning
+  // and benchmarks: any count gives the same values to within float32 rounding. The CPU ignores it.
+  int64_t num_splits = 0;
 };
 
 // Every size, stride and metadata value the kernel will use, including each block id a request

@@ -59,7 +59,7 @@ def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping) -> None:
 
 
 def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, query_start_loc,
-                    scale, causal=True, sliding_window=None, softcap=None) -> None:
+                    scale, causal=True, sliding_window=None, softcap=None, num_splits=None) -> None:
     """Attention of every query row over its request's paged context, written into `out`.
 
     query, out:             [num_tokens, num_heads, head_dim]  tokens of all requests, concatenated
@@ -74,13 +74,17 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
     `sliding_window` if set). `softcap` c maps each scaled score s to c * tanh(s / c). GQA: head h
     reads kv head h // (num_heads // num_kv_heads). float32, bfloat16 or float16; float32 math.
 
+    `num_splits` (CUDA; the CPU ignores it): split each tile's keys across at most that many thread
+    blocks instead of as many as fill the GPU; a speed setting for tuning and benchmarks, the values
+    agree to within float32 rounding.
+
     On the CPU, bad metadata raises ValueError before anything is written. On CUDA the metadata
     stays in device memory and is checked by the kernel as it reads it: the rows of a request with
     a seq_len or block id out of range come out NaN (see paged_attention.h).
     """
     _C.ops.paged_attention(_dl(out), _dl(query), _dl(key_cache), _dl(value_cache), _dl(block_table),
                            _dl(seq_lens), _dl(query_start_loc), scale, causal, sliding_window, softcap,
-                           _stream_of(query))
+                           num_splits, _stream_of(query))
 
 
 def rms_norm(out, x, weight, eps: float) -> None:

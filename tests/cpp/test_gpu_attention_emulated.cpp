@@ -31,6 +31,7 @@ struct AttentionCase {
   float softcap = 0.f;
   bool causal = true;
   bool strided = false;  // query/out as views of wider rows, K and V as views of one tensor
+  int64_t num_splits = 0;  // 0: chosen by the launch
 };
 
 std::string describe(const AttentionCase& c) {
@@ -103,6 +104,7 @@ struct AttentionRun {
     p.causal = c.causal;
     p.sliding_window = c.sliding_window;
     p.softcap = c.softcap;
+    p.num_splits = c.num_splits;
   }
 
   Status run_cpu() {
@@ -291,6 +293,29 @@ TEST(EmulatedPagedAttention, LongContextsSplitTheKeys) {
   expect_attention_matches({DType::kBFloat16, 128, 8, 2, 16, {40}, {1500}});
   // The most splits (64): the merge's lanes hold two splits' statistics each.
   expect_attention_matches({DType::kBFloat16, 64, 4, 1, 16, {1}, {9000}});
+}
+
+TEST(EmulatedPagedAttention, TheCallerMaySetTheSplits) {
+  // num_splits overrides the launch's choice (the grid's z): none where the launch would split, a
+  // few, more than the most (65, capped to 64) and than the keys' stages (a tile uses at most one
+  // per stage); decode and prefill tiles, a batch the launch would not split.
+  for (int64_t splits : {1, 3, 65}) {
+    for (AttentionCase c : {AttentionCase{DType::kBFloat16, 128, 8, 2, 16, {1, 1}, {3001, 900}},
+                            AttentionCase{DType::kFloat16, 64, 4, 2, 16, {1, 1, 1, 1}, {1, 16, 33, 70}},
+                            AttentionCase{DType::kBFloat16, 128, 8, 2, 16, {40}, {1500}}}) {
+      c.num_splits = splits;
+      expect_attention_matches(c);
+      EXPECT_EQ(kvserve::gpu::emulator::last_grid().z, static_cast<unsigned>(std::min<int64_t>(splits, 64)))
+          << describe(c);
+    }
+  }
+  AttentionCase c{DType::kBFloat16, 128, 8, 2, 16, {1}, {100}};
+  c.num_splits = -1;
+  AttentionRun run(c);
+  std::string why;
+  EXPECT_EQ(kvserve::check_paged_attention_layout(run.params, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "num_splits: expected >= 1 (or 0: chosen), got -1");
+  EXPECT_EQ(kvserve::paged_attention_cuda(run.params, nullptr), Status::kInvalidArgument);
 }
 
 TEST(EmulatedPagedAttention, SplitCallsRepeatExactly) {

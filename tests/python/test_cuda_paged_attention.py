@@ -61,6 +61,14 @@ def test_long_contexts_split_the_keys(dtype):
     run_case(dtype, 16, 32, 8, ([1], [4096]), head_dim=128, device="cuda")  # Llama-3.1-8B's heads
 
 
+@pytest.mark.parametrize("num_splits", [1, 5, 64])
+def test_the_caller_may_set_the_splits(num_splits):
+    """num_splits overrides the launch's choice (a speed setting): the same values whatever it is."""
+    run_case(torch.bfloat16, 16, 32, 8, ([1], [4096]), head_dim=128, device="cuda", num_splits=num_splits)
+    run_case(torch.bfloat16, 16, 32, 8, ([1] * 64, [512] * 64), head_dim=128, device="cuda", num_splits=num_splits)
+    run_case(torch.bfloat16, 16, 8, 2, "mixed", device="cuda", num_splits=num_splits)
+
+
 def test_many_decodes_fill_the_gpu_unsplit():
     seq_lens = [1 + (i * 37) % 300 for i in range(600)]
     run_case(torch.bfloat16, 16, 32, 8, ([1] * 600, seq_lens), head_dim=128, device="cuda")

@@ -24,7 +24,7 @@ BATCHES = {
 
 
 def run_case(dtype, block_size, heads, kv_heads, batch, head_dim=64, causal=True, sliding_window=None,
-             softcap=None, seed=0, device="cpu"):
+             softcap=None, seed=0, device="cpu", num_splits=None):
     new_tokens, seq_lens = BATCHES[batch] if isinstance(batch, str) else batch
     num_blocks = blocks_needed(seq_lens, block_size) + 3
     key_cache, value_cache = random_caches(num_blocks, block_size, kv_heads, head_dim, dtype, seed=seed)
@@ -35,7 +35,7 @@ def run_case(dtype, block_size, heads, kv_heads, batch, head_dim=64, causal=True
     scalars = (head_dim ** -0.5, causal, sliding_window, softcap)
     on_device = [a.to(device) for a in arrays]
     out = torch.full_like(on_device[0], float("nan"))  # poisoned: a row the kernel skips stays NaN
-    ops.paged_attention(out, *on_device, *scalars)
+    ops.paged_attention(out, *on_device, *scalars, num_splits=num_splits)
     expected = reference_paged_attention(*arrays, *scalars)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(out.cpu().double(), expected, rtol=tol, atol=tol)
@@ -169,9 +169,18 @@ BAD_INPUTS = {
                        r"query_start_loc\[2\] = 3 is less than query_start_loc\[1\] = 4"),
     "qsl not from 0": (dict(query_start_loc=torch.tensor([1, 2, 3], dtype=torch.int32)), r"query_start_loc\[0\] = 1"),
     "sliding_window 0": (dict(sliding_window=0), r"sliding_window: expected >= 1 or None, got 0"),
+    "num_splits 0": (dict(num_splits=0), r"num_splits: expected >= 1 or None, got 0"),
     "softcap negative": (dict(softcap=-1.0), r"softcap: expected a finite number > 0"),
     "scale nan": (dict(scale=float("nan")), r"scale: expected a finite number"),
 }
+
+
+def test_the_cpu_kernel_ignores_num_splits():
+    args = valid_args()
+    ops.paged_attention(**args)
+    expected = args["out"].clone()
+    ops.paged_attention(**dict(args, num_splits=4))
+    assert torch.equal(args["out"], expected)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))

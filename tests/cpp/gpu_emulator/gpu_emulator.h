@@ -134,6 +134,8 @@ void wait_for_prior_grid();
 void note_load_through_l2(const void* at, size_t bytes);
 // The bytes the last launch's threads loaded before their wait.
 const std::vector<ByteRange>& loads_before_wait();
+// The grid of the last launch that ran.
+const dim3& last_grid();
 
 // Runs body(context) as every thread of every block of the grid; sets the last error and runs
 // nothing when the launch breaks a CUDA limit.
