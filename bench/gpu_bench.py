@@ -111,13 +111,15 @@ def attention_case(case: str) -> tuple[int, int, int]:
         raise ValueError(f"attention case {case!r}: expected BATCHxCONTEXT or BATCHxCONTEXT/TABLE") from None
 
 
-def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float = 0.0) -> None:
+def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float = 0.0,
+                    splits: list[int] | None = None) -> None:
     """Decode attention for each case "BATCHxCONTEXT" or "BATCHxCONTEXT/TABLE" (a block table that
     holds TABLE tokens, as a decode graph's holds the longest context: the launch splits the keys for
     it), each timed three ways: a call, a call in a graph (back to back: their code and metadata in
     L2), and a call after the L2 was overwritten (as the engine's call finds it); then (with
     `prefill`) prefill attention. With `cache_gib`, the K and V caches take that much
-    memory together, and the cases' blocks lie scattered across it, as an engine's do."""
+    memory together, and the cases' blocks lie scattered across it, as an engine's do. With `splits`,
+    each case again with each of those split counts (ops.paged_attention's num_splits)."""
     bandwidth = copy_bandwidth()
     record(out, name="copy_bandwidth", GB_per_s=bandwidth / 1e9)
     generator = torch.Generator(device="cuda").manual_seed(0)
@@ -143,19 +145,23 @@ def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float
         qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
         query = torch.randn(batch, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE, generator=generator)
         result = torch.empty_like(query)
-
-        def call(i: int) -> None:
-            ops.paged_attention(result, query, key_cache, value_cache, tables[i % sets], seq_lens, qsl,
-                                HEAD_DIM ** -0.5)
-
-        ms = cuda_ms(call)
-        replayed_ms = graph_ms(call, max(sets, 8))
-        cold_ms = cuda_ms(call, before=overwrite_l2)
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
         name = f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table > context else "")
         name += f"_cache{cache_gib:g}GiB" if cache_gib else ""
-        record(out, name=name, ms=ms, graph_ms=replayed_ms, cold_ms=cold_ms, floor_ms=floor_ms, ratio=ms / floor_ms,
-               graph_ratio=replayed_ms / floor_ms, cold_ratio=cold_ms / floor_ms, goal_ratio=1.5)
+        for num_splits in [None] + (splits or []):
+            # num_splits only when set: a BASELINE tree's ops may predate it.
+            setting = {} if num_splits is None else {"num_splits": num_splits}
+
+            def call(i: int, setting=setting) -> None:
+                ops.paged_attention(result, query, key_cache, value_cache, tables[i % sets], seq_lens, qsl,
+                                    HEAD_DIM ** -0.5, **setting)
+
+            ms = cuda_ms(call)
+            replayed_ms = graph_ms(call, max(sets, 8))
+            cold_ms = cuda_ms(call, before=overwrite_l2)
+            record(out, name=name + (f"_splits{num_splits}" if num_splits else ""), ms=ms, graph_ms=replayed_ms,
+                   cold_ms=cold_ms, floor_ms=floor_ms, ratio=ms / floor_ms, graph_ratio=replayed_ms / floor_ms,
+                   cold_ratio=cold_ms / floor_ms, goal_ratio=1.5)
         del key_cache, value_cache
     if prefill:
         bench_prefill_attention(out, generator)
@@ -440,6 +446,8 @@ def main() -> None:
                         default=["1x512", "1x512/8192", "1x4096", "64x512", "64x512/8192", "128x2048"],
                         help="attention: decode cases, BATCHxCONTEXT or BATCHxCONTEXT/TABLE_TOKENS")
     parser.add_argument("--no-prefill", action="store_true", help="attention: decode cases only")
+    parser.add_argument("--splits", type=int, nargs="+",
+                        help="attention: each case again with each of these split counts (num_splits)")
     parser.add_argument("--cache-gib", type=float, default=0.0,
                         help="attention: K and V caches of this many GiB together, the cases' blocks scattered "
                              "across them (an engine's cache fills the GPU)")
@@ -452,7 +460,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.what == "attention":
-        bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib)
+        bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps)
     elif args.what == "linear":

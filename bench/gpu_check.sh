@@ -105,6 +105,10 @@ run attention 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --out "$OUT
 # cache (its blocks scattered over 60 GiB) and a context that ends inside a stage.
 run attention-engine 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no-prefill --cache-gib 60 \
   --cases 1x512/8192 1x520/8192 64x512/8192 64x520/8192 --out "$OUT/bench.jsonl"
+# The same calls with the keys split 1 to 64 ways (ops.paged_attention's num_splits), timed in a
+# graph and after the L2 is overwritten: which count the launch should choose for the engine.
+run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no-prefill \
+  --cases 1x512/8192 8x512/8192 64x512/8192 64x2048/8192 --splits 1 2 4 8 16 33 64 --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
