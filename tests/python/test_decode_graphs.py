@@ -63,27 +63,44 @@ def test_a_step_is_padded_to_its_graph_batch():
         inputs.stage(decode_step(2, 7), 2)
 
 
-def test_a_padded_step_computes_what_the_step_computes(tiny_model_dir):
-    engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", device="cpu", block_size=4,
-                    kv_cache_memory_gb=0.01)
+def first_decode_step(tiny_model_dir, **overrides):
+    """An engine on the CPU with three requests past their prompts, and their first decode step
+    scheduled."""
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM", **overrides)), dtype="float32", device="cpu",
+                    block_size=4, kv_cache_memory_gb=0.01)
     for i, prompt in enumerate(["The capital of France is", "Hi", "ka lo mi ne ru sa ti"]):
         engine.add_request(str(i), prompt, SamplingParams(temperature=0, max_tokens=5))
     engine.step()
     out = engine.scheduler.schedule()
     assert out.num_reqs == out.num_tokens == 3
-    runner = engine.runner
-    before = [(k.clone(), v.clone()) for k, v in runner.kv_caches]
+    return engine, out
+
+
+def from_the_same_cache(kv_caches, first, second):
+    """first() and then second(), each from the caches as they are now: (first's output, the caches
+    first() left, second's output); the caches stay as second() left them."""
+    before = [(k.clone(), v.clone()) for k, v in kv_caches]
     with torch.inference_mode():
-        expected = runner.forward(out).clone()
-        expected_caches = [(k.clone(), v.clone()) for k, v in runner.kv_caches]
-        for (k, v), (k0, v0) in zip(runner.kv_caches, before):
+        expected = first().clone()
+        expected_caches = [(k.clone(), v.clone()) for k, v in kv_caches]
+        for (k, v), (k0, v0) in zip(kv_caches, before):
             k.copy_(k0)
             v.copy_(v0)
-        inputs = DecodeInputs(8, math.ceil(engine.max_model_len / 4), torch.device("cpu"))
+        return expected, expected_caches, second()
+
+
+def test_a_padded_step_computes_what_the_step_computes(tiny_model_dir):
+    engine, out = first_decode_step(tiny_model_dir)
+    runner = engine.runner
+    inputs = DecodeInputs(8, math.ceil(engine.max_model_len / 4), torch.device("cpu"))
+
+    def padded():
         inputs.stage(out, 4)
-        padded = runner.model(inputs.view("input_ids", 4), inputs.view("positions", 4), runner.kv_caches,
-                              inputs.metadata(4))
-    torch.testing.assert_close(padded[:3], expected, rtol=1e-5, atol=1e-5)  # a 4-row matmul may block its sums differently
+        return runner.model(inputs.view("input_ids", 4), inputs.view("positions", 4), runner.kv_caches,
+                            inputs.metadata(4))
+
+    expected, expected_caches, got = from_the_same_cache(runner.kv_caches, lambda: runner.forward(out), padded)
+    torch.testing.assert_close(got[:3], expected, rtol=1e-5, atol=1e-5)  # a 4-row matmul may block its sums differently
     for cache, expected_cache in zip(runner.kv_caches, expected_caches):
         torch.testing.assert_close(cache, expected_cache, rtol=1e-5, atol=1e-5, equal_nan=True)
 
@@ -91,28 +108,20 @@ def test_a_padded_step_computes_what_the_step_computes(tiny_model_dir):
 def test_a_step_run_in_pieces_computes_what_forward_computes(tiny_model_dir):
     """The graphs capture a step as begin(), run_layers() over consecutive ranges and end(): the same
     kernels in the same order as forward(), so the same bits, and the same K/V written."""
-    engine = Engine(str(tiny_model_dir("LlamaForCausalLM", num_hidden_layers=3)), dtype="float32", device="cpu",
-                    block_size=4, kv_cache_memory_gb=0.01)
-    for i, prompt in enumerate(["The capital of France is", "Hi", "ka lo mi ne ru sa ti"]):
-        engine.add_request(str(i), prompt, SamplingParams(temperature=0, max_tokens=5))
-    engine.step()
-    out = engine.scheduler.schedule()
+    engine, out = first_decode_step(tiny_model_dir, num_hidden_layers=3)
     runner, model = engine.runner, engine.runner.model
     inputs = DecodeInputs(8, math.ceil(engine.max_model_len / 4), torch.device("cpu"))
     inputs.stage(out, 8)  # 8 rows: past the CPU's one-call decoder stack, the layers run as on a GPU
     args = inputs.view("input_ids", 8), inputs.view("positions", 8)
-    before = [(k.clone(), v.clone()) for k, v in runner.kv_caches]
-    with torch.inference_mode():
-        expected = model(*args, runner.kv_caches, inputs.metadata(8)).clone()
-        expected_caches = [(k.clone(), v.clone()) for k, v in runner.kv_caches]
-        for (k, v), (k0, v0) in zip(runner.kv_caches, before):
-            k.copy_(k0)
-            v.copy_(v0)
+
+    def in_pieces():
         state = model.begin(*args, inputs.metadata(8))
         for first, stop in piece_bounds(3, 1):
             model.run_layers(state, runner.kv_caches, first, stop)
-        hidden = model.end(state)
+        return model.end(state)
+
+    expected, expected_caches, hidden = from_the_same_cache(
+        runner.kv_caches, lambda: model(*args, runner.kv_caches, inputs.metadata(8)), in_pieces)
     assert torch.equal(hidden[:3], expected[:3])  # the padding rows read an unwritten block
-    for pair, expected_pair in zip(runner.kv_caches, expected_caches):
-        for cache, expected_cache in zip(pair, expected_pair):
-            torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0, equal_nan=True)
+    for cache, expected_cache in zip(runner.kv_caches, expected_caches):
+        torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0, equal_nan=True)
