@@ -50,12 +50,12 @@ bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) 
 int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t work_tiles, int64_t keys_per_stage,
                       const DeviceInfo& device) {
   if (tiles * p.num_kv_heads > kMaxSplitTiles) return 1;
-  const int64_t blocks = work_tiles * p.num_kv_heads;
-  const int64_t wanted = (2 * device.multiprocessors + blocks - 1) / blocks;
-  const int64_t by_length = p.max_blocks_per_req * p.block_size / (2 * keys_per_stage);
   const int64_t split_bytes = p.num_tokens * p.num_heads * (p.head_dim + 2) * static_cast<int64_t>(sizeof(float));
   const int64_t by_memory = static_cast<int64_t>(kSplitPartialBytes) / split_bytes;
   if (p.num_splits > 0) return static_cast<int32_t>(max_i64(1, min_i64(min_i64(p.num_splits, kMaxSplits), by_memory)));
+  const int64_t blocks = work_tiles * p.num_kv_heads;
+  const int64_t wanted = (2 * device.multiprocessors + blocks - 1) / blocks;
+  const int64_t by_length = p.max_blocks_per_req * p.block_size / (2 * keys_per_stage);
   return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
 }
 
