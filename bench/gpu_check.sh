@@ -154,8 +154,7 @@ import json, sys
 from pathlib import Path
 
 rows = []
-builds = ("", " (KVSERVE_PDL=0)", " (BASELINE)")
-for path, build in zip(map(Path, sys.argv[1:]), builds):
+for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)")):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}

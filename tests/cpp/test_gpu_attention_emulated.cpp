@@ -305,7 +305,7 @@ TEST(EmulatedPagedAttention, TheCallerMaySetTheSplits) {
                             AttentionCase{DType::kBFloat16, 128, 8, 2, 16, {40}, {1500}}}) {
       c.num_splits = splits;
       expect_attention_matches(c);
-      EXPECT_EQ(kvserve::gpu::emulator::last_grid().z, static_cast<unsigned>(std::min<int64_t>(splits, 64)))
+      EXPECT_EQ(kvserve::gpu::emulator::grid_dim().z, static_cast<unsigned>(std::min<int64_t>(splits, 64)))
           << describe(c);
     }
   }

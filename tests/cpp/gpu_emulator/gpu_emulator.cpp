@@ -226,7 +226,6 @@ const Index& thread_index() { return current().thread; }
 const Index& block_index() { return block_index_now; }
 const dim3& block_dim() { return block_dim_now; }
 const dim3& grid_dim() { return grid_dim_now; }
-const dim3& last_grid() { return grid_dim_now; }
 unsigned char* dynamic_shared_memory() { return reinterpret_cast<unsigned char*>(block->shared.data()); }
 
 void sync_block() { wait(block->block_barrier, block->live); }

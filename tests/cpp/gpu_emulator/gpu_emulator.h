@@ -102,7 +102,7 @@ struct Index {
 const Index& thread_index();
 const Index& block_index();
 const dim3& block_dim();
-const dim3& grid_dim();
+const dim3& grid_dim();  // of the launch running, or of the last one (tests read it)
 unsigned char* dynamic_shared_memory();
 
 // Barriers: every live thread of the block, or of the calling thread's warp.
@@ -134,8 +134,6 @@ void wait_for_prior_grid();
 void note_load_through_l2(const void* at, size_t bytes);
 // The bytes the last launch's threads loaded before their wait.
 const std::vector<ByteRange>& loads_before_wait();
-// The grid of the last launch that ran.
-const dim3& last_grid();
 
 // Runs body(context) as every thread of every block of the grid; sets the last error and runs
 // nothing when the launch breaks a CUDA limit.
