@@ -104,7 +104,9 @@ void bind_scheduler(nb::module_& m) {
             return s.step;
           },
           nb::rv_policy::reference_internal,
-          "Build the next step's batch. RuntimeError if the previous step's sampled tokens were not applied.")
+          "Build the next step's batch, which opens unless empty. One step may be open (its tokens\n"
+          "not applied yet): rows that decode its tokens get placeholders (deferred_input_tokens).\n"
+          "RuntimeError when two are.")
       .def(
           "update_from_output",
           [](PyScheduler& s, SampledIds sampled_token_ids) {
@@ -113,12 +115,13 @@ void bind_scheduler(nb::module_& m) {
             return sample_updates_to_list(s, updates);
           },
           nb::arg("sampled_token_ids"),
-          "Apply the tokens sampled for the last schedule()'s logits_indices (int32[num_sampled]).\n"
+          "Close the oldest open step: apply the tokens sampled for its logits_indices (int32[num_sampled]).\n"
           "Returns list[SampleUpdate]: (request_id, sample_index, new_token_ids, finish_reason), with\n"
-          "stop_token_id by name; finish_reason is None while the sequence runs.")
-      .def("fail_step", [](PyScheduler& s) { s.core.fail_step(); },
-           "The model run of the last schedule() failed: end its requests (abort), make the prefix cache\n"
-           "forget the blocks it was to write, and close the step without tokens.")
+          "stop_token_id and sampled_index by name; finish_reason is None while the sequence runs.")
+      .def("fail_step", [](PyScheduler& s) { return s.core.fail_step(); },
+           "The model run of an open step failed: close every open step without tokens, end their\n"
+           "requests (abort), make the prefix cache forget the blocks they were to write. Returns the\n"
+           "ids of the requests it ended.")
       .def(
           "finish_requests",
           [](PyScheduler& s, const std::vector<std::string>& request_ids, std::string_view reason) {

@@ -47,7 +47,7 @@ nb::list strings(const std::vector<std::string>& values) {
   return list;
 }
 
-// A struct sequence: 4 fields by position (the documented tuple) and stop_token_id by name only,
+// A struct sequence: 4 fields by position (the documented tuple), the others by name only,
 // so `rid, i, tokens, reason = update` keeps working as fields are added.
 PyTypeObject* sample_update_type = nullptr;
 
@@ -57,6 +57,7 @@ PyStructSequence_Field sample_update_fields[] = {
     {"new_token_ids", "the tokens appended this step (list[int])"},
     {"finish_reason", "\"stop\", \"length\", \"abort\" or None while running"},
     {"stop_token_id", "the EOS or stop token that ended the sample, else None"},
+    {"sampled_index", "its entry in the step's logits_indices (the row of its logprobs)"},
     {nullptr, nullptr},
 };
 
@@ -90,6 +91,7 @@ nb::list sample_updates_to_list(const PyScheduler& scheduler, const std::vector<
     PyStructSequence_SetItem(item, 2, tokens);
     PyStructSequence_SetItem(item, 3, finish_reason_object(u.finish_reason).release().ptr());
     PyStructSequence_SetItem(item, 4, u.stop_token_id < 0 ? nb::none().release().ptr() : PyLong_FromLong(u.stop_token_id));
+    PyStructSequence_SetItem(item, 5, PyLong_FromLong(u.sampled_index));
   }
   return list;
 }
@@ -136,6 +138,13 @@ void bind_scheduler_output(nb::module_& m) {
                      return view(s, o.blocks_to_copy, static_cast<size_t>(o.num_copies()), size_t{2});
                    },
                    "int64[num_copies, 2]: {src, dst} blocks to copy (copy-on-write) before the forward pass")
+      .def_prop_ro("num_deferred", [](const PyStep& s) { return output_of(s).num_deferred(); })
+      .def_prop_ro("deferred_input_tokens",
+                   [](const PyStep& s) { const auto& o = output_of(s); return view(s, o.deferred_input_tokens, o.deferred_input_tokens.size()); },
+                   "int64[num_deferred]: tokens whose input id (-1 in input_ids) is sampled by the previous step")
+      .def_prop_ro("deferred_input_sources",
+                   [](const PyStep& s) { const auto& o = output_of(s); return view(s, o.deferred_input_sources, o.deferred_input_sources.size()); },
+                   "int32[num_deferred]: the entry of the previous step's sampled tokens each one takes")
       .def_prop_ro("req_ids",
                    [](const PyStep& s) { return request_ids(s, output_of(s).req_handles.size(), [](size_t i) { return i; }); },
                    "list[str]: the request id of each row")

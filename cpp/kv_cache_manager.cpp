@@ -108,7 +108,8 @@ bool KVCacheManager::allocate_slots(std::vector<SlotPlan>& plans, std::vector<in
     while (seq.block_ids.size() < num_blocks) seq.block_ids.push_back(pool_.allocate_one());
 
     if (!pool_.prefix_caching()) continue;
-    const int32_t num_full = end / block_size_;
+    // Blocks whose tokens are all known: a placeholder's block is registered by a later call.
+    const int32_t num_full = std::min(end, seq.num_tokens()) / block_size_;
     for (int32_t j = static_cast<int32_t>(seq.cached_refs.size()); j < num_full; ++j) {
       const BlockRef parent = j == 0 ? kRootRef : seq.cached_refs[static_cast<size_t>(j - 1)];
       seq.cached_refs.push_back(pool_.cache_full_block(seq.block_ids[static_cast<size_t>(j)], block_hash(seq, j),

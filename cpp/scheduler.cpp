@@ -64,7 +64,13 @@ Scheduler::Scheduler(const SchedulerConfig& config)
   output_.blocks_to_copy.reserve(2 * seqs);
   output_.query_start_loc.push_back(0);
   row_seqs_.reserve(seqs);
-  sampled_.reserve(seqs);
+  output_.deferred_input_tokens.reserve(seqs);
+  output_.deferred_input_sources.reserve(seqs);
+  for (OpenStep& step : open_) {
+    step.sampled.reserve(seqs);
+    step.handles.reserve(seqs);
+    step.written_blocks.reserve(tokens);
+  }
   updates_.reserve(seqs);
 }
 
@@ -148,7 +154,7 @@ void Scheduler::end_sample(int32_t handle, Sequence& seq, FinishReason reason) {
   if (req.status == RequestStatus::kRunning) running_has_finished_ = true;
   req.status = RequestStatus::kFinished;
   slot_of_.erase(req.request_id);
-  retired_handles_.push_back(handle);
+  retired_handles_.emplace_back(handle, num_opened_);
 }
 
 void Scheduler::end_request(int32_t handle, FinishReason reason) {

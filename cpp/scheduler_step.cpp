@@ -22,6 +22,8 @@ void clear_step(SchedulerOutput& out) {
   out.sampled_rows.clear();
   out.sampled_sample_indices.clear();
   out.blocks_to_copy.clear();
+  out.deferred_input_tokens.clear();
+  out.deferred_input_sources.clear();
   out.preempted_req_ids.clear();
   out.finished_req_ids.clear();
 }
@@ -29,15 +31,19 @@ void clear_step(SchedulerOutput& out) {
 }  // namespace
 
 const SchedulerOutput& Scheduler::schedule() {
-  if (!sampled_.empty()) {
-    throw std::logic_error("schedule() called before update_from_output() of the previous step, which sampled " +
-                           std::to_string(sampled_.size()) + " tokens");
+  if (num_open_ == kMaxOpenSteps) {
+    throw std::logic_error("schedule() called with " + std::to_string(kMaxOpenSteps) +
+                           " steps open: update_from_output() (or fail_step()) must close the oldest first");
   }
-  free_handles_.insert(free_handles_.end(), retired_handles_.begin(), retired_handles_.end());
-  retired_handles_.clear();
+  const auto reusable = std::partition(retired_handles_.begin(), retired_handles_.end(),
+                                       [this](const auto& retired) { return retired.second > num_closed_; });
+  for (auto it = reusable; it != retired_handles_.end(); ++it) free_handles_.push_back(it->first);
+  retired_handles_.erase(reusable, retired_handles_.end());
   clear_step(output_);
   output_.finished_req_ids.swap(finished_since_step_);
   row_seqs_.clear();
+  OpenStep& step = open_[num_open_];
+  step.sampled.clear();
 
   int32_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
@@ -45,6 +51,13 @@ const SchedulerOutput& Scheduler::schedule() {
   // After a preemption the blocks are short: admitting more would only preempt again.
   if (!preempted) schedule_waiting(budget);
   finish_block_table();
+  if (output_.num_reqs > 0) {
+    step.handles.assign(output_.req_handles.begin(), output_.req_handles.end());
+    step.written_blocks.clear();
+    for (const int64_t slot : output_.slot_mapping) step.written_blocks.push_back(static_cast<int32_t>(slot / config_.block_size));
+    ++num_open_;
+    ++num_opened_;
+  }
   return output_;
 }
 
@@ -58,9 +71,14 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     const int32_t handle = running_[i];
     plans_.clear();
-    for (Sequence& seq : requests_[static_cast<size_t>(handle)].samples) {
+    Request& req = requests_[static_cast<size_t>(handle)];
+    for (Sequence& seq : req.samples) {
       if (seq.finished()) continue;
-      const int32_t num_new = tokens_to_schedule(seq.num_tokens() - seq.num_computed_tokens, budget);
+      // A token in flight: a fork waits for it, and a length it certainly reaches ends the sequence.
+      if (seq.num_placeholders > 0 && (!req.forked() || ends_by_length(req, seq.num_tokens_with_placeholders()))) {
+        continue;
+      }
+      const int32_t num_new = tokens_to_schedule(seq.num_tokens_with_placeholders() - seq.num_computed_tokens, budget);
       if (num_new == 0) continue;
       plans_.push_back(SlotPlan{&seq, num_new, {}});
       budget -= num_new;
@@ -120,6 +138,9 @@ void Scheduler::schedule_waiting(int32_t& budget) {
   }
 }
 
+// A victim with a token in flight takes it in the waiting queue. Nothing is admitted in the step
+// that preempts, and the next schedule() comes after that token's step closed (two open at most),
+// so a waiting request never holds a placeholder when it is admitted.
 void Scheduler::preempt_last_running() {
   const int32_t handle = running_.back();
   running_.pop_back();
@@ -146,7 +167,13 @@ void Scheduler::emit_rows(int32_t handle) {
     const int32_t start = seq.num_computed_tokens;
     const int32_t end = start + plan.num_new_tokens;
     for (int32_t pos = start; pos < end; ++pos) {
-      out.input_ids.push_back(seq.token_ids[static_cast<size_t>(pos)]);
+      if (pos < seq.num_tokens()) {
+        out.input_ids.push_back(seq.token_ids[static_cast<size_t>(pos)]);
+      } else {  // the placeholder of the step in flight
+        out.deferred_input_tokens.push_back(static_cast<int64_t>(out.input_ids.size()));
+        out.deferred_input_sources.push_back(seq.sample_entry);
+        out.input_ids.push_back(-1);
+      }
       out.positions.push_back(pos);
       out.slot_mapping.push_back(static_cast<int64_t>(seq.block_ids[static_cast<size_t>(pos / bs)]) * bs + pos % bs);
     }
@@ -158,16 +185,19 @@ void Scheduler::emit_rows(int32_t handle) {
     out.sample_indices.push_back(seq.sample_index);
     row_seqs_.push_back(&seq);
     seq.num_computed_tokens = end;
-    if (end < seq.num_tokens()) continue;  // a prefill chunk: nothing to sample yet
+    if (end < seq.num_tokens_with_placeholders()) continue;  // a prefill chunk: nothing to sample yet
 
     const bool forks = !req.forked();
+    seq.sample_entry = out.num_sampled();
+    ++seq.num_placeholders;
+    std::vector<SampledEntry>& sampled = open_[num_open_].sampled;
     const int32_t num_samples = forks ? req.params.n : 1;
     for (int32_t k = 0; k < num_samples; ++k) {
       const int32_t sample_index = forks ? k : seq.sample_index;
       out.logits_indices.push_back(out.num_tokens - 1);
       out.sampled_rows.push_back(row);
       out.sampled_sample_indices.push_back(sample_index);
-      sampled_.push_back(SampledEntry{handle, sample_index, forks});
+      sampled.push_back(SampledEntry{handle, sample_index, forks});
     }
   }
 }

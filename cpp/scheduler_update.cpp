@@ -16,9 +16,10 @@ bool contains(const std::vector<int32_t>& ids, int32_t id) {
 }  // namespace
 
 const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sampled_token_ids, int64_t num_sampled) {
-  if (num_sampled != static_cast<int64_t>(sampled_.size())) {
-    throw std::invalid_argument("sampled_token_ids: expected " + std::to_string(sampled_.size()) +
-                                " token ids (one per logits_indices entry of the last schedule()), got " +
+  const size_t expected = num_open_ > 0 ? open_[0].sampled.size() : 0;
+  if (num_sampled != static_cast<int64_t>(expected)) {
+    throw std::invalid_argument("sampled_token_ids: expected " + std::to_string(expected) +
+                                " token ids (one per logits_indices entry of the oldest open step), got " +
                                 std::to_string(num_sampled));
   }
   for (int64_t k = 0; k < num_sampled; ++k) {
@@ -28,39 +29,54 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
     }
   }
   updates_.clear();
-  for (size_t k = 0; k < sampled_.size(); ++k) {
-    const SampledEntry& entry = sampled_[k];
+  if (num_open_ == 0) return updates_;
+  const std::vector<SampledEntry>& sampled = open_[0].sampled;
+  for (size_t k = 0; k < sampled.size(); ++k) {
+    const SampledEntry& entry = sampled[k];
     Request& req = requests_[static_cast<size_t>(entry.handle)];
-    if (req.status != RequestStatus::kRunning) continue;  // ended since schedule()
+    if (req.status == RequestStatus::kFinished) continue;  // ended since schedule()
     if (entry.forks && !req.forked()) fork(req);
     Sequence& seq = req.samples[static_cast<size_t>(entry.sample_index)];
     if (seq.finished()) continue;
 
     const int32_t token = sampled_token_ids[k];
+    --seq.num_placeholders;
     seq.token_ids.push_back(token);
-    updates_.push_back(SampleUpdate{entry.handle, req.request_id, entry.sample_index, token, FinishReason::kNone, -1});
+    updates_.push_back(SampleUpdate{entry.handle, req.request_id, entry.sample_index, static_cast<int32_t>(k), token,
+                                    FinishReason::kNone, -1});
     if (apply_stop_conditions(req, seq)) {
       updates_.back().finish_reason = seq.finish_reason;
       updates_.back().stop_token_id = seq.stop_token_id;
       end_sample(entry.handle, seq, seq.finish_reason);
     }
   }
-  sampled_.clear();
+  close_oldest_step();
   drop_finished_running();
   return updates_;
 }
 
-void Scheduler::fail_step() {
-  // A block written by this step was allocated or copied for it, so a cache entry it has now was
-  // registered by this step (a full block is never written again): its KV cannot be trusted.
-  for (const int64_t slot : output_.slot_mapping) manager_.forget_cached(static_cast<int32_t>(slot / config_.block_size));
-  for (const int32_t handle : output_.req_handles) {
-    if (requests_[static_cast<size_t>(handle)].status != RequestStatus::kFinished) {
-      end_request(handle, FinishReason::kAbort);
+std::vector<std::string> Scheduler::fail_step() {
+  // A block written by these steps was allocated or copied for them, so a cache entry it has now
+  // was registered by one of them (a full block is never written again): its KV cannot be trusted.
+  std::vector<std::string> ended;
+  for (int32_t i = 0; i < num_open_; ++i) {
+    for (const int32_t block : open_[i].written_blocks) manager_.forget_cached(block);
+    for (const int32_t handle : open_[i].handles) {
+      if (requests_[static_cast<size_t>(handle)].status != RequestStatus::kFinished) {
+        ended.push_back(requests_[static_cast<size_t>(handle)].request_id);
+        end_request(handle, FinishReason::kAbort);
+      }
     }
   }
-  sampled_.clear();
+  while (num_open_ > 0) close_oldest_step();
   drop_finished_running();
+  return ended;
+}
+
+void Scheduler::close_oldest_step() {
+  std::swap(open_[0], open_[1]);
+  --num_open_;
+  ++num_closed_;
 }
 
 void Scheduler::fork(Request& req) {
@@ -83,11 +99,16 @@ bool Scheduler::apply_stop_conditions(const Request& req, Sequence& seq) {
     seq.stop_token_id = token;
     return true;
   }
-  if (num_output >= params.max_tokens || seq.num_tokens() >= config_.max_model_len) {
+  if (ends_by_length(req, seq.num_tokens())) {
     seq.finish_reason = FinishReason::kLength;
     return true;
   }
   return false;
+}
+
+// Whether a sequence of `num_tokens` tokens has reached max_tokens or max_model_len.
+bool Scheduler::ends_by_length(const Request& req, int32_t num_tokens) const {
+  return num_tokens - req.num_prompt_tokens >= req.params.max_tokens || num_tokens >= config_.max_model_len;
 }
 
 }  // namespace kvserve

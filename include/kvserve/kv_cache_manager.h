@@ -43,7 +43,8 @@ class KVSERVE_EXPORT KVCacheManager {
   // Gives the sequences of one request the blocks for their num_new_tokens, all or nothing: takes the
   // hit blocks (a sequence with hits then has num_computed_tokens = their tokens), copies a shared
   // partially filled last block before it is written (appending {src, dst} to `copy_pairs`), appends
-  // fresh blocks, and registers every block these tokens fill in the prefix cache. Returns false and
+  // fresh blocks, and registers in the prefix cache every full block of known tokens not registered
+  // yet (a block a placeholder fills waits for the call after its token is known). Returns false and
   // changes nothing when the free queue is too short. num_computed_tokens is the caller's to advance.
   bool allocate_slots(std::vector<SlotPlan>& plans, std::vector<int64_t>& copy_pairs);
 

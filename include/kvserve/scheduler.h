@@ -10,6 +10,21 @@
 //      long prompt), max_num_seqs and free blocks last, after taking their prefix-cache hits.
 // update_from_output() appends the sampled tokens and applies the stop conditions.
 //
+// Steps scheduled ahead (vLLM's async scheduling): schedule() may run while the step before it is
+// still in flight, its tokens unknown. A sequence that step samples then decodes a placeholder: the
+// row's input id is -1 and deferred_input_tokens / deferred_input_sources say which of the previous
+// step's sampled tokens the model runner puts there. Steps close in order (update_from_output or
+// fail_step), at most two open at once. What follows from a token not yet known:
+//   - a sequence certain to end by length when its placeholder lands is not scheduled again;
+//   - a request whose prompt completes in the step in flight waits for it before it forks (n > 1);
+//   - a sequence that ends on a token (EOS, stop, a stop string) has one row too many in flight:
+//     its token is dropped, the KV it writes goes to a block freed at the end (the device runs the
+//     steps in order, so whoever gets the block next writes after it);
+//   - only blocks full of known tokens enter the prefix cache; a block completed by a placeholder
+//     is registered the next time its sequence is scheduled;
+//   - a request preempted while its token is in flight takes the token in the waiting queue;
+//   - a handle (SampleUpdate::req_handle) is reused only once no open step holds it.
+//
 // Every request finishes: add_request rejects a request that could not fit in the cache on its
 // own, and the request that runs first is never the one preempted, so it always makes progress.
 //
@@ -23,6 +38,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "kvserve/export.h"
@@ -45,19 +61,22 @@ class KVSERVE_EXPORT Scheduler {
   // [1, max_num_seqs], or a request too large for the whole cache.
   int32_t add_request(std::string request_id, std::vector<int32_t> prompt_token_ids, RequestParams params);
 
-  // Builds the next batch. Throws std::logic_error if the previous step sampled tokens that
-  // update_from_output has not received yet.
+  // Builds the next batch. A step with rows opens, to be closed by update_from_output or fail_step;
+  // one step may be open when this is called (steps scheduled ahead). Throws std::logic_error when
+  // two are.
   const SchedulerOutput& schedule();
 
-  // Applies the tokens sampled for the last schedule()'s logits_indices (num_sampled of them, in that
-  // order) and returns one update per sampled entry whose sequence is still running, valid until the
-  // next schedule(). Sequences ended since schedule() (abort, finish_requests) are skipped.
+  // Closes the oldest open step: applies the tokens sampled for its logits_indices (num_sampled of
+  // them, in that order) and returns one update per sampled entry whose sequence has not ended,
+  // valid until the next schedule(). Sequences ended since that step was scheduled (abort,
+  // finish_requests, a stop in the step before) are skipped. With no step open, 0 tokens is a no-op.
   const std::vector<SampleUpdate>& update_from_output(const int32_t* sampled_token_ids, int64_t num_sampled);
 
-  // The model run of the last schedule() failed: its requests end (kAbort), the prefix cache forgets
-  // every block the step was to write (registered when it was scheduled, its KV perhaps never
-  // written, even if its request ended since), and the step closes without tokens.
-  void fail_step();
+  // The model run of an open step failed: every open step closes without tokens (a step scheduled
+  // ahead depends on the tokens of the one before), their requests end (kAbort), and the prefix
+  // cache forgets every block they were to write (registered when scheduled, the KV perhaps never
+  // written, even if the request ended since). Returns the ids of the requests it ended.
+  std::vector<std::string> fail_step();
 
   // End requests (all their samples), e.g. on a stop string; unknown ids throw before anything ends.
   void finish_requests(const std::vector<std::string>& request_ids, FinishReason reason);
@@ -87,6 +106,13 @@ class KVSERVE_EXPORT Scheduler {
     int32_t sample_index;
     bool forks;  // completes the prompt of an unforked request with n > 1
   };
+  // A step scheduled and not yet closed.
+  struct OpenStep {
+    std::vector<SampledEntry> sampled;   // one per logits_indices entry
+    std::vector<int32_t> handles;        // of its rows
+    std::vector<int32_t> written_blocks; // where its tokens' K/V goes
+  };
+  static constexpr int32_t kMaxOpenSteps = 2;
 
   int32_t handle_of(std::string_view request_id) const;
   int32_t tokens_to_schedule(int32_t remaining, int32_t budget) const;
@@ -97,6 +123,8 @@ class KVSERVE_EXPORT Scheduler {
   void finish_block_table();
   void fork(Request& request);
   bool apply_stop_conditions(const Request& request, Sequence& seq);
+  bool ends_by_length(const Request& request, int32_t num_tokens) const;
+  void close_oldest_step();
   void end_sample(int32_t handle, Sequence& seq, FinishReason reason);
   void end_request(int32_t handle, FinishReason reason);
   void drop_finished_running();
@@ -106,7 +134,9 @@ class KVSERVE_EXPORT Scheduler {
 
   std::deque<Request> requests_;  // indexed by handle; a deque keeps ids in place as it grows
   std::vector<int32_t> free_handles_;
-  std::vector<int32_t> retired_handles_;  // ended: reusable from the next schedule() on
+  // Ended requests' handles, each with the number of steps opened when it ended: reusable once
+  // that many have closed (no open step holds it), from the next schedule() on.
+  std::vector<std::pair<int32_t, uint64_t>> retired_handles_;
   std::unordered_map<std::string, int32_t> slot_of_;
   uint64_t num_added_ = 0;
 
@@ -127,7 +157,10 @@ class KVSERVE_EXPORT Scheduler {
     size_t num_blocks;
   };
   std::vector<TableRow> table_rows_;
-  std::vector<SampledEntry> sampled_;
+  OpenStep open_[kMaxOpenSteps];  // oldest first
+  int32_t num_open_ = 0;
+  uint64_t num_opened_ = 0;
+  uint64_t num_closed_ = 0;
   std::vector<SampleUpdate> updates_;
 
   int64_t prefix_cache_queries_ = 0;

@@ -15,6 +15,10 @@
 //                       a request with n > 1 samples, the row repeats n times (sampled_sample_indices
 //                       0..n-1), and from the next step on the request runs as n rows.
 //   blocks_to_copy[c]   {src, dst}: copy-on-write of a block samples shared; run before the forward pass
+//   deferred_input_tokens[d], deferred_input_sources[d]
+//                       token t = deferred_input_tokens[d] is a placeholder (input_ids[t] = -1): its id
+//                       is entry deferred_input_sources[d] of the previous step's sampled tokens, which
+//                       were not known when this step was scheduled (scheduler.h: steps scheduled ahead)
 //
 // Blocks a step registers in the prefix cache may be read by another row of the same step, so the
 // model runner writes every new K/V of a layer (reshape_and_cache) before that layer's attention.
@@ -51,11 +55,15 @@ struct SchedulerOutput {
 
   std::vector<int64_t> blocks_to_copy;  // [num_copies, 2]
 
+  std::vector<int64_t> deferred_input_tokens;   // [num_deferred]
+  std::vector<int32_t> deferred_input_sources;  // [num_deferred]
+
   std::vector<std::string> preempted_req_ids;  // preempted by recompute in this step
   std::vector<std::string> finished_req_ids;   // ended outside update_from_output since the last step
 
   int32_t num_sampled() const { return static_cast<int32_t>(logits_indices.size()); }
   int32_t num_copies() const { return static_cast<int32_t>(blocks_to_copy.size() / 2); }
+  int32_t num_deferred() const { return static_cast<int32_t>(deferred_input_tokens.size()); }
 };
 
 // One sampled token applied to one sequence.
@@ -64,6 +72,7 @@ struct SampleUpdate {
   int32_t req_handle = -1;
   std::string_view request_id;  // valid until the next schedule()
   int32_t sample_index = 0;
+  int32_t sampled_index = 0;    // its entry in the step's logits_indices (the row of its logprobs)
   int32_t token_id = 0;         // the token appended this step
   FinishReason finish_reason = FinishReason::kNone;
   int32_t stop_token_id = -1;   // the EOS or stop token when finish_reason is kStop by a token

@@ -2,6 +2,9 @@
 //
 // One progress model for prefill, chunked prefill, decode and prefix hits (vLLM v1): the tokens
 // [0, num_computed_tokens) have their KV in the cache; each step schedules some of the rest.
+// With steps scheduled ahead (Scheduler::schedule while a step is in flight), the tokens that steps
+// in flight are sampling count too, as placeholders past token_ids: a decode row computes the
+// placeholder, its input id filled on the device from the step that samples it.
 //
 //   token_ids:   | prompt ............ | output ... |
 //                |<-- num_computed_tokens -->|        the last sampled token is never computed yet
@@ -22,6 +25,8 @@ namespace kvserve {
 struct Sequence {
   std::vector<int32_t> token_ids;  // prompt, then the sampled tokens
   int32_t num_computed_tokens = 0;
+  int32_t num_placeholders = 0;  // tokens being sampled by steps in flight (0, 1, or 2 between two calls)
+  int32_t sample_entry = -1;     // its logits_indices entry in the latest step that samples it
 
   std::vector<int32_t> block_ids;       // logical block i -> physical block id
   uint64_t block_ids_epoch = 0;         // renewed whenever block_ids changes other than by appending
@@ -34,6 +39,7 @@ struct Sequence {
   int32_t stop_token_id = -1;  // the EOS or stop token that finished it, -1 for none
 
   int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
+  int32_t num_tokens_with_placeholders() const { return num_tokens() + num_placeholders; }
   bool finished() const { return finish_reason != FinishReason::kNone; }
 };
 

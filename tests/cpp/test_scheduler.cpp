@@ -350,7 +350,8 @@ TEST(Scheduler, CallsOutOfOrderAreRejected) {
   Scheduler s(small_config(16, 4, 64));
   s.add_request("a", range(0, 3), limits(4));
   s.schedule();
-  EXPECT_THROW(s.schedule(), std::logic_error);
+  s.schedule();  // one step may be in flight: the next is scheduled ahead of its tokens
+  EXPECT_THROW(s.schedule(), std::logic_error);  // but not two
   const I32 two = {1, 2};
   EXPECT_THROW(s.update_from_output(two.data(), 2), std::invalid_argument);
   const int32_t negative = -3;

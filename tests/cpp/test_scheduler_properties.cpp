@@ -1,5 +1,7 @@
 // Randomized: thousands of add / abort / finish / step / failed-step operations on random
-// configurations, checked after every step against a mirror of every sequence and a shadow KV cache.
+// configurations, checked after every step against a mirror of every sequence and a shadow KV cache;
+// with steps closed as they are scheduled, and with every step scheduled ahead of the tokens of the
+// one before (the fake model picks a step's tokens when it is scheduled and hands them over later).
 //
 // The shadow KV cache records, per slot, a fingerprint of the token prefix whose last token the
 // model would have written there. Before every forward pass each row's whole context, read through
@@ -8,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
@@ -38,10 +41,17 @@ uint64_t fingerprint(const std::vector<int32_t>& tokens, int64_t last_pos) {
   return h;
 }
 
+// A step scheduled and not closed yet: its entries, kept by value, and the tokens picked for them.
+struct OpenStep {
+  std::vector<std::pair<std::string, int32_t>> entries;  // (request id, sample index)
+  std::vector<int32_t> tokens;
+  std::set<std::string> request_ids;  // of its rows
+};
+
 class Harness {
  public:
-  Harness(uint32_t seed, const SchedulerConfig& config)
-      : rng_(seed), config_(config), scheduler_(config),
+  Harness(uint32_t seed, const SchedulerConfig& config, bool ahead)
+      : rng_(seed), config_(config), scheduler_(config), ahead_(ahead),
         shadow_(static_cast<size_t>(config.num_blocks) * config.block_size, 0) {}
 
   void add_random_request() {
@@ -91,38 +101,39 @@ class Harness {
     mirror_.erase(it);
   }
 
+  // Schedules a step; without `ahead`, closes it at once, else closes the step before it (if any).
   void step() {
     const SchedulerOutput& out = scheduler_.schedule();
     check_batch(out);
     run_fake_forward(out);
-    std::vector<int32_t> sampled(static_cast<size_t>(out.num_sampled()));
-    for (int32_t& t : sampled) t = pick(kVocab);
-    // The sampled entries, kept by value: aborts between schedule() and update are allowed.
-    std::vector<std::pair<std::string, int32_t>> entries;
-    for (int32_t k = 0; k < out.num_sampled(); ++k) {
-      entries.emplace_back(std::string(out.req_ids[static_cast<size_t>(out.sampled_rows[static_cast<size_t>(k)])]),
-                           out.sampled_sample_indices[static_cast<size_t>(k)]);
-    }
+    if (out.num_reqs > 0) open_.push_back(record(out));
     if (pick(20) == 0) end_random_request(/*abort=*/true);
-    const auto& updates = scheduler_.update_from_output(sampled.data(), static_cast<int64_t>(sampled.size()));
-    check_updates(entries, sampled, updates);
-    check_reference_counts();
+    if (!open_.empty() && (!ahead_ || open_.size() == 2 || out.num_reqs == 0)) close_oldest();
   }
 
-  // A step whose model run fails before it writes any KV: its requests end, and no later step may
-  // read what it never wrote (its slots keep their old fingerprints in the shadow).
+  // A step whose model run fails before it writes any KV: the requests of every open step end, and
+  // no later step may read what they never wrote (their slots keep their old fingerprints).
   void failed_step() {
     const SchedulerOutput& out = scheduler_.schedule();
     check_batch(out);
-    for (const std::string_view id : out.req_ids) mirror_.erase(std::string(id));
-    scheduler_.fail_step();
+    if (out.num_reqs > 0) open_.push_back(record(out));
+    std::set<std::string> live;
+    for (const OpenStep& step : open_) {
+      for (const std::string& id : step.request_ids) {
+        if (mirror_.erase(id) > 0) live.insert(id);
+      }
+    }
+    const std::vector<std::string> ended = scheduler_.fail_step();
+    EXPECT_EQ(std::set<std::string>(ended.begin(), ended.end()), live);
+    EXPECT_EQ(ended.size(), live.size());
+    open_.clear();
     check_reference_counts();
     ++num_failed_steps_;
   }
 
   bool drain(int32_t max_steps) {
-    for (int32_t i = 0; i < max_steps && scheduler_.has_unfinished_requests(); ++i) step();
-    return !scheduler_.has_unfinished_requests();
+    for (int32_t i = 0; i < max_steps && (scheduler_.has_unfinished_requests() || !open_.empty()); ++i) step();
+    return !scheduler_.has_unfinished_requests() && open_.empty();
   }
 
   void check_all_free() const {
@@ -133,16 +144,51 @@ class Harness {
   }
 
   int64_t num_copies() const { return num_copies_; }
+  int64_t num_deferred() const { return num_deferred_; }
+  int64_t num_dropped() const { return num_dropped_; }
   int64_t num_failed_steps() const { return num_failed_steps_; }
   SchedulerStats stats() const { return scheduler_.stats(); }
 
   int32_t pick(int32_t n) { return std::uniform_int_distribution<int32_t>(0, n - 1)(rng_); }
 
  private:
-  const std::vector<int32_t>& mirror_tokens(std::string_view id, int32_t sample) {
+  // The sequence's tokens: those the scheduler holds, then the one the open step picked for it.
+  std::vector<int32_t> mirror_tokens(std::string_view id, int32_t sample) {
     auto it = mirror_.find(std::string(id));
     if (it == mirror_.end()) throw std::runtime_error("scheduled an ended request " + std::string(id));
-    return it->second.samples[static_cast<size_t>(sample)];
+    std::vector<int32_t> tokens = it->second.samples[static_cast<size_t>(sample)];
+    if (const int32_t k = in_flight_entry(id, sample); k >= 0) tokens.push_back(in_flight().tokens[static_cast<size_t>(k)]);
+    return tokens;
+  }
+
+  // The open step before the one being checked (steps are recorded after their checks).
+  const OpenStep& in_flight() const { return open_.front(); }
+  int32_t in_flight_entry(std::string_view id, int32_t sample) const {
+    if (open_.empty()) return -1;
+    const auto& entries = in_flight().entries;
+    for (size_t k = 0; k < entries.size(); ++k) {
+      if (entries[k].first == id && entries[k].second == sample) return static_cast<int32_t>(k);
+    }
+    return -1;
+  }
+
+  OpenStep record(const SchedulerOutput& out) {
+    OpenStep step;
+    for (int32_t k = 0; k < out.num_sampled(); ++k) {
+      step.entries.emplace_back(std::string(out.req_ids[static_cast<size_t>(out.sampled_rows[static_cast<size_t>(k)])]),
+                                out.sampled_sample_indices[static_cast<size_t>(k)]);
+      step.tokens.push_back(pick(kVocab));
+    }
+    for (const std::string_view id : out.req_ids) step.request_ids.emplace(id);
+    return step;
+  }
+
+  void close_oldest() {
+    const OpenStep step = open_.front();
+    open_.pop_front();
+    const auto& updates = scheduler_.update_from_output(step.tokens.data(), static_cast<int64_t>(step.tokens.size()));
+    check_updates(step.entries, step.tokens, updates);
+    check_reference_counts();
   }
 
   int64_t slot_of(const SchedulerOutput& out, int32_t row, int64_t pos) const {
@@ -158,10 +204,19 @@ class Harness {
     ASSERT_EQ(out.query_start_loc.size(), static_cast<size_t>(out.num_reqs) + 1);
     ASSERT_EQ(out.query_start_loc.back(), out.num_tokens);
     ASSERT_EQ(out.block_table.size(), static_cast<size_t>(out.num_reqs * out.max_blocks_per_req));
+    ASSERT_EQ(out.deferred_input_tokens.size(), out.deferred_input_sources.size());
+    std::map<int64_t, int32_t> deferred;  // token -> entry of the open step that samples its input
+    for (int32_t d = 0; d < out.num_deferred(); ++d) {
+      EXPECT_TRUE(deferred.emplace(out.deferred_input_tokens[static_cast<size_t>(d)], out.deferred_input_sources[static_cast<size_t>(d)]).second);
+    }
+    num_deferred_ += out.num_deferred();
     std::set<int64_t> slots;
     std::set<std::pair<std::string_view, int32_t>> rows;
     for (int32_t r = 0; r < out.num_reqs; ++r) {
-      const auto& tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
+      const std::string_view id = out.req_ids[static_cast<size_t>(r)];
+      const int32_t sample = out.sample_indices[static_cast<size_t>(r)];
+      const auto tokens = mirror_tokens(id, sample);
+      const int32_t in_flight_entry_of_row = in_flight_entry(id, sample);
       EXPECT_TRUE(rows.emplace(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]).second);
       const int32_t begin = out.query_start_loc[static_cast<size_t>(r)];
       const int32_t end = out.query_start_loc[static_cast<size_t>(r) + 1];
@@ -171,7 +226,17 @@ class Harness {
       for (int32_t t = begin; t < end; ++t) {
         const int64_t pos = out.positions[static_cast<size_t>(t)];
         EXPECT_EQ(pos, seq_len - (end - t));
-        EXPECT_EQ(out.input_ids[static_cast<size_t>(t)], tokens[static_cast<size_t>(pos)]);
+        EXPECT_LT(pos, config_.max_model_len);
+        const auto it = deferred.find(t);
+        if (in_flight_entry_of_row >= 0 && pos == static_cast<int64_t>(tokens.size()) - 1) {
+          // The token the open step samples: a placeholder, filled from that step's entry.
+          ASSERT_NE(it, deferred.end()) << "the input of token " << t << " is not known yet but not deferred";
+          EXPECT_EQ(it->second, in_flight_entry_of_row);
+          EXPECT_EQ(out.input_ids[static_cast<size_t>(t)], -1);
+        } else {
+          EXPECT_EQ(it, deferred.end()) << "token " << t << " deferred, its input known";
+          EXPECT_EQ(out.input_ids[static_cast<size_t>(t)], tokens[static_cast<size_t>(pos)]);
+        }
         EXPECT_EQ(out.slot_mapping[static_cast<size_t>(t)], slot_of(out, r, pos));
         EXPECT_TRUE(slots.insert(out.slot_mapping[static_cast<size_t>(t)]).second) << "slot given twice";
       }
@@ -179,7 +244,7 @@ class Harness {
     for (int32_t k = 0; k < out.num_sampled(); ++k) {
       const int32_t row = out.sampled_rows[static_cast<size_t>(k)];
       EXPECT_EQ(out.logits_indices[static_cast<size_t>(k)], out.query_start_loc[static_cast<size_t>(row) + 1] - 1);
-      const auto& tokens = mirror_tokens(out.req_ids[static_cast<size_t>(row)], out.sample_indices[static_cast<size_t>(row)]);
+      const auto tokens = mirror_tokens(out.req_ids[static_cast<size_t>(row)], out.sample_indices[static_cast<size_t>(row)]);
       EXPECT_EQ(out.seq_lens[static_cast<size_t>(row)], static_cast<int32_t>(tokens.size()));
     }
   }
@@ -194,13 +259,13 @@ class Harness {
       std::copy_n(shadow_.begin() + static_cast<std::ptrdiff_t>(src * bs), bs, shadow_.begin() + static_cast<std::ptrdiff_t>(dst * bs));
     }
     for (int32_t r = 0; r < out.num_reqs; ++r) {
-      const auto& tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
+      const auto tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
       for (int32_t t = out.query_start_loc[static_cast<size_t>(r)]; t < out.query_start_loc[static_cast<size_t>(r) + 1]; ++t) {
         shadow_[static_cast<size_t>(out.slot_mapping[static_cast<size_t>(t)])] = fingerprint(tokens, out.positions[static_cast<size_t>(t)]);
       }
     }
     for (int32_t r = 0; r < out.num_reqs; ++r) {
-      const auto& tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
+      const auto tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
       for (int64_t p = 0; p < out.seq_lens[static_cast<size_t>(r)]; ++p) {
         ASSERT_EQ(shadow_[static_cast<size_t>(slot_of(out, r, p))], fingerprint(tokens, p))
             << "row " << r << " (" << out.req_ids[static_cast<size_t>(r)] << ") reads wrong KV at position " << p;
@@ -222,7 +287,12 @@ class Harness {
         m.finished.resize(static_cast<size_t>(m.params.n), false);
       }
       std::vector<int32_t>& tokens = m.samples[static_cast<size_t>(sample)];
-      ASSERT_FALSE(m.finished[static_cast<size_t>(sample)]) << "sampled a finished sequence";
+      if (m.finished[static_cast<size_t>(sample)]) {
+        // Scheduled ahead before the token that ended it was known: its token is dropped.
+        ASSERT_TRUE(ahead_) << "sampled a finished sequence";
+        ++num_dropped_;
+        continue;
+      }
       const int32_t token = sampled[k];
       tokens.push_back(token);
       const int32_t num_output = static_cast<int32_t>(tokens.size()) - m.num_prompt_tokens;
@@ -277,10 +347,14 @@ class Harness {
   SchedulerConfig config_;
   Scheduler scheduler_;
   std::vector<uint64_t> shadow_;
+  bool ahead_;
   std::map<std::string, MirrorRequest> mirror_;
+  std::deque<OpenStep> open_;  // oldest first
   int64_t next_id_ = 0;
   int64_t num_copies_ = 0;
   int64_t num_failed_steps_ = 0;
+  int64_t num_deferred_ = 0;
+  int64_t num_dropped_ = 0;
 };
 
 SchedulerConfig random_config(std::mt19937& rng) {
@@ -297,15 +371,15 @@ SchedulerConfig random_config(std::mt19937& rng) {
   return config;
 }
 
-TEST(SchedulerProperties, RandomWorkloadsKeepEveryInvariantAndFinish) {
-  int64_t preemptions = 0, hits = 0, copies = 0, failed_steps = 0;
+void run_random_workloads(bool ahead) {
+  int64_t preemptions = 0, hits = 0, copies = 0, failed_steps = 0, deferred = 0, dropped = 0;
   for (uint32_t seed = 0; seed < 40; ++seed) {
     std::mt19937 config_rng(seed);
     const SchedulerConfig config = random_config(config_rng);
     SCOPED_TRACE("seed " + std::to_string(seed) + ", block_size " + std::to_string(config.block_size) +
                  ", num_blocks " + std::to_string(config.num_blocks) + ", max_model_len " +
                  std::to_string(config.max_model_len));
-    Harness harness(seed, config);
+    Harness harness(seed, config, ahead);
     for (int32_t op = 0; op < 300; ++op) {
       const int32_t dice = harness.pick(100);
       if (dice < 30) {
@@ -327,12 +401,26 @@ TEST(SchedulerProperties, RandomWorkloadsKeepEveryInvariantAndFinish) {
     hits += harness.stats().prefix_cache_hits;
     copies += harness.num_copies();
     failed_steps += harness.num_failed_steps();
+    deferred += harness.num_deferred();
+    dropped += harness.num_dropped();
   }
   // The workloads reach the paths they are meant to check.
   EXPECT_GT(preemptions, 100);
   EXPECT_GT(hits, 1000);
   EXPECT_GT(copies, 50);
   EXPECT_GT(failed_steps, 100);
+  if (ahead) {
+    EXPECT_GT(deferred, 1000);
+    EXPECT_GT(dropped, 50);  // rows of sequences that ended on the token in flight
+  } else {
+    EXPECT_EQ(deferred, 0);
+  }
+}
+
+TEST(SchedulerProperties, RandomWorkloadsKeepEveryInvariantAndFinish) { run_random_workloads(/*ahead=*/false); }
+
+TEST(SchedulerProperties, RandomWorkloadsScheduledAheadKeepEveryInvariantAndFinish) {
+  run_random_workloads(/*ahead=*/true);
 }
 
 }  // namespace

@@ -192,7 +192,9 @@ def test_bad_calls_raise_clear_errors():
     with pytest.raises(ValueError, match=r'finish reason must be "stop", "length" or "abort", got "done"'):
         s.finish_requests(["a"], "done")
     s.schedule()
-    with pytest.raises(RuntimeError, match=r"before update_from_output\(\) of the previous step"):
+    ahead = s.schedule()  # one step may be open: "a" decodes the token it samples
+    assert ahead.input_ids.tolist() == [-1] and ahead.deferred_input_sources.tolist() == [0]
+    with pytest.raises(RuntimeError, match=r"2 steps open: update_from_output\(\) \(or fail_step\(\)\) must close"):
         s.schedule()
     with pytest.raises(ValueError, match=r"sampled_token_ids: expected 1 token ids .* got 2"):
         s.update_from_output(np.array([1, 2], dtype=np.int32))
