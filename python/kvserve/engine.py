@@ -7,11 +7,15 @@
 One step is three calls (ARCHITECTURE.md): the C++ scheduler builds the batch, the model runner
 turns it into sampled tokens, the scheduler applies them; then the text side (detokenizer, stop
 strings, logprobs) catches up in Python. On a GPU, whose runner launches a step and returns before
-it is computed, steps overlap: step() hands the scheduler the tokens of the step launched last
-time, schedules and launches the next one, then, while the GPU computes, runs the finished step's
-Python side (token ids, text, outputs) and queues the new step's sampler (which reads those token
-ids), and returns the finished step's outputs; whatever the caller does between two step() calls
-overlaps the GPU too.
+it is computed, steps overlap, and by default they are scheduled ahead (vLLM's async scheduling):
+step() schedules and launches the next step while the last one is still computing (its decode rows
+take that step's tokens on the device, scheduler.h), then waits for the last step's tokens, hands
+them to the scheduler, runs that step's Python side (token ids, text, outputs) while the GPU
+computes the new step, queues the new step's sampler (which reads those token ids), and returns
+the finished step's outputs. The GPU always has the next step queued, so it never waits for the
+host between steps; whatever the caller does between two step() calls overlaps the GPU too.
+With `async_scheduling=False` a step is scheduled after the tokens of the one before are applied
+(the GPU then waits for the scheduler and the launch between steps).
 `add_request / step / abort / has_unfinished_requests` are public so the engine can run inside
 another loop (the server's).
 """
@@ -59,11 +63,14 @@ class Engine:
                  max_num_batched_tokens: int = OFFLINE_MAX_NUM_BATCHED_TOKENS, enable_prefix_caching: bool = True,
                  enable_chunked_prefill: bool = True, kv_cache_memory_gb: float | None = None, seed: int = 0,
                  load_format: str = "auto", skip_tokenizer_init: bool = False, device: str = "auto",
-                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False):
+                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
+                 async_scheduling: bool | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
-        CUDA graphs unless `enforce_eager`."""
+        CUDA graphs unless `enforce_eager`. `async_scheduling`: schedule each step before the
+        tokens of the one before are known (module docstring); None: on a GPU only (on the CPU,
+        which computes a step as it is launched, it would only hold every output back a step)."""
         start = time.perf_counter()
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -119,8 +126,11 @@ class Engine:
         else:
             self.runner = ModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
                                       self.device)
+        if async_scheduling is not None and not isinstance(async_scheduling, bool):
+            raise ValueError(f"async_scheduling must be True, False or None, got {async_scheduling!r}")
+        self.async_scheduling = self.runner.asynchronous if async_scheduling is None else async_scheduling
         self.requests: dict[str, RequestState] = {}
-        self._launched: tuple[object, LaunchedStep] | None = None  # (SchedulerOutput, its launch)
+        self._launched: LaunchedStep | None = None  # launched by the last step(), not applied yet
         self._unreported: list[RequestOutput] = []  # outputs step() could not return (it raised)
         self._request_counter = itertools.count()
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
@@ -158,73 +168,81 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that advanced (per output_kind).
-        On a GPU these are the outputs of the step launched by the previous call (module docstring)."""
-        launched, self._launched = self._launched, None
-        applied = self._apply(*launched) if launched is not None else None
+        Where steps overlap (a GPU), these are the outputs of the step launched by the previous
+        call (module docstring)."""
+        previous, self._launched = self._launched, None
+        ahead = previous is not None and self.async_scheduling
+        applied = launched = None
+        if previous is not None and not ahead:
+            applied = self._apply(previous)
         try:
             if self.scheduler.has_unfinished_requests():
-                launched = self._launch()
-                if self.runner.asynchronous:
-                    self._launched = launched
-                else:
-                    applied = self._apply(*launched)
+                launched = self._launch(previous if ahead else None)
+            if ahead:
+                applied = self._apply(previous)
         except BaseException:
-            # The next step failed to launch (its requests ended): the applied one's outputs come
-            # with the next call, but for requests aborted in between.
+            # The failure ended the requests of every step not applied; the applied one's outputs
+            # come with the next call, but for requests aborted in between.
             if applied is not None:
                 self._unreported += self._process(applied)
             raise
+        if launched is not None and not (self.runner.asynchronous or self.async_scheduling):
+            applied, launched = self._apply(launched), None
         processed = self._process(applied) if applied is not None else []
         outputs, self._unreported = self._unreported + processed, []
-        if self._launched is not None:
+        if launched is not None:
             try:
-                self._launched[1].sample()  # after the token ids it reads (its errors come with the result)
+                launched.sample()  # after the token ids it reads (its errors come with the result)
             except BaseException:
                 # Interrupted (Ctrl-C): the launched step ends here, as one that failed to launch,
                 # with its requests; the other outputs come with the next call.
-                out, self._launched = self._launched[0], None
-                self._drop_step(out)
                 self._unreported = outputs
-                self._forget_outputs(out.req_ids)
+                self._fail()
                 raise
+            self._launched = launched
         return outputs
 
-    def _launch(self) -> tuple[object, LaunchedStep]:
+    def _launch(self, previous: LaunchedStep | None) -> LaunchedStep | None:
+        """Schedule and launch the next step (None when it is empty: every running sequence ends
+        with the step in flight); `previous`: the step in flight, whose tokens it may decode."""
         out = self.scheduler.schedule()
+        if out.num_reqs == 0:
+            return None
         now = time.time()
         try:
-            launched = self.runner.launch(out, self.requests)
+            launched = self.runner.launch(out, self.requests, previous)
         except BaseException:
-            self._drop_step(out)
+            self._fail()
             raise
         for request_id in out.req_ids:  # after the launch: on a GPU the step is running by now
             metrics = self.requests[request_id].metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
-        return out, launched
+        return launched
 
-    def _apply(self, out, launched: LaunchedStep) -> AppliedStep:
+    def _apply(self, launched: LaunchedStep) -> AppliedStep:
         """Wait for a launched step and hand its tokens to the scheduler (the sequences take them
         in _process)."""
         try:
             result = launched.result()
             updates = self.scheduler.update_from_output(result.sampled_token_ids)
         except BaseException:
-            self._drop_step(out)
+            self._fail()
             raise
-        return AppliedStep.capture(out, result, updates)
+        return AppliedStep(updates, result, time.time())
 
     def _process(self, applied: AppliedStep) -> list[RequestOutput]:
         decode = self._decode_token if self.tokenizer is not None else None
         return process_step(applied, self.requests, self.scheduler, decode)
 
-    def _drop_step(self, out) -> None:
-        """A step whose model run failed (an error, Ctrl-C): its requests end, freeing their blocks,
-        the prefix cache forgets the blocks it was to write, and the scheduler closes the step, so
-        the engine stays usable."""
-        for request_id in out.req_ids:
+    def _fail(self) -> None:
+        """A model run failed (an error, Ctrl-C): the requests of every step not applied end,
+        freeing their blocks, the prefix cache forgets the blocks those steps were to write, and
+        the scheduler closes them, so the engine stays usable."""
+        ended = self.scheduler.fail_step()
+        for request_id in ended:
             self.requests.pop(request_id, None)
-        self.scheduler.fail_step()
+        self._forget_outputs(ended)
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
         """End requests now and free their KV blocks; ids that already finished are ignored. An

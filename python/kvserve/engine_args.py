@@ -24,7 +24,7 @@ DTYPES = ("auto", "bfloat16", "float32", "float16")
 ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_size", "max_num_seqs",
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
-                "enforce_eager")
+                "enforce_eager", "async_scheduling")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +69,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--gpu-memory-utilization", type=float, default=0.9, metavar="FRACTION",
                        help="the share of the GPU's memory the engine may take (default: 0.9; GPU only)")
     group.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps (GPU only)")
+    group.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                       help="schedule each step before the tokens of the one before are known, so the GPU "
+                       "never waits for the host between steps (default: on a GPU)")
     group.add_argument("--seed", type=int, default=0, help="seed of the engine's random state and dummy weights")
     group.add_argument("--skip-tokenizer-init", action="store_true",
                        help="load no tokenizer: prompts are token ids and outputs are not detokenized")

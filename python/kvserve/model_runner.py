@@ -8,6 +8,9 @@ the sampling metadata from the requests as they are then (the tokens of the step
 and queues the sampler without waiting for the device, so the engine calls it once its own host
 work is done; `LaunchedStep.result()` waits for everything (and settles what the sampler left to
 the tokens' reading: top-p rows whose first candidates fell short).
+
+A step scheduled ahead (scheduler.h) decodes tokens the step before it is still sampling: `launch`
+takes that step and writes its sampled ids, on the device, into the rows the scheduler deferred.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ def sampled_rows(hidden: torch.Tensor, logits_indices: np.ndarray) -> torch.Tens
     if len(logits_indices) == hidden.shape[0] and np.array_equal(logits_indices, np.arange(len(logits_indices))):
         return hidden
     return hidden[torch.from_numpy(logits_indices).to(hidden.device, non_blocking=True)]
+
+
+def fill_deferred_inputs(input_ids: torch.Tensor, out, previous: LaunchedStep) -> None:
+    """Write into `input_ids` (the step's, on the model's device) the ids that step `previous`
+    samples for the tokens `out` deferred, without waiting for the device (where the sampler left
+    no recheck)."""
+    sampled = previous.sampled_ids()
+    tokens = torch.from_numpy(out.deferred_input_tokens).to(input_ids.device, non_blocking=True)
+    sources = torch.from_numpy(out.deferred_input_sources).to(sampled.device, non_blocking=True)
+    input_ids[tokens] = sampled[sources].to(input_ids.dtype)
 
 
 @dataclass
@@ -88,6 +101,17 @@ class LaunchedStep:
         except Exception as error:
             self.error = error
 
+    def sampled_ids(self) -> torch.Tensor:
+        """The sampled token ids on the device, as the next step's deferred inputs take them: rows
+        the sampler left to a recheck are settled first (which waits for the device)."""
+        self.sample()
+        if self.error is not None:
+            raise self.error
+        if self.sampled.rechecks:
+            with torch.inference_mode():
+                self.sampled.settle()
+        return self.sampled.sampled_token_ids
+
     @torch.inference_mode()
     def result(self) -> StepResult:
         """The results on the host; waits for the device."""
@@ -115,14 +139,17 @@ class ModelRunner:
         self.sampler = Sampler()
 
     @torch.inference_mode()
-    def launch(self, out, requests: Mapping[str, RequestState]) -> LaunchedStep:
-        """Queue one SchedulerOutput `out`; `requests` maps request ids to their state. The step's
+    def launch(self, out, requests: Mapping[str, RequestState], previous: LaunchedStep | None = None) -> LaunchedStep:
+        """Queue one SchedulerOutput `out`; `requests` maps request ids to their state; `previous`
+        is the step launched before it, whose sampled ids its deferred inputs take. The step's
         arrays are read before this returns (they are valid until the next schedule())."""
+        if out.num_deferred and previous is None:
+            raise ValueError(f"the step defers {out.num_deferred} input ids to the step before it, but none was given")
         if out.blocks_to_copy.shape[0]:
             for key_cache, value_cache in self.kv_caches:
                 ops.copy_blocks(key_cache, out.blocks_to_copy)
                 ops.copy_blocks(value_cache, out.blocks_to_copy)
-        hidden = self.forward(out)
+        hidden = self.forward(out, previous)
 
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
@@ -133,7 +160,7 @@ class ModelRunner:
         return LaunchedStep(prompt_lp, SampleInputs(self.sampler, logits, states, sequences, self.vocab_size,
                                                     self.eos_token_ids))
 
-    def forward(self, out) -> torch.Tensor:
+    def forward(self, out, previous: LaunchedStep | None) -> torch.Tensor:
         """The model's final hidden states [num_tokens, hidden] for the step's tokens."""
         metadata = AttentionMetadata(
             slot_mapping=torch.from_numpy(out.slot_mapping),
@@ -141,8 +168,11 @@ class ModelRunner:
             seq_lens=torch.from_numpy(out.seq_lens),
             query_start_loc=torch.from_numpy(out.query_start_loc),
         )
-        return self.model(torch.from_numpy(out.input_ids), torch.from_numpy(out.positions), self.kv_caches,
-                          metadata)
+        input_ids = torch.from_numpy(out.input_ids)
+        if out.num_deferred:
+            input_ids = input_ids.clone()  # the scheduler's buffer is read-only
+            fill_deferred_inputs(input_ids, out, previous)
+        return self.model(input_ids, torch.from_numpy(out.positions), self.kv_caches, metadata)
 
     def _prompt_logprobs(self, out, requests, hidden) -> dict[str, tuple[int, LogprobsTensors]]:
         """Logprobs of the prompt tokens that this step's rows predict, for requests that ask."""

@@ -4,7 +4,7 @@ The scheduler has already appended the sampled tokens and applied stop tokens an
 sequences' token ids and text grow (stop strings end a sequence early, through the scheduler),
 logprobs are recorded, and each request touched yields a RequestOutput as its output_kind asks. On
 a GPU this runs while the next step computes, before that step samples (its sampler reads the
-token ids for penalties), with what `AppliedStep.capture` kept of the step.
+token ids for penalties).
 """
 
 from __future__ import annotations
@@ -20,21 +20,11 @@ from kvserve.request_state import RequestState
 
 @dataclass
 class AppliedStep:
-    """What process_step needs of a step whose tokens the scheduler has taken (its SchedulerOutput
-    is not valid after the next schedule())."""
+    """A step whose tokens the scheduler has taken."""
 
     updates: list  # scheduler.update_from_output's SampleUpdates
     result: StepResult
-    sampled_keys: list[tuple[str, int]] | None  # (request id, sample index) per logprobs row
     time: float  # when its tokens were known
-
-    @classmethod
-    def capture(cls, out, result: StepResult, updates) -> AppliedStep:
-        """`out`: the step's SchedulerOutput; `updates`: what scheduler.update_from_output returned."""
-        sampled_keys = None
-        if result.logprobs is not None:
-            sampled_keys = list(zip(out.sampled_req_ids, out.sampled_sample_indices.tolist()))
-        return cls(updates, result, sampled_keys, time.time())
 
 
 def _record_prompt_logprobs(state: RequestState, first: int, tensors, decode) -> None:
@@ -58,9 +48,16 @@ def process_step(step: AppliedStep, requests: MutableMapping[str, RequestState],
         if request_id in requests:
             _record_prompt_logprobs(requests[request_id], first, tensors, decode)
 
-    logprob_dicts = logprob_rows = None
-    if step.sampled_keys is not None:
-        logprob_rows = {key: row for row, key in enumerate(step.sampled_keys)}
+    logprob_dicts = None
+    if result.logprobs is not None:
+        # One dict per row of the step's sampled tokens (update.sampled_index), as many top
+        # entries as each request asks (rows of requests ended since keep their chosen token only).
+        num = [0] * result.logprobs.token_ids.shape[0]
+        for update in step.updates:
+            state = requests.get(update.request_id)
+            if state is not None and state.params.logprobs is not None:
+                num[update.sampled_index] = state.params.logprobs
+        logprob_dicts = result.logprobs.to_dicts(num, decode)
 
     touched: dict[str, RequestState] = {}
     for update in step.updates:
@@ -73,11 +70,8 @@ def process_step(step: AppliedStep, requests: MutableMapping[str, RequestState],
         if state.metrics.first_token_time is None:
             state.metrics.first_token_time = step.time
         state.metrics.last_token_time = step.time
-        if sequence.logprobs is not None and logprob_rows is not None:
-            if logprob_dicts is None:
-                num = [(requests[r].params.logprobs or 0) if r in requests else 0 for r, _ in step.sampled_keys]
-                logprob_dicts = result.logprobs.to_dicts(num, decode)
-            entry = logprob_dicts[logprob_rows[(request_id, index)]]
+        if sequence.logprobs is not None and logprob_dicts is not None:
+            entry = logprob_dicts[update.sampled_index]
             sequence.logprobs.append(entry)
             sequence.cumulative_logprob += entry[new_token_ids[-1]].logprob
 

@@ -1,7 +1,7 @@
 """AsyncEngine in-process (no HTTP): its streams carry what the offline Engine generates; closing
 one aborts it; a failing step or a rejected request reaches only its streams and the engine goes
 on; a full waiting room and a shutdown are clear errors. No KV block is ever left held. Each test
-runs on the plain and on the overlapped engine step."""
+runs on each way the engine steps (step_modes.py)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ import pytest
 from kvserve import Engine, SamplingParams
 from kvserve.sampling_params import RequestOutputKind
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError
+from step_modes import STEP_MODES, set_step_mode
 
 DELTA = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "overlapped"])
+@pytest.fixture(params=STEP_MODES)
 def engine(tiny_model_dir, request):
     """The CPU engine, stepping plainly or as on a GPU, where a step's outputs come while the next
-    one runs (test_engine_overlap.py)."""
+    one runs (step_modes.py)."""
     engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01)
-    engine.runner.asynchronous = request.param
-    return engine
+    return set_step_mode(engine, request.param)
 
 
 def assert_no_blocks_held(engine: Engine) -> None:

@@ -1,6 +1,6 @@
 """AsyncEngine under random traffic: streams of one or several prompts submitted at random moments,
-some closed early by their client, model runs that fail at random, on the plain and the overlapped
-engine step. Every stream ends: with all its outputs (each prompt's tokens those of a lone run of
+some closed early by their client, model runs that fail at random, on each way the engine steps
+(step_modes.py). Every stream ends: with all its outputs (each prompt's tokens those of a lone run of
 it), closed by its client, or with the failed step's error; no KV block is held at the end."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from failing_launches import failing_launches
 from kvserve import Engine, SamplingParams
 from kvserve.sampling_params import RequestOutputKind
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt
+from step_modes import STEP_MODES, set_step_mode
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +39,15 @@ async def consume(stream, num_prompts: int, close_after: int | None):
     return "done", tokens
 
 
-@pytest.mark.parametrize("overlapped", [False, True], ids=["plain", "overlapped"])
+@pytest.mark.parametrize("mode", STEP_MODES)
 @pytest.mark.parametrize("seed", range(6))
-def test_every_stream_ends_with_its_outputs_or_an_error_and_nothing_leaks(model_dir, seed, overlapped):
+def test_every_stream_ends_with_its_outputs_or_an_error_and_nothing_leaks(model_dir, seed, mode):
     rng = random.Random(seed)
     # 24 to 100 blocks of 4 tokens: preemptions when the cache is short (a float32 token: 512 bytes).
     engine = Engine(str(model_dir), dtype="float32", kv_cache_memory_gb=rng.choice([24, 100]) * 4 * 512 / 2**30,
                     device="cpu", block_size=4, max_model_len=64, max_num_seqs=rng.choice([2, 4, 8]),
                     max_num_batched_tokens=rng.choice([16, 64]))
-    engine.runner.asynchronous = overlapped
+    set_step_mode(engine, mode)
     launch = engine.runner.launch
     engine.runner.launch = failing_launches(launch, seed + 100, before=0.02, after=0.01)
     submitted = []

@@ -29,7 +29,7 @@ def engine_line(text: str) -> int:
 def stack(*inner: str, launch_line: int | None = None) -> list[str]:
     """A decode step's frames down to Engine._launch at `launch_line` (default: the model runner's
     call), then `inner`."""
-    lines = {"step": engine_line("launched = self._launch()"),
+    lines = {"step": engine_line("launched = self._launch("),
              "line": launch_line or engine_line("self.runner.launch(")}
     return [f.format(**lines) for f in STEP] + list(inner)
 

@@ -1,5 +1,5 @@
 """The engine on a GPU, end to end on the tiny models: greedy ids equal transformers' on the GPU
-(float32), with the decode graphs and without, through batching, chunked prefill and preemption;
+(float32), with the decode graphs and without, steps scheduled ahead or not, through batching, chunked prefill and preemption;
 the KV cache sized by profiling; bfloat16 logits close to transformers' with the tensor-core
 attention; graph replays equal to eager forwards of the same inputs; no KV block leaks."""
 
@@ -43,8 +43,9 @@ def gpu_engine(directory, **kwargs) -> Engine:
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
-def test_greedy_ids_equal_transformers(tiny_model_dir, hf_cuda_models, architecture, enforce_eager):
-    engine = gpu_engine(tiny_model_dir(architecture), enforce_eager=enforce_eager)
+@pytest.mark.parametrize("async_scheduling", [True, False], ids=["ahead", "overlapped"])
+def test_greedy_ids_equal_transformers(tiny_model_dir, hf_cuda_models, architecture, enforce_eager, async_scheduling):
+    engine = gpu_engine(tiny_model_dir(architecture), enforce_eager=enforce_eager, async_scheduling=async_scheduling)
     assert (engine.runner.graphs is None) == enforce_eager
     for output in engine.generate(PROMPTS, GREEDY, use_tqdm=False):
         expected = hf_greedy(hf_cuda_models[architecture], output.prompt_token_ids, GREEDY.max_tokens)
@@ -106,8 +107,8 @@ def test_graph_replays_equal_eager_forwards_of_their_inputs(tiny_model_dir):
     graphs, runner = engine.runner.graphs, engine.runner
     replay, checked = graphs.run, []
 
-    def run_and_check(out):
-        hidden = replay(out).clone()
+    def run_and_check(out, previous):
+        hidden = replay(out, previous).clone()
         batch = next(size for size in graphs.sizes if size >= out.num_reqs)
         inputs = graphs.inputs
         eager = runner.model(inputs.view("input_ids", batch), inputs.view("positions", batch), runner.kv_caches,

@@ -1,21 +1,26 @@
-"""The engine with an asynchronous runner (a GPU's): step() applies the tokens of the step launched
-last time, launches the next one, then runs the finished step's text side. Here the CPU runner is
-marked asynchronous, so the engine takes that path on a CPU: the outputs must be those of the plain
-engine, whatever ends a request while the next step is in flight (stop string, abort, a failure)."""
+"""The engine's overlapped steps, as on a GPU, taken on a CPU: "overlapped", the runner marked
+asynchronous (step() applies the tokens of the step launched last time, launches the next one, then
+runs the finished step's text side), and "ahead", async scheduling (step() schedules and launches
+the next step before the tokens of the last one are applied; its decode rows take them from the
+step in flight). The outputs must be those of the plain engine, whatever ends a request while the
+next step is in flight (stop string, stop token, abort, a failure)."""
 
 from __future__ import annotations
 
 import pytest
 
 from kvserve import Engine, RequestOutputKind, SamplingParams
+from step_modes import STEP_MODES, set_step_mode
 
 PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more"]
 
 
-def make_engine(directory, *, overlapped: bool, **kwargs) -> Engine:
-    engine = Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs)
-    engine.runner.asynchronous = overlapped
-    return engine
+OVERLAPPED = [mode for mode in STEP_MODES if mode != "plain"]
+
+
+def make_engine(directory, *, mode: str, **kwargs) -> Engine:
+    return set_step_mode(Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs),
+                         mode)
 
 
 def assert_no_blocks_held(engine: Engine) -> None:
@@ -45,26 +50,32 @@ def summary(outputs):
              for o in output.outputs] + [output.prompt_logprobs] for output in outputs]
 
 
-def test_the_text_side_of_a_step_runs_after_the_next_step_is_launched(tiny_model_dir):
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
-    launched = []
+@pytest.mark.parametrize("mode", OVERLAPPED)
+def test_the_text_side_of_a_step_runs_after_the_next_step_is_launched(tiny_model_dir, mode):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
+    launched, deferred = [], []
     launch = engine.runner.launch
-    engine.runner.launch = lambda *args: launched.append(args[0].num_tokens) or launch(*args)
+    engine.runner.launch = lambda *args: launched.append(args[0].num_tokens) or deferred.append(
+        args[0].num_deferred) or launch(*args)
     engine.add_request("a", "Hi", SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
     assert engine.step() == [] and engine.requests["a"].sequences[0].token_ids == []
     [first] = engine.step()
     assert len(first.outputs[0].token_ids) == 1 and launched[1:] == [1]  # the second step already launched
     assert len(engine.step()[0].outputs[0].token_ids) == 2
     [last] = engine.step()
+    # Three steps, not four: scheduled ahead, a sequence certain to end by length is not run again.
     assert last.finished and len(last.outputs[0].token_ids) == 3 and len(launched) == 3
+    # Scheduled ahead, the decodes take their input from the step in flight.
+    assert deferred == ([0, 1, 1] if mode == "ahead" else [0, 0, 0])
     assert_no_blocks_held(engine)
 
 
-def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir):
+@pytest.mark.parametrize("mode", OVERLAPPED)
+def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir, mode):
     """The finished step's Python side runs right after the next step's launch (the GPU's gap
     between steps holds no more than the scheduler's work), and the next step's sampler after it,
     as it reads the token ids that side extends."""
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
     events = []
     launch, process, sampler = engine.runner.launch, engine._process, engine.runner.sampler
     engine.runner.launch = lambda *args: events.append("launch") or launch(*args)
@@ -74,9 +85,10 @@ def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir):
     assert events == ["launch", "sample"] + ["launch", "process", "sample"] * 2 + ["process"]
 
 
-def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir):
-    plain, overlapped = (make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=o, max_num_batched_tokens=16)
-                         for o in (False, True))
+@pytest.mark.parametrize("mode", OVERLAPPED)
+def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode):
+    plain, overlapped = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m, max_num_batched_tokens=16)
+                         for m in ("plain", mode))
     [free] = plain.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
     stop = free.outputs[0].text[8:10]
     params = [
@@ -89,6 +101,11 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir):
         expected = plain.generate(PROMPTS, prompt_params, use_tqdm=False)
         assert summary(expected)[1][0][2] == "stop"
         assert summary(overlapped.generate(PROMPTS, prompt_params, use_tqdm=False)) == summary(expected)
+    # A stop token: scheduled ahead, the row launched before it was known is dropped.
+    stop_token = SamplingParams(temperature=0, max_tokens=20, stop_token_ids=[free.outputs[0].token_ids[6]])
+    expected = plain.generate(["Hi"], stop_token, use_tqdm=False)
+    assert expected[0].outputs[0].stop_reason == free.outputs[0].token_ids[6]
+    assert summary(overlapped.generate(["Hi"], stop_token, use_tqdm=False)) == summary(expected)
     # A token the bias makes first and the penalty forbids after: the step launched right after the
     # one that sampled it must already count it.
     biased = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logit_bias={100: 50.0},
@@ -99,8 +116,9 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir):
     assert_no_blocks_held(overlapped)
 
 
-def test_streamed_deltas_add_up_to_the_whole_output(tiny_model_dir):
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+@pytest.mark.parametrize("mode", OVERLAPPED)
+def test_streamed_deltas_add_up_to_the_whole_output(tiny_model_dir, mode):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
     [whole] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=9, ignore_eos=True), use_tqdm=False)
     engine.add_request("d", "Hi", SamplingParams(temperature=0, max_tokens=9, ignore_eos=True,
                                                  output_kind=RequestOutputKind.DELTA))
@@ -113,8 +131,9 @@ def test_streamed_deltas_add_up_to_the_whole_output(tiny_model_dir):
     assert_no_blocks_held(engine)
 
 
-def test_an_abort_while_a_step_is_in_flight_leaks_nothing(tiny_model_dir):
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+@pytest.mark.parametrize("mode", OVERLAPPED)
+def test_an_abort_while_a_step_is_in_flight_leaks_nothing(tiny_model_dir, mode):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     engine.add_request("gone", "Hi", params)
     engine.add_request("kept", "Hi there", params)
@@ -126,11 +145,13 @@ def test_an_abort_while_a_step_is_in_flight_leaks_nothing(tiny_model_dir):
     assert_no_blocks_held(engine)
 
 
+@pytest.mark.parametrize("mode", OVERLAPPED)
 @pytest.mark.parametrize("where", ["launch", "result", "launch, then an abort"])
-def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_dir, where):
+def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_dir, where, mode):
     """The step that fails ends its requests; the outputs of the step applied before it are not lost
-    (unless their request is aborted before they are returned)."""
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    (unless their request is aborted before they are returned). Scheduled ahead, the step in flight
+    when the next one fails to launch ends too: the failed step depends on its tokens."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
     goes_on = start_short_and_long(engine)
 
     launch = engine.runner.launch
@@ -147,7 +168,9 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
         while engine.has_unfinished_requests():
             engine.step()
     engine.runner.launch = launch
-    if where == "launch":  # the step applied before the failed launch still reports "short"'s end
+    if where == "launch" and mode == "ahead":  # the prefills were in flight: both requests ended
+        assert engine.step() == [] and not engine.requests
+    elif where == "launch":  # the step applied before the failed launch still reports "short"'s end
         [short] = engine.step()
         assert short.request_id == "short" and short.finished and len(short.outputs[0].token_ids) == 1
     elif where == "launch, then an abort":
@@ -155,11 +178,12 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
     goes_on()
 
 
-def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_model_dir):
+@pytest.mark.parametrize("mode", OVERLAPPED)
+def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_model_dir, mode):
     """An interrupt in the sampling that closes a step: the step launched before it ends with its
     requests (as a failed launch does), the outputs of the step just applied come with the next
     call, and the engine goes on."""
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), overlapped=True)
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
     goes_on = start_short_and_long(engine)
 
     sampler = engine.runner.sampler

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from kvserve.gpu.decode_inputs import DecodeInputs
+from kvserve.model_runner import LaunchedStep, fill_deferred_inputs
 from kvserve.models.llama import LayerPass
 
 logger = logging.getLogger("kvserve")
@@ -80,12 +81,15 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs for decode batches %s in %.1f s", self.sizes, time.perf_counter() - start)
 
-    def run(self, out) -> torch.Tensor:
-        """Replay decode step `out` (num_reqs <= max_batch); its hidden states [num_reqs, hidden], a
-        view of the graphs' output, valid until the next replay."""
+    def run(self, out, previous: LaunchedStep | None) -> torch.Tensor:
+        """Replay decode step `out` (num_reqs <= max_batch), its deferred input ids taken from step
+        `previous`; its hidden states [num_reqs, hidden], a view of the graphs' output, valid until
+        the next replay."""
         n = out.num_reqs
         batch = self.sizes[bisect.bisect_left(self.sizes, n)]
         self.inputs.stage(out, batch)
+        if out.num_deferred:
+            fill_deferred_inputs(self.inputs.view("input_ids", n), out, previous)
         graphs, _, hidden = self._graphs[batch]
         for graph in graphs:
             graph.replay()

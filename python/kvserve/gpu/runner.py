@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from kvserve.gpu.graphs import DecodeGraphs
-from kvserve.model_runner import ModelRunner
+from kvserve.model_runner import LaunchedStep, ModelRunner, fill_deferred_inputs
 from kvserve.models import AttentionMetadata
 
 
@@ -28,13 +28,16 @@ class CudaModelRunner(ModelRunner):
                                        device)
             self.graphs.capture()
 
-    def forward(self, out) -> torch.Tensor:
+    def forward(self, out, previous: LaunchedStep | None) -> torch.Tensor:
         if self.graphs is not None and out.num_tokens == out.num_reqs <= self.graphs.max_batch:
-            return self.graphs.run(out)
+            return self.graphs.run(out, previous)
 
         def to_device(array) -> torch.Tensor:
             return torch.from_numpy(array).to(self.device, non_blocking=True)
 
         metadata = AttentionMetadata(slot_mapping=to_device(out.slot_mapping), block_table=to_device(out.block_table),
                                      seq_lens=to_device(out.seq_lens), query_start_loc=to_device(out.query_start_loc))
-        return self.model(to_device(out.input_ids), to_device(out.positions), self.kv_caches, metadata)
+        input_ids = to_device(out.input_ids)
+        if out.num_deferred:
+            fill_deferred_inputs(input_ids, out, previous)
+        return self.model(input_ids, to_device(out.positions), self.kv_caches, metadata)
