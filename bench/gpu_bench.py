@@ -268,15 +268,21 @@ PROMPT_RNG = np.random.default_rng(0)  # each run's prompts differ: no prefix-ca
 
 
 def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, tag: str):
-    """For each batch size, with the CUDA graphs and eagerly: `batch` greedy requests of `context`
-    random prompt tokens, prefilled, with `steps` tokens left to decode; yields (batch, mode) while
-    they run, then aborts them. The engine's graphs are restored at the end."""
+    """For each batch size, with the CUDA graphs and eagerly, and with the graphs but each step
+    scheduled after the tokens of the one before ("graphs_not_ahead", on trees with async
+    scheduling): `batch` greedy requests of `context` random prompt tokens, prefilled, with `steps`
+    tokens left to decode; yields (batch, mode) while they run, then aborts them. The engine's
+    graphs and scheduling are restored at the end."""
     graphs = engine.runner.graphs
+    ahead = getattr(engine, "async_scheduling", None)
+    modes = ("graphs", "eager") + (("graphs_not_ahead",) if ahead else ())
     params = SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True)
     try:
         for batch in batches:
-            for mode in ("graphs", "eager"):
-                engine.runner.graphs = graphs if mode == "graphs" else None
+            for mode in modes:
+                engine.runner.graphs = None if mode == "eager" else graphs
+                if ahead is not None:
+                    engine.async_scheduling = ahead and mode != "graphs_not_ahead"
                 ids = [f"{tag}-{mode}-{batch}-{i}" for i in range(batch)]
                 for request_id, prompt in zip(ids, PROMPT_RNG.integers(10, 31999, (batch, context))):
                     engine.add_request(request_id, {"prompt_token_ids": prompt.tolist()}, params)
@@ -286,6 +292,8 @@ def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, ta
                 engine.abort(ids)
     finally:
         engine.runner.graphs = graphs
+        if ahead is not None:
+            engine.async_scheduling = ahead
 
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> None:

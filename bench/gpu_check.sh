@@ -111,13 +111,13 @@ run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
   --cases 1x512/8192 8x512/8192 64x512/8192 64x2048/8192 --splits 1 2 4 8 16 33 64 --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
-run decode 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
+run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
 # The same steps with kvserve's kernels launched the plain way, beside the programmatic launches.
 NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"
 run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --batches 1 8 64 \
   --out "$NO_PDL_JSONL"
-run profile 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --batches 1 8 64 --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
+run profile 120 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --batches 1 8 64 --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 # Batch 1's profile again with the kernels launched the plain way: which kernels the overlap shortened.
 run profile-no-pdl 60 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py profile --batches 1 \
   --out "$NO_PDL_JSONL" --report "$OUT/profile-no-pdl.txt"
