@@ -5,11 +5,14 @@
 // decode-256 / decode-1024: that many requests decoding (prompt 128, block 16, prefix caching on).
 // mixed-256: 256 sequences running; each request has a 512-token prompt and 128 output tokens, and
 // a finished request is replaced at once, so steps mix decodes with chunked prefills (8192 tokens).
+// "ahead": each step scheduled before the tokens of the one before are applied (async scheduling:
+// update_from_output closes the step before the one just scheduled).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,6 +29,7 @@ struct Scenario {
   int32_t prompt_len;
   int32_t max_tokens;  // 0: never finishes during the run
   bool replace_finished;
+  bool ahead;
 };
 
 struct Result {
@@ -62,7 +66,7 @@ Result run(const Scenario& sc, int32_t steps) {
   auto add = [&] { scheduler.add_request("req-" + std::to_string(next_id++), random_prompt(rng, sc.prompt_len), params); };
   for (int32_t i = 0; i < sc.num_seqs; ++i) add();
 
-  std::vector<int32_t> sampled;
+  std::deque<std::vector<int32_t>> open;  // the sampled tokens of each open step, oldest first
   std::vector<double> times;
   times.reserve(static_cast<size_t>(steps));
   int64_t tokens = 0;
@@ -70,17 +74,23 @@ Result run(const Scenario& sc, int32_t steps) {
     const auto start = Clock::now();
     const kvserve::SchedulerOutput& out = scheduler.schedule();
     const auto scheduled = Clock::now();
-    // The fake model (not timed): the next token is a cheap function of the sampled row's input.
-    sampled.resize(static_cast<size_t>(out.num_sampled()));
-    for (int32_t k = 0; k < out.num_sampled(); ++k) {
-      sampled[static_cast<size_t>(k)] = (out.input_ids[static_cast<size_t>(out.logits_indices[static_cast<size_t>(k)])] * 7 + 1) % 32000;
+    // The fake model (not timed): the next token is a cheap function of the sampled row's position.
+    if (out.num_reqs > 0) {
+      std::vector<int32_t>& sampled = open.emplace_back(static_cast<size_t>(out.num_sampled()));
+      for (int32_t k = 0; k < out.num_sampled(); ++k) {
+        sampled[static_cast<size_t>(k)] = static_cast<int32_t>((out.positions[static_cast<size_t>(out.logits_indices[static_cast<size_t>(k)])] * 7 + 1) % 32000);
+      }
     }
     const int32_t num_tokens = out.num_tokens;
+    const bool close = !open.empty() && (!sc.ahead || open.size() == 2 || out.num_reqs == 0);
     const auto model_done = Clock::now();
-    const auto& updates = scheduler.update_from_output(sampled.data(), static_cast<int64_t>(sampled.size()));
-    const auto end = Clock::now();
     int32_t finished = 0;
-    for (const auto& u : updates) finished += u.finish_reason != kvserve::FinishReason::kNone;
+    if (close) {
+      const auto& updates = scheduler.update_from_output(open.front().data(), static_cast<int64_t>(open.front().size()));
+      for (const auto& u : updates) finished += u.finish_reason != kvserve::FinishReason::kNone;
+    }
+    const auto end = Clock::now();
+    if (close) open.pop_front();
     if (step >= warmup) {
       times.push_back(std::chrono::duration<double, std::micro>((scheduled - start) + (end - model_done)).count());
       tokens += num_tokens;
@@ -116,9 +126,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const Scenario scenarios[] = {
-      {"decode-256", 256, 128, 0, false},
-      {"decode-1024", 1024, 128, 0, false},
-      {"mixed-256", 256, 512, 128, true},
+      {"decode-256", 256, 128, 0, false, false},
+      {"decode-1024", 1024, 128, 0, false, false},
+      {"mixed-256", 256, 512, 128, true, false},
+      {"decode-256 ahead", 256, 128, 0, false, true},
+      {"mixed-256 ahead", 256, 512, 128, true, true},
   };
   std::printf("| scenario | mean us/step | p50 | p99 | tokens/step |\n|---|---|---|---|---|\n");
   for (const Scenario& sc : scenarios) {
