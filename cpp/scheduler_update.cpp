@@ -74,7 +74,7 @@ std::vector<std::string> Scheduler::fail_step() {
 }
 
 void Scheduler::close_oldest_step() {
-  std::swap(open_[0], open_[1]);
+  std::rotate(open_, open_ + 1, open_ + kMaxOpenSteps);
   --num_open_;
   ++num_closed_;
 }

@@ -3,7 +3,7 @@
 device's work, as a launch error, or after it, as an error when the results are read) or are
 interrupted (Ctrl-C) while their sampler is queued, every output
 kind, n = 2, logprobs, stop strings, a repetition penalty (which reads every token sampled so far);
-on the plain step and the overlapped one (test_engine_overlap.py).
+on each way the engine steps (step_modes.py).
 
 Whatever happens, every request ends exactly once: finished (with consistent outputs: lengths,
 one logprob entry per token, deltas adding up to the whole), aborted, or ended by a failed step;
@@ -21,6 +21,7 @@ import pytest
 
 from failing_launches import failing_launches
 from kvserve import Engine, RequestOutputKind, SamplingParams
+from step_modes import STEP_MODES, set_step_mode
 
 MAX_MODEL_LEN = 64
 BLOCK_SIZE = 4
@@ -109,12 +110,12 @@ def lone_run(model_dir):
     return run
 
 
-def run_script(model_dir, script: Script, overlapped: bool) -> tuple[Engine, Run]:
+def run_script(model_dir, script: Script, mode: str) -> tuple[Engine, Run]:
     kwargs = dict(script.engine_kwargs)
     bytes_per_block = BLOCK_SIZE * 512  # the tiny Llama's float32 K and V of one token: 512 bytes
     engine = Engine(str(model_dir), dtype="float32", device="cpu", block_size=BLOCK_SIZE, max_model_len=MAX_MODEL_LEN,
                     kv_cache_memory_gb=kwargs.pop("kv_blocks") * bytes_per_block / 2**30, **kwargs)
-    engine.runner.asynchronous = overlapped
+    set_step_mode(engine, mode)
     engine.runner.launch = failing_launches(engine.runner.launch, script.failure_seed, before=0.03, after=0.02,
                                             interrupted=0.02)
     run = Run()
@@ -146,10 +147,10 @@ def run_script(model_dir, script: Script, overlapped: bool) -> tuple[Engine, Run
     return engine, run
 
 
-@pytest.mark.parametrize("overlapped", [False, True], ids=["plain", "overlapped"])
+@pytest.mark.parametrize("mode", STEP_MODES)
 @pytest.mark.parametrize("seed", range(24))
-def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_run, seed, overlapped):
-    engine, run = run_script(model_dir, make_script(seed), overlapped)
+def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_run, seed, mode):
+    engine, run = run_script(model_dir, make_script(seed), mode)
     stats = engine.stats()
     assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1, stats
     for request_id, params in run.params.items():
@@ -177,7 +178,7 @@ def test_the_scripts_preempt_hit_the_prefix_cache_abort_and_fail(model_dir):
     """Without these the test above would pass without testing much."""
     totals = dict(preemptions=0, prefix_cache_hits=0, aborted=0, failed=0)
     for seed in range(6):
-        engine, run = run_script(model_dir, make_script(seed), overlapped=True)
+        engine, run = run_script(model_dir, make_script(seed), mode="ahead")
         totals["preemptions"] += engine.stats().num_preemptions
         totals["prefix_cache_hits"] += engine.stats().prefix_cache_hits
         totals["aborted"] += len(run.aborted)
