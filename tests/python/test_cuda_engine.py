@@ -139,6 +139,10 @@ def test_prompt_logprobs_and_seeded_sampling_on_the_gpu(tiny_model_dir):
     seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=12, seed=7, ignore_eos=True)
     first, second = (engine.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids for _ in range(2))
     assert first == second and len(first) == 12
+    # Scheduled ahead, rows the top-p sampler rechecks are settled before the next step reads them.
+    assert engine.async_scheduling
+    not_ahead = gpu_engine(directory, async_scheduling=False)
+    assert not_ahead.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids == first
     assert_no_blocks_held(engine)
 
 

@@ -95,7 +95,8 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode):
         SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.5,
                        frequency_penalty=0.5),  # penalties read every token sampled so far
         SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop),  # "Hi" ends on a stop string
-        SamplingParams(temperature=0.8, seed=7, n=2, max_tokens=9, ignore_eos=True, logprobs=3, prompt_logprobs=2),
+        SamplingParams(temperature=0.8, top_p=0.9, seed=7, n=2, max_tokens=9, ignore_eos=True, logprobs=3,
+                       prompt_logprobs=2),  # top_p: rows the sampler rechecks, settled before the next step reads them
     ]
     for prompt_params in (params, params[::-1]):
         expected = plain.generate(PROMPTS, prompt_params, use_tqdm=False)
