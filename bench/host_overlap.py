@@ -34,7 +34,7 @@ class StandInStep:
     ready_at: float  # time.perf_counter() when the device has the step's tokens
     tokens: np.ndarray
 
-    def sample(self) -> None:
+    def sample(self, void=()) -> None:
         pass
 
     def result(self) -> StepResult:
@@ -43,7 +43,7 @@ class StandInStep:
             time.sleep(left - 1e-3)
         while time.perf_counter() < self.ready_at:  # the last millisecond spun, as a CUDA sync spins
             pass
-        return StepResult(self.tokens, None, {})
+        return StepResult(self.tokens, None, {}, [])
 
 
 class StandInDevice:

@@ -118,6 +118,14 @@ void bind_scheduler(nb::module_& m) {
           "Close the oldest open step: apply the tokens sampled for its logits_indices (int32[num_sampled]).\n"
           "Returns list[SampleUpdate]: (request_id, sample_index, new_token_ids, finish_reason), with\n"
           "stop_token_id and sampled_index by name; finish_reason is None while the sequence runs.")
+      .def(
+          "retract_in_flight",
+          [](PyScheduler& s, std::string_view request_id, int32_t sample_index) {
+            s.core.retract_in_flight(request_id, sample_index);
+          },
+          nb::arg("request_id"), nb::arg("sample_index"),
+          "After update_from_output: the sequence's row in the open step decoded a token the sampler\n"
+          "changed since; the row is void (its token dropped) and the next step computes it again.")
       .def("fail_step", [](PyScheduler& s) { return s.core.fail_step(); },
            "The model run of an open step failed: close every open step without tokens, end their\n"
            "requests (abort), make the prefix cache forget the blocks they were to write. Returns the\n"

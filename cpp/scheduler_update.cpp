@@ -1,4 +1,5 @@
 // Scheduler::update_from_output(): append the sampled tokens, fork parallel samples, apply stops;
+// Scheduler::retract_in_flight(): void a row that decoded a token changed since;
 // Scheduler::fail_step(): close a step whose model run failed.
 #include <algorithm>
 #include <stdexcept>
@@ -34,7 +35,7 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
   for (size_t k = 0; k < sampled.size(); ++k) {
     const SampledEntry& entry = sampled[k];
     Request& req = requests_[static_cast<size_t>(entry.handle)];
-    if (req.status == RequestStatus::kFinished) continue;  // ended since schedule()
+    if (req.status == RequestStatus::kFinished || entry.retracted) continue;  // ended since schedule(), or void
     if (entry.forks && !req.forked()) fork(req);
     Sequence& seq = req.samples[static_cast<size_t>(entry.sample_index)];
     if (seq.finished()) continue;
@@ -53,6 +54,27 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
   close_oldest_step();
   drop_finished_running();
   return updates_;
+}
+
+void Scheduler::retract_in_flight(std::string_view request_id, int32_t sample_index) {
+  const int32_t handle = handle_of(request_id);
+  Request& req = requests_[static_cast<size_t>(handle)];
+  if (sample_index < 0 || sample_index >= static_cast<int32_t>(req.samples.size())) {
+    throw std::invalid_argument("sample_index must be in [0, " + std::to_string(req.samples.size()) + "), got " +
+                                std::to_string(sample_index));
+  }
+  if (num_open_ > 1) {
+    throw std::logic_error("retract_in_flight() called with " + std::to_string(num_open_) +
+                           " steps open: it belongs between update_from_output() and the next schedule()");
+  }
+  Sequence& seq = req.samples[static_cast<size_t>(sample_index)];
+  // A placeholder left after update_from_output is the open step's, whose row decoded the token
+  // just applied (a sequence of that step, preempted since or forking, holds none).
+  if (seq.finished() || seq.num_placeholders == 0 || num_open_ == 0) return;
+  SampledEntry& entry = open_[0].sampled[static_cast<size_t>(seq.sample_entry)];
+  entry.retracted = true;
+  --seq.num_placeholders;
+  --seq.num_computed_tokens;  // its block stays: the next step writes the position there again
 }
 
 std::vector<std::string> Scheduler::fail_step() {

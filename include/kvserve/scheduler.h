@@ -23,6 +23,7 @@
 //   - only blocks full of known tokens enter the prefix cache; a block completed by a placeholder
 //     is registered the next time its sequence is scheduled;
 //   - a request preempted while its token is in flight takes the token in the waiting queue;
+//   - a row that decoded a token the sampler changed afterwards is retracted (retract_in_flight);
 //   - a handle (SampleUpdate::req_handle) is reused only once no open step holds it.
 //
 // Every request finishes: add_request rejects a request that could not fit in the cache on its
@@ -72,6 +73,15 @@ class KVSERVE_EXPORT Scheduler {
   // finish_requests, a stop in the step before) are skipped. With no step open, 0 tokens is a no-op.
   const std::vector<SampleUpdate>& update_from_output(const int32_t* sampled_token_ids, int64_t num_sampled);
 
+  // The token of the step just closed that a sequence's row in the open step after it decoded (its
+  // deferred input) was not the one update_from_output applied: a step scheduled ahead read a
+  // sampled token before the sampler settled it. That row is void: its token will be dropped, and
+  // the sequence computes the position again in the next step. A no-op for a sequence without such
+  // a row (ended, preempted, or not scheduled in that step). Call it between update_from_output and
+  // the next schedule(): std::logic_error with two steps open; std::invalid_argument for an unknown
+  // request or sample index.
+  void retract_in_flight(std::string_view request_id, int32_t sample_index);
+
   // The model run of an open step failed: every open step closes without tokens (a step scheduled
   // ahead depends on the tokens of the one before), their requests end (kAbort), and the prefix
   // cache forgets every block they were to write (registered when scheduled, the KV perhaps never
@@ -105,6 +115,7 @@ class KVSERVE_EXPORT Scheduler {
     int32_t handle;
     int32_t sample_index;
     bool forks;  // completes the prompt of an unforked request with n > 1
+    bool retracted = false;  // its row decoded a token that changed (retract_in_flight): dropped
   };
   // A step scheduled and not yet closed.
   struct OpenStep {

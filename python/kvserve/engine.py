@@ -179,7 +179,7 @@ class Engine:
             if self.scheduler.has_unfinished_requests():
                 launched = self._launch(previous if ahead else None)
             if ahead:
-                applied = self._apply(previous)
+                applied = self._apply(previous, launched)
         except BaseException:
             # The failure ended the requests of every step not applied; the applied one's outputs
             # come with the next call, but for requests aborted in between.
@@ -192,7 +192,8 @@ class Engine:
         outputs, self._unreported = self._unreported + processed, []
         if launched is not None:
             try:
-                launched.sample()  # after the token ids it reads (its errors come with the result)
+                # After the token ids it reads (its errors come with the result).
+                launched.sample(applied.retracted if applied is not None else ())
             except BaseException:
                 # Interrupted (Ctrl-C): the launched step ends here, as one that failed to launch,
                 # with its requests; the other outputs come with the next call.
@@ -220,16 +221,24 @@ class Engine:
                 metrics.first_scheduled_time = now
         return launched
 
-    def _apply(self, launched: LaunchedStep) -> AppliedStep:
+    def _apply(self, launched: LaunchedStep, next_step: LaunchedStep | None = None) -> AppliedStep:
         """Wait for a launched step and hand its tokens to the scheduler (the sequences take them
-        in _process)."""
+        in _process). `next_step`: the step scheduled ahead of these tokens, launched already: its
+        rows that decoded a token the sampler changed when it settled are retracted."""
         try:
             result = launched.result()
             updates = self.scheduler.update_from_output(result.sampled_token_ids)
+            retracted = []
+            if next_step is not None and result.resampled_rows:
+                resampled = set(result.resampled_rows)
+                for update in updates:
+                    if update.sampled_index in resampled and update.finish_reason is None:
+                        self.scheduler.retract_in_flight(update.request_id, update.sample_index)
+                        retracted.append(self.requests[update.request_id].sequences[update.sample_index])
         except BaseException:
             self._fail()
             raise
-        return AppliedStep(updates, result, time.time())
+        return AppliedStep(updates, result, time.time(), retracted)
 
     def _process(self, applied: AppliedStep) -> list[RequestOutput]:
         decode = self._decode_token if self.tokenizer is not None else None

@@ -10,12 +10,14 @@ work is done; `LaunchedStep.result()` waits for everything (and settles what the
 the tokens' reading: top-p rows whose first candidates fell short).
 
 A step scheduled ahead (scheduler.h) decodes tokens the step before it is still sampling: `launch`
-takes that step and writes its sampled ids, on the device, into the rows the scheduler deferred.
+takes that step and writes its sampled ids, on the device, into the rows the scheduler deferred,
+as the sampler left them: a row the sampler rechecks may change when the step's result is read
+(StepResult.resampled_rows), and the engine then retracts the row that decoded the old token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +58,7 @@ class StepResult:
     logprobs: LogprobsTensors | None  # rows aligned with sampled_token_ids
     # request id -> (first prompt position covered, logprobs of the prompt tokens that follow)
     prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
+    resampled_rows: list[int]  # rows whose token changed when the sampler's rechecks were settled
 
 
 @dataclass
@@ -70,12 +73,14 @@ class SampleInputs:
     vocab_size: int
     eos_token_ids: tuple[int, ...]
 
-    def metadata(self) -> SamplingMetadata:
+    def metadata(self, void: Collection[SequenceState] = ()) -> SamplingMetadata:
+        """`void`: sequences whose rows are retracted (their tokens dropped): they draw nothing from
+        their generators, so that a seeded sequence's draws are those of the steps it keeps."""
         states, sequences = self.states, self.sequences
         return SamplingMetadata.from_requests(
             [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_ids for s in states],
-            [q.generator for q in sequences], vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
-            device=self.logits.device)
+            [None if q in void else q.generator for q in sequences], vocab_size=self.vocab_size,
+            eos_token_ids=self.eos_token_ids, device=self.logits.device)
 
 
 @dataclass
@@ -88,8 +93,8 @@ class LaunchedStep:
     error: Exception | None = None  # of the sampler, raised by result()
 
     @torch.inference_mode()
-    def sample(self) -> None:
-        """Build the sampling metadata and queue the sampler (once)."""
+    def sample(self, void: Collection[SequenceState] = ()) -> None:
+        """Build the sampling metadata and queue the sampler (once); `void`: SampleInputs.metadata."""
         if self.sampled is not None or self.error is not None:
             return
         if self.sample_inputs is None:
@@ -97,19 +102,16 @@ class LaunchedStep:
             return
         inputs, self.sample_inputs = self.sample_inputs, None
         try:
-            self.sampled = inputs.sampler(inputs.logits, inputs.metadata(), settle=False)
+            self.sampled = inputs.sampler(inputs.logits, inputs.metadata(void), settle=False)
         except Exception as error:
             self.error = error
 
     def sampled_ids(self) -> torch.Tensor:
-        """The sampled token ids on the device, as the next step's deferred inputs take them: rows
-        the sampler left to a recheck are settled first (which waits for the device)."""
+        """The sampled token ids on the device, as the next step's deferred inputs take them: as
+        the sampler left them, without waiting for it (module docstring)."""
         self.sample()
         if self.error is not None:
             raise self.error
-        if self.sampled.rechecks:
-            with torch.inference_mode():
-                self.sampled.settle()
         return self.sampled.sampled_token_ids
 
     @torch.inference_mode()
@@ -118,10 +120,11 @@ class LaunchedStep:
         self.sample()
         if self.error is not None:
             raise self.error
-        self.sampled.settle()
+        resampled = self.sampled.settle()
         sampled, logprobs = self.sampled.sampled_token_ids.cpu().numpy(), self.sampled.logprobs
         return StepResult(sampled, logprobs.cpu() if logprobs is not None else None,
-                          {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()})
+                          {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()},
+                          resampled)
 
 
 class ModelRunner:

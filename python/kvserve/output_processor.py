@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvserve.model_runner import StepResult
 from kvserve.outputs import RequestOutput
@@ -25,6 +25,7 @@ class AppliedStep:
     updates: list  # scheduler.update_from_output's SampleUpdates
     result: StepResult
     time: float  # when its tokens were known
+    retracted: list = field(default_factory=list)  # SequenceStates whose row in the next step is void
 
 
 def _record_prompt_logprobs(state: RequestState, first: int, tensors, decode) -> None:

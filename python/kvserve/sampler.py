@@ -18,7 +18,8 @@ sample the whole vocabulary unsorted. Every step is a prefix computation over th
 candidates, so the number of candidates a batch needs never changes a row's result. Whether the
 first candidates held a row's kept set is the one thing the host must read from the device:
 `Sampler()(..., settle=False)` leaves that check, and the rows to redo, to SamplerOutput.settle(),
-which a GPU's caller runs when it reads the tokens anyway.
+which a GPU's caller runs when it reads the tokens anyway (and which says which rows changed: a
+step scheduled ahead may have decoded the tokens before they settled).
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ class SamplerOutput:
     rechecks: list[Recheck] = field(default_factory=list)  # left by Sampler(..., settle=False)
     raw_logprobs: torch.Tensor | None = None  # to redo the logprobs of rows a recheck changes
 
-    def settle(self) -> None:
+    def settle(self) -> list[int]:
         """Sample again the rows whose first candidates did not hold their kept set, from more
-        candidates, until every row's did (reads the device: on a GPU it waits for the sampler)."""
+        candidates, until every row's did (reads the device: on a GPU it waits for the sampler).
+        Returns the rows whose token changed."""
+        if not self.rechecks:
+            return []
+        before = self.sampled_token_ids.clone()
         changed = False
         while self.rechecks:
             # Last in, first out: a redo's own rechecks settle right after it wrote its rows.
@@ -71,9 +76,12 @@ class SamplerOutput:
                                        self.rechecks, check.batch_rows[redo])
             self.sampled_token_ids[check.batch_rows[redo]] = choice.to(torch.int32)
             changed = True
-        if changed and self.logprobs is not None:
+        if not changed:
+            return []
+        if self.logprobs is not None:
             num_top = self.logprobs.token_ids.shape[1] - 1
             self.logprobs = LogprobsTensors.from_logprobs(self.raw_logprobs, self.sampled_token_ids, num_top)
+        return (before != self.sampled_token_ids).nonzero().squeeze(1).tolist()
 
 
 def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> None:

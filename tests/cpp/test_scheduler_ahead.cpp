@@ -1,6 +1,6 @@
 // Steps scheduled ahead (scheduler.h): schedule() while the step before is in flight, placeholders
 // for its tokens, and what a token not yet known changes: lengths, stops, forks, preemption,
-// handles, failures.
+// retracted rows, handles, failures.
 #include <gtest/gtest.h>
 
 #include <deque>
@@ -161,6 +161,36 @@ TEST(SchedulerAhead, ARequestPreemptedWhileItsTokenIsInFlightTakesItWhileWaiting
   EXPECT_EQ(recomputed.back(), 40);
   EXPECT_FALSE(s.has_unfinished_requests());
   EXPECT_EQ(s.stats().num_free_blocks, 2);
+}
+
+TEST(SchedulerAhead, ARowThatDecodedAChangedTokenIsRetractedAndComputedAgain) {
+  Scheduler s(small_config(10, 4, 64));
+  s.add_request("a", range(10, 6), limits(8));
+  s.add_request("b", range(30, 3), limits(8));
+  s.schedule();  // the prefills sample "a"'s token 6 and "b"'s token 3
+  const SchedulerOutput& ahead = s.schedule();
+  EXPECT_EQ(ahead.positions, (I64{6, 3}));
+  const int64_t slot = ahead.slot_mapping[0];
+  const I32 settled = {40, 50};  // "a"'s row decoded another token than the 40 applied
+  s.update_from_output(settled.data(), 2);
+  s.retract_in_flight("a", 0);
+  EXPECT_EQ(sequence(s, "a").num_computed_tokens, 6);
+  EXPECT_EQ(sequence(s, "a").num_placeholders, 0);
+  EXPECT_THROW(s.retract_in_flight("a", 1), std::invalid_argument);
+
+  const SchedulerOutput& again = s.schedule();  // "a" computes position 6 again, its input known
+  EXPECT_EQ(again.positions, (I64{6, 4}));
+  EXPECT_EQ(again.input_ids, (I32{40, -1}));
+  EXPECT_EQ(again.slot_mapping[0], slot);
+  EXPECT_EQ(again.deferred_input_tokens, (I64{1}));
+  EXPECT_EQ(again.deferred_input_sources, (I32{1}));  // "b"'s entry in the step ahead
+  EXPECT_THROW(s.retract_in_flight("b", 0), std::logic_error);  // two steps open
+  const I32 in_flight = {7, 51};
+  const auto& updates = s.update_from_output(in_flight.data(), 2);  // "a"'s row is void
+  ASSERT_EQ(updates.size(), 1u);
+  EXPECT_EQ(updates[0].request_id, "b");
+  EXPECT_EQ(sequence(s, "a").token_ids, (I32{10, 11, 12, 13, 14, 15, 40}));
+  EXPECT_EQ(sequence(s, "a").num_placeholders, 1);  // the row of the step just scheduled
 }
 
 TEST(SchedulerAhead, AHandleIsNotReusedWhileAnOpenStepHoldsIt) {

@@ -1,7 +1,8 @@
 // Randomized: thousands of add / abort / finish / step / failed-step operations on random
 // configurations, checked after every step against a mirror of every sequence and a shadow KV cache;
 // with steps closed as they are scheduled, and with every step scheduled ahead of the tokens of the
-// one before (the fake model picks a step's tokens when it is scheduled and hands them over later).
+// one before (the fake model picks a step's tokens when it is scheduled and hands them over later,
+// some of them changed, as a sampler's settled rows are, and the rows that decoded them retracted).
 //
 // The shadow KV cache records, per slot, a fingerprint of the token prefix whose last token the
 // model would have written there. Before every forward pass each row's whole context, read through
@@ -46,6 +47,7 @@ struct OpenStep {
   std::vector<std::pair<std::string, int32_t>> entries;  // (request id, sample index)
   std::vector<int32_t> tokens;
   std::set<std::string> request_ids;  // of its rows
+  std::set<size_t> retracted;  // entries whose row decoded a token that changed (retract_in_flight)
 };
 
 class Harness {
@@ -146,6 +148,7 @@ class Harness {
   int64_t num_copies() const { return num_copies_; }
   int64_t num_deferred() const { return num_deferred_; }
   int64_t num_dropped() const { return num_dropped_; }
+  int64_t num_retracted() const { return num_retracted_; }
   int64_t num_failed_steps() const { return num_failed_steps_; }
   SchedulerStats stats() const { return scheduler_.stats(); }
 
@@ -167,7 +170,9 @@ class Harness {
     if (open_.empty()) return -1;
     const auto& entries = in_flight().entries;
     for (size_t k = 0; k < entries.size(); ++k) {
-      if (entries[k].first == id && entries[k].second == sample) return static_cast<int32_t>(k);
+      if (entries[k].first == id && entries[k].second == sample && in_flight().retracted.count(k) == 0) {
+        return static_cast<int32_t>(k);
+      }
     }
     return -1;
   }
@@ -183,11 +188,31 @@ class Harness {
     return step;
   }
 
+  // Closes the oldest open step. Ahead, some of its tokens change after the step after it read them
+  // (as a sampler's settled rows do): the rows that decoded them are retracted.
   void close_oldest() {
-    const OpenStep step = open_.front();
+    OpenStep step = open_.front();
     open_.pop_front();
+    std::vector<size_t> changed;
+    for (size_t k = 0; ahead_ && k < step.tokens.size(); ++k) {
+      if (pick(8) != 0) continue;
+      step.tokens[k] = (step.tokens[k] + 1) % kVocab;
+      changed.push_back(k);
+    }
     const auto& updates = scheduler_.update_from_output(step.tokens.data(), static_cast<int64_t>(step.tokens.size()));
-    check_updates(step.entries, step.tokens, updates);
+    check_updates(step, updates);
+    for (const size_t k : changed) {
+      const auto& [id, sample] = step.entries[k];
+      if (mirror_.count(id) == 0) continue;
+      scheduler_.retract_in_flight(id, sample);  // a no-op where no open row decoded it
+      if (open_.empty()) continue;
+      for (size_t j = 0; j < open_.front().entries.size(); ++j) {
+        if (open_.front().entries[j] == step.entries[k]) {
+          open_.front().retracted.insert(j);
+          ++num_retracted_;
+        }
+      }
+    }
     check_reference_counts();
   }
 
@@ -273,10 +298,12 @@ class Harness {
     }
   }
 
-  void check_updates(const std::vector<std::pair<std::string, int32_t>>& entries, const std::vector<int32_t>& sampled,
-                     const std::vector<SampleUpdate>& updates) {
+  void check_updates(const OpenStep& step, const std::vector<SampleUpdate>& updates) {
+    const auto& entries = step.entries;
+    const auto& sampled = step.tokens;
     size_t u = 0;
     for (size_t k = 0; k < entries.size(); ++k) {
+      if (step.retracted.count(k) > 0) continue;  // its row decoded a token that changed: void
       auto it = mirror_.find(entries[k].first);
       if (it == mirror_.end()) continue;  // aborted after schedule()
       MirrorRequest& m = it->second;
@@ -355,6 +382,7 @@ class Harness {
   int64_t num_failed_steps_ = 0;
   int64_t num_deferred_ = 0;
   int64_t num_dropped_ = 0;
+  int64_t num_retracted_ = 0;
 };
 
 SchedulerConfig random_config(std::mt19937& rng) {
@@ -372,7 +400,7 @@ SchedulerConfig random_config(std::mt19937& rng) {
 }
 
 void run_random_workloads(bool ahead) {
-  int64_t preemptions = 0, hits = 0, copies = 0, failed_steps = 0, deferred = 0, dropped = 0;
+  int64_t preemptions = 0, hits = 0, copies = 0, failed_steps = 0, deferred = 0, dropped = 0, retracted = 0;
   for (uint32_t seed = 0; seed < 40; ++seed) {
     std::mt19937 config_rng(seed);
     const SchedulerConfig config = random_config(config_rng);
@@ -403,6 +431,7 @@ void run_random_workloads(bool ahead) {
     failed_steps += harness.num_failed_steps();
     deferred += harness.num_deferred();
     dropped += harness.num_dropped();
+    retracted += harness.num_retracted();
   }
   // The workloads reach the paths they are meant to check.
   EXPECT_GT(preemptions, 100);
@@ -412,6 +441,7 @@ void run_random_workloads(bool ahead) {
   if (ahead) {
     EXPECT_GT(deferred, 1000);
     EXPECT_GT(dropped, 50);  // rows of sequences that ended on the token in flight
+    EXPECT_GT(retracted, 200);
   } else {
     EXPECT_EQ(deferred, 0);
   }

@@ -196,6 +196,10 @@ def test_bad_calls_raise_clear_errors():
     assert ahead.input_ids.tolist() == [-1] and ahead.deferred_input_sources.tolist() == [0]
     with pytest.raises(RuntimeError, match=r"2 steps open: update_from_output\(\) \(or fail_step\(\)\) must close"):
         s.schedule()
+    with pytest.raises(RuntimeError, match=r"retract_in_flight\(\) called with 2 steps open"):
+        s.retract_in_flight("a", 0)
+    with pytest.raises(ValueError, match=r"unknown request_id 'ghost'"):
+        s.retract_in_flight("ghost", 0)
     with pytest.raises(ValueError, match=r"sampled_token_ids: expected 1 token ids .* got 2"):
         s.update_from_output(np.array([1, 2], dtype=np.int32))
     with pytest.raises(ValueError, match=r"sampled_token_ids\[0\] = -1"):
