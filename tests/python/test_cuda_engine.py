@@ -139,7 +139,7 @@ def test_prompt_logprobs_and_seeded_sampling_on_the_gpu(tiny_model_dir):
     seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=12, seed=7, ignore_eos=True)
     first, second = (engine.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids for _ in range(2))
     assert first == second and len(first) == 12
-    # Scheduled ahead, rows the top-p sampler rechecks are settled before the next step reads them.
+    # Scheduled ahead, a row that decoded a top-p token changed when it settled is retracted.
     assert engine.async_scheduling
     not_ahead = gpu_engine(directory, async_scheduling=False)
     assert not_ahead.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids == first
