@@ -1,6 +1,7 @@
 """The server under load and as clients come and go: 64 concurrent streams batched together with
 exact usage counts; a client that disconnects (streaming or not) aborts its request and frees its
-KV blocks at once; SIGTERM/SIGINT finish what fits in --shutdown-timeout, abort the rest, exit 0.
+KV blocks at once (with steps scheduled ahead too); SIGTERM/SIGINT finish what fits in
+--shutdown-timeout, abort the rest, exit 0.
 
 The tiny model here has a 32k-token context, so that a long request runs for tens of seconds (a
 step takes about a millisecond): a request that is still running when checked did not just finish."""
@@ -29,9 +30,11 @@ def model_dir(tiny_model_dir):
     return tiny_model_dir("LlamaForCausalLM", max_position_embeddings=32768)
 
 
-@pytest.fixture(scope="module")
-def server(model_dir):
-    with ServerProcess(model_dir, "--served-model-name", MODEL) as server:
+@pytest.fixture(scope="module", params=[(), ("--async-scheduling",)], ids=["plain", "ahead"])
+def server(model_dir, request):
+    """The server as it runs on the CPU, and with each step scheduled ahead of the last one's tokens
+    (the GPU's default)."""
+    with ServerProcess(model_dir, "--served-model-name", MODEL, *request.param) as server:
         yield server
 
 
@@ -47,7 +50,8 @@ def test_64_concurrent_streams_are_batched_with_exact_usage(server):
 
     async def one(client: openai.AsyncOpenAI, i: int):
         stream = await client.completions.create(
-            model=MODEL, prompt=f"request {i}: ka lo mi", max_tokens=lengths[i], temperature=0.8, seed=i, stream=True,
+            model=MODEL, prompt=f"request {i}: ka lo mi", max_tokens=lengths[i], temperature=0.8, top_p=0.9, seed=i,
+            stream=True,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
         num_chunks, text, usage = 0, "", None
         async for chunk in stream:
