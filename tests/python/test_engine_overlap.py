@@ -152,11 +152,12 @@ def test_an_abort_while_a_step_is_in_flight_leaks_nothing(tiny_model_dir, mode):
 
 
 @pytest.mark.parametrize("mode", OVERLAPPED)
-@pytest.mark.parametrize("where", ["launch", "result", "launch, then an abort"])
+@pytest.mark.parametrize("where", ["launch", "result", "launch, then an abort", "sampler"])
 def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_dir, where, mode):
     """The step that fails ends its requests; the outputs of the step applied before it are not lost
     (unless their request is aborted before they are returned). Scheduled ahead, the step in flight
-    when the next one fails to launch ends too: the failed step depends on its tokens."""
+    when the next one fails to launch ends too: the failed step depends on its tokens. A sampler's
+    error comes with the step's result, or, ahead, when the next step reads its tokens."""
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
     goes_on = start_short_and_long(engine)
 
@@ -166,7 +167,11 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
         launched = launch(*args)
         if where.startswith("launch"):
             raise RuntimeError("the device failed")
-        launched.result = lambda: (_ for _ in ()).throw(RuntimeError("the device failed"))
+        if where == "sampler" and launched.sample_inputs is not None:
+            launched.sample_inputs.sampler = lambda *args, **kwargs: (_ for _ in ()).throw(
+                RuntimeError("the device failed"))
+        elif where == "result":
+            launched.result = lambda: (_ for _ in ()).throw(RuntimeError("the device failed"))
         return launched
 
     engine.runner.launch = failing
