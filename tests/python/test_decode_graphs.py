@@ -48,10 +48,11 @@ def decode_step(num_reqs, width, seed=0):
 def test_a_step_is_padded_to_its_graph_batch():
     inputs = DecodeInputs(max_batch=8, max_blocks=6, device=torch.device("cpu"))
     wide = decode_step(7, 6, seed=1)
+    wide.input_ids[:] = -1  # scheduled ahead: every input deferred, filled on the device
     inputs.stage(wide, 8)
     step = decode_step(3, 4, seed=2)
     inputs.stage(step, 4)
-    assert inputs.view("input_ids", 4)[:3].tolist() == step.input_ids.tolist()
+    assert inputs.view("input_ids", 4).tolist() == step.input_ids.tolist() + [0]  # never an id out of range
     assert inputs.view("positions", 4)[:3].tolist() == step.positions.tolist()
     assert inputs.view("slot_mapping", 4).tolist() == step.slot_mapping.tolist() + [-1]
     assert inputs.view("seq_lens", 4).tolist() == step.seq_lens.tolist() + [1]

@@ -6,9 +6,10 @@ batch into the same device buffer: one int32 tensor, viewed as
     input_ids [B] | positions [B] | slot_mapping [B] | seq_lens [B] | query_start_loc [B + 1] | block_table [B, W]
 
 with B the largest graph batch and W = ceil(max_model_len / block_size). A step of n requests run
-by the graph of batch b >= n fills rows [0, n) and pads rows [n, b): slot -1 (no K/V written),
-context 1 (one key read from column 0 of the row's block table, which always holds a valid block id:
-zeros at first, then ids of earlier steps). query_start_loc is 0, 1, ..., B for every decode step and
+by the graph of batch b >= n fills rows [0, n) and pads rows [n, b): token 0 (an earlier step may
+have left the -1 of a deferred input there), slot -1 (no K/V written), context 1 (one key read from
+column 0 of the row's block table, which always holds a valid block id: zeros at first, then ids of
+earlier steps). query_start_loc is 0, 1, ..., B for every decode step and
 never changes. The block table's columns past a row's blocks keep stale ids the kernels never read.
 
 Each step copies one pinned host range to the device: everything up to the end of the block
@@ -68,6 +69,7 @@ class DecodeInputs:
             self._copied.synchronize()
         host = self._views["host"]
         host["input_ids"][:n] = out.input_ids
+        host["input_ids"][n:batch] = 0
         host["positions"][:n] = out.positions
         host["slot_mapping"][:n] = out.slot_mapping
         host["slot_mapping"][n:batch] = -1
