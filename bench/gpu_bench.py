@@ -4,6 +4,7 @@ load_format="dummy"), each appending JSON lines to --out:
     python bench/gpu_bench.py attention --out R.jsonl   # decode attention against its bandwidth floor;
                                                         # prefill attention against torch's SDPA
     python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts
+                                                        # (--splits 1 2 4: with each attention split count)
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
                                                         # where a decode step's GPU time goes, by kernel
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
 import math
 import pstats
@@ -267,15 +269,16 @@ def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
 PROMPT_RNG = np.random.default_rng(0)  # each run's prompts differ: no prefix-cache hits between runs
 
 
-def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, tag: str):
+def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, tag: str,
+                modes: tuple[str, ...] | None = None):
     """For each batch size, with the CUDA graphs and eagerly, and with the graphs but each step
     scheduled after the tokens of the one before ("graphs_not_ahead", on trees with async
-    scheduling): `batch` greedy requests of `context` random prompt tokens, prefilled, with `steps`
-    tokens left to decode; yields (batch, mode) while they run, then aborts them. The engine's
-    graphs and scheduling are restored at the end."""
+    scheduling), or only `modes`: `batch` greedy requests of `context` random prompt tokens,
+    prefilled, with `steps` tokens left to decode; yields (batch, mode) while they run, then aborts
+    them. The engine's graphs and scheduling are restored at the end."""
     graphs = engine.runner.graphs
     ahead = getattr(engine, "async_scheduling", None)
-    modes = ("graphs", "eager") + (("graphs_not_ahead",) if ahead else ())
+    modes = modes or ("graphs", "eager") + (("graphs_not_ahead",) if ahead else ())
     params = SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True)
     try:
         for batch in batches:
@@ -296,7 +299,25 @@ def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, ta
             engine.async_scheduling = ahead
 
 
-def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> None:
+def step_ms(engine: Engine, steps: int) -> float:
+    """The median ms of `steps` engine steps back to back, as a serving loop runs them: a step's time
+    is from the end of the previous step() call (on a GPU, step() returns while the step it
+    launched still runs)."""
+    times = []
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+        end = time.perf_counter()
+        times.append((end - start) * 1e3)
+        start = end
+    return statistics.median(times)
+
+
+def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None) -> None:
+    """Decode steps (decode_runs' modes); with `splits`, only the graphed steps, once with each split
+    count forced on the decode attention the graphs capture (ops.paged_attention's num_splits; the
+    graphs captured again for each), beside the launch's own rule."""
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
     bandwidth = copy_bandwidth()
@@ -304,21 +325,25 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int) -> Non
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= model.model.embed_tokens.weight.numel() * DTYPE.itemsize  # a lookup reads a few rows only
     per_token = kv_bytes_per_token(engine.model_config, DTYPE)
-    for batch, mode in decode_runs(engine, batches, context, steps, "decode"):
-        # Back to back, as a serving loop runs them: a step's time is from the end of the previous
-        # step() call (on a GPU, step() returns while the step it launched still runs).
-        times = []
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(steps - 1):
-            engine.step()
-            end = time.perf_counter()
-            times.append((end - start) * 1e3)
-            start = end
-        ms = statistics.median(times)
-        floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
-        record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}", ms=ms, floor_ms=floor_ms,
-               ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
+
+    def time_runs(suffix: str, modes: tuple[str, ...] | None) -> None:
+        for batch, mode in decode_runs(engine, batches, context, steps, "decode" + suffix, modes):
+            ms = step_ms(engine, steps - 1)
+            floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
+            record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}{suffix}", ms=ms, floor_ms=floor_ms,
+                   ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
+
+    if not splits:
+        time_runs("", None)
+        return
+    rule = ops.paged_attention
+    for count in [None] + splits:
+        ops.paged_attention = functools.partial(rule, num_splits=count)  # read by every layer's call
+        try:
+            engine.runner.graphs.capture()
+        finally:
+            ops.paged_attention = rule  # prefill steps keep the launch's rule
+        time_runs(f"_splits{count or 'rule'}", ("graphs",))
 
 
 # Kernel name fragments -> the part of a decode step they do (the first match wins).
@@ -455,7 +480,8 @@ def main() -> None:
                         help="attention: decode cases, BATCHxCONTEXT or BATCHxCONTEXT/TABLE_TOKENS")
     parser.add_argument("--no-prefill", action="store_true", help="attention: decode cases only")
     parser.add_argument("--splits", type=int, nargs="+",
-                        help="attention: each case again with each of these split counts (num_splits)")
+                        help="attention: each case again with each of these split counts (num_splits); "
+                             "decode: the graphed steps with each split count forced, beside the launch's rule")
     parser.add_argument("--cache-gib", type=float, default=0.0,
                         help="attention: K and V caches of this many GiB together, the cases' blocks scattered "
                              "across them (an engine's cache fills the GPU)")
@@ -470,7 +496,7 @@ def main() -> None:
     if args.what == "attention":
         bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits)
     elif args.what == "decode":
-        bench_decode(args.out, args.batches, args.context, args.steps)
+        bench_decode(args.out, args.batches, args.context, args.steps, args.splits)
     elif args.what == "linear":
         bench_linear(args.out, args.batches)
     elif args.what == "layer":

@@ -112,6 +112,10 @@ run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
+# The graphed steps again with the decode attention's split count forced (the graphs captured anew
+# for each): which count the engine's steps want, measured where the attention runs cold.
+run decode-splits 120 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 64 --steps 32 \
+  --splits 1 2 4 8 16 --out "$OUT/bench.jsonl"
 # The same steps with kvserve's kernels launched the plain way, beside the programmatic launches.
 NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"
