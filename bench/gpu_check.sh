@@ -116,6 +116,10 @@ run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64
 # for each): which count the engine's steps want, measured where the attention runs cold.
 run decode-splits 120 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 64 --steps 32 \
   --splits 1 2 4 8 16 --out "$OUT/bench.jsonl"
+# The sampler on the GPU with 64 and 1024 first candidates for truncated rows (the GPU takes 1024,
+# which rarely fall short of top-p's kept set: retracts, when steps are scheduled ahead, follow those).
+run sampler 60 "$OUT/bench.log" "$PY" bench/sampler_bench.py --device cuda --batch 64 --vocab 128256 --repeat 10 \
+  --first-candidates 64 1024
 # The same steps with kvserve's kernels launched the plain way, beside the programmatic launches.
 NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"

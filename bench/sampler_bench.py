@@ -1,6 +1,7 @@
 """Per-step cost of sampling: SamplingMetadata.from_requests + Sampler on random logits.
 
     python bench/sampler_bench.py [--batch 256] [--vocab 32000] [--repeat 20]
+    python bench/sampler_bench.py --device cuda --vocab 128256 --first-candidates 64 1024
 
 Prints a markdown table (milliseconds per step, median of --repeat after a warm-up). "peaked"
 logits (randn * 6: the top 64 tokens hold ~98% of the mass, like a trained model's usual step)
@@ -16,6 +17,7 @@ import statistics
 import torch
 
 from kvserve.bench.machine import call_seconds
+import kvserve.sampler as sampler_module
 from kvserve.sampler import Sampler
 from kvserve.sampling_metadata import SamplingMetadata, request_generator
 from kvserve.sampling_params import SamplingParams
@@ -40,8 +42,13 @@ def _params(kw, batch):
     return [SamplingParams(**kw) for _ in range(batch)]
 
 
-def _median_ms(fn, repeat):
-    return statistics.median(call_seconds(fn, repeat)) * 1e3
+def _median_ms(fn, repeat, device):
+    def call():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return statistics.median(call_seconds(call, repeat)) * 1e3
 
 
 def main():
@@ -49,30 +56,40 @@ def main():
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--first-candidates", type=int, nargs="+",
+                        help="a table for each number of first candidates of truncated rows (default: the device's)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    device = torch.device(args.device)
     sampler = Sampler()
     outputs = [list(range(i, i + 64)) for i in range(args.batch)]
     prompts = [list(range(i, i + 64)) for i in range(args.batch)]
-    print(f"batch {args.batch}, vocab {args.vocab}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| case | metadata ms | sampler ms | total ms |")
-    print("|---|---|---|---|")
-    for name, kw, scale in CASES:
-        params = _params(kw, args.batch)
-        generators = [request_generator(p) for p in params]
-        logits = torch.randn(args.batch, args.vocab) * scale
+    default = sampler_module.FIRST_CANDIDATES_GPU if device.type == "cuda" else sampler_module.FIRST_CANDIDATES
+    for first in args.first_candidates or [default]:
+        # The sampler reads the one its device uses.
+        sampler_module.FIRST_CANDIDATES = sampler_module.FIRST_CANDIDATES_GPU = first
+        print(f"batch {args.batch}, vocab {args.vocab}, {device}, {first} first candidates, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads\n")
+        print("| case | metadata ms | sampler ms | total ms |")
+        print("|---|---|---|---|")
+        for name, kw, scale in CASES:
+            params = _params(kw, args.batch)
+            generators = [request_generator(p, device=device) for p in params]
+            logits = torch.randn(args.batch, args.vocab, device=device) * scale
 
-        def build():
-            return SamplingMetadata.from_requests(
-                params, outputs, prompts, generators, vocab_size=args.vocab, eos_token_ids=[0]
-            )
+            def build():
+                return SamplingMetadata.from_requests(
+                    params, outputs, prompts, generators, vocab_size=args.vocab, eos_token_ids=[0], device=device
+                )
 
-        metadata = build()
-        build_ms = _median_ms(build, args.repeat)
-        sample_ms = _median_ms(lambda: sampler(logits.clone(), metadata), args.repeat)
-        clone_ms = _median_ms(logits.clone, args.repeat)
-        sample_ms -= clone_ms
-        print(f"| {name} | {build_ms:.3f} | {sample_ms:.2f} | {build_ms + sample_ms:.2f} |")
+            metadata = build()
+            build_ms = _median_ms(build, args.repeat, device)
+            sample_ms = _median_ms(lambda: sampler(logits.clone(), metadata), args.repeat, device)
+            clone_ms = _median_ms(logits.clone, args.repeat, device)
+            sample_ms -= clone_ms
+            print(f"| {name} | {build_ms:.3f} | {sample_ms:.2f} | {build_ms + sample_ms:.2f} |")
+        print()
 
 
 if __name__ == "__main__":

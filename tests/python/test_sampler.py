@@ -278,7 +278,7 @@ def test_metadata_reaches_a_cuda_sampler_intact():
 def test_rows_left_to_settle_get_what_settling_at_once_gives():
     """Sampler(..., settle=False) leaves the rows whose first candidates may fall short (flat logits:
     top-p needs most of the vocabulary) to settle(): the same tokens and logprobs, from the same
-    draws, as a sampler that settles at once."""
+    draws, as a sampler that settles at once; settle() names the rows it changed."""
     logits = torch.randn(6, 4096) * 0.3
     params = [SamplingParams(temperature=0.9, top_p=0.9, seed=i, logprobs=2) for i in range(3)]
     params += [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8, min_p=0.01, seed=5),
@@ -289,7 +289,10 @@ def test_rows_left_to_settle_get_what_settling_at_once_gives():
         md = SamplingMetadata.from_requests(params, [[]] * 6, [[]] * 6, generators, vocab_size=4096)
         out = Sampler()(logits.clone(), md, settle=settle)
         assert bool(out.rechecks) == (not settle)
-        out.settle()
+        before = out.sampled_token_ids.clone()
+        changed = out.settle()  # the rows whose token settling changed
+        assert changed == (before != out.sampled_token_ids).nonzero().squeeze(1).tolist()
+        assert bool(changed) == (not settle) and out.settle() == []
         outputs.append(out)
     assert torch.equal(outputs[0].sampled_token_ids, outputs[1].sampled_token_ids)
     assert torch.equal(outputs[1].logprobs.token_ids[:, 0], outputs[1].sampled_token_ids)  # redone rows' logprobs too

@@ -1,0 +1,90 @@
+"""How often a step scheduled ahead decodes a sampled token that changes when the sampler settles it
+(the row is then retracted and decoded again a step later), on a real model, by sampling settings
+and by the number of first candidates a truncated row samples from.
+
+    python bench/retract_rate.py MODEL [--first-candidates 64 1024] [--device cpu]
+
+Per setting: the rows sampled (retracted rows and their redos included), those whose first
+candidates fell short of their kept set, those whose token settling changed, the rows retracted
+(a changed token whose sequence had a row in the next step), and the tokens generated (the same
+whatever the candidates: their number never changes a row's result).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import kvserve.sampler as sampler_module
+from kvserve import Engine, SamplingParams
+from kvserve.sampler import SamplerOutput
+
+SETTINGS = [(0.7, 0.9), (1.0, 0.9), (1.0, 0.95)]  # (temperature, top_p)
+SUBJECTS = ["dragon", "robot", "teacher", "cat", "sailor", "painter", "baker", "pilot"]
+
+
+class CountingScheduler:
+    """The engine's scheduler, counting retract_in_flight calls."""
+
+    def __init__(self, inner):
+        self.inner, self.retracts = inner, 0
+
+    def retract_in_flight(self, request_id: str, sample_index: int) -> None:
+        self.retracts += 1
+        self.inner.retract_in_flight(request_id, sample_index)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def measure(engine: Engine, first_candidates: list[int], max_tokens: int) -> list[dict]:
+    """One row per (first candidates, setting): the counts the module docstring lists."""
+    scheduler = engine.scheduler = CountingScheduler(engine.scheduler)
+    counts = {}
+    settle = SamplerOutput.settle
+
+    def counting_settle(output: SamplerOutput) -> list[int]:
+        counts["rows"] += output.sampled_token_ids.shape[0]
+        counts["short"] += sum(int((~check.sufficient).sum()) for check in output.rechecks)
+        changed = settle(output)
+        counts["changed"] += len(changed)
+        return changed
+
+    prompts = [f"Write a short story about a {subject} who" for subject in SUBJECTS] * 4
+    rows = []
+    defaults = sampler_module.FIRST_CANDIDATES, sampler_module.FIRST_CANDIDATES_GPU
+    SamplerOutput.settle = counting_settle
+    try:
+        for first in first_candidates:
+            sampler_module.FIRST_CANDIDATES = sampler_module.FIRST_CANDIDATES_GPU = first
+            for temperature, top_p in SETTINGS:
+                counts.update(rows=0, short=0, changed=0)
+                scheduler.retracts = 0
+                params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=1)
+                outputs = engine.generate(prompts, params, use_tqdm=False)
+                rows.append(dict(first=first, temperature=temperature, top_p=top_p, retracted=scheduler.retracts,
+                                 tokens=[output.outputs[0].token_ids for output in outputs], **counts))
+    finally:
+        SamplerOutput.settle = settle
+        sampler_module.FIRST_CANDIDATES, sampler_module.FIRST_CANDIDATES_GPU = defaults
+        engine.scheduler = scheduler.inner
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("--first-candidates", type=int, nargs="+", default=[64, 1024])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    args = parser.parse_args()
+    engine = Engine(args.model, device=args.device, async_scheduling=True, max_num_seqs=32)
+    print(f"{args.model}, {engine.device}, {len(SUBJECTS) * 4} prompts x {args.max_tokens} tokens, seeded\n")
+    print("| first candidates | temperature | top_p | rows sampled | candidates short | changed | retracted | tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in measure(engine, args.first_candidates, args.max_tokens):
+        print(f"| {r['first']} | {r['temperature']} | {r['top_p']} | {r['rows']} | {r['short']} | {r['changed']} | "
+              f"{r['retracted']} ({r['retracted'] / r['rows']:.1%}) | {sum(map(len, r['tokens']))} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
