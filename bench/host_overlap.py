@@ -43,7 +43,7 @@ class StandInStep:
             time.sleep(left - 1e-3)
         while time.perf_counter() < self.ready_at:  # the last millisecond spun, as a CUDA sync spins
             pass
-        return StepResult(self.tokens, None, {}, [])
+        return StepResult(self.tokens, None, {}, [], 0)
 
 
 class StandInDevice:

@@ -6,8 +6,9 @@ and by the number of first candidates a truncated row samples from.
 
 Per setting: the rows sampled (retracted rows and their redos included), those whose first
 candidates fell short of their kept set, those whose token settling changed, the rows retracted
-(a changed token whose sequence had a row in the next step), and the tokens generated (the same
-whatever the candidates: their number never changes a row's result).
+(a changed token whose sequence had a row in the next step), the steps whose rechecks the engine
+waited for before the next step read their tokens (where many change: RESAMPLED_SHARE_LIMIT), and the
+tokens generated (the same whatever the candidates: their number never changes a row's result).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 
 import kvserve.sampler as sampler_module
 from kvserve import Engine, SamplingParams
+from kvserve.model_runner import LaunchedStep
 from kvserve.sampler import SamplerOutput
 
 SETTINGS = [(0.7, 0.9), (1.0, 0.9), (1.0, 0.95)]  # (temperature, top_p)
@@ -42,8 +44,18 @@ def measure(engine: Engine, first_candidates: list[int], max_tokens: int) -> lis
     counts = {}
     settle = SamplerOutput.settle
 
+    settle_first = LaunchedStep.settle
+
+    def counting_settle_first(step: LaunchedStep) -> None:
+        counts["settled_first"] += bool(step.sampled is not None and step.sampled.rechecks)  # a wait
+        settle_first(step)
+
+    seen = []  # the sampler outputs counted (a step settled first is settled twice)
+
     def counting_settle(output: SamplerOutput) -> list[int]:
-        counts["rows"] += output.sampled_token_ids.shape[0]
+        if not any(output is other for other in seen):
+            seen.append(output)
+            counts["rows"] += output.sampled_token_ids.shape[0]
         counts["short"] += sum(int((~check.sufficient).sum()) for check in output.rechecks)
         changed = settle(output)
         counts["changed"] += len(changed)
@@ -52,19 +64,21 @@ def measure(engine: Engine, first_candidates: list[int], max_tokens: int) -> lis
     prompts = [f"Write a short story about a {subject} who" for subject in SUBJECTS] * 4
     rows = []
     defaults = sampler_module.FIRST_CANDIDATES, sampler_module.FIRST_CANDIDATES_GPU
-    SamplerOutput.settle = counting_settle
+    SamplerOutput.settle, LaunchedStep.settle = counting_settle, counting_settle_first
     try:
         for first in first_candidates:
             sampler_module.FIRST_CANDIDATES = sampler_module.FIRST_CANDIDATES_GPU = first
             for temperature, top_p in SETTINGS:
-                counts.update(rows=0, short=0, changed=0)
+                counts.update(rows=0, short=0, changed=0, settled_first=0)
+                seen.clear()
+                engine._resampled_share = 0.0  # each setting from a fresh start
                 scheduler.retracts = 0
                 params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=1)
                 outputs = engine.generate(prompts, params, use_tqdm=False)
                 rows.append(dict(first=first, temperature=temperature, top_p=top_p, retracted=scheduler.retracts,
                                  tokens=[output.outputs[0].token_ids for output in outputs], **counts))
     finally:
-        SamplerOutput.settle = settle
+        SamplerOutput.settle, LaunchedStep.settle = settle, settle_first
         sampler_module.FIRST_CANDIDATES, sampler_module.FIRST_CANDIDATES_GPU = defaults
         engine.scheduler = scheduler.inner
     return rows
@@ -79,11 +93,13 @@ def main() -> None:
     args = parser.parse_args()
     engine = Engine(args.model, device=args.device, async_scheduling=True, max_num_seqs=32)
     print(f"{args.model}, {engine.device}, {len(SUBJECTS) * 4} prompts x {args.max_tokens} tokens, seeded\n")
-    print("| first candidates | temperature | top_p | rows sampled | candidates short | changed | retracted | tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| first candidates | temperature | top_p | rows sampled | candidates short | changed | retracted | "
+          "steps settled first | tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in measure(engine, args.first_candidates, args.max_tokens):
         print(f"| {r['first']} | {r['temperature']} | {r['top_p']} | {r['rows']} | {r['short']} | {r['changed']} | "
-              f"{r['retracted']} ({r['retracted'] / r['rows']:.1%}) | {sum(map(len, r['tokens']))} |", flush=True)
+              f"{r['retracted']} ({r['retracted'] / r['rows']:.1%}) | {r['settled_first']} | "
+              f"{sum(map(len, r['tokens']))} |", flush=True)
 
 
 if __name__ == "__main__":

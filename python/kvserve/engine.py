@@ -45,6 +45,13 @@ from kvserve.tokenizer import Tokenizer
 
 logger = logging.getLogger("kvserve")
 
+# Scheduled ahead, a step decodes the last one's tokens as its sampler left them, and a row whose
+# token changes when the sampler settles its rechecks is retracted: a step lost for its sequence.
+# Where more than this share of the recent rows changed (flat distributions: high temperatures, or a
+# model with random weights), losing those steps costs more than the host's wait between steps
+# (a few % of a step), so the next step has the tokens settled before it reads them.
+RESAMPLED_SHARE_LIMIT = 0.03
+
 
 def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
     """The model's tokenizer: a given directory, the GGUF file's own, or the checkpoint directory's."""
@@ -131,6 +138,7 @@ class Engine:
         self.async_scheduling = self.runner.asynchronous if async_scheduling is None else async_scheduling
         self.requests: dict[str, RequestState] = {}
         self._launched: LaunchedStep | None = None  # launched by the last step(), not applied yet
+        self._resampled_share = 0.0  # of the sampled rows of recent steps (RESAMPLED_SHARE_LIMIT)
         self._unreported: list[RequestOutput] = []  # outputs step() could not return (it raised)
         self._request_counter = itertools.count()
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
@@ -211,6 +219,8 @@ class Engine:
             return None
         now = time.time()
         try:
+            if previous is not None and self._resampled_share > RESAMPLED_SHARE_LIMIT:
+                previous.settle()
             launched = self.runner.launch(out, self.requests, previous)
         except BaseException:
             self._fail()
@@ -228,6 +238,9 @@ class Engine:
         try:
             result = launched.result()
             updates = self.scheduler.update_from_output(result.sampled_token_ids)
+            if len(result.sampled_token_ids):
+                share = result.num_resampled / len(result.sampled_token_ids)
+                self._resampled_share += 0.25 * (share - self._resampled_share)
             retracted = []
             if next_step is not None and result.resampled_rows:
                 resampled = set(result.resampled_rows)

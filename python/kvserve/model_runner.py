@@ -12,7 +12,8 @@ the tokens' reading: top-p rows whose first candidates fell short).
 A step scheduled ahead (scheduler.h) decodes tokens the step before it is still sampling: `launch`
 takes that step and writes its sampled ids, on the device, into the rows the scheduler deferred,
 as the sampler left them: a row the sampler rechecks may change when the step's result is read
-(StepResult.resampled_rows), and the engine then retracts the row that decoded the old token.
+(StepResult.resampled_rows), and the engine then retracts the row that decoded the old token,
+unless it had the step settle first (`LaunchedStep.settle()`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class StepResult:
     logprobs: LogprobsTensors | None  # rows aligned with sampled_token_ids
     # request id -> (first prompt position covered, logprobs of the prompt tokens that follow)
     prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
-    resampled_rows: list[int]  # rows whose token changed when the sampler's rechecks were settled
+    resampled_rows: list[int]  # rows whose token settling changed after the next step could read it
+    num_resampled: int  # rows whose token settling changed, before the next step read them or after
 
 
 @dataclass
@@ -91,6 +93,7 @@ class LaunchedStep:
     sample_inputs: SampleInputs | None  # None: no row to sample
     sampled: SamplerOutput | None = None
     error: Exception | None = None  # of the sampler, raised by result()
+    num_settled_early: int = 0  # rows settle() changed before the next step read them
 
     @torch.inference_mode()
     def sample(self, void: Collection[SequenceState] = ()) -> None:
@@ -105,6 +108,15 @@ class LaunchedStep:
             self.sampled = inputs.sampler(inputs.logits, inputs.metadata(void), settle=False)
         except Exception as error:
             self.error = error
+
+    @torch.inference_mode()
+    def settle(self) -> None:
+        """Settle now what the sampler left to a recheck (waiting for the device where it left
+        any), so that the next step reads settled tokens."""
+        self.sample()
+        if self.error is not None:
+            raise self.error
+        self.num_settled_early += len(self.sampled.settle())
 
     def sampled_ids(self) -> torch.Tensor:
         """The sampled token ids on the device, as the next step's deferred inputs take them: as
@@ -124,7 +136,7 @@ class LaunchedStep:
         sampled, logprobs = self.sampled.sampled_token_ids.cpu().numpy(), self.sampled.logprobs
         return StepResult(sampled, logprobs.cpu() if logprobs is not None else None,
                           {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()},
-                          resampled)
+                          resampled, len(resampled) + self.num_settled_early)
 
 
 class ModelRunner:

@@ -11,7 +11,10 @@ import re
 
 import pytest
 
+import kvserve.engine as engine_module
 from kvserve import Engine, RequestOutputKind, SamplingParams
+from kvserve.engine import RESAMPLED_SHARE_LIMIT
+from kvserve.model_runner import LaunchedStep
 from step_modes import STEP_MODES, set_step_mode
 
 PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more"]
@@ -91,7 +94,9 @@ def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir, mode):
 
 
 @pytest.mark.parametrize("mode", OVERLAPPED)
-def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode):
+def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, monkeypatch):
+    # Ahead, every top-p row whose token settling changes is retracted (no step settles first).
+    monkeypatch.setattr(engine_module, "RESAMPLED_SHARE_LIMIT", 1.0)
     plain, overlapped = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m, max_num_batched_tokens=16)
                          for m in ("plain", mode))
     [free] = plain.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
@@ -120,6 +125,22 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode):
     assert expected.outputs[0].token_ids[0] == 100 and 100 not in expected.outputs[0].token_ids[1:]
     assert summary(overlapped.generate([{"prompt_token_ids": [5, 6, 7]}], biased, use_tqdm=False)) == summary([expected])
     assert_no_blocks_held(overlapped)
+
+
+def test_a_step_has_the_tokens_settled_first_where_many_of_them_change(tiny_model_dir, monkeypatch):
+    """Flat distributions (a high temperature, top_p near 1): the first candidates often fall short,
+    settling often changes the token, and a retract would cost a step each time; past
+    RESAMPLED_SHARE_LIMIT the engine scheduled ahead has the last step settle before the next reads
+    its tokens. The outputs stay the plain engine's."""
+    plain, ahead = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m) for m in ("plain", "ahead"))
+    settled_first = []
+    settle = LaunchedStep.settle
+    monkeypatch.setattr(LaunchedStep, "settle", lambda step: settled_first.append(step) or settle(step))
+    params = SamplingParams(temperature=3.0, top_p=0.99, seed=3, max_tokens=16, ignore_eos=True)
+    expected = plain.generate(PROMPTS, params, use_tqdm=False)
+    assert summary(ahead.generate(PROMPTS, params, use_tqdm=False)) == summary(expected)
+    assert settled_first and ahead._resampled_share > RESAMPLED_SHARE_LIMIT
+    assert_no_blocks_held(ahead)
 
 
 @pytest.mark.parametrize("mode", OVERLAPPED)
