@@ -35,11 +35,11 @@ from kvserve.device import resolve_device
 from kvserve.engine_args import OFFLINE_MAX_NUM_BATCHED_TOKENS
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model
-from kvserve.model_runner import LaunchedStep, ModelRunner
+from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
 from kvserve.prompts import PromptInput, normalize_prompts
-from kvserve.request_state import RequestState
+from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 from kvserve.tokenizer import Tokenizer
 
@@ -241,17 +241,22 @@ class Engine:
             if len(result.sampled_token_ids):
                 share = result.num_resampled / len(result.sampled_token_ids)
                 self._resampled_share += 0.25 * (share - self._resampled_share)
-            retracted = []
-            if next_step is not None and result.resampled_rows:
-                resampled = set(result.resampled_rows)
-                for update in updates:
-                    if update.sampled_index in resampled and update.finish_reason is None:
-                        self.scheduler.retract_in_flight(update.request_id, update.sample_index)
-                        retracted.append(self.requests[update.request_id].sequences[update.sample_index])
+            retracted = self._retract(result, updates) if next_step is not None else []
         except BaseException:
             self._fail()
             raise
         return AppliedStep(updates, result, time.time(), retracted)
+
+    def _retract(self, result: StepResult, updates) -> list[SequenceState]:
+        """Retract the rows of the step in flight that decoded a token of `result` changed since
+        (resampled_rows); returns their sequences (their rows draw nothing: LaunchedStep.sample)."""
+        resampled = set(result.resampled_rows)
+        retracted = []
+        for update in updates:
+            if update.sampled_index in resampled and update.finish_reason is None:
+                self.scheduler.retract_in_flight(update.request_id, update.sample_index)
+                retracted.append(self.requests[update.request_id].sequences[update.sample_index])
+        return retracted
 
     def _process(self, applied: AppliedStep) -> list[RequestOutput]:
         decode = self._decode_token if self.tokenizer is not None else None
