@@ -15,6 +15,7 @@ import kvserve.engine as engine_module
 from kvserve import Engine, RequestOutputKind, SamplingParams
 from kvserve.engine import RESAMPLED_SHARE_LIMIT
 from kvserve.model_runner import LaunchedStep
+from kvserve.sampler import Sampler, SamplerOutput
 from step_modes import STEP_MODES, set_step_mode
 
 PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more"]
@@ -125,6 +126,59 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, m
     assert expected.outputs[0].token_ids[0] == 100 and 100 not in expected.outputs[0].token_ids[1:]
     assert summary(overlapped.generate([{"prompt_token_ids": [5, 6, 7]}], biased, use_tqdm=False)) == summary([expected])
     assert_no_blocks_held(overlapped)
+
+
+class Bumped(SamplerOutput):
+    """A greedy sampler's output whose settle() changes every token divisible by 3 into the next
+    one: a stand-in for the rechecks that settle top-p rows late, which decides which token a row
+    keeps by the token alone (whatever the batch), so that every way the engine steps must agree
+    bit for bit."""
+
+    settled: bool = False
+
+    def settle(self) -> list[int]:
+        if self.settled:
+            return []
+        self.settled = True
+        bumped = self.sampled_token_ids % 3 == 0
+        self.sampled_token_ids[bumped] += 1
+        return bumped.nonzero().squeeze(1).tolist()
+
+
+@pytest.mark.parametrize("limit", [1.0, RESAMPLED_SHARE_LIMIT], ids=["retracted", "settled-first"])
+def test_tokens_settled_late_give_the_plain_engines_outputs(tiny_model_dir, monkeypatch, limit):
+    """Ahead, the next step decodes a token before it settles: a row that decoded a token that then
+    changed is retracted (limit 1: never settle first), or, past the share limit, the step settles
+    first. Either way the outputs are the plain engine's, bit for bit (greedy), and no block leaks."""
+    monkeypatch.setattr(engine_module, "RESAMPLED_SHARE_LIMIT", limit)
+    sampler = Sampler.__call__
+
+    def bumped_sampler(self, logits, metadata, *, settle=True):
+        out = Bumped(sampler(self, logits, metadata, settle=False).sampled_token_ids, None)
+        if settle:
+            out.settle()
+        return out
+
+    monkeypatch.setattr(Sampler, "__call__", bumped_sampler)
+    retracts, settled_first = [], []
+    retract = engine_module.Engine._retract
+
+    def counted_retract(engine, *args):
+        retracted = retract(engine, *args)
+        retracts.extend(retracted)
+        return retracted
+
+    monkeypatch.setattr(engine_module.Engine, "_retract", counted_retract)
+    settle = LaunchedStep.settle
+    monkeypatch.setattr(LaunchedStep, "settle", lambda step: settled_first.append(step) or settle(step))
+    params = [SamplingParams(temperature=0, max_tokens=12 + 3 * i, ignore_eos=True) for i in range(len(PROMPTS))]
+    plain, ahead = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m, max_num_batched_tokens=16)
+                    for m in ("plain", "ahead"))
+    expected = plain.generate(PROMPTS, params, use_tqdm=False)
+    assert summary(ahead.generate(PROMPTS, params, use_tqdm=False)) == summary(expected)
+    assert all(t % 3 != 0 for o in expected for t in o.outputs[0].token_ids)  # every token settled
+    assert retracts if limit == 1.0 else settled_first
+    assert_no_blocks_held(ahead)
 
 
 def test_a_step_has_the_tokens_settled_first_where_many_of_them_change(tiny_model_dir, monkeypatch):
