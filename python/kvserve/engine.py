@@ -359,6 +359,10 @@ class Engine:
                             bar.update(1)
                             bar.set_postfix_str(f"output: {output_tokens / (time.perf_counter() - start):.1f} tok/s",
                                                 refresh=False)
+            # Scheduled ahead, a step launched before the last tokens ended every request is still
+            # in flight, its rows all void: close it, so that the engine is idle when this returns.
+            while self._launched is not None and not self.scheduler.has_unfinished_requests():
+                self._unreported += self.step()
         finally:
             if bar is not None:
                 bar.close()

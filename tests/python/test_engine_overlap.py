@@ -118,6 +118,7 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, m
     expected = plain.generate(["Hi"], stop_token, use_tqdm=False)
     assert expected[0].outputs[0].stop_reason == free.outputs[0].token_ids[6]
     assert summary(overlapped.generate(["Hi"], stop_token, use_tqdm=False)) == summary(expected)
+    assert not overlapped.has_unfinished_requests()  # the step launched past the stop is closed
     # A token the bias makes first and the penalty forbids after: the step launched right after the
     # one that sampled it must already count it.
     biased = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logit_bias={100: 50.0},
