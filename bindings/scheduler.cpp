@@ -146,6 +146,10 @@ void bind_scheduler(nb::module_& m) {
       .def("abort", [](PyScheduler& s, std::string_view request_id) { s.core.abort(request_id); }, nb::arg("request_id"),
            "End a request at any time, freeing everything it holds. ValueError for an unknown id.")
       .def("has_unfinished_requests", [](const PyScheduler& s) { return s.core.has_unfinished_requests(); })
+      .def(
+          "__contains__",
+          [](const PyScheduler& s, std::string_view request_id) { return s.core.find_request(request_id) != nullptr; },
+          nb::arg("request_id"), "Whether a request with this id is unfinished (waiting or running).")
       .def_prop_ro("num_running", [](const PyScheduler& s) { return s.core.num_running(); })
       .def_prop_ro("num_waiting", [](const PyScheduler& s) { return s.core.num_waiting(); })
       .def("stats", [](const PyScheduler& s) { return s.core.stats(); });

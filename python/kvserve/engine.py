@@ -196,7 +196,17 @@ class Engine:
             raise
         if launched is not None and not (self.runner.asynchronous or self.async_scheduling):
             applied, launched = self._apply(launched), None
-        processed = self._process(applied) if applied is not None else []
+        # Kept before the text side, which may raise: the next call then applies the step.
+        self._launched = launched
+        try:
+            processed = self._process(applied) if applied is not None else []
+        except BaseException:
+            # Cut short (Ctrl-C, a detokenizer's error): the requests the scheduler ended with this
+            # step end here too, without their last outputs, rather than stay behind forever.
+            for request_id in {update.request_id for update in applied.updates}:
+                if request_id not in self.scheduler:
+                    self.requests.pop(request_id, None)
+            raise
         outputs, self._unreported = self._unreported + processed, []
         if launched is not None:
             try:
@@ -205,20 +215,19 @@ class Engine:
             except BaseException:
                 # Interrupted (Ctrl-C): the launched step ends here, as one that failed to launch,
                 # with its requests; the other outputs come with the next call.
-                self._unreported = outputs
+                self._unreported, self._launched = outputs, None
                 self._fail()
                 raise
-            self._launched = launched
         return outputs
 
     def _launch(self, previous: LaunchedStep | None) -> LaunchedStep | None:
         """Schedule and launch the next step (None when it is empty: every running sequence ends
         with the step in flight); `previous`: the step in flight, whose tokens it may decode."""
-        out = self.scheduler.schedule()
-        if out.num_reqs == 0:
-            return None
-        now = time.time()
         try:
+            out = self.scheduler.schedule()
+            if out.num_reqs == 0:
+                return None
+            now = time.time()
             if previous is not None and self._resampled_share > RESAMPLED_SHARE_LIMIT:
                 previous.settle()
             launched = self.runner.launch(out, self.requests, previous)

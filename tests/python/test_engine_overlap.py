@@ -265,6 +265,27 @@ def test_a_step_that_fails_ends_its_requests_and_the_engine_goes_on(tiny_model_d
     goes_on()
 
 
+@pytest.mark.parametrize("mode", STEP_MODES)
+def test_a_ctrl_c_in_the_text_side_loses_no_launched_step(tiny_model_dir, mode):
+    """An interrupt while the finished step's text side runs: the step launched before it stays the
+    engine's, applied by the next call, so the scheduler's open steps and the engine's agree; a
+    request the interrupted step ended ("short") ends without its last output, held nowhere."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
+    goes_on = start_short_and_long(engine)
+    process = engine._process
+
+    def interrupted(*args):
+        engine._process = process
+        raise KeyboardInterrupt
+
+    engine._process = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        engine.step()
+    while engine.has_unfinished_requests():
+        engine.step()
+    goes_on()
+
+
 @pytest.mark.parametrize("mode", OVERLAPPED)
 def test_a_ctrl_c_while_the_next_sampler_is_queued_ends_that_step_only(tiny_model_dir, mode):
     """An interrupt in the sampling that closes a step: the step launched before it ends with its

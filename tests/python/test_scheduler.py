@@ -189,6 +189,7 @@ def test_bad_calls_raise_clear_errors():
     with pytest.raises(ValueError, match=r"unknown request_id 'ghost'"):
         s.abort("ghost")
     s.add_request("a", [1, 2], max_tokens=4)
+    assert "a" in s and "ghost" not in s
     with pytest.raises(ValueError, match=r'finish reason must be "stop", "length" or "abort", got "done"'):
         s.finish_requests(["a"], "done")
     s.schedule()
