@@ -55,8 +55,12 @@ class LogprobsTensors:
             token_ids, values = chosen, chosen_logprobs
         return cls(token_ids.to(torch.int32), values, ranks)
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LogprobsTensors:
+        """The same rows with fn applied to each tensor (a copy to the host, say)."""
+        return LogprobsTensors(fn(self.token_ids), fn(self.logprobs), fn(self.ranks))
+
     def cpu(self) -> LogprobsTensors:
-        return LogprobsTensors(self.token_ids.cpu(), self.logprobs.cpu(), self.ranks.cpu())
+        return self.map(torch.Tensor.cpu)
 
     def to_dicts(
         self, num_logprobs: Sequence[int], decode: Callable[[int], str] | None = None

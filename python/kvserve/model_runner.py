@@ -5,9 +5,10 @@ the forward pass, computes logits only for the rows it samples (and for prompt r
 logprobs were asked for), and samples. `launch` queues the forward pass and the logits, and
 returns at once where the device runs them asynchronously (a GPU); `LaunchedStep.sample()` builds
 the sampling metadata from the requests as they are then (the tokens of the step before included)
-and queues the sampler without waiting for the device, so the engine calls it once its own host
-work is done; `LaunchedStep.result()` waits for everything (and settles what the sampler left to
-the tokens' reading: top-p rows whose first candidates fell short).
+and queues the sampler, and the copies of its results to the host (HostResult), without waiting
+for the device, so the engine calls it once its own host work is done; `LaunchedStep.result()`
+waits for those copies, not for work queued after them (and settles what the sampler left to the
+tokens' reading: top-p rows whose first candidates fell short).
 
 A step scheduled ahead (scheduler.h) decodes tokens the step before it is still sampling: `launch`
 takes that step and writes its sampled ids, on the device, into the rows the scheduler deferred,
@@ -85,6 +86,43 @@ class SampleInputs:
             eos_token_ids=self.eos_token_ids, device=self.logits.device)
 
 
+def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:
+    """A GPU tensor's copy in pinned host memory, queued without waiting; a host tensor itself."""
+    if not tensor.is_cuda:
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    return host.copy_(tensor, non_blocking=True)
+
+
+@dataclass
+class HostResult:
+    """A step's results, copied to the host as soon as its sampler is queued. On a GPU every step
+    runs on one stream, and a plain read (.cpu()) waits for everything queued before it: a step
+    launched ahead of these tokens, all of its forward pass. Waiting for `done` waits for this
+    step's work only."""
+
+    sampled_token_ids: torch.Tensor
+    logprobs: LogprobsTensors | None
+    prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]
+    sufficient: list[torch.Tensor]  # each recheck's flags: whether the row's first candidates held
+    done: torch.cuda.Event | None  # None: nothing was copied (a CPU step)
+
+    @classmethod
+    def queue(cls, sampled: SamplerOutput, prompt_logprobs: dict[str, tuple[int, LogprobsTensors]]) -> HostResult:
+        copies = cls(_to_host_async(sampled.sampled_token_ids),
+                     sampled.logprobs.map(_to_host_async) if sampled.logprobs is not None else None,
+                     {r: (first, tensors.map(_to_host_async)) for r, (first, tensors) in prompt_logprobs.items()},
+                     [_to_host_async(check.sufficient) for check in sampled.rechecks], None)
+        if sampled.sampled_token_ids.is_cuda or any(t.token_ids.is_cuda for _, t in prompt_logprobs.values()):
+            copies.done = torch.cuda.Event()
+            copies.done.record()
+        return copies
+
+    def wait(self) -> None:
+        if self.done is not None:
+            self.done.synchronize()
+
+
 @dataclass
 class LaunchedStep:
     """A step's work, queued: its results may still be computing on the device."""
@@ -94,6 +132,7 @@ class LaunchedStep:
     sampled: SamplerOutput | None = None
     error: Exception | None = None  # of the sampler, raised by result()
     num_settled_early: int = 0  # rows settle() changed before the next step read them
+    host: HostResult | None = None  # queued with the sampler
 
     @torch.inference_mode()
     def sample(self, void: Collection[SequenceState] = ()) -> None:
@@ -102,10 +141,12 @@ class LaunchedStep:
             return
         if self.sample_inputs is None:
             self.sampled = SamplerOutput(torch.empty(0, dtype=torch.int32), None)
+            self.host = HostResult.queue(self.sampled, self.prompt_logprobs)
             return
         inputs, self.sample_inputs = self.sample_inputs, None
         try:
             self.sampled = inputs.sampler(inputs.logits, inputs.metadata(void), settle=False)
+            self.host = HostResult.queue(self.sampled, self.prompt_logprobs)
         except Exception as error:
             self.error = error
 
@@ -116,7 +157,10 @@ class LaunchedStep:
         self.sample()
         if self.error is not None:
             raise self.error
-        self.num_settled_early += len(self.sampled.settle())
+        changed = self.sampled.settle()
+        if changed:
+            self.num_settled_early += len(changed)
+            self.host = HostResult.queue(self.sampled, self.prompt_logprobs)  # the settled tokens
 
     def sampled_ids(self) -> torch.Tensor:
         """The sampled token ids on the device, as the next step's deferred inputs take them: as
@@ -128,15 +172,24 @@ class LaunchedStep:
 
     @torch.inference_mode()
     def result(self) -> StepResult:
-        """The results on the host; waits for the device."""
+        """The results on the host; waits for this step's work on the device (HostResult), and
+        for everything queued since only where a row's first candidates fell short."""
         self.sample()
         if self.error is not None:
             raise self.error
-        resampled = self.sampled.settle()
-        sampled, logprobs = self.sampled.sampled_token_ids.cpu().numpy(), self.sampled.logprobs
-        return StepResult(sampled, logprobs.cpu() if logprobs is not None else None,
-                          {r: (first, tensors.cpu()) for r, (first, tensors) in self.prompt_logprobs.items()},
-                          resampled, len(resampled) + self.num_settled_early)
+        host = self.host
+        host.wait()
+        resampled = []
+        if all(bool(flags.all()) for flags in host.sufficient):
+            self.sampled.rechecks.clear()  # nothing to settle
+        else:
+            resampled = self.sampled.settle()
+            logprobs = self.sampled.logprobs
+            host = self.host = HostResult(
+                self.sampled.sampled_token_ids.cpu(), logprobs.cpu() if logprobs is not None else None,
+                {r: (first, tensors.cpu()) for r, (first, tensors) in host.prompt_logprobs.items()}, [], None)
+        return StepResult(host.sampled_token_ids.numpy(), host.logprobs, host.prompt_logprobs, resampled,
+                          len(resampled) + self.num_settled_early)
 
 
 class ModelRunner:

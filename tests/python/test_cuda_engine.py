@@ -176,3 +176,25 @@ def test_programmatic_launches_change_no_bits(tiny_model_dir):
         assert run.returncode == 0, run.stderr[-2000:]
         digests.append(run.stdout.split()[-1])
     assert digests[0] == digests[1]
+
+
+def test_a_steps_results_do_not_wait_for_work_queued_after_it(tiny_model_dir):
+    """On one stream a plain read waits for everything queued before it. Scheduled ahead, the next
+    step's forward pass is queued before the host reads this step's tokens: they are copied to the
+    host as soon as the sampler is queued, so reading them waits for this step's work only."""
+    engine = gpu_engine(tiny_model_dir("LlamaForCausalLM"))
+    engine.add_request("a", "Hi", SamplingParams(temperature=0.8, top_p=0.9, seed=1, logprobs=2, max_tokens=4,
+                                                 ignore_eos=True))
+    engine.step()  # the prefill launched and its sampler queued
+    launched = engine._launched
+    x = torch.randn(4096, 4096, device="cuda")
+    for _ in range(40):  # tens of milliseconds of work queued after the step
+        x = torch.tanh(x @ x)
+    queued_after = torch.cuda.Event()
+    queued_after.record()
+    result = launched.result()
+    assert not queued_after.query(), "reading the step's results waited for the work queued after it"
+    assert result.sampled_token_ids.shape == (1,) and result.logprobs.token_ids.shape == (1, 3)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert_no_blocks_held(engine)

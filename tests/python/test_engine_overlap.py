@@ -8,6 +8,7 @@ next step is in flight (stop string, stop token, abort, a failure)."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -131,16 +132,20 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, m
 
 class Bumped(SamplerOutput):
     """A greedy sampler's output whose settle() changes every token divisible by 3 into the next
-    one: a stand-in for the rechecks that settle top-p rows late, which decides which token a row
-    keeps by the token alone (whatever the batch), so that every way the engine steps must agree
-    bit for bit."""
+    one: a stand-in for the rechecks that settle top-p rows late (its recheck flags mark those
+    rows), which decides which token a row keeps by the token alone (whatever the batch), so that
+    every way the engine steps must agree bit for bit."""
 
-    settled: bool = False
+    @classmethod
+    def of(cls, sampled_token_ids):
+        out = cls(sampled_token_ids, None)
+        out.rechecks = [SimpleNamespace(sufficient=sampled_token_ids % 3 != 0)]
+        return out
 
     def settle(self) -> list[int]:
-        if self.settled:
+        if not self.rechecks:
             return []
-        self.settled = True
+        self.rechecks.clear()
         bumped = self.sampled_token_ids % 3 == 0
         self.sampled_token_ids[bumped] += 1
         return bumped.nonzero().squeeze(1).tolist()
@@ -155,7 +160,7 @@ def test_tokens_settled_late_give_the_plain_engines_outputs(tiny_model_dir, monk
     sampler = Sampler.__call__
 
     def bumped_sampler(self, logits, metadata, *, settle=True):
-        out = Bumped(sampler(self, logits, metadata, settle=False).sampled_token_ids, None)
+        out = Bumped.of(sampler(self, logits, metadata, settle=False).sampled_token_ids)
         if settle:
             out.settle()
         return out
