@@ -30,9 +30,10 @@ class CountingScheduler:
     def __init__(self, inner):
         self.inner, self.retracts = inner, 0
 
-    def retract_in_flight(self, request_id: str, sample_index: int) -> None:
-        self.retracts += 1
-        self.inner.retract_in_flight(request_id, sample_index)
+    def retract_in_flight(self, request_id: str, sample_index: int) -> bool:
+        retracted = self.inner.retract_in_flight(request_id, sample_index)
+        self.retracts += retracted
+        return retracted
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -42,35 +43,32 @@ def measure(engine: Engine, first_candidates: list[int], max_tokens: int) -> lis
     """One row per (first candidates, setting): the counts the module docstring lists."""
     scheduler = engine.scheduler = CountingScheduler(engine.scheduler)
     counts = {}
-    settle = SamplerOutput.settle
-
-    settle_first = LaunchedStep.settle
+    settle, settle_first, result = SamplerOutput.settle, LaunchedStep.settle, LaunchedStep.result
 
     def counting_settle_first(step: LaunchedStep) -> None:
         counts["settled_first"] += bool(step.sampled is not None and step.sampled.rechecks)  # a wait
         settle_first(step)
 
-    seen = []  # the sampler outputs counted (a step settled first is settled twice)
-
     def counting_settle(output: SamplerOutput) -> list[int]:
-        if not any(output is other for other in seen):
-            seen.append(output)
-            counts["rows"] += output.sampled_token_ids.shape[0]
         counts["short"] += sum(int((~check.sufficient).sum()) for check in output.rechecks)
         changed = settle(output)
         counts["changed"] += len(changed)
         return changed
 
+    def counting_result(step: LaunchedStep):
+        step_result = result(step)
+        counts["rows"] += len(step_result.sampled_token_ids)
+        return step_result
+
     prompts = [f"Write a short story about a {subject} who" for subject in SUBJECTS] * 4
     rows = []
     defaults = sampler_module.FIRST_CANDIDATES, sampler_module.FIRST_CANDIDATES_GPU
-    SamplerOutput.settle, LaunchedStep.settle = counting_settle, counting_settle_first
+    SamplerOutput.settle, LaunchedStep.settle, LaunchedStep.result = counting_settle, counting_settle_first, counting_result
     try:
         for first in first_candidates:
             sampler_module.FIRST_CANDIDATES = sampler_module.FIRST_CANDIDATES_GPU = first
             for temperature, top_p in SETTINGS:
                 counts.update(rows=0, short=0, changed=0, settled_first=0)
-                seen.clear()
                 engine._resampled_share = 0.0  # each setting from a fresh start
                 scheduler.retracts = 0
                 params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=1)
@@ -78,7 +76,7 @@ def measure(engine: Engine, first_candidates: list[int], max_tokens: int) -> lis
                 rows.append(dict(first=first, temperature=temperature, top_p=top_p, retracted=scheduler.retracts,
                                  tokens=[output.outputs[0].token_ids for output in outputs], **counts))
     finally:
-        SamplerOutput.settle, LaunchedStep.settle = settle, settle_first
+        SamplerOutput.settle, LaunchedStep.settle, LaunchedStep.result = settle, settle_first, result
         sampler_module.FIRST_CANDIDATES, sampler_module.FIRST_CANDIDATES_GPU = defaults
         engine.scheduler = scheduler.inner
     return rows

@@ -121,11 +121,12 @@ void bind_scheduler(nb::module_& m) {
       .def(
           "retract_in_flight",
           [](PyScheduler& s, std::string_view request_id, int32_t sample_index) {
-            s.core.retract_in_flight(request_id, sample_index);
+            return s.core.retract_in_flight(request_id, sample_index);
           },
           nb::arg("request_id"), nb::arg("sample_index"),
           "After update_from_output: the sequence's row in the open step decoded a token the sampler\n"
-          "changed since; the row is void (its token dropped) and the next step computes it again.")
+          "changed since; the row is void (its token dropped) and the next step computes it again.\n"
+          "Returns whether the open step had such a row.")
       .def("fail_step", [](PyScheduler& s) { return s.core.fail_step(); },
            "The model run of an open step failed: close every open step without tokens, end their\n"
            "requests (abort), make the prefix cache forget the blocks they were to write. Returns the\n"

@@ -139,8 +139,9 @@ void Scheduler::schedule_waiting(int32_t& budget) {
 }
 
 // A victim with a token in flight takes it in the waiting queue. Nothing is admitted in the step
-// that preempts, and the next schedule() comes after that token's step closed (two open at most),
-// so a waiting request never holds a placeholder when it is admitted.
+// that preempts; the engine schedules again only after that token's step closed. A caller that
+// schedules again sooner (after an empty step) may admit it with its token still in flight: it
+// then computes its known tokens as a chunk, and samples once the token has landed.
 void Scheduler::preempt_last_running() {
   const int32_t handle = running_.back();
   running_.pop_back();

@@ -56,7 +56,7 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
   return updates_;
 }
 
-void Scheduler::retract_in_flight(std::string_view request_id, int32_t sample_index) {
+bool Scheduler::retract_in_flight(std::string_view request_id, int32_t sample_index) {
   const int32_t handle = handle_of(request_id);
   Request& req = requests_[static_cast<size_t>(handle)];
   if (sample_index < 0 || sample_index >= static_cast<int32_t>(req.samples.size())) {
@@ -70,11 +70,12 @@ void Scheduler::retract_in_flight(std::string_view request_id, int32_t sample_in
   Sequence& seq = req.samples[static_cast<size_t>(sample_index)];
   // A placeholder left after update_from_output is the open step's, whose row decoded the token
   // just applied (a sequence of that step, preempted since or forking, holds none).
-  if (seq.finished() || seq.num_placeholders == 0 || num_open_ == 0) return;
+  if (seq.finished() || seq.num_placeholders == 0 || num_open_ == 0) return false;
   SampledEntry& entry = open_[0].sampled[static_cast<size_t>(seq.sample_entry)];
   entry.retracted = true;
   --seq.num_placeholders;
   --seq.num_computed_tokens;  // its block stays: the next step writes the position there again
+  return true;
 }
 
 std::vector<std::string> Scheduler::fail_step() {

@@ -76,11 +76,11 @@ class KVSERVE_EXPORT Scheduler {
   // The token of the step just closed that a sequence's row in the open step after it decoded (its
   // deferred input) was not the one update_from_output applied: a step scheduled ahead read a
   // sampled token before the sampler settled it. That row is void: its token will be dropped, and
-  // the sequence computes the position again in the next step. A no-op for a sequence without such
-  // a row (ended, preempted, or not scheduled in that step). Call it between update_from_output and
-  // the next schedule(): std::logic_error with two steps open; std::invalid_argument for an unknown
-  // request or sample index.
-  void retract_in_flight(std::string_view request_id, int32_t sample_index);
+  // the sequence computes the position again in the next step. Returns whether there was such a
+  // row (none for a sequence ended, preempted, or not scheduled in that step). Call it between
+  // update_from_output and the next schedule(): std::logic_error with two steps open;
+  // std::invalid_argument for an unknown request or sample index.
+  bool retract_in_flight(std::string_view request_id, int32_t sample_index);
 
   // The model run of an open step failed: every open step closes without tokens (a step scheduled
   // ahead depends on the tokens of the one before), their requests end (kAbort), and the prefix

@@ -262,8 +262,8 @@ class Engine:
         resampled = set(result.resampled_rows)
         retracted = []
         for update in updates:
-            if update.sampled_index in resampled and update.finish_reason is None:
-                self.scheduler.retract_in_flight(update.request_id, update.sample_index)
+            if (update.sampled_index in resampled and update.finish_reason is None
+                    and self.scheduler.retract_in_flight(update.request_id, update.sample_index)):
                 retracted.append(self.requests[update.request_id].sequences[update.sample_index])
         return retracted
 
@@ -371,7 +371,8 @@ class Engine:
             # Scheduled ahead, a step launched before the last tokens ended every request is still
             # in flight, its rows all void: close it, so that the engine is idle when this returns.
             while self._launched is not None and not self.scheduler.has_unfinished_requests():
-                self._unreported += self.step()
+                outputs = self.step()
+                self._unreported += outputs
         finally:
             if bar is not None:
                 bar.close()

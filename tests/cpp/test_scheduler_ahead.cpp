@@ -173,7 +173,8 @@ TEST(SchedulerAhead, ARowThatDecodedAChangedTokenIsRetractedAndComputedAgain) {
   const int64_t slot = ahead.slot_mapping[0];
   const I32 settled = {40, 50};  // "a"'s row decoded another token than the 40 applied
   s.update_from_output(settled.data(), 2);
-  s.retract_in_flight("a", 0);
+  EXPECT_TRUE(s.retract_in_flight("a", 0));
+  EXPECT_FALSE(s.retract_in_flight("a", 0));  // its row is void already
   EXPECT_EQ(sequence(s, "a").num_computed_tokens, 6);
   EXPECT_EQ(sequence(s, "a").num_placeholders, 0);
   EXPECT_THROW(s.retract_in_flight("a", 1), std::invalid_argument);

@@ -203,15 +203,18 @@ class Harness {
     check_updates(step, updates);
     for (const size_t k : changed) {
       const auto& [id, sample] = step.entries[k];
-      if (mirror_.count(id) == 0) continue;
-      scheduler_.retract_in_flight(id, sample);  // a no-op where no open row decoded it
-      if (open_.empty()) continue;
-      for (size_t j = 0; j < open_.front().entries.size(); ++j) {
-        if (open_.front().entries[j] == step.entries[k]) {
+      const auto it = mirror_.find(id);
+      if (it == mirror_.end()) continue;
+      const bool finished = static_cast<size_t>(sample) < it->second.finished.size() && it->second.finished[static_cast<size_t>(sample)];
+      bool decoded = false;  // a row of the open step decoded the token that changed
+      for (size_t j = 0; !open_.empty() && j < open_.front().entries.size(); ++j) {
+        if (open_.front().entries[j] == step.entries[k] && !finished) {
+          decoded = true;
           open_.front().retracted.insert(j);
           ++num_retracted_;
         }
       }
+      EXPECT_EQ(scheduler_.retract_in_flight(id, sample), decoded) << id << " sample " << sample;
     }
     check_reference_counts();
   }

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kvserve import Engine, SamplingParams
+from kvserve.engine import RESAMPLED_SHARE_LIMIT
 from kvserve.kv_cache import kv_bytes_per_token
 from kvserve.loader import load_model
 from kvserve.model_config import ModelConfig
@@ -139,10 +140,29 @@ def test_prompt_logprobs_and_seeded_sampling_on_the_gpu(tiny_model_dir):
     seeded = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=12, seed=7, ignore_eos=True)
     first, second = (engine.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids for _ in range(2))
     assert first == second and len(first) == 12
-    # Scheduled ahead, a row that decoded a top-p token changed when it settled is retracted.
-    assert engine.async_scheduling
-    not_ahead = gpu_engine(directory, async_scheduling=False)
-    assert not_ahead.generate(["Hi"], seeded, use_tqdm=False)[0].outputs[0].token_ids == first
+
+
+def test_seeded_top_p_scheduled_ahead_gives_the_tokens_of_steps_scheduled_after(tiny_model_dir):
+    """A vocabulary of 4096 and flat distributions: top-p's kept set is larger than the GPU's 1024
+    first candidates, so rows settle late; scheduled ahead, the engine retracts the rows that
+    decoded them, then (past its share limit) has steps settle first. The seeded tokens are those of
+    the engine without async scheduling (one request: the same rows in every step)."""
+    directory = tiny_model_dir("LlamaForCausalLM", vocab_size=4096)
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=24, seed=11, ignore_eos=True)
+    ahead, not_ahead = (gpu_engine(directory, async_scheduling=a) for a in (True, False))
+    retract, retracted = ahead._retract, []
+
+    def counted_retract(*args):
+        rows = retract(*args)
+        retracted.extend(rows)
+        return rows
+
+    ahead._retract = counted_retract
+    [expected] = not_ahead.generate(["Hi"], params, use_tqdm=False)
+    [got] = ahead.generate(["Hi"], params, use_tqdm=False)
+    assert got.outputs[0].token_ids == expected.outputs[0].token_ids
+    assert retracted and ahead._resampled_share > RESAMPLED_SHARE_LIMIT
+    assert_no_blocks_held(ahead)
     assert_no_blocks_held(engine)
 
 
