@@ -96,9 +96,7 @@ def test_the_sampler_is_queued_after_the_text_side(tiny_model_dir, mode):
 
 
 @pytest.mark.parametrize("mode", OVERLAPPED)
-def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, monkeypatch):
-    # Ahead, every top-p row whose token settling changes is retracted (no step settles first).
-    monkeypatch.setattr(engine_module, "RESAMPLED_SHARE_LIMIT", 1.0)
+def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode):
     plain, overlapped = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m, max_num_batched_tokens=16)
                          for m in ("plain", mode))
     [free] = plain.generate(["Hi"], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True), use_tqdm=False)
@@ -107,8 +105,7 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, m
         SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.5,
                        frequency_penalty=0.5),  # penalties read every token sampled so far
         SamplingParams(temperature=0, max_tokens=20, ignore_eos=True, stop=stop),  # "Hi" ends on a stop string
-        SamplingParams(temperature=0.8, top_p=0.9, seed=7, n=2, max_tokens=9, ignore_eos=True, logprobs=3,
-                       prompt_logprobs=2),  # top_p: rows the sampler rechecks, settled before the next step reads them
+        SamplingParams(temperature=0.8, seed=7, n=2, max_tokens=9, ignore_eos=True, logprobs=3, prompt_logprobs=2),
     ]
     for prompt_params in (params, params[::-1]):
         expected = plain.generate(PROMPTS, prompt_params, use_tqdm=False)
@@ -128,6 +125,29 @@ def test_overlapped_steps_give_the_plain_engines_outputs(tiny_model_dir, mode, m
     assert expected.outputs[0].token_ids[0] == 100 and 100 not in expected.outputs[0].token_ids[1:]
     assert summary(overlapped.generate([{"prompt_token_ids": [5, 6, 7]}], biased, use_tqdm=False)) == summary([expected])
     assert_no_blocks_held(overlapped)
+
+
+def test_seeded_top_p_ahead_gives_the_plain_engines_tokens(tiny_model_dir, monkeypatch):
+    """Top-p on the tiny model's flat distributions: rows settle late, and ahead the rows that
+    decoded them are retracted (the share limit raised: no step settles first), their seeded
+    generators untouched. One sequence, so that every step computes one row in both engines:
+    top-p's kept set, and so the token, can turn on the logits' lowest bits, which depend on how
+    many rows a step computes."""
+    monkeypatch.setattr(engine_module, "RESAMPLED_SHARE_LIMIT", 1.0)
+    plain, ahead = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m) for m in ("plain", "ahead"))
+    retract, retracted = ahead._retract, []
+
+    def counted_retract(*args):
+        rows = retract(*args)
+        retracted.extend(rows)
+        return rows
+
+    ahead._retract = counted_retract
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=32, ignore_eos=True, logprobs=3)
+    expected = plain.generate(["Hi"], params, use_tqdm=False)
+    assert summary(ahead.generate(["Hi"], params, use_tqdm=False)) == summary(expected)
+    assert retracted
+    assert_no_blocks_held(ahead)
 
 
 class Bumped(SamplerOutput):
@@ -191,14 +211,15 @@ def test_a_step_has_the_tokens_settled_first_where_many_of_them_change(tiny_mode
     """Flat distributions (a high temperature, top_p near 1): the first candidates often fall short,
     settling often changes the token, and a retract would cost a step each time; past
     RESAMPLED_SHARE_LIMIT the engine scheduled ahead has the last step settle before the next reads
-    its tokens. The outputs stay the plain engine's."""
+    its tokens. The outputs stay the plain engine's (one sequence: one row in every step, as in
+    the test above)."""
     plain, ahead = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m) for m in ("plain", "ahead"))
     settled_first = []
     settle = LaunchedStep.settle
     monkeypatch.setattr(LaunchedStep, "settle", lambda step: settled_first.append(step) or settle(step))
-    params = SamplingParams(temperature=3.0, top_p=0.99, seed=3, max_tokens=16, ignore_eos=True)
-    expected = plain.generate(PROMPTS, params, use_tqdm=False)
-    assert summary(ahead.generate(PROMPTS, params, use_tqdm=False)) == summary(expected)
+    params = SamplingParams(temperature=3.0, top_p=0.99, seed=3, max_tokens=32, ignore_eos=True)
+    expected = plain.generate(["Hi"], params, use_tqdm=False)
+    assert summary(ahead.generate(["Hi"], params, use_tqdm=False)) == summary(expected)
     assert settled_first and ahead._resampled_share > RESAMPLED_SHARE_LIMIT
     assert_no_blocks_held(ahead)
 
