@@ -18,6 +18,7 @@ from kvserve.loader import load_model
 from kvserve.model_config import ModelConfig
 from paged_greedy import paged_greedy
 from requires_cuda import requires_cuda
+from step_modes import count_retracts
 from test_engine import GREEDY, PROMPTS, assert_no_blocks_held
 from tiny_models import TINY_CONFIGS, tiny_hf_model
 
@@ -150,14 +151,7 @@ def test_seeded_top_p_scheduled_ahead_gives_the_tokens_of_steps_scheduled_after(
     directory = tiny_model_dir("LlamaForCausalLM", vocab_size=4096)
     params = SamplingParams(temperature=1.0, top_p=0.95, max_tokens=24, seed=11, ignore_eos=True)
     ahead, not_ahead = (gpu_engine(directory, async_scheduling=a) for a in (True, False))
-    retract, retracted = ahead._retract, []
-
-    def counted_retract(*args):
-        rows = retract(*args)
-        retracted.extend(rows)
-        return rows
-
-    ahead._retract = counted_retract
+    retracted = count_retracts(ahead)
     [expected] = not_ahead.generate(["Hi"], params, use_tqdm=False)
     [got] = ahead.generate(["Hi"], params, use_tqdm=False)
     assert got.outputs[0].token_ids == expected.outputs[0].token_ids

@@ -17,7 +17,7 @@ from kvserve import Engine, RequestOutputKind, SamplingParams
 from kvserve.engine import RESAMPLED_SHARE_LIMIT
 from kvserve.model_runner import LaunchedStep
 from kvserve.sampler import Sampler, SamplerOutput
-from step_modes import STEP_MODES, set_step_mode
+from step_modes import STEP_MODES, count_retracts, set_step_mode
 
 PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more"]
 
@@ -135,14 +135,7 @@ def test_seeded_top_p_ahead_gives_the_plain_engines_tokens(tiny_model_dir, monke
     many rows a step computes."""
     monkeypatch.setattr(engine_module, "RESAMPLED_SHARE_LIMIT", 1.0)
     plain, ahead = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m) for m in ("plain", "ahead"))
-    retract, retracted = ahead._retract, []
-
-    def counted_retract(*args):
-        rows = retract(*args)
-        retracted.extend(rows)
-        return rows
-
-    ahead._retract = counted_retract
+    retracted = count_retracts(ahead)
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=7, max_tokens=32, ignore_eos=True, logprobs=3)
     expected = plain.generate(["Hi"], params, use_tqdm=False)
     assert summary(ahead.generate(["Hi"], params, use_tqdm=False)) == summary(expected)
@@ -186,24 +179,17 @@ def test_tokens_settled_late_give_the_plain_engines_outputs(tiny_model_dir, monk
         return out
 
     monkeypatch.setattr(Sampler, "__call__", bumped_sampler)
-    retracts, settled_first = [], []
-    retract = engine_module.Engine._retract
-
-    def counted_retract(engine, *args):
-        retracted = retract(engine, *args)
-        retracts.extend(retracted)
-        return retracted
-
-    monkeypatch.setattr(engine_module.Engine, "_retract", counted_retract)
+    settled_first = []
     settle = LaunchedStep.settle
     monkeypatch.setattr(LaunchedStep, "settle", lambda step: settled_first.append(step) or settle(step))
     params = [SamplingParams(temperature=0, max_tokens=12 + 3 * i, ignore_eos=True) for i in range(len(PROMPTS))]
     plain, ahead = (make_engine(tiny_model_dir("LlamaForCausalLM"), mode=m, max_num_batched_tokens=16)
                     for m in ("plain", "ahead"))
+    retracted = count_retracts(ahead)
     expected = plain.generate(PROMPTS, params, use_tqdm=False)
     assert summary(ahead.generate(PROMPTS, params, use_tqdm=False)) == summary(expected)
     assert all(t % 3 != 0 for o in expected for t in o.outputs[0].token_ids)  # every token settled
-    assert retracts if limit == 1.0 else settled_first
+    assert retracted if limit == 1.0 else settled_first
     assert_no_blocks_held(ahead)
 
 
