@@ -11,6 +11,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import kvserve.engine as engine_module
 from kvserve import Engine, RequestOutputKind, SamplingParams
@@ -141,6 +142,22 @@ def test_seeded_top_p_ahead_gives_the_plain_engines_tokens(tiny_model_dir, monke
     assert summary(ahead.generate(["Hi"], params, use_tqdm=False)) == summary(expected)
     assert retracted
     assert_no_blocks_held(ahead)
+
+
+def test_a_steps_result_reads_the_copies_queued_with_its_sampler(tiny_model_dir, monkeypatch):
+    """On a GPU a plain read (.cpu()) waits for every step queued before it, the step launched ahead
+    of these tokens included: result() reads the copies its sampler queued (HostResult) and calls
+    .cpu() only where a recheck failed. (On the CPU the copies are the tensors themselves; the GPU
+    test in test_cuda_engine.py times it.)"""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode="ahead")
+    engine.add_request("a", "Hi", SamplingParams(temperature=0.8, seed=1, logprobs=2, prompt_logprobs=1,
+                                                 max_tokens=3, ignore_eos=True))
+    engine.step()
+    reads = []
+    cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda tensor, *args, **kwargs: reads.append(tensor) or cpu(tensor))
+    result = engine._launched.result()
+    assert reads == [] and result.logprobs is not None and result.prompt_logprobs
 
 
 class Bumped(SamplerOutput):
