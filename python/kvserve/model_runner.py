@@ -46,8 +46,8 @@ def sampled_rows(hidden: torch.Tensor, logits_indices: np.ndarray) -> torch.Tens
 
 def fill_deferred_inputs(input_ids: torch.Tensor, out, previous: LaunchedStep) -> None:
     """Write into `input_ids` (the step's, on the model's device) the ids that step `previous`
-    samples for the tokens `out` deferred, without waiting for the device (where the sampler left
-    no recheck)."""
+    samples for the tokens `out` deferred, as its sampler leaves them, without waiting for the
+    device."""
     sampled = previous.sampled_ids()
     tokens = torch.from_numpy(out.deferred_input_tokens).to(input_ids.device, non_blocking=True)
     sources = torch.from_numpy(out.deferred_input_sources).to(sampled.device, non_blocking=True)
@@ -184,10 +184,8 @@ class LaunchedStep:
             self.sampled.rechecks.clear()  # nothing to settle
         else:
             resampled = self.sampled.settle()
-            logprobs = self.sampled.logprobs
-            host = self.host = HostResult(
-                self.sampled.sampled_token_ids.cpu(), logprobs.cpu() if logprobs is not None else None,
-                {r: (first, tensors.cpu()) for r, (first, tensors) in host.prompt_logprobs.items()}, [], None)
+            host = self.host = HostResult.queue(self.sampled, host.prompt_logprobs)  # the settled tokens
+            host.wait()  # for everything queued before the redo, too
         return StepResult(host.sampled_token_ids.numpy(), host.logprobs, host.prompt_logprobs, resampled,
                           len(resampled) + self.num_settled_early)
 

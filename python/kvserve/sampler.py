@@ -13,8 +13,8 @@ The order is vLLM's:
 One uniform per row, drawn from the row's own generator when seeded, makes a seeded row's tokens
 independent of the rest of the batch. Rows with a truncation (top-k, top-p, min-p) work on their
 most likely tokens (a partial sort: FIRST_CANDIDATES, or FIRST_CANDIDATES_GPU on a GPU, or the
-batch's largest top_k, then 16 times more, then the whole vocabulary) until those contain the kept set; rows without a truncation
-sample the whole vocabulary unsorted. Every step is a prefix computation over the sorted
+batch's largest top_k, then 16 times more, then the whole vocabulary) until those contain the kept
+set; rows without a truncation sample the whole vocabulary unsorted. Every step is a prefix computation over the sorted
 candidates, so the number of candidates a batch needs never changes a row's result. Whether the
 first candidates held a row's kept set is the one thing the host must read from the device:
 `Sampler()(..., settle=False)` leaves that check, and the rows to redo, to SamplerOutput.settle(),
