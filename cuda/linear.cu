@@ -15,6 +15,15 @@
 // an evict-first policy, so that they do not push out what the step's other kernels find there
 // (attention's and the norms' code, the activations, the block table), which they would otherwise
 // fetch again from memory after every projection.
+//
+// Launched programmatically (sm_90), a block's warps read their first batch of weight chunks into
+// registers before they wait for the kernel before (compat.cuh: no kernel writes the weights), and
+// only then the input rows. That kernel (a norm, attention, SiLU-and-mul) leaves the memory bus
+// mostly idle at decode sizes, and the blocks resident during it (three per SM: on an H100 all of
+// qkv's, o's and down's for Llama-3.1-8B) have a quarter of their weights (qkv, o, gate_up; a
+// fourteenth of down's) on their way when it ends, instead of one trip to memory after it. Unlike
+// the L2 prefetches tried before (bench/README.md: they made the step slower), these are the
+// kernel's own loads, asked once, into the registers that take them anyway.
 #include <climits>
 #include <type_traits>
 
@@ -38,14 +47,6 @@ static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
 constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
 constexpr int kUnroll = 4;     // chunks in flight per warp
 
-__device__ inline uint4 load_16_or_zero(const void* at, bool fill) {
-  return fill ? *reinterpret_cast<const uint4*>(at) : uint4{};
-}
-
-__device__ inline uint4 load_16_once_or_zero(const void* at, bool fill, uint64_t policy) {
-  return fill ? load_16_once(at, policy) : uint4{};
-}
-
 template <class T>
 __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -58,22 +59,33 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
   const T* high = weight + (high_row ? first_feature + g + 8 : 0) * p.weight_stride + 8 * t;
   const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
   const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
+  // Lane t's 8 columns of chunk c lie wholly inside or outside in_features (a multiple of 8).
+  auto inside = [&](int64_t chunk) { return chunk < chunks && chunk * kChunk + 8 * t < p.in_features; };
 
-  wait_for_prior_grid();
-
+  // The warp's batch of kUnroll chunks from `first`, its weights read by `load` (zero where outside).
   const uint64_t once = evict_first_policy();
-  float c[4] = {};
-  for (int64_t first = warp; first < chunks; first += kWarps * kUnroll) {
-    uint4 w_low[kUnroll], w_high[kUnroll], x[kUnroll];
+  uint4 w_low[kUnroll], w_high[kUnroll];
+  auto load_weights = [&](int64_t first, auto load) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t chunk = first + u * kWarps;
-      // Lane t's 8 columns lie wholly inside or outside in_features (a multiple of 8).
-      const bool inside = chunk < chunks && chunk * kChunk + 8 * t < p.in_features;
-      const int64_t column = inside ? chunk * kChunk : 0;
-      w_low[u] = load_16_once_or_zero(low + column, inside && low_row, once);
-      w_high[u] = load_16_once_or_zero(high + column, inside && high_row, once);
-      x[u] = load_16_or_zero(input + column, inside && input_row);
+      const int64_t column = inside(chunk) ? chunk * kChunk : 0;
+      w_low[u] = inside(chunk) && low_row ? load(low + column) : uint4{};
+      w_high[u] = inside(chunk) && high_row ? load(high + column) : uint4{};
+    }
+  };
+  // The first batch's weights before the wait (see the top of this file).
+  load_weights(warp, [&](const T* at) { return load_16_once_through_l2(at, once); });
+  wait_for_prior_grid();
+
+  float c[4] = {};
+  for (int64_t first = warp; first < chunks; first += kWarps * kUnroll) {
+    if (first != warp) load_weights(first, [&](const T* at) { return load_16_once(at, once); });
+    uint4 x[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t chunk = first + u * kWarps;
+      x[u] = inside(chunk) && input_row ? *reinterpret_cast<const uint4*>(input + chunk * kChunk) : uint4{};
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {

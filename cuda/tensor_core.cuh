@@ -55,6 +55,16 @@ __device__ inline uint4 load_16_once(const void* global, uint64_t policy) {
   return v;
 }
 
+// load_16_once through L2 only (ld.global.cg, as load_through_l2): a kernel may issue it before
+// wait_for_prior_grid() for memory that no kernel writes (compat.cuh), such as its weights.
+__device__ inline uint4 load_16_once_through_l2(const void* global, uint64_t policy) {
+  uint4 v;
+  asm volatile("ld.global.cg.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(global), "l"(policy));
+  return v;
+}
+
 __device__ inline void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 // Waits until at most `kPending` committed groups are still in flight.

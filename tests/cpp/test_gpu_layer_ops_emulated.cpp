@@ -353,6 +353,10 @@ TEST(EmulatedLayerOps, LinearMatchesAFloat64Reference) {
         p.out_features = out_features;
         p.dtype = dtype;
         ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << name(dtype);
+        // Before the wait for the kernel before (compat.cuh), only the weight, which no kernel writes.
+        const EarlyLoads early = loads_before_wait({{w.data(), static_cast<size_t>(out_features * in) * 2}});
+        EXPECT_GT(early.all, 0u);
+        EXPECT_EQ(early.outside, 0u) << name(dtype) << " rows " << rows << " in " << in;
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t n = 0; n < out_features; ++n) {
             double sum = with_bias ? b.get(static_cast<size_t>(n)) : 0.0;

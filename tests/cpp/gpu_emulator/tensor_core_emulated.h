@@ -21,6 +21,10 @@ inline uint4 load_16_once(const void* global, uint64_t) {
   std::memcpy(&v, global, sizeof v);
   return v;
 }
+inline uint4 load_16_once_through_l2(const void* global, uint64_t policy) {
+  emulator::note_load_through_l2(global, sizeof(uint4));
+  return load_16_once(global, policy);
+}
 inline void copy_async_commit() { emulator::async_commit(); }
 template <int kPending>
 inline void copy_async_wait() {
