@@ -35,12 +35,20 @@ __device__ inline __half from_float<__half>(float x) {
   return __float2half_rn(x);
 }
 
+// On sm_80+ one conversion instruction (a NaN becomes the canonical quiet NaN); elsewhere the same
+// rounding in integer steps.
 template <>
 __device__ inline BFloat16 from_float<BFloat16>(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+  uint16_t bits;
+  asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(bits) : "f"(x));
+  return {bits};
+#else
   uint32_t u = __float_as_uint(x);
   if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x0040u)};  // quiet NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return {static_cast<uint16_t>(u >> 16)};
+#endif
 }
 
 // a * b rounded to T and back to float: a product that the framework op being matched stores in T
