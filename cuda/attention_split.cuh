@@ -41,7 +41,9 @@ __host__ __device__ inline int64_t partial_row(const PagedAttentionParams& p, in
 // One warp merges the `splits` splits of (token, head). The lanes read the splits' statistics side by
 // side (split lane and lane + 32), so that the maximum and the weights are two warp reductions, not a
 // walk over the splits; then each lane sums its kHeadDim / 32 consecutive dims over the splits, a
-// batch of kBatch splits' loads in flight at once (one trip to L2 per batch, not per split).
+// batch of kBatch splits' loads in flight at once (one trip to L2 per batch, not per split), each
+// split's weight taken from the lane that holds it. The loops over the splits stay loops: the code
+// runs once per row, fetched cold (the engine's decode call waits on instruction fetches).
 template <class T, int kHeadDim>
 __device__ inline void merge_split_row(const PagedAttentionParams& p, const SplitPartials& partials, int splits,
                                        int64_t token, int64_t head, int lane) {
@@ -49,6 +51,7 @@ __device__ inline void merge_split_row(const PagedAttentionParams& p, const Spli
   static_assert(kHeadDim % kWarpSize == 0 && kDims % 2 == 0, "whole float2 per lane");
   constexpr int kPairs = kDims / 2;
   constexpr int kBatch = 16 / kPairs;  // 16 float2 loads in flight per lane
+  static_assert(kWarpSize % kBatch == 0, "a batch takes its weights from one lane's splits");
 
   float m[kSplitsPerLane], l[kSplitsPerLane];
   float top = -INFINITY;
@@ -73,40 +76,47 @@ __device__ inline void merge_split_row(const PagedAttentionParams& p, const Spli
   }
   total = warp_sum(total);
 
+  // Split s's rows lie split_step floats apart.
+  const float* first_part = partials.out + partial_row(p, 0, token, head) * kHeadDim + lane * kDims;
+  const int64_t split_step = p.num_tokens * p.num_heads * kHeadDim;
   float value[kDims] = {};
-  for (int first = 0; first < splits; first += kBatch) {
-    float w[kBatch];
-    float2 pairs[kBatch][kPairs];
+#pragma unroll 1
+  for (int k = 0; k * kWarpSize < splits; ++k) {
+    float mine = weight[0];  // the weight of this lane's split k * 32 + lane
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int s = first + b;
-      float mine = weight[0];
-#pragma unroll
-      for (int k = 1; k < kSplitsPerLane; ++k) {
-        if (s >= k * kWarpSize) mine = weight[k];
-      }
-      w[b] = shfl(mine, s % kWarpSize);
-      // A split past the tile's count, or whose weight underflows, adds nothing and is not read.
-      const bool read = s < splits && w[b] != 0.f;
-      const auto* part = reinterpret_cast<const float2*>(
-          partials.out + partial_row(p, read ? s : 0, token, head) * kHeadDim + lane * kDims);
-#pragma unroll
-      for (int j = 0; j < kPairs; ++j) pairs[b][j] = read ? load_through_l2(part + j) : make_float2(0.f, 0.f);
-      if (!read) w[b] = 0.f;
+    for (int j = 1; j < kSplitsPerLane; ++j) {
+      if (k == j) mine = weight[j];
     }
+#pragma unroll 1
+    for (int from = 0; from < kWarpSize && k * kWarpSize + from < splits; from += kBatch) {
+      float w[kBatch];
+      float2 pairs[kBatch][kPairs];
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
+      for (int b = 0; b < kBatch; ++b) {
+        const int s = k * kWarpSize + from + b;
+        w[b] = shfl(mine, from + b);
+        // A split past the tile's count, or whose weight underflows, adds nothing and is not read.
+        const bool read = s < splits && w[b] != 0.f;
+        const auto* part = reinterpret_cast<const float2*>(first_part + (read ? s : 0) * split_step);
 #pragma unroll
-      for (int j = 0; j < kPairs; ++j) {
-        value[2 * j] += w[b] * pairs[b][j].x;
-        value[2 * j + 1] += w[b] * pairs[b][j].y;
+        for (int j = 0; j < kPairs; ++j) pairs[b][j] = read ? load_through_l2(part + j) : make_float2(0.f, 0.f);
+        if (!read) w[b] = 0.f;
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+#pragma unroll
+        for (int j = 0; j < kPairs; ++j) {
+          value[2 * j] += w[b] * pairs[b][j].x;
+          value[2 * j + 1] += w[b] * pairs[b][j].y;
+        }
       }
     }
   }
   T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + lane * kDims;
+  const float inverse = 1.f / total;
   Pack<T, kDims> result;
 #pragma unroll
-  for (int j = 0; j < kDims; ++j) result.values[j] = from_float<T>(value[j] / total);
+  for (int j = 0; j < kDims; ++j) result.values[j] = from_float<T>(value[j] * inverse);
   *reinterpret_cast<Pack<T, kDims>*>(out) = result;
 }
 
