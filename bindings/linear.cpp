@@ -22,17 +22,26 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
   check_contiguous(array, name, 1);
 }
 
-void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream) {
+void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream,
+            bool silu_and_mul_output) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
   check_same_dtype(weight, "weight", input, "input");
   const bool interleaved =
       check_linear_weight(weight, "weight", static_cast<int64_t>(input.shape(1)), "in_features of input");
   const int64_t out_features = linear_out_features(weight);
+  if (silu_and_mul_output && out_features % 2 != 0) {
+    throw nb::value_error(("linear: with silu_and_mul_output the weight's rows are [gate; up] (an even number), got " +
+                           std::to_string(out_features)).c_str());
+  }
   check_same_dtype(out, "out", input, "input");
-  check_matrix(out, "out", "[num_rows, out_features]");
+  check_matrix(out, "out", silu_and_mul_output ? "[num_rows, out_features / 2]" : "[num_rows, out_features]");
   check_dim(out, "out", 0, static_cast<int64_t>(input.shape(0)), "num_rows of input");
-  check_dim(out, "out", 1, out_features, "out_features of weight");
+  if (silu_and_mul_output) {
+    check_dim(out, "out", 1, out_features / 2, "half the weight's rows");
+  } else {
+    check_dim(out, "out", 1, out_features, "out_features of weight");
+  }
   LinearParams p;
   bool cuda = false;
   if (bias) {
@@ -55,7 +64,11 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias, uin
   p.num_rows = static_cast<int64_t>(input.shape(0));
   p.in_features = static_cast<int64_t>(input.shape(1));
   p.out_features = out_features;
+  p.silu_and_mul_output = silu_and_mul_output;
   p.dtype = kernel_dtype(input, "input");
+  if (silu_and_mul_output && !cuda) {
+    throw nb::value_error("linear: silu_and_mul_output runs on CUDA only (on the CPU: linear, then silu_and_mul)");
+  }
   if (cuda && !linear_cuda_takes(p)) {
     throw nb::value_error(("linear: on CUDA, 1 to " + std::to_string(kLinearCudaMaxRows) +
                            " rows of float16 or bfloat16 with a plain [out_features, in_features] weight, "
@@ -78,9 +91,10 @@ bool interleave_supported(Array weight) {
 void bind_linear(nb::module_& m) {
   m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
-        nb::arg("bias") = nb::none(), nb::arg("stream") = 0,
+        nb::arg("bias") = nb::none(), nb::arg("stream") = 0, nb::arg("silu_and_mul_output") = false,
         "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); on the CPU the\n"
-        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported).");
+        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported). With\n"
+        "silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

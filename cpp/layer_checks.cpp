@@ -97,8 +97,13 @@ Status check_linear(const LinearParams& p, std::string* why) {
     return fail(why, "sizes: expected num_rows >= 0, in_features >= 1 and out_features >= 1, got " + str(p.num_rows) +
                          ", " + str(p.in_features) + " and " + str(p.out_features));
   }
+  if (p.silu_and_mul_output && p.out_features % 2 != 0) {
+    return fail(why, "out_features: expected an even number with silu_and_mul_output (weight rows [gate; up]), got " +
+                         str(p.out_features));
+  }
+  const int64_t out_width = p.silu_and_mul_output ? p.out_features / 2 : p.out_features;
   Status s = check_rows("input", p.num_rows, 1, p.in_features, p.input_stride, 0, why);
-  if (s == Status::kOk) s = check_rows("out", p.num_rows, 1, p.out_features, p.out_stride, 0, why);
+  if (s == Status::kOk) s = check_rows("out", p.num_rows, 1, out_width, p.out_stride, 0, why);
   if (s == Status::kOk && !p.weight_interleaved) {
     s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
   }

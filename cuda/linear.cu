@@ -11,6 +11,11 @@
 // rounding, as on the CPU. Needs 16-bit dtypes, in_features in 16-byte packs and 16-byte aligned
 // rows (kUnsupported otherwise, and on devices before sm_80).
 //
+// With silu_and_mul_output (an MLP's gate_up projection, weight [gate; up]) a block owns 8 features
+// f: its mma rows g and g + 8 are weight rows f (gate) and half + f (up), so one thread ends with
+// both sums of (row, f) and writes silu(gate) * up, each rounded as the plain product and the
+// silu_and_mul kernel round them: the same bits, without that kernel or the [gate | up] rows.
+//
 // A layer's weights pass through L2 once a step, far more of them than it holds: they are read with
 // an evict-first policy, so that they do not push out what the step's other kernels find there
 // (attention's and the norms' code, the activations, the block table), which they would otherwise
@@ -29,6 +34,7 @@
 
 #include "device_resources.h"
 #include "numeric.cuh"
+#include "silu.cuh"
 #include "tensor_core.cuh"
 #include "kvserve/linear.h"
 
@@ -42,21 +48,30 @@ using namespace gpu;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
-constexpr int kFeatures = 16;  // output features per block (the mma's M)
+constexpr int kFeatures = 16;  // weight rows per block (the mma's M)
 static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
 constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
 constexpr int kUnroll = 4;     // chunks in flight per warp
 
-template <class T>
+// Output features of a block: 16 weight rows' worth, or 8 (gate, up) pairs with kSiluAndMul.
+template <bool kSiluAndMul>
+constexpr int kBlockFeatures = kSiluAndMul ? kFeatures / 2 : kFeatures;
+
+template <class T, bool kSiluAndMul>
 __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const int64_t first_feature = static_cast<int64_t>(blockIdx.x) * kFeatures;
-  const bool low_row = first_feature + g < p.out_features, high_row = first_feature + g + 8 < p.out_features;
+  const int64_t first_feature = static_cast<int64_t>(blockIdx.x) * kBlockFeatures<kSiluAndMul>;
+  // The weight rows of mma rows g and g + 8: gate and up of feature first_feature + g, or two features.
+  const int64_t half = p.out_features / 2;
+  const int64_t low_feature = first_feature + g;
+  const int64_t high_feature = kSiluAndMul ? half + first_feature + g : first_feature + g + 8;
+  const bool low_row = kSiluAndMul ? low_feature < half : low_feature < p.out_features;
+  const bool high_row = kSiluAndMul ? low_row : high_feature < p.out_features;
   const bool input_row = g < p.num_rows;
   const T* weight = static_cast<const T*>(p.weight);
-  const T* low = weight + (low_row ? first_feature + g : 0) * p.weight_stride + 8 * t;
-  const T* high = weight + (high_row ? first_feature + g + 8 : 0) * p.weight_stride + 8 * t;
+  const T* low = weight + (low_row ? low_feature : 0) * p.weight_stride + 8 * t;
+  const T* high = weight + (high_row ? high_feature : 0) * p.weight_stride + 8 * t;
   const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
   const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
   // Lane t's 8 columns of chunk c lie wholly inside or outside in_features (a multiple of 8).
@@ -101,16 +116,32 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
 #pragma unroll
   for (int i = 0; i < 4; ++i) s_sums[warp][lane][i] = c[i];
   __syncthreads();
-  if (threadIdx.x >= kWarpSize * 4) return;
-  const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
-  const int from = item / 4, i = item % 4;
-  float sum = 0.f;
+  const T* bias = static_cast<const T*>(p.bias);
+  // Sum i of lane `from` over the warps, with the bias of weight row `weight_row`, rounded to T.
+  auto output = [&](int from, int i, int64_t weight_row) {
+    float sum = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) sum += s_sums[w][from][i];
-  const int64_t row = 2 * (from % 4) + i % 2, feature = first_feature + from / 4 + (i >= 2 ? 8 : 0);
-  if (row >= p.num_rows || feature >= p.out_features) return;
-  if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[feature]);
-  static_cast<T*>(p.out)[row * p.out_stride + feature] = from_float<T>(sum);
+    for (int w = 0; w < kWarps; ++w) sum += s_sums[w][from][i];
+    if (bias != nullptr) sum += to_float(bias[weight_row]);
+    return from_float<T>(sum);
+  };
+  T* out = static_cast<T*>(p.out);
+  if constexpr (kSiluAndMul) {
+    if (threadIdx.x >= kWarpSize * 2) return;
+    const int item = static_cast<int>(threadIdx.x);  // (lane, i < 2): 64 gate sums, each with its up sum i + 2
+    const int from = item / 2, i = item % 2;
+    const int64_t row = 2 * (from % 4) + i, feature = first_feature + from / 4;
+    if (row >= p.num_rows || feature >= half) return;
+    const T gate = output(from, i, feature), up = output(from, i + 2, half + feature);
+    out[row * p.out_stride + feature] = silu_and_mul_value(gate, up);
+  } else {
+    if (threadIdx.x >= kWarpSize * 4) return;
+    const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
+    const int from = item / 4, i = item % 4;
+    const int64_t row = 2 * (from % 4) + i % 2, feature = first_feature + from / 4 + (i >= 2 ? 8 : 0);
+    if (row >= p.num_rows || feature >= p.out_features) return;
+    out[row * p.out_stride + feature] = output(from, i, feature);
+  }
 }
 
 }  // namespace
@@ -129,8 +160,15 @@ Status linear_cuda(const LinearParams& p, void* stream) {
     if constexpr (std::is_same_v<T, float>) {
       return Status::kUnsupported;
     } else {
-      const dim3 grid(static_cast<unsigned>((p.out_features + kFeatures - 1) / kFeatures));
-      launch_kernel(linear_kernel<T>, grid, kThreads, 0, s, p);
+      // 16 weight rows a block either way (with silu_and_mul_output: 8 of gate, 8 of up).
+      const int64_t features = p.silu_and_mul_output ? p.out_features / 2 : p.out_features;
+      const int64_t per_block = p.silu_and_mul_output ? kBlockFeatures<true> : kBlockFeatures<false>;
+      const dim3 grid(static_cast<unsigned>((features + per_block - 1) / per_block));
+      if (p.silu_and_mul_output) {
+        launch_kernel(linear_kernel<T, true>, grid, kThreads, 0, s, p);
+      } else {
+        launch_kernel(linear_kernel<T, false>, grid, kThreads, 0, s, p);
+      }
       return launch_status();
     }
   });

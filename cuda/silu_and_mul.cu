@@ -1,9 +1,9 @@
 // silu_and_mul_cuda: grid (token, chunk of the row); 16-byte packs where every row start is
-// 16-byte aligned and the width divides into packs. silu and the product round as torch does
-// (F.silu(gate) * up: two roundings to the storage dtype).
+// 16-byte aligned and the width divides into packs; each element rounded as silu.cuh says.
 #include <climits>
 
 #include "numeric.cuh"
+#include "silu.cuh"
 #include "kvserve/layer_ops.h"
 
 namespace kvserve {
@@ -29,11 +29,7 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(const SiluAndMul
     const Packed u = *reinterpret_cast<const Packed*>(up + i);
     Packed y;
 #pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      const float x = to_float(g.values[k]);
-      const float silu = to_float(from_float<T>(x / (1.f + expf(-x))));
-      y.values[k] = from_float<T>(silu * to_float(u.values[k]));
-    }
+    for (int k = 0; k < kPack; ++k) y.values[k] = silu_and_mul_value(g.values[k], u.values[k]);
     *reinterpret_cast<Packed*>(out + i) = y;
   }
 }

@@ -39,6 +39,11 @@ struct LinearParams {
   // each block of 4 rows read as one sequential stream, +5-20% bandwidth at one row. bfloat16 on
   // CPUs with AVX512-BF16 only (kUnsupported elsewhere); weight_stride is then ignored.
   bool weight_interleaved = false;
+  // An MLP's gate_up projection with SiLU-and-mul fused in: the weight's rows are [gate; up]
+  // (out_features of them, an even number) and out [num_rows, out_features / 2] receives
+  // silu(gate) * up, rounded as the plain product and then silu_and_mul (layer_ops.h) round it.
+  // linear_cuda only (linear_cpu: kUnsupported).
+  bool silu_and_mul_output = false;
 };
 
 // Whether linear_cpu takes an interleaved weight of this dtype and shape on this CPU.

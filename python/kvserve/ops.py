@@ -132,12 +132,15 @@ def argmax(out, input) -> None:
     _C.ops.argmax(_dl(out), _dl(input), _stream_of(input))
 
 
-def linear(out, input, weight, bias=None) -> None:
+def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False) -> None:
     """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
 
     For few rows (decode): each weight row is read once and used for every input row, so the call
     runs at the weights' memory bandwidth where a general GEMM would pack and dispatch. On CUDA: up
     to `_C.ops.linear_cuda_max_rows` rows of float16/bfloat16 on tensor cores (sm_80+), in_features
-    and row starts in 16-byte packs (ValueError otherwise).
+    and row starts in 16-byte packs (ValueError otherwise). With `silu_and_mul_output` (CUDA only),
+    the weight's rows are an MLP's [gate; up] and out [M, N / 2] receives what silu_and_mul would
+    make of the product, bit for bit, without the [M, N] product in memory.
     """
-    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _stream_of(input))
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _stream_of(input),
+                  silu_and_mul_output)

@@ -396,6 +396,69 @@ TEST(EmulatedLayerOps, LinearMatchesAFloat64Reference) {
   EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
 }
 
+TEST(EmulatedLayerOps, LinearWithSiluAndMulOutputEqualsTheTwoKernels) {
+  // The gate_up projection writing silu(gate) * up gives the bits of the product, then silu_and_mul:
+  // with and without a bias, an intermediate size not a multiple of the blocks' 8 features, strided
+  // output rows. An odd number of weight rows has no [gate; up] halves; the CPU leaves it to CUDA.
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    for (const auto& [rows, in, size] : {std::tuple<int64_t, int64_t, int64_t>{1, 512, 48}, {7, 200, 13}}) {
+      for (bool with_bias : {false, true}) {
+        std::mt19937 rng(static_cast<uint32_t>(rows * 100 + size));
+        Buffer x = random_buffer(dtype, static_cast<size_t>(rows * in), rng);
+        Buffer w = random_buffer(dtype, static_cast<size_t>(2 * size * in), rng);
+        Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
+        Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
+        Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size));
+        const int64_t out_stride = size + 3;
+        Buffer fused = nan_buffer(dtype, static_cast<size_t>(rows * out_stride));
+        kvserve::LinearParams p;
+        p.out = gate_up.data();
+        p.out_stride = 2 * size;
+        p.input = x.data();
+        p.input_stride = in;
+        p.weight = w.data();
+        p.weight_stride = in;
+        p.bias = with_bias ? b.data() : nullptr;
+        p.num_rows = rows;
+        p.in_features = in;
+        p.out_features = 2 * size;
+        p.dtype = dtype;
+        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
+        kvserve::SiluAndMulParams s;
+        s.input = gate_up.data();
+        s.input_stride_token = 2 * size;
+        s.out = unfused.data();
+        s.out_stride_token = size;
+        s.dtype = dtype;
+        s.num_tokens = rows;
+        s.size = size;
+        ASSERT_EQ(kvserve::silu_and_mul_cuda(s, nullptr), Status::kOk);
+        p.out = fused.data();
+        p.out_stride = out_stride;
+        p.silu_and_mul_output = true;
+        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t f = 0; f < out_stride; ++f) {
+            const float got = fused.get(static_cast<size_t>(r * out_stride + f));
+            if (f >= size) {
+              ASSERT_TRUE(std::isnan(got)) << "written between the rows";
+            } else {
+              ASSERT_EQ(got, unfused.get(static_cast<size_t>(r * size + f)))
+                  << name(dtype) << " rows " << rows << " row " << r << " feature " << f;
+            }
+          }
+        }
+        EXPECT_EQ(kvserve::linear_cpu(p), Status::kUnsupported);
+        p.out_features = 2 * size - 1;
+        std::string why;
+        EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+        EXPECT_NE(why.find("out_features: expected an even number"), std::string::npos) << why;
+        EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kInvalidArgument);
+      }
+    }
+  }
+}
+
 TEST(EmulatedCopyBlocks, CopiesWholeBlocks) {
   std::vector<float> cache(4 * 8);
   std::iota(cache.begin(), cache.end(), 0.f);

@@ -237,6 +237,47 @@ def test_linear_cuda_takes_few_rows_and_leaves_the_rest_to_cublas():
         ops.linear(torch.empty(9, 64, dtype=torch.bfloat16, device="cuda"), many, weight)
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("shape", [(48, 512), (26, 1032), (28672, 4096)])
+def test_linear_cuda_with_silu_and_mul_output_gives_the_two_kernels_bits(dtype, rows, shape):
+    """A [gate; up] projection writing silu(gate) * up equals the product, then silu_and_mul, bit for
+    bit (bias or not; an intermediate size past the blocks' 8 features; Llama-3.1-8B's gate_up);
+    Linear.forward_silu_and_mul takes it, and leaves 9 rows to cuBLAS and the kernel."""
+    from kvserve.models.layers.linear import Linear
+
+    torch.manual_seed(rows * 10 + shape[0])
+    out_features, in_features = shape
+    x = torch.randn(rows, in_features).to(dtype).cuda()
+    weight = (0.2 * torch.randn(out_features, in_features)).to(dtype).cuda()
+    for bias in (None, torch.randn(out_features).to(dtype).cuda()):
+        gate_up = torch.empty(rows, out_features, dtype=dtype, device="cuda")
+        ops.linear(gate_up, x, weight, bias)
+        unfused = torch.full((rows, out_features // 2), float("nan"), dtype=dtype, device="cuda")
+        ops.silu_and_mul(unfused, gate_up)
+        fused = torch.full_like(unfused, float("nan"))
+        ops.linear(fused, x, weight, bias, silu_and_mul_output=True)
+        assert torch.equal(fused, unfused)
+    layer = Linear(in_features, (out_features // 2, out_features // 2), False, dtype).cuda()
+    layer.weight.copy_(weight)
+    many = torch.randn(9, in_features).to(dtype).cuda()
+    for rows_in in (x, many):
+        expected = torch.empty(rows_in.shape[0], out_features // 2, dtype=dtype, device="cuda")
+        ops.silu_and_mul(expected, layer(rows_in))
+        assert torch.equal(layer.forward_silu_and_mul(rows_in), expected)
+
+
+def test_linear_with_silu_and_mul_output_is_cuda_only_and_checks_its_shapes():
+    x = torch.randn(2, 8).bfloat16()
+    with pytest.raises(ValueError, match=r"linear: silu_and_mul_output runs on CUDA only"):
+        ops.linear(torch.empty(2, 4, dtype=torch.bfloat16), x, torch.randn(8, 8).bfloat16(), silu_and_mul_output=True)
+    with pytest.raises(ValueError, match=r"the weight's rows are \[gate; up\] \(an even number\), got 7"):
+        ops.linear(torch.empty(2, 3, dtype=torch.bfloat16), x, torch.randn(7, 8).bfloat16(), silu_and_mul_output=True)
+    with pytest.raises(ValueError, match=r"out: dimension 1 must be half the weight's rows = 4, got shape \[2, 8\]"):
+        ops.linear(torch.empty(2, 8, dtype=torch.bfloat16), x, torch.randn(8, 8).bfloat16(), silu_and_mul_output=True)
+
+
 def test_linear_strided_rows():
     """Input rows and weight rows that are views of wider buffers, as a fused projection's slices."""
     torch.manual_seed(5)

@@ -15,7 +15,6 @@ from torch import nn
 
 from kvserve import _C
 from kvserve.model_config import ModelConfig
-from kvserve.models.layers.activation import silu_and_mul
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
 from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, fast_copies, linear
@@ -81,11 +80,11 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cpu or x.shape[0] <= MLP_CHUNK_ROWS:
-            return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+            return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x))
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], MLP_CHUNK_ROWS):
             rows = slice(start, start + MLP_CHUNK_ROWS)
-            out[rows] = self.down_proj(silu_and_mul(self.gate_up_proj(x[rows])))
+            out[rows] = self.down_proj(self.gate_up_proj.forward_silu_and_mul(x[rows]))
         return out
 
 

@@ -18,8 +18,9 @@ copy); it is what makes oneDNN fast at decode batch sizes (1.2-1.8x over torch's
 reorders the weight on every call).
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
-on tensor cores, which streams each weight once at close to the memory bandwidth; more rows, or
-inputs it cannot take, take cuBLAS (F.linear).
+on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
+projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
+(F.linear).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kvserve import _C, ops
+from kvserve.models.layers.activation import silu_and_mul
 
 # Rows up to which kvserve.ops.linear beats oneDNN with a blocked weight on the CPU.
 OPS_MAX_ROWS = 4
@@ -119,6 +121,15 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, self.packed, self.interleaved)
+
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """silu_and_mul(self(x)) for a [gate; up] projection: on CUDA, where the few-rows kernel takes x,
+        one kernel that writes silu(gate) * up (the same bits, without the [gate | up] rows)."""
+        if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight):
+            out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
+            ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True)
+            return out
+        return silu_and_mul(self(x))
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
         """The rows of `param` (weight or bias) that hold stacked projection number `index`."""
