@@ -18,6 +18,17 @@
 
 namespace kvserve::gpu {
 
+// A request row's query (its token's offset in the request) and head in the kv head's group, by one
+// 32-bit unsigned division: a step's rows fit 32 bits (paged_attention.cu checks num_tokens * group),
+// where a 64-bit division is a subroutine call with code of its own at every use.
+struct RowSplit {
+  uint32_t group;
+
+  __device__ explicit RowSplit(int64_t group_size) : group(static_cast<uint32_t>(group_size)) {}
+  __device__ uint32_t query(int64_t rr) const { return static_cast<uint32_t>(rr) / group; }
+  __device__ uint32_t head(int64_t rr) const { return static_cast<uint32_t>(rr) % group; }
+};
+
 struct RequestRows {
   int64_t token_begin = 0;  // the request's first query token (row of query and out)
   int64_t num_queries = 0;

@@ -163,8 +163,9 @@ __device__ inline TilePlan plan_tile(const PagedAttentionParams& p, const SplitP
   if (!r.rows_ok || plan.row_begin >= plan.row_end) return plan;
   if (r.context_ok) {
     const int64_t first_position = r.seq_len - r.num_queries;
-    const int64_t key_lo = first_visible_key(p, first_position + plan.row_begin / group);
-    const int64_t key_hi = visible_key_end(p, first_position + (plan.row_end - 1) / group, r.seq_len);
+    const RowSplit rows(group);
+    const int64_t key_lo = first_visible_key(p, first_position + rows.query(plan.row_begin));
+    const int64_t key_hi = visible_key_end(p, first_position + rows.query(plan.row_end - 1), r.seq_len);
     const int64_t stages = (key_hi - key_lo + Tile::kKeys - 1) / Tile::kKeys;
     const int64_t stages_per_split = max_i64(1, (stages + partials.num_splits - 1) / partials.num_splits);
     plan.splits = static_cast<int>(max_i64(1, (stages + stages_per_split - 1) / stages_per_split));
@@ -208,7 +209,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int row_warp = warp / Split::kKeyWarps, key_warp = warp % Split::kKeyWarps;
-  const int64_t kv_head = blockIdx.y, split = blockIdx.z, group = p.num_heads / p.num_kv_heads;
+  const int64_t kv_head = blockIdx.y, split = blockIdx.z;
+  const RowSplit rows(p.num_heads / p.num_kv_heads);
   const RequestRows& r = plan.r;
   const int64_t req = plan.req, row_begin = plan.row_begin, row_end = plan.row_end;
   // 32-bit in the loop, where registers are short.
@@ -280,8 +282,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       const int row = c / kChunks, col = (c % kChunks) * 8;
       const int64_t rr = row_begin + row;
       const bool fill = rr < row_end;
-      const T* src = fill ? query + (r.token_begin + rr / group) * p.query_stride_token +
-                                (kv_head * group + rr % group) * p.query_stride_head + col
+      const T* src = fill ? query + (r.token_begin + rows.query(rr)) * p.query_stride_token +
+                                (kv_head * rows.group + rows.head(rr)) * p.query_stride_head + col
                           : query;
       copy_async_16(s_q + row * kStride + col, src, fill);
     }
@@ -298,12 +300,14 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int64_t rr = min_i64(warp_rows + g + 8 * i, row_end - 1);
-    position[i] = static_cast<int32_t>(first_position + rr / group);
+    position[i] = static_cast<int32_t>(first_position + rows.query(rr));
   }
   // The positions of the warp's first and last rows: a stage whose keys all lie in both rows'
   // windows (and before the split's end) is visible to every row and skips the per-score mask.
-  const auto warp_first_position = static_cast<int32_t>(first_position + min_i64(warp_rows, row_end - 1) / group);
-  const auto warp_last_position = static_cast<int32_t>(first_position + min_i64(warp_rows + 15, row_end - 1) / group);
+  // (Divided in 64 bits: in 32, or shuffled from the lanes above, the 256-dim prefill tile spills.)
+  const auto warp_first_position = static_cast<int32_t>(first_position + min_i64(warp_rows, row_end - 1) / rows.group);
+  const auto warp_last_position =
+      static_cast<int32_t>(first_position + min_i64(warp_rows + 15, row_end - 1) / rows.group);
   // Scores in base 2. kRawScores (no softcap, and a positive scale, which keeps the order of the
   // dot products): they stay raw dot products until the exponent, whose argument is then one fused
   // multiply-add, score * score_scale - max. Otherwise they are transformed first (score_scale 1).
@@ -430,7 +434,7 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   for (int i = 0; i < 2; ++i) {
     const int64_t rr = warp_rows + g + 8 * i;
     if (!writes || rr >= row_end) continue;
-    const int64_t token = r.token_begin + rr / group, head = kv_head * group + rr % group;
+    const int64_t token = r.token_begin + rows.query(rr), head = kv_head * rows.group + rows.head(rr);
     if (splits == 1) {
       const float inverse = bad ? NAN : 1.f / row_sum[i];
       T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + 2 * t;
@@ -458,8 +462,8 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
     merge_if_last_split<T, kHeadDim, Tile::kWarps>(
         p, partials, splits, static_cast<int64_t>(blockIdx.x) * gridDim.y + blockIdx.y, row_end - row_begin,
         [=](int64_t i, int64_t* token, int64_t* head) {
-          *token = r.token_begin + (row_begin + i) / group;
-          *head = kv_head * group + (row_begin + i) % group;
+          *token = r.token_begin + rows.query(row_begin + i);
+          *head = kv_head * rows.group + rows.head(row_begin + i);
         });
   }
 }

@@ -115,8 +115,11 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
 Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
   if (check_paged_attention_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_tokens == 0) return Status::kOk;
-  // Grid limits (x: tokens or tiles, y: heads) and 32-bit key arithmetic in the kernels.
-  if (p.num_tokens > INT_MAX || p.num_heads > 65535 || p.block_size > INT_MAX) return Status::kUnsupported;
+  // Grid limits (x: tokens or tiles, y: heads) and 32-bit key and row arithmetic in the kernels.
+  if (p.num_tokens > INT_MAX || p.num_heads > 65535 || p.block_size > INT_MAX ||
+      p.num_tokens * (p.num_heads / p.num_kv_heads) > INT_MAX) {
+    return Status::kUnsupported;
+  }
   const auto s = static_cast<kvGpuStream_t>(stream);
   return with_float_type(p.dtype, [&](auto tag) -> Status {
     using T = decltype(tag);

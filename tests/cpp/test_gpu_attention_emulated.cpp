@@ -419,6 +419,16 @@ TEST(EmulatedPagedAttention, DisorderedQueryStartsAreSkippedSafely) {
   ASSERT_EQ(run.run_gpu(), Status::kOk);  // reads and writes stay inside the arrays; no crash
 }
 
+TEST(EmulatedPagedAttention, RowsPastThirtyTwoBitsAreUnsupported) {
+  // The kernels split a request row (query, group head) in 32 bits: a step of num_tokens * group
+  // rows past INT_MAX is refused before any launch (the arrays here hold one token's worth).
+  AttentionRun run({DType::kBFloat16, 128, 128, 1, 16, {1}, {40}});
+  kvserve::PagedAttentionParams p = run.params;
+  p.out = run.gpu_out.data();
+  p.num_tokens = (int64_t{1} << 31) / 128 + 1;
+  EXPECT_EQ(kvserve::paged_attention_cuda(p, nullptr), Status::kUnsupported);
+}
+
 // ---- reshape_and_cache --------------------------------------------------------------------------
 
 TEST(EmulatedReshapeAndCache, MatchesCpuAndSkipsSlotsOutOfRange) {
