@@ -112,6 +112,20 @@ run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
+# With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
+# beside this one), that tree is built too and its attention calls and decode steps are timed in the
+# same run, right after this tree's decode steps (the comparison a short budget keeps); the summary
+# lists them after this tree's, so their ratios come from one machine.
+BASELINE_JSONL=/tmp/kvserve-baseline.jsonl
+if [ -n "${BASELINE:-}" ]; then
+  BASELINE_SITE=/tmp/kvserve-baseline
+  run baseline-build 200 "$OUT/build.log" "$PY" -m pip install --no-build-isolation --no-deps --target "$BASELINE_SITE" \
+    -Cbuild-dir=/tmp/kvserve-baseline-build -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real "$BASELINE"
+  run baseline-attention 60 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
+    "$PY" bench/gpu_bench.py attention --no-prefill --out "$BASELINE_JSONL"
+  run baseline-decode 100 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
+    "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$BASELINE_JSONL"
+fi
 # The graphed steps again with the decode attention's split count forced (the graphs captured anew
 # for each): which count the engine's steps want, measured where the attention runs cold.
 run decode-splits 120 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 64 --steps 32 \
@@ -131,19 +145,6 @@ run profile-no-pdl 60 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.p
   --out "$NO_PDL_JSONL" --report "$OUT/profile-no-pdl.txt"
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
 
-# With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
-# beside this one), that tree is built too and its attention calls and decode steps are timed in the
-# same run; the summary lists them after this tree's, so their ratios come from one machine.
-BASELINE_JSONL=/tmp/kvserve-baseline.jsonl
-if [ -n "${BASELINE:-}" ]; then
-  BASELINE_SITE=/tmp/kvserve-baseline
-  run baseline-build 200 "$OUT/build.log" "$PY" -m pip install --no-build-isolation --no-deps --target "$BASELINE_SITE" \
-    -Cbuild-dir=/tmp/kvserve-baseline-build -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real "$BASELINE"
-  run baseline-attention 60 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
-    "$PY" bench/gpu_bench.py attention --no-prefill --out "$BASELINE_JSONL"
-  run baseline-decode 100 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
-    "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$BASELINE_JSONL"
-fi
 # WORKLOAD.md's GPU case (the goal is the 256-in, 256-out run above), last: it matters least.
 run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --input-len 512 --output-len 128 \
   --out "$OUT/bench.jsonl"
