@@ -145,7 +145,8 @@ def resources(binary: str) -> dict[tuple[str, str], str]:
 
 
 def short_name(mangled: str) -> str:
-    """attention_mma_kernel<bf16, D128, 16 rows> from the mangled instance name."""
+    """attention_mma_kernel<bf16, D128, 16 rows> (or linear_kernel<bf16, true>: bool template arguments
+    last) from the mangled instance name."""
     # Length-prefixed names after _ZN: kvserve, then gpu or an anonymous namespace, then the kernel.
     name, base = mangled.removeprefix("_ZN"), ""
     while (match := re.match(r"\d+", name)) and not base:
@@ -156,7 +157,8 @@ def short_name(mangled: str) -> str:
     dtype = "bf16" if "BFloat16" in name else "f16" if "__half" in name else "f32" if "IfE" in name else ""
     tile = re.search(r"MmaTileI\w+?_Li(\d+)ELi(\d+)E", name)
     shape = f", D{tile.group(1)}, {tile.group(2)} rows" if tile else ""
-    return f"{base}<{dtype}{shape}>"
+    flags = "".join(", true" if bit == "1" else ", false" for bit in re.findall(r"Lb([01])E", name))
+    return f"{base}<{dtype}{shape}{flags}>"
 
 
 @dataclass

@@ -61,6 +61,8 @@ def test_kernel_instances_get_readable_names():
         "silu_and_mul_kernel<f32>"
     anonymous = "_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelINS_3gpu8BFloat16EEEvNS_12LinearParamsE"
     assert sass_loops.short_name(anonymous) == "linear_kernel<bf16>"
+    gated = "_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelI6__halfLb1EEEvNS_12LinearParamsE"
+    assert sass_loops.short_name(gated) == "linear_kernel<f16, true>"
 
 
 @pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")
