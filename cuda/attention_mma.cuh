@@ -83,10 +83,14 @@ struct WarpSplit {
 };
 
 // The merge of the key warps' states (a split by keys): every warp leaves its 16 rows' output, max and
-// sum in shared memory; warp 0 takes them back into its fragments as their merged values.
-template <class Tile>
-__device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float (&o)[Tile::kDimTiles][4],
-                                       float (&row_max)[2], float (&row_sum)[2]) {
+// sum in shared memory; then each warp takes back its share of the dims (kOwnTiles n8 tiles of O
+// from warp * kOwnTiles) merged over the warps, and every warp the rows' merged max and sum. The
+// four warps merge and write a quarter each, at once: a quarter of the code and of the time of one
+// warp merging all of it (this runs once per decode block, its code fetched cold).
+template <class Tile, int kOwnTiles>
+__device__ inline void merge_key_warps(float* s_merge, int warp, int lane, const float (&o)[Tile::kDimTiles][4],
+                                       float (&own)[kOwnTiles][4], float (&row_max)[2], float (&row_sum)[2]) {
+  static_assert(kOwnTiles * Tile::kWarps == Tile::kDimTiles, "the warps share the dims evenly");
   constexpr int kStride = Tile::kMergeStride;
   float* s_stats = s_merge + Tile::kWarps * 16 * kStride;
   const int g = lane / 4, t = lane % 4;
@@ -103,7 +107,6 @@ __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float
     }
   }
   __syncthreads();
-  if (warp != 0) return;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int row = g + 8 * i;
@@ -120,7 +123,8 @@ __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float
       total += weight[w] * sum;
     }
 #pragma unroll
-    for (int d = 0; d < Tile::kDimTiles; ++d) {
+    for (int j = 0; j < kOwnTiles; ++j) {
+      const int d = warp * kOwnTiles + j;
       float2 merged = make_float2(0.f, 0.f);
 #pragma unroll
       for (int w = 0; w < Tile::kWarps; ++w) {
@@ -128,8 +132,8 @@ __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, float
         merged.x += weight[w] * part.x;
         merged.y += weight[w] * part.y;
       }
-      o[d][2 * i] = merged.x;
-      o[d][2 * i + 1] = merged.y;
+      own[j][2 * i] = merged.x;
+      own[j][2 * i + 1] = merged.y;
     }
     row_max[i] = top;
     row_sum[i] = total;
@@ -424,35 +428,45 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
     row_sum[i] += shfl_xor(row_sum[i], 1);
     row_sum[i] += shfl_xor(row_sum[i], 2);
   }
+  // The n8 tiles of O this warp writes, from d_first: all of its rows' (by rows); its share of the
+  // merged dims (by keys).
+  constexpr int kOwnTiles = Tile::kDimTiles / Split::kKeyWarps;
+  const int d_first = Split::kKeyWarps > 1 ? warp * kOwnTiles : 0;
+  float own[kOwnTiles][4];
   if constexpr (Split::kKeyWarps > 1) {
-    merge_key_warps<Tile>(reinterpret_cast<float*>(s_k), warp, lane, o, row_max, row_sum);
+    merge_key_warps<Tile>(reinterpret_cast<float*>(s_k), warp, lane, o, own, row_max, row_sum);
+  } else {
+#pragma unroll
+    for (int d = 0; d < kOwnTiles; ++d) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) own[d][e] = o[d][e];
+    }
   }
 
   const bool bad = !r.context_ok || s_bad_block != 0;
-  const bool writes = warp_active && (Split::kKeyWarps == 1 || warp == 0);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int64_t rr = warp_rows + g + 8 * i;
-    if (!writes || rr >= row_end) continue;
+    if (!warp_active || rr >= row_end) continue;
     const int64_t token = r.token_begin + rows.query(rr), head = kv_head * rows.group + rows.head(rr);
     if (splits == 1) {
       const float inverse = bad ? NAN : 1.f / row_sum[i];
-      T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + 2 * t;
+      T* out = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d_first * 8 + 2 * t;
 #pragma unroll
-      for (int d = 0; d < Tile::kDimTiles; ++d) {
+      for (int d = 0; d < kOwnTiles; ++d) {
         Pack<T, 2> pair;
-        pair.values[0] = from_float<T>(o[d][2 * i] * inverse);
-        pair.values[1] = from_float<T>(o[d][2 * i + 1] * inverse);
+        pair.values[0] = from_float<T>(own[d][2 * i] * inverse);
+        pair.values[1] = from_float<T>(own[d][2 * i + 1] * inverse);
         *reinterpret_cast<Pack<T, 2>*>(out + d * 8) = pair;
       }
     } else {
       const int64_t row = partial_row(p, split, token, head);
-      float* out = partials.out + row * kHeadDim + 2 * t;
+      float* out = partials.out + row * kHeadDim + d_first * 8 + 2 * t;
 #pragma unroll
-      for (int d = 0; d < Tile::kDimTiles; ++d) {
-        *reinterpret_cast<float2*>(out + d * 8) = bad ? make_float2(NAN, NAN) : make_float2(o[d][2 * i], o[d][2 * i + 1]);
+      for (int d = 0; d < kOwnTiles; ++d) {
+        *reinterpret_cast<float2*>(out + d * 8) = bad ? make_float2(NAN, NAN) : make_float2(own[d][2 * i], own[d][2 * i + 1]);
       }
-      if (t == 0) {
+      if (t == 0 && d_first == 0) {
         partials.stats[2 * row] = bad ? NAN : row_max[i];
         partials.stats[2 * row + 1] = bad ? NAN : row_sum[i];
       }
