@@ -73,7 +73,7 @@ __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b 
 //
 // So before the wait a kernel may only ask for memory into L2 (prefetch_l2: a hint, which cannot
 // bring stale data, L2 being where every SM's view of memory meets) and read, through L2
-// (load_through_l2, load_16_once_through_l2), memory that no kernel writes: the model's weights,
+// (load_through_l2, load_16_once<true>), memory that no kernel writes: the model's weights,
 // and a step's metadata, which the host copies in before the step (a caller of the ops must not produce them in
 // the kernel right before, however launched: its writes are only sure to be seen after the wait).
 // Every other read, every write and atomic, and every exit come after it: a block that left before

@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
     }
   };
   // The first batch's weights before the wait (see the top of this file).
-  load_weights(warp, [&](const T* at) { return load_16_once_through_l2(at, once); });
+  load_weights(warp, [&](const T* at) { return load_16_once<true>(at, once); });
   wait_for_prior_grid();
 
   float c[4] = {};

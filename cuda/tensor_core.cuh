@@ -46,22 +46,19 @@ __device__ inline void copy_async_16(void* shared, const void* global, bool fill
 }
 
 // 16 bytes of global memory read once, into registers: past L1, its line kept in L2 as `policy`
-// says. Volatile, so that it stays after wait_for_prior_grid() (compat.cuh).
+// says. Volatile, so that it stays after wait_for_prior_grid() (compat.cuh). kThroughL2: as
+// load_through_l2 (ld.global.cg), so that a kernel may issue it before that wait for memory no
+// kernel writes, such as its weights; else by the read-only path (ld.global.nc).
+template <bool kThroughL2 = false>
 __device__ inline uint4 load_16_once(const void* global, uint64_t policy) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(global), "l"(policy));
-  return v;
-}
-
-// load_16_once through L2 only (ld.global.cg, as load_through_l2): a kernel may issue it before
-// wait_for_prior_grid() for memory that no kernel writes (compat.cuh), such as its weights.
-__device__ inline uint4 load_16_once_through_l2(const void* global, uint64_t policy) {
-  uint4 v;
-  asm volatile("ld.global.cg.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(global), "l"(policy));
+  if constexpr (kThroughL2) {
+    asm volatile("ld.global.cg.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(global), "l"(policy));
+  } else {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(global), "l"(policy));
+  }
   return v;
 }
 

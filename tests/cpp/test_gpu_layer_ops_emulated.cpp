@@ -265,6 +265,19 @@ TEST(EmulatedRotaryAndCache, RejectsACacheKeyThatIsNotTheRotatedOne) {
 INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotaryAndCache,
                          ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
 
+// silu_and_mul over `tokens` rows of [gate | up] (2 * size wide) into rows of `size`, both packed.
+kvserve::SiluAndMulParams silu_and_mul_params(Buffer& gate_up, Buffer& out, DType dtype, int64_t tokens, int64_t size) {
+  kvserve::SiluAndMulParams p;
+  p.input = gate_up.data();
+  p.input_stride_token = 2 * size;
+  p.out = out.data();
+  p.out_stride_token = size;
+  p.dtype = dtype;
+  p.num_tokens = tokens;
+  p.size = size;
+  return p;
+}
+
 TEST(EmulatedLayerOps, SiluAndMul) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
     for (int64_t size : {4096, 13}) {
@@ -272,15 +285,7 @@ TEST(EmulatedLayerOps, SiluAndMul) {
       const int64_t tokens = 2;
       Buffer x = random_buffer(dtype, static_cast<size_t>(tokens * 2 * size), rng);
       Buffer out = nan_buffer(dtype, static_cast<size_t>(tokens * size)), scratch(dtype, 1);
-      kvserve::SiluAndMulParams p;
-      p.input = x.data();
-      p.input_stride_token = 2 * size;
-      p.out = out.data();
-      p.out_stride_token = size;
-      p.dtype = dtype;
-      p.num_tokens = tokens;
-      p.size = size;
-      ASSERT_EQ(kvserve::silu_and_mul_cuda(p, nullptr), Status::kOk);
+      ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(x, out, dtype, tokens, size), nullptr), Status::kOk);
       for (int64_t t = 0; t < tokens; ++t) {
         for (int64_t i = 0; i < size; ++i) {
           const float g = x.get(t * 2 * size + i), u = x.get(t * 2 * size + size + i);
@@ -327,6 +332,24 @@ TEST(EmulatedLayerOps, ArgmaxMatchesCpu) {
   }
 }
 
+// out [rows, out_stride] = x [rows, input_stride] @ w [out_features, in]^T (+ bias), w's rows packed.
+kvserve::LinearParams linear_params(Buffer& out, int64_t out_stride, Buffer& x, int64_t input_stride, Buffer& w,
+                                    const void* bias, int64_t rows, int64_t in, int64_t out_features, DType dtype) {
+  kvserve::LinearParams p;
+  p.out = out.data();
+  p.out_stride = out_stride;
+  p.input = x.data();
+  p.input_stride = input_stride;
+  p.weight = w.data();
+  p.weight_stride = in;
+  p.bias = bias;
+  p.num_rows = rows;
+  p.in_features = in;
+  p.out_features = out_features;
+  p.dtype = dtype;
+  return p;
+}
+
 TEST(EmulatedLayerOps, LinearMatchesAFloat64Reference) {
   // 1 to 8 rows; out_features not a multiple of the block's 16, in_features not of the warps' 32;
   // strided input and output rows; with and without a bias.
@@ -340,18 +363,8 @@ TEST(EmulatedLayerOps, LinearMatchesAFloat64Reference) {
         Buffer w = random_buffer(dtype, static_cast<size_t>(out_features * in), rng);
         Buffer b = random_buffer(dtype, static_cast<size_t>(out_features), rng);
         Buffer y = nan_buffer(dtype, static_cast<size_t>(rows * out_stride)), scratch(dtype, 1);
-        kvserve::LinearParams p;
-        p.out = y.data();
-        p.out_stride = out_stride;
-        p.input = x.data();
-        p.input_stride = input_stride;
-        p.weight = w.data();
-        p.weight_stride = in;
-        p.bias = with_bias ? b.data() : nullptr;
-        p.num_rows = rows;
-        p.in_features = in;
-        p.out_features = out_features;
-        p.dtype = dtype;
+        kvserve::LinearParams p = linear_params(y, out_stride, x, input_stride, w, with_bias ? b.data() : nullptr, rows,
+                                                in, out_features, dtype);
         ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << name(dtype);
         // Before the wait for the kernel before (compat.cuh), only the weight, which no kernel writes.
         const EarlyLoads early = loads_before_wait({{w.data(), static_cast<size_t>(out_features * in) * 2}});
@@ -411,28 +424,11 @@ TEST(EmulatedLayerOps, LinearWithSiluAndMulOutputEqualsTheTwoKernels) {
         Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size));
         const int64_t out_stride = size + 3;
         Buffer fused = nan_buffer(dtype, static_cast<size_t>(rows * out_stride));
-        kvserve::LinearParams p;
-        p.out = gate_up.data();
-        p.out_stride = 2 * size;
-        p.input = x.data();
-        p.input_stride = in;
-        p.weight = w.data();
-        p.weight_stride = in;
-        p.bias = with_bias ? b.data() : nullptr;
-        p.num_rows = rows;
-        p.in_features = in;
-        p.out_features = 2 * size;
-        p.dtype = dtype;
+        kvserve::LinearParams p =
+            linear_params(gate_up, 2 * size, x, in, w, with_bias ? b.data() : nullptr, rows, in, 2 * size, dtype);
         ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-        kvserve::SiluAndMulParams s;
-        s.input = gate_up.data();
-        s.input_stride_token = 2 * size;
-        s.out = unfused.data();
-        s.out_stride_token = size;
-        s.dtype = dtype;
-        s.num_tokens = rows;
-        s.size = size;
-        ASSERT_EQ(kvserve::silu_and_mul_cuda(s, nullptr), Status::kOk);
+        ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
+                  Status::kOk);
         p.out = fused.data();
         p.out_stride = out_stride;
         p.silu_and_mul_output = true;
