@@ -145,8 +145,8 @@ def resources(binary: str) -> dict[tuple[str, str], str]:
 
 
 def short_name(mangled: str) -> str:
-    """attention_mma_kernel<bf16, D128, 16 rows> (or linear_kernel<bf16, true>: bool template arguments
-    last) from the mangled instance name."""
+    """attention_mma_kernel<bf16, D128, 16 rows> (or rotary_kernel<bf16, true>, linear_kernel<bf16, Epilogue 1>:
+    bool and enum template arguments last) from the mangled instance name."""
     # Length-prefixed names after _ZN: kvserve, then gpu or an anonymous namespace, then the kernel.
     name, base = mangled.removeprefix("_ZN"), ""
     while (match := re.match(r"\d+", name)) and not base:
@@ -158,6 +158,10 @@ def short_name(mangled: str) -> str:
     tile = re.search(r"MmaTileI\w+?_Li(\d+)ELi(\d+)E", name)
     shape = f", D{tile.group(1)}, {tile.group(2)} rows" if tile else ""
     flags = "".join(", true" if bit == "1" else ", false" for bit in re.findall(r"Lb([01])E", name))
+    for scoped in re.finditer(r"LNS\d*_(\d+)", name):  # a scoped enum's value: its type's name, then the number
+        enum = name[scoped.end():scoped.end() + int(scoped.group(1))]
+        value = re.match(r"E(\d+)E", name[scoped.end() + len(enum):])
+        flags += f", {enum} {value.group(1)}" if value else ""
     return f"{base}<{dtype}{shape}{flags}>"
 
 

@@ -15,6 +15,10 @@
 // f: its mma rows g and g + 8 are weight rows f (gate) and half + f (up), so one thread ends with
 // both sums of (row, f) and writes silu(gate) * up, each rounded as the plain product and the
 // silu_and_mul kernel round them: the same bits, without that kernel or the [gate | up] rows.
+// linear_rotary_and_cache_cuda (a layer's qkv projection) pairs the same way rows d and
+// d + head_dim / 2 of a q or k head (8 pairs a block), rotates each pair as rotary_kernel does, and
+// writes it in place and (k) into its cache slot; v's blocks write their 16 features into the value
+// cache too: the bits of linear_cuda, then rotary_and_cache_cuda.
 //
 // A layer's weights pass through L2 once a step, far more of them than it holds: they are read with
 // an evict-first policy, so that they do not push out what the step's other kernels find there
@@ -35,8 +39,10 @@
 #include "device_resources.h"
 #include "numeric.cuh"
 #include "silu.cuh"
+#include "rotary.cuh"
 #include "tensor_core.cuh"
 #include "kvserve/linear.h"
+#include "kvserve/linear_rotary_and_cache.h"
 
 namespace kvserve {
 
@@ -53,25 +59,52 @@ static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
 constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
 constexpr int kUnroll = 4;     // chunks in flight per warp
 
-// Output features of a block: 16 weight rows' worth, or 8 (gate, up) pairs with kSiluAndMul.
-template <bool kSiluAndMul>
-constexpr int kBlockFeatures = kSiluAndMul ? kFeatures / 2 : kFeatures;
+// What a block does with its 16 weight rows' sums (see the top of this file).
+enum class Epilogue {
+  kPlain,           // 16 output features
+  kSiluAndMul,      // rows f (gate) and half + f (up) of 8 features f: silu(gate) * up
+  kRotaryAndCache,  // 8 pairs (d, d + head_dim / 2) of a q or k head, rotated (k also cached); or 16 of v, cached
+};
 
-template <class T, bool kSiluAndMul>
-__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) {
+// The weight rows a block's mma rows g and g + 8 take.
+struct BlockRows {
+  int64_t low, high;
+};
+
+// Rotary blocks: head_dim / 16 per q or k head (8 pairs each), the v blocks after them.
+__device__ inline int64_t rotary_blocks(const RotaryEmbeddingParams& r) {
+  return (r.num_heads + r.num_kv_heads) * (r.head_dim / 16);
+}
+
+template <Epilogue kEpilogue>
+__device__ inline BlockRows block_rows(const LinearParams& p, const RotaryEmbeddingParams& r, int g) {
+  const int64_t block = blockIdx.x;
+  if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
+    return {block * 8 + g, p.out_features / 2 + block * 8 + g};
+  } else if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
+    const int64_t per_head = r.head_dim / 16;
+    if (block < rotary_blocks(r)) {
+      const int64_t first = (block / per_head) * r.head_dim + (block % per_head) * 8 + g;
+      return {first, first + r.head_dim / 2};
+    }
+  }
+  return {block * kFeatures + g, block * kFeatures + g + 8};
+}
+
+template <class T, Epilogue kEpilogue>
+__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4;
-  const int64_t first_feature = static_cast<int64_t>(blockIdx.x) * kBlockFeatures<kSiluAndMul>;
-  // The weight rows of mma rows g and g + 8: gate and up of feature first_feature + g, or two features.
-  const int64_t half = p.out_features / 2;
-  const int64_t low_feature = first_feature + g;
-  const int64_t high_feature = kSiluAndMul ? half + first_feature + g : first_feature + g + 8;
-  const bool low_row = kSiluAndMul ? low_feature < half : low_feature < p.out_features;
-  const bool high_row = kSiluAndMul ? low_row : high_feature < p.out_features;
+  const RotaryEmbeddingParams& r = rc.rotary;
+  const BlockRows rows = block_rows<kEpilogue>(p, r, g);
+  // kSiluAndMul: a pair is inside when its gate is (out_features is even).
+  const int64_t row_end = kEpilogue == Epilogue::kSiluAndMul ? p.out_features / 2 : p.out_features;
+  const bool low_row = rows.low < row_end;
+  const bool high_row = kEpilogue == Epilogue::kSiluAndMul ? low_row : rows.high < p.out_features;
   const bool input_row = g < p.num_rows;
   const T* weight = static_cast<const T*>(p.weight);
-  const T* low = weight + (low_row ? low_feature : 0) * p.weight_stride + 8 * t;
-  const T* high = weight + (high_row ? high_feature : 0) * p.weight_stride + 8 * t;
+  const T* low = weight + (low_row ? rows.low : 0) * p.weight_stride + 8 * t;
+  const T* high = weight + (high_row ? rows.high : 0) * p.weight_stride + 8 * t;
   const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
   const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
   // Lane t's 8 columns of chunk c lie wholly inside or outside in_features (a multiple of 8).
@@ -111,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
     }
   }
 
-  // c0, c1 = out[rows 2t, 2t + 1][feature g], c2, c3 = the same for feature g + 8: summed over warps.
+  // c0, c1 = input rows 2t, 2t + 1 against the block's weight row g, c2, c3 against row g + 8: summed over warps.
   __shared__ float s_sums[kWarps][kWarpSize][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) s_sums[warp][lane][i] = c[i];
@@ -126,22 +159,73 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
     return from_float<T>(sum);
   };
   T* out = static_cast<T*>(p.out);
-  if constexpr (kSiluAndMul) {
+  if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
     if (threadIdx.x >= kWarpSize * 2) return;
     const int item = static_cast<int>(threadIdx.x);  // (lane, i < 2): 64 gate sums, each with its up sum i + 2
     const int from = item / 2, i = item % 2;
-    const int64_t row = 2 * (from % 4) + i, feature = first_feature + from / 4;
+    const int64_t row = 2 * (from % 4) + i, feature = blockIdx.x * 8 + from / 4, half = p.out_features / 2;
     if (row >= p.num_rows || feature >= half) return;
     const T gate = output(from, i, feature), up = output(from, i + 2, half + feature);
     out[row * p.out_stride + feature] = silu_and_mul_value(gate, up);
-  } else {
-    if (threadIdx.x >= kWarpSize * 4) return;
-    const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
-    const int from = item / 4, i = item % 4;
-    const int64_t row = 2 * (from % 4) + i % 2, feature = first_feature + from / 4 + (i >= 2 ? 8 : 0);
-    if (row >= p.num_rows || feature >= p.out_features) return;
-    out[row * p.out_stride + feature] = output(from, i, feature);
+    return;
   }
+  if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
+    if (blockIdx.x < rotary_blocks(r)) {
+      if (threadIdx.x >= kWarpSize * 2) return;
+      const int item = static_cast<int>(threadIdx.x);  // (lane, i < 2): 64 first-half sums, each with its pair i + 2
+      const int from = item / 2, i = item % 2;
+      const int64_t row = 2 * (from % 4) + i;
+      if (row >= p.num_rows) return;
+      const int64_t per_head = r.head_dim / 16, head = blockIdx.x / per_head, half = r.head_dim / 2;
+      const int64_t d = (blockIdx.x % per_head) * 8 + from / 4, feature = head * r.head_dim + d;
+      const T a = output(from, i, feature), b = output(from, i + 2, feature + half);
+      const T cos = static_cast<const T*>(r.cos)[row * r.cos_sin_stride_token + d];
+      const T sin = static_cast<const T*>(r.sin)[row * r.cos_sin_stride_token + d];
+      T first, second;
+      rotate_pair(to_float(a), to_float(b), to_float(cos), to_float(sin), &first, &second);
+      const bool is_key = head >= r.num_heads;
+      T* x = is_key ? static_cast<T*>(r.key) + row * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
+                    : static_cast<T*>(r.query) + row * r.query_stride_token + head * r.query_stride_head;
+      x[d] = first;
+      x[d + half] = second;
+      const int64_t slot = is_key ? cache_slot(rc.cache, row) : -1;
+      if (slot >= 0) {
+        T* cached = static_cast<T*>(rc.cache.key_cache) + slot + (head - r.num_heads) * r.head_dim;
+        cached[d] = first;
+        cached[d + half] = second;
+      }
+      return;
+    }
+  }
+  if (threadIdx.x >= kWarpSize * 4) return;
+  const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
+  const int from = item / 4, i = item % 4;
+  const int64_t row = 2 * (from % 4) + i % 2, feature = blockIdx.x * kFeatures + from / 4 + (i >= 2 ? 8 : 0);
+  if (row >= p.num_rows || feature >= p.out_features) return;
+  const T value = output(from, i, feature);
+  out[row * p.out_stride + feature] = value;
+  if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {  // a v feature: into the value cache too
+    const int64_t slot = cache_slot(rc.cache, row);
+    if (slot >= 0) static_cast<T*>(rc.cache.value_cache)[slot + feature - rotary_blocks(r) * kFeatures] = value;
+  }
+}
+
+// Launches linear_kernel<T, kEpilogue> over `blocks` blocks (T from p.dtype, 16-bit only).
+template <Epilogue kEpilogue>
+Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
+  DeviceInfo device;
+  if (!linear_cuda_takes(p) || blocks > INT_MAX || !current_device_info(&device) || device.compute_capability < 80) {
+    return Status::kUnsupported;
+  }
+  return with_float_type(p.dtype, [&](auto tag) -> Status {
+    using T = decltype(tag);
+    if constexpr (std::is_same_v<T, float>) {
+      return Status::kUnsupported;
+    } else {
+      launch_kernel(linear_kernel<T, kEpilogue>, dim3(static_cast<unsigned>(blocks)), kThreads, 0, stream, p, rc);
+      return launch_status();
+    }
+  });
 }
 
 }  // namespace
@@ -149,35 +233,31 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p) 
 Status linear_cuda(const LinearParams& p, void* stream) {
   if (check_linear(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
-  DeviceInfo device;
-  if (!linear_cuda_takes(p) || (p.out_features + kFeatures - 1) / kFeatures > INT_MAX ||
-      !current_device_info(&device) || device.compute_capability < 80) {
-    return Status::kUnsupported;
-  }
   const auto s = static_cast<kvGpuStream_t>(stream);
-  return with_float_type(p.dtype, [&](auto tag) -> Status {
-    using T = decltype(tag);
-    if constexpr (std::is_same_v<T, float>) {
-      return Status::kUnsupported;
-    } else {
-      // 16 weight rows a block either way (with silu_and_mul_output: 8 of gate, 8 of up).
-      const int64_t features = p.silu_and_mul_output ? p.out_features / 2 : p.out_features;
-      const int64_t per_block = p.silu_and_mul_output ? kBlockFeatures<true> : kBlockFeatures<false>;
-      const dim3 grid(static_cast<unsigned>((features + per_block - 1) / per_block));
-      if (p.silu_and_mul_output) {
-        launch_kernel(linear_kernel<T, true>, grid, kThreads, 0, s, p);
-      } else {
-        launch_kernel(linear_kernel<T, false>, grid, kThreads, 0, s, p);
-      }
-      return launch_status();
-    }
-  });
+  const RotaryAndCacheParams unused;
+  // 16 weight rows a block either way (with silu_and_mul_output: 8 of gate, 8 of up).
+  if (p.silu_and_mul_output) return launch_linear<Epilogue::kSiluAndMul>(p, unused, (p.out_features / 2 + 7) / 8, s);
+  return launch_linear<Epilogue::kPlain>(p, unused, (p.out_features + kFeatures - 1) / kFeatures, s);
+}
+
+Status linear_rotary_and_cache_cuda(const LinearParams& p, const RotaryAndCacheParams& rc, void* stream) {
+  if (check_linear_rotary_and_cache(p, rc, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  if (p.num_rows == 0) return Status::kOk;
+  if (rc.rotary.head_dim % 16 != 0) return Status::kUnsupported;
+  // out_features is a whole number of heads: of 16 rows each.
+  const auto s = static_cast<kvGpuStream_t>(stream);
+  return launch_linear<Epilogue::kRotaryAndCache>(p, rc, p.out_features / kFeatures, s);
 }
 
 #else  // no tensor-core instructions (the HIP build)
 
 Status linear_cuda(const LinearParams& p, void*) {
   return check_linear(p, nullptr) != Status::kOk ? Status::kInvalidArgument : Status::kUnsupported;
+}
+
+Status linear_rotary_and_cache_cuda(const LinearParams& p, const RotaryAndCacheParams& rc, void*) {
+  return check_linear_rotary_and_cache(p, rc, nullptr) != Status::kOk ? Status::kInvalidArgument
+                                                                      : Status::kUnsupported;
 }
 
 #endif  // KVSERVE_GPU_MMA

@@ -18,6 +18,24 @@ namespace kvserve::gpu {
 
 constexpr int kRotaryThreads = 256;
 
+// One pair (a, b) = (x[d], x[d + half]) of a head rotated by (cos, sin) as Hugging Face's
+// `x * cos + rotate_half(x) * sin`: each product stored in T, then their sum (rotary_kernel and the
+// few-rows linear with the cache write, cuda/linear.cu, both).
+template <class T>
+__device__ inline void rotate_pair(float a, float b, float cos, float sin, T* first, T* second) {
+  *first = from_float<T>(product_in<T>(a, cos) - product_in<T>(b, sin));
+  *second = from_float<T>(product_in<T>(b, cos) + product_in<T>(a, sin));
+}
+
+// The element offset of `token`'s slot in either cache, or -1 for a slot of -1 (a padding row) or
+// out of range, which is not written.
+__device__ inline int64_t cache_slot(const ReshapeAndCacheParams& c, int64_t token) {
+  const int64_t slot = c.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(c.slot_mapping)[token]
+                                                             : static_cast<const int32_t*>(c.slot_mapping)[token];
+  if (slot < 0 || slot >= c.num_blocks * c.block_size) return -1;
+  return (slot / c.block_size) * c.cache_stride_block + (slot % c.block_size) * c.num_kv_heads * c.head_dim;
+}
+
 // c: read only with kCache. A slot of -1 (a padding row) or out of range is not written.
 template <class T, int kPack, bool kCache>
 __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbeddingParams r,
@@ -32,11 +50,8 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbe
   T* key_slot = nullptr;
   T* value_slot = nullptr;
   if constexpr (kCache) {
-    const int64_t slot = c.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(c.slot_mapping)[token]
-                                                               : static_cast<const int32_t*>(c.slot_mapping)[token];
-    if (slot >= 0 && slot < c.num_blocks * c.block_size) {
-      const int64_t at =
-          (slot / c.block_size) * c.cache_stride_block + (slot % c.block_size) * c.num_kv_heads * head_dim;
+    const int64_t at = cache_slot(c, token);
+    if (at >= 0) {
       key_slot = static_cast<T*>(c.key_cache) + at;
       value_slot = static_cast<T*>(c.value_cache) + at;
     }
@@ -51,14 +66,11 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbe
                     : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
       const Packed x1 = *reinterpret_cast<const Packed*>(x + d), x2 = *reinterpret_cast<const Packed*>(x + d + half);
       const Packed cs = *reinterpret_cast<const Packed*>(cos + d), sn = *reinterpret_cast<const Packed*>(sin + d);
-      // Hugging Face's `q * cos + rotate_half(q) * sin`: each product stored in T, then their sum.
       Packed y1, y2;
 #pragma unroll
       for (int k = 0; k < kPack; ++k) {
-        const float a = to_float(x1.values[k]), b = to_float(x2.values[k]);
-        const float ck = to_float(cs.values[k]), sk = to_float(sn.values[k]);
-        y1.values[k] = from_float<T>(product_in<T>(a, ck) - product_in<T>(b, sk));
-        y2.values[k] = from_float<T>(product_in<T>(b, ck) + product_in<T>(a, sk));
+        rotate_pair(to_float(x1.values[k]), to_float(x2.values[k]), to_float(cs.values[k]), to_float(sn.values[k]),
+                    &y1.values[k], &y2.values[k]);
       }
       *reinterpret_cast<Packed*>(x + d) = y1;
       *reinterpret_cast<Packed*>(x + d + half) = y2;

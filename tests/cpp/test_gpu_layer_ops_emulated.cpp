@@ -17,6 +17,7 @@
 #include "kvserve/copy_blocks.h"
 #include "kvserve/layer_ops.h"
 #include "kvserve/linear.h"
+#include "kvserve/linear_rotary_and_cache.h"
 #include "kvserve/reshape_and_cache.h"
 #include "kvserve/rotary_and_cache.h"
 
@@ -111,6 +112,24 @@ TEST(EmulatedLayerOps, RmsNormOverStridedHeads) {
       }
     }
   }
+}
+
+// out [rows, out_stride] = x [rows, input_stride] @ w [out_features, in]^T (+ bias), w's rows packed.
+kvserve::LinearParams linear_params(Buffer& out, int64_t out_stride, Buffer& x, int64_t input_stride, Buffer& w,
+                                    const void* bias, int64_t rows, int64_t in, int64_t out_features, DType dtype) {
+  kvserve::LinearParams p;
+  p.out = out.data();
+  p.out_stride = out_stride;
+  p.input = x.data();
+  p.input_stride = input_stride;
+  p.weight = w.data();
+  p.weight_stride = in;
+  p.bias = bias;
+  p.num_rows = rows;
+  p.in_features = in;
+  p.out_features = out_features;
+  p.dtype = dtype;
+  return p;
 }
 
 // Shapes: 16-byte packs of pairs (head_dim 16), a grid of several chunks per token (40 heads of
@@ -265,6 +284,40 @@ TEST(EmulatedRotaryAndCache, RejectsACacheKeyThatIsNotTheRotatedOne) {
 INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotaryAndCache,
                          ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
 
+// linear_rotary_and_cache against linear_cuda, then rotary_and_cache_cuda, on the same input, weight
+// and bias: the same bits in q, k, v and both caches (a padding slot, one out of range); refused
+// where head_dim is not a multiple of 16, and where q, k, v are not the product's columns.
+TEST_P(EmulatedRotaryAndCache, FusedIntoTheProjectionEqualsTheProjectionThenTheKernel) {
+  const RotaryShape shape = GetParam();
+  const int64_t hidden = 96, rows = FusedQkvStep::kTokens;
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    std::mt19937 rng(11);
+    FusedQkvStep apart(dtype, shape, {5, -1, 12 * 1000}), fused(dtype, shape, {5, -1, 12 * 1000});
+    Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
+    Buffer w = random_buffer(dtype, static_cast<size_t>(apart.row * hidden), rng);
+    Buffer b = random_buffer(dtype, static_cast<size_t>(apart.row), rng);
+    kvserve::LinearParams product = linear_params(apart.qkv, apart.row, x, hidden, w, b.data(), rows, hidden,
+                                                  apart.row, dtype);
+    ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk);
+    ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk);
+    product.out = fused.qkv.data();
+    if (shape.head_dim % 16 != 0) {
+      EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kUnsupported);
+      continue;
+    }
+    ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kOk);
+    EXPECT_EQ(fused.qkv.words, apart.qkv.words) << name(dtype);
+    EXPECT_EQ(fused.key_cache.words, apart.key_cache.words) << name(dtype);
+    EXPECT_EQ(fused.value_cache.words, apart.value_cache.words) << name(dtype);
+    EXPECT_FALSE(std::isnan(fused.value_cache.get(5 * shape.kv_heads * shape.head_dim))) << "slot 5 written";
+    fused.params.cache.value = fused.params.rotary.key;  // a value, but not the product's v columns
+    std::string why;
+    EXPECT_EQ(kvserve::check_linear_rotary_and_cache(product, fused.params, &why), Status::kInvalidArgument);
+    EXPECT_NE(why.find("the q, k and v columns of linear.out"), std::string::npos) << why;
+    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kInvalidArgument);
+  }
+}
+
 // silu_and_mul over `tokens` rows of [gate | up] (2 * size wide) into rows of `size`, both packed.
 kvserve::SiluAndMulParams silu_and_mul_params(Buffer& gate_up, Buffer& out, DType dtype, int64_t tokens, int64_t size) {
   kvserve::SiluAndMulParams p;
@@ -330,24 +383,6 @@ TEST(EmulatedLayerOps, ArgmaxMatchesCpu) {
       EXPECT_EQ(cpu[4], 1);
     }
   }
-}
-
-// out [rows, out_stride] = x [rows, input_stride] @ w [out_features, in]^T (+ bias), w's rows packed.
-kvserve::LinearParams linear_params(Buffer& out, int64_t out_stride, Buffer& x, int64_t input_stride, Buffer& w,
-                                    const void* bias, int64_t rows, int64_t in, int64_t out_features, DType dtype) {
-  kvserve::LinearParams p;
-  p.out = out.data();
-  p.out_stride = out_stride;
-  p.input = x.data();
-  p.input_stride = input_stride;
-  p.weight = w.data();
-  p.weight_stride = in;
-  p.bias = bias;
-  p.num_rows = rows;
-  p.in_features = in;
-  p.out_features = out_features;
-  p.dtype = dtype;
-  return p;
 }
 
 TEST(EmulatedLayerOps, LinearMatchesAFloat64Reference) {

@@ -61,8 +61,11 @@ def test_kernel_instances_get_readable_names():
         "silu_and_mul_kernel<f32>"
     anonymous = "_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelINS_3gpu8BFloat16EEEvNS_12LinearParamsE"
     assert sass_loops.short_name(anonymous) == "linear_kernel<bf16>"
-    gated = "_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelI6__halfLb1EEEvNS_12LinearParamsE"
-    assert sass_loops.short_name(gated) == "linear_kernel<f16, true>"
+    flagged = "_ZN7kvserve3gpu13rotary_kernelINS0_8BFloat16ELi8ELb1EEEvNS_21RotaryEmbeddingParamsENS_21ReshapeAndCacheParamsE"
+    assert sass_loops.short_name(flagged) == "rotary_kernel<bf16, true>"
+    fused = ("_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelI6__halfLNS0_8EpilogueE2EEEvNS_12"
+             "LinearParamsENS_20RotaryAndCacheParamsE")
+    assert sass_loops.short_name(fused) == "linear_kernel<f16, Epilogue 2>"
 
 
 @pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")
