@@ -1,6 +1,7 @@
 // Bindings of linear (linear.h): the few-rows product on the CPU (any rows, either weight layout)
-// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes; cuBLAS serves the rest). 2-D
-// arrays whose rows may be strided, last dimension contiguous.
+// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes; cuBLAS serves the rest), and on
+// CUDA its fusion with rotary_and_cache (linear_rotary_and_cache.h). 2-D arrays whose rows may be
+// strided, last dimension contiguous.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 
@@ -11,7 +12,9 @@
 #include "bind.h"
 #include "kernel_call.h"
 #include "kvserve/linear.h"
+#include "kvserve/linear_rotary_and_cache.h"
 #include "linear_weight.h"
+#include "op_params.h"
 
 namespace kvserve::bind {
 
@@ -22,8 +25,10 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
   check_contiguous(array, name, 1);
 }
 
-void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream,
-            bool silu_and_mul_output) {
+// The params of out = input @ weight^T (+ bias) over checked arrays (with silu_and_mul_output, out
+// holds half the weight's rows); `cuda`: whether they all sit on one CUDA device.
+LinearParams linear_params(Array& out, const Array& input, const Array& weight, const std::optional<Array>& bias,
+                           bool silu_and_mul_output, bool* cuda) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
   check_same_dtype(weight, "weight", input, "input");
@@ -43,16 +48,15 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias, uin
     check_dim(out, "out", 1, out_features, "out_features of weight");
   }
   LinearParams p;
-  bool cuda = false;
   if (bias) {
     check_same_dtype(*bias, "bias", input, "input");
     check_ndim(*bias, "bias", 1, "[out_features]");
     check_dim(*bias, "bias", 0, out_features, "out_features of weight");
     check_contiguous(*bias, "bias");
-    cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}, {*bias, "bias"}});
+    *cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}, {*bias, "bias"}});
     p.bias = bias->data();
   } else {
-    cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}});
+    *cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}});
   }
   p.out = out.data();
   p.out_stride = out.stride(0);
@@ -66,17 +70,59 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias, uin
   p.out_features = out_features;
   p.silu_and_mul_output = silu_and_mul_output;
   p.dtype = kernel_dtype(input, "input");
-  if (silu_and_mul_output && !cuda) {
-    throw nb::value_error("linear: silu_and_mul_output runs on CUDA only (on the CPU: linear, then silu_and_mul)");
-  }
-  if (cuda && !linear_cuda_takes(p)) {
+  if (*cuda && !linear_cuda_takes(p)) {
     throw nb::value_error(("linear: on CUDA, 1 to " + std::to_string(kLinearCudaMaxRows) +
                            " rows of float16 or bfloat16 with a plain [out_features, in_features] weight, "
                            "in_features and the row strides multiples of 8 and 16-byte aligned rows; got " +
                            std::to_string(p.num_rows) + " rows of " + dtype_name(input.dtype()) +
                            " (torch's matmul serves the rest)").c_str());
   }
+  return p;
+}
+
+void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream,
+            bool silu_and_mul_output) {
+  bool cuda = false;
+  const LinearParams p = linear_params(out, input, weight, bias, silu_and_mul_output, &cuda);
+  if (silu_and_mul_output && !cuda) {
+    throw nb::value_error("linear: silu_and_mul_output runs on CUDA only (on the CPU: linear, then silu_and_mul)");
+  }
   call_kernel(cuda, KVSERVE_KERNELS(linear), check_linear, p, input.device_id(), stream, "linear");
+}
+
+void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional<Array> bias, Array query, Array key,
+                             Array value, Array cos, Array sin, Array key_cache, Array value_cache, Array slot_mapping,
+                             uintptr_t stream) {
+  bool cuda = false;
+  const LinearParams p = linear_params(out, input, weight, bias, false, &cuda);
+  RotaryAndCacheParams rc;
+  rc.rotary = rotary_embedding_params(query, key, cos, sin);
+  rc.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
+  cuda = on_one_device({{input, "input"}, {out, "out"}, {query, "query"}, {key, "key"}, {value, "value"},
+                        {cos, "cos"}, {sin, "sin"}, {key_cache, "key_cache"}, {value_cache, "value_cache"},
+                        {slot_mapping, "slot_mapping"}}) && cuda;
+  if (!cuda) {
+    throw nb::value_error("linear_rotary_and_cache runs on CUDA only (on the CPU: linear, then rotary_and_cache)");
+  }
+  std::string why;
+  if (check_linear_rotary_and_cache(p, rc, &why) != Status::kOk) {
+    throw nb::value_error(("linear_rotary_and_cache: " + why).c_str());
+  }
+  if (rc.rotary.head_dim % 16 != 0) {
+    throw nb::value_error(("linear_rotary_and_cache: head_dim must be a multiple of 16, got " +
+                           std::to_string(rc.rotary.head_dim) + " (linear, then rotary_and_cache serve it)").c_str());
+  }
+#if KVSERVE_HAS_CUDA
+  const CudaDeviceGuard guard(input.device_id());
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = linear_rotary_and_cache_cuda(p, rc, reinterpret_cast<void*>(stream));
+  }
+  raise_on_error(status, "linear_rotary_and_cache");
+#else
+  (void)stream;  // unreachable: a build without CUDA kernels refuses CUDA arrays (on_one_device)
+#endif
 }
 
 bool interleave_supported(Array weight) {
@@ -95,6 +141,13 @@ void bind_linear(nb::module_& m) {
         "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); on the CPU the\n"
         "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported). With\n"
         "silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
+  m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
+        nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
+        nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),
+        nb::arg("value_cache").noconvert(), nb::arg("slot_mapping"), nb::arg("stream") = 0,
+        "linear(out, input, weight, bias), then rotary_and_cache(query, key, value, ...) over its columns, in\n"
+        "one CUDA kernel: a layer's qkv projection at decode (query, key and value are the q, k and v\n"
+        "columns of out).");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

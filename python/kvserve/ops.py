@@ -4,12 +4,13 @@ Each function validates its arguments in C++ (dtype, device, shape, strides → 
 passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
 layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul),
 argmax and the few-rows linear run on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`),
-wherever their arrays are.
+wherever their arrays are; linear_rotary_and_cache (and linear's silu_and_mul_output) on CUDA only.
 
 On sm_90 GPUs a CUDA kernel may start while the kvserve kernel before it in the stream still runs,
-and read the norms' weight and paged_attention's metadata (seq_lens, query_start_loc, block_table)
-meanwhile: those must not be written by the kernel just before it, whoever launched that one (a copy
-from the host, or any kernel before that, is fine). `KVSERVE_PDL=0` turns the overlap off.
+and read the weights (of the norms and the few-rows products) and paged_attention's metadata
+(seq_lens, query_start_loc, block_table) meanwhile: those must not be written by the kernel just
+before it, whoever launched that one (a copy from the host, or any kernel before that, is fine).
+`KVSERVE_PDL=0` turns the overlap off.
 
 CPU and CUDA torch tensors are handed over as DLPack capsules made by `torch.utils.dlpack.to_dlpack`:
 the same zero-copy view, but about ten times cheaper per tensor (0.3 us instead of 2-4 us) than
@@ -118,6 +119,17 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
     value_cache, slot_mapping), in one call (one kernel on CUDA): a layer's step before attention."""
     _C.ops.rotary_and_cache(_dl(query), _dl(key), _dl(value), _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache),
                             _dl(slot_mapping), _stream_of(query))
+
+
+def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, sin, key_cache, value_cache,
+                            slot_mapping) -> None:
+    """linear(out, input, weight, bias), then rotary_and_cache(query, key, value, cos, sin, key_cache,
+    value_cache, slot_mapping) over out's q, k and v columns (query, key, value: the views of them),
+    in one CUDA kernel, bit for bit: a layer's qkv projection at decode (linear's few rows; head_dim
+    a multiple of 16; ValueError otherwise, and on the CPU)."""
+    _C.ops.linear_rotary_and_cache(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _dl(query),
+                                   _dl(key), _dl(value), _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache),
+                                   _dl(slot_mapping), _stream_of(input))
 
 
 def silu_and_mul(out, x) -> None:

@@ -124,6 +124,12 @@ def test_rotary_embedding(device, dtype, head_dim):
     assert torch.equal(fused[:, v], before[:, v])
 
 
+def qkv_views(qkv, heads, kv_heads, head_dim):
+    """q, k, v [T, heads, head_dim] as views of one projection's rows [T, (heads + 2 * kv_heads) * head_dim]."""
+    q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+    return tuple(x.view(qkv.shape[0], -1, head_dim) for x in (q, k, v))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("head_dim", [128, 6])
@@ -139,8 +145,7 @@ def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head
     results = []
     for fuse in (False, True):
         qkv = fused.clone()
-        q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-        q, k, v = (x.view(tokens, -1, head_dim) for x in (q, k, v))
+        q, k, v = qkv_views(qkv, heads, kv_heads, head_dim)
         caches = [torch.full((blocks, block_size, kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
                   for _ in range(2)]
         if fuse:
@@ -153,6 +158,50 @@ def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head
         assert torch.equal(apart.isnan(), fused_op.isnan()) and torch.equal(apart.nan_to_num(), fused_op.nan_to_num())
     key_cache = results[1][1].view(-1, kv_heads, head_dim)
     assert key_cache[[3, 0, 12]].isfinite().all() and key_cache[[6, 7]].isnan().all()  # written, and not
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 4, 2, 64), (3, 32, 8, 128), (8, 8, 1, 256)])
+def test_linear_rotary_and_cache_gives_the_two_ops_bits(dtype, shape):
+    """The qkv projection that rotates q and k and writes the cache itself equals linear, then
+    rotary_and_cache, bit for bit: q, k, v and both caches (bias or not; a -1 slot writes nothing)."""
+    tokens, heads, kv_heads, head_dim = shape
+    torch.manual_seed(tokens * 100 + head_dim)
+    hidden, blocks, block_size = 512, 4, 4
+    x = torch.randn(tokens, hidden).to(dtype).cuda()
+    width = (heads + 2 * kv_heads) * head_dim
+    weight = (0.1 * torch.randn(width, hidden)).to(dtype).cuda()
+    angles = torch.rand(tokens, head_dim // 2) * 100
+    cos, sin = angles.cos().to(dtype).cuda(), angles.sin().to(dtype).cuda()
+    slots = torch.tensor([3, -1, 0, 12, 9, 1, 2, 15][:tokens], device="cuda")
+    for bias in (None, torch.randn(width).to(dtype).cuda()):
+        results = []
+        for fuse in (False, True):
+            qkv = torch.full((tokens, width), float("nan"), dtype=dtype, device="cuda")
+            q, k, v = qkv_views(qkv, heads, kv_heads, head_dim)
+            caches = [torch.full((blocks, block_size, kv_heads, head_dim), float("nan"), dtype=dtype, device="cuda")
+                      for _ in range(2)]
+            if fuse:
+                ops.linear_rotary_and_cache(qkv, x, weight, bias, q, k, v, cos, sin, *caches, slots)
+            else:
+                ops.linear(qkv, x, weight, bias)
+                ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
+            results.append((qkv, *caches))
+        for apart, fused in zip(*results):
+            assert torch.equal(apart.isnan(), fused.isnan()) and torch.equal(apart.nan_to_num(), fused.nan_to_num())
+        assert results[1][0].isfinite().all()
+
+
+def test_linear_rotary_and_cache_is_cuda_only():
+    tokens, heads, kv_heads, head_dim = 2, 2, 1, 16
+    qkv = torch.empty(tokens, (heads + 2 * kv_heads) * head_dim, dtype=torch.bfloat16)
+    q, k, v = qkv_views(qkv, heads, kv_heads, head_dim)
+    cos = sin = torch.ones(tokens, head_dim // 2, dtype=torch.bfloat16)
+    caches = [torch.empty(2, 4, kv_heads, head_dim, dtype=torch.bfloat16) for _ in range(2)]
+    x, weight = torch.randn(tokens, 32).bfloat16(), torch.randn(qkv.shape[1], 32).bfloat16()
+    with pytest.raises(ValueError, match=r"linear_rotary_and_cache runs on CUDA only"):
+        ops.linear_rotary_and_cache(qkv, x, weight, None, q, k, v, cos, sin, *caches, torch.tensor([0, 1]))
 
 
 @pytest.mark.parametrize("device", DEVICES)

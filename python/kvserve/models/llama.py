@@ -13,11 +13,11 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from kvserve import _C
+from kvserve import _C, ops
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, fast_copies, linear
+from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, cuda_ops_linear_takes, fast_copies, linear
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.weight_loading import load_named_weights
@@ -54,14 +54,27 @@ class LlamaAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: KVCache,
                 metadata: AttentionMetadata, attn_out: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
+        # A decode step on CUDA (no norm of q and k in between): the projection rotates q and k and
+        # writes the cache itself (ops.linear_rotary_and_cache), one kernel fewer a layer.
+        fused = (x.is_cuda and self.q_norm is None and self.head_dim % 16 == 0
+                 and cuda_ops_linear_takes(x, self.qkv_proj.weight))
+        if fused:
+            qkv = torch.empty(num_tokens, self.qkv_proj.weight.shape[0], dtype=x.dtype, device=x.device)
+        else:
+            qkv = self.qkv_proj(x)
         # q, k, v stay views of the one projection output (rows strided by the fused width).
-        q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
+        q, k, v = qkv.split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata)
+        if fused:
+            ops.linear_rotary_and_cache(qkv, x, self.qkv_proj.weight, self.qkv_proj.bias, q, k, v, *cos_sin, *kv_cache,
+                                        metadata.slot_mapping)
+            out = self.attn.attend(attn_out, q, kv_cache, metadata)
+        else:
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata)
         return self.o_proj(out.view(num_tokens, -1))
 
 

@@ -45,6 +45,13 @@ class Attention:
         be row-strided views of one projection."""
         key_cache, value_cache = kv_cache
         ops.rotary_and_cache(query, key, value, *cos_sin, key_cache, value_cache, metadata.slot_mapping)
+        return self.attend(out, query, kv_cache, metadata)
+
+    def attend(self, out: torch.Tensor, query: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+               metadata: AttentionMetadata) -> torch.Tensor:
+        """The attention of query (rotated) over the cache, this step's keys and values in it, into
+        `out`, which it returns."""
+        key_cache, value_cache = kv_cache
         ops.paged_attention(out, query, key_cache, value_cache, metadata.block_table, metadata.seq_lens,
                             metadata.query_start_loc, self.scale, causal=True,
                             sliding_window=self.sliding_window, softcap=None)
