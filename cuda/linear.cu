@@ -106,18 +106,21 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
   const T* low = weight + (low_row ? rows.low : 0) * p.weight_stride + 8 * t;
   const T* high = weight + (high_row ? rows.high : 0) * p.weight_stride + 8 * t;
   const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
-  const int64_t chunks = (p.in_features + kChunk - 1) / kChunk;
+  // Columns in 32 bits (launch_linear refuses in_features past INT_MAX): the loop's bounds checks stay
+  // one compare each.
+  const auto in_features = static_cast<int32_t>(p.in_features);
+  const int32_t chunks = (in_features + kChunk - 1) / kChunk;
   // Lane t's 8 columns of chunk c lie wholly inside or outside in_features (a multiple of 8).
-  auto inside = [&](int64_t chunk) { return chunk < chunks && chunk * kChunk + 8 * t < p.in_features; };
+  auto inside = [&](int32_t chunk) { return chunk < chunks && chunk * kChunk + 8 * t < in_features; };
 
   // The warp's batch of kUnroll chunks from `first`, its weights read by `load` (zero where outside).
   const uint64_t once = evict_first_policy();
   uint4 w_low[kUnroll], w_high[kUnroll];
-  auto load_weights = [&](int64_t first, auto load) {
+  auto load_weights = [&](int32_t first, auto load) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t chunk = first + u * kWarps;
-      const int64_t column = inside(chunk) ? chunk * kChunk : 0;
+      const int32_t chunk = first + u * kWarps;
+      const int32_t column = inside(chunk) ? chunk * kChunk : 0;
       w_low[u] = inside(chunk) && low_row ? load(low + column) : uint4{};
       w_high[u] = inside(chunk) && high_row ? load(high + column) : uint4{};
     }
@@ -127,12 +130,12 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
   wait_for_prior_grid();
 
   float c[4] = {};
-  for (int64_t first = warp; first < chunks; first += kWarps * kUnroll) {
+  for (int32_t first = warp; first < chunks; first += kWarps * kUnroll) {
     if (first != warp) load_weights(first, [&](const T* at) { return load_16_once(at, once); });
     uint4 x[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t chunk = first + u * kWarps;
+      const int32_t chunk = first + u * kWarps;
       x[u] = inside(chunk) && input_row ? *reinterpret_cast<const uint4*>(input + chunk * kChunk) : uint4{};
     }
 #pragma unroll
@@ -214,7 +217,8 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
-  if (!linear_cuda_takes(p) || blocks > INT_MAX || !current_device_info(&device) || device.compute_capability < 80) {
+  if (!linear_cuda_takes(p) || blocks > INT_MAX || p.in_features > INT_MAX - kChunk || !current_device_info(&device) ||
+      device.compute_capability < 80) {
     return Status::kUnsupported;
   }
   return with_float_type(p.dtype, [&](auto tag) -> Status {
