@@ -24,12 +24,8 @@ steps. bench/gpu_check.sh runs them all on a lent GPU; bench/README.md says what
 from __future__ import annotations
 
 import argparse
-import cProfile
 import functools
-import json
 import math
-import pstats
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,69 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kvserve import Engine, SamplingParams, _C, ops
-from kvserve.bench.checkpoint import hf_config
-from kvserve.bench.presets import model_preset
+from gpu_common import (BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, PRESET, copy_bandwidth, cuda_ms, decode_runs,
+                        dummy_8b_engine, graph_ms, l2_overwriter, record, step_ms)
+from gpu_profile import bench_profile
+from kvserve import SamplingParams, _C, ops
 from kvserve.kv_cache import kv_bytes_per_token
-
-PRESET = model_preset("8b")
-HEADS, KV_HEADS, HEAD_DIM, BLOCK = PRESET.num_attention_heads, PRESET.num_key_value_heads, PRESET.head_dim, 16
-DTYPE = torch.bfloat16
-
-
-def record(path: Path, **fields) -> None:
-    fields = {k: round(v, 4) if isinstance(v, float) else v for k, v in fields.items()}
-    print(json.dumps(fields), flush=True)
-    with path.open("a") as f:
-        f.write(json.dumps(fields) + "\n")
-
-
-def cuda_ms(fn, repeat: int = 30, warmup: int = 3, before=None) -> float:
-    """Median milliseconds of fn() by CUDA events; fn(i) gets the repetition index. `before()`, if
-    given, is queued ahead of each call, outside the timed span."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if before is not None:
-            before()
-        start.record()
-        fn(i)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def copy_bandwidth() -> float:
-    """Bytes per second of a 1 GiB device-to-device copy, reads plus writes."""
-    src = torch.randn(2**28, device="cuda")
-    dst = torch.empty_like(src)
-    ms = cuda_ms(lambda i: dst.copy_(src), repeat=10)
-    return 2 * src.numel() * 4 / (ms / 1e3)
-
-
-def l2_overwriter():
-    """A function that overwrites the GPU's whole L2 (twice its size in writes), so that the call timed
-    after it finds its code, metadata and data in memory, as a decode step's calls do after a
-    layer's weights streamed through the L2."""
-    junk = torch.empty(2 * torch.cuda.get_device_properties(0).L2_cache_size, dtype=torch.uint8, device="cuda")
-    return lambda: junk.fill_(1)
-
-
-def graph_ms(call, calls: int) -> float:
-    """Milliseconds per call of call(i), i = 0..calls-1, captured in one CUDA graph and replayed: the
-    kernels' time as a graphed decode step runs them, without the host's cost per launch. One eager
-    round first: cuBLAS and the attention's split workspace allocate outside the capture."""
-    for i in range(calls):
-        call(i)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            call(i)
-    return cuda_ms(lambda i: graph.replay()) / calls
 
 
 def attention_case(case: str) -> tuple[int, int, int]:
@@ -198,10 +136,45 @@ def bench_prefill_attention(out: Path, generator: torch.Generator) -> None:
            sdpa_tflops=flops / sdpa_ms / 1e9, relative_error_vs_sdpa=error)
 
 
+def fusion_calls(name: str, x: torch.Tensor, n: int):
+    """(fused, unfused) calls of projection `name` with weight w at x's batch, where kvserve fuses the
+    kernel after it into the product (qkv: rotary and the cache write; gate_up: SiLU-and-mul); None
+    for the other projections."""
+    batch = x.shape[0]
+    y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
+    if name == "gate_up":
+        activated = torch.empty(batch, n // 2, device="cuda", dtype=DTYPE)
+
+        def fused(w):
+            ops.linear(activated, x, w, silu_and_mul_output=True)
+
+        def unfused(w):
+            ops.linear(y, x, w)
+            ops.silu_and_mul(activated, y)
+        return fused, unfused
+    if name == "qkv":
+        q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+        q, k, v = (t.view(batch, -1, HEAD_DIM) for t in y.split([q_width, kv_width, kv_width], dim=-1))
+        angles = torch.rand(batch, HEAD_DIM // 2, device="cuda") * 100
+        cos, sin = angles.cos().to(DTYPE), angles.sin().to(DTYPE)
+        caches = [torch.zeros(batch + 1, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE) for _ in range(2)]
+        slots = torch.arange(batch, device="cuda") * BLOCK + 3
+
+        def fused(w):
+            ops.linear_rotary_and_cache(y, x, w, None, q, k, v, cos, sin, *caches, slots)
+
+        def unfused(w):
+            ops.linear(y, x, w)
+            ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
+        return fused, unfused
+    return None
+
+
 def bench_linear(out: Path, batches: list[int]) -> None:
     """F.linear (cuBLAS) on each projection of a decoder layer and on the LM head, replayed from a
     CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once; at
-    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side."""
+    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side, and for
+    qkv and gate_up the product with the kernel after it fused in against the two kernels."""
     bandwidth = copy_bandwidth()
     hidden, inter, heads, kv_heads = PRESET.hidden_size, PRESET.intermediate_size, HEADS, KV_HEADS
     shapes = {"qkv": ((heads + 2 * kv_heads) * HEAD_DIM, hidden), "o": (hidden, heads * HEAD_DIM),
@@ -218,6 +191,11 @@ def bench_linear(out: Path, batches: list[int]) -> None:
                 y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
                 ours_ms = graph_ms(lambda i: ops.linear(y, x, weights[i]), copies)
                 ours = {"ours_ms": ours_ms, "ours_ratio": ours_ms / floor_ms}
+                calls = fusion_calls(name, x, n) if hasattr(ops, "linear_rotary_and_cache") else None
+                if calls is not None:
+                    fused, unfused = calls
+                    ours.update(fused_ms=graph_ms(lambda i: fused(weights[i]), copies),
+                                unfused_ms=graph_ms(lambda i: unfused(weights[i]), copies))
             record(out, name=f"linear_{name}_b{batch}", n=n, k=k, ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms,
                    **ours)
         del weights
@@ -258,60 +236,6 @@ def bench_layer(out: Path, batches: list[int]) -> None:
         }
         for name, call in kernels.items():
             record(out, name=f"layer_{name}_b{batch}", graph_ms=graph_ms(call, 32))
-
-
-def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
-    (directory / "config.json").write_text(json.dumps(hf_config(PRESET)))
-    return Engine(str(directory), dtype="bfloat16", load_format="dummy", skip_tokenizer_init=True, device="cuda",
-                  **kwargs)
-
-
-PROMPT_RNG = np.random.default_rng(0)  # each run's prompts differ: no prefix-cache hits between runs
-
-
-def decode_runs(engine: Engine, batches: list[int], context: int, steps: int, tag: str,
-                modes: tuple[str, ...] | None = None):
-    """For each batch size, with the CUDA graphs and eagerly, and with the graphs but each step
-    scheduled after the tokens of the one before ("graphs_not_ahead", on trees with async
-    scheduling), or only `modes`: `batch` greedy requests of `context` random prompt tokens,
-    prefilled, with `steps` tokens left to decode; yields (batch, mode) while they run, then aborts
-    them. The engine's graphs and scheduling are restored at the end."""
-    graphs = engine.runner.graphs
-    ahead = getattr(engine, "async_scheduling", None)
-    modes = modes or ("graphs", "eager") + (("graphs_not_ahead",) if ahead else ())
-    params = SamplingParams(temperature=0, max_tokens=steps + 1, ignore_eos=True)
-    try:
-        for batch in batches:
-            for mode in modes:
-                engine.runner.graphs = None if mode == "eager" else graphs
-                if ahead is not None:
-                    engine.async_scheduling = ahead and mode != "graphs_not_ahead"
-                ids = [f"{tag}-{mode}-{batch}-{i}" for i in range(batch)]
-                for request_id, prompt in zip(ids, PROMPT_RNG.integers(10, 31999, (batch, context))):
-                    engine.add_request(request_id, {"prompt_token_ids": prompt.tolist()}, params)
-                while any(not r.sequences[0].token_ids for r in engine.requests.values()):  # prefill
-                    engine.step()
-                yield batch, mode
-                engine.abort(ids)
-    finally:
-        engine.runner.graphs = graphs
-        if ahead is not None:
-            engine.async_scheduling = ahead
-
-
-def step_ms(engine: Engine, steps: int) -> float:
-    """The median ms of `steps` engine steps back to back, as a serving loop runs them: a step's time
-    is from the end of the previous step() call (on a GPU, step() returns while the step it
-    launched still runs)."""
-    times = []
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        engine.step()
-        end = time.perf_counter()
-        times.append((end - start) * 1e3)
-        start = end
-    return statistics.median(times)
 
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None) -> None:
@@ -356,112 +280,6 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits
         finally:
             ops.paged_attention = rule  # prefill steps keep the launch's rule
         time_runs(f"_splits{count or 'rule'}", ("graphs",))
-
-
-# Kernel name fragments -> the part of a decode step they do (the first match wins).
-KERNEL_PARTS = [
-    ("attention", ("attention_mma_kernel", "attention_portable_kernel")),
-    ("rotary (+ cache write)", ("rotary_kernel",)),
-    ("cache write", ("reshape_and_cache",)),
-    ("rms norm", ("rms_norm",)),
-    ("silu and mul", ("silu_and_mul",)),
-    ("sampler (argmax)", ("argmax",)),
-    ("linear (kvserve)", ("linear_kernel",)),
-    ("linear (cuBLAS)", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "splitk", "cublas")),
-    ("copies", ("memcpy", "memset")),
-]
-
-
-def kernel_part(name: str) -> str:
-    lowered = name.lower()
-    for part, fragments in KERNEL_PARTS:
-        if any(f in lowered for f in fragments):
-            return part
-    return "other (torch)"
-
-
-def gpu_activity(prof) -> list[tuple[str, float, float]]:
-    """(name, start, duration) in microseconds of every kernel, copy and memset in a finished
-    torch.profiler run, read from its Chrome trace (a stable format across torch versions)."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "trace.json"
-        prof.export_chrome_trace(str(path))
-        events = json.loads(path.read_text())["traceEvents"]
-    return [(e["name"], float(e["ts"]), float(e["dur"])) for e in events
-            if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
-
-
-def exclusive_times(activity: list[tuple[str, float, float]]) -> list[tuple[str, float]]:
-    """(name, microseconds) of each activity's time that no activity started before it covered. With
-    programmatic dependent launch a kernel starts while the one before it still runs, and its
-    duration counts that wait; what is left is its own share of the step. The sum is the time the
-    GPU was busy (the union of the intervals)."""
-    times, covered_until = [], float("-inf")
-    for name, start, duration in sorted(activity, key=lambda a: a[1]):
-        end = start + duration
-        times.append((name, max(0.0, end - max(start, covered_until))))
-        covered_until = max(covered_until, end)
-    return times
-
-
-def host_profile(engine: Engine, steps: int) -> list[str]:
-    """Where the host's time goes in `steps` engine steps, by function (cProfile, own time, which
-    inflates short calls): the Python and C++ calls around the GPU's work, and the wait for it."""
-    profiler = cProfile.Profile()
-    torch.cuda.synchronize()
-    profiler.enable()
-    for _ in range(steps):
-        engine.step()
-    torch.cuda.synchronize()
-    profiler.disable()
-    functions = sorted(pstats.Stats(profiler).stats.items(), key=lambda kv: -kv[1][2])[:15]
-    return ["ms/step  calls/step  host function (cProfile, own time)"] + [
-        f"{own * 1e3 / steps:7.3f}  {calls / steps:10.1f}  {Path(file).name}:{line}({function})"
-        for (file, line, function), (_, calls, own, _, _) in functions]
-
-
-def bench_profile(out: Path, report: Path, batches: list[int], context: int, steps: int) -> None:
-    """Decode steps under torch.profiler (CUDA activity only): GPU busy time against wall time, split
-    by part, and the kernels that take the most time; graphs on and off; then, with graphs, the
-    host's time by function (what the GPU waits for between steps)."""
-    with tempfile.TemporaryDirectory() as directory:
-        engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
-    lines = []
-    for batch, mode in decode_runs(engine, batches, context, 2 * steps + 1, "profile"):
-        engine.step()  # warm-up outside the profile
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            start = time.perf_counter()
-            for _ in range(steps):
-                engine.step()
-            torch.cuda.synchronize()
-            wall_ms = (time.perf_counter() - start) * 1e3 / steps
-        activity = gpu_activity(prof)
-        exclusive = exclusive_times(activity)
-        busy_ms = sum(us for _, us in exclusive) / 1e3 / steps
-        overlap_ms = sum(duration for _, _, duration in activity) / 1e3 / steps - busy_ms
-        parts: dict[str, float] = {}
-        kernels: dict[str, list[float]] = {}
-        for kernel, us in exclusive:
-            part = kernel_part(kernel)
-            parts[part] = parts.get(part, 0.0) + us / 1e3 / steps
-            kernels.setdefault(kernel, []).append(us)
-        name = f"profile_b{batch}_ctx{context}_{mode}"
-        record(out, name=name, wall_ms=wall_ms, gpu_busy_ms=busy_ms, overlap_ms=overlap_ms,
-               kernels_per_step=len(activity) / steps, parts_ms={k: round(v, 4) for k, v in parts.items()})
-        lines += [f"== {name}: {wall_ms:.2f} ms a step (profiled), GPU busy {busy_ms:.2f} ms, "
-                  f"{len(activity) / steps:.0f} kernels a step, {overlap_ms:.2f} ms of their durations overlapped "
-                  "(times below: each kernel's share not covered by one started before it)", "ms/step  part"]
-        lines += [f"{ms:7.3f}  {part}" for part, ms in sorted(parts.items(), key=lambda kv: -kv[1])]
-        lines.append("ms/step  calls/step  mean us  kernel")
-        top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:20]
-        lines += [f"{sum(v) / 1e3 / steps:7.3f}  {len(v) / steps:10.1f}  {statistics.mean(v):7.1f}  {k[:150]}"
-                  for k, v in top]
-        if mode == "graphs":
-            lines += host_profile(engine, steps)
-        lines.append("")
-    report.write_text("\n".join(lines))
-    print("\n".join(lines), flush=True)
 
 
 def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) -> None:

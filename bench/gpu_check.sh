@@ -187,6 +187,8 @@ for r in rows:
               f"{f'<= {goal} ms' if goal else ''} |")
     elif name.startswith("linear"):
         ours = f", kvserve {r['ours_ms']:.3f} ms ({r['ours_ratio']:.2f}x)" if "ours_ms" in r else ""
+        if "fused_ms" in r:
+            ours += f"; with the next kernel fused {r['fused_ms']:.3f} ms, apart {r['unfused_ms']:.3f} ms"
         print(f"| {name} ({r['n']}x{r['k']}) | cuBLAS {r['ms']:.3f} ms{ours} | {r['floor_ms']:.3f} ms "
               f"({r['ratio']:.2f}x) | |")
     elif name.startswith("layer"):

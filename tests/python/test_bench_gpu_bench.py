@@ -1,17 +1,16 @@
-"""bench/gpu_bench.py's bookkeeping that runs without a GPU: which part of a decode step each kernel
-of a profile belongs to (names as CUPTI reports them, from the H100 runs), each kernel's own share of
-overlapping activity, the host-time table of a profiled run, and the attention cases' syntax."""
+"""bench/gpu_bench.py's and gpu_profile.py's bookkeeping that runs without a GPU: which part of a
+decode step each kernel of a profile belongs to (names as CUPTI reports them, from the H100 runs),
+each kernel's own share of overlapping activity, the host-time table of a profiled run, and the
+attention cases' syntax."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "gpu_bench", Path(__file__).resolve().parents[2] / "bench" / "gpu_bench.py")
-gpu_bench = sys.modules["gpu_bench"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gpu_bench)
+sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other
+import gpu_bench  # noqa: E402
+import gpu_profile  # noqa: E402
 
 KERNELS = {
     "void kvserve::gpu::attention_mma_kernel<kvserve::gpu::BFloat16, kvserve::gpu::MmaTile<kvserve::gpu::BFloat16, "
@@ -42,17 +41,17 @@ KERNELS = {
 
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_each_kernel_of_a_decode_step_has_its_part(kernel):
-    assert gpu_bench.kernel_part(kernel) == KERNELS[kernel]
+    assert gpu_profile.kernel_part(kernel) == KERNELS[kernel]
 
 
 def test_overlapping_kernels_count_only_their_own_share_of_the_step():
     # b waits for a (launched programmatically, it started early); c runs alone; d lies inside c.
     activity = [("c", 30.0, 10.0), ("a", 0.0, 10.0), ("b", 4.0, 16.0), ("d", 32.0, 2.0)]
-    assert gpu_bench.exclusive_times(activity) == [("a", 10.0), ("b", 10.0), ("c", 10.0), ("d", 0.0)]
+    assert gpu_profile.exclusive_times(activity) == [("a", 10.0), ("b", 10.0), ("c", 10.0), ("d", 0.0)]
 
 
 def test_host_profile_lists_the_functions_by_own_time_per_step(monkeypatch):
-    monkeypatch.setattr(gpu_bench.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(gpu_profile.torch.cuda, "synchronize", lambda: None)
 
     def busy(n):
         return sum(i * i for i in range(n))
@@ -61,7 +60,7 @@ def test_host_profile_lists_the_functions_by_own_time_per_step(monkeypatch):
         def step(self):
             busy(20000)
 
-    lines = gpu_bench.host_profile(Engine(), steps=4)
+    lines = gpu_profile.host_profile(Engine(), steps=4)
     assert lines[0].split() == ["ms/step", "calls/step", "host", "function", "(cProfile,", "own", "time)"]
     first = lines[1].split()
     assert float(first[0]) > 0 and float(first[1]) >= 20000 and "genexpr" in first[2]
