@@ -21,15 +21,17 @@ Status check_linear_rotary_and_cache(const LinearParams& linear, const RotaryAnd
                          " out_features, got " + str(linear.out_features) + " for " + str(linear.num_rows) +
                          " rows (rotary: " + str(r.num_tokens) + ")");
   }
+  // Strides are compared only where they place something: a one-token view's token stride, and a
+  // one-head view's head stride, are whatever the framework made them (torch packs them).
   const auto* out = static_cast<const char*>(linear.out);
   const int64_t element = dtype_bytes(linear.dtype);
-  auto columns_of_out = [&](const void* at, int64_t column, int64_t stride_token, int64_t stride_head) {
-    return static_cast<const char*>(at) == out + column * element && stride_token == linear.out_stride &&
-           stride_head == r.head_dim;
+  auto columns_of_out = [&](const void* at, int64_t column, int64_t heads, int64_t stride_token, int64_t stride_head) {
+    return static_cast<const char*>(at) == out + column * element &&
+           (linear.num_rows <= 1 || stride_token == linear.out_stride) && (heads <= 1 || stride_head == r.head_dim);
   };
-  if (!columns_of_out(r.query, 0, r.query_stride_token, r.query_stride_head) ||
-      !columns_of_out(r.key, r.num_heads * r.head_dim, r.key_stride_token, r.key_stride_head) ||
-      !columns_of_out(c.value, (r.num_heads + r.num_kv_heads) * r.head_dim, c.value_stride_token,
+  if (!columns_of_out(r.query, 0, r.num_heads, r.query_stride_token, r.query_stride_head) ||
+      !columns_of_out(r.key, r.num_heads * r.head_dim, r.num_kv_heads, r.key_stride_token, r.key_stride_head) ||
+      !columns_of_out(c.value, (r.num_heads + r.num_kv_heads) * r.head_dim, r.num_kv_heads, c.value_stride_token,
                       c.value_stride_head)) {
     return fail(why, "query, key, value: expected the q, k and v columns of linear.out (its rows, a head every "
                      "head_dim)");

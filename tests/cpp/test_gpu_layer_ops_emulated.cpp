@@ -318,6 +318,38 @@ TEST_P(EmulatedRotaryAndCache, FusedIntoTheProjectionEqualsTheProjectionThenTheK
   }
 }
 
+TEST(EmulatedRotaryAndCache, FusedIntoTheProjectionTakesOneTokensViewsAsTorchMakesThem) {
+  // A one-token view of the product has a packed token stride in torch (heads * head_dim, not the
+  // product's row), and a one-head view any head stride: strides that place nothing, accepted, with
+  // the bits of the two kernels; one token of two keeps its row stride.
+  const RotaryShape shape{4, 1, 16};
+  const int64_t hidden = 64;
+  std::mt19937 rng(12);
+  FusedQkvStep apart(DType::kBFloat16, shape, {5, -1, 10}), fused(DType::kBFloat16, shape, {5, -1, 10});
+  for (FusedQkvStep* step : {&apart, &fused}) {
+    step->params.rotary.num_tokens = step->params.cache.num_tokens = 1;
+  }
+  kvserve::RotaryEmbeddingParams& r = fused.params.rotary;
+  r.query_stride_token = shape.heads * shape.head_dim;
+  r.key_stride_token = fused.params.cache.key_stride_token = fused.params.cache.value_stride_token = shape.head_dim;
+  r.key_stride_head = fused.params.cache.key_stride_head = fused.params.cache.value_stride_head = 7;
+  Buffer x = random_buffer(DType::kBFloat16, static_cast<size_t>(hidden), rng);
+  Buffer w = random_buffer(DType::kBFloat16, static_cast<size_t>(apart.row * hidden), rng);
+  kvserve::LinearParams product =
+      linear_params(apart.qkv, apart.row, x, hidden, w, nullptr, 1, hidden, apart.row, DType::kBFloat16);
+  ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk);
+  ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk);
+  product.out = fused.qkv.data();
+  std::string why;
+  ASSERT_EQ(kvserve::check_linear_rotary_and_cache(product, fused.params, &why), Status::kOk) << why;
+  ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kOk);
+  EXPECT_EQ(fused.qkv.words, apart.qkv.words);
+  EXPECT_EQ(fused.key_cache.words, apart.key_cache.words);
+  EXPECT_EQ(fused.value_cache.words, apart.value_cache.words);
+  product.num_rows = r.num_tokens = fused.params.cache.num_tokens = 2;
+  EXPECT_EQ(kvserve::check_linear_rotary_and_cache(product, fused.params, &why), Status::kInvalidArgument);
+}
+
 // silu_and_mul over `tokens` rows of [gate | up] (2 * size wide) into rows of `size`, both packed.
 kvserve::SiluAndMulParams silu_and_mul_params(Buffer& gate_up, Buffer& out, DType dtype, int64_t tokens, int64_t size) {
   kvserve::SiluAndMulParams p;
