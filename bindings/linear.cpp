@@ -101,12 +101,13 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
   cuda = on_one_device({{input, "input"}, {out, "out"}, {query, "query"}, {key, "key"}, {value, "value"},
                         {cos, "cos"}, {sin, "sin"}, {key_cache, "key_cache"}, {value_cache, "value_cache"},
                         {slot_mapping, "slot_mapping"}}) && cuda;
-  if (!cuda) {
-    throw nb::value_error("linear_rotary_and_cache runs on CUDA only (on the CPU: linear, then rotary_and_cache)");
-  }
+  // The layout first, wherever the arrays are: the same message on either device.
   std::string why;
   if (check_linear_rotary_and_cache(p, rc, &why) != Status::kOk) {
     throw nb::value_error(("linear_rotary_and_cache: " + why).c_str());
+  }
+  if (!cuda) {
+    throw nb::value_error("linear_rotary_and_cache runs on CUDA only (on the CPU: linear, then rotary_and_cache)");
   }
   if (rc.rotary.head_dim % 16 != 0) {
     throw nb::value_error(("linear_rotary_and_cache: head_dim must be a multiple of 16, got " +

@@ -193,15 +193,22 @@ def test_linear_rotary_and_cache_gives_the_two_ops_bits(dtype, shape):
         assert results[1][0].isfinite().all()
 
 
-def test_linear_rotary_and_cache_is_cuda_only():
-    tokens, heads, kv_heads, head_dim = 2, 2, 1, 16
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_linear_rotary_and_cache_takes_torchs_views_and_runs_on_cuda_only(tokens):
+    """The views a model takes of the product (torch packs a one-token view's token stride, and a
+    one-head view's head stride) pass the layout check, which runs before the device's; other
+    columns do not."""
+    heads, kv_heads, head_dim = 2, 1, 16
     qkv = torch.empty(tokens, (heads + 2 * kv_heads) * head_dim, dtype=torch.bfloat16)
     q, k, v = qkv_views(qkv, heads, kv_heads, head_dim)
     cos = sin = torch.ones(tokens, head_dim // 2, dtype=torch.bfloat16)
     caches = [torch.empty(2, 4, kv_heads, head_dim, dtype=torch.bfloat16) for _ in range(2)]
     x, weight = torch.randn(tokens, 32).bfloat16(), torch.randn(qkv.shape[1], 32).bfloat16()
+    slots = torch.arange(tokens)
     with pytest.raises(ValueError, match=r"linear_rotary_and_cache runs on CUDA only"):
-        ops.linear_rotary_and_cache(qkv, x, weight, None, q, k, v, cos, sin, *caches, torch.tensor([0, 1]))
+        ops.linear_rotary_and_cache(qkv, x, weight, None, q, k, v, cos, sin, *caches, slots)
+    with pytest.raises(ValueError, match=r"expected the q, k and v columns of linear.out"):
+        ops.linear_rotary_and_cache(qkv, x, weight, None, q, v, k, cos, sin, *caches, slots)
 
 
 @pytest.mark.parametrize("device", DEVICES)
