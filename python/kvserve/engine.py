@@ -22,6 +22,7 @@ another loop (the server's).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -177,7 +178,14 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that advanced (per output_kind).
         Where steps overlap (a GPU), these are the outputs of the step launched by the previous
-        call (module docstring)."""
+        call (module docstring). Any thread may call it, one at a time."""
+        # CUDA's current device is the calling thread's: a step made on another thread than the
+        # one that built the engine (a server's engine thread) takes the engine's for its duration,
+        # which its events, streams and graph replays follow.
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            return self._step()
+
+    def _step(self) -> list[RequestOutput]:
         previous, self._launched = self._launched, None
         ahead = previous is not None and self.async_scheduling
         applied = launched = None

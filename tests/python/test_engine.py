@@ -4,6 +4,9 @@ no KV block leaks."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import pytest
 import torch
 
@@ -61,6 +64,27 @@ def test_greedy_ids_equal_transformers(tiny_model_dir, hf_models, architecture, 
     if mode == "preemption":
         assert engine.stats().num_preemptions > 0
     assert_no_blocks_held(engine)
+
+
+def test_a_cuda_engines_step_takes_its_device_on_any_thread(tiny_model_dir, monkeypatch):
+    """CUDA's current device is per thread: step() enters the engine's device, so that a step made on
+    another thread than the engine's builder (a server's engine thread) launches there, its events,
+    streams and graph replays included (a recording stand-in for torch.cuda.device here)."""
+    engine = make_engine(tiny_model_dir(ARCHITECTURES[0]))
+    engine.add_request("a", {"prompt_token_ids": [1, 2, 3]}, GREEDY)
+    entered = []
+
+    @contextlib.contextmanager
+    def device(d):
+        entered.append((d, threading.current_thread().name))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(engine, "device", torch.device("cuda", 1))
+    thread = threading.Thread(target=engine.step, name="engine-thread")
+    thread.start()
+    thread.join()
+    assert entered == [(torch.device("cuda", 1), "engine-thread")]
 
 
 def test_prefix_cache_hits_give_the_same_ids(tiny_model_dir, hf_models):
