@@ -162,43 +162,39 @@ __global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, 
     return from_float<T>(sum);
   };
   T* out = static_cast<T*>(p.out);
-  if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
+  // The paired epilogues: 64 threads, each lane `from`'s sum i < 2 (input row 2t + i against its
+  // weight row g) with its partner, sum i + 2 (row g + 8): the rows block_rows gave lane g = from / 4.
+  const bool paired = kEpilogue == Epilogue::kSiluAndMul ||
+                      (kEpilogue == Epilogue::kRotaryAndCache && blockIdx.x < rotary_blocks(r));
+  if (paired) {
     if (threadIdx.x >= kWarpSize * 2) return;
-    const int item = static_cast<int>(threadIdx.x);  // (lane, i < 2): 64 gate sums, each with its up sum i + 2
-    const int from = item / 2, i = item % 2;
-    const int64_t row = 2 * (from % 4) + i, feature = blockIdx.x * 8 + from / 4, half = p.out_features / 2;
-    if (row >= p.num_rows || feature >= half) return;
-    const T gate = output(from, i, feature), up = output(from, i + 2, half + feature);
-    out[row * p.out_stride + feature] = silu_and_mul_value(gate, up);
-    return;
-  }
-  if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
-    if (blockIdx.x < rotary_blocks(r)) {
-      if (threadIdx.x >= kWarpSize * 2) return;
-      const int item = static_cast<int>(threadIdx.x);  // (lane, i < 2): 64 first-half sums, each with its pair i + 2
-      const int from = item / 2, i = item % 2;
-      const int64_t row = 2 * (from % 4) + i;
-      if (row >= p.num_rows) return;
-      const int64_t per_head = r.head_dim / 16, head = blockIdx.x / per_head, half = r.head_dim / 2;
-      const int64_t d = (blockIdx.x % per_head) * 8 + from / 4, feature = head * r.head_dim + d;
-      const T a = output(from, i, feature), b = output(from, i + 2, feature + half);
+    const int from = static_cast<int>(threadIdx.x) / 2, i = static_cast<int>(threadIdx.x) % 2;
+    const int64_t row = 2 * (from % 4) + i;
+    const BlockRows pair = block_rows<kEpilogue>(p, r, from / 4);
+    if (row >= p.num_rows || pair.low >= row_end) return;
+    const T first = output(from, i, pair.low), second = output(from, i + 2, pair.high);
+    if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
+      out[row * p.out_stride + pair.low] = silu_and_mul_value(first, second);
+    } else {
+      // Pair (d, d + half) of q or k head `head`.
+      const int64_t head = pair.low / r.head_dim, d = pair.low % r.head_dim, half = r.head_dim / 2;
       const T cos = static_cast<const T*>(r.cos)[row * r.cos_sin_stride_token + d];
       const T sin = static_cast<const T*>(r.sin)[row * r.cos_sin_stride_token + d];
-      T first, second;
-      rotate_pair(to_float(a), to_float(b), to_float(cos), to_float(sin), &first, &second);
+      T y1, y2;
+      rotate_pair(to_float(first), to_float(second), to_float(cos), to_float(sin), &y1, &y2);
       const bool is_key = head >= r.num_heads;
       T* x = is_key ? static_cast<T*>(r.key) + row * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
                     : static_cast<T*>(r.query) + row * r.query_stride_token + head * r.query_stride_head;
-      x[d] = first;
-      x[d + half] = second;
+      x[d] = y1;
+      x[d + half] = y2;
       const int64_t slot = is_key ? cache_slot(rc.cache, row) : -1;
       if (slot >= 0) {
         T* cached = static_cast<T*>(rc.cache.key_cache) + slot + (head - r.num_heads) * r.head_dim;
-        cached[d] = first;
-        cached[d + half] = second;
+        cached[d] = y1;
+        cached[d + half] = y2;
       }
-      return;
     }
+    return;
   }
   if (threadIdx.x >= kWarpSize * 4) return;
   const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
