@@ -136,6 +136,18 @@ def bench_prefill_attention(out: Path, generator: torch.Generator) -> None:
            sdpa_tflops=flops / sdpa_ms / 1e9, relative_error_vs_sdpa=error)
 
 
+def rotary_step(qkv: torch.Tensor):
+    """What rotary and the cache write take for a step whose qkv product is `qkv` [batch, q | k | v]:
+    q, k, v (its views), cos, sin (random angles), the key and value caches and a slot per row."""
+    batch = qkv.shape[0]
+    q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
+    q, k, v = (t.view(batch, -1, HEAD_DIM) for t in qkv.split([q_width, kv_width, kv_width], dim=-1))
+    angles = torch.rand(batch, HEAD_DIM // 2, device="cuda") * 100
+    caches = [torch.zeros(batch + 1, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE) for _ in range(2)]
+    slots = torch.arange(batch, device="cuda") * BLOCK + 3
+    return q, k, v, angles.cos().to(DTYPE), angles.sin().to(DTYPE), caches, slots
+
+
 def fusion_calls(name: str, x: torch.Tensor, n: int):
     """(fused, unfused) calls of projection `name` with weight w at x's batch, where kvserve fuses the
     kernel after it into the product (qkv: rotary and the cache write; gate_up: SiLU-and-mul); None
@@ -153,12 +165,7 @@ def fusion_calls(name: str, x: torch.Tensor, n: int):
             ops.silu_and_mul(activated, y)
         return fused, unfused
     if name == "qkv":
-        q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
-        q, k, v = (t.view(batch, -1, HEAD_DIM) for t in y.split([q_width, kv_width, kv_width], dim=-1))
-        angles = torch.rand(batch, HEAD_DIM // 2, device="cuda") * 100
-        cos, sin = angles.cos().to(DTYPE), angles.sin().to(DTYPE)
-        caches = [torch.zeros(batch + 1, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE) for _ in range(2)]
-        slots = torch.arange(batch, device="cuda") * BLOCK + 3
+        q, k, v, cos, sin, caches, slots = rotary_step(y)
 
         def fused(w):
             ops.linear_rotary_and_cache(y, x, w, None, q, k, v, cos, sin, *caches, slots)
@@ -207,16 +214,11 @@ def bench_layer(out: Path, batches: list[int]) -> None:
     ramp), the rotary + cache-write fusion against the two kernels it replaces, and the greedy
     sampler's argmax over the vocabulary against torch's."""
     hidden, inter, eps = PRESET.hidden_size, PRESET.intermediate_size, 1e-5
-    q_width, kv_width = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM
     for batch in batches:
         x = torch.randn(batch, hidden, device="cuda", dtype=DTYPE)
         residual, weight = torch.randn_like(x), torch.randn(hidden, device="cuda", dtype=DTYPE)
-        qkv = torch.randn(batch, q_width + 2 * kv_width, device="cuda", dtype=DTYPE)
-        q, k, v = (t.view(batch, -1, HEAD_DIM) for t in qkv.split([q_width, kv_width, kv_width], dim=-1))
-        angles = torch.rand(batch, HEAD_DIM // 2, device="cuda") * 100
-        cos, sin = angles.cos().to(DTYPE), angles.sin().to(DTYPE)
-        caches = [torch.zeros(batch + 1, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE) for _ in range(2)]
-        slots = torch.arange(batch, device="cuda") * BLOCK + 3
+        qkv = torch.randn(batch, (HEADS + 2 * KV_HEADS) * HEAD_DIM, device="cuda", dtype=DTYPE)
+        q, k, v, cos, sin, caches, slots = rotary_step(qkv)
         gate_up = torch.randn(batch, 2 * inter, device="cuda", dtype=DTYPE)
         activated = torch.empty(batch, inter, device="cuda", dtype=DTYPE)
         logits = torch.randn(batch, PRESET.vocab_size, device="cuda", dtype=DTYPE)
