@@ -108,6 +108,9 @@ Status check_linear(const LinearParams& p, std::string* why) {
     s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
   }
   if (s != Status::kOk) return s;
+  if (p.input_norm_weight != nullptr && (!(p.input_norm_eps >= 0.f) || !std::isfinite(p.input_norm_eps))) {
+    return fail(why, "input_norm_eps: expected a finite number >= 0, got " + std::to_string(p.input_norm_eps));
+  }
   if (p.num_rows > 0 && (p.input == nullptr || p.weight == nullptr || p.out == nullptr)) {
     return fail(why, "a required array is null");
   }
@@ -116,9 +119,12 @@ Status check_linear(const LinearParams& p, std::string* why) {
 
 bool linear_cuda_takes(const LinearParams& p) {
   const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
+  const bool normed = p.input_norm_weight != nullptr;
   return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
          p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
-         aligned(p.weight);
+         aligned(p.weight) && (!normed || (p.dtype == DType::kBFloat16 && p.in_features <= kLinearCudaMaxNormedFeatures &&
+                                   aligned(p.input_norm_weight))) &&
+         !(p.add_to_output && p.silu_and_mul_output);
 }
 
 }  // namespace kvserve
