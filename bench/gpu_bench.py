@@ -149,18 +149,26 @@ def rotary_step(qkv: torch.Tensor):
 
 
 def fusion_calls(name: str, x: torch.Tensor, n: int):
-    """(fused, unfused) calls of projection `name` with weight w at x's batch, where kvserve fuses the
-    kernel after it into the product (qkv: rotary and the cache write; gate_up: SiLU-and-mul); None
-    for the other projections."""
+    """(fused, unfused) calls of projection `name` with weight w at x's batch: what a decode step runs
+    for it, every kernel of the layer that kvserve fuses into it (the add + RMSNorm before qkv and
+    gate_up; rotary and the cache write after qkv, SiLU-and-mul after gate_up; the residual add after
+    o and down), against the kernels apart (the add + norm kernel, the product, the kernel after; o's
+    and down's add is the next norm kernel's)."""
     batch = x.shape[0]
     y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
+    norm_weight, residual = torch.randn(x.shape[1], device="cuda", dtype=DTYPE), torch.randn_like(x)
+
+    def add_and_norm():
+        ops.fused_add_rms_norm(x, residual, norm_weight, 1e-5)
+    norm = dict(norm_weight=norm_weight, norm_eps=1e-5)
     if name == "gate_up":
         activated = torch.empty(batch, n // 2, device="cuda", dtype=DTYPE)
 
         def fused(w):
-            ops.linear(activated, x, w, silu_and_mul_output=True)
+            ops.linear(activated, x, w, silu_and_mul_output=True, **norm)
 
         def unfused(w):
+            add_and_norm()
             ops.linear(y, x, w)
             ops.silu_and_mul(activated, y)
         return fused, unfused
@@ -168,20 +176,24 @@ def fusion_calls(name: str, x: torch.Tensor, n: int):
         q, k, v, cos, sin, caches, slots = rotary_step(y)
 
         def fused(w):
-            ops.linear_rotary_and_cache(y, x, w, None, q, k, v, cos, sin, *caches, slots)
+            ops.linear_rotary_and_cache(y, x, w, None, q, k, v, cos, sin, *caches, slots, **norm)
 
         def unfused(w):
+            add_and_norm()
             ops.linear(y, x, w)
             ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
         return fused, unfused
+    if name in ("o", "down"):
+        return (lambda w: ops.linear(y, x, w, add_to_output=True)), (lambda w: ops.linear(y, x, w))
     return None
 
 
 def bench_linear(out: Path, batches: list[int]) -> None:
     """F.linear (cuBLAS) on each projection of a decoder layer and on the LM head, replayed from a
     CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once; at
-    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side, and for
-    qkv and gate_up the product with the kernel after it fused in against the two kernels."""
+    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side, and each
+    projection as a decode step runs it, with the layer's kernels around it fused in, against those
+    kernels apart (fusion_calls)."""
     bandwidth = copy_bandwidth()
     hidden, inter, heads, kv_heads = PRESET.hidden_size, PRESET.intermediate_size, HEADS, KV_HEADS
     shapes = {"qkv": ((heads + 2 * kv_heads) * HEAD_DIM, hidden), "o": (hidden, heads * HEAD_DIM),
@@ -198,7 +210,7 @@ def bench_linear(out: Path, batches: list[int]) -> None:
                 y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
                 ours_ms = graph_ms(lambda i: ops.linear(y, x, weights[i]), copies)
                 ours = {"ours_ms": ours_ms, "ours_ratio": ours_ms / floor_ms}
-                calls = fusion_calls(name, x, n) if hasattr(ops, "linear_rotary_and_cache") else None
+                calls = fusion_calls(name, x, n)
                 if calls is not None:
                     fused, unfused = calls
                     ours.update(fused_ms=graph_ms(lambda i: fused(weights[i]), copies),

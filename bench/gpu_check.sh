@@ -188,7 +188,7 @@ for r in rows:
     elif name.startswith("linear"):
         ours = f", kvserve {r['ours_ms']:.3f} ms ({r['ours_ratio']:.2f}x)" if "ours_ms" in r else ""
         if "fused_ms" in r:
-            ours += f"; with the next kernel fused {r['fused_ms']:.3f} ms, apart {r['unfused_ms']:.3f} ms"
+            ours += f"; with the layer's kernels around it fused {r['fused_ms']:.3f} ms, apart {r['unfused_ms']:.3f} ms"
         print(f"| {name} ({r['n']}x{r['k']}) | cuBLAS {r['ms']:.3f} ms{ours} | {r['floor_ms']:.3f} ms "
               f"({r['ratio']:.2f}x) | |")
     elif name.startswith("layer"):
