@@ -79,6 +79,13 @@ for cache in all none; do
     --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
     "$PY" bench/gpu_bench.py attention --cases 1x512/8192 64x512 --no-prefill --out /tmp/ncu-bench.jsonl
 done
+# The shared memory each kernel of a graphed batch-1 decode step asks for and the L1/shared split
+# (carveout) it ran with: an SM runs blocks of two kernels at once only under one split, so a
+# product launched programmatically after attention (or the normed products after o and down,
+# 12 KB a block against 4) may wait for the kernel before to drain where their splits differ.
+run ncu-smem 60 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base function --launch-skip 3000 \
+  --launch-count 200 --section LaunchStats \
+  "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 # The same for a decode-tile attention call inside the engine's batch-1 decode graph, past the
 # capture's and the prefill's calls (its time was 2.2x the benchmark's call: bench/README.md).
 run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base demangled \
@@ -86,8 +93,8 @@ run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base
   --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
   "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 
-GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_linear_norm_and_add.py
-           tests/python/test_cuda_engine.py
+GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py
+           tests/python/test_linear_norm_and_add.py tests/python/test_cuda_engine.py
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
            tests/python/test_decode_graphs.py tests/python/test_sampler.py
            tests/python/test_bench_sass_loops.py)

@@ -119,12 +119,12 @@ Status check_linear(const LinearParams& p, std::string* why) {
 
 bool linear_cuda_takes(const LinearParams& p) {
   const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
-  const bool normed = p.input_norm_weight != nullptr;
+  const bool norm_taken = p.input_norm_weight == nullptr ||
+                          (p.dtype == DType::kBFloat16 && p.in_features <= kLinearCudaMaxNormedFeatures &&
+                           aligned(p.input_norm_weight));
   return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
          p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
-         aligned(p.weight) && (!normed || (p.dtype == DType::kBFloat16 && p.in_features <= kLinearCudaMaxNormedFeatures &&
-                                   aligned(p.input_norm_weight))) &&
-         !(p.add_to_output && p.silu_and_mul_output);
+         aligned(p.weight) && norm_taken && !(p.add_to_output && p.silu_and_mul_output);
 }
 
 }  // namespace kvserve

@@ -147,7 +147,8 @@ static_assert(normed_packs(kLinearCudaMaxNormedFeatures) * 16 + sizeof(float) * 
 
 // kNormed: input_norm_weight set (bfloat16 only).
 template <class T, Epilogue kEpilogue, bool kNormed>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+    linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const RotaryEmbeddingParams& r = rc.rotary;
@@ -313,9 +314,11 @@ Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int6
       const dim3 grid(static_cast<unsigned>(blocks));
       if (p.input_norm_weight == nullptr) {
         launch_kernel(linear_kernel<T, kEpilogue, false>, grid, kThreads, 0, stream, p, rc);
-      } else if constexpr (std::is_same_v<T, BFloat16>) {  // (float16 with it: refused by linear_cuda_takes)
+      } else if constexpr (std::is_same_v<T, BFloat16>) {
         const auto norm_weight_bytes = static_cast<size_t>(normed_packs(static_cast<int32_t>(p.in_features))) * 16;
         launch_kernel(linear_kernel<T, kEpilogue, true>, grid, kThreads, norm_weight_bytes, stream, p, rc);
+      } else {
+        return Status::kUnsupported;  // float16 with a norm (linear_cuda_takes refuses it too)
       }
       return launch_status();
     }

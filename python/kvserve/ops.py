@@ -161,7 +161,8 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, nor
     A decoder layer's add + RMSNorm around its projections fuse in too (CUDA only): with
     `norm_weight` [K] (bfloat16) the product takes rms_norm(input) * norm_weight, the norm's scale
     applied to the float32 sums (within rounding of rms_norm then linear, not their bits); with
-    `add_to_output`, out += the product (the bits of the product, then an add).
+    `add_to_output`, out += the product (the bits of the product, then an add). out must not
+    overlap input; norm_weight, like weight, may be read before the kernel before ends (above).
     """
     _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _stream_of(input),
                   silu_and_mul_output, None if norm_weight is None else _dl(norm_weight), norm_eps, add_to_output)

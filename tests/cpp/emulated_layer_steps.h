@@ -37,7 +37,8 @@ inline kvserve::LinearParams linear_params(Buffer& out, int64_t out_stride, Buff
 }
 
 // silu_and_mul over `tokens` rows of [gate | up] (2 * size wide) into rows of `size`, both packed.
-inline kvserve::SiluAndMulParams silu_and_mul_params(Buffer& gate_up, Buffer& out, DType dtype, int64_t tokens, int64_t size) {
+inline kvserve::SiluAndMulParams silu_and_mul_params(Buffer& gate_up, Buffer& out, DType dtype, int64_t tokens,
+                                                     int64_t size) {
   kvserve::SiluAndMulParams p;
   p.input = gate_up.data();
   p.input_stride_token = 2 * size;

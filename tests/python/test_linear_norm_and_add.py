@@ -127,7 +127,7 @@ def test_the_fusions_check_their_arguments_wherever_the_arrays_are():
         ops.linear(out, x, weight, norm_weight=norm.weight)
     with pytest.raises(ValueError, match=r"linear: norm_weight and add_to_output run on CUDA only"):
         ops.linear(out, x, weight, add_to_output=True)
-    with pytest.raises(ValueError, match=r"norm_weight: dimension 0 must be in_features of input = 64, got shape \[32\]"):
+    with pytest.raises(ValueError, match=r"norm_weight: dimension 0 must be in_features of input = 64, got shape"):
         ops.linear(out, x, weight, norm_weight=norm.weight[:32])
     with pytest.raises(ValueError, match=r"linear: norm_weight takes bfloat16 only .* got float16"):
         ops.linear(out.half(), x.half(), weight.half(), norm_weight=norm.weight.half())

@@ -150,7 +150,8 @@ class Linear(nn.Module):
 
     def _fuses(self, x: torch.Tensor, norm: RMSNorm | None) -> bool:
         """Whether the few-rows CUDA kernel takes x (and the norm of it, when given)."""
-        return x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight, None if norm is None else norm.weight)
+        norm_weight = None if norm is None else norm.weight
+        return x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight, norm_weight)
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
         """The rows of `param` (weight or bias) that hold stacked projection number `index`."""
