@@ -7,7 +7,7 @@
 // start is 16-byte aligned and the width divides into 16-byte packs.
 #include <climits>
 
-#include "numeric.cuh"
+#include "rms.cuh"
 #include "kvserve/layer_ops.h"
 
 namespace kvserve {
@@ -73,8 +73,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
       for (int k = 0; k < kPack; ++k) x.values[k] = from_float<T>(to_float(x.values[k]) + to_float(r.values[k]));
       *reinterpret_cast<Packed*>(residual + i) = x;
     }
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) squares += to_float(x.values[k]) * to_float(x.values[k]);
+    squares = add_squares(x, squares);
     return x;
   };
   Packed cached[kCached];
@@ -90,15 +89,9 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const RmsNormParams 
   } else {
     total = block_sum(squares);
   }
-  const float inverse_rms = rsqrtf(total / static_cast<float>(p.hidden) + p.eps);
+  const float inverse = inverse_rms(total, p.hidden, p.eps);
   auto normalize = [&](int64_t i, const Packed& x, const Packed& w) {
-    Packed y;
-#pragma unroll
-    for (int k = 0; k < kPack; ++k) {
-      const float scaled = to_float(from_float<T>(to_float(x.values[k]) * inverse_rms));
-      y.values[k] = from_float<T>(to_float(w.values[k]) * scaled);
-    }
-    *reinterpret_cast<Packed*>(out + i) = y;
+    *reinterpret_cast<Packed*>(out + i) = normalized(x, w, inverse);
   };
 #pragma unroll
   for (int j = 0; j < kCached; ++j) {
