@@ -3,6 +3,10 @@
 // sampler's argmax (argmax.h), on the CPU or a CUDA device. Shapes, dtypes and strides are checked first, then that every array is on one
 // device, whose kernel then runs.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+
+#include <optional>
+#include <utility>
 
 #include "array_check.h"
 #include "bind.h"
@@ -123,13 +127,30 @@ void rotary_embedding(Array query, Array key, Array cos, Array sin, uintptr_t st
 }
 
 void rotary_and_cache(Array query, Array key, Array value, Array cos, Array sin, Array key_cache, Array value_cache,
-                      Array slot_mapping, uintptr_t stream) {
+                      Array slot_mapping, uintptr_t stream, std::optional<Array> query_norm_weight,
+                      std::optional<Array> key_norm_weight, double norm_eps) {
   RotaryAndCacheParams p;
   p.rotary = rotary_embedding_params(query, key, cos, sin);
   p.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
-  const bool cuda =
+  bool cuda =
       on_one_device({{query, "query"}, {key, "key"}, {value, "value"}, {cos, "cos"}, {sin, "sin"},
                      {key_cache, "key_cache"}, {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
+  if (query_norm_weight.has_value() != key_norm_weight.has_value()) {
+    throw nb::value_error("rotary_and_cache: query_norm_weight and key_norm_weight go together (both or neither)");
+  }
+  if (query_norm_weight) {
+    for (const auto& [weight, name] : {std::pair{&*query_norm_weight, "query_norm_weight"},
+                                       std::pair{&*key_norm_weight, "key_norm_weight"}}) {
+      check_same_dtype(*weight, name, query, "query");
+      check_ndim(*weight, name, 1, "[head_dim]");
+      check_dim(*weight, name, 0, static_cast<int64_t>(query.shape(2)), "head_dim of query");
+      check_contiguous(*weight, name);
+      cuda = on_one_device({{query, "query"}, {*weight, name}}) && cuda;
+    }
+    p.query_norm_weight = query_norm_weight->data();
+    p.key_norm_weight = key_norm_weight->data();
+    p.norm_eps = static_cast<float>(norm_eps);
+  }
   call_kernel(cuda, KVSERVE_KERNELS(rotary_and_cache), check_rotary_and_cache, check_rotary_and_cache_layout, p,
               query.device_id(), stream, "rotary_and_cache");
 }
@@ -192,7 +213,10 @@ void bind_layer_ops(nb::module_& m) {
   m.def("rotary_and_cache", &rotary_and_cache, nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),
         nb::arg("value_cache").noconvert(), nb::arg("slot_mapping"), nb::arg("stream") = 0,
-        "Rotate query and key in place, then write key and value into their cache slots.");
+        nb::arg("query_norm_weight") = nb::none(), nb::arg("key_norm_weight") = nb::none(),
+        nb::arg("norm_eps") = 1e-6,
+        "Rotate query and key in place (each head RMS-normalized first, with the norm weights), then\n"
+        "write key and value into their cache slots.");
   m.def("silu_and_mul", &silu_and_mul, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,
         "out = silu(input[:, :size]) * input[:, size:].");
   m.def("argmax", &argmax, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("stream") = 0,

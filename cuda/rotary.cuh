@@ -8,11 +8,19 @@
 // and sin where every row and head starts on 16 bytes (one element otherwise); with the cache write,
 // a key head's rotated pairs also go to the slot, and the items after the pairs copy the value
 // heads' packs into it.
+//
+// With the heads' norms (kNorm: rotary_and_cache's query_norm_weight and key_norm_weight), a head's
+// items sit in consecutive lanes of one warp: item j holds the head's packs j and j + P / 2 (P packs
+// a head), where rms_norm's warp gives a lane one pack each. The item sums its two packs' squares
+// (the norm kernel's butterfly step across P / 2 lanes, which adds the same two numbers), then the
+// lanes of the head take the butterfly's remaining steps: the norm kernel's total, bit for bit, and
+// its rounding of each normalized value before the rotation.
 #pragma once
 
-#include "numeric.cuh"
+#include "rms.cuh"
 #include "kvserve/layer_ops.h"
 #include "kvserve/reshape_and_cache.h"
+#include "kvserve/rotary_and_cache.h"
 
 namespace kvserve::gpu {
 
@@ -36,12 +44,14 @@ __device__ inline int64_t cache_slot(const ReshapeAndCacheParams& c, int64_t tok
   return (slot / c.block_size) * c.cache_stride_block + (slot % c.block_size) * c.num_kv_heads * c.head_dim;
 }
 
-// c: read only with kCache. A slot of -1 (a padding row) or out of range is not written.
-template <class T, int kPack, bool kCache>
-__global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbeddingParams r,
-                                                                const ReshapeAndCacheParams c) {
+// p.cache: read only with kCache; the norm weights only with kNorm. A slot of -1 (a padding row) or
+// out of range is not written.
+template <class T, int kPack, bool kCache, bool kNorm>
+__global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryAndCacheParams p) {
   wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
+  const RotaryEmbeddingParams& r = p.rotary;
+  const ReshapeAndCacheParams& c = p.cache;
   const int64_t token = blockIdx.x;
   const auto head_dim = static_cast<int32_t>(r.head_dim), half = head_dim / 2;
   const int32_t pairs_per_head = half / kPack;
@@ -58,13 +68,29 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbe
   }
   const auto rotated = static_cast<int32_t>((r.num_heads + r.num_kv_heads) * pairs_per_head);
   const int32_t items = kCache ? rotated + static_cast<int32_t>(r.num_kv_heads * (head_dim / kPack)) : rotated;
-  for (int32_t i = blockIdx.y * kRotaryThreads + threadIdx.x; i < items; i += gridDim.y * kRotaryThreads) {
+  // kNorm: whole warps take each trip (their lanes meet in shuffles), those past `items` idle.
+  const int32_t trips_end = kNorm ? (items + kWarpSize - 1) / kWarpSize * kWarpSize : items;
+  for (int32_t i = blockIdx.y * kRotaryThreads + threadIdx.x; i < trips_end; i += gridDim.y * kRotaryThreads) {
+    const int32_t head = i / pairs_per_head, d = (i % pairs_per_head) * kPack;
+    const bool is_key = head >= r.num_heads;
+    T* x = is_key ? static_cast<T*>(r.key) + token * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
+                  : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
+    Packed x1{}, x2{};
     if (i < rotated) {
-      const int32_t head = i / pairs_per_head, d = (i % pairs_per_head) * kPack;
-      const bool is_key = head >= r.num_heads;
-      T* x = is_key ? static_cast<T*>(r.key) + token * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
-                    : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
-      const Packed x1 = *reinterpret_cast<const Packed*>(x + d), x2 = *reinterpret_cast<const Packed*>(x + d + half);
+      x1 = *reinterpret_cast<const Packed*>(x + d);
+      x2 = *reinterpret_cast<const Packed*>(x + d + half);
+    }
+    if constexpr (kNorm) {  // see the top of this file; lanes past the heads add zeros among themselves
+      float squares = add_squares(x1, 0.f) + add_squares(x2, 0.f);
+      for (int32_t mask = pairs_per_head / 2; mask > 0; mask /= 2) squares += shfl_xor(squares, mask);
+      if (i < rotated) {
+        const T* weight = static_cast<const T*>(is_key ? p.key_norm_weight : p.query_norm_weight);
+        const float inverse = inverse_rms(squares, head_dim, p.norm_eps);
+        x1 = normalized(x1, *reinterpret_cast<const Packed*>(weight + d), inverse);
+        x2 = normalized(x2, *reinterpret_cast<const Packed*>(weight + d + half), inverse);
+      }
+    }
+    if (i < rotated) {
       const Packed cs = *reinterpret_cast<const Packed*>(cos + d), sn = *reinterpret_cast<const Packed*>(sin + d);
       Packed y1, y2;
 #pragma unroll
@@ -79,10 +105,10 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryEmbe
         *reinterpret_cast<Packed*>(cached + d) = y1;
         *reinterpret_cast<Packed*>(cached + d + half) = y2;
       }
-    } else if (value_slot != nullptr) {
-      const int32_t j = i - rotated, head = j / (head_dim / kPack), d = (j % (head_dim / kPack)) * kPack;
-      const T* value = static_cast<const T*>(c.value) + token * c.value_stride_token + head * c.value_stride_head;
-      *reinterpret_cast<Packed*>(value_slot + head * head_dim + d) = *reinterpret_cast<const Packed*>(value + d);
+    } else if (i < items && value_slot != nullptr) {
+      const int32_t j = i - rotated, v_head = j / (head_dim / kPack), v_d = (j % (head_dim / kPack)) * kPack;
+      const T* value = static_cast<const T*>(c.value) + token * c.value_stride_token + v_head * c.value_stride_head;
+      *reinterpret_cast<Packed*>(value_slot + v_head * head_dim + v_d) = *reinterpret_cast<const Packed*>(value + v_d);
     }
   }
 }
@@ -95,10 +121,21 @@ inline bool rotary_packs_of_16_bytes(const RotaryEmbeddingParams& r) {
                              dtype_bytes(r.dtype));
 }
 
-// Launches rotary_kernel for r's dtype, in 16-byte packs when `packed`; r.num_tokens > 0.
+// Whether rotary_kernel<kNorm = true> takes p's head norms: query, key and the weights in 16-byte
+// packs (`packed` says the first two), 2 to 32 packs a head, a power of two (see the top of this
+// file).
+inline bool head_norms_fused(const RotaryAndCacheParams& p, bool packed) {
+  const int64_t element = dtype_bytes(p.rotary.dtype), packs = p.rotary.head_dim * element / 16;
+  return packed && all_16_byte_aligned({p.query_norm_weight, p.key_norm_weight}, {}, element) && packs >= 2 &&
+         packs <= kWarpSize && (packs & (packs - 1)) == 0;
+}
+
+// Launches rotary_kernel for p.rotary's dtype, in 16-byte packs when `packed`, with the heads' norms
+// when p has them (then head_norms_fused must hold); r.num_tokens > 0.
 template <bool kCache>
-Status launch_rotary(const RotaryEmbeddingParams& r, const ReshapeAndCacheParams& c, bool packed,
-                     kvGpuStream_t stream) {
+Status launch_rotary(const RotaryAndCacheParams& p, bool packed, kvGpuStream_t stream) {
+  const RotaryEmbeddingParams& r = p.rotary;
+  const bool norm = p.query_norm_weight != nullptr;
   return with_float_type(r.dtype, [&](auto tag) {
     using T = decltype(tag);
     auto launch = [&](auto kernel, int64_t pack) {
@@ -106,11 +143,13 @@ Status launch_rotary(const RotaryEmbeddingParams& r, const ReshapeAndCacheParams
       constexpr int64_t kMaxChunks = 65535;  // gridDim.y
       const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
       const dim3 grid(static_cast<unsigned>(r.num_tokens), static_cast<unsigned>(chunks));
-      launch_kernel(kernel, grid, kRotaryThreads, 0, stream, r, c);
+      launch_kernel(kernel, grid, kRotaryThreads, 0, stream, p);
       return launch_status();
     };
     constexpr int kPack = 16 / sizeof(T);
-    return packed ? launch(rotary_kernel<T, kPack, kCache>, kPack) : launch(rotary_kernel<T, 1, kCache>, 1);
+    if (norm) return launch(rotary_kernel<T, kPack, kCache, true>, kPack);
+    return packed ? launch(rotary_kernel<T, kPack, kCache, false>, kPack)
+                  : launch(rotary_kernel<T, 1, kCache, false>, 1);
   });
 }
 

@@ -1,6 +1,7 @@
-// rotary_and_cache_cuda: rotary.cuh's kernel with the cache write. One kernel per layer instead of
-// two: at batch 1 each of a decode step's kernels costs microseconds of launch and ramp for a few KB
-// of work.
+// rotary_and_cache_cuda: rotary.cuh's kernel with the cache write (and the heads' norms where it
+// takes them; else the norm kernels run first). One kernel per layer instead of two (four with the
+// norms): at batch 1 each of a decode step's kernels costs microseconds of launch and ramp for a few
+// KB of work.
 #include <climits>
 
 #include "rotary.cuh"
@@ -19,7 +20,13 @@ Status rotary_and_cache_cuda(const RotaryAndCacheParams& p, void* stream) {
                       gpu::all_16_byte_aligned({c.value, c.key_cache, c.value_cache},
                                                {c.value_stride_token, c.value_stride_head, c.cache_stride_block},
                                                dtype_bytes(r.dtype));
-  return gpu::launch_rotary<true>(r, c, packed, static_cast<kvGpuStream_t>(stream));
+  const auto s = static_cast<kvGpuStream_t>(stream);
+  if (p.query_norm_weight == nullptr || gpu::head_norms_fused(p, packed)) return gpu::launch_rotary<true>(p, packed, s);
+  Status status = rms_norm_cuda(rotary_head_norm_params(p, false), stream);
+  if (status == Status::kOk) status = rms_norm_cuda(rotary_head_norm_params(p, true), stream);
+  RotaryAndCacheParams normed = p;
+  normed.query_norm_weight = normed.key_norm_weight = nullptr;
+  return status == Status::kOk ? gpu::launch_rotary<true>(normed, packed, s) : status;
 }
 
 }  // namespace kvserve

@@ -5,6 +5,13 @@
 //
 // params.cache describes the same key as params.rotary (pointer, strides), and the same tokens,
 // kv heads, head_dim and dtype.
+//
+// With query_norm_weight and key_norm_weight (Qwen3's RMSNorm of each query and key head before the
+// rotation), query and key are first normalized in place, as rms_norm normalizes their heads
+// (layer_ops.h): the bits of those two norms, then this op. On CUDA, still one kernel where query,
+// key and the weights move in 16-byte packs and a head holds 2, 4, 8, 16 or 32 of them (a warp's
+// lanes split the head as the norm kernel's do: head_dim 64 or 128 in 16-bit dtypes); otherwise the
+// norm kernels first.
 #pragma once
 
 #include <string>
@@ -20,12 +27,19 @@ namespace kvserve {
 struct RotaryAndCacheParams {
   RotaryEmbeddingParams rotary;
   ReshapeAndCacheParams cache;
+  // Each [head_dim], of rotary's dtype; both or neither (above).
+  const void* query_norm_weight = nullptr;
+  const void* key_norm_weight = nullptr;
+  float norm_eps = 1e-6f;
 };
 
 // Both ops' checks, and that they describe one key; check_reshape_and_cache reads every slot,
 // the _layout variant none (as check_reshape_and_cache_layout).
 KVSERVE_EXPORT Status check_rotary_and_cache(const RotaryAndCacheParams& params, std::string* why);
 KVSERVE_EXPORT Status check_rotary_and_cache_layout(const RotaryAndCacheParams& params, std::string* why);
+
+// The rms_norm params of the head norms of `params` (query's heads, or with `key` the key's), in place.
+KVSERVE_EXPORT RmsNormParams rotary_head_norm_params(const RotaryAndCacheParams& params, bool key);
 
 // check_rotary_and_cache, then the rotation and the cache write: on error nothing is written.
 KVSERVE_EXPORT Status rotary_and_cache_cpu(const RotaryAndCacheParams& params);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -180,6 +181,59 @@ TEST(EmulatedRotaryAndCache, RejectsACacheKeyThatIsNotTheRotatedOne) {
   EXPECT_EQ(kvserve::check_rotary_and_cache_layout(run.params, &why), Status::kInvalidArgument);
   EXPECT_NE(why.find("cache.key"), std::string::npos) << why;
   EXPECT_EQ(kvserve::rotary_and_cache_cuda(run.params, nullptr), Status::kInvalidArgument);
+}
+
+// rms_norm_cuda over the q heads and the k heads of `step` (in place) with weights q_weight and
+// k_weight, then rotary_and_cache_cuda without norms.
+void norms_then_rotary_and_cache(FusedQkvStep& step, const void* q_weight, const void* k_weight) {
+  const kvserve::RotaryEmbeddingParams& r = step.params.rotary;
+  for (bool key : {false, true}) {
+    kvserve::RmsNormParams n;
+    n.out = key ? r.key : r.query;
+    n.input = n.out;
+    n.out_stride_token = n.input_stride_token = step.row;
+    n.out_stride_head = n.input_stride_head = r.head_dim;
+    n.weight = key ? k_weight : q_weight;
+    n.dtype = r.dtype;
+    n.num_tokens = FusedQkvStep::kTokens;
+    n.num_heads = key ? r.num_kv_heads : r.num_heads;
+    n.hidden = r.head_dim;
+    n.eps = 1e-5f;
+    ASSERT_EQ(kvserve::rms_norm_cuda(n, nullptr), Status::kOk);
+  }
+  ASSERT_EQ(kvserve::rotary_and_cache_cuda(step.params, nullptr), Status::kOk);
+}
+
+// With Qwen3's head norms: the one kernel that normalizes each head's lanes as the norm kernel's
+// warp does, against rms_norm_cuda over q's heads and over k's, then the kernel: the same bits. A
+// head in single elements (head_dim 12: half a head is no whole pack), or weights out of 16-byte
+// packs, take the norm kernels first: their bits again (the norm kernel's own, which depend on the
+// packs it reads).
+TEST_P(EmulatedRotaryAndCache, WithHeadNormsEqualsTheNormsThenTheKernel) {
+  const RotaryShape shape = GetParam();
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    std::mt19937 rng(13);
+    Buffer q_weight = random_buffer(dtype, static_cast<size_t>(shape.head_dim), rng);
+    Buffer k_weight = random_buffer(dtype, static_cast<size_t>(shape.head_dim), rng);
+    std::vector<uint32_t> shifted(k_weight.words.size() + 4);  // the key's weight 2 bytes past a pack
+    void* k_unaligned = reinterpret_cast<char*>(shifted.data()) + 2;
+    memcpy(k_unaligned, k_weight.data(), k_weight.words.size() * 4);
+    for (const void* k : {static_cast<const void*>(k_weight.data()), static_cast<const void*>(k_unaligned)}) {
+      FusedQkvStep apart(dtype, shape, {5, -1, 10}), fused(dtype, shape, {5, -1, 10});
+      norms_then_rotary_and_cache(apart, q_weight.data(), k);
+      fused.params.query_norm_weight = q_weight.data();
+      fused.params.key_norm_weight = k;
+      fused.params.norm_eps = 1e-5f;
+      ASSERT_EQ(kvserve::rotary_and_cache_cuda(fused.params, nullptr), Status::kOk);
+      EXPECT_EQ(fused.qkv.words, apart.qkv.words) << name(dtype);
+      EXPECT_EQ(fused.key_cache.words, apart.key_cache.words) << name(dtype);
+      EXPECT_EQ(fused.value_cache.words, apart.value_cache.words) << name(dtype);
+      fused.params.key_norm_weight = nullptr;
+      std::string why;
+      EXPECT_EQ(kvserve::check_rotary_and_cache_layout(fused.params, &why), Status::kInvalidArgument);
+      EXPECT_NE(why.find("query_norm_weight, key_norm_weight: expected both or neither"), std::string::npos) << why;
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotaryAndCache,

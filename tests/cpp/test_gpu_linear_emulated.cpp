@@ -234,6 +234,9 @@ TEST(EmulatedLinear, WithANormedInputEveryEpilogueGivesTheBitsOfTheNormedProduct
     EXPECT_EQ(fused.value_cache.words, apart.value_cache.words);
     p.add_to_output = true;  // an add into q, k and v is no layer's
     EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(p, fused.params, nullptr), Status::kUnsupported);
+    p.add_to_output = false;  // Qwen3's head norms: a block holds 16 of a head's dims, a norm needs all
+    fused.params.query_norm_weight = fused.params.key_norm_weight = w.data();
+    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(p, fused.params, nullptr), Status::kUnsupported);
   }
 }
 

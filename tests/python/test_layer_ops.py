@@ -132,11 +132,15 @@ def qkv_views(qkv, heads, kv_heads, head_dim):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("head_dim", [128, 6])
-def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head_dim):
-    """The fused op against the two it fuses, on the same device: the same bits in q, k and v (views
-    of one projection) and in both caches; a -1 slot writes nothing."""
+@pytest.mark.parametrize("head_dim", [128, 6, 96])
+@pytest.mark.parametrize("head_norms", [False, True], ids=["plain", "head_norms"])
+def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head_dim, head_norms):
+    """The fused op against the ops it fuses, on the same device: the same bits in q, k and v (views
+    of one projection) and in both caches; a -1 slot writes nothing. With Qwen3's head norms, the
+    rms_norm of each q and k head first (on CUDA inside the one kernel at head_dim 128, the norm
+    kernels first at 6 and 96: no whole number of 16-byte packs, or not a power of two of them)."""
     torch.manual_seed(head_dim + 1)
+    weights = [torch.randn(head_dim).to(dtype).to(device) for _ in range(2)] if head_norms else None
     tokens, heads, kv_heads, blocks, block_size = 11, 4, 2, 4, 4
     fused = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim).to(dtype).to(device)
     angles = torch.rand(tokens, head_dim // 2) * 100
@@ -149,8 +153,12 @@ def test_rotary_and_cache_equals_rotary_then_the_cache_write(device, dtype, head
         caches = [torch.full((blocks, block_size, kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
                   for _ in range(2)]
         if fuse:
-            ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
+            norms = dict(query_norm_weight=weights[0], key_norm_weight=weights[1], norm_eps=1e-5) if weights else {}
+            ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots, **norms)
         else:
+            if weights:
+                ops.rms_norm(q, q, weights[0], 1e-5)
+                ops.rms_norm(k, k, weights[1], 1e-5)
             ops.rotary_embedding(q, k, cos, sin)
             ops.reshape_and_cache(k, v, *caches, slots)
         results.append((qkv, *caches))
@@ -167,6 +175,20 @@ FUSED_PRODUCT_KINDS = [(torch.bfloat16, False), (torch.float16, False), (torch.b
 def norm_args(normed: bool, hidden: int) -> dict:
     """ops.linear's arguments that fuse an RMSNorm of the input in (none when not `normed`)."""
     return dict(norm_weight=torch.randn(hidden).bfloat16().cuda(), norm_eps=1e-3) if normed else {}
+
+
+def test_rotary_and_cache_takes_both_head_norms_or_neither():
+    heads, kv_heads, head_dim = 2, 1, 16
+    qkv = torch.randn(3, (heads + 2 * kv_heads) * head_dim)
+    q, k, v = qkv_views(qkv, heads, kv_heads, head_dim)
+    cos = sin = torch.ones(3, head_dim // 2)
+    caches = [torch.empty(2, 4, kv_heads, head_dim) for _ in range(2)]
+    weight = torch.randn(head_dim)
+    with pytest.raises(ValueError, match=r"query_norm_weight and key_norm_weight go together"):
+        ops.rotary_and_cache(q, k, v, cos, sin, *caches, torch.arange(3), query_norm_weight=weight)
+    with pytest.raises(ValueError, match=r"key_norm_weight: dimension 0 must be head_dim of query = 16"):
+        ops.rotary_and_cache(q, k, v, cos, sin, *caches, torch.arange(3), query_norm_weight=weight,
+                             key_norm_weight=weight[:8])
 
 
 @requires_cuda

@@ -75,9 +75,8 @@ class LlamaAttention(nn.Module):
                                         metadata.slot_mapping, **norm_args(norm))
             out = self.attn.attend(attn_out, q, kv_cache, metadata)
         else:
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata)
+            head_norms = None if self.q_norm is None else (self.q_norm, self.k_norm)
+            out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata, head_norms)
         return self.o_proj(out.view(num_tokens, -1), add_to=add_to)
 
 
