@@ -41,10 +41,10 @@ class Attention:
                  cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: tuple[torch.Tensor, torch.Tensor],
                  metadata: AttentionMetadata, head_norms: tuple[RMSNorm, RMSNorm] | None = None) -> torch.Tensor:
         """Rotates query [T, num_heads, head_dim] and key [T, num_kv_heads, head_dim] in place by
-        cos_sin (rotary_embedding.py), each head normalized first by `head_norms` (query's, key's:
-        Qwen3's, which share an eps) when given, writes key and value [T, num_kv_heads, head_dim] into the cache, then the
-        attention of query into `out` (the shape of query), which it returns. All three may be
-        row-strided views of one projection."""
+        cos_sin (rotary_embedding.py), each head normalized first by `head_norms` when given (query's
+        and key's: Qwen3's, which share an eps), writes key and value [T, num_kv_heads, head_dim] into
+        the cache, then the attention of query into `out` (the shape of query), which it returns. All
+        three may be row-strided views of one projection."""
         key_cache, value_cache = kv_cache
         norms = {} if head_norms is None else dict(query_norm_weight=head_norms[0].weight,
                                                    key_norm_weight=head_norms[1].weight, norm_eps=head_norms[0].eps)
