@@ -147,7 +147,9 @@ Status launch_rotary(const RotaryAndCacheParams& p, bool packed, kvGpuStream_t s
       return launch_status();
     };
     constexpr int kPack = 16 / sizeof(T);
-    if (norm) return launch(rotary_kernel<T, kPack, kCache, true>, kPack);
+    if constexpr (kCache) {  // (rotary_embedding takes no norms)
+      if (norm) return launch(rotary_kernel<T, kPack, kCache, true>, kPack);
+    }
     return packed ? launch(rotary_kernel<T, kPack, kCache, false>, kPack)
                   : launch(rotary_kernel<T, 1, kCache, false>, 1);
   });

@@ -10,8 +10,8 @@
 // rotation), query and key are first normalized in place, as rms_norm normalizes their heads
 // (layer_ops.h): the bits of those two norms, then this op. On CUDA, still one kernel where query,
 // key and the weights move in 16-byte packs and a head holds 2, 4, 8, 16 or 32 of them (a warp's
-// lanes split the head as the norm kernel's do: head_dim 64 or 128 in 16-bit dtypes); otherwise the
-// norm kernels first.
+// lanes split the head as the norm kernel's do: head_dim 16 to 256 in 16-bit dtypes, 8 to 128 in
+// float32, powers of two); otherwise the norm kernels first.
 #pragma once
 
 #include <string>
