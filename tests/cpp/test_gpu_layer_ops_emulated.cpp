@@ -236,8 +236,11 @@ TEST_P(EmulatedRotaryAndCache, WithHeadNormsEqualsTheNormsThenTheKernel) {
   }
 }
 
+// Heads of 2 to 32 packs (16-bit: 16, 64, 128, 256 elements; float32: 4 to 64 packs, the last
+// beyond the fused norm), and of single elements (12).
 INSTANTIATE_TEST_SUITE_P(Shapes, EmulatedRotaryAndCache,
-                         ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12}));
+                         ::testing::Values(RotaryShape{4, 2, 16}, RotaryShape{32, 8, 128}, RotaryShape{4, 2, 12},
+                                           RotaryShape{4, 2, 64}, RotaryShape{2, 1, 256}));
 
 TEST(EmulatedLayerOps, SiluAndMul) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
