@@ -37,10 +37,10 @@
 //
 // Launched programmatically (sm_90), a block's warps read their first batch of weight chunks into
 // registers before they wait for the kernel before (compat.cuh: no kernel writes the weights), and
-// only then the input rows. That kernel (a norm, attention, SiLU-and-mul) leaves the memory bus
-// mostly idle at decode sizes, and the blocks resident during it (three per SM: on an H100 all of
-// qkv's, o's and down's for Llama-3.1-8B) have a quarter of their weights (qkv, o, gate_up; a
-// fourteenth of down's) on their way when it ends, instead of one trip to memory after it. Unlike
+// only then the input rows. The blocks resident while that kernel ends (three per SM: on an H100
+// all of qkv's, o's and down's for Llama-3.1-8B) have a quarter of their weights (qkv, o, gate_up; a
+// fourteenth of down's) on their way when it does, instead of one trip to memory after it: during
+// attention's tail, or the product before's, whose last blocks leave the memory bus mostly idle. Unlike
 // the L2 prefetches tried before (bench/README.md: they made the step slower), these are the
 // kernel's own loads, asked once, into the registers that take them anyway.
 #include <climits>
