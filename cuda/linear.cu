@@ -40,14 +40,15 @@
 // only then the input rows. The blocks resident while that kernel ends (three per SM: on an H100
 // all of qkv's, o's and down's for Llama-3.1-8B) have a quarter of their weights (qkv, o, gate_up; a
 // fourteenth of down's) on their way when it does, instead of one trip to memory after it: during
-// attention's tail, or the product before's, whose last blocks leave the memory bus mostly idle. Unlike
-// the L2 prefetches tried before (bench/README.md: they made the step slower), these are the
+// attention's tail, or the product before's, whose last blocks leave the memory bus mostly idle.
+// Unlike the L2 prefetches tried before (bench/README.md: they made the step slower), these are the
 // kernel's own loads, asked once, into the registers that take them anyway.
 #include <climits>
 #include <type_traits>
 
 #include "device_resources.h"
 #include "numeric.cuh"
+#include "rms.cuh"
 #include "silu.cuh"
 #include "rotary.cuh"
 #include "tensor_core.cuh"
@@ -242,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       float total = 0.f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) total += s_squares[w][row];
-      sum *= rsqrtf(total / static_cast<float>(in_features) + p.input_norm_eps);
+      sum *= inverse_rms(total, in_features, p.input_norm_eps);
     }
     if (bias != nullptr) sum += to_float(bias[weight_row]);
     return from_float<T>(sum);
@@ -269,8 +270,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       T y1, y2;
       rotate_pair(to_float(first), to_float(second), to_float(cos), to_float(sin), &y1, &y2);
       const bool is_key = head >= r.num_heads;
-      T* x = is_key ? static_cast<T*>(r.key) + row * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
-                    : static_cast<T*>(r.query) + row * r.query_stride_token + head * r.query_stride_head;
+      T* x = rotated_head<T>(r, row, head);
       x[d] = y1;
       x[d + half] = y2;
       const int64_t slot = is_key ? cache_slot(rc.cache, row) : -1;

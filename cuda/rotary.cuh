@@ -35,6 +35,14 @@ __device__ inline void rotate_pair(float a, float b, float cos, float sin, T* fi
   *second = from_float<T>(product_in<T>(b, cos) + product_in<T>(a, sin));
 }
 
+// Row `token` of q or k head `head` (the key's heads numbered after the query's), rotated in place.
+template <class T>
+__device__ inline T* rotated_head(const RotaryEmbeddingParams& r, int64_t token, int64_t head) {
+  return head >= r.num_heads
+             ? static_cast<T*>(r.key) + token * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
+             : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
+}
+
 // The element offset of `token`'s slot in either cache, or -1 for a slot of -1 (a padding row) or
 // out of range, which is not written.
 __device__ inline int64_t cache_slot(const ReshapeAndCacheParams& c, int64_t token) {
@@ -73,8 +81,7 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryAndC
   for (int32_t i = blockIdx.y * kRotaryThreads + threadIdx.x; i < trips_end; i += gridDim.y * kRotaryThreads) {
     const int32_t head = i / pairs_per_head, d = (i % pairs_per_head) * kPack;
     const bool is_key = head >= r.num_heads;
-    T* x = is_key ? static_cast<T*>(r.key) + token * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
-                  : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
+    T* x = rotated_head<T>(r, token, head);
     Packed x1{}, x2{};
     if (i < rotated) {
       x1 = *reinterpret_cast<const Packed*>(x + d);
