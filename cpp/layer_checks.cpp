@@ -1,7 +1,6 @@
 // Validation of the fused layer kernels' params (layer_ops.h): everything a kernel relies on to stay
 // inside its arrays. Like the attention checks, the kernels run them, and callers that want the
 // message run them again after a kInvalidArgument.
-#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -26,9 +25,7 @@ Status check_rms_norm(const RmsNormParams& p, std::string* why) {
     return fail(why, "sizes: expected num_tokens >= 0 and num_heads, hidden >= 1, got " + str(p.num_tokens) + ", " +
                          str(p.num_heads) + ", " + str(p.hidden));
   }
-  if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) {
-    return fail(why, "eps: expected a finite number >= 0, got " + std::to_string(p.eps));
-  }
+  if (check_eps("eps", p.eps, why) != Status::kOk) return Status::kInvalidArgument;
   if (p.residual != nullptr && p.num_heads != 1) {
     return fail(why, "residual: expected num_heads = 1 with a residual, got " + str(p.num_heads));
   }
@@ -108,8 +105,8 @@ Status check_linear(const LinearParams& p, std::string* why) {
     s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
   }
   if (s != Status::kOk) return s;
-  if (p.input_norm_weight != nullptr && (!(p.input_norm_eps >= 0.f) || !std::isfinite(p.input_norm_eps))) {
-    return fail(why, "input_norm_eps: expected a finite number >= 0, got " + std::to_string(p.input_norm_eps));
+  if (p.input_norm_weight != nullptr && check_eps("input_norm_eps", p.input_norm_eps, why) != Status::kOk) {
+    return Status::kInvalidArgument;
   }
   if (p.num_rows > 0 && (p.input == nullptr || p.weight == nullptr || p.out == nullptr)) {
     return fail(why, "a required array is null");
