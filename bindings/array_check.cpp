@@ -68,6 +68,14 @@ void check_dim(const Array& array, const char* name, size_t dim, int64_t expecte
   }
 }
 
+void check_vector_like(const Array& array, const char* name, const Array& reference, const char* ref_name,
+                       int64_t size, const char* layout, const char* what) {
+  check_same_dtype(array, name, reference, ref_name);
+  check_ndim(array, name, 1, layout);
+  check_dim(array, name, 0, size, what);
+  check_contiguous(array, name);
+}
+
 void check_contiguous(const Array& array, const char* name, size_t first_dim) {
   int64_t expected = 1;
   for (size_t i = array.ndim(); i-- > first_dim;) {

@@ -40,6 +40,10 @@ void check_contiguous(const Array& array, const char* name, size_t first_dim = 0
 void check_same_shape(const Array& array, const char* name, const Array& reference, const char* ref_name);
 // Same dtype as `reference`.
 void check_same_dtype(const Array& array, const char* name, const Array& reference, const char* ref_name);
+// A contiguous vector of `size` elements in the dtype of `reference` (a weight or a bias); `layout`
+// ("[hidden]") and `what` ("hidden of input") name them in the messages.
+void check_vector_like(const Array& array, const char* name, const Array& reference, const char* ref_name,
+                       int64_t size, const char* layout, const char* what);
 // Same stride in dimension `dim` as `reference` (ignored where that dimension has size 1).
 void check_same_stride(const Array& array, const char* name, const Array& reference, const char* ref_name,
                        size_t dim);

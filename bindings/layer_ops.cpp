@@ -67,10 +67,8 @@ void check_norm_rows(const Array& array, const char* name) {
 }
 
 void check_weight(const Array& weight, const Array& input) {
-  check_same_dtype(weight, "weight", input, "input");
-  check_ndim(weight, "weight", 1, "[hidden]");
-  check_dim(weight, "weight", 0, static_cast<int64_t>(input.shape(input.ndim() - 1)), "hidden of input");
-  check_contiguous(weight, "weight");
+  check_vector_like(weight, "weight", input, "input", static_cast<int64_t>(input.shape(input.ndim() - 1)), "[hidden]",
+                    "hidden of input");
 }
 
 // The params of out = norm(input) * weight over checked arrays of 2 or 3 dimensions.
@@ -141,10 +139,8 @@ void rotary_and_cache(Array query, Array key, Array value, Array cos, Array sin,
   if (query_norm_weight) {
     for (const auto& [weight, name] : {std::pair{&*query_norm_weight, "query_norm_weight"},
                                        std::pair{&*key_norm_weight, "key_norm_weight"}}) {
-      check_same_dtype(*weight, name, query, "query");
-      check_ndim(*weight, name, 1, "[head_dim]");
-      check_dim(*weight, name, 0, static_cast<int64_t>(query.shape(2)), "head_dim of query");
-      check_contiguous(*weight, name);
+      check_vector_like(*weight, name, query, "query", static_cast<int64_t>(query.shape(2)), "[head_dim]",
+                        "head_dim of query");
       cuda = on_one_device({{query, "query"}, {*weight, name}}) && cuda;
     }
     p.query_norm_weight = query_norm_weight->data();

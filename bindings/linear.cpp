@@ -59,10 +59,7 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   }
   LinearParams p;
   if (bias) {
-    check_same_dtype(*bias, "bias", input, "input");
-    check_ndim(*bias, "bias", 1, "[out_features]");
-    check_dim(*bias, "bias", 0, out_features, "out_features of weight");
-    check_contiguous(*bias, "bias");
+    check_vector_like(*bias, "bias", input, "input", out_features, "[out_features]", "out_features of weight");
     *cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}, {*bias, "bias"}});
     p.bias = bias->data();
   } else {
@@ -70,10 +67,8 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   }
   if (fused.norm_weight) {
     const Array& norm_weight = *fused.norm_weight;
-    check_same_dtype(norm_weight, "norm_weight", input, "input");
-    check_ndim(norm_weight, "norm_weight", 1, "[in_features]");
-    check_dim(norm_weight, "norm_weight", 0, static_cast<int64_t>(input.shape(1)), "in_features of input");
-    check_contiguous(norm_weight, "norm_weight");
+    check_vector_like(norm_weight, "norm_weight", input, "input", static_cast<int64_t>(input.shape(1)),
+                      "[in_features]", "in_features of input");
     *cuda = on_one_device({{input, "input"}, {norm_weight, "norm_weight"}}) && *cuda;
     p.input_norm_weight = norm_weight.data();
     p.input_norm_eps = fused.norm_eps;
