@@ -37,6 +37,7 @@ def _stream_of(array) -> int:
 
 
 def _dl(array):
+    """A DLPack capsule of a CPU or CUDA tensor (see above); anything else, None included, as it is."""
     return to_dlpack(array) if isinstance(array, torch.Tensor) and (array.is_cpu or array.is_cuda) else array
 
 
@@ -123,9 +124,8 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
     query_norm_weight, norm_eps) and the same for key first, bit for bit (on CUDA in the same
     kernel where the heads move in 16-byte packs, 2 to 32 of them a head)."""
     _C.ops.rotary_and_cache(_dl(query), _dl(key), _dl(value), _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache),
-                            _dl(slot_mapping), _stream_of(query),
-                            None if query_norm_weight is None else _dl(query_norm_weight),
-                            None if key_norm_weight is None else _dl(key_norm_weight), norm_eps)
+                            _dl(slot_mapping), _stream_of(query), _dl(query_norm_weight), _dl(key_norm_weight),
+                            norm_eps)
 
 
 def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, sin, key_cache, value_cache,
@@ -135,10 +135,9 @@ def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, si
     k and v columns (query, key, value: the views of them), in one CUDA kernel, bit for bit: a layer's
     qkv projection at decode (linear's few rows; head_dim a multiple of 16; ValueError otherwise, and
     on the CPU)."""
-    _C.ops.linear_rotary_and_cache(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _dl(query),
-                                   _dl(key), _dl(value), _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache),
-                                   _dl(slot_mapping), _stream_of(input),
-                                   None if norm_weight is None else _dl(norm_weight), norm_eps)
+    _C.ops.linear_rotary_and_cache(_dl(out), _dl(input), _dl(weight), _dl(bias), _dl(query), _dl(key), _dl(value),
+                                   _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache), _dl(slot_mapping),
+                                   _stream_of(input), _dl(norm_weight), norm_eps)
 
 
 def silu_and_mul(out, x) -> None:
@@ -170,5 +169,5 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, nor
     `add_to_output`, out += the product (the bits of the product, then an add). out must not
     overlap input; norm_weight, like weight, may be read before the kernel before ends (above).
     """
-    _C.ops.linear(_dl(out), _dl(input), _dl(weight), None if bias is None else _dl(bias), _stream_of(input),
-                  silu_and_mul_output, None if norm_weight is None else _dl(norm_weight), norm_eps, add_to_output)
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input),
+                  silu_and_mul_output, _dl(norm_weight), norm_eps, add_to_output)
