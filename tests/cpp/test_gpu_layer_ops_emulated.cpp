@@ -184,7 +184,8 @@ TEST(EmulatedRotaryAndCache, RejectsACacheKeyThatIsNotTheRotatedOne) {
 }
 
 // rms_norm_cuda over the q heads and the k heads of `step` (in place) with weights q_weight and
-// k_weight, then rotary_and_cache_cuda without norms.
+// k_weight, then rotary_and_cache_cuda without norms. The norms' params are written out here, not
+// taken from rotary_head_norm_params: the op's fallback uses that, and the reference must not.
 void norms_then_rotary_and_cache(FusedQkvStep& step, const void* q_weight, const void* k_weight) {
   const kvserve::RotaryEmbeddingParams& r = step.params.rotary;
   for (bool key : {false, true}) {
