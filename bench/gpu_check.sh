@@ -93,7 +93,7 @@ run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base
   --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
   "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 
-GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py
+GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_linear_ops.py
            tests/python/test_linear_norm_and_add.py tests/python/test_cuda_engine.py
            tests/python/test_paged_attention.py tests/python/test_device.py tests/python/test_extension.py
            tests/python/test_decode_graphs.py tests/python/test_sampler.py

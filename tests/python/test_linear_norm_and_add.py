@@ -3,7 +3,7 @@ add_to_output; Linear's `norm` and `add_to`; the Llama layer's decode path): the
 against a float64 reference of the rounding it documents and near the ops it replaces, the add bit
 for bit, a model's decode steps with the fusions and without, and the layer's form that takes them
 on the CPU. The arguments are checked on the CPU too. (The fused products' epilogues with a norm:
-test_layer_ops.py.)"""
+test_linear_ops.py.)"""
 
 from __future__ import annotations
 
