@@ -9,7 +9,6 @@ token ids for penalties).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 

