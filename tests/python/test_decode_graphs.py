@@ -13,7 +13,7 @@ import torch
 
 from kvserve import Engine, SamplingParams
 from kvserve.gpu.decode_inputs import DecodeInputs
-from kvserve.gpu.graphs import graph_batch_sizes, piece_bounds
+from kvserve.gpu.graphs import graph_batch_sizes
 
 
 def test_batch_size_ladder():
@@ -23,15 +23,6 @@ def test_batch_size_ladder():
     assert graph_batch_sizes(100) == [1, 2, 4, 8, 16, 32, 64, 100]
     with pytest.raises(ValueError, match="max_batch: expected >= 1, got 0"):
         graph_batch_sizes(0)
-
-
-def test_a_step_is_two_graphs_when_the_model_has_more_layers_than_the_first():
-    assert piece_bounds(32, 2) == [(0, 2), (2, 32)]
-    assert piece_bounds(3, 2) == [(0, 2), (2, 3)]
-    assert piece_bounds(2, 2) == [(0, 2)]
-    assert piece_bounds(1, 2) == [(0, 1)]
-    with pytest.raises(ValueError, match="layers and first_piece: expected >= 1, got 0 and 2"):
-        piece_bounds(0, 2)
 
 
 def decode_step(num_reqs, width, seed=0):
@@ -62,6 +53,22 @@ def test_a_step_is_padded_to_its_graph_batch():
     assert table[3].tolist() == wide.block_table[3].tolist()  # a padding row keeps earlier, valid ids
     with pytest.raises(ValueError, match=r"block_table: 7 blocks per request, more than the graphs' 6"):
         inputs.stage(decode_step(2, 7), 2)
+
+
+def test_padding_every_row_leaves_no_step_behind():
+    """What the graphs' capture runs on: no deferred -1 token, no live request's slot, whatever the
+    last step staged; the block table keeps its (valid) ids."""
+    inputs = DecodeInputs(max_batch=8, max_blocks=6, device=torch.device("cpu"))
+    step = decode_step(7, 6, seed=3)
+    step.input_ids[:] = -1
+    inputs.stage(step, 8)
+    inputs.pad()
+    assert inputs.view("input_ids", 8).tolist() == [0] * 8
+    assert inputs.view("positions", 8).tolist() == [0] * 8
+    assert inputs.view("slot_mapping", 8).tolist() == [-1] * 8
+    assert inputs.view("seq_lens", 8).tolist() == [1] * 8
+    assert inputs.view("query_start_loc", 8).tolist() == list(range(9))
+    assert inputs.view("block_table", 8)[:7].tolist() == step.block_table.tolist()
 
 
 def first_decode_step(tiny_model_dir, **overrides):
@@ -104,25 +111,3 @@ def test_a_padded_step_computes_what_the_step_computes(tiny_model_dir):
     torch.testing.assert_close(got[:3], expected, rtol=1e-5, atol=1e-5)  # a 4-row matmul may block its sums differently
     for cache, expected_cache in zip(runner.kv_caches, expected_caches):
         torch.testing.assert_close(cache, expected_cache, rtol=1e-5, atol=1e-5, equal_nan=True)
-
-
-def test_a_step_run_in_pieces_computes_what_forward_computes(tiny_model_dir):
-    """The graphs capture a step as begin(), run_layers() over consecutive ranges and end(): the same
-    kernels in the same order as forward(), so the same bits, and the same K/V written."""
-    engine, out = first_decode_step(tiny_model_dir, num_hidden_layers=3)
-    runner, model = engine.runner, engine.runner.model
-    inputs = DecodeInputs(8, math.ceil(engine.max_model_len / 4), torch.device("cpu"))
-    inputs.stage(out, 8)  # 8 rows: past the CPU's one-call decoder stack, the layers run as on a GPU
-    args = inputs.view("input_ids", 8), inputs.view("positions", 8)
-
-    def in_pieces():
-        state = model.begin(*args, inputs.metadata(8))
-        for first, stop in piece_bounds(3, 1):
-            model.run_layers(state, runner.kv_caches, first, stop)
-        return model.end(state)
-
-    expected, expected_caches, hidden = from_the_same_cache(
-        runner.kv_caches, lambda: model(*args, runner.kv_caches, inputs.metadata(8)), in_pieces)
-    assert torch.equal(hidden[:3], expected[:3])  # the padding rows read an unwritten block
-    for cache, expected_cache in zip(runner.kv_caches, expected_caches):
-        torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0, equal_nan=True)

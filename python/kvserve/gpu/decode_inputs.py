@@ -44,11 +44,9 @@ class DecodeInputs:
                 "query_start_loc": side[vectors:vectors + max_batch + 1],
                 "block_table": side[vectors + max_batch + 1:].reshape(max_batch, max_blocks),
             }
-        host_views = self._views["host"]
-        host_views["slot_mapping"][:] = -1
-        host_views["seq_lens"][:] = 1
-        host_views["query_start_loc"][:] = np.arange(max_batch + 1, dtype=np.int32)
-        self.buffer.copy_(host)
+        self._views["host"]["query_start_loc"][:] = np.arange(max_batch + 1, dtype=np.int32)
+        self.buffer[vectors:].copy_(host[vectors:])
+        self.pad()
 
     def view(self, name: str, batch: int) -> torch.Tensor:
         """The device buffer's `name` for a graph of `batch` rows."""
@@ -60,6 +58,20 @@ class DecodeInputs:
                                  block_table=self.view("block_table", batch),
                                  seq_lens=self.view("seq_lens", batch),
                                  query_start_loc=self.view("query_start_loc", batch))
+
+    def pad(self) -> None:
+        """Every row padding: token 0 at position 0, no slot, context 1 (the block table keeps its ids,
+        each a valid block); on the device once the copy enqueued on the current stream is done."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        host = self._views["host"]
+        host["input_ids"][:] = 0
+        host["positions"][:] = 0
+        host["slot_mapping"][:] = -1
+        host["seq_lens"][:] = 1
+        self.buffer[:self._vectors].copy_(self._host[:self._vectors], non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
 
     def stage(self, out, batch: int) -> None:
         """Write decode step `out` (num_reqs <= batch, one token each) into the device buffer, padded

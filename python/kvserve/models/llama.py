@@ -7,7 +7,6 @@ Module and parameter names follow the Hugging Face checkpoints, except the fused
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 import torch
@@ -23,19 +22,6 @@ from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.weight_loading import load_named_weights
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class LayerPass:
-    """A forward pass between two layers: the hidden states and residual the next layer takes (None
-    before the first, and after layers that fused their norms: hidden is then the whole residual
-    stream), and what every layer shares."""
-
-    hidden: torch.Tensor
-    residual: torch.Tensor | None
-    cos_sin: tuple[torch.Tensor, torch.Tensor]
-    metadata: AttentionMetadata
-    attn_out: torch.Tensor
 
 
 class LlamaAttention(nn.Module):
@@ -185,31 +171,16 @@ class LlamaForCausalLM(nn.Module):
                                           attn_metadata.block_table, attn_metadata.seq_lens,
                                           attn_metadata.query_start_loc)
             return hidden
-        state = self.begin(input_ids, positions, attn_metadata)
-        self.run_layers(state, kv_caches, 0, len(self.model.layers))
-        return self.end(state)
-
-    # The forward pass in pieces (CUDA graphs capture a decode step as more than one graph):
-    # begin(), run_layers() over consecutive ranges that cover every layer, end().
-
-    def begin(self, input_ids: torch.Tensor, positions: torch.Tensor,
-              attn_metadata: AttentionMetadata) -> LayerPass:
-        """The embedding of input_ids, and what every layer takes besides."""
         # One attention output buffer serves every layer: each layer's o_proj consumes it before the next.
         attn_out = torch.empty(input_ids.shape[0], self.config.num_attention_heads, self.config.head_dim,
                                dtype=self.dtype, device=input_ids.device)
-        return LayerPass(self.model.embed_tokens(input_ids), None, self.rotary.cos_sin(positions, self.dtype),
-                         attn_metadata, attn_out)
-
-    def run_layers(self, state: LayerPass, kv_caches: list[KVCache], start: int, stop: int) -> None:
-        """Layers start..stop-1 on `state`, which then holds their output."""
-        for layer, kv_cache in zip(self.model.layers[start:stop], kv_caches[start:stop]):
-            state.hidden, state.residual = layer(state.hidden, state.residual, state.cos_sin, kv_cache,
-                                                 state.metadata, state.attn_out)
-
-    def end(self, state: LayerPass) -> torch.Tensor:
-        """The final norm of the last layer's output: the final hidden states."""
-        hidden, _ = self.model.norm.add_and_norm(state.hidden, state.residual)
+        cos_sin = self.rotary.cos_sin(positions, self.dtype)
+        # residual: None before the first layer, and after layers that fused their norms (hidden is
+        # then the whole residual stream).
+        hidden, residual = self.model.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.model.layers, kv_caches):
+            hidden, residual = layer(hidden, residual, cos_sin, kv_cache, attn_metadata, attn_out)
+        hidden, _ = self.model.norm.add_and_norm(hidden, residual)
         return hidden
 
     def decoder_stack(self, kv_caches: list[KVCache]) -> _C.ops.DecoderStack:
