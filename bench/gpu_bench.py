@@ -3,7 +3,8 @@ load_format="dummy"), each appending JSON lines to --out:
 
     python bench/gpu_bench.py attention --out R.jsonl   # decode attention against its bandwidth floor;
                                                         # prefill attention against torch's SDPA
-    python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts
+    python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts,
+                                                        # and with the layers' norms kept apart
                                                         # (--splits 1 2 4: with each attention split count)
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
@@ -252,11 +253,12 @@ def bench_layer(out: Path, batches: list[int]) -> None:
             record(out, name=f"layer_{name}_b{batch}", graph_ms=graph_ms(call, 32))
 
 
-def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None) -> None:
-    """Decode steps (decode_runs' modes, then the graphed steps captured as one graph a step); with
-    `splits`, only the graphed steps, once with each split count forced on the decode attention the
-    graphs capture (ops.paged_attention's num_splits; the graphs captured again for each), beside the
-    launch's own rule."""
+def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None,
+                 modes: tuple[str, ...] | None) -> None:
+    """Decode steps in decode_runs' `modes` (all unless given), then the graphed steps with the
+    layers' norms kept apart from the products; with `splits`, only the graphed steps, once with each
+    split count forced on the decode attention the graphs capture (ops.paged_attention's num_splits;
+    the graphs captured again for each), beside the launch's own rule."""
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
     bandwidth = copy_bandwidth()
@@ -273,18 +275,19 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits
                    ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
 
     if not splits:
-        time_runs("", None)
-        # The graphed steps again as one graph a step, beside the two above: the split into two was
-        # made for steps the host launched between two others; scheduled ahead it may not pay.
-        from kvserve.gpu import graphs as decode_graphs
-        pieces = getattr(decode_graphs, "FIRST_PIECE_LAYERS", None)
-        if pieces is not None:
-            decode_graphs.FIRST_PIECE_LAYERS = len(engine.runner.graphs.kv_caches)  # read at capture
+        time_runs("", modes)
+        # The graphed steps again with each layer's norms and residual adds as kernels of their own,
+        # beside the products that take them in (trees without that fusion skip it).
+        from kvserve.models.llama import LlamaDecoderLayer
+        fuses = getattr(LlamaDecoderLayer, "fuses_norms", None)
+        if fuses is not None:
+            LlamaDecoderLayer.fuses_norms = lambda self, stream: False  # read at capture
             try:
                 engine.runner.graphs.capture()
+                time_runs("_norms_apart", ("graphs",))
             finally:
-                decode_graphs.FIRST_PIECE_LAYERS = pieces
-            time_runs("_one_graph", ("graphs",))
+                LlamaDecoderLayer.fuses_norms = fuses
+                engine.runner.graphs.capture()
         return
     rule = ops.paged_attention
     for count in [None] + splits:
@@ -332,6 +335,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--modes", nargs="+", choices=["graphs", "eager", "graphs_not_ahead"],
+                        help="decode: only these of the engine's step modes")
     parser.add_argument("--num-prompts", type=int, default=1000)
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
@@ -340,7 +345,8 @@ def main() -> None:
     if args.what == "attention":
         bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits)
     elif args.what == "decode":
-        bench_decode(args.out, args.batches, args.context, args.steps, args.splits)
+        bench_decode(args.out, args.batches, args.context, args.steps, args.splits,
+                     tuple(args.modes) if args.modes else None)
     elif args.what == "linear":
         bench_linear(args.out, args.batches)
     elif args.what == "layer":
