@@ -147,12 +147,6 @@ NO_PDL_JSONL=/tmp/kvserve-no-pdl.jsonl
 rm -f "$NO_PDL_JSONL"
 run decode-no-pdl 100 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py decode --batches 1 8 64 \
   --out "$NO_PDL_JSONL"
-# The graphed steps with each kernel under the driver's L1/shared split (the least that holds its
-# blocks), beside the one split every kvserve kernel asks for (compat.cuh, prepare_launch).
-DRIVER_SPLIT_JSONL=/tmp/kvserve-driver-split.jsonl
-rm -f "$DRIVER_SPLIT_JSONL"
-run decode-driver-split 60 "$OUT/bench.log" env KVSERVE_SHARED_CARVEOUT=-1 "$PY" bench/gpu_bench.py decode \
-  --batches 1 8 64 --modes graphs --out "$DRIVER_SPLIT_JSONL"
 run profile 120 "$OUT/bench.log" "$PY" bench/gpu_bench.py profile --batches 1 8 64 --out "$OUT/bench.jsonl" --report "$OUT/profile.txt"
 # Batch 1's profile again with the kernels launched the plain way: which kernels the overlap shortened.
 run profile-no-pdl 60 "$OUT/bench.log" env KVSERVE_PDL=0 "$PY" bench/gpu_bench.py profile --batches 1 \
@@ -172,13 +166,12 @@ run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --inp
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$DRIVER_SPLIT_JSONL" "$BASELINE_JSONL" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 rows = []
-for path, build in zip(map(Path, sys.argv[1:]),
-                       ("", " (KVSERVE_PDL=0)", " (KVSERVE_SHARED_CARVEOUT=-1)", " (BASELINE)")):
+for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)")):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}

@@ -119,14 +119,10 @@ __device__ inline void prefetch_l2(const void* address) {
 }
 
 #if !defined(KVSERVE_GPU_EMULATOR) && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
-// Called before each launch of `kernel` on an sm_90+ device; on its first there, asks for the split
-// of the SM's shared memory and L1 that every kvserve kernel runs with (the most shared memory, the
-// attention kernel's need; KVSERVE_SHARED_CARVEOUT, device_resources.cu). An SM holds blocks of two
-// kernels at once only under one split: a kernel launched programmatically after one that runs
-// under another waits for the SMs to drain, losing the overlap below. Returns whether to launch it
-// with programmatic dependent launch: its code is built for sm_90 or later (so it waits in
-// wait_for_prior_grid; code built for sm_80 would not, even on an H100), and KVSERVE_PDL is not "0".
-bool prepare_launch(const void* kernel);
+// Whether to launch `kernel` with programmatic dependent launch on the current device: its code is
+// built for sm_90 or later (so it waits in wait_for_prior_grid; code built for sm_80 would not,
+// even on an H100), the device is sm_90 or later, and KVSERVE_PDL is not "0". device_resources.cu.
+bool launch_programmatically(const void* kernel);
 #endif
 
 // kernel<<<grid, block, shared_bytes, stream>>>(args...), spelled as a function so that the
@@ -139,7 +135,7 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
 #elif defined(__HIPCC__) || defined(KVSERVE_USE_HIP)
   kernel<<<grid, block, shared_bytes, stream>>>(args...);
 #else
-  if (prepare_launch(reinterpret_cast<const void*>(kernel))) {
+  if (launch_programmatically(reinterpret_cast<const void*>(kernel))) {
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute.val.programmaticStreamSerializationAllowed = 1;

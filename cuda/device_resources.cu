@@ -69,30 +69,13 @@ bool split_workspace(kvGpuStream_t stream, SplitWorkspace* workspace) {
 }
 
 #if !defined(KVSERVE_GPU_EMULATOR)
-namespace {
-
-// KVSERVE_SHARED_CARVEOUT: the percent of the SM's shared memory / L1 given to shared memory that
-// every kernel asks for (cudaFuncAttributePreferredSharedMemoryCarveout): 100 unless set; -1 leaves
-// each kernel the driver's choice (the least that holds its blocks).
-int shared_carveout() {
-  const char* setting = std::getenv("KVSERVE_SHARED_CARVEOUT");
-  if (setting == nullptr) return cudaSharedmemCarveoutMaxShared;
-  char* end = nullptr;
-  const long percent = std::strtol(setting, &end, 10);
-  return end != setting && *end == '\0' && percent >= -1 && percent <= 100 ? static_cast<int>(percent)
-                                                                         : cudaSharedmemCarveoutMaxShared;
-}
-
-}  // namespace
-
-bool prepare_launch(const void* kernel) {
+bool launch_programmatically(const void* kernel) {
   static const bool enabled = [] {
     const char* setting = std::getenv("KVSERVE_PDL");
     return setting == nullptr || std::string_view(setting) != "0";
   }();
-  static const int carveout = shared_carveout();
   DeviceInfo device;
-  if (!current_device_info(&device) || device.compute_capability < 90) return false;
+  if (!enabled || !current_device_info(&device) || device.compute_capability < 90) return false;
   static std::map<std::pair<int, const void*>, int> ptx_versions;  // of the code each device runs
   std::lock_guard<std::mutex> lock(mutex);
   const auto [it, added] = ptx_versions.try_emplace({device.index, kernel}, 0);
@@ -103,12 +86,8 @@ bool prepare_launch(const void* kernel) {
     } else {
       cudaGetLastError();  // unknown: launch it the plain way
     }
-    if (carveout != cudaSharedmemCarveoutDefault &&
-        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout) != cudaSuccess) {
-      cudaGetLastError();  // a hint: the driver's split then
-    }
   }
-  return enabled && it->second >= 90;
+  return it->second >= 90;
 }
 #endif
 
