@@ -3,8 +3,7 @@ load_format="dummy"), each appending JSON lines to --out:
 
     python bench/gpu_bench.py attention --out R.jsonl   # decode attention against its bandwidth floor;
                                                         # prefill attention against torch's SDPA
-    python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts,
-                                                        # and with the layers' norms kept apart
+    python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts
                                                         # (--splits 1 2 4: with each attention split count)
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
@@ -150,26 +149,18 @@ def rotary_step(qkv: torch.Tensor):
 
 
 def fusion_calls(name: str, x: torch.Tensor, n: int):
-    """(fused, unfused) calls of projection `name` with weight w at x's batch: what a decode step runs
-    for it, every kernel of the layer that kvserve fuses into it (the add + RMSNorm before qkv and
-    gate_up; rotary and the cache write after qkv, SiLU-and-mul after gate_up; the residual add after
-    o and down), against the kernels apart (the add + norm kernel, the product, the kernel after; o's
-    and down's add is the next norm kernel's)."""
+    """(fused, unfused) calls of projection `name` with weight w at x's batch, where kvserve fuses the
+    kernel after it into the product (qkv: rotary and the cache write; gate_up: SiLU-and-mul); None
+    for the other projections."""
     batch = x.shape[0]
     y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
-    norm_weight, residual = torch.randn(x.shape[1], device="cuda", dtype=DTYPE), torch.randn_like(x)
-
-    def add_and_norm():
-        ops.fused_add_rms_norm(x, residual, norm_weight, 1e-5)
-    norm = dict(norm_weight=norm_weight, norm_eps=1e-5)
     if name == "gate_up":
         activated = torch.empty(batch, n // 2, device="cuda", dtype=DTYPE)
 
         def fused(w):
-            ops.linear(activated, x, w, silu_and_mul_output=True, **norm)
+            ops.linear(activated, x, w, silu_and_mul_output=True)
 
         def unfused(w):
-            add_and_norm()
             ops.linear(y, x, w)
             ops.silu_and_mul(activated, y)
         return fused, unfused
@@ -177,24 +168,20 @@ def fusion_calls(name: str, x: torch.Tensor, n: int):
         q, k, v, cos, sin, caches, slots = rotary_step(y)
 
         def fused(w):
-            ops.linear_rotary_and_cache(y, x, w, None, q, k, v, cos, sin, *caches, slots, **norm)
+            ops.linear_rotary_and_cache(y, x, w, None, q, k, v, cos, sin, *caches, slots)
 
         def unfused(w):
-            add_and_norm()
             ops.linear(y, x, w)
             ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
         return fused, unfused
-    if name in ("o", "down"):
-        return (lambda w: ops.linear(y, x, w, add_to_output=True)), (lambda w: ops.linear(y, x, w))
     return None
 
 
 def bench_linear(out: Path, batches: list[int]) -> None:
     """F.linear (cuBLAS) on each projection of a decoder layer and on the LM head, replayed from a
     CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once; at
-    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side, and each
-    projection as a decode step runs it, with the layer's kernels around it fused in, against those
-    kernels apart (fusion_calls)."""
+    batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side, and for
+    qkv and gate_up the product with the kernel after it fused in against the two kernels."""
     bandwidth = copy_bandwidth()
     hidden, inter, heads, kv_heads = PRESET.hidden_size, PRESET.intermediate_size, HEADS, KV_HEADS
     shapes = {"qkv": ((heads + 2 * kv_heads) * HEAD_DIM, hidden), "o": (hidden, heads * HEAD_DIM),
@@ -255,10 +242,10 @@ def bench_layer(out: Path, batches: list[int]) -> None:
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None,
                  modes: tuple[str, ...] | None) -> None:
-    """Decode steps in decode_runs' `modes` (all unless given), then the graphed steps with the
-    layers' norms kept apart from the products; with `splits`, only the graphed steps, once with each
-    split count forced on the decode attention the graphs capture (ops.paged_attention's num_splits;
-    the graphs captured again for each), beside the launch's own rule."""
+    """Decode steps in decode_runs' `modes` (all unless given); with `splits`, only the graphed steps,
+    once with each split count forced on the decode attention the graphs capture
+    (ops.paged_attention's num_splits; the graphs captured again for each), beside the launch's own
+    rule."""
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
     bandwidth = copy_bandwidth()
@@ -276,18 +263,6 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits
 
     if not splits:
         time_runs("", modes)
-        # The graphed steps again with each layer's norms and residual adds as kernels of their own,
-        # beside the products that take them in (trees without that fusion skip it).
-        from kvserve.models.llama import LlamaDecoderLayer
-        fuses = getattr(LlamaDecoderLayer, "fuses_norms", None)
-        if fuses is not None:
-            LlamaDecoderLayer.fuses_norms = lambda self, stream: False  # read at capture
-            try:
-                engine.runner.graphs.capture()
-                time_runs("_norms_apart", ("graphs",))
-            finally:
-                LlamaDecoderLayer.fuses_norms = fuses
-                engine.runner.graphs.capture()
         return
     rule = ops.paged_attention
     for count in [None] + splits:

@@ -25,20 +25,10 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
   check_contiguous(array, name, 1);
 }
 
-// What a product fuses in besides (linear.h; CUDA only): the input's RMSNorm, the silu_and_mul
-// output, the residual add.
-struct Fused {
-  std::optional<Array> norm_weight;
-  float norm_eps = 1e-6f;
-  bool silu_and_mul_output = false;
-  bool add_to_output = false;
-};
-
 // The params of out = input @ weight^T (+ bias) over checked arrays (with silu_and_mul_output, out
 // holds half the weight's rows); `cuda`: whether they all sit on one CUDA device.
 LinearParams linear_params(Array& out, const Array& input, const Array& weight, const std::optional<Array>& bias,
-                           const Fused& fused, bool* cuda) {
-  const bool silu_and_mul_output = fused.silu_and_mul_output;
+                           bool silu_and_mul_output, bool* cuda) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
   check_same_dtype(weight, "weight", input, "input");
@@ -65,31 +55,6 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   } else {
     *cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}});
   }
-  if (fused.norm_weight) {
-    const Array& norm_weight = *fused.norm_weight;
-    check_vector_like(norm_weight, "norm_weight", input, "input", static_cast<int64_t>(input.shape(1)),
-                      "[in_features]", "in_features of input");
-    *cuda = on_one_device({{input, "input"}, {norm_weight, "norm_weight"}}) && *cuda;
-    p.input_norm_weight = norm_weight.data();
-    p.input_norm_eps = fused.norm_eps;
-  }
-  // The fusions' limits, wherever the arrays are (the same message on either device); then their device.
-  if (fused.norm_weight && input.dtype() != kBFloat16) {
-    throw nb::value_error(("linear: norm_weight takes bfloat16 only (in float16, x * norm_weight could overflow before "
-                           "the norm's scale), got " + dtype_name(input.dtype())).c_str());
-  }
-  if (fused.norm_weight && static_cast<int64_t>(input.shape(1)) > kLinearCudaMaxNormedFeatures) {
-    throw nb::value_error(("linear: norm_weight takes up to " + std::to_string(kLinearCudaMaxNormedFeatures) +
-                           " in_features, got " + std::to_string(input.shape(1))).c_str());
-  }
-  if (fused.add_to_output && silu_and_mul_output) {
-    throw nb::value_error("linear: add_to_output with silu_and_mul_output is no layer's product (not supported)");
-  }
-  if ((fused.norm_weight || fused.add_to_output) && !*cuda) {
-    throw nb::value_error("linear: norm_weight and add_to_output run on CUDA only (on the CPU: rms_norm, then linear, "
-                          "then an add)");
-  }
-  p.add_to_output = fused.add_to_output;
   p.out = out.data();
   p.out_stride = out.stride(0);
   p.input = input.data();
@@ -113,10 +78,9 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
 }
 
 void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream,
-            bool silu_and_mul_output, std::optional<Array> norm_weight, float norm_eps, bool add_to_output) {
+            bool silu_and_mul_output) {
   bool cuda = false;
-  const LinearParams p =
-      linear_params(out, input, weight, bias, {norm_weight, norm_eps, silu_and_mul_output, add_to_output}, &cuda);
+  const LinearParams p = linear_params(out, input, weight, bias, silu_and_mul_output, &cuda);
   if (silu_and_mul_output && !cuda) {
     throw nb::value_error("linear: silu_and_mul_output runs on CUDA only (on the CPU: linear, then silu_and_mul)");
   }
@@ -125,9 +89,9 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias, uin
 
 void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional<Array> bias, Array query, Array key,
                              Array value, Array cos, Array sin, Array key_cache, Array value_cache, Array slot_mapping,
-                             uintptr_t stream, std::optional<Array> norm_weight, float norm_eps) {
+                             uintptr_t stream) {
   bool cuda = false;
-  const LinearParams p = linear_params(out, input, weight, bias, {norm_weight, norm_eps}, &cuda);
+  const LinearParams p = linear_params(out, input, weight, bias, false, &cuda);
   RotaryAndCacheParams rc;
   rc.rotary = rotary_embedding_params(query, key, cos, sin);
   rc.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
@@ -170,23 +134,18 @@ bool interleave_supported(Array weight) {
 
 void bind_linear(nb::module_& m) {
   m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
-  m.attr("linear_cuda_max_normed_features") = kLinearCudaMaxNormedFeatures;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(), nb::arg("stream") = 0, nb::arg("silu_and_mul_output") = false,
-        nb::arg("norm_weight") = nb::none(), nb::arg("norm_eps") = 1e-6f, nb::arg("add_to_output") = false,
         "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); on the CPU the\n"
         "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported). With\n"
-        "silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up. With\n"
-        "norm_weight [K] (CUDA, bfloat16): the product of rms_norm(input) * norm_weight. With add_to_output\n"
-        "(CUDA): out += the product.");
+        "silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),
         nb::arg("value_cache").noconvert(), nb::arg("slot_mapping"), nb::arg("stream") = 0,
-        nb::arg("norm_weight") = nb::none(), nb::arg("norm_eps") = 1e-6f,
-        "linear(out, input, weight, bias, norm_weight=...), then rotary_and_cache(query, key, value, ...) over\n"
-        "its columns, in one CUDA kernel: a layer's qkv projection at decode (query, key and value are the\n"
-        "q, k and v columns of out).");
+        "linear(out, input, weight, bias), then rotary_and_cache(query, key, value, ...) over its columns, in\n"
+        "one CUDA kernel: a layer's qkv projection at decode (query, key and value are the q, k and v\n"
+        "columns of out).");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

@@ -105,9 +105,6 @@ Status check_linear(const LinearParams& p, std::string* why) {
     s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
   }
   if (s != Status::kOk) return s;
-  if (p.input_norm_weight != nullptr && check_eps("input_norm_eps", p.input_norm_eps, why) != Status::kOk) {
-    return Status::kInvalidArgument;
-  }
   if (p.num_rows > 0 && (p.input == nullptr || p.weight == nullptr || p.out == nullptr)) {
     return fail(why, "a required array is null");
   }
@@ -116,12 +113,9 @@ Status check_linear(const LinearParams& p, std::string* why) {
 
 bool linear_cuda_takes(const LinearParams& p) {
   const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
-  const bool norm_taken = p.input_norm_weight == nullptr ||
-                          (p.dtype == DType::kBFloat16 && p.in_features <= kLinearCudaMaxNormedFeatures &&
-                           aligned(p.input_norm_weight));
   return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
          p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
-         aligned(p.weight) && norm_taken && !(p.add_to_output && p.silu_and_mul_output);
+         aligned(p.weight);
 }
 
 }  // namespace kvserve

@@ -20,16 +20,6 @@
 // writes it in place and (k) into its cache slot; v's blocks write their 16 features into the value
 // cache too: the bits of linear_cuda, then rotary_and_cache_cuda.
 //
-// A decoder layer's add + RMSNorm around its projections fuse in too, at decode sizes a kernel each
-// of their own (two a layer) that moved a few kilobytes. The residual add after o and down:
-// add_to_output adds each rounded output to the residual stream in place (each element one
-// thread's). The norm before qkv and gate_up: with input_norm_weight, a lane multiplies the 8 input
-// values of each chunk by the norm weight's before its mma (one rounding) and sums their squares;
-// the block's squares of a row meet with its sums, and the row's rsqrt(mean + eps) scales them
-// before the bias: a scalar of the row, so it commutes with the product. Every block reads every
-// input row anyway; the norm adds the norm weight, read into shared memory before the wait, and
-// 32 multiply-adds a chunk.
-//
 // A layer's weights pass through L2 once a step, far more of them than it holds: they are read with
 // an evict-first policy, so that they do not push out what the step's other kernels find there
 // (attention's and the norms' code, the activations, the block table), which they would otherwise
@@ -37,18 +27,17 @@
 //
 // Launched programmatically (sm_90), a block's warps read their first batch of weight chunks into
 // registers before they wait for the kernel before (compat.cuh: no kernel writes the weights), and
-// only then the input rows. The blocks resident while that kernel ends (three per SM: on an H100
-// all of qkv's, o's and down's for Llama-3.1-8B) have a quarter of their weights (qkv, o, gate_up; a
-// fourteenth of down's) on their way when it does, instead of one trip to memory after it: during
-// attention's tail, or the product before's, whose last blocks leave the memory bus mostly idle.
-// Unlike the L2 prefetches tried before (bench/README.md: they made the step slower), these are the
+// only then the input rows. That kernel (a norm, attention, the product before) leaves the memory bus
+// mostly idle at decode sizes, and the blocks resident during it (three per SM: on an H100 all of
+// qkv's, o's and down's for Llama-3.1-8B) have a quarter of their weights (qkv, o, gate_up; a
+// fourteenth of down's) on their way when it ends, instead of one trip to memory after it. Unlike
+// the L2 prefetches tried before (bench/README.md: they made the step slower), these are the
 // kernel's own loads, asked once, into the registers that take them anyway.
 #include <climits>
 #include <type_traits>
 
 #include "device_resources.h"
 #include "numeric.cuh"
-#include "rms.cuh"
 #include "silu.cuh"
 #include "rotary.cuh"
 #include "tensor_core.cuh"
@@ -69,14 +58,6 @@ constexpr int kFeatures = 16;  // weight rows per block (the mma's M)
 static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
 constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
 constexpr int kUnroll = 4;     // chunks in flight per warp
-// Blocks resident on an SM at once on sm_90+ (registers capped to fit them): with fewer, a
-// projection's blocks would not all be resident while the kernel before it runs (see below).
-// Earlier devices launch no kernel before the one before it ends: no cap.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-constexpr int kBlocksPerSm = 1;
-#else
-constexpr int kBlocksPerSm = 3;
-#endif
 
 // What a block does with its 16 weight rows' sums (see the top of this file).
 enum class Epilogue {
@@ -110,46 +91,8 @@ __device__ inline BlockRows block_rows(const LinearParams& p, const RotaryEmbedd
   return {block * kFeatures + g, block * kFeatures + g + 8};
 }
 
-// Two bfloat16 values (a 32-bit word) times two others, each product rounded to bfloat16: on sm_80+
-// one packed fma with -0 (the product of two bfloat16 is exact in float, so one rounding either way).
-__device__ inline uint32_t multiply_bf16x2(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
-  uint32_t product;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(product) : "r"(a), "r"(b), "r"(0x80008000u));
-  return product;
-#else
-  const auto low = from_float<BFloat16>(__uint_as_float(a << 16) * __uint_as_float(b << 16));
-  const auto high = from_float<BFloat16>(__uint_as_float(a & 0xffff0000u) * __uint_as_float(b & 0xffff0000u));
-  return static_cast<uint32_t>(low.bits) | (static_cast<uint32_t>(high.bits) << 16);
-#endif
-}
-
-// The 8 bfloat16 input values `x` of a chunk times the norm weight's `weight`, rounded (the mma's
-// operand), their squares added to `squares` (see the top of this file).
-__device__ inline uint4 times_norm_weight(uint4 x, uint4 weight, float& squares) {
-  for (const uint32_t word : {x.x, x.y, x.z, x.w}) {
-    const float low = __uint_as_float(word << 16), high = __uint_as_float(word & 0xffff0000u);
-    squares = fmaf(low, low, squares);
-    squares = fmaf(high, high, squares);
-  }
-  return {multiply_bf16x2(x.x, weight.x), multiply_bf16x2(x.y, weight.y), multiply_bf16x2(x.z, weight.z),
-          multiply_bf16x2(x.w, weight.w)};
-}
-
-// kNormed: the 16-byte packs of norm weight a block keeps in shared memory: zeros past in_features,
-// up to whole batches of kUnroll chunks of every warp, so that the loop reads them without a branch.
-__host__ __device__ constexpr int32_t normed_packs(int32_t in_features) {
-  constexpr int32_t kBatch = kWarps * kUnroll * kChunk;
-  return (in_features + kBatch - 1) / kBatch * kBatch / 8;
-}
-static_assert(normed_packs(kLinearCudaMaxNormedFeatures) * 16 + sizeof(float) * kWarps * (kWarpSize * 4 + 8) <=
-                  48 * 1024,
-              "the norm weight and the sums' shared memory fit the 48 KB a block has without opting in");
-
-// kNormed: input_norm_weight set (bfloat16 only).
-template <class T, Epilogue kEpilogue, bool kNormed>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
-    linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
+template <class T, Epilogue kEpilogue>
+__global__ void __launch_bounds__(kThreads) linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const RotaryEmbeddingParams& r = rc.rotary;
@@ -184,20 +127,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   };
   // The first batch's weights before the wait (see the top of this file).
   load_weights(warp, [&](const T* at) { return load_16_once<true>(at, once); });
-  // kNormed: the norm weight into shared memory, also before the wait (no kernel writes it either):
-  // in registers beside the chunks in flight it took the registers of a third block an SM.
-  uint4* const s_norm_weight = reinterpret_cast<uint4*>(dynamic_shared_memory());
-  if constexpr (kNormed) {
-    const auto* norm_weight = static_cast<const uint4*>(p.input_norm_weight);
-    for (int32_t i = static_cast<int32_t>(threadIdx.x); i < normed_packs(in_features); i += kThreads) {
-      s_norm_weight[i] = i < in_features / 8 ? load_through_l2(norm_weight + i) : uint4{};
-    }
-  }
   wait_for_prior_grid();
-  if constexpr (kNormed) __syncthreads();
 
   float c[4] = {};
-  float squares = 0.f;  // kNormed: input row g's, over this lane's columns
   for (int32_t first = warp; first < chunks; first += kWarps * kUnroll) {
     if (first != warp) load_weights(first, [&](const T* at) { return load_16_once(at, once); });
     uint4 x[kUnroll];
@@ -205,11 +137,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     for (int u = 0; u < kUnroll; ++u) {
       const int32_t chunk = first + u * kWarps;
       x[u] = inside(chunk) && input_row ? *reinterpret_cast<const uint4*>(input + chunk * kChunk) : uint4{};
-    }
-    if constexpr (kNormed) {
-      const uint4* scale = s_norm_weight + first * (kChunk / 8) + t;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) x[u] = times_norm_weight(x[u], scale[u * kWarps * (kChunk / 8)], squares);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -224,27 +151,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   __shared__ float s_sums[kWarps][kWarpSize][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) s_sums[warp][lane][i] = c[i];
-  // kNormed: each warp's sum of squares of input row g (over its 4 lanes of the row).
-  __shared__ float s_squares[kWarps][8];
-  if constexpr (kNormed) {
-    squares += shfl_xor(squares, 1);
-    squares += shfl_xor(squares, 2);
-    if (t == 0) s_squares[warp][g] = squares;
-  }
   __syncthreads();
   const T* bias = static_cast<const T*>(p.bias);
-  // Sum i of lane `from` over the warps (input row `row`), with the bias of weight row `weight_row`,
-  // rounded to T.
-  auto output = [&](int from, int i, int64_t row, int64_t weight_row) {
+  // Sum i of lane `from` over the warps, with the bias of weight row `weight_row`, rounded to T.
+  auto output = [&](int from, int i, int64_t weight_row) {
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += s_sums[w][from][i];
-    if constexpr (kNormed) {
-      float total = 0.f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) total += s_squares[w][row];
-      sum *= inverse_rms(total, in_features, p.input_norm_eps);
-    }
     if (bias != nullptr) sum += to_float(bias[weight_row]);
     return from_float<T>(sum);
   };
@@ -259,7 +172,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     const int64_t row = 2 * (from % 4) + i;
     const BlockRows pair = block_rows<kEpilogue>(p, r, from / 4);
     if (row >= p.num_rows || pair.low >= row_end) return;
-    const T first = output(from, i, row, pair.low), second = output(from, i + 2, row, pair.high);
+    const T first = output(from, i, pair.low), second = output(from, i + 2, pair.high);
     if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
       out[row * p.out_stride + pair.low] = silu_and_mul_value(first, second);
     } else {
@@ -287,18 +200,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int from = item / 4, i = item % 4;
   const int64_t row = 2 * (from % 4) + i % 2, feature = blockIdx.x * kFeatures + from / 4 + (i >= 2 ? 8 : 0);
   if (row >= p.num_rows || feature >= p.out_features) return;
-  T* at = out + row * p.out_stride + feature;
-  const T value = p.add_to_output ? from_float<T>(to_float(*at) + to_float(output(from, i, row, feature)))
-                                  : output(from, i, row, feature);
-  *at = value;
+  const T value = output(from, i, feature);
+  out[row * p.out_stride + feature] = value;
   if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {  // a v feature: into the value cache too
     const int64_t slot = cache_slot(rc.cache, row);
     if (slot >= 0) static_cast<T*>(rc.cache.value_cache)[slot + feature - rotary_blocks(r) * kFeatures] = value;
   }
 }
 
-// Launches linear_kernel<T, kEpilogue, normed> over `blocks` blocks (T from p.dtype, 16-bit only;
-// bfloat16 only when normed).
+// Launches linear_kernel<T, kEpilogue> over `blocks` blocks (T from p.dtype, 16-bit only).
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
@@ -311,15 +221,7 @@ Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int6
     if constexpr (std::is_same_v<T, float>) {
       return Status::kUnsupported;
     } else {
-      const dim3 grid(static_cast<unsigned>(blocks));
-      if (p.input_norm_weight == nullptr) {
-        launch_kernel(linear_kernel<T, kEpilogue, false>, grid, kThreads, 0, stream, p, rc);
-      } else if constexpr (std::is_same_v<T, BFloat16>) {
-        const auto norm_weight_bytes = static_cast<size_t>(normed_packs(static_cast<int32_t>(p.in_features))) * 16;
-        launch_kernel(linear_kernel<T, kEpilogue, true>, grid, kThreads, norm_weight_bytes, stream, p, rc);
-      } else {
-        return Status::kUnsupported;  // float16 with a norm (linear_cuda_takes refuses it too)
-      }
+      launch_kernel(linear_kernel<T, kEpilogue>, dim3(static_cast<unsigned>(blocks)), kThreads, 0, stream, p, rc);
       return launch_status();
     }
   });
@@ -340,7 +242,7 @@ Status linear_cuda(const LinearParams& p, void* stream) {
 Status linear_rotary_and_cache_cuda(const LinearParams& p, const RotaryAndCacheParams& rc, void* stream) {
   if (check_linear_rotary_and_cache(p, rc, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
-  if (rc.rotary.head_dim % 16 != 0 || p.add_to_output || rc.query_norm_weight != nullptr) return Status::kUnsupported;
+  if (rc.rotary.head_dim % 16 != 0 || rc.query_norm_weight != nullptr) return Status::kUnsupported;
   // out_features is a whole number of heads: of 16 rows each.
   const auto s = static_cast<kvGpuStream_t>(stream);
   return launch_linear<Epilogue::kRotaryAndCache>(p, rc, p.out_features / kFeatures, s);

@@ -91,7 +91,7 @@ bool linear_interleave_supported(DType dtype, int64_t out_features, int64_t in_f
 
 Status linear_cpu(const LinearParams& p) {
   if (check_linear(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
-  if (p.silu_and_mul_output || p.input_norm_weight != nullptr || p.add_to_output) return Status::kUnsupported;
+  if (p.silu_and_mul_output) return Status::kUnsupported;
   if (p.num_rows == 0) return Status::kOk;
   if (p.weight_interleaved) {
     if (!linear_interleave_supported(p.dtype, p.out_features, p.in_features)) return Status::kUnsupported;

@@ -3,7 +3,7 @@
 //   input:  [num_rows, in_features]              rows may be strided, last dimension contiguous
 //   weight: [out_features, in_features]          rows may be strided (PyTorch's nn.Linear layout)
 //   bias:   [out_features] or nullptr
-//   out:    [num_rows, out_features]             rows may be strided, not overlapping input
+//   out:    [num_rows, out_features]             rows may be strided
 //
 // Float32 accumulation, rounded once to the dtype (with the bias added before rounding). Register
 // tiles of 4 input rows x 4 weight rows walk along in_features; input rows go in L2-sized tiles past
@@ -44,18 +44,6 @@ struct LinearParams {
   // silu(gate) * up, rounded as the plain product and then silu_and_mul (layer_ops.h) round it.
   // linear_cuda only (linear_cpu: kUnsupported).
   bool silu_and_mul_output = false;
-  // A decoder layer's RMSNorm fused in before the product (linear_cuda, bfloat16 only): with
-  // input_norm_weight [in_features] set, the product takes each input row x as
-  //     x * rsqrt(mean(x^2) + input_norm_eps) * input_norm_weight,
-  // its scalar applied to the float32 sums: one rounding of x * weight where rms_norm (layer_ops.h)
-  // then the product round twice, so within rounding of those two, not their bits. (In float16,
-  // x * weight could overflow before the scalar brings it back.) linear_cpu: kUnsupported.
-  const void* input_norm_weight = nullptr;
-  float input_norm_eps = 1e-6f;
-  // The residual add after the product fused in (linear_cuda, not with silu_and_mul_output): out +=
-  // the product, each element the product rounded, then the sum rounded, as a separate add rounds
-  // them (the same bits). linear_cpu: kUnsupported.
-  bool add_to_output = false;
 };
 
 // Whether linear_cpu takes an interleaved weight of this dtype and shape on this CPU.
@@ -68,15 +56,10 @@ KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 
 // Rows of input that linear_cuda takes at most.
 constexpr int64_t kLinearCudaMaxRows = 8;
-// in_features that linear_cuda takes at most with input_norm_weight (Llama-3.1-405B's hidden size):
-// a block keeps the norm weight in shared memory, within the 48 KB a block has without opting in.
-constexpr int64_t kLinearCudaMaxNormedFeatures = 16384;
 
 // Whether linear_cuda takes these params, as far as the host can tell without the device (which must
-// also be sm_80 or later): 1 to kLinearCudaMaxRows rows of float16/bfloat16 (bfloat16 and up to
-// kLinearCudaMaxNormedFeatures in_features with input_norm_weight), a plain weight, in_features and
-// row strides in 16-byte packs, 16-byte aligned input, weight and norm weight, and add_to_output
-// only without silu_and_mul_output.
+// also be sm_80 or later): 1 to kLinearCudaMaxRows rows of float16/bfloat16, a plain weight,
+// in_features and row strides in 16-byte packs, 16-byte aligned input and weight.
 KVSERVE_EXPORT bool linear_cuda_takes(const LinearParams& params);
 
 // `stream` is a cudaStream_t (null: the default stream).

@@ -26,11 +26,9 @@ KVSERVE_EXPORT Status check_linear_rotary_and_cache(const LinearParams& linear, 
 
 #if KVSERVE_HAS_CUDA
 // On `stream` of the current device; kUnsupported where linear_cuda is (or with
-// silu_and_mul_output or add_to_output), with rc's head norms (a block holds 16 of a head's dims, a
-// norm needs them all), and for a head_dim that is not a multiple of 16 (a block rotates 8 pairs of
-// one head). linear.input_norm_weight normalizes the input first, as for
-// linear_cuda (within rounding of rms_norm, then this op). Like rotary_and_cache_cuda, the kernel
-// skips a slot out of range as it skips -1.
+// silu_and_mul_output), with rc's head norms (a block holds 16 of a head's dims, a norm needs them
+// all), and for a head_dim that is not a multiple of 16 (a block rotates 8 pairs of one head). Like
+// rotary_and_cache_cuda, the kernel skips a slot out of range as it skips -1.
 KVSERVE_EXPORT Status linear_rotary_and_cache_cuda(const LinearParams& linear, const RotaryAndCacheParams& rc,
                                                    void* stream);
 #endif

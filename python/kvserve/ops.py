@@ -4,8 +4,7 @@ Each function validates its arguments in C++ (dtype, device, shape, strides → 
 passes the current CUDA stream along for CUDA tensors. The paged KV-cache kernels and the fused
 layer helpers (rms_norm, fused_add_rms_norm, rotary_embedding, rotary_and_cache, silu_and_mul),
 argmax and the few-rows linear run on the CPU or on CUDA (in builds with CUDA kernels, `_C.has_cuda`),
-wherever their arrays are; linear_rotary_and_cache (and linear's silu_and_mul_output, norm_weight and
-add_to_output) on CUDA only.
+wherever their arrays are; linear_rotary_and_cache (and linear's silu_and_mul_output) on CUDA only.
 
 On sm_90 GPUs a CUDA kernel may start while the kvserve kernel before it in the stream still runs,
 and read the weights (of the norms and the few-rows products) and paged_attention's metadata
@@ -129,15 +128,14 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
 
 
 def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, sin, key_cache, value_cache,
-                            slot_mapping, norm_weight=None, norm_eps: float = 1e-6) -> None:
-    """linear(out, input, weight, bias, norm_weight=norm_weight, norm_eps=norm_eps), then
-    rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_mapping) over out's q,
-    k and v columns (query, key, value: the views of them), in one CUDA kernel, bit for bit: a layer's
-    qkv projection at decode (linear's few rows; head_dim a multiple of 16; ValueError otherwise, and
-    on the CPU)."""
+                            slot_mapping) -> None:
+    """linear(out, input, weight, bias), then rotary_and_cache(query, key, value, cos, sin, key_cache,
+    value_cache, slot_mapping) over out's q, k and v columns (query, key, value: the views of them),
+    in one CUDA kernel, bit for bit: a layer's qkv projection at decode (linear's few rows; head_dim
+    a multiple of 16; ValueError otherwise, and on the CPU)."""
     _C.ops.linear_rotary_and_cache(_dl(out), _dl(input), _dl(weight), _dl(bias), _dl(query), _dl(key), _dl(value),
                                    _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache), _dl(slot_mapping),
-                                   _stream_of(input), _dl(norm_weight), norm_eps)
+                                   _stream_of(input))
 
 
 def silu_and_mul(out, x) -> None:
@@ -152,8 +150,7 @@ def argmax(out, input) -> None:
     _C.ops.argmax(_dl(out), _dl(input), _stream_of(input))
 
 
-def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, norm_weight=None,
-           norm_eps: float = 1e-6, add_to_output: bool = False) -> None:
+def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False) -> None:
     """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
 
     For few rows (decode): each weight row is read once and used for every input row, so the call
@@ -161,13 +158,7 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, nor
     to `_C.ops.linear_cuda_max_rows` rows of float16/bfloat16 on tensor cores (sm_80+), in_features
     and row starts in 16-byte packs (ValueError otherwise). With `silu_and_mul_output` (CUDA only),
     the weight's rows are an MLP's [gate; up] and out [M, N / 2] receives what silu_and_mul would
-    make of the product, bit for bit, without the [M, N] product in memory.
-
-    A decoder layer's add + RMSNorm around its projections fuse in too (CUDA only): with
-    `norm_weight` [K] (bfloat16) the product takes rms_norm(input) * norm_weight, the norm's scale
-    applied to the float32 sums (within rounding of rms_norm then linear, not their bits); with
-    `add_to_output`, out += the product (the bits of the product, then an add). out must not
-    overlap input; norm_weight, like weight, may be read before the kernel before ends (above).
+    make of the product, bit for bit, without the [M, N] product in memory. out must not overlap
+    input.
     """
-    _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input),
-                  silu_and_mul_output, _dl(norm_weight), norm_eps, add_to_output)
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input), silu_and_mul_output)

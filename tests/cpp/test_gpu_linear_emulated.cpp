@@ -1,6 +1,6 @@
 // The few-rows product (linear_cuda) and its fusions, run by the GPU emulator (gpu_emulator/):
-// against a float64 reference, and against the kernels each fusion replaces (rms_norm, silu_and_mul,
-// rotary_and_cache, an add), on the same data.
+// against a float64 reference, and against the kernels each fusion replaces (silu_and_mul,
+// rotary_and_cache), on the same data.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -126,186 +126,6 @@ TEST(EmulatedLinear, WithSiluAndMulOutputEqualsTheTwoKernels) {
   }
 }
 
-// input_norm_weight: a decode step's add + RMSNorm fused into the next projection. Rows of different
-// sizes (each its own scale), input values small enough that eps moves the scale by a fifth.
-struct NormedRows {
-  static constexpr float kEps = 1e-3f;
-  Buffer x, norm_weight;
-  std::vector<double> inverse_rms;  // of each row
-
-  NormedRows(int64_t rows, int64_t in, std::mt19937& rng)
-      : x(DType::kBFloat16, static_cast<size_t>(rows * in)), norm_weight(random_buffer(DType::kBFloat16, in, rng)) {
-    std::normal_distribution<float> normal;
-    for (int64_t r = 0; r < rows; ++r) {
-      double squares = 0;
-      for (int64_t k = 0; k < in; ++k) {
-        x.set(static_cast<size_t>(r * in + k), 0.05f * static_cast<float>(r + 1) * normal(rng));
-        squares += std::pow(x.get(static_cast<size_t>(r * in + k)), 2);
-      }
-      inverse_rms.push_back(1 / std::sqrt(squares / static_cast<double>(in) + kEps));
-    }
-  }
-
-  void normalize_in(kvserve::LinearParams& p) const {
-    p.input_norm_weight = norm_weight.words.data();
-    p.input_norm_eps = kEps;
-  }
-};
-
-TEST(EmulatedLinear, WithANormedInputMatchesAFloat64Reference) {
-  // in_features not a multiple of the warps' 32 (200) or of a batch of their chunks (1032).
-  for (const auto& [rows, in, out_features] : {std::tuple<int64_t, int64_t, int64_t>{1, 512, 48},
-                                               {7, 200, 13}, {8, 1032, 17}}) {
-    for (bool with_bias : {false, true}) {
-      std::mt19937 rng(static_cast<uint32_t>(rows * 1000 + in));
-      NormedRows normed(rows, in, rng);
-      Buffer w = random_buffer(DType::kBFloat16, static_cast<size_t>(out_features * in), rng);
-      Buffer b = random_buffer(DType::kBFloat16, static_cast<size_t>(out_features), rng);
-      Buffer y = nan_buffer(DType::kBFloat16, static_cast<size_t>(rows * out_features));
-      Buffer scratch(DType::kBFloat16, 1);
-      kvserve::LinearParams p = linear_params(y, out_features, normed.x, in, w, with_bias ? b.data() : nullptr, rows,
-                                              in, out_features, DType::kBFloat16);
-      normed.normalize_in(p);
-      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-      // Before the wait: the weight and the norm weight, which no kernel writes.
-      const EarlyLoads early = loads_before_wait({{w.data(), static_cast<size_t>(out_features * in) * 2},
-                                                  {normed.norm_weight.data(), static_cast<size_t>(in) * 2}});
-      EXPECT_GT(early.all, 0u);
-      EXPECT_EQ(early.outside, 0u) << "rows " << rows << " in " << in;
-      // The kernel's rounding (one, of x * norm weight; the scale applied to the sum), then the
-      // output's: the float32 sum's order and rsqrt's last bits aside, the same value.
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t n = 0; n < out_features; ++n) {
-          double sum = 0;
-          for (int64_t k = 0; k < in; ++k) {
-            const float x_k = normed.x.get(static_cast<size_t>(r * in + k));
-            sum += static_cast<double>(scratch.rounded(x_k * normed.norm_weight.get(k))) *
-                   w.get(static_cast<size_t>(n * in + k));
-          }
-          sum = sum * normed.inverse_rms[r] + (with_bias ? b.get(static_cast<size_t>(n)) : 0.0);
-          const float expected = scratch.rounded(static_cast<float>(sum));
-          ASSERT_NEAR(y.get(static_cast<size_t>(r * out_features + n)), expected, std::ldexp(std::abs(sum), -8) + 1e-3)
-              << "rows " << rows << " in " << in << " row " << r << " feature " << n;
-        }
-      }
-      EXPECT_EQ(kvserve::linear_cpu(p), Status::kUnsupported);
-    }
-  }
-}
-
-TEST(EmulatedLinear, WithANormedInputEveryEpilogueGivesTheBitsOfTheNormedProductThenItsKernel) {
-  // A feature's sum and a row's scale do not depend on which weight rows share its block: the
-  // SiLU-and-mul and rotary pairs take the normed input as the plain product's rows do.
-  const int64_t rows = 3, in = 200;
-  std::mt19937 rng(5);
-  NormedRows normed(rows, in, rng);
-  {  // gate_up with SiLU-and-mul
-    const int64_t size = 24;
-    Buffer w = random_buffer(DType::kBFloat16, static_cast<size_t>(2 * size * in), rng);
-    Buffer gate_up = nan_buffer(DType::kBFloat16, static_cast<size_t>(rows * 2 * size));
-    Buffer apart = nan_buffer(DType::kBFloat16, static_cast<size_t>(rows * size));
-    Buffer fused = nan_buffer(DType::kBFloat16, static_cast<size_t>(rows * size));
-    kvserve::LinearParams p = linear_params(gate_up, 2 * size, normed.x, in, w, nullptr, rows, in, 2 * size,
-                                            DType::kBFloat16);
-    normed.normalize_in(p);
-    ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-    ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, apart, DType::kBFloat16, rows, size), nullptr),
-              Status::kOk);
-    p.out = fused.data();
-    p.out_stride = size;
-    p.silu_and_mul_output = true;
-    ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-    EXPECT_EQ(fused.words, apart.words);
-  }
-  {  // qkv with rotary and the cache write
-    const RotaryShape shape{4, 2, 16};
-    FusedQkvStep apart(DType::kBFloat16, shape, {5, -1, 10}), fused(DType::kBFloat16, shape, {5, -1, 10});
-    Buffer w = random_buffer(DType::kBFloat16, static_cast<size_t>(apart.row * in), rng);
-    Buffer b = random_buffer(DType::kBFloat16, static_cast<size_t>(apart.row), rng);
-    kvserve::LinearParams p =
-        linear_params(apart.qkv, apart.row, normed.x, in, w, b.data(), rows, in, apart.row, DType::kBFloat16);
-    normed.normalize_in(p);
-    ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-    ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk);
-    p.out = fused.qkv.data();
-    ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(p, fused.params, nullptr), Status::kOk);
-    EXPECT_EQ(fused.qkv.words, apart.qkv.words);
-    EXPECT_EQ(fused.key_cache.words, apart.key_cache.words);
-    EXPECT_EQ(fused.value_cache.words, apart.value_cache.words);
-    p.add_to_output = true;  // an add into q, k and v is no layer's
-    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(p, fused.params, nullptr), Status::kUnsupported);
-    p.add_to_output = false;  // Qwen3's head norms: a block holds 16 of a head's dims, a norm needs all
-    fused.params.query_norm_weight = fused.params.key_norm_weight = w.data();
-    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(p, fused.params, nullptr), Status::kUnsupported);
-  }
-}
-
-TEST(EmulatedLinear, WithANormedInputRefusesWhatItCannotTake) {
-  std::mt19937 rng(6);
-  const int64_t in = 64;
-  NormedRows normed(2, in, rng);
-  Buffer w = random_buffer(DType::kBFloat16, static_cast<size_t>(16 * in), rng);
-  Buffer y = nan_buffer(DType::kBFloat16, 2 * 16);
-  kvserve::LinearParams p = linear_params(y, 16, normed.x, in, w, nullptr, 2, in, 16, DType::kBFloat16);
-  normed.normalize_in(p);
-  ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-  p.input_norm_eps = -1.f;
-  std::string why;
-  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
-  EXPECT_NE(why.find("input_norm_eps: expected a finite number >= 0"), std::string::npos) << why;
-  EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kInvalidArgument);
-  p.input_norm_eps = NormedRows::kEps;
-  p.dtype = DType::kFloat16;  // x * weight could overflow float16 before the scale
-  EXPECT_FALSE(kvserve::linear_cuda_takes(p));
-  EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
-  p.dtype = DType::kBFloat16;
-  p.input_norm_weight = static_cast<const char*>(p.input_norm_weight) + 2;  // not 16-byte aligned
-  EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
-  // A norm weight past a block's 48 KB of shared memory (the takes check reads no array).
-  normed.normalize_in(p);
-  p.in_features = p.input_stride = p.weight_stride = kvserve::kLinearCudaMaxNormedFeatures + 8;
-  EXPECT_FALSE(kvserve::linear_cuda_takes(p));
-  p.in_features = p.input_stride = p.weight_stride = kvserve::kLinearCudaMaxNormedFeatures;
-  EXPECT_TRUE(kvserve::linear_cuda_takes(p));
-}
-
-TEST(EmulatedLinear, AddToOutputGivesTheBitsOfTheProductThenAnAdd) {
-  // The residual add after o_proj and down_proj: out (the residual stream) += the rounded product.
-  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
-    for (bool with_bias : {false, true}) {
-      std::mt19937 rng(8);
-      const int64_t rows = 5, in = 200, out_features = 40, out_stride = 43;
-      Buffer x = random_buffer(dtype, static_cast<size_t>(rows * in), rng);
-      Buffer w = random_buffer(dtype, static_cast<size_t>(out_features * in), rng);
-      Buffer b = random_buffer(dtype, static_cast<size_t>(out_features), rng);
-      Buffer product = nan_buffer(dtype, static_cast<size_t>(rows * out_features));
-      Buffer residual = random_buffer(dtype, static_cast<size_t>(rows * out_stride), rng);
-      const Buffer before = residual;
-      kvserve::LinearParams p = linear_params(product, out_features, x, in, w, with_bias ? b.data() : nullptr, rows, in,
-                                              out_features, dtype);
-      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-      p.out = residual.data();
-      p.out_stride = out_stride;
-      p.add_to_output = true;
-      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk);
-      Buffer scratch(dtype, 1);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t f = 0; f < out_stride; ++f) {
-          const auto i = static_cast<size_t>(r * out_stride + f);
-          const float expected =
-              f < out_features ? scratch.rounded(before.get(i) + product.get(static_cast<size_t>(r * out_features + f)))
-                               : before.get(i);  // between the rows: untouched
-          ASSERT_EQ(residual.get(i), expected) << name(dtype) << " row " << r << " feature " << f;
-        }
-      }
-      EXPECT_EQ(kvserve::linear_cpu(p), Status::kUnsupported);
-      p.silu_and_mul_output = true;  // no layer adds SiLU-and-mul's output to anything
-      EXPECT_FALSE(kvserve::linear_cuda_takes(p));
-      EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported);
-    }
-  }
-}
-
 class EmulatedLinearRotaryAndCache : public ::testing::TestWithParam<RotaryShape> {};
 
 // linear_rotary_and_cache against linear_cuda, then rotary_and_cache_cuda, on the same input, weight
@@ -334,6 +154,10 @@ TEST_P(EmulatedLinearRotaryAndCache, EqualsTheProjectionThenTheKernel) {
     EXPECT_EQ(fused.key_cache.words, apart.key_cache.words) << name(dtype);
     EXPECT_EQ(fused.value_cache.words, apart.value_cache.words) << name(dtype);
     EXPECT_FALSE(std::isnan(fused.value_cache.get(5 * shape.kv_heads * shape.head_dim))) << "slot 5 written";
+    // Qwen3's head norms: a block holds 16 of a head's dims, a norm needs them all.
+    fused.params.query_norm_weight = fused.params.key_norm_weight = w.data();
+    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kUnsupported);
+    fused.params.query_norm_weight = fused.params.key_norm_weight = nullptr;
     fused.params.cache.value = fused.params.rotary.key;  // a value, but not the product's v columns
     std::string why;
     EXPECT_EQ(kvserve::check_linear_rotary_and_cache(product, fused.params, &why), Status::kInvalidArgument);

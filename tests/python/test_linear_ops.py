@@ -1,7 +1,6 @@
 """The few-rows linear (kvserve.ops.linear) on the CPU and on CUDA against float64, and its CUDA
 fusions against the ops they replace: SiLU-and-mul into the gate_up product, rotary and the KV-cache
-write into the qkv product (with or without the input's RMSNorm), bit for bit.
-(The add + RMSNorm fusions and the model's use of them: test_linear_norm_and_add.py.)"""
+write into the qkv product, bit for bit."""
 
 import pytest
 import torch
@@ -11,26 +10,16 @@ from requires_cuda import requires_cuda
 from test_layer_ops import DTYPES, qkv_views
 
 
-# (dtype, whether the input's RMSNorm is fused in too: bfloat16 only) of the fused products' tests.
-FUSED_PRODUCT_KINDS = [(torch.bfloat16, False), (torch.float16, False), (torch.bfloat16, True)]
-
-
-def norm_args(normed: bool, hidden: int) -> dict:
-    """ops.linear's arguments that fuse an RMSNorm of the input in (none when not `normed`)."""
-    return dict(norm_weight=torch.randn(hidden).bfloat16().cuda(), norm_eps=1e-3) if normed else {}
-
 
 @requires_cuda
-@pytest.mark.parametrize("dtype, normed", FUSED_PRODUCT_KINDS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(1, 4, 2, 64), (3, 32, 8, 128), (8, 8, 1, 256)])
-def test_linear_rotary_and_cache_gives_the_two_ops_bits(dtype, normed, shape):
+def test_linear_rotary_and_cache_gives_the_two_ops_bits(dtype, shape):
     """The qkv projection that rotates q and k and writes the cache itself equals linear, then
-    rotary_and_cache, bit for bit: q, k, v and both caches (bias or not; a -1 slot writes nothing;
-    the input's norm fused into both or neither)."""
+    rotary_and_cache, bit for bit: q, k, v and both caches (bias or not; a -1 slot writes nothing)."""
     tokens, heads, kv_heads, head_dim = shape
     torch.manual_seed(tokens * 100 + head_dim)
     hidden, blocks, block_size = 512, 4, 4
-    norm = norm_args(normed, hidden)
     x = torch.randn(tokens, hidden).to(dtype).cuda()
     width = (heads + 2 * kv_heads) * head_dim
     weight = (0.1 * torch.randn(width, hidden)).to(dtype).cuda()
@@ -45,9 +34,9 @@ def test_linear_rotary_and_cache_gives_the_two_ops_bits(dtype, normed, shape):
             caches = [torch.full((blocks, block_size, kv_heads, head_dim), float("nan"), dtype=dtype, device="cuda")
                       for _ in range(2)]
             if fuse:
-                ops.linear_rotary_and_cache(qkv, x, weight, bias, q, k, v, cos, sin, *caches, slots, **norm)
+                ops.linear_rotary_and_cache(qkv, x, weight, bias, q, k, v, cos, sin, *caches, slots)
             else:
-                ops.linear(qkv, x, weight, bias, **norm)
+                ops.linear(qkv, x, weight, bias)
                 ops.rotary_and_cache(q, k, v, cos, sin, *caches, slots)
             results.append((qkv, *caches))
         for apart, fused in zip(*results):
@@ -128,31 +117,27 @@ def test_linear_cuda_takes_few_rows_and_leaves_the_rest_to_cublas():
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype, normed", FUSED_PRODUCT_KINDS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("rows", [1, 3, 8])
 @pytest.mark.parametrize("shape", [(48, 512), (26, 1032), (28672, 4096)])
-def test_linear_cuda_with_silu_and_mul_output_gives_the_two_kernels_bits(dtype, normed, rows, shape):
+def test_linear_cuda_with_silu_and_mul_output_gives_the_two_kernels_bits(dtype, rows, shape):
     """A [gate; up] projection writing silu(gate) * up equals the product, then silu_and_mul, bit for
-    bit (bias or not; an intermediate size past the blocks' 8 features; Llama-3.1-8B's gate_up; the
-    input's norm fused into both or neither); Linear.forward_silu_and_mul takes it, and leaves 9 rows
-    to cuBLAS and the kernel."""
+    bit (bias or not; an intermediate size past the blocks' 8 features; Llama-3.1-8B's gate_up);
+    Linear.forward_silu_and_mul takes it, and leaves 9 rows to cuBLAS and the kernel."""
     from kvserve.models.layers.linear import Linear
 
     torch.manual_seed(rows * 10 + shape[0])
     out_features, in_features = shape
-    norm = norm_args(normed, in_features)
     x = torch.randn(rows, in_features).to(dtype).cuda()
     weight = (0.2 * torch.randn(out_features, in_features)).to(dtype).cuda()
     for bias in (None, torch.randn(out_features).to(dtype).cuda()):
         gate_up = torch.empty(rows, out_features, dtype=dtype, device="cuda")
-        ops.linear(gate_up, x, weight, bias, **norm)
+        ops.linear(gate_up, x, weight, bias)
         unfused = torch.full((rows, out_features // 2), float("nan"), dtype=dtype, device="cuda")
         ops.silu_and_mul(unfused, gate_up)
         fused = torch.full_like(unfused, float("nan"))
-        ops.linear(fused, x, weight, bias, silu_and_mul_output=True, **norm)
+        ops.linear(fused, x, weight, bias, silu_and_mul_output=True)
         assert torch.equal(fused, unfused)
-    if normed:
-        return  # Linear with a norm: test_linear_norm_and_add.py
     layer = Linear(in_features, (out_features // 2, out_features // 2), False, dtype).cuda()
     layer.weight.copy_(weight)
     many = torch.randn(9, in_features).to(dtype).cuda()

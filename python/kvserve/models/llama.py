@@ -16,7 +16,7 @@ from kvserve import _C, ops
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, cuda_ops_linear_takes, fast_copies, linear, norm_args
+from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, cuda_ops_linear_takes, fast_copies, linear
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.weight_loading import load_named_weights
@@ -39,18 +39,16 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(d, config.sliding_windows[layer_index])
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: KVCache,
-                metadata: AttentionMetadata, attn_out: torch.Tensor, norm: RMSNorm | None = None,
-                add_to: torch.Tensor | None = None) -> torch.Tensor:
-        """Attention over x (over norm(x) with `norm`); its output, or with `add_to` that plus it (in place)."""
+                metadata: AttentionMetadata, attn_out: torch.Tensor) -> torch.Tensor:
         num_tokens = x.shape[0]
         # A decode step on CUDA (no norm of q and k in between): the projection rotates q and k and
         # writes the cache itself (ops.linear_rotary_and_cache), one kernel fewer a layer.
         fused = (x.is_cuda and self.q_norm is None and self.head_dim % 16 == 0
-                 and cuda_ops_linear_takes(x, self.qkv_proj.weight, None if norm is None else norm.weight))
+                 and cuda_ops_linear_takes(x, self.qkv_proj.weight))
         if fused:
             qkv = torch.empty(num_tokens, self.qkv_proj.weight.shape[0], dtype=x.dtype, device=x.device)
         else:
-            qkv = self.qkv_proj(x, norm)
+            qkv = self.qkv_proj(x)
         # q, k, v stay views of the one projection output (rows strided by the fused width).
         q, k, v = qkv.split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -58,12 +56,12 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if fused:
             ops.linear_rotary_and_cache(qkv, x, self.qkv_proj.weight, self.qkv_proj.bias, q, k, v, *cos_sin, *kv_cache,
-                                        metadata.slot_mapping, **norm_args(norm))
+                                        metadata.slot_mapping)
             out = self.attn.attend(attn_out, q, kv_cache, metadata)
         else:
             head_norms = None if self.q_norm is None else (self.q_norm, self.k_norm)
             out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata, head_norms)
-        return self.o_proj(out.view(num_tokens, -1), add_to=add_to)
+        return self.o_proj(out.view(num_tokens, -1))
 
 
 # Rows of a CPU prefill that go through the MLP together: the [rows, 2 * intermediate] activation
@@ -79,10 +77,9 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = Linear(config.hidden_size, (size, size), config.mlp_bias, dtype)
         self.down_proj = Linear(size, config.hidden_size, config.mlp_bias, dtype)
 
-    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None, add_to: torch.Tensor | None = None) -> torch.Tensor:
-        """The MLP of x (of norm(x) with `norm`); its output, or with `add_to` that plus it (in place)."""
-        if not x.is_cpu or x.shape[0] <= MLP_CHUNK_ROWS or norm is not None or add_to is not None:
-            return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, norm), add_to=add_to)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_cpu or x.shape[0] <= MLP_CHUNK_ROWS:
+            return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x))
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], MLP_CHUNK_ROWS):
             rows = slice(start, start + MLP_CHUNK_ROWS)
@@ -99,25 +96,11 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos_sin, kv_cache: KVCache,
-                metadata: AttentionMetadata, attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(hidden, residual) -> the next layer's; residual None: hidden is the whole residual stream."""
-        if residual is None and self.fuses_norms(hidden):
-            # A decode step on CUDA: each norm runs inside the projection after it, each residual add
-            # inside the one before it, into `hidden` in place (two kernels fewer a layer).
-            self.self_attn(hidden, cos_sin, kv_cache, metadata, attn_out, self.input_layernorm, add_to=hidden)
-            self.mlp(hidden, self.post_attention_layernorm, add_to=hidden)
-            return hidden, None
+                metadata: AttentionMetadata, attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, residual = self.input_layernorm.add_and_norm(hidden, residual)
         x = self.self_attn(x, cos_sin, kv_cache, metadata, attn_out)
         x, residual = self.post_attention_layernorm.add_and_norm(x, residual)
         return self.mlp(x), residual
-
-    def fuses_norms(self, stream: torch.Tensor) -> bool:
-        """Whether the few-rows CUDA products take the residual stream with the norms fused in (the
-        layers of a step all decide alike: the same rows, dtype and sizes)."""
-        return (stream.is_cuda and cuda_ops_linear_takes(stream, self.self_attn.qkv_proj.weight,
-                                                         self.input_layernorm.weight)
-                and cuda_ops_linear_takes(stream, self.mlp.gate_up_proj.weight, self.post_attention_layernorm.weight))
 
 
 class LlamaModel(nn.Module):
@@ -175,8 +158,6 @@ class LlamaForCausalLM(nn.Module):
         attn_out = torch.empty(input_ids.shape[0], self.config.num_attention_heads, self.config.head_dim,
                                dtype=self.dtype, device=input_ids.device)
         cos_sin = self.rotary.cos_sin(positions, self.dtype)
-        # residual: None before the first layer, and after layers that fused their norms (hidden is
-        # then the whole residual stream).
         hidden, residual = self.model.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
             hidden, residual = layer(hidden, residual, cos_sin, kv_cache, attn_metadata, attn_out)

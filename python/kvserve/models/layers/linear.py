@@ -20,8 +20,7 @@ reorders the weight on every call).
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
 projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
-(F.linear). There the product also takes in the decoder layer's add + RMSNorm around it (bfloat16):
-the norm of its input (`norm`), the residual add of its output (`add_to`).
+(F.linear).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from torch import nn
 
 from kvserve import _C, ops
 from kvserve.models.layers.activation import silu_and_mul
-from kvserve.models.layers.rms_norm import RMSNorm
 
 # Rows up to which kvserve.ops.linear beats oneDNN with a blocked weight on the CPU.
 OPS_MAX_ROWS = 4
@@ -69,16 +67,12 @@ def has_tensor_core_linear(device: torch.device) -> bool:
     return _C.has_cuda and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None = None) -> bool:
+def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows of a 16-bit dtype, in_features and the rows'
-    starts in 16-byte packs; with `norm_weight` (the input's RMSNorm fused in), bfloat16, an aligned
-    norm weight and up to linear_cuda_max_normed_features in_features."""
+    starts in 16-byte packs."""
     return (0 < x.shape[0] <= _C.ops.linear_cuda_max_rows and x.dtype in (torch.bfloat16, torch.float16)
             and x.shape[1] % 8 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
             and weight.stride(1) == 1 and weight.stride(0) % 8 == 0 and weight.data_ptr() % 16 == 0
-            and (norm_weight is None or (x.dtype == torch.bfloat16 and norm_weight.is_contiguous()
-                                         and norm_weight.data_ptr() % 16 == 0
-                                         and x.shape[1] <= _C.ops.linear_cuda_max_normed_features))
             and has_tensor_core_linear(x.device))
 
 
@@ -125,40 +119,19 @@ class Linear(nn.Module):
         """The weight as kvserve.ops.linear reads it at few rows: interleaved where it can be."""
         return self.weight if self.interleaved is None else self.interleaved
 
-    def forward(self, x: torch.Tensor, norm: RMSNorm | None = None, add_to: torch.Tensor | None = None) -> torch.Tensor:
-        """The product of x, or of norm(x); with `add_to`, added to it in place (and add_to returned).
-        On CUDA, where the few-rows kernel takes x, the norm and the add run inside the product."""
-        if norm is None and add_to is None:
-            return linear(x, self.weight, self.bias, self.packed, self.interleaved)
-        if self._fuses(x, norm):
-            out = torch.empty(x.shape[0], self.weight.shape[0], dtype=x.dtype, device=x.device) if add_to is None \
-                else add_to
-            ops.linear(out, x, self.weight, self.bias, add_to_output=add_to is not None, **norm_args(norm))
-            return out
-        out = self(x if norm is None else norm(x))
-        return out if add_to is None else add_to.add_(out)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias, self.packed, self.interleaved)
 
-    def forward_silu_and_mul(self, x: torch.Tensor, norm: RMSNorm | None = None) -> torch.Tensor:
-        """silu_and_mul(self(x)) (of norm(x) with `norm`) for a [gate; up] projection: on CUDA, where the
-        few-rows kernel takes x, one kernel that writes silu(gate) * up (the same bits as the product,
-        then silu_and_mul; the norm inside too, within rounding of the norm's kernel)."""
-        if self._fuses(x, norm):
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """silu_and_mul(self(x)) for a [gate; up] projection: on CUDA, where the few-rows kernel takes x,
+        one kernel that writes silu(gate) * up (the same bits, without the [gate | up] rows)."""
+        if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
-            ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True, **norm_args(norm))
+            ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True)
             return out
-        return silu_and_mul(self(x if norm is None else norm(x)))
-
-    def _fuses(self, x: torch.Tensor, norm: RMSNorm | None) -> bool:
-        """Whether the few-rows CUDA kernel takes x (and the norm of it, when given)."""
-        norm_weight = None if norm is None else norm.weight
-        return x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight, norm_weight)
+        return silu_and_mul(self(x))
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
         """The rows of `param` (weight or bias) that hold stacked projection number `index`."""
         start = sum(self.output_sizes[:index])
         return param[start:start + self.output_sizes[index]]
-
-
-def norm_args(norm: RMSNorm | None) -> dict:
-    """kvserve.ops.linear's arguments that fuse `norm` into the product (none without one)."""
-    return {} if norm is None else dict(norm_weight=norm.weight, norm_eps=norm.eps)
