@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+import numpy as np
 import torch
 
 from kvserve.bench.machine import call_seconds
@@ -57,14 +58,17 @@ def main():
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--prompt-len", type=int, default=64, help="each row's prompt tokens (penalties read them)")
+    parser.add_argument("--output-len", type=int, default=64, help="each row's output tokens so far")
     parser.add_argument("--first-candidates", type=int, nargs="+",
                         help="a table for each number of first candidates of truncated rows (default: the device's)")
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
     sampler = Sampler()
-    outputs = [list(range(i, i + 64)) for i in range(args.batch)]
-    prompts = [list(range(i, i + 64)) for i in range(args.batch)]
+    outputs = [list(range(i, i + args.output_len)) for i in range(args.batch)]
+    # Prompts as the engine passes them (RequestState.prompt_token_array).
+    prompts = [np.arange(i, i + args.prompt_len, dtype=np.int64) for i in range(args.batch)]
     default = sampler_module.FIRST_CANDIDATES_GPU if device.type == "cuda" else sampler_module.FIRST_CANDIDATES
     for first in args.first_candidates or [default]:
         # The sampler reads the one its device uses.

@@ -81,7 +81,7 @@ class SampleInputs:
         their generators, so that a seeded sequence's draws are those of the steps it keeps."""
         states, sequences = self.states, self.sequences
         return SamplingMetadata.from_requests(
-            [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_ids for s in states],
+            [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_array for s in states],
             [None if q in void else q.generator for q in sequences], vocab_size=self.vocab_size,
             eos_token_ids=self.eos_token_ids, device=self.logits.device)
 

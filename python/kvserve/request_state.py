@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from kvserve.detokenizer import Detokenizer
@@ -68,7 +69,7 @@ class SequenceState:
 
 class RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "sequences", "prompt_logprobs",
-                 "metrics", "prompt_logprobs_reported")
+                 "metrics", "prompt_logprobs_reported", "_prompt_token_array")
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                  tokenizer: Tokenizer | None, arrival_time: float, device: torch.device):
@@ -81,6 +82,15 @@ class RequestState:
         self.prompt_logprobs: PromptLogprobs | None = [None] if params.prompt_logprobs is not None else None
         self.prompt_logprobs_reported = False
         self.metrics = RequestMetrics(arrival_time)
+        self._prompt_token_array: np.ndarray | None = None
+
+    @property
+    def prompt_token_array(self) -> np.ndarray:
+        """prompt_token_ids as int64, built on first use: a penalized row's sampling metadata reads
+        the whole prompt every step (SamplingMetadata)."""
+        if self._prompt_token_array is None:
+            self._prompt_token_array = np.asarray(self.prompt_token_ids, dtype=np.int64)
+        return self._prompt_token_array
 
     @property
     def finished(self) -> bool:

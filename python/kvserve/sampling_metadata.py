@@ -1,8 +1,9 @@
 """SamplingMetadata: one step's per-row sampling parameters as tensors, built from the batch.
 
 Row i is logits row i: one sequence whose next token is sampled this step. Per row the caller
-passes the request's SamplingParams, its output token ids so far, its prompt token ids, and its
-torch.Generator (None unless the request is seeded; see `request_generator`). Everything a row does
+passes the request's SamplingParams, its output token ids so far, its prompt token ids (a list, or
+an int64 array: the engine passes one built once a request, as penalties read the whole prompt
+every step), and its torch.Generator (None unless the request is seeded; see `request_generator`). Everything a row does
 not use stays None, so an all-greedy batch without extras costs one argmax.
 
     temperature  float32 [N]            1.0 in greedy rows; None when all rows are greedy
@@ -27,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
+import numpy as np
 import torch
 
 from kvserve.sampling_params import SamplingParams
@@ -58,11 +59,13 @@ def device_column(values, dtype, device) -> torch.Tensor:
 
 
 def _flat_index(rows: Sequence[int], token_lists: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, ...]:
-    """(row ids, token ids) int64 for every token of token_lists[j] in row rows[j]."""
-    lengths = torch.tensor([len(tokens) for tokens in token_lists], dtype=torch.int64)
-    row_ids = torch.repeat_interleave(torch.tensor(rows, dtype=torch.int64), lengths)
-    token_ids = torch.tensor(list(chain.from_iterable(token_lists)), dtype=torch.int64)
-    return _to_device(row_ids, device), _to_device(token_ids, device)
+    """(row ids, token ids) int64 for every token of token_lists[j] in row rows[j] (lists, or int64
+    arrays taken as they are)."""
+    arrays = [np.asarray(tokens, dtype=np.int64) for tokens in token_lists]
+    lengths = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+    row_ids = np.repeat(np.asarray(rows, dtype=np.int64), lengths)
+    token_ids = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
+    return _to_device(torch.from_numpy(row_ids), device), _to_device(torch.from_numpy(token_ids), device)
 
 
 @dataclass
@@ -85,11 +88,13 @@ class Penalties:
         ]
         if not rows:
             return None
-        outputs = [output_token_ids[i] for i in rows]
-        seen = [[*prompt_token_ids[i], *output_token_ids[i]] for i in rows]
+        outputs = [np.asarray(output_token_ids[i], dtype=np.int64) for i in rows]
+        # Each row's prompt, then its output: a row's tokens in two pieces (their order is no matter).
         return cls(
             output_tokens=_flat_index(rows, outputs, device),
-            seen_tokens=_flat_index(rows, seen, device),
+            seen_tokens=_flat_index([i for i in rows for _ in range(2)],
+                                    [piece for i, out in zip(rows, outputs) for piece in (prompt_token_ids[i], out)],
+                                    device),
             frequency=device_column([p.frequency_penalty for p in params], torch.float32, device),
             presence=device_column([p.presence_penalty for p in params], torch.float32, device),
             repetition=device_column([p.repetition_penalty for p in params], torch.float32, device),

@@ -163,7 +163,10 @@ def reference_penalties(row, prompt, output, p):
     return row
 
 
-def test_penalties_match_a_per_row_reference():
+@pytest.mark.parametrize("prompt_form", ["lists", "int64 arrays"])
+def test_penalties_match_a_per_row_reference(prompt_form):
+    """Prompts and outputs of 0 to 30 tokens; prompts as lists or as the engine passes them
+    (RequestState.prompt_token_array)."""
     rng = random.Random(5)
     vocab = 300
     torch.manual_seed(5)
@@ -177,7 +180,8 @@ def test_penalties_match_a_per_row_reference():
         prompts.append([rng.randrange(vocab) for _ in range(rng.randint(0, 30))])
         outputs.append([rng.randrange(40) for _ in range(rng.randint(0, 30))])  # repeats on purpose
     logits = torch.randn(12, vocab) * 3
-    md = SamplingMetadata.from_requests(params, outputs, prompts, [None] * 12, vocab_size=vocab)
+    given = prompts if prompt_form == "lists" else [np.asarray(prompt, dtype=np.int64) for prompt in prompts]
+    md = SamplingMetadata.from_requests(params, outputs, given, [None] * 12, vocab_size=vocab)
     penalized = logits.clone()
     apply_penalties(penalized, md.penalties)
     for i in range(12):
