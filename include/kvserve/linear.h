@@ -3,7 +3,7 @@
 //   input:  [num_rows, in_features]              rows may be strided, last dimension contiguous
 //   weight: [out_features, in_features]          rows may be strided (PyTorch's nn.Linear layout)
 //   bias:   [out_features] or nullptr
-//   out:    [num_rows, out_features]             rows may be strided
+//   out:    [num_rows, out_features]             rows may be strided, not overlapping input
 //
 // Float32 accumulation, rounded once to the dtype (with the bias added before rounding). Register
 // tiles of 4 input rows x 4 weight rows walk along in_features; input rows go in L2-sized tiles past
