@@ -12,14 +12,15 @@ import pytest
 ISAS = ["portable", "avx2", "avx512"]
 
 
-def run_tests_under_isa(isa: str, test_file: str, selection: str) -> None:
-    """pytest `-k selection` over `test_file` with the kernels capped to `isa`; skips where this CPU
-    or build cannot run it."""
+def run_tests_under_isa(isa: str, tests: str | list[str], selection: str | None = None) -> None:
+    """pytest over `tests` (a file, or node ids), `-k selection` when given, with the kernels capped
+    to `isa`; skips where this CPU or build cannot run it."""
     env = dict(os.environ, KVSERVE_CPU_ISA=isa)
     probe = subprocess.run([sys.executable, "-c", "from kvserve import _C; print(_C.ops.cpu_isa())"],
                            env=env, capture_output=True, text=True, check=True)
     if probe.stdout.strip() != isa:
         pytest.skip(f"this CPU or build cannot run {isa} (got {probe.stdout.strip()})")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test_file,
-                             "-k", selection], env=env, capture_output=True, text=True)
+    tests = [tests] if isinstance(tests, str) else tests
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests,
+                             *(["-k", selection] if selection else [])], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

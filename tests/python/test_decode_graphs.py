@@ -1,6 +1,6 @@
 """The decode graphs' persistent inputs, on the CPU: the batch-size ladder, the padding of a step into
-a larger graph batch, and that a padded step computes exactly what the step itself computes (the
-padding rows write no K/V and read only valid blocks)."""
+a larger graph batch, every row padded before a capture, and that a padded step computes exactly
+what the step itself computes (the padding rows write no K/V and read only valid blocks)."""
 
 from __future__ import annotations
 
