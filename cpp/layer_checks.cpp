@@ -1,6 +1,7 @@
 // Validation of the fused layer kernels' params (layer_ops.h): everything a kernel relies on to stay
 // inside its arrays. Like the attention checks, the kernels run them, and callers that want the
 // message run them again after a kInvalidArgument.
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -25,7 +26,9 @@ Status check_rms_norm(const RmsNormParams& p, std::string* why) {
     return fail(why, "sizes: expected num_tokens >= 0 and num_heads, hidden >= 1, got " + str(p.num_tokens) + ", " +
                          str(p.num_heads) + ", " + str(p.hidden));
   }
-  if (check_eps("eps", p.eps, why) != Status::kOk) return Status::kInvalidArgument;
+  if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) {
+    return fail(why, "eps: expected a finite number >= 0, got " + std::to_string(p.eps));
+  }
   if (p.residual != nullptr && p.num_heads != 1) {
     return fail(why, "residual: expected num_heads = 1 with a residual, got " + str(p.num_heads));
   }

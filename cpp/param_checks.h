@@ -2,7 +2,6 @@
 // a [rows, heads, width] array with a contiguous last dimension.
 #pragma once
 
-#include <cmath>
 #include <string>
 
 #include "kvserve/dtype.h"
@@ -19,12 +18,6 @@ inline Status fail(std::string* why, std::string message) {
 
 inline bool is_float_dtype(DType dtype) {
   return dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16;
-}
-
-// A norm's eps: finite and >= 0 (`name` in the message).
-inline Status check_eps(const char* name, float eps, std::string* why) {
-  if (eps >= 0.f && std::isfinite(eps)) return Status::kOk;
-  return fail(why, std::string(name) + ": expected a finite number >= 0, got " + std::to_string(eps));
 }
 
 // [rows, heads, width] with a contiguous last dimension: no two heads or rows may overlap.
