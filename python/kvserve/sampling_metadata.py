@@ -3,8 +3,8 @@
 Row i is logits row i: one sequence whose next token is sampled this step. Per row the caller
 passes the request's SamplingParams, its output token ids so far, its prompt token ids (a list, or
 an int64 array: the engine passes one built once a request, as penalties read the whole prompt
-every step), and its torch.Generator (None unless the request is seeded; see `request_generator`). Everything a row does
-not use stays None, so an all-greedy batch without extras costs one argmax.
+every step), and its torch.Generator (None unless the request is seeded; see `request_generator`).
+Everything a row does not use stays None, so an all-greedy batch without extras costs one argmax.
 
     temperature  float32 [N]            1.0 in greedy rows; None when all rows are greedy
     random_rows  Rows                   the rows sampled at random; None when all rows are greedy or none is

@@ -1,8 +1,8 @@
 """The fused layer kernels (RMSNorm with the residual add, rotary embedding alone and with the KV-cache
 write, SiLU-and-mul) and argmax on the CPU and on CUDA, against the framework ops they replace on
-random data (the few-rows linear and its fusions: test_linear_ops.py). They round at the same points as those ops, so 16-bit results agree but
-for rare one-ulp flips (a float32 sum or exp taken in another order); float32 within float32
-rounding. Every CPU ISA path; bad input is a ValueError that writes nothing."""
+random data (the few-rows linear and its fusions: test_linear_ops.py). They round at the same
+points as those ops, so 16-bit results agree but for rare one-ulp flips (a float32 sum or exp taken
+in another order); float32 within float32 rounding. Every CPU ISA path; bad input is a ValueError that writes nothing."""
 
 import pytest
 import torch
