@@ -4,7 +4,8 @@ load_format="dummy"), each appending JSON lines to --out:
     python bench/gpu_bench.py attention --out R.jsonl   # decode attention against its bandwidth floor;
                                                         # prefill attention against torch's SDPA
     python bench/gpu_bench.py decode --out R.jsonl      # engine steps at batch 1 and 64, 512-token contexts
-                                                        # (--splits 1 2 4: with each attention split count)
+                                                        # (--splits 1 2 4: with each attention split count;
+                                                        # --architecture qwen3: Qwen3-8B's shape)
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
                                                         # where a decode step's GPU time goes, by kernel
@@ -34,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_common import (BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, PRESET, copy_bandwidth, cuda_ms, decode_runs,
-                        dummy_8b_engine, graph_ms, l2_overwriter, record, step_ms)
+from gpu_common import (ARCHITECTURES, BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, PRESET, copy_bandwidth, cuda_ms,
+                        decode_runs, dummy_8b_engine, graph_ms, l2_overwriter, record, step_ms)
 from gpu_profile import bench_profile
 from kvserve import SamplingParams, _C, ops
 from kvserve.kv_cache import kv_bytes_per_token
@@ -241,13 +242,13 @@ def bench_layer(out: Path, batches: list[int]) -> None:
 
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None,
-                 modes: tuple[str, ...] | None) -> None:
+                 modes: tuple[str, ...] | None, architecture: str = "llama") -> None:
     """Decode steps in decode_runs' `modes` (all unless given); with `splits`, only the graphed steps,
     once with each split count forced on the decode attention the graphs capture
     (ops.paged_attention's num_splits; the graphs captured again for each), beside the launch's own
-    rule."""
+    rule. `architecture` "qwen3": Qwen3-8B's shape (rows named with a _qwen3 suffix)."""
     with tempfile.TemporaryDirectory() as directory:
-        engine = dummy_8b_engine(Path(directory), max_num_seqs=max(batches))
+        engine = dummy_8b_engine(Path(directory), architecture, max_num_seqs=max(batches))
     bandwidth = copy_bandwidth()
     model = engine.runner.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -258,7 +259,8 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits
         for batch, mode in decode_runs(engine, batches, context, steps, "decode" + suffix, modes):
             ms = step_ms(engine, steps - 1)
             floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
-            record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}{suffix}", ms=ms, floor_ms=floor_ms,
+            shape = "" if architecture == "llama" else f"_{architecture}"
+            record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}{suffix}{shape}", ms=ms, floor_ms=floor_ms,
                    ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
 
     if not splits:
@@ -312,6 +314,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--modes", nargs="+", choices=["graphs", "eager", "graphs_not_ahead"],
                         help="decode: only these of the engine's step modes")
+    parser.add_argument("--architecture", choices=list(ARCHITECTURES), default="llama",
+                        help="decode: Llama-3.1-8B's shape or Qwen3-8B's")
     parser.add_argument("--num-prompts", type=int, default=1000)
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
@@ -321,7 +325,7 @@ def main() -> None:
         bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps, args.splits,
-                     tuple(args.modes) if args.modes else None)
+                     tuple(args.modes) if args.modes else None, args.architecture)
     elif args.what == "linear":
         bench_linear(args.out, args.batches)
     elif args.what == "layer":

@@ -121,6 +121,9 @@ run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
+# Qwen3-8B's shape, graphed steps only: its q and k head norms run inside the rotary + cache kernel.
+run decode-qwen3 70 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --architecture qwen3 --batches 1 64 \
+  --modes graphs --out "$OUT/bench.jsonl"
 # With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
 # beside this one), that tree is built too and its attention calls and decode steps are timed in the
 # same run, right after this tree's decode steps (the comparison a short budget keeps); the summary

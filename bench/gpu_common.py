@@ -76,8 +76,21 @@ def graph_ms(call, calls: int) -> float:
     return cuda_ms(lambda i: graph.replay()) / calls
 
 
-def dummy_8b_engine(directory: Path, **kwargs) -> Engine:
-    (directory / "config.json").write_text(json.dumps(hf_config(PRESET)))
+# Qwen3-8B's shape where it differs from Llama-3.1-8B's: q and k normed per head before the rotation.
+QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "intermediate_size": 12288,
+            "num_hidden_layers": 36, "vocab_size": 151936, "max_position_embeddings": 40960,
+            "rope_theta": 1000000.0, "rms_norm_eps": 1e-6}
+ARCHITECTURES = {"llama": {}, "qwen3": QWEN3_8B}
+
+
+def dummy_config(architecture: str = "llama") -> str:
+    """config.json of Llama-3.1-8B's shape, or Qwen3-8B's (`architecture` "qwen3")."""
+    return json.dumps(hf_config(PRESET) | ARCHITECTURES[architecture])
+
+
+def dummy_8b_engine(directory: Path, architecture: str = "llama", **kwargs) -> Engine:
+    """An engine of random weights (load_format "dummy") of dummy_config(architecture)'s shape."""
+    (directory / "config.json").write_text(dummy_config(architecture))
     return Engine(str(directory), dtype="bfloat16", load_format="dummy", skip_tokenizer_init=True, device="cuda",
                   **kwargs)
 

@@ -1,8 +1,9 @@
 """bench/gpu_bench.py's and gpu_profile.py's bookkeeping that runs without a GPU: which part of a
 decode step each kernel of a profile belongs to (names as CUPTI reports them, from the H100 runs),
-each kernel's own share of overlapping activity, the host-time table of a profiled run, and the
-attention cases' syntax."""
+each kernel's own share of overlapping activity, the host-time table of a profiled run, the
+attention cases' syntax and the decode engines' shapes."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 
 sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other
 import gpu_bench  # noqa: E402
+import gpu_common  # noqa: E402
 import gpu_profile  # noqa: E402
+from kvserve.model_config import ModelConfig  # noqa: E402
 
 KERNELS = {
     "void kvserve::gpu::attention_mma_kernel<kvserve::gpu::BFloat16, kvserve::gpu::MmaTile<kvserve::gpu::BFloat16, "
@@ -72,3 +75,11 @@ def test_attention_cases_name_batch_context_and_table():
     assert gpu_bench.attention_case("1x4096/1000") == (1, 4096, 4096)  # a table holds the context at least
     with pytest.raises(ValueError, match="expected BATCHxCONTEXT"):
         gpu_bench.attention_case("64:512")
+
+
+@pytest.mark.parametrize("architecture, layers, model_type", [("llama", 32, "llama"), ("qwen3", 36, "qwen3")])
+def test_decode_benchmark_engines_have_each_8b_shape(architecture, layers, model_type):
+    config = json.loads(gpu_common.dummy_config(architecture))
+    model = ModelConfig.from_hf_dicts(config)
+    assert (config["model_type"], model.num_hidden_layers, model.num_key_value_heads, model.head_dim) == (
+        model_type, layers, 8, 128)
