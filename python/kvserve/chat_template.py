@@ -20,8 +20,6 @@ import jinja2.ext
 import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-ROLES = ("system", "user", "assistant", "tool")
-
 # Appended to the message being continued, then cut from the rendered text together with whatever
 # the template writes after the message. The trailing space tells whether the template trimmed it.
 _CONTINUE_MARKER = "<kvserve:continue-final-message> "
@@ -85,15 +83,17 @@ def _text_content(content, index: int):
 
 def normalize_messages(messages) -> list[dict]:
     """Copies of the messages as templates get them: keys whose value is None dropped (as
-    transformers does), text parts joined. Empty conversations and unknown roles raise ValueError."""
+    transformers does), text parts joined. Any role the template knows goes (system, user, assistant,
+    tool, or another); empty conversations and messages without a role raise ValueError."""
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
     normalized = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {message!r}")
-        if message.get("role") not in ROLES:
-            raise ValueError(f"messages[{i}]['role'] is {message.get('role')!r}: expected one of {', '.join(ROLES)}")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"messages[{i}]['role'] is {role!r}: expected a role, such as 'user' or 'assistant'")
         copy = {key: value for key, value in message.items() if value is not None}
         if "content" in copy:
             copy["content"] = _text_content(copy["content"], i)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 import pytest
 
@@ -62,6 +63,31 @@ def test_continue_final_message_and_add_generation_prompt(tiny_client, tiny_engi
     assert response.usage.prompt_tokens == len(reference.prompt_token_ids)
     plain = offline_chat(tiny_engine, MESSAGES, **GREEDY, add_generation_prompt=False)
     assert chat(tiny_client, **GREEDY, add_generation_prompt=False).choices[0].message.content == plain.outputs[0].text
+
+
+def test_chat_template_kwargs_win_over_the_requests_fields(tiny_client, tiny_engine):
+    """vLLM merges chat_template_kwargs over add_generation_prompt / continue_final_message."""
+    plain = offline_chat(tiny_engine, MESSAGES, **GREEDY, add_generation_prompt=False)
+    response = chat(tiny_client, **GREEDY, add_generation_prompt=True,
+                    chat_template_kwargs={"add_generation_prompt": False})
+    assert response.choices[0].message.content == plain.outputs[0].text
+    assert response.usage.prompt_tokens == len(plain.prompt_token_ids)
+
+
+def test_nulls_mean_defaults_and_null_content_is_empty_text(tiny_client, tiny_server, tiny_engine):
+    """Clients that write out every field send null for the ones they leave unset; an assistant's
+    tool-call turn has no content."""
+    reference = chat(tiny_client, **GREEDY)
+    nulls = dict.fromkeys(["n", "presence_penalty", "frequency_penalty", "stream", "logprobs", "stream_options",
+                           "add_generation_prompt", "min_tokens", "skip_special_tokens", "chat_template_kwargs"])
+    response = httpx.post(tiny_server.url + "/v1/chat/completions",
+                          json={"model": MODEL, "messages": MESSAGES, **GREEDY, **nulls})
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == reference.choices[0].message.content
+    with_null = MESSAGES + [{"role": "assistant", "content": None}, {"role": "user", "content": "And Spain?"}]
+    with_empty = MESSAGES + [{"role": "assistant", "content": ""}, {"role": "user", "content": "And Spain?"}]
+    assert chat(tiny_client, with_null, **GREEDY).choices[0].message.content == \
+        offline_chat(tiny_engine, with_empty, **GREEDY).outputs[0].text
 
 
 def test_sampling_parameters_reach_the_engine(tiny_client, tiny_engine):

@@ -146,6 +146,24 @@ def test_echo_and_logprobs(tiny_client, tiny_engine):
     assert "".join(c.choices[0].text for c in chunks) == PROMPT + reference.text
 
 
+def test_echo_with_max_tokens_0_scores_the_prompt_alone(tiny_client, tiny_engine):
+    """vLLM's prompt scoring: the prompt and its logprobs, nothing generated (usage says so)."""
+    prompt_ids = tiny_engine.tokenizer.encode(PROMPT)
+    reference = offline(tiny_engine, PROMPT, temperature=0, max_tokens=1, prompt_logprobs=2).prompt_logprobs
+    response = complete(tiny_client, max_tokens=0, echo=True, logprobs=2)
+    [choice] = response.choices
+    assert choice.text == PROMPT and choice.finish_reason == "length"
+    assert len(choice.logprobs.tokens) == len(prompt_ids) and choice.logprobs.token_logprobs[0] is None
+    expected = [entry[t].logprob for entry, t in zip(reference[1:], prompt_ids[1:])]
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (len(prompt_ids), 0)
+    chunks = list(complete(tiny_client, max_tokens=0, echo=True, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == PROMPT
+    assert chunks[-1].usage.completion_tokens == 0
+    with pytest.raises(openai.BadRequestError, match="only allowed with echo"):
+        complete(tiny_client, max_tokens=0)
+
+
 def test_streaming_sync_gives_the_same_text_with_usage_last(tiny_client, tiny_engine):
     reference = offline(tiny_engine, PROMPT, temperature=0, max_tokens=12, ignore_eos=True).outputs[0]
     chunks = list(complete(tiny_client, temperature=0, max_tokens=12, ignore_eos=True, stream=True,

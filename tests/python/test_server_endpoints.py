@@ -4,6 +4,8 @@ server serving a tiny model under two names, without an API key."""
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -113,6 +115,50 @@ def test_metrics_count_tokens_requests_and_latencies(server, tokenizer):
     idle = {k: v for k, v in after.items() if k.split("{")[0] in (
         "kvserve:num_requests_running", "kvserve:num_requests_waiting", "kvserve:kv_cache_usage_perc")}
     assert list(idle.values()) == [0.0, 0.0, 0.0]
+
+
+def test_metrics_have_no_created_series(server):
+    assert "_created" not in httpx.get(server.url + "/metrics").text
+
+
+def test_any_origin_may_call_the_api_by_default(server):
+    preflight = httpx.options(server.url + "/v1/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+    answer = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 1},
+                        headers={"Origin": "https://app.example"})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "*"
+
+
+def test_trusted_request_templates_render_off_the_event_loop_and_cors_flags(model_dir, tokenizer):
+    """--trust-request-chat-template: a request's template renders the chat (any role goes to it),
+    in a thread: /health answers while a slow template renders. --allowed-origins limits CORS."""
+    template = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}"
+    messages = [{"role": "narrator", "content": "Once"}, {"role": "user", "content": "Hi there"}]
+    with ServerProcess(model_dir, "--trust-request-chat-template", "--allowed-origins", '["https://app.example"]',
+                       "--allowed-methods", '["POST"]') as server:
+        rendered = httpx.post(server.url + "/tokenize", json={"messages": messages, "chat_template": template}).json()
+        assert rendered["tokens"] == tokenizer.encode("<narrator> Once\n<user> Hi there\n", add_special_tokens=False)
+        in_kwargs = httpx.post(server.url + "/tokenize", json={"messages": messages,
+                                                               "chat_template_kwargs": {"chat_template": template}})
+        assert in_kwargs.json() == rendered
+
+        slow = "{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}x"
+        with ThreadPoolExecutor(1) as pool:
+            rendering = pool.submit(httpx.post, server.url + "/tokenize", json={"messages": messages,
+                                                                              "chat_template": slow}, timeout=600)
+            time.sleep(0.2)  # the template is rendering
+            assert httpx.get(server.url + "/health", timeout=60).status_code == 200
+            assert not rendering.done()
+            assert rendering.result().json()["tokens"] == tokenizer.encode("x", add_special_tokens=False)
+
+        def preflight(origin: str) -> httpx.Response:
+            return httpx.options(server.url + "/v1/completions", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"})
+
+        assert preflight("https://app.example").headers["access-control-allow-origin"] == "https://app.example"
+        refused = preflight("https://elsewhere.example")
+        assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
 
 
 def test_chat_template_flag_replaces_the_models(model_dir, tokenizer, tmp_path):

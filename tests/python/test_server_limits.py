@@ -79,6 +79,18 @@ def test_a_full_waiting_room_answers_503_then_serves_again(server):
         assert http.post("/v1/completions", json={**payload(4), "stream": False}).status_code == 200
 
 
+def test_more_prompts_than_the_waiting_room_holds_is_a_bad_request(server):
+    response = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 1})
+    assert response.status_code == 400 and "--max-waiting" in response.json()["error"]["message"]
+
+
+def test_browser_preflights_need_no_key(server):
+    preflight = httpx.options(server.url + "/v1/chat/completions", headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "*"
+
+
 def test_no_prefix_cache_hits_when_prefix_caching_is_off(server):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
     prompt = list(range(10, 60))  # three full blocks of 16 tokens

@@ -88,7 +88,8 @@ def test_none_values_are_dropped_as_transformers_does(pair):
         ([], "non-empty list"),
         ("hello", "non-empty list"),
         (["hello"], r"messages\[0\] must be a dict"),
-        ([{"role": "wizard", "content": "hi"}], r"messages\[0\]\['role'\] is 'wizard'"),
+        ([{"content": "hi"}], r"messages\[0\]\['role'\] is None: expected a role"),
+        ([{"role": "", "content": "hi"}], r"messages\[0\]\['role'\] is '': expected a role"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}], "expected a text part"),
     ],
 )
@@ -96,6 +97,14 @@ def test_bad_conversations_raise_value_error(pair, messages, match):
     ours, _ = pair
     with pytest.raises(ValueError, match=match):
         ours.apply_chat_template(messages)
+
+
+def test_any_role_reaches_the_template_as_transformers_passes_it(pair):
+    ours, hf = pair
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    messages = [{"role": "narrator", "content": "Once"}, {"role": "user", "content": "hi"}]
+    assert ours.apply_chat_template(messages, chat_template=template) == "[narrator] Once\n[user] hi\n"
+    assert hf.apply_chat_template(messages, chat_template=template, tokenize=False) == "[narrator] Once\n[user] hi\n"
 
 
 def test_template_errors_become_value_errors(pair):

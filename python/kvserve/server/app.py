@@ -10,8 +10,10 @@ Routes: POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize; GET 
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import kvserve
 from kvserve.engine import Engine
@@ -24,14 +26,28 @@ from kvserve.server.served_model import ServedModel
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 
 
+@dataclass(frozen=True)
+class CorsPolicy:
+    """Cross-origin requests from browsers: vLLM's flags and defaults (any origin, method and header;
+    no credentials)."""
+
+    origins: list[str] = field(default_factory=lambda: ["*"])
+    methods: list[str] = field(default_factory=lambda: ["*"])
+    headers: list[str] = field(default_factory=lambda: ["*"])
+    credentials: bool = False
+
+
 def build_app(engine: Engine, *, served_model_names: list[str], root: str | None = None, api_key: str | None = None,
-              max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+              max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+              trust_request_chat_template: bool = False, cors: CorsPolicy | None = None) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
     max_waiting: requests accepted but not yet running, beyond which the server answers 503.
-    max_body_bytes: larger request bodies get 413."""
-    served = ServedModel(engine, served_model_names, root or served_model_names[0])
+    max_body_bytes: larger request bodies get 413.
+    trust_request_chat_template: accept chat templates sent with requests (refused otherwise).
+    cors: which browser origins may call the API (default: any, as vLLM's)."""
+    served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template)
     server_metrics = metrics.ServerMetrics(served.name)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 
@@ -53,4 +69,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(BodySizeMiddleware, max_body_bytes=max_body_bytes)
+    cors = cors or CorsPolicy()
+    # Outermost: a browser's preflight (OPTIONS, no API key) is answered before the key is checked.
+    app.add_middleware(CORSMiddleware, allow_origins=cors.origins, allow_methods=cors.methods,
+                       allow_headers=cors.headers, allow_credentials=cors.credentials)
     return app

@@ -4,6 +4,7 @@ when the command runs, so `kvserve --help` works without them."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_template_argument, add_engine_arguments,
@@ -11,6 +12,17 @@ from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_templa
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def _json_list(value: str) -> list[str]:
+    """vLLM's form of the CORS flags: a JSON list of strings, e.g. '["https://example.com"]'."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, e.g. '[\"*\"]', got {value!r}")
+    return parsed
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -33,6 +45,14 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        help="the names requests may use; the first one is returned in responses "
                        "(default: the model argument)")
     add_chat_template_argument(serve)
+    serve.add_argument("--trust-request-chat-template", action="store_true",
+                       help="accept chat templates sent with requests (chat_template, or chat_template_kwargs' "
+                       "chat_template): a template is code that runs on the server; refused by default")
+    for name, what in (("origins", "origins"), ("methods", "HTTP methods"), ("headers", "request headers")):
+        serve.add_argument(f"--allowed-{name}", type=_json_list, default=["*"], metavar="JSON",
+                           help=f"the {what} browsers may call the API with, a JSON list (default: [\"*\"], any)")
+    serve.add_argument("--allow-credentials", action="store_true",
+                       help="let browsers send credentials (cookies, authorization) cross-origin")
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                        help="requests that may wait for a place in the batch; more get 503 "
                        f"(default: {DEFAULT_MAX_WAITING})")

@@ -8,6 +8,7 @@ take OpenAI's chat format:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -74,11 +75,12 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     served: ServedModel = raw_request.app.state.model
     served.check_name(body.model)
     _check_unsupported(body)
-    text = served.render_chat(body)
-    prompt = EnginePrompt(served.encode(text, body.add_special_tokens, "messages"), text)
+    text = await asyncio.to_thread(served.render_chat, body)
+    prompt = EnginePrompt(await asyncio.to_thread(served.encode, text, body.add_special_tokens, "messages"), text)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     generation = start_generation(
         raw_request, body, [prompt], prefix="chatcmpl", param="messages",
         max_tokens=requested if requested is not None else served.default_sampling.get("max_tokens"),
-        explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None)
+        explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
     return await respond(raw_request, generation, body, ANSWER)

@@ -7,6 +7,7 @@ and logprobs in OpenAI's completions format:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -122,11 +123,14 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
     served.check_name(body.model)
     if body.suffix is not None:
         raise bad_request("suffix is not supported: kvserve serves no fill-in-the-middle models", "suffix")
+    if body.max_tokens == 0 and not body.echo:
+        raise bad_request("max_tokens 0 generates nothing: it is only allowed with echo (the prompt and its logprobs)",
+                          "max_tokens")
     echo_logprobs = body.logprobs if body.echo else None
     generation = start_generation(
-        raw_request, body, _prompts(body, served), prefix="cmpl", param="prompt",
+        raw_request, body, await asyncio.to_thread(_prompts, body, served), prefix="cmpl", param="prompt",
         max_tokens=body.max_tokens if "max_tokens" in body.model_fields_set
         else served.default_sampling.get("max_tokens", body.max_tokens),
         explicit_max_tokens="max_tokens" in body.model_fields_set, logprobs=body.logprobs,
-        prompt_logprobs=echo_logprobs)
+        prompt_logprobs=echo_logprobs, prompt_only=body.max_tokens == 0)
     return await respond(raw_request, generation, body, ANSWER)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -42,10 +44,10 @@ async def tokenize(body: TokenizeRequest, raw_request: Request) -> dict:
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give either prompt or messages (one of them)", "prompt")
     if body.prompt is not None:
-        add_special = body.add_special_tokens if body.add_special_tokens is not None else True
-        tokens = served.tokenizer.encode(body.prompt, add_special_tokens=add_special)
+        text, add_special = body.prompt, body.add_special_tokens if body.add_special_tokens is not None else True
     else:
-        tokens = served.tokenizer.encode(served.render_chat(body), add_special_tokens=bool(body.add_special_tokens))
+        text, add_special = await asyncio.to_thread(served.render_chat, body), bool(body.add_special_tokens)
+    tokens = await asyncio.to_thread(served.tokenizer.encode, text, add_special_tokens=add_special)
     return {"count": len(tokens), "max_model_len": served.max_model_len, "tokens": tokens}
 
 
@@ -54,4 +56,4 @@ async def detokenize(body: DetokenizeRequest, raw_request: Request) -> dict:
     served: ServedModel = raw_request.app.state.model
     served.check_name(body.model)
     served.check_token_ids(body.tokens, "tokens")
-    return {"prompt": served.tokenizer.decode(body.tokens)}
+    return {"prompt": await asyncio.to_thread(served.tokenizer.decode, body.tokens)}

@@ -54,10 +54,13 @@ class Choice:
 class Generation:
     """One HTTP request's run through the engine."""
 
-    def __init__(self, request_id: str, stream: RequestStream, prompts: list[EnginePrompt], n: int):
+    def __init__(self, request_id: str, stream: RequestStream, prompts: list[EnginePrompt], n: int,
+                 prompt_only: bool = False):
         self.request_id = request_id
         self.prompts = prompts
         self.n = n
+        # Scoring a prompt (echo with max_tokens 0): the engine makes one token, which no choice shows.
+        self.prompt_only = prompt_only
         self.prompt_logprobs: dict[int, PromptLogprobs] = {}
         self.num_completion_tokens = 0
         self._stream = stream
@@ -79,6 +82,10 @@ class Generation:
                     continue
                 if sample.finish_reason is not None:
                     finished.add(index)
+                if self.prompt_only:
+                    if sample.finish_reason is not None:
+                        yield ChoiceDelta(index, prompt_index, "", [], [], "length", None)
+                    continue
                 self.num_completion_tokens += len(sample.token_ids)
                 yield ChoiceDelta(index, prompt_index, sample.text, sample.token_ids, sample.logprobs,
                                   sample.finish_reason, sample.stop_reason)
@@ -101,18 +108,26 @@ class Generation:
 
 def start_generation(raw_request: Request, body: GenerationRequest, prompts: list[EnginePrompt], *, prefix: str,
                      param: str, max_tokens: int | None, explicit_max_tokens: bool, logprobs: int | None,
-                     prompt_logprobs: int | None = None) -> Generation:
+                     prompt_logprobs: int | None = None, max_tokens_param: str = "max_tokens",
+                     prompt_only: bool = False) -> Generation:
     """Check the prompts against the model and submit them: 400 for what does not fit, 503 when the
-    server is full or stopping."""
+    server is full or stopping. max_tokens_param: the field max_tokens came from (errors name it).
+    prompt_only: generate nothing (one token, not shown): the prompts alone, for their logprobs."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
     if body.model_extra:
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    if len(prompts) > engine.max_waiting:  # more than the server ever queues: no use retrying
+        raise bad_request(f"the request holds {len(prompts)} prompts; this server queues at most {engine.max_waiting} "
+                          "at once (--max-waiting)", param)
     for prompt in prompts:
         served.check_token_ids(prompt.token_ids, param)
-    max_tokens = served.fit_max_tokens(max(len(p.token_ids) for p in prompts), max_tokens, explicit_max_tokens, param)
+    if prompt_only:
+        max_tokens, explicit_max_tokens = 1, True
+    max_tokens = served.fit_max_tokens(max(len(p.token_ids) for p in prompts), max_tokens, explicit_max_tokens, param,
+                                       max_tokens_param)
     try:
         params = body.sampling_params(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
                                       defaults=served.default_sampling)
@@ -126,4 +141,4 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
-    return Generation(request_id, stream, prompts, body.n)
+    return Generation(request_id, stream, prompts, body.n, prompt_only)

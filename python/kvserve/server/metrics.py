@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, generate_latest)
 
 from kvserve.outputs import RequestOutput
 from kvserve.server.async_engine import AsyncEngine, StepObserver
@@ -34,6 +35,7 @@ router = APIRouter()
 
 class ServerMetrics(StepObserver):
     def __init__(self, model_name: str):
+        disable_created_metrics()  # no `*_created` series beside the counters and histograms, as vLLM's
         self.registry = CollectorRegistry()
         labels = {"labelnames": ["model_name"], "registry": self.registry}
 

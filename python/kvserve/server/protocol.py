@@ -2,14 +2,18 @@
 
 Validation is strict (a string is not a number, 1 is not true) and ranges are OpenAI's, so a bad
 field fails with a 400 naming it before anything reaches the engine. Unknown fields are accepted
-and ignored, as vLLM does, because clients send fields for features they do not use.
+and ignored, as vLLM does, because clients send fields for features they do not use. A null for
+an optional field means its default, as in OpenAI's API (clients that write out every field send
+nulls).
 """
 
 from __future__ import annotations
 
+import typing
+from functools import cache
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 
@@ -51,6 +55,21 @@ def _prompt(value):
 
 class _Model(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data):
+        if isinstance(data, dict):
+            defaulted = _defaulted_on_null(cls)
+            data = {key: value for key, value in data.items() if value is not None or key not in defaulted}
+        return data
+
+
+@cache
+def _defaulted_on_null(model: type[BaseModel]) -> frozenset[str]:
+    """The optional fields of `model` whose type has no None: a null sent for one means its default."""
+    return frozenset(name for name, f in model.model_fields.items()
+                     if not f.is_required() and type(None) not in typing.get_args(f.annotation))
 
 
 class StreamOptions(_Model):
@@ -116,7 +135,7 @@ class GenerationRequest(_Model):
 
 class CompletionRequest(GenerationRequest):
     prompt: Annotated[object, AfterValidator(_prompt)]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+    max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions; 0 with echo: the prompt alone
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
     suffix: str | None = None
@@ -129,15 +148,17 @@ class TextPart(_Model):
 
 
 class ChatMessage(_Model):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Annotated[str, Field(min_length=1)]  # OpenAI's roles, or any other the chat template knows
     content: Text | list[TextPart] | None = None
     name: str | None = None
 
     def template_message(self) -> dict:
-        """The message as chat templates see it; "developer" is OpenAI's newer name for "system"."""
+        """The message as chat templates see it: "developer" is OpenAI's newer name for "system", and
+        no content (an assistant's tool calls) is empty text, as vLLM passes it."""
         message = self.model_dump(exclude_none=True)
         if message["role"] == "developer":
             message["role"] = "system"
+        message.setdefault("content", "")
         return message
 
 
@@ -148,6 +169,7 @@ class ChatTemplateFields(_Model):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     add_special_tokens: bool = False  # the template writes the special tokens
+    chat_template: str | None = None  # instead of the model's; only where the server trusts them
     chat_template_kwargs: dict | None = None
 
     @field_validator("messages")

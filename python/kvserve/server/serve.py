@@ -17,7 +17,7 @@ import uvicorn
 
 from kvserve.engine_args import engine_from_args
 from kvserve.loader.default_model import DEFAULT_MODEL_NAME
-from kvserve.server.app import build_app
+from kvserve.server.app import CorsPolicy, build_app
 from kvserve.server.async_engine import AsyncEngine
 
 logger = logging.getLogger("kvserve")
@@ -70,8 +70,10 @@ def run_server(args: argparse.Namespace) -> int:
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
         engine = engine_from_args(args)
+        cors = CorsPolicy(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
         app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
-                        api_key=args.api_key, max_waiting=args.max_waiting)
+                        api_key=args.api_key, max_waiting=args.max_waiting,
+                        trust_request_chat_template=args.trust_request_chat_template, cors=cors)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.

@@ -1,6 +1,7 @@
 """ServedModel: what the HTTP side knows about the model it serves, and the checks that need it
 (its names, tokenizer, context length and vocabulary). Tokenization and chat templates run here,
-on the HTTP side; the engine only ever sees token ids."""
+on the HTTP side (the handlers call them off the event loop: a long prompt or template must not stall
+other requests); the engine only ever sees token ids."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from kvserve.server.protocol import ChatTemplateFields
 
 
 class ServedModel:
-    def __init__(self, engine: Engine, names: list[str], root: str):
+    def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False):
         if not names:
             raise ValueError("a served model needs at least one name")
         if engine.tokenizer is None:
@@ -25,6 +26,8 @@ class ServedModel:
         self.vocab_size = engine.model_config.vocab_size
         self.default_sampling = dict(engine.model_config.default_sampling)
         self.created = int(time.time())
+        # A chat template runs code (Jinja loops) chosen by whoever sends it: refused unless trusted.
+        self.trust_request_chat_template = trust_request_chat_template
 
     def check_name(self, model: str | None) -> None:
         """Requests may leave the model out; a name that is not ours is a 404, as OpenAI answers."""
@@ -44,19 +47,31 @@ class ServedModel:
             raise bad_request(f"{param} has token ids {bad[:8]} outside the vocabulary [0, {self.vocab_size})", param)
 
     def render_chat(self, fields: ChatTemplateFields) -> str:
-        """The prompt text of a conversation, through the model's chat template."""
+        """The prompt text of a conversation, through the model's chat template (or the request's,
+        when the server trusts those). chat_template_kwargs are the template's variables and win
+        over the request's own fields, as in vLLM."""
+        arguments = {"add_generation_prompt": fields.add_generation_prompt,
+                     "continue_final_message": fields.continue_final_message, "chat_template": fields.chat_template}
+        arguments.update(fields.chat_template_kwargs or {})
+        if arguments["chat_template"] is not None and not self.trust_request_chat_template:
+            raise bad_request("this request brings its own chat template, which the server refuses: start it with "
+                              "--trust-request-chat-template to accept them", "chat_template")
+        if arguments["chat_template"] is None and self.tokenizer.chat_template is None:
+            raise bad_request("the model has no chat template: start the server with --chat-template", "messages")
+        if "messages" in arguments:
+            raise bad_request("chat_template_kwargs cannot set messages", "chat_template_kwargs")
         try:
-            return self.tokenizer.apply_chat_template(
-                [m.template_message() for m in fields.messages],
-                add_generation_prompt=fields.add_generation_prompt,
-                continue_final_message=fields.continue_final_message,
-                **(fields.chat_template_kwargs or {}))
+            return self.tokenizer.apply_chat_template([m.template_message() for m in fields.messages], **arguments)
+        except TypeError as e:  # a template variable named like one of apply_chat_template's own arguments
+            raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
         except ValueError as e:
             raise bad_request(str(e), "messages") from None
 
-    def fit_max_tokens(self, longest_prompt: int, requested: int | None, explicit: bool, param: str) -> int | None:
+    def fit_max_tokens(self, longest_prompt: int, requested: int | None, explicit: bool, param: str,
+                       max_tokens_param: str = "max_tokens") -> int | None:
         """The max_tokens to run with: a prompt must leave room for one token; an explicit max_tokens
-        must fit the context, a default one is cut to fit. None: up to the context length."""
+        (the request's field `max_tokens_param`) must fit the context, a default one is cut to fit.
+        None: up to the context length."""
         room = self.max_model_len - longest_prompt
         prompt = f"the {'conversation' if param == 'messages' else param} is {longest_prompt} tokens long"
         if room < 1:
@@ -66,6 +81,6 @@ class ServedModel:
             return requested
         if explicit:
             raise bad_request(
-                f"max_tokens is {requested}, but this model's maximum context length is {self.max_model_len} tokens "
-                f"and {prompt} ({requested} > {self.max_model_len} - {longest_prompt})", "max_tokens")
+                f"{max_tokens_param} is {requested}, but this model's maximum context length is {self.max_model_len} "
+                f"tokens and {prompt} ({requested} > {self.max_model_len} - {longest_prompt})", max_tokens_param)
         return room
