@@ -66,3 +66,11 @@ def test_chunked_prefill_counts_steps_until_the_last_first_token(model_dir, tmp_
 def test_bad_flags_exit_with_the_reason(model_dir, flags, message):
     with pytest.raises(SystemExit, match=f"^kvserve bench latency: .*{message}"):
         main(["bench", "latency", "--model", str(model_dir), "--disable-tqdm", "--num-iters-warmup", "0", *flags])
+
+
+def test_output_json_is_vllms_name_for_result_json(model_dir, tmp_path):
+    path = tmp_path / "out.json"
+    assert main(["bench", "latency", "--model", str(model_dir), "--disable-tqdm", "--batch-size", "1",
+                 "--input-len", "3", "--output-len", "2", "--num-iters", "1", "--num-iters-warmup", "0",
+                 "--output-json", str(path)]) == 0
+    assert json.loads(path.read_text())["batch_size"] == 1

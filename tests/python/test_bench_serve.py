@@ -12,6 +12,7 @@ from kvserve.bench import load_generator
 from kvserve.bench.datasets import random_requests
 from kvserve.bench.tokenizer import save_tokenizer
 from kvserve.cli import main
+from kvserve.tokenizer import Tokenizer
 
 VOCAB = 500
 
@@ -49,6 +50,8 @@ def test_counts_usage_and_payload(tokenizer_dir, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "Successful requests:                     6" in table
     assert "Total generated tokens:                  30" in table
+    # vLLM's default --percentile-metrics ttft,tpot,itl: no E2EL section printed (the JSON keeps it).
+    assert "P99 ITL (ms):" in table and "E2EL" not in table and "p99_e2el_ms" in result
 
 
 def test_failed_requests_are_counted_and_excluded(tokenizer_dir, tmp_path):
@@ -73,6 +76,67 @@ def test_text_prompts_when_server_refuses_token_ids(tokenizer_dir, tmp_path):
                              "--random-input-len", "4", "--random-output-len", "2")
     assert result["prompt_format"] == "text" and result["completed"] == 3
     assert all(isinstance(p["prompt"], str) for p in server.payloads[2:])
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    assert result["input_lens"] == [len(tokenizer.encode(p["prompt"])) for p in server.payloads[2:]]
+
+
+@pytest.mark.parametrize("flags", [["--prompt-format", "text"], ["--dataset-name", "random", "--prompt-format", "text"]])
+def test_text_prompts_are_counted_as_the_server_tokenizes_them(tokenizer_dir, tmp_path, flags):
+    """Random ids decode to text that re-tokenizes to other lengths (here 37-51 tokens for 32 ids):
+    the text is re-encoded and adjusted to the asked length, and what is counted is its length as
+    the server encodes it."""
+    reference = random_requests(8, 32, 2, 0.0, VOCAB, seed=0)
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    assert all(len(tokenizer.encode(tokenizer.decode(r.prompt_token_ids))) != 32 for r in reference)  # the trap
+    with FakeOpenAIServer() as server:
+        result = bench_serve(server.base_url, tokenizer_dir, tmp_path / "r.json", "--num-prompts", "8",
+                             "--random-input-len", "32", "--random-output-len", "2", *flags)
+    sent = [len(tokenizer.encode(p["prompt"])) for p in server.payloads[1:]]
+    assert result["prompt_format"] == "text" and result["input_lens"] == sent
+    assert result["total_input_tokens"] == sum(sent)
+    assert sent.count(32) >= 6 and all(abs(n - 32) <= 2 for n in sent)  # the rounds reach the length, or near it
+
+
+def test_vllm_flag_names(tokenizer_dir, tmp_path, capsys):
+    """vllm bench serve's spellings: --host/--port, --backend, --dataset-name, --save-result with
+    --result-dir/--result-filename, --percentile-metrics."""
+    with FakeOpenAIServer() as server:
+        port = server.base_url.rsplit(":", 1)[1]
+        assert main(["bench", "serve", "--host", "127.0.0.1", "--port", port, "--backend", "vllm", "--model", "fake",
+                     "--tokenizer", str(tokenizer_dir), "--dataset-name", "random", "--num-prompts", "3",
+                     "--random-input-len", "4", "--random-output-len", "3", "--save-result",
+                     "--result-dir", str(tmp_path / "out"), "--result-filename", "r.json",
+                     "--percentile-metrics", "e2el,ttft", "--metric-percentiles", "50", "--disable-tqdm"]) == 0
+    result = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert (result["completed"], result["base_url"], result["backend"]) == (3, server.base_url, "vllm")
+    assert (result["dataset"], result["random_input_len"], result["tokenizer_id"]) == ("random", 4, str(tokenizer_dir))
+    table = capsys.readouterr().out
+    assert "P50 TTFT (ms):" in table and "P50 E2EL (ms):" in table
+    assert "TPOT" not in table and "ITL" not in table and "P99" not in table
+
+
+def test_save_result_names_the_file_as_vllm_does(tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with FakeOpenAIServer() as server:
+        assert main(["bench", "serve", "--base-url", server.base_url, "--model", "org/fake", "--tokenizer",
+                     str(tokenizer_dir), "--num-prompts", "2", "--random-input-len", "4", "--random-output-len", "2",
+                     "--max-concurrency", "2", "--save-result", "--disable-tqdm"]) == 0
+    [path] = list(tmp_path.iterdir())
+    assert path.name.startswith("openai-infqps-concurrency2-fake-") and path.suffix == ".json"
+    assert json.loads(path.read_text())["completed"] == 2
+
+
+def test_sharegpt_result_records_no_random_lengths(tokenizer_dir, tmp_path):
+    chats = [[{"from": "human", "value": f"tell me story number {i} about the sea"},
+              {"from": "gpt", "value": f"once upon a time there were {i} ships at sea"}] for i in range(5)]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(json.dumps({"conversations": c}) for c in chats))
+    with FakeOpenAIServer() as server:
+        result = bench_serve(server.base_url, tokenizer_dir, tmp_path / "r.json", "--dataset-name", "sharegpt",
+                             "--dataset-path", str(path), "--num-prompts", "3")
+    assert (result["completed"], result["dataset"], result["backend"]) == (3, str(path), "openai")
+    assert result["tokenizer_id"] == str(tokenizer_dir)
+    assert not [key for key in result if key.startswith("random_")]
 
 
 def test_max_concurrency_caps_requests_in_flight(tokenizer_dir, tmp_path):
@@ -103,6 +167,15 @@ def test_wrong_url_is_a_clear_error(tokenizer_dir, tmp_path):
         (["--metric-percentiles", "99,x"], "--metric-percentiles '99,x'"),
         (["--random-range-ratio", "1.5"], "range ratio 1.5"),
         (["--dataset", "no-such.jsonl"], "--dataset no-such.jsonl: no such file"),
+        (["--dataset-name", "sharegpt", "--dataset-path", "no-such.jsonl"], "--dataset no-such.jsonl: no such file"),
+        (["--dataset-name", "sharegpt"], "--dataset-name sharegpt needs --dataset-path FILE"),
+        (["--dataset-path", "chats.jsonl"], "--dataset-path chats.jsonl: the random dataset reads no file"),
+        (["--dataset", "random", "--dataset-name", "random"], "--dataset random with --dataset-name"),
+        (["--port", "8000"], "with --host/--port: give one or the other"),
+        (["--backend", "openai-chat"], "--backend openai-chat: kvserve bench serve streams /v1/completions only"),
+        (["--result-filename", "r.json"], "add --save-result"),
+        (["--save-result", "--result-json", "r.json"], "--result-json r.json with --save-result"),
+        (["--percentile-metrics", "ttft,p99"], "--percentile-metrics 'ttft,p99'"),
     ],
 )
 def test_bad_flags_are_clear_errors(tokenizer_dir, flags, match):

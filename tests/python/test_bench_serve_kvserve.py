@@ -45,6 +45,19 @@ def test_every_request_completes_with_exact_counts(server, tiny_model_dir, tmp_p
     assert generated == (NUM_PROMPTS + 1) * OUTPUT_LEN
 
 
+def test_text_prompts_are_counted_as_the_server_counts_them(server, tiny_model_dir, tmp_path):
+    """--prompt-format text: the random ids' text re-tokenizes to other lengths; what the client
+    counts as input must be what the server encoded (its BOS included)."""
+    prompt_before = server.metric("kvserve:prompt_tokens_total")
+    status, result = bench_serve(server, tiny_model_dir("LlamaForCausalLM"), tmp_path / "r.json",
+                                 "--prompt-format", "text", "--random-input-len", "48")
+    assert status == 0 and result["prompt_format"] == "text" and result["failed"] == 0
+    # Plus the untimed probe request, which is the first prompt.
+    prompt_tokens = server.metric("kvserve:prompt_tokens_total") - prompt_before
+    assert prompt_tokens == result["total_input_tokens"] + result["input_lens"][0]
+    assert sum(n == 48 for n in result["input_lens"]) >= NUM_PROMPTS // 2
+
+
 def test_a_wrong_model_name_stops_with_the_servers_error(server, tiny_model_dir, tmp_path):
     argv = ["bench", "serve", "--base-url", server.url, "--model", "not-served",
             "--tokenizer", str(tiny_model_dir("LlamaForCausalLM")), "--num-prompts", "3",

@@ -2,6 +2,7 @@
 datasets, and clear errors for bad flags. Speed is not checked here (bench/ measures it)."""
 
 import json
+import random
 
 import pytest
 
@@ -62,23 +63,39 @@ def turn(who, text):
 
 
 SHAREGPT = [
-    [turn("human", "tell me a story"), turn("gpt", "once upon a time there was a model")],
-    [turn("human", "only one turn")],
-    [turn("human", "what is two plus two"), turn("gpt", "four"), turn("human", "sure?"), turn("gpt", "yes")],
-    [turn("human", "and the weather"), turn("gpt", "sunny with a chance of tokens")],
+    [turn("human", "tell me a story about the sea"), turn("gpt", "once upon a time there was a model")],
+    [turn("human", "only one turn, never used")],
+    [turn("human", "what is two plus two, exactly"), turn("gpt", "four"), turn("human", "sure?"), turn("gpt", "yes")],
+    [turn("human", "and what about the weather today"), turn("gpt", "sunny with a chance of tokens")],
+    [turn("human", "name three colours of the rainbow"), turn("gpt", "red, orange and yellow, among others")],
 ]
 
 
-def test_sharegpt_dataset_takes_prompts_and_reply_lengths_in_file_order(model_dir, tmp_path):
+def test_sharegpt_dataset_takes_vllms_seeded_sample(model_dir, tmp_path):
+    """As vLLM: the conversations of two turns or more shuffled with --seed, those with a prompt or
+    reply under 4 tokens passed over (the reply "four"), unless --output-len fixes the length."""
     path = write_sharegpt(tmp_path / "chats.jsonl", SHAREGPT)
     tokenizer = Tokenizer.from_pretrained(model_dir)
-    used = [SHAREGPT[0], SHAREGPT[2]]  # the one-turn conversation is passed over
-    r = throughput(model_dir, tmp_path, "--dataset", str(path), "--num-prompts", "2")
-    assert r["total_input_tokens"] == sum(len(tokenizer.encode(c[0]["value"])) for c in used)
-    assert r["total_output_tokens"] == sum(len(tokenizer.encode(c[1]["value"], add_special_tokens=False))
-                                           for c in used)
-    fixed = throughput(model_dir, tmp_path, "--dataset", str(path), "--num-prompts", "3", "--output-len", "2")
-    assert fixed["total_output_tokens"] == 6 and fixed["num_requests"] == 3
+    assert len(tokenizer.encode("four", add_special_tokens=False)) < 4
+    for seed in (0, 1):
+        shuffled = [c for c in SHAREGPT if len(c) >= 2]
+        random.Random(seed).shuffle(shuffled)
+        used = [c for c in shuffled if c is not SHAREGPT[2]][:2]
+        r = throughput(model_dir, tmp_path, "--dataset-name", "sharegpt", "--dataset-path", str(path),
+                       "--num-prompts", "2", "--seed", str(seed))
+        assert r["total_input_tokens"] == sum(len(tokenizer.encode(c[0]["value"])) for c in used)
+        assert r["total_output_tokens"] == sum(len(tokenizer.encode(c[1]["value"], add_special_tokens=False))
+                                               for c in used)
+    fixed = throughput(model_dir, tmp_path, "--dataset", str(path), "--num-prompts", "4", "--output-len", "2")
+    assert fixed["total_output_tokens"] == 8 and fixed["num_requests"] == 4
+    assert fixed["total_input_tokens"] == sum(len(tokenizer.encode(c[0]["value"])) for c in SHAREGPT if len(c) >= 2)
+
+
+def test_output_json_is_vllms_name_for_result_json(model_dir, tmp_path):
+    path = tmp_path / "out.json"
+    assert main(["bench", "throughput", "--model", str(model_dir), "--disable-tqdm", "--dataset-name", "random",
+                 "--num-prompts", "2", "--input-len", "3", "--output-len", "2", "--output-json", str(path)]) == 0
+    assert json.loads(path.read_text())["total_output_tokens"] == 4
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -91,6 +108,8 @@ def test_sharegpt_dataset_takes_prompts_and_reply_lengths_in_file_order(model_di
     (["--dataset", "{chats}", "--num-prompts", "2", "--input-len", "4"], "--input-len 4: a dataset file sets"),
     (["--dataset", "{chats}", "--num-prompts", "2", "--skip-tokenizer-init"], "needs the tokenizer"),
     (["--dataset", "{chats}", "--num-prompts", "4"], "3 usable conversations .* fewer than --num-prompts 4"),
+    (["--dataset-name", "sharegpt", "--num-prompts", "2"], "--dataset-name sharegpt needs --dataset-path FILE"),
+    (["--dataset", "{chats}", "--dataset-path", "{chats}", "--num-prompts", "2"], "give one or the other"),
     (["--dataset", "{bad}", "--num-prompts", "1"], "not JSON Lines nor a JSON list"),
     (["--num-prompts", "2", "--input-len", "300", "--output-len", "2"], "max_model_len"),
     (["--num-prompts", "2", "--input-len", "4", "--output-len", "2", "--block-size", "3"], "block_size"),

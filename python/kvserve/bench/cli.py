@@ -11,18 +11,51 @@ from kvserve.bench.presets import MODEL_PRESETS
 from kvserve.engine_args import add_engine_arguments
 
 
+DATASET_NAMES = ("random", "sharegpt")
+BACKENDS = ("openai", "vllm", "openai-chat")  # vLLM's; openai-chat is refused (see serve_command)
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """kvserve's --dataset, or vLLM's --dataset-name and --dataset-path (resolve_dataset joins them)."""
+    parser.add_argument("--dataset", default=None,
+                        help="'random' (default) or a ShareGPT-like .json/.jsonl file: its prompts, and its "
+                        "replies' lengths as output lengths (needs a tokenizer)")
+    parser.add_argument("--dataset-name", choices=DATASET_NAMES, default=None,
+                        help="vLLM's name: random, or sharegpt with --dataset-path FILE (the same as --dataset FILE)")
+    parser.add_argument("--dataset-path", default=None, help="vLLM's name: the ShareGPT file of --dataset-name sharegpt")
+
+
+def resolve_dataset(args: argparse.Namespace) -> None:
+    """Sets args.dataset to 'random' or the dataset file, from --dataset or vLLM's
+    --dataset-name/--dataset-path; ValueError on a contradiction."""
+    name, path = args.dataset_name, args.dataset_path
+    if args.dataset is not None:
+        if name is not None or path is not None:
+            raise ValueError(f"--dataset {args.dataset} with --dataset-name/--dataset-path: give one or the other")
+        return
+    if name == "sharegpt" and path is None:
+        raise ValueError("--dataset-name sharegpt needs --dataset-path FILE")
+    if name in (None, "random") and path is not None:
+        raise ValueError(f"--dataset-path {path}: the random dataset reads no file; add --dataset-name sharegpt")
+    args.dataset = path if name == "sharegpt" else "random"
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root, without /v1")
+    parser.add_argument("--base-url", default=None,
+                        help="server root, without /v1 (default: http://HOST:PORT)")
+    parser.add_argument("--host", default=None, help="vLLM's: the server's host, when no --base-url (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="vLLM's: the server's port, when no --base-url (default 8000)")
     parser.add_argument("--endpoint", default="/v1/completions")
+    parser.add_argument("--backend", choices=BACKENDS, default="openai",
+                        help="vLLM's: openai and vllm both stream /v1/completions (the one API this load "
+                        "generator speaks); recorded in the result")
     parser.add_argument("--model", required=True, help="the model name the server serves")
     parser.add_argument(
         "--tokenizer",
         help="HF model dir whose vocab the random prompts draw from, and that turns them into text for "
         "servers that do not take token ids (default: --model, when that is a directory)",
     )
-    parser.add_argument("--dataset", default="random",
-                        help="'random' (the --random-* lengths) or a ShareGPT-like .json/.jsonl file: its "
-                        "prompts, and its replies' lengths as output lengths (needs --tokenizer)")
+    add_dataset_arguments(parser)
     parser.add_argument("--num-prompts", type=int, default=1000)
     parser.add_argument("--random-input-len", type=int, default=1024)
     parser.add_argument("--random-output-len", type=int, default=128)
@@ -38,10 +71,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrency", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--goodput", nargs="+", default=[], metavar="NAME:MS", help="SLOs: ttft:MS tpot:MS e2el:MS")
-    parser.add_argument("--metric-percentiles", default="90,99", help="comma-separated, e.g. 50,90,99")
+    # kvserve's default keeps p90 beside vLLM's p99 (bench/README.md's tables and compare.py read both).
+    parser.add_argument("--metric-percentiles", default="90,99",
+                        help="comma-separated, e.g. 50,90,99 (default 90,99; vLLM's is 99)")
+    parser.add_argument("--percentile-metrics", default="ttft,tpot,itl",
+                        help="which of ttft,tpot,itl,e2el the printed report shows (vLLM's default: "
+                        "ttft,tpot,itl); the result JSON keeps all four")
+    # On by default, unlike vLLM: every documented serving figure is of exactly the asked lengths
+    # (random-weight models may sample EOS at any step).
     parser.add_argument(
         "--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
-        help="generate exactly the requested output length (default: on)",
+        help="generate exactly the requested output length (default: on; vLLM's: off)",
     )
     parser.add_argument(
         "--prompt-format", choices=("auto", "ids", "text"), default="auto",
@@ -49,6 +89,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     parser.add_argument("--result-json", type=Path, help="write the result (metrics and per-request timelines) here")
+    parser.add_argument("--save-result", action="store_true",
+                        help="vLLM's: write the result JSON to --result-dir/--result-filename (default name: "
+                        "BACKEND-RATEqps[-concurrencyN]-MODEL-YYYYmmdd-HHMMSS.json)")
+    parser.add_argument("--result-dir", type=Path, default=None, help="vLLM's: where --save-result writes")
+    parser.add_argument("--result-filename", default=None, help="vLLM's: the file name --save-result writes")
     parser.add_argument("--disable-tqdm", action="store_true")
 
 
@@ -65,14 +110,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     workload = parser.add_argument_group("workload")
     workload.add_argument("--case", help="a WORKLOAD.md case, offline-N-IN-OUT: sets the three lengths below")
-    workload.add_argument("--dataset", default="random",
-                          help="'random' (WORKLOAD.md's prompt draw) or a ShareGPT-like .jsonl file")
+    add_dataset_arguments(workload)
     workload.add_argument("--num-prompts", type=int, help="requests, all submitted at once")
     workload.add_argument("--input-len", type=int, help="prompt tokens per request (random dataset)")
     workload.add_argument("--output-len", type=int,
                           help="output tokens per request, EOS ignored (a dataset file: default its replies' lengths)")
     add_model_arguments(parser)
-    parser.add_argument("--result-json", type=Path, help="write the result here")
+    parser.add_argument("--result-json", "--output-json", type=Path, help="write the result here")
     parser.add_argument("--disable-tqdm", action="store_true")
 
 
@@ -85,7 +129,8 @@ def add_latency_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--num-iters", type=int, default=5, help="timed batches")
     add_model_arguments(parser)
     parser.add_argument("--metric-percentiles", default="90,99", help="comma-separated, e.g. 50,90,99")
-    parser.add_argument("--result-json", type=Path, help="write the result (with every step's time) here")
+    parser.add_argument("--result-json", "--output-json", type=Path,
+                        help="write the result (with every step's time) here")
     parser.add_argument("--disable-tqdm", action="store_true")
 
 

@@ -1,5 +1,6 @@
 """The prompts of a benchmark, as token ids (every engine we compare accepts ids, so no tokenizer
-round trip changes a prompt's length).
+round trip changes a prompt's length; for a server that takes text only, kvserve.bench.text_prompts
+makes text of the length the server will see).
 
 - Offline cases: exactly WORKLOAD.md's draw, `default_rng(0).integers(10, 31999, (N, IN))`; for a
   model whose vocab is smaller than 32000 the ids stop below its size instead.
@@ -41,8 +42,11 @@ def warmup_prompt(input_len: int, vocab_size: int | None = None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SampleRequest:
-    prompt_token_ids: list[int]
+    prompt_token_ids: list[int]  # as the engine or server sees the prompt: prompt_len counts these
     expected_output_len: int
+    # What a server that takes no token ids is sent instead; it encodes to prompt_token_ids.
+    # None: not made yet (kvserve.bench.text_prompts makes it when a run needs it).
+    prompt_text: str | None = None
 
     @property
     def prompt_len(self) -> int:

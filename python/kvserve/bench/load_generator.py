@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,13 +33,19 @@ class Target:
     model: str
     ignore_eos: bool = True
     api_key: str | None = None
-    # None: send prompt token ids; else turns ids into the text to send instead.
-    decode: Callable[[list[int]], str] | None = None
+    # False: send prompt token ids; True: each request's prompt_text (kvserve.bench.text_prompts).
+    send_text: bool = False
+
+    @property
+    def prompt_format(self) -> str:
+        return "text" if self.send_text else "ids"
 
     def payload(self, request: SampleRequest) -> dict:
+        if self.send_text and request.prompt_text is None:
+            raise ValueError("a text target got a request without prompt_text (see kvserve.bench.text_prompts)")
         body = {
             "model": self.model,
-            "prompt": request.prompt_token_ids if self.decode is None else self.decode(request.prompt_token_ids),
+            "prompt": request.prompt_text if self.send_text else request.prompt_token_ids,
             "max_tokens": request.expected_output_len,
             "temperature": 0.0,
             "stream": True,

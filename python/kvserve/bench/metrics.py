@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2el")  # in the order reports show them
 
 
 @dataclass
@@ -97,6 +98,16 @@ def parse_percentiles(text: str) -> tuple[float, ...]:
     if not values or not all(0 <= p <= 100 for p in values):
         raise ValueError(f"--metric-percentiles {text!r}: expected comma-separated numbers in [0, 100]")
     return values
+
+
+def parse_percentile_metrics(text: str) -> tuple[str, ...]:
+    """--percentile-metrics "itl,ttft" → ("ttft", "itl"): known names, in the report's order."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in LATENCY_METRICS]
+    if unknown or not text.strip():
+        raise ValueError(f"--percentile-metrics {text!r}: expected comma-separated names from "
+                         f"{','.join(LATENCY_METRICS)}")
+    return tuple(name for name in LATENCY_METRICS if name in names)
 
 
 def calculate_metrics(

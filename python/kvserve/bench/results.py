@@ -48,7 +48,9 @@ def latency_fields(key: str, stats: LatencyStats) -> dict[str, float]:
     return fields | {f"p{_p_word(p)}_{key}_ms": v for p, v in stats.percentiles.items()}
 
 
-def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None) -> str:
+def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None,
+                 percentile_metrics: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")) -> str:
+    """vLLM's table; like vLLM's, it shows the latency sections of `percentile_metrics` only."""
     lines = [centered(" Serving Benchmark Result ", "="), row("Successful requests:", metrics.completed)]
     if metrics.failed:
         lines.append(row("Failed requests:", metrics.failed))
@@ -67,7 +69,8 @@ def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None) 
         row("Total Token throughput (tok/s):", metrics.total_token_throughput),
     ]
     for key, short, heading in _LATENCY_SECTIONS:
-        lines += latency_rows(heading, short, getattr(metrics, key))
+        if key in percentile_metrics:
+            lines += latency_rows(heading, short, getattr(metrics, key))
     lines.append("=" * WIDTH)
     return "\n".join(lines)
 

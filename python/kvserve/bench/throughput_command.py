@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from kvserve.bench.cli import resolve_dataset
 from kvserve.bench.datasets import SampleRequest, offline_prompts, warmup_prompt
 from kvserve.bench.engine_setup import build_engine, fixed_length, run_settings
 from kvserve.bench.flops import workload_flops
@@ -27,7 +28,9 @@ GB = 1e9
 
 
 def check_workload_flags(args: argparse.Namespace) -> None:
-    """Fills num_prompts / input_len / output_len from --case; ValueError on a bad combination."""
+    """Fills num_prompts / input_len / output_len from --case, and args.dataset from vLLM's
+    --dataset-name/--dataset-path; ValueError on a bad combination."""
+    resolve_dataset(args)
     lengths = {"--num-prompts": args.num_prompts, "--input-len": args.input_len, "--output-len": args.output_len}
     if args.case is not None:
         case = parse_case(args.case)
@@ -62,7 +65,7 @@ def benchmark_requests(args: argparse.Namespace, engine, conversations: list[dic
         prompts = offline_prompts(args.num_prompts, args.input_len, engine.model_config.vocab_size)
         return [SampleRequest(p.tolist(), args.output_len) for p in prompts]
     return sharegpt_requests(conversations, args.num_prompts, engine.tokenizer, args.output_len,
-                             engine.max_model_len)
+                             engine.max_model_len, args.seed)
 
 
 def _generate(engine, requests: list[SampleRequest], use_tqdm: bool) -> None:
