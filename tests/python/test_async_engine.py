@@ -25,6 +25,14 @@ def engine(tiny_model_dir, request):
     return set_step_mode(engine, request.param)
 
 
+@pytest.fixture(params=STEP_MODES)
+def engine_of_one(tiny_model_dir, request):
+    """The same, running one sequence at a time."""
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01,
+                    max_num_seqs=1)
+    return set_step_mode(engine, request.param)
+
+
 def assert_no_blocks_held(engine: Engine) -> None:
     stats = engine.stats()
     assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1
@@ -116,11 +124,17 @@ def test_a_request_the_engine_rejects_fails_only_its_stream(engine):
     assert len(run(engine, scenario)[0]) == DELTA.max_tokens
 
 
-def test_a_full_waiting_room_and_a_shutdown_are_clear_errors(engine):
+def test_a_full_waiting_room_and_a_shutdown_are_clear_errors(engine_of_one):
+    """max_waiting counts the requests that will wait: those past the batch's free places (one
+    here), whether or not the engine thread has taken them yet."""
+    engine = engine_of_one
+
     async def scenario(async_engine):
         with pytest.raises(QueueFullError, match="limit is 2"):
-            async_engine.submit("a", prompts(engine, "a", "b", "c"), DELTA)
-        stream = async_engine.submit("b", prompts(engine, "a", "b"), DELTA)
+            async_engine.submit("a", prompts(engine, "a", "b", "c", "d"), DELTA)
+        stream = async_engine.submit("b", prompts(engine, "a", "b", "c"), DELTA)
+        with pytest.raises(QueueFullError, match="2 requests are already waiting"):
+            async_engine.submit("d", prompts(engine, "a"), DELTA)
         await async_engine.shutdown()
         with pytest.raises(EngineStoppedError):
             await collect(stream)

@@ -138,15 +138,22 @@ class AsyncEngine:
 
     @property
     def num_waiting(self) -> int:
-        """Requests accepted but not running: not yet taken by the thread, or waiting in the scheduler."""
-        return self._num_submitted - self.snapshot.num_requests_added + self.snapshot.num_waiting
+        """Requests accepted but not running: those waiting in the scheduler, and those not yet taken
+        by the thread beyond the batch's free places (the others run as soon as it takes them)."""
+        return self._waiting_with(self._num_submitted - self.snapshot.num_requests_added)
+
+    def _waiting_with(self, num_untaken: int) -> int:
+        snapshot = self.snapshot
+        free = max(0, self.engine.max_num_seqs - snapshot.num_running - snapshot.num_waiting)
+        return snapshot.num_waiting + max(0, num_untaken - free)
 
     def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams) -> RequestStream:
         """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs.
         Raises QueueFullError when they do not fit under max_waiting, EngineStoppedError after shutdown."""
         if not self.is_running:
             raise EngineStoppedError("the engine is not running")
-        if self.num_waiting + len(prompts) > self.max_waiting:
+        untaken = self._num_submitted - self.snapshot.num_requests_added
+        if self._waiting_with(untaken + len(prompts)) > self.max_waiting:
             raise QueueFullError(f"{self.num_waiting} requests are already waiting (the limit is {self.max_waiting})")
         stream = RequestStream(self, [f"{request_id}-{i}" for i in range(len(prompts))])
         arrival_time = time.time()
