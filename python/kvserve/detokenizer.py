@@ -1,7 +1,7 @@
 """Detokenizer: one output sequence's text, built as tokens arrive, with stop strings.
 
     det = Detokenizer.from_params(tokenizer, params, prompt_token_ids)
-    each step:  stop = det.update(new_token_ids)      # the matched stop string, or None
+    each step:  stop = det.update(new_token_ids, stop_terminated)  # the matched stop string, or None
                 det.output_text / det.get_delta()     # text safe to show (streaming: the new part)
     at the end: det.finish()                          # when it ended for another reason (eos, length)
 
@@ -10,7 +10,9 @@ text_stream.py), and so is a tail that could still become a stop string. When a 
 completes — possibly across several tokens; the earliest one, on a tie the one listed first — the
 text is cut before it (after it with
 include_stop_str_in_output) and nothing after it is ever returned. As in vLLM, stop strings only
-count once more than min_tokens tokens exist, and the token ids are not cut.
+count once more than min_tokens tokens exist, and the token ids are not cut. Likewise the EOS or
+stop token that ends a sequence stays in the token ids, but its text is left out (kept with
+include_stop_str_in_output).
 """
 
 from __future__ import annotations
@@ -74,11 +76,14 @@ class Detokenizer:
         self._delta_offset = len(text)
         return delta
 
-    def update(self, new_token_ids: Sequence[int]) -> str | None:
+    def update(self, new_token_ids: Sequence[int], stop_terminated: bool = False) -> str | None:
         """Add generated tokens. Returns the stop string they completed (the sequence must end
-        now), else None."""
+        now), else None. `stop_terminated`: the last token is the EOS or stop token that ends the
+        sequence; as in vLLM its text is left out unless include_stop_str_in_output."""
         if self._done:
             raise ValueError("update() after the sequence finished: the detokenizer takes no more tokens")
+        if stop_terminated and not self._include_stop:
+            new_token_ids = new_token_ids[:-1]
         self._num_tokens += len(new_token_ids)
         return self._append(self._stream.push(new_token_ids))
 

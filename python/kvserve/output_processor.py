@@ -75,7 +75,10 @@ def process_step(step: AppliedStep, requests: MutableMapping[str, RequestState],
             sequence.logprobs.append(entry)
             sequence.cumulative_logprob += entry[new_token_ids[-1]].logprob
 
-        stop_string = sequence.detokenizer.update(new_token_ids) if sequence.detokenizer is not None else None
+        stop_string = None
+        if sequence.detokenizer is not None:
+            stop_terminated = reason == "stop" and update.stop_token_id is not None
+            stop_string = sequence.detokenizer.update(new_token_ids, stop_terminated)
         if stop_string is not None:
             if reason is None:
                 scheduler.finish_sample(request_id, index, "stop")

@@ -7,6 +7,7 @@ next step is in flight (stop string, stop token, abort, a failure)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from types import SimpleNamespace
 
@@ -239,6 +240,56 @@ def test_streamed_deltas_add_up_to_the_whole_output(tiny_model_dir, mode):
             token_ids += output.outputs[0].token_ids
             text += output.outputs[0].text
     assert token_ids == whole.outputs[0].token_ids and text == whole.outputs[0].text
+    assert_no_blocks_held(engine)
+
+
+def streamed(engine: Engine, prompt, params: SamplingParams):
+    """One request's DELTA outputs added up: (token ids, text, finish reason)."""
+    engine.add_request("streamed", prompt, dataclasses.replace(params, output_kind=RequestOutputKind.DELTA))
+    token_ids, text, reason = [], "", None
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            token_ids += output.outputs[0].token_ids
+            text += output.outputs[0].text
+            reason = output.outputs[0].finish_reason
+    return token_ids, text, reason
+
+
+@pytest.mark.parametrize("mode", STEP_MODES)
+def test_the_stop_token_or_eos_that_ends_a_sequence_is_not_in_its_text(tiny_model_dir, mode):
+    """As vLLM: the EOS or stop token stays in token_ids but its text is left out, unless
+    include_stop_str_in_output; the same streamed (DELTA) and whole, however steps overlap."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), mode=mode)
+    greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, skip_special_tokens=False)
+    [free] = engine.generate(["Hi"], greedy, use_tqdm=False)
+    prompt_ids, ids = free.prompt_token_ids, free.outputs[0].token_ids
+    stop_id = ids[4]
+
+    def text_of(token_ids):  # the text of these output tokens after the prompt
+        full = engine.tokenizer.decode(prompt_ids + token_ids, skip_special_tokens=False)
+        return full[len(engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)):]
+
+    by_token = dataclasses.replace(greedy, stop_token_ids=[stop_id])
+    # EOS (id 2) pushed to the top, held back for 3 tokens by min_tokens.
+    by_eos = dataclasses.replace(greedy, ignore_eos=False, min_tokens=3, logit_bias={2: 100.0})
+    for params, token_ids in ((by_token, ids[:ids.index(stop_id) + 1]), (by_eos, None)):
+        for include in (False, True):
+            params = dataclasses.replace(params, include_stop_str_in_output=include)
+            [whole] = engine.generate(["Hi"], params, use_tqdm=False)
+            out = whole.outputs[0]
+            assert out.finish_reason == "stop" and out.token_ids == (token_ids or out.token_ids)
+            assert out.token_ids[-1] == (stop_id if token_ids else 2) and len(out.token_ids) > 3
+            shown = out.token_ids if include else out.token_ids[:-1]
+            assert out.text == text_of(shown)
+            assert text_of(out.token_ids[:-1]) != text_of(out.token_ids)  # the token shows some text
+            assert streamed(engine, "Hi", params) == (out.token_ids, out.text, "stop")
+    # Ended on EOS at once: no text; "<|im_end|>" only when asked for.
+    params = dataclasses.replace(greedy, ignore_eos=False, logit_bias={2: 100.0})
+    for include, text in ((False, ""), (True, "<|im_end|>")):
+        params = dataclasses.replace(params, include_stop_str_in_output=include)
+        [out] = engine.generate(["Hi"], params, use_tqdm=False)[0].outputs
+        assert (out.token_ids, out.text) == ([2], text)
+        assert streamed(engine, "Hi", params) == ([2], text, "stop")
     assert_no_blocks_held(engine)
 
 
