@@ -102,18 +102,27 @@ class TextStream:
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self._byte_run = bytearray()
         self._strip_left = tables.strip_left
-        self._owed = 0  # characters still held here that the context's own decode shows
-        # generic decoders: all ids so far, the context's text, the text emitted so far
+        # The context's held tail as its own decode shows it (U+FFFD for unfinished UTF-8, a byte
+        # run's text), and the output text held while it may still be repeating it (_pay_owed).
+        self._owed = ""
+        self._owed_seen = ""
+        # generic decoders: all ids so far, the context's final text, the text emitted so far
         self._ids = list(context_ids) if tables.kind == "generic" else []
-        self._context_text = self._decode_all() if tables.kind == "generic" else ""
+        self._context_text = ""
         self._emitted = ""
-        if tables.kind != "generic" and context_ids:
+        if not context_ids:
+            return
+        if tables.kind == "generic":
+            context_text = self._decode_all()
+            shown = self._context_text = context_text.rstrip("\ufffd")
+        else:
             shown = self.push(context_ids)
-            if self._byte_run:
-                # A run of byte tokens ends the context. Its whole characters belong to the context;
-                # unfinished ones (U+FFFD in the context's decode) are finished by the output.
-                context_text = backend.decode(list(context_ids), skip_special_tokens=skip_special_tokens)
-                self._owed = max(0, len(context_text.rstrip("\ufffd")) - len(shown))
+            held = self._byte_run if tables.kind == "byte_fallback" else self._utf8.getstate()[0]
+            if not held:
+                return
+            context_text = backend.decode(list(context_ids), skip_special_tokens=skip_special_tokens)
+        if context_text.startswith(shown):
+            self._owed = context_text[len(shown):]
 
     def _kept(self, token_ids):
         skip, n = self._skip, self._num_pieces
@@ -123,26 +132,46 @@ class TextStream:
         kind = self._tables.kind
         if kind == "byte_level":
             pieces = self._tables.pieces
-            return self._utf8.decode(b"".join([pieces[t] for t in self._kept(token_ids)]))
-        if kind == "byte_fallback":
-            return self._pay_owed(self._push_byte_fallback(token_ids))
-        self._ids.extend(token_ids)
-        return self._emit(self._decode_all().rstrip("\ufffd"))
+            text = self._utf8.decode(b"".join([pieces[t] for t in self._kept(token_ids)]))
+        elif kind == "byte_fallback":
+            text = self._push_byte_fallback(token_ids)
+        else:
+            self._ids.extend(token_ids)
+            text = self._emit(self._decode_all().rstrip("\ufffd"))
+        return self._pay_owed(text)
 
     def flush(self) -> str:
         kind = self._tables.kind
         if kind == "byte_level":
-            return self._utf8.decode(b"", final=True)
-        if kind == "byte_fallback":
-            return self._pay_owed(self._strip(self._close_byte_run()))
-        return self._emit(self._decode_all())
+            text = self._utf8.decode(b"", final=True)
+        elif kind == "byte_fallback":
+            text = self._strip(self._close_byte_run())
+        else:
+            text = self._emit(self._decode_all())
+        text = self._pay_owed(text)
+        self._owed = self._owed_seen = ""  # an output that only ever repeated it adds nothing
+        return text
 
     def _pay_owed(self, text: str) -> str:
-        if self._owed and text:
-            cut = min(self._owed, len(text))
-            self._owed -= cut
-            text = text[cut:]
-        return text
+        r"""Leave out the start of the output's text that repeats the context's held tail as the
+        context's decode showed it. The held tokens' text comes with the output's first text:
+
+            context "Hi" + b"\xe6" shows "Hi\ufffd";  output " ok" -> "\ufffd ok": " ok" is new
+                                                     output b"\x9d\xb1" -> "\u6771": all new
+
+        so the output's text is decode(context + output) past its common prefix with
+        decode(context) (past all of decode(context) when it still starts with that)."""
+        if not self._owed or not text:
+            return text
+        text = self._owed_seen + text
+        owed, same = self._owed, 0
+        while same < min(len(text), len(owed)) and text[same] == owed[same]:
+            same += 1
+        if same == len(text) < len(owed):  # all repeated so far: the next text decides
+            self._owed_seen = text
+            return ""
+        self._owed = self._owed_seen = ""
+        return text[same:]
 
     def _push_byte_fallback(self, token_ids) -> str:
         pieces = self._tables.pieces
@@ -177,8 +206,9 @@ class TextStream:
         return self._backend.decode(self._ids, skip_special_tokens=self._skip_special_tokens)
 
     def _emit(self, text: str) -> str:
-        if text.startswith(self._context_text):
-            text = text[len(self._context_text):]
+        if not text.startswith(self._context_text):
+            return ""  # the decoder rewrote the context's text: nothing after it can be placed
+        text = text[len(self._context_text):]
         if not text.startswith(self._emitted):
             return ""  # the decoder rewrote text already returned: nothing more can be added safely
         new = text[len(self._emitted):]

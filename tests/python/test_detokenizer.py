@@ -1,5 +1,6 @@
 """Incremental detokenization equals a full decode at every step; stop strings cut the text."""
 
+import os
 import random
 
 import pytest
@@ -37,12 +38,22 @@ def _random_text(rng: random.Random) -> str:
     return words[: rng.randint(0, len(words))] + rare + words[rng.randint(0, len(words)):]
 
 
+def _text_after(tok, context, ids, skip) -> str:
+    """The reference text of `ids` after `context`: decode(context + ids) past its common prefix
+    with decode(context). Where the context ends in unfinished UTF-8 (or a byte run, SentencePiece)
+    its decode shows U+FFFD (or the run's text) that the output may keep — not repeated — or turn
+    into other characters, which are then the output's."""
+    full = tok.decode(list(context) + list(ids), skip_special_tokens=skip)
+    base = tok.decode(list(context), skip_special_tokens=skip)
+    return full[len(os.path.commonprefix([full, base])):]
+
+
 def _stream_all(tok, ids, skip, context=(), rng=None):
     """Push ids in random chunks. At every step the text so far is a prefix of the final text, and
     of the full decode so far (where that decode still shows the context's text unchanged)."""
     stream = TextStream(tok.backend, tok.decode_tables, skip, context)
     base = tok.decode(list(context), skip_special_tokens=skip)
-    final = tok.decode(list(context) + ids, skip_special_tokens=skip)[len(base):]
+    final = _text_after(tok, context, ids, skip)
     text, i = "", 0
     while i < len(ids):
         step = rng.randint(1, 3) if rng else 1
@@ -84,6 +95,57 @@ def test_text_after_a_prompt_equals_the_decode_of_prompt_and_output(tokenizer):
             prompt, output = ids[:cut], ids[cut:]
             base = tokenizer.decode(prompt, skip_special_tokens=skip)
             assert _stream_all(tokenizer, output, skip, prompt, rng) == full[len(base):]
+
+
+def test_a_prompt_ending_in_unfinished_utf8_is_not_shown_again(tokenizer):
+    # "ꙮ" is outside both vocabularies: three byte tokens. Every cut of the text, the output
+    # continuing it (a character, or a byte run, finished across the cut) or going elsewhere
+    # (the prompt's unfinished bytes stay invalid).
+    rng = random.Random(3)
+    ok = tokenizer.encode(" ok", add_special_tokens=False)
+    for text in ("Hi ꙮꙮ ok", "ꙮ", "aꙮ🦀 東京 ꙮb"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        for cut in range(1, len(ids)):
+            for output in (ids[cut:], ok, ids[cut:cut + 1] + ok, ids[cut - 1:cut] + ok):
+                for skip in (False, True):
+                    expected = _text_after(tokenizer, ids[:cut], output, skip)
+                    assert _stream_all(tokenizer, output, skip, ids[:cut], rng) == expected, (ids[:cut], output)
+    if tokenizer.decode_tables.kind == "generic":
+        return
+    ids = tokenizer.encode("Hi ꙮꙮ ok", add_special_tokens=False)
+    ok = ids[-3:]  # " ok" after a prompt (SentencePiece would encode " ok" alone with two spaces)
+    shown = [tokenizer.decode(ids[:cut]) for cut in range(len(ids) + 1)]
+    # Byte-level shows the unfinished character as one U+FFFD, SentencePiece a byte run as U+FFFD
+    # per byte until it is valid UTF-8.
+    for cut in range(len(ids)):
+        prompt, rest = ids[:cut], ids[cut:]
+        if not shown[cut].endswith("\ufffd"):
+            continue
+        # Output that leaves the prompt's bytes unfinished: its U+FFFD are the prompt's, not repeated.
+        assert _stream_all(tokenizer, ok, True, prompt) == " ok", shown[cut]
+        # Output that finishes them: the character is new text (the prompt only showed U+FFFD).
+        text = _stream_all(tokenizer, rest, True, prompt)
+        assert shown[cut] + text != shown[-1] and text.endswith("ꙮ ok"), (shown[cut], text)
+    if tokenizer.decode_tables.kind == "byte_fallback":
+        # A run that is valid at the end of the prompt ("ꙮ", shown) and goes on past it.
+        cut = shown.index("Hi ꙮ")
+        assert _stream_all(tokenizer, ids[cut:], True, ids[:cut]) == "ꙮ ok"
+
+
+def test_random_ids_after_a_random_prompt_equal_the_reference(tokenizer):
+    # Prompts cut anywhere: in a character, in a byte run (SentencePiece), after invalid bytes.
+    rng = random.Random(4)
+    vocab = tokenizer.vocab_size
+    byte_ids = [t for t, piece in enumerate(tokenizer.decode_tables.pieces) if type(piece) is int]
+
+    def random_id():
+        return rng.choice(byte_ids) if byte_ids and rng.random() < 0.4 else rng.randrange(vocab)
+
+    for _ in range(300):
+        prompt = [random_id() for _ in range(rng.randint(1, 6))]
+        output = [random_id() for _ in range(rng.randint(1, 8))]
+        for skip in (False, True):
+            assert _stream_all(tokenizer, output, skip, prompt, rng) == _text_after(tokenizer, prompt, output, skip)
 
 
 def test_multibyte_characters_are_held_until_complete():
