@@ -53,6 +53,9 @@ logger = logging.getLogger("kvserve")
 # (a few % of a step), so the next step has the tokens settled before it reads them.
 RESAMPLED_SHARE_LIMIT = 0.03
 
+# The scheduler's request fields (priority) are int32.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
 
 def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
     """The model's tokenizer: a given directory, the GGUF file's own, or the checkpoint directory's."""
@@ -82,6 +85,10 @@ class Engine:
         start = time.perf_counter()
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        # The scheduler's rule (scheduler_config.cpp), checked before the KV cache is sized by it.
+        if (isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= 256
+                or block_size & (block_size - 1)):
+            raise ValueError(f"block_size must be a power of two in [1, 256], got {block_size!r}")
         torch.manual_seed(seed)
         self.device = resolve_device(device)
         if self.device.type == "cuda":
@@ -97,6 +104,7 @@ class Engine:
             raise ValueError(f"max_model_len must be in [1, {config.max_model_len}] (the model's "
                              f"max_position_embeddings), got {max_model_len}")
         self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
         if self.device.type == "cuda" and kv_cache_memory_gb is None:
             from kvserve.gpu.memory import plan_kv_cache
 
@@ -154,7 +162,8 @@ class Engine:
 
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None, *,
                     arrival_time: float | None = None, priority: int = 0) -> None:
-        """Queue one request. ValueError for a duplicate id, a bad prompt, or one that can't fit."""
+        """Queue one request. ValueError for a duplicate id, a bad prompt, or one that can't fit.
+        All or nothing: a request that raises leaves nothing behind, in Python or the scheduler."""
         params = params if params is not None else self.default_sampling_params()
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
@@ -163,17 +172,28 @@ class Engine:
         bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.model_config.vocab_size})")
-        max_tokens = params.max_tokens
-        if max_tokens is None:
-            max_tokens = max(self.max_model_len - len(token_ids), 1)
+        if params.stop and self.tokenizer is None:
+            raise ValueError(f"stop strings {params.stop!r} need the text, but the engine was built with "
+                             f"skip_tokenizer_init=True: use stop_token_ids")
+        if not 1 <= params.n <= self.max_num_seqs:
+            raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")
+        if isinstance(priority, bool) or not isinstance(priority, int) or not INT32_MIN <= priority <= INT32_MAX:
+            raise ValueError(f"priority must be an integer in [-2**31, 2**31 - 1], got {priority!r}")
+        # As vLLM: at most the room max_model_len leaves (the scheduler stops there anyway), so
+        # that any max_tokens fits; min_tokens past that room can't be reached either.
+        max_tokens = max(self.max_model_len - len(token_ids), 1)
+        if params.max_tokens is not None:
+            max_tokens = min(params.max_tokens, max_tokens)
+        min_tokens = min(params.min_tokens, max_tokens)
         arrival_time = time.time() if arrival_time is None else arrival_time
+        # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
+        state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device)
         self.scheduler.add_request(
-            request_id, token_ids, max_tokens=max_tokens, min_tokens=params.min_tokens,
+            request_id, token_ids, max_tokens=max_tokens, min_tokens=min_tokens,
             eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
             stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=params.n,
             skip_prefix_cache=params.prompt_logprobs is not None)
-        self.requests[request_id] = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time,
-                                                 self.device)
+        self.requests[request_id] = state
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that advanced (per output_kind).

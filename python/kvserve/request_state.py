@@ -56,14 +56,14 @@ class SequenceState:
                 self.finish_reason, self.stop_reason = "stop", stop
 
     def to_output(self, kind: RequestOutputKind) -> CompletionOutput:
-        text, token_ids = self.text, self.token_ids
-        logprobs = self.logprobs
+        # Copies (slices): the lists grow with the next steps, and an output handed out must not.
+        text, first_token = self.text, 0
         if kind is RequestOutputKind.DELTA:
             first_token, first_char = self.num_tokens_reported, self.num_chars_reported
-            self.num_tokens_reported, self.num_chars_reported = len(token_ids), len(text)
-            text, token_ids = text[first_char:], token_ids[first_token:]
-            logprobs = logprobs[first_token:] if logprobs is not None else None
-        return CompletionOutput(self.index, text, list(token_ids), self.cumulative_logprob, logprobs,
+            self.num_tokens_reported, self.num_chars_reported = len(self.token_ids), len(text)
+            text = text[first_char:]
+        logprobs = self.logprobs[first_token:] if self.logprobs is not None else None
+        return CompletionOutput(self.index, text, self.token_ids[first_token:], self.cumulative_logprob, logprobs,
                                 self.finish_reason, self.stop_reason)
 
 

@@ -15,6 +15,8 @@ from enum import Enum
 # Temperatures below this are greedy, as in vLLM (dividing logits by ~0 would overflow anyway).
 GREEDY_TEMPERATURE = 1e-5
 MAX_ABS_LOGIT_BIAS = 100.0
+# Seeds are int64, as the server's protocol takes them (sample i of n is seeded with seed + i).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _is_int(value) -> bool:
@@ -55,6 +57,7 @@ class SamplingParams:
     top_k: keep the k most likely tokens (0 or -1 = off).
     min_p: drop tokens less likely than min_p times the most likely one (0 = off).
     seed: per-request random seed; the same seed gives the same tokens whatever else is batched.
+        seed + n - 1 must fit an int64.
     presence_penalty, frequency_penalty: subtracted once / per occurrence, for tokens already
         generated (output only), in [-2, 2].
     repetition_penalty: > 1 discourages tokens seen in the prompt or the output (positive logits
@@ -72,7 +75,8 @@ class SamplingParams:
     skip_special_tokens: leave special tokens out of the text.
     spaces_between_special_tokens: kept for vLLM compatibility; fast tokenizers (the only kind
         kvserve loads) decode special tokens without added spaces, as vLLM does with them.
-    include_stop_str_in_output: keep the matched stop string at the end of the text.
+    include_stop_str_in_output: keep the matched stop string at the end of the text, and the text
+        of the EOS or stop token that ended the sequence (left out otherwise, as in vLLM).
     output_kind: what the engine's per-step outputs carry (see RequestOutputKind).
     """
 
@@ -110,6 +114,9 @@ class SamplingParams:
         _check_float("min_p", self.min_p, lambda v: 0 <= v <= 1, "a number in [0, 1]")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX - (self.n - 1):
+            raise ValueError(f"seed must be in [-2**63, 2**63 - 1 - (n - 1)] (sample i of n={self.n} is seeded "
+                             f"with seed + i, an int64), got {self.seed}")
         self.stop = self._normalize_stop(self.stop)
         if self.stop_token_ids is None:
             self.stop_token_ids = []

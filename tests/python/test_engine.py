@@ -248,6 +248,91 @@ def test_bad_input_is_a_clear_error_and_leaks_nothing(tiny_model_dir):
         make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=10**6)
 
 
+def test_a_request_that_fails_to_add_leaves_nothing_behind(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    [expected] = engine.generate(["Hi"], GREEDY, use_tqdm=False)
+    with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*63 - 1 - \(n - 1\)\].*"
+                                         r"got 18446744073709551616"):
+        engine.generate(["Hi"], SamplingParams(seed=2**64, max_tokens=3), use_tqdm=False)
+    # A failure while the request's Python side is built (here a seed set past the validation):
+    # the scheduler must not keep a request that Python never recorded.
+    params = SamplingParams(seed=1, max_tokens=3)
+    params.seed = 2**64
+    with pytest.raises((ValueError, RuntimeError, OverflowError)):
+        engine.add_request("bad", "Hi", params)
+    assert not engine.scheduler.has_unfinished_requests()
+    assert_no_blocks_held(engine)
+    assert engine.generate(["Hi"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids == expected.outputs[0].token_ids
+    # The extreme seeds torch takes, sample i of n seeded with seed + i.
+    for seed, n in ((-(2**63), 1), (2**63 - 2, 2)):
+        params = SamplingParams(seed=seed, n=n, max_tokens=3, ignore_eos=True)
+        assert [len(o.token_ids) for o in engine.generate(["Hi"], params, use_tqdm=False)[0].outputs] == [3] * n
+    assert_no_blocks_held(engine)
+
+
+def test_limits_past_int32_are_capped_or_a_clear_error(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32)
+    # As vLLM: max_tokens is capped at the room max_model_len leaves (min_tokens with it).
+    for max_tokens, min_tokens in ((2**31, 0), (2**31 - 1, 0), (2**40, 2**35), (None, 2**31)):
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, min_tokens=min_tokens)
+        [output] = engine.generate([{"prompt_token_ids": [5, 6, 7]}], params, use_tqdm=False)
+        assert len(output.outputs[0].token_ids) == 32 - 3 and output.outputs[0].finish_reason == "length"
+    with pytest.raises(ValueError, match=r"n must be in \[1, max_num_seqs = 256\], got 2147483648"):
+        engine.generate(["Hi"], SamplingParams(n=2**31), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"n must be in \[1, max_num_seqs = 256\], got 257"):
+        engine.generate(["Hi"], SamplingParams(n=257), use_tqdm=False)
+    for priority in (2**31, -(2**31) - 1, 1.5):
+        with pytest.raises(ValueError,
+                           match=rf"priority must be an integer in \[-2\*\*31, 2\*\*31 - 1\], got {priority}"):
+            engine.add_request("p", "Hi", GREEDY, priority=priority)
+    for priority in (2**31 - 1, -(2**31)):
+        engine.add_request(f"p{priority}", "Hi", GREEDY, priority=priority)
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert_no_blocks_held(engine)
+
+
+@pytest.mark.parametrize("block_size", [0, -4, 24, 512, 2**31, 16.0, True])
+def test_a_bad_block_size_is_a_clear_error(tiny_model_dir, block_size):
+    with pytest.raises(ValueError, match=rf"block_size must be a power of two in \[1, 256\], got {block_size}"):
+        make_engine(tiny_model_dir("LlamaForCausalLM"), block_size=block_size)
+
+
+def test_without_a_tokenizer_stop_strings_are_refused(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), skip_tokenizer_init=True)
+    prompt = {"prompt_token_ids": [5, 6, 7]}
+    with pytest.raises(ValueError, match=r"stop strings \['ab'\] need the text.*skip_tokenizer_init=True"):
+        engine.add_request("a", prompt, SamplingParams(stop="ab"))
+    assert_no_blocks_held(engine)
+    [output] = engine.generate([prompt], GREEDY, use_tqdm=False)
+    assert len(output.outputs[0].token_ids) == GREEDY.max_tokens and output.outputs[0].text == ""
+
+
+def test_a_prompt_ending_in_an_unfinished_character_is_not_shown_again(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    tokenizer = engine.tokenizer
+    prompt = tokenizer.encode("Hi") + [tokenizer.decode_tables.pieces.index(b"\xe6")]  # a lone lead byte
+    [output] = engine.generate([{"prompt_token_ids": prompt}], GREEDY, use_tqdm=False)
+    shown = tokenizer.decode(prompt)
+    full = tokenizer.decode(prompt + output.outputs[0].token_ids)
+    assert shown == "Hi\ufffd" and full.startswith(shown)  # the greedy output leaves it unfinished
+    assert output.outputs[0].text == full[len(shown):]
+
+
+def test_cumulative_outputs_are_snapshots(tiny_model_dir):
+    # Each output holds what was known then: later steps must not change an output handed out.
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    engine.add_request("a", "Hi", SamplingParams(temperature=0, max_tokens=5, ignore_eos=True, logprobs=1))
+    outputs = []
+    while engine.has_unfinished_requests():
+        outputs += [(output, [len(o.token_ids) for o in output.outputs], [len(o.logprobs) for o in output.outputs])
+                    for output in engine.step()]
+    assert [token_counts for _, token_counts, _ in outputs] == [[1], [2], [3], [4], [5]]
+    for output, token_counts, logprob_counts in outputs:
+        assert [len(o.token_ids) for o in output.outputs] == token_counts
+        assert [len(o.logprobs) for o in output.outputs] == logprob_counts == token_counts
+
+
 def test_chat_applies_the_template_and_llm_is_engine(tiny_model_dir):
     assert LLM is Engine
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"))

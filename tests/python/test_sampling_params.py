@@ -54,6 +54,9 @@ BAD_VALUES = [
     ("top_k", 2.0, r"top_k must be an integer >= 1, or 0 or -1"),
     ("min_p", 1.5, r"min_p must be a number in \[0, 1\], got 1.5"),
     ("seed", "42", r"seed must be an integer or None, got '42'"),
+    ("seed", 2**63, r"seed must be in \[-2\*\*63, 2\*\*63 - 1 - \(n - 1\)\] \(sample i of n=1 is seeded with "
+                    r"seed \+ i, an int64\), got 9223372036854775808"),
+    ("seed", -(2**63) - 1, r"seed must be in \[-2\*\*63, 2\*\*63 - 1 - \(n - 1\)\]"),
     ("stop", "", r"stop must be a non-empty string or a list of non-empty strings"),
     ("stop", ["ok", 3], r"stop must be a non-empty string or a list of non-empty strings"),
     ("stop_token_ids", [1, -1], r"stop_token_ids must be a list of token ids \(integers >= 0\), got -1"),
@@ -81,3 +84,11 @@ def test_each_bad_value_names_the_field_and_range(name, value, message):
 def test_min_tokens_above_max_tokens():
     with pytest.raises(ValueError, match=r"min_tokens must be at most max_tokens \(4\), got 5"):
         SamplingParams(max_tokens=4, min_tokens=5)
+
+
+def test_seed_plus_n_fits_an_int64():
+    assert SamplingParams(seed=2**63 - 1).seed == 2**63 - 1
+    assert SamplingParams(seed=-(2**63), n=4).seed == -(2**63)
+    assert SamplingParams(seed=2**63 - 4, n=4).n == 4
+    with pytest.raises(ValueError, match=r"seed must be in .*n=5.*got 9223372036854775804"):
+        SamplingParams(seed=2**63 - 4, n=5)
