@@ -38,6 +38,13 @@ BlockPool::BlockPool(int32_t num_blocks, int32_t block_size, bool enable_prefix_
 
 BlockPool::~BlockPool() = default;
 
+void BlockPool::throw_bad_id(int32_t block_id, int32_t first, const char* fn) const {
+  std::string message = std::string(fn) + ": block_id must be in [" + std::to_string(first) + ", num_blocks = " +
+                        std::to_string(num_blocks()) + "), got " + std::to_string(block_id);
+  if (block_id == 0) message += " (block 0 is the null block: never handed out, acquired or released)";
+  throw std::invalid_argument(message);
+}
+
 void BlockPool::push_free_tail(int32_t block_id) {
   const int32_t sentinel = num_blocks();
   const int32_t tail = prev_free_[sentinel];
@@ -62,6 +69,8 @@ std::vector<int32_t> BlockPool::free_block_ids() const {
 }
 
 int32_t BlockPool::allocate_one() {
+  // An empty queue would hand out the sentinel, an index past every per-block array.
+  if (num_free_ == 0) throw std::logic_error("allocate_one: no free block (check num_free_blocks() first)");
   const int32_t block_id = next_free_[num_blocks()];
   unlink_free(block_id);
   if (cached_[block_id]) {
@@ -73,22 +82,31 @@ int32_t BlockPool::allocate_one() {
 }
 
 bool BlockPool::allocate(int32_t count, std::vector<int32_t>& out) {
+  if (count < 0) throw std::invalid_argument("allocate: count must be >= 0, got " + std::to_string(count));
   if (count > num_free_) return false;
   for (int32_t i = 0; i < count; ++i) out.push_back(allocate_one());
   return true;
 }
 
 void BlockPool::acquire(int32_t block_id) {
+  check_id(block_id, 1, "acquire");
   if (ref_counts_[block_id]++ == 0) unlink_free(block_id);
 }
 
 void BlockPool::release(int32_t block_id) {
+  check_id(block_id, 1, "release");
+  if (ref_counts_[block_id] == 0) {
+    throw std::logic_error("release: block " + std::to_string(block_id) +
+                           " has no references (released more often than allocated and acquired)");
+  }
   if (--ref_counts_[block_id] == 0) push_free_tail(block_id);
 }
 
 bool BlockPool::is_live(BlockRef ref) const {
   if (ref == kRootRef) return true;
-  return ref.block_id >= 0 && cached_[ref.block_id] && generations_[ref.block_id] == ref.generation;
+  // A caller's ref naming no block is not live rather than an index past the arrays.
+  return ref.block_id >= 0 && ref.block_id < num_blocks() && cached_[ref.block_id] &&
+         generations_[ref.block_id] == ref.generation;
 }
 
 void BlockPool::uncache(int32_t block_id) {
@@ -107,6 +125,7 @@ int32_t BlockPool::find_cached(const BlockHash& hash, const int32_t* token_ids, 
 
 BlockRef BlockPool::cache_full_block(int32_t block_id, const BlockHash& hash, const int32_t* token_ids,
                                      BlockRef parent) {
+  check_id(block_id, 1, "cache_full_block");
   if (!table_ || !is_live(parent)) return kNoRef;
   const int32_t existing = table_->find(hash, hashes_.data());
   if (existing >= 0) {

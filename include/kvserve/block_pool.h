@@ -15,6 +15,10 @@
 // must match all three, so a hit is exact even if two prefixes ever shared a 128-bit hash.
 // A BlockRef names one cached content of a block: the generation changes whenever the block loses
 // its content (eviction), so a stale link can never match a block that was reused since.
+//
+// Misuse throws, as the scheduler does: a block id out of range std::invalid_argument (ValueError in
+// Python), a call the pool's state does not allow (a release without a reference, allocate_one on
+// an empty queue) std::logic_error. Each check is a compare and a branch to an out-of-line throw.
 #pragma once
 
 #include <cstdint>
@@ -56,17 +60,26 @@ class KVSERVE_EXPORT BlockPool {
   int32_t block_size() const { return block_size_; }
   bool prefix_caching() const { return !cached_tokens_.empty(); }
   int32_t num_free_blocks() const { return num_free_; }
-  int32_t ref_count(int32_t block_id) const { return ref_counts_[block_id]; }
+  // ref_count, is_cached, forget and ref_of take any block id in [0, num_blocks), the null block too.
+  int32_t ref_count(int32_t block_id) const {
+    check_id(block_id, 0, "ref_count");
+    return ref_counts_[block_id];
+  }
   // Free-queue order, head first (for tests and debugging: O(num_free_blocks)).
   std::vector<int32_t> free_block_ids() const;
   int64_t num_evictions() const { return num_evictions_; }
 
-  // Appends `count` blocks from the head of the free queue to `out`, each with one reference.
+  // Appends `count` (>= 0) blocks from the head of the free queue to `out`, each with one reference.
   // Returns false and changes nothing when fewer than `count` are free.
   bool allocate(int32_t count, std::vector<int32_t>& out);
-  // One block from the head of the free queue; the caller has checked num_free_blocks() > 0.
+  // One block from the head of the free queue. The caller checks num_free_blocks() > 0 first (the
+  // hot path allocates after one check for all its blocks); std::logic_error when none is free.
   int32_t allocate_one();
+  // acquire, release and cache_full_block take a block in [1, num_blocks): never the null block.
+  // One more reference; a free block leaves the queue (a prefix-cache hit).
   void acquire(int32_t block_id);
+  // One reference less; std::logic_error for a block that has none (a double release would
+  // otherwise queue the block twice and hand it to two owners).
   void release(int32_t block_id);
 
   // The cached block holding `block_size` `token_ids` under `hash` after the cached content `parent`
@@ -76,14 +89,25 @@ class KVSERVE_EXPORT BlockPool {
   // reference a following block names as its parent: this block's, or that of an equal block cached
   // before (this one then stays unregistered), or kNoRef when the content cannot be named.
   BlockRef cache_full_block(int32_t block_id, const BlockHash& hash, const int32_t* token_ids, BlockRef parent);
-  bool is_cached(int32_t block_id) const { return cached_[block_id] != 0; }
+  bool is_cached(int32_t block_id) const {
+    check_id(block_id, 0, "is_cached");
+    return cached_[block_id] != 0;
+  }
   // Drops block_id's prefix-cache entry, if it has one: its content is not what was registered.
   void forget(int32_t block_id) {
     if (is_cached(block_id)) uncache(block_id);
   }
-  BlockRef ref_of(int32_t block_id) const { return BlockRef{block_id, generations_[block_id]}; }
+  BlockRef ref_of(int32_t block_id) const {
+    check_id(block_id, 0, "ref_of");
+    return BlockRef{block_id, generations_[block_id]};
+  }
 
  private:
+  // Throws std::invalid_argument naming `fn` unless first <= block_id < num_blocks().
+  void check_id(int32_t block_id, int32_t first, const char* fn) const {
+    if (block_id < first || block_id >= num_blocks()) throw_bad_id(block_id, first, fn);
+  }
+  [[noreturn]] void throw_bad_id(int32_t block_id, int32_t first, const char* fn) const;
   bool is_live(BlockRef ref) const;
   void uncache(int32_t block_id);
   void push_free_tail(int32_t block_id);

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kvserve/block_pool.h"
@@ -163,6 +164,71 @@ TEST(BlockPool, WithoutPrefixCachingNothingIsCached) {
   EXPECT_EQ(pool.cache_full_block(1, BlockHash{1, 1}, tokens.data(), kRootRef), kNoRef);
   EXPECT_EQ(pool.find_cached(BlockHash{1, 1}, tokens.data(), kRootRef), -1);
   EXPECT_FALSE(pool.is_cached(1));
+}
+
+// `call` throws E, with `message` in its what().
+template <typename E, typename Call>
+void expect_throw(Call call, const std::string& message) {
+  try {
+    call();
+    ADD_FAILURE() << "no exception; expected: " << message;
+  } catch (const E& e) {
+    EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << "got: " << e.what();
+  }
+}
+
+// A misused pool throws before it changes anything: ids out of range used to index past the
+// per-block arrays, and acquire(0) unlinked the never-queued null block, miscounting the queue.
+TEST(BlockPool, IdsOutOfRangeAndTheNullBlockAreRejected) {
+  BlockPool pool(4, 4, true);
+  ASSERT_EQ(take(pool, 1), (Ids{1}));
+  const auto tokens = block_tokens(0, 4);
+  for (int32_t id : {100, 4, -1}) {
+    const std::string got = ", got " + std::to_string(id);
+    expect_throw<std::invalid_argument>([&] { pool.acquire(id); }, "acquire: block_id must be in [1, num_blocks = 4)" + got);
+    expect_throw<std::invalid_argument>([&] { pool.release(id); }, "release: block_id must be in [1, num_blocks = 4)" + got);
+    expect_throw<std::invalid_argument>([&] { pool.cache_full_block(id, BlockHash{1, 1}, tokens.data(), kRootRef); },
+                                        "cache_full_block: block_id must be in [1, num_blocks = 4)" + got);
+    expect_throw<std::invalid_argument>([&] { pool.ref_count(id); }, "ref_count: block_id must be in [0, num_blocks = 4)" + got);
+    expect_throw<std::invalid_argument>([&] { pool.is_cached(id); }, "is_cached: block_id must be in [0, num_blocks = 4)" + got);
+    expect_throw<std::invalid_argument>([&] { pool.ref_of(id); }, "ref_of: block_id must be in [0, num_blocks = 4)" + got);
+    expect_throw<std::invalid_argument>([&] { pool.forget(id); }, "got " + std::to_string(id));
+  }
+  expect_throw<std::invalid_argument>([&] { pool.acquire(0); }, "got 0 (block 0 is the null block");
+  expect_throw<std::invalid_argument>([&] { pool.release(0); }, "got 0 (block 0 is the null block");
+  EXPECT_EQ(pool.ref_count(0), 0);  // the null block may be looked at
+  EXPECT_FALSE(pool.is_cached(0));
+  // A parent naming no block is not live: nothing registered, nothing read past the arrays.
+  EXPECT_EQ(pool.cache_full_block(1, BlockHash{1, 1}, tokens.data(), BlockRef{100, 0}), kNoRef);
+  Ids out;
+  expect_throw<std::invalid_argument>([&] { pool.allocate(-1, out); }, "allocate: count must be >= 0, got -1");
+  EXPECT_EQ(pool.num_free_blocks(), 2);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{2, 3}));
+  EXPECT_EQ(pool.ref_count(1), 1);
+}
+
+// A second release used to drive the count to -1 and queue the block twice, so that two later
+// allocations got the same block.
+TEST(BlockPool, ReleasingABlockWithoutReferencesIsRejected) {
+  BlockPool pool(4, 4, false);
+  ASSERT_EQ(take(pool, 1), (Ids{1}));
+  pool.release(1);
+  expect_throw<std::logic_error>([&] { pool.release(1); }, "release: block 1 has no references");
+  expect_throw<std::logic_error>([&] { pool.release(2); }, "release: block 2 has no references");  // never handed out
+  EXPECT_EQ(pool.ref_count(1), 0);
+  EXPECT_EQ(pool.free_block_ids(), (Ids{2, 3, 1}));
+  EXPECT_EQ(take(pool, 3), (Ids{2, 3, 1}));  // each block once
+}
+
+// allocate_one on an empty queue used to hand out the sentinel (index num_blocks).
+TEST(BlockPool, AllocateOneOnAnEmptyQueueIsRejected) {
+  BlockPool pool(3, 4, true);
+  EXPECT_EQ(pool.allocate_one(), 1);
+  EXPECT_EQ(pool.allocate_one(), 2);
+  expect_throw<std::logic_error>([&] { pool.allocate_one(); }, "allocate_one: no free block");
+  EXPECT_EQ(pool.num_free_blocks(), 0);
+  pool.release(2);
+  EXPECT_EQ(pool.allocate_one(), 2);
 }
 
 }  // namespace
