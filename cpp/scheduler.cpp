@@ -48,7 +48,8 @@ Scheduler::Scheduler(const SchedulerConfig& config)
   // never freed memory. Untouched capacity costs address space, not resident memory.
   const auto tokens = static_cast<size_t>(config.max_num_batched_tokens);
   const auto seqs = static_cast<size_t>(config.max_num_seqs);
-  const auto blocks_per_seq = static_cast<size_t>((config.max_model_len + config.block_size - 1) / config.block_size);
+  // validate() bounds these, and seqs * blocks_per_seq by kMaxBlockTableEntries.
+  const auto blocks_per_seq = static_cast<size_t>(max_blocks_per_seq(config));
   output_.input_ids.reserve(tokens);
   output_.positions.reserve(tokens);
   output_.slot_mapping.reserve(tokens);

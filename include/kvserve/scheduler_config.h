@@ -7,17 +7,32 @@
 
 namespace kvserve {
 
+// Upper bounds. The scheduler reserves its per-step arrays once, at their hard bound, so that they
+// never move (views of them stay valid): the bounds keep that reservation far below the memory of
+// any machine while sitting well above real configurations (vLLM's defaults: 256 or 1024 sequences,
+// 8192 or 16384 tokens per step; the longest contexts: about 10M tokens).
+inline constexpr int32_t kMaxNumSeqs = 1 << 16;
+inline constexpr int32_t kMaxNumBatchedTokens = 1 << 24;
+inline constexpr int32_t kMaxModelLen = 1 << 24;
+// The block table's hard bound: max_num_seqs rows of the most blocks one sequence holds,
+// min(ceil(max_model_len / block_size), num_blocks - 1) (1 GiB of int32).
+inline constexpr int64_t kMaxBlockTableEntries = int64_t{1} << 28;
+
 struct SchedulerConfig {
   int32_t num_blocks = 0;                // KV-cache blocks, block 0 (the null block) included
   int32_t block_size = 16;               // tokens per block: a power of two in [1, 256]
-  int32_t max_num_seqs = 256;            // sequences running at once (a request with n samples counts n)
-  int32_t max_num_batched_tokens = 8192; // tokens computed per step
-  int32_t max_model_len = 0;             // prompt + output tokens of one sequence
+  int32_t max_num_seqs = 256;            // sequences running at once (n samples count n), at most kMaxNumSeqs
+  int32_t max_num_batched_tokens = 8192; // tokens computed per step, at most kMaxNumBatchedTokens
+  int32_t max_model_len = 0;             // prompt + output tokens of one sequence, at most kMaxModelLen
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;    // off: a prompt is computed in one step or waits
 };
 
 // Throws std::invalid_argument naming the first field out of range and what it must be.
 KVSERVE_EXPORT void validate(const SchedulerConfig& config);
+
+// The most block ids one sequence holds: min(ceil(max_model_len / block_size), num_blocks - 1), in
+// int64 (no overflow for any int32 fields).
+KVSERVE_EXPORT int64_t max_blocks_per_seq(const SchedulerConfig& config);
 
 }  // namespace kvserve

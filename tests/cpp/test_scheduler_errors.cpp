@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <limits>
 #include <string>
 
 #include "kvserve/scheduler.h"
@@ -12,6 +13,8 @@ namespace {
 
 using testing::limits;
 using testing::small_config;
+
+constexpr int32_t kIntMax = std::numeric_limits<int32_t>::max();
 
 void expect_invalid(const std::function<void()>& call, const std::string& message) {
   try {
@@ -41,6 +44,52 @@ TEST(SchedulerErrors, BadConfigs) {
                    c.max_num_batched_tokens = 32;
                  }),
                  "max_num_batched_tokens = 32 is smaller than max_model_len = 64");
+}
+
+// Upper bounds: the constructor reserves its per-step arrays at their hard bound, which used to be
+// computed in int32 (max_model_len = INT_MAX overflowed) and unbounded (a block table of terabytes).
+TEST(SchedulerErrors, ConfigsPastTheUpperBounds) {
+  auto make = [](auto edit) {
+    return [edit] {
+      SchedulerConfig config = small_config(16, 16, 64);
+      edit(config);
+      Scheduler s(config);
+    };
+  };
+  expect_invalid(make([](SchedulerConfig& c) { c.max_model_len = kIntMax; }),
+                 "max_model_len must be <= 16777216, got 2147483647");
+  expect_invalid(make([](SchedulerConfig& c) {
+                   c.max_num_seqs = 1024;
+                   c.max_model_len = 1 << 30;
+                   c.block_size = 1;
+                 }),
+                 "max_model_len must be <= 16777216, got 1073741824");
+  expect_invalid(make([](SchedulerConfig& c) { c.max_num_seqs = kIntMax; }), "max_num_seqs must be <= 65536, got 2147483647");
+  expect_invalid(make([](SchedulerConfig& c) { c.max_num_batched_tokens = kIntMax; }),
+                 "max_num_batched_tokens must be <= 16777216, got 2147483647");
+  // Each field within its bound, the block table past its own: 65536 rows of 8192 blocks.
+  expect_invalid(make([&](SchedulerConfig& c) {
+                   c.num_blocks = 8193;
+                   c.block_size = 1;
+                   c.max_num_seqs = kMaxNumSeqs;
+                   c.max_model_len = kMaxModelLen;
+                 }),
+                 "max_num_seqs = 65536 rows of 8192 blocks (max_model_len / block_size = 16777216 / 1, at most "
+                 "num_blocks - 1) make a block table of 536870912 entries, expected at most 268435456");
+}
+
+TEST(SchedulerErrors, TheLargestConfigsAreAccepted) {
+  // A sequence holds at most num_blocks - 1 blocks: a small cache bounds the block table, however
+  // long max_model_len is.
+  SchedulerConfig config = small_config(64, 1, kMaxModelLen, kMaxNumBatchedTokens, kMaxNumSeqs);
+  EXPECT_EQ(max_blocks_per_seq(config), 63);
+  Scheduler s(config);
+  s.add_request("a", {1, 2, 3}, limits(4));
+  EXPECT_EQ(s.schedule().num_tokens, 3);
+  // Long contexts with many sequences, within the block table's bound.
+  config = small_config(kIntMax, 16, 1 << 20, 8192, 4096);
+  EXPECT_EQ(max_blocks_per_seq(config), 65536);
+  EXPECT_NO_THROW(validate(config));
 }
 
 TEST(SchedulerErrors, BadRequests) {
