@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kvserve/config.h"
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
 #include "kvserve/status.h"
@@ -29,7 +30,9 @@ KVSERVE_EXPORT Status check_argmax(const ArgmaxParams& params, std::string* why)
 
 KVSERVE_EXPORT Status argmax_cpu(const ArgmaxParams& params);
 
+#if KVSERVE_HAS_CUDA
 // One block per row; `stream` is a cudaStream_t (null: the default stream).
 KVSERVE_EXPORT Status argmax_cuda(const ArgmaxParams& params, void* stream);
+#endif
 
 }  // namespace kvserve

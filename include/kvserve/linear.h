@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kvserve/config.h"
 #include "kvserve/dtype.h"
 #include "kvserve/export.h"
 #include "kvserve/status.h"
@@ -62,7 +63,9 @@ constexpr int64_t kLinearCudaMaxRows = 8;
 // in_features and row strides in 16-byte packs, 16-byte aligned input and weight.
 KVSERVE_EXPORT bool linear_cuda_takes(const LinearParams& params);
 
+#if KVSERVE_HAS_CUDA
 // `stream` is a cudaStream_t (null: the default stream).
 KVSERVE_EXPORT Status linear_cuda(const LinearParams& params, void* stream);
+#endif
 
 }  // namespace kvserve
