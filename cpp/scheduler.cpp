@@ -38,6 +38,15 @@ void check_params(const RequestParams& params, const SchedulerConfig& config) {
   check_token_ids(params.stop_token_ids, "stop_token_ids");
 }
 
+// kStop, kLength or kAbort: not kNone (still running), nor a value cast from an integer past the
+// enum, which would end a sequence with a reason that has no name.
+void check_finished_reason(FinishReason reason, const char* fn) {
+  if (reason == FinishReason::kStop || reason == FinishReason::kLength || reason == FinishReason::kAbort) return;
+  throw std::invalid_argument(std::string(fn) + ": reason must be a finished reason (stop, length or abort), got " +
+                              (reason == FinishReason::kNone ? std::string("none")
+                                                             : std::to_string(static_cast<int>(reason))));
+}
+
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config)
@@ -175,7 +184,7 @@ void Scheduler::drop_finished_running() {
 }
 
 void Scheduler::finish_requests(const std::vector<std::string>& request_ids, FinishReason reason) {
-  if (reason == FinishReason::kNone) throw std::invalid_argument("finish_requests: reason must be a finished reason, got none");
+  check_finished_reason(reason, "finish_requests");
   std::vector<int32_t> handles;
   handles.reserve(request_ids.size());
   for (const std::string& id : request_ids) handles.push_back(handle_of(id));
@@ -186,7 +195,7 @@ void Scheduler::finish_requests(const std::vector<std::string>& request_ids, Fin
 }
 
 void Scheduler::finish_sample(std::string_view request_id, int32_t sample_index, FinishReason reason) {
-  if (reason == FinishReason::kNone) throw std::invalid_argument("finish_sample: reason must be a finished reason, got none");
+  check_finished_reason(reason, "finish_sample");
   const int32_t handle = handle_of(request_id);
   Request& req = requests_[static_cast<size_t>(handle)];
   if (sample_index < 0 || sample_index >= req.params.n) {

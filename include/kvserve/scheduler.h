@@ -89,6 +89,7 @@ class KVSERVE_EXPORT Scheduler {
   std::vector<std::string> fail_step();
 
   // End requests (all their samples), e.g. on a stop string; unknown ids throw before anything ends.
+  // Here and in finish_sample, `reason` is kStop, kLength or kAbort (std::invalid_argument otherwise).
   void finish_requests(const std::vector<std::string>& request_ids, FinishReason reason);
   // End one sample of a request; before the prompt is computed, the request has one sequence and
   // ending it ends the request.

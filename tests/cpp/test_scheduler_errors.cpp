@@ -115,6 +115,13 @@ TEST(SchedulerErrors, BadRequests) {
   expect_invalid([&] { s.abort("missing"); }, "unknown request_id 'missing'");
   expect_invalid([&] { s.finish_sample("a", 1, FinishReason::kStop); }, "sample_index must be in [0, n = 1), got 1");
   expect_invalid([&] { s.finish_requests({"a"}, FinishReason::kNone); }, "reason must be a finished reason");
+  // A value past the enum (cast from an integer) used to end the request with a nameless reason.
+  const auto past_the_enum = static_cast<FinishReason>(9);
+  expect_invalid([&] { s.finish_requests({"a"}, past_the_enum); },
+                 "finish_requests: reason must be a finished reason (stop, length or abort), got 9");
+  expect_invalid([&] { s.finish_sample("a", 0, past_the_enum); },
+                 "finish_sample: reason must be a finished reason (stop, length or abort), got 9");
+  expect_invalid([&] { s.finish_sample("a", 0, FinishReason::kNone); }, "got none");
   // None of the rejected requests left anything behind.
   EXPECT_EQ(s.num_waiting(), 1);
   EXPECT_EQ(s.stats().num_free_blocks, 15);
