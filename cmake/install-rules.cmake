@@ -15,7 +15,8 @@ install(FILES
 
 set(KVSERVE_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/kvserve)
 install(EXPORT kvserveTargets NAMESPACE kvserve:: DESTINATION ${KVSERVE_CMAKE_DIR})
-configure_file(cmake/kvserve-config.cmake.in kvserve-config.cmake @ONLY)
+configure_package_config_file(cmake/kvserve-config.cmake.in kvserve-config.cmake
+  INSTALL_DESTINATION ${KVSERVE_CMAKE_DIR})
 write_basic_package_version_file(kvserve-config-version.cmake COMPATIBILITY SameMajorVersion)
 install(FILES
   "${PROJECT_BINARY_DIR}/kvserve-config.cmake"
