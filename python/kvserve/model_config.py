@@ -25,7 +25,15 @@ _DTYPES_BY_NAME = {
     "half": torch.float16,
 }
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# Each supported rope type -> the scaling keys it needs (as transformers' rope validation requires
+# them). Llama 3's may instead come as precomputed `frequency_factors` (GGUF files).
+_ROPE_REQUIRED_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+}
+SUPPORTED_ROPE_TYPES = tuple(_ROPE_REQUIRED_KEYS)
 
 # generation_config.json keys that become default sampling parameters, under vLLM's names.
 _SAMPLING_DEFAULTS = {
@@ -58,8 +66,9 @@ class RopeConfig:
     scaling: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.rope_type not in SUPPORTED_ROPE_TYPES:
-            raise ValueError(f"rope type: expected one of {list(SUPPORTED_ROPE_TYPES)}, got {self.rope_type!r}")
+        problem = _rope_problem(self.rope_type, self.scaling)
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True)
@@ -119,11 +128,17 @@ class ModelConfig:
         return cls.from_hf_dicts(hf, generation, source=str(config_path))
 
     @classmethod
-    def from_hf_dicts(cls, hf: dict, generation: dict | None = None, source: str = "config") -> ModelConfig:
+    def from_hf_dicts(cls, hf: dict, generation: dict | None = None, source: str = "config.json") -> ModelConfig:
         generation = generation or {}
         architectures = hf.get("architectures") or []
         if len(architectures) != 1:
             raise ValueError(f"{source}: expected one entry in 'architectures', got {architectures!r}")
+        check_architecture(architectures[0])
+        quantization = hf.get("quantization_config")
+        if quantization:
+            method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+            raise ValueError(f"{source}: quantized checkpoints are not supported: config.json has "
+                             f"quantization_config (method {method!r}); expected an unquantized checkpoint")
         activation = hf.get("hidden_act", "silu")
         if activation != "silu":
             raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")
@@ -142,11 +157,11 @@ class ModelConfig:
             head_dim=hf.get("head_dim") or hidden_size // num_heads,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_position_embeddings=_required(hf, "max_position_embeddings", source),
-            rope=_rope_from_hf(hf),
+            rope=_rope_from_hf(hf, source),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            sliding_windows=_sliding_windows_from_hf(hf, num_layers),
+            sliding_windows=_SLIDING_WINDOW_RULES[architectures[0]](hf, num_layers),
             checkpoint_dtype=dtype_from_name(checkpoint_dtype, f"{source}: dtype") if checkpoint_dtype else None,
             bos_token_id=generation.get("bos_token_id", hf.get("bos_token_id")),
             eos_token_ids=_eos_ids(hf.get("eos_token_id"), generation.get("eos_token_id")),
@@ -161,26 +176,66 @@ def _required(hf: dict, key: str, source: str):
     return hf[key]
 
 
-def _rope_from_hf(hf: dict) -> RopeConfig:
+def _rope_problem(rope_type: str, scaling: dict) -> str | None:
+    """What is wrong with a rope type and its scaling keys, or None."""
+    if rope_type not in _ROPE_REQUIRED_KEYS:
+        return f"rope type: expected one of {list(SUPPORTED_ROPE_TYPES)}, got {rope_type!r}"
+    if rope_type == "llama3" and scaling.get("frequency_factors") is not None:
+        return None
+    required = _ROPE_REQUIRED_KEYS[rope_type]
+    missing = [key for key in required if scaling.get(key) is None]
+    if missing:
+        return f"rope type {rope_type!r} needs keys {list(required)}, missing {missing}"
+    return None
+
+
+def _rope_from_hf(hf: dict, source: str) -> RopeConfig:
     # transformers >= 5 writes one `rope_parameters` dict holding rope_theta; older configs have
     # `rope_theta` beside `rope_scaling` (whose type key was once called "type").
+    where = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     theta = params.pop("rope_theta", None) or hf.get("rope_theta", 10000.0)
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
     if rope_type in ("llama3", "yarn"):
         params.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
+    problem = _rope_problem(rope_type, params)
+    if problem:
+        raise ValueError(f"{source}: {where}: {problem}")
     return RopeConfig(theta=float(theta), rope_type=rope_type, scaling=params)
 
 
-def _sliding_windows_from_hf(hf: dict, num_layers: int) -> tuple[int | None, ...]:
-    window = hf.get("sliding_window")
-    if "layer_types" in hf:  # transformers >= 5 spells out each layer's kind
-        return tuple(window if kind == "sliding_attention" else None for kind in hf["layer_types"])
-    if "use_sliding_window" in hf:  # Qwen2/Qwen3: the window applies from layer max_window_layers on
-        first = hf.get("max_window_layers", 0) if hf["use_sliding_window"] else num_layers
-        return tuple(window if i >= first else None for i in range(num_layers))
-    return (window,) * num_layers  # Mistral: every layer, when set
+# Which layers attend through a sliding window, per architecture, as transformers decides it (its
+# config classes and their defaults), so that a config.json means what it means there.
+def _no_window(hf: dict, num_layers: int) -> tuple[int | None, ...]:
+    return (None,) * num_layers  # LlamaConfig has no window; a `sliding_window` key is ignored
+
+
+def _mistral_windows(hf: dict, num_layers: int) -> tuple[int | None, ...]:
+    # MistralConfig: every layer, 4096 when the key is absent, none when null; layer_types is ignored.
+    return (hf.get("sliding_window", 4096),) * num_layers
+
+
+def _qwen_windows(hf: dict, num_layers: int) -> tuple[int | None, ...]:
+    # Qwen2Config / Qwen3Config: no window unless use_sliding_window (default false). With it, the
+    # layers layer_types marks "sliding_attention" (transformers >= 5), else (older configs) the
+    # layers from max_window_layers (default 28) on.
+    window = hf.get("sliding_window", 4096) if hf.get("use_sliding_window", False) else None
+    if window is None:
+        return (None,) * num_layers
+    first = hf.get("max_window_layers", 28)
+    layer_types = hf.get("layer_types") or ["sliding_attention" if i >= first else "full_attention"
+                                            for i in range(num_layers)]
+    return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
+
+
+# One entry for each architecture of kvserve.models.registry (a test checks that none is missing).
+_SLIDING_WINDOW_RULES = {
+    "LlamaForCausalLM": _no_window,
+    "MistralForCausalLM": _mistral_windows,
+    "Qwen2ForCausalLM": _qwen_windows,
+    "Qwen3ForCausalLM": _qwen_windows,
+}
 
 
 def _eos_ids(*values) -> tuple[int, ...]:

@@ -1,6 +1,7 @@
 """ModelConfig: what is read from config.json / generation_config.json, and the errors on bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -50,16 +51,35 @@ def test_yarn_defaults_original_context_to_max_positions():
     assert config.rope.scaling["original_max_position_embeddings"] == 512
 
 
-@pytest.mark.parametrize("fields, expected", [
-    (dict(sliding_window=4096), (4096, 4096, 4096)),                      # Mistral: all layers
-    (dict(sliding_window=None), (None, None, None)),
-    (dict(sliding_window=64, use_sliding_window=False, max_window_layers=1), (None, None, None)),
-    (dict(sliding_window=64, use_sliding_window=True, max_window_layers=1), (None, 64, 64)),  # Qwen
-    (dict(sliding_window=64, layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+@pytest.mark.parametrize("architecture, fields, expected", [
+    # Mistral: every layer; MistralConfig's default window when the key is absent; layer_types ignored.
+    ("MistralForCausalLM", dict(sliding_window=4096), (4096, 4096, 4096)),
+    ("MistralForCausalLM", dict(sliding_window=None), (None, None, None)),
+    ("MistralForCausalLM", dict(), (4096, 4096, 4096)),
+    ("MistralForCausalLM", dict(sliding_window=64, layer_types=["full_attention"] * 3), (64, 64, 64)),
+    # Llama has no window: the key is ignored, as transformers' LlamaConfig ignores it.
+    ("LlamaForCausalLM", dict(sliding_window=64), (None, None, None)),
+    ("LlamaForCausalLM", dict(sliding_window=64, layer_types=["sliding_attention"] * 3), (None, None, None)),
+    # Qwen2/Qwen3: only with use_sliding_window (default false), from max_window_layers or layer_types.
+    ("Qwen2ForCausalLM", dict(sliding_window=64), (None, None, None)),
+    ("Qwen3ForCausalLM", dict(sliding_window=64, max_window_layers=0), (None, None, None)),
+    ("Qwen2ForCausalLM", dict(sliding_window=64, use_sliding_window=False, max_window_layers=1), (None, None, None)),
+    ("Qwen2ForCausalLM", dict(sliding_window=64, use_sliding_window=True, max_window_layers=1), (None, 64, 64)),
+    ("Qwen3ForCausalLM", dict(sliding_window=64, use_sliding_window=True), (None, None, None)),  # 28 layers full
+    ("Qwen2ForCausalLM", dict(use_sliding_window=True, max_window_layers=2), (None, None, 4096)),
+    ("Qwen3ForCausalLM", dict(sliding_window=64, use_sliding_window=True, max_window_layers=3,
+                              layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
      (64, None, 64)),
+    ("Qwen2ForCausalLM", dict(sliding_window=64, layer_types=["sliding_attention"] * 3), (None, None, None)),
 ])
-def test_sliding_window_per_layer(fields, expected):
-    assert ModelConfig.from_hf_dicts(_hf(**fields)).sliding_windows == expected
+def test_sliding_window_per_layer(architecture, fields, expected):
+    assert ModelConfig.from_hf_dicts(_hf(architectures=[architecture], **fields)).sliding_windows == expected
+
+
+def test_every_architecture_has_a_sliding_window_rule():
+    from kvserve.model_config import _SLIDING_WINDOW_RULES
+
+    assert set(_SLIDING_WINDOW_RULES) == set(SUPPORTED_ARCHITECTURES)
 
 
 def test_dtype_resolution():
@@ -84,7 +104,24 @@ def test_unknown_architecture_lists_the_supported_ones():
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), r"rope type: expected one of .*, got 'dynamic'"),
+    (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
+     r"^config.json: rope_scaling: rope type: expected one of \['default', 'linear', 'llama3', 'yarn'\], "
+     r"got 'dynamic'$"),
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
+     r"^config.json: rope_parameters: rope type: expected one of .*, got 'longrope'$"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 1e4}),
+     r"^config.json: rope_parameters: rope type 'linear' needs keys \['factor'\], missing \['factor'\]$"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}),
+     r"^config.json: rope_scaling: rope type 'llama3' needs keys \['factor', 'low_freq_factor', 'high_freq_factor', "
+     r"'original_max_position_embeddings'\], missing \['low_freq_factor', 'high_freq_factor'\]$"),
+    (dict(rope_scaling={"type": "yarn", "factor": None}), r"rope type 'yarn' needs keys .*, missing \['factor'\]$"),
+    (dict(quantization_config={"quant_method": "fp8", "activation_scheme": "dynamic"}),
+     r"^config.json: quantized checkpoints are not supported: config.json has quantization_config "
+     r"\(method 'fp8'\)"),
+    (dict(quantization_config={"quant_method": "gptq", "bits": 4}), r"quantization_config \(method 'gptq'\)"),
+    (dict(quantization_config={"quant_method": "awq", "bits": 4}), r"quantization_config \(method 'awq'\)"),
+    (dict(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),
+     r"quantization_config \(method 'bitsandbytes'\)"),
     (dict(hidden_act="gelu"), r"hidden_act: expected 'silu', got 'gelu'"),
     (dict(num_hidden_layers=None), r"missing required key 'num_hidden_layers'"),
     (dict(architectures=[]), r"expected one entry in 'architectures', got \[\]"),
@@ -101,3 +138,19 @@ def test_missing_or_unreadable_directory(tmp_path):
         ModelConfig.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(_hf()))
     assert ModelConfig.from_pretrained(tmp_path).eos_token_ids == ()
+
+
+def test_rope_errors_name_the_config_file(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_hf(rope_parameters={"rope_type": "linear"})))
+    source = re.escape(str(tmp_path / "config.json"))
+    with pytest.raises(ValueError, match=rf"^{source}: rope_parameters: rope type 'linear' "
+                                         r"needs keys \['factor'\], missing \['factor'\]$"):
+        ModelConfig.from_pretrained(tmp_path)
+
+
+def test_rope_config_built_directly_checks_its_keys():
+    with pytest.raises(ValueError, match=r"rope type 'yarn' needs keys \['factor', "
+                                         r"'original_max_position_embeddings'\], "
+                                         r"missing \['original_max_position_embeddings'\]"):
+        RopeConfig(rope_type="yarn", scaling={"factor": 2.0})
+    assert RopeConfig(rope_type="llama3", scaling={"frequency_factors": (1.0, 2.0)}).rope_type == "llama3"

@@ -8,7 +8,7 @@ import zipfile
 import huggingface_hub
 import pytest
 
-from kvserve.loader import default_model, kvserve_cache_dir, load_model, resolve_model_path
+from kvserve.loader import default_model, kvserve_cache_dir, load_model, model_source, resolve_model_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -37,6 +37,41 @@ def test_hub_id_missing_from_cache_and_unreachable(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"model 'TinyOrg/absent': not in the local Hugging Face cache and "
                                          r"could not be downloaded"):
         resolve_model_path("TinyOrg/absent", hub_cache_dir=tmp_path)
+
+
+# A Mistral repository's files: the index's shards, and the whole model again in Mistral's format.
+MISTRAL_REPO_FILES = [
+    ".gitattributes", "README.md", "config.json", "generation_config.json", "params.json",
+    "consolidated.safetensors", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+    "model-00003-of-00003.safetensors", "model.safetensors.index.json", "pytorch_model-00001-of-00002.bin",
+    "pytorch_model.bin.index.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+    "tokenizer_config.json", "original/params.json", "original/consolidated.00.pth",
+]
+
+
+def test_hub_download_leaves_out_the_weights_kvserve_does_not_read():
+    assert model_source.hub_files_to_fetch(MISTRAL_REPO_FILES) == [
+        "config.json", "generation_config.json", "params.json", "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json",
+        "pytorch_model.bin.index.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_hub_download_asks_for_the_files_hub_files_to_fetch_chooses(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_snapshot_download(**kwargs):
+        calls.append(kwargs)
+        if kwargs.get("local_files_only"):
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert resolve_model_path("MistralOrg/Mistral-7B") == tmp_path
+    assert len(calls) == 2
+    for kwargs in calls:
+        chosen = huggingface_hub.utils.filter_repo_objects(MISTRAL_REPO_FILES, allow_patterns=kwargs["allow_patterns"],
+                                                           ignore_patterns=kwargs["ignore_patterns"])
+        assert list(chosen) == model_source.hub_files_to_fetch(MISTRAL_REPO_FILES)
 
 
 def test_local_paths(tmp_path, tiny_model_dir):

@@ -2,6 +2,9 @@
 a batch of prompts of different lengths, prefilled together, then decoded step by step over a paged
 KV cache. Logits within 1e-4 relative of HF's at every step; greedy ids equal HF's greedy generate."""
 
+import json
+import shutil
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,13 +18,14 @@ PROMPTS = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [900 - 3
 NUM_NEW_TOKENS = 5
 
 
-def hf_greedy(directory, prompts, num_new_tokens):
+def hf_greedy(directory, prompts, num_new_tokens, use_cache=True):
     """transformers' greedy ids and per-step logits, one prompt at a time (no padding)."""
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     ids, logits = [], []
     for prompt in prompts:
         out = model.generate(torch.tensor([prompt]), max_new_tokens=num_new_tokens, do_sample=False,
-                             eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+                             eos_token_id=None, output_logits=True, return_dict_in_generate=True,
+                             use_cache=use_cache)
         ids.append(out.sequences[0, len(prompt):].tolist())
         logits.append([step[0] for step in out.logits])
     return ids, logits
@@ -40,6 +44,31 @@ def test_matches_transformers(tiny_model_dir, architecture):
     model = load_model(directory, dtype="float32").model
     ids, logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS)
     hf_ids, hf_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+# config.json edits whose sliding window transformers reads per architecture: Qwen's applies only
+# under use_sliding_window (configs before transformers 5 may have neither it nor layer_types), and
+# from max_window_layers on; Llama has none, whatever the config carries. The reference runs without
+# a KV cache: generate()'s DynamicCache trims any layer to a `sliding_window` the config names, for
+# every model, so a Llama would attend through the window while decoding but not in prefill.
+@pytest.mark.parametrize("architecture, drop, update", [
+    ("Qwen2ForCausalLM", ("use_sliding_window", "layer_types"), dict(sliding_window=5)),
+    ("Qwen3ForCausalLM", ("use_sliding_window", "layer_types"), dict(sliding_window=5)),
+    ("LlamaForCausalLM", (), dict(sliding_window=5)),
+    ("Qwen2ForCausalLM", ("layer_types",), dict(sliding_window=5, use_sliding_window=True, max_window_layers=1)),
+], ids=["qwen2-no-use_sliding_window", "qwen3-no-use_sliding_window", "llama-sliding_window-key",
+        "qwen2-window-from-layer-1"])
+def test_sliding_window_as_transformers_reads_it(tmp_path, tiny_model_dir, architecture, drop, update):
+    directory = shutil.copytree(tiny_model_dir(architecture), tmp_path / "edited")
+    config = json.loads((directory / "config.json").read_text())
+    for key in drop:
+        config.pop(key, None)
+    (directory / "config.json").write_text(json.dumps({**config, **update}))
+    model = load_model(directory, dtype="float32").model
+    ids, logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS)
+    hf_ids, hf_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS, use_cache=False)
     assert_logits_close(logits, hf_logits)
     assert ids == hf_ids
 

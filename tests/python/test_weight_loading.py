@@ -52,6 +52,35 @@ def test_missing_shard_is_named(tmp_path):
         load_model(tmp_path)
 
 
+def test_tensor_in_two_shards_is_named_with_both_files(tmp_path):
+    tiny_hf_model("LlamaForCausalLM").save_pretrained(tmp_path, max_shard_size="100KB")
+    first, second = sorted(tmp_path.glob("model-*.safetensors"))[:2]
+    name = sorted(load_file(first))[0]
+    tensors = load_file(second)
+    save_file({**tensors, name: load_file(first)[name]}, second, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"checkpoint tensor '{name}' is in both {first.name} and {second.name}; "
+                                         r"expected each tensor in one file"):
+        load_model(tmp_path)
+
+
+def test_weight_given_twice_to_the_model_is_an_error(tiny_model_dir):
+    directory = tiny_model_dir("LlamaForCausalLM")
+    model = load_model(directory).model
+    up = load_file(directory / "model.safetensors")["model.layers.0.mlp.up_proj.weight"]
+    with pytest.raises(ValueError, match=r"checkpoint tensor 'model.layers.0.mlp.up_proj.weight' appears twice"):
+        model.load_weights([("model.layers.0.mlp.up_proj.weight", up)] * 2)
+
+
+def test_quantized_checkpoint_is_refused_before_its_weights_are_read(tmp_path, tiny_model_dir):
+    directory = _copy_config(tiny_model_dir("LlamaForCausalLM"), tmp_path / "fp8")
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic"}
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: config.json has "
+                                         r"quantization_config \(method 'fp8'\)"):
+        load_model(directory)  # no weights in the directory: the config alone is refused
+
+
 def test_bfloat16_checkpoint_loads_as_bfloat16_under_auto(tmp_path):
     model = tiny_hf_model("Qwen3ForCausalLM").to(torch.bfloat16)
     model.save_pretrained(tmp_path)
@@ -90,7 +119,10 @@ def _write_variant(tmp_path, source, change):
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"),
-     r"checkpoint is missing 1 tensor\(s\) of LlamaForCausalLM: model.layers.1.self_attn.qkv_proj.weight\[part 1\]"),
+     r"checkpoint is missing 1 tensor\(s\) of LlamaForCausalLM: model.layers.1.self_attn.k_proj.weight$"),
+    (lambda t: [t.pop(f"model.layers.{i}.mlp.{p}_proj.weight") for i, p in [(1, "up"), (0, "gate")]],
+     r"missing 2 tensor\(s\) of LlamaForCausalLM: model.layers.0.mlp.gate_proj.weight, "
+     r"model.layers.1.mlp.up_proj.weight$"),
     (lambda t: t.pop("model.norm.weight"), r"missing 1 tensor\(s\) of LlamaForCausalLM: model.norm.weight$"),
     (lambda t: t.update({"model.layers.0.self_attn.k_proj.bias": torch.ones(32)}),
      r"checkpoint tensor 'model.layers.0.self_attn.k_proj.bias' matches no parameter of LlamaForCausalLM"),

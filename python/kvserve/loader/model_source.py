@@ -14,8 +14,12 @@ from pathlib import Path
 
 from kvserve.loader.default_model import default_model_path
 
-# The files kvserve reads from a hub repository (no .bin / .pt / .gguf duplicates).
+# The files kvserve reads from a hub repository (no .bin / .pt / .gguf duplicates), less the
+# duplicates of the weights that kvserve never reads (as vLLM leaves them out): Mistral repos'
+# consolidated.safetensors (the whole model again, ~14 GB for a 7B, beside the index's shards) and
+# Llama repos' original/ (Meta's format).
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt"]
+HUB_IGNORE_PATTERNS = ["consolidated*.safetensors", "original/*"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -37,11 +41,21 @@ def resolve_model_path(model: str | Path | None, *, hub_cache_dir: str | Path | 
     raise ValueError(f"model {str(model)!r}: no such file or directory, and not a hub id of the form 'Org/Name'")
 
 
+def hub_files_to_fetch(repo_files: list[str]) -> list[str]:
+    """Which of a hub repository's files (paths in the repository) a download fetches: the same
+    filter, on the same patterns, that snapshot_download applies."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    return list(filter_repo_objects(repo_files, allow_patterns=HUB_FILE_PATTERNS,
+                                    ignore_patterns=HUB_IGNORE_PATTERNS))
+
+
 def _hub_snapshot(repo_id: str, cache_dir, revision) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    kwargs = dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILE_PATTERNS)
+    kwargs = dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_FILE_PATTERNS,
+                  ignore_patterns=HUB_IGNORE_PATTERNS)
     try:
         return Path(snapshot_download(**kwargs, local_files_only=True))
     except LocalEntryNotFoundError:

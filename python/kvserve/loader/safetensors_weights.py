@@ -36,8 +36,14 @@ def safetensors_files(directory: str | Path) -> list[Path]:
 
 
 def iter_safetensors_weights(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every tensor of the checkpoint, in the checkpoint's dtype."""
+    """(name, tensor) for every tensor of the checkpoint, in the checkpoint's dtype. A name in two
+    shards is an error: which copy the model should hold is not ours to guess."""
+    file_of: dict[str, Path] = {}
     for path in safetensors_files(directory):
         with safe_open(path, framework="pt") as file:
             for name in file.keys():
+                if name in file_of:
+                    raise ValueError(f"{directory}: checkpoint tensor {name!r} is in both {file_of[name].name} "
+                                     f"and {path.name}; expected each tensor in one file")
+                file_of[name] = path
                 yield name, file.get_tensor(name)

@@ -1,6 +1,7 @@
 """Which model class serves which Hugging Face architecture name.
 
-Adding an architecture: write models/<name>.py with its class, add one line here.
+Adding an architecture: write models/<name>.py with its class, add one line here, and one to
+kvserve.model_config._SLIDING_WINDOW_RULES (how its config.json names sliding-window layers).
 Classes are imported on first use, so reading a config does not import every model.
 """
 

@@ -35,9 +35,11 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
             if tuple(target.shape) != tuple(tensor.shape):
                 raise ValueError(f"checkpoint tensor {name!r}: expected shape {list(target.shape)}, "
                                  f"got {list(tensor.shape)}")
+            if (param_name, index) in loaded:
+                raise ValueError(f"checkpoint tensor {name!r} appears twice; expected each tensor once")
             target.copy_(tensor)
             loaded.add((param_name, index))
-    missing = sorted(f"{p}" if len(expected[p]) == 1 else f"{p}[part {i}]"
+    missing = sorted(_checkpoint_name(p, i, len(parts), packed_modules)
                      for p, parts in expected.items() for i in parts if (p, i) not in loaded)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
@@ -57,6 +59,19 @@ def _locate(name, params, modules, packed_modules) -> tuple[str, int, torch.Tens
     if param is None:
         return None
     return f"{module_path}.{fused_name}.{rest}", index, module.shard(param, index)
+
+
+def _checkpoint_name(param_name: str, index: int, num_parts: int, packed_modules) -> str:
+    """The checkpoint's name for part `index` of a parameter (_locate in reverse):
+    model.layers.1.mlp.gate_up_proj.weight, part 1  ->  model.layers.1.mlp.up_proj.weight"""
+    if num_parts == 1:
+        return param_name
+    prefix, _, rest = param_name.rpartition(".")
+    module_path, _, fused_name = prefix.rpartition(".")
+    for leaf, (fused, leaf_index) in packed_modules.items():
+        if (fused, leaf_index) == (fused_name, index):
+            return f"{module_path}.{leaf}.{rest}"
+    return f"{param_name}[part {index}]"  # a fused module no checkpoint name maps to
 
 
 def _expected_parts(modules: dict[str, nn.Module]) -> dict[str, range]:
