@@ -25,21 +25,23 @@ void expect_invalid(const std::function<void()>& call, const std::string& messag
   }
 }
 
-TEST(SchedulerErrors, BadConfigs) {
-  auto make = [](auto edit) {
-    return [edit] {
-      SchedulerConfig config = small_config(16, 16, 64);
-      edit(config);
-      Scheduler s(config);
-    };
+// Building a Scheduler from small_config(16, 16, 64) after `edit` changed it.
+std::function<void()> with_config(const std::function<void(SchedulerConfig&)>& edit) {
+  return [edit] {
+    SchedulerConfig config = small_config(16, 16, 64);
+    edit(config);
+    Scheduler s(config);
   };
-  expect_invalid(make([](SchedulerConfig& c) { c.block_size = 12; }), "block_size must be a power of two in [1, 256], got 12");
-  expect_invalid(make([](SchedulerConfig& c) { c.block_size = 512; }), "got 512");
-  expect_invalid(make([](SchedulerConfig& c) { c.num_blocks = 1; }), "num_blocks must be >= 2");
-  expect_invalid(make([](SchedulerConfig& c) { c.max_num_seqs = 0; }), "max_num_seqs must be >= 1, got 0");
-  expect_invalid(make([](SchedulerConfig& c) { c.max_num_batched_tokens = -1; }), "max_num_batched_tokens must be >= 1, got -1");
-  expect_invalid(make([](SchedulerConfig& c) { c.max_model_len = 1; }), "max_model_len must be >= 2");
-  expect_invalid(make([](SchedulerConfig& c) {
+}
+
+TEST(SchedulerErrors, BadConfigs) {
+  expect_invalid(with_config([](SchedulerConfig& c) { c.block_size = 12; }), "block_size must be a power of two in [1, 256], got 12");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.block_size = 512; }), "got 512");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.num_blocks = 1; }), "num_blocks must be >= 2");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.max_num_seqs = 0; }), "max_num_seqs must be >= 1, got 0");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.max_num_batched_tokens = -1; }), "max_num_batched_tokens must be >= 1, got -1");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.max_model_len = 1; }), "max_model_len must be >= 2");
+  expect_invalid(with_config([](SchedulerConfig& c) {
                    c.enable_chunked_prefill = false;
                    c.max_num_batched_tokens = 32;
                  }),
@@ -49,26 +51,19 @@ TEST(SchedulerErrors, BadConfigs) {
 // Upper bounds: the constructor reserves its per-step arrays at their hard bound, which used to be
 // computed in int32 (max_model_len = INT_MAX overflowed) and unbounded (a block table of terabytes).
 TEST(SchedulerErrors, ConfigsPastTheUpperBounds) {
-  auto make = [](auto edit) {
-    return [edit] {
-      SchedulerConfig config = small_config(16, 16, 64);
-      edit(config);
-      Scheduler s(config);
-    };
-  };
-  expect_invalid(make([](SchedulerConfig& c) { c.max_model_len = kIntMax; }),
+  expect_invalid(with_config([](SchedulerConfig& c) { c.max_model_len = kIntMax; }),
                  "max_model_len must be <= 16777216, got 2147483647");
-  expect_invalid(make([](SchedulerConfig& c) {
+  expect_invalid(with_config([](SchedulerConfig& c) {
                    c.max_num_seqs = 1024;
                    c.max_model_len = 1 << 30;
                    c.block_size = 1;
                  }),
                  "max_model_len must be <= 16777216, got 1073741824");
-  expect_invalid(make([](SchedulerConfig& c) { c.max_num_seqs = kIntMax; }), "max_num_seqs must be <= 65536, got 2147483647");
-  expect_invalid(make([](SchedulerConfig& c) { c.max_num_batched_tokens = kIntMax; }),
+  expect_invalid(with_config([](SchedulerConfig& c) { c.max_num_seqs = kIntMax; }), "max_num_seqs must be <= 65536, got 2147483647");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.max_num_batched_tokens = kIntMax; }),
                  "max_num_batched_tokens must be <= 16777216, got 2147483647");
   // Each field within its bound, the block table past its own: 65536 rows of 8192 blocks.
-  expect_invalid(make([&](SchedulerConfig& c) {
+  expect_invalid(with_config([&](SchedulerConfig& c) {
                    c.num_blocks = 8193;
                    c.block_size = 1;
                    c.max_num_seqs = kMaxNumSeqs;
