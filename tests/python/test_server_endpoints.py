@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
 import kvserve
+from kvserve.server.async_engine import EngineSnapshot
+from kvserve.server.metrics import ServerMetrics
 from kvserve.tokenizer import Tokenizer
 from server_process import ServerProcess
 
@@ -19,7 +22,10 @@ NAMES = ["tiny", "tiny-alias"]
 METRICS = ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc", "prefix_cache_queries_total",
            "prefix_cache_hits_total", "prompt_tokens_total", "generation_tokens_total",
            "time_to_first_token_seconds_count", "inter_token_latency_seconds_count",
-           "e2e_request_latency_seconds_count", "request_queue_time_seconds_count"]
+           "e2e_request_latency_seconds_count", "request_queue_time_seconds_count", "num_preemptions_total",
+           "request_prompt_tokens_count", "request_generation_tokens_count", "request_prefill_time_seconds_count",
+           "request_decode_time_seconds_count", "request_inference_time_seconds_count",
+           "request_time_per_output_token_seconds_count"]
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +116,31 @@ def test_metrics_count_tokens_requests_and_latencies(server, tokenizer):
     for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"):
         assert grew(f"{name}_count") == 4, name
     assert grew("inter_token_latency_seconds_count") == 4 + 6 + 2 + 0
+    # Per finished request: its prompt and generated tokens, its prefill, decode and inference times,
+    # and its time per output token (not for the one-token request).
+    assert grew("request_prompt_tokens_sum") == grew("prompt_tokens_total")
+    assert grew("request_generation_tokens_sum") == 5 + 7 + 3 + 1
+    for name in ("request_prompt_tokens", "request_generation_tokens", "request_prefill_time_seconds",
+                 "request_decode_time_seconds", "request_inference_time_seconds"):
+        assert grew(f"{name}_count") == 4, name
+    assert grew("request_time_per_output_token_seconds_count") == 3
+    assert grew("num_preemptions_total") == 0
     # The second prompt finds the first one's full blocks in the prefix cache.
     assert grew("prefix_cache_hits_total") >= 16 and grew("prefix_cache_queries_total") >= grew("prefix_cache_hits_total")
     idle = {k: v for k, v in after.items() if k.split("{")[0] in (
         "kvserve:num_requests_running", "kvserve:num_requests_waiting", "kvserve:kv_cache_usage_perc")}
     assert list(idle.values()) == [0.0, 0.0, 0.0]
+
+
+def test_preemptions_come_from_the_engines_count_and_token_buckets_from_the_context():
+    metrics = ServerMetrics("m", max_model_len=256)
+    engine = SimpleNamespace(snapshot=EngineSnapshot(num_preemptions=3), num_waiting=0)
+    metrics.render(engine)
+    engine.snapshot = EngineSnapshot(num_preemptions=5)
+    text = metrics.render(engine).decode()
+    assert 'kvserve:num_preemptions_total{model_name="m"} 5.0' in text
+    buckets = re.findall(r'kvserve:request_prompt_tokens_bucket\{le="([^"]+)"', text)
+    assert buckets == ["1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0", "+Inf"]
 
 
 def test_metrics_have_no_created_series(server):

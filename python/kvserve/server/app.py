@@ -48,7 +48,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     trust_request_chat_template: accept chat templates sent with requests (refused otherwise).
     cors: which browser origins may call the API (default: any, as vLLM's)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template)
-    server_metrics = metrics.ServerMetrics(served.name)
+    server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 
     @asynccontextmanager

@@ -48,6 +48,7 @@ class EngineSnapshot:
     kv_cache_usage: float = 0.0
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    num_preemptions: int = 0
     num_requests_added: int = 0  # add commands taken so far (accepted or not)
 
 
@@ -278,4 +279,5 @@ class AsyncEngine:
         self.snapshot = EngineSnapshot(
             num_running=self.engine.scheduler.num_running, num_waiting=self.engine.scheduler.num_waiting,
             kv_cache_usage=stats.kv_cache_usage, prefix_cache_queries=stats.prefix_cache_queries,
-            prefix_cache_hits=stats.prefix_cache_hits, num_requests_added=self._num_added)
+            prefix_cache_hits=stats.prefix_cache_hits, num_preemptions=stats.num_preemptions,
+            num_requests_added=self._num_added)

@@ -1,12 +1,16 @@
 """Prometheus metrics at GET /metrics, named after vLLM's `vllm:*` (so its dashboards carry over):
 
     kvserve:num_requests_running / num_requests_waiting / kv_cache_usage_perc     gauges
-    kvserve:prefix_cache_queries / prefix_cache_hits (tokens)                    counters
+    kvserve:prefix_cache_queries / prefix_cache_hits (tokens), num_preemptions   counters
     kvserve:prompt_tokens / generation_tokens                                     counters
     kvserve:request_success{finished_reason=stop|length|abort}                   counter
         (one per finished sequence; an aborted request counts once)
     kvserve:time_to_first_token_seconds, inter_token_latency_seconds,
     kvserve:e2e_request_latency_seconds, request_queue_time_seconds               histograms
+    per finished request: kvserve:request_prompt_tokens, request_generation_tokens,
+    request_prefill_time_seconds (first scheduled -> first token), request_decode_time_seconds
+    (first -> last token), request_inference_time_seconds (first scheduled -> finished),
+    request_time_per_output_token_seconds (decode time / tokens after the first)      histograms
 
 Token and latency metrics are recorded on the engine thread as each step ends (StepObserver);
 the engine's state is read when /metrics is scraped. Each app has its own registry.
@@ -33,8 +37,19 @@ _REQUEST_BUCKETS = (0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30
 router = APIRouter()
 
 
+def _token_buckets(max_model_len: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to max_model_len (vLLM's buckets for token counts)."""
+    buckets, scale = [], 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if mantissa * scale > max_model_len:
+                return buckets
+            buckets.append(mantissa * scale)
+        scale *= 10
+
+
 class ServerMetrics(StepObserver):
-    def __init__(self, model_name: str):
+    def __init__(self, model_name: str, max_model_len: int):
         disable_created_metrics()  # no `*_created` series beside the counters and histograms, as vLLM's
         self.registry = CollectorRegistry()
         labels = {"labelnames": ["model_name"], "registry": self.registry}
@@ -53,6 +68,7 @@ class ServerMetrics(StepObserver):
         self.kv_cache_usage = gauge("kv_cache_usage_perc", "Fraction of KV-cache blocks in use (1 = full).")
         self.prefix_cache_queries = counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache.")
         self.prefix_cache_hits = counter("prefix_cache_hits", "Prompt tokens found in the prefix cache.")
+        self.num_preemptions = counter("num_preemptions", "Requests preempted (their KV cache freed, to recompute).")
         self.prompt_tokens = counter("prompt_tokens", "Prompt tokens of requests that produced a first token.")
         self.generation_tokens = counter("generation_tokens", "Generated tokens.")
         self.ttft = histogram("time_to_first_token_seconds", "Arrival to first token.", _LATENCY_BUCKETS)
@@ -60,11 +76,23 @@ class ServerMetrics(StepObserver):
                              _LATENCY_BUCKETS)
         self.e2e = histogram("e2e_request_latency_seconds", "Arrival to last token.", _REQUEST_BUCKETS)
         self.queue_time = histogram("request_queue_time_seconds", "Arrival to first scheduled.", _REQUEST_BUCKETS)
+        tokens = _token_buckets(max_model_len)
+        self.request_prompt_tokens = histogram("request_prompt_tokens", "A finished request's prompt tokens.", tokens)
+        self.request_generation_tokens = histogram("request_generation_tokens",
+                                                   "A finished request's generated tokens (all its samples).", tokens)
+        self.prefill_time = histogram("request_prefill_time_seconds", "First scheduled to first token.",
+                                      _REQUEST_BUCKETS)
+        self.decode_time = histogram("request_decode_time_seconds", "First token to last token.", _REQUEST_BUCKETS)
+        self.inference_time = histogram("request_inference_time_seconds", "First scheduled to finished.",
+                                        _REQUEST_BUCKETS)
+        self.tpot = histogram("request_time_per_output_token_seconds",
+                              "A finished request's decode time per token after its first.", _LATENCY_BUCKETS)
         self._request_success = Counter("kvserve:request_success", "Finished sequences by finish reason.",
                                         labelnames=["model_name", "finished_reason"], registry=self.registry)
         self._model_name = model_name
         self._last_token_time: dict[str, float] = {}  # engine thread only
-        self._prefix_seen = (0, 0)  # (queries, hits) already counted; scrapes only
+        self._generated: dict[str, int] = {}  # tokens so far, by request (outputs are DELTA); engine thread
+        self._prefix_seen = (0, 0, 0)  # (queries, hits, preemptions) already counted; scrapes only
 
     def request_success(self, finished_reason: str):
         return self._request_success.labels(self._model_name, finished_reason)
@@ -74,6 +102,7 @@ class ServerMetrics(StepObserver):
     def on_step(self, outputs: list[RequestOutput], now: float) -> None:
         for output in outputs:
             new_tokens = sum(len(sample.token_ids) for sample in output.outputs)
+            self._generated[output.request_id] = self._generated.get(output.request_id, 0) + new_tokens
             if new_tokens:
                 self.generation_tokens.inc(new_tokens)
                 last = self._last_token_time.get(output.request_id)
@@ -85,16 +114,31 @@ class ServerMetrics(StepObserver):
                 self._last_token_time[output.request_id] = now
             if output.finished:
                 self._last_token_time.pop(output.request_id, None)
-                metrics = output.metrics
-                self.e2e.observe(now - metrics.arrival_time)
-                if metrics.first_scheduled_time is not None:
-                    self.queue_time.observe(metrics.first_scheduled_time - metrics.arrival_time)
+                self._observe_finished(output, self._generated.pop(output.request_id), now)
                 for sample in output.outputs:
                     self.request_success(sample.finish_reason).inc()
+
+    def _observe_finished(self, output: RequestOutput, generated: int, now: float) -> None:
+        metrics = output.metrics
+        self.e2e.observe(now - metrics.arrival_time)
+        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
+        self.request_generation_tokens.observe(generated)
+        scheduled, first, last = metrics.first_scheduled_time, metrics.first_token_time, metrics.last_token_time
+        if scheduled is not None:
+            self.queue_time.observe(scheduled - metrics.arrival_time)
+            self.inference_time.observe(now - scheduled)
+            if first is not None:
+                self.prefill_time.observe(first - scheduled)
+        if first is not None and last is not None:
+            self.decode_time.observe(last - first)
+            samples = max(1, len(output.outputs))
+            if generated > samples:  # a token after each sample's first
+                self.tpot.observe((last - first) / (generated / samples - 1))
 
     def on_abort(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:
             self._last_token_time.pop(request_id, None)
+            self._generated.pop(request_id, None)
             self.request_success("abort").inc()
 
     # ---- scrapes (event loop) -------------------------------------------------------------------
@@ -104,10 +148,11 @@ class ServerMetrics(StepObserver):
         self.num_running.set(snapshot.num_running)
         self.num_waiting.set(engine.num_waiting)
         self.kv_cache_usage.set(snapshot.kv_cache_usage)
-        queries, hits = self._prefix_seen
+        queries, hits, preemptions = self._prefix_seen
         self.prefix_cache_queries.inc(snapshot.prefix_cache_queries - queries)
         self.prefix_cache_hits.inc(snapshot.prefix_cache_hits - hits)
-        self._prefix_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits)
+        self.num_preemptions.inc(snapshot.num_preemptions - preemptions)
+        self._prefix_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits, snapshot.num_preemptions)
         return generate_latest(self.registry)
 
 
