@@ -101,6 +101,26 @@ def normalize_messages(messages) -> list[dict]:
     return normalized
 
 
+# apply_chat_template's own arguments: chat_template_kwargs, which are template variables, cannot set them.
+_NOT_VARIABLES = ("messages", "tokenize", "return_dict", "self")
+
+
+def chat_template_arguments(add_generation_prompt: bool, continue_final_message: bool, chat_template: str | None,
+                            chat_template_kwargs: Mapping | None) -> dict:
+    """Tokenizer.apply_chat_template's keyword arguments for a chat (Engine.chat, the server): the
+    chat_template_kwargs (the template's variables, e.g. {"enable_thinking": False}) win over the
+    arguments of the same names, as in vLLM. ValueError for kwargs that are not a dict of variables."""
+    if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, Mapping):
+        raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
+    arguments = {"add_generation_prompt": add_generation_prompt, "continue_final_message": continue_final_message,
+                 "chat_template": chat_template, **(chat_template_kwargs or {})}
+    taken = sorted(set(_NOT_VARIABLES) & set(arguments))
+    if taken:
+        raise ValueError(f"chat_template_kwargs cannot set {taken}: they are apply_chat_template's own arguments, "
+                         "not template variables")
+    return arguments
+
+
 def load_chat_template(value: str) -> str:
     """The chat template that `--chat-template VALUE` names, as vLLM reads it: the file at path VALUE,
     or VALUE itself when it is Jinja source (holds "{{" or "{%"). Checked by compiling it."""

@@ -32,10 +32,12 @@ from collections.abc import Sequence
 import torch
 
 from kvserve import _C
+from kvserve.chat_template import chat_template_arguments
 from kvserve.device import resolve_device
-from kvserve.engine_args import OFFLINE_MAX_NUM_BATCHED_TOKENS
+from kvserve.engine_args import (GENERATION_CONFIGS, OFFLINE_MAX_NUM_BATCHED_TOKENS, bool_argument, fraction_argument,
+                                 int_argument)
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
-from kvserve.loader import LoadedModel, load_model
+from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
@@ -58,9 +60,10 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
-    """The model's tokenizer: a given directory, the GGUF file's own, or the checkpoint directory's."""
+    """The model's tokenizer: a given directory or hub id, the GGUF file's own, or the checkpoint
+    directory's."""
     if tokenizer is not None:
-        return Tokenizer.from_pretrained(tokenizer)
+        return Tokenizer.from_pretrained(resolve_model_path(tokenizer))
     if loaded.tokenizer is not None:
         parts = loaded.tokenizer
         return Tokenizer(parts.backend, chat_template=parts.chat_template, bos_token=parts.bos_token,
@@ -70,31 +73,60 @@ def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
 
 class Engine:
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None, dtype: str = "auto",
-                 max_model_len: int | None = None, block_size: int = 16, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = OFFLINE_MAX_NUM_BATCHED_TOKENS, enable_prefix_caching: bool = True,
-                 enable_chunked_prefill: bool = True, kv_cache_memory_gb: float | None = None, seed: int = 0,
-                 load_format: str = "auto", skip_tokenizer_init: bool = False, device: str = "auto",
-                 gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
-                 async_scheduling: bool | None = None):
+                 max_model_len: int | None = None, block_size: int | None = 16, max_num_seqs: int | None = 256,
+                 max_num_batched_tokens: int | None = OFFLINE_MAX_NUM_BATCHED_TOKENS,
+                 enable_prefix_caching: bool | None = True, enable_chunked_prefill: bool | None = True,
+                 kv_cache_memory_gb: float | None = None,
+                 seed: int | None = 0, load_format: str = "auto", skip_tokenizer_init: bool = False,
+                 device: str = "auto", gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
+                 async_scheduling: bool | None = None, generation_config: str = "auto",
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
         CUDA graphs unless `enforce_eager`. `async_scheduling`: schedule each step before the
         tokens of the one before are known (module docstring); None: on a GPU only (on the CPU,
-        which computes a step as it is launched, it would only hold every output back a step)."""
+        which computes a step as it is launched, it would only hold every output back a step).
+        `seed`: of torch's random state (unseeded requests draw from it) and of dummy weights; None
+        leaves torch's random state as it is.
+        `generation_config`: "auto" takes the sampling defaults of the model's generation_config.json
+        (default_sampling_params), "vllm" ignores them. As in vLLM, None for max_num_seqs,
+        max_num_batched_tokens, block_size, enable_prefix_caching and enable_chunked_prefill means
+        the default. `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
+        scripts: kvserve runs on one device, and its architectures are built in."""
         start = time.perf_counter()
-        if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), got {tensor_parallel_size!r}")
+        if trust_remote_code:
+            logger.info("trust_remote_code: kvserve never runs a checkpoint's code (its architectures are built in)")
+        if generation_config not in GENERATION_CONFIGS:
+            raise ValueError(f"generation_config must be one of {list(GENERATION_CONFIGS)}, got {generation_config!r}")
+        gpu_memory_utilization = fraction_argument("gpu_memory_utilization", gpu_memory_utilization)
+        max_num_seqs = int_argument("max_num_seqs", max_num_seqs, 256)
+        max_num_batched_tokens = int_argument("max_num_batched_tokens", max_num_batched_tokens,
+                                              OFFLINE_MAX_NUM_BATCHED_TOKENS)
+        enable_prefix_caching = bool_argument("enable_prefix_caching", enable_prefix_caching, True)
+        enable_chunked_prefill = bool_argument("enable_chunked_prefill", enable_chunked_prefill, True)
+        block_size = 16 if block_size is None else block_size
         # The scheduler's rule (scheduler_config.cpp), checked before the KV cache is sized by it.
         if (isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= 256
                 or block_size & (block_size - 1)):
             raise ValueError(f"block_size must be a power of two in [1, 256], got {block_size!r}")
-        torch.manual_seed(seed)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] or None, got {seed!r}")
+        if max_model_len is not None and (isinstance(max_model_len, bool) or not isinstance(max_model_len, int)):
+            raise ValueError(f"max_model_len must be an integer or None, got {max_model_len!r}")
+        if seed is not None:
+            torch.manual_seed(seed)
         self.device = resolve_device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        loaded = load_model(model, dtype=dtype, load_format=load_format, seed=seed, device=self.device)
+        # No seed: dummy weights from torch's random state as it is.
+        loaded = load_model(model, dtype=dtype, load_format=load_format, device=self.device,
+                            seed=seed if seed is not None else torch.initial_seed())
         self.model_config = config = loaded.model_config
+        if generation_config == "vllm":
+            self.model_config = config = dataclasses.replace(config, default_sampling={})
         self.dtype = loaded.dtype
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(loaded, tokenizer)
 
@@ -157,14 +189,28 @@ class Engine:
     # ---- the low-level loop -------------------------------------------------------------------
 
     def default_sampling_params(self) -> SamplingParams:
-        """The checkpoint's generation_config.json defaults (temperature, top_p, ...), as vLLM uses them."""
+        """The checkpoint's generation_config.json defaults (temperature, top_p, ...), as vLLM uses
+        them (none with generation_config="vllm")."""
         return SamplingParams(**self.model_config.default_sampling)
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """vLLM's name for default_sampling_params()."""
+        return self.default_sampling_params()
+
+    def get_tokenizer(self) -> Tokenizer:
+        """The engine's Tokenizer (tokenizer.py): transformers' common calls work on it, but it is
+        not a transformers tokenizer. ValueError when built with skip_tokenizer_init=True."""
+        if self.tokenizer is None:
+            raise ValueError("the engine was built with skip_tokenizer_init=True: it has no tokenizer")
+        return self.tokenizer
 
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None, *,
                     arrival_time: float | None = None, priority: int = 0) -> None:
         """Queue one request. ValueError for a duplicate id, a bad prompt, or one that can't fit.
         All or nothing: a request that raises leaves nothing behind, in Python or the scheduler."""
         params = params if params is not None else self.default_sampling_params()
+        if not isinstance(request_id, str):
+            raise ValueError(f"request_id must be a str, got {type(request_id).__name__} {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         [(text, token_ids)] = normalize_prompts(prompt, self.tokenizer)
@@ -262,10 +308,18 @@ class Engine:
         except BaseException:
             self._fail()
             raise
-        for request_id in out.req_ids:  # after the launch: on a GPU the step is running by now
-            metrics = self.requests[request_id].metrics
-            if metrics.first_scheduled_time is None:
-                metrics.first_scheduled_time = now
+        query_start_loc = seq_lens = None
+        for row, request_id in enumerate(out.req_ids):  # after the launch: on a GPU the step is running by now
+            state = self.requests[request_id]
+            if state.metrics.first_scheduled_time is None:
+                state.metrics.first_scheduled_time = now
+                if query_start_loc is None:
+                    query_start_loc, seq_lens = out.query_start_loc, out.seq_lens
+                # A request's first step computes its prompt from the end of its prefix-cache hit:
+                # the tokens in the cache before this step are those it found there (vLLM's
+                # num_cached_tokens, likewise set once, at the first schedule).
+                num_scheduled = int(query_start_loc[row + 1] - query_start_loc[row])
+                state.num_cached_tokens = int(seq_lens[row]) - num_scheduled
         return launched
 
     def _apply(self, launched: LaunchedStep, next_step: LaunchedStep | None = None) -> AppliedStep:
@@ -361,17 +415,25 @@ class Engine:
 
     def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              use_tqdm: bool = True, add_generation_prompt: bool = True, continue_final_message: bool = False,
-             chat_template: str | None = None) -> list[RequestOutput]:
+             chat_template: str | None = None, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of {"role", "content"} messages) or to a
-        list of conversations, with the model's chat template."""
+        list of conversations, with the model's chat template. chat_template_kwargs: more template
+        variables (e.g. {"enable_thinking": False} for Qwen3), which win over add_generation_prompt,
+        continue_final_message and chat_template, as in vLLM."""
         if self.tokenizer is None:
             raise ValueError("chat() needs a tokenizer, but the engine was built with skip_tokenizer_init=True")
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        if isinstance(messages, (str, dict)) or not isinstance(messages, Sequence):
+            raise ValueError("messages must be a list of {'role', 'content'} dicts, or a list of such lists, "
+                             f"got {type(messages).__name__}: use generate() for a plain prompt")
+        if not messages:
+            raise ValueError("messages is empty: expected a conversation (a list of {'role', 'content'} dicts) "
+                             "or a list of conversations")
+        arguments = chat_template_arguments(add_generation_prompt, continue_final_message, chat_template,
+                                            chat_template_kwargs)
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = []
         for conversation in conversations:
-            text = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
-                                                      continue_final_message=continue_final_message,
-                                                      chat_template=chat_template)
+            text = self.tokenizer.apply_chat_template(conversation, **arguments)
             prompts.append({"prompt": text,
                             "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)

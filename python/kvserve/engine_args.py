@@ -18,13 +18,16 @@ from kvserve.loader.load import LOAD_FORMATS
 if TYPE_CHECKING:  # the Engine (and torch) load when one is built, not for `kvserve --help`
     from kvserve.engine import Engine
 
-DTYPES = ("auto", "bfloat16", "float32", "float16")
+# As vLLM's --dtype: "half" is float16, "float" float32.
+DTYPES = ("auto", "bfloat16", "float32", "float16", "half", "float")
+GENERATION_CONFIGS = ("auto", "vllm")
 
 # The Engine keywords the flags set; each flag's dest is the keyword's name.
 ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_size", "max_num_seqs",
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
-                "enforce_eager", "async_scheduling")
+                "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
+                "generation_config")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +52,7 @@ SERVING_MAX_NUM_BATCHED_TOKENS = 2048
 def add_engine_arguments(parser: argparse.ArgumentParser,
                          max_num_batched_tokens: int = OFFLINE_MAX_NUM_BATCHED_TOKENS) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument("--tokenizer", help="a Hugging Face directory to take the tokenizer from (default: the model's)")
+    group.add_argument("--tokenizer", help="a Hugging Face directory or hub id to take the tokenizer from (default: the model's)")
     group.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's dtype")
     group.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
                        help="dummy: the model's shapes with random weights (nothing read from disk)")
@@ -73,13 +76,48 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        help="schedule each step before the tokens of the one before are known, so the GPU "
                        "never waits for the host between steps (default: on a GPU)")
     group.add_argument("--seed", type=int, default=0, help="seed of the engine's random state and dummy weights")
+    group.add_argument("--generation-config", choices=GENERATION_CONFIGS, default="auto",
+                       help="auto: sampling defaults (temperature, top_p, ...) from the model's "
+                       "generation_config.json; vllm: ignore them")
+    group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
+                       help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="accepted for vLLM's scripts: kvserve never runs a checkpoint's code (its "
+                       "architectures are built in)")
     group.add_argument("--skip-tokenizer-init", action="store_true",
-                       help="load no tokenizer: prompts are token ids and outputs are not detokenized")
+                       help="load no tokenizer: prompts are token ids and outputs are not detokenized "
+                       "(not for generate and chat, which take text)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """The Engine keyword arguments the flags of add_engine_arguments hold."""
     return {name: getattr(args, name) for name in ENGINE_FLAGS}
+
+
+def int_argument(name: str, value, default: int, low: int = 1, high: int = 2**31 - 1) -> int:
+    """An integer Engine argument checked before it reaches the scheduler (int32 in C++); None is
+    the default, as in vLLM, where these arguments default to None."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def bool_argument(name: str, value, default: bool) -> bool:
+    """A flag Engine argument; None is the default (vLLM's enable_prefix_caching defaults to None)."""
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True, False or None, got {value!r}")
+    return value
+
+
+def fraction_argument(name: str, value) -> float:
+    """A share in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:

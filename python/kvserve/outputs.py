@@ -41,7 +41,8 @@ class CompletionOutput:
 
 @dataclass
 class RequestOutput:
-    """A request's prompt and its n outputs (`outputs[i].index == i`)."""
+    """A request's prompt and its n outputs (`outputs[i].index == i`). num_cached_tokens: the
+    prompt tokens its first step found in the prefix cache (None before it is scheduled)."""
 
     request_id: str
     prompt: str | None
@@ -50,3 +51,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics | None = None
+    num_cached_tokens: int | None = None

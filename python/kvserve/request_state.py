@@ -69,7 +69,7 @@ class SequenceState:
 
 class RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "sequences", "prompt_logprobs",
-                 "metrics", "prompt_logprobs_reported", "_prompt_token_array")
+                 "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array")
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                  tokenizer: Tokenizer | None, arrival_time: float, device: torch.device):
@@ -82,6 +82,7 @@ class RequestState:
         self.prompt_logprobs: PromptLogprobs | None = [None] if params.prompt_logprobs is not None else None
         self.prompt_logprobs_reported = False
         self.metrics = RequestMetrics(arrival_time)
+        self.num_cached_tokens: int | None = None  # set when first scheduled (Engine._launch)
         self._prompt_token_array: np.ndarray | None = None
 
     @property
@@ -108,4 +109,5 @@ class RequestState:
             prompt_logprobs = None if self.prompt_logprobs_reported else prompt_logprobs
             self.prompt_logprobs_reported = True
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, prompt_logprobs,
-                             [s.to_output(kind) for s in self.sequences], finished, self.metrics)
+                             [s.to_output(kind) for s in self.sequences], finished, self.metrics,
+                             self.num_cached_tokens)

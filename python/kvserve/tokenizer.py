@@ -2,7 +2,10 @@
 whether a BOS token is prepended, the chat template).
 
 Encoding and decoding give the same ids and text as transformers' tokenizer loaded from the same
-directory (fast-tokenizer semantics: no clean_up_tokenization_spaces).
+directory (fast-tokenizer semantics: no clean_up_tokenization_spaces). The calls code written for a
+transformers tokenizer makes most (`tok(text)["input_ids"]`, `len(tok)`, `batch_decode`,
+`convert_ids_to_tokens`, `pad_token_id`) work the same here; apply_chat_template returns text unless
+tokenize=True (transformers' default is ids).
 """
 
 from __future__ import annotations
@@ -25,6 +28,17 @@ def _token_content(value) -> str | None:
     return value
 
 
+class Encoding(dict):
+    """What calling a tokenizer returns, as transformers' BatchEncoding does: {"input_ids",
+    "attention_mask"}, each also an attribute (`tok(text).input_ids`)."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def _pick_template(value) -> str | None:
     """tokenizer_config.json's chat_template: a string, or a list of {"name", "template"}."""
     if isinstance(value, list):
@@ -38,7 +52,8 @@ class Tokenizer:
 
     backend: the `tokenizers.Tokenizer` (tokenizer.json, or one rebuilt from GGUF metadata).
     chat_template: Jinja source, or None when the model has none.
-    bos_token, eos_token: the special tokens' text (must be in the backend's vocabulary).
+    bos_token, eos_token, pad_token: the special tokens' text (must be in the backend's vocabulary);
+        their ids are None when the model has none.
     add_bos_token: None keeps the backend's post-processor as it is; True / False replaces it (in
         place) with one that does / does not prepend bos_token, for backends built without one
         (GGUF metadata carries the flag).
@@ -51,14 +66,17 @@ class Tokenizer:
         chat_template: str | None = None,
         bos_token: str | None = None,
         eos_token: str | None = None,
+        pad_token: str | None = None,
         add_bos_token: bool | None = None,
     ):
         self.backend = backend
         self.chat_template = chat_template
         self.bos_token = bos_token
         self.eos_token = eos_token
+        self.pad_token = pad_token
         self.bos_token_id = self._token_id("bos_token", bos_token)
         self.eos_token_id = self._token_id("eos_token", eos_token)
+        self.pad_token_id = self._token_id("pad_token", pad_token)
         if add_bos_token is not None:
             if add_bos_token and bos_token is None:
                 raise ValueError("add_bos_token=True needs a bos_token")
@@ -104,7 +122,8 @@ class Tokenizer:
                 backend.add_tokens([token])
         bos_token = _token_content(config.get("bos_token"))
         eos_token = _token_content(config.get("eos_token"))
-        for token in (bos_token, eos_token):
+        pad_token = _token_content(config.get("pad_token"))
+        for token in (bos_token, eos_token, pad_token):
             if token is not None and backend.token_to_id(token) is None:
                 backend.add_special_tokens([token])
         template_path = model_dir / "chat_template.jinja"
@@ -118,12 +137,16 @@ class Tokenizer:
             chat_template=chat_template,
             bos_token=bos_token,
             eos_token=eos_token,
+            pad_token=pad_token,
         )
 
     @property
     def vocab_size(self) -> int:
         """Number of token ids, added tokens included (transformers' len(tokenizer))."""
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __len__(self) -> int:
+        return self.vocab_size
 
     @cached_property
     def special_token_ids(self) -> frozenset[int]:
@@ -146,6 +169,27 @@ class Tokenizer:
         """The text of `token_ids`; invalid UTF-8 becomes U+FFFD, unknown ids are ignored."""
         return self.backend.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
+    # ---- transformers' names, for code written against a transformers tokenizer --------------------
+
+    def __call__(self, text: str | list[str], add_special_tokens: bool = True) -> Encoding:
+        """{"input_ids", "attention_mask"} of a text, or of each of a list of texts (no padding)."""
+        if isinstance(text, str):
+            ids = self.encode(text, add_special_tokens=add_special_tokens)
+            return Encoding(input_ids=ids, attention_mask=[1] * len(ids))
+        if not isinstance(text, (list, tuple)) or not all(isinstance(t, str) for t in text):
+            raise ValueError(f"text must be a str or a list of str, got {type(text).__name__}")
+        batch = [e.ids for e in self.backend.encode_batch(list(text), add_special_tokens=add_special_tokens)]
+        return Encoding(input_ids=batch, attention_mask=[[1] * len(ids) for ids in batch])
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens=skip_special_tokens) for ids in sequences]
+
+    def convert_ids_to_tokens(self, ids: int | list[int]) -> str | None | list[str | None]:
+        """The vocabulary's token strings (byte-level: "Ġ" for a space); None for an unknown id."""
+        if isinstance(ids, int):
+            return self.backend.id_to_token(ids)
+        return [self.backend.id_to_token(i) for i in ids]
+
     def apply_chat_template(
         self,
         messages,
@@ -153,22 +197,32 @@ class Tokenizer:
         continue_final_message: bool = False,
         *,
         chat_template: str | None = None,
+        tokenize: bool = False,
+        return_dict: bool = False,
         **template_kwargs,
-    ) -> str:
+    ) -> str | list[int] | Encoding:
         """Render a conversation ([{"role", "content"}, ...]; content a string or a list of text
         parts) into the prompt text. add_generation_prompt opens an assistant turn;
         continue_final_message leaves the last message open instead. `chat_template` overrides the
-        model's; template_kwargs (tools, documents, ...) become template variables."""
+        model's; template_kwargs (tools, documents, ...) become template variables.
+
+        Unlike transformers, the defaults are tokenize=False (the text: what kvserve's callers
+        want) and add_generation_prompt=True. tokenize=True returns the text's token ids (encoded
+        without adding special tokens: the template wrote them), as a list, or with return_dict=True
+        as {"input_ids", "attention_mask"} (transformers 5's default form)."""
         template = chat_template if chat_template is not None else self.chat_template
         if template is None:
             raise ValueError("this tokenizer has no chat template: pass chat_template=")
         variables = {name: value for name, value in (("bos_token", self.bos_token), ("eos_token", self.eos_token))
                      if value is not None}
         variables.update(template_kwargs)
-        return render_chat_template(
+        text = render_chat_template(
             template,
             messages,
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             variables=variables,
         )
+        if not tokenize:
+            return text
+        return self(text, add_special_tokens=False) if return_dict else self.encode(text, add_special_tokens=False)

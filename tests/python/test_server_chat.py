@@ -65,13 +65,18 @@ def test_continue_final_message_and_add_generation_prompt(tiny_client, tiny_engi
     assert chat(tiny_client, **GREEDY, add_generation_prompt=False).choices[0].message.content == plain.outputs[0].text
 
 
-def test_chat_template_kwargs_win_over_the_requests_fields(tiny_client, tiny_engine):
+def test_chat_template_kwargs_win_over_the_requests_fields(tiny_client, tiny_server, tiny_engine):
     """vLLM merges chat_template_kwargs over add_generation_prompt / continue_final_message."""
     plain = offline_chat(tiny_engine, MESSAGES, **GREEDY, add_generation_prompt=False)
     response = chat(tiny_client, **GREEDY, add_generation_prompt=True,
                     chat_template_kwargs={"add_generation_prompt": False})
     assert response.choices[0].message.content == plain.outputs[0].text
     assert response.usage.prompt_tokens == len(plain.prompt_token_ids)
+    # apply_chat_template's own arguments, not template variables: the prompt must stay text.
+    for name in ("tokenize", "return_dict"):
+        response = httpx.post(tiny_server.url + "/v1/chat/completions",
+                              json={"model": MODEL, "messages": MESSAGES, **GREEDY, "chat_template_kwargs": {name: True}})
+        assert response.status_code == 400 and f"chat_template_kwargs cannot set ['{name}']" in response.json()["error"]["message"]
 
 
 def test_nulls_mean_defaults_and_null_content_is_empty_text(tiny_client, tiny_server, tiny_engine):

@@ -173,3 +173,48 @@ def test_constructor_checks_and_missing_files(tmp_path):
         Tokenizer(backend).apply_chat_template([{"role": "user", "content": "hi"}])
     gguf_like = Tokenizer(backend, chat_template=CHATML_TEMPLATE, bos_token="<|endoftext|>", add_bos_token=True)
     assert gguf_like.encode("hi")[0] == gguf_like.bos_token_id == 0
+
+
+def test_transformers_calls_give_transformers_results(pair):
+    """The calls code written for a transformers tokenizer makes (vLLM's get_tokenizer() hands one out)."""
+    ours, hf = pair
+    texts = [t for t in TEXTS if t]
+    for text in texts:
+        assert ours(text)["input_ids"] == ours(text).input_ids == hf(text)["input_ids"]
+        assert ours(text, add_special_tokens=False)["input_ids"] == hf(text, add_special_tokens=False)["input_ids"]
+        assert ours(text)["attention_mask"] == hf(text)["attention_mask"]
+    assert ours(texts)["input_ids"] == hf(texts)["input_ids"]
+    assert ours(texts)["attention_mask"] == hf(texts)["attention_mask"]
+    batch = [ours.encode(t) for t in texts]
+    for skip in (False, True):
+        assert ours.batch_decode(batch, skip_special_tokens=skip) == hf.batch_decode(batch, skip_special_tokens=skip)
+    assert len(ours) == len(hf) == 600
+    ids = batch[2] + [ours.eos_token_id, 599, 600]  # 600: past the vocabulary
+    assert ours.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
+    assert ours.convert_ids_to_tokens(ids[0]) == hf.convert_ids_to_tokens(ids[0])
+    assert (ours.pad_token_id, ours.bos_token_id, ours.eos_token_id) == (hf.pad_token_id, hf.bos_token_id,
+                                                                           hf.eos_token_id)
+    assert ours.pad_token_id == 0  # the tiny tokenizers' pad_token <|endoftext|>
+    with pytest.raises(ValueError, match="text must be a str or a list of str, got int"):
+        ours(5)
+
+
+def test_apply_chat_template_tokenize_gives_transformers_ids(pair):
+    ours, hf = pair
+    for messages in CONVERSATIONS:
+        text = ours.apply_chat_template(messages)
+        assert isinstance(text, str)  # kvserve's default: the text (transformers': the ids)
+        expected = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        assert ours.apply_chat_template(messages, tokenize=True) == expected
+        assert ours.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"] == expected
+        assert ours.apply_chat_template(messages, tokenize=False) == text
+
+
+def test_a_tokenizer_without_a_pad_token_has_pad_token_id_none(tmp_path):
+    directory = save_tiny_tokenizer(tmp_path, 500)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    del config["pad_token"]
+    config_path.write_text(json.dumps(config))
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    assert Tokenizer.from_pretrained(directory).pad_token_id is hf.pad_token_id is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+from kvserve.chat_template import chat_template_arguments
 from kvserve.engine import Engine
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import ChatTemplateFields
@@ -50,19 +51,19 @@ class ServedModel:
         """The prompt text of a conversation, through the model's chat template (or the request's,
         when the server trusts those). chat_template_kwargs are the template's variables and win
         over the request's own fields, as in vLLM."""
-        arguments = {"add_generation_prompt": fields.add_generation_prompt,
-                     "continue_final_message": fields.continue_final_message, "chat_template": fields.chat_template}
-        arguments.update(fields.chat_template_kwargs or {})
+        try:
+            arguments = chat_template_arguments(fields.add_generation_prompt, fields.continue_final_message,
+                                                fields.chat_template, fields.chat_template_kwargs)
+        except ValueError as e:
+            raise bad_request(str(e), "chat_template_kwargs") from None
         if arguments["chat_template"] is not None and not self.trust_request_chat_template:
             raise bad_request("this request brings its own chat template, which the server refuses: start it with "
                               "--trust-request-chat-template to accept them", "chat_template")
         if arguments["chat_template"] is None and self.tokenizer.chat_template is None:
             raise bad_request("the model has no chat template: start the server with --chat-template", "messages")
-        if "messages" in arguments:
-            raise bad_request("chat_template_kwargs cannot set messages", "chat_template_kwargs")
         try:
             return self.tokenizer.apply_chat_template([m.template_message() for m in fields.messages], **arguments)
-        except TypeError as e:  # a template variable named like one of apply_chat_template's own arguments
+        except TypeError as e:  # a chat template that is not text
             raise bad_request(f"chat_template_kwargs: {e}", "chat_template_kwargs") from None
         except ValueError as e:
             raise bad_request(str(e), "messages") from None
