@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import kvserve
@@ -30,7 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        return stdout_closed()
+
+
+# A process that SIGPIPE ended exits with 128 + 13 in a shell, as `yes | head -1` does.
+EXIT_BROKEN_PIPE = 141
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (`kvserve generate ... | head -c 20`): stop quietly, as a
+    command killed by SIGPIPE does. stdout goes to devnull, so that the interpreter's last flush
+    at exit does not fail again (Python's documented handling of SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

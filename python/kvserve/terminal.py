@@ -3,8 +3,9 @@
     kvserve generate [MODEL] --prompt "Once upon a time"     one completion, then exit
     kvserve chat [MODEL]                                     a conversation: each reply sees the history
 
-Generated text goes to stdout and everything else (loading, the chat banner) to stderr, so that
-`kvserve generate ... > out.txt` keeps only the text. Ctrl-C stops the reply being written.
+Generated text goes to stdout and everything else (loading, the chat banner, the `> ` prompt,
+errors) to stderr, so that `kvserve generate ... > out.txt` and `kvserve chat < in > out` keep only
+the text. Ctrl-C stops the reply being written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ _request_ids = itertools.count()
 def _write_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _read_after_prompt(prompt: str) -> str:
+    """input(), with the prompt on stderr (input() writes it to stdout)."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    return input()
 
 
 def stream_reply(engine: Engine, prompt: dict, params: SamplingParams, write: Write) -> str:
@@ -92,6 +100,9 @@ def sampling_params_from_args(engine: Engine, args: argparse.Namespace) -> Sampl
 
 def _load(args: argparse.Namespace, command: str) -> tuple[Engine, SamplingParams]:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.skip_tokenizer_init:
+        raise SystemExit(f"kvserve {command}: --skip-tokenizer-init loads no tokenizer, but {command} takes text: "
+                         "leave the flag out")
     try:
         engine = engine_from_args(args)
         return engine, sampling_params_from_args(engine, args)
@@ -112,7 +123,8 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_chat(args: argparse.Namespace, read: Callable[[str], str] = input, write: Write = _write_stdout) -> int:
+def run_chat(args: argparse.Namespace, read: Callable[[str], str] = _read_after_prompt,
+             write: Write = _write_stdout) -> int:
     engine, params = _load(args, "chat")
     try:
         session = ChatSession(engine, params, args.system)
@@ -123,7 +135,7 @@ def run_chat(args: argparse.Namespace, read: Callable[[str], str] = input, write
         try:
             line = read("> ").strip()
         except (EOFError, KeyboardInterrupt):
-            write("\n")
+            print(file=sys.stderr)  # ends the prompt's line
             return 0
         if line == "/exit":
             return 0
@@ -135,7 +147,8 @@ def run_chat(args: argparse.Namespace, read: Callable[[str], str] = input, write
             except KeyboardInterrupt:
                 write(" [stopped]")
             except ValueError as e:  # e.g. the conversation outgrew the context: /clear helps
-                write(f"error: {e}")
+                print(f"error: {e}", file=sys.stderr)
+                continue
             write("\n")
 
 

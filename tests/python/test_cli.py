@@ -57,7 +57,8 @@ def test_chat_keeps_the_history(model_dir, engine):
     first = engine.chat(history, GREEDY, use_tqdm=False)[0].outputs[0].text
     history += [{"role": "assistant", "content": first}, {"role": "user", "content": "What now?"}]
     second = engine.chat(history, GREEDY, use_tqdm=False)[0].outputs[0].text
-    assert result.stdout == f"> {first}\n> {second}\n> "
+    assert result.stdout == f"{first}\n{second}\n"  # only the replies: the prompts go to stderr
+    assert result.stderr.count("> ") == 3
 
 
 def test_chat_template_flag_renders_the_conversation(model_dir, engine, tmp_path):
@@ -67,7 +68,7 @@ def test_chat_template_flag_renders_the_conversation(model_dir, engine, tmp_path
     result = run_cli("chat", str(model_dir), *FLAGS, "--chat-template", str(path), stdin="Hi\n/exit\n")
     assert result.returncode == 0, result.stderr
     expected = engine.chat([{"role": "user", "content": "Hi"}], GREEDY, use_tqdm=False, chat_template=template)
-    assert result.stdout == f"> {expected[0].outputs[0].text}\n> "
+    assert result.stdout == f"{expected[0].outputs[0].text}\n"
     broken = run_cli("chat", str(model_dir), "--chat-template", "{% for %}")
     assert broken.returncode != 0 and "kvserve chat: chat_template is not a valid Jinja template" in broken.stderr
 
@@ -75,6 +76,61 @@ def test_chat_template_flag_renders_the_conversation(model_dir, engine, tmp_path
 def test_bad_flags_are_a_clear_error(model_dir):
     result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--max-model-len", "100000")
     assert result.returncode != 0 and "kvserve generate: max_model_len" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Hi"], ["chat"]])
+def test_skip_tokenizer_init_is_refused_where_prompts_are_text(model_dir, command):
+    result = run_cli(command[0], str(model_dir), *command[1:], "--skip-tokenizer-init", stdin="Hi\n")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"kvserve {command[0]}: --skip-tokenizer-init loads no tokenizer, but {command[0]} takes text" in result.stderr
+
+
+@pytest.mark.parametrize("command, stdin", [(["generate", "--prompt", "Once upon a time"], None),
+                                            (["chat"], "Hi\nMore\nAgain\n")])
+def test_a_reader_that_closes_early_ends_the_command_quietly(model_dir, command, stdin):
+    """`kvserve generate ... | head -c 5`: exit as a command ended by SIGPIPE does, without a traceback."""
+    cli = subprocess.Popen([sys.executable, "-m", "kvserve.cli", command[0], str(model_dir), *command[1:],
+                            "--dtype", "float32", "--kv-cache-memory", "0.01", "--temperature", "0",
+                            "--max-tokens", "200"],
+                           stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    if stdin:
+        cli.stdin.write(stdin.encode())
+        cli.stdin.close()
+    assert len(cli.stdout.read(5)) == 5
+    cli.stdout.close()  # the reader goes away mid-reply
+    stderr = cli.stderr.read().decode()
+    assert cli.wait(timeout=300) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_vllms_flags_parse(model_dir):
+    from kvserve.cli import build_parser
+    from kvserve.engine_args import engine_kwargs
+
+    parser = build_parser()
+    for flag, dtype in (("half", "half"), ("float", "float"), ("float16", "float16")):
+        assert parser.parse_args(["serve", "--dtype", flag]).dtype == dtype
+    args = parser.parse_args(["serve", "-tp", "1", "--trust-remote-code", "--generation-config", "vllm"])
+    assert {k: engine_kwargs(args)[k] for k in ("tensor_parallel_size", "trust_remote_code", "generation_config")} == {
+        "tensor_parallel_size": 1, "trust_remote_code": True, "generation_config": "vllm"}
+    result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--tensor-parallel-size", "2")
+    assert result.returncode != 0
+    assert "kvserve generate: tensor_parallel_size must be 1 (kvserve runs on one device), got 2" in result.stderr
+    result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--dtype", "half", "--max-tokens", "2")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--port", "-1"], "argument --port: expected a port in [0, 65535], got '-1'"),
+    (["--port", "70000"], "argument --port: expected a port in [0, 65535], got '70000'"),
+    (["--port", "http"], "argument --port: expected a port in [0, 65535], got 'http'"),
+    (["--shutdown-timeout", "-1"], "argument --shutdown-timeout: expected a number of seconds >= 0, got '-1'"),
+    (["--shutdown-timeout", "inf"], "argument --shutdown-timeout: expected a number of seconds >= 0, got 'inf'"),
+])
+def test_serve_refuses_a_bad_port_or_shutdown_timeout(flags, message):
+    result = run_cli("serve", *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_reply_interrupted_mid_step_is_forgotten_and_the_chat_goes_on(engine, monkeypatch):

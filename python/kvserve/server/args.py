@@ -25,6 +25,26 @@ def _json_list(value: str) -> list[str]:
     return parsed
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = None
+    if port is None or not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {value!r}")
+    return port
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = None
+    if seconds is None or not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from kvserve.server.serve import run_server
 
@@ -38,7 +58,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add_engine_arguments(serve, max_num_batched_tokens=SERVING_MAX_NUM_BATCHED_TOKENS)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default: 127.0.0.1; 0.0.0.0 opens the server to the network)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--api-key", default=os.environ.get("KVSERVE_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on every /v1 route (default: $KVSERVE_API_KEY)")
     serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
@@ -56,7 +76,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                        help="requests that may wait for a place in the batch; more get 503 "
                        f"(default: {DEFAULT_MAX_WAITING})")
-    serve.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S, metavar="SECONDS",
+    serve.add_argument("--shutdown-timeout", type=_seconds, default=DEFAULT_SHUTDOWN_TIMEOUT_S, metavar="SECONDS",
                        help="on SIGINT/SIGTERM, how long in-flight requests may finish before they are aborted "
                        f"(default: {DEFAULT_SHUTDOWN_TIMEOUT_S:g})")
     serve.add_argument("--uvicorn-log-level", default="info",
