@@ -37,6 +37,7 @@ def test_greedy_text_and_usage_equal_the_offline_engine(tiny_client, tiny_engine
     [choice] = response.choices
     assert choice.text == reference.text and choice.finish_reason == "length" and choice.index == 0
     assert response.object == "text_completion" and response.model == MODEL and response.id.startswith("cmpl-")
+    assert response.usage.prompt_tokens_details is None  # only with --enable-prompt-tokens-details
     prompt_len = len(tiny_engine.tokenizer.encode(PROMPT))
     assert (response.usage.prompt_tokens, response.usage.completion_tokens, response.usage.total_tokens) == (
         prompt_len, 10, prompt_len + 10)

@@ -35,7 +35,7 @@ def model_dir(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with ServerProcess(model_dir, "--served-model-name", *NAMES) as server:
+    with ServerProcess(model_dir, "--served-model-name", *NAMES, "--enable-prompt-tokens-details") as server:
         yield server
 
 
@@ -60,6 +60,15 @@ def test_startup_log_says_what_was_loaded_and_where_it_serves(server, model_dir)
     assert f"loaded {model_dir} (LlamaForCausalLM, float32) on cpu" in log
     assert re.search(r"KV cache: \d+ blocks of 16 tokens = \d+ tokens", log)
     assert f"serving tiny, tiny-alias (max_model_len 256) at {server.url}/v1 (no API key)" in log
+
+
+def test_usage_reports_the_prompt_tokens_found_in_the_prefix_cache(server):
+    """--enable-prompt-tokens-details: the second request of a prompt finds its full blocks cached."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    prompt = "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more words to fill blocks " * 2 + "cached?"
+    first, second = (client.completions.create(model=NAMES[0], prompt=prompt, max_tokens=1).usage for _ in range(2))
+    assert first.prompt_tokens_details.cached_tokens == 0
+    assert second.prompt_tokens_details.cached_tokens == first.prompt_tokens // 16 * 16 > 0
 
 
 def test_unknown_fields_are_ignored(server):

@@ -39,15 +39,18 @@ class CorsPolicy:
 
 def build_app(engine: Engine, *, served_model_names: list[str], root: str | None = None, api_key: str | None = None,
               max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-              trust_request_chat_template: bool = False, cors: CorsPolicy | None = None) -> FastAPI:
+              trust_request_chat_template: bool = False, cors: CorsPolicy | None = None,
+              prompt_tokens_details: bool = False) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
     max_waiting: requests accepted but not yet running, beyond which the server answers 503.
     max_body_bytes: larger request bodies get 413.
     trust_request_chat_template: accept chat templates sent with requests (refused otherwise).
-    cors: which browser origins may call the API (default: any, as vLLM's)."""
-    served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template)
+    cors: which browser origins may call the API (default: any, as vLLM's).
+    prompt_tokens_details: usage carries prompt_tokens_details.cached_tokens (prefix-cache hits)."""
+    served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
+                         prompt_tokens_details)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 

@@ -71,6 +71,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     for name, what in (("origins", "origins"), ("methods", "HTTP methods"), ("headers", "request headers")):
         serve.add_argument(f"--allowed-{name}", type=_json_list, default=["*"], metavar="JSON",
                            help=f"the {what} browsers may call the API with, a JSON list (default: [\"*\"], any)")
+    serve.add_argument("--enable-prompt-tokens-details", action="store_true",
+                       help="usage reports prompt_tokens_details.cached_tokens: the prompt tokens found in the "
+                       "prefix cache")
     serve.add_argument("--allow-credentials", action="store_true",
                        help="let browsers send credentials (cookies, authorization) cross-origin")
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,

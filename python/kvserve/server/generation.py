@@ -55,7 +55,7 @@ class Generation:
     """One HTTP request's run through the engine."""
 
     def __init__(self, request_id: str, stream: RequestStream, prompts: list[EnginePrompt], n: int,
-                 prompt_only: bool = False):
+                 prompt_only: bool = False, prompt_tokens_details: bool = False):
         self.request_id = request_id
         self.prompts = prompts
         self.n = n
@@ -63,6 +63,10 @@ class Generation:
         self.prompt_only = prompt_only
         self.prompt_logprobs: dict[int, PromptLogprobs] = {}
         self.num_completion_tokens = 0
+        # usage.prompt_tokens_details.cached_tokens (vLLM's --enable-prompt-tokens-details): each
+        # prompt's tokens found in the prefix cache.
+        self.prompt_tokens_details = prompt_tokens_details
+        self.num_cached_tokens: dict[int, int] = {}
         self._stream = stream
 
     @property
@@ -76,6 +80,8 @@ class Generation:
         async for prompt_index, output in self._stream:
             if output.prompt_logprobs is not None:
                 self.prompt_logprobs[prompt_index] = output.prompt_logprobs
+            if output.num_cached_tokens is not None:
+                self.num_cached_tokens.setdefault(prompt_index, output.num_cached_tokens)
             for sample in output.outputs:
                 index = prompt_index * self.n + sample.index
                 if index in finished or not (sample.token_ids or sample.text or sample.finish_reason):
@@ -98,8 +104,11 @@ class Generation:
 
     def usage(self) -> dict:
         prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
-        return {"prompt_tokens": prompt_tokens, "completion_tokens": self.num_completion_tokens,
-                "total_tokens": prompt_tokens + self.num_completion_tokens}
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": self.num_completion_tokens,
+                 "total_tokens": prompt_tokens + self.num_completion_tokens}
+        if self.prompt_tokens_details:
+            usage["prompt_tokens_details"] = {"cached_tokens": sum(self.num_cached_tokens.values())}
+        return usage
 
     def close(self) -> None:
         """Abort whatever has not finished (the client left, or the response is done)."""
@@ -141,4 +150,4 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
-    return Generation(request_id, stream, prompts, body.n, prompt_only)
+    return Generation(request_id, stream, prompts, body.n, prompt_only, served.prompt_tokens_details)

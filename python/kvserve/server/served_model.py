@@ -14,7 +14,8 @@ from kvserve.server.protocol import ChatTemplateFields
 
 
 class ServedModel:
-    def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False):
+    def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False,
+                 prompt_tokens_details: bool = False):
         if not names:
             raise ValueError("a served model needs at least one name")
         if engine.tokenizer is None:
@@ -29,6 +30,7 @@ class ServedModel:
         self.created = int(time.time())
         # A chat template runs code (Jinja loops) chosen by whoever sends it: refused unless trusted.
         self.trust_request_chat_template = trust_request_chat_template
+        self.prompt_tokens_details = prompt_tokens_details  # usage reports prefix-cache hits
 
     def check_name(self, model: str | None) -> None:
         """Requests may leave the model out; a name that is not ours is a 404, as OpenAI answers."""
