@@ -214,6 +214,9 @@ class Engine:
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         [(text, token_ids)] = normalize_prompts(prompt, self.tokenizer)
+        # Before everything else, as vLLM: the request is its last truncate_prompt_tokens tokens (the
+        # prompt text stays as given, as vLLM's RequestOutput.prompt does).
+        token_ids = params.truncated_prompt(token_ids, self.max_model_len)
         params.check_token_ids(self.model_config.vocab_size)
         bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:

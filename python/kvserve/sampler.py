@@ -5,7 +5,7 @@ model dtype as they are (kvserve.ops.argmax); everything else works on a float32
 
 The order is vLLM's:
     raw log-probabilities (for `logprobs`: from the logits as the model gave them)
-    -> logit_bias, min_tokens mask -> penalties (repetition, frequency, presence)
+    -> allowed_token_ids mask, logit_bias, min_tokens mask -> penalties (repetition, frequency, presence)
     -> greedy rows: argmax
     -> other rows: / temperature -> min_p -> top_k -> top_p (each on the distribution the previous
        steps left, renormalized) -> one draw by inverse CDF with one uniform per row
@@ -30,7 +30,7 @@ import torch
 
 from kvserve import ops
 from kvserve.logprobs import LogprobsTensors
-from kvserve.sampling_metadata import Penalties, Rows, SamplingMetadata, device_column
+from kvserve.sampling_metadata import AllowedTokens, Penalties, Rows, SamplingMetadata, device_column
 
 # Candidates a truncated row samples from first, on the CPU and on a GPU. A GPU's partial sort costs
 # mostly the read of the row, so 1024 candidates cost about what 64 do there, and they hold the kept
@@ -102,6 +102,14 @@ def apply_penalties(logits: torch.Tensor, penalties: Penalties) -> None:
     rows, tokens = penalties.output_tokens
     logits.index_put_((rows, tokens), -penalties.frequency[rows], accumulate=True)
     logits[rows, tokens] = logits[rows, tokens] - penalties.presence[rows]
+
+
+def apply_allowed_tokens(logits: torch.Tensor, allowed: AllowedTokens) -> None:
+    """In place: the restricted rows keep the logits of their allowed tokens, every other is -inf."""
+    kept = torch.full((allowed.rows.shape[0], logits.shape[1]), float("-inf"), dtype=logits.dtype,
+                      device=logits.device)
+    kept[allowed.positions, allowed.token_ids] = logits[allowed.rows[allowed.positions], allowed.token_ids]
+    logits[allowed.rows] = kept
 
 
 def _inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,8 @@ class Sampler:
             return SamplerOutput(sampled, None)
         logits = logits.float()
         raw_logprobs = logits.log_softmax(dim=1) if md.max_num_logprobs is not None else None
+        if md.allowed_tokens is not None:
+            apply_allowed_tokens(logits, md.allowed_tokens)
         if md.logit_bias is not None:
             rows, tokens, bias = md.logit_bias
             logits.index_put_((rows, tokens), bias, accumulate=True)

@@ -16,6 +16,7 @@ Everything a row does not use stays None, so an all-greedy batch without extras 
     generators   {row: torch.Generator} seeded rows
     logit_bias   (rows int64 [B], token ids int64 [B], bias float32 [B]) or None
     stop_mask    (rows int64 [S], token ids int64 [S]) or None: stop tokens masked for min_tokens
+    allowed_tokens  AllowedTokens or None: the rows restricted to their allowed_token_ids
     penalties    Penalties or None
     max_num_logprobs  the largest `logprobs` of the batch, None when no row asks for them
 
@@ -114,6 +115,29 @@ class Rows:
 
 
 @dataclass
+class AllowedTokens:
+    """The rows with allowed_token_ids: every other token of theirs is masked. (positions, token ids)
+    is a flat index into logits[rows]: position j is row rows[j].
+
+        rows       int64 [R]   batch rows, each once
+        positions  int64 [A]   0..R-1, one per allowed id
+        token_ids  int64 [A]
+    """
+
+    rows: torch.Tensor
+    positions: torch.Tensor
+    token_ids: torch.Tensor
+
+    @classmethod
+    def build(cls, params, device) -> AllowedTokens | None:
+        rows = [i for i, p in enumerate(params) if p.allowed_token_ids is not None]
+        if not rows:
+            return None
+        positions, token_ids = _flat_index(range(len(rows)), [params[i].allowed_token_ids for i in rows], device)
+        return cls(device_column(rows, torch.int64, device), positions, token_ids)
+
+
+@dataclass
 class SamplingMetadata:
     temperature: torch.Tensor | None
     random_rows: Rows | None
@@ -127,6 +151,7 @@ class SamplingMetadata:
     stop_mask: tuple[torch.Tensor, torch.Tensor] | None
     penalties: Penalties | None
     max_num_logprobs: int | None
+    allowed_tokens: AllowedTokens | None = None
 
     @property
     def all_greedy(self) -> bool:
@@ -135,9 +160,9 @@ class SamplingMetadata:
     @property
     def argmax_only(self) -> bool:
         """Every row is a plain argmax of the logits as the model gave them: greedy, no bias, no
-        min_tokens mask, no penalties, no logprobs."""
+        min_tokens mask, no allowed_token_ids, no penalties, no logprobs."""
         return (self.temperature is None and self.logit_bias is None and self.stop_mask is None
-                and self.penalties is None and self.max_num_logprobs is None)
+                and self.allowed_tokens is None and self.penalties is None and self.max_num_logprobs is None)
 
     @classmethod
     def from_requests(
@@ -212,4 +237,5 @@ class SamplingMetadata:
             stop_mask=stop_mask,
             penalties=Penalties.build(params, output_token_ids, prompt_token_ids, device),
             max_num_logprobs=max(logprobs) if logprobs else None,
+            allowed_tokens=AllowedTokens.build(params, device),
         )

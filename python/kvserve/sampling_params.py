@@ -47,6 +47,17 @@ class RequestOutputKind(Enum):
     FINAL_ONLY = 2
 
 
+def truncate_prompt(token_ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
+    """The last `keep` of a prompt's token ids (truncate_prompt_tokens), or all of them (None, or a
+    shorter prompt). -1 keeps as many as the context holds with room for one output token,
+    max_model_len - 1 (vLLM keeps max_model_len, which kvserve's scheduler would then refuse: a
+    prompt must leave room to generate)."""
+    if keep is None:
+        return token_ids
+    keep = max_model_len - 1 if keep == -1 else keep
+    return token_ids[-keep:] if len(token_ids) > keep else token_ids
+
+
 @dataclass
 class SamplingParams:
     """Sampling parameters of one request (vLLM's `SamplingParams`).
@@ -72,6 +83,10 @@ class SamplingParams:
         the chosen token (0 = only the chosen one).
     prompt_logprobs: the same for each prompt position.
     logit_bias: token id -> value added to its logit before sampling, in [-100, 100].
+    allowed_token_ids: only these token ids may be sampled (every other logit is masked to -inf
+        before sampling; logprobs stay those of the model's logits); None = all.
+    truncate_prompt_tokens: keep only the last k prompt tokens (k >= 1; -1 = all the context holds);
+        None = the whole prompt.
     skip_special_tokens: leave special tokens out of the text.
     spaces_between_special_tokens: kept for vLLM compatibility; fast tokenizers (the only kind
         kvserve loads) decode special tokens without added spaces, as vLLM does with them.
@@ -97,6 +112,8 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
@@ -139,6 +156,18 @@ class SamplingParams:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 0, "an integer >= 0, or None")
         self._check_logit_bias()
+        if self.allowed_token_ids is not None:
+            allowed, expected = self.allowed_token_ids, "a non-empty list of token ids (integers >= 0)"
+            if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Iterable) or not list(allowed):
+                raise ValueError(f"allowed_token_ids must be {expected}, got {allowed!r}")
+            self.allowed_token_ids = list(allowed)
+            for token_id in self.allowed_token_ids:
+                _check_int("allowed_token_ids", token_id, 0, expected)
+        if self.truncate_prompt_tokens is not None and (
+                not _is_int(self.truncate_prompt_tokens) or self.truncate_prompt_tokens < -1
+                or self.truncate_prompt_tokens == 0):
+            raise ValueError(f"truncate_prompt_tokens must be an integer >= 1, -1 (all the context holds) or None, "
+                             f"got {self.truncate_prompt_tokens!r}")
         if not isinstance(self.output_kind, RequestOutputKind):
             raise ValueError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
         if self.top_k == -1:
@@ -179,10 +208,15 @@ class SamplingParams:
             ids.update(eos_token_ids)
         return ids
 
+    def truncated_prompt(self, token_ids: list[int], max_model_len: int) -> list[int]:
+        """The prompt token ids this request keeps (truncate_prompt)."""
+        return truncate_prompt(token_ids, self.truncate_prompt_tokens, max_model_len)
+
     def check_token_ids(self, vocab_size: int) -> None:
-        """Raise ValueError when a token id in logit_bias or stop_token_ids, or a logprobs count, is
-        outside a vocabulary of `vocab_size` tokens."""
-        for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids)):
+        """Raise ValueError when a token id in logit_bias, stop_token_ids or allowed_token_ids, or a
+        logprobs count, is outside a vocabulary of `vocab_size` tokens."""
+        for name, ids in (("logit_bias", self.logit_bias or ()), ("stop_token_ids", self.stop_token_ids),
+                          ("allowed_token_ids", self.allowed_token_ids or ())):
             bad = [i for i in ids if i >= vocab_size]
             if bad:
                 raise ValueError(f"{name} has token ids {bad}: expected ids below the vocabulary size {vocab_size}")

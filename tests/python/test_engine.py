@@ -170,6 +170,45 @@ def test_stop_token_and_eos(tiny_model_dir):
     assert len(late.outputs[0].token_ids) > first + 1
 
 
+def test_allowed_token_ids_are_the_only_tokens_generated(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    [free] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True), use_tqdm=False)
+    # Without the greedy choice of the first step, greedy takes another allowed token.
+    allowed = [t for t in range(40, 60) if t != free.outputs[0].token_ids[0]]
+    greedy, seeded = engine.generate(
+        ["Hi", "Hi"], [SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, allowed_token_ids=allowed),
+                       SamplingParams(temperature=1.0, top_p=0.95, seed=5, max_tokens=12, ignore_eos=True,
+                                      allowed_token_ids=allowed, logprobs=1)], use_tqdm=False)
+    assert set(greedy.outputs[0].token_ids) <= set(allowed) and len(greedy.outputs[0].token_ids) == 6
+    assert set(seeded.outputs[0].token_ids) <= set(allowed) and len(seeded.outputs[0].token_ids) == 12
+    with pytest.raises(ValueError, match="allowed_token_ids has token ids"):
+        engine.generate(["Hi"], SamplingParams(allowed_token_ids=[1, 10**6]), use_tqdm=False)
+    assert_no_blocks_held(engine)
+
+
+def test_truncate_prompt_tokens_keeps_the_last_tokens(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32)
+    long_text = PROMPTS[2]
+    long_ids = engine.tokenizer.encode(long_text)
+    assert len(long_ids) > 8
+    [short] = engine.generate([{"prompt_token_ids": long_ids[-5:]}], GREEDY, use_tqdm=False)
+    [cut] = engine.generate([long_text], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True,
+                                                         truncate_prompt_tokens=5), use_tqdm=False)
+    assert cut.prompt_token_ids == long_ids[-5:] and cut.prompt == long_text  # the text as given, as vLLM
+    assert cut.outputs[0].token_ids == short.outputs[0].token_ids
+    # -1 keeps what the context holds with room for one output token: 31 of max_model_len 32.
+    too_long = (long_ids * 4)[:40]
+    with pytest.raises(ValueError, match="prompt of 40 tokens"):
+        engine.generate([{"prompt_token_ids": too_long}], GREEDY, use_tqdm=False)
+    [fitted] = engine.generate([{"prompt_token_ids": too_long}], SamplingParams(truncate_prompt_tokens=-1),
+                               use_tqdm=False)
+    assert fitted.prompt_token_ids == too_long[-31:] and len(fitted.outputs[0].token_ids) == 1
+    [whole] = engine.generate([{"prompt_token_ids": long_ids}], SamplingParams(truncate_prompt_tokens=-1),
+                              use_tqdm=False)
+    assert whole.prompt_token_ids == long_ids
+    assert_no_blocks_held(engine)
+
+
 def test_streaming_deltas_add_up_and_abort_frees_blocks(tiny_model_dir):
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
     engine.add_request("a", "Hi", SamplingParams(temperature=0, max_tokens=9, ignore_eos=True,

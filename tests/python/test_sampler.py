@@ -212,6 +212,56 @@ def test_logit_bias_and_min_tokens():
     assert out[1:] == [eos, eos]
 
 
+def test_allowed_token_ids_greedy_picks_the_best_allowed_token():
+    torch.manual_seed(11)
+    logits = torch.randn(5, 100, dtype=torch.bfloat16)
+    allowed = [[3, 50, 97], [8], [1, 2, 3, 4, 5, 2], [60, 61]]
+    params = [SamplingParams(temperature=0, allowed_token_ids=a) for a in allowed]
+    params.append(SamplingParams(temperature=0))  # unrestricted: its plain argmax
+    params[3] = SamplingParams(temperature=0, allowed_token_ids=allowed[3], logit_bias={61: 100.0, 5: 100.0})
+    out = sample(logits, params).sampled_token_ids.tolist()
+    masked = torch.full_like(logits.float(), float("-inf"))
+    for row, ids in enumerate(allowed):
+        masked[row, ids] = logits[row, ids].float()
+    masked[4] = logits[4].float()
+    assert out[:3] + out[4:] == masked.argmax(1)[[0, 1, 2, 4]].tolist()
+    assert out[3] == 61  # the bias lifts an allowed token; token 5's bias can't unmask it
+
+
+def test_allowed_token_ids_with_min_tokens_and_logprobs():
+    torch.manual_seed(12)
+    logits = torch.randn(2, 40)
+    logits[:, 0] = 30.0  # eos, the best token
+    params = [SamplingParams(temperature=0, allowed_token_ids=[0, 7, 9], min_tokens=1, logprobs=2),
+              SamplingParams(temperature=0, allowed_token_ids=[0, 7, 9], logprobs=2)]
+    out = sample(logits, params, eos=[0])
+    best = 7 if logits[0, 7] > logits[0, 9] else 9
+    assert out.sampled_token_ids.tolist() == [best, 0]
+    # Logprobs are the model's: the top ones include tokens that were not allowed.
+    reference = logits.double().log_softmax(1)
+    assert out.logprobs.token_ids[:, 1:].tolist() == reference.topk(2, dim=1).indices.tolist()
+    torch.testing.assert_close(out.logprobs.logprobs[0, 0].double(), reference[0, best], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, {"top_k": 2}, {"top_p": 0.5}, {"min_p": 0.3}, {"top_k": 50, "top_p": 0.9}])
+def test_allowed_token_ids_random_rows_only_sample_allowed_ids(kw):
+    torch.manual_seed(13)
+    vocab = 300
+    allowed = [5, 17, 150, 299]
+    params = [SamplingParams(temperature=1.5, seed=3, allowed_token_ids=allowed, logit_bias={17: -3.0}, **kw),
+              SamplingParams(temperature=0.8, seed=4, **kw),
+              SamplingParams(temperature=0, allowed_token_ids=allowed)]
+    generators = [request_generator(p) for p in params]
+    seen = set()
+    for _ in range(200):
+        logits = torch.randn(3, vocab) * 3
+        out = sample(logits, params, generators=generators).sampled_token_ids.tolist()
+        assert out[0] in allowed and out[2] in allowed, out
+        assert out[2] == max(allowed, key=lambda t: logits[2, t].item())
+        seen.add(out[0])
+    assert len(seen) >= (2 if "top_k" in kw or "top_p" in kw or "min_p" in kw else 4)
+
+
 def test_logprobs_come_from_the_raw_logits_with_ranks():
     torch.manual_seed(7)
     logits = torch.randn(4, 50)

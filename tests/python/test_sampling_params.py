@@ -36,6 +36,20 @@ def test_stop_token_ids_and_vocab_checks():
         p.check_token_ids(3)
     with pytest.raises(ValueError, match="logprobs must be at most the vocabulary size 10, got 11"):
         SamplingParams(logprobs=11).check_token_ids(10)
+    allowed = SamplingParams(allowed_token_ids=(4, 9))
+    assert allowed.allowed_token_ids == [4, 9]
+    allowed.check_token_ids(10)
+    with pytest.raises(ValueError, match=r"allowed_token_ids has token ids \[9\]: expected ids below the vocabulary"):
+        allowed.check_token_ids(9)
+
+
+def test_truncated_prompt_keeps_the_last_tokens():
+    prompt = [5, 6, 7, 8, 9]
+    assert SamplingParams().truncated_prompt(prompt, 4) == prompt
+    assert SamplingParams(truncate_prompt_tokens=2).truncated_prompt(prompt, 4) == [8, 9]
+    assert SamplingParams(truncate_prompt_tokens=9).truncated_prompt(prompt, 4) == prompt
+    assert SamplingParams(truncate_prompt_tokens=-1).truncated_prompt(prompt, 4) == [7, 8, 9]
+    assert SamplingParams(truncate_prompt_tokens=-1).truncated_prompt(prompt, 9) == prompt
 
 
 BAD_VALUES = [
@@ -72,6 +86,13 @@ BAD_VALUES = [
     ("logit_bias", [1, 2], r"logit_bias must be a dict of token id -> bias"),
     ("logit_bias", {"5": 1.0}, r"logit_bias must be keyed by token ids \(integers >= 0\), got '5'"),
     ("logit_bias", {5: 101.0}, r"logit_bias\[5\] must be a number in \[-100, 100\], got 101.0"),
+    ("allowed_token_ids", [], r"allowed_token_ids must be a non-empty list of token ids \(integers >= 0\), got \[\]"),
+    ("allowed_token_ids", [3, -2], r"allowed_token_ids must be a non-empty list of token ids \(integers >= 0\), got -2"),
+    ("allowed_token_ids", 4, r"allowed_token_ids must be a non-empty list of token ids"),
+    ("allowed_token_ids", [1.0], r"allowed_token_ids must be a non-empty list of token ids"),
+    ("truncate_prompt_tokens", 0, r"truncate_prompt_tokens must be an integer >= 1, -1 \(all the context holds\) or None"),
+    ("truncate_prompt_tokens", -2, r"truncate_prompt_tokens must be an integer >= 1, -1"),
+    ("truncate_prompt_tokens", True, r"truncate_prompt_tokens must be an integer >= 1, -1"),
 ]
 
 

@@ -29,6 +29,18 @@ def chat(client, messages=MESSAGES, **params):
     return client.chat.completions.create(model=MODEL, messages=messages, extra_body=extra or None, **params)
 
 
+def test_allowed_token_ids_and_truncate_prompt_tokens(tiny_client, tiny_engine):
+    allowed = tiny_engine.tokenizer.encode(" Paris is France")
+    reference = offline_chat(tiny_engine, MESSAGES, **GREEDY, allowed_token_ids=allowed).outputs[0]
+    response = chat(tiny_client, **GREEDY, allowed_token_ids=allowed)
+    assert set(reference.token_ids) <= set(allowed)
+    assert response.choices[0].message.content == reference.text
+    cut = offline_chat(tiny_engine, MESSAGES, **GREEDY, truncate_prompt_tokens=4)
+    response = chat(tiny_client, **GREEDY, truncate_prompt_tokens=4)
+    assert len(cut.prompt_token_ids) == 4 and response.usage.prompt_tokens == 4
+    assert response.choices[0].message.content == cut.outputs[0].text
+
+
 def test_greedy_reply_and_usage_equal_the_offline_engine(tiny_client, tiny_engine):
     reference = offline_chat(tiny_engine, MESSAGES, **GREEDY)
     response = chat(tiny_client, **GREEDY)

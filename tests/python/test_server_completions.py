@@ -83,6 +83,22 @@ def test_logit_bias_forces_a_token(tiny_client, tiny_engine):
     assert response.choices[0].text == tiny_engine.tokenizer.decode([token_id] * 4)
 
 
+def test_allowed_token_ids_and_truncate_prompt_tokens(tiny_client, tiny_engine):
+    allowed = tiny_engine.tokenizer.encode(" ka lo mi")
+    [choice] = complete(tiny_client, temperature=1.0, top_p=1.0, seed=3, max_tokens=8, ignore_eos=True,
+                        allowed_token_ids=allowed).choices
+    expected = offline(tiny_engine, PROMPT, temperature=1.0, top_p=1.0, seed=3, max_tokens=8, ignore_eos=True,
+                       allowed_token_ids=allowed).outputs[0]
+    assert set(expected.token_ids) <= set(allowed) and choice.text == expected.text
+    # The prompt's last 3 tokens: echoed, counted and generated from as the short prompt.
+    ids = tiny_engine.tokenizer.encode(PROMPT)
+    greedy = dict(temperature=0, max_tokens=5, ignore_eos=True)
+    short = offline(tiny_engine, ids[-3:], **greedy).outputs[0]
+    response = complete(tiny_client, PROMPT, echo=True, truncate_prompt_tokens=3, **greedy)
+    assert response.choices[0].text == tiny_engine.tokenizer.decode(ids[-3:]) + short.text
+    assert response.usage.prompt_tokens == 3
+
+
 def test_stop_strings_and_stop_token_ids(tiny_client, tiny_engine):
     free = offline(tiny_engine, PROMPT, temperature=0, max_tokens=16, ignore_eos=True).outputs[0]
     stop = free.text[6:9]

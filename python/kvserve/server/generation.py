@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
+from kvserve.sampling_params import truncate_prompt
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import GenerationRequest
@@ -115,6 +116,17 @@ class Generation:
         self._stream.close()
 
 
+def _truncated(prompt: EnginePrompt, keep: int, max_model_len: int) -> EnginePrompt:
+    """The prompt's last `keep` tokens (truncate_prompt), without text when cut: echo then shows the
+    kept tokens' text. The engine would truncate too; here it is done first so the length checks
+    see it."""
+    if keep == 0:
+        raise bad_request("truncate_prompt_tokens must be an integer >= 1 or -1 (all the context holds), got 0",
+                          "truncate_prompt_tokens")
+    token_ids = truncate_prompt(prompt.token_ids, keep, max_model_len)
+    return prompt if len(token_ids) == len(prompt.token_ids) else EnginePrompt(token_ids)
+
+
 def start_generation(raw_request: Request, body: GenerationRequest, prompts: list[EnginePrompt], *, prefix: str,
                      param: str, max_tokens: int | None, explicit_max_tokens: bool, logprobs: int | None,
                      prompt_logprobs: int | None = None, max_tokens_param: str = "max_tokens",
@@ -131,6 +143,8 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
     if len(prompts) > engine.max_waiting:  # more than the server ever queues: no use retrying
         raise bad_request(f"the request holds {len(prompts)} prompts; this server queues at most {engine.max_waiting} "
                           "at once (--max-waiting)", param)
+    if body.truncate_prompt_tokens is not None:
+        prompts = [_truncated(p, body.truncate_prompt_tokens, served.max_model_len) for p in prompts]
     for prompt in prompts:
         served.check_token_ids(prompt.token_ids, param)
     if prompt_only:

@@ -101,6 +101,8 @@ class GenerationRequest(_Model):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    allowed_token_ids: list[int] | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
 
     @property
     def include_usage(self) -> bool:
@@ -118,7 +120,8 @@ class GenerationRequest(_Model):
             seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
             max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
-            include_stop_str_in_output=self.include_stop_str_in_output, output_kind=RequestOutputKind.DELTA,
+            include_stop_str_in_output=self.include_stop_str_in_output, allowed_token_ids=self.allowed_token_ids,
+            truncate_prompt_tokens=self.truncate_prompt_tokens, output_kind=RequestOutputKind.DELTA,
             **{name: value for name, value in picked.items() if value is not None})
 
     def _logit_bias(self) -> dict[int, float] | None:
