@@ -133,6 +133,13 @@ def test_serve_refuses_a_bad_port_or_shutdown_timeout(flags, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_serve_refuses_a_model_path_taken_as_a_served_name(model_dir):
+    """--served-model-name takes several names: a model given after it would be served as a name."""
+    result = run_cli("serve", "--served-model-name", "tiny", str(model_dir))
+    assert result.returncode == 1 and "--served-model-name took" in result.stderr and "give the model first" in \
+        result.stderr
+
+
 def test_a_reply_interrupted_mid_step_is_forgotten_and_the_chat_goes_on(engine, monkeypatch):
     session = ChatSession(engine, SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
     first = session.reply("Hi", lambda text: None)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import signal
 import socket
+from pathlib import Path
 
 import uvicorn
 
@@ -64,8 +65,19 @@ class _GracefulServer(uvicorn.Server):
             stop.cancel()
 
 
+def _check_model_argument(args: argparse.Namespace) -> None:
+    """`kvserve serve --served-model-name NAME MODEL`: the flag takes one or more names, so MODEL
+    became a name and the default model would be served under both. Refused when a name is a path."""
+    if args.model is None and args.served_model_name:
+        paths = [name for name in args.served_model_name if Path(name).exists()]
+        if paths:
+            raise SystemExit(f"kvserve serve: --served-model-name took {paths[0]!r}, which is a path: give the model "
+                             "first (kvserve serve MODEL --served-model-name NAME)")
+
+
 def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    _check_model_argument(args)
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
