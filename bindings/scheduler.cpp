@@ -153,6 +153,8 @@ void bind_scheduler(nb::module_& m) {
           nb::arg("request_id"), "Whether a request with this id is unfinished (waiting or running).")
       .def_prop_ro("num_running", [](const PyScheduler& s) { return s.core.num_running(); })
       .def_prop_ro("num_waiting", [](const PyScheduler& s) { return s.core.num_waiting(); })
+      .def_prop_ro("num_running_seqs", [](const PyScheduler& s) { return s.core.num_running_seqs(); },
+                   "int: the running requests' sequences (n each), the batch's places in use")
       .def("stats", [](const PyScheduler& s) { return s.core.stats(); });
 }
 

@@ -100,6 +100,8 @@ class KVSERVE_EXPORT Scheduler {
   bool has_unfinished_requests() const { return !slot_of_.empty(); }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  // The running requests' sequences (a request of n samples runs n): the batch's places in use.
+  int32_t num_running_seqs() const { return num_running_seqs_; }
   SchedulerStats stats() const;
 
   // For tests and debugging: the live request with this id (nullptr when none), and the block state.

@@ -6,6 +6,7 @@ runs on each way the engine steps (step_modes.py)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -22,6 +23,14 @@ def engine(tiny_model_dir, request):
     """The CPU engine, stepping plainly or as on a GPU, where a step's outputs come while the next
     one runs (step_modes.py)."""
     engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01)
+    return set_step_mode(engine, request.param)
+
+
+@pytest.fixture(params=STEP_MODES)
+def engine_of_eight(tiny_model_dir, request):
+    """The same, running at most eight sequences at a time."""
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.01,
+                    max_num_seqs=8)
     return set_step_mode(engine, request.param)
 
 
@@ -143,4 +152,21 @@ def test_a_full_waiting_room_and_a_shutdown_are_clear_errors(engine_of_one):
         return async_engine.is_running
 
     assert run(engine, scenario, max_waiting=2) is False
+    assert_no_blocks_held(engine)
+
+
+def test_the_waiting_room_counts_each_request_by_its_samples(engine_of_eight):
+    """A request of n samples takes n of the batch's places: two of n = 4 fill eight, so a third
+    waits (as 4 sequences, more than the room of 2)."""
+    engine = engine_of_eight
+    four = dataclasses.replace(DELTA, n=4, temperature=1.0, seed=1)
+
+    async def scenario(async_engine):
+        streams = [async_engine.submit(name, prompts(engine, "a"), four) for name in ("a", "b")]
+        with pytest.raises(QueueFullError, match="limit is 2"):
+            async_engine.submit("c", prompts(engine, "a"), four)
+        for stream in streams:
+            await collect(stream)
+
+    run(engine, scenario, max_waiting=2)
     assert_no_blocks_held(engine)

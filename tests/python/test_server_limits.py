@@ -79,9 +79,9 @@ def test_a_full_waiting_room_answers_503_then_serves_again(server):
         assert http.post("/v1/completions", json={**payload(4), "stream": False}).status_code == 200
 
 
-def test_more_prompts_than_the_waiting_room_holds_is_a_bad_request(server):
+def test_more_prompts_than_the_batch_and_the_waiting_room_hold_is_a_bad_request(server):
     response = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                          json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 1})
+                          json={"model": MODEL, "prompt": ["a", "b", "c", "d"], "max_tokens": 1})
     assert response.status_code == 400 and "--max-waiting" in response.json()["error"]["message"]
 
 

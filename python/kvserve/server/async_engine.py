@@ -49,7 +49,8 @@ class EngineSnapshot:
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
     num_preemptions: int = 0
-    num_requests_added: int = 0  # add commands taken so far (accepted or not)
+    num_running_seqs: int = 0  # the batch's places in use (a request of n samples takes n)
+    num_seqs_added: int = 0  # sequences (n a prompt) of the add commands taken so far, accepted or not
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ class AsyncEngine:
         self._observer = observer or StepObserver()
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[RequestStream, int]] = {}  # touched on the event loop only
-        self._num_submitted = 0  # prompts submitted, counted on the event loop
-        self._num_added = 0  # prompts taken by the engine thread, counted there
+        self._num_submitted_seqs = 0  # sequences (n a prompt) submitted, counted on the event loop
+        self._num_added_seqs = 0  # sequences taken by the engine thread, counted there
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._shutdown: asyncio.Future | None = None
@@ -140,27 +141,35 @@ class AsyncEngine:
     @property
     def num_waiting(self) -> int:
         """Requests accepted but not running: those waiting in the scheduler, and those not yet taken
-        by the thread beyond the batch's free places (the others run as soon as it takes them)."""
-        return self._waiting_with(self._num_submitted - self.snapshot.num_requests_added)
+        by the thread beyond the batch's free places (which the others can take at once). Counted
+        in sequences past those places, so a request of n samples counts n: never fewer than wait."""
+        return self._waiting_with(self.snapshot, 0)
 
-    def _waiting_with(self, num_untaken: int) -> int:
-        snapshot = self.snapshot
-        free = max(0, self.engine.max_num_seqs - snapshot.num_running - snapshot.num_waiting)
-        return snapshot.num_waiting + max(0, num_untaken - free)
+    @property
+    def max_accepted_seqs(self) -> int:
+        """The most sequences one submit() can ever bring: the batch's places and the waiting room."""
+        return self.engine.max_num_seqs + self.max_waiting
+
+    def _waiting_with(self, snapshot: EngineSnapshot, new_seqs: int) -> int:
+        untaken = self._num_submitted_seqs - snapshot.num_seqs_added + new_seqs
+        # With requests waiting in the scheduler, a place that frees goes to them first.
+        free = 0 if snapshot.num_waiting else max(0, self.engine.max_num_seqs - snapshot.num_running_seqs)
+        return snapshot.num_waiting + max(0, untaken - free)
 
     def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams) -> RequestStream:
         """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs.
         Raises QueueFullError when they do not fit under max_waiting, EngineStoppedError after shutdown."""
         if not self.is_running:
             raise EngineStoppedError("the engine is not running")
-        untaken = self._num_submitted - self.snapshot.num_requests_added
-        if self._waiting_with(untaken + len(prompts)) > self.max_waiting:
-            raise QueueFullError(f"{self.num_waiting} requests are already waiting (the limit is {self.max_waiting})")
+        snapshot = self.snapshot
+        if self._waiting_with(snapshot, len(prompts) * params.n) > self.max_waiting:
+            raise QueueFullError(f"{self._waiting_with(snapshot, 0)} requests are already waiting (the limit is "
+                                 f"{self.max_waiting})")
         stream = RequestStream(self, [f"{request_id}-{i}" for i in range(len(prompts))])
         arrival_time = time.time()
         for i, (engine_id, prompt) in enumerate(zip(stream.request_ids, prompts)):
             self._streams[engine_id] = (stream, i)
-            self._num_submitted += 1
+            self._num_submitted_seqs += params.n
             engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
             self._commands.put(("add", engine_id, engine_prompt, params, arrival_time))
         return stream
@@ -234,7 +243,7 @@ class AsyncEngine:
     def _apply(self, command: tuple) -> None:
         if command[0] == "add":
             _, request_id, prompt, params, arrival_time = command
-            self._num_added += 1
+            self._num_added_seqs += params.n
             try:
                 self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time)
             except ValueError as error:
@@ -280,4 +289,4 @@ class AsyncEngine:
             num_running=self.engine.scheduler.num_running, num_waiting=self.engine.scheduler.num_waiting,
             kv_cache_usage=stats.kv_cache_usage, prefix_cache_queries=stats.prefix_cache_queries,
             prefix_cache_hits=stats.prefix_cache_hits, num_preemptions=stats.num_preemptions,
-            num_requests_added=self._num_added)
+            num_running_seqs=self.engine.scheduler.num_running_seqs, num_seqs_added=self._num_added_seqs)

@@ -120,9 +120,6 @@ def _truncated(prompt: EnginePrompt, keep: int, max_model_len: int) -> EnginePro
     """The prompt's last `keep` tokens (truncate_prompt), without text when cut: echo then shows the
     kept tokens' text. The engine would truncate too; here it is done first so the length checks
     see it."""
-    if keep == 0:
-        raise bad_request("truncate_prompt_tokens must be an integer >= 1 or -1 (all the context holds), got 0",
-                          "truncate_prompt_tokens")
     token_ids = truncate_prompt(prompt.token_ids, keep, max_model_len)
     return prompt if len(token_ids) == len(prompt.token_ids) else EnginePrompt(token_ids)
 
@@ -140,9 +137,10 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
-    if len(prompts) > engine.max_waiting:  # more than the server ever queues: no use retrying
-        raise bad_request(f"the request holds {len(prompts)} prompts; this server queues at most {engine.max_waiting} "
-                          "at once (--max-waiting)", param)
+    if len(prompts) * body.n > engine.max_accepted_seqs:  # more than the server ever takes: no use retrying
+        raise bad_request(f"the request holds {len(prompts)} prompts of n = {body.n} samples; this server takes at "
+                          f"most {engine.max_accepted_seqs} at once (--max-num-seqs running, --max-waiting waiting)",
+                          param)
     if body.truncate_prompt_tokens is not None:
         prompts = [_truncated(p, body.truncate_prompt_tokens, served.max_model_len) for p in prompts]
     for prompt in prompts:
