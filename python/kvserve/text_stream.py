@@ -108,6 +108,7 @@ class TextStream:
         self._owed_seen = ""
         # generic decoders: all ids so far, the context's final text, the text emitted so far
         self._ids = list(context_ids) if tables.kind == "generic" else []
+        self._num_context_ids = len(context_ids)
         self._context_text = ""
         self._emitted = ""
         if not context_ids:
@@ -137,7 +138,7 @@ class TextStream:
             text = self._push_byte_fallback(token_ids)
         else:
             self._ids.extend(token_ids)
-            text = self._emit(self._decode_all().rstrip("\ufffd"))
+            text = self._emit(final=False)
         return self._pay_owed(text)
 
     def flush(self) -> str:
@@ -147,7 +148,7 @@ class TextStream:
         elif kind == "byte_fallback":
             text = self._strip(self._close_byte_run())
         else:
-            text = self._emit(self._decode_all())
+            text = self._emit(final=True)
         text = self._pay_owed(text)
         self._owed = self._owed_seen = ""  # an output that only ever repeated it adds nothing
         return text
@@ -205,10 +206,17 @@ class TextStream:
     def _decode_all(self) -> str:
         return self._backend.decode(self._ids, skip_special_tokens=self._skip_special_tokens)
 
-    def _emit(self, text: str) -> str:
-        if not text.startswith(self._context_text):
-            return ""  # the decoder rewrote the context's text: nothing after it can be placed
-        text = text[len(self._context_text):]
+    def _emit(self, final: bool) -> str:
+        """Generic decoders: the new text of decode(context + output) past the context's text;
+        unfinished characters (U+FFFD) wait for the next push unless `final`."""
+        text = self._decode_all()
+        if text.startswith(self._context_text):
+            text = text[len(self._context_text):]
+        else:  # the decoder rewrote the context's text: the output's ids decoded alone
+            text = self._backend.decode(self._ids[self._num_context_ids:],
+                                        skip_special_tokens=self._skip_special_tokens)
+        if not final:
+            text = text.rstrip("\ufffd")
         if not text.startswith(self._emitted):
             return ""  # the decoder rewrote text already returned: nothing more can be added safely
         new = text[len(self._emitted):]

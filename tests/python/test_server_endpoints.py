@@ -126,13 +126,13 @@ def test_metrics_count_tokens_requests_and_latencies(server, tokenizer):
         assert grew(f"{name}_count") == 4, name
     assert grew("inter_token_latency_seconds_count") == 4 + 6 + 2 + 0
     # Per finished request: its prompt and generated tokens, its prefill, decode and inference times,
-    # and its time per output token (not for the one-token request).
+    # and its time per output token (0 for the one-token request, as vLLM records it).
     assert grew("request_prompt_tokens_sum") == grew("prompt_tokens_total")
     assert grew("request_generation_tokens_sum") == 5 + 7 + 3 + 1
     for name in ("request_prompt_tokens", "request_generation_tokens", "request_prefill_time_seconds",
                  "request_decode_time_seconds", "request_inference_time_seconds"):
         assert grew(f"{name}_count") == 4, name
-    assert grew("request_time_per_output_token_seconds_count") == 3
+    assert grew("request_time_per_output_token_seconds_count") == 4
     assert grew("num_preemptions_total") == 0
     # The second prompt finds the first one's full blocks in the prefix cache.
     assert grew("prefix_cache_hits_total") >= 16 and grew("prefix_cache_queries_total") >= grew("prefix_cache_hits_total")

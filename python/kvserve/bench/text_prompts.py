@@ -29,6 +29,7 @@ def text_prompt(token_ids: list[int], tokenizer: Tokenizer, rng: np.random.Gener
     """Text that encodes (as a server encodes a completion prompt) to len(token_ids) tokens where
     the rounds get there, and the ids it encodes to."""
     num_special = len(tokenizer.encode("", add_special_tokens=True))  # e.g. the BOS a server adds
+    base_vocab = tokenizer.backend.get_vocab_size(with_added_tokens=False)
     wanted = max(1, len(token_ids) - num_special)
     content = list(token_ids[:wanted])
     text = tokenizer.decode(content)
@@ -39,7 +40,8 @@ def text_prompt(token_ids: list[int], tokenizer: Tokenizer, rng: np.random.Gener
         if len(content) > wanted:
             content = content[:wanted]
         else:
-            content += rng.integers(LOWEST_TOKEN_ID, tokenizer.vocab_size - 1, wanted - len(content)).tolist()
+            # From the base vocabulary, as the random dataset draws: no added special tokens.
+            content += rng.integers(LOWEST_TOKEN_ID, base_vocab - 1, wanted - len(content)).tolist()
         text = tokenizer.decode(content)
     return text, tokenizer.encode(text, add_special_tokens=True)
 

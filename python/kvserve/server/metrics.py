@@ -50,7 +50,9 @@ def _token_buckets(max_model_len: int) -> list[int]:
 
 class ServerMetrics(StepObserver):
     def __init__(self, model_name: str, max_model_len: int):
-        disable_created_metrics()  # no `*_created` series beside the counters and histograms, as vLLM's
+        # No `*_created` series beside the counters and histograms, as vLLM's (like vLLM, this sets
+        # prometheus_client's process-wide switch).
+        disable_created_metrics()
         self.registry = CollectorRegistry()
         labels = {"labelnames": ["model_name"], "registry": self.registry}
 
@@ -131,9 +133,9 @@ class ServerMetrics(StepObserver):
                 self.prefill_time.observe(first - scheduled)
         if first is not None and last is not None:
             self.decode_time.observe(last - first)
-            samples = max(1, len(output.outputs))
-            if generated > samples:  # a token after each sample's first
-                self.tpot.observe((last - first) / (generated / samples - 1))
+            # Per sample (of n, which vLLM records as n requests); 0 with no token after the first, as vLLM.
+            after_first = generated / max(1, len(output.outputs)) - 1
+            self.tpot.observe((last - first) / after_first if after_first > 0 else 0.0)
 
     def on_abort(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:

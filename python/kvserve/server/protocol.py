@@ -102,7 +102,14 @@ class GenerationRequest(_Model):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: all the context holds; not 0
+
+    @field_validator("truncate_prompt_tokens")
+    @classmethod
+    def _keeps_tokens(cls, keep: int | None) -> int | None:
+        if keep == 0:
+            raise ValueError("truncate_prompt_tokens must be an integer >= 1, or -1 for all the context holds")
+        return keep
 
     @property
     def include_usage(self) -> bool:

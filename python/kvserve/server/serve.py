@@ -67,11 +67,13 @@ class _GracefulServer(uvicorn.Server):
 
 def _check_model_argument(args: argparse.Namespace) -> None:
     """`kvserve serve --served-model-name NAME MODEL`: the flag takes one or more names, so MODEL
-    became a name and the default model would be served under both. Refused when a name is a path."""
+    became a name and the default model would be served under both. Refused when a name is a model:
+    a checkpoint directory or a GGUF file."""
     if args.model is None and args.served_model_name:
-        paths = [name for name in args.served_model_name if Path(name).exists()]
+        paths = [name for name in args.served_model_name
+                 if (Path(name) / "config.json").is_file() or (name.endswith(".gguf") and Path(name).is_file())]
         if paths:
-            raise SystemExit(f"kvserve serve: --served-model-name took {paths[0]!r}, which is a path: give the model "
+            raise SystemExit(f"kvserve serve: --served-model-name took {paths[0]!r}, which is a model: give the model "
                              "first (kvserve serve MODEL --served-model-name NAME)")
 
 
