@@ -127,8 +127,10 @@ def test_vllms_flags_parse(model_dir):
     (["--port", "http"], "argument --port: expected a port in [0, 65535], got 'http'"),
     (["--shutdown-timeout", "-1"], "argument --shutdown-timeout: expected a number of seconds >= 0, got '-1'"),
     (["--shutdown-timeout", "inf"], "argument --shutdown-timeout: expected a number of seconds >= 0, got 'inf'"),
+    (["--allowed-origins", "*"], "argument --allowed-origins: expected a JSON list of strings, e.g. '[\"*\"]', got '*'"),
+    (["--allowed-methods", '["GET", 1]'], "argument --allowed-methods: expected a JSON list of strings"),
 ])
-def test_serve_refuses_a_bad_port_or_shutdown_timeout(flags, message):
+def test_serve_refuses_a_bad_port_timeout_or_cors_list(flags, message):
     result = run_cli("serve", *flags)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 

@@ -14,35 +14,25 @@ from kvserve.server.async_engine import DEFAULT_MAX_WAITING
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def _json_list(value: str) -> list[str]:
-    """vLLM's form of the CORS flags: a JSON list of strings, e.g. '["https://example.com"]'."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
-        raise argparse.ArgumentTypeError(f"expected a JSON list of strings, e.g. '[\"*\"]', got {value!r}")
-    return parsed
+def _flag_type(parse, valid, expected: str):
+    """An argparse type: parse(value) when it parses and valid() accepts it, else "expected ...,
+    got VALUE"."""
+    def convert(value: str):
+        try:
+            result = parse(value)
+        except ValueError:  # json.JSONDecodeError is one
+            result = None
+        if result is None or not valid(result):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return result
+    return convert
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = None
-    if port is None or not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in [0, 65535], got {value!r}")
-    return port
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = None
-    if seconds is None or not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}")
-    return seconds
+# vLLM's form of the CORS flags: a JSON list of strings, e.g. '["https://example.com"]'.
+_json_list = _flag_type(json.loads, lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+                        "a JSON list of strings, e.g. '[\"*\"]'")
+_port = _flag_type(int, lambda port: 0 <= port <= 65535, "a port in [0, 65535]")
+_seconds = _flag_type(float, lambda seconds: 0 <= seconds < float("inf"), "a number of seconds >= 0")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
