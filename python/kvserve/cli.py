@@ -35,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except BrokenPipeError:
         return stdout_closed()
+    except KeyboardInterrupt:  # Ctrl-C before a command handles it itself (a model loading)
+        print("kvserve: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
-# A process that SIGPIPE ended exits with 128 + 13 in a shell, as `yes | head -1` does.
+# A process that SIGPIPE ended exits with 128 + 13 in a shell, as `yes | head -1` does; one that
+# SIGINT ended with 128 + 2.
 EXIT_BROKEN_PIPE = 141
+EXIT_INTERRUPTED = 130
 
 
 def stdout_closed() -> int:

@@ -10,6 +10,7 @@ import pytest
 
 import kvserve
 from kvserve import Engine, SamplingParams
+from kvserve.cli import main
 from kvserve.terminal import ChatSession
 
 
@@ -140,6 +141,17 @@ def test_serve_refuses_a_model_path_taken_as_a_served_name(model_dir):
     result = run_cli("serve", "--served-model-name", "tiny", str(model_dir))
     assert result.returncode == 1 and "--served-model-name took" in result.stderr and "give the model first" in \
         result.stderr
+
+
+def test_ctrl_c_while_a_model_loads_ends_quietly(monkeypatch, capsys):
+    import kvserve.server.serve
+
+    def loading(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kvserve.server.serve, "run_server", loading)
+    assert main(["serve", "--port", "0"]) == 130
+    assert capsys.readouterr().err == "kvserve: interrupted\n"
 
 
 def test_a_reply_interrupted_mid_step_is_forgotten_and_the_chat_goes_on(engine, monkeypatch):
