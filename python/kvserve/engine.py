@@ -134,7 +134,7 @@ class Engine:
             max_model_len = config.max_model_len
         elif not 0 < max_model_len <= config.max_model_len:
             raise ValueError(f"max_model_len must be in [1, {config.max_model_len}] (the model's "
-                             f"max_position_embeddings), got {max_model_len}")
+                             f"max_position_embeddings, stretched by its rope scaling), got {max_model_len}")
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         if self.device.type == "cuda" and kv_cache_memory_gb is None:

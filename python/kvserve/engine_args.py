@@ -56,7 +56,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's dtype")
     group.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
                        help="dummy: the model's shapes with random weights (nothing read from disk)")
-    group.add_argument("--max-model-len", type=int, help="context length (default: the model's max_position_embeddings)")
+    group.add_argument("--max-model-len", type=int,
+                       help="context length (default: the model's max_position_embeddings, stretched by its rope "
+                       "scaling as vLLM derives it)")
     group.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block (default: 16)")
     group.add_argument("--max-num-seqs", type=int, default=256, help="the most sequences in one step (default: 256)")
     group.add_argument("--max-num-batched-tokens", type=int, default=max_num_batched_tokens,

@@ -108,6 +108,15 @@ class ModelConfig:
 
     @property
     def max_model_len(self) -> int:
+        """The longest context the model takes, as vLLM derives it: max_position_embeddings, times
+        the rope's factor where the scaling stretches the positions (linear; yarn from
+        original_max_position_embeddings). A llama3 config's max_position_embeddings is already
+        the stretched length."""
+        scaling = self.rope.scaling
+        if self.rope.rope_type == "linear":
+            return int(self.max_position_embeddings * scaling["factor"])
+        if self.rope.rope_type == "yarn":
+            return int(scaling["original_max_position_embeddings"] * scaling["factor"])
         return self.max_position_embeddings
 
     def resolve_dtype(self, dtype: str | torch.dtype = "auto") -> torch.dtype:

@@ -43,12 +43,20 @@ def test_older_config_keys():
     assert config.head_dim == 16 and config.num_key_value_heads == 2
     assert config.eos_token_ids == (7, 8, 9) and config.bos_token_id == 1
     assert config.default_sampling == {"top_k": 20, "max_tokens": 32}
-    assert config.max_model_len == 512
+    assert config.max_model_len == 1024  # max_position_embeddings 512 stretched by the linear factor 2
 
 
 def test_yarn_defaults_original_context_to_max_positions():
     config = ModelConfig.from_hf_dicts(_hf(rope_scaling={"rope_type": "yarn", "factor": 4.0}))
     assert config.rope.scaling["original_max_position_embeddings"] == 512
+    assert config.max_model_len == 2048
+
+
+def test_llama3_scaling_keeps_max_position_embeddings_as_the_context():
+    config = ModelConfig.from_hf_dicts(_hf(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}))
+    assert config.max_model_len == 512
 
 
 @pytest.mark.parametrize("architecture, fields, expected", [

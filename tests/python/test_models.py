@@ -9,9 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from kvserve import Engine, SamplingParams
 from kvserve.loader import load_model
 from kvserve.models import SUPPORTED_ARCHITECTURES
 from paged_greedy import paged_greedy
+from tiny_models import save_tiny_model
 
 # Lengths cross block boundaries (block_size 4) and Mistral's window of 5.
 PROMPTS = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [900 - 37 * i for i in range(17)]]
@@ -71,6 +73,24 @@ def test_sliding_window_as_transformers_reads_it(tmp_path, tiny_model_dir, archi
     hf_ids, hf_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS, use_cache=False)
     assert_logits_close(logits, hf_logits)
     assert ids == hf_ids
+
+
+# Rope scalings that stretch the positions give a longer context than max_position_embeddings, as
+# vLLM derives it (linear: times the factor; yarn: original_max_position_embeddings times it).
+@pytest.mark.parametrize("rope_scaling, max_model_len", [
+    ({"rope_type": "linear", "factor": 2.0}, 64),
+    ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}, 64),
+], ids=["linear", "yarn"])
+def test_a_stretched_rope_serves_past_max_position_embeddings(tmp_path, rope_scaling, max_model_len):
+    directory = save_tiny_model(tmp_path / "stretched", "Qwen2ForCausalLM", max_position_embeddings=32,
+                                rope_scaling=rope_scaling)
+    engine = Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01)
+    assert engine.max_model_len == max_model_len
+    prompt = [(7 * i) % 900 + 10 for i in range(50)]  # past the 32 positions the config names
+    [output] = engine.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=8,
+                                                                              ignore_eos=True), use_tqdm=False)
+    [hf_ids], _ = hf_greedy(directory, [prompt], 8)
+    assert output.outputs[0].token_ids == hf_ids
 
 
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen3ForCausalLM"])

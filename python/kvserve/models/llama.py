@@ -131,7 +131,7 @@ class LlamaForCausalLM(nn.Module):
         self.dtype = dtype
         self.model = LlamaModel(config, dtype, self.attention_options(config))
         self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, False, dtype)
-        self.rotary = RotaryEmbedding(config.rope, config.head_dim, config.max_position_embeddings)
+        self.rotary = RotaryEmbedding(config.rope, config.head_dim, config.max_model_len)
         # A tied LM head's fast_copies of the embedding (an untied one is a Linear, which keeps its own).
         self.tied_lm_head_copies: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         # The C++ stack over the weights and the caches list it was built for (rebuilt for another).
