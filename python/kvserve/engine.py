@@ -34,8 +34,8 @@ import torch
 from kvserve import _C
 from kvserve.chat_template import chat_template_arguments
 from kvserve.device import resolve_device
-from kvserve.engine_args import (GENERATION_CONFIGS, OFFLINE_MAX_NUM_BATCHED_TOKENS, bool_argument, fraction_argument,
-                                 int_argument)
+from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
+                                 bool_argument, fraction_argument, int_argument)
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
@@ -43,7 +43,7 @@ from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
-from kvserve.sampling_params import RequestOutputKind, SamplingParams
+from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int
 from kvserve.tokenizer import Tokenizer
 
 logger = logging.getLogger("kvserve")
@@ -54,10 +54,6 @@ logger = logging.getLogger("kvserve")
 # model with random weights), losing those steps costs more than the host's wait between steps
 # (a few % of a step), so the next step has the tokens settled before it reads them.
 RESAMPLED_SHARE_LIMIT = 0.03
-
-# The scheduler's request fields (priority) are int32.
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
 
 def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
     """The model's tokenizer: a given directory or hub id, the GGUF file's own, or the checkpoint
@@ -96,7 +92,8 @@ class Engine:
         scripts: kvserve runs on one device, and its architectures are built in."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
-            raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), got {tensor_parallel_size!r}")
+            raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
+                             f"got {tensor_parallel_size!r}")
         if trust_remote_code:
             logger.info("trust_remote_code: kvserve never runs a checkpoint's code (its architectures are built in)")
         if generation_config not in GENERATION_CONFIGS:
@@ -109,12 +106,11 @@ class Engine:
         enable_chunked_prefill = bool_argument("enable_chunked_prefill", enable_chunked_prefill, True)
         block_size = 16 if block_size is None else block_size
         # The scheduler's rule (scheduler_config.cpp), checked before the KV cache is sized by it.
-        if (isinstance(block_size, bool) or not isinstance(block_size, int) or not 1 <= block_size <= 256
-                or block_size & (block_size - 1)):
+        if not is_int(block_size) or not 1 <= block_size <= 256 or block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two in [1, 256], got {block_size!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+        if seed is not None and (not is_int(seed) or not -(2**63) <= seed < 2**64):
             raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] or None, got {seed!r}")
-        if max_model_len is not None and (isinstance(max_model_len, bool) or not isinstance(max_model_len, int)):
+        if max_model_len is not None and not is_int(max_model_len):
             raise ValueError(f"max_model_len must be an integer or None, got {max_model_len!r}")
         if seed is not None:
             torch.manual_seed(seed)
@@ -226,7 +222,7 @@ class Engine:
                              f"skip_tokenizer_init=True: use stop_token_ids")
         if not 1 <= params.n <= self.max_num_seqs:
             raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")
-        if isinstance(priority, bool) or not isinstance(priority, int) or not INT32_MIN <= priority <= INT32_MAX:
+        if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
             raise ValueError(f"priority must be an integer in [-2**31, 2**31 - 1], got {priority!r}")
         # As vLLM: at most the room max_model_len leaves (the scheduler stops there anyway), so
         # that any max_tokens fits; min_tokens past that room can't be reached either.

@@ -14,6 +14,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from kvserve.loader.load import LOAD_FORMATS
+from kvserve.sampling_params import is_int
 
 if TYPE_CHECKING:  # the Engine (and torch) load when one is built, not for `kvserve --help`
     from kvserve.engine import Engine
@@ -52,7 +53,8 @@ SERVING_MAX_NUM_BATCHED_TOKENS = 2048
 def add_engine_arguments(parser: argparse.ArgumentParser,
                          max_num_batched_tokens: int = OFFLINE_MAX_NUM_BATCHED_TOKENS) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument("--tokenizer", help="a Hugging Face directory or hub id to take the tokenizer from (default: the model's)")
+    group.add_argument("--tokenizer",
+                       help="a Hugging Face directory or hub id to take the tokenizer from (default: the model's)")
     group.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's dtype")
     group.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
                        help="dummy: the model's shapes with random weights (nothing read from disk)")
@@ -96,12 +98,16 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in ENGINE_FLAGS}
 
 
-def int_argument(name: str, value, default: int, low: int = 1, high: int = 2**31 - 1) -> int:
+# The scheduler's integer fields are int32 in C++.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def int_argument(name: str, value, default: int, low: int = 1, high: int = INT32_MAX) -> int:
     """An integer Engine argument checked before it reaches the scheduler (int32 in C++); None is
     the default, as in vLLM, where these arguments default to None."""
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return value
 

@@ -19,12 +19,13 @@ MAX_ABS_LOGIT_BIAS = 100.0
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int, and not a bool (which Python counts as one): what every integer argument takes."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value, low: int, expected: str) -> None:
-    if not _is_int(value) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
@@ -126,10 +127,10 @@ class SamplingParams:
         _check_float("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "a number > 0")
         _check_float("temperature", self.temperature, lambda v: v >= 0, "a number >= 0 (0 = greedy)")
         _check_float("top_p", self.top_p, lambda v: 0 < v <= 1, "a number in (0, 1]")
-        if not _is_int(self.top_k) or self.top_k < -1:
+        if not is_int(self.top_k) or self.top_k < -1:
             raise ValueError(f"top_k must be an integer >= 1, or 0 or -1 to disable it, got {self.top_k!r}")
         _check_float("min_p", self.min_p, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX - (self.n - 1):
             raise ValueError(f"seed must be in [-2**63, 2**63 - 1 - (n - 1)] (sample i of n={self.n} is seeded "
@@ -164,7 +165,7 @@ class SamplingParams:
             for token_id in self.allowed_token_ids:
                 _check_int("allowed_token_ids", token_id, 0, expected)
         if self.truncate_prompt_tokens is not None and (
-                not _is_int(self.truncate_prompt_tokens) or self.truncate_prompt_tokens < -1
+                not is_int(self.truncate_prompt_tokens) or self.truncate_prompt_tokens < -1
                 or self.truncate_prompt_tokens == 0):
             raise ValueError(f"truncate_prompt_tokens must be an integer >= 1, -1 (all the context holds) or None, "
                              f"got {self.truncate_prompt_tokens!r}")

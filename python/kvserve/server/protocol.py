@@ -15,11 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kvserve.sampling_params import RequestOutputKind, SamplingParams
+from kvserve.sampling_params import INT64_MAX, INT64_MIN, RequestOutputKind, SamplingParams, is_int
 
 MAX_N = 128  # choices per request
 MAX_LOGPROBS = 20  # top logprobs per position
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _utf8(text: str) -> str:
@@ -34,10 +33,6 @@ def _utf8(text: str) -> str:
 Text = Annotated[str, AfterValidator(_utf8)]
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _prompt(value):
     """A completion prompt: a string, a list of strings, a list of token ids or a list of token-id lists."""
     if isinstance(value, str):
@@ -45,9 +40,9 @@ def _prompt(value):
     if isinstance(value, list) and value:
         if all(isinstance(v, str) for v in value):
             return [_utf8(v) for v in value]
-        if all(_is_int(v) for v in value):
+        if all(is_int(v) for v in value):
             return value
-        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
+        if all(isinstance(v, list) and v and all(is_int(t) for t in v) for v in value):
             return value
     raise ValueError("prompt must be a string, a non-empty list of strings, a list of token ids (integers) "
                      "or a list of non-empty token-id lists")
