@@ -29,6 +29,16 @@ def _check_int(name: str, value, low: int, expected: str) -> None:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
+def _token_ids(name: str, value, expected: str, empty_ok: bool = True) -> list[int]:
+    """`value` (any iterable of token ids, read once) as a list; ValueError naming `name` otherwise."""
+    ids = None if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else list(value)
+    if ids is None or not (ids or empty_ok):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    for token_id in ids:
+        _check_int(name, token_id, 0, expected)
+    return ids
+
+
 def _check_float(name: str, value, ok, expected: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
@@ -136,13 +146,8 @@ class SamplingParams:
             raise ValueError(f"seed must be in [-2**63, 2**63 - 1 - (n - 1)] (sample i of n={self.n} is seeded "
                              f"with seed + i, an int64), got {self.seed}")
         self.stop = self._normalize_stop(self.stop)
-        if self.stop_token_ids is None:
-            self.stop_token_ids = []
-        if isinstance(self.stop_token_ids, (str, bytes)) or not isinstance(self.stop_token_ids, Iterable):
-            raise ValueError(f"stop_token_ids must be a list of token ids (integers >= 0), got {self.stop_token_ids!r}")
-        self.stop_token_ids = list(self.stop_token_ids)
-        for token_id in self.stop_token_ids:
-            _check_int("stop_token_ids", token_id, 0, "a list of token ids (integers >= 0)")
+        self.stop_token_ids = _token_ids("stop_token_ids", [] if self.stop_token_ids is None else self.stop_token_ids,
+                                         "a list of token ids (integers >= 0)")
         flags = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output")
         for name in flags:
             _check_bool(name, getattr(self, name))
@@ -158,12 +163,8 @@ class SamplingParams:
                 _check_int(name, getattr(self, name), 0, "an integer >= 0, or None")
         self._check_logit_bias()
         if self.allowed_token_ids is not None:
-            allowed, expected = self.allowed_token_ids, "a non-empty list of token ids (integers >= 0)"
-            if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Iterable) or not list(allowed):
-                raise ValueError(f"allowed_token_ids must be {expected}, got {allowed!r}")
-            self.allowed_token_ids = list(allowed)
-            for token_id in self.allowed_token_ids:
-                _check_int("allowed_token_ids", token_id, 0, expected)
+            self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids,
+                                                "a non-empty list of token ids (integers >= 0)", empty_ok=False)
         if self.truncate_prompt_tokens is not None and (
                 not is_int(self.truncate_prompt_tokens) or self.truncate_prompt_tokens < -1
                 or self.truncate_prompt_tokens == 0):

@@ -41,6 +41,9 @@ def test_stop_token_ids_and_vocab_checks():
     allowed.check_token_ids(10)
     with pytest.raises(ValueError, match=r"allowed_token_ids has token ids \[9\]: expected ids below the vocabulary"):
         allowed.check_token_ids(9)
+    # Any iterable, read once: a generator's ids are kept, not consumed by the check.
+    once = SamplingParams(allowed_token_ids=(t for t in (4, 9)), stop_token_ids=(t for t in (2, 3)))
+    assert (once.allowed_token_ids, once.stop_token_ids) == ([4, 9], [2, 3])
 
 
 def test_truncated_prompt_keeps_the_last_tokens():
