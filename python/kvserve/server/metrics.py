@@ -92,9 +92,10 @@ class ServerMetrics(StepObserver):
         self._request_success = Counter("kvserve:request_success", "Finished sequences by finish reason.",
                                         labelnames=["model_name", "finished_reason"], registry=self.registry)
         self._model_name = model_name
-        self._last_token_time: dict[str, float] = {}  # engine thread only
-        self._generated: dict[str, int] = {}  # tokens so far, by request (outputs are DELTA); engine thread
-        self._prefix_seen = (0, 0, 0)  # (queries, hits, preemptions) already counted; scrapes only
+        # Each unfinished request's last token time (None before its first) and tokens so far (its
+        # outputs are DELTA); engine thread only.
+        self._progress: dict[str, tuple[float | None, int]] = {}
+        self._totals_seen = (0, 0, 0)  # the engine's (queries, hits, preemptions) already counted; scrapes only
 
     def request_success(self, finished_reason: str):
         return self._request_success.labels(self._model_name, finished_reason)
@@ -104,21 +105,22 @@ class ServerMetrics(StepObserver):
     def on_step(self, outputs: list[RequestOutput], now: float) -> None:
         for output in outputs:
             new_tokens = sum(len(sample.token_ids) for sample in output.outputs)
-            self._generated[output.request_id] = self._generated.get(output.request_id, 0) + new_tokens
+            last, generated = self._progress.get(output.request_id, (None, 0))
             if new_tokens:
                 self.generation_tokens.inc(new_tokens)
-                last = self._last_token_time.get(output.request_id)
                 if last is None:
                     self.prompt_tokens.inc(len(output.prompt_token_ids))
                     self.ttft.observe(now - output.metrics.arrival_time)
                 else:
                     self.itl.observe(now - last)
-                self._last_token_time[output.request_id] = now
+                last, generated = now, generated + new_tokens
             if output.finished:
-                self._last_token_time.pop(output.request_id, None)
-                self._observe_finished(output, self._generated.pop(output.request_id), now)
+                self._progress.pop(output.request_id, None)
+                self._observe_finished(output, generated, now)
                 for sample in output.outputs:
                     self.request_success(sample.finish_reason).inc()
+            else:
+                self._progress[output.request_id] = (last, generated)
 
     def _observe_finished(self, output: RequestOutput, generated: int, now: float) -> None:
         metrics = output.metrics
@@ -139,8 +141,7 @@ class ServerMetrics(StepObserver):
 
     def on_abort(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:
-            self._last_token_time.pop(request_id, None)
-            self._generated.pop(request_id, None)
+            self._progress.pop(request_id, None)
             self.request_success("abort").inc()
 
     # ---- scrapes (event loop) -------------------------------------------------------------------
@@ -150,11 +151,11 @@ class ServerMetrics(StepObserver):
         self.num_running.set(snapshot.num_running)
         self.num_waiting.set(engine.num_waiting)
         self.kv_cache_usage.set(snapshot.kv_cache_usage)
-        queries, hits, preemptions = self._prefix_seen
+        queries, hits, preemptions = self._totals_seen
         self.prefix_cache_queries.inc(snapshot.prefix_cache_queries - queries)
         self.prefix_cache_hits.inc(snapshot.prefix_cache_hits - hits)
         self.num_preemptions.inc(snapshot.num_preemptions - preemptions)
-        self._prefix_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits, snapshot.num_preemptions)
+        self._totals_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits, snapshot.num_preemptions)
         return generate_latest(self.registry)
 
 
