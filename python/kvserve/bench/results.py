@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kvserve.bench.metrics import BenchmarkMetrics, LatencyStats, RequestRecord
+from kvserve.bench.metrics import LATENCY_METRICS, BenchmarkMetrics, LatencyStats, RequestRecord
 
 WIDTH = 50
 _LATENCY_SECTIONS = (
@@ -49,7 +49,7 @@ def latency_fields(key: str, stats: LatencyStats) -> dict[str, float]:
 
 
 def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None,
-                 percentile_metrics: tuple[str, ...] = ("ttft", "tpot", "itl", "e2el")) -> str:
+                 percentile_metrics: tuple[str, ...] = LATENCY_METRICS) -> str:
     """vLLM's table; like vLLM's, it shows the latency sections of `percentile_metrics` only."""
     lines = [centered(" Serving Benchmark Result ", "="), row("Successful requests:", metrics.completed)]
     if metrics.failed:
