@@ -208,10 +208,11 @@ def _rope_from_hf(hf: dict, source: str) -> RopeConfig:
     params.pop("type", None)
     if rope_type in ("llama3", "yarn"):
         params.setdefault("original_max_position_embeddings", hf["max_position_embeddings"])
-    problem = _rope_problem(rope_type, params)
-    if problem:
-        raise ValueError(f"{source}: {where}: {problem}")
-    return RopeConfig(theta=float(theta), rope_type=rope_type, scaling=params)
+    theta = float(theta)
+    try:
+        return RopeConfig(theta=theta, rope_type=rope_type, scaling=params)  # checks the type and its keys
+    except ValueError as e:
+        raise ValueError(f"{source}: {where}: {e}") from None
 
 
 # Which layers attend through a sliding window, per architecture, as transformers decides it (its
