@@ -214,3 +214,26 @@ def test_every_isa_path(isa):
     CPU linear's tests (by node id: a -k of "test_linear" would match the whole file by its name)."""
     names = ("test_linear", "test_linear_strided_rows", "test_linear_interleaved_weight_gives_the_same_bits")
     run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
+
+
+def test_a_cpu_where_onednn_refuses_bfloat16_computes_with_torch(monkeypatch):
+    """On an AVX2-only CPU, torch's oneDNN refuses to pack bfloat16 weights (a RuntimeError that once
+    stopped every bfloat16 model loading there): the layer keeps no blocked copy and multiplies with
+    torch, to the same result."""
+    from kvserve.models.layers import linear as linear_module
+
+    def refuse(weight, batch_hint):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or "
+                           "avx512bw, avx512vl and avx512dq")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse)
+    linear_module.onednn_packs.cache_clear()
+    try:
+        layer = linear_module.Linear(64, (32, 32), False, torch.bfloat16)
+        layer.weight.copy_(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))
+        layer.finalize_weights()
+        assert layer.packed is None
+        x = torch.randn(9, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+        torch.testing.assert_close(layer(x).float(), x.float() @ layer.weight.float().T, atol=0.1, rtol=0.02)
+    finally:
+        linear_module.onednn_packs.cache_clear()  # the next tests probe the real packing again

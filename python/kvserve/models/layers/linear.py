@@ -40,9 +40,23 @@ OPS_MAX_ROWS = 4
 PACK_BATCH_HINT = 64
 
 
+@functools.cache
+def onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN keeps blocked weights of `dtype` on this CPU: float32 wherever torch has oneDNN,
+    bfloat16 only with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT (an AVX2-only CPU refuses it), which
+    is what the packing itself says when tried once."""
+    if dtype not in (torch.bfloat16, torch.float32) or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.ones(32, 32, dtype=dtype), PACK_BATCH_HINT)
+    except RuntimeError:
+        return False
+    return True
+
+
 def pack_for_onednn(weight: torch.Tensor) -> torch.Tensor | None:
     """oneDNN's blocked copy of a CPU bfloat16/float32 weight [N, K]; None where it has no fast path."""
-    if weight.is_cpu and weight.dtype in (torch.bfloat16, torch.float32) and torch.backends.mkldnn.is_available():
+    if weight.is_cpu and onednn_packs(weight.dtype):
         return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_BATCH_HINT)
     return None
 
