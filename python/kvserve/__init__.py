@@ -4,9 +4,10 @@ from kvserve._C import __version__
 from kvserve.engine import Engine
 from kvserve.outputs import CompletionOutput, RequestOutput
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
+from kvserve.structured_outputs import StructuredOutputsParams
 
 # vLLM users write `from vllm import LLM`; the same name works here.
 LLM = Engine
 
 __all__ = ["LLM", "CompletionOutput", "Engine", "RequestOutput", "RequestOutputKind", "SamplingParams",
-           "__version__"]
+           "StructuredOutputsParams", "__version__"]

@@ -36,6 +36,7 @@ from kvserve.chat_template import chat_template_arguments
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
                                  bool_argument, fraction_argument, int_argument)
+from kvserve.grammar import GrammarCompiler
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
@@ -160,6 +161,7 @@ class Engine:
         self.eos_token_ids = set(config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
+        self.grammars = GrammarCompiler(self.tokenizer, config.vocab_size, self.eos_token_ids)
         if self.device.type == "cuda":
             from kvserve.gpu.runner import CudaModelRunner
 
@@ -220,6 +222,7 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise ValueError(f"stop strings {params.stop!r} need the text, but the engine was built with "
                              f"skip_tokenizer_init=True: use stop_token_ids")
+        grammar = self.grammars.compile(params.structured_outputs) if params.structured_outputs is not None else None
         if not 1 <= params.n <= self.max_num_seqs:
             raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")
         if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
@@ -232,7 +235,7 @@ class Engine:
         min_tokens = min(params.min_tokens, max_tokens)
         arrival_time = time.time() if arrival_time is None else arrival_time
         # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
-        state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device)
+        state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device, grammar)
         self.scheduler.add_request(
             request_id, token_ids, max_tokens=max_tokens, min_tokens=min_tokens,
             eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,

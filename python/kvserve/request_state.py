@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from kvserve.detokenizer import Detokenizer
+from kvserve.grammar import CompiledGrammar
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
 from kvserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from kvserve.sampling_metadata import request_generator
@@ -23,13 +24,14 @@ from kvserve.tokenizer import Tokenizer
 class SequenceState:
     """Output sequence `index` of a request (0..n-1)."""
 
-    __slots__ = ("index", "token_ids", "detokenizer", "generator", "logprobs", "cumulative_logprob",
+    __slots__ = ("index", "token_ids", "detokenizer", "generator", "grammar", "logprobs", "cumulative_logprob",
                  "finish_reason", "stop_reason", "num_tokens_reported", "num_chars_reported")
 
     def __init__(self, index: int, params: SamplingParams, tokenizer: Tokenizer | None,
-                 prompt_token_ids: Sequence[int], device: torch.device):
+                 prompt_token_ids: Sequence[int], device: torch.device, grammar: CompiledGrammar | None = None):
         self.index = index
         self.token_ids: list[int] = []
+        self.grammar = grammar.matcher() if grammar is not None else None  # structured outputs
         self.detokenizer = (Detokenizer.from_params(tokenizer, params, prompt_token_ids)
                             if tokenizer is not None else None)
         self.generator = request_generator(params, index, device)
@@ -72,12 +74,15 @@ class RequestState:
                  "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array")
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
-                 tokenizer: Tokenizer | None, arrival_time: float, device: torch.device):
+                 tokenizer: Tokenizer | None, arrival_time: float, device: torch.device,
+                 grammar: CompiledGrammar | None = None):
+        """`grammar`: params.structured_outputs compiled (GrammarCompiler), which every sequence follows."""
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.params = params
-        self.sequences = [SequenceState(i, params, tokenizer, prompt_token_ids, device) for i in range(params.n)]
+        self.sequences = [SequenceState(i, params, tokenizer, prompt_token_ids, device, grammar)
+                          for i in range(params.n)]
         # Position 0 has no logprob (nothing predicts the first prompt token).
         self.prompt_logprobs: PromptLogprobs | None = [None] if params.prompt_logprobs is not None else None
         self.prompt_logprobs_reported = False

@@ -4,7 +4,9 @@ A batch that is only argmaxes (greedy, no bias, mask, penalty or logprobs) reads
 model dtype as they are (kvserve.ops.argmax); everything else works on a float32 copy.
 
 The order is vLLM's:
-    raw log-probabilities (for `logprobs`: from the logits as the model gave them)
+    grammar mask (structured outputs: before everything, the logprobs included, as vLLM's model
+    runner masks the logits before its sampler sees them)
+    -> raw log-probabilities (for `logprobs`: from the logits as the model gave them)
     -> allowed_token_ids mask, logit_bias, min_tokens mask -> penalties (repetition, frequency, presence)
     -> greedy rows: argmax
     -> other rows: / temperature -> min_p -> top_k -> top_p (each on the distribution the previous
@@ -30,7 +32,7 @@ import torch
 
 from kvserve import ops
 from kvserve.logprobs import LogprobsTensors
-from kvserve.sampling_metadata import AllowedTokens, Penalties, Rows, SamplingMetadata, device_column
+from kvserve.sampling_metadata import AllowedTokens, GrammarMask, Penalties, Rows, SamplingMetadata, device_column
 
 # Candidates a truncated row samples from first, on the CPU and on a GPU. A GPU's partial sort costs
 # mostly the read of the row, so 1024 candidates cost about what 64 do there, and they hold the kept
@@ -110,6 +112,14 @@ def apply_allowed_tokens(logits: torch.Tensor, allowed: AllowedTokens) -> None:
                       device=logits.device)
     kept[allowed.positions, allowed.token_ids] = logits[allowed.rows[allowed.positions], allowed.token_ids]
     logits[allowed.rows] = kept
+
+
+def apply_grammar_mask(logits: torch.Tensor, mask: GrammarMask) -> None:
+    """In place: the grammar rows keep the logits of the tokens their bitmask sets, every other is -inf."""
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    bits = (mask.bitmask.unsqueeze(2) >> shifts) & 1  # [G, W, 32]: token 32 * w + b
+    refused = bits.view(bits.shape[0], -1)[:, :logits.shape[1]] == 0
+    logits[mask.rows] = logits[mask.rows].masked_fill_(refused, float("-inf"))
 
 
 def _inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -216,6 +226,8 @@ class Sampler:
             ops.argmax(sampled, logits)
             return SamplerOutput(sampled, None)
         logits = logits.float()
+        if md.grammar_mask is not None:
+            apply_grammar_mask(logits, md.grammar_mask)
         raw_logprobs = logits.log_softmax(dim=1) if md.max_num_logprobs is not None else None
         if md.allowed_tokens is not None:
             apply_allowed_tokens(logits, md.allowed_tokens)

@@ -17,6 +17,8 @@ Everything a row does not use stays None, so an all-greedy batch without extras 
     logit_bias   (rows int64 [B], token ids int64 [B], bias float32 [B]) or None
     stop_mask    (rows int64 [S], token ids int64 [S]) or None: stop tokens masked for min_tokens
     allowed_tokens  AllowedTokens or None: the rows restricted to their allowed_token_ids
+    grammar_mask GrammarMask or None: the rows of structured outputs, restricted to what their
+                 grammar takes next
     penalties    Penalties or None
     max_num_logprobs  the largest `logprobs` of the batch, None when no row asks for them
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kvserve.grammar import GrammarMatcher, bitmask_words
 from kvserve.sampling_params import SamplingParams
 
 
@@ -138,6 +141,30 @@ class AllowedTokens:
 
 
 @dataclass
+class GrammarMask:
+    """The rows that follow a grammar (structured outputs), and the tokens each may take next:
+    a bitmask, bit t % 32 of int32 word t // 32 for token t (kvserve.grammar).
+
+        rows     int64 [G]      batch rows, each once
+        bitmask  int32 [G, W]   W = ceil(vocab / 32)
+    """
+
+    rows: torch.Tensor
+    bitmask: torch.Tensor
+
+    @classmethod
+    def build(cls, grammars: Sequence[GrammarMatcher | None], output_token_ids, vocab_size: int,
+              device) -> GrammarMask | None:
+        rows = [i for i, grammar in enumerate(grammars) if grammar is not None]
+        if not rows:
+            return None
+        bitmask = np.empty((len(rows), bitmask_words(vocab_size)), dtype=np.int32)
+        for j, i in enumerate(rows):
+            grammars[i].fill_bitmask(output_token_ids[i], bitmask[j])
+        return cls(device_column(rows, torch.int64, device), _to_device(torch.from_numpy(bitmask), device))
+
+
+@dataclass
 class SamplingMetadata:
     temperature: torch.Tensor | None
     random_rows: Rows | None
@@ -152,6 +179,7 @@ class SamplingMetadata:
     penalties: Penalties | None
     max_num_logprobs: int | None
     allowed_tokens: AllowedTokens | None = None
+    grammar_mask: GrammarMask | None = None
 
     @property
     def all_greedy(self) -> bool:
@@ -160,9 +188,10 @@ class SamplingMetadata:
     @property
     def argmax_only(self) -> bool:
         """Every row is a plain argmax of the logits as the model gave them: greedy, no bias, no
-        min_tokens mask, no allowed_token_ids, no penalties, no logprobs."""
+        min_tokens mask, no allowed_token_ids, no grammar, no penalties, no logprobs."""
         return (self.temperature is None and self.logit_bias is None and self.stop_mask is None
-                and self.allowed_tokens is None and self.penalties is None and self.max_num_logprobs is None)
+                and self.allowed_tokens is None and self.grammar_mask is None and self.penalties is None
+                and self.max_num_logprobs is None)
 
     @classmethod
     def from_requests(
@@ -174,9 +203,11 @@ class SamplingMetadata:
         *,
         vocab_size: int,
         eos_token_ids: Collection[int] = (),
+        grammars: Sequence[GrammarMatcher | None] | None = None,
         device="cpu",
     ) -> SamplingMetadata:
-        """Build one step's metadata; the four sequences are per row and of equal length."""
+        """Build one step's metadata; the four sequences are per row and of equal length, and so is
+        `grammars` (each row's structured-output matcher, or None), when given."""
         num_rows = len(params)
         if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == num_rows):
             raise ValueError(
@@ -217,7 +248,10 @@ class SamplingMetadata:
             logit_bias = (column(rows, torch.int64), column(ids, torch.int64), column(biases, torch.float32))
 
         stop_mask = None
-        short_rows = [i for i, p in enumerate(params) if len(output_token_ids[i]) < p.min_tokens]
+        # A grammar's end is its output's end: min_tokens does not mask the end-of-sequence token
+        # that is all a complete grammar allows.
+        short_rows = [i for i, p in enumerate(params) if len(output_token_ids[i]) < p.min_tokens
+                      and (grammars is None or grammars[i] is None)]
         if short_rows:
             stop_ids = [sorted(params[i].all_stop_token_ids(eos_token_ids)) for i in short_rows]
             if any(stop_ids):
@@ -238,4 +272,5 @@ class SamplingMetadata:
             penalties=Penalties.build(params, output_token_ids, prompt_token_ids, device),
             max_num_logprobs=max(logprobs) if logprobs else None,
             allowed_tokens=AllowedTokens.build(params, device),
+            grammar_mask=GrammarMask.build(grammars, output_token_ids, vocab_size, device) if grammars else None,
         )

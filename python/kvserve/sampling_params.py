@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from kvserve.structured_outputs import StructuredOutputsParams
+
 # Temperatures below this are greedy, as in vLLM (dividing logits by ~0 would overflow anyway).
 GREEDY_TEMPERATURE = 1e-5
 MAX_ABS_LOGIT_BIAS = 100.0
@@ -96,6 +98,9 @@ class SamplingParams:
     logit_bias: token id -> value added to its logit before sampling, in [-100, 100].
     allowed_token_ids: only these token ids may be sampled (every other logit is masked to -inf
         before sampling; logprobs stay those of the model's logits); None = all.
+    structured_outputs: StructuredOutputsParams: the output matches a JSON schema, a regex, one of
+        a list of strings or a grammar (tokens the grammar cannot take are masked before sampling, and
+        before logprobs, as in vLLM). min_tokens does not hold a sequence past its grammar's end.
     truncate_prompt_tokens: keep only the last k prompt tokens (k >= 1; -1 = all the context holds);
         None = the whole prompt.
     skip_special_tokens: leave special tokens out of the text.
@@ -124,6 +129,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
+    structured_outputs: StructuredOutputsParams | None = None
     truncate_prompt_tokens: int | None = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -165,6 +171,9 @@ class SamplingParams:
         if self.allowed_token_ids is not None:
             self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids,
                                                 "a non-empty list of token ids (integers >= 0)", empty_ok=False)
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs must be a StructuredOutputsParams or None, "
+                             f"got {self.structured_outputs!r}")
         if self.truncate_prompt_tokens is not None and (
                 not is_int(self.truncate_prompt_tokens) or self.truncate_prompt_tokens < -1
                 or self.truncate_prompt_tokens == 0):

@@ -64,8 +64,6 @@ CASES = {
     "max_completion_tokens 0": (CHAT, {"messages": USER, "max_completion_tokens": 0}, 400, "max_completion_tokens"),
     "top_logprobs without logprobs": (CHAT, {"messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
     "tools": (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools"),
-    "json response_format": (CHAT, {"messages": USER, "response_format": {"type": "json_object"}}, 400,
-                             "response_format"),
     "unknown chat model": (CHAT, {"messages": USER, "model": "gpt-9"}, 404, "model"),
 }
 

@@ -40,9 +40,6 @@ def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int) -> di
 def _check_unsupported(body: ChatCompletionRequest) -> None:
     if body.tools:
         raise bad_request("tools are not supported: kvserve generates plain text", "tools")
-    if body.response_format is not None and body.response_format.get("type") != "text":
-        raise bad_request(f"response_format {body.response_format.get('type')!r} is not supported: only 'text'",
-                          "response_format")
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs to be true", "top_logprobs")
 
@@ -78,7 +75,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     text = await asyncio.to_thread(served.render_chat, body)
     prompt = EnginePrompt(await asyncio.to_thread(served.encode, text, body.add_special_tokens, "messages"), text)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    generation = start_generation(
+    generation = await start_generation(
         raw_request, body, [prompt], prefix="chatcmpl", param="messages",
         max_tokens=requested if requested is not None else served.default_sampling.get("max_tokens"),
         explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None,

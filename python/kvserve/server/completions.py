@@ -127,7 +127,7 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
         raise bad_request("max_tokens 0 generates nothing: it is only allowed with echo (the prompt and its logprobs)",
                           "max_tokens")
     echo_logprobs = body.logprobs if body.echo else None
-    generation = start_generation(
+    generation = await start_generation(
         raw_request, body, await asyncio.to_thread(_prompts, body, served), prefix="cmpl", param="prompt",
         max_tokens=body.max_tokens if "max_tokens" in body.model_fields_set
         else served.default_sampling.get("max_tokens", body.max_tokens),

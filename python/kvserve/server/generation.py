@@ -6,6 +6,7 @@ Choices are numbered as OpenAI numbers them for several prompts: choice = prompt
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -124,13 +125,15 @@ def _truncated(prompt: EnginePrompt, keep: int, max_model_len: int) -> EnginePro
     return prompt if len(token_ids) == len(prompt.token_ids) else EnginePrompt(token_ids)
 
 
-def start_generation(raw_request: Request, body: GenerationRequest, prompts: list[EnginePrompt], *, prefix: str,
+async def start_generation(raw_request: Request, body: GenerationRequest, prompts: list[EnginePrompt], *, prefix: str,
                      param: str, max_tokens: int | None, explicit_max_tokens: bool, logprobs: int | None,
                      prompt_logprobs: int | None = None, max_tokens_param: str = "max_tokens",
                      prompt_only: bool = False) -> Generation:
     """Check the prompts against the model and submit them: 400 for what does not fit, 503 when the
     server is full or stopping. max_tokens_param: the field max_tokens came from (errors name it).
-    prompt_only: generate nothing (one token, not shown): the prompts alone, for their logprobs."""
+    prompt_only: generate nothing (one token, not shown): the prompts alone, for their logprobs.
+    A structured output's grammar is compiled here, on a worker thread (a large schema takes a while,
+    which the engine's thread would otherwise spend between steps), so that a bad one is a 400."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
     if body.model_extra:
@@ -155,6 +158,11 @@ def start_generation(raw_request: Request, body: GenerationRequest, prompts: lis
         params.check_token_ids(served.vocab_size)
     except ValueError as e:
         raise bad_request(str(e)) from None
+    if params.structured_outputs is not None:
+        try:
+            await asyncio.to_thread(engine.engine.grammars.compile, params.structured_outputs)
+        except ValueError as e:
+            raise bad_request(str(e), body.structured_outputs_field) from None
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
         stream = engine.submit(request_id, prompts, params)

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kvserve.sampling_params import INT64_MAX, INT64_MIN, RequestOutputKind, SamplingParams, is_int
+from kvserve.structured_outputs import StructuredOutputsParams
 
 MAX_N = 128  # choices per request
 MAX_LOGPROBS = 20  # top logprobs per position
@@ -71,6 +72,38 @@ class StreamOptions(_Model):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Model):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")  # absent: any JSON value
+    strict: bool | None = None
+
+
+class ResponseFormat(_Model):
+    """OpenAI's response_format: plain text, any JSON object, or JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a response_format of type 'json_schema' needs its json_schema")
+        return self
+
+    def structured_outputs(self) -> StructuredOutputsParams | None:
+        if self.type == "json_object":
+            return StructuredOutputsParams(json_object=True)
+        if self.type == "json_schema":
+            return StructuredOutputsParams(json=self.json_schema.schema_)
+        return None
+
+
+# vLLM's earlier request fields for structured outputs, each one kind of structured_outputs.
+GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                 "guided_grammar": "grammar"}
+
+
 class GenerationRequest(_Model):
     """What completions and chat completions share: the model and how to sample."""
 
@@ -98,6 +131,15 @@ class GenerationRequest(_Model):
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: all the context holds; not 0
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs (its
+    # StructuredOutputsParams' fields), or vLLM's earlier guided_* fields; one of them at most.
+    response_format: ResponseFormat | None = None
+    structured_outputs: dict | None = None
+    guided_json: str | dict | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
 
     @field_validator("truncate_prompt_tokens")
     @classmethod
@@ -105,6 +147,32 @@ class GenerationRequest(_Model):
         if keep == 0:
             raise ValueError("truncate_prompt_tokens must be an integer >= 1, or -1 for all the context holds")
         return keep
+
+    @property
+    def structured_outputs_field(self) -> str | None:
+        """The request field that asks for structured output (ValueError when several do)."""
+        fields = [name for name in ("structured_outputs", *GUIDED_FIELDS) if getattr(self, name) is not None]
+        if self.response_format is not None and self.response_format.type != "text":
+            fields.append("response_format")
+        if len(fields) > 1:
+            raise ValueError(f"structured output is asked for by {', '.join(fields)}: give one of them")
+        return fields[0] if fields else None
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        """What the request's structured-output field asks for (ValueError for a bad value)."""
+        field = self.structured_outputs_field
+        if field is None:
+            return None
+        if field == "response_format":
+            return self.response_format.structured_outputs()
+        if field == "structured_outputs":
+            known = StructuredOutputsParams.__dataclass_fields__
+            unknown = sorted(set(self.structured_outputs) - set(known))
+            if unknown:
+                raise ValueError(f"structured_outputs has unknown fields {unknown}; it takes {sorted(known)}")
+            return StructuredOutputsParams(**self.structured_outputs)
+        return StructuredOutputsParams(**{GUIDED_FIELDS[field]: getattr(self, field)},
+                                       whitespace_pattern=self.guided_whitespace_pattern)
 
     @property
     def include_usage(self) -> bool:
@@ -123,7 +191,8 @@ class GenerationRequest(_Model):
             max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, allowed_token_ids=self.allowed_token_ids,
-            truncate_prompt_tokens=self.truncate_prompt_tokens, output_kind=RequestOutputKind.DELTA,
+            truncate_prompt_tokens=self.truncate_prompt_tokens, structured_outputs=self.structured_outputs_params(),
+            output_kind=RequestOutputKind.DELTA,
             **{name: value for name, value in picked.items() if value is not None})
 
     def _logit_bias(self) -> dict[int, float] | None:
@@ -190,7 +259,6 @@ class ChatCompletionRequest(GenerationRequest, ChatTemplateFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     tools: list | None = None
-    response_format: dict | None = None
 
 
 class TokenizeRequest(ChatTemplateFields):

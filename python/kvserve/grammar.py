@@ -1,0 +1,142 @@
+"""Grammars of structured outputs, compiled for one engine's tokenizer, and the per-sequence
+matchers that say which tokens may come next.
+
+    compiler = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)   # one per engine
+    grammar = compiler.compile(params.structured_outputs)             # ValueError for a bad grammar
+    matcher = grammar.matcher()                                        # one per output sequence
+    matcher.fill_bitmask(sequence.token_ids, row)                      # each step the sequence samples
+
+A matcher follows its sequence's tokens lazily: each fill first consumes the tokens the sequence
+gained since the last one. A sequence's token ids are those the scheduler applied, so a token a step
+scheduled ahead decoded and then retracted (engine.py) never reaches the matcher. The bitmask is
+llguidance's: bit t % 32 of int32 word t // 32 is set when token t may come next; with the grammar
+complete, and past its end (ignore_eos), only the end-of-sequence tokens are set.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from kvserve.structured_outputs import StructuredOutputsParams
+from kvserve.tokenizer import Tokenizer
+
+logger = logging.getLogger("kvserve")
+
+# Compiled grammars kept per engine (a server sees the same few schemas again and again).
+CACHED_GRAMMARS = 256
+
+
+def bitmask_words(vocab_size: int) -> int:
+    """int32 words of one row's bitmask."""
+    return (vocab_size + 31) // 32
+
+
+def set_tokens(row: np.ndarray, token_ids: Sequence[int]) -> None:
+    """A bitmask row (int32 words) allowing exactly `token_ids`."""
+    words = row.view(np.uint32)
+    words[:] = 0
+    for token_id in token_ids:
+        words[token_id // 32] |= np.uint32(1 << (token_id % 32))
+
+
+class GrammarMatcher:
+    """Where one output sequence stands in its grammar."""
+
+    __slots__ = ("_matcher", "_eos_token_ids", "_num_consumed")
+
+    def __init__(self, matcher, eos_token_ids: tuple[int, ...]):
+        self._matcher = matcher
+        self._eos_token_ids = eos_token_ids
+        self._num_consumed = 0
+
+    def fill_bitmask(self, token_ids: Sequence[int], row: np.ndarray) -> None:
+        """Consume the tokens of `token_ids` (the sequence's output so far) not yet seen, then write
+        the tokens that may come next into `row` (int32 [bitmask_words], C-contiguous)."""
+        matcher = self._matcher
+        for token_id in token_ids[self._num_consumed:]:
+            if matcher.is_stopped():  # past the grammar's end (ignore_eos): only end-of-sequence tokens
+                break
+            matcher.consume_token(token_id)
+        self._num_consumed = len(token_ids)
+        if matcher.is_error():
+            # Only a token outside the mask gets here, which the sampler never draws: end the
+            # sequence rather than let it run on unconstrained.
+            logger.error("structured output: the grammar refused the sequence's tokens (%s); ending it",
+                         matcher.get_error().splitlines()[0])
+        if matcher.is_error() or matcher.is_stopped():
+            set_tokens(row, self._eos_token_ids)
+            return
+        matcher.unsafe_compute_mask_ptr(row.ctypes.data, row.nbytes)
+
+
+class CompiledGrammar:
+    """One checked grammar, for one tokenizer: makes a matcher for each sequence that follows it."""
+
+    def __init__(self, spec: str, llg_tokenizer, eos_token_ids: tuple[int, ...]):
+        self.spec = spec
+        self._llg_tokenizer = llg_tokenizer
+        self._eos_token_ids = eos_token_ids
+
+    def matcher(self) -> GrammarMatcher:
+        from llguidance import LLMatcher
+
+        return GrammarMatcher(LLMatcher(self._llg_tokenizer, self.spec, log_level=0), self._eos_token_ids)
+
+
+class GrammarCompiler:
+    """Compiles and checks structured-output grammars for one engine's tokenizer. Thread-safe: the
+    server compiles on a worker thread before a request reaches the engine's."""
+
+    def __init__(self, tokenizer: Tokenizer | None, vocab_size: int, eos_token_ids: Sequence[int]):
+        self._tokenizer = tokenizer
+        self._vocab_size = vocab_size
+        self._eos_token_ids = tuple(sorted(eos_token_ids))
+        self._llg_tokenizer = None
+        self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _tokenizer_for_llguidance(self):
+        if self._llg_tokenizer is None:
+            try:
+                from llguidance import LLTokenizer
+            except ImportError:
+                raise ValueError("structured outputs need the llguidance package: pip install llguidance") from None
+            # The model's vocabulary (logits' width, which may pad the tokenizer's), and every id
+            # that ends a sequence: llguidance allows them where the grammar is complete.
+            self._llg_tokenizer = LLTokenizer(self._tokenizer.backend.to_str(), n_vocab=self._vocab_size,
+                                              eos_token=list(self._eos_token_ids))
+        return self._llg_tokenizer
+
+    def compile(self, params: StructuredOutputsParams) -> CompiledGrammar:
+        """The grammar `params` asks for; ValueError naming what is wrong with it."""
+        if self._tokenizer is None:
+            raise ValueError("structured outputs need the tokenizer, but the engine was built with "
+                             "skip_tokenizer_init=True")
+        try:
+            spec = params.grammar_spec()
+        except ImportError:
+            raise ValueError("structured outputs need the llguidance package: pip install llguidance") from None
+        except ValueError as e:
+            raise ValueError(f"structured outputs' {params.kind}: {e}") from None
+        with self._lock:
+            compiled = self._compiled.get(spec)
+            if compiled is not None:
+                self._compiled.move_to_end(spec)
+                return compiled
+            llg_tokenizer = self._tokenizer_for_llguidance()
+        from llguidance import LLMatcher
+
+        is_error, messages = LLMatcher.validate_grammar_with_warnings(spec, llg_tokenizer)
+        if is_error:
+            raise ValueError(f"structured outputs' {params.kind} is not valid: {messages[0].strip()}")
+        compiled = CompiledGrammar(spec, llg_tokenizer, self._eos_token_ids)
+        with self._lock:
+            self._compiled[spec] = compiled
+            while len(self._compiled) > CACHED_GRAMMARS:
+                self._compiled.popitem(last=False)
+        return compiled
