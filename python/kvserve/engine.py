@@ -232,7 +232,8 @@ class Engine:
         max_tokens = max(self.max_model_len - len(token_ids), 1)
         if params.max_tokens is not None:
             max_tokens = min(params.max_tokens, max_tokens)
-        min_tokens = min(params.min_tokens, max_tokens)
+        # A structured output ends where its grammar does (SamplingParams.structured_outputs).
+        min_tokens = 0 if params.structured_outputs is not None else min(params.min_tokens, max_tokens)
         arrival_time = time.time() if arrival_time is None else arrival_time
         # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
         state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device, grammar)

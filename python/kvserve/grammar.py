@@ -47,16 +47,17 @@ def set_tokens(row: np.ndarray, token_ids: Sequence[int]) -> None:
 class GrammarMatcher:
     """Where one output sequence stands in its grammar."""
 
-    __slots__ = ("_matcher", "_eos_token_ids", "_num_consumed")
+    __slots__ = ("_matcher", "_eos_token_ids", "_num_consumed", "num_words")
 
-    def __init__(self, matcher, eos_token_ids: tuple[int, ...]):
+    def __init__(self, matcher, eos_token_ids: tuple[int, ...], num_words: int):
         self._matcher = matcher
         self._eos_token_ids = eos_token_ids
         self._num_consumed = 0
+        self.num_words = num_words  # of its bitmask rows
 
     def fill_bitmask(self, token_ids: Sequence[int], row: np.ndarray) -> None:
         """Consume the tokens of `token_ids` (the sequence's output so far) not yet seen, then write
-        the tokens that may come next into `row` (int32 [bitmask_words], C-contiguous)."""
+        the tokens that may come next into `row` (int32 [num_words], C-contiguous)."""
         matcher = self._matcher
         for token_id in token_ids[self._num_consumed:]:
             if matcher.is_stopped():  # past the grammar's end (ignore_eos): only end-of-sequence tokens
@@ -75,17 +76,20 @@ class GrammarMatcher:
 
 
 class CompiledGrammar:
-    """One checked grammar, for one tokenizer: makes a matcher for each sequence that follows it."""
+    """One checked grammar, for one tokenizer: a matcher at its start, which each sequence that
+    follows the grammar copies (microseconds: building one from the grammar again would take the
+    engine's thread as long as compiling it)."""
 
-    def __init__(self, spec: str, llg_tokenizer, eos_token_ids: tuple[int, ...]):
-        self.spec = spec
-        self._llg_tokenizer = llg_tokenizer
+    def __init__(self, prototype, eos_token_ids: tuple[int, ...], num_words: int):
+        self._prototype = prototype
         self._eos_token_ids = eos_token_ids
+        self._num_words = num_words
+        self._lock = threading.Lock()
 
     def matcher(self) -> GrammarMatcher:
-        from llguidance import LLMatcher
-
-        return GrammarMatcher(LLMatcher(self._llg_tokenizer, self.spec, log_level=0), self._eos_token_ids)
+        with self._lock:
+            copy = self._prototype.deep_copy()
+        return GrammarMatcher(copy, self._eos_token_ids, self._num_words)
 
 
 class GrammarCompiler:
@@ -106,9 +110,11 @@ class GrammarCompiler:
                 from llguidance import LLTokenizer
             except ImportError:
                 raise ValueError("structured outputs need the llguidance package: pip install llguidance") from None
-            # The model's vocabulary (logits' width, which may pad the tokenizer's), and every id
-            # that ends a sequence: llguidance allows them where the grammar is complete.
-            self._llg_tokenizer = LLTokenizer(self._tokenizer.backend.to_str(), n_vocab=self._vocab_size,
+            # The larger of the model's vocabulary (logits' width, which may pad the tokenizer's) and
+            # the tokenizer's (which may hold ids past the model's, never sampled); and every id that
+            # ends a sequence: llguidance allows them where the grammar is complete.
+            vocab_size = max(self._vocab_size, self._tokenizer.backend.get_vocab_size(with_added_tokens=True))
+            self._llg_tokenizer = LLTokenizer(self._tokenizer.backend.to_str(), n_vocab=vocab_size,
                                               eos_token=list(self._eos_token_ids))
         return self._llg_tokenizer
 
@@ -131,10 +137,11 @@ class GrammarCompiler:
             llg_tokenizer = self._tokenizer_for_llguidance()
         from llguidance import LLMatcher
 
-        is_error, messages = LLMatcher.validate_grammar_with_warnings(spec, llg_tokenizer)
-        if is_error:
-            raise ValueError(f"structured outputs' {params.kind} is not valid: {messages[0].strip()}")
-        compiled = CompiledGrammar(spec, llg_tokenizer, self._eos_token_ids)
+        prototype = LLMatcher(llg_tokenizer, spec, log_level=0)
+        if prototype.is_error():
+            raise ValueError(f"structured outputs' {params.kind} is not valid: "
+                             f"{prototype.get_error().strip().splitlines()[0]}")
+        compiled = CompiledGrammar(prototype, self._eos_token_ids, bitmask_words(llg_tokenizer.vocab_size))
         with self._lock:
             self._compiled[spec] = compiled
             while len(self._compiled) > CACHED_GRAMMARS:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kvserve.grammar import GrammarMatcher, bitmask_words
+from kvserve.grammar import GrammarMatcher
 from kvserve.sampling_params import SamplingParams
 
 
@@ -146,19 +146,20 @@ class GrammarMask:
     a bitmask, bit t % 32 of int32 word t // 32 for token t (kvserve.grammar).
 
         rows     int64 [G]      batch rows, each once
-        bitmask  int32 [G, W]   W = ceil(vocab / 32)
+        bitmask  int32 [G, W]   W = ceil(vocab / 32), of the larger of the model's and the
+                                tokenizer's vocabularies (the sampler reads the logits' width)
     """
 
     rows: torch.Tensor
     bitmask: torch.Tensor
 
     @classmethod
-    def build(cls, grammars: Sequence[GrammarMatcher | None], output_token_ids, vocab_size: int,
-              device) -> GrammarMask | None:
+    def build(cls, grammars: Sequence[GrammarMatcher | None], output_token_ids, device) -> GrammarMask | None:
         rows = [i for i, grammar in enumerate(grammars) if grammar is not None]
         if not rows:
             return None
-        bitmask = np.empty((len(rows), bitmask_words(vocab_size)), dtype=np.int32)
+        # One engine's matchers share a tokenizer, and so the width of their rows.
+        bitmask = np.empty((len(rows), grammars[rows[0]].num_words), dtype=np.int32)
         for j, i in enumerate(rows):
             grammars[i].fill_bitmask(output_token_ids[i], bitmask[j])
         return cls(device_column(rows, torch.int64, device), _to_device(torch.from_numpy(bitmask), device))
@@ -248,10 +249,9 @@ class SamplingMetadata:
             logit_bias = (column(rows, torch.int64), column(ids, torch.int64), column(biases, torch.float32))
 
         stop_mask = None
-        # A grammar's end is its output's end: min_tokens does not mask the end-of-sequence token
-        # that is all a complete grammar allows.
+        # A structured output ends where its grammar does: min_tokens does not apply to it.
         short_rows = [i for i, p in enumerate(params) if len(output_token_ids[i]) < p.min_tokens
-                      and (grammars is None or grammars[i] is None)]
+                      and p.structured_outputs is None]
         if short_rows:
             stop_ids = [sorted(params[i].all_stop_token_ids(eos_token_ids)) for i in short_rows]
             if any(stop_ids):
@@ -272,5 +272,5 @@ class SamplingMetadata:
             penalties=Penalties.build(params, output_token_ids, prompt_token_ids, device),
             max_num_logprobs=max(logprobs) if logprobs else None,
             allowed_tokens=AllowedTokens.build(params, device),
-            grammar_mask=GrammarMask.build(grammars, output_token_ids, vocab_size, device) if grammars else None,
+            grammar_mask=GrammarMask.build(grammars, output_token_ids, device) if grammars else None,
         )

@@ -100,7 +100,8 @@ class SamplingParams:
         before sampling; logprobs stay those of the model's logits); None = all.
     structured_outputs: StructuredOutputsParams: the output matches a JSON schema, a regex, one of
         a list of strings or a grammar (tokens the grammar cannot take are masked before sampling, and
-        before logprobs, as in vLLM). min_tokens does not hold a sequence past its grammar's end.
+        before logprobs, as in vLLM). The grammar decides where the output ends: min_tokens does not
+        apply, and allowed_token_ids cannot be combined with it (the two could leave no token).
     truncate_prompt_tokens: keep only the last k prompt tokens (k >= 1; -1 = all the context holds);
         None = the whole prompt.
     skip_special_tokens: leave special tokens out of the text.
@@ -174,6 +175,9 @@ class SamplingParams:
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
             raise ValueError(f"structured_outputs must be a StructuredOutputsParams or None, "
                              f"got {self.structured_outputs!r}")
+        if self.structured_outputs is not None and self.allowed_token_ids is not None:
+            raise ValueError("allowed_token_ids and structured_outputs cannot be combined: the grammar decides "
+                             "which tokens may come next")
         if self.truncate_prompt_tokens is not None and (
                 not is_int(self.truncate_prompt_tokens) or self.truncate_prompt_tokens < -1
                 or self.truncate_prompt_tokens == 0):

@@ -18,15 +18,31 @@ from dataclasses import dataclass
 KINDS = ("json", "regex", "choice", "grammar", "json_object")
 
 
+# The JSON Schema keywords whose values are schemas: one, a list of them, or a name -> schema map.
+_SUBSCHEMA = ("items", "not", "additionalProperties", "contains", "if", "then", "else", "propertyNames",
+              "unevaluatedProperties", "unevaluatedItems")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
 def _closed_objects(schema):
-    """The schema with `additionalProperties: false` on every object schema that says nothing of
-    them (vLLM's disable_additional_properties), recursively."""
-    if isinstance(schema, list):
-        return [_closed_objects(item) for item in schema]
+    """The schema with `additionalProperties: false` on every object schema that lists its properties
+    and says nothing of others (vLLM's disable_additional_properties), through every subschema.
+    Only schemas are touched: values (`const`, `enum`, `default`) stay as they are."""
     if not isinstance(schema, dict):
         return schema
-    closed = {key: _closed_objects(value) for key, value in schema.items()}
-    if ("properties" in closed or closed.get("type") == "object") and "additionalProperties" not in closed:
+    closed = dict(schema)
+    for key in _SUBSCHEMA:
+        if isinstance(closed.get(key), dict):
+            closed[key] = _closed_objects(closed[key])
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(closed.get(key), list):
+            closed[key] = [_closed_objects(item) for item in closed[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(closed.get(key), dict):
+            closed[key] = {name: _closed_objects(item) for name, item in closed[key].items()}
+    listed = isinstance(closed.get("properties"), dict) or isinstance(closed.get("patternProperties"), dict)
+    if listed and "additionalProperties" not in closed:
         closed["additionalProperties"] = False
     return closed
 
@@ -45,6 +61,7 @@ class StructuredOutputsParams:
     disable_additional_properties: objects of the schema take only the properties it lists, unless
         the schema says otherwise.
     whitespace_pattern: a regex for the whitespace JSON may hold between tokens.
+    disable_fallback: accepted for vLLM's scripts; kvserve has one grammar engine and no fallback.
     """
 
     json: str | dict | None = None
@@ -55,6 +72,7 @@ class StructuredOutputsParams:
     disable_any_whitespace: bool = False
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None
+    disable_fallback: bool = False
 
     def __post_init__(self) -> None:
         given = [kind for kind in KINDS if getattr(self, kind) not in (None, False)]
@@ -78,7 +96,7 @@ class StructuredOutputsParams:
                                         or not all(isinstance(c, str) and c for c in self.choice)):
             raise ValueError(f"structured outputs' choice must be a non-empty list of non-empty strings, "
                              f"got {self.choice!r}")
-        for name in ("json_object", "disable_any_whitespace", "disable_additional_properties"):
+        for name in ("json_object", "disable_any_whitespace", "disable_additional_properties", "disable_fallback"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise ValueError(f"structured outputs' {name} must be True or False, got {value!r}")

@@ -16,6 +16,7 @@ from kvserve import Engine, SamplingParams, StructuredOutputsParams
 from kvserve.grammar import bitmask_words, set_tokens
 from kvserve.sampler import apply_grammar_mask
 from kvserve.sampling_metadata import GrammarMask
+from kvserve.structured_outputs import _closed_objects
 
 PROMPTS = ["The capital of France is", "Hello, my name is", "1, 2, 3,"]
 SCHEMA = {
@@ -98,14 +99,24 @@ def test_rows_without_a_grammar_are_untouched(engine):
     assert all(re.fullmatch(REGEX, o.outputs[0].text) for o in mixed[3:])
 
 
-def test_scheduled_ahead_steps_follow_the_grammar(tiny_model_dir):
-    """async_scheduling: a step is sampled after the tokens of the step before reach the sequences;
-    the matchers must see exactly the applied tokens (none retracted, none twice)."""
-    ahead = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", kv_cache_memory_gb=0.02,
-                   async_scheduling=True)
+def test_scheduled_ahead_and_preempted_steps_follow_the_grammar(engine, tiny_model_dir):
+    """async_scheduling samples a step once the tokens of the step before reach the sequences, and
+    retracts rows whose token changed when top_p's sampler settled; a small cache preempts and
+    recomputes sequences. The matchers must see exactly the applied tokens: the outputs equal those
+    of the plain engine, token for token."""
     params, matches = BOUNDED["json schema"]
-    for output in generate(ahead, max_tokens=48, temperature=1.0, n=2, seed=9, structured_outputs=params):
-        assert all(s.finish_reason == "stop" and matches(s.text) for s in output.outputs), output.outputs
+    sampling = SamplingParams(max_tokens=48, temperature=1.0, top_p=0.97, n=3, seed=9, structured_outputs=params)
+    prompts = [f"{prompt} {i}" for i in range(4) for prompt in PROMPTS]
+    expected = [[s.token_ids for s in o.outputs] for o in engine.generate(prompts, sampling, use_tqdm=False)]
+    for options in (dict(async_scheduling=True), dict(kv_cache_memory_gb=0.00016),
+                    dict(async_scheduling=True, kv_cache_memory_gb=0.00016)):
+        other = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32",
+                       **{"kv_cache_memory_gb": 0.02, **options})
+        outputs = other.generate(prompts, sampling, use_tqdm=False)
+        assert [[s.token_ids for s in o.outputs] for o in outputs] == expected, options
+        assert all(s.finish_reason == "stop" and matches(s.text) for o in outputs for s in o.outputs)
+        if "kv_cache_memory_gb" in options:
+            assert other.stats().num_preemptions > 0
 
 
 def test_logprobs_are_of_the_masked_distribution(engine):
@@ -120,9 +131,27 @@ def test_logprobs_are_of_the_masked_distribution(engine):
 
 
 def test_the_grammar_end_wins_over_min_tokens(engine):
-    for output in generate(engine, max_tokens=20, min_tokens=10, temperature=0,
-                           structured_outputs=StructuredOutputsParams(choice=CHOICES)):
-        assert output.outputs[0].finish_reason == "stop" and output.outputs[0].text in CHOICES
+    plain = generate(engine, max_tokens=20, temperature=0, structured_outputs=StructuredOutputsParams(choice=CHOICES))
+    for output, reference in zip(generate(engine, max_tokens=20, min_tokens=10, temperature=0,
+                                          structured_outputs=StructuredOutputsParams(choice=CHOICES)), plain):
+        sample = output.outputs[0]
+        assert sample.finish_reason == "stop" and sample.text in CHOICES
+        assert sample.token_ids == reference.outputs[0].token_ids  # one end-of-sequence token, not ten
+
+
+def test_allowed_token_ids_do_not_combine_with_a_grammar():
+    with pytest.raises(ValueError, match="cannot be combined"):
+        SamplingParams(allowed_token_ids=[5, 6], structured_outputs=StructuredOutputsParams(choice=["a"]))
+
+
+def test_a_model_vocabulary_other_than_the_tokenizers(tiny_model_dir):
+    """The model's vocabulary may pad the tokenizer's, or stop short of it (ids never sampled)."""
+    for vocab_size in (992, 1037):
+        other = Engine(str(tiny_model_dir("LlamaForCausalLM", vocab_size=vocab_size)), dtype="float32",
+                       kv_cache_memory_gb=0.02)
+        params, matches = BOUNDED["regex"]
+        for output in generate(other, max_tokens=16, temperature=1.0, seed=1, structured_outputs=params):
+            assert output.outputs[0].finish_reason == "stop" and matches(output.outputs[0].text)
 
 
 def test_past_the_grammar_end_ignore_eos_makes_only_end_tokens(engine, caplog):
@@ -164,6 +193,23 @@ def test_sampling_params_take_only_structured_outputs_params():
     with pytest.raises(ValueError, match="StructuredOutputsParams"):
         SamplingParams(structured_outputs={"regex": "a"})
     assert StructuredOutputsParams(json='{"type": "object"}').json == {"type": "object"}
+
+
+def test_closing_objects_touches_only_schemas_that_list_properties():
+    schema = {"type": "object", "properties": {
+        "meta": {"type": "object"},
+        "fixed": {"const": {"type": "object", "properties": {}}},
+        "items": {"type": "array", "items": {"properties": {"x": {"type": "integer"}}}},
+        "either": {"anyOf": [{"properties": {"y": {}}}, {"type": "string"}]},
+        "open": {"properties": {"z": {}}, "additionalProperties": True}}}
+    closed = _closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    inner = closed["properties"]
+    assert inner["meta"] == {"type": "object"} and inner["fixed"] == schema["properties"]["fixed"]
+    assert inner["items"]["items"]["additionalProperties"] is False
+    assert inner["either"]["anyOf"][0]["additionalProperties"] is False and inner["either"]["anyOf"][1] == {
+        "type": "string"}
+    assert inner["open"]["additionalProperties"] is True
 
 
 def test_a_closed_schema_option_closes_every_object(engine):

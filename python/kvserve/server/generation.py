@@ -153,16 +153,21 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
     max_tokens = served.fit_max_tokens(max(len(p.token_ids) for p in prompts), max_tokens, explicit_max_tokens, param,
                                        max_tokens_param)
     try:
+        structured_field = body.structured_outputs_field
+    except ValueError as e:  # several fields ask for it
+        raise bad_request(str(e)) from None
+    try:
+        structured = body.structured_outputs_params()
+        if structured is not None:
+            await asyncio.to_thread(engine.engine.grammars.compile, structured)
+    except ValueError as e:
+        raise bad_request(str(e), structured_field) from None
+    try:
         params = body.sampling_params(max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                                      defaults=served.default_sampling)
+                                      defaults=served.default_sampling, structured_outputs=structured)
         params.check_token_ids(served.vocab_size)
     except ValueError as e:
         raise bad_request(str(e)) from None
-    if params.structured_outputs is not None:
-        try:
-            await asyncio.to_thread(engine.engine.grammars.compile, params.structured_outputs)
-        except ValueError as e:
-            raise bad_request(str(e), body.structured_outputs_field) from None
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
         stream = engine.submit(request_id, prompts, params)

@@ -156,6 +156,9 @@ class GenerationRequest(_Model):
             fields.append("response_format")
         if len(fields) > 1:
             raise ValueError(f"structured output is asked for by {', '.join(fields)}: give one of them")
+        if self.guided_whitespace_pattern is not None and not (fields and fields[0] in GUIDED_FIELDS):
+            raise ValueError("guided_whitespace_pattern goes with guided_json (structured_outputs and "
+                             "response_format take whitespace_pattern in structured_outputs)")
         return fields[0] if fields else None
 
     def structured_outputs_params(self) -> StructuredOutputsParams | None:
@@ -166,6 +169,9 @@ class GenerationRequest(_Model):
         if field == "response_format":
             return self.response_format.structured_outputs()
         if field == "structured_outputs":
+            if "structural_tag" in self.structured_outputs:
+                raise ValueError("structured_outputs' structural_tag is not supported: kvserve takes json, regex, "
+                                 "choice, grammar and json_object")
             known = StructuredOutputsParams.__dataclass_fields__
             unknown = sorted(set(self.structured_outputs) - set(known))
             if unknown:
@@ -179,7 +185,7 @@ class GenerationRequest(_Model):
         return self.stream_options is not None and self.stream_options.include_usage
 
     def sampling_params(self, *, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None,
-                        defaults: dict) -> SamplingParams:
+                        defaults: dict, structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:
         """SamplingParams (DELTA outputs); fields the request leaves unset come from `defaults`
         (the model's generation_config), then from SamplingParams' own defaults.
         Raises ValueError for values that only SamplingParams checks (e.g. min_tokens > max_tokens)."""
@@ -191,7 +197,7 @@ class GenerationRequest(_Model):
             max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, allowed_token_ids=self.allowed_token_ids,
-            truncate_prompt_tokens=self.truncate_prompt_tokens, structured_outputs=self.structured_outputs_params(),
+            truncate_prompt_tokens=self.truncate_prompt_tokens, structured_outputs=structured_outputs,
             output_kind=RequestOutputKind.DELTA,
             **{name: value for name, value in picked.items() if value is not None})
 
