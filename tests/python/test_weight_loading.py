@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from kvserve.loader import load as load_module
 from kvserve.loader import load_model
 from kvserve.models.layers.rms_norm import RMSNorm
 from tiny_models import tiny_hf_model
@@ -81,13 +82,26 @@ def test_quantized_checkpoint_is_refused_before_its_weights_are_read(tmp_path, t
         load_model(directory)  # no weights in the directory: the config alone is refused
 
 
-def test_bfloat16_checkpoint_loads_as_bfloat16_under_auto(tmp_path):
+def test_bfloat16_checkpoint_loads_as_bfloat16_under_auto(tmp_path, monkeypatch):
+    monkeypatch.setattr(load_module, "onednn_packs", lambda dtype: True)  # a CPU with AVX-512
     model = tiny_hf_model("Qwen3ForCausalLM").to(torch.bfloat16)
     model.save_pretrained(tmp_path)
     loaded = load_model(tmp_path)
     assert loaded.dtype == torch.bfloat16
     assert torch.equal(loaded.model.model.norm.weight, model.model.norm.weight)
     assert load_model(tmp_path, dtype="float32").model.model.norm.weight.dtype == torch.float32
+
+
+def test_a_cpu_without_fast_bfloat16_runs_bfloat16_checkpoints_in_float32_under_auto(tmp_path, monkeypatch,
+                                                                                    caplog):
+    monkeypatch.setattr(load_module, "onednn_packs", lambda dtype: dtype != torch.bfloat16)  # AVX2 only
+    model = tiny_hf_model("Qwen3ForCausalLM").to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.dtype == torch.float32 and loaded.model.model.norm.weight.dtype == torch.float32
+    assert torch.equal(loaded.model.model.norm.weight, model.model.norm.weight.float())
+    assert "no fast bfloat16 path" in caplog.text
+    assert load_model(tmp_path, dtype="bfloat16").dtype == torch.bfloat16  # asked for: kept
 
 
 def test_dummy_weights_need_only_the_config(tmp_path, tiny_model_dir):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from kvserve.loader.model_source import resolve_model_path
 from kvserve.loader.safetensors_weights import iter_safetensors_weights
 from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.model_config import ModelConfig
+from kvserve.models.layers.linear import onednn_packs
 from kvserve.models.registry import build_model
+
+logger = logging.getLogger("kvserve")
 
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 
@@ -31,6 +35,20 @@ class LoadedModel:
     path: Path
     # From GGUF metadata; None for a Hugging Face directory.
     tokenizer: TokenizerParts | None
+
+
+def _engine_dtype(model_config: ModelConfig, dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """model_config.resolve_dtype(dtype), but for a bfloat16 checkpoint under "auto" on a CPU without
+    a fast bfloat16 path (no AVX-512 or AVX-NE-CONVERT: oneDNN refuses it, and torch's bfloat16
+    products there ran the small preset 4.8-5.7x slower than float32; bench/README.md), which runs
+    in float32 (twice the weights' memory)."""
+    resolved = model_config.resolve_dtype(dtype)
+    if (isinstance(dtype, str) and dtype == "auto" and resolved == torch.bfloat16 and device.type == "cpu"
+            and not onednn_packs(torch.bfloat16)):
+        logger.warning("this CPU has no fast bfloat16 path (no AVX-512): running the bfloat16 checkpoint in "
+                       "float32; --dtype bfloat16 keeps bfloat16 (half the memory, several times slower)")
+        return torch.float32
+    return resolved
 
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
@@ -52,7 +70,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     else:
         model_config, tokenizer = ModelConfig.from_pretrained(path), None
         weights = iter_safetensors_weights(path)
-    resolved = model_config.resolve_dtype(dtype)
+    resolved = _engine_dtype(model_config, dtype, torch.device(device))
     module = build_model(model_config, resolved, device)
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
