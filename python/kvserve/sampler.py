@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from kvserve import ops
@@ -115,11 +116,21 @@ def apply_allowed_tokens(logits: torch.Tensor, allowed: AllowedTokens) -> None:
 
 
 def apply_grammar_mask(logits: torch.Tensor, mask: GrammarMask) -> None:
-    """In place: the grammar rows keep the logits of the tokens their bitmask sets, every other is -inf."""
-    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-    bits = (mask.bitmask.unsqueeze(2) >> shifts) & 1  # [G, W, 32]: token 32 * w + b
-    refused = bits.view(bits.shape[0], -1)[:, :logits.shape[1]] == 0
-    logits[mask.rows] = logits[mask.rows].masked_fill_(refused, float("-inf"))
+    """In place: the grammar rows keep the logits of the tokens their bitmask sets, every other is
+    -inf. The bits are unpacked where the logits are: on the host by numpy (byte by byte, a
+    little-endian word's bits in order), on a GPU by shifts (a bitmask is 1/32 of the mask to copy)."""
+    num_rows, vocab = mask.bitmask.shape[0], logits.shape[1]
+    if logits.is_cuda:
+        shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+        allowed = ((mask.bitmask.unsqueeze(2) >> shifts) & 1).view(num_rows, -1)[:, :vocab].bool()
+    else:
+        bits = np.unpackbits(mask.bitmask.numpy().view(np.uint8), axis=1, bitorder="little")
+        allowed = torch.from_numpy(bits[:, :vocab].view(np.bool_))
+    refused = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+    if mask.all_rows:
+        torch.where(allowed, logits, refused, out=logits)
+    else:
+        logits[mask.rows] = torch.where(allowed, logits[mask.rows], refused)
 
 
 def _inverse_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

@@ -152,6 +152,7 @@ class GrammarMask:
 
     rows: torch.Tensor
     bitmask: torch.Tensor
+    all_rows: bool = False  # rows is every row of the batch, in order
 
     @classmethod
     def build(cls, grammars: Sequence[GrammarMatcher | None], output_token_ids, device) -> GrammarMask | None:
@@ -162,7 +163,8 @@ class GrammarMask:
         bitmask = np.empty((len(rows), grammars[rows[0]].num_words), dtype=np.int32)
         for j, i in enumerate(rows):
             grammars[i].fill_bitmask(output_token_ids[i], bitmask[j])
-        return cls(device_column(rows, torch.int64, device), _to_device(torch.from_numpy(bitmask), device))
+        return cls(device_column(rows, torch.int64, device), _to_device(torch.from_numpy(bitmask), device),
+                   len(rows) == len(grammars))
 
 
 @dataclass

@@ -229,19 +229,19 @@ def test_without_a_tokenizer_it_is_refused(tiny_model_dir):
 
 
 @pytest.mark.parametrize("vocab_size", [37, 64, 1000])
-def test_the_bitmask_keeps_exactly_its_tokens(vocab_size):
+@pytest.mark.parametrize("rows", [[3, 1], [0, 1, 2, 3]], ids=["some rows", "every row"])
+def test_the_bitmask_keeps_exactly_its_tokens(vocab_size, rows):
     generator = torch.Generator().manual_seed(vocab_size)
     logits = torch.randn(4, vocab_size, generator=generator)
-    allowed = torch.rand(2, vocab_size, generator=generator) < 0.3
+    allowed = torch.rand(len(rows), vocab_size, generator=generator) < 0.3
     allowed[:, -1] = True  # the last word's top bit, whose int32 is negative
-    words = torch.zeros(2, bitmask_words(vocab_size) * 32, dtype=torch.int64)
+    words = torch.zeros(len(rows), bitmask_words(vocab_size) * 32, dtype=torch.int64)
     words[:, :vocab_size] = allowed.long()
-    packed = (words.view(2, -1, 32) << torch.arange(32)).sum(dim=2)
+    packed = (words.view(len(rows), -1, 32) << torch.arange(32)).sum(dim=2)
     bitmask = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-    rows = torch.tensor([3, 1])
     expected = logits.clone()
     expected[rows] = torch.where(allowed, logits[rows], float("-inf"))
-    apply_grammar_mask(logits, GrammarMask(rows, bitmask))
+    apply_grammar_mask(logits, GrammarMask(torch.tensor(rows), bitmask, all_rows=len(rows) == 4))
     assert torch.equal(logits, expected)
 
 

@@ -1,0 +1,69 @@
+"""What structured outputs cost per generated token: one batch of prompts decoded to a fixed length
+with no grammar, then with each grammar, taking turns round by round.
+
+    python bench/structured_outputs.py [--preset small] [--num-prompts 64] [--output-len 64] [--repeat 3]
+
+EOS is ignored and every grammar is unbounded (it never forces the end), so each run makes exactly
+num_prompts x output_len tokens and the difference is the grammar's work: the matchers' masks on the
+host (llguidance), their copy to the device and the sampler's masking. Prints a markdown table of
+output tok/s (best of the rounds) and each grammar's ratio to no grammar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from kvserve import Engine, SamplingParams, StructuredOutputsParams
+from kvserve.bench.checkpoint import ensure_model
+
+GRAMMARS = {
+    "none": None,
+    "regex [a-z ]*": StructuredOutputsParams(regex="[a-z ]*"),
+    "json_object": StructuredOutputsParams(json_object=True),
+    "json schema, array of objects": StructuredOutputsParams(json={
+        "type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "age": {"type": "integer"}, "tags": {"type": "array", "items": {
+                "enum": ["red", "green", "blue"]}}}, "required": ["name", "age", "tags"]}}),
+}
+
+
+def run(engine: Engine, prompts: list[str], grammar, output_len: int) -> float:
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True, structured_outputs=grammar)
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    made = sum(len(o.outputs[0].token_ids) for o in outputs)
+    if made != len(prompts) * output_len:
+        raise RuntimeError(f"expected {len(prompts) * output_len} tokens, got {made}")
+    return made / elapsed
+
+
+def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--model", help="a model directory instead of a preset")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    engine = Engine(args.model or str(ensure_model(args.preset)), dtype=args.dtype)
+    prompts = [f"Request {i}: describe the weather in one line." for i in range(args.num_prompts)]
+    run(engine, prompts[:4], GRAMMARS["json_object"], 8)  # warm-up (and the tokenizer for llguidance)
+    rounds: dict[str, list[float]] = {name: [] for name in GRAMMARS}
+    for _ in range(args.repeat):
+        for name, grammar in GRAMMARS.items():
+            rounds[name].append(run(engine, prompts, grammar, args.output_len))
+    baseline = max(rounds["none"])
+    print(f"| grammar | output tok/s | vs none | rounds |\n|---|---|---|---|")
+    results = []
+    for name, values in rounds.items():
+        best = max(values)
+        print(f"| {name} | {best:,.0f} | {best / baseline:.2f}x | {', '.join(f'{v:,.0f}' for v in values)} |")
+        results.append((name, best, values))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""bench/structured_outputs.py on the tiny model: every grammar's run makes exactly its tokens, and
+the table has a row per grammar (the speeds themselves are bench/README.md's business)."""
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "structured_outputs_bench", Path(__file__).resolve().parents[2] / "bench" / "structured_outputs.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_each_grammar_gets_a_row(tiny_model_dir, capsys):
+    results = bench.main(["--model", str(tiny_model_dir("LlamaForCausalLM")), "--num-prompts", "3",
+                          "--output-len", "12", "--repeat", "2"])
+    assert [name for name, _, _ in results] == list(bench.GRAMMARS)
+    assert all(best == max(rounds) > 0 and len(rounds) == 2 for _, best, rounds in results)
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| grammar |") and len(table) == 2 + len(bench.GRAMMARS)
