@@ -17,6 +17,7 @@ from kvserve.grammar import bitmask_words, set_tokens
 from kvserve.sampler import apply_grammar_mask
 from kvserve.sampling_metadata import GrammarMask
 from kvserve.structured_outputs import _closed_objects
+from requires_cuda import requires_cuda
 
 PROMPTS = ["The capital of France is", "Hello, my name is", "1, 2, 3,"]
 SCHEMA = {
@@ -65,6 +66,20 @@ def test_every_output_matches_what_it_was_held_to(engine, kind, sampling):
         for sample in output.outputs:
             assert sample.finish_reason == "stop", sample
             assert matches(sample.text), sample.text
+
+
+@requires_cuda
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_on_a_gpu_every_output_matches(tiny_model_dir, enforce_eager):
+    """On a GPU steps are scheduled ahead by default (retracting rows top_p's sampler settles) and
+    decode steps replay CUDA graphs; the bitmask is unpacked on the device."""
+    pytest.importorskip("llguidance")  # carried to the lent GPU machine as a wheel (bench/gpu_check.sh)
+    gpu = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="float32", device="cuda", kv_cache_memory_gb=0.05,
+                 enforce_eager=enforce_eager)
+    for params, matches in BOUNDED.values():
+        for output in generate(gpu, max_tokens=48, temperature=1.0, top_p=0.97, n=3, seed=3,
+                               structured_outputs=params):
+            assert all(s.finish_reason == "stop" and matches(s.text) for s in output.outputs), output.outputs
 
 
 def test_without_a_grammar_the_model_matches_none_of_them(engine):
