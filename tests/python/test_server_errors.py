@@ -63,7 +63,8 @@ CASES = {
     "messages too long": (CHAT, {"messages": [{"role": "user", "content": "ka lo " * 200}]}, 400, "messages"),
     "max_completion_tokens 0": (CHAT, {"messages": USER, "max_completion_tokens": 0}, 400, "max_completion_tokens"),
     "top_logprobs without logprobs": (CHAT, {"messages": USER, "top_logprobs": 2}, 400, "top_logprobs"),
-    "tools": (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400, "tools"),
+    "a tool without its function": (CHAT, {"messages": USER, "tools": [{"type": "function"}]}, 400,
+                                    "tools.0.function"),
     "unknown chat model": (CHAT, {"messages": USER, "model": "gpt-9"}, 404, "model"),
 }
 

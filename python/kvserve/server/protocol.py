@@ -9,6 +9,7 @@ nulls).
 
 from __future__ import annotations
 
+import json
 import typing
 from functools import cache
 from typing import Annotated, Literal
@@ -234,11 +235,20 @@ class ChatMessage(_Model):
 
     def template_message(self) -> dict:
         """The message as chat templates see it: "developer" is OpenAI's newer name for "system", and
-        no content (an assistant's tool calls) is empty text, as vLLM passes it."""
+        no content (an assistant's tool calls) is empty text, as vLLM passes it, and tool calls'
+        arguments are objects."""
         message = self.model_dump(exclude_none=True)
         if message["role"] == "developer":
             message["role"] = "system"
         message.setdefault("content", "")
+        for call in message.get("tool_calls") or []:
+            # An assistant's earlier calls: templates iterate their arguments (vLLM parses them too).
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                try:
+                    function["arguments"] = json.loads(function["arguments"])
+                except ValueError:
+                    pass  # left as the client wrote it
         return message
 
 
@@ -260,11 +270,56 @@ class ChatTemplateFields(_Model):
         return messages
 
 
+class FunctionDefinition(_Model):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
+
+
+class Tool(_Model):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Model):
+    name: str
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(GenerationRequest, ChatTemplateFields):
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None  # server/tools.py
+    parallel_tool_calls: bool = True
+
+    @property
+    def structured_outputs_field(self) -> str | None:
+        """As GenerationRequest's, and "tool_choice" where it forces a tool call (server/tools.py)."""
+        from kvserve.server.tools import forced
+
+        field = GenerationRequest.structured_outputs_field.fget(self)
+        if forced(self.tool_choice):
+            if field is not None:
+                raise ValueError(f"tool_choice and {field} both say what the reply must be: give one of them")
+            return "tool_choice"
+        return field
+
+    def structured_outputs_params(self) -> StructuredOutputsParams | None:
+        from kvserve.server.tools import tool_call_grammar
+
+        if self.structured_outputs_field == "tool_choice":
+            return tool_call_grammar(self.tools, self.tool_choice, self.parallel_tool_calls)
+        return super().structured_outputs_params()
 
 
 class TokenizeRequest(ChatTemplateFields):

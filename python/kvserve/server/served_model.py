@@ -49,13 +49,16 @@ class ServedModel:
         if bad:
             raise bad_request(f"{param} has token ids {bad[:8]} outside the vocabulary [0, {self.vocab_size})", param)
 
-    def render_chat(self, fields: ChatTemplateFields) -> str:
+    def render_chat(self, fields: ChatTemplateFields, tools: list[dict] | None = None) -> str:
         """The prompt text of a conversation, through the model's chat template (or the request's,
-        when the server trusts those). chat_template_kwargs are the template's variables and win
-        over the request's own fields, as in vLLM."""
+        when the server trusts those), with `tools` (OpenAI's tool definitions) as its `tools`.
+        chat_template_kwargs are the template's variables and win over the request's own fields, as
+        in vLLM."""
         try:
             arguments = chat_template_arguments(fields.add_generation_prompt, fields.continue_final_message,
-                                                fields.chat_template, fields.chat_template_kwargs)
+                                                fields.chat_template,
+                                                {"tools": tools, **(fields.chat_template_kwargs or {})} if tools
+                                                else fields.chat_template_kwargs)
         except ValueError as e:
             raise bad_request(str(e), "chat_template_kwargs") from None
         if arguments["chat_template"] is not None and not self.trust_request_chat_template:
