@@ -81,7 +81,7 @@ def test_earlier_calls_in_the_conversation_are_accepted(tiny_client):
 
 @pytest.mark.parametrize("body, message", [
     ({"tools": TOOLS}, "'auto'"),
-    ({"tools": TOOLS, "tool_choice": "auto"}, "not supported"),
+    ({"tools": TOOLS, "tool_choice": "auto"}, "--enable-auto-tool-choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "fly"}}}, "not among the tools"),
     ({"tool_choice": "required"}, "needs tools"),
     ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "give one of them"),

@@ -10,6 +10,7 @@ import os
 from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_template_argument, add_engine_arguments,
                                  add_model_argument)
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
+from kvserve.server.tool_parsers import TOOL_PARSERS
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
@@ -64,6 +65,11 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--enable-prompt-tokens-details", action="store_true",
                        help="usage reports prompt_tokens_details.cached_tokens: the prompt tokens found in the "
                        "prefix cache")
+    serve.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help="answer tool_choice 'auto' (the default with tools) by reading the calls the model "
+                       "writes, with --tool-call-parser")
+    serve.add_argument("--tool-call-parser", choices=TOOL_PARSERS,
+                       help="the syntax the model writes tool calls in: hermes (Hermes, Qwen2.5, Qwen3)")
     serve.add_argument("--allow-credentials", action="store_true",
                        help="let browsers send credentials (cookies, authorization) cross-origin")
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,

@@ -20,7 +20,7 @@ from kvserve.server.generation import Choice, Generation, start_generation
 from kvserve.server.protocol import ChatCompletionRequest
 from kvserve.server.responses import AnswerFormat, respond
 from kvserve.server.served_model import ServedModel
-from kvserve.server.tools import check_tool_choice, forced, template_tools, tool_calls
+from kvserve.server.tools import Reply, check_tool_choice, parses_calls, reply_for, template_tools
 
 router = APIRouter()
 
@@ -38,31 +38,24 @@ def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int) -> di
     return {"content": content}
 
 
-def _check_unsupported(body: ChatCompletionRequest) -> None:
+def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None:
     try:
-        check_tool_choice(body.tools, body.tool_choice)
+        check_tool_choice(body.tools, body.tool_choice, served.auto_tool_parser)
     except ValueError as e:
         raise bad_request(str(e), "tool_choice") from None
     if body.top_logprobs is not None and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs to be true", "top_logprobs")
 
 
-def _reply(choice: Choice, body: ChatCompletionRequest) -> tuple[dict, str | None]:
-    """A finished choice's message fields and finish_reason: its text, or, where the request forced
-    a tool call and the reply parses, the calls (finish_reason "tool_calls" for "required", "stop"
-    for a named function, as OpenAI answers them)."""
-    calls = tool_calls(choice.text, body.tool_choice) if forced(body.tool_choice) else None
-    if calls is None:
-        return {"content": choice.text}, choice.finish_reason
-    reason = "tool_calls" if body.tool_choice == "required" and choice.finish_reason == "stop" else choice.finish_reason
-    return {"content": None, "tool_calls": calls}, reason
+def _reply(body: ChatCompletionRequest, served: ServedModel) -> Reply:
+    return reply_for(body.tools, body.tool_choice, served.auto_tool_parser)
 
 
 async def _choices(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> list[dict]:
     choices = []
     for index, choice in enumerate(await generation.collect()):
         logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
-        message, finish_reason = _reply(choice, body)
+        message, finish_reason = _reply(body, served).message(choice.text, choice.finish_reason)
         choices.append({"index": index, "message": {"role": "assistant", **message},
                         "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": choice.stop_reason})
     return choices
@@ -72,25 +65,32 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
                          served: ServedModel) -> AsyncIterator[dict]:
     for index in range(generation.num_choices):
         yield {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-    # A forced tool call goes out whole, in the choice's last chunk: its arguments are known to parse
-    # only once the reply is complete (clients join a call's deltas, so one delta is a valid stream).
-    held = {index: Choice() for index in range(generation.num_choices)} if forced(body.tool_choice) else None
+    replies = [_reply(body, served) for _ in range(generation.num_choices)]
+    # Token logprobs wait for the next chunk their choice sends (a reply that holds text back sends
+    # none for a while).
+    unsent: list[Choice] = [Choice() for _ in range(generation.num_choices)]
     async for delta in generation.deltas():
-        if held is not None:
-            held[delta.index].add(delta)
-            if delta.finish_reason is None:
+        reply, waiting = replies[delta.index], unsent[delta.index]
+        waiting.token_ids += delta.token_ids
+        waiting.logprobs += delta.logprobs or []
+        pieces = reply.feed(delta.text)
+        finish_reason = None
+        if delta.finish_reason is not None:
+            more, finish_reason = reply.finish(delta.finish_reason)
+            pieces += more
+        if not pieces:
+            if reply.holds_text and finish_reason is None:
                 continue
-            choice = held.pop(delta.index)
-            message, finish_reason = _reply(choice, body)
-            if "tool_calls" in message:
-                message = {"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}
-            logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
-            yield {"index": delta.index, "delta": message, "logprobs": logprobs, "finish_reason": finish_reason,
-                   "stop_reason": delta.stop_reason}
-            continue
-        logprobs = _logprobs(delta.token_ids, delta.logprobs, body.top_logprobs or 0) if body.logprobs else None
-        yield {"index": delta.index, "delta": {"content": delta.text} if delta.text else {}, "logprobs": logprobs,
-               "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}
+            pieces = [{}]
+        for j, piece in enumerate(pieces):
+            last = j == len(pieces) - 1
+            logprobs = None
+            if j == 0 and body.logprobs:
+                logprobs = _logprobs(waiting.token_ids, waiting.logprobs, body.top_logprobs or 0)
+                waiting.token_ids, waiting.logprobs = [], []
+            yield {"index": delta.index, "delta": piece, "logprobs": logprobs,
+                   "finish_reason": finish_reason if last else None,
+                   "stop_reason": delta.stop_reason if last and finish_reason is not None else None}
 
 
 ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chunk_choices)
@@ -100,7 +100,9 @@ ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chu
 async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
     served: ServedModel = raw_request.app.state.model
     served.check_name(body.model)
-    _check_unsupported(body)
+    _check_unsupported(body, served)
+    if parses_calls(body.tools, body.tool_choice, served.auto_tool_parser):
+        body.skip_special_tokens = False  # the call tags may be special tokens (vLLM's hermes parser does this)
     text = await asyncio.to_thread(served.render_chat, body, template_tools(body.tools))
     prompt = EnginePrompt(await asyncio.to_thread(served.encode, text, body.add_special_tokens, "messages"), text)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens

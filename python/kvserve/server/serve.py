@@ -80,6 +80,8 @@ def _check_model_argument(args: argparse.Namespace) -> None:
 def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     _check_model_argument(args)
+    if args.enable_auto_tool_choice and args.tool_call_parser is None:
+        raise SystemExit("kvserve serve: --enable-auto-tool-choice needs --tool-call-parser (hermes)")
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
@@ -88,7 +90,8 @@ def run_server(args: argparse.Namespace) -> int:
         app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_waiting=args.max_waiting,
                         trust_request_chat_template=args.trust_request_chat_template, cors=cors,
-                        prompt_tokens_details=args.enable_prompt_tokens_details)
+                        prompt_tokens_details=args.enable_prompt_tokens_details,
+                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.

@@ -1,38 +1,42 @@
-"""Tool calling in chat completions, where the request forces it: `tool_choice` naming a function,
-or "required". The reply is then held by a grammar (structured outputs) to the JSON that the call
-takes, so it always parses into OpenAI's `tool_calls`, as vLLM answers these two choices:
+"""Tool calling in chat completions. What a reply becomes depends on the request's tool_choice:
 
-    named function   the reply is the function's arguments (a JSON object of its parameters schema)
-    "required"       the reply is a JSON array of {"name": <a tool's name>, "parameters": {...}}
-                     (one element when parallel_tool_calls is false)
+    a named function   the reply is held by a grammar (structured outputs) to the function's
+                       arguments, a JSON object of its parameters schema, and is that one call
+    "required"         held to a JSON array of {"name": <a tool's name>, "parameters": {...}} (one
+                       element when parallel_tool_calls is false): those calls
+    "auto"             the model writes calls in its own syntax, read by the server's tool-call
+                       parser (tool_parsers.py; `--enable-auto-tool-choice --tool-call-parser`), or
+                       answers in text; without the flags, a 400 (the default with tools), as vLLM
+    "none"             text (the tools still reach the chat template, which describes them)
 
-"none" answers in text (the tools still reach the chat template, which describes them to the
-model). "auto", which needs a parser of each model family's own tool-call syntax (vLLM's
---tool-call-parser), is refused with a 400 that says which choices kvserve takes.
+The first two are what vLLM answers for them; a forced reply cut short (max_tokens, a stop string)
+stays text. Streaming, a forced call goes out whole in the choice's last chunk: its arguments are
+known to parse only once the reply is complete (clients join a call's deltas, so one is a valid
+stream).
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 
 from kvserve.server.protocol import NamedToolChoice, Tool, ToolChoice
+from kvserve.server.tool_parsers import HermesStream, parse_hermes, tool_call
 from kvserve.structured_outputs import StructuredOutputsParams
 
 
-def check_tool_choice(tools: list[Tool] | None, tool_choice: ToolChoice | None) -> None:
-    """ValueError (the field is tool_choice) for a choice kvserve cannot answer or that names no tool."""
+def check_tool_choice(tools: list[Tool] | None, tool_choice: ToolChoice | None, auto_parser: str | None) -> None:
+    """ValueError (the field is tool_choice) for a choice this server cannot answer or that names no tool."""
     if tool_choice is None or tool_choice == "none":
-        if tools and tool_choice is None:
-            raise ValueError("tools without a tool_choice mean 'auto', which kvserve does not answer (it would "
-                             "need each model family's tool-call parser): set tool_choice to 'required', a named "
-                             "function ({'type': 'function', 'function': {'name': ...}}) or 'none'")
+        if tools and tool_choice is None and auto_parser is None:
+            raise ValueError("tools without a tool_choice mean 'auto', which needs the server started with "
+                             "--enable-auto-tool-choice --tool-call-parser: set tool_choice to 'required', a "
+                             "named function ({'type': 'function', 'function': {'name': ...}}) or 'none'")
         return
     if not tools:
         raise ValueError("tool_choice needs tools")
-    if tool_choice == "auto":
-        raise ValueError("tool_choice 'auto' is not supported (it would need each model family's tool-call "
-                         "parser): use 'required', a named function or 'none'")
+    if tool_choice == "auto" and auto_parser is None:
+        raise ValueError("tool_choice 'auto' needs the server started with --enable-auto-tool-choice "
+                         "--tool-call-parser: use 'required', a named function or 'none'")
     if isinstance(tool_choice, NamedToolChoice):
         names = [tool.function.name for tool in tools]
         if tool_choice.function.name not in names:
@@ -43,6 +47,11 @@ def check_tool_choice(tools: list[Tool] | None, tool_choice: ToolChoice | None) 
 def forced(tool_choice: ToolChoice | None) -> bool:
     """Whether the reply is a tool call (a named function, or "required")."""
     return isinstance(tool_choice, NamedToolChoice) or tool_choice == "required"
+
+
+def parses_calls(tools: list[Tool] | None, tool_choice: ToolChoice | None, auto_parser: str | None) -> bool:
+    """Whether the reply is read for calls in the model's own syntax ("auto", the default with tools)."""
+    return bool(tools) and auto_parser is not None and tool_choice in (None, "auto")
 
 
 def tool_call_grammar(tools: list[Tool], tool_choice: ToolChoice, parallel_tool_calls: bool) -> StructuredOutputsParams:
@@ -65,18 +74,86 @@ def template_tools(tools: list[Tool] | None) -> list[dict] | None:
     return None if tools is None else [tool.model_dump(exclude_none=True) for tool in tools]
 
 
-def _call(name: str, arguments: str) -> dict:
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": name, "arguments": arguments}}
-
-
-def tool_calls(text: str, tool_choice: ToolChoice) -> list[dict] | None:
-    """The reply's tool calls, or None where it does not parse (cut short by max_tokens or a stop
-    string: the reply then stays text)."""
+def _forced_calls(text: str, tool_choice: ToolChoice) -> list[dict] | None:
     try:
         value = json.loads(text)
     except ValueError:
         return None
     if isinstance(tool_choice, NamedToolChoice):
-        return [_call(tool_choice.function.name, json.dumps(value, ensure_ascii=False))]
-    return [_call(call["name"], json.dumps(call["parameters"], ensure_ascii=False)) for call in value]
+        return [tool_call(tool_choice.function.name, json.dumps(value, ensure_ascii=False))]
+    return [tool_call(call["name"], json.dumps(call["parameters"], ensure_ascii=False)) for call in value]
+
+
+class Reply:
+    """How one choice's text becomes its message: whole (`message`) or delta by delta (`feed`, then
+    `finish`, each returning the deltas to send). Plain text here; the tool modes below."""
+
+    holds_text = False  # whether a delta may send nothing
+
+    def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
+        return {"content": text}, finish_reason
+
+    def feed(self, piece: str) -> list[dict]:
+        return [{"content": piece}] if piece else []
+
+    def finish(self, finish_reason: str | None) -> tuple[list[dict], str | None]:
+        return [], finish_reason
+
+
+class ForcedCallReply(Reply):
+    """tool_choice a named function or "required": the reply is the calls' JSON."""
+
+    holds_text = True
+
+    def __init__(self, tool_choice: ToolChoice):
+        self._tool_choice = tool_choice
+        self._text = ""
+
+    def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
+        calls = _forced_calls(text, self._tool_choice)
+        if calls is None:
+            return {"content": text}, finish_reason
+        # OpenAI's reasons: "tool_calls" when the model chose to call ("required"), "stop" when told which.
+        reason = "tool_calls" if self._tool_choice == "required" and finish_reason == "stop" else finish_reason
+        return {"content": None, "tool_calls": calls}, reason
+
+    def feed(self, piece: str) -> list[dict]:
+        self._text += piece
+        return []
+
+    def finish(self, finish_reason: str | None) -> tuple[list[dict], str | None]:
+        message, reason = self.message(self._text, finish_reason)
+        if "tool_calls" in message:
+            return [{"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}], reason
+        return [message] if self._text else [], reason
+
+
+class ParsedCallReply(Reply):
+    """tool_choice "auto": calls in the model's own syntax (the hermes parser, tool_parsers.py)."""
+
+    holds_text = True
+
+    def __init__(self):
+        self._stream = HermesStream()
+
+    def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
+        content, calls = parse_hermes(text)
+        if calls is None:
+            return {"content": text}, finish_reason
+        return {"content": content, "tool_calls": calls}, "tool_calls"  # vLLM's reason, however it ended
+
+    def feed(self, piece: str) -> list[dict]:
+        return self._stream.feed(piece)
+
+    def finish(self, finish_reason: str | None) -> tuple[list[dict], str | None]:
+        deltas = self._stream.finish()
+        return deltas, "tool_calls" if self._stream.called else finish_reason
+
+
+def reply_for(tools: list[Tool] | None, tool_choice: ToolChoice | None, auto_parser: str | None) -> Reply:
+    """A fresh Reply for one choice of a request."""
+    if forced(tool_choice):
+        return ForcedCallReply(tool_choice)
+    if parses_calls(tools, tool_choice, auto_parser):
+        return ParsedCallReply()
+    return Reply()
