@@ -103,7 +103,6 @@ def test_the_openai_client_raises_for_auto(tiny_client):
 def test_the_tools_reach_the_chat_template(tiny_engine):
     from kvserve.server.protocol import ChatCompletionRequest
     from kvserve.server.served_model import ServedModel
-    from kvserve.server.tools import template_tools
 
     served = ServedModel(tiny_engine, ["tiny"], "tiny", trust_request_chat_template=True)
     conversation = MESSAGES + [
@@ -114,4 +113,42 @@ def test_the_tools_reach_the_chat_template(tiny_engine):
         "chat_template": "{% for t in tools %}{{ t.function.name }};{% endfor %}"
                          "{% for m in messages %}{% for c in m.tool_calls or [] %}"
                          "{{ c.function.arguments.zone }}{% endfor %}{% endfor %}"})
-    assert served.render_chat(body, template_tools(body.tools)) == "get_weather;get_time;UTC"
+    assert served.render_chat(body) == "get_weather;get_time;UTC"
+
+
+def test_numbers_in_arguments_stay_json_as_written(tiny_client):
+    """A float would make 1e999 Infinity, which is not JSON: arguments keep the model's text."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}}}]
+    for choice in ({"type": "function", "function": {"name": "f"}}, "required"):
+        response = tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, tool_choice=choice,
+                                                       parallel_tool_calls=False, temperature=1.0, seed=0, n=6,
+                                                       max_tokens=40)
+        for reply in response.choices:
+            if reply.message.tool_calls:
+                arguments = reply.message.tool_calls[0].function.arguments
+                assert "Infinity" not in arguments and "NaN" not in arguments
+                json.loads(arguments, parse_constant=lambda name: pytest.fail(f"{name} in {arguments}"))
+
+
+def test_required_takes_schemas_with_their_own_definitions(tiny_client):
+    """openai.pydantic_function_tool writes nested models as $defs; under "required" each tool's
+    schema sits inside the call array, so its references are rebased."""
+    place = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+             "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "trip", "parameters": {
+        "$defs": {"Place": place}, "type": "object", "properties": {"to": {"$ref": "#/$defs/Place"}},
+        "required": ["to"], "additionalProperties": False}}}]
+    response = tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, tool_choice="required",
+                                                   parallel_tool_calls=False, temperature=0, max_tokens=60)
+    [call] = response.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments)["to"]["city"] in ("Paris", "Rome")
+
+
+def test_the_openai_stream_helper_closes_each_call(tiny_client):
+    events = []
+    with tiny_client.beta.chat.completions.stream(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=NAMED,
+                                                  **GREEDY) as stream:
+        for event in stream:
+            events.append(event.type)
+    assert "tool_calls.function.arguments.done" in events

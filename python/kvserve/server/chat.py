@@ -20,7 +20,7 @@ from kvserve.server.generation import Choice, Generation, start_generation
 from kvserve.server.protocol import ChatCompletionRequest
 from kvserve.server.responses import AnswerFormat, respond
 from kvserve.server.served_model import ServedModel
-from kvserve.server.tools import Reply, check_tool_choice, parses_calls, reply_for, template_tools
+from kvserve.server.tools import Reply, check_tool_choice, parses_calls, reply_for
 
 router = APIRouter()
 
@@ -82,6 +82,10 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
             if reply.holds_text and finish_reason is None:
                 continue
             pieces = [{}]
+        if finish_reason is not None and "tool_calls" in pieces[-1]:
+            # The finish in a chunk of its own after the calls, as OpenAI sends it (the openai
+            # client's stream helpers close a call's arguments there).
+            pieces.append({})
         for j, piece in enumerate(pieces):
             last = j == len(pieces) - 1
             logprobs = None
@@ -103,7 +107,7 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
     _check_unsupported(body, served)
     if parses_calls(body.tools, body.tool_choice, served.auto_tool_parser):
         body.skip_special_tokens = False  # the call tags may be special tokens (vLLM's hermes parser does this)
-    text = await asyncio.to_thread(served.render_chat, body, template_tools(body.tools))
+    text = await asyncio.to_thread(served.render_chat, body)
     prompt = EnginePrompt(await asyncio.to_thread(served.encode, text, body.add_special_tokens, "messages"), text)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     generation = await start_generation(

@@ -246,28 +246,10 @@ class ChatMessage(_Model):
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict) and isinstance(function.get("arguments"), str):
                 try:
-                    function["arguments"] = json.loads(function["arguments"])
+                    function["arguments"] = json.loads(function["arguments"] or "{}")
                 except ValueError:
                     pass  # left as the client wrote it
         return message
-
-
-class ChatTemplateFields(_Model):
-    """How a conversation becomes a prompt (shared by chat completions and /tokenize)."""
-
-    messages: list[ChatMessage]
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
-    add_special_tokens: bool = False  # the template writes the special tokens
-    chat_template: str | None = None  # instead of the model's; only where the server trusts them
-    chat_template_kwargs: dict | None = None
-
-    @field_validator("messages")
-    @classmethod
-    def _not_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if messages is not None and not messages:
-            raise ValueError("messages must hold at least one message")
-        return messages
 
 
 class FunctionDefinition(_Model):
@@ -275,6 +257,12 @@ class FunctionDefinition(_Model):
     description: str | None = None
     parameters: dict = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _empty_is_none(cls, parameters: dict) -> dict:
+        # {} as "no parameters" (vLLM's reading), not JSON Schema's "any value".
+        return parameters or {"type": "object", "properties": {}}
 
 
 class Tool(_Model):
@@ -294,11 +282,33 @@ class NamedToolChoice(_Model):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+class ChatTemplateFields(_Model):
+    """How a conversation becomes a prompt (shared by chat completions and /tokenize)."""
+
+    messages: list[ChatMessage]
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False  # the template writes the special tokens
+    chat_template: str | None = None  # instead of the model's; only where the server trusts them
+    chat_template_kwargs: dict | None = None
+    tools: list[Tool] | None = None  # the template's `tools`
+
+    def template_tools(self) -> list[dict] | None:
+        """The tools as chat templates read them (OpenAI's format, as transformers passes them)."""
+        return None if self.tools is None else [tool.model_dump(exclude_none=True) for tool in self.tools]
+
+    @field_validator("messages")
+    @classmethod
+    def _not_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages is not None and not messages:
+            raise ValueError("messages must hold at least one message")
+        return messages
+
+
 class ChatCompletionRequest(GenerationRequest, ChatTemplateFields):
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # server/tools.py
     parallel_tool_calls: bool = True
 

@@ -50,11 +50,11 @@ class ServedModel:
         if bad:
             raise bad_request(f"{param} has token ids {bad[:8]} outside the vocabulary [0, {self.vocab_size})", param)
 
-    def render_chat(self, fields: ChatTemplateFields, tools: list[dict] | None = None) -> str:
+    def render_chat(self, fields: ChatTemplateFields) -> str:
         """The prompt text of a conversation, through the model's chat template (or the request's,
-        when the server trusts those), with `tools` (OpenAI's tool definitions) as its `tools`.
-        chat_template_kwargs are the template's variables and win over the request's own fields, as
-        in vLLM."""
+        when the server trusts those), with the request's tools as its `tools`. chat_template_kwargs
+        are the template's variables and win over the request's own fields, as in vLLM."""
+        tools = fields.template_tools()
         try:
             arguments = chat_template_arguments(fields.add_generation_prompt, fields.continue_final_message,
                                                 fields.chat_template,

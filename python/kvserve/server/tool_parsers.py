@@ -29,10 +29,30 @@ def tool_call(name: str, arguments: str) -> dict:
     return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
+class _Number(str):
+    """A JSON number as the model wrote it (a float would turn 1e999 into Infinity, which is not JSON)."""
+
+
+def loads_exact(text: str):
+    """json.loads, with numbers kept as written (for `compact_json`)."""
+    return json.loads(text, parse_float=_Number, parse_int=_Number)
+
+
+def compact_json(value) -> str:
+    """JSON text of a loads_exact value, without whitespace: numbers as the model wrote them."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{compact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(compact_json(v) for v in value) + "]"
+    if isinstance(value, _Number):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _call_from_block(block: str) -> dict | None:
     """A block's call, or None where its JSON is not {"name": str, "arguments": object or JSON text}."""
     try:
-        value = json.loads(block)
+        value = loads_exact(block)
     except ValueError:
         return None
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
@@ -40,10 +60,10 @@ def _call_from_block(block: str) -> dict | None:
     arguments = value.get("arguments", value.get("parameters", {}))
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments)
+            arguments = loads_exact(arguments)
         except ValueError:
             return None
-    return tool_call(value["name"], json.dumps(arguments, ensure_ascii=False))
+    return tool_call(value["name"], compact_json(arguments))
 
 
 def parse_hermes(text: str) -> tuple[str | None, list[dict] | None]:

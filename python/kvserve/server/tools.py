@@ -17,10 +17,8 @@ stream).
 
 from __future__ import annotations
 
-import json
-
 from kvserve.server.protocol import NamedToolChoice, Tool, ToolChoice
-from kvserve.server.tool_parsers import HermesStream, parse_hermes, tool_call
+from kvserve.server.tool_parsers import HermesStream, compact_json, loads_exact, parse_hermes, tool_call
 from kvserve.structured_outputs import StructuredOutputsParams
 
 
@@ -60,28 +58,38 @@ def tool_call_grammar(tools: list[Tool], tool_choice: ToolChoice, parallel_tool_
     if isinstance(tool_choice, NamedToolChoice):
         [tool] = [t for t in tools if t.function.name == tool_choice.function.name][:1]
         return StructuredOutputsParams(json=tool.function.parameters, disable_any_whitespace=True)
+    # Each tool's parameters schema sits in the array's $defs, its own references ("#/$defs/...",
+    # "#") pointed there: nested under the array they would point at the array's root.
+    definitions = {f"tool_{i}": _rebased(tool.function.parameters, f"#/$defs/tool_{i}") for i, tool in enumerate(tools)}
     calls = {"anyOf": [{"type": "object", "properties": {"name": {"const": tool.function.name},
-                                                         "parameters": tool.function.parameters},
-                        "required": ["name", "parameters"], "additionalProperties": False} for tool in tools]}
-    array = {"type": "array", "minItems": 1, "items": calls}
+                                                         "parameters": {"$ref": f"#/$defs/tool_{i}"}},
+                        "required": ["name", "parameters"], "additionalProperties": False}
+                       for i, tool in enumerate(tools)]}
+    array = {"type": "array", "minItems": 1, "items": calls, "$defs": definitions}
     if not parallel_tool_calls:
         array["maxItems"] = 1
     return StructuredOutputsParams(json=array, disable_any_whitespace=True)
 
 
-def template_tools(tools: list[Tool] | None) -> list[dict] | None:
-    """The tools as chat templates read them (OpenAI's format, as transformers passes them)."""
-    return None if tools is None else [tool.model_dump(exclude_none=True) for tool in tools]
+def _rebased(schema, base: str):
+    """`schema` with its local references ("#..." ) made relative to `base` instead of its root."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {key: base + value[1:] if key == "$ref" and isinstance(value, str) and value.startswith("#")
+            else value if key in ("const", "enum", "default", "examples") else _rebased(value, base)
+            for key, value in schema.items()}
 
 
 def _forced_calls(text: str, tool_choice: ToolChoice) -> list[dict] | None:
     try:
-        value = json.loads(text)
+        value = loads_exact(text)
     except ValueError:
         return None
     if isinstance(tool_choice, NamedToolChoice):
-        return [tool_call(tool_choice.function.name, json.dumps(value, ensure_ascii=False))]
-    return [tool_call(call["name"], json.dumps(call["parameters"], ensure_ascii=False)) for call in value]
+        return [tool_call(tool_choice.function.name, text)]  # the arguments as the model wrote them
+    return [tool_call(call["name"], compact_json(call["parameters"])) for call in value]
 
 
 class Reply:
