@@ -10,6 +10,7 @@ import os
 from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_template_argument, add_engine_arguments,
                                  add_model_argument)
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
+from kvserve.server.reasoning import REASONING_PARSERS
 from kvserve.server.tool_parsers import TOOL_PARSERS
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
@@ -70,6 +71,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        "writes, with --tool-call-parser")
     serve.add_argument("--tool-call-parser", choices=TOOL_PARSERS,
                        help="the syntax the model writes tool calls in: hermes (Hermes, Qwen2.5, Qwen3)")
+    serve.add_argument("--reasoning-parser", choices=REASONING_PARSERS,
+                       help="return a reasoning model's thinking (<think>...</think>) as the reply's `reasoning`, "
+                       "apart from its content: qwen3 or deepseek_r1")
     serve.add_argument("--allow-credentials", action="store_true",
                        help="let browsers send credentials (cookies, authorization) cross-origin")
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,

@@ -19,6 +19,7 @@ from kvserve.server.errors import bad_request
 from kvserve.server.generation import Choice, Generation, start_generation
 from kvserve.server.protocol import ChatCompletionRequest
 from kvserve.server.responses import AnswerFormat, respond
+from kvserve.server.reasoning import ReasoningReply
 from kvserve.server.served_model import ServedModel
 from kvserve.server.tools import Reply, check_tool_choice, parses_calls, reply_for
 
@@ -48,7 +49,12 @@ def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None
 
 
 def _reply(body: ChatCompletionRequest, served: ServedModel) -> Reply:
-    return reply_for(body.tools, body.tool_choice, served.auto_tool_parser)
+    """How one choice's text becomes its message: tool calls (server/tools.py), and the thinking
+    apart from the answer where the server has a reasoning parser and no grammar holds the reply."""
+    reply = reply_for(body.tools, body.tool_choice, served.auto_tool_parser)
+    if served.reasoning_parser is not None and body.structured_outputs_field is None:
+        reply = ReasoningReply(served.reasoning_parser, reply)
+    return reply
 
 
 async def _choices(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> list[dict]:

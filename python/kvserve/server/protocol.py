@@ -241,6 +241,8 @@ class ChatMessage(_Model):
         if message["role"] == "developer":
             message["role"] = "system"
         message.setdefault("content", "")
+        if "reasoning" in message:  # vLLM's name for an earlier reply's thinking; templates read this one
+            message.setdefault("reasoning_content", message["reasoning"])
         for call in message.get("tool_calls") or []:
             # An assistant's earlier calls: templates iterate their arguments (vLLM parses them too).
             function = call.get("function") if isinstance(call, dict) else None

@@ -91,7 +91,8 @@ def run_server(args: argparse.Namespace) -> int:
                         api_key=args.api_key, max_waiting=args.max_waiting,
                         trust_request_chat_template=args.trust_request_chat_template, cors=cors,
                         prompt_tokens_details=args.enable_prompt_tokens_details,
-                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None)
+                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None,
+                        reasoning_parser=args.reasoning_parser)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.

@@ -15,7 +15,8 @@ from kvserve.server.protocol import ChatTemplateFields
 
 class ServedModel:
     def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False,
-                 prompt_tokens_details: bool = False, auto_tool_parser: str | None = None):
+                 prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
+                 reasoning_parser: str | None = None):
         if not names:
             raise ValueError("a served model needs at least one name")
         if engine.tokenizer is None:
@@ -32,6 +33,7 @@ class ServedModel:
         self.trust_request_chat_template = trust_request_chat_template
         self.prompt_tokens_details = prompt_tokens_details  # usage reports prefix-cache hits
         self.auto_tool_parser = auto_tool_parser  # reads tool_choice "auto" replies (server/tools.py)
+        self.reasoning_parser = reasoning_parser  # tells chat replies' thinking from their answer
 
     def check_name(self, model: str | None) -> None:
         """Requests may leave the model out; a name that is not ours is a 404, as OpenAI answers."""
