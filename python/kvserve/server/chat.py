@@ -1,6 +1,7 @@
 """POST /v1/chat/completions: a conversation through the model's chat template, streamed or not.
-A stream opens each choice with a chunk carrying the assistant role, as OpenAI's does. A forced tool
-call (server/tools.py) answers with `tool_calls`. Logprobs take OpenAI's chat format:
+A stream opens each choice with a chunk carrying the assistant role, as OpenAI's does. Each choice's
+text becomes its message through a Reply: tool calls as `tool_calls` (server/tools.py), a reasoning
+model's thinking as `reasoning` (server/reasoning.py). Logprobs take OpenAI's chat format:
 
     "logprobs": {"content": [{"token": str, "logprob": float, "bytes": [int],
                               "top_logprobs": [{"token", "logprob", "bytes"}, ...]}]}   # top_logprobs entries
