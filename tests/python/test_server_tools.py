@@ -152,3 +152,15 @@ def test_the_openai_stream_helper_closes_each_call(tiny_client):
         for event in stream:
             events.append(event.type)
     assert "tool_calls.function.arguments.done" in events
+
+
+def test_arguments_hold_only_the_parameters_the_function_lists(tiny_client):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 4}}, "required": ["city"]}}}]
+    for choice in ({"type": "function", "function": {"name": "f"}}, "required"):
+        response = tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, tool_choice=choice,
+                                                       parallel_tool_calls=False, temperature=1.0, seed=1, n=8,
+                                                       max_tokens=60)
+        calls = [reply.message.tool_calls[0] for reply in response.choices if reply.message.tool_calls]
+        assert len(calls) >= 6
+        assert all(set(json.loads(call.function.arguments)) == {"city"} for call in calls), calls

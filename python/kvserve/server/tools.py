@@ -54,10 +54,13 @@ def parses_calls(tools: list[Tool] | None, tool_choice: ToolChoice | None, auto_
 
 def tool_call_grammar(tools: list[Tool], tool_choice: ToolChoice, parallel_tool_calls: bool) -> StructuredOutputsParams:
     """The structured output that a forced tool choice holds the reply to: compact JSON (arguments are
-    read by programs, and whitespace is where a weak model can loop until max_tokens)."""
+    read by programs, and whitespace is where a weak model can loop until max_tokens), and objects
+    with the properties their schema lists, unless it allows others (SmolLM2 asked for a city's
+    weather added a "country" the function does not take)."""
     if isinstance(tool_choice, NamedToolChoice):
         [tool] = [t for t in tools if t.function.name == tool_choice.function.name][:1]
-        return StructuredOutputsParams(json=tool.function.parameters, disable_any_whitespace=True)
+        return StructuredOutputsParams(json=tool.function.parameters, disable_any_whitespace=True,
+                                       disable_additional_properties=True)
     # Each tool's parameters schema sits in the array's $defs, its own references ("#/$defs/...",
     # "#") pointed there: nested under the array they would point at the array's root.
     definitions = {f"tool_{i}": _rebased(tool.function.parameters, f"#/$defs/tool_{i}") for i, tool in enumerate(tools)}
@@ -68,7 +71,7 @@ def tool_call_grammar(tools: list[Tool], tool_choice: ToolChoice, parallel_tool_
     array = {"type": "array", "minItems": 1, "items": calls, "$defs": definitions}
     if not parallel_tool_calls:
         array["maxItems"] = 1
-    return StructuredOutputsParams(json=array, disable_any_whitespace=True)
+    return StructuredOutputsParams(json=array, disable_any_whitespace=True, disable_additional_properties=True)
 
 
 def _rebased(schema, base: str):
