@@ -3,7 +3,7 @@ matchers that say which tokens may come next.
 
     compiler = GrammarCompiler(tokenizer, vocab_size, eos_token_ids)   # one per engine
     grammar = compiler.compile(params.structured_outputs)             # ValueError for a bad grammar
-    matcher = grammar.matcher()                                        # one per output sequence
+    matcher = grammar.matcher(prompt_token_ids)                        # one per output sequence
     matcher.fill_bitmask(sequence.token_ids, row)                      # each step the sequence samples
 
 A matcher follows its sequence's tokens lazily: each fill first consumes the tokens the sequence
@@ -47,17 +47,28 @@ def set_tokens(row: np.ndarray, token_ids: Sequence[int]) -> None:
 class GrammarMatcher:
     """Where one output sequence stands in its grammar."""
 
-    __slots__ = ("_matcher", "_eos_token_ids", "_num_consumed", "num_words")
+    __slots__ = ("_matcher", "_eos_token_ids", "_num_consumed", "num_words", "_reasoning_end")
 
-    def __init__(self, matcher, eos_token_ids: tuple[int, ...], num_words: int):
+    def __init__(self, matcher, eos_token_ids: tuple[int, ...], num_words: int, reasoning_end: int | None = None):
+        """`reasoning_end`: a token the sequence thinks until, unconstrained (None: it does not think)."""
         self._matcher = matcher
         self._eos_token_ids = eos_token_ids
         self._num_consumed = 0
         self.num_words = num_words  # of its bitmask rows
+        self._reasoning_end = reasoning_end
 
     def fill_bitmask(self, token_ids: Sequence[int], row: np.ndarray) -> None:
         """Consume the tokens of `token_ids` (the sequence's output so far) not yet seen, then write
         the tokens that may come next into `row` (int32 [num_words], C-contiguous)."""
+        if self._reasoning_end is not None:
+            new = token_ids[self._num_consumed:]
+            if self._reasoning_end not in new:
+                self._num_consumed = len(token_ids)
+                row[:] = -1  # still thinking: any token
+                return
+            # The grammar starts after the thinking's end.
+            self._num_consumed += list(new).index(self._reasoning_end) + 1
+            self._reasoning_end = None
         matcher = self._matcher
         for token_id in token_ids[self._num_consumed:]:
             if matcher.is_stopped():  # past the grammar's end (ignore_eos): only end-of-sequence tokens
@@ -80,16 +91,21 @@ class CompiledGrammar:
     follows the grammar copies (microseconds: building one from the grammar again would take the
     engine's thread as long as compiling it)."""
 
-    def __init__(self, prototype, eos_token_ids: tuple[int, ...], num_words: int):
+    def __init__(self, prototype, eos_token_ids: tuple[int, ...], num_words: int, reasoning_end: int | None):
         self._prototype = prototype
         self._eos_token_ids = eos_token_ids
         self._num_words = num_words
+        self._reasoning_end = reasoning_end
         self._lock = threading.Lock()
 
-    def matcher(self) -> GrammarMatcher:
+    def matcher(self, prompt_token_ids: Sequence[int] = ()) -> GrammarMatcher:
+        """A sequence's matcher. Where the engine's model thinks first (GrammarCompiler.reasoning_end),
+        the grammar holds the output after the thinking's end token, unless the prompt holds it
+        already (a template that closed the thinking, as Qwen3's with enable_thinking off), as vLLM."""
         with self._lock:
             copy = self._prototype.deep_copy()
-        return GrammarMatcher(copy, self._eos_token_ids, self._num_words)
+        thinks = self._reasoning_end is not None and self._reasoning_end not in prompt_token_ids
+        return GrammarMatcher(copy, self._eos_token_ids, self._num_words, self._reasoning_end if thinks else None)
 
 
 class GrammarCompiler:
@@ -103,6 +119,14 @@ class GrammarCompiler:
         self._llg_tokenizer = None
         self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
         self._lock = threading.Lock()
+        self.reasoning_end: int | None = None
+
+    def set_reasoning_end(self, token_id: int | None) -> None:
+        """The token that ends a reasoning model's thinking (its </think>): grammars then hold only
+        what follows it (None: the whole output)."""
+        with self._lock:
+            self.reasoning_end = token_id
+            self._compiled.clear()
 
     def _tokenizer_for_llguidance(self):
         if self._llg_tokenizer is None:
@@ -141,7 +165,8 @@ class GrammarCompiler:
         if prototype.is_error():
             raise ValueError(f"structured outputs' {params.kind} is not valid: "
                              f"{prototype.get_error().strip().splitlines()[0]}")
-        compiled = CompiledGrammar(prototype, self._eos_token_ids, bitmask_words(llg_tokenizer.vocab_size))
+        compiled = CompiledGrammar(prototype, self._eos_token_ids, bitmask_words(llg_tokenizer.vocab_size),
+                                   self.reasoning_end)
         with self._lock:
             self._compiled[spec] = compiled
             while len(self._compiled) > CACHED_GRAMMARS:

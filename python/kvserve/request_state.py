@@ -31,7 +31,7 @@ class SequenceState:
                  prompt_token_ids: Sequence[int], device: torch.device, grammar: CompiledGrammar | None = None):
         self.index = index
         self.token_ids: list[int] = []
-        self.grammar = grammar.matcher() if grammar is not None else None  # structured outputs
+        self.grammar = grammar.matcher(prompt_token_ids) if grammar is not None else None  # structured outputs
         self.detokenizer = (Detokenizer.from_params(tokenizer, params, prompt_token_ids)
                             if tokenizer is not None else None)
         self.generator = request_generator(params, index, device)

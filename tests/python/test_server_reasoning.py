@@ -53,9 +53,20 @@ def test_calls_in_the_answer_are_read_after_the_thinking():
     assert reason == "tool_calls"
 
 
+def test_a_forced_call_after_the_thinking():
+    """Grammars hold what follows </think> (kvserve.grammar): the thinking is the reply's reasoning
+    and the rest its call."""
+    message, reason = _whole("qwen3", '<think>Time, then.</think>{"zone":"UTC"}', tools=TOOLS,
+                             tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert message["reasoning"] == "Time, then." and message["content"] is None and reason == "stop"
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]] == [
+        ("get_time", '{"zone":"UTC"}')]
+
+
 class _Served:
     def __init__(self, parser, auto_tool_parser=None):
         self.reasoning_parser, self.auto_tool_parser = parser, auto_tool_parser
+        self.grammars_follow_thinking = True
 
 
 class _Generation:
@@ -71,13 +82,14 @@ class _Generation:
             yield ChoiceDelta(0, 0, piece, [i], None, "stop" if i == len(self._pieces) - 1 else None, None)
 
 
-def _body(tools):
-    return ChatCompletionRequest.model_validate({"messages": MESSAGES, **({"tools": tools} if tools else {})})
+def _body(tools, **fields):
+    return ChatCompletionRequest.model_validate({"messages": MESSAGES, **({"tools": tools} if tools else {}),
+                                                 **fields})
 
 
-def _whole(parser, text, tools=None):
+def _whole(parser, text, tools=None, **fields):
     served = _Served(parser, "hermes" if tools else None)
-    return chat._reply(_body(tools), served).message(text, "stop")
+    return chat._reply(_body(tools, **fields), served).message(text, "stop")
 
 
 def _streamed(parser, text, size, tools=None):

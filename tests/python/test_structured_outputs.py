@@ -82,6 +82,26 @@ def test_on_a_gpu_every_output_matches(tiny_model_dir, enforce_eager):
             assert all(s.finish_reason == "stop" and matches(s.text) for s in output.outputs), output.outputs
 
 
+def test_with_a_reasoning_end_the_grammar_holds_what_follows_it(engine):
+    """A reasoning model thinks until its </think> token, unconstrained; the grammar holds the rest
+    (none of the tiny tokenizer's tokens is </think>: one the model writes third stands in for it).
+    A prompt that holds the token already (thinking closed by the template) is held from the start."""
+    [plain] = generate(engine, PROMPTS[:1], max_tokens=8, temperature=0)
+    thinking = plain.outputs[0].token_ids[:3]
+    assert thinking[2] not in thinking[:2] and thinking[2] not in plain.prompt_token_ids
+    params, matches = BOUNDED["choice"]
+    engine.grammars.set_reasoning_end(thinking[2])
+    try:
+        [output] = generate(engine, PROMPTS[:1], max_tokens=24, temperature=0, structured_outputs=params)
+        closed = [{"prompt_token_ids": plain.prompt_token_ids + [thinking[2]]}]
+        [from_start] = generate(engine, closed, max_tokens=24, temperature=0, structured_outputs=params)
+    finally:
+        engine.grammars.set_reasoning_end(None)
+    assert output.outputs[0].token_ids[:3] == thinking
+    assert matches(engine.tokenizer.decode(output.outputs[0].token_ids[3:], skip_special_tokens=True))
+    assert output.outputs[0].finish_reason == "stop" and matches(from_start.outputs[0].text)
+
+
 def test_without_a_grammar_the_model_matches_none_of_them(engine):
     """The tests above would pass for an engine ignoring the grammar only if the model obeyed anyway."""
     texts = [output.outputs[0].text for output in generate(engine, max_tokens=12, temperature=0)]

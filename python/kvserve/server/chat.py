@@ -51,9 +51,10 @@ def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None
 
 def _reply(body: ChatCompletionRequest, served: ServedModel) -> Reply:
     """How one choice's text becomes its message: tool calls (server/tools.py), and the thinking
-    apart from the answer where the server has a reasoning parser and no grammar holds the reply."""
+    apart from the answer where the server has a reasoning parser (unless a grammar holds the whole
+    reply: a model without a </think> token)."""
     reply = reply_for(body.tools, body.tool_choice, served.auto_tool_parser)
-    if served.reasoning_parser is not None and body.structured_outputs_field is None:
+    if served.reasoning_parser is not None and (served.grammars_follow_thinking or body.structured_outputs_field is None):
         reply = ReasoningReply(served.reasoning_parser, reply)
     return reply
 

@@ -8,9 +8,11 @@ and `content` the rest.
     deepseek_r1  the reply is thinking from its start (the template opened <think> in the prompt; a
                  <think> the model writes anyway is dropped) up to </think>, all of it without one
 
-A reply held by a grammar (structured outputs, a forced tool call) has no thinking: it is parsed
-as the grammar's. Streaming, text goes out as it comes, but for a tail that could be the start of
-a tag.
+Structured outputs (and forced tool calls) hold what follows the thinking: the grammar starts after
+the model's </think> token (kvserve.grammar), unless the prompt holds it already (Qwen3 with
+enable_thinking off), as vLLM's do. With a tokenizer that has no such token a grammar holds the
+whole reply, which then has no thinking. Streaming, text goes out as it comes, but for a tail that
+could be the start of a tag.
 """
 
 from __future__ import annotations
