@@ -162,6 +162,12 @@ class Engine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.grammars = GrammarCompiler(self.tokenizer, config.vocab_size, self.eos_token_ids)
+        # The model's end-of-sequence ids besides the tokenizer's (generation_config.json lists several
+        # for Llama 3: <|end_of_text|>, <|eom_id|>, <|eot_id|>): vLLM makes them stop tokens, so a
+        # sequence they end reports its stop_reason.
+        self.extra_stop_token_ids = (frozenset(self.eos_token_ids) - {self.tokenizer.eos_token_id}
+                                     if self.tokenizer is not None and self.tokenizer.eos_token_id is not None
+                                     else frozenset())
         if self.device.type == "cuda":
             from kvserve.gpu.runner import CudaModelRunner
 
@@ -211,6 +217,10 @@ class Engine:
             raise ValueError(f"request_id must be a str, got {type(request_id).__name__} {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if self.extra_stop_token_ids and not params.ignore_eos and not self.extra_stop_token_ids <= set(
+                params.stop_token_ids):
+            params = dataclasses.replace(params, stop_token_ids=sorted({*params.stop_token_ids,
+                                                                        *self.extra_stop_token_ids}))
         [(text, token_ids)] = normalize_prompts(prompt, self.tokenizer)
         # Before everything else, as vLLM: the request is its last truncate_prompt_tokens tokens (the
         # prompt text stays as given, as vLLM's RequestOutput.prompt does).

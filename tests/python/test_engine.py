@@ -391,3 +391,26 @@ def test_generate_shows_a_progress_bar(tiny_model_dir, capsys):
     engine.generate(["Hi", "Hello"], GREEDY)
     err = capsys.readouterr().err
     assert "Processed prompts" in err and "2/2" in err and "tok/s" in err
+
+
+def test_the_models_other_end_ids_report_their_stop_reason(tiny_model_dir, tmp_path):
+    """generation_config.json may list end-of-sequence ids besides the tokenizer's (Llama 3's
+    <|eom_id|>): a sequence one of them ends reports it as its stop_reason, as vLLM's do."""
+    import json
+    import shutil
+
+    directory = tmp_path / "two-ends"
+    shutil.copytree(tiny_model_dir("LlamaForCausalLM"), directory)
+    [free] = make_engine(directory).generate(["Hi"], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True),
+                                             use_tqdm=False)
+    other = free.outputs[0].token_ids[2]
+    config = json.loads((directory / "generation_config.json").read_text())
+    config["eos_token_id"] = [config["eos_token_id"], other]
+    (directory / "generation_config.json").write_text(json.dumps(config))
+    engine = make_engine(directory)
+    params = SamplingParams(temperature=0, max_tokens=10)
+    [out] = engine.generate(["Hi"], params, use_tqdm=False)
+    assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == other
+    assert out.outputs[0].token_ids[-1] == other and params.stop_token_ids == []  # the caller's params untouched
+    [ignored] = engine.generate(["Hi"], SamplingParams(temperature=0, max_tokens=10, ignore_eos=True), use_tqdm=False)
+    assert ignored.outputs[0].token_ids == free.outputs[0].token_ids
