@@ -29,6 +29,8 @@ logger = logging.getLogger("kvserve")
 
 # Compiled grammars kept per engine (a server sees the same few schemas again and again).
 CACHED_GRAMMARS = 256
+# A prompt "ends with" the thinking's end token where it is among its last tokens (whitespace after it).
+PROMPT_TAIL = 4
 
 
 def bitmask_words(vocab_size: int) -> int:
@@ -100,11 +102,12 @@ class CompiledGrammar:
 
     def matcher(self, prompt_token_ids: Sequence[int] = ()) -> GrammarMatcher:
         """A sequence's matcher. Where the engine's model thinks first (GrammarCompiler.reasoning_end),
-        the grammar holds the output after the thinking's end token, unless the prompt holds it
-        already (a template that closed the thinking, as Qwen3's with enable_thinking off), as vLLM."""
+        the grammar holds the output after the thinking's end token, unless the prompt ends with it
+        (a template that closed the thinking, as Qwen3's with enable_thinking off)."""
         with self._lock:
             copy = self._prototype.deep_copy()
-        thinks = self._reasoning_end is not None and self._reasoning_end not in prompt_token_ids
+        # The prompt's last tokens: </think> and whitespace after it (server/reasoning.py reads it so).
+        thinks = self._reasoning_end is not None and self._reasoning_end not in prompt_token_ids[-PROMPT_TAIL:]
         return GrammarMatcher(copy, self._eos_token_ids, self._num_words, self._reasoning_end if thinks else None)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from kvserve import SamplingParams
 from kvserve.server import chat
+from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.generation import ChoiceDelta
 from kvserve.server.protocol import ChatCompletionRequest
 from kvserve.server.reasoning import split_reasoning
@@ -22,24 +23,40 @@ CALL = '<tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call
 TOOLS = [{"type": "function", "function": {"name": "get_time"}}]
 
 
-@pytest.mark.parametrize("parser, text, reasoning, content", [
-    ("deepseek_r1", "<think>Hmm, 2 + 2.</think>It is 4.", "Hmm, 2 + 2.", "It is 4."),
-    ("deepseek_r1", "Hmm, 2 + 2.</think>\n\nIt is 4.", "Hmm, 2 + 2.", "\n\nIt is 4."),
-    ("deepseek_r1", "Still thinking <th", "Still thinking <th", ""),
-    ("qwen3", "<think>\nHmm.\n</think>\n\nIt is 4.", "\nHmm.\n", "\n\nIt is 4."),
-    ("qwen3", "It is 4. </think>", None, "It is 4. </think>"),
-    ("qwen3", "<thi", None, "<thi"),
+OPENED, CLOSED = "<|im_start|>assistant\n<think>\n", "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+
+
+@pytest.mark.parametrize("parser, prompt, text, reasoning, content", [
+    ("deepseek_r1", "", "<think>Hmm, 2 + 2.</think>It is 4.", "Hmm, 2 + 2.", "It is 4."),
+    ("deepseek_r1", OPENED, "Hmm, 2 + 2.</think>\n\nIt is 4.", "Hmm, 2 + 2.", "\n\nIt is 4."),
+    ("deepseek_r1", "", "Still thinking <th", "Still thinking <th", ""),
+    ("deepseek_r1", CLOSED, "It is 4.", None, "It is 4."),  # the template closed the thinking
+    ("qwen3", "", "<think>\nHmm.\n</think>\n\nIt is 4.", "\nHmm.\n", "\n\nIt is 4."),
+    ("qwen3", "", "It is 4. </think>", None, "It is 4. </think>"),
+    ("qwen3", OPENED, "Hmm.\n</think>\n\nIt is 4.", "Hmm.\n", "\n\nIt is 4."),  # Qwen3-Thinking-2507
+    ("qwen3", CLOSED, "<think>x</think>y", None, "<think>x</think>y"),
+    ("qwen3", "", "<thi", None, "<thi"),
 ])
-def test_thinking_apart_from_the_answer_whole_and_streamed(parser, text, reasoning, content):
-    assert split_reasoning(parser, text) == (reasoning, content)
-    message, _ = _whole(parser, text)
+def test_thinking_apart_from_the_answer_whole_and_streamed(parser, prompt, text, reasoning, content):
+    assert split_reasoning(parser, text, prompt) == (reasoning, content)
+    message, _ = _whole(parser, text, prompt=prompt)
     assert message.get("reasoning") == reasoning and message.get("reasoning_content") == reasoning
     assert message["content"] == (content if content or reasoning is None else None)
     for size in (1, 2, 3, 5, len(text)):
-        deltas, _ = _streamed(parser, text, size)
+        deltas, _ = _streamed(parser, text, size, prompt=prompt)
         assert "".join(d.get("reasoning", "") for d in deltas) == (reasoning or "")
         assert "".join(d.get("reasoning_content", "") for d in deltas) == (reasoning or "")
         assert "".join(d.get("content", "") for d in deltas) == content
+
+
+def test_a_forced_call_after_a_prompt_that_closed_the_thinking():
+    """The grammar held the reply from its start (the prompt ends with </think>): it is all call,
+    under either parser."""
+    for parser in ("deepseek_r1", "qwen3"):
+        message, reason = _whole(parser, '[{"name":"get_time","parameters":{}}]', tools=TOOLS, prompt=CLOSED,
+                                 tool_choice="required")
+        assert message.get("reasoning") is None and reason == "tool_calls"
+        assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_time"]
 
 
 def test_calls_in_the_answer_are_read_after_the_thinking():
@@ -74,8 +91,9 @@ class _Generation:
 
     num_choices = 1
 
-    def __init__(self, pieces):
+    def __init__(self, pieces, prompt=""):
         self._pieces = pieces
+        self.prompts = [EnginePrompt([1], prompt)]
 
     async def deltas(self):
         for i, piece in enumerate(self._pieces):
@@ -87,17 +105,17 @@ def _body(tools, **fields):
                                                  **fields})
 
 
-def _whole(parser, text, tools=None, **fields):
+def _whole(parser, text, tools=None, prompt="", **fields):
     served = _Served(parser, "hermes" if tools else None)
-    return chat._reply(_body(tools, **fields), served).message(text, "stop")
+    return chat._reply(_body(tools, **fields), served, prompt).message(text, "stop")
 
 
-def _streamed(parser, text, size, tools=None):
+def _streamed(parser, text, size, tools=None, prompt=""):
     served = _Served(parser, "hermes" if tools else None)
     pieces = [text[i:i + size] for i in range(0, len(text), size)]
 
     async def run():
-        return [chunk async for chunk in chat._chunk_choices(_Generation(pieces), _body(tools), served)]
+        return [chunk async for chunk in chat._chunk_choices(_Generation(pieces, prompt), _body(tools), served)]
 
     chunks = asyncio.run(run())[1:]  # after the role chunk
     return [c["delta"] for c in chunks], chunks[-1]["finish_reason"]

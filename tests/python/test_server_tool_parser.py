@@ -17,6 +17,7 @@ MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "What time is it?"}]
 TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {
     "type": "object", "properties": {"zone": {"type": "string"}}}}}]
+F_CALL = '<tool_call>{"name": "f", "arguments": {}}</tool_call>'
 TWO_CALLS = ('Let me check.<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>\n'
              '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>')
 
@@ -72,6 +73,15 @@ def test_a_reply_without_calls_is_text(client):
     ("plain text < tool_call", "plain text < tool_call", None),
     ('<tool_call>{"name": "f", "argum', '<tool_call>{"name": "f", "argum', None),  # cut short: text
     ('<tool_call>["f"]</tool_call>', '<tool_call>["f"]</tool_call>', None),
+    # Whitespace between text and calls is dropped, text around them kept, a bad block kept as text:
+    # the same whole and streamed, wherever the pieces are cut.
+    (F_CALL + "\nDone.", "Done.", [("f", {})]),
+    (F_CALL + " and " + F_CALL, "and", [("f", {}), ("f", {})]),
+    (F_CALL + '<tool_call>["f"]</tool_call>', '<tool_call>["f"]</tool_call>', [("f", {})]),
+    ('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>',
+     '<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>', None),  # NaN is not JSON
+    ('<tool_call>{"name": "f", "arguments": {"x": "\\ud800"}}', '<tool_call>{"name": "f", "arguments": {"x": '
+     '"\\ud800"}}', None),  # a lone surrogate is not text
 ])
 def test_hermes_whole_and_streamed_in_any_pieces(text, content, calls):
     whole_content, whole_calls = parse_hermes(text)

@@ -49,13 +49,13 @@ def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None
         raise bad_request("top_logprobs needs logprobs to be true", "top_logprobs")
 
 
-def _reply(body: ChatCompletionRequest, served: ServedModel) -> Reply:
+def _reply(body: ChatCompletionRequest, served: ServedModel, prompt: str) -> Reply:
     """How one choice's text becomes its message: tool calls (server/tools.py), and the thinking
     apart from the answer where the server has a reasoning parser (unless a grammar holds the whole
     reply: a model without a </think> token)."""
     reply = reply_for(body.tools, body.tool_choice, served.auto_tool_parser)
     if served.reasoning_parser is not None and (served.grammars_follow_thinking or body.structured_outputs_field is None):
-        reply = ReasoningReply(served.reasoning_parser, reply)
+        reply = ReasoningReply(served.reasoning_parser, reply, prompt)
     return reply
 
 
@@ -63,7 +63,8 @@ async def _choices(generation: Generation, body: ChatCompletionRequest, served: 
     choices = []
     for index, choice in enumerate(await generation.collect()):
         logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
-        message, finish_reason = _reply(body, served).message(choice.text, choice.finish_reason)
+        message, finish_reason = _reply(body, served, generation.prompts[0].text).message(choice.text,
+                                                                                          choice.finish_reason)
         choices.append({"index": index, "message": {"role": "assistant", **message},
                         "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": choice.stop_reason})
     return choices
@@ -73,7 +74,7 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
                          served: ServedModel) -> AsyncIterator[dict]:
     for index in range(generation.num_choices):
         yield {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-    replies = [_reply(body, served) for _ in range(generation.num_choices)]
+    replies = [_reply(body, served, generation.prompts[0].text) for _ in range(generation.num_choices)]
     # Token logprobs wait for the next chunk their choice sends (a reply that holds text back sends
     # none for a while).
     unsent: list[Choice] = [Choice() for _ in range(generation.num_choices)]

@@ -88,11 +88,12 @@ def _rebased(schema, base: str):
 def _forced_calls(text: str, tool_choice: ToolChoice) -> list[dict] | None:
     try:
         value = loads_exact(text)
+        if isinstance(tool_choice, NamedToolChoice):
+            compact_json(value)  # a check: JSON, and UTF-8 throughout
+            return [tool_call(tool_choice.function.name, text)]  # the arguments as the model wrote them
+        return [tool_call(call["name"], compact_json(call["parameters"])) for call in value]
     except ValueError:
         return None
-    if isinstance(tool_choice, NamedToolChoice):
-        return [tool_call(tool_choice.function.name, text)]  # the arguments as the model wrote them
-    return [tool_call(call["name"], compact_json(call["parameters"])) for call in value]
 
 
 class Reply:
