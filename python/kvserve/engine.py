@@ -36,7 +36,7 @@ from kvserve.chat_template import chat_template_arguments
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
                                  bool_argument, fraction_argument, int_argument)
-from kvserve.grammar import GrammarCompiler
+from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
@@ -77,7 +77,7 @@ class Engine:
                  seed: int | None = 0, load_format: str = "auto", skip_tokenizer_init: bool = False,
                  device: str = "auto", gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
                  async_scheduling: bool | None = None, generation_config: str = "auto",
-                 tensor_parallel_size: int = 1, trust_remote_code: bool = False):
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -90,13 +90,17 @@ class Engine:
         (default_sampling_params), "vllm" ignores them. As in vLLM, None for max_num_seqs,
         max_num_batched_tokens, block_size, enable_prefix_caching and enable_chunked_prefill means
         the default. `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
-        scripts: kvserve runs on one device, and its architectures are built in."""
+        scripts: kvserve runs on one device, and its architectures are built in.
+        `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
+        structured outputs hold what follows its </think> token."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
                              f"got {tensor_parallel_size!r}")
         if trust_remote_code:
             logger.info("trust_remote_code: kvserve never runs a checkpoint's code (its architectures are built in)")
+        if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {list(REASONING_PARSERS)} or None, got {reasoning_parser!r}")
         if generation_config not in GENERATION_CONFIGS:
             raise ValueError(f"generation_config must be one of {list(GENERATION_CONFIGS)}, got {generation_config!r}")
         gpu_memory_utilization = fraction_argument("gpu_memory_utilization", gpu_memory_utilization)
@@ -162,6 +166,13 @@ class Engine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             self.eos_token_ids.add(self.tokenizer.eos_token_id)
         self.grammars = GrammarCompiler(self.tokenizer, config.vocab_size, self.eos_token_ids)
+        self.reasoning_parser = reasoning_parser
+        if reasoning_parser is not None:
+            end = self.tokenizer.backend.token_to_id(THINK_END) if self.tokenizer is not None else None
+            if end is None:
+                logger.warning("reasoning_parser %s: the tokenizer has no %s token: structured outputs hold the "
+                               "whole reply, thinking included", reasoning_parser, THINK_END)
+            self.grammars.set_reasoning_end(end)
         # The model's end-of-sequence ids besides the tokenizer's (generation_config.json lists several
         # for Llama 3: <|end_of_text|>, <|eom_id|>, <|eot_id|>): vLLM makes them stop tokens, so a
         # sequence they end reports its stop_reason.

@@ -128,16 +128,16 @@ def fraction_argument(name: str, value) -> float:
     return float(value)
 
 
-def engine_from_args(args: argparse.Namespace) -> Engine:
-    """The Engine that the model argument and the engine flags describe, with the --chat-template of
-    the commands that have one (ValueError for a bad combination, or a bad template: read before the
-    model loads, so that it fails at once)."""
+def engine_from_args(args: argparse.Namespace, **more) -> Engine:
+    """The Engine that the model argument and the engine flags describe (and `more` Engine arguments,
+    from a command's own flags), with the --chat-template of the commands that have one (ValueError
+    for a bad combination, or a bad template: read before the model loads, so that it fails at once)."""
     from kvserve.chat_template import load_chat_template
     from kvserve.engine import Engine
 
     flag = getattr(args, "chat_template", None)
     template = load_chat_template(flag) if flag is not None else None
-    engine = Engine(args.model, **engine_kwargs(args))
+    engine = Engine(args.model, **engine_kwargs(args), **more)
     if template is not None and engine.tokenizer is not None:
         engine.tokenizer.chat_template = template
     return engine

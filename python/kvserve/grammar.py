@@ -31,6 +31,9 @@ logger = logging.getLogger("kvserve")
 CACHED_GRAMMARS = 256
 # A prompt "ends with" the thinking's end token where it is among its last tokens (whitespace after it).
 PROMPT_TAIL = 4
+# Reasoning models' syntaxes (server/reasoning.py reads their replies): both think in <think>...</think>.
+REASONING_PARSERS = ("qwen3", "deepseek_r1")
+THINK_START, THINK_END = "<think>", "</think>"
 
 
 def bitmask_words(vocab_size: int) -> int:

@@ -300,3 +300,16 @@ def test_set_tokens_writes_every_bit_of_a_word():
     row = np.full(3, -1, dtype=np.int32)
     set_tokens(row, [0, 31, 32, 95])
     assert _allowed(row) == [0, 31, 32, 95]
+
+
+def test_the_engine_takes_vllms_reasoning_parser(tiny_model_dir, caplog):
+    directory = str(tiny_model_dir("LlamaForCausalLM"))
+    with pytest.raises(ValueError, match="reasoning_parser must be one of"):
+        Engine(directory, dtype="float32", kv_cache_memory_gb=0.02, reasoning_parser="r1")
+    thinker = Engine(directory, dtype="float32", kv_cache_memory_gb=0.02, reasoning_parser="deepseek_r1")
+    # The tiny tokenizer has no </think> token: grammars hold the whole reply, as said.
+    assert thinker.reasoning_parser == "deepseek_r1" and thinker.grammars.reasoning_end is None
+    assert "has no </think> token" in caplog.text
+    params, matches = BOUNDED["choice"]
+    assert all(matches(o.outputs[0].text) for o in generate(thinker, max_tokens=16, temperature=0,
+                                                              structured_outputs=params))

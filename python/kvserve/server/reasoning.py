@@ -21,10 +21,8 @@ could be the start of a tag.
 
 from __future__ import annotations
 
+from kvserve.grammar import REASONING_PARSERS, THINK_END as END, THINK_START as START  # noqa: F401
 from kvserve.server.tools import Reply
-
-REASONING_PARSERS = ("qwen3", "deepseek_r1")
-START, END = "<think>", "</think>"
 
 
 def _starts(parser: str, prompt: str) -> tuple[str, bool]:

@@ -85,14 +85,13 @@ def run_server(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
-        engine = engine_from_args(args)
+        engine = engine_from_args(args, reasoning_parser=args.reasoning_parser)
         cors = CorsPolicy(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
         app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_waiting=args.max_waiting,
                         trust_request_chat_template=args.trust_request_chat_template, cors=cors,
                         prompt_tokens_details=args.enable_prompt_tokens_details,
-                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None,
-                        reasoning_parser=args.reasoning_parser)
+                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.

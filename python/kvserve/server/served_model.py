@@ -5,22 +5,17 @@ other requests); the engine only ever sees token ids."""
 
 from __future__ import annotations
 
-import logging
 import time
 
 from kvserve.chat_template import chat_template_arguments
 from kvserve.engine import Engine
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import ChatTemplateFields
-from kvserve.server.reasoning import END as THINK_END
-
-logger = logging.getLogger("kvserve.server")
 
 
 class ServedModel:
     def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False,
-                 prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
-                 reasoning_parser: str | None = None):
+                 prompt_tokens_details: bool = False, auto_tool_parser: str | None = None):
         if not names:
             raise ValueError("a served model needs at least one name")
         if engine.tokenizer is None:
@@ -37,14 +32,7 @@ class ServedModel:
         self.trust_request_chat_template = trust_request_chat_template
         self.prompt_tokens_details = prompt_tokens_details  # usage reports prefix-cache hits
         self.auto_tool_parser = auto_tool_parser  # reads tool_choice "auto" replies (server/tools.py)
-        self.reasoning_parser = reasoning_parser  # tells chat replies' thinking from their answer
-        if reasoning_parser is not None:
-            # Structured outputs hold what follows the thinking, as vLLM's do with a reasoning parser.
-            end = self.tokenizer.backend.token_to_id(THINK_END)
-            if end is None:
-                logger.warning("--reasoning-parser: the tokenizer has no %s token: structured outputs hold the "
-                               "whole reply, thinking included", THINK_END)
-            engine.grammars.set_reasoning_end(end)
+        self.reasoning_parser = engine.reasoning_parser  # tells chat replies' thinking from their answer
         self.grammars_follow_thinking = engine.grammars.reasoning_end is not None
 
     def check_name(self, model: str | None) -> None:
