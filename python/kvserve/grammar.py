@@ -136,10 +136,8 @@ class GrammarCompiler:
 
     def _tokenizer_for_llguidance(self):
         if self._llg_tokenizer is None:
-            try:
-                from llguidance import LLTokenizer
-            except ImportError:
-                raise ValueError("structured outputs need the llguidance package: pip install llguidance") from None
+            from llguidance import LLTokenizer  # importable: compile() built the grammar with it first
+
             # The larger of the model's vocabulary (logits' width, which may pad the tokenizer's) and
             # the tokenizer's (which may hold ids past the model's, never sampled); and every id that
             # ends a sequence: llguidance allows them where the grammar is complete.

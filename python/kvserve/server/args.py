@@ -9,8 +9,8 @@ import os
 
 from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_template_argument, add_engine_arguments,
                                  add_model_argument)
+from kvserve.grammar import REASONING_PARSERS
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
-from kvserve.server.reasoning import REASONING_PARSERS
 from kvserve.server.tool_parsers import TOOL_PARSERS
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0

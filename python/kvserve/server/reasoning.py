@@ -21,7 +21,9 @@ could be the start of a tag.
 
 from __future__ import annotations
 
-from kvserve.grammar import REASONING_PARSERS, THINK_END as END, THINK_START as START  # noqa: F401
+from kvserve.grammar import THINK_END as END
+from kvserve.grammar import THINK_START as START
+from kvserve.server.tool_parsers import partial_tag
 from kvserve.server.tools import Reply
 
 
@@ -47,14 +49,6 @@ def split_reasoning(parser: str, text: str, prompt: str = "") -> tuple[str | Non
     if end < 0:
         return body, ""
     return body[:end], body[end + len(END):]
-
-
-def _partial_tag(text: str, tag: str) -> int:
-    """How many characters at the end of `text` could begin `tag`."""
-    for size in range(min(len(tag) - 1, len(text)), 0, -1):
-        if tag.startswith(text[-size:]):
-            return size
-    return 0
 
 
 class ReasoningReply(Reply):
@@ -97,7 +91,7 @@ class ReasoningReply(Reply):
         if self._state == "thinking":
             end = self._text.find(END, self._sent)
             if end < 0:
-                upto = len(self._text) - _partial_tag(self._text, END)
+                upto = len(self._text) - partial_tag(self._text, END)
                 deltas += self._thinking(self._text[self._sent:upto])
                 self._sent = upto
                 return deltas

@@ -75,10 +75,10 @@ def _call_from_block(block: str) -> dict | None:
         return None
 
 
-def _partial_open(text: str) -> int:
-    """How many characters at the end of `text` could begin the opening tag."""
-    for size in range(min(len(OPEN) - 1, len(text)), 0, -1):
-        if OPEN.startswith(text[-size:]):
+def partial_tag(text: str, tag: str) -> int:
+    """How many characters at the end of `text` could begin `tag` (held back while streaming)."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
             return size
     return 0
 
@@ -138,7 +138,7 @@ class HermesStream:
                 self._sent, self._in_call = end + len(CLOSE), False
                 continue
             start = self._text.find(OPEN, self._sent)
-            upto = start if start >= 0 else len(self._text) - _partial_open(self._text)
+            upto = start if start >= 0 else len(self._text) - partial_tag(self._text, OPEN)
             self._content(self._text[self._sent:upto], deltas)
             self._sent = upto
             if start < 0:
