@@ -1,6 +1,7 @@
-"""tool_choice "auto" on a server started with --enable-auto-tool-choice --tool-call-parser hermes:
-the calls the model writes in Hermes/Qwen syntax come back as tool_calls, whole or streamed. The
-tiny model writes no calls of its own, so a regex (structured outputs) makes it write them."""
+"""tool_choice "auto" on a server started with --enable-auto-tool-choice --tool-call-parser NAME:
+the calls the model writes in its syntax come back as tool_calls, whole or streamed. The tiny model
+writes no calls of its own, so a regex (structured outputs) makes it write them. Each parser reads
+its syntax the same whole and streamed in pieces of any size."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 import openai
 import pytest
 
-from kvserve.server.tool_parsers import HermesStream, parse_hermes
+from kvserve.server.tool_parsers import call_stream, parse_calls
 from server_process import ServerProcess
 
 MODEL = "tiny"
@@ -44,19 +45,9 @@ def test_written_calls_come_back_as_tool_calls(client):
 
 
 def test_streamed_calls_equal_the_whole_ones(client):
-    content, calls, reasons = "", {}, []
-    for chunk in client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=190,
-                                                temperature=0, stream=True, extra_body=_written(TWO_CALLS)):
-        for choice in chunk.choices:
-            content += choice.delta.content or ""
-            for call in choice.delta.tool_calls or []:
-                entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
-                entry["name"] += call.function.name or ""
-                entry["arguments"] += call.function.arguments or ""
-            reasons.append(choice.finish_reason)
+    content, calls, reasons = _streamed(client, max_tokens=190, temperature=0, extra_body=_written(TWO_CALLS))
     assert content == "Let me check." and reasons[-1] == "tool_calls"
-    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
-        ("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]
+    assert calls == [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]
 
 
 def test_a_reply_without_calls_is_text(client):
@@ -66,6 +57,52 @@ def test_a_reply_without_calls_is_text(client):
     assert response.choices[0].finish_reason == "stop"
 
 
+def _streamed(client, **fields) -> tuple[str, list, list]:
+    """(content, [(name, arguments)], finish reasons) of a streamed reply, joined as clients join it."""
+    content, calls, reasons = "", {}, []
+    for chunk in client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, stream=True, **fields):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            for call in choice.delta.tool_calls or []:
+                entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+                entry["name"] += call.function.name or ""
+                entry["arguments"] += call.function.arguments or ""
+            reasons.append(choice.finish_reason)
+    return content, [(c["name"], json.loads(c["arguments"])) for c in calls.values()], reasons
+
+
+def test_llama3_json_calls_whole_and_streamed(tiny_model_dir):
+    """Another parser through the same flags: Llama 3's JSON calls (the tokenizer has no <|python_tag|>)."""
+    written = '{"name": "get_time", "parameters": {"zone": "UTC"}}; {"name": "get_time", "parameters": {}}'
+    fields = dict(max_tokens=150, temperature=0, extra_body=_written(written))
+    with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", MODEL, "--enable-auto-tool-choice",
+                       "--tool-call-parser", "llama3_json") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        [choice] = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, **fields).choices
+        content, calls, reasons = _streamed(client, **fields)
+    expected = [("get_time", {"zone": "UTC"}), ("get_time", {})]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == expected
+    assert (content, calls, reasons[-1]) == ("", expected, "tool_calls")
+
+
+def _read(parser: str, text: str, content: str | None, calls: list | None) -> None:
+    """`text` read whole gives (content, calls), and streamed in pieces of any size the same."""
+    whole_content, whole_calls = parse_calls(parser, text)
+    assert whole_content == content
+    assert ([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole_calls]
+            if whole_calls else None) == calls
+    for size in (1, 2, 3, 7, len(text)):
+        stream = call_stream(parser)
+        deltas = [d for i in range(0, len(text), size) for d in stream.feed(text[i:i + size])] + stream.finish()
+        streamed_content = "".join(d.get("content", "") for d in deltas)
+        streamed_calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+                          for d in deltas for c in d.get("tool_calls", [])]
+        assert streamed_calls == (calls or []), size
+        assert streamed_content == (content or "") if calls else streamed_content == text
+        assert [c["index"] for d in deltas for c in d.get("tool_calls", [])] == list(range(len(streamed_calls)))
+
+
 @pytest.mark.parametrize("text, content, calls", [
     (TWO_CALLS, "Let me check.", [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]),
     ('<tool_call>{"name": "f", "arguments": {}}</tool_call>', None, [("f", {})]),
@@ -73,6 +110,10 @@ def test_a_reply_without_calls_is_text(client):
     ("plain text < tool_call", "plain text < tool_call", None),
     ('<tool_call>{"name": "f", "argum', '<tool_call>{"name": "f", "argum', None),  # cut short: text
     ('<tool_call>["f"]</tool_call>', '<tool_call>["f"]</tool_call>', None),
+    ('<tool_call>{"name": 3, "arguments": {}}</tool_call>', '<tool_call>{"name": 3, "arguments": {}}</tool_call>',
+     None),  # a name is a string
+    ('<tool_call>{"name": "f", "arguments": [1]}</tool_call>', '<tool_call>{"name": "f", "arguments": [1]}</tool_call>',
+     None),  # arguments are an object
     # Whitespace between text and calls is dropped, text around them kept, a bad block kept as text:
     # the same whole and streamed, wherever the pieces are cut.
     (F_CALL + "\nDone.", "Done.", [("f", {})]),
@@ -84,16 +125,57 @@ def test_a_reply_without_calls_is_text(client):
      '"\\ud800"}}', None),  # a lone surrogate is not text
 ])
 def test_hermes_whole_and_streamed_in_any_pieces(text, content, calls):
-    whole_content, whole_calls = parse_hermes(text)
-    assert whole_content == content
-    assert ([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole_calls]
-            if whole_calls else None) == calls
-    for size in (1, 2, 3, 7, len(text)):
-        stream = HermesStream()
-        deltas = [d for i in range(0, len(text), size) for d in stream.feed(text[i:i + size])] + stream.finish()
-        streamed_content = "".join(d.get("content", "") for d in deltas)
-        streamed_calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
-                          for d in deltas for c in d.get("tool_calls", [])]
-        assert streamed_calls == (calls or []), size
-        assert streamed_content == (content or "") if calls else streamed_content == text
-        assert [c["index"] for d in deltas for c in d.get("tool_calls", [])] == list(range(len(streamed_calls)))
+    _read("hermes", text, content, calls)
+
+
+LLAMA_CALL = '{"name": "get_time", "parameters": {"zone": "UTC"}}'
+
+
+@pytest.mark.parametrize("text, content, calls", [
+    (LLAMA_CALL, None, [("get_time", {"zone": "UTC"})]),
+    ("<|python_tag|>" + LLAMA_CALL, None, [("get_time", {"zone": "UTC"})]),
+    ('\n {"name": "f", "arguments": {"s": "}{;"}} ; {"name": "g", "parameters": {}};', None,
+     [("f", {"s": "}{;"}), ("g", {})]),  # braces and ";" inside strings; "arguments" for "parameters"
+    (LLAMA_CALL + "\n\nThat is the call.", "That is the call.", [("get_time", {"zone": "UTC"})]),
+    (LLAMA_CALL + '; {"name": 1}', '{"name": 1}', [("get_time", {"zone": "UTC"})]),  # a later object, text
+    ('{"answer": 42}', '{"answer": 42}', None),  # JSON that is not a call: the reply is text
+    ("It is noon. " + LLAMA_CALL, "It is noon. " + LLAMA_CALL, None),  # calls open the reply, or it is text
+    ('<|python_tag|>{"name": "f", "parameters": {', '<|python_tag|>{"name": "f", "parameters": {', None),  # cut
+    ("<|python", "<|python", None),
+    ("  ", "  ", None),
+])
+def test_llama3_json_whole_and_streamed_in_any_pieces(text, content, calls):
+    _read("llama3_json", text, content, calls)
+
+
+@pytest.mark.parametrize("text, content, calls", [
+    ('[get_time(zone="UTC"), get_weather(city=\'Paris ]\', days=3, hourly=False, at=None, temps=(1.5, -2), '
+     'extra={"k": [1]})]', None, [("get_time", {"zone": "UTC"}), ("get_weather", {
+         "city": "Paris ]", "days": 3, "hourly": False, "at": None, "temps": [1.5, -2], "extra": {"k": [1]}})]),
+    ("<|python_start|>[f()]<|python_end|>", None, [("f", {})]),
+    ("[f(x=1)]\nDone.", "Done.", [("f", {"x": 1})]),
+    ("[f(1)]", "[f(1)]", None),  # positional arguments name nothing
+    ("[f(x=g())]", "[f(x=g())]", None),  # not a literal
+    ("[f(x=float('nan'))]", "[f(x=float('nan'))]", None),
+    ("[f(**kw)]", "[f(**kw)]", None),
+    ("[1, 2]", "[1, 2]", None),
+    ("[f(x=1)", "[f(x=1)", None),  # cut short
+    ("Call [f()]", "Call [f()]", None),
+])
+def test_pythonic_whole_and_streamed_in_any_pieces(text, content, calls):
+    _read("pythonic", text, content, calls)
+
+
+@pytest.mark.parametrize("text, content, calls", [
+    ('[TOOL_CALLS] [{"name": "get_time", "arguments": {"zone": "UTC"}}, {"name": "f", "arguments": {}}]', None,
+     [("get_time", {"zone": "UTC"}), ("f", {})]),
+    ('Checking.[TOOL_CALLS]get_time[ARGS]{"zone": "UTC"}[TOOL_CALLS]f[CALL_ID]a1b2c3d4e[ARGS]{}', "Checking.",
+     [("get_time", {"zone": "UTC"}), ("f", {})]),
+    ('[TOOL_CALLS]get_time{"zone": "[TOOL_CALLS]"}', None, [("get_time", {"zone": "[TOOL_CALLS]"})]),
+    ("[TOOL_CALLS] nothing", "[TOOL_CALLS] nothing", None),
+    ('A [TOOL_CALLS][{"name": 3}] b', 'A [TOOL_CALLS][{"name": 3}] b', None),
+    ('[TOOL_CALLS]f[ARGS]{"x": 1', '[TOOL_CALLS]f[ARGS]{"x": 1', None),  # cut short
+    ("no calls [TOOL", "no calls [TOOL", None),
+])
+def test_mistral_whole_and_streamed_in_any_pieces(text, content, calls):
+    _read("mistral", text, content, calls)

@@ -49,7 +49,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     trust_request_chat_template: accept chat templates sent with requests (refused otherwise).
     cors: which browser origins may call the API (default: any, as vLLM's).
     prompt_tokens_details: usage carries prompt_tokens_details.cached_tokens (prefix-cache hits).
-    auto_tool_parser: the syntax of tool calls read for tool_choice "auto" (server/tool_parsers.py);
+    auto_tool_parser: the syntax of tool calls read for tool_choice "auto" (server/tool_parsers/);
     None refuses "auto". The engine's reasoning_parser tells chat replies' thinking from their answer."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser)

@@ -70,7 +70,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        help="answer tool_choice 'auto' (the default with tools) by reading the calls the model "
                        "writes, with --tool-call-parser")
     serve.add_argument("--tool-call-parser", choices=TOOL_PARSERS,
-                       help="the syntax the model writes tool calls in: hermes (Hermes, Qwen2.5, Qwen3)")
+                       help="the syntax the model writes tool calls in: hermes (Hermes, Qwen2.5, Qwen3), "
+                       "llama3_json or llama4_json (Llama 3.1-3.3, 4), pythonic or llama4_pythonic (Llama 3.2, 4), "
+                       "mistral")
     serve.add_argument("--reasoning-parser", choices=REASONING_PARSERS,
                        help="return a reasoning model's thinking (<think>...</think>) as the reply's `reasoning`, "
                        "apart from its content: qwen3 or deepseek_r1")

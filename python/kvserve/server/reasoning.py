@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from kvserve.grammar import THINK_END as END
 from kvserve.grammar import THINK_START as START
-from kvserve.server.tool_parsers import partial_tag
+from kvserve.server.tool_parsers.tags import partial_tag
 from kvserve.server.tools import Reply
 
 

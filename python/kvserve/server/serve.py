@@ -20,6 +20,7 @@ from kvserve.engine_args import engine_from_args
 from kvserve.loader.default_model import DEFAULT_MODEL_NAME
 from kvserve.server.app import CorsPolicy, build_app
 from kvserve.server.async_engine import AsyncEngine
+from kvserve.server.tool_parsers import TOOL_PARSERS
 
 logger = logging.getLogger("kvserve")
 
@@ -81,7 +82,8 @@ def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     _check_model_argument(args)
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
-        raise SystemExit("kvserve serve: --enable-auto-tool-choice needs --tool-call-parser (hermes)")
+        raise SystemExit("kvserve serve: --enable-auto-tool-choice needs --tool-call-parser "
+                         f"({', '.join(TOOL_PARSERS)})")
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:

@@ -5,7 +5,7 @@
     "required"         held to a JSON array of {"name": <a tool's name>, "parameters": {...}} (one
                        element when parallel_tool_calls is false): those calls
     "auto"             the model writes calls in its own syntax, read by the server's tool-call
-                       parser (tool_parsers.py; `--enable-auto-tool-choice --tool-call-parser`), or
+                       parser (tool_parsers/; `--enable-auto-tool-choice --tool-call-parser`), or
                        answers in text; without the flags, a 400 (the default with tools), as vLLM
     "none"             text (the tools still reach the chat template, which describes them)
 
@@ -18,7 +18,8 @@ stream).
 from __future__ import annotations
 
 from kvserve.server.protocol import NamedToolChoice, Tool, ToolChoice
-from kvserve.server.tool_parsers import HermesStream, compact_json, loads_exact, parse_hermes, tool_call
+from kvserve.server.tool_parsers import call_stream, parse_calls
+from kvserve.server.tool_parsers.call_json import compact_json, loads_exact, tool_call
 from kvserve.structured_outputs import StructuredOutputsParams
 
 
@@ -141,15 +142,16 @@ class ForcedCallReply(Reply):
 
 
 class ParsedCallReply(Reply):
-    """tool_choice "auto": calls in the model's own syntax (the hermes parser, tool_parsers.py)."""
+    """tool_choice "auto": calls in the model's own syntax, read by the server's parser (tool_parsers/)."""
 
     holds_text = True
 
-    def __init__(self):
-        self._stream = HermesStream()
+    def __init__(self, parser: str):
+        self._parser = parser
+        self._stream = call_stream(parser)
 
     def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
-        content, calls = parse_hermes(text)
+        content, calls = parse_calls(self._parser, text)
         if calls is None:
             return {"content": text}, finish_reason
         return {"content": content, "tool_calls": calls}, "tool_calls"  # vLLM's reason, however it ended
@@ -167,5 +169,5 @@ def reply_for(tools: list[Tool] | None, tool_choice: ToolChoice | None, auto_par
     if forced(tool_choice):
         return ForcedCallReply(tool_choice)
     if parses_calls(tools, tool_choice, auto_parser):
-        return ParsedCallReply()
+        return ParsedCallReply(auto_parser)
     return Reply()

@@ -1,0 +1,70 @@
+"""What every tool-call parser shares: a reply fed piece by piece (feed(), then finish(); each
+returns the deltas to send: {"content": ...} or {"tool_calls": [...]}), and the whole reply read as
+that stream over all of it (`parse`), so a reply streamed and a reply whole always agree.
+
+Content goes out as it comes, but for whitespace: what stands between text and a call (before or
+after it) is dropped, and trailing whitespace waits for what follows."""
+
+from __future__ import annotations
+
+
+class CallStream:
+    """One choice's reply. A parser keeps `_text` (all fed so far) and `_sent` (how much of it went
+    out as content or was taken into calls), and sends through `_content` and `_call`."""
+
+    def __init__(self):
+        self._text = ""
+        self._sent = 0
+        self._num_calls = 0
+        self._blank = ""  # trailing whitespace held back
+        self._after_call = False  # whitespace from here on follows a call
+
+    @property
+    def called(self) -> bool:
+        return self._num_calls > 0
+
+    def _content(self, text: str, deltas: list[dict]) -> None:
+        if self._after_call:
+            text = text.lstrip()
+            self._after_call = not text
+        text = self._blank + text
+        kept = text.rstrip()
+        self._blank = text[len(kept):]
+        if kept:
+            deltas.append({"content": kept})
+
+    def _content_upto(self, end: int, deltas: list[dict]) -> None:
+        """_text from _sent up to `end` as content."""
+        self._content(self._text[self._sent:end], deltas)
+        self._sent = max(self._sent, end)
+
+    def _call(self, call: dict, deltas: list[dict]) -> None:
+        self._num_calls += 1
+        self._blank, self._after_call = "", True
+        deltas.append({"tool_calls": [{"index": self._num_calls - 1, **call}]})
+
+    def _advance(self, final: bool) -> list[dict]:
+        """The deltas _text allows now; `final`: nothing more comes."""
+        raise NotImplementedError
+
+    def feed(self, piece: str) -> list[dict]:
+        self._text += piece
+        return self._advance(final=False)
+
+    def finish(self) -> list[dict]:
+        deltas = self._advance(final=True)
+        self._content_upto(len(self._text), deltas)
+        if self._blank and not self.called:
+            deltas.append({"content": self._blank})
+        self._blank = ""
+        return deltas
+
+
+def parse(stream: CallStream, text: str) -> tuple[str | None, list[dict] | None]:
+    """(content, tool calls) of a whole reply, as `stream` streams it; (text, None) where it holds no
+    call."""
+    deltas = stream.feed(text) + stream.finish()
+    content = "".join(delta.get("content", "") for delta in deltas)
+    if not stream.called:
+        return content, None
+    return content or None, [call for delta in deltas for call in delta.get("tool_calls", [])]
