@@ -95,6 +95,12 @@ def test_choices_kvserve_does_not_answer_are_400s(tiny_server, body, message):
     assert error["param"] in ("tool_choice", None)
 
 
+def test_required_of_an_empty_tools_list_answers_in_text(tiny_client):
+    response = tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=[], tool_choice="required",
+                                                   **GREEDY)
+    assert response.choices[0].message.tool_calls is None and response.choices[0].message.content
+
+
 def test_the_openai_client_raises_for_auto(tiny_client):
     with pytest.raises(openai.BadRequestError, match="tool_choice"):
         tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)

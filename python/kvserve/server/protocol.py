@@ -314,6 +314,13 @@ class ChatCompletionRequest(GenerationRequest, ChatTemplateFields):
     tool_choice: ToolChoice | None = None  # server/tools.py
     parallel_tool_calls: bool = True
 
+    @model_validator(mode="after")
+    def _required_of_no_tools(self):
+        """"required" with an empty tools list answers as "none", as OpenAI and vLLM do."""
+        if self.tool_choice == "required" and self.tools == []:
+            self.tool_choice, self.tools = "none", None
+        return self
+
     @property
     def structured_outputs_field(self) -> str | None:
         """As GenerationRequest's, and "tool_choice" where it forces a tool call (server/tools.py)."""
