@@ -55,7 +55,8 @@ run() {
   uname -a
 } >"$OUT/env.txt" 2>&1
 
-# Wheels carried in .wheels/ (the machine has no network): llguidance, for the structured-output tests.
+# Wheels carried in .wheels/ (the machine has no network): llguidance, for the structured-output tests;
+# peft and accelerate, for the LoRA test.
 if compgen -G ".wheels/*.whl" >/dev/null; then
   "$PY" -m pip install --no-deps --no-index .wheels/*.whl >"$OUT/wheels.log" 2>&1 || true
 fi
@@ -102,7 +103,8 @@ run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base
 GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_linear_ops.py
            tests/python/test_cuda_engine.py tests/python/test_paged_attention.py tests/python/test_device.py
            tests/python/test_extension.py tests/python/test_decode_graphs.py tests/python/test_sampler.py
-           tests/python/test_bench_sass_loops.py tests/python/test_structured_outputs.py::test_on_a_gpu_every_output_matches)
+           tests/python/test_bench_sass_loops.py tests/python/test_structured_outputs.py::test_on_a_gpu_every_output_matches
+           tests/python/test_lora.py::test_on_a_gpu_adapters_match_peft)
 [ -n "${GPU_CHECK_TESTS:-}" ] && read -r -a GPU_TESTS <<<"$GPU_CHECK_TESTS"
 # Not the CPU kernels' runs under lesser ISAs (test_every_isa_path): CPU work, which CI does.
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider -k "not every_isa_path" "${GPU_TESTS[@]}"

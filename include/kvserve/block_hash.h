@@ -25,7 +25,8 @@ struct BlockHash {
 };
 
 // The parent hash of a request's first block: mixes in keys that must separate otherwise equal
-// prefixes (a cache salt; later an adapter id). Requests with different keys never share blocks.
+// prefixes (a cache salt: the Python engine gives a LoRA adapter's requests its id). Requests with
+// different keys never share blocks.
 KVSERVE_EXPORT BlockHash root_block_hash(std::string_view extra_keys);
 
 // The hash of a full block holding `token_ids[0, num_tokens)` after the block hashed `parent`.

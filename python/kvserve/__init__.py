@@ -2,6 +2,7 @@
 
 from kvserve._C import __version__
 from kvserve.engine import Engine
+from kvserve.lora import LoRARequest
 from kvserve.outputs import CompletionOutput, RequestOutput
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 from kvserve.structured_outputs import StructuredOutputsParams
@@ -9,5 +10,5 @@ from kvserve.structured_outputs import StructuredOutputsParams
 # vLLM users write `from vllm import LLM`; the same name works here.
 LLM = Engine
 
-__all__ = ["LLM", "CompletionOutput", "Engine", "RequestOutput", "RequestOutputKind", "SamplingParams",
+__all__ = ["LLM", "CompletionOutput", "Engine", "LoRARequest", "RequestOutput", "RequestOutputKind", "SamplingParams",
            "StructuredOutputsParams", "__version__"]

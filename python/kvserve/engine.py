@@ -39,6 +39,9 @@ from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLI
 from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
+from kvserve.lora.adapter import LoRAAdapter
+from kvserve.lora.adapters import LoRAAdapters
+from kvserve.lora.request import LoRARequest
 from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
@@ -77,7 +80,8 @@ class Engine:
                  seed: int | None = 0, load_format: str = "auto", skip_tokenizer_init: bool = False,
                  device: str = "auto", gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
                  async_scheduling: bool | None = None, generation_config: str = "auto",
-                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None):
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None,
+                 enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -92,7 +96,11 @@ class Engine:
         the default. `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
         scripts: kvserve runs on one device, and its architectures are built in.
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
-        structured outputs hold what follows its </think> token."""
+        structured outputs hold what follows its </think> token.
+        `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
+        `max_loras` adapters stay loaded (loading another drops the least recently used), each of
+        rank `max_lora_rank` at most. Steps with adapters run the model layer by layer (neither
+        the CPU's decoder stack nor, on a GPU, the CUDA graphs)."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -126,6 +134,9 @@ class Engine:
         loaded = load_model(model, dtype=dtype, load_format=load_format, device=self.device,
                             seed=seed if seed is not None else torch.initial_seed())
         self.model_config = config = loaded.model_config
+        if not isinstance(enable_lora, bool):
+            raise ValueError(f"enable_lora must be True or False, got {enable_lora!r}")
+        self.loras = LoRAAdapters(loaded.model, max_loras, max_lora_rank) if enable_lora else None
         if generation_config == "vllm":
             self.model_config = config = dataclasses.replace(config, default_sampling={})
         self.dtype = loaded.dtype
@@ -220,9 +231,12 @@ class Engine:
         return self.tokenizer
 
     def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None, *,
-                    arrival_time: float | None = None, priority: int = 0) -> None:
+                    arrival_time: float | None = None, priority: int = 0,
+                    lora_request: LoRARequest | None = None) -> None:
         """Queue one request. ValueError for a duplicate id, a bad prompt, or one that can't fit.
-        All or nothing: a request that raises leaves nothing behind, in Python or the scheduler."""
+        All or nothing: a request that raises leaves nothing behind, in Python or the scheduler.
+        `lora_request`: the LoRA adapter it runs with (an engine built with enable_lora); its
+        prefix-cache blocks are apart from the base model's and other adapters'."""
         params = params if params is not None else self.default_sampling_params()
         if not isinstance(request_id, str):
             raise ValueError(f"request_id must be a str, got {type(request_id).__name__} {request_id!r}")
@@ -256,14 +270,24 @@ class Engine:
         # A structured output ends where its grammar does (SamplingParams.structured_outputs).
         min_tokens = 0 if params.structured_outputs is not None else min(params.min_tokens, max_tokens)
         arrival_time = time.time() if arrival_time is None else arrival_time
+        lora = self._lora(lora_request)
         # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
-        state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device, grammar)
+        state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device, grammar,
+                             lora)
         self.scheduler.add_request(
             request_id, token_ids, max_tokens=max_tokens, min_tokens=min_tokens,
             eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
             stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=params.n,
+            cache_salt=f"lora:{lora_request.lora_int_id}" if lora is not None else "",
             skip_prefix_cache=params.prompt_logprobs is not None)
         self.requests[request_id] = state
+
+    def _lora(self, lora_request: LoRARequest | None) -> LoRAAdapter | None:
+        if lora_request is None:
+            return None
+        if self.loras is None:
+            raise ValueError("lora_request needs an engine built with enable_lora=True")
+        return self.loras.get(lora_request)
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns the outputs of requests that advanced (per output_kind).
@@ -415,9 +439,11 @@ class Engine:
 
     def generate(self, prompts: PromptInput | Sequence[PromptInput],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True,
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None) -> list[RequestOutput]:
         """Generate for every prompt (a string, {"prompt": str} or {"prompt_token_ids": [...]}, or a
-        list of them); returns one finished RequestOutput per prompt, in order."""
+        list of them); returns one finished RequestOutput per prompt, in order. `lora_request`: the
+        LoRA adapter every prompt runs with, or one per prompt (None: the base model)."""
         normalized = normalize_prompts(prompts, self.tokenizer)
         if sampling_params is None:
             sampling_params = self.default_sampling_params()
@@ -425,12 +451,17 @@ class Engine:
             sampling_params = [sampling_params] * len(normalized)
         elif len(sampling_params) != len(normalized):
             raise ValueError(f"sampling_params: expected one per prompt ({len(normalized)}), got {len(sampling_params)}")
+        if lora_request is None or isinstance(lora_request, LoRARequest):
+            lora_request = [lora_request] * len(normalized)
+        elif len(lora_request) != len(normalized):
+            raise ValueError(f"lora_request: expected one per prompt ({len(normalized)}), got {len(lora_request)}")
         ids = []
         try:
-            for (text, token_ids), params in zip(normalized, sampling_params):
+            for (text, token_ids), params, lora in zip(normalized, sampling_params, lora_request):
                 request_id = f"generate-{next(self._request_counter)}"
                 final_only = dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
-                self.add_request(request_id, {"prompt_token_ids": token_ids, "prompt": text}, final_only)
+                self.add_request(request_id, {"prompt_token_ids": token_ids, "prompt": text}, final_only,
+                                 lora_request=lora)
                 ids.append(request_id)
             return self._run_to_completion(ids, use_tqdm)
         except BaseException:
@@ -439,11 +470,12 @@ class Engine:
 
     def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              use_tqdm: bool = True, add_generation_prompt: bool = True, continue_final_message: bool = False,
-             chat_template: str | None = None, chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+             chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+             lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of {"role", "content"} messages) or to a
         list of conversations, with the model's chat template. chat_template_kwargs: more template
         variables (e.g. {"enable_thinking": False} for Qwen3), which win over add_generation_prompt,
-        continue_final_message and chat_template, as in vLLM."""
+        continue_final_message and chat_template, as in vLLM. `lora_request`: as generate()'s."""
         if self.tokenizer is None:
             raise ValueError("chat() needs a tokenizer, but the engine was built with skip_tokenizer_init=True")
         if isinstance(messages, (str, dict)) or not isinstance(messages, Sequence):
@@ -460,7 +492,7 @@ class Engine:
             text = self.tokenizer.apply_chat_template(conversation, **arguments)
             prompts.append({"prompt": text,
                             "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
 
     def _run_to_completion(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(request_ids)

@@ -28,6 +28,7 @@ from torch import nn
 
 from kvserve import ops
 from kvserve.logprobs import LogprobsTensors, prompt_logprobs
+from kvserve.lora.batch import LoRABatch
 from kvserve.models import AttentionMetadata
 from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampler import Sampler, SamplerOutput
@@ -215,7 +216,7 @@ class ModelRunner:
             for key_cache, value_cache in self.kv_caches:
                 ops.copy_blocks(key_cache, out.blocks_to_copy)
                 ops.copy_blocks(value_cache, out.blocks_to_copy)
-        hidden = self.forward(out, previous)
+        hidden = self.forward(out, previous, LoRABatch.of_step(out, requests, self.device))
 
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
@@ -226,8 +227,9 @@ class ModelRunner:
         return LaunchedStep(prompt_lp, SampleInputs(self.sampler, logits, states, sequences, self.vocab_size,
                                                     self.eos_token_ids))
 
-    def forward(self, out, previous: LaunchedStep | None) -> torch.Tensor:
-        """The model's final hidden states [num_tokens, hidden] for the step's tokens."""
+    def forward(self, out, previous: LaunchedStep | None, lora: LoRABatch | None) -> torch.Tensor:
+        """The model's final hidden states [num_tokens, hidden] for the step's tokens; `lora`: its
+        rows' LoRA adapters."""
         metadata = AttentionMetadata(
             slot_mapping=torch.from_numpy(out.slot_mapping),
             block_table=torch.from_numpy(out.block_table),
@@ -238,7 +240,7 @@ class ModelRunner:
         if out.num_deferred:
             input_ids = input_ids.clone()  # the scheduler's buffer is read-only
             fill_deferred_inputs(input_ids, out, previous)
-        return self.model(input_ids, torch.from_numpy(out.positions), self.kv_caches, metadata)
+        return self.model(input_ids, torch.from_numpy(out.positions), self.kv_caches, metadata, lora)
 
     def _prompt_logprobs(self, out, requests, hidden) -> dict[str, tuple[int, LogprobsTensors]]:
         """Logprobs of the prompt tokens that this step's rows predict, for requests that ask."""

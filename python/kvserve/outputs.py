@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
+from kvserve.lora.request import LoRARequest
 
 
 @dataclass
@@ -42,7 +43,8 @@ class CompletionOutput:
 @dataclass
 class RequestOutput:
     """A request's prompt and its n outputs (`outputs[i].index == i`). num_cached_tokens: the
-    prompt tokens its first step found in the prefix cache (None before it is scheduled)."""
+    prompt tokens its first step found in the prefix cache (None before it is scheduled);
+    lora_request: the LoRA adapter it ran with."""
 
     request_id: str
     prompt: str | None
@@ -52,3 +54,4 @@ class RequestOutput:
     finished: bool
     metrics: RequestMetrics | None = None
     num_cached_tokens: int | None = None
+    lora_request: LoRARequest | None = None

@@ -15,6 +15,7 @@ import torch
 from kvserve.detokenizer import Detokenizer
 from kvserve.grammar import CompiledGrammar
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
+from kvserve.lora.adapter import LoRAAdapter
 from kvserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from kvserve.sampling_metadata import request_generator
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
@@ -71,12 +72,13 @@ class SequenceState:
 
 class RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "sequences", "prompt_logprobs",
-                 "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array")
+                 "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array", "lora")
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                  tokenizer: Tokenizer | None, arrival_time: float, device: torch.device,
-                 grammar: CompiledGrammar | None = None):
-        """`grammar`: params.structured_outputs compiled (GrammarCompiler), which every sequence follows."""
+                 grammar: CompiledGrammar | None = None, lora: LoRAAdapter | None = None):
+        """`grammar`: params.structured_outputs compiled (GrammarCompiler), which every sequence follows;
+        `lora`: the LoRA adapter the request runs with."""
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -89,6 +91,7 @@ class RequestState:
         self.metrics = RequestMetrics(arrival_time)
         self.num_cached_tokens: int | None = None  # set when first scheduled (Engine._launch)
         self._prompt_token_array: np.ndarray | None = None
+        self.lora = lora
 
     @property
     def prompt_token_array(self) -> np.ndarray:
@@ -115,4 +118,4 @@ class RequestState:
             self.prompt_logprobs_reported = True
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, prompt_logprobs,
                              [s.to_output(kind) for s in self.sequences], finished, self.metrics,
-                             self.num_cached_tokens)
+                             self.num_cached_tokens, self.lora.request if self.lora is not None else None)

@@ -147,8 +147,8 @@ def test_serve_refuses_auto_tool_choice_without_a_parser(model_dir):
     result = run_cli("serve", str(model_dir), "--enable-auto-tool-choice")
     assert result.returncode == 1 and "--enable-auto-tool-choice needs --tool-call-parser" in result.stderr
     assert "Traceback" not in result.stderr
-    result = run_cli("serve", str(model_dir), "--tool-call-parser", "mistral")
-    assert result.returncode == 2 and "invalid choice: 'mistral'" in result.stderr
+    result = run_cli("serve", str(model_dir), "--tool-call-parser", "granite")
+    assert result.returncode == 2 and "invalid choice: 'granite'" in result.stderr
 
 
 def test_ctrl_c_while_a_model_loads_ends_quietly(monkeypatch, capsys):

@@ -107,7 +107,7 @@ def test_a_padded_step_computes_what_the_step_computes(tiny_model_dir):
         return runner.model(inputs.view("input_ids", 4), inputs.view("positions", 4), runner.kv_caches,
                             inputs.metadata(4))
 
-    expected, expected_caches, got = from_the_same_cache(runner.kv_caches, lambda: runner.forward(out, None), padded)
+    expected, expected_caches, got = from_the_same_cache(runner.kv_caches, lambda: runner.forward(out, None, None), padded)
     torch.testing.assert_close(got[:3], expected, rtol=1e-5, atol=1e-5)  # a 4-row matmul may block its sums differently
     for cache, expected_cache in zip(runner.kv_caches, expected_caches):
         torch.testing.assert_close(cache, expected_cache, rtol=1e-5, atol=1e-5, equal_nan=True)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from kvserve.gpu.graphs import DecodeGraphs
+from kvserve.lora.batch import LoRABatch
 from kvserve.model_runner import LaunchedStep, ModelRunner, fill_deferred_inputs
 from kvserve.models import AttentionMetadata
 
@@ -28,8 +29,9 @@ class CudaModelRunner(ModelRunner):
                                        device)
             self.graphs.capture()
 
-    def forward(self, out, previous: LaunchedStep | None) -> torch.Tensor:
-        if self.graphs is not None and out.num_tokens == out.num_reqs <= self.graphs.max_batch:
+    def forward(self, out, previous: LaunchedStep | None, lora: LoRABatch | None) -> torch.Tensor:
+        # The graphs hold no LoRA deltas: a step with adapters runs eagerly.
+        if self.graphs is not None and lora is None and out.num_tokens == out.num_reqs <= self.graphs.max_batch:
             return self.graphs.run(out, previous)
 
         def to_device(array) -> torch.Tensor:
@@ -40,4 +42,4 @@ class CudaModelRunner(ModelRunner):
         input_ids = to_device(out.input_ids)
         if out.num_deferred:
             fill_deferred_inputs(input_ids, out, previous)
-        return self.model(input_ids, to_device(out.positions), self.kv_caches, metadata)
+        return self.model(input_ids, to_device(out.positions), self.kv_caches, metadata, lora)

@@ -7,7 +7,7 @@ Module and parameter names follow the Hugging Face checkpoints, except the fused
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, cuda_ops_linear_t
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.weight_loading import load_named_weights
+
+if TYPE_CHECKING:
+    from kvserve.lora.batch import LoRABatch
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -39,16 +42,16 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(d, config.sliding_windows[layer_index])
 
     def forward(self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], kv_cache: KVCache,
-                metadata: AttentionMetadata, attn_out: torch.Tensor) -> torch.Tensor:
+                metadata: AttentionMetadata, attn_out: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
         num_tokens = x.shape[0]
         # A decode step on CUDA (no norm of q and k in between): the projection rotates q and k and
         # writes the cache itself (ops.linear_rotary_and_cache), one kernel fewer a layer.
-        fused = (x.is_cuda and self.q_norm is None and self.head_dim % 16 == 0
+        fused = (x.is_cuda and lora is None and self.q_norm is None and self.head_dim % 16 == 0
                  and cuda_ops_linear_takes(x, self.qkv_proj.weight))
         if fused:
             qkv = torch.empty(num_tokens, self.qkv_proj.weight.shape[0], dtype=x.dtype, device=x.device)
         else:
-            qkv = self.qkv_proj(x)
+            qkv = self.qkv_proj(x, lora)
         # q, k, v stay views of the one projection output (rows strided by the fused width).
         q, k, v = qkv.split(self.qkv_proj.output_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)
@@ -61,7 +64,7 @@ class LlamaAttention(nn.Module):
         else:
             head_norms = None if self.q_norm is None else (self.q_norm, self.k_norm)
             out = self.attn(attn_out, q, k, v, cos_sin, kv_cache, metadata, head_norms)
-        return self.o_proj(out.view(num_tokens, -1))
+        return self.o_proj(out.view(num_tokens, -1), lora)
 
 
 # Rows of a CPU prefill that go through the MLP together: the [rows, 2 * intermediate] activation
@@ -77,9 +80,9 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = Linear(config.hidden_size, (size, size), config.mlp_bias, dtype)
         self.down_proj = Linear(size, config.hidden_size, config.mlp_bias, dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_cpu or x.shape[0] <= MLP_CHUNK_ROWS:
-            return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x))
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None) -> torch.Tensor:
+        if not x.is_cpu or x.shape[0] <= MLP_CHUNK_ROWS or lora is not None:  # a LoRA batch's rows are the step's
+            return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x, lora), lora)
         out = torch.empty_like(x)
         for start in range(0, x.shape[0], MLP_CHUNK_ROWS):
             rows = slice(start, start + MLP_CHUNK_ROWS)
@@ -96,11 +99,12 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype)
 
     def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None, cos_sin, kv_cache: KVCache,
-                metadata: AttentionMetadata, attn_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                metadata: AttentionMetadata, attn_out: torch.Tensor,
+                lora: LoRABatch | None) -> tuple[torch.Tensor, torch.Tensor]:
         x, residual = self.input_layernorm.add_and_norm(hidden, residual)
-        x = self.self_attn(x, cos_sin, kv_cache, metadata, attn_out)
+        x = self.self_attn(x, cos_sin, kv_cache, metadata, attn_out, lora)
         x, residual = self.post_attention_layernorm.add_and_norm(x, residual)
-        return self.mlp(x), residual
+        return self.mlp(x, lora), residual
 
 
 class LlamaModel(nn.Module):
@@ -143,11 +147,12 @@ class LlamaForCausalLM(nn.Module):
         return dict(qkv_bias=config.attention_bias, o_bias=config.attention_bias, qk_norm=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [T] (every request's new tokens, concatenated) -> final hidden [T, hidden]."""
+                attn_metadata: AttentionMetadata, lora: LoRABatch | None = None) -> torch.Tensor:
+        """input_ids, positions: [T] (every request's new tokens, concatenated) -> final hidden [T, hidden].
+        `lora`: the step's LoRA adapters (its steps run layer by layer, in torch between the kernels)."""
         if len(kv_caches) != len(self.model.layers):
             raise ValueError(f"kv_caches: expected {len(self.model.layers)} (one per layer), got {len(kv_caches)}")
-        if input_ids.is_cpu and input_ids.shape[0] <= DECODER_STACK_MAX_TOKENS:
+        if input_ids.is_cpu and input_ids.shape[0] <= DECODER_STACK_MAX_TOKENS and lora is None:
             cos_sin = self.rotary.cos_sin(positions, self.dtype)
             hidden = self.model.embed_tokens(input_ids)
             self.decoder_stack(kv_caches)(hidden, *cos_sin, attn_metadata.slot_mapping.long(),
@@ -160,7 +165,7 @@ class LlamaForCausalLM(nn.Module):
         cos_sin = self.rotary.cos_sin(positions, self.dtype)
         hidden, residual = self.model.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
-            hidden, residual = layer(hidden, residual, cos_sin, kv_cache, attn_metadata, attn_out)
+            hidden, residual = layer(hidden, residual, cos_sin, kv_cache, attn_metadata, attn_out, lora)
         hidden, _ = self.model.norm.add_and_norm(hidden, residual)
         return hidden
 

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import kvserve
 from kvserve.engine import Engine
+from kvserve.lora import LoRARequest
 from kvserve.server import chat, completions, endpoints, metrics
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
@@ -40,7 +41,8 @@ class CorsPolicy:
 def build_app(engine: Engine, *, served_model_names: list[str], root: str | None = None, api_key: str | None = None,
               max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               trust_request_chat_template: bool = False, cors: CorsPolicy | None = None,
-              prompt_tokens_details: bool = False, auto_tool_parser: str | None = None) -> FastAPI:
+              prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
+              loras: list[LoRARequest] = ()) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -50,9 +52,10 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     cors: which browser origins may call the API (default: any, as vLLM's).
     prompt_tokens_details: usage carries prompt_tokens_details.cached_tokens (prefix-cache hits).
     auto_tool_parser: the syntax of tool calls read for tool_choice "auto" (server/tool_parsers/);
-    None refuses "auto". The engine's reasoning_parser tells chat replies' thinking from their answer."""
+    None refuses "auto". The engine's reasoning_parser tells chat replies' thinking from their answer.
+    loras: LoRA adapters served under their names (an engine built with enable_lora)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
-                         prompt_tokens_details, auto_tool_parser)
+                         prompt_tokens_details, auto_tool_parser, loras)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 

@@ -33,6 +33,19 @@ def _flag_type(parse, valid, expected: str):
 # vLLM's form of the CORS flags: a JSON list of strings, e.g. '["https://example.com"]'.
 _json_list = _flag_type(json.loads, lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
                         "a JSON list of strings, e.g. '[\"*\"]'")
+
+
+def _parse_lora_module(value: str) -> tuple[str, str] | None:
+    """vLLM's two forms: name=path, or JSON {"name": ..., "path": ...} (other keys ignored)."""
+    if value.lstrip().startswith("{"):
+        module = json.loads(value)
+        return (module.get("name"), module.get("path")) if isinstance(module, dict) else None
+    name, equals, path = value.partition("=")
+    return (name, path) if equals else None
+
+
+_lora_module = _flag_type(_parse_lora_module, lambda m: all(isinstance(s, str) and s for s in m),
+                          "NAME=PATH or JSON {\"name\": ..., \"path\": ...}")
 _port = _flag_type(int, lambda port: 0 <= port <= 65535, "a port in [0, 65535]")
 _seconds = _flag_type(float, lambda seconds: 0 <= seconds < float("inf"), "a number of seconds >= 0")
 
@@ -73,6 +86,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        help="the syntax the model writes tool calls in: hermes (Hermes, Qwen2.5, Qwen3), "
                        "llama3_json or llama4_json (Llama 3.1-3.3, 4), pythonic or llama4_pythonic (Llama 3.2, 4), "
                        "mistral")
+    serve.add_argument("--lora-modules", nargs="+", type=_lora_module, default=[], metavar="NAME=PATH",
+                       help="LoRA adapters (PEFT directories) served under their names, with --enable-lora; "
+                       "a request whose model is one runs with that adapter")
     serve.add_argument("--reasoning-parser", choices=REASONING_PARSERS,
                        help="return a reasoning model's thinking (<think>...</think>) as the reply's `reasoning`, "
                        "apart from its content: qwen3 or deepseek_r1")

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from kvserve.engine import Engine
+from kvserve.lora import LoRARequest
 from kvserve.outputs import RequestOutput
 from kvserve.sampling_params import SamplingParams
 
@@ -156,8 +157,10 @@ class AsyncEngine:
         free = 0 if snapshot.num_waiting else max(0, self.engine.max_num_seqs - snapshot.num_running_seqs)
         return snapshot.num_waiting + max(0, untaken - free)
 
-    def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams) -> RequestStream:
-        """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs.
+    def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams,
+               lora_request: LoRARequest | None = None) -> RequestStream:
+        """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs;
+        `lora_request`: the LoRA adapter they run with.
         Raises QueueFullError when they do not fit under max_waiting, EngineStoppedError after shutdown."""
         if not self.is_running:
             raise EngineStoppedError("the engine is not running")
@@ -171,7 +174,7 @@ class AsyncEngine:
             self._streams[engine_id] = (stream, i)
             self._num_submitted_seqs += params.n
             engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
-            self._commands.put(("add", engine_id, engine_prompt, params, arrival_time))
+            self._commands.put(("add", engine_id, engine_prompt, params, arrival_time, lora_request))
         return stream
 
     def _abort(self, request_ids: list[str]) -> None:
@@ -242,10 +245,11 @@ class AsyncEngine:
 
     def _apply(self, command: tuple) -> None:
         if command[0] == "add":
-            _, request_id, prompt, params, arrival_time = command
+            _, request_id, prompt, params, arrival_time, lora_request = command
             self._num_added_seqs += params.n
             try:
-                self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time)
+                self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time,
+                                        lora_request=lora_request)
             except ValueError as error:
                 self._to_loop(self._fail, [request_id], error)
         else:

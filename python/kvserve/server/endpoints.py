@@ -21,6 +21,10 @@ async def list_models(raw_request: Request) -> dict:
     served: ServedModel = raw_request.app.state.model
     cards = [{"id": name, "object": "model", "created": served.created, "owned_by": "kvserve", "root": served.root,
               "max_model_len": served.max_model_len} for name in served.names]
+    # As vLLM lists them: each adapter under its name, its parent the model.
+    cards += [{"id": name, "object": "model", "created": served.created, "owned_by": "kvserve",
+               "root": lora.lora_path, "parent": served.name, "max_model_len": served.max_model_len}
+              for name, lora in served.loras.items()]
     return {"object": "list", "data": cards}
 
 

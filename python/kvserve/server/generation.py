@@ -57,8 +57,9 @@ class Generation:
     """One HTTP request's run through the engine."""
 
     def __init__(self, request_id: str, stream: RequestStream, prompts: list[EnginePrompt], n: int,
-                 prompt_only: bool = False, prompt_tokens_details: bool = False):
+                 prompt_only: bool = False, prompt_tokens_details: bool = False, model_name: str = ""):
         self.request_id = request_id
+        self.model_name = model_name  # what the response's "model" says
         self.prompts = prompts
         self.n = n
         # Scoring a prompt (echo with max_tokens 0): the engine makes one token, which no choice shows.
@@ -136,6 +137,7 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
     which the engine's thread would otherwise spend between steps), so that a bad one is a 400."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
+    lora = served.check_name(body.model)
     if body.model_extra:
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
     if body.stream_options is not None and not body.stream:
@@ -170,9 +172,10 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         raise bad_request(str(e)) from None
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
-        stream = engine.submit(request_id, prompts, params)
+        stream = engine.submit(request_id, prompts, params, lora)
     except QueueFullError as e:
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
-    return Generation(request_id, stream, prompts, body.n, prompt_only, served.prompt_tokens_details)
+    return Generation(request_id, stream, prompts, body.n, prompt_only, served.prompt_tokens_details,
+                      served.response_name(lora))

@@ -106,7 +106,7 @@ async def respond(raw_request: Request, generation: Generation, body: Generation
     created = int(time.time())
 
     def head(object_name: str) -> dict:
-        return {"id": generation.request_id, "object": object_name, "created": created, "model": served.name}
+        return {"id": generation.request_id, "object": object_name, "created": created, "model": generation.model_name}
 
     if body.stream:
         events = _events(generation, body, head(answer.chunk_object), answer.chunk_choices(generation, body, served))

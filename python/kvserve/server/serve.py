@@ -18,6 +18,7 @@ import uvicorn
 
 from kvserve.engine_args import engine_from_args
 from kvserve.loader.default_model import DEFAULT_MODEL_NAME
+from kvserve.lora import LoRARequest
 from kvserve.server.app import CorsPolicy, build_app
 from kvserve.server.async_engine import AsyncEngine
 from kvserve.server.tool_parsers import TOOL_PARSERS
@@ -93,11 +94,13 @@ def run_server(args: argparse.Namespace) -> int:
                         api_key=args.api_key, max_waiting=args.max_waiting,
                         trust_request_chat_template=args.trust_request_chat_template, cors=cors,
                         prompt_tokens_details=args.enable_prompt_tokens_details,
-                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None)
+                        auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None,
+                        loras=[LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(args.lora_modules)])
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
-    logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names), engine.max_model_len, _url(sock),
+    logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names + [m[0] for m in args.lora_modules]),
+                engine.max_model_len, _url(sock),
                 "API key required" if args.api_key else "no API key")
     config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
                             timeout_graceful_shutdown=args.shutdown_timeout + _CANCEL_AFTER_S)

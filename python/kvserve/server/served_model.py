@@ -9,18 +9,30 @@ import time
 
 from kvserve.chat_template import chat_template_arguments
 from kvserve.engine import Engine
+from kvserve.lora import LoRARequest
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import ChatTemplateFields
 
 
 class ServedModel:
     def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False,
-                 prompt_tokens_details: bool = False, auto_tool_parser: str | None = None):
+                 prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
+                 loras: list[LoRARequest] = ()):
+        """`loras`: LoRA adapters served by their lora_name, loaded here (an adapter that cannot be
+        is a ValueError at once, not a failed request later)."""
         if not names:
             raise ValueError("a served model needs at least one name")
         if engine.tokenizer is None:
             raise ValueError("the server needs the model's tokenizer (the engine was built without one)")
         self.names = list(names)
+        self.loras = {lora.lora_name: lora for lora in loras}
+        clash = set(self.names) & set(self.loras)
+        if clash:
+            raise ValueError(f"LoRA adapters and the model share the names {sorted(clash)}")
+        if self.loras and engine.loras is None:
+            raise ValueError("LoRA adapters need an engine built with enable_lora (--enable-lora)")
+        for lora in self.loras.values():
+            engine.loras.get(lora)
         self.name = self.names[0]  # the name responses carry
         self.root = root
         self.tokenizer = engine.tokenizer
@@ -35,11 +47,19 @@ class ServedModel:
         self.reasoning_parser = engine.reasoning_parser  # tells chat replies' thinking from their answer
         self.grammars_follow_thinking = engine.grammars.reasoning_end is not None
 
-    def check_name(self, model: str | None) -> None:
-        """Requests may leave the model out; a name that is not ours is a 404, as OpenAI answers."""
-        if model is not None and model not in self.names:
-            raise OpenAIError(404, f"The model `{model}` does not exist: this server serves {', '.join(self.names)}",
-                              param="model", code="model_not_found")
+    def check_name(self, model: str | None) -> LoRARequest | None:
+        """The LoRA adapter a request's model names (None: the base model). Requests may leave the
+        model out; a name that is not ours is a 404, as OpenAI answers."""
+        if model is None or model in self.names:
+            return None
+        if model in self.loras:
+            return self.loras[model]
+        raise OpenAIError(404, f"The model `{model}` does not exist: this server serves "
+                          f"{', '.join([*self.names, *self.loras])}", param="model", code="model_not_found")
+
+    def response_name(self, lora: LoRARequest | None) -> str:
+        """The model name a response carries: the adapter's, or the model's first."""
+        return lora.lora_name if lora is not None else self.name
 
     def encode(self, text: str, add_special_tokens: bool, param: str) -> list[int]:
         token_ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)

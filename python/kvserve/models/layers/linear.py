@@ -26,6 +26,7 @@ projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from torch import nn
 
 from kvserve import _C, ops
 from kvserve.models.layers.activation import silu_and_mul
+
+if TYPE_CHECKING:
+    from kvserve.lora.batch import LoRABatch
 
 # Rows up to which kvserve.ops.linear beats oneDNN with a blocked weight on the CPU.
 OPS_MAX_ROWS = 4
@@ -133,12 +137,18 @@ class Linear(nn.Module):
         """The weight as kvserve.ops.linear reads it at few rows: interleaved where it can be."""
         return self.weight if self.interleaved is None else self.interleaved
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, self.packed, self.interleaved)
+    def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
+        """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
+        out = linear(x, self.weight, self.bias, self.packed, self.interleaved)
+        if lora is not None:
+            lora.add(self, x, out)
+        return out
 
-    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_silu_and_mul(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """silu_and_mul(self(x)) for a [gate; up] projection: on CUDA, where the few-rows kernel takes x,
         one kernel that writes silu(gate) * up (the same bits, without the [gate | up] rows)."""
+        if lora is not None:
+            return silu_and_mul(self(x, lora))
         if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
             ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True)

@@ -1,0 +1,176 @@
+"""LoRA adapters against PEFT on the same weights: adapters saved by PEFT's save_pretrained (random
+A and B, never zeros), applied by kvserve, give PEFT's greedy ids, whichever adapters (and the base
+model) share a step; the prefix cache keeps their blocks apart; what kvserve does not apply is
+refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from kvserve import Engine, LoRARequest, SamplingParams
+from requires_cuda import requires_cuda
+
+# The GPU machine has no network: peft comes as a carried wheel there, or these tests skip.
+peft = pytest.importorskip("peft")
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Lengths cross block boundaries (block_size 4); the last one's prompt is the first one's start.
+PROMPTS = [[5, 9, 100, 7, 300, 12, 44, 61, 8], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [5, 9, 100, 7, 300]]
+NUM_NEW_TOKENS = 6
+GREEDY = SamplingParams(temperature=0, max_tokens=NUM_NEW_TOKENS, ignore_eos=True)
+
+
+def save_adapter(base_dir, directory, seed: int, r: int = 8, target_modules=ALL_LINEAR, save_options=None, **config):
+    """A PEFT LoRA adapter of the model in `base_dir`, its A and B random (PEFT starts B at zero)."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0,
+                                                  target_modules=target_modules, **config))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    peft_model.save_pretrained(directory, **(save_options or {}))
+    return str(directory)
+
+
+def peft_greedy(base_dir, adapter_dir, prompts, device: str = "cpu") -> list[list[int]]:
+    """PEFT's greedy ids for each prompt (the base model's where adapter_dir is None)."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    if adapter_dir is not None:
+        model = peft.PeftModel.from_pretrained(model, adapter_dir).eval()
+    model = model.to(device)
+    ids = []
+    for prompt in prompts:
+        out = model.generate(input_ids=torch.tensor([prompt], device=device), max_new_tokens=NUM_NEW_TOKENS,
+                             do_sample=False, eos_token_id=None, pad_token_id=0)
+        ids.append(out[0, len(prompt):].tolist())
+    return ids
+
+
+def kvserve_ids(engine: Engine, prompts, loras) -> list[list[int]]:
+    outputs = engine.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False, lora_request=loras)
+    return [output.outputs[0].token_ids for output in outputs]
+
+
+def _engine(directory, **options) -> Engine:
+    return Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, block_size=4, enable_lora=True,
+                  **options)
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+def test_adapters_and_the_base_model_in_one_batch_match_peft(tmp_path, tiny_model_dir, architecture):
+    base = tiny_model_dir(architecture)
+    first = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    # PEFT's default targets for Llama, with rsLoRA's scaling and a per-module alpha.
+    second = LoRARequest("second", 2, save_adapter(base, tmp_path / "second", seed=2, r=4,
+                                                   target_modules=["q_proj", "v_proj"], use_rslora=True,
+                                                   alpha_pattern={"v_proj": 3.0}))
+    expected = {None: peft_greedy(base, None, PROMPTS)}
+    for lora in (first, second):
+        expected[lora] = peft_greedy(base, lora.lora_path, PROMPTS)
+        assert expected[lora] != expected[None]  # the adapter changes the replies
+    engine = _engine(base, max_loras=2)
+    for loras in ([first] * 4, [None, first, second, first], [second, None, None, first]):
+        assert kvserve_ids(engine, PROMPTS, loras) == [expected[lora][i] for i, lora in enumerate(loras)], loras
+
+
+@requires_cuda
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_on_a_gpu_adapters_match_peft(tmp_path, tiny_model_dir, enforce_eager):
+    """Steps with adapters run eagerly on a GPU; the base model's decode steps replay the graphs."""
+    base = tiny_model_dir("LlamaForCausalLM")
+    first = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    second = LoRARequest("second", 2, save_adapter(base, tmp_path / "second", seed=2, r=4))
+    expected = {lora: peft_greedy(base, lora.lora_path if lora else None, PROMPTS, "cuda")
+                for lora in (None, first, second)}
+    engine = Engine(str(base), dtype="float32", device="cuda", kv_cache_memory_gb=0.05, block_size=4,
+                    enable_lora=True, max_loras=2, enforce_eager=enforce_eager)
+    for loras in ([None] * 4, [None, first, second, first]):
+        assert kvserve_ids(engine, PROMPTS, loras) == [expected[lora][i] for i, lora in enumerate(loras)], loras
+
+
+def test_the_prefix_cache_keeps_adapters_apart(tmp_path, tiny_model_dir):
+    base = tiny_model_dir("LlamaForCausalLM")
+    first = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    second = LoRARequest("second", 2, save_adapter(base, tmp_path / "second", seed=2))
+    engine = _engine(base, max_loras=1)  # each adapter drops the other: they reload
+    prompt = [PROMPTS[0]]
+    runs = [(lora, kvserve_ids(engine, prompt, [lora])[0]) for lora in (first, None, second, first, None, second)]
+    for lora, ids in runs:
+        assert [ids] == peft_greedy(base, lora.lora_path if lora else None, prompt), lora
+    # Each repeat found its own blocks in the cache (the first run of each computed them).
+    again = engine.generate([{"prompt_token_ids": PROMPTS[0]}], GREEDY, use_tqdm=False, lora_request=second)[0]
+    assert again.num_cached_tokens == 8 and again.lora_request == second
+
+
+def test_what_kvserve_does_not_apply_is_refused(tmp_path, tiny_model_dir):
+    base = tiny_model_dir("LlamaForCausalLM")
+    plain = Engine(str(base), dtype="float32", kv_cache_memory_gb=0.01)
+    adapter = save_adapter(base, tmp_path / "plain", seed=1)
+    with pytest.raises(ValueError, match="enable_lora"):
+        plain.generate("hi", GREEDY, use_tqdm=False, lora_request=LoRARequest("a", 1, adapter))
+    engine = _engine(base, max_lora_rank=4)
+    cases = {
+        "above max_lora_rank 4": LoRARequest("a", 1, adapter),
+        "use_dora": LoRARequest("b", 2, save_adapter(base, tmp_path / "dora", seed=1, r=2, use_dora=True)),
+        "adapters of the embedding": LoRARequest("c", 3, save_adapter(base, tmp_path / "embed", seed=1, r=2,
+                                                                      target_modules=["embed_tokens"])),
+        "not a linear layer of the decoder": LoRARequest("d", 4, save_adapter(
+            base, tmp_path / "head", seed=1, r=2, target_modules=["lm_head"],
+            save_options=dict(save_embedding_layers=False))),
+        "no adapter_config.json": LoRARequest("e", 5, str(tmp_path)),
+    }
+    for message, lora in cases.items():
+        with pytest.raises(ValueError, match=message):
+            engine.generate("hi", GREEDY, use_tqdm=False, lora_request=lora)
+    small = LoRARequest("small", 6, save_adapter(base, tmp_path / "small", seed=1, r=2))
+    engine.generate("hi", GREEDY, use_tqdm=False, lora_request=small)
+    with pytest.raises(ValueError, match="needs an id of its own"):
+        engine.generate("hi", GREEDY, use_tqdm=False, lora_request=LoRARequest("other", 6, str(tmp_path / "dora")))
+    with pytest.raises(ValueError, match="lora_int_id must be a positive integer"):
+        LoRARequest("zero", 0, adapter)
+    assert not engine.has_unfinished_requests() and engine.stats().num_free_blocks == engine.stats().num_blocks - 1
+    config = json.loads((tmp_path / "small" / "adapter_config.json").read_text())
+    assert config["r"] == 2 and config["peft_type"] == "LORA"  # what save_pretrained wrote, read as such
+
+
+def test_the_server_serves_adapters_by_name(tmp_path, tiny_model_dir):
+    """`kvserve serve --enable-lora --lora-modules NAME=PATH`: a request whose model is an adapter's
+    name runs with it (the offline engine's answer), the model's own name without; /v1/models lists
+    the adapters; an adapter that cannot be loaded stops the server at once."""
+    import httpx
+    import openai
+
+    from server_process import ServerProcess
+
+    base = tiny_model_dir("LlamaForCausalLM")
+    first = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    second = LoRARequest("second", 2, save_adapter(base, tmp_path / "second", seed=2))
+    params = SamplingParams(temperature=0, max_tokens=NUM_NEW_TOKENS)
+    offline = _engine(base, max_loras=2)
+    expected = {lora: offline.generate([{"prompt_token_ids": PROMPTS[1]}], params, use_tqdm=False,
+                                       lora_request=lora)[0].outputs[0].text for lora in (None, first, second)}
+    assert len(set(expected.values())) == 3
+    with ServerProcess(base, "--served-model-name", "tiny", "--enable-lora", "--max-loras", "2", "--lora-modules",
+                       f"first={first.lora_path}", json.dumps({"name": "second", "path": second.lora_path})) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        models = {model.id: model for model in client.models.list().data}
+        assert set(models) == {"tiny", "first", "second"} and models["first"].parent == "tiny"
+        for name, lora in (("first", first), ("tiny", None), ("second", second)):
+            response = client.completions.create(model=name, prompt=PROMPTS[1], max_tokens=NUM_NEW_TOKENS,
+                                                 temperature=0)
+            assert (response.model, response.choices[0].text) == (name, expected[lora])
+        streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+            model="second", prompt=PROMPTS[1], max_tokens=NUM_NEW_TOKENS, temperature=0, stream=True))
+        assert streamed == expected[second]
+        missing = httpx.post(server.url + "/v1/completions", json={"model": "third", "prompt": "hi"})
+        assert missing.status_code == 404 and "tiny, first, second" in missing.json()["error"]["message"]
+    with pytest.raises(RuntimeError, match="kvserve serve: LoRA adapter .* no adapter_config.json"):
+        ServerProcess(base, "--enable-lora", "--lora-modules", f"broken={tmp_path}")
+    with pytest.raises(RuntimeError, match="enable_lora"):
+        ServerProcess(base, "--lora-modules", f"first={first.lora_path}")
