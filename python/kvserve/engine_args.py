@@ -28,7 +28,7 @@ ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_siz
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
-                "generation_config", "enable_lora", "max_loras", "max_lora_rank")
+                "generation_config")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -88,11 +88,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--trust-remote-code", action="store_true",
                        help="accepted for vLLM's scripts: kvserve never runs a checkpoint's code (its "
                        "architectures are built in)")
-    group.add_argument("--enable-lora", action="store_true",
-                       help="requests may run with LoRA adapters (serve: --lora-modules)")
-    group.add_argument("--max-loras", type=int, default=1,
-                       help="LoRA adapters kept loaded; another drops the least recently used (default: 1)")
-    group.add_argument("--max-lora-rank", type=int, default=16, help="the largest LoRA rank accepted (default: 16)")
     group.add_argument("--skip-tokenizer-init", action="store_true",
                        help="load no tokenizer: prompts are token ids and outputs are not detokenized "
                        "(not for generate and chat, which take text)")

@@ -86,9 +86,13 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        help="the syntax the model writes tool calls in: hermes (Hermes, Qwen2.5, Qwen3), "
                        "llama3_json or llama4_json (Llama 3.1-3.3, 4), pythonic or llama4_pythonic (Llama 3.2, 4), "
                        "mistral")
+    serve.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters (--lora-modules)")
     serve.add_argument("--lora-modules", nargs="+", type=_lora_module, default=[], metavar="NAME=PATH",
                        help="LoRA adapters (PEFT directories) served under their names, with --enable-lora; "
                        "a request whose model is one runs with that adapter")
+    serve.add_argument("--max-loras", type=int, default=1,
+                       help="LoRA adapters kept loaded; another drops the least recently used (default: 1)")
+    serve.add_argument("--max-lora-rank", type=int, default=16, help="the largest LoRA rank accepted (default: 16)")
     serve.add_argument("--reasoning-parser", choices=REASONING_PARSERS,
                        help="return a reasoning model's thinking (<think>...</think>) as the reply's `reasoning`, "
                        "apart from its content: qwen3 or deepseek_r1")
