@@ -71,6 +71,15 @@ def load_tokenizer(loaded: LoadedModel, tokenizer: str | None) -> Tokenizer:
     return Tokenizer.from_pretrained(loaded.path)
 
 
+def _cache_key(lora_request: LoRARequest | None, cache_salt: str | None) -> str:
+    """The scheduler's cache salt: requests share prefix-cache blocks only under equal keys, so the
+    key holds the adapter (its KV differs from the base model's) and the prompt's own salt, in a
+    form no salt can imitate (the adapter id, 0 for none, ends at the first "|")."""
+    if lora_request is None and cache_salt is None:
+        return ""
+    return f"{lora_request.lora_int_id if lora_request is not None else 0}|{cache_salt or ''}"
+
+
 class Engine:
     def __init__(self, model: str | None = None, *, tokenizer: str | None = None, dtype: str = "auto",
                  max_model_len: int | None = None, block_size: int | None = 16, max_num_seqs: int | None = 256,
@@ -246,7 +255,7 @@ class Engine:
                 params.stop_token_ids):
             params = dataclasses.replace(params, stop_token_ids=sorted({*params.stop_token_ids,
                                                                         *self.extra_stop_token_ids}))
-        [(text, token_ids)] = normalize_prompts(prompt, self.tokenizer)
+        [(text, token_ids, cache_salt)] = normalize_prompts(prompt, self.tokenizer)
         # Before everything else, as vLLM: the request is its last truncate_prompt_tokens tokens (the
         # prompt text stays as given, as vLLM's RequestOutput.prompt does).
         token_ids = params.truncated_prompt(token_ids, self.max_model_len)
@@ -278,7 +287,7 @@ class Engine:
             request_id, token_ids, max_tokens=max_tokens, min_tokens=min_tokens,
             eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
             stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=params.n,
-            cache_salt=f"lora:{lora_request.lora_int_id}" if lora is not None else "",
+            cache_salt=_cache_key(lora_request, cache_salt),
             skip_prefix_cache=params.prompt_logprobs is not None)
         self.requests[request_id] = state
 
@@ -457,11 +466,13 @@ class Engine:
             raise ValueError(f"lora_request: expected one per prompt ({len(normalized)}), got {len(lora_request)}")
         ids = []
         try:
-            for (text, token_ids), params, lora in zip(normalized, sampling_params, lora_request):
+            for prompt, params, lora in zip(normalized, sampling_params, lora_request):
                 request_id = f"generate-{next(self._request_counter)}"
                 final_only = dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
-                self.add_request(request_id, {"prompt_token_ids": token_ids, "prompt": text}, final_only,
-                                 lora_request=lora)
+                engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
+                if prompt.cache_salt is not None:
+                    engine_prompt["cache_salt"] = prompt.cache_salt
+                self.add_request(request_id, engine_prompt, final_only, lora_request=lora)
                 ids.append(request_id)
             return self._run_to_completion(ids, use_tqdm)
         except BaseException:

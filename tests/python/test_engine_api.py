@@ -138,3 +138,14 @@ def test_num_cached_tokens_counts_the_prompts_prefix_cache_hit(llm):
     while llm.has_unfinished_requests():
         outputs += llm.step()
     assert outputs and all(o.num_cached_tokens == 16 for o in outputs)
+
+
+def test_a_cache_salt_shares_blocks_only_with_its_own(llm):
+    tokens = list(range(60, 100))  # 40 tokens: two full blocks of 16
+    salted = [{"prompt_token_ids": tokens, "cache_salt": salt} for salt in ("alice", "bob", "alice")]
+    hits = [o.num_cached_tokens for o in llm.generate(salted[:1], GREEDY, use_tqdm=False)
+            + llm.generate(salted[1:], GREEDY, use_tqdm=False)
+            + llm.generate({"prompt_token_ids": tokens}, GREEDY, use_tqdm=False)]
+    assert hits == [0, 0, 32, 0]  # alice's blocks serve alice only; unsalted prompts have their own
+    with pytest.raises(ValueError, match="cache_salt must be a non-empty string"):
+        llm.generate({"prompt": "Hi", "cache_salt": ""}, GREEDY, use_tqdm=False)

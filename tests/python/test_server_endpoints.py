@@ -71,6 +71,22 @@ def test_usage_reports_the_prompt_tokens_found_in_the_prefix_cache(server):
     assert second.prompt_tokens_details.cached_tokens == first.prompt_tokens // 16 * 16 > 0
 
 
+def test_a_cache_salt_keeps_a_users_prefix_to_itself(server):
+    """vLLM's cache_salt: a request finds cached blocks of its own salt only."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    prompt = "salted words to fill two blocks: ka lo mi ne ru sa ti vo ze and more and more words " * 2
+
+    def cached(salt: str | None) -> int:
+        usage = client.completions.create(model=NAMES[0], prompt=prompt, max_tokens=1,
+                                          extra_body={"cache_salt": salt} if salt else None).usage
+        return usage.prompt_tokens_details.cached_tokens
+
+    first, other, again, unsalted = cached("alice"), cached("bob"), cached("alice"), cached(None)
+    assert (first, other, unsalted) == (0, 0, 0) and again > 0
+    empty = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "cache_salt": ""})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "cache_salt"
+
+
 def test_unknown_fields_are_ignored(server):
     response = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "made_up": 1})
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 2

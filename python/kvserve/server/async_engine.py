@@ -158,9 +158,9 @@ class AsyncEngine:
         return snapshot.num_waiting + max(0, untaken - free)
 
     def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams,
-               lora_request: LoRARequest | None = None) -> RequestStream:
+               lora_request: LoRARequest | None = None, cache_salt: str | None = None) -> RequestStream:
         """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs;
-        `lora_request`: the LoRA adapter they run with.
+        `lora_request`: the LoRA adapter they run with; `cache_salt`: their prefix-cache salt.
         Raises QueueFullError when they do not fit under max_waiting, EngineStoppedError after shutdown."""
         if not self.is_running:
             raise EngineStoppedError("the engine is not running")
@@ -174,6 +174,8 @@ class AsyncEngine:
             self._streams[engine_id] = (stream, i)
             self._num_submitted_seqs += params.n
             engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
+            if cache_salt is not None:
+                engine_prompt["cache_salt"] = cache_salt
             self._commands.put(("add", engine_id, engine_prompt, params, arrival_time, lora_request))
         return stream
 

@@ -172,7 +172,7 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         raise bad_request(str(e)) from None
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
-        stream = engine.submit(request_id, prompts, params, lora)
+        stream = engine.submit(request_id, prompts, params, lora, body.cache_salt)
     except QueueFullError as e:
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:

@@ -132,6 +132,9 @@ class GenerationRequest(_Model):
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: all the context holds; not 0
+    # The prefix cache shares blocks only between requests of equal salts (a secret per user keeps
+    # others from timing what is cached).
+    cache_salt: str | None = Field(None, min_length=1)
     # Structured outputs: OpenAI's response_format, vLLM's structured_outputs (its
     # StructuredOutputsParams' fields), or vLLM's earlier guided_* fields; one of them at most.
     response_format: ResponseFormat | None = None
