@@ -170,7 +170,46 @@ def test_the_server_serves_adapters_by_name(tmp_path, tiny_model_dir):
         assert streamed == expected[second]
         missing = httpx.post(server.url + "/v1/completions", json={"model": "third", "prompt": "hi"})
         assert missing.status_code == 404 and "tiny, first, second" in missing.json()["error"]["message"]
+        # Runtime loading is off unless the server allows it.
+        assert httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "y"}
+                          ).status_code == 404
     with pytest.raises(RuntimeError, match="kvserve serve: LoRA adapter .* no adapter_config.json"):
         ServerProcess(base, "--enable-lora", "--lora-modules", f"broken={tmp_path}")
     with pytest.raises(RuntimeError, match="enable_lora"):
         ServerProcess(base, "--lora-modules", f"first={first.lora_path}")
+
+
+def test_adapters_load_and_unload_at_runtime_where_allowed(tmp_path, tiny_model_dir):
+    """vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter: an adapter loaded at runtime serves
+    requests; a name reloaded with another adapter serves that one (no block of the old one reused)."""
+    import httpx
+
+    from server_process import ServerProcess
+
+    base = tiny_model_dir("LlamaForCausalLM")
+    paths = {name: save_adapter(base, tmp_path / name, seed=seed) for name, seed in (("first", 1), ("second", 2))}
+    params = SamplingParams(temperature=0, max_tokens=NUM_NEW_TOKENS)
+    offline = _engine(base, max_loras=2)
+    expected = {name: offline.generate([{"prompt_token_ids": PROMPTS[1]}], params, use_tqdm=False,
+                                       lora_request=LoRARequest(name, i + 1, path))[0].outputs[0].text
+                for i, (name, path) in enumerate(paths.items())}
+    with ServerProcess(base, "--served-model-name", "tiny", "--enable-lora", "--allow-runtime-lora-updating") as server:
+        def post(route: str, **body) -> httpx.Response:
+            return httpx.post(f"{server.url}/v1/{route}", json=body, timeout=60)
+
+        def complete(model: str) -> httpx.Response:
+            return post("completions", model=model, prompt=PROMPTS[1], max_tokens=NUM_NEW_TOKENS, temperature=0)
+
+        loaded = post("load_lora_adapter", lora_name="adapter", lora_path=paths["first"])
+        assert loaded.status_code == 200 and "added successfully" in loaded.text
+        assert complete("adapter").json()["choices"][0]["text"] == expected["first"]
+        again = post("load_lora_adapter", lora_name="adapter", lora_path=paths["second"])
+        assert again.status_code == 400 and again.json()["error"]["param"] == "lora_name"
+        broken = post("load_lora_adapter", lora_name="broken", lora_path=str(tmp_path))
+        assert broken.status_code == 400 and "no adapter_config.json" in broken.json()["error"]["message"]
+        assert post("unload_lora_adapter", lora_name="adapter").status_code == 200
+        assert complete("adapter").status_code == 404
+        assert post("unload_lora_adapter", lora_name="adapter").status_code == 404
+        assert post("load_lora_adapter", lora_name="adapter", lora_path=paths["second"]).status_code == 200
+        assert complete("adapter").json()["choices"][0]["text"] == expected["second"]
+        assert [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]] == ["tiny", "adapter"]

@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import kvserve
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.server import chat, completions, endpoints, metrics
+from kvserve.server import chat, completions, endpoints, lora_routes, metrics
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware
@@ -42,7 +42,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               trust_request_chat_template: bool = False, cors: CorsPolicy | None = None,
               prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
-              loras: list[LoRARequest] = ()) -> FastAPI:
+              loras: list[LoRARequest] = (), runtime_lora_updating: bool = False) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -53,7 +53,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     prompt_tokens_details: usage carries prompt_tokens_details.cached_tokens (prefix-cache hits).
     auto_tool_parser: the syntax of tool calls read for tool_choice "auto" (server/tool_parsers/);
     None refuses "auto". The engine's reasoning_parser tells chat replies' thinking from their answer.
-    loras: LoRA adapters served under their names (an engine built with enable_lora)."""
+    loras: LoRA adapters served under their names (an engine built with enable_lora).
+    runtime_lora_updating: serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
@@ -73,6 +74,10 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     app.state.metrics = server_metrics
     for module in (completions, chat, endpoints, metrics):
         app.include_router(module.router)
+    if runtime_lora_updating:
+        if engine.loras is None:
+            raise ValueError("loading LoRA adapters at runtime needs an engine built with enable_lora (--enable-lora)")
+        app.include_router(lora_routes.router)
     install_error_handlers(app)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)

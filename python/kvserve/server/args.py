@@ -90,6 +90,10 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--lora-modules", nargs="+", type=_lora_module, default=[], metavar="NAME=PATH",
                        help="LoRA adapters (PEFT directories) served under their names, with --enable-lora; "
                        "a request whose model is one runs with that adapter")
+    serve.add_argument("--allow-runtime-lora-updating", action="store_true",
+                       default=os.environ.get("KVSERVE_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"),
+                       help="serve vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter, which read "
+                       "adapters from paths on this machine (default: $KVSERVE_ALLOW_RUNTIME_LORA_UPDATING)")
     serve.add_argument("--max-loras", type=int, default=1,
                        help="LoRA adapters kept loaded; another drops the least recently used (default: 1)")
     serve.add_argument("--max-lora-rank", type=int, default=16, help="the largest LoRA rank accepted (default: 16)")

@@ -353,6 +353,19 @@ class TokenizeRequest(ChatTemplateFields):
     add_special_tokens: bool | None = None  # None: True for a prompt, False for messages
 
 
+class LoadLoRARequest(_Model):
+    """vLLM's POST /v1/load_lora_adapter."""
+
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadLoRARequest(_Model):
+    """vLLM's POST /v1/unload_lora_adapter."""
+
+    lora_name: str = Field(min_length=1)
+
+
 class DetokenizeRequest(_Model):
     model: str | None = None
     tokens: list[int]

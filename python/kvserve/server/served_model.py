@@ -5,11 +5,13 @@ other requests); the engine only ever sees token ids."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from kvserve.chat_template import chat_template_arguments
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
+from kvserve.lora.adapter import load_adapter
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import ChatTemplateFields
 
@@ -33,6 +35,9 @@ class ServedModel:
             raise ValueError("LoRA adapters need an engine built with enable_lora (--enable-lora)")
         for lora in self.loras.values():
             engine.loras.get(lora)
+        self._adapters = engine.loras
+        self._next_lora_id = len(self.loras) + 1  # ids are never reused: a new adapter never meets an old one's blocks
+        self.lora_updates = asyncio.Lock()  # runtime loads and unloads, one at a time (server/lora_routes.py)
         self.name = self.names[0]  # the name responses carry
         self.root = root
         self.tokenizer = engine.tokenizer
@@ -56,6 +61,23 @@ class ServedModel:
             return self.loras[model]
         raise OpenAIError(404, f"The model `{model}` does not exist: this server serves "
                           f"{', '.join([*self.names, *self.loras])}", param="model", code="model_not_found")
+
+    def name_in_use(self, name: str) -> bool:
+        return name in self.names or name in self.loras
+
+    def add_lora(self, name: str, path: str) -> LoRARequest:
+        """Serve another adapter under `name`, a name not in use (read once here, a check: the
+        engine loads it when a request first runs it). ValueError for an adapter that cannot be
+        loaded. Blocks on the adapter's files: call it off the event loop."""
+        lora = LoRARequest(name, self._next_lora_id, path)
+        load_adapter(lora, self._adapters.model, self._adapters.max_lora_rank)
+        self._next_lora_id += 1
+        self.loras[name] = lora
+        return lora
+
+    def remove_lora(self, name: str) -> None:
+        """Stop serving an adapter (requests running with it finish with it); KeyError for none."""
+        del self.loras[name]
 
     def response_name(self, lora: LoRARequest | None) -> str:
         """The model name a response carries: the adapter's, or the model's first."""
