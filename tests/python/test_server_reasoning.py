@@ -107,7 +107,7 @@ def _body(tools, **fields):
 
 def _whole(parser, text, tools=None, prompt="", **fields):
     served = _Served(parser, "hermes" if tools else None)
-    return chat._reply(_body(tools, **fields), served, prompt).message(text, "stop")
+    return chat.chat_reply(_body(tools, **fields), served, prompt).message(text, "stop")
 
 
 def _streamed(parser, text, size, tools=None, prompt=""):
@@ -137,8 +137,16 @@ def test_a_server_with_a_reasoning_parser(tiny_model_dir, tiny_engine, parser):
             delta = chunk.choices[0].delta.model_dump()
             for key in streamed:
                 streamed[key] += delta.get(key) or ""
+        # The Responses API: the thinking is a reasoning item, before the message.
+        reply = client.responses.create(model="tiny", input=MESSAGES, temperature=0, max_output_tokens=12)
+        events = list(client.responses.create(model="tiny", input=MESSAGES, temperature=0, max_output_tokens=12,
+                                              stream=True))
+    streamed_thinking = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
     if parser == "deepseek_r1":  # all thinking: no </think>
         assert message["reasoning"] == text and message["content"] is None and streamed["reasoning"] == text
+        [item] = reply.output
+        assert item.type == "reasoning" and item.content[0].text == text == streamed_thinking
     else:  # no <think>: all answer
         assert message["content"] == text and message.get("reasoning") is None and streamed["content"] == text
+        assert [item.type for item in reply.output] == ["message"] and reply.output_text == text
     assert json.dumps(message)  # the openai client's view serializes

@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import kvserve
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.server import chat, completions, endpoints, lora_routes, metrics
+from kvserve.server import chat, completions, endpoints, lora_routes, metrics, responses_api
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware
@@ -72,7 +72,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     app.state.engine = async_engine
     app.state.model = served
     app.state.metrics = server_metrics
-    for module in (completions, chat, endpoints, metrics):
+    for module in (completions, chat, responses_api, endpoints, metrics):
         app.include_router(module.router)
     if runtime_lora_updating:
         if engine.loras is None:

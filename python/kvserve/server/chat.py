@@ -49,7 +49,7 @@ def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None
         raise bad_request("top_logprobs needs logprobs to be true", "top_logprobs")
 
 
-def _reply(body: ChatCompletionRequest, served: ServedModel, prompt: str) -> Reply:
+def chat_reply(body: ChatCompletionRequest, served: ServedModel, prompt: str) -> Reply:
     """How one choice's text becomes its message: tool calls (server/tools.py), and the thinking
     apart from the answer where the server has a reasoning parser (unless a grammar holds the whole
     reply: a model without a </think> token)."""
@@ -63,8 +63,8 @@ async def _choices(generation: Generation, body: ChatCompletionRequest, served: 
     choices = []
     for index, choice in enumerate(await generation.collect()):
         logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
-        message, finish_reason = _reply(body, served, generation.prompts[0].text).message(choice.text,
-                                                                                          choice.finish_reason)
+        message, finish_reason = chat_reply(body, served, generation.prompts[0].text).message(choice.text,
+                                                                                              choice.finish_reason)
         choices.append({"index": index, "message": {"role": "assistant", **message},
                         "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": choice.stop_reason})
     return choices
@@ -74,7 +74,7 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
                          served: ServedModel) -> AsyncIterator[dict]:
     for index in range(generation.num_choices):
         yield {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-    replies = [_reply(body, served, generation.prompts[0].text) for _ in range(generation.num_choices)]
+    replies = [chat_reply(body, served, generation.prompts[0].text) for _ in range(generation.num_choices)]
     # Token logprobs wait for the next chunk their choice sends (a reply that holds text back sends
     # none for a while).
     unsent: list[Choice] = [Choice() for _ in range(generation.num_choices)]
@@ -111,6 +111,12 @@ ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chu
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, raw_request: Request):
+    return await respond(raw_request, await start_chat(body, raw_request), body, ANSWER)
+
+
+async def start_chat(body: ChatCompletionRequest, raw_request: Request) -> Generation:
+    """Check a chat request, render its conversation and submit it (also the Responses API's way in,
+    server/responses_api.py)."""
     served: ServedModel = raw_request.app.state.model
     served.check_name(body.model)
     _check_unsupported(body, served)
@@ -124,4 +130,4 @@ async def create_chat_completion(body: ChatCompletionRequest, raw_request: Reque
         max_tokens=requested if requested is not None else served.default_sampling.get("max_tokens"),
         explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
-    return await respond(raw_request, generation, body, ANSWER)
+    return generation

@@ -369,3 +369,26 @@ class UnloadLoRARequest(_Model):
 class DetokenizeRequest(_Model):
     model: str | None = None
     tokens: list[int]
+
+
+class ResponsesRequest(_Model):
+    """OpenAI's POST /v1/responses, as far as kvserve answers it (server/responses_api.py); vLLM's
+    sampling extras (top_k, seed, ...) ride along as they do on chat completions."""
+
+    model: str | None = None
+    input: Text | list[dict]
+    instructions: Text | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    text: dict | None = None  # {"format": {"type": "text" | "json_object" | "json_schema", ...}}
+    tools: list[dict] | None = None  # function tools: {"type": "function", "name", "parameters", ...}
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool = True
+    store: bool = True  # accepted; kvserve keeps no responses
+    previous_response_id: str | None = None
+    background: bool = False
+    metadata: dict | None = None
+    reasoning: dict | None = None  # accepted; a reasoning model thinks as its template says
+    user: str | None = None

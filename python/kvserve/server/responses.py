@@ -81,7 +81,7 @@ async def _wait_for_disconnect(raw_request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(raw_request: Request, generation: Generation, work: Awaitable):
+async def unless_disconnected(raw_request: Request, generation: Generation, work: Awaitable):
     """`work`'s result, awaited while watching the connection: a client that leaves aborts the
     request at once (and None is returned), instead of when its last token would have come."""
     task = asyncio.ensure_future(work)
@@ -111,7 +111,7 @@ async def respond(raw_request: Request, generation: Generation, body: Generation
     if body.stream:
         events = _events(generation, body, head(answer.chunk_object), answer.chunk_choices(generation, body, served))
         return StreamingResponse(events, media_type="text/event-stream")
-    choices = await _unless_disconnected(raw_request, generation, answer.choices(generation, body, served))
+    choices = await unless_disconnected(raw_request, generation, answer.choices(generation, body, served))
     if choices is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
     return JSONResponse({**head(answer.object), "choices": choices, "usage": generation.usage()})

@@ -1,0 +1,308 @@
+"""POST /v1/responses: OpenAI's Responses API, answered through the chat path. The request becomes a
+chat completion request (input items as messages, instructions as the system message, text.format as
+response_format, flat function tools as chat tools), and the reply's parts become output items:
+
+    reasoning        {"type": "reasoning", "content": [{"type": "reasoning_text", "text"}]}  (--reasoning-parser)
+    message          {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text"}]}
+    function_call    {"type": "function_call", "call_id", "name", "arguments"}                  (tools)
+
+Streamed, as OpenAI streams them: response.created and response.in_progress, then per item
+response.output_item.added, its content part's added / delta / done events (a call's arguments in one
+delta), response.output_item.done, and last response.completed (or response.incomplete where
+max_output_tokens cut the reply). kvserve keeps no responses: previous_response_id and background
+are 400s (send the whole conversation as input); items other than messages, function calls and their
+outputs (images, files, built-in tools) are 400s naming the item.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from kvserve.server.chat import chat_reply, start_chat
+from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.generation import Generation
+from kvserve.server.protocol import ChatCompletionRequest, ResponsesRequest
+from kvserve.server.responses import unless_disconnected, as_openai_error
+
+router = APIRouter()
+
+_TEXT_PARTS = ("input_text", "output_text", "text")
+
+
+def _text(content, where: str) -> str | list[dict]:
+    """A message's content as chat takes it: text, or text parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"{where}.content must be text or a list of content parts", "input")
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
+            raise bad_request(f"{where}.content[{j}] is of type {kind!r}: kvserve serves text models, and takes "
+                              f"{', '.join(_TEXT_PARTS)} parts", "input")
+        parts.append({"type": "text", "text": part["text"]})
+    return parts
+
+
+def _messages(body: ResponsesRequest) -> list[dict]:
+    """The conversation the input items hold, instructions first."""
+    items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+    messages = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        kind = item.get("type", "message")
+        if kind == "message":
+            messages.append({"role": item.get("role"), "content": _text(item.get("content"), where)})
+        elif kind == "function_call":
+            call = {"id": item.get("call_id"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments")}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and last.get("tool_calls") and not last["content"]:
+                last["tool_calls"].append(call)  # parallel calls: one assistant turn
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
+                             "content": _text(item.get("output"), where)})
+        elif kind != "reasoning":  # an earlier reply's thinking: templates drop it
+            raise bad_request(f"{where} is of type {kind!r}: kvserve takes messages, function_call and "
+                              "function_call_output items", "input")
+    return messages
+
+
+def _chat_fields(body: ResponsesRequest) -> dict:
+    fields = {**(body.model_extra or {}), "model": body.model, "messages": _messages(body), "stream": body.stream,
+              "parallel_tool_calls": body.parallel_tool_calls}
+    for name, value in (("temperature", body.temperature), ("top_p", body.top_p), ("user", body.user),
+                        ("max_completion_tokens", body.max_output_tokens)):
+        if value is not None:
+            fields[name] = value
+    text_format = (body.text or {}).get("format")
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        fields["response_format"] = {"type": "json_schema", "json_schema": {
+            key: text_format[key] for key in ("name", "description", "schema", "strict") if key in text_format}}
+    elif text_format is not None:
+        fields["response_format"] = text_format
+    if body.tools is not None:
+        tools = []
+        for i, tool in enumerate(body.tools):
+            if tool.get("type") != "function":
+                raise bad_request(f"tools[{i}] is of type {tool.get('type')!r}: kvserve runs function tools only",
+                                  "tools")
+            tools.append({"type": "function", "function": {key: value for key, value in tool.items() if key != "type"}})
+        fields["tools"] = tools
+    choice = body.tool_choice
+    if isinstance(choice, dict) and choice.get("type") == "function" and "function" not in choice:
+        choice = {"type": "function", "function": {"name": choice.get("name")}}
+    if choice is not None:
+        fields["tool_choice"] = choice
+    return fields
+
+
+def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
+    """The chat completion request that answers `body`; 400 for what kvserve does not take."""
+    if body.previous_response_id is not None:
+        raise bad_request("kvserve keeps no responses: send the whole conversation as input", "previous_response_id")
+    if body.background:
+        raise bad_request("kvserve keeps no responses, so it runs none in the background", "background")
+    try:
+        return ChatCompletionRequest.model_validate(_chat_fields(body))
+    except ValidationError as e:
+        error = e.errors()[0]
+        raise bad_request(f"{'.'.join(map(str, error['loc']))}: {error['msg']}", "input") from None
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict:
+    return {"type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+
+
+def _reasoning_item(item_id: str, text: str, status: str) -> dict:
+    return {"type": "reasoning", "id": item_id, "status": status, "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
+def _call_item(call: dict, status: str = "completed") -> dict:
+    return {"type": "function_call", "id": _id("fc"), "call_id": call["id"], "name": call["function"]["name"],
+            "arguments": call["function"]["arguments"], "status": status}
+
+
+def _usage(generation: Generation) -> dict:
+    usage = generation.usage()
+    cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    return {"input_tokens": usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": usage["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage["total_tokens"]}
+
+
+class _Answer:
+    """The response object around the output items."""
+
+    def __init__(self, body: ResponsesRequest, generation: Generation):
+        self.body = body
+        self.id = _id("resp")
+        self.created = int(time.time())
+        self.model = generation.model_name
+        self.generation = generation
+
+    def status(self, finish_reason: str | None) -> str:
+        return "incomplete" if finish_reason == "length" else "completed"
+
+    def object(self, status: str, output: list[dict], usage: dict | None) -> dict:
+        body = self.body
+        return {"id": self.id, "object": "response", "created_at": self.created, "status": status,
+                "model": self.model, "output": output, "usage": usage, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+                "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
+                "tool_choice": body.tool_choice or ("auto" if body.tools else "none"),
+                "parallel_tool_calls": body.parallel_tool_calls, "text": body.text or {"format": {"type": "text"}},
+                "metadata": body.metadata or {}, "previous_response_id": None, "reasoning": body.reasoning,
+                "store": False, "truncation": "disabled", "user": body.user}
+
+
+def _output(message: dict, status: str) -> list[dict]:
+    output = []
+    if message.get("reasoning"):
+        output.append(_reasoning_item(_id("rs"), message["reasoning"], status))
+    if message.get("content"):
+        output.append(_message_item(_id("msg"), message["content"], status))
+    output += [_call_item(call) for call in message.get("tool_calls") or []]
+    return output
+
+
+class _EventWriter:
+    """A streamed reply's events: its deltas ({"content"}, {"reasoning"}, {"tool_calls"}) open,
+    fill and close output items."""
+
+    def __init__(self):
+        self.sequence = 0
+        self.output: list[dict] = []
+        self._open: tuple[str, dict] | None = None  # (the delta key it takes, the item)
+
+    def event(self, kind: str, **fields) -> str:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+    def _where(self, item: dict) -> dict:
+        return {"item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0}
+
+    def delta(self, delta: dict) -> list[str]:
+        events = []
+        for key in ("reasoning", "content"):
+            if delta.get(key):
+                if self._open is None or self._open[0] != key:
+                    events += self.close()
+                    item = (_reasoning_item(_id("rs"), "", "in_progress") if key == "reasoning"
+                            else _message_item(_id("msg"), "", "in_progress"))
+                    part = item["content"][0]
+                    self.output.append(item)
+                    self._open = (key, item)
+                    events.append(self.event("response.output_item.added", output_index=len(self.output) - 1,
+                                             item={**item, "content": []}))
+                    events.append(self.event("response.content_part.added", part=dict(part), **self._where(item)))
+                item = self._open[1]
+                item["content"][0]["text"] += delta[key]
+                kind = "response.reasoning_text.delta" if key == "reasoning" else "response.output_text.delta"
+                extra = {} if key == "reasoning" else {"logprobs": []}
+                events.append(self.event(kind, delta=delta[key], **extra, **self._where(item)))
+        for call in delta.get("tool_calls") or []:
+            events += self.close()
+            item = _call_item(call)
+            self.output.append(item)
+            index = len(self.output) - 1
+            events.append(self.event("response.output_item.added", output_index=index,
+                                     item={**item, "arguments": "", "status": "in_progress"}))
+            events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
+                                     output_index=index, delta=item["arguments"]))
+            events.append(self.event("response.function_call_arguments.done", item_id=item["id"],
+                                     output_index=index, name=item["name"], arguments=item["arguments"]))
+            events.append(self.event("response.output_item.done", output_index=index, item=item))
+        return events
+
+    def close(self, status: str = "completed") -> list[str]:
+        if self._open is None:
+            return []
+        key, item = self._open
+        self._open = None
+        item["status"] = status
+        part, where = item["content"][0], self._where(item)
+        done = "response.reasoning_text.done" if key == "reasoning" else "response.output_text.done"
+        extra = {} if key == "reasoning" else {"logprobs": []}
+        return [self.event(done, text=part["text"], **extra, **where),
+                self.event("response.content_part.done", part=part, **where),
+                self.event("response.output_item.done", output_index=where["output_index"], item=item)]
+
+
+async def _events(answer: _Answer, chat: ChatCompletionRequest, raw_request: Request) -> AsyncIterator[str]:
+    generation = answer.generation
+    writer = _EventWriter()
+    reply = chat_reply(chat, raw_request.app.state.model, generation.prompts[0].text)
+    started = answer.object("in_progress", [], None)
+    try:
+        yield writer.event("response.created", response=started)
+        yield writer.event("response.in_progress", response=started)
+        finish_reason = None
+        async for delta in generation.deltas():
+            pieces = reply.feed(delta.text)
+            if delta.finish_reason is not None:
+                more, finish_reason = reply.finish(delta.finish_reason)
+                pieces += more
+            for piece in pieces:
+                for event in writer.delta(piece):
+                    yield event
+        status = answer.status(finish_reason)
+        for event in writer.close(status):
+            yield event
+        done = "response.incomplete" if status == "incomplete" else "response.completed"
+        yield writer.event(done, response=answer.object(status, writer.output, _usage(generation)))
+    except Exception as error:
+        body = as_openai_error(error).body()["error"]
+        yield writer.event("error", code=body.get("code"), message=body["message"], param=body.get("param"))
+    finally:
+        generation.close()
+
+
+# The chat fields' names in errors, as a Responses request spells them.
+_FIELDS = {"max_completion_tokens": "max_output_tokens", "messages": "input", "response_format": "text",
+           "conversation": "input"}
+
+
+def _in_responses_terms(error: OpenAIError) -> OpenAIError:
+    message = error.message
+    for chat_name, name in _FIELDS.items():
+        message = message.replace(chat_name, name)
+    return OpenAIError(error.status_code, message, param=_FIELDS.get(error.param, error.param), code=error.code)
+
+
+@router.post("/v1/responses")
+async def create_response(body: ResponsesRequest, raw_request: Request):
+    chat = chat_request(body)
+    try:
+        generation = await start_chat(chat, raw_request)
+    except OpenAIError as error:
+        raise _in_responses_terms(error) from None
+    answer = _Answer(body, generation)
+    if body.stream:
+        return StreamingResponse(_events(answer, chat, raw_request), media_type="text/event-stream")
+    choices = await unless_disconnected(raw_request, generation, generation.collect())
+    if choices is None:
+        return Response(status_code=499)  # nobody will read it: the client is gone
+    [choice] = choices
+    message, finish_reason = chat_reply(chat, raw_request.app.state.model, generation.prompts[0].text).message(
+        choice.text, choice.finish_reason)
+    status = answer.status(finish_reason)
+    return JSONResponse(answer.object(status, _output(message, status), _usage(generation)))
