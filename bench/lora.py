@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import save_file
 from kvserve import Engine, LoRARequest, SamplingParams
 from kvserve.bench.checkpoint import ensure_model
 from kvserve.bench.presets import model_preset
+from kvserve.bench.turns import output_rate, taking_turns
 
 PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
@@ -51,13 +51,8 @@ def write_adapter(model_dir: Path, directory: Path, rank: int, seed: int) -> str
 
 def run(engine: Engine, prompts: list[str], loras, output_len: int) -> float:
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
-    start = time.perf_counter()
-    outputs = engine.generate(prompts, params, use_tqdm=False, lora_request=loras)
-    elapsed = time.perf_counter() - start
-    made = sum(len(o.outputs[0].token_ids) for o in outputs)
-    if made != len(prompts) * output_len:
-        raise RuntimeError(f"expected {len(prompts) * output_len} tokens, got {made}")
-    return made / elapsed
+    return output_rate(lambda: engine.generate(prompts, params, use_tqdm=False, lora_request=loras),
+                       len(prompts) * output_len)
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
@@ -78,18 +73,8 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
     runs = {"base model": None, "one adapter": adapters[0],
             "four adapters": [adapters[i % 4] for i in range(len(prompts))]}
     run(engine, prompts[:1] * 4, adapters, 8)  # warm-up, and the adapters loaded
-    rounds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.repeat):
-        for name, loras in runs.items():
-            rounds[name].append(run(engine, prompts, loras, args.output_len))
-    baseline = max(rounds["base model"])
-    print(f"| {args.preset}, rank {args.rank} | output tok/s | vs base | rounds |\n|---|---|---|---|")
-    results = []
-    for name, values in rounds.items():
-        best = max(values)
-        print(f"| {name} | {best:.0f} | {best / baseline:.2f}x | {', '.join(f'{v:.0f}' for v in values)} |")
-        results.append((name, best, values))
-    return results
+    runs = {name: lambda loras=loras: run(engine, prompts, loras, args.output_len) for name, loras in runs.items()}
+    return taking_turns(runs, args.repeat, f"{args.preset}, rank {args.rank}", "base model")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ output tok/s (best of the rounds) and each grammar's ratio to no grammar.
 from __future__ import annotations
 
 import argparse
-import time
 
 from kvserve import Engine, SamplingParams, StructuredOutputsParams
 from kvserve.bench.checkpoint import ensure_model
+from kvserve.bench.turns import output_rate, taking_turns
 
 GRAMMARS = {
     "none": None,
@@ -30,13 +30,7 @@ GRAMMARS = {
 
 def run(engine: Engine, prompts: list[str], grammar, output_len: int) -> float:
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True, structured_outputs=grammar)
-    start = time.perf_counter()
-    outputs = engine.generate(prompts, params, use_tqdm=False)
-    elapsed = time.perf_counter() - start
-    made = sum(len(o.outputs[0].token_ids) for o in outputs)
-    if made != len(prompts) * output_len:
-        raise RuntimeError(f"expected {len(prompts) * output_len} tokens, got {made}")
-    return made / elapsed
+    return output_rate(lambda: engine.generate(prompts, params, use_tqdm=False), len(prompts) * output_len)
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
@@ -51,18 +45,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
     engine = Engine(args.model or str(ensure_model(args.preset)), dtype=args.dtype)
     prompts = [f"Request {i}: describe the weather in one line." for i in range(args.num_prompts)]
     run(engine, prompts[:4], GRAMMARS["json_object"], 8)  # warm-up (and the tokenizer for llguidance)
-    rounds: dict[str, list[float]] = {name: [] for name in GRAMMARS}
-    for _ in range(args.repeat):
-        for name, grammar in GRAMMARS.items():
-            rounds[name].append(run(engine, prompts, grammar, args.output_len))
-    baseline = max(rounds["none"])
-    print(f"| grammar | output tok/s | vs none | rounds |\n|---|---|---|---|")
-    results = []
-    for name, values in rounds.items():
-        best = max(values)
-        print(f"| {name} | {best:,.0f} | {best / baseline:.2f}x | {', '.join(f'{v:,.0f}' for v in values)} |")
-        results.append((name, best, values))
-    return results
+    runs = {name: lambda grammar=grammar: run(engine, prompts, grammar, args.output_len)
+            for name, grammar in GRAMMARS.items()}
+    return taking_turns(runs, args.repeat, "grammar", "none")
 
 
 if __name__ == "__main__":
