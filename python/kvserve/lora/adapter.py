@@ -53,7 +53,8 @@ def _read_config(directory: Path) -> dict:
     config = json.loads(path.read_text())
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"LoRA adapter {str(directory)!r}: peft_type {config['peft_type']!r} is not LORA")
-    refused = [name for name, on in (("use_dora", config.get("use_dora")), ("bias", config.get("bias", "none") != "none"),
+    refused = [name for name, on in (("use_dora", config.get("use_dora")),
+                                      ("bias", config.get("bias", "none") != "none"),
                                       ("modules_to_save", config.get("modules_to_save")),
                                       ("fan_in_fan_out", config.get("fan_in_fan_out"))) if on]
     if refused:

@@ -121,7 +121,8 @@ async def start_chat(body: ChatCompletionRequest, raw_request: Request) -> Gener
     served.check_name(body.model)
     _check_unsupported(body, served)
     if parses_calls(body.tools, body.tool_choice, served.auto_tool_parser):
-        body.skip_special_tokens = False  # the call tags may be special tokens (<|python_tag|>, [TOOL_CALLS]), as vLLM's parsers keep them
+        # The call tags may be special tokens (<|python_tag|>, [TOOL_CALLS]): kept, as vLLM's parsers keep them.
+        body.skip_special_tokens = False
     text = await asyncio.to_thread(served.render_chat, body)
     prompt = EnginePrompt(await asyncio.to_thread(served.encode, text, body.add_special_tokens, "messages"), text)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
