@@ -133,6 +133,26 @@ def test_a_request_the_engine_rejects_fails_only_its_stream(engine):
     assert len(run(engine, scenario)[0]) == DELTA.max_tokens
 
 
+def test_any_error_adding_a_request_fails_only_its_stream(engine, monkeypatch):
+    """Not only a ValueError: whatever add_request raises (it leaves nothing behind) fails that
+    request, and the engine thread goes on."""
+    add_request = engine.add_request
+
+    def unreadable(request_id, *args, **kwargs):
+        if request_id.startswith("bad"):
+            raise OSError("the adapter's disk is gone")
+        return add_request(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "add_request", unreadable)
+
+    async def scenario(async_engine):
+        with pytest.raises(OSError, match="disk is gone"):
+            await collect(async_engine.submit("bad", prompts(engine, "Hi"), DELTA))
+        return await collect(async_engine.submit("good", prompts(engine, "Hi"), DELTA))
+
+    assert len(run(engine, scenario)[0]) == DELTA.max_tokens
+
+
 def test_a_full_waiting_room_and_a_shutdown_are_clear_errors(engine_of_one):
     """max_waiting counts the requests that will wait: those past the batch's free places (one
     here), whether or not the engine thread has taken them yet."""

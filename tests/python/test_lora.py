@@ -6,6 +6,7 @@ refused by name."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -69,7 +70,7 @@ def test_adapters_and_the_base_model_in_one_batch_match_peft(tmp_path, tiny_mode
     # PEFT's default targets for Llama, with rsLoRA's scaling and a per-module alpha.
     second = LoRARequest("second", 2, save_adapter(base, tmp_path / "second", seed=2, r=4,
                                                    target_modules=["q_proj", "v_proj"], use_rslora=True,
-                                                   alpha_pattern={"v_proj": 3.0}))
+                                                   alpha_pattern={"q_proj|v_proj": 3.0}))
     expected = {None: peft_greedy(base, None, PROMPTS)}
     for lora in (first, second):
         expected[lora] = peft_greedy(base, lora.lora_path, PROMPTS)
@@ -128,10 +129,17 @@ def test_what_kvserve_does_not_apply_is_refused(tmp_path, tiny_model_dir):
     for message, lora in cases.items():
         with pytest.raises(ValueError, match=message):
             engine.generate("hi", GREEDY, use_tqdm=False, lora_request=lora)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(adapter, damaged)
+    (damaged / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="adapter_model.safetensors cannot be read"):
+        engine.generate("hi", GREEDY, use_tqdm=False, lora_request=LoRARequest("f", 7, str(damaged)))
     small = LoRARequest("small", 6, save_adapter(base, tmp_path / "small", seed=1, r=2))
+    other = LoRARequest("other", 8, save_adapter(base, tmp_path / "other", seed=2, r=2))
     engine.generate("hi", GREEDY, use_tqdm=False, lora_request=small)
-    with pytest.raises(ValueError, match="needs an id of its own"):
-        engine.generate("hi", GREEDY, use_tqdm=False, lora_request=LoRARequest("other", 6, str(tmp_path / "dora")))
+    engine.generate("hi", GREEDY, use_tqdm=False, lora_request=other)  # max_loras 1: small is dropped
+    with pytest.raises(ValueError, match="needs an id of its own"):  # an id stays one adapter (and its blocks)
+        engine.generate("hi", GREEDY, use_tqdm=False, lora_request=LoRARequest("other", 6, other.lora_path))
     with pytest.raises(ValueError, match="lora_int_id must be a positive integer"):
         LoRARequest("zero", 0, adapter)
     assert not engine.has_unfinished_requests() and engine.stats().num_free_blocks == engine.stats().num_blocks - 1
@@ -177,6 +185,8 @@ def test_the_server_serves_adapters_by_name(tmp_path, tiny_model_dir):
         ServerProcess(base, "--enable-lora", "--lora-modules", f"broken={tmp_path}")
     with pytest.raises(RuntimeError, match="enable_lora"):
         ServerProcess(base, "--lora-modules", f"first={first.lora_path}")
+    with pytest.raises(RuntimeError, match=r"names given twice: \['first'\]"):
+        ServerProcess(base, "--enable-lora", "--lora-modules", f"first={first.lora_path}", f"first={second.lora_path}")
 
 
 def test_adapters_load_and_unload_at_runtime_where_allowed(tmp_path, tiny_model_dir):
@@ -207,6 +217,11 @@ def test_adapters_load_and_unload_at_runtime_where_allowed(tmp_path, tiny_model_
         assert again.status_code == 400 and again.json()["error"]["param"] == "lora_name"
         broken = post("load_lora_adapter", lora_name="broken", lora_path=str(tmp_path))
         assert broken.status_code == 400 and "no adapter_config.json" in broken.json()["error"]["message"]
+        damaged = tmp_path / "damaged"
+        shutil.copytree(paths["first"], damaged)
+        (damaged / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+        damaged_load = post("load_lora_adapter", lora_name="damaged", lora_path=str(damaged))
+        assert damaged_load.status_code == 400 and "cannot be read" in damaged_load.json()["error"]["message"]
         assert post("unload_lora_adapter", lora_name="adapter").status_code == 200
         assert complete("adapter").status_code == 404
         assert post("unload_lora_adapter", lora_name="adapter").status_code == 404

@@ -50,7 +50,12 @@ def _read_config(directory: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"LoRA adapter {str(directory)!r}: no adapter_config.json (a PEFT adapter directory "
                          f"holds adapter_config.json and adapter_model.safetensors)")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"LoRA adapter {str(directory)!r}: adapter_config.json cannot be read: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"LoRA adapter {str(directory)!r}: adapter_config.json is not a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"LoRA adapter {str(directory)!r}: peft_type {config['peft_type']!r} is not LORA")
     refused = [name for name, on in (("use_dora", config.get("use_dora")),
@@ -66,7 +71,7 @@ def _alpha(config: dict, module: str) -> float:
     """lora_alpha, or alpha_pattern's value for a module its key names (PEFT matches a key against
     the module name's end)."""
     for pattern, alpha in (config.get("alpha_pattern") or {}).items():
-        if re.fullmatch(rf"(.*\.)?{pattern}", module):
+        if re.fullmatch(rf"(.*\.)?({pattern})", module):
             return float(alpha)
     return float(config.get("lora_alpha", 8))
 
@@ -78,8 +83,12 @@ def load_adapter(request: LoRARequest, model: nn.Module, max_rank: int) -> LoRAA
     weights_path = directory / "adapter_model.safetensors"
     if not weights_path.is_file():
         raise ValueError(f"LoRA adapter {str(directory)!r}: no adapter_model.safetensors")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as e:  # safetensors' own error for a damaged file; an OSError for an unreadable one
+        raise ValueError(f"LoRA adapter {str(directory)!r}: adapter_model.safetensors cannot be read: {e}") from None
     halves: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(weights_path).items():
+    for key, tensor in tensors.items():
         match = _KEY.fullmatch(key.removeprefix(_PREFIX))
         if match is None:
             raise ValueError(f"LoRA adapter {str(directory)!r}: tensor {key!r} is not a LoRA A or B weight kvserve "

@@ -24,23 +24,28 @@ class LoRAAdapters:
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
         self._loaded: OrderedDict[int, LoRAAdapter] = OrderedDict()
+        # Every id ever seen, loaded or dropped: an id is one adapter for the engine's life (its
+        # prefix-cache blocks are keyed by it).
+        self._seen: dict[int, tuple[str, str]] = {}
 
     def get(self, request: LoRARequest) -> LoRAAdapter:
         """The adapter `request` names, loaded on first use; ValueError where it cannot be, or where
         its id names another adapter already."""
         if not isinstance(request, LoRARequest):
             raise ValueError(f"lora_request must be a LoRARequest, got {type(request).__name__}")
+        seen = self._seen.get(request.lora_int_id)
+        if seen is not None and seen != (request.lora_name, request.lora_path):
+            raise ValueError(f"lora_int_id {request.lora_int_id} is adapter {seen[0]!r} ({seen[1]}); "
+                             f"{request.lora_name!r} needs an id of its own")
         adapter = self._loaded.get(request.lora_int_id)
         if adapter is not None:
-            if (adapter.request.lora_name, adapter.request.lora_path) != (request.lora_name, request.lora_path):
-                raise ValueError(f"lora_int_id {request.lora_int_id} is adapter {adapter.request.lora_name!r} "
-                                 f"({adapter.request.lora_path}); {request.lora_name!r} needs an id of its own")
             self._loaded.move_to_end(request.lora_int_id)
             return adapter
         adapter = load_adapter(request, self.model, self.max_lora_rank)
         if len(self._loaded) == self.max_loras:
             self._loaded.popitem(last=False)
         self._loaded[request.lora_int_id] = adapter
+        self._seen[request.lora_int_id] = (request.lora_name, request.lora_path)
         logger.info("loaded LoRA adapter %r (id %d, rank %d) from %s", request.lora_name, request.lora_int_id,
                     adapter.rank, request.lora_path)
         return adapter

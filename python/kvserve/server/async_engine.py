@@ -252,7 +252,9 @@ class AsyncEngine:
             try:
                 self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time,
                                         lora_request=lora_request)
-            except ValueError as error:
+            except Exception as error:  # add_request leaves nothing behind: only this request fails
+                if not isinstance(error, ValueError):
+                    logger.exception("request %s could not be added", request_id)
                 self._to_loop(self._fail, [request_id], error)
         else:
             _, request_ids = command

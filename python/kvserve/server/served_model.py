@@ -27,7 +27,10 @@ class ServedModel:
         if engine.tokenizer is None:
             raise ValueError("the server needs the model's tokenizer (the engine was built without one)")
         self.names = list(names)
-        self.loras = {lora.lora_name: lora for lora in loras}
+        self.loras = {lora.lora_name: lora for lora in loras}  # replaced whole on change: readers never see half
+        if len(self.loras) < len(loras):
+            names = [lora.lora_name for lora in loras]
+            raise ValueError(f"LoRA adapter names given twice: {sorted({n for n in names if names.count(n) > 1})}")
         clash = set(self.names) & set(self.loras)
         if clash:
             raise ValueError(f"LoRA adapters and the model share the names {sorted(clash)}")
@@ -36,7 +39,8 @@ class ServedModel:
         for lora in self.loras.values():
             engine.loras.get(lora)
         self._adapters = engine.loras
-        self._next_lora_id = len(self.loras) + 1  # ids are never reused: a new adapter never meets an old one's blocks
+        # Ids are never reused: a new adapter never meets an old one's blocks.
+        self._next_lora_id = max((lora.lora_int_id for lora in loras), default=0) + 1
         self.lora_updates = asyncio.Lock()  # runtime loads and unloads, one at a time (server/lora_routes.py)
         self.name = self.names[0]  # the name responses carry
         self.root = root
@@ -72,12 +76,12 @@ class ServedModel:
         lora = LoRARequest(name, self._next_lora_id, path)
         load_adapter(lora, self._adapters.model, self._adapters.max_lora_rank)
         self._next_lora_id += 1
-        self.loras[name] = lora
+        self.loras = {**self.loras, name: lora}
         return lora
 
     def remove_lora(self, name: str) -> None:
         """Stop serving an adapter (requests running with it finish with it); KeyError for none."""
-        del self.loras[name]
+        self.loras = {key: lora for key, lora in self.loras.items() if key != name}
 
     def response_name(self, lora: LoRARequest | None) -> str:
         """The model name a response carries: the adapter's, or the model's first."""
