@@ -146,7 +146,9 @@ def test_a_server_with_a_reasoning_parser(tiny_model_dir, tiny_engine, parser):
         assert message["reasoning"] == text and message["content"] is None and streamed["reasoning"] == text
         [item] = reply.output
         assert item.type == "reasoning" and item.content[0].text == text == streamed_thinking
+        assert reply.usage.output_tokens_details.reasoning_tokens == reply.usage.output_tokens > 0
     else:  # no <think>: all answer
         assert message["content"] == text and message.get("reasoning") is None and streamed["content"] == text
         assert [item.type for item in reply.output] == ["message"] and reply.output_text == text
+        assert reply.usage.output_tokens_details.reasoning_tokens == 0
     assert json.dumps(message)  # the openai client's view serializes

@@ -100,6 +100,12 @@ def test_a_forced_function_call_is_an_output_item(tiny_client, stream):
     ({"input": [{"type": "web_search_call", "id": "x"}]}, "input", "input[0] is of type 'web_search_call'"),
     ({"tools": [{"type": "web_search"}]}, "tools", "kvserve runs function tools only"),
     ({"max_output_tokens": 1000}, "max_output_tokens", "max_output_tokens is 1000, but this model's maximum context"),
+    ({"n": 2}, "n", "n is a chat completions field"),
+    ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text", "needs its schema"),
+    ({"text": {"format": {"type": "yaml"}}}, "text", "text.type"),
+    ({"tool_choice": "bogus", "tools": TOOLS}, "tool_choice", "tool_choice"),
+    ({"cache_salt": ""}, "cache_salt", "cache_salt"),
+    ({"input": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]}, "input", "needs its name"),
 ])
 def test_what_kvserve_does_not_take_is_a_400(tiny_server, fields, param, message):
     response = httpx.post(tiny_server.url + "/v1/responses", json={"model": MODEL, "input": "Hi", **fields})

@@ -139,7 +139,12 @@ LLAMA_CALL = '{"name": "get_time", "parameters": {"zone": "UTC"}}'
     (LLAMA_CALL + "\n\nThat is the call.", "That is the call.", [("get_time", {"zone": "UTC"})]),
     (LLAMA_CALL + '; {"name": 1}', '{"name": 1}', [("get_time", {"zone": "UTC"})]),  # a later object, text
     ('{"answer": 42}', '{"answer": 42}', None),  # JSON that is not a call: the reply is text
-    ("It is noon. " + LLAMA_CALL, "It is noon. " + LLAMA_CALL, None),  # calls open the reply, or it is text
+    ("It is noon. " + LLAMA_CALL, "It is noon. " + LLAMA_CALL, None),  # calls open the reply, or follow the tag
+    ("Let me check.<|python_tag|>" + LLAMA_CALL + "; " + LLAMA_CALL, "Let me check.",
+     [("get_time", {"zone": "UTC"})] * 2),
+    ("See <|python_tag|>{not json}", "See <|python_tag|>{not json}", None),
+    ("See <|python_tag|> later", "See <|python_tag|> later", None),
+    ("See <|python_ta", "See <|python_ta", None),
     ('<|python_tag|>{"name": "f", "parameters": {', '<|python_tag|>{"name": "f", "parameters": {', None),  # cut
     ("<|python", "<|python", None),
     ("  ", "  ", None),

@@ -25,11 +25,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
+from kvserve.grammar import THINK_END
 from kvserve.server.chat import chat_reply, start_chat
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.generation import Generation
 from kvserve.server.protocol import ChatCompletionRequest, ResponsesRequest
-from kvserve.server.responses import unless_disconnected, as_openai_error
+from kvserve.server.responses import as_openai_error, unless_disconnected
+from kvserve.server.served_model import ServedModel
 
 router = APIRouter()
 
@@ -41,12 +43,12 @@ def _text(content, where: str) -> str | list[dict]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request(f"{where}.content must be text or a list of content parts", "input")
+        raise bad_request(f"{where} must be text or a list of content parts", "input")
     parts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in _TEXT_PARTS or not isinstance(part.get("text"), str):
-            raise bad_request(f"{where}.content[{j}] is of type {kind!r}: kvserve serves text models, and takes "
+            raise bad_request(f"{where}[{j}] is of type {kind!r}: kvserve serves text models, and takes "
                               f"{', '.join(_TEXT_PARTS)} parts", "input")
         parts.append({"type": "text", "text": part["text"]})
     return parts
@@ -60,8 +62,11 @@ def _messages(body: ResponsesRequest) -> list[dict]:
         where = f"input[{i}]"
         kind = item.get("type", "message")
         if kind == "message":
-            messages.append({"role": item.get("role"), "content": _text(item.get("content"), where)})
+            messages.append({"role": item.get("role"), "content": _text(item.get("content"), f"{where}.content")})
         elif kind == "function_call":
+            for key in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(key), str):
+                    raise bad_request(f"{where} (a function_call) needs its {key}, a string", "input")
             call = {"id": item.get("call_id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": item.get("arguments")}}
             last = messages[-1] if messages else None
@@ -70,15 +75,26 @@ def _messages(body: ResponsesRequest) -> list[dict]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                             "content": _text(item.get("output"), where)})
+            if not isinstance(item.get("call_id"), str) or "output" not in item:
+                raise bad_request(f"{where} (a function_call_output) needs its call_id and output", "input")
+            messages.append({"role": "tool", "tool_call_id": item["call_id"],
+                             "content": _text(item["output"], f"{where}.output")})
         elif kind != "reasoning":  # an earlier reply's thinking: templates drop it
             raise bad_request(f"{where} is of type {kind!r}: kvserve takes messages, function_call and "
                               "function_call_output items", "input")
     return messages
 
 
+# Chat completion fields a Responses request does not have (one reply a response; its own names for
+# the rest): refused rather than passed on with vLLM's extras.
+_CHAT_ONLY = ("n", "logprobs", "top_logprobs", "echo", "stream_options", "messages", "max_tokens",
+              "max_completion_tokens", "response_format", "functions", "function_call")
+
+
 def _chat_fields(body: ResponsesRequest) -> dict:
+    for name in _CHAT_ONLY:
+        if name in (body.model_extra or {}):
+            raise bad_request(f"{name} is a chat completions field, which the Responses API does not take", name)
     fields = {**(body.model_extra or {}), "model": body.model, "messages": _messages(body), "stream": body.stream,
               "parallel_tool_calls": body.parallel_tool_calls}
     for name, value in (("temperature", body.temperature), ("top_p", body.top_p), ("user", body.user),
@@ -87,6 +103,8 @@ def _chat_fields(body: ResponsesRequest) -> dict:
             fields[name] = value
     text_format = (body.text or {}).get("format")
     if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        if not isinstance(text_format.get("schema"), dict):
+            raise bad_request("text.format of type json_schema needs its schema (a JSON schema object)", "text")
         fields["response_format"] = {"type": "json_schema", "json_schema": {
             key: text_format[key] for key in ("name", "description", "schema", "strict") if key in text_format}}
     elif text_format is not None:
@@ -107,6 +125,18 @@ def _chat_fields(body: ResponsesRequest) -> dict:
     return fields
 
 
+# The chat fields' names in errors, as a Responses request spells them.
+_FIELDS = {"max_completion_tokens": "max_output_tokens", "messages": "input", "response_format": "text",
+           "conversation": "input"}
+
+
+def _in_responses_terms(error: OpenAIError) -> OpenAIError:
+    message = error.message
+    for chat_name, name in _FIELDS.items():
+        message = message.replace(chat_name, name)
+    return OpenAIError(error.status_code, message, param=_FIELDS.get(error.param, error.param), code=error.code)
+
+
 def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
     """The chat completion request that answers `body`; 400 for what kvserve does not take."""
     if body.previous_response_id is not None:
@@ -117,7 +147,8 @@ def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(_chat_fields(body))
     except ValidationError as e:
         error = e.errors()[0]
-        raise bad_request(f"{'.'.join(map(str, error['loc']))}: {error['msg']}", "input") from None
+        field = str(error["loc"][0]) if error["loc"] else None
+        raise _in_responses_terms(bad_request(f"{'.'.join(map(str, error['loc']))}: {error['msg']}", field)) from None
 
 
 def _id(prefix: str) -> str:
@@ -139,19 +170,28 @@ def _call_item(call: dict, status: str = "completed") -> dict:
             "arguments": call["function"]["arguments"], "status": status}
 
 
-def _usage(generation: Generation) -> dict:
+def _usage(generation: Generation, reasoning_tokens: int) -> dict:
     usage = generation.usage()
     cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
-    return {"input_tokens": usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": cached},
-            "output_tokens": usage["completion_tokens"], "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": usage["total_tokens"]}
+    return {"input_tokens": usage["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+            "output_tokens": usage["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens}, "total_tokens": usage["total_tokens"]}
+
+
+def _reasoning_tokens(token_ids: list[int], thought: bool, think_end: int | None) -> int:
+    """The reply's tokens up to and with its </think> token (all of them without one) where it thought."""
+    if not thought:
+        return 0
+    return token_ids.index(think_end) + 1 if think_end in token_ids else len(token_ids)
 
 
 class _Answer:
     """The response object around the output items."""
 
-    def __init__(self, body: ResponsesRequest, generation: Generation):
+    def __init__(self, body: ResponsesRequest, generation: Generation, think_end: int | None):
         self.body = body
+        self.think_end = think_end  # the tokenizer's </think>, which ends the reasoning tokens
         self.id = _id("resp")
         self.created = int(time.time())
         self.model = generation.model_name
@@ -255,8 +295,9 @@ async def _events(answer: _Answer, chat: ChatCompletionRequest, raw_request: Req
     try:
         yield writer.event("response.created", response=started)
         yield writer.event("response.in_progress", response=started)
-        finish_reason = None
+        finish_reason, token_ids = None, []
         async for delta in generation.deltas():
+            token_ids += delta.token_ids
             pieces = reply.feed(delta.text)
             if delta.finish_reason is not None:
                 more, finish_reason = reply.finish(delta.finish_reason)
@@ -268,24 +309,14 @@ async def _events(answer: _Answer, chat: ChatCompletionRequest, raw_request: Req
         for event in writer.close(status):
             yield event
         done = "response.incomplete" if status == "incomplete" else "response.completed"
-        yield writer.event(done, response=answer.object(status, writer.output, _usage(generation)))
+        thought = any(item["type"] == "reasoning" for item in writer.output)
+        usage = _usage(generation, _reasoning_tokens(token_ids, thought, answer.think_end))
+        yield writer.event(done, response=answer.object(status, writer.output, usage))
     except Exception as error:
         body = as_openai_error(error).body()["error"]
         yield writer.event("error", code=body.get("code"), message=body["message"], param=body.get("param"))
     finally:
         generation.close()
-
-
-# The chat fields' names in errors, as a Responses request spells them.
-_FIELDS = {"max_completion_tokens": "max_output_tokens", "messages": "input", "response_format": "text",
-           "conversation": "input"}
-
-
-def _in_responses_terms(error: OpenAIError) -> OpenAIError:
-    message = error.message
-    for chat_name, name in _FIELDS.items():
-        message = message.replace(chat_name, name)
-    return OpenAIError(error.status_code, message, param=_FIELDS.get(error.param, error.param), code=error.code)
 
 
 @router.post("/v1/responses")
@@ -295,14 +326,16 @@ async def create_response(body: ResponsesRequest, raw_request: Request):
         generation = await start_chat(chat, raw_request)
     except OpenAIError as error:
         raise _in_responses_terms(error) from None
-    answer = _Answer(body, generation)
+    served: ServedModel = raw_request.app.state.model
+    answer = _Answer(body, generation, served.tokenizer.backend.token_to_id(THINK_END))
     if body.stream:
         return StreamingResponse(_events(answer, chat, raw_request), media_type="text/event-stream")
     choices = await unless_disconnected(raw_request, generation, generation.collect())
     if choices is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
     [choice] = choices
-    message, finish_reason = chat_reply(chat, raw_request.app.state.model, generation.prompts[0].text).message(
-        choice.text, choice.finish_reason)
+    message, finish_reason = chat_reply(chat, served, generation.prompts[0].text).message(choice.text,
+                                                                                           choice.finish_reason)
     status = answer.status(finish_reason)
-    return JSONResponse(answer.object(status, _output(message, status), _usage(generation)))
+    usage = _usage(generation, _reasoning_tokens(choice.token_ids, bool(message.get("reasoning")), answer.think_end))
+    return JSONResponse(answer.object(status, _output(message, status), usage))

@@ -1,18 +1,20 @@
 """llama3_json (also llama4_json): Llama 3.1-3.3's and Llama 4's JSON calls. The reply is calls
-when it opens with one (after <|python_tag|>, where the model writes it), several separated by ";":
+when it opens with one (after <|python_tag|>, where the model writes it), several separated by ";",
+or text and then <|python_tag|> and the calls:
 
     <|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": ...}
 
-"arguments" may stand for "parameters". A reply whose first object is not a call (not JSON, or not
-{"name": ..., "parameters": {...}}) is all content, as the model wrote it; text after the calls is
-content. Streaming, the reply's opening is held until it shows which it is, then each call goes out
-once its object closes."""
+"arguments" may stand for "parameters". Where the first object is not a call (not JSON, or not
+{"name": ..., "parameters": {...}}) the reply is content, as the model wrote it, from where the
+calls would have begun; text after the calls is content. Streaming, the reply's opening is held
+until it shows which it is, text goes out as it comes (but for a tail that could be the tag), and
+each call once its object closes."""
 
 from __future__ import annotations
 
 from kvserve.server.tool_parsers.call_json import bracket_end, call_from_text
 from kvserve.server.tool_parsers.call_stream import CallStream
-from kvserve.server.tool_parsers.tags import opening
+from kvserve.server.tool_parsers.tags import opening, partial_tag
 
 TAG = "<|python_tag|>"
 
@@ -20,7 +22,9 @@ TAG = "<|python_tag|>"
 class Llama3JsonStream(CallStream):
     def __init__(self):
         super().__init__()
-        self._mode = "start"  # then "call" (an object opens at _sent), "between" (calls) or "content"
+        # then "text" (until a tag), "call" (an object opens at _sent), "between" (calls) or "content" (to the end)
+        self._mode = "start"
+        self._calls_from = 0  # where the calls began: the reply's content from there if the first is not one
 
     def _start(self, final: bool, deltas: list[dict]) -> bool:
         """Reads the reply's opening; False while it cannot tell."""
@@ -30,6 +34,21 @@ class Llama3JsonStream(CallStream):
         if self._text.startswith("{", start):
             self._sent, self._mode = start, "call"
         else:
+            self._mode = "text"
+        return True
+
+    def _before_tag(self, final: bool, deltas: list[dict]) -> bool:
+        at = self._text.find(TAG, self._sent)
+        if at < 0:
+            self._content_upto(len(self._text) - (0 if final else partial_tag(self._text, TAG)), deltas)
+            return False
+        self._content_upto(at, deltas)
+        start = len(self._text) - len(self._text[at + len(TAG):].lstrip())
+        if start == len(self._text) and not final:
+            return False  # what follows the tag is not here yet
+        if self._text.startswith("{", start):
+            self._calls_from, self._sent, self._mode = at, start, "call"
+        else:
             self._mode = "content"
         return True
 
@@ -38,10 +57,10 @@ class Llama3JsonStream(CallStream):
         if end < 0 and not final:
             return False
         call = call_from_text(self._text[self._sent:end]) if end >= 0 else None
-        if call is None:  # text: all of the reply, or what follows the calls
+        if call is None:  # text: from where the calls began, or what follows the calls
             self._mode = "content"
             if not self.called:
-                self._sent = 0
+                self._sent = self._calls_from
             return True
         self._call(call, deltas)
         self._sent, self._mode = end, "between"
@@ -60,7 +79,7 @@ class Llama3JsonStream(CallStream):
 
     def _advance(self, final: bool) -> list[dict]:
         deltas: list[dict] = []
-        steps = {"start": self._start, "call": self._object, "between": self._between}
+        steps = {"start": self._start, "text": self._before_tag, "call": self._object, "between": self._between}
         while self._mode in steps and steps[self._mode](final, deltas):
             pass
         if self._mode == "content":
