@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -228,3 +229,8 @@ def test_adapters_load_and_unload_at_runtime_where_allowed(tmp_path, tiny_model_
         assert post("load_lora_adapter", lora_name="adapter", lora_path=paths["second"]).status_code == 200
         assert complete("adapter").json()["choices"][0]["text"] == expected["second"]
         assert [m["id"] for m in httpx.get(server.url + "/v1/models").json()["data"]] == ["tiny", "adapter"]
+        # The engine let go of the unloaded adapter's memory (its log line may take a moment to be read).
+        deadline = time.monotonic() + 10
+        while not any("dropped LoRA adapter 'adapter' (id 1)" in line for line in server.log):
+            assert time.monotonic() < deadline, "".join(server.log)
+            time.sleep(0.05)

@@ -1,5 +1,6 @@
 """The engine's loaded LoRA adapters: at most max_loras of them, by lora_int_id; loading another
-drops the least recently used (requests running with it keep it until they end)."""
+drops the least recently used, and a server drops one it stops serving (requests running with an
+adapter keep it until they end)."""
 
 from __future__ import annotations
 
@@ -49,3 +50,9 @@ class LoRAAdapters:
         logger.info("loaded LoRA adapter %r (id %d, rank %d) from %s", request.lora_name, request.lora_int_id,
                     adapter.rank, request.lora_path)
         return adapter
+
+    def drop(self, lora_int_id: int) -> None:
+        """Let go of a loaded adapter (its id stays its own)."""
+        adapter = self._loaded.pop(lora_int_id, None)
+        if adapter is not None:
+            logger.info("dropped LoRA adapter %r (id %d)", adapter.request.lora_name, lora_int_id)

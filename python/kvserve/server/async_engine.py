@@ -179,6 +179,10 @@ class AsyncEngine:
             self._commands.put(("add", engine_id, engine_prompt, params, arrival_time, lora_request))
         return stream
 
+    def drop_lora(self, lora_int_id: int) -> None:
+        """Let the engine drop a LoRA adapter the server no longer serves (on its thread, between steps)."""
+        self._commands.put(("drop_lora", lora_int_id))
+
     def _abort(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
             self._streams.pop(request_id, None)
@@ -256,6 +260,8 @@ class AsyncEngine:
                 if not isinstance(error, ValueError):
                     logger.exception("request %s could not be added", request_id)
                 self._to_loop(self._fail, [request_id], error)
+        elif command[0] == "drop_lora":
+            self.engine.loras.drop(command[1])
         else:
             _, request_ids = command
             live = [r for r in request_ids if r in self.engine.requests]

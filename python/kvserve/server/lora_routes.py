@@ -41,5 +41,5 @@ async def unload_lora_adapter(body: UnloadLoRARequest, raw_request: Request) -> 
         if body.lora_name not in served.loras:
             raise OpenAIError(404, f"The LoRA adapter '{body.lora_name}' is not served", param="lora_name",
                               code="model_not_found")
-        served.remove_lora(body.lora_name)
+        raw_request.app.state.engine.drop_lora(served.remove_lora(body.lora_name).lora_int_id)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -79,9 +79,11 @@ class ServedModel:
         self.loras = {**self.loras, name: lora}
         return lora
 
-    def remove_lora(self, name: str) -> None:
+    def remove_lora(self, name: str) -> LoRARequest:
         """Stop serving an adapter (requests running with it finish with it); KeyError for none."""
-        self.loras = {key: lora for key, lora in self.loras.items() if key != name}
+        lora = self.loras[name]
+        self.loras = {key: other for key, other in self.loras.items() if key != name}
+        return lora
 
     def response_name(self, lora: LoRARequest | None) -> str:
         """The model name a response carries: the adapter's, or the model's first."""
