@@ -234,3 +234,23 @@ def test_adapters_load_and_unload_at_runtime_where_allowed(tmp_path, tiny_model_
         while not any("dropped LoRA adapter 'adapter' (id 1)" in line for line in server.log):
             assert time.monotonic() < deadline, "".join(server.log)
             time.sleep(0.05)
+
+
+def test_bench_serve_spreads_requests_over_the_adapters(tmp_path, tiny_model_dir):
+    """`kvserve bench serve --lora-modules A B` (vLLM's flag): each request names one of them."""
+    from kvserve.cli import main
+    from server_process import ServerProcess
+
+    base = tiny_model_dir("LlamaForCausalLM")
+    paths = [save_adapter(base, tmp_path / name, seed=seed) for name, seed in (("first", 1), ("second", 2))]
+    # One adapter loaded at a time: each switch between the two reloads one, and says so in the log.
+    with ServerProcess(base, "--served-model-name", "tiny", "--enable-lora", "--max-loras", "1", "--lora-modules",
+                       f"first={paths[0]}", f"second={paths[1]}") as server:
+        status = main(["bench", "serve", "--base-url", server.url, "--model", "tiny", "--lora-modules", "first",
+                       "second", "--tokenizer", str(base), "--num-prompts", "12", "--random-input-len", "8",
+                       "--random-output-len", "4", "--max-concurrency", "1", "--result-json",
+                       str(tmp_path / "result.json"), "--disable-tqdm"])
+        result = json.loads((tmp_path / "result.json").read_text())
+        loads = sum("loaded LoRA adapter" in line for line in server.log)
+    assert status == 0 and (result["completed"], result["failed"]) == (12, 0)
+    assert loads > 2  # the two at startup, and reloads as requests took turns

@@ -50,6 +50,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vLLM's: openai and vllm both stream /v1/completions (the one API this load "
                         "generator speaks); recorded in the result")
     parser.add_argument("--model", required=True, help="the model name the server serves")
+    parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME",
+                        help="vLLM's: LoRA adapters the server serves; each request names one, drawn at random")
     parser.add_argument(
         "--tokenizer",
         help="HF model dir whose vocab the random prompts draw from, and that turns them into text for "

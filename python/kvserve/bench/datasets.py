@@ -47,6 +47,7 @@ class SampleRequest:
     # What a server that takes no token ids is sent instead; it encodes to prompt_token_ids.
     # None: not made yet (kvserve.bench.text_prompts makes it when a run needs it).
     prompt_text: str | None = None
+    model: str | None = None  # the served model it names (a LoRA adapter's); None: the target's
 
     @property
     def prompt_len(self) -> int:

@@ -44,7 +44,7 @@ class Target:
         if self.send_text and request.prompt_text is None:
             raise ValueError("a text target got a request without prompt_text (see kvserve.bench.text_prompts)")
         body = {
-            "model": self.model,
+            "model": request.model or self.model,
             "prompt": request.prompt_text if self.send_text else request.prompt_token_ids,
             "max_tokens": request.expected_output_len,
             "temperature": 0.0,

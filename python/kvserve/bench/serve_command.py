@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import random
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,6 +132,9 @@ def run_serve(args: argparse.Namespace) -> int:
         tokenizer_dir = _tokenizer_dir(args)
         requests = _requests(args, tokenizer_dir)
         target, requests = _choose_target(args, tokenizer_dir, requests)
+        if args.lora_modules:  # vLLM's: each request names one of the adapters, drawn at random
+            rng = random.Random(args.seed)
+            requests = [dataclasses.replace(r, model=rng.choice(args.lora_modules)) for r in requests]
         records, duration = asyncio.run(run_load(
             target, requests, args.request_rate, args.burstiness, args.max_concurrency, args.seed,
             show_progress=not args.disable_tqdm,

@@ -54,6 +54,6 @@ def text_requests(requests: list[SampleRequest], tokenizer: Tokenizer, seed: int
     for request in requests:
         if request.prompt_text is None:
             text, ids = text_prompt(request.prompt_token_ids, tokenizer, rng)
-            request = SampleRequest(ids, request.expected_output_len, text)
+            request = SampleRequest(ids, request.expected_output_len, text, request.model)
         out.append(request)
     return out
