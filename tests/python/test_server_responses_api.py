@@ -92,9 +92,30 @@ def test_a_forced_function_call_is_an_output_item(tiny_client, stream):
     assert after.output[0].type == "message"
 
 
+def test_a_stored_response_carries_its_conversation_on(tiny_client, tiny_server):
+    first = tiny_client.responses.create(model=MODEL, instructions="Be brief.", input="Hi", **GREEDY)
+    second = tiny_client.responses.create(model=MODEL, previous_response_id=first.id, input="And then?", **GREEDY)
+    # Instructions are not carried over (OpenAI's rule): the second turn runs without them.
+    chat = _chat(tiny_client, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": first.output_text},
+                               {"role": "user", "content": "And then?"}])
+    assert first.store and second.previous_response_id == first.id
+    assert second.output_text == chat.choices[0].message.content
+    streamed = list(tiny_client.responses.create(model=MODEL, input="Hi", stream=True, **GREEDY))[-1].response
+    for kept in (first, second, streamed):
+        assert tiny_client.responses.retrieve(kept.id).output_text == kept.output_text
+    tiny_client.responses.delete(first.id)
+    unstored = tiny_client.responses.create(model=MODEL, input="Hi", store=False, **GREEDY)
+    for gone in (first.id, unstored.id):
+        with pytest.raises(openai.NotFoundError):
+            tiny_client.responses.retrieve(gone)
+    missing = httpx.post(tiny_server.url + "/v1/responses", json={"model": MODEL, "input": "Hi",
+                                                                  "previous_response_id": first.id})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "previous_response_id"
+    assert not unstored.store
+
+
 @pytest.mark.parametrize("fields, param, message", [
-    ({"previous_response_id": "resp_1"}, "previous_response_id", "keeps no responses"),
-    ({"background": True}, "background", "keeps no responses"),
+    ({"background": True}, "background", "in the background"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, "input",
      "input[0].content[0] is of type 'input_image'"),
     ({"input": [{"type": "web_search_call", "id": "x"}]}, "input", "input[0] is of type 'web_search_call'"),

@@ -22,6 +22,7 @@ from kvserve.server import chat, completions, endpoints, lora_routes, metrics, r
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware
+from kvserve.server.responses_store import DEFAULT_MAX_STORED_RESPONSES, ResponsesStore
 from kvserve.server.served_model import ServedModel
 
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
@@ -42,7 +43,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               max_waiting: int = DEFAULT_MAX_WAITING, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
               trust_request_chat_template: bool = False, cors: CorsPolicy | None = None,
               prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
-              loras: list[LoRARequest] = (), runtime_lora_updating: bool = False) -> FastAPI:
+              loras: list[LoRARequest] = (), runtime_lora_updating: bool = False,
+              max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -54,7 +56,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     auto_tool_parser: the syntax of tool calls read for tool_choice "auto" (server/tool_parsers/);
     None refuses "auto". The engine's reasoning_parser tells chat replies' thinking from their answer.
     loras: LoRA adapters served under their names (an engine built with enable_lora).
-    runtime_lora_updating: serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter."""
+    runtime_lora_updating: serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter.
+    max_stored_responses: the Responses API's responses kept for previous_response_id (0: none)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
@@ -72,6 +75,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     app.state.engine = async_engine
     app.state.model = served
     app.state.metrics = server_metrics
+    app.state.responses = ResponsesStore(max_stored_responses)
     for module in (completions, chat, responses_api, endpoints, metrics):
         app.include_router(module.router)
     if runtime_lora_updating:

@@ -11,6 +11,7 @@ from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_templa
                                  add_model_argument)
 from kvserve.grammar import REASONING_PARSERS
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
+from kvserve.server.responses_store import DEFAULT_MAX_STORED_RESPONSES
 from kvserve.server.tool_parsers import TOOL_PARSERS
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
@@ -102,6 +103,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        "apart from its content: qwen3 or deepseek_r1")
     serve.add_argument("--allow-credentials", action="store_true",
                        help="let browsers send credentials (cookies, authorization) cross-origin")
+    serve.add_argument("--max-stored-responses", type=int, default=DEFAULT_MAX_STORED_RESPONSES, metavar="N",
+                       help="Responses API responses kept in memory for previous_response_id and GET "
+                       f"/v1/responses/ID, the most recent N (default: {DEFAULT_MAX_STORED_RESPONSES}; 0: none)")
     serve.add_argument("--max-waiting", type=int, default=DEFAULT_MAX_WAITING,
                        help="requests that may wait for a place in the batch; more get 503 "
                        f"(default: {DEFAULT_MAX_WAITING})")

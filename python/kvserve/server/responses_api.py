@@ -9,9 +9,10 @@ response_format, flat function tools as chat tools), and the reply's parts becom
 Streamed, as OpenAI streams them: response.created and response.in_progress, then per item
 response.output_item.added, its content part's added / delta / done events (a call's arguments in one
 delta), response.output_item.done, and last response.completed (or response.incomplete where
-max_output_tokens cut the reply). kvserve keeps no responses: previous_response_id and background
-are 400s (send the whole conversation as input); items other than messages, function calls and their
-outputs (images, files, built-in tools) are 400s naming the item.
+max_output_tokens cut the reply). Responses are kept (store, the default) in memory, the most recent
+ones (responses_store.py), for previous_response_id and GET / DELETE /v1/responses/{id}; background
+is a 400; items other than messages, function calls and their outputs (images, files, built-in
+tools) are 400s naming the item.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.generation import Generation
 from kvserve.server.protocol import ChatCompletionRequest, ResponsesRequest
 from kvserve.server.responses import as_openai_error, unless_disconnected
+from kvserve.server.responses_store import ResponsesStore, StoredResponse
 from kvserve.server.served_model import ServedModel
 
 router = APIRouter()
@@ -54,9 +56,12 @@ def _text(content, where: str) -> str | list[dict]:
     return parts
 
 
-def _messages(body: ResponsesRequest) -> list[dict]:
-    """The conversation the input items hold, instructions first."""
-    items = [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+def input_items(body: ResponsesRequest) -> list[dict]:
+    return [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
+
+
+def _messages(body: ResponsesRequest, items: list[dict]) -> list[dict]:
+    """The conversation `items` hold, as chat messages, the request's instructions first."""
     messages = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     for i, item in enumerate(items):
         where = f"input[{i}]"
@@ -91,11 +96,11 @@ _CHAT_ONLY = ("n", "logprobs", "top_logprobs", "echo", "stream_options", "messag
               "max_completion_tokens", "response_format", "functions", "function_call")
 
 
-def _chat_fields(body: ResponsesRequest) -> dict:
+def _chat_fields(body: ResponsesRequest, items: list[dict]) -> dict:
     for name in _CHAT_ONLY:
         if name in (body.model_extra or {}):
             raise bad_request(f"{name} is a chat completions field, which the Responses API does not take", name)
-    fields = {**(body.model_extra or {}), "model": body.model, "messages": _messages(body), "stream": body.stream,
+    fields = {**(body.model_extra or {}), "model": body.model, "messages": _messages(body, items), "stream": body.stream,
               "parallel_tool_calls": body.parallel_tool_calls}
     for name, value in (("temperature", body.temperature), ("top_p", body.top_p), ("user", body.user),
                         ("max_completion_tokens", body.max_output_tokens)):
@@ -137,14 +142,13 @@ def _in_responses_terms(error: OpenAIError) -> OpenAIError:
     return OpenAIError(error.status_code, message, param=_FIELDS.get(error.param, error.param), code=error.code)
 
 
-def chat_request(body: ResponsesRequest) -> ChatCompletionRequest:
-    """The chat completion request that answers `body`; 400 for what kvserve does not take."""
-    if body.previous_response_id is not None:
-        raise bad_request("kvserve keeps no responses: send the whole conversation as input", "previous_response_id")
+def chat_request(body: ResponsesRequest, items: list[dict]) -> ChatCompletionRequest:
+    """The chat completion request that answers `body`, whose conversation is `items`; 400 for what
+    kvserve does not take."""
     if body.background:
-        raise bad_request("kvserve keeps no responses, so it runs none in the background", "background")
+        raise bad_request("kvserve runs no response in the background", "background")
     try:
-        return ChatCompletionRequest.model_validate(_chat_fields(body))
+        return ChatCompletionRequest.model_validate(_chat_fields(body, items))
     except ValidationError as e:
         error = e.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else None
@@ -189,8 +193,12 @@ def _reasoning_tokens(token_ids: list[int], thought: bool, think_end: int | None
 class _Answer:
     """The response object around the output items."""
 
-    def __init__(self, body: ResponsesRequest, generation: Generation, think_end: int | None):
+    def __init__(self, body: ResponsesRequest, generation: Generation, think_end: int | None,
+                 items: list[dict], store: ResponsesStore):
         self.body = body
+        self.items = items  # the conversation it answers, as input items
+        self.store = store
+        self.stored = body.store and store.max_size > 0
         self.think_end = think_end  # the tokenizer's </think>, which ends the reasoning tokens
         self.id = _id("resp")
         self.created = int(time.time())
@@ -209,8 +217,15 @@ class _Answer:
                 "temperature": body.temperature, "top_p": body.top_p, "tools": body.tools or [],
                 "tool_choice": body.tool_choice or ("auto" if body.tools else "none"),
                 "parallel_tool_calls": body.parallel_tool_calls, "text": body.text or {"format": {"type": "text"}},
-                "metadata": body.metadata or {}, "previous_response_id": None, "reasoning": body.reasoning,
-                "store": False, "truncation": "disabled", "user": body.user}
+                "metadata": body.metadata or {}, "previous_response_id": body.previous_response_id,
+                "reasoning": body.reasoning, "store": self.stored, "truncation": "disabled", "user": body.user}
+
+    def done(self, status: str, output: list[dict], usage: dict) -> dict:
+        """The finished response object, stored with its conversation where it is kept."""
+        response = self.object(status, output, usage)
+        if self.stored:
+            self.store.put(self.id, StoredResponse(self.items + output, response))
+        return response
 
 
 def _output(message: dict, status: str) -> list[dict]:
@@ -311,7 +326,7 @@ async def _events(answer: _Answer, chat: ChatCompletionRequest, raw_request: Req
         done = "response.incomplete" if status == "incomplete" else "response.completed"
         thought = any(item["type"] == "reasoning" for item in writer.output)
         usage = _usage(generation, _reasoning_tokens(token_ids, thought, answer.think_end))
-        yield writer.event(done, response=answer.object(status, writer.output, usage))
+        yield writer.event(done, response=answer.done(status, writer.output, usage))
     except Exception as error:
         body = as_openai_error(error).body()["error"]
         yield writer.event("error", code=body.get("code"), message=body["message"], param=body.get("param"))
@@ -319,15 +334,39 @@ async def _events(answer: _Answer, chat: ChatCompletionRequest, raw_request: Req
         generation.close()
 
 
+def _stored(raw_request: Request, response_id: str, param: str | None = None) -> StoredResponse:
+    stored = raw_request.app.state.responses.get(response_id)
+    if stored is None:
+        raise OpenAIError(404, f"Response with id '{response_id}' not found (kvserve keeps the most recent "
+                          f"{raw_request.app.state.responses.max_size})", param=param, code="not_found")
+    return stored
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, raw_request: Request) -> dict:
+    return _stored(raw_request, response_id).response
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, raw_request: Request) -> dict:
+    _stored(raw_request, response_id)
+    raw_request.app.state.responses.delete(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, raw_request: Request):
-    chat = chat_request(body)
+    earlier = [] if body.previous_response_id is None else _stored(raw_request, body.previous_response_id,
+                                                                   "previous_response_id").items
+    items = earlier + input_items(body)
+    chat = chat_request(body, items)
     try:
         generation = await start_chat(chat, raw_request)
     except OpenAIError as error:
         raise _in_responses_terms(error) from None
     served: ServedModel = raw_request.app.state.model
-    answer = _Answer(body, generation, served.tokenizer.backend.token_to_id(THINK_END))
+    answer = _Answer(body, generation, served.tokenizer.backend.token_to_id(THINK_END), items,
+                     raw_request.app.state.responses)
     if body.stream:
         return StreamingResponse(_events(answer, chat, raw_request), media_type="text/event-stream")
     choices = await unless_disconnected(raw_request, generation, generation.collect())
@@ -338,4 +377,4 @@ async def create_response(body: ResponsesRequest, raw_request: Request):
                                                                                            choice.finish_reason)
     status = answer.status(finish_reason)
     usage = _usage(generation, _reasoning_tokens(choice.token_ids, bool(message.get("reasoning")), answer.think_end))
-    return JSONResponse(answer.object(status, _output(message, status), usage))
+    return JSONResponse(answer.done(status, _output(message, status), usage))
