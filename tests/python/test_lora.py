@@ -165,7 +165,7 @@ def test_the_server_serves_adapters_by_name(tmp_path, tiny_model_dir):
     expected = {lora: offline.generate([{"prompt_token_ids": PROMPTS[1]}], params, use_tqdm=False,
                                        lora_request=lora)[0].outputs[0].text for lora in (None, first, second)}
     assert len(set(expected.values())) == 3
-    with ServerProcess(base, "--served-model-name", "tiny", "--enable-lora", "--max-loras", "2", "--lora-modules",
+    with ServerProcess(base, "--served-model-name", "tiny", "--enable-lora", "--lora-modules",
                        f"first={first.lora_path}", json.dumps({"name": "second", "path": second.lora_path})) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
         models = {model.id: model for model in client.models.list().data}
@@ -182,6 +182,8 @@ def test_the_server_serves_adapters_by_name(tmp_path, tiny_model_dir):
         # Runtime loading is off unless the server allows it.
         assert httpx.post(server.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "y"}
                           ).status_code == 404
+        # --max-loras defaults to the adapters served: each was read once, at startup.
+        assert sum("loaded LoRA adapter" in line for line in server.log) == 2
     with pytest.raises(RuntimeError, match="kvserve serve: LoRA adapter .* no adapter_config.json"):
         ServerProcess(base, "--enable-lora", "--lora-modules", f"broken={tmp_path}")
     with pytest.raises(RuntimeError, match="enable_lora"):

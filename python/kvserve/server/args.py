@@ -95,8 +95,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        default=os.environ.get("KVSERVE_ALLOW_RUNTIME_LORA_UPDATING", "").lower() in ("1", "true"),
                        help="serve vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter, which read "
                        "adapters from paths on this machine (default: $KVSERVE_ALLOW_RUNTIME_LORA_UPDATING)")
-    serve.add_argument("--max-loras", type=int, default=1,
-                       help="LoRA adapters kept loaded; another drops the least recently used (default: 1)")
+    serve.add_argument("--max-loras", type=int, default=None,
+                       help="LoRA adapters kept loaded; another drops the least recently used, to read again when "
+                       "next asked for (default: as many as --lora-modules, at least 1)")
     serve.add_argument("--max-lora-rank", type=int, default=16, help="the largest LoRA rank accepted (default: 16)")
     serve.add_argument("--reasoning-parser", choices=REASONING_PARSERS,
                        help="return a reasoning model's thinking (<think>...</think>) as the reply's `reasoning`, "

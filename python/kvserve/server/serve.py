@@ -89,7 +89,8 @@ def run_server(args: argparse.Namespace) -> int:
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
         engine = engine_from_args(args, reasoning_parser=args.reasoning_parser, enable_lora=args.enable_lora,
-                                  max_loras=args.max_loras, max_lora_rank=args.max_lora_rank)
+                                  max_loras=max(len(args.lora_modules), 1) if args.max_loras is None else args.max_loras,
+                                  max_lora_rank=args.max_lora_rank)
         cors = CorsPolicy(args.allowed_origins, args.allowed_methods, args.allowed_headers, args.allow_credentials)
         app = build_app(engine, served_model_names=names, root=args.model or DEFAULT_MODEL_NAME,
                         api_key=args.api_key, max_waiting=args.max_waiting,
