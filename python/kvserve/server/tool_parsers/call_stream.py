@@ -7,6 +7,8 @@ after it) is dropped, and trailing whitespace waits for what follows."""
 
 from __future__ import annotations
 
+from kvserve.server.tool_parsers.tags import partial_tag
+
 
 class CallStream:
     """One choice's reply. A parser keeps `_text` (all fed so far) and `_sent` (how much of it went
@@ -37,6 +39,14 @@ class CallStream:
         """_text from _sent up to `end` as content."""
         self._content(self._text[self._sent:end], deltas)
         self._sent = max(self._sent, end)
+
+    def _content_to(self, tag: str, final: bool, deltas: list[dict]) -> int:
+        """Send the content from _sent up to the next `tag` (without one, up to a tail that could
+        begin it, which waits for more text unless `final`); where the tag starts, -1 for none."""
+        at = self._text.find(tag, self._sent)
+        held = 0 if at >= 0 or final else partial_tag(self._text, tag)
+        self._content_upto(at if at >= 0 else len(self._text) - held, deltas)
+        return at
 
     def _call(self, call: dict, deltas: list[dict]) -> None:
         self._num_calls += 1

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from kvserve.server.tool_parsers.call_json import call_from_text
 from kvserve.server.tool_parsers.call_stream import CallStream
-from kvserve.server.tool_parsers.tags import partial_tag
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
@@ -43,10 +42,7 @@ class HermesStream(CallStream):
                 if final:
                     self._block(len(self._text), False, deltas)
                 return deltas
-            start = self._text.find(OPEN, self._sent)
+            start = self._content_to(OPEN, final, deltas)
             if start < 0:
-                held = 0 if final else partial_tag(self._text, OPEN)
-                self._content_upto(len(self._text) - held, deltas)
                 return deltas
-            self._content_upto(start, deltas)
             self._sent, self._in_call = start + len(OPEN), True

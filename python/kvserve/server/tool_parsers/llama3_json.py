@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from kvserve.server.tool_parsers.call_json import bracket_end, call_from_text
 from kvserve.server.tool_parsers.call_stream import CallStream
-from kvserve.server.tool_parsers.tags import opening, partial_tag
+from kvserve.server.tool_parsers.tags import opening
 
 TAG = "<|python_tag|>"
 
@@ -38,11 +38,9 @@ class Llama3JsonStream(CallStream):
         return True
 
     def _before_tag(self, final: bool, deltas: list[dict]) -> bool:
-        at = self._text.find(TAG, self._sent)
+        at = self._content_to(TAG, final, deltas)
         if at < 0:
-            self._content_upto(len(self._text) - (0 if final else partial_tag(self._text, TAG)), deltas)
             return False
-        self._content_upto(at, deltas)
         start = len(self._text) - len(self._text[at + len(TAG):].lstrip())
         if start == len(self._text) and not final:
             return False  # what follows the tag is not here yet

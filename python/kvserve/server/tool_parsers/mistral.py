@@ -14,7 +14,6 @@ import re
 
 from kvserve.server.tool_parsers.call_json import bracket_end, call_from_object, loads_exact
 from kvserve.server.tool_parsers.call_stream import CallStream
-from kvserve.server.tool_parsers.tags import partial_tag
 
 TAG = "[TOOL_CALLS]"
 _HEADER = re.compile(r"([A-Za-z0-9_.-]+)(?:\[CALL_ID\][A-Za-z0-9]*)?(?:\[ARGS\])?\s*")
@@ -56,12 +55,9 @@ class MistralStream(CallStream):
         deltas: list[dict] = []
         while True:
             if self._mode == "text":
-                at = self._text.find(TAG, self._sent)
+                at = self._content_to(TAG, final, deltas)
                 if at < 0:
-                    held = 0 if final else partial_tag(self._text, TAG)
-                    self._content_upto(len(self._text) - held, deltas)
                     return deltas
-                self._content_upto(at, deltas)
                 self._tag, self._sent, self._mode = at, at + len(TAG), "calls"
             elif self._mode == "calls":
                 read = self._read(final)
