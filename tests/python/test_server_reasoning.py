@@ -83,7 +83,7 @@ def test_a_forced_call_after_the_thinking():
 class _Served:
     def __init__(self, parser, auto_tool_parser=None):
         self.reasoning_parser, self.auto_tool_parser = parser, auto_tool_parser
-        self.grammars_follow_thinking = True
+        self.reasoning_end = 7  # the tokenizer's </think>: grammars follow the thinking
 
 
 class _Generation:

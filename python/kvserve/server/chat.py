@@ -54,7 +54,8 @@ def chat_reply(body: ChatCompletionRequest, served: ServedModel, prompt: str) ->
     apart from the answer where the server has a reasoning parser (unless a grammar holds the whole
     reply: a model without a </think> token)."""
     reply = reply_for(body.tools, body.tool_choice, served.auto_tool_parser)
-    if served.reasoning_parser is not None and (served.grammars_follow_thinking or body.structured_outputs_field is None):
+    if served.reasoning_parser is not None and (served.reasoning_end is not None
+                                                or body.structured_outputs_field is None):
         reply = ReasoningReply(served.reasoning_parser, reply, prompt)
     return reply
 

@@ -26,7 +26,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from kvserve.grammar import THINK_END
 from kvserve.server.chat import chat_reply, start_chat
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.generation import Generation
@@ -199,7 +198,7 @@ class _Answer:
         self.items = items  # the conversation it answers, as input items
         self.store = store
         self.stored = body.store and store.max_size > 0
-        self.think_end = think_end  # the tokenizer's </think>, which ends the reasoning tokens
+        self.think_end = think_end  # the model's </think> token, which ends the reasoning tokens
         self.id = _id("resp")
         self.created = int(time.time())
         self.model = generation.model_name
@@ -365,8 +364,7 @@ async def create_response(body: ResponsesRequest, raw_request: Request):
     except OpenAIError as error:
         raise _in_responses_terms(error) from None
     served: ServedModel = raw_request.app.state.model
-    answer = _Answer(body, generation, served.tokenizer.backend.token_to_id(THINK_END), items,
-                     raw_request.app.state.responses)
+    answer = _Answer(body, generation, served.reasoning_end, items, raw_request.app.state.responses)
     if body.stream:
         return StreamingResponse(_events(answer, chat, raw_request), media_type="text/event-stream")
     choices = await unless_disconnected(raw_request, generation, generation.collect())

@@ -54,7 +54,9 @@ class ServedModel:
         self.prompt_tokens_details = prompt_tokens_details  # usage reports prefix-cache hits
         self.auto_tool_parser = auto_tool_parser  # reads tool_choice "auto" replies (server/tools.py)
         self.reasoning_parser = engine.reasoning_parser  # tells chat replies' thinking from their answer
-        self.grammars_follow_thinking = engine.grammars.reasoning_end is not None
+        # The model's </think> token where it thinks: grammars hold what follows it (None: no reasoning
+        # parser, or no such token).
+        self.reasoning_end = engine.grammars.reasoning_end
 
     def check_name(self, model: str | None) -> LoRARequest | None:
         """The LoRA adapter a request's model names (None: the base model). Requests may leave the
