@@ -227,12 +227,15 @@ class _Answer:
         return response
 
 
+# A reply's text by key, in output order: its output item's id prefix and maker, and its stream
+# events' prefix and extra fields.
+_TEXT_ITEMS = {"reasoning": ("rs", _reasoning_item, "response.reasoning_text", {}),
+               "content": ("msg", _message_item, "response.output_text", {"logprobs": []})}
+
+
 def _output(message: dict, status: str) -> list[dict]:
-    output = []
-    if message.get("reasoning"):
-        output.append(_reasoning_item(_id("rs"), message["reasoning"], status))
-    if message.get("content"):
-        output.append(_message_item(_id("msg"), message["content"], status))
+    output = [make_item(_id(id_prefix), message[key], status)
+              for key, (id_prefix, make_item, _, _) in _TEXT_ITEMS.items() if message.get(key)]
     output += [_call_item(call) for call in message.get("tool_calls") or []]
     return output
 
@@ -256,12 +259,11 @@ class _EventWriter:
 
     def delta(self, delta: dict) -> list[str]:
         events = []
-        for key in ("reasoning", "content"):
+        for key, (id_prefix, make_item, events_prefix, extra) in _TEXT_ITEMS.items():
             if delta.get(key):
                 if self._open is None or self._open[0] != key:
                     events += self.close()
-                    item = (_reasoning_item(_id("rs"), "", "in_progress") if key == "reasoning"
-                            else _message_item(_id("msg"), "", "in_progress"))
+                    item = make_item(_id(id_prefix), "", "in_progress")
                     part = item["content"][0]
                     self.output.append(item)
                     self._open = (key, item)
@@ -270,9 +272,7 @@ class _EventWriter:
                     events.append(self.event("response.content_part.added", part=dict(part), **self._where(item)))
                 item = self._open[1]
                 item["content"][0]["text"] += delta[key]
-                kind = "response.reasoning_text.delta" if key == "reasoning" else "response.output_text.delta"
-                extra = {} if key == "reasoning" else {"logprobs": []}
-                events.append(self.event(kind, delta=delta[key], **extra, **self._where(item)))
+                events.append(self.event(f"{events_prefix}.delta", delta=delta[key], **extra, **self._where(item)))
         for call in delta.get("tool_calls") or []:
             events += self.close()
             item = _call_item(call)
@@ -294,9 +294,8 @@ class _EventWriter:
         self._open = None
         item["status"] = status
         part, where = item["content"][0], self._where(item)
-        done = "response.reasoning_text.done" if key == "reasoning" else "response.output_text.done"
-        extra = {} if key == "reasoning" else {"logprobs": []}
-        return [self.event(done, text=part["text"], **extra, **where),
+        _, _, events_prefix, extra = _TEXT_ITEMS[key]
+        return [self.event(f"{events_prefix}.done", text=part["text"], **extra, **where),
                 self.event("response.content_part.done", part=part, **where),
                 self.event("response.output_item.done", output_index=where["output_index"], item=item)]
 
