@@ -25,6 +25,7 @@ from torch import nn
 
 from kvserve.lora.request import LoRARequest
 from kvserve.models.layers.linear import Linear
+from kvserve.models.weight_loading import fused_part
 
 _PREFIX = "base_model.model."
 _KEY = re.compile(r"(?P<module>.+)\.lora_(?P<half>[AB])\.weight")
@@ -119,9 +120,8 @@ def load_adapter(request: LoRARequest, model: nn.Module, max_rank: int) -> LoRAA
 
 def _layer(name: str, modules: dict[str, nn.Module], model: nn.Module) -> tuple[Linear, int]:
     """The model's linear layer a checkpoint module name adapts, and which of its fused parts."""
-    path, _, leaf = name.rpartition(".")
-    fused = getattr(model, "packed_modules", {}).get(leaf)
-    layer, index = (modules.get(f"{path}.{fused[0]}"), fused[1]) if fused else (modules.get(name), 0)
+    fused = fused_part(name, modules, getattr(model, "packed_modules", {}))
+    _, layer, index = fused if fused is not None else (name, modules.get(name), 0)
     if not isinstance(layer, Linear) or name.split(".")[-1] == "lm_head":
         raise ValueError(f"LoRA adapter module {name!r} is not a linear layer of the decoder kvserve adapts")
     return layer, index

@@ -46,19 +46,29 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
         raise ValueError(f"checkpoint is missing {len(missing)} tensor(s) of {type(model).__name__}: {shown}")
 
 
+def fused_part(module_name: str, modules: dict[str, nn.Module],
+               packed_modules: dict[str, tuple[str, int]]) -> tuple[str, nn.Module | None, int] | None:
+    """(the fused module's name, the module, which part) for a checkpoint projection's module name
+    that the model fuses (model.layers.3.self_attn.k_proj -> ...qkv_proj, part 1); None for others."""
+    module_path, _, leaf = module_name.rpartition(".")
+    if leaf not in packed_modules:
+        return None
+    fused_name, index = packed_modules[leaf]
+    return f"{module_path}.{fused_name}", modules.get(f"{module_path}.{fused_name}"), index
+
+
 def _locate(name, params, modules, packed_modules) -> tuple[str, int, torch.Tensor] | None:
     if name in params:
         return name, 0, params[name]
     prefix, _, rest = name.rpartition(".")  # rest: "weight" or "bias"
-    module_path, _, leaf = prefix.rpartition(".")
-    if leaf not in packed_modules:
+    part = fused_part(prefix, modules, packed_modules)
+    if part is None:
         return None
-    fused_name, index = packed_modules[leaf]
-    module = modules.get(f"{module_path}.{fused_name}")
+    fused_name, module, index = part
     param = getattr(module, rest, None) if isinstance(module, Linear) else None
     if param is None:
         return None
-    return f"{module_path}.{fused_name}.{rest}", index, module.shard(param, index)
+    return f"{fused_name}.{rest}", index, module.shard(param, index)
 
 
 def _checkpoint_name(param_name: str, index: int, num_parts: int, packed_modules) -> str:
