@@ -133,8 +133,8 @@ run decode-qwen3 70 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --architect
   --modes graphs --out "$OUT/bench.jsonl"
 # With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
 # beside this one), that tree is built too and its attention calls and decode steps are timed in the
-# same run, right after this tree's decode steps (the comparison a short budget keeps); the summary
-# lists them after this tree's, so their ratios come from one machine.
+# same run, right after this tree's decode steps (the comparison a short budget keeps), and its
+# few-rows products; the summary lists them after this tree's, so their ratios come from one machine.
 BASELINE_JSONL=/tmp/kvserve-baseline.jsonl
 if [ -n "${BASELINE:-}" ]; then
   BASELINE_SITE=/tmp/kvserve-baseline
@@ -142,6 +142,8 @@ if [ -n "${BASELINE:-}" ]; then
     -Cbuild-dir=/tmp/kvserve-baseline-build -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real "$BASELINE"
   run baseline-attention 60 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
     "$PY" bench/gpu_bench.py attention --no-prefill --out "$BASELINE_JSONL"
+  run baseline-linear 40 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
+    "$PY" bench/gpu_bench.py linear --batches 1 8 --out "$BASELINE_JSONL"
   run baseline-decode 100 "$OUT/bench.log" env PYTHONPATH="$BASELINE_SITE" \
     "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$BASELINE_JSONL"
 fi
