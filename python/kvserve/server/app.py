@@ -44,7 +44,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               trust_request_chat_template: bool = False, cors: CorsPolicy | None = None,
               prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
               loras: list[LoRARequest] = (), runtime_lora_updating: bool = False,
-              max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES) -> FastAPI:
+              max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES, force_include_usage: bool = False,
+              tokens_as_token_ids: bool = False) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -57,9 +58,13 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     None refuses "auto". The engine's reasoning_parser tells chat replies' thinking from their answer.
     loras: LoRA adapters served under their names (an engine built with enable_lora).
     runtime_lora_updating: serve vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter.
-    max_stored_responses: the Responses API's responses kept for previous_response_id (0: none)."""
+    max_stored_responses: the Responses API's responses kept for previous_response_id (0: none).
+    force_include_usage: every stream ends with a usage chunk, as if it asked (vLLM's
+    --enable-force-include-usage).
+    tokens_as_token_ids: logprobs name tokens "token_id:N" unless a request says otherwise (vLLM's
+    --return-tokens-as-token-ids)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
-                         prompt_tokens_details, auto_tool_parser, loras)
+                         prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 

@@ -80,6 +80,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--enable-prompt-tokens-details", action="store_true",
                        help="usage reports prompt_tokens_details.cached_tokens: the prompt tokens found in the "
                        "prefix cache")
+    serve.add_argument("--enable-force-include-usage", action="store_true",
+                       help="every streamed response ends with a usage chunk, as if it asked with "
+                       "stream_options.include_usage")
+    serve.add_argument("--return-tokens-as-token-ids", action="store_true",
+                       help="logprobs name their tokens 'token_id:N' (a request's return_tokens_as_token_ids "
+                       "overrides this): tokens that are not whole characters stay tellable apart")
     serve.add_argument("--enable-auto-tool-choice", action="store_true",
                        help="answer tool_choice 'auto' (the default with tools) by reading the calls the model "
                        "writes, with --tool-call-parser")

@@ -5,6 +5,10 @@ model's thinking as `reasoning` (server/reasoning.py). Logprobs take OpenAI's ch
 
     "logprobs": {"content": [{"token": str, "logprob": float, "bytes": [int],
                               "top_logprobs": [{"token", "logprob", "bytes"}, ...]}]}   # top_logprobs entries
+
+(with return_tokens_as_token_ids each "token" reads "token_id:N"; "bytes" stay the text's). With
+return_token_ids (vLLM's) the response carries the prompt's "prompt_token_ids" (streamed: in the
+first chunk) and each choice "token_ids", the tokens it generated (streamed: each chunk's).
 """
 
 from __future__ import annotations
@@ -27,17 +31,26 @@ from kvserve.server.tools import Reply, check_tool_choice, parses_calls, reply_f
 router = APIRouter()
 
 
-def _token_entry(logprob: Logprob) -> dict:
-    token = logprob.decoded_token or ""
-    return {"token": token, "logprob": logprob.logprob, "bytes": list(token.encode("utf-8"))}
+def _token_entry(token_id: int, logprob: Logprob, as_id: bool) -> dict:
+    text = logprob.decoded_token or ""
+    return {"token": f"token_id:{token_id}" if as_id else text, "logprob": logprob.logprob,
+            "bytes": list(text.encode("utf-8"))}
 
 
-def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int) -> dict:
+def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int, as_ids: bool) -> dict:
     content = []
     for token_id, entry in zip(token_ids, entries):
-        top = sorted(entry.values(), key=lambda e: -e.logprob)[:num_top]
-        content.append({**_token_entry(entry[token_id]), "top_logprobs": [_token_entry(e) for e in top]})
+        top = sorted(entry.items(), key=lambda item: -item[1].logprob)[:num_top]
+        content.append({**_token_entry(token_id, entry[token_id], as_ids),
+                        "top_logprobs": [_token_entry(i, e, as_ids) for i, e in top]})
     return {"content": content}
+
+
+def _chat_logprobs(body: ChatCompletionRequest, served: ServedModel, token_ids: list[int],
+                   entries: SampleLogprobs) -> dict | None:
+    if not body.logprobs:
+        return None
+    return _logprobs(token_ids, entries, body.top_logprobs or 0, body.tokens_as_ids(served.tokens_as_token_ids))
 
 
 def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None:
@@ -63,11 +76,12 @@ def chat_reply(body: ChatCompletionRequest, served: ServedModel, prompt: str) ->
 async def _choices(generation: Generation, body: ChatCompletionRequest, served: ServedModel) -> list[dict]:
     choices = []
     for index, choice in enumerate(await generation.collect()):
-        logprobs = _logprobs(choice.token_ids, choice.logprobs, body.top_logprobs or 0) if body.logprobs else None
         message, finish_reason = chat_reply(body, served, generation.prompts[0].text).message(choice.text,
                                                                                               choice.finish_reason)
         choices.append({"index": index, "message": {"role": "assistant", **message},
-                        "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": choice.stop_reason})
+                        "logprobs": _chat_logprobs(body, served, choice.token_ids, choice.logprobs),
+                        "finish_reason": finish_reason, "stop_reason": choice.stop_reason,
+                        **({"token_ids": choice.token_ids} if body.return_token_ids else {})})
     return choices
 
 
@@ -76,8 +90,8 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
     for index in range(generation.num_choices):
         yield {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
     replies = [chat_reply(body, served, generation.prompts[0].text) for _ in range(generation.num_choices)]
-    # Token logprobs wait for the next chunk their choice sends (a reply that holds text back sends
-    # none for a while).
+    # Token ids and logprobs wait for the next chunk their choice sends (a reply that holds text back
+    # sends none for a while).
     unsent: list[Choice] = [Choice() for _ in range(generation.num_choices)]
     async for delta in generation.deltas():
         reply, waiting = replies[delta.index], unsent[delta.index]
@@ -98,16 +112,21 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
             pieces.append({})
         for j, piece in enumerate(pieces):
             last = j == len(pieces) - 1
-            logprobs = None
-            if j == 0 and body.logprobs:
-                logprobs = _logprobs(waiting.token_ids, waiting.logprobs, body.top_logprobs or 0)
+            token_ids, logprobs = [], None
+            if j == 0:  # what the choice made since its last chunk
+                token_ids, logprobs = waiting.token_ids, _chat_logprobs(body, served, waiting.token_ids, waiting.logprobs)
                 waiting.token_ids, waiting.logprobs = [], []
             yield {"index": delta.index, "delta": piece, "logprobs": logprobs,
                    "finish_reason": finish_reason if last else None,
-                   "stop_reason": delta.stop_reason if last and finish_reason is not None else None}
+                   "stop_reason": delta.stop_reason if last and finish_reason is not None else None,
+                   **({"token_ids": token_ids} if body.return_token_ids else {})}
 
 
-ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chunk_choices)
+def _top(generation: Generation, body: ChatCompletionRequest) -> dict:
+    return {"prompt_token_ids": generation.prompts[0].token_ids} if body.return_token_ids else {}
+
+
+ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chunk_choices, _top)
 
 
 @router.post("/v1/chat/completions")

@@ -3,6 +3,10 @@ and logprobs in OpenAI's completions format:
 
     "logprobs": {"tokens": [str], "token_logprobs": [float | None], "top_logprobs": [{str: float} | None],
                  "text_offset": [int]}     # None for the first prompt token under echo: nothing predicts it
+
+With return_tokens_as_token_ids the tokens read "token_id:N" (text_offset still counts the text).
+With return_token_ids (vLLM's) a choice carries "prompt_token_ids" (streamed: in its first chunk)
+and "token_ids", the tokens it generated (streamed: each chunk's).
 """
 
 from __future__ import annotations
@@ -27,23 +31,27 @@ class _LogprobsWriter:
     """One choice's logprobs, added token by token and taken chunk by chunk; text_offset counts from
     the start of the choice's text, across chunks."""
 
-    def __init__(self, served: ServedModel):
+    def __init__(self, served: ServedModel, as_ids: bool):
         self._decode = lambda token_id: served.tokenizer.decode([token_id])
+        self._as_ids = as_ids  # tokens named "token_id:N"
         self._offset = 0
         self._lists: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+
+    def _name(self, token_id: int, text: str) -> str:
+        return f"token_id:{token_id}" if self._as_ids else text
 
     def add(self, token_ids: list[int], entries: list[dict[int, Logprob] | None]) -> None:
         for token_id, entry in zip(token_ids, entries):
             if entry is None:
-                token, logprob, top = self._decode(token_id), None, None
+                text, logprob, top = self._decode(token_id), None, None
             else:
-                token, logprob = entry[token_id].decoded_token, entry[token_id].logprob
+                text, logprob = entry[token_id].decoded_token, entry[token_id].logprob
                 top = {}
-                for e in entry.values():  # the chosen token, then by rank: tokens that decode alike keep the first
-                    top.setdefault(e.decoded_token, e.logprob)
-            for name, value in zip(self._lists, (token, logprob, top, self._offset)):
+                for top_id, e in entry.items():  # the chosen token, then by rank: names alike keep the first
+                    top.setdefault(self._name(top_id, e.decoded_token), e.logprob)
+            for name, value in zip(self._lists, (self._name(token_id, text), logprob, top, self._offset)):
                 self._lists[name].append(value)
-            self._offset += len(token)
+            self._offset += len(text)
 
     def take(self) -> dict:
         taken = self._lists
@@ -74,9 +82,17 @@ class _Echo:
         writer.add(self._generation.prompts[prompt_index].token_ids, self._generation.prompt_logprobs[prompt_index])
 
 
-def _choice(index: int, text: str, logprobs: dict | None, finish_reason, stop_reason) -> dict:
+def _choice(index: int, text: str, logprobs: dict | None, finish_reason, stop_reason, token_ids: dict) -> dict:
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason,
-            "stop_reason": stop_reason}
+            "stop_reason": stop_reason, **token_ids}
+
+
+def _token_ids(body: CompletionRequest, generation: Generation, prompt_index: int | None, token_ids: list[int]) -> dict:
+    """return_token_ids' fields: the prompt's ids (prompt_index None: not in this chunk), the choice's."""
+    if not body.return_token_ids:
+        return {}
+    prompt = {} if prompt_index is None else {"prompt_token_ids": generation.prompts[prompt_index].token_ids}
+    return {**prompt, "token_ids": token_ids}
 
 
 async def _choices(generation: Generation, body: CompletionRequest, served: ServedModel) -> list[dict]:
@@ -88,12 +104,13 @@ async def _choices(generation: Generation, body: CompletionRequest, served: Serv
         if body.echo:
             text = echo.text(prompt_index) + text
         if body.logprobs is not None:
-            writer = _LogprobsWriter(served)
+            writer = _LogprobsWriter(served, body.tokens_as_ids(served.tokens_as_token_ids))
             if body.echo:
                 echo.add_logprobs(writer, prompt_index)
             writer.add(choice.token_ids, choice.logprobs)
             logprobs = writer.take()
-        choices.append(_choice(index, text, logprobs, choice.finish_reason, choice.stop_reason))
+        choices.append(_choice(index, text, logprobs, choice.finish_reason, choice.stop_reason,
+                               _token_ids(body, generation, prompt_index, choice.token_ids)))
     return choices
 
 
@@ -103,7 +120,7 @@ async def _chunk_choices(generation: Generation, body: CompletionRequest, served
     async for delta in generation.deltas():
         text, logprobs = delta.text, None
         first = delta.index not in writers
-        writer = writers.setdefault(delta.index, _LogprobsWriter(served))
+        writer = writers.setdefault(delta.index, _LogprobsWriter(served, body.tokens_as_ids(served.tokens_as_token_ids)))
         if body.echo and first:
             text = echo.text(delta.prompt_index) + text
             if body.logprobs is not None:
@@ -111,7 +128,8 @@ async def _chunk_choices(generation: Generation, body: CompletionRequest, served
         if body.logprobs is not None:
             writer.add(delta.token_ids, delta.logprobs)
             logprobs = writer.take()
-        yield _choice(delta.index, text, logprobs, delta.finish_reason, delta.stop_reason)
+        yield _choice(delta.index, text, logprobs, delta.finish_reason, delta.stop_reason,
+                      _token_ids(body, generation, delta.prompt_index if first else None, delta.token_ids))
 
 
 ANSWER = AnswerFormat("text_completion", "text_completion", _choices, _chunk_choices)

@@ -65,7 +65,7 @@ class Generation:
         # Scoring a prompt (echo with max_tokens 0): the engine makes one token, which no choice shows.
         self.prompt_only = prompt_only
         self.prompt_logprobs: dict[int, PromptLogprobs] = {}
-        self.num_completion_tokens = 0
+        self.completion_tokens = [0] * self.num_choices  # each choice's tokens so far
         # usage.prompt_tokens_details.cached_tokens (vLLM's --enable-prompt-tokens-details): each
         # prompt's tokens found in the prefix cache.
         self.prompt_tokens_details = prompt_tokens_details
@@ -95,7 +95,7 @@ class Generation:
                     if sample.finish_reason is not None:
                         yield ChoiceDelta(index, prompt_index, "", [], [], "length", None)
                     continue
-                self.num_completion_tokens += len(sample.token_ids)
+                self.completion_tokens[index] += len(sample.token_ids)
                 yield ChoiceDelta(index, prompt_index, sample.text, sample.token_ids, sample.logprobs,
                                   sample.finish_reason, sample.stop_reason)
 
@@ -106,16 +106,23 @@ class Generation:
         return choices
 
     def usage(self) -> dict:
-        prompt_tokens = sum(len(p.token_ids) for p in self.prompts)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": self.num_completion_tokens,
-                 "total_tokens": prompt_tokens + self.num_completion_tokens}
+        usage = _usage(sum(len(p.token_ids) for p in self.prompts), sum(self.completion_tokens))
         if self.prompt_tokens_details:
             usage["prompt_tokens_details"] = {"cached_tokens": sum(self.num_cached_tokens.values())}
         return usage
 
+    def choice_usage(self, index: int) -> dict:
+        """One choice's usage so far, as vLLM's continuous_usage_stats counts it: its prompt's tokens and its own."""
+        return _usage(len(self.prompts[index // self.n].token_ids), self.completion_tokens[index])
+
     def close(self) -> None:
         """Abort whatever has not finished (the client left, or the response is done)."""
         self._stream.close()
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def _truncated(prompt: EnginePrompt, keep: int, max_model_len: int) -> EnginePrompt:

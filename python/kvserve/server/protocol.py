@@ -71,6 +71,7 @@ def _defaulted_on_null(model: type[BaseModel]) -> frozenset[str]:
 
 class StreamOptions(_Model):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's: with include_usage, every chunk carries its choice's usage so far
 
 
 class JsonSchemaFormat(_Model):
@@ -132,6 +133,11 @@ class GenerationRequest(_Model):
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: all the context holds; not 0
+    # vLLM's, for clients that train on what the model saw and wrote: each choice's token ids (and
+    # its prompt's) beside its text; logprobs' tokens as "token_id:N" (None: the server's
+    # --return-tokens-as-token-ids).
+    return_token_ids: bool = False
+    return_tokens_as_token_ids: bool | None = None
     # The prefix cache shares blocks only between requests of equal salts (a secret per user keeps
     # others from timing what is cached).
     cache_salt: str | None = Field(None, min_length=1)
@@ -184,9 +190,16 @@ class GenerationRequest(_Model):
         return StructuredOutputsParams(**{GUIDED_FIELDS[field]: getattr(self, field)},
                                        whitespace_pattern=self.guided_whitespace_pattern)
 
-    @property
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+    def stream_usage(self, forced: bool) -> tuple[bool, bool]:
+        """What usage a stream carries, as vLLM decides it: (a last chunk of usage, usage in every
+        chunk). forced: the server's --enable-force-include-usage, a last chunk whatever the request says."""
+        options = self.stream_options or StreamOptions()
+        last = options.include_usage or forced
+        return last, last and options.continuous_usage_stats
+
+    def tokens_as_ids(self, server_default: bool) -> bool:
+        """Whether logprobs name tokens "token_id:N" (the request's return_tokens_as_token_ids, else the server's)."""
+        return server_default if self.return_tokens_as_token_ids is None else self.return_tokens_as_token_ids
 
     def sampling_params(self, *, max_tokens: int | None, logprobs: int | None, prompt_logprobs: int | None,
                         defaults: dict, structured_outputs: StructuredOutputsParams | None = None) -> SamplingParams:

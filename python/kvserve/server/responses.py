@@ -5,6 +5,9 @@ events as it goes, exactly as OpenAI sends them:
     data: {..., "choices": [], "usage": {...}}        last, when stream_options.include_usage
     data: [DONE]
 
+With stream_options.continuous_usage_stats each chunk carries its choice's usage so far, as vLLM's
+do; the first chunk carries what a whole answer has beside its choices (chat's prompt_token_ids).
+
 Either way the request is aborted as soon as the client goes away, and its KV blocks are freed.
 """
 
@@ -40,6 +43,8 @@ class AnswerFormat:
     chunk_object: str  # "text_completion", "chat.completion.chunk"
     choices: Callable[[Generation, Any, ServedModel], Awaitable[list[dict]]]
     chunk_choices: Callable[[Generation, Any, ServedModel], AsyncIterator[dict]]
+    # Fields beside the choices (in a stream, of its first chunk).
+    top: Callable[[Generation, Any], dict] = lambda generation, body: {}
 
 
 def as_openai_error(error: Exception) -> OpenAIError:
@@ -58,15 +63,17 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
-async def _events(generation: Generation, body: GenerationRequest, head: dict,
-                  choices: AsyncIterator[dict]) -> AsyncIterator[str]:
+async def _events(generation: Generation, body: GenerationRequest, head: dict, top: dict,
+                  choices: AsyncIterator[dict], force_usage: bool) -> AsyncIterator[str]:
     # A failure mid-stream becomes a `data: {"error": ...}` event. Starlette cancels this generator
     # when the client disconnects, and the `finally` aborts the request then.
-    usage = {"usage": None} if body.include_usage else {}
+    last_usage, continuous = body.stream_usage(force_usage)
     try:
         async for choice in choices:
-            yield _sse({**head, "choices": [choice], **usage})
-        if body.include_usage:
+            usage = {"usage": generation.choice_usage(choice["index"]) if continuous else None} if last_usage else {}
+            yield _sse({**head, **top, "choices": [choice], **usage})
+            top = {}
+        if last_usage:
             yield _sse({**head, "choices": [], "usage": generation.usage()})
         yield SSE_DONE
     except Exception as error:
@@ -109,9 +116,11 @@ async def respond(raw_request: Request, generation: Generation, body: Generation
         return {"id": generation.request_id, "object": object_name, "created": created, "model": generation.model_name}
 
     if body.stream:
-        events = _events(generation, body, head(answer.chunk_object), answer.chunk_choices(generation, body, served))
+        events = _events(generation, body, head(answer.chunk_object), answer.top(generation, body),
+                         answer.chunk_choices(generation, body, served), served.force_include_usage)
         return StreamingResponse(events, media_type="text/event-stream")
     choices = await unless_disconnected(raw_request, generation, answer.choices(generation, body, served))
     if choices is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
-    return JSONResponse({**head(answer.object), "choices": choices, "usage": generation.usage()})
+    return JSONResponse({**head(answer.object), **answer.top(generation, body), "choices": choices,
+                         "usage": generation.usage()})

@@ -99,7 +99,9 @@ def run_server(args: argparse.Namespace) -> int:
                         auto_tool_parser=args.tool_call_parser if args.enable_auto_tool_choice else None,
                         loras=[LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(args.lora_modules)],
                         runtime_lora_updating=args.allow_runtime_lora_updating,
-                        max_stored_responses=args.max_stored_responses)
+                        max_stored_responses=args.max_stored_responses,
+                        force_include_usage=args.enable_force_include_usage,
+                        tokens_as_token_ids=args.return_tokens_as_token_ids)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.

@@ -19,7 +19,7 @@ from kvserve.server.protocol import ChatTemplateFields
 class ServedModel:
     def __init__(self, engine: Engine, names: list[str], root: str, trust_request_chat_template: bool = False,
                  prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
-                 loras: list[LoRARequest] = ()):
+                 loras: list[LoRARequest] = (), force_include_usage: bool = False, tokens_as_token_ids: bool = False):
         """`loras`: LoRA adapters served by their lora_name, loaded here (an adapter that cannot be
         is a ValueError at once, not a failed request later)."""
         if not names:
@@ -52,6 +52,8 @@ class ServedModel:
         # A chat template runs code (Jinja loops) chosen by whoever sends it: refused unless trusted.
         self.trust_request_chat_template = trust_request_chat_template
         self.prompt_tokens_details = prompt_tokens_details  # usage reports prefix-cache hits
+        self.force_include_usage = force_include_usage  # every stream ends with a usage chunk
+        self.tokens_as_token_ids = tokens_as_token_ids  # logprobs name tokens "token_id:N" unless a request says
         self.auto_tool_parser = auto_tool_parser  # reads tool_choice "auto" replies (server/tools.py)
         self.reasoning_parser = engine.reasoning_parser  # tells chat replies' thinking from their answer
         # The model's </think> token where it thinks: grammars hold what follows it (None: no reasoning
