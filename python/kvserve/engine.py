@@ -266,6 +266,9 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise ValueError(f"stop strings {params.stop!r} need the text, but the engine was built with "
                              f"skip_tokenizer_init=True: use stop_token_ids")
+        if params.bad_words and self.tokenizer is None:
+            raise ValueError(f"bad_words {params.bad_words!r} need the tokenizer, but the engine was built with "
+                             f"skip_tokenizer_init=True")
         grammar = self.grammars.compile(params.structured_outputs) if params.structured_outputs is not None else None
         if not 1 <= params.n <= self.max_num_seqs:
             raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")

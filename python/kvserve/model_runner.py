@@ -84,7 +84,8 @@ class SampleInputs:
         return SamplingMetadata.from_requests(
             [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_array for s in states],
             [None if q in void else q.generator for q in sequences], vocab_size=self.vocab_size,
-            eos_token_ids=self.eos_token_ids, grammars=[q.grammar for q in sequences], device=self.logits.device)
+            eos_token_ids=self.eos_token_ids, grammars=[q.grammar for q in sequences],
+            bad_words=[s.bad_words for s in states], device=self.logits.device)
 
 
 def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:

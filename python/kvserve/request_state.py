@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from kvserve.bad_words import bad_words_token_ids
 from kvserve.detokenizer import Detokenizer
 from kvserve.grammar import CompiledGrammar
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
@@ -72,7 +73,8 @@ class SequenceState:
 
 class RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "sequences", "prompt_logprobs",
-                 "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array", "lora")
+                 "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array", "lora",
+                 "bad_words")
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                  tokenizer: Tokenizer | None, arrival_time: float, device: torch.device,
@@ -92,6 +94,8 @@ class RequestState:
         self.num_cached_tokens: int | None = None  # set when first scheduled (Engine._launch)
         self._prompt_token_array: np.ndarray | None = None
         self.lora = lora
+        # params.bad_words as token sequences (the tokenizer is there: the engine refuses them without one)
+        self.bad_words = bad_words_token_ids(params.bad_words, tokenizer) if params.bad_words else []
 
     @property
     def prompt_token_array(self) -> np.ndarray:

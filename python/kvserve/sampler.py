@@ -7,7 +7,8 @@ The order is vLLM's:
     grammar mask (structured outputs: before everything, the logprobs included, as vLLM's model
     runner masks the logits before its sampler sees them)
     -> raw log-probabilities (for `logprobs`: from the logits as the model gave them)
-    -> allowed_token_ids mask, logit_bias, min_tokens mask -> penalties (repetition, frequency, presence)
+    -> allowed_token_ids mask, logit_bias, banned tokens (min_tokens, bad_words)
+    -> penalties (repetition, frequency, presence)
     -> greedy rows: argmax
     -> other rows: / temperature -> min_p -> top_k -> top_p (each on the distribution the previous
        steps left, renormalized) -> one draw by inverse CDF with one uniform per row
@@ -245,8 +246,8 @@ class Sampler:
         if md.logit_bias is not None:
             rows, tokens, bias = md.logit_bias
             logits.index_put_((rows, tokens), bias, accumulate=True)
-        if md.stop_mask is not None:
-            logits[md.stop_mask] = float("-inf")
+        if md.banned is not None:
+            logits[md.banned] = float("-inf")
         if md.penalties is not None:
             apply_penalties(logits, md.penalties)
         rechecks: list[Recheck] = []

@@ -15,7 +15,8 @@ Everything a row does not use stays None, so an all-greedy batch without extras 
     max_top_k    the random rows' largest top_k (vocab_size if one has none), 0 when no row uses it
     generators   {row: torch.Generator} seeded rows
     logit_bias   (rows int64 [B], token ids int64 [B], bias float32 [B]) or None
-    stop_mask    (rows int64 [S], token ids int64 [S]) or None: stop tokens masked for min_tokens
+    banned       (rows int64 [S], token ids int64 [S]) or None: tokens masked: stop tokens under
+                 min_tokens, and bad words' last tokens where the output ends with the rest (bad_words.py)
     allowed_tokens  AllowedTokens or None: the rows restricted to their allowed_token_ids
     grammar_mask GrammarMask or None: the rows of structured outputs, restricted to what their
                  grammar takes next
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kvserve.bad_words import banned_next
 from kvserve.grammar import GrammarMatcher
 from kvserve.sampling_params import SamplingParams
 
@@ -178,7 +180,7 @@ class SamplingMetadata:
     max_top_k: int
     generators: dict[int, torch.Generator]
     logit_bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
-    stop_mask: tuple[torch.Tensor, torch.Tensor] | None
+    banned: tuple[torch.Tensor, torch.Tensor] | None
     penalties: Penalties | None
     max_num_logprobs: int | None
     allowed_tokens: AllowedTokens | None = None
@@ -191,8 +193,8 @@ class SamplingMetadata:
     @property
     def argmax_only(self) -> bool:
         """Every row is a plain argmax of the logits as the model gave them: greedy, no bias, no
-        min_tokens mask, no allowed_token_ids, no grammar, no penalties, no logprobs."""
-        return (self.temperature is None and self.logit_bias is None and self.stop_mask is None
+        banned tokens, no allowed_token_ids, no grammar, no penalties, no logprobs."""
+        return (self.temperature is None and self.logit_bias is None and self.banned is None
                 and self.allowed_tokens is None and self.grammar_mask is None and self.penalties is None
                 and self.max_num_logprobs is None)
 
@@ -207,10 +209,12 @@ class SamplingMetadata:
         vocab_size: int,
         eos_token_ids: Collection[int] = (),
         grammars: Sequence[GrammarMatcher | None] | None = None,
+        bad_words: Sequence[Sequence[Sequence[int]]] | None = None,
         device="cpu",
     ) -> SamplingMetadata:
-        """Build one step's metadata; the four sequences are per row and of equal length, and so is
-        `grammars` (each row's structured-output matcher, or None), when given."""
+        """Build one step's metadata; the four sequences are per row and of equal length, and so are
+        `grammars` (each row's structured-output matcher, or None) and `bad_words` (each row's bad
+        words' token sequences, bad_words.py), when given."""
         num_rows = len(params)
         if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == num_rows):
             raise ValueError(
@@ -250,14 +254,17 @@ class SamplingMetadata:
             rows, ids, biases = zip(*items)
             logit_bias = (column(rows, torch.int64), column(ids, torch.int64), column(biases, torch.float32))
 
-        stop_mask = None
+        banned_rows, banned_ids = [], []
         # A structured output ends where its grammar does: min_tokens does not apply to it.
-        short_rows = [i for i, p in enumerate(params) if len(output_token_ids[i]) < p.min_tokens
-                      and p.structured_outputs is None]
-        if short_rows:
-            stop_ids = [sorted(params[i].all_stop_token_ids(eos_token_ids)) for i in short_rows]
-            if any(stop_ids):
-                stop_mask = _flat_index(short_rows, stop_ids, device)
+        for i, p in enumerate(params):
+            if len(output_token_ids[i]) < p.min_tokens and p.structured_outputs is None:
+                banned_rows.append(i)
+                banned_ids.append(sorted(p.all_stop_token_ids(eos_token_ids)))
+        for i, sequences in enumerate(bad_words or ()):
+            if sequences:
+                banned_rows.append(i)
+                banned_ids.append(banned_next(sequences, output_token_ids[i]))
+        banned = _flat_index(banned_rows, banned_ids, device) if any(banned_ids) else None
 
         logprobs = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
@@ -270,7 +277,7 @@ class SamplingMetadata:
             max_top_k=max_top_k,
             generators={i: g for i, g in enumerate(generators) if g is not None and not greedy[i]},
             logit_bias=logit_bias,
-            stop_mask=stop_mask,
+            banned=banned,
             penalties=Penalties.build(params, output_token_ids, prompt_token_ids, device),
             max_num_logprobs=max(logprobs) if logprobs else None,
             allowed_tokens=AllowedTokens.build(params, device),

@@ -98,6 +98,8 @@ class SamplingParams:
     logit_bias: token id -> value added to its logit before sampling, in [-100, 100].
     allowed_token_ids: only these token ids may be sampled (every other logit is masked to -inf
         before sampling; logprobs stay those of the model's logits); None = all.
+    bad_words: words never generated (vLLM's): a word's last token is masked wherever the output
+        ends with the tokens before it, at the start of the text or after a space (bad_words.py).
     structured_outputs: StructuredOutputsParams: the output matches a JSON schema, a regex, one of
         a list of strings or a grammar (tokens the grammar cannot take are masked before sampling, and
         before logprobs, as in vLLM). The grammar decides where the output ends: min_tokens does not
@@ -130,6 +132,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     structured_outputs: StructuredOutputsParams | None = None
     truncate_prompt_tokens: int | None = None
     skip_special_tokens: bool = True
@@ -172,6 +175,12 @@ class SamplingParams:
         if self.allowed_token_ids is not None:
             self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids,
                                                 "a non-empty list of token ids (integers >= 0)", empty_ok=False)
+        if self.bad_words is not None:
+            words = [self.bad_words] if isinstance(self.bad_words, str) else self.bad_words
+            if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"bad_words must be a list of words (strings with more than whitespace), "
+                                 f"got {self.bad_words!r}")
+            self.bad_words = list(words)
         if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
             raise ValueError(f"structured_outputs must be a StructuredOutputsParams or None, "
                              f"got {self.structured_outputs!r}")

@@ -50,6 +50,7 @@ VARIANTS = {
     "presence_penalty": dict(presence_penalty=2.0),
     "frequency_penalty": dict(frequency_penalty=2.0),
     "repetition_penalty": dict(repetition_penalty=3.0),
+    "bad_words": dict(bad_words=["ji"]),  # a one-token word of the seeded output
     # End-of-sequence (id 2) pushed to the top: the output ends at once, unless min_tokens holds it back.
     "min_tokens": dict(min_tokens=5, ignore_eos=False, temperature=0.0, logit_bias={2: 100.0}),
 }

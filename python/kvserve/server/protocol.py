@@ -132,6 +132,7 @@ class GenerationRequest(_Model):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)  # -1: all the context holds; not 0
     # vLLM's, for clients that train on what the model saw and wrote: each choice's token ids (and
     # its prompt's) beside its text; logprobs' tokens as "token_id:N" (None: the server's
@@ -214,7 +215,7 @@ class GenerationRequest(_Model):
             max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, allowed_token_ids=self.allowed_token_ids,
-            truncate_prompt_tokens=self.truncate_prompt_tokens, structured_outputs=structured_outputs,
+            bad_words=self.bad_words, truncate_prompt_tokens=self.truncate_prompt_tokens, structured_outputs=structured_outputs,
             output_kind=RequestOutputKind.DELTA,
             **{name: value for name, value in picked.items() if value is not None})
 
