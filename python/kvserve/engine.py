@@ -35,7 +35,7 @@ from kvserve import _C
 from kvserve.chat_template import chat_template_arguments
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
-                                 bool_argument, fraction_argument, int_argument)
+                                 SCHEDULING_POLICIES, bool_argument, fraction_argument, int_argument)
 from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
@@ -90,7 +90,8 @@ class Engine:
                  device: str = "auto", gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
                  async_scheduling: bool | None = None, generation_config: str = "auto",
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None,
-                 enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16):
+                 enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
+                 scheduling_policy: str = "fcfs"):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -109,7 +110,11 @@ class Engine:
         `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
         `max_loras` adapters stay loaded (loading another drops the least recently used), each of
         rank `max_lora_rank` at most. Steps with adapters run the model layer by layer (neither
-        the CPU's decoder stack nor, on a GPU, the CUDA graphs)."""
+        the CPU's decoder stack nor, on a GPU, the CUDA graphs).
+        `scheduling_policy` (vLLM's): "fcfs" runs requests in arrival order and refuses a request
+        with a priority; "priority" runs lower priorities first (add_request's, generate's), then
+        by arrival, and preempts first the running request that would run last (the largest
+        priority, then the latest arrival)."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -118,6 +123,9 @@ class Engine:
             logger.info("trust_remote_code: kvserve never runs a checkpoint's code (its architectures are built in)")
         if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
             raise ValueError(f"reasoning_parser must be one of {list(REASONING_PARSERS)} or None, got {reasoning_parser!r}")
+        if scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {list(SCHEDULING_POLICIES)}, got {scheduling_policy!r}")
+        self.scheduling_policy = scheduling_policy
         if generation_config not in GENERATION_CONFIGS:
             raise ValueError(f"generation_config must be one of {list(GENERATION_CONFIGS)}, got {generation_config!r}")
         gpu_memory_utilization = fraction_argument("gpu_memory_utilization", gpu_memory_utilization)
@@ -274,6 +282,9 @@ class Engine:
             raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")
         if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
             raise ValueError(f"priority must be an integer in [-2**31, 2**31 - 1], got {priority!r}")
+        if priority != 0 and self.scheduling_policy != "priority":
+            raise ValueError(f"priority {priority} needs scheduling_policy 'priority' (--scheduling-policy "
+                             f"priority): the engine runs requests in arrival order")
         # As vLLM: at most the room max_model_len leaves (the scheduler stops there anyway), so
         # that any max_tokens fits; min_tokens past that room can't be reached either.
         max_tokens = max(self.max_model_len - len(token_ids), 1)
@@ -452,10 +463,12 @@ class Engine:
     def generate(self, prompts: PromptInput | Sequence[PromptInput],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  use_tqdm: bool = True,
-                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None) -> list[RequestOutput]:
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+                 priority: Sequence[int] | None = None) -> list[RequestOutput]:
         """Generate for every prompt (a string, {"prompt": str} or {"prompt_token_ids": [...]}, or a
         list of them); returns one finished RequestOutput per prompt, in order. `lora_request`: the
-        LoRA adapter every prompt runs with, or one per prompt (None: the base model)."""
+        LoRA adapter every prompt runs with, or one per prompt (None: the base model). `priority`:
+        one per prompt, with scheduling_policy "priority" (lower runs first)."""
         normalized = normalize_prompts(prompts, self.tokenizer)
         if sampling_params is None:
             sampling_params = self.default_sampling_params()
@@ -467,15 +480,19 @@ class Engine:
             lora_request = [lora_request] * len(normalized)
         elif len(lora_request) != len(normalized):
             raise ValueError(f"lora_request: expected one per prompt ({len(normalized)}), got {len(lora_request)}")
+        if priority is None:
+            priority = [0] * len(normalized)
+        elif len(priority) != len(normalized):
+            raise ValueError(f"priority: expected one per prompt ({len(normalized)}), got {len(priority)}")
         ids = []
         try:
-            for prompt, params, lora in zip(normalized, sampling_params, lora_request):
+            for prompt, params, lora, rank in zip(normalized, sampling_params, lora_request, priority):
                 request_id = f"generate-{next(self._request_counter)}"
                 final_only = dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
                 engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
                 if prompt.cache_salt is not None:
                     engine_prompt["cache_salt"] = prompt.cache_salt
-                self.add_request(request_id, engine_prompt, final_only, lora_request=lora)
+                self.add_request(request_id, engine_prompt, final_only, lora_request=lora, priority=rank)
                 ids.append(request_id)
             return self._run_to_completion(ids, use_tqdm)
         except BaseException:

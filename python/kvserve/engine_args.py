@@ -22,13 +22,14 @@ if TYPE_CHECKING:  # the Engine (and torch) load when one is built, not for `kvs
 # As vLLM's --dtype: "half" is float16, "float" float32.
 DTYPES = ("auto", "bfloat16", "float32", "float16", "half", "float")
 GENERATION_CONFIGS = ("auto", "vllm")
+SCHEDULING_POLICIES = ("fcfs", "priority")
 
 # The Engine keywords the flags set; each flag's dest is the keyword's name.
 ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_size", "max_num_seqs",
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
-                "generation_config")
+                "generation_config", "scheduling_policy")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                        help="schedule each step before the tokens of the one before are known, so the GPU "
                        "never waits for the host between steps (default: on a GPU)")
+    group.add_argument("--scheduling-policy", choices=SCHEDULING_POLICIES, default="fcfs",
+                       help="fcfs: requests run in arrival order (one with a priority is refused); priority: "
+                       "lower priorities first, then by arrival (default: fcfs)")
     group.add_argument("--seed", type=int, default=0, help="seed of the engine's random state and dummy weights")
     group.add_argument("--generation-config", choices=GENERATION_CONFIGS, default="auto",
                        help="auto: sampling defaults (temperature, top_p, ...) from the model's "

@@ -310,7 +310,7 @@ def test_a_request_that_fails_to_add_leaves_nothing_behind(tiny_model_dir):
 
 
 def test_limits_past_int32_are_capped_or_a_clear_error(tiny_model_dir):
-    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32)
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_model_len=32, scheduling_policy="priority")
     # As vLLM: max_tokens is capped at the room max_model_len leaves (min_tokens with it).
     for max_tokens, min_tokens in ((2**31, 0), (2**31 - 1, 0), (2**40, 2**35), (None, 2**31)):
         params = SamplingParams(temperature=0, max_tokens=max_tokens, min_tokens=min_tokens)
@@ -329,6 +329,24 @@ def test_limits_past_int32_are_capped_or_a_clear_error(tiny_model_dir):
     while engine.has_unfinished_requests():
         engine.step()
     assert_no_blocks_held(engine)
+
+
+def test_the_priority_policy_runs_lower_priorities_first(tiny_model_dir):
+    """scheduling_policy "priority" (vLLM's): one sequence a step, the waiting queue taken by priority, then
+    by arrival; "fcfs", the default, refuses priorities."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_num_seqs=1, scheduling_policy="priority")
+    params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+    outputs = engine.generate(["a", "b", "c", "d"], params, priority=[3, -1, 0, -1], use_tqdm=False)
+    assert sorted(range(4), key=lambda i: outputs[i].metrics.first_scheduled_time) == [1, 3, 2, 0]
+    assert_no_blocks_held(engine)
+    with pytest.raises(ValueError, match="priority: expected one per prompt"):
+        engine.generate(["a", "b"], params, priority=[1], use_tqdm=False)
+    fcfs = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    with pytest.raises(ValueError, match="priority 2 needs scheduling_policy 'priority'"):
+        fcfs.generate(["a"], params, priority=[2], use_tqdm=False)
+    assert_no_blocks_held(fcfs)
+    with pytest.raises(ValueError, match="scheduling_policy must be one of"):
+        make_engine(tiny_model_dir("LlamaForCausalLM"), scheduling_policy="lifo")
 
 
 @pytest.mark.parametrize("block_size", [0, -4, 24, 512, 2**31, 16.0, True])

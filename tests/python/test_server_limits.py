@@ -1,6 +1,7 @@
 """A server with an API key (from KVSERVE_API_KEY), a batch of one with room for two waiting
-requests, and no prefix caching: what needs the key and what does not, 503 once the waiting room
-is full, and no prefix-cache hits."""
+requests, priority scheduling and no prefix caching: what needs the key and what does not, 503
+once the waiting room is full, the waiting request of the lower priority first, and no prefix-cache
+hits."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def server(tiny_model_dir):
     try:
         # A long context, so that a request can run for as long as the test needs.
         with ServerProcess(tiny_model_dir("LlamaForCausalLM", max_position_embeddings=32768), "--served-model-name",
-                           MODEL, "--max-num-seqs", "1", "--max-waiting", "2", "--no-enable-prefix-caching") as server:
+                           MODEL, "--max-num-seqs", "1", "--max-waiting", "2", "--no-enable-prefix-caching",
+                           "--scheduling-policy", "priority") as server:
             yield server
     finally:
         del os.environ["KVSERVE_API_KEY"]
@@ -77,6 +79,30 @@ def test_a_full_waiting_room_answers_503_then_serves_again(server):
         for response in waiting:
             assert [line for line in response.iter_lines() if line][-1] == "data: [DONE]"
         assert http.post("/v1/completions", json={**payload(4), "stream": False}).status_code == 200
+
+
+def test_a_waiting_request_of_a_lower_priority_runs_first(server):
+    """Behind a running request, a long one of priority 5 and then a short one of priority -5 wait;
+    the short one runs as soon as the batch has room, and ends while the long one runs."""
+    def payload(max_tokens: int, priority: int) -> dict:
+        return {"model": MODEL, "prompt": "Hi", "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+                "priority": priority}
+
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http, \
+            ExitStack() as streams:
+        running = streams.enter_context(http.stream("POST", "/v1/completions", json=payload(30000, 0)))
+        lines = running.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        late = streams.enter_context(http.stream("POST", "/v1/completions", json=payload(30000, 5)))
+        urgent = streams.enter_context(http.stream("POST", "/v1/completions", json=payload(4, -5)))
+        deadline = time.monotonic() + 20
+        while server.metric("kvserve:num_requests_waiting") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        running.close()
+        assert [line for line in urgent.iter_lines() if line][-1] == "data: [DONE]"
+        assert server.metric("kvserve:num_requests_running") == 1  # the long one, begun after it
+        late.close()
 
 
 def test_more_prompts_than_the_batch_and_the_waiting_room_hold_is_a_bad_request(server):

@@ -158,9 +158,11 @@ class AsyncEngine:
         return snapshot.num_waiting + max(0, untaken - free)
 
     def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams,
-               lora_request: LoRARequest | None = None, cache_salt: str | None = None) -> RequestStream:
+               lora_request: LoRARequest | None = None, cache_salt: str | None = None,
+               priority: int = 0) -> RequestStream:
         """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs;
-        `lora_request`: the LoRA adapter they run with; `cache_salt`: their prefix-cache salt.
+        `lora_request`: the LoRA adapter they run with; `cache_salt`: their prefix-cache salt;
+        `priority`: the engine's (scheduling_policy "priority").
         Raises QueueFullError when they do not fit under max_waiting, EngineStoppedError after shutdown."""
         if not self.is_running:
             raise EngineStoppedError("the engine is not running")
@@ -176,7 +178,7 @@ class AsyncEngine:
             engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
             if cache_salt is not None:
                 engine_prompt["cache_salt"] = cache_salt
-            self._commands.put(("add", engine_id, engine_prompt, params, arrival_time, lora_request))
+            self._commands.put(("add", engine_id, engine_prompt, params, arrival_time, lora_request, priority))
         return stream
 
     def drop_lora(self, lora_int_id: int) -> None:
@@ -251,11 +253,11 @@ class AsyncEngine:
 
     def _apply(self, command: tuple) -> None:
         if command[0] == "add":
-            _, request_id, prompt, params, arrival_time, lora_request = command
+            _, request_id, prompt, params, arrival_time, lora_request, priority = command
             self._num_added_seqs += params.n
             try:
                 self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time,
-                                        lora_request=lora_request)
+                                        lora_request=lora_request, priority=priority)
             except Exception as error:  # add_request leaves nothing behind: only this request fails
                 if not isinstance(error, ValueError):
                     logger.exception("request %s could not be added", request_id)

@@ -149,6 +149,9 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    if body.priority != 0 and engine.engine.scheduling_policy != "priority":
+        raise bad_request(f"priority {body.priority} needs a server started with --scheduling-policy priority "
+                          "(this one runs requests in arrival order)", "priority")
     if len(prompts) * body.n > engine.max_accepted_seqs:  # more than the server ever takes: no use retrying
         raise bad_request(f"the request holds {len(prompts)} prompts of n = {body.n} samples; this server takes at "
                           f"most {engine.max_accepted_seqs} at once (--max-num-seqs running, --max-waiting waiting)",
@@ -179,7 +182,7 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         raise bad_request(str(e)) from None
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
-        stream = engine.submit(request_id, prompts, params, lora, body.cache_salt)
+        stream = engine.submit(request_id, prompts, params, lora, body.cache_salt, body.priority)
     except QueueFullError as e:
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:

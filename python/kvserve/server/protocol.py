@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kvserve.engine_args import INT32_MAX, INT32_MIN
 from kvserve.sampling_params import INT64_MAX, INT64_MIN, RequestOutputKind, SamplingParams, is_int
 from kvserve.structured_outputs import StructuredOutputsParams
 
@@ -142,6 +143,8 @@ class GenerationRequest(_Model):
     # The prefix cache shares blocks only between requests of equal salts (a secret per user keeps
     # others from timing what is cached).
     cache_salt: str | None = Field(None, min_length=1)
+    # Lower runs first, with --scheduling-policy priority (vLLM's); refused otherwise.
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
     # Structured outputs: OpenAI's response_format, vLLM's structured_outputs (its
     # StructuredOutputsParams' fields), or vLLM's earlier guided_* fields; one of them at most.
     response_format: ResponseFormat | None = None
