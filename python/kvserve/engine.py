@@ -455,6 +455,16 @@ class Engine:
     def stats(self):
         return self.scheduler.stats()
 
+    def lora_requests(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The names of the LoRA adapters of unfinished requests: (running, waiting), each sorted; a
+        request runs from its first step on (as vLLM's lora_requests_info counts)."""
+        running, waiting = set(), set()
+        for state in self.requests.values():
+            if state.lora is not None:
+                started = state.metrics.first_scheduled_time is not None
+                (running if started else waiting).add(state.lora.request.lora_name)
+        return tuple(sorted(running)), tuple(sorted(waiting))
+
     def _decode_token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
 

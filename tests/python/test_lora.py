@@ -110,6 +110,21 @@ def test_the_prefix_cache_keeps_adapters_apart(tmp_path, tiny_model_dir):
     assert again.num_cached_tokens == 8 and again.lora_request == second
 
 
+def test_the_engine_tells_the_adapters_of_running_and_waiting_requests(tmp_path, tiny_model_dir):
+    base = tiny_model_dir("LlamaForCausalLM")
+    first = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    second = LoRARequest("second", 2, save_adapter(base, tmp_path / "second", seed=2))
+    engine = _engine(base, max_loras=2, max_num_seqs=1)
+    for i, lora in enumerate((first, None, second, first)):
+        engine.add_request(f"r{i}", {"prompt_token_ids": PROMPTS[0]}, GREEDY, lora_request=lora)
+    assert engine.lora_requests() == ((), ("first", "second"))
+    engine.step()  # one sequence a step: r0 runs
+    assert engine.lora_requests() == (("first",), ("first", "second"))
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert engine.lora_requests() == ((), ())
+
+
 def test_what_kvserve_does_not_apply_is_refused(tmp_path, tiny_model_dir):
     base = tiny_model_dir("LlamaForCausalLM")
     plain = Engine(str(base), dtype="float32", kv_cache_memory_gb=0.01)
@@ -184,6 +199,12 @@ def test_the_server_serves_adapters_by_name(tmp_path, tiny_model_dir):
                           ).status_code == 404
         # --max-loras defaults to the adapters served: each was read once, at startup.
         assert sum("loaded LoRA adapter" in line for line in server.log) == 2
+        # vLLM's lora_requests_info, one series: nothing in flight now.
+        [info] = [line for line in httpx.get(server.url + "/metrics").text.splitlines()
+                  if line.startswith("kvserve:lora_requests_info{")]
+        assert info.startswith('kvserve:lora_requests_info{max_lora="2",running_lora_adapters="",'
+                               'waiting_lora_adapters=""} ')
+        assert abs(float(info.split()[-1]) - time.time()) < 60
     with pytest.raises(RuntimeError, match="kvserve serve: LoRA adapter .* no adapter_config.json"):
         ServerProcess(base, "--enable-lora", "--lora-modules", f"broken={tmp_path}")
     with pytest.raises(RuntimeError, match="enable_lora"):

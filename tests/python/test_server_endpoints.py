@@ -168,8 +168,9 @@ def test_preemptions_come_from_the_engines_count_and_token_buckets_from_the_cont
     assert buckets == ["1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0", "+Inf"]
 
 
-def test_metrics_have_no_created_series(server):
-    assert "_created" not in httpx.get(server.url + "/metrics").text
+def test_metrics_have_no_created_series_and_no_lora_info_without_lora(server):
+    text = httpx.get(server.url + "/metrics").text
+    assert "_created" not in text and "lora_requests_info" not in text
 
 
 def test_any_origin_may_call_the_api_by_default(server):

@@ -65,7 +65,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     --return-tokens-as-token-ids)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
-    server_metrics = metrics.ServerMetrics(served.name, served.max_model_len)
+    server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
+                                           engine.loras.max_loras if engine.loras is not None else None)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 
     @asynccontextmanager

@@ -52,6 +52,8 @@ class EngineSnapshot:
     num_preemptions: int = 0
     num_running_seqs: int = 0  # the batch's places in use (a request of n samples takes n)
     num_seqs_added: int = 0  # sequences (n a prompt) of the add commands taken so far, accepted or not
+    running_loras: tuple[str, ...] = ()  # adapters of running requests (Engine.lora_requests)
+    waiting_loras: tuple[str, ...] = ()  # and of waiting ones
 
 
 @dataclass(frozen=True)
@@ -301,8 +303,10 @@ class AsyncEngine:
 
     def _publish(self) -> None:
         stats = self.engine.stats()
+        running_loras, waiting_loras = self.engine.lora_requests() if self.engine.loras is not None else ((), ())
         self.snapshot = EngineSnapshot(
             num_running=self.engine.scheduler.num_running, num_waiting=self.engine.scheduler.num_waiting,
             kv_cache_usage=stats.kv_cache_usage, prefix_cache_queries=stats.prefix_cache_queries,
             prefix_cache_hits=stats.prefix_cache_hits, num_preemptions=stats.num_preemptions,
-            num_running_seqs=self.engine.scheduler.num_running_seqs, num_seqs_added=self._num_added_seqs)
+            num_running_seqs=self.engine.scheduler.num_running_seqs, num_seqs_added=self._num_added_seqs,
+            running_loras=running_loras, waiting_loras=waiting_loras)

@@ -11,6 +11,9 @@
     request_prefill_time_seconds (first scheduled -> first token), request_decode_time_seconds
     (first -> last token), request_inference_time_seconds (first scheduled -> finished),
     request_time_per_output_token_seconds (decode time / tokens after the first)      histograms
+    kvserve:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}   gauge
+        (with --enable-lora: the adapters of running and waiting requests, comma-separated, as
+        vLLM's, which LoRA-aware routers read; its value is the time of the scrape)
 
 Token and latency metrics are recorded on the engine thread as each step ends (StepObserver);
 the engine's state is read when /metrics is scraped. Each app has its own registry.
@@ -49,7 +52,8 @@ def _token_buckets(max_model_len: int) -> list[int]:
 
 
 class ServerMetrics(StepObserver):
-    def __init__(self, model_name: str, max_model_len: int):
+    def __init__(self, model_name: str, max_model_len: int, max_loras: int | None = None):
+        """max_loras: the engine's (enable_lora), None without LoRA (no lora_requests_info)."""
         # No `*_created` series beside the counters and histograms, as vLLM's (like vLLM, this sets
         # prometheus_client's process-wide switch).
         disable_created_metrics()
@@ -92,6 +96,10 @@ class ServerMetrics(StepObserver):
         self._request_success = Counter("kvserve:request_success", "Finished sequences by finish reason.",
                                         labelnames=["model_name", "finished_reason"], registry=self.registry)
         self._model_name = model_name
+        self._max_loras = max_loras
+        self._lora_info = None if max_loras is None else Gauge(
+            "kvserve:lora_requests_info", "LoRA adapters in use (labels); the value is when they were read.",
+            labelnames=["max_lora", "running_lora_adapters", "waiting_lora_adapters"], registry=self.registry)
         # Each unfinished request's last token time (None before its first) and tokens so far (its
         # outputs are DELTA); engine thread only.
         self._progress: dict[str, tuple[float | None, int]] = {}
@@ -156,6 +164,10 @@ class ServerMetrics(StepObserver):
         self.prefix_cache_hits.inc(snapshot.prefix_cache_hits - hits)
         self.num_preemptions.inc(snapshot.num_preemptions - preemptions)
         self._totals_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits, snapshot.num_preemptions)
+        if self._lora_info is not None:  # one series: the adapters now
+            self._lora_info.clear()
+            self._lora_info.labels(str(self._max_loras), ",".join(snapshot.running_loras),
+                                   ",".join(snapshot.waiting_loras)).set_to_current_time()
         return generate_latest(self.registry)
 
 
