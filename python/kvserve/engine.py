@@ -91,7 +91,7 @@ class Engine:
                  async_scheduling: bool | None = None, generation_config: str = "auto",
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None,
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
-                 scheduling_policy: str = "fcfs"):
+                 scheduling_policy: str = "fcfs", max_logprobs: int = 20):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -114,7 +114,9 @@ class Engine:
         `scheduling_policy` (vLLM's): "fcfs" runs requests in arrival order and refuses a request
         with a priority; "priority" runs lower priorities first (add_request's, generate's), then
         by arrival, and preempts first the running request that would run last (the largest
-        priority, then the latest arrival)."""
+        priority, then the latest arrival).
+        `max_logprobs` (vLLM's, default 20): the most log-probabilities a request may ask for a
+        position (SamplingParams.logprobs, prompt_logprobs); -1: the whole vocabulary."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -166,6 +168,10 @@ class Engine:
                              f"max_position_embeddings, stretched by its rope scaling), got {max_model_len}")
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
+        if not is_int(max_logprobs) or max_logprobs < -1:
+            raise ValueError(f"max_logprobs must be an integer >= 0, or -1 for the whole vocabulary, "
+                             f"got {max_logprobs!r}")
+        self.max_logprobs = config.vocab_size if max_logprobs == -1 else max_logprobs
         if self.device.type == "cuda" and kv_cache_memory_gb is None:
             from kvserve.gpu.memory import plan_kv_cache
 
@@ -268,6 +274,13 @@ class Engine:
         # prompt text stays as given, as vLLM's RequestOutput.prompt does).
         token_ids = params.truncated_prompt(token_ids, self.max_model_len)
         params.check_token_ids(self.model_config.vocab_size)
+        wanted = params.num_logprobs(self.model_config.vocab_size)
+        for name, count in wanted.items():
+            if count > self.max_logprobs:
+                raise ValueError(f"{name} asks for {count} log-probabilities a position, more than max_logprobs "
+                                 f"{self.max_logprobs} (--max-logprobs; -1 for the whole vocabulary)")
+        if -1 in (params.logprobs, params.prompt_logprobs):
+            params = dataclasses.replace(params, **wanted)
         bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
             raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.model_config.vocab_size})")

@@ -29,7 +29,7 @@ ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_siz
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
-                "generation_config", "scheduling_policy")
+                "generation_config", "scheduling_policy", "max_logprobs")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +83,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--scheduling-policy", choices=SCHEDULING_POLICIES, default="fcfs",
                        help="fcfs: requests run in arrival order (one with a priority is refused); priority: "
                        "lower priorities first, then by arrival (default: fcfs)")
+    group.add_argument("--max-logprobs", type=int, default=20, metavar="N",
+                       help="the most log-probabilities a request may ask for a position (logprobs, "
+                       "top_logprobs, prompt_logprobs); -1: the whole vocabulary (default: 20)")
     group.add_argument("--seed", type=int, default=0, help="seed of the engine's random state and dummy weights")
     group.add_argument("--generation-config", choices=GENERATION_CONFIGS, default="auto",
                        help="auto: sampling defaults (temperature, top_p, ...) from the model's "

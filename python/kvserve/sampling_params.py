@@ -93,7 +93,8 @@ class SamplingParams:
     max_tokens: the most tokens to generate; None = up to the model's context length.
     min_tokens: end-of-sequence and stop_token_ids are masked until this many tokens exist.
     logprobs: also return the log-probabilities of the top-N tokens at each step, and always of
-        the chosen token (0 = only the chosen one).
+        the chosen token (0 = only the chosen one; -1 = every token of the vocabulary). The engine
+        takes at most its max_logprobs.
     prompt_logprobs: the same for each prompt position.
     logit_bias: token id -> value added to its logit before sampling, in [-100, 100].
     allowed_token_ids: only these token ids may be sampled (every other logit is masked to -inf
@@ -170,7 +171,7 @@ class SamplingParams:
             )
         for name in ("logprobs", "prompt_logprobs"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 0, "an integer >= 0, or None")
+                _check_int(name, getattr(self, name), -1, "an integer >= 0, -1 for the whole vocabulary, or None")
         self._check_logit_bias()
         if self.allowed_token_ids is not None:
             self.allowed_token_ids = _token_ids("allowed_token_ids", self.allowed_token_ids,
@@ -235,6 +236,12 @@ class SamplingParams:
     def truncated_prompt(self, token_ids: list[int], max_model_len: int) -> list[int]:
         """The prompt token ids this request keeps (truncate_prompt)."""
         return truncate_prompt(token_ids, self.truncate_prompt_tokens, max_model_len)
+
+    def num_logprobs(self, vocab_size: int) -> dict[str, int]:
+        """The log-probabilities a position asks for, by field (logprobs, prompt_logprobs; those set),
+        -1 read as the vocabulary."""
+        counts = {name: getattr(self, name) for name in ("logprobs", "prompt_logprobs")}
+        return {name: vocab_size if count == -1 else count for name, count in counts.items() if count is not None}
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Raise ValueError when a token id in logit_bias, stop_token_ids or allowed_token_ids, or a

@@ -118,6 +118,31 @@ def test_first_step_logprobs_match_transformers(tiny_model_dir, hf_models):
         assert actual.rank == int((logits[position - 1] > logits[position - 1, ids[position]]).sum()) + 1
 
 
+def test_max_logprobs_bounds_what_a_request_asks_and_minus_one_is_the_vocabulary(tiny_model_dir, hf_models):
+    """vLLM's max_logprobs (default 20) and logprobs = -1; the whole vocabulary's logprobs equal
+    transformers' at every position."""
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    for params in (SamplingParams(logprobs=21), SamplingParams(prompt_logprobs=-1)):
+        with pytest.raises(ValueError, match="more than max_logprobs 20"):
+            engine.generate(["Hi"], params, use_tqdm=False)
+    assert_no_blocks_held(engine)
+    with pytest.raises(ValueError, match="max_logprobs must be an integer >= 0, or -1"):
+        make_engine(tiny_model_dir("LlamaForCausalLM"), max_logprobs=-2)
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"), max_logprobs=-1)
+    vocab = engine.model_config.vocab_size
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True, logprobs=-1, prompt_logprobs=-1)
+    [output] = engine.generate(["The capital"], params, use_tqdm=False)
+    ids = output.prompt_token_ids + output.outputs[0].token_ids
+    with torch.no_grad():
+        logits = hf_models["LlamaForCausalLM"](torch.tensor([ids])).logits[0].double().log_softmax(-1)
+    entries = output.prompt_logprobs[1:] + output.outputs[0].logprobs
+    assert len(entries) == len(ids) - 1
+    for position, entry in enumerate(entries):
+        assert len(entry) == vocab
+        got = torch.tensor([entry[t].logprob for t in range(vocab)], dtype=torch.float64)
+        torch.testing.assert_close(got, logits[position], rtol=1e-4, atol=1e-5)
+
+
 def test_seed_gives_the_same_text_whatever_the_batch(tiny_model_dir):
     engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
     seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=12, seed=1234, ignore_eos=True)

@@ -84,8 +84,9 @@ BAD_VALUES = [
     ("include_stop_str_in_output", 0, r"include_stop_str_in_output must be True or False"),
     ("max_tokens", 0, r"max_tokens must be an integer >= 1, or None for up to the context length, got 0"),
     ("min_tokens", -1, r"min_tokens must be an integer >= 0, got -1"),
-    ("logprobs", -1, r"logprobs must be an integer >= 0, or None, got -1"),
-    ("prompt_logprobs", True, r"prompt_logprobs must be an integer >= 0, or None, got True"),
+    ("logprobs", -2, r"logprobs must be an integer >= 0, -1 for the whole vocabulary, or None, got -2"),
+    ("prompt_logprobs", True, r"prompt_logprobs must be an integer >= 0, -1 for the whole vocabulary, or None, "
+                              r"got True"),
     ("logit_bias", [1, 2], r"logit_bias must be a dict of token id -> bias"),
     ("logit_bias", {"5": 1.0}, r"logit_bias must be keyed by token ids \(integers >= 0\), got '5'"),
     ("logit_bias", {5: 101.0}, r"logit_bias\[5\] must be a number in \[-100, 100\], got 101.0"),

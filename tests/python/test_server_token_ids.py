@@ -1,7 +1,8 @@
 """vLLM's fields for clients that read tokens, on a real server started with
---enable-force-include-usage and --return-tokens-as-token-ids: return_token_ids (completions and chat,
-whole and streamed), stream_options.continuous_usage_stats, every stream's usage, and logprobs'
-tokens named "token_id:N". Token ids are checked against the offline Engine on the same weights."""
+--enable-force-include-usage, --return-tokens-as-token-ids and --max-logprobs -1: return_token_ids
+(completions and chat, whole and streamed), stream_options.continuous_usage_stats, every stream's
+usage, logprobs' tokens named "token_id:N", and the whole vocabulary's logprobs. Token ids are
+checked against the offline Engine on the same weights."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ GREEDY = dict(temperature=0, max_tokens=6, ignore_eos=True)
 @pytest.fixture(scope="module")
 def client(tiny_model_dir):
     with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", MODEL,
-                       "--enable-force-include-usage", "--return-tokens-as-token-ids") as server:
+                       "--enable-force-include-usage", "--return-tokens-as-token-ids", "--max-logprobs", "-1") as server:
         yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
 
 
@@ -34,13 +35,14 @@ def references(tiny_engine):
 
 
 def completions(client, **params):
-    return client.completions.create(model=MODEL, prompt=PROMPTS, temperature=0, max_tokens=GREEDY["max_tokens"],
+    params = {"temperature": 0, "max_tokens": GREEDY["max_tokens"], **params}
+    return client.completions.create(model=MODEL, prompt=PROMPTS,
                                      extra_body={"ignore_eos": True, **params.pop("extra", {})}, **params)
 
 
 def chat(client, **params):
-    return client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0,
-                                          max_tokens=GREEDY["max_tokens"],
+    params = {"temperature": 0, "max_tokens": GREEDY["max_tokens"], **params}
+    return client.chat.completions.create(model=MODEL, messages=MESSAGES,
                                           extra_body={"ignore_eos": True, **params.pop("extra", {})}, **params)
 
 
@@ -116,3 +118,11 @@ def test_logprobs_name_tokens_by_id_unless_the_request_says_otherwise(client, ti
     assert [c.token for c in content] == [f"token_id:{t}" for t in reference.token_ids]
     assert [c.bytes for c in content] == [list(tiny_engine.tokenizer.decode([t]).encode()) for t in reference.token_ids]
     assert all(named.fullmatch(top.token) for c in content for top in c.top_logprobs)
+
+
+def test_logprobs_minus_one_give_the_whole_vocabulary(client, tiny_engine):
+    vocab = tiny_engine.model_config.vocab_size
+    logprobs = completions(client, logprobs=-1, max_tokens=2).choices[0].logprobs
+    assert [len(top) for top in logprobs.top_logprobs] == [vocab, vocab]  # names by id: none collide
+    content = chat(client, logprobs=True, top_logprobs=-1, max_tokens=2).choices[0].logprobs.content
+    assert [len(c.top_logprobs) for c in content] == [vocab, vocab]

@@ -38,9 +38,10 @@ def _token_entry(token_id: int, logprob: Logprob, as_id: bool) -> dict:
 
 
 def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int, as_ids: bool) -> dict:
+    """num_top: the top_logprobs entries of each token (-1: all the engine gave, the vocabulary)."""
     content = []
     for token_id, entry in zip(token_ids, entries):
-        top = sorted(entry.items(), key=lambda item: -item[1].logprob)[:num_top]
+        top = sorted(entry.items(), key=lambda item: -item[1].logprob)[:None if num_top == -1 else num_top]
         content.append({**_token_entry(token_id, entry[token_id], as_ids),
                         "top_logprobs": [_token_entry(i, e, as_ids) for i, e in top]})
     return {"content": content}
@@ -150,5 +151,6 @@ async def start_chat(body: ChatCompletionRequest, raw_request: Request) -> Gener
         raw_request, body, [prompt], prefix="chatcmpl", param="messages",
         max_tokens=requested if requested is not None else served.default_sampling.get("max_tokens"),
         explicit_max_tokens=requested is not None, logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens")
+        max_tokens_param="max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens",
+        logprobs_param="top_logprobs")
     return generation

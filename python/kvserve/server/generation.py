@@ -136,9 +136,10 @@ def _truncated(prompt: EnginePrompt, keep: int, max_model_len: int) -> EnginePro
 async def start_generation(raw_request: Request, body: GenerationRequest, prompts: list[EnginePrompt], *, prefix: str,
                      param: str, max_tokens: int | None, explicit_max_tokens: bool, logprobs: int | None,
                      prompt_logprobs: int | None = None, max_tokens_param: str = "max_tokens",
-                     prompt_only: bool = False) -> Generation:
+                     logprobs_param: str = "logprobs", prompt_only: bool = False) -> Generation:
     """Check the prompts against the model and submit them: 400 for what does not fit, 503 when the
-    server is full or stopping. max_tokens_param: the field max_tokens came from (errors name it).
+    server is full or stopping. max_tokens_param, logprobs_param: the fields max_tokens and the
+    logprobs counts came from (errors name them).
     prompt_only: generate nothing (one token, not shown): the prompts alone, for their logprobs.
     A structured output's grammar is compiled here, on a worker thread (a large schema takes a while,
     which the engine's thread would otherwise spend between steps), so that a bad one is a 400."""
@@ -149,6 +150,8 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
+    for count in (logprobs, prompt_logprobs):
+        served.check_logprobs(count, logprobs_param)
     if body.priority != 0 and engine.engine.scheduling_policy != "priority":
         raise bad_request(f"priority {body.priority} needs a server started with --scheduling-policy priority "
                           "(this one runs requests in arrival order)", "priority")

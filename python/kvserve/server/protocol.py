@@ -21,7 +21,6 @@ from kvserve.sampling_params import INT64_MAX, INT64_MIN, RequestOutputKind, Sam
 from kvserve.structured_outputs import StructuredOutputsParams
 
 MAX_N = 128  # choices per request
-MAX_LOGPROBS = 20  # top logprobs per position
 
 
 def _utf8(text: str) -> str:
@@ -237,7 +236,7 @@ class GenerationRequest(_Model):
 class CompletionRequest(GenerationRequest):
     prompt: Annotated[object, AfterValidator(_prompt)]
     max_tokens: int | None = Field(16, ge=0)  # OpenAI's default for completions; 0 with echo: the prompt alone
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: int | None = Field(None, ge=-1)  # -1: the vocabulary; at most --max-logprobs
     echo: bool = False
     suffix: str | None = None
     add_special_tokens: bool = True
@@ -330,7 +329,7 @@ class ChatTemplateFields(_Model):
 class ChatCompletionRequest(GenerationRequest, ChatTemplateFields):
     max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=-1)  # -1: the vocabulary; at most --max-logprobs
     tool_choice: ToolChoice | None = None  # server/tools.py
     parallel_tool_calls: bool = True
 

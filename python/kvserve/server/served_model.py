@@ -47,6 +47,7 @@ class ServedModel:
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.model_config.vocab_size
+        self.max_logprobs = engine.max_logprobs  # -1 read already as the vocabulary
         self.default_sampling = dict(engine.model_config.default_sampling)
         self.created = int(time.time())
         # A chat template runs code (Jinja loops) chosen by whoever sends it: refused unless trusted.
@@ -98,6 +99,14 @@ class ServedModel:
         if not token_ids:
             raise bad_request(f"{param} is empty: expected at least one token", param)
         return token_ids
+
+    def check_logprobs(self, count: int | None, param: str) -> None:
+        """400 where a request asks for more log-probabilities a position than --max-logprobs allows
+        (-1: the whole vocabulary)."""
+        wanted = self.vocab_size if count == -1 else count
+        if count is not None and wanted > self.max_logprobs:
+            raise bad_request(f"{param} {count} asks for {wanted} log-probabilities a position; this server gives at "
+                              f"most {self.max_logprobs} (--max-logprobs)", param)
 
     def check_token_ids(self, token_ids: list[int], param: str) -> None:
         bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
