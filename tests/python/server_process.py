@@ -17,15 +17,17 @@ import time
 
 import httpx
 
-_URL = re.compile(r"serving .* at (http://[^ ]+)/v1 ")
+_URL = re.compile(r"serving .* at (https?://[^ ]+)/v1 ")
 
 
 class ServerProcess:
-    def __init__(self, model, *flags: str, startup_timeout_s: float = 120.0):
+    def __init__(self, model, *flags: str, startup_timeout_s: float = 120.0, verify=True):
+        """verify: how the health check trusts an HTTPS server (httpx's verify: a CA file, an SSLContext)."""
         command = [sys.executable, "-m", "kvserve.cli", "serve", *([str(model)] if model is not None else []),
                    "--host", "127.0.0.1", "--port", "0", "--dtype", "float32", "--kv-cache-memory", "0.02",
                    "--uvicorn-log-level", "warning", *flags]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._verify = verify
         self.log: list[str] = []
         self.url: str | None = None
         self._ready = threading.Event()
@@ -46,7 +48,7 @@ class ServerProcess:
         self._ready.wait(timeout_s)
         while self.url is not None and time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=5, verify=self._verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -67,6 +67,13 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--api-key", default=os.environ.get("KVSERVE_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on every /v1 route (default: $KVSERVE_API_KEY)")
+    serve.add_argument("--ssl-keyfile", metavar="PATH", help="serve HTTPS with this private key (PEM), and --ssl-certfile")
+    serve.add_argument("--ssl-certfile", metavar="PATH", help="the server's certificate (PEM) for HTTPS")
+    serve.add_argument("--ssl-ca-certs", metavar="PATH",
+                       help="CA certificates (PEM) that client certificates are checked against")
+    serve.add_argument("--ssl-cert-reqs", type=int, choices=(0, 1, 2), default=0,
+                       help="client certificates: 0 not asked for, 1 checked when given, 2 required "
+                       "(Python's ssl.CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED; default: 0)")
     serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
                        help="the names requests may use; the first one is returned in responses "
                        "(default: the model argument)")

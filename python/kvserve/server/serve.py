@@ -1,6 +1,7 @@
 """`kvserve serve`: bind the port, load the model, serve until SIGINT/SIGTERM, exit 0.
 
-The port is bound before the model loads, so a port in use fails at once. On a signal uvicorn
+The port is bound before the model loads, so a port in use fails at once (and so do TLS files
+that cannot be read: --ssl-keyfile and --ssl-certfile serve HTTPS). On a signal uvicorn
 stops accepting connections and in-flight requests get --shutdown-timeout seconds to finish; then
 the engine stops, which aborts the rest, and the process exits 0.
 """
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from pathlib import Path
 
 import uvicorn
@@ -40,9 +42,23 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock: socket.socket, scheme: str) -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{scheme}://{host}:{port}"
+
+
+def _check_tls_files(args: argparse.Namespace) -> None:
+    """Read the key, certificate and CA files as uvicorn will, before the model loads: a bad one
+    stops the server at once, with the file named."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(args.ssl_certfile, args.ssl_keyfile)
+        if args.ssl_ca_certs is not None:
+            context.load_verify_locations(args.ssl_ca_certs)
+    except (OSError, ssl.SSLError) as e:
+        raise SystemExit(f"kvserve serve: cannot use --ssl-keyfile {args.ssl_keyfile}, --ssl-certfile "
+                         f"{args.ssl_certfile}{f', --ssl-ca-certs {args.ssl_ca_certs}' if args.ssl_ca_certs else ''}: "
+                         f"{e}") from None
 
 
 # uvicorn cancels what still runs this long after the engine stopped (all should have ended by then).
@@ -82,6 +98,12 @@ def _check_model_argument(args: argparse.Namespace) -> None:
 def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
     _check_model_argument(args)
+    if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
+        raise SystemExit("kvserve serve: HTTPS needs both --ssl-keyfile and --ssl-certfile")
+    if args.ssl_keyfile is None and (args.ssl_ca_certs is not None or args.ssl_cert_reqs):
+        raise SystemExit("kvserve serve: --ssl-ca-certs and --ssl-cert-reqs go with --ssl-keyfile and --ssl-certfile")
+    if args.ssl_keyfile is not None:
+        _check_tls_files(args)
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         raise SystemExit("kvserve serve: --enable-auto-tool-choice needs --tool-call-parser "
                          f"({', '.join(TOOL_PARSERS)})")
@@ -106,10 +128,12 @@ def run_server(args: argparse.Namespace) -> int:
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
     logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names + [m[0] for m in args.lora_modules]),
-                engine.max_model_len, _url(sock),
+                engine.max_model_len, _url(sock, "http" if args.ssl_keyfile is None else "https"),
                 "API key required" if args.api_key else "no API key")
     config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
-                            timeout_graceful_shutdown=args.shutdown_timeout + _CANCEL_AFTER_S)
+                            timeout_graceful_shutdown=args.shutdown_timeout + _CANCEL_AFTER_S,
+                            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+                            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs)
     server = _GracefulServer(config, app.state.engine, args.shutdown_timeout)
     # uvicorn handles SIGINT/SIGTERM while it serves, then re-raises the signal it caught into the
     # handlers that were there before; no-op ones make a graceful shutdown end with exit code 0.
