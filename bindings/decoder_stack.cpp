@@ -1,7 +1,9 @@
 // Binding of decoder_stack.h: ops.DecoderStack(layers, final_norm, ...) checks and keeps every
 // weight and cache once; calling it runs a step over the embeddings in place. The object holds
-// references to its arrays, so they outlive it whatever the caller drops.
+// references to its arrays, so they outlive it whatever the caller drops. ops.DecoderLoRA(stack,
+// layers) does the same for one LoRA adapter's deltas, which a step may then run with.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -19,6 +21,8 @@
 namespace kvserve::bind {
 
 namespace {
+
+class PyDecoderLoRA;
 
 class PyDecoderStack {
  public:
@@ -44,57 +48,13 @@ class PyDecoderStack {
     if (check_decoder_stack(s_, &why) != Status::kOk) throw nb::value_error(why.c_str());
   }
 
+  // Runs one step (below, after PyDecoderLoRA).
   void run(Array hidden, Array cos, Array sin, Array slot_mapping, Array block_table, Array seq_lens,
-           Array query_start_loc) {
-    const int64_t h = s_.hidden_size;
-    check_same_dtype(hidden, "hidden", reference_, "the weights");
-    check_ndim(hidden, "hidden", 2, "[num_tokens, hidden]");
-    check_dim(hidden, "hidden", 1, h, "hidden size of the weights");
-    check_contiguous(hidden, "hidden");
-    check_cpu(hidden, "hidden");
-    const int64_t num_tokens = static_cast<int64_t>(hidden.shape(0));
-    for (auto [array, name] : {Named{cos, "cos"}, Named{sin, "sin"}}) {
-      check_same_dtype(array, name, reference_, "the weights");
-      check_ndim(array, name, 2, "[num_tokens, head_dim / 2]");
-      check_dim(array, name, 0, num_tokens, "num_tokens of hidden");
-      check_dim(array, name, 1, s_.head_dim / 2, "head_dim / 2");
-      check_contiguous(array, name);
-      check_cpu(array, name);
-    }
-    check_index(slot_mapping, "slot_mapping", kInt64, 1, "[num_tokens]");
-    check_dim(slot_mapping, "slot_mapping", 0, num_tokens, "num_tokens of hidden");
-    check_dtype(block_table, "block_table", {kInt32});
-    check_ndim(block_table, "block_table", 2, "[num_reqs, max_blocks_per_req]");
-    check_contiguous(block_table, "block_table", 1);
-    check_cpu(block_table, "block_table");
-    const int64_t num_reqs = static_cast<int64_t>(block_table.shape(0));
-    check_index(seq_lens, "seq_lens", kInt32, 1, "[num_reqs]");
-    check_dim(seq_lens, "seq_lens", 0, num_reqs, "num_reqs of block_table");
-    check_index(query_start_loc, "query_start_loc", kInt32, 1, "[num_reqs + 1]");
-    check_dim(query_start_loc, "query_start_loc", 0, num_reqs + 1, "num_reqs + 1");
-    DecoderStepParams step;
-    step.hidden = hidden.data();
-    step.cos = cos.data();
-    step.sin = sin.data();
-    step.slot_mapping = static_cast<const int64_t*>(slot_mapping.data());
-    step.block_table = static_cast<const int32_t*>(block_table.data());
-    step.seq_lens = static_cast<const int32_t*>(seq_lens.data());
-    step.query_start_loc = static_cast<const int32_t*>(query_start_loc.data());
-    step.num_tokens = num_tokens;
-    step.num_reqs = num_reqs;
-    step.max_blocks_per_req = static_cast<int64_t>(block_table.shape(1));
-    step.block_table_stride = block_table.stride(0);
-    std::string why;
-    Status status;
-    {
-      nb::gil_scoped_release release;
-      status = decoder_stack_cpu(s_, step, &why);
-    }
-    if (status == Status::kInvalidArgument && !why.empty()) throw nb::value_error(("decoder stack: " + why).c_str());
-    raise_on_error(status, "decoder stack");
-  }
+           Array query_start_loc, const PyDecoderLoRA* lora);
 
   size_t num_layers() const { return s_.layers.size(); }
+  const DecoderStack& stack() const { return s_; }
+  const Array& reference() const { return reference_; }
 
  private:
   const void* keep(const Array& array) {
@@ -202,6 +162,116 @@ class PyDecoderStack {
   std::vector<Array> owners_;
 };
 
+// One LoRA adapter's deltas for a stack: per layer, a dict of the products it adapts ("qkv", "o",
+// "gate_up", "down"), each (a [rank, in_features], b [out_features, rank]) in the stack's dtype.
+class PyDecoderLoRA {
+ public:
+  PyDecoderLoRA(const PyDecoderStack& stack, std::vector<nb::dict> layers) : stack_(&stack) {
+    const DecoderStack& s = stack.stack();
+    if (layers.size() != s.layers.size()) {
+      throw nb::value_error(("layers: expected one per layer of the stack (" + std::to_string(s.layers.size()) +
+                             "), got " + std::to_string(layers.size()))
+                                .c_str());
+    }
+    const int64_t h = s.hidden_size, q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+    const int64_t inter = s.intermediate_size;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      DecoderLayerLoRA l;
+      for (auto [key, delta, in, out] : {std::tuple{"qkv", &l.qkv, h, q + 2 * kv}, std::tuple{"o", &l.o, q, h},
+                                         std::tuple{"gate_up", &l.gate_up, h, 2 * inter},
+                                         std::tuple{"down", &l.down, inter, h}}) {
+        if (!layers[i].contains(key) || layers[i][key].is_none()) continue;
+        const std::string where = "layers[" + std::to_string(i) + "]['" + key + "']";
+        std::pair<Array, Array> pair;
+        if (!nb::try_cast(layers[i][key], pair)) {
+          throw nb::type_error((where + ": expected a pair of arrays (a, b)").c_str());
+        }
+        auto& [a, b] = pair;
+        const std::string a_name = where + " a", b_name = where + " b";
+        for (auto [array, name] : {Named{a, a_name.c_str()}, Named{b, b_name.c_str()}}) {
+          check_same_dtype(array, name, stack.reference(), "the stack's weights");
+          check_ndim(array, name, 2, "[rows, columns]");
+        }
+        const int64_t rank = static_cast<int64_t>(a.shape(0));
+        if (rank <= 0) throw nb::value_error((a_name + ": expected a rank of at least 1").c_str());
+        check_dim(a, a_name.c_str(), 1, in, "in_features of the product");
+        check_dim(b, b_name.c_str(), 0, out, "out_features of the product");
+        check_dim(b, b_name.c_str(), 1, rank, "the rank (rows of a)");
+        for (auto [array, name] : {Named{a, a_name.c_str()}, Named{b, b_name.c_str()}}) {
+          check_contiguous(array, name);
+          check_cpu(array, name);
+        }
+        owners_.push_back(a);
+        owners_.push_back(b);
+        *delta = LoRADelta{a.data(), b.data(), rank};
+      }
+      layers_.push_back(l);
+    }
+  }
+
+  const PyDecoderStack* stack() const { return stack_; }
+  const std::vector<DecoderLayerLoRA>& layers() const { return layers_; }
+
+ private:
+  const PyDecoderStack* stack_;
+  std::vector<DecoderLayerLoRA> layers_;
+  std::vector<Array> owners_;
+};
+
+void PyDecoderStack::run(Array hidden, Array cos, Array sin, Array slot_mapping, Array block_table,
+                         Array seq_lens, Array query_start_loc, const PyDecoderLoRA* lora) {
+  if (lora != nullptr && lora->stack() != this) {
+    throw nb::value_error("lora: built for another decoder stack");
+  }
+  const int64_t h = s_.hidden_size;
+  check_same_dtype(hidden, "hidden", reference_, "the weights");
+  check_ndim(hidden, "hidden", 2, "[num_tokens, hidden]");
+  check_dim(hidden, "hidden", 1, h, "hidden size of the weights");
+  check_contiguous(hidden, "hidden");
+  check_cpu(hidden, "hidden");
+  const int64_t num_tokens = static_cast<int64_t>(hidden.shape(0));
+  for (auto [array, name] : {Named{cos, "cos"}, Named{sin, "sin"}}) {
+    check_same_dtype(array, name, reference_, "the weights");
+    check_ndim(array, name, 2, "[num_tokens, head_dim / 2]");
+    check_dim(array, name, 0, num_tokens, "num_tokens of hidden");
+    check_dim(array, name, 1, s_.head_dim / 2, "head_dim / 2");
+    check_contiguous(array, name);
+    check_cpu(array, name);
+  }
+  check_index(slot_mapping, "slot_mapping", kInt64, 1, "[num_tokens]");
+  check_dim(slot_mapping, "slot_mapping", 0, num_tokens, "num_tokens of hidden");
+  check_dtype(block_table, "block_table", {kInt32});
+  check_ndim(block_table, "block_table", 2, "[num_reqs, max_blocks_per_req]");
+  check_contiguous(block_table, "block_table", 1);
+  check_cpu(block_table, "block_table");
+  const int64_t num_reqs = static_cast<int64_t>(block_table.shape(0));
+  check_index(seq_lens, "seq_lens", kInt32, 1, "[num_reqs]");
+  check_dim(seq_lens, "seq_lens", 0, num_reqs, "num_reqs of block_table");
+  check_index(query_start_loc, "query_start_loc", kInt32, 1, "[num_reqs + 1]");
+  check_dim(query_start_loc, "query_start_loc", 0, num_reqs + 1, "num_reqs + 1");
+  DecoderStepParams step;
+  step.hidden = hidden.data();
+  step.cos = cos.data();
+  step.sin = sin.data();
+  step.slot_mapping = static_cast<const int64_t*>(slot_mapping.data());
+  step.block_table = static_cast<const int32_t*>(block_table.data());
+  step.seq_lens = static_cast<const int32_t*>(seq_lens.data());
+  step.query_start_loc = static_cast<const int32_t*>(query_start_loc.data());
+  step.num_tokens = num_tokens;
+  step.num_reqs = num_reqs;
+  step.max_blocks_per_req = static_cast<int64_t>(block_table.shape(1));
+  step.block_table_stride = block_table.stride(0);
+  step.lora = lora != nullptr ? lora->layers().data() : nullptr;
+  std::string why;
+  Status status;
+  {
+    nb::gil_scoped_release release;
+    status = decoder_stack_cpu(s_, step, &why);
+  }
+  if (status == Status::kInvalidArgument && !why.empty()) throw nb::value_error(("decoder stack: " + why).c_str());
+  raise_on_error(status, "decoder stack");
+}
+
 }  // namespace
 
 void bind_decoder_stack(nb::module_& m) {
@@ -215,9 +285,17 @@ void bind_decoder_stack(nb::module_& m) {
            nb::arg("scale"))
       .def("__call__", &PyDecoderStack::run, nb::arg("hidden").noconvert(), nb::arg("cos"), nb::arg("sin"),
            nb::arg("slot_mapping"), nb::arg("block_table"), nb::arg("seq_lens"), nb::arg("query_start_loc"),
+           nb::arg("lora") = nb::none(),
            "Run the step in place: hidden [num_tokens, hidden] holds the embeddings, then the final norm's\n"
-           "output; the layers' caches receive the step's keys and values.")
+           "output; the layers' caches receive the step's keys and values. lora: a DecoderLoRA of this\n"
+           "stack, the adapter every token runs with.")
       .def_prop_ro("num_layers", &PyDecoderStack::num_layers);
+  nb::class_<PyDecoderLoRA>(m, "DecoderLoRA",
+                            "One LoRA adapter's deltas for a DecoderStack (checked and kept once): a dict per\n"
+                            "layer of the products it adapts, 'qkv', 'o', 'gate_up', 'down', each (a [rank, in],\n"
+                            "b [out, rank]) in the stack's dtype.")
+      .def(nb::init<const PyDecoderStack&, std::vector<nb::dict>>(), nb::arg("stack"), nb::arg("layers"),
+           nb::keep_alive<1, 2>());
 }
 
 }  // namespace kvserve::bind

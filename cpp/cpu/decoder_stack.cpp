@@ -2,6 +2,7 @@
 // kernels (linear_cpu, rms_norm_cpu, ...) over views of one scratch buffer.
 #include "kvserve/decoder_stack.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "kvserve/linear.h"
 #include "kvserve/paged_attention.h"
 #include "kvserve/reshape_and_cache.h"
+#include "half.h"
 #include "param_checks.h"
 
 namespace kvserve {
@@ -18,7 +20,8 @@ namespace {
 using checks::fail;
 using checks::str;
 
-// The step's activations, each [num_tokens, width], in one allocation.
+// The step's activations, each [num_tokens, width], in one allocation; with a LoRA adapter of
+// largest rank `lora_rank`, its products' inner rows (x @ a^T) and deltas too.
 struct Scratch {
   std::vector<unsigned char> bytes;
   void* residual;
@@ -27,19 +30,23 @@ struct Scratch {
   void* attn;
   void* gate_up;
   void* act;
+  void* lora_inner;
+  void* lora_delta;
 
-  Scratch(const DecoderStack& s, int64_t num_tokens) {
+  Scratch(const DecoderStack& s, int64_t num_tokens, int64_t lora_rank) {
     const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+    const int64_t widest = std::max({q + 2 * kv, s.hidden_size, 2 * s.intermediate_size});
     const int64_t widths[] = {s.hidden_size, s.hidden_size, q + 2 * kv, q, 2 * s.intermediate_size,
-                              s.intermediate_size};
-    int64_t offsets[6], total = 0;
-    for (int i = 0; i < 6; ++i) {
+                              s.intermediate_size, lora_rank, lora_rank > 0 ? widest : 0};
+    constexpr int kViews = 8;
+    int64_t offsets[kViews], total = 0;
+    for (int i = 0; i < kViews; ++i) {
       offsets[i] = total;
       total += (num_tokens * widths[i] * dtype_bytes(s.dtype) + 63) / 64 * 64;
     }
     bytes.resize(static_cast<size_t>(total));
-    void** views[] = {&residual, &x, &qkv, &attn, &gate_up, &act};
-    for (int i = 0; i < 6; ++i) *views[i] = bytes.data() + offsets[i];
+    void** views[] = {&residual, &x, &qkv, &attn, &gate_up, &act, &lora_inner, &lora_delta};
+    for (int i = 0; i < kViews; ++i) *views[i] = bytes.data() + offsets[i];
   }
 };
 
@@ -141,6 +148,36 @@ PagedAttentionParams attention_params(const DecoderStack& s, const DecoderLayerW
   return p;
 }
 
+template <class T>
+void add_into(void* out, const void* delta, int64_t count) {
+  auto* o = static_cast<T*>(out);
+  const auto* d = static_cast<const T*>(delta);
+  for (int64_t i = 0; i < count; ++i) cpu::from_float(cpu::to_float(o[i]) + cpu::to_float(d[i]), o + i);
+}
+
+// out [n, out_features] += (input [n, in_features] @ a^T) @ b^T, where the adapter adapts this product.
+Status add_lora(const DecoderStack& s, const LoRADelta& delta, void* out, const void* input, int64_t n,
+                int64_t in_features, int64_t out_features, Scratch& t) {
+  if (delta.a == nullptr) return Status::kOk;
+  if (Status status = linear_cpu(linear_params(s, t.lora_inner, input, delta.a, false, nullptr, n, in_features,
+                                               delta.rank));
+      status != Status::kOk) {
+    return status;
+  }
+  if (Status status = linear_cpu(linear_params(s, t.lora_delta, t.lora_inner, delta.b, false, nullptr, n, delta.rank,
+                                               out_features));
+      status != Status::kOk) {
+    return status;
+  }
+  const int64_t count = n * out_features;
+  switch (s.dtype) {
+    case DType::kBFloat16: add_into<cpu::BFloat16>(out, t.lora_delta, count); break;
+    case DType::kFloat16: add_into<cpu::Float16>(out, t.lora_delta, count); break;
+    default: add_into<float>(out, t.lora_delta, count); break;
+  }
+  return Status::kOk;
+}
+
 // Runs one kernel; returns from the enclosing function if it fails.
 #define KVSERVE_RUN(call, what)                                                    \
   do {                                                                             \
@@ -150,8 +187,8 @@ PagedAttentionParams attention_params(const DecoderStack& s, const DecoderLayerW
     }                                                                              \
   } while (0)
 
-Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool first, const DecoderStepParams& step,
-                 Scratch& t, std::string* why) {
+Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const DecoderLayerLoRA& lora, bool first,
+                 const DecoderStepParams& step, Scratch& t, std::string* why) {
   const int64_t n = step.num_tokens, h = s.hidden_size, d = s.head_dim;
   const int64_t q = s.num_heads * d, kv = s.num_kv_heads * d, elem = dtype_bytes(s.dtype);
   // x: the first layer normalizes the embeddings into scratch (they become the residual); later
@@ -165,6 +202,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool f
     KVSERVE_RUN(rms_norm_cpu(norm_params(s, x, x, h, n, 1, h, layer.input_norm, t.residual)), "input norm");
   }
   KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_interleaved, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
+  KVSERVE_RUN(add_lora(s, lora.qkv, t.qkv, x, n, h, q + 2 * kv, t), "qkv_proj's LoRA delta");
   auto* key = static_cast<unsigned char*>(t.qkv) + q * elem;
   if (layer.q_norm != nullptr) {
     KVSERVE_RUN(rms_norm_cpu(norm_params(s, t.qkv, t.qkv, q + 2 * kv, n, s.num_heads, d, layer.q_norm, nullptr)),
@@ -191,12 +229,14 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool f
   KVSERVE_RUN(reshape_and_cache_cpu(cache_params(s, layer, t.qkv, step)), "reshape_and_cache");
   KVSERVE_RUN(paged_attention_cpu(attention_params(s, layer, t.attn, t.qkv, step)), "paged_attention");
   KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_interleaved, layer.o_bias, n, q, h)), "o_proj");
+  KVSERVE_RUN(add_lora(s, lora.o, step.hidden, t.attn, n, q, h, t), "o_proj's LoRA delta");
   KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, h, n, 1, h, layer.post_norm, t.residual)),
               "post-attention norm");
   const int64_t inter = s.intermediate_size;
   KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_interleaved,
                                        layer.gate_up_bias, n, h, 2 * inter)),
               "gate_up_proj");
+  KVSERVE_RUN(add_lora(s, lora.gate_up, t.gate_up, step.hidden, n, h, 2 * inter, t), "gate_up_proj's LoRA delta");
   SiluAndMulParams act;
   act.out = t.act;
   act.out_stride_token = inter;
@@ -207,6 +247,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, bool f
   act.size = inter;
   KVSERVE_RUN(silu_and_mul_cpu(act), "silu_and_mul");
   KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_interleaved, layer.down_bias, n, inter, h)), "down_proj");
+  KVSERVE_RUN(add_lora(s, lora.down, step.hidden, t.act, n, inter, h, t), "down_proj's LoRA delta");
   return Status::kOk;
 }
 
@@ -246,8 +287,19 @@ Status decoder_stack_cpu(const DecoderStack& s, const DecoderStepParams& step, s
     return fail(why, "decoder stack step: missing arrays or a negative num_tokens");
   }
   if (step.num_tokens == 0) return Status::kOk;
+  int64_t lora_rank = 0;  // the adapter's largest
+  for (size_t i = 0; step.lora != nullptr && i < s.layers.size(); ++i) {
+    const DecoderLayerLoRA& l = step.lora[i];
+    for (const LoRADelta* d : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
+      if ((d->a == nullptr) != (d->b == nullptr) || (d->a != nullptr && d->rank <= 0)) {
+        return fail(why, "decoder stack step: layer " + str(static_cast<int64_t>(i)) +
+                             "'s LoRA delta lacks a or b, or has a rank below 1");
+      }
+      lora_rank = std::max(lora_rank, d->rank);
+    }
+  }
   // The batch layout is the same for every layer: checked once, before the first layer writes.
-  Scratch t(s, step.num_tokens);
+  Scratch t(s, step.num_tokens, lora_rank);
   if (Status status = check_paged_attention(attention_params(s, s.layers[0], t.attn, t.qkv, step), why);
       status != Status::kOk) {
     return status;
@@ -259,8 +311,10 @@ Status decoder_stack_cpu(const DecoderStack& s, const DecoderStepParams& step, s
                            str(num_slots) + " slots");
     }
   }
+  const DecoderLayerLoRA none;
   for (size_t i = 0; i < s.layers.size(); ++i) {
-    if (Status status = run_layer(s, s.layers[i], i == 0, step, t, why); status != Status::kOk) return status;
+    const DecoderLayerLoRA& lora = step.lora != nullptr ? step.lora[i] : none;
+    if (Status status = run_layer(s, s.layers[i], lora, i == 0, step, t, why); status != Status::kOk) return status;
   }
   KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, s.hidden_size, step.num_tokens, 1, s.hidden_size,
                                        s.final_norm, t.residual)),

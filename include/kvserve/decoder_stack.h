@@ -12,6 +12,10 @@
 //   hidden = silu_and_mul(x @ gate_up^T (+ bias)) @ down^T (+ bias)
 //   ... every layer, then residual += hidden; hidden = rms_norm(residual) * final_norm
 //
+// With a LoRA adapter (DecoderStepParams::lora), each product it adapts adds its delta right after
+// the product, as the Python layers do (kvserve/lora/batch.py): out += (x @ a^T) @ b^T, each
+// product by linear_cpu, the sum rounded once more.
+//
 // Weights and caches are given once (DecoderStack); a step gives the tokens' embeddings and the
 // batch layout (DecoderStepParams). All arrays are row-major contiguous, of one float dtype.
 #pragma once
@@ -57,6 +61,19 @@ struct DecoderStack {
   const void* final_norm = nullptr;  // [hidden]
 };
 
+// A LoRA adapter's delta on one product: a [rank, in_features], b [out_features, rank] (a fused
+// projection's parts stacked in a, block-diagonal in b; the scaling folded into b); a == nullptr:
+// the adapter leaves the product alone.
+struct LoRADelta {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  int64_t rank = 0;
+};
+
+struct DecoderLayerLoRA {
+  LoRADelta qkv, o, gate_up, down;
+};
+
 // One step: num_tokens rows of every request's new tokens, concatenated (as paged_attention.h).
 struct DecoderStepParams {
   void* hidden = nullptr;             // [num_tokens, hidden]: the embeddings in, the final norm's output out
@@ -67,6 +84,8 @@ struct DecoderStepParams {
   const int32_t* seq_lens = nullptr;      // [num_reqs]
   const int32_t* query_start_loc = nullptr;  // [num_reqs + 1]
   int64_t num_tokens = 0, num_reqs = 0, max_blocks_per_req = 0, block_table_stride = 0;
+  // One per layer: the deltas of the LoRA adapter every token of the step runs with; nullptr: none.
+  const DecoderLayerLoRA* lora = nullptr;
 };
 
 // Sizes and pointers of the stack (kInvalidArgument with a message in `why`, when not null).

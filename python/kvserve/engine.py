@@ -109,8 +109,9 @@ class Engine:
         structured outputs hold what follows its </think> token.
         `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
         `max_loras` adapters stay loaded (loading another drops the least recently used), each of
-        rank `max_lora_rank` at most. Steps with adapters run the model layer by layer (neither
-        the CPU's decoder stack nor, on a GPU, the CUDA graphs).
+        rank `max_lora_rank` at most. On the CPU a decode step whose tokens all run one adapter
+        runs in the decoder stack as the base model's do; other steps with adapters run the model
+        layer by layer (on a GPU without the CUDA graphs).
         `scheduling_policy` (vLLM's): "fcfs" runs requests in arrival order and refuses a request
         with a priority; "priority" runs lower priorities first (add_request's, generate's), then
         by arrival, and preempts first the running request that would run last (the largest

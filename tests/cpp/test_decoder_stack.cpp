@@ -120,17 +120,47 @@ TEST(DecoderStack, AStepWritesItsSlotInEveryLayerAndTheHiddenStates) {
   EXPECT_EQ(step_again.hidden, step.hidden);
 }
 
+TEST(DecoderStack, ALoRADeltaOfZerosLeavesTheStepAsItWasAndAnotherChangesIt) {
+  Model m;
+  Step plain(m.rng);
+  Step adapted = plain, zeros = plain;
+  const std::vector<float> key0 = m.key_cache, value0 = m.value_cache;
+  std::string why;
+  ASSERT_EQ(kvserve::decoder_stack_cpu(m.stack(), plain.params(), &why), Status::kOk) << why;
+  // A rank-3 delta on down_proj ([kHidden, kInter]) of each layer: zeros, then random.
+  for (Step* step : {&zeros, &adapted}) {
+    m.key_cache = key0;
+    m.value_cache = value0;
+    std::vector<float> a = random(3 * kInter, m.rng), b(kHidden * 3, 0.f);
+    if (step == &adapted) b = random(kHidden * 3, m.rng);
+    kvserve::DecoderLayerLoRA layer;
+    layer.down = {a.data(), b.data(), 3};
+    const std::vector<kvserve::DecoderLayerLoRA> lora = {layer, layer};
+    kvserve::DecoderStepParams params = step->params();
+    params.lora = lora.data();
+    ASSERT_EQ(kvserve::decoder_stack_cpu(m.stack(), params, &why), Status::kOk) << why;
+  }
+  EXPECT_EQ(zeros.hidden, plain.hidden);
+  EXPECT_NE(adapted.hidden, plain.hidden);
+}
+
 TEST(DecoderStack, ABadStepIsRejectedBeforeAnythingIsWritten) {
   Model m;
   const std::vector<float> key0 = m.key_cache;
-  for (int variant = 0; variant < 3; ++variant) {
+  std::vector<float> a = random(2 * kHidden, m.rng);
+  kvserve::DecoderLayerLoRA half_delta;  // a without b
+  half_delta.qkv = {a.data(), nullptr, 2};
+  const std::vector<kvserve::DecoderLayerLoRA> bad_lora = {{}, half_delta};
+  for (int variant = 0; variant < 4; ++variant) {
     Step step(m.rng);
     const std::vector<float> hidden0 = step.hidden;
     if (variant == 0) step.slots[0] = kBlocks * kBlockSize;
     if (variant == 1) step.block_table[0] = kBlocks;
     if (variant == 2) step.seq_lens[0] = 5;
+    kvserve::DecoderStepParams params = step.params();
+    if (variant == 3) params.lora = bad_lora.data();
     std::string why;
-    EXPECT_EQ(kvserve::decoder_stack_cpu(m.stack(), step.params(), &why), Status::kInvalidArgument) << variant;
+    EXPECT_EQ(kvserve::decoder_stack_cpu(m.stack(), params, &why), Status::kInvalidArgument) << variant;
     EXPECT_FALSE(why.empty());
     EXPECT_EQ(step.hidden, hidden0);
     EXPECT_EQ(m.key_cache, key0);

@@ -35,11 +35,11 @@ def allocate_kv_caches(model, num_blocks: int, block_size: int, device="cpu") ->
 
 
 def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_size: int = 4,
-                 prefill_chunk: int | None = None, seed: int = 0,
-                 device="cpu") -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+                 prefill_chunk: int | None = None, seed: int = 0, device="cpu",
+                 lora=None) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
     """Greedy ids [num_prompts][max_new_tokens] and, for each, the float32 logits [vocab] of every
     sampled step. `prefill_chunk` caps the prompt tokens a request computes per step. The model's
-    parameters must be on `device`."""
+    parameters must be on `device`. `lora`: a LoRABatch every step runs with (its rows: all)."""
     requests = [_Request(tokens=list(p), prompt_len=len(p)) for p in prompts]
     total_blocks = sum(math.ceil((len(p) + max_new_tokens) / block_size) for p in prompts)
     free_blocks = list(range(total_blocks))
@@ -66,7 +66,7 @@ def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_
                                      query_start_loc=torch.tensor(query_start_loc, dtype=torch.int32, device=device))
         with torch.inference_mode():
             hidden = model(torch.tensor(input_ids, dtype=torch.int32, device=device),
-                           torch.tensor(positions, dtype=torch.int64, device=device), kv_caches, metadata)
+                           torch.tensor(positions, dtype=torch.int64, device=device), kv_caches, metadata, lora)
             sampled = [i for i, r in enumerate(active) if seq_lens[i] == len(r.tokens)]
             logits = model.compute_logits(hidden[[query_start_loc[i + 1] - 1 for i in sampled]])
         for i, r in enumerate(active):

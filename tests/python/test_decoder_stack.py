@@ -1,7 +1,7 @@
 """ops.DecoderStack, the CPU decode steps' one-call decoder, against the model's Python layers: the
 same kernels in the same order, so the same bits, for every architecture's extras (Qwen2's biases,
-Qwen3's q/k norms, Mistral's sliding window) and dtype; and bad steps rejected before anything is
-written."""
+Qwen3's q/k norms, Mistral's sliding window) and dtype, with a LoRA adapter and without; and bad
+steps and deltas rejected before anything is written."""
 
 import pytest
 import torch
@@ -9,6 +9,9 @@ import torch
 import kvserve.models.llama as llama
 from kvserve import _C
 from kvserve.loader import load_model
+from kvserve.lora import LoRARequest
+from kvserve.lora.adapter import Delta, LoRAAdapter
+from kvserve.lora.batch import LoRABatch
 from kvserve.models import SUPPORTED_ARCHITECTURES, AttentionMetadata
 from paged_greedy import allocate_kv_caches, paged_greedy
 
@@ -22,18 +25,36 @@ def greedy(model, monkeypatch, max_tokens: int, **kwargs):
     return paged_greedy(model, PROMPTS, 6, **kwargs)
 
 
+def random_adapter(model, seed: int = 0) -> LoRAAdapter:
+    """Deltas of rank 4 per part on qkv, gate_up and down (stacked a, block-diagonal b, as
+    lora/adapter.py builds them), none on o; random, never zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for layer in model.model.layers:
+        for linear_layer in (layer.self_attn.qkv_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
+            parts, rank = linear_layer.output_sizes, 4
+            a = 0.1 * torch.randn(rank * len(parts), linear_layer.weight.shape[1], generator=generator)
+            b = torch.block_diag(*(0.1 * torch.randn(size, rank, generator=generator) for size in parts))
+            deltas[linear_layer] = Delta(a.to(model.dtype), b.to(model.dtype).contiguous())
+    return LoRAAdapter(LoRARequest("random", 1, "unused"), deltas, 4 * 3)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
 def test_same_bits_as_the_python_layers(tiny_model_dir, architecture, dtype, monkeypatch):
     model = load_model(tiny_model_dir(architecture), dtype=dtype).model
+    adapter = random_adapter(model)
     # Prefill chunks of 3 tokens put several tokens of one request in a stack step (causal within it).
-    for kwargs in ({}, {"prefill_chunk": 3}):
+    for kwargs in ({}, {"prefill_chunk": 3}, {"lora": LoRABatch([(adapter, None)])}):
         ids, logits = greedy(model, monkeypatch, 4, **kwargs)
         reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
         assert ids == reference_ids
         for ours, theirs in zip(logits, reference_logits, strict=True):
             for a, b in zip(ours, theirs, strict=True):
                 assert torch.equal(a, b)
+    assert adapter.stack_deltas is not None  # the adapter's steps ran in the stack
+    base_ids, _ = greedy(model, monkeypatch, 4)
+    assert ids != base_ids  # and its deltas changed them
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +156,36 @@ def test_the_stack_follows_the_caches_it_is_given(llama_model):
     second, _ = decode_step(llama_model)
     assert llama_model.decoder_stack(second) is not stack
     assert llama_model.decoder_stack(second).num_layers == len(llama_model.model.layers)
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (dict(layers=[]), ValueError, r"layers: expected one per layer of the stack \(2\), got 0"),
+    (dict(qkv="deltas"), TypeError, r"layers\[0\]\['qkv'\]: expected a pair of arrays"),
+    (dict(qkv=(torch.zeros(4, 32), torch.zeros(128, 4))), ValueError,
+     r"layers\[0\]\['qkv'\] a: dimension 1 must be in_features of the product = 64"),
+    (dict(qkv=(torch.zeros(4, 64), torch.zeros(128, 3))), ValueError,
+     r"layers\[0\]\['qkv'\] b: dimension 1 must be the rank \(rows of a\) = 4"),
+    (dict(down=(torch.zeros(4, 96, dtype=torch.bfloat16), torch.zeros(64, 4))), ValueError,
+     r"layers\[0\]\['down'\] a: expected the dtype of the stack's weights \(float32\), got bfloat16"),
+    (dict(o=(torch.zeros(0, 64), torch.zeros(64, 0))), ValueError, "expected a rank of at least 1"),
+])
+def test_bad_lora_deltas_are_rejected_when_built(llama_model, change, error, message):
+    caches, _ = decode_step(llama_model)
+    stack = llama_model.decoder_stack(caches)
+    layers = change.pop("layers", None)
+    if layers is None:
+        layers = [change, {}]
+    with pytest.raises(error, match=message):
+        _C.ops.DecoderLoRA(stack, layers)
+
+
+def test_a_steps_lora_deltas_belong_to_its_stack(llama_model):
+    caches, metadata = decode_step(llama_model)
+    other = _C.ops.DecoderStack([layer_arrays(llama_model, caches)] * 2, llama_model.model.norm.weight, 4, 2, 16,
+                                1e-5, 0.25)
+    deltas = _C.ops.DecoderLoRA(other, [{}, {}])
+    hidden = llama_model.model.embed_tokens(torch.tensor([7]))
+    cos, sin = llama_model.rotary.cos_sin(torch.tensor([2]), llama_model.dtype)
+    with pytest.raises(ValueError, match="lora: built for another decoder stack"):
+        llama_model.decoder_stack(caches)(hidden, cos, sin, metadata.slot_mapping, metadata.block_table,
+                                          metadata.seq_lens, metadata.query_start_loc, lora=deltas)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,6 +44,9 @@ class LoRAAdapter:
     request: LoRARequest
     deltas: dict[Linear, Delta]  # by the model's layer
     rank: int  # the largest of its layers'
+    # The deltas as the model's CPU decoder stack takes them: (stack, ops.DecoderLoRA), built by the
+    # model on first use (models/llama.py), dropped with the adapter.
+    stack_deltas: tuple | None = field(default=None, compare=False, repr=False)
 
 
 def _read_config(directory: Path) -> dict:

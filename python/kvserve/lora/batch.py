@@ -2,7 +2,10 @@
 
 The model calls `add` after each linear layer it adapts (an adapter may leave a layer alone). A
 step whose tokens all run one adapter adds its delta to every row; otherwise each adapter's rows
-are gathered, and their deltas added back at those rows."""
+are gathered, and their deltas added back at those rows. A delta is two products (x @ a^T, then
+@ b^T) and an add; on the CPU, up to the rows the decoder stack takes, by kvserve's few-rows
+product as the stack computes it (decoder_stack.h), so that a step's bits do not depend on which
+of the two runs it; elsewhere by torch's."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 
 from kvserve.lora.adapter import LoRAAdapter
-from kvserve.models.layers.linear import Linear
+from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, linear
 
 
 class LoRABatch:
@@ -35,6 +38,13 @@ class LoRABatch:
         return cls([(adapter, torch.from_numpy(np.concatenate(ranges).astype(np.int64)).to(device, non_blocking=True))
                     for adapter, ranges in rows.values()])
 
+    @property
+    def every_row(self) -> LoRAAdapter | None:
+        """The adapter every row of the step runs with, if one does."""
+        if len(self.groups) == 1 and self.groups[0][1] is None:
+            return self.groups[0][0]
+        return None
+
     def add(self, layer: Linear, x: torch.Tensor, out: torch.Tensor) -> None:
         """out [T, out] += each adapter's delta of `layer` applied to its rows of x [T, in]."""
         for adapter, rows in self.groups:
@@ -42,6 +52,11 @@ class LoRABatch:
             if delta is None:
                 continue
             if rows is None:
-                out += (x @ delta.a.T) @ delta.b.T
+                out += _product(_product(x, delta.a), delta.b)
             else:
-                out.index_add_(0, rows, (x[rows] @ delta.a.T) @ delta.b.T)
+                out.index_add_(0, rows, _product(_product(x[rows], delta.a), delta.b))
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight^T: kvserve's few-rows product where the decoder stack could take x, else torch's."""
+    return linear(x, weight) if x.is_cpu and x.shape[0] <= OPS_MAX_ROWS else x @ weight.T

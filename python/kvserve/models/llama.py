@@ -22,6 +22,7 @@ from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.weight_loading import load_named_weights
 
 if TYPE_CHECKING:
+    from kvserve.lora.adapter import LoRAAdapter
     from kvserve.lora.batch import LoRABatch
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
@@ -149,15 +150,18 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 attn_metadata: AttentionMetadata, lora: LoRABatch | None = None) -> torch.Tensor:
         """input_ids, positions: [T] (every request's new tokens, concatenated) -> final hidden [T, hidden].
-        `lora`: the step's LoRA adapters (its steps run layer by layer, in torch between the kernels)."""
+        `lora`: the step's LoRA adapters (a CPU step of one adapter runs in the decoder stack like the
+        base model's; others layer by layer, in torch between the kernels)."""
         if len(kv_caches) != len(self.model.layers):
             raise ValueError(f"kv_caches: expected {len(self.model.layers)} (one per layer), got {len(kv_caches)}")
-        if input_ids.is_cpu and input_ids.shape[0] <= DECODER_STACK_MAX_TOKENS and lora is None:
+        adapter = lora.every_row if lora is not None else None
+        if input_ids.is_cpu and input_ids.shape[0] <= DECODER_STACK_MAX_TOKENS and (lora is None or adapter):
             cos_sin = self.rotary.cos_sin(positions, self.dtype)
             hidden = self.model.embed_tokens(input_ids)
-            self.decoder_stack(kv_caches)(hidden, *cos_sin, attn_metadata.slot_mapping.long(),
-                                          attn_metadata.block_table, attn_metadata.seq_lens,
-                                          attn_metadata.query_start_loc)
+            stack = self.decoder_stack(kv_caches)
+            stack(hidden, *cos_sin, attn_metadata.slot_mapping.long(), attn_metadata.block_table,
+                  attn_metadata.seq_lens, attn_metadata.query_start_loc,
+                  lora=self.stack_deltas(stack, adapter) if adapter is not None else None)
             return hidden
         # One attention output buffer serves every layer: each layer's o_proj consumes it before the next.
         attn_out = torch.empty(input_ids.shape[0], self.config.num_attention_heads, self.config.head_dim,
@@ -190,6 +194,19 @@ class LlamaForCausalLM(nn.Module):
                                         first.head_dim, self.config.rms_norm_eps, first.attn.scale)
             self._decoder_stack = (kv_caches, stack)
         return self._decoder_stack[1]
+
+    def stack_deltas(self, stack: _C.ops.DecoderStack, adapter: LoRAAdapter) -> _C.ops.DecoderLoRA:
+        """`adapter`'s deltas as `stack` takes them (built on first use, kept with the adapter)."""
+        if adapter.stack_deltas is None or adapter.stack_deltas[0] is not stack:
+            layers = []
+            for layer in self.model.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                products = {"qkv": attn.qkv_proj, "o": attn.o_proj, "gate_up": mlp.gate_up_proj,
+                            "down": mlp.down_proj}
+                layers.append({name: (delta.a, delta.b) for name, linear_layer in products.items()
+                               if (delta := adapter.deltas.get(linear_layer)) is not None})
+            adapter.stack_deltas = (stack, _C.ops.DecoderLoRA(stack, layers))
+        return adapter.stack_deltas[1]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] (only the rows to sample) -> logits [N, vocab] in the model dtype (the
