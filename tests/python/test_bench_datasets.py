@@ -51,6 +51,15 @@ def test_random_range_ratio_spans_vllm_interval():
     assert output_lens == set(range(5, 16))
 
 
+def test_a_random_prefix_opens_every_prompt_and_leaves_the_rest_as_it_was():
+    plain = random_requests(4, 10, 3, 0.2, vocab_size=500, seed=5)
+    prefixed = random_requests(4, 10, 3, 0.2, vocab_size=500, seed=5, prefix_len=16)
+    prefixes = {tuple(r.prompt_token_ids[:16]) for r in prefixed}
+    assert len(prefixes) == 1 and len(set(next(iter(prefixes)))) > 1
+    assert [r.prompt_token_ids[16:] for r in prefixed] == [r.prompt_token_ids for r in plain]
+    assert [r.expected_output_len for r in prefixed] == [r.expected_output_len for r in plain]
+
+
 def test_random_is_reproducible_by_seed():
     a, b, c = (random_requests(3, 8, 4, 0.25, 500, seed) for seed in (1, 1, 2))
     assert a == b and a != c
@@ -65,6 +74,7 @@ def test_random_is_reproducible_by_seed():
         ({"output_len": 1, "range_ratio": 0.5}, "random output len=1"),
         ({"vocab_size": 11}, "vocab_size=11"),
         ({"num_prompts": 0}, "num_prompts=0"),
+        ({"prefix_len": -1}, "random prefix len=-1"),
     ],
 )
 def test_random_rejects_bad_arguments(kwargs, match):

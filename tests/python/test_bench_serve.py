@@ -54,6 +54,15 @@ def test_counts_usage_and_payload(tokenizer_dir, tmp_path, capsys):
     assert "P99 ITL (ms):" in table and "E2EL" not in table and "p99_e2el_ms" in result
 
 
+def test_a_random_prefix_reaches_the_server_and_the_result(tokenizer_dir, tmp_path):
+    with FakeOpenAIServer() as server:
+        result = bench_serve(server.base_url, tokenizer_dir, tmp_path / "r.json", "--num-prompts", "3",
+                             "--random-input-len", "6", "--random-output-len", "2", "--random-prefix-len", "20")
+    expected = random_requests(3, 6, 2, 0.0, VOCAB, seed=0, prefix_len=20)
+    assert [p["prompt"] for p in server.payloads[1:]] == [r.prompt_token_ids for r in expected]
+    assert result["random_prefix_len"] == 20 and result["total_input_tokens"] == 3 * 26
+
+
 def test_failed_requests_are_counted_and_excluded(tokenizer_dir, tmp_path):
     args = {"num_prompts": 40, "input_len": 8, "output_len": 10, "range_ratio": 0.5, "vocab_size": VOCAB, "seed": 7}
     requests = random_requests(**args)

@@ -65,6 +65,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--random-range-ratio", type=float, default=0.0,
         help="lengths uniform in [L*(1-r), L*(1+r)], 0 <= r < 1",
     )
+    parser.add_argument("--random-prefix-len", type=int, default=0, metavar="N",
+                        help="vLLM's: every prompt opens with the same N random tokens, then its own "
+                        "--random-input-len (the prefix cache's benchmark; default 0)")
     parser.add_argument("--request-rate", type=float, default=float("inf"), help="requests/s, or inf")
     parser.add_argument(
         "--burstiness", type=float, default=1.0,

@@ -6,7 +6,9 @@ makes text of the length the server will see).
   model whose vocab is smaller than 32000 the ids stop below its size instead.
 - Serving: vLLM's random dataset. Lengths are uniform integers in [L(1-r), L(1+r)] for the input
   and output lengths L and --random-range-ratio r; token ids are uniform in [10, vocab_size - 1),
-  like the offline draw keeping clear of the special tokens at the bottom of the vocab.
+  like the offline draw keeping clear of the special tokens at the bottom of the vocab. With
+  --random-prefix-len P every prompt opens with the same P random tokens (the prefix cache's
+  benchmark), before its own input.
 """
 
 from __future__ import annotations
@@ -62,10 +64,14 @@ def _length_range(name: str, length: int, range_ratio: float) -> tuple[int, int]
 
 
 def random_requests(
-    num_prompts: int, input_len: int, output_len: int, range_ratio: float, vocab_size: int, seed: int
+    num_prompts: int, input_len: int, output_len: int, range_ratio: float, vocab_size: int, seed: int,
+    prefix_len: int = 0,
 ) -> list[SampleRequest]:
+    """vLLM's random draw (module docstring): `prefix_len` shared tokens, then each prompt's own."""
     if num_prompts < 1:
         raise ValueError(f"num_prompts={num_prompts}: expected >= 1")
+    if prefix_len < 0:
+        raise ValueError(f"random prefix len={prefix_len}: expected >= 0")
     if not 0.0 <= range_ratio < 1.0:
         raise ValueError(f"random range ratio {range_ratio}: expected 0 <= ratio < 1")
     if vocab_size <= LOWEST_TOKEN_ID + 1:
@@ -75,7 +81,7 @@ def random_requests(
     rng = np.random.default_rng(seed)
     input_lens = rng.integers(in_low, in_high + 1, num_prompts)
     output_lens = rng.integers(out_low, out_high + 1, num_prompts)
-    return [
-        SampleRequest(rng.integers(LOWEST_TOKEN_ID, vocab_size - 1, int(n)).tolist(), int(m))
-        for n, m in zip(input_lens, output_lens)
-    ]
+    own = [rng.integers(LOWEST_TOKEN_ID, vocab_size - 1, int(n)).tolist() for n in input_lens]
+    # Drawn last: without a prefix the prompts are those of the draw before prefixes existed.
+    prefix = rng.integers(LOWEST_TOKEN_ID, vocab_size - 1, prefix_len).tolist() if prefix_len else []
+    return [SampleRequest(prefix + ids, int(m)) for ids, m in zip(own, output_lens)]

@@ -98,7 +98,8 @@ def _requests(args: argparse.Namespace, tokenizer_dir: Path | None) -> list[Samp
     """The random draw, or the dataset file's first usable conversations."""
     if args.dataset == "random":
         return random_requests(args.num_prompts, args.random_input_len, args.random_output_len,
-                               args.random_range_ratio, _vocab_size(tokenizer_dir), args.seed)
+                               args.random_range_ratio, _vocab_size(tokenizer_dir), args.seed,
+                               args.random_prefix_len)
     conversations = read_conversations(Path(args.dataset))
     tokenizer = _tokenizer(tokenizer_dir, f"--dataset {args.dataset} holds text, whose prompts")
     return sharegpt_requests(conversations, args.num_prompts, tokenizer, None, _server_max_model_len(args), args.seed)
@@ -161,6 +162,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 "random_input_len": args.random_input_len,
                 "random_output_len": args.random_output_len,
                 "random_range_ratio": args.random_range_ratio,
+                "random_prefix_len": args.random_prefix_len,
             }
         settings |= {
             "request_rate": args.request_rate if args.request_rate != float("inf") else "inf",
