@@ -35,7 +35,8 @@ def model_dir(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with ServerProcess(model_dir, "--served-model-name", *NAMES, "--enable-prompt-tokens-details") as server:
+    with ServerProcess(model_dir, "--served-model-name", *NAMES, "--enable-prompt-tokens-details",
+                       "--enable-request-id-headers") as server:
         yield server
 
 
@@ -85,6 +86,21 @@ def test_a_cache_salt_keeps_a_users_prefix_to_itself(server):
     assert (first, other, unsalted) == (0, 0, 0) and again > 0
     empty = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "cache_salt": ""})
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "cache_salt"
+
+
+def test_a_request_id_header_names_the_response_and_comes_back(server):
+    """vLLM's X-Request-Id: it names the response (cmpl-<id>, chatcmpl-<id>), two requests may share it,
+    and with --enable-request-id-headers every response carries one."""
+    headers = {"X-Request-Id": "trace-42"}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: httpx.post(server.url + "/v1/completions", headers=headers, json={
+            "prompt": "Hi", "max_tokens": 3}), range(2)))
+    assert [(a.status_code, a.json()["id"], a.headers["x-request-id"]) for a in answers] == [
+        (200, "cmpl-trace-42", "trace-42")] * 2
+    chat = httpx.post(server.url + "/v1/chat/completions", headers=headers,
+                      json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert chat.json()["id"] == "chatcmpl-trace-42"
+    assert re.fullmatch(r"[0-9a-f]{32}", httpx.get(server.url + "/health").headers["x-request-id"])
 
 
 def test_unknown_fields_are_ignored(server):

@@ -142,3 +142,9 @@ def test_the_server_keeps_serving_and_holds_no_blocks(tiny_server):
         assert response.usage.completion_tokens == 3
     assert tiny_server.metric("kvserve:kv_cache_usage_perc") == 0.0
     assert tiny_server.metric("kvserve:num_requests_running") == 0.0
+
+
+def test_no_request_id_header_unless_the_server_is_asked(tiny_server):
+    response = httpx.post(tiny_server.url + COMPLETIONS, headers={"X-Request-Id": "mine"},
+                          json={"prompt": "Hi", "max_tokens": 1})
+    assert response.json()["id"] == "cmpl-mine" and "x-request-id" not in response.headers

@@ -21,7 +21,7 @@ from kvserve.lora import LoRARequest
 from kvserve.server import chat, completions, endpoints, lora_routes, metrics, responses_api
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
-from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware
+from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware, RequestIdHeaderMiddleware
 from kvserve.server.responses_store import DEFAULT_MAX_STORED_RESPONSES, ResponsesStore
 from kvserve.server.served_model import ServedModel
 
@@ -45,7 +45,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
               loras: list[LoRARequest] = (), runtime_lora_updating: bool = False,
               max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES, force_include_usage: bool = False,
-              tokens_as_token_ids: bool = False) -> FastAPI:
+              tokens_as_token_ids: bool = False, request_id_headers: bool = False) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -62,7 +62,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     force_include_usage: every stream ends with a usage chunk, as if it asked (vLLM's
     --enable-force-include-usage).
     tokens_as_token_ids: logprobs name tokens "token_id:N" unless a request says otherwise (vLLM's
-    --return-tokens-as-token-ids)."""
+    --return-tokens-as-token-ids).
+    request_id_headers: every response carries X-Request-Id (vLLM's --enable-request-id-headers)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
@@ -92,6 +93,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     if api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=api_key)
     app.add_middleware(BodySizeMiddleware, max_body_bytes=max_body_bytes)
+    if request_id_headers:
+        app.add_middleware(RequestIdHeaderMiddleware)
     cors = cors or CorsPolicy()
     # Outermost: a browser's preflight (OPTIONS, no API key) is answered before the key is checked.
     app.add_middleware(CORSMiddleware, allow_origins=cors.origins, allow_methods=cors.methods,

@@ -183,9 +183,13 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         params.check_token_ids(served.vocab_size)
     except ValueError as e:
         raise bad_request(str(e)) from None
-    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    # As vLLM: a client's X-Request-Id names the response (its id, prefix-<header>); the engine's ids
+    # carry it too, made unique, so that two requests sent with one header do not collide.
+    client_id = raw_request.headers.get("x-request-id")
+    request_id = f"{prefix}-{client_id or uuid.uuid4().hex}"
+    engine_id = request_id if client_id is None else f"{request_id}-{uuid.uuid4().hex[:12]}"
     try:
-        stream = engine.submit(request_id, prompts, params, lora, body.cache_salt, body.priority)
+        stream = engine.submit(engine_id, prompts, params, lora, body.cache_salt, body.priority)
     except QueueFullError as e:
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:

@@ -4,12 +4,15 @@
   otherwise); /health, /metrics, /version, /tokenize and /detokenize stay open, as in vLLM.
 - BodySizeMiddleware: a request body over the limit is refused with 413, from its Content-Length
   before anything is read, or as soon as a chunked body passes the limit.
+- RequestIdHeaderMiddleware (vLLM's --enable-request-id-headers): every response carries
+  X-Request-Id, the request's own or a fresh one.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import uuid
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,3 +81,21 @@ class BodySizeMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class RequestIdHeaderMiddleware:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

@@ -123,7 +123,8 @@ def run_server(args: argparse.Namespace) -> int:
                         runtime_lora_updating=args.allow_runtime_lora_updating,
                         max_stored_responses=args.max_stored_responses,
                         force_include_usage=args.enable_force_include_usage,
-                        tokens_as_token_ids=args.return_tokens_as_token_ids)
+                        tokens_as_token_ids=args.return_tokens_as_token_ids,
+                        request_id_headers=args.enable_request_id_headers)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
