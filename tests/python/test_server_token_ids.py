@@ -23,7 +23,8 @@ GREEDY = dict(temperature=0, max_tokens=6, ignore_eos=True)
 @pytest.fixture(scope="module")
 def client(tiny_model_dir):
     with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", MODEL,
-                       "--enable-force-include-usage", "--return-tokens-as-token-ids", "--max-logprobs", "-1") as server:
+                       "--enable-force-include-usage", "--return-tokens-as-token-ids", "--max-logprobs",
+                       "-1") as server:
         yield openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
 
 

@@ -67,7 +67,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--api-key", default=os.environ.get("KVSERVE_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on every /v1 route (default: $KVSERVE_API_KEY)")
-    serve.add_argument("--ssl-keyfile", metavar="PATH", help="serve HTTPS with this private key (PEM), and --ssl-certfile")
+    serve.add_argument("--ssl-keyfile", metavar="PATH",
+                       help="serve HTTPS with this private key (PEM), and --ssl-certfile")
     serve.add_argument("--ssl-certfile", metavar="PATH", help="the server's certificate (PEM) for HTTPS")
     serve.add_argument("--ssl-ca-certs", metavar="PATH",
                        help="CA certificates (PEM) that client certificates are checked against")

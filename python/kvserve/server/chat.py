@@ -115,7 +115,8 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
             last = j == len(pieces) - 1
             token_ids, logprobs = [], None
             if j == 0:  # what the choice made since its last chunk
-                token_ids, logprobs = waiting.token_ids, _chat_logprobs(body, served, waiting.token_ids, waiting.logprobs)
+                token_ids = waiting.token_ids
+                logprobs = _chat_logprobs(body, served, token_ids, waiting.logprobs)
                 waiting.token_ids, waiting.logprobs = [], []
             yield {"index": delta.index, "delta": piece, "logprobs": logprobs,
                    "finish_reason": finish_reason if last else None,

@@ -120,7 +120,9 @@ async def _chunk_choices(generation: Generation, body: CompletionRequest, served
     async for delta in generation.deltas():
         text, logprobs = delta.text, None
         first = delta.index not in writers
-        writer = writers.setdefault(delta.index, _LogprobsWriter(served, body.tokens_as_ids(served.tokens_as_token_ids)))
+        if first:
+            writers[delta.index] = _LogprobsWriter(served, body.tokens_as_ids(served.tokens_as_token_ids))
+        writer = writers[delta.index]
         if body.echo and first:
             text = echo.text(delta.prompt_index) + text
             if body.logprobs is not None:

@@ -217,8 +217,8 @@ class GenerationRequest(_Model):
             max_tokens=max_tokens, min_tokens=self.min_tokens, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
             logit_bias=self._logit_bias(), skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, allowed_token_ids=self.allowed_token_ids,
-            bad_words=self.bad_words, truncate_prompt_tokens=self.truncate_prompt_tokens, structured_outputs=structured_outputs,
-            output_kind=RequestOutputKind.DELTA,
+            bad_words=self.bad_words, truncate_prompt_tokens=self.truncate_prompt_tokens,
+            structured_outputs=structured_outputs, output_kind=RequestOutputKind.DELTA,
             **{name: value for name, value in picked.items() if value is not None})
 
     def _logit_bias(self) -> dict[int, float] | None:
