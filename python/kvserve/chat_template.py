@@ -106,14 +106,16 @@ _NOT_VARIABLES = ("messages", "tokenize", "return_dict", "self")
 
 
 def chat_template_arguments(add_generation_prompt: bool, continue_final_message: bool, chat_template: str | None,
-                            chat_template_kwargs: Mapping | None) -> dict:
-    """Tokenizer.apply_chat_template's keyword arguments for a chat (Engine.chat, the server): the
-    chat_template_kwargs (the template's variables, e.g. {"enable_thinking": False}) win over the
-    arguments of the same names, as in vLLM. ValueError for kwargs that are not a dict of variables."""
+                            chat_template_kwargs: Mapping | None, tools: list[dict] | None = None) -> dict:
+    """Tokenizer.apply_chat_template's keyword arguments for a chat (Engine.chat, the server): `tools`
+    (OpenAI's function definitions) as the template's `tools`, and the chat_template_kwargs (the
+    template's variables, e.g. {"enable_thinking": False}) winning over the arguments of the same
+    names, as in vLLM. ValueError for kwargs that are not a dict of variables."""
     if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, Mapping):
         raise ValueError(f"chat_template_kwargs must be a dict, got {type(chat_template_kwargs).__name__}")
     arguments = {"add_generation_prompt": add_generation_prompt, "continue_final_message": continue_final_message,
-                 "chat_template": chat_template, **(chat_template_kwargs or {})}
+                 "chat_template": chat_template, **({"tools": tools} if tools is not None else {}),
+                 **(chat_template_kwargs or {})}
     taken = sorted(set(_NOT_VARIABLES) & set(arguments))
     if taken:
         raise ValueError(f"chat_template_kwargs cannot set {taken}: they are apply_chat_template's own arguments, "

@@ -526,11 +526,14 @@ class Engine:
     def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
              use_tqdm: bool = True, add_generation_prompt: bool = True, continue_final_message: bool = False,
              chat_template: str | None = None, chat_template_kwargs: dict | None = None,
+             tools: list[dict] | None = None,
              lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of {"role", "content"} messages) or to a
-        list of conversations, with the model's chat template. chat_template_kwargs: more template
-        variables (e.g. {"enable_thinking": False} for Qwen3), which win over add_generation_prompt,
-        continue_final_message and chat_template, as in vLLM. `lora_request`: as generate()'s."""
+        list of conversations, with the model's chat template. `tools`: function definitions in
+        OpenAI's format, the template's `tools` (the calls come back as the model writes them).
+        chat_template_kwargs: more template variables (e.g. {"enable_thinking": False} for Qwen3),
+        which win over add_generation_prompt, continue_final_message, chat_template and tools, as in
+        vLLM. `lora_request`: as generate()'s."""
         if self.tokenizer is None:
             raise ValueError("chat() needs a tokenizer, but the engine was built with skip_tokenizer_init=True")
         if isinstance(messages, (str, dict)) or not isinstance(messages, Sequence):
@@ -540,7 +543,7 @@ class Engine:
             raise ValueError("messages is empty: expected a conversation (a list of {'role', 'content'} dicts) "
                              "or a list of conversations")
         arguments = chat_template_arguments(add_generation_prompt, continue_final_message, chat_template,
-                                            chat_template_kwargs)
+                                            chat_template_kwargs, tools)
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         prompts = []
         for conversation in conversations:

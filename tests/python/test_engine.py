@@ -427,6 +427,15 @@ def test_chat_applies_the_template_and_llm_is_engine(tiny_model_dir):
                                                           {"role": "user", "content": "More"}]], GREEDY,
                           use_tqdm=False)
     assert replies[0].outputs[0].token_ids == reply.outputs[0].token_ids and len(replies) == 2
+    # tools reach the template as its `tools`; chat_template_kwargs win over them, as in vLLM.
+    template = ("{% for t in tools %}[{{ t.function.name }}]{% endfor %}"
+                "{% for m in messages %}{{ m.content }}{% endfor %}")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    [with_tools] = engine.chat(conversation, GREEDY, use_tqdm=False, chat_template=template, tools=tools)
+    assert with_tools.prompt == "[get_weather]Hi"
+    [overridden] = engine.chat(conversation, GREEDY, use_tqdm=False, chat_template=template, tools=tools,
+                               chat_template_kwargs={"tools": []})
+    assert overridden.prompt == "Hi"
 
 
 def test_generate_shows_a_progress_bar(tiny_model_dir, capsys):

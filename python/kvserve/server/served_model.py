@@ -117,12 +117,10 @@ class ServedModel:
         """The prompt text of a conversation, through the model's chat template (or the request's,
         when the server trusts those), with the request's tools as its `tools`. chat_template_kwargs
         are the template's variables and win over the request's own fields, as in vLLM."""
-        tools = fields.template_tools()
         try:
             arguments = chat_template_arguments(fields.add_generation_prompt, fields.continue_final_message,
-                                                fields.chat_template,
-                                                {"tools": tools, **(fields.chat_template_kwargs or {})} if tools
-                                                else fields.chat_template_kwargs)
+                                                fields.chat_template, fields.chat_template_kwargs,
+                                                fields.template_tools() or None)
         except ValueError as e:
             raise bad_request(str(e), "chat_template_kwargs") from None
         if arguments["chat_template"] is not None and not self.trust_request_chat_template:
