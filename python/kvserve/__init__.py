@@ -1,6 +1,7 @@
 """kvserve: an LLM inference and serving engine (paged KV cache, continuous batching)."""
 
 from kvserve._C import __version__
+from kvserve.beam_search import BeamSearchParams
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
 from kvserve.outputs import CompletionOutput, RequestOutput
@@ -10,5 +11,5 @@ from kvserve.structured_outputs import StructuredOutputsParams
 # vLLM users write `from vllm import LLM`; the same name works here.
 LLM = Engine
 
-__all__ = ["LLM", "CompletionOutput", "Engine", "LoRARequest", "RequestOutput", "RequestOutputKind", "SamplingParams",
+__all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "Engine", "LoRARequest", "RequestOutput", "RequestOutputKind", "SamplingParams",
            "StructuredOutputsParams", "__version__"]

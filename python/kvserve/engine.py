@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 
 from kvserve import _C
+from kvserve.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from kvserve.chat_template import chat_template_arguments
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
@@ -551,6 +552,10 @@ class Engine:
             prompts.append({"prompt": text,
                             "prompt_token_ids": self.tokenizer.encode(text, add_special_tokens=False)})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm, lora_request=lora_request)
+
+    def beam_search(self, prompts, params: BeamSearchParams, *, use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """vLLM's LLM.beam_search (kvserve/beam_search.py): each prompt's beam_width best beams."""
+        return beam_search(self, prompts, params, use_tqdm)
 
     def _run_to_completion(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         pending = set(request_ids)
