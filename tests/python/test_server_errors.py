@@ -49,6 +49,7 @@ CASES = {
     "logit_bias key not an id": (COMPLETIONS, {"prompt": "Hi", "logit_bias": {"x": 1}}, 400, None),
     "min_tokens above max_tokens": (COMPLETIONS, {"prompt": "Hi", "max_tokens": 2, "min_tokens": 5}, 400, None),
     "a priority without the priority policy": (COMPLETIONS, {"prompt": "Hi", "priority": 1}, 400, "priority"),
+    "beam search": (CHAT, {"messages": USER, "use_beam_search": True, "n": 2}, 400, "use_beam_search"),
     "a bad word of whitespace": (COMPLETIONS, {"prompt": "Hi", "bad_words": [" "]}, 400, None),
     "bad_words a number": (COMPLETIONS, {"prompt": "Hi", "bad_words": 3}, 400, "bad_words"),
     "stream_options without stream": (COMPLETIONS, {"prompt": "Hi", "stream_options": {"include_usage": True}}, 400,

@@ -148,6 +148,9 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
     lora = served.check_name(body.model)
     if body.model_extra:
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
+    if body.use_beam_search:
+        raise bad_request("use_beam_search is not supported by the server (kvserve runs beam search offline: "
+                          "Engine.beam_search)", "use_beam_search")
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     for count in (logprobs, prompt_logprobs):

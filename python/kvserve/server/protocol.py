@@ -144,6 +144,7 @@ class GenerationRequest(_Model):
     cache_salt: str | None = Field(None, min_length=1)
     # Lower runs first, with --scheduling-policy priority (vLLM's); refused otherwise.
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+    use_beam_search: bool = False  # vLLM's; refused by name (Engine.beam_search runs it offline)
     # Structured outputs: OpenAI's response_format, vLLM's structured_outputs (its
     # StructuredOutputsParams' fields), or vLLM's earlier guided_* fields; one of them at most.
     response_format: ResponseFormat | None = None
