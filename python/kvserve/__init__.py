@@ -11,5 +11,5 @@ from kvserve.structured_outputs import StructuredOutputsParams
 # vLLM users write `from vllm import LLM`; the same name works here.
 LLM = Engine
 
-__all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "Engine", "LoRARequest", "RequestOutput", "RequestOutputKind", "SamplingParams",
-           "StructuredOutputsParams", "__version__"]
+__all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "Engine", "LoRARequest", "RequestOutput", "RequestOutputKind",
+           "SamplingParams", "StructuredOutputsParams", "__version__"]

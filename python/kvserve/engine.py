@@ -48,7 +48,7 @@ from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
-from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int
+from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
 from kvserve.tokenizer import Tokenizer
 
 logger = logging.getLogger("kvserve")
@@ -173,7 +173,7 @@ class Engine:
         if not is_int(max_logprobs) or max_logprobs < -1:
             raise ValueError(f"max_logprobs must be an integer >= 0, or -1 for the whole vocabulary, "
                              f"got {max_logprobs!r}")
-        self.max_logprobs = config.vocab_size if max_logprobs == -1 else max_logprobs
+        self.max_logprobs = logprobs_wanted(max_logprobs, config.vocab_size)
         if self.device.type == "cuda" and kv_cache_memory_gb is None:
             from kvserve.gpu.memory import plan_kv_cache
 

@@ -60,6 +60,11 @@ class RequestOutputKind(Enum):
     FINAL_ONLY = 2
 
 
+def logprobs_wanted(count: int, vocab_size: int) -> int:
+    """The log-probabilities a position gets for a logprobs count: -1 asks for the whole vocabulary."""
+    return vocab_size if count == -1 else count
+
+
 def truncate_prompt(token_ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
     """The last `keep` of a prompt's token ids (truncate_prompt_tokens), or all of them (None, or a
     shorter prompt). -1 keeps as many as the context holds with room for one output token,
@@ -241,7 +246,7 @@ class SamplingParams:
         """The log-probabilities a position asks for, by field (logprobs, prompt_logprobs; those set),
         -1 read as the vocabulary."""
         counts = {name: getattr(self, name) for name in ("logprobs", "prompt_logprobs")}
-        return {name: vocab_size if count == -1 else count for name, count in counts.items() if count is not None}
+        return {name: logprobs_wanted(count, vocab_size) for name, count in counts.items() if count is not None}
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Raise ValueError when a token id in logit_bias, stop_token_ids or allowed_token_ids, or a

@@ -12,6 +12,7 @@ from kvserve.chat_template import chat_template_arguments
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
 from kvserve.lora.adapter import load_adapter
+from kvserve.sampling_params import logprobs_wanted
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import ChatTemplateFields
 
@@ -103,8 +104,7 @@ class ServedModel:
     def check_logprobs(self, count: int | None, param: str) -> None:
         """400 where a request asks for more log-probabilities a position than --max-logprobs allows
         (-1: the whole vocabulary)."""
-        wanted = self.vocab_size if count == -1 else count
-        if count is not None and wanted > self.max_logprobs:
+        if count is not None and (wanted := logprobs_wanted(count, self.vocab_size)) > self.max_logprobs:
             raise bad_request(f"{param} {count} asks for {wanted} log-probabilities a position; this server gives at "
                               f"most {self.max_logprobs} (--max-logprobs)", param)
 
