@@ -151,14 +151,6 @@ fi
 # for each): which count the engine's steps want, measured where the attention runs cold.
 run decode-splits 120 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 64 --steps 32 \
   --splits 1 2 4 8 16 --out "$OUT/bench.jsonl"
-# cuBLAS runs batch 64's products at 1.10-1.36x their floor (bench/README.md): the same steps with
-# PyTorch's TunableOp, which times the cuBLASLt algorithms of each product's shape the first time
-# it runs (the engine's warm-up passes, before the graphs are captured) and keeps the fastest.
-TUNABLEOP_JSONL=/tmp/kvserve-tunableop.jsonl
-rm -f "$TUNABLEOP_JSONL"
-run decode-tunableop 180 "$OUT/bench.log" env PYTORCH_TUNABLEOP_ENABLED=1 PYTORCH_TUNABLEOP_TUNING=1 \
-  PYTORCH_TUNABLEOP_FILENAME=/tmp/kvserve-tunableop.csv "$PY" bench/gpu_bench.py decode --batches 64 \
-  --modes graphs eager --out "$TUNABLEOP_JSONL"
 # The sampler on the GPU with 64 and 1024 first candidates for truncated rows (the GPU takes 1024,
 # which rarely fall short of top-p's kept set: retracts, when steps are scheduled ahead, follow those).
 run sampler 60 "$OUT/bench.log" "$PY" bench/sampler_bench.py --device cuda --batch 64 --vocab 128256 --repeat 10 \
@@ -192,12 +184,12 @@ run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --inp
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" "$TUNABLEOP_JSONL" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 rows = []
-for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)", " (TunableOp)")):
+for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)")):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}
