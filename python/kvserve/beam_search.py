@@ -12,7 +12,7 @@ prompts from the step before: a step costs about one decode step per beam.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -69,45 +69,78 @@ def beam_score(beam: BeamSearchSequence, eos_token_ids: set[int], length_penalty
     return beam.cum_logprob / length ** length_penalty
 
 
-def beam_search(engine: Engine, prompts: PromptInput | Sequence[PromptInput], params: BeamSearchParams,
-                use_tqdm: bool = False) -> list[BeamSearchOutput]:
-    normalized = normalize_prompts(prompts, engine.tokenizer)
-    width = params.beam_width
-    live = [[BeamSearchSequence(list(p.token_ids))] for p in normalized]
-    finished: list[list[BeamSearchSequence]] = [[] for _ in normalized]
-    step_params = SamplingParams(logprobs=2 * width, max_tokens=1, temperature=params.temperature, ignore_eos=True)
-    # Room in the context for every step: a beam is never longer than max_model_len.
-    steps = min(params.max_tokens, engine.max_model_len - max(len(p.token_ids) for p in normalized))
-    for _ in tqdm(range(steps), desc="Beam search", disable=not use_tqdm):
-        beams = [beam for prompt_beams in live for beam in prompt_beams]
-        if not beams:
-            break
-        outputs = iter(engine.generate([{"prompt_token_ids": beam.tokens} for beam in beams], step_params,
-                                       use_tqdm=False))
-        for index, prompt_beams in enumerate(live):
+class BeamSearch:
+    """The search over several prompts, one step at a time, for whoever runs the steps on an engine
+    (beam_search below, offline; the server's beam_search_stream.py): next_step() gives every live
+    beam's tokens to run with step_params (none once the search is over), advance() takes each one's
+    log-probabilities entry, outputs() ranks the beams."""
+
+    def __init__(self, prompts: list[list[int]], params: BeamSearchParams, eos_token_ids: set[int],
+                 max_model_len: int):
+        self.prompts = prompts
+        self.params = params
+        self.eos_token_ids = eos_token_ids
+        self.step_params = SamplingParams(logprobs=2 * params.beam_width, max_tokens=1,
+                                          temperature=params.temperature, ignore_eos=True)
+        # Room in the context for every step: a beam is never longer than max_model_len.
+        self.num_steps = min(params.max_tokens, max_model_len - max(len(p) for p in prompts))
+        self._steps_taken = 0
+        self._live = [[BeamSearchSequence(list(p))] for p in prompts]
+        self._finished: list[list[BeamSearchSequence]] = [[] for _ in prompts]
+
+    def next_step(self) -> list[list[int]]:
+        """The tokens of every live beam, prompt by prompt; [] once the search is over."""
+        if self._steps_taken >= self.num_steps:
+            return []
+        return [beam.tokens for prompt_beams in self._live for beam in prompt_beams]
+
+    def advance(self, entries: list[dict[int, Logprob]]) -> None:
+        """Each beam of next_step()'s extended by its step's log-probabilities entry (its candidates)."""
+        self._steps_taken += 1
+        entries = iter(entries)
+        for index, prompt_beams in enumerate(self._live):
             candidates = []
             for beam in prompt_beams:
-                [entry] = next(outputs).outputs[0].logprobs
+                entry = next(entries)
                 for token_id, logprob in entry.items():
                     extended = BeamSearchSequence(beam.tokens + [token_id], beam.logprobs + [entry],
                                                   beam.cum_logprob + logprob.logprob)
-                    if not params.ignore_eos and token_id in engine.eos_token_ids:
+                    if not self.params.ignore_eos and token_id in self.eos_token_ids:
                         extended.finish_reason = "stop"
-                        finished[index].append(extended)
+                        self._finished[index].append(extended)
                     else:
                         candidates.append(extended)
             candidates.sort(key=lambda beam: beam.cum_logprob, reverse=True)
-            live[index] = candidates[:width]
-    results = []
-    for prompt, prompt_beams, done in zip(normalized, live, finished):
-        for beam in prompt_beams:
-            beam.finish_reason = "length"
-        ranked = sorted(done + prompt_beams, key=lambda b: beam_score(b, engine.eos_token_ids, params.length_penalty),
-                        reverse=True)[:width]
-        for beam in ranked:
-            own = beam.tokens[len(prompt.token_ids):]
-            if beam.finish_reason == "stop" and not params.include_stop_str_in_output:
-                own = own[:-1]
-            beam.text = engine.tokenizer.decode(own) if engine.tokenizer is not None else None
-        results.append(BeamSearchOutput(ranked))
-    return results
+            self._live[index] = candidates[:self.params.beam_width]
+        if not any(self._live):
+            self._steps_taken = self.num_steps
+
+    def outputs(self, decode: Callable[[list[int]], str] | None) -> list[BeamSearchOutput]:
+        """Each prompt's beam_width best beams, their text decoded by `decode` (None: no text)."""
+        results = []
+        for prompt, prompt_beams, done in zip(self.prompts, self._live, self._finished):
+            for beam in prompt_beams:
+                beam.finish_reason = "length"
+            ranked = sorted(done + prompt_beams, reverse=True,
+                            key=lambda b: beam_score(b, self.eos_token_ids, self.params.length_penalty))
+            for beam in ranked[:self.params.beam_width]:
+                own = beam.tokens[len(prompt):]
+                if beam.finish_reason == "stop" and not self.params.include_stop_str_in_output:
+                    own = own[:-1]
+                beam.text = decode(own) if decode is not None else None
+            results.append(BeamSearchOutput(ranked[:self.params.beam_width]))
+        return results
+
+
+def beam_search(engine: Engine, prompts: PromptInput | Sequence[PromptInput], params: BeamSearchParams,
+                use_tqdm: bool = False) -> list[BeamSearchOutput]:
+    normalized = normalize_prompts(prompts, engine.tokenizer)
+    search = BeamSearch([list(p.token_ids) for p in normalized], params, engine.eos_token_ids, engine.max_model_len)
+    for _ in tqdm(range(search.num_steps), desc="Beam search", disable=not use_tqdm):
+        beams = search.next_step()
+        if not beams:
+            break
+        outputs = engine.generate([{"prompt_token_ids": tokens} for tokens in beams], search.step_params,
+                                  use_tqdm=False)
+        search.advance([output.outputs[0].logprobs[0] for output in outputs])
+    return search.outputs(engine.tokenizer.decode if engine.tokenizer is not None else None)

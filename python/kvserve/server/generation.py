@@ -7,6 +7,7 @@ Choices are numbered as OpenAI numbers them for several prompts: choice = prompt
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from fastapi import Request
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
 from kvserve.sampling_params import truncate_prompt
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
+from kvserve.server.beam_search_stream import BeamSearchStream
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import GenerationRequest
 from kvserve.server.served_model import ServedModel
@@ -56,7 +58,7 @@ class Choice:
 class Generation:
     """One HTTP request's run through the engine."""
 
-    def __init__(self, request_id: str, stream: RequestStream, prompts: list[EnginePrompt], n: int,
+    def __init__(self, request_id: str, stream: RequestStream | BeamSearchStream, prompts: list[EnginePrompt], n: int,
                  prompt_only: bool = False, prompt_tokens_details: bool = False, model_name: str = ""):
         self.request_id = request_id
         self.model_name = model_name  # what the response's "model" says
@@ -148,9 +150,9 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
     lora = served.check_name(body.model)
     if body.model_extra:
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))
-    if body.use_beam_search:
-        raise bad_request("use_beam_search is not supported by the server (kvserve runs beam search offline: "
-                          "Engine.beam_search)", "use_beam_search")
+    if body.use_beam_search and prompt_only:
+        raise bad_request("use_beam_search generates tokens: max_tokens 0 (the prompt alone) has none to search",
+                          "use_beam_search")
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     for count in (logprobs, prompt_logprobs):
@@ -192,7 +194,17 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
     request_id = f"{prefix}-{client_id or uuid.uuid4().hex}"
     engine_id = request_id if client_id is None else f"{request_id}-{uuid.uuid4().hex[:12]}"
     try:
-        stream = engine.submit(engine_id, prompts, params, lora, body.cache_salt, body.priority)
+        beam_params = body.beam_search_params(max_tokens) if body.use_beam_search else None
+    except ValueError as e:
+        raise bad_request(str(e), "use_beam_search") from None
+    try:
+        if beam_params is not None:
+            decode = functools.partial(served.tokenizer.decode, skip_special_tokens=body.skip_special_tokens)
+            stream = BeamSearchStream(engine, engine_id, prompts, beam_params, decode, logprobs, lora, body.cache_salt,
+                                      body.priority)
+            stream.start()
+        else:
+            stream = engine.submit(engine_id, prompts, params, lora, body.cache_salt, body.priority)
     except QueueFullError as e:
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kvserve.beam_search import BeamSearchParams
 from kvserve.engine_args import INT32_MAX, INT32_MIN
 from kvserve.sampling_params import INT64_MAX, INT64_MIN, RequestOutputKind, SamplingParams, is_int
 from kvserve.structured_outputs import StructuredOutputsParams
@@ -106,6 +107,12 @@ GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice"
                  "guided_grammar": "grammar"}
 
 
+# The sampling fields beam search has no use for: set to anything but their default, a 400.
+BEAM_SEARCH_IGNORES = ("top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "top_k",
+                       "min_p", "repetition_penalty", "min_tokens", "stop_token_ids", "allowed_token_ids",
+                       "bad_words")
+
+
 class GenerationRequest(_Model):
     """What completions and chat completions share: the model and how to sample."""
 
@@ -144,7 +151,9 @@ class GenerationRequest(_Model):
     cache_salt: str | None = Field(None, min_length=1)
     # Lower runs first, with --scheduling-policy priority (vLLM's); refused otherwise.
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
-    use_beam_search: bool = False  # vLLM's; refused by name (Engine.beam_search runs it offline)
+    # vLLM's beam search (beam_search_stream.py): n beams, ranked with length_penalty.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
     # Structured outputs: OpenAI's response_format, vLLM's structured_outputs (its
     # StructuredOutputsParams' fields), or vLLM's earlier guided_* fields; one of them at most.
     response_format: ResponseFormat | None = None
@@ -221,6 +230,20 @@ class GenerationRequest(_Model):
             bad_words=self.bad_words, truncate_prompt_tokens=self.truncate_prompt_tokens,
             structured_outputs=structured_outputs, output_kind=RequestOutputKind.DELTA,
             **{name: value for name, value in picked.items() if value is not None})
+
+    def beam_search_params(self, max_tokens: int) -> BeamSearchParams:
+        """use_beam_search's parameters, as vLLM maps them (beam_width = n); ValueError naming the
+        sampling fields set that beam search does not follow (vLLM ignores them)."""
+        ignored = [name for name in BEAM_SEARCH_IGNORES if getattr(self, name) != type(self).model_fields[name].default]
+        if self.structured_outputs_field is not None:
+            ignored.append(self.structured_outputs_field)
+        if ignored:
+            raise ValueError(f"use_beam_search does not follow {', '.join(ignored)}: it takes n (the beams), "
+                             "max_tokens, temperature, length_penalty, ignore_eos, include_stop_str_in_output and "
+                             "logprobs")
+        return BeamSearchParams(beam_width=self.n, max_tokens=max_tokens, ignore_eos=self.ignore_eos,
+                                temperature=self.temperature or 0.0, length_penalty=self.length_penalty,
+                                include_stop_str_in_output=self.include_stop_str_in_output)
 
     def _logit_bias(self) -> dict[int, float] | None:
         if self.logit_bias is None:
