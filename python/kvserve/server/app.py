@@ -9,6 +9,7 @@ Routes: POST /v1/completions, /v1/chat/completions, /tokenize, /detokenize; GET 
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware, RequestIdHeaderMiddleware
 from kvserve.server.responses_store import DEFAULT_MAX_STORED_RESPONSES, ResponsesStore
 from kvserve.server.served_model import ServedModel
+from kvserve.server.stats_logger import StatsLogger
 
 DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 
@@ -45,7 +47,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               prompt_tokens_details: bool = False, auto_tool_parser: str | None = None,
               loras: list[LoRARequest] = (), runtime_lora_updating: bool = False,
               max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES, force_include_usage: bool = False,
-              tokens_as_token_ids: bool = False, request_id_headers: bool = False) -> FastAPI:
+              tokens_as_token_ids: bool = False, request_id_headers: bool = False,
+              log_stats_interval_s: float | None = None) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -63,7 +66,9 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     --enable-force-include-usage).
     tokens_as_token_ids: logprobs name tokens "token_id:N" unless a request says otherwise (vLLM's
     --return-tokens-as-token-ids).
-    request_id_headers: every response carries X-Request-Id (vLLM's --enable-request-id-headers)."""
+    request_id_headers: every response carries X-Request-Id (vLLM's --enable-request-id-headers).
+    log_stats_interval_s: log a line of the engine's throughput and state this often (stats_logger.py);
+    None: never."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
@@ -73,9 +78,14 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async_engine.start()
+        stats = None
+        if log_stats_interval_s is not None:
+            stats = asyncio.create_task(StatsLogger(async_engine, server_metrics, log_stats_interval_s).run())
         try:
             yield
         finally:
+            if stats is not None:
+                stats.cancel()
             await async_engine.shutdown()
 
     app = FastAPI(title="kvserve", version=kvserve.__version__, lifespan=lifespan)

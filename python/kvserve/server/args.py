@@ -94,6 +94,9 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--enable-request-id-headers", action="store_true",
                        help="every response carries the header X-Request-Id: the request's own, or a fresh one "
                        "(a request's X-Request-Id names its response either way: cmpl-<id>, chatcmpl-<id>)")
+    serve.add_argument("--disable-log-stats", action="store_true",
+                       help="no periodic log line of throughput, running and waiting requests and KV cache usage "
+                       "(every KVSERVE_LOG_STATS_INTERVAL seconds, default 10)")
     serve.add_argument("--return-tokens-as-token-ids", action="store_true",
                        help="logprobs name their tokens 'token_id:N' (a request's return_tokens_as_token_ids "
                        "overrides this): tokens that are not whole characters stay tellable apart")

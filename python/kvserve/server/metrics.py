@@ -104,6 +104,8 @@ class ServerMetrics(StepObserver):
         # outputs are DELTA); engine thread only.
         self._progress: dict[str, tuple[float | None, int]] = {}
         self._totals_seen = (0, 0, 0)  # the engine's (queries, hits, preemptions) already counted; scrapes only
+        # The token counters' values, for the periodic stats line (stats_logger.py).
+        self.prompt_tokens_total = self.generation_tokens_total = 0
 
     def request_success(self, finished_reason: str):
         return self._request_success.labels(self._model_name, finished_reason)
@@ -116,8 +118,10 @@ class ServerMetrics(StepObserver):
             last, generated = self._progress.get(output.request_id, (None, 0))
             if new_tokens:
                 self.generation_tokens.inc(new_tokens)
+                self.generation_tokens_total += new_tokens
                 if last is None:
                     self.prompt_tokens.inc(len(output.prompt_token_ids))
+                    self.prompt_tokens_total += len(output.prompt_token_ids)
                     self.ttft.observe(now - output.metrics.arrival_time)
                 else:
                     self.itl.observe(now - last)

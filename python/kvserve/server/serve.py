@@ -23,6 +23,7 @@ from kvserve.loader.default_model import DEFAULT_MODEL_NAME
 from kvserve.lora import LoRARequest
 from kvserve.server.app import CorsPolicy, build_app
 from kvserve.server.async_engine import AsyncEngine
+from kvserve.server.stats_logger import log_stats_interval
 from kvserve.server.tool_parsers import TOOL_PARSERS
 
 logger = logging.getLogger("kvserve")
@@ -107,6 +108,10 @@ def run_server(args: argparse.Namespace) -> int:
     if args.enable_auto_tool_choice and args.tool_call_parser is None:
         raise SystemExit("kvserve serve: --enable-auto-tool-choice needs --tool-call-parser "
                          f"({', '.join(TOOL_PARSERS)})")
+    try:
+        log_stats_interval_s = None if args.disable_log_stats else log_stats_interval()
+    except ValueError as e:
+        raise SystemExit(f"kvserve serve: {e}") from None
     sock = _listen(args.host, args.port)
     names = args.served_model_name or [args.model or DEFAULT_MODEL_NAME]
     try:
@@ -124,7 +129,7 @@ def run_server(args: argparse.Namespace) -> int:
                         max_stored_responses=args.max_stored_responses,
                         force_include_usage=args.enable_force_include_usage,
                         tokens_as_token_ids=args.return_tokens_as_token_ids,
-                        request_id_headers=args.enable_request_id_headers)
+                        request_id_headers=args.enable_request_id_headers, log_stats_interval_s=log_stats_interval_s)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
