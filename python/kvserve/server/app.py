@@ -24,6 +24,7 @@ from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware, RequestIdHeaderMiddleware
 from kvserve.server.responses_store import DEFAULT_MAX_STORED_RESPONSES, ResponsesStore
+from kvserve.server.request_log import RequestLog
 from kvserve.server.served_model import ServedModel
 from kvserve.server.stats_logger import StatsLogger
 
@@ -48,7 +49,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               loras: list[LoRARequest] = (), runtime_lora_updating: bool = False,
               max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES, force_include_usage: bool = False,
               tokens_as_token_ids: bool = False, request_id_headers: bool = False,
-              log_stats_interval_s: float | None = None) -> FastAPI:
+              log_stats_interval_s: float | None = None, request_log: RequestLog | None = None) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -68,7 +69,9 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     --return-tokens-as-token-ids).
     request_id_headers: every response carries X-Request-Id (vLLM's --enable-request-id-headers).
     log_stats_interval_s: log a line of the engine's throughput and state this often (stats_logger.py);
-    None: never."""
+    None: never.
+    request_log: log each request's prompts and parameters as it is submitted (vLLM's
+    --enable-log-requests); None: not."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
@@ -92,6 +95,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     app.state.engine = async_engine
     app.state.model = served
     app.state.metrics = server_metrics
+    app.state.request_log = request_log
     app.state.responses = ResponsesStore(max_stored_responses)
     for module in (completions, chat, responses_api, endpoints, metrics):
         app.include_router(module.router)

@@ -94,6 +94,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--enable-request-id-headers", action="store_true",
                        help="every response carries the header X-Request-Id: the request's own, or a fresh one "
                        "(a request's X-Request-Id names its response either way: cmpl-<id>, chatcmpl-<id>)")
+    serve.add_argument("--enable-log-requests", action="store_true",
+                       help="log each request's prompts, sampling parameters and prompt token ids as it is "
+                       "submitted")
+    serve.add_argument("--max-log-len", type=int, metavar="N",
+                       help="with --enable-log-requests, the characters of a prompt and the token ids logged "
+                       "(default: all)")
     serve.add_argument("--disable-log-stats", action="store_true",
                        help="no periodic log line of throughput, running and waiting requests and KV cache usage "
                        "(every KVSERVE_LOG_STATS_INTERVAL seconds, default 10)")

@@ -21,6 +21,7 @@ from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStopped
 from kvserve.server.beam_search_stream import BeamSearchStream
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import GenerationRequest
+from kvserve.server.request_log import RequestLog
 from kvserve.server.served_model import ServedModel
 
 logger = logging.getLogger("kvserve.server")
@@ -209,5 +210,8 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
+    request_log: RequestLog | None = raw_request.app.state.request_log
+    if request_log is not None:
+        request_log.received(engine_id, prompts, beam_params or params, lora)
     return Generation(request_id, stream, prompts, body.n, prompt_only, served.prompt_tokens_details,
                       served.response_name(lora))

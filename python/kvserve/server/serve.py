@@ -23,6 +23,7 @@ from kvserve.loader.default_model import DEFAULT_MODEL_NAME
 from kvserve.lora import LoRARequest
 from kvserve.server.app import CorsPolicy, build_app
 from kvserve.server.async_engine import AsyncEngine
+from kvserve.server.request_log import RequestLog
 from kvserve.server.stats_logger import log_stats_interval
 from kvserve.server.tool_parsers import TOOL_PARSERS
 
@@ -110,6 +111,7 @@ def run_server(args: argparse.Namespace) -> int:
                          f"({', '.join(TOOL_PARSERS)})")
     try:
         log_stats_interval_s = None if args.disable_log_stats else log_stats_interval()
+        request_log = RequestLog(args.max_log_len) if args.enable_log_requests else None
     except ValueError as e:
         raise SystemExit(f"kvserve serve: {e}") from None
     sock = _listen(args.host, args.port)
@@ -129,7 +131,8 @@ def run_server(args: argparse.Namespace) -> int:
                         max_stored_responses=args.max_stored_responses,
                         force_include_usage=args.enable_force_include_usage,
                         tokens_as_token_ids=args.return_tokens_as_token_ids,
-                        request_id_headers=args.enable_request_id_headers, log_stats_interval_s=log_stats_interval_s)
+                        request_id_headers=args.enable_request_id_headers, log_stats_interval_s=log_stats_interval_s,
+                        request_log=request_log)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
