@@ -43,6 +43,7 @@ from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.lora.adapter import LoRAAdapter
 from kvserve.lora.adapters import LoRAAdapters
 from kvserve.lora.request import LoRARequest
+from kvserve.model_config import sampling_defaults
 from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
@@ -92,7 +93,8 @@ class Engine:
                  async_scheduling: bool | None = None, generation_config: str = "auto",
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None,
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
-                 scheduling_policy: str = "fcfs", max_logprobs: int = 20):
+                 scheduling_policy: str = "fcfs", max_logprobs: int = 20,
+                 override_generation_config: dict | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -102,7 +104,9 @@ class Engine:
         `seed`: of torch's random state (unseeded requests draw from it) and of dummy weights; None
         leaves torch's random state as it is.
         `generation_config`: "auto" takes the sampling defaults of the model's generation_config.json
-        (default_sampling_params), "vllm" ignores them. As in vLLM, None for max_num_seqs,
+        (default_sampling_params), "vllm" ignores them; `override_generation_config` (vLLM's, e.g.
+        {"temperature": 0.5}; its keys temperature, top_p, top_k, min_p, repetition_penalty and
+        max_new_tokens) replaces or adds to what that leaves. As in vLLM, None for max_num_seqs,
         max_num_batched_tokens, block_size, enable_prefix_caching and enable_chunked_prefill means
         the default. `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
         scripts: kvserve runs on one device, and its architectures are built in.
@@ -158,8 +162,14 @@ class Engine:
         if not isinstance(enable_lora, bool):
             raise ValueError(f"enable_lora must be True or False, got {enable_lora!r}")
         self.loras = LoRAAdapters(loaded.model, max_loras, max_lora_rank) if enable_lora else None
-        if generation_config == "vllm":
-            self.model_config = config = dataclasses.replace(config, default_sampling={})
+        if override_generation_config is not None and not isinstance(override_generation_config, dict):
+            raise ValueError(f"override_generation_config must be a dict, e.g. {{'temperature': 0.5}}, got "
+                             f"{override_generation_config!r}")
+        if generation_config == "vllm" or override_generation_config:
+            defaults = {} if generation_config == "vllm" else config.default_sampling
+            overrides = sampling_defaults(override_generation_config or {}, strict=True)
+            SamplingParams(**overrides)  # a ValueError for a bad value now, not in every request
+            self.model_config = config = dataclasses.replace(config, default_sampling={**defaults, **overrides})
         self.dtype = loaded.dtype
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(loaded, tokenizer)
 

@@ -11,6 +11,7 @@ The model itself is not among them: serve, generate and chat take it as their po
 from __future__ import annotations
 
 import argparse
+import json
 from typing import TYPE_CHECKING
 
 from kvserve.loader.load import LOAD_FORMATS
@@ -29,7 +30,25 @@ ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_siz
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
-                "generation_config", "scheduling_policy", "max_logprobs")
+                "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs")
+
+
+def flag_type(parse, valid, expected: str):
+    """An argparse type: parse(value) when it parses and valid() accepts it, else "expected ...,
+    got VALUE"."""
+    def convert(value: str):
+        try:
+            result = parse(value)
+        except ValueError:  # json.JSONDecodeError is one
+            result = None
+        if result is None or not valid(result):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return result
+    return convert
+
+
+# vLLM's --override-generation-config: a JSON object, e.g. '{"temperature": 0.5}'.
+_json_object = flag_type(json.loads, lambda v: isinstance(v, dict), "a JSON object, e.g. '{\"temperature\": 0.5}'")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +109,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--generation-config", choices=GENERATION_CONFIGS, default="auto",
                        help="auto: sampling defaults (temperature, top_p, ...) from the model's "
                        "generation_config.json; vllm: ignore them")
+    group.add_argument("--override-generation-config", type=_json_object, metavar="JSON",
+                       help="sampling defaults that replace the generation config's, e.g. '{\"temperature\": "
+                       "0.5}' (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens)")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

@@ -46,6 +46,17 @@ _SAMPLING_DEFAULTS = {
 }
 
 
+def sampling_defaults(generation: dict, strict: bool = False) -> dict:
+    """The default sampling parameters that generation_config.json's keys set, under vLLM's names
+    (max_new_tokens is max_tokens); `strict`: ValueError for a key that sets none."""
+    if strict:
+        unknown = sorted(set(generation) - set(_SAMPLING_DEFAULTS))
+        if unknown:
+            raise ValueError(f"generation config keys {unknown} set no sampling default; the keys are "
+                             f"{sorted(_SAMPLING_DEFAULTS)}")
+    return {ours: generation[theirs] for theirs, ours in _SAMPLING_DEFAULTS.items() if generation.get(theirs) is not None}
+
+
 def dtype_from_name(name: str | torch.dtype, what: str = "dtype") -> torch.dtype:
     """A torch dtype from a name such as "bfloat16" (or a torch.dtype passed through)."""
     if isinstance(name, torch.dtype) and name in _DTYPES_BY_NAME.values():
@@ -174,8 +185,7 @@ class ModelConfig:
             checkpoint_dtype=dtype_from_name(checkpoint_dtype, f"{source}: dtype") if checkpoint_dtype else None,
             bos_token_id=generation.get("bos_token_id", hf.get("bos_token_id")),
             eos_token_ids=_eos_ids(hf.get("eos_token_id"), generation.get("eos_token_id")),
-            default_sampling={ours: generation[theirs] for theirs, ours in _SAMPLING_DEFAULTS.items()
-                              if generation.get(theirs) is not None},
+            default_sampling=sampling_defaults(generation),
         )
 
 

@@ -112,9 +112,12 @@ def test_vllms_flags_parse(model_dir):
     parser = build_parser()
     for flag, dtype in (("half", "half"), ("float", "float"), ("float16", "float16")):
         assert parser.parse_args(["serve", "--dtype", flag]).dtype == dtype
-    args = parser.parse_args(["serve", "-tp", "1", "--trust-remote-code", "--generation-config", "vllm"])
-    assert {k: engine_kwargs(args)[k] for k in ("tensor_parallel_size", "trust_remote_code", "generation_config")} == {
-        "tensor_parallel_size": 1, "trust_remote_code": True, "generation_config": "vllm"}
+    args = parser.parse_args(["serve", "-tp", "1", "--trust-remote-code", "--generation-config", "vllm",
+                              "--override-generation-config", '{"temperature": 0.5}'])
+    names = ("tensor_parallel_size", "trust_remote_code", "generation_config", "override_generation_config")
+    assert {k: engine_kwargs(args)[k] for k in names} == {
+        "tensor_parallel_size": 1, "trust_remote_code": True, "generation_config": "vllm",
+        "override_generation_config": {"temperature": 0.5}}
     result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--tensor-parallel-size", "2")
     assert result.returncode != 0
     assert "kvserve generate: tensor_parallel_size must be 1 (kvserve runs on one device), got 2" in result.stderr
@@ -130,6 +133,8 @@ def test_vllms_flags_parse(model_dir):
     (["--shutdown-timeout", "inf"], "argument --shutdown-timeout: expected a number of seconds >= 0, got 'inf'"),
     (["--allowed-origins", "*"], "argument --allowed-origins: expected a JSON list of strings, e.g. '[\"*\"]', got '*'"),
     (["--allowed-methods", '["GET", 1]'], "argument --allowed-methods: expected a JSON list of strings"),
+    (["--override-generation-config", "temperature=0.5"], "argument --override-generation-config: expected a JSON "
+                                                           "object"),
 ])
 def test_serve_refuses_a_bad_port_timeout_or_cors_list(flags, message):
     result = run_cli("serve", *flags)

@@ -46,6 +46,23 @@ def test_generation_config_vllm_ignores_the_models_sampling_defaults(model_dir):
         make_llm(model_dir, generation_config="x")
 
 
+def test_override_generation_config_replaces_or_adds_sampling_defaults(model_dir):
+    """The tiny model's generation config sets temperature 0.7 and top_p 0.9: an override replaces
+    one and adds others (max_new_tokens as max_tokens); with generation_config "vllm" only the
+    override counts."""
+    merged = make_llm(model_dir, override_generation_config={"temperature": 0.2, "max_new_tokens": 7, "top_k": 5})
+    params = merged.get_default_sampling_params()
+    assert (params.temperature, params.top_p, params.max_tokens, params.top_k) == (0.2, 0.9, 7, 5)
+    alone = make_llm(model_dir, generation_config="vllm", override_generation_config={"top_k": 5})
+    assert alone.get_default_sampling_params() == SamplingParams(top_k=5)
+    with pytest.raises(ValueError, match=r"generation config keys \['top_q'\] set no sampling default"):
+        make_llm(model_dir, override_generation_config={"top_q": 0.5})
+    with pytest.raises(ValueError, match=r"temperature must be"):
+        make_llm(model_dir, override_generation_config={"temperature": -1})
+    with pytest.raises(ValueError, match=r"override_generation_config must be a dict"):
+        make_llm(model_dir, override_generation_config=[("temperature", 0.5)])
+
+
 def test_chat_template_kwargs_become_template_variables(llm):
     template = "{% if enable_thinking %}think {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"
     [on] = llm.chat(CONVERSATION, GREEDY, use_tqdm=False, chat_template=template,

@@ -8,7 +8,7 @@ import json
 import os
 
 from kvserve.engine_args import (SERVING_MAX_NUM_BATCHED_TOKENS, add_chat_template_argument, add_engine_arguments,
-                                 add_model_argument)
+                                 add_model_argument, flag_type)
 from kvserve.grammar import REASONING_PARSERS
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING
 from kvserve.server.responses_store import DEFAULT_MAX_STORED_RESPONSES
@@ -17,22 +17,8 @@ from kvserve.server.tool_parsers import TOOL_PARSERS
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def _flag_type(parse, valid, expected: str):
-    """An argparse type: parse(value) when it parses and valid() accepts it, else "expected ...,
-    got VALUE"."""
-    def convert(value: str):
-        try:
-            result = parse(value)
-        except ValueError:  # json.JSONDecodeError is one
-            result = None
-        if result is None or not valid(result):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
-        return result
-    return convert
-
-
 # vLLM's form of the CORS flags: a JSON list of strings, e.g. '["https://example.com"]'.
-_json_list = _flag_type(json.loads, lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+_json_list = flag_type(json.loads, lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
                         "a JSON list of strings, e.g. '[\"*\"]'")
 
 
@@ -45,10 +31,10 @@ def _parse_lora_module(value: str) -> tuple[str, str] | None:
     return (name, path) if equals else None
 
 
-_lora_module = _flag_type(_parse_lora_module, lambda m: all(isinstance(s, str) and s for s in m),
+_lora_module = flag_type(_parse_lora_module, lambda m: all(isinstance(s, str) and s for s in m),
                           "NAME=PATH or JSON {\"name\": ..., \"path\": ...}")
-_port = _flag_type(int, lambda port: 0 <= port <= 65535, "a port in [0, 65535]")
-_seconds = _flag_type(float, lambda seconds: 0 <= seconds < float("inf"), "a number of seconds >= 0")
+_port = flag_type(int, lambda port: 0 <= port <= 65535, "a port in [0, 65535]")
+_seconds = flag_type(float, lambda seconds: 0 <= seconds < float("inf"), "a number of seconds >= 0")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
