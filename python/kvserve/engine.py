@@ -299,6 +299,9 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise ValueError(f"stop strings {params.stop!r} need the text, but the engine was built with "
                              f"skip_tokenizer_init=True: use stop_token_ids")
+        if params.stop and not params.detokenize:
+            raise ValueError(f"stop strings {params.stop!r} need the text, which detokenize=False leaves out: use "
+                             f"stop_token_ids")
         if params.bad_words and self.tokenizer is None:
             raise ValueError(f"bad_words {params.bad_words!r} need the tokenizer, but the engine was built with "
                              f"skip_tokenizer_init=True")

@@ -35,7 +35,7 @@ class SequenceState:
         self.token_ids: list[int] = []
         self.grammar = grammar.matcher(prompt_token_ids) if grammar is not None else None  # structured outputs
         self.detokenizer = (Detokenizer.from_params(tokenizer, params, prompt_token_ids)
-                            if tokenizer is not None else None)
+                            if tokenizer is not None and params.detokenize else None)
         self.generator = request_generator(params, index, device)
         self.logprobs: SampleLogprobs | None = [] if params.logprobs is not None else None
         self.cumulative_logprob: float | None = 0.0 if params.logprobs is not None else None

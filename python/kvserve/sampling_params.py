@@ -117,6 +117,8 @@ class SamplingParams:
         kvserve loads) decode special tokens without added spaces, as vLLM does with them.
     include_stop_str_in_output: keep the matched stop string at the end of the text, and the text
         of the EOS or stop token that ended the sequence (left out otherwise, as in vLLM).
+    detokenize: False leaves the outputs' text empty and spends nothing on it (vLLM's; its
+        benchmarks turn it off); stop strings need the text.
     output_kind: what the engine's per-step outputs carry (see RequestOutputKind).
     """
 
@@ -144,6 +146,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    detokenize: bool = True
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
@@ -164,7 +167,8 @@ class SamplingParams:
         self.stop = self._normalize_stop(self.stop)
         self.stop_token_ids = _token_ids("stop_token_ids", [] if self.stop_token_ids is None else self.stop_token_ids,
                                          "a list of token ids (integers >= 0)")
-        flags = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output")
+        flags = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
+                 "detokenize")
         for name in flags:
             _check_bool(name, getattr(self, name))
         if self.max_tokens is not None:

@@ -53,6 +53,27 @@ def test_case_sets_the_lengths_and_engine_flags_reach_the_engine(model_dir, tmp_
     assert r["engine_args"]["max_num_seqs"] == 2 and r["engine_args"]["skip_tokenizer_init"]
 
 
+def test_disable_detokenize_leaves_the_text_out_and_says_so(model_dir, tmp_path, monkeypatch):
+    from kvserve import Engine
+
+    texts = []
+    generate = Engine.generate
+
+    def recording(self, *args, **kwargs):
+        outputs = generate(self, *args, **kwargs)
+        texts.extend(output.outputs[0].text for output in outputs)
+        return outputs
+
+    monkeypatch.setattr(Engine, "generate", recording)
+    r = throughput(model_dir, tmp_path, "--num-prompts", "2", "--input-len", "5", "--output-len", "4",
+                   "--disable-detokenize")
+    assert r["detokenize"] is False and r["total_output_tokens"] == 8
+    assert texts == ["", "", ""]  # the warm-up request, then the two
+    texts.clear()
+    assert throughput(model_dir, tmp_path, "--num-prompts", "2", "--input-len", "5", "--output-len", "4")["detokenize"]
+    assert all(texts) and len(texts) == 3
+
+
 def write_sharegpt(path, conversations):
     path.write_text("\n".join(json.dumps({"id": str(i), "conversations": c}) for i, c in enumerate(conversations)))
     return path

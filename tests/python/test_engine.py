@@ -5,6 +5,7 @@ no KV block leaks."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 
 import pytest
@@ -388,6 +389,18 @@ def test_without_a_tokenizer_stop_strings_are_refused(tiny_model_dir):
     assert_no_blocks_held(engine)
     [output] = engine.generate([prompt], GREEDY, use_tqdm=False)
     assert len(output.outputs[0].token_ids) == GREEDY.max_tokens and output.outputs[0].text == ""
+
+
+def test_detokenize_false_gives_the_same_tokens_without_text(tiny_model_dir):
+    engine = make_engine(tiny_model_dir("LlamaForCausalLM"))
+    with_text, without = (engine.generate(["Hello there"], dataclasses.replace(GREEDY, detokenize=detokenize),
+                                          use_tqdm=False)[0].outputs[0] for detokenize in (True, False))
+    assert without.token_ids == with_text.token_ids and with_text.text and without.text == ""
+    with pytest.raises(ValueError, match=r"stop strings \['ab'\] need the text, which detokenize=False leaves out"):
+        engine.add_request("a", "Hi", SamplingParams(stop="ab", detokenize=False))
+    with pytest.raises(ValueError, match=r"detokenize must be"):
+        SamplingParams(detokenize="no")
+    assert_no_blocks_held(engine)
 
 
 def test_a_prompt_ending_in_an_unfinished_character_is_not_shown_again(tiny_model_dir):

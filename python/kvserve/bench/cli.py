@@ -121,6 +121,9 @@ def add_throughput_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--output-len", type=int,
                           help="output tokens per request, EOS ignored (a dataset file: default its replies' lengths)")
     add_model_arguments(parser)
+    parser.add_argument("--disable-detokenize", action="store_true",
+                        help="vLLM's: the outputs' text is not made (SamplingParams.detokenize=False), so its "
+                        "time is not measured")
     parser.add_argument("--result-json", "--output-json", type=Path, help="write the result here")
     parser.add_argument("--disable-tqdm", action="store_true")
 

@@ -32,11 +32,11 @@ def build_engine(args: argparse.Namespace) -> tuple[Engine, float]:
     return engine, time.perf_counter() - start
 
 
-def fixed_length(output_len: int) -> SamplingParams:
+def fixed_length(output_len: int, detokenize: bool = True) -> SamplingParams:
     """Greedy, exactly output_len tokens (EOS ignored), as every WORKLOAD.md case generates; the
     output is reported once, when the request finishes."""
     return SamplingParams(temperature=0.0, max_tokens=output_len, min_tokens=output_len, ignore_eos=True,
-                          output_kind=RequestOutputKind.FINAL_ONLY)
+                          detokenize=detokenize, output_kind=RequestOutputKind.FINAL_ONLY)
 
 
 def run_settings(args: argparse.Namespace, engine: Engine, load_s: float) -> dict:

@@ -68,10 +68,11 @@ def benchmark_requests(args: argparse.Namespace, engine, conversations: list[dic
                              engine.max_model_len, args.seed)
 
 
-def _generate(engine, requests: list[SampleRequest], use_tqdm: bool) -> None:
+def _generate(engine, requests: list[SampleRequest], use_tqdm: bool, detokenize: bool) -> None:
     """Runs every request at once; raises unless each produced exactly its output length."""
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in requests]
-    outputs = engine.generate(prompts, [fixed_length(r.expected_output_len) for r in requests], use_tqdm=use_tqdm)
+    params = [fixed_length(r.expected_output_len, detokenize) for r in requests]
+    outputs = engine.generate(prompts, params, use_tqdm=use_tqdm)
     wrong = [(i, len(o.outputs[0].token_ids), r.expected_output_len)
              for i, (o, r) in enumerate(zip(outputs, requests)) if len(o.outputs[0].token_ids) != r.expected_output_len]
     if wrong:
@@ -115,10 +116,10 @@ def run_throughput(args: argparse.Namespace) -> int:
         requests = benchmark_requests(args, engine, conversations)
         first = requests[0]
         warmup = warmup_prompt(first.prompt_len, engine.model_config.vocab_size)[0].tolist()
-        _generate(engine, [SampleRequest(warmup, first.expected_output_len)], use_tqdm=False)
+        _generate(engine, [SampleRequest(warmup, first.expected_output_len)], False, not args.disable_detokenize)
         preemptions_before = engine.stats().num_preemptions
         start = time.perf_counter()
-        _generate(engine, requests, use_tqdm=not args.disable_tqdm)
+        _generate(engine, requests, not args.disable_tqdm, not args.disable_detokenize)
         wall = time.perf_counter() - start
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"kvserve bench throughput: {e}") from None
@@ -132,6 +133,7 @@ def run_throughput(args: argparse.Namespace) -> int:
         "num_requests": len(requests),
         "input_len": args.input_len,
         "output_len": args.output_len,
+        "detokenize": not args.disable_detokenize,
         "total_input_tokens": num_input,
         "total_output_tokens": num_output,
         "wall_s": wall,
