@@ -155,7 +155,9 @@ void bind_scheduler(nb::module_& m) {
       .def_prop_ro("num_waiting", [](const PyScheduler& s) { return s.core.num_waiting(); })
       .def_prop_ro("num_running_seqs", [](const PyScheduler& s) { return s.core.num_running_seqs(); },
                    "int: the running requests' sequences (n each), the batch's places in use")
-      .def("stats", [](const PyScheduler& s) { return s.core.stats(); });
+      .def("stats", [](const PyScheduler& s) { return s.core.stats(); })
+      .def("reset_prefix_cache", [](PyScheduler& s) { return s.core.reset_prefix_cache(); },
+           "Drop every prefix-cache entry; False (nothing dropped) while a request holds blocks.");
 }
 
 }  // namespace kvserve::bind

@@ -109,6 +109,12 @@ bool BlockPool::is_live(BlockRef ref) const {
          generations_[ref.block_id] == ref.generation;
 }
 
+bool BlockPool::reset_prefix_cache() {
+  if (num_free_ != num_blocks() - 1) return false;
+  for (int32_t block_id = 1; block_id < num_blocks(); ++block_id) forget(block_id);
+  return true;
+}
+
 void BlockPool::uncache(int32_t block_id) {
   table_->erase(block_id, hashes_.data());
   cached_[block_id] = 0;

@@ -97,6 +97,10 @@ class KVSERVE_EXPORT BlockPool {
   void forget(int32_t block_id) {
     if (is_cached(block_id)) uncache(block_id);
   }
+  // Drops every prefix-cache entry (vLLM's reset_prefix_cache: a benchmark's next run starts cold,
+  // or new weights make the cached K/V stale) when no block is held; false, changing nothing,
+  // while one is.
+  bool reset_prefix_cache();
   BlockRef ref_of(int32_t block_id) const {
     check_id(block_id, 0, "ref_of");
     return BlockRef{block_id, generations_[block_id]};

@@ -54,6 +54,8 @@ class KVSERVE_EXPORT KVCacheManager {
 
   // The prefix cache forgets block_id's content (a step that was to write it failed).
   void forget_cached(int32_t block_id) { pool_.forget(block_id); }
+  // BlockPool::reset_prefix_cache.
+  bool reset_prefix_cache() { return pool_.reset_prefix_cache(); }
 
   // `child` becomes a copy of `parent` sharing all its blocks.
   void fork(const Sequence& parent, Sequence& child);

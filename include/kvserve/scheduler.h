@@ -103,6 +103,8 @@ class KVSERVE_EXPORT Scheduler {
   // The running requests' sequences (a request of n samples runs n): the batch's places in use.
   int32_t num_running_seqs() const { return num_running_seqs_; }
   SchedulerStats stats() const;
+  // Drops the prefix cache's entries when no request holds a block (KVCacheManager); false while one does.
+  bool reset_prefix_cache() { return manager_.reset_prefix_cache(); }
 
   // For tests and debugging: the live request with this id (nullptr when none), and the block state.
   const Request* find_request(std::string_view request_id) const;

@@ -483,6 +483,11 @@ class Engine:
     def stats(self):
         return self.scheduler.stats()
 
+    def reset_prefix_cache(self) -> bool:
+        """vLLM's: drop every prefix-cache entry, so that the next prompts compute from scratch (a
+        benchmark's next run starts cold). False, changing nothing, while a request holds KV blocks."""
+        return self.scheduler.reset_prefix_cache()
+
     def lora_requests(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The names of the LoRA adapters of unfinished requests: (running, waiting), each sorted; a
         request runs from its first step on (as vLLM's lora_requests_info counts)."""

@@ -82,6 +82,28 @@ TEST(BlockPool, CachedBlockIsFoundOnlyWithItsHashTokensAndParent) {
   EXPECT_EQ(pool.find_cached(BlockHash{5, 6}, child_tokens.data(), ref), 2);
 }
 
+TEST(BlockPool, ResetPrefixCacheDropsEveryEntryOnlyWhenNoBlockIsHeld) {
+  BlockPool pool(6, 4, true);
+  ASSERT_EQ(take(pool, 2).size(), 2u);
+  const auto tokens = block_tokens(100, 4), child_tokens = block_tokens(200, 4);
+  const BlockRef ref = pool.cache_full_block(1, BlockHash{1, 2}, tokens.data(), kRootRef);
+  pool.cache_full_block(2, BlockHash{5, 6}, child_tokens.data(), ref);
+  pool.release(1);
+  EXPECT_FALSE(pool.reset_prefix_cache());  // block 2 is still held: nothing changes
+  EXPECT_EQ(pool.find_cached(BlockHash{1, 2}, tokens.data(), kRootRef), 1);
+  pool.release(2);
+  const Ids free_order = pool.free_block_ids();
+  EXPECT_TRUE(pool.reset_prefix_cache());
+  EXPECT_FALSE(pool.is_cached(1) || pool.is_cached(2));
+  EXPECT_EQ(pool.find_cached(BlockHash{1, 2}, tokens.data(), kRootRef), -1);
+  EXPECT_EQ(pool.find_cached(BlockHash{5, 6}, child_tokens.data(), ref), -1);
+  EXPECT_EQ(pool.free_block_ids(), free_order);  // the queue as it was, every block free
+  EXPECT_EQ(pool.num_free_blocks(), 5);
+  EXPECT_EQ(pool.num_evictions(), 0);
+  BlockPool uncached(4, 4, false);
+  EXPECT_TRUE(uncached.reset_prefix_cache());
+}
+
 TEST(BlockPool, EqualContentElsewhereIsNamedByTheFirstCopy) {
   BlockPool pool(6, 4, true);
   ASSERT_EQ(take(pool, 2).size(), 2u);

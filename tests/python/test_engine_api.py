@@ -157,6 +157,21 @@ def test_num_cached_tokens_counts_the_prompts_prefix_cache_hit(llm):
     assert outputs and all(o.num_cached_tokens == 16 for o in outputs)
 
 
+def test_reset_prefix_cache_makes_the_next_prompt_compute_from_scratch(llm):
+    prompt = {"prompt_token_ids": list(range(300, 340))}
+    llm.generate(prompt, GREEDY, use_tqdm=False)
+    assert llm.generate(prompt, GREEDY, use_tqdm=False)[0].num_cached_tokens == 32
+    llm.add_request("holding", prompt, GREEDY)
+    llm.step()
+    assert llm.reset_prefix_cache() is False  # a request holds blocks: nothing dropped
+    llm.abort("holding")
+    while llm.has_unfinished_requests():
+        llm.step()
+    assert llm.reset_prefix_cache() is True
+    [cold] = llm.generate(prompt, GREEDY, use_tqdm=False)
+    assert cold.num_cached_tokens == 0 and llm.stats().num_free_blocks == llm.stats().num_blocks - 1
+
+
 def test_a_cache_salt_shares_blocks_only_with_its_own(llm):
     tokens = list(range(60, 100))  # 40 tokens: two full blocks of 16
     salted = [{"prompt_token_ids": tokens, "cache_salt": salt} for salt in ("alice", "bob", "alice")]
