@@ -80,6 +80,16 @@ class LogprobsTensors:
         return dicts
 
 
+def top_entries(entry: dict[int, Logprob], token_id: int, k: int) -> dict[int, Logprob]:
+    """`token_id`'s own log-probability, then `entry`'s k likeliest (ranks 1..k): what a request that
+    asked for k sees of an entry made for more."""
+    kept = {token_id: entry[token_id]}
+    for other, logprob in entry.items():
+        if logprob.rank is not None and logprob.rank <= k:
+            kept.setdefault(other, logprob)
+    return kept
+
+
 def prompt_logprobs(logits: torch.Tensor, next_token_ids: torch.Tensor, num_top: int) -> LogprobsTensors:
     """Log-probabilities of a prompt: row j of `logits` [P, vocab] is the model's prediction after
     prompt position j, and next_token_ids[j] (int [P]) the token that actually follows. Computed

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from kvserve.beam_search import BeamSearch, BeamSearchParams
-from kvserve.logprobs import Logprob
+from kvserve.logprobs import Logprob, top_entries
 from kvserve.lora import LoRARequest
 from kvserve.outputs import CompletionOutput, RequestOutput
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, QueueFullError, RequestStream
@@ -76,9 +76,7 @@ class BeamSearchStream:
         """Each token's entry as the request asked: the token, then its `logprobs` likeliest candidates."""
         if self._logprobs is None:
             return None
-        return [{token_id: entry[token_id],
-                 **dict(sorted(entry.items(), key=lambda item: item[1].logprob, reverse=True)[:self._logprobs])}
-                for token_id, entry in zip(token_ids, entries)]
+        return [top_entries(entry, token_id, self._logprobs) for token_id, entry in zip(token_ids, entries)]
 
     def close(self) -> None:
         self._closed = True

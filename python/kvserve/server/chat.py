@@ -125,7 +125,10 @@ async def _chunk_choices(generation: Generation, body: ChatCompletionRequest,
 
 
 def _top(generation: Generation, body: ChatCompletionRequest) -> dict:
-    return {"prompt_token_ids": generation.prompts[0].token_ids} if body.return_token_ids else {}
+    top = {"prompt_token_ids": generation.prompts[0].token_ids} if body.return_token_ids else {}
+    if body.prompt_logprobs is not None:  # not streamed: the choices are in by now
+        top["prompt_logprobs"] = generation.prompt_logprobs_json(0, body.prompt_logprobs)
+    return top
 
 
 ANSWER = AnswerFormat("chat.completion", "chat.completion.chunk", _choices, _chunk_choices, _top)

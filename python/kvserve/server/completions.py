@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 
-from kvserve.logprobs import Logprob
+from kvserve.logprobs import Logprob, top_entries
 from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.errors import bad_request
 from kvserve.server.generation import Generation, start_generation
@@ -78,8 +78,12 @@ class _Echo:
         prompt = self._generation.prompts[prompt_index]
         return prompt.text if prompt.text is not None else self._served.tokenizer.decode(prompt.token_ids)
 
-    def add_logprobs(self, writer: _LogprobsWriter, prompt_index: int) -> None:
-        writer.add(self._generation.prompts[prompt_index].token_ids, self._generation.prompt_logprobs[prompt_index])
+    def add_logprobs(self, writer: _LogprobsWriter, prompt_index: int, k: int) -> None:
+        """The prompt's tokens with their k likeliest (the engine may have made more: prompt_logprobs)."""
+        token_ids = self._generation.prompts[prompt_index].token_ids
+        entries = self._generation.prompt_logprobs[prompt_index]
+        writer.add(token_ids, [None if entry is None else top_entries(entry, token_id, len(entry) if k == -1 else k)
+                               for token_id, entry in zip(token_ids, entries)])
 
 
 def _choice(index: int, text: str, logprobs: dict | None, finish_reason, stop_reason, token_ids: dict) -> dict:
@@ -106,11 +110,13 @@ async def _choices(generation: Generation, body: CompletionRequest, served: Serv
         if body.logprobs is not None:
             writer = _LogprobsWriter(served, body.tokens_as_ids(served.tokens_as_token_ids))
             if body.echo:
-                echo.add_logprobs(writer, prompt_index)
+                echo.add_logprobs(writer, prompt_index, body.logprobs)
             writer.add(choice.token_ids, choice.logprobs)
             logprobs = writer.take()
         choices.append(_choice(index, text, logprobs, choice.finish_reason, choice.stop_reason,
                                _token_ids(body, generation, prompt_index, choice.token_ids)))
+        if body.prompt_logprobs is not None:
+            choices[-1]["prompt_logprobs"] = generation.prompt_logprobs_json(prompt_index, body.prompt_logprobs)
     return choices
 
 
@@ -126,7 +132,7 @@ async def _chunk_choices(generation: Generation, body: CompletionRequest, served
         if body.echo and first:
             text = echo.text(delta.prompt_index) + text
             if body.logprobs is not None:
-                echo.add_logprobs(writer, delta.prompt_index)
+                echo.add_logprobs(writer, delta.prompt_index, body.logprobs)
         if body.logprobs is not None:
             writer.add(delta.token_ids, delta.logprobs)
             logprobs = writer.take()

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from kvserve.logprobs import PromptLogprobs, SampleLogprobs
-from kvserve.sampling_params import truncate_prompt
+from kvserve.logprobs import PromptLogprobs, SampleLogprobs, top_entries
+from kvserve.sampling_params import logprobs_wanted, truncate_prompt
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.beam_search_stream import BeamSearchStream
 from kvserve.server.errors import OpenAIError, bad_request
@@ -108,6 +108,15 @@ class Generation:
             choices[delta.index].add(delta)
         return choices
 
+    def prompt_logprobs_json(self, prompt_index: int, k: int) -> list[dict | None]:
+        """vLLM's "prompt_logprobs" of a prompt: None for its first token (nothing predicts it), then
+        {token id: {"logprob", "rank", "decoded_token"}}, the token's own and the k likeliest (-1: all)."""
+        token_ids, entries = self.prompts[prompt_index].token_ids, self.prompt_logprobs[prompt_index]
+        return [None if entry is None else
+                {str(t): {"logprob": e.logprob, "rank": e.rank, "decoded_token": e.decoded_token}
+                 for t, e in top_entries(entry, token_id, len(entry) if k == -1 else k).items()}
+                for token_id, entry in zip(token_ids, entries)]
+
     def usage(self) -> dict:
         usage = _usage(sum(len(p.token_ids) for p in self.prompts), sum(self.completion_tokens))
         if self.prompt_tokens_details:
@@ -158,6 +167,15 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         raise bad_request("stream_options is only allowed when stream is true", "stream_options")
     for count in (logprobs, prompt_logprobs):
         served.check_logprobs(count, logprobs_param)
+    if body.prompt_logprobs is not None:
+        served.check_logprobs(body.prompt_logprobs, "prompt_logprobs")
+        if body.stream:
+            raise bad_request("prompt_logprobs are not available with stream: true", "prompt_logprobs")
+        if body.use_beam_search:
+            raise bad_request("prompt_logprobs are not available with use_beam_search", "prompt_logprobs")
+        # One count for the engine: the larger of echo's and the field's (each sees its own).
+        wanted = [logprobs_wanted(c, served.vocab_size) for c in (prompt_logprobs, body.prompt_logprobs) if c is not None]
+        prompt_logprobs = max(wanted)
     if body.priority != 0 and engine.engine.scheduling_policy != "priority":
         raise bad_request(f"priority {body.priority} needs a server started with --scheduling-policy priority "
                           "(this one runs requests in arrival order)", "priority")

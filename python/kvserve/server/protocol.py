@@ -146,6 +146,9 @@ class GenerationRequest(_Model):
     # --return-tokens-as-token-ids).
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool | None = None
+    # vLLM's: each prompt token's log-probability and the k likeliest there (-1: the vocabulary),
+    # as "prompt_logprobs" (a completion's choices, a chat response); not with stream.
+    prompt_logprobs: int | None = Field(None, ge=-1)
     # The prefix cache shares blocks only between requests of equal salts (a secret per user keeps
     # others from timing what is cached).
     cache_salt: str | None = Field(None, min_length=1)
