@@ -216,10 +216,10 @@ def test_every_isa_path(isa):
     run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
 
 
-def test_a_cpu_where_onednn_refuses_bfloat16_computes_with_torch(monkeypatch):
+def test_a_cpu_where_onednn_refuses_bfloat16_computes_with_kvserves_product(monkeypatch):
     """On an AVX2-only CPU, torch's oneDNN refuses to pack bfloat16 weights (a RuntimeError that once
-    stopped every bfloat16 model loading there): the layer keeps no blocked copy and multiplies with
-    torch, to the same result."""
+    stopped every bfloat16 model loading there): the layer keeps no blocked copy and multiplies many
+    rows with kvserve.ops.linear (torch's bfloat16 GEMM runs 4-5x slower there), to the same result."""
     from kvserve.models.layers import linear as linear_module
 
     def refuse(weight, batch_hint):
@@ -234,6 +234,9 @@ def test_a_cpu_where_onednn_refuses_bfloat16_computes_with_torch(monkeypatch):
         layer.finalize_weights()
         assert layer.packed is None
         x = torch.randn(9, 64, generator=torch.Generator().manual_seed(1)).bfloat16()
+        products, product = [], ops.linear
+        monkeypatch.setattr(linear_module.ops, "linear", lambda *args: products.append(args) or product(*args))
         torch.testing.assert_close(layer(x).float(), x.float() @ layer.weight.float().T, atol=0.1, rtol=0.02)
+        assert len(products) == 1
     finally:
         linear_module.onednn_packs.cache_clear()  # the next tests probe the real packing again

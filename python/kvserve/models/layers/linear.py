@@ -11,8 +11,10 @@ On the CPU each product takes the fastest of three paths (bench/README.md, "Line
                                                  AVX512-BF16 CPUs reads a copy interleaved in blocks
                                                  of 4 rows (one stream per thread, +5-20% bandwidth)
     more rows, bfloat16 or float32               oneDNN on a copy of the weight in its own blocked
-                                                 layout, made once at load (finalize_weights)
-    more rows, float16                           kvserve.ops.linear (torch's float16 GEMM is slow here)
+                                                 layout, made once at load (finalize_weights), where
+                                                 oneDNN takes the dtype (bfloat16: AVX-512 CPUs)
+    more rows, other dtypes and CPUs             kvserve.ops.linear (torch's float16 GEMM, and its
+                                                 bfloat16 one on AVX2, run 4-5x slower)
 The blocked copy doubles the memory of the projections' weights (the interleaved one adds a third
 copy); it is what makes oneDNN fast at decode batch sizes (1.2-1.8x over torch's F.linear, which
 reorders the weight on every call).
@@ -107,11 +109,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             ops.linear(out, x, weight, bias)
             return out
         return F.linear(x, weight, bias)
-    if x.shape[0] > OPS_MAX_ROWS:
-        if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-        if x.dtype == torch.bfloat16:
-            return F.linear(x, weight, bias)
+    if x.shape[0] > OPS_MAX_ROWS and packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
     ops.linear(out, x, weight if interleaved is None else interleaved, bias)
     return out
