@@ -156,6 +156,7 @@ void bind_scheduler(nb::module_& m) {
       .def_prop_ro("num_running_seqs", [](const PyScheduler& s) { return s.core.num_running_seqs(); },
                    "int: the running requests' sequences (n each), the batch's places in use")
       .def("stats", [](const PyScheduler& s) { return s.core.stats(); })
+      .def_prop_ro("config", [](const PyScheduler& s) { return s.core.config(); }, "the SchedulerConfig it runs with")
       .def("reset_prefix_cache", [](PyScheduler& s) { return s.core.reset_prefix_cache(); },
            "Drop every prefix-cache entry; False (nothing dropped) while a request holds blocks.");
 }

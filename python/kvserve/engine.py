@@ -243,6 +243,7 @@ class Engine:
         self._resampled_share = 0.0  # of the sampled rows of recent steps (RESAMPLED_SHARE_LIMIT)
         self._unreported: list[RequestOutput] = []  # outputs step() could not return (it raised)
         self._request_counter = itertools.count()
+        self.last_step_num_tokens = 0  # the tokens of the step the last step() call launched
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
                     time.perf_counter() - start, num_blocks - 1, block_size, (num_blocks - 1) * block_size)
@@ -352,6 +353,7 @@ class Engine:
 
     def _step(self) -> list[RequestOutput]:
         previous, self._launched = self._launched, None
+        self.last_step_num_tokens = 0
         ahead = previous is not None and self.async_scheduling
         applied = launched = None
         if previous is not None and not ahead:
@@ -400,6 +402,7 @@ class Engine:
             out = self.scheduler.schedule()
             if out.num_reqs == 0:
                 return None
+            self.last_step_num_tokens = out.num_tokens
             now = time.time()
             if previous is not None and self._resampled_share > RESAMPLED_SHARE_LIMIT:
                 previous.settle()

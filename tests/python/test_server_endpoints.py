@@ -25,7 +25,8 @@ METRICS = ["num_requests_running", "num_requests_waiting", "kv_cache_usage_perc"
            "e2e_request_latency_seconds_count", "request_queue_time_seconds_count", "num_preemptions_total",
            "request_prompt_tokens_count", "request_generation_tokens_count", "request_prefill_time_seconds_count",
            "request_decode_time_seconds_count", "request_inference_time_seconds_count",
-           "request_time_per_output_token_seconds_count"]
+           "request_time_per_output_token_seconds_count", "request_max_num_generation_tokens_count",
+           "request_params_n_count", "request_params_max_tokens_count", "iteration_tokens_total_count"]
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +166,11 @@ def test_metrics_count_tokens_requests_and_latencies(server, tokenizer):
                  "request_decode_time_seconds", "request_inference_time_seconds"):
         assert grew(f"{name}_count") == 4, name
     assert grew("request_time_per_output_token_seconds_count") == 4
+    assert grew("request_max_num_generation_tokens_sum") == 5 + 7 + 3 + 1
+    assert grew("request_params_n_sum") == 4 and grew("request_params_max_tokens_sum") == 5 + 7 + 3 + 8
+    # Each step's tokens: every prompt token computed (after the prefix cache's) and every decoded one.
+    computed = grew("prompt_tokens_total") - grew("prefix_cache_hits_total")
+    assert grew("iteration_tokens_total_sum") == computed + (5 - 1) + (7 - 1) + (3 - 1)
     assert grew("num_preemptions_total") == 0
     # The second prompt finds the first one's full blocks in the prefix cache.
     assert grew("prefix_cache_hits_total") >= 16 and grew("prefix_cache_queries_total") >= grew("prefix_cache_hits_total")
@@ -184,9 +190,20 @@ def test_preemptions_come_from_the_engines_count_and_token_buckets_from_the_cont
     assert buckets == ["1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0", "+Inf"]
 
 
+def test_step_token_buckets_end_at_the_budget_and_the_cache_config_is_labels():
+    metrics = ServerMetrics("m", max_model_len=256, max_num_batched_tokens=100,
+                            cache_config={"block_size": "16", "num_gpu_blocks": "7"})
+    text = metrics.render(SimpleNamespace(snapshot=EngineSnapshot(), num_waiting=0)).decode()
+    buckets = re.findall(r'kvserve:iteration_tokens_total_bucket\{le="([^"]+)"', text)
+    assert buckets == ["1.0", "8.0", "16.0", "32.0", "64.0", "100.0", "+Inf"]
+    assert 'kvserve:cache_config_info{block_size="16",num_gpu_blocks="7"} 1.0' in text
+
+
 def test_metrics_have_no_created_series_and_no_lora_info_without_lora(server):
     text = httpx.get(server.url + "/metrics").text
     assert "_created" not in text and "lora_requests_info" not in text
+    [info] = [line for line in text.splitlines() if line.startswith("kvserve:cache_config_info{")]
+    assert 'block_size="16"' in info and 'cache_dtype="float32"' in info and 'enable_prefix_caching="True"' in info
 
 
 def test_any_origin_may_call_the_api_by_default(server):

@@ -74,8 +74,13 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     --enable-log-requests); None: not."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
+    config = engine.scheduler.config
+    cache_config = {"block_size": str(config.block_size), "num_gpu_blocks": str(config.num_blocks - 1),
+                    "enable_prefix_caching": str(config.enable_prefix_caching),
+                    "cache_dtype": str(engine.dtype).removeprefix("torch.")}
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
-                                           engine.loras.max_loras if engine.loras is not None else None)
+                                           engine.loras.max_loras if engine.loras is not None else None,
+                                           config.max_num_batched_tokens, cache_config)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 
     @asynccontextmanager

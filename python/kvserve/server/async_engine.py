@@ -67,8 +67,11 @@ class EnginePrompt:
 class StepObserver:
     """What the engine thread reports as it goes (the Prometheus metrics implement it)."""
 
-    def on_step(self, outputs: list[RequestOutput], now: float) -> None:
+    def on_add(self, params: SamplingParams) -> None:
         pass
+
+    def on_step(self, outputs: list[RequestOutput], now: float, num_tokens: int) -> None:
+        """`num_tokens`: those of the step the engine launched (0: none)."""
 
     def on_abort(self, request_ids: Sequence[str]) -> None:
         pass
@@ -264,6 +267,8 @@ class AsyncEngine:
                 if not isinstance(error, ValueError):
                     logger.exception("request %s could not be added", request_id)
                 self._to_loop(self._fail, [request_id], error)
+            else:
+                self._observer.on_add(params)
         elif command[0] == "drop_lora":
             self.engine.loras.drop(command[1])
         else:
@@ -285,7 +290,7 @@ class AsyncEngine:
             self._observer.on_abort(request_ids)
             self._to_loop(self._fail, request_ids, RuntimeError(f"engine step failed: {error}"))
             return
-        self._observer.on_step(outputs, time.time())
+        self._observer.on_step(outputs, time.time(), self.engine.last_step_num_tokens)
         if outputs:
             self._to_loop(self._deliver, outputs)
 
