@@ -94,7 +94,7 @@ class Engine:
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None,
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
                  scheduling_policy: str = "fcfs", max_logprobs: int = 20,
-                 override_generation_config: dict | None = None):
+                 override_generation_config: dict | None = None, kv_cache_dtype: str = "auto"):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -109,7 +109,8 @@ class Engine:
         max_new_tokens) replaces or adds to what that leaves. As in vLLM, None for max_num_seqs,
         max_num_batched_tokens, block_size, enable_prefix_caching and enable_chunked_prefill means
         the default. `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
-        scripts: kvserve runs on one device, and its architectures are built in.
+        scripts: kvserve runs on one device, and its architectures are built in; so is
+        `kv_cache_dtype` ("auto" only: the KV cache is in the model's dtype).
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
         structured outputs hold what follows its </think> token.
         `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
@@ -127,6 +128,9 @@ class Engine:
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
                              f"got {tensor_parallel_size!r}")
+        if kv_cache_dtype != "auto":
+            raise ValueError(f"kv_cache_dtype must be 'auto' (the KV cache in the model's dtype; kvserve has no "
+                             f"fp8 KV cache), got {kv_cache_dtype!r}")
         if trust_remote_code:
             logger.info("trust_remote_code: kvserve never runs a checkpoint's code (its architectures are built in)")
         if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:

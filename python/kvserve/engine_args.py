@@ -30,7 +30,8 @@ ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_siz
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
-                "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs")
+                "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs",
+                "kv_cache_dtype")
 
 
 def flag_type(parse, valid, expected: str):
@@ -112,6 +113,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--override-generation-config", type=_json_object, metavar="JSON",
                        help="sampling defaults that replace the generation config's, e.g. '{\"temperature\": "
                        "0.5}' (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens)")
+    group.add_argument("--kv-cache-dtype", default="auto", metavar="DTYPE",
+                       help="accepted for vLLM's scripts: only auto (the KV cache in the model's dtype)")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

@@ -113,11 +113,16 @@ def test_vllms_flags_parse(model_dir):
     for flag, dtype in (("half", "half"), ("float", "float"), ("float16", "float16")):
         assert parser.parse_args(["serve", "--dtype", flag]).dtype == dtype
     args = parser.parse_args(["serve", "-tp", "1", "--trust-remote-code", "--generation-config", "vllm",
-                              "--override-generation-config", '{"temperature": 0.5}'])
-    names = ("tensor_parallel_size", "trust_remote_code", "generation_config", "override_generation_config")
+                              "--override-generation-config", '{"temperature": 0.5}', "--kv-cache-dtype", "auto",
+                              "--disable-log-requests"])
+    names = ("tensor_parallel_size", "trust_remote_code", "generation_config", "override_generation_config",
+             "kv_cache_dtype")
     assert {k: engine_kwargs(args)[k] for k in names} == {
         "tensor_parallel_size": 1, "trust_remote_code": True, "generation_config": "vllm",
-        "override_generation_config": {"temperature": 0.5}}
+        "override_generation_config": {"temperature": 0.5}, "kv_cache_dtype": "auto"}
+    result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--kv-cache-dtype", "fp8")
+    assert result.returncode != 0
+    assert "kvserve generate: kv_cache_dtype must be 'auto' (the KV cache in the model's dtype" in result.stderr
     result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--tensor-parallel-size", "2")
     assert result.returncode != 0
     assert "kvserve generate: tensor_parallel_size must be 1 (kvserve runs on one device), got 2" in result.stderr

@@ -266,3 +266,13 @@ def test_chat_template_flag_replaces_the_models(model_dir, tokenizer, tmp_path):
     assert chat["tokens"] == tokenizer.encode("<user> Hi there\n<bot>", add_special_tokens=False)
     with pytest.raises(RuntimeError, match="kvserve serve: chat template: no file 'nowhere.jinja'"):
         ServerProcess(model_dir, "--chat-template", "nowhere.jinja")
+
+
+def test_api_docs_follow_the_root_path_and_can_be_turned_off(server, model_dir):
+    assert httpx.get(server.url + "/docs").status_code == 200
+    with ServerProcess(model_dir, "--root-path", "/api", "--disable-log-requests") as proxied:
+        docs = httpx.get(proxied.url + "/docs")
+        assert docs.status_code == 200 and "/api/openapi.json" in docs.text
+    with ServerProcess(model_dir, "--disable-fastapi-docs", "--disable-uvicorn-access-log") as bare:
+        assert [httpx.get(bare.url + path).status_code for path in ("/docs", "/redoc", "/openapi.json")] == [404] * 3
+        assert httpx.get(bare.url + "/health").status_code == 200

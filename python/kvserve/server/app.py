@@ -49,7 +49,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               loras: list[LoRARequest] = (), runtime_lora_updating: bool = False,
               max_stored_responses: int = DEFAULT_MAX_STORED_RESPONSES, force_include_usage: bool = False,
               tokens_as_token_ids: bool = False, request_id_headers: bool = False,
-              log_stats_interval_s: float | None = None, request_log: RequestLog | None = None) -> FastAPI:
+              log_stats_interval_s: float | None = None, request_log: RequestLog | None = None,
+              api_docs: bool = True) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
     api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
@@ -71,7 +72,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     log_stats_interval_s: log a line of the engine's throughput and state this often (stats_logger.py);
     None: never.
     request_log: log each request's prompts and parameters as it is submitted (vLLM's
-    --enable-log-requests); None: not."""
+    --enable-log-requests); None: not.
+    api_docs: serve FastAPI's /docs, /redoc and /openapi.json (vLLM's --disable-fastapi-docs turns them off)."""
     served = ServedModel(engine, served_model_names, root or served_model_names[0], trust_request_chat_template,
                          prompt_tokens_details, auto_tool_parser, loras, force_include_usage, tokens_as_token_ids)
     config = engine.scheduler.config
@@ -96,7 +98,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
                 stats.cancel()
             await async_engine.shutdown()
 
-    app = FastAPI(title="kvserve", version=kvserve.__version__, lifespan=lifespan)
+    docs = {} if api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="kvserve", version=kvserve.__version__, lifespan=lifespan, **docs)
     app.state.engine = async_engine
     app.state.model = served
     app.state.metrics = server_metrics

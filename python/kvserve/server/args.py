@@ -127,4 +127,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        f"(default: {DEFAULT_SHUTDOWN_TIMEOUT_S:g})")
     serve.add_argument("--uvicorn-log-level", default="info",
                        choices=("critical", "error", "warning", "info", "debug", "trace"))
+    serve.add_argument("--disable-uvicorn-access-log", action="store_true", help="no log line per HTTP request")
+    serve.add_argument("--root-path", default="", metavar="PATH",
+                       help="the path prefix a reverse proxy serves the API under (ASGI root_path), for the links "
+                       "of the API docs")
+    serve.add_argument("--disable-fastapi-docs", action="store_true",
+                       help="no /docs, /redoc and /openapi.json")
+    serve.add_argument("--disable-log-requests", action="store_true",
+                       help="accepted for vLLM's older scripts: requests are logged only with --enable-log-requests")
     serve.set_defaults(func=_run_serve)

@@ -132,14 +132,15 @@ def run_server(args: argparse.Namespace) -> int:
                         force_include_usage=args.enable_force_include_usage,
                         tokens_as_token_ids=args.return_tokens_as_token_ids,
                         request_id_headers=args.enable_request_id_headers, log_stats_interval_s=log_stats_interval_s,
-                        request_log=request_log)
+                        request_log=request_log, api_docs=not args.disable_fastapi_docs)
     except (ValueError, RuntimeError) as e:  # bad flags, a model that cannot be read or fetched
         raise SystemExit(f"kvserve serve: {e}") from None
     # The Engine has logged what it loaded and its KV cache in blocks and tokens.
     logger.info("serving %s (max_model_len %d) at %s/v1 (%s)", ", ".join(names + [m[0] for m in args.lora_modules]),
                 engine.max_model_len, _url(sock, "http" if args.ssl_keyfile is None else "https"),
                 "API key required" if args.api_key else "no API key")
-    config = uvicorn.Config(app, log_level=args.uvicorn_log_level,
+    config = uvicorn.Config(app, log_level=args.uvicorn_log_level, access_log=not args.disable_uvicorn_access_log,
+                            root_path=args.root_path,
                             timeout_graceful_shutdown=args.shutdown_timeout + _CANCEL_AFTER_S,
                             ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
                             ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs)
