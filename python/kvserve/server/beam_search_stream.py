@@ -55,6 +55,8 @@ class BeamSearchStream:
                 for sample in output.outputs:
                     if sample.logprobs:
                         entries[index] = sample.logprobs[0]
+            if self._closed:  # the step was aborted under the loop: nothing to go on with
+                return
             self._search.advance([entries[index] for index in range(len(self._step.request_ids))])
             try:
                 self._submit()
