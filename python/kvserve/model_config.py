@@ -54,7 +54,8 @@ def sampling_defaults(generation: dict, strict: bool = False) -> dict:
         if unknown:
             raise ValueError(f"generation config keys {unknown} set no sampling default; the keys are "
                              f"{sorted(_SAMPLING_DEFAULTS)}")
-    return {ours: generation[theirs] for theirs, ours in _SAMPLING_DEFAULTS.items() if generation.get(theirs) is not None}
+    return {ours: generation[theirs] for theirs, ours in _SAMPLING_DEFAULTS.items()
+            if generation.get(theirs) is not None}
 
 
 def dtype_from_name(name: str | torch.dtype, what: str = "dtype") -> torch.dtype:

@@ -174,8 +174,8 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         if body.use_beam_search:
             raise bad_request("prompt_logprobs are not available with use_beam_search", "prompt_logprobs")
         # One count for the engine: the larger of echo's and the field's (each sees its own).
-        wanted = [logprobs_wanted(c, served.vocab_size) for c in (prompt_logprobs, body.prompt_logprobs) if c is not None]
-        prompt_logprobs = max(wanted)
+        counts = (prompt_logprobs, body.prompt_logprobs)
+        prompt_logprobs = max(logprobs_wanted(c, served.vocab_size) for c in counts if c is not None)
     if body.priority != 0 and engine.engine.scheduling_policy != "priority":
         raise bad_request(f"priority {body.priority} needs a server started with --scheduling-policy priority "
                           "(this one runs requests in arrival order)", "priority")

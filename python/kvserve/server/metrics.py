@@ -116,8 +116,8 @@ class ServerMetrics(StepObserver):
             [b for b in _STEP_TOKEN_BUCKETS if b < max_num_batched_tokens] + [max_num_batched_tokens])
         self._max_model_len = max_model_len
         if cache_config is not None:
-            Gauge("kvserve:cache_config_info", "The KV cache's configuration (labels).", labelnames=sorted(cache_config),
-                  registry=self.registry).labels(**cache_config).set(1)
+            Gauge("kvserve:cache_config_info", "The KV cache's configuration (labels).",
+                  labelnames=sorted(cache_config), registry=self.registry).labels(**cache_config).set(1)
         self._request_success = Counter("kvserve:request_success", "Finished sequences by finish reason.",
                                         labelnames=["model_name", "finished_reason"], registry=self.registry)
         self._model_name = model_name
