@@ -118,9 +118,13 @@ class LlamaModel(nn.Module):
 
 
 # CPU steps of up to this many tokens (decode of a few sequences) run every layer in one C++ call,
-# ops.DecoderStack: the kernels the layers above call, in the same order (bit-identical results),
-# without a Python round trip per kernel, which costs as much as a small model's kernels do.
-DECODER_STACK_MAX_TOKENS = OPS_MAX_ROWS
+# ops.DecoderStack: the few-rows kernels in the layers' order (the layers' bits at up to 4 tokens,
+# where they call the same kernels), without a Python round trip per kernel, which costs as much as
+# a small model's kernels do.
+# On AVX-512 CPUs, oneDNN's blocked products beat the stack's few-rows kernel past 4 rows (bench/
+# README.md, "Linear"); on AVX2 ones the stack ran steps of 6 to 16 sequences 1.1-1.5x faster than
+# the layers (small and 0.5b presets, float32 and bfloat16; bench/README.md).
+DECODER_STACK_MAX_TOKENS = OPS_MAX_ROWS if _C.ops.cpu_isa().startswith("avx512") else 16
 
 
 class LlamaForCausalLM(nn.Module):
