@@ -14,7 +14,7 @@ from kvserve.logprobs import Logprob, top_entries
 from kvserve.lora import LoRARequest
 from kvserve.outputs import CompletionOutput, RequestOutput
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, QueueFullError, RequestStream
-from kvserve.server.errors import OpenAIError
+from kvserve.server.errors import overloaded
 
 
 class BeamSearchStream:
@@ -61,7 +61,7 @@ class BeamSearchStream:
             try:
                 self._submit()
             except QueueFullError as e:
-                raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from e
+                raise overloaded(e) from e
         for prompt_index, result in enumerate(self._search.outputs(self._decode)):
             prompt = self._prompts[prompt_index]
             samples = []

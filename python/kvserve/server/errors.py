@@ -47,6 +47,11 @@ def bad_request(message: str, param: str | None = None) -> OpenAIError:
     return OpenAIError(400, message, param=param)
 
 
+def overloaded(error: Exception) -> OpenAIError:
+    """503 for a request the engine's waiting queue has no room for (QueueFullError): retry later."""
+    return OpenAIError(503, f"The server is overloaded: {error}. Retry later.", code="server_overloaded")
+
+
 def _location(loc) -> str | None:
     """pydantic's error location, as OpenAI names params: ('body', 'messages', 0, 'role') -> messages.0.role.
     Union members ('list[int]') are left out."""

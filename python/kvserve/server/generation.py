@@ -19,7 +19,7 @@ from kvserve.logprobs import PromptLogprobs, SampleLogprobs, top_entries
 from kvserve.sampling_params import logprobs_wanted, truncate_prompt
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.beam_search_stream import BeamSearchStream
-from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.errors import OpenAIError, bad_request, overloaded
 from kvserve.server.protocol import GenerationRequest
 from kvserve.server.request_log import RequestLog
 from kvserve.server.served_model import ServedModel
@@ -225,7 +225,7 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
         else:
             stream = engine.submit(engine_id, prompts, params, lora, body.cache_salt, body.priority)
     except QueueFullError as e:
-        raise OpenAIError(503, f"The server is overloaded: {e}. Retry later.", code="server_overloaded") from None
+        raise overloaded(e) from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
     request_log: RequestLog | None = raw_request.app.state.request_log
