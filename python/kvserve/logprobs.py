@@ -81,9 +81,11 @@ class LogprobsTensors:
 
 
 def top_entries(entry: dict[int, Logprob], token_id: int, k: int) -> dict[int, Logprob]:
-    """`token_id`'s own log-probability, then `entry`'s k likeliest (ranks 1..k): what a request that
-    asked for k sees of an entry made for more."""
+    """`token_id`'s own log-probability, then `entry`'s k likeliest (ranks 1..k; k = -1: all of
+    them): what a request that asked for k sees of an entry made for more."""
     kept = {token_id: entry[token_id]}
+    if k == -1:
+        return kept | entry
     for other, logprob in entry.items():
         if logprob.rank is not None and logprob.rank <= k:
             kept.setdefault(other, logprob)

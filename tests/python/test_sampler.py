@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kvserve.logprobs import Logprob, prompt_logprobs
+from kvserve.logprobs import Logprob, prompt_logprobs, top_entries
 from kvserve.sampler import Sampler, apply_penalties
 from kvserve.sampling_metadata import SamplingMetadata, request_generator
 from kvserve.sampling_params import SamplingParams
@@ -288,6 +288,15 @@ def test_logprobs_come_from_the_raw_logits_with_ranks():
     assert dicts[0][first] == Logprob(lp.logprobs[0, 0].item(), 1, f"<{first}>")
     top = lp.token_ids[3, 1:].tolist()
     assert len(dicts[3]) in (5, 6) and all(dicts[3][t].rank == r + 1 for r, t in enumerate(top))
+
+
+def test_top_entries_keep_the_token_and_the_k_likeliest():
+    """An entry made for 3 candidates as a request for fewer sees it; -1 keeps them all."""
+    entry = {7: Logprob(-3.0, 9), 1: Logprob(-0.1, 1), 4: Logprob(-1.0, 2), 2: Logprob(-2.0, 3)}
+    assert list(top_entries(entry, 7, 1)) == [7, 1]
+    assert list(top_entries(entry, 4, 2)) == [4, 1]
+    assert list(top_entries(entry, 7, 0)) == [7]
+    assert top_entries(entry, 7, -1) == entry and list(top_entries(entry, 2, -1)) == [2, 7, 1, 4]
 
 
 def test_prompt_logprobs_helper():

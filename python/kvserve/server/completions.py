@@ -82,7 +82,7 @@ class _Echo:
         """The prompt's tokens with their k likeliest (the engine may have made more: prompt_logprobs)."""
         token_ids = self._generation.prompts[prompt_index].token_ids
         entries = self._generation.prompt_logprobs[prompt_index]
-        writer.add(token_ids, [None if entry is None else top_entries(entry, token_id, len(entry) if k == -1 else k)
+        writer.add(token_ids, [None if entry is None else top_entries(entry, token_id, k)
                                for token_id, entry in zip(token_ids, entries)])
 
 

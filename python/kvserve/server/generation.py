@@ -114,7 +114,7 @@ class Generation:
         token_ids, entries = self.prompts[prompt_index].token_ids, self.prompt_logprobs[prompt_index]
         return [None if entry is None else
                 {str(t): {"logprob": e.logprob, "rank": e.rank, "decoded_token": e.decoded_token}
-                 for t, e in top_entries(entry, token_id, len(entry) if k == -1 else k).items()}
+                 for t, e in top_entries(entry, token_id, k).items()}
                 for token_id, entry in zip(token_ids, entries)]
 
     def usage(self) -> dict:
