@@ -3,9 +3,9 @@
 The model calls `add` after each linear layer it adapts (an adapter may leave a layer alone). A
 step whose tokens all run one adapter adds its delta to every row; otherwise each adapter's rows
 are gathered, and their deltas added back at those rows. A delta is two products (x @ a^T, then
-@ b^T) and an add; on the CPU, up to the rows the decoder stack takes, by kvserve's few-rows
-product as the stack computes it (decoder_stack.h), so that a step's bits do not depend on which
-of the two runs it; elsewhere by torch's."""
+@ b^T) and an add; on the CPU, up to OPS_MAX_ROWS rows (where the decoder stack and the layers
+compute the same bits), by kvserve's few-rows product as the stack computes it (decoder_stack.h), so
+that such a step's bits do not depend on which of the two runs it; elsewhere by torch's."""
 
 from __future__ import annotations
 
