@@ -50,6 +50,39 @@ def test_streamed_calls_equal_the_whole_ones(client):
     assert calls == [("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]
 
 
+def test_arguments_stream_as_the_model_writes_them(client):
+    """Each call's first chunk has its id and name, then its arguments come in pieces, as OpenAI's
+    do (the openai client joins them); whole or streamed, the same calls."""
+    written = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "Europe/Paris", "format": "24 hour"}}\n</tool_call>'
+    fields = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=190, temperature=0,
+                  extra_body=_written(written))
+    pieces = [call.function.arguments for chunk in client.chat.completions.create(stream=True, **fields)
+              for choice in chunk.choices for call in choice.delta.tool_calls or []]
+    assert pieces[0] == "" and len(pieces) > 3
+    assert "".join(pieces) == '{"zone":"Europe/Paris","format":"24 hour"}'
+    [call] = client.chat.completions.create(**fields).choices[0].message.tool_calls
+    assert call.function.arguments == "".join(pieces)
+    with client.beta.chat.completions.stream(**fields) as stream:
+        done = [event for event in stream if event.type == "tool_calls.function.arguments.done"]
+    assert [json.loads(event.arguments) for event in done] == [{"zone": "Europe/Paris", "format": "24 hour"}]
+
+
+def test_responses_stream_calls_as_items_whose_arguments_grow(client):
+    tools = [{"type": "function", **tool["function"]} for tool in TOOLS]
+    fields = dict(model=MODEL, input="What time is it?", tools=tools, temperature=0, max_output_tokens=190,
+                  extra_body=_written(TWO_CALLS))
+    whole = client.responses.create(**fields)
+    events = list(client.responses.create(stream=True, **fields))
+    deltas = [event for event in events if event.type == "response.function_call_arguments.delta"]
+    assert len(deltas) > 4 and {event.output_index for event in deltas} == {1, 2}
+    with client.responses.stream(**fields) as stream:
+        final = stream.get_final_response()  # the client's accumulator checks every event against the last
+    for response in (whole, final):
+        assert [item.type for item in response.output] == ["message", "function_call", "function_call"]
+        assert [(item.name, json.loads(item.arguments)) for item in response.output[1:]] == [
+            ("get_time", {"zone": "UTC"}), ("get_time", {"zone": "CET"})]
+
+
 def test_a_reply_without_calls_is_text(client):
     response = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=60,
                                               temperature=0, extra_body=_written("No tools needed."))
@@ -86,21 +119,42 @@ def test_llama3_json_calls_whole_and_streamed(tiny_model_dir):
     assert (content, calls, reasons[-1]) == ("", expected, "tool_calls")
 
 
+def _joined(calls: list[dict]) -> list[tuple]:
+    """(name, arguments) of each call: parsed where they are JSON, else their text."""
+    def arguments(text: str):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return [(c["function"]["name"], arguments(c["function"]["arguments"])) for c in calls]
+
+
+def _streamed_calls(deltas: list[dict]) -> list[dict]:
+    """The calls of streamed deltas, joined as the openai client joins them: a call's first delta
+    has its id, type and name, the ones after it more of its arguments."""
+    calls: list[dict] = []
+    for part in (p for d in deltas for p in d.get("tool_calls", [])):
+        if part["index"] == len(calls):
+            assert part["id"].startswith("call_") and part["type"] == "function" and part["function"]["name"]
+            calls.append({"function": dict(part["function"])})
+        else:
+            assert part["index"] == len(calls) - 1 and set(part) == {"index", "function"}
+            assert set(part["function"]) == {"arguments"} and part["function"]["arguments"]
+            calls[-1]["function"]["arguments"] += part["function"]["arguments"]
+    return calls
+
+
 def _read(parser: str, text: str, content: str | None, calls: list | None) -> None:
     """`text` read whole gives (content, calls), and streamed in pieces of any size the same."""
     whole_content, whole_calls = parse_calls(parser, text)
     assert whole_content == content
-    assert ([(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in whole_calls]
-            if whole_calls else None) == calls
+    assert (_joined(whole_calls) if whole_calls else None) == calls
     for size in (1, 2, 3, 7, len(text)):
         stream = call_stream(parser)
         deltas = [d for i in range(0, len(text), size) for d in stream.feed(text[i:i + size])] + stream.finish()
         streamed_content = "".join(d.get("content", "") for d in deltas)
-        streamed_calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
-                          for d in deltas for c in d.get("tool_calls", [])]
-        assert streamed_calls == (calls or []), size
+        assert _joined(_streamed_calls(deltas)) == (calls or []), size
         assert streamed_content == (content or "") if calls else streamed_content == text
-        assert [c["index"] for d in deltas for c in d.get("tool_calls", [])] == list(range(len(streamed_calls)))
 
 
 @pytest.mark.parametrize("text, content, calls", [
@@ -119,10 +173,13 @@ def _read(parser: str, text: str, content: str | None, calls: list | None) -> No
     (F_CALL + "\nDone.", "Done.", [("f", {})]),
     (F_CALL + " and " + F_CALL, "and", [("f", {}), ("f", {})]),
     (F_CALL + '<tool_call>["f"]</tool_call>', '<tool_call>["f"]</tool_call>', [("f", {})]),
-    ('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>',
-     '<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>', None),  # NaN is not JSON
-    ('<tool_call>{"name": "f", "arguments": {"x": "\\ud800"}}', '<tool_call>{"name": "f", "arguments": {"x": '
-     '"\\ud800"}}', None),  # a lone surrogate is not text
+    # A call opens at the bracket of its arguments, written after its name: from there it is a call
+    # whatever follows, its arguments as far as they are JSON (NaN is not; a lone surrogate is not text).
+    ('<tool_call>{"name": "f", "arguments": {"x": NaN}}</tool_call>', None, [("f", '{"x":')]),
+    ('<tool_call>{"name": "f", "arguments": {"x": "\\ud800"}}', None, [("f", '{"x":"')]),
+    ('<tool_call>{"name": "f", "arguments": {"x": 1', None, [("f", '{"x":')]),  # cut short
+    ('<tool_call>{"arguments": {"x": NaN}, "name": "f"}</tool_call>',
+     '<tool_call>{"arguments": {"x": NaN}, "name": "f"}</tool_call>', None),  # arguments first: read whole
 ])
 def test_hermes_whole_and_streamed_in_any_pieces(text, content, calls):
     _read("hermes", text, content, calls)
@@ -145,7 +202,8 @@ LLAMA_CALL = '{"name": "get_time", "parameters": {"zone": "UTC"}}'
     ("See <|python_tag|>{not json}", "See <|python_tag|>{not json}", None),
     ("See <|python_tag|> later", "See <|python_tag|> later", None),
     ("See <|python_ta", "See <|python_ta", None),
-    ('<|python_tag|>{"name": "f", "parameters": {', '<|python_tag|>{"name": "f", "parameters": {', None),  # cut
+    ('<|python_tag|>{"name": "f", "parameters": {', None, [("f", "{")]),  # cut short, once the call opened
+    ('<|python_tag|>{"name": "f", "param', '<|python_tag|>{"name": "f", "param', None),  # cut short before
     ("<|python", "<|python", None),
     ("  ", "  ", None),
 ])
@@ -179,7 +237,14 @@ def test_pythonic_whole_and_streamed_in_any_pieces(text, content, calls):
     ('[TOOL_CALLS]get_time{"zone": "[TOOL_CALLS]"}', None, [("get_time", {"zone": "[TOOL_CALLS]"})]),
     ("[TOOL_CALLS] nothing", "[TOOL_CALLS] nothing", None),
     ('A [TOOL_CALLS][{"name": 3}] b', 'A [TOOL_CALLS][{"name": 3}] b', None),
-    ('[TOOL_CALLS]f[ARGS]{"x": 1', '[TOOL_CALLS]f[ARGS]{"x": 1', None),  # cut short
+    ('[TOOL_CALLS]f[ARGS]{"x": 1', None, [("f", '{"x":')]),  # cut short, once the call opened
+    ('[TOOL_CALLS][{"name": "f", "arguments": {}}, {"name": "g", "arguments": {"y": [', None,
+     [("f", {}), ("g", '{"y":[')]),
+    ('[TOOL_CALLS][{"name": "f", "arguments": {}}, {"name": 3}] Done.', "Done.", [("f", {})]),
+    ('[TOOL_CALLS][{"arguments": {"x": 1}, "name": "f"}, {"name": "g", "arguments": "{}"}]', None,
+     [("f", {"x": 1}), ("g", {})]),  # not name first, or arguments as a string: each call whole
+    ('[TOOL_CALLS]f[ARGS]{"x": NaN} after', "after", [("f", '{"x":')]),
+    ('[TOOL_CALLS]f[ARGS', '[TOOL_CALLS]f[ARGS', None),  # cut short before
     ("no calls [TOOL", "no calls [TOOL", None),
 ])
 def test_mistral_whole_and_streamed_in_any_pieces(text, content, calls):

@@ -11,6 +11,8 @@ import openai
 import pytest
 
 from kvserve import SamplingParams, StructuredOutputsParams
+from kvserve.server.protocol import ChatCompletionRequest
+from kvserve.server.tools import ForcedCallReply
 
 MODEL = "tiny"
 MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -49,18 +51,55 @@ def test_required_calls_one_of_the_tools(tiny_client):
         assert (call.function.name, set(arguments)) in (("get_weather", {"city", "celsius"}), ("get_time", {"zone"}))
 
 
-def test_a_streamed_call_equals_the_whole_one(tiny_client):
-    whole = tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=NAMED,
-                                                **GREEDY).choices[0].message.tool_calls[0]
-    name, arguments, reasons = None, "", []
-    for chunk in tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=NAMED,
-                                                     stream=True, **GREEDY):
-        for choice in chunk.choices:
-            for call in choice.delta.tool_calls or []:
-                name = call.function.name or name
-                arguments += call.function.arguments or ""
-            reasons.append(choice.finish_reason)
-    assert name == "get_weather" and arguments == whole.function.arguments and reasons[-1] == "stop"
+@pytest.mark.parametrize("choice, max_tokens", [(NAMED, 64), (NAMED, 6), ("required", 96), ("required", 30)])
+def test_a_streamed_call_equals_the_whole_one(tiny_client, choice, max_tokens):
+    """Its arguments come in pieces as the model writes them; a reply cut short is a call whose
+    arguments stop where it did (as vLLM's), the same whole and streamed."""
+    fields = dict(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=choice, parallel_tool_calls=False,
+                  temperature=0, max_tokens=max_tokens)
+    whole = tiny_client.chat.completions.create(**fields).choices[0]
+    [call] = whole.message.tool_calls
+    names, pieces, reasons = [], [], []
+    for chunk in tiny_client.chat.completions.create(stream=True, **fields):
+        for streamed in chunk.choices:
+            for part in streamed.delta.tool_calls or []:
+                names += [part.function.name] if part.function.name else []
+                pieces.append(part.function.arguments)
+            reasons.append(streamed.finish_reason)
+    assert names == [call.function.name] and "".join(pieces) == call.function.arguments
+    assert len(pieces) > (3 if max_tokens > 30 else 1) and reasons[-1] == whole.finish_reason
+    if max_tokens > 30:
+        assert whole.finish_reason == ("stop" if choice == NAMED else "tool_calls")
+        json.loads(call.function.arguments)
+    else:
+        assert whole.finish_reason == "length"
+        with pytest.raises(ValueError):
+            json.loads(call.function.arguments)
+
+
+@pytest.mark.parametrize("choice, text, calls", [
+    (NAMED, '{"city":"Paris","celsius":true}', [("get_weather", '{"city":"Paris","celsius":true}')]),
+    (NAMED, '{"city":"Pa', [("get_weather", '{"city":"Pa')]),  # cut short
+    ("required", '[{"name":"get_time","parameters":{"zone":"UTC"}},{"name":"get_weather","parameters":{}}]',
+     [("get_time", '{"zone":"UTC"}'), ("get_weather", "{}")]),
+    ("required", '[{"name":"get_time","parameters":{"zo', [("get_time", '{"zo')]),  # cut short
+    ("required", '[{"name":"get_ti', None),  # cut before a call opened: text
+])
+def test_forced_replies_read_the_same_whole_and_in_pieces(choice, text, calls):
+    tool_choice = ChatCompletionRequest(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice=choice).tool_choice
+    message, _ = ForcedCallReply(tool_choice).message(text, "length")
+    assert ([(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
+            if "tool_calls" in message else message["content"]) == (calls if calls else text)
+    for size in (1, 4, len(text)):
+        reply = ForcedCallReply(tool_choice)
+        deltas = [d for i in range(0, len(text), size) for d in reply.feed(text[i:i + size])] + reply.finish("length")[0]
+        joined: list[list[str]] = []
+        for part in (p for d in deltas for p in d.get("tool_calls", [])):
+            if "id" in part:
+                joined.append([part["function"]["name"], ""])
+            joined[part["index"]][1] += part["function"]["arguments"]
+        assert ([tuple(c) for c in joined] if joined else "".join(d.get("content", "") for d in deltas)) == (
+            calls if calls else text), size
 
 
 def test_none_answers_in_text(tiny_client):
@@ -130,11 +169,12 @@ def test_numbers_in_arguments_stay_json_as_written(tiny_client):
         response = tiny_client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools, tool_choice=choice,
                                                        parallel_tool_calls=False, temperature=1.0, seed=0, n=6,
                                                        max_tokens=40)
-        for reply in response.choices:
-            if reply.message.tool_calls:
-                arguments = reply.message.tool_calls[0].function.arguments
-                assert "Infinity" not in arguments and "NaN" not in arguments
-                json.loads(arguments, parse_constant=lambda name: pytest.fail(f"{name} in {arguments}"))
+        whole = [reply for reply in response.choices if reply.finish_reason != "length"]  # a cut call stops short
+        assert whole
+        for reply in whole:
+            arguments = reply.message.tool_calls[0].function.arguments
+            assert "Infinity" not in arguments and "NaN" not in arguments
+            json.loads(arguments, parse_constant=lambda name: pytest.fail(f"{name} in {arguments}"))
 
 
 def test_required_takes_schemas_with_their_own_definitions(tiny_client):

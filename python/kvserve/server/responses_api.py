@@ -241,13 +241,13 @@ def _output(message: dict, status: str) -> list[dict]:
 
 
 class _EventWriter:
-    """A streamed reply's events: its deltas ({"content"}, {"reasoning"}, {"tool_calls"}) open,
-    fill and close output items."""
+    """A streamed reply's events: its deltas ({"content"}, {"reasoning"}, {"tool_calls": a call's
+    opening or more of its arguments}) open, fill and close output items."""
 
     def __init__(self):
         self.sequence = 0
         self.output: list[dict] = []
-        self._open: tuple[str, dict] | None = None  # (the delta key it takes, the item)
+        self._open: tuple[str, dict] | None = None  # (the delta key that fills it, the item)
 
     def event(self, kind: str, **fields) -> str:
         data = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -273,18 +273,20 @@ class _EventWriter:
                 item = self._open[1]
                 item["content"][0]["text"] += delta[key]
                 events.append(self.event(f"{events_prefix}.delta", delta=delta[key], **extra, **self._where(item)))
-        for call in delta.get("tool_calls") or []:
-            events += self.close()
-            item = _call_item(call)
-            self.output.append(item)
-            index = len(self.output) - 1
-            events.append(self.event("response.output_item.added", output_index=index,
-                                     item={**item, "arguments": "", "status": "in_progress"}))
-            events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
-                                     output_index=index, delta=item["arguments"]))
-            events.append(self.event("response.function_call_arguments.done", item_id=item["id"],
-                                     output_index=index, name=item["name"], arguments=item["arguments"]))
-            events.append(self.event("response.output_item.done", output_index=index, item=item))
+        for part in delta.get("tool_calls") or []:
+            if "id" in part:  # a call opens (whole, or its arguments to follow)
+                events += self.close()
+                item = _call_item(part, "in_progress")
+                self.output.append(item)
+                self._open = ("tool_calls", item)
+                events.append(self.event("response.output_item.added", output_index=len(self.output) - 1,
+                                         item={**item, "arguments": ""}))
+            else:
+                item = self._open[1]
+                item["arguments"] += part["function"]["arguments"]
+            if part["function"]["arguments"]:
+                events.append(self.event("response.function_call_arguments.delta", item_id=item["id"],
+                                         output_index=len(self.output) - 1, delta=part["function"]["arguments"]))
         return events
 
     def close(self, status: str = "completed") -> list[str]:
@@ -292,6 +294,12 @@ class _EventWriter:
             return []
         key, item = self._open
         self._open = None
+        index = len(self.output) - 1
+        if key == "tool_calls":
+            item["status"] = "completed"  # a call is whole once the next item opens, or the reply ends
+            return [self.event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                               name=item["name"], arguments=item["arguments"]),
+                    self.event("response.output_item.done", output_index=index, item=item)]
         item["status"] = status
         part, where = item["content"][0], self._where(item)
         _, _, events_prefix, extra = _TEXT_ITEMS[key]

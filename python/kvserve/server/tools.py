@@ -9,17 +9,18 @@
                        answers in text; without the flags, a 400 (the default with tools), as vLLM
     "none"             text (the tools still reach the chat template, which describes them)
 
-The first two are what vLLM answers for them; a forced reply cut short (max_tokens, a stop string)
-stays text. Streaming, a forced call goes out whole in the choice's last chunk: its arguments are
-known to parse only once the reply is complete (clients join a call's deltas, so one is a valid
-stream).
+The first two are what vLLM answers for them. Streaming, every call's arguments go out as the model
+writes them (tool_parsers/), so a forced reply cut short (max_tokens, a stop string) is a call whose
+arguments stop where it stopped, as vLLM's, but for a "required" one cut before its first call opened,
+which is text.
 """
 
 from __future__ import annotations
 
 from kvserve.server.protocol import NamedToolChoice, Tool, ToolChoice
 from kvserve.server.tool_parsers import call_stream, parse_calls
-from kvserve.server.tool_parsers.call_json import compact_json, loads_exact, tool_call
+from kvserve.server.tool_parsers.call_stream import CallStream, parse
+from kvserve.server.tool_parsers.forced import CallArrayStream, NamedCallStream
 from kvserve.structured_outputs import StructuredOutputsParams
 
 
@@ -86,17 +87,6 @@ def _rebased(schema, base: str):
             for key, value in schema.items()}
 
 
-def _forced_calls(text: str, tool_choice: ToolChoice) -> list[dict] | None:
-    try:
-        value = loads_exact(text)
-        if isinstance(tool_choice, NamedToolChoice):
-            compact_json(value)  # a check: JSON, and UTF-8 throughout
-            return [tool_call(tool_choice.function.name, text)]  # the arguments as the model wrote them
-        return [tool_call(call["name"], compact_json(call["parameters"])) for call in value]
-    except ValueError:
-        return None
-
-
 class Reply:
     """How one choice's text becomes its message: whole (`message`) or delta by delta (`feed`, then
     `finish`, each returning the deltas to send). Plain text here; the tool modes below."""
@@ -114,31 +104,34 @@ class Reply:
 
 
 class ForcedCallReply(Reply):
-    """tool_choice a named function or "required": the reply is the calls' JSON."""
+    """tool_choice a named function or "required": the reply is the calls' JSON (tool_parsers/forced.py)."""
 
     holds_text = True
 
     def __init__(self, tool_choice: ToolChoice):
         self._tool_choice = tool_choice
-        self._text = ""
+        self._stream = self._new_stream()
+
+    def _new_stream(self) -> CallStream:
+        if isinstance(self._tool_choice, NamedToolChoice):
+            return NamedCallStream(self._tool_choice.function.name)
+        return CallArrayStream()
+
+    def _reason(self, called: bool, finish_reason: str | None) -> str | None:
+        # OpenAI's reasons: "tool_calls" when the model chose to call ("required"), "stop" when told which.
+        return "tool_calls" if called and self._tool_choice == "required" and finish_reason == "stop" else finish_reason
 
     def message(self, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
-        calls = _forced_calls(text, self._tool_choice)
+        content, calls = parse(self._new_stream(), text)
         if calls is None:
             return {"content": text}, finish_reason
-        # OpenAI's reasons: "tool_calls" when the model chose to call ("required"), "stop" when told which.
-        reason = "tool_calls" if self._tool_choice == "required" and finish_reason == "stop" else finish_reason
-        return {"content": None, "tool_calls": calls}, reason
+        return {"content": content, "tool_calls": calls}, self._reason(True, finish_reason)
 
     def feed(self, piece: str) -> list[dict]:
-        self._text += piece
-        return []
+        return self._stream.feed(piece)
 
     def finish(self, finish_reason: str | None) -> tuple[list[dict], str | None]:
-        message, reason = self.message(self._text, finish_reason)
-        if "tool_calls" in message:
-            return [{"tool_calls": [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]}], reason
-        return [message] if self._text else [], reason
+        return self._stream.finish(), self._reason(self._stream.called, finish_reason)
 
 
 class ParsedCallReply(Reply):

@@ -7,8 +7,9 @@
     mistral                         Mistral: [TOOL_CALLS] and its calls
 
 Each module says how its syntax reads. A parser is a CallStream (call_stream.py): a reply fed piece
-by piece returns the deltas to send, content as it comes and each call whole once it closes, and a
-whole reply is that stream over all of it, so the two always agree.
+by piece returns the deltas to send, content as it comes and each call's arguments as the model
+writes them (where its syntax names the call first: streamed_call.py), and a whole reply is that
+stream over all of it, so the two always agree.
 """
 
 from __future__ import annotations

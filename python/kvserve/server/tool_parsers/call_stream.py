@@ -1,12 +1,14 @@
 """What every tool-call parser shares: a reply fed piece by piece (feed(), then finish(); each
-returns the deltas to send: {"content": ...} or {"tool_calls": [...]}), and the whole reply read as
-that stream over all of it (`parse`), so a reply streamed and a reply whole always agree.
+returns the deltas to send: {"content": ...} or {"tool_calls": [...]}, a call whole or its opening
+and then its arguments piece by piece, as OpenAI streams them), and the whole reply read as that
+stream over all of it (`parse`), so a reply streamed and a reply whole always agree.
 
 Content goes out as it comes, but for whitespace: what stands between text and a call (before or
 after it) is dropped, and trailing whitespace waits for what follows."""
 
 from __future__ import annotations
 
+from kvserve.server.tool_parsers.call_json import tool_call
 from kvserve.server.tool_parsers.tags import partial_tag
 
 
@@ -48,10 +50,19 @@ class CallStream:
         self._content_upto(at if at >= 0 else len(self._text) - held, deltas)
         return at
 
-    def _call(self, call: dict, deltas: list[dict]) -> None:
+    def whole_call(self, call: dict, deltas: list[dict]) -> None:
+        """A call, whole (or the opening of one whose arguments follow: `more_arguments`)."""
         self._num_calls += 1
         self._blank, self._after_call = "", True
         deltas.append({"tool_calls": [{"index": self._num_calls - 1, **call}]})
+
+    def open_call(self, name: str, deltas: list[dict]) -> None:
+        self.whole_call(tool_call(name, ""), deltas)
+
+    def more_arguments(self, piece: str, deltas: list[dict]) -> None:
+        """More of the last call's arguments."""
+        if piece:
+            deltas.append({"tool_calls": [{"index": self._num_calls - 1, "function": {"arguments": piece}}]})
 
     def _advance(self, final: bool) -> list[dict]:
         """The deltas _text allows now; `final`: nothing more comes."""
@@ -71,10 +82,17 @@ class CallStream:
 
 
 def parse(stream: CallStream, text: str) -> tuple[str | None, list[dict] | None]:
-    """(content, tool calls) of a whole reply, as `stream` streams it; (text, None) where it holds no
-    call."""
+    """(content, tool calls) of a whole reply, as `stream` streams it, joined as a client joins the
+    deltas; (text, None) where it holds no call."""
     deltas = stream.feed(text) + stream.finish()
     content = "".join(delta.get("content", "") for delta in deltas)
     if not stream.called:
         return content, None
-    return content or None, [call for delta in deltas for call in delta.get("tool_calls", [])]
+    calls: list[dict] = []
+    for delta in deltas:
+        for part in delta.get("tool_calls", []):
+            if part["index"] == len(calls):
+                calls.append({"id": part["id"], "type": part["type"], "function": dict(part["function"])})
+            else:
+                calls[part["index"]]["function"]["arguments"] += part["function"]["arguments"]
+    return content or None, calls

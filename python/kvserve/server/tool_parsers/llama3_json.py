@@ -7,13 +7,15 @@ or text and then <|python_tag|> and the calls:
 "arguments" may stand for "parameters". Where the first object is not a call (not JSON, or not
 {"name": ..., "parameters": {...}}) the reply is content, as the model wrote it, from where the
 calls would have begun; text after the calls is content. Streaming, the reply's opening is held
-until it shows which it is, text goes out as it comes (but for a tail that could be the tag), and
-each call once its object closes."""
+until it shows which it is, text goes out as it comes (but for a tail that could be the tag), and a
+call written name first streams its arguments as they come (streamed_call.py; from then on it is a
+call, whatever follows), any other goes out once its object closes."""
 
 from __future__ import annotations
 
 from kvserve.server.tool_parsers.call_json import bracket_end, call_from_text
 from kvserve.server.tool_parsers.call_stream import CallStream
+from kvserve.server.tool_parsers.streamed_call import StreamedCall
 from kvserve.server.tool_parsers.tags import opening
 
 TAG = "<|python_tag|>"
@@ -25,6 +27,7 @@ class Llama3JsonStream(CallStream):
         # then "text" (until a tag), "call" (an object opens at _sent), "between" (calls) or "content" (to the end)
         self._mode = "start"
         self._calls_from = 0  # where the calls began: the reply's content from there if the first is not one
+        self._streamed: StreamedCall | None = None  # the call of the object at _sent, once it opened
 
     def _start(self, final: bool, deltas: list[dict]) -> bool:
         """Reads the reply's opening; False while it cannot tell."""
@@ -52,6 +55,16 @@ class Llama3JsonStream(CallStream):
 
     def _object(self, final: bool, deltas: list[dict]) -> bool:
         end = bracket_end(self._text, self._sent)
+        if self._streamed is None:
+            self._streamed = StreamedCall.open(self._text, self._sent, len(self._text))
+            if self._streamed is not None:
+                self.open_call(self._streamed.name, deltas)
+        if self._streamed is not None:
+            self.more_arguments(self._streamed.advance(self._text, end if end >= 0 else len(self._text)), deltas)
+            if end < 0 and not final:
+                return False
+            self._sent, self._mode, self._streamed = end if end >= 0 else len(self._text), "between", None
+            return True
         if end < 0 and not final:
             return False
         call = call_from_text(self._text[self._sent:end]) if end >= 0 else None
@@ -60,7 +73,7 @@ class Llama3JsonStream(CallStream):
             if not self.called:
                 self._sent = self._calls_from
             return True
-        self._call(call, deltas)
+        self.whole_call(call, deltas)
         self._sent, self._mode = end, "between"
         return True
 

@@ -59,7 +59,7 @@ class PythonicStream(CallStream):
                 self._sent, self._mode = 0, "content"
             else:
                 for call in calls:
-                    self._call(call, deltas)
+                    self.whole_call(call, deltas)
                 self._sent, self._mode = end, "end"
         if self._mode == "end":
             rest = self._text[self._sent:].lstrip()
