@@ -56,6 +56,27 @@ def test_streamed_events_build_the_same_response(tiny_client):
     assert final.output_text == whole.output_text
 
 
+def test_include_logprobs_gives_the_chat_completions_logprobs(tiny_client):
+    """include ["message.output_text.logprobs"]: each token's, with top_logprobs likeliest, as chat
+    completions gives them for the same conversation; streamed, the text deltas carry them."""
+    fields = dict(model=MODEL, input="Tell me about Rome.", include=["message.output_text.logprobs"],
+                  top_logprobs=3, **GREEDY)
+    whole = tiny_client.responses.create(**fields)
+    chat = _chat(tiny_client, [{"role": "user", "content": "Tell me about Rome."}], logprobs=True, top_logprobs=3)
+    [part] = whole.output[0].content
+    expected = [entry.model_dump() for entry in chat.choices[0].logprobs.content]
+    assert [entry.model_dump() for entry in part.logprobs] == expected and len(expected) == 12
+    assert all(len(entry["top_logprobs"]) == 3 for entry in expected) and whole.top_logprobs == 3
+    events = list(tiny_client.responses.create(stream=True, **fields))
+    deltas = [entry.model_dump() for event in events if event.type == "response.output_text.delta"
+              for entry in event.logprobs]
+    [done] = [event for event in events if event.type == "response.output_text.done"]
+    assert deltas == [entry.model_dump() for entry in done.logprobs] == expected
+    assert [entry.model_dump() for entry in events[-1].response.output[0].content[0].logprobs] == expected
+    plain = tiny_client.responses.create(model=MODEL, input="Tell me about Rome.", top_logprobs=3, **GREEDY)
+    assert plain.output[0].content[0].logprobs == []  # not included
+
+
 def test_a_reply_cut_by_max_output_tokens_is_incomplete(tiny_client):
     response = tiny_client.responses.create(model=MODEL, input="Hi", max_output_tokens=3, extra_body={"ignore_eos": True})
     events = list(tiny_client.responses.create(model=MODEL, input="Hi", max_output_tokens=3, stream=True,
@@ -122,6 +143,8 @@ def test_a_stored_response_carries_its_conversation_on(tiny_client, tiny_server)
     ({"tools": [{"type": "web_search"}]}, "tools", "kvserve runs function tools only"),
     ({"max_output_tokens": 1000}, "max_output_tokens", "max_output_tokens is 1000, but this model's maximum context"),
     ({"n": 2}, "n", "n is a chat completions field"),
+    ({"logprobs": True}, "logprobs", "logprobs is a chat completions field"),
+    ({"top_logprobs": 10**6, "include": ["message.output_text.logprobs"]}, "top_logprobs", "(--max-logprobs)"),
     ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text", "needs its schema"),
     ({"text": {"format": {"type": "yaml"}}}, "text", "text.type"),
     ({"tool_choice": "bogus", "tools": TOOLS}, "tool_choice", "tool_choice"),

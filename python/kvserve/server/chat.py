@@ -37,21 +37,23 @@ def _token_entry(token_id: int, logprob: Logprob, as_id: bool) -> dict:
             "bytes": list(text.encode("utf-8"))}
 
 
-def _logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int, as_ids: bool) -> dict:
-    """num_top: the top_logprobs entries of each token (-1: all the engine gave, the vocabulary)."""
+def token_logprobs(token_ids: list[int], entries: SampleLogprobs, num_top: int, as_ids: bool) -> list[dict]:
+    """Each token's entry (the Responses API's output_text logprobs too); num_top: the top_logprobs
+    entries of each (-1: all the engine gave, the vocabulary)."""
     content = []
     for token_id, entry in zip(token_ids, entries):
         top = sorted(entry.items(), key=lambda item: -item[1].logprob)[:None if num_top == -1 else num_top]
         content.append({**_token_entry(token_id, entry[token_id], as_ids),
                         "top_logprobs": [_token_entry(i, e, as_ids) for i, e in top]})
-    return {"content": content}
+    return content
 
 
 def _chat_logprobs(body: ChatCompletionRequest, served: ServedModel, token_ids: list[int],
                    entries: SampleLogprobs) -> dict | None:
     if not body.logprobs:
         return None
-    return _logprobs(token_ids, entries, body.top_logprobs or 0, body.tokens_as_ids(served.tokens_as_token_ids))
+    return {"content": token_logprobs(token_ids, entries, body.top_logprobs or 0,
+                                      body.tokens_as_ids(served.tokens_as_token_ids))}
 
 
 def _check_unsupported(body: ChatCompletionRequest, served: ServedModel) -> None:

@@ -435,3 +435,7 @@ class ResponsesRequest(_Model):
     metadata: dict | None = None
     reasoning: dict | None = None  # accepted; a reasoning model thinks as its template says
     user: str | None = None
+    # "message.output_text.logprobs" puts each answer token's log-probability, with its top_logprobs
+    # likeliest, in the message's output_text; the other includables name outputs kvserve never makes.
+    include: list[str] | None = None
+    top_logprobs: int | None = Field(None, ge=0)

@@ -7,9 +7,12 @@ response_format, flat function tools as chat tools), and the reply's parts becom
     function_call    {"type": "function_call", "call_id", "name", "arguments"}                  (tools)
 
 Streamed, as OpenAI streams them: response.created and response.in_progress, then per item
-response.output_item.added, its content part's added / delta / done events (a call's arguments in one
-delta), response.output_item.done, and last response.completed (or response.incomplete where
-max_output_tokens cut the reply). Responses are kept (store, the default) in memory, the most recent
+response.output_item.added, its content part's added / delta / done events (a call's arguments as
+the model writes them), response.output_item.done, and last response.completed (or
+response.incomplete where max_output_tokens cut the reply). With include
+["message.output_text.logprobs"] the message's output_text holds the log-probability of each token
+of the answer (the reply after its thinking), with the top_logprobs likeliest; streamed, each text
+delta carries those of the tokens made since the one before. Responses are kept (store, the default) in memory, the most recent
 ones (responses_store.py), for previous_response_id and GET / DELETE /v1/responses/{id}; background
 is a 400; items other than messages, function calls and their outputs (images, files, built-in
 tools) are 400s naming the item.
@@ -26,7 +29,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from kvserve.server.chat import chat_reply, start_chat
+from kvserve.logprobs import SampleLogprobs
+from kvserve.server.chat import chat_reply, start_chat, token_logprobs
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.generation import Generation
 from kvserve.server.protocol import ChatCompletionRequest, ResponsesRequest
@@ -37,6 +41,7 @@ from kvserve.server.served_model import ServedModel
 router = APIRouter()
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
+OUTPUT_LOGPROBS = "message.output_text.logprobs"  # the includable kvserve answers
 
 
 def _text(content, where: str) -> str | list[dict]:
@@ -91,7 +96,7 @@ def _messages(body: ResponsesRequest, items: list[dict]) -> list[dict]:
 
 # Chat completion fields a Responses request does not have (one reply a response; its own names for
 # the rest): refused rather than passed on with vLLM's extras.
-_CHAT_ONLY = ("n", "logprobs", "top_logprobs", "echo", "stream_options", "messages", "max_tokens",
+_CHAT_ONLY = ("n", "logprobs", "echo", "stream_options", "messages", "max_tokens",
               "max_completion_tokens", "response_format", "functions", "function_call")
 
 
@@ -101,6 +106,8 @@ def _chat_fields(body: ResponsesRequest, items: list[dict]) -> dict:
             raise bad_request(f"{name} is a chat completions field, which the Responses API does not take", name)
     fields = {**(body.model_extra or {}), "model": body.model, "messages": _messages(body, items), "stream": body.stream,
               "parallel_tool_calls": body.parallel_tool_calls}
+    if OUTPUT_LOGPROBS in (body.include or []):
+        fields.update(logprobs=True, top_logprobs=body.top_logprobs or 0)
     for name, value in (("temperature", body.temperature), ("top_p", body.top_p), ("user", body.user),
                         ("max_completion_tokens", body.max_output_tokens)):
         if value is not None:
@@ -193,7 +200,7 @@ class _Answer:
     """The response object around the output items."""
 
     def __init__(self, body: ResponsesRequest, generation: Generation, think_end: int | None,
-                 items: list[dict], store: ResponsesStore):
+                 items: list[dict], store: ResponsesStore, tokens_as_ids: bool):
         self.body = body
         self.items = items  # the conversation it answers, as input items
         self.store = store
@@ -203,6 +210,14 @@ class _Answer:
         self.created = int(time.time())
         self.model = generation.model_name
         self.generation = generation
+        self.logprobs = OUTPUT_LOGPROBS in (body.include or [])
+        self.tokens_as_ids = tokens_as_ids  # logprobs' tokens as "token_id:N"
+
+    def answer_logprobs(self, token_ids: list[int], entries: SampleLogprobs, thought: bool, start: int = 0) -> list[dict]:
+        """The output_text entries of the answer's tokens among token_ids[start:] (the reply's
+        tokens so far, and their entries)."""
+        start = max(start, _reasoning_tokens(token_ids, thought, self.think_end))
+        return token_logprobs(token_ids[start:], entries[start:], self.body.top_logprobs or 0, self.tokens_as_ids)
 
     def status(self, finish_reason: str | None) -> str:
         return "incomplete" if finish_reason == "length" else "completed"
@@ -217,6 +232,7 @@ class _Answer:
                 "tool_choice": body.tool_choice or ("auto" if body.tools else "none"),
                 "parallel_tool_calls": body.parallel_tool_calls, "text": body.text or {"format": {"type": "text"}},
                 "metadata": body.metadata or {}, "previous_response_id": body.previous_response_id,
+                "top_logprobs": body.top_logprobs,
                 "reasoning": body.reasoning, "store": self.stored, "truncation": "disabled", "user": body.user}
 
     def done(self, status: str, output: list[dict], usage: dict) -> dict:
@@ -233,9 +249,13 @@ _TEXT_ITEMS = {"reasoning": ("rs", _reasoning_item, "response.reasoning_text", {
                "content": ("msg", _message_item, "response.output_text", {"logprobs": []})}
 
 
-def _output(message: dict, status: str) -> list[dict]:
+def _output(message: dict, status: str, logprobs: list[dict]) -> list[dict]:
+    """The output items of a whole reply; `logprobs`: its answer's, for the message's output_text."""
     output = [make_item(_id(id_prefix), message[key], status)
               for key, (id_prefix, make_item, _, _) in _TEXT_ITEMS.items() if message.get(key)]
+    for item in output:
+        if item["type"] == "message":
+            item["content"][0]["logprobs"] = logprobs
     output += [_call_item(call) for call in message.get("tool_calls") or []]
     return output
 
@@ -254,10 +274,21 @@ class _EventWriter:
         self.sequence += 1
         return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
+    @property
+    def thought(self) -> bool:
+        return any(item["type"] == "reasoning" for item in self.output)
+
+    def add_logprobs(self, logprobs: list[dict]) -> None:
+        """More of the message's logprobs, without an event (the message's output_text shows them)."""
+        messages = [item for item in self.output if item["type"] == "message"]
+        if messages:
+            messages[-1]["content"][0]["logprobs"] += logprobs
+
     def _where(self, item: dict) -> dict:
         return {"item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0}
 
-    def delta(self, delta: dict) -> list[str]:
+    def delta(self, delta: dict, logprobs: list[dict] | None = None) -> list[str]:
+        """The events of one delta; `logprobs`: the entries of its content's tokens, where asked for."""
         events = []
         for key, (id_prefix, make_item, events_prefix, extra) in _TEXT_ITEMS.items():
             if delta.get(key):
@@ -272,6 +303,9 @@ class _EventWriter:
                     events.append(self.event("response.content_part.added", part=dict(part), **self._where(item)))
                 item = self._open[1]
                 item["content"][0]["text"] += delta[key]
+                if key == "content":
+                    extra = {"logprobs": logprobs or []}
+                    item["content"][0]["logprobs"] += extra["logprobs"]
                 events.append(self.event(f"{events_prefix}.delta", delta=delta[key], **extra, **self._where(item)))
         for part in delta.get("tool_calls") or []:
             if "id" in part:  # a call opens (whole, or its arguments to follow)
@@ -303,6 +337,8 @@ class _EventWriter:
         item["status"] = status
         part, where = item["content"][0], self._where(item)
         _, _, events_prefix, extra = _TEXT_ITEMS[key]
+        if key == "content":
+            extra = {"logprobs": part["logprobs"]}
         return [self.event(f"{events_prefix}.done", text=part["text"], **extra, **where),
                 self.event("response.content_part.done", part=part, **where),
                 self.event("response.output_item.done", output_index=where["output_index"], item=item)]
@@ -316,22 +352,29 @@ async def _events(answer: _Answer, chat: ChatCompletionRequest, raw_request: Req
     try:
         yield writer.event("response.created", response=started)
         yield writer.event("response.in_progress", response=started)
-        finish_reason, token_ids = None, []
+        finish_reason, token_ids, entries = None, [], []
+        given = 0  # tokens whose logprobs went out
         async for delta in generation.deltas():
             token_ids += delta.token_ids
+            entries += delta.logprobs or []
             pieces = reply.feed(delta.text)
             if delta.finish_reason is not None:
                 more, finish_reason = reply.finish(delta.finish_reason)
                 pieces += more
             for piece in pieces:
-                for event in writer.delta(piece):
+                logprobs = None
+                if answer.logprobs and piece.get("content"):
+                    logprobs = answer.answer_logprobs(token_ids, entries, writer.thought, given)
+                    given = len(token_ids)
+                for event in writer.delta(piece, logprobs):
                     yield event
+        if answer.logprobs:  # tokens without text of their own (the end of sequence token) end the message's
+            writer.add_logprobs(answer.answer_logprobs(token_ids, entries, writer.thought, given))
         status = answer.status(finish_reason)
         for event in writer.close(status):
             yield event
         done = "response.incomplete" if status == "incomplete" else "response.completed"
-        thought = any(item["type"] == "reasoning" for item in writer.output)
-        usage = _usage(generation, _reasoning_tokens(token_ids, thought, answer.think_end))
+        usage = _usage(generation, _reasoning_tokens(token_ids, writer.thought, answer.think_end))
         yield writer.event(done, response=answer.done(status, writer.output, usage))
     except Exception as error:
         body = as_openai_error(error).body()["error"]
@@ -371,7 +414,8 @@ async def create_response(body: ResponsesRequest, raw_request: Request):
     except OpenAIError as error:
         raise _in_responses_terms(error) from None
     served: ServedModel = raw_request.app.state.model
-    answer = _Answer(body, generation, served.reasoning_end, items, raw_request.app.state.responses)
+    answer = _Answer(body, generation, served.reasoning_end, items, raw_request.app.state.responses,
+                     chat.tokens_as_ids(served.tokens_as_token_ids))
     if body.stream:
         return StreamingResponse(_events(answer, chat, raw_request), media_type="text/event-stream")
     choices = await unless_disconnected(raw_request, generation, generation.collect())
@@ -381,5 +425,7 @@ async def create_response(body: ResponsesRequest, raw_request: Request):
     message, finish_reason = chat_reply(chat, served, generation.prompts[0].text).message(choice.text,
                                                                                            choice.finish_reason)
     status = answer.status(finish_reason)
-    usage = _usage(generation, _reasoning_tokens(choice.token_ids, bool(message.get("reasoning")), answer.think_end))
-    return JSONResponse(answer.done(status, _output(message, status), usage))
+    thought = bool(message.get("reasoning"))
+    usage = _usage(generation, _reasoning_tokens(choice.token_ids, thought, answer.think_end))
+    logprobs = answer.answer_logprobs(choice.token_ids, choice.logprobs, thought) if answer.logprobs else []
+    return JSONResponse(answer.done(status, _output(message, status, logprobs), usage))
