@@ -4,12 +4,14 @@ from kvserve._C import __version__
 from kvserve.beam_search import BeamSearchParams
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.outputs import CompletionOutput, RequestOutput
+from kvserve.outputs import CompletionOutput, EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from kvserve.pooling import PoolerConfig, PoolingParams
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 from kvserve.structured_outputs import StructuredOutputsParams
 
 # vLLM users write `from vllm import LLM`; the same name works here.
 LLM = Engine
 
-__all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "Engine", "LoRARequest", "RequestOutput", "RequestOutputKind",
-           "SamplingParams", "StructuredOutputsParams", "__version__"]
+__all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "EmbeddingRequestOutput", "Engine", "LoRARequest",
+           "PoolerConfig", "PoolingParams", "PoolingRequestOutput", "RequestOutput", "RequestOutputKind", "SamplingParams",
+           "StructuredOutputsParams", "__version__"]

@@ -47,9 +47,10 @@ from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.offline_api import OfflineAPI
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
+from kvserve.pooling import PooledState, PoolerConfig, PoolingParams
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
-from kvserve.sampling_params import SamplingParams, is_int, logprobs_wanted
+from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
 from kvserve.tokenizer import Tokenizer
 
 logger = logging.getLogger("kvserve")
@@ -94,7 +95,8 @@ class Engine(OfflineAPI):
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, reasoning_parser: str | None = None,
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
                  scheduling_policy: str = "fcfs", max_logprobs: int = 20,
-                 override_generation_config: dict | None = None, kv_cache_dtype: str = "auto"):
+                 override_generation_config: dict | None = None, kv_cache_dtype: str = "auto",
+                 runner: str = "auto", pooler_config: dict | PoolerConfig | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -123,7 +125,11 @@ class Engine(OfflineAPI):
         by arrival, and preempts first the running request that would run last (the largest
         priority, then the latest arrival).
         `max_logprobs` (vLLM's, default 20): the most log-probabilities a request may ask for a
-        position (SamplingParams.logprobs, prompt_logprobs); -1: the whole vocabulary."""
+        position (SamplingParams.logprobs, prompt_logprobs); -1: the whole vocabulary.
+        `runner` (vLLM's): "generate", "pooling" (embeddings: embed(), requests with PoolingParams;
+        kvserve.pooling), or "auto": pooling for a base model's checkpoint (no LM head), else
+        generate. `pooler_config` (a pooling engine's; {"pooling_type": "LAST" | "MEAN" | "CLS",
+        "normalize": bool}) overrides what the checkpoint's sentence-transformers files say."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -161,8 +167,12 @@ class Engine(OfflineAPI):
             torch.cuda.set_device(self.device)
         # No seed: dummy weights from torch's random state as it is.
         loaded = load_model(model, dtype=dtype, load_format=load_format, device=self.device,
-                            seed=seed if seed is not None else torch.initial_seed())
+                            seed=seed if seed is not None else torch.initial_seed(), runner=runner)
         self.model_config = config = loaded.model_config
+        # A pooling engine's pooler (its model has no LM head); None: the engine generates.
+        self.pooler = None if loaded.model.has_lm_head else PoolerConfig.for_model(loaded.path, pooler_config)
+        if self.pooler is None and pooler_config is not None:
+            raise ValueError("pooler_config needs a pooling engine (runner='pooling')")
         if not isinstance(enable_lora, bool):
             raise ValueError(f"enable_lora must be True or False, got {enable_lora!r}")
         self.loras = LoRAAdapters(loaded.model, max_loras, max_lora_rank) if enable_lora else None
@@ -235,13 +245,17 @@ class Engine(OfflineAPI):
             self.runner = CudaModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
                                           self.device, max_decode_batch=min(max_num_seqs, max_num_batched_tokens),
                                           max_model_len=max_model_len, block_size=block_size,
-                                          enforce_eager=enforce_eager)
+                                          enforce_eager=enforce_eager or self.pooler is not None)
         else:
             self.runner = ModelRunner(loaded.model, kv_caches, config.vocab_size, sorted(self.eos_token_ids),
                                       self.device)
         if async_scheduling is not None and not isinstance(async_scheduling, bool):
             raise ValueError(f"async_scheduling must be True, False or None, got {async_scheduling!r}")
-        self.async_scheduling = self.runner.asynchronous if async_scheduling is None else async_scheduling
+        # A pooling engine's steps are prefills whose one token ends each request: nothing to schedule ahead.
+        if self.pooler is not None and async_scheduling:
+            raise ValueError("async_scheduling: a pooling engine's steps have nothing to schedule ahead")
+        self.async_scheduling = (self.runner.asynchronous and self.pooler is None if async_scheduling is None
+                                 else async_scheduling)
         self.requests: dict[str, RequestState] = {}
         self._launched: LaunchedStep | None = None  # launched by the last step(), not applied yet
         self._resampled_share = 0.0  # of the sampled rows of recent steps (RESAMPLED_SHARE_LIMIT)
@@ -270,18 +284,29 @@ class Engine(OfflineAPI):
             raise ValueError("the engine was built with skip_tokenizer_init=True: it has no tokenizer")
         return self.tokenizer
 
-    def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | None = None, *,
-                    arrival_time: float | None = None, priority: int = 0,
+    def add_request(self, request_id: str, prompt: PromptInput, params: SamplingParams | PoolingParams | None = None,
+                    *, arrival_time: float | None = None, priority: int = 0,
                     lora_request: LoRARequest | None = None) -> None:
         """Queue one request. ValueError for a duplicate id, a bad prompt, or one that can't fit.
         All or nothing: a request that raises leaves nothing behind, in Python or the scheduler.
         `lora_request`: the LoRA adapter it runs with (an engine built with enable_lora); its
-        prefix-cache blocks are apart from the base model's and other adapters'."""
-        params = params if params is not None else self.default_sampling_params()
+        prefix-cache blocks are apart from the base model's and other adapters'. A pooling
+        engine's requests take PoolingParams (None: the defaults), a generating engine's
+        SamplingParams."""
         if not isinstance(request_id, str):
             raise ValueError(f"request_id must be a str, got {type(request_id).__name__} {request_id!r}")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
+            raise ValueError(f"priority must be an integer in [-2**31, 2**31 - 1], got {priority!r}")
+        if priority != 0 and self.scheduling_policy != "priority":
+            raise ValueError(f"priority {priority} needs scheduling_policy 'priority' (--scheduling-policy "
+                             f"priority): the engine runs requests in arrival order")
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        if self.pooler is not None or isinstance(params, PoolingParams):
+            self._add_pooling_request(request_id, prompt, params, arrival_time, priority, lora_request)
+            return
+        params = params if params is not None else self.default_sampling_params()
         if self.extra_stop_token_ids and not params.ignore_eos and not self.extra_stop_token_ids <= set(
                 params.stop_token_ids):
             params = dataclasses.replace(params, stop_token_ids=sorted({*params.stop_token_ids,
@@ -313,11 +338,6 @@ class Engine(OfflineAPI):
         grammar = self.grammars.compile(params.structured_outputs) if params.structured_outputs is not None else None
         if not 1 <= params.n <= self.max_num_seqs:
             raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")
-        if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
-            raise ValueError(f"priority must be an integer in [-2**31, 2**31 - 1], got {priority!r}")
-        if priority != 0 and self.scheduling_policy != "priority":
-            raise ValueError(f"priority {priority} needs scheduling_policy 'priority' (--scheduling-policy "
-                             f"priority): the engine runs requests in arrival order")
         # As vLLM: at most the room max_model_len leaves (the scheduler stops there anyway), so
         # that any max_tokens fits; min_tokens past that room can't be reached either.
         max_tokens = max(self.max_model_len - len(token_ids), 1)
@@ -325,7 +345,6 @@ class Engine(OfflineAPI):
             max_tokens = min(params.max_tokens, max_tokens)
         # A structured output ends where its grammar does (SamplingParams.structured_outputs).
         min_tokens = 0 if params.structured_outputs is not None else min(params.min_tokens, max_tokens)
-        arrival_time = time.time() if arrival_time is None else arrival_time
         lora = self._lora(lora_request)
         # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
         state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device, grammar,
@@ -337,6 +356,53 @@ class Engine(OfflineAPI):
             cache_salt=_cache_key(lora_request, cache_salt),
             skip_prefix_cache=params.prompt_logprobs is not None)
         self.requests[request_id] = state
+
+    def _add_pooling_request(self, request_id: str, prompt: PromptInput, params: PoolingParams | None,
+                             arrival_time: float, priority: int, lora_request: LoRARequest | None) -> None:
+        """add_request's for a pooling engine (kvserve.pooling): the prompt is computed once and
+        pooled; its one placeholder token ends it."""
+        if self.pooler is None:
+            raise ValueError("PoolingParams need a pooling engine (runner='pooling'); this one generates")
+        params = PoolingParams() if params is None else params
+        if not isinstance(params, PoolingParams):
+            raise ValueError(f"a pooling engine's requests take PoolingParams, got {type(params).__name__}")
+        if lora_request is not None:
+            raise ValueError("a pooling engine runs no LoRA adapters")
+        [(text, token_ids, cache_salt)] = normalize_prompts(prompt, self.tokenizer)
+        token_ids = params.truncated_prompt(token_ids, self.max_model_len)
+        self.check_pooling_prompt(token_ids)
+        self.check_dimensions(params.dimensions)
+        placeholder = SamplingParams(max_tokens=1, ignore_eos=True, detokenize=False,
+                                     output_kind=RequestOutputKind.FINAL_ONLY)
+        state = RequestState(request_id, text, token_ids, placeholder, None, arrival_time, self.device,
+                             pooled=PooledState(self.pooler, params, len(token_ids)))
+        self.scheduler.add_request(
+            request_id, token_ids, max_tokens=1, min_tokens=0, eos_token_ids=[], ignore_eos=True, stop_token_ids=[],
+            priority=priority, arrival_time=arrival_time, n=1, cache_salt=_cache_key(None, cache_salt),
+            skip_prefix_cache=self.pooler.needs_every_token)
+        self.requests[request_id] = state
+
+    def check_pooling_prompt(self, token_ids: list[int]) -> None:
+        """ValueError for a prompt a pooling engine cannot take (too long, or ids outside the vocabulary)."""
+        if not token_ids or len(token_ids) >= self.max_model_len:
+            raise ValueError(f"a prompt to pool must have 1 to {self.max_model_len - 1} tokens (max_model_len "
+                             f"{self.max_model_len}, less the placeholder that ends it), got {len(token_ids)}")
+        bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.model_config.vocab_size})")
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """ValueError for embedding dimensions the model cannot cut its vectors to (PoolingParams)."""
+        allowed = self.model_config.matryoshka_dimensions
+        if dimensions is None:
+            return
+        if allowed is None:
+            raise ValueError(f"dimensions {dimensions}: this model's embeddings are not Matryoshka ones (its "
+                             f"config.json has neither is_matryoshka nor matryoshka_dimensions), so they keep "
+                             f"their {self.model_config.hidden_size}")
+        if dimensions > self.model_config.hidden_size or (allowed and dimensions not in allowed):
+            wanted = f"one of {list(allowed)}" if allowed else f"in [1, {self.model_config.hidden_size}]"
+            raise ValueError(f"dimensions must be {wanted}, got {dimensions}")
 
     def _lora(self, lora_request: LoRARequest | None) -> LoRAAdapter | None:
         if lora_request is None:

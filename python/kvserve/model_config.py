@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kvserve.models.registry import check_architecture
+from kvserve.models.registry import causal_architecture, check_architecture
 
 # Names accepted for `dtype`, as vLLM accepts them.
 _DTYPES_BY_NAME = {
@@ -106,6 +106,9 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     # Sampling defaults from generation_config.json, keyed by SamplingParams field names.
     default_sampling: dict = field(default_factory=dict)
+    # The embedding lengths a Matryoshka model's vectors may be cut to (config.json's
+    # matryoshka_dimensions; () for any, where it says is_matryoshka); None: not one.
+    matryoshka_dimensions: tuple[int, ...] | None = None
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -182,11 +185,13 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)),
             mlp_bias=bool(hf.get("mlp_bias", False)),
-            sliding_windows=_SLIDING_WINDOW_RULES[architectures[0]](hf, num_layers),
+            sliding_windows=_SLIDING_WINDOW_RULES[causal_architecture(architectures[0])](hf, num_layers),
             checkpoint_dtype=dtype_from_name(checkpoint_dtype, f"{source}: dtype") if checkpoint_dtype else None,
             bos_token_id=generation.get("bos_token_id", hf.get("bos_token_id")),
             eos_token_ids=_eos_ids(hf.get("eos_token_id"), generation.get("eos_token_id")),
             default_sampling=sampling_defaults(generation),
+            matryoshka_dimensions=(tuple(hf["matryoshka_dimensions"]) if hf.get("matryoshka_dimensions")
+                                   else () if hf.get("is_matryoshka") else None),
         )
 
 

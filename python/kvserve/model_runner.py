@@ -218,6 +218,8 @@ class ModelRunner:
                 ops.copy_blocks(key_cache, out.blocks_to_copy)
                 ops.copy_blocks(value_cache, out.blocks_to_copy)
         hidden = self.forward(out, previous, LoRABatch.of_step(out, requests, self.device))
+        if not self.model.has_lm_head:
+            return self._pool(out, requests, hidden)
 
         prompt_lp = self._prompt_logprobs(out, requests, hidden)
         if out.num_sampled == 0:
@@ -242,6 +244,18 @@ class ModelRunner:
             input_ids = input_ids.clone()  # the scheduler's buffer is read-only
             fill_deferred_inputs(input_ids, out, previous)
         return self.model(input_ids, torch.from_numpy(out.positions), self.kv_caches, metadata, lora)
+
+    @staticmethod
+    def _pool(out, requests: Mapping[str, RequestState], hidden: torch.Tensor) -> LaunchedStep:
+        """A pooling engine's step (kvserve.pooling): every row's hidden states go to its request's
+        pool; a request whose last prompt token this step computed takes a placeholder token (0),
+        which ends it."""
+        qsl, positions = out.query_start_loc, out.positions
+        for row, request_id in enumerate(out.req_ids):
+            start, end = int(qsl[row]), int(qsl[row + 1])
+            requests[request_id].pooled.add(hidden[start:end], int(positions[start]))
+        placeholders = SamplerOutput(torch.zeros(out.num_sampled, dtype=torch.int32), None)
+        return LaunchedStep({}, None, placeholders, host=HostResult.queue(placeholders, {}))
 
     def _prompt_logprobs(self, out, requests, hidden) -> dict[str, tuple[int, LogprobsTensors]]:
         """Logprobs of the prompt tokens that this step's rows predict, for requests that ask."""

@@ -1,4 +1,4 @@
-"""The offline API of vLLM's `LLM`, which Engine inherits: generate, chat and beam_search add their
+"""The offline API of vLLM's `LLM`, which Engine inherits: generate, chat, beam_search and embed add their
 requests and step the engine until they finish (a tqdm progress bar on long runs), through the
 engine's public loop (add_request, step, abort) and two of its own: the ids' counter and
 _close_idle_step."""
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from kvserve.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from kvserve.chat_template import chat_template_arguments
 from kvserve.lora.request import LoRARequest
-from kvserve.outputs import RequestOutput
+from kvserve.outputs import EmbeddingRequestOutput, RequestOutput
+from kvserve.pooling import PoolingParams
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 
@@ -27,30 +28,43 @@ class OfflineAPI:
         list of them); returns one finished RequestOutput per prompt, in order. `lora_request`: the
         LoRA adapter every prompt runs with, or one per prompt (None: the base model). `priority`:
         one per prompt, with scheduling_policy "priority" (lower runs first)."""
+        if self.pooler is not None:
+            raise ValueError("this engine pools (runner='pooling'): use embed()")
         normalized = normalize_prompts(prompts, self.tokenizer)
         if sampling_params is None:
             sampling_params = self.default_sampling_params()
-        if isinstance(sampling_params, SamplingParams):
-            sampling_params = [sampling_params] * len(normalized)
-        elif len(sampling_params) != len(normalized):
-            raise ValueError(f"sampling_params: expected one per prompt ({len(normalized)}), got {len(sampling_params)}")
-        if lora_request is None or isinstance(lora_request, LoRARequest):
-            lora_request = [lora_request] * len(normalized)
-        elif len(lora_request) != len(normalized):
-            raise ValueError(f"lora_request: expected one per prompt ({len(normalized)}), got {len(lora_request)}")
-        if priority is None:
-            priority = [0] * len(normalized)
-        elif len(priority) != len(normalized):
-            raise ValueError(f"priority: expected one per prompt ({len(normalized)}), got {len(priority)}")
+        sampling_params = [dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
+                           for params in _per_prompt("sampling_params", sampling_params, SamplingParams, normalized)]
+        lora_request = _per_prompt("lora_request", lora_request, (LoRARequest, type(None)), normalized)
+        return self._run_requests("generate", normalized, sampling_params, lora_request, priority, use_tqdm)
+
+    def embed(self, prompts: PromptInput | Sequence[PromptInput],
+              pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+              priority: Sequence[int] | None = None) -> list[EmbeddingRequestOutput]:
+        """vLLM's LLM.embed: each prompt's embedding, in order (a pooling engine's: kvserve.pooling).
+        `truncate_prompt_tokens`: the default PoolingParams'."""
+        if self.pooler is None:
+            raise ValueError("embed() needs a pooling engine (runner='pooling'); this one generates")
+        normalized = normalize_prompts(prompts, self.tokenizer)
+        if pooling_params is None:
+            pooling_params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
+        pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
+        outputs = self._run_requests("embed", normalized, pooling_params, [None] * len(normalized), priority, use_tqdm)
+        return [EmbeddingRequestOutput.from_base(output) for output in outputs]
+
+    def _run_requests(self, kind: str, prompts: list, params: list, lora_requests: list,
+                      priority: Sequence[int] | None, use_tqdm: bool) -> list:
+        """Adds a request for each prompt and runs them to completion (all aborted if one fails)."""
+        priority = [0] * len(prompts) if priority is None else _per_prompt("priority", priority, (), prompts)
         ids = []
         try:
-            for prompt, params, lora, rank in zip(normalized, sampling_params, lora_request, priority):
-                request_id = f"generate-{next(self._request_counter)}"
-                final_only = dataclasses.replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
+            for prompt, request_params, lora, rank in zip(prompts, params, lora_requests, priority):
+                request_id = f"{kind}-{next(self._request_counter)}"
                 engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
                 if prompt.cache_salt is not None:
                     engine_prompt["cache_salt"] = prompt.cache_salt
-                self.add_request(request_id, engine_prompt, final_only, lora_request=lora, priority=rank)
+                self.add_request(request_id, engine_prompt, request_params, lora_request=lora, priority=rank)
                 ids.append(request_id)
             return self._run_to_completion(ids, use_tqdm)
         except BaseException:
@@ -105,7 +119,8 @@ class OfflineAPI:
                     if output.finished and output.request_id in pending:
                         pending.discard(output.request_id)
                         finished[output.request_id] = output
-                        output_tokens += sum(len(o.token_ids) for o in output.outputs)
+                        if isinstance(output, RequestOutput):
+                            output_tokens += sum(len(o.token_ids) for o in output.outputs)
                         if bar is not None:
                             bar.update(1)
                             bar.set_postfix_str(f"output: {output_tokens / (time.perf_counter() - start):.1f} tok/s",
@@ -115,3 +130,13 @@ class OfflineAPI:
             if bar is not None:
                 bar.close()
         return [finished[i] for i in request_ids]
+
+
+def _per_prompt(name: str, value, single: type | tuple, prompts: list) -> list:
+    """`value` for each prompt: one of type `single` for them all, or a sequence of one per prompt."""
+    if single and isinstance(value, single):
+        return [value] * len(prompts)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != len(prompts):
+        count = len(value) if isinstance(value, Sequence) else type(value).__name__
+        raise ValueError(f"{name}: expected one per prompt ({len(prompts)}), got {count}")
+    return list(value)

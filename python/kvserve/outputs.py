@@ -1,8 +1,10 @@
-"""What `Engine.generate` returns, with vLLM's classes and field names."""
+"""What `Engine.generate` and `Engine.embed` return, with vLLM's classes and field names."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
 from kvserve.lora.request import LoRARequest
@@ -55,3 +57,48 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     num_cached_tokens: int | None = None
     lora_request: LoRARequest | None = None
+
+
+@dataclass
+class PoolingOutput:
+    """A pooled prompt (kvserve.pooling): its vector, float32 on the host."""
+
+    data: torch.Tensor
+
+
+@dataclass
+class PoolingRequestOutput:
+    """What a pooling engine's step reports for a request: once, when its prompt is pooled."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: PoolingOutput
+    finished: bool = True
+    metrics: RequestMetrics | None = None
+    num_cached_tokens: int | None = None
+
+
+@dataclass
+class EmbeddingOutput:
+    embedding: list[float]
+
+    @property
+    def hidden_size(self) -> int:
+        return len(self.embedding)
+
+
+@dataclass
+class EmbeddingRequestOutput:
+    """What Engine.embed returns, one per prompt (vLLM's)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: EmbeddingOutput
+    finished: bool = True
+
+    @classmethod
+    def from_base(cls, output: PoolingRequestOutput) -> EmbeddingRequestOutput:
+        return cls(output.request_id, output.prompt, output.prompt_token_ids,
+                   EmbeddingOutput(output.outputs.data.tolist()), output.finished)

@@ -17,7 +17,8 @@ from kvserve.detokenizer import Detokenizer
 from kvserve.grammar import CompiledGrammar
 from kvserve.logprobs import PromptLogprobs, SampleLogprobs
 from kvserve.lora.adapter import LoRAAdapter
-from kvserve.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from kvserve.outputs import CompletionOutput, PoolingOutput, PoolingRequestOutput, RequestMetrics, RequestOutput
+from kvserve.pooling import PooledState
 from kvserve.sampling_metadata import request_generator
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 from kvserve.tokenizer import Tokenizer
@@ -74,13 +75,15 @@ class SequenceState:
 class RequestState:
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "sequences", "prompt_logprobs",
                  "metrics", "num_cached_tokens", "prompt_logprobs_reported", "_prompt_token_array", "lora",
-                 "bad_words")
+                 "bad_words", "pooled")
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                  tokenizer: Tokenizer | None, arrival_time: float, device: torch.device,
-                 grammar: CompiledGrammar | None = None, lora: LoRAAdapter | None = None):
+                 grammar: CompiledGrammar | None = None, lora: LoRAAdapter | None = None,
+                 pooled: PooledState | None = None):
         """`grammar`: params.structured_outputs compiled (GrammarCompiler), which every sequence follows;
-        `lora`: the LoRA adapter the request runs with."""
+        `lora`: the LoRA adapter the request runs with; `pooled`: a pooling request's pool (its one
+        sequence's token is a placeholder that ends it: kvserve.pooling)."""
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -96,6 +99,7 @@ class RequestState:
         self.lora = lora
         # params.bad_words as token sequences (the tokenizer is there: the engine refuses them without one)
         self.bad_words = bad_words_token_ids(params.bad_words, tokenizer) if params.bad_words else []
+        self.pooled = pooled
 
     @property
     def prompt_token_array(self) -> np.ndarray:
@@ -109,10 +113,16 @@ class RequestState:
     def finished(self) -> bool:
         return all(s.finish_reason is not None for s in self.sequences)
 
-    def to_output(self) -> RequestOutput | None:
-        """The RequestOutput to report now, as params.output_kind asks (None: nothing to report)."""
+    def to_output(self) -> RequestOutput | PoolingRequestOutput | None:
+        """The RequestOutput to report now, as params.output_kind asks (None: nothing to report); a
+        pooling request's PoolingRequestOutput once it is pooled."""
         kind = self.params.output_kind
         finished = self.finished
+        if self.pooled is not None:
+            if not finished:
+                return None
+            return PoolingRequestOutput(self.request_id, self.prompt, self.prompt_token_ids,
+                                        PoolingOutput(self.pooled.embedding), True, self.metrics, self.num_cached_tokens)
         if kind is RequestOutputKind.FINAL_ONLY and not finished:
             return None
         prompt_logprobs = self.prompt_logprobs

@@ -237,3 +237,19 @@ def test_a_steps_results_do_not_wait_for_work_queued_after_it(tiny_model_dir):
     while engine.has_unfinished_requests():
         engine.step()
     assert_no_blocks_held(engine)
+
+
+def test_embeddings_on_the_gpu_equal_the_cpus(tiny_model_dir):
+    """A pooling engine on the GPU (profiled without an LM head, no graphs, its steps synchronous)
+    pools what the CPU's does."""
+    directory = str(tiny_model_dir("LlamaForCausalLM"))
+    prompts = PROMPTS
+    vectors = {}
+    for device in ("cuda", "cpu"):
+        engine = Engine(directory, runner="pooling", device=device, dtype="float32", kv_cache_memory_gb=0.05,
+                        max_num_batched_tokens=8, block_size=4)
+        assert not engine.async_scheduling
+        vectors[device] = torch.tensor([o.outputs.embedding for o in engine.embed(prompts, use_tqdm=False)])
+    torch.testing.assert_close(vectors["cuda"], vectors["cpu"], atol=1e-4, rtol=0)
+    gpu = Engine(directory, runner="pooling", device="cuda", dtype="float32", gpu_memory_utilization=0.3)
+    assert gpu.embed(prompts[:1], use_tqdm=False)[0].outputs.hidden_size == 64

@@ -29,3 +29,9 @@ def test_openai_client_completes_and_streams_a_chat(tiny_server):
     lines = run_example("openai_client.py", "--base-url", tiny_server.url + "/v1")
     assert lines[0].startswith("completion -> ") and lines[0].endswith("(16 tokens)")
     assert lines[1].startswith("chat -> ") and len(lines[1]) > len("chat -> ")
+
+
+def test_embeddings_prints_a_score_for_each_document(tiny_model_dir):
+    lines = run_example("embeddings.py", str(tiny_model_dir("LlamaForCausalLM")))
+    assert lines[0] == "4 embeddings of 64 dimensions" and len(lines) == 4
+    assert all(-1 <= float(line.split()[0]) <= 1 for line in lines[1:])

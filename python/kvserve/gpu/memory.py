@@ -96,6 +96,8 @@ def profile_step(model: nn.Module, scratch: list[tuple[torch.Tensor, torch.Tenso
     positions = torch.cat([torch.arange(n) for n in lengths]).to(device)
     input_ids = torch.randint(0, vocab_size, (num_tokens,), dtype=torch.int32, device=device)
     hidden = model(input_ids, positions, scratch, metadata)
+    if not model.has_lm_head:
+        return  # a pooling engine's model: no logits, no sampler
     rows = min(max_num_seqs, num_tokens)
     logits = model.compute_logits(hidden[-rows:])
     params = [SamplingParams(temperature=1.0, top_p=0.5, logprobs=20)] * rows

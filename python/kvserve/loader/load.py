@@ -19,7 +19,8 @@ from kvserve.loader.safetensors_weights import iter_safetensors_weights
 from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.linear import onednn_packs
-from kvserve.models.registry import build_model
+from kvserve.models.registry import BASE_MODELS, build_model
+from kvserve.pooling import RUNNERS
 
 logger = logging.getLogger("kvserve")
 
@@ -53,11 +54,15 @@ def _engine_dtype(model_config: ModelConfig, dtype: str | torch.dtype, device: t
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
                device: str | torch.device = "cpu", seed: int = 0, hub_cache_dir: str | Path | None = None,
-               revision: str | None = None) -> LoadedModel:
+               revision: str | None = None, runner: str = "auto") -> LoadedModel:
     """Resolve `model` (None: the default model), read its config, build it and fill its weights.
-    load_format "dummy" keeps the real shapes but fills random weights (seeded by `seed`)."""
+    load_format "dummy" keeps the real shapes but fills random weights (seeded by `seed`).
+    `runner` (kvserve.pooling.RUNNERS): "pooling" builds the model without its LM head; "auto"
+    does so for a base model's checkpoint (registry.BASE_MODELS), which has none."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {list(RUNNERS)}, got {runner!r}")
     path = resolve_model_path(model, hub_cache_dir=hub_cache_dir, revision=revision)
     is_gguf = path.is_file()
     wanted = "gguf" if is_gguf else "safetensors"
@@ -70,8 +75,12 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     else:
         model_config, tokenizer = ModelConfig.from_pretrained(path), None
         weights = iter_safetensors_weights(path)
+    is_base = model_config.architecture in BASE_MODELS
+    if is_base and runner == "generate":
+        raise ValueError(f"{path} is a base model ({model_config.architecture}, no LM head): it generates nothing, "
+                         f"and serves embeddings with runner 'pooling'")
     resolved = _engine_dtype(model_config, dtype, torch.device(device))
-    module = build_model(model_config, resolved, device)
+    module = build_model(model_config, resolved, device, lm_head=runner == "generate" or (runner == "auto" and not is_base))
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
     else:

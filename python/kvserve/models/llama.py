@@ -19,6 +19,7 @@ from kvserve.models.layers.embedding import Embedding
 from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, cuda_ops_linear_takes, fast_copies, linear
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding
+from kvserve.models.registry import BASE_MODELS
 from kvserve.models.weight_loading import load_named_weights
 
 if TYPE_CHECKING:
@@ -134,12 +135,15 @@ class LlamaForCausalLM(nn.Module):
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, lm_head: bool = True):
+        """lm_head=False: the final hidden states only (a pooling engine's model; registry.build_model)."""
         super().__init__()
         self.config = config
         self.dtype = dtype
         self.model = LlamaModel(config, dtype, self.attention_options(config))
-        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size, False, dtype)
+        self.has_lm_head = lm_head
+        self.lm_head = (Linear(config.hidden_size, config.vocab_size, False, dtype)
+                        if lm_head and not config.tie_word_embeddings else None)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, config.max_model_len)
         # A tied LM head's fast_copies of the embedding (an untied one is a Linear, which keeps its own).
         self.tied_lm_head_copies: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
@@ -215,6 +219,8 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] (only the rows to sample) -> logits [N, vocab] in the model dtype (the
         sampler upcasts when it needs to; greedy rows take the argmax as they are)."""
+        if not self.has_lm_head:
+            raise ValueError("this model was built without its LM head (for pooling): it computes no logits")
         if self.lm_head is not None:
             return self.lm_head(hidden)
         return linear(hidden, self.model.embed_tokens.weight, None, *self.tied_lm_head_copies)
@@ -225,10 +231,13 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.finalize_weights()
-        if self.lm_head is None:
+        if self.has_lm_head and self.lm_head is None:
             self.tied_lm_head_copies = fast_copies(self.model.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting."""
+        """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting; a
+        base model's names (registry.BASE_MODELS) are the inner model's."""
         skip = {"lm_head.weight"} if self.lm_head is None else set()
+        if self.config.architecture in BASE_MODELS:
+            weights = ((f"model.{name}", tensor) for name, tensor in weights)
         load_named_weights(self, weights, self.packed_modules, skip)

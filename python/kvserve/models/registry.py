@@ -18,27 +18,38 @@ _MODELS = {
     "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
 }
+# The same models without their LM head, as transformers saves a base model (an embedding model's
+# checkpoint: e5-mistral's MistralModel), for pooling only: their tensors' names lack "model.".
+BASE_MODELS = {"LlamaModel": "LlamaForCausalLM", "MistralModel": "MistralForCausalLM", "Qwen2Model": "Qwen2ForCausalLM",
+               "Qwen3Model": "Qwen3ForCausalLM"}
 
 SUPPORTED_ARCHITECTURES = tuple(_MODELS)
 
 
+def causal_architecture(architecture: str) -> str:
+    """The architecture with its LM head that `architecture` (maybe a base model) is."""
+    return BASE_MODELS.get(architecture, architecture)
+
+
 def check_architecture(architecture: str) -> None:
-    if architecture not in _MODELS:
+    if causal_architecture(architecture) not in _MODELS:
         raise ValueError(f"architecture {architecture!r} is not supported; "
-                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)} (and for pooling {', '.join(BASE_MODELS)})")
 
 
 def model_class(architecture: str) -> type:
     check_architecture(architecture)
-    module_name, class_name = _MODELS[architecture]
+    module_name, class_name = _MODELS[causal_architecture(architecture)]
     return getattr(importlib.import_module(f"kvserve.models.{module_name}"), class_name)
 
 
-def build_model(model_config, dtype: torch.dtype, device: str | torch.device = "cpu") -> torch.nn.Module:
+def build_model(model_config, dtype: torch.dtype, device: str | torch.device = "cpu", *,
+                lm_head: bool = True) -> torch.nn.Module:
     """The model for `model_config`, with uninitialized parameters in `dtype` on `device`: fill them
     with model.load_weights(...) or kvserve.loader.fill_dummy_weights(model), then call
-    model.finalize_weights() (kvserve.loader.load_model does all three)."""
+    model.finalize_weights() (kvserve.loader.load_model does all three). lm_head=False (a pooling
+    engine's, and always for a base model) builds none: a checkpoint's is then skipped."""
     cls = model_class(model_config.architecture)
     with torch.device(device):
-        model = cls(model_config, dtype)
+        model = cls(model_config, dtype, lm_head=lm_head and model_config.architecture not in BASE_MODELS)
     return model.eval()

@@ -1,0 +1,151 @@
+"""Embeddings from a decoder model (vLLM's pooling runner: `Engine(runner="pooling").embed(...)`,
+`kvserve serve MODEL --runner pooling`, POST /v1/embeddings).
+
+A pooling engine computes each prompt once (prefill, chunked like any other) and pools its final
+hidden states (after the model's last norm) into one vector, then ends the request:
+
+    LAST   the last prompt token's (decoder embedders: Qwen3-Embedding, e5-mistral, gte-Qwen2)
+    MEAN   the mean over every prompt token
+    CLS    the first prompt token's
+
+and, where the pooler normalizes (the default), scales it to unit length. What a checkpoint asks
+for is read from its sentence-transformers files (1_Pooling/config.json's pooling_mode_*, a
+Normalize module in modules.json), as vLLM reads them; without them LAST and normalized, vLLM's
+default for a decoder. MEAN and CLS need every prompt token computed: their requests skip the
+prefix cache. A request's `dimensions` keep the vector's first `dimensions` entries (a Matryoshka
+model's smaller embedding), normalized again where the pooler normalizes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kvserve.sampling_params import is_int, truncate_prompt
+
+POOLING_TYPES = ("LAST", "MEAN", "CLS")
+RUNNERS = ("auto", "generate", "pooling")
+# sentence-transformers' 1_Pooling/config.json keys, by the pooling they ask for.
+_ST_MODES = {"pooling_mode_lasttoken": "LAST", "pooling_mode_mean_tokens": "MEAN", "pooling_mode_cls_token": "CLS"}
+
+
+@dataclass(frozen=True)
+class PoolerConfig:
+    """How a pooling engine pools (vLLM's --pooler-config keys): pooling_type and normalize."""
+
+    pooling_type: str = "LAST"
+    normalize: bool = True
+
+    def __post_init__(self):
+        if self.pooling_type not in POOLING_TYPES:
+            raise ValueError(f"pooling_type must be one of {list(POOLING_TYPES)}, got {self.pooling_type!r}")
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {self.normalize!r}")
+
+    @property
+    def needs_every_token(self) -> bool:
+        """Whether every prompt token's hidden state is read (its requests skip the prefix cache)."""
+        return self.pooling_type != "LAST"
+
+    @classmethod
+    def for_model(cls, directory: Path | None, overrides: dict | PoolerConfig | None = None) -> PoolerConfig:
+        """The checkpoint's own pooling (its sentence-transformers files, if any), with `overrides`
+        (a dict of its keys, or a PoolerConfig) over it."""
+        if isinstance(overrides, PoolerConfig):
+            return overrides
+        if overrides is not None and not isinstance(overrides, dict):
+            raise ValueError(f"pooler_config must be a dict (e.g. {{'pooling_type': 'MEAN'}}), got {overrides!r}")
+        found = _sentence_transformers_pooling(directory) if directory is not None and directory.is_dir() else {}
+        unknown = sorted(set(overrides or {}) - {"pooling_type", "normalize"})
+        if unknown:
+            raise ValueError(f"pooler_config: unknown keys {unknown}; kvserve takes pooling_type and normalize")
+        return cls(**{**found, **(overrides or {})})
+
+
+def _sentence_transformers_pooling(directory: Path) -> dict:
+    found = {}
+    pooling = directory / "1_Pooling" / "config.json"
+    if pooling.is_file():
+        modes = [kind for key, kind in _ST_MODES.items() if json.loads(pooling.read_text()).get(key)]
+        if len(modes) == 1:
+            found["pooling_type"] = modes[0]
+    modules = directory / "modules.json"
+    if modules.is_file():
+        found["normalize"] = any(str(m.get("type", "")).endswith(".Normalize") for m in json.loads(modules.read_text()))
+    return found
+
+
+@dataclass(frozen=True)
+class PoolingParams:
+    """One pooling request's options (vLLM's): `dimensions`, the embedding's length where the model
+    allows fewer than its hidden size (Matryoshka); `normalize`, None for the pooler's own;
+    `truncate_prompt_tokens`, the prompt's last that many tokens (-1: as many as the context holds,
+    less the placeholder token that ends the request)."""
+
+    dimensions: int | None = None
+    normalize: bool | None = None
+    truncate_prompt_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.dimensions is not None and (not is_int(self.dimensions) or self.dimensions < 1):
+            raise ValueError(f"dimensions must be a positive integer or None, got {self.dimensions!r}")
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise ValueError(f"normalize must be True, False or None, got {self.normalize!r}")
+        value = self.truncate_prompt_tokens
+        if value is not None and (not is_int(value) or (value < 1 and value != -1)):
+            raise ValueError(f"truncate_prompt_tokens must be a positive integer, -1 or None, got {value!r}")
+
+    def truncated_prompt(self, token_ids: list[int], max_model_len: int) -> list[int]:
+        return truncate_prompt(token_ids, self.truncate_prompt_tokens, max_model_len)
+
+
+def finish_embedding(pooled: torch.Tensor, params: PoolingParams, pooler: PoolerConfig) -> torch.Tensor:
+    """The request's embedding (float32, on the host) from its pooled hidden state."""
+    vector = pooled.float()
+    if params.dimensions is not None:
+        vector = vector[:params.dimensions]
+    if pooler.normalize if params.normalize is None else params.normalize:
+        vector = torch.nn.functional.normalize(vector, dim=0)
+    return vector.cpu()
+
+
+class PooledState:
+    """A pooling request's running pool as its prompt's chunks are computed: rows are added once
+    each, by position, so that a chunk computed again (after a preemption) counts once."""
+
+    __slots__ = ("pooler", "params", "prompt_len", "_sum", "_upto", "embedding")
+
+    def __init__(self, pooler: PoolerConfig, params: PoolingParams, prompt_len: int):
+        self.pooler = pooler
+        self.params = params
+        self.prompt_len = prompt_len
+        self._sum: torch.Tensor | None = None
+        self._upto = 0  # positions below this are in the pool (MEAN)
+        self.embedding: torch.Tensor | None = None  # once the last prompt token is computed
+
+    def add(self, hidden: torch.Tensor, first_position: int) -> None:
+        """`hidden` [rows, hidden]: the final hidden states of prompt positions first_position...;
+        the pool is done with the row of the prompt's last position."""
+        kind = self.pooler.pooling_type
+        end = first_position + hidden.shape[0]
+        if kind == "CLS":
+            if first_position == 0:
+                self._sum = hidden[0].float()
+        elif kind == "MEAN":
+            skip = max(0, self._upto - first_position)
+            if skip < hidden.shape[0]:
+                rows = hidden[skip:].float().sum(0)
+                self._sum = rows if self._sum is None else self._sum + rows
+                self._upto = end
+        if end < self.prompt_len:
+            return
+        if kind == "LAST":
+            pooled = hidden[self.prompt_len - 1 - first_position]
+        elif kind == "MEAN":
+            pooled = self._sum / self.prompt_len
+        else:
+            pooled = self._sum
+        self.embedding = finish_embedding(pooled, self.params, self.pooler)
