@@ -15,6 +15,7 @@ import json
 from typing import TYPE_CHECKING
 
 from kvserve.loader.load import LOAD_FORMATS
+from kvserve.pooling import RUNNERS
 from kvserve.sampling_params import is_int
 
 if TYPE_CHECKING:  # the Engine (and torch) load when one is built, not for `kvserve --help`
@@ -31,7 +32,7 @@ ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_siz
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
                 "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs",
-                "kv_cache_dtype")
+                "kv_cache_dtype", "runner", "pooler_config")
 
 
 def flag_type(parse, valid, expected: str):
@@ -113,6 +114,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--override-generation-config", type=_json_object, metavar="JSON",
                        help="sampling defaults that replace the generation config's, e.g. '{\"temperature\": "
                        "0.5}' (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens)")
+    group.add_argument("--runner", choices=RUNNERS, default="auto",
+                       help="pooling: embeddings (POST /v1/embeddings), not generation; auto: pooling for a base "
+                       "model's checkpoint (no LM head), else generate")
+    group.add_argument("--pooler-config", type=_json_object, metavar="JSON",
+                       help="how --runner pooling pools, e.g. '{\"pooling_type\": \"MEAN\", \"normalize\": false}' "
+                       "(LAST, MEAN or CLS; default: the checkpoint's sentence-transformers files, else LAST, "
+                       "normalized)")
     group.add_argument("--kv-cache-dtype", default="auto", metavar="DTYPE",
                        help="accepted for vLLM's scripts: only auto (the KV cache in the model's dtype)")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",

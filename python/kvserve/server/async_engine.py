@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
 from kvserve.outputs import RequestOutput
+from kvserve.pooling import PoolingParams
 from kvserve.sampling_params import SamplingParams
 
 logger = logging.getLogger("kvserve.server")
@@ -32,6 +33,11 @@ _STOP = ("stop",)
 
 # Enough for a burst of a thousand requests (vLLM's benchmark default) on top of a full batch.
 DEFAULT_MAX_WAITING = 1024
+
+
+def num_seqs(params: SamplingParams | PoolingParams) -> int:
+    """The batch places a request takes: n samples, one for a pooled prompt."""
+    return params.n if isinstance(params, SamplingParams) else 1
 
 
 class QueueFullError(Exception):
@@ -67,7 +73,7 @@ class EnginePrompt:
 class StepObserver:
     """What the engine thread reports as it goes (the Prometheus metrics implement it)."""
 
-    def on_add(self, params: SamplingParams) -> None:
+    def on_add(self, params: SamplingParams | PoolingParams) -> None:
         pass
 
     def on_step(self, outputs: list[RequestOutput], now: float, num_tokens: int) -> None:
@@ -162,24 +168,25 @@ class AsyncEngine:
         free = 0 if snapshot.num_waiting else max(0, self.engine.max_num_seqs - snapshot.num_running_seqs)
         return snapshot.num_waiting + max(0, untaken - free)
 
-    def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams,
+    def submit(self, request_id: str, prompts: Sequence[EnginePrompt], params: SamplingParams | PoolingParams,
                lora_request: LoRARequest | None = None, cache_salt: str | None = None,
                priority: int = 0) -> RequestStream:
-        """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs;
+        """Queue one engine request per prompt (ids `{request_id}-{i}`), streaming DELTA outputs (a
+        pooling engine's: each request's PoolingRequestOutput);
         `lora_request`: the LoRA adapter they run with; `cache_salt`: their prefix-cache salt;
         `priority`: the engine's (scheduling_policy "priority").
         Raises QueueFullError when they do not fit under max_waiting, EngineStoppedError after shutdown."""
         if not self.is_running:
             raise EngineStoppedError("the engine is not running")
         snapshot = self.snapshot
-        if self._waiting_with(snapshot, len(prompts) * params.n) > self.max_waiting:
+        if self._waiting_with(snapshot, len(prompts) * num_seqs(params)) > self.max_waiting:
             raise QueueFullError(f"{self._waiting_with(snapshot, 0)} requests are already waiting (the limit is "
                                  f"{self.max_waiting})")
         stream = RequestStream(self, [f"{request_id}-{i}" for i in range(len(prompts))])
         arrival_time = time.time()
         for i, (engine_id, prompt) in enumerate(zip(stream.request_ids, prompts)):
             self._streams[engine_id] = (stream, i)
-            self._num_submitted_seqs += params.n
+            self._num_submitted_seqs += num_seqs(params)
             engine_prompt = {"prompt_token_ids": prompt.token_ids, "prompt": prompt.text}
             if cache_salt is not None:
                 engine_prompt["cache_salt"] = cache_salt
@@ -259,7 +266,7 @@ class AsyncEngine:
     def _apply(self, command: tuple) -> None:
         if command[0] == "add":
             _, request_id, prompt, params, arrival_time, lora_request, priority = command
-            self._num_added_seqs += params.n
+            self._num_added_seqs += num_seqs(params)
             try:
                 self.engine.add_request(request_id, prompt, params, arrival_time=arrival_time,
                                         lora_request=lora_request, priority=priority)

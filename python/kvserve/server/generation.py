@@ -157,6 +157,9 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
     which the engine's thread would otherwise spend between steps), so that a bad one is a 400."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
+    if served.pools:
+        raise bad_request(f"this server pools (--runner pooling): it serves /v1/embeddings, not {raw_request.url.path}",
+                          "model")
     lora = served.check_name(body.model)
     if body.model_extra:
         logger.warning("ignored request fields kvserve does not know: %s", ", ".join(sorted(body.model_extra)))

@@ -33,7 +33,8 @@ from fastapi.responses import Response
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
 
-from kvserve.outputs import RequestOutput
+from kvserve.outputs import PoolingRequestOutput, RequestOutput
+from kvserve.pooling import PoolingParams
 from kvserve.sampling_params import SamplingParams
 from kvserve.server.async_engine import AsyncEngine, StepObserver
 
@@ -137,7 +138,9 @@ class ServerMetrics(StepObserver):
 
     # ---- engine thread -------------------------------------------------------------------------
 
-    def on_add(self, params: SamplingParams) -> None:
+    def on_add(self, params: SamplingParams | PoolingParams) -> None:
+        if isinstance(params, PoolingParams):
+            return  # no sampling parameters
         self.params_n.observe(params.n)
         self.params_max_tokens.observe(params.max_tokens if params.max_tokens is not None else self._max_model_len)
 
@@ -145,6 +148,9 @@ class ServerMetrics(StepObserver):
         if num_tokens:
             self.iteration_tokens.observe(num_tokens)
         for output in outputs:
+            if isinstance(output, PoolingRequestOutput):
+                self._observe_pooled(output, now)
+                continue
             new_tokens = sum(len(sample.token_ids) for sample in output.outputs)
             last, counts = self._progress.get(output.request_id, (None, {}))
             for sample in output.outputs:
@@ -185,6 +191,18 @@ class ServerMetrics(StepObserver):
             # Per sample (of n, which vLLM records as n requests); 0 with no token after the first, as vLLM.
             after_first = generated / max(1, len(output.outputs)) - 1
             self.tpot.observe((last - first) / after_first if after_first > 0 else 0.0)
+
+    def _observe_pooled(self, output: PoolingRequestOutput, now: float) -> None:
+        """A pooled prompt (a pooling engine's request): its prompt tokens and times, no generation."""
+        metrics = output.metrics
+        self.prompt_tokens.inc(len(output.prompt_token_ids))
+        self.prompt_tokens_total += len(output.prompt_token_ids)
+        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
+        self.e2e.observe(now - metrics.arrival_time)
+        if metrics.first_scheduled_time is not None:
+            self.queue_time.observe(metrics.first_scheduled_time - metrics.arrival_time)
+            self.inference_time.observe(now - metrics.first_scheduled_time)
+        self.request_success("stop").inc()
 
     def on_abort(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:

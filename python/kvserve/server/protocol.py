@@ -47,8 +47,8 @@ def _prompt(value):
             return value
         if all(isinstance(v, list) and v and all(is_int(t) for t in v) for v in value):
             return value
-    raise ValueError("prompt must be a string, a non-empty list of strings, a list of token ids (integers) "
-                     "or a list of non-empty token-id lists")
+    raise ValueError("expected a string, a non-empty list of strings, a list of token ids (integers) or a list "
+                     "of non-empty token-id lists")
 
 
 class _Model(BaseModel):
@@ -412,6 +412,21 @@ class UnloadLoRARequest(_Model):
 class DetokenizeRequest(_Model):
     model: str | None = None
     tokens: list[int]
+
+
+class EmbeddingRequest(_Model):
+    """OpenAI's POST /v1/embeddings, with vLLM's extras (truncate_prompt_tokens, normalize,
+    add_special_tokens, priority); a pooling server's (server/embeddings.py)."""
+
+    model: str | None = None
+    input: Annotated[object, AfterValidator(_prompt)]  # as a completion's prompt
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    normalize: bool | None = None
+    add_special_tokens: bool = True
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
 
 
 class ResponsesRequest(_Model):

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from kvserve.server.async_engine import EngineStoppedError
+from kvserve.server.async_engine import EngineStoppedError, RequestStream
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.generation import Generation
 from kvserve.server.protocol import GenerationRequest
@@ -88,7 +88,7 @@ async def _wait_for_disconnect(raw_request: Request) -> None:
         pass
 
 
-async def unless_disconnected(raw_request: Request, generation: Generation, work: Awaitable):
+async def unless_disconnected(raw_request: Request, generation: Generation | RequestStream, work: Awaitable):
     """`work`'s result, awaited while watching the connection: a client that leaves aborts the
     request at once (and None is returned), instead of when its last token would have come."""
     task = asyncio.ensure_future(work)

@@ -61,6 +61,7 @@ class ServedModel:
         # The model's </think> token where it thinks: grammars hold what follows it (None: no reasoning
         # parser, or no such token).
         self.reasoning_end = engine.grammars.reasoning_end
+        self.pools = engine.pooler is not None  # --runner pooling: embeddings, not generation
 
     def check_name(self, model: str | None) -> LoRARequest | None:
         """The LoRA adapter a request's model names (None: the base model). Requests may leave the

@@ -1,0 +1,96 @@
+"""POST /v1/embeddings: OpenAI's embeddings, from a server started with `--runner pooling` (or on a
+base model's checkpoint: kvserve.pooling). The input is one or more prompts, as a completion's
+(text, token ids, or lists of either); each becomes one engine request, pooled once its prompt is
+computed. Vectors come back as floats, or as base64 of their float32 little-endian bytes
+(encoding_format "base64", what the openai client asks for by default).
+
+    {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...]}],
+     "model": ..., "usage": {"prompt_tokens": n, "total_tokens": n}}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from kvserve.outputs import PoolingRequestOutput
+from kvserve.pooling import PoolingParams
+from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
+from kvserve.server.errors import OpenAIError, bad_request, overloaded
+from kvserve.server.protocol import EmbeddingRequest
+from kvserve.server.responses import unless_disconnected
+from kvserve.server.served_model import ServedModel
+
+router = APIRouter()
+
+
+def _prompts(body: EmbeddingRequest, served: ServedModel) -> list[EnginePrompt]:
+    prompts = body.input
+    if isinstance(prompts, str) or isinstance(prompts[0], int):
+        prompts = [prompts]
+    return [EnginePrompt(served.encode(p, body.add_special_tokens, "input"), p) if isinstance(p, str)
+            else EnginePrompt(p) for p in prompts]
+
+
+def _encoded(vector, encoding_format: str):
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+async def _collect(stream: RequestStream, count: int) -> list[PoolingRequestOutput]:
+    outputs: list[PoolingRequestOutput | None] = [None] * count
+    async for prompt_index, output in stream:
+        outputs[prompt_index] = output
+    return outputs
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
+    served: ServedModel = raw_request.app.state.model
+    engine: AsyncEngine = raw_request.app.state.engine
+    if not served.pools:
+        raise bad_request("this server generates: embeddings need a server started with --runner pooling", "model")
+    if served.check_name(body.model) is not None:
+        raise bad_request("a pooling server runs no LoRA adapters", "model")
+    if body.priority != 0 and engine.engine.scheduling_policy != "priority":
+        raise bad_request(f"priority {body.priority} needs a server started with --scheduling-policy priority "
+                          "(this one runs requests in arrival order)", "priority")
+    prompts = await asyncio.to_thread(_prompts, body, served)
+    if len(prompts) > engine.max_accepted_seqs:  # more than the server ever takes: no use retrying
+        raise bad_request(f"the request holds {len(prompts)} inputs; this server takes at most "
+                          f"{engine.max_accepted_seqs} at once (--max-num-seqs running, --max-waiting waiting)", "input")
+    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
+                           truncate_prompt_tokens=body.truncate_prompt_tokens)
+    try:
+        engine.engine.check_dimensions(body.dimensions)
+    except ValueError as e:
+        raise bad_request(str(e), "dimensions") from None
+    prompts = [EnginePrompt(params.truncated_prompt(p.token_ids, served.max_model_len), p.text) for p in prompts]
+    for prompt in prompts:
+        try:
+            engine.engine.check_pooling_prompt(prompt.token_ids)
+        except ValueError as e:
+            raise bad_request(str(e), "input") from None
+    request_id = f"embd-{uuid.uuid4().hex}"
+    try:
+        stream = engine.submit(request_id, prompts, params, priority=body.priority)
+    except QueueFullError as e:
+        raise overloaded(e) from None
+    except EngineStoppedError as e:
+        raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
+    outputs = await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
+    if outputs is None:
+        return Response(status_code=499)  # nobody will read it: the client is gone
+    data = await asyncio.to_thread(lambda: [{"object": "embedding", "index": i,
+                                             "embedding": _encoded(o.outputs.data, body.encoding_format)}
+                                            for i, o in enumerate(outputs)])
+    num_tokens = sum(len(p.token_ids) for p in prompts)
+    return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()), "model": served.name,
+                         "data": data, "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})

@@ -1,0 +1,87 @@
+"""POST /v1/embeddings on a pooling server (`kvserve serve MODEL --runner pooling`), through the real
+openai client: the offline engine's vectors for the same prompts (text or token ids; base64, the
+client's default, or floats), OpenAI's usage, and 400s for what a pooling server does not do."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from kvserve import Engine
+from server_process import ServerProcess
+
+MODEL = "tiny-embed"
+INPUTS = ["The capital of France is", "Hello", "A longer sentence, whose tokens fill more than one block of the cache."]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", MODEL, "--runner", "pooling",
+                       "--max-model-len", "128") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_model_dir):
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), runner="pooling", dtype="float32",
+                    kv_cache_memory_gb=0.02)
+    return {text: np.array(o.outputs.embedding) for text, o in zip(INPUTS, engine.embed(INPUTS, use_tqdm=False))}
+
+
+def test_embeddings_are_the_offline_engines(client, offline):
+    response = client.embeddings.create(model=MODEL, input=INPUTS)  # the client asks for base64, and decodes it
+    assert [d.index for d in response.data] == [0, 1, 2] and response.model == MODEL
+    for text, item in zip(INPUTS, response.data):
+        np.testing.assert_allclose(item.embedding, offline[text], atol=1e-6)
+        assert abs(np.linalg.norm(item.embedding) - 1) < 1e-5
+    floats = client.embeddings.create(model=MODEL, input=INPUTS[0], encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, offline[INPUTS[0]], atol=1e-6)
+    tokens = client.embeddings.create(model=MODEL, input=[[5, 9, 100, 7], [42]], encoding_format="float")
+    assert len(tokens.data) == 2 and tokens.usage.prompt_tokens == tokens.usage.total_tokens == 5
+
+
+def test_vllm_extras_normalize_and_truncate(server, client, offline):
+    raw = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": INPUTS[2], "normalize": False})
+    vector = np.array(raw.json()["data"][0]["embedding"])
+    np.testing.assert_allclose(vector / np.linalg.norm(vector), offline[INPUTS[2]], atol=1e-5)
+    cut = client.embeddings.create(model=MODEL, input=INPUTS[2], extra_body={"truncate_prompt_tokens": 3})
+    assert cut.usage.prompt_tokens == 3
+
+
+@pytest.mark.parametrize("path, body, param, message", [
+    ("/v1/embeddings", {"input": "x", "dimensions": 8}, "dimensions", "not Matryoshka"),
+    ("/v1/embeddings", {"input": [[1] * 200]}, "input", "1 to 127 tokens"),
+    ("/v1/embeddings", {"input": []}, "input", "expected a string"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format", "float"),
+    ("/v1/completions", {"prompt": "x"}, "model", "it serves /v1/embeddings, not /v1/completions"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, "model", "this server pools"),
+])
+def test_what_a_pooling_server_refuses_is_a_400(server, path, body, param, message):
+    response = httpx.post(server.url + path, json={"model": MODEL, **body})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert message in error["message"] and error["param"] == param
+
+
+def test_metrics_count_pooled_prompts(server, client):
+    def prompt_tokens() -> float:
+        for line in httpx.get(server.url + "/metrics").text.splitlines():
+            if line.startswith("kvserve:prompt_tokens_total{"):
+                return float(line.split()[-1])
+        raise AssertionError("no kvserve:prompt_tokens_total")
+
+    before = prompt_tokens()
+    usage = client.embeddings.create(model=MODEL, input=INPUTS).usage
+    assert prompt_tokens() - before == usage.prompt_tokens > 0
+
+
+def test_a_generating_server_refuses_embeddings(tiny_server):
+    response = httpx.post(tiny_server.url + "/v1/embeddings", json={"model": "tiny", "input": "x"})
+    assert response.status_code == 400 and "--runner pooling" in response.json()["error"]["message"]
