@@ -19,16 +19,16 @@ def output_rate(generate: Callable[[], list], expected_tokens: int) -> float:
     return made / elapsed
 
 
-def taking_turns(runs: dict[str, Callable[[], float]], repeat: int, title: str,
-                 against: str) -> list[tuple[str, float, list[float]]]:
-    """Each run's rates over `repeat` rounds, printed as a table (titled `title`, each run's best
-    against the best of run `against`); returns (name, best, rounds) per run."""
+def taking_turns(runs: dict[str, Callable[[], float]], repeat: int, title: str, against: str,
+                 unit: str = "output tok/s") -> list[tuple[str, float, list[float]]]:
+    """Each run's rates (in `unit`) over `repeat` rounds, printed as a table (titled `title`, each
+    run's best against the best of run `against`); returns (name, best, rounds) per run."""
     rounds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
             rounds[name].append(run())
     baseline = max(rounds[against])
-    print(f"| {title} | output tok/s | vs {against} | rounds |\n|---|---|---|---|")
+    print(f"| {title} | {unit} | vs {against} | rounds |\n|---|---|---|---|")
     results = []
     for name, values in rounds.items():
         best = max(values)
