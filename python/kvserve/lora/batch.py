@@ -1,14 +1,18 @@
 """One step's rows grouped by adapter, and the deltas they add to the model's linear layers.
 
 The model calls `add` after each linear layer it adapts (an adapter may leave a layer alone). A
-step whose tokens all run one adapter adds its delta to every row; otherwise each adapter's rows
-are gathered, and their deltas added back at those rows. A delta is two products (x @ a^T, then
+step whose tokens all run one adapter adds its delta to every row; otherwise the step's adapters'
+deltas are stacked into one (their A one above the other, their B side by side, kept for the next
+steps of the same adapters), every row goes through it, and each row keeps the columns of its own
+adapter only: two products and a mask for any number of adapters, where gathering each adapter's
+rows and adding them back took four operations an adapter. A delta is two products (x @ a^T, then
 @ b^T) and an add; on the CPU, up to OPS_MAX_ROWS rows (where the decoder stack and the layers
 compute the same bits), by kvserve's few-rows product as the stack computes it (decoder_stack.h), so
 that such a step's bits do not depend on which of the two runs it; elsewhere by torch's."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
@@ -19,8 +23,11 @@ from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, linear
 
 
 class LoRABatch:
-    def __init__(self, groups: list[tuple[LoRAAdapter, torch.Tensor | None]]):
-        self.groups = groups  # (adapter, its token rows; None: every row)
+    def __init__(self, adapters: tuple[LoRAAdapter, ...], row_adapter: torch.Tensor | None = None):
+        """`adapters`: those the step's rows run; `row_adapter` [T]: each token row's index into
+        them (-1: the base model alone); None where one adapter runs every row."""
+        self.adapters = adapters
+        self.row_adapter = row_adapter
 
     @classmethod
     def of_step(cls, out, requests: Mapping, device: torch.device) -> LoRABatch | None:
@@ -29,32 +36,56 @@ class LoRABatch:
         if all(adapter is None for adapter in adapters):
             return None
         if all(adapter is adapters[0] for adapter in adapters):
-            return cls([(adapters[0], None)])
-        starts = out.query_start_loc
-        rows: dict[int, tuple[LoRAAdapter, list[np.ndarray]]] = {}
-        for row, adapter in enumerate(adapters):
-            if adapter is not None:
-                rows.setdefault(id(adapter), (adapter, []))[1].append(np.arange(starts[row], starts[row + 1]))
-        return cls([(adapter, torch.from_numpy(np.concatenate(ranges).astype(np.int64)).to(device, non_blocking=True))
-                    for adapter, ranges in rows.values()])
+            return cls((adapters[0],))
+        distinct = tuple({id(adapter): adapter for adapter in adapters if adapter is not None}.values())
+        index = {id(adapter): i for i, adapter in enumerate(distinct)}
+        per_request = np.array([index[id(adapter)] if adapter is not None else -1 for adapter in adapters])
+        rows = np.repeat(per_request, np.diff(out.query_start_loc[:len(adapters) + 1]))
+        return cls(distinct, torch.from_numpy(rows).to(device, non_blocking=True))
 
     @property
     def every_row(self) -> LoRAAdapter | None:
         """The adapter every row of the step runs with, if one does."""
-        if len(self.groups) == 1 and self.groups[0][1] is None:
-            return self.groups[0][0]
-        return None
+        return self.adapters[0] if self.row_adapter is None else None
 
     def add(self, layer: Linear, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out [T, out] += each adapter's delta of `layer` applied to its rows of x [T, in]."""
-        for adapter, rows in self.groups:
-            delta = adapter.deltas.get(layer)
-            if delta is None:
-                continue
-            if rows is None:
+        """out [T, out] += each row's adapter's delta of `layer` applied to its row of x [T, in]."""
+        if self.row_adapter is None:
+            delta = self.adapters[0].deltas.get(layer)
+            if delta is not None:
                 out += _product(_product(x, delta.a), delta.b)
-            else:
-                out.index_add_(0, rows, _product(_product(x[rows], delta.a), delta.b))
+            return
+        stacked = _stacked(self.adapters, layer)
+        if stacked is not None:
+            # Every row through every adapter's A at once, each row keeping its own adapter's columns.
+            a, b, column_adapter = stacked
+            mine = self.row_adapter[:, None] == column_adapter[None, :]
+            out += _product(_product(x, a) * mine, b)
+
+
+# The stacked deltas of the recent combinations of adapters a step ran, by layer (a combination
+# holds its adapters, so that their ids stay theirs while it is kept).
+_STACKS: OrderedDict[tuple[int, ...], tuple[tuple[LoRAAdapter, ...], dict]] = OrderedDict()
+_MAX_STACKS = 8
+
+
+def _stacked(adapters: tuple[LoRAAdapter, ...], layer: Linear) -> tuple | None:
+    """The adapters' deltas of `layer` as one: their A stacked [sum r, in], their B side by side
+    [out, sum r], and each column's adapter index; None where none of them adapts the layer."""
+    key = tuple(id(adapter) for adapter in adapters)
+    entry = _STACKS.get(key)
+    if entry is None:
+        entry = _STACKS[key] = (adapters, {})
+        if len(_STACKS) > _MAX_STACKS:
+            _STACKS.popitem(last=False)
+    _STACKS.move_to_end(key)
+    layers = entry[1]
+    if layer not in layers:
+        parts = [(i, adapter.deltas[layer]) for i, adapter in enumerate(adapters) if layer in adapter.deltas]
+        layers[layer] = None if not parts else (
+            torch.cat([delta.a for _, delta in parts]), torch.cat([delta.b for _, delta in parts], dim=1).contiguous(),
+            torch.cat([torch.full((delta.a.shape[0],), i, device=delta.a.device) for i, delta in parts]))
+    return layers[layer]
 
 
 def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
