@@ -96,7 +96,8 @@ class Engine(OfflineAPI):
                  enable_lora: bool = False, max_loras: int = 1, max_lora_rank: int = 16,
                  scheduling_policy: str = "fcfs", max_logprobs: int = 20,
                  override_generation_config: dict | None = None, kv_cache_dtype: str = "auto",
-                 runner: str = "auto", pooler_config: dict | PoolerConfig | None = None):
+                 runner: str = "auto", pooler_config: dict | PoolerConfig | None = None,
+                 hf_overrides: dict | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -129,7 +130,8 @@ class Engine(OfflineAPI):
         `runner` (vLLM's): "generate", "pooling" (embeddings: embed(), requests with PoolingParams;
         kvserve.pooling), or "auto": pooling for a base model's checkpoint (no LM head), else
         generate. `pooler_config` (a pooling engine's; {"pooling_type": "LAST" | "MEAN" | "CLS",
-        "normalize": bool}) overrides what the checkpoint's sentence-transformers files say."""
+        "normalize": bool}) overrides what the checkpoint's sentence-transformers files say.
+        `hf_overrides` (vLLM's): config.json keys to replace or add, e.g. {"is_matryoshka": True}."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -167,7 +169,8 @@ class Engine(OfflineAPI):
             torch.cuda.set_device(self.device)
         # No seed: dummy weights from torch's random state as it is.
         loaded = load_model(model, dtype=dtype, load_format=load_format, device=self.device,
-                            seed=seed if seed is not None else torch.initial_seed(), runner=runner)
+                            seed=seed if seed is not None else torch.initial_seed(), runner=runner,
+                            hf_overrides=hf_overrides)
         self.model_config = config = loaded.model_config
         # A pooling engine's pooler (its model has no LM head); None: the engine generates.
         self.pooler = None if loaded.model.has_lm_head else PoolerConfig.for_model(loaded.path, pooler_config)

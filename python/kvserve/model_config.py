@@ -141,12 +141,14 @@ class ModelConfig:
         return dtype_from_name(dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> ModelConfig:
+    def from_pretrained(cls, directory: str | Path, overrides: dict | None = None) -> ModelConfig:
+        """The config of a Hugging Face directory; `overrides` (vLLM's hf_overrides) replace or add
+        config.json's top-level keys."""
         directory = Path(directory)
         config_path = directory / "config.json"
         if not config_path.is_file():
             raise ValueError(f"{directory}: expected a Hugging Face model directory with config.json, found none")
-        hf = json.loads(config_path.read_text())
+        hf = {**json.loads(config_path.read_text()), **(overrides or {})}
         generation_path = directory / "generation_config.json"
         generation = json.loads(generation_path.read_text()) if generation_path.is_file() else {}
         return cls.from_hf_dicts(hf, generation, source=str(config_path))

@@ -140,3 +140,15 @@ def test_a_chunk_computed_again_counts_once_in_a_mean():
     state.add(hidden[:6], 0)  # recomputed, and two rows further
     state.add(hidden[6:], 6)
     torch.testing.assert_close(state.embedding, hidden.mean(0))
+
+
+def test_hf_overrides_make_a_model_matryoshka(tmp_path):
+    """vLLM's hf_overrides: config.json keys replaced or added (here the flag a Matryoshka
+    embedder's config may lack, as Qwen3-Embedding's does)."""
+    model = _base_checkpoint(tmp_path)
+    engine = _engine(tmp_path, hf_overrides={"is_matryoshka": True, "max_position_embeddings": 64})
+    assert engine.max_model_len == 64 and engine.model_config.matryoshka_dimensions == ()
+    [short] = _embeddings(engine, PROMPTS[1:2], PoolingParams(dimensions=24))
+    torch.testing.assert_close(short, F.normalize(_hidden(model, PROMPTS[1])[-1][:24], dim=0), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="must be a dict"):
+        _engine(tmp_path, hf_overrides="is_matryoshka")

@@ -54,11 +54,12 @@ def _engine_dtype(model_config: ModelConfig, dtype: str | torch.dtype, device: t
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
                device: str | torch.device = "cpu", seed: int = 0, hub_cache_dir: str | Path | None = None,
-               revision: str | None = None, runner: str = "auto") -> LoadedModel:
+               revision: str | None = None, runner: str = "auto", hf_overrides: dict | None = None) -> LoadedModel:
     """Resolve `model` (None: the default model), read its config, build it and fill its weights.
     load_format "dummy" keeps the real shapes but fills random weights (seeded by `seed`).
     `runner` (kvserve.pooling.RUNNERS): "pooling" builds the model without its LM head; "auto"
-    does so for a base model's checkpoint (registry.BASE_MODELS), which has none."""
+    does so for a base model's checkpoint (registry.BASE_MODELS), which has none. `hf_overrides`:
+    config.json keys to replace or add (vLLM's; a Hugging Face directory's only)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
@@ -68,12 +69,17 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     wanted = "gguf" if is_gguf else "safetensors"
     if load_format not in ("auto", "dummy", wanted):
         raise ValueError(f"load_format {load_format!r} does not fit {path}: expected 'auto', 'dummy' or {wanted!r}")
+    if hf_overrides is not None and not isinstance(hf_overrides, dict):
+        raise ValueError(f"hf_overrides must be a dict of config.json keys, e.g. {{'is_matryoshka': True}}, "
+                         f"got {hf_overrides!r}")
     if is_gguf:
+        if hf_overrides:
+            raise ValueError(f"hf_overrides replace config.json keys, and {path} is a GGUF file (it has none)")
         from kvserve.loader.gguf_model import read_gguf  # `gguf` is needed for GGUF files only
 
         model_config, tokenizer, weights = read_gguf(path)
     else:
-        model_config, tokenizer = ModelConfig.from_pretrained(path), None
+        model_config, tokenizer = ModelConfig.from_pretrained(path, hf_overrides), None
         weights = iter_safetensors_weights(path)
     is_base = model_config.architecture in BASE_MODELS
     if is_base and runner == "generate":
