@@ -45,6 +45,19 @@ def test_every_request_completes_with_exact_counts(server, tiny_model_dir, tmp_p
     assert generated == (NUM_PROMPTS + 1) * OUTPUT_LEN
 
 
+def test_the_openai_chat_backend_streams_chat_completions(server, tiny_model_dir, tmp_path):
+    """vLLM's openai-chat backend: each prompt's text as a user message to /v1/chat/completions; the
+    first chunk (the role alone) starts no clock, and the usage counts every request's exact tokens."""
+    generated_before = server.metric("kvserve:generation_tokens_total")
+    status, result = bench_serve(server, tiny_model_dir("LlamaForCausalLM"), tmp_path / "r.json",
+                                 "--backend", "openai-chat", "--max-concurrency", "4")
+    assert status == 0 and result["endpoint"] == "/v1/chat/completions" and result["prompt_format"] == "text"
+    assert (result["completed"], result["failed"]) == (NUM_PROMPTS, 0)
+    assert result["output_lens"] == [OUTPUT_LEN] * NUM_PROMPTS
+    assert result["mean_ttft_ms"] > 0 and result["mean_e2el_ms"] >= result["mean_ttft_ms"]
+    assert server.metric("kvserve:generation_tokens_total") - generated_before == (NUM_PROMPTS + 1) * OUTPUT_LEN
+
+
 def test_text_prompts_are_counted_as_the_server_counts_them(server, tiny_model_dir, tmp_path):
     """--prompt-format text: the random ids' text re-tokenizes to other lengths; what the client
     counts as input must be what the server encoded (its BOS included)."""

@@ -1,5 +1,6 @@
-"""The async load generator of `kvserve bench serve`: streams completions from any OpenAI-compatible
-server (kvserve, vLLM, llama.cpp's llama-server) and records each request's timeline.
+"""The async load generator of `kvserve bench serve`: streams completions (or chat completions) from
+any OpenAI-compatible server (kvserve, vLLM, llama.cpp's llama-server) and records each request's
+timeline.
 
 Requests go out in order; with a finite --request-rate the gaps between sends are drawn from a gamma
 distribution with shape `burstiness` and mean 1/rate (burstiness 1: a Poisson process; lower:
@@ -35,6 +36,8 @@ class Target:
     api_key: str | None = None
     # False: send prompt token ids; True: each request's prompt_text (kvserve.bench.text_prompts).
     send_text: bool = False
+    # Chat completions (vLLM's openai-chat backend): the prompt's text as one user message.
+    chat: bool = False
 
     @property
     def prompt_format(self) -> str:
@@ -45,15 +48,26 @@ class Target:
             raise ValueError("a text target got a request without prompt_text (see kvserve.bench.text_prompts)")
         body = {
             "model": request.model or self.model,
-            "prompt": request.prompt_text if self.send_text else request.prompt_token_ids,
-            "max_tokens": request.expected_output_len,
+            "max_completion_tokens" if self.chat else "max_tokens": request.expected_output_len,
             "temperature": 0.0,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": request.prompt_text}]
+        else:
+            body["prompt"] = request.prompt_text if self.send_text else request.prompt_token_ids
         if self.ignore_eos:
             body["ignore_eos"] = True
         return body
+
+    def carries_tokens(self, chunk: dict) -> bool:
+        """Whether a streamed chunk brings output: any with choices for completions; for chat, one
+        whose delta has text (the first chunk only names the role), as vLLM's benchmark reads them."""
+        if not self.chat:
+            return bool(chunk.get("choices"))
+        return any((choice.get("delta") or {}).get(key) for choice in chunk.get("choices") or []
+                   for key in ("content", "reasoning_content", "reasoning", "tool_calls"))
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -83,7 +97,7 @@ async def send_request(session: aiohttp.ClientSession, target: Target, request: 
                 if "error" in chunk:
                     record.error = f"error in stream: {chunk['error']}"
                     return record
-                if chunk.get("choices"):
+                if target.carries_tokens(chunk):
                     now = time.perf_counter()
                     if num_chunks == 0:
                         record.ttft = now - start

@@ -59,9 +59,14 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--base-url {args.base_url} with --host/--port: give one or the other")
     if args.base_url is None:
         args.base_url = f"http://{args.host or '127.0.0.1'}:{args.port or 8000}"
-    if args.backend == "openai-chat":
-        raise ValueError("--backend openai-chat: kvserve bench serve streams /v1/completions only; "
-                         "expected --backend openai or vllm")
+    chat = args.backend == "openai-chat"
+    if args.endpoint is None:
+        args.endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+    if chat and not args.endpoint.rstrip("/").endswith("chat/completions"):
+        raise ValueError(f"--backend openai-chat streams chat completions: --endpoint {args.endpoint} must end with "
+                         "chat/completions")
+    if chat and args.prompt_format == "ids":
+        raise ValueError("--backend openai-chat sends messages, which are text: --prompt-format ids does not apply")
     if not args.save_result and (args.result_dir is not None or args.result_filename is not None):
         raise ValueError("--result-dir/--result-filename name the file --save-result writes: add --save-result")
     if args.save_result and args.result_json is not None:
@@ -111,12 +116,13 @@ def _choose_target(args: argparse.Namespace, tokenizer_dir: Path | None,
     (of the length the server sees: kvserve.bench.text_prompts). Returns the target and the
     requests to send it."""
     url = args.base_url.rstrip("/") + args.endpoint
-    formats = {"ids": ["ids"], "text": ["text"], "auto": ["ids", "text"]}[args.prompt_format]
+    chat = args.backend == "openai-chat"
+    formats = ["text"] if chat else {"ids": ["ids"], "text": ["text"], "auto": ["ids", "text"]}[args.prompt_format]
     errors = []
     for fmt in formats:
         if fmt == "text":
             requests = text_requests(requests, _tokenizer(tokenizer_dir, "text prompts"), args.seed)
-        target = Target(url, args.model, args.ignore_eos, args.api_key, send_text=fmt == "text")
+        target = Target(url, args.model, args.ignore_eos, args.api_key, send_text=fmt == "text", chat=chat)
         record = asyncio.run(probe(target, requests[0]))
         if record.success:
             return target, requests
