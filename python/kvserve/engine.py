@@ -36,6 +36,7 @@ from kvserve import _C
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
                                  SCHEDULING_POLICIES, bool_argument, fraction_argument, int_argument)
+from kvserve.fan_out import MAX_N, FannedOutRequest, split
 from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
@@ -264,6 +265,9 @@ class Engine(OfflineAPI):
         self._resampled_share = 0.0  # of the sampled rows of recent steps (RESAMPLED_SHARE_LIMIT)
         self._unreported: list[RequestOutput] = []  # outputs step() could not return (it raised)
         self._request_counter = itertools.count()
+        # Requests of n > max_num_seqs, run as several (kvserve.fan_out): by their id, and their children's parents.
+        self._fanned: dict[str, FannedOutRequest] = {}
+        self._parents: dict[str, str] = {}
         self.last_step_num_tokens = 0  # the tokens of the step the last step() call launched
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
@@ -298,7 +302,7 @@ class Engine(OfflineAPI):
         SamplingParams."""
         if not isinstance(request_id, str):
             raise ValueError(f"request_id must be a str, got {type(request_id).__name__} {request_id!r}")
-        if request_id in self.requests:
+        if self.has_request(request_id):
             raise ValueError(f"request_id {request_id!r} is already in use")
         if not is_int(priority) or not INT32_MIN <= priority <= INT32_MAX:
             raise ValueError(f"priority must be an integer in [-2**31, 2**31 - 1], got {priority!r}")
@@ -339,8 +343,6 @@ class Engine(OfflineAPI):
             raise ValueError(f"bad_words {params.bad_words!r} need the tokenizer, but the engine was built with "
                              f"skip_tokenizer_init=True")
         grammar = self.grammars.compile(params.structured_outputs) if params.structured_outputs is not None else None
-        if not 1 <= params.n <= self.max_num_seqs:
-            raise ValueError(f"n must be in [1, max_num_seqs = {self.max_num_seqs}], got {params.n}")
         # As vLLM: at most the room max_model_len leaves (the scheduler stops there anyway), so
         # that any max_tokens fits; min_tokens past that room can't be reached either.
         max_tokens = max(self.max_model_len - len(token_ids), 1)
@@ -349,16 +351,38 @@ class Engine(OfflineAPI):
         # A structured output ends where its grammar does (SamplingParams.structured_outputs).
         min_tokens = 0 if params.structured_outputs is not None else min(params.min_tokens, max_tokens)
         lora = self._lora(lora_request)
-        # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
-        state = RequestState(request_id, text, token_ids, params, self.tokenizer, arrival_time, self.device, grammar,
-                             lora)
-        self.scheduler.add_request(
-            request_id, token_ids, max_tokens=max_tokens, min_tokens=min_tokens,
-            eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
-            stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=params.n,
-            cache_salt=_cache_key(lora_request, cache_salt),
-            skip_prefix_cache=params.prompt_logprobs is not None)
-        self.requests[request_id] = state
+        if params.n > MAX_N:
+            raise ValueError(f"n must be in [1, {MAX_N}] (samples of one request; more than max_num_seqs = "
+                             f"{self.max_num_seqs} run as several requests), got {params.n}")
+        parts = split(params.n, self.max_num_seqs)
+        ids = [request_id] if len(parts) == 1 else [f"{request_id}/{k}" for k in range(len(parts))]
+        taken = [i for i in ids[1:] if self.has_request(i)]
+        if taken:
+            raise ValueError(f"request_id {request_id!r}: its n = {params.n} samples run as requests {ids}, and "
+                             f"{taken[0]!r} is in use")
+        added = []
+        try:
+            for child_id, (first, count) in zip(ids, parts):
+                child = params if len(parts) == 1 else dataclasses.replace(params, n=count)
+                # Built before the scheduler knows the request: building it may fail (a tokenizer's error).
+                state = RequestState(child_id, text, token_ids, child, self.tokenizer, arrival_time, self.device,
+                                     grammar, lora, first_index=first)
+                self.scheduler.add_request(
+                    child_id, token_ids, max_tokens=max_tokens, min_tokens=min_tokens,
+                    eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
+                    stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=count,
+                    cache_salt=_cache_key(lora_request, cache_salt),
+                    skip_prefix_cache=params.prompt_logprobs is not None)
+                self.requests[child_id] = state
+                added.append(child_id)
+        except BaseException:
+            for child_id in added:
+                self.requests.pop(child_id)
+                self.scheduler.abort(child_id)
+            raise
+        if len(parts) > 1:
+            self._fanned[request_id] = FannedOutRequest(request_id, ids, params.output_kind)
+            self._parents.update((child_id, request_id) for child_id in ids)
 
     def _add_pooling_request(self, request_id: str, prompt: PromptInput, params: PoolingParams | None,
                              arrival_time: float, priority: int, lora_request: LoRARequest | None) -> None:
@@ -455,7 +479,7 @@ class Engine(OfflineAPI):
                 if request_id not in self.scheduler:
                     self.requests.pop(request_id, None)
             raise
-        outputs, self._unreported = self._unreported + processed, []
+        outputs, self._unreported = self._join_fanned(self._unreported + processed), []
         if launched is not None:
             try:
                 # After the token ids it reads (its errors come with the result).
@@ -531,20 +555,49 @@ class Engine(OfflineAPI):
     def _fail(self) -> None:
         """A model run failed (an error, Ctrl-C): the requests of every step not applied end,
         freeing their blocks, the prefix cache forgets the blocks those steps were to write, and
-        the scheduler closes them, so the engine stays usable."""
+        the scheduler closes them, so the engine stays usable (a request fanned out ends whole)."""
         ended = self.scheduler.fail_step()
         for request_id in ended:
             self.requests.pop(request_id, None)
         self._forget_outputs(ended)
+        self.abort([self._parents[r] for r in ended if r in self._parents])
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
         """End requests now and free their KV blocks; ids that already finished are ignored. An
-        aborted request gets no more outputs."""
+        aborted request gets no more outputs; aborting a fanned-out request's child aborts it whole."""
         request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        ended = []
         for request_id in request_ids:
+            parent = self._fanned.pop(self._parents.get(request_id, request_id), None)
+            ended += [request_id] if parent is None else [parent.request_id, *parent.child_ids]
+        for request_id in ended:
+            self._parents.pop(request_id, None)
             if self.requests.pop(request_id, None) is not None:
                 self.scheduler.abort(request_id)
-        self._forget_outputs(request_ids)
+        self._forget_outputs(ended)
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether a request of this id is unfinished (added, and neither finished nor aborted)."""
+        return request_id in self.requests or request_id in self._fanned
+
+    def _join_fanned(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """Outputs with those of fanned-out requests' children joined into their parents' (kvserve.fan_out)."""
+        if not self._parents:
+            return outputs
+        joined = []
+        for output in outputs:
+            parent = self._fanned.get(self._parents.get(output.request_id))
+            if parent is None:
+                joined.append(output)
+                continue
+            parent_output = parent.add(output)
+            if parent_output is not None:
+                joined.append(parent_output)
+            if parent.finished:
+                del self._fanned[parent.request_id]
+                for child_id in parent.child_ids:
+                    self._parents.pop(child_id, None)
+        return joined
 
     def _forget_outputs(self, request_ids) -> None:
         """Drop the unreported outputs of requests that ended otherwise (aborted, or their step failed)."""

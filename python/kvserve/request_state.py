@@ -80,15 +80,16 @@ class RequestState:
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams,
                  tokenizer: Tokenizer | None, arrival_time: float, device: torch.device,
                  grammar: CompiledGrammar | None = None, lora: LoRAAdapter | None = None,
-                 pooled: PooledState | None = None):
+                 pooled: PooledState | None = None, first_index: int = 0):
         """`grammar`: params.structured_outputs compiled (GrammarCompiler), which every sequence follows;
         `lora`: the LoRA adapter the request runs with; `pooled`: a pooling request's pool (its one
-        sequence's token is a placeholder that ends it: kvserve.pooling)."""
+        sequence's token is a placeholder that ends it: kvserve.pooling); `first_index`: its first
+        sequence's index (a child of a request fanned out: kvserve.fan_out)."""
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
         self.params = params
-        self.sequences = [SequenceState(i, params, tokenizer, prompt_token_ids, device, grammar)
+        self.sequences = [SequenceState(first_index + i, params, tokenizer, prompt_token_ids, device, grammar)
                           for i in range(params.n)]
         # Position 0 has no logprob (nothing predicts the first prompt token).
         self.prompt_logprobs: PromptLogprobs | None = [None] if params.prompt_logprobs is not None else None

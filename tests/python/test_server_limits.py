@@ -111,6 +111,19 @@ def test_more_prompts_than_the_batch_and_the_waiting_room_hold_is_a_bad_request(
     assert response.status_code == 400 and "--max-waiting" in response.json()["error"]["message"]
 
 
+def test_n_above_max_num_seqs_runs_its_samples_in_turn(server):
+    """--max-num-seqs 1, n = 3: the samples run one after another (kvserve.fan_out), whole or streamed."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY)
+    fields = dict(model=MODEL, prompt="Hi", max_tokens=3, n=3, temperature=1.0, seed=5, extra_body={"ignore_eos": True})
+    whole = client.completions.create(**fields)
+    assert [c.index for c in whole.choices] == [0, 1, 2] and whole.usage.completion_tokens == 9
+    streamed = {}
+    for chunk in client.completions.create(stream=True, **fields):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + choice.text
+    assert [streamed[i] for i in range(3)] == [c.text for c in whole.choices]
+
+
 def test_browser_preflights_need_no_key(server):
     preflight = httpx.options(server.url + "/v1/chat/completions", headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})

@@ -280,7 +280,7 @@ class AsyncEngine:
             self.engine.loras.drop(command[1])
         else:
             _, request_ids = command
-            live = [r for r in request_ids if r in self.engine.requests]
+            live = [r for r in request_ids if self.engine.has_request(r)]
             self.engine.abort(live)
             if live:
                 self._observer.on_abort(live)
