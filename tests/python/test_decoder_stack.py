@@ -45,7 +45,7 @@ def test_same_bits_as_the_python_layers(tiny_model_dir, architecture, dtype, mon
     model = load_model(tiny_model_dir(architecture), dtype=dtype).model
     adapter = random_adapter(model)
     # Prefill chunks of 3 tokens put several tokens of one request in a stack step (causal within it).
-    for kwargs in ({}, {"prefill_chunk": 3}, {"lora": LoRABatch([(adapter, None)])}):
+    for kwargs in ({}, {"prefill_chunk": 3}, {"lora": LoRABatch((adapter,))}):
         ids, logits = greedy(model, monkeypatch, 4, **kwargs)
         reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
         assert ids == reference_ids
