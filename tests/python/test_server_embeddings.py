@@ -85,3 +85,24 @@ def test_metrics_count_pooled_prompts(server, client):
 def test_a_generating_server_refuses_embeddings(tiny_server):
     response = httpx.post(tiny_server.url + "/v1/embeddings", json={"model": "tiny", "input": "x"})
     assert response.status_code == 400 and "--runner pooling" in response.json()["error"]["message"]
+
+
+def test_score_and_rerank_are_cosine_similarities_of_the_embeddings(server, offline):
+    def cosine(a, b) -> float:
+        return float(np.dot(offline[a], offline[b]) / np.linalg.norm(offline[a]) / np.linalg.norm(offline[b]))
+
+    response = httpx.post(server.url + "/score", json={"model": MODEL, "text_1": INPUTS[0], "text_2": INPUTS})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [d["index"] for d in body["data"]] == [0, 1, 2] and body["usage"]["prompt_tokens"] > 0
+    np.testing.assert_allclose([d["score"] for d in body["data"]], [cosine(INPUTS[0], t) for t in INPUTS], atol=1e-5)
+    pairs = httpx.post(server.url + "/v1/score", json={"model": MODEL, "text_1": INPUTS[:2], "text_2": INPUTS[1:]}).json()
+    np.testing.assert_allclose([d["score"] for d in pairs["data"]], [cosine(INPUTS[0], INPUTS[1]),
+                                                                    cosine(INPUTS[1], INPUTS[2])], atol=1e-5)
+    ranked = httpx.post(server.url + "/v1/rerank", json={"model": MODEL, "query": INPUTS[2], "documents": INPUTS,
+                                                         "top_n": 2}).json()
+    assert [r["index"] for r in ranked["results"]][0] == 2 and len(ranked["results"]) == 2  # itself first
+    assert ranked["results"][0]["document"] == {"text": INPUTS[2]}
+    assert ranked["results"][0]["relevance_score"] >= ranked["results"][1]["relevance_score"]
+    bad = httpx.post(server.url + "/score", json={"model": MODEL, "text_1": INPUTS[:2], "text_2": INPUTS})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "text_1"

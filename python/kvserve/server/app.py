@@ -3,9 +3,9 @@
     app = build_app(engine, served_model_names=["my-model"], api_key=None)
     uvicorn.run(app)         # the engine thread starts and stops with the app's lifespan
 
-Routes: POST /v1/completions, /v1/chat/completions, /v1/responses, /v1/embeddings (a pooling
-engine's; the others are a generating one's), /tokenize, /detokenize; GET /v1/models, /health,
-/version, /metrics.
+Routes: POST /v1/completions, /v1/chat/completions, /v1/responses (a generating engine's),
+/v1/embeddings, /score, /rerank (a pooling engine's), /tokenize, /detokenize; GET /v1/models,
+/health, /version, /metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import kvserve
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.server import chat, completions, embeddings, endpoints, lora_routes, metrics, responses_api
+from kvserve.server import chat, completions, embeddings, endpoints, lora_routes, metrics, responses_api, scores
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware, RequestIdHeaderMiddleware
@@ -54,7 +54,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
               api_docs: bool = True) -> FastAPI:
     """served_model_names: the names requests may use (the first is the one responses carry).
     root: what /v1/models reports the model was loaded from (default: the first name).
-    api_key: when set, every /v1 route requires `Authorization: Bearer <api_key>`.
+    api_key: when set, every /v1 route (and /score, /rerank) requires `Authorization: Bearer <api_key>`.
     max_waiting: requests accepted but not yet running, beyond which the server answers 503.
     max_body_bytes: larger request bodies get 413.
     trust_request_chat_template: accept chat templates sent with requests (refused otherwise).
@@ -106,7 +106,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     app.state.metrics = server_metrics
     app.state.request_log = request_log
     app.state.responses = ResponsesStore(max_stored_responses)
-    for module in (completions, chat, responses_api, embeddings, endpoints, metrics):
+    for module in (completions, chat, responses_api, embeddings, scores, endpoints, metrics):
         app.include_router(module.router)
     if runtime_lora_updating:
         if engine.loras is None:

@@ -51,25 +51,32 @@ async def _collect(stream: RequestStream, count: int) -> list[PoolingRequestOutp
     return outputs
 
 
-@router.post("/v1/embeddings")
-async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
+def check_pooling_request(raw_request: Request, model: str | None, priority: int) -> None:
+    """400 where a pooling endpoint's request cannot run here (a generating server, an adapter's
+    name, a priority without the priority policy)."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
     if not served.pools:
-        raise bad_request("this server generates: embeddings need a server started with --runner pooling", "model")
-    if served.check_name(body.model) is not None:
+        raise bad_request(f"this server generates: {raw_request.url.path} needs a server started with --runner "
+                          "pooling", "model")
+    if served.check_name(model) is not None:
         raise bad_request("a pooling server runs no LoRA adapters", "model")
-    if body.priority != 0 and engine.engine.scheduling_policy != "priority":
-        raise bad_request(f"priority {body.priority} needs a server started with --scheduling-policy priority "
+    if priority != 0 and engine.engine.scheduling_policy != "priority":
+        raise bad_request(f"priority {priority} needs a server started with --scheduling-policy priority "
                           "(this one runs requests in arrival order)", "priority")
-    prompts = await asyncio.to_thread(_prompts, body, served)
+
+
+async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: PoolingParams, *, param: str,
+                     priority: int, prefix: str) -> tuple[str, list[EnginePrompt], list[PoolingRequestOutput] | None]:
+    """Checks the prompts (`param` names them in errors) and pools them: (the request's id, the
+    prompts as run, their outputs; None where the client left first)."""
+    served: ServedModel = raw_request.app.state.model
+    engine: AsyncEngine = raw_request.app.state.engine
     if len(prompts) > engine.max_accepted_seqs:  # more than the server ever takes: no use retrying
         raise bad_request(f"the request holds {len(prompts)} inputs; this server takes at most "
-                          f"{engine.max_accepted_seqs} at once (--max-num-seqs running, --max-waiting waiting)", "input")
-    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
-                           truncate_prompt_tokens=body.truncate_prompt_tokens)
+                          f"{engine.max_accepted_seqs} at once (--max-num-seqs running, --max-waiting waiting)", param)
     try:
-        engine.engine.check_dimensions(body.dimensions)
+        engine.engine.check_dimensions(params.dimensions)
     except ValueError as e:
         raise bad_request(str(e), "dimensions") from None
     prompts = [EnginePrompt(params.truncated_prompt(p.token_ids, served.max_model_len), p.text) for p in prompts]
@@ -77,15 +84,26 @@ async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
         try:
             engine.engine.check_pooling_prompt(prompt.token_ids)
         except ValueError as e:
-            raise bad_request(str(e), "input") from None
-    request_id = f"embd-{uuid.uuid4().hex}"
+            raise bad_request(str(e), param) from None
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
-        stream = engine.submit(request_id, prompts, params, priority=body.priority)
+        stream = engine.submit(request_id, prompts, params, priority=priority)
     except QueueFullError as e:
         raise overloaded(e) from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
-    outputs = await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
+    return request_id, prompts, await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
+    served: ServedModel = raw_request.app.state.model
+    check_pooling_request(raw_request, body.model, body.priority)
+    prompts = await asyncio.to_thread(_prompts, body, served)
+    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
+                           truncate_prompt_tokens=body.truncate_prompt_tokens)
+    request_id, prompts, outputs = await run_pooled(raw_request, prompts, params, param="input",
+                                                    priority=body.priority, prefix="embd")
     if outputs is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
     data = await asyncio.to_thread(lambda: [{"object": "embedding", "index": i,

@@ -1,7 +1,8 @@
 """The guards every request passes before a route sees it, as plain ASGI middleware:
 
-- ApiKeyMiddleware: with an API key set, every /v1 route needs `Authorization: Bearer <key>` (401
-  otherwise); /health, /metrics, /version, /tokenize and /detokenize stay open, as in vLLM.
+- ApiKeyMiddleware: with an API key set, every /v1 route, and /score and /rerank, needs
+  `Authorization: Bearer <key>` (401 otherwise); /health, /metrics, /version, /tokenize and
+  /detokenize stay open, as in vLLM.
 - BodySizeMiddleware: a request body over the limit is refused with 413, from its Content-Length
   before anything is read, or as soon as a chunked body passes the limit.
 - RequestIdHeaderMiddleware (vLLM's --enable-request-id-headers): every response carries
@@ -36,13 +37,18 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+# Routes the API key guards: /v1, as vLLM's, and the model-running routes outside it (vLLM leaves
+# /score and /rerank open; a key that guarded the completions but not them would guard little).
+_KEYED_PATHS = ("/v1", "/v2", "/score", "/rerank")
+
+
 class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, api_key: str):
         self.app = app
         self._expected = f"Bearer {api_key}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and scope["path"].startswith(_KEYED_PATHS):
             given = _header(scope, b"authorization") or b""
             if not hmac.compare_digest(given, self._expected):
                 what = "No API key provided" if not given else "Incorrect API key provided"

@@ -429,6 +429,36 @@ class EmbeddingRequest(_Model):
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
 
 
+def _texts(value):
+    """One text or a non-empty list of them."""
+    if isinstance(value, str):
+        return [_utf8(value)]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [_utf8(v) for v in value]
+    raise ValueError("expected a string or a non-empty list of strings")
+
+
+class ScoreRequest(_Model):
+    """vLLM's POST /score: each text_1 (one for all, or one for each) against each text_2."""
+
+    model: str | None = None
+    text_1: Annotated[object, AfterValidator(_texts)]
+    text_2: Annotated[object, AfterValidator(_texts)]
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+
+
+class RerankRequest(_Model):
+    """POST /rerank (Jina's and Cohere's API, as vLLM serves it): the documents by relevance to the query."""
+
+    model: str | None = None
+    query: Text
+    documents: Annotated[list[Text], Field(min_length=1)]
+    top_n: int = Field(0, ge=0)  # 0: every document
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+
+
 class ResponsesRequest(_Model):
     """OpenAI's POST /v1/responses, as far as kvserve answers it (server/responses_api.py); vLLM's
     sampling extras (top_k, seed, ...) ride along as they do on chat completions."""

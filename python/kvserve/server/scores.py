@@ -1,0 +1,84 @@
+"""vLLM's score and rerank endpoints over a pooling server's embeddings: the relevance of two texts
+is the cosine similarity of their embeddings (an embedding model's, as vLLM scores them).
+
+    POST /score, /v1/score            text_1 (one text, or one per text_2) against each text_2:
+                                      {"data": [{"index", "object": "score", "score"}], "usage"}
+    POST /rerank, /v1/rerank, /v2/rerank   Jina's and Cohere's API: the documents by relevance to
+                                      the query, the top_n first: {"results": [{"index",
+                                      "document": {"text"}, "relevance_score"}], "usage"}
+
+Each distinct text is embedded once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from kvserve.pooling import PoolingParams
+from kvserve.server.async_engine import EnginePrompt
+from kvserve.server.embeddings import check_pooling_request, run_pooled
+from kvserve.server.errors import bad_request
+from kvserve.server.protocol import RerankRequest, ScoreRequest
+from kvserve.server.served_model import ServedModel
+
+router = APIRouter()
+
+
+async def _similarities(raw_request: Request, model: str | None, firsts: list[str], seconds: list[str], *,
+                        param: str, truncate: int | None, priority: int,
+                        prefix: str) -> tuple[str, list[float], int] | None:
+    """(request id, the cosine similarity of each pair, the prompt tokens pooled); None where the
+    client left."""
+    served: ServedModel = raw_request.app.state.model
+    check_pooling_request(raw_request, model, priority)
+    texts = list(dict.fromkeys(firsts + seconds))
+    prompts = await asyncio.to_thread(lambda: [EnginePrompt(served.encode(t, True, param), t) for t in texts])
+    request_id, prompts, outputs = await run_pooled(raw_request, prompts, PoolingParams(truncate_prompt_tokens=truncate),
+                                                    param=param, priority=priority, prefix=prefix)
+    if outputs is None:
+        return None
+    vectors = dict(zip(texts, (torch.nn.functional.normalize(o.outputs.data, dim=0) for o in outputs)))
+    scores = [float(vectors[a] @ vectors[b]) for a, b in zip(firsts, seconds)]
+    return request_id, scores, sum(len(p.token_ids) for p in prompts)
+
+
+@router.post("/score")
+@router.post("/v1/score")
+async def score(body: ScoreRequest, raw_request: Request):
+    firsts, seconds = body.text_1, body.text_2
+    if len(firsts) == 1:
+        firsts = firsts * len(seconds)
+    elif len(firsts) != len(seconds):
+        raise bad_request(f"text_1 holds {len(firsts)} texts and text_2 {len(seconds)}: text_1 must be one text, or "
+                          "one for each of text_2", "text_1")
+    result = await _similarities(raw_request, body.model, firsts, seconds, param="text_1",
+                                 truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="score")
+    if result is None:
+        return Response(status_code=499)  # nobody will read it: the client is gone
+    request_id, scores, num_tokens = result
+    return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()),
+                         "model": raw_request.app.state.model.name,
+                         "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
+                         "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
+
+
+@router.post("/rerank")
+@router.post("/v1/rerank")
+@router.post("/v2/rerank")
+async def rerank(body: RerankRequest, raw_request: Request):
+    documents = body.documents
+    result = await _similarities(raw_request, body.model, [body.query] * len(documents), documents, param="documents",
+                                 truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="rerank")
+    if result is None:
+        return Response(status_code=499)
+    request_id, scores, num_tokens = result
+    ranked = sorted(range(len(documents)), key=lambda i: -scores[i])[:body.top_n or None]
+    return JSONResponse({"id": request_id, "model": raw_request.app.state.model.name,
+                         "usage": {"total_tokens": num_tokens},
+                         "results": [{"index": i, "document": {"text": documents[i]}, "relevance_score": scores[i]}
+                                     for i in ranked]})
