@@ -19,7 +19,7 @@ INPUTS = ["The capital of France is", "Hello", "A longer sentence, whose tokens 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     with ServerProcess(tiny_model_dir("LlamaForCausalLM"), "--served-model-name", MODEL, "--runner", "pooling",
-                       "--max-model-len", "128") as process:
+                       "--max-model-len", "128", "--enable-log-requests") as process:
         yield process
 
 
@@ -45,6 +45,12 @@ def test_embeddings_are_the_offline_engines(client, offline):
     np.testing.assert_allclose(floats.data[0].embedding, offline[INPUTS[0]], atol=1e-6)
     tokens = client.embeddings.create(model=MODEL, input=[[5, 9, 100, 7], [42]], encoding_format="float")
     assert len(tokens.data) == 2 and tokens.usage.prompt_tokens == tokens.usage.total_tokens == 5
+
+
+def test_each_input_is_logged_with_enable_log_requests(server, client):
+    client.embeddings.create(model=MODEL, input=["logged once", "and twice"])
+    lines = [line for line in server.log if "Received request embd-" in line and "PoolingParams(" in line]
+    assert any("prompt: 'logged once'" in line for line in lines) and any("'and twice'" in line for line in lines)
 
 
 def test_vllm_extras_normalize_and_truncate(server, client, offline):

@@ -24,6 +24,7 @@ from kvserve.pooling import PoolingParams
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.errors import OpenAIError, bad_request, overloaded
 from kvserve.server.protocol import EmbeddingRequest
+from kvserve.server.request_log import RequestLog
 from kvserve.server.responses import unless_disconnected
 from kvserve.server.served_model import ServedModel
 
@@ -92,6 +93,9 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
         raise overloaded(e) from None
     except EngineStoppedError as e:
         raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
+    request_log: RequestLog | None = raw_request.app.state.request_log
+    if request_log is not None:
+        request_log.received(request_id, prompts, params, None)
     return request_id, prompts, await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
 
 

@@ -23,7 +23,8 @@ class RequestLog:
         self.max_len = max_len
 
     def received(self, request_id: str, prompts: Sequence[EnginePrompt], params, lora: LoRARequest | None) -> None:
-        """`params`: the SamplingParams (or, for beam search, BeamSearchParams) the prompts run with."""
+        """`params`: the SamplingParams (for beam search, BeamSearchParams; a pooling request's
+        PoolingParams) the prompts run with."""
         for i, prompt in enumerate(prompts):
             text, token_ids = prompt.text, prompt.token_ids
             if self.max_len is not None:
