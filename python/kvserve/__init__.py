@@ -4,7 +4,8 @@ from kvserve._C import __version__
 from kvserve.beam_search import BeamSearchParams
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.outputs import CompletionOutput, EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput
+from kvserve.outputs import (CompletionOutput, EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput,
+                             ScoringRequestOutput)
 from kvserve.pooling import PoolerConfig, PoolingParams
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 from kvserve.structured_outputs import StructuredOutputsParams
@@ -14,4 +15,4 @@ LLM = Engine
 
 __all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "EmbeddingRequestOutput", "Engine", "LoRARequest",
            "PoolerConfig", "PoolingParams", "PoolingRequestOutput", "RequestOutput", "RequestOutputKind", "SamplingParams",
-           "StructuredOutputsParams", "__version__"]
+           "ScoringRequestOutput", "StructuredOutputsParams", "__version__"]

@@ -1,4 +1,4 @@
-"""The offline API of vLLM's `LLM`, which Engine inherits: generate, chat, beam_search and embed add their
+"""The offline API of vLLM's `LLM`, which Engine inherits: generate, chat, beam_search, embed and score add their
 requests and step the engine until they finish (a tqdm progress bar on long runs), through the
 engine's public loop (add_request, step, abort) and two of its own: the ids' counter and
 _close_idle_step."""
@@ -9,11 +9,13 @@ import dataclasses
 import time
 from collections.abc import Sequence
 
+import torch
+
 from kvserve.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from kvserve.chat_template import chat_template_arguments
 from kvserve.lora.request import LoRARequest
-from kvserve.outputs import EmbeddingRequestOutput, RequestOutput
-from kvserve.pooling import PoolingParams
+from kvserve.outputs import EmbeddingRequestOutput, RequestOutput, ScoringOutput, ScoringRequestOutput
+from kvserve.pooling import PoolingParams, cosine_similarity, score_pairs
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 
@@ -52,6 +54,20 @@ class OfflineAPI:
         pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
         outputs = self._run_requests("embed", normalized, pooling_params, [None] * len(normalized), priority, use_tqdm)
         return [EmbeddingRequestOutput.from_base(output) for output in outputs]
+
+    def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], *,
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True) -> list[ScoringRequestOutput]:
+        """vLLM's LLM.score for an embedding model: the cosine similarity of each pair's embeddings,
+        data_1 one text for every data_2, or one for each. Each distinct text is embedded once."""
+        firsts = [data_1] if isinstance(data_1, str) else list(data_1)
+        seconds = [data_2] if isinstance(data_2, str) else list(data_2)
+        pairs = score_pairs(firsts, seconds)
+        texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+        outputs = dict(zip(texts, self.embed(texts, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)))
+        return [ScoringRequestOutput(f"score-{i}", outputs[a].prompt_token_ids + outputs[b].prompt_token_ids,
+                                     ScoringOutput(cosine_similarity(torch.tensor(outputs[a].outputs.embedding),
+                                                                     torch.tensor(outputs[b].outputs.embedding))))
+                for i, (a, b) in enumerate(pairs)]
 
     def _run_requests(self, kind: str, prompts: list, params: list, lora_requests: list,
                       priority: Sequence[int] | None, use_tqdm: bool) -> list:

@@ -80,6 +80,21 @@ class PoolingRequestOutput:
 
 
 @dataclass
+class ScoringOutput:
+    score: float
+
+
+@dataclass
+class ScoringRequestOutput:
+    """What Engine.score returns, one per pair (vLLM's); prompt_token_ids: the pair's, one after the other."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: ScoringOutput
+    finished: bool = True
+
+
+@dataclass
 class EmbeddingOutput:
     embedding: list[float]
 

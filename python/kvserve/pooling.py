@@ -149,3 +149,20 @@ class PooledState:
         else:
             pooled = self._sum
         self.embedding = finish_embedding(pooled, self.params, self.pooler)
+
+
+def score_pairs(firsts: list, seconds: list) -> list[tuple]:
+    """The pairs a score request asks for (vLLM's rule): one first for every second, or one for each."""
+    if not seconds:
+        raise ValueError("the second texts are empty: expected at least one")
+    if len(firsts) == 1:
+        return [(firsts[0], second) for second in seconds]
+    if len(firsts) != len(seconds):
+        raise ValueError(f"{len(firsts)} first texts and {len(seconds)} second ones: expected one first text, or "
+                         "one for each second")
+    return list(zip(firsts, seconds))
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """How two embeddings score (vLLM's score for an embedding model)."""
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0))

@@ -152,3 +152,20 @@ def test_hf_overrides_make_a_model_matryoshka(tmp_path):
     torch.testing.assert_close(short, F.normalize(_hidden(model, PROMPTS[1])[-1][:24], dim=0), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="must be a dict"):
         _engine(tmp_path, hf_overrides="is_matryoshka")
+
+
+def test_score_is_the_cosine_similarity_of_the_embeddings(tmp_path):
+    """vLLM's LLM.score for an embedding model: one text against each, or pair by pair."""
+    model = _base_checkpoint(tmp_path)
+    engine = _engine(tmp_path)
+    texts = ["alpha beta", "gamma", "alpha beta gamma delta"]
+    hidden = {t: _hidden(model, engine.get_tokenizer().encode(t))[-1] for t in texts}
+    one_to_many = engine.score(texts[0], texts, use_tqdm=False)
+    expected = [F.cosine_similarity(hidden[texts[0]], hidden[t], dim=0).item() for t in texts]
+    assert [o.outputs.score for o in one_to_many] == pytest.approx(expected, abs=1e-5)
+    assert one_to_many[0].outputs.score == pytest.approx(1.0, abs=1e-6)
+    pairs = engine.score(texts[:2], texts[1:], use_tqdm=False)
+    assert pairs[1].outputs.score == pytest.approx(F.cosine_similarity(hidden[texts[1]], hidden[texts[2]], dim=0).item(),
+                                                   abs=1e-5)
+    with pytest.raises(ValueError, match="expected one first text, or one for each second"):
+        engine.score(texts[:2], texts, use_tqdm=False)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from kvserve.pooling import PoolingParams
+from kvserve.pooling import PoolingParams, cosine_similarity, score_pairs
 from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.embeddings import check_pooling_request, run_pooled
 from kvserve.server.errors import bad_request
@@ -42,20 +41,18 @@ async def _similarities(raw_request: Request, model: str | None, firsts: list[st
                                                     param=param, priority=priority, prefix=prefix)
     if outputs is None:
         return None
-    vectors = dict(zip(texts, (torch.nn.functional.normalize(o.outputs.data, dim=0) for o in outputs)))
-    scores = [float(vectors[a] @ vectors[b]) for a, b in zip(firsts, seconds)]
+    vectors = dict(zip(texts, (o.outputs.data for o in outputs)))
+    scores = [cosine_similarity(vectors[a], vectors[b]) for a, b in zip(firsts, seconds)]
     return request_id, scores, sum(len(p.token_ids) for p in prompts)
 
 
 @router.post("/score")
 @router.post("/v1/score")
 async def score(body: ScoreRequest, raw_request: Request):
-    firsts, seconds = body.text_1, body.text_2
-    if len(firsts) == 1:
-        firsts = firsts * len(seconds)
-    elif len(firsts) != len(seconds):
-        raise bad_request(f"text_1 holds {len(firsts)} texts and text_2 {len(seconds)}: text_1 must be one text, or "
-                          "one for each of text_2", "text_1")
+    try:
+        firsts, seconds = map(list, zip(*score_pairs(body.text_1, body.text_2)))
+    except ValueError as e:
+        raise bad_request(f"text_1, text_2: {e}", "text_1") from None
     result = await _similarities(raw_request, body.model, firsts, seconds, param="text_1",
                                  truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="score")
     if result is None:
