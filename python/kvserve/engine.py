@@ -356,7 +356,7 @@ class Engine(OfflineAPI):
                              f"{self.max_num_seqs} run as several requests), got {params.n}")
         parts = split(params.n, self.max_num_seqs)
         ids = [request_id] if len(parts) == 1 else [f"{request_id}/{k}" for k in range(len(parts))]
-        taken = [i for i in ids[1:] if self.has_request(i)]
+        taken = [i for i in ids if i != request_id and self.has_request(i)]
         if taken:
             raise ValueError(f"request_id {request_id!r}: its n = {params.n} samples run as requests {ids}, and "
                              f"{taken[0]!r} is in use")

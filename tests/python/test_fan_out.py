@@ -70,9 +70,10 @@ def test_aborting_the_parent_or_a_child_ends_it_whole(engines):
 
 def test_a_childs_id_in_use_is_refused_and_nothing_is_left(engines):
     small, _ = engines
-    small.add_request("x/1", "Hello", SamplingParams(max_tokens=2))
-    with pytest.raises(ValueError, match=r"run as requests \['x/0', 'x/1', 'x/2'\], and 'x/1' is in use"):
-        small.add_request("x", "Hello", SamplingParams(n=7, max_tokens=2))
-    assert set(small.requests) == {"x/1"}
-    small.abort("x/1")
+    for taken in ("x/0", "x/1"):
+        small.add_request(taken, "Hello", SamplingParams(max_tokens=2))
+        with pytest.raises(ValueError, match=rf"run as requests \['x/0', 'x/1', 'x/2'\], and '{taken}' is in use"):
+            small.add_request("x", "Hello", SamplingParams(n=7, max_tokens=2))
+        assert set(small.requests) == {taken}
+        small.abort(taken)
     assert_no_blocks_held(small)
