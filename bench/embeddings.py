@@ -11,7 +11,6 @@ the two engines' vectors.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from kvserve import Engine, PoolingParams
 from kvserve.bench.checkpoint import ensure_model
 from kvserve.bench.datasets import offline_prompts
-from kvserve.bench.turns import taking_turns
+from kvserve.bench.turns import taking_turns, turns_parser
 
 BATCH = 32  # sentence-transformers' default batch size
 
@@ -48,14 +47,7 @@ def rate(embed, prompts: list[list[int]]) -> float:
 def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
     from transformers import AutoModel
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--model", help="a model directory instead of a preset")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = turns_parser(__doc__.splitlines()[0], "--input-len", 128).parse_args(argv)
     directory = args.model or str(ensure_model(args.preset))
     engine = Engine(directory, dtype=args.dtype, runner="pooling", enable_prefix_caching=False)
     model = AutoModel.from_pretrained(directory, dtype=engine.dtype).eval()

@@ -11,11 +11,9 @@ output tok/s (best of the rounds) and each grammar's ratio to no grammar.
 
 from __future__ import annotations
 
-import argparse
-
 from kvserve import Engine, SamplingParams, StructuredOutputsParams
 from kvserve.bench.checkpoint import ensure_model
-from kvserve.bench.turns import output_rate, taking_turns
+from kvserve.bench.turns import output_rate, taking_turns, turns_parser
 
 GRAMMARS = {
     "none": None,
@@ -34,14 +32,7 @@ def run(engine: Engine, prompts: list[str], grammar, output_len: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float, list[float]]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--model", help="a model directory instead of a preset")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--num-prompts", type=int, default=64)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = turns_parser(__doc__.splitlines()[0], "--output-len", 64).parse_args(argv)
     engine = Engine(args.model or str(ensure_model(args.preset)), dtype=args.dtype)
     prompts = [f"Request {i}: describe the weather in one line." for i in range(args.num_prompts)]
     run(engine, prompts[:4], GRAMMARS["json_object"], 8)  # warm-up (and the tokenizer for llguidance)

@@ -1,15 +1,11 @@
 """bench/decoder_stack.py on the tiny preset: both ways run every round to exact lengths, and the
 module's choice is left as it was (the speeds are bench/README.md's business)."""
 
-import importlib.util
-from pathlib import Path
 
 import kvserve.models.llama as llama
+from bench_script import load_bench_script
 
-_path = Path(__file__).resolve().parents[2] / "bench" / "decoder_stack.py"
-_spec = importlib.util.spec_from_file_location("decoder_stack_bench", _path)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_bench_script("decoder_stack")
 
 
 def test_both_ways_run_each_round(tmp_path, monkeypatch):

@@ -1,14 +1,10 @@
 """bench/embeddings.py on the tiny model: both engines embed every prompt, their vectors agree, and
 the table has a row per engine (the speeds themselves are bench/README.md's business)."""
 
-import importlib.util
 import re
-from pathlib import Path
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location(
-    "embeddings_bench", Path(__file__).resolve().parents[2] / "bench" / "embeddings.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_bench_script("embeddings")
 
 
 def test_both_engines_get_a_row_and_their_vectors_agree(tiny_model_dir, capsys):

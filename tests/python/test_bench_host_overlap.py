@@ -1,19 +1,14 @@
 """bench/host_overlap.py's stand-in device: a step takes its time from its start, steps run in order,
 and every way the engine steps runs on it and leaves nothing held (its numbers are the benchmark's to give)."""
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from kvserve import Engine
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location(
-    "host_overlap", Path(__file__).resolve().parents[2] / "bench" / "host_overlap.py")
-host_overlap = sys.modules["host_overlap"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(host_overlap)
+host_overlap = load_bench_script("host_overlap")
 
 
 class Out:

@@ -1,12 +1,9 @@
 """bench/lora.py on the tiny preset: its PEFT-format adapters load, every run makes exactly its
 tokens, and the table has a row per run (the speeds themselves are bench/README.md's business)."""
 
-import importlib.util
-from pathlib import Path
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location("lora_bench", Path(__file__).resolve().parents[2] / "bench" / "lora.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_bench_script("lora")
 
 
 def test_each_run_gets_a_row(tmp_path, monkeypatch, capsys):

@@ -1,21 +1,17 @@
 """bench/profile_step.py's accounting: which part a py-spy stack belongs to, and ms per step from
 sample shares and the unprofiled step times (py-spy itself is not run here)."""
 
-import importlib.util
 import inspect
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 import kvserve
 from kvserve import ops
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location(
-    "profile_step", Path(__file__).resolve().parents[2] / "bench" / "profile_step.py")
-profile_step = sys.modules["profile_step"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(profile_step)
+profile_step = load_bench_script("profile_step")
 
 STEP = ["<module> (kvserve/cli.py:1)", "run_case (profile_step.py:90)", "decode_step (profile_step.py:67)",
         "Engine.step (kvserve/engine.py:{step})", "Engine._launch (kvserve/engine.py:{line})"]

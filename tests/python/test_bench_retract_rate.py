@@ -1,16 +1,10 @@
 """bench/retract_rate.py on the tiny model: the counts add up, retracts happen with few first
 candidates, and the tokens do not depend on how many candidates the sampler starts from."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from kvserve import Engine
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location(
-    "retract_rate", Path(__file__).resolve().parents[2] / "bench" / "retract_rate.py")
-retract_rate = sys.modules["retract_rate"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(retract_rate)
+retract_rate = load_bench_script("retract_rate")
 
 
 def test_retracts_are_counted_and_the_candidates_change_no_token(tiny_model_dir):

@@ -3,18 +3,12 @@ they are the raw or the transformed-scores variant, the kernel names it prints, 
 before it waits for the kernel before it) on made-up listings; then, in a build with CUDA kernels,
 the attention kernel's own loops held to their instruction budget, and every kernel's wait first."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 import kvserve._C
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location(
-    "sass_loops", Path(__file__).resolve().parents[2] / "bench" / "sass_loops.py")
-sass_loops = sys.modules["sass_loops"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sass_loops)
+sass_loops = load_bench_script("sass_loops")
 
 MANGLED = ("_ZN7kvserve3gpu20attention_mma_kernelINS0_8BFloat16ENS0_7MmaTileIS2_Li128ELi16EEEEEv"
            "NS_20PagedAttentionParamsENS0_13SplitPartialsE")

@@ -1,13 +1,9 @@
 """bench/structured_outputs.py on the tiny model: every grammar's run makes exactly its tokens, and
 the table has a row per grammar (the speeds themselves are bench/README.md's business)."""
 
-import importlib.util
-from pathlib import Path
+from bench_script import load_bench_script
 
-_spec = importlib.util.spec_from_file_location(
-    "structured_outputs_bench", Path(__file__).resolve().parents[2] / "bench" / "structured_outputs.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_bench_script("structured_outputs")
 
 
 def test_each_grammar_gets_a_row(tiny_model_dir, capsys):

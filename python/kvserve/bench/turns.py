@@ -4,8 +4,22 @@ and report each variant's best round against a baseline as a markdown table."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
+
+
+def turns_parser(description: str, length_flag: str, length: int) -> argparse.ArgumentParser:
+    """The flags every such script takes: the model (a preset, or a directory), its dtype, the
+    batch (--num-prompts, and `length_flag` of `length` tokens) and the rounds (--repeat)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--model", help="a model directory instead of a preset")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument(length_flag, type=int, default=length)
+    parser.add_argument("--repeat", type=int, default=3)
+    return parser
 
 
 def output_rate(generate: Callable[[], list], expected_tokens: int) -> float:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 
 from kvserve.logprobs import Logprob, top_entries
-from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.errors import bad_request
 from kvserve.server.generation import Generation, start_generation
 from kvserve.server.protocol import CompletionRequest
@@ -57,14 +56,6 @@ class _LogprobsWriter:
         taken = self._lists
         self._lists = {name: [] for name in taken}
         return taken
-
-
-def _prompts(body: CompletionRequest, served: ServedModel) -> list[EnginePrompt]:
-    prompt = body.prompt
-    if isinstance(prompt, str) or isinstance(prompt[0], int):
-        prompt = [prompt]
-    return [EnginePrompt(served.encode(p, body.add_special_tokens, "prompt"), p) if isinstance(p, str)
-            else EnginePrompt(p) for p in prompt]
 
 
 class _Echo:
@@ -154,7 +145,8 @@ async def create_completion(body: CompletionRequest, raw_request: Request):
                           "max_tokens")
     echo_logprobs = body.logprobs if body.echo else None
     generation = await start_generation(
-        raw_request, body, await asyncio.to_thread(_prompts, body, served), prefix="cmpl", param="prompt",
+        raw_request, body, await asyncio.to_thread(served.prompts, body.prompt, body.add_special_tokens, "prompt"),
+        prefix="cmpl", param="prompt",
         max_tokens=body.max_tokens if "max_tokens" in body.model_fields_set
         else served.default_sampling.get("max_tokens", body.max_tokens),
         explicit_max_tokens="max_tokens" in body.model_fields_set, logprobs=body.logprobs,

@@ -22,21 +22,13 @@ from fastapi.responses import JSONResponse, Response
 from kvserve.outputs import PoolingRequestOutput
 from kvserve.pooling import PoolingParams
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
-from kvserve.server.errors import OpenAIError, bad_request, overloaded
+from kvserve.server.errors import as_openai_error, bad_request
 from kvserve.server.protocol import EmbeddingRequest
-from kvserve.server.request_log import RequestLog
+from kvserve.server.request_log import log_request
 from kvserve.server.responses import unless_disconnected
 from kvserve.server.served_model import ServedModel
 
 router = APIRouter()
-
-
-def _prompts(body: EmbeddingRequest, served: ServedModel) -> list[EnginePrompt]:
-    prompts = body.input
-    if isinstance(prompts, str) or isinstance(prompts[0], int):
-        prompts = [prompts]
-    return [EnginePrompt(served.encode(p, body.add_special_tokens, "input"), p) if isinstance(p, str)
-            else EnginePrompt(p) for p in prompts]
 
 
 def _encoded(vector, encoding_format: str):
@@ -89,13 +81,9 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
         stream = engine.submit(request_id, prompts, params, priority=priority)
-    except QueueFullError as e:
-        raise overloaded(e) from None
-    except EngineStoppedError as e:
-        raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
-    request_log: RequestLog | None = raw_request.app.state.request_log
-    if request_log is not None:
-        request_log.received(request_id, prompts, params, None)
+    except (QueueFullError, EngineStoppedError) as e:
+        raise as_openai_error(e) from None
+    log_request(raw_request, request_id, prompts, params, None)
     return request_id, prompts, await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
 
 
@@ -103,7 +91,7 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
 async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     served: ServedModel = raw_request.app.state.model
     check_pooling_request(raw_request, body.model, body.priority)
-    prompts = await asyncio.to_thread(_prompts, body, served)
+    prompts = await asyncio.to_thread(served.prompts, body.input, body.add_special_tokens, "input")
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, params, param="input",

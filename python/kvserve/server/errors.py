@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from kvserve.server.async_engine import EngineStoppedError, QueueFullError
+
 logger = logging.getLogger("kvserve.server")
 
 
@@ -50,6 +52,21 @@ def bad_request(message: str, param: str | None = None) -> OpenAIError:
 def overloaded(error: Exception) -> OpenAIError:
     """503 for a request the engine's waiting queue has no room for (QueueFullError): retry later."""
     return OpenAIError(503, f"The server is overloaded: {error}. Retry later.", code="server_overloaded")
+
+
+def as_openai_error(error: Exception) -> OpenAIError:
+    """An engine-side failure as an HTTP error: a rejected request (400), a full waiting queue or
+    shutdown (503), else 500."""
+    if isinstance(error, OpenAIError):
+        return error
+    if isinstance(error, ValueError):
+        return bad_request(str(error))
+    if isinstance(error, QueueFullError):
+        return overloaded(error)
+    if isinstance(error, EngineStoppedError):
+        return OpenAIError(503, f"The server is not accepting requests: {error}", code="server_shutting_down")
+    logger.error("request failed", exc_info=error)
+    return OpenAIError(500, f"internal server error: {type(error).__name__}: {error}")
 
 
 def _location(loc) -> str | None:

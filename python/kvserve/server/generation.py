@@ -19,9 +19,9 @@ from kvserve.logprobs import PromptLogprobs, SampleLogprobs, top_entries
 from kvserve.sampling_params import logprobs_wanted, truncate_prompt
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.beam_search_stream import BeamSearchStream
-from kvserve.server.errors import OpenAIError, bad_request, overloaded
+from kvserve.server.errors import as_openai_error, bad_request
 from kvserve.server.protocol import GenerationRequest
-from kvserve.server.request_log import RequestLog
+from kvserve.server.request_log import log_request
 from kvserve.server.served_model import ServedModel
 
 logger = logging.getLogger("kvserve.server")
@@ -227,12 +227,8 @@ async def start_generation(raw_request: Request, body: GenerationRequest, prompt
             stream.start()
         else:
             stream = engine.submit(engine_id, prompts, params, lora, body.cache_salt, body.priority)
-    except QueueFullError as e:
-        raise overloaded(e) from None
-    except EngineStoppedError as e:
-        raise OpenAIError(503, f"The server is not accepting requests: {e}", code="server_shutting_down") from None
-    request_log: RequestLog | None = raw_request.app.state.request_log
-    if request_log is not None:
-        request_log.received(engine_id, prompts, beam_params or params, lora)
+    except (QueueFullError, EngineStoppedError) as e:
+        raise as_openai_error(e) from None
+    log_request(raw_request, engine_id, prompts, beam_params or params, lora)
     return Generation(request_id, stream, prompts, body.n, prompt_only, served.prompt_tokens_details,
                       served.response_name(lora))

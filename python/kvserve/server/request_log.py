@@ -31,3 +31,10 @@ class RequestLog:
                 text, token_ids = (text[:self.max_len] if text is not None else None), token_ids[:self.max_len]
             logger.info("Received request %s-%d: prompt: %r, params: %s, prompt_token_ids: %s, lora_request: %s",
                         request_id, i, text, params, token_ids, lora)
+
+
+def log_request(raw_request, request_id: str, prompts: Sequence[EnginePrompt], params, lora: LoRARequest | None) -> None:
+    """RequestLog.received, where the server logs requests (--enable-log-requests)."""
+    request_log: RequestLog | None = raw_request.app.state.request_log
+    if request_log is not None:
+        request_log.received(request_id, prompts, params, lora)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -24,13 +23,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from kvserve.server.async_engine import EngineStoppedError, RequestStream
-from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.async_engine import RequestStream
+from kvserve.server.errors import as_openai_error
 from kvserve.server.generation import Generation
 from kvserve.server.protocol import GenerationRequest
 from kvserve.server.served_model import ServedModel
-
-logger = logging.getLogger("kvserve.server")
 
 SSE_DONE = "data: [DONE]\n\n"
 
@@ -45,18 +42,6 @@ class AnswerFormat:
     chunk_choices: Callable[[Generation, Any, ServedModel], AsyncIterator[dict]]
     # Fields beside the choices (in a stream, of its first chunk).
     top: Callable[[Generation, Any], dict] = lambda generation, body: {}
-
-
-def as_openai_error(error: Exception) -> OpenAIError:
-    """An engine-side failure as an HTTP error: a rejected request (400), shutdown (503), else 500."""
-    if isinstance(error, OpenAIError):
-        return error
-    if isinstance(error, ValueError):
-        return bad_request(str(error))
-    if isinstance(error, EngineStoppedError):
-        return OpenAIError(503, str(error), code="server_shutting_down")
-    logger.error("request failed", exc_info=error)
-    return OpenAIError(500, f"internal server error: {type(error).__name__}: {error}")
 
 
 def _sse(data: dict) -> str:

@@ -31,10 +31,10 @@ from pydantic import ValidationError
 
 from kvserve.logprobs import SampleLogprobs
 from kvserve.server.chat import chat_reply, start_chat, token_logprobs
-from kvserve.server.errors import OpenAIError, bad_request
+from kvserve.server.errors import OpenAIError, as_openai_error, bad_request
 from kvserve.server.generation import Generation
 from kvserve.server.protocol import ChatCompletionRequest, ResponsesRequest
-from kvserve.server.responses import as_openai_error, unless_disconnected
+from kvserve.server.responses import unless_disconnected
 from kvserve.server.responses_store import ResponsesStore, StoredResponse
 from kvserve.server.served_model import ServedModel
 

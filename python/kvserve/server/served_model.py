@@ -13,6 +13,7 @@ from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
 from kvserve.lora.adapter import load_adapter
 from kvserve.sampling_params import logprobs_wanted
+from kvserve.server.async_engine import EnginePrompt
 from kvserve.server.errors import OpenAIError, bad_request
 from kvserve.server.protocol import ChatTemplateFields
 
@@ -101,6 +102,14 @@ class ServedModel:
         if not token_ids:
             raise bad_request(f"{param} is empty: expected at least one token", param)
         return token_ids
+
+    def prompts(self, value, add_special_tokens: bool, param: str) -> list[EnginePrompt]:
+        """A completion's prompt field (or an embedding's input): a text, texts, token ids, or lists
+        of token ids, as the engine takes them."""
+        if isinstance(value, str) or isinstance(value[0], int):
+            value = [value]
+        return [EnginePrompt(self.encode(p, add_special_tokens, param), p) if isinstance(p, str) else EnginePrompt(p)
+                for p in value]
 
     def check_logprobs(self, count: int | None, param: str) -> None:
         """400 where a request asks for more log-probabilities a position than --max-logprobs allows
