@@ -580,6 +580,10 @@ class Engine(OfflineAPI):
         """Whether a request of this id is unfinished (added, and neither finished nor aborted)."""
         return request_id in self.requests or request_id in self._fanned
 
+    def request_ids(self) -> list[str]:
+        """The unfinished requests' ids, as they were added (a fanned-out request's own, not its children's)."""
+        return [r for r in self.requests if r not in self._parents] + list(self._fanned)
+
     def _join_fanned(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
         """Outputs with those of fanned-out requests' children joined into their parents' (kvserve.fan_out)."""
         if not self._parents:

@@ -124,6 +124,29 @@ def test_a_failed_step_fails_its_streams_and_the_engine_goes_on(engine, monkeypa
     assert_no_blocks_held(engine)
 
 
+def test_a_failed_step_fails_the_stream_of_a_request_run_as_several(engine_of_one, monkeypatch):
+    """n above max_num_seqs: the engine runs the samples as child requests; their step's failure
+    fails the request's stream (whose id is the request's, not a child's) rather than leave it hanging."""
+    launch = engine_of_one.runner.launch
+
+    def fail_third(*args, calls=[]):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return launch(*args)
+
+    monkeypatch.setattr(engine_of_one.runner, "launch", fail_third)
+    fanned = dataclasses.replace(DELTA, n=3, temperature=1.0, seed=0)
+
+    async def scenario(async_engine):
+        with pytest.raises(RuntimeError, match="engine step failed: boom"):
+            await collect(async_engine.submit("a", prompts(engine_of_one, "Hi"), fanned))
+
+    run(engine_of_one, scenario)
+    assert_no_blocks_held(engine_of_one)
+    assert not engine_of_one.request_ids()
+
+
 def test_a_request_the_engine_rejects_fails_only_its_stream(engine):
     async def scenario(async_engine):
         with pytest.raises(ValueError, match="vocabulary"):

@@ -286,7 +286,7 @@ class AsyncEngine:
                 self._observer.on_abort(live)
 
     def _step(self) -> None:
-        request_ids = list(self.engine.requests)
+        request_ids = self.engine.request_ids()
         try:
             outputs = self.engine.step()
         except Exception as error:
@@ -302,7 +302,7 @@ class AsyncEngine:
             self._to_loop(self._deliver, outputs)
 
     def _abort_all(self) -> None:
-        request_ids = list(self.engine.requests)
+        request_ids = self.engine.request_ids()
         self.engine.abort(request_ids)
         if request_ids:
             self._observer.on_abort(request_ids)
