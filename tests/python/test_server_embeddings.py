@@ -4,6 +4,8 @@ client's default, or floats), OpenAI's usage, and 400s for what a pooling server
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import openai
@@ -112,3 +114,23 @@ def test_score_and_rerank_are_cosine_similarities_of_the_embeddings(server, offl
     assert ranked["results"][0]["relevance_score"] >= ranked["results"][1]["relevance_score"]
     bad = httpx.post(server.url + "/score", json={"model": MODEL, "text_1": INPUTS[:2], "text_2": INPUTS})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "text_1"
+
+
+def test_bench_serve_measures_an_embeddings_server(server, tiny_model_dir, tmp_path, capsys):
+    """kvserve bench serve --backend openai-embeddings (vLLM's): each prompt's vector asked for, the
+    latencies and input throughput reported, nothing generated."""
+    from kvserve.cli import main
+
+    before = server.metric("kvserve:prompt_tokens_total")
+    result_json = tmp_path / "r.json"
+    assert main(["bench", "serve", "--base-url", server.url, "--model", MODEL, "--backend", "openai-embeddings",
+                 "--tokenizer", str(tiny_model_dir("LlamaForCausalLM")), "--num-prompts", "6",
+                 "--random-input-len", "16", "--random-output-len", "1", "--result-json", str(result_json),
+                 "--disable-tqdm"]) == 0
+    result = json.loads(result_json.read_text())
+    assert (result["completed"], result["failed"], result["endpoint"]) == (6, 0, "/v1/embeddings")
+    assert result["total_input_tokens"] == 6 * 16 and result["total_output_tokens"] == 0
+    assert result["mean_e2el_ms"] > 0 and result["request_throughput"] > 0
+    assert server.metric("kvserve:prompt_tokens_total") - before == 7 * 16  # and the untimed probe request
+    table = capsys.readouterr().out
+    assert "Mean E2EL (ms):" in table and "generated" not in table and "TTFT" not in table

@@ -12,7 +12,7 @@ from kvserve.engine_args import add_engine_arguments
 
 
 DATASET_NAMES = ("random", "sharegpt")
-BACKENDS = ("openai", "vllm", "openai-chat")  # vLLM's
+BACKENDS = ("openai", "vllm", "openai-chat", "openai-embeddings")  # vLLM's
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -46,10 +46,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="vLLM's: the server's host, when no --base-url (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="vLLM's: the server's port, when no --base-url (default 8000)")
     parser.add_argument("--endpoint", default=None,
-                        help="default: /v1/completions, or /v1/chat/completions for --backend openai-chat")
+                        help="default: /v1/completions, or the --backend's (/v1/chat/completions, /v1/embeddings)")
     parser.add_argument("--backend", choices=BACKENDS, default="openai",
                         help="vLLM's: openai and vllm stream /v1/completions; openai-chat streams "
-                        "/v1/chat/completions, each prompt's text as one user message")
+                        "/v1/chat/completions, each prompt's text as one user message; openai-embeddings "
+                        "asks /v1/embeddings (a pooling server) for each prompt's vector")
     parser.add_argument("--model", required=True, help="the model name the server serves")
     parser.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME",
                         help="vLLM's: LoRA adapters the server serves; each request names one, drawn at random")

@@ -38,6 +38,8 @@ class Target:
     send_text: bool = False
     # Chat completions (vLLM's openai-chat backend): the prompt's text as one user message.
     chat: bool = False
+    # Embeddings (vLLM's openai-embeddings backend): one answer, no stream, nothing generated.
+    embeddings: bool = False
 
     @property
     def prompt_format(self) -> str:
@@ -46,6 +48,9 @@ class Target:
     def payload(self, request: SampleRequest) -> dict:
         if self.send_text and request.prompt_text is None:
             raise ValueError("a text target got a request without prompt_text (see kvserve.bench.text_prompts)")
+        prompt = request.prompt_text if self.send_text else request.prompt_token_ids
+        if self.embeddings:  # base64: the vectors' bytes, not their digits in JSON
+            return {"model": request.model or self.model, "input": prompt, "encoding_format": "base64"}
         body = {
             "model": request.model or self.model,
             "max_completion_tokens" if self.chat else "max_tokens": request.expected_output_len,
@@ -54,9 +59,9 @@ class Target:
             "stream_options": {"include_usage": True},
         }
         if self.chat:
-            body["messages"] = [{"role": "user", "content": request.prompt_text}]
+            body["messages"] = [{"role": "user", "content": prompt}]
         else:
-            body["prompt"] = request.prompt_text if self.send_text else request.prompt_token_ids
+            body["prompt"] = prompt
         if self.ignore_eos:
             body["ignore_eos"] = True
         return body
@@ -79,7 +84,30 @@ def _sse_data(line: bytes) -> str | None:
     return text[len("data:"):].strip() if text.startswith("data:") else None
 
 
+async def _send_embedding(session: aiohttp.ClientSession, target: Target, request: SampleRequest) -> RequestRecord:
+    """One embeddings request: its latency is its answer's (its first and only "token" time too)."""
+    record = RequestRecord(prompt_len=request.prompt_len)
+    start = time.perf_counter()
+    try:
+        async with session.post(target.url, json=target.payload(request), headers=target.headers()) as response:
+            body = await response.text()
+            if response.status != 200:
+                record.error = f"HTTP {response.status} {response.reason}: {body[:500]}"
+                return record
+            if not json.loads(body).get("data"):
+                record.error = f"an answer without data: {body[:500]}"
+                return record
+    except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        record.error = f"{type(e).__name__}: {e}"
+        return record
+    record.success = True
+    record.latency = record.ttft = time.perf_counter() - start
+    return record
+
+
 async def send_request(session: aiohttp.ClientSession, target: Target, request: SampleRequest) -> RequestRecord:
+    if target.embeddings:
+        return await _send_embedding(session, target, request)
     record = RequestRecord(prompt_len=request.prompt_len)
     num_chunks, usage_tokens = 0, None
     start = last = time.perf_counter()

@@ -49,25 +49,23 @@ def latency_fields(key: str, stats: LatencyStats) -> dict[str, float]:
 
 
 def format_table(metrics: BenchmarkMetrics, max_concurrency: int | None = None,
-                 percentile_metrics: tuple[str, ...] = LATENCY_METRICS) -> str:
-    """vLLM's table; like vLLM's, it shows the latency sections of `percentile_metrics` only."""
+                 percentile_metrics: tuple[str, ...] = LATENCY_METRICS, generates: bool = True) -> str:
+    """vLLM's table; like vLLM's, it shows the latency sections of `percentile_metrics` only, and
+    no generated tokens where the requests generate none (embeddings)."""
     lines = [centered(" Serving Benchmark Result ", "="), row("Successful requests:", metrics.completed)]
     if metrics.failed:
         lines.append(row("Failed requests:", metrics.failed))
     if max_concurrency is not None:
         lines.append(row("Maximum request concurrency:", max_concurrency))
-    lines += [
-        row("Benchmark duration (s):", metrics.duration_s),
-        row("Total input tokens:", metrics.total_input),
-        row("Total generated tokens:", metrics.total_output),
-        row("Request throughput (req/s):", metrics.request_throughput),
-    ]
+    lines += [row("Benchmark duration (s):", metrics.duration_s), row("Total input tokens:", metrics.total_input)]
+    if generates:
+        lines.append(row("Total generated tokens:", metrics.total_output))
+    lines.append(row("Request throughput (req/s):", metrics.request_throughput))
     if metrics.request_goodput is not None:
         lines.append(row("Request goodput (req/s):", metrics.request_goodput))
-    lines += [
-        row("Output token throughput (tok/s):", metrics.output_throughput),
-        row("Total Token throughput (tok/s):", metrics.total_token_throughput),
-    ]
+    if generates:
+        lines.append(row("Output token throughput (tok/s):", metrics.output_throughput))
+    lines.append(row("Total Token throughput (tok/s):", metrics.total_token_throughput))
     for key, short, heading in _LATENCY_SECTIONS:
         if key in percentile_metrics:
             lines += latency_rows(heading, short, getattr(metrics, key))

@@ -51,6 +51,10 @@ def _tokenizer(tokenizer_dir: Path | None, why: str) -> Tokenizer:
     return Tokenizer.from_pretrained(tokenizer_dir)
 
 
+# The endpoint each backend but the completions ones asks.
+_BACKEND_ENDPOINTS = {"openai-chat": "/v1/chat/completions", "openai-embeddings": "/v1/embeddings"}
+
+
 def check_flags(args: argparse.Namespace) -> None:
     """Joins vLLM's flag names into kvserve's (args.dataset, args.base_url); ValueError on a
     contradiction."""
@@ -60,11 +64,12 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.base_url is None:
         args.base_url = f"http://{args.host or '127.0.0.1'}:{args.port or 8000}"
     chat = args.backend == "openai-chat"
+    wanted = _BACKEND_ENDPOINTS.get(args.backend)
     if args.endpoint is None:
-        args.endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-    if chat and not args.endpoint.rstrip("/").endswith("chat/completions"):
-        raise ValueError(f"--backend openai-chat streams chat completions: --endpoint {args.endpoint} must end with "
-                         "chat/completions")
+        args.endpoint = wanted or "/v1/completions"
+    if wanted is not None and not args.endpoint.rstrip("/").endswith(wanted.removeprefix("/v1/")):
+        raise ValueError(f"--backend {args.backend} asks {wanted}: --endpoint {args.endpoint} must end with "
+                         f"{wanted.removeprefix('/v1/')}")
     if chat and args.prompt_format == "ids":
         raise ValueError("--backend openai-chat sends messages, which are text: --prompt-format ids does not apply")
     if not args.save_result and (args.result_dir is not None or args.result_filename is not None):
@@ -122,7 +127,8 @@ def _choose_target(args: argparse.Namespace, tokenizer_dir: Path | None,
     for fmt in formats:
         if fmt == "text":
             requests = text_requests(requests, _tokenizer(tokenizer_dir, "text prompts"), args.seed)
-        target = Target(url, args.model, args.ignore_eos, args.api_key, send_text=fmt == "text", chat=chat)
+        target = Target(url, args.model, args.ignore_eos, args.api_key, send_text=fmt == "text", chat=chat,
+                        embeddings=args.backend == "openai-embeddings")
         record = asyncio.run(probe(target, requests[0]))
         if record.success:
             return target, requests
@@ -149,7 +155,9 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as e:
         raise SystemExit(f"kvserve bench serve: {e}") from None
     metrics = calculate_metrics(records, duration, goodput, percentiles)
-    print(format_table(metrics, args.max_concurrency, percentile_metrics))
+    embeddings = args.backend == "openai-embeddings"
+    print(format_table(metrics, args.max_concurrency, ("e2el",) if embeddings else percentile_metrics,
+                       generates=not embeddings))
     now = datetime.now(timezone.utc)
     path = result_path(args, now)
     if path is not None:
