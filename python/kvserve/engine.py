@@ -474,10 +474,12 @@ class Engine(OfflineAPI):
             processed = self._process(applied) if applied is not None else []
         except BaseException:
             # Cut short (Ctrl-C, a detokenizer's error): the requests the scheduler ended with this
-            # step end here too, without their last outputs, rather than stay behind forever.
-            for request_id in {update.request_id for update in applied.updates}:
-                if request_id not in self.scheduler:
-                    self.requests.pop(request_id, None)
+            # step end here too, without their last outputs, rather than stay behind forever (a
+            # fanned-out request of one of them, whole).
+            ended = [r for r in {update.request_id for update in applied.updates} if r not in self.scheduler]
+            for request_id in ended:
+                self.requests.pop(request_id, None)
+            self.abort([self._parents[r] for r in ended if r in self._parents])
             raise
         outputs, self._unreported = self._join_fanned(self._unreported + processed), []
         if launched is not None:

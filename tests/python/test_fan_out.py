@@ -77,3 +77,26 @@ def test_a_childs_id_in_use_is_refused_and_nothing_is_left(engines):
         assert set(small.requests) == {taken}
         small.abort(taken)
     assert_no_blocks_held(small)
+
+
+def test_a_ctrl_c_as_a_child_ends_ends_the_request_whole(engines):
+    """An interrupt in the text side of the step that ended a child: that child ends without its
+    last outputs, so the request cannot finish; it ends whole, its other child's blocks freed."""
+    small, _ = engines
+    small.add_request("p", "Hello", SamplingParams(n=4, max_tokens=2, ignore_eos=True))  # children of 3 and 1
+    process = small._process
+
+    def interrupted(applied):
+        if any(update.request_id == "p/0" and update.finish_reason for update in applied.updates):
+            small._process = process
+            raise KeyboardInterrupt
+        return process(applied)
+
+    small._process = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        while small.has_unfinished_requests():
+            small.step()
+    while small.has_unfinished_requests():
+        small.step()
+    assert not small.has_request("p") and not small.request_ids()
+    assert_no_blocks_held(small)
