@@ -134,3 +134,18 @@ def test_bench_serve_measures_an_embeddings_server(server, tiny_model_dir, tmp_p
     assert server.metric("kvserve:prompt_tokens_total") - before == 7 * 16  # and the untimed probe request
     table = capsys.readouterr().out
     assert "Mean E2EL (ms):" in table and "generated" not in table and "TTFT" not in table
+
+
+def test_a_conversation_is_embedded_through_the_chat_template(server, tiny_model_dir):
+    """vLLM's chat embedding request: messages rendered as /tokenize renders them, then pooled."""
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    rendered = httpx.post(server.url + "/tokenize", json={"model": MODEL, "messages": messages,
+                                                          "add_generation_prompt": False}).json()["tokens"]
+    chat = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "messages": messages,
+                                                           "encoding_format": "float"}).json()
+    same = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "input": rendered,
+                                                           "encoding_format": "float"}).json()
+    assert chat["usage"]["prompt_tokens"] == len(rendered)
+    np.testing.assert_allclose(chat["data"][0]["embedding"], same["data"][0]["embedding"], atol=1e-6)
+    both = httpx.post(server.url + "/v1/embeddings", json={"model": MODEL, "messages": messages, "input": "x"})
+    assert both.status_code == 400 and "either input or messages" in both.json()["error"]["message"]

@@ -1,8 +1,9 @@
 """POST /v1/embeddings: OpenAI's embeddings, from a server started with `--runner pooling` (or on a
 base model's checkpoint: kvserve.pooling). The input is one or more prompts, as a completion's
-(text, token ids, or lists of either); each becomes one engine request, pooled once its prompt is
-computed. Vectors come back as floats, or as base64 of their float32 little-endian bytes
-(encoding_format "base64", what the openai client asks for by default).
+(text, token ids, or lists of either), or a conversation (`messages`, vLLM's chat embedding request:
+rendered with the chat template, no generation prompt unless asked); each prompt becomes one engine
+request, pooled once its prompt is computed. Vectors come back as floats, or as base64 of their
+float32 little-endian bytes (encoding_format "base64", what the openai client asks for by default).
 
     {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...]}],
      "model": ..., "usage": {"prompt_tokens": n, "total_tokens": n}}
@@ -91,7 +92,15 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
 async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     served: ServedModel = raw_request.app.state.model
     check_pooling_request(raw_request, body.model, body.priority)
-    prompts = await asyncio.to_thread(served.prompts, body.input, body.add_special_tokens, "input")
+    if (body.input is None) == (body.messages is None):
+        raise bad_request("give either input or messages (one of them)", "input")
+    if body.input is not None:
+        add_special = body.add_special_tokens if body.add_special_tokens is not None else True
+        prompts = await asyncio.to_thread(served.prompts, body.input, add_special, "input")
+    else:
+        text = await asyncio.to_thread(served.render_chat, body)
+        prompts = [EnginePrompt(await asyncio.to_thread(served.encode, text, bool(body.add_special_tokens), "messages"),
+                                text)]
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, params, param="input",

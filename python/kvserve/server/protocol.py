@@ -396,6 +396,24 @@ class TokenizeRequest(ChatTemplateFields):
     add_special_tokens: bool | None = None  # None: True for a prompt, False for messages
 
 
+class EmbeddingRequest(ChatTemplateFields):
+    """OpenAI's POST /v1/embeddings (server/embeddings.py), with vLLM's extras: truncate_prompt_tokens,
+    normalize, priority, and a conversation (`messages`, rendered with the chat template, as vLLM's
+    chat embedding requests) instead of `input`."""
+
+    model: str | None = None
+    input: Annotated[object, AfterValidator(_prompt)] = None  # as a completion's prompt
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = False
+    add_special_tokens: bool | None = None  # None: True for input, False for messages
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    normalize: bool | None = None
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+
+
 class LoadLoRARequest(_Model):
     """vLLM's POST /v1/load_lora_adapter."""
 
@@ -412,21 +430,6 @@ class UnloadLoRARequest(_Model):
 class DetokenizeRequest(_Model):
     model: str | None = None
     tokens: list[int]
-
-
-class EmbeddingRequest(_Model):
-    """OpenAI's POST /v1/embeddings, with vLLM's extras (truncate_prompt_tokens, normalize,
-    add_special_tokens, priority); a pooling server's (server/embeddings.py)."""
-
-    model: str | None = None
-    input: Annotated[object, AfterValidator(_prompt)]  # as a completion's prompt
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
-    user: str | None = None
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
-    normalize: bool | None = None
-    add_special_tokens: bool = True
-    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
 
 
 def _texts(value):
