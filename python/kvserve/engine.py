@@ -393,19 +393,18 @@ class Engine(OfflineAPI):
         params = PoolingParams() if params is None else params
         if not isinstance(params, PoolingParams):
             raise ValueError(f"a pooling engine's requests take PoolingParams, got {type(params).__name__}")
-        if lora_request is not None:
-            raise ValueError("a pooling engine runs no LoRA adapters")
+        lora = self._lora(lora_request)
         [(text, token_ids, cache_salt)] = normalize_prompts(prompt, self.tokenizer)
         token_ids = params.truncated_prompt(token_ids, self.max_model_len)
         self.check_pooling_prompt(token_ids)
         self.check_dimensions(params.dimensions)
         placeholder = SamplingParams(max_tokens=1, ignore_eos=True, detokenize=False,
                                      output_kind=RequestOutputKind.FINAL_ONLY)
-        state = RequestState(request_id, text, token_ids, placeholder, None, arrival_time, self.device,
+        state = RequestState(request_id, text, token_ids, placeholder, None, arrival_time, self.device, lora=lora,
                              pooled=PooledState(self.pooler, params, len(token_ids)))
         self.scheduler.add_request(
             request_id, token_ids, max_tokens=1, min_tokens=0, eos_token_ids=[], ignore_eos=True, stop_token_ids=[],
-            priority=priority, arrival_time=arrival_time, n=1, cache_salt=_cache_key(None, cache_salt),
+            priority=priority, arrival_time=arrival_time, n=1, cache_salt=_cache_key(lora_request, cache_salt),
             skip_prefix_cache=self.pooler.needs_every_token)
         self.requests[request_id] = state
 

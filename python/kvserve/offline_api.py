@@ -43,16 +43,18 @@ class OfflineAPI:
     def embed(self, prompts: PromptInput | Sequence[PromptInput],
               pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+              lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
               priority: Sequence[int] | None = None) -> list[EmbeddingRequestOutput]:
         """vLLM's LLM.embed: each prompt's embedding, in order (a pooling engine's: kvserve.pooling).
-        `truncate_prompt_tokens`: the default PoolingParams'."""
+        `truncate_prompt_tokens`: the default PoolingParams'; `lora_request`: as generate()'s."""
         if self.pooler is None:
             raise ValueError("embed() needs a pooling engine (runner='pooling'); this one generates")
         normalized = normalize_prompts(prompts, self.tokenizer)
         if pooling_params is None:
             pooling_params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
         pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
-        outputs = self._run_requests("embed", normalized, pooling_params, [None] * len(normalized), priority, use_tqdm)
+        lora_request = _per_prompt("lora_request", lora_request, (LoRARequest, type(None)), normalized)
+        outputs = self._run_requests("embed", normalized, pooling_params, lora_request, priority, use_tqdm)
         return [EmbeddingRequestOutput.from_base(output) for output in outputs]
 
     def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], *,

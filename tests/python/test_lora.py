@@ -277,3 +277,44 @@ def test_bench_serve_spreads_requests_over_the_adapters(tmp_path, tiny_model_dir
         loads = sum("loaded LoRA adapter" in line for line in server.log)
     assert status == 0 and (result["completed"], result["failed"]) == (12, 0)
     assert loads > 2  # the two at startup, and reloads as requests took turns
+
+
+def test_a_pooling_engine_embeds_with_an_adapter_as_peft(tmp_path, tiny_model_dir):
+    """vLLM's pooling runner takes LoRA adapters too: the last token's final hidden state of PEFT's
+    adapted model, normalized, for every prompt; the base model's where a prompt names none."""
+    directory = tiny_model_dir("LlamaForCausalLM")
+    adapter = save_adapter(directory, tmp_path / "adapter", seed=3)
+    engine = _engine(directory, runner="pooling")
+    loras = [LoRARequest("a", 1, adapter), None, LoRARequest("a", 1, adapter), None]
+    ours = engine.embed([{"prompt_token_ids": p} for p in PROMPTS], use_tqdm=False, lora_request=loras)
+    base = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32),
+                                             adapter).eval()
+    for prompt, lora, output in zip(PROMPTS, loras, ours):
+        model = adapted if lora is not None else base
+        with torch.no_grad():
+            hidden = model(torch.tensor([prompt]), output_hidden_states=True).hidden_states[-1][0, -1]
+        torch.testing.assert_close(torch.tensor(output.outputs.embedding), torch.nn.functional.normalize(hidden, dim=0),
+                                   atol=1e-5, rtol=0)
+    assert not engine.requests
+
+
+def test_a_pooling_server_embeds_with_the_adapter_a_request_names(tmp_path, tiny_model_dir):
+    import numpy as np
+    import openai
+
+    from server_process import ServerProcess
+
+    base = tiny_model_dir("LlamaForCausalLM")
+    lora = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    offline = _engine(base, runner="pooling")
+    expected = {name: offline.embed(["Hello there"], use_tqdm=False, lora_request=request)[0].outputs.embedding
+                for name, request in (("tiny", None), ("first", lora))}
+    assert not np.allclose(expected["tiny"], expected["first"], atol=1e-3)  # the adapter tells
+    with ServerProcess(base, "--served-model-name", "tiny", "--runner", "pooling", "--enable-lora",
+                       "--lora-modules", f"first={lora.lora_path}") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        for name in ("first", "tiny"):
+            response = client.embeddings.create(model=name, input="Hello there")
+            assert response.model == name
+            np.testing.assert_allclose(response.data[0].embedding, expected[name], atol=1e-5)

@@ -20,6 +20,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from kvserve.lora import LoRARequest
 from kvserve.outputs import PoolingRequestOutput
 from kvserve.pooling import PoolingParams
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
@@ -45,25 +46,26 @@ async def _collect(stream: RequestStream, count: int) -> list[PoolingRequestOutp
     return outputs
 
 
-def check_pooling_request(raw_request: Request, model: str | None, priority: int) -> None:
-    """400 where a pooling endpoint's request cannot run here (a generating server, an adapter's
-    name, a priority without the priority policy)."""
+def check_pooling_request(raw_request: Request, model: str | None, priority: int) -> LoRARequest | None:
+    """The LoRA adapter a pooling endpoint's request names (None: the model); 400 where it cannot run
+    here (a generating server, a priority without the priority policy)."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
     if not served.pools:
         raise bad_request(f"this server generates: {raw_request.url.path} needs a server started with --runner "
                           "pooling", "model")
-    if served.check_name(model) is not None:
-        raise bad_request("a pooling server runs no LoRA adapters", "model")
+    lora = served.check_name(model)
     if priority != 0 and engine.engine.scheduling_policy != "priority":
         raise bad_request(f"priority {priority} needs a server started with --scheduling-policy priority "
                           "(this one runs requests in arrival order)", "priority")
+    return lora
 
 
 async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: PoolingParams, *, param: str,
-                     priority: int, prefix: str) -> tuple[str, list[EnginePrompt], list[PoolingRequestOutput] | None]:
-    """Checks the prompts (`param` names them in errors) and pools them: (the request's id, the
-    prompts as run, their outputs; None where the client left first)."""
+                     priority: int, prefix: str,
+                     lora: LoRARequest | None) -> tuple[str, list[EnginePrompt], list[PoolingRequestOutput] | None]:
+    """Checks the prompts (`param` names them in errors) and pools them, with `lora`'s adapter:
+    (the request's id, the prompts as run, their outputs; None where the client left first)."""
     served: ServedModel = raw_request.app.state.model
     engine: AsyncEngine = raw_request.app.state.engine
     if len(prompts) > engine.max_accepted_seqs:  # more than the server ever takes: no use retrying
@@ -81,17 +83,17 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
             raise bad_request(str(e), param) from None
     request_id = f"{prefix}-{uuid.uuid4().hex}"
     try:
-        stream = engine.submit(request_id, prompts, params, priority=priority)
+        stream = engine.submit(request_id, prompts, params, lora, priority=priority)
     except (QueueFullError, EngineStoppedError) as e:
         raise as_openai_error(e) from None
-    log_request(raw_request, request_id, prompts, params, None)
+    log_request(raw_request, request_id, prompts, params, lora)
     return request_id, prompts, await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
 
 
 @router.post("/v1/embeddings")
 async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     served: ServedModel = raw_request.app.state.model
-    check_pooling_request(raw_request, body.model, body.priority)
+    lora = check_pooling_request(raw_request, body.model, body.priority)
     if (body.input is None) == (body.messages is None):
         raise bad_request("give either input or messages (one of them)", "input")
     if body.input is not None:
@@ -104,12 +106,13 @@ async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, params, param="input",
-                                                    priority=body.priority, prefix="embd")
+                                                    priority=body.priority, prefix="embd", lora=lora)
     if outputs is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
     data = await asyncio.to_thread(lambda: [{"object": "embedding", "index": i,
                                              "embedding": _encoded(o.outputs.data, body.encoding_format)}
                                             for i, o in enumerate(outputs)])
     num_tokens = sum(len(p.token_ids) for p in prompts)
-    return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()), "model": served.name,
+    return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()),
+                         "model": served.response_name(lora),
                          "data": data, "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})

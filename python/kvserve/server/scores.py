@@ -30,20 +30,20 @@ router = APIRouter()
 
 async def _similarities(raw_request: Request, model: str | None, firsts: list[str], seconds: list[str], *,
                         param: str, truncate: int | None, priority: int,
-                        prefix: str) -> tuple[str, list[float], int] | None:
-    """(request id, the cosine similarity of each pair, the prompt tokens pooled); None where the
-    client left."""
+                        prefix: str) -> tuple[str, str, list[float], int] | None:
+    """(request id, the model's name in the answer, the cosine similarity of each pair, the prompt
+    tokens pooled); None where the client left."""
     served: ServedModel = raw_request.app.state.model
-    check_pooling_request(raw_request, model, priority)
+    lora = check_pooling_request(raw_request, model, priority)
     texts = list(dict.fromkeys(firsts + seconds))
     prompts = await asyncio.to_thread(lambda: [EnginePrompt(served.encode(t, True, param), t) for t in texts])
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, PoolingParams(truncate_prompt_tokens=truncate),
-                                                    param=param, priority=priority, prefix=prefix)
+                                                    param=param, priority=priority, prefix=prefix, lora=lora)
     if outputs is None:
         return None
     vectors = dict(zip(texts, (o.outputs.data for o in outputs)))
     scores = [cosine_similarity(vectors[a], vectors[b]) for a, b in zip(firsts, seconds)]
-    return request_id, scores, sum(len(p.token_ids) for p in prompts)
+    return request_id, served.response_name(lora), scores, sum(len(p.token_ids) for p in prompts)
 
 
 @router.post("/score")
@@ -57,9 +57,8 @@ async def score(body: ScoreRequest, raw_request: Request):
                                  truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="score")
     if result is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
-    request_id, scores, num_tokens = result
-    return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()),
-                         "model": raw_request.app.state.model.name,
+    request_id, model_name, scores, num_tokens = result
+    return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()), "model": model_name,
                          "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],
                          "usage": {"prompt_tokens": num_tokens, "total_tokens": num_tokens}})
 
@@ -73,9 +72,9 @@ async def rerank(body: RerankRequest, raw_request: Request):
                                  truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="rerank")
     if result is None:
         return Response(status_code=499)
-    request_id, scores, num_tokens = result
+    request_id, model_name, scores, num_tokens = result
     ranked = sorted(range(len(documents)), key=lambda i: -scores[i])[:body.top_n or None]
-    return JSONResponse({"id": request_id, "model": raw_request.app.state.model.name,
+    return JSONResponse({"id": request_id, "model": model_name,
                          "usage": {"total_tokens": num_tokens},
                          "results": [{"index": i, "document": {"text": documents[i]}, "relevance_score": scores[i]}
                                      for i in ranked]})
