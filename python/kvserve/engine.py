@@ -36,7 +36,7 @@ from kvserve import _C
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
                                  SCHEDULING_POLICIES, bool_argument, fraction_argument, int_argument)
-from kvserve.fan_out import MAX_N, FannedOutRequest, split
+from kvserve.fan_out import MAX_N, FannedOutRequest, FanOuts, split
 from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
 from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
@@ -265,9 +265,7 @@ class Engine(OfflineAPI):
         self._resampled_share = 0.0  # of the sampled rows of recent steps (RESAMPLED_SHARE_LIMIT)
         self._unreported: list[RequestOutput] = []  # outputs step() could not return (it raised)
         self._request_counter = itertools.count()
-        # Requests of n > max_num_seqs, run as several (kvserve.fan_out): by their id, and their children's parents.
-        self._fanned: dict[str, FannedOutRequest] = {}
-        self._parents: dict[str, str] = {}
+        self._fan_outs = FanOuts()  # requests of n > max_num_seqs, run as several (kvserve.fan_out)
         self.last_step_num_tokens = 0  # the tokens of the step the last step() call launched
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
@@ -381,8 +379,7 @@ class Engine(OfflineAPI):
                 self.scheduler.abort(child_id)
             raise
         if len(parts) > 1:
-            self._fanned[request_id] = FannedOutRequest(request_id, ids, params.output_kind)
-            self._parents.update((child_id, request_id) for child_id in ids)
+            self._fan_outs.add(FannedOutRequest(request_id, ids, params.output_kind))
 
     def _add_pooling_request(self, request_id: str, prompt: PromptInput, params: PoolingParams | None,
                              arrival_time: float, priority: int, lora_request: LoRARequest | None) -> None:
@@ -478,9 +475,9 @@ class Engine(OfflineAPI):
             ended = [r for r in {update.request_id for update in applied.updates} if r not in self.scheduler]
             for request_id in ended:
                 self.requests.pop(request_id, None)
-            self.abort([self._parents[r] for r in ended if r in self._parents])
+            self.abort(self._fan_outs.parents(ended))
             raise
-        outputs, self._unreported = self._join_fanned(self._unreported + processed), []
+        outputs, self._unreported = self._fan_outs.join(self._unreported + processed), []
         if launched is not None:
             try:
                 # After the token ids it reads (its errors come with the result).
@@ -561,48 +558,25 @@ class Engine(OfflineAPI):
         for request_id in ended:
             self.requests.pop(request_id, None)
         self._forget_outputs(ended)
-        self.abort([self._parents[r] for r in ended if r in self._parents])
+        self.abort(self._fan_outs.parents(ended))
 
     def abort(self, request_ids: str | Sequence[str]) -> None:
         """End requests now and free their KV blocks; ids that already finished are ignored. An
         aborted request gets no more outputs; aborting a fanned-out request's child aborts it whole."""
         request_ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
-        ended = []
-        for request_id in request_ids:
-            parent = self._fanned.pop(self._parents.get(request_id, request_id), None)
-            ended += [request_id] if parent is None else [parent.request_id, *parent.child_ids]
+        ended = [ended_id for request_id in request_ids for ended_id in self._fan_outs.pop_family(request_id)]
         for request_id in ended:
-            self._parents.pop(request_id, None)
             if self.requests.pop(request_id, None) is not None:
                 self.scheduler.abort(request_id)
         self._forget_outputs(ended)
 
     def has_request(self, request_id: str) -> bool:
         """Whether a request of this id is unfinished (added, and neither finished nor aborted)."""
-        return request_id in self.requests or request_id in self._fanned
+        return request_id in self.requests or request_id in self._fan_outs
 
     def request_ids(self) -> list[str]:
         """The unfinished requests' ids, as they were added (a fanned-out request's own, not its children's)."""
-        return [r for r in self.requests if r not in self._parents] + list(self._fanned)
-
-    def _join_fanned(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
-        """Outputs with those of fanned-out requests' children joined into their parents' (kvserve.fan_out)."""
-        if not self._parents:
-            return outputs
-        joined = []
-        for output in outputs:
-            parent = self._fanned.get(self._parents.get(output.request_id))
-            if parent is None:
-                joined.append(output)
-                continue
-            parent_output = parent.add(output)
-            if parent_output is not None:
-                joined.append(parent_output)
-            if parent.finished:
-                del self._fanned[parent.request_id]
-                for child_id in parent.child_ids:
-                    self._parents.pop(child_id, None)
-        return joined
+        return [r for r in self.requests if not self._fan_outs.is_child(r)] + self._fan_outs.ids()
 
     def _forget_outputs(self, request_ids) -> None:
         """Drop the unreported outputs of requests that ended otherwise (aborted, or their step failed)."""

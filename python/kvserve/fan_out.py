@@ -62,6 +62,58 @@ class FannedOutRequest:
                              head.lora_request)
 
 
+class FanOuts:
+    """The engine's fanned-out requests: each by its id, and its children's ids back to it."""
+
+    def __init__(self):
+        self._requests: dict[str, FannedOutRequest] = {}
+        self._parents: dict[str, str] = {}  # child id -> its request's id
+
+    def add(self, request: FannedOutRequest) -> None:
+        self._requests[request.request_id] = request
+        self._parents.update((child_id, request.request_id) for child_id in request.child_ids)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._requests
+
+    def ids(self) -> list[str]:
+        return list(self._requests)
+
+    def is_child(self, request_id: str) -> bool:
+        return request_id in self._parents
+
+    def parents(self, request_ids) -> list[str]:
+        """The requests some of `request_ids` are children of."""
+        return [self._parents[r] for r in request_ids if r in self._parents]
+
+    def pop_family(self, request_id: str) -> list[str]:
+        """Forget the request `request_id` is, or is a child of; its id and its children's (just
+        `request_id` where it is neither)."""
+        request = self._requests.pop(self._parents.get(request_id, request_id), None)
+        if request is None:
+            return [request_id]
+        for child_id in request.child_ids:
+            self._parents.pop(child_id, None)
+        return [request.request_id, *request.child_ids]
+
+    def join(self, outputs: list[RequestOutput]) -> list[RequestOutput]:
+        """Outputs with the children's joined into their requests' (a finished request forgotten)."""
+        if not self._parents:
+            return outputs
+        joined = []
+        for output in outputs:
+            request = self._requests.get(self._parents.get(output.request_id))
+            if request is None:
+                joined.append(output)
+                continue
+            request_output = request.add(output)
+            if request_output is not None:
+                joined.append(request_output)
+            if request.finished:
+                self.pop_family(request.request_id)
+        return joined
+
+
 def _joined_metrics(metrics: list[RequestMetrics | None]) -> RequestMetrics | None:
     """The children's milestones as one request's: the earliest start and first token, the latest
     last token and finish."""
