@@ -48,8 +48,8 @@ from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.offline_api import OfflineAPI
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
-from kvserve.pooling import PooledState, PoolerConfig, PoolingParams
-from kvserve.prompts import PromptInput, normalize_prompts
+from kvserve.pooling import PooledState, PoolerConfig, PoolingParams, check_dimensions
+from kvserve.prompts import PromptInput, check_prompt_ids, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
 from kvserve.tokenizer import Tokenizer
@@ -328,9 +328,7 @@ class Engine(OfflineAPI):
                                  f"{self.max_logprobs} (--max-logprobs; -1 for the whole vocabulary)")
         if -1 in (params.logprobs, params.prompt_logprobs):
             params = dataclasses.replace(params, **wanted)
-        bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.model_config.vocab_size})")
+        check_prompt_ids(token_ids, self.model_config.vocab_size)
         if params.stop and self.tokenizer is None:
             raise ValueError(f"stop strings {params.stop!r} need the text, but the engine was built with "
                              f"skip_tokenizer_init=True: use stop_token_ids")
@@ -394,7 +392,7 @@ class Engine(OfflineAPI):
         [(text, token_ids, cache_salt)] = normalize_prompts(prompt, self.tokenizer)
         token_ids = params.truncated_prompt(token_ids, self.max_model_len)
         self.check_pooling_prompt(token_ids)
-        self.check_dimensions(params.dimensions)
+        check_dimensions(params.dimensions, self.model_config)
         placeholder = SamplingParams(max_tokens=1, ignore_eos=True, detokenize=False,
                                      output_kind=RequestOutputKind.FINAL_ONLY)
         state = RequestState(request_id, text, token_ids, placeholder, None, arrival_time, self.device, lora=lora,
@@ -410,22 +408,7 @@ class Engine(OfflineAPI):
         if not token_ids or len(token_ids) >= self.max_model_len:
             raise ValueError(f"a prompt to pool must have 1 to {self.max_model_len - 1} tokens (max_model_len "
                              f"{self.max_model_len}, less the placeholder that ends it), got {len(token_ids)}")
-        bad = [t for t in token_ids if not 0 <= t < self.model_config.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.model_config.vocab_size})")
-
-    def check_dimensions(self, dimensions: int | None) -> None:
-        """ValueError for embedding dimensions the model cannot cut its vectors to (PoolingParams)."""
-        allowed = self.model_config.matryoshka_dimensions
-        if dimensions is None:
-            return
-        if allowed is None:
-            raise ValueError(f"dimensions {dimensions}: this model's embeddings are not Matryoshka ones (its "
-                             f"config.json has neither is_matryoshka nor matryoshka_dimensions), so they keep "
-                             f"their {self.model_config.hidden_size}")
-        if dimensions > self.model_config.hidden_size or (allowed and dimensions not in allowed):
-            wanted = f"one of {list(allowed)}" if allowed else f"in [1, {self.model_config.hidden_size}]"
-            raise ValueError(f"dimensions must be {wanted}, got {dimensions}")
+        check_prompt_ids(token_ids, self.model_config.vocab_size)
 
     def _lora(self, lora_request: LoRARequest | None) -> LoRAAdapter | None:
         if lora_request is None:

@@ -102,6 +102,20 @@ class PoolingParams:
         return truncate_prompt(token_ids, self.truncate_prompt_tokens, max_model_len)
 
 
+def check_dimensions(dimensions: int | None, model_config) -> None:
+    """ValueError for embedding dimensions the model cannot cut its vectors to (PoolingParams)."""
+    allowed = model_config.matryoshka_dimensions
+    if dimensions is None:
+        return
+    if allowed is None:
+        raise ValueError(f"dimensions {dimensions}: this model's embeddings are not Matryoshka ones (its "
+                         f"config.json has neither is_matryoshka nor matryoshka_dimensions), so they keep "
+                         f"their {model_config.hidden_size}")
+    if dimensions > model_config.hidden_size or (allowed and dimensions not in allowed):
+        wanted = f"one of {list(allowed)}" if allowed else f"in [1, {model_config.hidden_size}]"
+        raise ValueError(f"dimensions must be {wanted}, got {dimensions}")
+
+
 def finish_embedding(pooled: torch.Tensor, params: PoolingParams, pooler: PoolerConfig) -> torch.Tensor:
     """The request's embedding (float32, on the host) from its pooled hidden state."""
     vector = pooled.float()

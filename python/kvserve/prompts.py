@@ -55,3 +55,10 @@ def normalize_prompts(prompts: PromptInput | Sequence[PromptInput], tokenizer: T
     if not isinstance(prompts, Sequence) or not prompts:
         raise ValueError("prompts: expected a prompt or a non-empty list of prompts")
     return [_one(p, tokenizer) for p in prompts]
+
+
+def check_prompt_ids(token_ids: Sequence[int], vocab_size: int) -> None:
+    """ValueError for prompt token ids outside the vocabulary."""
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {vocab_size})")

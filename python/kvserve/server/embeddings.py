@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kvserve.lora import LoRARequest
 from kvserve.outputs import PoolingRequestOutput
-from kvserve.pooling import PoolingParams
+from kvserve.pooling import PoolingParams, check_dimensions
 from kvserve.server.async_engine import AsyncEngine, EnginePrompt, EngineStoppedError, QueueFullError, RequestStream
 from kvserve.server.errors import as_openai_error, bad_request
 from kvserve.server.protocol import EmbeddingRequest
@@ -72,7 +72,7 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
         raise bad_request(f"the request holds {len(prompts)} inputs; this server takes at most "
                           f"{engine.max_accepted_seqs} at once (--max-num-seqs running, --max-waiting waiting)", param)
     try:
-        engine.engine.check_dimensions(params.dimensions)
+        check_dimensions(params.dimensions, engine.engine.model_config)
     except ValueError as e:
         raise bad_request(str(e), "dimensions") from None
     prompts = [EnginePrompt(params.truncated_prompt(p.token_ids, served.max_model_len), p.text) for p in prompts]
