@@ -244,15 +244,15 @@ class _Answer:
 
 
 # A reply's text by key, in output order: its output item's id prefix and maker, and its stream
-# events' prefix and extra fields.
-_TEXT_ITEMS = {"reasoning": ("rs", _reasoning_item, "response.reasoning_text", {}),
-               "content": ("msg", _message_item, "response.output_text", {"logprobs": []})}
+# events' prefix (an output_text's events carry its logprobs too).
+_TEXT_ITEMS = {"reasoning": ("rs", _reasoning_item, "response.reasoning_text"),
+               "content": ("msg", _message_item, "response.output_text")}
 
 
 def _output(message: dict, status: str, logprobs: list[dict]) -> list[dict]:
     """The output items of a whole reply; `logprobs`: its answer's, for the message's output_text."""
     output = [make_item(_id(id_prefix), message[key], status)
-              for key, (id_prefix, make_item, _, _) in _TEXT_ITEMS.items() if message.get(key)]
+              for key, (id_prefix, make_item, _) in _TEXT_ITEMS.items() if message.get(key)]
     for item in output:
         if item["type"] == "message":
             item["content"][0]["logprobs"] = logprobs
@@ -290,7 +290,7 @@ class _EventWriter:
     def delta(self, delta: dict, logprobs: list[dict] | None = None) -> list[str]:
         """The events of one delta; `logprobs`: the entries of its content's tokens, where asked for."""
         events = []
-        for key, (id_prefix, make_item, events_prefix, extra) in _TEXT_ITEMS.items():
+        for key, (id_prefix, make_item, events_prefix) in _TEXT_ITEMS.items():
             if delta.get(key):
                 if self._open is None or self._open[0] != key:
                     events += self.close()
@@ -302,10 +302,12 @@ class _EventWriter:
                                              item={**item, "content": []}))
                     events.append(self.event("response.content_part.added", part=dict(part), **self._where(item)))
                 item = self._open[1]
-                item["content"][0]["text"] += delta[key]
-                if key == "content":
-                    extra = {"logprobs": logprobs or []}
-                    item["content"][0]["logprobs"] += extra["logprobs"]
+                part = item["content"][0]
+                part["text"] += delta[key]
+                extra = {}
+                if "logprobs" in part:
+                    extra["logprobs"] = logprobs or []
+                    part["logprobs"] += extra["logprobs"]
                 events.append(self.event(f"{events_prefix}.delta", delta=delta[key], **extra, **self._where(item)))
         for part in delta.get("tool_calls") or []:
             if "id" in part:  # a call opens (whole, or its arguments to follow)
@@ -336,9 +338,8 @@ class _EventWriter:
                     self.event("response.output_item.done", output_index=index, item=item)]
         item["status"] = status
         part, where = item["content"][0], self._where(item)
-        _, _, events_prefix, extra = _TEXT_ITEMS[key]
-        if key == "content":
-            extra = {"logprobs": part["logprobs"]}
+        _, _, events_prefix = _TEXT_ITEMS[key]
+        extra = {"logprobs": part["logprobs"]} if "logprobs" in part else {}
         return [self.event(f"{events_prefix}.done", text=part["text"], **extra, **where),
                 self.event("response.content_part.done", part=part, **where),
                 self.event("response.output_item.done", output_index=where["output_index"], item=item)]
