@@ -54,20 +54,17 @@ class CallArray:
         """Streams the element at _at; False while it waits for more text."""
         end = bracket_end(text, self._at)
         limit = end if end >= 0 else len(text)
+        self._streamed = stream.follow_call(self._streamed, text, self._at, limit, deltas)
         if self._streamed is None:
-            self._streamed = StreamedCall.open(text, self._at, limit)
-            if self._streamed is None:
-                if end < 0 and not final:
-                    return False
-                # Not written name first: a call whole (its arguments a JSON string, say), or the end of the calls.
-                call = call_from_text(text[self._at:end]) if end >= 0 else None
-                if call is None:
-                    return self._stop(text, final)
-                stream.whole_call(call, deltas)
-                self._at, self._mode = end, ","
-                return True
-            stream.open_call(self._streamed.name, deltas)
-        stream.more_arguments(self._streamed.advance(text, limit), deltas)
+            if end < 0 and not final:
+                return False
+            # Not written name first: a call whole (its arguments a JSON string, say), or the end of the calls.
+            call = call_from_text(text[self._at:end]) if end >= 0 else None
+            if call is None:
+                return self._stop(text, final)
+            stream.whole_call(call, deltas)
+            self._at, self._mode = end, ","
+            return True
         if end < 0:
             if final:
                 self.end = len(text)

@@ -9,6 +9,7 @@ after it) is dropped, and trailing whitespace waits for what follows."""
 from __future__ import annotations
 
 from kvserve.server.tool_parsers.call_json import tool_call
+from kvserve.server.tool_parsers.streamed_call import StreamedCall
 from kvserve.server.tool_parsers.tags import partial_tag
 
 
@@ -63,6 +64,19 @@ class CallStream:
         """More of the last call's arguments."""
         if piece:
             deltas.append({"tool_calls": [{"index": self._num_calls - 1, "function": {"arguments": piece}}]})
+
+    def follow_call(self, streamed: StreamedCall | None, text: str, start: int, end: int,
+                    deltas: list[dict]) -> StreamedCall | None:
+        """The call whose object begins at text[start] (`streamed`, once it opened), opened as soon
+        as its head is in before `end`, and its arguments sent as far as `end`; None while it has
+        not opened (or never will: streamed_call.py)."""
+        if streamed is None:
+            streamed = StreamedCall.open(text, start, end)
+            if streamed is None:
+                return None
+            self.open_call(streamed.name, deltas)
+        self.more_arguments(streamed.advance(text, end), deltas)
+        return streamed
 
     def _advance(self, final: bool) -> list[dict]:
         """The deltas _text allows now; `final`: nothing more comes."""

@@ -39,12 +39,7 @@ class HermesStream(CallStream):
         """Opens the block's call once it can, and sends its arguments as far as the block goes (a
         tail that could be the closing tag waits)."""
         end = block_end if block_end is not None else len(self._text) - partial_tag(self._text, CLOSE)
-        if self._streamed is None:
-            self._streamed = StreamedCall.open(self._text, self._sent, end)
-            if self._streamed is None:
-                return
-            self.open_call(self._streamed.name, deltas)
-        self.more_arguments(self._streamed.advance(self._text, end), deltas)
+        self._streamed = self.follow_call(self._streamed, self._text, self._sent, end, deltas)
 
     def _advance(self, final: bool) -> list[dict]:
         deltas: list[dict] = []

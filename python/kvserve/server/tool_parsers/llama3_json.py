@@ -55,12 +55,9 @@ class Llama3JsonStream(CallStream):
 
     def _object(self, final: bool, deltas: list[dict]) -> bool:
         end = bracket_end(self._text, self._sent)
-        if self._streamed is None:
-            self._streamed = StreamedCall.open(self._text, self._sent, len(self._text))
-            if self._streamed is not None:
-                self.open_call(self._streamed.name, deltas)
+        self._streamed = self.follow_call(self._streamed, self._text, self._sent, end if end >= 0 else len(self._text),
+                                          deltas)
         if self._streamed is not None:
-            self.more_arguments(self._streamed.advance(self._text, end if end >= 0 else len(self._text)), deltas)
             if end < 0 and not final:
                 return False
             self._sent, self._mode, self._streamed = end if end >= 0 else len(self._text), "between", None
