@@ -28,6 +28,8 @@ class LoRABatch:
         them (-1: the base model alone); None where one adapter runs every row."""
         self.adapters = adapters
         self.row_adapter = row_adapter
+        # A step of several adapters: their stacked deltas by layer, kept for the steps after it.
+        self._stacks = _stacks(adapters) if row_adapter is not None else None
 
     @classmethod
     def of_step(cls, out, requests: Mapping, device: torch.device) -> LoRABatch | None:
@@ -55,7 +57,7 @@ class LoRABatch:
             if delta is not None:
                 out += _product(_product(x, delta.a), delta.b)
             return
-        stacked = _stacked(self.adapters, layer)
+        stacked = _stacked(self._stacks, self.adapters, layer)
         if stacked is not None:
             # Every row through every adapter's A at once, each row keeping its own adapter's columns.
             a, b, column_adapter = stacked
@@ -69,9 +71,8 @@ _STACKS: OrderedDict[tuple[int, ...], tuple[tuple[LoRAAdapter, ...], dict]] = Or
 _MAX_STACKS = 8
 
 
-def _stacked(adapters: tuple[LoRAAdapter, ...], layer: Linear) -> tuple | None:
-    """The adapters' deltas of `layer` as one: their A stacked [sum r, in], their B side by side
-    [out, sum r], and each column's adapter index; None where none of them adapts the layer."""
+def _stacks(adapters: tuple[LoRAAdapter, ...]) -> dict:
+    """The stacked deltas, by layer, of this combination of adapters (filled as layers ask)."""
     key = tuple(id(adapter) for adapter in adapters)
     entry = _STACKS.get(key)
     if entry is None:
@@ -79,7 +80,12 @@ def _stacked(adapters: tuple[LoRAAdapter, ...], layer: Linear) -> tuple | None:
         if len(_STACKS) > _MAX_STACKS:
             _STACKS.popitem(last=False)
     _STACKS.move_to_end(key)
-    layers = entry[1]
+    return entry[1]
+
+
+def _stacked(layers: dict, adapters: tuple[LoRAAdapter, ...], layer: Linear) -> tuple | None:
+    """The adapters' deltas of `layer` as one (kept in `layers`): their A stacked [sum r, in], their
+    B side by side [out, sum r], and each column's adapter index; None where none adapts the layer."""
     if layer not in layers:
         parts = [(i, adapter.deltas[layer]) for i, adapter in enumerate(adapters) if layer in adapter.deltas]
         layers[layer] = None if not parts else (
