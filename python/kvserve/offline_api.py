@@ -66,9 +66,9 @@ class OfflineAPI:
         pairs = score_pairs(firsts, seconds)
         texts = list(dict.fromkeys(text for pair in pairs for text in pair))
         outputs = dict(zip(texts, self.embed(texts, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)))
+        vectors = {text: torch.tensor(output.outputs.embedding) for text, output in outputs.items()}
         return [ScoringRequestOutput(f"score-{i}", outputs[a].prompt_token_ids + outputs[b].prompt_token_ids,
-                                     ScoringOutput(cosine_similarity(torch.tensor(outputs[a].outputs.embedding),
-                                                                     torch.tensor(outputs[b].outputs.embedding))))
+                                     ScoringOutput(cosine_similarity(vectors[a], vectors[b])))
                 for i, (a, b) in enumerate(pairs)]
 
     def _run_requests(self, kind: str, prompts: list, params: list, lora_requests: list,
