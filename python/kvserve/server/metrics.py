@@ -159,8 +159,7 @@ class ServerMetrics(StepObserver):
                 self.generation_tokens.inc(new_tokens)
                 self.generation_tokens_total += new_tokens
                 if last is None:
-                    self.prompt_tokens.inc(len(output.prompt_token_ids))
-                    self.prompt_tokens_total += len(output.prompt_token_ids)
+                    self._count_prompt(output)
                     self.ttft.observe(now - output.metrics.arrival_time)
                 else:
                     self.itl.observe(now - last)
@@ -176,16 +175,12 @@ class ServerMetrics(StepObserver):
     def _observe_finished(self, output: RequestOutput, counts: dict[int, int], now: float) -> None:
         metrics = output.metrics
         generated = sum(counts.values())
-        self.e2e.observe(now - metrics.arrival_time)
-        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
+        self._observe_request(output, now)
         self.request_generation_tokens.observe(generated)
         self.max_generation_tokens.observe(max(counts.values(), default=0))
         scheduled, first, last = metrics.first_scheduled_time, metrics.first_token_time, metrics.last_token_time
-        if scheduled is not None:
-            self.queue_time.observe(scheduled - metrics.arrival_time)
-            self.inference_time.observe(now - scheduled)
-            if first is not None:
-                self.prefill_time.observe(first - scheduled)
+        if scheduled is not None and first is not None:
+            self.prefill_time.observe(first - scheduled)
         if first is not None and last is not None:
             self.decode_time.observe(last - first)
             # Per sample (of n, which vLLM records as n requests); 0 with no token after the first, as vLLM.
@@ -194,15 +189,22 @@ class ServerMetrics(StepObserver):
 
     def _observe_pooled(self, output: PoolingRequestOutput, now: float) -> None:
         """A pooled prompt (a pooling engine's request): its prompt tokens and times, no generation."""
-        metrics = output.metrics
+        self._count_prompt(output)
+        self._observe_request(output, now)
+        self.request_success("stop").inc()
+
+    def _count_prompt(self, output: RequestOutput | PoolingRequestOutput) -> None:
         self.prompt_tokens.inc(len(output.prompt_token_ids))
         self.prompt_tokens_total += len(output.prompt_token_ids)
-        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
+
+    def _observe_request(self, output: RequestOutput | PoolingRequestOutput, now: float) -> None:
+        """What every finished request records: its latency, prompt length, queue and inference times."""
+        metrics = output.metrics
         self.e2e.observe(now - metrics.arrival_time)
+        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
         if metrics.first_scheduled_time is not None:
             self.queue_time.observe(metrics.first_scheduled_time - metrics.arrival_time)
             self.inference_time.observe(now - metrics.first_scheduled_time)
-        self.request_success("stop").inc()
 
     def on_abort(self, request_ids: Sequence[str]) -> None:
         for request_id in request_ids:
