@@ -126,6 +126,15 @@ void KVCacheManager::free(Sequence& seq) {
   seq.num_computed_tokens = 0;
 }
 
+void KVCacheManager::truncate(Sequence& seq, int32_t num_computed_tokens) {
+  seq.num_computed_tokens = num_computed_tokens;
+  const size_t keep = static_cast<size_t>(ceil_div(num_computed_tokens, block_size_));
+  if (seq.block_ids.size() <= keep) return;
+  for (size_t i = seq.block_ids.size(); i-- > keep;) pool_.release(seq.block_ids[i]);
+  seq.block_ids.resize(keep);
+  seq.block_ids_epoch = ++num_epochs_;
+}
+
 void KVCacheManager::fork(const Sequence& parent, Sequence& child) {
   child = parent;
   child.block_ids_epoch = ++num_epochs_;

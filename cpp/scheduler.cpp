@@ -68,20 +68,24 @@ Scheduler::Scheduler(const SchedulerConfig& config)
   output_.req_ids.reserve(seqs);
   output_.req_handles.reserve(seqs);
   output_.sample_indices.reserve(seqs);
-  output_.logits_indices.reserve(seqs);
-  output_.sampled_rows.reserve(seqs);
-  output_.sampled_sample_indices.reserve(seqs);
+  // A sequence samples once a step, and after each of its drafts: these take the step's tokens.
+  const size_t entries = seqs + std::min(tokens, seqs * static_cast<size_t>(config.num_speculative_tokens));
+  output_.logits_indices.reserve(entries);
+  output_.sampled_rows.reserve(entries);
+  output_.sampled_sample_indices.reserve(entries);
+  output_.sampled_draft_offsets.reserve(entries);
   output_.blocks_to_copy.reserve(2 * seqs);
   output_.query_start_loc.push_back(0);
   row_seqs_.reserve(seqs);
   output_.deferred_input_tokens.reserve(seqs);
   output_.deferred_input_sources.reserve(seqs);
   for (OpenStep& step : open_) {
-    step.sampled.reserve(seqs);
+    step.sampled.reserve(entries);
     step.handles.reserve(seqs);
     step.written_blocks.reserve(tokens);
   }
-  updates_.reserve(seqs);
+  updates_.reserve(entries);
+  num_accepted_per_pos_.assign(static_cast<size_t>(config.num_speculative_tokens), 0);
 }
 
 int32_t Scheduler::add_request(std::string request_id, std::vector<int32_t> prompt_token_ids, RequestParams params) {
@@ -226,6 +230,10 @@ SchedulerStats Scheduler::stats() const {
   s.prefix_cache_hits = prefix_cache_hits_;
   s.num_preemptions = num_preemptions_;
   s.num_evictions = pool.num_evictions();
+  s.num_drafts = num_drafts_;
+  s.num_draft_tokens = num_draft_tokens_;
+  s.num_accepted_tokens_per_pos = num_accepted_per_pos_;
+  for (const int64_t accepted : num_accepted_per_pos_) s.num_accepted_tokens += accepted;
   return s;
 }
 

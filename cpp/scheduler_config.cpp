@@ -35,6 +35,15 @@ void validate(const SchedulerConfig& config) {
           config.max_model_len);
   require(config.max_model_len <= kMaxModelLen, "max_model_len", "<= " + std::to_string(kMaxModelLen),
           config.max_model_len);
+  require(config.num_speculative_tokens >= 0 && config.num_speculative_tokens <= kMaxSpeculativeTokens,
+          "num_speculative_tokens", "in [0, " + std::to_string(kMaxSpeculativeTokens) + "]",
+          config.num_speculative_tokens);
+  require(config.prompt_lookup_min >= 1, "prompt_lookup_min", ">= 1", config.prompt_lookup_min);
+  require(config.prompt_lookup_max >= config.prompt_lookup_min && config.prompt_lookup_max <= kMaxPromptLookup,
+          "prompt_lookup_max",
+          "in [prompt_lookup_min = " + std::to_string(config.prompt_lookup_min) + ", " +
+              std::to_string(kMaxPromptLookup) + "]",
+          config.prompt_lookup_max);
   const int64_t blocks_per_seq = max_blocks_per_seq(config);
   const int64_t block_table_entries = config.max_num_seqs * blocks_per_seq;
   if (block_table_entries > kMaxBlockTableEntries) {

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "kvserve/ngram_proposer.h"
 #include "kvserve/scheduler.h"
 
 namespace kvserve {
@@ -21,6 +22,7 @@ void clear_step(SchedulerOutput& out) {
   out.logits_indices.clear();
   out.sampled_rows.clear();
   out.sampled_sample_indices.clear();
+  out.sampled_draft_offsets.clear();
   out.blocks_to_copy.clear();
   out.deferred_input_tokens.clear();
   out.deferred_input_sources.clear();
@@ -73,13 +75,16 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
     plans_.clear();
     Request& req = requests_[static_cast<size_t>(handle)];
     for (Sequence& seq : req.samples) {
-      if (seq.finished()) continue;
+      // Drafts in flight: how many tokens they land is known when their step closes.
+      if (seq.finished() || !seq.draft_ids.empty()) continue;
       // A token in flight: a fork waits for it, and a length it certainly reaches ends the sequence.
       if (seq.num_placeholders > 0 && (!req.forked() || ends_by_length(req, seq.num_tokens_with_placeholders()))) {
         continue;
       }
-      const int32_t num_new = tokens_to_schedule(seq.num_tokens_with_placeholders() - seq.num_computed_tokens, budget);
+      const int32_t remaining = seq.num_tokens_with_placeholders() - seq.num_computed_tokens;
+      int32_t num_new = tokens_to_schedule(remaining, budget);
       if (num_new == 0) continue;
+      if (remaining == 1 && seq.num_placeholders == 0 && req.forked()) num_new += propose_drafts(req, seq, budget - 1);
       plans_.push_back(SlotPlan{&seq, num_new, {}});
       budget -= num_new;
     }
@@ -94,6 +99,17 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
     }
     emit_rows(handle);
   }
+}
+
+// A decode's drafts (seq.draft_ids), as many as the budget and the sequence's length limits leave:
+// each one the model accepts lands one more token. Returns how many.
+int32_t Scheduler::propose_drafts(const Request& req, Sequence& seq, int32_t budget) {
+  if (config_.num_speculative_tokens == 0 || !req.params.speculate) return 0;
+  const int32_t num_output = seq.num_tokens() - req.num_prompt_tokens;
+  const int32_t room = std::min({config_.num_speculative_tokens, budget, req.params.max_tokens - num_output - 1,
+                                 config_.max_model_len - seq.num_tokens() - 1});
+  return propose_ngram_drafts(seq.token_ids.data(), seq.num_tokens(), config_.prompt_lookup_min,
+                              config_.prompt_lookup_max, room, seq.draft_ids);
 }
 
 void Scheduler::schedule_waiting(int32_t& budget) {
@@ -147,7 +163,11 @@ void Scheduler::preempt_last_running() {
   running_.pop_back();
   Request& req = requests_[static_cast<size_t>(handle)];
   for (Sequence& seq : req.samples) {
-    if (!seq.finished()) manager_.free(seq);
+    if (seq.finished()) continue;
+    manager_.free(seq);
+    // Drafts proposed in this step go; drafts in flight (a token being sampled) stay until their
+    // step closes, keeping the sequence from a row that would guess their outcome.
+    if (seq.num_placeholders == 0) seq.draft_ids.clear();
   }
   num_running_seqs_ -= req.num_seqs();
   req.status = RequestStatus::kWaiting;
@@ -167,9 +187,13 @@ void Scheduler::emit_rows(int32_t handle) {
     const int32_t row = out.num_reqs++;
     const int32_t start = seq.num_computed_tokens;
     const int32_t end = start + plan.num_new_tokens;
+    const int32_t num_known = seq.num_tokens();
+    const int32_t num_drafts = static_cast<int32_t>(seq.draft_ids.size());
     for (int32_t pos = start; pos < end; ++pos) {
-      if (pos < seq.num_tokens()) {
+      if (pos < num_known) {
         out.input_ids.push_back(seq.token_ids[static_cast<size_t>(pos)]);
+      } else if (pos < num_known + num_drafts) {
+        out.input_ids.push_back(seq.draft_ids[static_cast<size_t>(pos - num_known)]);
       } else {  // the placeholder of the step in flight
         out.deferred_input_tokens.push_back(static_cast<int64_t>(out.input_ids.size()));
         out.deferred_input_sources.push_back(seq.sample_entry);
@@ -195,10 +219,19 @@ void Scheduler::emit_rows(int32_t handle) {
     const int32_t num_samples = forks ? req.params.n : 1;
     for (int32_t k = 0; k < num_samples; ++k) {
       const int32_t sample_index = forks ? k : seq.sample_index;
-      out.logits_indices.push_back(out.num_tokens - 1);
-      out.sampled_rows.push_back(row);
-      out.sampled_sample_indices.push_back(sample_index);
-      sampled.push_back(SampledEntry{handle, sample_index, forks});
+      // A row with drafts samples after its last known token and after each draft.
+      for (int32_t j = 0; j <= num_drafts; ++j) {
+        out.logits_indices.push_back(out.num_tokens - 1 - num_drafts + j);
+        out.sampled_rows.push_back(row);
+        out.sampled_sample_indices.push_back(sample_index);
+        out.sampled_draft_offsets.push_back(j);
+        const int32_t draft = j < num_drafts ? seq.draft_ids[static_cast<size_t>(j)] : -1;
+        sampled.push_back(SampledEntry{handle, sample_index, forks, false, j, draft});
+      }
+    }
+    if (num_drafts > 0) {
+      ++num_drafts_;
+      num_draft_tokens_ += num_drafts;
     }
   }
 }

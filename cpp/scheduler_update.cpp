@@ -32,8 +32,12 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
   updates_.clear();
   if (num_open_ == 0) return updates_;
   const std::vector<SampledEntry>& sampled = open_[0].sampled;
+  bool accepted = false;  // the entry before took its draft: a chain's next entry counts
   for (size_t k = 0; k < sampled.size(); ++k) {
     const SampledEntry& entry = sampled[k];
+    const bool counts = entry.draft_offset == 0 || accepted;
+    accepted = false;
+    if (!counts) continue;  // after a rejected draft
     Request& req = requests_[static_cast<size_t>(entry.handle)];
     if (req.status == RequestStatus::kFinished || entry.retracted) continue;  // ended since schedule(), or void
     if (entry.forks && !req.forked()) fork(req);
@@ -41,7 +45,7 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
     if (seq.finished()) continue;
 
     const int32_t token = sampled_token_ids[k];
-    --seq.num_placeholders;
+    if (entry.draft_offset == 0) --seq.num_placeholders;
     seq.token_ids.push_back(token);
     updates_.push_back(SampleUpdate{entry.handle, req.request_id, entry.sample_index, static_cast<int32_t>(k), token,
                                     FinishReason::kNone, -1});
@@ -49,6 +53,14 @@ const std::vector<SampleUpdate>& Scheduler::update_from_output(const int32_t* sa
       updates_.back().finish_reason = seq.finish_reason;
       updates_.back().stop_token_id = seq.stop_token_id;
       end_sample(entry.handle, seq, seq.finish_reason);
+      seq.draft_ids.clear();
+      continue;
+    }
+    if (entry.draft >= 0 && token == entry.draft) {
+      accepted = true;
+      ++num_accepted_per_pos_[static_cast<size_t>(entry.draft_offset)];
+    } else if (entry.draft >= 0 || entry.draft_offset > 0) {
+      end_drafts(seq);
     }
   }
   close_oldest_step();
@@ -94,6 +106,13 @@ std::vector<std::string> Scheduler::fail_step() {
   while (num_open_ > 0) close_oldest_step();
   drop_finished_running();
   return ended;
+}
+
+// A row's drafts are settled: the positions past the sequence's last token (rejected drafts) are not
+// computed any more. A sequence preempted meanwhile computed fewer, and keeps them.
+void Scheduler::end_drafts(Sequence& seq) {
+  seq.draft_ids.clear();
+  if (seq.num_computed_tokens > seq.num_tokens() - 1) manager_.truncate(seq, seq.num_tokens() - 1);
 }
 
 void Scheduler::close_oldest_step() {

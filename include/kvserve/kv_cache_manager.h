@@ -52,6 +52,10 @@ class KVSERVE_EXPORT KVCacheManager {
   // cached blocks keep their content. The sequence then holds nothing: num_computed_tokens = 0.
   void free(Sequence& seq);
 
+  // The sequence's tokens past num_computed_tokens are no longer computed (speculative decoding: the
+  // drafts the model rejected): its blocks past them return to the free queue.
+  void truncate(Sequence& seq, int32_t num_computed_tokens);
+
   // The prefix cache forgets block_id's content (a step that was to write it failed).
   void forget_cached(int32_t block_id) { pool_.forget(block_id); }
   // BlockPool::reset_prefix_cache.

@@ -22,6 +22,9 @@ struct RequestParams {
   int32_t n = 1;                        // parallel samples sharing the prompt
   std::string cache_salt;               // requests with different salts never share cached blocks
   bool skip_prefix_cache = false;       // compute every prompt token (e.g. for prompt logprobs)
+  // Its decodes may verify draft tokens (SchedulerConfig::num_speculative_tokens); off for a
+  // sampler that must see each token before it can judge the next (a grammar's).
+  bool speculate = true;
 };
 
 enum class RequestStatus : uint8_t { kWaiting, kRunning, kFinished };

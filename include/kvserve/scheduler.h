@@ -10,6 +10,17 @@
 //      long prompt), max_num_seqs and free blocks last, after taking their prefix-cache hits.
 // update_from_output() appends the sampled tokens and applies the stop conditions.
 //
+// Speculative decoding (SchedulerConfig::num_speculative_tokens > 0): a decode row whose tokens are
+// all known may verify draft tokens (ngram_proposer.h) in the same step: it computes its last token
+// and the drafts, samples after each of them, and update_from_output keeps the samples in order
+// while each equals the draft that followed it, then one more (the sample that differs, or the one
+// after the last draft): at least one token a step, as without drafts. Sampling at a draft's
+// position as if the drafts before it were the sequence's is exact, greedy or random: a random draft
+// is kept with the probability the model gives it, and a rejected one is replaced by a sample of the
+// model's distribution without it. The cache then forgets the rejected drafts' positions (their
+// blocks past the sequence's end are freed). Drafts never exceed what max_tokens and max_model_len
+// leave, nor the step's token budget; a sequence whose drafts are in flight is not scheduled ahead.
+//
 // Steps scheduled ahead (vLLM's async scheduling): schedule() may run while the step before it is
 // still in flight, its tokens unknown. A sequence that step samples then decodes a placeholder: the
 // row's input id is -1 and deferred_input_tokens / deferred_input_sources say which of the previous
@@ -121,6 +132,8 @@ class KVSERVE_EXPORT Scheduler {
     int32_t sample_index;
     bool forks;  // completes the prompt of an unforked request with n > 1
     bool retracted = false;  // its row decoded a token that changed (retract_in_flight): dropped
+    int32_t draft_offset = 0;  // SchedulerOutput::sampled_draft_offsets: > 0 continues a chain of drafts
+    int32_t draft = -1;        // the draft token input after it, which its sample must equal for the chain to go on
   };
   // A step scheduled and not yet closed.
   struct OpenStep {
@@ -132,6 +145,8 @@ class KVSERVE_EXPORT Scheduler {
 
   int32_t handle_of(std::string_view request_id) const;
   int32_t tokens_to_schedule(int32_t remaining, int32_t budget) const;
+  int32_t propose_drafts(const Request& request, Sequence& seq, int32_t budget);
+  void end_drafts(Sequence& seq);
   void schedule_running(int32_t& budget, bool& preempted);
   void schedule_waiting(int32_t& budget);
   void preempt_last_running();
@@ -182,6 +197,9 @@ class KVSERVE_EXPORT Scheduler {
   int64_t prefix_cache_queries_ = 0;
   int64_t prefix_cache_hits_ = 0;
   int64_t num_preemptions_ = 0;
+  int64_t num_drafts_ = 0;
+  int64_t num_draft_tokens_ = 0;
+  std::vector<int64_t> num_accepted_per_pos_;
 };
 
 }  // namespace kvserve

@@ -17,6 +17,9 @@ inline constexpr int32_t kMaxModelLen = 1 << 24;
 // The block table's hard bound: max_num_seqs rows of the most blocks one sequence holds,
 // min(ceil(max_model_len / block_size), num_blocks - 1) (1 GiB of int32).
 inline constexpr int64_t kMaxBlockTableEntries = int64_t{1} << 28;
+// Draft tokens one decode verifies at most, and the longest n-gram prompt lookup matches.
+inline constexpr int32_t kMaxSpeculativeTokens = 64;
+inline constexpr int32_t kMaxPromptLookup = 1024;
 
 struct SchedulerConfig {
   int32_t num_blocks = 0;                // KV-cache blocks, block 0 (the null block) included
@@ -26,6 +29,12 @@ struct SchedulerConfig {
   int32_t max_model_len = 0;             // prompt + output tokens of one sequence, at most kMaxModelLen
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;    // off: a prompt is computed in one step or waits
+  // Speculative decoding by prompt lookup (ngram_proposer.h): a decode verifies up to this many
+  // draft tokens in the same step (0: off, at most kMaxSpeculativeTokens), found by matching the
+  // last prompt_lookup_min..prompt_lookup_max tokens (1 <= min <= max <= kMaxPromptLookup).
+  int32_t num_speculative_tokens = 0;
+  int32_t prompt_lookup_min = 5;
+  int32_t prompt_lookup_max = 5;
 };
 
 // Throws std::invalid_argument naming the first field out of range and what it must be.

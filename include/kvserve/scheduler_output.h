@@ -14,6 +14,14 @@
 //                       sequence is fully computed after this step. When that completes the prompt of
 //                       a request with n > 1 samples, the row repeats n times (sampled_sample_indices
 //                       0..n-1), and from the next step on the request runs as n rows.
+//   sampled_draft_offsets[k]
+//                       speculative decoding: a row that verifies draft tokens (its input ids after the
+//                       first) samples each of its tokens, and entry k's token is the j-th draft's
+//                       (j = sampled_draft_offsets[k], 0 for a row's first token and every other row):
+//                       the sample after the drafts input_ids[logits_indices[k] - j + 1 ..
+//                       logits_indices[k]]. update_from_output keeps a row's samples in order while
+//                       each equals the draft that followed it (the rest are rejected), and the
+//                       sample that differs, or the one after the last draft
 //   blocks_to_copy[c]   {src, dst}: copy-on-write of a block samples shared; run before the forward pass
 //   deferred_input_tokens[d], deferred_input_sources[d]
 //                       token t = deferred_input_tokens[d] is a placeholder (input_ids[t] = -1): its id
@@ -52,6 +60,7 @@ struct SchedulerOutput {
   std::vector<int64_t> logits_indices;          // [num_sampled]
   std::vector<int32_t> sampled_rows;            // [num_sampled] the row of each sampled entry
   std::vector<int32_t> sampled_sample_indices;  // [num_sampled]
+  std::vector<int32_t> sampled_draft_offsets;   // [num_sampled]
 
   std::vector<int64_t> blocks_to_copy;  // [num_copies, 2]
 
@@ -86,6 +95,12 @@ struct SchedulerStats {
   int64_t prefix_cache_hits = 0;     // of those, found in the cache
   int64_t num_preemptions = 0;
   int64_t num_evictions = 0;    // cached blocks reused for other content
+  // Speculative decoding (vLLM's spec_decode counters): rows that verified drafts, their draft
+  // tokens, and the drafts the model agreed with, in all and by position (index 0: first drafts).
+  int64_t num_drafts = 0;
+  int64_t num_draft_tokens = 0;
+  int64_t num_accepted_tokens = 0;
+  std::vector<int64_t> num_accepted_tokens_per_pos;  // [num_speculative_tokens]
 };
 
 }  // namespace kvserve

@@ -27,6 +27,9 @@ struct Sequence {
   int32_t num_computed_tokens = 0;
   int32_t num_placeholders = 0;  // tokens being sampled by steps in flight (0, 1, or 2 between two calls)
   int32_t sample_entry = -1;     // its logits_indices entry in the latest step that samples it
+  // The draft tokens its row in the step being built, or in flight, verifies (speculative
+  // decoding): until that step closes, how many tokens it lands is unknown, so it is not scheduled.
+  std::vector<int32_t> draft_ids;
 
   std::vector<int32_t> block_ids;       // logical block i -> physical block id
   uint64_t block_ids_epoch = 0;         // renewed whenever block_ids changes other than by appending

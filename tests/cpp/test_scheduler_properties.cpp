@@ -8,6 +8,10 @@
 // model would have written there. Before every forward pass each row's whole context, read through
 // its block table, must hold exactly its own prefix: this catches a wrong prefix hit, a missed or
 // wrong copy-on-write, a block given to two sequences, and any slot_mapping / block_table mismatch.
+//
+// Half the configurations speculate (prompt lookup): a row's drafts must be the proposer's, the
+// fake model takes each draft half the time, and the shadow cache holds the drafts' KV as written,
+// so a rejected draft read before it is computed again is caught.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "kvserve/ngram_proposer.h"
 #include "kvserve/scheduler.h"
 #include "scheduler_test_util.h"
 
@@ -45,6 +50,8 @@ uint64_t fingerprint(const std::vector<int32_t>& tokens, int64_t last_pos) {
 // A step scheduled and not closed yet: its entries, kept by value, and the tokens picked for them.
 struct OpenStep {
   std::vector<std::pair<std::string, int32_t>> entries;  // (request id, sample index)
+  std::vector<int32_t> draft_offsets;  // SchedulerOutput::sampled_draft_offsets
+  std::vector<int32_t> drafts;         // the draft input after each entry, -1 for none
   std::vector<int32_t> tokens;
   std::set<std::string> request_ids;  // of its rows
   std::set<size_t> retracted;  // entries whose row decoded a token that changed (retract_in_flight)
@@ -164,6 +171,22 @@ class Harness {
     return tokens;
   }
 
+  // A row's tokens: the sequence's (mirror_tokens), then its drafts where its positions go past
+  // them, which must be the proposer's guesses from those tokens.
+  std::vector<int32_t> row_tokens(const SchedulerOutput& out, int32_t r) {
+    std::vector<int32_t> tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
+    const int32_t num_known = static_cast<int32_t>(tokens.size());
+    const int32_t num_drafts = out.seq_lens[static_cast<size_t>(r)] - num_known;
+    if (num_drafts > 0) {
+      std::vector<int32_t> drafts;
+      EXPECT_LE(num_drafts, config_.num_speculative_tokens);
+      EXPECT_EQ(propose_ngram_drafts(tokens.data(), num_known, config_.prompt_lookup_min, config_.prompt_lookup_max,
+                                     num_drafts, drafts), num_drafts);
+      tokens.insert(tokens.end(), drafts.begin(), drafts.end());
+    }
+    return tokens;
+  }
+
   // The open step before the one being checked (steps are recorded after their checks).
   const OpenStep& in_flight() const { return open_.front(); }
   int32_t in_flight_entry(std::string_view id, int32_t sample) const {
@@ -180,9 +203,15 @@ class Harness {
   OpenStep record(const SchedulerOutput& out) {
     OpenStep step;
     for (int32_t k = 0; k < out.num_sampled(); ++k) {
-      step.entries.emplace_back(std::string(out.req_ids[static_cast<size_t>(out.sampled_rows[static_cast<size_t>(k)])]),
+      const int32_t row = out.sampled_rows[static_cast<size_t>(k)];
+      step.entries.emplace_back(std::string(out.req_ids[static_cast<size_t>(row)]),
                                 out.sampled_sample_indices[static_cast<size_t>(k)]);
-      step.tokens.push_back(pick(kVocab));
+      // The input after the entry's token, when it is a draft of the same row; the model takes it half the time.
+      const int64_t next = out.logits_indices[static_cast<size_t>(k)] + 1;
+      const int32_t draft = next < out.query_start_loc[static_cast<size_t>(row) + 1] ? out.input_ids[static_cast<size_t>(next)] : -1;
+      step.draft_offsets.push_back(out.sampled_draft_offsets[static_cast<size_t>(k)]);
+      step.drafts.push_back(draft);
+      step.tokens.push_back(draft >= 0 && pick(2) == 0 ? draft : pick(kVocab));
     }
     for (const std::string_view id : out.req_ids) step.request_ids.emplace(id);
     return step;
@@ -243,7 +272,7 @@ class Harness {
     for (int32_t r = 0; r < out.num_reqs; ++r) {
       const std::string_view id = out.req_ids[static_cast<size_t>(r)];
       const int32_t sample = out.sample_indices[static_cast<size_t>(r)];
-      const auto tokens = mirror_tokens(id, sample);
+      const auto tokens = row_tokens(out, r);
       const int32_t in_flight_entry_of_row = in_flight_entry(id, sample);
       EXPECT_TRUE(rows.emplace(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]).second);
       const int32_t begin = out.query_start_loc[static_cast<size_t>(r)];
@@ -270,10 +299,15 @@ class Harness {
       }
     }
     for (int32_t k = 0; k < out.num_sampled(); ++k) {
+      // A row samples after its last known token and after each draft.
       const int32_t row = out.sampled_rows[static_cast<size_t>(k)];
-      EXPECT_EQ(out.logits_indices[static_cast<size_t>(k)], out.query_start_loc[static_cast<size_t>(row) + 1] - 1);
-      const auto tokens = mirror_tokens(out.req_ids[static_cast<size_t>(row)], out.sample_indices[static_cast<size_t>(row)]);
-      EXPECT_EQ(out.seq_lens[static_cast<size_t>(row)], static_cast<int32_t>(tokens.size()));
+      const auto known = mirror_tokens(out.req_ids[static_cast<size_t>(row)], out.sample_indices[static_cast<size_t>(row)]);
+      const int32_t num_drafts = out.seq_lens[static_cast<size_t>(row)] - static_cast<int32_t>(known.size());
+      const int32_t offset = out.sampled_draft_offsets[static_cast<size_t>(k)];
+      ASSERT_GE(num_drafts, 0);
+      ASSERT_LE(offset, num_drafts);
+      EXPECT_EQ(out.logits_indices[static_cast<size_t>(k)],
+                out.query_start_loc[static_cast<size_t>(row) + 1] - 1 - (num_drafts - offset));
     }
   }
 
@@ -287,13 +321,13 @@ class Harness {
       std::copy_n(shadow_.begin() + static_cast<std::ptrdiff_t>(src * bs), bs, shadow_.begin() + static_cast<std::ptrdiff_t>(dst * bs));
     }
     for (int32_t r = 0; r < out.num_reqs; ++r) {
-      const auto tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
+      const auto tokens = row_tokens(out, r);
       for (int32_t t = out.query_start_loc[static_cast<size_t>(r)]; t < out.query_start_loc[static_cast<size_t>(r) + 1]; ++t) {
         shadow_[static_cast<size_t>(out.slot_mapping[static_cast<size_t>(t)])] = fingerprint(tokens, out.positions[static_cast<size_t>(t)]);
       }
     }
     for (int32_t r = 0; r < out.num_reqs; ++r) {
-      const auto tokens = mirror_tokens(out.req_ids[static_cast<size_t>(r)], out.sample_indices[static_cast<size_t>(r)]);
+      const auto tokens = row_tokens(out, r);
       for (int64_t p = 0; p < out.seq_lens[static_cast<size_t>(r)]; ++p) {
         ASSERT_EQ(shadow_[static_cast<size_t>(slot_of(out, r, p))], fingerprint(tokens, p))
             << "row " << r << " (" << out.req_ids[static_cast<size_t>(r)] << ") reads wrong KV at position " << p;
@@ -305,7 +339,11 @@ class Harness {
     const auto& entries = step.entries;
     const auto& sampled = step.tokens;
     size_t u = 0;
+    bool accepted = false;  // the entry before took its draft: the next of its row counts
     for (size_t k = 0; k < entries.size(); ++k) {
+      const bool counts = step.draft_offsets[k] == 0 || accepted;
+      accepted = false;
+      if (!counts) continue;  // after a rejected draft, or a token that ended the sequence
       if (step.retracted.count(k) > 0) continue;  // its row decoded a token that changed: void
       auto it = mirror_.find(entries[k].first);
       if (it == mirror_.end()) continue;  // aborted after schedule()
@@ -340,6 +378,7 @@ class Harness {
       EXPECT_EQ(updates[u].finish_reason, expected);
       EXPECT_EQ(updates[u].stop_token_id, expected == FinishReason::kStop ? token : -1);
       ++u;
+      accepted = expected == FinishReason::kNone && token == step.drafts[k];
       if (expected != FinishReason::kNone) {
         m.finished[static_cast<size_t>(sample)] = true;
         if (std::all_of(m.finished.begin(), m.finished.end(), [](bool f) { return f; }) &&
@@ -399,11 +438,15 @@ SchedulerConfig random_config(std::mt19937& rng) {
   config.enable_chunked_prefill = pick(0, 9) < 7;
   config.enable_prefix_caching = pick(0, 9) < 8;
   config.max_num_batched_tokens = config.enable_chunked_prefill ? pick(1, 48) : pick(config.max_model_len, 64);
+  config.num_speculative_tokens = pick(0, 1) * pick(1, 5);
+  config.prompt_lookup_min = pick(1, 2);
+  config.prompt_lookup_max = config.prompt_lookup_min + pick(0, 2);
   return config;
 }
 
 void run_random_workloads(bool ahead) {
   int64_t preemptions = 0, hits = 0, copies = 0, failed_steps = 0, deferred = 0, dropped = 0, retracted = 0;
+  int64_t draft_tokens = 0, accepted = 0;
   for (uint32_t seed = 0; seed < 40; ++seed) {
     std::mt19937 config_rng(seed);
     const SchedulerConfig config = random_config(config_rng);
@@ -435,12 +478,17 @@ void run_random_workloads(bool ahead) {
     deferred += harness.num_deferred();
     dropped += harness.num_dropped();
     retracted += harness.num_retracted();
+    draft_tokens += harness.stats().num_draft_tokens;
+    accepted += harness.stats().num_accepted_tokens;
   }
   // The workloads reach the paths they are meant to check.
   EXPECT_GT(preemptions, 100);
   EXPECT_GT(hits, 1000);
   EXPECT_GT(copies, 50);
   EXPECT_GT(failed_steps, 100);
+  // Ahead, a sequence proposes only when no token of it is in flight: after a step with drafts.
+  EXPECT_GT(draft_tokens, ahead ? 200 : 800);
+  EXPECT_GT(accepted, ahead ? 60 : 250);
   if (ahead) {
     EXPECT_GT(deferred, 1000);
     EXPECT_GT(dropped, 50);  // rows of sequences that ended on the token in flight
