@@ -22,21 +22,29 @@ void bind_config(nb::module_& m) {
           "__init__",
           [](SchedulerConfig* c, int32_t num_blocks, int32_t block_size, int32_t max_num_seqs,
              int32_t max_num_batched_tokens, int32_t max_model_len, bool enable_prefix_caching,
-             bool enable_chunked_prefill) {
-            new (c) SchedulerConfig{num_blocks, block_size, max_num_seqs, max_num_batched_tokens,
-                                    max_model_len, enable_prefix_caching, enable_chunked_prefill};
+             bool enable_chunked_prefill, int32_t num_speculative_tokens, int32_t prompt_lookup_min,
+             int32_t prompt_lookup_max) {
+            new (c) SchedulerConfig{num_blocks,           block_size,           max_num_seqs,
+                                    max_num_batched_tokens, max_model_len,      enable_prefix_caching,
+                                    enable_chunked_prefill, num_speculative_tokens, prompt_lookup_min,
+                                    prompt_lookup_max};
             validate(*c);
           },
           nb::kw_only(), nb::arg("num_blocks"), nb::arg("block_size") = 16, nb::arg("max_num_seqs") = 256,
           nb::arg("max_num_batched_tokens") = 8192, nb::arg("max_model_len"), nb::arg("enable_prefix_caching") = true,
-          nb::arg("enable_chunked_prefill") = true)
+          nb::arg("enable_chunked_prefill") = true, nb::arg("num_speculative_tokens") = 0,
+          nb::arg("prompt_lookup_min") = 5, nb::arg("prompt_lookup_max") = 5)
       .def_ro("num_blocks", &SchedulerConfig::num_blocks, "KV-cache blocks, block 0 (the null block) included")
       .def_ro("block_size", &SchedulerConfig::block_size)
       .def_ro("max_num_seqs", &SchedulerConfig::max_num_seqs)
       .def_ro("max_num_batched_tokens", &SchedulerConfig::max_num_batched_tokens)
       .def_ro("max_model_len", &SchedulerConfig::max_model_len)
       .def_ro("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
-      .def_ro("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill);
+      .def_ro("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill)
+      .def_ro("num_speculative_tokens", &SchedulerConfig::num_speculative_tokens,
+              "draft tokens a decode verifies at most (prompt lookup); 0: no speculative decoding")
+      .def_ro("prompt_lookup_min", &SchedulerConfig::prompt_lookup_min)
+      .def_ro("prompt_lookup_max", &SchedulerConfig::prompt_lookup_max);
 }
 
 void bind_stats(nb::module_& m) {
@@ -48,18 +56,26 @@ void bind_stats(nb::module_& m) {
       .def_ro("prefix_cache_hits", &SchedulerStats::prefix_cache_hits, "of those, tokens found in the cache")
       .def_ro("num_preemptions", &SchedulerStats::num_preemptions)
       .def_ro("num_evictions", &SchedulerStats::num_evictions, "cached blocks reused for other content")
+      .def_ro("num_drafts", &SchedulerStats::num_drafts, "rows that verified draft tokens")
+      .def_ro("num_draft_tokens", &SchedulerStats::num_draft_tokens)
+      .def_ro("num_accepted_tokens", &SchedulerStats::num_accepted_tokens, "draft tokens the model agreed with")
+      .def_ro("num_accepted_tokens_per_pos", &SchedulerStats::num_accepted_tokens_per_pos,
+              "list[int]: accepted drafts by their place in their row (0: the first)")
       .def("__repr__", [](const SchedulerStats& s) {
         return "SchedulerStats(num_blocks=" + std::to_string(s.num_blocks) + ", num_free_blocks=" +
                std::to_string(s.num_free_blocks) + ", kv_cache_usage=" + std::to_string(s.kv_cache_usage) +
                ", prefix_cache_queries=" + std::to_string(s.prefix_cache_queries) + ", prefix_cache_hits=" +
                std::to_string(s.prefix_cache_hits) + ", num_preemptions=" + std::to_string(s.num_preemptions) +
-               ", num_evictions=" + std::to_string(s.num_evictions) + ")";
+               ", num_evictions=" + std::to_string(s.num_evictions) + ", num_drafts=" + std::to_string(s.num_drafts) +
+               ", num_draft_tokens=" + std::to_string(s.num_draft_tokens) +
+               ", num_accepted_tokens=" + std::to_string(s.num_accepted_tokens) + ")";
       });
 }
 
 void add_request(PyScheduler& s, nb::str request_id, nb::handle prompt_token_ids, int32_t max_tokens,
                  int32_t min_tokens, nb::handle eos_token_ids, bool ignore_eos, nb::handle stop_token_ids,
-                 int32_t priority, double arrival_time, int32_t n, std::string cache_salt, bool skip_prefix_cache) {
+                 int32_t priority, double arrival_time, int32_t n, std::string cache_salt, bool skip_prefix_cache,
+                 bool speculate) {
   RequestParams params;
   params.max_tokens = max_tokens;
   params.min_tokens = min_tokens;
@@ -72,6 +88,7 @@ void add_request(PyScheduler& s, nb::str request_id, nb::handle prompt_token_ids
   params.n = n;
   params.cache_salt = std::move(cache_salt);
   params.skip_prefix_cache = skip_prefix_cache;
+  params.speculate = speculate;
   const int32_t handle = s.core.add_request(nb::cast<std::string>(request_id),
                                             token_ids_from_python(prompt_token_ids, "prompt_token_ids"),
                                             std::move(params));
@@ -94,7 +111,7 @@ void bind_scheduler(nb::module_& m) {
            nb::arg("max_tokens"), nb::arg("min_tokens") = 0, nb::arg("eos_token_ids").none() = nb::tuple(),
            nb::arg("ignore_eos") = false, nb::arg("stop_token_ids").none() = nb::tuple(), nb::arg("priority") = 0,
            nb::arg("arrival_time") = 0.0, nb::arg("n") = 1, nb::arg("cache_salt") = "",
-           nb::arg("skip_prefix_cache") = false,
+           nb::arg("skip_prefix_cache") = false, nb::arg("speculate") = true,
            "Queue a request. prompt_token_ids: list[int] or a 1-D integer array. ValueError for an id in use,\n"
            "an empty prompt, prompt + 1 > max_model_len, bad limits, or a request larger than the cache.")
       .def(

@@ -132,6 +132,10 @@ void bind_scheduler_output(nb::module_& m) {
       .def_prop_ro("sampled_sample_indices",
                    [](const PyStep& s) { const auto& o = output_of(s); return view(s, o.sampled_sample_indices, o.sampled_sample_indices.size()); },
                    "int32[num_sampled]: the sample each logits_indices entry is for")
+      .def_prop_ro("sampled_draft_offsets",
+                   [](const PyStep& s) { const auto& o = output_of(s); return view(s, o.sampled_draft_offsets, o.sampled_draft_offsets.size()); },
+                   "int32[num_sampled]: speculative decoding: how many of its row's draft tokens entry k's token\n"
+                   "follows, the drafts input_ids[logits_indices[k] - j + 1 : logits_indices[k] + 1]; 0 without drafts")
       .def_prop_ro("blocks_to_copy",
                    [](const PyStep& s) {
                      const auto& o = output_of(s);

@@ -52,6 +52,7 @@ from kvserve.pooling import PooledState, PoolerConfig, PoolingParams, check_dime
 from kvserve.prompts import PromptInput, check_prompt_ids, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
+from kvserve.speculative import SpeculativeConfig
 from kvserve.tokenizer import Tokenizer
 
 logger = logging.getLogger("kvserve")
@@ -98,7 +99,7 @@ class Engine(OfflineAPI):
                  scheduling_policy: str = "fcfs", max_logprobs: int = 20,
                  override_generation_config: dict | None = None, kv_cache_dtype: str = "auto",
                  runner: str = "auto", pooler_config: dict | PoolerConfig | None = None,
-                 hf_overrides: dict | None = None):
+                 hf_overrides: dict | None = None, speculative_config: dict | str | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -132,7 +133,10 @@ class Engine(OfflineAPI):
         kvserve.pooling), or "auto": pooling for a base model's checkpoint (no LM head), else
         generate. `pooler_config` (a pooling engine's; {"pooling_type": "LAST" | "MEAN" | "CLS",
         "normalize": bool}) overrides what the checkpoint's sentence-transformers files say.
-        `hf_overrides` (vLLM's): config.json keys to replace or add, e.g. {"is_matryoshka": True}."""
+        `hf_overrides` (vLLM's): config.json keys to replace or add, e.g. {"is_matryoshka": True}.
+        `speculative_config` (vLLM's, its "ngram" method): decodes guess tokens by prompt lookup and
+        the model checks them in the same step (kvserve.speculative); steps are then not scheduled
+        ahead (a step's token count is known only once its drafts are checked)."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -220,10 +224,20 @@ class Engine(OfflineAPI):
             raise ValueError(
                 f"a KV cache of {budget} holds {max(num_blocks - 1, 0) * block_size} tokens, fewer than one "
                 f"request of max_model_len {max_model_len}: raise {budget.split()[0]} or lower max_model_len")
+        self.speculative_config = speculative = SpeculativeConfig.parse(speculative_config)
+        if speculative is not None and self.pooler is not None:
+            raise ValueError("speculative_config: a pooling engine computes prompts only, it has no decodes to speculate")
+        if speculative is not None and async_scheduling:
+            raise ValueError("async_scheduling and speculative_config: a step's tokens are known only once its "
+                             "drafts are checked, so steps with drafts are not scheduled ahead")
         self.scheduler = _C.Scheduler(_C.SchedulerConfig(
             num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-            enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill))
+            enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
+            **({} if speculative is None else {
+                "num_speculative_tokens": speculative.num_speculative_tokens,
+                "prompt_lookup_min": speculative.prompt_lookup_min,
+                "prompt_lookup_max": speculative.prompt_lookup_max})))
         kv_caches = allocate_kv_caches(config, self.dtype, num_blocks, block_size, self.device)
 
         self.eos_token_ids = set(config.eos_token_ids)
@@ -258,8 +272,8 @@ class Engine(OfflineAPI):
         # A pooling engine's steps are prefills whose one token ends each request: nothing to schedule ahead.
         if self.pooler is not None and async_scheduling:
             raise ValueError("async_scheduling: a pooling engine's steps have nothing to schedule ahead")
-        self.async_scheduling = (self.runner.asynchronous and self.pooler is None if async_scheduling is None
-                                 else async_scheduling)
+        self.async_scheduling = (self.runner.asynchronous and self.pooler is None and speculative is None
+                                 if async_scheduling is None else async_scheduling)
         self.requests: dict[str, RequestState] = {}
         self._launched: LaunchedStep | None = None  # launched by the last step(), not applied yet
         self._resampled_share = 0.0  # of the sampled rows of recent steps (RESAMPLED_SHARE_LIMIT)
@@ -368,7 +382,7 @@ class Engine(OfflineAPI):
                     eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
                     stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=count,
                     cache_salt=_cache_key(lora_request, cache_salt),
-                    skip_prefix_cache=params.prompt_logprobs is not None)
+                    skip_prefix_cache=params.prompt_logprobs is not None, speculate=grammar is None)
                 self.requests[child_id] = state
                 added.append(child_id)
         except BaseException:

@@ -65,10 +65,22 @@ class StepResult:
     num_resampled: int  # rows whose token settling changed, before the next step read them or after
 
 
+def draft_prefixes(out) -> list[list[int]] | None:
+    """Speculative decoding: for each sampled entry, the draft tokens its row computed before the
+    entry's token (SchedulerOutput.sampled_draft_offsets), which its sample follows as if they were
+    the sequence's; None when no row of the step has drafts."""
+    offsets = out.sampled_draft_offsets
+    if not offsets.any():
+        return None
+    input_ids, indices = out.input_ids, out.logits_indices
+    return [input_ids[i - j + 1:i + 1].tolist() if j else [] for i, j in zip(indices.tolist(), offsets.tolist())]
+
+
 @dataclass
 class SampleInputs:
     """What the sampler of a launched step takes: its logits, and the sampled rows' requests and
-    sequences (kept by reference: their token ids are read when the step samples)."""
+    sequences (kept by reference: their token ids are read when the step samples), and the drafts
+    each row's token follows (draft_prefixes)."""
 
     sampler: Sampler
     logits: torch.Tensor
@@ -76,13 +88,17 @@ class SampleInputs:
     sequences: list[SequenceState]
     vocab_size: int
     eos_token_ids: tuple[int, ...]
+    drafts: list[list[int]] | None = None
 
     def metadata(self, void: Collection[SequenceState] = ()) -> SamplingMetadata:
         """`void`: sequences whose rows are retracted (their tokens dropped): they draw nothing from
         their generators, so that a seeded sequence's draws are those of the steps it keeps."""
         states, sequences = self.states, self.sequences
+        outputs = [q.token_ids for q in sequences]
+        if self.drafts is not None:
+            outputs = [tokens + drafts if drafts else tokens for tokens, drafts in zip(outputs, self.drafts)]
         return SamplingMetadata.from_requests(
-            [s.params for s in states], [q.token_ids for q in sequences], [s.prompt_token_array for s in states],
+            [s.params for s in states], outputs, [s.prompt_token_array for s in states],
             [None if q in void else q.generator for q in sequences], vocab_size=self.vocab_size,
             eos_token_ids=self.eos_token_ids, grammars=[q.grammar for q in sequences],
             bad_words=[s.bad_words for s in states], device=self.logits.device)
@@ -228,7 +244,7 @@ class ModelRunner:
         states = [requests[r] for r in out.sampled_req_ids]
         sequences = [state.sequences[i] for state, i in zip(states, out.sampled_sample_indices.tolist())]
         return LaunchedStep(prompt_lp, SampleInputs(self.sampler, logits, states, sequences, self.vocab_size,
-                                                    self.eos_token_ids))
+                                                    self.eos_token_ids, draft_prefixes(out)))
 
     def forward(self, out, previous: LaunchedStep | None, lora: LoRABatch | None) -> torch.Tensor:
         """The model's final hidden states [num_tokens, hidden] for the step's tokens; `lora`: its

@@ -66,6 +66,8 @@ def process_step(step: AppliedStep, requests: MutableMapping[str, RequestState],
         if state is None:
             continue
         sequence = state.sequences[index]
+        if sequence.finish_reason is not None:
+            continue  # a stop string ended it at a token before, of a row that kept several (its drafts')
         sequence.token_ids.extend(new_token_ids)
         if state.metrics.first_token_time is None:
             state.metrics.first_token_time = step.time

@@ -1,0 +1,202 @@
+"""Speculative decoding by prompt lookup (speculative_config, vLLM's "ngram" method): outputs equal the
+engine's without it, greedy token for token and random in distribution, through every sampling
+option a draft's sample must see (penalties, min_tokens, bad words, logprobs, stop strings, n > 1),
+with no KV block leaks; and the config's errors.
+
+The model is the tiny Llama with its attention's output scaled down: its next token depends mostly
+on the current one, so its text repeats (as real text quotes itself), and drafts are both taken and
+refused. The tests check both happened, so they cannot pass with speculation idle."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from kvserve import Engine, SamplingParams
+from step_modes import set_step_mode
+from tiny_models import VOCAB_SIZE, tiny_hf_model
+from tiny_tokenizer import save_tiny_tokenizer
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+
+
+@pytest.fixture(scope="module")
+def repeating_model_dir(tmp_path_factory):
+    """The tiny Llama whose attention output is 1% of its own, text that repeats itself in part,
+    and its logits 8 times its own, so that sampled text does too."""
+    model = tiny_hf_model("LlamaForCausalLM")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.01)
+        model.lm_head.weight.mul_(8.0)
+    directory = tmp_path_factory.mktemp("repeating")
+    model.save_pretrained(directory)
+    save_tiny_tokenizer(directory, VOCAB_SIZE)
+    return directory
+
+
+def make_engine(directory, mode: str = "plain", **kwargs) -> Engine:
+    return set_step_mode(Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs), mode)
+
+
+def prompts(count: int, length: int = 8, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"prompt_token_ids": rng.integers(3, 300, length).tolist()} for _ in range(count)]
+
+
+def assert_idle(engine: Engine) -> None:
+    stats = engine.stats()
+    assert not engine.has_unfinished_requests() and stats.num_free_blocks == stats.num_blocks - 1, stats
+
+
+def assert_drafts_taken_and_refused(engine: Engine) -> None:
+    stats = engine.stats()
+    assert 0 < stats.num_accepted_tokens < stats.num_draft_tokens, stats
+    assert sum(stats.num_accepted_tokens_per_pos) == stats.num_accepted_tokens
+    assert len(stats.num_accepted_tokens_per_pos) == NGRAM["num_speculative_tokens"]
+
+
+CASES = {
+    "greedy": SamplingParams(temperature=0, max_tokens=48, ignore_eos=True),
+    "logprobs and penalties": SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, logprobs=3,
+                                             repetition_penalty=1.02, frequency_penalty=0.02, presence_penalty=0.01),
+    "min_tokens and EOS": SamplingParams(temperature=0, max_tokens=40, min_tokens=12),
+    "bad words": SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, bad_words=["ka", "lo mi"]),
+    "short max_tokens": SamplingParams(temperature=0, max_tokens=3, ignore_eos=True),
+}
+
+
+@pytest.mark.parametrize("mode", ["plain", "overlapped"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_greedy_outputs_equal_the_engines_without_drafts(repeating_model_dir, case, mode):
+    params = CASES[case]
+    batch = prompts(6)
+    plain = make_engine(repeating_model_dir, mode).generate(batch, params, use_tqdm=False)
+    engine = make_engine(repeating_model_dir, mode, speculative_config=NGRAM)
+    speculated = engine.generate(batch, params, use_tqdm=False)
+    for a, b in zip(plain, speculated):
+        assert b.outputs[0].token_ids == a.outputs[0].token_ids
+        assert b.outputs[0].finish_reason == a.outputs[0].finish_reason
+        assert b.outputs[0].text == a.outputs[0].text
+        if params.logprobs is not None:
+            for expected, got in zip(a.outputs[0].logprobs, b.outputs[0].logprobs):
+                assert got.keys() == expected.keys()
+                for token, entry in expected.items():
+                    assert got[token].logprob == pytest.approx(entry.logprob, abs=1e-4)
+                    assert got[token].rank == entry.rank
+            assert b.outputs[0].cumulative_logprob == pytest.approx(a.outputs[0].cumulative_logprob, abs=1e-3)
+    if params.max_tokens > 3:
+        assert_drafts_taken_and_refused(engine)
+    assert_idle(engine)
+
+
+def test_a_stop_string_inside_the_kept_drafts_ends_the_output_there(repeating_model_dir):
+    plain = make_engine(repeating_model_dir)
+    greedy = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    batch = prompts(6)
+    texts = [o.outputs[0].text for o in plain.generate(batch, greedy, use_tqdm=False)]
+    # A stop string from late in each text, where drafts run: the output ends before it.
+    stops = [text[len(text) * 3 // 4:][:4] for text in texts]
+    engine = make_engine(repeating_model_dir, speculative_config=NGRAM)
+    for prompt, stop in zip(batch, stops):
+        params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True, stop=[stop])
+        expected = plain.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+        got = engine.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+        assert (got.text, got.token_ids, got.finish_reason, got.stop_reason) == (
+            expected.text, expected.token_ids, expected.finish_reason, expected.stop_reason)
+        assert got.stop_reason == stop
+    assert_drafts_taken_and_refused(engine)
+    assert_idle(engine)
+
+
+def chi_square_critical(df: int, z: float) -> float:
+    """The chi-square distribution's quantile at the normal quantile z (Wilson-Hilferty)."""
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def two_sample_chi_square(a: list, b: list) -> tuple[float, int]:
+    """The homogeneity statistic of two equal-size samples and its degrees of freedom; values seen
+    fewer than 10 times in both together are pooled."""
+    count_a, count_b = Counter(a), Counter(b)
+    pooled = [0.0, 0.0]
+    rows = []
+    for value in count_a.keys() | count_b.keys():
+        pair = (count_a[value], count_b[value])
+        if sum(pair) >= 10:
+            rows.append(pair)
+        else:
+            pooled = [pooled[0] + pair[0], pooled[1] + pair[1]]
+    if sum(pooled):
+        rows.append(tuple(pooled))
+    statistic = sum((x - y) ** 2 / (x + y) for x, y in rows)
+    return statistic, len(rows) - 1
+
+
+def test_random_samples_follow_the_distribution_of_the_engine_without_drafts(repeating_model_dir):
+    params = SamplingParams(temperature=1.0, max_tokens=12, n=256, ignore_eos=True)
+    batch = prompts(4, seed=1)
+    positions = (1, 4, 11)
+
+    def sample(engine):
+        outputs = engine.generate(batch, params, use_tqdm=False)
+        return [[(o.request_id, c.token_ids[k]) for o in outputs for c in o.outputs] for k in positions]
+
+    plain = sample(make_engine(repeating_model_dir, max_num_seqs=256))
+    engine = make_engine(repeating_model_dir, max_num_seqs=256, speculative_config=NGRAM)
+    speculated = sample(engine)
+    assert_drafts_taken_and_refused(engine)
+    for a, b in zip(plain, speculated):
+        # The token at each position against the 1e-5 quantile (z = 4.26), three tests in all.
+        statistic, df = two_sample_chi_square(a, b)
+        assert df > 20
+        assert statistic < chi_square_critical(df, 4.26), (statistic, df)
+    assert_idle(engine)
+
+
+def test_structured_outputs_decode_without_drafts(repeating_model_dir):
+    from kvserve.structured_outputs import StructuredOutputsParams
+
+    engine = make_engine(repeating_model_dir, speculative_config=NGRAM)
+    params = SamplingParams(temperature=0, max_tokens=20, structured_outputs=StructuredOutputsParams(regex="(ka )+"))
+    plain = make_engine(repeating_model_dir).generate(prompts(2), params, use_tqdm=False)
+    got = engine.generate(prompts(2), params, use_tqdm=False)
+    assert [o.outputs[0].text for o in got] == [o.outputs[0].text for o in plain]
+    assert engine.stats().num_drafts == 0
+    assert_idle(engine)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"method": "eagle", "num_speculative_tokens": 2}, "method must be one of"),
+    ({"method": "ngram"}, "num_speculative_tokens must be an integer in"),
+    ({"method": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens must be an integer in"),
+    ({"method": "ngram", "num_speculative_tokens": 65}, "num_speculative_tokens must be an integer in"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2},
+     "prompt_lookup_min \\(4\\) must be <= prompt_lookup_max \\(2\\)"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 1, "prompt_lookup_max": 0},
+     "prompt_lookup_max must be"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "model": "draft"}, "unknown keys \\['model'\\]"),
+    ("{not json", "must be a JSON object"),
+    ([1], "must be a dict"),
+])
+def test_a_bad_speculative_config_is_a_value_error(repeating_model_dir, config, message):
+    with pytest.raises(ValueError, match=message):
+        make_engine(repeating_model_dir, speculative_config=config)
+
+
+def test_speculation_refuses_async_scheduling_and_pooling(repeating_model_dir):
+    with pytest.raises(ValueError, match="async_scheduling and speculative_config"):
+        make_engine(repeating_model_dir, speculative_config=NGRAM, async_scheduling=True)
+    with pytest.raises(ValueError, match="a pooling engine"):
+        make_engine(repeating_model_dir, speculative_config=NGRAM, runner="pooling")
+
+
+def test_lookup_bounds_default_as_vllms():
+    from kvserve.speculative import SpeculativeConfig
+
+    assert SpeculativeConfig.parse({"num_speculative_tokens": 3}) == SpeculativeConfig(3, 5, 5)
+    assert SpeculativeConfig.parse({"num_speculative_tokens": 3, "prompt_lookup_max": 4}) == SpeculativeConfig(3, 4, 4)
+    assert SpeculativeConfig.parse('{"num_speculative_tokens": 3, "prompt_lookup_min": 2}') == SpeculativeConfig(3, 2, 2)
