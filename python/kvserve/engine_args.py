@@ -32,7 +32,7 @@ ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_siz
                 "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
                 "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
                 "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs",
-                "kv_cache_dtype", "runner", "pooler_config", "hf_overrides")
+                "kv_cache_dtype", "runner", "pooler_config", "hf_overrides", "speculative_config")
 
 
 def flag_type(parse, valid, expected: str):
@@ -124,6 +124,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group.add_argument("--hf-overrides", type=_json_object, metavar="JSON",
                        help="config.json keys to replace or add, e.g. '{\"is_matryoshka\": true}' or "
                        "'{\"max_position_embeddings\": 8192}'")
+    group.add_argument("--speculative-config", type=_json_object, metavar="JSON",
+                       help="speculative decoding by prompt lookup, e.g. '{\"method\": \"ngram\", "
+                       "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}': decodes guess tokens from "
+                       "earlier text and the model checks them in the same step (pays where the output repeats "
+                       "its input)")
     group.add_argument("--kv-cache-dtype", default="auto", metavar="DTYPE",
                        help="accepted for vLLM's scripts: only auto (the KV cache in the model's dtype)")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",

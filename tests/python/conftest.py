@@ -22,6 +22,14 @@ def tiny_model_dir(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def repeating_model_dir(tmp_path_factory):
+    """A saved tiny Llama whose text repeats itself (tiny_models.save_repeating_model)."""
+    from tiny_models import save_repeating_model
+
+    return save_repeating_model(tmp_path_factory.mktemp("repeating"))
+
+
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model_dir):
     """A `kvserve serve` process (server_process.py) serving the tiny Llama under the name "tiny";

@@ -3,9 +3,8 @@ engine's without it, greedy token for token and random in distribution, through 
 option a draft's sample must see (penalties, min_tokens, bad words, logprobs, stop strings, n > 1),
 with no KV block leaks; and the config's errors.
 
-The model is the tiny Llama with its attention's output scaled down: its next token depends mostly
-on the current one, so its text repeats (as real text quotes itself), and drafts are both taken and
-refused. The tests check both happened, so they cannot pass with speculation idle."""
+The model's text repeats itself in part (tiny_models.save_repeating_model), so drafts are both
+taken and refused; the tests check both happened, so they cannot pass with speculation idle."""
 
 from __future__ import annotations
 
@@ -14,29 +13,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 from kvserve import Engine, SamplingParams
 from step_modes import set_step_mode
-from tiny_models import VOCAB_SIZE, tiny_hf_model
-from tiny_tokenizer import save_tiny_tokenizer
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
-
-
-@pytest.fixture(scope="module")
-def repeating_model_dir(tmp_path_factory):
-    """The tiny Llama whose attention output is 1% of its own, text that repeats itself in part,
-    and its logits 8 times its own, so that sampled text does too."""
-    model = tiny_hf_model("LlamaForCausalLM")
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.mul_(0.01)
-        model.lm_head.weight.mul_(8.0)
-    directory = tmp_path_factory.mktemp("repeating")
-    model.save_pretrained(directory)
-    save_tiny_tokenizer(directory, VOCAB_SIZE)
-    return directory
 
 
 def make_engine(directory, mode: str = "plain", **kwargs) -> Engine:

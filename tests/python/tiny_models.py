@@ -7,6 +7,8 @@ Every parameter is random (norm weights around 1, biases nonzero), so a weight t
 the wrong place, or not at all, changes the logits. Each architecture brings the feature that sets it
 apart: Llama a Llama 3 rope scaling, Mistral a sliding window shorter than the test prompts, Qwen2
 q/k/v biases with YaRN, Qwen3 q/k norms and a head_dim that is not hidden_size / num_heads.
+
+    save_repeating_model(directory) -> the tiny Llama whose text repeats itself (speculative decoding's)
 """
 
 from __future__ import annotations
@@ -59,6 +61,21 @@ def save_tiny_model(directory, architecture: str, seed: int = 0, **overrides) ->
     model = tiny_hf_model(architecture, seed, **overrides)
     model.generation_config = GenerationConfig(eos_token_id=EOS_TOKEN_ID, do_sample=True,
                                                temperature=0.7, top_p=0.9)
+    model.save_pretrained(directory)
+    save_tiny_tokenizer(directory, VOCAB_SIZE)
+    return directory
+
+
+def save_repeating_model(directory) -> Path:
+    """The tiny Llama with its attention's output at 1% of its own, so that its next token depends
+    mostly on the current one and its text repeats itself in part (as real text quotes itself: what
+    prompt lookup guesses), and its logits 8 times its own, so that sampled text repeats too."""
+    directory = Path(directory)
+    model = tiny_hf_model("LlamaForCausalLM")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.01)
+        model.lm_head.weight.mul_(8.0)
     model.save_pretrained(directory)
     save_tiny_tokenizer(directory, VOCAB_SIZE)
     return directory

@@ -83,7 +83,8 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
                     "cache_dtype": str(engine.dtype).removeprefix("torch.")}
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
                                            engine.loras.max_loras if engine.loras is not None else None,
-                                           config.max_num_batched_tokens, cache_config)
+                                           config.max_num_batched_tokens, cache_config,
+                                           config.num_speculative_tokens)
     async_engine = AsyncEngine(engine, max_waiting=max_waiting, observer=server_metrics)
 
     @asynccontextmanager

@@ -60,6 +60,11 @@ class EngineSnapshot:
     num_seqs_added: int = 0  # sequences (n a prompt) of the add commands taken so far, accepted or not
     running_loras: tuple[str, ...] = ()  # adapters of running requests (Engine.lora_requests)
     waiting_loras: tuple[str, ...] = ()  # and of waiting ones
+    # Speculative decoding's totals (SchedulerStats): rows with drafts, drafts, drafts accepted (by position).
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    num_accepted_tokens_per_pos: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -321,4 +326,6 @@ class AsyncEngine:
             kv_cache_usage=stats.kv_cache_usage, prefix_cache_queries=stats.prefix_cache_queries,
             prefix_cache_hits=stats.prefix_cache_hits, num_preemptions=stats.num_preemptions,
             num_running_seqs=self.engine.scheduler.num_running_seqs, num_seqs_added=self._num_added_seqs,
-            running_loras=running_loras, waiting_loras=waiting_loras)
+            running_loras=running_loras, waiting_loras=waiting_loras, num_drafts=stats.num_drafts,
+            num_draft_tokens=stats.num_draft_tokens, num_accepted_tokens=stats.num_accepted_tokens,
+            num_accepted_tokens_per_pos=tuple(stats.num_accepted_tokens_per_pos))

@@ -19,6 +19,9 @@
     kvserve:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}   gauge
         (with --enable-lora: the adapters of running and waiting requests, comma-separated, as
         vLLM's, which LoRA-aware routers read; its value is the time of the scrape)
+    kvserve:spec_decode_num_drafts / num_draft_tokens / num_accepted_tokens,
+    kvserve:spec_decode_num_accepted_tokens_per_pos{position}                    counters
+        (with --speculative-config: rows that verified drafts, their drafts, the drafts accepted)
 
 Token and latency metrics are recorded on the engine thread as each step ends (StepObserver);
 the engine's state is read when /metrics is scraped. Each app has its own registry.
@@ -27,6 +30,7 @@ the engine's state is read when /metrics is scraped. Each app has its own regist
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -64,11 +68,29 @@ _N_BUCKETS = (1, 2, 5, 10, 20)
 _STEP_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
+@dataclass
+class SpecDecodeCounters:
+    """vLLM's spec_decode counters, for an engine that speculates."""
+
+    num_drafts: object
+    num_draft_tokens: object
+    num_accepted_tokens: object
+    num_accepted_tokens_per_pos: list
+
+    def totals(self, snapshot) -> list[tuple[object, int]]:
+        """Each counter with the engine's total it follows."""
+        return ([(self.num_drafts, snapshot.num_drafts), (self.num_draft_tokens, snapshot.num_draft_tokens),
+                 (self.num_accepted_tokens, snapshot.num_accepted_tokens)]
+                + list(zip(self.num_accepted_tokens_per_pos, snapshot.num_accepted_tokens_per_pos)))
+
+
 class ServerMetrics(StepObserver):
     def __init__(self, model_name: str, max_model_len: int, max_loras: int | None = None,
-                 max_num_batched_tokens: int = _STEP_TOKEN_BUCKETS[-1], cache_config: dict[str, str] | None = None):
+                 max_num_batched_tokens: int = _STEP_TOKEN_BUCKETS[-1], cache_config: dict[str, str] | None = None,
+                 num_speculative_tokens: int = 0):
         """max_loras: the engine's (enable_lora), None without LoRA (no lora_requests_info).
-        cache_config: cache_config_info's labels (none without)."""
+        cache_config: cache_config_info's labels (none without). num_speculative_tokens: the engine's
+        (speculative_config), 0 without speculative decoding (no spec_decode counters)."""
         # No `*_created` series beside the counters and histograms, as vLLM's (like vLLM, this sets
         # prometheus_client's process-wide switch).
         disable_created_metrics()
@@ -116,6 +138,16 @@ class ServerMetrics(StepObserver):
             "iteration_tokens_total", "The tokens of each engine step.",
             [b for b in _STEP_TOKEN_BUCKETS if b < max_num_batched_tokens] + [max_num_batched_tokens])
         self._max_model_len = max_model_len
+        self.spec_decode = None
+        if num_speculative_tokens:
+            per_pos = Counter("kvserve:spec_decode_num_accepted_tokens_per_pos",
+                              "Draft tokens accepted, by their place in their row (0: the first).",
+                              labelnames=["model_name", "position"], registry=self.registry)
+            self.spec_decode = SpecDecodeCounters(
+                counter("spec_decode_num_drafts", "Decode rows that verified draft tokens."),
+                counter("spec_decode_num_draft_tokens", "Draft tokens verified."),
+                counter("spec_decode_num_accepted_tokens", "Draft tokens the model agreed with."),
+                [per_pos.labels(model_name, str(k)) for k in range(num_speculative_tokens)])
         if cache_config is not None:
             Gauge("kvserve:cache_config_info", "The KV cache's configuration (labels).",
                   labelnames=sorted(cache_config), registry=self.registry).labels(**cache_config).set(1)
@@ -129,7 +161,7 @@ class ServerMetrics(StepObserver):
         # Each unfinished request's last token time (None before its first) and each sample's tokens
         # so far (its outputs are DELTA); engine thread only.
         self._progress: dict[str, tuple[float | None, dict[int, int]]] = {}
-        self._totals_seen = (0, 0, 0)  # the engine's (queries, hits, preemptions) already counted; scrapes only
+        self._totals_seen: dict = {}  # counter -> the engine's total it already counted (scrapes only)
         # The token counters' values, for the periodic stats line (stats_logger.py).
         self.prompt_tokens_total = self.generation_tokens_total = 0
 
@@ -218,11 +250,15 @@ class ServerMetrics(StepObserver):
         self.num_running.set(snapshot.num_running)
         self.num_waiting.set(engine.num_waiting)
         self.kv_cache_usage.set(snapshot.kv_cache_usage)
-        queries, hits, preemptions = self._totals_seen
-        self.prefix_cache_queries.inc(snapshot.prefix_cache_queries - queries)
-        self.prefix_cache_hits.inc(snapshot.prefix_cache_hits - hits)
-        self.num_preemptions.inc(snapshot.num_preemptions - preemptions)
-        self._totals_seen = (snapshot.prefix_cache_queries, snapshot.prefix_cache_hits, snapshot.num_preemptions)
+        totals = [(self.prefix_cache_queries, snapshot.prefix_cache_queries),
+                  (self.prefix_cache_hits, snapshot.prefix_cache_hits),
+                  (self.num_preemptions, snapshot.num_preemptions)]
+        if self.spec_decode is not None:
+            totals += self.spec_decode.totals(snapshot)
+        # Counters that follow the engine's own totals: each scrape adds what it counted since.
+        for counter, total in totals:
+            counter.inc(total - self._totals_seen.get(counter, 0))
+            self._totals_seen[counter] = total
         if self._lora_info is not None:  # one series: the adapters now
             self._lora_info.clear()
             self._lora_info.labels(str(self._max_loras), ",".join(snapshot.running_loras),

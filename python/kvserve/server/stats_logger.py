@@ -5,7 +5,13 @@
 
 every KVSERVE_LOG_STATS_INTERVAL seconds (default 10, as vLLM's VLLM_LOG_STATS_INTERVAL), at INFO
 while the engine works and for the interval after, at DEBUG while it idles. The throughputs and the
-hit rate are the interval's; the rest is the engine as it is when the line is written.
+hit rate are the interval's; the rest is the engine as it is when the line is written. An engine
+that speculates adds vLLM's line for the interval's drafts, when it had any:
+
+    SpecDecoding metrics: Mean acceptance length: 2.40, Accepted: 420 tokens, Drafted: 1200 tokens,
+    Per-position acceptance rate: 0.620, 0.380, 0.200, Avg Draft acceptance rate: 35.0%
+
+(the mean acceptance length counts the token every row with drafts lands besides them).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class StatsLogger:
         self.interval_s = interval_s
         self._last = self._totals()
         self._was_busy = False
+        self._drafts_seen = self._draft_totals()
 
     def _totals(self) -> tuple[float, int, int, int, int]:
         snapshot = self._engine.snapshot
@@ -65,10 +72,31 @@ class StatsLogger:
                 f"KV cache usage: {100 * snapshot.kv_cache_usage:.1f}%, Prefix cache hit rate: {hit_rate:.1f}%")
         return text, busy
 
+    def _draft_totals(self) -> tuple[int, int, int, tuple[int, ...]]:
+        snapshot = self._engine.snapshot
+        return (snapshot.num_drafts, snapshot.num_draft_tokens, snapshot.num_accepted_tokens,
+                snapshot.num_accepted_tokens_per_pos)
+
+    def spec_decode_line(self) -> str | None:
+        """The interval's drafts since the last call; None when there were none."""
+        now = self._draft_totals()
+        (drafts, draft_tokens, accepted, per_pos), self._drafts_seen = self._drafts_seen, now
+        drafts, draft_tokens, accepted = now[0] - drafts, now[1] - draft_tokens, now[2] - accepted
+        if not drafts:
+            return None
+        rates = ", ".join(f"{(a - b) / drafts:.3f}" for a, b in zip(now[3], per_pos or (0,) * len(now[3])))
+        return (f"SpecDecoding metrics: Mean acceptance length: {1 + accepted / drafts:.2f}, "
+                f"Accepted: {accepted} tokens, Drafted: {draft_tokens} tokens, "
+                f"Per-position acceptance rate: {rates}, "
+                f"Avg Draft acceptance rate: {100 * accepted / max(draft_tokens, 1):.1f}%")
+
     async def run(self) -> None:
         """Logs a line every interval until cancelled."""
         while True:
             await asyncio.sleep(self.interval_s)
             text, busy = self.line()
             logger.log(logging.INFO if busy or self._was_busy else logging.DEBUG, text)
+            spec_decode = self.spec_decode_line()
+            if spec_decode is not None:
+                logger.info(spec_decode)
             self._was_busy = busy
