@@ -44,6 +44,8 @@ void validate(const SchedulerConfig& config) {
           "in [prompt_lookup_min = " + std::to_string(config.prompt_lookup_min) + ", " +
               std::to_string(kMaxPromptLookup) + "]",
           config.prompt_lookup_max);
+  require(config.speculative_disable_by_batch_size >= 0, "speculative_disable_by_batch_size", ">= 0 (0: no limit)",
+          config.speculative_disable_by_batch_size);
   const int64_t blocks_per_seq = max_blocks_per_seq(config);
   const int64_t block_table_entries = config.max_num_seqs * blocks_per_seq;
   if (block_table_entries > kMaxBlockTableEntries) {

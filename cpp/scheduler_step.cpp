@@ -49,6 +49,8 @@ const SchedulerOutput& Scheduler::schedule() {
 
   int32_t budget = config_.max_num_batched_tokens;
   bool preempted = false;
+  const int32_t batch_limit = config_.speculative_disable_by_batch_size;
+  drafting_ = config_.num_speculative_tokens > 0 && (batch_limit == 0 || num_running_seqs_ <= batch_limit);
   schedule_running(budget, preempted);
   // After a preemption the blocks are short: admitting more would only preempt again.
   if (!preempted) schedule_waiting(budget);
@@ -104,7 +106,7 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
 // A decode's drafts (seq.draft_ids), as many as the budget and the sequence's length limits leave:
 // each one the model accepts lands one more token. Returns how many.
 int32_t Scheduler::propose_drafts(const Request& req, Sequence& seq, int32_t budget) {
-  if (config_.num_speculative_tokens == 0 || !req.params.speculate) return 0;
+  if (!drafting_ || !req.params.speculate) return 0;
   const int32_t num_output = seq.num_tokens() - req.num_prompt_tokens;
   const int32_t room = std::min({config_.num_speculative_tokens, budget, req.params.max_tokens - num_output - 1,
                                  config_.max_model_len - seq.num_tokens() - 1});

@@ -20,6 +20,7 @@
 // model's distribution without it. The cache then forgets the rejected drafts' positions (their
 // blocks past the sequence's end are freed). Drafts never exceed what max_tokens and max_model_len
 // leave, nor the step's token budget; a sequence whose drafts are in flight is not scheduled ahead.
+// A step that starts with more than speculative_disable_by_batch_size sequences running proposes none.
 //
 // Steps scheduled ahead (vLLM's async scheduling): schedule() may run while the step before it is
 // still in flight, its tokens unknown. A sequence that step samples then decodes a placeholder: the
@@ -197,6 +198,7 @@ class KVSERVE_EXPORT Scheduler {
   int64_t prefix_cache_queries_ = 0;
   int64_t prefix_cache_hits_ = 0;
   int64_t num_preemptions_ = 0;
+  bool drafting_ = false;  // whether this step proposes drafts (speculative_disable_by_batch_size)
   int64_t num_drafts_ = 0;
   int64_t num_draft_tokens_ = 0;
   std::vector<int64_t> num_accepted_per_pos_;

@@ -35,6 +35,9 @@ struct SchedulerConfig {
   int32_t num_speculative_tokens = 0;
   int32_t prompt_lookup_min = 5;
   int32_t prompt_lookup_max = 5;
+  // A step proposes no drafts while more sequences than this run (0: no limit): a large batch
+  // already keeps the hardware busy, and verifying drafts the model refuses costs it.
+  int32_t speculative_disable_by_batch_size = 0;
 };
 
 // Throws std::invalid_argument naming the first field out of range and what it must be.

@@ -234,10 +234,7 @@ class Engine(OfflineAPI):
             num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
-            **({} if speculative is None else {
-                "num_speculative_tokens": speculative.num_speculative_tokens,
-                "prompt_lookup_min": speculative.prompt_lookup_min,
-                "prompt_lookup_max": speculative.prompt_lookup_max})))
+            **(speculative.scheduler_fields() if speculative is not None else {})))
         kv_caches = allocate_kv_caches(config, self.dtype, num_blocks, block_size, self.device)
 
         self.eos_token_ids = set(config.eos_token_ids)

@@ -11,8 +11,10 @@ random, the outputs follow the model's distribution exactly: only the number of 
 pays where the text repeats what came before (code edits, quoting, summaries of a given text).
 
 As in vLLM, one of the two lookup bounds stands for both when the other is not given, and 5 for
-both when neither is. Requests with structured outputs decode without drafts (their grammar judges
-each token before the next).
+both when neither is; `disable_by_batch_size` (vLLM's) stops the drafts of a step that starts with
+more sequences running than that: a large batch keeps the hardware busy already, and drafts the
+model refuses cost it (bench/README.md, "Speculative decoding"). Requests with structured outputs
+decode without drafts (their grammar judges each token before the next).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ METHODS = ("ngram",)
 MAX_SPECULATIVE_TOKENS = 64
 MAX_PROMPT_LOOKUP = 1024
 DEFAULT_PROMPT_LOOKUP = 5
-_KEYS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min")
+_KEYS = ("method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min", "disable_by_batch_size")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int
     prompt_lookup_max: int
     method: str = "ngram"
+    disable_by_batch_size: int | None = None  # no drafts while more sequences run; None: no limit
 
     @classmethod
     def parse(cls, value: dict | str | SpeculativeConfig | None) -> SpeculativeConfig | None:
@@ -74,4 +77,13 @@ class SpeculativeConfig:
                                  f"got {n!r}")
         if low > high:
             raise ValueError(f"speculative_config: prompt_lookup_min ({low}) must be <= prompt_lookup_max ({high})")
-        return cls(k, low, high, method)
+        limit = value.get("disable_by_batch_size")
+        if limit is not None and (not is_int(limit) or not 1 <= limit < 2**31):
+            raise ValueError(f"speculative_config: disable_by_batch_size must be an integer >= 1 or None, got {limit!r}")
+        return cls(k, low, high, method, limit)
+
+    def scheduler_fields(self) -> dict:
+        """The SchedulerConfig fields that carry it."""
+        return {"num_speculative_tokens": self.num_speculative_tokens, "prompt_lookup_min": self.prompt_lookup_min,
+                "prompt_lookup_max": self.prompt_lookup_max,
+                "speculative_disable_by_batch_size": self.disable_by_batch_size or 0}

@@ -190,6 +190,21 @@ TEST(SchedulerSpeculative, ARequestMaySpeculateOrNot) {
   EXPECT_EQ(s.schedule().input_ids, (I32{2}));
 }
 
+TEST(SchedulerSpeculative, NoDraftsWhileMoreSequencesRunThanTheBatchLimit) {
+  const I32 pattern{1, 2};
+  auto model = [&](const SchedulerOutput& out, int32_t k) { return periodic(out, k, pattern); };
+  SchedulerConfig config = speculative_config(16, 4, 2);
+  config.speculative_disable_by_batch_size = 1;
+  Scheduler s(config);
+  s.add_request("a", I32{1, 2, 1, 2, 1}, limits(20));
+  s.add_request("b", I32{1, 2, 1, 2, 1}, limits(2));
+  testing::step(s, model);
+  EXPECT_EQ(s.schedule().input_ids, (I32{2, 2}));  // two running: plain decodes
+  const I32 sampled{1, 1};
+  s.update_from_output(sampled.data(), 2);  // b ends (max_tokens 2)
+  EXPECT_EQ(s.schedule().input_ids, (I32{1, 2, 1}));  // a alone: drafts again
+}
+
 TEST(SchedulerSpeculative, ASequenceWhoseDraftsAreInFlightIsNotScheduledAhead) {
   const I32 pattern{1, 2};
   Scheduler s(speculative_config(16, 4, 2));

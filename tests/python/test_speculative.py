@@ -13,15 +13,22 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from kvserve import Engine, SamplingParams
+from kvserve.kv_cache import kv_bytes_per_token
+from kvserve.model_config import ModelConfig
+from requires_cuda import requires_cuda
 from step_modes import set_step_mode
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
 
 def make_engine(directory, mode: str = "plain", **kwargs) -> Engine:
-    return set_step_mode(Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs), mode)
+    kwargs.setdefault("kv_cache_memory_gb", 0.01)
+    kwargs.setdefault("device", "cpu")
+    engine = Engine(str(directory), dtype="float32", **kwargs)
+    return engine if kwargs["device"] != "cpu" else set_step_mode(engine, mode)
 
 
 def prompts(count: int, length: int = 8, seed: int = 0) -> list[dict]:
@@ -72,6 +79,60 @@ def test_greedy_outputs_equal_the_engines_without_drafts(repeating_model_dir, ca
             assert b.outputs[0].cumulative_logprob == pytest.approx(a.outputs[0].cumulative_logprob, abs=1e-3)
     if params.max_tokens > 3:
         assert_drafts_taken_and_refused(engine)
+    assert_idle(engine)
+
+
+def test_preemption_and_prefix_hits_keep_the_outputs(repeating_model_dir):
+    # 15 usable blocks of 4 tokens for six requests of up to 56 tokens: preempted, they recompute
+    # from their prefix-cache hits.
+    params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
+    batch = prompts(6)
+    block_bytes = 4 * kv_bytes_per_token(ModelConfig.from_pretrained(repeating_model_dir), torch.float32)
+    kwargs = dict(block_size=4, max_model_len=60, kv_cache_memory_gb=16 * block_bytes / 2**30)
+    plain = make_engine(repeating_model_dir).generate(batch, params, use_tqdm=False)
+    engine = make_engine(repeating_model_dir, speculative_config=NGRAM, **kwargs)
+    speculated = engine.generate(batch, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in speculated] == [o.outputs[0].token_ids for o in plain]
+    assert engine.stats().num_preemptions > 0
+    assert_drafts_taken_and_refused(engine)
+    assert_idle(engine)
+
+
+def test_lora_adapters_keep_the_outputs(repeating_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    from kvserve import LoRARequest
+    from test_lora import save_adapter
+
+    # The MLP's projections only: the text still repeats itself.
+    loras = [LoRARequest(f"a{i}", i + 1, save_adapter(repeating_model_dir, tmp_path / f"a{i}", seed=i,
+                                                        target_modules=["gate_proj", "up_proj", "down_proj"]))
+             for i in range(2)]
+    batch = prompts(6)
+    mixed = [loras[0], None, loras[1], loras[0], None, loras[1]]
+    params = CASES["greedy"]
+    plain = make_engine(repeating_model_dir, enable_lora=True, max_loras=2)
+    engine = make_engine(repeating_model_dir, enable_lora=True, max_loras=2, speculative_config=NGRAM)
+    for requests in (mixed, loras[0]):
+        expected = plain.generate(batch, params, use_tqdm=False, lora_request=requests)
+        got = engine.generate(batch, params, use_tqdm=False, lora_request=requests)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert_drafts_taken_and_refused(engine)
+    assert_idle(engine)
+
+
+@requires_cuda
+def test_on_the_gpu_outputs_equal_the_engines_without_drafts(repeating_model_dir):
+    # Steps with drafts run eagerly, plain decodes replay their CUDA graphs; logprobs and
+    # penalties read the drafts on the device.
+    batch = prompts(6)
+    plain = make_engine(repeating_model_dir, device="cuda")
+    engine = make_engine(repeating_model_dir, device="cuda", speculative_config=NGRAM)
+    assert not engine.async_scheduling
+    for case in ("greedy", "logprobs and penalties"):
+        expected = plain.generate(batch, CASES[case], use_tqdm=False)
+        got = engine.generate(batch, CASES[case], use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert_drafts_taken_and_refused(engine)
     assert_idle(engine)
 
 
@@ -160,6 +221,7 @@ def test_structured_outputs_decode_without_drafts(repeating_model_dir):
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 1, "prompt_lookup_max": 0},
      "prompt_lookup_max must be"),
     ({"method": "ngram", "num_speculative_tokens": 2, "model": "draft"}, "unknown keys \\['model'\\]"),
+    ({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 0}, "disable_by_batch_size must be"),
     ("{not json", "must be a JSON object"),
     ([1], "must be a dict"),
 ])
@@ -173,6 +235,16 @@ def test_speculation_refuses_async_scheduling_and_pooling(repeating_model_dir):
         make_engine(repeating_model_dir, speculative_config=NGRAM, async_scheduling=True)
     with pytest.raises(ValueError, match="a pooling engine"):
         make_engine(repeating_model_dir, speculative_config=NGRAM, runner="pooling")
+
+
+def test_no_drafts_while_more_sequences_run_than_disable_by_batch_size(repeating_model_dir):
+    params = CASES["greedy"]
+    engine = make_engine(repeating_model_dir, speculative_config={**NGRAM, "disable_by_batch_size": 2})
+    engine.generate(prompts(3), params, use_tqdm=False)
+    assert engine.stats().num_drafts == 0  # three running from the first decode to the last
+    engine.generate(prompts(2), params, use_tqdm=False)
+    assert engine.stats().num_drafts > 0
+    assert_idle(engine)
 
 
 def test_lookup_bounds_default_as_vllms():
