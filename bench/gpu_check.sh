@@ -104,7 +104,8 @@ GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops
            tests/python/test_cuda_engine.py tests/python/test_paged_attention.py tests/python/test_device.py
            tests/python/test_extension.py tests/python/test_decode_graphs.py tests/python/test_sampler.py
            tests/python/test_bench_sass_loops.py tests/python/test_structured_outputs.py::test_on_a_gpu_every_output_matches
-           tests/python/test_lora.py::test_on_a_gpu_adapters_match_peft)
+           tests/python/test_lora.py::test_on_a_gpu_adapters_match_peft
+           tests/python/test_speculative.py::test_on_the_gpu_outputs_equal_the_engines_without_drafts)
 [ -n "${GPU_CHECK_TESTS:-}" ] && read -r -a GPU_TESTS <<<"$GPU_CHECK_TESTS"
 # Not the CPU kernels' runs under lesser ISAs (test_every_isa_path): CPU work, which CI does.
 run tests 200 "$OUT/tests.log" "$PY" -m pytest -q -rs -p no:cacheprovider -k "not every_isa_path" "${GPU_TESTS[@]}"

@@ -7,6 +7,9 @@
 // a finished request is replaced at once, so steps mix decodes with chunked prefills (8192 tokens).
 // "ahead": each step scheduled before the tokens of the one before are applied (async scheduling:
 // update_from_output closes the step before the one just scheduled).
+// "ngram": speculative decoding by prompt lookup (4 drafts, n-grams of 2 to 4): the fake model's
+// text never repeats, so every decode looks up its whole sequence and finds nothing (the lookup's
+// worst case); "ngram-2k" the same with 2048-token prompts.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,6 +33,7 @@ struct Scenario {
   int32_t max_tokens;  // 0: never finishes during the run
   bool replace_finished;
   bool ahead;
+  int32_t num_speculative_tokens = 0;
 };
 
 struct Result {
@@ -54,6 +58,9 @@ Result run(const Scenario& sc, int32_t steps) {
   config.max_num_seqs = sc.num_seqs;
   config.max_num_batched_tokens = 8192;
   config.max_model_len = sc.prompt_len + max_tokens;
+  config.num_speculative_tokens = sc.num_speculative_tokens;
+  config.prompt_lookup_min = 2;
+  config.prompt_lookup_max = 4;
   const int32_t blocks_per_req = (config.max_model_len + 15) / 16;
   config.num_blocks = sc.num_seqs * blocks_per_req + 1;
   kvserve::Scheduler scheduler(config);
@@ -131,6 +138,8 @@ int main(int argc, char** argv) {
       {"mixed-256", 256, 512, 128, true, false},
       {"decode-256 ahead", 256, 128, 0, false, true},
       {"mixed-256 ahead", 256, 512, 128, true, true},
+      {"decode-256 ngram", 256, 128, 0, false, false, 4},
+      {"decode-256 ngram-2k", 256, 2048, 0, false, false, 4},
   };
   std::printf("| scenario | mean us/step | p50 | p99 | tokens/step |\n|---|---|---|---|---|\n");
   for (const Scenario& sc : scenarios) {

@@ -7,8 +7,10 @@ A decode guesses up to num_speculative_tokens tokens by finding its last n token
 prompt_lookup_max down to prompt_lookup_min) earlier in its prompt or output, and the model checks
 the guesses in the same step, keeping those it agrees with (the C++ scheduler: scheduler.h,
 ngram_proposer.h; the sampler samples after each draft as if it were the sequence's). Greedy or
-random, the outputs follow the model's distribution exactly: only the number of steps changes. It
-pays where the text repeats what came before (code edits, quoting, summaries of a given text).
+random, the outputs follow the model's distribution exactly: only the number of steps changes (a
+seeded request's samples are reproducible, but not those it gets without drafts: each position
+verified draws from its generator). It pays where the text repeats what came before (code edits,
+quoting, summaries of a given text).
 
 As in vLLM, one of the two lookup bounds stands for both when the other is not given, and 5 for
 both when neither is; `disable_by_batch_size` (vLLM's) stops the drafts of a step that starts with

@@ -2,6 +2,8 @@
 // inputs, samples, the tokens update_from_output keeps, the blocks of rejected drafts, the limits).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -38,6 +40,38 @@ TEST(NgramProposer, TheLongestSuffixThatMatchesWinsAndItsLatestOccurrence) {
 TEST(NgramProposer, AMatchRunningIntoTheEndGoesOnWithItsOwnDrafts) {
   EXPECT_EQ(propose(I32{5, 1, 2, 1, 2}, 2, 2, 5), (I32{1, 2, 1, 2, 1}));
   EXPECT_EQ(propose(I32{3, 3, 3}, 1, 2, 4), (I32{3, 3, 3, 3}));
+}
+
+// The proposer's rule stated plainly: for n from max_n down to min_n, the latest earlier window of n
+// tokens equal to the last n; what follows it, read on into the drafts.
+I32 reference_drafts(const I32& tokens, int32_t min_n, int32_t max_n, int32_t max_drafts) {
+  const int32_t size = static_cast<int32_t>(tokens.size());
+  for (int32_t n = std::min(max_n, size - 1); n >= min_n; --n) {
+    for (int32_t start = size - n - 1; start >= 0; --start) {
+      if (!std::equal(tokens.end() - n, tokens.end(), tokens.begin() + start)) continue;
+      I32 extended = tokens;
+      for (int32_t i = 0; i < max_drafts; ++i) extended.push_back(extended[static_cast<size_t>(start + n + i)]);
+      return I32(extended.begin() + size, extended.end());
+    }
+  }
+  return {};
+}
+
+TEST(NgramProposer, EqualsTheRuleStatedPlainlyOnRandomSequences) {
+  std::mt19937 rng(7);
+  int32_t matched = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    const int32_t vocab = 2 + static_cast<int32_t>(rng() % 6);
+    I32 tokens(1 + rng() % 40);
+    for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+    const int32_t min_n = 1 + static_cast<int32_t>(rng() % 3);
+    const int32_t max_n = min_n + static_cast<int32_t>(rng() % 4);
+    const int32_t max_drafts = static_cast<int32_t>(rng() % 6);
+    const I32 expected = max_drafts > 0 ? reference_drafts(tokens, min_n, max_n, max_drafts) : I32{};
+    EXPECT_EQ(propose(tokens, min_n, max_n, max_drafts), expected) << "trial " << trial;
+    matched += !expected.empty();
+  }
+  EXPECT_GT(matched, 1000);
 }
 
 SchedulerConfig speculative_config(int32_t num_blocks, int32_t block_size, int32_t num_speculative_tokens,
