@@ -4,8 +4,8 @@ from kvserve._C import __version__
 from kvserve.beam_search import BeamSearchParams
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.outputs import (CompletionOutput, EmbeddingRequestOutput, PoolingRequestOutput, RequestOutput,
-                             ScoringRequestOutput)
+from kvserve.outputs import (ClassificationRequestOutput, CompletionOutput, EmbeddingRequestOutput,
+                             PoolingRequestOutput, RequestOutput, ScoringRequestOutput)
 from kvserve.pooling import PoolerConfig, PoolingParams
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
 from kvserve.structured_outputs import StructuredOutputsParams
@@ -13,6 +13,6 @@ from kvserve.structured_outputs import StructuredOutputsParams
 # vLLM users write `from vllm import LLM`; the same name works here.
 LLM = Engine
 
-__all__ = ["LLM", "BeamSearchParams", "CompletionOutput", "EmbeddingRequestOutput", "Engine", "LoRARequest",
+__all__ = ["LLM", "BeamSearchParams", "ClassificationRequestOutput", "CompletionOutput", "EmbeddingRequestOutput", "Engine", "LoRARequest",
            "PoolerConfig", "PoolingParams", "PoolingRequestOutput", "RequestOutput", "RequestOutputKind", "SamplingParams",
            "ScoringRequestOutput", "StructuredOutputsParams", "__version__"]

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import torch
 
 from kvserve import _C
+from kvserve.classify import Classifier
 from kvserve.device import resolve_device
 from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLINE_MAX_NUM_BATCHED_TOKENS,
                                  SCHEDULING_POLICIES, bool_argument, fraction_argument, int_argument)
@@ -130,8 +131,8 @@ class Engine(OfflineAPI):
         `max_logprobs` (vLLM's, default 20): the most log-probabilities a request may ask for a
         position (SamplingParams.logprobs, prompt_logprobs); -1: the whole vocabulary.
         `runner` (vLLM's): "generate", "pooling" (embeddings: embed(), requests with PoolingParams;
-        kvserve.pooling), or "auto": pooling for a base model's checkpoint (no LM head), else
-        generate. `pooler_config` (a pooling engine's; {"pooling_type": "LAST" | "MEAN" | "CLS",
+        kvserve.pooling; a classifier's checkpoint: classify(), kvserve.classify), or "auto":
+        pooling for a base model's or a classifier's checkpoint (no LM head), else generate. `pooler_config` (a pooling engine's; {"pooling_type": "LAST" | "MEAN" | "CLS",
         "normalize": bool}) overrides what the checkpoint's sentence-transformers files say.
         `hf_overrides` (vLLM's): config.json keys to replace or add, e.g. {"is_matryoshka": True}.
         `speculative_config` (vLLM's, its "ngram" method): decodes guess tokens by prompt lookup and
@@ -177,8 +178,11 @@ class Engine(OfflineAPI):
                             seed=seed if seed is not None else torch.initial_seed(), runner=runner,
                             hf_overrides=hf_overrides)
         self.model_config = config = loaded.model_config
-        # A pooling engine's pooler (its model has no LM head); None: the engine generates.
-        self.pooler = None if loaded.model.has_lm_head else PoolerConfig.for_model(loaded.path, pooler_config)
+        # A classifier's head (kvserve.classify), and a pooling engine's pooler (its model has no LM
+        # head); None: the engine generates.
+        self.classifier = Classifier.of_model(loaded.model, config.labels) if config.labels is not None else None
+        self.pooler = None if loaded.model.has_lm_head else PoolerConfig.for_model(
+            loaded.path, pooler_config, classifier=self.classifier is not None)
         if self.pooler is None and pooler_config is not None:
             raise ValueError("pooler_config needs a pooling engine (runner='pooling')")
         if not isinstance(enable_lora, bool):

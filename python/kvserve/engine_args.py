@@ -116,7 +116,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        "0.5}' (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens)")
     group.add_argument("--runner", choices=RUNNERS, default="auto",
                        help="pooling: embeddings (POST /v1/embeddings), not generation; auto: pooling for a base "
-                       "model's checkpoint (no LM head), else generate")
+                       "model's or a classifier's checkpoint (no LM head; a classifier answers POST /classify), "
+                       "else generate")
     group.add_argument("--pooler-config", type=_json_object, metavar="JSON",
                        help="how --runner pooling pools, e.g. '{\"pooling_type\": \"MEAN\", \"normalize\": false}' "
                        "(LAST, MEAN or CLS; default: the checkpoint's sentence-transformers files, else LAST, "

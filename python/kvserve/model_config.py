@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kvserve.models.registry import causal_architecture, check_architecture
+from kvserve.models.registry import CLASSIFIERS, causal_architecture, check_architecture
 
 # Names accepted for `dtype`, as vLLM accepts them.
 _DTYPES_BY_NAME = {
@@ -109,6 +109,8 @@ class ModelConfig:
     # The embedding lengths a Matryoshka model's vectors may be cut to (config.json's
     # matryoshka_dimensions; () for any, where it says is_matryoshka); None: not one.
     matryoshka_dimensions: tuple[int, ...] | None = None
+    # A classifier's labels by class index (config.json's id2label; registry.CLASSIFIERS); None: not one.
+    labels: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -194,7 +196,19 @@ class ModelConfig:
             default_sampling=sampling_defaults(generation),
             matryoshka_dimensions=(tuple(hf["matryoshka_dimensions"]) if hf.get("matryoshka_dimensions")
                                    else () if hf.get("is_matryoshka") else None),
+            labels=_labels(hf, source) if architectures[0] in CLASSIFIERS else None,
         )
+
+
+def _labels(hf: dict, source: str) -> tuple[str, ...]:
+    """A classifier's labels, as transformers reads them: id2label, else num_labels of LABEL_i (2 by default)."""
+    id2label = hf.get("id2label")
+    if id2label:
+        indices = sorted(int(k) for k in id2label)
+        if indices != list(range(len(indices))):
+            raise ValueError(f"{source}: id2label: expected the classes 0..{len(indices) - 1}, got {sorted(id2label)}")
+        return tuple(str(id2label[str(i)] if str(i) in id2label else id2label[i]) for i in indices)
+    return tuple(f"LABEL_{i}" for i in range(hf.get("num_labels", 2)))
 
 
 def _required(hf: dict, key: str, source: str):

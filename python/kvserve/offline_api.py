@@ -14,7 +14,8 @@ import torch
 from kvserve.beam_search import BeamSearchOutput, BeamSearchParams, beam_search
 from kvserve.chat_template import chat_template_arguments
 from kvserve.lora.request import LoRARequest
-from kvserve.outputs import EmbeddingRequestOutput, RequestOutput, ScoringOutput, ScoringRequestOutput
+from kvserve.outputs import (ClassificationOutput, ClassificationRequestOutput, EmbeddingRequestOutput,
+                             PoolingRequestOutput, RequestOutput, ScoringOutput, ScoringRequestOutput)
 from kvserve.pooling import PoolingParams, cosine_similarity, score_pairs
 from kvserve.prompts import PromptInput, normalize_prompts
 from kvserve.sampling_params import RequestOutputKind, SamplingParams
@@ -47,23 +48,56 @@ class OfflineAPI:
               priority: Sequence[int] | None = None) -> list[EmbeddingRequestOutput]:
         """vLLM's LLM.embed: each prompt's embedding, in order (a pooling engine's: kvserve.pooling).
         `truncate_prompt_tokens`: the default PoolingParams'; `lora_request`: as generate()'s."""
+        if self.classifier is not None:
+            raise ValueError("this model is a classifier: classify() its prompts, or score() pairs with a "
+                             "cross-encoder")
+        outputs = self._pool("embed", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, lora_request,
+                             priority)
+        return [EmbeddingRequestOutput.from_base(output) for output in outputs]
+
+    def classify(self, prompts: PromptInput | Sequence[PromptInput], *, truncate_prompt_tokens: int | None = None,
+                 use_tqdm: bool = True, lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+                 priority: Sequence[int] | None = None) -> list[ClassificationRequestOutput]:
+        """vLLM's LLM.classify: each prompt's class probabilities, in order (a classifier's:
+        kvserve.classify); the arguments as embed()'s."""
+        if self.classifier is None:
+            raise ValueError("classify() needs a classifier's checkpoint (a *ForSequenceClassification "
+                             "architecture); this model has no classification head")
+        outputs = self._pool("classify", prompts, None, truncate_prompt_tokens, use_tqdm, lora_request, priority)
+        return [ClassificationRequestOutput(o.request_id, o.prompt, o.prompt_token_ids,
+                                            ClassificationOutput(self.classifier.probs(o.outputs.data)))
+                for o in outputs]
+
+    def _pool(self, kind: str, prompts, pooling_params, truncate_prompt_tokens: int | None, use_tqdm: bool,
+              lora_request, priority) -> list[PoolingRequestOutput]:
+        """Pools each prompt (a pooling engine's requests) and returns the outputs in order."""
         if self.pooler is None:
-            raise ValueError("embed() needs a pooling engine (runner='pooling'); this one generates")
+            raise ValueError(f"{kind}() needs a pooling engine (runner='pooling'); this one generates")
         normalized = normalize_prompts(prompts, self.tokenizer)
         if pooling_params is None:
             pooling_params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
         pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
         lora_request = _per_prompt("lora_request", lora_request, (LoRARequest, type(None)), normalized)
-        outputs = self._run_requests("embed", normalized, pooling_params, lora_request, priority, use_tqdm)
-        return [EmbeddingRequestOutput.from_base(output) for output in outputs]
+        return self._run_requests(kind, normalized, pooling_params, lora_request, priority, use_tqdm)
 
     def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], *,
               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True) -> list[ScoringRequestOutput]:
-        """vLLM's LLM.score for an embedding model: the cosine similarity of each pair's embeddings,
-        data_1 one text for every data_2, or one for each. Each distinct text is embedded once."""
+        """vLLM's LLM.score, data_1 one text for every data_2, or one for each: an embedding
+        model's is the cosine similarity of each pair's embeddings (each distinct text embedded
+        once), a cross-encoder's the sigmoid of its logit for the pair as one prompt (kvserve.classify)."""
         firsts = [data_1] if isinstance(data_1, str) else list(data_1)
         seconds = [data_2] if isinstance(data_2, str) else list(data_2)
         pairs = score_pairs(firsts, seconds)
+        if self.classifier is not None:
+            if self.tokenizer is None:
+                raise ValueError("score() encodes each pair of texts, but the engine was built with "
+                                 "skip_tokenizer_init=True")
+            self.classifier.check_cross_encoder()
+            prompts = [{"prompt_token_ids": self.tokenizer.encode_pair(a, b)} for a, b in pairs]
+            outputs = self._pool("score", prompts, None, truncate_prompt_tokens, use_tqdm, None, None)
+            return [ScoringRequestOutput(f"score-{i}", o.prompt_token_ids,
+                                         ScoringOutput(self.classifier.relevance(o.outputs.data)))
+                    for i, o in enumerate(outputs)]
         texts = list(dict.fromkeys(text for pair in pairs for text in pair))
         outputs = dict(zip(texts, self.embed(texts, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)))
         vectors = {text: torch.tensor(output.outputs.embedding) for text, output in outputs.items()}

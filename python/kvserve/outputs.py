@@ -95,6 +95,26 @@ class ScoringRequestOutput:
 
 
 @dataclass
+class ClassificationOutput:
+    probs: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
+@dataclass
+class ClassificationRequestOutput:
+    """What Engine.classify returns, one per prompt (vLLM's)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: ClassificationOutput
+    finished: bool = True
+
+
+@dataclass
 class EmbeddingOutput:
     embedding: list[float]
 

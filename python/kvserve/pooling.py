@@ -51,9 +51,11 @@ class PoolerConfig:
         return self.pooling_type != "LAST"
 
     @classmethod
-    def for_model(cls, directory: Path | None, overrides: dict | PoolerConfig | None = None) -> PoolerConfig:
+    def for_model(cls, directory: Path | None, overrides: dict | PoolerConfig | None = None, *,
+                  classifier: bool = False) -> PoolerConfig:
         """The checkpoint's own pooling (its sentence-transformers files, if any), with `overrides`
-        (a dict of its keys, or a PoolerConfig) over it."""
+        (a dict of its keys, or a PoolerConfig) over it. A classifier's head reads the last token's
+        state as it is (kvserve.classify): LAST, not normalized, unless overridden."""
         if isinstance(overrides, PoolerConfig):
             return overrides
         if overrides is not None and not isinstance(overrides, dict):
@@ -62,7 +64,8 @@ class PoolerConfig:
         unknown = sorted(set(overrides or {}) - {"pooling_type", "normalize"})
         if unknown:
             raise ValueError(f"pooler_config: unknown keys {unknown}; kvserve takes pooling_type and normalize")
-        return cls(**{**found, **(overrides or {})})
+        own = {"normalize": False} if classifier else found
+        return cls(**{**own, **(overrides or {})})
 
 
 def _sentence_transformers_pooling(directory: Path) -> dict:

@@ -165,6 +165,11 @@ class Tokenizer:
             raise ValueError(f"text must be a str, got {type(text).__name__}")
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_pair(self, text: str, pair: str, add_special_tokens: bool = True) -> list[int]:
+        """The ids of a pair of texts, as transformers' tokenizer(text, text_pair) gives them (a
+        cross-encoder's input)."""
+        return self.backend.encode(text, pair, add_special_tokens=add_special_tokens).ids
+
     def decode(self, token_ids, skip_special_tokens: bool = False) -> str:
         """The text of `token_ids`; invalid UTF-8 becomes U+FFFD, unknown ids are ignored."""
         return self.backend.decode(list(token_ids), skip_special_tokens=skip_special_tokens)

@@ -9,6 +9,7 @@ apart: Llama a Llama 3 rope scaling, Mistral a sliding window shorter than the t
 q/k/v biases with YaRN, Qwen3 q/k norms and a head_dim that is not hidden_size / num_heads.
 
     save_repeating_model(directory) -> the tiny Llama whose text repeats itself (speculative decoding's)
+    save_tiny_model(directory, "LlamaForSequenceClassification", num_labels=3) -> a tiny classifier
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ TINY_CONFIGS = {
 
 
 def tiny_hf_model(architecture: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
-    """The transformers model (float32, random weights) that save_tiny_model writes."""
-    config_class, extra = TINY_CONFIGS[architecture]
+    """The transformers model (float32, random weights) that save_tiny_model writes; `architecture`
+    may also be the *ForSequenceClassification twin of one of TINY_CONFIGS (overrides: num_labels,
+    id2label)."""
+    causal = architecture.replace("ForSequenceClassification", "ForCausalLM")
+    config_class, extra = TINY_CONFIGS[causal]
     config = config_class(**{**_COMMON, **extra, **overrides})
     config.architectures = [architecture]
     torch.manual_seed(seed)

@@ -19,7 +19,7 @@ from kvserve.loader.safetensors_weights import iter_safetensors_weights
 from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.linear import onednn_packs
-from kvserve.models.registry import BASE_MODELS, build_model
+from kvserve.models.registry import POOLING_ONLY, build_model
 from kvserve.pooling import RUNNERS
 
 logger = logging.getLogger("kvserve")
@@ -58,7 +58,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     """Resolve `model` (None: the default model), read its config, build it and fill its weights.
     load_format "dummy" keeps the real shapes but fills random weights (seeded by `seed`).
     `runner` (kvserve.pooling.RUNNERS): "pooling" builds the model without its LM head; "auto"
-    does so for a base model's checkpoint (registry.BASE_MODELS), which has none. `hf_overrides`:
+    does so for a base model's or a classifier's checkpoint (registry.POOLING_ONLY), which has none. `hf_overrides`:
     config.json keys to replace or add (vLLM's; a Hugging Face directory's only)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
@@ -81,12 +81,14 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     else:
         model_config, tokenizer = ModelConfig.from_pretrained(path, hf_overrides), None
         weights = iter_safetensors_weights(path)
-    is_base = model_config.architecture in BASE_MODELS
-    if is_base and runner == "generate":
-        raise ValueError(f"{path} is a base model ({model_config.architecture}, no LM head): it generates nothing, "
-                         f"and serves embeddings with runner 'pooling'")
+    pools_only = model_config.architecture in POOLING_ONLY
+    if pools_only and runner == "generate":
+        kind = "a classifier" if model_config.labels is not None else "a base model"
+        raise ValueError(f"{path} is {kind} ({model_config.architecture}, no LM head): it generates nothing, "
+                         f"and serves with runner 'pooling'")
     resolved = _engine_dtype(model_config, dtype, torch.device(device))
-    module = build_model(model_config, resolved, device, lm_head=runner == "generate" or (runner == "auto" and not is_base))
+    module = build_model(model_config, resolved, device,
+                         lm_head=runner == "generate" or (runner == "auto" and not pools_only))
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
     else:

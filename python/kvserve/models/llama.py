@@ -144,6 +144,9 @@ class LlamaForCausalLM(nn.Module):
         self.has_lm_head = lm_head
         self.lm_head = (Linear(config.hidden_size, config.vocab_size, False, dtype)
                         if lm_head and not config.tie_word_embeddings else None)
+        # A classifier's head (registry.CLASSIFIERS), applied to the pooled hidden state by kvserve.classify.
+        self.score = (nn.Linear(config.hidden_size, len(config.labels), bias=False, dtype=dtype)
+                      if config.labels is not None else None)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, config.max_model_len)
         # A tied LM head's fast_copies of the embedding (an untied one is a Linear, which keeps its own).
         self.tied_lm_head_copies: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)

@@ -23,18 +23,28 @@ _MODELS = {
 BASE_MODELS = {"LlamaModel": "LlamaForCausalLM", "MistralModel": "MistralForCausalLM", "Qwen2Model": "Qwen2ForCausalLM",
                "Qwen3Model": "Qwen3ForCausalLM"}
 
+# The same models with a classification head (`score`, hidden -> num_labels) on the last token's
+# final hidden state instead of the LM head, as transformers saves a classifier, a reward model or
+# a cross-encoder: for pooling only (kvserve.classify).
+CLASSIFIERS = {"LlamaForSequenceClassification": "LlamaForCausalLM",
+               "MistralForSequenceClassification": "MistralForCausalLM",
+               "Qwen2ForSequenceClassification": "Qwen2ForCausalLM",
+               "Qwen3ForSequenceClassification": "Qwen3ForCausalLM"}
+# Architectures without an LM head: they pool, and generate nothing.
+POOLING_ONLY = (*BASE_MODELS, *CLASSIFIERS)
+
 SUPPORTED_ARCHITECTURES = tuple(_MODELS)
 
 
 def causal_architecture(architecture: str) -> str:
-    """The architecture with its LM head that `architecture` (maybe a base model) is."""
-    return BASE_MODELS.get(architecture, architecture)
+    """The architecture with its LM head that `architecture` (maybe a base model or a classifier) is."""
+    return BASE_MODELS.get(architecture) or CLASSIFIERS.get(architecture) or architecture
 
 
 def check_architecture(architecture: str) -> None:
     if causal_architecture(architecture) not in _MODELS:
         raise ValueError(f"architecture {architecture!r} is not supported; "
-                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)} (and for pooling {', '.join(BASE_MODELS)})")
+                         f"supported: {', '.join(SUPPORTED_ARCHITECTURES)} (and for pooling {', '.join(POOLING_ONLY)})")
 
 
 def model_class(architecture: str) -> type:
@@ -48,8 +58,8 @@ def build_model(model_config, dtype: torch.dtype, device: str | torch.device = "
     """The model for `model_config`, with uninitialized parameters in `dtype` on `device`: fill them
     with model.load_weights(...) or kvserve.loader.fill_dummy_weights(model), then call
     model.finalize_weights() (kvserve.loader.load_model does all three). lm_head=False (a pooling
-    engine's, and always for a base model) builds none: a checkpoint's is then skipped."""
+    engine's, and always for a base model or a classifier) builds none: a checkpoint's is then skipped."""
     cls = model_class(model_config.architecture)
     with torch.device(device):
-        model = cls(model_config, dtype, lm_head=lm_head and model_config.architecture not in BASE_MODELS)
+        model = cls(model_config, dtype, lm_head=lm_head and model_config.architecture not in POOLING_ONLY)
     return model.eval()

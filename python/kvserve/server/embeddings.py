@@ -94,6 +94,9 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
 async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     served: ServedModel = raw_request.app.state.model
     lora = check_pooling_request(raw_request, body.model, body.priority)
+    if served.classifier is not None:
+        raise bad_request("this model is a classifier: POST /classify for its classes (and /score or /rerank, a "
+                          "cross-encoder's), not embeddings", "model")
     if (body.input is None) == (body.messages is None):
         raise bad_request("give either input or messages (one of them)", "input")
     if body.input is not None:

@@ -414,6 +414,16 @@ class EmbeddingRequest(ChatTemplateFields):
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
 
 
+class ClassificationRequest(_Model):
+    """vLLM's POST /classify (server/classify.py): each input's class probabilities."""
+
+    model: str | None = None
+    input: Annotated[object, AfterValidator(_prompt)]  # as a completion's prompt
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+
+
 class LoadLoRARequest(_Model):
     """vLLM's POST /v1/load_lora_adapter."""
 

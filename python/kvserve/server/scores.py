@@ -1,5 +1,6 @@
-"""vLLM's score and rerank endpoints over a pooling server's embeddings: the relevance of two texts
-is the cosine similarity of their embeddings (an embedding model's, as vLLM scores them).
+"""vLLM's score and rerank endpoints over a pooling server: the relevance of two texts is the cosine
+similarity of their embeddings (an embedding model's, as vLLM scores them), or a cross-encoder's
+score of the pair (a classifier of one class: the pair is one prompt, kvserve.classify).
 
     POST /score, /v1/score            text_1 (one text, or one per text_2) against each text_2:
                                       {"data": [{"index", "object": "score", "score"}], "usage"}
@@ -7,7 +8,7 @@ is the cosine similarity of their embeddings (an embedding model's, as vLLM scor
                                       the query, the top_n first: {"results": [{"index",
                                       "document": {"text"}, "relevance_score"}], "usage"}
 
-Each distinct text is embedded once.
+Each distinct text is embedded once; a cross-encoder computes each pair.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ router = APIRouter()
 async def _similarities(raw_request: Request, model: str | None, firsts: list[str], seconds: list[str], *,
                         param: str, truncate: int | None, priority: int,
                         prefix: str) -> tuple[str, str, list[float], int] | None:
-    """(request id, the model's name in the answer, the cosine similarity of each pair, the prompt
-    tokens pooled); None where the client left."""
+    """(request id, the model's name in the answer, the relevance of each pair, the prompt tokens
+    pooled); None where the client left."""
     served: ServedModel = raw_request.app.state.model
     lora = check_pooling_request(raw_request, model, priority)
+    if served.classifier is not None:
+        return await _cross_encoded(raw_request, served, lora, firsts, seconds, param=param, truncate=truncate,
+                                    priority=priority, prefix=prefix)
     texts = list(dict.fromkeys(firsts + seconds))
     prompts = await asyncio.to_thread(lambda: [EnginePrompt(served.encode(t, True, param), t) for t in texts])
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, PoolingParams(truncate_prompt_tokens=truncate),
@@ -43,6 +47,24 @@ async def _similarities(raw_request: Request, model: str | None, firsts: list[st
         return None
     vectors = dict(zip(texts, (o.outputs.data for o in outputs)))
     scores = [cosine_similarity(vectors[a], vectors[b]) for a, b in zip(firsts, seconds)]
+    return request_id, served.response_name(lora), scores, sum(len(p.token_ids) for p in prompts)
+
+
+async def _cross_encoded(raw_request: Request, served: ServedModel, lora, firsts: list[str], seconds: list[str], *,
+                         param: str, truncate: int | None, priority: int,
+                         prefix: str) -> tuple[str, str, list[float], int] | None:
+    """_similarities for a cross-encoder: each pair is one prompt (the tokenizer's pair encoding)."""
+    try:
+        served.classifier.check_cross_encoder()
+    except ValueError as e:
+        raise bad_request(str(e), "model") from None
+    prompts = await asyncio.to_thread(
+        lambda: [EnginePrompt(served.tokenizer.encode_pair(a, b)) for a, b in zip(firsts, seconds)])
+    request_id, prompts, outputs = await run_pooled(raw_request, prompts, PoolingParams(truncate_prompt_tokens=truncate),
+                                                    param=param, priority=priority, prefix=prefix, lora=lora)
+    if outputs is None:
+        return None
+    scores = [served.classifier.relevance(o.outputs.data) for o in outputs]
     return request_id, served.response_name(lora), scores, sum(len(p.token_ids) for p in prompts)
 
 

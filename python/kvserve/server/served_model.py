@@ -63,6 +63,7 @@ class ServedModel:
         # parser, or no such token).
         self.reasoning_end = engine.grammars.reasoning_end
         self.pools = engine.pooler is not None  # --runner pooling: embeddings, not generation
+        self.classifier = engine.classifier  # a classifier's head (kvserve.classify): /classify, cross-encoding
 
     def check_name(self, model: str | None) -> LoRARequest | None:
         """The LoRA adapter a request's model names (None: the base model). Requests may leave the

@@ -1,0 +1,73 @@
+"""Classifiers (kvserve.classify: *ForSequenceClassification checkpoints) against transformers on the
+same weights: Engine.classify's probabilities and a cross-encoder's Engine.score within 1e-5
+(float32), the prompts tokenized as transformers does (a pair as its tokenizer(text, text_pair));
+and what a classifier refuses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from kvserve import Engine
+from tiny_models import tiny_hf_model
+
+ARCHITECTURES = ["LlamaForSequenceClassification", "MistralForSequenceClassification",
+                 "Qwen2ForSequenceClassification", "Qwen3ForSequenceClassification"]
+TEXTS = ["The capital of France is", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more", "Hi"]
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def make_engine(directory, **kwargs) -> Engine:
+    return Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs)
+
+
+def hf_logits(model, token_ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([token_ids])).logits[0]
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_class_probabilities_equal_transformers(tiny_model_dir, architecture):
+    directory = tiny_model_dir(architecture, num_labels=3, id2label=LABELS)
+    model = tiny_hf_model(architecture, num_labels=3, id2label=LABELS)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    engine = make_engine(directory)
+    assert engine.classifier.labels == ("negative", "neutral", "positive")
+    outputs = engine.classify(TEXTS, use_tqdm=False)
+    for text, output in zip(TEXTS, outputs):
+        assert output.prompt_token_ids == tokenizer(text)["input_ids"]
+        expected = hf_logits(model, output.prompt_token_ids).softmax(0)
+        torch.testing.assert_close(torch.tensor(output.outputs.probs), expected, rtol=0, atol=1e-5)
+        assert output.outputs.num_classes == 3
+    stats = engine.stats()
+    assert not engine.has_unfinished_requests() and stats.num_free_blocks == stats.num_blocks - 1
+
+
+def test_a_cross_encoder_scores_each_pair_as_transformers(tiny_model_dir):
+    directory = tiny_model_dir("Qwen3ForSequenceClassification", num_labels=1)
+    model = tiny_hf_model("Qwen3ForSequenceClassification", num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    engine = make_engine(directory)
+    documents = ["Paris is the capital of France.", "Bread needs flour and water.", "ka lo mi"]
+    scores = engine.score("What is the capital of France?", documents, use_tqdm=False)
+    for document, output in zip(documents, scores):
+        pair = tokenizer("What is the capital of France?", document)["input_ids"]
+        assert output.prompt_token_ids == pair
+        assert output.outputs.score == pytest.approx(float(hf_logits(model, pair)[0].sigmoid()), abs=1e-5)
+    # One class: classify() gives its sigmoid too, as vLLM's.
+    (single,) = engine.classify([{"prompt_token_ids": scores[0].prompt_token_ids}], use_tqdm=False)
+    assert single.outputs.probs == pytest.approx([scores[0].outputs.score], abs=1e-6)
+
+
+def test_what_a_classifier_refuses(tiny_model_dir):
+    directory = tiny_model_dir("LlamaForSequenceClassification", num_labels=3, id2label=LABELS)
+    with pytest.raises(ValueError, match="is a classifier .* it generates nothing"):
+        make_engine(directory, runner="generate")
+    engine = make_engine(directory)
+    with pytest.raises(ValueError, match="this model is a classifier: classify"):
+        engine.embed(TEXTS, use_tqdm=False)
+    with pytest.raises(ValueError, match="needs a cross-encoder \\(one class\\); this classifier has 3"):
+        engine.score("a", ["b"], use_tqdm=False)
+    with pytest.raises(ValueError, match="classify\\(\\) needs a classifier"):
+        make_engine(tiny_model_dir("LlamaForCausalLM"), runner="pooling").classify(TEXTS, use_tqdm=False)
