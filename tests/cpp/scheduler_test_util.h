@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <string_view>
 #include <vector>
 
 #include "kvserve/scheduler.h"
@@ -24,6 +25,11 @@ inline RequestParams limits(int32_t max_tokens, int32_t n = 1) {
   params.max_tokens = max_tokens;
   params.n = n;
   return params;
+}
+
+// The live request's sample `sample` (the test knows it is live).
+inline const Sequence& sequence(const Scheduler& s, std::string_view id, int32_t sample = 0) {
+  return s.find_request(id)->samples[static_cast<size_t>(sample)];
 }
 
 // The fake model: the token sampled for entry k of a step.

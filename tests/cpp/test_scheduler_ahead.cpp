@@ -15,6 +15,7 @@ namespace kvserve {
 namespace {
 
 using testing::limits;
+using testing::sequence;
 using testing::small_config;
 using I32 = std::vector<int32_t>;
 using I64 = std::vector<int64_t>;
@@ -25,10 +26,6 @@ I32 range(int32_t first, int32_t count) {
   I32 v(static_cast<size_t>(count));
   std::iota(v.begin(), v.end(), first);
   return v;
-}
-
-const Sequence& sequence(const Scheduler& s, std::string_view id, int32_t sample = 0) {
-  return s.find_request(id)->samples[static_cast<size_t>(sample)];
 }
 
 TEST(SchedulerAhead, ADecodeScheduledAheadComputesThePlaceholderOfTheStepInFlight) {

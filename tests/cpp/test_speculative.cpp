@@ -15,6 +15,7 @@ namespace kvserve {
 namespace {
 
 using testing::limits;
+using testing::sequence;
 using testing::small_config;
 using I32 = std::vector<int32_t>;
 using I64 = std::vector<int64_t>;
@@ -88,8 +89,6 @@ int32_t periodic(const SchedulerOutput& out, int32_t k, const I32& pattern) {
   const int64_t position = out.positions[static_cast<size_t>(out.logits_indices[static_cast<size_t>(k)])];
   return pattern[static_cast<size_t>((position + 1) % static_cast<int64_t>(pattern.size()))];
 }
-
-const Sequence& sequence(const Scheduler& s, std::string_view id) { return s.find_request(id)->samples[0]; }
 
 I32 tokens_of(const std::vector<SampleUpdate>& updates) {
   I32 tokens;
