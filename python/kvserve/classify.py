@@ -6,7 +6,8 @@ decoder with a `score` head (hidden -> num_labels) in place of the LM head. Its 
 last prompt token's final hidden state, not normalized) and the head turns the pooled state into
 the classes' logits:
 
-    Engine(model).classify(prompts)    outputs.probs: softmax over the classes (one class: sigmoid)
+    Engine(model).classify(prompts)    outputs.probs: softmax over the classes (one class: sigmoid;
+                                       PoolingParams(use_activation=False): the logits)
     Engine(model).score(query, docs)   a cross-encoder's (one class): each pair is one prompt, the
                                        tokenizer's pair encoding of (text_1, text_2), scored by the
                                        sigmoid of its logit
@@ -38,10 +39,13 @@ class Classifier:
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.weight @ pooled.float().cpu()
 
-    def probs(self, pooled: torch.Tensor) -> list[float]:
-        """Each class's probability: softmax over the classes; a single class's sigmoid."""
+    def probs(self, pooled: torch.Tensor, activation: bool = True) -> list[float]:
+        """Each class's probability: softmax over the classes; a single class's sigmoid (without
+        `activation`: the logits)."""
         logits = self.logits(pooled)
-        return (logits.sigmoid() if self.num_labels == 1 else logits.softmax(0)).tolist()
+        if activation:
+            logits = logits.sigmoid() if self.num_labels == 1 else logits.softmax(0)
+        return logits.tolist()
 
     def check_cross_encoder(self) -> None:
         """ValueError unless it scores pairs: a cross-encoder has one class."""
@@ -49,7 +53,8 @@ class Classifier:
             raise ValueError(f"scoring pairs needs a cross-encoder (one class); this classifier has "
                              f"{self.num_labels}: {list(self.labels)}")
 
-    def relevance(self, pooled: torch.Tensor) -> float:
-        """A cross-encoder's score of the pair it pooled: the sigmoid of its one logit."""
+    def relevance(self, pooled: torch.Tensor, activation: bool = True) -> float:
+        """A cross-encoder's score of the pair it pooled: the sigmoid of its one logit (without
+        `activation`: the logit)."""
         self.check_cross_encoder()
-        return float(self.logits(pooled)[0].sigmoid())
+        return self.probs(pooled, activation)[0]

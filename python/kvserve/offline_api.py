@@ -51,26 +51,29 @@ class OfflineAPI:
         if self.classifier is not None:
             raise ValueError("this model is a classifier: classify() its prompts, or score() pairs with a "
                              "cross-encoder")
-        outputs = self._pool("embed", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, lora_request,
-                             priority)
+        outputs, _ = self._pool("embed", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, lora_request,
+                                priority)
         return [EmbeddingRequestOutput.from_base(output) for output in outputs]
 
-    def classify(self, prompts: PromptInput | Sequence[PromptInput], *, truncate_prompt_tokens: int | None = None,
-                 use_tqdm: bool = True, lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+    def classify(self, prompts: PromptInput | Sequence[PromptInput],
+                 pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
+                 truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
                  priority: Sequence[int] | None = None) -> list[ClassificationRequestOutput]:
         """vLLM's LLM.classify: each prompt's class probabilities, in order (a classifier's:
-        kvserve.classify); the arguments as embed()'s."""
+        kvserve.classify; PoolingParams(use_activation=False): its logits); the arguments as embed()'s."""
         if self.classifier is None:
             raise ValueError("classify() needs a classifier's checkpoint (a *ForSequenceClassification "
                              "architecture); this model has no classification head")
-        outputs = self._pool("classify", prompts, None, truncate_prompt_tokens, use_tqdm, lora_request, priority)
-        return [ClassificationRequestOutput(o.request_id, o.prompt, o.prompt_token_ids,
-                                            ClassificationOutput(self.classifier.probs(o.outputs.data)))
-                for o in outputs]
+        outputs, params = self._pool("classify", prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                                     lora_request, priority)
+        return [ClassificationRequestOutput(o.request_id, o.prompt, o.prompt_token_ids, ClassificationOutput(
+                    self.classifier.probs(o.outputs.data, p.use_activation is not False)))
+                for o, p in zip(outputs, params)]
 
     def _pool(self, kind: str, prompts, pooling_params, truncate_prompt_tokens: int | None, use_tqdm: bool,
-              lora_request, priority) -> list[PoolingRequestOutput]:
-        """Pools each prompt (a pooling engine's requests) and returns the outputs in order."""
+              lora_request, priority) -> tuple[list[PoolingRequestOutput], list[PoolingParams]]:
+        """Pools each prompt (a pooling engine's requests): the outputs in order, and each one's params."""
         if self.pooler is None:
             raise ValueError(f"{kind}() needs a pooling engine (runner='pooling'); this one generates")
         normalized = normalize_prompts(prompts, self.tokenizer)
@@ -78,13 +81,15 @@ class OfflineAPI:
             pooling_params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
         pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
         lora_request = _per_prompt("lora_request", lora_request, (LoRARequest, type(None)), normalized)
-        return self._run_requests(kind, normalized, pooling_params, lora_request, priority, use_tqdm)
+        return self._run_requests(kind, normalized, pooling_params, lora_request, priority, use_tqdm), pooling_params
 
     def score(self, data_1: str | Sequence[str], data_2: str | Sequence[str], *,
-              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True) -> list[ScoringRequestOutput]:
+              truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+              pooling_params: PoolingParams | None = None) -> list[ScoringRequestOutput]:
         """vLLM's LLM.score, data_1 one text for every data_2, or one for each: an embedding
         model's is the cosine similarity of each pair's embeddings (each distinct text embedded
-        once), a cross-encoder's the sigmoid of its logit for the pair as one prompt (kvserve.classify)."""
+        once), a cross-encoder's the sigmoid of its logit for the pair as one prompt (kvserve.classify;
+        `pooling_params`' use_activation False: the logit)."""
         firsts = [data_1] if isinstance(data_1, str) else list(data_1)
         seconds = [data_2] if isinstance(data_2, str) else list(data_2)
         pairs = score_pairs(firsts, seconds)
@@ -94,12 +99,14 @@ class OfflineAPI:
                                  "skip_tokenizer_init=True")
             self.classifier.check_cross_encoder()
             prompts = [{"prompt_token_ids": self.tokenizer.encode_pair(a, b)} for a, b in pairs]
-            outputs = self._pool("score", prompts, None, truncate_prompt_tokens, use_tqdm, None, None)
+            outputs, _ = self._pool("score", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, None, None)
+            activation = pooling_params is None or pooling_params.use_activation is not False
             return [ScoringRequestOutput(f"score-{i}", o.prompt_token_ids,
-                                         ScoringOutput(self.classifier.relevance(o.outputs.data)))
+                                         ScoringOutput(self.classifier.relevance(o.outputs.data, activation)))
                     for i, o in enumerate(outputs)]
         texts = list(dict.fromkeys(text for pair in pairs for text in pair))
-        outputs = dict(zip(texts, self.embed(texts, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)))
+        outputs = dict(zip(texts, self.embed(texts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
+                                             use_tqdm=use_tqdm)))
         vectors = {text: torch.tensor(output.outputs.embedding) for text, output in outputs.items()}
         return [ScoringRequestOutput(f"score-{i}", outputs[a].prompt_token_ids + outputs[b].prompt_token_ids,
                                      ScoringOutput(cosine_similarity(vectors[a], vectors[b])))

@@ -86,17 +86,21 @@ class PoolingParams:
     """One pooling request's options (vLLM's): `dimensions`, the embedding's length where the model
     allows fewer than its hidden size (Matryoshka); `normalize`, None for the pooler's own;
     `truncate_prompt_tokens`, the prompt's last that many tokens (-1: as many as the context holds,
-    less the placeholder token that ends the request)."""
+    less the placeholder token that ends the request); `use_activation`, a classifier's
+    (kvserve.classify): False gives its logits as they are (a reward model's score), None or True
+    through its activation."""
 
     dimensions: int | None = None
     normalize: bool | None = None
     truncate_prompt_tokens: int | None = None
+    use_activation: bool | None = None
 
     def __post_init__(self):
         if self.dimensions is not None and (not is_int(self.dimensions) or self.dimensions < 1):
             raise ValueError(f"dimensions must be a positive integer or None, got {self.dimensions!r}")
-        if self.normalize is not None and not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize must be True, False or None, got {self.normalize!r}")
+        for name in ("normalize", "use_activation"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True, False or None, got {getattr(self, name)!r}")
         value = self.truncate_prompt_tokens
         if value is not None and (not is_int(value) or (value < 1 and value != -1)):
             raise ValueError(f"truncate_prompt_tokens must be a positive integer, -1 or None, got {value!r}")

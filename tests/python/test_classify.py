@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from kvserve import Engine
+from kvserve import Engine, PoolingParams
 from tiny_models import tiny_hf_model
 
 ARCHITECTURES = ["LlamaForSequenceClassification", "MistralForSequenceClassification",
@@ -55,9 +55,17 @@ def test_a_cross_encoder_scores_each_pair_as_transformers(tiny_model_dir):
         pair = tokenizer("What is the capital of France?", document)["input_ids"]
         assert output.prompt_token_ids == pair
         assert output.outputs.score == pytest.approx(float(hf_logits(model, pair)[0].sigmoid()), abs=1e-5)
-    # One class: classify() gives its sigmoid too, as vLLM's.
+    # One class: classify() gives its sigmoid too, as vLLM's; without the activation, the logit (a
+    # reward model's score).
     (single,) = engine.classify([{"prompt_token_ids": scores[0].prompt_token_ids}], use_tqdm=False)
     assert single.outputs.probs == pytest.approx([scores[0].outputs.score], abs=1e-6)
+    logit = float(hf_logits(model, scores[0].prompt_token_ids)[0])
+    (raw,) = engine.classify([{"prompt_token_ids": scores[0].prompt_token_ids}], PoolingParams(use_activation=False),
+                             use_tqdm=False)
+    assert raw.outputs.probs == pytest.approx([logit], abs=1e-5)
+    raw_scores = engine.score("What is the capital of France?", documents[:1], use_tqdm=False,
+                              pooling_params=PoolingParams(use_activation=False))
+    assert raw_scores[0].outputs.score == pytest.approx(logit, abs=1e-5)
 
 
 def test_what_a_classifier_refuses(tiny_model_dir):

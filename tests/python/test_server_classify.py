@@ -4,6 +4,8 @@ cross-encoder answers /score and /rerank by its scores of the pairs; and 400s fo
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import pytest
 
@@ -70,6 +72,10 @@ def test_a_cross_encoder_scores_and_reranks_pairs(cross_encoder_dir):
         assert [r["relevance_score"] for r in ranked["results"]] == pytest.approx([expected[i] for i in order], abs=1e-6)
         one = httpx.post(server.url + "/classify", json={"input": "a"}).json()
         assert one["data"][0]["num_classes"] == 1 and one["data"][0]["label"] == "LABEL_0"
+        # use_activation false: the logit, whose sigmoid the score is.
+        raw = httpx.post(server.url + "/score", json={"text_1": query, "text_2": documents[:1],
+                                                      "use_activation": False}).json()
+        assert 1 / (1 + math.exp(-raw["data"][0]["score"])) == pytest.approx(expected[0], abs=1e-6)
 
 
 def test_a_generating_server_has_no_classify(tiny_server):

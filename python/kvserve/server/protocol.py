@@ -422,6 +422,7 @@ class ClassificationRequest(_Model):
     user: str | None = None
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+    use_activation: bool | None = None  # False: the classes' logits, not their probabilities
 
 
 class LoadLoRARequest(_Model):
@@ -459,6 +460,7 @@ class ScoreRequest(_Model):
     text_2: Annotated[object, AfterValidator(_texts)]
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+    use_activation: bool | None = None  # a cross-encoder's: False scores by its logit
 
 
 class RerankRequest(_Model):
@@ -470,6 +472,7 @@ class RerankRequest(_Model):
     top_n: int = Field(0, ge=0)  # 0: every document
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
+    use_activation: bool | None = None  # a cross-encoder's: False scores by its logit
 
 
 class ResponsesRequest(_Model):

@@ -30,15 +30,15 @@ router = APIRouter()
 
 
 async def _similarities(raw_request: Request, model: str | None, firsts: list[str], seconds: list[str], *,
-                        param: str, truncate: int | None, priority: int,
-                        prefix: str) -> tuple[str, str, list[float], int] | None:
+                        param: str, truncate: int | None, priority: int, prefix: str,
+                        use_activation: bool | None) -> tuple[str, str, list[float], int] | None:
     """(request id, the model's name in the answer, the relevance of each pair, the prompt tokens
     pooled); None where the client left."""
     served: ServedModel = raw_request.app.state.model
     lora = check_pooling_request(raw_request, model, priority)
     if served.classifier is not None:
         return await _cross_encoded(raw_request, served, lora, firsts, seconds, param=param, truncate=truncate,
-                                    priority=priority, prefix=prefix)
+                                    priority=priority, prefix=prefix, activation=use_activation is not False)
     texts = list(dict.fromkeys(firsts + seconds))
     prompts = await asyncio.to_thread(lambda: [EnginePrompt(served.encode(t, True, param), t) for t in texts])
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, PoolingParams(truncate_prompt_tokens=truncate),
@@ -51,9 +51,10 @@ async def _similarities(raw_request: Request, model: str | None, firsts: list[st
 
 
 async def _cross_encoded(raw_request: Request, served: ServedModel, lora, firsts: list[str], seconds: list[str], *,
-                         param: str, truncate: int | None, priority: int,
-                         prefix: str) -> tuple[str, str, list[float], int] | None:
-    """_similarities for a cross-encoder: each pair is one prompt (the tokenizer's pair encoding)."""
+                         param: str, truncate: int | None, priority: int, prefix: str,
+                         activation: bool) -> tuple[str, str, list[float], int] | None:
+    """_similarities for a cross-encoder: each pair is one prompt (the tokenizer's pair encoding),
+    scored by its logit's sigmoid, or without `activation` by the logit."""
     try:
         served.classifier.check_cross_encoder()
     except ValueError as e:
@@ -64,7 +65,7 @@ async def _cross_encoded(raw_request: Request, served: ServedModel, lora, firsts
                                                     param=param, priority=priority, prefix=prefix, lora=lora)
     if outputs is None:
         return None
-    scores = [served.classifier.relevance(o.outputs.data) for o in outputs]
+    scores = [served.classifier.relevance(o.outputs.data, activation) for o in outputs]
     return request_id, served.response_name(lora), scores, sum(len(p.token_ids) for p in prompts)
 
 
@@ -76,7 +77,8 @@ async def score(body: ScoreRequest, raw_request: Request):
     except ValueError as e:
         raise bad_request(f"text_1, text_2: {e}", "text_1") from None
     result = await _similarities(raw_request, body.model, firsts, seconds, param="text_1",
-                                 truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="score")
+                                 truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="score",
+                                 use_activation=body.use_activation)
     if result is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
     request_id, model_name, scores, num_tokens = result
@@ -91,7 +93,8 @@ async def score(body: ScoreRequest, raw_request: Request):
 async def rerank(body: RerankRequest, raw_request: Request):
     documents = body.documents
     result = await _similarities(raw_request, body.model, [body.query] * len(documents), documents, param="documents",
-                                 truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="rerank")
+                                 truncate=body.truncate_prompt_tokens, priority=body.priority, prefix="rerank",
+                                 use_activation=body.use_activation)
     if result is None:
         return Response(status_code=499)
     request_id, model_name, scores, num_tokens = result
