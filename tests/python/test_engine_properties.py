@@ -8,7 +8,10 @@ on each way the engine steps (step_modes.py).
 Whatever happens, every request ends exactly once: finished (with consistent outputs: lengths,
 one logprob entry per token, deltas adding up to the whole), aborted, or ended by a failed step;
 its tokens are what a lone run of its prompt and sampling parameters produces (greedy or seeded,
-up to where a stop string ended it); no KV block is held at the end.
+up to where a stop string ended it); no KV block is held at the end. The same with speculative
+decoding, on the tiny Llama whose text repeats (drafts taken and refused), where only greedy
+requests must equal their lone runs (a seeded one's draws follow its drafts, which the step's
+token budget cuts).
 """
 
 from __future__ import annotations
@@ -90,8 +93,10 @@ def model_dir(tiny_model_dir):
     return tiny_model_dir("LlamaForCausalLM")
 
 
-@pytest.fixture(scope="module")
-def lone_run(model_dir):
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 2, "prompt_lookup_min": 1}
+
+
+def lone_runs(model_dir):
     """lone_run(prompt, params): each sample's tokens of the prompt run alone (no stop strings, no
     prefix cache); seeded sampling draws from the request's own generators, so it repeats too."""
     engine = Engine(str(model_dir), dtype="float32", kv_cache_memory_gb=0.01, device="cpu",
@@ -110,8 +115,13 @@ def lone_run(model_dir):
     return run
 
 
-def run_script(model_dir, script: Script, mode: str) -> tuple[Engine, Run]:
-    kwargs = dict(script.engine_kwargs)
+@pytest.fixture(scope="module")
+def lone_run(model_dir):
+    return lone_runs(model_dir)
+
+
+def run_script(model_dir, script: Script, mode: str, **engine_kwargs) -> tuple[Engine, Run]:
+    kwargs = {**script.engine_kwargs, **engine_kwargs}
     bytes_per_block = BLOCK_SIZE * 512  # the tiny Llama's float32 K and V of one token: 512 bytes
     engine = Engine(str(model_dir), dtype="float32", device="cpu", block_size=BLOCK_SIZE, max_model_len=MAX_MODEL_LEN,
                     kv_cache_memory_gb=kwargs.pop("kv_blocks") * bytes_per_block / 2**30, **kwargs)
@@ -150,7 +160,19 @@ def run_script(model_dir, script: Script, mode: str) -> tuple[Engine, Run]:
 @pytest.mark.parametrize("mode", STEP_MODES)
 @pytest.mark.parametrize("seed", range(24))
 def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_run, seed, mode):
-    engine, run = run_script(model_dir, make_script(seed), mode)
+    check_run(*run_script(model_dir, make_script(seed), mode), lone_run)
+
+
+@pytest.mark.parametrize("mode", ["plain", "overlapped"])  # speculation does not schedule ahead
+@pytest.mark.parametrize("seed", range(8))
+def test_with_speculative_decoding_too(repeating_model_dir, seed, mode):
+    engine, run = run_script(repeating_model_dir, make_script(seed), mode, speculative_config=NGRAM)
+    check_run(engine, run, lone_runs(repeating_model_dir), greedy_only=True)
+
+
+def check_run(engine: Engine, run: Run, lone_run, greedy_only: bool = False) -> None:
+    """What every script's run must show (the module's docstring); `greedy_only`: only greedy
+    requests are held to their lone runs."""
     stats = engine.stats()
     assert not engine.requests and stats.num_free_blocks == stats.num_blocks - 1, stats
     for request_id, params in run.params.items():
@@ -168,17 +190,23 @@ def test_every_request_ends_once_and_right_and_no_block_leaks(model_dir, lone_ru
                 assert completion.finish_reason == "stop" and params.stop, (request_id, completion.finish_reason)
             if params.logprobs is not None and not delta:
                 assert len(completion.logprobs) == len(tokens)
-            alone = lone_run(run.prompts[request_id], params)[completion.index]
-            assert tokens == alone[:len(tokens)], request_id
+            if not (greedy_only and params.temperature > 0):
+                alone = lone_run(run.prompts[request_id], params)[completion.index]
+                assert tokens == alone[:len(tokens)], request_id
         if params.prompt_logprobs is not None and params.output_kind is not RequestOutputKind.DELTA:
             assert len(output.prompt_logprobs) == len(output.prompt_token_ids)
 
 
-def test_the_scripts_preempt_hit_the_prefix_cache_abort_and_fail(model_dir):
-    """Without these the test above would pass without testing much."""
+@pytest.mark.parametrize("speculative", [False, True])
+def test_the_scripts_preempt_hit_the_prefix_cache_abort_and_fail(model_dir, repeating_model_dir, speculative):
+    """Without these the tests above would pass without testing much."""
     totals = dict(preemptions=0, prefix_cache_hits=0, aborted=0, failed=0)
     for seed in range(6):
-        engine, run = run_script(model_dir, make_script(seed), mode="ahead")
+        if speculative:
+            engine, run = run_script(repeating_model_dir, make_script(seed), "plain", speculative_config=NGRAM)
+            totals["accepted_drafts"] = totals.get("accepted_drafts", 0) + engine.stats().num_accepted_tokens
+        else:
+            engine, run = run_script(model_dir, make_script(seed), mode="ahead")
         totals["preemptions"] += engine.stats().num_preemptions
         totals["prefix_cache_hits"] += engine.stats().prefix_cache_hits
         totals["aborted"] += len(run.aborted)
