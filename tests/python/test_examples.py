@@ -35,3 +35,11 @@ def test_embeddings_prints_a_score_for_each_document(tiny_model_dir):
     lines = run_example("embeddings.py", str(tiny_model_dir("LlamaForCausalLM")))
     assert lines[0] == "4 embeddings of 64 dimensions" and len(lines) == 4
     assert all(-1 <= float(line.split()[0]) <= 1 for line in lines[1:])
+
+
+def test_speculative_decoding_gives_the_same_answer_with_drafts(repeating_model_dir):
+    lines = run_example("speculative_decoding.py", str(repeating_model_dir))
+    assert lines[0].startswith("without drafts: ") and lines[1].startswith("with drafts: ")
+    accepted, drafted = map(int, lines[2].split()[1:4:2])
+    assert 0 < accepted <= drafted
+    assert lines[3] == "same answer: True"
