@@ -13,7 +13,10 @@ the classes' logits:
                                        sigmoid of its logit
 
 as vLLM applies them (its classify and score over a classification model). The head runs on the
-host in float32 on the pooled state, which the engine hands over in float32.
+host in float32 on the pooled state, which the engine hands over in float32. A causal LM's
+checkpoint read as a classifier (vLLM's hf_overrides {"architectures": [...ForSequenceClassification],
+"classifier_from_token": ["no", "yes"]}, Qwen3-Reranker's recipe) gets a head of one class made of
+its LM head's rows: the second token's less the first's (one token: its row).
 """
 
 from __future__ import annotations

@@ -111,6 +111,10 @@ class ModelConfig:
     matryoshka_dimensions: tuple[int, ...] | None = None
     # A classifier's labels by class index (config.json's id2label; registry.CLASSIFIERS); None: not one.
     labels: tuple[str, ...] | None = None
+    # vLLM's classifier_from_token: a causal LM's checkpoint read as a classifier of one class, whose
+    # logit is its LM head's for the one token given, or the second's less the first's (["no", "yes"]:
+    # Qwen3-Reranker's relevance); None: the checkpoint has its own score head.
+    classifier_from_token: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -197,11 +201,28 @@ class ModelConfig:
             matryoshka_dimensions=(tuple(hf["matryoshka_dimensions"]) if hf.get("matryoshka_dimensions")
                                    else () if hf.get("is_matryoshka") else None),
             labels=_labels(hf, source) if architectures[0] in CLASSIFIERS else None,
+            classifier_from_token=_from_tokens(hf, architectures[0], source),
         )
 
 
+def _from_tokens(hf: dict, architecture: str, source: str) -> tuple[str, ...] | None:
+    tokens = hf.get("classifier_from_token")
+    if tokens is None:
+        return None
+    if architecture not in CLASSIFIERS:
+        raise ValueError(f"{source}: classifier_from_token reads a causal LM as a classifier: expected a "
+                         f"*ForSequenceClassification architecture (hf_overrides' \"architectures\"), got {architecture!r}")
+    if not isinstance(tokens, list) or len(tokens) not in (1, 2) or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{source}: classifier_from_token must be a list of one or two tokens (e.g. [\"no\", "
+                         f"\"yes\"]), got {tokens!r}")
+    return tuple(tokens)
+
+
 def _labels(hf: dict, source: str) -> tuple[str, ...]:
-    """A classifier's labels, as transformers reads them: id2label, else num_labels of LABEL_i (2 by default)."""
+    """A classifier's labels, as transformers reads them: id2label, else num_labels of LABEL_i (2 by
+    default); one class where its logit comes from tokens (classifier_from_token)."""
+    if hf.get("classifier_from_token") is not None:
+        return ("LABEL_0",)
     id2label = hf.get("id2label")
     if id2label:
         indices = sorted(int(k) for k in id2label)

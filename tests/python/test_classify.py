@@ -1,13 +1,14 @@
 """Classifiers (kvserve.classify: *ForSequenceClassification checkpoints) against transformers on the
 same weights: Engine.classify's probabilities and a cross-encoder's Engine.score within 1e-5
 (float32), the prompts tokenized as transformers does (a pair as its tokenizer(text, text_pair));
-and what a classifier refuses."""
+a causal LM read as a reranker from its LM head's rows (classifier_from_token); and what a
+classifier refuses."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvserve import Engine, PoolingParams
 from tiny_models import tiny_hf_model
@@ -79,3 +80,37 @@ def test_what_a_classifier_refuses(tiny_model_dir):
         engine.score("a", ["b"], use_tqdm=False)
     with pytest.raises(ValueError, match="classify\\(\\) needs a classifier"):
         make_engine(tiny_model_dir("LlamaForCausalLM"), runner="pooling").classify(TEXTS, use_tqdm=False)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_causal_lm_read_as_a_reranker_from_two_tokens(tiny_model_dir, tied):
+    """vLLM's classifier_from_token (Qwen3-Reranker's recipe): the score is the sigmoid of the LM
+    head's logit of "yes" less that of "no" at the pair's last token."""
+    directory = tiny_model_dir("Qwen3ForCausalLM", tie_word_embeddings=tied)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    no, yes = 37, 58
+    overrides = {"architectures": ["Qwen3ForSequenceClassification"],
+                 "classifier_from_token": tokenizer.convert_ids_to_tokens([no, yes])}
+    engine = make_engine(directory, hf_overrides=overrides)
+    documents = ["Paris is the capital of France.", "Bread needs flour and water."]
+    for document, output in zip(documents, engine.score("What is the capital of France?", documents, use_tqdm=False)):
+        logits = hf_logits(model, output.prompt_token_ids)[-1]
+        assert output.outputs.score == pytest.approx(float((logits[yes] - logits[no]).sigmoid()), abs=1e-5)
+    # One token: its logit, through the sigmoid.
+    engine = make_engine(directory, hf_overrides={**overrides, "classifier_from_token": overrides["classifier_from_token"][1:]})
+    (output,) = engine.classify(["ka lo mi"], use_tqdm=False)
+    logit = hf_logits(model, output.prompt_token_ids)[-1][yes]
+    assert output.outputs.probs == pytest.approx([float(logit.sigmoid())], abs=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["not-a-token-at-all"]},
+     "are not tokens of"),
+    ({"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["a", "b", "c"]},
+     "a list of one or two tokens"),
+    ({"classifier_from_token": ["a"]}, "expected a \\*ForSequenceClassification architecture"),
+])
+def test_a_bad_classifier_from_token_is_a_value_error(tiny_model_dir, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_engine(tiny_model_dir("Qwen3ForCausalLM"), hf_overrides=overrides)

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import tokenizers
 import torch
 from torch import nn
 
@@ -52,6 +53,19 @@ def _engine_dtype(model_config: ModelConfig, dtype: str | torch.dtype, device: t
     return resolved
 
 
+def _token_ids(directory: Path, tokens: tuple[str, ...]) -> list[int]:
+    """Each token's id in the directory's tokenizer.json (classifier_from_token's tokens)."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"classifier_from_token {list(tokens)} needs the tokenizer: no tokenizer.json in {directory}")
+    vocabulary = tokenizers.Tokenizer.from_file(str(path))
+    ids = [vocabulary.token_to_id(token) for token in tokens]
+    unknown = [token for token, token_id in zip(tokens, ids) if token_id is None]
+    if unknown:
+        raise ValueError(f"classifier_from_token: {unknown} are not tokens of {path} (each must be one token)")
+    return ids
+
+
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
                device: str | torch.device = "cpu", seed: int = 0, hub_cache_dir: str | Path | None = None,
                revision: str | None = None, runner: str = "auto", hf_overrides: dict | None = None) -> LoadedModel:
@@ -91,6 +105,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
                          lm_head=runner == "generate" or (runner == "auto" and not pools_only))
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
+    elif model_config.classifier_from_token is not None:
+        module.load_weights(weights, score_token_ids=_token_ids(path, model_config.classifier_from_token))
     else:
         module.load_weights(weights)
     module.finalize_weights()

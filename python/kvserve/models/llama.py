@@ -7,7 +7,8 @@ Module and parameter names follow the Hugging Face checkpoints, except the fused
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -237,10 +238,29 @@ class LlamaForCausalLM(nn.Module):
         if self.has_lm_head and self.lm_head is None:
             self.tied_lm_head_copies = fast_copies(self.model.embed_tokens.weight)
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]],
+                     score_token_ids: Sequence[int] | None = None) -> None:
         """Copy checkpoint tensors (Hugging Face names) into the parameters, fusing and casting; a
-        base model's names (registry.BASE_MODELS) are the inner model's."""
+        base model's names (registry.BASE_MODELS) are the inner model's. `score_token_ids`: a
+        classifier read from a causal LM's checkpoint (ModelConfig.classifier_from_token), whose
+        score head is made of those tokens' LM-head rows."""
         skip = {"lm_head.weight"} if self.lm_head is None else set()
         if self.config.architecture in BASE_MODELS:
             weights = ((f"model.{name}", tensor) for name, tensor in weights)
+        if score_token_ids is not None:
+            weights = _score_from_lm_head(weights, score_token_ids, self.config.tie_word_embeddings)
         load_named_weights(self, weights, self.packed_modules, skip)
+
+
+def _score_from_lm_head(weights: Iterable[tuple[str, torch.Tensor]], token_ids: Sequence[int],
+                        tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors with a score head [1, hidden] made of its LM head's rows (the
+    embedding's, where they are tied) in place of the LM head: the row of one token, or the second
+    token's less the first's (a two-way softmax's logit of the second)."""
+    source = "model.embed_tokens.weight" if tied else "lm_head.weight"
+    for name, tensor in weights:
+        if name == source:
+            rows = tensor[list(token_ids)].float()
+            yield "score.weight", (rows if len(token_ids) == 1 else rows[1:] - rows[:1])
+        if name != "lm_head.weight":
+            yield name, tensor
