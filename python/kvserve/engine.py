@@ -383,7 +383,7 @@ class Engine(OfflineAPI):
                     eos_token_ids=sorted(self.eos_token_ids), ignore_eos=params.ignore_eos,
                     stop_token_ids=params.stop_token_ids, priority=priority, arrival_time=arrival_time, n=count,
                     cache_salt=_cache_key(lora_request, cache_salt),
-                    skip_prefix_cache=params.prompt_logprobs is not None, speculate=grammar is None)
+                    skip_prefix_cache=params.prompt_logprobs is not None)
                 self.requests[child_id] = state
                 added.append(child_id)
         except BaseException:

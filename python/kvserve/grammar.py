@@ -62,15 +62,32 @@ class GrammarMatcher:
         self.num_words = num_words  # of its bitmask rows
         self._reasoning_end = reasoning_end
 
-    def fill_bitmask(self, token_ids: Sequence[int], row: np.ndarray) -> None:
+    def fill_bitmask(self, token_ids: Sequence[int], row: np.ndarray, drafts: Sequence[int] = ()) -> None:
         """Consume the tokens of `token_ids` (the sequence's output so far) not yet seen, then write
-        the tokens that may come next into `row` (int32 [num_words], C-contiguous)."""
+        the tokens that may come next into `row` (int32 [num_words], C-contiguous). `drafts`: tokens
+        past them that the row's sample follows (speculative decoding): the row is the mask after
+        them, found on a copy (the matcher stays where the sequence is); where the grammar refuses
+        one, any token (the row's sample is dropped: its chain stops at that draft, whose own
+        row's mask refuses it)."""
+        thinking = not self._consume(token_ids)
+        if drafts:
+            ahead = GrammarMatcher(self._matcher.deep_copy(), self._eos_token_ids, self.num_words, self._reasoning_end)
+            if not ahead._consume(drafts) or ahead._matcher.is_error():
+                row[:] = -1
+            else:
+                ahead._write(row)
+        elif thinking:
+            row[:] = -1  # still thinking: any token
+        else:
+            self._write(row)
+
+    def _consume(self, token_ids: Sequence[int]) -> bool:
+        """Consume the tokens of `token_ids` not yet seen; False while the sequence still thinks."""
         if self._reasoning_end is not None:
             new = token_ids[self._num_consumed:]
             if self._reasoning_end not in new:
                 self._num_consumed = len(token_ids)
-                row[:] = -1  # still thinking: any token
-                return
+                return False
             # The grammar starts after the thinking's end.
             self._num_consumed += list(new).index(self._reasoning_end) + 1
             self._reasoning_end = None
@@ -80,6 +97,11 @@ class GrammarMatcher:
                 break
             matcher.consume_token(token_id)
         self._num_consumed = len(token_ids)
+        return True
+
+    def _write(self, row: np.ndarray) -> None:
+        """The tokens that may come next, where the matcher stands."""
+        matcher = self._matcher
         if matcher.is_error():
             # Only a token outside the mask gets here, which the sampler never draws: end the
             # sequence rather than let it run on unconstrained.

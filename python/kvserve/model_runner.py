@@ -101,7 +101,7 @@ class SampleInputs:
             [s.params for s in states], outputs, [s.prompt_token_array for s in states],
             [None if q in void else q.generator for q in sequences], vocab_size=self.vocab_size,
             eos_token_ids=self.eos_token_ids, grammars=[q.grammar for q in sequences],
-            bad_words=[s.bad_words for s in states], device=self.logits.device)
+            bad_words=[s.bad_words for s in states], drafts=self.drafts, device=self.logits.device)
 
 
 def _to_host_async(tensor: torch.Tensor) -> torch.Tensor:

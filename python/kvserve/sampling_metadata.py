@@ -157,14 +157,19 @@ class GrammarMask:
     all_rows: bool = False  # rows is every row of the batch, in order
 
     @classmethod
-    def build(cls, grammars: Sequence[GrammarMatcher | None], output_token_ids, device) -> GrammarMask | None:
+    def build(cls, grammars: Sequence[GrammarMatcher | None], output_token_ids, device,
+              drafts: Sequence[Sequence[int]] | None = None) -> GrammarMask | None:
+        """`drafts`: per row, the last of its output_token_ids that are draft tokens (speculative
+        decoding), which the matcher reads ahead of the sequence without keeping."""
         rows = [i for i, grammar in enumerate(grammars) if grammar is not None]
         if not rows:
             return None
         # One engine's matchers share a tokenizer, and so the width of their rows.
         bitmask = np.empty((len(rows), grammars[rows[0]].num_words), dtype=np.int32)
         for j, i in enumerate(rows):
-            grammars[i].fill_bitmask(output_token_ids[i], bitmask[j])
+            ahead = drafts[i] if drafts is not None else ()
+            tokens = output_token_ids[i]
+            grammars[i].fill_bitmask(tokens[:len(tokens) - len(ahead)] if ahead else tokens, bitmask[j], ahead)
         return cls(device_column(rows, torch.int64, device), _to_device(torch.from_numpy(bitmask), device),
                    len(rows) == len(grammars))
 
@@ -210,11 +215,13 @@ class SamplingMetadata:
         eos_token_ids: Collection[int] = (),
         grammars: Sequence[GrammarMatcher | None] | None = None,
         bad_words: Sequence[Sequence[Sequence[int]]] | None = None,
+        drafts: Sequence[Sequence[int]] | None = None,
         device="cpu",
     ) -> SamplingMetadata:
         """Build one step's metadata; the four sequences are per row and of equal length, and so are
-        `grammars` (each row's structured-output matcher, or None) and `bad_words` (each row's bad
-        words' token sequences, bad_words.py), when given."""
+        `grammars` (each row's structured-output matcher, or None), `bad_words` (each row's bad
+        words' token sequences, bad_words.py) and `drafts` (speculative decoding: the draft tokens
+        that end each row's output_token_ids, which a grammar reads without keeping), when given."""
         num_rows = len(params)
         if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == num_rows):
             raise ValueError(
@@ -281,5 +288,5 @@ class SamplingMetadata:
             penalties=Penalties.build(params, output_token_ids, prompt_token_ids, device),
             max_num_logprobs=max(logprobs) if logprobs else None,
             allowed_tokens=AllowedTokens.build(params, device),
-            grammar_mask=GrammarMask.build(grammars, output_token_ids, device) if grammars else None,
+            grammar_mask=GrammarMask.build(grammars, output_token_ids, device, drafts) if grammars else None,
         )

@@ -15,8 +15,9 @@ quoting, summaries of a given text).
 As in vLLM, one of the two lookup bounds stands for both when the other is not given, and 5 for
 both when neither is; `disable_by_batch_size` (vLLM's) stops the drafts of a step that starts with
 more sequences running than that: a large batch keeps the hardware busy already, and drafts the
-model refuses cost it (bench/README.md, "Speculative decoding"). Requests with structured outputs
-decode without drafts (their grammar judges each token before the next).
+model refuses cost it (bench/README.md, "Speculative decoding"). Structured outputs speculate too:
+each draft's row is masked by the grammar as it stands after the drafts before it (read ahead on a
+copy of the sequence's matcher), so a draft the grammar refuses is never kept.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Speculative decoding by prompt lookup (speculative_config, vLLM's "ngram" method): outputs equal the
 engine's without it, greedy token for token and random in distribution, through every sampling
-option a draft's sample must see (penalties, min_tokens, bad words, logprobs, stop strings, n > 1),
+option a draft's sample must see (penalties, min_tokens, bad words, logprobs, stop strings, n > 1,
+structured outputs),
 with no KV block leaks; and the config's errors.
 
 The model's text repeats itself in part (tiny_models.save_repeating_model), so drafts are both
@@ -213,15 +214,18 @@ def test_random_samples_follow_the_distribution_of_the_engine_without_drafts(rep
     assert_idle(engine)
 
 
-def test_structured_outputs_decode_without_drafts(repeating_model_dir):
+def test_structured_outputs_equal_the_engines_without_drafts(repeating_model_dir):
     from kvserve.structured_outputs import StructuredOutputsParams
 
-    engine = make_engine(repeating_model_dir, speculative_config=NGRAM)
-    params = SamplingParams(temperature=0, max_tokens=20, structured_outputs=StructuredOutputsParams(regex="(ka )+"))
-    plain = make_engine(repeating_model_dir).generate(prompts(2), params, use_tqdm=False)
-    got = engine.generate(prompts(2), params, use_tqdm=False)
-    assert [o.outputs[0].text for o in got] == [o.outputs[0].text for o in plain]
-    assert engine.stats().num_drafts == 0
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": ["ka", "lo", "mi"]}}},
+              "required": ["tags"]}
+    plain, engine = make_engine(repeating_model_dir), make_engine(repeating_model_dir, speculative_config=NGRAM)
+    for structured in (StructuredOutputsParams(regex="(ka lo |mi ka )+"), StructuredOutputsParams(json=schema)):
+        params = SamplingParams(temperature=0, max_tokens=40, structured_outputs=structured)
+        expected = plain.generate(prompts(4), params, use_tqdm=False)
+        got = engine.generate(prompts(4), params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert engine.stats().num_accepted_tokens > 0  # the grammar's repeats are drafted and kept
     assert_idle(engine)
 
 

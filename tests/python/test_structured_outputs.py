@@ -313,3 +313,23 @@ def test_the_engine_takes_vllms_reasoning_parser(tiny_model_dir, caplog):
     params, matches = BOUNDED["choice"]
     assert all(matches(o.outputs[0].text) for o in generate(thinker, max_tokens=16, temperature=0,
                                                               structured_outputs=params))
+
+
+def test_drafts_are_read_ahead_on_a_copy(engine, caplog):
+    """Speculative decoding: a row after draft tokens gets the mask after them, the matcher staying
+    where its sequence is; a draft the grammar refuses leaves its rows free (their samples are
+    dropped), without the error a refused sequence logs."""
+    grammar = engine.grammars.compile(StructuredOutputsParams(regex=REGEX))
+    words = bitmask_words(engine.model_config.vocab_size)
+    first, second = (np.zeros(words, dtype=np.int32) for _ in range(2))
+    drafts = engine.tokenizer.encode("ab", add_special_tokens=False)
+    matcher, reference = grammar.matcher(), grammar.matcher()
+    matcher.fill_bitmask([], first, drafts)
+    reference.fill_bitmask(drafts, second)
+    assert _allowed(first) == _allowed(second) and 0 < len(_allowed(first)) < 100
+    matcher.fill_bitmask([], first)  # the matcher consumed nothing
+    grammar.matcher().fill_bitmask([], second)
+    assert _allowed(first) == _allowed(second)
+    refused = engine.tokenizer.encode("zz", add_special_tokens=False)
+    matcher.fill_bitmask([], first, refused)
+    assert (first == -1).all() and "the grammar refused" not in caplog.text
