@@ -3,11 +3,12 @@ the CPU: the default model (SmolLM2-135M-Instruct, real weights) answering chats
 without drafts, the two engines taking turns round by round.
 
     python bench/speculative.py [--num-speculative-tokens 4] [--prompt-lookup-max 4] [--prompt-lookup-min 2]
-                                [--batch 1 8] [--max-tokens 128] [--repeat 3]
+                                [--batch 1 8] [--max-tokens 128] [--repeat 3] [--workloads copy edit free json]
 
-Three workloads: "copy" asks the model to repeat a paragraph (what prompt lookup predicts best),
+Four workloads: "copy" asks the model to repeat a paragraph (what prompt lookup predicts best),
 "edit" to rewrite a function under another name, "free" to write something new (little to look
-up). Each batch size runs the workload's prompts in batches of that size. Both engines answer the
+up), "json" for a list of people held to a JSON schema (structured outputs: the keys repeat). Each
+batch size runs the workload's prompts in batches of that size. Both engines answer the
 same tokens (checked), so their output tok/s compare directly; the acceptance columns are the
 engine's drafts in the last round: accepted drafts / drafts proposed, and the mean tokens a row
 with drafts lands (1 + accepted / rows).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from kvserve import Engine, SamplingParams
+from kvserve import Engine, SamplingParams, StructuredOutputsParams
 from kvserve.loader import default_model_path
 
 PARAGRAPHS = [
@@ -43,11 +44,18 @@ FUNCTIONS = [
 ]
 TOPICS = ["a robot who learns to paint", "the first day at a new school", "a city under the sea",
           "a dog that can talk to birds"]
+PEOPLE = {"type": "array", "minItems": 3, "maxItems": 4, "items": {
+    "type": "object", "required": ["name", "city", "age"], "additionalProperties": False,
+    "properties": {"name": {"type": "string", "maxLength": 12}, "city": {"type": "string", "maxLength": 12},
+                   "age": {"type": "integer"}}}}
 WORKLOADS = {
     "copy": [f"Repeat the following paragraph word for word.\n\n{p}" for p in PARAGRAPHS],
     "edit": [f"Rename the function below to `compute` and return the whole code.\n\n{f}" for f in FUNCTIONS],
     "free": [f"Write a short story about {topic}." for topic in TOPICS],
+    "json": [f"List the people of {topic} as JSON: name, city and age." for topic in TOPICS],
 }
+# Each workload's sampling options besides greedy decoding and max_tokens.
+OPTIONS = {"json": {"structured_outputs": StructuredOutputsParams(json=PEOPLE)}}
 
 
 def run(engine: Engine, chats: list, batch: int, params: SamplingParams) -> tuple[float, list[list[int]]]:
@@ -59,7 +67,9 @@ def run(engine: Engine, chats: list, batch: int, params: SamplingParams) -> tupl
     return sum(map(len, answers)) / (time.perf_counter() - start), answers
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[tuple]:
+    """Prints the table; returns its rows: (workload, batch, rate without drafts, rate with them,
+    drafts accepted, drafts, rows with drafts)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a model directory or GGUF file (default: the default model)")
     parser.add_argument("--dtype", default="auto")
@@ -69,17 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     args = parser.parse_args(argv)
     model = args.model or str(default_model_path())
     config = {"method": "ngram", "num_speculative_tokens": args.num_speculative_tokens,
               "prompt_lookup_max": args.prompt_lookup_max, "prompt_lookup_min": args.prompt_lookup_min}
     engines = {"without drafts": Engine(model, dtype=args.dtype),
                "with drafts": Engine(model, dtype=args.dtype, speculative_config=config)}
-    params = SamplingParams(temperature=0, max_tokens=args.max_tokens)
     print(f"{model}, {engines['with drafts'].dtype}, speculative_config {config}, max_tokens {args.max_tokens}\n")
     print("| workload | batch | without drafts tok/s | with drafts tok/s | ratio | accepted / drafted | "
           "mean tokens a row | rounds (without; with) |\n|---|---|---|---|---|---|---|---|")
-    for name, prompts in WORKLOADS.items():
+    results = []
+    for name in args.workloads:
+        prompts = WORKLOADS[name]
+        params = SamplingParams(temperature=0, max_tokens=args.max_tokens, **OPTIONS.get(name, {}))
         chats = [[{"role": "user", "content": p}] for p in prompts] * 2
         for batch in args.batch:
             for engine in engines.values():
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{1 + accepted / max(rows, 1):.2f} | "
                   f"{', '.join(f'{v:,.0f}' for v in rounds['without drafts'])}; "
                   f"{', '.join(f'{v:,.0f}' for v in rounds['with drafts'])} |", flush=True)
+            results.append((name, batch, plain, spec, accepted, drafted, rows))
+    return results
 
 
 if __name__ == "__main__":

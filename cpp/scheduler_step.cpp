@@ -72,13 +72,17 @@ int32_t Scheduler::tokens_to_schedule(int32_t remaining, int32_t budget) const {
 }
 
 void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
+  // Running sequences not visited yet: drafts leave each of them a token of the budget.
+  int32_t unvisited = num_running_seqs_;
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     const int32_t handle = running_[i];
     plans_.clear();
     Request& req = requests_[static_cast<size_t>(handle)];
     for (Sequence& seq : req.samples) {
       // Drafts in flight: how many tokens they land is known when their step closes.
-      if (seq.finished() || !seq.draft_ids.empty()) continue;
+      if (seq.finished()) continue;
+      --unvisited;
+      if (!seq.draft_ids.empty()) continue;
       // A token in flight: a fork waits for it, and a length it certainly reaches ends the sequence.
       if (seq.num_placeholders > 0 && (!req.forked() || ends_by_length(req, seq.num_tokens_with_placeholders()))) {
         continue;
@@ -86,7 +90,9 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
       const int32_t remaining = seq.num_tokens_with_placeholders() - seq.num_computed_tokens;
       int32_t num_new = tokens_to_schedule(remaining, budget);
       if (num_new == 0) continue;
-      if (remaining == 1 && seq.num_placeholders == 0 && req.forked()) num_new += propose_drafts(req, seq, budget - 1);
+      if (remaining == 1 && seq.num_placeholders == 0 && req.forked()) {
+        num_new += propose_drafts(req, seq, budget - 1 - unvisited);
+      }
       plans_.push_back(SlotPlan{&seq, num_new, {}});
       budget -= num_new;
     }

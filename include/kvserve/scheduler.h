@@ -19,7 +19,8 @@
 // is kept with the probability the model gives it, and a rejected one is replaced by a sample of the
 // model's distribution without it. The cache then forgets the rejected drafts' positions (their
 // blocks past the sequence's end are freed). Drafts never exceed what max_tokens and max_model_len
-// leave, nor the step's token budget; a sequence whose drafts are in flight is not scheduled ahead.
+// leave, nor the step's token budget less a token for each running sequence after it (drafts never
+// crowd out a decode); a sequence whose drafts are in flight is not scheduled ahead.
 // A step that starts with more than speculative_disable_by_batch_size sequences running proposes none.
 //
 // Steps scheduled ahead (vLLM's async scheduling): schedule() may run while the step before it is

@@ -205,10 +205,10 @@ TEST(SchedulerSpeculative, DraftsStayWithinMaxTokensMaxModelLenAndTheBudget) {
     s.add_request("a", I32{1, 2, 1, 2, 1}, limits(20));
     s.add_request("b", I32{1, 2, 1, 2, 1}, limits(20));
     testing::step(s, model);
-    testing::step(s, model);  // b's prompt: the budget of 6 is 5 + 1
+    testing::step(s, model);  // the rest of b's prompt (the budget of 6 cut it)
     const SchedulerOutput& out = s.schedule();
-    EXPECT_EQ(out.query_start_loc, (I32{0, 6}));  // a takes the budget: one token and five drafts
-    EXPECT_EQ(out.req_ids.size(), 1u);
+    EXPECT_EQ(out.query_start_loc, (I32{0, 5, 6}));  // a: a token and four drafts, leaving b its decode
+    EXPECT_EQ(out.req_ids.size(), 2u);
   }
 }
 
