@@ -79,9 +79,9 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
     plans_.clear();
     Request& req = requests_[static_cast<size_t>(handle)];
     for (Sequence& seq : req.samples) {
-      // Drafts in flight: how many tokens they land is known when their step closes.
       if (seq.finished()) continue;
       --unvisited;
+      // Drafts in flight: how many tokens they land is known when their step closes.
       if (!seq.draft_ids.empty()) continue;
       // A token in flight: a fork waits for it, and a length it certainly reaches ends the sequence.
       if (seq.num_placeholders > 0 && (!req.forked() || ends_by_length(req, seq.num_tokens_with_placeholders()))) {
