@@ -285,6 +285,12 @@ class Engine(OfflineAPI):
         logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
                     time.perf_counter() - start, num_blocks - 1, block_size, (num_blocks - 1) * block_size)
+        if speculative is not None:
+            logger.info("speculative decoding by prompt lookup: up to %d draft tokens a decode, from n-grams of %d "
+                        "to %d tokens%s; steps are not scheduled ahead", speculative.num_speculative_tokens,
+                        speculative.prompt_lookup_min, speculative.prompt_lookup_max,
+                        f", none while more than {speculative.disable_by_batch_size} sequences run"
+                        if speculative.disable_by_batch_size else "")
 
     # ---- the low-level loop -------------------------------------------------------------------
 

@@ -265,6 +265,13 @@ def test_no_drafts_while_more_sequences_run_than_disable_by_batch_size(repeating
     assert_idle(engine)
 
 
+def test_the_engine_says_it_speculates(repeating_model_dir, caplog):
+    with caplog.at_level("INFO", logger="kvserve"):
+        make_engine(repeating_model_dir, speculative_config={**NGRAM, "disable_by_batch_size": 8})
+    assert ("speculative decoding by prompt lookup: up to 4 draft tokens a decode, from n-grams of 1 to 3 tokens, "
+            "none while more than 8 sequences run; steps are not scheduled ahead") in caplog.text
+
+
 def test_lookup_bounds_default_as_vllms():
     from kvserve.speculative import SpeculativeConfig
 
