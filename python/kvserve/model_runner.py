@@ -76,6 +76,14 @@ def draft_prefixes(out) -> list[list[int]] | None:
     return [input_ids[i - j + 1:i + 1].tolist() if j else [] for i, j in zip(indices.tolist(), offsets.tolist())]
 
 
+def _reads_outputs(state: RequestState, sequence: SequenceState) -> bool:
+    """Whether a row's sampling reads its output tokens (SamplingMetadata.from_requests): penalties,
+    min_tokens, bad words or a grammar."""
+    p = state.params
+    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 or p.min_tokens
+                or state.bad_words or sequence.grammar is not None)
+
+
 @dataclass
 class SampleInputs:
     """What the sampler of a launched step takes: its logits, and the sampled rows' requests and
@@ -96,7 +104,10 @@ class SampleInputs:
         states, sequences = self.states, self.sequences
         outputs = [q.token_ids for q in sequences]
         if self.drafts is not None:
-            outputs = [tokens + drafts if drafts else tokens for tokens, drafts in zip(outputs, self.drafts)]
+            # Drafts join the output tokens only where the sampler reads them (a copy of each row's
+            # tokens, many of them in long outputs).
+            outputs = [tokens + drafts if drafts and _reads_outputs(state, sequence) else tokens
+                       for tokens, drafts, state, sequence in zip(outputs, self.drafts, states, sequences)]
         return SamplingMetadata.from_requests(
             [s.params for s in states], outputs, [s.prompt_token_array for s in states],
             [None if q in void else q.generator for q in sequences], vocab_size=self.vocab_size,

@@ -278,3 +278,43 @@ def test_lookup_bounds_default_as_vllms():
     assert SpeculativeConfig.parse({"num_speculative_tokens": 3}) == SpeculativeConfig(3, 5, 5)
     assert SpeculativeConfig.parse({"num_speculative_tokens": 3, "prompt_lookup_max": 4}) == SpeculativeConfig(3, 4, 4)
     assert SpeculativeConfig.parse('{"num_speculative_tokens": 3, "prompt_lookup_min": 2}') == SpeculativeConfig(3, 2, 2)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(presence_penalty=0.5, frequency_penalty=0.3, repetition_penalty=1.2),
+    dict(min_tokens=5),
+    dict(bad_words=["ka lo"]),
+])
+def test_each_draft_row_reads_the_drafts_before_it_as_output(repeating_model_dir, fields):
+    """SampleInputs.metadata: the row after j drafts has the metadata of the sequence's output with
+    those drafts appended (what penalties, min_tokens and bad words read)."""
+    from kvserve.model_runner import SampleInputs
+    from kvserve.sampler import Sampler
+    from kvserve.sampling_metadata import SamplingMetadata
+
+    engine = make_engine(repeating_model_dir)
+    params = SamplingParams(temperature=0, max_tokens=20, **fields)
+    engine.add_request("r", {"prompt_token_ids": [5, 9, 100, 7]}, params)
+    state = engine.requests["r"]
+    sequence = state.sequences[0]
+    ka_lo = engine.tokenizer.encode("ka lo", add_special_tokens=False)
+    sequence.token_ids.extend([11, 12, ka_lo[0]])
+    drafts = [[], ka_lo[1:2], ka_lo[1:2] + [11]]
+    logits = torch.randn(3, engine.model_config.vocab_size)
+    inputs = SampleInputs(Sampler(), logits, [state] * 3, [sequence] * 3, engine.model_config.vocab_size,
+                          tuple(engine.eos_token_ids), drafts)
+    expected = SamplingMetadata.from_requests(
+        [params] * 3, [sequence.token_ids + d for d in drafts], [state.prompt_token_array] * 3, [None] * 3,
+        vocab_size=engine.model_config.vocab_size, eos_token_ids=engine.eos_token_ids,
+        bad_words=[state.bad_words] * 3)
+    got = inputs.metadata()
+    for name in ("banned", "penalties"):
+        want, have = getattr(expected, name), getattr(got, name)
+        assert (want is None) == (have is None), name
+        if name == "banned" and want is not None:
+            assert all(torch.equal(a, b) for a, b in zip(want, have))
+        if name == "penalties" and want is not None:
+            for field in ("output_tokens", "seen_tokens"):
+                assert all(torch.equal(a, b) for a, b in zip(getattr(want, field), getattr(have, field)))
+    assert expected.banned is not None or expected.penalties is not None
+    engine.abort("r")
