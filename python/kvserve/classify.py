@@ -42,11 +42,11 @@ class Classifier:
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.weight @ pooled.float().cpu()
 
-    def probs(self, pooled: torch.Tensor, activation: bool = True) -> list[float]:
-        """Each class's probability: softmax over the classes; a single class's sigmoid (without
-        `activation`: the logits)."""
+    def probs(self, pooled: torch.Tensor, use_activation: bool | None = None) -> list[float]:
+        """Each class's probability: softmax over the classes; a single class's sigmoid (with
+        use_activation False, as PoolingParams and the requests carry it: the logits)."""
         logits = self.logits(pooled)
-        if activation:
+        if use_activation is not False:
             logits = logits.sigmoid() if self.num_labels == 1 else logits.softmax(0)
         return logits.tolist()
 
@@ -56,8 +56,8 @@ class Classifier:
             raise ValueError(f"scoring pairs needs a cross-encoder (one class); this classifier has "
                              f"{self.num_labels}: {list(self.labels)}")
 
-    def relevance(self, pooled: torch.Tensor, activation: bool = True) -> float:
-        """A cross-encoder's score of the pair it pooled: the sigmoid of its one logit (without
-        `activation`: the logit)."""
+    def relevance(self, pooled: torch.Tensor, use_activation: bool | None = None) -> float:
+        """A cross-encoder's score of the pair it pooled: the sigmoid of its one logit (with
+        use_activation False: the logit)."""
         self.check_cross_encoder()
-        return self.probs(pooled, activation)[0]
+        return self.probs(pooled, use_activation)[0]

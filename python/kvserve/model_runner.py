@@ -80,8 +80,7 @@ def _reads_outputs(state: RequestState, sequence: SequenceState) -> bool:
     """Whether a row's sampling reads its output tokens (SamplingMetadata.from_requests): penalties,
     min_tokens, bad words or a grammar."""
     p = state.params
-    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 or p.min_tokens
-                or state.bad_words or sequence.grammar is not None)
+    return bool(p.penalized or p.min_tokens or state.bad_words or sequence.grammar is not None)
 
 
 @dataclass

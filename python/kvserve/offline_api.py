@@ -68,7 +68,7 @@ class OfflineAPI:
         outputs, params = self._pool("classify", prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
                                      lora_request, priority)
         return [ClassificationRequestOutput(o.request_id, o.prompt, o.prompt_token_ids, ClassificationOutput(
-                    self.classifier.probs(o.outputs.data, p.use_activation is not False)))
+                    self.classifier.probs(o.outputs.data, p.use_activation)))
                 for o, p in zip(outputs, params)]
 
     def _pool(self, kind: str, prompts, pooling_params, truncate_prompt_tokens: int | None, use_tqdm: bool,
@@ -99,11 +99,11 @@ class OfflineAPI:
                                  "skip_tokenizer_init=True")
             self.classifier.check_cross_encoder()
             prompts = [{"prompt_token_ids": self.tokenizer.encode_pair(a, b)} for a, b in pairs]
-            outputs, _ = self._pool("score", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, None, None)
-            activation = pooling_params is None or pooling_params.use_activation is not False
+            outputs, params = self._pool("score", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, None,
+                                         None)
             return [ScoringRequestOutput(f"score-{i}", o.prompt_token_ids,
-                                         ScoringOutput(self.classifier.relevance(o.outputs.data, activation)))
-                    for i, o in enumerate(outputs)]
+                                         ScoringOutput(self.classifier.relevance(o.outputs.data, p.use_activation)))
+                    for i, (o, p) in enumerate(zip(outputs, params))]
         texts = list(dict.fromkeys(text for pair in pairs for text in pair))
         outputs = dict(zip(texts, self.embed(texts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens,
                                              use_tqdm=use_tqdm)))

@@ -88,10 +88,7 @@ class Penalties:
 
     @classmethod
     def build(cls, params, output_token_ids, prompt_token_ids, device) -> Penalties | None:
-        rows = [
-            i for i, p in enumerate(params)
-            if p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.repetition_penalty != 1.0
-        ]
+        rows = [i for i, p in enumerate(params) if p.penalized]
         if not rows:
             return None
         outputs = [np.asarray(output_token_ids[i], dtype=np.int64) for i in rows]

@@ -234,6 +234,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature < GREEDY_TEMPERATURE
 
+    @property
+    def penalized(self) -> bool:
+        """Whether any of the repetition, frequency or presence penalties applies."""
+        return self.presence_penalty != 0.0 or self.frequency_penalty != 0.0 or self.repetition_penalty != 1.0
+
     def all_stop_token_ids(self, eos_token_ids: Iterable[int]) -> set[int]:
         """The token ids that end this request: stop_token_ids, plus the model's end-of-sequence
         ids unless ignore_eos. min_tokens masks exactly these."""

@@ -41,7 +41,7 @@ async def classify(body: ClassificationRequest, raw_request: Request):
         return Response(status_code=499)  # nobody will read it: the client is gone
     data = []
     for i, output in enumerate(outputs):
-        probs = classifier.probs(output.outputs.data, body.use_activation is not False)
+        probs = classifier.probs(output.outputs.data, body.use_activation)
         data.append({"index": i, "label": classifier.labels[max(range(len(probs)), key=probs.__getitem__)],
                      "probs": probs, "num_classes": len(probs)})
     num_tokens = sum(len(p.token_ids) for p in prompts)

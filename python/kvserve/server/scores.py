@@ -38,7 +38,7 @@ async def _similarities(raw_request: Request, model: str | None, firsts: list[st
     lora = check_pooling_request(raw_request, model, priority)
     if served.classifier is not None:
         return await _cross_encoded(raw_request, served, lora, firsts, seconds, param=param, truncate=truncate,
-                                    priority=priority, prefix=prefix, activation=use_activation is not False)
+                                    priority=priority, prefix=prefix, use_activation=use_activation)
     texts = list(dict.fromkeys(firsts + seconds))
     prompts = await asyncio.to_thread(lambda: [EnginePrompt(served.encode(t, True, param), t) for t in texts])
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, PoolingParams(truncate_prompt_tokens=truncate),
@@ -52,9 +52,9 @@ async def _similarities(raw_request: Request, model: str | None, firsts: list[st
 
 async def _cross_encoded(raw_request: Request, served: ServedModel, lora, firsts: list[str], seconds: list[str], *,
                          param: str, truncate: int | None, priority: int, prefix: str,
-                         activation: bool) -> tuple[str, str, list[float], int] | None:
+                         use_activation: bool | None) -> tuple[str, str, list[float], int] | None:
     """_similarities for a cross-encoder: each pair is one prompt (the tokenizer's pair encoding),
-    scored by its logit's sigmoid, or without `activation` by the logit."""
+    scored by its logit's sigmoid, or with use_activation False by the logit."""
     try:
         served.classifier.check_cross_encoder()
     except ValueError as e:
@@ -65,7 +65,7 @@ async def _cross_encoded(raw_request: Request, served: ServedModel, lora, firsts
                                                     param=param, priority=priority, prefix=prefix, lora=lora)
     if outputs is None:
         return None
-    scores = [served.classifier.relevance(o.outputs.data, activation) for o in outputs]
+    scores = [served.classifier.relevance(o.outputs.data, use_activation) for o in outputs]
     return request_id, served.response_name(lora), scores, sum(len(p.token_ids) for p in prompts)
 
 
