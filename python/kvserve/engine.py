@@ -229,11 +229,8 @@ class Engine(OfflineAPI):
                 f"a KV cache of {budget} holds {max(num_blocks - 1, 0) * block_size} tokens, fewer than one "
                 f"request of max_model_len {max_model_len}: raise {budget.split()[0]} or lower max_model_len")
         self.speculative_config = speculative = SpeculativeConfig.parse(speculative_config)
-        if speculative is not None and self.pooler is not None:
-            raise ValueError("speculative_config: a pooling engine computes prompts only, it has no decodes to speculate")
-        if speculative is not None and async_scheduling:
-            raise ValueError("async_scheduling and speculative_config: a step's tokens are known only once its "
-                             "drafts are checked, so steps with drafts are not scheduled ahead")
+        if speculative is not None:
+            speculative.check_engine(pooling=self.pooler is not None, async_scheduling=async_scheduling)
         self.scheduler = _C.Scheduler(_C.SchedulerConfig(
             num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
@@ -286,11 +283,7 @@ class Engine(OfflineAPI):
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
                     time.perf_counter() - start, num_blocks - 1, block_size, (num_blocks - 1) * block_size)
         if speculative is not None:
-            logger.info("speculative decoding by prompt lookup: up to %d draft tokens a decode, from n-grams of %d "
-                        "to %d tokens%s; steps are not scheduled ahead", speculative.num_speculative_tokens,
-                        speculative.prompt_lookup_min, speculative.prompt_lookup_max,
-                        f", none while more than {speculative.disable_by_batch_size} sequences run"
-                        if speculative.disable_by_batch_size else "")
+            logger.info("%s", speculative.describe())
 
     # ---- the low-level loop -------------------------------------------------------------------
 

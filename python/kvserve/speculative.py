@@ -85,6 +85,24 @@ class SpeculativeConfig:
             raise ValueError(f"speculative_config: disable_by_batch_size must be an integer >= 1 or None, got {limit!r}")
         return cls(k, low, high, method, limit)
 
+    @staticmethod
+    def check_engine(*, pooling: bool, async_scheduling: bool | None) -> None:
+        """ValueError for an engine that cannot speculate: a pooling one, or one scheduling ahead."""
+        if pooling:
+            raise ValueError("speculative_config: a pooling engine computes prompts only, it has no decodes to "
+                             "speculate")
+        if async_scheduling:
+            raise ValueError("async_scheduling and speculative_config: a step's tokens are known only once its "
+                             "drafts are checked, so steps with drafts are not scheduled ahead")
+
+    def describe(self) -> str:
+        """The engine's log line of it."""
+        limit = (f", none while more than {self.disable_by_batch_size} sequences run"
+                 if self.disable_by_batch_size else "")
+        return (f"speculative decoding by prompt lookup: up to {self.num_speculative_tokens} draft tokens a "
+                f"decode, from n-grams of {self.prompt_lookup_min} to {self.prompt_lookup_max} tokens{limit}; "
+                f"steps are not scheduled ahead")
+
     def scheduler_fields(self) -> dict:
         """The SchedulerConfig fields that carry it."""
         return {"num_speculative_tokens": self.num_speculative_tokens, "prompt_lookup_min": self.prompt_lookup_min,
