@@ -39,16 +39,18 @@ class Classifier:
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.weight @ pooled.float().cpu()
+    def classes(self, pooled: torch.Tensor, use_activation: bool | None = None) -> torch.Tensor:
+        """Each class's probability for a pooled state [hidden], or for each row of [tokens, hidden]
+        (a token_classify request's): softmax over the classes; a single class's sigmoid (with
+        use_activation False, as PoolingParams and the requests carry it: the logits)."""
+        logits = pooled.float().cpu() @ self.weight.T
+        if use_activation is not False:
+            logits = logits.sigmoid() if self.num_labels == 1 else logits.softmax(-1)
+        return logits
 
     def probs(self, pooled: torch.Tensor, use_activation: bool | None = None) -> list[float]:
-        """Each class's probability: softmax over the classes; a single class's sigmoid (with
-        use_activation False, as PoolingParams and the requests carry it: the logits)."""
-        logits = self.logits(pooled)
-        if use_activation is not False:
-            logits = logits.sigmoid() if self.num_labels == 1 else logits.softmax(0)
-        return logits.tolist()
+        """classes() of one pooled state, as a list."""
+        return self.classes(pooled, use_activation).tolist()
 
     def check_cross_encoder(self) -> None:
         """ValueError unless it scores pairs: a cross-encoder has one class."""

@@ -49,7 +49,7 @@ from kvserve.model_runner import LaunchedStep, ModelRunner, StepResult
 from kvserve.offline_api import OfflineAPI
 from kvserve.output_processor import AppliedStep, process_step
 from kvserve.outputs import RequestOutput
-from kvserve.pooling import PooledState, PoolerConfig, PoolingParams, check_dimensions
+from kvserve.pooling import CLASSIFIER_TASKS, PooledState, PoolerConfig, PoolingParams, check_dimensions
 from kvserve.prompts import PromptInput, check_prompt_ids, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
@@ -131,7 +131,8 @@ class Engine(OfflineAPI):
         `max_logprobs` (vLLM's, default 20): the most log-probabilities a request may ask for a
         position (SamplingParams.logprobs, prompt_logprobs); -1: the whole vocabulary.
         `runner` (vLLM's): "generate", "pooling" (embeddings: embed(), requests with PoolingParams;
-        kvserve.pooling; a classifier's checkpoint: classify(), kvserve.classify), or "auto":
+        kvserve.pooling; a classifier's checkpoint: classify(), kvserve.classify; either: encode()
+        for vLLM's pooling tasks, every token's included), or "auto":
         pooling for a base model's or a classifier's checkpoint (no LM head), else generate. `pooler_config` (a pooling engine's; {"pooling_type": "LAST" | "MEAN" | "CLS",
         "normalize": bool}) overrides what the checkpoint's sentence-transformers files say.
         `hf_overrides` (vLLM's): config.json keys to replace or add, e.g. {"is_matryoshka": True}.
@@ -402,6 +403,7 @@ class Engine(OfflineAPI):
         params = PoolingParams() if params is None else params
         if not isinstance(params, PoolingParams):
             raise ValueError(f"a pooling engine's requests take PoolingParams, got {type(params).__name__}")
+        self.check_pooling_task(params.task)
         lora = self._lora(lora_request)
         [(text, token_ids, cache_salt)] = normalize_prompts(prompt, self.tokenizer)
         token_ids = params.truncated_prompt(token_ids, self.max_model_len)
@@ -414,8 +416,18 @@ class Engine(OfflineAPI):
         self.scheduler.add_request(
             request_id, token_ids, max_tokens=1, min_tokens=0, eos_token_ids=[], ignore_eos=True, stop_token_ids=[],
             priority=priority, arrival_time=arrival_time, n=1, cache_salt=_cache_key(lora_request, cache_salt),
-            skip_prefix_cache=self.pooler.needs_every_token)
+            skip_prefix_cache=self.pooler.needs_every_token or params.per_token)
         self.requests[request_id] = state
+
+    def check_pooling_task(self, task: str | None) -> None:
+        """ValueError for a pooling task (PoolingParams.task) this engine's model has no head for:
+        the classify ones need a classifier, the embed ones a model without one."""
+        if task is None or (task in CLASSIFIER_TASKS) == (self.classifier is not None):
+            return
+        if self.classifier is None:
+            raise ValueError(f"task {task!r} needs a classifier's checkpoint (a *ForSequenceClassification "
+                             f"architecture); this model embeds: ask for 'embed' or 'token_embed'")
+        raise ValueError(f"task {task!r}: this model is a classifier; ask for 'classify' or 'token_classify'")
 
     def check_pooling_prompt(self, token_ids: list[int]) -> None:
         """ValueError for a prompt a pooling engine cannot take (too long, or ids outside the vocabulary)."""

@@ -1,7 +1,7 @@
-"""The offline API of vLLM's `LLM`, which Engine inherits: generate, chat, beam_search, embed and score add their
-requests and step the engine until they finish (a tqdm progress bar on long runs), through the
-engine's public loop (add_request, step, abort) and two of its own: the ids' counter and
-_close_idle_step."""
+"""The offline API of vLLM's `LLM`, which Engine inherits: generate, chat, beam_search, embed, classify,
+encode, reward and score add their requests and step the engine until they finish (a tqdm progress
+bar on long runs), through the engine's public loop (add_request, step, abort) and two of its own:
+the ids' counter and _close_idle_step."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class OfflineAPI:
             raise ValueError("this model is a classifier: classify() its prompts, or score() pairs with a "
                              "cross-encoder")
         outputs, _ = self._pool("embed", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, lora_request,
-                                priority)
+                                priority, "embed")
         return [EmbeddingRequestOutput.from_base(output) for output in outputs]
 
     def classify(self, prompts: PromptInput | Sequence[PromptInput],
@@ -66,20 +66,53 @@ class OfflineAPI:
             raise ValueError("classify() needs a classifier's checkpoint (a *ForSequenceClassification "
                              "architecture); this model has no classification head")
         outputs, params = self._pool("classify", prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
-                                     lora_request, priority)
+                                     lora_request, priority, "classify")
         return [ClassificationRequestOutput(o.request_id, o.prompt, o.prompt_token_ids, ClassificationOutput(
                     self.classifier.probs(o.outputs.data, p.use_activation)))
                 for o, p in zip(outputs, params)]
 
+    def encode(self, prompts: PromptInput | Sequence[PromptInput],
+               pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
+               pooling_task: str | None = None, truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+               lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+               priority: Sequence[int] | None = None) -> list[PoolingRequestOutput]:
+        """vLLM's LLM.encode: each prompt pooled for `pooling_task` (kvserve.pooling.POOLING_TASKS;
+        None: the params' task, else the engine's own, embed or classify), in order. outputs.data:
+        the embedding [hidden] (embed), each prompt token's [tokens, hidden] (token_embed), the
+        class probabilities [classes] (classify), each token's [tokens, classes] (token_classify;
+        use_activation False: logits). The other arguments as embed()'s."""
+        outputs, params = self._pool("encode", prompts, pooling_params, truncate_prompt_tokens, use_tqdm,
+                                     lora_request, priority, pooling_task)
+        if self.classifier is not None:
+            for output, p in zip(outputs, params):
+                output.outputs.data = self.classifier.classes(output.outputs.data, p.use_activation)
+        return outputs
+
+    def reward(self, prompts: PromptInput | Sequence[PromptInput],
+               pooling_params: PoolingParams | Sequence[PoolingParams] | None = None, *,
+               truncate_prompt_tokens: int | None = None, use_tqdm: bool = True,
+               lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
+               priority: Sequence[int] | None = None) -> list[PoolingRequestOutput]:
+        """vLLM's LLM.reward: a classifier's (a reward model's) classes for every prompt token,
+        encode(pooling_task="token_classify")."""
+        return self.encode(prompts, pooling_params, pooling_task="token_classify",
+                           truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm,
+                           lora_request=lora_request, priority=priority)
+
     def _pool(self, kind: str, prompts, pooling_params, truncate_prompt_tokens: int | None, use_tqdm: bool,
-              lora_request, priority) -> tuple[list[PoolingRequestOutput], list[PoolingParams]]:
-        """Pools each prompt (a pooling engine's requests): the outputs in order, and each one's params."""
+              lora_request, priority,
+              task: str | None = None) -> tuple[list[PoolingRequestOutput], list[PoolingParams]]:
+        """Pools each prompt (a pooling engine's requests; `task`, where given, set on every prompt's
+        params): the outputs in order, and each one's params."""
         if self.pooler is None:
             raise ValueError(f"{kind}() needs a pooling engine (runner='pooling'); this one generates")
         normalized = normalize_prompts(prompts, self.tokenizer)
         if pooling_params is None:
             pooling_params = PoolingParams(truncate_prompt_tokens=truncate_prompt_tokens)
         pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
+        if task is not None:
+            pooling_params = [dataclasses.replace(p, task=task) for p in pooling_params]
+        self.check_pooling_task(task)
         lora_request = _per_prompt("lora_request", lora_request, (LoRARequest, type(None)), normalized)
         return self._run_requests(kind, normalized, pooling_params, lora_request, priority, use_tqdm), pooling_params
 
@@ -100,7 +133,7 @@ class OfflineAPI:
             self.classifier.check_cross_encoder()
             prompts = [{"prompt_token_ids": self.tokenizer.encode_pair(a, b)} for a, b in pairs]
             outputs, params = self._pool("score", prompts, pooling_params, truncate_prompt_tokens, use_tqdm, None,
-                                         None)
+                                         None, "classify")
             return [ScoringRequestOutput(f"score-{i}", o.prompt_token_ids,
                                          ScoringOutput(self.classifier.relevance(o.outputs.data, p.use_activation)))
                     for i, (o, p) in enumerate(zip(outputs, params))]

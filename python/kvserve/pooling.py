@@ -8,7 +8,11 @@ hidden states (after the model's last norm) into one vector, then ends the reque
     MEAN   the mean over every prompt token
     CLS    the first prompt token's
 
-and, where the pooler normalizes (the default), scales it to unit length. What a checkpoint asks
+and, where the pooler normalizes (the default), scales it to unit length. A request's task (vLLM's
+pooling tasks, `Engine.encode(..., pooling_task=...)`, POST /pooling) may ask for every prompt
+token's state instead, each row as the pooled vector would be (token_embed: each token's
+embedding; token_classify: each token's classes, through a classifier's head, kvserve.classify);
+such requests skip the prefix cache too. What a checkpoint asks
 for is read from its sentence-transformers files (1_Pooling/config.json's pooling_mode_*, a
 Normalize module in modules.json), as vLLM reads them; without them LAST and normalized, vLLM's
 default for a decoder. MEAN and CLS need every prompt token computed: their requests skip the
@@ -27,6 +31,10 @@ import torch
 from kvserve.sampling_params import is_int, truncate_prompt
 
 POOLING_TYPES = ("LAST", "MEAN", "CLS")
+# vLLM's pooling tasks: a prompt's one vector, or one per prompt token (the token_ ones).
+POOLING_TASKS = ("embed", "classify", "token_embed", "token_classify")
+TOKEN_TASKS = ("token_embed", "token_classify")
+CLASSIFIER_TASKS = ("classify", "token_classify")
 RUNNERS = ("auto", "generate", "pooling")
 # sentence-transformers' 1_Pooling/config.json keys, by the pooling they ask for.
 _ST_MODES = {"pooling_mode_lasttoken": "LAST", "pooling_mode_mean_tokens": "MEAN", "pooling_mode_cls_token": "CLS"}
@@ -88,12 +96,14 @@ class PoolingParams:
     `truncate_prompt_tokens`, the prompt's last that many tokens (-1: as many as the context holds,
     less the placeholder token that ends the request); `use_activation`, a classifier's
     (kvserve.classify): False gives its logits as they are (a reward model's score), None or True
-    through its activation."""
+    through its activation; `task`, one of POOLING_TASKS (None: the engine's own, embed or classify).
+    """
 
     dimensions: int | None = None
     normalize: bool | None = None
     truncate_prompt_tokens: int | None = None
     use_activation: bool | None = None
+    task: str | None = None
 
     def __post_init__(self):
         if self.dimensions is not None and (not is_int(self.dimensions) or self.dimensions < 1):
@@ -104,6 +114,13 @@ class PoolingParams:
         value = self.truncate_prompt_tokens
         if value is not None and (not is_int(value) or (value < 1 and value != -1)):
             raise ValueError(f"truncate_prompt_tokens must be a positive integer, -1 or None, got {value!r}")
+        if self.task is not None and self.task not in POOLING_TASKS:
+            raise ValueError(f"task must be one of {list(POOLING_TASKS)} or None, got {self.task!r}")
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the request pools every prompt token's state (a token_ task), not one vector."""
+        return self.task in TOKEN_TASKS
 
     def truncated_prompt(self, token_ids: list[int], max_model_len: int) -> list[int]:
         return truncate_prompt(token_ids, self.truncate_prompt_tokens, max_model_len)
@@ -124,12 +141,13 @@ def check_dimensions(dimensions: int | None, model_config) -> None:
 
 
 def finish_embedding(pooled: torch.Tensor, params: PoolingParams, pooler: PoolerConfig) -> torch.Tensor:
-    """The request's embedding (float32, on the host) from its pooled hidden state."""
+    """The request's embedding (float32, on the host) from its pooled hidden state: a vector, or
+    a row per prompt token (each one cut and normalized alike)."""
     vector = pooled.float()
     if params.dimensions is not None:
-        vector = vector[:params.dimensions]
+        vector = vector[..., :params.dimensions]
     if pooler.normalize if params.normalize is None else params.normalize:
-        vector = torch.nn.functional.normalize(vector, dim=0)
+        vector = torch.nn.functional.normalize(vector, dim=-1)
     return vector.cpu()
 
 
@@ -137,7 +155,7 @@ class PooledState:
     """A pooling request's running pool as its prompt's chunks are computed: rows are added once
     each, by position, so that a chunk computed again (after a preemption) counts once."""
 
-    __slots__ = ("pooler", "params", "prompt_len", "_sum", "_upto", "embedding")
+    __slots__ = ("pooler", "params", "prompt_len", "_sum", "_upto", "_rows", "embedding")
 
     def __init__(self, pooler: PoolerConfig, params: PoolingParams, prompt_len: int):
         self.pooler = pooler
@@ -145,6 +163,7 @@ class PooledState:
         self.prompt_len = prompt_len
         self._sum: torch.Tensor | None = None
         self._upto = 0  # positions below this are in the pool (MEAN)
+        self._rows: torch.Tensor | None = None  # every position's state (a token_ task)
         self.embedding: torch.Tensor | None = None  # once the last prompt token is computed
 
     def add(self, hidden: torch.Tensor, first_position: int) -> None:
@@ -152,6 +171,13 @@ class PooledState:
         the pool is done with the row of the prompt's last position."""
         kind = self.pooler.pooling_type
         end = first_position + hidden.shape[0]
+        if self.params.per_token:
+            if self._rows is None:
+                self._rows = torch.empty(self.prompt_len, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+            self._rows[first_position:end] = hidden[:self.prompt_len - first_position]
+            if end >= self.prompt_len:
+                self.embedding = finish_embedding(self._rows, self.params, self.pooler)
+            return
         if kind == "CLS":
             if first_position == 0:
                 self._sum = hidden[0].float()
