@@ -1,6 +1,7 @@
 """A classifier served (`kvserve serve` on a *ForSequenceClassification checkpoint, which pools by
 default): POST /classify gives the offline engine's probabilities and vLLM's response; a
-cross-encoder answers /score and /rerank by its scores of the pairs; and 400s for what does not fit."""
+cross-encoder answers /score and /rerank by its scores of the pairs; /pooling every token's classes;
+and 400s for what does not fit."""
 
 from __future__ import annotations
 
@@ -58,6 +59,29 @@ def test_classify_gives_the_offline_engines_probabilities(classifier_dir):
             assert refused.status_code == 400, (path, refused.text)
             assert message in refused.json()["error"]["message"]
         assert httpx.get(server.url + "/health").status_code == 200  # still serving
+
+
+def test_pooling_gives_every_tokens_classes(classifier_dir):
+    """POST /pooling on a classifier: token_classify by default, a row of class probabilities per
+    prompt token, the last one /classify's; use_activation false, logits; task classify, /classify's."""
+    expected = offline(classifier_dir).classify(TEXTS, use_tqdm=False)
+    with ServerProcess(classifier_dir, "--served-model-name", "cls") as server:
+        response = httpx.post(server.url + "/pooling", json={"model": "cls", "input": TEXTS})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        for item, want in zip(body["data"], expected):
+            rows = item["data"]
+            assert len(rows) == len(want.prompt_token_ids) and all(sum(r) == pytest.approx(1, abs=1e-6) for r in rows)
+            assert rows[-1] == pytest.approx(want.outputs.probs, abs=1e-6)
+        logits = httpx.post(server.url + "/pooling", json={"input": TEXTS[0], "use_activation": False}).json()
+        last = logits["data"][0]["data"][-1]
+        softmax = [math.exp(v) / sum(math.exp(u) for u in last) for v in last]
+        assert softmax == pytest.approx(expected[0].outputs.probs, abs=1e-6)
+        one = httpx.post(server.url + "/pooling", json={"input": TEXTS[1], "task": "classify"}).json()
+        assert one["data"][0]["data"] == pytest.approx(expected[1].outputs.probs, abs=1e-6)
+        refused = httpx.post(server.url + "/pooling", json={"input": "a", "task": "token_embed"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "task"
+        assert "this model is a classifier" in refused.json()["error"]["message"]
 
 
 def test_a_cross_encoder_scores_and_reranks_pairs(cross_encoder_dir):

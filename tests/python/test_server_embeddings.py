@@ -1,9 +1,11 @@
 """POST /v1/embeddings on a pooling server (`kvserve serve MODEL --runner pooling`), through the real
 openai client: the offline engine's vectors for the same prompts (text or token ids; base64, the
-client's default, or floats), OpenAI's usage, and 400s for what a pooling server does not do."""
+client's default, or floats), OpenAI's usage, and 400s for what a pooling server does not do; vLLM's
+POST /pooling (every token's embedding)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import httpx
@@ -63,7 +65,29 @@ def test_vllm_extras_normalize_and_truncate(server, client, offline):
     assert cut.usage.prompt_tokens == 3
 
 
+def test_pooling_gives_every_tokens_embedding_or_the_prompts(server, offline):
+    """POST /pooling (vLLM's): token_embed by default, a row per prompt token, the last one the
+    prompt's embedding (LAST pooling); task embed, the embedding; base64, the same floats."""
+    response = httpx.post(server.url + "/pooling", json={"model": MODEL, "input": INPUTS})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == MODEL and body["id"].startswith("pool-")
+    rows = [np.array(item["data"]) for item in body["data"]]
+    assert [item["index"] for item in body["data"]] == [0, 1, 2] and body["data"][0]["object"] == "pooling"
+    assert body["usage"]["prompt_tokens"] == sum(len(r) for r in rows) > len(INPUTS)
+    for text, tokens in zip(INPUTS, rows):
+        assert tokens.shape[1] == 64 and np.allclose(np.linalg.norm(tokens, axis=1), 1, atol=1e-5)
+        np.testing.assert_allclose(tokens[-1], offline[text], atol=1e-6)
+    encoded = httpx.post(server.url + "/pooling", json={"input": INPUTS[2], "encoding_format": "base64"}).json()
+    floats = np.frombuffer(base64.b64decode(encoded["data"][0]["data"]), dtype="<f4")
+    np.testing.assert_array_equal(floats.reshape(rows[2].shape), rows[2].astype(np.float32))
+    one = httpx.post(server.url + "/pooling", json={"input": INPUTS[0], "task": "embed"}).json()
+    np.testing.assert_allclose(one["data"][0]["data"], offline[INPUTS[0]], atol=1e-6)
+
+
 @pytest.mark.parametrize("path, body, param, message", [
+    ("/pooling", {"input": "x", "task": "token_classify"}, "task", "needs a classifier's checkpoint"),
+    ("/pooling", {"input": "x", "task": "tokens"}, "task", "token_embed"),
     ("/v1/embeddings", {"input": "x", "dimensions": 8}, "dimensions", "not Matryoshka"),
     ("/v1/embeddings", {"input": [[1] * 200]}, "input", "1 to 127 tokens"),
     ("/v1/embeddings", {"input": []}, "input", "expected a string"),

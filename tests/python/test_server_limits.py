@@ -36,7 +36,8 @@ def server(tiny_model_dir):
                          ids=["missing", "wrong", "not-bearer"])
 @pytest.mark.parametrize("method,path", [("GET", "/v1/models"), ("POST", "/v1/completions"),
                                          ("POST", "/v1/chat/completions"), ("GET", "/v1/nothing"),
-                                         ("POST", "/score"), ("POST", "/rerank"), ("POST", "/v2/rerank")])
+                                         ("POST", "/score"), ("POST", "/rerank"), ("POST", "/v2/rerank"),
+                                         ("POST", "/classify"), ("POST", "/pooling")])
 def test_every_v1_route_needs_the_key(server, headers, method, path):
     response = httpx.request(method, server.url + path, headers=headers, json={"prompt": "Hi"})
     assert response.status_code == 401

@@ -4,7 +4,7 @@
     uvicorn.run(app)         # the engine thread starts and stops with the app's lifespan
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/responses (a generating engine's),
-/v1/embeddings, /score, /rerank (a pooling engine's), /tokenize, /detokenize; GET /v1/models,
+/v1/embeddings, /score, /rerank, /classify, /pooling (a pooling engine's), /tokenize, /detokenize; GET /v1/models,
 /health, /version, /metrics.
 """
 
@@ -20,8 +20,8 @@ from fastapi.middleware.cors import CORSMiddleware
 import kvserve
 from kvserve.engine import Engine
 from kvserve.lora import LoRARequest
-from kvserve.server import (chat, classify, completions, embeddings, endpoints, lora_routes, metrics, responses_api,
-                            scores)
+from kvserve.server import (chat, classify, completions, embeddings, endpoints, lora_routes, metrics, pooling,
+                            responses_api, scores)
 from kvserve.server.async_engine import DEFAULT_MAX_WAITING, AsyncEngine
 from kvserve.server.errors import install_error_handlers
 from kvserve.server.middleware import ApiKeyMiddleware, BodySizeMiddleware, RequestIdHeaderMiddleware
@@ -108,7 +108,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     app.state.metrics = server_metrics
     app.state.request_log = request_log
     app.state.responses = ResponsesStore(max_stored_responses)
-    for module in (completions, chat, responses_api, embeddings, scores, classify, endpoints, metrics):
+    for module in (completions, chat, responses_api, embeddings, scores, classify, pooling, endpoints, metrics):
         app.include_router(module.router)
     if runtime_lora_updating:
         if engine.loras is None:

@@ -33,7 +33,8 @@ from kvserve.server.served_model import ServedModel
 router = APIRouter()
 
 
-def _encoded(vector, encoding_format: str):
+def encoded(vector, encoding_format: str):
+    """A vector (or rows of them) as floats, or as base64 of its float32 little-endian bytes, row after row."""
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
     return vector.tolist()
@@ -90,6 +91,17 @@ async def run_pooled(raw_request: Request, prompts: list[EnginePrompt], params: 
     return request_id, prompts, await unless_disconnected(raw_request, stream, _collect(stream, len(prompts)))
 
 
+async def request_prompts(served: ServedModel, body: EmbeddingRequest) -> list[EnginePrompt]:
+    """The prompts of an embedding (or pooling) request: its input's, or its conversation rendered."""
+    if (body.input is None) == (body.messages is None):
+        raise bad_request("give either input or messages (one of them)", "input")
+    if body.input is not None:
+        add_special = body.add_special_tokens if body.add_special_tokens is not None else True
+        return await asyncio.to_thread(served.prompts, body.input, add_special, "input")
+    text = await asyncio.to_thread(served.render_chat, body)
+    return [EnginePrompt(await asyncio.to_thread(served.encode, text, bool(body.add_special_tokens), "messages"), text)]
+
+
 @router.post("/v1/embeddings")
 async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     served: ServedModel = raw_request.app.state.model
@@ -97,15 +109,7 @@ async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     if served.classifier is not None:
         raise bad_request("this model is a classifier: POST /classify for its classes (and /score or /rerank, a "
                           "cross-encoder's), not embeddings", "model")
-    if (body.input is None) == (body.messages is None):
-        raise bad_request("give either input or messages (one of them)", "input")
-    if body.input is not None:
-        add_special = body.add_special_tokens if body.add_special_tokens is not None else True
-        prompts = await asyncio.to_thread(served.prompts, body.input, add_special, "input")
-    else:
-        text = await asyncio.to_thread(served.render_chat, body)
-        prompts = [EnginePrompt(await asyncio.to_thread(served.encode, text, bool(body.add_special_tokens), "messages"),
-                                text)]
+    prompts = await request_prompts(served, body)
     params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
                            truncate_prompt_tokens=body.truncate_prompt_tokens)
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, params, param="input",
@@ -113,7 +117,7 @@ async def create_embeddings(body: EmbeddingRequest, raw_request: Request):
     if outputs is None:
         return Response(status_code=499)  # nobody will read it: the client is gone
     data = await asyncio.to_thread(lambda: [{"object": "embedding", "index": i,
-                                             "embedding": _encoded(o.outputs.data, body.encoding_format)}
+                                             "embedding": encoded(o.outputs.data, body.encoding_format)}
                                             for i, o in enumerate(outputs)])
     num_tokens = sum(len(p.token_ids) for p in prompts)
     return JSONResponse({"id": request_id, "object": "list", "created": int(time.time()),

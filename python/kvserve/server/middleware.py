@@ -1,6 +1,6 @@
 """The guards every request passes before a route sees it, as plain ASGI middleware:
 
-- ApiKeyMiddleware: with an API key set, every /v1 route, and /score, /rerank and /classify, needs
+- ApiKeyMiddleware: with an API key set, every /v1 route, and /score, /rerank, /classify and /pooling, needs
   `Authorization: Bearer <key>` (401 otherwise); /health, /metrics, /version, /tokenize and
   /detokenize stay open, as in vLLM.
 - BodySizeMiddleware: a request body over the limit is refused with 413, from its Content-Length
@@ -38,8 +38,9 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 # Routes the API key guards: /v1, as vLLM's, and the model-running routes outside it (vLLM leaves
-# /score, /rerank and /classify open; a key that guarded the completions but not them would guard little).
-_KEYED_PATHS = ("/v1", "/v2", "/score", "/rerank", "/classify")
+# /score, /rerank, /classify and /pooling open; a key that guarded the completions but not them would guard
+# little).
+_KEYED_PATHS = ("/v1", "/v2", "/score", "/rerank", "/classify", "/pooling")
 
 
 class ApiKeyMiddleware:

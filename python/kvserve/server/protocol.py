@@ -414,6 +414,15 @@ class EmbeddingRequest(ChatTemplateFields):
     priority: int = Field(0, ge=INT32_MIN, le=INT32_MAX)
 
 
+class PoolingRequest(EmbeddingRequest):
+    """vLLM's POST /pooling (server/pooling.py): an embedding request's fields, for a pooling task
+    (None: every token's, token_embed or token_classify as the model is an embedder or a classifier);
+    use_activation as a classification request's."""
+
+    task: Literal["embed", "classify", "token_embed", "token_classify"] | None = None
+    use_activation: bool | None = None
+
+
 class ClassificationRequest(_Model):
     """vLLM's POST /classify (server/classify.py): each input's class probabilities."""
 
