@@ -22,17 +22,18 @@ void bind_config(nb::module_& m) {
           "__init__",
           [](SchedulerConfig* c, int32_t num_blocks, int32_t block_size, int32_t max_num_seqs,
              int32_t max_num_batched_tokens, int32_t max_model_len, bool enable_prefix_caching,
-             bool enable_chunked_prefill, int32_t num_speculative_tokens, int32_t prompt_lookup_min,
-             int32_t prompt_lookup_max, int32_t speculative_disable_by_batch_size) {
+             bool enable_chunked_prefill, int32_t long_prefill_token_threshold, int32_t num_speculative_tokens,
+             int32_t prompt_lookup_min, int32_t prompt_lookup_max, int32_t speculative_disable_by_batch_size) {
             new (c) SchedulerConfig{num_blocks,           block_size,           max_num_seqs,
                                     max_num_batched_tokens, max_model_len,      enable_prefix_caching,
-                                    enable_chunked_prefill, num_speculative_tokens, prompt_lookup_min,
-                                    prompt_lookup_max,      speculative_disable_by_batch_size};
+                                    enable_chunked_prefill, long_prefill_token_threshold, num_speculative_tokens,
+                                    prompt_lookup_min,    prompt_lookup_max,    speculative_disable_by_batch_size};
             validate(*c);
           },
           nb::kw_only(), nb::arg("num_blocks"), nb::arg("block_size") = 16, nb::arg("max_num_seqs") = 256,
           nb::arg("max_num_batched_tokens") = 8192, nb::arg("max_model_len"), nb::arg("enable_prefix_caching") = true,
-          nb::arg("enable_chunked_prefill") = true, nb::arg("num_speculative_tokens") = 0,
+          nb::arg("enable_chunked_prefill") = true, nb::arg("long_prefill_token_threshold") = 0,
+          nb::arg("num_speculative_tokens") = 0,
           nb::arg("prompt_lookup_min") = 5, nb::arg("prompt_lookup_max") = 5,
           nb::arg("speculative_disable_by_batch_size") = 0)
       .def_ro("num_blocks", &SchedulerConfig::num_blocks, "KV-cache blocks, block 0 (the null block) included")
@@ -42,6 +43,8 @@ void bind_config(nb::module_& m) {
       .def_ro("max_model_len", &SchedulerConfig::max_model_len)
       .def_ro("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
       .def_ro("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill)
+      .def_ro("long_prefill_token_threshold", &SchedulerConfig::long_prefill_token_threshold,
+              "tokens a sequence computes at most a step (0: as many as the budget leaves)")
       .def_ro("num_speculative_tokens", &SchedulerConfig::num_speculative_tokens,
               "draft tokens a decode verifies at most (prompt lookup); 0: no speculative decoding")
       .def_ro("prompt_lookup_min", &SchedulerConfig::prompt_lookup_min)

@@ -35,6 +35,10 @@ void validate(const SchedulerConfig& config) {
           config.max_model_len);
   require(config.max_model_len <= kMaxModelLen, "max_model_len", "<= " + std::to_string(kMaxModelLen),
           config.max_model_len);
+  require(config.long_prefill_token_threshold >= 0, "long_prefill_token_threshold", ">= 0 (0: no cap)",
+          config.long_prefill_token_threshold);
+  require(config.long_prefill_token_threshold == 0 || config.enable_chunked_prefill, "long_prefill_token_threshold",
+          "0 without chunked prefill (a capped prompt is computed in chunks)", config.long_prefill_token_threshold);
   require(config.num_speculative_tokens >= 0 && config.num_speculative_tokens <= kMaxSpeculativeTokens,
           "num_speculative_tokens", "in [0, " + std::to_string(kMaxSpeculativeTokens) + "]",
           config.num_speculative_tokens);

@@ -65,8 +65,11 @@ const SchedulerOutput& Scheduler::schedule() {
   return output_;
 }
 
-// All `remaining` tokens if they fit the budget; else a chunk, or nothing without chunked prefill.
+// All `remaining` tokens if they fit the budget and long_prefill_token_threshold; else a chunk, or
+// nothing without chunked prefill.
 int32_t Scheduler::tokens_to_schedule(int32_t remaining, int32_t budget) const {
+  const int32_t cap = config_.long_prefill_token_threshold;
+  if (cap > 0 && remaining > cap) remaining = cap;
   if (remaining <= budget) return remaining;
   return config_.enable_chunked_prefill ? budget : 0;
 }
@@ -91,7 +94,8 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
       int32_t num_new = tokens_to_schedule(remaining, budget);
       if (num_new == 0) continue;
       if (remaining == 1 && seq.num_placeholders == 0 && req.forked()) {
-        num_new += propose_drafts(req, seq, budget - 1 - unvisited);
+        const int32_t cap = config_.long_prefill_token_threshold;
+        num_new += propose_drafts(req, seq, std::min(budget - 1 - unvisited, cap > 0 ? cap - 1 : budget));
       }
       plans_.push_back(SlotPlan{&seq, num_new, {}});
       budget -= num_new;

@@ -8,6 +8,9 @@
 //      back to the waiting queue, where its order puts it ahead of everything that arrived later;
 //   2. if nobody was preempted, waiting requests in order, while tokens (chunked prefill splits a
 //      long prompt), max_num_seqs and free blocks last, after taking their prefix-cache hits.
+// A sequence computes at most long_prefill_token_threshold tokens a step (when set), drafts
+// included: a long prompt takes a slice of each step, not the whole budget, so the prompts and
+// decodes behind it keep moving (vLLM's long_prefill_token_threshold).
 // update_from_output() appends the sampled tokens and applies the stop conditions.
 //
 // Speculative decoding (SchedulerConfig::num_speculative_tokens > 0): a decode row whose tokens are

@@ -29,6 +29,9 @@ struct SchedulerConfig {
   int32_t max_model_len = 0;             // prompt + output tokens of one sequence, at most kMaxModelLen
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;    // off: a prompt is computed in one step or waits
+  // A sequence computes at most this many tokens a step (0: as many as the budget leaves; needs
+  // chunked prefill): a long prompt leaves room for the prompts and decodes behind it.
+  int32_t long_prefill_token_threshold = 0;
   // Speculative decoding by prompt lookup (ngram_proposer.h): a decode verifies up to this many
   // draft tokens in the same step (0: off, at most kMaxSpeculativeTokens), found by matching the
   // last prompt_lookup_min..prompt_lookup_max tokens (1 <= min <= max <= kMaxPromptLookup).

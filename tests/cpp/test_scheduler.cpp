@@ -99,6 +99,31 @@ TEST(Scheduler, ChunkedPrefillSplitsLongPromptsAndRunsRunningRequestsFirst) {
   EXPECT_EQ(s4.logits_indices, (I64{0, 1}));
 }
 
+TEST(Scheduler, LongPrefillTokenThresholdLeavesRoomForThePromptsBehind) {
+  // vLLM's long_prefill_token_threshold: a sequence computes at most 4 tokens a step, so the long
+  // prompt no longer takes the whole budget of 16 from the short ones behind it, and a decode
+  // (one token) runs beside it.
+  SchedulerConfig config = small_config(32, 4, 64, /*max_num_batched_tokens=*/16);
+  config.long_prefill_token_threshold = 4;
+  Scheduler s(config);
+  s.add_request("long", range(0, 10), limits(2));
+  s.add_request("short", range(100, 3), limits(2));
+  s.add_request("other", range(200, 6), limits(2));
+
+  const SchedulerOutput& s1 = s.schedule();
+  EXPECT_EQ(s1.req_ids, (Views{"long", "short", "other"}));
+  EXPECT_EQ(s1.query_start_loc, (I32{0, 4, 7, 11}));
+  EXPECT_EQ(s1.positions, (I64{0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3}));
+  EXPECT_EQ(s1.logits_indices, (I64{6}));  // the short prompt is whole
+  const int32_t token = 9;
+  s.update_from_output(&token, 1);
+
+  const SchedulerOutput& s2 = s.schedule();
+  EXPECT_EQ(s2.req_ids, (Views{"long", "short", "other"}));
+  EXPECT_EQ(s2.positions, (I64{4, 5, 6, 7, 3, 4, 5}));
+  EXPECT_EQ(s2.logits_indices, (I64{4, 6}));  // the short one's decode, the other's last prompt token
+}
+
 TEST(Scheduler, WithoutChunkedPrefillAPromptWaitsForRoom) {
   SchedulerConfig config = small_config(16, 4, 8, /*max_num_batched_tokens=*/8);
   config.enable_chunked_prefill = false;

@@ -46,6 +46,13 @@ TEST(SchedulerErrors, BadConfigs) {
                    c.max_num_batched_tokens = 32;
                  }),
                  "max_num_batched_tokens = 32 is smaller than max_model_len = 64");
+  expect_invalid(with_config([](SchedulerConfig& c) { c.long_prefill_token_threshold = -1; }),
+                 "long_prefill_token_threshold must be >= 0 (0: no cap), got -1");
+  expect_invalid(with_config([](SchedulerConfig& c) {
+                   c.enable_chunked_prefill = false;
+                   c.long_prefill_token_threshold = 8;
+                 }),
+                 "long_prefill_token_threshold must be 0 without chunked prefill");
 }
 
 // Upper bounds: the constructor reserves its per-step arrays at their hard bound, which used to be

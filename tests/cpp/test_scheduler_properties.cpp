@@ -278,6 +278,7 @@ class Harness {
       const int32_t begin = out.query_start_loc[static_cast<size_t>(r)];
       const int32_t end = out.query_start_loc[static_cast<size_t>(r) + 1];
       ASSERT_LT(begin, end);
+      if (config_.long_prefill_token_threshold > 0) ASSERT_LE(end - begin, config_.long_prefill_token_threshold);
       const int32_t seq_len = out.seq_lens[static_cast<size_t>(r)];
       ASSERT_LE(seq_len, static_cast<int32_t>(tokens.size()));
       for (int32_t t = begin; t < end; ++t) {
@@ -441,6 +442,7 @@ SchedulerConfig random_config(std::mt19937& rng) {
   config.num_speculative_tokens = pick(0, 1) * pick(1, 5);
   config.prompt_lookup_min = pick(1, 2);
   config.prompt_lookup_max = config.prompt_lookup_min + pick(0, 2);
+  config.long_prefill_token_threshold = config.enable_chunked_prefill && pick(0, 2) == 0 ? pick(1, 8) : 0;
   return config;
 }
 
