@@ -91,7 +91,7 @@ class Engine(OfflineAPI):
                  max_model_len: int | None = None, block_size: int | None = 16, max_num_seqs: int | None = 256,
                  max_num_batched_tokens: int | None = OFFLINE_MAX_NUM_BATCHED_TOKENS,
                  enable_prefix_caching: bool | None = True, enable_chunked_prefill: bool | None = True,
-                 kv_cache_memory_gb: float | None = None,
+                 long_prefill_token_threshold: int | None = 0, kv_cache_memory_gb: float | None = None,
                  seed: int | None = 0, load_format: str = "auto", skip_tokenizer_init: bool = False,
                  device: str = "auto", gpu_memory_utilization: float = 0.9, enforce_eager: bool = False,
                  async_scheduling: bool | None = None, generation_config: str = "auto",
@@ -114,7 +114,9 @@ class Engine(OfflineAPI):
         {"temperature": 0.5}; its keys temperature, top_p, top_k, min_p, repetition_penalty and
         max_new_tokens) replaces or adds to what that leaves. As in vLLM, None for max_num_seqs,
         max_num_batched_tokens, block_size, enable_prefix_caching and enable_chunked_prefill means
-        the default. `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
+        the default. `long_prefill_token_threshold` (vLLM's; 0: none): the most tokens one
+        sequence computes a step, so that a long prompt takes a slice of each step and the requests
+        behind it keep going (their time to first token, their decodes). `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
         scripts: kvserve runs on one device, and its architectures are built in; so is
         `kv_cache_dtype` ("auto" only: the KV cache is in the model's dtype).
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
@@ -161,6 +163,11 @@ class Engine(OfflineAPI):
                                               OFFLINE_MAX_NUM_BATCHED_TOKENS)
         enable_prefix_caching = bool_argument("enable_prefix_caching", enable_prefix_caching, True)
         enable_chunked_prefill = bool_argument("enable_chunked_prefill", enable_chunked_prefill, True)
+        long_prefill_token_threshold = int_argument("long_prefill_token_threshold", long_prefill_token_threshold, 0,
+                                                    low=0)
+        if long_prefill_token_threshold and not enable_chunked_prefill:
+            raise ValueError(f"long_prefill_token_threshold {long_prefill_token_threshold} needs chunked prefill: "
+                             "a capped prompt is computed in chunks")
         block_size = 16 if block_size is None else block_size
         # The scheduler's rule (scheduler_config.cpp), checked before the KV cache is sized by it.
         if not is_int(block_size) or not 1 <= block_size <= 256 or block_size & (block_size - 1):
@@ -236,6 +243,7 @@ class Engine(OfflineAPI):
             num_blocks=num_blocks, block_size=block_size, max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
+            long_prefill_token_threshold=long_prefill_token_threshold,
             **(speculative.scheduler_fields() if speculative is not None else {})))
         kv_caches = allocate_kv_caches(config, self.dtype, num_blocks, block_size, self.device)
 

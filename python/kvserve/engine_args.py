@@ -29,8 +29,8 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 # The Engine keywords the flags set; each flag's dest is the keyword's name.
 ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_size", "max_num_seqs",
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
-                "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device", "gpu_memory_utilization",
-                "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
+                "long_prefill_token_threshold", "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device",
+                "gpu_memory_utilization", "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
                 "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs",
                 "kv_cache_dtype", "runner", "pooler_config", "hf_overrides", "speculative_config")
 
@@ -91,6 +91,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        help="reuse the KV cache of shared prompt prefixes (default: on)")
     group.add_argument("--enable-chunked-prefill", action=argparse.BooleanOptionalAction, default=True,
                        help="split long prompts across steps (default: on)")
+    group.add_argument("--long-prefill-token-threshold", type=int, default=0, metavar="TOKENS",
+                       help="the most tokens one sequence computes a step, so that a long prompt leaves room for "
+                       "the requests behind it (default: 0, no cap; needs chunked prefill)")
     group.add_argument("--kv-cache-memory", dest="kv_cache_memory_gb", type=float, metavar="GIB",
                        help="KV-cache size in GiB (default: 4 on the CPU; on a GPU, what "
                        "--gpu-memory-utilization leaves)")

@@ -46,11 +46,13 @@ def make_engine(directory, **kwargs) -> Engine:
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
-@pytest.mark.parametrize("mode", ["batched", "chunked-prefill", "preemption"])
+@pytest.mark.parametrize("mode", ["batched", "chunked-prefill", "long-prefill-threshold", "preemption"])
 def test_greedy_ids_equal_transformers(tiny_model_dir, hf_models, architecture, mode):
     kwargs = {}
     if mode == "chunked-prefill":
         kwargs = dict(max_num_batched_tokens=5)
+    elif mode == "long-prefill-threshold":  # every prompt in chunks of 3 tokens, the batch's in one step
+        kwargs = dict(long_prefill_token_threshold=3)
     elif mode == "preemption":
         # 11 usable blocks of 4 tokens: the longest request fits (max_model_len 40), all four do not.
         config = ModelConfig.from_pretrained(tiny_model_dir(architecture))

@@ -116,6 +116,9 @@ def test_a_hub_id_as_tokenizer_resolves_from_the_local_cache(model_dir, tmp_path
     (dict(gpu_memory_utilization="0.5"), r"gpu_memory_utilization must be in \(0, 1\], got '0.5'"),
     (dict(max_model_len="64"), "max_model_len must be an integer or None, got '64'"),
     (dict(enable_prefix_caching="yes"), "enable_prefix_caching must be True, False or None, got 'yes'"),
+    (dict(long_prefill_token_threshold=-1), r"long_prefill_token_threshold must be an integer in \[0, 2147483647\]"),
+    (dict(long_prefill_token_threshold=8, enable_chunked_prefill=False),
+     "long_prefill_token_threshold 8 needs chunked prefill"),
     (dict(tensor_parallel_size=2), "tensor_parallel_size must be 1 \\(kvserve runs on one device\\), got 2"),
 ])
 def test_wrongly_typed_arguments_are_clear_errors(model_dir, kwargs, match):
