@@ -39,6 +39,8 @@ class Settings:
     vllm_bind: str  # VLLM_CPU_OMP_THREADS_BIND; "auto" leaves vLLM's own binding (and no libgomp preload)
     vllm_memory_utilization: float  # on CPU: the fraction of memory vLLM reserves
     log_dir: Path
+    server_args: tuple[str, ...] = ()  # more flags for `kvserve serve`
+    load_args: tuple[str, ...] = ()  # more flags for `kvserve bench serve` (its dataset's, say)
 
 
 @dataclass
@@ -219,8 +221,8 @@ def _server_command(engine: str, case, preset: str, model_dir: Path, dtype: str,
         if probe.returncode != 0:
             raise Skip("kvserve has no `serve` command yet")
         cmd = [sys.executable, "-m", "kvserve.cli", "serve", str(model_dir), *common, "--dtype", dtype,
-               "--served-model-name", preset, "--max-num-seqs", str(case.num_prompts)]
-        return cmd, torch_env(s), f"OMP_NUM_THREADS={s.threads}"
+               "--served-model-name", preset, "--max-num-seqs", str(case.num_prompts), *s.server_args]
+        return cmd, torch_env(s), " ".join([f"OMP_NUM_THREADS={s.threads}", *s.server_args])
     if engine == "vllm":
         env, note = vllm_env(s)
         # The api_server module, not the `vllm` script: that looks up the metadata of a package named
@@ -268,7 +270,7 @@ def run_serve(engine: str, case, preset: str, model_dir: Path, dtype: str, s: Se
             [sys.executable, "-m", "kvserve.cli", "bench", "serve", "--base-url", base_url, "--model", preset,
              "--tokenizer", str(model_dir), "--num-prompts", str(case.num_prompts),
              "--random-input-len", str(case.input_len), "--random-output-len", str(case.output_len),
-             "--request-rate", rate, "--result-json", str(result_path), "--disable-tqdm"],
+             "--request-rate", rate, "--result-json", str(result_path), "--disable-tqdm", *s.load_args],
         )
         while client.poll() is None:  # keep sampling the server's RSS while the load runs
             server.sample()
