@@ -241,15 +241,20 @@ def test_a_steps_results_do_not_wait_for_work_queued_after_it(tiny_model_dir):
 
 def test_embeddings_on_the_gpu_equal_the_cpus(tiny_model_dir):
     """A pooling engine on the GPU (profiled without an LM head, no graphs, its steps synchronous)
-    pools what the CPU's does."""
+    pools what the CPU's does: each prompt's vector, and every token's (token_embed, whose rows
+    gather on the device)."""
     directory = str(tiny_model_dir("LlamaForCausalLM"))
     prompts = PROMPTS
-    vectors = {}
+    vectors, rows = {}, {}
     for device in ("cuda", "cpu"):
         engine = Engine(directory, runner="pooling", device=device, dtype="float32", kv_cache_memory_gb=0.05,
                         max_num_batched_tokens=8, block_size=4)
         assert not engine.async_scheduling
         vectors[device] = torch.tensor([o.outputs.embedding for o in engine.embed(prompts, use_tqdm=False)])
+        rows[device] = [o.outputs.data for o in engine.encode(prompts, pooling_task="token_embed", use_tqdm=False)]
     torch.testing.assert_close(vectors["cuda"], vectors["cpu"], atol=1e-4, rtol=0)
+    for on_gpu, on_cpu in zip(rows["cuda"], rows["cpu"]):
+        assert on_gpu.device.type == "cpu"  # handed back on the host, as embeddings are
+        torch.testing.assert_close(on_gpu, on_cpu, atol=1e-4, rtol=0)
     gpu = Engine(directory, runner="pooling", device="cuda", dtype="float32", gpu_memory_utilization=0.3)
     assert gpu.embed(prompts[:1], use_tqdm=False)[0].outputs.hidden_size == 64
