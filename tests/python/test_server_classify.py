@@ -79,6 +79,9 @@ def test_pooling_gives_every_tokens_classes(classifier_dir):
         assert softmax == pytest.approx(expected[0].outputs.probs, abs=1e-6)
         one = httpx.post(server.url + "/pooling", json={"input": TEXTS[1], "task": "classify"}).json()
         assert one["data"][0]["data"] == pytest.approx(expected[1].outputs.probs, abs=1e-6)
+        # normalize is an embedding's: the head still reads the state as it is.
+        same = httpx.post(server.url + "/pooling", json={"input": TEXTS[1], "task": "classify", "normalize": True})
+        assert same.json()["data"][0]["data"] == pytest.approx(expected[1].outputs.probs, abs=1e-6)
         refused = httpx.post(server.url + "/pooling", json={"input": "a", "task": "token_embed"})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "task"
         assert "this model is a classifier" in refused.json()["error"]["message"]

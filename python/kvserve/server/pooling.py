@@ -40,7 +40,8 @@ async def create_pooling(body: PoolingRequest, raw_request: Request):
     except ValueError as e:
         raise bad_request(str(e), "task") from None
     prompts = await request_prompts(served, body)
-    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize,
+    # normalize is an embedding's (a classifier's head reads the state as it is; use_activation is its).
+    params = PoolingParams(dimensions=body.dimensions, normalize=body.normalize if classifier is None else None,
                            truncate_prompt_tokens=body.truncate_prompt_tokens, use_activation=body.use_activation,
                            task=task)
     request_id, prompts, outputs = await run_pooled(raw_request, prompts, params, param="input",
