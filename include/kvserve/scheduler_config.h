@@ -29,9 +29,6 @@ struct SchedulerConfig {
   int32_t max_model_len = 0;             // prompt + output tokens of one sequence, at most kMaxModelLen
   bool enable_prefix_caching = true;
   bool enable_chunked_prefill = true;    // off: a prompt is computed in one step or waits
-  // A sequence computes at most this many tokens a step (0: as many as the budget leaves; needs
-  // chunked prefill): a long prompt leaves room for the prompts and decodes behind it.
-  int32_t long_prefill_token_threshold = 0;
   // Speculative decoding by prompt lookup (ngram_proposer.h): a decode verifies up to this many
   // draft tokens in the same step (0: off, at most kMaxSpeculativeTokens), found by matching the
   // last prompt_lookup_min..prompt_lookup_max tokens (1 <= min <= max <= kMaxPromptLookup).
@@ -41,6 +38,10 @@ struct SchedulerConfig {
   // A step proposes no drafts while more sequences than this run (0: no limit): a large batch
   // already keeps the hardware busy, and verifying drafts the model refuses costs it.
   int32_t speculative_disable_by_batch_size = 0;
+  // A sequence computes at most this many tokens a step (0: as many as the budget leaves; needs
+  // chunked prefill): a long prompt leaves room for the prompts and decodes behind it. (Last, so
+  // that embedders' initializers in field order keep their meaning.)
+  int32_t long_prefill_token_threshold = 0;
 };
 
 // Throws std::invalid_argument naming the first field out of range and what it must be.
