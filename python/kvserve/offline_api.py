@@ -112,7 +112,6 @@ class OfflineAPI:
         pooling_params = _per_prompt("pooling_params", pooling_params, PoolingParams, normalized)
         if task is not None:
             pooling_params = [dataclasses.replace(p, task=task) for p in pooling_params]
-        self.check_pooling_task(task)
         lora_request = _per_prompt("lora_request", lora_request, (LoRARequest, type(None)), normalized)
         return self._run_requests(kind, normalized, pooling_params, lora_request, priority, use_tqdm), pooling_params
 

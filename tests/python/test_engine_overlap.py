@@ -20,6 +20,7 @@ from kvserve.engine import RESAMPLED_SHARE_LIMIT
 from kvserve.model_runner import LaunchedStep
 from kvserve.sampler import Sampler, SamplerOutput
 from step_modes import STEP_MODES, count_retracts, set_step_mode
+from test_engine import assert_no_blocks_held
 
 PROMPTS = ["The capital of France is", "Hi", "ka lo mi ne ru sa ti vo ze str ing ion 7 42 and then some more"]
 
@@ -30,12 +31,6 @@ OVERLAPPED = [mode for mode in STEP_MODES if mode != "plain"]
 def make_engine(directory, *, mode: str, **kwargs) -> Engine:
     return set_step_mode(Engine(str(directory), dtype="float32", kv_cache_memory_gb=0.01, device="cpu", **kwargs),
                          mode)
-
-
-def assert_no_blocks_held(engine: Engine) -> None:
-    stats = engine.stats()
-    assert not engine.has_unfinished_requests() and not engine.requests
-    assert stats.num_free_blocks == stats.num_blocks - 1, stats
 
 
 def start_short_and_long(engine: Engine):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from kvserve import Engine, PoolingParams
 from kvserve.pooling import PooledState, PoolerConfig
+from test_engine import assert_no_blocks_held
 from tiny_models import tiny_hf_model
 from tiny_tokenizer import save_tiny_tokenizer
 
@@ -31,11 +32,6 @@ def _inputs(prompts=PROMPTS) -> list[dict]:
 def _hidden(model, prompt) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([prompt])).last_hidden_state[0]
-
-
-def _no_blocks_held(engine: Engine) -> None:
-    stats = engine.stats()
-    assert not engine.has_unfinished_requests() and stats.kv_cache_usage == 0
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +56,7 @@ def test_token_embed_gives_every_tokens_embedding(embedder):
         torch.testing.assert_close(output.outputs.data, F.normalize(_hidden(model, prompt), dim=-1), atol=1e-5, rtol=0)
     [raw] = engine.encode(_inputs(PROMPTS[1:2]), PoolingParams(normalize=False, task="token_embed"), use_tqdm=False)
     torch.testing.assert_close(raw.outputs.data, _hidden(model, PROMPTS[1]), atol=1e-5, rtol=1e-5)
-    _no_blocks_held(engine)
+    assert_no_blocks_held(engine)
 
 
 def test_embed_and_the_engines_own_task_are_embed(embedder):
@@ -92,7 +88,7 @@ def test_token_classify_and_reward_give_every_tokens_classes(tiny_model_dir):
         torch.testing.assert_close(raw[i].outputs.data, logits, atol=1e-5, rtol=1e-5)
         assert as_classify[i].outputs.data.tolist() == pytest.approx(classified[i].outputs.probs, abs=1e-7)
         torch.testing.assert_close(as_classify[i].outputs.data, rewards[i].outputs.data[-1], atol=1e-6, rtol=0)
-    _no_blocks_held(engine)
+    assert_no_blocks_held(engine)
 
 
 def test_a_task_the_model_has_no_head_for_is_a_value_error(embedder, tiny_model_dir):
@@ -107,7 +103,7 @@ def test_a_task_the_model_has_no_head_for_is_a_value_error(embedder, tiny_model_
     ]:
         with pytest.raises(ValueError, match=message):
             engine.encode(_inputs(), pooling_task=task, use_tqdm=False)
-        _no_blocks_held(engine)
+        assert_no_blocks_held(engine)
     with pytest.raises(ValueError, match="task 'token_embed': this model is a classifier"):
         classifier.add_request("r", {"prompt_token_ids": [1, 2]}, PoolingParams(task="token_embed"))
     with pytest.raises(ValueError, match="needs a classifier's checkpoint"):
