@@ -94,8 +94,7 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
       int32_t num_new = tokens_to_schedule(remaining, budget);
       if (num_new == 0) continue;
       if (remaining == 1 && seq.num_placeholders == 0 && req.forked()) {
-        const int32_t cap = config_.long_prefill_token_threshold;
-        num_new += propose_drafts(req, seq, std::min(budget - 1 - unvisited, cap > 0 ? cap - 1 : budget));
+        num_new += propose_drafts(req, seq, budget - 1 - unvisited);
       }
       plans_.push_back(SlotPlan{&seq, num_new, {}});
       budget -= num_new;
@@ -113,13 +112,15 @@ void Scheduler::schedule_running(int32_t& budget, bool& preempted) {
   }
 }
 
-// A decode's drafts (seq.draft_ids), as many as the budget and the sequence's length limits leave:
-// each one the model accepts lands one more token. Returns how many.
+// A decode's drafts (seq.draft_ids), as many as the budget, the sequence's length limits and
+// long_prefill_token_threshold (less the decode's own token) leave: each one the model accepts
+// lands one more token. Returns how many.
 int32_t Scheduler::propose_drafts(const Request& req, Sequence& seq, int32_t budget) {
   if (!drafting_ || !req.params.speculate) return 0;
   const int32_t num_output = seq.num_tokens() - req.num_prompt_tokens;
+  const int32_t cap = config_.long_prefill_token_threshold;
   const int32_t room = std::min({config_.num_speculative_tokens, budget, req.params.max_tokens - num_output - 1,
-                                 config_.max_model_len - seq.num_tokens() - 1});
+                                 config_.max_model_len - seq.num_tokens() - 1, cap > 0 ? cap - 1 : budget});
   return propose_ngram_drafts(seq.token_ids.data(), seq.num_tokens(), config_.prompt_lookup_min,
                               config_.prompt_lookup_max, room, seq.draft_ids);
 }
