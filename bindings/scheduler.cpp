@@ -27,7 +27,8 @@ void bind_config(nb::module_& m) {
             new (c) SchedulerConfig{num_blocks,           block_size,           max_num_seqs,
                                     max_num_batched_tokens, max_model_len,      enable_prefix_caching,
                                     enable_chunked_prefill, num_speculative_tokens, prompt_lookup_min,
-                                    prompt_lookup_max,    speculative_disable_by_batch_size, long_prefill_token_threshold};
+                                    prompt_lookup_max,      speculative_disable_by_batch_size,
+                                    long_prefill_token_threshold};
             validate(*c);
           },
           nb::kw_only(), nb::arg("num_blocks"), nb::arg("block_size") = 16, nb::arg("max_num_seqs") = 256,

@@ -30,9 +30,9 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 ENGINE_FLAGS = ("tokenizer", "dtype", "load_format", "max_model_len", "block_size", "max_num_seqs",
                 "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill",
                 "long_prefill_token_threshold", "kv_cache_memory_gb", "seed", "skip_tokenizer_init", "device",
-                "gpu_memory_utilization", "enforce_eager", "async_scheduling", "tensor_parallel_size", "trust_remote_code",
-                "generation_config", "override_generation_config", "scheduling_policy", "max_logprobs",
-                "kv_cache_dtype", "runner", "pooler_config", "hf_overrides", "speculative_config")
+                "gpu_memory_utilization", "enforce_eager", "async_scheduling", "tensor_parallel_size",
+                "trust_remote_code", "generation_config", "override_generation_config", "scheduling_policy",
+                "max_logprobs", "kv_cache_dtype", "runner", "pooler_config", "hf_overrides", "speculative_config")
 
 
 def flag_type(parse, valid, expected: str):

@@ -211,7 +211,8 @@ def _from_tokens(hf: dict, architecture: str, source: str) -> tuple[str, ...] | 
         return None
     if architecture not in CLASSIFIERS:
         raise ValueError(f"{source}: classifier_from_token reads a causal LM as a classifier: expected a "
-                         f"*ForSequenceClassification architecture (hf_overrides' \"architectures\"), got {architecture!r}")
+                         f"*ForSequenceClassification architecture (hf_overrides' \"architectures\"), "
+                         f"got {architecture!r}")
     if not isinstance(tokens, list) or len(tokens) not in (1, 2) or not all(isinstance(t, str) for t in tokens):
         raise ValueError(f"{source}: classifier_from_token must be a list of one or two tokens (e.g. [\"no\", "
                          f"\"yes\"]), got {tokens!r}")

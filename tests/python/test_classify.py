@@ -98,7 +98,8 @@ def test_a_causal_lm_read_as_a_reranker_from_two_tokens(tiny_model_dir, tied):
         logits = hf_logits(model, output.prompt_token_ids)[-1]
         assert output.outputs.score == pytest.approx(float((logits[yes] - logits[no]).sigmoid()), abs=1e-5)
     # One token: its logit, through the sigmoid.
-    engine = make_engine(directory, hf_overrides={**overrides, "classifier_from_token": overrides["classifier_from_token"][1:]})
+    one_token = {**overrides, "classifier_from_token": overrides["classifier_from_token"][1:]}
+    engine = make_engine(directory, hf_overrides=one_token)
     (output,) = engine.classify(["ka lo mi"], use_tqdm=False)
     logit = hf_logits(model, output.prompt_token_ids)[-1][yes]
     assert output.outputs.probs == pytest.approx([float(logit.sigmoid())], abs=1e-5)

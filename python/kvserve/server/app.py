@@ -4,8 +4,8 @@
     uvicorn.run(app)         # the engine thread starts and stops with the app's lifespan
 
 Routes: POST /v1/completions, /v1/chat/completions, /v1/responses (a generating engine's),
-/v1/embeddings, /score, /rerank, /classify, /pooling (a pooling engine's), /tokenize, /detokenize; GET /v1/models,
-/health, /version, /metrics.
+/v1/embeddings, /score, /rerank, /classify, /pooling (a pooling engine's), /tokenize, /detokenize;
+GET /v1/models, /health, /version, /metrics.
 """
 
 from __future__ import annotations
