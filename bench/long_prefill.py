@@ -24,24 +24,20 @@ from pathlib import Path
 from engines import Settings, run_serve
 
 from kvserve.bench.checkpoint import ensure_model
+from kvserve.bench.metrics import LatencyStats
 from kvserve.bench.presets import MODEL_PRESETS, parse_case
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
 def summarize(result: dict) -> dict[str, float]:
-    """The round's figures, in ms (throughput in tok/s)."""
+    """The round's figures, in ms (throughput in tok/s), percentiles as `kvserve bench serve` takes them."""
     lengths, ttfts = result["input_lens"], result["ttfts"]
     middle = statistics.median(lengths)
-    short = [t * 1e3 for n, t in zip(lengths, ttfts) if n <= middle]
-    long = [t * 1e3 for n, t in zip(lengths, ttfts) if n > middle]
-    itls = [gap * 1e3 for gaps in result["itls"] for gap in gaps]
-    return {"ttft short p50": statistics.median(short), "ttft short p90": percentile(short, 90),
-            "ttft long p50": statistics.median(long), "ttft long p90": percentile(long, 90),
-            "itl p50": statistics.median(itls), "itl p99": percentile(itls, 99),
+    short = LatencyStats.of([t for n, t in zip(lengths, ttfts) if n <= middle], (90,))
+    long = LatencyStats.of([t for n, t in zip(lengths, ttfts) if n > middle], (90,))
+    itls = LatencyStats.of([gap for gaps in result["itls"] for gap in gaps], (99,))
+    return {"ttft short p50": short.median, "ttft short p90": short.percentiles[90],
+            "ttft long p50": long.median, "ttft long p90": long.percentiles[90],
+            "itl p50": itls.median, "itl p99": itls.percentiles[99],
             "tpot p50": result["median_tpot_ms"], "tpot p99": result["p99_tpot_ms"],
             "output tok/s": result["output_throughput"]}
 

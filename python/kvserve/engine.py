@@ -115,10 +115,11 @@ class Engine(OfflineAPI):
         max_new_tokens) replaces or adds to what that leaves. As in vLLM, None for max_num_seqs,
         max_num_batched_tokens, block_size, enable_prefix_caching and enable_chunked_prefill means
         the default. `long_prefill_token_threshold` (vLLM's; 0: none): the most tokens one
-        sequence computes a step, so that a long prompt takes a slice of each step and the requests
-        behind it keep going (their time to first token, their decodes). `tensor_parallel_size` (only 1) and `trust_remote_code` are accepted for vLLM's
-        scripts: kvserve runs on one device, and its architectures are built in; so is
-        `kv_cache_dtype` ("auto" only: the KV cache is in the model's dtype).
+        sequence computes a step, so that a long prompt takes a slice of each step and the decodes
+        beside it keep going (prompts over it take more steps to their first token). `tensor_parallel_size`
+        (only 1) and `trust_remote_code` are accepted for vLLM's scripts: kvserve runs on one
+        device, and its architectures are built in; so is `kv_cache_dtype` ("auto" only: the KV
+        cache is in the model's dtype).
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
         structured outputs hold what follows its </think> token.
         `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
@@ -165,6 +166,7 @@ class Engine(OfflineAPI):
         enable_chunked_prefill = bool_argument("enable_chunked_prefill", enable_chunked_prefill, True)
         long_prefill_token_threshold = int_argument("long_prefill_token_threshold", long_prefill_token_threshold, 0,
                                                     low=0)
+        # The scheduler's rule too (scheduler_config.cpp), checked before the model loads.
         if long_prefill_token_threshold and not enable_chunked_prefill:
             raise ValueError(f"long_prefill_token_threshold {long_prefill_token_threshold} needs chunked prefill: "
                              "a capped prompt is computed in chunks")
