@@ -15,6 +15,9 @@ std::string dtype_name(nb::dlpack::dtype dtype) {
     case nb::dlpack::dtype_code::Bfloat: kind = "bfloat"; break;
     case nb::dlpack::dtype_code::Complex: kind = "complex"; break;
     case nb::dlpack::dtype_code::Bool: return "bool";
+    case nb::dlpack::dtype_code::Float8_E4M3FN: return "float8_e4m3fn";
+    case nb::dlpack::dtype_code::Float8_E5M2: return "float8_e5m2";
+    default: break;
   }
   return std::string(kind) + std::to_string(dtype.bits);
 }
@@ -51,6 +54,13 @@ void check_dtype(const Array& array, const char* name, std::initializer_list<nb:
   for (const auto& dtype : allowed) expected += (expected.empty() ? "" : " or ") + dtype_name(dtype);
   throw nb::value_error((std::string(name) + ": expected dtype " + expected + ", got " +
                          dtype_name(array.dtype())).c_str());
+}
+
+void check_cache_dtype(const Array& cache, const char* name, const Array& rows, const char* rows_name) {
+  const nb::dlpack::dtype dtype = cache.dtype();
+  if (dtype == rows.dtype() || dtype == kFloat8E4M3 || dtype == kFloat8E5M2) return;
+  throw nb::value_error((std::string(name) + ": expected the dtype of " + rows_name + " (" + dtype_name(rows.dtype()) +
+                         ") or float8_e4m3fn or float8_e5m2, got " + dtype_name(dtype)).c_str());
 }
 
 void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout) {
@@ -134,6 +144,8 @@ DType kernel_dtype(const Array& array, const char* name) {
   if (dtype == kBFloat16) return DType::kBFloat16;
   if (dtype == kInt32) return DType::kInt32;
   if (dtype == kInt64) return DType::kInt64;
+  if (dtype == kFloat8E4M3) return DType::kFloat8E4M3;
+  if (dtype == kFloat8E5M2) return DType::kFloat8E5M2;
   throw nb::value_error((std::string(name) + ": no kernel dtype for " + dtype_name(dtype)).c_str());
 }
 

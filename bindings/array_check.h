@@ -25,11 +25,16 @@ inline constexpr nb::dlpack::dtype kBFloat16{(uint8_t)nb::dlpack::dtype_code::Bf
 inline constexpr nb::dlpack::dtype kInt32{(uint8_t)nb::dlpack::dtype_code::Int, 32, 1};
 inline constexpr nb::dlpack::dtype kInt64{(uint8_t)nb::dlpack::dtype_code::Int, 64, 1};
 inline constexpr std::initializer_list<nb::dlpack::dtype> kFloatDtypes = {kFloat32, kFloat16, kBFloat16};
+// torch.float8_e4m3fn and torch.float8_e5m2: the elements of an fp8 KV cache.
+inline constexpr nb::dlpack::dtype kFloat8E4M3{(uint8_t)nb::dlpack::dtype_code::Float8_E4M3FN, 8, 1};
+inline constexpr nb::dlpack::dtype kFloat8E5M2{(uint8_t)nb::dlpack::dtype_code::Float8_E5M2, 8, 1};
 
 std::string dtype_name(nb::dlpack::dtype dtype);
 
 // The dtype is one of `allowed`.
 void check_dtype(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> allowed);
+// A KV cache holds the dtype of `rows` (the rows written into it or read against it) or 8-bit floats.
+void check_cache_dtype(const Array& cache, const char* name, const Array& rows, const char* rows_name);
 // The array has `ndim` dimensions; `layout` names them for the message, e.g. "[num_pairs, 2]".
 void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout);
 // Dimension `dim` has size `expected`.

@@ -137,12 +137,15 @@ class PyDecoderStack {
     }
     for (auto [key, slot] : {std::pair{"key_cache", &w.key_cache}, std::pair{"value_cache", &w.value_cache}}) {
       Array cache = *get(layer, key, true, index);
-      check_same_dtype(cache, key, reference_, "final_norm");
       check_ndim(cache, key, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
       if (s_.num_blocks == 0) {
+        check_cache_dtype(cache, key, reference_, "final_norm");
+        cache_reference_ = cache;
+        s_.cache_dtype = kernel_dtype(cache, key);
         s_.num_blocks = static_cast<int64_t>(cache.shape(0));
         s_.block_size = static_cast<int64_t>(cache.shape(1));
       }
+      check_same_dtype(cache, key, cache_reference_, "the first cache");
       check_dim(cache, key, 0, s_.num_blocks, "num_blocks of the first cache");
       check_dim(cache, key, 1, s_.block_size, "block_size of the first cache");
       check_dim(cache, key, 2, s_.num_kv_heads, "num_kv_heads");
@@ -159,6 +162,7 @@ class PyDecoderStack {
 
   DecoderStack s_;
   Array reference_;
+  Array cache_reference_;  // the first cache: every other takes its dtype
   std::vector<Array> owners_;
 };
 

@@ -28,7 +28,7 @@ namespace kvserve::bind {
 namespace {
 
 void copy_blocks(Array cache, Array block_pairs, uintptr_t stream) {
-  check_dtype(cache, "cache", {kFloat32, kFloat16, kBFloat16});
+  check_dtype(cache, "cache", {kFloat32, kFloat16, kBFloat16, kFloat8E4M3, kFloat8E5M2});
   if (cache.ndim() < 1) throw nb::value_error("cache: expected [num_blocks, ...], got a scalar");
   check_contiguous(cache, "cache");
   check_dtype(block_pairs, "block_pairs", {kInt64});
@@ -73,12 +73,13 @@ void check_rows(const Array& array, const char* name, const char* layout) {
 }
 
 // [num_blocks, block_size, num_kv_heads, head_dim], each block contiguous; both caches
-// alike (shape, dtype, strides) and of the dtype of `data`, whose last two dims they must match.
+// alike (shape, dtype, strides) and of the dtype of `data` or 8-bit floats, and of the last two
+// dims of `data`.
 void check_caches(const Array& key_cache, const Array& value_cache, const Array& data, const char* data_name,
                   size_t heads_dim_of_data) {
   const char* layout = "[num_blocks, block_size, num_kv_heads, head_dim]";
   check_ndim(key_cache, "key_cache", 4, layout);
-  check_same_dtype(key_cache, "key_cache", data, data_name);
+  check_cache_dtype(key_cache, "key_cache", data, data_name);
   if (heads_dim_of_data != 0) check_dim(key_cache, "key_cache", 2, data.shape(1), "num_kv_heads of key");
   check_dim(key_cache, "key_cache", 3, data.shape(2), (std::string("head_dim of ") + data_name).c_str());
   check_contiguous(key_cache, "key_cache", 1);
@@ -106,6 +107,7 @@ void set_caches(const Array& key_cache, const Array& value_cache, Params& p) {
   p.block_size = static_cast<int64_t>(key_cache.shape(1));
   p.num_kv_heads = static_cast<int64_t>(key_cache.shape(2));
   p.head_dim = static_cast<int64_t>(key_cache.shape(3));
+  p.cache_dtype = kernel_dtype(key_cache, "key_cache");
 }
 
 void check_vector(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> dtypes,

@@ -28,10 +28,19 @@ Status check_cache(int64_t num_blocks, int64_t block_size, int64_t num_kv_heads,
   return Status::kOk;
 }
 
+// A cache holds the dtype of the rows it serves, or 8-bit floats (an fp8 KV cache).
+Status check_cache_dtype(DType dtype, DType cache_dtype, std::string* why) {
+  if (cache_dtype == dtype || cache_dtype == DType::kFloat8E4M3 || cache_dtype == DType::kFloat8E5M2) {
+    return Status::kOk;
+  }
+  return fail(why, "cache_dtype: expected the dtype of the rows, float8_e4m3 or float8_e5m2");
+}
+
 }  // namespace
 
 Status check_paged_attention_layout(const PagedAttentionParams& p, std::string* why) {
   if (!is_float_dtype(p.dtype)) return fail(why, "dtype: expected float32, float16 or bfloat16");
+  if (check_cache_dtype(p.dtype, p.cache_dtype.value_or(p.dtype), why) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_tokens < 0 || p.num_reqs < 0 || p.max_blocks_per_req < 0 || p.head_dim < 1 ||
       p.num_heads < 1 || p.num_kv_heads < 1) {
     return fail(why, "sizes: expected num_tokens, num_reqs, max_blocks_per_req >= 0 and num_heads, "
@@ -111,6 +120,7 @@ Status check_paged_attention(const PagedAttentionParams& p, std::string* why) {
 
 Status check_reshape_and_cache_layout(const ReshapeAndCacheParams& p, std::string* why) {
   if (!is_float_dtype(p.dtype)) return fail(why, "dtype: expected float32, float16 or bfloat16");
+  if (check_cache_dtype(p.dtype, p.cache_dtype.value_or(p.dtype), why) != Status::kOk) return Status::kInvalidArgument;
   if (p.slot_mapping_dtype != DType::kInt32 && p.slot_mapping_dtype != DType::kInt64) {
     return fail(why, "slot_mapping: expected dtype int32 or int64");
   }

@@ -114,6 +114,7 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
 
 Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
   if (check_paged_attention_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  if (p.cache_dtype.value_or(p.dtype) != p.dtype) return Status::kUnsupported;  // fp8 KV caches: CPU only
   if (p.num_tokens == 0) return Status::kOk;
   // Grid limits (x: tokens or tiles, y: heads) and 32-bit key and row arithmetic in the kernels.
   if (p.num_tokens > INT_MAX || p.num_heads > 65535 || p.block_size > INT_MAX ||

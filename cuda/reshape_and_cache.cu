@@ -64,6 +64,7 @@ Status launch(const ReshapeAndCacheParams& p, kvGpuStream_t stream) {
 
 Status reshape_and_cache_cuda(const ReshapeAndCacheParams& p, void* stream) {
   if (check_reshape_and_cache_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  if (p.cache_dtype.value_or(p.dtype) != p.dtype) return Status::kUnsupported;  // fp8 KV caches: CPU only
   if (p.num_tokens == 0) return Status::kOk;
   if (p.num_tokens > INT_MAX) return Status::kUnsupported;
   const auto s = static_cast<kvGpuStream_t>(stream);

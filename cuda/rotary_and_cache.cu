@@ -13,6 +13,7 @@ Status rotary_and_cache_cuda(const RotaryAndCacheParams& p, void* stream) {
   if (check_rotary_and_cache_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   const RotaryEmbeddingParams& r = p.rotary;
   const ReshapeAndCacheParams& c = p.cache;
+  if (c.cache_dtype.value_or(c.dtype) != c.dtype) return Status::kUnsupported;  // fp8 KV caches: CPU only
   if (r.num_tokens == 0) return Status::kOk;
   if (r.num_tokens > INT_MAX || (r.num_heads + 2 * r.num_kv_heads) * r.head_dim > INT_MAX) return Status::kUnsupported;
   // The value rows and both caches' slots move in packs too.

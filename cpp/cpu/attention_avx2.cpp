@@ -4,9 +4,9 @@
 
 namespace kvserve::cpu {
 
-AttendFn attend_avx2(DType dtype, int64_t head_dim) {
+AttendFn attend_avx2(DType dtype, DType cache_dtype, int64_t head_dim) {
   if (head_dim % Avx2::kWidth != 0) return nullptr;
-  return attend_for<Avx2, FloatScores<Avx2>>(dtype);
+  return attend_for<Avx2, FloatScores<Avx2>>(dtype, cache_dtype);
 }
 
 }  // namespace kvserve::cpu

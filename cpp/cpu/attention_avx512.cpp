@@ -4,9 +4,9 @@
 
 namespace kvserve::cpu {
 
-AttendFn attend_avx512(DType dtype, int64_t head_dim) {
+AttendFn attend_avx512(DType dtype, DType cache_dtype, int64_t head_dim) {
   if (head_dim % Avx512::kWidth != 0) return nullptr;
-  return attend_for<Avx512, FloatScores<Avx512>>(dtype);
+  return attend_for<Avx512, FloatScores<Avx512>>(dtype, cache_dtype);
 }
 
 }  // namespace kvserve::cpu

@@ -36,9 +36,9 @@ struct Bf16DotScores {
 
 }  // namespace
 
-AttendFn attend_avx512_bf16(DType dtype, int64_t head_dim) {
-  if (dtype != DType::kBFloat16 || head_dim % 32 != 0) return nullptr;
-  return &AttentionTile<Avx512, BFloat16, Bf16DotScores>::run;
+AttendFn attend_avx512_bf16(DType dtype, DType cache_dtype, int64_t head_dim) {
+  if (dtype != DType::kBFloat16 || cache_dtype != DType::kBFloat16 || head_dim % 32 != 0) return nullptr;
+  return &AttentionTile<Avx512, BFloat16, BFloat16, Bf16DotScores>::run;
 }
 
 }  // namespace kvserve::cpu

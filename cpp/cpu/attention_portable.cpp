@@ -4,6 +4,8 @@
 
 namespace kvserve::cpu {
 
-AttendFn attend_portable(DType dtype, int64_t) { return attend_for<Portable, FloatScores<Portable>>(dtype); }
+AttendFn attend_portable(DType dtype, DType cache_dtype, int64_t) {
+  return attend_for<Portable, FloatScores<Portable>>(dtype, cache_dtype);
+}
 
 }  // namespace kvserve::cpu

@@ -45,7 +45,8 @@ struct FloatScores {
   }
 };
 
-template <class V, class T, class Scores>
+// Queries and outputs of type T, caches of type C (T, or an 8-bit float).
+template <class V, class T, class C, class Scores>
 struct AttentionTile {
   using Reg = typename V::Reg;
   using Unit = typename Scores::Unit;
@@ -187,10 +188,10 @@ struct AttentionTile {
   }
 
   // Cache rows of the chunk of item w that starts at key position `chunk` (null past the item's keys).
-  static void gather(const PagedAttentionParams& p, const AttentionWork& w, int64_t chunk, const T* keys[kChunk],
-                     const T* values[kChunk]) {
-    const T* key_cache = static_cast<const T*>(p.key_cache);
-    const T* value_cache = static_cast<const T*>(p.value_cache);
+  static void gather(const PagedAttentionParams& p, const AttentionWork& w, int64_t chunk, const C* keys[kChunk],
+                     const C* values[kChunk]) {
+    const C* key_cache = static_cast<const C*>(p.key_cache);
+    const C* value_cache = static_cast<const C*>(p.value_cache);
     const int32_t* blocks = p.block_table + w.req * p.block_table_stride;
     const int64_t head_offset = w.kv_head * p.head_dim, slot_stride = p.num_kv_heads * p.head_dim;
     int64_t block = chunk / p.block_size, offset = chunk % p.block_size;
@@ -209,8 +210,8 @@ struct AttentionTile {
     }
   }
 
-  static void prefetch(const T* const keys[kChunk], const T* const values[kChunk], int64_t head_dim) {
-    constexpr int64_t kLine = 64 / sizeof(T);  // elements per cache line
+  static void prefetch(const C* const keys[kChunk], const C* const values[kChunk], int64_t head_dim) {
+    constexpr int64_t kLine = 64 / sizeof(C);  // elements per cache line
     for (int c = 0; c < kChunk && keys[c] != nullptr; ++c) {
       for (int64_t d = 0; d < head_dim; d += kLine) {
         __builtin_prefetch(keys[c] + d);
@@ -247,10 +248,10 @@ struct AttentionTile {
       for (int64_t d = 0; d < head_dim; ++d) sc.out[r * head_dim + d] = 0.f;
     }
 
-    const T* keys[kChunk];
-    const T* values[kChunk];
-    const T* next_keys[kChunk];
-    const T* next_values[kChunk];
+    const C* keys[kChunk];
+    const C* values[kChunk];
+    const C* next_keys[kChunk];
+    const C* next_values[kChunk];
     gather(p, w, w.key_begin, next_keys, next_values);
     for (int64_t chunk = w.key_begin; chunk < w.key_end; chunk += kChunk) {
       const int n = static_cast<int>(w.key_end - chunk < kChunk ? w.key_end - chunk : kChunk);
@@ -265,8 +266,8 @@ struct AttentionTile {
         gather(p, w, chunk + kChunk, next_keys, next_values);
         prefetch(next_keys, next_values, head_dim);
       } else if (next != nullptr) {
-        const T* ahead_keys[kChunk];
-        const T* ahead_values[kChunk];
+        const C* ahead_keys[kChunk];
+        const C* ahead_values[kChunk];
         gather(p, *next, next->key_begin, ahead_keys, ahead_values);
         prefetch(ahead_keys, ahead_values, head_dim);
       }
@@ -276,7 +277,7 @@ struct AttentionTile {
 
       const float* value_rows[kChunk];
       for (int c = 0; c < n; ++c) {
-        if constexpr (std::is_same_v<T, float>) {
+        if constexpr (std::is_same_v<C, float>) {
           value_rows[c] = values[c];
         } else {
           float* converted = sc.v + c * head_dim;
@@ -306,13 +307,24 @@ struct AttentionTile {
   }
 };
 
+// The kernel for queries of type T over caches of T or of an 8-bit float.
+template <class V, class Scores, class T>
+AttendFn attend_over(DType cache_dtype, DType dtype) {
+  if (cache_dtype == dtype) return &AttentionTile<V, T, T, Scores>::run;
+  switch (cache_dtype) {
+    case DType::kFloat8E4M3: return &AttentionTile<V, T, Float8E4M3, Scores>::run;
+    case DType::kFloat8E5M2: return &AttentionTile<V, T, Float8E5M2, Scores>::run;
+    default: return nullptr;
+  }
+}
+
 // The kernel for each storage dtype, with scores computed as `Scores` does.
 template <class V, class Scores>
-AttendFn attend_for(DType dtype) {
+AttendFn attend_for(DType dtype, DType cache_dtype) {
   switch (dtype) {
-    case DType::kFloat32: return &AttentionTile<V, float, Scores>::run;
-    case DType::kBFloat16: return &AttentionTile<V, BFloat16, Scores>::run;
-    case DType::kFloat16: return &AttentionTile<V, Float16, Scores>::run;
+    case DType::kFloat32: return attend_over<V, Scores, float>(cache_dtype, dtype);
+    case DType::kBFloat16: return attend_over<V, Scores, BFloat16>(cache_dtype, dtype);
+    case DType::kFloat16: return attend_over<V, Scores, Float16>(cache_dtype, dtype);
     default: return nullptr;
   }
 }

@@ -47,10 +47,10 @@ struct AttentionScratch {
 using AttendFn = void (*)(const PagedAttentionParams&, const AttentionWork&, const AttentionWork* next,
                           const AttentionScratch&, const AttentionPartials&);
 
-// The kernel of one ISA for a dtype and head_dim, or null where that ISA has none.
-AttendFn attend_portable(DType dtype, int64_t head_dim);
-AttendFn attend_avx2(DType dtype, int64_t head_dim);
-AttendFn attend_avx512(DType dtype, int64_t head_dim);
-AttendFn attend_avx512_bf16(DType dtype, int64_t head_dim);
+// The kernel of one ISA for a dtype, the caches' dtype and a head_dim, or null where that ISA has none.
+AttendFn attend_portable(DType dtype, DType cache_dtype, int64_t head_dim);
+AttendFn attend_avx2(DType dtype, DType cache_dtype, int64_t head_dim);
+AttendFn attend_avx512(DType dtype, DType cache_dtype, int64_t head_dim);
+AttendFn attend_avx512_bf16(DType dtype, DType cache_dtype, int64_t head_dim);
 
 }  // namespace kvserve::cpu

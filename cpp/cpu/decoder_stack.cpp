@@ -108,6 +108,7 @@ ReshapeAndCacheParams cache_params(const DecoderStack& s, const DecoderLayerWeig
   p.slot_mapping = step.slot_mapping;
   p.slot_mapping_dtype = DType::kInt64;
   p.dtype = s.dtype;
+  p.cache_dtype = s.cache_dtype;
   p.num_tokens = step.num_tokens;
   p.num_kv_heads = s.num_kv_heads;
   p.head_dim = s.head_dim;
@@ -134,6 +135,7 @@ PagedAttentionParams attention_params(const DecoderStack& s, const DecoderLayerW
   p.seq_lens = step.seq_lens;
   p.query_start_loc = step.query_start_loc;
   p.dtype = s.dtype;
+  p.cache_dtype = s.cache_dtype;
   p.num_tokens = step.num_tokens;
   p.num_heads = s.num_heads;
   p.num_kv_heads = s.num_kv_heads;
@@ -255,6 +257,10 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
 
 Status check_decoder_stack(const DecoderStack& s, std::string* why) {
   if (!checks::is_float_dtype(s.dtype)) return fail(why, "decoder stack: dtype must be float32, float16 or bfloat16");
+  const DType cache_dtype = s.cache_dtype.value_or(s.dtype);
+  if (cache_dtype != s.dtype && cache_dtype != DType::kFloat8E4M3 && cache_dtype != DType::kFloat8E5M2) {
+    return fail(why, "decoder stack: cache_dtype must be its dtype, float8_e4m3 or float8_e5m2");
+  }
   if (s.hidden_size <= 0 || s.intermediate_size <= 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 ||
       s.head_dim <= 0 || s.head_dim % 2 != 0 || s.num_blocks <= 0 || s.block_size <= 0) {
     return fail(why, "decoder stack: sizes must be positive and head_dim even (hidden " + str(s.hidden_size) +

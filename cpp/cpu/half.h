@@ -1,4 +1,4 @@
-// Storage types for 16-bit floats and their exact conversions to and from float, in plain C++.
+// Storage types for 16- and 8-bit floats and their exact conversions to and from float, in plain C++.
 //
 // The functions are `static` so that every translation unit keeps its own copy: the vector kernels
 // are compiled with different -m flags, and a shared inline copy built for AVX-512 must never be
@@ -15,6 +15,14 @@ struct BFloat16 {
 };
 struct Float16 {
   uint16_t bits;
+};
+// OCP FP8 (dtype.h): KV-cache storage only. Written saturated: a magnitude beyond the largest
+// finite one becomes it (infinities too), as CUDA's __NV_SATFINITE conversions do; NaN stays NaN.
+struct Float8E4M3 {
+  uint8_t bits;
+};
+struct Float8E5M2 {
+  uint8_t bits;
 };
 
 static inline uint32_t float_bits(float x) {
@@ -39,6 +47,18 @@ static inline float to_float(Float16 x) {
   if (exponent != 0) return bits_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
   // Zero or subnormal: mantissa * 2^-24, exact in float.
   const float magnitude = static_cast<float>(mantissa) * bits_float(0x33800000);
+  return sign ? -magnitude : magnitude;
+}
+
+// e5m2 is the upper byte of a float16.
+static inline float to_float(Float8E5M2 x) { return to_float(Float16{static_cast<uint16_t>(x.bits << 8)}); }
+
+static inline float to_float(Float8E4M3 x) {
+  const uint32_t sign = static_cast<uint32_t>(x.bits & 0x80) << 24;
+  const uint32_t exponent = (x.bits >> 3) & 0xf, mantissa = x.bits & 0x7;
+  if (exponent == 0xf && mantissa == 0x7) return bits_float(sign | 0x7fc00000);  // nan
+  if (exponent != 0) return bits_float(sign | ((exponent + 120) << 23) | (mantissa << 20));
+  const float magnitude = static_cast<float>(mantissa) * bits_float(0x3b000000);  // subnormal: m * 2^-9
   return sign ? -magnitude : magnitude;
 }
 
@@ -76,5 +96,30 @@ static inline void from_float(float x, Float16* out) {
   const uint32_t rounded = magnitude + 0xfff + ((magnitude >> 13) & 1) - (112u << 23);
   out->bits = static_cast<uint16_t>(sign | (rounded >> 13));
 }
+
+// The code of x on an 8-bit float format with kMantissa mantissa bits and exponent bias kBias:
+// rounded to nearest even, saturated to max_code, nan_code for a NaN.
+template <int kMantissa, int kBias>
+static inline uint8_t fp8_code(float x, uint8_t max_code, uint8_t nan_code) {
+  const uint32_t u = float_bits(x);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
+  const uint32_t magnitude = u & 0x7fffffff;
+  if (magnitude > 0x7f800000) return static_cast<uint8_t>(sign | nan_code);
+  constexpr int kShift = 23 - kMantissa;
+  // Below the smallest normal, 2^(1 - bias), codes count multiples of 2^(1 - bias - mantissa): adding
+  // a power of two whose float spacing is that multiple makes the float adder round to the grid.
+  constexpr uint32_t kSmallestNormal = static_cast<uint32_t>(128 - kBias) << 23;
+  constexpr uint32_t kGridShift = static_cast<uint32_t>(127 + 24 - kMantissa - kBias) << 23;
+  if (magnitude < kSmallestNormal) {
+    const float shifted = bits_float(magnitude) + bits_float(kGridShift);
+    return static_cast<uint8_t>(sign | (float_bits(shifted) - kGridShift));
+  }
+  const uint32_t rounded = magnitude + (1u << (kShift - 1)) - 1 + ((magnitude >> kShift) & 1);
+  const uint32_t code = (rounded >> kShift) - (static_cast<uint32_t>(127 - kBias) << kMantissa);
+  return static_cast<uint8_t>(sign | (code > max_code ? max_code : code));
+}
+
+static inline void from_float(float x, Float8E4M3* out) { out->bits = fp8_code<3, 7>(x, 0x7e, 0x7f); }
+static inline void from_float(float x, Float8E5M2* out) { out->bits = fp8_code<2, 15>(x, 0x7b, 0x7f); }
 
 }  // namespace kvserve::cpu

@@ -97,15 +97,15 @@ void plan_work(const PagedAttentionParams& p, int threads, Plan& plan) {
   plan.work.swap(split);
 }
 
-AttendFn select_kernel(DType dtype, int64_t head_dim) {
+AttendFn select_kernel(DType dtype, DType cache_dtype, int64_t head_dim) {
   AttendFn attend = nullptr;
 #if defined(KVSERVE_CPU_X86_KERNELS)
   const CpuIsa isa = cpu_isa();
-  if (isa >= CpuIsa::kAvx512Bf16) attend = attend_avx512_bf16(dtype, head_dim);
-  if (attend == nullptr && isa >= CpuIsa::kAvx512) attend = attend_avx512(dtype, head_dim);
-  if (attend == nullptr && isa >= CpuIsa::kAvx2) attend = attend_avx2(dtype, head_dim);
+  if (isa >= CpuIsa::kAvx512Bf16) attend = attend_avx512_bf16(dtype, cache_dtype, head_dim);
+  if (attend == nullptr && isa >= CpuIsa::kAvx512) attend = attend_avx512(dtype, cache_dtype, head_dim);
+  if (attend == nullptr && isa >= CpuIsa::kAvx2) attend = attend_avx2(dtype, cache_dtype, head_dim);
 #endif
-  return attend != nullptr ? attend : attend_portable(dtype, head_dim);
+  return attend != nullptr ? attend : attend_portable(dtype, cache_dtype, head_dim);
 }
 
 // This thread's scratch, grown to fit `rows` x `head_dim` tiles and kept for the next call.
@@ -167,7 +167,7 @@ void merge_any(const PagedAttentionParams& p, const Merge& m, const AttentionPar
 Status paged_attention_cpu(const PagedAttentionParams& p) {
   if (check_paged_attention(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_tokens == 0) return Status::kOk;
-  const AttendFn attend = select_kernel(p.dtype, p.head_dim);
+  const AttendFn attend = select_kernel(p.dtype, p.cache_dtype.value_or(p.dtype), p.head_dim);
 
   thread_local Plan plan;
   int threads = omp_get_max_threads();

@@ -17,10 +17,12 @@
 // product by linear_cpu, the sum rounded once more.
 //
 // Weights and caches are given once (DecoderStack); a step gives the tokens' embeddings and the
-// batch layout (DecoderStepParams). All arrays are row-major contiguous, of one float dtype.
+// batch layout (DecoderStepParams). All arrays are row-major contiguous, of one float dtype (the KV
+// caches may hold 8-bit floats instead: cache_dtype).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,7 +54,8 @@ struct DecoderLayerWeights {
 };
 
 struct DecoderStack {
-  DType dtype = DType::kFloat32;  // kFloat32, kFloat16 or kBFloat16
+  DType dtype = DType::kFloat32;        // kFloat32, kFloat16 or kBFloat16
+  std::optional<DType> cache_dtype;     // of the KV caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2
   int64_t hidden_size = 0, intermediate_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t num_blocks = 0, block_size = 0;
   float eps = 1e-6f;    // of every RMSNorm

@@ -11,11 +11,22 @@ enum class DType : int32_t {
   kBFloat16 = 2,  // the upper half of a float32
   kInt32 = 3,
   kInt64 = 4,
+  // 8-bit floats (OCP FP8), for KV caches only (kv_cache_dtype "fp8"): e4m3fn has 3 mantissa bits,
+  // no infinities and a largest magnitude of 448; e5m2 has 2 mantissa bits and reaches 57344.
+  kFloat8E4M3 = 5,
+  kFloat8E5M2 = 6,
 };
 
 // Bytes of one element.
 constexpr int64_t dtype_bytes(DType dtype) {
-  return dtype == DType::kInt64 ? 8 : dtype == DType::kFloat32 || dtype == DType::kInt32 ? 4 : 2;
+  switch (dtype) {
+    case DType::kInt64: return 8;
+    case DType::kFloat32:
+    case DType::kInt32: return 4;
+    case DType::kFloat8E4M3:
+    case DType::kFloat8E5M2: return 1;
+    default: return 2;
+  }
 }
 
 }  // namespace kvserve

@@ -11,7 +11,8 @@
 // be in the cache (reshape_and_cache first). With `causal` it attends to positions <= its own; a
 // `sliding_window` W keeps positions > own - W; a `softcap` c maps each scaled score s to c*tanh(s/c).
 // Head h reads kv head h / (num_heads / num_kv_heads) (GQA). Scores and sums are float32 whatever the
-// storage dtype.
+// storage dtype. Caches of 8-bit floats (an fp8 KV cache, written by reshape_and_cache) are read as
+// the values their codes stand for (no scale); the CUDA kernels refuse them (kUnsupported).
 //
 // Strides are in elements. The last dimension of every array is contiguous; query/out rows and heads
 // may be strided (a view into a fused qkv projection); a cache block is contiguous, blocks may be
@@ -19,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "kvserve/config.h"
@@ -41,7 +43,8 @@ struct PagedAttentionParams {
   const int32_t* seq_lens = nullptr;
   const int32_t* query_start_loc = nullptr;
 
-  DType dtype = DType::kFloat32;  // of query, out and both caches: kFloat32, kFloat16 or kBFloat16
+  DType dtype = DType::kFloat32;        // of query and out: kFloat32, kFloat16 or kBFloat16
+  std::optional<DType> cache_dtype;     // of both caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2
   int64_t num_tokens = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t num_reqs = 0, max_blocks_per_req = 0, num_blocks = 0, block_size = 0;
 

@@ -25,26 +25,29 @@ class _Request:
     logits: list[torch.Tensor] = field(default_factory=list)
 
 
-def allocate_kv_caches(model, num_blocks: int, block_size: int, device="cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: key and value caches [num_blocks, block_size, num_kv_heads, head_dim], filled with
-    NaN so that reading a slot nobody wrote poisons the output."""
+def allocate_kv_caches(model, num_blocks: int, block_size: int, device="cpu",
+                       cache_dtype=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer: key and value caches [num_blocks, block_size, num_kv_heads, head_dim] of
+    `cache_dtype` (None: the model's), filled with NaN so that reading a slot nobody wrote poisons
+    the output."""
     config = model.config
     shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-    return [tuple(torch.full(shape, float("nan"), dtype=model.dtype, device=device) for _ in range(2))
+    return [tuple(torch.full(shape, float("nan"), dtype=cache_dtype or model.dtype, device=device) for _ in range(2))
             for _ in range(config.num_hidden_layers)]
 
 
 def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_size: int = 4,
                  prefill_chunk: int | None = None, seed: int = 0, device="cpu",
-                 lora=None) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
+                 lora=None, cache_dtype=None) -> tuple[list[list[int]], list[list[torch.Tensor]]]:
     """Greedy ids [num_prompts][max_new_tokens] and, for each, the float32 logits [vocab] of every
     sampled step. `prefill_chunk` caps the prompt tokens a request computes per step. The model's
-    parameters must be on `device`. `lora`: a LoRABatch every step runs with (its rows: all)."""
+    parameters must be on `device`. `lora`: a LoRABatch every step runs with (its rows: all).
+    `cache_dtype`: of the KV cache (an fp8 dtype), None: the model's."""
     requests = [_Request(tokens=list(p), prompt_len=len(p)) for p in prompts]
     total_blocks = sum(math.ceil((len(p) + max_new_tokens) / block_size) for p in prompts)
     free_blocks = list(range(total_blocks))
     random.Random(seed).shuffle(free_blocks)
-    kv_caches = allocate_kv_caches(model, total_blocks, block_size, device)
+    kv_caches = allocate_kv_caches(model, total_blocks, block_size, device, cache_dtype)
     while any(len(r.tokens) - r.prompt_len < max_new_tokens for r in requests):
         active = [r for r in requests if len(r.tokens) - r.prompt_len < max_new_tokens]
         input_ids, positions, slots, query_start_loc, seq_lens = [], [], [], [0], []

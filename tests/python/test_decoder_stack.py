@@ -57,6 +57,19 @@ def test_same_bits_as_the_python_layers(tiny_model_dir, architecture, dtype, mon
     assert ids != base_ids  # and its deltas changed them
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp8_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, cache_dtype, monkeypatch):
+    model = load_model(tiny_model_dir("Qwen3ForCausalLM"), dtype=dtype).model
+    for kwargs in ({}, {"prefill_chunk": 3}):
+        ids, logits = greedy(model, monkeypatch, 4, cache_dtype=cache_dtype, **kwargs)
+        reference_ids, reference_logits = greedy(model, monkeypatch, 0, cache_dtype=cache_dtype, **kwargs)
+        assert ids == reference_ids
+        for ours, theirs in zip(logits, reference_logits, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                assert torch.equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def llama_model(tiny_model_dir):
     return load_model(tiny_model_dir("LlamaForCausalLM"), dtype="float32").model
@@ -140,6 +153,10 @@ def layer_arrays(model, caches):
     (dict(o=torch.zeros(64, 32)), ValueError, "o: dimension 1 must be in_features = 64"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float16)), ValueError, "down: expected the dtype of final_norm \\(float32\\), got float16"),
     (dict(key_cache=torch.zeros(8, 4, 3, 16)), ValueError, "key_cache: dimension 2 must be num_kv_heads = 2"),
+    (dict(key_cache=torch.zeros(8, 4, 2, 16, dtype=torch.float16)), ValueError,
+     r"key_cache: expected the dtype of final_norm \(float32\) or float8_e4m3fn or float8_e5m2, got float16"),
+    (dict(key_cache=torch.zeros(8, 4, 2, 16, dtype=torch.float8_e4m3fn)), ValueError,
+     r"value_cache: expected the dtype of the first cache \(float8_e4m3fn\), got float32"),
     (dict(q_norm=torch.ones(16)), ValueError, "one of q_norm and k_norm"),
 ])
 def test_bad_weights_are_rejected_when_the_stack_is_built(llama_model, change, error, message):

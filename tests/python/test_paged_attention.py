@@ -24,10 +24,11 @@ BATCHES = {
 
 
 def run_case(dtype, block_size, heads, kv_heads, batch, head_dim=64, causal=True, sliding_window=None,
-             softcap=None, seed=0, device="cpu", num_splits=None):
+             softcap=None, seed=0, device="cpu", num_splits=None, cache_dtype=None):
     new_tokens, seq_lens = BATCHES[batch] if isinstance(batch, str) else batch
     num_blocks = blocks_needed(seq_lens, block_size) + 3
-    key_cache, value_cache = random_caches(num_blocks, block_size, kv_heads, head_dim, dtype, seed=seed)
+    key_cache, value_cache = random_caches(num_blocks, block_size, kv_heads, head_dim, cache_dtype or dtype,
+                                           seed=seed)
     step = random_step(new_tokens, seq_lens, block_size, num_blocks, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     query = torch.randn(step.num_tokens, heads, head_dim, generator=gen).to(dtype)
@@ -53,6 +54,15 @@ def test_matches_reference(dtype, block_size, heads, kv_heads, batch):
 @pytest.mark.parametrize("head_dim", [80, 96, 128, 256, 40, 36])
 def test_head_dims(dtype, head_dim):
     run_case(dtype, 16, 8, 2, "mixed", head_dim=head_dim)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("batch", list(BATCHES))
+@pytest.mark.parametrize("head_dim", [64, 128, 36])
+def test_fp8_caches(cache_dtype, dtype, batch, head_dim):
+    """An fp8 KV cache is read as the values its codes stand for: the reference over the same codes."""
+    run_case(dtype, 16, 8, 2, batch, head_dim=head_dim, cache_dtype=cache_dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -118,7 +128,8 @@ def test_numpy_arrays():
     np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
-ISA_SUBSET = "test_matches_reference and mixed or test_head_dims or test_sliding_window and decode"
+ISA_SUBSET = ("test_matches_reference and mixed or test_head_dims or test_sliding_window and decode or "
+              "test_fp8_caches and mixed")
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -144,7 +155,12 @@ BAD_INPUTS = {
     "out dtype": (dict(out=torch.full((3, 4, 64), float("nan"), dtype=torch.bfloat16)),
                   r"out: expected the dtype of query"),
     "cache dtype": (dict(key_cache=torch.randn(8, 16, 2, 64, dtype=torch.float16)),
-                    r"key_cache: expected the dtype of query \(float32\), got float16"),
+                    r"key_cache: expected the dtype of query \(float32\) or float8_e4m3fn or float8_e5m2, got float16"),
+    "fp8 caches of two kinds": (dict(key_cache=torch.randn(8, 16, 2, 64).to(torch.float8_e4m3fn),
+                                     value_cache=torch.randn(8, 16, 2, 64).to(torch.float8_e5m2)),
+                                r"value_cache: expected the dtype of key_cache"),
+    "int8 cache": (dict(key_cache=torch.zeros(8, 16, 2, 64, dtype=torch.int8)),
+                   r"key_cache: expected the dtype of query \(float32\) or float8_e4m3fn or float8_e5m2, got int8"),
     "head_dim": (dict(query=torch.randn(3, 4, 32), out=torch.full((3, 4, 32), float("nan"))),
                  r"key_cache: dimension 3 must be head_dim of query = 32"),
     "heads not a multiple": (dict(query=torch.randn(3, 3, 64), out=torch.full((3, 3, 64), float("nan"))),
