@@ -39,7 +39,7 @@ from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLI
                                  SCHEDULING_POLICIES, bool_argument, fraction_argument, int_argument)
 from kvserve.fan_out import MAX_N, FannedOutRequest, FanOuts, split
 from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
-from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, num_blocks_for_budget
+from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, kv_cache_dtype_for, num_blocks_for_budget
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.lora.adapter import LoRAAdapter
 from kvserve.lora.adapters import LoRAAdapters
@@ -118,8 +118,9 @@ class Engine(OfflineAPI):
         sequence computes a step, so that a long prompt takes a slice of each step and the decodes
         beside it keep going (prompts over it take more steps to their first token). `tensor_parallel_size`
         (only 1) and `trust_remote_code` are accepted for vLLM's scripts: kvserve runs on one
-        device, and its architectures are built in; so is `kv_cache_dtype` ("auto" only: the KV
-        cache is in the model's dtype).
+        device, and its architectures are built in. `kv_cache_dtype` (vLLM's): "auto" (the model's
+        dtype), or on the CPU "fp8" (= "fp8_e4m3") or "fp8_e5m2": an 8-bit KV cache, twice the
+        tokens in the same memory, each key and value rounded to 8 bits (kvserve.kv_cache).
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
         structured outputs hold what follows its </think> token.
         `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
@@ -146,9 +147,6 @@ class Engine(OfflineAPI):
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
                              f"got {tensor_parallel_size!r}")
-        if kv_cache_dtype != "auto":
-            raise ValueError(f"kv_cache_dtype must be 'auto' (the KV cache in the model's dtype; kvserve has no "
-                             f"fp8 KV cache), got {kv_cache_dtype!r}")
         if trust_remote_code:
             logger.info("trust_remote_code: kvserve never runs a checkpoint's code (its architectures are built in)")
         if reasoning_parser is not None and reasoning_parser not in REASONING_PARSERS:
@@ -181,6 +179,7 @@ class Engine(OfflineAPI):
         if seed is not None:
             torch.manual_seed(seed)
         self.device = resolve_device(device)
+        kv_cache_dtype_for(kv_cache_dtype, torch.float32, self.device)  # a bad name fails before loading
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # No seed: dummy weights from torch's random state as it is.
@@ -207,6 +206,7 @@ class Engine(OfflineAPI):
             SamplingParams(**overrides)  # a ValueError for a bad value now, not in every request
             self.model_config = config = dataclasses.replace(config, default_sampling={**defaults, **overrides})
         self.dtype = loaded.dtype
+        self.cache_dtype = kv_cache_dtype_for(kv_cache_dtype, self.dtype, self.device)
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(loaded, tokenizer)
 
         if max_model_len is None:
@@ -232,7 +232,7 @@ class Engine(OfflineAPI):
             budget_gb = DEFAULT_CPU_KV_CACHE_GB if kv_cache_memory_gb is None else kv_cache_memory_gb
             if not budget_gb > 0:
                 raise ValueError(f"kv_cache_memory_gb must be > 0, got {kv_cache_memory_gb}")
-            num_blocks = num_blocks_for_budget(config, self.dtype, block_size, budget_gb * 2**30)
+            num_blocks = num_blocks_for_budget(config, self.cache_dtype, block_size, budget_gb * 2**30)
             budget = f"kv_cache_memory_gb {budget_gb}"
         if (num_blocks - 1) * block_size < max_model_len:
             raise ValueError(
@@ -247,7 +247,7 @@ class Engine(OfflineAPI):
             enable_prefix_caching=enable_prefix_caching, enable_chunked_prefill=enable_chunked_prefill,
             long_prefill_token_threshold=long_prefill_token_threshold,
             **(speculative.scheduler_fields() if speculative is not None else {})))
-        kv_caches = allocate_kv_caches(config, self.dtype, num_blocks, block_size, self.device)
+        kv_caches = allocate_kv_caches(config, self.cache_dtype, num_blocks, block_size, self.device)
 
         self.eos_token_ids = set(config.eos_token_ids)
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
@@ -290,9 +290,10 @@ class Engine(OfflineAPI):
         self._request_counter = itertools.count()
         self._fan_outs = FanOuts()  # requests of n > max_num_seqs, run as several (kvserve.fan_out)
         self.last_step_num_tokens = 0  # the tokens of the step the last step() call launched
-        logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache: %d blocks of %d tokens = %d tokens",
+        logger.info("loaded %s (%s, %s) on %s in %.1f s; KV cache (%s): %d blocks of %d tokens = %d tokens",
                     loaded.path, config.architecture, str(self.dtype).removeprefix("torch."), self.device,
-                    time.perf_counter() - start, num_blocks - 1, block_size, (num_blocks - 1) * block_size)
+                    time.perf_counter() - start, str(self.cache_dtype).removeprefix("torch."), num_blocks - 1,
+                    block_size, (num_blocks - 1) * block_size)
         if speculative is not None:
             logger.info("%s", speculative.describe())
 

@@ -133,8 +133,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}': decodes guess tokens from "
                        "earlier text and the model checks them in the same step (pays where the output repeats "
                        "its input)")
-    group.add_argument("--kv-cache-dtype", default="auto", metavar="DTYPE",
-                       help="accepted for vLLM's scripts: only auto (the KV cache in the model's dtype)")
+    group.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+                       help="auto: the KV cache in the model's dtype; fp8 (= fp8_e4m3) or fp8_e5m2, on the CPU: "
+                       "8-bit keys and values, twice the tokens in the same memory (each rounded to 8 bits)")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

@@ -2,7 +2,12 @@
 
 Per layer, one key and one value tensor, the layout of vLLM v1 and flash-attn's paged API:
 
-    key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]   (model dtype)
+    key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]   (the cache dtype)
+
+The cache dtype is the model's, or with kv_cache_dtype "fp8" (vLLM's) 8-bit floats: twice the
+tokens in the same memory, and half the bytes for attention to read. Each element is stored
+rounded to the fp8 format, unscaled (as vLLM does for a checkpoint without KV-cache scales); the
+kernels read the values the codes stand for (paged_attention.h). On the CPU only.
 
 Block 0 is the scheduler's null block (never handed to a request), so a budget of N blocks holds
 N - 1 blocks of tokens.
@@ -16,6 +21,22 @@ from kvserve.model_config import ModelConfig
 
 # vLLM's CPU backend reserves 4 GiB for the KV cache unless told otherwise (VLLM_CPU_KVCACHE_SPACE).
 DEFAULT_CPU_KV_CACHE_GB = 4.0
+
+# vLLM's kv_cache_dtype names: "fp8" is e4m3 (3 mantissa bits, magnitudes up to 448); e5m2 trades a
+# mantissa bit for range (up to 57344).
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                   "fp8_e5m2": torch.float8_e5m2}
+
+
+def kv_cache_dtype_for(kv_cache_dtype: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype of the KV cache that `kv_cache_dtype` names, for a model of `model_dtype`."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
+    cache_dtype = KV_CACHE_DTYPES[kv_cache_dtype]
+    if cache_dtype is not None and device.type != "cpu":
+        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r}: an fp8 KV cache runs on the CPU only (kvserve's "
+                         f"CUDA kernels read the model's dtype); use 'auto' on {device}")
+    return cache_dtype or model_dtype
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:

@@ -120,9 +120,10 @@ def test_vllms_flags_parse(model_dir):
     assert {k: engine_kwargs(args)[k] for k in names} == {
         "tensor_parallel_size": 1, "trust_remote_code": True, "generation_config": "vllm",
         "override_generation_config": {"temperature": 0.5}, "kv_cache_dtype": "auto"}
-    result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--kv-cache-dtype", "fp8")
+    assert engine_kwargs(parser.parse_args(["serve", "--kv-cache-dtype", "fp8_e5m2"]))["kv_cache_dtype"] == "fp8_e5m2"
+    result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--kv-cache-dtype", "int8")
     assert result.returncode != 0
-    assert "kvserve generate: kv_cache_dtype must be 'auto' (the KV cache in the model's dtype" in result.stderr
+    assert "--kv-cache-dtype: invalid choice: 'int8'" in result.stderr
     result = run_cli("generate", str(model_dir), "--prompt", "Hi", "--tensor-parallel-size", "2")
     assert result.returncode != 0
     assert "kvserve generate: tensor_parallel_size must be 1 (kvserve runs on one device), got 2" in result.stderr

@@ -1,15 +1,17 @@
 """Each architecture against Hugging Face transformers on the same random weights, in float32:
 a batch of prompts of different lengths, prefilled together, then decoded step by step over a paged
-KV cache. Logits within 1e-4 relative of HF's at every step; greedy ids equal HF's greedy generate."""
+KV cache. Logits within 1e-4 relative of HF's at every step; greedy ids equal HF's greedy generate.
+With an fp8 KV cache, against transformers whose cache rounds each key and value the same way."""
 
 import json
 import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from kvserve import Engine, SamplingParams
+from kvserve.kv_cache import KV_CACHE_DTYPES
 from kvserve.loader import load_model
 from kvserve.models import SUPPORTED_ARCHITECTURES
 from paged_greedy import paged_greedy
@@ -20,14 +22,32 @@ PROMPTS = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [42], [900 - 3
 NUM_NEW_TOKENS = 5
 
 
-def hf_greedy(directory, prompts, num_new_tokens, use_cache=True):
-    """transformers' greedy ids and per-step logits, one prompt at a time (no padding)."""
+class RoundingCache(DynamicCache):
+    """transformers' KV cache, holding each key and value rounded to an fp8 format (saturated, as
+    kvserve's cache writes round them); attention then reads them back, as from kvserve's cache."""
+
+    def __init__(self, fp8: torch.dtype, config):
+        super().__init__(config=config)
+        self.fp8 = fp8
+
+    def rounded(self, states: torch.Tensor) -> torch.Tensor:
+        largest = torch.finfo(self.fp8).max
+        return states.clamp(-largest, largest).to(self.fp8).to(states.dtype)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return super().update(self.rounded(key_states), self.rounded(value_states), layer_idx, *args, **kwargs)
+
+
+def hf_greedy(directory, prompts, num_new_tokens, use_cache=True, fp8_cache=None):
+    """transformers' greedy ids and per-step logits, one prompt at a time (no padding); `fp8_cache`:
+    the fp8 dtype its KV cache rounds to."""
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     ids, logits = [], []
     for prompt in prompts:
+        cache = RoundingCache(fp8_cache, model.config) if fp8_cache is not None else None
         out = model.generate(torch.tensor([prompt]), max_new_tokens=num_new_tokens, do_sample=False,
                              eos_token_id=None, output_logits=True, return_dict_in_generate=True,
-                             use_cache=use_cache)
+                             use_cache=use_cache, cache=cache)
         ids.append(out.sequences[0, len(prompt):].tolist())
         logits.append([step[0] for step in out.logits])
     return ids, logits
@@ -48,6 +68,21 @@ def test_matches_transformers(tiny_model_dir, architecture):
     hf_ids, hf_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS)
     assert_logits_close(logits, hf_logits)
     assert ids == hf_ids
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e5m2"])
+@pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
+def test_fp8_kv_cache_matches_transformers_rounding_the_same(tiny_model_dir, architecture, kv_cache_dtype):
+    directory, fp8 = tiny_model_dir(architecture), KV_CACHE_DTYPES[kv_cache_dtype]
+    model = load_model(directory, dtype="float32").model
+    ids, logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS, cache_dtype=fp8)
+    hf_ids, hf_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS, fp8_cache=fp8)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+    # The rounding shows in the logits: the comparison above would fail without it.
+    _, exact_logits = hf_greedy(directory, PROMPTS, 1)
+    with pytest.raises(AssertionError, match="max relative error"):
+        assert_logits_close([steps[:1] for steps in logits], exact_logits)
 
 
 # config.json edits whose sliding window transformers reads per architecture: Qwen's applies only

@@ -81,7 +81,7 @@ def build_app(engine: Engine, *, served_model_names: list[str], root: str | None
     config = engine.scheduler.config
     cache_config = {"block_size": str(config.block_size), "num_gpu_blocks": str(config.num_blocks - 1),
                     "enable_prefix_caching": str(config.enable_prefix_caching),
-                    "cache_dtype": str(engine.dtype).removeprefix("torch.")}
+                    "cache_dtype": str(engine.cache_dtype).removeprefix("torch.")}
     server_metrics = metrics.ServerMetrics(served.name, served.max_model_len,
                                            engine.loras.max_loras if engine.loras is not None else None,
                                            config.max_num_batched_tokens, cache_config,
