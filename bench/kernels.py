@@ -1,7 +1,7 @@
 """CPU attention kernels against the torch path and the memory-bandwidth floor.
 
     python bench/kernels.py                 # every table of bench/README.md's "kernels" section
-    python bench/kernels.py --only decode   # one of: decode, prefill, short, overhead, threads
+    python bench/kernels.py --only decode   # one of: decode, prefill, short, fp8, overhead, threads
 
 The torch path is what a model would run without kvserve's kernels: gather each request's K/V from
 the paged cache through its block table, then torch's scaled_dot_product_attention (GQA, causal).
@@ -44,13 +44,14 @@ class Batch:
     """num_reqs requests with `new` query tokens each over a context of `context` tokens."""
 
     def __init__(self, num_reqs, new, context, dtype, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
-                 layers=1):
+                 layers=1, cache_dtype=None):
         blocks_per_req = -(-context // BLOCK_SIZE)
         num_blocks = num_reqs * blocks_per_req
         gen = torch.Generator().manual_seed(0)
         shape = (num_blocks, BLOCK_SIZE, kv_heads, head_dim)
-        self.caches = [(torch.randn(shape, generator=gen).to(dtype), torch.randn(shape, generator=gen).to(dtype))
-                       for _ in range(layers)]
+        cache_dtype = cache_dtype or dtype
+        self.caches = [(torch.randn(shape, generator=gen).to(cache_dtype),
+                        torch.randn(shape, generator=gen).to(cache_dtype)) for _ in range(layers)]
         self.layer = 0
         self.block_table = torch.randperm(num_blocks, generator=gen).int().view(num_reqs, blocks_per_req)
         self.seq_lens = torch.full((num_reqs,), context, dtype=torch.int32)
@@ -59,7 +60,7 @@ class Batch:
         self.out = torch.empty_like(self.query)
         self.num_reqs, self.new, self.context = num_reqs, new, context
         self.scale = head_dim ** -0.5
-        self.kv_bytes = 2 * num_reqs * context * kv_heads * head_dim * self.query.element_size()
+        self.kv_bytes = 2 * num_reqs * context * kv_heads * head_dim * self.caches[0][0].element_size()
         # Causal (query, key) pairs x heads x (QK^T + PV) x (multiply + add).
         first = context - new
         pairs = sum(first + j + 1 for j in range(new))
@@ -132,6 +133,27 @@ def bench_short(bandwidth):
           ["requests x context", "kvserve ms", "floor ms", "kvserve / floor"], rows)
 
 
+def bench_fp8(bandwidth):
+    """Decode over caches of the model's dtype and of 8-bit floats (kv_cache_dtype fp8): a half or a
+    quarter of the bytes, a conversion per element."""
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for num_reqs, context in ((64, 1024), (16, 4096)):
+            base = None
+            for cache_dtype in (dtype, torch.float8_e4m3fn, torch.float8_e5m2):
+                batch = Batch(num_reqs, 1, context, dtype, layers=LAYERS, cache_dtype=cache_dtype)
+                t_ours = timed(batch.kvserve)
+                base = base or t_ours
+                floor = batch.kv_bytes / bandwidth
+                rows.append([str(dtype).removeprefix("torch."), f"{num_reqs} x {context}",
+                             str(cache_dtype).removeprefix("torch."), f"{t_ours * 1e3:.3f}", f"{base / t_ours:.2f}x",
+                             f"{floor * 1e3:.3f}", f"{t_ours / floor:.2f}x"])
+    table(f"fp8 decode: 1 new token per request, {HEADS} heads / {KV_HEADS} kv heads, head_dim {HEAD_DIM}, "
+          f"block_size {BLOCK_SIZE}",
+          ["queries", "requests x context", "cache", "kvserve ms", "vs the queries' dtype", "floor ms",
+           "kvserve / floor"], rows)
+
+
 def bench_overhead():
     """Per-call cost on the tiny preset's decode shapes (4 heads / 2 kv heads, head_dim 64)."""
     one = Batch(1, 1, 1, torch.float32, heads=4, kv_heads=2)
@@ -176,12 +198,12 @@ def bench_threads():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["decode", "prefill", "short", "overhead", "threads"])
+    parser.add_argument("--only", choices=["decode", "prefill", "short", "fp8", "overhead", "threads"])
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"kvserve kernels on {_C.ops.cpu_isa()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    if args.only in (None, "decode", "prefill", "short"):
+    if args.only in (None, "decode", "prefill", "short", "fp8"):
         bandwidth = copy_bandwidth()
         print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s read")
         for kind in ("decode", "prefill"):
@@ -189,6 +211,8 @@ def main():
                 bench_decode_prefill(kind, bandwidth)
         if args.only in (None, "short"):
             bench_short(bandwidth)
+        if args.only in (None, "fp8"):
+            bench_fp8(bandwidth)
     if args.only in (None, "overhead"):
         bench_overhead()
     if args.only in (None, "threads"):

@@ -5,9 +5,11 @@ import json
 import random
 
 import pytest
+import torch
 
 from kvserve.bench.flops import workload_flops
 from kvserve.cli import main
+from kvserve.kv_cache import kv_bytes_per_token
 from kvserve.model_config import ModelConfig
 from kvserve.tokenizer import Tokenizer
 
@@ -47,10 +49,14 @@ def test_random_dataset_counts_exact_tokens_and_reports_efficiency(model_dir, tm
 
 def test_case_sets_the_lengths_and_engine_flags_reach_the_engine(model_dir, tmp_path):
     r = throughput(model_dir, tmp_path, "--case", "offline-4-6-3", "--skip-tokenizer-init",
-                   "--max-num-seqs", "2", "--kv-cache-memory", "0.01")
+                   "--max-num-seqs", "2", "--kv-cache-memory", "0.01", "--kv-cache-dtype", "fp8")
     assert (r["case"], r["num_requests"], r["total_input_tokens"], r["total_output_tokens"]) == (
         "offline-4-6-3", 4, 24, 12)
     assert r["engine_args"]["max_num_seqs"] == 2 and r["engine_args"]["skip_tokenizer_init"]
+    block_size = r["engine_args"]["block_size"] or 16
+    bytes_per_block = block_size * kv_bytes_per_token(ModelConfig.from_pretrained(model_dir), torch.float8_e4m3fn)
+    assert r["kv_cache_dtype"] == "float8_e4m3fn"
+    assert r["kv_cache_tokens"] == (int(0.01 * 2**30 // bytes_per_block) - 1) * block_size
 
 
 def test_disable_detokenize_leaves_the_text_out_and_says_so(model_dir, tmp_path, monkeypatch):

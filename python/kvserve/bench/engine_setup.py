@@ -50,6 +50,8 @@ def run_settings(args: argparse.Namespace, engine: Engine, load_s: float) -> dic
         "model": args.model,
         "preset": args.preset,
         "dtype": str(engine.dtype).removeprefix("torch."),
+        "kv_cache_dtype": str(engine.cache_dtype).removeprefix("torch."),
+        "kv_cache_tokens": (engine.scheduler.config.num_blocks - 1) * engine.scheduler.config.block_size,
         "device": str(engine.device),
         "engine_args": engine_kwargs(args),
         "load_s": load_s,
