@@ -45,7 +45,8 @@ def test_copy_blocks_accepts_torch_pairs():
 
 def test_wrong_dtype_raises_value_error_naming_it():
     cache = _random_cache(3, lambda a: a.astype(np.float64))
-    with pytest.raises(ValueError, match=r"cache: expected dtype float32 or float16 or bfloat16, got float64"):
+    with pytest.raises(ValueError, match=r"cache: expected dtype float32 or float16 or bfloat16 or float8_e4m3fn or "
+                                         r"float8_e5m2, got float64"):
         ops.copy_blocks(cache, np.array([[0, 1]], dtype=np.int64))
     with pytest.raises(ValueError, match=r"block_pairs: expected dtype int64, got int32"):
         ops.copy_blocks(_random_cache(3, np.copy), np.array([[0, 1]], dtype=np.int32))
