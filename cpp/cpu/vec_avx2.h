@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "fp8_f16c.h"
 #include "half.h"
 
 namespace kvserve::cpu {
@@ -58,19 +59,8 @@ struct Avx2 {
   static Reg load(const Float16* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  // 8-bit floats by way of float16: e5m2 is a float16's upper byte; e4m3's bits, moved into a
-  // float16's, make a value 2^8 too small, subnormals included (its NaN code is kept a NaN).
-  static Reg load(const Float8E5M2* p) {
-    const __m128i bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_cvtph_ps(_mm_slli_epi16(bytes, 8));
-  }
-  static Reg load(const Float8E4M3* p) {
-    const __m128i bytes = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    const __m128i magnitude = _mm_and_si128(bytes, _mm_set1_epi16(0x7f));
-    __m128i half = _mm_or_si128(_mm_slli_epi16(magnitude, 7), _mm_slli_epi16(_mm_and_si128(bytes, _mm_set1_epi16(0x80)), 8));
-    half = _mm_or_si128(half, _mm_and_si128(_mm_cmpeq_epi16(magnitude, _mm_set1_epi16(0x7f)), _mm_set1_epi16(0x7e00)));
-    return _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.f));
-  }
+  static Reg load(const Float8E5M2* p) { return fp8_to_float(p); }
+  static Reg load(const Float8E4M3* p) { return fp8_to_float(p); }
   static void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
     const __m256i high = _mm256_srli_epi32(_mm256_castps_si256(round_to_bf16(a)), 16);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "fp8_f16c.h"
 #include "half.h"
 
 namespace kvserve::cpu {
@@ -48,20 +49,13 @@ struct Avx512 {
   static Reg load(const Float16* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  // 8-bit floats by way of float16 (as vec_avx2.h).
-  static Reg load(const Float8E5M2* p) {
-    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_cvtph_ps(_mm256_slli_epi16(bytes, 8));
+  // 8-bit floats: two halves of AVX2's conversion (fp8_f16c.h).
+  template <class Fp8>
+  static Reg load_fp8(const Fp8* p) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(fp8_to_float(p)), fp8_to_float(p + 8), 1);
   }
-  static Reg load(const Float8E4M3* p) {
-    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m256i magnitude = _mm256_and_si256(bytes, _mm256_set1_epi16(0x7f));
-    __m256i half = _mm256_or_si256(_mm256_slli_epi16(magnitude, 7),
-                                   _mm256_slli_epi16(_mm256_and_si256(bytes, _mm256_set1_epi16(0x80)), 8));
-    half = _mm256_or_si256(half, _mm256_and_si256(_mm256_cmpeq_epi16(magnitude, _mm256_set1_epi16(0x7f)),
-                                                  _mm256_set1_epi16(0x7e00)));
-    return _mm512_mul_ps(_mm512_cvtph_ps(half), _mm512_set1_ps(256.f));
-  }
+  static Reg load(const Float8E5M2* p) { return load_fp8(p); }
+  static Reg load(const Float8E4M3* p) { return load_fp8(p); }
   static void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
     const __m512i high = _mm512_srli_epi32(_mm512_castps_si512(round_to_bf16(a)), 16);
