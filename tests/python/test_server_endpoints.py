@@ -60,7 +60,7 @@ def test_models_lists_every_name_and_any_of_them_serves(server):
 def test_startup_log_says_what_was_loaded_and_where_it_serves(server, model_dir):
     log = "".join(server.log)
     assert f"loaded {model_dir} (LlamaForCausalLM, float32) on cpu" in log
-    assert re.search(r"KV cache: \d+ blocks of 16 tokens = \d+ tokens", log)
+    assert re.search(r"KV cache \(float32\): \d+ blocks of 16 tokens = \d+ tokens", log)
     assert f"serving tiny, tiny-alias (max_model_len 256) at {server.url}/v1 (no API key)" in log
 
 
