@@ -253,7 +253,8 @@ Status linear_cuda(const LinearParams& p, void* stream) {
 Status linear_rotary_and_cache_cuda(const LinearParams& p, const RotaryAndCacheParams& rc, void* stream) {
   if (check_linear_rotary_and_cache(p, rc, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
-  if (rc.rotary.head_dim % 16 != 0 || rc.query_norm_weight != nullptr || rc.cache.cache_dtype.value_or(rc.cache.dtype) != rc.cache.dtype) {
+  const bool fp8_cache = rc.cache.cache_dtype.value_or(rc.cache.dtype) != rc.cache.dtype;  // CPU only
+  if (rc.rotary.head_dim % 16 != 0 || rc.query_norm_weight != nullptr || fp8_cache) {
     return Status::kUnsupported;
   }
   // out_features is a whole number of heads: of 16 rows each.
