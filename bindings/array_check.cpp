@@ -58,9 +58,11 @@ void check_dtype(const Array& array, const char* name, std::initializer_list<nb:
 
 void check_cache_dtype(const Array& cache, const char* name, const Array& rows, const char* rows_name) {
   const nb::dlpack::dtype dtype = cache.dtype();
-  if (dtype == rows.dtype() || dtype == kFloat8E4M3 || dtype == kFloat8E5M2) return;
+  const bool narrower_16_bits = rows.dtype() == kFloat32 && (dtype == kBFloat16 || dtype == kFloat16);
+  if (dtype == rows.dtype() || dtype == kFloat8E4M3 || dtype == kFloat8E5M2 || narrower_16_bits) return;
   throw nb::value_error((std::string(name) + ": expected the dtype of " + rows_name + " (" + dtype_name(rows.dtype()) +
-                         ") or float8_e4m3fn or float8_e5m2, got " + dtype_name(dtype)).c_str());
+                         ") or float8_e4m3fn or float8_e5m2 (or for float32 rows float16 or bfloat16), got " +
+                         dtype_name(dtype)).c_str());
 }
 
 void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout) {

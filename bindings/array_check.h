@@ -33,7 +33,8 @@ std::string dtype_name(nb::dlpack::dtype dtype);
 
 // The dtype is one of `allowed`.
 void check_dtype(const Array& array, const char* name, std::initializer_list<nb::dlpack::dtype> allowed);
-// A KV cache holds the dtype of `rows` (the rows written into it or read against it) or 8-bit floats.
+// A KV cache holds the dtype of `rows` (the rows written into it or read against it), 8-bit floats,
+// or for float32 rows 16-bit floats.
 void check_cache_dtype(const Array& cache, const char* name, const Array& rows, const char* rows_name);
 // The array has `ndim` dimensions; `layout` names them for the message, e.g. "[num_pairs, 2]".
 void check_ndim(const Array& array, const char* name, size_t ndim, const char* layout);

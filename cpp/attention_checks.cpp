@@ -28,12 +28,10 @@ Status check_cache(int64_t num_blocks, int64_t block_size, int64_t num_kv_heads,
   return Status::kOk;
 }
 
-// A cache holds the dtype of the rows it serves, or 8-bit floats (an fp8 KV cache).
 Status check_cache_dtype(DType dtype, DType cache_dtype, std::string* why) {
-  if (cache_dtype == dtype || cache_dtype == DType::kFloat8E4M3 || cache_dtype == DType::kFloat8E5M2) {
-    return Status::kOk;
-  }
-  return fail(why, "cache_dtype: expected the dtype of the rows, float8_e4m3 or float8_e5m2");
+  if (cache_dtype_serves(cache_dtype, dtype)) return Status::kOk;
+  return fail(why, "cache_dtype: expected the dtype of the rows, float8_e4m3 or float8_e5m2 (or for float32 rows "
+                   "float16 or bfloat16)");
 }
 
 }  // namespace

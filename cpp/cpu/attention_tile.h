@@ -307,15 +307,21 @@ struct AttentionTile {
   }
 };
 
-// The kernel for queries of type T over caches of T or of an 8-bit float.
+// The kernel for queries of type T over caches of T, of an 8-bit float, or (float32 queries) of a
+// 16-bit float.
 template <class V, class Scores, class T>
 AttendFn attend_over(DType cache_dtype, DType dtype) {
   if (cache_dtype == dtype) return &AttentionTile<V, T, T, Scores>::run;
   switch (cache_dtype) {
     case DType::kFloat8E4M3: return &AttentionTile<V, T, Float8E4M3, Scores>::run;
     case DType::kFloat8E5M2: return &AttentionTile<V, T, Float8E5M2, Scores>::run;
-    default: return nullptr;
+    default: break;
   }
+  if constexpr (std::is_same_v<T, float>) {
+    if (cache_dtype == DType::kBFloat16) return &AttentionTile<V, float, BFloat16, Scores>::run;
+    if (cache_dtype == DType::kFloat16) return &AttentionTile<V, float, Float16, Scores>::run;
+  }
+  return nullptr;
 }
 
 // The kernel for each storage dtype, with scores computed as `Scores` does.

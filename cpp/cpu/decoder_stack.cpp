@@ -257,9 +257,9 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
 
 Status check_decoder_stack(const DecoderStack& s, std::string* why) {
   if (!checks::is_float_dtype(s.dtype)) return fail(why, "decoder stack: dtype must be float32, float16 or bfloat16");
-  const DType cache_dtype = s.cache_dtype.value_or(s.dtype);
-  if (cache_dtype != s.dtype && cache_dtype != DType::kFloat8E4M3 && cache_dtype != DType::kFloat8E5M2) {
-    return fail(why, "decoder stack: cache_dtype must be its dtype, float8_e4m3 or float8_e5m2");
+  if (!checks::cache_dtype_serves(s.cache_dtype.value_or(s.dtype), s.dtype)) {
+    return fail(why, "decoder stack: cache_dtype must be its dtype, float8_e4m3 or float8_e5m2 (or for float32 "
+                     "float16 or bfloat16)");
   }
   if (s.hidden_size <= 0 || s.intermediate_size <= 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 ||
       s.head_dim <= 0 || s.head_dim % 2 != 0 || s.num_blocks <= 0 || s.block_size <= 0) {

@@ -23,11 +23,13 @@ void copy_heads(char* dst, const char* src, int64_t stride_head_bytes, int64_t n
   for (int64_t h = 0; h < num_heads; ++h) std::memcpy(dst + h * head_bytes, src + h * stride_head_bytes, head_bytes);
 }
 
-// The same into a cache of 8-bit floats C, each element rounded (strides in elements).
+// The same into a cache of a narrower float C, each element rounded (strides in elements).
 template <class T, class C>
 void convert_heads(C* dst, const T* src, int64_t stride_head, int64_t num_heads, int64_t head_dim) {
   for (int64_t h = 0; h < num_heads; ++h) {
-    for (int64_t d = 0; d < head_dim; ++d) cpu::from_float(cpu::to_float(src[h * stride_head + d]), dst + h * head_dim + d);
+    for (int64_t d = 0; d < head_dim; ++d) {
+      cpu::from_float(cpu::to_float(src[h * stride_head + d]), dst + h * head_dim + d);
+    }
   }
 }
 
@@ -52,8 +54,12 @@ void write_converted(const ReshapeAndCacheParams& p) {
 
 template <class T>
 void write_converted_from(const ReshapeAndCacheParams& p) {
-  if (p.cache_dtype == DType::kFloat8E4M3) return write_converted<T, Float8E4M3>(p);
-  write_converted<T, Float8E5M2>(p);
+  switch (*p.cache_dtype) {
+    case DType::kFloat8E4M3: return write_converted<T, Float8E4M3>(p);
+    case DType::kFloat8E5M2: return write_converted<T, Float8E5M2>(p);
+    case DType::kBFloat16: return write_converted<T, BFloat16>(p);  // float32 rows only (checked)
+    default: return write_converted<T, Float16>(p);
+  }
 }
 
 }  // namespace

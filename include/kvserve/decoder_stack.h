@@ -18,7 +18,7 @@
 //
 // Weights and caches are given once (DecoderStack); a step gives the tokens' embeddings and the
 // batch layout (DecoderStepParams). All arrays are row-major contiguous, of one float dtype (the KV
-// caches may hold 8-bit floats instead: cache_dtype).
+// caches may hold a narrower float: cache_dtype).
 #pragma once
 
 #include <cstdint>
@@ -55,7 +55,7 @@ struct DecoderLayerWeights {
 
 struct DecoderStack {
   DType dtype = DType::kFloat32;        // kFloat32, kFloat16 or kBFloat16
-  std::optional<DType> cache_dtype;     // of the KV caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2
+  std::optional<DType> cache_dtype;     // of the KV caches, as PagedAttentionParams::cache_dtype
   int64_t hidden_size = 0, intermediate_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t num_blocks = 0, block_size = 0;
   float eps = 1e-6f;    // of every RMSNorm

@@ -11,8 +11,9 @@
 // be in the cache (reshape_and_cache first). With `causal` it attends to positions <= its own; a
 // `sliding_window` W keeps positions > own - W; a `softcap` c maps each scaled score s to c*tanh(s/c).
 // Head h reads kv head h / (num_heads / num_kv_heads) (GQA). Scores and sums are float32 whatever the
-// storage dtype. Caches of 8-bit floats (an fp8 KV cache, written by reshape_and_cache) are read as
-// the values their codes stand for (no scale); the CUDA kernels refuse them (kUnsupported).
+// storage dtype. Caches of a narrower float than the rows (an fp8 KV cache, or a 16-bit one for a
+// float32 model; written by reshape_and_cache) are read as the values their elements stand for (no
+// scale); the CUDA kernels refuse them (kUnsupported).
 //
 // Strides are in elements. The last dimension of every array is contiguous; query/out rows and heads
 // may be strided (a view into a fused qkv projection); a cache block is contiguous, blocks may be
@@ -44,7 +45,8 @@ struct PagedAttentionParams {
   const int32_t* query_start_loc = nullptr;
 
   DType dtype = DType::kFloat32;        // of query and out: kFloat32, kFloat16 or kBFloat16
-  std::optional<DType> cache_dtype;     // of both caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2
+  // Of both caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2; for float32 rows also kFloat16 / kBFloat16.
+  std::optional<DType> cache_dtype;
   int64_t num_tokens = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t num_reqs = 0, max_blocks_per_req = 0, num_blocks = 0, block_size = 0;
 

@@ -6,9 +6,9 @@
 //                           -1 = skip the token (a padding row)
 //
 // Strides are in elements, as in paged_attention.h. Either every slot is valid and every row is
-// written, or nothing is written. Into caches of 8-bit floats each element is written rounded to
-// nearest even and saturated (cpu/half.h): an fp8 KV cache, kv_cache_dtype "fp8" (CPU only: the
-// CUDA kernel returns kUnsupported).
+// written, or nothing is written. Into a cache of a narrower float (cache_dtype) each element is
+// written rounded to nearest even (cpu/half.h), into 8-bit floats saturated to their largest
+// magnitude: an fp8 KV cache, kv_cache_dtype "fp8" (CPU only: the CUDA kernel returns kUnsupported).
 #pragma once
 
 #include <cstdint>
@@ -34,7 +34,8 @@ struct ReshapeAndCacheParams {
   DType slot_mapping_dtype = DType::kInt64;  // kInt32 or kInt64
 
   DType dtype = DType::kFloat32;        // of key and value
-  std::optional<DType> cache_dtype;     // of both caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2
+  // Of both caches: unset = `dtype`; or kFloat8E4M3 / kFloat8E5M2; for float32 rows also kFloat16 / kBFloat16.
+  std::optional<DType> cache_dtype;
   int64_t num_tokens = 0, num_kv_heads = 0, head_dim = 0, num_blocks = 0, block_size = 0;
 };
 

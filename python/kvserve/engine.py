@@ -39,7 +39,8 @@ from kvserve.engine_args import (GENERATION_CONFIGS, INT32_MAX, INT32_MIN, OFFLI
                                  SCHEDULING_POLICIES, bool_argument, fraction_argument, int_argument)
 from kvserve.fan_out import MAX_N, FannedOutRequest, FanOuts, split
 from kvserve.grammar import REASONING_PARSERS, THINK_END, GrammarCompiler
-from kvserve.kv_cache import DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, kv_cache_dtype_for, num_blocks_for_budget
+from kvserve.kv_cache import (DEFAULT_CPU_KV_CACHE_GB, allocate_kv_caches, check_kv_cache_dtype, kv_cache_dtype_for,
+                              num_blocks_for_budget)
 from kvserve.loader import LoadedModel, load_model, resolve_model_path
 from kvserve.lora.adapter import LoRAAdapter
 from kvserve.lora.adapters import LoRAAdapters
@@ -120,7 +121,8 @@ class Engine(OfflineAPI):
         (only 1) and `trust_remote_code` are accepted for vLLM's scripts: kvserve runs on one
         device, and its architectures are built in. `kv_cache_dtype` (vLLM's): "auto" (the model's
         dtype), or on the CPU "fp8" (= "fp8_e4m3") or "fp8_e5m2": an 8-bit KV cache, twice the
-        tokens in the same memory, each key and value rounded to 8 bits (kvserve.kv_cache).
+        tokens of a 16-bit one in the same memory, each key and value rounded to 8 bits; or for a
+        float32 model "bfloat16" (kvserve.kv_cache).
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
         structured outputs hold what follows its </think> token.
         `enable_lora`: requests may run with a LoRA adapter (add_request's lora_request, vLLM's);
@@ -179,7 +181,7 @@ class Engine(OfflineAPI):
         if seed is not None:
             torch.manual_seed(seed)
         self.device = resolve_device(device)
-        kv_cache_dtype_for(kv_cache_dtype, torch.float32, self.device)  # a bad name fails before loading
+        check_kv_cache_dtype(kv_cache_dtype)  # before loading
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # No seed: dummy weights from torch's random state as it is.

@@ -14,6 +14,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from kvserve.kv_cache import KV_CACHE_DTYPES
 from kvserve.loader.load import LOAD_FORMATS
 from kvserve.pooling import RUNNERS
 from kvserve.sampling_params import is_int
@@ -133,9 +134,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        "\"num_speculative_tokens\": 4, \"prompt_lookup_max\": 4}': decodes guess tokens from "
                        "earlier text and the model checks them in the same step (pays where the output repeats "
                        "its input)")
-    group.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+    group.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                        help="auto: the KV cache in the model's dtype; fp8 (= fp8_e4m3) or fp8_e5m2, on the CPU: "
-                       "8-bit keys and values, twice the tokens in the same memory (each rounded to 8 bits)")
+                       "8-bit keys and values, twice the tokens of a 16-bit cache in the same memory (each rounded "
+                       "to 8 bits); bfloat16: a float32 model's cache in 16 bits")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

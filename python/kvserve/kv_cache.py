@@ -4,10 +4,11 @@ Per layer, one key and one value tensor, the layout of vLLM v1 and flash-attn's 
 
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]   (the cache dtype)
 
-The cache dtype is the model's, or with kv_cache_dtype "fp8" (vLLM's) 8-bit floats: twice the
-tokens in the same memory, and half the bytes for attention to read. Each element is stored
-rounded to the fp8 format, unscaled (as vLLM does for a checkpoint without KV-cache scales); the
-kernels read the values the codes stand for (paged_attention.h). On the CPU only.
+The cache dtype is the model's, or a narrower float (kv_cache_dtype, vLLM's names): "fp8" 8-bit
+floats, twice the tokens of a 16-bit cache in the same memory and half the bytes for attention to
+read; "bfloat16" for a float32 model, half its bytes. Each element is stored rounded to the
+cache's format, unscaled (as vLLM does for a checkpoint without KV-cache scales); the kernels read
+the values the elements stand for (paged_attention.h). On the CPU only.
 
 Block 0 is the scheduler's null block (never handed to a request), so a budget of N blocks holds
 N - 1 blocks of tokens.
@@ -23,20 +24,29 @@ from kvserve.model_config import ModelConfig
 DEFAULT_CPU_KV_CACHE_GB = 4.0
 
 # vLLM's kv_cache_dtype names: "fp8" is e4m3 (3 mantissa bits, magnitudes up to 448); e5m2 trades a
-# mantissa bit for range (up to 57344).
-KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
-                   "fp8_e5m2": torch.float8_e5m2}
+# mantissa bit for range (up to 57344); "bfloat16" keeps a float32 model's cache in 16 bits.
+KV_CACHE_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn,
+                   "fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str) -> None:
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
 
 
 def kv_cache_dtype_for(kv_cache_dtype: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The torch dtype of the KV cache that `kv_cache_dtype` names, for a model of `model_dtype`."""
-    if kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
-    cache_dtype = KV_CACHE_DTYPES[kv_cache_dtype]
-    if cache_dtype is not None and device.type != "cpu":
-        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r}: an fp8 KV cache runs on the CPU only (kvserve's "
-                         f"CUDA kernels read the model's dtype); use 'auto' on {device}")
-    return cache_dtype or model_dtype
+    check_kv_cache_dtype(kv_cache_dtype)
+    cache_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or model_dtype
+    if cache_dtype == model_dtype:
+        return cache_dtype
+    if device.type != "cpu":
+        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r}: a KV cache narrower than the model's dtype runs on the "
+                         f"CPU only (kvserve's CUDA kernels read the model's dtype); use 'auto' on {device}")
+    if cache_dtype.itemsize == 2 and model_dtype != torch.float32:
+        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r}: a 16-bit cache narrows a float32 model's; this model "
+                         f"runs in {str(model_dtype).removeprefix('torch.')} (use 'auto', or 'fp8')")
+    return cache_dtype
 
 
 def kv_bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:

@@ -11,6 +11,12 @@ from dataclasses import dataclass
 
 import torch
 
+# (rows' dtype, a narrower cache's): kv_cache_dtype fp8 under every model dtype, and 16-bit caches
+# under float32 models.
+NARROWER_CACHES = [(dtype, fp8) for dtype in (torch.float32, torch.bfloat16, torch.float16)
+                   for fp8 in (torch.float8_e4m3fn, torch.float8_e5m2)]
+NARROWER_CACHES += [(torch.float32, torch.bfloat16), (torch.float32, torch.float16)]
+
 
 def random_caches(num_blocks, block_size, kv_heads, head_dim, dtype, interleaved=False, seed=0):
     """(key_cache, value_cache), each [num_blocks, block_size, kv_heads, head_dim]. `interleaved`

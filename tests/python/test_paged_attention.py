@@ -8,7 +8,7 @@ import torch
 
 from isa_paths import ISAS, run_tests_under_isa
 from kvserve import _C, ops
-from paged_cases import blocks_needed, random_caches, random_step
+from paged_cases import NARROWER_CACHES, blocks_needed, random_caches, random_step
 from reference_attention import reference_paged_attention
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -56,12 +56,12 @@ def test_head_dims(dtype, head_dim):
     run_case(dtype, 16, 8, 2, "mixed", head_dim=head_dim)
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype, cache_dtype", NARROWER_CACHES, ids=str)
 @pytest.mark.parametrize("batch", list(BATCHES))
 @pytest.mark.parametrize("head_dim", [64, 128, 36])
-def test_fp8_caches(cache_dtype, dtype, batch, head_dim):
-    """An fp8 KV cache is read as the values its codes stand for: the reference over the same codes."""
+def test_narrower_caches(dtype, cache_dtype, batch, head_dim):
+    """A cache narrower than the queries (fp8; 16 bits for float32) is read as the values its
+    elements stand for: the reference over the same elements."""
     run_case(dtype, 16, 8, 2, batch, head_dim=head_dim, cache_dtype=cache_dtype)
 
 
@@ -129,7 +129,7 @@ def test_numpy_arrays():
 
 
 ISA_SUBSET = ("test_matches_reference and mixed or test_head_dims or test_sliding_window and decode or "
-              "test_fp8_caches and mixed")
+              "test_narrower_caches and mixed")
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -155,12 +155,16 @@ BAD_INPUTS = {
     "out dtype": (dict(out=torch.full((3, 4, 64), float("nan"), dtype=torch.bfloat16)),
                   r"out: expected the dtype of query"),
     "cache dtype": (dict(key_cache=torch.randn(8, 16, 2, 64, dtype=torch.float16)),
-                    r"key_cache: expected the dtype of query \(float32\) or float8_e4m3fn or float8_e5m2, got float16"),
+                    r"value_cache: expected the dtype of key_cache \(float16\), got float32"),
+    "cache wider than the queries": (
+        dict(query=torch.randn(3, 4, 64).half(), out=torch.full((3, 4, 64), float("nan")).half()),
+        r"key_cache: expected the dtype of query \(float16\) or float8_e4m3fn or float8_e5m2 \(or for float32 rows "
+        r"float16 or bfloat16\), got float32"),
     "fp8 caches of two kinds": (dict(key_cache=torch.randn(8, 16, 2, 64).to(torch.float8_e4m3fn),
                                      value_cache=torch.randn(8, 16, 2, 64).to(torch.float8_e5m2)),
                                 r"value_cache: expected the dtype of key_cache"),
     "int8 cache": (dict(key_cache=torch.zeros(8, 16, 2, 64, dtype=torch.int8)),
-                   r"key_cache: expected the dtype of query \(float32\) or float8_e4m3fn or float8_e5m2, got int8"),
+                   r"key_cache: expected the dtype of query \(float32\) or float8_e4m3fn or float8_e5m2 .*, got int8"),
     "head_dim": (dict(query=torch.randn(3, 4, 32), out=torch.full((3, 4, 32), float("nan"))),
                  r"key_cache: dimension 3 must be head_dim of query = 32"),
     "heads not a multiple": (dict(query=torch.randn(3, 3, 64), out=torch.full((3, 3, 64), float("nan"))),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kvserve import ops
-from paged_cases import random_caches
+from paged_cases import NARROWER_CACHES, random_caches
 from reference_attention import reference_reshape_and_cache
 
 
@@ -33,24 +33,24 @@ def test_matches_reference(dtype, block_size, slot_dtype):
     assert torch.equal(key_cache, expected_k) and torch.equal(value_cache, expected_v)
 
 
-@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_fp8_caches_hold_each_value_rounded_and_saturated(cache_dtype, dtype):
-    """Each element as torch rounds it to the fp8 format (to nearest even), a magnitude past the
-    format's largest (infinities too) saturated to it, as vLLM's fp8 conversions saturate."""
+@pytest.mark.parametrize("dtype, cache_dtype", NARROWER_CACHES, ids=str)
+def test_narrower_caches_hold_each_value_rounded(dtype, cache_dtype):
+    """Each element as torch rounds it to the cache's format (to nearest even); into fp8 a
+    magnitude past the format's largest (infinities too) saturated to it, as vLLM's fp8 conversions
+    saturate (float16 overflows to infinity, as torch's cast does)."""
     num_blocks, block_size, kv_heads, head_dim, num_tokens = 5, 16, 2, 64, 30
     key_cache, value_cache = random_caches(num_blocks, block_size, kv_heads, head_dim, cache_dtype)
     expected_k, expected_v = key_cache.clone(), value_cache.clone()
     gen = torch.Generator().manual_seed(1)
     # Magnitudes from the formats' subnormals to past their largest values.
-    spread = torch.logspace(-12, 10, head_dim, base=2.0 if cache_dtype == torch.float8_e4m3fn else 4.0)
+    spread = torch.logspace(-12, 10, head_dim, base=4.0 if cache_dtype in (torch.float8_e5m2, torch.float16) else 2.0)
     key = (torch.randn(num_tokens, kv_heads, head_dim, generator=gen) * spread).to(dtype)
     value = (torch.randn(num_tokens, kv_heads, head_dim, generator=gen) * spread).to(dtype)
     if dtype != torch.bfloat16:  # float16 and float32 infinities; bfloat16's range is float32's
         key[1, 0, :2] = torch.tensor([float("inf"), -float("inf")])
     slots = random_slots(num_tokens, num_blocks, block_size, torch.int64)
     ops.reshape_and_cache(key, value, key_cache, value_cache, slots)
-    largest = torch.finfo(cache_dtype).max
+    largest = torch.finfo(cache_dtype).max if cache_dtype.itemsize == 1 else float("inf")
     rounded = [x.float().clamp(-largest, largest).to(cache_dtype) for x in (key, value)]
     reference_reshape_and_cache(*rounded, expected_k, expected_v, slots)
     assert torch.equal(key_cache.view(torch.uint8), expected_k.view(torch.uint8))
@@ -96,9 +96,8 @@ BAD_INPUTS = {
     "cache heads": (dict(key_cache=torch.randn(4, 16, 1, 64), value_cache=torch.randn(4, 16, 1, 64)),
                     r"key_cache: dimension 2 must be num_kv_heads of key = 2"),
     "cache dtype": (dict(value_cache=torch.randn(4, 16, 2, 64).half()), r"value_cache: expected the dtype of key_cache"),
-    "cache float16 for float32 rows": (dict(key_cache=torch.randn(4, 16, 2, 64).half(),
-                                            value_cache=torch.randn(4, 16, 2, 64).half()),
-                                       r"key_cache: expected the dtype of key \(float32\) or float8_e4m3fn or float8_e5m2"),
+    "cache float64": (dict(key_cache=torch.randn(4, 16, 2, 64).double(), value_cache=torch.randn(4, 16, 2, 64).double()),
+                      r"key_cache: expected the dtype of key \(float32\) or float8_e4m3fn"),
     "key float64": (dict(key=torch.randn(5, 2, 64, dtype=torch.float64)), r"key: expected dtype float32 or float16"),
     "cache not contiguous": (dict(key_cache=torch.randn(4, 2, 16, 64).transpose(1, 2)),
                              r"key_cache: expected dimensions 1.. contiguous"),
