@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What an fp8 KV cache costs a real model's predictions: kvserve's default model (SmolLM2-135M-
-Instruct, real weights) in float32 with kv_cache_dtype auto, fp8 (e4m3) and fp8_e5m2, and for a
-yardstick the same model in bfloat16 (its cache too), the rounding users already accept. Random-
+Instruct, real weights) in float32 with kv_cache_dtype auto, fp8 (e4m3), fp8_e5m2 and bfloat16, and
+for a yardstick the same model in bfloat16 (its cache too), the rounding users already accept. Random-
 weight models cannot say this; the tests pin the arithmetic, this measures the effect.
 
   perplexity   of a text (this repository's README, in windows of --window tokens) from each
@@ -24,7 +24,8 @@ from kvserve.loader.default_model import default_model_path
 
 # (name, model dtype, kv_cache_dtype); the first is the reference.
 SETTINGS = [("float32, auto", "float32", "auto"), ("float32, fp8", "float32", "fp8"),
-            ("float32, fp8_e5m2", "float32", "fp8_e5m2"), ("bfloat16, auto", "bfloat16", "auto")]
+            ("float32, fp8_e5m2", "float32", "fp8_e5m2"), ("float32, bfloat16", "float32", "bfloat16"),
+            ("bfloat16, auto", "bfloat16", "auto")]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Write a short poem about the sea.",
            "Explain how a hash table works.", "List three uses of a KV cache in language model serving:",
            "Once upon a time, in a small village,", "The main difference between TCP and UDP is",

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""What an fp8 KV cache (kv_cache_dtype "fp8", vLLM's) does for offline throughput when the KV cache's
-memory is what limits the batch: `kvserve bench throughput` on long prompts with a KV budget that
-holds about --seqs sequences in the model's dtype, run three ways in turns: that budget in the
-model's dtype, the same budget in fp8 (2x the tokens of a 16-bit cache, 4x of float32's), and the
-budget that holds fp8's token count in the model's dtype (so that the difference between the last
-two is what reading and writing 8-bit keys and values costs or saves). Reported per setting: the KV cache's tokens, output and total
-tok/s (median of the rounds, and every round), preemptions and peak RSS.
+"""What a narrower KV cache (kv_cache_dtype "fp8", vLLM's; or "bfloat16" for a float32 model) does for
+offline throughput when the KV cache's memory is what limits the batch: `kvserve bench throughput` with a KV budget that holds about
+--seqs sequences in the model's dtype, run three ways in turns: that budget in the model's dtype,
+the same budget in the narrower cache (fp8: 2x the tokens of a 16-bit cache, 4x of float32's),
+and the budget that holds its token count in the model's dtype (so that the difference between the
+last two is what reading and writing narrower keys and values costs or saves). Reported per setting: the KV cache's
+tokens, output and total tok/s (median of the rounds, and every round), preemptions and peak RSS.
 
     python bench/kv_cache_dtype.py [--model small] [--dtype float32] [--num-prompts 32] [--input-len 256]
                                    [--output-len 256] [--seqs 8] [--kv-cache-dtype fp8] [--repeat 3]
@@ -25,7 +25,7 @@ import torch
 
 from kvserve.bench.checkpoint import ensure_model
 from kvserve.bench.presets import MODEL_PRESETS
-from kvserve.kv_cache import kv_bytes_per_token
+from kvserve.kv_cache import KV_CACHE_DTYPES, kv_bytes_per_token
 from kvserve.model_config import ModelConfig
 
 
@@ -47,14 +47,14 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--seqs", type=int, default=8, help="sequences the smaller budget holds in --dtype")
-    parser.add_argument("--kv-cache-dtype", default="fp8", choices=("fp8", "fp8_e4m3", "fp8_e5m2"))
+    parser.add_argument("--kv-cache-dtype", default="fp8", choices=("fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16"))
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
     model_dir = ensure_model(args.model)
     per_token = kv_bytes_per_token(ModelConfig.from_pretrained(model_dir), getattr(torch, args.dtype))
     budget = (args.seqs * (args.input_len + args.output_len) + 16) * per_token / 2**30
-    ratio = torch.empty((), dtype=getattr(torch, args.dtype)).element_size()  # bytes per fp8 element: 1
+    ratio = getattr(torch, args.dtype).itemsize // KV_CACHE_DTYPES[args.kv_cache_dtype].itemsize
     settings = {f"{args.dtype}, {budget:.3f} GiB": (budget, "auto"),
                 f"{args.kv_cache_dtype}, {budget:.3f} GiB": (budget, args.kv_cache_dtype),
                 f"{args.dtype}, {ratio * budget:.3f} GiB": (ratio * budget, "auto")}
@@ -76,7 +76,8 @@ def main() -> None:
         output = [r["output_tok_s"] for r in results]
         print(f"| {name} | {results[0]['kv_cache_tokens']} | {statistics.median(output):.0f} | "
               f"{statistics.median(r['total_tok_s'] for r in results):.0f} | "
-              f"{', '.join(f'{x:.0f}' for x in output)} | {statistics.median(r['num_preemptions'] for r in results):.0f} | "
+              f"{', '.join(f'{x:.0f}' for x in output)} | "
+              f"{statistics.median(r['num_preemptions'] for r in results):.0f} | "
               f"{max(r['peak_rss_bytes'] for r in results) / 1e9:.2f} |")
 
 

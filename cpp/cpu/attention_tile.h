@@ -45,7 +45,7 @@ struct FloatScores {
   }
 };
 
-// Queries and outputs of type T, caches of type C (T, or an 8-bit float).
+// Queries and outputs of type T, caches of type C (T, or a narrower float: attend_over below).
 template <class V, class T, class C, class Scores>
 struct AttentionTile {
   using Reg = typename V::Reg;
