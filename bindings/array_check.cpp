@@ -58,8 +58,9 @@ void check_dtype(const Array& array, const char* name, std::initializer_list<nb:
 
 void check_cache_dtype(const Array& cache, const char* name, const Array& rows, const char* rows_name) {
   const nb::dlpack::dtype dtype = cache.dtype();
-  const bool narrower_16_bits = rows.dtype() == kFloat32 && (dtype == kBFloat16 || dtype == kFloat16);
-  if (dtype == rows.dtype() || dtype == kFloat8E4M3 || dtype == kFloat8E5M2 || narrower_16_bits) return;
+  for (const auto& known : {kFloat32, kFloat16, kBFloat16, kFloat8E4M3, kFloat8E5M2}) {
+    if (dtype == known && cache_dtype_serves(kernel_dtype(cache, name), kernel_dtype(rows, rows_name))) return;
+  }
   throw nb::value_error((std::string(name) + ": expected the dtype of " + rows_name + " (" + dtype_name(rows.dtype()) +
                          ") or float8_e4m3fn or float8_e5m2 (or for float32 rows float16 or bfloat16), got " +
                          dtype_name(dtype)).c_str());

@@ -20,12 +20,6 @@ inline bool is_float_dtype(DType dtype) {
   return dtype == DType::kFloat32 || dtype == DType::kFloat16 || dtype == DType::kBFloat16;
 }
 
-// A KV cache holds the dtype of the rows written into it and read against it, 8-bit floats (an
-// fp8 KV cache), or for float32 rows 16-bit floats.
-inline bool cache_dtype_serves(DType cache_dtype, DType dtype) {
-  return cache_dtype == dtype || cache_dtype == DType::kFloat8E4M3 || cache_dtype == DType::kFloat8E5M2 ||
-         (dtype == DType::kFloat32 && (cache_dtype == DType::kBFloat16 || cache_dtype == DType::kFloat16));
-}
 
 // [rows, heads, width] with a contiguous last dimension: no two heads or rows may overlap.
 inline Status check_rows(const char* name, int64_t rows, int64_t heads, int64_t width, int64_t stride_row,

@@ -257,7 +257,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
 
 Status check_decoder_stack(const DecoderStack& s, std::string* why) {
   if (!checks::is_float_dtype(s.dtype)) return fail(why, "decoder stack: dtype must be float32, float16 or bfloat16");
-  if (!checks::cache_dtype_serves(s.cache_dtype.value_or(s.dtype), s.dtype)) {
+  if (!cache_dtype_serves(s.cache_dtype.value_or(s.dtype), s.dtype)) {
     return fail(why, "decoder stack: cache_dtype must be its dtype, float8_e4m3 or float8_e5m2 (or for float32 "
                      "float16 or bfloat16)");
   }

@@ -29,4 +29,11 @@ constexpr int64_t dtype_bytes(DType dtype) {
   }
 }
 
+// A KV cache holds the dtype of the rows written into it and read against it (`dtype`), 8-bit
+// floats (an fp8 KV cache), or for float32 rows 16-bit floats.
+constexpr bool cache_dtype_serves(DType cache_dtype, DType dtype) {
+  return cache_dtype == dtype || cache_dtype == DType::kFloat8E4M3 || cache_dtype == DType::kFloat8E5M2 ||
+         (dtype == DType::kFloat32 && (cache_dtype == DType::kBFloat16 || cache_dtype == DType::kFloat16));
+}
+
 }  // namespace kvserve
