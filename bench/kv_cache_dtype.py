@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""What a narrower KV cache (kv_cache_dtype "fp8", vLLM's; or "bfloat16" for a float32 model) does for
-offline throughput when the KV cache's memory is what limits the batch: `kvserve bench throughput` with a KV budget that holds about
---seqs sequences in the model's dtype, run three ways in turns: that budget in the model's dtype,
-the same budget in the narrower cache (fp8: 2x the tokens of a 16-bit cache, 4x of float32's),
-and the budget that holds its token count in the model's dtype (so that the difference between the
-last two is what reading and writing narrower keys and values costs or saves). Reported per setting: the KV cache's
-tokens, output and total tok/s (median of the rounds, and every round), preemptions and peak RSS.
+"""What a narrower KV cache (kv_cache_dtype "fp8", vLLM's; or "bfloat16" for a float32 model) does
+for offline throughput when the KV cache's memory is what limits the batch: `kvserve bench
+throughput` with a KV budget that holds about --seqs sequences in the model's dtype, run three ways
+in turns: that budget in the model's dtype, the same budget in the narrower cache (fp8: 2x the
+tokens of a 16-bit cache, 4x of float32's), and the budget that holds its token count in the
+model's dtype (so that the difference between the last two is what reading and writing narrower
+keys and values costs or saves). Reported per setting: the KV cache's tokens, output and total
+tok/s (median of the rounds, and every round), preemptions and peak RSS.
 
     python bench/kv_cache_dtype.py [--model small] [--dtype float32] [--num-prompts 32] [--input-len 256]
                                    [--output-len 256] [--seqs 8] [--kv-cache-dtype fp8] [--repeat 3]
