@@ -1,6 +1,7 @@
 """The CUDA paged-attention and reshape_and_cache kernels: the CPU tests' grids against the float64
 reference on the GPU, the tensor-core and portable kernels, split keys, CPU and CUDA agreeing on the
-same inputs, bad device metadata, and a CUDA graph replayed with new metadata."""
+same inputs, bad device metadata, a CUDA graph replayed with new metadata, and narrower caches
+(kv_cache_dtype fp8, bfloat16: CPU only) refused before anything is written."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from kvserve import ops
-from paged_cases import blocks_needed, random_caches, random_step
+from paged_cases import NARROWER_CACHES, blocks_needed, random_caches, random_step
 from reference_attention import reference_paged_attention, reference_reshape_and_cache
 from requires_cuda import requires_cuda
 from test_paged_attention import BATCHES, TOLERANCE, run_case
@@ -199,3 +200,21 @@ def test_reshape_and_cache_skips_a_slot_out_of_range():
     key = torch.randn(2, 1, 8, device="cuda")
     ops.reshape_and_cache(key, key, key_cache, value_cache, torch.tensor([3, 8], device="cuda"))
     assert torch.equal(key_cache[0, 3], key[0]) and torch.equal(key_cache[1], before[1])
+
+
+@pytest.mark.parametrize("dtype, cache_dtype", NARROWER_CACHES, ids=str)
+def test_narrower_caches_are_refused_before_anything_is_written(dtype, cache_dtype):
+    key_cache, value_cache = (c.cuda() for c in random_caches(2, 16, 2, 64, cache_dtype))
+    before = key_cache.clone()
+    key = torch.randn(3, 2, 64, device="cuda").to(dtype)
+    message = r"key_cache: a float.* cache under rows of another dtype runs on the CPU only"
+    with pytest.raises(ValueError, match=message):
+        ops.reshape_and_cache(key, key, key_cache, value_cache, torch.tensor([0, 1, 2], device="cuda"))
+    assert torch.equal(key_cache.view(torch.uint8), before.view(torch.uint8))
+    step = random_step([3], [3], 16, 2)
+    query = torch.randn(3, 4, 64, device="cuda").to(dtype)
+    out = torch.full_like(query, float("nan"))
+    with pytest.raises(ValueError, match=message):
+        ops.paged_attention(out, query, key_cache, value_cache, step.block_table.cuda(), step.seq_lens.cuda(),
+                            step.query_start_loc.cuda(), 0.125)
+    assert out.isnan().all()
