@@ -58,7 +58,7 @@ void check_dtype(const Array& array, const char* name, std::initializer_list<nb:
 
 void check_cache_dtype(const Array& cache, const char* name, const Array& rows, const char* rows_name) {
   const nb::dlpack::dtype dtype = cache.dtype();
-  for (const auto& known : {kFloat32, kFloat16, kBFloat16, kFloat8E4M3, kFloat8E5M2}) {
+  for (const auto& known : kCacheDtypes) {
     if (dtype == known && cache_dtype_serves(kernel_dtype(cache, name), kernel_dtype(rows, rows_name))) return;
   }
   throw nb::value_error((std::string(name) + ": expected the dtype of " + rows_name + " (" + dtype_name(rows.dtype()) +

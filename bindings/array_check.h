@@ -28,6 +28,9 @@ inline constexpr std::initializer_list<nb::dlpack::dtype> kFloatDtypes = {kFloat
 // torch.float8_e4m3fn and torch.float8_e5m2: the elements of an fp8 KV cache.
 inline constexpr nb::dlpack::dtype kFloat8E4M3{(uint8_t)nb::dlpack::dtype_code::Float8_E4M3FN, 8, 1};
 inline constexpr nb::dlpack::dtype kFloat8E5M2{(uint8_t)nb::dlpack::dtype_code::Float8_E5M2, 8, 1};
+// The dtypes a KV cache may hold (which rows each serves: check_cache_dtype).
+inline constexpr std::initializer_list<nb::dlpack::dtype> kCacheDtypes = {kFloat32, kFloat16, kBFloat16, kFloat8E4M3,
+                                                                          kFloat8E5M2};
 
 std::string dtype_name(nb::dlpack::dtype dtype);
 

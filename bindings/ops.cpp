@@ -28,7 +28,7 @@ namespace kvserve::bind {
 namespace {
 
 void copy_blocks(Array cache, Array block_pairs, uintptr_t stream) {
-  check_dtype(cache, "cache", {kFloat32, kFloat16, kBFloat16, kFloat8E4M3, kFloat8E5M2});
+  check_dtype(cache, "cache", kCacheDtypes);
   if (cache.ndim() < 1) throw nb::value_error("cache: expected [num_blocks, ...], got a scalar");
   check_contiguous(cache, "cache");
   check_dtype(block_pairs, "block_pairs", {kInt64});
