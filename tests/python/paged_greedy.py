@@ -42,7 +42,7 @@ def paged_greedy(model, prompts: list[list[int]], max_new_tokens: int, *, block_
     """Greedy ids [num_prompts][max_new_tokens] and, for each, the float32 logits [vocab] of every
     sampled step. `prefill_chunk` caps the prompt tokens a request computes per step. The model's
     parameters must be on `device`. `lora`: a LoRABatch every step runs with (its rows: all).
-    `cache_dtype`: of the KV cache (an fp8 dtype), None: the model's."""
+    `cache_dtype`: of the KV cache (a narrower one: fp8, or 16 bits under float32), None: the model's."""
     requests = [_Request(tokens=list(p), prompt_len=len(p)) for p in prompts]
     total_blocks = sum(math.ceil((len(p) + max_new_tokens) / block_size) for p in prompts)
     free_blocks = list(range(total_blocks))
