@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fp8_code.h"
+
 namespace kvserve::cpu {
 
 struct BFloat16 {
@@ -25,17 +27,8 @@ struct Float8E5M2 {
   uint8_t bits;
 };
 
-static inline uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-
-static inline float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+using fp8::bits_float;
+using fp8::float_bits;
 
 static inline float to_float(float x) { return x; }
 static inline float to_float(BFloat16 x) { return bits_float(static_cast<uint32_t>(x.bits) << 16); }
@@ -97,29 +90,8 @@ static inline void from_float(float x, Float16* out) {
   out->bits = static_cast<uint16_t>(sign | (rounded >> 13));
 }
 
-// The code of x on an 8-bit float format with kMantissa mantissa bits and exponent bias kBias:
-// rounded to nearest even, saturated to max_code, nan_code for a NaN.
-template <int kMantissa, int kBias>
-static inline uint8_t fp8_code(float x, uint8_t max_code, uint8_t nan_code) {
-  const uint32_t u = float_bits(x);
-  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
-  const uint32_t magnitude = u & 0x7fffffff;
-  if (magnitude > 0x7f800000) return static_cast<uint8_t>(sign | nan_code);
-  constexpr int kShift = 23 - kMantissa;
-  // Below the smallest normal, 2^(1 - bias), codes count multiples of 2^(1 - bias - mantissa): adding
-  // a power of two whose float spacing is that multiple makes the float adder round to the grid.
-  constexpr uint32_t kSmallestNormal = static_cast<uint32_t>(128 - kBias) << 23;
-  constexpr uint32_t kGridShift = static_cast<uint32_t>(127 + 24 - kMantissa - kBias) << 23;
-  if (magnitude < kSmallestNormal) {
-    const float shifted = bits_float(magnitude) + bits_float(kGridShift);
-    return static_cast<uint8_t>(sign | (float_bits(shifted) - kGridShift));
-  }
-  const uint32_t rounded = magnitude + (1u << (kShift - 1)) - 1 + ((magnitude >> kShift) & 1);
-  const uint32_t code = (rounded >> kShift) - (static_cast<uint32_t>(127 - kBias) << kMantissa);
-  return static_cast<uint8_t>(sign | (code > max_code ? max_code : code));
-}
-
-static inline void from_float(float x, Float8E4M3* out) { out->bits = fp8_code<3, 7>(x, 0x7e, 0x7f); }
-static inline void from_float(float x, Float8E5M2* out) { out->bits = fp8_code<2, 15>(x, 0x7b, 0x7f); }
+// fp8_code.h: the rounding the GPU kernels share.
+static inline void from_float(float x, Float8E4M3* out) { out->bits = fp8::e4m3_code(x); }
+static inline void from_float(float x, Float8E5M2* out) { out->bits = fp8::e5m2_code(x); }
 
 }  // namespace kvserve::cpu
