@@ -28,6 +28,14 @@
 // block's last act is to count itself in, and the tile's last block merges (attention_split.cuh).
 // A block plans its tile from the step's metadata and asks its first stage's K/V into L2 before it
 // waits for the kernel before (compat.cuh), which in a decode step writes this step's K/V and q.
+//
+// A narrower cache (fp8, cache_dtype) streams the same way, its 16-byte chunks (16 elements) into
+// raw buffers of their own, double-buffered as K and V are otherwise:
+//
+//   shared: Q [kRows][D + 8] | K [kKeys][D + 8] | V [kKeys][D + 8] | raw K [2][kKeys][D] | raw V [2][kKeys][D]
+//
+// and once a stage has landed the block widens it into K and V (one stage of them: the barrier that
+// ends a stage frees them) before the products, which are the same as over a 16-bit cache.
 #pragma once
 
 #include "attention_metadata.cuh"
@@ -38,9 +46,13 @@
 
 namespace kvserve::gpu {
 
-// The shared-memory side of a tile: kRows rows of Q, two stages of kKeys keys of K and V.
-template <class T, int kHeadDim, int kRowsArg>
+// The shared-memory side of a tile: kRows rows of Q, two stages of kKeys keys of K and V (of a cache
+// of element type C: T, or with kNarrow one stage of K and V widened from two stages of raw C).
+template <class T, int kHeadDim, int kRowsArg, class C = T>
 struct MmaTile {
+  using Cache = C;
+  static constexpr bool kNarrow = !std::is_same_v<C, T>;
+  static_assert(!kNarrow || sizeof(C) == 1, "a narrower cache of 8-bit floats");
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * kWarpSize;
   static constexpr int kDim = kHeadDim;
@@ -49,29 +61,35 @@ struct MmaTile {
   // 64 keys a stage (32 for a prefill tile of head_dim 256, whose 64 rows of output fill the registers).
   static constexpr int kKeys = kHeadDim <= 128 || kRows == 16 ? 64 : 32;
   static constexpr int kStride = kHeadDim + 8;
-  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks
-  static constexpr int kLoads = kKeys * kChunksPerRow / kThreads;  // chunks of K (and of V) per thread and stage
+  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks of a row of Q (or of widened K, V)
+  static constexpr int kChunkElements = 16 / sizeof(C);
+  static constexpr int kCacheChunksPerRow = kHeadDim / kChunkElements;  // 16-byte chunks of a key's cache row
+  static constexpr int kLoads = kKeys * kCacheChunksPerRow / kThreads;  // chunks of K (and of V) per thread and stage
   // Block-table reads in flight at once (fewer for head_dim 256, whose output fragments fill the registers).
   static constexpr int kGather = kLoads < 8 ? kLoads : (kHeadDim > 128 ? 4 : 8);
   static_assert(kLoads % kGather == 0, "whole gathers");
   static constexpr int kDimTiles = kHeadDim / 8;  // n8 tiles of O
-  static constexpr size_t kSharedBytes = static_cast<size_t>(kRows + 4 * kKeys) * kStride * sizeof(T);
+  static constexpr int kBuffers = kNarrow ? 1 : 2;  // stages of K and V (as T)
+  static constexpr size_t kRawBytes = kNarrow ? static_cast<size_t>(4 * kKeys) * kHeadDim * sizeof(C) : 0;
+  static constexpr size_t kSharedBytes =
+      static_cast<size_t>(kRows + 2 * kBuffers * kKeys) * kStride * sizeof(T) + kRawBytes;
   // Blocks per multiprocessor that the registers must allow: the three whose shared memory fits
   // (228 KB) for decode tiles of head_dim 128 (decode reads K/V at memory speed only with enough
   // blocks in flight); the compiler's own choice otherwise.
   static constexpr int kMinBlocks = kRows == 16 && kHeadDim == 128 ? 3 : 1;
-  // The merge of a split by keys reuses the K/V buffers: per warp, 16 rows of O (padded) and their {max, sum}.
+  // The merge of a split by keys reuses the memory after Q: per warp, 16 rows of O (padded) and their {max, sum}.
   static constexpr int kMergeStride = kHeadDim + 8;
   static constexpr bool kCanSplitKeys =
       kKeys % (16 * kWarps) == 0 &&
-      kWarps * 16 * (kMergeStride + 2) * sizeof(float) <= 4 * kKeys * kStride * sizeof(T);
+      kWarps * 16 * (kMergeStride + 2) * sizeof(float) <= kSharedBytes - kRows * kStride * sizeof(T);
 };
 
-template <class T, int kHeadDim>
-using PrefillTile = MmaTile<T, kHeadDim, 64>;
-template <class T, int kHeadDim>
-using DecodeTile = MmaTile<T, kHeadDim, 16>;
-static_assert(DecodeTile<BFloat16, 256>::kCanSplitKeys, "decode tiles split by keys at every head_dim");
+template <class T, int kHeadDim, class C = T>
+using PrefillTile = MmaTile<T, kHeadDim, 64, C>;
+template <class T, int kHeadDim, class C = T>
+using DecodeTile = MmaTile<T, kHeadDim, 16, C>;
+static_assert(DecodeTile<BFloat16, 256>::kCanSplitKeys && DecodeTile<BFloat16, 64, Float8E4M3>::kCanSplitKeys,
+              "decode tiles split by keys at every head_dim");
 
 // How a block's warps share a tile (see the top of this file): kKeyWarps = 1, by rows; = kWarps, by keys.
 template <class Tile, int kKeyWarpsArg>
@@ -184,19 +202,56 @@ __device__ inline TilePlan plan_tile(const PagedAttentionParams& p, const SplitP
 // The plan's first stage of keys and values (its kv head's part of each), asked into L2 before the
 // wait: a thread per key and cache, its block-table entry read through L2 (an id out of range: no
 // hint; attend_tile reports it).
-template <class T, class Tile>
+template <class Tile>
 __device__ inline void prefetch_first_stage(const PagedAttentionParams& p, const TilePlan& plan) {
-  constexpr int kLineElements = 128 / sizeof(T);
+  using C = typename Tile::Cache;
+  constexpr int kLineElements = 128 / sizeof(C);
   const auto block_size = static_cast<int32_t>(p.block_size);
   for (int i = threadIdx.x; i < 2 * Tile::kKeys; i += Tile::kThreads) {
     const int32_t key = plan.split_begin + i / 2;
     if (key >= plan.split_end) continue;
     const int32_t id = load_through_l2(p.block_table + plan.req * p.block_table_stride + key / block_size);
     if (id < 0 || id >= p.num_blocks) continue;
-    const T* cache = static_cast<const T*>(i % 2 == 0 ? p.key_cache : p.value_cache);
-    const T* part = cache + cache_offset(p, id, key, blockIdx.y);
+    const C* cache = static_cast<const C*>(i % 2 == 0 ? p.key_cache : p.value_cache);
+    const C* part = cache + cache_offset(p, id, key, blockIdx.y);
 #pragma unroll
     for (int e = 0; e < Tile::kDim; e += kLineElements) prefetch_l2(part + e);
+  }
+}
+
+// A landed stage of a narrower cache's keys and values (raw rows of kDim fp8 elements) widened to T
+// into the tile's K and V rows (of kStride), 16 elements a chunk: exact, each value of an 8-bit float
+// being one of both 16-bit types'. By way of float16 pairs (half_pair: one instruction for two on
+// sm_89+), then (bfloat16) two floats rounded as one pair.
+template <class T, class Tile>
+__device__ inline void widen_stage(T* s_k, T* s_v, const typename Tile::Cache* raw_k,
+                                   const typename Tile::Cache* raw_v) {
+  using C = typename Tile::Cache;
+  constexpr int kElements = Tile::kChunkElements, kChunks = Tile::kCacheChunksPerRow;
+  static_assert(kElements == 16, "16 one-byte elements a chunk");
+  auto widen = [](T* to, const C* from) {
+    const uint4 chunk = *reinterpret_cast<const uint4*>(from);
+    const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
+    uint32_t wide[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t halves = half_pair(C{}, words[i / 2], i % 2);
+      if constexpr (std::is_same_v<T, __half>) {
+        wide[i] = halves;
+      } else {
+        wide[i] = pack_pair<T>(__half2float(half_from_bits(static_cast<uint16_t>(halves))),
+                               __half2float(half_from_bits(static_cast<uint16_t>(halves >> 16))));
+      }
+    }
+    *reinterpret_cast<uint4*>(to) = uint4{wide[0], wide[1], wide[2], wide[3]};
+    *reinterpret_cast<uint4*>(to + 8) = uint4{wide[4], wide[5], wide[6], wide[7]};
+  };
+#pragma unroll
+  for (int i = 0; i < Tile::kLoads; ++i) {
+    const int c = static_cast<int>(threadIdx.x) + i * Tile::kThreads;
+    const int key = c / kChunks, column = (c % kChunks) * kElements;
+    widen(s_k + key * Tile::kStride + column, raw_k + key * Tile::kDim + column);
+    widen(s_v + key * Tile::kStride + column, raw_v + key * Tile::kDim + column);
   }
 }
 
@@ -205,11 +260,15 @@ template <class T, class Tile, class Split, bool kRawScores>
 __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPartials& partials, const TilePlan& plan,
                                    int& s_bad_block) {
   constexpr int kHeadDim = Tile::kDim, kRows = Tile::kRows, kKeys = Tile::kKeys, kStride = Tile::kStride;
-  constexpr int kChunks = Tile::kChunksPerRow, kWarpKeys = Split::kWarpKeys;
+  constexpr int kChunks = Tile::kChunksPerRow, kCacheChunks = Tile::kCacheChunksPerRow, kWarpKeys = Split::kWarpKeys;
   constexpr float kLog2e = 1.4426950408889634f;
+  using C = typename Tile::Cache;
   T* s_q = reinterpret_cast<T*>(dynamic_shared_memory());
   T* s_k = s_q + kRows * kStride;
-  T* s_v = s_k + 2 * kKeys * kStride;
+  T* s_v = s_k + Tile::kBuffers * kKeys * kStride;
+  // Tile::kNarrow: the stages as they land, before widening (see the top of this file).
+  C* s_raw_k = reinterpret_cast<C*>(s_v + Tile::kBuffers * kKeys * kStride);
+  C* s_raw_v = s_raw_k + 2 * kKeys * kHeadDim;
 
   const int tid = threadIdx.x, warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int row_warp = warp / Split::kKeyWarps, key_warp = warp % Split::kKeyWarps;
@@ -223,12 +282,13 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   const int64_t first_position = r.seq_len - r.num_queries;
   const int num_stages = split_begin < split_end ? static_cast<int>((split_end - split_begin + kKeys - 1) / kKeys) : 0;
 
-  const T* key_cache = static_cast<const T*>(p.key_cache);
-  const T* value_cache = static_cast<const T*>(p.value_cache);
+  const C* key_cache = static_cast<const C*>(p.key_cache);
+  const C* value_cache = static_cast<const C*>(p.value_cache);
   const int32_t* block_row = p.block_table + req * p.block_table_stride;
-  // Chunk c = tid + i * kThreads of a stage: key c / kChunks, 16 bytes at column (c % kChunks) * 8.
-  // A thread's chunks are kKeyStep keys apart; their places in the cache are stepped, not divided.
-  constexpr int kKeyStep = Tile::kThreads / kChunks;
+  // Chunk c = tid + i * kThreads of a stage: key c / kCacheChunks, 16 bytes at column
+  // (c % kCacheChunks) * kChunkElements. A thread's chunks are kKeyStep keys apart; their places in
+  // the cache are stepped, not divided.
+  constexpr int kKeyStep = Tile::kThreads / kCacheChunks;
   const auto block_size = static_cast<int32_t>(p.block_size);
   const KeyPlace step(kKeyStep, block_size);
   const int32_t last_entry = split_begin < split_end ? (split_end - 1) / block_size : 0;
@@ -236,16 +296,17 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
   // slot * slot_bytes + column_bytes, unsigned 32-bit factors (fits_tensor_cores checks that a
   // block's bytes fit) and one widening multiply-add. Block ids below num_blocks are valid (one
   // unsigned compare: negative ids wrap above it).
-  const auto block_bytes = static_cast<uint32_t>(p.cache_stride_block * sizeof(T));
-  const auto slot_bytes = static_cast<uint32_t>(p.num_kv_heads * kHeadDim * sizeof(T));
-  const auto column_bytes = static_cast<uint32_t>((kv_head * kHeadDim + (tid % kChunks) * 8) * sizeof(T));
+  const auto block_bytes = static_cast<uint32_t>(p.cache_stride_block * sizeof(C));
+  const auto slot_bytes = static_cast<uint32_t>(p.num_kv_heads * kHeadDim * sizeof(C));
+  const auto column_bytes =
+      static_cast<uint32_t>((kv_head * kHeadDim + (tid % kCacheChunks) * Tile::kChunkElements) * sizeof(C));
   const auto num_blocks = static_cast<uint32_t>(min_i64(p.num_blocks, INT32_MAX));
   const auto* key_bytes = reinterpret_cast<const char*>(key_cache);
   const auto* value_bytes = reinterpret_cast<const char*>(value_cache);
   // A block reads its keys and values once: they leave L2 first (see evict_first_policy).
   const uint64_t read_once = evict_first_policy();
   auto load_stage = [&](int buffer, int32_t first_key) {
-    const int32_t thread_key = first_key + tid / kChunks;
+    const int32_t thread_key = first_key + tid / kCacheChunks;
     KeyPlace place(thread_key, block_size);
 #pragma unroll
     for (int first = 0; first < Tile::kLoads; first += Tile::kGather) {
@@ -270,9 +331,15 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
         const uint64_t from = fill ? static_cast<uint64_t>(static_cast<uint32_t>(block[i])) * block_bytes +
                                          (static_cast<uint32_t>(place.offset) * slot_bytes + column_bytes)
                                    : 0;
-        const int to = (buffer * kKeys + (tid + (first + i) * Tile::kThreads) / kChunks) * kStride + (tid % kChunks) * 8;
-        copy_async_16(s_k + to, key_bytes + from, fill, read_once);
-        copy_async_16(s_v + to, value_bytes + from, fill, read_once);
+        const int key = buffer * kKeys + (tid + (first + i) * Tile::kThreads) / kCacheChunks;
+        const int column = (tid % kCacheChunks) * Tile::kChunkElements;
+        if constexpr (Tile::kNarrow) {
+          copy_async_16(s_raw_k + key * kHeadDim + column, key_bytes + from, fill, read_once);
+          copy_async_16(s_raw_v + key * kHeadDim + column, value_bytes + from, fill, read_once);
+        } else {
+          copy_async_16(s_k + key * kStride + column, key_bytes + from, fill, read_once);
+          copy_async_16(s_v + key * kStride + column, value_bytes + from, fill, read_once);
+        }
         place.advance(step, block_size);
       }
     }
@@ -330,10 +397,16 @@ __device__ inline void attend_tile(const PagedAttentionParams& p, const SplitPar
       copy_async_wait<0>();
     }
     __syncthreads();
+    if constexpr (Tile::kNarrow) {
+      const int raw = (stage & 1) * kKeys * kHeadDim;
+      widen_stage<T, Tile>(s_k, s_v, s_raw_k + raw, s_raw_v + raw);
+      __syncthreads();
+    }
     if (warp_active) {
       // This warp's keys of the stage: rows key_warp * kWarpKeys... of the K and V buffers.
-      const T* k_tile = s_k + ((stage & 1) * kKeys + key_warp * kWarpKeys) * kStride;
-      const T* v_tile = s_v + ((stage & 1) * kKeys + key_warp * kWarpKeys) * kStride;
+      const int buffer = Tile::kNarrow ? 0 : stage & 1;
+      const T* k_tile = s_k + (buffer * kKeys + key_warp * kWarpKeys) * kStride;
+      const T* v_tile = s_v + (buffer * kKeys + key_warp * kWarpKeys) * kStride;
       float s[Split::kKeyTiles][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -490,7 +563,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
   __shared__ int s_bad_block;
   // Before the wait for the kernel before (compat.cuh): the plan, and its first stage into L2.
   const TilePlan plan = plan_tile<Tile>(p, partials, p.num_heads / p.num_kv_heads);
-  if (plan.work) prefetch_first_stage<T, Tile>(p, plan);
+  if (plan.work) prefetch_first_stage<Tile>(p, plan);
   wait_for_prior_grid();
   if (!plan.work) return;
   // Each way of sharing the tile, with raw or transformed scores (see attend_tile).

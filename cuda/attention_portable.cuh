@@ -1,9 +1,11 @@
-// The portable paged-attention kernel: every dtype, any head_dim up to kPortableMaxHeadDim, CUDA and
-// HIP. It serves float32, the head_dims the tensor-core kernel has no instance for, and HIP.
+// The portable paged-attention kernel: every dtype and cache dtype, any head_dim up to
+// kPortableMaxHeadDim, CUDA and HIP. It serves float32, the head_dims the tensor-core kernel has no
+// instance for, and HIP.
 //
 // One thread block per (query token, query head). Its warps take the visible keys in turn (warp w
 // takes keys w, w + 4, ...), each keeping its own running max, sum and output (lane l holds dims
-// l, l + 32, ...); the four states are merged through shared memory at the end. float32 throughout.
+// l, l + 32, ...); the four states are merged through shared memory at the end. float32 throughout:
+// the rows are of T, the caches of C (T, or narrower: cache_dtype).
 #pragma once
 
 #include <cmath>
@@ -16,7 +18,7 @@ namespace kvserve::gpu {
 constexpr int kPortableThreads = 128;
 constexpr int kPortableMaxHeadDim = 512;
 
-template <class T>
+template <class T, class C>
 __global__ void __launch_bounds__(kPortableThreads) attention_portable_kernel(const PagedAttentionParams p) {
   wait_for_prior_grid();
   constexpr int kWarps = kPortableThreads / kWarpSize;
@@ -48,8 +50,8 @@ __global__ void __launch_bounds__(kPortableThreads) attention_portable_kernel(co
     q[j] = d < dim ? to_float(query[d]) : 0.f;
     acc[j] = 0.f;
   }
-  const T* key_cache = static_cast<const T*>(p.key_cache);
-  const T* value_cache = static_cast<const T*>(p.value_cache);
+  const C* key_cache = static_cast<const C*>(p.key_cache);
+  const C* value_cache = static_cast<const C*>(p.value_cache);
   const int32_t* block_row = p.block_table + req * p.block_table_stride;
   float running_max = -INFINITY, sum = 0.f;
   int bad_block = 0;

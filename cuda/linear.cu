@@ -18,7 +18,8 @@
 // linear_rotary_and_cache_cuda (a layer's qkv projection) pairs the same way rows d and
 // d + head_dim / 2 of a q or k head (8 pairs a block), rotates each pair as rotary_kernel does, and
 // writes it in place and (k) into its cache slot; v's blocks write their 16 features into the value
-// cache too: the bits of linear_cuda, then rotary_and_cache_cuda.
+// cache too (each rounded to the cache's element type C where the cache is narrower): the bits of
+// linear_cuda, then rotary_and_cache_cuda.
 //
 // A layer's weights pass through L2 once a step, far more of them than it holds: they are read with
 // an evict-first policy, so that they do not push out what the step's other kernels find there
@@ -101,7 +102,7 @@ __device__ inline BlockRows block_rows(const LinearParams& p, const RotaryEmbedd
   return {block * kFeatures + g, block * kFeatures + g + 8};
 }
 
-template <class T, Epilogue kEpilogue>
+template <class T, Epilogue kEpilogue, class C = T>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -199,9 +200,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
       x[d + half] = y2;
       const int64_t slot = is_key ? cache_slot(rc.cache, row) : -1;
       if (slot >= 0) {
-        T* cached = static_cast<T*>(rc.cache.key_cache) + slot + (head - r.num_heads) * r.head_dim;
-        cached[d] = y1;
-        cached[d + half] = y2;
+        C* cached = static_cast<C*>(rc.cache.key_cache) + slot + (head - r.num_heads) * r.head_dim;
+        cached[d] = cache_element<C>(y1);
+        cached[d + half] = cache_element<C>(y2);
       }
     }
     return;
@@ -215,11 +216,14 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   out[row * p.out_stride + feature] = value;
   if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {  // a v feature: into the value cache too
     const int64_t slot = cache_slot(rc.cache, row);
-    if (slot >= 0) static_cast<T*>(rc.cache.value_cache)[slot + feature - rotary_blocks(r) * kFeatures] = value;
+    if (slot >= 0) {
+      static_cast<C*>(rc.cache.value_cache)[slot + feature - rotary_blocks(r) * kFeatures] = cache_element<C>(value);
+    }
   }
 }
 
-// Launches linear_kernel<T, kEpilogue> over `blocks` blocks (T from p.dtype, 16-bit only).
+// Launches linear_kernel<T, kEpilogue, C> over `blocks` blocks (T from p.dtype, 16-bit only; C from
+// the cache's dtype with the cache write, else T).
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
@@ -232,8 +236,16 @@ Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int6
     if constexpr (std::is_same_v<T, float>) {
       return Status::kUnsupported;
     } else {
-      launch_kernel(linear_kernel<T, kEpilogue>, dim3(static_cast<unsigned>(blocks)), kThreads, 0, stream, p, rc);
-      return launch_status();
+      auto launch = [&](auto element) {
+        launch_kernel(linear_kernel<T, kEpilogue, decltype(element)>, dim3(static_cast<unsigned>(blocks)), kThreads, 0,
+                      stream, p, rc);
+        return launch_status();
+      };
+      if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
+        return with_cache_type<T>(rc.cache.cache_dtype.value_or(p.dtype), launch);
+      } else {
+        return launch(T{});
+      }
     }
   });
 }
@@ -253,10 +265,7 @@ Status linear_cuda(const LinearParams& p, void* stream) {
 Status linear_rotary_and_cache_cuda(const LinearParams& p, const RotaryAndCacheParams& rc, void* stream) {
   if (check_linear_rotary_and_cache(p, rc, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
-  const bool fp8_cache = rc.cache.cache_dtype.value_or(rc.cache.dtype) != rc.cache.dtype;  // CPU only
-  if (rc.rotary.head_dim % 16 != 0 || rc.query_norm_weight != nullptr || fp8_cache) {
-    return Status::kUnsupported;
-  }
+  if (rc.rotary.head_dim % 16 != 0 || rc.query_norm_weight != nullptr) return Status::kUnsupported;
   // out_features is a whole number of heads: of 16 rows each.
   const auto s = static_cast<kvGpuStream_t>(stream);
   return launch_linear<Epilogue::kRotaryAndCache>(p, rc, p.out_features / kFeatures, s);

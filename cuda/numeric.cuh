@@ -3,12 +3,15 @@
 //
 // bfloat16 is our own 16-bit struct on both platforms (HIP 5.2 has no usable bf16 intrinsics), with
 // the rounding torch uses (to nearest even; NaN stays a quiet NaN), so that a kernel that rounds once
-// where torch rounds once gives torch's bits. float16 is the platform's __half.
+// where torch rounds once gives torch's bits. float16 is the platform's __half. The 8-bit floats
+// (OCP FP8, dtype.h) are KV-cache elements only, rounded as the CPU kernels round them.
 #pragma once
 
 #include <initializer_list>
+#include <type_traits>
 
 #include "compat.cuh"
+#include "fp8_code.h"
 #include "kvserve/dtype.h"
 #include "kvserve/status.h"
 
@@ -17,10 +20,43 @@ namespace kvserve::gpu {
 struct BFloat16 {
   uint16_t bits;
 };
+struct Float8E4M3 {
+  uint8_t bits;
+};
+struct Float8E5M2 {
+  uint8_t bits;
+};
+
+__device__ inline __half half_from_bits(uint16_t bits) {
+#if defined(KVSERVE_GPU_EMULATOR)
+  return __half{bits};
+#else
+  return __ushort_as_half(bits);
+#endif
+}
+
+__device__ inline uint16_t half_bits(__half x) {
+#if defined(KVSERVE_GPU_EMULATOR)
+  return x.bits;
+#else
+  return __half_as_ushort(x);
+#endif
+}
 
 __device__ inline float to_float(float x) { return x; }
 __device__ inline float to_float(__half x) { return __half2float(x); }
 __device__ inline float to_float(BFloat16 x) { return __uint_as_float(static_cast<uint32_t>(x.bits) << 16); }
+// Both fp8 formats by way of float16, which holds each of their values exactly (its subnormals too):
+// e5m2 is a float16's upper byte; e4m3's bits below the sign, moved into a float16's exponent and
+// mantissa, are its value / 2^8 (S.1111.111 is e4m3's NaN).
+__device__ inline float to_float(Float8E5M2 x) {
+  return __half2float(half_from_bits(static_cast<uint16_t>(x.bits << 8)));
+}
+__device__ inline float to_float(Float8E4M3 x) {
+  const float magnitude = __half2float(half_from_bits(static_cast<uint16_t>((x.bits & 0x7f) << 7))) * 256.f;
+  if ((x.bits & 0x7f) == 0x7f) return NAN;
+  return x.bits & 0x80 ? -magnitude : magnitude;
+}
 
 template <class T>
 __device__ T from_float(float x);
@@ -51,6 +87,60 @@ __device__ inline BFloat16 from_float<BFloat16>(float x) {
 #endif
 }
 
+// Elements 2j and 2j + 1 of four fp8 codes in a 32-bit word (element i in byte i) as a float16 pair,
+// the lower element in the lower half, exactly. sm_89+ converts a pair in one instruction (as
+// cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2 does); elsewhere e5m2 codes are float16's upper bytes,
+// and e4m3 codes go one at a time.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
+#define KVSERVE_FP8_PAIRS 1
+#else
+#define KVSERVE_FP8_PAIRS 0
+#endif
+
+__device__ inline uint32_t half_pair(Float8E5M2, uint32_t word, int j) {
+#if KVSERVE_FP8_PAIRS
+  uint32_t pair;
+  asm("cvt.rn.f16x2.e5m2x2 %0, %1;\n" : "=r"(pair) : "h"(static_cast<uint16_t>(word >> (16 * j))));
+  return pair;
+#else
+  return j == 0 ? ((word & 0xffu) << 8) | ((word & 0xff00u) << 16) : ((word >> 8) & 0xff00u) | (word & 0xff000000u);
+#endif
+}
+
+__device__ inline uint32_t half_pair(Float8E4M3, uint32_t word, int j) {
+#if KVSERVE_FP8_PAIRS
+  uint32_t pair;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(pair) : "h"(static_cast<uint16_t>(word >> (16 * j))));
+  return pair;
+#else
+  auto half = [word](int i) {
+    const Float8E4M3 code{static_cast<uint8_t>(word >> (8 * i))};
+    return static_cast<uint32_t>(half_bits(from_float<__half>(to_float(code))));
+  };
+  return half(2 * j) | half(2 * j + 1) << 16;
+#endif
+}
+
+template <>
+__device__ inline Float8E4M3 from_float<Float8E4M3>(float x) {
+  return {fp8::e4m3_code(x)};
+}
+
+template <>
+__device__ inline Float8E5M2 from_float<Float8E5M2>(float x) {
+  return {fp8::e5m2_code(x)};
+}
+
+// A row's element as a cache of element type C holds it: itself, or rounded to the narrower C.
+template <class C, class T>
+__device__ inline C cache_element(T x) {
+  if constexpr (std::is_same_v<C, T>) {
+    return x;
+  } else {
+    return from_float<C>(to_float(x));
+  }
+}
+
 // a * b rounded to T and back to float: a product that the framework op being matched stores in T
 // before using it (never fused into a following add: __fmul_rn is not contracted).
 template <class T>
@@ -76,18 +166,61 @@ Status with_float_type(DType dtype, F&& f) {
   }
 }
 
-// Whether every pointer and every length (in elements of `elem_bytes`) is a whole number of 16 bytes:
-// then rows that start at those pointers and strides move in 16-byte packs (and suit cp.async and
-// ldmatrix). A null pointer counts as aligned.
-inline bool all_16_byte_aligned(std::initializer_list<const void*> pointers, std::initializer_list<int64_t> lengths,
-                                int64_t elem_bytes) {
+// A pack of row elements stored into a cache of element type C (aligned to N * sizeof(C)): as it is,
+// or each element rounded to the narrower C.
+template <class C, class T, int N>
+__device__ inline void store_cached(C* to, const Pack<T, N>& x) {
+  if constexpr (std::is_same_v<C, T>) {
+    *reinterpret_cast<Pack<T, N>*>(to) = x;
+  } else {
+    Pack<C, N> y;
+#pragma unroll
+    for (int k = 0; k < N; ++k) y.values[k] = cache_element<C>(x.values[k]);
+    *reinterpret_cast<Pack<C, N>*>(to) = y;
+  }
+}
+
+// Calls f(C{}) with C the storage type of a KV cache of `cache_dtype` under rows of storage type T:
+// T itself, an fp8 type, or (float rows) a 16-bit float (kvserve::cache_dtype_serves); kUnsupported
+// for any other pair.
+template <class T, class F>
+Status with_cache_type(DType cache_dtype, F&& f) {
+  constexpr bool kFloatRows = std::is_same_v<T, float>;
+  switch (cache_dtype) {
+    case DType::kFloat8E4M3: return f(Float8E4M3{});
+    case DType::kFloat8E5M2: return f(Float8E5M2{});
+    case DType::kFloat32:
+      if constexpr (kFloatRows) return f(float{});
+      break;
+    case DType::kFloat16:
+      if constexpr (kFloatRows || std::is_same_v<T, __half>) return f(__half{});
+      break;
+    case DType::kBFloat16:
+      if constexpr (kFloatRows || std::is_same_v<T, BFloat16>) return f(BFloat16{});
+      break;
+    default: break;
+  }
+  return Status::kUnsupported;
+}
+
+// Whether every pointer and every length (in elements of `elem_bytes`) is a whole number of
+// `alignment` bytes. A null pointer counts as aligned.
+inline bool all_aligned(int64_t alignment, std::initializer_list<const void*> pointers,
+                        std::initializer_list<int64_t> lengths, int64_t elem_bytes) {
   for (const void* pointer : pointers) {
-    if (reinterpret_cast<uintptr_t>(pointer) % 16 != 0) return false;
+    if (reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(alignment) != 0) return false;
   }
   for (int64_t length : lengths) {
-    if (length * elem_bytes % 16 != 0) return false;
+    if (length * elem_bytes % alignment != 0) return false;
   }
   return true;
+}
+
+// 16 bytes: then rows that start at those pointers and strides move in 16-byte packs (and suit
+// cp.async and ldmatrix).
+inline bool all_16_byte_aligned(std::initializer_list<const void*> pointers, std::initializer_list<int64_t> lengths,
+                                int64_t elem_bytes) {
+  return all_aligned(16, pointers, lengths, elem_bytes);
 }
 
 // kOk, or kDeviceError when the launch just made (or an earlier asynchronous call) failed.

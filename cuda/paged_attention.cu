@@ -17,25 +17,26 @@ namespace {
 
 using namespace gpu;
 
-template <class T>
+template <class T, class C>
 Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
   if (p.head_dim > kPortableMaxHeadDim) return Status::kUnsupported;
   const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(p.num_heads));
-  launch_kernel(attention_portable_kernel<T>, grid, kPortableThreads, 0, stream, p);
+  launch_kernel(attention_portable_kernel<T, C>, grid, kPortableThreads, 0, stream, p);
   return launch_status();
 }
 
 #if KVSERVE_GPU_MMA
 
-// 16-byte rows for cp.async and ldmatrix (16-bit dtypes): aligned pointers, strides in whole 8-element chunks;
-// a cache block's bytes counted in 32 bits (the kernel's address arithmetic).
+// 16-byte rows for cp.async and ldmatrix (16-bit dtypes): aligned pointers, strides in whole 16-byte
+// chunks (of the rows' elements or the cache's); a cache block's bytes counted in 32 bits (the
+// kernel's address arithmetic).
 bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) {
+  const int64_t cache_bytes = dtype_bytes(p.cache_dtype.value_or(p.dtype));
   return device.compute_capability >= 80 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) &&
          p.cache_stride_block <= UINT32_MAX / 2 &&
-         all_16_byte_aligned({p.query, p.out, p.key_cache, p.value_cache},
-                             {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head,
-                              p.cache_stride_block},
-                             2);
+         all_16_byte_aligned({p.query, p.out},
+                             {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head}, 2) &&
+         all_16_byte_aligned({p.key_cache, p.value_cache}, {p.cache_stride_block}, cache_bytes);
 }
 
 // Splits of each tile's keys the launch allows (a tile uses at most one per stage of its keys, so
@@ -99,13 +100,13 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
 // 16-row decode tiles (less shared memory: more blocks per SM); longer queries take 64-row prefill
 // tiles, which load each key once for four times the rows (their blocks that hold a decode token
 // still split its keys across the warps, attention_mma.cuh).
-template <class T, int kHeadDim>
+template <class T, class C, int kHeadDim>
 Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
   const int64_t group = p.num_heads / p.num_kv_heads;
-  if (p.num_tokens * group <= DecodeTile<T, kHeadDim>::kRows * p.num_reqs) {
-    return launch_tile<T, DecodeTile<T, kHeadDim>>(p, device, stream);
+  if (p.num_tokens * group <= DecodeTile<T, kHeadDim, C>::kRows * p.num_reqs) {
+    return launch_tile<T, DecodeTile<T, kHeadDim, C>>(p, device, stream);
   }
-  return launch_tile<T, PrefillTile<T, kHeadDim>>(p, device, stream);
+  return launch_tile<T, PrefillTile<T, kHeadDim, C>>(p, device, stream);
 }
 
 #endif  // KVSERVE_GPU_MMA
@@ -114,7 +115,6 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
 
 Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
   if (check_paged_attention_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
-  if (p.cache_dtype.value_or(p.dtype) != p.dtype) return Status::kUnsupported;  // fp8 KV caches: CPU only
   if (p.num_tokens == 0) return Status::kOk;
   // Grid limits (x: tokens or tiles, y: heads) and 32-bit key and row arithmetic in the kernels.
   if (p.num_tokens > INT_MAX || p.num_heads > 65535 || p.block_size > INT_MAX ||
@@ -122,21 +122,24 @@ Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
     return Status::kUnsupported;
   }
   const auto s = static_cast<kvGpuStream_t>(stream);
-  return with_float_type(p.dtype, [&](auto tag) -> Status {
-    using T = decltype(tag);
+  return with_float_type(p.dtype, [&](auto rows) -> Status {
+    using T = decltype(rows);
+    return with_cache_type<T>(p.cache_dtype.value_or(p.dtype), [&](auto element) -> Status {
+      using C = decltype(element);
 #if KVSERVE_GPU_MMA
-    if constexpr (!std::is_same_v<T, float>) {
-      DeviceInfo device;
-      if (current_device_info(&device) && fits_tensor_cores(p, device)) {
-        switch (p.head_dim) {
-          case 64: return launch_tensor_cores<T, 64>(p, device, s);
-          case 128: return launch_tensor_cores<T, 128>(p, device, s);
-          default: return launch_tensor_cores<T, 256>(p, device, s);
+      if constexpr (!std::is_same_v<T, float>) {  // C: T or an 8-bit float
+        DeviceInfo device;
+        if (current_device_info(&device) && fits_tensor_cores(p, device)) {
+          switch (p.head_dim) {
+            case 64: return launch_tensor_cores<T, C, 64>(p, device, s);
+            case 128: return launch_tensor_cores<T, C, 128>(p, device, s);
+            default: return launch_tensor_cores<T, C, 256>(p, device, s);
+          }
         }
       }
-    }
 #endif
-    return launch_portable<T>(p, s);
+      return launch_portable<T, C>(p, s);
+    });
   });
 }
 

@@ -1,6 +1,7 @@
 // reshape_and_cache_cuda: one thread block per token; each thread copies units of up to 16 bytes of
 // the token's K and V heads into its slot. The unit is the widest that every row, head and block
-// start is aligned to, so the copy is dtype-agnostic and vectorized where the layout allows.
+// start is aligned to, so the copy is dtype-agnostic and vectorized where the layout allows. Into a
+// narrower cache (cache_dtype) each thread rounds elements one at a time instead.
 #include <climits>
 
 #include "numeric.cuh"
@@ -38,6 +39,27 @@ __global__ void __launch_bounds__(kThreads) reshape_and_cache_kernel(const Resha
   }
 }
 
+// Into a cache of the narrower element type C: the same slots, element by element.
+template <class T, class C>
+__global__ void __launch_bounds__(kThreads) reshape_and_round_kernel(const ReshapeAndCacheParams p) {
+  wait_for_prior_grid();
+  const int64_t token = blockIdx.x;
+  const int64_t slot = p.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(p.slot_mapping)[token]
+                                                             : static_cast<const int32_t*>(p.slot_mapping)[token];
+  if (slot < 0 || slot >= p.num_blocks * p.block_size) return;  // -1: padding; others: out of range
+  const int64_t slot_at =
+      (slot / p.block_size) * p.cache_stride_block + (slot % p.block_size) * p.num_kv_heads * p.head_dim;
+  const T* key = static_cast<const T*>(p.key) + token * p.key_stride_token;
+  const T* value = static_cast<const T*>(p.value) + token * p.value_stride_token;
+  C* key_cache = static_cast<C*>(p.key_cache) + slot_at;
+  C* value_cache = static_cast<C*>(p.value_cache) + slot_at;
+  for (int64_t i = threadIdx.x; i < p.num_kv_heads * p.head_dim; i += kThreads) {
+    const int64_t head = i / p.head_dim, d = i % p.head_dim;
+    key_cache[i] = cache_element<C>(key[head * p.key_stride_head + d]);
+    value_cache[i] = cache_element<C>(value[head * p.value_stride_head + d]);
+  }
+}
+
 // The largest of 16, 8, 4 and 2 bytes that divides every address and stride the copy starts from.
 int64_t unit_bytes(const ReshapeAndCacheParams& p) {
   const int64_t elem = dtype_bytes(p.dtype);
@@ -64,10 +86,19 @@ Status launch(const ReshapeAndCacheParams& p, kvGpuStream_t stream) {
 
 Status reshape_and_cache_cuda(const ReshapeAndCacheParams& p, void* stream) {
   if (check_reshape_and_cache_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
-  if (p.cache_dtype.value_or(p.dtype) != p.dtype) return Status::kUnsupported;  // fp8 KV caches: CPU only
   if (p.num_tokens == 0) return Status::kOk;
   if (p.num_tokens > INT_MAX) return Status::kUnsupported;
   const auto s = static_cast<kvGpuStream_t>(stream);
+  if (p.cache_dtype.value_or(p.dtype) != p.dtype) {
+    return with_float_type(p.dtype, [&](auto rows) {
+      using T = decltype(rows);
+      return with_cache_type<T>(*p.cache_dtype, [&](auto element) {
+        launch_kernel(reshape_and_round_kernel<T, decltype(element)>, static_cast<unsigned>(p.num_tokens), kThreads, 0,
+                      s, p);
+        return launch_status();
+      });
+    });
+  }
   switch (unit_bytes(p)) {
     case 16: return launch<uint4>(p, s);
     case 8: return launch<uint2>(p, s);

@@ -7,7 +7,7 @@
 // consecutive pairs (d, d + half) of one query or key head, with 16-byte loads of both halves, cos
 // and sin where every row and head starts on 16 bytes (one element otherwise); with the cache write,
 // a key head's rotated pairs also go to the slot, and the items after the pairs copy the value
-// heads' packs into it.
+// heads' packs into it (rounded to the cache's element type C where it is narrower).
 //
 // With the heads' norms (kNorm: rotary_and_cache's query_norm_weight and key_norm_weight), a head's
 // items sit in consecutive lanes of one warp: item j holds the head's packs j and j + P / 2 (P packs
@@ -52,9 +52,9 @@ __device__ inline int64_t cache_slot(const ReshapeAndCacheParams& c, int64_t tok
   return (slot / c.block_size) * c.cache_stride_block + (slot % c.block_size) * c.num_kv_heads * c.head_dim;
 }
 
-// p.cache: read only with kCache; the norm weights only with kNorm. A slot of -1 (a padding row) or
-// out of range is not written.
-template <class T, int kPack, bool kCache, bool kNorm>
+// p.cache: read only with kCache (C: its element type); the norm weights only with kNorm. A slot of
+// -1 (a padding row) or out of range is not written.
+template <class T, int kPack, bool kCache, bool kNorm, class C = T>
 __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryAndCacheParams p) {
   wait_for_prior_grid();
   using Packed = Pack<T, kPack>;
@@ -65,13 +65,13 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryAndC
   const int32_t pairs_per_head = half / kPack;
   const T* cos = static_cast<const T*>(r.cos) + token * r.cos_sin_stride_token;
   const T* sin = static_cast<const T*>(r.sin) + token * r.cos_sin_stride_token;
-  T* key_slot = nullptr;
-  T* value_slot = nullptr;
+  C* key_slot = nullptr;
+  C* value_slot = nullptr;
   if constexpr (kCache) {
     const int64_t at = cache_slot(c, token);
     if (at >= 0) {
-      key_slot = static_cast<T*>(c.key_cache) + at;
-      value_slot = static_cast<T*>(c.value_cache) + at;
+      key_slot = static_cast<C*>(c.key_cache) + at;
+      value_slot = static_cast<C*>(c.value_cache) + at;
     }
   }
   const auto rotated = static_cast<int32_t>((r.num_heads + r.num_kv_heads) * pairs_per_head);
@@ -108,14 +108,14 @@ __global__ void __launch_bounds__(kRotaryThreads) rotary_kernel(const RotaryAndC
       *reinterpret_cast<Packed*>(x + d) = y1;
       *reinterpret_cast<Packed*>(x + d + half) = y2;
       if (is_key && key_slot != nullptr) {
-        T* cached = key_slot + (head - r.num_heads) * head_dim;
-        *reinterpret_cast<Packed*>(cached + d) = y1;
-        *reinterpret_cast<Packed*>(cached + d + half) = y2;
+        C* cached = key_slot + (head - r.num_heads) * head_dim;
+        store_cached(cached + d, y1);
+        store_cached(cached + d + half, y2);
       }
     } else if (i < items && value_slot != nullptr) {
       const int32_t j = i - rotated, v_head = j / (head_dim / kPack), v_d = (j % (head_dim / kPack)) * kPack;
       const T* value = static_cast<const T*>(c.value) + token * c.value_stride_token + v_head * c.value_stride_head;
-      *reinterpret_cast<Packed*>(value_slot + v_head * head_dim + v_d) = *reinterpret_cast<const Packed*>(value + v_d);
+      store_cached(value_slot + v_head * head_dim + v_d, *reinterpret_cast<const Packed*>(value + v_d));
     }
   }
 }
@@ -137,28 +137,37 @@ inline bool head_norms_fused(const RotaryAndCacheParams& p, bool packed) {
          packs <= kWarpSize && (packs & (packs - 1)) == 0;
 }
 
-// Launches rotary_kernel for p.rotary's dtype, in 16-byte packs when `packed`, with the heads' norms
-// when p has them (then head_norms_fused must hold); r.num_tokens > 0.
+// Launches rotary_kernel for p.rotary's dtype (and with kCache, p.cache's), in 16-byte packs of rows
+// when `packed`, with the heads' norms when p has them (then head_norms_fused must hold);
+// r.num_tokens > 0.
 template <bool kCache>
 Status launch_rotary(const RotaryAndCacheParams& p, bool packed, kvGpuStream_t stream) {
   const RotaryEmbeddingParams& r = p.rotary;
   const bool norm = p.query_norm_weight != nullptr;
   return with_float_type(r.dtype, [&](auto tag) {
     using T = decltype(tag);
-    auto launch = [&](auto kernel, int64_t pack) {
-      const int64_t items = (r.num_heads + (kCache ? 2 : 1) * r.num_kv_heads) * (r.head_dim / 2 / pack);
-      constexpr int64_t kMaxChunks = 65535;  // gridDim.y
-      const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
-      const dim3 grid(static_cast<unsigned>(r.num_tokens), static_cast<unsigned>(chunks));
-      launch_kernel(kernel, grid, kRotaryThreads, 0, stream, p);
-      return launch_status();
+    auto launch_kernels = [&](auto element) {
+      using C = decltype(element);
+      auto launch = [&](auto kernel, int64_t pack) {
+        const int64_t items = (r.num_heads + (kCache ? 2 : 1) * r.num_kv_heads) * (r.head_dim / 2 / pack);
+        constexpr int64_t kMaxChunks = 65535;  // gridDim.y
+        const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
+        const dim3 grid(static_cast<unsigned>(r.num_tokens), static_cast<unsigned>(chunks));
+        launch_kernel(kernel, grid, kRotaryThreads, 0, stream, p);
+        return launch_status();
+      };
+      constexpr int kPack = 16 / sizeof(T);
+      if constexpr (kCache) {  // (rotary_embedding takes no norms)
+        if (norm) return launch(rotary_kernel<T, kPack, kCache, true, C>, kPack);
+      }
+      return packed ? launch(rotary_kernel<T, kPack, kCache, false, C>, kPack)
+                    : launch(rotary_kernel<T, 1, kCache, false, C>, 1);
     };
-    constexpr int kPack = 16 / sizeof(T);
-    if constexpr (kCache) {  // (rotary_embedding takes no norms)
-      if (norm) return launch(rotary_kernel<T, kPack, kCache, true>, kPack);
+    if constexpr (kCache) {
+      return with_cache_type<T>(p.cache.cache_dtype.value_or(r.dtype), launch_kernels);
+    } else {
+      return launch_kernels(T{});
     }
-    return packed ? launch(rotary_kernel<T, kPack, kCache, false>, kPack)
-                  : launch(rotary_kernel<T, 1, kCache, false>, 1);
   });
 }
 

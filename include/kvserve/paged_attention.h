@@ -13,7 +13,7 @@
 // Head h reads kv head h / (num_heads / num_kv_heads) (GQA). Scores and sums are float32 whatever the
 // storage dtype. Caches of a narrower float than the rows (an fp8 KV cache, or a 16-bit one for a
 // float32 model; written by reshape_and_cache) are read as the values their elements stand for (no
-// scale); the CUDA kernels refuse them (kUnsupported).
+// scale).
 //
 // Strides are in elements. The last dimension of every array is contiguous; query/out rows and heads
 // may be strided (a view into a fused qkv projection); a cache block is contiguous, blocks may be
@@ -85,10 +85,11 @@ KVSERVE_EXPORT Status paged_attention_cpu(const PagedAttentionParams& params);
 // decreasing is skipped (its rows are left as they were).
 //
 // float16/bfloat16 with head_dim 64, 128 or 256 (16-byte aligned rows) run on tensor cores (sm_80+),
-// with the keys of short batches split across thread blocks and merged (flash-decoding); the split
-// partials live in one workspace per device, allocated on the first call that splits (16 MiB), so
-// calls on two streams of one device must not overlap. Other dtypes and head_dims up to 512 take a
-// portable kernel (the only one under HIP); larger head_dims return kUnsupported.
+// over caches of their own dtype or fp8 (widened in shared memory), with the keys of short batches
+// split across thread blocks and merged (flash-decoding); the split partials live in one workspace
+// per device, allocated on the first call that splits (16 MiB), so calls on two streams of one
+// device must not overlap. Other dtypes and head_dims up to 512 take a portable kernel (the only one
+// under HIP); larger head_dims return kUnsupported.
 KVSERVE_EXPORT Status paged_attention_cuda(const PagedAttentionParams& params, void* stream);
 #endif
 

@@ -7,8 +7,8 @@
 //
 // Strides are in elements, as in paged_attention.h. Either every slot is valid and every row is
 // written, or nothing is written. Into a cache of a narrower float (cache_dtype) each element is
-// written rounded to nearest even (cpu/half.h), into 8-bit floats saturated to their largest
-// magnitude: an fp8 KV cache, kv_cache_dtype "fp8" (CPU only: the CUDA kernel returns kUnsupported).
+// written rounded to nearest even (cpu/half.h, cpp/fp8_code.h: the same bits on the CPU and CUDA),
+// into 8-bit floats saturated to their largest magnitude: an fp8 KV cache, kv_cache_dtype "fp8".
 #pragma once
 
 #include <cstdint>

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <tuple>
@@ -74,8 +75,9 @@ inline std::pair<Buffer, Buffer> cos_sin_table(DType dtype, int64_t tokens, int6
 }
 
 // A step of three tokens as a layer has it before attention: random q | k | v rows of one fused
-// projection, cos/sin, caches poisoned with NaN, and the params of rotary_embedding (params.rotary),
-// reshape_and_cache (params.cache) and their fusion (params) over them.
+// projection, cos/sin, caches poisoned with NaN (of cache_dtype when given: narrower), and the params
+// of rotary_embedding (params.rotary), reshape_and_cache (params.cache) and their fusion (params)
+// over them.
 struct FusedQkvStep {
   static constexpr int64_t kTokens = 3, kBlocks = 3, kBlockSize = 4;
   int64_t row;
@@ -83,7 +85,8 @@ struct FusedQkvStep {
   std::vector<int64_t> slots;
   kvserve::RotaryAndCacheParams params;
 
-  FusedQkvStep(DType dtype, const RotaryShape& shape, std::vector<int64_t> slot_mapping)
+  FusedQkvStep(DType dtype, const RotaryShape& shape, std::vector<int64_t> slot_mapping,
+               std::optional<DType> cache_dtype = std::nullopt)
       : row((shape.heads + 2 * shape.kv_heads) * shape.head_dim), qkv(dtype, 0), cos(dtype, 0), sin(dtype, 0),
         key_cache(dtype, 0), value_cache(dtype, 0), slots(std::move(slot_mapping)) {
     std::mt19937 rng(7);
@@ -91,9 +94,9 @@ struct FusedQkvStep {
     const int64_t cache_size = kBlocks * kBlockSize * kv_heads * head_dim;
     qkv = random_buffer(dtype, static_cast<size_t>(kTokens * row), rng);
     std::tie(cos, sin) = cos_sin_table(dtype, kTokens, head_dim / 2);
-    key_cache = nan_buffer(dtype, static_cast<size_t>(cache_size));
-    value_cache = nan_buffer(dtype, static_cast<size_t>(cache_size));
-    const int64_t element = dtype == DType::kFloat32 ? 4 : 2;
+    key_cache = nan_buffer(cache_dtype.value_or(dtype), static_cast<size_t>(cache_size));
+    value_cache = nan_buffer(cache_dtype.value_or(dtype), static_cast<size_t>(cache_size));
+    const int64_t element = kvserve::dtype_bytes(dtype);
     kvserve::RotaryEmbeddingParams& r = params.rotary;
     r.query = qkv.data();
     r.key = static_cast<char*>(qkv.data()) + heads * head_dim * element;
@@ -120,6 +123,7 @@ struct FusedQkvStep {
     c.slot_mapping = slots.data();
     c.slot_mapping_dtype = DType::kInt64;
     c.dtype = dtype;
+    c.cache_dtype = cache_dtype;
     c.num_tokens = kTokens;
     c.num_kv_heads = kv_heads;
     c.head_dim = head_dim;

@@ -1,13 +1,14 @@
 // The CUDA paged-attention and reshape_and_cache kernels, run by the GPU emulator (gpu_emulator/),
 // against the CPU kernels on the same random data: both attention kernels (tensor cores for
 // float16/bfloat16 with head_dim 64/128/256, the portable one otherwise), with and without split
-// keys, and bad metadata.
+// keys, over caches of the rows' dtype and narrower ones, and bad metadata.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -32,12 +33,14 @@ struct AttentionCase {
   bool causal = true;
   bool strided = false;  // query/out as views of wider rows, K and V as views of one tensor
   int64_t num_splits = 0;  // 0: chosen by the launch
+  std::optional<DType> cache_dtype;  // narrower than dtype, or the same (unset)
 };
 
 std::string describe(const AttentionCase& c) {
   std::string s = std::string(name(c.dtype)) + " D" + std::to_string(c.head_dim) + " H" + std::to_string(c.num_heads) +
                   "/" + std::to_string(c.num_kv_heads) + " bs" + std::to_string(c.block_size) + " q,ctx:";
   for (size_t i = 0; i < c.new_tokens.size(); ++i) s += " " + std::to_string(c.new_tokens[i]) + "," + std::to_string(c.seq_lens[i]);
+  if (c.cache_dtype) s += std::string(" cache ") + name(*c.cache_dtype);
   return s;
 }
 
@@ -50,7 +53,7 @@ struct AttentionRun {
   EarlyLoads early_loads;  // of the last run_gpu()
 
   explicit AttentionRun(const AttentionCase& c, uint32_t seed = 0)
-      : query(c.dtype, 0), caches(c.dtype, 0), cpu_out(c.dtype, 0), gpu_out(c.dtype, 0) {
+      : query(c.dtype, 0), caches(c.cache_dtype.value_or(c.dtype), 0), cpu_out(c.dtype, 0), gpu_out(c.dtype, 0) {
     std::mt19937 rng(seed);
     const int64_t num_reqs = static_cast<int64_t>(c.seq_lens.size());
     query_start_loc.assign(1, 0);
@@ -75,7 +78,7 @@ struct AttentionRun {
     const int64_t block_elems = c.block_size * c.num_kv_heads * c.head_dim;
     block_stride = c.strided ? 2 * block_elems : block_elems;
     query = random_buffer(c.dtype, static_cast<size_t>(num_tokens * row_stride), rng);
-    caches = random_buffer(c.dtype, static_cast<size_t>(num_blocks * 2 * block_elems), rng);
+    caches = random_buffer(c.cache_dtype.value_or(c.dtype), static_cast<size_t>(num_blocks * 2 * block_elems), rng);
     cpu_out = nan_buffer(c.dtype, static_cast<size_t>(num_tokens * row_stride));
     gpu_out = nan_buffer(c.dtype, static_cast<size_t>(num_tokens * row_stride));
 
@@ -83,7 +86,7 @@ struct AttentionRun {
     p.query = query.data();
     p.query_stride_token = p.out_stride_token = row_stride;
     p.query_stride_head = p.out_stride_head = head_stride;
-    const int64_t element = c.dtype == DType::kFloat32 ? 4 : 2;
+    const int64_t element = kvserve::dtype_bytes(c.cache_dtype.value_or(c.dtype));
     p.key_cache = caches.data();
     p.value_cache = static_cast<char*>(caches.data()) + (c.strided ? block_elems : num_blocks * block_elems) * element;
     p.cache_stride_block = block_stride;
@@ -105,6 +108,7 @@ struct AttentionRun {
     p.sliding_window = c.sliding_window;
     p.softcap = c.softcap;
     p.num_splits = c.num_splits;
+    p.cache_dtype = c.cache_dtype;
   }
 
   Status run_cpu() {
@@ -204,6 +208,39 @@ TEST(EmulatedPagedAttention, TilesFindTheirRequestWhateverTheQueryLengths) {
       expect_attention_matches({DType::kBFloat16, 64, heads, kv_heads, 16, new_tokens, seq_lens});
     }
   }
+}
+
+// Over fp8 caches the tensor-core kernel widens each stage in shared memory (attention_mma.cuh);
+// the portable kernel reads any narrower cache (float32 rows: 16-bit caches too). Decode, prefill
+// and mixed steps, split keys, windows and softcaps, interleaved caches: the CPU kernel's outputs
+// over the same cache bits.
+TEST(EmulatedPagedAttention, NarrowerCachesMatchCpu) {
+  auto expect_over = [](DType cache, AttentionCase c) {
+    c.cache_dtype = cache;
+    expect_attention_matches(c);
+  };
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16, DType::kFloat32}) {
+    for (DType cache : narrower_caches(dtype)) {
+      // Tensor cores (16-bit rows): decode and prefill tiles at head_dim 128, every head_dim for one
+      // pair; the portable kernel (float32 rows) in the mixed step with the window below.
+      const bool every_head_dim = dtype == DType::kBFloat16 && cache == DType::kFloat8E4M3;
+      for (int64_t head_dim : {64, 128, 256}) {
+        if (dtype == DType::kFloat32 || (!every_head_dim && head_dim != 128)) continue;
+        for (const auto& [new_tokens, seq_lens] : kBatches) {
+          expect_over(cache, {dtype, head_dim, 8, 2, 16, new_tokens, seq_lens});
+        }
+      }
+      AttentionCase split{dtype, 64, 8, 1, 16, {1, 2}, {700, 300}};
+      split.num_splits = 3;
+      expect_over(cache, split);
+      AttentionCase windowed{dtype, 64, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}};
+      windowed.sliding_window = 7;
+      windowed.softcap = 2.f;
+      windowed.strided = true;
+      expect_over(cache, windowed);
+    }
+  }
+  expect_over(DType::kFloat8E5M2, {DType::kBFloat16, 80, 4, 4, 16, {1, 23, 1, 5}, {50, 23, 9, 37}});  // portable
 }
 
 TEST(EmulatedPagedAttention, PortableKernelMatchesCpu) {
@@ -431,46 +468,55 @@ TEST(EmulatedPagedAttention, RowsPastThirtyTwoBitsAreUnsupported) {
 
 // ---- reshape_and_cache --------------------------------------------------------------------------
 
+// The same bits as the CPU kernel, into caches of the rows' dtype and narrower ones (rounded alike:
+// cpp/fp8_code.h).
 TEST(EmulatedReshapeAndCache, MatchesCpuAndSkipsSlotsOutOfRange) {
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
-    for (int64_t head_dim : {64, 36, 3}) {
-      std::mt19937 rng(7);
-      const int64_t tokens = 5, kv_heads = 2, block_size = 4, num_blocks = 6, row = 3 * kv_heads * head_dim;
-      Buffer qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
-      const size_t cache_elems = static_cast<size_t>(num_blocks * block_size * kv_heads * head_dim);
-      Buffer cpu_cache = nan_buffer(dtype, 2 * cache_elems), gpu_cache = nan_buffer(dtype, 2 * cache_elems);
-      const int64_t element = dtype == DType::kFloat32 ? 4 : 2;
-      std::vector<int64_t> slots = {5, -1, 23, 0, 17};
-      kvserve::ReshapeAndCacheParams p;
-      p.key = qkv.data();
-      p.value = static_cast<char*>(qkv.data()) + kv_heads * head_dim * element;  // fused [k | v | ...] rows
-      p.key_stride_token = p.value_stride_token = row;
-      p.key_stride_head = p.value_stride_head = head_dim;
-      p.cache_stride_block = block_size * kv_heads * head_dim;
-      p.slot_mapping = slots.data();
-      p.dtype = dtype;
-      p.num_tokens = tokens;
-      p.num_kv_heads = kv_heads;
-      p.head_dim = head_dim;
-      p.num_blocks = num_blocks;
-      p.block_size = block_size;
-      kvserve::ReshapeAndCacheParams cpu = p, gpu = p;
-      cpu.key_cache = cpu_cache.data();
-      cpu.value_cache = static_cast<char*>(cpu_cache.data()) + cache_elems * element;
-      gpu.key_cache = gpu_cache.data();
-      gpu.value_cache = static_cast<char*>(gpu_cache.data()) + cache_elems * element;
-      ASSERT_EQ(kvserve::reshape_and_cache_cpu(cpu), Status::kOk);
-      slots.push_back(num_blocks * block_size);  // a sixth token, out of range: skipped on the GPU
-      gpu.slot_mapping = slots.data();
-      gpu.num_tokens = tokens + 1;
-      Buffer longer = random_buffer(dtype, static_cast<size_t>((tokens + 1) * row), rng);
-      for (size_t i = 0; i < static_cast<size_t>(tokens * row); ++i) longer.set(i, qkv.get(i));
-      gpu.key = longer.data();
-      gpu.value = static_cast<char*>(longer.data()) + kv_heads * head_dim * element;
-      ASSERT_EQ(kvserve::reshape_and_cache_cuda(gpu, nullptr), Status::kOk);
-      for (size_t i = 0; i < 2 * cache_elems; ++i) {
-        const float a = cpu_cache.get(i), b = gpu_cache.get(i);
-        ASSERT_TRUE((std::isnan(a) && std::isnan(b)) || a == b) << name(dtype) << " D" << head_dim << " element " << i;
+    for (std::optional<DType> cache : every_cache(dtype)) {
+      for (int64_t head_dim : {64, 36, 3}) {
+        std::mt19937 rng(7);
+        const int64_t tokens = 5, kv_heads = 2, block_size = 4, num_blocks = 6, row = 3 * kv_heads * head_dim;
+        Buffer qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
+        const size_t cache_elems = static_cast<size_t>(num_blocks * block_size * kv_heads * head_dim);
+        Buffer cpu_cache = nan_buffer(cache.value_or(dtype), 2 * cache_elems);
+        Buffer gpu_cache = nan_buffer(cache.value_or(dtype), 2 * cache_elems);
+        const int64_t element = kvserve::dtype_bytes(dtype);
+        const int64_t cache_element = kvserve::dtype_bytes(cache.value_or(dtype));
+        std::vector<int64_t> slots = {5, -1, 23, 0, 17};
+        kvserve::ReshapeAndCacheParams p;
+        p.key = qkv.data();
+        p.value = static_cast<char*>(qkv.data()) + kv_heads * head_dim * element;  // fused [k | v | ...] rows
+        p.key_stride_token = p.value_stride_token = row;
+        p.key_stride_head = p.value_stride_head = head_dim;
+        p.cache_stride_block = block_size * kv_heads * head_dim;
+        p.slot_mapping = slots.data();
+        p.dtype = dtype;
+        p.cache_dtype = cache;
+        p.num_tokens = tokens;
+        p.num_kv_heads = kv_heads;
+        p.head_dim = head_dim;
+        p.num_blocks = num_blocks;
+        p.block_size = block_size;
+        kvserve::ReshapeAndCacheParams cpu = p, gpu = p;
+        cpu.key_cache = cpu_cache.data();
+        cpu.value_cache = static_cast<char*>(cpu_cache.data()) + cache_elems * cache_element;
+        gpu.key_cache = gpu_cache.data();
+        gpu.value_cache = static_cast<char*>(gpu_cache.data()) + cache_elems * cache_element;
+        ASSERT_EQ(kvserve::reshape_and_cache_cpu(cpu), Status::kOk);
+        slots.push_back(num_blocks * block_size);  // a sixth token, out of range: skipped on the GPU
+        gpu.slot_mapping = slots.data();
+        gpu.num_tokens = tokens + 1;
+        Buffer longer = random_buffer(dtype, static_cast<size_t>((tokens + 1) * row), rng);
+        for (size_t i = 0; i < static_cast<size_t>(tokens * row); ++i) longer.set(i, qkv.get(i));
+        gpu.key = longer.data();
+        gpu.value = static_cast<char*>(longer.data()) + kv_heads * head_dim * element;
+        ASSERT_EQ(kvserve::reshape_and_cache_cuda(gpu, nullptr), Status::kOk);
+        for (size_t i = 0; i < 2 * cache_elems; ++i) {
+          const float a = cpu_cache.get(i), b = gpu_cache.get(i);
+          ASSERT_TRUE((std::isnan(a) && std::isnan(b)) || a == b)
+              << name(dtype) << cache_name(cache) << " D" << head_dim << " element " << i;
+        }
+        EXPECT_FALSE(std::isnan(gpu_cache.get(5 * kv_heads * head_dim))) << "slot 5 written";
       }
     }
   }

@@ -129,40 +129,44 @@ TEST(EmulatedLinear, WithSiluAndMulOutputEqualsTheTwoKernels) {
 class EmulatedLinearRotaryAndCache : public ::testing::TestWithParam<RotaryShape> {};
 
 // linear_rotary_and_cache against linear_cuda, then rotary_and_cache_cuda, on the same input, weight
-// and bias: the same bits in q, k, v and both caches (a padding slot, one out of range); refused
+// and bias: the same bits in q, k, v and both caches (of the rows' dtype or fp8; a padding slot, one
+// out of range); refused
 // where head_dim is not a multiple of 16, and where q, k, v are not the product's columns.
 TEST_P(EmulatedLinearRotaryAndCache, EqualsTheProjectionThenTheKernel) {
   const RotaryShape shape = GetParam();
   const int64_t hidden = 96, rows = FusedQkvStep::kTokens;
   for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
-    std::mt19937 rng(11);
-    FusedQkvStep apart(dtype, shape, {5, -1, 12 * 1000}), fused(dtype, shape, {5, -1, 12 * 1000});
-    Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
-    Buffer w = random_buffer(dtype, static_cast<size_t>(apart.row * hidden), rng);
-    Buffer b = random_buffer(dtype, static_cast<size_t>(apart.row), rng);
-    kvserve::LinearParams product = linear_params(apart.qkv, apart.row, x, hidden, w, b.data(), rows, hidden,
-                                                  apart.row, dtype);
-    ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk);
-    ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk);
-    product.out = fused.qkv.data();
-    if (shape.head_dim % 16 != 0) {
+    for (std::optional<DType> cache : every_cache(dtype)) {
+      std::mt19937 rng(11);
+      const std::string what = name(dtype) + cache_name(cache);
+      FusedQkvStep apart(dtype, shape, {5, -1, 12 * 1000}, cache), fused(dtype, shape, {5, -1, 12 * 1000}, cache);
+      Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
+      Buffer w = random_buffer(dtype, static_cast<size_t>(apart.row * hidden), rng);
+      Buffer b = random_buffer(dtype, static_cast<size_t>(apart.row), rng);
+      kvserve::LinearParams product = linear_params(apart.qkv, apart.row, x, hidden, w, b.data(), rows, hidden,
+                                                    apart.row, dtype);
+      ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk);
+      ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk);
+      product.out = fused.qkv.data();
+      if (shape.head_dim % 16 != 0) {
+        EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kUnsupported);
+        continue;
+      }
+      ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kOk);
+      EXPECT_EQ(fused.qkv.words, apart.qkv.words) << what;
+      EXPECT_EQ(fused.key_cache.words, apart.key_cache.words) << what;
+      EXPECT_EQ(fused.value_cache.words, apart.value_cache.words) << what;
+      EXPECT_FALSE(std::isnan(fused.value_cache.get(5 * shape.kv_heads * shape.head_dim))) << what;
+      // Qwen3's head norms: a block holds 16 of a head's dims, a norm needs them all.
+      fused.params.query_norm_weight = fused.params.key_norm_weight = w.data();
       EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kUnsupported);
-      continue;
+      fused.params.query_norm_weight = fused.params.key_norm_weight = nullptr;
+      fused.params.cache.value = fused.params.rotary.key;  // a value, but not the product's v columns
+      std::string why;
+      EXPECT_EQ(kvserve::check_linear_rotary_and_cache(product, fused.params, &why), Status::kInvalidArgument);
+      EXPECT_NE(why.find("the q, k and v columns of linear.out"), std::string::npos) << why;
+      EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kInvalidArgument);
     }
-    ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kOk);
-    EXPECT_EQ(fused.qkv.words, apart.qkv.words) << name(dtype);
-    EXPECT_EQ(fused.key_cache.words, apart.key_cache.words) << name(dtype);
-    EXPECT_EQ(fused.value_cache.words, apart.value_cache.words) << name(dtype);
-    EXPECT_FALSE(std::isnan(fused.value_cache.get(5 * shape.kv_heads * shape.head_dim))) << "slot 5 written";
-    // Qwen3's head norms: a block holds 16 of a head's dims, a norm needs them all.
-    fused.params.query_norm_weight = fused.params.key_norm_weight = w.data();
-    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kUnsupported);
-    fused.params.query_norm_weight = fused.params.key_norm_weight = nullptr;
-    fused.params.cache.value = fused.params.rotary.key;  // a value, but not the product's v columns
-    std::string why;
-    EXPECT_EQ(kvserve::check_linear_rotary_and_cache(product, fused.params, &why), Status::kInvalidArgument);
-    EXPECT_NE(why.find("the q, k and v columns of linear.out"), std::string::npos) << why;
-    EXPECT_EQ(kvserve::linear_rotary_and_cache_cuda(product, fused.params, nullptr), Status::kInvalidArgument);
   }
 }
 

@@ -1,12 +1,14 @@
-// Arrays of the kernels' storage dtypes for the emulated GPU kernel tests: float32, float16 or
-// bfloat16 elements, read and written as floats with the kernels' own conversions.
+// Arrays of the kernels' storage dtypes for the emulated GPU kernel tests: float32, float16,
+// bfloat16 or (KV caches) fp8 elements, read and written as floats with the kernels' own conversions.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kvserve/dtype.h"
@@ -16,6 +18,8 @@ namespace emulated_test {
 
 using kvserve::DType;
 using kvserve::gpu::BFloat16;
+using kvserve::gpu::Float8E4M3;
+using kvserve::gpu::Float8E5M2;
 using kvserve::gpu::from_float;
 using kvserve::gpu::to_float;
 
@@ -23,13 +27,15 @@ struct Buffer {
   DType dtype;
   std::vector<uint32_t> words;  // 4-byte words: room for float32, 16-byte aligned by the allocator
 
-  Buffer(DType d, size_t n) : dtype(d), words((n * (d == DType::kFloat32 ? 4 : 2) + 3) / 4 + 4) {}
+  Buffer(DType d, size_t n) : dtype(d), words((n * static_cast<size_t>(kvserve::dtype_bytes(d)) + 3) / 4 + 4) {}
   void* data() { return words.data(); }
   float get(size_t i) const {
     const void* p = words.data();
     switch (dtype) {
       case DType::kFloat32: return static_cast<const float*>(p)[i];
       case DType::kFloat16: return to_float(static_cast<const __half*>(p)[i]);
+      case DType::kFloat8E4M3: return to_float(static_cast<const Float8E4M3*>(p)[i]);
+      case DType::kFloat8E5M2: return to_float(static_cast<const Float8E5M2*>(p)[i]);
       default: return to_float(static_cast<const BFloat16*>(p)[i]);
     }
   }
@@ -38,6 +44,8 @@ struct Buffer {
     switch (dtype) {
       case DType::kFloat32: static_cast<float*>(p)[i] = x; break;
       case DType::kFloat16: static_cast<__half*>(p)[i] = from_float<__half>(x); break;
+      case DType::kFloat8E4M3: static_cast<Float8E4M3*>(p)[i] = from_float<Float8E4M3>(x); break;
+      case DType::kFloat8E5M2: static_cast<Float8E5M2*>(p)[i] = from_float<Float8E5M2>(x); break;
       default: static_cast<BFloat16*>(p)[i] = from_float<BFloat16>(x); break;
     }
   }
@@ -63,7 +71,33 @@ inline Buffer nan_buffer(DType dtype, size_t n) {
 
 inline double tolerance(DType dtype) { return dtype == DType::kFloat32 ? 2e-5 : dtype == DType::kFloat16 ? 6e-3 : 2.5e-2; }
 
-inline const char* name(DType dtype) { return dtype == DType::kFloat32 ? "float32" : dtype == DType::kFloat16 ? "float16" : "bfloat16"; }
+inline const char* name(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return "float32";
+    case DType::kFloat16: return "float16";
+    case DType::kFloat8E4M3: return "float8_e4m3";
+    case DType::kFloat8E5M2: return "float8_e5m2";
+    default: return "bfloat16";
+  }
+}
+
+// The caches narrower than rows of `dtype` (kvserve::cache_dtype_serves).
+inline std::vector<DType> narrower_caches(DType dtype) {
+  std::vector<DType> caches = {DType::kFloat8E4M3, DType::kFloat8E5M2};
+  if (dtype == DType::kFloat32) caches.insert(caches.end(), {DType::kBFloat16, DType::kFloat16});
+  return caches;
+}
+
+// A KV cache of the rows' own dtype (nullopt), then every narrower one (narrower_caches).
+inline std::vector<std::optional<DType>> every_cache(DType dtype) {
+  std::vector<std::optional<DType>> caches = {std::nullopt};
+  for (DType cache : narrower_caches(dtype)) caches.emplace_back(cache);
+  return caches;
+}
+
+inline std::string cache_name(std::optional<DType> cache_dtype) {
+  return cache_dtype ? std::string(" cache ") + name(*cache_dtype) : std::string();
+}
 
 struct Region {
   const void* data;
