@@ -147,7 +147,6 @@ void rotary_and_cache(Array query, Array key, Array value, Array cos, Array sin,
     p.key_norm_weight = key_norm_weight->data();
     p.norm_eps = static_cast<float>(norm_eps);
   }
-  check_cache_device(key_cache, p.cache.cache_dtype, p.cache.dtype, cuda);
   call_kernel(cuda, KVSERVE_KERNELS(rotary_and_cache), check_rotary_and_cache, check_rotary_and_cache_layout, p,
               query.device_id(), stream, "rotary_and_cache");
 }

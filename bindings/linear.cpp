@@ -106,7 +106,6 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
   if (!cuda) {
     throw nb::value_error("linear_rotary_and_cache runs on CUDA only (on the CPU: linear, then rotary_and_cache)");
   }
-  check_cache_device(key_cache, rc.cache.cache_dtype, rc.cache.dtype, cuda);
   if (rc.rotary.head_dim % 16 != 0) {
     throw nb::value_error(("linear_rotary_and_cache: head_dim must be a multiple of 16, got " +
                            std::to_string(rc.rotary.head_dim) + " (linear, then rotary_and_cache serve it)").c_str());

@@ -17,8 +17,4 @@ RotaryEmbeddingParams rotary_embedding_params(const Array& query, const Array& k
 ReshapeAndCacheParams reshape_and_cache_params(const Array& key, const Array& value, const Array& key_cache,
                                                const Array& value_cache, const Array& slot_mapping);
 
-// A cache narrower than its rows (kv_cache_dtype fp8, bfloat16) on a CUDA device: ValueError, for
-// the CUDA kernels read caches of the rows' dtype only.
-void check_cache_device(const Array& key_cache, std::optional<DType> cache_dtype, DType dtype, bool cuda);
-
 }  // namespace kvserve::bind

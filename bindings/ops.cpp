@@ -123,7 +123,6 @@ void reshape_and_cache(Array key, Array value, Array key_cache, Array value_cach
   const ReshapeAndCacheParams p = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
   const bool cuda = on_one_device({{key, "key"}, {value, "value"}, {key_cache, "key_cache"},
                                    {value_cache, "value_cache"}, {slot_mapping, "slot_mapping"}});
-  check_cache_device(key_cache, p.cache_dtype, p.dtype, cuda);
   call_kernel(cuda, KVSERVE_KERNELS(reshape_and_cache), check_reshape_and_cache, check_reshape_and_cache_layout, p,
               key.device_id(), stream, "reshape_and_cache");
 }
@@ -176,7 +175,6 @@ void paged_attention(Array out, Array query, Array key_cache, Array value_cache,
   p.sliding_window = sliding_window.value_or(0);
   p.softcap = static_cast<float>(softcap.value_or(0.0));
   p.num_splits = num_splits.value_or(0);
-  check_cache_device(key_cache, p.cache_dtype, p.dtype, cuda);
   call_kernel(cuda, KVSERVE_KERNELS(paged_attention), check_paged_attention, check_paged_attention_layout, p,
               query.device_id(), stream, "paged_attention");
 }
@@ -202,13 +200,6 @@ ReshapeAndCacheParams reshape_and_cache_params(const Array& key, const Array& va
   p.dtype = kernel_dtype(key, "key");
   p.num_tokens = static_cast<int64_t>(key.shape(0));
   return p;
-}
-
-void check_cache_device(const Array& key_cache, std::optional<DType> cache_dtype, DType dtype, bool cuda) {
-  if (cuda && cache_dtype.value_or(dtype) != dtype) {
-    throw nb::value_error(("key_cache: a " + dtype_name(key_cache.dtype()) + " cache under rows of another dtype "
-                           "runs on the CPU only (the CUDA kernels read caches of the rows' dtype)").c_str());
-  }
 }
 
 void bind_ops(nb::module_& m) {

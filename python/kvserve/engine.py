@@ -120,7 +120,7 @@ class Engine(OfflineAPI):
         beside it keep going (prompts over it take more steps to their first token). `tensor_parallel_size`
         (only 1) and `trust_remote_code` are accepted for vLLM's scripts: kvserve runs on one
         device, and its architectures are built in. `kv_cache_dtype` (vLLM's): "auto" (the model's
-        dtype), or on the CPU "fp8" (= "fp8_e4m3") or "fp8_e5m2": an 8-bit KV cache, twice the
+        dtype), or "fp8" (= "fp8_e4m3") or "fp8_e5m2": an 8-bit KV cache, twice the
         tokens of a 16-bit one in the same memory, each key and value rounded to 8 bits; or for a
         float32 model "bfloat16" (kvserve.kv_cache).
         `reasoning_parser` ("qwen3", "deepseek_r1"; vLLM's): the model thinks before it answers, and
@@ -208,7 +208,7 @@ class Engine(OfflineAPI):
             SamplingParams(**overrides)  # a ValueError for a bad value now, not in every request
             self.model_config = config = dataclasses.replace(config, default_sampling={**defaults, **overrides})
         self.dtype = loaded.dtype
-        self.cache_dtype = kv_cache_dtype_for(kv_cache_dtype, self.dtype, self.device)
+        self.cache_dtype = kv_cache_dtype_for(kv_cache_dtype, self.dtype)
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(loaded, tokenizer)
 
         if max_model_len is None:
@@ -225,7 +225,7 @@ class Engine(OfflineAPI):
         if self.device.type == "cuda" and kv_cache_memory_gb is None:
             from kvserve.gpu.memory import plan_kv_cache
 
-            num_blocks = plan_kv_cache(loaded.model, config, self.dtype, self.device, block_size=block_size,
+            num_blocks = plan_kv_cache(loaded.model, config, self.cache_dtype, self.device, block_size=block_size,
                                        max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
                                        max_model_len=max_model_len,
                                        gpu_memory_utilization=gpu_memory_utilization).num_blocks

@@ -135,7 +135,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        "earlier text and the model checks them in the same step (pays where the output repeats "
                        "its input)")
     group.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
-                       help="auto: the KV cache in the model's dtype; fp8 (= fp8_e4m3) or fp8_e5m2, on the CPU: "
+                       help="auto: the KV cache in the model's dtype; fp8 (= fp8_e4m3) or fp8_e5m2: "
                        "8-bit keys and values, twice the tokens of a 16-bit cache in the same memory (each rounded "
                        "to 8 bits); bfloat16: a float32 model's cache in 16 bits")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",

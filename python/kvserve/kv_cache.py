@@ -8,7 +8,7 @@ The cache dtype is the model's, or a narrower float (kv_cache_dtype, vLLM's name
 floats, twice the tokens of a 16-bit cache in the same memory and half the bytes for attention to
 read; "bfloat16" for a float32 model, half its bytes. Each element is stored rounded to the
 cache's format, unscaled (as vLLM does for a checkpoint without KV-cache scales); the kernels read
-the values the elements stand for (paged_attention.h). On the CPU only.
+the values the elements stand for (paged_attention.h), on the CPU and on CUDA GPUs alike.
 
 Block 0 is the scheduler's null block (never handed to a request), so a budget of N blocks holds
 N - 1 blocks of tokens.
@@ -34,15 +34,12 @@ def check_kv_cache_dtype(kv_cache_dtype: str) -> None:
         raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got {kv_cache_dtype!r}")
 
 
-def kv_cache_dtype_for(kv_cache_dtype: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+def kv_cache_dtype_for(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The torch dtype of the KV cache that `kv_cache_dtype` names, for a model of `model_dtype`."""
     check_kv_cache_dtype(kv_cache_dtype)
     cache_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or model_dtype
     if cache_dtype == model_dtype:
         return cache_dtype
-    if device.type != "cpu":
-        raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r}: a KV cache narrower than the model's dtype runs on the "
-                         f"CPU only (kvserve's CUDA kernels read the model's dtype); use 'auto' on {device}")
     if cache_dtype.itemsize == 2 and model_dtype != torch.float32:
         raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r}: a 16-bit cache narrows a float32 model's; this model "
                          f"runs in {str(model_dtype).removeprefix('torch.')} (use 'auto', or 'fp8')")

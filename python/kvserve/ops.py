@@ -51,7 +51,7 @@ def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping) -> None:
 
     key, value:             [num_tokens, num_kv_heads, head_dim]  (rows and heads may be strided)
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]  the dtype of key, or
-                            (CPU only) torch.float8_e4m3fn / torch.float8_e5m2, or for float32 keys
+                            torch.float8_e4m3fn / torch.float8_e5m2, or for float32 keys
                             bfloat16 / float16: each element rounded to nearest even, into fp8
                             saturated to the format's largest magnitude
     slot_mapping:           [num_tokens] int64 or int32; slot = block_id * block_size + offset;
@@ -70,8 +70,8 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
     query, out:             [num_tokens, num_heads, head_dim]  tokens of all requests, concatenated
                             (rows and heads may be strided, e.g. views of a fused qkv projection)
     key_cache, value_cache: [num_blocks, block_size, num_kv_heads, head_dim]  the dtype of query, or
-                            a narrower one as reshape_and_cache takes (CPU only; read as the
-                            values its elements stand for)
+                            a narrower one as reshape_and_cache takes (read as the values its
+                            elements stand for)
     block_table:            [num_reqs, max_blocks_per_req] int32
     seq_lens:               [num_reqs] int32, context length including this step's tokens
     query_start_loc:        [num_reqs + 1] int32, request i owns query rows [qsl[i], qsl[i+1])

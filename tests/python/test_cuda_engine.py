@@ -1,7 +1,9 @@
 """The engine on a GPU, end to end on the tiny models: greedy ids equal transformers' on the GPU
 (float32), with the decode graphs and without, steps scheduled ahead or not, through batching, chunked prefill and preemption;
 the KV cache sized by profiling; bfloat16 logits close to transformers' with the tensor-core
-attention; graph replays equal to eager forwards of the same inputs; no KV block leaks."""
+attention; graph replays equal to eager forwards of the same inputs; no KV block leaks. An fp8 KV
+cache (kv_cache_dtype) throughout: against transformers whose cache rounds each key and value the
+same way (test_models.RoundingCache)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ import torch
 
 from kvserve import Engine, SamplingParams
 from kvserve.engine import RESAMPLED_SHARE_LIMIT
-from kvserve.kv_cache import kv_bytes_per_token
+from kvserve.kv_cache import KV_CACHE_DTYPES, kv_bytes_per_token
 from kvserve.loader import load_model
 from kvserve.model_config import ModelConfig
 from paged_greedy import paged_greedy
 from requires_cuda import requires_cuda
 from step_modes import count_retracts
 from test_engine import GREEDY, PROMPTS, assert_no_blocks_held
+from test_models import RoundingCache
 from tiny_models import TINY_CONFIGS, tiny_hf_model
 
 pytestmark = requires_cuda
@@ -32,9 +35,11 @@ def hf_cuda_models():
     return {a: tiny_hf_model(a).cuda() for a in ARCHITECTURES}
 
 
-def hf_greedy(hf_model, prompt_ids, max_new_tokens):
+def hf_greedy(hf_model, prompt_ids, max_new_tokens, narrower_cache=None):
+    """`narrower_cache`: the dtype transformers' KV cache rounds each key and value to."""
+    cache = RoundingCache(narrower_cache, hf_model.config) if narrower_cache is not None else None
     out = hf_model.generate(torch.tensor([prompt_ids], device="cuda"), max_new_tokens=max_new_tokens,
-                            do_sample=False, eos_token_id=None, pad_token_id=0)
+                            do_sample=False, eos_token_id=None, pad_token_id=0, cache=cache)
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -55,6 +60,20 @@ def test_greedy_ids_equal_transformers(tiny_model_dir, hf_cuda_models, architect
     assert_no_blocks_held(engine)
 
 
+@pytest.mark.parametrize("kv_cache_dtype", ["fp8", "fp8_e5m2"])
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_fp8_kv_cache_greedy_ids_equal_transformers_rounding_the_same(tiny_model_dir, hf_cuda_models, kv_cache_dtype,
+                                                                     enforce_eager):
+    narrower = KV_CACHE_DTYPES[kv_cache_dtype]
+    directory = tiny_model_dir("Qwen3ForCausalLM")  # its head norms too: the normed cache write
+    engine = gpu_engine(directory, kv_cache_dtype=kv_cache_dtype, enforce_eager=enforce_eager)
+    assert engine.runner.kv_caches[0][0].dtype == narrower
+    for output in engine.generate(PROMPTS, GREEDY, use_tqdm=False):
+        expected = hf_greedy(hf_cuda_models["Qwen3ForCausalLM"], output.prompt_token_ids, GREEDY.max_tokens, narrower)
+        assert output.outputs[0].token_ids == expected, output.prompt
+    assert_no_blocks_held(engine)
+
+
 @pytest.mark.parametrize("mode", ["chunked-prefill", "preemption"])
 def test_chunked_prefill_and_preemption_with_graphs(tiny_model_dir, hf_cuda_models, mode):
     directory = tiny_model_dir("LlamaForCausalLM")
@@ -72,40 +91,56 @@ def test_chunked_prefill_and_preemption_with_graphs(tiny_model_dir, hf_cuda_mode
     assert_no_blocks_held(engine)
 
 
-def test_kv_cache_is_sized_by_profiling(tiny_model_dir, caplog):
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_kv_cache_is_sized_by_profiling(tiny_model_dir, caplog, kv_cache_dtype):
     with caplog.at_level(logging.INFO, logger="kvserve"):
         engine = Engine(str(tiny_model_dir("Qwen3ForCausalLM")), dtype="float32", device="cuda",
-                        gpu_memory_utilization=0.2, max_num_seqs=16)
+                        gpu_memory_utilization=0.2, max_num_seqs=16, kv_cache_dtype=kv_cache_dtype)
     [message] = [r.getMessage() for r in caplog.records if "KV cache of" in r.getMessage()]
-    blocks, tokens = map(int, re.search(r"KV cache of (\d+) blocks, (\d+) tokens", message).groups())
+    numbers = re.search(r"GPU memory: [\d.]+ GiB x [\d.]+ = ([\d.]+) GiB for ([\d.]+) GiB in use \(weights, CUDA\), "
+                        r"([\d.]+) GiB of activations and a KV cache of (\d+) blocks, (\d+) tokens \(([\d.]+) GiB\)",
+                        message).groups()
+    budget, in_use, activations, cache = (float(numbers[i]) for i in (0, 1, 2, 5))
+    blocks, tokens = int(numbers[3]), int(numbers[4])
     assert blocks > 0 and tokens == blocks * 16
     assert engine.stats().num_blocks == blocks + 1  # and the null block
-    total = torch.cuda.mem_get_info()[1]
-    assert blocks * 16 * kv_bytes_per_token(engine.model_config, torch.float32) < 0.2 * total
+    # What is left of the budget, in blocks of the cache's own elements (1 byte each in fp8).
+    assert cache == pytest.approx(budget - in_use - activations, abs=0.2)
+    per_token = kv_bytes_per_token(engine.model_config, engine.cache_dtype)
+    assert cache == pytest.approx(blocks * 16 * per_token / 2**30, abs=0.05)
+    assert engine.cache_dtype == (torch.float8_e4m3fn if kv_cache_dtype == "fp8" else torch.float32)
+    [loaded] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded")]
+    assert f"KV cache ({str(engine.cache_dtype).removeprefix('torch.')}): {blocks} blocks" in loaded
     assert len(engine.generate(PROMPTS, GREEDY, use_tqdm=False)) == len(PROMPTS)
     assert_no_blocks_held(engine)
 
 
-def test_bfloat16_logits_close_to_transformers(tiny_model_dir):
-    """head_dim 64 and bfloat16: the tensor-core attention kernel, against transformers on the GPU."""
+@pytest.mark.parametrize("cache_dtype", [None, torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_bfloat16_logits_close_to_transformers(tiny_model_dir, cache_dtype):
+    """head_dim 64 and bfloat16: the tensor-core attention kernel (over an fp8 cache: each stage
+    widened in shared memory), against transformers on the GPU (its cache rounded the same way)."""
     directory = tiny_model_dir("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64)
     model = load_model(directory, dtype="bfloat16", device="cuda").model
     prompts = [[5, 9, 100, 7], [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], [900 - 37 * i for i in range(17)]]
-    _, logits = paged_greedy(model, prompts, 3, device="cuda")
+    _, logits = paged_greedy(model, prompts, 3, device="cuda", cache_dtype=cache_dtype)
     hf = tiny_hf_model("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64)
     hf = hf.to(device="cuda", dtype=torch.bfloat16)
     for prompt, ours in zip(prompts, logits):
+        cache = RoundingCache(cache_dtype, hf.config) if cache_dtype is not None else None
         with torch.no_grad():
-            theirs = hf(torch.tensor([prompt], device="cuda")).logits[0, -1].float().cpu()
+            theirs = hf(torch.tensor([prompt], device="cuda"), cache=cache,
+                        use_cache=cache is not None).logits[0, -1].float().cpu()
         error = ((ours[0] - theirs).abs().max() / theirs.abs().max()).item()
         assert error < 3e-2, f"first-step logits differ by {error:.3f} of their largest magnitude"
 
 
-def test_graph_replays_equal_eager_forwards_of_their_inputs(tiny_model_dir):
-    """bfloat16, head_dim 64 (tensor cores): every decode step the engine replays is checked against
-    an eager forward of the same padded inputs, while batches shrink from 8 requests to 1."""
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_graph_replays_equal_eager_forwards_of_their_inputs(tiny_model_dir, kv_cache_dtype):
+    """bfloat16, head_dim 64 (tensor cores; the projection that writes the cache, into fp8 too):
+    every decode step the engine replays is checked against an eager forward of the same padded
+    inputs, while batches shrink from 8 requests to 1."""
     engine = gpu_engine(tiny_model_dir("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64),
-                        dtype="bfloat16")
+                        dtype="bfloat16", kv_cache_dtype=kv_cache_dtype)
     graphs, runner = engine.runner.graphs, engine.runner
     replay, checked = graphs.run, []
 

@@ -1,7 +1,7 @@
 """The CUDA paged-attention and reshape_and_cache kernels: the CPU tests' grids against the float64
 reference on the GPU, the tensor-core and portable kernels, split keys, CPU and CUDA agreeing on the
 same inputs, bad device metadata, a CUDA graph replayed with new metadata, and narrower caches
-(kv_cache_dtype fp8, bfloat16: CPU only) refused before anything is written."""
+(kv_cache_dtype fp8; bfloat16 and float16 under float32 rows) read as the values they hold."""
 
 from __future__ import annotations
 
@@ -75,12 +75,13 @@ def test_many_decodes_fill_the_gpu_unsplit():
     run_case(torch.bfloat16, 16, 32, 8, ([1] * 600, seq_lens), head_dim=128, device="cuda")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-def test_cpu_and_cuda_kernels_agree(dtype):
+@pytest.mark.parametrize("dtype, cache_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                                                (torch.bfloat16, torch.float8_e4m3fn)], ids=str)
+def test_cpu_and_cuda_kernels_agree(dtype, cache_dtype):
     head_dim, block_size = 128, 16
     new_tokens, seq_lens = [1, 40, 1, 7], [300, 40, 9, 77]
     num_blocks = blocks_needed(seq_lens, block_size) + 2
-    key_cache, value_cache = random_caches(num_blocks, block_size, 2, head_dim, dtype, seed=5)
+    key_cache, value_cache = random_caches(num_blocks, block_size, 2, head_dim, cache_dtype, seed=5)
     step = random_step(new_tokens, seq_lens, block_size, num_blocks, seed=5)
     query = torch.randn(step.num_tokens, 8, head_dim, generator=torch.Generator().manual_seed(6)).to(dtype)
     arrays = (query, key_cache, value_cache, step.block_table, step.seq_lens, step.query_start_loc)
@@ -135,13 +136,14 @@ def test_bad_device_metadata_poisons_its_rows(dtype):
                                atol=TOLERANCE[dtype])
 
 
-def test_cuda_graph_replays_with_new_metadata():
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=str)
+def test_cuda_graph_replays_with_new_metadata(cache_dtype):
     """Captured once, replayed after the metadata buffers were refilled for another batch: the
     launch reads nothing of the metadata on the host."""
     block_size, kv_heads, heads, head_dim, max_blocks = 16, 2, 8, 128, 8
     num_blocks = 4 * max_blocks
     key_cache, value_cache = (c.cuda() for c in random_caches(num_blocks, block_size, kv_heads, head_dim,
-                                                             torch.bfloat16))
+                                                             cache_dtype))
     batch = 4
     query = torch.empty(batch, heads, head_dim, dtype=torch.bfloat16, device="cuda")
     out = torch.empty_like(query)
@@ -203,18 +205,18 @@ def test_reshape_and_cache_skips_a_slot_out_of_range():
 
 
 @pytest.mark.parametrize("dtype, cache_dtype", NARROWER_CACHES, ids=str)
-def test_narrower_caches_are_refused_before_anything_is_written(dtype, cache_dtype):
-    key_cache, value_cache = (c.cuda() for c in random_caches(2, 16, 2, 64, cache_dtype))
-    before = key_cache.clone()
-    key = torch.randn(3, 2, 64, device="cuda").to(dtype)
-    message = r"key_cache: a float.* cache under rows of another dtype runs on the CPU only"
-    with pytest.raises(ValueError, match=message):
-        ops.reshape_and_cache(key, key, key_cache, value_cache, torch.tensor([0, 1, 2], device="cuda"))
-    assert torch.equal(key_cache.view(torch.uint8), before.view(torch.uint8))
-    step = random_step([3], [3], 16, 2)
-    query = torch.randn(3, 4, 64, device="cuda").to(dtype)
-    out = torch.full_like(query, float("nan"))
-    with pytest.raises(ValueError, match=message):
-        ops.paged_attention(out, query, key_cache, value_cache, step.block_table.cuda(), step.seq_lens.cuda(),
-                            step.query_start_loc.cuda(), 0.125)
-    assert out.isnan().all()
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 80])
+@pytest.mark.parametrize("batch", list(BATCHES))
+def test_narrower_caches(dtype, cache_dtype, head_dim, batch):
+    """fp8 caches under 16-bit rows on tensor cores (each stage widened in shared memory; head_dim 80:
+    the portable kernel), and every narrower cache under float32 rows on the portable kernel: the
+    reference over the same elements."""
+    run_case(dtype, 16, 8, 2, batch, head_dim=head_dim, cache_dtype=cache_dtype, device="cuda")
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_fp8_caches_split_the_keys(cache_dtype):
+    run_case(torch.bfloat16, 16, 32, 8, ([1], [4096]), head_dim=128, cache_dtype=cache_dtype, device="cuda")
+    run_case(torch.float16, 32, 4, 2, ([3, 1], [1500, 700]), sliding_window=900, cache_dtype=cache_dtype,
+             device="cuda")
+    run_case(torch.bfloat16, 16, 8, 2, ([40], [1500]), head_dim=128, cache_dtype=cache_dtype, device="cuda")

@@ -61,7 +61,7 @@ def test_head_dims(dtype, head_dim):
 @pytest.mark.parametrize("head_dim", [64, 128, 36])
 def test_narrower_caches(dtype, cache_dtype, batch, head_dim):
     """A cache narrower than the queries (fp8; 16 bits for float32) is read as the values its
-    elements stand for: the reference over the same elements."""
+    elements stand for: the reference over the same elements (on CUDA: test_cuda_paged_attention)."""
     run_case(dtype, 16, 8, 2, batch, head_dim=head_dim, cache_dtype=cache_dtype)
 
 

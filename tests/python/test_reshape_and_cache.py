@@ -8,6 +8,7 @@ import torch
 from kvserve import ops
 from paged_cases import NARROWER_CACHES, random_caches
 from reference_attention import reference_reshape_and_cache
+from requires_cuda import requires_cuda
 
 
 def random_slots(num_tokens, num_blocks, block_size, dtype, seed=0):
@@ -33,11 +34,12 @@ def test_matches_reference(dtype, block_size, slot_dtype):
     assert torch.equal(key_cache, expected_k) and torch.equal(value_cache, expected_v)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 @pytest.mark.parametrize("dtype, cache_dtype", NARROWER_CACHES, ids=str)
-def test_narrower_caches_hold_each_value_rounded(dtype, cache_dtype):
+def test_narrower_caches_hold_each_value_rounded(dtype, cache_dtype, device):
     """Each element as torch rounds it to the cache's format (to nearest even); into fp8 a
     magnitude past the format's largest (infinities too) saturated to it, as vLLM's fp8 conversions
-    saturate (float16 overflows to infinity, as torch's cast does)."""
+    saturate (float16 overflows to infinity, as torch's cast does). The CPU and CUDA kernels alike."""
     num_blocks, block_size, kv_heads, head_dim, num_tokens = 5, 16, 2, 64, 30
     key_cache, value_cache = random_caches(num_blocks, block_size, kv_heads, head_dim, cache_dtype)
     expected_k, expected_v = key_cache.clone(), value_cache.clone()
@@ -49,7 +51,9 @@ def test_narrower_caches_hold_each_value_rounded(dtype, cache_dtype):
     if dtype != torch.bfloat16:  # float16 and float32 infinities; bfloat16's range is float32's
         key[1, 0, :2] = torch.tensor([float("inf"), -float("inf")])
     slots = random_slots(num_tokens, num_blocks, block_size, torch.int64)
-    ops.reshape_and_cache(key, value, key_cache, value_cache, slots)
+    on_device = [x.to(device) for x in (key, value, key_cache, value_cache, slots)]
+    ops.reshape_and_cache(*on_device)
+    key_cache, value_cache = on_device[2].cpu(), on_device[3].cpu()
     largest = torch.finfo(cache_dtype).max if cache_dtype.itemsize == 1 else float("inf")
     rounded = [x.float().clamp(-largest, largest).to(cache_dtype) for x in (key, value)]
     reference_reshape_and_cache(*rounded, expected_k, expected_v, slots)

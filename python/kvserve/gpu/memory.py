@@ -40,12 +40,13 @@ class GpuMemoryPlan:
     cache_bytes: int
 
 
-def plan_kv_cache(model: nn.Module, config: ModelConfig, dtype: torch.dtype, device: torch.device, *,
+def plan_kv_cache(model: nn.Module, config: ModelConfig, cache_dtype: torch.dtype, device: torch.device, *,
                   block_size: int, max_num_batched_tokens: int, max_num_seqs: int, max_model_len: int,
                   gpu_memory_utilization: float) -> GpuMemoryPlan:
+    """The KV cache's blocks (of `cache_dtype` elements) that fit what is left; logged."""
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
-    scratch = scratch_caches(config, dtype, device, block_size, max_model_len)
+    scratch = scratch_caches(config, cache_dtype, device, block_size, max_model_len)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     profile_step(model, scratch, config.vocab_size, block_size=block_size,
@@ -57,7 +58,7 @@ def plan_kv_cache(model: nn.Module, config: ModelConfig, dtype: torch.dtype, dev
     free, total = torch.cuda.mem_get_info(device)
     used = total - free
     cache_bytes = int(total * gpu_memory_utilization) - used - activation_bytes
-    per_block = kv_bytes_per_token(config, dtype) * block_size
+    per_block = kv_bytes_per_token(config, cache_dtype) * block_size
     num_blocks = int(min(max(cache_bytes, 0) // per_block, MAX_CACHE_TOKENS // block_size))
     plan = GpuMemoryPlan(num_blocks, total, used, activation_bytes, num_blocks * per_block)
     logger.info("GPU memory: %.1f GiB x %.2f = %.1f GiB for %.1f GiB in use (weights, CUDA), %.2f GiB of activations "
