@@ -7,6 +7,8 @@ load_format="dummy"), each appending JSON lines to --out:
                                                         # (--splits 1 2 4: with each attention split count;
                                                         # --architecture qwen3: Qwen3-8B's shape)
     python bench/gpu_bench.py offline --out R.jsonl     # 1000 prompts x (256 in, 256 out), all at once
+                                                        # (attention, decode, offline: --kv-cache-dtype fp8
+                                                        # with an fp8 KV cache, rows named _fp8)
     python bench/gpu_bench.py profile --out R.jsonl --report P.txt
                                                         # where a decode step's GPU time goes, by kernel
     python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64
@@ -39,7 +41,7 @@ from gpu_common import (ARCHITECTURES, BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, 
                         decode_runs, dummy_8b_engine, graph_ms, l2_overwriter, record, step_ms)
 from gpu_profile import bench_profile
 from kvserve import SamplingParams, _C, ops
-from kvserve.kv_cache import kv_bytes_per_token
+from kvserve.kv_cache import KV_CACHE_DTYPES, kv_bytes_per_token
 
 
 def attention_case(case: str) -> tuple[int, int, int]:
@@ -52,32 +54,54 @@ def attention_case(case: str) -> tuple[int, int, int]:
         raise ValueError(f"attention case {case!r}: expected BATCHxCONTEXT or BATCHxCONTEXT/TABLE") from None
 
 
+def cache_suffix(kv_cache_dtype: str) -> str:
+    """The measurement names' suffix for a KV cache of `kv_cache_dtype` (none for the model's own)."""
+    return "" if kv_cache_dtype == "auto" else f"_{kv_cache_dtype}"
+
+
+def engine_cache_setting(kv_cache_dtype: str) -> dict:
+    """dummy_8b_engine's kv_cache_dtype, only when set: a BASELINE tree's Engine may predate it."""
+    return {} if kv_cache_dtype == "auto" else {"kv_cache_dtype": kv_cache_dtype}
+
+
+def random_cache(num_blocks: int, cache_dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """[num_blocks, BLOCK, KV_HEADS, HEAD_DIM] of normal values, rounded to `cache_dtype`; an 8-bit
+    cache is filled a slice at a time (torch draws no normal values in 8 bits)."""
+    cache = torch.empty(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=cache_dtype)
+    if cache_dtype.itemsize > 1:
+        return cache.normal_(generator=generator)
+    for start in range(0, num_blocks, 4096):
+        part = cache[start:start + 4096]
+        part.copy_(torch.randn(part.shape, device="cuda", dtype=DTYPE, generator=generator))
+    return cache
+
+
 def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float = 0.0,
-                    splits: list[int] | None = None) -> None:
+                    splits: list[int] | None = None, kv_cache_dtype: str = "auto") -> None:
     """Decode attention for each case "BATCHxCONTEXT" or "BATCHxCONTEXT/TABLE" (a block table that
     holds TABLE tokens, as a decode graph's holds the longest context: the launch splits the keys for
     it), each timed three ways: a call, a call in a graph (back to back: their code and metadata in
     L2), and a call after the L2 was overwritten (as the engine's call finds it); then (with
     `prefill`) prefill attention. With `cache_gib`, the K and V caches take that much
     memory together, and the cases' blocks lie scattered across it, as an engine's do. With `splits`,
-    each case again with each of those split counts (ops.paged_attention's num_splits)."""
+    each case again with each of those split counts (ops.paged_attention's num_splits). With
+    `kv_cache_dtype` "fp8" (or "fp8_e5m2"), the caches hold 8-bit floats (the floor counts their bytes)."""
     bandwidth = copy_bandwidth()
     record(out, name="copy_bandwidth", GB_per_s=bandwidth / 1e9)
     generator = torch.Generator(device="cuda").manual_seed(0)
-    block_bytes = BLOCK * KV_HEADS * HEAD_DIM * DTYPE.itemsize
+    cache_dtype = KV_CACHE_DTYPES[kv_cache_dtype] or DTYPE
+    block_bytes = BLOCK * KV_HEADS * HEAD_DIM * cache_dtype.itemsize
     overwrite_l2 = l2_overwriter()
     for case in cases:
         batch, context, table = attention_case(case)
         blocks_per_req = math.ceil(context / BLOCK)
         table_width = max(blocks_per_req, math.ceil(table / BLOCK))
-        kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * DTYPE.itemsize
+        kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * cache_dtype.itemsize
         sets = max(1, math.ceil(200e6 / kv_bytes))  # rotate over 200 MB of cache: no reads served by L2
         used = sets * batch * blocks_per_req
         num_blocks = max(used + 1, int(cache_gib * 2**30 / (2 * block_bytes)))
-        key_cache = torch.empty(num_blocks, BLOCK, KV_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
-        value_cache = torch.empty_like(key_cache)
-        key_cache.normal_(generator=generator)
-        value_cache.normal_(generator=generator)
+        key_cache = random_cache(num_blocks, cache_dtype, generator)
+        value_cache = random_cache(num_blocks, cache_dtype, generator)
         tables = torch.randperm(num_blocks - 1, device="cuda", generator=generator)[:used] + 1
         tables = tables.int().view(sets, batch, blocks_per_req)
         # Columns past the context hold block 0, a valid id the kernel never reads.
@@ -88,7 +112,7 @@ def bench_attention(out: Path, cases: list[str], prefill: bool, cache_gib: float
         result = torch.empty_like(query)
         floor_ms = (kv_bytes + 2 * query.numel() * DTYPE.itemsize) / bandwidth * 1e3
         name = f"decode_attention_b{batch}_ctx{context}" + (f"_table{table}" if table > context else "")
-        name += f"_cache{cache_gib:g}GiB" if cache_gib else ""
+        name += (f"_cache{cache_gib:g}GiB" if cache_gib else "") + cache_suffix(kv_cache_dtype)
         for num_splits in [None] + (splits or []):
             # num_splits only when set: a BASELINE tree's ops may predate it.
             setting = {} if num_splits is None else {"num_splits": num_splits}
@@ -242,24 +266,25 @@ def bench_layer(out: Path, batches: list[int]) -> None:
 
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None,
-                 modes: tuple[str, ...] | None, architecture: str = "llama") -> None:
+                 modes: tuple[str, ...] | None, architecture: str = "llama", kv_cache_dtype: str = "auto") -> None:
     """Decode steps in decode_runs' `modes` (all unless given); with `splits`, only the graphed steps,
     once with each split count forced on the decode attention the graphs capture
     (ops.paged_attention's num_splits; the graphs captured again for each), beside the launch's own
     rule. `architecture` "qwen3": Qwen3-8B's shape (rows named with a _qwen3 suffix)."""
     with tempfile.TemporaryDirectory() as directory:
-        engine = dummy_8b_engine(Path(directory), architecture, max_num_seqs=max(batches))
+        engine = dummy_8b_engine(Path(directory), architecture, max_num_seqs=max(batches),
+                                 **engine_cache_setting(kv_cache_dtype))
     bandwidth = copy_bandwidth()
     model = engine.runner.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     weight_bytes -= model.model.embed_tokens.weight.numel() * DTYPE.itemsize  # a lookup reads a few rows only
-    per_token = kv_bytes_per_token(engine.model_config, DTYPE)
+    per_token = kv_bytes_per_token(engine.model_config, getattr(engine, "cache_dtype", DTYPE))
 
     def time_runs(suffix: str, modes: tuple[str, ...] | None) -> None:
         for batch, mode in decode_runs(engine, batches, context, steps, "decode" + suffix, modes):
             ms = step_ms(engine, steps - 1)
             floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
-            shape = "" if architecture == "llama" else f"_{architecture}"
+            shape = ("" if architecture == "llama" else f"_{architecture}") + cache_suffix(kv_cache_dtype)
             record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}{suffix}{shape}", ms=ms, floor_ms=floor_ms,
                    ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
 
@@ -276,9 +301,9 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits
         time_runs(f"_splits{count or 'rule'}", ("graphs",))
 
 
-def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) -> None:
+def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int, kv_cache_dtype: str = "auto") -> None:
     with tempfile.TemporaryDirectory() as directory:
-        engine = dummy_8b_engine(Path(directory))
+        engine = dummy_8b_engine(Path(directory), **engine_cache_setting(kv_cache_dtype))
     prompts = np.random.default_rng(0).integers(10, 31999, (num_prompts, input_len))
     params = SamplingParams(temperature=0, max_tokens=output_len, min_tokens=output_len, ignore_eos=True)
     engine.generate([{"prompt_token_ids": prompts[0].tolist()}], params, use_tqdm=False)  # warm-up
@@ -288,7 +313,9 @@ def bench_offline(out: Path, num_prompts: int, input_len: int, output_len: int) 
     if any(len(o.outputs[0].token_ids) != output_len for o in outputs):
         raise RuntimeError(f"a request did not generate exactly {output_len} tokens")
     goal = {"goal_total_tokens_per_s": 14000} if (num_prompts, input_len, output_len) == (1000, 256, 256) else {}
-    record(out, name=f"offline_{num_prompts}x{input_len}in{output_len}out", seconds=seconds,
+    config = engine.scheduler.config
+    record(out, name=f"offline_{num_prompts}x{input_len}in{output_len}out{cache_suffix(kv_cache_dtype)}",
+           seconds=seconds, kv_cache_tokens=(config.num_blocks - 1) * config.block_size,
            total_tokens_per_s=num_prompts * (input_len + output_len) / seconds,
            output_tokens_per_s=num_prompts * output_len / seconds,
            peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30, **goal)
@@ -319,13 +346,15 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=1000)
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto",
+                        help="attention, decode, offline: the KV cache's dtype (vLLM's kv_cache_dtype)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.what == "attention":
-        bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits)
+        bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits, args.kv_cache_dtype)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps, args.splits,
-                     tuple(args.modes) if args.modes else None, args.architecture)
+                     tuple(args.modes) if args.modes else None, args.architecture, args.kv_cache_dtype)
     elif args.what == "linear":
         bench_linear(args.out, args.batches)
     elif args.what == "layer":
@@ -334,7 +363,7 @@ def main() -> None:
         bench_profile(args.out, args.report or args.out.with_suffix(".profile.txt"), args.batches, args.context,
                       min(args.steps, 16))
     else:
-        bench_offline(args.out, args.num_prompts, args.input_len, args.output_len)
+        bench_offline(args.out, args.num_prompts, args.input_len, args.output_len, args.kv_cache_dtype)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ run ncu-smem 60 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base f
 # The same for a decode-tile attention call inside the engine's batch-1 decode graph, past the
 # capture's and the prefill's calls (its time was 2.2x the benchmark's call: bench/README.md).
 run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base demangled \
-  -k "regex:MmaTile<.*128, \(int\)16>" --launch-skip 160 --launch-count 1 \
+  -k "regex:MmaTile<.*128, \(int\)16, [^,]*BFloat16>" --launch-skip 160 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
   "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 
@@ -132,6 +132,13 @@ run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64
 # Qwen3-8B's shape, graphed steps only: its q and k head norms run inside the rotary + cache kernel.
 run decode-qwen3 70 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --architecture qwen3 --batches 1 64 \
   --modes graphs --out "$OUT/bench.jsonl"
+# An fp8 KV cache (kv_cache_dtype fp8): decode attention over it (the tensor-core kernel widens each
+# stage in shared memory; its floor counts the cache's bytes, half a bfloat16 cache's) and graphed
+# decode steps, beside the rows above.
+run attention-fp8 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no-prefill --kv-cache-dtype fp8 \
+  --cases 1x512/8192 1x4096 64x512/8192 128x2048 --out "$OUT/bench.jsonl"
+run decode-fp8 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 64 --modes graphs --kv-cache-dtype fp8 \
+  --out "$OUT/bench.jsonl"
 # With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
 # beside this one), that tree is built too and its attention calls and decode steps are timed in the
 # same run, right after this tree's decode steps (the comparison a short budget keeps), and its
@@ -171,6 +178,9 @@ if [ -f /tmp/kvserve-profile-no-pdl.txt ]; then
   { echo; echo "== with KVSERVE_PDL=0"; cat /tmp/kvserve-profile-no-pdl.txt; } >>"$OUT/profile.txt"
 fi
 run offline 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --out "$OUT/bench.jsonl"
+
+# The same offline run over an fp8 KV cache: twice the tokens in the same memory.
+run offline-fp8 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --kv-cache-dtype fp8 --out "$OUT/bench.jsonl"
 
 # WORKLOAD.md's GPU case (the goal is the 256-in, 256-out run above), last: it matters least.
 run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --input-len 512 --output-len 128 \

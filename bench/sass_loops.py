@@ -146,7 +146,8 @@ def resources(binary: str) -> dict[tuple[str, str], str]:
 
 def short_name(mangled: str) -> str:
     """attention_mma_kernel<bf16, D128, 16 rows> (or rotary_kernel<bf16, true>, linear_kernel<bf16, Epilogue 1>:
-    bool and enum template arguments last) from the mangled instance name."""
+    bool and enum template arguments last; an fp8 KV cache's type after them, e.g. ", e4m3 cache") from
+    the mangled instance name."""
     # Length-prefixed names after _ZN: kvserve, then gpu or an anonymous namespace, then the kernel.
     name, base = mangled.removeprefix("_ZN"), ""
     while (match := re.match(r"\d+", name)) and not base:
@@ -154,7 +155,9 @@ def short_name(mangled: str) -> str:
         part, name = name[match.end():match.end() + length], name[match.end() + length:]
         if part not in ("kvserve", "gpu") and not part.startswith("_GLOBAL__N"):
             base = part
-    dtype = "bf16" if "BFloat16" in name else "f16" if "__half" in name else "f32" if "IfE" in name else ""
+    first = name.removeprefix("I")  # the first template argument: the rows' dtype
+    dtype = ("f32" if first.startswith("f") else "f16" if first.startswith("6__half") else
+             "bf16" if re.match(r"NS\w{0,8}BFloat16", first) else "")
     tile = re.search(r"MmaTileI\w+?_Li(\d+)ELi(\d+)E", name)
     shape = f", D{tile.group(1)}, {tile.group(2)} rows" if tile else ""
     flags = "".join(", true" if bit == "1" else ", false" for bit in re.findall(r"Lb([01])E", name))
@@ -162,7 +165,8 @@ def short_name(mangled: str) -> str:
         enum = name[scoped.end():scoped.end() + int(scoped.group(1))]
         value = re.match(r"E(\d+)E", name[scoped.end() + len(enum):])
         flags += f", {enum} {value.group(1)}" if value else ""
-    return f"{base}<{dtype}{shape}{flags}>"
+    cache = "".join(f", {fp8} cache" for fp8 in ("e4m3", "e5m2") if f"Float8{fp8.upper()}" in name)
+    return f"{base}<{dtype}{shape}{flags}{cache}>"
 
 
 @dataclass

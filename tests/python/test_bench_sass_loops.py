@@ -60,6 +60,14 @@ def test_kernel_instances_get_readable_names():
     fused = ("_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelI6__halfLNS0_8EpilogueE2EEEvNS_12"
              "LinearParamsENS_20RotaryAndCacheParamsE")
     assert sass_loops.short_name(fused) == "linear_kernel<f16, Epilogue 2>"
+    # Instances over an fp8 KV cache name it last.
+    fp8_tile = MANGLED.replace("Li16EEEEEv", "Li16ENS0_10Float8E4M3EEEEEv")
+    assert sass_loops.short_name(fp8_tile) == "attention_mma_kernel<bf16, D128, 16 rows, e4m3 cache>"
+    fp8_rotary = ("_ZN7kvserve3gpu13rotary_kernelINS0_8BFloat16ELi8ELb1ELb0ENS0_10Float8E5M2EEEv"
+                  "NS_20RotaryAndCacheParamsE")
+    assert sass_loops.short_name(fp8_rotary) == "rotary_kernel<bf16, true, false, e5m2 cache>"
+    float_rows = "_ZN7kvserve3gpu13rotary_kernelIfLi4ELb1ELb0ENS0_10Float8E4M3EEEvNS_20RotaryAndCacheParamsE"
+    assert sass_loops.short_name(float_rows) == "rotary_kernel<f32, true, false, e4m3 cache>"
 
 
 @pytest.mark.skipif(not kvserve._C.has_cuda, reason="needs a kvserve build with its CUDA kernels")
@@ -76,10 +84,12 @@ def test_the_attention_loops_keep_their_instruction_budget():
     raw = {(row.kernel, row.loop.counts["HMMA"]): row.loop for row in rows if row.loop.kind == "raw"}
     decode_key = ("attention_mma_kernel<bf16, D128, 16 rows>", 32)  # (kernel, mma in the loop)
     prefill_key = ("attention_mma_kernel<bf16, D128, 64 rows>", 128)
-    assert decode_key in raw and prefill_key in raw, f"raw-score loops (no subroutine call): {sorted(raw)}"
-    decode, prefill = raw[decode_key], raw[prefill_key]
+    fp8_key = ("attention_mma_kernel<bf16, D128, 16 rows, e4m3 cache>", 32)  # and the stage's widening
+    assert {decode_key, prefill_key, fp8_key} <= set(raw), f"raw-score loops (no subroutine call): {sorted(raw)}"
+    decode, prefill, fp8 = raw[decode_key], raw[prefill_key], raw[fp8_key]
     assert decode.size <= 1.25 * 671, f"decode stage: {decode.size} instructions"
     assert prefill.size <= 1.25 * 1152, f"prefill stage: {prefill.size} instructions"
+    assert fp8.size <= 1.25 * 830, f"decode stage over an fp8 cache: {fp8.size} instructions"
     assert all(loop.counts["BRA"] <= 8 for loop in raw.values())
     assert all(row.loop.counts["LDL"] == row.loop.counts["STL"] == 0 for row in rows)
 
