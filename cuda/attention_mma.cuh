@@ -235,7 +235,7 @@ __device__ inline void widen_stage(T* s_k, T* s_v, const typename Tile::Cache* r
     uint32_t wide[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const uint32_t halves = half_pair(C{}, words[i / 2], i % 2);
+      const uint32_t halves = half_pair<C>(words[i / 2], i % 2);
       if constexpr (std::is_same_v<T, __half>) {
         wide[i] = halves;
       } else {

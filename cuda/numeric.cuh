@@ -97,27 +97,29 @@ __device__ inline BFloat16 from_float<BFloat16>(float x) {
 #define KVSERVE_FP8_PAIRS 0
 #endif
 
-__device__ inline uint32_t half_pair(Float8E5M2, uint32_t word, int j) {
+template <class C>
+__device__ inline uint32_t half_pair(uint32_t word, int j) {
+  static_assert(std::is_same_v<C, Float8E4M3> || std::is_same_v<C, Float8E5M2>, "an fp8 format");
+  constexpr bool kE4M3 = std::is_same_v<C, Float8E4M3>;
 #if KVSERVE_FP8_PAIRS
+  const auto codes = static_cast<uint16_t>(word >> (16 * j));
   uint32_t pair;
-  asm("cvt.rn.f16x2.e5m2x2 %0, %1;\n" : "=r"(pair) : "h"(static_cast<uint16_t>(word >> (16 * j))));
+  if constexpr (kE4M3) {
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(pair) : "h"(codes));
+  } else {
+    asm("cvt.rn.f16x2.e5m2x2 %0, %1;\n" : "=r"(pair) : "h"(codes));
+  }
   return pair;
 #else
-  return j == 0 ? ((word & 0xffu) << 8) | ((word & 0xff00u) << 16) : ((word >> 8) & 0xff00u) | (word & 0xff000000u);
-#endif
-}
-
-__device__ inline uint32_t half_pair(Float8E4M3, uint32_t word, int j) {
-#if KVSERVE_FP8_PAIRS
-  uint32_t pair;
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(pair) : "h"(static_cast<uint16_t>(word >> (16 * j))));
-  return pair;
-#else
-  auto half = [word](int i) {
-    const Float8E4M3 code{static_cast<uint8_t>(word >> (8 * i))};
-    return static_cast<uint32_t>(half_bits(from_float<__half>(to_float(code))));
-  };
-  return half(2 * j) | half(2 * j + 1) << 16;
+  if constexpr (kE4M3) {
+    auto half = [word](int i) {
+      const Float8E4M3 code{static_cast<uint8_t>(word >> (8 * i))};
+      return static_cast<uint32_t>(half_bits(from_float<__half>(to_float(code))));
+    };
+    return half(2 * j) | half(2 * j + 1) << 16;
+  } else {
+    return j == 0 ? ((word & 0xffu) << 8) | ((word & 0xff00u) << 16) : ((word >> 8) & 0xff00u) | (word & 0xff000000u);
+  }
 #endif
 }
 

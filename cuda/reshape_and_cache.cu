@@ -4,8 +4,8 @@
 // narrower cache (cache_dtype) each thread rounds elements one at a time instead.
 #include <climits>
 
+#include "cache_slot.cuh"
 #include "numeric.cuh"
-#include "kvserve/reshape_and_cache.h"
 
 namespace kvserve {
 
@@ -19,13 +19,11 @@ template <class Unit>
 __global__ void __launch_bounds__(kThreads) reshape_and_cache_kernel(const ReshapeAndCacheParams p) {
   wait_for_prior_grid();
   const int64_t token = blockIdx.x;
-  const int64_t slot = p.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(p.slot_mapping)[token]
-                                                             : static_cast<const int32_t*>(p.slot_mapping)[token];
-  if (slot < 0 || slot >= p.num_blocks * p.block_size) return;  // -1: padding; others: out of range
+  const int64_t at = cache_slot(p, token);
+  if (at < 0) return;  // -1: padding; or out of range
   const int64_t elem = dtype_bytes(p.dtype);
   const int64_t units_per_head = p.head_dim * elem / static_cast<int64_t>(sizeof(Unit));
-  const int64_t slot_at = (slot / p.block_size) * p.cache_stride_block * elem +
-                          (slot % p.block_size) * p.num_kv_heads * p.head_dim * elem;
+  const int64_t slot_at = at * elem;
   const auto* key = static_cast<const char*>(p.key) + token * p.key_stride_token * elem;
   const auto* value = static_cast<const char*>(p.value) + token * p.value_stride_token * elem;
   auto* key_cache = static_cast<char*>(p.key_cache) + slot_at;
@@ -44,15 +42,12 @@ template <class T, class C>
 __global__ void __launch_bounds__(kThreads) reshape_and_round_kernel(const ReshapeAndCacheParams p) {
   wait_for_prior_grid();
   const int64_t token = blockIdx.x;
-  const int64_t slot = p.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(p.slot_mapping)[token]
-                                                             : static_cast<const int32_t*>(p.slot_mapping)[token];
-  if (slot < 0 || slot >= p.num_blocks * p.block_size) return;  // -1: padding; others: out of range
-  const int64_t slot_at =
-      (slot / p.block_size) * p.cache_stride_block + (slot % p.block_size) * p.num_kv_heads * p.head_dim;
+  const int64_t at = cache_slot(p, token);
+  if (at < 0) return;
   const T* key = static_cast<const T*>(p.key) + token * p.key_stride_token;
   const T* value = static_cast<const T*>(p.value) + token * p.value_stride_token;
-  C* key_cache = static_cast<C*>(p.key_cache) + slot_at;
-  C* value_cache = static_cast<C*>(p.value_cache) + slot_at;
+  C* key_cache = static_cast<C*>(p.key_cache) + at;
+  C* value_cache = static_cast<C*>(p.value_cache) + at;
   for (int64_t i = threadIdx.x; i < p.num_kv_heads * p.head_dim; i += kThreads) {
     const int64_t head = i / p.head_dim, d = i % p.head_dim;
     key_cache[i] = cache_element<C>(key[head * p.key_stride_head + d]);

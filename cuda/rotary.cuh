@@ -17,6 +17,7 @@
 // its rounding of each normalized value before the rotation.
 #pragma once
 
+#include "cache_slot.cuh"
 #include "rms.cuh"
 #include "kvserve/layer_ops.h"
 #include "kvserve/reshape_and_cache.h"
@@ -41,15 +42,6 @@ __device__ inline T* rotated_head(const RotaryEmbeddingParams& r, int64_t token,
   return head >= r.num_heads
              ? static_cast<T*>(r.key) + token * r.key_stride_token + (head - r.num_heads) * r.key_stride_head
              : static_cast<T*>(r.query) + token * r.query_stride_token + head * r.query_stride_head;
-}
-
-// The element offset of `token`'s slot in either cache, or -1 for a slot of -1 (a padding row) or
-// out of range, which is not written.
-__device__ inline int64_t cache_slot(const ReshapeAndCacheParams& c, int64_t token) {
-  const int64_t slot = c.slot_mapping_dtype == DType::kInt64 ? static_cast<const int64_t*>(c.slot_mapping)[token]
-                                                             : static_cast<const int32_t*>(c.slot_mapping)[token];
-  if (slot < 0 || slot >= c.num_blocks * c.block_size) return -1;
-  return (slot / c.block_size) * c.cache_stride_block + (slot % c.block_size) * c.num_kv_heads * c.head_dim;
 }
 
 // p.cache: read only with kCache (C: its element type); the norm weights only with kNorm. A slot of
