@@ -35,11 +35,17 @@ def hf_cuda_models():
     return {a: tiny_hf_model(a).cuda() for a in ARCHITECTURES}
 
 
+def rounding_cache(hf_model, narrower_cache) -> dict:
+    """transformers' keyword for a cache that rounds each key and value to `narrower_cache` (none
+    for None): past_key_values, the name every transformers 5 release takes (the GPU machine's may
+    be older than this one's, which also calls it cache)."""
+    return {} if narrower_cache is None else {"past_key_values": RoundingCache(narrower_cache, hf_model.config)}
+
+
 def hf_greedy(hf_model, prompt_ids, max_new_tokens, narrower_cache=None):
-    """`narrower_cache`: the dtype transformers' KV cache rounds each key and value to."""
-    cache = RoundingCache(narrower_cache, hf_model.config) if narrower_cache is not None else None
     out = hf_model.generate(torch.tensor([prompt_ids], device="cuda"), max_new_tokens=max_new_tokens,
-                            do_sample=False, eos_token_id=None, pad_token_id=0, cache=cache)
+                            do_sample=False, eos_token_id=None, pad_token_id=0,
+                            **rounding_cache(hf_model, narrower_cache))
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -126,10 +132,9 @@ def test_bfloat16_logits_close_to_transformers(tiny_model_dir, cache_dtype):
     hf = tiny_hf_model("LlamaForCausalLM", hidden_size=256, num_attention_heads=4, head_dim=64)
     hf = hf.to(device="cuda", dtype=torch.bfloat16)
     for prompt, ours in zip(prompts, logits):
-        cache = RoundingCache(cache_dtype, hf.config) if cache_dtype is not None else None
         with torch.no_grad():
-            theirs = hf(torch.tensor([prompt], device="cuda"), cache=cache,
-                        use_cache=cache is not None).logits[0, -1].float().cpu()
+            theirs = hf(torch.tensor([prompt], device="cuda"), **rounding_cache(hf, cache_dtype)).logits[0, -1]
+        theirs = theirs.float().cpu()
         error = ((ours[0] - theirs).abs().max() / theirs.abs().max()).item()
         assert error < 3e-2, f"first-step logits differ by {error:.3f} of their largest magnitude"
 
