@@ -19,7 +19,7 @@
 namespace kvserve::gpu {
 
 // A request row's query (its token's offset in the request) and head in the kv head's group, by one
-// 32-bit unsigned division: a step's rows fit 32 bits (paged_attention.cu checks num_tokens * group),
+// 32-bit unsigned division: a step's rows fit 32 bits (paged_attention_cuda checks num_tokens * group),
 // where a 64-bit division is a subroutine call with code of its own at every use.
 struct RowSplit {
   uint32_t group;

@@ -3,8 +3,8 @@
 // A thread block owns one tile of request rows (attention_metadata.cuh: rows are (token, group head)
 // pairs, so one kv head's query heads share every K/V load) of one kv head, and one split of its
 // keys. Keys stream through shared memory kKeys at a time, double-buffered with cp.async. Tiles hold
-// 64 rows (prefill) or 16 (decode: a token's group fits one; paged_attention.cu picks by the step's
-// shape), and the block's four warps split the work one of two ways (WarpSplit):
+// 64 rows (prefill) or 16 (decode: a token's group fits one; paged_attention_launch.cuh picks by the
+// step's shape), and the block's four warps split the work one of two ways (WarpSplit):
 //
 //   by rows (1 key warp):  each warp 16 of the tile's rows against every key of a stage;
 //   by keys (4 key warps): every warp the tile's (at most) 16 rows against a quarter of each

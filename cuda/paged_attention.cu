@@ -1,117 +1,15 @@
-// paged_attention_cuda: picks the kernel (tensor cores where the dtype, head_dim, alignment and
-// device allow; the portable kernel otherwise), sizes the grid from host-known sizes only, and
-// decides how many ways to split the keys. Nothing here reads device memory, so a call can be
-// captured in a CUDA graph and replayed with new metadata.
-#include <atomic>
+// paged_attention_cuda: checks the call, then launches it for its rows' and cache's storage types
+// (paged_attention_launch.cuh).
 #include <climits>
-#include <type_traits>
 
-#include "attention_mma.cuh"
-#include "attention_portable.cuh"
-#include "device_resources.h"
-#include "kvserve/paged_attention.h"
+#include "paged_attention_launch.cuh"
 
 namespace kvserve {
 
-namespace {
-
-using namespace gpu;
-
-template <class T, class C>
-Status launch_portable(const PagedAttentionParams& p, kvGpuStream_t stream) {
-  if (p.head_dim > kPortableMaxHeadDim) return Status::kUnsupported;
-  const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(p.num_heads));
-  launch_kernel(attention_portable_kernel<T, C>, grid, kPortableThreads, 0, stream, p);
-  return launch_status();
-}
-
-#if KVSERVE_GPU_MMA
-
-// 16-byte rows for cp.async and ldmatrix (16-bit dtypes): aligned pointers, strides in whole 16-byte
-// chunks (of the rows' elements or the cache's); a cache block's bytes counted in 32 bits (the
-// kernel's address arithmetic).
-bool fits_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device) {
-  const int64_t cache_bytes = dtype_bytes(p.cache_dtype.value_or(p.dtype));
-  return device.compute_capability >= 80 && (p.head_dim == 64 || p.head_dim == 128 || p.head_dim == 256) &&
-         p.cache_stride_block <= UINT32_MAX / 2 &&
-         all_16_byte_aligned({p.query, p.out},
-                             {p.query_stride_token, p.query_stride_head, p.out_stride_token, p.out_stride_head}, 2) &&
-         all_16_byte_aligned({p.key_cache, p.value_cache}, {p.cache_stride_block}, cache_bytes);
-}
-
-// Splits of each tile's keys the launch allows (a tile uses at most one per stage of its keys, so
-// the count may exceed what a short context needs: a decode graph replays one launch for any
-// context): p.num_splits when the caller sets it; else enough blocks for two per multiprocessor,
-// counting the tiles that hold rows (`work_tiles`; the grid may have more), while each split keeps
-// at least two stages of keys of the longest context the block table can hold. Either way the
-// partials and the tiles' arrival counters must fit the workspace. (Filling the block slots in
-// whole waves instead split batch 64 in two on an H100 and made its attention 13% slower in a
-// graph, where back-to-back calls find their code and metadata in L2; the engine's calls find them
-// evicted: bench/README.md. gpu_bench.py attention --splits times the counts both ways.)
-int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64_t work_tiles, int64_t keys_per_stage,
-                      const DeviceInfo& device) {
-  if (tiles * p.num_kv_heads > kMaxSplitTiles) return 1;
-  const int64_t split_bytes = p.num_tokens * p.num_heads * (p.head_dim + 2) * static_cast<int64_t>(sizeof(float));
-  const int64_t by_memory = static_cast<int64_t>(kSplitPartialBytes) / split_bytes;
-  if (p.num_splits > 0) return static_cast<int32_t>(max_i64(1, min_i64(min_i64(p.num_splits, kMaxSplits), by_memory)));
-  const int64_t blocks = work_tiles * p.num_kv_heads;
-  const int64_t wanted = (2 * device.multiprocessors + blocks - 1) / blocks;
-  const int64_t by_length = p.max_blocks_per_req * p.block_size / (2 * keys_per_stage);
-  return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
-}
-
-template <class T, class Tile>
-Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
-  const int64_t group = p.num_heads / p.num_kv_heads;
-  // Every request has a tile, and no tile more than kRows rows: at least max(num_reqs, rows / kRows)
-  // tiles hold rows; at most one per request more than that.
-  const int64_t work_tiles = max_i64(p.num_reqs, (p.num_tokens * group + Tile::kRows - 1) / Tile::kRows);
-  const int64_t tiles = p.num_reqs + p.num_tokens * group / Tile::kRows;
-  if (tiles > INT_MAX) return Status::kUnsupported;
-  SplitPartials partials;
-  partials.num_splits = choose_splits(p, tiles, work_tiles, Tile::kKeys, device);
-  if (partials.num_splits > 1) {
-    SplitWorkspace workspace;
-    if (split_workspace(stream, &workspace)) {
-      partials.out = workspace.partials;
-      partials.stats = workspace.partials + partials.num_splits * p.num_tokens * p.num_heads * p.head_dim;
-      partials.arrivals = workspace.arrivals;
-    } else {
-      partials.num_splits = 1;
-    }
-  }
-  // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
-  // (eager, before any graph capture) does it.
-  static std::atomic<bool> raised[kMaxDevices];
-  if (!raised[device.index].load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(attention_mma_kernel<T, Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
-      return Status::kDeviceError;
-    }
-    raised[device.index].store(true, std::memory_order_release);
-  }
-  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
-                  static_cast<unsigned>(partials.num_splits));
-  launch_kernel(attention_mma_kernel<T, Tile>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
-  return launch_status();
-}
-
-// Steps of one 16-row tile per request on average (decode: a token's group of query heads) take
-// 16-row decode tiles (less shared memory: more blocks per SM); longer queries take 64-row prefill
-// tiles, which load each key once for four times the rows (their blocks that hold a decode token
-// still split its keys across the warps, attention_mma.cuh).
-template <class T, class C, int kHeadDim>
-Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
-  const int64_t group = p.num_heads / p.num_kv_heads;
-  if (p.num_tokens * group <= DecodeTile<T, kHeadDim, C>::kRows * p.num_reqs) {
-    return launch_tile<T, DecodeTile<T, kHeadDim, C>>(p, device, stream);
-  }
-  return launch_tile<T, PrefillTile<T, kHeadDim, C>>(p, device, stream);
-}
-
-#endif  // KVSERVE_GPU_MMA
-
-}  // namespace
+namespace gpu {
+KVSERVE_FP8_ATTENTION(extern, Float8E4M3)
+KVSERVE_FP8_ATTENTION(extern, Float8E5M2)
+}  // namespace gpu
 
 Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
   if (check_paged_attention_layout(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
@@ -122,23 +20,12 @@ Status paged_attention_cuda(const PagedAttentionParams& p, void* stream) {
     return Status::kUnsupported;
   }
   const auto s = static_cast<kvGpuStream_t>(stream);
+  using gpu::with_cache_type;
+  using gpu::with_float_type;
   return with_float_type(p.dtype, [&](auto rows) -> Status {
     using T = decltype(rows);
     return with_cache_type<T>(p.cache_dtype.value_or(p.dtype), [&](auto element) -> Status {
-      using C = decltype(element);
-#if KVSERVE_GPU_MMA
-      if constexpr (!std::is_same_v<T, float>) {  // C: T or an 8-bit float
-        DeviceInfo device;
-        if (current_device_info(&device) && fits_tensor_cores(p, device)) {
-          switch (p.head_dim) {
-            case 64: return launch_tensor_cores<T, C, 64>(p, device, s);
-            case 128: return launch_tensor_cores<T, C, 128>(p, device, s);
-            default: return launch_tensor_cores<T, C, 256>(p, device, s);
-          }
-        }
-      }
-#endif
-      return launch_portable<T, C>(p, s);
+      return gpu::launch_paged_attention<T, decltype(element)>(p, s);
     });
   });
 }
