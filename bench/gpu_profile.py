@@ -21,7 +21,7 @@ from kvserve import Engine
 KERNEL_PARTS = [
     ("attention", ("attention_mma_kernel", "attention_portable_kernel")),
     ("rotary (+ cache write)", ("rotary_kernel",)),
-    ("cache write", ("reshape_and_cache",)),
+    ("cache write", ("reshape_and_cache", "reshape_and_round")),
     ("rms norm", ("rms_norm",)),
     ("silu and mul", ("silu_and_mul",)),
     ("sampler (argmax)", ("argmax",)),

@@ -22,6 +22,8 @@ KERNELS = {
     "kvserve::ReshapeAndCacheParams)": "rotary (+ cache write)",
     "void kvserve::(anonymous namespace)::reshape_and_cache_kernel<uint4>(kvserve::ReshapeAndCacheParams)":
         "cache write",
+    "void kvserve::(anonymous namespace)::reshape_and_round_kernel<kvserve::gpu::BFloat16, kvserve::gpu::Float8E4M3>"
+    "(kvserve::ReshapeAndCacheParams)": "cache write",
     "void kvserve::(anonymous namespace)::rms_norm_kernel<kvserve::gpu::BFloat16, 8, 256>(kvserve::RmsNormParams)":
         "rms norm",
     "void kvserve::(anonymous namespace)::silu_and_mul_kernel<kvserve::gpu::BFloat16, 8>(kvserve::SiluAndMulParams)":
