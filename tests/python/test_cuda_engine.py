@@ -22,7 +22,7 @@ from paged_greedy import paged_greedy
 from requires_cuda import requires_cuda
 from step_modes import count_retracts
 from test_engine import GREEDY, PROMPTS, assert_no_blocks_held
-from test_models import RoundingCache
+from test_models import rounding_cache
 from tiny_models import TINY_CONFIGS, tiny_hf_model
 
 pytestmark = requires_cuda
@@ -33,13 +33,6 @@ ARCHITECTURES = sorted(TINY_CONFIGS)
 @pytest.fixture(scope="module")
 def hf_cuda_models():
     return {a: tiny_hf_model(a).cuda() for a in ARCHITECTURES}
-
-
-def rounding_cache(hf_model, narrower_cache) -> dict:
-    """transformers' keyword for a cache that rounds each key and value to `narrower_cache` (none
-    for None): past_key_values, the name every transformers 5 release takes (the GPU machine's may
-    be older than this one's, which also calls it cache)."""
-    return {} if narrower_cache is None else {"past_key_values": RoundingCache(narrower_cache, hf_model.config)}
 
 
 def hf_greedy(hf_model, prompt_ids, max_new_tokens, narrower_cache=None):

@@ -39,16 +39,21 @@ class RoundingCache(DynamicCache):
         return super().update(self.rounded(key_states), self.rounded(value_states), layer_idx, *args, **kwargs)
 
 
+def rounding_cache(model, narrower_cache) -> dict:
+    """The keyword that hands `model` a RoundingCache of `narrower_cache` (none for None):
+    past_key_values, the name every transformers 5 release takes (later ones also call it cache)."""
+    return {} if narrower_cache is None else {"past_key_values": RoundingCache(narrower_cache, model.config)}
+
+
 def hf_greedy(directory, prompts, num_new_tokens, use_cache=True, narrower_cache=None):
     """transformers' greedy ids and per-step logits, one prompt at a time (no padding);
     `narrower_cache`: the dtype its KV cache rounds to."""
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     ids, logits = [], []
     for prompt in prompts:
-        cache = RoundingCache(narrower_cache, model.config) if narrower_cache is not None else None
         out = model.generate(torch.tensor([prompt]), max_new_tokens=num_new_tokens, do_sample=False,
                              eos_token_id=None, output_logits=True, return_dict_in_generate=True,
-                             use_cache=use_cache, cache=cache)
+                             use_cache=use_cache, **rounding_cache(model, narrower_cache))
         ids.append(out.sequences[0, len(prompt):].tolist())
         logits.append([step[0] for step in out.logits])
     return ids, logits
