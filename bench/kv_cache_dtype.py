@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--seqs", type=int, default=8, help="sequences the smaller budget holds in --dtype")
-    parser.add_argument("--kv-cache-dtype", default="fp8", choices=("fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16"))
+    parser.add_argument("--kv-cache-dtype", default="fp8", choices=[n for n in KV_CACHE_DTYPES if n != "auto"])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 

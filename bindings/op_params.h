@@ -3,8 +3,6 @@
 // caller checks that all of them sit on one device.
 #pragma once
 
-#include <optional>
-
 #include "array_check.h"
 #include "kvserve/layer_ops.h"
 #include "kvserve/reshape_and_cache.h"
