@@ -4,7 +4,9 @@ For every kernel in a CUDA binary (kvserve._C of a CUDA build by default, or any
 per architecture: its registers and local memory (from cuobjdump -res-usage), and for each of its
 innermost loops that holds tensor-core instructions (the attention kernel's per-stage loop), how
 many instructions one trip through the loop holds, split by kind. Loops whose code calls a
-subroutine (the softcap's full-precision division) are marked "transformed", the others "raw".
+subroutine (the softcap's full-precision division) are marked "transformed", the others "raw"
+(sm_80 code leaves a loop by a CALL.REL.NOINC to the instruction after its backward branch: not a
+subroutine).
 
     python bench/sass_loops.py                      # kvserve._C, every kernel with such a loop
     python bench/sass_loops.py build/cuda/cpp/CMakeFiles/kvserve_engine.dir/__/cuda/paged_attention.cu.o
@@ -92,9 +94,16 @@ def tensor_loops(code: list[tuple[int, str]]) -> list[Loop]:
             if any(opcode(t) == "HMMA" for t in body):
                 spans.append((int(m.group(1), 16), address, body))
     inner = [s for s in spans if not any(o is not s and s[0] <= o[0] and o[1] <= s[1] for o in spans)]
-    return [Loop("transformed" if any(opcode(t) == "CALL" for t in body) else "raw",
+    return [Loop("transformed" if calls_subroutine(body, end) else "raw",
                  collections.Counter(opcode(t) for t in body), len(body))
-            for _, _, body in sorted(inner)]
+            for _, end, body in sorted(inner)]
+
+
+def calls_subroutine(body: list[str], end: int) -> bool:
+    """Whether a loop body (its backward branch at `end`) calls a subroutine: a CALL to anywhere but
+    the instruction after that branch (sm_80's way out of a loop)."""
+    targets = [re.search(r"CALL\S*\s+0x([0-9a-f]+)", t) for t in body if opcode(t) == "CALL"]
+    return any(target is None or int(target.group(1), 16) != end + 0x10 for target in targets)
 
 
 # Instructions that touch global (or generic, which may be global) memory; CCTL and UBLKPF (prefetch

@@ -44,6 +44,24 @@ def test_finds_the_innermost_tensor_core_loops_and_their_kind():
     assert sass_loops.tensor_loops(silu) == []  # a loop without tensor-core instructions
 
 
+def test_a_call_to_the_instruction_after_the_loop_is_sm_80s_way_out_not_a_subroutine():
+    listing = f"""
+	code for sm_80
+		Function : {MANGLED}
+        /*0000*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;
+        /*0010*/               @P0 CALL.REL.NOINC 0x30 ;
+        /*0020*/                   BRA 0x0 ;
+        /*0030*/                   BSYNC B0 ;
+        /*0040*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;
+        /*0050*/               @P0 CALL.REL.NOINC 0x80 ;
+        /*0060*/                   CALL.REL.NOINC 0x400 ;
+        /*0070*/                   BRA 0x40 ;
+        /*0080*/                   EXIT ;
+"""
+    loops = sass_loops.tensor_loops(sass_loops.functions(listing)[("sm_80", MANGLED)])
+    assert [(loop.kind, loop.size) for loop in loops] == [("raw", 3), ("transformed", 4)]
+
+
 def test_predicated_instructions_count_by_their_opcode():
     assert sass_loops.opcode("@!P1 BRA 0x60") == "BRA"
     assert sass_loops.opcode("@P5 IMAD.WIDE.U32 R86, R153, R84, R86") == "IMAD"
