@@ -87,10 +87,33 @@ __device__ inline BFloat16 from_float<BFloat16>(float x) {
 #endif
 }
 
+// Two float16 pairs multiplied lane by lane (each product rounded to float16).
+__device__ inline uint32_t mul_half_pairs(uint32_t a, uint32_t b) {
+#if defined(KVSERVE_GPU_EMULATOR)
+  auto lane = [a, b](int shift) {
+    const float product = __half2float(half_from_bits(static_cast<uint16_t>(a >> shift))) *
+                          __half2float(half_from_bits(static_cast<uint16_t>(b >> shift)));
+    return static_cast<uint32_t>(half_bits(__float2half_rn(product))) << shift;
+  };
+  return lane(0) | lane(16);
+#else
+  __half2 x, y;
+  memcpy(&x, &a, 4);
+  memcpy(&y, &b, 4);
+  const __half2 z = __hmul2(x, y);
+  uint32_t product;
+  memcpy(&product, &z, 4);
+  return product;
+#endif
+}
+
 // Elements 2j and 2j + 1 of four fp8 codes in a 32-bit word (element i in byte i) as a float16 pair,
 // the lower element in the lower half, exactly. sm_89+ converts a pair in one instruction (as
-// cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2 does); elsewhere e5m2 codes are float16's upper bytes,
-// and e4m3 codes go one at a time.
+// cuda_fp8.h's __nv_cvt_fp8x2_to_halfraw2 does). Elsewhere both codes go to their float16's upper
+// bytes (one byte permutation), which makes e5m2 codes float16s. e4m3 codes, their bits below the sign
+// moved one place down, are float16s of their values / 2^8 (as to_float says), subnormals too, which
+// one pair multiply scales exactly; e4m3's NaN (S.1111.111) moves to 0x3f80 (1.875), which would scale
+// to 480: its lane's bit 14 is set first, which makes it a float16 NaN.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && !defined(__HIPCC__) && !defined(KVSERVE_USE_HIP)
 #define KVSERVE_FP8_PAIRS 1
 #else
@@ -111,14 +134,14 @@ __device__ inline uint32_t half_pair(uint32_t word, int j) {
   }
   return pair;
 #else
+  const uint32_t upper = __byte_perm(word, 0, j == 0 ? 0x1404u : 0x3424u);  // 4: a zero byte
   if constexpr (kE4M3) {
-    auto half = [word](int i) {
-      const Float8E4M3 code{static_cast<uint8_t>(word >> (8 * i))};
-      return static_cast<uint32_t>(half_bits(from_float<__half>(to_float(code))));
-    };
-    return half(2 * j) | half(2 * j + 1) << 16;
+    const uint32_t magnitudes = (upper >> 1) & 0x3f803f80u;
+    const uint32_t nan_bits = (magnitudes + 0x00800080u) & 0x40004000u;  // 0x4000 where a code is NaN
+    constexpr uint32_t kTwoToTheEight = 0x5c005c00u;                     // float16 256, twice
+    return mul_half_pairs((upper & 0x80008000u) | magnitudes | nan_bits, kTwoToTheEight);
   } else {
-    return j == 0 ? ((word & 0xffu) << 8) | ((word & 0xff00u) << 16) : ((word >> 8) & 0xff00u) | (word & 0xff000000u);
+    return upper;
   }
 #endif
 }

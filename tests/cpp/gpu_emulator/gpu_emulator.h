@@ -68,6 +68,13 @@ inline int atomicAdd(int* address, int value) {
 }
 inline void __threadfence() {}
 inline float __fmul_rn(float a, float b) { return a * b; }
+// Byte i of the result: byte (s >> 4i) & 7 of y:x (x's bytes 0-3, y's 4-7).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const uint64_t bytes = static_cast<uint64_t>(y) << 32 | x;
+  unsigned result = 0;
+  for (int i = 0; i < 4; ++i) result |= static_cast<unsigned>((bytes >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+  return result;
+}
 
 // ---- the runtime API subset --------------------------------------------------------------------
 
