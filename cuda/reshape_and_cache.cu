@@ -77,6 +77,15 @@ Status launch(const ReshapeAndCacheParams& p, kvGpuStream_t stream) {
   return launch_status();
 }
 
+Status copy(const ReshapeAndCacheParams& p, kvGpuStream_t stream) {
+  switch (unit_bytes(p)) {
+    case 16: return launch<uint4>(p, stream);
+    case 8: return launch<uint2>(p, stream);
+    case 4: return launch<uint32_t>(p, stream);
+    default: return launch<uint16_t>(p, stream);
+  }
+}
+
 }  // namespace
 
 Status reshape_and_cache_cuda(const ReshapeAndCacheParams& p, void* stream) {
@@ -84,22 +93,18 @@ Status reshape_and_cache_cuda(const ReshapeAndCacheParams& p, void* stream) {
   if (p.num_tokens == 0) return Status::kOk;
   if (p.num_tokens > INT_MAX) return Status::kUnsupported;
   const auto s = static_cast<kvGpuStream_t>(stream);
-  if (p.cache_dtype.value_or(p.dtype) != p.dtype) {
-    return with_float_type(p.dtype, [&](auto rows) {
-      using T = decltype(rows);
-      return with_cache_type<T>(*p.cache_dtype, [&](auto element) {
-        launch_kernel(reshape_and_round_kernel<T, decltype(element)>, static_cast<unsigned>(p.num_tokens), kThreads, 0,
-                      s, p);
+  return with_float_type(p.dtype, [&](auto rows) {
+    using T = decltype(rows);
+    return with_cache_type<T>(p.cache_dtype.value_or(p.dtype), [&](auto element) {
+      using C = decltype(element);
+      if constexpr (std::is_same_v<C, T>) {
+        return copy(p, s);
+      } else {
+        launch_kernel(reshape_and_round_kernel<T, C>, static_cast<unsigned>(p.num_tokens), kThreads, 0, s, p);
         return launch_status();
-      });
+      }
     });
-  }
-  switch (unit_bytes(p)) {
-    case 16: return launch<uint4>(p, s);
-    case 8: return launch<uint2>(p, s);
-    case 4: return launch<uint32_t>(p, s);
-    default: return launch<uint16_t>(p, s);
-  }
+  });
 }
 
 }  // namespace kvserve
