@@ -96,7 +96,7 @@ run ncu-smem 60 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base f
 # The same for a decode-tile attention call inside the engine's batch-1 decode graph, past the
 # capture's and the prefill's calls (its time was 2.2x the benchmark's call: bench/README.md).
 run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base demangled \
-  -k "regex:MmaTile<.*128, \(int\)16, [^,]*BFloat16>" --launch-skip 160 --launch-count 1 \
+  -k "regex:MmaTile<.*128, \(int\)16, [^,]*BFloat16, \(int\)4>" --launch-skip 160 --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section MemoryWorkloadAnalysis --section WarpStateStats \
   "$PY" bench/gpu_bench.py decode --batches 1 --steps 16 --out /tmp/ncu-decode.jsonl
 
@@ -139,6 +139,17 @@ run attention-fp8 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no-pr
   --cases 1x512/8192 1x4096 64x512/8192 128x2048 --out "$OUT/bench.jsonl"
 run decode-fp8 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 64 --modes graphs --kv-cache-dtype fp8 \
   --out "$OUT/bench.jsonl"
+# The two-warp decode tile (cuda/paged_attention_launch.cuh; head_dim 128): decode attention with it at
+# every batch (KVSERVE_DECODE_WARPS=2), then graphed steps with it where a step's blocks outnumber the
+# four-warp tile's places ("auto": batch 64's 512 blocks, one wave instead of two; batches 1 and 8
+# keep the four-warp tile), beside the default's rows above. "auto" becomes the default if batch 64
+# gains and batches 1 and 8 keep their times.
+TWO_WARP_JSONL=/tmp/kvserve-two-warps.jsonl
+rm -f "$TWO_WARP_JSONL"
+run attention-two-warps 40 "$OUT/bench.log" env KVSERVE_DECODE_WARPS=2 "$PY" bench/gpu_bench.py attention \
+  --no-prefill --cases 1x512/8192 8x512/8192 64x512/8192 64x2048/8192 --out "$TWO_WARP_JSONL"
+run decode-two-warps 100 "$OUT/bench.log" env KVSERVE_DECODE_WARPS=auto "$PY" bench/gpu_bench.py decode \
+  --batches 1 8 64 --modes graphs --out "$TWO_WARP_JSONL"
 # With BASELINE set to another kvserve source tree (a commit before a change, carried to the machine
 # beside this one), that tree is built too and its attention calls and decode steps are timed in the
 # same run, right after this tree's decode steps (the comparison a short budget keeps), and its
@@ -195,12 +206,12 @@ run offline-workload 200 "$OUT/bench.log" "$PY" bench/gpu_bench.py offline --inp
   echo
   echo "tests: $(grep -E '^[0-9]+ (passed|failed)|(passed|failed|error).* in [0-9.]+s' "$OUT/tests.log" | tail -1)"
   echo
-  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" <<'PYEOF'
+  "$PY" - "$OUT/bench.jsonl" "$NO_PDL_JSONL" "$BASELINE_JSONL" "$TWO_WARP_JSONL" <<'PYEOF'
 import json, sys
 from pathlib import Path
 
 rows = []
-for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)")):
+for path, build in zip(map(Path, sys.argv[1:]), ("", " (KVSERVE_PDL=0)", " (BASELINE)", " (KVSERVE_DECODE_WARPS)")):
     if path.exists():
         rows += [dict(json.loads(line), build=build) for line in path.read_text().splitlines()]
 goals = {"decode_step_b1_ctx512_graphs": 6.0, "decode_step_b64_ctx512_graphs": 7.7}

@@ -4,12 +4,14 @@
 // pairs, so one kv head's query heads share every K/V load) of one kv head, and one split of its
 // keys. Keys stream through shared memory kKeys at a time, double-buffered with cp.async. Tiles hold
 // 64 rows (prefill) or 16 (decode: a token's group fits one; paged_attention_launch.cuh picks by the
-// step's shape), and the block's four warps split the work one of two ways (WarpSplit):
+// step's shape), and the block's warps (four; two in the smaller decode tile, which more blocks fit
+// an SM at once) split the work one of two ways (WarpSplit):
 //
 //   by rows (1 key warp):  each warp 16 of the tile's rows against every key of a stage;
-//   by keys (4 key warps): every warp the tile's (at most) 16 rows against a quarter of each
-//                          stage's keys; the four softmax states are merged at the end through
-//                          shared memory (the same arithmetic as the split merge, attention_split.cuh).
+//   by keys (all warps):   every warp the tile's (at most) 16 rows against its share of each
+//                          stage's keys (16 in a decode tile); the warps' softmax states are merged at
+//                          the end through shared memory (the same arithmetic as the split merge,
+//                          attention_split.cuh).
 //
 // Decode tiles always split by keys; a 64-row tile whose request has at most 16 rows in it (a
 // decode token in a step that also prefills) does too, so that no warp idles.
@@ -46,20 +48,23 @@
 
 namespace kvserve::gpu {
 
-// The shared-memory side of a tile: kRows rows of Q, two stages of kKeys keys of K and V (of a cache
-// of element type C: T, or with kNarrow one stage of K and V widened from two stages of raw C).
-template <class T, int kHeadDim, int kRowsArg, class C = T>
+// The shared-memory side of a tile of kWarpsArg warps: kRows rows of Q, two stages of kKeys keys of K
+// and V (of a cache of element type C: T, or with kNarrow one stage of K and V widened from two
+// stages of raw C).
+template <class T, int kHeadDim, int kRowsArg, class C = T, int kWarpsArg = 4>
 struct MmaTile {
   using Cache = C;
   static constexpr bool kNarrow = !std::is_same_v<C, T>;
   static_assert(!kNarrow || sizeof(C) == 1, "a narrower cache of 8-bit floats");
-  static constexpr int kWarps = 4;
+  static constexpr int kWarps = kWarpsArg;
   static constexpr int kThreads = kWarps * kWarpSize;
   static constexpr int kDim = kHeadDim;
   static constexpr int kRows = kRowsArg;
-  static_assert(kRows == 16 || kRows == 16 * kWarps, "a decode tile or a prefill tile");
-  // 64 keys a stage (32 for a prefill tile of head_dim 256, whose 64 rows of output fill the registers).
-  static constexpr int kKeys = kHeadDim <= 128 || kRows == 16 ? 64 : 32;
+  static_assert(kRows == 16 * kWarps || (kRows == 16 && (kWarps == 4 || kWarps == 2)),
+                "a prefill tile (a warp per 16 rows) or a decode tile of four or two warps");
+  // Decode tiles: 16 keys a warp and stage. Prefill tiles: 64 keys a stage (32 at head_dim 256,
+  // whose 64 rows of output fill the registers).
+  static constexpr int kKeys = kRows == 16 ? 16 * kWarps : kHeadDim <= 128 ? 64 : 32;
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks of a row of Q (or of widened K, V)
   static constexpr int kChunkElements = 16 / sizeof(C);
@@ -73,10 +78,12 @@ struct MmaTile {
   static constexpr size_t kRawBytes = kNarrow ? static_cast<size_t>(4 * kKeys) * kHeadDim * sizeof(C) : 0;
   static constexpr size_t kSharedBytes =
       static_cast<size_t>(kRows + 2 * kBuffers * kKeys) * kStride * sizeof(T) + kRawBytes;
-  // Blocks per multiprocessor that the registers must allow: the three whose shared memory fits
-  // (228 KB) for decode tiles of head_dim 128 (decode reads K/V at memory speed only with enough
-  // blocks in flight); the compiler's own choice otherwise.
-  static constexpr int kMinBlocks = kRows == 16 && kHeadDim == 128 ? 3 : 1;
+  // Blocks per multiprocessor that the registers must allow: as many as the shared memory holds
+  // (228 KB, 1 KB of it reserved a block: three four-warp tiles, five two-warp ones) for decode tiles
+  // of head_dim 128 (decode reads K/V at memory speed only with enough blocks in flight); the
+  // compiler's own choice otherwise.
+  static constexpr int kMinBlocks =
+      kRows == 16 && kHeadDim == 128 ? static_cast<int>(228 * 1024 / (kSharedBytes + 1024)) : 1;
   // The merge of a split by keys reuses the memory after Q: per warp, 16 rows of O (padded) and their {max, sum}.
   static constexpr int kMergeStride = kHeadDim + 8;
   static constexpr bool kCanSplitKeys =
@@ -86,10 +93,14 @@ struct MmaTile {
 
 template <class T, int kHeadDim, class C = T>
 using PrefillTile = MmaTile<T, kHeadDim, 64, C>;
-template <class T, int kHeadDim, class C = T>
-using DecodeTile = MmaTile<T, kHeadDim, 16, C>;
-static_assert(DecodeTile<BFloat16, 256>::kCanSplitKeys && DecodeTile<BFloat16, 64, Float8E4M3>::kCanSplitKeys,
+template <class T, int kHeadDim, class C = T, int kWarps = 4>
+using DecodeTile = MmaTile<T, kHeadDim, 16, C, kWarps>;
+static_assert(DecodeTile<BFloat16, 256>::kCanSplitKeys && DecodeTile<BFloat16, 64, Float8E4M3>::kCanSplitKeys &&
+                  DecodeTile<BFloat16, 128, BFloat16, 2>::kCanSplitKeys,
               "decode tiles split by keys at every head_dim");
+static_assert(DecodeTile<BFloat16, 128>::kMinBlocks == 3 && DecodeTile<BFloat16, 128, Float8E4M3>::kMinBlocks == 3 &&
+                  DecodeTile<BFloat16, 128, BFloat16, 2>::kMinBlocks == 5,
+              "the decode tiles' blocks an SM");
 
 // How a block's warps share a tile (see the top of this file): kKeyWarps = 1, by rows; = kWarps, by keys.
 template <class Tile, int kKeyWarpsArg>
@@ -103,8 +114,8 @@ struct WarpSplit {
 // The merge of the key warps' states (a split by keys): every warp leaves its 16 rows' output, max and
 // sum in shared memory; then each warp takes back its share of the dims (kOwnTiles n8 tiles of O
 // from warp * kOwnTiles) merged over the warps, and every warp the rows' merged max and sum. The
-// four warps merge and write a quarter each, at once: a quarter of the code and of the time of one
-// warp merging all of it (this runs once per decode block, its code fetched cold).
+// warps merge and write their shares at once: a share of the code and of the time of one warp
+// merging all of it (this runs once per decode block, its code fetched cold).
 template <class Tile, int kOwnTiles>
 __device__ inline void merge_key_warps(float* s_merge, int warp, int lane, const float (&o)[Tile::kDimTiles][4],
                                        float (&own)[kOwnTiles][4], float (&row_max)[2], float (&row_sum)[2]) {

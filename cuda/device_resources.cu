@@ -68,6 +68,12 @@ bool split_workspace(kvGpuStream_t stream, SplitWorkspace* workspace) {
   return true;
 }
 
+DecodeWarps decode_warps() {
+  const char* setting = std::getenv("KVSERVE_DECODE_WARPS");
+  const std::string_view value = setting == nullptr ? "" : setting;
+  return value == "2" ? DecodeWarps::kTwo : value == "auto" ? DecodeWarps::kAuto : DecodeWarps::kFour;
+}
+
 #if !defined(KVSERVE_GPU_EMULATOR)
 bool launch_programmatically(const void* kernel) {
   static const bool enabled = [] {

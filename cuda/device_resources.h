@@ -24,6 +24,13 @@ struct DeviceInfo {
 // The current device's properties; false when the CUDA runtime cannot tell (no device, no driver).
 bool current_device_info(DeviceInfo* info);
 
+// The decode tile paged attention takes at head_dim 128 (paged_attention_launch.cuh), as the
+// environment's KVSERVE_DECODE_WARPS says, read at each call: "4" (or unset, or anything else), the
+// four-warp tile; "2", the two-warp tile; "auto", the two-warp tile where a step's blocks outnumber
+// the four-warp tile's places on the device (a second wave), the four-warp tile otherwise.
+enum class DecodeWarps { kFour, kTwo, kAuto };
+DecodeWarps decode_warps();
+
 // Room for the partials (SplitPartials::out and stats) of one paged-attention call.
 constexpr size_t kSplitPartialBytes = size_t{16} << 20;
 

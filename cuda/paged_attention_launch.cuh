@@ -62,16 +62,40 @@ inline int32_t choose_splits(const PagedAttentionParams& p, int64_t tiles, int64
   return static_cast<int32_t>(max_i64(1, min_i64(min_i64(wanted, kMaxSplits), min_i64(by_length, by_memory))));
 }
 
+// Blocks of the kernel for Tile that a multiprocessor of the device holds at once (the runtime's
+// occupancy), asked once per device after raising the kernel's shared-memory limit (over 48 KB needs
+// it; the first call, eager, before any graph capture, does both); 0 when either fails.
+template <class T, class Tile>
+int blocks_per_multiprocessor(const DeviceInfo& device) {
+  static std::atomic<int> known[kMaxDevices];
+  int blocks = known[device.index].load(std::memory_order_acquire);
+  if (blocks == 0) {
+    const auto kernel = attention_mma_kernel<T, Tile>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, Tile::kThreads, Tile::kSharedBytes) !=
+            cudaSuccess) {
+      return 0;
+    }
+    known[device.index].store(blocks, std::memory_order_release);
+  }
+  return blocks;
+}
+
+// Tiles of a step that hold rows: every request has one, and no tile more than kRows rows, so at
+// least max(num_reqs, rows / kRows); at most one per request more than that.
+inline int64_t work_tiles(const PagedAttentionParams& p, int64_t rows_per_tile) {
+  const int64_t group = p.num_heads / p.num_kv_heads;
+  return max_i64(p.num_reqs, (p.num_tokens * group + rows_per_tile - 1) / rows_per_tile);
+}
+
 template <class T, class Tile>
 Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
   const int64_t group = p.num_heads / p.num_kv_heads;
-  // Every request has a tile, and no tile more than kRows rows: at least max(num_reqs, rows / kRows)
-  // tiles hold rows; at most one per request more than that.
-  const int64_t work_tiles = max_i64(p.num_reqs, (p.num_tokens * group + Tile::kRows - 1) / Tile::kRows);
-  const int64_t tiles = p.num_reqs + p.num_tokens * group / Tile::kRows;
+  const int64_t tiles = p.num_reqs + p.num_tokens * group / Tile::kRows;  // the grid's (work_tiles)
   if (tiles > INT_MAX) return Status::kUnsupported;
   SplitPartials partials;
-  partials.num_splits = choose_splits(p, tiles, work_tiles, Tile::kKeys, device);
+  partials.num_splits = choose_splits(p, tiles, work_tiles(p, Tile::kRows), Tile::kKeys, device);
   if (partials.num_splits > 1) {
     SplitWorkspace workspace;
     if (split_workspace(stream, &workspace)) {
@@ -82,20 +106,27 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
       partials.num_splits = 1;
     }
   }
-  // Over 48 KB of shared memory needs the kernel's limit raised, once per device: the first call
-  // (eager, before any graph capture) does it.
-  static std::atomic<bool> raised[kMaxDevices];
-  if (!raised[device.index].load(std::memory_order_acquire)) {
-    if (cudaFuncSetAttribute(attention_mma_kernel<T, Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(Tile::kSharedBytes)) != cudaSuccess) {
-      return Status::kDeviceError;
-    }
-    raised[device.index].store(true, std::memory_order_release);
-  }
+  if (blocks_per_multiprocessor<T, Tile>(device) == 0) return Status::kDeviceError;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.num_kv_heads),
                   static_cast<unsigned>(partials.num_splits));
   launch_kernel(attention_mma_kernel<T, Tile>, grid, Tile::kThreads, Tile::kSharedBytes, stream, p, partials);
   return launch_status();
+}
+
+// Whether a decode step at head_dim 128 takes the two-warp tile (half the shared memory: five blocks
+// an H100 SM where the four-warp tile has three), as KVSERVE_DECODE_WARPS says (device_resources.h):
+// "auto" takes it where the step's blocks (a tile per request and kv head, unsplit) outnumber the
+// four-warp tile's places on the device, which would leave a second wave (batch 64 of Llama 3.1 8B on
+// an H100: 512 blocks for 396 places). The launch splits the keys of fewer blocks, to twice the SMs.
+template <class T, class FourWarps>
+bool two_warp_decode(const PagedAttentionParams& p, const DeviceInfo& device) {
+  switch (decode_warps()) {
+    case DecodeWarps::kTwo: return true;
+    case DecodeWarps::kAuto:
+      return work_tiles(p, FourWarps::kRows) * p.num_kv_heads >
+             int64_t{blocks_per_multiprocessor<T, FourWarps>(device)} * device.multiprocessors;
+    default: return false;
+  }
 }
 
 // Steps of one 16-row tile per request on average (decode: a token's group of query heads) take
@@ -104,11 +135,14 @@ Status launch_tile(const PagedAttentionParams& p, const DeviceInfo& device, kvGp
 // still split its keys across the warps, attention_mma.cuh).
 template <class T, class C, int kHeadDim>
 Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& device, kvGpuStream_t stream) {
-  const int64_t group = p.num_heads / p.num_kv_heads;
-  if (p.num_tokens * group <= DecodeTile<T, kHeadDim, C>::kRows * p.num_reqs) {
-    return launch_tile<T, DecodeTile<T, kHeadDim, C>>(p, device, stream);
+  using FourWarps = DecodeTile<T, kHeadDim, C>;
+  if (p.num_tokens * (p.num_heads / p.num_kv_heads) > FourWarps::kRows * p.num_reqs) {
+    return launch_tile<T, PrefillTile<T, kHeadDim, C>>(p, device, stream);
   }
-  return launch_tile<T, PrefillTile<T, kHeadDim, C>>(p, device, stream);
+  if constexpr (kHeadDim == 128) {
+    if (two_warp_decode<T, FourWarps>(p, device)) return launch_tile<T, DecodeTile<T, kHeadDim, C, 2>>(p, device, stream);
+  }
+  return launch_tile<T, FourWarps>(p, device, stream);
 }
 
 #endif  // KVSERVE_GPU_MMA

@@ -1,12 +1,13 @@
 // The CUDA paged-attention kernels, run by the GPU emulator (gpu_emulator/), against the CPU kernel
 // on the same random data: both attention kernels (tensor cores for float16/bfloat16 with head_dim
-// 64/128/256, the portable one otherwise), with and without split keys, over caches of the rows'
-// dtype and narrower ones, and bad metadata.
+// 64/128/256, their decode tiles of four warps and of two; the portable kernel otherwise), with and
+// without split keys, over caches of the rows' dtype and narrower ones, and bad metadata.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -240,6 +241,60 @@ TEST(EmulatedPagedAttention, NarrowerCachesMatchCpu) {
     }
   }
   expect_over(DType::kFloat8E5M2, {DType::kBFloat16, 80, 4, 4, 16, {1, 23, 1, 5}, {50, 23, 9, 37}});  // portable
+}
+
+// KVSERVE_DECODE_WARPS (device_resources.h) for the scope of one test.
+class DecodeWarps {
+ public:
+  explicit DecodeWarps(const char* value) { setenv("KVSERVE_DECODE_WARPS", value, 1); }
+  ~DecodeWarps() { unsetenv("KVSERVE_DECODE_WARPS"); }
+  DecodeWarps(const DecodeWarps&) = delete;
+  DecodeWarps& operator=(const DecodeWarps&) = delete;
+};
+
+// The threads of the last launch's blocks.
+unsigned last_block_threads() { return kvserve::gpu::emulator::block_dim().x; }
+
+// The two-warp decode tile (head_dim 128): decode steps over 16-bit and fp8 caches, full groups of
+// 16 query heads, split keys, windows with softcaps; a step that also prefills keeps the prefill
+// tile.
+TEST(EmulatedPagedAttention, TwoWarpDecodeTilesMatchCpu) {
+  const DecodeWarps two("2");
+  for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+    for (std::optional<DType> cache : {std::optional<DType>{}, std::optional<DType>{DType::kFloat8E4M3}}) {
+      AttentionCase decode{dtype, 128, 8, 2, 16, {1, 1, 1, 1}, {1, 16, 33, 70}};
+      decode.cache_dtype = cache;
+      expect_attention_matches(decode);
+      EXPECT_EQ(last_block_threads(), 64u);
+      AttentionCase full_groups{dtype, 128, 32, 2, 16, {1, 1}, {40, 97}};
+      full_groups.cache_dtype = cache;
+      expect_attention_matches(full_groups);
+      AttentionCase split{dtype, 128, 8, 1, 16, {1, 1}, {700, 300}};
+      split.num_splits = 3;
+      split.cache_dtype = cache;
+      expect_attention_matches(split);
+      AttentionCase windowed{dtype, 128, 8, 2, 16, {1, 1, 1}, {50, 9, 37}};
+      windowed.sliding_window = 7;
+      windowed.softcap = 2.f;
+      windowed.strided = true;
+      windowed.cache_dtype = cache;
+      expect_attention_matches(windowed);
+    }
+  }
+  expect_attention_matches({DType::kBFloat16, 128, 8, 2, 16, {1, 23, 1, 5}, {50, 23, 9, 37}});
+  EXPECT_EQ(last_block_threads(), 128u);
+}
+
+// "auto" takes the two-warp tile only for a decode step whose blocks (a request and kv head each)
+// outnumber the four-warp tile's places: three an SM (its shared memory), 396 on the emulator's H100.
+TEST(EmulatedPagedAttention, AutoDecodeTakesTwoWarpsPastTheFourWarpTilesPlaces) {
+  const DecodeWarps automatic("auto");
+  for (int32_t requests : {99, 100}) {  // x 4 kv heads: 396 blocks, then 400
+    std::vector<int32_t> ones(static_cast<size_t>(requests), 1), contexts(static_cast<size_t>(requests));
+    for (size_t i = 0; i < contexts.size(); ++i) contexts[i] = 1 + static_cast<int32_t>((i * 37) % 40);
+    expect_attention_matches({DType::kBFloat16, 128, 8, 4, 16, ones, contexts});
+    EXPECT_EQ(last_block_threads(), requests == 99 ? 128u : 64u) << requests << " requests";
+  }
 }
 
 TEST(EmulatedPagedAttention, PortableKernelMatchesCpu) {

@@ -10,7 +10,7 @@ from bench_script import load_bench_script
 
 sass_loops = load_bench_script("sass_loops")
 
-MANGLED = ("_ZN7kvserve3gpu20attention_mma_kernelINS0_8BFloat16ENS0_7MmaTileIS2_Li128ELi16EEEEEv"
+MANGLED = ("_ZN7kvserve3gpu20attention_mma_kernelINS0_8BFloat16ENS0_7MmaTileIS2_Li128ELi16ES2_Li4EEEEEv"
            "NS_20PagedAttentionParamsENS0_13SplitPartialsE")
 
 LISTING = f"""
@@ -78,9 +78,13 @@ def test_kernel_instances_get_readable_names():
     fused = ("_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelI6__halfLNS0_8EpilogueE2EEEvNS_12"
              "LinearParamsENS_20RotaryAndCacheParamsE")
     assert sass_loops.short_name(fused) == "linear_kernel<f16, Epilogue 2>"
-    # Instances over an fp8 KV cache name it last.
-    fp8_tile = MANGLED.replace("Li16EEEEEv", "Li16ENS0_10Float8E4M3EEEEEv")
+    # Instances over an fp8 KV cache name it last; two-warp tiles name their warps.
+    fp8_tile = MANGLED.replace("Li16ES2_Li4E", "Li16ENS0_10Float8E4M3ELi4E")
     assert sass_loops.short_name(fp8_tile) == "attention_mma_kernel<bf16, D128, 16 rows, e4m3 cache>"
+    two_warps = MANGLED.replace("Li16ES2_Li4E", "Li16ES2_Li2E")
+    assert sass_loops.short_name(two_warps) == "attention_mma_kernel<bf16, D128, 16 rows, 2 warps>"
+    fp8_two_warps = MANGLED.replace("Li16ES2_Li4E", "Li16ENS0_10Float8E4M3ELi2E")
+    assert sass_loops.short_name(fp8_two_warps) == "attention_mma_kernel<bf16, D128, 16 rows, 2 warps, e4m3 cache>"
     fp8_rotary = ("_ZN7kvserve3gpu13rotary_kernelINS0_8BFloat16ELi8ELb1ELb0ENS0_10Float8E5M2EEEv"
                   "NS_20RotaryAndCacheParamsE")
     assert sass_loops.short_name(fp8_rotary) == "rotary_kernel<bf16, true, false, e5m2 cache>"
@@ -99,6 +103,7 @@ def test_the_attention_loops_keep_their_instruction_budget():
     without a GPU."""
     budgets = {  # (arch, kernel, mma in the loop) -> instructions of its raw-score loop
         ("sm_90a", "attention_mma_kernel<bf16, D128, 16 rows>", 32): 671,  # decode
+        ("sm_90a", "attention_mma_kernel<bf16, D128, 16 rows, 2 warps>", 32): 671,  # the same code a warp
         ("sm_90a", "attention_mma_kernel<bf16, D128, 64 rows>", 128): 1152,  # prefill
         ("sm_90a", "attention_mma_kernel<bf16, D128, 16 rows, e4m3 cache>", 32): 830,  # and the stage's widening
         ("sm_80", "attention_mma_kernel<bf16, D128, 16 rows>", 32): 669,

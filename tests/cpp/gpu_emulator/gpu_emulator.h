@@ -15,6 +15,7 @@
 // finds only the races that the fixed switch points expose.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -154,6 +155,15 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_byte
 }
 
 }  // namespace kvserve::gpu::emulator
+
+// An H100's limits a multiprocessor: 2048 threads, 32 blocks, and 228 KB of shared memory, of which a
+// block takes 1 KB more than it asks (registers are not counted).
+template <class Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel*, int block_size, size_t shared_bytes) {
+  const auto by_shared = static_cast<int>(228 * 1024 / (shared_bytes + 1024));
+  *blocks = std::min({2048 / block_size, 32, by_shared});
+  return cudaSuccess;
+}
 
 template <class Kernel>
 cudaError_t cudaFuncSetAttribute(Kernel* kernel, cudaFuncAttribute, int value) {
