@@ -1,7 +1,8 @@
 """The CUDA paged-attention and reshape_and_cache kernels: the CPU tests' grids against the float64
-reference on the GPU, the tensor-core and portable kernels, split keys, CPU and CUDA agreeing on the
-same inputs, bad device metadata, a CUDA graph replayed with new metadata, and narrower caches
-(kv_cache_dtype fp8; bfloat16 and float16 under float32 rows) read as the values they hold."""
+reference on the GPU, the tensor-core and portable kernels (the two-warp decode tile too), split keys,
+CPU and CUDA agreeing on the same inputs, bad device metadata, a CUDA graph replayed with new
+metadata, and narrower caches (kv_cache_dtype fp8; bfloat16 and float16 under float32 rows) read as
+the values they hold."""
 
 from __future__ import annotations
 
@@ -73,6 +74,22 @@ def test_the_caller_may_set_the_splits(num_splits):
 def test_many_decodes_fill_the_gpu_unsplit():
     seq_lens = [1 + (i * 37) % 300 for i in range(600)]
     run_case(torch.bfloat16, 16, 32, 8, ([1] * 600, seq_lens), head_dim=128, device="cuda")
+
+
+@pytest.mark.parametrize("warps", ["2", "auto"])
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.float8_e4m3fn], ids=str)
+def test_two_warp_decode_tiles(monkeypatch, warps, cache_dtype):
+    """KVSERVE_DECODE_WARPS (read at each call): decode at head_dim 128 on the two-warp tile, always
+    ("2") or where the four-warp tile's places run out ("auto": Llama-3.1-8B's heads at batch 128 are
+    1024 blocks, more than any GPU's), against the reference; short and split contexts, windows."""
+    monkeypatch.setenv("KVSERVE_DECODE_WARPS", warps)
+    for dtype in (torch.bfloat16, torch.float16):
+        cache = cache_dtype if cache_dtype != torch.bfloat16 else None
+        run_case(dtype, 16, 32, 8, ([1] * 128, [1 + (i * 37) % 600 for i in range(128)]), head_dim=128,
+                 device="cuda", cache_dtype=cache)
+        run_case(dtype, 16, 32, 8, ([1], [4096]), head_dim=128, device="cuda", cache_dtype=cache)
+        run_case(dtype, 16, 8, 2, "decode", head_dim=128, sliding_window=7, softcap=2.0, device="cuda",
+                 cache_dtype=cache)
 
 
 @pytest.mark.parametrize("dtype, cache_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
