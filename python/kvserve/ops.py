@@ -83,7 +83,8 @@ def paged_attention(out, query, key_cache, value_cache, block_table, seq_lens, q
 
     `num_splits` (CUDA; the CPU ignores it): split each tile's keys across at most that many thread
     blocks instead of as many as fill the GPU; a speed setting for tuning and benchmarks, the values
-    agree to within float32 rounding.
+    agree to within float32 rounding. `KVSERVE_DECODE_WARPS` ("2", "auto"; read at each call) picks
+    a two-warp tile for decode steps at head_dim 128 (README.md), another such setting.
 
     On the CPU, bad metadata raises ValueError before anything is written. On CUDA the metadata
     stays in device memory and is checked by the kernel as it reads it: the rows of a request with
