@@ -47,13 +47,17 @@ std::string describe(const AttentionCase& c) {
 // Both kernels' inputs, and an output array for each, poisoned with NaN.
 struct AttentionRun {
   int64_t num_tokens = 0, num_blocks = 0, width = 0, row_stride = 0, block_stride = 0;
-  std::vector<int32_t> block_table, query_start_loc;
+  std::vector<int32_t> seq_lens, block_table, query_start_loc;  // the run's own (a case may be a temporary)
   Buffer query, caches, cpu_out, gpu_out;
   kvserve::PagedAttentionParams params;
   EarlyLoads early_loads;  // of the last run_gpu()
 
   explicit AttentionRun(const AttentionCase& c, uint32_t seed = 0)
-      : query(c.dtype, 0), caches(c.cache_dtype.value_or(c.dtype), 0), cpu_out(c.dtype, 0), gpu_out(c.dtype, 0) {
+      : seq_lens(c.seq_lens),
+        query(c.dtype, 0),
+        caches(c.cache_dtype.value_or(c.dtype), 0),
+        cpu_out(c.dtype, 0),
+        gpu_out(c.dtype, 0) {
     std::mt19937 rng(seed);
     const int64_t num_reqs = static_cast<int64_t>(c.seq_lens.size());
     query_start_loc.assign(1, 0);
@@ -92,7 +96,7 @@ struct AttentionRun {
     p.cache_stride_block = block_stride;
     p.block_table = block_table.data();
     p.block_table_stride = width;
-    p.seq_lens = c.seq_lens.data();
+    p.seq_lens = seq_lens.data();
     p.query_start_loc = query_start_loc.data();
     p.dtype = c.dtype;
     p.num_tokens = num_tokens;
@@ -432,7 +436,7 @@ TEST(EmulatedPagedAttention, ShortContextsUseFewerSplitsThanTheLaunchAllows) {
   AttentionRun run(c);
   ASSERT_EQ(run.run_gpu(), Status::kOk);
   for (const std::vector<int32_t>& short_lens : {std::vector<int32_t>{700, 130, 64}, std::vector<int32_t>{65, 2, 1}}) {
-    std::copy(short_lens.begin(), short_lens.end(), c.seq_lens.begin());  // the run's seq_lens
+    std::copy(short_lens.begin(), short_lens.end(), run.seq_lens.begin());
     run.gpu_out = nan_buffer(c.dtype, static_cast<size_t>(run.num_tokens * run.row_stride));
     ASSERT_EQ(run.run_cpu(), Status::kOk);
     ASSERT_EQ(run.run_gpu(), Status::kOk);
@@ -478,8 +482,7 @@ TEST(EmulatedPagedAttention, BadMetadataPoisonsOnlyItsRequest) {
       AttentionRun run(c);
       ASSERT_EQ(run.run_cpu(), Status::kOk);
       run.block_table[1 * run.width + 0] = static_cast<int32_t>(run.num_blocks);  // request 1: a block out of range
-      c.seq_lens[3] = static_cast<int32_t>(run.width * 16 + 1);                   // request 3: longer than its table
-      run.params.seq_lens = c.seq_lens.data();
+      run.seq_lens[3] = static_cast<int32_t>(run.width * 16 + 1);                 // request 3: longer than its table
       kvserve::PagedAttentionParams layout = run.params;
       layout.out = run.gpu_out.data();
       std::string why;

@@ -219,8 +219,8 @@ TEST_P(EmulatedRotaryAndCache, WithHeadNormsEqualsTheNormsThenTheKernel) {
     std::mt19937 rng(13);
     Buffer q_weight = random_buffer(dtype, static_cast<size_t>(shape.head_dim), rng);
     Buffer k_weight = random_buffer(dtype, static_cast<size_t>(shape.head_dim), rng);
-    std::vector<uint32_t> shifted(k_weight.words.size() + 4);  // the key's weight 2 bytes past a pack
-    void* k_unaligned = reinterpret_cast<char*>(shifted.data()) + 2;
+    std::vector<uint32_t> shifted(k_weight.words.size() + 4);  // the key's weight an element past a pack
+    void* k_unaligned = reinterpret_cast<char*>(shifted.data()) + kvserve::dtype_bytes(dtype);
     memcpy(k_unaligned, k_weight.data(), k_weight.words.size() * 4);
     for (const void* k : {static_cast<const void*>(k_weight.data()), static_cast<const void*>(k_unaligned)}) {
       // (an fp8 cache for the 16-bit dtypes: the normed kernel's own store into a narrower cache)

@@ -119,7 +119,7 @@ void run_block(dim3 block_shape, size_t shared_bytes, void (*body)(void*), void*
   b.warp_barriers.resize(warps);
   b.exchange.assign(static_cast<size_t>(warps) * 32 * kWordsPerLane, 0);
   b.shared.resize((shared_bytes + 15) / 16);
-  std::memset(b.shared.data(), 0xff, b.shared.size() * sizeof(uint4));
+  if (!b.shared.empty()) std::memset(b.shared.data(), 0xff, b.shared.size() * sizeof(uint4));
   b.body = body;
   b.context = context;
   block = &b;
