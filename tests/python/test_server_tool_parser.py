@@ -217,16 +217,43 @@ def test_llama3_json_whole_and_streamed_in_any_pieces(text, content, calls):
          "city": "Paris ]", "days": 3, "hourly": False, "at": None, "temps": [1.5, -2], "extra": {"k": [1]}})]),
     ("<|python_start|>[f()]<|python_end|>", None, [("f", {})]),
     ("[f(x=1)]\nDone.", "Done.", [("f", {"x": 1})]),
-    ("[f(1)]", "[f(1)]", None),  # positional arguments name nothing
-    ("[f(x=g())]", "[f(x=g())]", None),  # not a literal
-    ("[f(x=float('nan'))]", "[f(x=float('nan'))]", None),
-    ("[f(**kw)]", "[f(**kw)]", None),
+    ('[f(s=\'\'\'it\'s (1), "x"\'\'\'), g(n=-1.5e3, t=(1, [2]), d={"a": None},)]', None,
+     [("f", {"s": 'it\'s (1), "x"'}), ("g", {"n": -1500.0, "t": [1, [2]], "d": {"a": None}})]),
+    # A call opens at its "(": from there it is a call, its arguments as far as they read as keywords
+    # of literals; the rest of the list is dropped, text after it kept.
+    ("[f(1)]", None, [("f", "")]),  # positional arguments name nothing
+    ("[f(x=g())]", None, [("f", '{"x":')]),  # not a literal
+    ("[f(x=float('nan'))]", None, [("f", '{"x":')]),
+    ("[f(**kw)]", None, [("f", "")]),
+    ("[f(x=1, y==2), g()] Done.", "Done.", [("f", '{"x":1')]),
+    ("[f(x=1), 42, g()] Done.", "Done.", [("f", {"x": 1})]),
+    ("[f(x=1)", None, [("f", {"x": 1})]),  # cut short after the call
+    ('[f(code="def g():\n    return', None, [("f", '{"code":')]),  # cut short inside it
     ("[1, 2]", "[1, 2]", None),
-    ("[f(x=1)", "[f(x=1)", None),  # cut short
+    ("[]", "[]", None),
+    ("[f", "[f", None),  # cut short before the call opened
     ("Call [f()]", "Call [f()]", None),
 ])
 def test_pythonic_whole_and_streamed_in_any_pieces(text, content, calls):
     _read("pythonic", text, content, calls)
+
+
+def test_pythonic_arguments_stream_as_they_complete():
+    """A call opens at its "(", each keyword goes out once its "=" is read (and is no "=="), its
+    value once the "," or ")" after it is."""
+    stream = call_stream("pythonic")
+
+    def arguments(piece: str) -> list[str]:
+        return [d["tool_calls"][0]["function"]["arguments"] for d in stream.feed(piece)]
+
+    assert stream.feed("[get_weather") == []
+    [opened] = stream.feed("(ci")
+    assert opened["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert arguments('ty="Par') == ['{"city":']
+    assert arguments('is", days=') == ['"Paris"']
+    assert arguments("3") == [',"days":']  # 3 or 30
+    assert arguments("0)") == ["30", "}"]
+    assert stream.feed("]") + stream.finish() == []
 
 
 @pytest.mark.parametrize("text, content, calls", [

@@ -5,35 +5,66 @@ templates ask for (Llama 4 wraps it in <|python_start|> ... <|python_end|>):
 
 Each call takes keyword arguments of Python literals (strings, numbers, True/False/None, lists,
 tuples and dicts of them), which become the call's JSON arguments. A reply that does not open with
-such a list is all content, as the model wrote it; text after the list is content. Streaming, the
-reply's opening is held until it shows which it is, then the calls go out once the list closes."""
+such a list is all content, as the model wrote it; text after the list is content.
+
+Streaming, as the JSON parsers stream (streamed_call.py): a call opens once its name and "(" are
+read, and from then on it is a call, whatever follows; its arguments go out as they complete, each
+keyword as soon as its "=" is read and its value once the "," or ")" after it is, and the closing
+brace with the ")". What does not read as such (a positional argument, a value that is not a
+literal, text that is no call after one) ends the calls there: the call's arguments are what went
+out, and the rest of the list is dropped."""
 
 from __future__ import annotations
 
 import ast
+import re
 
-from kvserve.server.tool_parsers.call_json import bracket_end, compact_json, tool_call
+from kvserve.server.tool_parsers.call_json import bracket_end, compact_json
 from kvserve.server.tool_parsers.call_stream import CallStream
 from kvserve.server.tool_parsers.tags import opening
 
 START, END = "<|python_start|>", "<|python_end|>"
+_NAME = re.compile(r"\s*([A-Za-z_]\w*)\s*")
+_KEYWORD = re.compile(r"\s*([A-Za-z_]\w*)\s*=")
+_KEYWORD_START = re.compile(r"\s*(?:[A-Za-z_]\w*\s*)?")  # what may still become one
+_QUOTES = "\"'"
 
 
-def _calls(source: str) -> list[dict] | None:
-    """The calls a Python list of calls stands for; None for any other text."""
+def _value_end(text: str, start: int, final: bool) -> int:
+    """Where the value starting at text[start] ends: the index of the "," or ")" after it outside
+    brackets and strings (Python's: either quote, tripled or not, backslash escapes); -1 while the
+    text so far cannot tell."""
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c in _QUOTES:
+            triple = text.startswith(c * 3, i)
+            if not triple and not final and len(text) - i < 3 and text[i:] == c * (len(text) - i):
+                return -1  # "" or '' at the end: an empty string, or a triple quote's start
+            quote = c * 3 if triple else c
+            i += len(quote)
+            while i < len(text) and not text.startswith(quote, i):
+                i += 2 if text[i] == "\\" else 1
+            if i >= len(text):
+                return -1
+            i += len(quote)
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                return i if c == ")" else -2
+            depth -= 1
+        elif c == "," and depth == 0:
+            return i
+        i += 1
+    return -1
+
+
+def _json_literal(source: str) -> str | None:
+    """The compact JSON of a Python literal; None for anything else."""
     try:
-        tree = ast.parse(source, mode="eval").body
-        if not isinstance(tree, ast.List) or not tree.elts:
-            return None
-        calls = []
-        for node in tree.elts:
-            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
-                return None
-            if any(keyword.arg is None for keyword in node.keywords):  # **kwargs
-                return None
-            arguments = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
-            calls.append(tool_call(node.func.id, compact_json(arguments)))
-        return calls
+        return compact_json(ast.literal_eval(source.strip()))
     except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
         return None
 
@@ -41,7 +72,70 @@ def _calls(source: str) -> list[dict] | None:
 class PythonicStream(CallStream):
     def __init__(self):
         super().__init__()
-        self._mode = "start"  # then "list" (it opens at _sent), "end" (past the list) or "content"
+        # "start", then "list" (a call or "]" next), "arguments" (a keyword or ")" next), "value",
+        # "after" (past a call: "," or "]" next), "broken" (to the list's end), "end", "content".
+        self._mode = "start"
+        self._list_at = 0  # where the list's "[" is
+        self._keywords = 0  # of the open call
+
+    def _step(self, final: bool, deltas: list[dict]) -> bool:
+        """One step of the list's reading; False when it needs more text."""
+        text, at = self._text, self._sent
+        rest = text[at:].lstrip()
+        skipped = len(text) - len(rest)
+        if self._mode == "list":
+            head = _NAME.match(text, at)
+            if head is not None and head.end() < len(text) and text[head.end()] == "(":
+                self.open_call(head[1], deltas)
+                self._sent, self._mode, self._keywords = head.end() + 1, "arguments", 0
+            elif not final and (head is not None and head.end() == len(text) or not rest):
+                return False
+            elif self.called and rest.startswith("]"):
+                self._sent, self._mode = skipped + 1, "end"
+            else:
+                self._mode = "broken" if self.called else "content"
+                if not self.called:
+                    self._sent = 0
+        elif self._mode == "arguments":
+            keyword = _KEYWORD.match(text, at)
+            if rest.startswith(")"):
+                self.more_arguments("}" if self._keywords else "{}", deltas)
+                self._sent, self._mode = skipped + 1, "after"
+            elif keyword is not None and keyword.end() == len(text) and not final:
+                return False  # "=" or "=="
+            elif keyword is not None and not text.startswith("=", keyword.end()):
+                opening_piece = "," if self._keywords else "{"
+                self.more_arguments(f"{opening_piece}{compact_json(keyword[1])}:", deltas)
+                self._sent, self._mode, self._keywords = keyword.end(), "value", self._keywords + 1
+            elif not final and _KEYWORD_START.fullmatch(rest):
+                return False
+            else:
+                self._mode = "broken"
+        elif self._mode == "value":
+            end = _value_end(text, at, final)
+            if end == -1 and not final:
+                return False
+            value = _json_literal(text[at:end]) if end >= 0 else None
+            if value is None:
+                self._mode = "broken"
+            else:
+                self.more_arguments(value, deltas)
+                self._sent, self._mode = end + (text[end] == ","), "arguments"
+        elif self._mode == "after":
+            if not rest and not final:
+                return False
+            if rest.startswith(","):
+                self._sent, self._mode = skipped + 1, "list"
+            elif rest.startswith("]"):
+                self._sent, self._mode = skipped + 1, "end"
+            else:
+                self._mode = "broken"
+        elif self._mode == "broken":  # the rest of the list, up to its "]", dropped
+            end = bracket_end(text, self._list_at, quotes=_QUOTES)
+            if end < 0 and not final:
+                return False
+            self._sent, self._mode = (end if end >= 0 else len(text)), "end"
+        return True
 
     def _advance(self, final: bool) -> list[dict]:
         deltas: list[dict] = []
@@ -49,18 +143,11 @@ class PythonicStream(CallStream):
             start = opening(self._text, START, final)
             if start is None:
                 return deltas
-            self._sent, self._mode = (start, "list") if self._text.startswith("[", start) else (0, "content")
-        if self._mode == "list":
-            end = bracket_end(self._text, self._sent, quotes="\"'")
-            if end < 0 and not final:
+            is_list = self._text.startswith("[", start)
+            self._sent, self._mode, self._list_at = (start + 1, "list", start) if is_list else (0, "content", 0)
+        while self._mode not in ("end", "content"):
+            if not self._step(final, deltas):
                 return deltas
-            calls = _calls(self._text[self._sent:end]) if end >= 0 else None
-            if calls is None:
-                self._sent, self._mode = 0, "content"
-            else:
-                for call in calls:
-                    self.whole_call(call, deltas)
-                self._sent, self._mode = end, "end"
         if self._mode == "end":
             rest = self._text[self._sent:].lstrip()
             if rest.startswith(END):
