@@ -228,7 +228,13 @@ def test_llama3_json_whole_and_streamed_in_any_pieces(text, content, calls):
     ("[f(x=1, y==2), g()] Done.", "Done.", [("f", '{"x":1')]),
     ("[f(x=1), 42, g()] Done.", "Done.", [("f", {"x": 1})]),
     ("[f(x=1)", None, [("f", {"x": 1})]),  # cut short after the call
-    ('[f(code="def g():\n    return', None, [("f", '{"code":')]),  # cut short inside it
+    ('[f(code="""def g():\n    return', None, [("f", '{"code":"def g():\\n    return')]),  # cut short in a string
+    # Strings as Python reads them: escapes, triple quotes, raw, adjacent literals joined.
+    ('[f(s="tab\\t\\x41\\u00e9\\N{EM DASH}\\101\\q", t=r"\\d+\\"", u="""a "b"\nc""" \'d\' u"e")]', None,
+     [("f", {"s": "tab\tA\u00e9\u2014A\\q", "t": '\\d+\\"', "u": 'a "b"\nc' + "de"})]),
+    ('[f(s="a\nb")]', None, [("f", '{"s":"a')]),  # a line break ends a one-quote literal: Python refuses it
+    ('[f(s="a" + "b")]', None, [("f", '{"s":"a')]),  # not a literal
+    ('[f(s=b"a")]', None, [("f", '{"s":')]),  # bytes are not text
     ("[1, 2]", "[1, 2]", None),
     ("[]", "[]", None),
     ("[f", "[f", None),  # cut short before the call opened
@@ -239,8 +245,8 @@ def test_pythonic_whole_and_streamed_in_any_pieces(text, content, calls):
 
 
 def test_pythonic_arguments_stream_as_they_complete():
-    """A call opens at its "(", each keyword goes out once its "=" is read (and is no "=="), its
-    value once the "," or ")" after it is."""
+    """A call opens at its "(", each keyword goes out once its "=" is read (and is no "=="), a
+    string's text as it comes, any other value once the "," or ")" after it is."""
     stream = call_stream("pythonic")
 
     def arguments(piece: str) -> list[str]:
@@ -249,8 +255,9 @@ def test_pythonic_arguments_stream_as_they_complete():
     assert stream.feed("[get_weather") == []
     [opened] = stream.feed("(ci")
     assert opened["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ""}
-    assert arguments('ty="Par') == ['{"city":']
-    assert arguments('is", days=') == ['"Paris"']
+    assert arguments('ty="Par') == ['{"city":', '"', "Par"]
+    assert arguments('is\\') == ["is"]  # an escape cut short waits
+    assert arguments('n", days=') == ["\\n", '"']
     assert arguments("3") == [',"days":']  # 3 or 30
     assert arguments("0)") == ["30", "}"]
     assert stream.feed("]") + stream.finish() == []

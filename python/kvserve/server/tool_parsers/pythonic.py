@@ -8,32 +8,37 @@ tuples and dicts of them), which become the call's JSON arguments. A reply that 
 such a list is all content, as the model wrote it; text after the list is content.
 
 Streaming, as the JSON parsers stream (streamed_call.py): a call opens once its name and "(" are
-read, and from then on it is a call, whatever follows; its arguments go out as they complete, each
-keyword as soon as its "=" is read and its value once the "," or ")" after it is, and the closing
-brace with the ")". What does not read as such (a positional argument, a value that is not a
-literal, text that is no call after one) ends the calls there: the call's arguments are what went
-out, and the rest of the list is dropped."""
+read, and from then on it is a call, whatever follows; its arguments go out as the model writes
+them: each keyword as soon as its "=" is read, a string value's text as it comes (python_strings.py;
+adjacent literals joined, as Python joins them), any other value once the "," or ")" after it is,
+and the closing brace with the ")". What does not read as such (a positional argument, a value
+that is not a literal, text that is no call after one) ends the calls there: the call's arguments
+are what went out, and the rest of the list is dropped."""
 
 from __future__ import annotations
 
 import ast
 import re
+import warnings
 
 from kvserve.server.tool_parsers.call_json import bracket_end, compact_json
 from kvserve.server.tool_parsers.call_stream import CallStream
+from kvserve.server.tool_parsers.python_strings import open_literal, read_body
 from kvserve.server.tool_parsers.tags import opening
 
 START, END = "<|python_start|>", "<|python_end|>"
-_NAME = re.compile(r"\s*([A-Za-z_]\w*)\s*")
-_KEYWORD = re.compile(r"\s*([A-Za-z_]\w*)\s*=")
-_KEYWORD_START = re.compile(r"\s*(?:[A-Za-z_]\w*\s*)?")  # what may still become one
+_BLANK = r"(?:\s|\\\n)*"  # whitespace, and backslash-newline (Python's explicit line joining)
+_SKIP = re.compile(_BLANK)
+_NAME = re.compile(rf"([A-Za-z_]\w*){_BLANK}")
+_KEYWORD = re.compile(rf"([A-Za-z_]\w*){_BLANK}=")
+_KEYWORD_START = re.compile(rf"(?:[A-Za-z_]\w*{_BLANK})?\\?")  # what may still become one
 _QUOTES = "\"'"
 
 
 def _value_end(text: str, start: int, final: bool) -> int:
     """Where the value starting at text[start] ends: the index of the "," or ")" after it outside
     brackets and strings (Python's: either quote, tripled or not, backslash escapes); -1 while the
-    text so far cannot tell."""
+    text so far cannot tell, -2 where a "]" or "}" closes what the value did not open."""
     depth, i = 0, start
     while i < len(text):
         c = text[i]
@@ -64,7 +69,9 @@ def _value_end(text: str, start: int, final: bool) -> int:
 def _json_literal(source: str) -> str | None:
     """The compact JSON of a Python literal; None for anything else."""
     try:
-        return compact_json(ast.literal_eval(source.strip()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unknown escape stays as written, as Python keeps it
+            return compact_json(ast.literal_eval(source.strip()))
     except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
         return None
 
@@ -73,22 +80,26 @@ class PythonicStream(CallStream):
     def __init__(self):
         super().__init__()
         # "start", then "list" (a call or "]" next), "arguments" (a keyword or ")" next), "value",
+        # "string" (in a string value's literal), "joined" (past one: another, "," or ")" next),
         # "after" (past a call: "," or "]" next), "broken" (to the list's end), "end", "content".
         self._mode = "start"
         self._list_at = 0  # where the list's "[" is
         self._keywords = 0  # of the open call
+        self._literal = ("", '"')  # the string value's literal being read: its prefix and quote
 
     def _step(self, final: bool, deltas: list[dict]) -> bool:
         """One step of the list's reading; False when it needs more text."""
         text, at = self._text, self._sent
-        rest = text[at:].lstrip()
-        skipped = len(text) - len(rest)
+        skipped = _SKIP.match(text, at).end()
+        rest = text[skipped:]
+        if rest == "\\" and not final:
+            return False  # a line joining's backslash, its newline to come
         if self._mode == "list":
-            head = _NAME.match(text, at)
+            head = _NAME.match(text, skipped)
             if head is not None and head.end() < len(text) and text[head.end()] == "(":
                 self.open_call(head[1], deltas)
                 self._sent, self._mode, self._keywords = head.end() + 1, "arguments", 0
-            elif not final and (head is not None and head.end() == len(text) or not rest):
+            elif not final and (head is not None and text[head.end():] in ("", "\\") or not rest):
                 return False
             elif self.called and rest.startswith("]"):
                 self._sent, self._mode = skipped + 1, "end"
@@ -97,7 +108,7 @@ class PythonicStream(CallStream):
                 if not self.called:
                     self._sent = 0
         elif self._mode == "arguments":
-            keyword = _KEYWORD.match(text, at)
+            keyword = _KEYWORD.match(text, skipped)
             if rest.startswith(")"):
                 self.more_arguments("}" if self._keywords else "{}", deltas)
                 self._sent, self._mode = skipped + 1, "after"
@@ -112,6 +123,13 @@ class PythonicStream(CallStream):
             else:
                 self._mode = "broken"
         elif self._mode == "value":
+            literal = open_literal(text, skipped, final) if rest else False
+            if literal is False and not final:
+                return False
+            if literal:
+                self.more_arguments('"', deltas)
+                self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
+                return True
             end = _value_end(text, at, final)
             if end == -1 and not final:
                 return False
@@ -121,6 +139,24 @@ class PythonicStream(CallStream):
             else:
                 self.more_arguments(value, deltas)
                 self._sent, self._mode = end + (text[end] == ","), "arguments"
+        elif self._mode == "string":
+            content, self._sent, state = read_body(text, at, *self._literal)
+            if content:
+                self.more_arguments(compact_json(content)[1:-1], deltas)
+            if state == "open" and not final:
+                return False
+            self._mode = "joined" if state == "closed" else "broken"
+        elif self._mode == "joined":
+            literal = open_literal(text, skipped, final) if rest else False
+            if literal is False and not final:
+                return False
+            if literal:
+                self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
+            elif rest[:1] in (",", ")"):
+                self.more_arguments('"', deltas)
+                self._sent, self._mode = skipped + (rest[0] == ","), "arguments"
+            else:
+                self._mode = "broken"
         elif self._mode == "after":
             if not rest and not final:
                 return False
