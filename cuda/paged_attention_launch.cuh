@@ -140,7 +140,8 @@ Status launch_tensor_cores(const PagedAttentionParams& p, const DeviceInfo& devi
     return launch_tile<T, PrefillTile<T, kHeadDim, C>>(p, device, stream);
   }
   if constexpr (kHeadDim == 128) {
-    if (two_warp_decode<T, FourWarps>(p, device)) return launch_tile<T, DecodeTile<T, kHeadDim, C, 2>>(p, device, stream);
+    using TwoWarps = DecodeTile<T, kHeadDim, C, 2>;
+    if (two_warp_decode<T, FourWarps>(p, device)) return launch_tile<T, TwoWarps>(p, device, stream);
   }
   return launch_tile<T, FourWarps>(p, device, stream);
 }
