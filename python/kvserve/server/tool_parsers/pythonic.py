@@ -87,91 +87,102 @@ class PythonicStream(CallStream):
         self._keywords = 0  # of the open call
         self._literal = ("", '"')  # the string value's literal being read: its prefix and quote
 
-    def _step(self, final: bool, deltas: list[dict]) -> bool:
-        """One step of the list's reading; False when it needs more text."""
-        text, at = self._text, self._sent
-        skipped = _SKIP.match(text, at).end()
-        rest = text[skipped:]
-        if rest == "\\" and not final:
-            return False  # a line joining's backslash, its newline to come
-        if self._mode == "list":
-            head = _NAME.match(text, skipped)
-            if head is not None and head.end() < len(text) and text[head.end()] == "(":
-                self.open_call(head[1], deltas)
-                self._sent, self._mode, self._keywords = head.end() + 1, "arguments", 0
-            elif not final and (head is not None and text[head.end():] in ("", "\\") or not rest):
-                return False
-            elif self.called and rest.startswith("]"):
-                self._sent, self._mode = skipped + 1, "end"
-            else:
-                self._mode = "broken" if self.called else "content"
-                if not self.called:
-                    self._sent = 0
-        elif self._mode == "arguments":
-            keyword = _KEYWORD.match(text, skipped)
-            if rest.startswith(")"):
-                self.more_arguments("}" if self._keywords else "{}", deltas)
-                self._sent, self._mode = skipped + 1, "after"
-            elif keyword is not None and keyword.end() == len(text) and not final:
-                return False  # "=" or "=="
-            elif keyword is not None and not text.startswith("=", keyword.end()):
-                opening_piece = "," if self._keywords else "{"
-                self.more_arguments(f"{opening_piece}{compact_json(keyword[1])}:", deltas)
-                self._sent, self._mode, self._keywords = keyword.end(), "value", self._keywords + 1
-            elif not final and _KEYWORD_START.fullmatch(rest):
-                return False
-            else:
-                self._mode = "broken"
-        elif self._mode == "value":
-            literal = open_literal(text, skipped, final) if rest else False
-            if literal is False and not final:
-                return False
-            if literal:
-                self.more_arguments('"', deltas)
-                self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
-                return True
-            end = _value_end(text, at, final)
-            if end == -1 and not final:
-                return False
-            value = _json_literal(text[at:end]) if end >= 0 else None
-            if value is None:
-                self._mode = "broken"
-            else:
-                self.more_arguments(value, deltas)
-                self._sent, self._mode = end + (text[end] == ","), "arguments"
-        elif self._mode == "string":
-            content, self._sent, state = read_body(text, at, *self._literal)
-            if content:
-                self.more_arguments(compact_json(content)[1:-1], deltas)
-            if state == "open" and not final:
-                return False
-            self._mode = "joined" if state == "closed" else "broken"
-        elif self._mode == "joined":
-            literal = open_literal(text, skipped, final) if rest else False
-            if literal is False and not final:
-                return False
-            if literal:
-                self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
-            elif rest[:1] in (",", ")"):
-                self.more_arguments('"', deltas)
-                self._sent, self._mode = skipped + (rest[0] == ","), "arguments"
-            else:
-                self._mode = "broken"
-        elif self._mode == "after":
-            if not rest and not final:
-                return False
-            if rest.startswith(","):
-                self._sent, self._mode = skipped + 1, "list"
-            elif rest.startswith("]"):
-                self._sent, self._mode = skipped + 1, "end"
-            else:
-                self._mode = "broken"
-        elif self._mode == "broken":  # the rest of the list, up to its "]", dropped
-            end = bracket_end(text, self._list_at, quotes=_QUOTES)
-            if end < 0 and not final:
-                return False
-            self._sent, self._mode = (end if end >= 0 else len(text)), "end"
+    # One step of the list's reading per mode, from self._sent (`at`; `skipped`: past the blanks
+    # there, `rest`: the text from there); each returns False when it needs more text.
+
+    def _list(self, text, at, skipped, rest, final, deltas) -> bool:
+        head = _NAME.match(text, skipped)
+        if head is not None and head.end() < len(text) and text[head.end()] == "(":
+            self.open_call(head[1], deltas)
+            self._sent, self._mode, self._keywords = head.end() + 1, "arguments", 0
+        elif not final and (head is not None and text[head.end():] in ("", "\\") or not rest):
+            return False
+        elif self.called and rest.startswith("]"):
+            self._sent, self._mode = skipped + 1, "end"
+        elif self.called:
+            self._mode = "broken"
+        else:
+            self._sent, self._mode = 0, "content"
         return True
+
+    def _arguments(self, text, at, skipped, rest, final, deltas) -> bool:
+        keyword = _KEYWORD.match(text, skipped)
+        if rest.startswith(")"):
+            self.more_arguments("}" if self._keywords else "{}", deltas)
+            self._sent, self._mode = skipped + 1, "after"
+        elif keyword is not None and keyword.end() == len(text) and not final:
+            return False  # "=" or "=="
+        elif keyword is not None and not text.startswith("=", keyword.end()):
+            self.more_arguments(("," if self._keywords else "{") + compact_json(keyword[1]) + ":", deltas)
+            self._sent, self._mode, self._keywords = keyword.end(), "value", self._keywords + 1
+        elif not final and _KEYWORD_START.fullmatch(rest):
+            return False
+        else:
+            self._mode = "broken"
+        return True
+
+    def _value(self, text, at, skipped, rest, final, deltas) -> bool:
+        literal = open_literal(text, skipped, final) if rest else False
+        if literal is False and not final:
+            return False
+        if literal:
+            self.more_arguments('"', deltas)
+            self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
+            return True
+        end = _value_end(text, at, final)
+        if end == -1 and not final:
+            return False
+        value = _json_literal(text[at:end]) if end >= 0 else None
+        if value is None:
+            self._mode = "broken"
+        else:
+            self.more_arguments(value, deltas)
+            self._sent, self._mode = end + (text[end] == ","), "arguments"
+        return True
+
+    def _string(self, text, at, skipped, rest, final, deltas) -> bool:
+        content, self._sent, state = read_body(text, at, *self._literal)
+        if content:
+            self.more_arguments(compact_json(content)[1:-1], deltas)
+        if state == "open" and not final:
+            return False
+        self._mode = "joined" if state == "closed" else "broken"
+        return True
+
+    def _joined(self, text, at, skipped, rest, final, deltas) -> bool:
+        literal = open_literal(text, skipped, final) if rest else False
+        if literal is False and not final:
+            return False
+        if literal:
+            self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
+        elif rest[:1] in (",", ")"):
+            self.more_arguments('"', deltas)
+            self._sent, self._mode = skipped + (rest[0] == ","), "arguments"
+        else:
+            self._mode = "broken"
+        return True
+
+    def _after(self, text, at, skipped, rest, final, deltas) -> bool:
+        if not rest and not final:
+            return False
+        if rest.startswith(","):
+            self._sent, self._mode = skipped + 1, "list"
+        elif rest.startswith("]"):
+            self._sent, self._mode = skipped + 1, "end"
+        else:
+            self._mode = "broken"
+        return True
+
+    def _broken(self, text, at, skipped, rest, final, deltas) -> bool:
+        """The rest of the list, up to its "]", dropped."""
+        end = bracket_end(text, self._list_at, quotes=_QUOTES)
+        if end < 0 and not final:
+            return False
+        self._sent, self._mode = (end if end >= 0 else len(text)), "end"
+        return True
+
+    _STEPS = {"list": _list, "arguments": _arguments, "value": _value, "string": _string, "joined": _joined,
+              "after": _after, "broken": _broken}
 
     def _advance(self, final: bool) -> list[dict]:
         deltas: list[dict] = []
@@ -182,7 +193,12 @@ class PythonicStream(CallStream):
             is_list = self._text.startswith("[", start)
             self._sent, self._mode, self._list_at = (start + 1, "list", start) if is_list else (0, "content", 0)
         while self._mode not in ("end", "content"):
-            if not self._step(final, deltas):
+            text, at = self._text, self._sent
+            skipped = _SKIP.match(text, at).end()
+            rest = text[skipped:]
+            if rest == "\\" and not final:
+                return deltas  # a line joining's backslash, its newline to come
+            if not self._STEPS[self._mode](self, text, at, skipped, rest, final, deltas):
                 return deltas
         if self._mode == "end":
             rest = self._text[self._sent:].lstrip()
