@@ -121,13 +121,22 @@ class PythonicStream(CallStream):
             self._mode = "broken"
         return True
 
-    def _value(self, text, at, skipped, rest, final, deltas) -> bool:
+    def _string_opens(self, text, skipped, rest, final) -> bool | None:
+        """Whether a string literal opens at `skipped` (then it is read next); None while the text
+        so far cannot tell."""
         literal = open_literal(text, skipped, final) if rest else False
         if literal is False and not final:
-            return False
+            return None
         if literal:
-            self.more_arguments('"', deltas)
             self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
+        return bool(literal)
+
+    def _value(self, text, at, skipped, rest, final, deltas) -> bool:
+        opens = self._string_opens(text, skipped, rest, final)
+        if opens is None:
+            return False
+        if opens:
+            self.more_arguments('"', deltas)
             return True
         end = _value_end(text, at, final)
         if end == -1 and not final:
@@ -150,15 +159,13 @@ class PythonicStream(CallStream):
         return True
 
     def _joined(self, text, at, skipped, rest, final, deltas) -> bool:
-        literal = open_literal(text, skipped, final) if rest else False
-        if literal is False and not final:
+        opens = self._string_opens(text, skipped, rest, final)  # the next literal, joined to this one
+        if opens is None:
             return False
-        if literal:
-            self._literal, self._sent, self._mode = literal[:2], literal[2], "string"
-        elif rest[:1] in (",", ")"):
+        if not opens and rest[:1] in (",", ")"):
             self.more_arguments('"', deltas)
             self._sent, self._mode = skipped + (rest[0] == ","), "arguments"
-        else:
+        elif not opens:
             self._mode = "broken"
         return True
 
