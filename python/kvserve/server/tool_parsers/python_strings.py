@@ -29,21 +29,29 @@ def open_literal(text: str, at: int, final: bool) -> tuple[str, str, int] | None
     return m[1], quote, m.end()
 
 
-def read_body(text: str, at: int, prefix: str, quote: str) -> tuple[str, int, str]:
-    """(the content of the body from text[at], decoded, as far as the text fixes it; where reading
-    goes on: past the closing quote, or at what was held back; "closed", "open" (more may come) or
-    "bad": Python reads no further (a line break in a one-quote literal, a bad escape, text that is
-    not UTF-8), the content being what comes before)."""
-    i, escape, bad = at, -1, False
+def scan_body(text: str, at: int, quote: str) -> tuple[int, int]:
+    """(where the body from text[at] stops: at its closing quote, at a line break that ends a
+    one-quote literal (which Python refuses), or at the text's end (len(text), or one past it after a
+    lone backslash); where its last escape starts, -1 for none)."""
+    i, escape = at, -1
     while i < len(text) and not text.startswith(quote, i):
         if text[i] == "\n" and len(quote) == 1:
-            bad = True
             break
         if text[i] == "\\":
             escape = i
             i += 2
         else:
             i += 1
+    return i, escape
+
+
+def read_body(text: str, at: int, prefix: str, quote: str) -> tuple[str, int, str]:
+    """(the content of the body from text[at], decoded, as far as the text fixes it; where reading
+    goes on: past the closing quote, or at what was held back; "closed", "open" (more may come) or
+    "bad": Python reads no further (a line break in a one-quote literal, a bad escape, text that is
+    not UTF-8), the content being what comes before)."""
+    i, escape = scan_body(text, at, quote)
+    bad = i < len(text) and text[i] == "\n"
     closed = not bad and i < len(text)
     stop = min(i, len(text))
     if not closed and not bad:

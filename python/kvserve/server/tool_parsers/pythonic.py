@@ -23,7 +23,7 @@ import warnings
 
 from kvserve.server.tool_parsers.call_json import bracket_end, compact_json
 from kvserve.server.tool_parsers.call_stream import CallStream
-from kvserve.server.tool_parsers.python_strings import open_literal, read_body
+from kvserve.server.tool_parsers.python_strings import open_literal, read_body, scan_body
 from kvserve.server.tool_parsers.tags import opening
 
 START, END = "<|python_start|>", "<|python_end|>"
@@ -37,21 +37,22 @@ _QUOTES = "\"'"
 
 def _value_end(text: str, start: int, final: bool) -> int:
     """Where the value starting at text[start] ends: the index of the "," or ")" after it outside
-    brackets and strings (Python's: either quote, tripled or not, backslash escapes); -1 while the
-    text so far cannot tell, -2 where a "]" or "}" closes what the value did not open."""
+    brackets and strings (python_strings.py's reading of them); -1 while the text so far cannot
+    tell; -2 where a "]" or "}" closes what the value did not open, or a line break ends a one-quote
+    string (no literal either way)."""
     depth, i = 0, start
     while i < len(text):
         c = text[i]
         if c in _QUOTES:
-            triple = text.startswith(c * 3, i)
-            if not triple and not final and len(text) - i < 3 and text[i:] == c * (len(text) - i):
-                return -1  # "" or '' at the end: an empty string, or a triple quote's start
-            quote = c * 3 if triple else c
-            i += len(quote)
-            while i < len(text) and not text.startswith(quote, i):
-                i += 2 if text[i] == "\\" else 1
+            literal = open_literal(text, i, final)
+            if literal is False:
+                return -1  # " or "" at the end: a one-quote string, or a triple quote's start
+            _, quote, body = literal
+            i, _ = scan_body(text, body, quote)
             if i >= len(text):
                 return -1
+            if text[i] == "\n":
+                return -2
             i += len(quote)
             continue
         if c in "([{":
