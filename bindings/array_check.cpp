@@ -154,7 +154,7 @@ DType kernel_dtype(const Array& array, const char* name) {
 
 bool is_cuda(const Array& array) { return array.device_type() == nb::device::cuda::value; }
 
-bool on_one_device(std::initializer_list<Named> arrays) {
+bool on_one_device(const std::vector<Named>& arrays) {
   const Named& first = *arrays.begin();
   if (!is_cuda(first.array)) check_cpu(first.array, first.name);
   for (const Named& other : arrays) check_same_device(other.array, other.name, first.array, first.name);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "kvserve/dtype.h"
 #include "kvserve/status.h"
@@ -71,7 +72,7 @@ struct Named {
 
 // Every array lives where the first one does: host memory, or one CUDA device. Returns true for a
 // CUDA device, which this build must have kernels for (ValueError otherwise, as for any other device).
-bool on_one_device(std::initializer_list<Named> arrays);
+bool on_one_device(const std::vector<Named>& arrays);
 
 // The kernels' name for the array's dtype (float32/16, bfloat16, int32/64; ValueError otherwise).
 DType kernel_dtype(const Array& array, const char* name);

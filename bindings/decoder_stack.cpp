@@ -71,15 +71,32 @@ class PyDecoderStack {
     check_cpu(array, name);
   }
 
-  // A weight [rows, cols] in one of ops.linear's layouts (linear_weight.h), contiguous throughout:
-  // the stack reads rows in_features apart. Returns whether it is interleaved.
-  bool check_matrix(const Array& array, const char* name, int64_t rows, int64_t cols) {
-    check_same_dtype(array, name, reference_, "final_norm");
-    const bool interleaved = check_linear_weight(array, name, cols, "in_features");
-    check_linear_out_features(array, name, rows);
-    check_contiguous(array, name);
-    check_cpu(array, name);
-    return interleaved;
+  // A weight [rows, cols] in one of ops.linear's layouts and element types (linear_weight.h),
+  // contiguous throughout: the stack reads rows in_features apart. An e4m3 one comes with its rows'
+  // scales, layer[key + "_scale"].
+  DecoderWeight check_matrix(const nb::dict& layer, const char* key, size_t index, int64_t rows, int64_t cols) {
+    const Array array = *get(layer, key, true, index);
+    DecoderWeight w;
+    const bool quantized = check_weight_dtype(array, key, reference_, "final_norm");
+    w.interleaved = check_linear_weight(array, key, cols, "in_features");
+    check_linear_out_features(array, key, rows);
+    check_contiguous(array, key);
+    check_cpu(array, key);
+    w.data = keep(array);
+    const std::string scale_key = std::string(key) + "_scale";
+    const auto scale = get(layer, scale_key.c_str(), false, index);
+    if (quantized != scale.has_value()) {
+      throw nb::value_error(("layers[" + std::to_string(index) + "]: '" + scale_key +
+                             (quantized ? "' is required with a float8_e4m3fn weight"
+                                        : "' is for a float8_e4m3fn weight, the weight is of the stack's dtype"))
+                                .c_str());
+    }
+    if (scale) {
+      check_weight_scale(*scale, scale_key.c_str(), rows);
+      check_cpu(*scale, scale_key.c_str());
+      w.scale = static_cast<const float*>(keep(*scale));
+    }
+    return w;
   }
 
   static void check_index(const Array& array, const char* name, nb::dlpack::dtype dtype, size_t ndim,
@@ -115,10 +132,9 @@ class PyDecoderStack {
     };
     Array down = *get(layer, "down", true, index);
     if (!is_interleaved(down)) check_ndim(down, "down", 2, "[hidden, intermediate]");
-    const int64_t inter = linear_in_features(down);
-    if (index == 0) s_.intermediate_size = inter;
-    w.down_interleaved = check_matrix(down, "down", h, s_.intermediate_size);
-    w.down = keep(down);
+    if (index == 0) s_.intermediate_size = linear_in_features(down);
+    const int64_t inter = s_.intermediate_size;
+    w.down = check_matrix(layer, "down", index, h, inter);
     w.input_norm = vector("input_norm", h, true);
     w.post_norm = vector("post_norm", h, true);
     w.q_norm = vector("q_norm", s_.head_dim, false);
@@ -127,14 +143,9 @@ class PyDecoderStack {
     w.o_bias = vector("o_bias", h, false);
     w.gate_up_bias = vector("gate_up_bias", 2 * inter, false);
     w.down_bias = vector("down_bias", h, false);
-    for (auto [key, rows, cols, slot, interleaved] :
-         {std::tuple{"qkv", q + 2 * kv, h, &w.qkv, &w.qkv_interleaved},
-          std::tuple{"o", h, q, &w.o, &w.o_interleaved},
-          std::tuple{"gate_up", 2 * inter, h, &w.gate_up, &w.gate_up_interleaved}}) {
-      Array array = *get(layer, key, true, index);
-      *interleaved = check_matrix(array, key, rows, cols);
-      *slot = keep(array);
-    }
+    w.qkv = check_matrix(layer, "qkv", index, q + 2 * kv, h);
+    w.o = check_matrix(layer, "o", index, h, q);
+    w.gate_up = check_matrix(layer, "gate_up", index, 2 * inter, h);
     for (auto [key, slot] : {std::pair{"key_cache", &w.key_cache}, std::pair{"value_cache", &w.value_cache}}) {
       Array cache = *get(layer, key, true, index);
       check_ndim(cache, key, 4, "[num_blocks, block_size, num_kv_heads, head_dim]");
@@ -283,7 +294,9 @@ void bind_decoder_stack(nb::module_& m) {
                              "Every decoder layer of a Llama-family model and the final norm, run in one call\n"
                              "on the CPU (see kvserve/decoder_stack.h). Built once from each layer's arrays\n"
                              "(a dict per layer: input_norm, qkv, qkv_bias, q_norm, k_norm, o, o_bias, post_norm,\n"
-                             "gate_up, gate_up_bias, down, down_bias, key_cache, value_cache, sliding_window).")
+                             "gate_up, gate_up_bias, down, down_bias, key_cache, value_cache, sliding_window; for\n"
+                             "float8_e4m3fn products, their rows' float32 scales: qkv_scale, o_scale, gate_up_scale,\n"
+                             "down_scale).")
       .def(nb::init<std::vector<nb::dict>, Array, int64_t, int64_t, int64_t, double, double>(), nb::arg("layers"),
            nb::arg("final_norm"), nb::arg("num_heads"), nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("eps"),
            nb::arg("scale"))

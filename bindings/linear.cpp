@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "array_check.h"
 #include "bind.h"
@@ -28,10 +29,10 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
 // The params of out = input @ weight^T (+ bias) over checked arrays (with silu_and_mul_output, out
 // holds half the weight's rows); `cuda`: whether they all sit on one CUDA device.
 LinearParams linear_params(Array& out, const Array& input, const Array& weight, const std::optional<Array>& bias,
-                           bool silu_and_mul_output, bool* cuda) {
+                           bool silu_and_mul_output, const std::optional<Array>& weight_scale, bool* cuda) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
-  check_same_dtype(weight, "weight", input, "input");
+  const bool quantized = check_weight_dtype(weight, "weight", input, "input");
   const bool interleaved =
       check_linear_weight(weight, "weight", static_cast<int64_t>(input.shape(1)), "in_features of input");
   const int64_t out_features = linear_out_features(weight);
@@ -48,12 +49,26 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
     check_dim(out, "out", 1, out_features, "out_features of weight");
   }
   LinearParams p;
+  if (quantized != weight_scale.has_value()) {
+    throw nb::value_error(quantized ? "linear: a float8_e4m3fn weight needs weight_scale, float32 [out_features]"
+                                    : "linear: weight_scale is for a float8_e4m3fn weight, got a weight of the input's "
+                                      "dtype");
+  }
+  std::vector<Named> arrays = {{input, "input"}, {weight, "weight"}, {out, "out"}};
   if (bias) {
     check_vector_like(*bias, "bias", input, "input", out_features, "[out_features]", "out_features of weight");
-    *cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}, {*bias, "bias"}});
+    arrays.push_back({*bias, "bias"});
     p.bias = bias->data();
-  } else {
-    *cuda = on_one_device({{input, "input"}, {weight, "weight"}, {out, "out"}});
+  }
+  if (quantized) {
+    check_weight_scale(*weight_scale, "weight_scale", out_features);
+    arrays.push_back({*weight_scale, "weight_scale"});
+    p.weight_dtype = DType::kFloat8E4M3;
+    p.weight_scale = static_cast<const float*>(weight_scale->data());
+  }
+  *cuda = on_one_device(arrays);
+  if (quantized && *cuda) {
+    throw nb::value_error("linear: a float8_e4m3fn weight runs on the CPU only");
   }
   p.out = out.data();
   p.out_stride = out.stride(0);
@@ -78,9 +93,9 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
 }
 
 void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream,
-            bool silu_and_mul_output) {
+            bool silu_and_mul_output, std::optional<Array> weight_scale) {
   bool cuda = false;
-  const LinearParams p = linear_params(out, input, weight, bias, silu_and_mul_output, &cuda);
+  const LinearParams p = linear_params(out, input, weight, bias, silu_and_mul_output, weight_scale, &cuda);
   if (silu_and_mul_output && !cuda) {
     throw nb::value_error("linear: silu_and_mul_output runs on CUDA only (on the CPU: linear, then silu_and_mul)");
   }
@@ -91,7 +106,7 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
                              Array value, Array cos, Array sin, Array key_cache, Array value_cache, Array slot_mapping,
                              uintptr_t stream) {
   bool cuda = false;
-  const LinearParams p = linear_params(out, input, weight, bias, false, &cuda);
+  const LinearParams p = linear_params(out, input, weight, bias, false, std::nullopt, &cuda);
   RotaryAndCacheParams rc;
   rc.rotary = rotary_embedding_params(query, key, cos, sin);
   rc.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
@@ -136,9 +151,11 @@ void bind_linear(nb::module_& m) {
   m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(), nb::arg("stream") = 0, nb::arg("silu_and_mul_output") = false,
+        nb::arg("weight_scale") = nb::none(),
         "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); on the CPU the\n"
-        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported). With\n"
-        "silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
+        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported), or\n"
+        "float8_e4m3fn codes with weight_scale [N] (float32): out = (input @ weight^T) * weight_scale + bias.\n"
+        "With silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),

@@ -108,6 +108,18 @@ Status check_linear(const LinearParams& p, std::string* why) {
     s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
   }
   if (s != Status::kOk) return s;
+  if (p.weight_dtype) {
+    if (*p.weight_dtype != DType::kFloat8E4M3) {
+      return fail(why, "weight_dtype: expected float8_e4m3 (a weight quantized to fp8) or none, got dtype " +
+                           str(static_cast<int64_t>(*p.weight_dtype)));
+    }
+    if (p.weight_scale == nullptr) return fail(why, "weight_scale: a quantized weight needs its rows' scales");
+    if (p.weight_interleaved || p.silu_and_mul_output) {
+      return fail(why, "weight_dtype: a quantized weight is read plain, without silu_and_mul_output");
+    }
+  } else if (p.weight_scale != nullptr) {
+    return fail(why, "weight_scale: given for a weight of the input's dtype (set weight_dtype)");
+  }
   if (p.num_rows > 0 && (p.input == nullptr || p.weight == nullptr || p.out == nullptr)) {
     return fail(why, "a required array is null");
   }
@@ -117,6 +129,7 @@ Status check_linear(const LinearParams& p, std::string* why) {
 bool linear_cuda_takes(const LinearParams& p) {
   const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
   return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
+         !p.weight_dtype &&
          p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
          aligned(p.weight);
 }

@@ -50,21 +50,23 @@ struct Scratch {
   }
 };
 
-LinearParams linear_params(const DecoderStack& s, void* out, const void* input, const void* weight, bool interleaved,
+LinearParams linear_params(const DecoderStack& s, void* out, const void* input, const DecoderWeight& weight,
                            const void* bias, int64_t num_rows, int64_t in_features, int64_t out_features) {
   LinearParams p;
   p.out = out;
   p.out_stride = out_features;
   p.input = input;
   p.input_stride = in_features;
-  p.weight = weight;
+  p.weight = weight.data;
   p.weight_stride = in_features;
   p.bias = bias;
   p.num_rows = num_rows;
   p.in_features = in_features;
   p.out_features = out_features;
   p.dtype = s.dtype;
-  p.weight_interleaved = interleaved;
+  p.weight_interleaved = weight.interleaved;
+  if (weight.scale != nullptr) p.weight_dtype = DType::kFloat8E4M3;
+  p.weight_scale = weight.scale;
   return p;
 }
 
@@ -161,12 +163,12 @@ void add_into(void* out, const void* delta, int64_t count) {
 Status add_lora(const DecoderStack& s, const LoRADelta& delta, void* out, const void* input, int64_t n,
                 int64_t in_features, int64_t out_features, Scratch& t) {
   if (delta.a == nullptr) return Status::kOk;
-  if (Status status = linear_cpu(linear_params(s, t.lora_inner, input, delta.a, false, nullptr, n, in_features,
+  if (Status status = linear_cpu(linear_params(s, t.lora_inner, input, DecoderWeight{delta.a}, nullptr, n, in_features,
                                                delta.rank));
       status != Status::kOk) {
     return status;
   }
-  if (Status status = linear_cpu(linear_params(s, t.lora_delta, t.lora_inner, delta.b, false, nullptr, n, delta.rank,
+  if (Status status = linear_cpu(linear_params(s, t.lora_delta, t.lora_inner, DecoderWeight{delta.b}, nullptr, n, delta.rank,
                                                out_features));
       status != Status::kOk) {
     return status;
@@ -203,7 +205,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
   } else {
     KVSERVE_RUN(rms_norm_cpu(norm_params(s, x, x, h, n, 1, h, layer.input_norm, t.residual)), "input norm");
   }
-  KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_interleaved, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
+  KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
   KVSERVE_RUN(add_lora(s, lora.qkv, t.qkv, x, n, h, q + 2 * kv, t), "qkv_proj's LoRA delta");
   auto* key = static_cast<unsigned char*>(t.qkv) + q * elem;
   if (layer.q_norm != nullptr) {
@@ -230,13 +232,12 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
   KVSERVE_RUN(rotary_embedding_cpu(rope), "rotary embedding");
   KVSERVE_RUN(reshape_and_cache_cpu(cache_params(s, layer, t.qkv, step)), "reshape_and_cache");
   KVSERVE_RUN(paged_attention_cpu(attention_params(s, layer, t.attn, t.qkv, step)), "paged_attention");
-  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_interleaved, layer.o_bias, n, q, h)), "o_proj");
+  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_bias, n, q, h)), "o_proj");
   KVSERVE_RUN(add_lora(s, lora.o, step.hidden, t.attn, n, q, h, t), "o_proj's LoRA delta");
   KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, h, n, 1, h, layer.post_norm, t.residual)),
               "post-attention norm");
   const int64_t inter = s.intermediate_size;
-  KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_interleaved,
-                                       layer.gate_up_bias, n, h, 2 * inter)),
+  KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_bias, n, h, 2 * inter)),
               "gate_up_proj");
   KVSERVE_RUN(add_lora(s, lora.gate_up, t.gate_up, step.hidden, n, h, 2 * inter, t), "gate_up_proj's LoRA delta");
   SiluAndMulParams act;
@@ -248,7 +249,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
   act.num_tokens = n;
   act.size = inter;
   KVSERVE_RUN(silu_and_mul_cpu(act), "silu_and_mul");
-  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_interleaved, layer.down_bias, n, inter, h)), "down_proj");
+  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_bias, n, inter, h)), "down_proj");
   KVSERVE_RUN(add_lora(s, lora.down, step.hidden, t.act, n, inter, h, t), "down_proj's LoRA delta");
   return Status::kOk;
 }
@@ -274,9 +275,16 @@ Status check_decoder_stack(const DecoderStack& s, std::string* why) {
   if (s.layers.empty() || s.final_norm == nullptr) return fail(why, "decoder stack: no layers or no final norm");
   for (size_t i = 0; i < s.layers.size(); ++i) {
     const DecoderLayerWeights& l = s.layers[i];
-    const void* required[] = {l.input_norm, l.qkv, l.o, l.post_norm, l.gate_up, l.down, l.key_cache, l.value_cache};
+    const void* required[] = {l.input_norm, l.qkv.data, l.o.data, l.post_norm, l.gate_up.data, l.down.data,
+                              l.key_cache, l.value_cache};
     for (const void* pointer : required) {
       if (pointer == nullptr) return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
+    }
+    for (const DecoderWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
+      if (w->scale != nullptr && w->interleaved) {
+        return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
+                             " has an interleaved e4m3 weight (e4m3 weights are read plain)");
+      }
     }
     if ((l.q_norm == nullptr) != (l.k_norm == nullptr) || l.sliding_window < 0) {
       return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +

@@ -26,5 +26,12 @@ inline __m256 fp8_to_float(const Float8E4M3* p) {
   return _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.f));
 }
 
+// 8 e4m3 weight codes as half.h's e4m3_weight reads them (2^-8 of their values; the NaN code is
+// not kept): sign-extended, shifted into a float16's places and the sign's copy cleared.
+inline __m256 e4m3_weights(const Float8E4M3* p) {
+  const __m128i words = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(words, 7), _mm_set1_epi16(static_cast<int16_t>(0xbfff))));
+}
+
 }  // namespace
 }  // namespace kvserve::cpu

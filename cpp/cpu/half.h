@@ -18,7 +18,7 @@ struct BFloat16 {
 struct Float16 {
   uint16_t bits;
 };
-// OCP FP8 (dtype.h): KV-cache storage only. Written saturated: a magnitude beyond the largest
+// OCP FP8 (dtype.h): KV caches, and e4m3 weights (e4m3_weight below). Written saturated: a magnitude beyond the largest
 // finite one becomes it (infinities too), as CUDA's __NV_SATFINITE conversions do; NaN stays NaN.
 struct Float8E4M3 {
   uint8_t bits;
@@ -53,6 +53,16 @@ static inline float to_float(Float8E4M3 x) {
   if (exponent != 0) return bits_float(sign | ((exponent + 120) << 23) | (mantissa << 20));
   const float magnitude = static_cast<float>(mantissa) * bits_float(0x3b000000);  // subnormal: m * 2^-9
   return sign ? -magnitude : magnitude;
+}
+
+// An e4m3 weight code read the way the few-rows linear reads them (fp8_f16c.h's e4m3_weights, 8 or
+// 16 at a time): its bits moved into a float16's, which makes 2^-8 of its value exactly, subnormals
+// included, in three integer operations; the product scales each row by kE4m3WeightUnit once. The
+// NaN code reads as a number (weights never hold it: linear.h).
+constexpr float kE4m3WeightUnit = 256.f;
+static inline float e4m3_weight(Float8E4M3 x) {
+  const auto widened = static_cast<uint16_t>(static_cast<int16_t>(static_cast<int8_t>(x.bits)) << 7);
+  return to_float(Float16{static_cast<uint16_t>(widened & 0xbfff)});
 }
 
 static inline void from_float(float x, float* out) { *out = x; }

@@ -102,9 +102,11 @@ Status linear_cpu(const LinearParams& p) {
 #endif
     return Status::kOk;
   }
-  auto kernel = kernels_for(p.dtype).linear;
+  auto kernel = p.weight_dtype ? kernels_for(p.dtype).linear_e4m3 : kernels_for(p.dtype).linear;
 #if defined(KVSERVE_CPU_X86_KERNELS)
-  if (p.dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16) kernel = linear_avx512_bf16;
+  if (p.dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16) {
+    kernel = p.weight_dtype ? linear_avx512_bf16_e4m3 : linear_avx512_bf16;
+  }
 #endif
   run_rows(p, kernel, p.in_features);
   return Status::kOk;

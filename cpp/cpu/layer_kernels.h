@@ -14,6 +14,7 @@ struct LayerKernels {
   void (*argmax)(const ArgmaxParams&, int64_t row_begin, int64_t row_end);
   void (*rotary_embedding)(const RotaryEmbeddingParams&, int64_t row_begin, int64_t row_end);
   void (*linear)(const LinearParams&, int64_t n_begin, int64_t n_end);  // output features
+  void (*linear_e4m3)(const LinearParams&, int64_t n_begin, int64_t n_end);  // an e4m3 weight (weight_dtype)
 };
 
 LayerKernels layer_kernels_portable(DType dtype);
@@ -21,6 +22,8 @@ LayerKernels layer_kernels_avx2(DType dtype);
 LayerKernels layer_kernels_avx512(DType dtype);
 // The bfloat16 linear with vdpbf16ps (CPUs with AVX512-BF16).
 void linear_avx512_bf16(const LinearParams&, int64_t n_begin, int64_t n_end);
+// The same over an e4m3 weight (LinearParams::weight_dtype): its panels widened to bfloat16.
+void linear_avx512_bf16_e4m3(const LinearParams&, int64_t n_begin, int64_t n_end);
 // The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.
 void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, int64_t block_end);
 
@@ -29,7 +32,8 @@ namespace {
 template <class V, class T>
 constexpr LayerKernels layer_kernels_of() {
   return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
-          Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols};
+          Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols,
+          E4m3Linear<V, SmallLinear<FmaDot<V, T>, T, Float8E4M3>, SmallLinear<FmaDot<V, T>, T>, T>::cols};
 }
 
 template <class V>

@@ -15,6 +15,7 @@ struct Bf16Dot {
   static constexpr int kStep = 32;
   static Reg zero() { return _mm512_setzero_ps(); }
   static Operand load(const BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static Operand load_weight(const BFloat16* p) { return load(p); }
   static Reg fma(Reg acc, Operand x, Operand w) { return _mm512_dpbf16_ps(acc, x, w); }
   static float reduce(Reg acc) { return _mm512_reduce_add_ps(acc); }
 };
@@ -66,6 +67,11 @@ void linear_avx512_bf16_interleaved(const LinearParams& p, int64_t block_begin, 
 
 void linear_avx512_bf16(const LinearParams& p, int64_t n_begin, int64_t n_end) {
   SmallLinear<Bf16Dot, BFloat16>::cols(p, n_begin, n_end);
+}
+
+void linear_avx512_bf16_e4m3(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  E4m3Linear<Avx512, SmallLinear<FmaDot<Avx512, BFloat16>, BFloat16, Float8E4M3>, SmallLinear<Bf16Dot, BFloat16>,
+             BFloat16>::cols(p, n_begin, n_end);
 }
 
 }  // namespace kvserve::cpu

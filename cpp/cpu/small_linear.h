@@ -4,11 +4,15 @@
 //   kChunkM input rows: kChunkM x kBlockN accumulators walk along in_features, Dot::kStep elements
 //   a step, then each is summed across its lanes. The weight block stays in L1 across the chunks.
 //
-// FmaDot converts each element to float and multiply-adds (any ISA, any dtype); the AVX512-BF16
-// translation unit brings a policy that takes bfloat16 pairs as they are (vdpbf16ps).
+// FmaDot converts each element to float and multiply-adds (any ISA, any dtype; weights of W, the
+// input's dtype or e4m3 codes, through Dot::load_weight); the AVX512-BF16 translation unit brings a
+// policy that takes bfloat16 pairs as they are (vdpbf16ps). An e4m3 weight's row sums are scaled
+// once, by the row's weight_scale and the unit its codes are read in (half.h's e4m3_weight).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "half.h"
 #include "kvserve/linear.h"
@@ -24,11 +28,19 @@ struct FmaDot {
   static constexpr int kStep = V::kWidth;
   static Reg zero() { return V::zero(); }
   static Operand load(const T* p) { return V::load(p); }
+  static Operand load_weight(const T* p) { return V::load(p); }
+  static Operand load_weight(const Float8E4M3* p) { return V::load_weight(p); }
   static Reg fma(Reg acc, Operand x, Operand w) { return V::fma(x, w, acc); }
   static float reduce(Reg acc) { return V::reduce_add(acc); }
 };
 
-template <class Dot, class T>
+// A weight element as a float, in the unit load_weight reads it in.
+inline float weight_value(float w) { return w; }
+inline float weight_value(BFloat16 w) { return to_float(w); }
+inline float weight_value(Float16 w) { return to_float(w); }
+inline float weight_value(Float8E4M3 w) { return e4m3_weight(w); }
+
+template <class Dot, class T, class W = T>
 struct SmallLinear {
   using Reg = typename Dot::Reg;
   using Operand = typename Dot::Operand;
@@ -37,24 +49,25 @@ struct SmallLinear {
   static constexpr int64_t kTileBytes = 256 << 10;
   static constexpr int64_t kMaxTileM = 64;
 
+  // M input rows from m0 against N weight rows from n0, read from `rows` (row n0), `stride` apart.
   template <int M, int N>
-  static void tile(const LinearParams& p, int64_t m0, int64_t n0) {
+  static void tile(const LinearParams& p, int64_t m0, int64_t n0, const W* rows, int64_t stride) {
     const int64_t k_total = p.in_features, body = k_total - k_total % Dot::kStep;
     const T* x[M];
-    const T* w[N];
+    const W* w[N];
     for (int m = 0; m < M; ++m) x[m] = static_cast<const T*>(p.input) + (m0 + m) * p.input_stride;
-    for (int n = 0; n < N; ++n) w[n] = static_cast<const T*>(p.weight) + (n0 + n) * p.weight_stride;
+    for (int n = 0; n < N; ++n) w[n] = rows + n * stride;
     Reg acc[M][N];
     for (int m = 0; m < M; ++m)
       for (int n = 0; n < N; ++n) acc[m][n] = Dot::zero();
     // The next block's rows, at the same column: rows shorter than the hardware prefetcher's ramp
     // (a 512-wide bf16 row is 1 KB) would otherwise start cold from DRAM block after block.
-    const int64_t ahead = N * p.weight_stride;
+    const int64_t ahead = N * stride;
     for (int64_t k = 0; k < body; k += Dot::kStep) {
       Operand wk[N];
       for (int n = 0; n < N; ++n) {
         __builtin_prefetch(w[n] + k + ahead);
-        wk[n] = Dot::load(w[n] + k);
+        wk[n] = Dot::load_weight(w[n] + k);
       }
       for (int m = 0; m < M; ++m) {
         const Operand xk = Dot::load(x[m] + k);
@@ -65,7 +78,9 @@ struct SmallLinear {
       T* out = static_cast<T*>(p.out) + (m0 + m) * p.out_stride + n0;
       for (int n = 0; n < N; ++n) {
         float sum = Dot::reduce(acc[m][n]);
-        for (int64_t k = body; k < k_total; ++k) sum += to_float(x[m][k]) * to_float(w[n][k]);
+        for (int64_t k = body; k < k_total; ++k) sum += to_float(x[m][k]) * weight_value(w[n][k]);
+        // An e4m3 weight's codes (read directly, or widened into a panel: E4m3Linear) in their unit.
+        if (p.weight_scale != nullptr) sum *= kE4m3WeightUnit * p.weight_scale[n0 + n];
         if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[n0 + n]);
         from_float(sum, out + n);
       }
@@ -73,28 +88,77 @@ struct SmallLinear {
   }
 
   template <int N>
-  static void rows(const LinearParams& p, int64_t n0, int64_t m_begin, int64_t m_end) {
+  static void rows(const LinearParams& p, int64_t n0, int64_t m_begin, int64_t m_end, const W* rows, int64_t stride) {
     int64_t m0 = m_begin;
-    for (; m0 + kChunkM <= m_end; m0 += kChunkM) tile<kChunkM, N>(p, m0, n0);
+    for (; m0 + kChunkM <= m_end; m0 += kChunkM) tile<kChunkM, N>(p, m0, n0, rows, stride);
     switch (m_end - m0) {
-      case 3: tile<3, N>(p, m0, n0); break;
-      case 2: tile<2, N>(p, m0, n0); break;
-      case 1: tile<1, N>(p, m0, n0); break;
+      case 3: tile<3, N>(p, m0, n0, rows, stride); break;
+      case 2: tile<2, N>(p, m0, n0, rows, stride); break;
+      case 1: tile<1, N>(p, m0, n0, rows, stride); break;
       default: break;
     }
   }
 
-  // Input rows go a tile at a time, so that the tile (~kTileBytes) stays in L2 while every weight
-  // block of the thread's columns passes it; the weights are read once per tile.
-  static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  // fn(m_begin, m_end) over the input rows a tile at a time, so that the tile (~kTileBytes) stays in
+  // L2 while every weight block of the thread's columns passes it.
+  template <class Fn>
+  static void each_tile(const LinearParams& p, Fn fn) {
     int64_t tile_m = kTileBytes / (p.in_features * static_cast<int64_t>(sizeof(T))) / kChunkM * kChunkM;
     tile_m = tile_m < kChunkM ? kChunkM : tile_m > kMaxTileM ? kMaxTileM : tile_m;
     for (int64_t m_begin = 0; m_begin < p.num_rows; m_begin += tile_m) {
-      const int64_t m_end = m_begin + tile_m < p.num_rows ? m_begin + tile_m : p.num_rows;
-      int64_t n = n_begin;
-      for (; n + kBlockN <= n_end; n += kBlockN) rows<kBlockN>(p, n, m_begin, m_end);
-      for (; n < n_end; ++n) rows<1>(p, n, m_begin, m_end);
+      fn(m_begin, m_begin + tile_m < p.num_rows ? m_begin + tile_m : p.num_rows);
     }
+  }
+
+  // fn(n, std::integral_constant<int, N>) over blocks of kBlockN weight rows in [n_begin, n_end),
+  // then single rows.
+  template <class Fn>
+  static void each_block(int64_t n_begin, int64_t n_end, Fn fn) {
+    int64_t n = n_begin;
+    for (; n + kBlockN <= n_end; n += kBlockN) fn(n, std::integral_constant<int, kBlockN>{});
+    for (; n < n_end; ++n) fn(n, std::integral_constant<int, 1>{});
+  }
+
+  // The weights are read once per tile of input rows.
+  static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+    const W* weight = static_cast<const W*>(p.weight);
+    each_tile(p, [&](int64_t m_begin, int64_t m_end) {
+      each_block(n_begin, n_end, [&](int64_t n, auto count) {
+        rows<decltype(count)::value>(p, n, m_begin, m_end, weight + n * p.weight_stride, p.weight_stride);
+      });
+    });
+  }
+};
+
+// An e4m3 weight (LinearParams::weight_dtype). Up to kDirectRows input rows (decode) read the codes
+// as they are, widening them in registers (Direct: FmaDot over Float8E4M3): a decode step reads half
+// a 16-bit weight's bytes. More rows would widen each code once per 4 of them, and multiply-add in
+// float32 where Panel, the dtype's own dot product, may take bfloat16 pairs: instead each block of
+// weight rows is widened once per tile of input rows into a panel of T (exact: a code's value in
+// e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight. The crossing
+// (bench/README.md, "Linear"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels' rate, at
+// 64 rows the panels 1.7x the direct path's.
+template <class V, class Direct, class Panel, class T>
+struct E4m3Linear {
+  static constexpr int64_t kDirectRows = 16;
+
+  static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+    if (p.num_rows <= kDirectRows) return Direct::cols(p, n_begin, n_end);
+    const int64_t k_total = p.in_features, body = k_total - k_total % V::kWidth;
+    thread_local std::vector<T> panel;
+    panel.resize(static_cast<size_t>(Panel::kBlockN * k_total));
+    const auto* codes = static_cast<const Float8E4M3*>(p.weight);
+    Panel::each_tile(p, [&](int64_t m_begin, int64_t m_end) {
+      Panel::each_block(n_begin, n_end, [&](int64_t n, auto count) {
+        for (int i = 0; i < decltype(count)::value; ++i) {
+          const Float8E4M3* row = codes + (n + i) * p.weight_stride;
+          T* widened = panel.data() + i * k_total;
+          for (int64_t k = 0; k < body; k += V::kWidth) V::store(widened + k, V::load_weight(row + k));
+          for (int64_t k = body; k < k_total; ++k) from_float(e4m3_weight(row[k]), widened + k);
+        }
+        Panel::template rows<decltype(count)::value>(p, n, m_begin, m_end, panel.data(), k_total);
+      });
+    });
   }
 };
 

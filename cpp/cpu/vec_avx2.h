@@ -61,6 +61,7 @@ struct Avx2 {
   }
   static Reg load(const Float8E5M2* p) { return fp8_to_float(p); }
   static Reg load(const Float8E4M3* p) { return fp8_to_float(p); }
+  static Reg load_weight(const Float8E4M3* p) { return e4m3_weights(p); }  // half.h's e4m3_weight
   static void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
     const __m256i high = _mm256_srli_epi32(_mm256_castps_si256(round_to_bf16(a)), 16);

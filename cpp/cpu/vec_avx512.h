@@ -56,6 +56,11 @@ struct Avx512 {
   }
   static Reg load(const Float8E5M2* p) { return load_fp8(p); }
   static Reg load(const Float8E4M3* p) { return load_fp8(p); }
+  // 16 e4m3 weight codes (half.h's e4m3_weight): 16 bytes widened in one go.
+  static Reg load_weight(const Float8E4M3* p) {
+    const __m256i words = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(words, 7), _mm256_set1_epi16(static_cast<int16_t>(0xbfff))));
+  }
   static void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
     const __m512i high = _mm512_srli_epi32(_mm512_castps_si512(round_to_bf16(a)), 16);

@@ -18,7 +18,7 @@
 //
 // Weights and caches are given once (DecoderStack); a step gives the tokens' embeddings and the
 // batch layout (DecoderStepParams). All arrays are row-major contiguous, of one float dtype (the KV
-// caches may hold a narrower float: cache_dtype).
+// caches may hold a narrower float: cache_dtype; the products' weights e4m3 codes: DecoderWeight).
 #pragma once
 
 #include <cstdint>
@@ -32,25 +32,32 @@
 
 namespace kvserve {
 
+// A product's weight (linear.h): of the stack's dtype, plain [out_features, in_features] or
+// interleaved (LinearParams::weight_interleaved), or e4m3 codes with a float32 scale per row
+// (LinearParams::weight_dtype: weight-only fp8).
+struct DecoderWeight {
+  const void* data = nullptr;
+  const float* scale = nullptr;  // [out_features] for e4m3 codes; nullptr: the stack's dtype
+  bool interleaved = false;
+};
+
 // One layer's arrays. With q = num_heads * head_dim and kv = num_kv_heads * head_dim:
 struct DecoderLayerWeights {
   const void* input_norm = nullptr;    // [hidden]
-  const void* qkv = nullptr;           // [q + 2 kv, hidden]
+  DecoderWeight qkv;                   // [q + 2 kv, hidden]
   const void* qkv_bias = nullptr;      // [q + 2 kv] or nullptr
   const void* q_norm = nullptr;        // [head_dim], with k_norm, or both nullptr
   const void* k_norm = nullptr;        // [head_dim]
-  const void* o = nullptr;             // [hidden, q]
+  DecoderWeight o;                     // [hidden, q]
   const void* o_bias = nullptr;        // [hidden] or nullptr
   const void* post_norm = nullptr;     // [hidden]
-  const void* gate_up = nullptr;       // [2 intermediate, hidden]: gate rows, then up rows
+  DecoderWeight gate_up;               // [2 intermediate, hidden]: gate rows, then up rows
   const void* gate_up_bias = nullptr;  // [2 intermediate] or nullptr
-  const void* down = nullptr;          // [hidden, intermediate]
+  DecoderWeight down;                  // [hidden, intermediate]
   const void* down_bias = nullptr;     // [hidden] or nullptr
   void* key_cache = nullptr;           // [num_blocks, block_size, num_kv_heads, head_dim]
   void* value_cache = nullptr;
   int64_t sliding_window = 0;          // 0: none
-  // Which of the four products' weights are interleaved (LinearParams::weight_interleaved).
-  bool qkv_interleaved = false, o_interleaved = false, gate_up_interleaved = false, down_interleaved = false;
 };
 
 struct DecoderStack {

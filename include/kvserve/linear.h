@@ -10,6 +10,8 @@
 // every weight block, and the next weight block is prefetched, so few rows (decode) run at the
 // weights' memory bandwidth and many rows at the FMA rate. Strides are in elements.
 //
+// With weight_dtype kFloat8E4M3 the weight holds e4m3 codes and a float32 scale per row (below).
+//
 // On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 on tensor cores (sm_80+), each block
 // streaming 16 weight rows once for every input row: a decode step's projections at the weights'
 // bandwidth, where a general GEMM tiles for many rows. Needs in_features in 16-byte packs and
@@ -17,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "kvserve/config.h"
@@ -45,6 +48,13 @@ struct LinearParams {
   // silu(gate) * up, rounded as the plain product and then silu_and_mul (layer_ops.h) round it.
   // linear_cuda only (linear_cpu: kUnsupported).
   bool silu_and_mul_output = false;
+  // A weight quantized to 8-bit floats (kFloat8E4M3 only; nullopt: the weight is of `dtype`), row n
+  // standing for weight_scale[n] times its codes' values: out = (input @ codes^T) * weight_scale
+  // (+ bias), float32 throughout, rounded once. Weight-only quantization of a decode step's
+  // projections: half the bytes of a 16-bit weight to stream. The weight must not hold e4m3's NaN
+  // code (the product is then unspecified). linear_cpu only, a plain weight.
+  std::optional<DType> weight_dtype;
+  const float* weight_scale = nullptr;  // [out_features], with weight_dtype
 };
 
 // Whether linear_cpu takes an interleaved weight of this dtype and shape on this CPU.

@@ -156,7 +156,7 @@ def argmax(out, input) -> None:
     _C.ops.argmax(_dl(out), _dl(input), _stream_of(input))
 
 
-def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False) -> None:
+def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, weight_scale=None) -> None:
     """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
 
     For few rows (decode): each weight row is read once and used for every input row, so the call
@@ -165,6 +165,8 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False) -> 
     and row starts in 16-byte packs (ValueError otherwise). With `silu_and_mul_output` (CUDA only),
     the weight's rows are an MLP's [gate; up] and out [M, N / 2] receives what silu_and_mul would
     make of the product, bit for bit, without the [M, N] product in memory. out must not overlap
-    input.
+    input. On the CPU the weight may be float8_e4m3fn codes with `weight_scale` [N] (float32):
+    out = (input @ codes^T) * weight_scale (+ bias), in float32 rounded once (kvserve.quantization).
     """
-    _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input), silu_and_mul_output)
+    _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input), silu_and_mul_output,
+                  _dl(weight_scale))

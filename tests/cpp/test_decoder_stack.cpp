@@ -45,11 +45,11 @@ struct Model {
     s.final_norm = final_norm.data();
     kvserve::DecoderLayerWeights w;
     w.input_norm = input_norm.data();
-    w.qkv = qkv.data();
-    w.o = o.data();
+    w.qkv.data = qkv.data();
+    w.o.data = o.data();
     w.post_norm = post_norm.data();
-    w.gate_up = gate_up.data();
-    w.down = down.data();
+    w.gate_up.data = gate_up.data();
+    w.down.data = down.data();
     w.key_cache = key_cache.data();
     w.value_cache = value_cache.data();
     s.layers = {w, w};  // two layers sharing weights and caches: enough to run the residual stream twice
@@ -86,7 +86,7 @@ TEST(DecoderStack, ChecksNameWhatIsWrong) {
   std::string why;
   kvserve::DecoderStack s = m.stack();
   EXPECT_EQ(kvserve::check_decoder_stack(s, &why), Status::kOk) << why;
-  s.layers[1].down = nullptr;
+  s.layers[1].down.data = nullptr;
   EXPECT_EQ(kvserve::check_decoder_stack(s, &why), Status::kInvalidArgument);
   EXPECT_NE(why.find("layer 1 lacks an array"), std::string::npos) << why;
   s = m.stack();
