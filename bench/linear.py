@@ -2,7 +2,8 @@
 """The CPU projections' paths side by side, at the presets' weight shapes and decode/prefill row
 counts: kvserve.ops.linear on the plain weight and on its interleaved copy, torch's F.linear (oneDNN
 or MKL on the plain weight), and oneDNN on the blocked weight (the copies Linear.finalize_weights
-keeps; kvserve/models/layers/linear.py picks among them).
+keeps; kvserve/models/layers/linear.py picks among them); and kvserve.ops.linear over the weight's
+e4m3 codes (quantization="fp8", which takes it at every row count).
 
     python bench/linear.py                      # small's gate_up and the 0.5b LM head, bf16 and fp32
     python bench/linear.py --shapes 2816x512 --rows 1 4 8 64 --dtypes bfloat16
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from kvserve import ops
 from kvserve.bench.machine import call_seconds
 from kvserve.models.layers.linear import OPS_MAX_ROWS, fast_copies
+from kvserve.quantization import quantize_fp8
 
 CACHE_BYTES = 96 << 20
 
@@ -30,11 +32,13 @@ def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[
     copies = max(1, CACHE_BYTES // (n * k * torch.finfo(dtype).bits // 8))
     weights = [torch.randn(n, k).to(dtype) for _ in range(copies)]
     packed, interleaved = zip(*(fast_copies(w) for w in weights))
+    quantized = [quantize_fp8(w) for w in weights]
     x = torch.randn(rows, k).to(dtype)
     out = torch.empty(rows, n, dtype=dtype)
     paths = {
         "ops.linear": lambda: [ops.linear(out, x, w) for w in weights],
         "F.linear": lambda: [F.linear(x, w) for w in weights],
+        "ops.linear e4m3": lambda: [ops.linear(out, x, codes, weight_scale=scale) for codes, scale in quantized],
     }
     if interleaved[0] is not None:
         paths["ops.linear interleaved"] = lambda: [ops.linear(out, x, w) for w in interleaved]
@@ -53,7 +57,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GFLOP/s, best of {args.repeat}\n")
-    columns = ("ops.linear", "ops.linear interleaved", "F.linear", "oneDNN blocked")
+    columns = ("ops.linear", "ops.linear interleaved", "F.linear", "oneDNN blocked", "ops.linear e4m3")
     print(f"| weight N x K | dtype | rows | {' | '.join(columns)} | linear() takes |")
     print("|---" * (len(columns) + 4) + "|")
     for shape in args.shapes:

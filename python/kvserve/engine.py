@@ -54,6 +54,7 @@ from kvserve.pooling import CLASSIFIER_TASKS, PooledState, PoolerConfig, Pooling
 from kvserve.prompts import PromptInput, check_prompt_ids, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
+from kvserve.quantization import check_quantization
 from kvserve.speculative import SpeculativeConfig
 from kvserve.tokenizer import Tokenizer
 
@@ -101,7 +102,8 @@ class Engine(OfflineAPI):
                  scheduling_policy: str = "fcfs", max_logprobs: int = 20,
                  override_generation_config: dict | None = None, kv_cache_dtype: str = "auto",
                  runner: str = "auto", pooler_config: dict | PoolerConfig | None = None,
-                 hf_overrides: dict | None = None, speculative_config: dict | str | None = None):
+                 hf_overrides: dict | None = None, speculative_config: dict | str | None = None,
+                 quantization: str | None = None):
         """`device`: "auto" (a CUDA GPU when one is visible, else the CPU), "cpu", "cuda" or "cuda:N".
         On a GPU the KV cache takes what `gpu_memory_utilization` of its memory leaves after the
         weights and a profiling step (unless `kv_cache_memory_gb` is given), and decode steps replay
@@ -144,7 +146,9 @@ class Engine(OfflineAPI):
         `hf_overrides` (vLLM's): config.json keys to replace or add, e.g. {"is_matryoshka": True}.
         `speculative_config` (vLLM's, its "ngram" method): decodes guess tokens by prompt lookup and
         the model checks them in the same step (kvserve.speculative); steps are then not scheduled
-        ahead (a step's token count is known only once its drafts are checked)."""
+        ahead (a step's token count is known only once its drafts are checked).
+        `quantization` (vLLM's): "fp8" stores the decoder layers' weights as e4m3 codes with a scale
+        per row, half a 16-bit weight's bytes (CPU; kvserve.quantization)."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "
@@ -182,12 +186,14 @@ class Engine(OfflineAPI):
             torch.manual_seed(seed)
         self.device = resolve_device(device)
         check_kv_cache_dtype(kv_cache_dtype)  # before loading
+        check_quantization(quantization, self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # No seed: dummy weights from torch's random state as it is.
         loaded = load_model(model, dtype=dtype, load_format=load_format, device=self.device,
                             seed=seed if seed is not None else torch.initial_seed(), runner=runner,
-                            hf_overrides=hf_overrides)
+                            hf_overrides=hf_overrides, quantization=quantization)
+        self.quantization = quantization
         self.model_config = config = loaded.model_config
         # A classifier's head (kvserve.classify), and a pooling engine's pooler (its model has no LM
         # head); None: the engine generates.

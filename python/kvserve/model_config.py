@@ -170,7 +170,8 @@ class ModelConfig:
         if quantization:
             method = quantization.get("quant_method") if isinstance(quantization, dict) else None
             raise ValueError(f"{source}: quantized checkpoints are not supported: config.json has "
-                             f"quantization_config (method {method!r}); expected an unquantized checkpoint")
+                             f"quantization_config (method {method!r}); expected an unquantized checkpoint "
+                             f"(quantization='fp8' quantizes one as it loads)")
         activation = hf.get("hidden_act", "silu")
         if activation != "silu":
             raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")

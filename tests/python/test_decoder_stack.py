@@ -71,6 +71,18 @@ def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, c
                 assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fp8_weights_same_bits_as_the_python_layers(tiny_model_dir, dtype, monkeypatch):
+    """quantization="fp8": the stack reads the e4m3 codes with their scales as the layers' products do."""
+    model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
+    ids, logits = greedy(model, monkeypatch, 4)
+    reference_ids, reference_logits = greedy(model, monkeypatch, 0)
+    assert ids == reference_ids
+    for ours, theirs in zip(logits, reference_logits, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def llama_model(tiny_model_dir):
     return load_model(tiny_model_dir("LlamaForCausalLM"), dtype="float32").model
@@ -152,7 +164,13 @@ def layer_arrays(model, caches):
     (dict(qkv=None), ValueError, r"layers\[0\]: missing 'qkv'"),
     (dict(qkv="weights"), TypeError, r"layers\[0\]\['qkv'\]: expected an array"),
     (dict(o=torch.zeros(64, 32)), ValueError, "o: dimension 1 must be in_features = 64"),
-    (dict(down=torch.zeros(64, 96, dtype=torch.float16)), ValueError, "down: expected the dtype of final_norm \\(float32\\), got float16"),
+    (dict(down=torch.zeros(64, 96, dtype=torch.float16)), ValueError,
+     r"down: expected the dtype of final_norm \(float32\) or float8_e4m3fn codes \(with weight_scale\), got float16"),
+    (dict(down=torch.zeros(64, 96, dtype=torch.float8_e4m3fn)), ValueError,
+     r"'down_scale' is required with a float8_e4m3fn weight"),
+    (dict(o_scale=torch.ones(64)), ValueError, r"'o_scale' is for a float8_e4m3fn weight"),
+    (dict(down=torch.zeros(64, 96, dtype=torch.float8_e4m3fn), down_scale=torch.ones(96)), ValueError,
+     r"down_scale: dimension 0 must be out_features of the weight = 64"),
     (dict(key_cache=torch.zeros(8, 4, 3, 16)), ValueError, "key_cache: dimension 2 must be num_kv_heads = 2"),
     (dict(key_cache=torch.zeros(8, 4, 2, 16, dtype=torch.float64)), ValueError,
      r"key_cache: expected the dtype of final_norm \(float32\) or float8_e4m3fn or float8_e5m2 .*, got float64"),

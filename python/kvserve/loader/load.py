@@ -22,6 +22,7 @@ from kvserve.model_config import ModelConfig
 from kvserve.models.layers.linear import onednn_packs
 from kvserve.models.registry import POOLING_ONLY, build_model
 from kvserve.pooling import RUNNERS
+from kvserve.quantization import check_quantization
 
 logger = logging.getLogger("kvserve")
 
@@ -68,16 +69,19 @@ def _token_ids(directory: Path, tokens: tuple[str, ...]) -> list[int]:
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
                device: str | torch.device = "cpu", seed: int = 0, hub_cache_dir: str | Path | None = None,
-               revision: str | None = None, runner: str = "auto", hf_overrides: dict | None = None) -> LoadedModel:
+               revision: str | None = None, runner: str = "auto", hf_overrides: dict | None = None,
+               quantization: str | None = None) -> LoadedModel:
     """Resolve `model` (None: the default model), read its config, build it and fill its weights.
     load_format "dummy" keeps the real shapes but fills random weights (seeded by `seed`).
     `runner` (kvserve.pooling.RUNNERS): "pooling" builds the model without its LM head; "auto"
     does so for a base model's or a classifier's checkpoint (registry.POOLING_ONLY), which has none. `hf_overrides`:
-    config.json keys to replace or add (vLLM's; a Hugging Face directory's only)."""
+    config.json keys to replace or add (vLLM's; a Hugging Face directory's only). `quantization`
+    "fp8": the decoder layers' weights become e4m3 codes once loaded (kvserve.quantization)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {list(RUNNERS)}, got {runner!r}")
+    check_quantization(quantization, torch.device(device))
     path = resolve_model_path(model, hub_cache_dir=hub_cache_dir, revision=revision)
     is_gguf = path.is_file()
     wanted = "gguf" if is_gguf else "safetensors"
@@ -109,5 +113,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         module.load_weights(weights, score_token_ids=_token_ids(path, model_config.classifier_from_token))
     else:
         module.load_weights(weights)
+    if quantization == "fp8":
+        module.quantize_fp8()
     module.finalize_weights()
     return LoadedModel(model_config, module, resolved, path, tokenizer)

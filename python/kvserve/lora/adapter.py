@@ -139,5 +139,5 @@ def _fused(layer: Linear, entries: list[tuple[int, torch.Tensor, torch.Tensor]])
         row = sum(layer.output_sizes[:index])
         b[row:row + part_b.shape[0], column:column + part_a.shape[0]] = part_b
         column += part_a.shape[0]
-    dtype, device = layer.weight.dtype, layer.weight.device
+    dtype, device = layer.dtype, layer.weight.device
     return Delta(a.to(device=device, dtype=dtype).contiguous(), b.to(device=device, dtype=dtype).contiguous())

@@ -191,16 +191,16 @@ class LlamaForCausalLM(nn.Module):
             layers = []
             for layer, (key_cache, value_cache) in zip(self.model.layers, kv_caches):
                 attn, mlp = layer.self_attn, layer.mlp
+                products = {"qkv": attn.qkv_proj, "o": attn.o_proj, "gate_up": mlp.gate_up_proj, "down": mlp.down_proj}
                 layers.append(dict(
-                    input_norm=layer.input_layernorm.weight, qkv=attn.qkv_proj.few_rows_weight,
-                    qkv_bias=attn.qkv_proj.bias,
+                    input_norm=layer.input_layernorm.weight,
                     q_norm=attn.q_norm.weight if attn.q_norm is not None else None,
                     k_norm=attn.k_norm.weight if attn.k_norm is not None else None,
-                    o=attn.o_proj.few_rows_weight, o_bias=attn.o_proj.bias,
                     post_norm=layer.post_attention_layernorm.weight,
-                    gate_up=mlp.gate_up_proj.few_rows_weight, gate_up_bias=mlp.gate_up_proj.bias,
-                    down=mlp.down_proj.few_rows_weight, down_bias=mlp.down_proj.bias,
-                    key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window))
+                    key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window,
+                    **{key: product.few_rows_weight for key, product in products.items()},
+                    **{f"{key}_bias": product.bias for key, product in products.items()},
+                    **{f"{key}_scale": product.weight_scale for key, product in products.items()}))
             first = self.model.layers[0].self_attn
             stack = _C.ops.DecoderStack(layers, self.model.norm.weight, first.num_heads, first.num_kv_heads,
                                         first.head_dim, self.config.rms_norm_eps, first.attn.scale)
@@ -228,6 +228,14 @@ class LlamaForCausalLM(nn.Module):
         if self.lm_head is not None:
             return self.lm_head(hidden)
         return linear(hidden, self.model.embed_tokens.weight, None, *self.tied_lm_head_copies)
+
+    def quantize_fp8(self) -> None:
+        """The decoder layers' projections' weights as e4m3 codes (kvserve.quantization); the
+        embeddings, norms and LM head keep the dtype."""
+        self._decoder_stack = None
+        for module in self.model.layers.modules():
+            if isinstance(module, Linear):
+                module.quantize_fp8()
 
     def finalize_weights(self) -> None:
         """Once the weights are in place (loaded or dummy): per-device copies the products want."""

@@ -19,6 +19,10 @@ The blocked copy doubles the memory of the projections' weights (the interleaved
 copy); it is what makes oneDNN fast at decode batch sizes (1.2-1.8x over torch's F.linear, which
 reorders the weight on every call).
 
+With quantization="fp8" (kvserve.quantization) the decoder layers' weights are e4m3 codes with a
+float32 scale per row, and every product on them is kvserve.ops.linear's: up to 16 rows read the codes
+directly (half a 16-bit weight's bytes), more widen blocks of them into the dtype first.
+
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
 projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
@@ -36,6 +40,7 @@ from torch import nn
 
 from kvserve import _C, ops
 from kvserve.models.layers.activation import silu_and_mul
+from kvserve.quantization import quantize_fp8
 
 if TYPE_CHECKING:
     from kvserve.lora.batch import LoRABatch
@@ -121,15 +126,26 @@ class Linear(nn.Module):
         super().__init__()
         self.output_sizes = (output_sizes,) if isinstance(output_sizes, int) else tuple(output_sizes)
         total = sum(self.output_sizes)
+        self.dtype = dtype  # of the inputs and outputs (the weight's too, unless quantized)
         self.weight = nn.Parameter(torch.empty(total, input_size, dtype=dtype), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(total, dtype=dtype), requires_grad=False) if bias else None
         self.packed: torch.Tensor | None = None
         self.interleaved: torch.Tensor | None = None
+        # With quantize_fp8(): the scale of each row of the e4m3 weight, float32 [out_features].
+        self.weight_scale: torch.Tensor | None = None
+
+    def quantize_fp8(self) -> None:
+        """The weight as e4m3 codes with a float32 scale per row (kvserve.quantization), in place of
+        itself; once quantized, nothing changes."""
+        if self.weight_scale is None:
+            codes, self.weight_scale = quantize_fp8(self.weight)
+            self.weight = nn.Parameter(codes, requires_grad=False)
 
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
-        interleaved one (on the CPU, where they have a fast path)."""
-        self.packed, self.interleaved = fast_copies(self.weight)
+        interleaved one (on the CPU, where they have a fast path; a quantized weight has none)."""
+        if self.weight_scale is None:
+            self.packed, self.interleaved = fast_copies(self.weight)
 
     @property
     def few_rows_weight(self) -> torch.Tensor:
@@ -138,7 +154,12 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
-        out = linear(x, self.weight, self.bias, self.packed, self.interleaved)
+        if self.weight_scale is not None:
+            out = torch.empty(*x.shape[:-1], self.weight.shape[0], dtype=x.dtype)
+            ops.linear(out.view(-1, out.shape[-1]), x.reshape(-1, x.shape[-1]), self.weight, self.bias,
+                       weight_scale=self.weight_scale)
+        else:
+            out = linear(x, self.weight, self.bias, self.packed, self.interleaved)
         if lora is not None:
             lora.add(self, x, out)
         return out

@@ -1,0 +1,163 @@
+"""Weight-only fp8 (quantization="fp8"): the quantizer, kvserve.ops.linear over e4m3 codes against
+float64 (every code's value, both of the kernel's paths, every ISA), the checks on its arguments,
+and each architecture against transformers running the weights the codes stand for."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from isa_paths import ISAS, run_tests_under_isa
+from kvserve import Engine, SamplingParams, ops
+from kvserve.loader import load_model
+from kvserve.models import SUPPORTED_ARCHITECTURES
+from kvserve.quantization import E4M3_MAX, check_quantization, dequantize_fp8, quantize_fp8
+from paged_greedy import paged_greedy
+from test_layer_ops import DTYPES
+from test_models import NUM_NEW_TOKENS, PROMPTS, assert_logits_close, hf_greedy
+
+# Every e4m3 code but the two NaNs, as uint8.
+CODES = torch.tensor([c for c in range(256) if c & 0x7f != 0x7f], dtype=torch.uint8)
+
+
+def test_quantize_fp8_maps_each_rows_largest_magnitude_to_448():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 40, generator=generator) * torch.tensor([1e-3, 0.1, 1, 10, 1e3, 0])[:, None]
+    codes, scale = quantize_fp8(weight.bfloat16())
+    assert codes.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and scale.shape == (6,)
+    assert torch.equal(codes[:5].float().abs().amax(dim=1), torch.full((5,), E4M3_MAX))
+    assert scale[5] == 1 and not codes[5].float().any()  # a row of zeros
+    # Each weight within half a step of e4m3's grid (3 mantissa bits: 2^-4 of its magnitude) of its
+    # code's value, subnormals within half the smallest step.
+    restored = dequantize_fp8(codes, scale, torch.float32)
+    error = (restored - weight.bfloat16().float()).abs()
+    assert (error <= 2**-4 * weight.bfloat16().float().abs() + 2**-10 * scale[:, None]).all()
+    assert torch.equal(codes.float(), (weight.bfloat16().float() / scale[:, None]).to(torch.float8_e4m3fn).float())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.tensor([[1.0, float("nan")]]), "NaN or infinite"),
+    (torch.tensor([[float("inf"), 1.0]]), "NaN or infinite"),
+    (torch.ones(3), r"expected a weight \[out_features, in_features\]"),
+])
+def test_quantize_fp8_refuses_what_has_no_codes(bad, message):
+    with pytest.raises(ValueError, match=message):
+        quantize_fp8(bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 70])
+@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100), (9, 4864)])
+def test_linear_e4m3_weight(dtype, rows, shape):
+    """Against float64 over the codes' values times their scales, on random data: up to 16 rows
+    read the codes directly, more widen them into panels; in_features with and without a tail past
+    the vectors; with and without bias."""
+    torch.manual_seed(rows * 1000 + shape[0])
+    out_features, in_features = shape
+    x = torch.randn(rows, in_features).to(dtype)
+    codes, scale = quantize_fp8(0.2 * torch.randn(out_features, in_features))
+    weight = codes.double() * scale.double()[:, None]
+    for bias in (None, torch.randn(out_features).to(dtype)):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype)
+        ops.linear(out, x, codes, bias, weight_scale=scale)
+        expected = x.double() @ weight.t() + (0 if bias is None else bias.double())
+        if dtype != torch.float32:  # the 16-bit output's rounding dominates
+            torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
+            continue
+        # As test_linear_ops.test_linear: a few sqrt(K) float32 roundings of sum |x w|.
+        magnitude = x.double().abs() @ weight.abs().t() + (0 if bias is None else bias.double().abs())
+        bound = 2.0 ** -23 * in_features ** 0.5 * magnitude
+        assert ((out.double() - expected).abs() <= bound).all(), ((out.double() - expected).abs() / bound).max()
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+def test_every_e4m3_code_reads_its_value(rows):
+    """Weight row i holds code i in column i % 48 (zeros elsewhere: every column of the vectors and
+    of the tail takes every code's turn), against inputs of ones: each output is the code's value
+    times its scale, rounded once to float32, subnormals and negative zero included."""
+    in_features = 48 + 7
+    weight = torch.zeros(len(CODES), in_features, dtype=torch.uint8)
+    weight[torch.arange(len(CODES)), torch.arange(len(CODES)) % 48] = CODES
+    weight[:, 48:] = weight[:, :7]  # the tail's columns (past 48) repeat the first 7
+    codes = weight.view(torch.float8_e4m3fn)
+    scale = torch.rand(len(CODES), generator=torch.Generator().manual_seed(1)) + 0.5
+    x = torch.ones(rows, in_features)
+    x[:, 48:] = 0  # the tail adds exact zeros
+    out = torch.full((rows, len(CODES)), float("nan"))
+    ops.linear(out, x, codes, None, weight_scale=scale)
+    expected = (CODES.view(torch.float8_e4m3fn).double() * scale.double()).float()
+    assert torch.equal(out, expected.expand(rows, -1))
+    x[:, :48], x[:, 48:] = 0, 1  # and the tail alone: columns 48.. hold the codes of columns 0..6
+    ops.linear(out, x, codes, None, weight_scale=scale)
+    in_tail = torch.arange(len(CODES)) % 48 < 7
+    assert torch.equal(out[:, in_tail], expected[in_tail].expand(rows, -1))
+    assert not out[:, ~in_tail].any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_path(isa):
+    names = ("test_linear_e4m3_weight", "test_every_e4m3_code_reads_its_value")
+    run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(scale=None), "a float8_e4m3fn weight needs weight_scale"),
+    (dict(weight=torch.randn(8, 64).bfloat16()), "weight_scale is for a float8_e4m3fn weight"),
+    (dict(scale=torch.ones(7)), r"weight_scale: dimension 0 must be out_features of the weight"),
+    (dict(scale=torch.ones(8).bfloat16()), r"weight_scale: expected dtype float32"),
+    (dict(weight=torch.randn(8, 64).to(torch.float8_e5m2)), r"weight: expected the dtype of input \(bfloat16\) or float8_e4m3fn codes"),
+    (dict(weight=torch.randn(2, 2, 4, 32).to(torch.float8_e4m3fn)), r"read plain, \[out_features, in_features\]"),
+])
+def test_linear_checks_a_quantized_weights_arguments(change, message):
+    x, out = torch.randn(2, 64).bfloat16(), torch.empty(2, 8, dtype=torch.bfloat16)
+    weight = change.get("weight", torch.randn(8, 64).to(torch.float8_e4m3fn))
+    scale = change.get("scale", torch.ones(8))
+    with pytest.raises(ValueError, match=message):
+        ops.linear(out, x, weight, None, weight_scale=scale)
+
+
+def test_check_quantization():
+    check_quantization(None, torch.device("cuda"))
+    check_quantization("fp8", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"quantization must be one of \['fp8'\] or None, got 'awq'"):
+        check_quantization("awq")
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        check_quantization("fp8", torch.device("cuda"))
+
+
+def save_dequantized(directory, destination):
+    """The checkpoint in `directory` with each decoder projection's weight replaced by what its fp8
+    codes stand for (float32), as kvserve quantizes it, saved to `destination`."""
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    with torch.no_grad():
+        for name, module in model.model.layers.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(dequantize_fp8(*quantize_fp8(module.weight), torch.float32))
+    model.save_pretrained(destination)
+    return destination
+
+
+@pytest.mark.parametrize("architecture", SUPPORTED_ARCHITECTURES)
+def test_matches_transformers_on_the_dequantized_weights(tiny_model_dir, tmp_path, architecture):
+    """Greedy ids equal, and logits within 1e-4, transformers' over the weights the codes stand for;
+    prefill (33 rows: the panels) and decode steps of 4 (the decoder stack, reading codes)."""
+    directory = tiny_model_dir(architecture)
+    model = load_model(directory, dtype="float32", quantization="fp8").model
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
+    ids, logits = paged_greedy(model, PROMPTS, NUM_NEW_TOKENS)
+    hf_ids, hf_logits = hf_greedy(save_dequantized(directory, tmp_path / "dequantized"), PROMPTS, NUM_NEW_TOKENS)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+    # The quantization shows in the logits: against the unquantized model the comparison fails.
+    _, exact_logits = hf_greedy(directory, PROMPTS, NUM_NEW_TOKENS)
+    with pytest.raises(AssertionError, match="max relative error"):
+        assert_logits_close(logits, exact_logits)
+
+
+def test_an_engine_quantizes_its_decoder_and_keeps_the_rest(tiny_model_dir):
+    engine = Engine(tiny_model_dir("LlamaForCausalLM"), dtype="bfloat16", quantization="fp8", device="cpu")
+    model = engine.runner.model
+    for name, parameter in model.named_parameters():
+        projection = ".layers." in name and name.endswith("proj.weight")
+        assert (parameter.dtype == torch.float8_e4m3fn) == projection, name
+    outputs = engine.generate(["hello there"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert len(outputs[0].outputs[0].token_ids) == 8
