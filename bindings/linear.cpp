@@ -138,6 +138,32 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
 #endif
 }
 
+// out [N, K] = the float8_e4m3fn weight [N, K] times its rows' weight_scale [N] (dequantize_weight_cpu).
+void dequantize_weight(Array out, Array weight, Array weight_scale) {
+  check_dtype(out, "out", kFloatDtypes);
+  check_matrix(out, "out", "[out_features, in_features]");
+  check_dtype(weight, "weight", {kFloat8E4M3});
+  check_matrix(weight, "weight", "[out_features, in_features]");
+  const auto out_features = static_cast<int64_t>(out.shape(0)), in_features = static_cast<int64_t>(out.shape(1));
+  check_dim(weight, "weight", 0, out_features, "out_features of out");
+  check_dim(weight, "weight", 1, in_features, "in_features of out");
+  check_weight_scale(weight_scale, "weight_scale", out_features);
+  if (on_one_device({{out, "out"}, {weight, "weight"}, {weight_scale, "weight_scale"}})) {
+    throw nb::value_error("dequantize_weight runs on the CPU only");
+  }
+  LinearParams p;
+  p.out = out.data();
+  p.out_stride = out.stride(0);
+  p.weight = weight.data();
+  p.weight_stride = weight.stride(0);
+  p.weight_dtype = DType::kFloat8E4M3;
+  p.weight_scale = static_cast<const float*>(weight_scale.data());
+  p.in_features = in_features;
+  p.out_features = out_features;
+  p.dtype = kernel_dtype(out, "out");
+  call_cpu_kernel(dequantize_weight_cpu, check_dequantize_weight, p, "dequantize_weight");
+}
+
 bool interleave_supported(Array weight) {
   check_ndim(weight, "weight", 2, "[out_features, in_features]");
   return weight.device_type() == nb::device::cpu::value && weight.dtype() == kBFloat16 &&
@@ -163,6 +189,10 @@ void bind_linear(nb::module_& m) {
         "linear(out, input, weight, bias), then rotary_and_cache(query, key, value, ...) over its columns, in\n"
         "one CUDA kernel: a layer's qkv projection at decode (query, key and value are the q, k and v\n"
         "columns of out).");
+  m.def("dequantize_weight", &dequantize_weight, nb::arg("out").noconvert(), nb::arg("weight"),
+        nb::arg("weight_scale"),
+        "out [N, K] = the float8_e4m3fn weight [N, K] times its rows' weight_scale [N] (float32), rounded to\n"
+        "out's dtype: the weight linear's product over those codes stands for (CPU).");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

@@ -126,6 +126,22 @@ Status check_linear(const LinearParams& p, std::string* why) {
   return Status::kOk;
 }
 
+Status check_dequantize_weight(const LinearParams& p, std::string* why) {
+  if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
+  if (p.weight_dtype != DType::kFloat8E4M3 || p.weight_scale == nullptr || p.weight_interleaved) {
+    return fail(why, "weight: expected plain float8_e4m3 codes with weight_scale");
+  }
+  if (p.in_features < 1 || p.out_features < 1) {
+    return fail(why, "sizes: expected in_features >= 1 and out_features >= 1, got " + str(p.in_features) + " and " +
+                         str(p.out_features));
+  }
+  Status s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
+  if (s == Status::kOk) s = check_rows("out", p.out_features, 1, p.in_features, p.out_stride, 0, why);
+  if (s != Status::kOk) return s;
+  if (p.weight == nullptr || p.out == nullptr) return fail(why, "a required array is null");
+  return Status::kOk;
+}
+
 bool linear_cuda_takes(const LinearParams& p) {
   const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
   return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&

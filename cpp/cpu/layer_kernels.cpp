@@ -112,6 +112,12 @@ Status linear_cpu(const LinearParams& p) {
   return Status::kOk;
 }
 
+Status dequantize_weight_cpu(const LinearParams& p) {
+  if (check_dequantize_weight(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
+  run_rows(p, kernels_for(p.dtype).dequantize_e4m3, p.in_features);
+  return Status::kOk;
+}
+
 Status silu_and_mul_cpu(const SiluAndMulParams& p) {
   if (check_silu_and_mul(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   run_rows(p, kernels_for(p.dtype).silu_and_mul, 3 * p.size);

@@ -15,6 +15,7 @@ struct LayerKernels {
   void (*rotary_embedding)(const RotaryEmbeddingParams&, int64_t row_begin, int64_t row_end);
   void (*linear)(const LinearParams&, int64_t n_begin, int64_t n_end);  // output features
   void (*linear_e4m3)(const LinearParams&, int64_t n_begin, int64_t n_end);  // an e4m3 weight (weight_dtype)
+  void (*dequantize_e4m3)(const LinearParams&, int64_t n_begin, int64_t n_end);  // its rows, widened
 };
 
 LayerKernels layer_kernels_portable(DType dtype);
@@ -30,10 +31,13 @@ void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, in
 namespace {
 
 template <class V, class T>
+using E4m3LinearOf = E4m3Linear<V, SmallLinear<FmaDot<V, T>, T, Float8E4M3>, SmallLinear<FmaDot<V, T>, T>, T>;
+
+template <class V, class T>
 constexpr LayerKernels layer_kernels_of() {
   return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
-          Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols,
-          E4m3Linear<V, SmallLinear<FmaDot<V, T>, T, Float8E4M3>, SmallLinear<FmaDot<V, T>, T>, T>::cols};
+          Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols, E4m3LinearOf<V, T>::cols,
+          E4m3LinearOf<V, T>::dequantize};
 }
 
 template <class V>

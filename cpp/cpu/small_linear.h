@@ -142,23 +142,37 @@ template <class V, class Direct, class Panel, class T>
 struct E4m3Linear {
   static constexpr int64_t kDirectRows = 16;
 
+  // out[k] = the value of code row[k] in e4m3_weight's unit, times `factor`, for k in [0, n).
+  static void widen(const Float8E4M3* row, T* out, int64_t n, float factor) {
+    const int64_t body = n - n % V::kWidth;
+    const auto times = V::set1(factor);
+    for (int64_t k = 0; k < body; k += V::kWidth) V::store(out + k, V::mul(V::load_weight(row + k), times));
+    for (int64_t k = body; k < n; ++k) from_float(e4m3_weight(row[k]) * factor, out + k);
+  }
+
   static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
     if (p.num_rows <= kDirectRows) return Direct::cols(p, n_begin, n_end);
-    const int64_t k_total = p.in_features, body = k_total - k_total % V::kWidth;
+    const int64_t k_total = p.in_features;
     thread_local std::vector<T> panel;
     panel.resize(static_cast<size_t>(Panel::kBlockN * k_total));
     const auto* codes = static_cast<const Float8E4M3*>(p.weight);
     Panel::each_tile(p, [&](int64_t m_begin, int64_t m_end) {
       Panel::each_block(n_begin, n_end, [&](int64_t n, auto count) {
         for (int i = 0; i < decltype(count)::value; ++i) {
-          const Float8E4M3* row = codes + (n + i) * p.weight_stride;
-          T* widened = panel.data() + i * k_total;
-          for (int64_t k = 0; k < body; k += V::kWidth) V::store(widened + k, V::load_weight(row + k));
-          for (int64_t k = body; k < k_total; ++k) from_float(e4m3_weight(row[k]), widened + k);
+          widen(codes + (n + i) * p.weight_stride, panel.data() + i * k_total, k_total, 1.f);
         }
         Panel::template rows<decltype(count)::value>(p, n, m_begin, m_end, panel.data(), k_total);
       });
     });
+  }
+
+  // dequantize_weight_cpu's rows [n_begin, n_end): each code's value times its row's scale.
+  static void dequantize(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+    const auto* codes = static_cast<const Float8E4M3*>(p.weight);
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      widen(codes + n * p.weight_stride, static_cast<T*>(p.out) + n * p.out_stride, p.in_features,
+            kE4m3WeightUnit * p.weight_scale[n]);
+    }
   }
 };
 

@@ -65,6 +65,14 @@ KVSERVE_EXPORT Status check_linear(const LinearParams& params, std::string* why)
 
 KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 
+// dequantize_weight_cpu: the weight an e4m3 one stands for, out [out_features, in_features] of dtype
+// (rows out_stride apart) = each code's value times its row's weight_scale, in float32 rounded to
+// dtype: for products of many rows, which a GEMM library computes faster than linear_cpu's panels.
+// Reads out, out_stride, weight, weight_stride, weight_scale, in_features, out_features and dtype
+// (weight_dtype kFloat8E4M3); not input or num_rows.
+KVSERVE_EXPORT Status check_dequantize_weight(const LinearParams& params, std::string* why);
+KVSERVE_EXPORT Status dequantize_weight_cpu(const LinearParams& params);
+
 // Rows of input that linear_cuda takes at most.
 constexpr int64_t kLinearCudaMaxRows = 8;
 

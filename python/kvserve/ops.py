@@ -133,6 +133,13 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
                             norm_eps)
 
 
+def dequantize_weight(out, weight, weight_scale) -> None:
+    """out [N, K] (float32, bfloat16 or float16) = the float8_e4m3fn weight [N, K] times its rows'
+    weight_scale [N] (float32), computed in float32: the weight that linear's product over those codes
+    stands for, for a GEMM library to multiply many rows by (CPU)."""
+    _C.ops.dequantize_weight(_dl(out), _dl(weight), _dl(weight_scale))
+
+
 def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, sin, key_cache, value_cache,
                             slot_mapping) -> None:
     """linear(out, input, weight, bias), then rotary_and_cache(query, key, value, cos, sin, key_cache,

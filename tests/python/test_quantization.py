@@ -93,9 +93,59 @@ def test_every_e4m3_code_reads_its_value(rows):
     assert not out[:, ~in_tail].any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(5, 40), (64, 256), (3, 100)])
+def test_dequantize_weight_gives_each_codes_value_times_its_scale(dtype, shape):
+    """In float32, rounded to the dtype: the weight the codes stand for, as quantization.dequantize_fp8
+    computes it (every code too, in the every-code weight)."""
+    codes, scale = quantize_fp8(torch.randn(*shape, generator=torch.Generator().manual_seed(shape[1])))
+    codes[0, : min(len(CODES), shape[1])] = CODES[: shape[1]].view(torch.float8_e4m3fn)
+    out = torch.full(shape, float("nan"), dtype=dtype)
+    ops.dequantize_weight(out, codes, scale)
+    assert torch.equal(out, dequantize_fp8(codes, scale, dtype))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(weight=torch.ones(4, 8).bfloat16()), r"weight: expected dtype float8_e4m3fn"),
+    (dict(out=torch.empty(4, 9)), r"weight: dimension 1 must be in_features of out = 9"),
+    (dict(scale=torch.ones(4, dtype=torch.float64)), r"weight_scale: expected dtype float32"),
+    (dict(out=torch.empty(4, 8, dtype=torch.int32)), r"out: expected dtype"),
+])
+def test_dequantize_weight_checks_its_arguments(change, message):
+    arrays = {"out": torch.empty(4, 8), "weight": torch.ones(4, 8).to(torch.float8_e4m3fn), "scale": torch.ones(4),
+              **change}
+    with pytest.raises(ValueError, match=message):
+        ops.dequantize_weight(arrays["out"], arrays["weight"], arrays["scale"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [3, 40, 130])
+def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, monkeypatch):
+    """Linear.quantize_fp8, then products of decode and prefill sizes: bfloat16 from 128 rows widens the
+    whole weight for oneDNN's GEMM where oneDNN takes bfloat16, everything else takes ops.linear."""
+    from kvserve.models.layers import linear as linear_module
+
+    layer = linear_module.Linear(96, (64, 32), True, dtype)
+    generator = torch.Generator().manual_seed(rows)
+    layer.weight.copy_(0.1 * torch.randn(96, 96, generator=generator))
+    layer.bias.copy_(torch.randn(96, generator=generator))
+    layer.quantize_fp8()
+    layer.finalize_weights()
+    assert layer.packed is None and layer.interleaved is None and layer.weight.dtype == torch.float8_e4m3fn
+    widened = []
+    dequantize = ops.dequantize_weight
+    monkeypatch.setattr(linear_module.ops, "dequantize_weight", lambda *args: widened.append(1) or dequantize(*args))
+    x = torch.randn(rows, 96, generator=generator).to(dtype)
+    expected = x.double() @ dequantize_fp8(layer.weight, layer.weight_scale, torch.float64).T + layer.bias.double()
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1e-2, atol=2e-2)
+    dense = rows >= 128 and dtype == torch.bfloat16 and linear_module.onednn_packs(torch.bfloat16)
+    assert widened == ([1] if dense else [])
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_path(isa):
-    names = ("test_linear_e4m3_weight", "test_every_e4m3_code_reads_its_value")
+    names = ("test_linear_e4m3_weight", "test_every_e4m3_code_reads_its_value",
+             "test_dequantize_weight_gives_each_codes_value_times_its_scale")
     run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
 
 

@@ -20,8 +20,10 @@ copy); it is what makes oneDNN fast at decode batch sizes (1.2-1.8x over torch's
 reorders the weight on every call).
 
 With quantization="fp8" (kvserve.quantization) the decoder layers' weights are e4m3 codes with a
-float32 scale per row, and every product on them is kvserve.ops.linear's: up to 16 rows read the codes
-directly (half a 16-bit weight's bytes), more widen blocks of them into the dtype first.
+float32 scale per row (e4m3_linear): kvserve.ops.linear reads the codes directly up to 16 rows (half
+a 16-bit weight's bytes), and widens blocks of them into the dtype first for more; from 128 rows of
+bfloat16 on a CPU where oneDNN takes it, the whole weight is widened once a call and multiplied by
+oneDNN's GEMM (F.linear), which runs such products faster than kvserve's.
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 
 # Rows up to which kvserve.ops.linear beats oneDNN with a blocked weight on the CPU.
 OPS_MAX_ROWS = 4
+# Rows from which a bfloat16 product over e4m3 codes widens the weight for oneDNN's GEMM
+# (bench/README.md, "Linear": 1.3x kvserve's panels at 128 rows, 1.5-1.9x from 256).
+E4M3_DENSE_ROWS = 128
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -121,6 +126,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
+def e4m3_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ (codes [N, K] times their rows' scale [N])^T (+ bias), on the CPU (module docstring)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] >= E4M3_DENSE_ROWS and x.dtype == torch.bfloat16 and onednn_packs(torch.bfloat16):
+        weight = torch.empty(codes.shape, dtype=x.dtype)
+        ops.dequantize_weight(weight, codes, scale)
+        return F.linear(x, weight, bias)
+    out = torch.empty(rows.shape[0], codes.shape[0], dtype=x.dtype)
+    ops.linear(out, rows, codes, bias, weight_scale=scale)
+    return out.view(*x.shape[:-1], codes.shape[0])
+
+
 class Linear(nn.Module):
     def __init__(self, input_size: int, output_sizes: int | tuple[int, ...], bias: bool, dtype: torch.dtype):
         super().__init__()
@@ -155,9 +173,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
         if self.weight_scale is not None:
-            out = torch.empty(*x.shape[:-1], self.weight.shape[0], dtype=x.dtype)
-            ops.linear(out.view(-1, out.shape[-1]), x.reshape(-1, x.shape[-1]), self.weight, self.bias,
-                       weight_scale=self.weight_scale)
+            out = e4m3_linear(x, self.weight, self.weight_scale, self.bias)
         else:
             out = linear(x, self.weight, self.bias, self.packed, self.interleaved)
         if lora is not None:
