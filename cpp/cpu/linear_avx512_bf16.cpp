@@ -70,8 +70,9 @@ void linear_avx512_bf16(const LinearParams& p, int64_t n_begin, int64_t n_end) {
 }
 
 void linear_avx512_bf16_e4m3(const LinearParams& p, int64_t n_begin, int64_t n_end) {
-  E4m3Linear<Avx512, SmallLinear<FmaDot<Avx512, BFloat16>, BFloat16, Float8E4M3>, SmallLinear<Bf16Dot, BFloat16>,
-             BFloat16>::cols(p, n_begin, n_end);
+  using Direct = SmallLinear<FmaDot<Avx512, BFloat16>, BFloat16, Float8E4M3>;
+  if (p.num_rows <= E4m3LinearOf<Avx512, BFloat16>::kDirectRows) return Direct::cols(p, n_begin, n_end);
+  linear_avx512_bf16_e4m3_rows(p, n_begin, n_end);
 }
 
 }  // namespace kvserve::cpu

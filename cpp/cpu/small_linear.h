@@ -138,17 +138,18 @@ struct SmallLinear {
 // e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight. The crossing
 // (bench/README.md, "Linear"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels' rate, at
 // 64 rows the panels 1.7x the direct path's.
+// out[k] = the value of code row[k] in e4m3_weight's unit, times `factor`, for k in [0, n).
+template <class V, class T>
+void widen_e4m3(const Float8E4M3* row, T* out, int64_t n, float factor) {
+  const int64_t body = n - n % V::kWidth;
+  const auto times = V::set1(factor);
+  for (int64_t k = 0; k < body; k += V::kWidth) V::store(out + k, V::mul(V::load_weight(row + k), times));
+  for (int64_t k = body; k < n; ++k) from_float(e4m3_weight(row[k]) * factor, out + k);
+}
+
 template <class V, class Direct, class Panel, class T>
 struct E4m3Linear {
   static constexpr int64_t kDirectRows = 16;
-
-  // out[k] = the value of code row[k] in e4m3_weight's unit, times `factor`, for k in [0, n).
-  static void widen(const Float8E4M3* row, T* out, int64_t n, float factor) {
-    const int64_t body = n - n % V::kWidth;
-    const auto times = V::set1(factor);
-    for (int64_t k = 0; k < body; k += V::kWidth) V::store(out + k, V::mul(V::load_weight(row + k), times));
-    for (int64_t k = body; k < n; ++k) from_float(e4m3_weight(row[k]) * factor, out + k);
-  }
 
   static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
     if (p.num_rows <= kDirectRows) return Direct::cols(p, n_begin, n_end);
@@ -159,7 +160,7 @@ struct E4m3Linear {
     Panel::each_tile(p, [&](int64_t m_begin, int64_t m_end) {
       Panel::each_block(n_begin, n_end, [&](int64_t n, auto count) {
         for (int i = 0; i < decltype(count)::value; ++i) {
-          widen(codes + (n + i) * p.weight_stride, panel.data() + i * k_total, k_total, 1.f);
+          widen_e4m3<V>(codes + (n + i) * p.weight_stride, panel.data() + i * k_total, k_total, 1.f);
         }
         Panel::template rows<decltype(count)::value>(p, n, m_begin, m_end, panel.data(), k_total);
       });
@@ -170,8 +171,8 @@ struct E4m3Linear {
   static void dequantize(const LinearParams& p, int64_t n_begin, int64_t n_end) {
     const auto* codes = static_cast<const Float8E4M3*>(p.weight);
     for (int64_t n = n_begin; n < n_end; ++n) {
-      widen(codes + n * p.weight_stride, static_cast<T*>(p.out) + n * p.out_stride, p.in_features,
-            kE4m3WeightUnit * p.weight_scale[n]);
+      widen_e4m3<V>(codes + n * p.weight_stride, static_cast<T*>(p.out) + n * p.out_stride, p.in_features,
+                    kE4m3WeightUnit * p.weight_scale[n]);
     }
   }
 };

@@ -46,11 +46,12 @@ def test_quantize_fp8_refuses_what_has_no_codes(bad, message):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 70])
-@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100), (9, 4864)])
+@pytest.mark.parametrize("shape", [(6, 40), (64, 256), (33, 100), (7, 101), (9, 4864)])
 def test_linear_e4m3_weight(dtype, rows, shape):
     """Against float64 over the codes' values times their scales, on random data: up to 16 rows
-    read the codes directly, more widen them into panels; in_features with and without a tail past
-    the vectors; with and without bias."""
+    read the codes directly, more widen them first (bfloat16 on AVX512-BF16: input rows in the
+    vector lanes, 32 a tile); in_features odd and even, with and without a tail past the vectors;
+    with and without bias."""
     torch.manual_seed(rows * 1000 + shape[0])
     out_features, in_features = shape
     x = torch.randn(rows, in_features).to(dtype)
@@ -69,22 +70,23 @@ def test_linear_e4m3_weight(dtype, rows, shape):
         assert ((out.double() - expected).abs() <= bound).all(), ((out.double() - expected).abs() / bound).max()
 
 
-@pytest.mark.parametrize("rows", [1, 17])
-def test_every_e4m3_code_reads_its_value(rows):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("rows", [1, 17, 40])
+def test_every_e4m3_code_reads_its_value(rows, dtype):
     """Weight row i holds code i in column i % 48 (zeros elsewhere: every column of the vectors and
     of the tail takes every code's turn), against inputs of ones: each output is the code's value
-    times its scale, rounded once to float32, subnormals and negative zero included."""
+    times its scale, rounded to float32 (then to the dtype), subnormals and negative zero included."""
     in_features = 48 + 7
     weight = torch.zeros(len(CODES), in_features, dtype=torch.uint8)
     weight[torch.arange(len(CODES)), torch.arange(len(CODES)) % 48] = CODES
     weight[:, 48:] = weight[:, :7]  # the tail's columns (past 48) repeat the first 7
     codes = weight.view(torch.float8_e4m3fn)
     scale = torch.rand(len(CODES), generator=torch.Generator().manual_seed(1)) + 0.5
-    x = torch.ones(rows, in_features)
+    x = torch.ones(rows, in_features, dtype=dtype)
     x[:, 48:] = 0  # the tail adds exact zeros
-    out = torch.full((rows, len(CODES)), float("nan"))
+    out = torch.full((rows, len(CODES)), float("nan"), dtype=dtype)
     ops.linear(out, x, codes, None, weight_scale=scale)
-    expected = (CODES.view(torch.float8_e4m3fn).double() * scale.double()).float()
+    expected = (CODES.view(torch.float8_e4m3fn).double() * scale.double()).float().to(dtype)
     assert torch.equal(out, expected.expand(rows, -1))
     x[:, :48], x[:, 48:] = 0, 1  # and the tail alone: columns 48.. hold the codes of columns 0..6
     ops.linear(out, x, codes, None, weight_scale=scale)
@@ -119,15 +121,16 @@ def test_dequantize_weight_checks_its_arguments(change, message):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows", [3, 40, 130])
-def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, monkeypatch):
-    """Linear.quantize_fp8, then products of decode and prefill sizes: bfloat16 from 128 rows widens the
-    whole weight for oneDNN's GEMM where oneDNN takes bfloat16, everything else takes ops.linear."""
+@pytest.mark.parametrize("rows, in_features", [(3, 96), (40, 96), (260, 96), (40, 8192)])
+def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, in_features, monkeypatch):
+    """Linear.quantize_fp8, then products of decode and prefill sizes: bfloat16 from 256 rows (or from
+    512 KiB of input rows) widens the whole weight for oneDNN's GEMM where oneDNN takes bfloat16,
+    everything else takes ops.linear."""
     from kvserve.models.layers import linear as linear_module
 
-    layer = linear_module.Linear(96, (64, 32), True, dtype)
+    layer = linear_module.Linear(in_features, (64, 32), True, dtype)
     generator = torch.Generator().manual_seed(rows)
-    layer.weight.copy_(0.1 * torch.randn(96, 96, generator=generator))
+    layer.weight.copy_(torch.randn(96, in_features, generator=generator) / in_features**0.5)
     layer.bias.copy_(torch.randn(96, generator=generator))
     layer.quantize_fp8()
     layer.finalize_weights()
@@ -135,10 +138,11 @@ def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, r
     widened = []
     dequantize = ops.dequantize_weight
     monkeypatch.setattr(linear_module.ops, "dequantize_weight", lambda *args: widened.append(1) or dequantize(*args))
-    x = torch.randn(rows, 96, generator=generator).to(dtype)
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
     expected = x.double() @ dequantize_fp8(layer.weight, layer.weight_scale, torch.float64).T + layer.bias.double()
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-2, atol=2e-2)
-    dense = rows >= 128 and dtype == torch.bfloat16 and linear_module.onednn_packs(torch.bfloat16)
+    long_rows = rows * in_features * x.element_size() > linear_module.E4M3_DENSE_INPUT_BYTES
+    dense = (rows >= 256 or long_rows) and dtype == torch.bfloat16 and linear_module.onednn_packs(torch.bfloat16)
     assert widened == ([1] if dense else [])
 
 

@@ -21,9 +21,9 @@ reorders the weight on every call).
 
 With quantization="fp8" (kvserve.quantization) the decoder layers' weights are e4m3 codes with a
 float32 scale per row (e4m3_linear): kvserve.ops.linear reads the codes directly up to 16 rows (half
-a 16-bit weight's bytes), and widens blocks of them into the dtype first for more; from 128 rows of
-bfloat16 on a CPU where oneDNN takes it, the whole weight is widened once a call and multiplied by
-oneDNN's GEMM (F.linear), which runs such products faster than kvserve's.
+a 16-bit weight's bytes), and widens blocks of them into the dtype first for more; from 256 rows of
+bfloat16 (or fewer, longer ones) on a CPU where oneDNN takes it, the whole weight is widened once a
+call and multiplied by oneDNN's GEMM (F.linear), which runs such products faster than kvserve's.
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
@@ -49,9 +49,11 @@ if TYPE_CHECKING:
 
 # Rows up to which kvserve.ops.linear beats oneDNN with a blocked weight on the CPU.
 OPS_MAX_ROWS = 4
-# Rows from which a bfloat16 product over e4m3 codes widens the weight for oneDNN's GEMM
-# (bench/README.md, "Linear": 1.3x kvserve's panels at 128 rows, 1.5-1.9x from 256).
-E4M3_DENSE_ROWS = 128
+# A bfloat16 product over e4m3 codes widens the whole weight for oneDNN's GEMM from this many rows,
+# or from this many bytes of input rows (which kvserve's kernel reads again for every 12 weight rows:
+# past its L2 share they come from further away): bench/README.md, "Linear".
+E4M3_DENSE_ROWS = 256
+E4M3_DENSE_INPUT_BYTES = 512 << 10
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -130,7 +132,8 @@ def e4m3_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ (codes [N, K] times their rows' scale [N])^T (+ bias), on the CPU (module docstring)."""
     rows = x.reshape(-1, x.shape[-1])
-    if rows.shape[0] >= E4M3_DENSE_ROWS and x.dtype == torch.bfloat16 and onednn_packs(torch.bfloat16):
+    dense = rows.shape[0] >= E4M3_DENSE_ROWS or rows.numel() * rows.element_size() > E4M3_DENSE_INPUT_BYTES
+    if dense and x.dtype == torch.bfloat16 and onednn_packs(torch.bfloat16):
         weight = torch.empty(codes.shape, dtype=x.dtype)
         ops.dequantize_weight(weight, codes, scale)
         return F.linear(x, weight, bias)
