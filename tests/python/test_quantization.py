@@ -123,8 +123,8 @@ def test_dequantize_weight_checks_its_arguments(change, message):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows, in_features", [(3, 96), (40, 96), (260, 96), (40, 8192)])
 def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, in_features, monkeypatch):
-    """Linear.quantize_fp8, then products of decode and prefill sizes: bfloat16 from 256 rows (or from
-    512 KiB of input rows) widens the whole weight for oneDNN's GEMM where oneDNN takes bfloat16,
+    """Linear.quantize_fp8, then products of decode and prefill sizes: from 256 rows (or from 512 KiB
+    of input rows) the whole weight is widened for oneDNN's GEMM where oneDNN takes the dtype,
     everything else takes ops.linear."""
     from kvserve.models.layers import linear as linear_module
 
@@ -142,7 +142,7 @@ def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, r
     expected = x.double() @ dequantize_fp8(layer.weight, layer.weight_scale, torch.float64).T + layer.bias.double()
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-2, atol=2e-2)
     long_rows = rows * in_features * x.element_size() > linear_module.E4M3_DENSE_INPUT_BYTES
-    dense = (rows >= 256 or long_rows) and dtype == torch.bfloat16 and linear_module.onednn_packs(torch.bfloat16)
+    dense = (rows >= 256 or long_rows) and linear_module.onednn_packs(dtype)
     assert widened == ([1] if dense else [])
 
 

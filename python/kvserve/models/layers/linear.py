@@ -21,9 +21,10 @@ reorders the weight on every call).
 
 With quantization="fp8" (kvserve.quantization) the decoder layers' weights are e4m3 codes with a
 float32 scale per row (e4m3_linear): kvserve.ops.linear reads the codes directly up to 16 rows (half
-a 16-bit weight's bytes), and widens blocks of them into the dtype first for more; from 256 rows of
-bfloat16 (or fewer, longer ones) on a CPU where oneDNN takes it, the whole weight is widened once a
-call and multiplied by oneDNN's GEMM (F.linear), which runs such products faster than kvserve's.
+a 16-bit weight's bytes), and widens blocks of them into the dtype first for more; from 256 rows (or
+fewer, longer ones) of a dtype oneDNN takes on this CPU, the whole weight is widened once a call and
+multiplied by oneDNN's GEMM (float32: on its blocked copy, made for the call), which runs such
+products faster than kvserve's.
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
@@ -133,10 +134,14 @@ def e4m3_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
     """x [..., K] @ (codes [N, K] times their rows' scale [N])^T (+ bias), on the CPU (module docstring)."""
     rows = x.reshape(-1, x.shape[-1])
     dense = rows.shape[0] >= E4M3_DENSE_ROWS or rows.numel() * rows.element_size() > E4M3_DENSE_INPUT_BYTES
-    if dense and x.dtype == torch.bfloat16 and onednn_packs(torch.bfloat16):
+    if dense and onednn_packs(x.dtype):
         weight = torch.empty(codes.shape, dtype=x.dtype)
         ops.dequantize_weight(weight, codes, scale)
-        return F.linear(x, weight, bias)
+        if x.dtype == torch.bfloat16:
+            return F.linear(x, weight, bias)
+        # float32: torch's GEMM on a plain weight is MKL's, at half oneDNN's rate on its blocked one.
+        out = torch.ops.mkldnn._linear_pointwise(rows, pack_for_onednn(weight), bias, "none", [], "")
+        return out.view(*x.shape[:-1], codes.shape[0])
     out = torch.empty(rows.shape[0], codes.shape[0], dtype=x.dtype)
     ops.linear(out, rows, codes, bias, weight_scale=scale)
     return out.view(*x.shape[:-1], codes.shape[0])
