@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""What an fp8 KV cache costs a real model's predictions: kvserve's default model (SmolLM2-135M-
-Instruct, real weights) in float32 with kv_cache_dtype auto, fp8 (e4m3), fp8_e5m2 and bfloat16, and
-for a yardstick the same model in bfloat16 (its cache too), the rounding users already accept. Random-
-weight models cannot say this; the tests pin the arithmetic, this measures the effect.
+"""What narrower numbers cost a real model's predictions: kvserve's default model (SmolLM2-135M-
+Instruct, real weights) in float32 with kv_cache_dtype auto, fp8 (e4m3), fp8_e5m2 and bfloat16, with
+quantization="fp8" (its decoder weights as e4m3 codes, a scale a row), and for a yardstick the same
+model in bfloat16 (its cache too), the rounding users already accept, and bfloat16 with fp8 weights.
+Random-weight models cannot say this; the tests pin the arithmetic, this measures the effect.
 
   perplexity   of a text (this repository's README, in windows of --window tokens) from each
                position's prompt logprob: the model reads the text with its keys and values rounded
@@ -10,7 +11,7 @@ weight models cannot say this; the tests pin the arithmetic, this measures the e
   greedy       per prompt, the tokens a greedy continuation keeps equal to float32's before the
                first difference (of --max-tokens)
 
-    python bench/kv_cache_accuracy.py [--window 1024] [--windows 4] [--max-tokens 64]
+    python bench/accuracy.py [--window 1024] [--windows 4] [--max-tokens 64]
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from pathlib import Path
 from kvserve import Engine, SamplingParams
 from kvserve.loader.default_model import default_model_path
 
-# (name, model dtype, kv_cache_dtype); the first is the reference.
-SETTINGS = [("float32, auto", "float32", "auto"), ("float32, fp8", "float32", "fp8"),
-            ("float32, fp8_e5m2", "float32", "fp8_e5m2"), ("float32, bfloat16", "float32", "bfloat16"),
-            ("bfloat16, auto", "bfloat16", "auto")]
+# (name, model dtype, kv_cache_dtype, quantization); the first is the reference.
+SETTINGS = [("float32", "float32", "auto", None), ("float32, fp8 cache", "float32", "fp8", None),
+            ("float32, fp8_e5m2 cache", "float32", "fp8_e5m2", None),
+            ("float32, bfloat16 cache", "float32", "bfloat16", None),
+            ("float32, fp8 weights", "float32", "auto", "fp8"), ("bfloat16", "bfloat16", "auto", None),
+            ("bfloat16, fp8 weights", "bfloat16", "auto", "fp8")]
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Write a short poem about the sea.",
            "Explain how a hash table works.", "List three uses of a KV cache in language model serving:",
            "Once upon a time, in a small village,", "The main difference between TCP and UDP is",
@@ -55,8 +58,9 @@ def main() -> None:
     model = str(default_model_path())
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     results = {}
-    for name, dtype, kv_cache_dtype in SETTINGS:
-        engine = Engine(model, dtype=dtype, kv_cache_dtype=kv_cache_dtype, device="cpu", enable_prefix_caching=False)
+    for name, dtype, kv_cache_dtype, quantization in SETTINGS:
+        engine = Engine(model, dtype=dtype, kv_cache_dtype=kv_cache_dtype, quantization=quantization, device="cpu",
+                        enable_prefix_caching=False)
         ids = engine.tokenizer.encode(text)
         windows = [ids[i:i + args.window] for i in range(0, args.windows * args.window, args.window)]
         greedy = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True),
@@ -68,7 +72,7 @@ def main() -> None:
     positions = sum(len(actual) for actual, _ in base_windows)
     print(f"\nSmolLM2-135M-Instruct; {len(base_windows)} windows of {args.window} tokens of README.md "
           f"({positions} positions); {len(PROMPTS)} greedy continuations of {args.max_tokens} tokens\n")
-    print("| model, KV cache | perplexity | vs float32 | top-1 as float32's | mean |Δ logprob| | greedy tokens equal "
+    print("| model, KV cache, weights | perplexity | vs float32 | top-1 as float32's | mean |Δ logprob| | greedy tokens equal "
           "to float32's before the first difference |")
     print("|---|---|---|---|---|---|")
     base_ppl = None
