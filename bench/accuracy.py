@@ -72,8 +72,8 @@ def main() -> None:
     positions = sum(len(actual) for actual, _ in base_windows)
     print(f"\nSmolLM2-135M-Instruct; {len(base_windows)} windows of {args.window} tokens of README.md "
           f"({positions} positions); {len(PROMPTS)} greedy continuations of {args.max_tokens} tokens\n")
-    print("| model, KV cache, weights | perplexity | vs float32 | top-1 as float32's | mean |Δ logprob| | greedy tokens equal "
-          "to float32's before the first difference |")
+    print("| model, KV cache, weights | perplexity | vs float32 | top-1 as float32's | mean abs Δ logprob "
+          "| greedy tokens equal to float32's before the first difference |")
     print("|---|---|---|---|---|---|")
     base_ppl = None
     for name, (windows, greedy) in results.items():

@@ -136,7 +136,7 @@ struct SmallLinear {
 // float32 where Panel, the dtype's own dot product, may take bfloat16 pairs: instead each block of
 // weight rows is widened once per tile of input rows into a panel of T (exact: a code's value in
 // e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight. The crossing
-// (bench/README.md, "Linear"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels' rate, at
+// (bench/README.md, "Weight-only fp8"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels' rate, at
 // 64 rows the panels 1.7x the direct path's.
 // out[k] = the value of code row[k] in e4m3_weight's unit, times `factor`, for k in [0, n).
 template <class V, class T>

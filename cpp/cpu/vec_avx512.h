@@ -59,7 +59,8 @@ struct Avx512 {
   // 16 e4m3 weight codes (half.h's e4m3_weight): 16 bytes widened in one go.
   static Reg load_weight(const Float8E4M3* p) {
     const __m256i words = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(words, 7), _mm256_set1_epi16(static_cast<int16_t>(0xbfff))));
+    const __m256i sign_copy_cleared = _mm256_set1_epi16(static_cast<int16_t>(0xbfff));
+    return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(words, 7), sign_copy_cleared));
   }
   static void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {

@@ -40,7 +40,8 @@ def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     row's largest magnitude mapped to 448 (a row of zeros: scale 1). ValueError for a weight that is
     not finite."""
     if weight.dim() != 2:
-        raise ValueError(f"quantize_fp8: expected a weight [out_features, in_features], got shape {tuple(weight.shape)}")
+        raise ValueError(f"quantize_fp8: expected a weight [out_features, in_features], "
+                         f"got shape {tuple(weight.shape)}")
     rows = weight.float()
     if not rows.isfinite().all():
         raise ValueError("quantize_fp8: the weight holds NaN or infinite values")

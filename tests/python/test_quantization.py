@@ -158,7 +158,8 @@ def test_every_isa_path(isa):
     (dict(weight=torch.randn(8, 64).bfloat16()), "weight_scale is for a float8_e4m3fn weight"),
     (dict(scale=torch.ones(7)), r"weight_scale: dimension 0 must be out_features of the weight"),
     (dict(scale=torch.ones(8).bfloat16()), r"weight_scale: expected dtype float32"),
-    (dict(weight=torch.randn(8, 64).to(torch.float8_e5m2)), r"weight: expected the dtype of input \(bfloat16\) or float8_e4m3fn codes"),
+    (dict(weight=torch.randn(8, 64).to(torch.float8_e5m2)),
+     r"weight: expected the dtype of input \(bfloat16\) or float8_e4m3fn codes"),
     (dict(weight=torch.randn(2, 2, 4, 32).to(torch.float8_e4m3fn)), r"read plain, \[out_features, in_features\]"),
 ])
 def test_linear_checks_a_quantized_weights_arguments(change, message):

@@ -115,5 +115,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         module.load_weights(weights)
     if quantization == "fp8":
         module.quantize_fp8()
+        codes = sum(p.numel() for p in module.parameters() if p.dtype == torch.float8_e4m3fn)
+        logger.info("quantization fp8: %.2f GB of decoder weights as e4m3 codes, a float32 scale a row", codes / 1e9)
     module.finalize_weights()
     return LoadedModel(model_config, module, resolved, path, tokenizer)

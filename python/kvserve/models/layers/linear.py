@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 OPS_MAX_ROWS = 4
 # A bfloat16 product over e4m3 codes widens the whole weight for oneDNN's GEMM from this many rows,
 # or from this many bytes of input rows (which kvserve's kernel reads again for every 12 weight rows:
-# past its L2 share they come from further away): bench/README.md, "Linear".
+# past its L2 share they come from further away): bench/README.md, "Weight-only fp8".
 E4M3_DENSE_ROWS = 256
 E4M3_DENSE_INPUT_BYTES = 512 << 10
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
