@@ -48,9 +48,10 @@ OUTER_PARTS = (
 PARTS = (
     ("attention kernels (rotary + cache write, paged_attention)",
      (r"^(rotary_and_cache|reshape_and_cache|paged_attention|copy_blocks) \(.*kvserve/ops\.py",)),
-    # linear_rotary_and_cache (CUDA only): the qkv projection with the rotary and the cache write fused in.
+    # linear_rotary_and_cache (CUDA only): the qkv projection with the rotary and the cache write fused in;
+    # dequantize_weight: an fp8 weight widened for a product of many rows.
     ("GEMM: projections (qkv, o, gate_up, down)", (r"kvserve/models/layers/linear\.py",
-                                                  r"^linear(_rotary_and_cache)? \(.*kvserve/ops\.py")),
+                                                  r"^(linear(_rotary_and_cache)?|dequantize_weight) \(.*kvserve/ops\.py")),
     ("RMSNorm (+ residual add)", (r"kvserve/models/layers/rms_norm\.py", r"^(fused_add_)?rms_norm \(.*kvserve/ops\.py")),
     ("rotary embedding", (r"kvserve/models/layers/rotary_embedding\.py", r"^rotary_embedding \(.*kvserve/ops\.py")),
     ("SiLU and mul", (r"kvserve/models/layers/activation\.py", r"^silu_and_mul \(.*kvserve/ops\.py")),

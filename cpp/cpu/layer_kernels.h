@@ -23,8 +23,8 @@ LayerKernels layer_kernels_avx2(DType dtype);
 LayerKernels layer_kernels_avx512(DType dtype);
 // The bfloat16 linear with vdpbf16ps (CPUs with AVX512-BF16).
 void linear_avx512_bf16(const LinearParams&, int64_t n_begin, int64_t n_end);
-// The same over an e4m3 weight (LinearParams::weight_dtype): up to E4m3Linear::kDirectRows rows
-// reading the codes, more linear_avx512_bf16_e4m3_rows (input rows in the vector lanes).
+// The same over an e4m3 weight (LinearParams::weight_dtype): up to 8 rows reading the codes, more
+// linear_avx512_bf16_e4m3_rows (input rows in the vector lanes).
 void linear_avx512_bf16_e4m3(const LinearParams&, int64_t n_begin, int64_t n_end);
 void linear_avx512_bf16_e4m3_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
 // The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.

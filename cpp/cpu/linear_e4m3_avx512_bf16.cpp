@@ -5,7 +5,7 @@
 // GEMM, which the few-rows kernel's layout runs at half oneDNN's rate (each of its sums ends in a
 // horizontal reduction). Here the input rows go in the vector lanes instead:
 //
-//   pairs [ceil(K / 2)][rows, padded to 32][2]   the input, each lane a row's two columns 2j, 2j + 1
+//   pairs [ceil(K / 2)][rows, padded to 16][2]   the input, each lane a row's two columns 2j, 2j + 1
 //                                                (packed once a call: the input is small beside the
 //                                                weight)
 //   panel [kRowsN][K, padded to even]            kRowsN weight rows, widened once a call to
@@ -13,8 +13,9 @@
 //
 // and for each pair j, vdpbf16ps adds a weight row's pair j (broadcast) dotted with 16 rows' pair j
 // to those rows' sums: kRowsN weight rows x 32 input rows of float32 sums stay in 24 registers
-// across K, with no reduction at the end; each is scaled once, by kE4m3WeightUnit times its row's
-// weight_scale, the bias added, and rounded to bfloat16, as small_linear.h's tile does.
+// across K (x 16 in 12 for the last 16 rows or fewer), with no reduction at the end; each is
+// scaled once, by kE4m3WeightUnit times its row's weight_scale, the bias added, and rounded to
+// bfloat16, as small_linear.h's tile does.
 #include <vector>
 
 #include "layer_kernels.h"
@@ -24,7 +25,6 @@ namespace kvserve::cpu {
 namespace {
 
 constexpr int kRowsN = 12;  // weight rows a register tile holds (two registers of 16 input rows each)
-constexpr int kRowsM = 32;  // input rows a register tile holds
 
 // The input's rows [0, num_rows) as pairs [ceil(K / 2)][padded rows][2] bfloat16 (zeros past the
 // rows and past K).
@@ -51,31 +51,31 @@ void widen_row(const Float8E4M3* row, BFloat16* out, int64_t n) {
   for (; k < n; ++k) from_float(e4m3_weight(row[k]), out + k);
 }
 
-// kN weight rows from `panel` (rows `row_pairs` pairs apart) against input rows [m0, m0 + 32).
-template <int kN>
+// kN weight rows from `panel` (rows `row_pairs` pairs apart) against input rows [m0, m0 + 16 kHalves).
+template <int kN, int kHalves>
 void tile(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, const uint32_t* panel,
           int64_t row_pairs, int64_t m0, int64_t n0) {
-  __m512 acc[kN][2];
-  for (int n = 0; n < kN; ++n) acc[n][0] = acc[n][1] = _mm512_setzero_ps();
+  __m512 acc[kN][kHalves];
+  for (int n = 0; n < kN; ++n)
+    for (int h = 0; h < kHalves; ++h) acc[n][h] = _mm512_setzero_ps();
   for (int64_t j = 0; j < row_pairs; ++j) {
-    const auto low = (__m512bh)_mm512_loadu_si512(pairs + j * padded_rows + m0);
-    const auto high = (__m512bh)_mm512_loadu_si512(pairs + j * padded_rows + m0 + 16);
+    __m512bh x[kHalves];
+    for (int h = 0; h < kHalves; ++h) x[h] = (__m512bh)_mm512_loadu_si512(pairs + j * padded_rows + m0 + 16 * h);
     for (int n = 0; n < kN; ++n) {
       const auto w = (__m512bh)_mm512_set1_epi32(static_cast<int>(panel[n * row_pairs + j]));
-      acc[n][0] = _mm512_dpbf16_ps(acc[n][0], low, w);
-      acc[n][1] = _mm512_dpbf16_ps(acc[n][1], high, w);
+      for (int h = 0; h < kHalves; ++h) acc[n][h] = _mm512_dpbf16_ps(acc[n][h], x[h], w);
     }
   }
   const auto* bias = static_cast<const BFloat16*>(p.bias);
+  const int64_t rows = p.num_rows - m0 < 16 * kHalves ? p.num_rows - m0 : 16 * kHalves;
   for (int n = 0; n < kN; ++n) {
     const __m512 factor = _mm512_set1_ps(kE4m3WeightUnit * p.weight_scale[n0 + n]);
     const __m512 added = _mm512_set1_ps(bias != nullptr ? to_float(bias[n0 + n]) : 0.f);
-    alignas(64) BFloat16 column[kRowsM];
-    for (int half = 0; half < 2; ++half) {
+    alignas(64) BFloat16 column[16 * kHalves];
+    for (int h = 0; h < kHalves; ++h) {
       // sum * factor + bias in two roundings, as the scalar epilogue computes it.
-      Avx512::store(column + 16 * half, _mm512_add_ps(_mm512_mul_ps(acc[n][half], factor), added));
+      Avx512::store(column + 16 * h, _mm512_add_ps(_mm512_mul_ps(acc[n][h], factor), added));
     }
-    const int64_t rows = p.num_rows - m0 < kRowsM ? p.num_rows - m0 : kRowsM;
     auto* out = static_cast<BFloat16*>(p.out) + m0 * p.out_stride + n0 + n;
     for (int64_t m = 0; m < rows; ++m) out[m * p.out_stride] = column[m];
   }
@@ -91,14 +91,16 @@ void rows(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, std
     widen_row(static_cast<const Float8E4M3*>(p.weight) + (n0 + n) * p.weight_stride,
               reinterpret_cast<BFloat16*>(panel.data() + n * row_pairs), p.in_features);
   }
-  for (int64_t m0 = 0; m0 < p.num_rows; m0 += kRowsM) tile<kN>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
+  int64_t m0 = 0;
+  for (; p.num_rows - m0 > 16; m0 += 32) tile<kN, 2>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
+  if (m0 < p.num_rows) tile<kN, 1>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
 }
 
 }  // namespace
 
 void linear_avx512_bf16_e4m3_rows(const LinearParams& p, int64_t n_begin, int64_t n_end) {
   thread_local std::vector<uint32_t> pairs, panel;
-  const int64_t padded_rows = (p.num_rows + kRowsM - 1) / kRowsM * kRowsM;
+  const int64_t padded_rows = (p.num_rows + 15) / 16 * 16;
   pack_pairs(p, padded_rows, pairs);
   int64_t n = n_begin;
   for (; n + kRowsN <= n_end; n += kRowsN) rows<kRowsN>(p, pairs.data(), padded_rows, panel, n);
