@@ -129,6 +129,12 @@ class LlamaModel(nn.Module):
 DECODER_STACK_MAX_TOKENS = OPS_MAX_ROWS if _C.ops.cpu_isa().startswith("avx512") else 16
 
 
+def stack_products(layer) -> dict[str, Linear]:
+    """A decoder layer's four products under the names ops.DecoderStack (and DecoderLoRA) give them."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return {"qkv": attn.qkv_proj, "o": attn.o_proj, "gate_up": mlp.gate_up_proj, "down": mlp.down_proj}
+
+
 class LlamaForCausalLM(nn.Module):
     # checkpoint projection -> (our fused module, its index in the stack)
     packed_modules = {
@@ -190,8 +196,7 @@ class LlamaForCausalLM(nn.Module):
         if self._decoder_stack is None or self._decoder_stack[0] is not kv_caches:
             layers = []
             for layer, (key_cache, value_cache) in zip(self.model.layers, kv_caches):
-                attn, mlp = layer.self_attn, layer.mlp
-                products = {"qkv": attn.qkv_proj, "o": attn.o_proj, "gate_up": mlp.gate_up_proj, "down": mlp.down_proj}
+                attn, products = layer.self_attn, stack_products(layer)
                 layers.append(dict(
                     input_norm=layer.input_layernorm.weight,
                     q_norm=attn.q_norm.weight if attn.q_norm is not None else None,
@@ -212,10 +217,7 @@ class LlamaForCausalLM(nn.Module):
         if adapter.stack_deltas is None or adapter.stack_deltas[0] is not stack:
             layers = []
             for layer in self.model.layers:
-                attn, mlp = layer.self_attn, layer.mlp
-                products = {"qkv": attn.qkv_proj, "o": attn.o_proj, "gate_up": mlp.gate_up_proj,
-                            "down": mlp.down_proj}
-                layers.append({name: (delta.a, delta.b) for name, linear_layer in products.items()
+                layers.append({name: (delta.a, delta.b) for name, linear_layer in stack_products(layer).items()
                                if (delta := adapter.deltas.get(linear_layer)) is not None})
             adapter.stack_deltas = (stack, _C.ops.DecoderLoRA(stack, layers))
         return adapter.stack_deltas[1]
