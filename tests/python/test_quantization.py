@@ -216,3 +216,22 @@ def test_an_engine_quantizes_its_decoder_and_keeps_the_rest(tiny_model_dir):
         assert (parameter.dtype == torch.float8_e4m3fn) == projection, name
     outputs = engine.generate(["hello there"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
     assert len(outputs[0].outputs[0].token_ids) == 8
+
+
+def test_a_server_with_fp8_weights_answers_as_the_offline_engine(tiny_model_dir):
+    """kvserve serve --quantization fp8: its log says what it quantized, and a greedy completion over
+    the OpenAI API is the offline engine's with the same flag."""
+    import openai
+
+    from server_process import ServerProcess
+
+    directory = tiny_model_dir("LlamaForCausalLM")
+    engine = Engine(directory, dtype="float32", quantization="fp8", device="cpu")
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    expected = engine.generate(["hello there"], params, use_tqdm=False)[0].outputs[0].text
+    with ServerProcess(directory, "--quantization", "fp8") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        reply = client.completions.create(model=client.models.list().data[0].id, prompt="hello there", max_tokens=12,
+                                          temperature=0, extra_body={"ignore_eos": True})
+        assert reply.choices[0].text == expected
+        assert any("quantization fp8: " in line for line in server.log)
