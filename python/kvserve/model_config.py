@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from kvserve.models.registry import CLASSIFIERS, causal_architecture, check_architecture
+from kvserve.quantization import checkpoint_quantization
 
 # Names accepted for `dtype`, as vLLM accepts them.
 _DTYPES_BY_NAME = {
@@ -115,6 +116,8 @@ class ModelConfig:
     # logit is its LM head's for the one token given, or the second's less the first's (["no", "yes"]:
     # Qwen3-Reranker's relevance); None: the checkpoint has its own score head.
     classifier_from_token: tuple[str, ...] | None = None
+    # "fp8": the checkpoint's decoder weights are e4m3 codes with scales (kvserve.quantization); None: not quantized.
+    weight_quantization: str | None = None
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -166,12 +169,7 @@ class ModelConfig:
         if len(architectures) != 1:
             raise ValueError(f"{source}: expected one entry in 'architectures', got {architectures!r}")
         check_architecture(architectures[0])
-        quantization = hf.get("quantization_config")
-        if quantization:
-            method = quantization.get("quant_method") if isinstance(quantization, dict) else None
-            raise ValueError(f"{source}: quantized checkpoints are not supported: config.json has "
-                             f"quantization_config (method {method!r}); expected an unquantized checkpoint "
-                             f"(quantization='fp8' quantizes one as it loads)")
+        weight_quantization = checkpoint_quantization(hf.get("quantization_config"), source)
         activation = hf.get("hidden_act", "silu")
         if activation != "silu":
             raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")
@@ -203,6 +201,7 @@ class ModelConfig:
                                    else () if hf.get("is_matryoshka") else None),
             labels=_labels(hf, source) if architectures[0] in CLASSIFIERS else None,
             classifier_from_token=_from_tokens(hf, architectures[0], source),
+            weight_quantization=weight_quantization,
         )
 
 

@@ -13,6 +13,12 @@ model's dtype, as vLLM keeps them.
 
 Runs on the CPU; the outputs are those of the model with each weight replaced by its code's value
 times its row's scale (dequantize), not the unquantized model's.
+
+Checkpoints that come with fp8 weights load as they are, codes and scales (checkpoint_quantization):
+config.json's quantization_config of quant_method "fp8" (a scale a tensor) or "compressed-tensors"
+with 8-bit float weights of strategy "tensor" or "channel" (llm-compressor's FP8 and FP8-dynamic
+checkpoints). Activation scales (static schemes) are not used: the products take the activations
+as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +39,34 @@ def check_quantization(quantization: str | None, device: torch.device | None = N
     if device is not None and device.type != "cpu":
         raise ValueError(f"quantization {quantization!r} runs on the CPU only (its products are kvserve's CPU "
                          f"kernels), got device {str(device)!r}")
+
+
+def checkpoint_quantization(quantization_config, source: str = "config.json") -> str | None:
+    """"fp8" for a quantization_config whose weights kvserve reads as they are (module docstring),
+    None for none; ValueError naming what is not supported."""
+    if not quantization_config:
+        return None
+    method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else None
+    refused = (f"{source}: quantized checkpoints are not supported: config.json has quantization_config (method "
+               f"{method!r})")
+    if method == "fp8":
+        if quantization_config.get("weight_block_size"):
+            raise ValueError(f"{refused}: block-wise scales (weight_block_size) are not supported; kvserve reads fp8 "
+                             f"weights with a scale a tensor or a row")
+        return "fp8"
+    if method == "compressed-tensors":
+        if quantization_config.get("kv_cache_scheme"):
+            raise ValueError(f"{refused}: KV-cache scales (kv_cache_scheme) are not supported (kv_cache_dtype='fp8' "
+                             f"stores the cache unscaled)")
+        for name, group in (quantization_config.get("config_groups") or {}).items():
+            weights = group.get("weights") or {}
+            if (weights.get("num_bits"), weights.get("type"), weights.get("strategy")) not in (
+                    (8, "float", "tensor"), (8, "float", "channel")):
+                raise ValueError(f"{refused}: config group {name!r} quantizes weights as {weights}; kvserve reads "
+                                 f"8-bit float weights with a scale a tensor or a row")
+        return "fp8"
+    raise ValueError(f"{refused}; expected an unquantized checkpoint (quantization='fp8' quantizes one as it "
+                     f"loads) or fp8 weights (quant_method 'fp8' or 'compressed-tensors')")
 
 
 def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

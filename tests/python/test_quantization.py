@@ -2,6 +2,8 @@
 float64 (every code's value, both of the kernel's paths, every ISA), the checks on its arguments,
 and each architecture against transformers running the weights the codes stand for."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -10,7 +12,7 @@ from isa_paths import ISAS, run_tests_under_isa
 from kvserve import Engine, SamplingParams, ops
 from kvserve.loader import load_model
 from kvserve.models import SUPPORTED_ARCHITECTURES
-from kvserve.quantization import E4M3_MAX, check_quantization, dequantize_fp8, quantize_fp8
+from kvserve.quantization import E4M3_MAX, check_quantization, checkpoint_quantization, dequantize_fp8, quantize_fp8
 from paged_greedy import paged_greedy
 from test_layer_ops import DTYPES
 from test_models import NUM_NEW_TOKENS, PROMPTS, assert_logits_close, hf_greedy
@@ -235,3 +237,84 @@ def test_a_server_with_fp8_weights_answers_as_the_offline_engine(tiny_model_dir)
                                           temperature=0, extra_body={"ignore_eos": True})
         assert reply.choices[0].text == expected
         assert any("quantization fp8: " in line for line in server.log)
+
+
+def save_fp8_checkpoint(directory, destination, quantization_config, strategy):
+    """The tiny checkpoint in `directory` with each decoder projection's weight as e4m3 codes and
+    its weight_scale (strategy "tensor": one, [] for quant_method "fp8" and [1] for compressed-tensors;
+    "channel": one a row, [N, 1]), and an input_scale beside it, as llm-compressor writes them; and
+    beside it the weights those codes stand for, in float32, for transformers to run."""
+    from safetensors.torch import load_file, save_file
+
+    tensors, dequantized = load_file(directory / "model.safetensors"), {}
+    for name in [name for name in tensors if ".layers." in name and name.endswith("proj.weight")]:
+        weight = tensors[name].float()
+        if strategy == "channel":
+            codes, scale = quantize_fp8(weight)
+            stored = scale[:, None]
+        else:
+            scale = weight.abs().max() / E4M3_MAX
+            codes = (weight / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+            stored = scale.reshape([] if quantization_config["quant_method"] == "fp8" else [1])
+            scale = scale.expand(weight.shape[0])
+        tensors[name] = codes
+        tensors[name.removesuffix("weight") + "weight_scale"] = stored.contiguous()
+        tensors[name.removesuffix("weight") + "input_scale"] = torch.tensor([0.5])
+        dequantized[name] = dequantize_fp8(codes, scale, torch.float32)
+    destination.mkdir()
+    save_file(tensors, destination / "model.safetensors")
+    config = json.loads((directory / "config.json").read_text())
+    (destination / "config.json").write_text(json.dumps({**config, "quantization_config": quantization_config}))
+    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    reference.load_state_dict(dequantized, strict=False)
+    reference.save_pretrained(destination / "dequantized")
+    return destination, destination / "dequantized"
+
+
+FP8_CHECKPOINTS = {
+    "fp8": ({"quant_method": "fp8", "activation_scheme": "static"}, "tensor"),
+    "compressed-tensors tensor": ({"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {
+        "group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "tensor"}}}},
+        "tensor"),
+    "compressed-tensors channel": ({"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {
+        "group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "strategy": "channel"},
+                    "input_activations": {"num_bits": 8, "type": "float", "dynamic": True}}}}, "channel"),
+}
+
+
+@pytest.mark.parametrize("kind", FP8_CHECKPOINTS)
+def test_an_fp8_checkpoint_loads_its_codes_and_matches_transformers(tiny_model_dir, tmp_path, kind):
+    """vLLM's and llm-compressor's fp8 checkpoints: the codes load as they are (the fused qkv's rows
+    each with its projection's scale), and greedy ids equal transformers' over the weights they
+    stand for; the activation scales are not used."""
+    from safetensors.torch import load_file
+
+    quantization_config, strategy = FP8_CHECKPOINTS[kind]
+    directory, dequantized = save_fp8_checkpoint(tiny_model_dir("Qwen2ForCausalLM"), tmp_path / "fp8",
+                                                 quantization_config, strategy)
+    loaded = load_model(directory, dtype="float32")
+    assert loaded.model_config.weight_quantization == "fp8"
+    tensors = load_file(directory / "model.safetensors")
+    qkv = loaded.model.model.layers[1].self_attn.qkv_proj
+    parts = [f"model.layers.1.self_attn.{p}_proj" for p in "qkv"]
+    assert torch.equal(qkv.weight.view(torch.uint8), torch.cat([tensors[f"{p}.weight"] for p in parts]).view(torch.uint8))
+    expected_scales = [tensors[f"{p}.weight_scale"].reshape(-1).expand(tensors[f"{p}.weight"].shape[0]) for p in parts]
+    assert torch.equal(qkv.weight_scale, torch.cat(expected_scales))
+    ids, logits = paged_greedy(loaded.model, PROMPTS, NUM_NEW_TOKENS)
+    hf_ids, hf_logits = hf_greedy(dequantized, PROMPTS, NUM_NEW_TOKENS)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+@pytest.mark.parametrize("quantization_config, message", [
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "block-wise scales"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 4, "type": "int",
+                                                                               "strategy": "group"}}}},
+     r"config group 'g' quantizes weights as"),
+    ({"quant_method": "compressed-tensors", "config_groups": {}, "kv_cache_scheme": {"num_bits": 8}},
+     "KV-cache scales"),
+    ({"quant_method": "awq", "bits": 4}, r"\(method 'awq'\); expected an unquantized checkpoint"),
+])
+def test_checkpoint_quantizations_kvserve_cannot_read_are_refused(quantization_config, message):
+    with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: .*" + message):
+        checkpoint_quantization(quantization_config)

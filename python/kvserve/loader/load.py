@@ -76,7 +76,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     `runner` (kvserve.pooling.RUNNERS): "pooling" builds the model without its LM head; "auto"
     does so for a base model's or a classifier's checkpoint (registry.POOLING_ONLY), which has none. `hf_overrides`:
     config.json keys to replace or add (vLLM's; a Hugging Face directory's only). `quantization`
-    "fp8": the decoder layers' weights become e4m3 codes once loaded (kvserve.quantization)."""
+    "fp8": the decoder layers' weights become e4m3 codes once loaded (kvserve.quantization); a
+    checkpoint of fp8 weights loads its codes as they are, whatever `quantization` says."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
@@ -99,6 +100,10 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     else:
         model_config, tokenizer = ModelConfig.from_pretrained(path, hf_overrides), None
         weights = iter_safetensors_weights(path)
+    # A checkpoint of fp8 weights (ModelConfig.weight_quantization) is read as it is.
+    prequantized = model_config.weight_quantization is not None and load_format != "dummy"
+    quantization = model_config.weight_quantization or quantization
+    check_quantization(quantization, torch.device(device))
     pools_only = model_config.architecture in POOLING_ONLY
     if pools_only and runner == "generate":
         kind = "a classifier" if model_config.labels is not None else "a base model"
@@ -107,6 +112,9 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     resolved = _engine_dtype(model_config, dtype, torch.device(device))
     module = build_model(model_config, resolved, device,
                          lm_head=runner == "generate" or (runner == "auto" and not pools_only))
+    if prequantized:
+        for linear in module.decoder_linears():
+            linear.prepare_fp8()
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
     elif model_config.classifier_from_token is not None:
@@ -114,7 +122,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     else:
         module.load_weights(weights)
     if quantization == "fp8":
-        module.quantize_fp8()
+        for linear in module.decoder_linears():
+            linear.quantize_fp8()
         codes = sum(p.numel() for p in module.parameters() if p.dtype == torch.float8_e4m3fn)
         logger.info("quantization fp8: %.2f GB of decoder weights as e4m3 codes, a float32 scale a row", codes / 1e9)
     module.finalize_weights()

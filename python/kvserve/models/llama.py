@@ -231,13 +231,10 @@ class LlamaForCausalLM(nn.Module):
             return self.lm_head(hidden)
         return linear(hidden, self.model.embed_tokens.weight, None, *self.tied_lm_head_copies)
 
-    def quantize_fp8(self) -> None:
-        """The decoder layers' projections' weights as e4m3 codes (kvserve.quantization); the
-        embeddings, norms and LM head keep the dtype."""
-        self._decoder_stack = None
-        for module in self.model.layers.modules():
-            if isinstance(module, Linear):
-                module.quantize_fp8()
+    def decoder_linears(self) -> Iterator[Linear]:
+        """The decoder layers' products: the weights quantization="fp8" stores as e4m3 codes (the
+        embeddings, norms and LM head keep the dtype)."""
+        return (module for module in self.model.layers.modules() if isinstance(module, Linear))
 
     def finalize_weights(self) -> None:
         """Once the weights are in place (loaded or dummy): per-device copies the products want."""
@@ -255,6 +252,10 @@ class LlamaForCausalLM(nn.Module):
         classifier read from a causal LM's checkpoint (ModelConfig.classifier_from_token), whose
         score head is made of those tokens' LM-head rows."""
         skip = {"lm_head.weight"} if self.lm_head is None else set()
+        if any(linear.weight_scale is not None for linear in self.decoder_linears()):
+            # An fp8 checkpoint's activation scales (static schemes): the products take the activations
+            # as they are (kvserve.quantization).
+            weights = ((name, tensor) for name, tensor in weights if not name.endswith(".input_scale"))
         if self.config.architecture in BASE_MODELS:
             weights = ((f"model.{name}", tensor) for name, tensor in weights)
         if score_token_ids is not None:

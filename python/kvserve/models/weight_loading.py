@@ -32,6 +32,8 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
             if part is None:
                 raise ValueError(f"checkpoint tensor {name!r} matches no parameter of {type(model).__name__}")
             param_name, index, target = part
+            if name.endswith(".weight_scale"):
+                tensor = _row_scales(tensor, target)
             if tuple(target.shape) != tuple(tensor.shape):
                 raise ValueError(f"checkpoint tensor {name!r}: expected shape {list(target.shape)}, "
                                  f"got {list(tensor.shape)}")
@@ -44,6 +46,13 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ValueError(f"checkpoint is missing {len(missing)} tensor(s) of {type(model).__name__}: {shown}")
+
+
+def _row_scales(scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """An fp8 checkpoint's weight scale as a scale a row: one for the tensor ([] or [1]) repeated, or
+    one a row ([N] or [N, 1]) as it is."""
+    rows = scale.reshape(-1).float()
+    return rows.expand(target.shape) if rows.numel() == 1 else rows
 
 
 def fused_part(module_name: str, modules: dict[str, nn.Module],

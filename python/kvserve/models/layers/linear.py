@@ -157,15 +157,24 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(total, dtype=dtype), requires_grad=False) if bias else None
         self.packed: torch.Tensor | None = None
         self.interleaved: torch.Tensor | None = None
-        # With quantize_fp8(): the scale of each row of the e4m3 weight, float32 [out_features].
-        self.weight_scale: torch.Tensor | None = None
+        # With quantize_fp8() or prepare_fp8(): the scale of each row of the e4m3 weight, float32 [out_features].
+        self.weight_scale: nn.Parameter | None = None
 
     def quantize_fp8(self) -> None:
         """The weight as e4m3 codes with a float32 scale per row (kvserve.quantization), in place of
         itself; once quantized, nothing changes."""
         if self.weight_scale is None:
-            codes, self.weight_scale = quantize_fp8(self.weight)
+            codes, scale = quantize_fp8(self.weight)
             self.weight = nn.Parameter(codes, requires_grad=False)
+            self.weight_scale = nn.Parameter(scale, requires_grad=False)
+
+    def prepare_fp8(self) -> None:
+        """Uninitialized e4m3 codes and row scales in place of the weight, for a checkpoint's codes and
+        scales to load into as they are."""
+        rows, columns = self.weight.shape
+        self.weight = nn.Parameter(torch.empty(rows, columns, dtype=torch.float8_e4m3fn, device=self.weight.device),
+                                   requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(rows, device=self.weight.device), requires_grad=False)
 
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
