@@ -318,3 +318,21 @@ def test_an_fp8_checkpoint_loads_its_codes_and_matches_transformers(tiny_model_d
 def test_checkpoint_quantizations_kvserve_cannot_read_are_refused(quantization_config, message):
     with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: .*" + message):
         checkpoint_quantization(quantization_config)
+
+
+def test_lora_adapters_on_fp8_weights_match_peft_on_the_weights_they_stand_for(tiny_model_dir, tmp_path):
+    """An adapter's deltas add to a product over codes as to any other: the decoder stack's steps and
+    the layers' alike (a batch of one adapter, and of an adapter beside the base model)."""
+    from kvserve import LoRARequest
+    from test_lora import PROMPTS as LORA_PROMPTS
+    from test_lora import kvserve_ids, peft_greedy, save_adapter
+
+    base = tiny_model_dir("LlamaForCausalLM")
+    dequantized = save_dequantized(base, tmp_path / "dequantized")
+    lora = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    expected = {None: peft_greedy(dequantized, None, LORA_PROMPTS), lora: peft_greedy(dequantized, lora.lora_path,
+                                                                                       LORA_PROMPTS)}
+    engine = Engine(str(base), dtype="float32", kv_cache_memory_gb=0.01, block_size=4, enable_lora=True,
+                    quantization="fp8")
+    for loras in ([lora] * len(LORA_PROMPTS), [None, lora] * (len(LORA_PROMPTS) // 2)):
+        assert kvserve_ids(engine, LORA_PROMPTS, loras) == [expected[r][i] for i, r in enumerate(loras)], loras
