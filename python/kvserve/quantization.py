@@ -4,9 +4,9 @@
 
 At load, each row of the qkv, o, gate_up and down projections' weights becomes e4m3 codes (8-bit
 floats: 3 mantissa bits, magnitudes up to 448) and one float32 scale, the row's largest magnitude
-over 448, so that the row's largest weight keeps the most precision e4m3 has (about 2 significant
-decimal digits; vLLM's online fp8 takes one scale a tensor, which a row with small weights shares
-with the tensor's largest). Products multiply the codes' values by the input in float32 and scale
+over 448, so that every row uses e4m3's whole range (its 4 significant bits hold a weight to within
+1/16 of itself; vLLM's online fp8 takes one scale a tensor, which leaves a row of small weights in
+e4m3's coarser subnormals). Products multiply the codes' values by the input in float32 and scale
 each output once (kvserve.ops.linear's weight_scale): half a 16-bit weight's bytes to read at
 decode, where a CPU's steps wait on memory. The embeddings, the norms and the LM head keep the
 model's dtype, as vLLM keeps them.
