@@ -18,8 +18,9 @@ struct BFloat16 {
 struct Float16 {
   uint16_t bits;
 };
-// OCP FP8 (dtype.h): KV caches, and e4m3 weights (e4m3_weight below). Written saturated: a magnitude beyond the largest
-// finite one becomes it (infinities too), as CUDA's __NV_SATFINITE conversions do; NaN stays NaN.
+// OCP FP8 (dtype.h): KV caches, and e4m3 weights (e4m3_weight below). Written saturated: a
+// magnitude beyond the largest finite one becomes it (infinities too), as CUDA's __NV_SATFINITE
+// conversions do; NaN stays NaN.
 struct Float8E4M3 {
   uint8_t bits;
 };

@@ -1,7 +1,7 @@
 // The bfloat16 linear over an e4m3 weight (LinearParams::weight_dtype) for many input rows, with
 // AVX512-BF16 dot products (compiled with -mavx512bf16).
 //
-// Up to E4m3Linear::kDirectRows rows read the codes directly (small_linear.h). More rows are a
+// Up to 8 rows read the codes directly (linear_avx512_bf16_e4m3, small_linear.h). More rows are a
 // GEMM, which the few-rows kernel's layout runs at half oneDNN's rate (each of its sums ends in a
 // horizontal reduction). Here the input rows go in the vector lanes instead:
 //
@@ -86,10 +86,11 @@ template <int kN>
 void rows(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, std::vector<uint32_t>& panel,
           int64_t n0) {
   const int64_t row_pairs = (p.in_features + 1) / 2;
-  panel.assign(static_cast<size_t>(kN * row_pairs), 0);
+  panel.resize(static_cast<size_t>(kN * row_pairs));
   for (int n = 0; n < kN; ++n) {
-    widen_row(static_cast<const Float8E4M3*>(p.weight) + (n0 + n) * p.weight_stride,
-              reinterpret_cast<BFloat16*>(panel.data() + n * row_pairs), p.in_features);
+    auto* row = reinterpret_cast<BFloat16*>(panel.data() + n * row_pairs);
+    widen_row(static_cast<const Float8E4M3*>(p.weight) + (n0 + n) * p.weight_stride, row, p.in_features);
+    if (p.in_features % 2 != 0) row[p.in_features] = BFloat16{0};  // the last pair's pad
   }
   int64_t m0 = 0;
   for (; p.num_rows - m0 > 16; m0 += 32) tile<kN, 2>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);

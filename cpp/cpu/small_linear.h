@@ -130,14 +130,6 @@ struct SmallLinear {
   }
 };
 
-// An e4m3 weight (LinearParams::weight_dtype). Up to kDirectRows input rows (decode) read the codes
-// as they are, widening them in registers (Direct: FmaDot over Float8E4M3): a decode step reads half
-// a 16-bit weight's bytes. More rows would widen each code once per 4 of them, and multiply-add in
-// float32 where Panel, the dtype's own dot product, may take bfloat16 pairs: instead each block of
-// weight rows is widened once per tile of input rows into a panel of T (exact: a code's value in
-// e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight. The crossing
-// (bench/README.md, "Weight-only fp8"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels' rate, at
-// 64 rows the panels 1.7x the direct path's.
 // out[k] = the value of code row[k] in e4m3_weight's unit, times `factor`, for k in [0, n).
 template <class V, class T>
 void widen_e4m3(const Float8E4M3* row, T* out, int64_t n, float factor) {
@@ -147,6 +139,14 @@ void widen_e4m3(const Float8E4M3* row, T* out, int64_t n, float factor) {
   for (int64_t k = body; k < n; ++k) from_float(e4m3_weight(row[k]) * factor, out + k);
 }
 
+// An e4m3 weight (LinearParams::weight_dtype). Up to kDirectRows input rows (decode) read the codes
+// as they are, widening them in registers (Direct: FmaDot over Float8E4M3): a decode step reads half
+// a 16-bit weight's bytes. More rows would widen each code once per 4 of them, and multiply-add in
+// float32 where Panel, the dtype's own dot product, may take bfloat16 pairs: instead each block of
+// weight rows is widened once per tile of input rows into a panel of T (exact: a code's value in
+// e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight. The crossing
+// (bench/README.md, "Weight-only fp8"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels'
+// rate, at 64 rows the panels 1.7x the direct path's.
 template <class V, class Direct, class Panel, class T>
 struct E4m3Linear {
   static constexpr int64_t kDirectRows = 16;
