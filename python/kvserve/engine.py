@@ -54,7 +54,6 @@ from kvserve.pooling import CLASSIFIER_TASKS, PooledState, PoolerConfig, Pooling
 from kvserve.prompts import PromptInput, check_prompt_ids, normalize_prompts
 from kvserve.request_state import RequestState, SequenceState
 from kvserve.sampling_params import RequestOutputKind, SamplingParams, is_int, logprobs_wanted
-from kvserve.quantization import check_quantization
 from kvserve.speculative import SpeculativeConfig
 from kvserve.tokenizer import Tokenizer
 
@@ -186,14 +185,12 @@ class Engine(OfflineAPI):
             torch.manual_seed(seed)
         self.device = resolve_device(device)
         check_kv_cache_dtype(kv_cache_dtype)  # before loading
-        check_quantization(quantization, self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # No seed: dummy weights from torch's random state as it is.
         loaded = load_model(model, dtype=dtype, load_format=load_format, device=self.device,
                             seed=seed if seed is not None else torch.initial_seed(), runner=runner,
                             hf_overrides=hf_overrides, quantization=quantization)
-        self.quantization = quantization
         self.model_config = config = loaded.model_config
         # A classifier's head (kvserve.classify), and a pooling engine's pooler (its model has no LM
         # head); None: the engine generates.

@@ -102,8 +102,9 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         weights = iter_safetensors_weights(path)
     # A checkpoint of fp8 weights (ModelConfig.weight_quantization) is read as it is.
     prequantized = model_config.weight_quantization is not None and load_format != "dummy"
-    quantization = model_config.weight_quantization or quantization
-    check_quantization(quantization, torch.device(device))
+    if model_config.weight_quantization is not None:
+        quantization = model_config.weight_quantization
+        check_quantization(quantization, torch.device(device))
     pools_only = model_config.architecture in POOLING_ONLY
     if pools_only and runner == "generate":
         kind = "a classifier" if model_config.labels is not None else "a base model"
