@@ -72,29 +72,29 @@ class PyDecoderStack {
   }
 
   // A weight [rows, cols] in one of ops.linear's layouts and element types (linear_weight.h),
-  // contiguous throughout: the stack reads rows in_features apart. An e4m3 one comes with its rows'
-  // scales, layer[key + "_scale"].
+  // contiguous throughout: the stack reads rows in_features apart. A quantized one comes with its
+  // scales, layer[key + "_scale"], and uint4 codes with their offsets, layer[key + "_offset"].
   DecoderWeight check_matrix(const nb::dict& layer, const char* key, size_t index, int64_t rows, int64_t cols) {
     const Array array = *get(layer, key, true, index);
     DecoderWeight w;
-    const bool quantized = check_weight_dtype(array, key, reference_, "final_norm");
-    w.interleaved = check_linear_weight(array, key, cols, "in_features");
+    const std::optional<DType> weight_dtype = check_weight_dtype(array, key, reference_, "final_norm");
+    w.interleaved = check_linear_weight(array, key, weight_columns(weight_dtype, cols),
+                                        weight_dtype == DType::kUInt4 ? "in_features / 2" : "in_features");
     check_linear_out_features(array, key, rows);
     check_contiguous(array, key);
     check_cpu(array, key);
     w.data = keep(array);
-    const std::string scale_key = std::string(key) + "_scale";
-    const auto scale = get(layer, scale_key.c_str(), false, index);
-    if (quantized != scale.has_value()) {
-      throw nb::value_error(("layers[" + std::to_string(index) + "]: '" + scale_key +
-                             (quantized ? "' is required with a float8_e4m3fn weight"
-                                        : "' is for a float8_e4m3fn weight, the weight is of the stack's dtype"))
-                                .c_str());
-    }
+    const std::string scale_key = std::string(key) + "_scale", offset_key = std::string(key) + "_offset";
+    const auto scale = get(layer, scale_key.c_str(), false, index), offset = get(layer, offset_key.c_str(), false, index);
+    check_weight_scales(weight_dtype, scale, offset, "layers[" + std::to_string(index) + "]: ", scale_key, offset_key,
+                        rows, cols);
     if (scale) {
-      check_weight_scale(*scale, scale_key.c_str(), rows);
       check_cpu(*scale, scale_key.c_str());
       w.scale = static_cast<const float*>(keep(*scale));
+    }
+    if (offset) {
+      check_cpu(*offset, offset_key.c_str());
+      w.offset = static_cast<const float*>(keep(*offset));
     }
     return w;
   }
@@ -295,8 +295,8 @@ void bind_decoder_stack(nb::module_& m) {
                              "on the CPU (see kvserve/decoder_stack.h). Built once from each layer's arrays\n"
                              "(a dict per layer: input_norm, qkv, qkv_bias, q_norm, k_norm, o, o_bias, post_norm,\n"
                              "gate_up, gate_up_bias, down, down_bias, key_cache, value_cache, sliding_window; for\n"
-                             "float8_e4m3fn products, their rows' float32 scales: qkv_scale, o_scale, gate_up_scale,\n"
-                             "down_scale).")
+                             "quantized products (ops.linear's), their float32 scales: qkv_scale, o_scale,\n"
+                             "gate_up_scale, down_scale, and for uint4 codes their offsets: qkv_offset, ...).")
       .def(nb::init<std::vector<nb::dict>, Array, int64_t, int64_t, int64_t, double, double>(), nb::arg("layers"),
            nb::arg("final_norm"), nb::arg("num_heads"), nb::arg("num_kv_heads"), nb::arg("head_dim"), nb::arg("eps"),
            nb::arg("scale"))

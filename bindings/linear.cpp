@@ -29,12 +29,15 @@ void check_matrix(const Array& array, const char* name, const char* layout) {
 // The params of out = input @ weight^T (+ bias) over checked arrays (with silu_and_mul_output, out
 // holds half the weight's rows); `cuda`: whether they all sit on one CUDA device.
 LinearParams linear_params(Array& out, const Array& input, const Array& weight, const std::optional<Array>& bias,
-                           bool silu_and_mul_output, const std::optional<Array>& weight_scale, bool* cuda) {
+                           bool silu_and_mul_output, const std::optional<Array>& weight_scale,
+                           const std::optional<Array>& weight_offset, bool* cuda) {
   check_dtype(input, "input", kFloatDtypes);
   check_matrix(input, "input", "[num_rows, in_features]");
-  const bool quantized = check_weight_dtype(weight, "weight", input, "input");
-  const bool interleaved =
-      check_linear_weight(weight, "weight", static_cast<int64_t>(input.shape(1)), "in_features of input");
+  const auto in_features = static_cast<int64_t>(input.shape(1));
+  const std::optional<DType> weight_dtype = check_weight_dtype(weight, "weight", input, "input");
+  const bool interleaved = check_linear_weight(weight, "weight", weight_columns(weight_dtype, in_features),
+                                               weight_dtype == DType::kUInt4 ? "in_features of input / 2"
+                                                                             : "in_features of input");
   const int64_t out_features = linear_out_features(weight);
   if (silu_and_mul_output && out_features % 2 != 0) {
     throw nb::value_error(("linear: with silu_and_mul_output the weight's rows are [gate; up] (an even number), got " +
@@ -49,27 +52,25 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
     check_dim(out, "out", 1, out_features, "out_features of weight");
   }
   LinearParams p;
-  if (quantized != weight_scale.has_value()) {
-    throw nb::value_error(quantized ? "linear: a float8_e4m3fn weight needs weight_scale, float32 [out_features]"
-                                    : "linear: weight_scale is for a float8_e4m3fn weight, got a weight of the input's "
-                                      "dtype");
-  }
+  check_weight_scales(weight_dtype, weight_scale, weight_offset, "linear: ", "weight_scale", "weight_offset",
+                      out_features, in_features);
   std::vector<Named> arrays = {{input, "input"}, {weight, "weight"}, {out, "out"}};
   if (bias) {
     check_vector_like(*bias, "bias", input, "input", out_features, "[out_features]", "out_features of weight");
     arrays.push_back({*bias, "bias"});
     p.bias = bias->data();
   }
-  if (quantized) {
-    check_weight_scale(*weight_scale, "weight_scale", out_features);
+  p.weight_dtype = weight_dtype;
+  if (weight_scale) {
     arrays.push_back({*weight_scale, "weight_scale"});
-    p.weight_dtype = DType::kFloat8E4M3;
     p.weight_scale = static_cast<const float*>(weight_scale->data());
   }
-  *cuda = on_one_device(arrays);
-  if (quantized && *cuda) {
-    throw nb::value_error("linear: a float8_e4m3fn weight runs on the CPU only");
+  if (weight_offset) {
+    arrays.push_back({*weight_offset, "weight_offset"});
+    p.weight_offset = static_cast<const float*>(weight_offset->data());
   }
+  *cuda = on_one_device(arrays);
+  if (weight_dtype && *cuda) throw nb::value_error("linear: a quantized weight runs on the CPU only");
   p.out = out.data();
   p.out_stride = out.stride(0);
   p.input = input.data();
@@ -78,7 +79,7 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   p.weight_stride = interleaved ? 0 : weight.stride(0);
   p.weight_interleaved = interleaved;
   p.num_rows = static_cast<int64_t>(input.shape(0));
-  p.in_features = static_cast<int64_t>(input.shape(1));
+  p.in_features = in_features;
   p.out_features = out_features;
   p.silu_and_mul_output = silu_and_mul_output;
   p.dtype = kernel_dtype(input, "input");
@@ -93,9 +94,10 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
 }
 
 void linear(Array out, Array input, Array weight, std::optional<Array> bias, uintptr_t stream,
-            bool silu_and_mul_output, std::optional<Array> weight_scale) {
+            bool silu_and_mul_output, std::optional<Array> weight_scale, std::optional<Array> weight_offset) {
   bool cuda = false;
-  const LinearParams p = linear_params(out, input, weight, bias, silu_and_mul_output, weight_scale, &cuda);
+  const LinearParams p =
+      linear_params(out, input, weight, bias, silu_and_mul_output, weight_scale, weight_offset, &cuda);
   if (silu_and_mul_output && !cuda) {
     throw nb::value_error("linear: silu_and_mul_output runs on CUDA only (on the CPU: linear, then silu_and_mul)");
   }
@@ -106,7 +108,7 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
                              Array value, Array cos, Array sin, Array key_cache, Array value_cache, Array slot_mapping,
                              uintptr_t stream) {
   bool cuda = false;
-  const LinearParams p = linear_params(out, input, weight, bias, false, std::nullopt, &cuda);
+  const LinearParams p = linear_params(out, input, weight, bias, false, std::nullopt, std::nullopt, &cuda);
   RotaryAndCacheParams rc;
   rc.rotary = rotary_embedding_params(query, key, cos, sin);
   rc.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
@@ -138,26 +140,31 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
 #endif
 }
 
-// out [N, K] = the float8_e4m3fn weight [N, K] times its rows' weight_scale [N] (dequantize_weight_cpu).
-void dequantize_weight(Array out, Array weight, Array weight_scale) {
+// out [N, K] = the weight quantized codes stand for (dequantize_weight_cpu): float8_e4m3fn [N, K] with
+// weight_scale [N], or uint4 codes (uint8 [N, K / 2]) with weight_scale and weight_offset [N, K / 32].
+void dequantize_weight(Array out, Array weight, Array weight_scale, std::optional<Array> weight_offset) {
   check_dtype(out, "out", kFloatDtypes);
   check_matrix(out, "out", "[out_features, in_features]");
-  check_dtype(weight, "weight", {kFloat8E4M3});
-  check_matrix(weight, "weight", "[out_features, in_features]");
+  check_dtype(weight, "weight", {kFloat8E4M3, kUInt8});
+  check_matrix(weight, "weight", "[out_features, in_features (/ 2 for uint4 codes)]");
   const auto out_features = static_cast<int64_t>(out.shape(0)), in_features = static_cast<int64_t>(out.shape(1));
+  const DType weight_dtype = weight.dtype() == kUInt8 ? DType::kUInt4 : DType::kFloat8E4M3;
   check_dim(weight, "weight", 0, out_features, "out_features of out");
-  check_dim(weight, "weight", 1, in_features, "in_features of out");
-  check_weight_scale(weight_scale, "weight_scale", out_features);
-  if (on_one_device({{out, "out"}, {weight, "weight"}, {weight_scale, "weight_scale"}})) {
-    throw nb::value_error("dequantize_weight runs on the CPU only");
-  }
+  check_dim(weight, "weight", 1, weight_columns(weight_dtype, in_features),
+            weight_dtype == DType::kUInt4 ? "in_features of out / 2" : "in_features of out");
+  check_weight_scales(weight_dtype, weight_scale, weight_offset, "dequantize_weight: ", "weight_scale",
+                      "weight_offset", out_features, in_features);
+  std::vector<Named> arrays = {{out, "out"}, {weight, "weight"}, {weight_scale, "weight_scale"}};
+  if (weight_offset) arrays.push_back({*weight_offset, "weight_offset"});
+  if (on_one_device(arrays)) throw nb::value_error("dequantize_weight runs on the CPU only");
   LinearParams p;
   p.out = out.data();
   p.out_stride = out.stride(0);
   p.weight = weight.data();
   p.weight_stride = weight.stride(0);
-  p.weight_dtype = DType::kFloat8E4M3;
+  p.weight_dtype = weight_dtype;
   p.weight_scale = static_cast<const float*>(weight_scale.data());
+  p.weight_offset = weight_offset ? static_cast<const float*>(weight_offset->data()) : nullptr;
   p.in_features = in_features;
   p.out_features = out_features;
   p.dtype = kernel_dtype(out, "out");
@@ -177,10 +184,12 @@ void bind_linear(nb::module_& m) {
   m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(), nb::arg("stream") = 0, nb::arg("silu_and_mul_output") = false,
-        nb::arg("weight_scale") = nb::none(),
+        nb::arg("weight_scale") = nb::none(), nb::arg("weight_offset") = nb::none(),
         "out [M, N] = input [M, K] @ weight[N, K]^T (+ bias [N]), for few rows M (decode); on the CPU the\n"
-        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported), or\n"
-        "float8_e4m3fn codes with weight_scale [N] (float32): out = (input @ weight^T) * weight_scale + bias.\n"
+        "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported),\n"
+        "float8_e4m3fn codes with weight_scale [N] (float32): out = (input @ weight^T) * weight_scale + bias,\n"
+        "or uint4 codes, uint8 [N, K / 2], with weight_scale and weight_offset [N, K / 32] (float32), each\n"
+        "group of 32 codes standing for code * scale + offset (kvserve/linear.h has the byte order).\n"
         "With silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
@@ -190,9 +199,10 @@ void bind_linear(nb::module_& m) {
         "one CUDA kernel: a layer's qkv projection at decode (query, key and value are the q, k and v\n"
         "columns of out).");
   m.def("dequantize_weight", &dequantize_weight, nb::arg("out").noconvert(), nb::arg("weight"),
-        nb::arg("weight_scale"),
-        "out [N, K] = the float8_e4m3fn weight [N, K] times its rows' weight_scale [N] (float32), rounded to\n"
-        "out's dtype: the weight linear's product over those codes stands for (CPU).");
+        nb::arg("weight_scale"), nb::arg("weight_offset") = nb::none(),
+        "out [N, K] = the weight linear's product over quantized codes stands for, rounded to out's dtype\n"
+        "(CPU): float8_e4m3fn [N, K] times its rows' weight_scale [N], or uint4 codes (uint8 [N, K / 2]),\n"
+        "code * scale + offset with weight_scale and weight_offset [N, K / 32] (float32).");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

@@ -1,13 +1,18 @@
 // The two layouts kvserve's linear reads a weight in, checked the same way wherever one is bound
 // (ops.linear, ops.DecoderStack): [out_features, in_features], or interleaved
 // [out_features / 4, in_features / 32, 4, 32] (LinearParams::weight_interleaved); and its element
-// types: the input's, or e4m3 codes with a float32 scale per row (LinearParams::weight_dtype).
+// types (LinearParams::weight_dtype): the input's, e4m3 codes with a float32 scale per row, or uint4
+// codes (uint8 bytes [out_features, in_features / 2]) with a float32 scale and offset per group.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "array_check.h"
+#include "kvserve/dtype.h"
+#include "kvserve/linear.h"
 
 namespace kvserve::bind {
 
@@ -17,8 +22,9 @@ inline int64_t linear_out_features(const Array& weight) {
   return static_cast<int64_t>(weight.shape(0)) * (is_interleaved(weight) ? 4 : 1);
 }
 
+// A uint4 weight's bytes (uint8) hold two codes each.
 inline int64_t linear_in_features(const Array& weight) {
-  return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : 1);
+  return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : weight.dtype() == kUInt8 ? 2 : 1);
 }
 
 // A weight in either layout with `in_features` columns (`what` names them in messages), its last
@@ -41,32 +47,63 @@ inline bool check_linear_weight(const Array& weight, const char* name, int64_t i
   return is_interleaved(weight);
 }
 
-// A weight's element type: the input's (`reference`'s), or e4m3 codes (weight-only fp8, LinearParams::weight_dtype),
-// which are read plain ([out_features, in_features]) with a scale per row. True if e4m3.
-inline bool check_weight_dtype(const Array& weight, const char* name, const Array& reference, const char* ref_name) {
-  if (weight.dtype() != kFloat8E4M3) {
+// A weight's element type: the input's (`reference`'s: nullopt), e4m3 codes or uint4 codes (bytes),
+// the two quantized ones read plain ([out_features, in_features] or [out_features, in_features / 2]).
+inline std::optional<DType> check_weight_dtype(const Array& weight, const char* name, const Array& reference,
+                                               const char* ref_name) {
+  if (weight.dtype() != kFloat8E4M3 && weight.dtype() != kUInt8) {
     if (weight.dtype() != reference.dtype()) {
       throw nb::value_error((std::string(name) + ": expected the dtype of " + ref_name + " (" +
-                             dtype_name(reference.dtype()) +
-                             ") or float8_e4m3fn codes (with weight_scale), got " + dtype_name(weight.dtype()))
-                                .c_str());
+                             dtype_name(reference.dtype()) + "), float8_e4m3fn codes (with weight_scale) or uint8 "
+                             "bytes of uint4 codes (with weight_scale and weight_offset), got " +
+                             dtype_name(weight.dtype())).c_str());
     }
-    return false;
+    return std::nullopt;
   }
   if (is_interleaved(weight)) {
-    throw nb::value_error((std::string(name) + ": a float8_e4m3fn weight is read plain, [out_features, "
-                           "in_features], not interleaved").c_str());
+    throw nb::value_error((std::string(name) + ": a quantized weight is read plain, not interleaved").c_str());
   }
-  return true;
+  return weight.dtype() == kUInt8 ? DType::kUInt4 : DType::kFloat8E4M3;
 }
 
-// The scales of an e4m3 weight's rows: float32 [out_features], contiguous. The caller checks where
-// they live.
-inline void check_weight_scale(const Array& scale, const char* name, int64_t out_features) {
-  check_dtype(scale, name, {kFloat32});
-  check_ndim(scale, name, 1, "[out_features]");
-  check_dim(scale, name, 0, out_features, "out_features of the weight");
-  check_contiguous(scale, name);
+// The columns a weight of this element type holds for `in_features`: a uint4 weight's bytes hold two.
+inline int64_t weight_columns(std::optional<DType> weight_dtype, int64_t in_features) {
+  return weight_dtype == DType::kUInt4 ? in_features / 2 : in_features;
+}
+
+// What comes with a weight of this element type: an e4m3 one's float32 scales [out_features], a
+// uint4 one's float32 scales and offsets [out_features, in_features / 32] (in_features a multiple of
+// 32), a plain one neither; contiguous. `scale_name` and `offset_name` name them in messages, after
+// `where`. The caller checks where they live.
+inline void check_weight_scales(std::optional<DType> weight_dtype, const std::optional<Array>& scale,
+                                const std::optional<Array>& offset, const std::string& where,
+                                const std::string& scale_name, const std::string& offset_name, int64_t out_features,
+                                int64_t in_features) {
+  const bool e4m3 = weight_dtype == DType::kFloat8E4M3, uint4 = weight_dtype == DType::kUInt4;
+  if (scale.has_value() != (e4m3 || uint4) || offset.has_value() != uint4) {
+    const std::string wanted = uint4  ? scale_name + " and " + offset_name + " are required with a uint4 weight"
+                               : e4m3 ? scale_name + " is required with a float8_e4m3fn weight, " + offset_name +
+                                            " is for uint4 weights"
+                                      : scale_name + " and " + offset_name +
+                                            " are for quantized weights, the weight is of the input's dtype";
+    throw nb::value_error((where + wanted).c_str());
+  }
+  if (uint4 && in_features % kUInt4GroupSize != 0) {
+    throw nb::value_error((where + "a uint4 weight's rows are whole groups of 32: in_features must be a multiple of 32, got " +
+                           std::to_string(in_features)).c_str());
+  }
+  for (const auto& [array, name] : {std::pair{scale, scale_name}, std::pair{offset, offset_name}}) {
+    if (!array) continue;
+    check_dtype(*array, name.c_str(), {kFloat32});
+    if (e4m3) {
+      check_ndim(*array, name.c_str(), 1, "[out_features]");
+    } else {
+      check_ndim(*array, name.c_str(), 2, "[out_features, in_features / 32]");
+      check_dim(*array, name.c_str(), 1, in_features / kUInt4GroupSize, "in_features / 32");
+    }
+    check_dim(*array, name.c_str(), 0, out_features, "out_features of the weight");
+    check_contiguous(*array, name.c_str());
+  }
 }
 
 // Its out_features are `out_features` (whole blocks of 4 where interleaved).

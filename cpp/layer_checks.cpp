@@ -91,6 +91,37 @@ Status check_argmax(const ArgmaxParams& p, std::string* why) {
   return Status::kOk;
 }
 
+namespace {
+
+// A plain weight's rows, of the dtype or of weight_dtype's codes with their scales (and offsets).
+Status check_plain_weight(const LinearParams& p, std::string* why) {
+  if (!p.weight_dtype) {
+    if (p.weight_scale != nullptr || p.weight_offset != nullptr) {
+      return fail(why, "weight_scale, weight_offset: given for a weight of the input's dtype (set weight_dtype)");
+    }
+    return check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
+  }
+  if (*p.weight_dtype == DType::kFloat8E4M3) {
+    if (p.weight_scale == nullptr) return fail(why, "weight_scale: an e4m3 weight needs its rows' scales");
+    if (p.weight_offset != nullptr) return fail(why, "weight_offset: for a uint4 weight, not an e4m3 one");
+    return check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
+  }
+  if (*p.weight_dtype == DType::kUInt4) {
+    if (p.weight_scale == nullptr || p.weight_offset == nullptr) {
+      return fail(why, "weight_scale, weight_offset: a uint4 weight needs its groups' scales and offsets");
+    }
+    if (p.in_features % kUInt4GroupSize != 0) {
+      return fail(why, "in_features: a uint4 weight's rows are whole groups of " + str(kUInt4GroupSize) + ", got " +
+                           str(p.in_features));
+    }
+    return check_rows("weight", p.out_features, 1, p.in_features / 2, p.weight_stride, 0, why);
+  }
+  return fail(why, "weight_dtype: expected float8_e4m3 or uint4 (a quantized weight) or none, got dtype " +
+                       str(static_cast<int64_t>(*p.weight_dtype)));
+}
+
+}  // namespace
+
 Status check_linear(const LinearParams& p, std::string* why) {
   if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
   if (p.num_rows < 0 || p.in_features < 1 || p.out_features < 1) {
@@ -104,22 +135,15 @@ Status check_linear(const LinearParams& p, std::string* why) {
   const int64_t out_width = p.silu_and_mul_output ? p.out_features / 2 : p.out_features;
   Status s = check_rows("input", p.num_rows, 1, p.in_features, p.input_stride, 0, why);
   if (s == Status::kOk) s = check_rows("out", p.num_rows, 1, out_width, p.out_stride, 0, why);
-  if (s == Status::kOk && !p.weight_interleaved) {
-    s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
-  }
   if (s != Status::kOk) return s;
-  if (p.weight_dtype) {
-    if (*p.weight_dtype != DType::kFloat8E4M3) {
-      return fail(why, "weight_dtype: expected float8_e4m3 (a weight quantized to fp8) or none, got dtype " +
-                           str(static_cast<int64_t>(*p.weight_dtype)));
-    }
-    if (p.weight_scale == nullptr) return fail(why, "weight_scale: a quantized weight needs its rows' scales");
-    if (p.weight_interleaved || p.silu_and_mul_output) {
-      return fail(why, "weight_dtype: a quantized weight is read plain, without silu_and_mul_output");
-    }
-  } else if (p.weight_scale != nullptr) {
-    return fail(why, "weight_scale: given for a weight of the input's dtype (set weight_dtype)");
+  if (p.weight_dtype && (p.weight_interleaved || p.silu_and_mul_output)) {
+    return fail(why, "weight_dtype: a quantized weight is read plain, without silu_and_mul_output");
   }
+  if (p.weight_interleaved && (p.weight_scale != nullptr || p.weight_offset != nullptr)) {
+    return fail(why, "weight_scale, weight_offset: given for a weight of the input's dtype (set weight_dtype)");
+  }
+  if (!p.weight_interleaved) s = check_plain_weight(p, why);
+  if (s != Status::kOk) return s;
   if (p.num_rows > 0 && (p.input == nullptr || p.weight == nullptr || p.out == nullptr)) {
     return fail(why, "a required array is null");
   }
@@ -128,14 +152,12 @@ Status check_linear(const LinearParams& p, std::string* why) {
 
 Status check_dequantize_weight(const LinearParams& p, std::string* why) {
   if (!is_float_dtype(p.dtype)) return fail(why, kDtypeMessage);
-  if (p.weight_dtype != DType::kFloat8E4M3 || p.weight_scale == nullptr || p.weight_interleaved) {
-    return fail(why, "weight: expected plain float8_e4m3 codes with weight_scale");
-  }
+  if (!p.weight_dtype || p.weight_interleaved) return fail(why, "weight: expected plain quantized codes (weight_dtype)");
   if (p.in_features < 1 || p.out_features < 1) {
     return fail(why, "sizes: expected in_features >= 1 and out_features >= 1, got " + str(p.in_features) + " and " +
                          str(p.out_features));
   }
-  Status s = check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
+  Status s = check_plain_weight(p, why);
   if (s == Status::kOk) s = check_rows("out", p.out_features, 1, p.in_features, p.out_stride, 0, why);
   if (s != Status::kOk) return s;
   if (p.weight == nullptr || p.out == nullptr) return fail(why, "a required array is null");

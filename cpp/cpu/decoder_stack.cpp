@@ -58,15 +58,16 @@ LinearParams linear_params(const DecoderStack& s, void* out, const void* input, 
   p.input = input;
   p.input_stride = in_features;
   p.weight = weight.data;
-  p.weight_stride = in_features;
+  p.weight_stride = weight.offset != nullptr ? in_features / 2 : in_features;  // uint4: two codes a byte
   p.bias = bias;
   p.num_rows = num_rows;
   p.in_features = in_features;
   p.out_features = out_features;
   p.dtype = s.dtype;
   p.weight_interleaved = weight.interleaved;
-  if (weight.scale != nullptr) p.weight_dtype = DType::kFloat8E4M3;
+  if (weight.scale != nullptr) p.weight_dtype = weight.offset != nullptr ? DType::kUInt4 : DType::kFloat8E4M3;
   p.weight_scale = weight.scale;
+  p.weight_offset = weight.offset;
   return p;
 }
 
@@ -281,9 +282,9 @@ Status check_decoder_stack(const DecoderStack& s, std::string* why) {
       if (pointer == nullptr) return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
     }
     for (const DecoderWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
-      if (w->scale != nullptr && w->interleaved) {
+      if ((w->scale != nullptr && w->interleaved) || (w->offset != nullptr && w->scale == nullptr)) {
         return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
-                             " has an interleaved e4m3 weight (e4m3 weights are read plain)");
+                             " has an interleaved quantized weight, or offsets without scales");
       }
     }
     if ((l.q_norm == nullptr) != (l.k_norm == nullptr) || l.sliding_window < 0) {

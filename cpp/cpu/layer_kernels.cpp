@@ -102,10 +102,12 @@ Status linear_cpu(const LinearParams& p) {
 #endif
     return Status::kOk;
   }
-  auto kernel = p.weight_dtype ? kernels_for(p.dtype).linear_e4m3 : kernels_for(p.dtype).linear;
+  const LayerKernels kernels = kernels_for(p.dtype);
+  const bool uint4 = p.weight_dtype == DType::kUInt4;
+  auto kernel = !p.weight_dtype ? kernels.linear : uint4 ? kernels.linear_uint4 : kernels.linear_e4m3;
 #if defined(KVSERVE_CPU_X86_KERNELS)
   if (p.dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16) {
-    kernel = p.weight_dtype ? linear_avx512_bf16_e4m3 : linear_avx512_bf16;
+    kernel = !p.weight_dtype ? linear_avx512_bf16 : uint4 ? linear_avx512_bf16_uint4 : linear_avx512_bf16_e4m3;
   }
 #endif
   run_rows(p, kernel, p.in_features);
@@ -114,7 +116,8 @@ Status linear_cpu(const LinearParams& p) {
 
 Status dequantize_weight_cpu(const LinearParams& p) {
   if (check_dequantize_weight(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
-  run_rows(p, kernels_for(p.dtype).dequantize_e4m3, p.in_features);
+  const LayerKernels kernels = kernels_for(p.dtype);
+  run_rows(p, p.weight_dtype == DType::kUInt4 ? kernels.dequantize_uint4 : kernels.dequantize_e4m3, p.in_features);
   return Status::kOk;
 }
 

@@ -5,6 +5,7 @@
 
 #include "rowwise.h"
 #include "small_linear.h"
+#include "uint4_linear.h"
 
 namespace kvserve::cpu {
 
@@ -16,6 +17,8 @@ struct LayerKernels {
   void (*linear)(const LinearParams&, int64_t n_begin, int64_t n_end);  // output features
   void (*linear_e4m3)(const LinearParams&, int64_t n_begin, int64_t n_end);  // an e4m3 weight (weight_dtype)
   void (*dequantize_e4m3)(const LinearParams&, int64_t n_begin, int64_t n_end);  // its rows, widened
+  void (*linear_uint4)(const LinearParams&, int64_t n_begin, int64_t n_end);  // a uint4 weight (weight_dtype)
+  void (*dequantize_uint4)(const LinearParams&, int64_t n_begin, int64_t n_end);
 };
 
 LayerKernels layer_kernels_portable(DType dtype);
@@ -27,6 +30,8 @@ void linear_avx512_bf16(const LinearParams&, int64_t n_begin, int64_t n_end);
 // linear_avx512_bf16_e4m3_rows (input rows in the vector lanes).
 void linear_avx512_bf16_e4m3(const LinearParams&, int64_t n_begin, int64_t n_end);
 void linear_avx512_bf16_e4m3_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
+// The same over a uint4 weight: up to 8 rows reading the codes as bfloat16 pairs, more its panels.
+void linear_avx512_bf16_uint4(const LinearParams&, int64_t n_begin, int64_t n_end);
 // The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.
 void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, int64_t block_end);
 
@@ -36,10 +41,13 @@ template <class V, class T>
 using E4m3LinearOf = E4m3Linear<V, SmallLinear<FmaDot<V, T>, T, Float8E4M3>, SmallLinear<FmaDot<V, T>, T>, T>;
 
 template <class V, class T>
+using Uint4LinearOf = Uint4Linear<V, SmallLinear<FmaDot<V, T>, T>, T>;
+
+template <class V, class T>
 constexpr LayerKernels layer_kernels_of() {
   return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
           Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols, E4m3LinearOf<V, T>::cols,
-          E4m3LinearOf<V, T>::dequantize};
+          E4m3LinearOf<V, T>::dequantize, Uint4LinearOf<V, T>::cols, Uint4LinearOf<V, T>::dequantize};
 }
 
 template <class V>

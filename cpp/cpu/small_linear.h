@@ -139,31 +139,38 @@ void widen_e4m3(const Float8E4M3* row, T* out, int64_t n, float factor) {
   for (int64_t k = body; k < n; ++k) from_float(e4m3_weight(row[k]) * factor, out + k);
 }
 
+// Panel's product over a quantized weight's rows [n_begin, n_end), each block of Panel::kBlockN of
+// them widened by widen(n, T* row) into a panel of plain rows once per tile of input rows.
+template <class Panel, class T, class Widen>
+void widened_panels(const LinearParams& p, int64_t n_begin, int64_t n_end, Widen widen) {
+  const int64_t k_total = p.in_features;
+  thread_local std::vector<T> panel;
+  panel.resize(static_cast<size_t>(Panel::kBlockN * k_total));
+  Panel::each_tile(p, [&](int64_t m_begin, int64_t m_end) {
+    Panel::each_block(n_begin, n_end, [&](int64_t n, auto count) {
+      for (int i = 0; i < decltype(count)::value; ++i) widen(n + i, panel.data() + i * k_total);
+      Panel::template rows<decltype(count)::value>(p, n, m_begin, m_end, panel.data(), k_total);
+    });
+  });
+}
+
 // An e4m3 weight (LinearParams::weight_dtype). Up to kDirectRows input rows (decode) read the codes
 // as they are, widening them in registers (Direct: FmaDot over Float8E4M3): a decode step reads half
 // a 16-bit weight's bytes. More rows would widen each code once per 4 of them, and multiply-add in
 // float32 where Panel, the dtype's own dot product, may take bfloat16 pairs: instead each block of
 // weight rows is widened once per tile of input rows into a panel of T (exact: a code's value in
-// e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight. The crossing
-// (bench/README.md, "Weight-only fp8"): at 8 and 16 rows the direct path ran 1.1-1.3x the panels'
-// rate, at 64 rows the panels 1.7x the direct path's.
+// e4m3_weight's unit has 4 significant bits), which Panel reads as a plain weight and scales by
+// weight_scale. The crossing (bench/README.md, "Weight-only fp8"): at 8 and 16 rows the direct path
+// ran 1.1-1.3x the panels' rate, at 64 rows the panels 1.7x the direct path's.
 template <class V, class Direct, class Panel, class T>
 struct E4m3Linear {
   static constexpr int64_t kDirectRows = 16;
 
   static void cols(const LinearParams& p, int64_t n_begin, int64_t n_end) {
     if (p.num_rows <= kDirectRows) return Direct::cols(p, n_begin, n_end);
-    const int64_t k_total = p.in_features;
-    thread_local std::vector<T> panel;
-    panel.resize(static_cast<size_t>(Panel::kBlockN * k_total));
     const auto* codes = static_cast<const Float8E4M3*>(p.weight);
-    Panel::each_tile(p, [&](int64_t m_begin, int64_t m_end) {
-      Panel::each_block(n_begin, n_end, [&](int64_t n, auto count) {
-        for (int i = 0; i < decltype(count)::value; ++i) {
-          widen_e4m3<V>(codes + (n + i) * p.weight_stride, panel.data() + i * k_total, k_total, 1.f);
-        }
-        Panel::template rows<decltype(count)::value>(p, n, m_begin, m_end, panel.data(), k_total);
-      });
+    widened_panels<Panel, T>(p, n_begin, n_end, [&](int64_t n, T* row) {
+      widen_e4m3<V>(codes + n * p.weight_stride, row, p.in_features, 1.f);
     });
   }
 

@@ -62,6 +62,11 @@ struct Avx512 {
     const __m256i sign_copy_cleared = _mm256_set1_epi16(static_cast<int16_t>(0xbfff));
     return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(words, 7), sign_copy_cleared));
   }
+  // 16 uint4 weight codes: the low (shift 0) or high (shift 4) nibbles of 16 bytes.
+  static Reg load_nibbles(const uint8_t* p, int shift) {
+    const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(bytes, shift), _mm512_set1_epi32(15)));
+  }
   static void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
     const __m512i high = _mm512_srli_epi32(_mm512_castps_si512(round_to_bf16(a)), 16);

@@ -31,6 +31,7 @@ struct Portable {
   template <class T>
   static Reg load(const T* p) { return to_float(*p); }
   static Reg load_weight(const Float8E4M3* p) { return e4m3_weight(*p); }
+  static Reg load_nibbles(const uint8_t* p, int shift) { return static_cast<float>((*p >> shift) & 15); }
   template <class T>
   static void store(T* p, Reg a) { from_float(a, p); }
   static Reg round_to_bf16(Reg a) {

@@ -15,6 +15,8 @@ enum class DType : int32_t {
   // no infinities and a largest magnitude of 448; e5m2 has 2 mantissa bits and reaches 57344.
   kFloat8E4M3 = 5,
   kFloat8E5M2 = 6,
+  // 4-bit unsigned integer codes, two a byte: weights only (linear.h's LinearParams::weight_dtype).
+  kUInt4 = 7,
 };
 
 // Bytes of one element.
@@ -24,7 +26,8 @@ constexpr int64_t dtype_bytes(DType dtype) {
     case DType::kFloat32:
     case DType::kInt32: return 4;
     case DType::kFloat8E4M3:
-    case DType::kFloat8E5M2: return 1;
+    case DType::kFloat8E5M2:
+    case DType::kUInt4: return 1;  // a byte holds two kUInt4 codes
     default: return 2;
   }
 }

@@ -10,7 +10,8 @@
 // every weight block, and the next weight block is prefetched, so few rows (decode) run at the
 // weights' memory bandwidth and many rows at the FMA rate. Strides are in elements.
 //
-// With weight_dtype kFloat8E4M3 the weight holds e4m3 codes and a float32 scale per row (below).
+// With weight_dtype kFloat8E4M3 the weight holds e4m3 codes and a float32 scale per row, with
+// kUInt4 4-bit codes with a float32 scale and offset per group of 32 (below).
 //
 // On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 on tensor cores (sm_80+), each block
 // streaming 16 weight rows once for every input row: a decode step's projections at the weights'
@@ -48,14 +49,27 @@ struct LinearParams {
   // silu(gate) * up, rounded as the plain product and then silu_and_mul (layer_ops.h) round it.
   // linear_cuda only (linear_cpu: kUnsupported).
   bool silu_and_mul_output = false;
-  // A weight quantized to 8-bit floats (kFloat8E4M3 only; nullopt: the weight is of `dtype`), row n
-  // standing for weight_scale[n] times its codes' values: out = (input @ codes^T) * weight_scale
-  // (+ bias), float32 throughout, rounded once. Weight-only quantization of a decode step's
-  // projections: half the bytes of a 16-bit weight to stream. The weight must not hold e4m3's NaN
-  // code (the product is then unspecified). linear_cpu only, a plain weight.
+  // A quantized weight (nullopt: the weight is of `dtype`); linear_cpu only, a plain weight, the
+  // products in float32 throughout, rounded once.
+  //
+  // kFloat8E4M3: 8-bit floats, row n standing for weight_scale[n] times its codes' values: out = (input @ codes^T) * weight_scale
+  // (+ bias). Weight-only quantization of a decode step's projections: half the bytes of a 16-bit
+  // weight to stream. The weight must not hold e4m3's NaN code (the product is then unspecified).
+  //
+  // kUInt4: 4-bit codes in groups of kUInt4GroupSize along a row, each group standing for
+  // code * weight_scale + weight_offset (its own two float32s; llama.cpp's Q4_0, Q4_1 and Q4_K
+  // blocks, GPTQ's and AWQ's groups are all such groups): 0.75 bytes a weight with its scales, where
+  // a 16-bit weight takes 2. The weight is bytes [out_features, in_features / 2], weight_stride
+  // counting bytes; group g of a row is bytes 16g .. 16g + 15, byte j holding element 32g + j in its
+  // low nibble and element 32g + 16 + j in its high one (the order of llama.cpp's Q4_0 blocks).
+  // in_features must be a multiple of kUInt4GroupSize.
   std::optional<DType> weight_dtype;
-  const float* weight_scale = nullptr;  // [out_features], with weight_dtype
+  const float* weight_scale = nullptr;   // [out_features] (e4m3), [out_features, in_features / 32] (uint4)
+  const float* weight_offset = nullptr;  // [out_features, in_features / 32], with kUInt4 only
 };
+
+// Elements of a kUInt4 weight's row that share a scale and an offset.
+constexpr int64_t kUInt4GroupSize = 32;
 
 // Whether linear_cpu takes an interleaved weight of this dtype and shape on this CPU.
 KVSERVE_EXPORT bool linear_interleave_supported(DType dtype, int64_t out_features, int64_t in_features);
@@ -65,11 +79,12 @@ KVSERVE_EXPORT Status check_linear(const LinearParams& params, std::string* why)
 
 KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 
-// dequantize_weight_cpu: the weight an e4m3 one stands for, out [out_features, in_features] of dtype
-// (rows out_stride apart) = each code's value times its row's weight_scale, in float32 rounded to
-// dtype: for products of many rows, which a GEMM library computes faster than linear_cpu's panels.
-// Reads out, out_stride, weight, weight_stride, weight_scale, in_features, out_features and dtype
-// (weight_dtype kFloat8E4M3); not input or num_rows.
+// dequantize_weight_cpu: the weight a quantized one stands for, out [out_features, in_features] of
+// dtype (rows out_stride apart) = each code's value times its row's weight_scale (e4m3), or each code
+// times its group's scale plus its offset (uint4, one rounding in float32), rounded to dtype: for
+// products of many rows, which a GEMM library computes faster than linear_cpu's panels. Reads out,
+// out_stride, weight, weight_stride, weight_scale, weight_offset, in_features, out_features, dtype and
+// weight_dtype; not input or num_rows.
 KVSERVE_EXPORT Status check_dequantize_weight(const LinearParams& params, std::string* why);
 KVSERVE_EXPORT Status dequantize_weight_cpu(const LinearParams& params);
 

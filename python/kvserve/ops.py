@@ -133,11 +133,12 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
                             norm_eps)
 
 
-def dequantize_weight(out, weight, weight_scale) -> None:
-    """out [N, K] (float32, bfloat16 or float16) = the float8_e4m3fn weight [N, K] times its rows'
-    weight_scale [N] (float32), computed in float32: the weight that linear's product over those codes
-    stands for, for a GEMM library to multiply many rows by (CPU)."""
-    _C.ops.dequantize_weight(_dl(out), _dl(weight), _dl(weight_scale))
+def dequantize_weight(out, weight, weight_scale, weight_offset=None) -> None:
+    """out [N, K] (float32, bfloat16 or float16) = the weight that linear's product over quantized
+    codes stands for, computed in float32, for a GEMM library to multiply many rows by (CPU): the
+    float8_e4m3fn weight [N, K] times its rows' weight_scale [N], or uint4 codes (uint8 [N, K / 2],
+    kvserve.uint4) times their groups' weight_scale plus weight_offset [N, K / 32]."""
+    _C.ops.dequantize_weight(_dl(out), _dl(weight), _dl(weight_scale), _dl(weight_offset))
 
 
 def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, sin, key_cache, value_cache,
@@ -163,7 +164,8 @@ def argmax(out, input) -> None:
     _C.ops.argmax(_dl(out), _dl(input), _stream_of(input))
 
 
-def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, weight_scale=None) -> None:
+def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, weight_scale=None,
+           weight_offset=None) -> None:
     """out [M, N] = input [M, K] @ weight [N, K]^T (+ bias [N]), float32 accumulation rounded once.
 
     For few rows (decode): each weight row is read once and used for every input row, so the call
@@ -173,7 +175,9 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, wei
     the weight's rows are an MLP's [gate; up] and out [M, N / 2] receives what silu_and_mul would
     make of the product, bit for bit, without the [M, N] product in memory. out must not overlap
     input. On the CPU the weight may be float8_e4m3fn codes with `weight_scale` [N] (float32):
-    out = (input @ codes^T) * weight_scale (+ bias), in float32 rounded once (kvserve.quantization).
+    out = (input @ codes^T) * weight_scale (+ bias), in float32 rounded once (kvserve.quantization),
+    or uint4 codes (uint8 [N, K / 2], kvserve.uint4) with `weight_scale` and `weight_offset`
+    [N, K / 32] (float32), each group of 32 codes standing for code * scale + offset.
     """
     _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input), silu_and_mul_output,
-                  _dl(weight_scale))
+                  _dl(weight_scale), _dl(weight_offset))

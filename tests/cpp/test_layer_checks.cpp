@@ -1,13 +1,15 @@
-// The params checks of the fused layer kernels (layer_ops.h). The kernels themselves run on a GPU
-// and are tested from Python (tests/python/test_layer_ops.py); the checks are host code that
-// every build has.
+// The params checks of the fused layer kernels (layer_ops.h) and of linear's quantized weights
+// (linear.h). The kernels themselves are tested from Python (tests/python/test_layer_ops.py,
+// test_uint4.py); the checks are host code that every build has.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "kvserve/layer_ops.h"
+#include "kvserve/linear.h"
 
 namespace {
 
@@ -96,6 +98,58 @@ TEST(LayerChecks, SiluAndMul) {
   p.input = nullptr;
   EXPECT_EQ(kvserve::check_silu_and_mul(p, &why), Status::kInvalidArgument);
   EXPECT_EQ(why, "a required array is null");
+}
+
+// A uint4 weight (linear.h): 2 rows of 64 codes, 32 bytes a row, 2 groups a row.
+kvserve::LinearParams uint4_params(Arrays& arrays, std::vector<uint8_t>& codes) {
+  kvserve::LinearParams p;
+  p.out = arrays.a.data();
+  p.out_stride = 2;
+  p.input = arrays.b.data();
+  p.input_stride = 64;
+  p.weight = codes.data();
+  p.weight_stride = 32;
+  p.num_rows = 1;
+  p.in_features = 64;
+  p.out_features = 2;
+  p.weight_dtype = kvserve::DType::kUInt4;
+  p.weight_scale = arrays.c.data();
+  p.weight_offset = arrays.c.data() + 4;
+  return p;
+}
+
+TEST(LayerChecks, QuantizedLinear) {
+  Arrays arrays;
+  std::vector<uint8_t> codes(64);
+  std::string why;
+  kvserve::LinearParams p = uint4_params(arrays, codes);
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kOk) << why;
+  p.out_stride = 64;  // dequantize_weight's out: [out_features, in_features]
+  EXPECT_EQ(kvserve::check_dequantize_weight(p, &why), Status::kOk) << why;
+  p.weight_stride = 31;  // a row's bytes, not its codes
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight: row stride 31 is less than the 32 elements a row spans (rows would overlap)");
+  p = uint4_params(arrays, codes);
+  p.weight_offset = nullptr;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight_scale, weight_offset: a uint4 weight needs its groups' scales and offsets");
+  p = uint4_params(arrays, codes);
+  p.in_features = p.input_stride = 48;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "in_features: a uint4 weight's rows are whole groups of 32, got 48");
+  p = uint4_params(arrays, codes);
+  p.weight_dtype = kvserve::DType::kFloat8E4M3;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight_offset: for a uint4 weight, not an e4m3 one");
+  p.weight_dtype.reset();
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight_scale, weight_offset: given for a weight of the input's dtype (set weight_dtype)");
+  EXPECT_EQ(kvserve::check_dequantize_weight(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight: expected plain quantized codes (weight_dtype)");
+  p = uint4_params(arrays, codes);
+  p.weight_dtype = kvserve::DType::kInt32;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight_dtype: expected float8_e4m3 or uint4 (a quantized weight) or none, got dtype 3");
 }
 
 }  // namespace

@@ -156,13 +156,14 @@ def test_every_isa_path(isa):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(scale=None), "a float8_e4m3fn weight needs weight_scale"),
-    (dict(weight=torch.randn(8, 64).bfloat16()), "weight_scale is for a float8_e4m3fn weight"),
+    (dict(scale=None), "linear: weight_scale is required with a float8_e4m3fn weight"),
+    (dict(weight=torch.randn(8, 64).bfloat16()),
+     "linear: weight_scale and weight_offset are for quantized weights, the weight is of the input's dtype"),
     (dict(scale=torch.ones(7)), r"weight_scale: dimension 0 must be out_features of the weight"),
     (dict(scale=torch.ones(8).bfloat16()), r"weight_scale: expected dtype float32"),
     (dict(weight=torch.randn(8, 64).to(torch.float8_e5m2)),
-     r"weight: expected the dtype of input \(bfloat16\) or float8_e4m3fn codes"),
-    (dict(weight=torch.randn(2, 2, 4, 32).to(torch.float8_e4m3fn)), r"read plain, \[out_features, in_features\]"),
+     r"weight: expected the dtype of input \(bfloat16\), float8_e4m3fn codes"),
+    (dict(weight=torch.randn(2, 2, 4, 32).to(torch.float8_e4m3fn)), r"a quantized weight is read plain, not interleaved"),
 ])
 def test_linear_checks_a_quantized_weights_arguments(change, message):
     x, out = torch.randn(2, 64).bfloat16(), torch.empty(2, 8, dtype=torch.bfloat16)

@@ -1,0 +1,142 @@
+// The bfloat16 linear over a uint4 weight (LinearParams::weight_dtype kUInt4) with AVX512-BF16 dot
+// products (compiled with -mavx512bf16).
+//
+// A code q becomes the bfloat16 128 + q in two integer operations (q in the low mantissa bits of
+// 128's pattern, 0x4300), so that vdpbf16ps multiplies 32 codes by 32 inputs in one instruction,
+// exactly, where widening to float32 takes a conversion and a multiply-add per 16. Each group g of
+// an output row then holds s_g * dot(128 + q, x) + o_g * sum(x), and the row's output is
+//
+//     sum_g s_g * dot_g(128 + q, x)  +  sum_g (o_g - 128 s_g) * xsum_g
+//
+// with xsum_g the group's input sum, computed once a call. Two groups (32 bytes) widen at a time:
+// their low nibbles (elements 0-15 of each) in one register and their high nibbles (16-31) in
+// another, against the input's quarters reordered to match once a call, so the 16 lanes of a
+// product hold 8 partial sums of each group, scaled by that group's scale.
+//
+// Up to kDirectRows input rows read the codes so; more take the panels of the plain bfloat16
+// product (Bf16Dot), each block of weight rows widened once a tile (uint4_linear.h).
+#include <vector>
+
+#include "bf16_dot.h"
+#include "layer_kernels.h"
+#include "vec_avx512.h"
+
+namespace kvserve::cpu {
+namespace {
+
+constexpr int64_t kDirectRows = 8;
+constexpr int kChunkM = 4;
+constexpr int64_t kPairElements = 2 * kUInt4GroupSize;  // two groups' codes widen at a time
+
+// The input prepared once a call: each row's elements with the middle quarters of every 64 swapped
+// (the order two groups' nibbles widen in; a last odd group stays as it is), and each group's sum.
+struct Prepared {
+  std::vector<BFloat16> x;  // [num_rows][in_features]
+  std::vector<float> sums;  // [num_rows][groups]
+};
+
+void prepare(const LinearParams& p, Prepared& prepared) {
+  const int64_t k_total = p.in_features, groups = k_total / kUInt4GroupSize;
+  prepared.x.resize(static_cast<size_t>(p.num_rows * k_total));
+  prepared.sums.resize(static_cast<size_t>(p.num_rows * groups));
+  for (int64_t m = 0; m < p.num_rows; ++m) {
+    const BFloat16* x = static_cast<const BFloat16*>(p.input) + m * p.input_stride;
+    BFloat16* out = prepared.x.data() + m * k_total;
+    for (int64_t g = 0; g < groups; ++g) {
+      prepared.sums[m * groups + g] = _mm512_reduce_add_ps(Avx512::add(
+          Avx512::load(x + g * kUInt4GroupSize), Avx512::load(x + g * kUInt4GroupSize + kUInt4HalfGroup)));
+    }
+    int64_t k = 0;
+    for (; k + kPairElements <= k_total; k += kPairElements) {
+      for (int quarter = 0; quarter < 4; ++quarter) {
+        const int from = quarter == 1 ? 2 : quarter == 2 ? 1 : quarter;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + quarter * kUInt4HalfGroup),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + from * kUInt4HalfGroup)));
+      }
+    }
+    for (; k < k_total; ++k) out[k] = x[k];
+  }
+}
+
+// M input rows from m0 against weight row n.
+template <int M>
+void tile(const LinearParams& p, const Prepared& prepared, int64_t m0, int64_t n) {
+  const int64_t k_total = p.in_features, groups = k_total / kUInt4GroupSize;
+  const uint8_t* codes = static_cast<const uint8_t*>(p.weight) + n * p.weight_stride;
+  const float* scale = p.weight_scale + n * groups;
+  const float* offset = p.weight_offset + n * groups;
+  const BFloat16* x[M];
+  for (int m = 0; m < M; ++m) x[m] = prepared.x.data() + (m0 + m) * k_total;
+  __m512 total[M];
+  for (int m = 0; m < M; ++m) total[m] = _mm512_setzero_ps();
+  prefetch_ahead(codes, scale, offset, p.weight_stride, groups);
+  const __m512i low_nibble = _mm512_set1_epi16(15), bf16_of_128 = _mm512_set1_epi16(0x4300);
+  const __m512i lanes_by_group = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  int64_t g = 0;
+  for (; g + 2 <= groups; g += 2) {
+    const __m512i words =
+        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + g * kUInt4HalfGroup)));
+    // (words & 15) | 0x4300, and (words >> 4) | 0x4300: 128 + each nibble, as bfloat16.
+    const __m512bh low = (__m512bh)_mm512_ternarylogic_epi32(words, low_nibble, bf16_of_128, 0xEA);
+    const __m512bh high = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 4), bf16_of_128);
+    const __m512 scales = _mm512_permutexvar_ps(
+        lanes_by_group, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scale + g)))));
+    for (int m = 0; m < M; ++m) {
+      const BFloat16* xk = x[m] + g * kUInt4GroupSize;
+      __m512 sums = _mm512_dpbf16_ps(_mm512_setzero_ps(), low, (__m512bh)_mm512_loadu_si512(xk));
+      sums = _mm512_dpbf16_ps(sums, high, (__m512bh)_mm512_loadu_si512(xk + kUInt4GroupSize));
+      total[m] = _mm512_fmadd_ps(sums, scales, total[m]);
+    }
+  }
+  if (g < groups) {  // an odd last group: its 16 bytes widen into one register, in element order
+    const __m256i words =
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + g * kUInt4HalfGroup)));
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(words), _mm256_srli_epi16(words, 4), 1);
+    const __m512bh values = (__m512bh)_mm512_ternarylogic_epi32(both, low_nibble, bf16_of_128, 0xEA);
+    for (int m = 0; m < M; ++m) {
+      const __m512 sums = _mm512_dpbf16_ps(_mm512_setzero_ps(), values,
+                                           (__m512bh)_mm512_loadu_si512(x[m] + g * kUInt4GroupSize));
+      total[m] = _mm512_fmadd_ps(sums, _mm512_set1_ps(scale[g]), total[m]);
+    }
+  }
+  // sum_g (o_g - 128 s_g) * xsum_g, 16 groups a step.
+  __m512 correction[M];
+  for (int m = 0; m < M; ++m) correction[m] = _mm512_setzero_ps();
+  for (int64_t h = 0; h < groups; h += 16) {
+    const __mmask16 keep = groups - h >= 16 ? __mmask16(0xffff) : __mmask16((1u << (groups - h)) - 1);
+    const __m512 weight = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(keep, scale + h), _mm512_set1_ps(-128.f),
+                                          _mm512_maskz_loadu_ps(keep, offset + h));
+    for (int m = 0; m < M; ++m) {
+      correction[m] =
+          _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(keep, prepared.sums.data() + (m0 + m) * groups + h),
+                          correction[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    float sum = _mm512_reduce_add_ps(_mm512_add_ps(total[m], correction[m]));
+    if (p.bias != nullptr) sum += to_float(static_cast<const BFloat16*>(p.bias)[n]);
+    from_float(sum, static_cast<BFloat16*>(p.out) + (m0 + m) * p.out_stride + n);
+  }
+}
+
+}  // namespace
+
+void linear_avx512_bf16_uint4(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  if (p.num_rows > kDirectRows) {
+    return Uint4Linear<Avx512, SmallLinear<Bf16Dot, BFloat16>, BFloat16>::panels(p, n_begin, n_end);
+  }
+  thread_local Prepared prepared;
+  prepare(p, prepared);
+  for (int64_t n = n_begin; n < n_end; ++n) {
+    int64_t m0 = 0;
+    for (; m0 + kChunkM <= p.num_rows; m0 += kChunkM) tile<kChunkM>(p, prepared, m0, n);
+    switch (p.num_rows - m0) {
+      case 3: tile<3>(p, prepared, m0, n); break;
+      case 2: tile<2>(p, prepared, m0, n); break;
+      case 1: tile<1>(p, prepared, m0, n); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace kvserve::cpu
