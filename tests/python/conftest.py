@@ -23,6 +23,27 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gguf_pair(tiny_model_dir, tmp_path_factory):
+    """gguf_pair(architecture, quantization, tensor_types=None, **overrides) -> (the tiny model's Hugging
+    Face directory, a GGUF file written from it: tiny_gguf.write_tiny_gguf), once per argument set."""
+    import gguf
+
+    from tiny_gguf import write_tiny_gguf
+
+    written = {}
+
+    def get(architecture, quantization=gguf.GGMLQuantizationType.F32, tensor_types=None, **overrides):
+        key = (architecture, quantization, repr(sorted((tensor_types or {}).items())), repr(sorted(overrides.items())))
+        if key not in written:
+            directory = tiny_model_dir(architecture, **overrides)
+            path = tmp_path_factory.mktemp("gguf") / f"{architecture}-{quantization.name}.gguf"
+            written[key] = directory, write_tiny_gguf(directory, path, quantization, tensor_types=tensor_types)
+        return written[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def repeating_model_dir(tmp_path_factory):
     """A saved tiny Llama whose text repeats itself (tiny_models.save_repeating_model)."""
     from tiny_models import save_repeating_model

@@ -3,6 +3,7 @@ same kernels in the same order, so the same bits, for every architecture's extra
 Qwen3's q/k norms, Mistral's sliding window) and dtype, with a LoRA adapter and without; and bad
 steps and deltas rejected before anything is written."""
 
+import gguf
 import pytest
 import torch
 
@@ -72,9 +73,15 @@ def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, c
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fp8_weights_same_bits_as_the_python_layers(tiny_model_dir, dtype, monkeypatch):
-    """quantization="fp8": the stack reads the e4m3 codes with their scales as the layers' products do."""
-    model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
+@pytest.mark.parametrize("weights", ["fp8", "uint4"])
+def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_pair, weights, dtype, monkeypatch):
+    """quantization="fp8", and a GGUF file's Q4_1 blocks: the stack reads the e4m3 codes with their
+    scales, and the uint4 codes with their scales and offsets, as the layers' products do."""
+    if weights == "fp8":
+        model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
+    else:
+        model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1)[1], dtype=dtype).model
+        assert model.model.layers[0].self_attn.qkv_proj.weight_offset is not None
     ids, logits = greedy(model, monkeypatch, 4)
     reference_ids, reference_logits = greedy(model, monkeypatch, 0)
     assert ids == reference_ids
@@ -165,10 +172,17 @@ def layer_arrays(model, caches):
     (dict(qkv="weights"), TypeError, r"layers\[0\]\['qkv'\]: expected an array"),
     (dict(o=torch.zeros(64, 32)), ValueError, "o: dimension 1 must be in_features = 64"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float16)), ValueError,
-     r"down: expected the dtype of final_norm \(float32\) or float8_e4m3fn codes \(with weight_scale\), got float16"),
+     r"down: expected the dtype of final_norm \(float32\), float8_e4m3fn codes \(with weight_scale\) or uint8 "
+     r"bytes of uint4 codes \(with weight_scale and weight_offset\), got float16"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float8_e4m3fn)), ValueError,
-     r"'down_scale' is required with a float8_e4m3fn weight"),
-    (dict(o_scale=torch.ones(64)), ValueError, r"'o_scale' is for a float8_e4m3fn weight"),
+     r"layers\[0\]: down_scale is required with a float8_e4m3fn weight"),
+    (dict(o_scale=torch.ones(64)), ValueError,
+     r"layers\[0\]: o_scale and o_offset are for quantized weights, the weight is of the input's dtype"),
+    (dict(down=torch.zeros(64, 48, dtype=torch.uint8), down_scale=torch.ones(64, 3)), ValueError,
+     r"layers\[0\]: down_scale and down_offset are required with a uint4 weight"),
+    (dict(down=torch.zeros(64, 48, dtype=torch.uint8), down_scale=torch.ones(64, 3), down_offset=torch.ones(64, 2)),
+     ValueError, r"down_offset: dimension 1 must be in_features / 32 = 3"),
+    (dict(o=torch.zeros(64, 64, dtype=torch.uint8)), ValueError, r"o: dimension 1 must be in_features / 2 = 32"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float8_e4m3fn), down_scale=torch.ones(96)), ValueError,
      r"down_scale: dimension 0 must be out_features of the weight = 64"),
     (dict(key_cache=torch.zeros(8, 4, 3, 16)), ValueError, "key_cache: dimension 2 must be num_kv_heads = 2"),

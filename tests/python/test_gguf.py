@@ -22,23 +22,6 @@ TEXTS = ["The capital of France is Paris.", "Numbers 12345 and 3.14!", "CafÃ© æ
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
 
-@pytest.fixture(scope="module")
-def gguf_pair(tiny_model_dir, tmp_path_factory):
-    """gguf_pair(architecture, quantization, **overrides) -> (the tiny model's Hugging Face directory,
-    a GGUF file written from it)."""
-    written = {}
-
-    def get(architecture, quantization=gguf.GGMLQuantizationType.F32, **overrides):
-        key = (architecture, quantization, repr(sorted(overrides.items())))
-        if key not in written:
-            directory = tiny_model_dir(architecture, **overrides)
-            path = tmp_path_factory.mktemp("gguf") / f"{architecture}-{quantization.name}.gguf"
-            written[key] = directory, write_tiny_gguf(directory, path, quantization)
-        return written[key]
-
-    return get
-
-
 def test_undo_rope_permutation_inverts_llama_cpp():
     rows = torch.randn(6 * 8, 5)
     assert torch.equal(undo_rope_permutation(torch.from_numpy(llama_cpp_permute(rows.numpy(), 6)), 6), rows)

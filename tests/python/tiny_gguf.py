@@ -41,8 +41,17 @@ def llama_cpp_permute(rows: np.ndarray, num_heads: int) -> np.ndarray:
     return rows.reshape(num_heads, 2, rows.shape[0] // num_heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def write_tiny_gguf(directory, path, quantization=gguf.GGMLQuantizationType.F32, pre_tokenizer="smollm") -> Path:
-    """2-D weights are stored as `quantization` (F32, F16 or Q8_0); norms and biases stay F32."""
+_FILE_TYPES = {gguf.GGMLQuantizationType.F32: gguf.LlamaFileType.ALL_F32,
+               gguf.GGMLQuantizationType.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+               gguf.GGMLQuantizationType.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+               gguf.GGMLQuantizationType.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1}
+
+
+def write_tiny_gguf(directory, path, quantization=gguf.GGMLQuantizationType.F32, pre_tokenizer="smollm",
+                    tensor_types=None) -> Path:
+    """2-D weights are stored as `quantization` (F32, Q8_0, Q4_0 or Q4_1), or as tensor_types[kind] for
+    GGUF tensor kinds it names (e.g. {"attn_v": Q8_0}, as llama.cpp's mixes store some projections
+    finer); norms and biases stay F32."""
     directory, path = Path(directory), Path(path)
     config = json.loads((directory / "config.json").read_text())
     arch = GGUF_ARCH[config["architectures"][0]]
@@ -64,8 +73,7 @@ def write_tiny_gguf(directory, path, quantization=gguf.GGMLQuantizationType.F32,
         writer.add_rope_scaling_factor(rope["factor"])
         writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if quantization == gguf.GGMLQuantizationType.F32
-                         else gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(_FILE_TYPES[quantization])
     _add_tokenizer(writer, directory, pre_tokenizer)
 
     heads = {"q_proj": config["num_attention_heads"], "k_proj": config["num_key_value_heads"]}
@@ -73,10 +81,13 @@ def write_tiny_gguf(directory, path, quantization=gguf.GGMLQuantizationType.F32,
         proj = name.split(".")[-2]
         if arch == "llama" and proj in heads:
             tensor = llama_cpp_permute(tensor, heads[proj])
-        if tensor.ndim == 2 and quantization != gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(_gguf_name(name), gguf.quants.quantize(tensor, quantization), raw_dtype=quantization)
+        gguf_name = _gguf_name(name)
+        kind = gguf_name.split(".")[-2]
+        stored = (tensor_types or {}).get(kind, quantization)
+        if tensor.ndim == 2 and stored != gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(tensor, stored), raw_dtype=stored)
         else:
-            writer.add_tensor(_gguf_name(name), tensor.astype(np.float32))
+            writer.add_tensor(gguf_name, tensor.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

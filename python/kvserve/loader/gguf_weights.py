@@ -1,4 +1,6 @@
-"""Checkpoint tensors of a GGUF file, under their Hugging Face names, dequantized to float32.
+"""Checkpoint tensors of a GGUF file, under their Hugging Face names: dequantized to float32, or for
+the 4-bit blocks of the projections a model keeps quantized (GgufWeights.uint4), their uint4 codes,
+scales and offsets (loader/gguf_uint4.py) under the weight's name, name + "_scale" and name + "_offset".
 
 llama.cpp's converter reorders the rows of Llama's q_proj and k_proj (bias included) so that each
 head's two rotary halves are interleaved pairs:
@@ -7,7 +9,7 @@ head's two rotary halves are interleaved pairs:
     GGUF rows of that head:        [x0 y0 x1 y1 ... x(D/2-1) y(D/2-1)]
 
 undo_rope_permutation() puts them back. Quantization blocks run along a row, so the reordering of
-whole rows commutes with dequantization.
+whole rows commutes with dequantization, and applies to codes, scales and offsets alike.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from kvserve.loader.gguf_config import ROPE_FACTORS_TENSOR
+from kvserve.loader.gguf_uint4 import UINT4_TYPES, gguf_uint4
 from kvserve.model_config import ModelConfig
 
 _GLOBAL_NAMES = {
@@ -63,21 +66,41 @@ def undo_rope_permutation(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
     return rows.reshape(num_heads, shape[0] // num_heads // 2, 2, *shape[1:]).transpose(1, 2).reshape(shape)
 
 
-def iter_gguf_weights(reader: GGUFReader, config: ModelConfig, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(Hugging Face name, tensor) for every tensor; float32 unless stored as F16."""
-    for tensor in reader.tensors:
-        if tensor.name == ROPE_FACTORS_TENSOR:
-            continue
-        name = hf_name(tensor.name)
-        if name is None:
-            raise ValueError(f"{reader.data.filename}: GGUF tensor {tensor.name!r} has no place in "
-                             f"{config.architecture}")
-        values = _to_torch(tensor)
-        if arch == "llama" and ".self_attn.q_proj." in name:
-            values = undo_rope_permutation(values, config.num_attention_heads)
-        elif arch == "llama" and ".self_attn.k_proj." in name:
-            values = undo_rope_permutation(values, config.num_key_value_heads)
-        yield name, values
+class GgufWeights:
+    """(Hugging Face name, tensor) for every tensor of the file, when iterated; float32 unless stored as
+    F16, or uint4 codes for the names in `uint4` (set it before iterating)."""
+
+    def __init__(self, reader: GGUFReader, config: ModelConfig, arch: str):
+        self.reader, self.config, self.arch = reader, config, arch
+        self.uint4: set[str] = set()
+
+    def uint4_names(self) -> set[str]:
+        """The Hugging Face names of the tensors stored as 4-bit blocks (gguf_uint4.UINT4_TYPES)."""
+        return {hf_name(t.name) for t in self.reader.tensors if t.tensor_type in UINT4_TYPES} - {None}
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for tensor in self.reader.tensors:
+            if tensor.name == ROPE_FACTORS_TENSOR:
+                continue
+            name = hf_name(tensor.name)
+            if name is None:
+                raise ValueError(f"{self.reader.data.filename}: GGUF tensor {tensor.name!r} has no place in "
+                                 f"{self.config.architecture}")
+            rows = int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1  # GGUF lists dimensions innermost first
+            if name in self.uint4:
+                codes, scale, offset = gguf_uint4(tensor.data, tensor.tensor_type, rows)
+                parts = {name: codes, f"{name}_scale": scale, f"{name}_offset": offset}
+            else:
+                parts = {name: _to_torch(tensor)}
+            for part_name, values in parts.items():
+                yield part_name, self._hf_rows(name, values)
+
+    def _hf_rows(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        if self.arch == "llama" and ".self_attn.q_proj." in name:
+            return undo_rope_permutation(values, self.config.num_attention_heads)
+        if self.arch == "llama" and ".self_attn.k_proj." in name:
+            return undo_rope_permutation(values, self.config.num_key_value_heads)
+        return values
 
 
 def _to_torch(tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.linear import onednn_packs
 from kvserve.models.registry import POOLING_ONLY, build_model
+from kvserve.models.weight_loading import linear_parts
 from kvserve.pooling import RUNNERS
 from kvserve.quantization import check_quantization
 
@@ -65,6 +66,24 @@ def _token_ids(directory: Path, tokens: tuple[str, ...]) -> list[int]:
     if unknown:
         raise ValueError(f"classifier_from_token: {unknown} are not tokens of {path} (each must be one token)")
     return ids
+
+
+def _keep_uint4(module: nn.Module, stored: set[str]) -> set[str]:
+    """The decoder projections whose parts the file stores all as 4-bit blocks take them as uint4
+    codes (Linear.prepare_uint4); the names of the parts. A projection with a part of another kind
+    (llama.cpp's Q4_K_M stores some v and down projections as Q6_K) is dequantized whole."""
+    decoder = set(module.decoder_linears())
+    kept = set()
+    for linear, names in linear_parts(module, module.packed_modules):
+        if linear in decoder and all(name in stored for name in names):
+            linear.prepare_uint4()
+            kept.update(names)
+    quantized = [linear for linear in decoder if linear.weight_offset is not None]
+    if quantized:
+        logger.info("GGUF: %d of %d decoder projections read as uint4 codes (%.2f GB with their scales), the "
+                    "rest dequantized", len(quantized), len(decoder),
+                    sum(linear.weight.numel() + 8 * linear.weight_scale.numel() for linear in quantized) / 1e9)
+    return kept
 
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
@@ -116,6 +135,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     if prequantized:
         for linear in module.decoder_linears():
             linear.prepare_fp8()
+    if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu":
+        weights.uint4 = _keep_uint4(module, weights.uint4_names())
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
     elif model_config.classifier_from_token is not None:

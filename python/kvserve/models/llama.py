@@ -205,7 +205,8 @@ class LlamaForCausalLM(nn.Module):
                     key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window,
                     **{key: product.few_rows_weight for key, product in products.items()},
                     **{f"{key}_bias": product.bias for key, product in products.items()},
-                    **{f"{key}_scale": product.weight_scale for key, product in products.items()}))
+                    **{f"{key}_scale": product.weight_scale for key, product in products.items()},
+                    **{f"{key}_offset": product.weight_offset for key, product in products.items()}))
             first = self.model.layers[0].self_attn
             stack = _C.ops.DecoderStack(layers, self.model.norm.weight, first.num_heads, first.num_kv_heads,
                                         first.head_dim, self.config.rms_norm_eps, first.attn.scale)
@@ -232,8 +233,8 @@ class LlamaForCausalLM(nn.Module):
         return linear(hidden, self.model.embed_tokens.weight, None, *self.tied_lm_head_copies)
 
     def decoder_linears(self) -> Iterator[Linear]:
-        """The decoder layers' products: the weights quantization="fp8" stores as e4m3 codes (the
-        embeddings, norms and LM head keep the dtype)."""
+        """The decoder layers' products: the weights quantization="fp8" stores as e4m3 codes, and a GGUF
+        file's 4-bit blocks load into as uint4 codes (the embeddings, norms and LM head keep the dtype)."""
         return (module for module in self.model.layers.modules() if isinstance(module, Linear))
 
     def finalize_weights(self) -> None:

@@ -7,7 +7,7 @@ Every parameter (every part of a fused one) must be written exactly once; anythi
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
             if part is None:
                 raise ValueError(f"checkpoint tensor {name!r} matches no parameter of {type(model).__name__}")
             param_name, index, target = part
-            if name.endswith(".weight_scale"):
+            if name.endswith(".weight_scale") and target.dim() == 1:
                 tensor = _row_scales(tensor, target)
             if tuple(target.shape) != tuple(tensor.shape):
                 raise ValueError(f"checkpoint tensor {name!r}: expected shape {list(target.shape)}, "
@@ -46,6 +46,14 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise ValueError(f"checkpoint is missing {len(missing)} tensor(s) of {type(model).__name__}: {shown}")
+
+
+def linear_parts(model: nn.Module, packed_modules: dict[str, tuple[str, int]]) -> Iterator[tuple[Linear, list[str]]]:
+    """Each Linear of the model with the checkpoint names of its weight's parts, in order."""
+    for module_name, module in model.named_modules():
+        if isinstance(module, Linear):
+            count = len(module.output_sizes)
+            yield module, [_checkpoint_name(f"{module_name}.weight", i, count, packed_modules) for i in range(count)]
 
 
 def _row_scales(scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,13 @@ copy); it is what makes oneDNN fast at decode batch sizes (1.2-1.8x over torch's
 reorders the weight on every call).
 
 With quantization="fp8" (kvserve.quantization) the decoder layers' weights are e4m3 codes with a
-float32 scale per row (e4m3_linear): kvserve.ops.linear reads the codes directly at few rows (half a
+float32 scale per row (quantized_linear): kvserve.ops.linear reads the codes directly at few rows (half a
 16-bit weight's bytes), and widens them into the dtype first for more (on AVX512-BF16 CPUs, 12
 weight rows at a time against input rows in the vector lanes); from 256 rows (or fewer, longer ones)
 of a dtype oneDNN takes on this CPU, the whole weight is widened once a call and multiplied by
 oneDNN's GEMM (float32: on its blocked copy, made for the call), which runs such products faster.
+A GGUF file's 4-bit blocks load as uint4 codes (kvserve.uint4), which take the same paths (widened
+for oneDNN from UINT4_DENSE_ROWS rows).
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
@@ -41,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvserve import _C, ops
+from kvserve import _C, ops, uint4
 from kvserve.models.layers.activation import silu_and_mul
 from kvserve.quantization import quantize_fp8
 
@@ -55,6 +57,10 @@ OPS_MAX_ROWS = 4
 # past its L2 share they come from further away): bench/README.md, "Weight-only fp8".
 E4M3_DENSE_ROWS = 256
 E4M3_DENSE_INPUT_BYTES = 512 << 10
+# The same for a bfloat16 product over uint4 codes, from this many rows (bench/README.md, "uint4
+# weights"); in float32 the panels ran faster at every row count, oneDNN's packing of the weight
+# costing more than it saved.
+UINT4_DENSE_ROWS = 32
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -129,22 +135,28 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out
 
 
-def e4m3_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] @ (codes [N, K] times their rows' scale [N])^T (+ bias), on the CPU (module docstring)."""
+def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] @ (the weight the codes stand for)^T (+ bias), on the CPU: e4m3 codes [N, K] with
+    their rows' scales [N], or uint4 codes [N, K / 2] (kvserve.uint4) with their groups' scales and
+    offsets [N, K / 32] (module docstring)."""
     rows = x.reshape(-1, x.shape[-1])
-    dense = rows.shape[0] >= E4M3_DENSE_ROWS or rows.numel() * rows.element_size() > E4M3_DENSE_INPUT_BYTES
+    out_features = codes.shape[0]
+    if offset is None:
+        dense = rows.shape[0] >= E4M3_DENSE_ROWS or rows.numel() * rows.element_size() > E4M3_DENSE_INPUT_BYTES
+    else:
+        dense = rows.shape[0] >= UINT4_DENSE_ROWS and x.dtype == torch.bfloat16
     if dense and onednn_packs(x.dtype):
-        weight = torch.empty(codes.shape, dtype=x.dtype)
-        ops.dequantize_weight(weight, codes, scale)
+        weight = torch.empty(out_features, x.shape[-1], dtype=x.dtype)
+        ops.dequantize_weight(weight, codes, scale, offset)
         if x.dtype == torch.bfloat16:
             return F.linear(x, weight, bias)
         # float32: torch's GEMM on a plain weight is MKL's, at half oneDNN's rate on its blocked one.
         out = torch.ops.mkldnn._linear_pointwise(rows, pack_for_onednn(weight), bias, "none", [], "")
-        return out.view(*x.shape[:-1], codes.shape[0])
-    out = torch.empty(rows.shape[0], codes.shape[0], dtype=x.dtype)
-    ops.linear(out, rows, codes, bias, weight_scale=scale)
-    return out.view(*x.shape[:-1], codes.shape[0])
+        return out.view(*x.shape[:-1], out_features)
+    out = torch.empty(rows.shape[0], out_features, dtype=x.dtype)
+    ops.linear(out, rows, codes, bias, weight_scale=scale, weight_offset=offset)
+    return out.view(*x.shape[:-1], out_features)
 
 
 class Linear(nn.Module):
@@ -157,12 +169,15 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(total, dtype=dtype), requires_grad=False) if bias else None
         self.packed: torch.Tensor | None = None
         self.interleaved: torch.Tensor | None = None
-        # With quantize_fp8() or prepare_fp8(): the scale of each row of the e4m3 weight, float32 [out_features].
+        # A quantized weight's scales (float32): with quantize_fp8() or prepare_fp8(), of each row of e4m3
+        # codes [out_features]; with prepare_uint4(), of each group of uint4 codes [out_features,
+        # input_size / 32], whose offsets weight_offset holds.
         self.weight_scale: nn.Parameter | None = None
+        self.weight_offset: nn.Parameter | None = None
 
     def quantize_fp8(self) -> None:
         """The weight as e4m3 codes with a float32 scale per row (kvserve.quantization), in place of
-        itself; once quantized, nothing changes."""
+        itself; once quantized (either way), nothing changes."""
         if self.weight_scale is None:
             codes, scale = quantize_fp8(self.weight)
             self.weight = nn.Parameter(codes, requires_grad=False)
@@ -172,9 +187,22 @@ class Linear(nn.Module):
         """Uninitialized e4m3 codes and row scales in place of the weight, for a checkpoint's codes and
         scales to load into as they are."""
         rows, columns = self.weight.shape
-        self.weight = nn.Parameter(torch.empty(rows, columns, dtype=torch.float8_e4m3fn, device=self.weight.device),
-                                   requires_grad=False)
-        self.weight_scale = nn.Parameter(torch.empty(rows, device=self.weight.device), requires_grad=False)
+        self._prepare(torch.empty(rows, columns, dtype=torch.float8_e4m3fn), torch.empty(rows), None)
+
+    def prepare_uint4(self) -> None:
+        """Uninitialized uint4 codes with their groups' scales and offsets (kvserve.uint4) in place of
+        the weight, for a checkpoint's 4-bit blocks to load into."""
+        rows, columns = self.weight.shape
+        groups = columns // uint4.GROUP_SIZE
+        self._prepare(torch.empty(rows, columns // 2, dtype=torch.uint8), torch.empty(rows, groups),
+                      torch.empty(rows, groups))
+
+    def _prepare(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> None:
+        device = self.weight.device
+        self.weight = nn.Parameter(codes.to(device), requires_grad=False)
+        self.weight_scale = nn.Parameter(scale.to(device), requires_grad=False)
+        if offset is not None:
+            self.weight_offset = nn.Parameter(offset.to(device), requires_grad=False)
 
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
@@ -190,7 +218,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
         if self.weight_scale is not None:
-            out = e4m3_linear(x, self.weight, self.weight_scale, self.bias)
+            out = quantized_linear(x, self.weight, self.weight_scale, self.weight_offset, self.bias)
         else:
             out = linear(x, self.weight, self.bias, self.packed, self.interleaved)
         if lora is not None:

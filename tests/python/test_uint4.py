@@ -1,0 +1,253 @@
+"""uint4 weights (kvserve.uint4): the packing and the quantizer, kvserve.ops.linear and
+dequantize_weight over uint4 codes against float64 (every code, both of the kernel's paths, every
+ISA), the checks on their arguments, llama.cpp's 4-bit blocks read value for value, and GGUF files of
+4-bit blocks against transformers' own GGUF loader."""
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
+from transformers import AutoModelForCausalLM
+
+from isa_paths import ISAS, run_tests_under_isa
+from kvserve import Engine, SamplingParams, ops
+from kvserve.loader import load as load_module
+from kvserve.loader import load_model
+from kvserve.loader.gguf_uint4 import UINT4_TYPES, gguf_uint4
+from kvserve.uint4 import dequantize_uint4, pack_uint4, quantize_uint4, unpack_uint4
+from paged_greedy import paged_greedy
+from test_layer_ops import DTYPES
+from test_models import PROMPTS, assert_logits_close
+
+
+def random_uint4(out_features: int, in_features: int, seed: int = 0):
+    """Codes, scales and offsets drawn at random (every code, scales of either sign, never zeros)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randint(0, 16, (out_features, in_features), generator=generator)
+    groups = in_features // 32
+    scale = 0.05 * torch.randn(out_features, groups, generator=generator)
+    offset = 0.3 * torch.randn(out_features, groups, generator=generator)
+    return pack_uint4(values), scale, offset
+
+
+def test_pack_uint4_order_and_round_trip():
+    values = torch.randint(0, 16, (3, 64), generator=torch.Generator().manual_seed(1))
+    codes = pack_uint4(values)
+    assert codes.dtype == torch.uint8 and codes.shape == (3, 32)
+    # Byte j of group g: element 32g + j in its low nibble, 32g + 16 + j in its high one.
+    assert codes[1, 16 + 5].item() == values[1, 32 + 5].item() | (values[1, 32 + 16 + 5].item() << 4)
+    assert torch.equal(unpack_uint4(codes), values.to(torch.uint8))
+
+
+def test_quantize_uint4_spans_each_group_from_its_least_to_its_largest():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 96, generator=generator) * torch.tensor([1e-3, 0.1, 1, 100, 0])[:, None]
+    codes, scale, offset = quantize_uint4(weight)
+    assert scale.shape == offset.shape == (5, 3) and scale.dtype == offset.dtype == torch.float32
+    groups = weight.reshape(5, 3, 32)
+    torch.testing.assert_close(offset, groups.amin(dim=2))
+    torch.testing.assert_close(scale * 15 + offset, groups.amax(dim=2))
+    values = unpack_uint4(codes).reshape(5, 3, 32)
+    assert (values[:4].amin(dim=2) == 0).all() and (values[:4].amax(dim=2) == 15).all()
+    # Each weight within half a step (and float32's rounding) of its code's value.
+    error = (dequantize_uint4(codes, scale, offset) - weight.double()).abs().reshape(5, 3, 32)
+    assert (error <= scale.double()[..., None] / 2 * (1 + 1e-5) + 1e-6 * groups.abs().double()).all()
+    assert not dequantize_uint4(codes[4:], scale[4:], offset[4:]).any()  # a row of zeros stays zeros
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.ones(4, 48), "in_features a multiple of 32"),
+    (torch.ones(64), "in_features a multiple of 32"),
+    (torch.tensor([[float("nan")] * 32]), "NaN or infinite"),
+])
+def test_quantize_uint4_refuses_what_has_no_codes(bad, message):
+    with pytest.raises(ValueError, match=message):
+        quantize_uint4(bad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 70])
+@pytest.mark.parametrize("shape", [(6, 32), (37, 256), (9, 4864)])
+def test_linear_uint4_weight(dtype, rows, shape):
+    """Against float64 over code * scale + offset, on random data: up to 8 rows read the codes directly,
+    more widen them into panels of the dtype first; with and without bias."""
+    out_features, in_features = shape
+    codes, scale, offset = random_uint4(out_features, in_features, seed=rows)
+    weight = dequantize_uint4(codes, scale, offset)
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    for bias in (None, torch.randn(out_features).to(dtype)):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype)
+        ops.linear(out, x, codes, bias, weight_scale=scale, weight_offset=offset)
+        expected = x.double() @ weight.t() + (0 if bias is None else bias.double())
+        magnitude = x.double().abs() @ weight.abs().t() + (0 if bias is None else bias.double().abs())
+        if dtype == torch.float32:
+            # Each weight within a float32 rounding of its value, then a few sqrt(K) roundings of sum |x w|.
+            bound = 2.0 ** -23 * (1 + in_features ** 0.5) * magnitude
+        else:  # the output's rounding, and the panels' weights rounded to the dtype
+            bound = 2.0 ** -7 * magnitude.clamp_min(expected.abs()) + 1e-3
+        assert ((out.double() - expected).abs() <= bound).all(), ((out.double() - expected).abs() / bound).max()
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+def test_every_uint4_code_reads_its_value(rows):
+    """Weight row i holds code i % 16 in column (5 i) % 64 of its two groups, zeros elsewhere, with
+    its own scale and offset, against one-hot inputs: each output is that code's value, in float32 (a
+    fused multiply-add's rounding, or on the portable path a product's and a sum's)."""
+    values = torch.zeros(48, 64, dtype=torch.uint8)
+    for i in range(48):
+        values[i, (5 * i) % 64] = i % 16
+    codes, (_, scale, offset) = pack_uint4(values), random_uint4(48, 64, seed=3)
+    x = torch.zeros(rows, 64)
+    for m in range(rows):
+        x[m, (5 * m) % 64] = 1.0
+    out = torch.empty(rows, 48)
+    ops.linear(out, x, codes, weight_scale=scale, weight_offset=offset)
+    weight = dequantize_uint4(codes, scale, offset, torch.float32)
+    # out[m, i] = weight[i, column of m]: one product of 1.0, plus zeros times the other weights.
+    expected = x @ weight.t()
+    torch.testing.assert_close(out, expected, rtol=2.0 ** -22, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_weight_gives_each_code_times_its_scale_plus_its_offset(dtype):
+    codes, scale, offset = random_uint4(40, 4864, seed=4)
+    out = torch.full((40, 4864), float("nan"), dtype=dtype)
+    ops.dequantize_weight(out, codes, scale, offset)
+    expected = dequantize_uint4(codes, scale, offset)
+    # One rounding in float32 (a fused multiply-add, or a product and a sum), then one to the dtype.
+    assert ((out.double() - expected).abs() <= 2.0 ** -22 * expected.abs() + 2.0 ** -23 * offset.abs().max()
+            + (0 if dtype == torch.float32 else expected.abs() * torch.finfo(dtype).eps)).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_path(isa):
+    names = ("test_linear_uint4_weight", "test_every_uint4_code_reads_its_value",
+             "test_dequantize_weight_gives_each_code_times_its_scale_plus_its_offset")
+    run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(offset=None), "linear: weight_scale and weight_offset are required with a uint4 weight"),
+    (dict(scale=None), "linear: weight_scale and weight_offset are required with a uint4 weight"),
+    (dict(offset=torch.ones(8, 3)), r"weight_offset: dimension 1 must be in_features / 32 = 2"),
+    (dict(scale=torch.ones(8)), r"weight_scale: expected 2 dimensions \[out_features, in_features / 32\]"),
+    (dict(scale=torch.ones(8, 2).bfloat16()), r"weight_scale: expected dtype float32"),
+    (dict(weight=torch.zeros(8, 64, dtype=torch.uint8)), r"weight: dimension 1 must be in_features of input / 2 = 32"),
+    (dict(x=torch.randn(2, 48).bfloat16(), weight=torch.zeros(8, 24, dtype=torch.uint8)),
+     "in_features must be a multiple of 32, got 48"),
+    (dict(weight=torch.zeros(2, 2, 4, 32, dtype=torch.uint8)), "a quantized weight is read plain, not interleaved"),
+])
+def test_linear_checks_a_uint4_weights_arguments(change, message):
+    x = change.get("x", torch.randn(2, 64).bfloat16())
+    out = torch.empty(2, 8, dtype=torch.bfloat16)
+    weight = change.get("weight", torch.zeros(8, 32, dtype=torch.uint8))
+    scale, offset = change.get("scale", torch.ones(8, 2)), change.get("offset", torch.ones(8, 2))
+    with pytest.raises(ValueError, match=message):
+        ops.linear(out, x, weight, None, weight_scale=scale, weight_offset=offset)
+
+
+def test_dequantize_weight_checks_its_arguments():
+    out = torch.empty(8, 64)
+    with pytest.raises(ValueError, match="dequantize_weight: weight_scale and weight_offset are required"):
+        ops.dequantize_weight(out, torch.zeros(8, 32, dtype=torch.uint8), torch.ones(8, 2))
+    with pytest.raises(ValueError, match="weight_offset is for uint4 weights"):
+        ops.dequantize_weight(out, torch.zeros(8, 64, dtype=torch.float8_e4m3fn), torch.ones(8), torch.ones(8, 2))
+    with pytest.raises(ValueError, match="weight: dimension 1 must be in_features of out / 2 = 32"):
+        ops.dequantize_weight(out, torch.zeros(8, 64, dtype=torch.uint8), torch.ones(8, 2), torch.ones(8, 2))
+
+
+def random_blocks(tensor_type: GGMLQuantizationType, rows: int, in_features: int) -> np.ndarray:
+    """Raw blocks of random bytes but for their float16 scales (finite, small, of either sign)."""
+    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
+    generator = np.random.default_rng(int(tensor_type))
+    blocks = generator.integers(0, 256, (rows * in_features // block_elements, block_bytes), dtype=np.uint8)
+    halves = 2 if tensor_type == GGMLQuantizationType.Q4_0 else 4
+    blocks[:, :halves] = (0.01 * generator.standard_normal((len(blocks), halves // 2))).astype(np.float16).view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("tensor_type", UINT4_TYPES, ids=lambda t: t.name)
+def test_gguf_blocks_read_value_for_value(tensor_type):
+    """gguf_uint4's codes, scales and offsets, through kvserve's own dequantize_weight in float32, give
+    gguf-py's dequantization of the same blocks, bit for bit."""
+    rows, in_features = 6, 512
+    blocks = random_blocks(tensor_type, rows, in_features)
+    codes, scale, offset = gguf_uint4(blocks, tensor_type, rows)
+    assert codes.shape == (rows, in_features // 2) and scale.shape == offset.shape == (rows, in_features // 32)
+    out = torch.empty(rows, in_features)
+    ops.dequantize_weight(out, codes, scale, offset)
+    assert torch.equal(out, torch.from_numpy(dequantize(blocks, tensor_type).reshape(rows, in_features)))
+
+
+def test_gguf_uint4_refuses_other_blocks():
+    with pytest.raises(ValueError, match="Q8_0 blocks are not 4-bit groups"):
+        gguf_uint4(np.zeros((1, 34), dtype=np.uint8), GGMLQuantizationType.Q8_0, 1)
+
+
+def hf_gguf_greedy(path, prompts, max_new_tokens):
+    """transformers' own GGUF loader (dequantizing to float32): greedy ids and each step's logits."""
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    ids, logits = [], []
+    for prompt in prompts:
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
+                          output_logits=True, return_dict_in_generate=True)
+        ids.append(out.sequences[0, len(prompt):].tolist())
+        logits.append([step[0] for step in out.logits])
+    return ids, logits
+
+
+@pytest.mark.parametrize("architecture, tensor_type, tensor_types", [
+    ("LlamaForCausalLM", GGMLQuantizationType.Q4_0, None),
+    ("Qwen2ForCausalLM", GGMLQuantizationType.Q4_1, None),
+    # As llama.cpp's Q4_K_M stores some projections finer: those (and the fused ones they are part of)
+    # are dequantized, the rest read as codes.
+    ("LlamaForCausalLM", GGMLQuantizationType.Q4_1, {"attn_v": GGMLQuantizationType.Q8_0,
+                                                     "ffn_down": GGMLQuantizationType.Q8_0}),
+], ids=["llama-q4_0", "qwen2-q4_1", "llama-mixed"])
+def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architecture, tensor_type, tensor_types):
+    """Its decoder projections load as uint4 codes, and greedy ids equal (logits within 1e-4)
+    transformers' over the values it dequantizes the same blocks to; prefill (the panels) and decode
+    (the decoder stack, reading codes)."""
+    # transformers reads no rope scaling from GGUF files, so these models have none.
+    _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None)
+    model = load_model(path).model
+    layer = model.model.layers[0]
+    quantized = {name: linear.weight_offset is not None for name, linear in
+                 (("qkv", layer.self_attn.qkv_proj), ("o", layer.self_attn.o_proj), ("gate_up", layer.mlp.gate_up_proj),
+                  ("down", layer.mlp.down_proj))}
+    expected = dict(qkv=True, o=True, gate_up=True, down=True) if tensor_types is None else \
+        dict(qkv=False, o=True, gate_up=True, down=False)
+    assert quantized == expected
+    assert layer.self_attn.o_proj.weight.dtype == torch.uint8
+    ids, logits = paged_greedy(model, PROMPTS[:2], 4)
+    hf_ids, hf_logits = hf_gguf_greedy(path, PROMPTS[:2], 4)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
+def test_codes_give_what_the_dequantized_file_gives(gguf_pair, architecture, monkeypatch):
+    """Every GGUF architecture (transformers' GGUF loader misreads Qwen3's head_dim, so this is the
+    comparison for it): the model reading codes gives the ids (logits within 1e-4) of the same file
+    loaded dequantized, as kvserve loads it on CUDA."""
+    _, path = gguf_pair(architecture, GGMLQuantizationType.Q4_0)
+    quantized = load_model(path).model
+    monkeypatch.setattr(load_module, "_keep_uint4", lambda module, stored: set())
+    dequantized = load_model(path).model
+    assert quantized.model.layers[1].mlp.down_proj.weight.dtype == torch.uint8
+    assert dequantized.model.layers[1].mlp.down_proj.weight.dtype == torch.float32
+    ids, logits = paged_greedy(quantized, PROMPTS, 4)
+    expected_ids, expected_logits = paged_greedy(dequantized, PROMPTS, 4)
+    assert_logits_close(logits, expected_logits)
+    assert ids == expected_ids
+
+
+def test_an_engine_on_a_4_bit_gguf_file_generates(gguf_pair):
+    _, path = gguf_pair("LlamaForCausalLM", GGMLQuantizationType.Q4_0, rope_scaling=None)
+    engine = Engine(path, dtype="bfloat16", device="cpu")
+    assert engine.runner.model.model.layers[0].mlp.gate_up_proj.weight.dtype == torch.uint8
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    outputs = engine.generate(["hello there", "a b c d e f g h i j"], params, use_tqdm=False)
+    assert [len(output.outputs[0].token_ids) for output in outputs] == [8, 8]
