@@ -14,7 +14,8 @@ model's dtype, as vLLM keeps them.
 Runs on the CPU; the outputs are those of the model with each weight replaced by its code's value
 times its row's scale (dequantize), not the unquantized model's.
 
-Checkpoints that come with fp8 weights load as they are, codes and scales (checkpoint_quantization):
+Checkpoints that come with quantized weights load as they are (checkpoint_quantization): GPTQ's and
+AWQ's 4-bit ones as uint4 codes (kvserve.loader.gptq_awq), and fp8 ones, codes and scales:
 config.json's quantization_config of quant_method "fp8" (a scale a tensor) or "compressed-tensors"
 with 8-bit float weights of strategy "tensor" or "channel" (llm-compressor's FP8 and FP8-dynamic
 checkpoints). Activation scales (static schemes) are not used: the products take the activations
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import torch
 
-QUANTIZATIONS = ("fp8",)
+QUANTIZATIONS = ("fp8", "gptq", "awq")
+# Methods whose weights come quantized in the checkpoint, not quantized at load.
+CHECKPOINT_ONLY = ("gptq", "awq")
 # e4m3's largest finite magnitude (torch.finfo(torch.float8_e4m3fn).max).
 E4M3_MAX = 448.0
 
@@ -42,8 +45,8 @@ def check_quantization(quantization: str | None, device: torch.device | None = N
 
 
 def checkpoint_quantization(quantization_config, source: str = "config.json") -> str | None:
-    """"fp8" for a quantization_config whose weights kvserve reads as they are (module docstring),
-    None for none; ValueError naming what is not supported."""
+    """"fp8", "gptq" or "awq" for a quantization_config whose weights kvserve reads as they are (module
+    docstring), None for none; ValueError naming what is not supported."""
     if not quantization_config:
         return None
     method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else None
@@ -65,8 +68,12 @@ def checkpoint_quantization(quantization_config, source: str = "config.json") ->
                 raise ValueError(f"{refused}: config group {name!r} quantizes weights as {weights}; kvserve reads "
                                  f"8-bit float weights with a scale a tensor or a row")
         return "fp8"
+    if method in CHECKPOINT_ONLY:
+        from kvserve.loader.gptq_awq import check_int4_config
+
+        return check_int4_config(quantization_config, refused)
     raise ValueError(f"{refused}; expected an unquantized checkpoint (quantization='fp8' quantizes one as it "
-                     f"loads) or fp8 weights (quant_method 'fp8' or 'compressed-tensors')")
+                     f"loads), fp8 weights (quant_method 'fp8' or 'compressed-tensors') or 4-bit GPTQ or AWQ ones")
 
 
 def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -244,6 +244,12 @@ def test_codes_give_what_the_dequantized_file_gives(gguf_pair, architecture, mon
     assert ids == expected_ids
 
 
+def test_asking_for_fp8_weights_quantizes_the_file_dequantized(gguf_pair):
+    _, path = gguf_pair("LlamaForCausalLM", GGMLQuantizationType.Q4_0, rope_scaling=None)
+    model = load_model(path, quantization="fp8").model
+    assert all(linear.weight.dtype == torch.float8_e4m3fn for linear in model.decoder_linears())
+
+
 def test_an_engine_on_a_4_bit_gguf_file_generates(gguf_pair):
     _, path = gguf_pair("LlamaForCausalLM", GGMLQuantizationType.Q4_0, rope_scaling=None)
     engine = Engine(path, dtype="bfloat16", device="cpu")

@@ -23,7 +23,8 @@ from kvserve.models.layers.linear import onednn_packs
 from kvserve.models.registry import POOLING_ONLY, build_model
 from kvserve.models.weight_loading import linear_parts
 from kvserve.pooling import RUNNERS
-from kvserve.quantization import check_quantization
+from kvserve.loader.gptq_awq import int4_weights
+from kvserve.quantization import CHECKPOINT_ONLY, check_quantization
 
 logger = logging.getLogger("kvserve")
 
@@ -96,7 +97,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     does so for a base model's or a classifier's checkpoint (registry.POOLING_ONLY), which has none. `hf_overrides`:
     config.json keys to replace or add (vLLM's; a Hugging Face directory's only). `quantization`
     "fp8": the decoder layers' weights become e4m3 codes once loaded (kvserve.quantization); a
-    checkpoint of fp8 weights loads its codes as they are, whatever `quantization` says."""
+    checkpoint of quantized weights (fp8, GPTQ, AWQ) loads its codes as they are, whatever
+    `quantization` says ("gptq" and "awq" only name what the checkpoint must be)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
@@ -119,11 +121,14 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     else:
         model_config, tokenizer = ModelConfig.from_pretrained(path, hf_overrides), None
         weights = iter_safetensors_weights(path)
-    # A checkpoint of fp8 weights (ModelConfig.weight_quantization) is read as it is.
+    # A checkpoint of quantized weights (ModelConfig.weight_quantization) is read as it is.
     prequantized = model_config.weight_quantization is not None and load_format != "dummy"
     if model_config.weight_quantization is not None:
         quantization = model_config.weight_quantization
         check_quantization(quantization, torch.device(device))
+    elif quantization in CHECKPOINT_ONLY:
+        raise ValueError(f"quantization {quantization!r} reads a {quantization.upper()} checkpoint's weights, and "
+                         f"{path} has no {quantization.upper()} quantization_config")
     pools_only = model_config.architecture in POOLING_ONLY
     if pools_only and runner == "generate":
         kind = "a classifier" if model_config.labels is not None else "a base model"
@@ -134,8 +139,16 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
                          lm_head=runner == "generate" or (runner == "auto" and not pools_only))
     if prequantized:
         for linear in module.decoder_linears():
-            linear.prepare_fp8()
-    if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu":
+            if quantization == "fp8":
+                linear.prepare_fp8()
+            else:
+                linear.prepare_uint4()
+        if quantization in CHECKPOINT_ONLY:
+            bias_free = {name.removesuffix("weight") + "bias" for linear, names in
+                         linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
+            weights = int4_weights(weights, quantization, bias_free)
+    if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu" and quantization is None:
+        # A GGUF file's 4-bit blocks are read as they are, unless a quantization was asked for.
         weights.uint4 = _keep_uint4(module, weights.uint4_names())
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
@@ -143,6 +156,10 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         module.load_weights(weights, score_token_ids=_token_ids(path, model_config.classifier_from_token))
     else:
         module.load_weights(weights)
+    if quantization in CHECKPOINT_ONLY and prequantized:
+        codes = sum(linear.weight.numel() for linear in module.decoder_linears())
+        logger.info("quantization %s: %.2f GB of decoder weights as uint4 codes, a float32 scale and offset a "
+                    "group of 32", quantization, codes / 1e9)
     if quantization == "fp8":
         for linear in module.decoder_linears():
             linear.quantize_fp8()

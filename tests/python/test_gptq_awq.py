@@ -1,0 +1,156 @@
+"""GPTQ and AWQ checkpoints (kvserve.loader.gptq_awq): written here from a tiny model the way
+AutoGPTQ/GPTQModel and AutoAWQ pack them, they load as uint4 codes and give transformers' ids (logits
+within 1e-4) over the weights their codes stand for; what kvserve does not read is refused by name."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from kvserve import Engine, SamplingParams
+from kvserve.loader import load_model
+from kvserve.loader.gptq_awq import awq_uint4, gptq_uint4
+from kvserve.quantization import checkpoint_quantization
+from kvserve.uint4 import dequantize_uint4
+from paged_greedy import paged_greedy
+from test_models import PROMPTS, assert_logits_close, hf_greedy
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# AWQ's order of a word's eight columns.
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def quantize_asymmetric(weight: torch.Tensor, group_size: int):
+    """(values [K, N], zeros [K / g, N], float16 scales [K / g, N]) of weight [N, K]: each group's range
+    over 15 steps, zero points in 1..15 (GPTQ's format stores them less 1)."""
+    columns = weight.t().float()  # [K, N]
+    groups = columns.reshape(-1, group_size, columns.shape[1])
+    low, high = groups.amin(dim=1), groups.amax(dim=1)
+    scales = ((high - low) / 15).clamp_min(1e-4).half()
+    zeros = (-low / scales.float()).round().clamp(1, 15)
+    values = (groups / scales.float()[:, None] + zeros[:, None]).round().clamp(0, 15)
+    return values.reshape(columns.shape).long(), zeros.long(), scales
+
+
+def pack_words(nibbles: torch.Tensor) -> torch.Tensor:
+    """[..., W, 8] 4-bit values as int32 words [..., W], the first the lowest bits."""
+    words = sum(nibbles[..., i].numpy().astype(np.uint32) << np.uint32(4 * i) for i in range(8))
+    return torch.from_numpy(np.ascontiguousarray(words).view(np.int32))
+
+
+def gptq_tensors(values, zeros, scales):
+    in_features, out_features = values.shape
+    qweight = pack_words(values.reshape(in_features // 8, 8, out_features).transpose(1, 2))
+    qzeros = pack_words((zeros - 1).reshape(zeros.shape[0], -1, 8))
+    return dict(qweight=qweight, qzeros=qzeros, scales=scales)
+
+
+def awq_tensors(values, zeros, scales):
+    def pack(rows):
+        return pack_words(rows.reshape(rows.shape[0], -1, 8)[..., AWQ_ORDER])
+    return dict(qweight=pack(values), qzeros=pack(zeros), scales=scales)
+
+
+def write_checkpoint(directory, destination, method: str, group_size: int):
+    """(the quantized checkpoint, a float32 one of the weights its codes stand for) from `directory`."""
+    quantized_dir, reference_dir = destination / method, destination / f"{method}-dequantized"
+    shutil.copytree(directory, quantized_dir)
+    tensors = load_file(directory / "model.safetensors")
+    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    state = reference.state_dict()
+    for name in [n for n in tensors if n.split(".")[-2] in PROJECTIONS and n.endswith(".weight")]:
+        weight = tensors.pop(name)
+        size = group_size if group_size != -1 else weight.shape[1]
+        values, zeros, scales = quantize_asymmetric(weight, size)
+        prefix = name[:-len(".weight")]
+        packed = (gptq_tensors if method == "gptq" else awq_tensors)(values, zeros, scales)
+        if method == "gptq":  # AutoGPTQ's exports: the groups' order, and biases even where there are none
+            packed["g_idx"] = torch.arange(weight.shape[1], dtype=torch.int32) // size
+            packed["bias"] = tensors.pop(f"{prefix}.bias", torch.zeros(weight.shape[0], dtype=weight.dtype))
+        tensors.update({f"{prefix}.{part}": tensor for part, tensor in packed.items()})
+        groups = (values.reshape(-1, size, values.shape[1]) - zeros[:, None]) * scales.float()[:, None]
+        state[name].copy_(groups.reshape(values.shape).t())
+    save_file(tensors, quantized_dir / "model.safetensors")
+    config = json.loads((quantized_dir / "config.json").read_text())
+    config["quantization_config"] = (
+        dict(quant_method="gptq", bits=4, group_size=group_size, desc_act=False, sym=False, checkpoint_format="gptq")
+        if method == "gptq" else dict(quant_method="awq", bits=4, group_size=group_size, zero_point=True, version="gemm"))
+    (quantized_dir / "config.json").write_text(json.dumps(config))
+    reference.save_pretrained(reference_dir)
+    return quantized_dir, reference_dir
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_unpacking_inverts_packing(method):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 64, generator=generator)
+    values, zeros, scales = quantize_asymmetric(weight, 32)
+    packed = (gptq_tensors if method == "gptq" else awq_tensors)(values, zeros, scales)
+    codes, scale, offset = (gptq_uint4 if method == "gptq" else awq_uint4)(
+        packed["qweight"], packed["qzeros"], packed["scales"])
+    expected = ((values.reshape(2, 32, 24) - zeros[:, None]) * scales.float()[:, None]).reshape(64, 24).t()
+    assert torch.equal(dequantize_uint4(codes, scale, offset, torch.float32), expected)
+
+
+@pytest.mark.parametrize("method, group_size, architecture", [
+    ("gptq", 32, "LlamaForCausalLM"), ("gptq", -1, "Qwen2ForCausalLM"),
+    ("awq", 32, "Qwen3ForCausalLM"), ("awq", -1, "LlamaForCausalLM")])
+def test_a_checkpoint_matches_transformers_on_what_its_codes_stand_for(tiny_model_dir, tmp_path, method, group_size,
+                                                                        architecture):
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, method, group_size)
+    model = load_model(quantized_dir).model
+    assert all(linear.weight.dtype == torch.uint8 for linear in model.decoder_linears())
+    ids, logits = paged_greedy(model, PROMPTS, 4)
+    hf_ids, hf_logits = hf_greedy(reference_dir, PROMPTS, 4)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+def test_an_engine_serves_an_awq_checkpoint_in_bfloat16(tiny_model_dir, tmp_path):
+    quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "awq", 32)
+    engine = Engine(quantized_dir, dtype="bfloat16", quantization="awq", device="cpu")
+    outputs = engine.generate(["hello there"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert len(outputs[0].outputs[0].token_ids) == 8
+
+
+def test_the_method_must_be_the_checkpoints(tiny_model_dir):
+    with pytest.raises(ValueError, match="quantization 'gptq' reads a GPTQ checkpoint's weights, and .* has no GPTQ"):
+        load_model(tiny_model_dir("LlamaForCausalLM"), quantization="gptq")
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(quant_method="gptq", bits=8, group_size=128), "8-bit weights; kvserve reads 4-bit GPTQ and AWQ weights"),
+    (dict(quant_method="gptq", bits=4, group_size=48), "group_size 48; kvserve reads groups of a multiple of 32"),
+    (dict(quant_method="gptq", bits=4, group_size=128, desc_act=True), "act-order"),
+    (dict(quant_method="gptq", bits=4, group_size=128, checkpoint_format="gptq_v2"), "checkpoint_format 'gptq_v2'"),
+    (dict(quant_method="gptq", bits=4, group_size=128, lm_head=True), "a quantized LM head"),
+    (dict(quant_method="awq", bits=4, group_size=128, version="gemv"), "AWQ version 'gemv'"),
+    (dict(quant_method="awq", bits=4, group_size=128, zero_point=False), "without zero points"),
+])
+def test_what_kvserve_does_not_read_is_refused_by_name(config, message):
+    assert checkpoint_quantization(dict(quant_method="gptq", bits=4, group_size=128)) == "gptq"
+    with pytest.raises(ValueError, match=message):
+        checkpoint_quantization(config)
+
+
+def test_a_bias_the_model_has_no_place_for_must_be_zeros(tiny_model_dir, tmp_path):
+    quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "gptq", 32)
+    tensors = load_file(quantized_dir / "model.safetensors")
+    tensors["model.layers.1.self_attn.o_proj.bias"] += 0.5
+    save_file(tensors, quantized_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="'model.layers.1.self_attn.o_proj.bias' matches no parameter"):
+        load_model(quantized_dir)
+
+
+def test_an_act_order_g_idx_is_refused(tiny_model_dir, tmp_path):
+    quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "gptq", 32)
+    tensors = load_file(quantized_dir / "model.safetensors")
+    name = "model.layers.0.mlp.down_proj.g_idx"
+    tensors[name] = tensors[name].flip(0).contiguous()
+    save_file(tensors, quantized_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="down_proj.g_idx: its groups are not in input order"):
+        load_model(quantized_dir)
