@@ -81,9 +81,10 @@ def _keep_uint4(module: nn.Module, stored: set[str]) -> set[str]:
             kept.update(names)
     quantized = [linear for linear in decoder if linear.weight_offset is not None]
     if quantized:
-        logger.info("GGUF: %d of %d decoder projections read as uint4 codes (%.2f GB with their scales), the "
-                    "rest dequantized", len(quantized), len(decoder),
-                    sum(linear.weight.numel() + 8 * linear.weight_scale.numel() for linear in quantized) / 1e9)
+        logger.info("GGUF: %d of %d decoder projections read as uint4 codes (%.2f GB with their scales)%s",
+                    len(quantized), len(decoder),
+                    sum(linear.weight.numel() + 8 * linear.weight_scale.numel() for linear in quantized) / 1e9,
+                    "" if len(quantized) == len(decoder) else "; the others widened to the dtype")
     return kept
 
 
