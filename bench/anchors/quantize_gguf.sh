@@ -6,7 +6,7 @@ here="$(dirname "$0")"
 . "$here/common.sh"
 type="$1"; shift
 for preset in "$@"; do
-  source_gguf="$("$here/convert_gguf.sh" bf16 "$preset")"
+  source_gguf="$("$here/convert_gguf.sh" bf16 "$preset" | tail -n 1)"
   out="$gguf_dir/$preset-$(echo "$type" | tr '[:upper:]' '[:lower:]').gguf"
   [ -f "$out" ] && { echo "$out"; continue; }
   "$llama_bin/llama-quantize" "$source_gguf" "$out.partial" "$type" >"$out.log" 2>&1

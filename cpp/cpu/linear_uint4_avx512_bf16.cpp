@@ -1,17 +1,19 @@
 // The bfloat16 linear over a uint4 weight (LinearParams::weight_dtype kUInt4) with AVX512-BF16 dot
 // products (compiled with -mavx512bf16).
 //
-// A code q becomes the bfloat16 128 + q in two integer operations (q in the low mantissa bits of
-// 128's pattern, 0x4300), so that vdpbf16ps multiplies 32 codes by 32 inputs in one instruction,
-// exactly, where widening to float32 takes a conversion and a multiply-add per 16. Each group g of
-// an output row then holds s_g * dot(128 + q, x) + o_g * sum(x), and the row's output is
+// A code q becomes the bfloat16 128 + q by pairing it, as the low byte of a 16-bit word, with 0x43
+// (q in the low mantissa bits of 128's pattern, 0x4300), so that vdpbf16ps multiplies 32 codes by 32
+// inputs in one instruction, exactly. Each group g of an output row then holds
+// s_g * dot(128 + q, x) + o_g * sum(x), and the row's output is
 //
 //     sum_g s_g * dot_g(128 + q, x)  +  sum_g (o_g - 128 s_g) * xsum_g
 //
-// with xsum_g the group's input sum, computed once a call. Two groups (32 bytes) widen at a time:
-// their low nibbles (elements 0-15 of each) in one register and their high nibbles (16-31) in
-// another, against the input's quarters reordered to match once a call, so the 16 lanes of a
-// product hold 8 partial sums of each group, scaled by that group's scale.
+// with xsum_g the group's input sum, computed once a call. Four groups (64 bytes, a group in each
+// 128-bit lane) widen at a time without crossing lanes: their low and high nibbles masked out, then
+// each interleaved with 0x43 bytes (vpunpck[lh]bw), four registers of 32 bfloat16 in which every
+// 128-bit lane holds 8 elements of its own group. The input's elements are reordered to match once
+// a call, so the 16 lanes of a product hold 4 partial sums of each group, scaled by that group's
+// scale; a last 1-3 groups widen one at a time, in element order.
 //
 // Up to kDirectRows input rows read the codes so; more take the panels of the plain bfloat16
 // product (Bf16Dot), each block of weight rows widened once a tile (uint4_linear.h).
@@ -26,10 +28,12 @@ namespace {
 
 constexpr int64_t kDirectRows = 8;
 constexpr int kChunkM = 4;
-constexpr int64_t kPairElements = 2 * kUInt4GroupSize;  // two groups' codes widen at a time
+constexpr int64_t kQuadGroups = 4;  // groups a 64-byte load of codes holds
+constexpr int64_t kQuadElements = kQuadGroups * kUInt4GroupSize;
 
-// The input prepared once a call: each row's elements with the middle quarters of every 64 swapped
-// (the order two groups' nibbles widen in; a last odd group stays as it is), and each group's sum.
+// The input prepared once a call: each row's elements in the order four groups' codes widen in
+// (the 8-element eighths of a 128-element chunk taken eighth 0 of groups 0-3, then eighth 1, ...; a
+// last 1-3 groups stay in element order), and each group's sum.
 struct Prepared {
   std::vector<BFloat16> x;  // [num_rows][in_features]
   std::vector<float> sums;  // [num_rows][groups]
@@ -47,11 +51,12 @@ void prepare(const LinearParams& p, Prepared& prepared) {
           Avx512::load(x + g * kUInt4GroupSize), Avx512::load(x + g * kUInt4GroupSize + kUInt4HalfGroup)));
     }
     int64_t k = 0;
-    for (; k + kPairElements <= k_total; k += kPairElements) {
-      for (int quarter = 0; quarter < 4; ++quarter) {
-        const int from = quarter == 1 ? 2 : quarter == 2 ? 1 : quarter;
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k + quarter * kUInt4HalfGroup),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k + from * kUInt4HalfGroup)));
+    for (; k + kQuadElements <= k_total; k += kQuadElements) {
+      for (int eighth = 0; eighth < 4; ++eighth) {
+        for (int group = 0; group < kQuadGroups; ++group) {
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k + (eighth * kQuadGroups + group) * 8),
+                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + k + group * kUInt4GroupSize + eighth * 8)));
+        }
       }
     }
     for (; k < k_total; ++k) out[k] = x[k];
@@ -70,25 +75,28 @@ void tile(const LinearParams& p, const Prepared& prepared, int64_t m0, int64_t n
   __m512 total[M];
   for (int m = 0; m < M; ++m) total[m] = _mm512_setzero_ps();
   prefetch_ahead(codes, scale, offset, p.weight_stride, groups);
-  const __m512i low_nibble = _mm512_set1_epi16(15), bf16_of_128 = _mm512_set1_epi16(0x4300);
-  const __m512i lanes_by_group = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i low_nibbles = _mm512_set1_epi8(15), exponent_of_128 = _mm512_set1_epi8(0x43);
+  const __m512i lanes_by_group = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   int64_t g = 0;
-  for (; g + 2 <= groups; g += 2) {
-    const __m512i words =
-        _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + g * kUInt4HalfGroup)));
-    // (words & 15) | 0x4300, and (words >> 4) | 0x4300: 128 + each nibble, as bfloat16.
-    const __m512bh low = (__m512bh)_mm512_ternarylogic_epi32(words, low_nibble, bf16_of_128, 0xEA);
-    const __m512bh high = (__m512bh)_mm512_or_si512(_mm512_srli_epi16(words, 4), bf16_of_128);
-    const __m512 scales = _mm512_permutexvar_ps(
-        lanes_by_group, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scale + g)))));
+  for (; g + kQuadGroups <= groups; g += kQuadGroups) {
+    const __m512i bytes = _mm512_loadu_si512(codes + g * kUInt4HalfGroup);
+    const __m512i low = _mm512_and_si512(bytes, low_nibbles);
+    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low_nibbles);
+    // Elements 0-7, 8-15, 16-23 and 24-31 of each lane's group, as bfloat16 128 + q.
+    const __m512bh eighths[4] = {(__m512bh)_mm512_unpacklo_epi8(low, exponent_of_128),
+                                 (__m512bh)_mm512_unpackhi_epi8(low, exponent_of_128),
+                                 (__m512bh)_mm512_unpacklo_epi8(high, exponent_of_128),
+                                 (__m512bh)_mm512_unpackhi_epi8(high, exponent_of_128)};
+    const __m512 scales = _mm512_permutexvar_ps(lanes_by_group, _mm512_castps128_ps512(_mm_loadu_ps(scale + g)));
     for (int m = 0; m < M; ++m) {
       const BFloat16* xk = x[m] + g * kUInt4GroupSize;
-      __m512 sums = _mm512_dpbf16_ps(_mm512_setzero_ps(), low, (__m512bh)_mm512_loadu_si512(xk));
-      sums = _mm512_dpbf16_ps(sums, high, (__m512bh)_mm512_loadu_si512(xk + kUInt4GroupSize));
+      __m512 sums = _mm512_setzero_ps();
+      for (int e = 0; e < 4; ++e) sums = _mm512_dpbf16_ps(sums, eighths[e], (__m512bh)_mm512_loadu_si512(xk + 32 * e));
       total[m] = _mm512_fmadd_ps(sums, scales, total[m]);
     }
   }
-  if (g < groups) {  // an odd last group: its 16 bytes widen into one register, in element order
+  const __m512i low_nibble = _mm512_set1_epi16(15), bf16_of_128 = _mm512_set1_epi16(0x4300);
+  for (; g < groups; ++g) {  // the last 1-3 groups: 16 bytes widened into one register, in element order
     const __m256i words =
         _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + g * kUInt4HalfGroup)));
     const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(words), _mm256_srli_epi16(words, 4), 1);
