@@ -34,7 +34,7 @@ def random_adapter(model, seed: int = 0) -> LoRAAdapter:
     for layer in model.model.layers:
         for linear_layer in (layer.self_attn.qkv_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj):
             parts, rank = linear_layer.output_sizes, 4
-            a = 0.1 * torch.randn(rank * len(parts), linear_layer.weight.shape[1], generator=generator)
+            a = 0.1 * torch.randn(rank * len(parts), linear_layer.input_size, generator=generator)
             b = torch.block_diag(*(0.1 * torch.randn(size, rank, generator=generator) for size in parts))
             deltas[linear_layer] = Delta(a.to(model.dtype), b.to(model.dtype).contiguous())
     return LoRAAdapter(LoRARequest("random", 1, "unused"), deltas, 4 * 3)
@@ -76,18 +76,20 @@ def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, c
 @pytest.mark.parametrize("weights", ["fp8", "uint4"])
 def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_pair, weights, dtype, monkeypatch):
     """quantization="fp8", and a GGUF file's Q4_1 blocks: the stack reads the e4m3 codes with their
-    scales, and the uint4 codes with their scales and offsets, as the layers' products do."""
+    scales, and the uint4 codes with their scales and offsets, as the layers' products do, with a
+    LoRA adapter (its deltas in the model's dtype beside the codes) and without."""
     if weights == "fp8":
         model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
     else:
         model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1)[1], dtype=dtype).model
         assert model.model.layers[0].self_attn.qkv_proj.weight_offset is not None
-    ids, logits = greedy(model, monkeypatch, 4)
-    reference_ids, reference_logits = greedy(model, monkeypatch, 0)
-    assert ids == reference_ids
-    for ours, theirs in zip(logits, reference_logits, strict=True):
-        for a, b in zip(ours, theirs, strict=True):
-            assert torch.equal(a, b)
+    for kwargs in ({}, {"lora": LoRABatch((random_adapter(model),))}):
+        ids, logits = greedy(model, monkeypatch, 4, **kwargs)
+        reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
+        assert ids == reference_ids
+        for ours, theirs in zip(logits, reference_logits, strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                assert torch.equal(a, b)
 
 
 @pytest.fixture(scope="module")

@@ -154,3 +154,20 @@ def test_an_act_order_g_idx_is_refused(tiny_model_dir, tmp_path):
     save_file(tensors, quantized_dir / "model.safetensors")
     with pytest.raises(ValueError, match="down_proj.g_idx: its groups are not in input order"):
         load_model(quantized_dir)
+
+
+def test_lora_adapters_on_4_bit_weights_match_peft_on_the_weights_they_stand_for(tiny_model_dir, tmp_path):
+    """An adapter (its A [r, in_features], though the codes' bytes hold half as many columns) adds to a
+    product over uint4 codes as to any other, in the decoder stack's steps and the layers'."""
+    from kvserve import LoRARequest
+    from test_lora import PROMPTS as LORA_PROMPTS
+    from test_lora import kvserve_ids, peft_greedy, save_adapter
+
+    base = tiny_model_dir("LlamaForCausalLM")
+    quantized_dir, reference_dir = write_checkpoint(base, tmp_path, "awq", 32)
+    lora = LoRARequest("first", 1, save_adapter(base, tmp_path / "first", seed=1))
+    expected = {None: peft_greedy(reference_dir, None, LORA_PROMPTS),
+                lora: peft_greedy(reference_dir, lora.lora_path, LORA_PROMPTS)}
+    engine = Engine(str(quantized_dir), dtype="float32", kv_cache_memory_gb=0.01, block_size=4, enable_lora=True)
+    for loras in ([lora] * len(LORA_PROMPTS), [None, lora] * (len(LORA_PROMPTS) // 2)):
+        assert kvserve_ids(engine, LORA_PROMPTS, loras) == [expected[r][i] for i, r in enumerate(loras)], loras

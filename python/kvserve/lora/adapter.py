@@ -106,10 +106,10 @@ def load_adapter(request: LoRARequest, model: nn.Module, max_rank: int) -> LoRAA
         layer, index = _layer(name, modules, model)
         a, b = pair["A"], pair["B"]
         rank = a.shape[0]
-        if a.dim() != 2 or b.dim() != 2 or tuple(a.shape) != (rank, layer.weight.shape[1]) or \
+        if a.dim() != 2 or b.dim() != 2 or tuple(a.shape) != (rank, layer.input_size) or \
                 tuple(b.shape) != (layer.output_sizes[index], rank):
             raise ValueError(f"LoRA adapter {str(directory)!r}: {name} has A {list(a.shape)} and B {list(b.shape)}, "
-                             f"expected [r, {layer.weight.shape[1]}] and [{layer.output_sizes[index]}, r]")
+                             f"expected [r, {layer.input_size}] and [{layer.output_sizes[index]}, r]")
         if rank > max_rank:
             raise ValueError(f"LoRA adapter {str(directory)!r}: {name} has rank {rank}, above max_lora_rank "
                              f"{max_rank}")

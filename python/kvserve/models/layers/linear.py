@@ -163,6 +163,7 @@ class Linear(nn.Module):
     def __init__(self, input_size: int, output_sizes: int | tuple[int, ...], bias: bool, dtype: torch.dtype):
         super().__init__()
         self.output_sizes = (output_sizes,) if isinstance(output_sizes, int) else tuple(output_sizes)
+        self.input_size = input_size  # in_features (a uint4 weight's bytes hold half as many columns)
         total = sum(self.output_sizes)
         self.dtype = dtype  # of the inputs and outputs (the weight's too, unless quantized)
         self.weight = nn.Parameter(torch.empty(total, input_size, dtype=dtype), requires_grad=False)
