@@ -30,8 +30,10 @@ void linear_avx512_bf16(const LinearParams&, int64_t n_begin, int64_t n_end);
 // linear_avx512_bf16_e4m3_rows (input rows in the vector lanes).
 void linear_avx512_bf16_e4m3(const LinearParams&, int64_t n_begin, int64_t n_end);
 void linear_avx512_bf16_e4m3_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
-// The same over a uint4 weight: up to 8 rows reading the codes as bfloat16 pairs, more its panels.
+// The same over a uint4 weight: up to 8 rows reading the codes as bfloat16 pairs, more
+// linear_avx512_bf16_uint4_rows (input rows in the vector lanes).
 void linear_avx512_bf16_uint4(const LinearParams&, int64_t n_begin, int64_t n_end);
+void linear_avx512_bf16_uint4_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
 // The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.
 void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, int64_t block_end);
 

@@ -15,11 +15,10 @@
 // a call, so the 16 lanes of a product hold 4 partial sums of each group, scaled by that group's
 // scale; a last 1-3 groups widen one at a time, in element order.
 //
-// Up to kDirectRows input rows read the codes so; more take the panels of the plain bfloat16
-// product (Bf16Dot), each block of weight rows widened once a tile (uint4_linear.h).
+// Up to kDirectRows input rows read the codes so; more take the lanes kernel
+// (linear_lanes_avx512_bf16.cpp), its weight rows widened to bfloat16 once a call.
 #include <vector>
 
-#include "bf16_dot.h"
 #include "layer_kernels.h"
 #include "vec_avx512.h"
 
@@ -130,9 +129,7 @@ void tile(const LinearParams& p, const Prepared& prepared, int64_t m0, int64_t n
 }  // namespace
 
 void linear_avx512_bf16_uint4(const LinearParams& p, int64_t n_begin, int64_t n_end) {
-  if (p.num_rows > kDirectRows) {
-    return Uint4Linear<Avx512, SmallLinear<Bf16Dot, BFloat16>, BFloat16>::panels(p, n_begin, n_end);
-  }
+  if (p.num_rows > kDirectRows) return linear_avx512_bf16_uint4_rows(p, n_begin, n_end);
   thread_local Prepared prepared;
   prepare(p, prepared);
   for (int64_t n = n_begin; n < n_end; ++n) {

@@ -143,7 +143,7 @@ def test_a_quantized_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, r
     x = torch.randn(rows, in_features, generator=generator).to(dtype)
     expected = x.double() @ dequantize_fp8(layer.weight, layer.weight_scale, torch.float64).T + layer.bias.double()
     torch.testing.assert_close(layer(x).double(), expected, rtol=1e-2, atol=2e-2)
-    long_rows = rows * in_features * x.element_size() > linear_module.E4M3_DENSE_INPUT_BYTES
+    long_rows = rows * in_features * x.element_size() > linear_module.DENSE_INPUT_BYTES
     dense = (rows >= 256 or long_rows) and linear_module.onednn_packs(dtype)
     assert widened == ([1] if dense else [])
 
@@ -176,10 +176,12 @@ def test_linear_checks_a_quantized_weights_arguments(change, message):
 def test_check_quantization():
     check_quantization(None, torch.device("cuda"))
     check_quantization("fp8", torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"quantization must be one of \['fp8'\] or None, got 'awq'"):
-        check_quantization("awq")
-    with pytest.raises(ValueError, match="runs on the CPU only"):
-        check_quantization("fp8", torch.device("cuda"))
+    check_quantization("awq", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"must be one of \['fp8', 'gptq', 'awq'\] or None, got 'bitsandbytes'"):
+        check_quantization("bitsandbytes")
+    for method in ("fp8", "gptq"):
+        with pytest.raises(ValueError, match="runs on the CPU only"):
+            check_quantization(method, torch.device("cuda"))
 
 
 def save_dequantized(directory, destination):
@@ -314,7 +316,8 @@ def test_an_fp8_checkpoint_loads_its_codes_and_matches_transformers(tiny_model_d
      r"config group 'g' quantizes weights as"),
     ({"quant_method": "compressed-tensors", "config_groups": {}, "kv_cache_scheme": {"num_bits": 8}},
      "KV-cache scales"),
-    ({"quant_method": "awq", "bits": 4}, r"\(method 'awq'\); expected an unquantized checkpoint"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True},
+     r"\(method 'bitsandbytes'\); expected an unquantized checkpoint"),
 ])
 def test_checkpoint_quantizations_kvserve_cannot_read_are_refused(quantization_config, message):
     with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: .*" + message):

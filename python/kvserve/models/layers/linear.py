@@ -25,8 +25,8 @@ float32 scale per row (quantized_linear): kvserve.ops.linear reads the codes dir
 weight rows at a time against input rows in the vector lanes); from 256 rows (or fewer, longer ones)
 of a dtype oneDNN takes on this CPU, the whole weight is widened once a call and multiplied by
 oneDNN's GEMM (float32: on its blocked copy, made for the call), which runs such products faster.
-A GGUF file's 4-bit blocks load as uint4 codes (kvserve.uint4), which take the same paths (widened
-for oneDNN from UINT4_DENSE_ROWS rows).
+A GGUF file's 4-bit blocks and GPTQ and AWQ weights load as uint4 codes (kvserve.uint4), which take
+the same paths (in bfloat16 widened for oneDNN from UINT4_DENSE_ROWS rows; in float32 never).
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
@@ -56,11 +56,11 @@ OPS_MAX_ROWS = 4
 # or from this many bytes of input rows (which kvserve's kernel reads again for every 12 weight rows:
 # past its L2 share they come from further away): bench/README.md, "Weight-only fp8".
 E4M3_DENSE_ROWS = 256
-E4M3_DENSE_INPUT_BYTES = 512 << 10
-# The same for a bfloat16 product over uint4 codes, from this many rows (bench/README.md, "uint4
-# weights"); in float32 the panels ran faster at every row count, oneDNN's packing of the weight
-# costing more than it saved.
-UINT4_DENSE_ROWS = 32
+DENSE_INPUT_BYTES = 512 << 10
+# The same for a bfloat16 product over uint4 codes, from this many rows (or DENSE_INPUT_BYTES;
+# bench/README.md, "uint4 weights"); in float32 kvserve's panels ran faster at every row count,
+# oneDNN's packing of the weight costing more than it saved.
+UINT4_DENSE_ROWS = 128
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -142,10 +142,11 @@ def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, 
     offsets [N, K / 32] (module docstring)."""
     rows = x.reshape(-1, x.shape[-1])
     out_features = codes.shape[0]
+    long_rows = rows.numel() * rows.element_size() > DENSE_INPUT_BYTES
     if offset is None:
-        dense = rows.shape[0] >= E4M3_DENSE_ROWS or rows.numel() * rows.element_size() > E4M3_DENSE_INPUT_BYTES
+        dense = rows.shape[0] >= E4M3_DENSE_ROWS or long_rows
     else:
-        dense = rows.shape[0] >= UINT4_DENSE_ROWS and x.dtype == torch.bfloat16
+        dense = x.dtype == torch.bfloat16 and (rows.shape[0] >= UINT4_DENSE_ROWS or long_rows)
     if dense and onednn_packs(x.dtype):
         weight = torch.empty(out_features, x.shape[-1], dtype=x.dtype)
         ops.dequantize_weight(weight, codes, scale, offset)

@@ -1,21 +1,23 @@
-// The bfloat16 linear over an e4m3 weight (LinearParams::weight_dtype) for many input rows, with
-// AVX512-BF16 dot products (compiled with -mavx512bf16).
+// The bfloat16 linear over a quantized weight (LinearParams::weight_dtype: e4m3 or uint4 codes) for
+// many input rows, with AVX512-BF16 dot products (compiled with -mavx512bf16).
 //
-// Up to 8 rows read the codes directly (linear_avx512_bf16_e4m3, small_linear.h). More rows are a
-// GEMM, which the few-rows kernel's layout runs at half oneDNN's rate (each of its sums ends in a
-// horizontal reduction). Here the input rows go in the vector lanes instead:
+// Up to 8 rows read the codes directly (linear_avx512_bf16_e4m3, small_linear.h;
+// linear_avx512_bf16_uint4). More rows are a GEMM, which the few-rows kernel's layout runs at half
+// oneDNN's rate (each of its sums ends in a horizontal reduction). Here the input rows go in the
+// vector lanes instead:
 //
 //   pairs [ceil(K / 2)][rows, padded to 16][2]   the input, each lane a row's two columns 2j, 2j + 1
 //                                                (packed once a call: the input is small beside the
 //                                                weight)
 //   panel [kRowsN][K, padded to even]            kRowsN weight rows, widened once a call to
-//                                                bfloat16 (exact) in e4m3_weight's unit
+//                                                bfloat16: e4m3 codes exactly, in e4m3_weight's
+//                                                unit; uint4 ones as code * scale + offset, rounded
 //
 // and for each pair j, vdpbf16ps adds a weight row's pair j (broadcast) dotted with 16 rows' pair j
 // to those rows' sums: kRowsN weight rows x 32 input rows of float32 sums stay in 24 registers
 // across K (x 16 in 12 for the last 16 rows or fewer), with no reduction at the end; each is
-// scaled once, by kE4m3WeightUnit times its row's weight_scale, the bias added, and rounded to
-// bfloat16, as small_linear.h's tile does.
+// scaled once (e4m3: by kE4m3WeightUnit times its row's weight_scale), the bias added, and rounded
+// to bfloat16, as small_linear.h's tile does.
 #include <vector>
 
 #include "layer_kernels.h"
@@ -40,19 +42,31 @@ void pack_pairs(const LinearParams& p, int64_t padded_rows, std::vector<uint32_t
   }
 }
 
-// out[k] = code row[k]'s value in e4m3_weight's unit, as bfloat16 (exact: 4 significant bits),
-// 32 at a time with one vcvtne2ps2bf16.
-void widen_row(const Float8E4M3* row, BFloat16* out, int64_t n) {
-  int64_t k = 0;
-  for (; k + 32 <= n; k += 32) {
-    const __m512bh pairs = _mm512_cvtne2ps_pbh(Avx512::load_weight(row + k + 16), Avx512::load_weight(row + k));
-    _mm512_storeu_si512(out + k, (__m512i)pairs);
+// How an e4m3 weight's row n widens (its codes' values in e4m3_weight's unit, as bfloat16: exact,
+// 4 significant bits; 32 at a time with one vcvtne2ps2bf16) and the factor its sums take.
+struct E4m3Rows {
+  static void widen(const LinearParams& p, int64_t n, BFloat16* out) {
+    const Float8E4M3* row = static_cast<const Float8E4M3*>(p.weight) + n * p.weight_stride;
+    int64_t k = 0;
+    for (; k + 32 <= p.in_features; k += 32) {
+      const __m512bh pairs = _mm512_cvtne2ps_pbh(Avx512::load_weight(row + k + 16), Avx512::load_weight(row + k));
+      _mm512_storeu_si512(out + k, (__m512i)pairs);
+    }
+    for (; k < p.in_features; ++k) from_float(e4m3_weight(row[k]), out + k);
   }
-  for (; k < n; ++k) from_float(e4m3_weight(row[k]), out + k);
-}
+  static float factor(const LinearParams& p, int64_t n) { return kE4m3WeightUnit * p.weight_scale[n]; }
+};
+
+// The same for a uint4 weight: each code * scale + offset, rounded to bfloat16 (uint4_linear.h).
+struct Uint4Rows {
+  static void widen(const LinearParams& p, int64_t n, BFloat16* out) {
+    Uint4Linear<Avx512, SmallLinear<FmaDot<Avx512, BFloat16>, BFloat16>, BFloat16>::widen_row(p, n, out);
+  }
+  static float factor(const LinearParams&, int64_t) { return 1.f; }
+};
 
 // kN weight rows from `panel` (rows `row_pairs` pairs apart) against input rows [m0, m0 + 16 kHalves).
-template <int kN, int kHalves>
+template <class Rows, int kN, int kHalves>
 void tile(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, const uint32_t* panel,
           int64_t row_pairs, int64_t m0, int64_t n0) {
   __m512 acc[kN][kHalves];
@@ -69,7 +83,7 @@ void tile(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, con
   const auto* bias = static_cast<const BFloat16*>(p.bias);
   const int64_t rows = p.num_rows - m0 < 16 * kHalves ? p.num_rows - m0 : 16 * kHalves;
   for (int n = 0; n < kN; ++n) {
-    const __m512 factor = _mm512_set1_ps(kE4m3WeightUnit * p.weight_scale[n0 + n]);
+    const __m512 factor = _mm512_set1_ps(Rows::factor(p, n0 + n));
     const __m512 added = _mm512_set1_ps(bias != nullptr ? to_float(bias[n0 + n]) : 0.f);
     alignas(64) BFloat16 column[16 * kHalves];
     for (int h = 0; h < kHalves; ++h) {
@@ -82,31 +96,40 @@ void tile(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, con
 }
 
 // Weight rows [n0, n0 + kN): widened into the panel, then against every input row.
-template <int kN>
+template <class Rows, int kN>
 void rows(const LinearParams& p, const uint32_t* pairs, int64_t padded_rows, std::vector<uint32_t>& panel,
           int64_t n0) {
   const int64_t row_pairs = (p.in_features + 1) / 2;
   panel.resize(static_cast<size_t>(kN * row_pairs));
   for (int n = 0; n < kN; ++n) {
     auto* row = reinterpret_cast<BFloat16*>(panel.data() + n * row_pairs);
-    widen_row(static_cast<const Float8E4M3*>(p.weight) + (n0 + n) * p.weight_stride, row, p.in_features);
+    Rows::widen(p, n0 + n, row);
     if (p.in_features % 2 != 0) row[p.in_features] = BFloat16{0};  // the last pair's pad
   }
   int64_t m0 = 0;
-  for (; p.num_rows - m0 > 16; m0 += 32) tile<kN, 2>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
-  if (m0 < p.num_rows) tile<kN, 1>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
+  for (; p.num_rows - m0 > 16; m0 += 32) tile<Rows, kN, 2>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
+  if (m0 < p.num_rows) tile<Rows, kN, 1>(p, pairs, padded_rows, panel.data(), row_pairs, m0, n0);
+}
+
+template <class Rows>
+void lanes(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  thread_local std::vector<uint32_t> pairs, panel;
+  const int64_t padded_rows = (p.num_rows + 15) / 16 * 16;
+  pack_pairs(p, padded_rows, pairs);
+  int64_t n = n_begin;
+  for (; n + kRowsN <= n_end; n += kRowsN) rows<Rows, kRowsN>(p, pairs.data(), padded_rows, panel, n);
+  for (; n + 4 <= n_end; n += 4) rows<Rows, 4>(p, pairs.data(), padded_rows, panel, n);
+  for (; n < n_end; ++n) rows<Rows, 1>(p, pairs.data(), padded_rows, panel, n);
 }
 
 }  // namespace
 
 void linear_avx512_bf16_e4m3_rows(const LinearParams& p, int64_t n_begin, int64_t n_end) {
-  thread_local std::vector<uint32_t> pairs, panel;
-  const int64_t padded_rows = (p.num_rows + 15) / 16 * 16;
-  pack_pairs(p, padded_rows, pairs);
-  int64_t n = n_begin;
-  for (; n + kRowsN <= n_end; n += kRowsN) rows<kRowsN>(p, pairs.data(), padded_rows, panel, n);
-  for (; n + 4 <= n_end; n += 4) rows<4>(p, pairs.data(), padded_rows, panel, n);
-  for (; n < n_end; ++n) rows<1>(p, pairs.data(), padded_rows, panel, n);
+  lanes<E4m3Rows>(p, n_begin, n_end);
+}
+
+void linear_avx512_bf16_uint4_rows(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  lanes<Uint4Rows>(p, n_begin, n_end);
 }
 
 }  // namespace kvserve::cpu
