@@ -85,7 +85,8 @@ class PyDecoderStack {
     check_cpu(array, key);
     w.data = keep(array);
     const std::string scale_key = std::string(key) + "_scale", offset_key = std::string(key) + "_offset";
-    const auto scale = get(layer, scale_key.c_str(), false, index), offset = get(layer, offset_key.c_str(), false, index);
+    const auto scale = get(layer, scale_key.c_str(), false, index);
+    const auto offset = get(layer, offset_key.c_str(), false, index);
     check_weight_scales(weight_dtype, scale, offset, "layers[" + std::to_string(index) + "]: ", scale_key, offset_key,
                         rows, cols);
     if (scale) {

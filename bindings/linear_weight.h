@@ -89,7 +89,8 @@ inline void check_weight_scales(std::optional<DType> weight_dtype, const std::op
     throw nb::value_error((where + wanted).c_str());
   }
   if (uint4 && in_features % kUInt4GroupSize != 0) {
-    throw nb::value_error((where + "a uint4 weight's rows are whole groups of 32: in_features must be a multiple of 32, got " +
+    throw nb::value_error((where + "a uint4 weight's rows are whole groups of 32: in_features must be a multiple "
+                           "of 32, got " +
                            std::to_string(in_features)).c_str());
   }
   for (const auto& [array, name] : {std::pair{scale, scale_name}, std::pair{offset, offset_name}}) {

@@ -53,8 +53,9 @@ void prepare(const LinearParams& p, Prepared& prepared) {
     for (; k + kQuadElements <= k_total; k += kQuadElements) {
       for (int eighth = 0; eighth < 4; ++eighth) {
         for (int group = 0; group < kQuadGroups; ++group) {
+          const BFloat16* from = x + k + group * kUInt4GroupSize + eighth * 8;
           _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k + (eighth * kQuadGroups + group) * 8),
-                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(x + k + group * kUInt4GroupSize + eighth * 8)));
+                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(from)));
         }
       }
     }

@@ -75,10 +75,10 @@ def test_weight_given_twice_to_the_model_is_an_error(tiny_model_dir):
 def test_quantized_checkpoint_is_refused_before_its_weights_are_read(tmp_path, tiny_model_dir):
     directory = _copy_config(tiny_model_dir("LlamaForCausalLM"), tmp_path / "fp8")
     config = json.loads((directory / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 3}
     (directory / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: config.json has "
-                                         r"quantization_config \(method 'gptq'\)"):
+                                         r"quantization_config \(method 'gptq'\): 3-bit weights"):
         load_model(directory)  # no weights in the directory: the config alone is refused
 
 
