@@ -69,10 +69,12 @@ def test_quantize_uint4_refuses_what_has_no_codes(bad, message):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 70])
-@pytest.mark.parametrize("shape", [(6, 32), (37, 256), (9, 4864)])
+@pytest.mark.parametrize("shape", [(6, 32), (37, 256), (11, 224), (9, 4864)])
 def test_linear_uint4_weight(dtype, rows, shape):
     """Against float64 over code * scale + offset, on random data: up to 8 rows read the codes directly,
-    more widen them into panels of the dtype first; with and without bias."""
+    more widen them first (in rows of the dtype, or on AVX512-BF16 bfloat16 rows against input rows
+    in the vector lanes); groups a row of 1, 8, 7 (AVX512-BF16 widens four at a time) and 152; with
+    and without bias."""
     out_features, in_features = shape
     codes, scale, offset = random_uint4(out_features, in_features, seed=rows)
     weight = dequantize_uint4(codes, scale, offset)
