@@ -26,6 +26,18 @@ def greedy(model, monkeypatch, max_tokens: int, **kwargs):
     return paged_greedy(model, PROMPTS, 6, **kwargs)
 
 
+def assert_same_bits(model, monkeypatch, **kwargs) -> list[list[int]]:
+    """Greedy steps through the decoder stack and through the Python layers give the same ids and
+    logits, bit for bit; the ids."""
+    ids, logits = greedy(model, monkeypatch, 4, **kwargs)
+    reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
+    assert ids == reference_ids
+    for ours, theirs in zip(logits, reference_logits, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            assert torch.equal(a, b)
+    return ids
+
+
 def random_adapter(model, seed: int = 0) -> LoRAAdapter:
     """Deltas of rank 4 per part on qkv, gate_up and down (stacked a, block-diagonal b, as
     lora/adapter.py builds them), none on o; random, never zeros."""
@@ -47,12 +59,7 @@ def test_same_bits_as_the_python_layers(tiny_model_dir, architecture, dtype, mon
     adapter = random_adapter(model)
     # Prefill chunks of 3 tokens put several tokens of one request in a stack step (causal within it).
     for kwargs in ({}, {"prefill_chunk": 3}, {"lora": LoRABatch((adapter,))}):
-        ids, logits = greedy(model, monkeypatch, 4, **kwargs)
-        reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
-        assert ids == reference_ids
-        for ours, theirs in zip(logits, reference_logits, strict=True):
-            for a, b in zip(ours, theirs, strict=True):
-                assert torch.equal(a, b)
+        ids = assert_same_bits(model, monkeypatch, **kwargs)
     assert adapter.stack_deltas is not None  # the adapter's steps ran in the stack
     base_ids, _ = greedy(model, monkeypatch, 4)
     assert ids != base_ids  # and its deltas changed them
@@ -64,12 +71,7 @@ def test_same_bits_as_the_python_layers(tiny_model_dir, architecture, dtype, mon
 def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, cache_dtype, monkeypatch):
     model = load_model(tiny_model_dir("Qwen3ForCausalLM"), dtype=dtype).model
     for kwargs in ({}, {"prefill_chunk": 3}):
-        ids, logits = greedy(model, monkeypatch, 4, cache_dtype=cache_dtype, **kwargs)
-        reference_ids, reference_logits = greedy(model, monkeypatch, 0, cache_dtype=cache_dtype, **kwargs)
-        assert ids == reference_ids
-        for ours, theirs in zip(logits, reference_logits, strict=True):
-            for a, b in zip(ours, theirs, strict=True):
-                assert torch.equal(a, b)
+        assert_same_bits(model, monkeypatch, cache_dtype=cache_dtype, **kwargs)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -84,12 +86,7 @@ def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_p
         model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1)[1], dtype=dtype).model
         assert model.model.layers[0].self_attn.qkv_proj.weight_offset is not None
     for kwargs in ({}, {"lora": LoRABatch((random_adapter(model),))}):
-        ids, logits = greedy(model, monkeypatch, 4, **kwargs)
-        reference_ids, reference_logits = greedy(model, monkeypatch, 0, **kwargs)
-        assert ids == reference_ids
-        for ours, theirs in zip(logits, reference_logits, strict=True):
-            for a, b in zip(ours, theirs, strict=True):
-                assert torch.equal(a, b)
+        assert_same_bits(model, monkeypatch, **kwargs)
 
 
 @pytest.fixture(scope="module")
