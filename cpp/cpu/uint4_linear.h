@@ -2,8 +2,8 @@
 // of 32, each group with a float32 scale and offset), written once over an ISA's vectors V.
 //
 // Up to kDirectRows input rows (decode) read the codes as they are: each 16-byte group widens in
-// registers to 32 floats, code * scale + offset, which multiply-add against up to 4 input rows at
-// once; a decode step reads 0.75 bytes a weight, codes and scales together. More rows take the
+// registers to 32 floats, code * scale + offset (V::widen_group), which multiply-add against up to 4
+// input rows at once; a decode step reads 0.75 bytes a weight, codes and scales together. More rows take the
 // dtype's own product (Panel) over blocks of weight rows widened once per tile of input rows
 // (small_linear.h's widened_panels).
 #pragma once
@@ -22,15 +22,10 @@ constexpr int64_t kUInt4AheadRows = 8;  // weight rows ahead of the one being re
 // row of k_total elements (codes: the row's bytes, scale and offset: its groups').
 template <class V, class T>
 void widen_uint4(const uint8_t* codes, const float* scale, const float* offset, T* out, int64_t k_total) {
+  typename V::Reg w[kUInt4GroupSize / V::kWidth];
   for (int64_t g = 0; g < k_total / kUInt4GroupSize; ++g) {
-    const auto s = V::set1(scale[g]), o = V::set1(offset[g]);
-    const uint8_t* bytes = codes + g * kUInt4HalfGroup;
-    T* group = out + g * kUInt4GroupSize;
-    for (int half = 0; half < 2; ++half) {
-      for (int c = 0; c < kUInt4HalfGroup; c += V::kWidth) {
-        V::store(group + half * kUInt4HalfGroup + c, V::fma(V::load_nibbles(bytes + c, 4 * half), s, o));
-      }
-    }
+    V::widen_group(codes + g * kUInt4HalfGroup, scale[g], offset[g], w);
+    for (int i = 0; i < kUInt4GroupSize / V::kWidth; ++i) V::store(out + g * kUInt4GroupSize + i * V::kWidth, w[i]);
   }
 }
 
@@ -67,15 +62,12 @@ struct Uint4Linear {
     Reg acc[M];
     for (int m = 0; m < M; ++m) acc[m] = V::zero();
     prefetch_ahead(row, scale, offset, p.weight_stride, groups(p));
+    Reg w[kUInt4GroupSize / V::kWidth];
     for (int64_t g = 0; g < groups(p); ++g) {
-      const Reg s = V::set1(scale[g]), o = V::set1(offset[g]);
-      const uint8_t* bytes = row + g * kUInt4HalfGroup;
-      for (int half = 0; half < 2; ++half) {
-        for (int c = 0; c < kUInt4HalfGroup; c += V::kWidth) {
-          const Reg w = V::fma(V::load_nibbles(bytes + c, 4 * half), s, o);
-          const int64_t k = g * kUInt4GroupSize + half * kUInt4HalfGroup + c;
-          for (int m = 0; m < M; ++m) acc[m] = V::fma(V::load(x[m] + k), w, acc[m]);
-        }
+      V::widen_group(row + g * kUInt4HalfGroup, scale[g], offset[g], w);
+      for (int i = 0; i < kUInt4GroupSize / V::kWidth; ++i) {
+        const int64_t k = g * kUInt4GroupSize + i * V::kWidth;
+        for (int m = 0; m < M; ++m) acc[m] = V::fma(V::load(x[m] + k), w[i], acc[m]);
       }
     }
     for (int m = 0; m < M; ++m) {

@@ -62,10 +62,16 @@ struct Avx2 {
   static Reg load(const Float8E5M2* p) { return fp8_to_float(p); }
   static Reg load(const Float8E4M3* p) { return fp8_to_float(p); }
   static Reg load_weight(const Float8E4M3* p) { return e4m3_weights(p); }  // half.h's e4m3_weight
-  // 8 uint4 weight codes: the low (shift 0) or high (shift 4) nibbles of 8 bytes.
-  static Reg load_nibbles(const uint8_t* p, int shift) {
-    const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(bytes, shift), _mm256_set1_epi32(15)));
+  // A uint4 group's 32 weights (uint4_linear.h: 16 bytes, low nibbles elements 0-15, high 16-31),
+  // code * scale + offset, in out[0..3].
+  static void widen_group(const uint8_t* p, float scale, float offset, Reg out[4]) {
+    const Reg s = _mm256_set1_ps(scale), o = _mm256_set1_ps(offset);
+    for (int half = 0; half < 2; ++half) {
+      const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * half)));
+      const __m256i low = _mm256_and_si256(bytes, _mm256_set1_epi32(15)), high = _mm256_srli_epi32(bytes, 4);
+      out[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), s, o);
+      out[2 + half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), s, o);
+    }
   }
   static void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {
