@@ -50,8 +50,8 @@ def checkpoint_quantization(quantization_config, source: str = "config.json") ->
     if not quantization_config:
         return None
     method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else None
-    refused = (f"{source}: quantized checkpoints are not supported: config.json has quantization_config (method "
-               f"{method!r})")
+    refused = (f"{source}: kvserve cannot read this quantized checkpoint: config.json has quantization_config "
+               f"(method {method!r})")
     if method == "fp8":
         if quantization_config.get("weight_block_size"):
             raise ValueError(f"{refused}: block-wise scales (weight_block_size) are not supported; kvserve reads fp8 "

@@ -124,7 +124,7 @@ def test_unknown_architecture_lists_the_supported_ones():
      r"'original_max_position_embeddings'\], missing \['low_freq_factor', 'high_freq_factor'\]$"),
     (dict(rope_scaling={"type": "yarn", "factor": None}), r"rope type 'yarn' needs keys .*, missing \['factor'\]$"),
     (dict(quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}),
-     r"^config.json: quantized checkpoints are not supported: config.json has quantization_config "
+     r"^config.json: kvserve cannot read this quantized checkpoint: config.json has quantization_config "
      r"\(method 'fp8'\): block-wise scales"),
     (dict(quantization_config={"quant_method": "gptq", "bits": 8}), r"quantization_config \(method 'gptq'\): 8-bit"),
     (dict(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),

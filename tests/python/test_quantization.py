@@ -163,7 +163,8 @@ def test_every_isa_path(isa):
     (dict(scale=torch.ones(8).bfloat16()), r"weight_scale: expected dtype float32"),
     (dict(weight=torch.randn(8, 64).to(torch.float8_e5m2)),
      r"weight: expected the dtype of input \(bfloat16\), float8_e4m3fn codes"),
-    (dict(weight=torch.randn(2, 2, 4, 32).to(torch.float8_e4m3fn)), r"a quantized weight is read plain, not interleaved"),
+    (dict(weight=torch.randn(2, 2, 4, 32).to(torch.float8_e4m3fn)),
+     r"a quantized weight is read plain, not interleaved"),
 ])
 def test_linear_checks_a_quantized_weights_arguments(change, message):
     x, out = torch.randn(2, 64).bfloat16(), torch.empty(2, 8, dtype=torch.bfloat16)
@@ -320,7 +321,7 @@ def test_an_fp8_checkpoint_loads_its_codes_and_matches_transformers(tiny_model_d
      r"\(method 'bitsandbytes'\); expected an unquantized checkpoint"),
 ])
 def test_checkpoint_quantizations_kvserve_cannot_read_are_refused(quantization_config, message):
-    with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: .*" + message):
+    with pytest.raises(ValueError, match=r"kvserve cannot read this quantized checkpoint: .*" + message):
         checkpoint_quantization(quantization_config)
 
 

@@ -77,7 +77,7 @@ def test_quantized_checkpoint_is_refused_before_its_weights_are_read(tmp_path, t
     config = json.loads((directory / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "gptq", "bits": 3}
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"quantized checkpoints are not supported: config.json has "
+    with pytest.raises(ValueError, match=r"kvserve cannot read this quantized checkpoint: config.json has "
                                          r"quantization_config \(method 'gptq'\): 3-bit weights"):
         load_model(directory)  # no weights in the directory: the config alone is refused
 

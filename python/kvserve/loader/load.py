@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kvserve.loader.dummy_weights import fill_dummy_weights
+from kvserve.loader.gptq_awq import int4_weights
 from kvserve.loader.model_source import resolve_model_path
 from kvserve.loader.safetensors_weights import iter_safetensors_weights
 from kvserve.loader.tokenizer_parts import TokenizerParts
@@ -23,7 +24,6 @@ from kvserve.models.layers.linear import onednn_packs
 from kvserve.models.registry import POOLING_ONLY, build_model
 from kvserve.models.weight_loading import linear_parts
 from kvserve.pooling import RUNNERS
-from kvserve.loader.gptq_awq import int4_weights
 from kvserve.quantization import CHECKPOINT_ONLY, check_quantization
 
 logger = logging.getLogger("kvserve")
