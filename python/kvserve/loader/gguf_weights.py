@@ -96,6 +96,7 @@ class GgufWeights:
                 yield part_name, self._hf_rows(name, values)
 
     def _hf_rows(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """The rows of tensor `name`'s values (or codes, scales, offsets) in Hugging Face's order."""
         if self.arch == "llama" and ".self_attn.q_proj." in name:
             return undo_rope_permutation(values, self.config.num_attention_heads)
         if self.arch == "llama" and ".self_attn.k_proj." in name:
