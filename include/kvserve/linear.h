@@ -52,9 +52,10 @@ struct LinearParams {
   // A quantized weight (nullopt: the weight is of `dtype`); linear_cpu only, a plain weight, the
   // products in float32 throughout, rounded once.
   //
-  // kFloat8E4M3: 8-bit floats, row n standing for weight_scale[n] times its codes' values: out = (input @ codes^T) * weight_scale
-  // (+ bias). Weight-only quantization of a decode step's projections: half the bytes of a 16-bit
-  // weight to stream. The weight must not hold e4m3's NaN code (the product is then unspecified).
+  // kFloat8E4M3: 8-bit floats, row n standing for weight_scale[n] times its codes' values:
+  // out = (input @ codes^T) * weight_scale (+ bias). Weight-only quantization of a decode step's
+  // projections: half the bytes of a 16-bit weight to stream. The weight must not hold e4m3's NaN
+  // code (the product is then unspecified).
   //
   // kUInt4: 4-bit codes in groups of kUInt4GroupSize along a row, each group standing for
   // code * weight_scale + weight_offset (its own two float32s; llama.cpp's Q4_0, Q4_1 and Q4_K
@@ -62,7 +63,9 @@ struct LinearParams {
   // a 16-bit weight takes 2. The weight is bytes [out_features, in_features / 2], weight_stride
   // counting bytes; group g of a row is bytes 16g .. 16g + 15, byte j holding element 32g + j in its
   // low nibble and element 32g + 16 + j in its high one (the order of llama.cpp's Q4_0 blocks).
-  // in_features must be a multiple of kUInt4GroupSize.
+  // in_features must be a multiple of kUInt4GroupSize. Past 8 rows a float16 or bfloat16 product
+  // first widens the weights to that dtype, each rounded to it (up to 8 rows, and in float32, each
+  // weight's value is exact in float32).
   std::optional<DType> weight_dtype;
   const float* weight_scale = nullptr;   // [out_features] (e4m3), [out_features, in_features / 32] (uint4)
   const float* weight_offset = nullptr;  // [out_features, in_features / 32], with kUInt4 only
