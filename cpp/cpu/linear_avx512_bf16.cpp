@@ -54,14 +54,7 @@ void interleaved_tile(const LinearParams& p, int64_t m0, int64_t block) {
 
 void linear_avx512_bf16_interleaved(const LinearParams& p, int64_t block_begin, int64_t block_end) {
   for (int64_t block = block_begin; block < block_end; ++block) {
-    int64_t m0 = 0;
-    for (; m0 + 4 <= p.num_rows; m0 += 4) interleaved_tile<4>(p, m0, block);
-    switch (p.num_rows - m0) {
-      case 3: interleaved_tile<3>(p, m0, block); break;
-      case 2: interleaved_tile<2>(p, m0, block); break;
-      case 1: interleaved_tile<1>(p, m0, block); break;
-      default: break;
-    }
+    each_row_chunk(0, p.num_rows, [&](int64_t m0, auto m) { interleaved_tile<decltype(m)::value>(p, m0, block); });
   }
 }
 

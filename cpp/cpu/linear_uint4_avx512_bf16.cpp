@@ -28,7 +28,6 @@ namespace {
 // Rows up to which the codes are read directly (9728 x 896, GFLOP/s: at 5-8 rows 248-304 against the
 // lanes kernel's 112-179; at 9 rows 230 against 203, at 12 rows 248-254 against 266-274).
 constexpr int64_t kDirectRows = 8;
-constexpr int kChunkM = 4;
 constexpr int64_t kQuadGroups = 4;  // groups a 64-byte load of codes holds
 constexpr int64_t kQuadElements = kQuadGroups * kUInt4GroupSize;
 
@@ -136,14 +135,7 @@ void linear_avx512_bf16_uint4(const LinearParams& p, int64_t n_begin, int64_t n_
   thread_local Prepared prepared;
   prepare(p, prepared);
   for (int64_t n = n_begin; n < n_end; ++n) {
-    int64_t m0 = 0;
-    for (; m0 + kChunkM <= p.num_rows; m0 += kChunkM) tile<kChunkM>(p, prepared, m0, n);
-    switch (p.num_rows - m0) {
-      case 3: tile<3>(p, prepared, m0, n); break;
-      case 2: tile<2>(p, prepared, m0, n); break;
-      case 1: tile<1>(p, prepared, m0, n); break;
-      default: break;
-    }
+    each_row_chunk(0, p.num_rows, [&](int64_t m0, auto m) { tile<decltype(m)::value>(p, prepared, m0, n); });
   }
 }
 

@@ -1,8 +1,9 @@
 // The linear kernel written once over a dot-product policy (see include/kvserve/linear.h).
 //
 //   for each block of kBlockN weight rows (output features n..n+3), for each chunk of up to
-//   kChunkM input rows: kChunkM x kBlockN accumulators walk along in_features, Dot::kStep elements
-//   a step, then each is summed across its lanes. The weight block stays in L1 across the chunks.
+//   kRowChunk input rows: kRowChunk x kBlockN accumulators walk along in_features, Dot::kStep
+//   elements a step, then each is summed across its lanes. The weight block stays in L1 across the
+//   chunks.
 //
 // FmaDot converts each element to float and multiply-adds (any ISA, any dtype; weights of W, the
 // input's dtype or e4m3 codes, through Dot::load_weight); the AVX512-BF16 translation unit brings a
@@ -40,12 +41,27 @@ inline float weight_value(BFloat16 w) { return to_float(w); }
 inline float weight_value(Float16 w) { return to_float(w); }
 inline float weight_value(Float8E4M3 w) { return e4m3_weight(w); }
 
+// Input rows go through a register tile kRowChunk at a time, the last 1 to 3 through a smaller one
+// (a tile's row count is a template argument): fn(m0, std::integral_constant<int, M>{}) for each
+// chunk of input rows [m_begin, m_end).
+constexpr int kRowChunk = 4;
+template <class Fn>
+void each_row_chunk(int64_t m_begin, int64_t m_end, Fn fn) {
+  int64_t m0 = m_begin;
+  for (; m0 + kRowChunk <= m_end; m0 += kRowChunk) fn(m0, std::integral_constant<int, kRowChunk>{});
+  switch (m_end - m0) {
+    case 3: fn(m0, std::integral_constant<int, 3>{}); break;
+    case 2: fn(m0, std::integral_constant<int, 2>{}); break;
+    case 1: fn(m0, std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
 template <class Dot, class T, class W = T>
 struct SmallLinear {
   using Reg = typename Dot::Reg;
   using Operand = typename Dot::Operand;
   static constexpr int kBlockN = 4;
-  static constexpr int kChunkM = 4;
   static constexpr int64_t kTileBytes = 256 << 10;
   static constexpr int64_t kMaxTileM = 64;
 
@@ -89,22 +105,15 @@ struct SmallLinear {
 
   template <int N>
   static void rows(const LinearParams& p, int64_t n0, int64_t m_begin, int64_t m_end, const W* rows, int64_t stride) {
-    int64_t m0 = m_begin;
-    for (; m0 + kChunkM <= m_end; m0 += kChunkM) tile<kChunkM, N>(p, m0, n0, rows, stride);
-    switch (m_end - m0) {
-      case 3: tile<3, N>(p, m0, n0, rows, stride); break;
-      case 2: tile<2, N>(p, m0, n0, rows, stride); break;
-      case 1: tile<1, N>(p, m0, n0, rows, stride); break;
-      default: break;
-    }
+    each_row_chunk(m_begin, m_end, [&](int64_t m0, auto m) { tile<decltype(m)::value, N>(p, m0, n0, rows, stride); });
   }
 
   // fn(m_begin, m_end) over the input rows a tile at a time, so that the tile (~kTileBytes) stays in
   // L2 while every weight block of the thread's columns passes it.
   template <class Fn>
   static void each_tile(const LinearParams& p, Fn fn) {
-    int64_t tile_m = kTileBytes / (p.in_features * static_cast<int64_t>(sizeof(T))) / kChunkM * kChunkM;
-    tile_m = tile_m < kChunkM ? kChunkM : tile_m > kMaxTileM ? kMaxTileM : tile_m;
+    int64_t tile_m = kTileBytes / (p.in_features * static_cast<int64_t>(sizeof(T))) / kRowChunk * kRowChunk;
+    tile_m = tile_m < kRowChunk ? kRowChunk : tile_m > kMaxTileM ? kMaxTileM : tile_m;
     for (int64_t m_begin = 0; m_begin < p.num_rows; m_begin += tile_m) {
       fn(m_begin, m_begin + tile_m < p.num_rows ? m_begin + tile_m : p.num_rows);
     }

@@ -44,7 +44,6 @@ template <class V, class Panel, class T>
 struct Uint4Linear {
   using Reg = typename V::Reg;
   static constexpr int64_t kDirectRows = 8;
-  static constexpr int kChunkM = 4;
 
   static const uint8_t* codes(const LinearParams& p, int64_t n) {
     return static_cast<const uint8_t*>(p.weight) + n * p.weight_stride;
@@ -89,14 +88,7 @@ struct Uint4Linear {
     if (p.num_rows > kDirectRows) return panels(p, n_begin, n_end);
     // Each weight row stays in L1 across the chunks of input rows.
     for (int64_t n = n_begin; n < n_end; ++n) {
-      int64_t m0 = 0;
-      for (; m0 + kChunkM <= p.num_rows; m0 += kChunkM) tile<kChunkM>(p, m0, n);
-      switch (p.num_rows - m0) {
-        case 3: tile<3>(p, m0, n); break;
-        case 2: tile<2>(p, m0, n); break;
-        case 1: tile<1>(p, m0, n); break;
-        default: break;
-      }
+      each_row_chunk(0, p.num_rows, [&](int64_t m0, auto m) { tile<decltype(m)::value>(p, m0, n); });
     }
   }
 
