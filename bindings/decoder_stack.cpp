@@ -78,8 +78,7 @@ class PyDecoderStack {
     const Array array = *get(layer, key, true, index);
     DecoderWeight w;
     const std::optional<DType> weight_dtype = check_weight_dtype(array, key, reference_, "final_norm");
-    w.interleaved = check_linear_weight(array, key, weight_columns(weight_dtype, cols),
-                                        weight_dtype == DType::kUInt4 ? "in_features / 2" : "in_features");
+    w.interleaved = check_linear_weight(array, key, cols, "in_features", weight_dtype);
     check_linear_out_features(array, key, rows);
     check_contiguous(array, key);
     check_cpu(array, key);

@@ -27,10 +27,11 @@ inline int64_t linear_in_features(const Array& weight) {
   return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : weight.dtype() == kUInt8 ? 2 : 1);
 }
 
-// A weight in either layout with `in_features` columns (`what` names them in messages), its last
-// dimension contiguous (an interleaved one contiguous throughout); true if interleaved. The caller
-// checks where it lives.
-inline bool check_linear_weight(const Array& weight, const char* name, int64_t in_features, const char* what) {
+// A weight in either layout with `in_features` columns (`what` names them in messages; a uint4
+// weight's bytes hold two, so it has half as many), its last dimension contiguous (an interleaved
+// one contiguous throughout); true if interleaved. The caller checks where it lives.
+inline bool check_linear_weight(const Array& weight, const char* name, int64_t in_features, const char* what,
+                                std::optional<DType> weight_dtype = std::nullopt) {
   if (is_interleaved(weight)) {
     check_dim(weight, name, 2, 4, "the 4 rows of an interleaved block");
     check_dim(weight, name, 3, 32, "the 32 elements of an interleaved chunk");
@@ -41,7 +42,11 @@ inline bool check_linear_weight(const Array& weight, const char* name, int64_t i
     check_contiguous(weight, name);
   } else {
     check_ndim(weight, name, 2, "[out_features, in_features]");
-    check_dim(weight, name, 1, in_features, what);
+    if (weight_dtype == DType::kUInt4) {
+      check_dim(weight, name, 1, in_features / 2, (std::string(what) + " / 2").c_str());
+    } else {
+      check_dim(weight, name, 1, in_features, what);
+    }
     check_contiguous(weight, name, 1);
   }
   return is_interleaved(weight);
@@ -64,11 +69,6 @@ inline std::optional<DType> check_weight_dtype(const Array& weight, const char* 
     throw nb::value_error((std::string(name) + ": a quantized weight is read plain, not interleaved").c_str());
   }
   return weight.dtype() == kUInt8 ? DType::kUInt4 : DType::kFloat8E4M3;
-}
-
-// The columns a weight of this element type holds for `in_features`: a uint4 weight's bytes hold two.
-inline int64_t weight_columns(std::optional<DType> weight_dtype, int64_t in_features) {
-  return weight_dtype == DType::kUInt4 ? in_features / 2 : in_features;
 }
 
 // What comes with a weight of this element type: an e4m3 one's float32 scales [out_features], a
