@@ -61,4 +61,3 @@ def gguf_uint4(data: np.ndarray, tensor_type: GGMLQuantizationType,
     return (torch.from_numpy(np.ascontiguousarray(codes).reshape(rows, -1)),
             torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(rows, -1)),
             torch.from_numpy(np.ascontiguousarray(offset, dtype=np.float32).reshape(rows, -1)))
-

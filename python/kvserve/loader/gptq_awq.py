@@ -22,7 +22,6 @@ import torch
 
 from kvserve.uint4 import GROUP_SIZE, pack_uint4
 
-INT4_METHODS = ("gptq", "awq")
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 # AWQ's word holds columns 0 2 4 6 1 3 5 7; column c of the eight is nibble _AWQ_NIBBLE[c].
 _AWQ_NIBBLE = [0, 4, 1, 5, 2, 6, 3, 7]

@@ -79,13 +79,19 @@ def _keep_uint4(module: nn.Module, stored: set[str]) -> set[str]:
         if linear in decoder and all(name in stored for name in names):
             linear.prepare_uint4()
             kept.update(names)
+    _log_uint4("GGUF", module)
+    return kept
+
+
+def _log_uint4(source: str, module: nn.Module) -> None:
+    """How many of the decoder's projections hold uint4 codes, and their bytes with their scales."""
+    decoder = list(module.decoder_linears())
     quantized = [linear for linear in decoder if linear.weight_offset is not None]
     if quantized:
-        logger.info("GGUF: %d of %d decoder projections read as uint4 codes (%.2f GB with their scales)%s",
+        logger.info("%s: %d of %d decoder projections read as uint4 codes (%.2f GB with their scales)%s", source,
                     len(quantized), len(decoder),
                     sum(linear.weight.numel() + 8 * linear.weight_scale.numel() for linear in quantized) / 1e9,
                     "" if len(quantized) == len(decoder) else "; the others widened to the dtype")
-    return kept
 
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
@@ -148,6 +154,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
             bias_free = {name.removesuffix("weight") + "bias" for linear, names in
                          linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
             weights = int4_weights(weights, quantization, bias_free)
+            _log_uint4(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu" and quantization is None:
         # A GGUF file's 4-bit blocks are read as they are, unless a quantization was asked for.
         weights.uint4 = _keep_uint4(module, weights.uint4_names())
@@ -157,10 +164,6 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         module.load_weights(weights, score_token_ids=_token_ids(path, model_config.classifier_from_token))
     else:
         module.load_weights(weights)
-    if quantization in CHECKPOINT_ONLY and prequantized:
-        codes = sum(linear.weight.numel() for linear in module.decoder_linears())
-        logger.info("quantization %s: %.2f GB of decoder weights as uint4 codes, a float32 scale and offset a "
-                    "group of 32", quantization, codes / 1e9)
     if quantization == "fp8":
         for linear in module.decoder_linears():
             linear.quantize_fp8()

@@ -188,15 +188,14 @@ class Linear(nn.Module):
     def prepare_fp8(self) -> None:
         """Uninitialized e4m3 codes and row scales in place of the weight, for a checkpoint's codes and
         scales to load into as they are."""
-        rows, columns = self.weight.shape
-        self._prepare(torch.empty(rows, columns, dtype=torch.float8_e4m3fn), torch.empty(rows), None)
+        rows = sum(self.output_sizes)
+        self._prepare(torch.empty(rows, self.input_size, dtype=torch.float8_e4m3fn), torch.empty(rows), None)
 
     def prepare_uint4(self) -> None:
         """Uninitialized uint4 codes with their groups' scales and offsets (kvserve.uint4) in place of
         the weight, for a checkpoint's 4-bit blocks to load into."""
-        rows, columns = self.weight.shape
-        groups = columns // uint4.GROUP_SIZE
-        self._prepare(torch.empty(rows, columns // 2, dtype=torch.uint8), torch.empty(rows, groups),
+        rows, groups = sum(self.output_sizes), self.input_size // uint4.GROUP_SIZE
+        self._prepare(torch.empty(rows, self.input_size // 2, dtype=torch.uint8), torch.empty(rows, groups),
                       torch.empty(rows, groups))
 
     def _prepare(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> None:
