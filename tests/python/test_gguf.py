@@ -7,13 +7,13 @@ import gguf
 import pytest
 import torch
 from tokenizers import Tokenizer
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from kvserve.loader import load_model
 from kvserve.loader.gguf_tokenizer import tokenizer_from_gguf
 from kvserve.loader.gguf_weights import undo_rope_permutation
 from paged_greedy import paged_greedy
-from test_models import PROMPTS, assert_logits_close
+from test_models import PROMPTS, assert_logits_close, hf_greedy
 from tiny_gguf import llama_cpp_permute, write_sentencepiece_gguf, write_tiny_gguf
 
 TEXTS = ["The capital of France is Paris.", "Numbers 12345 and 3.14!", "Café 東京 🙂",
@@ -52,13 +52,10 @@ def test_quantized_file_matches_transformers_gguf_loader(gguf_pair):
     _, path = gguf_pair("LlamaForCausalLM", gguf.GGMLQuantizationType.Q8_0, rope_scaling=None)
     loaded = load_model(path)
     assert loaded.dtype == torch.float32  # "auto" on a quantized file: dequantized values are exact in float32
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     ids, logits = paged_greedy(loaded.model, PROMPTS[:2], 3)
-    for prompt, our_ids, our_logits in zip(PROMPTS[:2], ids, logits, strict=True):
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False, eos_token_id=None,
-                          output_logits=True, return_dict_in_generate=True)
-        assert our_ids == out.sequences[0, len(prompt):].tolist()
-        assert_logits_close([our_logits], [[step[0] for step in out.logits]])
+    hf_ids, hf_logits = hf_greedy(path.parent, PROMPTS[:2], 3, gguf_file=path.name)
+    assert ids == hf_ids
+    assert_logits_close(logits, hf_logits)
 
 
 def test_tokenizer_round_trip(gguf_pair):

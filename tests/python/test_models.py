@@ -45,10 +45,12 @@ def rounding_cache(model, narrower_cache) -> dict:
     return {} if narrower_cache is None else {"past_key_values": RoundingCache(narrower_cache, model.config)}
 
 
-def hf_greedy(directory, prompts, num_new_tokens, use_cache=True, narrower_cache=None):
+def hf_greedy(directory, prompts, num_new_tokens, use_cache=True, narrower_cache=None, gguf_file=None):
     """transformers' greedy ids and per-step logits, one prompt at a time (no padding);
-    `narrower_cache`: the dtype its KV cache rounds to."""
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    `narrower_cache`: the dtype its KV cache rounds to; `gguf_file`: a GGUF file in `directory`,
+    read by transformers' own GGUF loader (dequantized to float32)."""
+    gguf = {} if gguf_file is None else {"gguf_file": gguf_file}
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, **gguf).eval()
     ids, logits = [], []
     for prompt in prompts:
         out = model.generate(torch.tensor([prompt]), max_new_tokens=num_new_tokens, do_sample=False,

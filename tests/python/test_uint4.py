@@ -9,7 +9,6 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
-from transformers import AutoModelForCausalLM
 
 from isa_paths import ISAS, run_tests_under_isa
 from kvserve import Engine, SamplingParams, ops
@@ -19,7 +18,7 @@ from kvserve.loader.gguf_uint4 import UINT4_TYPES, gguf_uint4
 from kvserve.uint4 import dequantize_uint4, pack_uint4, quantize_uint4, unpack_uint4
 from paged_greedy import paged_greedy
 from test_layer_ops import DTYPES
-from test_models import PROMPTS, assert_logits_close
+from test_models import PROMPTS, assert_logits_close, hf_greedy
 
 
 def random_uint4(out_features: int, in_features: int, seed: int = 0):
@@ -218,18 +217,6 @@ def test_gguf_uint4_refuses_other_blocks():
         gguf_uint4(np.zeros((1, 34), dtype=np.uint8), GGMLQuantizationType.Q8_0, 1)
 
 
-def hf_gguf_greedy(path, prompts, max_new_tokens):
-    """transformers' own GGUF loader (dequantizing to float32): greedy ids and each step's logits."""
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-    ids, logits = [], []
-    for prompt in prompts:
-        out = hf.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None,
-                          output_logits=True, return_dict_in_generate=True)
-        ids.append(out.sequences[0, len(prompt):].tolist())
-        logits.append([step[0] for step in out.logits])
-    return ids, logits
-
-
 @pytest.mark.parametrize("architecture, tensor_type, tensor_types", [
     ("LlamaForCausalLM", GGMLQuantizationType.Q4_0, None),
     ("Qwen2ForCausalLM", GGMLQuantizationType.Q4_1, None),
@@ -254,7 +241,7 @@ def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architectur
     assert quantized == expected
     assert layer.self_attn.o_proj.weight.dtype == torch.uint8
     ids, logits = paged_greedy(model, PROMPTS[:2], 4)
-    hf_ids, hf_logits = hf_gguf_greedy(path, PROMPTS[:2], 4)
+    hf_ids, hf_logits = hf_greedy(path.parent, PROMPTS[:2], 4, gguf_file=path.name)
     assert_logits_close(logits, hf_logits)
     assert ids == hf_ids
 
