@@ -26,8 +26,10 @@ inline constexpr nb::dlpack::dtype kBFloat16{(uint8_t)nb::dlpack::dtype_code::Bf
 inline constexpr nb::dlpack::dtype kInt32{(uint8_t)nb::dlpack::dtype_code::Int, 32, 1};
 inline constexpr nb::dlpack::dtype kInt64{(uint8_t)nb::dlpack::dtype_code::Int, 64, 1};
 inline constexpr std::initializer_list<nb::dlpack::dtype> kFloatDtypes = {kFloat32, kFloat16, kBFloat16};
-// torch.float8_e4m3fn and torch.float8_e5m2: the elements of an fp8 KV cache.
+// The bytes of uint4 weight codes, and int8 ones.
 inline constexpr nb::dlpack::dtype kUInt8{(uint8_t)nb::dlpack::dtype_code::UInt, 8, 1};
+inline constexpr nb::dlpack::dtype kInt8{(uint8_t)nb::dlpack::dtype_code::Int, 8, 1};
+// torch.float8_e4m3fn and torch.float8_e5m2: the elements of an fp8 KV cache.
 inline constexpr nb::dlpack::dtype kFloat8E4M3{(uint8_t)nb::dlpack::dtype_code::Float8_E4M3FN, 8, 1};
 inline constexpr nb::dlpack::dtype kFloat8E5M2{(uint8_t)nb::dlpack::dtype_code::Float8_E5M2, 8, 1};
 // The dtypes a KV cache may hold (which rows each serves: check_cache_dtype).

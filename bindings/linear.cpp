@@ -139,14 +139,15 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
 }
 
 // out [N, K] = the weight quantized codes stand for (dequantize_weight_cpu): float8_e4m3fn [N, K] with
-// weight_scale [N], or uint4 codes (uint8 [N, K / 2]) with weight_scale and weight_offset [N, K / 32].
+// weight_scale [N], uint4 codes (uint8 [N, K / 2]) with weight_scale and weight_offset [N, K / 32], or
+// int8 codes [N, K] with weight_scale [N, K / 16].
 void dequantize_weight(Array out, Array weight, Array weight_scale, std::optional<Array> weight_offset) {
   check_dtype(out, "out", kFloatDtypes);
   check_matrix(out, "out", "[out_features, in_features]");
-  check_dtype(weight, "weight", {kFloat8E4M3, kUInt8});
+  check_dtype(weight, "weight", {kFloat8E4M3, kUInt8, kInt8});
   check_matrix(weight, "weight", "[out_features, in_features (/ 2 for uint4 codes)]");
   const auto out_features = static_cast<int64_t>(out.shape(0)), in_features = static_cast<int64_t>(out.shape(1));
-  const DType weight_dtype = weight.dtype() == kUInt8 ? DType::kUInt4 : DType::kFloat8E4M3;
+  const DType weight_dtype = *code_dtype(weight.dtype());
   check_dim(weight, "weight", 0, out_features, "out_features of out");
   check_linear_weight(weight, "weight", in_features, "in_features of out", weight_dtype);
   check_weight_scales(weight_dtype, weight_scale, weight_offset, "dequantize_weight: ", "weight_scale",
@@ -186,7 +187,8 @@ void bind_linear(nb::module_& m) {
         "weight may be interleaved, [N / 4, K / 32, 4, 32] (see linear_interleave_supported),\n"
         "float8_e4m3fn codes with weight_scale [N] (float32): out = (input @ weight^T) * weight_scale + bias,\n"
         "or uint4 codes, uint8 [N, K / 2], with weight_scale and weight_offset [N, K / 32] (float32), each\n"
-        "group of 32 codes standing for code * scale + offset (kvserve/linear.h has the byte order).\n"
+        "group of 32 codes standing for code * scale + offset (kvserve/linear.h has the byte order), or\n"
+        "int8 codes [N, K] with weight_scale [N, K / 16], each group of 16 standing for code * scale.\n"
         "With silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
@@ -199,7 +201,8 @@ void bind_linear(nb::module_& m) {
         nb::arg("weight_scale"), nb::arg("weight_offset") = nb::none(),
         "out [N, K] = the weight linear's product over quantized codes stands for, rounded to out's dtype\n"
         "(CPU): float8_e4m3fn [N, K] times its rows' weight_scale [N], or uint4 codes (uint8 [N, K / 2]),\n"
-        "code * scale + offset with weight_scale and weight_offset [N, K / 32] (float32).");
+        "code * scale + offset with weight_scale and weight_offset [N, K / 32] (float32), or int8 codes\n"
+        "[N, K], code * scale with weight_scale [N, K / 16].");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),
         "Whether linear takes this weight [N, K] interleaved on this CPU (bfloat16, AVX512-BF16, N % 4 == 0,\n"
         "K % 32 == 0).");

@@ -116,7 +116,16 @@ Status check_plain_weight(const LinearParams& p, std::string* why) {
     }
     return check_rows("weight", p.out_features, 1, p.in_features / 2, p.weight_stride, 0, why);
   }
-  return fail(why, "weight_dtype: expected float8_e4m3 or uint4 (a quantized weight) or none, got dtype " +
+  if (*p.weight_dtype == DType::kInt8) {
+    if (p.weight_scale == nullptr) return fail(why, "weight_scale: an int8 weight needs its groups' scales");
+    if (p.weight_offset != nullptr) return fail(why, "weight_offset: for a uint4 weight, not an int8 one");
+    if (p.in_features % kInt8GroupSize != 0) {
+      return fail(why, "in_features: an int8 weight's rows are whole groups of " + str(kInt8GroupSize) + ", got " +
+                           str(p.in_features));
+    }
+    return check_rows("weight", p.out_features, 1, p.in_features, p.weight_stride, 0, why);
+  }
+  return fail(why, "weight_dtype: expected float8_e4m3, uint4 or int8 (a quantized weight) or none, got dtype " +
                        str(static_cast<int64_t>(*p.weight_dtype)));
 }
 

@@ -58,14 +58,14 @@ LinearParams linear_params(const DecoderStack& s, void* out, const void* input, 
   p.input = input;
   p.input_stride = in_features;
   p.weight = weight.data;
-  p.weight_stride = weight.offset != nullptr ? in_features / 2 : in_features;  // uint4: two codes a byte
+  p.weight_stride = weight.weight_dtype == DType::kUInt4 ? in_features / 2 : in_features;  // two codes a byte
   p.bias = bias;
   p.num_rows = num_rows;
   p.in_features = in_features;
   p.out_features = out_features;
   p.dtype = s.dtype;
   p.weight_interleaved = weight.interleaved;
-  if (weight.scale != nullptr) p.weight_dtype = weight.offset != nullptr ? DType::kUInt4 : DType::kFloat8E4M3;
+  p.weight_dtype = weight.weight_dtype;
   p.weight_scale = weight.scale;
   p.weight_offset = weight.offset;
   return p;
@@ -165,12 +165,12 @@ Status add_lora(const DecoderStack& s, const LoRADelta& delta, void* out, const 
                 int64_t in_features, int64_t out_features, Scratch& t) {
   if (delta.a == nullptr) return Status::kOk;
   if (Status status =
-          linear_cpu(linear_params(s, t.lora_inner, input, DecoderWeight{delta.a}, nullptr, n, in_features, delta.rank));
+          linear_cpu(linear_params(s, t.lora_inner, input, DecoderWeight{delta.a, std::nullopt}, nullptr, n, in_features, delta.rank));
       status != Status::kOk) {
     return status;
   }
   if (Status status = linear_cpu(
-          linear_params(s, t.lora_delta, t.lora_inner, DecoderWeight{delta.b}, nullptr, n, delta.rank, out_features));
+          linear_params(s, t.lora_delta, t.lora_inner, DecoderWeight{delta.b, std::nullopt}, nullptr, n, delta.rank, out_features));
       status != Status::kOk) {
     return status;
   }
@@ -282,9 +282,9 @@ Status check_decoder_stack(const DecoderStack& s, std::string* why) {
       if (pointer == nullptr) return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
     }
     for (const DecoderWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
-      if ((w->scale != nullptr && w->interleaved) || (w->offset != nullptr && w->scale == nullptr)) {
+      if ((w->weight_dtype && w->interleaved) || (!w->weight_dtype && (w->scale != nullptr || w->offset != nullptr))) {
         return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
-                             " has an interleaved quantized weight, or offsets without scales");
+                             " has an interleaved quantized weight, or scales without a weight_dtype");
       }
     }
     if ((l.q_norm == nullptr) != (l.k_norm == nullptr) || l.sliding_window < 0) {

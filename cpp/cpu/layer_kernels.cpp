@@ -103,11 +103,17 @@ Status linear_cpu(const LinearParams& p) {
     return Status::kOk;
   }
   const LayerKernels kernels = kernels_for(p.dtype);
-  const bool uint4 = p.weight_dtype == DType::kUInt4;
-  auto kernel = !p.weight_dtype ? kernels.linear : uint4 ? kernels.linear_uint4 : kernels.linear_e4m3;
+  const DType codes = p.weight_dtype.value_or(p.dtype);
+  auto kernel = codes == DType::kUInt4         ? kernels.linear_uint4
+                : codes == DType::kInt8        ? kernels.linear_int8
+                : codes == DType::kFloat8E4M3 ? kernels.linear_e4m3
+                                               : kernels.linear;
 #if defined(KVSERVE_CPU_X86_KERNELS)
   if (p.dtype == DType::kBFloat16 && cpu_isa() >= CpuIsa::kAvx512Bf16) {
-    kernel = !p.weight_dtype ? linear_avx512_bf16 : uint4 ? linear_avx512_bf16_uint4 : linear_avx512_bf16_e4m3;
+    kernel = codes == DType::kUInt4         ? linear_avx512_bf16_uint4
+             : codes == DType::kInt8        ? linear_avx512_bf16_int8
+             : codes == DType::kFloat8E4M3 ? linear_avx512_bf16_e4m3
+                                            : linear_avx512_bf16;
   }
 #endif
   run_rows(p, kernel, p.in_features);
@@ -117,7 +123,11 @@ Status linear_cpu(const LinearParams& p) {
 Status dequantize_weight_cpu(const LinearParams& p) {
   if (check_dequantize_weight(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   const LayerKernels kernels = kernels_for(p.dtype);
-  run_rows(p, p.weight_dtype == DType::kUInt4 ? kernels.dequantize_uint4 : kernels.dequantize_e4m3, p.in_features);
+  run_rows(p,
+           p.weight_dtype == DType::kUInt4  ? kernels.dequantize_uint4
+           : p.weight_dtype == DType::kInt8 ? kernels.dequantize_int8
+                                            : kernels.dequantize_e4m3,
+           p.in_features);
   return Status::kOk;
 }
 

@@ -5,7 +5,7 @@
 
 #include "rowwise.h"
 #include "small_linear.h"
-#include "uint4_linear.h"
+#include "grouped_linear.h"
 
 namespace kvserve::cpu {
 
@@ -19,6 +19,8 @@ struct LayerKernels {
   void (*dequantize_e4m3)(const LinearParams&, int64_t n_begin, int64_t n_end);  // its rows, widened
   void (*linear_uint4)(const LinearParams&, int64_t n_begin, int64_t n_end);  // a uint4 weight (weight_dtype)
   void (*dequantize_uint4)(const LinearParams&, int64_t n_begin, int64_t n_end);
+  void (*linear_int8)(const LinearParams&, int64_t n_begin, int64_t n_end);  // an int8 weight (weight_dtype)
+  void (*dequantize_int8)(const LinearParams&, int64_t n_begin, int64_t n_end);
 };
 
 LayerKernels layer_kernels_portable(DType dtype);
@@ -34,6 +36,8 @@ void linear_avx512_bf16_e4m3_rows(const LinearParams&, int64_t n_begin, int64_t 
 // linear_avx512_bf16_uint4_rows (input rows in the vector lanes).
 void linear_avx512_bf16_uint4(const LinearParams&, int64_t n_begin, int64_t n_end);
 void linear_avx512_bf16_uint4_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
+// The same over an int8 weight: up to 8 rows reading the codes (grouped_linear.h), more the lanes kernel.
+void linear_avx512_bf16_int8(const LinearParams&, int64_t n_begin, int64_t n_end);
 // The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.
 void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, int64_t block_end);
 
@@ -42,14 +46,16 @@ namespace {
 template <class V, class T>
 using E4m3LinearOf = E4m3Linear<V, SmallLinear<FmaDot<V, T>, T, Float8E4M3>, SmallLinear<FmaDot<V, T>, T>, T>;
 
-template <class V, class T>
-using Uint4LinearOf = Uint4Linear<V, SmallLinear<FmaDot<V, T>, T>, T>;
+template <class V, class T, class Codes>
+using GroupedLinearOf = GroupedLinear<V, SmallLinear<FmaDot<V, T>, T>, T, Codes>;
 
 template <class V, class T>
 constexpr LayerKernels layer_kernels_of() {
   return {Rowwise<V, T>::rms_norm, Rowwise<V, T>::silu_and_mul, Rowwise<V, T>::argmax,
           Rowwise<V, T>::rotary_embedding, SmallLinear<FmaDot<V, T>, T>::cols, E4m3LinearOf<V, T>::cols,
-          E4m3LinearOf<V, T>::dequantize, Uint4LinearOf<V, T>::cols, Uint4LinearOf<V, T>::dequantize};
+          E4m3LinearOf<V, T>::dequantize, GroupedLinearOf<V, T, Uint4Codes>::cols,
+          GroupedLinearOf<V, T, Uint4Codes>::dequantize, GroupedLinearOf<V, T, Int8Codes>::cols,
+          GroupedLinearOf<V, T, Int8Codes>::dequantize};
 }
 
 template <class V>

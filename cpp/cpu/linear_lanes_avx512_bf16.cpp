@@ -1,8 +1,8 @@
-// The bfloat16 linear over a quantized weight (LinearParams::weight_dtype: e4m3 or uint4 codes) for
+// The bfloat16 linear over a quantized weight (LinearParams::weight_dtype: e4m3, uint4 or int8 codes) for
 // many input rows, with AVX512-BF16 dot products (compiled with -mavx512bf16).
 //
 // Up to 8 rows read the codes directly (linear_avx512_bf16_e4m3, small_linear.h;
-// linear_avx512_bf16_uint4). More rows are a GEMM, which the few-rows kernel's layout runs at half
+// linear_avx512_bf16_uint4, grouped_linear.h). More rows are a GEMM, which the few-rows kernel's layout runs at half
 // oneDNN's rate (each of its sums ends in a horizontal reduction). Here the input rows go in the
 // vector lanes instead:
 //
@@ -11,7 +11,7 @@
 //                                                weight)
 //   panel [kRowsN][K, padded to even]            kRowsN weight rows, widened once a call to
 //                                                bfloat16: e4m3 codes exactly, in e4m3_weight's
-//                                                unit; uint4 ones as code * scale + offset, rounded
+//                                                unit; uint4 and int8 ones as their values, rounded
 //
 // and for each pair j, vdpbf16ps adds a weight row's pair j (broadcast) dotted with 16 rows' pair j
 // to those rows' sums: kRowsN weight rows x 32 input rows of float32 sums stay in 24 registers
@@ -57,11 +57,12 @@ struct E4m3Rows {
   static float factor(const LinearParams& p, int64_t n) { return kE4m3WeightUnit * p.weight_scale[n]; }
 };
 
-// The same for a uint4 weight: each code * scale + offset, rounded to bfloat16 (uint4_linear.h).
-struct Uint4Rows {
-  static void widen(const LinearParams& p, int64_t n, BFloat16* out) {
-    Uint4Linear<Avx512, SmallLinear<FmaDot<Avx512, BFloat16>, BFloat16>, BFloat16>::widen_row(p, n, out);
-  }
+// The same for a weight of grouped codes (grouped_linear.h): each code's value, rounded to bfloat16.
+template <class Codes>
+using GroupedBf16 = GroupedLinear<Avx512, SmallLinear<FmaDot<Avx512, BFloat16>, BFloat16>, BFloat16, Codes>;
+template <class Codes>
+struct GroupedRows {
+  static void widen(const LinearParams& p, int64_t n, BFloat16* out) { GroupedBf16<Codes>::widen_row(p, n, out); }
   static float factor(const LinearParams&, int64_t) { return 1.f; }
 };
 
@@ -129,7 +130,12 @@ void linear_avx512_bf16_e4m3_rows(const LinearParams& p, int64_t n_begin, int64_
 }
 
 void linear_avx512_bf16_uint4_rows(const LinearParams& p, int64_t n_begin, int64_t n_end) {
-  lanes<Uint4Rows>(p, n_begin, n_end);
+  lanes<GroupedRows<Uint4Codes>>(p, n_begin, n_end);
+}
+
+void linear_avx512_bf16_int8(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  if (p.num_rows > GroupedBf16<Int8Codes>::kDirectRows) return lanes<GroupedRows<Int8Codes>>(p, n_begin, n_end);
+  GroupedBf16<Int8Codes>::cols(p, n_begin, n_end);
 }
 
 }  // namespace kvserve::cpu

@@ -62,7 +62,7 @@ struct Avx2 {
   static Reg load(const Float8E5M2* p) { return fp8_to_float(p); }
   static Reg load(const Float8E4M3* p) { return fp8_to_float(p); }
   static Reg load_weight(const Float8E4M3* p) { return e4m3_weights(p); }  // half.h's e4m3_weight
-  // A uint4 group's 32 weights (uint4_linear.h: 16 bytes, low nibbles elements 0-15, high 16-31),
+  // A uint4 group's 32 weights (grouped_linear.h: 16 bytes, low nibbles elements 0-15, high 16-31),
   // code * scale + offset, in out[0..3].
   static void widen_group(const uint8_t* p, float scale, float offset, Reg out[4]) {
     const Reg s = _mm256_set1_ps(scale), o = _mm256_set1_ps(offset);
@@ -71,6 +71,13 @@ struct Avx2 {
       const __m256i low = _mm256_and_si256(bytes, _mm256_set1_epi32(15)), high = _mm256_srli_epi32(bytes, 4);
       out[half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), s, o);
       out[2 + half] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), s, o);
+    }
+  }
+  // An int8 group's 16 weights (grouped_linear.h), code * scale, in out[0] and out[1].
+  static void widen_int8(const int8_t* p, float scale, Reg out[2]) {
+    for (int half = 0; half < 2; ++half) {
+      const __m256i codes = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 8 * half)));
+      out[half] = _mm256_mul_ps(_mm256_cvtepi32_ps(codes), _mm256_set1_ps(scale));
     }
   }
   static void store(float* p, Reg a) { _mm256_storeu_ps(p, a); }

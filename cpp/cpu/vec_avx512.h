@@ -62,7 +62,7 @@ struct Avx512 {
     const __m256i sign_copy_cleared = _mm256_set1_epi16(static_cast<int16_t>(0xbfff));
     return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(words, 7), sign_copy_cleared));
   }
-  // A uint4 group's 32 weights (uint4_linear.h: 16 bytes, low nibbles elements 0-15, high 16-31),
+  // A uint4 group's 32 weights (grouped_linear.h: 16 bytes, low nibbles elements 0-15, high 16-31),
   // code * scale + offset, in out[0] and out[1]: the 16 values a code can stand for are made once
   // (a multiply-add) and each nibble looks its value up (vpermps reads an index's low 4 bits).
   static void widen_group(const uint8_t* p, float scale, float offset, Reg out[2]) {
@@ -71,6 +71,11 @@ struct Avx512 {
     const __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     out[0] = _mm512_permutexvar_ps(bytes, values);
     out[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), values);
+  }
+  // An int8 group's 16 weights (grouped_linear.h), code * scale, in out[0].
+  static void widen_int8(const int8_t* p, float scale, Reg out[1]) {
+    const __m512i codes = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    out[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(codes), _mm512_set1_ps(scale));
   }
   static void store(float* p, Reg a) { _mm512_storeu_ps(p, a); }
   static void store(BFloat16* p, Reg a) {

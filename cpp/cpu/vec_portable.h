@@ -31,12 +31,16 @@ struct Portable {
   template <class T>
   static Reg load(const T* p) { return to_float(*p); }
   static Reg load_weight(const Float8E4M3* p) { return e4m3_weight(*p); }
-  // A uint4 group's 32 weights (uint4_linear.h), code * scale + offset.
+  // A uint4 group's 32 weights (grouped_linear.h), code * scale + offset.
   static void widen_group(const uint8_t* p, float scale, float offset, Reg out[32]) {
     for (int j = 0; j < 16; ++j) {
       out[j] = static_cast<float>(p[j] & 15) * scale + offset;
       out[16 + j] = static_cast<float>(p[j] >> 4) * scale + offset;
     }
+  }
+  // An int8 group's 16 weights (grouped_linear.h), code * scale.
+  static void widen_int8(const int8_t* p, float scale, Reg out[16]) {
+    for (int j = 0; j < 16; ++j) out[j] = static_cast<float>(p[j]) * scale;
   }
   template <class T>
   static void store(T* p, Reg a) { from_float(a, p); }

@@ -33,12 +33,14 @@
 namespace kvserve {
 
 // A product's weight (linear.h): of the stack's dtype, plain [out_features, in_features] or
-// interleaved (LinearParams::weight_interleaved), e4m3 codes with a float32 scale per row, or uint4
-// codes with a float32 scale and offset per group (LinearParams::weight_dtype: weight-only fp8, int4).
+// interleaved (LinearParams::weight_interleaved), e4m3 codes with a float32 scale per row, uint4
+// codes with a float32 scale and offset per group, or int8 codes with a float32 scale per group
+// (LinearParams::weight_dtype: weight-only fp8, int4, int8).
 struct DecoderWeight {
   const void* data = nullptr;
-  const float* scale = nullptr;   // e4m3 or uint4 codes' (linear.h); nullptr: the stack's dtype
-  const float* offset = nullptr;  // uint4 codes' (with scale); nullptr: e4m3 codes or the stack's dtype
+  std::optional<DType> weight_dtype;  // the codes' (linear.h); nullopt: the stack's dtype
+  const float* scale = nullptr;       // the codes' scales
+  const float* offset = nullptr;      // uint4 codes' offsets
   bool interleaved = false;
 };
 

@@ -17,6 +17,8 @@ enum class DType : int32_t {
   kFloat8E5M2 = 6,
   // 4-bit unsigned integer codes, two a byte: weights only (linear.h's LinearParams::weight_dtype).
   kUInt4 = 7,
+  // 8-bit signed integer codes: weights only (linear.h's LinearParams::weight_dtype).
+  kInt8 = 8,
 };
 
 // Bytes of one element.
@@ -27,6 +29,7 @@ constexpr int64_t dtype_bytes(DType dtype) {
     case DType::kInt32: return 4;
     case DType::kFloat8E4M3:
     case DType::kFloat8E5M2:
+    case DType::kInt8:
     case DType::kUInt4: return 1;  // a byte holds two kUInt4 codes
     default: return 2;
   }

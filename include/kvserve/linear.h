@@ -11,7 +11,8 @@
 // weights' memory bandwidth and many rows at the FMA rate. Strides are in elements.
 //
 // With weight_dtype kFloat8E4M3 the weight holds e4m3 codes and a float32 scale per row, with
-// kUInt4 4-bit codes with a float32 scale and offset per group of 32 (below).
+// kUInt4 4-bit codes with a float32 scale and offset per group of 32, with kInt8 8-bit codes with a
+// float32 scale per group of 16 (below).
 //
 // On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 on tensor cores (sm_80+), each block
 // streaming 16 weight rows once for every input row: a decode step's projections at the weights'
@@ -66,13 +67,21 @@ struct LinearParams {
   // in_features must be a multiple of kUInt4GroupSize. Past 8 rows a float16 or bfloat16 product
   // first widens the weights to that dtype, each rounded to it (up to 8 rows, and in float32, each
   // weight's value is exact in float32).
+  //
+  // kInt8: 8-bit signed codes in groups of kInt8GroupSize along a row, each group standing for code *
+  // weight_scale (one float32, the product rounded once to float32; llama.cpp's Q8_0 and Q6_K blocks
+  // are such groups): 1.25 bytes a weight with its scales. The weight is int8 [out_features,
+  // in_features], in_features a multiple of kInt8GroupSize; more rows widen as uint4's do.
   std::optional<DType> weight_dtype;
-  const float* weight_scale = nullptr;   // [out_features] (e4m3), [out_features, in_features / 32] (uint4)
+  // [out_features] (e4m3), [out_features, in_features / 32] (uint4), [out_features, in_features / 16] (int8)
+  const float* weight_scale = nullptr;
   const float* weight_offset = nullptr;  // [out_features, in_features / 32], with kUInt4 only
 };
 
 // Elements of a kUInt4 weight's row that share a scale and an offset.
 constexpr int64_t kUInt4GroupSize = 32;
+// Elements of a kInt8 weight's row that share a scale.
+constexpr int64_t kInt8GroupSize = 16;
 
 // Whether linear_cpu takes an interleaved weight of this dtype and shape on this CPU.
 KVSERVE_EXPORT bool linear_interleave_supported(DType dtype, int64_t out_features, int64_t in_features);
@@ -83,8 +92,9 @@ KVSERVE_EXPORT Status check_linear(const LinearParams& params, std::string* why)
 KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 
 // dequantize_weight_cpu: the weight a quantized one stands for, out [out_features, in_features] of
-// dtype (rows out_stride apart) = each code's value times its row's weight_scale (e4m3), or each code
-// times its group's scale plus its offset (uint4, one rounding in float32), rounded to dtype: for
+// dtype (rows out_stride apart) = each code's value times its row's weight_scale (e4m3), each code
+// times its group's scale plus its offset (uint4, one rounding in float32), or each code times its
+// group's scale (int8, one rounding in float32), rounded to dtype: for
 // products of many rows, which a GEMM library computes faster than linear_cpu's panels. Reads out,
 // out_stride, weight, weight_stride, weight_scale, weight_offset, in_features, out_features, dtype and
 // weight_dtype; not input or num_rows.

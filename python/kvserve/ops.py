@@ -136,8 +136,9 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
 def dequantize_weight(out, weight, weight_scale, weight_offset=None) -> None:
     """out [N, K] (float32, bfloat16 or float16) = the weight that linear's product over quantized
     codes stands for, computed in float32, for a GEMM library to multiply many rows by (CPU): the
-    float8_e4m3fn weight [N, K] times its rows' weight_scale [N], or uint4 codes (uint8 [N, K / 2],
-    kvserve.uint4) times their groups' weight_scale plus weight_offset [N, K / 32]."""
+    float8_e4m3fn weight [N, K] times its rows' weight_scale [N], uint4 codes (uint8 [N, K / 2],
+    kvserve.uint4) times their groups' weight_scale plus weight_offset [N, K / 32], or int8 codes
+    (kvserve.int8) times their groups' weight_scale [N, K / 16]."""
     _C.ops.dequantize_weight(_dl(out), _dl(weight), _dl(weight_scale), _dl(weight_offset))
 
 
@@ -176,8 +177,10 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, wei
     make of the product, bit for bit, without the [M, N] product in memory. out must not overlap
     input. On the CPU the weight may be float8_e4m3fn codes with `weight_scale` [N] (float32):
     out = (input @ codes^T) * weight_scale (+ bias), in float32 rounded once (kvserve.quantization),
-    or uint4 codes (uint8 [N, K / 2], kvserve.uint4) with `weight_scale` and `weight_offset`
-    [N, K / 32] (float32), each group of 32 codes standing for code * scale + offset.
+    uint4 codes (uint8 [N, K / 2], kvserve.uint4) with `weight_scale` and `weight_offset`
+    [N, K / 32] (float32), each group of 32 codes standing for code * scale + offset, or int8 codes
+    (int8 [N, K], kvserve.int8) with `weight_scale` [N, K / 16], each group of 16 standing for code *
+    scale.
     """
     _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input), silu_and_mul_output,
                   _dl(weight_scale), _dl(weight_offset))

@@ -149,7 +149,23 @@ TEST(LayerChecks, QuantizedLinear) {
   p = uint4_params(arrays, codes);
   p.weight_dtype = kvserve::DType::kInt32;
   EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
-  EXPECT_EQ(why, "weight_dtype: expected float8_e4m3 or uint4 (a quantized weight) or none, got dtype 3");
+  EXPECT_EQ(why, "weight_dtype: expected float8_e4m3, uint4 or int8 (a quantized weight) or none, got dtype 3");
+  // int8 codes: a byte each, a scale per group of 16, no offsets.
+  p = uint4_params(arrays, codes);
+  p.weight_dtype = kvserve::DType::kInt8;
+  p.in_features = p.input_stride = 32;
+  p.weight_offset = nullptr;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kOk) << why;
+  p.in_features = p.input_stride = 40;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "in_features: an int8 weight's rows are whole groups of 16, got 40");
+  p.in_features = p.input_stride = 32;
+  p.weight_offset = arrays.c.data();
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight_offset: for a uint4 weight, not an int8 one");
+  p.weight_offset = p.weight_scale = nullptr;
+  EXPECT_EQ(kvserve::check_linear(p, &why), Status::kInvalidArgument);
+  EXPECT_EQ(why, "weight_scale: an int8 weight needs its groups' scales");
 }
 
 }  // namespace

@@ -25,8 +25,9 @@ float32 scale per row (quantized_linear): kvserve.ops.linear reads the codes dir
 weight rows at a time against input rows in the vector lanes); from 256 rows (or fewer, longer ones)
 of a dtype oneDNN takes on this CPU, the whole weight is widened once a call and multiplied by
 oneDNN's GEMM (float32: on its blocked copy, made for the call), which runs such products faster.
-A GGUF file's 4-bit blocks and GPTQ and AWQ weights load as uint4 codes (kvserve.uint4), which take
-the same paths (in bfloat16 widened for oneDNN from UINT4_DENSE_ROWS rows; in float32 never).
+A GGUF file's 4-bit blocks and GPTQ and AWQ weights load as uint4 codes (kvserve.uint4), its 8-bit
+and 6-bit blocks as int8 codes (kvserve.int8); both take the same paths (in bfloat16 widened for
+oneDNN from GROUPED_DENSE_ROWS rows; in float32 never).
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvserve import _C, ops, uint4
+from kvserve import _C, int8, ops, uint4
 from kvserve.models.layers.activation import silu_and_mul
 from kvserve.quantization import quantize_fp8
 
@@ -57,10 +58,10 @@ OPS_MAX_ROWS = 4
 # past its L2 share they come from further away): bench/README.md, "Weight-only fp8".
 E4M3_DENSE_ROWS = 256
 DENSE_INPUT_BYTES = 512 << 10
-# The same for a bfloat16 product over uint4 codes, from this many rows (or DENSE_INPUT_BYTES;
+# The same for a bfloat16 product over uint4 or int8 codes, from this many rows (or DENSE_INPUT_BYTES;
 # bench/README.md, "uint4 weights"); in float32 kvserve's panels ran faster at every row count,
 # oneDNN's packing of the weight costing more than it saved.
-UINT4_DENSE_ROWS = 128
+GROUPED_DENSE_ROWS = 128
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -138,15 +139,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ (the weight the codes stand for)^T (+ bias), on the CPU: e4m3 codes [N, K] with
-    their rows' scales [N], or uint4 codes [N, K / 2] (kvserve.uint4) with their groups' scales and
-    offsets [N, K / 32] (module docstring)."""
+    their rows' scales [N], uint4 codes [N, K / 2] (kvserve.uint4) with their groups' scales and
+    offsets [N, K / 32], or int8 codes [N, K] (kvserve.int8) with their groups' scales [N, K / 16]
+    (module docstring)."""
     rows = x.reshape(-1, x.shape[-1])
     out_features = codes.shape[0]
     long_rows = rows.numel() * rows.element_size() > DENSE_INPUT_BYTES
-    if offset is None:
+    if codes.dtype == torch.float8_e4m3fn:
         dense = rows.shape[0] >= E4M3_DENSE_ROWS or long_rows
     else:
-        dense = x.dtype == torch.bfloat16 and (rows.shape[0] >= UINT4_DENSE_ROWS or long_rows)
+        dense = x.dtype == torch.bfloat16 and (rows.shape[0] >= GROUPED_DENSE_ROWS or long_rows)
     if dense and onednn_packs(x.dtype):
         weight = torch.empty(out_features, x.shape[-1], dtype=x.dtype)
         ops.dequantize_weight(weight, codes, scale, offset)
@@ -173,7 +175,8 @@ class Linear(nn.Module):
         self.interleaved: torch.Tensor | None = None
         # A quantized weight's scales (float32): with quantize_fp8() or prepare_fp8(), of each row of e4m3
         # codes [out_features]; with prepare_uint4(), of each group of uint4 codes [out_features,
-        # input_size / 32], whose offsets weight_offset holds.
+        # input_size / 32], whose offsets weight_offset holds; with prepare_int8(), of each group of
+        # int8 codes [out_features, input_size / 16].
         self.weight_scale: nn.Parameter | None = None
         self.weight_offset: nn.Parameter | None = None
 
@@ -197,6 +200,13 @@ class Linear(nn.Module):
         rows, groups = sum(self.output_sizes), self.input_size // uint4.GROUP_SIZE
         self._prepare(torch.empty(rows, self.input_size // 2, dtype=torch.uint8), torch.empty(rows, groups),
                       torch.empty(rows, groups))
+
+    def prepare_int8(self) -> None:
+        """Uninitialized int8 codes with their groups' scales (kvserve.int8) in place of the weight, for a
+        checkpoint's 8-bit or 6-bit blocks to load into."""
+        rows = sum(self.output_sizes)
+        self._prepare(torch.empty(rows, self.input_size, dtype=torch.int8),
+                      torch.empty(rows, self.input_size // int8.GROUP_SIZE), None)
 
     def _prepare(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> None:
         device = self.weight.device

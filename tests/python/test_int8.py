@@ -1,0 +1,133 @@
+"""int8 weights (kvserve.int8): kvserve.ops.linear and dequantize_weight over int8 codes against
+float64 (every code, both of the kernel's paths, every ISA), the checks on their arguments, the layer's
+choice of path, llama.cpp's 8-bit and 6-bit blocks read value for value, and GGUF files holding them
+against transformers' own GGUF loader."""
+
+import pytest
+import torch
+
+from isa_paths import ISAS, run_tests_under_isa
+from kvserve import ops
+from kvserve.int8 import GROUP_SIZE, dequantize_int8
+from test_layer_ops import DTYPES
+
+
+def random_int8(out_features: int, in_features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales drawn at random (every code, scales of either sign, never zeros)."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-128, 128, (out_features, in_features), generator=generator).to(torch.int8)
+    scale = 0.004 * torch.randn(out_features, in_features // GROUP_SIZE, generator=generator)
+    return codes, scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 70])
+@pytest.mark.parametrize("shape", [(6, 16), (37, 256), (11, 208), (9, 4864)])
+def test_linear_int8_weight(dtype, rows, shape):
+    """Against float64 over code * scale, on random data: up to 8 rows read the codes directly, more
+    widen them first (in rows of the dtype, or on AVX512-BF16 bfloat16 rows against input rows in
+    the vector lanes); groups a row of 1, 16, 13 and 304; with and without bias."""
+    out_features, in_features = shape
+    codes, scale = random_int8(out_features, in_features, seed=rows)
+    weight = dequantize_int8(codes, scale)
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    for bias in (None, torch.randn(out_features).to(dtype)):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype)
+        ops.linear(out, x, codes, bias, weight_scale=scale)
+        expected = x.double() @ weight.t() + (0 if bias is None else bias.double())
+        magnitude = x.double().abs() @ weight.abs().t() + (0 if bias is None else bias.double().abs())
+        if dtype == torch.float32:
+            # Each weight within a float32 rounding of its value, then a few sqrt(K) roundings of sum |x w|.
+            bound = 2.0 ** -23 * (1 + in_features ** 0.5) * magnitude
+        else:  # the output's rounding, and the panels' weights rounded to the dtype
+            bound = 2.0 ** -7 * magnitude.clamp_min(expected.abs()) + 1e-3
+        assert ((out.double() - expected).abs() <= bound).all(), ((out.double() - expected).abs() / bound).max()
+
+
+@pytest.mark.parametrize("rows", [1, 17])
+def test_every_int8_code_reads_its_value(rows):
+    """Weight row i holds code i - 128 in column (5 i) % 64, zeros elsewhere, with its own scales,
+    against one-hot inputs: each output is that code times its group's scale, exactly (a product of
+    an 8-bit integer and a float32 rounded once, times 1.0)."""
+    codes = torch.zeros(256, 64, dtype=torch.int8)
+    for i in range(256):
+        codes[i, (5 * i) % 64] = i - 128
+    _, scale = random_int8(256, 64, seed=3)
+    x = torch.zeros(rows, 64)
+    for m in range(rows):
+        x[m, (5 * m) % 64] = 1.0
+    out = torch.empty(rows, 256)
+    ops.linear(out, x, codes, weight_scale=scale)
+    assert torch.equal(out, x @ dequantize_int8(codes, scale, torch.float32).t())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dequantize_weight_gives_each_code_times_its_scale(dtype):
+    codes, scale = random_int8(40, 4864, seed=4)
+    out = torch.full((40, 4864), float("nan"), dtype=dtype)
+    ops.dequantize_weight(out, codes, scale)
+    # One rounding in float32, then one to the dtype: as float64's product rounded once to the dtype
+    # (a product of 8 and 24 significant bits is exact in float64; float32 then rounds it as the
+    # kernel does, and a 16-bit dtype's rounding of a float32 may differ from float64's by the double
+    # rounding, within one unit; float16's subnormals are units of 2^-24).
+    expected = dequantize_int8(codes, scale)
+    if dtype == torch.float32:
+        assert torch.equal(out, expected.float())
+    else:
+        finfo = torch.finfo(dtype)
+        assert ((out.double() - expected).abs() <= (expected.abs() + finfo.smallest_normal) * finfo.eps).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows, in_features", [(3, 96), (127, 96), (128, 96), (40, 8192)])
+def test_an_int8_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, in_features, monkeypatch):
+    """Linear.prepare_int8, its codes loaded, then products of decode and prefill sizes: bfloat16 from
+    128 rows (or 512 KiB of input rows) widens the whole weight for oneDNN's GEMM (where oneDNN takes
+    it), everything else takes ops.linear."""
+    from kvserve.models.layers import linear as linear_module
+
+    layer = linear_module.Linear(in_features, (64, 32), True, dtype)
+    layer.prepare_int8()
+    assert layer.weight_offset is None
+    for param, value in zip((layer.weight, layer.weight_scale), random_int8(96, in_features, seed=rows)):
+        param.copy_(value)
+    layer.bias.copy_(torch.randn(96, generator=torch.Generator().manual_seed(rows)))
+    layer.finalize_weights()
+    assert layer.packed is None and layer.interleaved is None
+    widened = []
+    dequantize = ops.dequantize_weight
+    monkeypatch.setattr(linear_module.ops, "dequantize_weight", lambda *args: widened.append(1) or dequantize(*args))
+    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows + 1)).to(dtype)
+    weight = dequantize_int8(layer.weight, layer.weight_scale)
+    expected = x.double() @ weight.T + layer.bias.double()
+    magnitude = x.double().abs() @ weight.abs().T + layer.bias.double().abs()
+    assert ((layer(x).double() - expected).abs() <= 2.0 ** -7 * magnitude).all()
+    long_rows = rows * in_features * x.element_size() > linear_module.DENSE_INPUT_BYTES
+    dense = (rows >= 128 or long_rows) and dtype == torch.bfloat16 and linear_module.onednn_packs(dtype)
+    assert widened == ([1] if dense else [])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_path(isa):
+    names = ("test_linear_int8_weight", "test_every_int8_code_reads_its_value",
+             "test_dequantize_weight_gives_each_code_times_its_scale")
+    run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(scale=None), "linear: weight_scale is required with an int8 weight"),
+    (dict(offset=torch.ones(8, 4)), "linear: weight_scale is required with an int8 weight, weight_offset is for uint4"),
+    (dict(scale=torch.ones(8, 2)), r"weight_scale: dimension 1 must be in_features / 16 = 4"),
+    (dict(scale=torch.ones(8)), r"weight_scale: expected 2 dimensions \[out_features, in_features / 16\]"),
+    (dict(weight=torch.zeros(8, 32, dtype=torch.int8)), r"weight: dimension 1 must be in_features of input = 64"),
+    (dict(x=torch.randn(2, 40).bfloat16(), weight=torch.zeros(8, 40, dtype=torch.int8)),
+     "an int8 weight's rows are whole groups of 16: in_features must be a multiple of 16, got 40"),
+    (dict(weight=torch.zeros(2, 2, 4, 32, dtype=torch.int8)), "a quantized weight is read plain, not interleaved"),
+])
+def test_linear_checks_an_int8_weights_arguments(change, message):
+    x = change.get("x", torch.randn(2, 64).bfloat16())
+    out = torch.empty(2, 8, dtype=torch.bfloat16)
+    weight = change.get("weight", torch.zeros(8, 64, dtype=torch.int8))
+    with pytest.raises(ValueError, match=message):
+        ops.linear(out, x, weight, None, weight_scale=change.get("scale", torch.ones(8, 4)),
+                   weight_offset=change.get("offset"))
