@@ -17,6 +17,20 @@ import torch
 GROUP_SIZE = 16
 
 
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scale): weight [N, K] (K a multiple of 16) rounded to the nearest of each group's 255
+    steps of its largest magnitude / 127 (llama.cpp's Q8_0 rounding, in groups of 16)."""
+    if weight.dim() != 2 or weight.shape[1] % GROUP_SIZE != 0:
+        raise ValueError(f"quantize_int8: expected a weight [out_features, in_features] with in_features a "
+                         f"multiple of {GROUP_SIZE}, got shape {tuple(weight.shape)}")
+    groups = weight.float().reshape(weight.shape[0], -1, GROUP_SIZE)
+    if not groups.isfinite().all():
+        raise ValueError("quantize_int8: the weight holds NaN or infinite values")
+    scale = groups.abs().amax(dim=2) / 127
+    codes = (groups / scale.clamp_min(1e-30)[..., None]).round().clamp(-127, 127)
+    return codes.to(torch.int8).reshape(weight.shape), scale.contiguous()
+
+
 def dequantize_int8(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The weight [..., K] that codes [..., K] stand for with their groups' scales [..., K / 16], code *
     scale computed in float64 (exact) and rounded once to `dtype`: what kvserve.ops.dequantize_weight

@@ -75,16 +75,19 @@ def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, c
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("weights", ["fp8", "uint4"])
+@pytest.mark.parametrize("weights", ["fp8", "uint4", "int8"])
 def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_pair, weights, dtype, monkeypatch):
-    """quantization="fp8", and a GGUF file's Q4_1 blocks: the stack reads the e4m3 codes with their
-    scales, and the uint4 codes with their scales and offsets, as the layers' products do, with a
-    LoRA adapter (its deltas in the model's dtype beside the codes) and without."""
+    """quantization="fp8", and a GGUF file's Q4_1 and Q8_0 blocks: the stack reads the e4m3 codes with
+    their scales, the uint4 codes with their scales and offsets, and the int8 codes with their scales,
+    as the layers' products do, with a LoRA adapter (its deltas in the model's dtype beside the codes)
+    and without."""
     if weights == "fp8":
         model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
     else:
-        model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1)[1], dtype=dtype).model
-        assert model.model.layers[0].self_attn.qkv_proj.weight_offset is not None
+        blocks = gguf.GGMLQuantizationType.Q4_1 if weights == "uint4" else gguf.GGMLQuantizationType.Q8_0
+        model = load_model(gguf_pair("Qwen2ForCausalLM", blocks)[1], dtype=dtype).model
+        codes = torch.uint8 if weights == "uint4" else torch.int8
+        assert model.model.layers[0].self_attn.qkv_proj.weight.dtype == codes
     for kwargs in ({}, {"lora": LoRABatch((random_adapter(model),))}):
         assert_same_bits(model, monkeypatch, **kwargs)
 
@@ -171,8 +174,9 @@ def layer_arrays(model, caches):
     (dict(qkv="weights"), TypeError, r"layers\[0\]\['qkv'\]: expected an array"),
     (dict(o=torch.zeros(64, 32)), ValueError, "o: dimension 1 must be in_features = 64"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float16)), ValueError,
-     r"down: expected the dtype of final_norm \(float32\), float8_e4m3fn codes \(with weight_scale\) or uint8 "
-     r"bytes of uint4 codes \(with weight_scale and weight_offset\), got float16"),
+     r"down: expected the dtype of final_norm \(float32\), float8_e4m3fn codes \(with weight_scale\), uint8 "
+     r"bytes of uint4 codes \(with weight_scale and weight_offset\) or int8 codes \(with weight_scale\), got "
+     r"float16"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float8_e4m3fn)), ValueError,
      r"layers\[0\]: down_scale is required with a float8_e4m3fn weight"),
     (dict(o_scale=torch.ones(64)), ValueError,
@@ -182,6 +186,10 @@ def layer_arrays(model, caches):
     (dict(down=torch.zeros(64, 48, dtype=torch.uint8), down_scale=torch.ones(64, 3), down_offset=torch.ones(64, 2)),
      ValueError, r"down_offset: dimension 1 must be in_features / 32 = 3"),
     (dict(o=torch.zeros(64, 64, dtype=torch.uint8)), ValueError, r"o: dimension 1 must be in_features / 2 = 32"),
+    (dict(down=torch.zeros(64, 96, dtype=torch.int8), down_scale=torch.ones(64, 3)), ValueError,
+     r"down_scale: dimension 1 must be in_features / 16 = 6"),
+    (dict(down=torch.zeros(64, 96, dtype=torch.int8)), ValueError,
+     r"layers\[0\]: down_scale is required with an int8 weight"),
     (dict(down=torch.zeros(64, 96, dtype=torch.float8_e4m3fn), down_scale=torch.ones(96)), ValueError,
      r"down_scale: dimension 0 must be out_features of the weight = 64"),
     (dict(key_cache=torch.zeros(8, 4, 3, 16)), ValueError, "key_cache: dimension 2 must be num_kv_heads = 2"),

@@ -3,13 +3,22 @@ float64 (every code, both of the kernel's paths, every ISA), the checks on their
 choice of path, llama.cpp's 8-bit and 6-bit blocks read value for value, and GGUF files holding them
 against transformers' own GGUF loader."""
 
+import gguf
+import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize
 
 from isa_paths import ISAS, run_tests_under_isa
-from kvserve import ops
-from kvserve.int8 import GROUP_SIZE, dequantize_int8
+from kvserve import Engine, SamplingParams, ops
+from kvserve.int8 import GROUP_SIZE, dequantize_int8, quantize_int8
+from kvserve.loader import load as load_module
+from kvserve.loader import load_model
+from kvserve.loader.gguf_int8 import INT8_TYPES, gguf_int8
+from paged_greedy import paged_greedy
 from test_layer_ops import DTYPES
+from test_models import PROMPTS, assert_logits_close, hf_greedy
 
 
 def random_int8(out_features: int, in_features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,3 +140,101 @@ def test_linear_checks_an_int8_weights_arguments(change, message):
     with pytest.raises(ValueError, match=message):
         ops.linear(out, x, weight, None, weight_scale=change.get("scale", torch.ones(8, 4)),
                    weight_offset=change.get("offset"))
+
+
+def test_quantize_int8_rounds_each_group_to_steps_of_its_largest_magnitude():
+    weight = torch.randn(5, 48, generator=torch.Generator().manual_seed(0)) * torch.tensor([1e-3, 0.1, 1, 100, 0])[:, None]
+    codes, scale = quantize_int8(weight)
+    assert codes.dtype == torch.int8 and scale.shape == (5, 3)
+    groups = weight.reshape(5, 3, 16)
+    torch.testing.assert_close(scale, groups.abs().amax(dim=2) / 127)
+    assert (codes[:4].reshape(4, 3, 16).abs().amax(dim=2) == 127).all()
+    error = (dequantize_int8(codes, scale) - weight.double()).abs().reshape(5, 3, 16)
+    assert (error <= scale.double()[..., None] / 2 * (1 + 1e-5)).all()
+    assert not codes[4].any()  # a row of zeros stays zeros
+    with pytest.raises(ValueError, match="in_features a multiple of 16"):
+        quantize_int8(torch.ones(2, 40))
+
+
+def random_blocks(tensor_type: GGMLQuantizationType, rows: int, in_features: int) -> np.ndarray:
+    """Raw blocks of random bytes but for their float16 scale d (finite, small, of either sign)."""
+    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
+    generator = np.random.default_rng(int(tensor_type))
+    blocks = generator.integers(0, 256, (rows * in_features // block_elements, block_bytes), dtype=np.uint8)
+    start = 0 if tensor_type == GGMLQuantizationType.Q8_0 else block_bytes - 2  # Q6_K's d comes last
+    d = (0.01 * generator.standard_normal((len(blocks), 1))).astype(np.float16)
+    blocks[:, start:start + 2] = d.view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("tensor_type", INT8_TYPES, ids=lambda t: t.name)
+def test_gguf_blocks_read_value_for_value(tensor_type):
+    """gguf_int8's codes and scales, through kvserve's own dequantize_weight in float32, give gguf-py's
+    dequantization of the same blocks, bit for bit."""
+    rows, in_features = 6, 512
+    blocks = random_blocks(tensor_type, rows, in_features)
+    codes, scale = gguf_int8(blocks, tensor_type, rows)
+    assert codes.shape == (rows, in_features) and scale.shape == (rows, in_features // 16)
+    out = torch.empty(rows, in_features)
+    ops.dequantize_weight(out, codes, scale)
+    assert torch.equal(out, torch.from_numpy(dequantize(blocks, tensor_type).reshape(rows, in_features)))
+
+
+def test_gguf_int8_refuses_other_blocks():
+    with pytest.raises(ValueError, match="Q4_0 blocks are not 8-bit groups"):
+        gguf_int8(np.zeros((1, 18), dtype=np.uint8), GGMLQuantizationType.Q4_0, 1)
+
+
+@pytest.mark.parametrize("architecture, tensor_type, tensor_types, tied", [
+    ("LlamaForCausalLM", GGMLQuantizationType.Q8_0, None, False),
+    ("Qwen2ForCausalLM", GGMLQuantizationType.Q8_0, None, True),
+    ("LlamaForCausalLM", GGMLQuantizationType.Q4_1, {"token_embd": GGMLQuantizationType.Q8_0}, True),
+], ids=["llama-q8_0", "qwen2-q8_0-tied", "llama-q4_1-q8_0-tied-embeddings"])
+def test_a_gguf_file_of_8_bit_blocks_matches_transformers(gguf_pair, architecture, tensor_type, tensor_types, tied):
+    """Its 8-bit blocks load as int8 codes: the projections of a Q8_0 file, its LM head, and the token
+    embeddings (with a tied LM head, as SmolLM2's Q4_1 file stores them beside 4-bit projections);
+    greedy ids equal (logits within 1e-4) transformers' over the values it dequantizes the same blocks
+    to, through prefill (panels, a widened lookup) and decode (the decoder stack)."""
+    # transformers reads no rope scaling from GGUF files, so these models have none.
+    _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None, tie_word_embeddings=tied)
+    model = load_model(path).model
+    codes = torch.int8 if tensor_type == GGMLQuantizationType.Q8_0 else torch.uint8
+    assert model.model.layers[1].mlp.down_proj.weight.dtype == codes
+    assert model.model.embed_tokens.weight.dtype == torch.int8
+    assert (model.lm_head is None) == tied
+    if not tied:
+        assert model.lm_head.weight.dtype == torch.int8
+    ids, logits = paged_greedy(model, PROMPTS[:2], 4)
+    hf_ids, hf_logits = hf_greedy(path.parent, PROMPTS[:2], 4, gguf_file=path.name)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_codes_give_what_the_dequantized_file_gives(gguf_pair, dtype, monkeypatch):
+    """A tied model of Q8_0 blocks, reading codes, against the same file loaded dequantized (as kvserve
+    loads it on CUDA): the embedding lookup gives the widened table's rows bit for bit, and in float32
+    the ids are equal (logits within 1e-4; in bfloat16 the widened weights are rounded to it, the
+    codes' values are not)."""
+    _, path = gguf_pair("Qwen2ForCausalLM", GGMLQuantizationType.Q8_0, tie_word_embeddings=True)
+    quantized = load_model(path, dtype=dtype).model
+    monkeypatch.setattr(load_module, "_keep_codes", lambda module, weights: set())
+    dequantized = load_model(path, dtype=dtype).model
+    assert quantized.model.embed_tokens.weight.dtype == torch.int8
+    assert dequantized.model.embed_tokens.weight.dtype == getattr(torch, dtype)
+    token_ids = torch.tensor([[3, 17], [250, 3]])
+    assert torch.equal(quantized.model.embed_tokens(token_ids), dequantized.model.embed_tokens(token_ids))
+    if dtype == "float32":
+        ids, logits = paged_greedy(quantized, PROMPTS, 4)
+        expected_ids, expected_logits = paged_greedy(dequantized, PROMPTS, 4)
+        assert_logits_close(logits, expected_logits)
+        assert ids == expected_ids
+
+
+def test_an_engine_on_an_8_bit_gguf_file_generates(gguf_pair):
+    _, path = gguf_pair("LlamaForCausalLM", GGMLQuantizationType.Q8_0, rope_scaling=None)
+    engine = Engine(path, dtype="bfloat16", device="cpu")
+    assert engine.runner.model.model.layers[0].mlp.gate_up_proj.weight.dtype == torch.int8
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    outputs = engine.generate(["hello there", "a b c d e f g h i j"], params, use_tqdm=False)
+    assert [len(output.outputs[0].token_ids) for output in outputs] == [8, 8]

@@ -226,20 +226,20 @@ def test_gguf_uint4_refuses_other_blocks():
                                                      "ffn_down": GGMLQuantizationType.Q8_0}),
 ], ids=["llama-q4_0", "qwen2-q4_1", "llama-mixed"])
 def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architecture, tensor_type, tensor_types):
-    """Its decoder projections load as uint4 codes, and greedy ids equal (logits within 1e-4)
-    transformers' over the values it dequantizes the same blocks to; prefill (the panels) and decode
-    (the decoder stack, reading codes)."""
+    """Its decoder projections load as uint4 codes (in the mix, a projection of 8-bit blocks as int8
+    codes, and one of both kinds widened), and greedy ids equal (logits within 1e-4) transformers'
+    over the values it dequantizes the same blocks to; prefill (the panels) and decode (the decoder
+    stack, reading codes)."""
     # transformers reads no rope scaling from GGUF files, so these models have none.
     _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None)
     model = load_model(path).model
     layer = model.model.layers[0]
-    quantized = {name: linear.weight_offset is not None for name, linear in
-                 (("qkv", layer.self_attn.qkv_proj), ("o", layer.self_attn.o_proj), ("gate_up", layer.mlp.gate_up_proj),
-                  ("down", layer.mlp.down_proj))}
-    expected = dict(qkv=True, o=True, gate_up=True, down=True) if tensor_types is None else \
-        dict(qkv=False, o=True, gate_up=True, down=False)
-    assert quantized == expected
-    assert layer.self_attn.o_proj.weight.dtype == torch.uint8
+    held = {name: linear.weight.dtype for name, linear in
+            (("qkv", layer.self_attn.qkv_proj), ("o", layer.self_attn.o_proj), ("gate_up", layer.mlp.gate_up_proj),
+             ("down", layer.mlp.down_proj))}
+    expected = dict(qkv=torch.uint8, o=torch.uint8, gate_up=torch.uint8, down=torch.uint8) if tensor_types is None \
+        else dict(qkv=torch.float32, o=torch.uint8, gate_up=torch.uint8, down=torch.int8)
+    assert held == expected
     ids, logits = paged_greedy(model, PROMPTS[:2], 4)
     hf_ids, hf_logits = hf_greedy(path.parent, PROMPTS[:2], 4, gguf_file=path.name)
     assert_logits_close(logits, hf_logits)
@@ -253,7 +253,7 @@ def test_codes_give_what_the_dequantized_file_gives(gguf_pair, architecture, mon
     loaded dequantized, as kvserve loads it on CUDA."""
     _, path = gguf_pair(architecture, GGMLQuantizationType.Q4_0)
     quantized = load_model(path).model
-    monkeypatch.setattr(load_module, "_keep_uint4", lambda module, stored: set())
+    monkeypatch.setattr(load_module, "_keep_codes", lambda module, weights: set())
     dequantized = load_model(path).model
     assert quantized.model.layers[1].mlp.down_proj.weight.dtype == torch.uint8
     assert dequantized.model.layers[1].mlp.down_proj.weight.dtype == torch.float32

@@ -23,7 +23,7 @@ from kvserve.uint4 import HALF_GROUP
 UINT4_TYPES = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q4_K)
 
 
-def _half(blocks: np.ndarray, start: int) -> np.ndarray:
+def block_half(blocks: np.ndarray, start: int) -> np.ndarray:
     """The float16 at byte `start` of each block, as float32 [num_blocks, 1]."""
     return np.ascontiguousarray(blocks[:, start:start + 2]).view(np.float16).astype(np.float32)
 
@@ -47,12 +47,12 @@ def gguf_uint4(data: np.ndarray, tensor_type: GGMLQuantizationType,
                          f"{[t.name for t in UINT4_TYPES]})")
     blocks = np.asarray(data, dtype=np.uint8).reshape(-1, GGML_QUANT_SIZES[tensor_type][1])
     if tensor_type == GGMLQuantizationType.Q4_0:
-        d = _half(blocks, 0)
+        d = block_half(blocks, 0)
         codes, scale, offset = blocks[:, 2:], d, -8 * d
     elif tensor_type == GGMLQuantizationType.Q4_1:
-        codes, scale, offset = blocks[:, 4:], _half(blocks, 0), _half(blocks, 2)
+        codes, scale, offset = blocks[:, 4:], block_half(blocks, 0), block_half(blocks, 2)
     else:  # Q4_K
-        d, dmin = _half(blocks, 0), _half(blocks, 2)
+        d, dmin = block_half(blocks, 0), block_half(blocks, 2)
         sc, mn = _k_scales_and_mins(blocks[:, 4:16])
         scale, offset = d * sc, -(dmin * mn)
         pairs = blocks[:, 16:].reshape(-1, 4, 1, 2 * HALF_GROUP)

@@ -1,6 +1,7 @@
 """Checkpoint tensors of a GGUF file, under their Hugging Face names: dequantized to float32, or for
-the 4-bit blocks of the projections a model keeps quantized (GgufWeights.uint4), their uint4 codes,
-scales and offsets (loader/gguf_uint4.py) under the weight's name, name + "_scale" and name + "_offset".
+the blocks a model keeps quantized (GgufWeights.kept), their codes under the weight's name and their
+scales under name + "_scale": 4-bit blocks as uint4 codes with offsets under name + "_offset"
+(loader/gguf_uint4.py), 8-bit and 6-bit blocks as int8 codes (loader/gguf_int8.py).
 
 llama.cpp's converter reorders the rows of Llama's q_proj and k_proj (bias included) so that each
 head's two rotary halves are interleaved pairs:
@@ -24,6 +25,7 @@ from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 from kvserve.loader.gguf_config import ROPE_FACTORS_TENSOR
+from kvserve.loader.gguf_int8 import INT8_TYPES, gguf_int8
 from kvserve.loader.gguf_uint4 import UINT4_TYPES, gguf_uint4
 from kvserve.model_config import ModelConfig
 
@@ -68,15 +70,18 @@ def undo_rope_permutation(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 class GgufWeights:
     """(Hugging Face name, tensor) for every tensor of the file, when iterated; float32 unless stored as
-    F16, or uint4 codes for the names in `uint4` (set it before iterating)."""
+    F16, or codes for the names in `kept` (set it before iterating; each a tensor of UINT4_TYPES or
+    INT8_TYPES)."""
 
     def __init__(self, reader: GGUFReader, config: ModelConfig, arch: str):
         self.reader, self.config, self.arch = reader, config, arch
-        self.uint4: set[str] = set()
+        self.kept: set[str] = set()
 
-    def uint4_names(self) -> set[str]:
-        """The Hugging Face names of the tensors stored as 4-bit blocks (gguf_uint4.UINT4_TYPES)."""
-        return {hf_name(t.name) for t in self.reader.tensors if t.tensor_type in UINT4_TYPES} - {None}
+    def coded_names(self) -> dict[str, set[str]]:
+        """The Hugging Face names of the tensors stored as blocks that load as codes: "uint4" (4-bit
+        blocks, UINT4_TYPES) and "int8" (8-bit and 6-bit ones, INT8_TYPES)."""
+        return {kind: {hf_name(t.name) for t in self.reader.tensors if t.tensor_type in types} - {None}
+                for kind, types in (("uint4", UINT4_TYPES), ("int8", INT8_TYPES))}
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for tensor in self.reader.tensors:
@@ -87,9 +92,12 @@ class GgufWeights:
                 raise ValueError(f"{self.reader.data.filename}: GGUF tensor {tensor.name!r} has no place in "
                                  f"{self.config.architecture}")
             rows = int(tensor.shape[-1]) if len(tensor.shape) > 1 else 1  # GGUF lists dimensions innermost first
-            if name in self.uint4:
+            if name in self.kept and tensor.tensor_type in UINT4_TYPES:
                 codes, scale, offset = gguf_uint4(tensor.data, tensor.tensor_type, rows)
                 parts = {name: codes, f"{name}_scale": scale, f"{name}_offset": offset}
+            elif name in self.kept and tensor.tensor_type in INT8_TYPES:
+                codes, scale = gguf_int8(tensor.data, tensor.tensor_type, rows)
+                parts = {name: codes, f"{name}_scale": scale}
             else:
                 parts = {name: _to_torch(tensor)}
             for part_name, values in parts.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tokenizers
 import torch
@@ -20,11 +21,15 @@ from kvserve.loader.model_source import resolve_model_path
 from kvserve.loader.safetensors_weights import iter_safetensors_weights
 from kvserve.loader.tokenizer_parts import TokenizerParts
 from kvserve.model_config import ModelConfig
-from kvserve.models.layers.linear import onednn_packs
+from kvserve.models.layers.embedding import Embedding
+from kvserve.models.layers.linear import Linear, onednn_packs
 from kvserve.models.registry import POOLING_ONLY, build_model
 from kvserve.models.weight_loading import linear_parts
 from kvserve.pooling import RUNNERS
 from kvserve.quantization import CHECKPOINT_ONLY, check_quantization
+
+if TYPE_CHECKING:
+    from kvserve.loader.gguf_weights import GgufWeights
 
 logger = logging.getLogger("kvserve")
 
@@ -69,29 +74,39 @@ def _token_ids(directory: Path, tokens: tuple[str, ...]) -> list[int]:
     return ids
 
 
-def _keep_uint4(module: nn.Module, stored: set[str]) -> set[str]:
-    """The decoder projections whose parts the file stores all as 4-bit blocks take them as uint4
-    codes (Linear.prepare_uint4); the names of the parts. A projection with a part of another kind
-    (llama.cpp's Q4_K_M stores some v and down projections as Q6_K) is dequantized whole."""
-    decoder = set(module.decoder_linears())
+def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
+    """Each product whose parts the file stores all as 4-bit blocks takes them as uint4 codes, all as
+    8-bit or 6-bit blocks as int8 codes (Linear.prepare_uint4, prepare_int8), and so does the token
+    embedding table (and with it a tied LM head); the names of what is kept. A projection with parts
+    of two kinds (llama.cpp's Q4_K_M stores some v and down projections as Q6_K) is dequantized whole."""
+    stored = weights.coded_names()
+    holders = list(linear_parts(module, module.packed_modules))
+    holders += [(embedding, [f"{name}.weight"]) for name, embedding in module.named_modules()
+                if isinstance(embedding, Embedding)]
     kept = set()
-    for linear, names in linear_parts(module, module.packed_modules):
-        if linear in decoder and all(name in stored for name in names):
-            linear.prepare_uint4()
-            kept.update(names)
-    _log_uint4("GGUF", module)
+    for holder, names in holders:
+        for kind, kind_names in stored.items():
+            if all(name in kind_names for name in names):
+                getattr(holder, f"prepare_{kind}")()
+                kept.update(names)
+    _log_codes("GGUF", module)
     return kept
 
 
-def _log_uint4(source: str, module: nn.Module) -> None:
-    """How many of the decoder's projections hold uint4 codes, and their bytes with their scales."""
-    decoder = list(module.decoder_linears())
-    quantized = [linear for linear in decoder if linear.weight_offset is not None]
-    if quantized:
-        logger.info("%s: %d of %d decoder projections read as uint4 codes (%.2f GB with their scales)%s", source,
-                    len(quantized), len(decoder),
-                    sum(linear.weight.numel() + 8 * linear.weight_scale.numel() for linear in quantized) / 1e9,
-                    "" if len(quantized) == len(decoder) else "; the others widened to the dtype")
+def _log_codes(source: str, module: nn.Module) -> None:
+    """How many of the products (and embedding tables) hold uint4 or int8 codes, and their bytes with
+    their scales."""
+    holders = [m for m in module.modules() if isinstance(m, (Linear, Embedding))]
+    kinds = {kind: [m for m in holders if m.weight.dtype == dtype]
+             for kind, dtype in (("uint4", torch.uint8), ("int8", torch.int8))}
+    coded = kinds["uint4"] + kinds["int8"]
+    if coded:
+        nbytes = sum(m.weight.numel() + 4 * m.weight_scale.numel() * (1 if m.weight_offset is None else 2)
+                     for m in coded)
+        counts = ", ".join(f"{len(of_kind)} as {kind}" for kind, of_kind in kinds.items() if of_kind)
+        logger.info("%s: %d of %d weight matrices read as codes: %s (%.2f GB with their scales)%s", source,
+                    len(coded), len(holders), counts, nbytes / 1e9,
+                    "" if len(coded) == len(holders) else "; the others widened to the dtype")
 
 
 def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "auto", load_format: str = "auto",
@@ -154,10 +169,10 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
             bias_free = {name.removesuffix("weight") + "bias" for linear, names in
                          linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
             weights = int4_weights(weights, quantization, bias_free)
-            _log_uint4(quantization.upper(), module)
+            _log_codes(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu" and quantization is None:
-        # A GGUF file's 4-bit blocks are read as they are, unless a quantization was asked for.
-        weights.uint4 = _keep_uint4(module, weights.uint4_names())
+        # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.
+        weights.kept = _keep_codes(module, weights)
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
     elif model_config.classifier_from_token is not None:

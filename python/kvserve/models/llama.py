@@ -17,7 +17,8 @@ from kvserve import _C, ops
 from kvserve.model_config import ModelConfig
 from kvserve.models.layers.attention import Attention, AttentionMetadata
 from kvserve.models.layers.embedding import Embedding
-from kvserve.models.layers.linear import OPS_MAX_ROWS, Linear, cuda_ops_linear_takes, fast_copies, linear
+from kvserve.models.layers.linear import (OPS_MAX_ROWS, Linear, cuda_ops_linear_takes, fast_copies, linear,
+                                          quantized_linear)
 from kvserve.models.layers.rms_norm import RMSNorm
 from kvserve.models.layers.rotary_embedding import RotaryEmbedding
 from kvserve.models.registry import BASE_MODELS
@@ -230,11 +231,14 @@ class LlamaForCausalLM(nn.Module):
             raise ValueError("this model was built without its LM head (for pooling): it computes no logits")
         if self.lm_head is not None:
             return self.lm_head(hidden)
-        return linear(hidden, self.model.embed_tokens.weight, None, *self.tied_lm_head_copies)
+        embed = self.model.embed_tokens
+        if embed.weight_scale is not None:
+            return quantized_linear(hidden, embed.weight, embed.weight_scale, embed.weight_offset)
+        return linear(hidden, embed.weight, None, *self.tied_lm_head_copies)
 
     def decoder_linears(self) -> Iterator[Linear]:
-        """The decoder layers' products: the weights quantization="fp8" stores as e4m3 codes, and a GGUF
-        file's 4-bit blocks load into as uint4 codes (the embeddings, norms and LM head keep the dtype)."""
+        """The decoder layers' products: the weights quantization="fp8" stores as e4m3 codes (the
+        embeddings, norms and LM head keep the dtype)."""
         return (module for module in self.model.layers.modules() if isinstance(module, Linear))
 
     def finalize_weights(self) -> None:
@@ -243,7 +247,7 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.finalize_weights()
-        if self.has_lm_head and self.lm_head is None:
+        if self.has_lm_head and self.lm_head is None and self.model.embed_tokens.weight_scale is None:
             self.tied_lm_head_copies = fast_copies(self.model.embed_tokens.weight)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]],

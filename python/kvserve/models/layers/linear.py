@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvserve import _C, int8, ops, uint4
+from kvserve import _C, ops
 from kvserve.models.layers.activation import silu_and_mul
+from kvserve.models.layers.weight_codes import WeightCodes
 from kvserve.quantization import quantize_fp8
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, 
     return out.view(*x.shape[:-1], out_features)
 
 
-class Linear(nn.Module):
+class Linear(WeightCodes, nn.Module):
     def __init__(self, input_size: int, output_sizes: int | tuple[int, ...], bias: bool, dtype: torch.dtype):
         super().__init__()
         self.output_sizes = (output_sizes,) if isinstance(output_sizes, int) else tuple(output_sizes)
@@ -184,36 +185,16 @@ class Linear(nn.Module):
         """The weight as e4m3 codes with a float32 scale per row (kvserve.quantization), in place of
         itself; once quantized (either way), nothing changes."""
         if self.weight_scale is None:
-            codes, scale = quantize_fp8(self.weight)
-            self.weight = nn.Parameter(codes, requires_grad=False)
-            self.weight_scale = nn.Parameter(scale, requires_grad=False)
+            self.prepare_codes(*quantize_fp8(self.weight), None)
 
     def prepare_fp8(self) -> None:
         """Uninitialized e4m3 codes and row scales in place of the weight, for a checkpoint's codes and
         scales to load into as they are."""
         rows = sum(self.output_sizes)
-        self._prepare(torch.empty(rows, self.input_size, dtype=torch.float8_e4m3fn), torch.empty(rows), None)
+        self.prepare_codes(torch.empty(rows, self.input_size, dtype=torch.float8_e4m3fn), torch.empty(rows), None)
 
-    def prepare_uint4(self) -> None:
-        """Uninitialized uint4 codes with their groups' scales and offsets (kvserve.uint4) in place of
-        the weight, for a checkpoint's 4-bit blocks to load into."""
-        rows, groups = sum(self.output_sizes), self.input_size // uint4.GROUP_SIZE
-        self._prepare(torch.empty(rows, self.input_size // 2, dtype=torch.uint8), torch.empty(rows, groups),
-                      torch.empty(rows, groups))
-
-    def prepare_int8(self) -> None:
-        """Uninitialized int8 codes with their groups' scales (kvserve.int8) in place of the weight, for a
-        checkpoint's 8-bit or 6-bit blocks to load into."""
-        rows = sum(self.output_sizes)
-        self._prepare(torch.empty(rows, self.input_size, dtype=torch.int8),
-                      torch.empty(rows, self.input_size // int8.GROUP_SIZE), None)
-
-    def _prepare(self, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> None:
-        device = self.weight.device
-        self.weight = nn.Parameter(codes.to(device), requires_grad=False)
-        self.weight_scale = nn.Parameter(scale.to(device), requires_grad=False)
-        if offset is not None:
-            self.weight_offset = nn.Parameter(offset.to(device), requires_grad=False)
+    def plain_shape(self) -> tuple[int, int]:
+        return sum(self.output_sizes), self.input_size
 
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's

@@ -1,0 +1,47 @@
+"""llama.cpp's 8-bit and 6-bit blocks as int8 codes with a scale a group of 16 (kvserve.int8), value
+for value: each code * scale is, bit for bit in float32, what gguf-py's dequantize makes of the block.
+
+    Q8_0  32 weights a block: float16 d, 32 int8 codes                       code * d (two groups)
+    Q6_K  256 weights a block: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales sc (one
+          a group of 16), float16 d                                         (code - 32) * (d sc)
+
+A Q6_K block's elements in 128-element halves h: element 128 h + 32 r + j (r 0..3, j 0..31) has the
+nibble of byte 64 h + 32 (r % 2) + j (low for r < 2, high otherwise) and the bit pair 2 r of byte
+32 h + j of the high bits. d sc is exact in float32 (11 and 8 significant bits), so the product
+rounds once, as gguf-py's does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from kvserve.loader.gguf_uint4 import block_half
+
+INT8_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q6_K)
+
+
+def _q6_k_codes(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Q6_K's 6-bit codes less 32, int8 [num_blocks, 256], from its low nibbles [num_blocks, 128] and
+    high bit pairs [num_blocks, 64] (the module docstring's order)."""
+    nibbles = low.reshape(-1, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    pairs = high.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    values = (nibbles & 15).reshape(-1, 2, 4, 32) | ((pairs & 3) << 4)
+    return (values.astype(np.int8) - np.int8(32)).reshape(-1, 256)
+
+
+def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes int8 [rows, K], scale [rows, K / 16]) of a tensor of one of INT8_TYPES, `data` its raw
+    bytes."""
+    if tensor_type not in INT8_TYPES:
+        raise ValueError(f"gguf_int8: {tensor_type.name} blocks are not 8-bit groups (expected one of "
+                         f"{[t.name for t in INT8_TYPES]})")
+    blocks = np.asarray(data, dtype=np.uint8).reshape(-1, GGML_QUANT_SIZES[tensor_type][1])
+    if tensor_type == GGMLQuantizationType.Q8_0:
+        codes, scale = blocks[:, 2:].view(np.int8), np.repeat(block_half(blocks, 0), 2, axis=1)
+    else:  # Q6_K
+        codes = _q6_k_codes(blocks[:, :128], blocks[:, 128:192])
+        scale = block_half(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32)
+    return (torch.from_numpy(np.ascontiguousarray(codes).reshape(rows, -1)),
+            torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(rows, -1)))
