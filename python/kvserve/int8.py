@@ -33,7 +33,7 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_int8(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The weight [..., K] that codes [..., K] stand for with their groups' scales [..., K / 16], code *
-    scale computed in float64 (exact) and rounded once to `dtype`: what kvserve.ops.dequantize_weight
-    gives, and the rows an int8 embedding table looks up."""
+    scale computed in float64 (exact) and rounded once to `dtype` (the reference
+    kvserve.ops.dequantize_weight is tested against)."""
     values = codes.double().unflatten(-1, (-1, GROUP_SIZE)) * scale.double()[..., None]
     return values.flatten(-2).to(dtype)

@@ -1,9 +1,9 @@
 """Token embedding table; with tied embeddings the same weight is the LM head.
 
 A GGUF file's quantized table may load as its codes (WeightCodes: uint4 or int8 codes with their
-groups' scales): a lookup widens the rows it gathers, each value rounded to float32 as gguf-py's
-dequantize gives it, then to the dtype (the bits a widened table holds), and a tied LM head
-multiplies by the codes (quantized_linear).
+groups' scales): a lookup widens the rows it gathers (kvserve.ops.dequantize_weight: each value in
+float32, as gguf-py's dequantize gives it, then rounded to the dtype, the bits a widened table
+holds), and a tied LM head multiplies by the codes (quantized_linear).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvserve.int8 import dequantize_int8
+from kvserve import ops
 from kvserve.models.layers.weight_codes import WeightCodes
-from kvserve.uint4 import dequantize_uint4
 
 
 class Embedding(WeightCodes, nn.Module):
@@ -32,9 +31,7 @@ class Embedding(WeightCodes, nn.Module):
         if self.weight_scale is None:
             return F.embedding(input_ids, self.weight)
         ids = input_ids.reshape(-1)
-        codes, scale = self.weight[ids], self.weight_scale[ids]
-        if self.weight_offset is None:
-            rows = dequantize_int8(codes, scale, torch.float32)
-        else:
-            rows = dequantize_uint4(codes, scale, self.weight_offset[ids], torch.float32)
-        return rows.to(self.dtype).reshape(*input_ids.shape, self.hidden_size)
+        rows = torch.empty(ids.numel(), self.hidden_size, dtype=self.dtype)
+        offset = None if self.weight_offset is None else self.weight_offset[ids]
+        ops.dequantize_weight(rows, self.weight[ids], self.weight_scale[ids], offset)
+        return rows.view(*input_ids.shape, self.hidden_size)
