@@ -80,7 +80,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
     group = parser.add_argument_group("engine")
     group.add_argument("--tokenizer",
                        help="a Hugging Face directory or hub id to take the tokenizer from (default: the model's)")
-    group.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: the checkpoint's dtype")
+    group.add_argument("--dtype", choices=DTYPES, default="auto",
+                       help="auto: the checkpoint's dtype (a GGUF file of quantized blocks: bfloat16 where the "
+                            "device multiplies it natively, else float32)")
     group.add_argument("--load-format", choices=LOAD_FORMATS, default="auto",
                        help="dummy: the model's shapes with random weights (nothing read from disk)")
     group.add_argument("--max-model-len", type=int,

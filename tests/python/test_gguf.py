@@ -47,11 +47,25 @@ def test_float32_round_trip_gives_identical_logits(gguf_pair, architecture):
     assert_logits_close(logits, expected_logits, rtol=1e-6)
 
 
+@pytest.mark.parametrize("bfloat16_native", [True, False])
+def test_auto_dtype_of_a_quantized_file_is_bfloat16_where_the_cpu_multiplies_it(gguf_pair, bfloat16_native,
+                                                                                 monkeypatch):
+    """A file of quantized blocks names no dtype: "auto" takes bfloat16 where oneDNN has its bfloat16
+    path (AVX-512), float32 elsewhere; a float file keeps its own, and --dtype wins."""
+    from kvserve.loader import load as load_module
+
+    monkeypatch.setattr(load_module, "onednn_packs", lambda dtype: bfloat16_native)
+    _, quantized = gguf_pair("LlamaForCausalLM", gguf.GGMLQuantizationType.Q8_0, rope_scaling=None)
+    _, float_file = gguf_pair("LlamaForCausalLM")
+    assert load_model(quantized, load_format="dummy").dtype == (torch.bfloat16 if bfloat16_native else torch.float32)
+    assert load_model(float_file, load_format="dummy").dtype == torch.float32
+    assert load_model(quantized, dtype="float16", load_format="dummy").dtype == torch.float16
+
+
 def test_quantized_file_matches_transformers_gguf_loader(gguf_pair):
     # transformers reads no rope scaling from GGUF files, so this model has none.
     _, path = gguf_pair("LlamaForCausalLM", gguf.GGMLQuantizationType.Q8_0, rope_scaling=None)
-    loaded = load_model(path)
-    assert loaded.dtype == torch.float32  # "auto" on a quantized file: dequantized values are exact in float32
+    loaded = load_model(path, dtype="float32")
     ids, logits = paged_greedy(loaded.model, PROMPTS[:2], 3)
     hf_ids, hf_logits = hf_greedy(path.parent, PROMPTS[:2], 3, gguf_file=path.name)
     assert ids == hf_ids

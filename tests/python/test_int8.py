@@ -197,7 +197,7 @@ def test_a_gguf_file_of_8_bit_blocks_matches_transformers(gguf_pair, architectur
     to, through prefill (panels, a widened lookup) and decode (the decoder stack)."""
     # transformers reads no rope scaling from GGUF files, so these models have none.
     _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None, tie_word_embeddings=tied)
-    model = load_model(path).model
+    model = load_model(path, dtype="float32").model
     codes = torch.int8 if tensor_type == GGMLQuantizationType.Q8_0 else torch.uint8
     assert model.model.layers[1].mlp.down_proj.weight.dtype == codes
     assert model.model.embed_tokens.weight.dtype == torch.int8

@@ -232,7 +232,7 @@ def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architectur
     stack, reading codes)."""
     # transformers reads no rope scaling from GGUF files, so these models have none.
     _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None)
-    model = load_model(path).model
+    model = load_model(path, dtype="float32").model
     layer = model.model.layers[0]
     held = {name: linear.weight.dtype for name, linear in
             (("qkv", layer.self_attn.qkv_proj), ("o", layer.self_attn.o_proj), ("gate_up", layer.mlp.gate_up_proj),
@@ -252,9 +252,9 @@ def test_codes_give_what_the_dequantized_file_gives(gguf_pair, architecture, mon
     comparison for it): the model reading codes gives the ids (logits within 1e-4) of the same file
     loaded dequantized, as kvserve loads it on CUDA."""
     _, path = gguf_pair(architecture, GGMLQuantizationType.Q4_0)
-    quantized = load_model(path).model
+    quantized = load_model(path, dtype="float32").model
     monkeypatch.setattr(load_module, "_keep_codes", lambda module, weights: set())
-    dequantized = load_model(path).model
+    dequantized = load_model(path, dtype="float32").model
     assert quantized.model.layers[1].mlp.down_proj.weight.dtype == torch.uint8
     assert dequantized.model.layers[1].mlp.down_proj.weight.dtype == torch.float32
     ids, logits = paged_greedy(quantized, PROMPTS, 4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gguf import GGUFReader, LlamaFileType
+from gguf import GGMLQuantizationType, GGUFReader, LlamaFileType
 
 from kvserve.model_config import ModelConfig, RopeConfig
 
@@ -20,12 +20,22 @@ ROPE_FACTORS_TENSOR = "rope_freqs.weight"
 
 _MISSING = object()
 
-# Float files keep their dtype under "auto"; dequantized weights are exact only in float32.
+# Float files keep their dtype under "auto"; a file of quantized blocks names none (load.py picks one).
 _FILE_TYPE_DTYPES = {
     LlamaFileType.ALL_F32: torch.float32,
     LlamaFileType.MOSTLY_F16: torch.float16,
     LlamaFileType.MOSTLY_BF16: torch.bfloat16,
 }
+
+
+def _file_dtype(reader: GGUFReader) -> torch.dtype | None:
+    """A float file's dtype (its file type's, float32 when it names none); None for a file of quantized
+    blocks, which has no dtype of its own."""
+    named = _FILE_TYPE_DTYPES.get(gguf_value(reader, "general.file_type", None))
+    floats = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+    if named is not None or all(tensor.tensor_type in floats for tensor in reader.tensors):
+        return named or torch.float32
+    return None
 
 
 def gguf_value(reader: GGUFReader, key: str, default=_MISSING):
@@ -74,7 +84,7 @@ def model_config_from_gguf(reader: GGUFReader) -> ModelConfig:
         tie_word_embeddings="output.weight" not in tensors,
         attention_bias=arch == "llama" and "blk.0.attn_q.bias" in tensors,
         sliding_windows=(window,) * num_layers,
-        checkpoint_dtype=_FILE_TYPE_DTYPES.get(gguf_value(reader, "general.file_type", None), torch.float32),
+        checkpoint_dtype=_file_dtype(reader),
         bos_token_id=gguf_value(reader, "tokenizer.ggml.bos_token_id", None),
         eos_token_ids=tuple(dict.fromkeys(i for i in eos_ids if i is not None)),
     )
