@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from kvserve.models.registry import CLASSIFIERS, causal_architecture, check_architecture
-from kvserve.quantization import checkpoint_quantization
+from kvserve.quantization import CHECKPOINT_ONLY, checkpoint_quantization
 
 # Names accepted for `dtype`, as vLLM accepts them.
 _DTYPES_BY_NAME = {
@@ -116,8 +116,10 @@ class ModelConfig:
     # logit is its LM head's for the one token given, or the second's less the first's (["no", "yes"]:
     # Qwen3-Reranker's relevance); None: the checkpoint has its own score head.
     classifier_from_token: tuple[str, ...] | None = None
-    # "fp8": the checkpoint's decoder weights are e4m3 codes with scales (kvserve.quantization); None: not quantized.
+    # "fp8": the checkpoint's decoder weights are e4m3 codes with scales (kvserve.quantization); "gptq" or
+    # "awq": weight_bits-bit codes (kvserve.loader.gptq_awq); None: not quantized.
     weight_quantization: str | None = None
+    weight_bits: int | None = None
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -170,6 +172,11 @@ class ModelConfig:
             raise ValueError(f"{source}: expected one entry in 'architectures', got {architectures!r}")
         check_architecture(architectures[0])
         weight_quantization = checkpoint_quantization(hf.get("quantization_config"), source)
+        weight_bits = None
+        if weight_quantization in CHECKPOINT_ONLY:
+            from kvserve.loader.gptq_awq import config_bits
+
+            weight_bits = config_bits(hf["quantization_config"])
         activation = hf.get("hidden_act", "silu")
         if activation != "silu":
             raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")
@@ -202,6 +209,7 @@ class ModelConfig:
             labels=_labels(hf, source) if architectures[0] in CLASSIFIERS else None,
             classifier_from_token=_from_tokens(hf, architectures[0], source),
             weight_quantization=weight_quantization,
+            weight_bits=weight_bits,
         )
 
 

@@ -15,7 +15,8 @@ Runs on the CPU; the outputs are those of the model with each weight replaced by
 times its row's scale (dequantize), not the unquantized model's.
 
 Checkpoints that come with quantized weights load as they are (checkpoint_quantization): GPTQ's and
-AWQ's 4-bit ones as uint4 codes (kvserve.loader.gptq_awq), and fp8 ones, codes and scales:
+AWQ's 4-bit ones as uint4 codes and GPTQ's 8-bit ones as int8 codes (kvserve.loader.gptq_awq), and fp8
+ones, codes and scales:
 config.json's quantization_config of quant_method "fp8" (a scale a tensor) or "compressed-tensors"
 with 8-bit float weights of strategy "tensor" or "channel" (llm-compressor's FP8 and FP8-dynamic
 checkpoints). Activation scales (static schemes) are not used: the products take the activations
@@ -69,11 +70,12 @@ def checkpoint_quantization(quantization_config, source: str = "config.json") ->
                                  f"8-bit float weights with a scale a tensor or a row")
         return "fp8"
     if method in CHECKPOINT_ONLY:
-        from kvserve.loader.gptq_awq import check_int4_config
+        from kvserve.loader.gptq_awq import check_config
 
-        return check_int4_config(quantization_config, refused)
+        return check_config(quantization_config, refused)
     raise ValueError(f"{refused}; expected an unquantized checkpoint (quantization='fp8' quantizes one as it "
-                     f"loads), fp8 weights (quant_method 'fp8' or 'compressed-tensors') or 4-bit GPTQ or AWQ ones")
+                     f"loads), fp8 weights (quant_method 'fp8' or 'compressed-tensors'), 4-bit GPTQ or AWQ ones or 8-bit "
+                     f"GPTQ ones")
 
 
 def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """GPTQ and AWQ checkpoints (kvserve.loader.gptq_awq): written here from a tiny model the way
-AutoGPTQ/GPTQModel and AutoAWQ pack them, they load as uint4 codes and give transformers' ids (logits
-within 1e-4) over the weights their codes stand for; what kvserve does not read is refused by name."""
+AutoGPTQ/GPTQModel and AutoAWQ pack them, they load as uint4 codes (symmetric 8-bit GPTQ as int8
+codes) and give transformers' ids (logits within 1e-4) over the weights their codes stand for; what
+kvserve does not read is refused by name."""
 
 import json
 import shutil
@@ -13,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from kvserve import Engine, SamplingParams
 from kvserve.loader import load_model
-from kvserve.loader.gptq_awq import awq_uint4, gptq_uint4
+from kvserve.int8 import dequantize_int8
+from kvserve.loader.gptq_awq import awq_uint4, gptq_int8, gptq_uint4
 from kvserve.quantization import checkpoint_quantization
 from kvserve.uint4 import dequantize_uint4
 from paged_greedy import paged_greedy
@@ -36,16 +38,27 @@ def quantize_asymmetric(weight: torch.Tensor, group_size: int):
     return values.reshape(columns.shape).long(), zeros.long(), scales
 
 
-def pack_words(nibbles: torch.Tensor) -> torch.Tensor:
-    """[..., W, 8] 4-bit values as int32 words [..., W], the first the lowest bits."""
-    words = sum(nibbles[..., i].numpy().astype(np.uint32) << np.uint32(4 * i) for i in range(8))
+def quantize_symmetric_8_bit(weight: torch.Tensor, group_size: int):
+    """quantize_asymmetric's triple for GPTQ's symmetric 8 bits: each group's largest magnitude over 127
+    steps, every zero point 128."""
+    columns = weight.t().float()
+    groups = columns.reshape(-1, group_size, columns.shape[1])
+    scales = (groups.abs().amax(dim=1) / 127).clamp_min(1e-4).half()
+    values = (groups / scales.float()[:, None]).round().clamp(-127, 127) + 128
+    return values.reshape(columns.shape).long(), torch.full(scales.shape, 128), scales
+
+
+def pack_words(fields: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """[..., W, 32 / bits] values as int32 words [..., W], the first the lowest bits."""
+    words = sum(fields[..., i].numpy().astype(np.uint32) << np.uint32(bits * i) for i in range(32 // bits))
     return torch.from_numpy(np.ascontiguousarray(words).view(np.int32))
 
 
-def gptq_tensors(values, zeros, scales):
+def gptq_tensors(values, zeros, scales, bits=4):
     in_features, out_features = values.shape
-    qweight = pack_words(values.reshape(in_features // 8, 8, out_features).transpose(1, 2))
-    qzeros = pack_words((zeros - 1).reshape(zeros.shape[0], -1, 8))
+    per_word = 32 // bits
+    qweight = pack_words(values.reshape(in_features // per_word, per_word, out_features).transpose(1, 2), bits)
+    qzeros = pack_words((zeros - 1).reshape(zeros.shape[0], -1, per_word), bits)
     return dict(qweight=qweight, qzeros=qzeros, scales=scales)
 
 
@@ -55,8 +68,9 @@ def awq_tensors(values, zeros, scales):
     return dict(qweight=pack(values), qzeros=pack(zeros), scales=scales)
 
 
-def write_checkpoint(directory, destination, method: str, group_size: int):
-    """(the quantized checkpoint, a float32 one of the weights its codes stand for) from `directory`."""
+def write_checkpoint(directory, destination, method: str, group_size: int, bits: int = 4):
+    """(the quantized checkpoint, a float32 one of the weights its codes stand for) from `directory`;
+    8 bits: GPTQ's symmetric ones."""
     quantized_dir, reference_dir = destination / method, destination / f"{method}-dequantized"
     shutil.copytree(directory, quantized_dir)
     tensors = load_file(directory / "model.safetensors")
@@ -65,9 +79,9 @@ def write_checkpoint(directory, destination, method: str, group_size: int):
     for name in [n for n in tensors if n.split(".")[-2] in PROJECTIONS and n.endswith(".weight")]:
         weight = tensors.pop(name)
         size = group_size if group_size != -1 else weight.shape[1]
-        values, zeros, scales = quantize_asymmetric(weight, size)
+        values, zeros, scales = (quantize_asymmetric if bits == 4 else quantize_symmetric_8_bit)(weight, size)
         prefix = name[:-len(".weight")]
-        packed = (gptq_tensors if method == "gptq" else awq_tensors)(values, zeros, scales)
+        packed = gptq_tensors(values, zeros, scales, bits) if method == "gptq" else awq_tensors(values, zeros, scales)
         if method == "gptq":  # AutoGPTQ's exports: the groups' order, and biases even where there are none
             packed["g_idx"] = torch.arange(weight.shape[1], dtype=torch.int32) // size
             packed["bias"] = tensors.pop(f"{prefix}.bias", torch.zeros(weight.shape[0], dtype=weight.dtype))
@@ -77,7 +91,8 @@ def write_checkpoint(directory, destination, method: str, group_size: int):
     save_file(tensors, quantized_dir / "model.safetensors")
     config = json.loads((quantized_dir / "config.json").read_text())
     config["quantization_config"] = (
-        dict(quant_method="gptq", bits=4, group_size=group_size, desc_act=False, sym=False, checkpoint_format="gptq")
+        dict(quant_method="gptq", bits=bits, group_size=group_size, desc_act=False, sym=bits == 8,
+             checkpoint_format="gptq")
         if method == "gptq" else dict(quant_method="awq", bits=4, group_size=group_size, zero_point=True, version="gemm"))
     (quantized_dir / "config.json").write_text(json.dumps(config))
     reference.save_pretrained(reference_dir)
@@ -96,14 +111,26 @@ def test_unpacking_inverts_packing(method):
     assert torch.equal(dequantize_uint4(codes, scale, offset, torch.float32), expected)
 
 
-@pytest.mark.parametrize("method, group_size, architecture", [
-    ("gptq", 32, "LlamaForCausalLM"), ("gptq", -1, "Qwen2ForCausalLM"),
-    ("awq", 32, "Qwen3ForCausalLM"), ("awq", -1, "LlamaForCausalLM")])
+def test_8_bit_unpacking_inverts_packing():
+    weight = torch.randn(24, 64, generator=torch.Generator().manual_seed(0))
+    values, zeros, scales = quantize_symmetric_8_bit(weight, 32)
+    packed = gptq_tensors(values, zeros, scales, bits=8)
+    codes, scale = gptq_int8(packed["qweight"], packed["qzeros"], packed["scales"])
+    assert codes.dtype == torch.int8 and scale.shape == (24, 4)
+    expected = ((values.reshape(2, 32, 24) - 128) * scales.float()[:, None]).reshape(64, 24).t()
+    assert torch.equal(dequantize_int8(codes, scale, torch.float32), expected)
+
+
+@pytest.mark.parametrize("method, group_size, architecture, bits", [
+    ("gptq", 32, "LlamaForCausalLM", 4), ("gptq", -1, "Qwen2ForCausalLM", 4),
+    ("awq", 32, "Qwen3ForCausalLM", 4), ("awq", -1, "LlamaForCausalLM", 4),
+    ("gptq", 16, "Qwen3ForCausalLM", 8), ("gptq", -1, "LlamaForCausalLM", 8)])
 def test_a_checkpoint_matches_transformers_on_what_its_codes_stand_for(tiny_model_dir, tmp_path, method, group_size,
-                                                                        architecture):
-    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, method, group_size)
+                                                                        architecture, bits):
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, method, group_size, bits)
     model = load_model(quantized_dir).model
-    assert all(linear.weight.dtype == torch.uint8 for linear in model.decoder_linears())
+    codes = torch.uint8 if bits == 4 else torch.int8
+    assert all(linear.weight.dtype == codes for linear in model.decoder_linears())
     ids, logits = paged_greedy(model, PROMPTS, 4)
     hf_ids, hf_logits = hf_greedy(reference_dir, PROMPTS, 4)
     assert_logits_close(logits, hf_logits)
@@ -123,8 +150,12 @@ def test_the_method_must_be_the_checkpoints(tiny_model_dir):
 
 
 @pytest.mark.parametrize("config, message", [
-    (dict(quant_method="gptq", bits=8, group_size=128), "8-bit weights; kvserve reads 4-bit GPTQ and AWQ weights"),
-    (dict(quant_method="gptq", bits=4, group_size=48), "group_size 48; kvserve reads groups of a multiple of 32"),
+    (dict(quant_method="gptq", bits=3, group_size=128), "3-bit weights; kvserve reads 4-bit GPTQ and AWQ weights and "
+                                                        "8-bit GPTQ ones"),
+    (dict(quant_method="awq", bits=8, group_size=128), "8-bit weights; kvserve reads 4-bit GPTQ and AWQ weights"),
+    (dict(quant_method="gptq", bits=8, group_size=128, sym=False), r"asymmetric \(sym false\) 8-bit GPTQ"),
+    (dict(quant_method="gptq", bits=4, group_size=48), "group_size 48; kvserve reads 4-bit groups of a multiple of 32"),
+    (dict(quant_method="gptq", bits=8, group_size=24), "group_size 24; kvserve reads 8-bit groups of a multiple of 16"),
     (dict(quant_method="gptq", bits=4, group_size=128, desc_act=True), "act-order"),
     (dict(quant_method="gptq", bits=4, group_size=128, checkpoint_format="gptq_v2"), "checkpoint_format 'gptq_v2'"),
     (dict(quant_method="gptq", bits=4, group_size=128, lm_head=True), "a quantized LM head"),
@@ -143,6 +174,16 @@ def test_a_bias_the_model_has_no_place_for_must_be_zeros(tiny_model_dir, tmp_pat
     tensors["model.layers.1.self_attn.o_proj.bias"] += 0.5
     save_file(tensors, quantized_dir / "model.safetensors")
     with pytest.raises(ValueError, match="'model.layers.1.self_attn.o_proj.bias' matches no parameter"):
+        load_model(quantized_dir)
+
+
+def test_8_bit_zero_points_other_than_128_are_refused(tiny_model_dir, tmp_path):
+    quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "gptq", 32, bits=8)
+    tensors = load_file(quantized_dir / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.qzeros"] += 1
+    save_file(tensors, quantized_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="up_proj: its GPTQ tensors do not fit together: its zero points are not all "
+                                         "128"):
         load_model(quantized_dir)
 
 

@@ -1,7 +1,7 @@
 """int8 weights (kvserve.int8): kvserve.ops.linear and dequantize_weight over int8 codes against
-float64 (every code, both of the kernel's paths, every ISA), the checks on their arguments, the layer's
-choice of path, llama.cpp's 8-bit and 6-bit blocks read value for value, and GGUF files holding them
-against transformers' own GGUF loader."""
+float64 (every code, both of the kernel's paths, every ISA), the checks on their arguments, the
+quantizer, llama.cpp's 8-bit and 6-bit blocks read value for value, and GGUF files holding them
+against transformers' own GGUF loader (a layer's choice of path: test_weight_codes.py)."""
 
 import gguf
 import numpy as np
@@ -85,35 +85,6 @@ def test_dequantize_weight_gives_each_code_times_its_scale(dtype):
     else:
         finfo = torch.finfo(dtype)
         assert ((out.double() - expected).abs() <= (expected.abs() + finfo.smallest_normal) * finfo.eps).all()
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows, in_features", [(3, 96), (127, 96), (128, 96), (40, 8192)])
-def test_an_int8_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, in_features, monkeypatch):
-    """Linear.prepare_int8, its codes loaded, then products of decode and prefill sizes: bfloat16 from
-    128 rows (or 512 KiB of input rows) widens the whole weight for oneDNN's GEMM (where oneDNN takes
-    it), everything else takes ops.linear."""
-    from kvserve.models.layers import linear as linear_module
-
-    layer = linear_module.Linear(in_features, (64, 32), True, dtype)
-    layer.prepare_int8()
-    assert layer.weight_offset is None
-    for param, value in zip((layer.weight, layer.weight_scale), random_int8(96, in_features, seed=rows)):
-        param.copy_(value)
-    layer.bias.copy_(torch.randn(96, generator=torch.Generator().manual_seed(rows)))
-    layer.finalize_weights()
-    assert layer.packed is None and layer.interleaved is None
-    widened = []
-    dequantize = ops.dequantize_weight
-    monkeypatch.setattr(linear_module.ops, "dequantize_weight", lambda *args: widened.append(1) or dequantize(*args))
-    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows + 1)).to(dtype)
-    weight = dequantize_int8(layer.weight, layer.weight_scale)
-    expected = x.double() @ weight.T + layer.bias.double()
-    magnitude = x.double().abs() @ weight.abs().T + layer.bias.double().abs()
-    assert ((layer(x).double() - expected).abs() <= 2.0 ** -7 * magnitude).all()
-    long_rows = rows * in_features * x.element_size() > linear_module.DENSE_INPUT_BYTES
-    dense = (rows >= 128 or long_rows) and dtype == torch.bfloat16 and linear_module.onednn_packs(dtype)
-    assert widened == ([1] if dense else [])
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -122,36 +122,6 @@ def test_dequantize_weight_gives_each_code_times_its_scale_plus_its_offset(dtype
             + (0 if dtype == torch.float32 else expected.abs() * torch.finfo(dtype).eps)).all()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("rows, in_features", [(3, 96), (127, 96), (128, 96), (40, 8192)])
-def test_a_uint4_layer_multiplies_by_the_weight_its_codes_stand_for(dtype, rows, in_features, monkeypatch):
-    """Linear.prepare_uint4, its codes loaded, then products of decode and prefill sizes: bfloat16 from
-    128 rows (or 512 KiB of input rows) widens the whole weight for oneDNN's GEMM (where oneDNN takes
-    it), everything else takes ops.linear."""
-    from kvserve.models.layers import linear as linear_module
-
-    layer = linear_module.Linear(in_features, (64, 32), True, dtype)
-    layer.prepare_uint4()
-    codes = random_uint4(96, in_features, seed=rows)
-    for param, value in zip((layer.weight, layer.weight_scale, layer.weight_offset), codes):
-        param.copy_(value)
-    layer.bias.copy_(torch.randn(96, generator=torch.Generator().manual_seed(rows)))
-    layer.finalize_weights()
-    assert layer.packed is None and layer.interleaved is None
-    widened = []
-    dequantize = ops.dequantize_weight
-    monkeypatch.setattr(linear_module.ops, "dequantize_weight", lambda *args: widened.append(1) or dequantize(*args))
-    x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows + 1)).to(dtype)
-    weight = dequantize_uint4(layer.weight, layer.weight_scale, layer.weight_offset)
-    expected = x.double() @ weight.T + layer.bias.double()
-    # The 16-bit dtypes' roundings of the output (and of the weights in panels), relative to sum |x w|.
-    magnitude = x.double().abs() @ weight.abs().T + layer.bias.double().abs()
-    assert ((layer(x).double() - expected).abs() <= 2.0 ** -7 * magnitude).all()
-    long_rows = rows * in_features * x.element_size() > linear_module.DENSE_INPUT_BYTES
-    dense = (rows >= 128 or long_rows) and dtype == torch.bfloat16 and linear_module.onednn_packs(dtype)
-    assert widened == ([1] if dense else [])
-
-
 @pytest.mark.parametrize("isa", ISAS)
 def test_every_isa_path(isa):
     names = ("test_linear_uint4_weight", "test_every_uint4_code_reads_its_value",

@@ -1,17 +1,20 @@
 """GPTQ and AWQ checkpoints (config.json's quantization_config, quant_method "gptq" or "awq"): their
-4-bit weights as uint4 codes with a scale and offset a group of 32 (kvserve.uint4), value for value.
+4-bit weights as uint4 codes with a scale and offset a group of 32 (kvserve.uint4), and GPTQ's
+symmetric 8-bit ones as int8 codes with a scale a group of 16 (kvserve.int8), value for value.
 
-Each projection comes as int32 words of eight 4-bit values, the low bits first, with float16 scales
-and packed zero points a group of `group_size` input features (-1: one group a row):
+Each projection comes as int32 words of 32 / b values of b bits (b = 4 or 8), the low bits first,
+with float16 scales and packed zero points a group of `group_size` input features (-1: one group a
+row), for 4-bit words (w = 8 values a word):
 
-    GPTQ  qweight [K / 8, N]  packed along K      qzeros [K / g, N / 8]  scales [K / g, N]   g_idx [K]
-    AWQ   qweight [K, N / 8]  packed along N      qzeros [K / g, N / 8]  scales [K / g, N]
+    GPTQ  qweight [K / w, N]  packed along K      qzeros [K / g, N / w]  scales [K / g, N]   g_idx [K]
+    AWQ   qweight [K, N / w]  packed along N      qzeros [K / g, N / w]  scales [K / g, N]
           (AWQ's eight columns of a word in the order 0 2 4 6 1 3 5 7)
 
 and stands for (q - z) * s, z the zero point (GPTQ's checkpoint format "gptq" stores z - 1). As
 uint4 groups: scale s and offset -z s, both exact in float32, repeated for each group of 32 in one of
-`group_size`. Act-order GPTQ (desc_act, whose g_idx permutes the groups) and other bit widths are
-refused by name.
+`group_size`. Symmetric 8-bit GPTQ (sym: every z is 128) as int8 groups: codes q - 128 and scale s,
+repeated for each group of 16. Act-order GPTQ (desc_act, whose g_idx permutes the groups),
+asymmetric 8-bit GPTQ, 8-bit AWQ and other bit widths are refused by name.
 """
 
 from __future__ import annotations
@@ -20,25 +23,32 @@ from typing import Iterable, Iterator
 
 import torch
 
-from kvserve.uint4 import GROUP_SIZE, pack_uint4
+from kvserve import int8, uint4
 
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 # AWQ's word holds columns 0 2 4 6 1 3 5 7; column c of the eight is nibble _AWQ_NIBBLE[c].
 _AWQ_NIBBLE = [0, 4, 1, 5, 2, 6, 3, 7]
 _PARTS = ("qweight", "qzeros", "scales")
 
 
-def check_int4_config(quantization_config: dict, refused: str) -> str:
+def config_bits(quantization_config: dict) -> int | None:
+    """A GPTQ or AWQ quantization_config's bits a weight."""
+    return quantization_config.get("bits", quantization_config.get("w_bit"))
+
+
+def check_config(quantization_config: dict, refused: str) -> str:
     """The method of a GPTQ or AWQ quantization_config kvserve reads; ValueError (starting with
     `refused`) naming what it does not."""
     method = quantization_config["quant_method"]
-    bits = quantization_config.get("bits", quantization_config.get("w_bit"))
-    if bits != 4:
-        raise ValueError(f"{refused}: {bits}-bit weights; kvserve reads 4-bit GPTQ and AWQ weights")
+    bits = config_bits(quantization_config)
+    if bits == 8 and method == "gptq" and not quantization_config.get("sym", True):
+        raise ValueError(f"{refused}: asymmetric (sym false) 8-bit GPTQ weights; kvserve reads symmetric ones")
+    if bits != 4 and (bits, method) != (8, "gptq"):
+        raise ValueError(f"{refused}: {bits}-bit weights; kvserve reads 4-bit GPTQ and AWQ weights and 8-bit GPTQ ones")
+    group = uint4.GROUP_SIZE if bits == 4 else int8.GROUP_SIZE
     group_size = quantization_config.get("group_size", quantization_config.get("q_group_size", 128))
-    if group_size != -1 and (not isinstance(group_size, int) or group_size % GROUP_SIZE != 0):
-        raise ValueError(f"{refused}: group_size {group_size}; kvserve reads groups of a multiple of {GROUP_SIZE} "
-                         f"(or -1, one a row)")
+    if group_size != -1 and (not isinstance(group_size, int) or group_size % group != 0):
+        raise ValueError(f"{refused}: group_size {group_size}; kvserve reads {bits}-bit groups of a multiple of "
+                         f"{group} (or -1, one a row)")
     if method == "gptq":
         if quantization_config.get("desc_act"):
             raise ValueError(f"{refused}: act-order (desc_act) GPTQ weights are not supported")
@@ -55,44 +65,67 @@ def check_int4_config(quantization_config: dict, refused: str) -> str:
     return method
 
 
-def _nibbles(words: torch.Tensor) -> torch.Tensor:
-    """int32 words [..., W] as their eight 4-bit values [..., W, 8], the low bits first."""
-    return (words[..., None] >> _SHIFTS) & 15
+def _fields(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 words [..., W] as their 32 / bits values of `bits` bits [..., W, 32 / bits], the low bits
+    first."""
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    return (words[..., None] >> shifts) & ((1 << bits) - 1)
+
+
+def _group_repeat(in_features: int, groups: int, group: int) -> int:
+    """How many of kvserve's groups of `group` make one of the checkpoint's `groups` a row."""
+    if in_features % groups != 0 or (in_features // groups) % group != 0:
+        raise ValueError(f"a group of {in_features} / {groups} input features: expected a multiple of {group}")
+    return in_features // groups // group
 
 
 def _as_uint4(values: torch.Tensor, zeros: torch.Tensor,
               scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scale, offset) of values [K, N], zero points and scales [K / g, N]."""
-    in_features, groups = values.shape[0], scales.shape[0]
-    if in_features % groups != 0 or (in_features // groups) % GROUP_SIZE != 0:
-        raise ValueError(f"a group of {in_features} / {groups} input features: expected a multiple of {GROUP_SIZE}")
-    repeat = in_features // groups // GROUP_SIZE
+    repeat = _group_repeat(values.shape[0], scales.shape[0], uint4.GROUP_SIZE)
     scale = scales.float().t().repeat_interleave(repeat, dim=1)
     offset = -(zeros.float().t().repeat_interleave(repeat, dim=1) * scale)
-    return pack_uint4(values.t()), scale.contiguous(), offset.contiguous()
+    return uint4.pack_uint4(values.t()), scale.contiguous(), offset.contiguous()
+
+
+def _gptq_values(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values [K, N], zero points [K / g, N]) of a GPTQ projection (format "gptq": zero points stored
+    less 1)."""
+    values = _fields(qweight.t(), bits).reshape(qweight.shape[1], -1).t()
+    return values, _fields(qzeros, bits).reshape(qzeros.shape[0], -1) + 1
 
 
 def gptq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
-    """(codes, scale, offset) of one GPTQ projection (format "gptq": zero points stored less 1)."""
-    values = _nibbles(qweight.t()).reshape(qweight.shape[1], -1).t()  # [K, N]
-    zeros = _nibbles(qzeros).reshape(qzeros.shape[0], -1) + 1
-    return _as_uint4(values, zeros, scales)
+    """(codes, scale, offset) of one 4-bit GPTQ projection."""
+    return _as_uint4(*_gptq_values(qweight, qzeros, 4), scales)
+
+
+def gptq_int8(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
+    """(codes, scale) of one symmetric 8-bit GPTQ projection: codes q - 128."""
+    values, zeros = _gptq_values(qweight, qzeros, 8)
+    if not (zeros == 128).all():
+        raise ValueError("its zero points are not all 128 (asymmetric 8-bit GPTQ), which kvserve does not read")
+    repeat = _group_repeat(values.shape[0], scales.shape[0], int8.GROUP_SIZE)
+    codes = (values.t() - 128).to(torch.int8)
+    return codes.contiguous(), scales.float().t().repeat_interleave(repeat, dim=1).contiguous()
 
 
 def awq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
     """(codes, scale, offset) of one AWQ projection."""
-    values = _nibbles(qweight)[..., _AWQ_NIBBLE].reshape(qweight.shape[0], -1)  # [K, N]
-    zeros = _nibbles(qzeros)[..., _AWQ_NIBBLE].reshape(qzeros.shape[0], -1)
+    values = _fields(qweight, 4)[..., _AWQ_NIBBLE].reshape(qweight.shape[0], -1)  # [K, N]
+    zeros = _fields(qzeros, 4)[..., _AWQ_NIBBLE].reshape(qzeros.shape[0], -1)
     return _as_uint4(values, zeros, scales)
 
 
-def int4_weights(weights: Iterable[tuple[str, torch.Tensor]], method: str,
-                 bias_free: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], method: str, bits: int,
+                      bias_free: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each projection's qweight, qzeros and scales in place of its
-    weight as uint4 codes, weight_scale and weight_offset (Linear.prepare_uint4's parameters), once all
-    three have come; a GPTQ g_idx is checked to be the plain order and dropped, and so are biases of
-    zeros named in `bias_free` (AutoGPTQ writes them for projections that have none)."""
-    convert = gptq_uint4 if method == "gptq" else awq_uint4
+    weight as codes, weight_scale and (uint4) weight_offset (the parameters of Linear.prepare_uint4,
+    or for 8 bits prepare_int8), once all three have come; a GPTQ g_idx is checked to be the plain
+    order and dropped, and so are biases of zeros named in `bias_free` (AutoGPTQ writes them for
+    projections that have none)."""
+    convert = gptq_int8 if bits == 8 else gptq_uint4 if method == "gptq" else awq_uint4
+    parameters = ("weight", "weight_scale", "weight_offset")
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in weights:
         prefix, _, part = name.rpartition(".")
@@ -109,12 +142,11 @@ def int4_weights(weights: Iterable[tuple[str, torch.Tensor]], method: str,
         if len(parts) == len(_PARTS):
             del pending[prefix]
             try:
-                codes, scale, offset = convert(parts["qweight"], parts["qzeros"], parts["scales"])
+                converted = convert(parts["qweight"], parts["qzeros"], parts["scales"])
             except (RuntimeError, ValueError) as error:
                 raise ValueError(f"{prefix}: its {method.upper()} tensors do not fit together: {error}") from error
-            yield f"{prefix}.weight", codes
-            yield f"{prefix}.weight_scale", scale
-            yield f"{prefix}.weight_offset", offset
+            for parameter, tensor in zip(parameters, converted):
+                yield f"{prefix}.{parameter}", tensor
     for prefix, parts in pending.items():
         raise ValueError(f"{prefix}: the checkpoint has its {sorted(parts)} but not "
                          f"{sorted(set(_PARTS) - set(parts))}")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kvserve.loader.dummy_weights import fill_dummy_weights
-from kvserve.loader.gptq_awq import int4_weights
+from kvserve.loader.gptq_awq import quantized_weights
 from kvserve.loader.model_source import resolve_model_path
 from kvserve.loader.safetensors_weights import iter_safetensors_weights
 from kvserve.loader.tokenizer_parts import TokenizerParts
@@ -177,12 +177,14 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         for linear in module.decoder_linears():
             if quantization == "fp8":
                 linear.prepare_fp8()
+            elif model_config.weight_bits == 8:
+                linear.prepare_int8()
             else:
                 linear.prepare_uint4()
         if quantization in CHECKPOINT_ONLY:
             bias_free = {name.removesuffix("weight") + "bias" for linear, names in
                          linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
-            weights = int4_weights(weights, quantization, bias_free)
+            weights = quantized_weights(weights, quantization, model_config.weight_bits, bias_free)
             _log_codes(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu" and quantization is None:
         # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.
