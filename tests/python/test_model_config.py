@@ -126,7 +126,7 @@ def test_unknown_architecture_lists_the_supported_ones():
     (dict(quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}),
      r"^config.json: kvserve cannot read this quantized checkpoint: config.json has quantization_config "
      r"\(method 'fp8'\): block-wise scales"),
-    (dict(quantization_config={"quant_method": "gptq", "bits": 8}), r"quantization_config \(method 'gptq'\): 8-bit"),
+    (dict(quantization_config={"quant_method": "gptq", "bits": 3}), r"quantization_config \(method 'gptq'\): 3-bit"),
     (dict(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),
      r"quantization_config \(method 'bitsandbytes'\)"),
     (dict(hidden_act="gelu"), r"hidden_act: expected 'silu', got 'gelu'"),
