@@ -4,8 +4,8 @@ counts: kvserve.ops.linear on the plain weight and on its interleaved copy, torc
 or MKL on the plain weight), and oneDNN on the blocked weight (the copies Linear.finalize_weights
 keeps; kvserve/models/layers/linear.py picks among them); and kvserve.ops.linear over the weight's
 e4m3 codes (quantization="fp8", which takes it at every row count), over its uint4 codes
-(kvserve.uint4: a GGUF file's 4-bit blocks) and over its int8 codes (kvserve.int8: 8-bit and 6-bit
-blocks).
+(kvserve.uint4: a GGUF file's 4-bit blocks) and over its int8 codes (kvserve.int8: 8-bit blocks, and
+6-bit ones, whose codes AVX512-BF16 reads as bfloat16 pairs).
 
     python bench/linear.py                      # small's gate_up and the 0.5b LM head, bf16 and fp32
     python bench/linear.py --shapes 2816x512 --rows 1 4 8 64 --dtypes bfloat16
@@ -39,6 +39,7 @@ def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[
     quantized = [quantize_fp8(w) for w in weights]
     uint4 = [quantize_uint4(w) for w in weights]
     int8 = [quantize_int8(w) for w in weights]
+    int6 = [quantize_int8(w, bits=6) for w in weights]
     x = torch.randn(rows, k).to(dtype)
     out = torch.empty(rows, n, dtype=dtype)
     paths = {
@@ -48,6 +49,7 @@ def measure(n: int, k: int, rows: int, dtype: torch.dtype, repeat: int) -> dict[
         "ops.linear uint4": lambda: [ops.linear(out, x, codes, weight_scale=scale, weight_offset=offset)
                                      for codes, scale, offset in uint4],
         "ops.linear int8": lambda: [ops.linear(out, x, codes, weight_scale=scale) for codes, scale in int8],
+        "ops.linear int8 6-bit": lambda: [ops.linear(out, x, codes, weight_scale=scale) for codes, scale in int6],
     }
     if interleaved[0] is not None:
         paths["ops.linear interleaved"] = lambda: [ops.linear(out, x, w) for w in interleaved]
@@ -67,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GFLOP/s, best of {args.repeat}\n")
     columns = ("ops.linear", "ops.linear interleaved", "F.linear", "oneDNN blocked", "ops.linear e4m3",
-               "ops.linear uint4", "ops.linear int8")
+               "ops.linear uint4", "ops.linear int8", "ops.linear int8 6-bit")
     print(f"| weight N x K | dtype | rows | {' | '.join(columns)} | linear() takes |")
     print("|---" * (len(columns) + 4) + "|")
     for shape in args.shapes:

@@ -36,8 +36,10 @@ void linear_avx512_bf16_e4m3_rows(const LinearParams&, int64_t n_begin, int64_t 
 // linear_avx512_bf16_uint4_rows (input rows in the vector lanes).
 void linear_avx512_bf16_uint4(const LinearParams&, int64_t n_begin, int64_t n_end);
 void linear_avx512_bf16_uint4_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
-// The same over an int8 weight: up to 8 rows reading the codes (grouped_linear.h), more the lanes kernel.
+// The same over an int8 weight: up to 8 rows reading codes in [-64, 63] as bfloat16 pairs (others
+// widened to float32), more linear_avx512_bf16_int8_rows.
 void linear_avx512_bf16_int8(const LinearParams&, int64_t n_begin, int64_t n_end);
+void linear_avx512_bf16_int8_rows(const LinearParams&, int64_t n_begin, int64_t n_end);
 // The same over an interleaved weight (LinearParams::weight_interleaved), blocks of 4 output features.
 void linear_avx512_bf16_interleaved(const LinearParams&, int64_t block_begin, int64_t block_end);
 

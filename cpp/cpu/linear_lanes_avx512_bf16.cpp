@@ -2,7 +2,7 @@
 // many input rows, with AVX512-BF16 dot products (compiled with -mavx512bf16).
 //
 // Up to 8 rows read the codes directly (linear_avx512_bf16_e4m3, small_linear.h;
-// linear_avx512_bf16_uint4, grouped_linear.h). More rows are a GEMM, which the few-rows kernel's layout runs at half
+// linear_avx512_bf16_uint4, linear_avx512_bf16_int8). More rows are a GEMM, which the few-rows kernel's layout runs at half
 // oneDNN's rate (each of its sums ends in a horizontal reduction). Here the input rows go in the
 // vector lanes instead:
 //
@@ -133,9 +133,8 @@ void linear_avx512_bf16_uint4_rows(const LinearParams& p, int64_t n_begin, int64
   lanes<GroupedRows<Uint4Codes>>(p, n_begin, n_end);
 }
 
-void linear_avx512_bf16_int8(const LinearParams& p, int64_t n_begin, int64_t n_end) {
-  if (p.num_rows > GroupedBf16<Int8Codes>::kDirectRows) return lanes<GroupedRows<Int8Codes>>(p, n_begin, n_end);
-  GroupedBf16<Int8Codes>::cols(p, n_begin, n_end);
+void linear_avx512_bf16_int8_rows(const LinearParams& p, int64_t n_begin, int64_t n_end) {
+  lanes<GroupedRows<Int8Codes>>(p, n_begin, n_end);
 }
 
 }  // namespace kvserve::cpu

@@ -17,17 +17,21 @@ import torch
 GROUP_SIZE = 16
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, scale): weight [N, K] (K a multiple of 16) rounded to the nearest of each group's 255
-    steps of its largest magnitude / 127 (llama.cpp's Q8_0 rounding, in groups of 16)."""
+def quantize_int8(weight: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, scale): weight [N, K] (K a multiple of 16) rounded to the nearest of each group's steps
+    of its largest magnitude / (2^(bits - 1) - 1) (llama.cpp's Q8_0 rounding, in groups of 16; bits 6:
+    codes of Q6_K's range, which AVX512-BF16 CPUs multiply faster)."""
+    if not 2 <= bits <= 8:
+        raise ValueError(f"quantize_int8: bits must be 2 to 8, got {bits}")
+    largest = 2 ** (bits - 1) - 1
     if weight.dim() != 2 or weight.shape[1] % GROUP_SIZE != 0:
         raise ValueError(f"quantize_int8: expected a weight [out_features, in_features] with in_features a "
                          f"multiple of {GROUP_SIZE}, got shape {tuple(weight.shape)}")
     groups = weight.float().reshape(weight.shape[0], -1, GROUP_SIZE)
     if not groups.isfinite().all():
         raise ValueError("quantize_int8: the weight holds NaN or infinite values")
-    scale = groups.abs().amax(dim=2) / 127
-    codes = (groups / scale.clamp_min(1e-30)[..., None]).round().clamp(-127, 127)
+    scale = groups.abs().amax(dim=2) / largest
+    codes = (groups / scale.clamp_min(1e-30)[..., None]).round().clamp(-largest, largest)
     return codes.to(torch.int8).reshape(weight.shape), scale.contiguous()
 
 

@@ -21,23 +21,34 @@ from test_layer_ops import DTYPES
 from test_models import PROMPTS, assert_logits_close, hf_greedy
 
 
-def random_int8(out_features: int, in_features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes and scales drawn at random (every code, scales of either sign, never zeros)."""
+def random_int8(out_features: int, in_features: int, seed: int = 0, codes: str = "8-bit") -> tuple[torch.Tensor,
+                                                                                                 torch.Tensor]:
+    """Codes and scales drawn at random (scales of either sign, never zeros). codes "8-bit": every code;
+    "6-bit": Q6_K's [-32, 31]; "mixed": each 64 codes of a row either every code or [-64, 63] (the
+    bounds included), the two paths of the AVX512-BF16 kernel."""
     generator = torch.Generator().manual_seed(seed)
-    codes = torch.randint(-128, 128, (out_features, in_features), generator=generator).to(torch.int8)
+    low, high = (-32, 32) if codes == "6-bit" else (-128, 128)
+    values = torch.randint(low, high, (out_features, in_features), generator=generator)
+    if codes == "mixed":
+        chunks = values.unflatten(1, (-1, 16)).split(4, dim=1)
+        narrow = torch.rand(out_features, len(chunks), generator=generator) < 0.5
+        values = torch.cat([torch.where(narrow[:, i, None, None], chunk.clamp(-64, 63), chunk)
+                            for i, chunk in enumerate(chunks)], dim=1).flatten(1)
     scale = 0.004 * torch.randn(out_features, in_features // GROUP_SIZE, generator=generator)
-    return codes, scale
+    return values.to(torch.int8), scale
 
 
+@pytest.mark.parametrize("codes", ["8-bit", "6-bit", "mixed"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 17, 70])
 @pytest.mark.parametrize("shape", [(6, 16), (37, 256), (11, 208), (9, 4864)])
-def test_linear_int8_weight(dtype, rows, shape):
-    """Against float64 over code * scale, on random data: up to 8 rows read the codes directly, more
-    widen them first (in rows of the dtype, or on AVX512-BF16 bfloat16 rows against input rows in
-    the vector lanes); groups a row of 1, 16, 13 and 304; with and without bias."""
+def test_linear_int8_weight(dtype, rows, shape, codes):
+    """Against float64 over code * scale, on random data: up to 8 rows read the codes directly (on
+    AVX512-BF16, codes in [-64, 63] as bfloat16 pairs, wider ones in float32), more widen them first
+    (in rows of the dtype, or on AVX512-BF16 bfloat16 rows against input rows in the vector lanes);
+    groups a row of 1, 16, 13 (a last chunk of 1 group) and 304; with and without bias."""
     out_features, in_features = shape
-    codes, scale = random_int8(out_features, in_features, seed=rows)
+    codes, scale = random_int8(out_features, in_features, seed=rows, codes=codes)
     weight = dequantize_int8(codes, scale)
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows)).to(dtype)
     for bias in (None, torch.randn(out_features).to(dtype)):
