@@ -66,8 +66,8 @@ void prepare(const LinearParams& p, Prepared& prepared) {
   }
 }
 
-// The prepared arrays' starts, read once a call: the thread_local itself, if read in the loops, is
-// looked up again (a call) for every weight row.
+// The prepared arrays' starts, read once a call: GCC looks the thread_local itself up again (a call)
+// for every weight row that reads it.
 struct Inputs {
   const BFloat16* pairs;
   const float *bias, *wide;

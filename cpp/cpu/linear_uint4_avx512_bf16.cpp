@@ -64,15 +64,22 @@ void prepare(const LinearParams& p, Prepared& prepared) {
   }
 }
 
+// The prepared arrays' starts, read once a call: GCC looks the thread_local itself up again (a call)
+// for every weight row that reads it.
+struct Inputs {
+  const BFloat16* x;
+  const float* sums;
+};
+
 // M input rows from m0 against weight row n.
 template <int M>
-void tile(const LinearParams& p, const Prepared& prepared, int64_t m0, int64_t n) {
+void tile(const LinearParams& p, const Inputs& in, int64_t m0, int64_t n) {
   const int64_t k_total = p.in_features, groups = k_total / kUInt4GroupSize;
   const uint8_t* codes = static_cast<const uint8_t*>(p.weight) + n * p.weight_stride;
   const float* scale = p.weight_scale + n * groups;
   const float* offset = p.weight_offset + n * groups;
   const BFloat16* x[M];
-  for (int m = 0; m < M; ++m) x[m] = prepared.x.data() + (m0 + m) * k_total;
+  for (int m = 0; m < M; ++m) x[m] = in.x + (m0 + m) * k_total;
   __m512 total[M];
   for (int m = 0; m < M; ++m) total[m] = _mm512_setzero_ps();
   prefetch_ahead(codes, scale, offset, p.weight_stride, groups);
@@ -117,7 +124,7 @@ void tile(const LinearParams& p, const Prepared& prepared, int64_t m0, int64_t n
                                           _mm512_maskz_loadu_ps(keep, offset + h));
     for (int m = 0; m < M; ++m) {
       correction[m] =
-          _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(keep, prepared.sums.data() + (m0 + m) * groups + h),
+          _mm512_fmadd_ps(weight, _mm512_maskz_loadu_ps(keep, in.sums + (m0 + m) * groups + h),
                           correction[m]);
     }
   }
@@ -134,8 +141,9 @@ void linear_avx512_bf16_uint4(const LinearParams& p, int64_t n_begin, int64_t n_
   if (p.num_rows > kDirectRows) return linear_avx512_bf16_uint4_rows(p, n_begin, n_end);
   thread_local Prepared prepared;
   prepare(p, prepared);
+  const Inputs in{prepared.x.data(), prepared.sums.data()};
   for (int64_t n = n_begin; n < n_end; ++n) {
-    each_row_chunk(0, p.num_rows, [&](int64_t m0, auto m) { tile<decltype(m)::value>(p, prepared, m0, n); });
+    each_row_chunk(0, p.num_rows, [&](int64_t m0, auto m) { tile<decltype(m)::value>(p, in, m0, n); });
   }
 }
 
