@@ -10,6 +10,7 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
+from codes_product import assert_product_matches_float64
 from isa_paths import ISAS, run_tests_under_isa
 from kvserve import Engine, SamplingParams, ops
 from kvserve.loader import load as load_module
@@ -76,19 +77,9 @@ def test_linear_uint4_weight(dtype, rows, shape):
     and without bias."""
     out_features, in_features = shape
     codes, scale, offset = random_uint4(out_features, in_features, seed=rows)
-    weight = dequantize_uint4(codes, scale, offset)
     x = torch.randn(rows, in_features, generator=torch.Generator().manual_seed(rows)).to(dtype)
-    for bias in (None, torch.randn(out_features).to(dtype)):
-        out = torch.full((rows, out_features), float("nan"), dtype=dtype)
-        ops.linear(out, x, codes, bias, weight_scale=scale, weight_offset=offset)
-        expected = x.double() @ weight.t() + (0 if bias is None else bias.double())
-        magnitude = x.double().abs() @ weight.abs().t() + (0 if bias is None else bias.double().abs())
-        if dtype == torch.float32:
-            # Each weight within a float32 rounding of its value, then a few sqrt(K) roundings of sum |x w|.
-            bound = 2.0 ** -23 * (1 + in_features ** 0.5) * magnitude
-        else:  # the output's rounding, and the panels' weights rounded to the dtype
-            bound = 2.0 ** -7 * magnitude.clamp_min(expected.abs()) + 1e-3
-        assert ((out.double() - expected).abs() <= bound).all(), ((out.double() - expected).abs() / bound).max()
+    assert_product_matches_float64(x, dequantize_uint4(codes, scale, offset), codes, weight_scale=scale,
+                                   weight_offset=offset)
 
 
 @pytest.mark.parametrize("rows", [1, 17])
