@@ -84,7 +84,8 @@ inline std::optional<DType> check_weight_dtype(const Array& weight, const char* 
 
 // What comes with a weight of this element type: an e4m3 one's float32 scales [out_features], a
 // uint4 one's float32 scales and offsets [out_features, in_features / 32] (in_features a multiple of
-// 32), an int8 one's float32 scales [out_features, in_features / 16], a plain one neither; contiguous. `scale_name` and `offset_name` name them in messages, after
+// 32), an int8 one's float32 scales [out_features, in_features / 16] (in_features a multiple of 16),
+// a plain one neither; contiguous. `scale_name` and `offset_name` name them in messages, after
 // `where`. The caller checks where they live.
 inline void check_weight_scales(std::optional<DType> weight_dtype, const std::optional<Array>& scale,
                                 const std::optional<Array>& offset, const std::string& where,

@@ -164,13 +164,12 @@ void add_into(void* out, const void* delta, int64_t count) {
 Status add_lora(const DecoderStack& s, const LoRADelta& delta, void* out, const void* input, int64_t n,
                 int64_t in_features, int64_t out_features, Scratch& t) {
   if (delta.a == nullptr) return Status::kOk;
-  if (Status status =
-          linear_cpu(linear_params(s, t.lora_inner, input, DecoderWeight{delta.a, std::nullopt}, nullptr, n, in_features, delta.rank));
+  const DecoderWeight a{delta.a, std::nullopt}, b{delta.b, std::nullopt};  // of the stack's dtype
+  if (Status status = linear_cpu(linear_params(s, t.lora_inner, input, a, nullptr, n, in_features, delta.rank));
       status != Status::kOk) {
     return status;
   }
-  if (Status status = linear_cpu(
-          linear_params(s, t.lora_delta, t.lora_inner, DecoderWeight{delta.b, std::nullopt}, nullptr, n, delta.rank, out_features));
+  if (Status status = linear_cpu(linear_params(s, t.lora_delta, t.lora_inner, b, nullptr, n, delta.rank, out_features));
       status != Status::kOk) {
     return status;
   }

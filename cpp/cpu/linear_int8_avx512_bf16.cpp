@@ -55,7 +55,9 @@ void prepare(const LinearParams& p, Prepared& prepared) {
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t chunk = g / kChunkGroups, lane = g % kChunkGroups;
       for (int half = 0; half < 2; ++half) {
-        for (int i = 0; i < 8; ++i) pairs[chunk * kChunk + half * 32 + lane * 8 + i] = x[g * kInt8GroupSize + half * 8 + i];
+        for (int i = 0; i < 8; ++i) {
+          pairs[chunk * kChunk + half * 32 + lane * 8 + i] = x[g * kInt8GroupSize + half * 8 + i];
+        }
       }
       // Product lane j of this group's 128-bit lane multiplies elements 2j, 2j + 1, 8 + 2j, 9 + 2j.
       for (int j = 0; j < 4; ++j) {
@@ -114,7 +116,8 @@ void tile(const LinearParams& p, const Inputs& in, int64_t m0, int64_t n) {
       const __m128i lanes[kChunkGroups] = {_mm512_extracti32x4_epi32(q, 0), _mm512_extracti32x4_epi32(q, 1),
                                            _mm512_extracti32x4_epi32(q, 2), _mm512_extracti32x4_epi32(q, 3)};
       for (int64_t i = 0; i < left; ++i) {
-        const __m512 w = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lanes[i])), _mm512_set1_ps(scale[g + i]));
+        const __m512 values = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lanes[i]));
+        const __m512 w = _mm512_mul_ps(values, _mm512_set1_ps(scale[g + i]));
         for (int m = 0; m < M; ++m) {
           total[m] = _mm512_fmadd_ps(_mm512_loadu_ps(wide[m] + (g + i) * kInt8GroupSize), w, total[m]);
         }

@@ -1,10 +1,10 @@
-// The bfloat16 linear over a quantized weight (LinearParams::weight_dtype: e4m3, uint4 or int8 codes) for
-// many input rows, with AVX512-BF16 dot products (compiled with -mavx512bf16).
+// The bfloat16 linear over a quantized weight (LinearParams::weight_dtype: e4m3, uint4 or int8
+// codes) for many input rows, with AVX512-BF16 dot products (compiled with -mavx512bf16).
 //
 // Up to 8 rows read the codes directly (linear_avx512_bf16_e4m3, small_linear.h;
-// linear_avx512_bf16_uint4, linear_avx512_bf16_int8). More rows are a GEMM, which the few-rows kernel's layout runs at half
-// oneDNN's rate (each of its sums ends in a horizontal reduction). Here the input rows go in the
-// vector lanes instead:
+// linear_avx512_bf16_uint4, linear_avx512_bf16_int8). More rows are a GEMM, which the few-rows
+// kernel's layout runs at half oneDNN's rate (each of its sums ends in a horizontal reduction).
+// Here the input rows go in the vector lanes instead:
 //
 //   pairs [ceil(K / 2)][rows, padded to 16][2]   the input, each lane a row's two columns 2j, 2j + 1
 //                                                (packed once a call: the input is small beside the
