@@ -4,8 +4,8 @@ standing for code * scale (kvserve/linear.h, LinearParams::weight_dtype kInt8).
     codes   int8 [N, K]
     scale   float32 [N, K / 16]
 
-llama.cpp's Q8_0 blocks (32 codes under one scale: two groups) and Q6_K blocks (16 groups of 16 codes,
-each group's scale its block's scale times its own 8-bit one) are such groups, and
+llama.cpp's Q8_0 blocks (32 codes under one scale: two groups), Q6_K blocks (16 groups of 16 codes,
+each group's scale its block's scale times its own 8-bit one) and Q5_0 blocks are such groups, and
 kvserve.loader.gguf_int8 reads them as they are. kvserve.ops.linear multiplies them in float32: a
 decode step reads 1.25 bytes a weight, codes and scales together, where a 16-bit weight takes 2.
 """

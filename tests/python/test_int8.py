@@ -133,7 +133,7 @@ def random_blocks(tensor_type: GGMLQuantizationType, rows: int, in_features: int
     block_elements, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
     generator = np.random.default_rng(int(tensor_type))
     blocks = generator.integers(0, 256, (rows * in_features // block_elements, block_bytes), dtype=np.uint8)
-    start = 0 if tensor_type == GGMLQuantizationType.Q8_0 else block_bytes - 2  # Q6_K's d comes last
+    start = block_bytes - 2 if tensor_type == GGMLQuantizationType.Q6_K else 0  # Q6_K's d comes last
     d = (0.01 * generator.standard_normal((len(blocks), 1))).astype(np.float16)
     blocks[:, start:start + 2] = d.view(np.uint8)
     return blocks.reshape(rows, -1)
@@ -153,25 +153,28 @@ def test_gguf_blocks_read_value_for_value(tensor_type):
 
 
 def test_gguf_int8_refuses_other_blocks():
-    with pytest.raises(ValueError, match="Q4_0 blocks are not 8-bit groups"):
+    with pytest.raises(ValueError, match="Q4_0 blocks are not int8 groups"):
         gguf_int8(np.zeros((1, 18), dtype=np.uint8), GGMLQuantizationType.Q4_0, 1)
 
 
 @pytest.mark.parametrize("architecture, tensor_type, tensor_types, tied", [
     ("LlamaForCausalLM", GGMLQuantizationType.Q8_0, None, False),
     ("Qwen2ForCausalLM", GGMLQuantizationType.Q8_0, None, True),
-    ("LlamaForCausalLM", GGMLQuantizationType.Q4_1, {"token_embd": GGMLQuantizationType.Q8_0}, True),
-], ids=["llama-q8_0", "qwen2-q8_0-tied", "llama-q4_1-q8_0-tied-embeddings"])
+    ("LlamaForCausalLM", GGMLQuantizationType.Q4_1,
+     {"token_embd": GGMLQuantizationType.Q8_0, "ffn_down": GGMLQuantizationType.Q5_0}, True),
+], ids=["llama-q8_0", "qwen2-q8_0-tied", "llama-q4_1-q8_0-tied-embeddings-q5_0-down"])
 def test_a_gguf_file_of_8_bit_blocks_matches_transformers(gguf_pair, architecture, tensor_type, tensor_types, tied):
     """Its 8-bit blocks load as int8 codes: the projections of a Q8_0 file, its LM head, and the token
-    embeddings (with a tied LM head, as SmolLM2's Q4_1 file stores them beside 4-bit projections);
+    embeddings (with a tied LM head, as SmolLM2's Q4_1 file stores them beside 4-bit projections), and
+    so do 5-bit ones (Q5_0, as llama.cpp's K-quant mixes store rows not a multiple of 256);
     greedy ids equal (logits within 1e-4) transformers' over the values it dequantizes the same blocks
     to, through prefill (panels, a widened lookup) and decode (the decoder stack)."""
     # transformers reads no rope scaling from GGUF files, so these models have none.
     _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None, tie_word_embeddings=tied)
     model = load_model(path, dtype="float32").model
+    assert model.model.layers[1].mlp.down_proj.weight.dtype == torch.int8
     codes = torch.int8 if tensor_type == GGMLQuantizationType.Q8_0 else torch.uint8
-    assert model.model.layers[1].mlp.down_proj.weight.dtype == codes
+    assert model.model.layers[1].mlp.gate_up_proj.weight.dtype == codes
     assert model.model.embed_tokens.weight.dtype == torch.int8
     assert (model.lm_head is None) == tied
     if not tied:

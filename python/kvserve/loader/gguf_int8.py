@@ -1,9 +1,13 @@
-"""llama.cpp's 8-bit and 6-bit blocks as int8 codes with a scale a group of 16 (kvserve.int8), value
+"""llama.cpp's 8-, 6- and 5-bit blocks as int8 codes with a scale a group of 16 (kvserve.int8), value
 for value: each code * scale is, bit for bit in float32, what gguf-py's dequantize makes of the block.
 
     Q8_0  32 weights a block: float16 d, 32 int8 codes                       code * d (two groups)
     Q6_K  256 weights a block: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales sc (one
           a group of 16), float16 d                                         (code - 32) * (d sc)
+    Q5_0  32 weights a block: float16 d, 4 bytes of high bits (bit j: element j's), 16 bytes of low
+          nibbles (byte j: element j low, element 16 + j high)               (code - 16) * d (two groups)
+
+Q5_0 is what llama.cpp's K-quant mixes (Q4_K_M, ...) store rows of a length not a multiple of 256 as.
 
 A Q6_K block's elements in 128-element halves h: element 128 h + 32 r + j (r 0..3, j 0..31) has the
 nibble of byte 64 h + 32 (r % 2) + j (low for r < 2, high otherwise) and the bit pair 2 r of byte
@@ -19,7 +23,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from kvserve.loader.gguf_uint4 import block_half
 
-INT8_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q6_K)
+INT8_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q6_K, GGMLQuantizationType.Q5_0)
 
 
 def _q6_k_codes(low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -35,11 +39,16 @@ def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) ->
     """(codes int8 [rows, K], scale [rows, K / 16]) of a tensor of one of INT8_TYPES, `data` its raw
     bytes."""
     if tensor_type not in INT8_TYPES:
-        raise ValueError(f"gguf_int8: {tensor_type.name} blocks are not 8-bit groups (expected one of "
+        raise ValueError(f"gguf_int8: {tensor_type.name} blocks are not int8 groups (expected one of "
                          f"{[t.name for t in INT8_TYPES]})")
     blocks = np.asarray(data, dtype=np.uint8).reshape(-1, GGML_QUANT_SIZES[tensor_type][1])
     if tensor_type == GGMLQuantizationType.Q8_0:
         codes, scale = blocks[:, 2:].view(np.int8), np.repeat(block_half(blocks, 0), 2, axis=1)
+    elif tensor_type == GGMLQuantizationType.Q5_0:
+        high = np.unpackbits(blocks[:, 2:6], axis=1, bitorder="little")
+        low = np.concatenate([blocks[:, 6:] & 15, blocks[:, 6:] >> 4], axis=1)
+        codes = (low | (high << 4)).astype(np.int8) - np.int8(16)
+        scale = np.repeat(block_half(blocks, 0), 2, axis=1)
     else:  # Q6_K
         codes = _q6_k_codes(blocks[:, :128], blocks[:, 128:192])
         scale = block_half(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32)
