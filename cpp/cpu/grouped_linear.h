@@ -40,14 +40,21 @@ struct Int8Codes {
   }
 };
 
-// out[i] = the value of code i of a row of k_total elements (codes: the row's bytes; scale and offset:
-// its groups', offset nullptr for int8).
+// Group g of a row (codes: the row's bytes; scale and offset: its groups', offset nullptr for int8),
+// widened to its values in w[0 .. kGroupSize / V::kWidth).
+template <class V, class Codes>
+inline void widen_group(const uint8_t* codes, const float* scale, const float* offset, int64_t g,
+                        typename V::Reg* w) {
+  Codes::template widen<V>(codes + g * kGroupBytes, scale[g], Codes::kOffsets ? offset[g] : 0.f, w);
+}
+
+// out[i] = the value of code i of a row of k_total elements (widen_group's arguments).
 template <class V, class Codes, class T>
 void widen_codes(const uint8_t* codes, const float* scale, const float* offset, T* out, int64_t k_total) {
   constexpr int kRegs = Codes::kGroupSize / V::kWidth;
   typename V::Reg w[kRegs];
   for (int64_t g = 0; g < k_total / Codes::kGroupSize; ++g) {
-    Codes::template widen<V>(codes + g * kGroupBytes, scale[g], Codes::kOffsets ? offset[g] : 0.f, w);
+    widen_group<V, Codes>(codes, scale, offset, g, w);
     for (int i = 0; i < kRegs; ++i) V::store(out + g * Codes::kGroupSize + i * V::kWidth, w[i]);
   }
 }
@@ -90,17 +97,13 @@ struct GroupedLinear {
     prefetch_ahead(row, scale, offset, p.weight_stride, groups(p));
     Reg w[kRegs];
     for (int64_t g = 0; g < groups(p); ++g) {
-      Codes::template widen<V>(row + g * kGroupBytes, scale[g], Codes::kOffsets ? offset[g] : 0.f, w);
+      widen_group<V, Codes>(row, scale, offset, g, w);
       for (int i = 0; i < kRegs; ++i) {
         const int64_t k = g * Codes::kGroupSize + i * V::kWidth;
         for (int m = 0; m < M; ++m) acc[m] = V::fma(V::load(x[m] + k), w[i], acc[m]);
       }
     }
-    for (int m = 0; m < M; ++m) {
-      float sum = V::reduce_add(acc[m]);
-      if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[n]);
-      from_float(sum, static_cast<T*>(p.out) + (m0 + m) * p.out_stride + n);
-    }
+    for (int m = 0; m < M; ++m) store_sum<T>(p, m0 + m, n, V::reduce_add(acc[m]));
   }
 
   // Panel's product over blocks of weight rows widened into T once per tile of input rows.

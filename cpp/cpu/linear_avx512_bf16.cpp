@@ -41,12 +41,7 @@ void interleaved_tile(const LinearParams& p, int64_t m0, int64_t block) {
     }
   }
   for (int m = 0; m < M; ++m) {
-    BFloat16* out = static_cast<BFloat16*>(p.out) + (m0 + m) * p.out_stride + block * 4;
-    for (int n = 0; n < 4; ++n) {
-      float sum = _mm512_reduce_add_ps(acc[m][n]);
-      if (p.bias != nullptr) sum += to_float(static_cast<const BFloat16*>(p.bias)[block * 4 + n]);
-      from_float(sum, out + n);
-    }
+    for (int n = 0; n < 4; ++n) store_sum<BFloat16>(p, m0 + m, block * 4 + n, _mm512_reduce_add_ps(acc[m][n]));
   }
 }
 

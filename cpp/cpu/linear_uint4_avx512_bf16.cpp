@@ -129,9 +129,7 @@ void tile(const LinearParams& p, const Inputs& in, int64_t m0, int64_t n) {
     }
   }
   for (int m = 0; m < M; ++m) {
-    float sum = _mm512_reduce_add_ps(_mm512_add_ps(total[m], correction[m]));
-    if (p.bias != nullptr) sum += to_float(static_cast<const BFloat16*>(p.bias)[n]);
-    from_float(sum, static_cast<BFloat16*>(p.out) + (m0 + m) * p.out_stride + n);
+    store_sum<BFloat16>(p, m0 + m, n, _mm512_reduce_add_ps(_mm512_add_ps(total[m], correction[m])));
   }
 }
 

@@ -41,6 +41,13 @@ inline float weight_value(BFloat16 w) { return to_float(w); }
 inline float weight_value(Float16 w) { return to_float(w); }
 inline float weight_value(Float8E4M3 w) { return e4m3_weight(w); }
 
+// Output (m, n) of a product: `sum` plus the bias's element n (when there is a bias), rounded once to T.
+template <class T>
+inline void store_sum(const LinearParams& p, int64_t m, int64_t n, float sum) {
+  if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[n]);
+  from_float(sum, static_cast<T*>(p.out) + m * p.out_stride + n);
+}
+
 // Input rows go through a register tile kRowChunk at a time, the last 1 to 3 through a smaller one
 // (a tile's row count is a template argument): fn(m0, std::integral_constant<int, M>{}) for each
 // chunk of input rows [m_begin, m_end).
@@ -91,14 +98,12 @@ struct SmallLinear {
       }
     }
     for (int m = 0; m < M; ++m) {
-      T* out = static_cast<T*>(p.out) + (m0 + m) * p.out_stride + n0;
       for (int n = 0; n < N; ++n) {
         float sum = Dot::reduce(acc[m][n]);
         for (int64_t k = body; k < k_total; ++k) sum += to_float(x[m][k]) * weight_value(w[n][k]);
         // An e4m3 weight's codes (read directly, or widened into a panel: E4m3Linear) in their unit.
         if (p.weight_scale != nullptr) sum *= kE4m3WeightUnit * p.weight_scale[n0 + n];
-        if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[n0 + n]);
-        from_float(sum, out + n);
+        store_sum<T>(p, m0 + m, n0 + n, sum);
       }
     }
   }
