@@ -72,19 +72,20 @@ def _fields(words: torch.Tensor, bits: int) -> torch.Tensor:
     return (words[..., None] >> shifts) & ((1 << bits) - 1)
 
 
-def _group_repeat(in_features: int, groups: int, group: int) -> int:
-    """How many of kvserve's groups of `group` make one of the checkpoint's `groups` a row."""
+def _per_group(tensor: torch.Tensor, in_features: int, group: int) -> torch.Tensor:
+    """A checkpoint's tensor of a value a group [K / g, N] (scales, zero points) as float32 [N, K / group]:
+    each value repeated for kvserve's groups of `group` in one of g."""
+    groups = tensor.shape[0]
     if in_features % groups != 0 or (in_features // groups) % group != 0:
         raise ValueError(f"a group of {in_features} / {groups} input features: expected a multiple of {group}")
-    return in_features // groups // group
+    return tensor.float().t().repeat_interleave(in_features // groups // group, dim=1)
 
 
 def _as_uint4(values: torch.Tensor, zeros: torch.Tensor,
               scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scale, offset) of values [K, N], zero points and scales [K / g, N]."""
-    repeat = _group_repeat(values.shape[0], scales.shape[0], uint4.GROUP_SIZE)
-    scale = scales.float().t().repeat_interleave(repeat, dim=1)
-    offset = -(zeros.float().t().repeat_interleave(repeat, dim=1) * scale)
+    scale = _per_group(scales, values.shape[0], uint4.GROUP_SIZE)
+    offset = -(_per_group(zeros, values.shape[0], uint4.GROUP_SIZE) * scale)
     return uint4.pack_uint4(values.t()), scale.contiguous(), offset.contiguous()
 
 
@@ -105,9 +106,8 @@ def gptq_int8(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor)
     values, zeros = _gptq_values(qweight, qzeros, 8)
     if not (zeros == 128).all():
         raise ValueError("its zero points are not all 128 (asymmetric 8-bit GPTQ), which kvserve does not read")
-    repeat = _group_repeat(values.shape[0], scales.shape[0], int8.GROUP_SIZE)
     codes = (values.t() - 128).to(torch.int8)
-    return codes.contiguous(), scales.float().t().repeat_interleave(repeat, dim=1).contiguous()
+    return codes.contiguous(), _per_group(scales, values.shape[0], int8.GROUP_SIZE).contiguous()
 
 
 def awq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
