@@ -78,7 +78,7 @@ class PyDecoderStack {
     const Array array = *get(layer, key, true, index);
     DecoderWeight w;
     const std::optional<DType> weight_dtype = check_weight_dtype(array, key, reference_, "final_norm");
-    w.interleaved = check_linear_weight(array, key, cols, "in_features", weight_dtype);
+    w.interleaved = check_linear_weight(array, key, cols, "in_features");
     w.weight_dtype = weight_dtype;
     check_linear_out_features(array, key, rows);
     check_contiguous(array, key);

@@ -35,7 +35,7 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   check_matrix(input, "input", "[num_rows, in_features]");
   const auto in_features = static_cast<int64_t>(input.shape(1));
   const std::optional<DType> weight_dtype = check_weight_dtype(weight, "weight", input, "input");
-  const bool interleaved = check_linear_weight(weight, "weight", in_features, "in_features of input", weight_dtype);
+  const bool interleaved = check_linear_weight(weight, "weight", in_features, "in_features of input");
   const int64_t out_features = linear_out_features(weight);
   if (silu_and_mul_output && out_features % 2 != 0) {
     throw nb::value_error(("linear: with silu_and_mul_output the weight's rows are [gate; up] (an even number), got " +
@@ -149,7 +149,7 @@ void dequantize_weight(Array out, Array weight, Array weight_scale, std::optiona
   const auto out_features = static_cast<int64_t>(out.shape(0)), in_features = static_cast<int64_t>(out.shape(1));
   const DType weight_dtype = *code_dtype(weight.dtype());
   check_dim(weight, "weight", 0, out_features, "out_features of out");
-  check_linear_weight(weight, "weight", in_features, "in_features of out", weight_dtype);
+  check_linear_weight(weight, "weight", in_features, "in_features of out");
   check_weight_scales(weight_dtype, weight_scale, weight_offset, "dequantize_weight: ", "weight_scale",
                       "weight_offset", out_features, in_features);
   std::vector<Named> arrays = {{out, "out"}, {weight, "weight"}, {weight_scale, "weight_scale"}};

@@ -23,16 +23,26 @@ inline int64_t linear_out_features(const Array& weight) {
   return static_cast<int64_t>(weight.shape(0)) * (is_interleaved(weight) ? 4 : 1);
 }
 
-// A uint4 weight's bytes (uint8) hold two codes each.
+// The codes an array of this dtype holds as a weight: e4m3, uint4 (uint8 bytes) or int8; nullopt for
+// floats.
+inline std::optional<DType> code_dtype(const nb::dlpack::dtype& dtype) {
+  if (dtype == kFloat8E4M3) return DType::kFloat8E4M3;
+  if (dtype == kUInt8) return DType::kUInt4;
+  if (dtype == kInt8) return DType::kInt8;
+  return std::nullopt;
+}
+
+// A uint4 weight's bytes hold two codes each.
+inline bool holds_uint4(const Array& weight) { return code_dtype(weight.dtype()) == DType::kUInt4; }
+
 inline int64_t linear_in_features(const Array& weight) {
-  return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : weight.dtype() == kUInt8 ? 2 : 1);
+  return static_cast<int64_t>(weight.shape(1)) * (is_interleaved(weight) ? 32 : holds_uint4(weight) ? 2 : 1);
 }
 
 // A weight in either layout with `in_features` columns (`what` names them in messages; a uint4
 // weight's bytes hold two, so it has half as many), its last dimension contiguous (an interleaved
 // one contiguous throughout); true if interleaved. The caller checks where it lives.
-inline bool check_linear_weight(const Array& weight, const char* name, int64_t in_features, const char* what,
-                                std::optional<DType> weight_dtype = std::nullopt) {
+inline bool check_linear_weight(const Array& weight, const char* name, int64_t in_features, const char* what) {
   if (is_interleaved(weight)) {
     check_dim(weight, name, 2, 4, "the 4 rows of an interleaved block");
     check_dim(weight, name, 3, 32, "the 32 elements of an interleaved chunk");
@@ -43,7 +53,7 @@ inline bool check_linear_weight(const Array& weight, const char* name, int64_t i
     check_contiguous(weight, name);
   } else {
     check_ndim(weight, name, 2, "[out_features, in_features]");
-    if (weight_dtype == DType::kUInt4) {
+    if (holds_uint4(weight)) {
       check_dim(weight, name, 1, in_features / 2, (std::string(what) + " / 2").c_str());
     } else {
       check_dim(weight, name, 1, in_features, what);
@@ -51,15 +61,6 @@ inline bool check_linear_weight(const Array& weight, const char* name, int64_t i
     check_contiguous(weight, name, 1);
   }
   return is_interleaved(weight);
-}
-
-// The codes an array of this dtype holds as a weight: e4m3, uint4 (uint8 bytes) or int8; nullopt for
-// floats.
-inline std::optional<DType> code_dtype(const nb::dlpack::dtype& dtype) {
-  if (dtype == kFloat8E4M3) return DType::kFloat8E4M3;
-  if (dtype == kUInt8) return DType::kUInt4;
-  if (dtype == kInt8) return DType::kInt8;
-  return std::nullopt;
 }
 
 // A weight's element type: the input's (`reference`'s: nullopt), or codes (code_dtype), which are
