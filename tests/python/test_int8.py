@@ -1,14 +1,12 @@
 """int8 weights (kvserve.int8): kvserve.ops.linear and dequantize_weight over int8 codes against
 float64 (every code, both of the kernel's paths, every ISA), the checks on their arguments, the
-quantizer, llama.cpp's 8-bit and 6-bit blocks read value for value, and GGUF files holding them
-against transformers' own GGUF loader (a layer's choice of path: test_weight_codes.py)."""
+quantizer, and GGUF files of 8-, 6- and 5-bit blocks against transformers' own GGUF loader (the
+blocks read value for value, and a layer's choice of path: test_weight_codes.py)."""
 
-import gguf
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 
 from codes_product import assert_product_matches_float64
 from isa_paths import ISAS, run_tests_under_isa
@@ -16,7 +14,7 @@ from kvserve import Engine, SamplingParams, ops
 from kvserve.int8 import GROUP_SIZE, dequantize_int8, quantize_int8
 from kvserve.loader import load as load_module
 from kvserve.loader import load_model
-from kvserve.loader.gguf_int8 import INT8_TYPES, gguf_int8
+from kvserve.loader.gguf_int8 import gguf_int8
 from paged_greedy import paged_greedy
 from test_layer_ops import DTYPES
 from test_models import PROMPTS, assert_logits_close, hf_greedy
@@ -126,30 +124,6 @@ def test_quantize_int8_rounds_each_group_to_steps_of_its_largest_magnitude():
     assert not codes[4].any()  # a row of zeros stays zeros
     with pytest.raises(ValueError, match="in_features a multiple of 16"):
         quantize_int8(torch.ones(2, 40))
-
-
-def random_blocks(tensor_type: GGMLQuantizationType, rows: int, in_features: int) -> np.ndarray:
-    """Raw blocks of random bytes but for their float16 scale d (finite, small, of either sign)."""
-    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
-    generator = np.random.default_rng(int(tensor_type))
-    blocks = generator.integers(0, 256, (rows * in_features // block_elements, block_bytes), dtype=np.uint8)
-    start = block_bytes - 2 if tensor_type == GGMLQuantizationType.Q6_K else 0  # Q6_K's d comes last
-    d = (0.01 * generator.standard_normal((len(blocks), 1))).astype(np.float16)
-    blocks[:, start:start + 2] = d.view(np.uint8)
-    return blocks.reshape(rows, -1)
-
-
-@pytest.mark.parametrize("tensor_type", INT8_TYPES, ids=lambda t: t.name)
-def test_gguf_blocks_read_value_for_value(tensor_type):
-    """gguf_int8's codes and scales, through kvserve's own dequantize_weight in float32, give gguf-py's
-    dequantization of the same blocks, bit for bit."""
-    rows, in_features = 6, 512
-    blocks = random_blocks(tensor_type, rows, in_features)
-    codes, scale = gguf_int8(blocks, tensor_type, rows)
-    assert codes.shape == (rows, in_features) and scale.shape == (rows, in_features // 16)
-    out = torch.empty(rows, in_features)
-    ops.dequantize_weight(out, codes, scale)
-    assert torch.equal(out, torch.from_numpy(dequantize(blocks, tensor_type).reshape(rows, in_features)))
 
 
 def test_gguf_int8_refuses_other_blocks():

@@ -1,21 +1,19 @@
 """uint4 weights (kvserve.uint4): the packing and the quantizer, kvserve.ops.linear and
 dequantize_weight over uint4 codes against float64 (every code, both of the kernel's paths, every
-ISA), the checks on their arguments, llama.cpp's 4-bit blocks read value for value, and GGUF files of
-4-bit blocks against transformers' own GGUF loader."""
+ISA), the checks on their arguments, and GGUF files of 4-bit blocks against transformers' own GGUF
+loader (the blocks read value for value, and a layer's choice of path: test_weight_codes.py)."""
 
-import gguf
 import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType
-from gguf.quants import dequantize
 
 from codes_product import assert_product_matches_float64
 from isa_paths import ISAS, run_tests_under_isa
 from kvserve import Engine, SamplingParams, ops
 from kvserve.loader import load as load_module
 from kvserve.loader import load_model
-from kvserve.loader.gguf_uint4 import UINT4_TYPES, gguf_uint4
+from kvserve.loader.gguf_uint4 import gguf_uint4
 from kvserve.uint4 import dequantize_uint4, pack_uint4, quantize_uint4, unpack_uint4
 from paged_greedy import paged_greedy
 from test_layer_ops import DTYPES
@@ -148,29 +146,6 @@ def test_dequantize_weight_checks_its_arguments():
         ops.dequantize_weight(out, torch.zeros(8, 64, dtype=torch.float8_e4m3fn), torch.ones(8), torch.ones(8, 2))
     with pytest.raises(ValueError, match="weight: dimension 1 must be in_features of out / 2 = 32"):
         ops.dequantize_weight(out, torch.zeros(8, 64, dtype=torch.uint8), torch.ones(8, 2), torch.ones(8, 2))
-
-
-def random_blocks(tensor_type: GGMLQuantizationType, rows: int, in_features: int) -> np.ndarray:
-    """Raw blocks of random bytes but for their float16 scales (finite, small, of either sign)."""
-    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
-    generator = np.random.default_rng(int(tensor_type))
-    blocks = generator.integers(0, 256, (rows * in_features // block_elements, block_bytes), dtype=np.uint8)
-    halves = 2 if tensor_type == GGMLQuantizationType.Q4_0 else 4
-    blocks[:, :halves] = (0.01 * generator.standard_normal((len(blocks), halves // 2))).astype(np.float16).view(np.uint8)
-    return blocks.reshape(rows, -1)
-
-
-@pytest.mark.parametrize("tensor_type", UINT4_TYPES, ids=lambda t: t.name)
-def test_gguf_blocks_read_value_for_value(tensor_type):
-    """gguf_uint4's codes, scales and offsets, through kvserve's own dequantize_weight in float32, give
-    gguf-py's dequantization of the same blocks, bit for bit."""
-    rows, in_features = 6, 512
-    blocks = random_blocks(tensor_type, rows, in_features)
-    codes, scale, offset = gguf_uint4(blocks, tensor_type, rows)
-    assert codes.shape == (rows, in_features // 2) and scale.shape == offset.shape == (rows, in_features // 32)
-    out = torch.empty(rows, in_features)
-    ops.dequantize_weight(out, codes, scale, offset)
-    assert torch.equal(out, torch.from_numpy(dequantize(blocks, tensor_type).reshape(rows, in_features)))
 
 
 def test_gguf_uint4_refuses_other_blocks():

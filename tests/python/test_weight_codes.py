@@ -1,11 +1,18 @@
-"""A Linear holding grouped codes (kvserve/models/layers/weight_codes.py: uint4 and int8) multiplies
-by the weight its codes stand for, on the path its row count and dtype choose."""
+"""Grouped codes of either kind (uint4 and int8): llama.cpp's blocks read as codes, value for value, and
+a Linear holding codes (kvserve/models/layers/weight_codes.py) multiplying by the weight they stand
+for, on the path its row count and dtype choose."""
 
+import gguf
+import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as Blocks
+from gguf.quants import dequantize
 
 from kvserve import ops
 from kvserve.int8 import dequantize_int8
+from kvserve.loader.gguf_int8 import INT8_TYPES, gguf_int8
+from kvserve.loader.gguf_uint4 import UINT4_TYPES, gguf_uint4
 from kvserve.models.layers import linear as linear_module
 from kvserve.uint4 import dequantize_uint4
 from test_int8 import random_int8
@@ -13,6 +20,38 @@ from test_layer_ops import DTYPES
 from test_uint4 import random_uint4
 
 KINDS = {"uint4": (random_uint4, dequantize_uint4), "int8": (random_int8, dequantize_int8)}
+# The bytes each block type's float16 scales (and mins) start at; the rest of a block is codes.
+FLOAT16_STARTS = {Blocks.Q4_0: (0,), Blocks.Q4_1: (0, 2), Blocks.Q4_K: (0, 2), Blocks.Q8_0: (0,), Blocks.Q5_0: (0,),
+                  Blocks.Q6_K: (208,)}
+
+
+def random_blocks(tensor_type: Blocks, rows: int, in_features: int) -> np.ndarray:
+    """Raw blocks of random bytes but for their float16 scales (finite, small, of either sign)."""
+    block_elements, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
+    generator = np.random.default_rng(int(tensor_type))
+    blocks = generator.integers(0, 256, (rows * in_features // block_elements, block_bytes), dtype=np.uint8)
+    for start in FLOAT16_STARTS[tensor_type]:
+        halves = (0.01 * generator.standard_normal((len(blocks), 1))).astype(np.float16)
+        blocks[:, start:start + 2] = halves.view(np.uint8)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("tensor_type", UINT4_TYPES + INT8_TYPES, ids=lambda t: t.name)
+def test_gguf_blocks_read_value_for_value(tensor_type):
+    """gguf_uint4's codes, scales and offsets, or gguf_int8's codes and scales, through kvserve's own
+    dequantize_weight in float32, give gguf-py's dequantization of the same blocks, bit for bit."""
+    rows, in_features = 6, 512
+    blocks = random_blocks(tensor_type, rows, in_features)
+    if tensor_type in UINT4_TYPES:
+        codes, *scales = gguf_uint4(blocks, tensor_type, rows)
+        shapes = [(rows, in_features // 2), (rows, in_features // 32), (rows, in_features // 32)]
+    else:
+        codes, *scales = gguf_int8(blocks, tensor_type, rows)
+        shapes = [(rows, in_features), (rows, in_features // 16)]
+    assert [tuple(t.shape) for t in (codes, *scales)] == shapes
+    out = torch.empty(rows, in_features)
+    ops.dequantize_weight(out, codes, *scales)
+    assert torch.equal(out, torch.from_numpy(dequantize(blocks, tensor_type).reshape(rows, in_features)))
 
 
 @pytest.mark.parametrize("kind", KINDS)
