@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from kvserve.loader.gguf_uint4 import block_half
+from kvserve.loader.gguf_uint4 import block_half, tensor_rows
 
 INT8_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q6_K, GGMLQuantizationType.Q5_0)
 
@@ -52,5 +52,4 @@ def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) ->
     else:  # Q6_K
         codes = _q6_k_codes(blocks[:, :128], blocks[:, 128:192])
         scale = block_half(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32)
-    return (torch.from_numpy(np.ascontiguousarray(codes).reshape(rows, -1)),
-            torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(rows, -1)))
+    return tensor_rows(codes, rows), tensor_rows(scale, rows, np.float32)

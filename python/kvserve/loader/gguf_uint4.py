@@ -28,6 +28,12 @@ def block_half(blocks: np.ndarray, start: int) -> np.ndarray:
     return np.ascontiguousarray(blocks[:, start:start + 2]).view(np.float16).astype(np.float32)
 
 
+def tensor_rows(values: np.ndarray, rows: int, dtype: np.dtype | None = None) -> torch.Tensor:
+    """A tensor's blocks' codes (or their groups' scales or offsets, `dtype` float32) as a contiguous
+    torch tensor [rows, ...]."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=dtype).reshape(rows, -1))
+
+
 def _k_scales_and_mins(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Q4_K's 12 bytes a block as 8 six-bit scales and 8 six-bit mins [num_blocks, 8]: groups 0-3 in the
     low 6 bits of bytes 0-3 (scales) and 4-7 (mins), groups 4-7 in the nibbles of bytes 8-11 with
@@ -58,6 +64,4 @@ def gguf_uint4(data: np.ndarray, tensor_type: GGMLQuantizationType,
         pairs = blocks[:, 16:].reshape(-1, 4, 1, 2 * HALF_GROUP)
         values = np.concatenate([pairs & 15, pairs >> 4], axis=2).reshape(-1, 8, 2, HALF_GROUP)
         codes = values[:, :, 0] | (values[:, :, 1] << 4)
-    return (torch.from_numpy(np.ascontiguousarray(codes).reshape(rows, -1)),
-            torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32).reshape(rows, -1)),
-            torch.from_numpy(np.ascontiguousarray(offset, dtype=np.float32).reshape(rows, -1)))
+    return tensor_rows(codes, rows), tensor_rows(scale, rows, np.float32), tensor_rows(offset, rows, np.float32)
