@@ -9,7 +9,6 @@ import torch
 from gguf import GGMLQuantizationType
 
 from codes_product import assert_product_matches_float64
-from isa_paths import ISAS, run_tests_under_isa
 from kvserve import Engine, SamplingParams, ops
 from kvserve.int8 import GROUP_SIZE, dequantize_int8, quantize_int8
 from kvserve.loader import load as load_module
@@ -84,13 +83,6 @@ def test_dequantize_weight_gives_each_code_times_its_scale(dtype):
     else:
         finfo = torch.finfo(dtype)
         assert ((out.double() - expected).abs() <= (expected.abs() + finfo.smallest_normal) * finfo.eps).all()
-
-
-@pytest.mark.parametrize("isa", ISAS)
-def test_every_isa_path(isa):
-    names = ("test_linear_int8_weight", "test_every_int8_code_reads_its_value",
-             "test_dequantize_weight_gives_each_code_times_its_scale")
-    run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
 
 
 @pytest.mark.parametrize("change, message", [

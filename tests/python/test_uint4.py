@@ -9,7 +9,6 @@ import torch
 from gguf import GGMLQuantizationType
 
 from codes_product import assert_product_matches_float64
-from isa_paths import ISAS, run_tests_under_isa
 from kvserve import Engine, SamplingParams, ops
 from kvserve.loader import load as load_module
 from kvserve.loader import load_model
@@ -109,13 +108,6 @@ def test_dequantize_weight_gives_each_code_times_its_scale_plus_its_offset(dtype
     # One rounding in float32 (a fused multiply-add, or a product and a sum), then one to the dtype.
     assert ((out.double() - expected).abs() <= 2.0 ** -22 * expected.abs() + 2.0 ** -23 * offset.abs().max()
             + (0 if dtype == torch.float32 else expected.abs() * torch.finfo(dtype).eps)).all()
-
-
-@pytest.mark.parametrize("isa", ISAS)
-def test_every_isa_path(isa):
-    names = ("test_linear_uint4_weight", "test_every_uint4_code_reads_its_value",
-             "test_dequantize_weight_gives_each_code_times_its_scale_plus_its_offset")
-    run_tests_under_isa(isa, [f"{__file__}::{name}" for name in names])
 
 
 @pytest.mark.parametrize("change, message", [

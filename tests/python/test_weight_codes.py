@@ -1,6 +1,9 @@
-"""Grouped codes of either kind (uint4 and int8): llama.cpp's blocks read as codes, value for value, and
-a Linear holding codes (kvserve/models/layers/weight_codes.py) multiplying by the weight they stand
-for, on the path its row count and dtype choose."""
+"""Grouped codes of either kind (uint4 and int8): llama.cpp's blocks read as codes, value for value, a
+Linear holding codes (kvserve/models/layers/weight_codes.py) multiplying by the weight they stand
+for, on the path its row count and dtype choose, and test_uint4's and test_int8's products run again
+under every ISA."""
+
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -9,6 +12,7 @@ import torch
 from gguf import GGMLQuantizationType as Blocks
 from gguf.quants import dequantize
 
+from isa_paths import ISAS, run_tests_under_isa
 from kvserve import ops
 from kvserve.int8 import dequantize_int8
 from kvserve.loader.gguf_int8 import INT8_TYPES, gguf_int8
@@ -83,3 +87,14 @@ def test_a_layer_of_codes_multiplies_by_the_weight_they_stand_for(kind, dtype, r
     long_rows = rows * in_features * x.element_size() > linear_module.DENSE_INPUT_BYTES
     dense = (rows >= 128 or long_rows) and dtype == torch.bfloat16 and linear_module.onednn_packs(dtype)
     assert widened == ([1] if dense else [])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_path(isa):
+    """The products and dequantize_weight of both kinds of codes, under each ISA, in one process."""
+    here = Path(__file__).parent
+    names = {"test_uint4.py": ("test_linear_uint4_weight", "test_every_uint4_code_reads_its_value",
+                               "test_dequantize_weight_gives_each_code_times_its_scale_plus_its_offset"),
+             "test_int8.py": ("test_linear_int8_weight", "test_every_int8_code_reads_its_value",
+                              "test_dequantize_weight_gives_each_code_times_its_scale")}
+    run_tests_under_isa(isa, [f"{here / file}::{name}" for file, tests in names.items() for name in tests])
