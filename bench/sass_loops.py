@@ -155,8 +155,9 @@ def resources(binary: str) -> dict[tuple[str, str], str]:
 
 def short_name(mangled: str) -> str:
     """attention_mma_kernel<bf16, D128, 16 rows> (or rotary_kernel<bf16, true>, linear_kernel<bf16, Epilogue 1>:
-    bool and enum template arguments last; a tile of other than four warps says so, ", 2 warps"; an fp8
-    KV cache's type comes last, e.g. ", e4m3 cache") from the mangled instance name."""
+    bool and enum template arguments last; a tile of other than four warps says so, ", 2 warps"; a
+    product over quantized codes names them, ", uint4 weight"; an fp8 KV cache's type comes last, e.g.
+    ", e4m3 cache") from the mangled instance name."""
     # Length-prefixed names after _ZN: kvserve, then gpu or an anonymous namespace, then the kernel.
     name, base = mangled.removeprefix("_ZN"), ""
     while (match := re.match(r"\d+", name)) and not base:
@@ -172,6 +173,8 @@ def short_name(mangled: str) -> str:
     # The tile's warps follow its cache type (S2_: the rows' own, or an fp8 type's name).
     warps = re.search(r"MmaTileI\w+?_Li\d+ELi\d+E(?:S\d*_|NS\d*_\d+Float8E\dM\dE)Li(\d+)E", name)
     shape += f", {warps.group(1)} warps" if warps and warps.group(1) != "4" else ""
+    shape += "".join(f", {codes} weight" for codes, reading in (("uint4", "Uint4Weight"), ("int8", "Int8Weight"),
+                                                                 ("e4m3", "E4m3Weight")) if reading in name)
     flags = "".join(", true" if bit == "1" else ", false" for bit in re.findall(r"Lb([01])E", name))
     for scoped in re.finditer(r"LNS\d*_(\d+)", name):  # a scoped enum's value: its type's name, then the number
         enum = name[scoped.end():scoped.end() + int(scoped.group(1))]

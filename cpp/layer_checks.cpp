@@ -145,8 +145,8 @@ Status check_linear(const LinearParams& p, std::string* why) {
   Status s = check_rows("input", p.num_rows, 1, p.in_features, p.input_stride, 0, why);
   if (s == Status::kOk) s = check_rows("out", p.num_rows, 1, out_width, p.out_stride, 0, why);
   if (s != Status::kOk) return s;
-  if (p.weight_dtype && (p.weight_interleaved || p.silu_and_mul_output)) {
-    return fail(why, "weight_dtype: a quantized weight is read plain, without silu_and_mul_output");
+  if (p.weight_dtype && p.weight_interleaved) {
+    return fail(why, "weight_dtype: a quantized weight is read plain, not interleaved");
   }
   if (p.weight_interleaved && (p.weight_scale != nullptr || p.weight_offset != nullptr)) {
     return fail(why, "weight_scale, weight_offset: given for a weight of the input's dtype (set weight_dtype)");
@@ -174,11 +174,16 @@ Status check_dequantize_weight(const LinearParams& p, std::string* why) {
 }
 
 bool linear_cuda_takes(const LinearParams& p) {
-  const auto aligned = [](const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; };
+  const auto aligned = [](const void* pointer, int64_t bytes) {
+    return reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(bytes) == 0;
+  };
+  // A lane reads 8 columns of a weight row at once (cuda/linear_weight.cuh): 16 bytes of a 16-bit
+  // weight, 8 of e4m3 or int8 codes, 4 of uint4 codes (whose rows' strides count bytes).
+  const int64_t load = !p.weight_dtype ? 16 : p.weight_dtype == DType::kUInt4 ? 4 : 8;
+  const int64_t stride_bytes = p.weight_stride * (p.weight_dtype ? 1 : 2);
   return p.num_rows >= 1 && p.num_rows <= kLinearCudaMaxRows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
-         !p.weight_dtype &&
-         p.in_features % 8 == 0 && p.input_stride % 8 == 0 && p.weight_stride % 8 == 0 && aligned(p.input) &&
-         aligned(p.weight);
+         p.in_features % 8 == 0 && p.input_stride % 8 == 0 && stride_bytes % load == 0 && aligned(p.input, 16) &&
+         aligned(p.weight, load);
 }
 
 }  // namespace kvserve

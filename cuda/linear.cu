@@ -11,6 +11,11 @@
 // rounding, as on the CPU. Needs 16-bit dtypes, in_features in 16-byte packs and 16-byte aligned
 // rows (kUnsupported otherwise, and on devices before sm_80).
 //
+// A weight of quantized codes (uint4, int8, e4m3; linear_weight.cuh) streams its codes and scales in
+// place of those 16 bytes, 4 to 8 bytes a lane, and each lane widens them in registers into the
+// same A fragments before its mma: a decode step reads three eighths (uint4, with its scales) to five
+// eighths (int8) of a 16-bit weight's bytes. The epilogues below do not change.
+//
 // With silu_and_mul_output (an MLP's gate_up projection, weight [gate; up]) a block owns 8 features
 // f: its mma rows g and g + 8 are weight rows f (gate) and half + f (up), so one thread ends with
 // both sums of (row, f) and writes silu(gate) * up, each rounded as the plain product and the
@@ -38,10 +43,10 @@
 #include <type_traits>
 
 #include "device_resources.h"
+#include "linear_weight.cuh"
 #include "numeric.cuh"
 #include "silu.cuh"
 #include "rotary.cuh"
-#include "tensor_core.cuh"
 #include "kvserve/linear.h"
 #include "kvserve/linear_rotary_and_cache.h"
 
@@ -57,7 +62,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kFeatures = 16;  // weight rows per block (the mma's M)
 static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
-constexpr int kChunk = 32;     // columns per warp step: 8 per lane quad member, two mma of k16
+constexpr int kChunk = kLinearChunk;
 constexpr int kUnroll = 4;     // chunks in flight per warp
 // Blocks resident on an SM at once on sm_90+, the registers capped to fit them. Without the cap the
 // compiler takes 68-72 registers, which fit three blocks too, but schedules the loop otherwise:
@@ -102,7 +107,7 @@ __device__ inline BlockRows block_rows(const LinearParams& p, const RotaryEmbedd
   return {block * kFeatures + g, block * kFeatures + g + 8};
 }
 
-template <class T, Epilogue kEpilogue, class C = T>
+template <class T, class W, Epilogue kEpilogue, class C = T>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
     linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -114,10 +119,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const bool low_row = rows.low < row_end;
   const bool high_row = kEpilogue == Epilogue::kSiluAndMul ? low_row : rows.high < p.out_features;
   const bool input_row = g < p.num_rows;
-  const T* weight = static_cast<const T*>(p.weight);
-  const T* low = weight + (low_row ? rows.low : 0) * p.weight_stride + 8 * t;
-  const T* high = weight + (high_row ? rows.high : 0) * p.weight_stride + 8 * t;
-  const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride + 8 * t;
+  const WeightRow low = W::row(p, low_row ? rows.low : 0), high = W::row(p, high_row ? rows.high : 0);
+  const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride;
   // Columns in 32 bits (launch_linear refuses in_features past INT_MAX): the loop's bounds checks stay
   // one compare each.
   const auto in_features = static_cast<int32_t>(p.in_features);
@@ -125,36 +128,39 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   // Lane t's 8 columns of chunk c lie wholly inside or outside in_features (a multiple of 8).
   auto inside = [&](int32_t chunk) { return chunk < chunks && chunk * kChunk + 8 * t < in_features; };
 
-  // The warp's batch of kUnroll chunks from `first`, its weights read by `load` (zero where outside).
+  // The warp's batch of kUnroll chunks from `first`, as read (zero where outside; linear_weight.cuh),
+  // through L2 or not.
   const uint64_t once = evict_first_policy();
-  uint4 w_low[kUnroll], w_high[kUnroll];
-  auto load_weights = [&](int32_t first, auto load) {
+  typename W::Raw w_low[kUnroll], w_high[kUnroll];
+  auto load_weights = [&](int32_t first, auto through_l2) {
+    constexpr bool kThroughL2 = decltype(through_l2)::value;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int32_t chunk = first + u * kWarps;
-      const int32_t column = inside(chunk) ? chunk * kChunk : 0;
-      w_low[u] = inside(chunk) && low_row ? load(low + column) : uint4{};
-      w_high[u] = inside(chunk) && high_row ? load(high + column) : uint4{};
+      const int32_t at = inside(chunk) ? chunk : 0;
+      w_low[u] = inside(chunk) && low_row ? W::template load<kThroughL2>(low, at, t, once) : typename W::Raw{};
+      w_high[u] = inside(chunk) && high_row ? W::template load<kThroughL2>(high, at, t, once) : typename W::Raw{};
     }
   };
   // The first batch's weights before the wait (see the top of this file).
-  load_weights(warp, [&](const T* at) { return load_16_once<true>(at, once); });
+  load_weights(warp, std::true_type{});
   wait_for_prior_grid();
 
   float c[4] = {};
   for (int32_t first = warp; first < chunks; first += kWarps * kUnroll) {
-    if (first != warp) load_weights(first, [&](const T* at) { return load_16_once(at, once); });
+    if (first != warp) load_weights(first, std::false_type{});
     uint4 x[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int32_t chunk = first + u * kWarps;
-      x[u] = inside(chunk) && input_row ? *reinterpret_cast<const uint4*>(input + chunk * kChunk) : uint4{};
+      x[u] = inside(chunk) && input_row ? W::input(input, chunk, t) : uint4{};
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t a0[4] = {w_low[u].x, w_high[u].x, w_low[u].y, w_high[u].y};
+      const uint4 a_low = W::fragment(w_low[u]), a_high = W::fragment(w_high[u]);
+      const uint32_t a0[4] = {a_low.x, a_high.x, a_low.y, a_high.y};
       mma_16x8x16<T>(c, a0, x[u].x, x[u].y);
-      const uint32_t a1[4] = {w_low[u].z, w_high[u].z, w_low[u].w, w_high[u].w};
+      const uint32_t a1[4] = {a_low.z, a_high.z, a_low.w, a_high.w};
       mma_16x8x16<T>(c, a1, x[u].z, x[u].w);
     }
   }
@@ -165,11 +171,13 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   for (int i = 0; i < 4; ++i) s_sums[warp][lane][i] = c[i];
   __syncthreads();
   const T* bias = static_cast<const T*>(p.bias);
-  // Sum i of lane `from` over the warps, with the bias of weight row `weight_row`, rounded to T.
+  // Sum i of lane `from` over the warps (times weight row `weight_row`'s scale, for e4m3 codes), with
+  // the row's bias, rounded to T.
   auto output = [&](int from, int i, int64_t weight_row) {
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += s_sums[w][from][i];
+    if constexpr (W::kRowScale) sum *= p.weight_scale[weight_row];
     if (bias != nullptr) sum += to_float(bias[weight_row]);
     return from_float<T>(sum);
   };
@@ -222,8 +230,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   }
 }
 
-// Launches linear_kernel<T, kEpilogue, C> over `blocks` blocks (T from p.dtype, 16-bit only; C from
-// the cache's dtype with the cache write, else T).
+// Launches linear_kernel<T, W, kEpilogue, C> over `blocks` blocks (T from p.dtype, 16-bit only; W from
+// p.weight_dtype; C from the cache's dtype with the cache write, else T).
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
@@ -236,16 +244,18 @@ Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int6
     if constexpr (std::is_same_v<T, float>) {
       return Status::kUnsupported;
     } else {
-      auto launch = [&](auto element) {
-        launch_kernel(linear_kernel<T, kEpilogue, decltype(element)>, dim3(static_cast<unsigned>(blocks)), kThreads, 0,
-                      stream, p, rc);
-        return launch_status();
-      };
-      if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
-        return with_cache_type<T>(rc.cache.cache_dtype.value_or(p.dtype), launch);
-      } else {
-        return launch(T{});
-      }
+      return with_weight_reading<T>(p, [&](auto reading) {
+        auto launch = [&](auto element) {
+          launch_kernel(linear_kernel<T, decltype(reading), kEpilogue, decltype(element)>,
+                        dim3(static_cast<unsigned>(blocks)), kThreads, 0, stream, p, rc);
+          return launch_status();
+        };
+        if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
+          return with_cache_type<T>(rc.cache.cache_dtype.value_or(p.dtype), launch);
+        } else {
+          return launch(T{});
+        }
+      });
     }
   });
 }

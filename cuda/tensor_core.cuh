@@ -45,19 +45,31 @@ __device__ inline void copy_async_16(void* shared, const void* global, bool fill
                : "memory");
 }
 
-// 16 bytes of global memory read once, into registers: past L1, its line kept in L2 as `policy`
-// says. Volatile, so that it stays after wait_for_prior_grid() (compat.cuh). kThroughL2: as
-// load_through_l2 (ld.global.cg), so that a kernel may issue it before that wait for memory no
-// kernel writes, such as its weights; else by the read-only path (ld.global.nc).
-template <bool kThroughL2 = false>
-__device__ inline uint4 load_16_once(const void* global, uint64_t policy) {
-  uint4 v;
-  if constexpr (kThroughL2) {
+// 4, 8 or 16 bytes of global memory (V: uint32_t, uint2 or uint4) read once, into registers: past
+// L1, its line kept in L2 as `policy` says. Volatile, so that it stays after wait_for_prior_grid()
+// (compat.cuh). kThroughL2: as load_through_l2 (ld.global.cg), so that a kernel may issue it before
+// that wait for memory no kernel writes, such as its weights; else by the read-only path
+// (ld.global.nc).
+template <class V, bool kThroughL2 = false>
+__device__ inline V load_once(const V* global, uint64_t policy) {
+  static_assert(sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16, "a 4-, 8- or 16-byte load");
+  V v;
+  if constexpr (sizeof(V) == 16 && kThroughL2) {
     asm volatile("ld.global.cg.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(global), "l"(policy));
-  } else {
+  } else if constexpr (sizeof(V) == 16) {
     asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(global), "l"(policy));
+  } else if constexpr (sizeof(V) == 8 && kThroughL2) {
+    asm volatile("ld.global.cg.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;\n"
+                 : "=r"(v.x), "=r"(v.y) : "l"(global), "l"(policy));
+  } else if constexpr (sizeof(V) == 8) {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;\n"
+                 : "=r"(v.x), "=r"(v.y) : "l"(global), "l"(policy));
+  } else if constexpr (kThroughL2) {
+    asm volatile("ld.global.cg.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(global), "l"(policy));
+  } else {
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(global), "l"(policy));
   }
   return v;
 }

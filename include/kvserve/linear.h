@@ -17,7 +17,10 @@
 // On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 on tensor cores (sm_80+), each block
 // streaming 16 weight rows once for every input row: a decode step's projections at the weights'
 // bandwidth, where a general GEMM tiles for many rows. Needs in_features in 16-byte packs and
-// 16-byte aligned input and weight rows; kUnsupported otherwise (cuBLAS serves those).
+// 16-byte aligned input and weight rows; kUnsupported otherwise (cuBLAS serves those). A quantized
+// weight's codes are widened in registers, each value rounded to the dtype as dequantize_weight
+// rounds it (e4m3: the code's value, exact; the row's scale multiplies the sum, as on the CPU):
+// three eighths (uint4, with its scales) to five eighths (int8) of a 16-bit weight's bytes to stream.
 #pragma once
 
 #include <cstdint>
@@ -50,8 +53,8 @@ struct LinearParams {
   // silu(gate) * up, rounded as the plain product and then silu_and_mul (layer_ops.h) round it.
   // linear_cuda only (linear_cpu: kUnsupported).
   bool silu_and_mul_output = false;
-  // A quantized weight (nullopt: the weight is of `dtype`); linear_cpu only, a plain weight, the
-  // products in float32 throughout, rounded once.
+  // A quantized weight (nullopt: the weight is of `dtype`), plain (not interleaved). linear_cpu computes
+  // the products in float32 throughout, rounded once; linear_cuda widens the codes to the dtype.
   //
   // kFloat8E4M3: 8-bit floats, row n standing for weight_scale[n] times its codes' values:
   // out = (input @ codes^T) * weight_scale (+ bias). Weight-only quantization of a decode step's
@@ -91,7 +94,7 @@ KVSERVE_EXPORT Status check_linear(const LinearParams& params, std::string* why)
 
 KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 
-// dequantize_weight_cpu: the weight a quantized one stands for, out [out_features, in_features] of
+// dequantize_weight_cpu (and on CUDA, dequantize_weight_cuda): the weight a quantized one stands for, out [out_features, in_features] of
 // dtype (rows out_stride apart) = each code's value times its row's weight_scale (e4m3), each code
 // times its group's scale plus its offset (uint4, one rounding in float32), or each code times its
 // group's scale (int8, one rounding in float32), rounded to dtype: for
@@ -100,13 +103,18 @@ KVSERVE_EXPORT Status linear_cpu(const LinearParams& params);
 // weight_dtype; not input or num_rows.
 KVSERVE_EXPORT Status check_dequantize_weight(const LinearParams& params, std::string* why);
 KVSERVE_EXPORT Status dequantize_weight_cpu(const LinearParams& params);
+#if KVSERVE_HAS_CUDA
+// `stream` is a cudaStream_t (null: the default stream).
+KVSERVE_EXPORT Status dequantize_weight_cuda(const LinearParams& params, void* stream);
+#endif
 
 // Rows of input that linear_cuda takes at most.
 constexpr int64_t kLinearCudaMaxRows = 8;
 
 // Whether linear_cuda takes these params, as far as the host can tell without the device (which must
-// also be sm_80 or later): 1 to kLinearCudaMaxRows rows of float16/bfloat16, a plain weight,
-// in_features and row strides in 16-byte packs, 16-byte aligned input and weight.
+// also be sm_80 or later): 1 to kLinearCudaMaxRows rows of float16/bfloat16, a weight not
+// interleaved, in_features and the input's row stride in 16-byte packs, a 16-byte aligned input, and
+// weight rows that start 16 bytes apart (of the dtype), 8 (e4m3 or int8 codes) or 4 (uint4 codes).
 KVSERVE_EXPORT bool linear_cuda_takes(const LinearParams& params);
 
 #if KVSERVE_HAS_CUDA

@@ -28,6 +28,7 @@ struct NotDeclared {};
 
 KVSERVE_CATCH_ALL(argmax_cuda)
 KVSERVE_CATCH_ALL(copy_blocks_cuda)
+KVSERVE_CATCH_ALL(dequantize_weight_cuda)
 KVSERVE_CATCH_ALL(rms_norm_cuda)
 KVSERVE_CATCH_ALL(rotary_embedding_cuda)
 KVSERVE_CATCH_ALL(silu_and_mul_cuda)
@@ -60,6 +61,8 @@ TEST(CudaDeclarations, ExistExactlyWhenTheKernelsAreBuilt) {
   EXPECT_EQ(declared<decltype(argmax_cuda(arg<ArgmaxParams>(), stream))>(), has_cuda) << "argmax_cuda";
   EXPECT_EQ(declared<decltype(copy_blocks_cuda(cache, int64_t{}, int64_t{}, pairs, int64_t{}, stream))>(), has_cuda)
       << "copy_blocks_cuda";
+  EXPECT_EQ(declared<decltype(dequantize_weight_cuda(arg<LinearParams>(), stream))>(), has_cuda)
+      << "dequantize_weight_cuda";
   EXPECT_EQ(declared<decltype(rms_norm_cuda(arg<RmsNormParams>(), stream))>(), has_cuda) << "rms_norm_cuda";
   EXPECT_EQ(declared<decltype(rotary_embedding_cuda(arg<RotaryEmbeddingParams>(), stream))>(), has_cuda)
       << "rotary_embedding_cuda";

@@ -78,6 +78,9 @@ def test_kernel_instances_get_readable_names():
     fused = ("_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelI6__halfLNS0_8EpilogueE2EEEvNS_12"
              "LinearParamsENS_20RotaryAndCacheParamsE")
     assert sass_loops.short_name(fused) == "linear_kernel<f16, Epilogue 2>"
+    codes = ("_ZN7kvserve41_GLOBAL__N__ddabdee5_9_linear_cu_061af26013linear_kernelINS_3gpu8BFloat16ENS2_11Uint4Weight"
+             "IS3_EELNS0_8EpilogueE1ES3_EEvNS_12LinearParamsENS_20RotaryAndCacheParamsE")
+    assert sass_loops.short_name(codes) == "linear_kernel<bf16, uint4 weight, Epilogue 1>"
     # Instances over an fp8 KV cache name it last; two-warp tiles name their warps.
     fp8_tile = MANGLED.replace("Li16ES2_Li4E", "Li16ENS0_10Float8E4M3ELi4E")
     assert sass_loops.short_name(fp8_tile) == "attention_mma_kernel<bf16, D128, 16 rows, e4m3 cache>"

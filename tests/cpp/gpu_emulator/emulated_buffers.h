@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <optional>
 #include <random>
 #include <string>
@@ -110,7 +109,7 @@ struct EarlyLoads {
 
 // The last launch's loads before its threads' wait for the kernel before (cuda/compat.cuh): how
 // many, and how many fell outside `allowed`, the memory no kernel writes.
-inline EarlyLoads loads_before_wait(std::initializer_list<Region> allowed) {
+inline EarlyLoads loads_before_wait(const std::vector<Region>& allowed) {
   EarlyLoads counts;
   for (const auto& load : kvserve::gpu::emulator::loads_before_wait()) {
     ++counts.all;

@@ -16,10 +16,10 @@ inline void copy_async_16(void* shared, const void* global, bool fill) { emulato
 // L2 eviction policies only steer a cache the emulator does not have.
 inline uint64_t evict_first_policy() { return 0; }
 inline void copy_async_16(void* shared, const void* global, bool fill, uint64_t) { copy_async_16(shared, global, fill); }
-template <bool kThroughL2 = false>
-inline uint4 load_16_once(const void* global, uint64_t) {
-  if constexpr (kThroughL2) emulator::note_load_through_l2(global, sizeof(uint4));
-  uint4 v;
+template <class V, bool kThroughL2 = false>
+inline V load_once(const V* global, uint64_t) {
+  if constexpr (kThroughL2) emulator::note_load_through_l2(global, sizeof(V));
+  V v;
   std::memcpy(&v, global, sizeof v);
   return v;
 }

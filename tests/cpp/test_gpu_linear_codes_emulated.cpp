@@ -1,0 +1,240 @@
+// The few-rows product over quantized weights (linear_cuda with uint4, int8 and e4m3 codes) and
+// dequantize_weight_cuda, run by the GPU emulator (gpu_emulator/) on random codes and scales: the
+// product against a float64 reference over each code's value rounded to the dtype, its fusions
+// against the kernels they replace, and the widened weight bit for bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "emulated_buffers.h"
+#include "emulated_layer_steps.h"
+#include "kvserve/layer_ops.h"
+#include "kvserve/linear.h"
+#include "kvserve/linear_rotary_and_cache.h"
+
+namespace {
+
+using kvserve::Status;
+using namespace emulated_test;
+
+const DType kKinds[] = {DType::kUInt4, DType::kInt8, DType::kFloat8E4M3};
+
+std::string kind_name(DType kind) {
+  return kind == DType::kUInt4 ? "uint4" : kind == DType::kInt8 ? "int8" : "e4m3";
+}
+
+// A random quantized weight [rows, columns] of one kind (linear.h's layouts), its rows `pad` bytes
+// apart beyond their codes: uint4 codes with scales and offsets a group of 32, int8 codes with
+// scales a group of 16, e4m3 codes (never NaN) with a scale a row.
+struct QuantizedWeight {
+  DType kind;
+  int64_t rows, columns, stride;  // stride in bytes
+  std::vector<uint32_t> words;   // the codes' bytes, 16-byte aligned
+  std::vector<float> scale, offset;
+
+  QuantizedWeight(DType k, int64_t n, int64_t c, int64_t pad, std::mt19937& rng)
+      : kind(k), rows(n), columns(c), stride((k == DType::kUInt4 ? c / 2 : c) + pad),
+        words(static_cast<size_t>((n * stride + 15) / 4)) {
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (int64_t i = 0; i < n * stride; ++i) {
+      int b = byte(rng);
+      if (kind == DType::kFloat8E4M3 && (b & 0x7f) == 0x7f) b ^= 1;  // e4m3's NaN
+      bytes()[i] = static_cast<uint8_t>(b);
+    }
+    const int64_t groups = kind == DType::kUInt4 ? c / kvserve::kUInt4GroupSize
+                           : kind == DType::kInt8 ? c / kvserve::kInt8GroupSize
+                                                  : 1;
+    std::uniform_real_distribution<float> scales(0.005f, 0.05f), offsets(-0.4f, 0.4f);
+    for (int64_t i = 0; i < n * groups; ++i) scale.push_back(scales(rng));
+    if (kind == DType::kUInt4) {
+      for (int64_t i = 0; i < n * groups; ++i) offset.push_back(offsets(rng));
+    }
+  }
+  uint8_t* bytes() { return reinterpret_cast<uint8_t*>(words.data()); }
+  const uint8_t* bytes() const { return reinterpret_cast<const uint8_t*>(words.data()); }
+
+  // Code (n, k)'s value as the kernels compute it in float32 (e4m3: before the row's scale).
+  float value(int64_t n, int64_t k) const {
+    const uint8_t* row = bytes() + n * stride;
+    if (kind == DType::kUInt4) {
+      const uint8_t byte = row[k / 32 * 16 + k % 16];
+      const int64_t g = n * (columns / 32) + k / 32;
+      return std::fma(static_cast<float>(k % 32 < 16 ? byte & 15 : byte >> 4), scale[g], offset[g]);
+    }
+    if (kind == DType::kInt8) {
+      return static_cast<float>(static_cast<int8_t>(row[k])) * scale[n * (columns / 16) + k / 16];
+    }
+    return to_float(Float8E4M3{row[k]});
+  }
+  float row_scale(int64_t n) const { return kind == DType::kFloat8E4M3 ? scale[n] : 1.f; }
+
+  void attach(kvserve::LinearParams& p) const {
+    p.weight = words.data();
+    p.weight_stride = stride;
+    p.weight_dtype = kind;
+    p.weight_scale = scale.data();
+    p.weight_offset = offset.empty() ? nullptr : offset.data();
+  }
+  std::vector<Region> regions() const {
+    std::vector<Region> r = {{words.data(), words.size() * 4}, {scale.data(), scale.size() * 4}};
+    if (!offset.empty()) r.push_back({offset.data(), offset.size() * 4});
+    return r;
+  }
+};
+
+// The kernels round each code's value to the dtype (the e4m3 ones are exact), then sum in float32:
+// the float64 reference's output and the kernel's may round to neighbours, one unit apart, and
+// float32's sums are off by a few of its units of the terms' magnitudes (where they cancel).
+double ulp(DType dtype) { return dtype == DType::kFloat16 ? 1.0 / 1024 : 1.0 / 128; }
+
+TEST(EmulatedLinearCodes, MatchesAFloat64Reference) {
+  // 1 to 8 rows; out_features not a multiple of the block's 16; in_features of one chunk, of more
+  // chunks than warps, and (int8, e4m3) not whole chunks; strided rows everywhere, with and without a
+  // bias.
+  for (DType kind : kKinds) {
+    const int64_t ragged = kind == DType::kUInt4 ? 32 : kind == DType::kInt8 ? 80 : 40;
+    const int64_t pad = kind == DType::kUInt4 ? 4 : 8;
+    for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+      for (const auto& [rows, in, out_features] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 48}, {3, ragged, 40},
+                                                   {8, 288, 17}}) {
+        for (bool with_bias : {false, true}) {
+          const std::string what = kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows) + " in " +
+                                   std::to_string(in) + (with_bias ? " bias" : "");
+          std::mt19937 rng(static_cast<uint32_t>(rows * 1000 + in));
+          const int64_t input_stride = in + 8, out_stride = out_features + 3;
+          const QuantizedWeight w(kind, out_features, in, pad, rng);
+          Buffer x = random_buffer(dtype, static_cast<size_t>(rows * input_stride), rng);
+          Buffer b = random_buffer(dtype, static_cast<size_t>(out_features), rng);
+          Buffer y = nan_buffer(dtype, static_cast<size_t>(rows * out_stride)), scratch(dtype, 1);
+          kvserve::LinearParams p = linear_params(y, out_stride, x, input_stride, x, with_bias ? b.data() : nullptr,
+                                                  rows, in, out_features, dtype);
+          w.attach(p);
+          ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
+          ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+          // Before the wait for the kernel before: the codes and their scales only, which no kernel writes.
+          const EarlyLoads early = loads_before_wait(w.regions());
+          EXPECT_GT(early.all, 0u) << what;
+          EXPECT_EQ(early.outside, 0u) << what;
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t n = 0; n < out_features; ++n) {
+              double sum = 0, magnitude = 0;
+              for (int64_t k = 0; k < in; ++k) {
+                const double term = x.get(static_cast<size_t>(r * input_stride + k)) * scratch.rounded(w.value(n, k));
+                sum += term;
+                magnitude += std::abs(term);
+              }
+              sum *= w.row_scale(n);
+              magnitude *= w.row_scale(n);
+              if (with_bias) sum += b.get(static_cast<size_t>(n));
+              const double expected = scratch.rounded(static_cast<float>(sum));
+              const double got = y.get(static_cast<size_t>(r * out_stride + n));
+              ASSERT_NEAR(got, expected, ulp(dtype) * std::abs(expected) + 1e-6 * magnitude)
+                  << what << " row " << r << " feature " << n;
+            }
+            for (int64_t n = out_features; n < out_stride; ++n) {  // nothing written between the rows
+              ASSERT_TRUE(std::isnan(y.get(static_cast<size_t>(r * out_stride + n)))) << what;
+            }
+          }
+          // Rows of codes whose starts a lane's load cannot take, and float32: cuBLAS's work.
+          p.weight_stride += pad / 2;
+          EXPECT_FALSE(kvserve::linear_cuda_takes(p)) << what;
+          EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported) << what;
+          p.weight_stride -= pad / 2;
+          p.dtype = DType::kFloat32;
+          EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported) << what;
+        }
+      }
+    }
+  }
+}
+
+TEST(EmulatedLinearCodes, FusionsEqualTheProductThenTheKernel) {
+  // With codes as with a plain weight: the gate_up projection writing silu(gate) * up gives the bits of
+  // the product, then silu_and_mul; the qkv projection rotating q and k into the caches gives those
+  // of the product, then rotary_and_cache.
+  const RotaryShape shape{4, 2, 16};
+  const int64_t hidden = 96, rows = FusedQkvStep::kTokens, size = 24;
+  for (DType kind : kKinds) {
+    for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
+      const std::string what = kind_name(kind) + " " + name(dtype);
+      std::mt19937 rng(13);
+      Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
+      Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
+
+      const QuantizedWeight gate_up_weight(kind, 2 * size, hidden, 0, rng);
+      Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
+      Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
+      kvserve::LinearParams p = linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
+      gate_up_weight.attach(p);
+      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+      ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
+                Status::kOk);
+      p.out = fused.data();
+      p.out_stride = size;
+      p.silu_and_mul_output = true;
+      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+      EXPECT_EQ(fused.words, unfused.words) << what;
+      EXPECT_FALSE(std::isnan(fused.get(0))) << what;
+
+      FusedQkvStep apart(dtype, shape, {5, -1, 10}), together(dtype, shape, {5, -1, 10});
+      const QuantizedWeight qkv_weight(kind, apart.row, hidden, 0, rng);
+      kvserve::LinearParams product = linear_params(apart.qkv, apart.row, x, hidden, x, nullptr, rows, hidden,
+                                                    apart.row, dtype);
+      qkv_weight.attach(product);
+      ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk) << what;
+      ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk) << what;
+      product.out = together.qkv.data();
+      ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, together.params, nullptr), Status::kOk) << what;
+      EXPECT_EQ(together.qkv.words, apart.qkv.words) << what;
+      EXPECT_EQ(together.key_cache.words, apart.key_cache.words) << what;
+      EXPECT_EQ(together.value_cache.words, apart.value_cache.words) << what;
+    }
+  }
+}
+
+TEST(EmulatedDequantizeWeight, GivesEachCodesValueRoundedOnce) {
+  // Every kind into every dtype, out's rows strided; in_features of many chunks of the grid's
+  // threads (600 > 256) and a few; rows of codes padded.
+  for (DType kind : kKinds) {
+    for (DType dtype : {DType::kFloat32, DType::kBFloat16, DType::kFloat16}) {
+      for (int64_t in : {int64_t{64}, int64_t{608}}) {
+        const std::string what = kind_name(kind) + " " + name(dtype) + " in " + std::to_string(in);
+        std::mt19937 rng(static_cast<uint32_t>(in));
+        const int64_t out_features = 5, out_stride = in + 3;
+        const QuantizedWeight w(kind, out_features, in, 4, rng);
+        Buffer out = nan_buffer(dtype, static_cast<size_t>(out_features * out_stride)), scratch(dtype, 1);
+        kvserve::LinearParams p;
+        w.attach(p);
+        p.out = out.data();
+        p.out_stride = out_stride;
+        p.in_features = in;
+        p.out_features = out_features;
+        p.dtype = dtype;
+        ASSERT_EQ(kvserve::dequantize_weight_cuda(p, nullptr), Status::kOk) << what;
+        for (int64_t n = 0; n < out_features; ++n) {
+          for (int64_t k = 0; k < out_stride; ++k) {
+            const float got = out.get(static_cast<size_t>(n * out_stride + k));
+            if (k >= in) {
+              ASSERT_TRUE(std::isnan(got)) << what << ": written between the rows";
+              continue;
+            }
+            const float value = w.value(n, k) * w.row_scale(n);
+            const float expected = scratch.rounded(value);
+            ASSERT_EQ(std::memcmp(&got, &expected, sizeof got), 0)
+                << what << " row " << n << " column " << k << ": " << got << " vs " << expected;
+          }
+        }
+        p.weight_dtype.reset();
+        EXPECT_EQ(kvserve::dequantize_weight_cuda(p, nullptr), Status::kInvalidArgument) << what;
+      }
+    }
+  }
+}
+
+}  // namespace
