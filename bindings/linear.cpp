@@ -1,7 +1,8 @@
 // Bindings of linear (linear.h): the few-rows product on the CPU (any rows, either weight layout)
-// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes; cuBLAS serves the rest), and on
-// CUDA its fusion with rotary_and_cache (linear_rotary_and_cache.h). 2-D arrays whose rows may be
-// strided, last dimension contiguous.
+// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes; cuBLAS serves the rest), on
+// CUDA its fusion with rotary_and_cache (linear_rotary_and_cache.h), and the widening of quantized
+// codes (dequantize_weight) on either. 2-D arrays whose rows may be strided, last dimension
+// contiguous.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 
@@ -68,7 +69,6 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
     p.weight_offset = static_cast<const float*>(weight_offset->data());
   }
   *cuda = on_one_device(arrays);
-  if (weight_dtype && *cuda) throw nb::value_error("linear: a quantized weight runs on the CPU only");
   p.out = out.data();
   p.out_stride = out.stride(0);
   p.input = input.data();
@@ -83,7 +83,7 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   p.dtype = kernel_dtype(input, "input");
   if (*cuda && !linear_cuda_takes(p)) {
     throw nb::value_error(("linear: on CUDA, 1 to " + std::to_string(kLinearCudaMaxRows) +
-                           " rows of float16 or bfloat16 with a plain [out_features, in_features] weight, "
+                           " rows of float16 or bfloat16 with a [out_features, in_features] weight (or codes), "
                            "in_features and the row strides multiples of 8 and 16-byte aligned rows; got " +
                            std::to_string(p.num_rows) + " rows of " + dtype_name(input.dtype()) +
                            " (torch's matmul serves the rest)").c_str());
@@ -104,9 +104,9 @@ void linear(Array out, Array input, Array weight, std::optional<Array> bias, uin
 
 void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional<Array> bias, Array query, Array key,
                              Array value, Array cos, Array sin, Array key_cache, Array value_cache, Array slot_mapping,
-                             uintptr_t stream) {
+                             uintptr_t stream, std::optional<Array> weight_scale, std::optional<Array> weight_offset) {
   bool cuda = false;
-  const LinearParams p = linear_params(out, input, weight, bias, false, std::nullopt, std::nullopt, &cuda);
+  const LinearParams p = linear_params(out, input, weight, bias, false, weight_scale, weight_offset, &cuda);
   RotaryAndCacheParams rc;
   rc.rotary = rotary_embedding_params(query, key, cos, sin);
   rc.cache = reshape_and_cache_params(key, value, key_cache, value_cache, slot_mapping);
@@ -138,10 +138,11 @@ void linear_rotary_and_cache(Array out, Array input, Array weight, std::optional
 #endif
 }
 
-// out [N, K] = the weight quantized codes stand for (dequantize_weight_cpu): float8_e4m3fn [N, K] with
-// weight_scale [N], uint4 codes (uint8 [N, K / 2]) with weight_scale and weight_offset [N, K / 32], or
-// int8 codes [N, K] with weight_scale [N, K / 16].
-void dequantize_weight(Array out, Array weight, Array weight_scale, std::optional<Array> weight_offset) {
+// out [N, K] = the weight quantized codes stand for (dequantize_weight_cpu, _cuda): float8_e4m3fn [N, K]
+// with weight_scale [N], uint4 codes (uint8 [N, K / 2]) with weight_scale and weight_offset [N, K / 32],
+// or int8 codes [N, K] with weight_scale [N, K / 16].
+void dequantize_weight(Array out, Array weight, Array weight_scale, std::optional<Array> weight_offset,
+                       uintptr_t stream) {
   check_dtype(out, "out", kFloatDtypes);
   check_matrix(out, "out", "[out_features, in_features]");
   check_dtype(weight, "weight", {kFloat8E4M3, kUInt8, kInt8});
@@ -154,7 +155,7 @@ void dequantize_weight(Array out, Array weight, Array weight_scale, std::optiona
                       "weight_offset", out_features, in_features);
   std::vector<Named> arrays = {{out, "out"}, {weight, "weight"}, {weight_scale, "weight_scale"}};
   if (weight_offset) arrays.push_back({*weight_offset, "weight_offset"});
-  if (on_one_device(arrays)) throw nb::value_error("dequantize_weight runs on the CPU only");
+  const bool cuda = on_one_device(arrays);
   LinearParams p;
   p.out = out.data();
   p.out_stride = out.stride(0);
@@ -166,7 +167,8 @@ void dequantize_weight(Array out, Array weight, Array weight_scale, std::optiona
   p.in_features = in_features;
   p.out_features = out_features;
   p.dtype = kernel_dtype(out, "out");
-  call_cpu_kernel(dequantize_weight_cpu, check_dequantize_weight, p, "dequantize_weight");
+  call_kernel(cuda, KVSERVE_KERNELS(dequantize_weight), check_dequantize_weight, p, out.device_id(), stream,
+              "dequantize_weight");
 }
 
 bool interleave_supported(Array weight) {
@@ -188,19 +190,21 @@ void bind_linear(nb::module_& m) {
         "float8_e4m3fn codes with weight_scale [N] (float32): out = (input @ weight^T) * weight_scale + bias,\n"
         "or uint4 codes, uint8 [N, K / 2], with weight_scale and weight_offset [N, K / 32] (float32), each\n"
         "group of 32 codes standing for code * scale + offset (kvserve/linear.h has the byte order), or\n"
-        "int8 codes [N, K] with weight_scale [N, K / 16], each group of 16 standing for code * scale.\n"
+        "int8 codes [N, K] with weight_scale [N, K / 16], each group of 16 standing for code * scale; on\n"
+        "CUDA each code's value is rounded to the dtype first.\n"
         "With silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),
         nb::arg("value_cache").noconvert(), nb::arg("slot_mapping"), nb::arg("stream") = 0,
+        nb::arg("weight_scale") = nb::none(), nb::arg("weight_offset") = nb::none(),
         "linear(out, input, weight, bias), then rotary_and_cache(query, key, value, ...) over its columns, in\n"
         "one CUDA kernel: a layer's qkv projection at decode (query, key and value are the q, k and v\n"
-        "columns of out).");
+        "columns of out; the weight may be codes, with weight_scale and weight_offset as for linear).");
   m.def("dequantize_weight", &dequantize_weight, nb::arg("out").noconvert(), nb::arg("weight"),
-        nb::arg("weight_scale"), nb::arg("weight_offset") = nb::none(),
+        nb::arg("weight_scale"), nb::arg("weight_offset") = nb::none(), nb::arg("stream") = 0,
         "out [N, K] = the weight linear's product over quantized codes stands for, rounded to out's dtype\n"
-        "(CPU): float8_e4m3fn [N, K] times its rows' weight_scale [N], or uint4 codes (uint8 [N, K / 2]),\n"
+        "(CPU or CUDA): float8_e4m3fn [N, K] times its rows' weight_scale [N], or uint4 codes (uint8 [N, K / 2]),\n"
         "code * scale + offset with weight_scale and weight_offset [N, K / 32] (float32), or int8 codes\n"
         "[N, K], code * scale with weight_scale [N, K / 16].");
   m.def("linear_interleave_supported", &interleave_supported, nb::arg("weight"),

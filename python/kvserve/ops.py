@@ -135,22 +135,22 @@ def rotary_and_cache(query, key, value, cos, sin, key_cache, value_cache, slot_m
 
 def dequantize_weight(out, weight, weight_scale, weight_offset=None) -> None:
     """out [N, K] (float32, bfloat16 or float16) = the weight that linear's product over quantized
-    codes stands for, computed in float32, for a GEMM library to multiply many rows by (CPU): the
+    codes stands for, computed in float32, for a GEMM library to multiply many rows by (CPU or CUDA): the
     float8_e4m3fn weight [N, K] times its rows' weight_scale [N], uint4 codes (uint8 [N, K / 2],
     kvserve.uint4) times their groups' weight_scale plus weight_offset [N, K / 32], or int8 codes
     (kvserve.int8) times their groups' weight_scale [N, K / 16]."""
-    _C.ops.dequantize_weight(_dl(out), _dl(weight), _dl(weight_scale), _dl(weight_offset))
+    _C.ops.dequantize_weight(_dl(out), _dl(weight), _dl(weight_scale), _dl(weight_offset), _stream_of(out))
 
 
 def linear_rotary_and_cache(out, input, weight, bias, query, key, value, cos, sin, key_cache, value_cache,
-                            slot_mapping) -> None:
-    """linear(out, input, weight, bias), then rotary_and_cache(query, key, value, cos, sin, key_cache,
-    value_cache, slot_mapping) over out's q, k and v columns (query, key, value: the views of them),
-    in one CUDA kernel, bit for bit: a layer's qkv projection at decode (linear's few rows; head_dim
-    a multiple of 16; ValueError otherwise, and on the CPU)."""
+                            slot_mapping, weight_scale=None, weight_offset=None) -> None:
+    """linear(out, input, weight, bias, weight_scale=..., weight_offset=...), then rotary_and_cache(query,
+    key, value, cos, sin, key_cache, value_cache, slot_mapping) over out's q, k and v columns (query,
+    key, value: the views of them), in one CUDA kernel, bit for bit: a layer's qkv projection at
+    decode (linear's few rows; head_dim a multiple of 16; ValueError otherwise, and on the CPU)."""
     _C.ops.linear_rotary_and_cache(_dl(out), _dl(input), _dl(weight), _dl(bias), _dl(query), _dl(key), _dl(value),
                                    _dl(cos), _dl(sin), _dl(key_cache), _dl(value_cache), _dl(slot_mapping),
-                                   _stream_of(input))
+                                   _stream_of(input), _dl(weight_scale), _dl(weight_offset))
 
 
 def silu_and_mul(out, x) -> None:
@@ -175,12 +175,13 @@ def linear(out, input, weight, bias=None, silu_and_mul_output: bool = False, wei
     and row starts in 16-byte packs (ValueError otherwise). With `silu_and_mul_output` (CUDA only),
     the weight's rows are an MLP's [gate; up] and out [M, N / 2] receives what silu_and_mul would
     make of the product, bit for bit, without the [M, N] product in memory. out must not overlap
-    input. On the CPU the weight may be float8_e4m3fn codes with `weight_scale` [N] (float32):
-    out = (input @ codes^T) * weight_scale (+ bias), in float32 rounded once (kvserve.quantization),
-    uint4 codes (uint8 [N, K / 2], kvserve.uint4) with `weight_scale` and `weight_offset`
-    [N, K / 32] (float32), each group of 32 codes standing for code * scale + offset, or int8 codes
-    (int8 [N, K], kvserve.int8) with `weight_scale` [N, K / 16], each group of 16 standing for code *
-    scale.
+    input. The weight may be float8_e4m3fn codes with `weight_scale` [N] (float32):
+    out = (input @ codes^T) * weight_scale (+ bias) (kvserve.quantization), uint4 codes (uint8
+    [N, K / 2], kvserve.uint4) with `weight_scale` and `weight_offset` [N, K / 32] (float32), each
+    group of 32 codes standing for code * scale + offset, or int8 codes (int8 [N, K], kvserve.int8)
+    with `weight_scale` [N, K / 16], each group of 16 standing for code * scale. On the CPU in float32
+    rounded once; on CUDA each code's value is rounded to the dtype first (as dequantize_weight rounds
+    it), e4m3's exactly.
     """
     _C.ops.linear(_dl(out), _dl(input), _dl(weight), _dl(bias), _stream_of(input), silu_and_mul_output,
                   _dl(weight_scale), _dl(weight_offset))

@@ -11,8 +11,10 @@ each output once (kvserve.ops.linear's weight_scale): half a 16-bit weight's byt
 decode, where a CPU's steps wait on memory. The embeddings, the norms and the LM head keep the
 model's dtype, as vLLM keeps them.
 
-Runs on the CPU; the outputs are those of the model with each weight replaced by its code's value
-times its row's scale (dequantize), not the unquantized model's.
+Runs on the CPU and on CUDA; the outputs are those of the model with each weight replaced by its
+code's value times its row's scale (dequantize), not the unquantized model's. On CUDA the few-rows
+product multiplies the codes' values (exact in 16 bits) and scales each output, as the CPU does; more
+rows multiply the weight dequantized to the dtype.
 
 Checkpoints that come with quantized weights load as they are (checkpoint_quantization): GPTQ's and
 AWQ's 4-bit ones as uint4 codes and GPTQ's 8-bit ones as int8 codes (kvserve.loader.gptq_awq), and fp8
@@ -34,15 +36,10 @@ CHECKPOINT_ONLY = ("gptq", "awq")
 E4M3_MAX = 448.0
 
 
-def check_quantization(quantization: str | None, device: torch.device | None = None) -> None:
-    """ValueError for a method kvserve does not have, or a device it does not run on."""
-    if quantization is None:
-        return
-    if quantization not in QUANTIZATIONS:
+def check_quantization(quantization: str | None) -> None:
+    """ValueError for a method kvserve does not have."""
+    if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)} or None, got {quantization!r}")
-    if device is not None and device.type != "cpu":
-        raise ValueError(f"quantization {quantization!r} runs on the CPU only (its products are kvserve's CPU "
-                         f"kernels), got device {str(device)!r}")
 
 
 def checkpoint_quantization(quantization_config, source: str = "config.json") -> str | None:

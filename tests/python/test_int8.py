@@ -154,7 +154,7 @@ def test_a_gguf_file_of_8_bit_blocks_matches_transformers(gguf_pair, architectur
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_int8_codes_give_what_the_dequantized_file_gives(gguf_pair, dtype, monkeypatch):
     """A tied model of Q8_0 blocks, reading codes, against the same file loaded dequantized (as kvserve
-    loads it on CUDA): the embedding lookup gives the widened table's rows bit for bit, and in float32
+    loads the block types it has no codes for): the embedding lookup gives the widened table's rows bit for bit, and in float32
     the ids are equal (logits within 1e-4; in bfloat16 the widened weights are rounded to it, the
     codes' values are not)."""
     _, path = gguf_pair("Qwen2ForCausalLM", GGMLQuantizationType.Q8_0, tie_word_embeddings=True)

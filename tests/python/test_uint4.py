@@ -178,7 +178,7 @@ def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architectur
 def test_codes_give_what_the_dequantized_file_gives(gguf_pair, architecture, monkeypatch):
     """Every GGUF architecture (transformers' GGUF loader misreads Qwen3's head_dim, so this is the
     comparison for it): the model reading codes gives the ids (logits within 1e-4) of the same file
-    loaded dequantized, as kvserve loads it on CUDA."""
+    loaded dequantized (as kvserve loads the block types it has no codes for)."""
     _, path = gguf_pair(architecture, GGMLQuantizationType.Q4_0)
     quantized = load_model(path, dtype="float32").model
     monkeypatch.setattr(load_module, "_keep_codes", lambda module, weights: set())

@@ -139,7 +139,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {list(RUNNERS)}, got {runner!r}")
-    check_quantization(quantization, torch.device(device))
+    check_quantization(quantization)
     path = resolve_model_path(model, hub_cache_dir=hub_cache_dir, revision=revision)
     is_gguf = path.is_file()
     wanted = "gguf" if is_gguf else "safetensors"
@@ -161,7 +161,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     prequantized = model_config.weight_quantization is not None and load_format != "dummy"
     if model_config.weight_quantization is not None:
         quantization = model_config.weight_quantization
-        check_quantization(quantization, torch.device(device))
+        check_quantization(quantization)
     elif quantization in CHECKPOINT_ONLY:
         raise ValueError(f"quantization {quantization!r} reads a {quantization.upper()} checkpoint's weights, and "
                          f"{path} has no {quantization.upper()} quantization_config")
@@ -186,7 +186,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
                          linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
             weights = quantized_weights(weights, quantization, model_config.weight_bits, bias_free)
             _log_codes(quantization.upper(), module)
-    if is_gguf and load_format != "dummy" and torch.device(device).type == "cpu" and quantization is None:
+    if is_gguf and load_format != "dummy" and quantization is None:
         # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.
         weights.kept = _keep_codes(module, weights)
     if load_format == "dummy":

@@ -63,7 +63,7 @@ class LlamaAttention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if fused:
             ops.linear_rotary_and_cache(qkv, x, self.qkv_proj.weight, self.qkv_proj.bias, q, k, v, *cos_sin, *kv_cache,
-                                        metadata.slot_mapping)
+                                        metadata.slot_mapping, self.qkv_proj.weight_scale, self.qkv_proj.weight_offset)
             out = self.attn.attend(attn_out, q, kv_cache, metadata)
         else:
             head_norms = None if self.q_norm is None else (self.q_norm, self.k_norm)

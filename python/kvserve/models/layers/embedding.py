@@ -31,7 +31,7 @@ class Embedding(WeightCodes, nn.Module):
         if self.weight_scale is None:
             return F.embedding(input_ids, self.weight)
         ids = input_ids.reshape(-1)
-        rows = torch.empty(ids.numel(), self.hidden_size, dtype=self.dtype)
+        rows = torch.empty(ids.numel(), self.hidden_size, dtype=self.dtype, device=self.weight.device)
         offset = None if self.weight_offset is None else self.weight_offset[ids]
         ops.dequantize_weight(rows, self.weight[ids], self.weight_scale[ids], offset)
         return rows.view(*input_ids.shape, self.hidden_size)

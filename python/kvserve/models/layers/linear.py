@@ -32,7 +32,9 @@ oneDNN from GROUPED_DENSE_ROWS rows; in float32 never).
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
 projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
-(F.linear).
+(F.linear). Quantized codes (GPTQ, AWQ, GGUF blocks, fp8) stay codes on the GPU too: the few-rows
+kernel widens them in registers (each value rounded to the dtype), and more rows multiply a copy
+widened for the call (kvserve.ops.dequantize_weight, the same values) with cuBLAS.
 """
 
 from __future__ import annotations
@@ -109,12 +111,14 @@ def has_tensor_core_linear(device: torch.device) -> bool:
 
 
 def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows of a 16-bit dtype, in_features and the rows'
-    starts in 16-byte packs."""
+    """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows of a 16-bit dtype, in_features and the input
+    rows' starts in 16-byte packs, the weight's rows' starts in packs of what a lane reads at once (16
+    bytes of a 16-bit weight, 8 of int8 or e4m3 codes, 4 of uint4 codes' bytes)."""
+    load = 16 if weight.dtype == x.dtype else 4 if weight.dtype == torch.uint8 else 8
     return (0 < x.shape[0] <= _C.ops.linear_cuda_max_rows and x.dtype in (torch.bfloat16, torch.float16)
             and x.shape[1] % 8 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
-            and weight.stride(1) == 1 and weight.stride(0) % 8 == 0 and weight.data_ptr() % 16 == 0
-            and has_tensor_core_linear(x.device))
+            and weight.stride(1) == 1 and weight.stride(0) * weight.element_size() % load == 0
+            and weight.data_ptr() % load == 0 and has_tensor_core_linear(x.device))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -139,12 +143,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] @ (the weight the codes stand for)^T (+ bias), on the CPU: e4m3 codes [N, K] with
-    their rows' scales [N], uint4 codes [N, K / 2] (kvserve.uint4) with their groups' scales and
-    offsets [N, K / 32], or int8 codes [N, K] (kvserve.int8) with their groups' scales [N, K / 16]
-    (module docstring)."""
+    """x [..., K] @ (the weight the codes stand for)^T (+ bias): e4m3 codes [N, K] with their rows'
+    scales [N], uint4 codes [N, K / 2] (kvserve.uint4) with their groups' scales and offsets
+    [N, K / 32], or int8 codes [N, K] (kvserve.int8) with their groups' scales [N, K / 16] (module
+    docstring)."""
     rows = x.reshape(-1, x.shape[-1])
     out_features = codes.shape[0]
+    if x.is_cuda:
+        if cuda_ops_linear_takes(rows, codes):
+            out = torch.empty(rows.shape[0], out_features, dtype=x.dtype, device=x.device)
+            ops.linear(out, rows, codes, bias, weight_scale=scale, weight_offset=offset)
+        else:
+            weight = torch.empty(out_features, x.shape[-1], dtype=x.dtype, device=x.device)
+            ops.dequantize_weight(weight, codes, scale, offset)
+            out = F.linear(rows, weight, bias)
+        return out.view(*x.shape[:-1], out_features)
     long_rows = rows.numel() * rows.element_size() > DENSE_INPUT_BYTES
     if codes.dtype == torch.float8_e4m3fn:
         dense = rows.shape[0] >= E4M3_DENSE_ROWS or long_rows
@@ -224,7 +237,8 @@ class Linear(WeightCodes, nn.Module):
             return silu_and_mul(self(x, lora))
         if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
-            ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True)
+            ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True, weight_scale=self.weight_scale,
+                       weight_offset=self.weight_offset)
             return out
         return silu_and_mul(self(x))
 

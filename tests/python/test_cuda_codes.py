@@ -1,0 +1,161 @@
+"""Quantized weights on a CUDA GPU: the few-rows product over uint4, int8 and e4m3 codes against
+float64 over each code's value rounded to the dtype, the widening kernel bit for bit against the
+reference, a layer's two paths (the kernel at few rows, cuBLAS on a widened copy past them), and
+GPTQ, AWQ, GGUF and fp8 models on the GPU against transformers and the CPU. Skipped without a GPU
+(the kernels themselves run on the CPU under the GPU emulator: tests/cpp/test_gpu_linear_codes_emulated.cpp)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from gguf import GGMLQuantizationType
+
+from kvserve import Engine, SamplingParams, ops
+from kvserve.int8 import dequantize_int8, quantize_int8
+from kvserve.loader import load_model
+from kvserve.models.layers.linear import Linear
+from kvserve.quantization import dequantize_fp8, quantize_fp8
+from kvserve.uint4 import dequantize_uint4, quantize_uint4
+from paged_greedy import paged_greedy
+from requires_cuda import requires_cuda
+from test_engine import GREEDY, assert_no_blocks_held
+from test_engine import PROMPTS as ENGINE_PROMPTS
+from test_gptq_awq import write_checkpoint
+from test_models import PROMPTS, assert_logits_close, hf_greedy
+
+pytestmark = requires_cuda
+
+KINDS = ("uint4", "int8", "e4m3")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def quantized(kind: str, weight: torch.Tensor):
+    """(codes, scale, offset or None, the weight they stand for in float32, as the product widens it
+    before rounding to the dtype; e4m3: the codes' values, its rows' scales applied to the sums)."""
+    if kind == "uint4":
+        codes, scale, offset = quantize_uint4(weight)
+        return codes, scale, offset, dequantize_uint4(codes, scale, offset, torch.float32)
+    if kind == "int8":
+        codes, scale = quantize_int8(weight)
+        return codes, scale, None, dequantize_int8(codes, scale, torch.float32)
+    codes, scale = quantize_fp8(weight)
+    return codes, scale, None, codes.float()
+
+
+def cuda(*tensors):
+    return [None if t is None else t.cuda() for t in tensors]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("shape", [(48, 512), (17, 1056), (6144, 4096)])
+def test_linear_over_codes_matches_float64(kind, dtype, rows, shape):
+    """Output features past the kernel's 16-row blocks, input features of many 32-column steps, a
+    decode projection's shape; bias or not."""
+    torch.manual_seed(rows * 1000 + shape[0])
+    out_features, in_features = shape
+    codes, scale, offset, values = quantized(kind, 0.2 * torch.randn(out_features, in_features))
+    x = torch.randn(rows, in_features).to(dtype)
+    bias = torch.randn(out_features).to(dtype)
+    row_scale = scale.double()[None, :] if kind == "e4m3" else 1.0
+    for b in (None, bias):
+        out = torch.full((rows, out_features), float("nan"), dtype=dtype, device="cuda")
+        ops.linear(out, *cuda(x, codes, b), weight_scale=scale.cuda(), weight_offset=cuda(offset)[0])
+        expected = (x.double() @ values.to(dtype).double().t()) * row_scale + (0 if b is None else b.double())
+        torch.testing.assert_close(out.cpu().double(), expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES], ids=str)
+def test_dequantize_weight_on_cuda_gives_the_references_bits(kind, dtype):
+    """Each value in float32 (uint4: one rounding of code * scale + offset), rounded once to the dtype:
+    the bits of the CPU's reference."""
+    torch.manual_seed(1)
+    codes, scale, offset, values = quantized(kind, torch.randn(40, 1024))
+    expected = dequantize_fp8(codes, scale, dtype) if kind == "e4m3" else values.to(dtype)
+    out = torch.full((40, 1024), float("nan"), dtype=dtype, device="cuda")
+    ops.dequantize_weight(out, *cuda(codes, scale, offset))
+    assert torch.equal(out.cpu(), expected)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind):
+    """A [gate; up] projection of codes: its product and its silu_and_mul at 3 rows (the kernel, its
+    SiLU-and-mul fused) and at 40 (cuBLAS over the widened weight) against the widened weight's."""
+    torch.manual_seed(2)
+    layer = Linear(256, (96, 96), bias=True, dtype=torch.bfloat16).cuda()
+    codes, scale, offset, _ = quantized(kind, 0.1 * torch.randn(192, 256))
+    layer.prepare_codes(codes, scale, offset)
+    layer.bias.data.copy_(torch.randn(192))
+    widened = torch.empty(192, 256, dtype=torch.bfloat16, device="cuda")
+    ops.dequantize_weight(widened, layer.weight, layer.weight_scale, layer.weight_offset)
+    for rows in (3, 40):
+        x = torch.randn(rows, 256, device="cuda").bfloat16()
+        expected = F.linear(x.float(), widened.float(), layer.bias.float())
+        torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)
+        gate, up = expected.split(96, dim=-1)
+        torch.testing.assert_close(layer.forward_silu_and_mul(x).float(), F.silu(gate) * up, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("method, bits", [("gptq", 4), ("awq", 4), ("gptq", 8)])
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_gptq_and_awq_checkpoints_on_the_gpu_give_transformers_ids(tiny_model_dir, tmp_path, method, bits,
+                                                                   enforce_eager):
+    """In float32 (prefill and decode widen the codes for cuBLAS: the weights transformers runs)."""
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, method, 32, bits)
+    engine = Engine(str(quantized_dir), dtype="float32", device="cuda", kv_cache_memory_gb=0.05,
+                    enforce_eager=enforce_eager)
+    codes = torch.uint8 if bits == 4 else torch.int8
+    assert all(linear.weight.dtype == codes for linear in engine.runner.model.decoder_linears())
+    outputs = engine.generate(ENGINE_PROMPTS, GREEDY, use_tqdm=False)
+    hf_ids, _ = hf_greedy(reference_dir, [o.prompt_token_ids for o in outputs], GREEDY.max_tokens)
+    assert [o.outputs[0].token_ids for o in outputs] == hf_ids
+    assert_no_blocks_held(engine)
+
+
+@pytest.mark.parametrize("method, bits", [("gptq", 4), ("gptq", 8)])
+def test_a_quantized_checkpoint_in_bfloat16_on_the_gpu_is_close_to_its_widened_weights(tiny_model_dir, tmp_path,
+                                                                                       method, bits):
+    """Decode steps of at most 8 rows on the kernel over codes: first-step logits within bfloat16's
+    reach of transformers over the weights the codes stand for, in bfloat16."""
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, method, 32, bits)
+    model = load_model(quantized_dir, dtype="bfloat16", device="cuda").model
+    prompts = [list(p) for p in PROMPTS[:3]]
+    _, logits = paged_greedy(model, prompts, 2, device="cuda")
+    hf_ids, hf_logits = hf_greedy(reference_dir, prompts, 2)
+    for ours, theirs in zip(logits, hf_logits):
+        for a, b in zip(ours, theirs):
+            error = ((a - b).abs().max() / b.abs().max()).item()
+            assert error < 5e-2, f"logits differ by {error:.3f} of their largest magnitude"
+
+
+@pytest.mark.parametrize("tensor_type", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q8_0])
+def test_a_gguf_file_keeps_its_codes_on_the_gpu_and_gives_the_cpus_ids(gguf_pair, tensor_type):
+    """Its blocks load as codes on the GPU as on the CPU (tied embeddings too); in float32 both give
+    the same ids, logits within 1e-4."""
+    _, path = gguf_pair("Qwen2ForCausalLM", tensor_type, tie_word_embeddings=True)
+    on_gpu = load_model(path, dtype="float32", device="cuda").model
+    on_cpu = load_model(path, dtype="float32").model
+    codes = torch.uint8 if tensor_type == GGMLQuantizationType.Q4_0 else torch.int8
+    assert on_gpu.model.layers[0].mlp.gate_up_proj.weight.dtype == codes
+    assert on_gpu.model.embed_tokens.weight.is_cuda
+    ids, logits = paged_greedy(on_gpu, PROMPTS, 4, device="cuda")
+    cpu_ids, cpu_logits = paged_greedy(on_cpu, PROMPTS, 4)
+    assert_logits_close(logits, cpu_logits)
+    assert ids == cpu_ids
+
+
+def test_fp8_quantization_runs_on_the_gpu(tiny_model_dir):
+    """quantization="fp8" on CUDA: e4m3 codes in every decoder projection; in float32 the ids of the
+    CPU's fp8 model (both widen the same codes exactly), in bfloat16 an engine with graphs generates."""
+    directory = tiny_model_dir("LlamaForCausalLM")
+    on_gpu = load_model(directory, dtype="float32", device="cuda", quantization="fp8").model
+    on_cpu = load_model(directory, dtype="float32", quantization="fp8").model
+    assert all(linear.weight.dtype == torch.float8_e4m3fn for linear in on_gpu.decoder_linears())
+    ids, logits = paged_greedy(on_gpu, PROMPTS, 4, device="cuda")
+    cpu_ids, cpu_logits = paged_greedy(on_cpu, PROMPTS, 4)
+    assert_logits_close(logits, cpu_logits)
+    assert ids == cpu_ids
+    engine = Engine(str(directory), dtype="bfloat16", device="cuda", quantization="fp8", kv_cache_memory_gb=0.05)
+    outputs = engine.generate(["hello there"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    assert len(outputs[0].outputs[0].token_ids) == 8
