@@ -14,6 +14,8 @@ load_format="dummy"), each appending JSON lines to --out:
     python bench/gpu_bench.py linear --out R.jsonl      # cuBLAS on each projection at batch 1 and 64
                                                         # (and kvserve's few-rows kernel up to 8 rows),
                                                         # against the weight-reading floor
+                                                        # (linear, decode: --weights uint4|int8|fp8 with
+                                                        # the projections as codes, rows named _uint4...)
     python bench/gpu_bench.py layer --out R.jsonl       # the short kernels between the products (and
                                                         # the sampler's argmax), at batch 1 and 64,
                                                         # replayed from a CUDA graph
@@ -37,11 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpu_common import (ARCHITECTURES, BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, PRESET, copy_bandwidth, cuda_ms,
-                        decode_runs, dummy_8b_engine, graph_ms, l2_overwriter, record, step_ms)
+from gpu_common import (ARCHITECTURES, BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, PRESET, WEIGHTS, copy_bandwidth,
+                        cuda_ms, decode_runs, dummy_8b_engine, graph_ms, l2_overwriter, quantize_decoder, record,
+                        step_ms, weight_codes)
 from gpu_profile import bench_profile
 from kvserve import SamplingParams, _C, ops
 from kvserve.kv_cache import KV_CACHE_DTYPES, kv_bytes_per_token
+from kvserve.models.layers.linear import CUDA_CODES_MAX_ROWS, cuda_few_rows_linear
 
 
 def attention_case(case: str) -> tuple[int, int, int]:
@@ -202,16 +206,20 @@ def fusion_calls(name: str, x: torch.Tensor, n: int):
     return None
 
 
+def projection_shapes() -> dict[str, tuple[int, int]]:
+    """[out_features, in_features] of each product of a decoder layer, and of the LM head."""
+    hidden, inter = PRESET.hidden_size, PRESET.intermediate_size
+    return {"qkv": ((HEADS + 2 * KV_HEADS) * HEAD_DIM, hidden), "o": (hidden, HEADS * HEAD_DIM),
+            "gate_up": (2 * inter, hidden), "down": (hidden, inter), "lm_head": (PRESET.vocab_size, hidden)}
+
+
 def bench_linear(out: Path, batches: list[int]) -> None:
     """F.linear (cuBLAS) on each projection of a decoder layer and on the LM head, replayed from a
     CUDA graph over 8 layers' worth of weights (beyond the L2), against reading its weight once; at
     batches kvserve's tensor-core kernel takes (up to 8 rows), that kernel too, side by side, and for
     qkv and gate_up the product with the kernel after it fused in against the two kernels."""
     bandwidth = copy_bandwidth()
-    hidden, inter, heads, kv_heads = PRESET.hidden_size, PRESET.intermediate_size, HEADS, KV_HEADS
-    shapes = {"qkv": ((heads + 2 * kv_heads) * HEAD_DIM, hidden), "o": (hidden, heads * HEAD_DIM),
-              "gate_up": (2 * inter, hidden), "down": (hidden, inter), "lm_head": (PRESET.vocab_size, hidden)}
-    for name, (n, k) in shapes.items():
+    for name, (n, k) in projection_shapes().items():
         copies = 1 if name == "lm_head" else 8
         weights = [torch.randn(n, k, device="cuda", dtype=DTYPE) for _ in range(copies)]
         for batch in batches:
@@ -231,6 +239,38 @@ def bench_linear(out: Path, batches: list[int]) -> None:
             record(out, name=f"linear_{name}_b{batch}", n=n, k=k, ms=ms, floor_ms=floor_ms, ratio=ms / floor_ms,
                    **ours)
         del weights
+
+
+def bench_linear_codes(out: Path, batches: list[int], kind: str) -> None:
+    """The products over `kind` codes (gpu_common.WEIGHTS) of bench_linear's shapes, replayed the same
+    way, against reading the codes and their scales once: the weight widened for cuBLAS
+    (ops.dequantize_weight, then F.linear: what more than CUDA_CODES_MAX_ROWS rows take) at every
+    batch, and up to CUDA_CODES_MAX_ROWS rows the few-rows kernel over the codes, 8 rows a call: which
+    way the rows between 8 and 64 should go."""
+    bandwidth = copy_bandwidth()
+    for name, (n, k) in projection_shapes().items():
+        copies = 1 if name == "lm_head" else 8
+        quantized = [weight_codes(torch.randn(n, k, device="cuda", dtype=DTYPE), kind) for _ in range(copies)]
+        floor_ms = sum(t.numel() * t.element_size() for t in quantized[0] if t is not None) / bandwidth * 1e3
+        widened = torch.empty(n, k, device="cuda", dtype=DTYPE)
+        for batch in batches:
+            x = torch.randn(batch, k, device="cuda", dtype=DTYPE)
+
+            def widened_product(i: int):
+                ops.dequantize_weight(widened, *quantized[i])
+                return F.linear(x, widened)
+
+            ms = graph_ms(widened_product, copies)
+            ours = {}
+            if batch <= CUDA_CODES_MAX_ROWS:
+                y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
+                ours_ms = graph_ms(lambda i: cuda_few_rows_linear(y, x, quantized[i][0], None,
+                                                                  weight_scale=quantized[i][1],
+                                                                  weight_offset=quantized[i][2]), copies)
+                ours = {"ours_ms": ours_ms, "ours_ratio": ours_ms / floor_ms}
+            record(out, name=f"linear_{name}_b{batch}_{kind}", n=n, k=k, ms=ms, floor_ms=floor_ms,
+                   ratio=ms / floor_ms, **ours)
+        del quantized
 
 
 def bench_layer(out: Path, batches: list[int]) -> None:
@@ -266,14 +306,17 @@ def bench_layer(out: Path, batches: list[int]) -> None:
 
 
 def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits: list[int] | None,
-                 modes: tuple[str, ...] | None, architecture: str = "llama", kv_cache_dtype: str = "auto") -> None:
+                 modes: tuple[str, ...] | None, architecture: str = "llama", kv_cache_dtype: str = "auto",
+                 weights: str = "bf16") -> None:
     """Decode steps in decode_runs' `modes` (all unless given); with `splits`, only the graphed steps,
     once with each split count forced on the decode attention the graphs capture
     (ops.paged_attention's num_splits; the graphs captured again for each), beside the launch's own
-    rule. `architecture` "qwen3": Qwen3-8B's shape (rows named with a _qwen3 suffix)."""
+    rule. `architecture` "qwen3": Qwen3-8B's shape (rows named with a _qwen3 suffix); `weights`: the
+    projections as codes (gpu_common.WEIGHTS; rows named with its suffix)."""
     with tempfile.TemporaryDirectory() as directory:
         engine = dummy_8b_engine(Path(directory), architecture, max_num_seqs=max(batches),
                                  **engine_cache_setting(kv_cache_dtype))
+    quantize_decoder(engine, weights)
     bandwidth = copy_bandwidth()
     model = engine.runner.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -285,6 +328,7 @@ def bench_decode(out: Path, batches: list[int], context: int, steps: int, splits
             ms = step_ms(engine, steps - 1)
             floor_ms = (weight_bytes + batch * (context + steps / 2) * per_token) / bandwidth * 1e3
             shape = ("" if architecture == "llama" else f"_{architecture}") + cache_suffix(kv_cache_dtype)
+            shape += "" if weights == "bf16" else f"_{weights}"
             record(out, name=f"decode_step_b{batch}_ctx{context}_{mode}{suffix}{shape}", ms=ms, floor_ms=floor_ms,
                    ratio=ms / floor_ms, tokens_per_s=batch / ms * 1e3)
 
@@ -348,13 +392,17 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--kv-cache-dtype", choices=list(KV_CACHE_DTYPES), default="auto",
                         help="attention, decode, offline: the KV cache's dtype (vLLM's kv_cache_dtype)")
+    parser.add_argument("--weights", choices=list(WEIGHTS), default="bf16",
+                        help="linear, decode: the projections' weights in bfloat16 or as quantized codes")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.what == "attention":
         bench_attention(args.out, args.cases, not args.no_prefill, args.cache_gib, args.splits, args.kv_cache_dtype)
     elif args.what == "decode":
         bench_decode(args.out, args.batches, args.context, args.steps, args.splits,
-                     tuple(args.modes) if args.modes else None, args.architecture, args.kv_cache_dtype)
+                     tuple(args.modes) if args.modes else None, args.architecture, args.kv_cache_dtype, args.weights)
+    elif args.what == "linear" and args.weights != "bf16":
+        bench_linear_codes(args.out, args.batches, args.weights)
     elif args.what == "linear":
         bench_linear(args.out, args.batches)
     elif args.what == "layer":

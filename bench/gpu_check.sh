@@ -103,7 +103,8 @@ run ncu-engine 90 "$OUT/kernels.txt" ncu --clock-control none --kernel-name-base
 GPU_TESTS=(tests/python/test_cuda_paged_attention.py tests/python/test_layer_ops.py tests/python/test_linear_ops.py
            tests/python/test_cuda_engine.py tests/python/test_paged_attention.py tests/python/test_device.py
            tests/python/test_extension.py tests/python/test_decode_graphs.py tests/python/test_sampler.py
-           tests/python/test_bench_sass_loops.py tests/python/test_structured_outputs.py::test_on_a_gpu_every_output_matches
+           tests/python/test_bench_sass_loops.py tests/python/test_cuda_codes.py
+           tests/python/test_structured_outputs.py::test_on_a_gpu_every_output_matches
            tests/python/test_lora.py::test_on_a_gpu_adapters_match_peft
            tests/python/test_speculative.py::test_on_the_gpu_outputs_equal_the_engines_without_drafts)
 [ -n "${GPU_CHECK_TESTS:-}" ] && read -r -a GPU_TESTS <<<"$GPU_CHECK_TESTS"
@@ -127,6 +128,18 @@ run attention-engine 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
 run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no-prefill \
   --cases 1x512/8192 8x512/8192 64x512/8192 64x2048/8192 --splits 1 2 4 8 16 33 64 --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
+# The products over quantized codes (uint4: GPTQ, AWQ, GGUF Q4; int8; fp8), each batch both ways: the
+# few-rows kernel, 8 rows a call, and the weight widened for cuBLAS (linear.py's CUDA_CODES_MAX_ROWS
+# chooses between them from a model of bytes: these rows say where it should), then graphed decode
+# steps on uint4 and fp8 codes beside the bfloat16 rows.
+for codes in uint4 int8 fp8; do
+  run "linear-$codes-weights" 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --weights "$codes" --batches 1 8 16 32 64 \
+    --out "$OUT/bench.jsonl"
+done
+for codes in uint4 fp8; do
+  run "decode-$codes-weights" 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --weights "$codes" --batches 1 8 32 64 \
+    --modes graphs --out "$OUT/bench.jsonl"
+done
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"
 # Qwen3-8B's shape, graphed steps only: its q and k head norms run inside the rotary + cache kernel.

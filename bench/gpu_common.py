@@ -1,6 +1,7 @@
 """What bench/gpu_bench.py's GPU benchmarks share (gpu_profile.py too): the Llama-3.1-8B shape they
 run, JSON lines out, CUDA-event and CUDA-graph timings, the copy bandwidth that sets every floor, an
-engine of random 8B weights and the decode steps timed on it."""
+engine of random 8B weights (its projections as quantized codes, if asked) and the decode steps
+timed on it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,38 @@ import torch
 from kvserve import Engine, SamplingParams
 from kvserve.bench.checkpoint import hf_config
 from kvserve.bench.presets import model_preset
+from kvserve.int8 import quantize_int8
+from kvserve.quantization import quantize_fp8
+from kvserve.uint4 import quantize_uint4
 
 PRESET = model_preset("8b")
 HEADS, KV_HEADS, HEAD_DIM, BLOCK = PRESET.num_attention_heads, PRESET.num_key_value_heads, PRESET.head_dim, 16
 DTYPE = torch.bfloat16
+# The projections' weights a benchmark runs on: the dtype's, or codes as quantized checkpoints load
+# them: uint4 (GPTQ, AWQ, GGUF Q4 blocks), int8 (8-bit GPTQ, GGUF Q8_0/Q6_K), fp8 (quantization="fp8").
+WEIGHTS = ("bf16", "uint4", "int8", "fp8")
+
+
+def weight_codes(weight: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(codes, scale, offset or None): `weight` as `kind` codes (WEIGHTS, not "bf16")."""
+    if kind == "uint4":
+        return quantize_uint4(weight)
+    codes, scale = (quantize_int8 if kind == "int8" else quantize_fp8)(weight)
+    return codes, scale, None
+
+
+def quantize_decoder(engine: Engine, kind: str) -> None:
+    """The engine's decoder projections as `kind` codes of their weights ("bf16": left as they are),
+    and its CUDA graphs captured again over them."""
+    if kind == "bf16":
+        return
+    model = engine.runner.model
+    for linear in model.decoder_linears():
+        linear.prepare_codes(*weight_codes(linear.weight, kind))
+    model.finalize_weights()
+    graphs = getattr(engine.runner, "graphs", None)  # a CPU runner has none
+    if graphs is not None:
+        graphs.capture()
 
 
 def record(path: Path, **fields) -> None:

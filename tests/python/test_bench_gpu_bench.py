@@ -1,18 +1,20 @@
 """bench/gpu_bench.py's and gpu_profile.py's bookkeeping that runs without a GPU: which part of a
 decode step each kernel of a profile belongs to (names as CUPTI reports them, from the H100 runs),
 each kernel's own share of overlapping activity, the host-time table of a profiled run, the
-attention cases' syntax and the decode engines' shapes."""
+attention cases' syntax, the decode engines' shapes and their projections as codes."""
 
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[2] / "bench"))  # the scripts import each other
 import gpu_bench  # noqa: E402
 import gpu_common  # noqa: E402
 import gpu_profile  # noqa: E402
+from kvserve import Engine, SamplingParams  # noqa: E402
 from kvserve.model_config import ModelConfig  # noqa: E402
 
 KERNELS = {
@@ -85,3 +87,13 @@ def test_decode_benchmark_engines_have_each_8b_shape(architecture, layers, model
     model = ModelConfig.from_hf_dicts(config)
     assert (config["model_type"], model.num_hidden_layers, model.num_key_value_heads, model.head_dim) == (
         model_type, layers, 8, 128)
+
+
+@pytest.mark.parametrize("kind, codes", [("uint4", torch.uint8), ("int8", torch.int8), ("fp8", torch.float8_e4m3fn)])
+def test_decode_benchmarks_put_codes_in_every_projection(tiny_model_dir, kind, codes):
+    """--weights: the engine's decoder projections become codes of their weights, and it still generates."""
+    engine = Engine(str(tiny_model_dir("LlamaForCausalLM")), dtype="bfloat16", device="cpu")
+    gpu_common.quantize_decoder(engine, kind)
+    assert {linear.weight.dtype for linear in engine.runner.model.decoder_linears()} == {codes}
+    outputs = engine.generate(["hello there"], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert len(outputs[0].outputs[0].token_ids) == 4

@@ -12,7 +12,7 @@ from gguf import GGMLQuantizationType
 from kvserve import Engine, SamplingParams, ops
 from kvserve.int8 import dequantize_int8, quantize_int8
 from kvserve.loader import load_model
-from kvserve.models.layers.linear import Linear
+from kvserve.models.layers.linear import CUDA_CODES_MAX_ROWS, Linear
 from kvserve.quantization import dequantize_fp8, quantize_fp8
 from kvserve.uint4 import dequantize_uint4, quantize_uint4
 from paged_greedy import paged_greedy
@@ -81,7 +81,8 @@ def test_dequantize_weight_on_cuda_gives_the_references_bits(kind, dtype):
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind):
     """A [gate; up] projection of codes: its product and its silu_and_mul at 3 rows (the kernel, its
-    SiLU-and-mul fused) and at 40 (cuBLAS over the widened weight) against the widened weight's."""
+    SiLU-and-mul fused), at 20 (three calls of it, 8 rows each) and at 40 (past CUDA_CODES_MAX_ROWS:
+    cuBLAS over the widened weight) against the widened weight's."""
     torch.manual_seed(2)
     layer = Linear(256, (96, 96), bias=True, dtype=torch.bfloat16).cuda()
     codes, scale, offset, _ = quantized(kind, 0.1 * torch.randn(192, 256))
@@ -89,7 +90,7 @@ def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind
     layer.bias.data.copy_(torch.randn(192))
     widened = torch.empty(192, 256, dtype=torch.bfloat16, device="cuda")
     ops.dequantize_weight(widened, layer.weight, layer.weight_scale, layer.weight_offset)
-    for rows in (3, 40):
+    for rows in (3, 20, CUDA_CODES_MAX_ROWS + 8):
         x = torch.randn(rows, 256, device="cuda").bfloat16()
         expected = F.linear(x.float(), widened.float(), layer.bias.float())
         torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)

@@ -33,8 +33,9 @@ On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) tak
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
 projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
 (F.linear). Quantized codes (GPTQ, AWQ, GGUF blocks, fp8) stay codes on the GPU too: the few-rows
-kernel widens them in registers (each value rounded to the dtype), and more rows multiply a copy
-widened for the call (kvserve.ops.dequantize_weight, the same values) with cuBLAS.
+kernel widens them in registers (each value rounded to the dtype), 8 rows a call up to
+CUDA_CODES_MAX_ROWS, and more rows multiply a copy widened for the call
+(kvserve.ops.dequantize_weight, the same values) with cuBLAS.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ DENSE_INPUT_BYTES = 512 << 10
 # bench/README.md, "uint4 weights"); in float32 kvserve's panels ran faster at every row count,
 # oneDNN's packing of the weight costing more than it saved.
 GROUPED_DENSE_ROWS = 128
+# Rows up to which a CUDA product over codes calls the few-rows kernel once per 8 rows, each call
+# reading the codes again, rather than widening the weight for cuBLAS (reading the codes, writing
+# and reading a 16-bit copy): uint4 codes with their scales are 3/8 of a 16-bit weight's bytes, so 4
+# calls read 1.5x a 16-bit weight where the widening moves 2.4x. A model of bytes, not yet measured
+# (bench/gpu_check.sh times both at 16, 32 and 64 rows).
+CUDA_CODES_MAX_ROWS = 32
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -110,15 +117,26 @@ def has_tensor_core_linear(device: torch.device) -> bool:
     return _C.has_cuda and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows of a 16-bit dtype, in_features and the input
-    rows' starts in 16-byte packs, the weight's rows' starts in packs of what a lane reads at once (16
-    bytes of a 16-bit weight, 8 of int8 or e4m3 codes, 4 of uint4 codes' bytes)."""
+def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor, max_rows: int | None = None) -> bool:
+    """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows (or to `max_rows`, for cuda_few_rows_linear)
+    of a 16-bit dtype, in_features and the input rows' starts in 16-byte packs, the weight's rows'
+    starts in packs of what a lane reads at once (16 bytes of a 16-bit weight, 8 of int8 or e4m3
+    codes, 4 of uint4 codes' bytes)."""
     load = 16 if weight.dtype == x.dtype else 4 if weight.dtype == torch.uint8 else 8
-    return (0 < x.shape[0] <= _C.ops.linear_cuda_max_rows and x.dtype in (torch.bfloat16, torch.float16)
+    max_rows = max_rows or _C.ops.linear_cuda_max_rows
+    return (0 < x.shape[0] <= max_rows and x.dtype in (torch.bfloat16, torch.float16)
             and x.shape[1] % 8 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
             and weight.stride(1) == 1 and weight.stride(0) * weight.element_size() % load == 0
             and weight.data_ptr() % load == 0 and has_tensor_core_linear(x.device))
+
+
+def cuda_few_rows_linear(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         **options) -> torch.Tensor:
+    """kvserve.ops.linear(out, x, weight, bias, **options) on CUDA, 8 rows of x (and out) a call."""
+    step = _C.ops.linear_cuda_max_rows
+    for start in range(0, x.shape[0], step):
+        ops.linear(out[start:start + step], x[start:start + step], weight, bias, **options)
+    return out
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -150,9 +168,9 @@ def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, 
     rows = x.reshape(-1, x.shape[-1])
     out_features = codes.shape[0]
     if x.is_cuda:
-        if cuda_ops_linear_takes(rows, codes):
+        if cuda_ops_linear_takes(rows, codes, CUDA_CODES_MAX_ROWS):
             out = torch.empty(rows.shape[0], out_features, dtype=x.dtype, device=x.device)
-            ops.linear(out, rows, codes, bias, weight_scale=scale, weight_offset=offset)
+            cuda_few_rows_linear(out, rows, codes, bias, weight_scale=scale, weight_offset=offset)
         else:
             weight = torch.empty(out_features, x.shape[-1], dtype=x.dtype, device=x.device)
             ops.dequantize_weight(weight, codes, scale, offset)
@@ -212,8 +230,7 @@ class Linear(WeightCodes, nn.Module):
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
         interleaved one (on the CPU, where they have a fast path; a quantized weight has none)."""
-        if self.weight_scale is None:
-            self.packed, self.interleaved = fast_copies(self.weight)
+        self.packed, self.interleaved = fast_copies(self.weight) if self.weight_scale is None else (None, None)
 
     @property
     def few_rows_weight(self) -> torch.Tensor:
@@ -235,11 +252,11 @@ class Linear(WeightCodes, nn.Module):
         one kernel that writes silu(gate) * up (the same bits, without the [gate | up] rows)."""
         if lora is not None:
             return silu_and_mul(self(x, lora))
-        if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight):
+        max_rows = CUDA_CODES_MAX_ROWS if self.weight_scale is not None else None
+        if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight, max_rows):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
-            ops.linear(out, x, self.weight, self.bias, silu_and_mul_output=True, weight_scale=self.weight_scale,
-                       weight_offset=self.weight_offset)
-            return out
+            return cuda_few_rows_linear(out, x, self.weight, self.bias, silu_and_mul_output=True,
+                                        weight_scale=self.weight_scale, weight_offset=self.weight_offset)
         return silu_and_mul(self(x))
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
