@@ -7,6 +7,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -73,7 +74,8 @@ class PyDecoderStack {
 
   // A weight [rows, cols] in one of ops.linear's layouts and element types (linear_weight.h),
   // contiguous throughout: the stack reads rows in_features apart. A quantized one comes with its
-  // scales, layer[key + "_scale"], and uint4 codes with their offsets, layer[key + "_offset"].
+  // scales, layer[key + "_scale"], and uint4 codes with their offsets, layer[key + "_offset"]; any
+  // may come with the order it takes its input's columns in, layer[key + "_order"] (int64 [cols]).
   DecoderWeight check_matrix(const nb::dict& layer, const char* key, size_t index, int64_t rows, int64_t cols) {
     const Array array = *get(layer, key, true, index);
     DecoderWeight w;
@@ -96,6 +98,17 @@ class PyDecoderStack {
     if (offset) {
       check_cpu(*offset, offset_key.c_str());
       w.offset = static_cast<const float*>(keep(*offset));
+    }
+    const std::string order_key = std::string(key) + "_order";
+    if (const auto order = get(layer, order_key.c_str(), false, index)) {
+      check_index(*order, order_key.c_str(), kInt64, 1, "[in_features]");
+      check_dim(*order, order_key.c_str(), 0, cols, "in_features");
+      const auto* columns = static_cast<const int64_t*>(order->data());
+      if (std::any_of(columns, columns + cols, [cols](int64_t k) { return k < 0 || k >= cols; })) {
+        throw nb::value_error(("layers[" + std::to_string(index) + "]['" + order_key +
+                               "']: a column outside [0, in_features)").c_str());
+      }
+      w.input_order = static_cast<const int64_t*>(keep(*order));
     }
     return w;
   }

@@ -21,7 +21,8 @@ using checks::fail;
 using checks::str;
 
 // The step's activations, each [num_tokens, width], in one allocation; with a LoRA adapter of
-// largest rank `lora_rank`, its products' inner rows (x @ a^T) and deltas too.
+// largest rank `lora_rank`, its products' inner rows (x @ a^T) and deltas too; with a product that
+// takes its input in another order (DecoderWeight::input_order), that input's columns so ordered.
 struct Scratch {
   std::vector<unsigned char> bytes;
   void* residual;
@@ -32,20 +33,27 @@ struct Scratch {
   void* act;
   void* lora_inner;
   void* lora_delta;
+  void* ordered;
 
   Scratch(const DecoderStack& s, int64_t num_tokens, int64_t lora_rank) {
     const int64_t q = s.num_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
     const int64_t widest = std::max({q + 2 * kv, s.hidden_size, 2 * s.intermediate_size});
+    bool ordered_inputs = false;
+    for (const DecoderLayerWeights& l : s.layers) {
+      for (const DecoderWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) ordered_inputs |= w->input_order != nullptr;
+    }
+    const int64_t widest_input = std::max({s.hidden_size, q, s.intermediate_size});
     const int64_t widths[] = {s.hidden_size, s.hidden_size, q + 2 * kv, q, 2 * s.intermediate_size,
-                              s.intermediate_size, lora_rank, lora_rank > 0 ? widest : 0};
-    constexpr int kViews = 8;
+                              s.intermediate_size, lora_rank, lora_rank > 0 ? widest : 0,
+                              ordered_inputs ? widest_input : 0};
+    constexpr int kViews = 9;
     int64_t offsets[kViews], total = 0;
     for (int i = 0; i < kViews; ++i) {
       offsets[i] = total;
       total += (num_tokens * widths[i] * dtype_bytes(s.dtype) + 63) / 64 * 64;
     }
     bytes.resize(static_cast<size_t>(total));
-    void** views[] = {&residual, &x, &qkv, &attn, &gate_up, &act, &lora_inner, &lora_delta};
+    void** views[] = {&residual, &x, &qkv, &attn, &gate_up, &act, &lora_inner, &lora_delta, &ordered};
     for (int i = 0; i < kViews; ++i) *views[i] = bytes.data() + offsets[i];
   }
 };
@@ -69,6 +77,30 @@ LinearParams linear_params(const DecoderStack& s, void* out, const void* input, 
   p.weight_scale = weight.scale;
   p.weight_offset = weight.offset;
   return p;
+}
+
+template <class E>
+void gather_columns(void* out, const void* input, const int64_t* order, int64_t num_rows, int64_t width) {
+  auto* o = static_cast<E*>(out);
+  const auto* x = static_cast<const E*>(input);
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t k = 0; k < width; ++k) o[r * width + k] = x[r * width + order[k]];
+  }
+}
+
+// out [n, out_features] = input [n, in_features] @ weight^T (+ bias): linear_cpu, over the input's
+// columns gathered in the weight's input_order (into t.ordered) where it has one.
+Status product(const DecoderStack& s, void* out, const void* input, const DecoderWeight& weight, const void* bias,
+               int64_t n, int64_t in_features, int64_t out_features, Scratch& t) {
+  if (weight.input_order != nullptr) {
+    if (dtype_bytes(s.dtype) == 4) {
+      gather_columns<uint32_t>(t.ordered, input, weight.input_order, n, in_features);
+    } else {
+      gather_columns<uint16_t>(t.ordered, input, weight.input_order, n, in_features);
+    }
+    input = t.ordered;
+  }
+  return linear_cpu(linear_params(s, out, input, weight, bias, n, in_features, out_features));
 }
 
 // out = norm(input) * weight over [num_tokens, num_heads, width] rows; with `residual`, first
@@ -205,7 +237,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
   } else {
     KVSERVE_RUN(rms_norm_cpu(norm_params(s, x, x, h, n, 1, h, layer.input_norm, t.residual)), "input norm");
   }
-  KVSERVE_RUN(linear_cpu(linear_params(s, t.qkv, x, layer.qkv, layer.qkv_bias, n, h, q + 2 * kv)), "qkv_proj");
+  KVSERVE_RUN(product(s, t.qkv, x, layer.qkv, layer.qkv_bias, n, h, q + 2 * kv, t), "qkv_proj");
   KVSERVE_RUN(add_lora(s, lora.qkv, t.qkv, x, n, h, q + 2 * kv, t), "qkv_proj's LoRA delta");
   auto* key = static_cast<unsigned char*>(t.qkv) + q * elem;
   if (layer.q_norm != nullptr) {
@@ -232,12 +264,12 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
   KVSERVE_RUN(rotary_embedding_cpu(rope), "rotary embedding");
   KVSERVE_RUN(reshape_and_cache_cpu(cache_params(s, layer, t.qkv, step)), "reshape_and_cache");
   KVSERVE_RUN(paged_attention_cpu(attention_params(s, layer, t.attn, t.qkv, step)), "paged_attention");
-  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.attn, layer.o, layer.o_bias, n, q, h)), "o_proj");
+  KVSERVE_RUN(product(s, step.hidden, t.attn, layer.o, layer.o_bias, n, q, h, t), "o_proj");
   KVSERVE_RUN(add_lora(s, lora.o, step.hidden, t.attn, n, q, h, t), "o_proj's LoRA delta");
   KVSERVE_RUN(rms_norm_cpu(norm_params(s, step.hidden, step.hidden, h, n, 1, h, layer.post_norm, t.residual)),
               "post-attention norm");
   const int64_t inter = s.intermediate_size;
-  KVSERVE_RUN(linear_cpu(linear_params(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_bias, n, h, 2 * inter)),
+  KVSERVE_RUN(product(s, t.gate_up, step.hidden, layer.gate_up, layer.gate_up_bias, n, h, 2 * inter, t),
               "gate_up_proj");
   KVSERVE_RUN(add_lora(s, lora.gate_up, t.gate_up, step.hidden, n, h, 2 * inter, t), "gate_up_proj's LoRA delta");
   SiluAndMulParams act;
@@ -249,7 +281,7 @@ Status run_layer(const DecoderStack& s, const DecoderLayerWeights& layer, const 
   act.num_tokens = n;
   act.size = inter;
   KVSERVE_RUN(silu_and_mul_cpu(act), "silu_and_mul");
-  KVSERVE_RUN(linear_cpu(linear_params(s, step.hidden, t.act, layer.down, layer.down_bias, n, inter, h)), "down_proj");
+  KVSERVE_RUN(product(s, step.hidden, t.act, layer.down, layer.down_bias, n, inter, h, t), "down_proj");
   KVSERVE_RUN(add_lora(s, lora.down, step.hidden, t.act, n, inter, h, t), "down_proj's LoRA delta");
   return Status::kOk;
 }

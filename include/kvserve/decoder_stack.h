@@ -42,6 +42,9 @@ struct DecoderWeight {
   const float* scale = nullptr;       // the codes' scales
   const float* offset = nullptr;      // uint4 codes' offsets
   bool interleaved = false;
+  // [in_features]: the weight's column k multiplies input column input_order[k] (act-order GPTQ);
+  // nullptr: column k.
+  const int64_t* input_order = nullptr;
 };
 
 // One layer's arrays. With q = num_heads * head_dim and kv = num_kv_heads * head_dim:

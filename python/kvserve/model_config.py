@@ -120,6 +120,9 @@ class ModelConfig:
     # "awq": weight_bits-bit codes (kvserve.loader.gptq_awq); None: not quantized.
     weight_quantization: str | None = None
     weight_bits: int | None = None
+    # Act-order GPTQ (desc_act): each projection's input features in the order of its groups
+    # (kvserve.loader.gptq_awq.act_order).
+    weight_act_order: bool = False
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -172,11 +175,12 @@ class ModelConfig:
             raise ValueError(f"{source}: expected one entry in 'architectures', got {architectures!r}")
         check_architecture(architectures[0])
         weight_quantization = checkpoint_quantization(hf.get("quantization_config"), source)
-        weight_bits = None
+        weight_bits, weight_act_order = None, False
         if weight_quantization in CHECKPOINT_ONLY:
             from kvserve.loader.gptq_awq import config_bits
 
             weight_bits = config_bits(hf["quantization_config"])
+            weight_act_order = bool(hf["quantization_config"].get("desc_act"))
         activation = hf.get("hidden_act", "silu")
         if activation != "silu":
             raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")
@@ -210,6 +214,7 @@ class ModelConfig:
             classifier_from_token=_from_tokens(hf, architectures[0], source),
             weight_quantization=weight_quantization,
             weight_bits=weight_bits,
+            weight_act_order=weight_act_order,
         )
 
 

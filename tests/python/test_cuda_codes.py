@@ -98,12 +98,15 @@ def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind
         torch.testing.assert_close(layer.forward_silu_and_mul(x).float(), F.silu(gate) * up, rtol=3e-2, atol=3e-2)
 
 
-@pytest.mark.parametrize("method, bits", [("gptq", 4), ("awq", 4), ("gptq", 8)])
+@pytest.mark.parametrize("method, bits, act_order", [("gptq", 4, False), ("awq", 4, False), ("gptq", 8, False),
+                                                     ("gptq", 4, True)])
 @pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
-def test_gptq_and_awq_checkpoints_on_the_gpu_give_transformers_ids(tiny_model_dir, tmp_path, method, bits,
+def test_gptq_and_awq_checkpoints_on_the_gpu_give_transformers_ids(tiny_model_dir, tmp_path, method, bits, act_order,
                                                                    enforce_eager):
-    """In float32 (prefill and decode widen the codes for cuBLAS: the weights transformers runs)."""
-    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, method, 32, bits)
+    """In float32 (prefill and decode widen the codes for cuBLAS: the weights transformers runs); act-order
+    GPTQ gathering each product's input in its order."""
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, method, 32, bits,
+                                                    act_order)
     engine = Engine(str(quantized_dir), dtype="float32", device="cuda", kv_cache_memory_gb=0.05,
                     enforce_eager=enforce_eager)
     codes = torch.uint8 if bits == 4 else torch.int8
@@ -114,12 +117,13 @@ def test_gptq_and_awq_checkpoints_on_the_gpu_give_transformers_ids(tiny_model_di
     assert_no_blocks_held(engine)
 
 
-@pytest.mark.parametrize("method, bits", [("gptq", 4), ("gptq", 8)])
-def test_a_quantized_checkpoint_in_bfloat16_on_the_gpu_is_close_to_its_widened_weights(tiny_model_dir, tmp_path,
-                                                                                       method, bits):
-    """Decode steps of at most 8 rows on the kernel over codes: first-step logits within bfloat16's
-    reach of transformers over the weights the codes stand for, in bfloat16."""
-    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, method, 32, bits)
+@pytest.mark.parametrize("bits, act_order", [(4, False), (8, False), (4, True)])
+def test_a_gptq_checkpoint_in_bfloat16_on_the_gpu_is_close_to_its_widened_weights(tiny_model_dir, tmp_path, bits,
+                                                                                  act_order):
+    """Decode steps of at most 8 rows on the kernel over codes (its fusions with rotary and SiLU-and-mul
+    too): logits within bfloat16's reach of transformers over the weights the codes stand for."""
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "gptq", 32, bits,
+                                                    act_order)
     model = load_model(quantized_dir, dtype="bfloat16", device="cuda").model
     prompts = [list(p) for p in PROMPTS[:3]]
     _, logits = paged_greedy(model, prompts, 2, device="cuda")

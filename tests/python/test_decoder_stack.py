@@ -92,6 +92,26 @@ def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_p
         assert_same_bits(model, monkeypatch, **kwargs)
 
 
+@pytest.mark.parametrize("weights", ["float32", "uint4"])
+def test_input_orders_same_bits_as_the_python_layers(tiny_model_dir, gguf_pair, weights, monkeypatch):
+    """Products that take their input's columns in another order (act-order GPTQ's input_order, here
+    random), over plain weights and uint4 codes: the stack gathers the columns as the layers do, with
+    a LoRA adapter (which takes the input as it is) and without; the orders change the ids."""
+    if weights == "float32":
+        model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype="float32").model
+    else:
+        model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1)[1], dtype="float32").model
+    plain_ids, _ = greedy(model, monkeypatch, 4)
+    generator = torch.Generator().manual_seed(3)
+    for linear in model.decoder_linears():
+        linear.prepare_input_order()
+        linear.input_order.copy_(torch.randperm(linear.input_size, generator=generator))
+    model._decoder_stack = None
+    for kwargs in ({}, {"lora": LoRABatch((random_adapter(model),))}):
+        ids = assert_same_bits(model, monkeypatch, **kwargs)
+    assert ids != plain_ids
+
+
 @pytest.fixture(scope="module")
 def llama_model(tiny_model_dir):
     return load_model(tiny_model_dir("LlamaForCausalLM"), dtype="float32").model
@@ -198,6 +218,9 @@ def layer_arrays(model, caches):
     (dict(key_cache=torch.zeros(8, 4, 2, 16, dtype=torch.float8_e4m3fn)), ValueError,
      r"value_cache: expected the dtype of the first cache \(float8_e4m3fn\), got float32"),
     (dict(q_norm=torch.ones(16)), ValueError, "one of q_norm and k_norm"),
+    (dict(o_order=torch.arange(32)), ValueError, "o_order: dimension 0 must be in_features = 64"),
+    (dict(o_order=torch.arange(64, dtype=torch.int32)), ValueError, "o_order: expected .*int64"),
+    (dict(down_order=torch.arange(96) + 1), ValueError, r"layers\[0\]\['down_order'\]: a column outside"),
 ])
 def test_bad_weights_are_rejected_when_the_stack_is_built(llama_model, change, error, message):
     caches, _ = decode_step(llama_model)

@@ -68,30 +68,48 @@ def awq_tensors(values, zeros, scales):
     return dict(qweight=pack(values), qzeros=pack(zeros), scales=scales)
 
 
-def write_checkpoint(directory, destination, method: str, group_size: int, bits: int = 4):
+# The projections that take one input (act-order GPTQ orders their input features alike).
+SAME_INPUT = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
+              "up_proj": "gate_up", "down_proj": "down"}
+
+
+def write_checkpoint(directory, destination, method: str, group_size: int, bits: int = 4, act_order: bool = False):
     """(the quantized checkpoint, a float32 one of the weights its codes stand for) from `directory`;
-    8 bits: GPTQ's symmetric ones."""
+    8 bits: GPTQ's symmetric ones. `act_order` (GPTQ's desc_act): each projection's input features
+    quantized in a random order (one for the projections of one input), its groups running over that
+    order, g_idx [K] giving each feature's."""
     quantized_dir, reference_dir = destination / method, destination / f"{method}-dequantized"
     shutil.copytree(directory, quantized_dir)
     tensors = load_file(directory / "model.safetensors")
     reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     state = reference.state_dict()
+    generator, orders = torch.Generator().manual_seed(5), {}
     for name in [n for n in tensors if n.split(".")[-2] in PROJECTIONS and n.endswith(".weight")]:
         weight = tensors.pop(name)
-        size = group_size if group_size != -1 else weight.shape[1]
-        values, zeros, scales = (quantize_asymmetric if bits == 4 else quantize_symmetric_8_bit)(weight, size)
+        features = weight.shape[1]
+        size = group_size if group_size != -1 else features
         prefix = name[:-len(".weight")]
+        layer, projection = prefix.rsplit(".", 2)[0], prefix.rsplit(".", 1)[1]
+        if act_order:
+            order = orders.setdefault((layer, SAME_INPUT[projection]), torch.randperm(features, generator=generator))
+        else:
+            order = torch.arange(features)
+        values, zeros, scales = (quantize_asymmetric if bits == 4 else quantize_symmetric_8_bit)(weight[:, order], size)
+        groups = (values.reshape(-1, size, values.shape[1]) - zeros[:, None]) * scales.float()[:, None]
+        dequantized = torch.empty(features, weight.shape[0])
+        dequantized[order] = groups.reshape(values.shape)
+        values[order] = values.clone()  # the features back in their own order, as the checkpoint stores them
         packed = gptq_tensors(values, zeros, scales, bits) if method == "gptq" else awq_tensors(values, zeros, scales)
         if method == "gptq":  # AutoGPTQ's exports: the groups' order, and biases even where there are none
-            packed["g_idx"] = torch.arange(weight.shape[1], dtype=torch.int32) // size
+            packed["g_idx"] = torch.empty(features, dtype=torch.int32)
+            packed["g_idx"][order] = (torch.arange(features) // size).int()
             packed["bias"] = tensors.pop(f"{prefix}.bias", torch.zeros(weight.shape[0], dtype=weight.dtype))
         tensors.update({f"{prefix}.{part}": tensor for part, tensor in packed.items()})
-        groups = (values.reshape(-1, size, values.shape[1]) - zeros[:, None]) * scales.float()[:, None]
-        state[name].copy_(groups.reshape(values.shape).t())
+        state[name].copy_(dequantized.t())
     save_file(tensors, quantized_dir / "model.safetensors")
     config = json.loads((quantized_dir / "config.json").read_text())
     config["quantization_config"] = (
-        dict(quant_method="gptq", bits=bits, group_size=group_size, desc_act=False, sym=bits == 8,
+        dict(quant_method="gptq", bits=bits, group_size=group_size, desc_act=act_order, sym=bits == 8,
              checkpoint_format="gptq")
         if method == "gptq" else dict(quant_method="awq", bits=4, group_size=group_size, zero_point=True, version="gemm"))
     (quantized_dir / "config.json").write_text(json.dumps(config))
@@ -121,16 +139,21 @@ def test_8_bit_unpacking_inverts_packing():
     assert torch.equal(dequantize_int8(codes, scale, torch.float32), expected)
 
 
-@pytest.mark.parametrize("method, group_size, architecture, bits", [
-    ("gptq", 32, "LlamaForCausalLM", 4), ("gptq", -1, "Qwen2ForCausalLM", 4),
-    ("awq", 32, "Qwen3ForCausalLM", 4), ("awq", -1, "LlamaForCausalLM", 4),
-    ("gptq", 16, "Qwen3ForCausalLM", 8), ("gptq", -1, "LlamaForCausalLM", 8)])
+@pytest.mark.parametrize("method, group_size, architecture, bits, act_order", [
+    ("gptq", 32, "LlamaForCausalLM", 4, False), ("gptq", -1, "Qwen2ForCausalLM", 4, False),
+    ("awq", 32, "Qwen3ForCausalLM", 4, False), ("awq", -1, "LlamaForCausalLM", 4, False),
+    ("gptq", 16, "Qwen3ForCausalLM", 8, False), ("gptq", -1, "LlamaForCausalLM", 8, False),
+    ("gptq", 32, "LlamaForCausalLM", 4, True), ("gptq", 16, "Qwen2ForCausalLM", 8, True)])
 def test_a_checkpoint_matches_transformers_on_what_its_codes_stand_for(tiny_model_dir, tmp_path, method, group_size,
-                                                                        architecture, bits):
-    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, method, group_size, bits)
+                                                                        architecture, bits, act_order):
+    """act_order: the codes' columns sorted by group, the input gathered in that order (Linear.input_order),
+    in the decoder stack's steps and the layers'."""
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, method, group_size, bits,
+                                                    act_order)
     model = load_model(quantized_dir).model
     codes = torch.uint8 if bits == 4 else torch.int8
     assert all(linear.weight.dtype == codes for linear in model.decoder_linears())
+    assert all((linear.input_order is not None) == act_order for linear in model.decoder_linears())
     ids, logits = paged_greedy(model, PROMPTS, 4)
     hf_ids, hf_logits = hf_greedy(reference_dir, PROMPTS, 4)
     assert_logits_close(logits, hf_logits)
@@ -156,7 +179,6 @@ def test_the_method_must_be_the_checkpoints(tiny_model_dir):
     (dict(quant_method="gptq", bits=8, group_size=128, sym=False), r"asymmetric \(sym false\) 8-bit GPTQ"),
     (dict(quant_method="gptq", bits=4, group_size=48), "group_size 48; kvserve reads 4-bit groups of a multiple of 32"),
     (dict(quant_method="gptq", bits=8, group_size=24), "group_size 24; kvserve reads 8-bit groups of a multiple of 16"),
-    (dict(quant_method="gptq", bits=4, group_size=128, desc_act=True), "act-order"),
     (dict(quant_method="gptq", bits=4, group_size=128, checkpoint_format="gptq_v2"), "checkpoint_format 'gptq_v2'"),
     (dict(quant_method="gptq", bits=4, group_size=128, lm_head=True), "a quantized LM head"),
     (dict(quant_method="awq", bits=4, group_size=128, version="gemv"), "AWQ version 'gemv'"),
@@ -187,14 +209,36 @@ def test_8_bit_zero_points_other_than_128_are_refused(tiny_model_dir, tmp_path):
         load_model(quantized_dir)
 
 
-def test_an_act_order_g_idx_is_refused(tiny_model_dir, tmp_path):
+def test_a_g_idx_must_be_what_desc_act_says(tiny_model_dir, tmp_path):
+    """Without desc_act, the plain order; with it, groups of one size, and one order for the
+    projections of one input."""
     quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "gptq", 32)
     tensors = load_file(quantized_dir / "model.safetensors")
     name = "model.layers.0.mlp.down_proj.g_idx"
     tensors[name] = tensors[name].flip(0).contiguous()
     save_file(tensors, quantized_dir / "model.safetensors")
-    with pytest.raises(ValueError, match="down_proj.g_idx: its groups are not in input order"):
+    with pytest.raises(ValueError, match="down_proj.g_idx: its groups are not in input order, and config.json's "
+                                         "desc_act is false"):
         load_model(quantized_dir)
+    ordered_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path / "ordered", "gptq", 32,
+                                      act_order=True)
+    original = load_file(ordered_dir / "model.safetensors")
+    tensors = dict(original)
+    name = "model.layers.1.self_attn.o_proj.g_idx"
+    tensors[name] = tensors[name].clone()
+    tensors[name][tensors[name] == 0] = 1  # group 0 emptied into group 1
+    save_file(tensors, ordered_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="o_proj: its GPTQ tensors do not fit together: its g_idx does not give each of "
+                                         "its 2 groups 64 / 2 input features"):
+        load_model(ordered_dir)
+    tensors = dict(original)
+    name = "model.layers.1.self_attn.k_proj.g_idx"
+    tensors[name] = tensors[name][torch.randperm(len(tensors[name]), generator=torch.Generator().manual_seed(0))]
+    tensors[name] = tensors[name].contiguous()
+    save_file(tensors, ordered_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="_proj.input_order' differs from the other parts' of "
+                                         "'model.layers.1.self_attn.qkv_proj.input_order'"):
+        load_model(ordered_dir)
 
 
 def test_lora_adapters_on_4_bit_weights_match_peft_on_the_weights_they_stand_for(tiny_model_dir, tmp_path):

@@ -13,8 +13,14 @@ row), for 4-bit words (w = 8 values a word):
 and stands for (q - z) * s, z the zero point (GPTQ's checkpoint format "gptq" stores z - 1). As
 uint4 groups: scale s and offset -z s, both exact in float32, repeated for each group of 32 in one of
 `group_size`. Symmetric 8-bit GPTQ (sym: every z is 128) as int8 groups: codes q - 128 and scale s,
-repeated for each group of 16. Act-order GPTQ (desc_act, whose g_idx permutes the groups),
-asymmetric 8-bit GPTQ, 8-bit AWQ and other bit widths are refused by name.
+repeated for each group of 16. Asymmetric 8-bit GPTQ, 8-bit AWQ and other bit widths are refused by
+name.
+
+Act-order GPTQ (desc_act) quantized the input features in another order than their own, its groups
+running over that order: g_idx [K] gives feature k's group. Sorting the features by group (stably)
+puts each group's features together; the weight's columns are stored in that order, and the order
+itself as the projection's input_order (Linear.product_input gathers the input's columns by it),
+as vLLM's GPTQ kernels sort g_idx.
 """
 
 from __future__ import annotations
@@ -50,8 +56,6 @@ def check_config(quantization_config: dict, refused: str) -> str:
         raise ValueError(f"{refused}: group_size {group_size}; kvserve reads {bits}-bit groups of a multiple of "
                          f"{group} (or -1, one a row)")
     if method == "gptq":
-        if quantization_config.get("desc_act"):
-            raise ValueError(f"{refused}: act-order (desc_act) GPTQ weights are not supported")
         if quantization_config.get("checkpoint_format", "gptq") != "gptq":
             raise ValueError(f"{refused}: checkpoint_format {quantization_config['checkpoint_format']!r}; kvserve "
                              f"reads GPTQ's 'gptq' format")
@@ -96,17 +100,28 @@ def _gptq_values(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int) -> tupl
     return values, _fields(qzeros, bits).reshape(qzeros.shape[0], -1) + 1
 
 
-def gptq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
-    """(codes, scale, offset) of one 4-bit GPTQ projection."""
-    return _as_uint4(*_gptq_values(qweight, qzeros, 4), scales)
+def act_order(g_idx: torch.Tensor, groups: int) -> torch.Tensor:
+    """The input features sorted by their group (g_idx: feature k's; stable, so a group's features keep
+    their own order), int64 [K]; ValueError unless each of the `groups` groups holds K / groups."""
+    order = torch.argsort(g_idx.long(), stable=True)
+    features = len(g_idx)
+    if features % groups != 0 or not torch.equal(g_idx.long()[order], torch.arange(features) // (features // groups)):
+        raise ValueError(f"its g_idx does not give each of its {groups} groups {features} / {groups} input features")
+    return order
 
 
-def gptq_int8(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
-    """(codes, scale) of one symmetric 8-bit GPTQ projection: codes q - 128."""
+def gptq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, order: torch.Tensor | None = None):
+    """(codes, scale, offset) of one 4-bit GPTQ projection, its columns in `order` (act_order) if given."""
+    values, zeros = _gptq_values(qweight, qzeros, 4)
+    return _as_uint4(values if order is None else values[order], zeros, scales)
+
+
+def gptq_int8(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, order: torch.Tensor | None = None):
+    """(codes, scale) of one symmetric 8-bit GPTQ projection: codes q - 128, its columns in `order` if given."""
     values, zeros = _gptq_values(qweight, qzeros, 8)
     if not (zeros == 128).all():
         raise ValueError("its zero points are not all 128 (asymmetric 8-bit GPTQ), which kvserve does not read")
-    codes = (values.t() - 128).to(torch.int8)
+    codes = ((values if order is None else values[order]).t() - 128).to(torch.int8)
     return codes.contiguous(), _per_group(scales, values.shape[0], int8.GROUP_SIZE).contiguous()
 
 
@@ -118,44 +133,52 @@ def awq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor)
 
 
 def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], method: str, bits: int,
-                      bias_free: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+                      bias_free: set[str], ordered: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each projection's qweight, qzeros and scales in place of its
     weight as codes, weight_scale and (uint4) weight_offset (the parameters of Linear.prepare_uint4,
-    or for 8 bits prepare_int8), once all three have come; a GPTQ g_idx is checked to be the plain
-    order and dropped, and so are biases of zeros named in `bias_free` (AutoGPTQ writes them for
-    projections that have none)."""
+    or for 8 bits prepare_int8), once all three have come; `ordered` (act-order GPTQ): with its
+    g_idx too, the codes' columns in act_order(g_idx) and that order as the projection's input_order
+    (Linear.prepare_input_order). Otherwise a GPTQ g_idx is checked to be the plain order and dropped,
+    and so are biases of zeros named in `bias_free` (AutoGPTQ writes them for projections that have
+    none)."""
     convert = gptq_int8 if bits == 8 else gptq_uint4 if method == "gptq" else awq_uint4
     parameters = ("weight", "weight_scale", "weight_offset")
+    wanted = _PARTS + ("g_idx",) if ordered else _PARTS
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in weights:
         prefix, _, part = name.rpartition(".")
-        if part == "g_idx":
+        if part == "g_idx" and not ordered:
             _check_plain_order(name, tensor)
             continue
         if name in bias_free and not tensor.any():
             continue
-        if part not in _PARTS:
+        if part not in wanted:
             yield name, tensor
             continue
         parts = pending.setdefault(prefix, {})
         parts[part] = tensor
-        if len(parts) == len(_PARTS):
+        if len(parts) == len(wanted):
             del pending[prefix]
+            arguments = [parts["qweight"], parts["qzeros"], parts["scales"]]
             try:
-                converted = convert(parts["qweight"], parts["qzeros"], parts["scales"])
+                if ordered:
+                    arguments.append(act_order(parts["g_idx"], parts["scales"].shape[0]))
+                converted = convert(*arguments)
             except (RuntimeError, ValueError) as error:
                 raise ValueError(f"{prefix}: its {method.upper()} tensors do not fit together: {error}") from error
             for parameter, tensor in zip(parameters, converted):
                 yield f"{prefix}.{parameter}", tensor
+            if ordered:
+                yield f"{prefix}.input_order", arguments[-1]
     for prefix, parts in pending.items():
         raise ValueError(f"{prefix}: the checkpoint has its {sorted(parts)} but not "
-                         f"{sorted(set(_PARTS) - set(parts))}")
+                         f"{sorted(set(wanted) - set(parts))}")
 
 
 def _check_plain_order(name: str, g_idx: torch.Tensor) -> None:
-    """A g_idx that assigns input feature k to group k // group_size (what desc_act=False writes)."""
+    """A g_idx that assigns input feature k to group k // group_size (what desc_act false writes)."""
     if len(g_idx) == 0:
         return
     group_size = len(g_idx) // (int(g_idx.max()) + 1)
     if not torch.equal(g_idx.long(), torch.arange(len(g_idx)) // max(group_size, 1)):
-        raise ValueError(f"{name}: its groups are not in input order (act-order GPTQ), which kvserve does not read")
+        raise ValueError(f"{name}: its groups are not in input order, and config.json's desc_act is false")

@@ -181,10 +181,13 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
                 linear.prepare_int8()
             else:
                 linear.prepare_uint4()
+            if model_config.weight_act_order:
+                linear.prepare_input_order()
         if quantization in CHECKPOINT_ONLY:
             bias_free = {name.removesuffix("weight") + "bias" for linear, names in
                          linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
-            weights = quantized_weights(weights, quantization, model_config.weight_bits, bias_free)
+            weights = quantized_weights(weights, quantization, model_config.weight_bits, bias_free,
+                                        model_config.weight_act_order)
             _log_codes(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and quantization is None:
         # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.

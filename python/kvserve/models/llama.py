@@ -62,8 +62,9 @@ class LlamaAttention(nn.Module):
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         if fused:
-            ops.linear_rotary_and_cache(qkv, x, self.qkv_proj.weight, self.qkv_proj.bias, q, k, v, *cos_sin, *kv_cache,
-                                        metadata.slot_mapping, self.qkv_proj.weight_scale, self.qkv_proj.weight_offset)
+            ops.linear_rotary_and_cache(qkv, self.qkv_proj.product_input(x), self.qkv_proj.weight, self.qkv_proj.bias,
+                                        q, k, v, *cos_sin, *kv_cache, metadata.slot_mapping,
+                                        self.qkv_proj.weight_scale, self.qkv_proj.weight_offset)
             out = self.attn.attend(attn_out, q, kv_cache, metadata)
         else:
             head_norms = None if self.q_norm is None else (self.q_norm, self.k_norm)
@@ -207,7 +208,8 @@ class LlamaForCausalLM(nn.Module):
                     **{key: product.few_rows_weight for key, product in products.items()},
                     **{f"{key}_bias": product.bias for key, product in products.items()},
                     **{f"{key}_scale": product.weight_scale for key, product in products.items()},
-                    **{f"{key}_offset": product.weight_offset for key, product in products.items()}))
+                    **{f"{key}_offset": product.weight_offset for key, product in products.items()},
+                    **{f"{key}_order": product.input_order for key, product in products.items()}))
             first = self.model.layers[0].self_attn
             stack = _C.ops.DecoderStack(layers, self.model.norm.weight, first.num_heads, first.num_kv_heads,
                                         first.head_dim, self.config.rms_norm_eps, first.attn.scale)

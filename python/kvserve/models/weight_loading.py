@@ -3,6 +3,8 @@
 A checkpoint name either is a parameter's name, or names one part of a fused projection:
     model.layers.3.self_attn.k_proj.weight  ->  rows 1 of 3 of model.layers.3.self_attn.qkv_proj.weight
 Every parameter (every part of a fused one) must be written exactly once; anything else is an error.
+A parameter the parts share (Linear.input_order: they take one input) comes with each part, and
+every part's must be the same.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
     modules = dict(model.named_modules())
     expected = _expected_parts(modules)
     loaded: set[tuple[str, int]] = set()
+    shared_written: set[str] = set()
     with torch.no_grad():
         for name, tensor in weights:
             if name in skip or name.endswith(_IGNORED_SUFFIXES):
@@ -39,7 +42,15 @@ def load_named_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tens
                                  f"got {list(tensor.shape)}")
             if (param_name, index) in loaded:
                 raise ValueError(f"checkpoint tensor {name!r} appears twice; expected each tensor once")
-            target.copy_(tensor)
+            shared = target is params.get(param_name) and len(expected[param_name]) > 1
+            if shared and param_name in shared_written:
+                if not torch.equal(target, tensor.to(target.device, target.dtype)):
+                    raise ValueError(f"checkpoint tensor {name!r} differs from the other parts' of {param_name!r}, "
+                                     f"which they share")
+            else:
+                target.copy_(tensor)
+            if shared:
+                shared_written.add(param_name)
             loaded.add((param_name, index))
     missing = sorted(_checkpoint_name(p, i, len(parts), packed_modules)
                      for p, parts in expected.items() for i in parts if (p, i) not in loaded)

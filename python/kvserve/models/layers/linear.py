@@ -211,6 +211,20 @@ class Linear(WeightCodes, nn.Module):
         # int8 codes [out_features, input_size / 16].
         self.weight_scale: nn.Parameter | None = None
         self.weight_offset: nn.Parameter | None = None
+        # With prepare_input_order() (act-order GPTQ), int64 [input_size]: the weight's column k
+        # multiplies input column input_order[k] (its groups run over columns in that order). One for all
+        # the stacked projections, which share their input.
+        self.input_order: nn.Parameter | None = None
+
+    def prepare_input_order(self) -> None:
+        """An uninitialized input_order, for a checkpoint's act order to load into (each stacked part
+        brings its own, which must agree)."""
+        self.input_order = nn.Parameter(torch.empty(self.input_size, dtype=torch.int64, device=self.weight.device),
+                                        requires_grad=False)
+
+    def product_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the weight's columns take it: its columns in input_order, if there is one."""
+        return x if self.input_order is None else x.index_select(-1, self.input_order)
 
     def quantize_fp8(self) -> None:
         """The weight as e4m3 codes with a float32 scale per row (kvserve.quantization), in place of
@@ -229,8 +243,11 @@ class Linear(WeightCodes, nn.Module):
 
     def finalize_weights(self) -> None:
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
-        interleaved one (on the CPU, where they have a fast path; a quantized weight has none)."""
+        interleaved one (on the CPU, where they have a fast path; a quantized weight has none), and
+        drop an input order that leaves the columns where they are."""
         self.packed, self.interleaved = fast_copies(self.weight) if self.weight_scale is None else (None, None)
+        if self.input_order is not None and torch.equal(self.input_order.cpu(), torch.arange(self.input_size)):
+            self.input_order = None
 
     @property
     def few_rows_weight(self) -> torch.Tensor:
@@ -240,9 +257,9 @@ class Linear(WeightCodes, nn.Module):
     def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
         if self.weight_scale is not None:
-            out = quantized_linear(x, self.weight, self.weight_scale, self.weight_offset, self.bias)
+            out = quantized_linear(self.product_input(x), self.weight, self.weight_scale, self.weight_offset, self.bias)
         else:
-            out = linear(x, self.weight, self.bias, self.packed, self.interleaved)
+            out = linear(self.product_input(x), self.weight, self.bias, self.packed, self.interleaved)
         if lora is not None:
             lora.add(self, x, out)
         return out
@@ -255,11 +272,14 @@ class Linear(WeightCodes, nn.Module):
         max_rows = CUDA_CODES_MAX_ROWS if self.weight_scale is not None else None
         if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight, max_rows):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
-            return cuda_few_rows_linear(out, x, self.weight, self.bias, silu_and_mul_output=True,
+            return cuda_few_rows_linear(out, self.product_input(x), self.weight, self.bias, silu_and_mul_output=True,
                                         weight_scale=self.weight_scale, weight_offset=self.weight_offset)
         return silu_and_mul(self(x))
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
-        """The rows of `param` (weight or bias) that hold stacked projection number `index`."""
+        """The rows of `param` (weight or bias) that hold stacked projection number `index`; all of
+        input_order, which the parts share."""
+        if param is self.input_order:
+            return param
         start = sum(self.output_sizes[:index])
         return param[start:start + self.output_sizes[index]]
