@@ -144,8 +144,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        "to 8 bits); bfloat16: a float32 model's cache in 16 bits")
     group.add_argument("--quantization", "-q", default=None, choices=list(QUANTIZATIONS),
                        help="fp8: the decoder layers' weights as 8-bit floats (e4m3) with a scale per row, half the "
-                       "bytes of 16-bit weights to read each decode step; gptq, awq: the checkpoint's own "
-                       "4-bit (GPTQ: or 8-bit) weights, which load as they are without the flag too")
+                       "bytes of 16-bit weights to read each decode step; gptq, awq, compressed-tensors: the "
+                       "checkpoint's own 4-bit (GPTQ, compressed-tensors: or 8-bit) weights, which load as they "
+                       "are without the flag too")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from kvserve.models.registry import CLASSIFIERS, causal_architecture, check_architecture
 from kvserve.quantization import CHECKPOINT_ONLY, checkpoint_quantization
+
+if TYPE_CHECKING:
+    from kvserve.loader.int_scheme import IntScheme
 
 # Names accepted for `dtype`, as vLLM accepts them.
 _DTYPES_BY_NAME = {
@@ -116,13 +120,11 @@ class ModelConfig:
     # logit is its LM head's for the one token given, or the second's less the first's (["no", "yes"]:
     # Qwen3-Reranker's relevance); None: the checkpoint has its own score head.
     classifier_from_token: tuple[str, ...] | None = None
-    # "fp8": the checkpoint's decoder weights are e4m3 codes with scales (kvserve.quantization); "gptq" or
-    # "awq": weight_bits-bit codes (kvserve.loader.gptq_awq); None: not quantized.
+    # "fp8": the checkpoint's decoder weights are e4m3 codes with scales (kvserve.quantization); "gptq",
+    # "awq" or "compressed-tensors": integer codes of weight_scheme; None: not quantized.
     weight_quantization: str | None = None
-    weight_bits: int | None = None
-    # Act-order GPTQ (desc_act): each projection's input features in the order of its groups
-    # (kvserve.loader.gptq_awq.act_order).
-    weight_act_order: bool = False
+    # A GPTQ, AWQ or integer compressed-tensors checkpoint's scheme: bits, groups, zero points, act order.
+    weight_scheme: IntScheme | None = None
 
     def __post_init__(self):
         check_architecture(self.architecture)
@@ -175,12 +177,11 @@ class ModelConfig:
             raise ValueError(f"{source}: expected one entry in 'architectures', got {architectures!r}")
         check_architecture(architectures[0])
         weight_quantization = checkpoint_quantization(hf.get("quantization_config"), source)
-        weight_bits, weight_act_order = None, False
+        weight_scheme = None
         if weight_quantization in CHECKPOINT_ONLY:
-            from kvserve.loader.gptq_awq import config_bits
+            from kvserve.loader.int_scheme import int_scheme  # kvserve.loader imports this module
 
-            weight_bits = config_bits(hf["quantization_config"])
-            weight_act_order = bool(hf["quantization_config"].get("desc_act"))
+            weight_scheme = int_scheme(hf["quantization_config"], source)
         activation = hf.get("hidden_act", "silu")
         if activation != "silu":
             raise ValueError(f"{source}: hidden_act: expected 'silu', got {activation!r}")
@@ -213,8 +214,7 @@ class ModelConfig:
             labels=_labels(hf, source) if architectures[0] in CLASSIFIERS else None,
             classifier_from_token=_from_tokens(hf, architectures[0], source),
             weight_quantization=weight_quantization,
-            weight_bits=weight_bits,
-            weight_act_order=weight_act_order,
+            weight_scheme=weight_scheme,
         )
 
 

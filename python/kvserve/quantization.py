@@ -16,9 +16,9 @@ code's value times its row's scale (dequantize), not the unquantized model's. On
 product multiplies the codes' values (exact in 16 bits) and scales each output, as the CPU does; more
 rows multiply the weight dequantized to the dtype.
 
-Checkpoints that come with quantized weights load as they are (checkpoint_quantization): GPTQ's and
-AWQ's 4-bit ones as uint4 codes and GPTQ's 8-bit ones as int8 codes (kvserve.loader.gptq_awq), and fp8
-ones, codes and scales:
+Checkpoints that come with quantized weights load as they are (checkpoint_quantization): GPTQ's, AWQ's
+and compressed-tensors' 4-bit ones as uint4 codes and GPTQ's and compressed-tensors' 8-bit ones as
+int8 codes (kvserve.loader.gptq_awq, kvserve.loader.compressed_tensors), and fp8 ones, codes and scales:
 config.json's quantization_config of quant_method "fp8" (a scale a tensor) or "compressed-tensors"
 with 8-bit float weights of strategy "tensor" or "channel" (llm-compressor's FP8 and FP8-dynamic
 checkpoints). Activation scales (static schemes) are not used: the products take the activations
@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import torch
 
-QUANTIZATIONS = ("fp8", "gptq", "awq")
-# Methods whose weights come quantized in the checkpoint, not quantized at load.
-CHECKPOINT_ONLY = ("gptq", "awq")
+QUANTIZATIONS = ("fp8", "gptq", "awq", "compressed-tensors")
+# Methods whose weights come quantized in the checkpoint, not quantized at load (compressed-tensors:
+# its integer weights; its fp8 ones are "fp8").
+CHECKPOINT_ONLY = ("gptq", "awq", "compressed-tensors")
 # e4m3's largest finite magnitude (torch.finfo(torch.float8_e4m3fn).max).
 E4M3_MAX = 448.0
 
@@ -43,8 +44,9 @@ def check_quantization(quantization: str | None) -> None:
 
 
 def checkpoint_quantization(quantization_config, source: str = "config.json") -> str | None:
-    """"fp8", "gptq" or "awq" for a quantization_config whose weights kvserve reads as they are (module
-    docstring), None for none; ValueError naming what is not supported."""
+    """"fp8", "gptq", "awq" or "compressed-tensors" (its integer weights) for a quantization_config whose
+    weights kvserve reads as they are (module docstring), None for none; ValueError naming what is not
+    supported."""
     if not quantization_config:
         return None
     method = quantization_config.get("quant_method") if isinstance(quantization_config, dict) else None
@@ -59,20 +61,26 @@ def checkpoint_quantization(quantization_config, source: str = "config.json") ->
         if quantization_config.get("kv_cache_scheme"):
             raise ValueError(f"{refused}: KV-cache scales (kv_cache_scheme) are not supported (kv_cache_dtype='fp8' "
                              f"stores the cache unscaled)")
+        groups = (quantization_config.get("config_groups") or {}).values()
+        if any((group.get("weights") or {}).get("type") == "int" for group in groups):
+            from kvserve.loader.int_scheme import int_scheme
+
+            int_scheme(quantization_config, refused)
+            return "compressed-tensors"
         for name, group in (quantization_config.get("config_groups") or {}).items():
             weights = group.get("weights") or {}
             if (weights.get("num_bits"), weights.get("type"), weights.get("strategy")) not in (
                     (8, "float", "tensor"), (8, "float", "channel")):
                 raise ValueError(f"{refused}: config group {name!r} quantizes weights as {weights}; kvserve reads "
-                                 f"8-bit float weights with a scale a tensor or a row")
+                                 f"8-bit float weights with a scale a tensor or a row, and 4- and 8-bit integer ones")
         return "fp8"
     if method in CHECKPOINT_ONLY:
-        from kvserve.loader.gptq_awq import check_config
+        from kvserve.loader.int_scheme import int_scheme
 
-        return check_config(quantization_config, refused)
-    raise ValueError(f"{refused}; expected an unquantized checkpoint (quantization='fp8' quantizes one as it "
-                     f"loads), fp8 weights (quant_method 'fp8' or 'compressed-tensors'), 4-bit GPTQ or AWQ ones or 8-bit "
-                     f"GPTQ ones")
+        return int_scheme(quantization_config, refused).method
+    raise ValueError(f"{refused}; expected an unquantized checkpoint (quantization='fp8' quantizes one as it loads), "
+                     f"fp8 weights (quant_method 'fp8' or 'compressed-tensors'), 4-bit GPTQ, AWQ or compressed-tensors "
+                     f"ones, or 8-bit GPTQ or compressed-tensors ones")
 
 
 def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Quantized weights on a CUDA GPU: the few-rows product over uint4, int8 and e4m3 codes against
 float64 over each code's value rounded to the dtype, the widening kernel bit for bit against the
 reference, a layer's two paths (the kernel at few rows, cuBLAS on a widened copy past them), and
-GPTQ, AWQ, GGUF and fp8 models on the GPU against transformers and the CPU. Skipped without a GPU
+GPTQ, AWQ, compressed-tensors, GGUF and fp8 models on the GPU against transformers and the CPU. Skipped without a GPU
 (the kernels themselves run on the CPU under the GPU emulator: tests/cpp/test_gpu_linear_codes_emulated.cpp)."""
 
 import pytest
@@ -164,3 +164,18 @@ def test_fp8_quantization_runs_on_the_gpu(tiny_model_dir):
     engine = Engine(str(directory), dtype="bfloat16", device="cuda", quantization="fp8", kv_cache_memory_gb=0.05)
     outputs = engine.generate(["hello there"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
     assert len(outputs[0].outputs[0].token_ids) == 8
+
+
+@pytest.mark.parametrize("symmetric, actorder", [(True, "group"), (False, None)])
+def test_a_compressed_tensors_checkpoint_on_the_gpu_gives_transformers_ids(tiny_model_dir, tmp_path, symmetric,
+                                                                           actorder):
+    """llm-compressor's W4A16 weights (kvserve.loader.compressed_tensors) on the GPU, in float32."""
+    from test_compressed_tensors import write_checkpoint as write_compressed
+
+    quantized_dir, reference_dir = write_compressed(tiny_model_dir("Qwen2ForCausalLM"), tmp_path, 4, 32, symmetric,
+                                                    actorder)
+    model = load_model(quantized_dir, dtype="float32", device="cuda").model
+    ids, logits = paged_greedy(model, PROMPTS, 4, device="cuda")
+    hf_ids, hf_logits = hf_greedy(reference_dir, PROMPTS, 4)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids

@@ -218,7 +218,7 @@ def test_a_g_idx_must_be_what_desc_act_says(tiny_model_dir, tmp_path):
     tensors[name] = tensors[name].flip(0).contiguous()
     save_file(tensors, quantized_dir / "model.safetensors")
     with pytest.raises(ValueError, match="down_proj.g_idx: its groups are not in input order, and config.json's "
-                                         "desc_act is false"):
+                                         "quantization_config has no act order"):
         load_model(quantized_dir)
     ordered_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path / "ordered", "gptq", 32,
                                       act_order=True)

@@ -177,7 +177,8 @@ def test_linear_checks_a_quantized_weights_arguments(change, message):
 def test_check_quantization():
     for method in (None, "fp8", "gptq", "awq"):
         check_quantization(method)
-    with pytest.raises(ValueError, match=r"must be one of \['fp8', 'gptq', 'awq'\] or None, got 'bitsandbytes'"):
+    with pytest.raises(ValueError, match=r"must be one of \['fp8', 'gptq', 'awq', 'compressed-tensors'\] or None, "
+                                         r"got 'bitsandbytes'"):
         check_quantization("bitsandbytes")
 
 
@@ -308,9 +309,10 @@ def test_an_fp8_checkpoint_loads_its_codes_and_matches_transformers(tiny_model_d
 
 @pytest.mark.parametrize("quantization_config, message", [
     ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "block-wise scales"),
-    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 4, "type": "int",
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 4, "type": "float",
                                                                                "strategy": "group"}}}},
-     r"config group 'g' quantizes weights as"),
+     r"config group 'g' quantizes weights as .*; kvserve reads 8-bit float weights with a scale a tensor or a row, "
+     r"and 4- and 8-bit integer ones"),
     ({"quant_method": "compressed-tensors", "config_groups": {}, "kv_cache_scheme": {"num_bits": 8}},
      "KV-cache scales"),
     ({"quant_method": "bitsandbytes", "load_in_4bit": True},

@@ -25,36 +25,30 @@ as vLLM's GPTQ kernels sort g_idx.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from kvserve import int8, uint4
+from kvserve.loader.int_scheme import IntScheme, check_group_size
 
 # AWQ's word holds columns 0 2 4 6 1 3 5 7; column c of the eight is nibble _AWQ_NIBBLE[c].
 _AWQ_NIBBLE = [0, 4, 1, 5, 2, 6, 3, 7]
 _PARTS = ("qweight", "qzeros", "scales")
 
 
-def config_bits(quantization_config: dict) -> int | None:
-    """A GPTQ or AWQ quantization_config's bits a weight."""
-    return quantization_config.get("bits", quantization_config.get("w_bit"))
-
-
-def check_config(quantization_config: dict, refused: str) -> str:
-    """The method of a GPTQ or AWQ quantization_config kvserve reads; ValueError (starting with
+def gptq_awq_scheme(quantization_config: dict, refused: str) -> IntScheme:
+    """The scheme of a GPTQ or AWQ quantization_config kvserve reads; ValueError (starting with
     `refused`) naming what it does not."""
     method = quantization_config["quant_method"]
-    bits = config_bits(quantization_config)
-    if bits == 8 and method == "gptq" and not quantization_config.get("sym", True):
+    bits = quantization_config.get("bits", quantization_config.get("w_bit"))
+    symmetric = method == "gptq" and quantization_config.get("sym", True)
+    if bits == 8 and method == "gptq" and not symmetric:
         raise ValueError(f"{refused}: asymmetric (sym false) 8-bit GPTQ weights; kvserve reads symmetric ones")
     if bits != 4 and (bits, method) != (8, "gptq"):
         raise ValueError(f"{refused}: {bits}-bit weights; kvserve reads 4-bit GPTQ and AWQ weights and 8-bit GPTQ ones")
-    group = uint4.GROUP_SIZE if bits == 4 else int8.GROUP_SIZE
     group_size = quantization_config.get("group_size", quantization_config.get("q_group_size", 128))
-    if group_size != -1 and (not isinstance(group_size, int) or group_size % group != 0):
-        raise ValueError(f"{refused}: group_size {group_size}; kvserve reads {bits}-bit groups of a multiple of "
-                         f"{group} (or -1, one a row)")
+    check_group_size(bits, group_size, refused)
     if method == "gptq":
         if quantization_config.get("checkpoint_format", "gptq") != "gptq":
             raise ValueError(f"{refused}: checkpoint_format {quantization_config['checkpoint_format']!r}; kvserve "
@@ -66,17 +60,18 @@ def check_config(quantization_config: dict, refused: str) -> str:
             raise ValueError(f"{refused}: AWQ version {quantization_config['version']!r}; kvserve reads 'gemm'")
         if not quantization_config.get("zero_point", True):
             raise ValueError(f"{refused}: AWQ weights without zero points are not supported")
-    return method
+    # GPTQ's checkpoints store zero points even when symmetric.
+    return IntScheme(method, bits, group_size, symmetric, bool(quantization_config.get("desc_act")))
 
 
-def _fields(words: torch.Tensor, bits: int) -> torch.Tensor:
+def unpack_fields(words: torch.Tensor, bits: int) -> torch.Tensor:
     """int32 words [..., W] as their 32 / bits values of `bits` bits [..., W, 32 / bits], the low bits
     first."""
     shifts = torch.arange(0, 32, bits, dtype=torch.int32)
     return (words[..., None] >> shifts) & ((1 << bits) - 1)
 
 
-def _per_group(tensor: torch.Tensor, in_features: int, group: int) -> torch.Tensor:
+def per_group(tensor: torch.Tensor, in_features: int, group: int) -> torch.Tensor:
     """A checkpoint's tensor of a value a group [K / g, N] (scales, zero points) as float32 [N, K / group]:
     each value repeated for kvserve's groups of `group` in one of g."""
     groups = tensor.shape[0]
@@ -85,19 +80,19 @@ def _per_group(tensor: torch.Tensor, in_features: int, group: int) -> torch.Tens
     return tensor.float().t().repeat_interleave(in_features // groups // group, dim=1)
 
 
-def _as_uint4(values: torch.Tensor, zeros: torch.Tensor,
+def as_uint4(values: torch.Tensor, zeros: torch.Tensor,
               scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scale, offset) of values [K, N], zero points and scales [K / g, N]."""
-    scale = _per_group(scales, values.shape[0], uint4.GROUP_SIZE)
-    offset = -(_per_group(zeros, values.shape[0], uint4.GROUP_SIZE) * scale)
+    scale = per_group(scales, values.shape[0], uint4.GROUP_SIZE)
+    offset = -(per_group(zeros, values.shape[0], uint4.GROUP_SIZE) * scale)
     return uint4.pack_uint4(values.t()), scale.contiguous(), offset.contiguous()
 
 
 def _gptq_values(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(values [K, N], zero points [K / g, N]) of a GPTQ projection (format "gptq": zero points stored
     less 1)."""
-    values = _fields(qweight.t(), bits).reshape(qweight.shape[1], -1).t()
-    return values, _fields(qzeros, bits).reshape(qzeros.shape[0], -1) + 1
+    values = unpack_fields(qweight.t(), bits).reshape(qweight.shape[1], -1).t()
+    return values, unpack_fields(qzeros, bits).reshape(qzeros.shape[0], -1) + 1
 
 
 def act_order(g_idx: torch.Tensor, groups: int) -> torch.Tensor:
@@ -113,7 +108,7 @@ def act_order(g_idx: torch.Tensor, groups: int) -> torch.Tensor:
 def gptq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, order: torch.Tensor | None = None):
     """(codes, scale, offset) of one 4-bit GPTQ projection, its columns in `order` (act_order) if given."""
     values, zeros = _gptq_values(qweight, qzeros, 4)
-    return _as_uint4(values if order is None else values[order], zeros, scales)
+    return as_uint4(values if order is None else values[order], zeros, scales)
 
 
 def gptq_int8(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, order: torch.Tensor | None = None):
@@ -122,32 +117,55 @@ def gptq_int8(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
     if not (zeros == 128).all():
         raise ValueError("its zero points are not all 128 (asymmetric 8-bit GPTQ), which kvserve does not read")
     codes = ((values if order is None else values[order]).t() - 128).to(torch.int8)
-    return codes.contiguous(), _per_group(scales, values.shape[0], int8.GROUP_SIZE).contiguous()
+    return codes.contiguous(), per_group(scales, values.shape[0], int8.GROUP_SIZE).contiguous()
 
 
 def awq_uint4(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor):
     """(codes, scale, offset) of one AWQ projection."""
-    values = _fields(qweight, 4)[..., _AWQ_NIBBLE].reshape(qweight.shape[0], -1)  # [K, N]
-    zeros = _fields(qzeros, 4)[..., _AWQ_NIBBLE].reshape(qzeros.shape[0], -1)
-    return _as_uint4(values, zeros, scales)
+    values = unpack_fields(qweight, 4)[..., _AWQ_NIBBLE].reshape(qweight.shape[0], -1)  # [K, N]
+    zeros = unpack_fields(qzeros, 4)[..., _AWQ_NIBBLE].reshape(qzeros.shape[0], -1)
+    return as_uint4(values, zeros, scales)
 
 
-def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], method: str, bits: int,
-                      bias_free: set[str], ordered: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint's tensors with each projection's qweight, qzeros and scales in place of its
-    weight as codes, weight_scale and (uint4) weight_offset (the parameters of Linear.prepare_uint4,
-    or for 8 bits prepare_int8), once all three have come; `ordered` (act-order GPTQ): with its
-    g_idx too, the codes' columns in act_order(g_idx) and that order as the projection's input_order
-    (Linear.prepare_input_order). Otherwise a GPTQ g_idx is checked to be the plain order and dropped,
-    and so are biases of zeros named in `bias_free` (AutoGPTQ writes them for projections that have
-    none)."""
-    convert = gptq_int8 if bits == 8 else gptq_uint4 if method == "gptq" else awq_uint4
-    parameters = ("weight", "weight_scale", "weight_offset")
-    wanted = _PARTS + ("g_idx",) if ordered else _PARTS
+# A converter: one projection's tensors (by their names after its prefix) -> (codes, scale, offset
+# or None, input order or None).
+Converter = Callable[[dict[str, torch.Tensor]], tuple]
+
+
+def _gptq_awq_layout(scheme: IntScheme) -> tuple[tuple[str, ...], Converter]:
+    """The tensors a projection of a GPTQ or AWQ checkpoint comes as, and their converter."""
+    def convert(parts: dict[str, torch.Tensor]) -> tuple:
+        order = act_order(parts["g_idx"], parts["scales"].shape[0]) if scheme.act_order else None
+        tensors = (parts["qweight"], parts["qzeros"], parts["scales"])
+        if scheme.method == "awq":
+            return *awq_uint4(*tensors), None
+        if scheme.bits == 8:
+            return *gptq_int8(*tensors, order), None, order
+        return *gptq_uint4(*tensors, order), order
+    return _PARTS + (("g_idx",) if scheme.act_order else ()), convert
+
+
+def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], scheme: IntScheme,
+                      bias_free: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors with each projection's quantized tensors (GPTQ's and AWQ's qweight,
+    qzeros and scales; compressed-tensors' weight_packed, ...: kvserve.loader.compressed_tensors) in
+    place of its weight, as codes, weight_scale and (uint4) weight_offset (the parameters of
+    Linear.prepare_uint4, or for 8 bits prepare_int8), once all of them have come; with act order
+    (scheme.act_order) its g_idx too, the codes' columns in act_order(g_idx) and that order as the
+    projection's input_order (Linear.prepare_input_order). Otherwise a g_idx is checked to be the plain
+    order and dropped, and so are biases of zeros named in `bias_free` (AutoGPTQ writes them for
+    projections that have none)."""
+    if scheme.method == "compressed-tensors":
+        from kvserve.loader.compressed_tensors import compressed_layout
+
+        wanted, convert = compressed_layout(scheme)
+    else:
+        wanted, convert = _gptq_awq_layout(scheme)
+    label = scheme.method.upper() if scheme.method in ("gptq", "awq") else scheme.method
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in weights:
         prefix, _, part = name.rpartition(".")
-        if part == "g_idx" and not ordered:
+        if part in ("g_idx", "weight_g_idx") and not scheme.act_order:
             _check_plain_order(name, tensor)
             continue
         if name in bias_free and not tensor.any():
@@ -159,17 +177,16 @@ def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], method: str, 
         parts[part] = tensor
         if len(parts) == len(wanted):
             del pending[prefix]
-            arguments = [parts["qweight"], parts["qzeros"], parts["scales"]]
             try:
-                if ordered:
-                    arguments.append(act_order(parts["g_idx"], parts["scales"].shape[0]))
-                converted = convert(*arguments)
+                codes, scale, offset, order = convert(parts)
             except (RuntimeError, ValueError) as error:
-                raise ValueError(f"{prefix}: its {method.upper()} tensors do not fit together: {error}") from error
-            for parameter, tensor in zip(parameters, converted):
-                yield f"{prefix}.{parameter}", tensor
-            if ordered:
-                yield f"{prefix}.input_order", arguments[-1]
+                raise ValueError(f"{prefix}: its {label} tensors do not fit together: {error}") from error
+            yield f"{prefix}.weight", codes
+            yield f"{prefix}.weight_scale", scale
+            if offset is not None:
+                yield f"{prefix}.weight_offset", offset
+            if order is not None:
+                yield f"{prefix}.input_order", order
     for prefix, parts in pending.items():
         raise ValueError(f"{prefix}: the checkpoint has its {sorted(parts)} but not "
                          f"{sorted(set(wanted) - set(parts))}")
@@ -181,4 +198,5 @@ def _check_plain_order(name: str, g_idx: torch.Tensor) -> None:
         return
     group_size = len(g_idx) // (int(g_idx.max()) + 1)
     if not torch.equal(g_idx.long(), torch.arange(len(g_idx)) // max(group_size, 1)):
-        raise ValueError(f"{name}: its groups are not in input order, and config.json's desc_act is false")
+        raise ValueError(f"{name}: its groups are not in input order, and config.json's quantization_config has no "
+                         f"act order")

@@ -133,8 +133,8 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     does so for a base model's or a classifier's checkpoint (registry.POOLING_ONLY), which has none. `hf_overrides`:
     config.json keys to replace or add (vLLM's; a Hugging Face directory's only). `quantization`
     "fp8": the decoder layers' weights become e4m3 codes once loaded (kvserve.quantization); a
-    checkpoint of quantized weights (fp8, GPTQ, AWQ) loads its codes as they are, whatever
-    `quantization` says ("gptq" and "awq" only name what the checkpoint must be)."""
+    checkpoint of quantized weights (fp8, GPTQ, AWQ, compressed-tensors) loads its codes as they are, whatever
+    `quantization` says ("gptq", "awq" and "compressed-tensors" only name what the checkpoint must be)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
@@ -177,17 +177,16 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         for linear in module.decoder_linears():
             if quantization == "fp8":
                 linear.prepare_fp8()
-            elif model_config.weight_bits == 8:
+            elif model_config.weight_scheme.bits == 8:
                 linear.prepare_int8()
             else:
                 linear.prepare_uint4()
-            if model_config.weight_act_order:
+            if model_config.weight_scheme is not None and model_config.weight_scheme.act_order:
                 linear.prepare_input_order()
         if quantization in CHECKPOINT_ONLY:
             bias_free = {name.removesuffix("weight") + "bias" for linear, names in
                          linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
-            weights = quantized_weights(weights, quantization, model_config.weight_bits, bias_free,
-                                        model_config.weight_act_order)
+            weights = quantized_weights(weights, model_config.weight_scheme, bias_free)
             _log_codes(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and quantization is None:
         # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.

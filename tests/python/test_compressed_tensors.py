@@ -1,0 +1,165 @@
+"""compressed-tensors' integer checkpoints (kvserve.loader.compressed_tensors): written here from a
+tiny model the way llm-compressor packs W4A16 and W8A16 weights, they load as uint4 and int8 codes and
+give transformers' ids (logits within 1e-4) over the weights their codes stand for; what kvserve does
+not read is refused by name."""
+
+import copy
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from kvserve.loader import load_model
+from kvserve.quantization import checkpoint_quantization
+from paged_greedy import paged_greedy
+from test_gptq_awq import PROJECTIONS, SAME_INPUT, pack_words
+from test_models import PROMPTS, assert_logits_close, hf_greedy
+
+
+def pack_int32(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Unsigned fields [R, C] as int32 words of 32 / bits fields along `dim`, the first the lowest bits."""
+    per_word = 32 // bits
+    rows = values if dim == 1 else values.t()
+    words = pack_words(rows.reshape(rows.shape[0], -1, per_word), bits)
+    return words if dim == 1 else words.t().contiguous()
+
+
+def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool):
+    """(q [N, K] signed, zero points [N, K / g] signed, float16 scales [N, K / g]) of weight [N, K], as
+    llm-compressor's min-max observer would give them."""
+    groups = weight.float().reshape(weight.shape[0], -1, group_size)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if symmetric:
+        scales = (groups.abs().amax(dim=2) / high).clamp_min(1e-4).half()
+        zeros = torch.zeros(scales.shape, dtype=torch.long)
+    else:
+        minimum, maximum = groups.amin(dim=2).clamp(max=0), groups.amax(dim=2).clamp(min=0)
+        scales = ((maximum - minimum) / (high - low)).clamp_min(1e-4).half()
+        zeros = (low - minimum / scales.float()).round().clamp(low, high).long()
+    q = (groups / scales.float()[..., None] + zeros[..., None]).round().clamp(low, high).long()
+    return q.reshape(weight.shape), zeros, scales
+
+
+def write_checkpoint(directory, destination, bits: int = 4, group_size: int = 32, symmetric: bool = True,
+                     actorder: str | None = None):
+    """(the compressed-tensors checkpoint, a float32 one of the weights its codes stand for) from
+    `directory`; group_size -1: strategy "channel". actorder "group": each projection's input
+    features quantized in a random order (one for the projections of one input), with its g_idx."""
+    quantized_dir, reference_dir = destination / "compressed", destination / "compressed-dequantized"
+    shutil.copytree(directory, quantized_dir)
+    tensors = load_file(directory / "model.safetensors")
+    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    state = reference.state_dict()
+    generator, orders = torch.Generator().manual_seed(7), {}
+    for name in [n for n in tensors if n.split(".")[-2] in PROJECTIONS and n.endswith(".weight")]:
+        weight = tensors.pop(name)
+        rows, features = weight.shape
+        size = group_size if group_size != -1 else features
+        prefix = name[:-len(".weight")]
+        layer, projection = prefix.rsplit(".", 2)[0], prefix.rsplit(".", 1)[1]
+        order = torch.arange(features)
+        if actorder == "group":
+            order = orders.setdefault((layer, SAME_INPUT[projection]), torch.randperm(features, generator=generator))
+        q, zeros, scales = quantize(weight[:, order], bits, size, symmetric)
+        dequantized = torch.empty(rows, features)
+        dequantized[:, order] = ((q.reshape(rows, -1, size) - zeros[..., None]) * scales.float()[..., None]).reshape(
+            rows, features)
+        q[:, order] = q.clone()  # the features back in their own order, as the checkpoint stores them
+        bias = 1 << (bits - 1)
+        tensors[f"{prefix}.weight_packed"] = pack_int32(q + bias, bits, dim=1)
+        tensors[f"{prefix}.weight_scale"] = scales
+        tensors[f"{prefix}.weight_shape"] = torch.tensor([rows, features], dtype=torch.int32)
+        if not symmetric:
+            tensors[f"{prefix}.weight_zero_point"] = pack_int32(zeros + bias, bits, dim=0)
+        if actorder == "group":
+            g_idx = torch.empty(features, dtype=torch.int32)
+            g_idx[order] = (torch.arange(features) // size).int()
+            tensors[f"{prefix}.weight_g_idx"] = g_idx
+        state[name].copy_(dequantized)
+    save_file(tensors, quantized_dir / "model.safetensors")
+    config = json.loads((quantized_dir / "config.json").read_text())
+    config["quantization_config"] = quantization_config(bits, group_size, symmetric, actorder)
+    (quantized_dir / "config.json").write_text(json.dumps(config))
+    reference.save_pretrained(reference_dir)
+    return quantized_dir, reference_dir
+
+
+def quantization_config(bits=4, group_size=32, symmetric=True, actorder=None) -> dict:
+    channel = group_size == -1
+    weights = dict(num_bits=bits, type="int", symmetric=symmetric, dynamic=False, actorder=actorder,
+                   strategy="channel" if channel else "group", group_size=None if channel else group_size)
+    return dict(quant_method="compressed-tensors", format="pack-quantized", ignore=["lm_head"],
+                config_groups=dict(group_0=dict(targets=["Linear"], weights=weights, input_activations=None)))
+
+
+@pytest.mark.parametrize("architecture, bits, group_size, symmetric, actorder", [
+    ("LlamaForCausalLM", 4, 32, True, None), ("Qwen2ForCausalLM", 4, 32, False, None),
+    ("Qwen3ForCausalLM", 4, -1, True, None), ("LlamaForCausalLM", 8, 16, True, None),
+    ("LlamaForCausalLM", 8, -1, True, None), ("Qwen2ForCausalLM", 4, 32, True, "group")],
+    ids=["w4a16-sym", "w4a16-asym", "w4a16-channel", "w8a16", "w8a16-channel", "w4a16-actorder"])
+def test_a_checkpoint_matches_transformers_on_what_its_codes_stand_for(tiny_model_dir, tmp_path, architecture, bits,
+                                                                        group_size, symmetric, actorder):
+    quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, bits, group_size,
+                                                    symmetric, actorder)
+    model = load_model(quantized_dir).model
+    codes = torch.uint8 if bits == 4 else torch.int8
+    assert all(linear.weight.dtype == codes for linear in model.decoder_linears())
+    assert all((linear.input_order is not None) == (actorder == "group") for linear in model.decoder_linears())
+    ids, logits = paged_greedy(model, PROMPTS, 4)
+    hf_ids, hf_logits = hf_greedy(reference_dir, PROMPTS, 4)
+    assert_logits_close(logits, hf_logits)
+    assert ids == hf_ids
+
+
+def changed(**weights) -> dict:
+    config = quantization_config()
+    config["config_groups"]["group_0"]["weights"].update(weights)
+    return config
+
+
+def two_schemes() -> dict:
+    config = quantization_config()
+    config["config_groups"]["group_1"] = copy.deepcopy(config["config_groups"]["group_0"])
+    config["config_groups"]["group_1"]["weights"]["num_bits"] = 8
+    return config
+
+
+@pytest.mark.parametrize("config, message", [
+    (quantization_config() | {"format": "int-quantized"}, "format 'int-quantized'; kvserve reads integer weights "
+                                                           "'pack-quantized'"),
+    (quantization_config() | {"ignore": ["lm_head", "model.layers.0.mlp.down_proj"]}, "only the LM head ignored"),
+    (changed(num_bits=2), "config group 'group_0' quantizes weights as .*4- and 8-bit integer weights"),
+    (changed(strategy="tensor"), "with a scale a group or a row"),
+    (changed(num_bits=8, symmetric=False), "asymmetric 8-bit weights"),
+    (changed(actorder="dynamic"), "actorder 'dynamic'"),
+    (changed(group_size=48), "group_size 48; kvserve reads 4-bit groups of a multiple of 32"),
+    (two_schemes(), "2 weight schemes in config_groups"),
+])
+def test_what_kvserve_does_not_read_is_refused_by_name(config, message):
+    assert checkpoint_quantization(quantization_config()) == "compressed-tensors"
+    with pytest.raises(ValueError, match="kvserve cannot read this quantized checkpoint: .*" + message):
+        checkpoint_quantization(config)
+
+
+def test_activations_and_other_targets_are_refused():
+    config = quantization_config()
+    config["config_groups"]["group_0"]["input_activations"] = dict(num_bits=8, type="int")
+    with pytest.raises(ValueError, match="quantizes activations; kvserve reads weight-only integer schemes"):
+        checkpoint_quantization(config)
+    config = quantization_config()
+    config["config_groups"]["group_0"]["targets"] = ["re:.*mlp.*"]
+    with pytest.raises(ValueError, match=r"targets \['re:\.\*mlp\.\*'\]; kvserve reads schemes that target"):
+        checkpoint_quantization(config)
+
+
+def test_packed_values_must_fit_the_weights_shape(tiny_model_dir, tmp_path):
+    quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path)
+    tensors = load_file(quantized_dir / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight_shape"] = torch.tensor([96, 128], dtype=torch.int32)
+    save_file(tensors, quantized_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="up_proj: its compressed-tensors tensors do not fit together: weight_packed "
+                                         "holds"):
+        load_model(quantized_dir)
