@@ -64,6 +64,15 @@ __device__ inline float shfl(float value, int src) {
 __host__ __device__ inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 __host__ __device__ inline int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
 
+// The grid of a kernel that gives each of `rows` rows (tokens, weight rows; at most 2^31 - 1) a column
+// of blocks of `per_block` elements each, enough for a row of `width`, at most 65535 (gridDim.y's
+// limit): a block strides over its row by gridDim.y * per_block.
+inline dim3 row_chunks_grid(int64_t rows, int64_t width, int64_t per_block) {
+  constexpr int64_t kMaxChunks = 65535;
+  const int64_t chunks = min_i64(kMaxChunks, (width + per_block - 1) / per_block);
+  return dim3(static_cast<unsigned>(rows), static_cast<unsigned>(chunks));
+}
+
 // Programmatic dependent launch (sm_90+). A kernel launched with it may be scheduled while the
 // kernel before it in the stream still runs, so that its launch, and what it does before its call
 // to wait_for_prior_grid(), overlap that kernel instead of following it. The call returns once the

@@ -14,7 +14,6 @@ namespace {
 using namespace gpu;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxChunks = 65535;  // gridDim.y
 
 template <class T, DType kCodes>
 __global__ void __launch_bounds__(kThreads) dequantize_weight_kernel(const LinearParams p) {
@@ -47,8 +46,7 @@ Status dequantize_weight_cuda(const LinearParams& p, void* stream) {
   if (check_dequantize_weight(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.out_features > INT_MAX) return Status::kUnsupported;
   const auto s = static_cast<kvGpuStream_t>(stream);
-  const int64_t chunks = min_i64(kMaxChunks, (p.in_features + kThreads - 1) / kThreads);
-  const dim3 grid(static_cast<unsigned>(p.out_features), static_cast<unsigned>(chunks));
+  const dim3 grid = row_chunks_grid(p.out_features, p.in_features, kThreads);
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     switch (*p.weight_dtype) {

@@ -142,10 +142,7 @@ Status launch_rotary(const RotaryAndCacheParams& p, bool packed, kvGpuStream_t s
       using C = decltype(element);
       auto launch = [&](auto kernel, int64_t pack) {
         const int64_t items = (r.num_heads + (kCache ? 2 : 1) * r.num_kv_heads) * (r.head_dim / 2 / pack);
-        constexpr int64_t kMaxChunks = 65535;  // gridDim.y
-        const int64_t chunks = min_i64(kMaxChunks, (items + kRotaryThreads - 1) / kRotaryThreads);
-        const dim3 grid(static_cast<unsigned>(r.num_tokens), static_cast<unsigned>(chunks));
-        launch_kernel(kernel, grid, kRotaryThreads, 0, stream, p);
+        launch_kernel(kernel, row_chunks_grid(r.num_tokens, items, kRotaryThreads), kRotaryThreads, 0, stream, p);
         return launch_status();
       };
       constexpr int kPack = 16 / sizeof(T);

@@ -13,7 +13,6 @@ namespace {
 using namespace gpu;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxChunks = 65535;  // gridDim.y
 
 template <class T, int kPack>
 __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(const SiluAndMulParams p) {
@@ -50,8 +49,7 @@ Status silu_and_mul_cuda(const SiluAndMulParams& p, void* stream) {
   return with_float_type(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     const int64_t pack = packed ? static_cast<int64_t>(16 / sizeof(T)) : 1;
-    const int64_t chunks = min_i64(kMaxChunks, (p.size + kThreads * pack - 1) / (kThreads * pack));
-    const dim3 grid(static_cast<unsigned>(p.num_tokens), static_cast<unsigned>(chunks));
+    const dim3 grid = row_chunks_grid(p.num_tokens, p.size, kThreads * pack);
     if (packed) {
       launch_kernel(silu_and_mul_kernel<T, 16 / sizeof(T)>, grid, kThreads, 0, s, p);
     } else {

@@ -69,7 +69,8 @@ __device__ inline V load_once(const V* global, uint64_t policy) {
   } else if constexpr (kThroughL2) {
     asm volatile("ld.global.cg.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(global), "l"(policy));
   } else {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.u32 %0, [%1], %2;\n" : "=r"(v) : "l"(global), "l"(policy));
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.u32 %0, [%1], %2;\n"
+                 : "=r"(v) : "l"(global), "l"(policy));
   }
   return v;
 }

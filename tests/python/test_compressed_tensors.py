@@ -4,18 +4,15 @@ give transformers' ids (logits within 1e-4) over the weights their codes stand f
 not read is refused by name."""
 
 import copy
-import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
 
 from kvserve.loader import load_model
 from kvserve.quantization import checkpoint_quantization
 from paged_greedy import paged_greedy
-from test_gptq_awq import PROJECTIONS, SAME_INPUT, pack_words
+from quantized_checkpoints import pack_words, write_quantized
 from test_models import PROMPTS, assert_logits_close, hf_greedy
 
 
@@ -47,44 +44,27 @@ def write_checkpoint(directory, destination, bits: int = 4, group_size: int = 32
                      actorder: str | None = None):
     """(the compressed-tensors checkpoint, a float32 one of the weights its codes stand for) from
     `directory`; group_size -1: strategy "channel". actorder "group": each projection's input
-    features quantized in a random order (one for the projections of one input), with its g_idx."""
-    quantized_dir, reference_dir = destination / "compressed", destination / "compressed-dequantized"
-    shutil.copytree(directory, quantized_dir)
-    tensors = load_file(directory / "model.safetensors")
-    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    state = reference.state_dict()
-    generator, orders = torch.Generator().manual_seed(7), {}
-    for name in [n for n in tensors if n.split(".")[-2] in PROJECTIONS and n.endswith(".weight")]:
-        weight = tensors.pop(name)
+    features quantized in a random order, with its g_idx."""
+    def quantize_projection(prefix, weight, order):
         rows, features = weight.shape
         size = group_size if group_size != -1 else features
-        prefix = name[:-len(".weight")]
-        layer, projection = prefix.rsplit(".", 2)[0], prefix.rsplit(".", 1)[1]
-        order = torch.arange(features)
-        if actorder == "group":
-            order = orders.setdefault((layer, SAME_INPUT[projection]), torch.randperm(features, generator=generator))
         q, zeros, scales = quantize(weight[:, order], bits, size, symmetric)
         dequantized = torch.empty(rows, features)
         dequantized[:, order] = ((q.reshape(rows, -1, size) - zeros[..., None]) * scales.float()[..., None]).reshape(
             rows, features)
         q[:, order] = q.clone()  # the features back in their own order, as the checkpoint stores them
         bias = 1 << (bits - 1)
-        tensors[f"{prefix}.weight_packed"] = pack_int32(q + bias, bits, dim=1)
-        tensors[f"{prefix}.weight_scale"] = scales
-        tensors[f"{prefix}.weight_shape"] = torch.tensor([rows, features], dtype=torch.int32)
+        packed = dict(weight_packed=pack_int32(q + bias, bits, dim=1), weight_scale=scales,
+                      weight_shape=torch.tensor([rows, features], dtype=torch.int32))
         if not symmetric:
-            tensors[f"{prefix}.weight_zero_point"] = pack_int32(zeros + bias, bits, dim=0)
+            packed["weight_zero_point"] = pack_int32(zeros + bias, bits, dim=0)
         if actorder == "group":
-            g_idx = torch.empty(features, dtype=torch.int32)
-            g_idx[order] = (torch.arange(features) // size).int()
-            tensors[f"{prefix}.weight_g_idx"] = g_idx
-        state[name].copy_(dequantized)
-    save_file(tensors, quantized_dir / "model.safetensors")
-    config = json.loads((quantized_dir / "config.json").read_text())
-    config["quantization_config"] = quantization_config(bits, group_size, symmetric, actorder)
-    (quantized_dir / "config.json").write_text(json.dumps(config))
-    reference.save_pretrained(reference_dir)
-    return quantized_dir, reference_dir
+            packed["weight_g_idx"] = torch.empty(features, dtype=torch.int32)
+            packed["weight_g_idx"][order] = (torch.arange(features) // size).int()
+        return packed, dequantized
+
+    config = quantization_config(bits, group_size, symmetric, actorder)
+    return write_quantized(directory, destination, "compressed", config, quantize_projection, actorder == "group")
 
 
 def quantization_config(bits=4, group_size=32, symmetric=True, actorder=None) -> dict:

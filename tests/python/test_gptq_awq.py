@@ -3,14 +3,9 @@ AutoGPTQ/GPTQModel and AutoAWQ pack them, they load as uint4 codes (symmetric 8-
 codes) and give transformers' ids (logits within 1e-4) over the weights their codes stand for; what
 kvserve does not read is refused by name."""
 
-import json
-import shutil
-
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
 
 from kvserve import Engine, SamplingParams
 from kvserve.loader import load_model
@@ -19,9 +14,9 @@ from kvserve.loader.gptq_awq import awq_uint4, gptq_int8, gptq_uint4
 from kvserve.quantization import checkpoint_quantization
 from kvserve.uint4 import dequantize_uint4
 from paged_greedy import paged_greedy
+from quantized_checkpoints import pack_words, write_quantized
 from test_models import PROMPTS, assert_logits_close, hf_greedy
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # AWQ's order of a word's eight columns.
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
 
@@ -48,12 +43,6 @@ def quantize_symmetric_8_bit(weight: torch.Tensor, group_size: int):
     return values.reshape(columns.shape).long(), torch.full(scales.shape, 128), scales
 
 
-def pack_words(fields: torch.Tensor, bits: int = 4) -> torch.Tensor:
-    """[..., W, 32 / bits] values as int32 words [..., W], the first the lowest bits."""
-    words = sum(fields[..., i].numpy().astype(np.uint32) << np.uint32(bits * i) for i in range(32 // bits))
-    return torch.from_numpy(np.ascontiguousarray(words).view(np.int32))
-
-
 def gptq_tensors(values, zeros, scales, bits=4):
     in_features, out_features = values.shape
     per_word = 32 // bits
@@ -68,32 +57,13 @@ def awq_tensors(values, zeros, scales):
     return dict(qweight=pack(values), qzeros=pack(zeros), scales=scales)
 
 
-# The projections that take one input (act-order GPTQ orders their input features alike).
-SAME_INPUT = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
-              "up_proj": "gate_up", "down_proj": "down"}
-
-
 def write_checkpoint(directory, destination, method: str, group_size: int, bits: int = 4, act_order: bool = False):
     """(the quantized checkpoint, a float32 one of the weights its codes stand for) from `directory`;
     8 bits: GPTQ's symmetric ones. `act_order` (GPTQ's desc_act): each projection's input features
-    quantized in a random order (one for the projections of one input), its groups running over that
-    order, g_idx [K] giving each feature's."""
-    quantized_dir, reference_dir = destination / method, destination / f"{method}-dequantized"
-    shutil.copytree(directory, quantized_dir)
-    tensors = load_file(directory / "model.safetensors")
-    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    state = reference.state_dict()
-    generator, orders = torch.Generator().manual_seed(5), {}
-    for name in [n for n in tensors if n.split(".")[-2] in PROJECTIONS and n.endswith(".weight")]:
-        weight = tensors.pop(name)
+    quantized in a random order, its groups running over that order, g_idx [K] giving each feature's."""
+    def quantize(prefix, weight, order):
         features = weight.shape[1]
         size = group_size if group_size != -1 else features
-        prefix = name[:-len(".weight")]
-        layer, projection = prefix.rsplit(".", 2)[0], prefix.rsplit(".", 1)[1]
-        if act_order:
-            order = orders.setdefault((layer, SAME_INPUT[projection]), torch.randperm(features, generator=generator))
-        else:
-            order = torch.arange(features)
         values, zeros, scales = (quantize_asymmetric if bits == 4 else quantize_symmetric_8_bit)(weight[:, order], size)
         groups = (values.reshape(-1, size, values.shape[1]) - zeros[:, None]) * scales.float()[:, None]
         dequantized = torch.empty(features, weight.shape[0])
@@ -103,18 +73,14 @@ def write_checkpoint(directory, destination, method: str, group_size: int, bits:
         if method == "gptq":  # AutoGPTQ's exports: the groups' order, and biases even where there are none
             packed["g_idx"] = torch.empty(features, dtype=torch.int32)
             packed["g_idx"][order] = (torch.arange(features) // size).int()
-            packed["bias"] = tensors.pop(f"{prefix}.bias", torch.zeros(weight.shape[0], dtype=weight.dtype))
-        tensors.update({f"{prefix}.{part}": tensor for part, tensor in packed.items()})
-        state[name].copy_(dequantized.t())
-    save_file(tensors, quantized_dir / "model.safetensors")
-    config = json.loads((quantized_dir / "config.json").read_text())
-    config["quantization_config"] = (
-        dict(quant_method="gptq", bits=bits, group_size=group_size, desc_act=act_order, sym=bits == 8,
-             checkpoint_format="gptq")
-        if method == "gptq" else dict(quant_method="awq", bits=4, group_size=group_size, zero_point=True, version="gemm"))
-    (quantized_dir / "config.json").write_text(json.dumps(config))
-    reference.save_pretrained(reference_dir)
-    return quantized_dir, reference_dir
+            packed["bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
+        return packed, dequantized.t()
+
+    config = (dict(quant_method="gptq", bits=bits, group_size=group_size, desc_act=act_order, sym=bits == 8,
+                   checkpoint_format="gptq")
+              if method == "gptq" else dict(quant_method="awq", bits=4, group_size=group_size, zero_point=True,
+                                            version="gemm"))
+    return write_quantized(directory, destination, method, config, quantize, act_order)
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
