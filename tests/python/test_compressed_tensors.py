@@ -1,7 +1,7 @@
 """compressed-tensors' integer checkpoints (kvserve.loader.compressed_tensors): written here from a
-tiny model the way llm-compressor packs W4A16 and W8A16 weights, they load as uint4 and int8 codes and
-give transformers' ids (logits within 1e-4) over the weights their codes stand for; what kvserve does
-not read is refused by name."""
+tiny model the way llm-compressor stores W4A16, W8A16 and W8A8 weights, they load as uint4 and int8
+codes and give transformers' ids (logits within 1e-4) over the weights their codes stand for (W8A8's
+activations taken as they are); what kvserve does not read is refused by name."""
 
 import copy
 
@@ -41,10 +41,11 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int, symmetric: bool):
 
 
 def write_checkpoint(directory, destination, bits: int = 4, group_size: int = 32, symmetric: bool = True,
-                     actorder: str | None = None):
+                     actorder: str | None = None, fmt: str = "pack-quantized"):
     """(the compressed-tensors checkpoint, a float32 one of the weights its codes stand for) from
     `directory`; group_size -1: strategy "channel". actorder "group": each projection's input
-    features quantized in a random order, with its g_idx."""
+    features quantized in a random order, with its g_idx. fmt "int-quantized": W8A8's int8 weights
+    as they are (and zero points of zeros), its activations quantized per token."""
     def quantize_projection(prefix, weight, order):
         rows, features = weight.shape
         size = group_size if group_size != -1 else features
@@ -54,6 +55,9 @@ def write_checkpoint(directory, destination, bits: int = 4, group_size: int = 32
             rows, features)
         q[:, order] = q.clone()  # the features back in their own order, as the checkpoint stores them
         bias = 1 << (bits - 1)
+        if fmt == "int-quantized":
+            stored = dict(weight=q.to(torch.int8), weight_scale=scales, weight_zero_point=zeros.to(torch.int8))
+            return stored, dequantized
         packed = dict(weight_packed=pack_int32(q + bias, bits, dim=1), weight_scale=scales,
                       weight_shape=torch.tensor([rows, features], dtype=torch.int32))
         if not symmetric:
@@ -64,6 +68,10 @@ def write_checkpoint(directory, destination, bits: int = 4, group_size: int = 32
         return packed, dequantized
 
     config = quantization_config(bits, group_size, symmetric, actorder)
+    if fmt == "int-quantized":
+        config["format"] = fmt
+        config["config_groups"]["group_0"]["input_activations"] = dict(num_bits=8, type="int", symmetric=True,
+                                                                       strategy="token", dynamic=True)
     return write_quantized(directory, destination, "compressed", config, quantize_projection, actorder == "group")
 
 
@@ -75,15 +83,19 @@ def quantization_config(bits=4, group_size=32, symmetric=True, actorder=None) ->
                 config_groups=dict(group_0=dict(targets=["Linear"], weights=weights, input_activations=None)))
 
 
-@pytest.mark.parametrize("architecture, bits, group_size, symmetric, actorder", [
-    ("LlamaForCausalLM", 4, 32, True, None), ("Qwen2ForCausalLM", 4, 32, False, None),
-    ("Qwen3ForCausalLM", 4, -1, True, None), ("LlamaForCausalLM", 8, 16, True, None),
-    ("LlamaForCausalLM", 8, -1, True, None), ("Qwen2ForCausalLM", 4, 32, True, "group")],
-    ids=["w4a16-sym", "w4a16-asym", "w4a16-channel", "w8a16", "w8a16-channel", "w4a16-actorder"])
+PACKED = "pack-quantized"
+
+
+@pytest.mark.parametrize("architecture, bits, group_size, symmetric, actorder, fmt", [
+    ("LlamaForCausalLM", 4, 32, True, None, PACKED), ("Qwen2ForCausalLM", 4, 32, False, None, PACKED),
+    ("Qwen3ForCausalLM", 4, -1, True, None, PACKED), ("LlamaForCausalLM", 8, 16, True, None, PACKED),
+    ("LlamaForCausalLM", 8, -1, True, None, PACKED), ("Qwen2ForCausalLM", 4, 32, True, "group", PACKED),
+    ("Qwen2ForCausalLM", 8, -1, True, None, "int-quantized")],
+    ids=["w4a16-sym", "w4a16-asym", "w4a16-channel", "w8a16", "w8a16-channel", "w4a16-actorder", "w8a8"])
 def test_a_checkpoint_matches_transformers_on_what_its_codes_stand_for(tiny_model_dir, tmp_path, architecture, bits,
-                                                                        group_size, symmetric, actorder):
+                                                                        group_size, symmetric, actorder, fmt):
     quantized_dir, reference_dir = write_checkpoint(tiny_model_dir(architecture), tmp_path, bits, group_size,
-                                                    symmetric, actorder)
+                                                    symmetric, actorder, fmt)
     model = load_model(quantized_dir).model
     codes = torch.uint8 if bits == 4 else torch.int8
     assert all(linear.weight.dtype == codes for linear in model.decoder_linears())
@@ -108,7 +120,9 @@ def two_schemes() -> dict:
 
 
 @pytest.mark.parametrize("config, message", [
-    (quantization_config() | {"format": "int-quantized"}, "format 'int-quantized'; kvserve reads integer weights "
+    (quantization_config() | {"format": "marlin-24"}, "format 'marlin-24'; kvserve reads integer weights "
+                                                       r"'pack-quantized' or \(8 bits\) 'int-quantized'"),
+    (quantization_config() | {"format": "int-quantized"}, "4-bit weights 'int-quantized'; kvserve reads them "
                                                            "'pack-quantized'"),
     (quantization_config() | {"ignore": ["lm_head", "model.layers.0.mlp.down_proj"]}, "only the LM head ignored"),
     (changed(num_bits=2), "config group 'group_0' quantizes weights as .*4- and 8-bit integer weights"),
@@ -124,10 +138,10 @@ def test_what_kvserve_does_not_read_is_refused_by_name(config, message):
         checkpoint_quantization(config)
 
 
-def test_activations_and_other_targets_are_refused():
+def test_quantized_outputs_and_other_targets_are_refused():
     config = quantization_config()
-    config["config_groups"]["group_0"]["input_activations"] = dict(num_bits=8, type="int")
-    with pytest.raises(ValueError, match="quantizes activations; kvserve reads weight-only integer schemes"):
+    config["config_groups"]["group_0"]["output_activations"] = dict(num_bits=8, type="int")
+    with pytest.raises(ValueError, match="quantizes outputs; kvserve reads schemes that quantize weights"):
         checkpoint_quantization(config)
     config = quantization_config()
     config["config_groups"]["group_0"]["targets"] = ["re:.*mlp.*"]
@@ -142,4 +156,13 @@ def test_packed_values_must_fit_the_weights_shape(tiny_model_dir, tmp_path):
     save_file(tensors, quantized_dir / "model.safetensors")
     with pytest.raises(ValueError, match="up_proj: its compressed-tensors tensors do not fit together: weight_packed "
                                          "holds"):
+        load_model(quantized_dir)
+
+
+def test_a_symmetric_schemes_stored_zero_points_must_be_zeros(tiny_model_dir, tmp_path):
+    quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, 8, -1, fmt="int-quantized")
+    tensors = load_file(quantized_dir / "model.safetensors")
+    tensors["model.layers.0.self_attn.o_proj.weight_zero_point"][3] = 1
+    save_file(tensors, quantized_dir / "model.safetensors")
+    with pytest.raises(ValueError, match="o_proj.weight_zero_point: zero points other than 0 in a symmetric scheme"):
         load_model(quantized_dir)

@@ -1,9 +1,10 @@
 """compressed-tensors' integer weights (config.json's quantization_config of quant_method
-"compressed-tensors", format "pack-quantized": llm-compressor's W4A16 and W8A16 checkpoints), read as
-uint4 codes (4 bits) and int8 codes (8 bits, symmetric), value for value. (Its fp8 weights are read
-by kvserve.quantization.)
+"compressed-tensors": llm-compressor's W4A16, W8A16 and W8A8 checkpoints), read as uint4 codes (4
+bits) and int8 codes (8 bits, symmetric), value for value. (Its fp8 weights are read by
+kvserve.quantization.) Quantized input activations (W8A8's int8 tokens) are taken as they are, as
+kvserve takes an fp8 checkpoint's: the products multiply the activations unrounded.
 
-Each projection [N, K] comes as
+Format "pack-quantized": each projection [N, K] comes as
 
     weight_packed      int32 [N, K / w]    w = 32 / b values of b bits a word along K, the low bits
                                            first, each value q stored as q + 2^(b-1)
@@ -13,10 +14,12 @@ Each projection [N, K] comes as
     weight_g_idx       [K]                 act order "group" only: each input feature's group
     weight_shape       [2]                 N, K
 
-and stands for (q - z) s. As uint4 groups: codes q + 8 with scale s and offset -(z + 8) s, both exact
-in float32 (z = 0 when symmetric); 8-bit symmetric ones as int8 groups: codes q and scale s. Each
-value is repeated for kvserve's groups of 32 (16) in one of g. Quantized activations, other formats,
-targets other than every Linear and ignored modules other than the LM head are refused by name.
+and stands for (q - z) s. Format "int-quantized" (8 bits): weight int8 [N, K] (q itself) and
+weight_scale, a symmetric scheme's zero points, if stored, all zeros. As uint4 groups: codes q + 8
+with scale s and offset -(z + 8) s, both exact in float32 (z = 0 when symmetric); 8-bit symmetric
+ones as int8 groups: codes q and scale s. Each value is repeated for kvserve's groups of 32 (16) in
+one of g. Other formats, quantized outputs, targets other than every Linear and ignored modules other
+than the LM head are refused by name.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from kvserve import int8
 from kvserve.loader.gptq_awq import Converter, as_uint4, unpack_fields, per_group, act_order
 from kvserve.loader.int_scheme import IntScheme, check_group_size
 
-_PARTS = ("weight_packed", "weight_scale", "weight_shape")
+_PACKED_PARTS = ("weight_packed", "weight_scale", "weight_shape")
+_FORMATS = ("pack-quantized", "int-quantized")
 
 
 def _lm_head_only(ignored: list) -> bool:
@@ -37,9 +41,10 @@ def _lm_head_only(ignored: list) -> bool:
 def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
     """The scheme of an integer compressed-tensors quantization_config; ValueError (starting with
     `refused`) naming what kvserve does not read."""
-    if quantization_config.get("format") != "pack-quantized":
+    packed = quantization_config.get("format") == "pack-quantized"
+    if quantization_config.get("format") not in _FORMATS:
         raise ValueError(f"{refused}: format {quantization_config.get('format')!r}; kvserve reads integer weights "
-                         f"'pack-quantized'")
+                         f"'pack-quantized' or (8 bits) 'int-quantized'")
     if not _lm_head_only(quantization_config.get("ignore") or []):
         raise ValueError(f"{refused}: ignore {quantization_config['ignore']}; kvserve reads checkpoints whose every "
                          f"decoder projection is quantized (only the LM head ignored)")
@@ -47,8 +52,8 @@ def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
     for name, group in (quantization_config.get("config_groups") or {}).items():
         weights = group.get("weights") or {}
         where = f"{refused}: config group {name!r}"
-        if group.get("input_activations") or group.get("output_activations"):
-            raise ValueError(f"{where} quantizes activations; kvserve reads weight-only integer schemes (W4A16, W8A16)")
+        if group.get("output_activations"):
+            raise ValueError(f"{where} quantizes outputs; kvserve reads schemes that quantize weights (and inputs)")
         if group.get("targets") != ["Linear"]:
             raise ValueError(f"{where} targets {group.get('targets')}; kvserve reads schemes that target ['Linear']")
         bits, strategy = weights.get("num_bits"), weights.get("strategy")
@@ -58,6 +63,8 @@ def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
         symmetric = weights.get("symmetric", True)
         if bits == 8 and not symmetric:
             raise ValueError(f"{where}: asymmetric 8-bit weights; kvserve reads symmetric ones")
+        if not packed and bits != 8:
+            raise ValueError(f"{where}: {bits}-bit weights 'int-quantized'; kvserve reads them 'pack-quantized'")
         if weights.get("dynamic"):
             raise ValueError(f"{where}: dynamic weight scales are not supported")
         order = weights.get("actorder")
@@ -65,7 +72,7 @@ def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
             raise ValueError(f"{where}: actorder {order!r}; kvserve reads 'group', 'weight' or none")
         group_size = weights.get("group_size") if strategy == "group" else -1
         check_group_size(bits, group_size, refused)
-        schemes.add(IntScheme("compressed-tensors", bits, group_size, bool(symmetric), order == "group"))
+        schemes.add(IntScheme("compressed-tensors", bits, group_size, bool(symmetric), order == "group", packed))
     if len(schemes) != 1:
         raise ValueError(f"{refused}: {len(schemes)} weight schemes in config_groups; kvserve reads one for every "
                          f"projection")
@@ -74,17 +81,22 @@ def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
 
 def compressed_layout(scheme: IntScheme) -> tuple[tuple[str, ...], Converter]:
     """The tensors a projection of a compressed-tensors checkpoint of `scheme` comes as, and their converter."""
-    wanted = _PARTS + (() if scheme.symmetric else ("weight_zero_point",)) + (
-        ("weight_g_idx",) if scheme.act_order else ())
+    wanted = (_PACKED_PARTS if scheme.packed else ("weight", "weight_scale")) + (
+        () if scheme.symmetric else ("weight_zero_point",)) + (("weight_g_idx",) if scheme.act_order else ())
 
     def convert(parts: dict[str, torch.Tensor]) -> tuple:
-        rows, features = (int(n) for n in parts["weight_shape"])
         scales = parts["weight_scale"].t()  # [K / g, N], as GPTQ's
         bias = 1 << (scheme.bits - 1)
-        stored = unpack_fields(parts["weight_packed"], scheme.bits).reshape(parts["weight_packed"].shape[0], -1)
-        values = stored[:, :features]  # q + 2^(b-1), [N, K]
-        if values.shape != (rows, features):
-            raise ValueError(f"weight_packed holds {tuple(stored.shape)} values, weight_shape says {(rows, features)}")
+        if scheme.packed:
+            rows, features = (int(n) for n in parts["weight_shape"])
+            stored = unpack_fields(parts["weight_packed"], scheme.bits).reshape(parts["weight_packed"].shape[0], -1)
+            values = stored[:, :features]  # q + 2^(b-1), [N, K]
+            if values.shape != (rows, features):
+                raise ValueError(f"weight_packed holds {tuple(stored.shape)} values, weight_shape says "
+                                 f"{(rows, features)}")
+        else:
+            rows, features = parts["weight"].shape
+            values = parts["weight"].long() + bias
         order = act_order(parts["weight_g_idx"], scales.shape[0]) if scheme.act_order else None
         if order is not None:
             values = values[:, order]

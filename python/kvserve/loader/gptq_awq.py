@@ -145,16 +145,18 @@ def _gptq_awq_layout(scheme: IntScheme) -> tuple[tuple[str, ...], Converter]:
     return _PARTS + (("g_idx",) if scheme.act_order else ()), convert
 
 
-def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], scheme: IntScheme,
+def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], scheme: IntScheme, projections: set[str],
                       bias_free: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each projection's quantized tensors (GPTQ's and AWQ's qweight,
     qzeros and scales; compressed-tensors' weight_packed, ...: kvserve.loader.compressed_tensors) in
     place of its weight, as codes, weight_scale and (uint4) weight_offset (the parameters of
-    Linear.prepare_uint4, or for 8 bits prepare_int8), once all of them have come; with act order
-    (scheme.act_order) its g_idx too, the codes' columns in act_order(g_idx) and that order as the
-    projection's input_order (Linear.prepare_input_order). Otherwise a g_idx is checked to be the plain
-    order and dropped, and so are biases of zeros named in `bias_free` (AutoGPTQ writes them for
-    projections that have none)."""
+    Linear.prepare_uint4, or for 8 bits prepare_int8), once all of them have come; `projections`: the
+    last parts of the decoder projections' checkpoint names (q_proj, ...), the modules whose tensors
+    these are. With act order (scheme.act_order) its g_idx too, the codes' columns in
+    act_order(g_idx) and that order as the projection's input_order (Linear.prepare_input_order).
+    Otherwise a g_idx is checked to be the plain order and dropped, and so are biases of zeros named in
+    `bias_free` (AutoGPTQ writes them for projections that have none) and a symmetric scheme's zero
+    points of zeros (compressed-tensors may store them)."""
     if scheme.method == "compressed-tensors":
         from kvserve.loader.compressed_tensors import compressed_layout
 
@@ -170,7 +172,11 @@ def quantized_weights(weights: Iterable[tuple[str, torch.Tensor]], scheme: IntSc
             continue
         if name in bias_free and not tensor.any():
             continue
-        if part not in wanted:
+        if part == "weight_zero_point" and scheme.symmetric:
+            if tensor.any():
+                raise ValueError(f"{name}: zero points other than 0 in a symmetric scheme")
+            continue
+        if part not in wanted or prefix.rpartition(".")[2] not in projections:
             yield name, tensor
             continue
         parts = pending.setdefault(prefix, {})

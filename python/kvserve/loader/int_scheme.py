@@ -16,6 +16,7 @@ class IntScheme:
     group_size: int    # input features a scale (and zero point) serves; -1: a row
     symmetric: bool    # no zero points (every value a multiple of its scale)
     act_order: bool    # input features quantized in another order than their own (g_idx gives each one's group)
+    packed: bool = True  # compressed-tensors: "pack-quantized" (else "int-quantized": int8 weights as they are)
 
 
 def check_group_size(bits: int, group_size, refused: str) -> None:

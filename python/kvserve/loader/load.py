@@ -184,9 +184,12 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
             if model_config.weight_scheme is not None and model_config.weight_scheme.act_order:
                 linear.prepare_input_order()
         if quantization in CHECKPOINT_ONLY:
-            bias_free = {name.removesuffix("weight") + "bias" for linear, names in
-                         linear_parts(module, module.packed_modules) if linear.bias is None for name in names}
-            weights = quantized_weights(weights, model_config.weight_scheme, bias_free)
+            parts = list(linear_parts(module, module.packed_modules))
+            decoder = set(module.decoder_linears())
+            projections = {name.split(".")[-2] for linear, names in parts if linear in decoder for name in names}
+            bias_free = {name.removesuffix("weight") + "bias" for linear, names in parts if linear.bias is None
+                         for name in names}
+            weights = quantized_weights(weights, model_config.weight_scheme, projections, bias_free)
             _log_codes(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and quantization is None:
         # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.
