@@ -245,7 +245,7 @@ def bench_linear_codes(out: Path, batches: list[int], kind: str) -> None:
     """The products over `kind` codes (gpu_common.WEIGHTS) of bench_linear's shapes, replayed the same
     way, against reading the codes and their scales once: the weight widened for cuBLAS
     (ops.dequantize_weight, then F.linear: what more than CUDA_CODES_MAX_ROWS rows take) at every
-    batch, and up to CUDA_CODES_MAX_ROWS rows the few-rows kernel over the codes, 8 rows a call: which
+    batch, and up to CUDA_CODES_MAX_ROWS rows the few-rows kernel over the codes, 32 rows a call: which
     way the rows between 8 and 64 should go."""
     bandwidth = copy_bandwidth()
     for name, (n, k) in projection_shapes().items():

@@ -129,7 +129,7 @@ run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
   --cases 1x512/8192 8x512/8192 64x512/8192 64x2048/8192 --splits 1 2 4 8 16 33 64 --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
 # The products over quantized codes (uint4: GPTQ, AWQ, GGUF Q4; int8; fp8), each batch both ways: the
-# few-rows kernel, 8 rows a call, and the weight widened for cuBLAS (linear.py's CUDA_CODES_MAX_ROWS
+# few-rows kernel, 32 rows a call, and the weight widened for cuBLAS (linear.py's CUDA_CODES_MAX_ROWS
 # chooses between them from a model of bytes: these rows say where it should), then graphed decode
 # steps on uint4 and fp8 codes beside the bfloat16 rows.
 for codes in uint4 int8 fp8; do

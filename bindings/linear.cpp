@@ -83,8 +83,9 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   p.dtype = kernel_dtype(input, "input");
   if (*cuda && !linear_cuda_takes(p)) {
     throw nb::value_error(("linear: on CUDA, 1 to " + std::to_string(kLinearCudaMaxRows) +
-                           " rows of float16 or bfloat16 with a [out_features, in_features] weight (or codes), "
-                           "in_features and the row strides multiples of 8 and 16-byte aligned rows; got " +
+                           " rows (" + std::to_string(kLinearCudaMaxCodeRows) + " over codes) of float16 or bfloat16 "
+                           "with a [out_features, in_features] weight, in_features and the row strides multiples of "
+                           "8 and 16-byte aligned rows; got " +
                            std::to_string(p.num_rows) + " rows of " + dtype_name(input.dtype()) +
                            " (torch's matmul serves the rest)").c_str());
   }
@@ -182,6 +183,7 @@ bool interleave_supported(Array weight) {
 
 void bind_linear(nb::module_& m) {
   m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
+  m.attr("linear_cuda_max_code_rows") = kLinearCudaMaxCodeRows;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(), nb::arg("stream") = 0, nb::arg("silu_and_mul_output") = false,
         nb::arg("weight_scale") = nb::none(), nb::arg("weight_offset") = nb::none(),

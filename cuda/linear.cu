@@ -1,7 +1,7 @@
 // linear_cuda: out = input @ weight^T (+ bias) for up to 8 input rows (decode), on tensor cores.
 //
 // A block of 8 warps owns 16 output features (weight rows) and every input row; its warps take
-// turns along in_features, 32 columns at a time (warp w: chunks w, w + 8, ...), kUnroll chunks'
+// turns along in_features, 32 columns at a time (warp w: chunks w, w + 8, ...), 4 chunks'
 // loads in flight per warp, so a layer's weight streams from memory once at close to its
 // bandwidth. In a chunk, lane (g, t) = (lane / 4, lane % 4) loads 16 bytes of weight rows g and
 // g + 8 and of input row g, columns 8t..8t+7: two m16n8k16 mma (A = the weight rows, B = the
@@ -63,16 +63,24 @@ constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kFeatures = 16;  // weight rows per block (the mma's M)
 static_assert(kLinearCudaMaxRows == 8, "input rows fill the mma's N of 8");
 constexpr int kChunk = kLinearChunk;
-constexpr int kUnroll = 4;     // chunks in flight per warp
+// Chunks in flight per warp: 4, or 2 for blocks of 4 groups of rows, whose accumulators would
+// otherwise not fit 128 registers (and whose chunks each take 4 groups' mma, time for the next
+// chunks' loads). (8 groups spilled even so, nvcc 13: 32 rows a call at most.)
+constexpr int chunks_in_flight(int groups) { return groups >= 4 ? 2 : 4; }
+// Groups of 8 input rows a block takes at most (quantized weights, kLinearCudaMaxCodeRows): each
+// chunk's weights widened once for all of them.
+constexpr int kMaxGroups = 4;
+static_assert(kLinearCudaMaxCodeRows == 8 * kMaxGroups, "a group of input rows fills the mma's N of 8");
 // Blocks resident on an SM at once on sm_90+, the registers capped to fit them. Without the cap the
 // compiler takes 68-72 registers, which fit three blocks too, but schedules the loop otherwise:
 // graphed decode steps on an H200 took 4.94 / 5.72 ms at batch 1 / 8 against 4.72 / 5.13 with the
 // cap (80 registers; bench/README.md, two calls of one session). Earlier devices launch no kernel
 // before the one before it ends: no cap.
+// Blocks of more than one group of rows hold a group's accumulators more: two an SM (128 registers).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-constexpr int kBlocksPerSm = 1;
+constexpr int kBlocksPerSm = 1, kGroupsBlocksPerSm = 1;
 #else
-constexpr int kBlocksPerSm = 3;
+constexpr int kBlocksPerSm = 3, kGroupsBlocksPerSm = 2;
 #endif
 
 // What a block does with its 16 weight rows' sums (see the top of this file).
@@ -107,9 +115,10 @@ __device__ inline BlockRows block_rows(const LinearParams& p, const RotaryEmbedd
   return {block * kFeatures + g, block * kFeatures + g + 8};
 }
 
-template <class T, class W, Epilogue kEpilogue, class C = T>
-__global__ void __launch_bounds__(kThreads, kBlocksPerSm)
+template <class T, class W, Epilogue kEpilogue, int kGroups, class C = T>
+__global__ void __launch_bounds__(kThreads, kGroups == 1 ? kBlocksPerSm : kGroupsBlocksPerSm)
     linear_kernel(const LinearParams p, const RotaryAndCacheParams rc) {
+  constexpr int kUnroll = chunks_in_flight(kGroups);
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize, lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const RotaryEmbeddingParams& r = rc.rotary;
@@ -118,9 +127,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   const int64_t row_end = kEpilogue == Epilogue::kSiluAndMul ? p.out_features / 2 : p.out_features;
   const bool low_row = rows.low < row_end;
   const bool high_row = kEpilogue == Epilogue::kSiluAndMul ? low_row : rows.high < p.out_features;
-  const bool input_row = g < p.num_rows;
   const WeightRow low = W::row(p, low_row ? rows.low : 0), high = W::row(p, high_row ? rows.high : 0);
-  const T* input = static_cast<const T*>(p.input) + (input_row ? g : 0) * p.input_stride;
+  // Input row g + 8 j of group j, if there is one.
+  auto input_row = [&](int j) { return g + 8 * j < p.num_rows; };
+  auto input = [&](int j) { return static_cast<const T*>(p.input) + (input_row(j) ? g + 8 * j : 0) * p.input_stride; };
   // Columns in 32 bits (launch_linear refuses in_features past INT_MAX): the loop's bounds checks stay
   // one compare each.
   const auto in_features = static_cast<int32_t>(p.in_features);
@@ -146,92 +156,124 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm)
   load_weights(warp, std::true_type{});
   wait_for_prior_grid();
 
-  float c[4] = {};
+  float c[kGroups][4] = {};
   for (int32_t first = warp; first < chunks; first += kWarps * kUnroll) {
     if (first != warp) load_weights(first, std::false_type{});
-    uint4 x[kUnroll];
+    uint4 a_low[kUnroll], a_high[kUnroll];  // each chunk's weights widened once for every group
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int32_t chunk = first + u * kWarps;
-      x[u] = inside(chunk) && input_row ? W::input(input, chunk, t) : uint4{};
+      a_low[u] = W::fragment(w_low[u]);
+      a_high[u] = W::fragment(w_high[u]);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint4 a_low = W::fragment(w_low[u]), a_high = W::fragment(w_high[u]);
-      const uint32_t a0[4] = {a_low.x, a_high.x, a_low.y, a_high.y};
-      mma_16x8x16<T>(c, a0, x[u].x, x[u].y);
-      const uint32_t a1[4] = {a_low.z, a_high.z, a_low.w, a_high.w};
-      mma_16x8x16<T>(c, a1, x[u].z, x[u].w);
+    for (int j = 0; j < kGroups; ++j) {
+      uint4 x[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int32_t chunk = first + u * kWarps;
+        x[u] = inside(chunk) && input_row(j) ? W::input(input(j), chunk, t) : uint4{};
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const uint32_t a0[4] = {a_low[u].x, a_high[u].x, a_low[u].y, a_high[u].y};
+        mma_16x8x16<T>(c[j], a0, x[u].x, x[u].y);
+        const uint32_t a1[4] = {a_low[u].z, a_high[u].z, a_low[u].w, a_high[u].w};
+        mma_16x8x16<T>(c[j], a1, x[u].z, x[u].w);
+      }
     }
   }
 
-  // c0, c1 = input rows 2t, 2t + 1 against the block's weight row g, c2, c3 against row g + 8: summed over warps.
-  __shared__ float s_sums[kWarps][kWarpSize][4];
+  // Group j's c0, c1 = input rows 8j + 2t, 8j + 2t + 1 against the block's weight row g, c2, c3
+  // against row g + 8: summed over warps.
+  __shared__ float s_sums[kGroups][kWarps][kWarpSize][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) s_sums[warp][lane][i] = c[i];
+  for (int j = 0; j < kGroups; ++j) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s_sums[j][warp][lane][i] = c[j][i];
+  }
   __syncthreads();
   const T* bias = static_cast<const T*>(p.bias);
-  // Sum i of lane `from` over the warps (times weight row `weight_row`'s scale, for e4m3 codes), with
-  // the row's bias, rounded to T.
-  auto output = [&](int from, int i, int64_t weight_row) {
+  // Sum i of group j's lane `from` over the warps (times weight row `weight_row`'s scale, for e4m3
+  // codes), with the row's bias, rounded to T.
+  auto output = [&](int j, int from, int i, int64_t weight_row) {
     float sum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += s_sums[w][from][i];
+    for (int w = 0; w < kWarps; ++w) sum += s_sums[j][w][from][i];
     if constexpr (W::kRowScale) sum *= p.weight_scale[weight_row];
     if (bias != nullptr) sum += to_float(bias[weight_row]);
     return from_float<T>(sum);
   };
   T* out = static_cast<T*>(p.out);
-  // The paired epilogues: 64 threads, each lane `from`'s sum i < 2 (input row 2t + i against its
+  // The paired epilogues: 64 threads, each lane `from`'s sum i < 2 (input row 8j + 2t + i against its
   // weight row g) with its partner, sum i + 2 (row g + 8): the rows block_rows gave lane g = from / 4.
   const bool paired = kEpilogue == Epilogue::kSiluAndMul ||
                       (kEpilogue == Epilogue::kRotaryAndCache && blockIdx.x < rotary_blocks(r));
   if (paired) {
     if (threadIdx.x >= kWarpSize * 2) return;
     const int from = static_cast<int>(threadIdx.x) / 2, i = static_cast<int>(threadIdx.x) % 2;
-    const int64_t row = 2 * (from % 4) + i;
     const BlockRows pair = block_rows<kEpilogue>(p, r, from / 4);
-    if (row >= p.num_rows || pair.low >= row_end) return;
-    const T first = output(from, i, pair.low), second = output(from, i + 2, pair.high);
-    if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
-      out[row * p.out_stride + pair.low] = silu_and_mul_value(first, second);
-    } else {
-      // Pair (d, d + half) of q or k head `head`.
-      const int64_t head = pair.low / r.head_dim, d = pair.low % r.head_dim, half = r.head_dim / 2;
-      const T cos = static_cast<const T*>(r.cos)[row * r.cos_sin_stride_token + d];
-      const T sin = static_cast<const T*>(r.sin)[row * r.cos_sin_stride_token + d];
-      T y1, y2;
-      rotate_pair(to_float(first), to_float(second), to_float(cos), to_float(sin), &y1, &y2);
-      const bool is_key = head >= r.num_heads;
-      T* x = rotated_head<T>(r, row, head);
-      x[d] = y1;
-      x[d + half] = y2;
-      const int64_t slot = is_key ? cache_slot(rc.cache, row) : -1;
-      if (slot >= 0) {
-        C* cached = static_cast<C*>(rc.cache.key_cache) + slot + (head - r.num_heads) * r.head_dim;
-        cached[d] = cache_element<C>(y1);
-        cached[d + half] = cache_element<C>(y2);
+    if (pair.low >= row_end) return;
+#pragma unroll 1
+    for (int j = 0; j < kGroups; ++j) {
+      const int64_t row = 8 * j + 2 * (from % 4) + i;
+      if (row >= p.num_rows) return;
+      const T first = output(j, from, i, pair.low), second = output(j, from, i + 2, pair.high);
+      if constexpr (kEpilogue == Epilogue::kSiluAndMul) {
+        out[row * p.out_stride + pair.low] = silu_and_mul_value(first, second);
+      } else {
+        // Pair (d, d + half) of q or k head `head`.
+        const int64_t head = pair.low / r.head_dim, d = pair.low % r.head_dim, half = r.head_dim / 2;
+        const T cos = static_cast<const T*>(r.cos)[row * r.cos_sin_stride_token + d];
+        const T sin = static_cast<const T*>(r.sin)[row * r.cos_sin_stride_token + d];
+        T y1, y2;
+        rotate_pair(to_float(first), to_float(second), to_float(cos), to_float(sin), &y1, &y2);
+        const bool is_key = head >= r.num_heads;
+        T* x = rotated_head<T>(r, row, head);
+        x[d] = y1;
+        x[d + half] = y2;
+        const int64_t slot = is_key ? cache_slot(rc.cache, row) : -1;
+        if (slot >= 0) {
+          C* cached = static_cast<C*>(rc.cache.key_cache) + slot + (head - r.num_heads) * r.head_dim;
+          cached[d] = cache_element<C>(y1);
+          cached[d + half] = cache_element<C>(y2);
+        }
       }
     }
     return;
   }
   if (threadIdx.x >= kWarpSize * 4) return;
-  const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums
+  const int item = static_cast<int>(threadIdx.x);  // (lane, i): 128 sums of each group
   const int from = item / 4, i = item % 4;
-  const int64_t row = 2 * (from % 4) + i % 2, feature = blockIdx.x * kFeatures + from / 4 + (i >= 2 ? 8 : 0);
-  if (row >= p.num_rows || feature >= p.out_features) return;
-  const T value = output(from, i, feature);
-  out[row * p.out_stride + feature] = value;
-  if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {  // a v feature: into the value cache too
-    const int64_t slot = cache_slot(rc.cache, row);
-    if (slot >= 0) {
-      static_cast<C*>(rc.cache.value_cache)[slot + feature - rotary_blocks(r) * kFeatures] = cache_element<C>(value);
+  const int64_t feature = blockIdx.x * kFeatures + from / 4 + (i >= 2 ? 8 : 0);
+  if (feature >= p.out_features) return;
+#pragma unroll 1
+  for (int j = 0; j < kGroups; ++j) {
+    const int64_t row = 8 * j + 2 * (from % 4) + i % 2;
+    if (row >= p.num_rows) return;
+    const T value = output(j, from, i, feature);
+    out[row * p.out_stride + feature] = value;
+    if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {  // a v feature: into the value cache too
+      const int64_t slot = cache_slot(rc.cache, row);
+      if (slot >= 0) {
+        static_cast<C*>(rc.cache.value_cache)[slot + feature - rotary_blocks(r) * kFeatures] = cache_element<C>(value);
+      }
     }
   }
 }
 
-// Launches linear_kernel<T, W, kEpilogue, C> over `blocks` blocks (T from p.dtype, 16-bit only; W from
-// p.weight_dtype; C from the cache's dtype with the cache write, else T).
+// Calls f(std::integral_constant<int, G>) with G the groups of 8 rows a block of weight reading W
+// takes for `rows` rows: 1, 2 or 4 (codes), or 1 (a 16-bit weight, at most 8 rows).
+template <class W, class F>
+Status with_row_groups(int64_t rows, F&& f) {
+  if constexpr (W::kWidens) {
+    if (rows > 16) return f(std::integral_constant<int, 4>{});
+    if (rows > 8) return f(std::integral_constant<int, 2>{});
+  }
+  return f(std::integral_constant<int, 1>{});
+}
+
+// Launches linear_kernel<T, W, kEpilogue, G, C> over `blocks` blocks (T from p.dtype, 16-bit only; W
+// from p.weight_dtype; G from p.num_rows; C from the cache's dtype with the cache write, else T).
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
@@ -245,16 +287,19 @@ Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int6
       return Status::kUnsupported;
     } else {
       return with_weight_reading<T>(p, [&](auto reading) {
-        auto launch = [&](auto element) {
-          launch_kernel(linear_kernel<T, decltype(reading), kEpilogue, decltype(element)>,
-                        dim3(static_cast<unsigned>(blocks)), kThreads, 0, stream, p, rc);
-          return launch_status();
-        };
-        if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
-          return with_cache_type<T>(rc.cache.cache_dtype.value_or(p.dtype), launch);
-        } else {
-          return launch(T{});
-        }
+        using W = decltype(reading);
+        return with_row_groups<W>(p.num_rows, [&](auto groups) {
+          auto launch = [&](auto element) {
+            launch_kernel(linear_kernel<T, W, kEpilogue, decltype(groups)::value, decltype(element)>,
+                          dim3(static_cast<unsigned>(blocks)), kThreads, 0, stream, p, rc);
+            return launch_status();
+          };
+          if constexpr (kEpilogue == Epilogue::kRotaryAndCache) {
+            return with_cache_type<T>(rc.cache.cache_dtype.value_or(p.dtype), launch);
+          } else {
+            return launch(T{});
+          }
+        });
       });
     }
   });

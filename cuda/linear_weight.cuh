@@ -59,7 +59,7 @@ template <class T>
 struct PlainWeight {
   using Raw = uint4;
   static constexpr bool kRowScale = false;
-  static constexpr int kAlignment = 16;  // bytes of a lane's load
+  static constexpr bool kWidens = false;  // codes, widened once a chunk for every group of input rows
   __device__ static WeightRow row(const LinearParams& p, int64_t n) {
     return {static_cast<const unsigned char*>(p.weight) + n * p.weight_stride * static_cast<int64_t>(sizeof(T)),
             nullptr, nullptr};
@@ -79,7 +79,7 @@ struct Uint4Weight {
     float scale, offset;
   };
   static constexpr bool kRowScale = false;
-  static constexpr int kAlignment = 4;
+  static constexpr bool kWidens = true;
   __device__ static WeightRow row(const LinearParams& p, int64_t n) {
     const int64_t groups = p.in_features / kUInt4GroupSize;
     return {static_cast<const unsigned char*>(p.weight) + n * p.weight_stride, p.weight_scale + n * groups,
@@ -113,7 +113,7 @@ struct Int8Weight {
     float scale;
   };
   static constexpr bool kRowScale = false;
-  static constexpr int kAlignment = 8;
+  static constexpr bool kWidens = true;
   __device__ static WeightRow row(const LinearParams& p, int64_t n) {
     return {static_cast<const unsigned char*>(p.weight) + n * p.weight_stride,
             p.weight_scale + n * (p.in_features / kInt8GroupSize), nullptr};
@@ -138,7 +138,7 @@ template <class T>
 struct E4m3Weight {
   using Raw = uint2;
   static constexpr bool kRowScale = true;
-  static constexpr int kAlignment = 8;
+  static constexpr bool kWidens = true;
   __device__ static WeightRow row(const LinearParams& p, int64_t n) {
     return {static_cast<const unsigned char*>(p.weight) + n * p.weight_stride, nullptr, nullptr};
   }

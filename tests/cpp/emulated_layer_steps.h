@@ -74,26 +74,28 @@ inline std::pair<Buffer, Buffer> cos_sin_table(DType dtype, int64_t tokens, int6
   return {cos, sin};
 }
 
-// A step of three tokens as a layer has it before attention: random q | k | v rows of one fused
+// A step of tokens (one a slot given; most tests take kTokens) as a layer has it before attention:
+// random q | k | v rows of one fused
 // projection, cos/sin, caches poisoned with NaN (of cache_dtype when given: narrower), and the params
 // of rotary_embedding (params.rotary), reshape_and_cache (params.cache) and their fusion (params)
 // over them.
 struct FusedQkvStep {
-  static constexpr int64_t kTokens = 3, kBlocks = 3, kBlockSize = 4;
-  int64_t row;
+  static constexpr int64_t kTokens = 3, kBlocks = 8, kBlockSize = 4;
+  int64_t tokens, row;  // tokens: one a slot given (kTokens in most tests)
   Buffer qkv, cos, sin, key_cache, value_cache;
   std::vector<int64_t> slots;
   kvserve::RotaryAndCacheParams params;
 
   FusedQkvStep(DType dtype, const RotaryShape& shape, std::vector<int64_t> slot_mapping,
                std::optional<DType> cache_dtype = std::nullopt)
-      : row((shape.heads + 2 * shape.kv_heads) * shape.head_dim), qkv(dtype, 0), cos(dtype, 0), sin(dtype, 0),
+      : tokens(static_cast<int64_t>(slot_mapping.size())), row((shape.heads + 2 * shape.kv_heads) * shape.head_dim),
+        qkv(dtype, 0), cos(dtype, 0), sin(dtype, 0),
         key_cache(dtype, 0), value_cache(dtype, 0), slots(std::move(slot_mapping)) {
     std::mt19937 rng(7);
     const auto [heads, kv_heads, head_dim] = shape;
     const int64_t cache_size = kBlocks * kBlockSize * kv_heads * head_dim;
-    qkv = random_buffer(dtype, static_cast<size_t>(kTokens * row), rng);
-    std::tie(cos, sin) = cos_sin_table(dtype, kTokens, head_dim / 2);
+    qkv = random_buffer(dtype, static_cast<size_t>(tokens * row), rng);
+    std::tie(cos, sin) = cos_sin_table(dtype, tokens, head_dim / 2);
     key_cache = nan_buffer(cache_dtype.value_or(dtype), static_cast<size_t>(cache_size));
     value_cache = nan_buffer(cache_dtype.value_or(dtype), static_cast<size_t>(cache_size));
     const int64_t element = kvserve::dtype_bytes(dtype);
@@ -106,7 +108,7 @@ struct FusedQkvStep {
     r.sin = sin.data();
     r.cos_sin_stride_token = head_dim / 2;
     r.dtype = dtype;
-    r.num_tokens = kTokens;
+    r.num_tokens = tokens;
     r.num_heads = heads;
     r.num_kv_heads = kv_heads;
     r.head_dim = head_dim;
@@ -124,7 +126,7 @@ struct FusedQkvStep {
     c.slot_mapping_dtype = DType::kInt64;
     c.dtype = dtype;
     c.cache_dtype = cache_dtype;
-    c.num_tokens = kTokens;
+    c.num_tokens = tokens;
     c.num_kv_heads = kv_heads;
     c.head_dim = head_dim;
     c.num_blocks = kBlocks;

@@ -94,15 +94,15 @@ struct QuantizedWeight {
 double ulp(DType dtype) { return dtype == DType::kFloat16 ? 1.0 / 1024 : 1.0 / 128; }
 
 TEST(EmulatedLinearCodes, MatchesAFloat64Reference) {
-  // 1 to 8 rows; out_features not a multiple of the block's 16; in_features of one chunk, of more
-  // chunks than warps, and (int8, e4m3) not whole chunks; strided rows everywhere, with and without a
-  // bias.
+  // 1 to 32 rows (1, 2 and 4 groups of 8, the last groups partly filled); out_features not a
+  // multiple of the block's 16; in_features of one chunk, of more chunks than warps, and (int8, e4m3)
+  // not whole chunks; strided rows everywhere, with and without a bias.
   for (DType kind : kKinds) {
     const int64_t ragged = kind == DType::kUInt4 ? 32 : kind == DType::kInt8 ? 80 : 40;
     const int64_t pad = kind == DType::kUInt4 ? 4 : 8;
     for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
       for (const auto& [rows, in, out_features] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 48}, {3, ragged, 40},
-                                                   {8, 288, 17}}) {
+                                                   {8, 288, 17}, {13, ragged, 33}, {27, 96, 16}, {32, 288, 20}}) {
         for (bool with_bias : {false, true}) {
           const std::string what = kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows) + " in " +
                                    std::to_string(in) + (with_bias ? " bias" : "");
@@ -157,43 +157,49 @@ TEST(EmulatedLinearCodes, MatchesAFloat64Reference) {
 TEST(EmulatedLinearCodes, FusionsEqualTheProductThenTheKernel) {
   // With codes as with a plain weight: the gate_up projection writing silu(gate) * up gives the bits of
   // the product, then silu_and_mul; the qkv projection rotating q and k into the caches gives those
-  // of the product, then rotary_and_cache.
+  // of the product, then rotary_and_cache. 3 tokens, and 20 (groups of 8 rows: 4 a block).
   const RotaryShape shape{4, 2, 16};
-  const int64_t hidden = 96, rows = FusedQkvStep::kTokens, size = 24;
+  const int64_t hidden = 96, size = 24;
+  const std::vector<int64_t> few = {5, -1, 10}, many = {5, -1, 10, 0, 1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 15,
+                                                          16, 17, 31};
   for (DType kind : kKinds) {
     for (DType dtype : {DType::kBFloat16, DType::kFloat16}) {
-      const std::string what = kind_name(kind) + " " + name(dtype);
-      std::mt19937 rng(13);
-      Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
-      Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
+      for (const std::vector<int64_t>& slots : {few, many}) {
+        const int64_t rows = static_cast<int64_t>(slots.size());
+        const std::string what = kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows);
+        std::mt19937 rng(13);
+        Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
+        Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
 
-      const QuantizedWeight gate_up_weight(kind, 2 * size, hidden, 0, rng);
-      Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
-      Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
-      kvserve::LinearParams p = linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
-      gate_up_weight.attach(p);
-      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-      ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
-                Status::kOk);
-      p.out = fused.data();
-      p.out_stride = size;
-      p.silu_and_mul_output = true;
-      ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-      EXPECT_EQ(fused.words, unfused.words) << what;
-      EXPECT_FALSE(std::isnan(fused.get(0))) << what;
+        const QuantizedWeight gate_up_weight(kind, 2 * size, hidden, 0, rng);
+        Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
+        Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
+        kvserve::LinearParams p =
+            linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
+        gate_up_weight.attach(p);
+        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+        ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
+                  Status::kOk);
+        p.out = fused.data();
+        p.out_stride = size;
+        p.silu_and_mul_output = true;
+        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+        EXPECT_EQ(fused.words, unfused.words) << what;
+        EXPECT_FALSE(std::isnan(fused.get(0))) << what;
 
-      FusedQkvStep apart(dtype, shape, {5, -1, 10}), together(dtype, shape, {5, -1, 10});
-      const QuantizedWeight qkv_weight(kind, apart.row, hidden, 0, rng);
-      kvserve::LinearParams product = linear_params(apart.qkv, apart.row, x, hidden, x, nullptr, rows, hidden,
-                                                    apart.row, dtype);
-      qkv_weight.attach(product);
-      ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk) << what;
-      ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk) << what;
-      product.out = together.qkv.data();
-      ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, together.params, nullptr), Status::kOk) << what;
-      EXPECT_EQ(together.qkv.words, apart.qkv.words) << what;
-      EXPECT_EQ(together.key_cache.words, apart.key_cache.words) << what;
-      EXPECT_EQ(together.value_cache.words, apart.value_cache.words) << what;
+        FusedQkvStep apart(dtype, shape, slots), together(dtype, shape, slots);
+        const QuantizedWeight qkv_weight(kind, apart.row, hidden, 0, rng);
+        kvserve::LinearParams product = linear_params(apart.qkv, apart.row, x, hidden, x, nullptr, rows, hidden,
+                                                      apart.row, dtype);
+        qkv_weight.attach(product);
+        ASSERT_EQ(kvserve::linear_cuda(product, nullptr), Status::kOk) << what;
+        ASSERT_EQ(kvserve::rotary_and_cache_cuda(apart.params, nullptr), Status::kOk) << what;
+        product.out = together.qkv.data();
+        ASSERT_EQ(kvserve::linear_rotary_and_cache_cuda(product, together.params, nullptr), Status::kOk) << what;
+        EXPECT_EQ(together.qkv.words, apart.qkv.words) << what;
+        EXPECT_EQ(together.key_cache.words, apart.key_cache.words) << what;
+        EXPECT_EQ(together.value_cache.words, apart.value_cache.words) << what;
+      }
     }
   }
 }

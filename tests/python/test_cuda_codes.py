@@ -47,11 +47,11 @@ def cuda(*tensors):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 32])
 @pytest.mark.parametrize("shape", [(48, 512), (17, 1056), (6144, 4096)])
 def test_linear_over_codes_matches_float64(kind, dtype, rows, shape):
     """Output features past the kernel's 16-row blocks, input features of many 32-column steps, a
-    decode projection's shape; bias or not."""
+    decode projection's shape; 1 to 4 groups of 8 input rows a block; bias or not."""
     torch.manual_seed(rows * 1000 + shape[0])
     out_features, in_features = shape
     codes, scale, offset, values = quantized(kind, 0.2 * torch.randn(out_features, in_features))
@@ -80,9 +80,9 @@ def test_dequantize_weight_on_cuda_gives_the_references_bits(kind, dtype):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind):
-    """A [gate; up] projection of codes: its product and its silu_and_mul at 3 rows (the kernel, its
-    SiLU-and-mul fused), at 20 (three calls of it, 8 rows each) and at 40 (past CUDA_CODES_MAX_ROWS:
-    cuBLAS over the widened weight) against the widened weight's."""
+    """A [gate; up] projection of codes: its product and its silu_and_mul at 3 and 20 rows (the kernel,
+    its SiLU-and-mul fused; 20 rows as 3 groups of 8), at 50 (two calls of it) and past
+    CUDA_CODES_MAX_ROWS (cuBLAS over the widened weight) against the widened weight's."""
     torch.manual_seed(2)
     layer = Linear(256, (96, 96), bias=True, dtype=torch.bfloat16).cuda()
     codes, scale, offset, _ = quantized(kind, 0.1 * torch.randn(192, 256))
@@ -90,7 +90,7 @@ def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind
     layer.bias.data.copy_(torch.randn(192))
     widened = torch.empty(192, 256, dtype=torch.bfloat16, device="cuda")
     ops.dequantize_weight(widened, layer.weight, layer.weight_scale, layer.weight_offset)
-    for rows in (3, 20, CUDA_CODES_MAX_ROWS + 8):
+    for rows in (3, 20, 50, CUDA_CODES_MAX_ROWS + 8):
         x = torch.randn(rows, 256, device="cuda").bfloat16()
         expected = F.linear(x.float(), widened.float(), layer.bias.float())
         torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)

@@ -33,8 +33,8 @@ On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) tak
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
 projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
 (F.linear). Quantized codes (GPTQ, AWQ, GGUF blocks, fp8) stay codes on the GPU too: the few-rows
-kernel widens them in registers (each value rounded to the dtype), 8 rows a call up to
-CUDA_CODES_MAX_ROWS, and more rows multiply a copy widened for the call
+kernel widens them in registers (each value rounded to the dtype, once for up to 32 rows), up to
+CUDA_CODES_MAX_ROWS rows, and more rows multiply a copy widened for the call
 (kvserve.ops.dequantize_weight, the same values) with cuBLAS.
 """
 
@@ -66,12 +66,12 @@ DENSE_INPUT_BYTES = 512 << 10
 # bench/README.md, "uint4 weights"); in float32 kvserve's panels ran faster at every row count,
 # oneDNN's packing of the weight costing more than it saved.
 GROUPED_DENSE_ROWS = 128
-# Rows up to which a CUDA product over codes calls the few-rows kernel once per 8 rows, each call
-# reading the codes again, rather than widening the weight for cuBLAS (reading the codes, writing
-# and reading a 16-bit copy): uint4 codes with their scales are 3/8 of a 16-bit weight's bytes, so 4
-# calls read 1.5x a 16-bit weight where the widening moves 2.4x. A model of bytes, not yet measured
-# (bench/gpu_check.sh times both at 16, 32 and 64 rows).
-CUDA_CODES_MAX_ROWS = 32
+# Rows up to which a CUDA product over codes calls the few-rows kernel (32 rows a call, each call
+# reading the codes again) rather than widening the weight for cuBLAS (reading the codes, writing
+# and reading a 16-bit copy): uint4 codes with their scales are 3/8 of a 16-bit weight's bytes, so 2
+# calls read 0.75x a 16-bit weight where the widening moves 2.4x. A model of bytes, not yet measured
+# (bench/gpu_check.sh times both at 1 to 64 rows).
+CUDA_CODES_MAX_ROWS = 64
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -132,8 +132,9 @@ def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor, max_rows: int |
 
 def cuda_few_rows_linear(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          **options) -> torch.Tensor:
-    """kvserve.ops.linear(out, x, weight, bias, **options) on CUDA, 8 rows of x (and out) a call."""
-    step = _C.ops.linear_cuda_max_rows
+    """kvserve.ops.linear(out, x, weight, bias, **options) on CUDA, as many rows of x (and out) a call as
+    it takes: 8 over a 16-bit weight, 32 over codes."""
+    step = _C.ops.linear_cuda_max_rows if weight.dtype == x.dtype else _C.ops.linear_cuda_max_code_rows
     for start in range(0, x.shape[0], step):
         ops.linear(out[start:start + step], x[start:start + step], weight, bias, **options)
     return out
