@@ -1,4 +1,5 @@
-// linear_cuda: out = input @ weight^T (+ bias) for up to 8 input rows (decode), on tensor cores.
+// linear_cuda: out = input @ weight^T (+ bias) for up to 8 input rows (decode; 32 over quantized
+// codes), on tensor cores.
 //
 // A block of 8 warps owns 16 output features (weight rows) and every input row; its warps take
 // turns along in_features, 32 columns at a time (warp w: chunks w, w + 8, ...), 4 chunks'
@@ -14,7 +15,10 @@
 // A weight of quantized codes (uint4, int8, e4m3; linear_weight.cuh) streams its codes and scales in
 // place of those 16 bytes, 4 to 8 bytes a lane, and each lane widens them in registers into the
 // same A fragments before its mma: a decode step reads three eighths (uint4, with its scales) to five
-// eighths (int8) of a 16-bit weight's bytes. The epilogues below do not change.
+// eighths (int8) of a 16-bit weight's bytes. Widening costs instructions where a 16-bit weight costs
+// none, so a block over codes takes up to 4 groups of 8 input rows (kGroups), each chunk widened once
+// for all of them: a group's rows g + 8 j, its own accumulators and sums. The epilogues do not change
+// (each of their threads takes its sums of every group).
 //
 // With silu_and_mul_output (an MLP's gate_up projection, weight [gate; up]) a block owns 8 features
 // f: its mma rows g and g + 8 are weight rows f (gate) and half + f (up), so one thread ends with
