@@ -122,6 +122,7 @@ def two_schemes() -> dict:
 @pytest.mark.parametrize("config, message", [
     (quantization_config() | {"format": "marlin-24"}, "format 'marlin-24'; kvserve reads integer weights "
                                                        r"'pack-quantized' or \(8 bits\) 'int-quantized'"),
+    (quantization_config() | {"format": "mixed-precision"}, "format 'mixed-precision'"),
     (quantization_config() | {"format": "int-quantized"}, "4-bit weights 'int-quantized'; kvserve reads them "
                                                            "'pack-quantized'"),
     (quantization_config() | {"ignore": ["lm_head", "model.layers.0.mlp.down_proj"]}, "only the LM head ignored"),
@@ -136,6 +137,12 @@ def test_what_kvserve_does_not_read_is_refused_by_name(config, message):
     assert checkpoint_quantization(quantization_config()) == "compressed-tensors"
     with pytest.raises(ValueError, match="kvserve cannot read this quantized checkpoint: .*" + message):
         checkpoint_quantization(config)
+
+
+def test_a_config_groups_own_format_is_read():
+    config = quantization_config() | {"format": "mixed-precision"}  # newer writers name it in each group
+    config["config_groups"]["group_0"]["format"] = "pack-quantized"
+    assert checkpoint_quantization(config) == "compressed-tensors"
 
 
 def test_quantized_outputs_and_other_targets_are_refused():

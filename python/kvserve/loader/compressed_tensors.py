@@ -39,12 +39,9 @@ def _lm_head_only(ignored: list) -> bool:
 
 
 def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
-    """The scheme of an integer compressed-tensors quantization_config; ValueError (starting with
-    `refused`) naming what kvserve does not read."""
-    packed = quantization_config.get("format") == "pack-quantized"
-    if quantization_config.get("format") not in _FORMATS:
-        raise ValueError(f"{refused}: format {quantization_config.get('format')!r}; kvserve reads integer weights "
-                         f"'pack-quantized' or (8 bits) 'int-quantized'")
+    """The scheme of an integer compressed-tensors quantization_config (its format named at the top, or
+    by each config group, as newer writers name it); ValueError (starting with `refused`) naming what
+    kvserve does not read."""
     if not _lm_head_only(quantization_config.get("ignore") or []):
         raise ValueError(f"{refused}: ignore {quantization_config['ignore']}; kvserve reads checkpoints whose every "
                          f"decoder projection is quantized (only the LM head ignored)")
@@ -52,6 +49,11 @@ def compressed_int_scheme(quantization_config: dict, refused: str) -> IntScheme:
     for name, group in (quantization_config.get("config_groups") or {}).items():
         weights = group.get("weights") or {}
         where = f"{refused}: config group {name!r}"
+        fmt = group.get("format") or quantization_config.get("format")
+        if fmt not in _FORMATS:
+            raise ValueError(f"{where}: format {fmt!r}; kvserve reads integer weights 'pack-quantized' or (8 bits) "
+                             f"'int-quantized'")
+        packed = fmt == "pack-quantized"
         if group.get("output_activations"):
             raise ValueError(f"{where} quantizes outputs; kvserve reads schemes that quantize weights (and inputs)")
         if group.get("targets") != ["Linear"]:
