@@ -76,7 +76,54 @@ class PyDecoderStack {
   // contiguous throughout: the stack reads rows in_features apart. A quantized one comes with its
   // scales, layer[key + "_scale"], and uint4 codes with their offsets, layer[key + "_offset"]; any
   // may come with the order it takes its input's columns in, layer[key + "_order"] (int64 [cols]).
+  // Or in parts of different kinds of codes, layer[key + "_parts"]: a list of dicts, each a part's
+  // "w", "w_scale", "w_offset" (as above) and "rows", their rows adding up to `rows`.
   DecoderWeight check_matrix(const nb::dict& layer, const char* key, size_t index, int64_t rows, int64_t cols) {
+    const std::string parts_key = std::string(key) + "_parts";
+    DecoderWeight w = layer.contains(parts_key.c_str()) && !layer[parts_key.c_str()].is_none()
+                          ? check_parts(layer[parts_key.c_str()], parts_key, index, rows, cols)
+                          : check_codes(layer, key, index, rows, cols);
+    const std::string order_key = std::string(key) + "_order";
+    if (const auto order = get(layer, order_key.c_str(), false, index)) {
+      check_index(*order, order_key.c_str(), kInt64, 1, "[in_features]");
+      check_dim(*order, order_key.c_str(), 0, cols, "in_features");
+      const auto* columns = static_cast<const int64_t*>(order->data());
+      if (std::any_of(columns, columns + cols, [cols](int64_t k) { return k < 0 || k >= cols; })) {
+        throw nb::value_error(("layers[" + std::to_string(index) + "]['" + order_key +
+                               "']: a column outside [0, in_features)").c_str());
+      }
+      w.input_order = static_cast<const int64_t*>(keep(*order));
+    }
+    return w;
+  }
+
+  DecoderWeight check_parts(nb::handle parts, const std::string& parts_key, size_t index, int64_t rows, int64_t cols) {
+    const std::string where = "layers[" + std::to_string(index) + "]['" + parts_key + "']";
+    nb::list list;
+    if (!nb::try_cast(parts, list)) throw nb::type_error((where + ": expected a list of dicts").c_str());
+    DecoderWeight w;
+    int64_t total = 0;
+    for (nb::handle item : list) {
+      nb::dict part;
+      int64_t part_rows = 0;
+      if (!nb::try_cast(item, part) || !part.contains("rows") || !nb::try_cast(part["rows"], part_rows) ||
+          part_rows <= 0) {
+        throw nb::type_error((where + ": expected dicts of w, w_scale, w_offset and rows > 0").c_str());
+      }
+      DecoderWeight codes = check_codes(part, "w", index, part_rows, cols);
+      codes.rows = part_rows;
+      total += part_rows;
+      w.parts.push_back(std::move(codes));
+    }
+    if (total != rows) {
+      throw nb::value_error((where + ": the parts' rows add up to " + std::to_string(total) + ", expected " +
+                             std::to_string(rows)).c_str());
+    }
+    return w;
+  }
+
+  // check_matrix's one weight, without its order.
+  DecoderWeight check_codes(const nb::dict& layer, const char* key, size_t index, int64_t rows, int64_t cols) {
     const Array array = *get(layer, key, true, index);
     DecoderWeight w;
     const std::optional<DType> weight_dtype = check_weight_dtype(array, key, reference_, "final_norm");
@@ -98,17 +145,6 @@ class PyDecoderStack {
     if (offset) {
       check_cpu(*offset, offset_key.c_str());
       w.offset = static_cast<const float*>(keep(*offset));
-    }
-    const std::string order_key = std::string(key) + "_order";
-    if (const auto order = get(layer, order_key.c_str(), false, index)) {
-      check_index(*order, order_key.c_str(), kInt64, 1, "[in_features]");
-      check_dim(*order, order_key.c_str(), 0, cols, "in_features");
-      const auto* columns = static_cast<const int64_t*>(order->data());
-      if (std::any_of(columns, columns + cols, [cols](int64_t k) { return k < 0 || k >= cols; })) {
-        throw nb::value_error(("layers[" + std::to_string(index) + "]['" + order_key +
-                               "']: a column outside [0, in_features)").c_str());
-      }
-      w.input_order = static_cast<const int64_t*>(keep(*order));
     }
     return w;
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <vector>
 
 #include "kvserve/layer_ops.h"
@@ -79,6 +80,12 @@ LinearParams linear_params(const DecoderStack& s, void* out, const void* input, 
   return p;
 }
 
+// A weight's arrays are there: its data, or each of its parts'.
+bool has_data(const DecoderWeight& w) {
+  if (w.parts.empty()) return w.data != nullptr;
+  return std::all_of(w.parts.begin(), w.parts.end(), [](const DecoderWeight& p) { return p.data != nullptr; });
+}
+
 template <class E>
 void gather_columns(void* out, const void* input, const int64_t* order, int64_t num_rows, int64_t width) {
   auto* o = static_cast<E*>(out);
@@ -89,7 +96,8 @@ void gather_columns(void* out, const void* input, const int64_t* order, int64_t 
 }
 
 // out [n, out_features] = input [n, in_features] @ weight^T (+ bias): linear_cpu, over the input's
-// columns gathered in the weight's input_order (into t.ordered) where it has one.
+// columns gathered in the weight's input_order (into t.ordered) where it has one; a weight in parts
+// one linear_cpu a part, into its columns of out.
 Status product(const DecoderStack& s, void* out, const void* input, const DecoderWeight& weight, const void* bias,
                int64_t n, int64_t in_features, int64_t out_features, Scratch& t) {
   if (weight.input_order != nullptr) {
@@ -100,7 +108,18 @@ Status product(const DecoderStack& s, void* out, const void* input, const Decode
     }
     input = t.ordered;
   }
-  return linear_cpu(linear_params(s, out, input, weight, bias, n, in_features, out_features));
+  if (weight.parts.empty()) return linear_cpu(linear_params(s, out, input, weight, bias, n, in_features, out_features));
+  const int64_t elem = dtype_bytes(s.dtype);
+  int64_t first = 0;
+  for (const DecoderWeight& part : weight.parts) {
+    LinearParams p = linear_params(s, static_cast<unsigned char*>(out) + first * elem, input, part,
+                                   bias == nullptr ? nullptr : static_cast<const unsigned char*>(bias) + first * elem,
+                                   n, in_features, part.rows);
+    p.out_stride = out_features;
+    if (Status status = linear_cpu(p); status != Status::kOk) return status;
+    first += part.rows;
+  }
+  return Status::kOk;
 }
 
 // out = norm(input) * weight over [num_tokens, num_heads, width] rows; with `residual`, first
@@ -307,15 +326,17 @@ Status check_decoder_stack(const DecoderStack& s, std::string* why) {
   if (s.layers.empty() || s.final_norm == nullptr) return fail(why, "decoder stack: no layers or no final norm");
   for (size_t i = 0; i < s.layers.size(); ++i) {
     const DecoderLayerWeights& l = s.layers[i];
-    const void* required[] = {l.input_norm, l.qkv.data, l.o.data, l.post_norm, l.gate_up.data, l.down.data,
-                              l.key_cache, l.value_cache};
-    for (const void* pointer : required) {
-      if (pointer == nullptr) return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
+    const void* required[] = {l.input_norm, l.post_norm, l.key_cache, l.value_cache};
+    const bool lacks = std::any_of(std::begin(required), std::end(required), [](const void* a) { return !a; });
+    if (lacks || !has_data(l.qkv) || !has_data(l.o) || !has_data(l.gate_up) || !has_data(l.down)) {
+      return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
     }
     for (const DecoderWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
-      if ((w->weight_dtype && w->interleaved) || (!w->weight_dtype && (w->scale != nullptr || w->offset != nullptr))) {
-        return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
-                             " has an interleaved quantized weight, or scales without a weight_dtype");
+      for (const DecoderWeight& p : w->parts.empty() ? std::vector<DecoderWeight>{*w} : w->parts) {
+        if ((p.weight_dtype && p.interleaved) || (!p.weight_dtype && (p.scale != nullptr || p.offset != nullptr))) {
+          return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
+                               " has an interleaved quantized weight, or scales without a weight_dtype");
+        }
       }
     }
     if ((l.q_norm == nullptr) != (l.k_norm == nullptr) || l.sliding_window < 0) {

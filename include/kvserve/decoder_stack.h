@@ -45,6 +45,11 @@ struct DecoderWeight {
   // [in_features]: the weight's column k multiplies input column input_order[k] (act-order GPTQ);
   // nullptr: column k.
   const int64_t* input_order = nullptr;
+  // A product stored in parts of different kinds of codes (a GGUF file's 4-bit q and k beside a 6-bit
+  // v): each part's weight and its `rows`, in order, their rows the product's (data above unused);
+  // empty: one weight.
+  std::vector<DecoderWeight> parts;
+  int64_t rows = 0;
 };
 
 // One layer's arrays. With q = num_heads * head_dim and kv = num_kv_heads * head_dim:

@@ -75,14 +75,18 @@ def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, c
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("weights", ["fp8", "uint4", "int8"])
+@pytest.mark.parametrize("weights", ["fp8", "uint4", "int8", "parts"])
 def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_pair, weights, dtype, monkeypatch):
     """quantization="fp8", and a GGUF file's Q4_1 and Q8_0 blocks: the stack reads the e4m3 codes with
     their scales, the uint4 codes with their scales and offsets, and the int8 codes with their scales,
-    as the layers' products do, with a LoRA adapter (its deltas in the model's dtype beside the codes)
-    and without."""
+    as the layers' products do, and ("parts") projections of both kinds part by part (Qwen2's q, k, v
+    biases too), with a LoRA adapter (its deltas in the model's dtype beside the codes) and without."""
     if weights == "fp8":
         model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
+    elif weights == "parts":
+        mixed = {"attn_v": gguf.GGMLQuantizationType.Q8_0, "ffn_up": gguf.GGMLQuantizationType.Q8_0}
+        model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1, mixed)[1], dtype=dtype).model
+        assert model.model.layers[0].self_attn.qkv_proj.parts is not None
     else:
         blocks = gguf.GGMLQuantizationType.Q4_1 if weights == "uint4" else gguf.GGMLQuantizationType.Q8_0
         model = load_model(gguf_pair("Qwen2ForCausalLM", blocks)[1], dtype=dtype).model
@@ -221,6 +225,10 @@ def layer_arrays(model, caches):
     (dict(o_order=torch.arange(32)), ValueError, "o_order: dimension 0 must be in_features = 64"),
     (dict(o_order=torch.arange(64, dtype=torch.int32)), ValueError, "o_order: expected .*int64"),
     (dict(down_order=torch.arange(96) + 1), ValueError, r"layers\[0\]\['down_order'\]: a column outside"),
+    (dict(qkv_parts="parts"), TypeError, r"layers\[0\]\['qkv_parts'\]: expected a list of dicts"),
+    (dict(qkv_parts=[dict(w=torch.zeros(64, 64))]), TypeError, r"expected dicts of w, w_scale, w_offset and rows"),
+    (dict(qkv_parts=[dict(w=torch.zeros(64, 64), rows=64)]), ValueError,
+     r"layers\[0\]\['qkv_parts'\]: the parts' rows add up to 64, expected 128"),
 ])
 def test_bad_weights_are_rejected_when_the_stack_is_built(llama_model, change, error, message):
     caches, _ = decode_step(llama_model)

@@ -92,17 +92,22 @@ def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
     """Each product whose parts the file stores all as 4-bit blocks takes them as uint4 codes, all as
     8-bit or 6-bit blocks as int8 codes (Linear.prepare_uint4, prepare_int8), and so does the token
     embedding table (and with it a tied LM head); the names of what is kept. A projection with parts
-    of two kinds (llama.cpp's Q4_K_M stores some v and down projections as Q6_K) is dequantized whole."""
+    of both kinds (llama.cpp's Q4_K_M stores some v projections as Q6_K beside Q4_K q and k) keeps each
+    part's codes in its own kind (Linear.prepare_parts); one with a part of neither is dequantized whole."""
     stored = weights.coded_names()
     holders = list(linear_parts(module, module.packed_modules))
     holders += [(embedding, [f"{name}.weight"]) for name, embedding in module.named_modules()
                 if isinstance(embedding, Embedding)]
     kept = set()
     for holder, names in holders:
-        for kind, kind_names in stored.items():
-            if all(name in kind_names for name in names):
-                getattr(holder, f"prepare_{kind}")()
-                kept.update(names)
+        kinds = [next((kind for kind, kind_names in stored.items() if name in kind_names), None) for name in names]
+        if None in kinds:
+            continue
+        if len(set(kinds)) == 1:
+            getattr(holder, f"prepare_{kinds[0]}")()
+        else:
+            holder.prepare_parts(kinds)
+        kept.update(names)
     _log_codes("GGUF", module)
     return kept
 
@@ -110,7 +115,7 @@ def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
 def _log_codes(source: str, module: nn.Module) -> None:
     """How many of the products (and embedding tables) hold uint4 or int8 codes, and their bytes with
     their scales."""
-    holders = [m for m in module.modules() if isinstance(m, (Linear, Embedding))]
+    holders = [m for m in module.modules() if isinstance(m, (Linear, Embedding)) and m.weight is not None]
     kinds = {kind: [m for m in holders if m.weight.dtype == dtype]
              for kind, dtype in (("uint4", torch.uint8), ("int8", torch.int8))}
     coded = kinds["uint4"] + kinds["int8"]

@@ -133,11 +133,11 @@ def _layer(name: str, modules: dict[str, nn.Module], model: nn.Module) -> tuple[
 def _fused(layer: Linear, entries: list[tuple[int, torch.Tensor, torch.Tensor]]) -> Delta:
     entries.sort(key=lambda entry: entry[0])
     a = torch.cat([entry[1] for entry in entries])
-    b = torch.zeros(layer.weight.shape[0], a.shape[0])
+    b = torch.zeros(sum(layer.output_sizes), a.shape[0])
     column = 0
     for index, part_a, part_b in entries:
         row = sum(layer.output_sizes[:index])
         b[row:row + part_b.shape[0], column:column + part_a.shape[0]] = part_b
         column += part_a.shape[0]
-    dtype, device = layer.dtype, layer.weight.device
+    dtype, device = layer.dtype, layer.device
     return Delta(a.to(device=device, dtype=dtype).contiguous(), b.to(device=device, dtype=dtype).contiguous())

@@ -51,7 +51,7 @@ class LlamaAttention(nn.Module):
         # A decode step on CUDA (no norm of q and k in between): the projection rotates q and k and
         # writes the cache itself (ops.linear_rotary_and_cache), one kernel fewer a layer.
         fused = (x.is_cuda and lora is None and self.q_norm is None and self.head_dim % 16 == 0
-                 and cuda_ops_linear_takes(x, self.qkv_proj.weight))
+                 and self.qkv_proj.parts is None and cuda_ops_linear_takes(x, self.qkv_proj.weight))
         if fused:
             qkv = torch.empty(num_tokens, self.qkv_proj.weight.shape[0], dtype=x.dtype, device=x.device)
         else:
@@ -205,7 +205,10 @@ class LlamaForCausalLM(nn.Module):
                     k_norm=attn.k_norm.weight if attn.k_norm is not None else None,
                     post_norm=layer.post_attention_layernorm.weight,
                     key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window,
-                    **{key: product.few_rows_weight for key, product in products.items()},
+                    **{key: product.few_rows_weight for key, product in products.items() if product.parts is None},
+                    **{f"{key}_parts": [dict(w=part.weight, w_scale=part.weight_scale, w_offset=part.weight_offset,
+                                             rows=sum(part.output_sizes)) for part in product.parts]
+                       for key, product in products.items() if product.parts is not None},
                     **{f"{key}_bias": product.bias for key, product in products.items()},
                     **{f"{key}_scale": product.weight_scale for key, product in products.items()},
                     **{f"{key}_offset": product.weight_offset for key, product in products.items()},

@@ -212,16 +212,35 @@ class Linear(WeightCodes, nn.Module):
         # int8 codes [out_features, input_size / 16].
         self.weight_scale: nn.Parameter | None = None
         self.weight_offset: nn.Parameter | None = None
+        # With prepare_parts(): the stacked projections' weights in parts of different kinds of codes
+        # (a GGUF file's Q4_K q and k beside a Q6_K v), each a Linear of its rows without a bias (this
+        # Linear's bias serves them all); the weight (and its scales) is then None.
+        self.parts: nn.ModuleList | None = None
         # With prepare_input_order() (act-order GPTQ), int64 [input_size]: the weight's column k
         # multiplies input column input_order[k] (its groups run over columns in that order). One for all
         # the stacked projections, which share their input.
         self.input_order: nn.Parameter | None = None
 
+    def prepare_parts(self, kinds: list[str]) -> None:
+        """Uninitialized codes of each stacked projection's kind ("uint4" or "int8": WeightCodes'
+        prepare_ methods) in parts, in place of the weight, for a checkpoint's blocks to load into."""
+        device = self.weight.device
+        self.parts = nn.ModuleList()
+        for size, kind in zip(self.output_sizes, kinds, strict=True):
+            part = Linear(self.input_size, size, False, self.dtype).to(device)
+            getattr(part, f"prepare_{kind}")()
+            self.parts.append(part)
+        self.weight = None
+
     def prepare_input_order(self) -> None:
         """An uninitialized input_order, for a checkpoint's act order to load into (each stacked part
         brings its own, which must agree)."""
-        self.input_order = nn.Parameter(torch.empty(self.input_size, dtype=torch.int64, device=self.weight.device),
+        self.input_order = nn.Parameter(torch.empty(self.input_size, dtype=torch.int64, device=self.device),
                                         requires_grad=False)
+
+    @property
+    def device(self) -> torch.device:
+        return (self.weight if self.parts is None else self.parts[0].weight).device
 
     def product_input(self, x: torch.Tensor) -> torch.Tensor:
         """x as the weight's columns take it: its columns in input_order, if there is one."""
@@ -246,7 +265,8 @@ class Linear(WeightCodes, nn.Module):
         """Once the weights are in place: keep oneDNN's blocked copy and the few-row kernel's
         interleaved one (on the CPU, where they have a fast path; a quantized weight has none), and
         drop an input order that leaves the columns where they are."""
-        self.packed, self.interleaved = fast_copies(self.weight) if self.weight_scale is None else (None, None)
+        plain = self.weight_scale is None and self.parts is None
+        self.packed, self.interleaved = fast_copies(self.weight) if plain else (None, None)
         if self.input_order is not None and torch.equal(self.input_order.cpu(), torch.arange(self.input_size)):
             self.input_order = None
 
@@ -257,7 +277,12 @@ class Linear(WeightCodes, nn.Module):
 
     def forward(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
-        if self.weight_scale is not None:
+        if self.parts is not None:
+            rows = self.product_input(x)
+            out = torch.cat([quantized_linear(rows, part.weight, part.weight_scale, part.weight_offset,
+                                              None if self.bias is None else self.shard(self.bias, i))
+                             for i, part in enumerate(self.parts)], dim=-1)
+        elif self.weight_scale is not None:
             out = quantized_linear(self.product_input(x), self.weight, self.weight_scale, self.weight_offset, self.bias)
         else:
             out = linear(self.product_input(x), self.weight, self.bias, self.packed, self.interleaved)
@@ -271,7 +296,7 @@ class Linear(WeightCodes, nn.Module):
         if lora is not None:
             return silu_and_mul(self(x, lora))
         max_rows = CUDA_CODES_MAX_ROWS if self.weight_scale is not None else None
-        if x.is_cuda and x.dim() == 2 and cuda_ops_linear_takes(x, self.weight, max_rows):
+        if x.is_cuda and x.dim() == 2 and self.parts is None and cuda_ops_linear_takes(x, self.weight, max_rows):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
             return cuda_few_rows_linear(out, self.product_input(x), self.weight, self.bias, silu_and_mul_output=True,
                                         weight_scale=self.weight_scale, weight_offset=self.weight_offset)
