@@ -12,24 +12,11 @@ stack) before the product, which is unchanged.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from kvserve import Engine, SamplingParams
-
-
-def tokens_per_s(engine: Engine, output_len: int) -> float:
-    """The best of two timed generations of one 128-token prompt (after one untimed)."""
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0)
-    prompt = {"prompt_token_ids": list(range(100, 228))}
-    engine.generate([prompt], params, use_tqdm=False)
-    best = 0.0
-    for _ in range(2):
-        start = time.perf_counter()
-        engine.generate([prompt], params, use_tqdm=False)
-        best = max(best, (output_len - 1) / (time.perf_counter() - start))
-    return best
+from kvserve import Engine
+from stream_rate import add_stream_arguments, tokens_per_s
 
 
 def set_orders(engine: Engine, orders: dict | None) -> None:
@@ -46,10 +33,7 @@ def set_orders(engine: Engine, orders: dict | None) -> None:
 def main(argv: list[str] | None = None) -> list[tuple[float, float]]:
     """Each round's (in order, act order) tok/s (also printed)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a model kvserve loads (a GGUF file, a directory)")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_stream_arguments(parser)
     args = parser.parse_args(argv)
     engine = Engine(args.model, dtype=args.dtype, device="cpu")
     generator = torch.Generator().manual_seed(0)

@@ -10,11 +10,11 @@ before), rounds taking turns.
 from __future__ import annotations
 
 import argparse
-import time
 
-from kvserve import Engine, SamplingParams
+from kvserve import Engine
 from kvserve.loader import load as load_module
 from kvserve.models.weight_loading import linear_parts
+from stream_rate import add_stream_arguments, tokens_per_s
 
 keep_codes = load_module._keep_codes
 
@@ -29,35 +29,18 @@ def widening_mixed(module, weights):
     return keep_codes(module, weights)
 
 
-def tokens_per_s(model: str, dtype: str, output_len: int) -> float:
-    """The best of two timed generations of one 128-token prompt (after one untimed)."""
-    engine = Engine(model, dtype=dtype, device="cpu")
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True, temperature=0)
-    prompt = {"prompt_token_ids": list(range(100, 228))}
-    engine.generate([prompt], params, use_tqdm=False)
-    best = 0.0
-    for _ in range(2):
-        start = time.perf_counter()
-        engine.generate([prompt], params, use_tqdm=False)
-        best = max(best, (output_len - 1) / (time.perf_counter() - start))
-    return best
-
-
 def main(argv: list[str] | None = None) -> list[tuple[float, float]]:
     """Each round's (widened, in parts) tok/s (also printed)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a GGUF file")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_stream_arguments(parser)
     args = parser.parse_args(argv)
     rates = []
     try:
         for round_ in range(args.rounds):
             load_module._keep_codes = widening_mixed
-            widened = tokens_per_s(args.model, args.dtype, args.output_len)
+            widened = tokens_per_s(Engine(args.model, dtype=args.dtype, device="cpu"), args.output_len)
             load_module._keep_codes = keep_codes
-            parts = tokens_per_s(args.model, args.dtype, args.output_len)
+            parts = tokens_per_s(Engine(args.model, dtype=args.dtype, device="cpu"), args.output_len)
             print(f"round {round_}: widened {widened:.0f} tok/s, in parts {parts:.0f} tok/s ({parts / widened:.3f}x)",
                   flush=True)
             rates.append((widened, parts))
