@@ -134,15 +134,19 @@ def test_a_gptq_checkpoint_in_bfloat16_on_the_gpu_is_close_to_its_widened_weight
             assert error < 5e-2, f"logits differ by {error:.3f} of their largest magnitude"
 
 
-@pytest.mark.parametrize("tensor_type", [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q8_0])
-def test_a_gguf_file_keeps_its_codes_on_the_gpu_and_gives_the_cpus_ids(gguf_pair, tensor_type):
-    """Its blocks load as codes on the GPU as on the CPU (tied embeddings too); in float32 both give
-    the same ids, logits within 1e-4."""
-    _, path = gguf_pair("Qwen2ForCausalLM", tensor_type, tie_word_embeddings=True)
+@pytest.mark.parametrize("tensor_type, mixed", [(GGMLQuantizationType.Q4_0, False), (GGMLQuantizationType.Q8_0, False),
+                                                (GGMLQuantizationType.Q4_0, True)], ids=["q4_0", "q8_0", "mixed"])
+def test_a_gguf_file_keeps_its_codes_on_the_gpu_and_gives_the_cpus_ids(gguf_pair, tensor_type, mixed):
+    """Its blocks load as codes on the GPU as on the CPU (tied embeddings too; "mixed": Q8_0 v and up
+    projections beside Q4_0 ones, fused projections in parts); in float32 both give the same ids,
+    logits within 1e-4."""
+    finer = {"attn_v": GGMLQuantizationType.Q8_0, "ffn_up": GGMLQuantizationType.Q8_0} if mixed else None
+    _, path = gguf_pair("Qwen2ForCausalLM", tensor_type, finer, tie_word_embeddings=True)
     on_gpu = load_model(path, dtype="float32", device="cuda").model
     on_cpu = load_model(path, dtype="float32").model
     codes = torch.uint8 if tensor_type == GGMLQuantizationType.Q4_0 else torch.int8
-    assert on_gpu.model.layers[0].mlp.gate_up_proj.weight.dtype == codes
+    gate_up = on_gpu.model.layers[0].mlp.gate_up_proj
+    assert (gate_up.parts[0] if mixed else gate_up).weight.dtype == codes
     assert on_gpu.model.embed_tokens.weight.is_cuda
     ids, logits = paged_greedy(on_gpu, PROMPTS, 4, device="cuda")
     cpu_ids, cpu_logits = paged_greedy(on_cpu, PROMPTS, 4)
