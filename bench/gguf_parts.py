@@ -22,9 +22,8 @@ keep_codes = load_module._keep_codes
 def widening_mixed(module, weights):
     """_keep_codes over a file whose projections of two kinds of blocks are not offered as codes."""
     stored = weights.coded_names()
-    kind_of = {name: kind for kind, names in stored.items() for name in names}
     mixed = {name for _, names in linear_parts(module, module.packed_modules)
-             if len({kind_of.get(n) for n in names}) > 1 for name in names}
+             if len(set(load_module.code_kinds(stored, names))) > 1 for name in names}
     weights.coded_names = lambda: {kind: names - mixed for kind, names in stored.items()}
     return keep_codes(module, weights)
 

@@ -59,7 +59,8 @@ template <class T>
 struct PlainWeight {
   using Raw = uint4;
   static constexpr bool kRowScale = false;
-  static constexpr bool kWidens = false;  // codes, widened once a chunk for every group of input rows
+  // Codes to widen: a block then takes up to 4 groups of 8 input rows, each chunk widened once for all.
+  static constexpr bool kWidens = false;
   __device__ static WeightRow row(const LinearParams& p, int64_t n) {
     return {static_cast<const unsigned char*>(p.weight) + n * p.weight_stride * static_cast<int64_t>(sizeof(T)),
             nullptr, nullptr};

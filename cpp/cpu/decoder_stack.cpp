@@ -80,10 +80,10 @@ LinearParams linear_params(const DecoderStack& s, void* out, const void* input, 
   return p;
 }
 
-// A weight's arrays are there: its data, or each of its parts'.
-bool has_data(const DecoderWeight& w) {
-  if (w.parts.empty()) return w.data != nullptr;
-  return std::all_of(w.parts.begin(), w.parts.end(), [](const DecoderWeight& p) { return p.data != nullptr; });
+// Whether `holds` is true of a product's weight: of the one, or of each of its parts.
+template <class F>
+bool all_weights(const DecoderWeight& w, F holds) {
+  return w.parts.empty() ? holds(w) : std::all_of(w.parts.begin(), w.parts.end(), holds);
 }
 
 template <class E>
@@ -326,22 +326,23 @@ Status check_decoder_stack(const DecoderStack& s, std::string* why) {
   if (s.layers.empty() || s.final_norm == nullptr) return fail(why, "decoder stack: no layers or no final norm");
   for (size_t i = 0; i < s.layers.size(); ++i) {
     const DecoderLayerWeights& l = s.layers[i];
+    const std::string layer = "decoder stack: layer " + str(static_cast<int64_t>(i));
     const void* required[] = {l.input_norm, l.post_norm, l.key_cache, l.value_cache};
-    const bool lacks = std::any_of(std::begin(required), std::end(required), [](const void* a) { return !a; });
-    if (lacks || !has_data(l.qkv) || !has_data(l.o) || !has_data(l.gate_up) || !has_data(l.down)) {
-      return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) + " lacks an array");
+    const DecoderWeight* weights[] = {&l.qkv, &l.o, &l.gate_up, &l.down};
+    const auto has_data = [](const DecoderWeight& w) { return w.data != nullptr; };
+    if (std::find(std::begin(required), std::end(required), nullptr) != std::end(required) ||
+        !std::all_of(std::begin(weights), std::end(weights), [&](auto w) { return all_weights(*w, has_data); })) {
+      return fail(why, layer + " lacks an array");
     }
-    for (const DecoderWeight* w : {&l.qkv, &l.o, &l.gate_up, &l.down}) {
-      for (const DecoderWeight& p : w->parts.empty() ? std::vector<DecoderWeight>{*w} : w->parts) {
-        if ((p.weight_dtype && p.interleaved) || (!p.weight_dtype && (p.scale != nullptr || p.offset != nullptr))) {
-          return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
-                               " has an interleaved quantized weight, or scales without a weight_dtype");
-        }
-      }
+    // Codes are read plain, and only codes have scales.
+    const auto consistent = [](const DecoderWeight& w) {
+      return w.weight_dtype ? !w.interleaved : w.scale == nullptr && w.offset == nullptr;
+    };
+    if (!std::all_of(std::begin(weights), std::end(weights), [&](auto w) { return all_weights(*w, consistent); })) {
+      return fail(why, layer + " has an interleaved quantized weight, or scales without a weight_dtype");
     }
     if ((l.q_norm == nullptr) != (l.k_norm == nullptr) || l.sliding_window < 0) {
-      return fail(why, "decoder stack: layer " + str(static_cast<int64_t>(i)) +
-                           " has one of q_norm and k_norm, or a negative sliding window");
+      return fail(why, layer + " has one of q_norm and k_norm, or a negative sliding window");
     }
   }
   return Status::kOk;

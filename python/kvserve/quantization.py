@@ -61,20 +61,17 @@ def checkpoint_quantization(quantization_config, source: str = "config.json") ->
         if quantization_config.get("kv_cache_scheme"):
             raise ValueError(f"{refused}: KV-cache scales (kv_cache_scheme) are not supported (kv_cache_dtype='fp8' "
                              f"stores the cache unscaled)")
-        groups = (quantization_config.get("config_groups") or {}).values()
-        if any((group.get("weights") or {}).get("type") == "int" for group in groups):
-            from kvserve.loader.int_scheme import int_scheme
-
-            int_scheme(quantization_config, refused)
-            return "compressed-tensors"
-        for name, group in (quantization_config.get("config_groups") or {}).items():
-            weights = group.get("weights") or {}
-            if (weights.get("num_bits"), weights.get("type"), weights.get("strategy")) not in (
-                    (8, "float", "tensor"), (8, "float", "channel")):
-                raise ValueError(f"{refused}: config group {name!r} quantizes weights as {weights}; kvserve reads "
-                                 f"8-bit float weights with a scale a tensor or a row, and 4- and 8-bit integer ones")
-        return "fp8"
-    if method in CHECKPOINT_ONLY:
+        groups = (quantization_config.get("config_groups") or {}).items()
+        if not any((group.get("weights") or {}).get("type") == "int" for _, group in groups):
+            for name, group in groups:
+                weights = group.get("weights") or {}
+                if (weights.get("num_bits"), weights.get("type"), weights.get("strategy")) not in (
+                        (8, "float", "tensor"), (8, "float", "channel")):
+                    raise ValueError(f"{refused}: config group {name!r} quantizes weights as {weights}; kvserve "
+                                     f"reads 8-bit float weights with a scale a tensor or a row, and 4- and 8-bit "
+                                     f"integer ones")
+            return "fp8"
+    if method in CHECKPOINT_ONLY:  # GPTQ, AWQ, and compressed-tensors' integer weights
         from kvserve.loader.int_scheme import int_scheme
 
         return int_scheme(quantization_config, refused).method

@@ -88,6 +88,12 @@ def _token_ids(directory: Path, tokens: tuple[str, ...]) -> list[int]:
     return ids
 
 
+def code_kinds(stored: dict[str, set[str]], names: list[str]) -> list[str | None]:
+    """Each name's kind of codes in a GGUF file (GgufWeights.coded_names: "uint4", "int8"), None where
+    its blocks load as neither."""
+    return [next((kind for kind, kind_names in stored.items() if name in kind_names), None) for name in names]
+
+
 def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
     """Each product whose parts the file stores all as 4-bit blocks takes them as uint4 codes, all as
     8-bit or 6-bit blocks as int8 codes (Linear.prepare_uint4, prepare_int8), and so does the token
@@ -100,7 +106,7 @@ def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
                 if isinstance(embedding, Embedding)]
     kept = set()
     for holder, names in holders:
-        kinds = [next((kind for kind, kind_names in stored.items() if name in kind_names), None) for name in names]
+        kinds = code_kinds(stored, names)
         if None in kinds:
             continue
         if len(set(kinds)) == 1:
