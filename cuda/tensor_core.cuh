@@ -1,5 +1,5 @@
 // The warp-level instructions of the tensor-core attention kernel, as inline PTX (CUDA, sm_80+):
-// 16-byte asynchronous copies into shared memory, ldmatrix, and the m16n8k16 mma with float32
+// 16- and 4-byte asynchronous copies into shared memory, ldmatrix, and the m16n8k16 mma with float32
 // accumulators. Fragment layouts (lane = 4 * g + t):
 //
 //   A 16x16 (row-major): a0 = A[g][2t..2t+1]   a1 = A[g+8][2t..2t+1]   a2 = A[g][2t+8..]   a3 = A[g+8][2t+8..]
@@ -26,6 +26,14 @@ __device__ inline uint32_t shared_address(const void* pointer) {
 __device__ inline void copy_async_16(void* shared, const void* global, bool fill) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
                "r"(fill ? 16 : 0)
+               : "memory");
+}
+
+// 4 bytes from global to shared memory (cp.async's only path for fewer than 16 bytes goes through
+// L1); with `fill` false the destination is zero-filled and nothing is read.
+__device__ inline void copy_async_4(void* shared, const void* global, bool fill) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+               "r"(fill ? 4 : 0)
                : "memory");
 }
 

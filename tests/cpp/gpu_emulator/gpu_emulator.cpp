@@ -25,6 +25,7 @@ constexpr size_t kMaxSharedBytes = 227 * 1024;     // an H100's per-block opt-in
 struct PendingCopy {
   unsigned char* dst;
   const unsigned char* src;
+  size_t bytes;
   bool fill;
 };
 
@@ -89,9 +90,9 @@ void wait(Barrier& barrier, const int& live) {
 void land(std::vector<PendingCopy>& group) {
   for (const PendingCopy& copy : group) {
     if (copy.fill) {
-      std::memcpy(copy.dst, copy.src, 16);
+      std::memcpy(copy.dst, copy.src, copy.bytes);
     } else {
-      std::memset(copy.dst, 0, 16);
+      std::memset(copy.dst, 0, copy.bytes);
     }
   }
   group.clear();
@@ -237,8 +238,13 @@ uint32_t* warp_exchange(unsigned lane) {
   return &block->exchange[(static_cast<size_t>(current().warp) * 32 + lane) * kWordsPerLane];
 }
 
-void async_copy_16(void* dst, const void* src, bool fill) {
-  current().open_group.push_back({static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), fill});
+void async_copy(void* dst, const void* src, size_t bytes, bool fill) {
+  // cp.async needs both addresses aligned to the copy's size (a GPU faults otherwise).
+  if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || (fill && reinterpret_cast<uintptr_t>(src) % bytes != 0)) {
+    fail("cp.async from or to an address not aligned to the copy's size");
+  }
+  current().open_group.push_back(
+      {static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), bytes, fill});
 }
 
 void async_commit() {

@@ -42,6 +42,10 @@ struct alignas(8) float2 {
   float x, y;
 };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 // IEEE binary16, converted with round to nearest even.
 struct __half {
@@ -122,9 +126,9 @@ void sync_warp();
 unsigned lane();
 uint32_t* warp_exchange(unsigned lane);
 
-// cp.async: a 16-byte copy (zero-fill without `fill`) queued in the thread's open group; commit
-// closes the group; wait leaves at most `pending` committed groups queued, landing the older ones.
-void async_copy_16(void* dst, const void* src, bool fill);
+// cp.async: a copy of 4, 8 or 16 bytes (zero-fill without `fill`) queued in the thread's open group;
+// commit closes the group; wait leaves at most `pending` committed groups queued, landing the older ones.
+void async_copy(void* dst, const void* src, size_t bytes, bool fill);
 void async_commit();
 void async_wait(int pending);
 
