@@ -215,7 +215,9 @@ void add_into(void* out, const void* delta, int64_t count) {
 Status add_lora(const DecoderStack& s, const LoRADelta& delta, void* out, const void* input, int64_t n,
                 int64_t in_features, int64_t out_features, Scratch& t) {
   if (delta.a == nullptr) return Status::kOk;
-  const DecoderWeight a{delta.a, std::nullopt}, b{delta.b, std::nullopt};  // of the stack's dtype
+  DecoderWeight a, b;  // of the stack's dtype
+  a.data = delta.a;
+  b.data = delta.b;
   if (Status status = linear_cpu(linear_params(s, t.lora_inner, input, a, nullptr, n, in_features, delta.rank));
       status != Status::kOk) {
     return status;
