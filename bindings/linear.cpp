@@ -1,5 +1,5 @@
 // Bindings of linear (linear.h): the few-rows product on the CPU (any rows, either weight layout)
-// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes; cuBLAS serves the rest), on
+// or a CUDA device (up to kLinearCudaMaxRows rows of 16-bit dtypes, any over codes; cuBLAS serves the rest), on
 // CUDA its fusion with rotary_and_cache (linear_rotary_and_cache.h), and the widening of quantized
 // codes (dequantize_weight) on either. 2-D arrays whose rows may be strided, last dimension
 // contiguous.
@@ -83,11 +83,12 @@ LinearParams linear_params(Array& out, const Array& input, const Array& weight, 
   p.dtype = kernel_dtype(input, "input");
   if (*cuda && !linear_cuda_takes(p)) {
     throw nb::value_error(("linear: on CUDA, 1 to " + std::to_string(kLinearCudaMaxRows) +
-                           " rows (" + std::to_string(kLinearCudaMaxCodeRows) + " over codes) of float16 or bfloat16 "
-                           "with a [out_features, in_features] weight, in_features and the row strides multiples of "
-                           "8 and 16-byte aligned rows; got " +
+                           " rows of float16 or bfloat16 (any number over codes) with a [out_features, in_features] "
+                           "weight, in_features and the row strides multiples of 8 and 16-byte aligned rows (past " +
+                           std::to_string(kLinearCudaMaxCodeRows) + " rows over codes: in_features a multiple of 32, "
+                           "code rows 16 bytes apart); got " +
                            std::to_string(p.num_rows) + " rows of " + dtype_name(input.dtype()) +
-                           " (torch's matmul serves the rest)").c_str());
+                           " (linear_cuda_takes says which; torch's matmul serves the rest)").c_str());
   }
   return p;
 }
@@ -172,6 +173,28 @@ void dequantize_weight(Array out, Array weight, Array weight_scale, std::optiona
               "dequantize_weight");
 }
 
+// Whether linear takes input [M, K] over `weight` ([N, K] of input's dtype, or codes) on CUDA, as
+// linear_cuda_takes says of their layout (the device's compute capability aside): the callers' test
+// before they choose between kvserve's kernels and torch's.
+bool cuda_takes(Array input, Array weight, bool silu_and_mul_output) {
+  if (input.ndim() != 2 || weight.ndim() != 2 || input.stride(1) != 1 || weight.stride(1) != 1) return false;
+  if (input.dtype() != kFloat16 && input.dtype() != kBFloat16) return false;
+  const std::optional<DType> codes = code_dtype(weight.dtype());
+  if (!codes && weight.dtype() != input.dtype()) return false;
+  LinearParams p;
+  p.input = input.data();
+  p.input_stride = input.stride(0);
+  p.weight = weight.data();
+  p.weight_stride = weight.stride(0);
+  p.weight_dtype = codes;
+  p.num_rows = static_cast<int64_t>(input.shape(0));
+  p.in_features = static_cast<int64_t>(input.shape(1));
+  p.out_features = static_cast<int64_t>(weight.shape(0));
+  p.silu_and_mul_output = silu_and_mul_output;
+  p.dtype = kernel_dtype(input, "input");
+  return linear_cuda_takes(p);
+}
+
 bool interleave_supported(Array weight) {
   check_ndim(weight, "weight", 2, "[out_features, in_features]");
   return weight.device_type() == nb::device::cpu::value && weight.dtype() == kBFloat16 &&
@@ -195,6 +218,9 @@ void bind_linear(nb::module_& m) {
         "int8 codes [N, K] with weight_scale [N, K / 16], each group of 16 standing for code * scale; on\n"
         "CUDA each code's value is rounded to the dtype first.\n"
         "With silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
+  m.def("linear_cuda_takes", &cuda_takes, nb::arg("input"), nb::arg("weight"), nb::arg("silu_and_mul_output") = false,
+        "Whether linear takes input [M, K] over weight on CUDA, by their layout (kvserve/linear.h's\n"
+        "linear_cuda_takes; the device must also be sm_80 or later).");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),

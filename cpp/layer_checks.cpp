@@ -181,10 +181,16 @@ bool linear_cuda_takes(const LinearParams& p) {
   // weight, 8 of e4m3 or int8 codes, 4 of uint4 codes (whose rows' strides count bytes).
   const int64_t load = !p.weight_dtype ? 16 : p.weight_dtype == DType::kUInt4 ? 4 : 8;
   const int64_t stride_bytes = p.weight_stride * (p.weight_dtype ? 1 : 2);
+  const bool rows_16_bit = p.dtype != DType::kFloat32 && !p.weight_interleaved && p.input_stride % 8 == 0 &&
+                           aligned(p.input, 16);
+  if (p.weight_dtype && p.num_rows > kLinearCudaMaxCodeRows) {
+    // The tiled kernel (cuda/linear_tiles.cu) copies 16-byte pieces of input and code rows into
+    // shared memory, 32 columns a stage.
+    return rows_16_bit && p.in_features % 32 == 0 && stride_bytes % 16 == 0 && aligned(p.weight, 16);
+  }
   const int64_t max_rows = p.weight_dtype ? kLinearCudaMaxCodeRows : kLinearCudaMaxRows;
-  return p.num_rows >= 1 && p.num_rows <= max_rows && p.dtype != DType::kFloat32 && !p.weight_interleaved &&
-         p.in_features % 8 == 0 && p.input_stride % 8 == 0 && stride_bytes % load == 0 && aligned(p.input, 16) &&
-         aligned(p.weight, load);
+  return p.num_rows >= 1 && p.num_rows <= max_rows && rows_16_bit && p.in_features % 8 == 0 &&
+         stride_bytes % load == 0 && aligned(p.weight, load);
 }
 
 }  // namespace kvserve

@@ -1,5 +1,5 @@
 // linear_cuda: out = input @ weight^T (+ bias) for up to 8 input rows (decode; 32 over quantized
-// codes), on tensor cores.
+// codes), on tensor cores. More rows over codes take the tiled kernel (linear_tiles.cu).
 //
 // A block of 8 warps owns 16 output features (weight rows) and every input row; its warps take
 // turns along in_features, 32 columns at a time (warp w: chunks w, w + 8, ...), 4 chunks'
@@ -47,6 +47,7 @@
 #include <type_traits>
 
 #include "device_resources.h"
+#include "linear_tiles.cuh"
 #include "linear_weight.cuh"
 #include "numeric.cuh"
 #include "silu.cuh"
@@ -196,16 +197,12 @@ __global__ void __launch_bounds__(kThreads, kGroups == 1 ? kBlocksPerSm : kGroup
     for (int i = 0; i < 4; ++i) s_sums[j][warp][lane][i] = c[j][i];
   }
   __syncthreads();
-  const T* bias = static_cast<const T*>(p.bias);
-  // Sum i of group j's lane `from` over the warps (times weight row `weight_row`'s scale, for e4m3
-  // codes), with the row's bias, rounded to T.
+  // Sum i of group j's lane `from` over the warps, as written for weight row `weight_row`.
   auto output = [&](int j, int from, int i, int64_t weight_row) {
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) sum += s_sums[j][w][from][i];
-    if constexpr (W::kRowScale) sum *= p.weight_scale[weight_row];
-    if (bias != nullptr) sum += to_float(bias[weight_row]);
-    return from_float<T>(sum);
+    return rounded_sum<T, W>(p, sum, weight_row);
   };
   T* out = static_cast<T*>(p.out);
   // The paired epilogues: 64 threads, each lane `from`'s sum i < 2 (input row 8j + 2t + i against its
@@ -281,7 +278,8 @@ Status with_row_groups(int64_t rows, F&& f) {
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
-  if (!linear_cuda_takes(p) || blocks > INT_MAX || p.in_features > INT_MAX - kChunk || !current_device_info(&device) ||
+  const int64_t max_rows = p.weight_dtype ? kLinearCudaMaxCodeRows : kLinearCudaMaxRows;
+  if (!linear_cuda_takes(p) || p.num_rows > max_rows || blocks > INT_MAX || p.in_features > INT_MAX - kChunk || !current_device_info(&device) ||
       device.compute_capability < 80) {
     return Status::kUnsupported;
   }
@@ -315,6 +313,9 @@ Status linear_cuda(const LinearParams& p, void* stream) {
   if (check_linear(p, nullptr) != Status::kOk) return Status::kInvalidArgument;
   if (p.num_rows == 0) return Status::kOk;
   const auto s = static_cast<kvGpuStream_t>(stream);
+  if (p.weight_dtype && p.num_rows > kLinearCudaMaxCodeRows) {
+    return linear_cuda_takes(p) ? linear_tiles_cuda(p, s) : Status::kUnsupported;
+  }
   const RotaryAndCacheParams unused;
   // 16 weight rows a block either way (with silu_and_mul_output: 8 of gate, 8 of up).
   if (p.silu_and_mul_output) return launch_linear<Epilogue::kSiluAndMul>(p, unused, (p.out_features / 2 + 7) / 8, s);

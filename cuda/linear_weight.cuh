@@ -165,6 +165,15 @@ struct E4m3Weight {
   __device__ static uint4 input(const T* x, int32_t chunk, int t) { return input_columns(x, chunk, t); }
 };
 
+// A product's float32 sum for weight row `row` as written: times the row's scale (e4m3 codes), plus the
+// row's bias, rounded once to T (as on the CPU).
+template <class T, class W>
+__device__ inline T rounded_sum(const LinearParams& p, float sum, int64_t row) {
+  if constexpr (W::kRowScale) sum *= p.weight_scale[row];
+  if (p.bias != nullptr) sum += to_float(static_cast<const T*>(p.bias)[row]);
+  return from_float<T>(sum);
+}
+
 // Calls f(W{}) with W the reading of p's weight (p.weight_dtype: none, uint4, int8 or e4m3).
 template <class T, class F>
 Status with_weight_reading(const LinearParams& p, F&& f) {

@@ -14,13 +14,16 @@
 // kUInt4 4-bit codes with a float32 scale and offset per group of 32, with kInt8 8-bit codes with a
 // float32 scale per group of 16 (below).
 //
-// On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 (32 over quantized codes) on tensor cores
+// On CUDA (linear_cuda), up to 8 rows of float16/bfloat16 (any number over quantized codes) on tensor cores
 // (sm_80+), each block streaming 16 weight rows once for every input row: a decode step's projections at the weights'
 // bandwidth, where a general GEMM tiles for many rows. Needs in_features in 16-byte packs and
 // 16-byte aligned input and weight rows; kUnsupported otherwise (cuBLAS serves those). A quantized
 // weight's codes are widened in registers, each value rounded to the dtype as dequantize_weight
 // rounds it (e4m3: the code's value, exact; the row's scale multiplies the sum, as on the CPU):
 // three eighths (uint4, with its scales) to five eighths (int8) of a 16-bit weight's bytes to stream.
+// More rows over codes (a decode step of many sequences, a prefill) take a tiled kernel that widens
+// each stage of codes in registers once for 64 rows (in_features a multiple of 32, input and code rows
+// 16-byte aligned), with or without silu_and_mul_output: no 16-bit copy of the weight.
 #pragma once
 
 #include <cstdint>
@@ -108,15 +111,18 @@ KVSERVE_EXPORT Status dequantize_weight_cpu(const LinearParams& params);
 KVSERVE_EXPORT Status dequantize_weight_cuda(const LinearParams& params, void* stream);
 #endif
 
-// Rows of input that linear_cuda takes at most: of a 16-bit weight, and of quantized codes (which
-// each block widens once for all of its rows, 8 a group).
+// Rows of input that linear_cuda takes at most over a 16-bit weight, and that its few-rows kernel
+// takes over quantized codes (which each block widens once for all of its rows, 8 a group); more
+// rows over codes take the tiled kernel (linear_rotary_and_cache_cuda: kUnsupported).
 constexpr int64_t kLinearCudaMaxRows = 8;
 constexpr int64_t kLinearCudaMaxCodeRows = 32;
 
 // Whether linear_cuda takes these params, as far as the host can tell without the device (which must
-// also be sm_80 or later): 1 to kLinearCudaMaxRows rows (kLinearCudaMaxCodeRows of codes) of
-// float16/bfloat16, a weight not interleaved, in_features and the input's row stride in 16-byte packs, a 16-byte aligned input, and
-// weight rows that start 16 bytes apart (of the dtype), 8 (e4m3 or int8 codes) or 4 (uint4 codes).
+// also be sm_80 or later): float16/bfloat16, a weight not interleaved, the input's row stride in
+// 16-byte packs and a 16-byte aligned input; then 1 to kLinearCudaMaxRows rows over a 16-bit weight
+// or 1 to kLinearCudaMaxCodeRows over codes, in_features in 16-byte packs, and weight rows that
+// start 16 bytes apart (of the dtype), 8 (e4m3 or int8 codes) or 4 (uint4 codes); or more rows over
+// codes, in_features a multiple of 32 and code rows that start 16 bytes apart.
 KVSERVE_EXPORT bool linear_cuda_takes(const LinearParams& params);
 
 #if KVSERVE_HAS_CUDA
