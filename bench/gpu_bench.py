@@ -45,7 +45,7 @@ from gpu_common import (ARCHITECTURES, BLOCK, DTYPE, HEAD_DIM, HEADS, KV_HEADS, 
 from gpu_profile import bench_profile
 from kvserve import SamplingParams, _C, ops
 from kvserve.kv_cache import KV_CACHE_DTYPES, kv_bytes_per_token
-from kvserve.models.layers.linear import CUDA_CODES_MAX_ROWS, cuda_few_rows_linear
+from kvserve.models.layers.linear import CUDA_CODES_MAX_ROWS
 
 
 def attention_case(case: str) -> tuple[int, int, int]:
@@ -244,9 +244,9 @@ def bench_linear(out: Path, batches: list[int]) -> None:
 def bench_linear_codes(out: Path, batches: list[int], kind: str) -> None:
     """The products over `kind` codes (gpu_common.WEIGHTS) of bench_linear's shapes, replayed the same
     way, against reading the codes and their scales once: the weight widened for cuBLAS
-    (ops.dequantize_weight, then F.linear: what more than CUDA_CODES_MAX_ROWS rows take) at every
-    batch, and up to CUDA_CODES_MAX_ROWS rows the few-rows kernel over the codes, 32 rows a call: which
-    way the rows between 8 and 64 should go."""
+    (ops.dequantize_weight, then F.linear: what more than CUDA_CODES_MAX_ROWS rows take) and kvserve's
+    kernels over the codes (ops.linear: the few-rows kernel up to 32 rows, the tiled one past them)
+    at every batch: where CUDA_CODES_MAX_ROWS belongs. At many rows `tflops` is the kernel's rate."""
     bandwidth = copy_bandwidth()
     for name, (n, k) in projection_shapes().items():
         copies = 1 if name == "lm_head" else 8
@@ -261,15 +261,13 @@ def bench_linear_codes(out: Path, batches: list[int], kind: str) -> None:
                 return F.linear(x, widened)
 
             ms = graph_ms(widened_product, copies)
-            ours = {}
-            if batch <= CUDA_CODES_MAX_ROWS:
-                y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
-                ours_ms = graph_ms(lambda i: cuda_few_rows_linear(y, x, quantized[i][0], None,
-                                                                  weight_scale=quantized[i][1],
-                                                                  weight_offset=quantized[i][2]), copies)
-                ours = {"ours_ms": ours_ms, "ours_ratio": ours_ms / floor_ms}
+            y = torch.empty(batch, n, device="cuda", dtype=DTYPE)
+            ours_ms = graph_ms(lambda i: ops.linear(y, x, quantized[i][0], None, weight_scale=quantized[i][1],
+                                                    weight_offset=quantized[i][2]), copies)
             record(out, name=f"linear_{name}_b{batch}_{kind}", n=n, k=k, ms=ms, floor_ms=floor_ms,
-                   ratio=ms / floor_ms, **ours)
+                   ratio=ms / floor_ms, ours_ms=ours_ms, ours_ratio=ours_ms / floor_ms,
+                   ours_tflops=2 * batch * n * k / ours_ms / 1e9, widened_tflops=2 * batch * n * k / ms / 1e9,
+                   ours_wins=ours_ms < ms, max_rows=CUDA_CODES_MAX_ROWS)
         del quantized
 
 

@@ -128,17 +128,17 @@ run attention-engine 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no
 run attention-splits 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py attention --no-prefill \
   --cases 1x512/8192 8x512/8192 64x512/8192 64x2048/8192 --splits 1 2 4 8 16 33 64 --out "$OUT/bench.jsonl"
 run linear 40 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --batches 1 8 64 --out "$OUT/bench.jsonl"
-# The products over quantized codes (uint4: GPTQ, AWQ, GGUF Q4; int8; fp8), each batch both ways: the
-# few-rows kernel, 32 rows a call, and the weight widened for cuBLAS (linear.py's CUDA_CODES_MAX_ROWS
-# chooses between them from a model of bytes: these rows say where it should), then graphed decode
-# steps on uint4 and fp8 codes beside the bfloat16 rows.
+# The products over quantized codes (uint4: GPTQ, AWQ, GGUF Q4; int8; fp8), each batch both ways:
+# kvserve's kernels (few rows up to 32, tiled past them) and the weight widened for cuBLAS
+# (linear.py's CUDA_CODES_MAX_ROWS chooses between them from a model of the rates: these rows say
+# where it should), then graphed decode steps on uint4 and fp8 codes beside the bfloat16 rows.
 for codes in uint4 int8 fp8; do
-  run "linear-$codes-weights" 60 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --weights "$codes" --batches 1 8 16 32 64 \
-    --out "$OUT/bench.jsonl"
+  run "linear-$codes-weights" 90 "$OUT/bench.log" "$PY" bench/gpu_bench.py linear --weights "$codes" \
+    --batches 1 8 16 32 64 128 256 512 1024 --out "$OUT/bench.jsonl"
 done
 for codes in uint4 fp8; do
-  run "decode-$codes-weights" 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --weights "$codes" --batches 1 8 32 64 \
-    --modes graphs --out "$OUT/bench.jsonl"
+  run "decode-$codes-weights" 100 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --weights "$codes" \
+    --batches 1 8 32 64 128 --modes graphs --out "$OUT/bench.jsonl"
 done
 run layer 30 "$OUT/bench.log" "$PY" bench/gpu_bench.py layer --out "$OUT/bench.jsonl"
 run decode 130 "$OUT/bench.log" "$PY" bench/gpu_bench.py decode --batches 1 8 64 --out "$OUT/bench.jsonl"

@@ -1,8 +1,9 @@
-"""Quantized weights on a CUDA GPU: the few-rows product over uint4, int8 and e4m3 codes against
-float64 over each code's value rounded to the dtype, the widening kernel bit for bit against the
+"""Quantized weights on a CUDA GPU: the products over uint4, int8 and e4m3 codes (few rows, and tiled
+past 32) against float64 over each code's value rounded to the dtype, the widening kernel bit for bit against the
 reference, a layer's two paths (the kernel at few rows, cuBLAS on a widened copy past them), and
 GPTQ, AWQ, compressed-tensors, GGUF and fp8 models on the GPU against transformers and the CPU. Skipped without a GPU
-(the kernels themselves run on the CPU under the GPU emulator: tests/cpp/test_gpu_linear_codes_emulated.cpp)."""
+(the kernels themselves run on the CPU under the GPU emulator: tests/cpp/test_gpu_linear_codes_emulated.cpp and
+test_gpu_linear_tiles_emulated.cpp)."""
 
 import pytest
 import torch
@@ -47,11 +48,12 @@ def cuda(*tensors):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
-@pytest.mark.parametrize("rows", [1, 3, 8, 13, 32])
+@pytest.mark.parametrize("rows", [1, 3, 8, 13, 32, 33, 100, 300])
 @pytest.mark.parametrize("shape", [(48, 512), (17, 1056), (6144, 4096)])
 def test_linear_over_codes_matches_float64(kind, dtype, rows, shape):
     """Output features past the kernel's 16-row blocks, input features of many 32-column steps, a
-    decode projection's shape; 1 to 4 groups of 8 input rows a block; bias or not."""
+    decode projection's shape; the few-rows kernel's 1 to 4 groups of 8 input rows a block, and the
+    tiled kernel's rows past 32 (in_features split across blocks where the tiles are few); bias or not."""
     torch.manual_seed(rows * 1000 + shape[0])
     out_features, in_features = shape
     codes, scale, offset, values = quantized(kind, 0.2 * torch.randn(out_features, in_features))
@@ -79,10 +81,10 @@ def test_dequantize_weight_on_cuda_gives_the_references_bits(kind, dtype):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind):
-    """A [gate; up] projection of codes: its product and its silu_and_mul at 3 and 20 rows (the kernel,
-    its SiLU-and-mul fused; 20 rows as 3 groups of 8), at 50 (two calls of it) and past
-    CUDA_CODES_MAX_ROWS (cuBLAS over the widened weight) against the widened weight's."""
+def test_a_layer_of_codes_takes_the_kernels_then_cublas_past_them(kind):
+    """A [gate; up] projection of codes: its product and its silu_and_mul at 3 and 20 rows (the few-rows
+    kernel, its SiLU-and-mul fused; 20 rows as 3 groups of 8), at 50 and 200 (the tiled kernel) and
+    past CUDA_CODES_MAX_ROWS (cuBLAS over the widened weight) against the widened weight's."""
     torch.manual_seed(2)
     layer = Linear(256, (96, 96), bias=True, dtype=torch.bfloat16).cuda()
     codes, scale, offset, _ = quantized(kind, 0.1 * torch.randn(192, 256))
@@ -90,7 +92,7 @@ def test_a_layer_of_codes_takes_the_kernel_at_few_rows_and_cublas_past_them(kind
     layer.bias.data.copy_(torch.randn(192))
     widened = torch.empty(192, 256, dtype=torch.bfloat16, device="cuda")
     ops.dequantize_weight(widened, layer.weight, layer.weight_scale, layer.weight_offset)
-    for rows in (3, 20, 50, CUDA_CODES_MAX_ROWS + 8):
+    for rows in (3, 20, 50, 200, CUDA_CODES_MAX_ROWS + 8):
         x = torch.randn(rows, 256, device="cuda").bfloat16()
         expected = F.linear(x.float(), widened.float(), layer.bias.float())
         torch.testing.assert_close(layer(x).float(), expected, rtol=2e-2, atol=2e-2)
@@ -118,14 +120,16 @@ def test_gptq_and_awq_checkpoints_on_the_gpu_give_transformers_ids(tiny_model_di
 
 
 @pytest.mark.parametrize("bits, act_order", [(4, False), (8, False), (4, True)])
+@pytest.mark.parametrize("count", [3, 20])
 def test_a_gptq_checkpoint_in_bfloat16_on_the_gpu_is_close_to_its_widened_weights(tiny_model_dir, tmp_path, bits,
-                                                                                  act_order):
-    """Decode steps of at most 8 rows on the kernel over codes (its fusions with rotary and SiLU-and-mul
-    too): logits within bfloat16's reach of transformers over the weights the codes stand for."""
+                                                                                  act_order, count):
+    """Decode steps of 3 and 20 rows on the few-rows kernel over codes (its fusions with rotary and
+    SiLU-and-mul too; 20 rows as 3 groups of 8), 20 prompts' prefill (111 rows) on the tiled kernel:
+    logits within bfloat16's reach of transformers over the weights the codes stand for."""
     quantized_dir, reference_dir = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "gptq", 32, bits,
                                                     act_order)
     model = load_model(quantized_dir, dtype="bfloat16", device="cuda").model
-    prompts = [list(p) for p in PROMPTS[:3]]
+    prompts = [list(p) for p in (PROMPTS[:3] * 7)[:count]]
     _, logits = paged_greedy(model, prompts, 2, device="cuda")
     hf_ids, hf_logits = hf_greedy(reference_dir, prompts, 2)
     for ours, theirs in zip(logits, hf_logits):

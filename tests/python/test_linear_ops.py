@@ -109,6 +109,35 @@ def test_linear_cuda(dtype, rows, shape):
         torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
 
 
+def test_linear_cuda_takes_says_which_layouts_the_cuda_kernels_take():
+    """linear_cuda_takes (the layout alone, so any device's arrays): up to 8 rows over a 16-bit weight;
+    over codes up to 32 rows in 16-byte packs of in_features with rows a lane's load apart (4 bytes of
+    uint4 codes, 8 of int8), past 32 rows whole stages of 32 columns with code rows 16 bytes apart."""
+    from kvserve import _C
+
+    def takes(x, w, silu=False):
+        return _C.ops.linear_cuda_takes(ops._dl(x), ops._dl(w), silu)
+
+    weight = torch.randn(64, 256, dtype=torch.bfloat16)
+    assert takes(torch.randn(8, 256, dtype=torch.bfloat16), weight)
+    assert not takes(torch.randn(9, 256, dtype=torch.bfloat16), weight)
+    assert not takes(torch.randn(8, 256), weight.float())
+    assert not takes(torch.randn(2, 260).bfloat16()[:, 2:258], weight)
+    assert not takes(torch.randn(8, 256, dtype=torch.float16), weight)
+    uint4 = torch.randint(0, 256, (64, 128), dtype=torch.uint8)
+    for rows in (1, 32, 33, 1000):
+        assert takes(torch.randn(rows, 256, dtype=torch.bfloat16), uint4)
+        assert takes(torch.randn(rows, 256, dtype=torch.bfloat16), uint4, silu=True)
+    # uint4 rows 4 bytes off 16: a few-rows lane's load, not a tiled stage's piece.
+    shifted = torch.randint(0, 256, (64, 132), dtype=torch.uint8)[:, :128]
+    assert takes(torch.randn(32, 256, dtype=torch.bfloat16), shifted)
+    assert not takes(torch.randn(33, 256, dtype=torch.bfloat16), shifted)
+    # int8 codes of 48 columns: packs of 8, not stages of 32.
+    int8 = torch.randint(-128, 128, (64, 48), dtype=torch.int8)
+    assert takes(torch.randn(32, 48, dtype=torch.bfloat16), int8)
+    assert not takes(torch.randn(33, 48, dtype=torch.bfloat16), int8)
+
+
 @requires_cuda
 def test_linear_cuda_takes_few_rows_and_leaves_the_rest_to_cublas():
     from kvserve.models.layers.linear import cuda_ops_linear_takes, linear

@@ -56,8 +56,8 @@ class DecodeGraphs:
         for batch in reversed(self.sizes):
             args = (self.inputs.view("input_ids", batch), self.inputs.view("positions", batch), self.kv_caches,
                     self.inputs.metadata(batch))
-            # Outside the capture first: lazy allocations (cuBLAS workspaces, the attention's split
-            # workspace) must not happen inside it.
+            # Outside the capture first: lazy allocations (cuBLAS workspaces, the split workspace of
+            # attention and of the tiled products over codes) must not happen inside it.
             self.model(*args)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()

@@ -32,10 +32,10 @@ oneDNN from GROUPED_DENSE_ROWS rows; in float32 never).
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear
 on tensor cores, which streams each weight once at close to the memory bandwidth (an MLP's gate_up
 projection writing SiLU-and-mul's output itself); more rows, or inputs it cannot take, take cuBLAS
-(F.linear). Quantized codes (GPTQ, AWQ, GGUF blocks, fp8) stay codes on the GPU too: the few-rows
-kernel widens them in registers (each value rounded to the dtype, once for up to 32 rows), up to
-CUDA_CODES_MAX_ROWS rows, and more rows multiply a copy widened for the call
-(kvserve.ops.dequantize_weight, the same values) with cuBLAS.
+(F.linear). Quantized codes (GPTQ, AWQ, GGUF blocks, fp8) stay codes on the GPU too: up to
+CUDA_CODES_MAX_ROWS rows kvserve.ops.linear widens them in registers (each value rounded to the
+dtype; the few-rows kernel once for up to 32 rows, the tiled one once for 64), and more rows multiply
+a copy widened for the call (kvserve.ops.dequantize_weight, the same values) with cuBLAS.
 """
 
 from __future__ import annotations
@@ -66,12 +66,13 @@ DENSE_INPUT_BYTES = 512 << 10
 # bench/README.md, "uint4 weights"); in float32 kvserve's panels ran faster at every row count,
 # oneDNN's packing of the weight costing more than it saved.
 GROUPED_DENSE_ROWS = 128
-# Rows up to which a CUDA product over codes calls the few-rows kernel (32 rows a call, each call
-# reading the codes again) rather than widening the weight for cuBLAS (reading the codes, writing
-# and reading a 16-bit copy): uint4 codes with their scales are 3/8 of a 16-bit weight's bytes, so 2
-# calls read 0.75x a 16-bit weight where the widening moves 2.4x. A model of bytes, not yet measured
-# (bench/gpu_check.sh times both at 1 to 64 rows).
-CUDA_CODES_MAX_ROWS = 64
+# Rows up to which a CUDA product over codes takes kvserve's kernels (the few-rows kernel up to 32
+# rows, the tiled one past them, both widening the codes in registers) rather than widening the
+# weight for cuBLAS (reading the codes, writing and reading a 16-bit copy: 2.4x a 16-bit weight's
+# bytes for uint4, before the GEMM). Past some hundreds of rows cuBLAS's faster tensor-core
+# instructions (wgmma on sm_90) outrun the widening's cost; 256 comes from a model of an H100's
+# rates, not yet measured (bench/gpu_check.sh times both ways from 1 to 1024 rows).
+CUDA_CODES_MAX_ROWS = 256
 # The batch size oneDNN lays the blocked weight out for (any batch size may use it).
 PACK_BATCH_HINT = 64
 
@@ -117,27 +118,14 @@ def has_tensor_core_linear(device: torch.device) -> bool:
     return _C.has_cuda and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor, max_rows: int | None = None) -> bool:
-    """kvserve.ops.linear's conditions on CUDA: 1 to 8 rows (or to `max_rows`, for cuda_few_rows_linear)
-    of a 16-bit dtype, in_features and the input rows' starts in 16-byte packs, the weight's rows'
-    starts in packs of what a lane reads at once (16 bytes of a 16-bit weight, 8 of int8 or e4m3
-    codes, 4 of uint4 codes' bytes)."""
-    load = 16 if weight.dtype == x.dtype else 4 if weight.dtype == torch.uint8 else 8
-    max_rows = max_rows or _C.ops.linear_cuda_max_rows
-    return (0 < x.shape[0] <= max_rows and x.dtype in (torch.bfloat16, torch.float16)
-            and x.shape[1] % 8 == 0 and x.stride(1) == 1 and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0
-            and weight.stride(1) == 1 and weight.stride(0) * weight.element_size() % load == 0
-            and weight.data_ptr() % load == 0 and has_tensor_core_linear(x.device))
-
-
-def cuda_few_rows_linear(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         **options) -> torch.Tensor:
-    """kvserve.ops.linear(out, x, weight, bias, **options) on CUDA, as many rows of x (and out) a call as
-    it takes: 8 over a 16-bit weight, 32 over codes."""
-    step = _C.ops.linear_cuda_max_rows if weight.dtype == x.dtype else _C.ops.linear_cuda_max_code_rows
-    for start in range(0, x.shape[0], step):
-        ops.linear(out[start:start + step], x[start:start + step], weight, bias, **options)
-    return out
+def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor, max_rows: int | None = None,
+                          silu_and_mul_output: bool = False) -> bool:
+    """Whether kvserve.ops.linear takes x over weight on this CUDA device, and at most `max_rows` rows:
+    the layout kvserve/linear.h's linear_cuda_takes asks for (up to 8 rows over a 16-bit weight, any
+    number over codes, 16-byte aligned rows), and an sm_80 or later device."""
+    return ((max_rows is None or x.shape[0] <= max_rows)
+            and _C.ops.linear_cuda_takes(ops._dl(x), ops._dl(weight), silu_and_mul_output)
+            and has_tensor_core_linear(x.device))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -171,7 +159,7 @@ def quantized_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, 
     if x.is_cuda:
         if cuda_ops_linear_takes(rows, codes, CUDA_CODES_MAX_ROWS):
             out = torch.empty(rows.shape[0], out_features, dtype=x.dtype, device=x.device)
-            cuda_few_rows_linear(out, rows, codes, bias, weight_scale=scale, weight_offset=offset)
+            ops.linear(out, rows, codes, bias, weight_scale=scale, weight_offset=offset)
         else:
             weight = torch.empty(out_features, x.shape[-1], dtype=x.dtype, device=x.device)
             ops.dequantize_weight(weight, codes, scale, offset)
@@ -295,11 +283,12 @@ class Linear(WeightCodes, nn.Module):
         one kernel that writes silu(gate) * up (the same bits, without the [gate | up] rows)."""
         if lora is not None:
             return silu_and_mul(self(x, lora))
-        max_rows = CUDA_CODES_MAX_ROWS if self.weight_scale is not None else None
-        if x.is_cuda and x.dim() == 2 and self.parts is None and cuda_ops_linear_takes(x, self.weight, max_rows):
+        if (x.is_cuda and x.dim() == 2 and self.parts is None
+                and cuda_ops_linear_takes(x, self.weight, CUDA_CODES_MAX_ROWS, silu_and_mul_output=True)):
             out = torch.empty(x.shape[0], self.weight.shape[0] // 2, dtype=x.dtype, device=x.device)
-            return cuda_few_rows_linear(out, self.product_input(x), self.weight, self.bias, silu_and_mul_output=True,
-                                        weight_scale=self.weight_scale, weight_offset=self.weight_offset)
+            ops.linear(out, self.product_input(x), self.weight, self.bias, silu_and_mul_output=True,
+                       weight_scale=self.weight_scale, weight_offset=self.weight_offset)
+            return out
         return silu_and_mul(self(x))
 
     def shard(self, param: torch.Tensor, index: int) -> torch.Tensor:
