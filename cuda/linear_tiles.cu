@@ -142,10 +142,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
 
   // This thread's share of each stage's copies: one 16-byte piece of the input rows, at most one of
   // the codes, and at most one scale or offset (a stage has 256 or fewer of each).
+  // The sources advance a stage at a time from the split's first (pointers, not products of the stage's
+  // index: the loop's addresses then cost few instructions).
+  const int32_t chunks = static_cast<int32_t>(p.in_features / kColumns);
+  const int32_t first = static_cast<int32_t>(blockIdx.z) * split.stages_per_split;
+  const auto count = static_cast<int32_t>(min_i64(split.stages_per_split, chunks - first));
   const int input_row = tid / 4, input_piece = tid % 4;
   const bool input_inside = first_row + input_row < p.num_rows;
   const T* input_from = static_cast<const T*>(p.input) + (input_inside ? first_row + input_row : 0) * p.input_stride +
-                        8 * input_piece;
+                        8 * input_piece + int64_t{first} * kColumns;
   constexpr int kCodePieces = C::kBytes / 16;
   const int code_row = tid / kCodePieces, code_piece = tid % kCodePieces;
   const bool copies_codes = code_row < kTileFeatures;
@@ -153,7 +158,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
   const int64_t code_weight_row = tile_weight_row<kSilu>(p, copies_codes ? code_row : 0, &code_inside);
   code_inside = code_inside && copies_codes;
   const unsigned char* codes_from = static_cast<const unsigned char*>(p.weight) +
-                                    (code_inside ? code_weight_row : 0) * p.weight_stride + 16 * code_piece;
+                                    (code_inside ? code_weight_row : 0) * p.weight_stride + 16 * code_piece +
+                                    int64_t{first} * C::kBytes;
   // Scales: uint4's threads 0 .. 127 copy a row's scale, 128 .. 255 its offset; int8's, one of a row's two.
   constexpr int kScaleItems = C::kScales + C::kOffsets;
   const int scale_row = kScaleItems == 0 ? 0 : tid % kTileFeatures;
@@ -164,34 +170,42 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
   const int64_t groups = p.in_features / kColumns * C::kScales;  // a row's scales
   const bool copies_offset = C::kOffsets > 0 && scale_item >= C::kScales;
   const float* scale_from = (copies_offset ? p.weight_offset : p.weight_scale) +
-                            (scale_inside ? scale_weight_row * groups : 0) + (copies_offset ? 0 : scale_item);
+                            (scale_inside ? scale_weight_row * groups : 0) + (copies_offset ? 0 : scale_item) +
+                            int64_t{first} * C::kScales;
 
-  auto copy_stage = [&](int32_t chunk, Stage<T, C>& s) {
-    copy_async_16(&s.input[input_row][8 * input_piece], input_from + chunk * kColumns, input_inside);
-    if (copies_codes) {
-      copy_async_16(&s.codes[code_row][16 * code_piece], codes_from + chunk * C::kBytes, code_inside);
-    }
+  // The next stage's copies into slot s, and the sources a stage on.
+  auto copy_stage = [&](Stage<T, C>& s) {
+    copy_async_16(&s.input[input_row][8 * input_piece], input_from, input_inside);
+    input_from += kColumns;
+    if (copies_codes) copy_async_16(&s.codes[code_row][16 * code_piece], codes_from, code_inside);
+    codes_from += C::kBytes;
     if constexpr (kScaleItems > 0) {
       float* to = copies_offset ? &s.offset[scale_row][0] : &s.scale[scale_row][scale_item];
-      copy_async_4(to, scale_from + chunk * C::kScales, scale_inside);
+      copy_async_4(to, scale_from, scale_inside);
+      scale_from += C::kScales;
     }
   };
+  auto next_slot = [](int slot) { return slot == kStages - 1 ? 0 : slot + 1; };
 
-  const int32_t chunks = static_cast<int32_t>(p.in_features / kColumns);
-  const int32_t first = static_cast<int32_t>(blockIdx.z) * split.stages_per_split;
-  const auto count = static_cast<int32_t>(min_i64(split.stages_per_split, chunks - first));
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < count) copy_stage(first + s, stages[s]);
+    if (s < count) copy_stage(stages[s]);
     copy_async_commit();
   }
+  // Row tiles m that hold input rows: the rest of a tile is padding (zeros), multiplied (a branch a
+  // row tile in the loop cost sm_90a 41 instructions of 170 a stage) but not stored.
+  auto live = [&](int m) { return first_row + 16 * m < p.num_rows; };
   float c[kRowTiles][2][4] = {};
+  // Stage i is read from slot `read`; stage i + kStages - 1 is copied into `write` (stage i - 1's).
+  int read = 0, write = kStages - 1;
   for (int32_t i = 0; i < count; ++i) {
     copy_async_wait<kStages - 2>();
     __syncthreads();  // stage i landed for every thread, and stage i - 1's slot is free
-    if (i + kStages - 1 < count) copy_stage(first + i + kStages - 1, stages[(i + kStages - 1) % kStages]);
+    if (i + kStages - 1 < count) copy_stage(stages[write]);
     copy_async_commit();
-    const Stage<T, C>& s = stages[i % kStages];
+    write = next_slot(write);
+    const Stage<T, C>& s = stages[read];
+    read = next_slot(read);
     uint4 b[2];
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
@@ -222,6 +236,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
     };
 #pragma unroll
     for (int m = 0; m < kRowTiles; ++m) {
+      if (!live(m)) continue;
 #pragma unroll
       for (int j = 0; j < 2; ++j) *at(blockIdx.z, m, j) = make_float4(c[m][j][0], c[m][j][1], c[m][j][2], c[m][j][3]);
     }
@@ -234,6 +249,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
     __threadfence();
 #pragma unroll
     for (int m = 0; m < kRowTiles; ++m) {
+      if (!live(m)) continue;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -256,6 +272,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
   T* out = static_cast<T*>(p.out);
 #pragma unroll
   for (int m = 0; m < kRowTiles; ++m) {
+    if (!live(m)) continue;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int64_t row = first_row + 16 * m + g + 8 * (i / 2);
