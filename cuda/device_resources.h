@@ -1,6 +1,7 @@
 // What the CUDA launchers keep per device: its properties, read once, and one scratch buffer for
-// the split-key partials of paged attention and their arrival counters (CUDA only: the HIP build
-// has no split path).
+// the split partials (paged attention's split keys, the tiled products' split in_features) and their
+// arrival counters (CUDA only: the HIP build has no split path). One call uses it at a time: the
+// kernels that split run in one stream a device (the engine's), each leaving the counters at zero.
 #pragma once
 
 #include <cstddef>
@@ -31,7 +32,8 @@ bool current_device_info(DeviceInfo* info);
 enum class DecodeWarps { kFour, kTwo, kAuto };
 DecodeWarps decode_warps();
 
-// Room for the partials (SplitPartials::out and stats) of one paged-attention call.
+// Room for the partials of one call (paged attention's SplitPartials::out and stats, or a tiled
+// product's sums).
 constexpr size_t kSplitPartialBytes = size_t{16} << 20;
 
 struct SplitWorkspace {
