@@ -1,18 +1,27 @@
-"""llama.cpp's 8-, 6- and 5-bit blocks as int8 codes with a scale a group of 16 (kvserve.int8), value
-for value: each code * scale is, bit for bit in float32, what gguf-py's dequantize makes of the block.
+"""llama.cpp's 8-, 6-, 5- and 3-bit blocks of symmetric groups as int8 codes with a scale a group of 16
+(kvserve.int8), value for value: each code * scale is, bit for bit in float32, what gguf-py's
+dequantize makes of the block.
 
     Q8_0  32 weights a block: float16 d, 32 int8 codes                       code * d (two groups)
     Q6_K  256 weights a block: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales sc (one
           a group of 16), float16 d                                         (code - 32) * (d sc)
     Q5_0  32 weights a block: float16 d, 4 bytes of high bits (bit j: element j's), 16 bytes of low
           nibbles (byte j: element j low, element 16 + j high)               (code - 16) * d (two groups)
+    Q3_K  256 weights a block: 32 bytes of high bits, 64 of low bit pairs, 12 bytes of 16 six-bit
+          scales sc, float16 d                    (low - (4 unless the high bit is set)) * (d (sc - 32))
 
-Q5_0 is what llama.cpp's K-quant mixes (Q4_K_M, ...) store rows of a length not a multiple of 256 as.
+Q5_0 is what llama.cpp's K-quant mixes (Q4_K_M, ...) store rows of a length not a multiple of 256 as;
+Q3_K is most of a Q3_K_S/M/L file (its 4- and 5-bit K blocks beside it are read as uint4 codes or
+widened). 3-bit codes in int8 take 1.25 bytes a weight with their scales, where the file's 0.43 and
+a 16-bit weight's 2.
 
 A Q6_K block's elements in 128-element halves h: element 128 h + 32 r + j (r 0..3, j 0..31) has the
 nibble of byte 64 h + 32 (r % 2) + j (low for r < 2, high otherwise) and the bit pair 2 r of byte
-32 h + j of the high bits. d sc is exact in float32 (11 and 8 significant bits), so the product
-rounds once, as gguf-py's does.
+32 h + j of the high bits. A Q3_K block's element 128 h + 32 r + j has the bit pair 2 r of byte
+32 h + j of the low pairs and bit 4 h + r of byte j of the high bits; its scale i is the nibble
+i % 8 of bytes 0-7 (low for i < 8) with, above it, the bit pair 2 (i // 4) of byte 8 + i % 4. d sc
+is exact in float32 (11 and at most 8 significant bits), so the product rounds once, as
+gguf-py's does.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from kvserve.loader.gguf_uint4 import block_half, tensor_rows
 
-INT8_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q6_K, GGMLQuantizationType.Q5_0)
+INT8_TYPES = (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q6_K, GGMLQuantizationType.Q5_0,
+              GGMLQuantizationType.Q3_K)
 
 
 def _q6_k_codes(low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -33,6 +43,23 @@ def _q6_k_codes(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     pairs = high.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
     values = (nibbles & 15).reshape(-1, 2, 4, 32) | ((pairs & 3) << 4)
     return (values.astype(np.int8) - np.int8(32)).reshape(-1, 256)
+
+
+def _q3_k_codes(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Q3_K's 3-bit codes less 4 (none less where the high bit is set), int8 [num_blocks, 256], from its
+    high bits [num_blocks, 32] and low bit pairs [num_blocks, 64] (the module docstring's order)."""
+    pairs = low.reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
+    bits = high.reshape(-1, 1, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 2, 4, 1)
+    values = (pairs & 3).astype(np.int8) - ((~bits & 1) << 2).astype(np.int8)
+    return values.reshape(-1, 256)
+
+
+def _q3_k_scales(packed: np.ndarray) -> np.ndarray:
+    """Q3_K's 12 bytes a block as its 16 six-bit scales less 32 [num_blocks, 16], float32."""
+    nibbles = packed[:, :8].reshape(-1, 1, 8) >> np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)
+    pairs = packed[:, 8:].reshape(-1, 1, 4) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
+    scales = (nibbles.reshape(-1, 16) & 15) | ((pairs.reshape(-1, 16) & 3) << 4)
+    return (scales.astype(np.int8) - np.int8(32)).astype(np.float32)
 
 
 def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +76,9 @@ def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) ->
         low = np.concatenate([blocks[:, 6:] & 15, blocks[:, 6:] >> 4], axis=1)
         codes = (low | (high << 4)).astype(np.int8) - np.int8(16)
         scale = np.repeat(block_half(blocks, 0), 2, axis=1)
+    elif tensor_type == GGMLQuantizationType.Q3_K:
+        codes = _q3_k_codes(blocks[:, :32], blocks[:, 32:96])
+        scale = block_half(blocks, 108) * _q3_k_scales(blocks[:, 96:108])
     else:  # Q6_K
         codes = _q6_k_codes(blocks[:, :128], blocks[:, 128:192])
         scale = block_half(blocks, 208) * blocks[:, 192:208].view(np.int8).astype(np.float32)

@@ -1,7 +1,7 @@
 """Checkpoint tensors of a GGUF file, under their Hugging Face names: dequantized to float32, or for
 the blocks a model keeps quantized (GgufWeights.kept), their codes under the weight's name and their
 scales under name + "_scale": 4-bit blocks as uint4 codes with offsets under name + "_offset"
-(loader/gguf_uint4.py), 8-bit and 6-bit blocks as int8 codes (loader/gguf_int8.py).
+(loader/gguf_uint4.py), symmetric 8-, 6-, 5- and 3-bit blocks as int8 codes (loader/gguf_int8.py).
 
 llama.cpp's converter reorders the rows of Llama's q_proj and k_proj (bias included) so that each
 head's two rotary halves are interleaved pairs:
@@ -79,7 +79,7 @@ class GgufWeights:
 
     def coded_names(self) -> dict[str, set[str]]:
         """The Hugging Face names of the tensors stored as blocks that load as codes: "uint4" (4-bit
-        blocks, UINT4_TYPES) and "int8" (8-bit and 6-bit ones, INT8_TYPES)."""
+        blocks, UINT4_TYPES) and "int8" (symmetric 8- to 3-bit ones, INT8_TYPES)."""
         return {kind: {hf_name(t.name) for t in self.reader.tensors if t.tensor_type in types} - {None}
                 for kind, types in (("uint4", UINT4_TYPES), ("int8", INT8_TYPES))}
 

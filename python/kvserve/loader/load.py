@@ -96,7 +96,7 @@ def code_kinds(stored: dict[str, set[str]], names: list[str]) -> list[str | None
 
 def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
     """Each product whose parts the file stores all as 4-bit blocks takes them as uint4 codes, all as
-    8-bit or 6-bit blocks as int8 codes (Linear.prepare_uint4, prepare_int8), and so does the token
+    symmetric 8- to 3-bit blocks as int8 codes (Linear.prepare_uint4, prepare_int8), and so does the token
     embedding table (and with it a tied LM head); the names of what is kept. A projection with parts
     of both kinds (llama.cpp's Q4_K_M stores some v projections as Q6_K beside Q4_K q and k) keeps each
     part's codes in its own kind (Linear.prepare_parts); one with a part of neither is dequantized whole."""

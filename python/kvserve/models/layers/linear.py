@@ -25,8 +25,8 @@ float32 scale per row (quantized_linear): kvserve.ops.linear reads the codes dir
 weight rows at a time against input rows in the vector lanes); from 256 rows (or fewer, longer ones)
 of a dtype oneDNN takes on this CPU, the whole weight is widened once a call and multiplied by
 oneDNN's GEMM (float32: on its blocked copy, made for the call), which runs such products faster.
-A GGUF file's 4-bit blocks and GPTQ and AWQ weights load as uint4 codes (kvserve.uint4), its 8-bit
-and 6-bit blocks as int8 codes (kvserve.int8); both take the same paths (in bfloat16 widened for
+A GGUF file's 4-bit blocks and GPTQ and AWQ weights load as uint4 codes (kvserve.uint4), its symmetric
+8- to 3-bit blocks as int8 codes (kvserve.int8); both take the same paths (in bfloat16 widened for
 oneDNN from GROUPED_DENSE_ROWS rows; in float32 never).
 
 On CUDA, up to 8 rows of float16/bfloat16 (a decode step of a few sequences) take kvserve.ops.linear

@@ -32,7 +32,7 @@ class WeightCodes:
 
     def prepare_int8(self) -> None:
         """Uninitialized int8 codes with their groups' scales (kvserve.int8) in place of the weight, for a
-        checkpoint's 8-bit or 6-bit blocks to load into."""
+        checkpoint's symmetric 8- to 3-bit blocks to load into."""
         rows, columns = self.plain_shape()
         self.prepare_codes(torch.empty(rows, columns, dtype=torch.int8), torch.empty(rows, columns // int8.GROUP_SIZE),
                            None)
