@@ -135,7 +135,6 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
                                                                              const TileSplits split) {
   using C = TileCodes<W>;
   __shared__ Stage<T, C> stages[kStages];
-  wait_for_prior_grid();
   const int tid = static_cast<int>(threadIdx.x), warp = tid / kWarpSize, lane = tid % kWarpSize;
   const int g = lane / 4, t = lane % 4;
   const int64_t first_row = static_cast<int64_t>(blockIdx.x) * kTileRows;
@@ -173,25 +172,47 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
                             (scale_inside ? scale_weight_row * groups : 0) + (copies_offset ? 0 : scale_item) +
                             int64_t{first} * C::kScales;
 
+  // Where this thread's piece of codes and its scale or offset go in a stage.
+  auto codes_to = [&](Stage<T, C>& s) { return &s.codes[code_row][16 * code_piece]; };
+  auto scale_to = [&](Stage<T, C>& s) { return copies_offset ? &s.offset[scale_row][0] : &s.scale[scale_row][scale_item]; };
   // The next stage's copies into slot s, and the sources a stage on.
   auto copy_stage = [&](Stage<T, C>& s) {
     copy_async_16(&s.input[input_row][8 * input_piece], input_from, input_inside);
     input_from += kColumns;
-    if (copies_codes) copy_async_16(&s.codes[code_row][16 * code_piece], codes_from, code_inside);
+    if (copies_codes) copy_async_16(codes_to(s), codes_from, code_inside);
     codes_from += C::kBytes;
     if constexpr (kScaleItems > 0) {
-      float* to = copies_offset ? &s.offset[scale_row][0] : &s.scale[scale_row][scale_item];
-      copy_async_4(to, scale_from, scale_inside);
+      copy_async_4(scale_to(s), scale_from, scale_inside);
       scale_from += C::kScales;
     }
   };
   auto next_slot = [](int slot) { return slot == kStages - 1 ? 0 : slot + 1; };
 
+  // The first stages' codes and scales are read before the wait for the kernel before (compat.cuh: no
+  // kernel writes the weights), through L2 into registers, so that they are on their way while that
+  // kernel ends; after the wait they go into shared memory beside their input rows' copies.
+  uint4 early_codes[kStages - 1];
+  float early_scale[kStages - 1];
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < count) copy_stage(stages[s]);
+    early_codes[s] = s < count && code_inside ? load_through_l2(reinterpret_cast<const uint4*>(codes_from) + s *
+                                                                (C::kBytes / 16))
+                                              : uint4{};
+    early_scale[s] = kScaleItems > 0 && s < count && scale_inside ? load_through_l2(scale_from + s * C::kScales) : 0.f;
+  }
+  wait_for_prior_grid();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < count) {
+      copy_async_16(&stages[s].input[input_row][8 * input_piece], input_from, input_inside);
+      input_from += kColumns;
+      if (copies_codes) *reinterpret_cast<uint4*>(codes_to(stages[s])) = early_codes[s];
+      if constexpr (kScaleItems > 0) *scale_to(stages[s]) = early_scale[s];
+    }
     copy_async_commit();
   }
+  codes_from += (kStages - 1) * C::kBytes;
+  if constexpr (kScaleItems > 0) scale_from += (kStages - 1) * C::kScales;
   // Row tiles m that hold input rows: the rest of a tile is padding (zeros), multiplied (a branch a
   // row tile in the loop cost sm_90a 41 instructions of 170 a stage) but not stored.
   auto live = [&](int m) { return first_row + 16 * m < p.num_rows; };

@@ -1,7 +1,8 @@
 // The tiled product over quantized weights (linear_cuda past kLinearCudaMaxCodeRows rows of uint4,
 // int8 and e4m3 codes: cuda/linear_tiles.cu), run by the GPU emulator (gpu_emulator/) on random
 // codes and scales: against a float64 reference, with in_features split across blocks and not, the
-// same bits on a second call, SiLU-and-mul fused as the product then the kernel, and what it refuses.
+// same bits on a second call, nothing but weights read before the wait for the kernel before,
+// SiLU-and-mul fused as the product then the kernel, and what it refuses.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -43,6 +44,11 @@ TEST(EmulatedLinearTiles, MatchesAFloat64Reference) {
           kvserve::LinearParams& p = product.p;
           ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
           ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+          // Before the wait for the kernel before: the first stages' codes and scales only, which no
+          // kernel writes.
+          const EarlyLoads early = loads_before_wait(product.w.regions());
+          EXPECT_GT(early.all, 0u) << what;
+          EXPECT_EQ(early.outside, 0u) << what;
           product.expect_correct(what);
           // Again, into another output: the same bits, whichever block of a tile arrives last (the
           // emulator runs them in a random order): splits summed in their order, the arrival counters
