@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from kvserve.kv_cache import KV_CACHE_DTYPES
 from kvserve.loader.load import LOAD_FORMATS
 from kvserve.pooling import RUNNERS
-from kvserve.quantization import QUANTIZATIONS
+from kvserve.quantization import QUANTIZATION_ALIASES, QUANTIZATIONS
 from kvserve.sampling_params import is_int
 
 if TYPE_CHECKING:  # the Engine (and torch) load when one is built, not for `kvserve --help`
@@ -142,11 +142,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        help="auto: the KV cache in the model's dtype; fp8 (= fp8_e4m3) or fp8_e5m2: "
                        "8-bit keys and values, twice the tokens of a 16-bit cache in the same memory (each rounded "
                        "to 8 bits); bfloat16: a float32 model's cache in 16 bits")
-    group.add_argument("--quantization", "-q", default=None, choices=list(QUANTIZATIONS),
+    group.add_argument("--quantization", "-q", default=None, choices=[*QUANTIZATIONS, *QUANTIZATION_ALIASES],
                        help="fp8: the decoder layers' weights as 8-bit floats (e4m3) with a scale per row, half the "
                        "bytes of 16-bit weights to read each decode step; gptq, awq, compressed-tensors: the "
                        "checkpoint's own 4-bit (GPTQ, compressed-tensors: or 8-bit) weights, which load as they "
-                       "are without the flag too")
+                       "are without the flag too (gptq_marlin and awq_marlin, vLLM's names, are gptq and awq)")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

@@ -12,9 +12,10 @@ decode, where a CPU's steps wait on memory. The embeddings, the norms and the LM
 model's dtype, as vLLM keeps them.
 
 Runs on the CPU and on CUDA; the outputs are those of the model with each weight replaced by its
-code's value times its row's scale (dequantize), not the unquantized model's. On CUDA the few-rows
-product multiplies the codes' values (exact in 16 bits) and scales each output, as the CPU does; more
-rows multiply the weight dequantized to the dtype.
+code's value times its row's scale (dequantize), not the unquantized model's. On CUDA kvserve's
+products multiply the codes' values (exact in 16 bits) and scale each output, as the CPU does, up to
+CUDA_CODES_MAX_ROWS rows (kvserve.models.layers.linear); more rows multiply the weight dequantized
+to the dtype.
 
 Checkpoints that come with quantized weights load as they are (checkpoint_quantization): GPTQ's, AWQ's
 and compressed-tensors' 4-bit ones as uint4 codes and GPTQ's and compressed-tensors' 8-bit ones as
@@ -37,10 +38,18 @@ CHECKPOINT_ONLY = ("gptq", "awq", "compressed-tensors")
 E4M3_MAX = 448.0
 
 
-def check_quantization(quantization: str | None) -> None:
-    """ValueError for a method kvserve does not have."""
+# vLLM's names for the same checkpoints run by its Marlin kernels: kvserve runs them with its own.
+QUANTIZATION_ALIASES = {"gptq_marlin": "gptq", "awq_marlin": "awq"}
+
+
+def check_quantization(quantization: str | None) -> str | None:
+    """kvserve's name for a quantization method (QUANTIZATIONS, or one of vLLM's aliases of them);
+    ValueError for a method kvserve does not have."""
+    quantization = QUANTIZATION_ALIASES.get(quantization, quantization)
     if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)} or None, got {quantization!r}")
+        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)} (or vLLM's "
+                         f"{list(QUANTIZATION_ALIASES)}) or None, got {quantization!r}")
+    return quantization
 
 
 def checkpoint_quantization(quantization_config, source: str = "config.json") -> str | None:

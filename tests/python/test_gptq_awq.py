@@ -126,16 +126,18 @@ def test_a_checkpoint_matches_transformers_on_what_its_codes_stand_for(tiny_mode
     assert ids == hf_ids
 
 
-def test_an_engine_serves_an_awq_checkpoint_in_bfloat16(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("quantization", ["awq", "awq_marlin"])  # vLLM's name for AWQ on its Marlin kernels
+def test_an_engine_serves_an_awq_checkpoint_in_bfloat16(tiny_model_dir, tmp_path, quantization):
     quantized_dir, _ = write_checkpoint(tiny_model_dir("LlamaForCausalLM"), tmp_path, "awq", 32)
-    engine = Engine(quantized_dir, dtype="bfloat16", quantization="awq", device="cpu")
+    engine = Engine(quantized_dir, dtype="bfloat16", quantization=quantization, device="cpu")
     outputs = engine.generate(["hello there"], SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
     assert len(outputs[0].outputs[0].token_ids) == 8
 
 
-def test_the_method_must_be_the_checkpoints(tiny_model_dir):
+@pytest.mark.parametrize("quantization", ["gptq", "gptq_marlin"])
+def test_the_method_must_be_the_checkpoints(tiny_model_dir, quantization):
     with pytest.raises(ValueError, match="quantization 'gptq' reads a GPTQ checkpoint's weights, and .* has no GPTQ"):
-        load_model(tiny_model_dir("LlamaForCausalLM"), quantization="gptq")
+        load_model(tiny_model_dir("LlamaForCausalLM"), quantization=quantization)
 
 
 @pytest.mark.parametrize("config, message", [

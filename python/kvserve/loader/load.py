@@ -150,7 +150,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
         raise ValueError(f"runner must be one of {list(RUNNERS)}, got {runner!r}")
-    check_quantization(quantization)
+    quantization = check_quantization(quantization)
     path = resolve_model_path(model, hub_cache_dir=hub_cache_dir, revision=revision)
     is_gguf = path.is_file()
     wanted = "gguf" if is_gguf else "safetensors"
@@ -203,7 +203,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
             weights = quantized_weights(weights, model_config.weight_scheme, projections, bias_free)
             _log_codes(quantization.upper(), module)
     if is_gguf and load_format != "dummy" and quantization is None:
-        # A GGUF file's 4-, 6- and 8-bit blocks are read as they are, unless a quantization was asked for.
+        # A GGUF file's blocks that have codes are read as they are, unless a quantization was asked for.
         weights.kept = _keep_codes(module, weights)
     if load_format == "dummy":
         fill_dummy_weights(module, seed)
