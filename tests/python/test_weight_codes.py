@@ -26,7 +26,7 @@ from test_uint4 import random_uint4
 KINDS = {"uint4": (random_uint4, dequantize_uint4), "int8": (random_int8, dequantize_int8)}
 # The bytes each block type's float16 scales (and mins) start at; the rest of a block is codes.
 FLOAT16_STARTS = {Blocks.Q4_0: (0,), Blocks.Q4_1: (0, 2), Blocks.Q4_K: (0, 2), Blocks.Q8_0: (0,), Blocks.Q5_0: (0,),
-                  Blocks.Q6_K: (208,), Blocks.Q3_K: (108,)}
+                  Blocks.Q6_K: (208,), Blocks.Q3_K: (108,), Blocks.IQ4_NL: (0,), Blocks.IQ4_XS: (0,)}
 
 
 def random_blocks(tensor_type: Blocks, rows: int, in_features: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Checkpoint tensors of a GGUF file, under their Hugging Face names: dequantized to float32, or for
 the blocks a model keeps quantized (GgufWeights.kept), their codes under the weight's name and their
-scales under name + "_scale": 4-bit blocks as uint4 codes with offsets under name + "_offset"
-(loader/gguf_uint4.py), symmetric 8-, 6-, 5- and 3-bit blocks as int8 codes (loader/gguf_int8.py).
+scales under name + "_scale": Q4_0, Q4_1 and Q4_K blocks as uint4 codes with offsets under name +
+"_offset" (loader/gguf_uint4.py), symmetric 8- to 3-bit blocks (IQ4's table values too) as int8 codes
+(loader/gguf_int8.py).
 
 llama.cpp's converter reorders the rows of Llama's q_proj and k_proj (bias included) so that each
 head's two rotary halves are interleaved pairs:
