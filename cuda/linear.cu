@@ -279,8 +279,8 @@ template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
   const int64_t max_rows = p.weight_dtype ? kLinearCudaMaxCodeRows : kLinearCudaMaxRows;
-  if (!linear_cuda_takes(p) || p.num_rows > max_rows || blocks > INT_MAX || p.in_features > INT_MAX - kChunk || !current_device_info(&device) ||
-      device.compute_capability < 80) {
+  if (!linear_cuda_takes(p) || p.num_rows > max_rows || blocks > INT_MAX || p.in_features > INT_MAX - kChunk ||
+      !current_device_info(&device) || device.compute_capability < 80) {
     return Status::kUnsupported;
   }
   return with_float_type(p.dtype, [&](auto tag) -> Status {

@@ -6,11 +6,12 @@
 //
 // A block of 8 warps owns a tile of 64 input rows x 128 weight rows (16 a warp) and walks along
 // in_features 32 columns a stage. Each stage's input rows (64 x 32 elements) and codes, with their
-// scales, are copied into shared memory asynchronously, 4 stages in flight. A warp widens its 16
-// weight rows' codes of a stage once, in registers, into the mma's B fragments (each value rounded to
-// the dtype as dequantize_weight rounds it; linear_weight.cuh's readings), so each code is widened once
-// for 64 input rows; the input's A fragments come by ldmatrix: 2 k16 steps x 4 row tiles x 2 weight
-// tiles of m16n8k16 mma a stage.
+// scales, are copied into shared memory asynchronously, 4 stages in flight (the first 3 stages'
+// codes and scales read before the wait for the kernel before, as linear.cu's are). A warp widens
+// its 16 weight rows' codes of a stage once, in registers, into the mma's B fragments (each value
+// rounded to the dtype as dequantize_weight rounds it; linear_weight.cuh's readings), so each code is
+// widened once for 64 input rows; the input's A fragments come by ldmatrix: 2 k16 steps x 4 row
+// tiles x 2 weight tiles of m16n8k16 mma a stage.
 //
 // With A from ldmatrix, lane (g, t) holds columns 2t, 2t + 1, 2t + 8, 2t + 9 of a k16 step, so its
 // B fragment is the same columns of weight row g: for uint4 codes the bytes 2t, 2t + 1, 2t + 8,
@@ -50,7 +51,7 @@ constexpr int kInputPitch = kColumns + 8;     // 80-byte rows: ldmatrix's 8 rows
 constexpr int kSums = kRowTiles * 2 * 4;      // a thread's float32 sums
 // A split walks at least this many stages (256 columns): enough for the pipeline to fill.
 constexpr int kMinSplitStages = 8;
-// Blocks resident on an SM (registers capped at 128 to fit them; shared memory: 2 x 40 KB).
+// Blocks resident on an SM (registers capped at 128 to fit them; shared memory: 2 x at most 43 KB).
 constexpr int kBlocksPerSm = 2;
 static_assert(kThreads == kTileRows * kColumns / 8, "a thread copies one 16-byte piece of a stage's input");
 static_assert(kThreads == 2 * kTileFeatures, "a thread copies at most one piece of codes and one scale a stage");
@@ -174,7 +175,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
 
   // Where this thread's piece of codes and its scale or offset go in a stage.
   auto codes_to = [&](Stage<T, C>& s) { return &s.codes[code_row][16 * code_piece]; };
-  auto scale_to = [&](Stage<T, C>& s) { return copies_offset ? &s.offset[scale_row][0] : &s.scale[scale_row][scale_item]; };
+  auto scale_to = [&](Stage<T, C>& s) {
+    return copies_offset ? &s.offset[scale_row][0] : &s.scale[scale_row][scale_item];
+  };
   // The next stage's copies into slot s, and the sources a stage on.
   auto copy_stage = [&](Stage<T, C>& s) {
     copy_async_16(&s.input[input_row][8 * input_piece], input_from, input_inside);
@@ -253,7 +256,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) linear_tiles_kernel(co
     const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
     const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
     auto at = [&](int64_t s, int m, int j) {
-      return reinterpret_cast<float4*>(split.partials) + ((s * tiles + tile) * (kSums / 4) + m * 2 + j) * kThreads + tid;
+      const int64_t slot = (s * tiles + tile) * (kSums / 4) + m * 2 + j;
+      return reinterpret_cast<float4*>(split.partials) + slot * kThreads + tid;
     };
 #pragma unroll
     for (int m = 0; m < kRowTiles; ++m) {

@@ -107,7 +107,8 @@ TEST(EmulatedLinearTiles, SiluAndMulEqualsTheProductThenTheKernel) {
         const QuantizedWeight w(kind, 2 * size, hidden, kPad, rng);
         Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
         Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
-        kvserve::LinearParams p = linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
+        kvserve::LinearParams p =
+            linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
         w.attach(p);
         ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
         expect_product(gate_up, 2 * size, x, hidden, w, &b, rows, what);

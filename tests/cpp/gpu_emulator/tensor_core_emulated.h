@@ -12,7 +12,9 @@
 
 namespace kvserve::gpu {
 
-inline void copy_async_16(void* shared, const void* global, bool fill) { emulator::async_copy(shared, global, 16, fill); }
+inline void copy_async_16(void* shared, const void* global, bool fill) {
+  emulator::async_copy(shared, global, 16, fill);
+}
 inline void copy_async_4(void* shared, const void* global, bool fill) { emulator::async_copy(shared, global, 4, fill); }
 // L2 eviction policies only steer a cache the emulator does not have.
 inline uint64_t evict_first_policy() { return 0; }
