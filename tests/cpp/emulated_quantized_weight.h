@@ -138,6 +138,23 @@ struct CodesProduct {
   void expect_correct(const std::string& what) const {
     expect_product(y, out_stride, x, input_stride, w, with_bias ? &b : nullptr, rows, what);
   }
+
+  // linear_cuda over these params, taken and run; before the wait for the kernel before it reads
+  // codes and scales only (which no kernel writes); its output against the float64 reference.
+  void run_and_expect_correct(const std::string& what) {
+    ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
+    ASSERT_EQ(kvserve::linear_cuda(p, nullptr), kvserve::Status::kOk) << what;
+    const EarlyLoads early = loads_before_wait(w.regions());
+    EXPECT_GT(early.all, 0u) << what;
+    EXPECT_EQ(early.outside, 0u) << what;
+    expect_correct(what);
+  }
 };
+
+// A product's name in a failure's message.
+inline std::string product_name(DType kind, DType dtype, int64_t rows, int64_t in, bool with_bias) {
+  return kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows) + " in " + std::to_string(in) +
+         (with_bias ? " bias" : "");
+}
 
 }  // namespace emulated_test

@@ -35,18 +35,11 @@ TEST(EmulatedLinearCodes, MatchesAFloat64Reference) {
       for (const auto& [rows, in, out_features] : {std::tuple<int64_t, int64_t, int64_t>{1, 64, 48}, {3, ragged, 40},
                                                    {8, 288, 17}, {13, ragged, 33}, {27, 96, 16}, {32, 288, 20}}) {
         for (bool with_bias : {false, true}) {
-          const std::string what = kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows) + " in " +
-                                   std::to_string(in) + (with_bias ? " bias" : "");
+          const std::string what = product_name(kind, dtype, rows, in, with_bias);
           std::mt19937 rng(static_cast<uint32_t>(rows * 1000 + in));
           CodesProduct product(kind, dtype, rows, in, out_features, pad, with_bias, rng);
+          product.run_and_expect_correct(what);
           kvserve::LinearParams& p = product.p;
-          ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
-          ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-          // Before the wait for the kernel before: the codes and their scales only, which no kernel writes.
-          const EarlyLoads early = loads_before_wait(product.w.regions());
-          EXPECT_GT(early.all, 0u) << what;
-          EXPECT_EQ(early.outside, 0u) << what;
-          product.expect_correct(what);
           // Rows of codes whose starts a lane's load cannot take, and float32: cuBLAS's work.
           p.weight_stride += pad / 2;
           EXPECT_FALSE(kvserve::linear_cuda_takes(p)) << what;

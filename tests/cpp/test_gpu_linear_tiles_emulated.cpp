@@ -36,38 +36,28 @@ TEST(EmulatedLinearTiles, MatchesAFloat64Reference) {
       for (const auto& [rows, in, out_features, with_bias] :
            {std::tuple<int64_t, int64_t, int64_t, bool>{33, 64, 40, false}, {64, 96, 130, true}, {97, 160, 20, false},
             {150, 32, 136, true}, {40, 1024, 40, true}, {70, 512, 200, false}}) {
-        {
-          const std::string what = kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows) + " in " +
-                                   std::to_string(in) + (with_bias ? " bias" : "");
-          std::mt19937 rng(static_cast<uint32_t>(rows * 1000 + in));
-          CodesProduct product(kind, dtype, rows, in, out_features, kPad, with_bias, rng);
-          kvserve::LinearParams& p = product.p;
-          ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
-          ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-          // Before the wait for the kernel before: the first stages' codes and scales only, which no
-          // kernel writes.
-          const EarlyLoads early = loads_before_wait(product.w.regions());
-          EXPECT_GT(early.all, 0u) << what;
-          EXPECT_EQ(early.outside, 0u) << what;
-          product.expect_correct(what);
-          // Again, into another output: the same bits, whichever block of a tile arrives last (the
-          // emulator runs them in a random order): splits summed in their order, the arrival counters
-          // back at zero (or the second call's tiles would finish early or never).
-          Buffer again = nan_buffer(dtype, static_cast<size_t>(rows * product.out_stride));
-          p.out = again.data();
-          ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-          EXPECT_EQ(again.words, product.y.words) << what;
-          // Rows of codes that start 8 bytes off 16 (taken at 32 rows, kind by kind), and float32.
-          p.weight_stride += 8;
-          EXPECT_FALSE(kvserve::linear_cuda_takes(p)) << what;
-          EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported) << what;
-          p.num_rows = kvserve::kLinearCudaMaxCodeRows;
-          EXPECT_TRUE(kvserve::linear_cuda_takes(p)) << what;
-          p.weight_stride -= 8;
-          p.num_rows = rows;
-          p.dtype = DType::kFloat32;
-          EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported) << what;
-        }
+        const std::string what = product_name(kind, dtype, rows, in, with_bias);
+        std::mt19937 rng(static_cast<uint32_t>(rows * 1000 + in));
+        CodesProduct product(kind, dtype, rows, in, out_features, kPad, with_bias, rng);
+        product.run_and_expect_correct(what);
+        // Again, into another output: the same bits, whichever block of a tile arrives last (the
+        // emulator runs them in a random order): splits summed in their order, the arrival counters
+        // back at zero (or the second call's tiles would finish early or never).
+        kvserve::LinearParams& p = product.p;
+        Buffer again = nan_buffer(dtype, static_cast<size_t>(rows * product.out_stride));
+        p.out = again.data();
+        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
+        EXPECT_EQ(again.words, product.y.words) << what;
+        // Rows of codes that start 8 bytes off 16 (taken at 32 rows, kind by kind), and float32.
+        p.weight_stride += 8;
+        EXPECT_FALSE(kvserve::linear_cuda_takes(p)) << what;
+        EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported) << what;
+        p.num_rows = kvserve::kLinearCudaMaxCodeRows;
+        EXPECT_TRUE(kvserve::linear_cuda_takes(p)) << what;
+        p.weight_stride -= 8;
+        p.num_rows = rows;
+        p.dtype = DType::kFloat32;
+        EXPECT_EQ(kvserve::linear_cuda(p, nullptr), Status::kUnsupported) << what;
       }
     }
   }
