@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """What reading a fused projection of two kinds of GGUF blocks part by part gains (Linear.prepare_parts:
-a Q4_K_M file's Q6_K v beside Q4_K q and k): one stream's greedy tok/s on the CPU with those
-projections in parts against the same file with them widened to the dtype (as kvserve loaded them
-before), rounds taking turns.
+a Q4_K_M file's Q6_K v beside Q4_K q and k; a Q3_K_M file's Q5_K v, of neither kind, beside Q3_K q
+and k): one stream's greedy tok/s on the CPU with those projections in parts against the same file
+with them widened to the dtype whole (as kvserve loaded them before), rounds taking turns.
 
     python bench/gguf_parts.py --model small-q4_k_m.gguf --rounds 3
 """
@@ -20,7 +20,8 @@ keep_codes = load_module._keep_codes
 
 
 def widening_mixed(module, weights):
-    """_keep_codes over a file whose projections of two kinds of blocks are not offered as codes."""
+    """_keep_codes over a file whose projections of more than one kind of blocks (or of codes and
+    neither) are not offered as codes."""
     stored = weights.coded_names()
     mixed = {name for _, names in linear_parts(module, module.packed_modules)
              if len(set(load_module.code_kinds(stored, names))) > 1 for name in names}

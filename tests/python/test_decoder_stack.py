@@ -75,18 +75,21 @@ def test_narrower_caches_same_bits_as_the_python_layers(tiny_model_dir, dtype, c
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("weights", ["fp8", "uint4", "int8", "parts"])
+@pytest.mark.parametrize("weights", ["fp8", "uint4", "int8", "parts", "parts-with-plain"])
 def test_quantized_weights_same_bits_as_the_python_layers(tiny_model_dir, gguf_pair, weights, dtype, monkeypatch):
     """quantization="fp8", and a GGUF file's Q4_1 and Q8_0 blocks: the stack reads the e4m3 codes with
     their scales, the uint4 codes with their scales and offsets, and the int8 codes with their scales,
     as the layers' products do, and ("parts") projections of both kinds part by part (Qwen2's q, k, v
-    biases too), with a LoRA adapter (its deltas in the model's dtype beside the codes) and without."""
+    biases too; "parts-with-plain": a part of neither kind, Q5_1, in the dtype, interleaved in
+    bfloat16), with a LoRA adapter (its deltas in the model's dtype beside the codes) and without."""
     if weights == "fp8":
         model = load_model(tiny_model_dir("Qwen2ForCausalLM"), dtype=dtype, quantization="fp8").model
-    elif weights == "parts":
-        mixed = {"attn_v": gguf.GGMLQuantizationType.Q8_0, "ffn_up": gguf.GGMLQuantizationType.Q8_0}
+    elif weights.startswith("parts"):
+        other = gguf.GGMLQuantizationType.Q8_0 if weights == "parts" else gguf.GGMLQuantizationType.Q5_1
+        mixed = {"attn_v": other, "ffn_up": other}
         model = load_model(gguf_pair("Qwen2ForCausalLM", gguf.GGMLQuantizationType.Q4_1, mixed)[1], dtype=dtype).model
-        assert model.model.layers[0].self_attn.qkv_proj.parts is not None
+        parts = model.model.layers[0].self_attn.qkv_proj.parts
+        assert parts is not None and (parts[2].weight.dtype == getattr(torch, dtype)) == (weights != "parts")
     else:
         blocks = gguf.GGMLQuantizationType.Q4_1 if weights == "uint4" else gguf.GGMLQuantizationType.Q8_0
         model = load_model(gguf_pair("Qwen2ForCausalLM", blocks)[1], dtype=dtype).model

@@ -153,12 +153,15 @@ def test_gguf_uint4_refuses_other_blocks():
     ("LlamaForCausalLM", GGMLQuantizationType.Q4_1, {"attn_v": GGMLQuantizationType.Q8_0,
                                                      "ffn_up": GGMLQuantizationType.Q8_0,
                                                      "ffn_down": GGMLQuantizationType.Q8_0}),
-], ids=["llama-q4_0", "qwen2-q4_1", "llama-mixed"])
+    # As Q3_K_M stores a Q5_K v beside Q3_K q and k: a part of neither kind, dequantized alone.
+    ("LlamaForCausalLM", GGMLQuantizationType.Q4_1, {"attn_v": GGMLQuantizationType.Q5_1,
+                                                     "ffn_up": GGMLQuantizationType.Q5_1}),
+], ids=["llama-q4_0", "qwen2-q4_1", "llama-mixed", "llama-mixed-with-neither"])
 def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architecture, tensor_type, tensor_types):
     """Its decoder projections load as uint4 codes (in the mix, a projection of 8-bit blocks as int8
-    codes, and one of both kinds in parts of each), and greedy ids equal (logits within 1e-4)
-    transformers' over the values it dequantizes the same blocks to; prefill (the panels) and decode
-    (the decoder stack, reading codes)."""
+    codes, one of both kinds in parts of each, and one with a part of neither kind in parts, that part
+    in the dtype), and greedy ids equal (logits within 1e-4) transformers' over the values it
+    dequantizes the same blocks to; prefill (the panels) and decode (the decoder stack, reading codes)."""
     # transformers reads no rope scaling from GGUF files, so these models have none.
     _, path = gguf_pair(architecture, tensor_type, tensor_types, rope_scaling=None)
     model = load_model(path, dtype="float32").model
@@ -166,9 +169,11 @@ def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architectur
     held = {name: linear.weight.dtype if linear.parts is None else tuple(part.weight.dtype for part in linear.parts)
             for name, linear in (("qkv", layer.self_attn.qkv_proj), ("o", layer.self_attn.o_proj),
                                  ("gate_up", layer.mlp.gate_up_proj), ("down", layer.mlp.down_proj))}
-    uint4, int8 = torch.uint8, torch.int8
-    expected = dict(qkv=uint4, o=uint4, gate_up=uint4, down=uint4) if tensor_types is None \
-        else dict(qkv=(uint4, uint4, int8), o=uint4, gate_up=(uint4, int8), down=int8)
+    uint4, int8, plain = torch.uint8, torch.int8, torch.float32
+    expected = {None: dict(qkv=uint4, o=uint4, gate_up=uint4, down=uint4),
+                GGMLQuantizationType.Q8_0: dict(qkv=(uint4, uint4, int8), o=uint4, gate_up=(uint4, int8), down=int8),
+                GGMLQuantizationType.Q5_1: dict(qkv=(uint4, uint4, plain), o=uint4, gate_up=(uint4, plain),
+                                                down=uint4)}[(tensor_types or {}).get("attn_v")]
     assert held == expected
     ids, logits = paged_greedy(model, PROMPTS[:2], 4)
     hf_ids, hf_logits = hf_greedy(path.parent, PROMPTS[:2], 4, gguf_file=path.name)

@@ -97,9 +97,10 @@ def code_kinds(stored: dict[str, set[str]], names: list[str]) -> list[str | None
 def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
     """Each product whose parts the file stores all as 4-bit blocks takes them as uint4 codes, all as
     symmetric 8- to 3-bit blocks as int8 codes (Linear.prepare_uint4, prepare_int8), and so does the token
-    embedding table (and with it a tied LM head); the names of what is kept. A projection with parts
-    of both kinds (llama.cpp's Q4_K_M stores some v projections as Q6_K beside Q4_K q and k) keeps each
-    part's codes in its own kind (Linear.prepare_parts); one with a part of neither is dequantized whole."""
+    embedding table (and with it a tied LM head); the names of what is kept. A fused projection with
+    parts of different kinds keeps each part's codes in its own kind (Linear.prepare_parts): llama.cpp's
+    Q4_K_M stores some v projections as Q6_K beside Q4_K q and k; a part of neither kind (Q3_K_M's Q5_K
+    v beside Q3_K q and k) is dequantized alone, a part in the dtype."""
     stored = weights.coded_names()
     holders = list(linear_parts(module, module.packed_modules))
     holders += [(embedding, [f"{name}.weight"]) for name, embedding in module.named_modules()
@@ -107,13 +108,13 @@ def _keep_codes(module: nn.Module, weights: GgufWeights) -> set[str]:
     kept = set()
     for holder, names in holders:
         kinds = code_kinds(stored, names)
-        if None in kinds:
+        if set(kinds) == {None}:
             continue
         if len(set(kinds)) == 1:
             getattr(holder, f"prepare_{kinds[0]}")()
         else:
             holder.prepare_parts(kinds)
-        kept.update(names)
+        kept.update(name for name, kind in zip(names, kinds, strict=True) if kind is not None)
     _log_codes("GGUF", module)
     return kept
 

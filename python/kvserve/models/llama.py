@@ -209,7 +209,8 @@ class LlamaForCausalLM(nn.Module):
                     post_norm=layer.post_attention_layernorm.weight,
                     key_cache=key_cache, value_cache=value_cache, sliding_window=attn.attn.sliding_window,
                     **{key: product.few_rows_weight for key, product in products.items() if product.parts is None},
-                    **{f"{key}_parts": [dict(w=part.weight, w_scale=part.weight_scale, w_offset=part.weight_offset,
+                    **{f"{key}_parts": [dict(w=part.few_rows_weight, w_scale=part.weight_scale,
+                                             w_offset=part.weight_offset,
                                              rows=sum(part.output_sizes)) for part in product.parts]
                        for key, product in products.items() if product.parts is not None},
                     **{f"{key}_bias": product.bias for key, product in products.items()},

@@ -201,22 +201,25 @@ class Linear(WeightCodes, nn.Module):
         self.weight_scale: nn.Parameter | None = None
         self.weight_offset: nn.Parameter | None = None
         # With prepare_parts(): the stacked projections' weights in parts of different kinds of codes
-        # (a GGUF file's Q4_K q and k beside a Q6_K v), each a Linear of its rows without a bias (this
-        # Linear's bias serves them all); the weight (and its scales) is then None.
+        # (a GGUF file's Q4_K q and k beside a Q6_K v; a part of neither kind holds the dtype's
+        # weight), each a Linear of its rows without a bias (this Linear's bias serves them all); the
+        # weight (and its scales) is then None.
         self.parts: nn.ModuleList | None = None
         # With prepare_input_order() (act-order GPTQ), int64 [input_size]: the weight's column k
         # multiplies input column input_order[k] (its groups run over columns in that order). One for all
         # the stacked projections, which share their input.
         self.input_order: nn.Parameter | None = None
 
-    def prepare_parts(self, kinds: list[str]) -> None:
+    def prepare_parts(self, kinds: list[str | None]) -> None:
         """Uninitialized codes of each stacked projection's kind ("uint4" or "int8": WeightCodes'
-        prepare_ methods) in parts, in place of the weight, for a checkpoint's blocks to load into."""
+        prepare_ methods; None: a weight of the dtype) in parts, in place of the weight, for a
+        checkpoint's blocks to load into."""
         device = self.weight.device
         self.parts = nn.ModuleList()
         for size, kind in zip(self.output_sizes, kinds, strict=True):
             part = Linear(self.input_size, size, False, self.dtype).to(device)
-            getattr(part, f"prepare_{kind}")()
+            if kind is not None:
+                getattr(part, f"prepare_{kind}")()
             self.parts.append(part)
         self.weight = None
 
@@ -267,16 +270,20 @@ class Linear(WeightCodes, nn.Module):
         """x @ weight^T (+ bias), and the step's LoRA adapters' deltas where `lora` has any."""
         if self.parts is not None:
             rows = self.product_input(x)
-            out = torch.cat([quantized_linear(rows, part.weight, part.weight_scale, part.weight_offset,
-                                              None if self.bias is None else self.shard(self.bias, i))
+            out = torch.cat([part.product(rows, None if self.bias is None else self.shard(self.bias, i))
                              for i, part in enumerate(self.parts)], dim=-1)
-        elif self.weight_scale is not None:
-            out = quantized_linear(self.product_input(x), self.weight, self.weight_scale, self.weight_offset, self.bias)
         else:
-            out = linear(self.product_input(x), self.weight, self.bias, self.packed, self.interleaved)
+            out = self.product(self.product_input(x), self.bias)
         if lora is not None:
             lora.add(self, x, out)
         return out
+
+    def product(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x (as product_input gives it) @ this Linear's one weight^T (+ bias, added before the one
+        rounding), by the path its codes or dtype take."""
+        if self.weight_scale is not None:
+            return quantized_linear(x, self.weight, self.weight_scale, self.weight_offset, bias)
+        return linear(x, self.weight, bias, self.packed, self.interleaved)
 
     def forward_silu_and_mul(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
         """silu_and_mul(self(x)) for a [gate; up] projection: on CUDA, where the few-rows kernel takes x,
