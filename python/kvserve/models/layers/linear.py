@@ -286,8 +286,9 @@ class Linear(WeightCodes, nn.Module):
         return linear(x, self.weight, bias, self.packed, self.interleaved)
 
     def forward_silu_and_mul(self, x: torch.Tensor, lora: LoRABatch | None = None) -> torch.Tensor:
-        """silu_and_mul(self(x)) for a [gate; up] projection: on CUDA, where the few-rows kernel takes x,
-        one kernel that writes silu(gate) * up (the same bits, without the [gate | up] rows)."""
+        """silu_and_mul(self(x)) for a [gate; up] projection: on CUDA, where kvserve's kernels take x
+        (few rows, or more over codes), one kernel that writes silu(gate) * up (the same bits, without
+        the [gate | up] rows)."""
         if lora is not None:
             return silu_and_mul(self(x, lora))
         if (x.is_cuda and x.dim() == 2 and self.parts is None
