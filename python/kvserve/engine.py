@@ -147,9 +147,9 @@ class Engine(OfflineAPI):
         the model checks them in the same step (kvserve.speculative); steps are then not scheduled
         ahead (a step's token count is known only once its drafts are checked).
         `quantization` (vLLM's): "fp8" stores the decoder layers' weights as e4m3 codes with a scale
-        per row, half a 16-bit weight's bytes (kvserve.quantization); "gptq", "awq" or
-        "compressed-tensors" names what the checkpoint is (its integer weights load as uint4 or int8
-        codes either way; vLLM's "gptq_marlin" and "awq_marlin" are "gptq" and "awq")."""
+        per row, half a 16-bit weight's bytes (kvserve.quantization); "gptq", "awq",
+        "compressed-tensors" or "gguf" names what the checkpoint is (its integer weights or blocks load
+        as uint4 or int8 codes either way; vLLM's "gptq_marlin" and "awq_marlin" are "gptq" and "awq")."""
         start = time.perf_counter()
         if isinstance(tensor_parallel_size, bool) or tensor_parallel_size != 1:
             raise ValueError(f"tensor_parallel_size must be 1 (kvserve runs on one device), "

@@ -146,7 +146,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser,
                        help="fp8: the decoder layers' weights as 8-bit floats (e4m3) with a scale per row, half the "
                        "bytes of 16-bit weights to read each decode step; gptq, awq, compressed-tensors: the "
                        "checkpoint's own 4-bit (GPTQ, compressed-tensors: or 8-bit) weights, which load as they "
-                       "are without the flag too (gptq_marlin and awq_marlin, vLLM's names, are gptq and awq)")
+                       "are without the flag too (gptq_marlin and awq_marlin, vLLM's names, are gptq and awq); "
+                       "gguf: a GGUF file's blocks, read as they are either way")
     group.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, metavar="N",
                        help="accepted for vLLM's scripts: only 1 (kvserve runs on one device)")
     group.add_argument("--trust-remote-code", action="store_true",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-QUANTIZATIONS = ("fp8", "gptq", "awq", "compressed-tensors")
+QUANTIZATIONS = ("fp8", "gptq", "awq", "compressed-tensors", "gguf")
 # Methods whose weights come quantized in the checkpoint, not quantized at load (compressed-tensors:
 # its integer weights; its fp8 ones are "fp8").
 CHECKPOINT_ONLY = ("gptq", "awq", "compressed-tensors")

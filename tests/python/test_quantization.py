@@ -175,11 +175,11 @@ def test_linear_checks_a_quantized_weights_arguments(change, message):
 
 
 def test_check_quantization():
-    for method in (None, "fp8", "gptq", "awq", "compressed-tensors"):
+    for method in (None, "fp8", "gptq", "awq", "compressed-tensors", "gguf"):
         assert check_quantization(method) == method
     assert check_quantization("gptq_marlin") == "gptq" and check_quantization("awq_marlin") == "awq"
-    with pytest.raises(ValueError, match=r"must be one of \['fp8', 'gptq', 'awq', 'compressed-tensors'\] \(or vLLM's "
-                                         r"\['gptq_marlin', 'awq_marlin'\]\) or None, got 'bitsandbytes'"):
+    with pytest.raises(ValueError, match=r"must be one of \['fp8', 'gptq', 'awq', 'compressed-tensors', 'gguf'\] "
+                                         r"\(or vLLM's \['gptq_marlin', 'awq_marlin'\]\) or None, got 'bitsandbytes'"):
         check_quantization("bitsandbytes")
 
 

@@ -181,6 +181,16 @@ def test_a_gguf_file_of_4_bit_blocks_matches_transformers(gguf_pair, architectur
     assert ids == hf_ids
 
 
+def test_quantization_gguf_names_a_gguf_file(gguf_pair):
+    """vLLM's quantization="gguf": a GGUF file loads its blocks as codes, as without it; a Hugging Face
+    directory is refused."""
+    directory, path = gguf_pair("LlamaForCausalLM", GGMLQuantizationType.Q4_0)
+    model = load_model(path, dtype="float32", quantization="gguf").model
+    assert model.model.layers[0].mlp.gate_up_proj.weight.dtype == torch.uint8
+    with pytest.raises(ValueError, match="quantization 'gguf' reads a GGUF file's blocks, and .* is not a GGUF file"):
+        load_model(directory, quantization="gguf")
+
+
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"])
 def test_codes_give_what_the_dequantized_file_gives(gguf_pair, architecture, monkeypatch):
     """Every GGUF architecture (transformers' GGUF loader misreads Qwen3's head_dim, so this is the

@@ -146,7 +146,7 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     config.json keys to replace or add (vLLM's; a Hugging Face directory's only). `quantization`
     "fp8": the decoder layers' weights become e4m3 codes once loaded (kvserve.quantization); a
     checkpoint of quantized weights (fp8, GPTQ, AWQ, compressed-tensors) loads its codes as they are, whatever
-    `quantization` says ("gptq", "awq" and "compressed-tensors" only name what the checkpoint must be)."""
+    `quantization` says ("gptq", "awq", "compressed-tensors" and "gguf" only name what the checkpoint must be)."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format: expected one of {list(LOAD_FORMATS)}, got {load_format!r}")
     if runner not in RUNNERS:
@@ -154,6 +154,10 @@ def load_model(model: str | Path | None = None, *, dtype: str | torch.dtype = "a
     quantization = check_quantization(quantization)
     path = resolve_model_path(model, hub_cache_dir=hub_cache_dir, revision=revision)
     is_gguf = path.is_file()
+    if quantization == "gguf":  # vLLM's name for a GGUF file's blocks, which load as they are anyway
+        if not is_gguf:
+            raise ValueError(f"quantization 'gguf' reads a GGUF file's blocks, and {path} is not a GGUF file")
+        quantization = None
     wanted = "gguf" if is_gguf else "safetensors"
     if load_format not in ("auto", "dummy", wanted):
         raise ValueError(f"load_format {load_format!r} does not fit {path}: expected 'auto', 'dummy' or {wanted!r}")
