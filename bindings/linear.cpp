@@ -174,9 +174,10 @@ void dequantize_weight(Array out, Array weight, Array weight_scale, std::optiona
 }
 
 // Whether linear takes input [M, K] over `weight` ([N, K] of input's dtype, or codes) on CUDA, as
-// linear_cuda_takes says of their layout (the device's compute capability aside): the callers' test
-// before they choose between kvserve's kernels and torch's.
-bool cuda_takes(Array input, Array weight, bool silu_and_mul_output) {
+// linear_cuda_takes says of their layout (the device's compute capability aside), and with
+// `few_rows_only` whether its few-rows kernel does (what linear_rotary_and_cache takes): the callers'
+// test before they choose between kvserve's kernels and torch's.
+bool cuda_takes(Array input, Array weight, bool silu_and_mul_output, bool few_rows_only) {
   if (input.ndim() != 2 || weight.ndim() != 2 || input.stride(1) != 1 || weight.stride(1) != 1) return false;
   if (input.dtype() != kFloat16 && input.dtype() != kBFloat16) return false;
   const std::optional<DType> codes = code_dtype(weight.dtype());
@@ -192,7 +193,7 @@ bool cuda_takes(Array input, Array weight, bool silu_and_mul_output) {
   p.out_features = static_cast<int64_t>(weight.shape(0));
   p.silu_and_mul_output = silu_and_mul_output;
   p.dtype = kernel_dtype(input, "input");
-  return linear_cuda_takes(p);
+  return linear_cuda_takes(p) && (!few_rows_only || p.num_rows <= linear_cuda_few_rows_max(p));
 }
 
 bool interleave_supported(Array weight) {
@@ -206,7 +207,6 @@ bool interleave_supported(Array weight) {
 
 void bind_linear(nb::module_& m) {
   m.attr("linear_cuda_max_rows") = kLinearCudaMaxRows;
-  m.attr("linear_cuda_max_code_rows") = kLinearCudaMaxCodeRows;
   m.def("linear", &linear, nb::arg("out").noconvert(), nb::arg("input"), nb::arg("weight"),
         nb::arg("bias") = nb::none(), nb::arg("stream") = 0, nb::arg("silu_and_mul_output") = false,
         nb::arg("weight_scale") = nb::none(), nb::arg("weight_offset") = nb::none(),
@@ -219,8 +219,10 @@ void bind_linear(nb::module_& m) {
         "CUDA each code's value is rounded to the dtype first.\n"
         "With silu_and_mul_output (CUDA): weight rows [gate; up], out [M, N / 2] = silu(gate) * up.");
   m.def("linear_cuda_takes", &cuda_takes, nb::arg("input"), nb::arg("weight"), nb::arg("silu_and_mul_output") = false,
+        nb::arg("few_rows_only") = false,
         "Whether linear takes input [M, K] over weight on CUDA, by their layout (kvserve/linear.h's\n"
-        "linear_cuda_takes; the device must also be sm_80 or later).");
+        "linear_cuda_takes; the device must also be sm_80 or later); with few_rows_only, whether its\n"
+        "few-rows kernel does (linear_rotary_and_cache's rows).");
   m.def("linear_rotary_and_cache", &linear_rotary_and_cache, nb::arg("out").noconvert(), nb::arg("input"),
         nb::arg("weight"), nb::arg("bias").none(), nb::arg("query").noconvert(), nb::arg("key").noconvert(),
         nb::arg("value"), nb::arg("cos"), nb::arg("sin"), nb::arg("key_cache").noconvert(),

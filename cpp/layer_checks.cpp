@@ -188,8 +188,7 @@ bool linear_cuda_takes(const LinearParams& p) {
     // shared memory, 32 columns a stage.
     return rows_16_bit && p.in_features % 32 == 0 && stride_bytes % 16 == 0 && aligned(p.weight, 16);
   }
-  const int64_t max_rows = p.weight_dtype ? kLinearCudaMaxCodeRows : kLinearCudaMaxRows;
-  return p.num_rows >= 1 && p.num_rows <= max_rows && rows_16_bit && p.in_features % 8 == 0 &&
+  return p.num_rows >= 1 && p.num_rows <= linear_cuda_few_rows_max(p) && rows_16_bit && p.in_features % 8 == 0 &&
          stride_bytes % load == 0 && aligned(p.weight, load);
 }
 

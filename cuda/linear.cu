@@ -278,8 +278,7 @@ Status with_row_groups(int64_t rows, F&& f) {
 template <Epilogue kEpilogue>
 Status launch_linear(const LinearParams& p, const RotaryAndCacheParams& rc, int64_t blocks, kvGpuStream_t stream) {
   DeviceInfo device;
-  const int64_t max_rows = p.weight_dtype ? kLinearCudaMaxCodeRows : kLinearCudaMaxRows;
-  if (!linear_cuda_takes(p) || p.num_rows > max_rows || blocks > INT_MAX || p.in_features > INT_MAX - kChunk ||
+  if (!linear_cuda_takes(p) || p.num_rows > linear_cuda_few_rows_max(p) || blocks > INT_MAX || p.in_features > INT_MAX - kChunk ||
       !current_device_info(&device) || device.compute_capability < 80) {
     return Status::kUnsupported;
   }

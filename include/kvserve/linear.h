@@ -117,6 +117,12 @@ KVSERVE_EXPORT Status dequantize_weight_cuda(const LinearParams& params, void* s
 constexpr int64_t kLinearCudaMaxRows = 8;
 constexpr int64_t kLinearCudaMaxCodeRows = 32;
 
+// Rows linear_cuda's few-rows kernel takes at most over this weight (and so the fusions that only it
+// has: silu_and_mul_output past them takes the tiled kernel, linear_rotary_and_cache_cuda nothing).
+inline int64_t linear_cuda_few_rows_max(const LinearParams& params) {
+  return params.weight_dtype ? kLinearCudaMaxCodeRows : kLinearCudaMaxRows;
+}
+
 // Whether linear_cuda takes these params, as far as the host can tell without the device (which must
 // also be sm_80 or later): float16/bfloat16, a weight not interleaved, the input's row stride in
 // 16-byte packs and a 16-byte aligned input; then 1 to kLinearCudaMaxRows rows over a 16-bit weight

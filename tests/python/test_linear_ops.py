@@ -112,11 +112,12 @@ def test_linear_cuda(dtype, rows, shape):
 def test_linear_cuda_takes_says_which_layouts_the_cuda_kernels_take():
     """linear_cuda_takes (the layout alone, so any device's arrays): up to 8 rows over a 16-bit weight;
     over codes up to 32 rows in 16-byte packs of in_features with rows a lane's load apart (4 bytes of
-    uint4 codes, 8 of int8), past 32 rows whole stages of 32 columns with code rows 16 bytes apart."""
+    uint4 codes, 8 of int8), past 32 rows whole stages of 32 columns with code rows 16 bytes apart
+    (but not for the few-rows kernel alone)."""
     from kvserve import _C
 
-    def takes(x, w, silu=False):
-        return _C.ops.linear_cuda_takes(ops._dl(x), ops._dl(w), silu)
+    def takes(x, w, silu=False, few_rows_only=False):
+        return _C.ops.linear_cuda_takes(ops._dl(x), ops._dl(w), silu, few_rows_only)
 
     weight = torch.randn(64, 256, dtype=torch.bfloat16)
     assert takes(torch.randn(8, 256, dtype=torch.bfloat16), weight)
@@ -128,6 +129,9 @@ def test_linear_cuda_takes_says_which_layouts_the_cuda_kernels_take():
     for rows in (1, 32, 33, 1000):
         assert takes(torch.randn(rows, 256, dtype=torch.bfloat16), uint4)
         assert takes(torch.randn(rows, 256, dtype=torch.bfloat16), uint4, silu=True)
+        # The few-rows kernel alone (the rotary fusion's): 32 rows over codes, 8 over a 16-bit weight.
+        assert takes(torch.randn(rows, 256, dtype=torch.bfloat16), uint4, few_rows_only=True) == (rows <= 32)
+    assert takes(torch.randn(8, 256, dtype=torch.bfloat16), weight, few_rows_only=True)
     # uint4 rows 4 bytes off 16: a few-rows lane's load, not a tiled stage's piece.
     shifted = torch.randint(0, 256, (64, 132), dtype=torch.uint8)[:, :128]
     assert takes(torch.randn(32, 256, dtype=torch.bfloat16), shifted)

@@ -50,11 +50,8 @@ class LlamaAttention(nn.Module):
         num_tokens = x.shape[0]
         # A decode step on CUDA (no norm of q and k in between): the few-rows projection rotates q and
         # k and writes the cache itself (ops.linear_rotary_and_cache), one kernel fewer a layer.
-        codes = self.qkv_proj.weight_scale is not None
         fused = (x.is_cuda and lora is None and self.q_norm is None and self.head_dim % 16 == 0
-                 and self.qkv_proj.parts is None
-                 and cuda_ops_linear_takes(x, self.qkv_proj.weight, _C.ops.linear_cuda_max_code_rows if codes
-                                           else _C.ops.linear_cuda_max_rows))
+                 and self.qkv_proj.parts is None and cuda_ops_linear_takes(x, self.qkv_proj.weight, few_rows_only=True))
         if fused:
             qkv = torch.empty(num_tokens, self.qkv_proj.weight.shape[0], dtype=x.dtype, device=x.device)
         else:

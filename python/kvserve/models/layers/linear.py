@@ -119,12 +119,13 @@ def has_tensor_core_linear(device: torch.device) -> bool:
 
 
 def cuda_ops_linear_takes(x: torch.Tensor, weight: torch.Tensor, max_rows: int | None = None,
-                          silu_and_mul_output: bool = False) -> bool:
+                          silu_and_mul_output: bool = False, few_rows_only: bool = False) -> bool:
     """Whether kvserve.ops.linear takes x over weight on this CUDA device, and at most `max_rows` rows:
     the layout kvserve/linear.h's linear_cuda_takes asks for (up to 8 rows over a 16-bit weight, any
-    number over codes, 16-byte aligned rows), and an sm_80 or later device."""
+    number over codes, 16-byte aligned rows), and an sm_80 or later device; with `few_rows_only`, the
+    rows its few-rows kernel takes (8, or 32 over codes: ops.linear_rotary_and_cache's)."""
     return ((max_rows is None or x.shape[0] <= max_rows)
-            and _C.ops.linear_cuda_takes(ops._dl(x), ops._dl(weight), silu_and_mul_output)
+            and _C.ops.linear_cuda_takes(ops._dl(x), ops._dl(weight), silu_and_mul_output, few_rows_only)
             and has_tensor_core_linear(x.device))
 
 
