@@ -63,19 +63,25 @@ def _q3_k_codes(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return values.reshape(-1, 256)
 
 
+def _six_bit_scales(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Six-bit scales less 32, float32, from their low nibbles and high bit pairs (each in the scales'
+    order, in the low bits of its array)."""
+    scales = (low & 15).astype(np.uint8) | ((high & 3).astype(np.uint8) << 4)
+    return (scales.astype(np.int8) - np.int8(32)).astype(np.float32)
+
+
 def _q3_k_scales(packed: np.ndarray) -> np.ndarray:
     """Q3_K's 12 bytes a block as its 16 six-bit scales less 32 [num_blocks, 16], float32."""
     nibbles = packed[:, :8].reshape(-1, 1, 8) >> np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)
     pairs = packed[:, 8:].reshape(-1, 1, 4) >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 4, 1)
-    scales = (nibbles.reshape(-1, 16) & 15) | ((pairs.reshape(-1, 16) & 3) << 4)
-    return (scales.astype(np.int8) - np.int8(32)).astype(np.float32)
+    return _six_bit_scales(nibbles.reshape(-1, 16), pairs.reshape(-1, 16))
 
 
-def _iq4_codes(nibble_bytes: np.ndarray) -> np.ndarray:
-    """IQ4's codes, int8 [num_blocks, 32 * sub-blocks], from bytes of nibbles [num_blocks, 16 * sub-blocks]:
-    byte j of a sub-block's 16 holds its element j (low nibble) and 16 + j (high)."""
+def _nibbles(nibble_bytes: np.ndarray) -> np.ndarray:
+    """uint8 [num_blocks, 32 * sub-blocks] from bytes of nibbles [num_blocks, 16 * sub-blocks], in
+    element order: byte j of a sub-block's 16 holds its element j (low nibble) and 16 + j (high)."""
     halves = nibble_bytes.reshape(-1, 1, 16) >> np.array([0, 4], dtype=np.uint8).reshape(1, 2, 1)
-    return IQ4_TABLE[halves & 15].reshape(len(nibble_bytes), -1)
+    return (halves & 15).reshape(len(nibble_bytes), -1)
 
 
 def _iq4_xs_scales(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -83,8 +89,12 @@ def _iq4_xs_scales(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     block) and low nibbles (4 bytes)."""
     pairs = np.ascontiguousarray(high).view(np.uint16) >> np.arange(0, 16, 2, dtype=np.uint16).reshape(1, 8)
     nibbles = low.reshape(-1, 4, 1) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2)
-    scales = (nibbles.reshape(-1, 8) & 15) | ((pairs & 3).astype(np.uint8) << 4)
-    return (scales.astype(np.int8) - np.int8(32)).astype(np.float32)
+    return _six_bit_scales(nibbles.reshape(-1, 8), pairs)
+
+
+def _per_16(scale: np.ndarray) -> np.ndarray:
+    """Scales a group of 32 [num_blocks, n] as the two groups of 16 each stands for [num_blocks, 2n]."""
+    return np.repeat(scale, 2, axis=1)
 
 
 def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,17 +105,16 @@ def gguf_int8(data: np.ndarray, tensor_type: GGMLQuantizationType, rows: int) ->
                          f"{[t.name for t in INT8_TYPES]})")
     blocks = np.asarray(data, dtype=np.uint8).reshape(-1, GGML_QUANT_SIZES[tensor_type][1])
     if tensor_type == GGMLQuantizationType.Q8_0:
-        codes, scale = blocks[:, 2:].view(np.int8), np.repeat(block_half(blocks, 0), 2, axis=1)
+        codes, scale = blocks[:, 2:].view(np.int8), _per_16(block_half(blocks, 0))
     elif tensor_type == GGMLQuantizationType.Q5_0:
         high = np.unpackbits(blocks[:, 2:6], axis=1, bitorder="little")
-        low = np.concatenate([blocks[:, 6:] & 15, blocks[:, 6:] >> 4], axis=1)
-        codes = (low | (high << 4)).astype(np.int8) - np.int8(16)
-        scale = np.repeat(block_half(blocks, 0), 2, axis=1)
+        codes = (_nibbles(blocks[:, 6:]) | (high << 4)).astype(np.int8) - np.int8(16)
+        scale = _per_16(block_half(blocks, 0))
     elif tensor_type == GGMLQuantizationType.IQ4_NL:
-        codes, scale = _iq4_codes(blocks[:, 2:]), np.repeat(block_half(blocks, 0), 2, axis=1)
+        codes, scale = IQ4_TABLE[_nibbles(blocks[:, 2:])], _per_16(block_half(blocks, 0))
     elif tensor_type == GGMLQuantizationType.IQ4_XS:
-        codes = _iq4_codes(blocks[:, 8:])
-        scale = np.repeat(block_half(blocks, 0) * _iq4_xs_scales(blocks[:, 2:4], blocks[:, 4:8]), 2, axis=1)
+        codes = IQ4_TABLE[_nibbles(blocks[:, 8:])]
+        scale = _per_16(block_half(blocks, 0) * _iq4_xs_scales(blocks[:, 2:4], blocks[:, 4:8]))
     elif tensor_type == GGMLQuantizationType.Q3_K:
         codes = _q3_k_codes(blocks[:, :32], blocks[:, 32:96])
         scale = block_half(blocks, 108) * _q3_k_scales(blocks[:, 96:108])

@@ -94,7 +94,7 @@ def _locate(name, params, modules, packed_modules) -> tuple[str, int, torch.Tens
         return None
     fused_name, module, index = part
     if isinstance(module, Linear) and module.parts is not None and rest in ("weight", "weight_scale", "weight_offset"):
-        # A projection in parts of different kinds (Linear.prepare_parts): its own part's codes.
+        # A projection in parts of different kinds (Linear.prepare_parts): its own part's codes (or weight).
         name = f"{fused_name}.parts.{index}.{rest}"
         return (name, 0, params[name]) if name in params else None
     param = getattr(module, rest, None) if isinstance(module, Linear) else None
