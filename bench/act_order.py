@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from kvserve import Engine
-from stream_rate import add_stream_arguments, tokens_per_s
+from stream_rate import add_stream_arguments, rounds_of_two, tokens_per_s
 
 
 def set_orders(engine: Engine, orders: dict | None) -> None:
@@ -39,16 +39,12 @@ def main(argv: list[str] | None = None) -> list[tuple[float, float]]:
     generator = torch.Generator().manual_seed(0)
     orders = {linear: torch.randperm(linear.input_size, generator=generator)
               for linear in engine.runner.model.decoder_linears()}
-    rates = []
-    for round_ in range(args.rounds):
-        set_orders(engine, None)
-        plain = tokens_per_s(engine, args.output_len)
-        set_orders(engine, orders)
-        ordered = tokens_per_s(engine, args.output_len)
-        print(f"round {round_}: in order {plain:.0f} tok/s, act order {ordered:.0f} tok/s ({ordered / plain:.3f}x)",
-              flush=True)
-        rates.append((plain, ordered))
-    return rates
+
+    def rate(orders_: dict | None) -> float:
+        set_orders(engine, orders_)
+        return tokens_per_s(engine, args.output_len)
+
+    return rounds_of_two(args.rounds, ("in order", lambda: rate(None)), ("act order", lambda: rate(orders)))
 
 
 if __name__ == "__main__":

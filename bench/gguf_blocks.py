@@ -13,9 +13,8 @@ import argparse
 
 from gguf import GGMLQuantizationType
 
-from kvserve import Engine
 from kvserve.loader import gguf_weights
-from stream_rate import add_stream_arguments, tokens_per_s
+from stream_rate import add_stream_arguments, loaded_rate, rounds_of_two
 
 READ_AS_CODES = {"int8": "INT8_TYPES", "uint4": "UINT4_TYPES"}
 
@@ -30,22 +29,18 @@ def main(argv: list[str] | None = None) -> list[tuple[float, float]]:
     lists = {name: getattr(gguf_weights, name) for name in READ_AS_CODES.values()}
     if not any(block in types for types in lists.values()):
         parser.error(f"{args.block} blocks are not read as codes")
-    rates = []
+
+    def rate(read_as_codes: bool) -> float:
+        for name, types in lists.items():
+            setattr(gguf_weights, name, types if read_as_codes else tuple(t for t in types if t != block))
+        return loaded_rate(args)
+
     try:
-        for round_ in range(args.rounds):
-            for name, types in lists.items():
-                setattr(gguf_weights, name, tuple(t for t in types if t != block))
-            widened = tokens_per_s(Engine(args.model, dtype=args.dtype, device="cpu"), args.output_len)
-            for name, types in lists.items():
-                setattr(gguf_weights, name, types)
-            codes = tokens_per_s(Engine(args.model, dtype=args.dtype, device="cpu"), args.output_len)
-            print(f"round {round_}: {args.block} widened {widened:.0f} tok/s, as codes {codes:.0f} tok/s "
-                  f"({codes / widened:.3f}x)", flush=True)
-            rates.append((widened, codes))
+        return rounds_of_two(args.rounds, (f"{args.block} widened", lambda: rate(False)),
+                             ("as codes", lambda: rate(True)))
     finally:
         for name, types in lists.items():
             setattr(gguf_weights, name, types)
-    return rates
 
 
 if __name__ == "__main__":

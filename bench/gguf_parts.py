@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from kvserve import Engine
 from kvserve.loader import load as load_module
 from kvserve.models.weight_loading import linear_parts
-from stream_rate import add_stream_arguments, tokens_per_s
+from stream_rate import add_stream_arguments, loaded_rate, rounds_of_two
 
 keep_codes = load_module._keep_codes
 
@@ -34,19 +33,16 @@ def main(argv: list[str] | None = None) -> list[tuple[float, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_stream_arguments(parser)
     args = parser.parse_args(argv)
-    rates = []
+
+    def rate(keep) -> float:
+        load_module._keep_codes = keep
+        return loaded_rate(args)
+
     try:
-        for round_ in range(args.rounds):
-            load_module._keep_codes = widening_mixed
-            widened = tokens_per_s(Engine(args.model, dtype=args.dtype, device="cpu"), args.output_len)
-            load_module._keep_codes = keep_codes
-            parts = tokens_per_s(Engine(args.model, dtype=args.dtype, device="cpu"), args.output_len)
-            print(f"round {round_}: widened {widened:.0f} tok/s, in parts {parts:.0f} tok/s ({parts / widened:.3f}x)",
-                  flush=True)
-            rates.append((widened, parts))
+        return rounds_of_two(args.rounds, ("widened", lambda: rate(widening_mixed)),
+                             ("in parts", lambda: rate(keep_codes)))
     finally:
         load_module._keep_codes = keep_codes
-    return rates
 
 
 if __name__ == "__main__":
