@@ -13,6 +13,7 @@
 
 #include "emulated_buffers.h"
 #include "emulated_layer_steps.h"
+#include "kvserve/layer_ops.h"
 #include "kvserve/linear.h"
 
 namespace emulated_test {
@@ -150,6 +151,32 @@ struct CodesProduct {
     expect_correct(what);
   }
 };
+
+// A [gate; up] projection (2 * size rows over `hidden` columns of random `kind` codes `pad` bytes apart,
+// a random bias) over x's rows: its product against the float64 reference, and the product with
+// silu_and_mul_output, bit for bit the product then silu_and_mul_cuda.
+inline void expect_silu_and_mul_fused(DType kind, Buffer& x, int64_t rows, int64_t hidden, int64_t size, int64_t pad,
+                                      std::mt19937& rng, const std::string& what) {
+  const DType dtype = x.dtype;
+  Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
+  const QuantizedWeight w(kind, 2 * size, hidden, pad, rng);
+  Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
+  Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
+  kvserve::LinearParams p = linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
+  w.attach(p);
+  ASSERT_EQ(kvserve::linear_cuda(p, nullptr), kvserve::Status::kOk) << what;
+  expect_product(gate_up, 2 * size, x, hidden, w, &b, rows, what);
+  ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
+            kvserve::Status::kOk);
+  p.out = fused.data();
+  p.out_stride = size;
+  p.silu_and_mul_output = true;
+  ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
+  ASSERT_EQ(kvserve::linear_cuda(p, nullptr), kvserve::Status::kOk) << what;
+  EXPECT_EQ(fused.words, unfused.words) << what;
+  EXPECT_FALSE(std::isnan(fused.get(0))) << what;
+  EXPECT_FALSE(std::isnan(fused.get(static_cast<size_t>(rows * size - 1)))) << what;
+}
 
 // A product's name in a failure's message.
 inline std::string product_name(DType kind, DType dtype, int64_t rows, int64_t in, bool with_bias) {

@@ -68,23 +68,7 @@ TEST(EmulatedLinearCodes, FusionsEqualTheProductThenTheKernel) {
         const std::string what = kind_name(kind) + " " + name(dtype) + " rows " + std::to_string(rows);
         std::mt19937 rng(13);
         Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
-        Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
-
-        const QuantizedWeight gate_up_weight(kind, 2 * size, hidden, 0, rng);
-        Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
-        Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
-        kvserve::LinearParams p =
-            linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
-        gate_up_weight.attach(p);
-        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-        ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
-                  Status::kOk);
-        p.out = fused.data();
-        p.out_stride = size;
-        p.silu_and_mul_output = true;
-        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-        EXPECT_EQ(fused.words, unfused.words) << what;
-        EXPECT_FALSE(std::isnan(fused.get(0))) << what;
+        expect_silu_and_mul_fused(kind, x, rows, hidden, size, 0, rng, what);
 
         FusedQkvStep apart(dtype, shape, slots), together(dtype, shape, slots);
         const QuantizedWeight qkv_weight(kind, apart.row, hidden, 0, rng);

@@ -93,24 +93,7 @@ TEST(EmulatedLinearTiles, SiluAndMulEqualsTheProductThenTheKernel) {
                                  std::to_string(hidden) + " size " + std::to_string(size);
         std::mt19937 rng(static_cast<uint32_t>(rows + size));
         Buffer x = random_buffer(dtype, static_cast<size_t>(rows * hidden), rng);
-        Buffer b = random_buffer(dtype, static_cast<size_t>(2 * size), rng);
-        const QuantizedWeight w(kind, 2 * size, hidden, kPad, rng);
-        Buffer gate_up = nan_buffer(dtype, static_cast<size_t>(rows * 2 * size));
-        Buffer unfused = nan_buffer(dtype, static_cast<size_t>(rows * size)), fused = unfused;
-        kvserve::LinearParams p =
-            linear_params(gate_up, 2 * size, x, hidden, x, b.data(), rows, hidden, 2 * size, dtype);
-        w.attach(p);
-        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-        expect_product(gate_up, 2 * size, x, hidden, w, &b, rows, what);
-        ASSERT_EQ(kvserve::silu_and_mul_cuda(silu_and_mul_params(gate_up, unfused, dtype, rows, size), nullptr),
-                  Status::kOk);
-        p.out = fused.data();
-        p.out_stride = size;
-        p.silu_and_mul_output = true;
-        ASSERT_TRUE(kvserve::linear_cuda_takes(p)) << what;
-        ASSERT_EQ(kvserve::linear_cuda(p, nullptr), Status::kOk) << what;
-        EXPECT_EQ(fused.words, unfused.words) << what;
-        EXPECT_FALSE(std::isnan(fused.get(static_cast<size_t>(rows * size - 1)))) << what;
+        expect_silu_and_mul_fused(kind, x, rows, hidden, size, kPad, rng, what);
       }
     }
   }
